@@ -1,0 +1,98 @@
+//! The Calls error model: every error is JSON `{errorCode, errorDescription}` with the status
+//! Calls uses for that code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::engine::OpError;
+use crate::runtime::EngineStopped;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    error_code: &'a str,
+    error_description: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    pub fn decoding(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "decoding_error", description)
+    }
+
+    pub fn invalid_params(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, "invalid_params", description)
+    }
+
+    pub fn invalid_sdp(description: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "invalid_session_description",
+            description,
+        )
+    }
+
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path or method is not implemented (reserved for future WHIP/WHEP)",
+        )
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> ApiError {
+        match e {
+            OpError::NotFound(d) => ApiError::new(StatusCode::NOT_FOUND, "not_found", d),
+            OpError::Gone(d) => ApiError::new(StatusCode::GONE, "session_error", d),
+            OpError::Decoding(d) => ApiError::decoding(d),
+            OpError::InvalidParams(d) => ApiError::invalid_params(d),
+            OpError::InvalidSdp(d) => ApiError::invalid_sdp(d),
+            OpError::Unavailable(d) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable_error",
+                d,
+            ),
+            OpError::Internal(d) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", d)
+            }
+        }
+    }
+}
+
+impl From<EngineStopped> for ApiError {
+    fn from(e: EngineStopped) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable_error",
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error_code: self.code,
+            error_description: &self.description,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,195 @@
+//! What every API call passes before it reaches the engine: app and bearer check, per-session
+//! rate limit, bounded body read and JSON decoding (whatever the Content-Type).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::config::App;
+
+pub struct Apps {
+    secrets: HashMap<String, String>,
+}
+
+impl Apps {
+    pub fn new(apps: &[App]) -> Apps {
+        Apps {
+            secrets: apps
+                .iter()
+                .map(|a| (a.id.clone(), a.secret.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn has(&self, app: &str) -> bool {
+        self.secrets.contains_key(app)
+    }
+
+    /// Unknown app → 404 `not_found`; missing or wrong bearer → 401 `unauthorized`.
+    pub fn authorize(&self, app: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(secret) = self.secrets.get(app) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("app {app} not found"),
+            ));
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match presented {
+            Some(p) if constant_time_eq(p.as_bytes(), secret.as_bytes()) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token for this app",
+            )),
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not leak how much of a secret matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Fixed one-second windows per session id. Entries of past windows are purged when the map grows,
+/// so random ids from a client cannot grow it without bound.
+pub struct RateLimiter {
+    limit: u32,
+    start: Instant,
+    windows: Mutex<HashMap<String, (u64, u32)>>,
+}
+
+const RATE_MAP_PURGE_AT: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(limit: u32) -> RateLimiter {
+        RateLimiter {
+            limit,
+            start: Instant::now(),
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn check(&self, session: &str) -> Result<(), ApiError> {
+        let second = self.start.elapsed().as_secs();
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= RATE_MAP_PURGE_AT {
+            map.retain(|_, (s, _)| *s == second);
+            if map.len() >= RATE_MAP_PURGE_AT {
+                // Thousands of distinct sessions in one second: fail open rather than grow.
+                map.clear();
+            }
+        }
+        let entry = map.entry(session.to_string()).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > self.limit {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} API calls per second on this session",
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads at most `limit` bytes of body; more is 413 with a JSON error.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body larger than {limit} bytes"),
+        )
+    })
+}
+
+/// Whether the body is empty or only whitespace (partytracks and curl send no body at all).
+pub fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Decodes JSON whatever the Content-Type says (partytracks sends `text/plain`).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::decoding(format!("JSON body validation error: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_check() {
+        let apps = Apps::new(&[App {
+            id: "a".into(),
+            secret: "s3cret".into(),
+        }]);
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            apps.authorize("a", &h).map_err(|e| e.code),
+            Err("unauthorized")
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer wrong".parse().expect("header"),
+        );
+        assert_eq!(
+            apps.authorize("a", &h).map_err(|e| e.code),
+            Err("unauthorized")
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer s3cret".parse().expect("header"),
+        );
+        assert_eq!(apps.authorize("a", &h), Ok(()));
+        assert_eq!(
+            apps.authorize("b", &h).map_err(|e| e.status),
+            Err(StatusCode::NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn rate_limit_per_session() {
+        let r = RateLimiter::new(3);
+        for _ in 0..3 {
+            assert!(r.check("x").is_ok());
+        }
+        assert_eq!(
+            r.check("x").map_err(|e| e.status),
+            Err(StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert!(r.check("y").is_ok(), "another session has its own budget");
+    }
+
+    #[test]
+    fn rate_map_is_bounded() {
+        let r = RateLimiter::new(1);
+        for i in 0..(RATE_MAP_PURGE_AT * 3) {
+            let _ = r.check(&i.to_string());
+        }
+        let len = r.windows.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= RATE_MAP_PURGE_AT + 1, "{len}");
+    }
+}

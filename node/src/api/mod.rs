@@ -1,0 +1,94 @@
+//! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}`, the
+//! demo page at `/`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
+
+mod calls;
+mod error;
+mod guard;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post, put};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::runtime::EngineHandle;
+
+pub struct ApiState {
+    pub engine: EngineHandle,
+    apps: guard::Apps,
+    rate: guard::RateLimiter,
+    max_body: usize,
+    connect_timeout: Duration,
+}
+
+impl ApiState {
+    pub fn new(cfg: &Config, engine: EngineHandle) -> ApiState {
+        ApiState {
+            engine,
+            apps: guard::Apps::new(&cfg.apps),
+            rate: guard::RateLimiter::new(cfg.rate_limit),
+            max_body: cfg.max_body,
+            connect_timeout: cfg.connect_timeout,
+        }
+    }
+}
+
+const DEMO_PAGE: &str = include_str!("../demo/index.html");
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let calls = Router::new()
+        .route("/sessions/new", post(calls::sessions_new))
+        .route("/sessions/{session}", get(calls::get_session))
+        .route("/sessions/{session}/tracks/new", post(calls::tracks_new))
+        .route("/sessions/{session}/renegotiate", put(calls::renegotiate))
+        .route(
+            "/sessions/{session}/tracks/update",
+            put(calls::tracks_update),
+        )
+        .route("/sessions/{session}/tracks/close", put(calls::tracks_close))
+        .route("/generate-ice-servers", get(calls::ice_servers));
+    // Browsers call the API from other origins (the Calls echo examples do); answer preflights
+    // for any origin and header, and say `Vary: Origin`.
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(600));
+    Router::new()
+        .nest("/v1/apps/{app}", calls.clone())
+        .nest("/apps/{app}", calls)
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .fallback(|| async { ApiError::method_not_allowed() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+        // Bodies are read with our own limit so an oversized one gets a JSON 413.
+        .layer(DefaultBodyLimit::disable())
+        .layer(cors)
+        .layer(axum::middleware::map_response(no_store))
+}
+
+/// API answers are per-request state; never let a proxy or browser cache them.
+async fn no_store(mut res: axum::response::Response) -> impl IntoResponse {
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    res
+}

@@ -1,0 +1,338 @@
+//! Command line, environment and TOML configuration.
+//!
+//! Precedence: command-line flag > `TRACKMESH_<FLAG>` environment variable > `--config` TOML file >
+//! built-in default. clap handles the first two; the file fills whatever is still unset.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// One app: the `{appId}` in API paths and the bearer secret that authorizes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::str::FromStr for App {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, secret) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected ID:SECRET, got {s:?}"))?;
+        if id.is_empty() || secret.is_empty() {
+            return Err("app id and secret must both be non-empty".into());
+        }
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "app id {id:?} may only contain letters, digits, '-' and '_'"
+            ));
+        }
+        Ok(App {
+            id: id.into(),
+            secret: secret.into(),
+        })
+    }
+}
+
+/// A duration written as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "trackmesh",
+    version,
+    about = "trackmesh node: a Cloudflare-Calls-compatible WebRTC SFU"
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (keys as the long flag names, e.g. `media = "0.0.0.0:7701"`).
+    #[arg(long, env = "TRACKMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address for the API, the demo page and health checks [default: 127.0.0.1:7700].
+    #[arg(long, env = "TRACKMESH_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// UDP bind address for WebRTC media [default: 127.0.0.1:7701].
+    #[arg(long, env = "TRACKMESH_MEDIA")]
+    pub media: Option<SocketAddr>,
+    /// IP announced in ICE candidates, when clients reach the node through NAT [default: the --media IP].
+    #[arg(long, env = "TRACKMESH_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
+    #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
+    pub apps: Vec<App>,
+    /// A published track that receives no media for this long is garbage-collected [default: 30s].
+    #[arg(long, env = "TRACKMESH_TRACK_TIMEOUT", value_parser = parse_duration)]
+    pub track_timeout: Option<Duration>,
+    /// How long an API call waits for the session's PeerConnection to connect [default: 5s].
+    #[arg(long, env = "TRACKMESH_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// How long a session that lost connectivity stays usable before it is closed [default: 30s].
+    #[arg(long, env = "TRACKMESH_RECONNECT_GRACE", value_parser = parse_duration)]
+    pub reconnect_grace: Option<Duration>,
+    /// A session that never connects is closed after this long [default: 120s].
+    #[arg(long, env = "TRACKMESH_UNCONNECTED_EXPIRY", value_parser = parse_duration)]
+    pub unconnected_expiry: Option<Duration>,
+    /// API calls per second allowed on one session [default: 50].
+    #[arg(long, env = "TRACKMESH_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Largest accepted request body in bytes [default: 1048576].
+    #[arg(long, env = "TRACKMESH_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Most sessions this node holds at once [default: 10000].
+    #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Log format: text or json [default: text]. Filter with RUST_LOG.
+    #[arg(long, env = "TRACKMESH_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The same settings as [`Flags`], as read from a TOML file. Unknown keys are an error, so a typo
+/// in a config file is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    http: Option<SocketAddr>,
+    media: Option<SocketAddr>,
+    public_ip: Option<IpAddr>,
+    #[serde(default)]
+    app: Vec<String>,
+    track_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    reconnect_grace: Option<String>,
+    unconnected_expiry: Option<String>,
+    rate_limit: Option<u32>,
+    max_body: Option<usize>,
+    max_sessions: Option<usize>,
+    log_format: Option<LogFormat>,
+}
+
+/// Fully resolved node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    pub public_ip: Option<IpAddr>,
+    pub apps: Vec<App>,
+    /// True when no app was configured and one was generated for development.
+    pub dev_app: bool,
+    pub track_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub reconnect_grace: Duration,
+    pub unconnected_expiry: Duration,
+    pub rate_limit: u32,
+    pub max_body: usize,
+    pub max_sessions: usize,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let dur = |flag: Option<Duration>, file: &Option<String>, name: &str, default: u64| match (
+            flag, file,
+        ) {
+            (Some(d), _) => Ok(d),
+            (None, Some(s)) => parse_duration(s).map_err(|e| anyhow::anyhow!("config {name}: {e}")),
+            (None, None) => Ok(Duration::from_secs(default)),
+        };
+        let mut apps = flags.apps;
+        if apps.is_empty() {
+            for a in &file.app {
+                apps.push(a.parse().map_err(|e| anyhow::anyhow!("config app: {e}"))?);
+            }
+        }
+        let dev_app = apps.is_empty();
+        if dev_app {
+            apps.push(App {
+                id: crate::ids::random_hex(16),
+                secret: crate::ids::random_hex(32),
+            });
+        }
+        let cfg = Config {
+            http: flags
+                .http
+                .or(file.http)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            media: flags
+                .media
+                .or(file.media)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
+            public_ip: flags.public_ip.or(file.public_ip),
+            apps,
+            dev_app,
+            track_timeout: dur(
+                flags.track_timeout,
+                &file.track_timeout,
+                "track-timeout",
+                30,
+            )?,
+            connect_timeout: dur(
+                flags.connect_timeout,
+                &file.connect_timeout,
+                "connect-timeout",
+                5,
+            )?,
+            reconnect_grace: dur(
+                flags.reconnect_grace,
+                &file.reconnect_grace,
+                "reconnect-grace",
+                30,
+            )?,
+            unconnected_expiry: dur(
+                flags.unconnected_expiry,
+                &file.unconnected_expiry,
+                "unconnected-expiry",
+                120,
+            )?,
+            rate_limit: flags.rate_limit.or(file.rate_limit).unwrap_or(50),
+            max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
+            max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(10_000),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        if cfg.rate_limit == 0 {
+            bail!("rate-limit must be at least 1");
+        }
+        if cfg.max_sessions == 0 {
+            bail!("max-sessions must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    /// The address put into ICE host candidates.
+    pub fn candidate_addr(&self, bound_media: SocketAddr) -> SocketAddr {
+        match self.public_ip {
+            Some(ip) => SocketAddr::new(ip, bound_media.port()),
+            None => bound_media,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn apps() {
+        assert_eq!(
+            "a:b".parse::<App>(),
+            Ok(App {
+                id: "a".into(),
+                secret: "b".into()
+            })
+        );
+        assert_eq!(
+            "a:b:c".parse::<App>().map(|a| a.secret),
+            Ok("b:c".to_string()),
+            "the secret may contain colons"
+        );
+        assert!("nocolon".parse::<App>().is_err());
+        assert!(":x".parse::<App>().is_err());
+        assert!("a/b:x".parse::<App>().is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_and_defaults_apply() {
+        let dir = std::env::temp_dir().join(format!("tm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "http = \"127.0.0.1:9000\"\nmedia = \"127.0.0.1:9001\"\napp = [\"f:s\"]\ntrack-timeout = \"2s\"\n",
+        )
+        .expect("write config");
+        let flags = Flags {
+            config: Some(path.clone()),
+            http: Some("127.0.0.1:9100".parse().expect("addr")),
+            ..Flags::default()
+        };
+        let cfg = Config::from_flags(flags).expect("config");
+        assert_eq!(cfg.http.port(), 9100, "flag wins over file");
+        assert_eq!(cfg.media.port(), 9001, "file wins over default");
+        assert_eq!(
+            cfg.apps,
+            vec![App {
+                id: "f".into(),
+                secret: "s".into()
+            }]
+        );
+        assert!(!cfg.dev_app);
+        assert_eq!(cfg.track_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
+
+        std::fs::write(&path, "htp = \"x\"\n").expect("write config");
+        let err = Config::from_flags(Flags {
+            config: Some(path),
+            ..Flags::default()
+        });
+        assert!(err.is_err(), "unknown keys in the file are rejected");
+    }
+
+    #[test]
+    fn dev_app_when_none_given() {
+        let cfg = Config::from_flags(Flags::default()).expect("config");
+        assert!(cfg.dev_app);
+        assert_eq!(cfg.apps.len(), 1);
+        assert_eq!(cfg.apps[0].id.len(), 32);
+    }
+}

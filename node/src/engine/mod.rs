@@ -1,0 +1,408 @@
+//! The SFU engine: a sans-IO state machine that owns every session's str0m `Rtc`.
+//!
+//! Driven by the shell (`crate::runtime`) through [`Engine::handle_datagram`],
+//! [`Engine::handle_timeout`] and the Calls operations in `calls.rs`; it never touches a socket or
+//! a clock. Outgoing datagrams wait in a bounded queue read with [`Engine::poll_transmit`].
+
+mod calls;
+mod demux;
+mod forward;
+mod sdp;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::media::{KeyframeRequest, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+pub use calls::{
+    CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, RemoteTrack, SdpKind, SessionDesc, TrackResult,
+    TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
+};
+pub use demux::{Demux, Route};
+pub use session::{Location, Session, TrackEntry};
+
+use crate::ids::{NodeTag, SessionId};
+
+/// A publication: `(publisher session, track name)`.
+pub type TrackKey = (SessionId, String);
+
+/// How often timers that are not str0m's (GC, expiry, deferred keyframe requests) are checked.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+/// At most one keyframe request per publication per this interval (PLI storms hurt everyone).
+const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
+/// Closed session ids are remembered this long, so calls on them get 410 rather than 404.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+const MAX_TOMBSTONES: usize = 100_000;
+/// Outgoing datagrams queued between two flushes by the shell; beyond this they are dropped.
+const MAX_TRANSMIT_QUEUE: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node_tag: NodeTag,
+    /// The address datagrams arrive on (the bound media socket).
+    pub local_addr: SocketAddr,
+    /// The address announced in ICE host candidates.
+    pub candidate_addr: SocketAddr,
+    pub track_timeout: Duration,
+    pub reconnect_grace: Duration,
+    pub unconnected_expiry: Duration,
+    pub max_sessions: usize,
+}
+
+/// An error of a Calls operation, mapped to the Calls error model by the API layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpError {
+    /// 404 `not_found`
+    NotFound(String),
+    /// 410 `session_error`
+    Gone(String),
+    /// 400 `decoding_error`
+    Decoding(String),
+    /// 406 `invalid_params`
+    InvalidParams(String),
+    /// 406 `invalid_session_description`
+    InvalidSdp(String),
+    /// 503 `temporarily_unavailable_error`
+    Unavailable(String),
+    /// 500 `internal_error`
+    Internal(String),
+}
+
+/// Counters the node exposes; plain numbers so the engine stays free of metric libraries.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    pub datagrams_unrouted: u64,
+    pub datagrams_out: u64,
+    pub datagrams_dropped: u64,
+    pub frames_in: u64,
+    pub frames_forwarded: u64,
+    pub frames_no_codec: u64,
+    pub keyframe_requests: u64,
+}
+
+pub(crate) struct Publication {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub subscribers: Vec<(SessionId, Mid)>,
+    pub last_media: Instant,
+    pub last_keyframe_request: Option<Instant>,
+    pub keyframe_pending: bool,
+}
+
+/// Work produced while draining one `Rtc`, processed after the drain so two sessions are never
+/// borrowed at once.
+// Boxing the frame would allocate once per forwarded frame; the queue is drained at once anyway.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Media(SessionId, MediaData),
+    KeyframeRequest(SessionId, KeyframeRequest),
+    Connected(SessionId),
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    cert: Option<str0m::config::DtlsCert>,
+    sessions: HashMap<SessionId, Session>,
+    publications: HashMap<TrackKey, Publication>,
+    demux: Demux,
+    timers: BTreeSet<(Instant, SessionId)>,
+    tombstones: HashMap<SessionId, Instant>,
+    transmits: VecDeque<Transmit>,
+    work: VecDeque<Work>,
+    next_housekeeping: Instant,
+    stats: Stats,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, now: Instant) -> Engine {
+        // One certificate for all sessions: generating one per session costs ~1 ms of CPU for no
+        // gain, since the fingerprint is only a channel binding for the SDP exchange.
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        Engine {
+            cfg,
+            cert,
+            sessions: HashMap::new(),
+            publications: HashMap::new(),
+            demux: Demux::default(),
+            timers: BTreeSet::new(),
+            tombstones: HashMap::new(),
+            transmits: VecDeque::new(),
+            work: VecDeque::new(),
+            next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn publication_count(&self) -> usize {
+        self.publications.len()
+    }
+
+    /// Feeds one received datagram. Unroutable or malformed datagrams are counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.stats.datagrams_in += 1;
+        let Some(route) = self.demux.route(source, buf) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let sid = route.session();
+        let Ok(contents) = buf.try_into() else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.cfg.local_addr,
+                contents,
+            },
+        );
+        if matches!(route, Route::Ufrag(_)) && !s.rtc.accepts(&input) {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        }
+        if let Err(e) = s.rtc.handle_input(input) {
+            tracing::debug!(session = %sid, error = %e, "datagram rejected");
+        }
+        s.last_recv = Some(now);
+        if matches!(route, Route::Ufrag(_)) {
+            self.demux.learn(sid, source);
+        }
+        self.drain(sid, now);
+        self.process_work(now);
+    }
+
+    /// Advances every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, sid)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, sid));
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(session = %sid, error = %e, "timeout failed");
+                }
+                self.drain(sid, now);
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.housekeeping(now);
+        }
+        self.process_work(now);
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.timers.first() {
+            Some(&(at, _)) => at.min(self.next_housekeeping),
+            None => self.next_housekeeping,
+        }
+    }
+
+    /// The shell could not send a datagram (socket buffer full).
+    pub fn count_send_drop(&mut self) {
+        self.stats.datagrams_dropped += 1;
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front();
+        if t.is_some() {
+            self.stats.datagrams_out += 1;
+        }
+        t
+    }
+
+    /// Drains one session's `Rtc` until it reports its next timeout (str0m's rule after every
+    /// mutation). Events that touch other sessions become [`Work`].
+    fn drain(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        // Bounded: str0m ends every drain with a timeout; the cap only guards against a bug.
+        for _ in 0..100_000 {
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    self.timers.remove(&(s.timeout, sid));
+                    // str0m may report a timeout in the past; never schedule before `now`.
+                    s.timeout = at.max(now);
+                    self.timers.insert((s.timeout, sid));
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if self.transmits.len() < MAX_TRANSMIT_QUEUE {
+                        self.transmits.push_back(t);
+                    } else {
+                        self.stats.datagrams_dropped += 1;
+                    }
+                }
+                Ok(Output::Event(event)) => match event {
+                    Event::MediaData(data) => self.work.push_back(Work::Media(sid, data)),
+                    Event::KeyframeRequest(req) => {
+                        self.work.push_back(Work::KeyframeRequest(sid, req))
+                    }
+                    Event::Connected => {
+                        s.connected = true;
+                        s.ever_connected = true;
+                        tracing::info!(session = %sid, "connected");
+                        self.work.push_back(Work::Connected(sid));
+                    }
+                    Event::IceConnectionStateChange(state) => {
+                        tracing::debug!(session = %sid, ?state, "ice state");
+                        match state {
+                            IceConnectionState::Disconnected => s.connected = false,
+                            IceConnectionState::Connected | IceConnectionState::Completed
+                                if s.ever_connected =>
+                            {
+                                s.connected = true
+                            }
+                            _ => {}
+                        }
+                    }
+                    Event::MediaAdded(m) => s.added.push((m.mid, m.kind, m.direction)),
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::warn!(session = %sid, error = %e, "session failed; closing");
+                    s.rtc.disconnect();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn process_work(&mut self, now: Instant) {
+        // Each item is handled once; items only come from packets and API calls, so this ends.
+        while let Some(item) = self.work.pop_front() {
+            match item {
+                Work::Media(sid, data) => self.forward_media(sid, data, now),
+                Work::KeyframeRequest(sid, req) => {
+                    self.subscriber_wants_keyframe(sid, req.mid, now)
+                }
+                Work::Connected(sid) => self.request_keyframes_for(sid, now),
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Publications without media for too long are garbage-collected, as Calls does.
+        let stale: Vec<TrackKey> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_media) >= self.cfg.track_timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            tracing::info!(session = %key.0, track = %key.1, "no media: track garbage-collected");
+            self.unpublish(&key);
+        }
+
+        let mut doomed = Vec::new();
+        for (sid, s) in &self.sessions {
+            let reason = if !s.rtc.is_alive() {
+                Some("peer connection closed")
+            } else if !s.ever_connected
+                && now.saturating_duration_since(s.created) >= self.cfg.unconnected_expiry
+            {
+                Some("never connected")
+            } else if s.ever_connected
+                && s.last_recv
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.reconnect_grace)
+            {
+                Some("no packets within the reconnect grace period")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                doomed.push((*sid, reason));
+            }
+        }
+        for (sid, reason) in doomed {
+            self.close_session(sid, now, reason);
+        }
+
+        let pending: Vec<TrackKey> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.keyframe_pending)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            self.request_keyframe(&key, now);
+        }
+
+        if self.tombstones.len() > MAX_TOMBSTONES / 2 {
+            self.tombstones
+                .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+        }
+    }
+
+    /// Removes a session and everything it published or pulled.
+    pub fn close_session(&mut self, sid: SessionId, now: Instant, reason: &str) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        tracing::info!(session = %sid, reason, "session closed");
+        s.rtc.disconnect();
+        self.demux.remove_session(sid, &s.ufrag);
+        self.timers.remove(&(s.timeout, sid));
+        for name in s.local_by_mid.values() {
+            self.unpublish(&(sid, name.clone()));
+        }
+        for (mid, key) in &s.remote_by_mid {
+            if let Some(p) = self.publications.get_mut(key) {
+                p.subscribers.retain(|&(sub, m)| !(sub == sid && m == *mid));
+            }
+        }
+        if self.tombstones.len() >= MAX_TOMBSTONES {
+            self.tombstones
+                .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+            if self.tombstones.len() >= MAX_TOMBSTONES {
+                self.tombstones.clear();
+            }
+        }
+        self.tombstones.insert(sid, now);
+    }
+
+    /// Ends a publication: subscribers stop receiving it and it can no longer be pulled.
+    fn unpublish(&mut self, key: &TrackKey) {
+        let Some(p) = self.publications.remove(key) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&key.0) {
+            s.local_by_mid.remove(&p.mid);
+        }
+        for (sub, mid) in p.subscribers {
+            if let Some(s) = self.sessions.get_mut(&sub) {
+                s.remote_by_mid.remove(&mid);
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Small text-level fixes to the SDP str0m writes.
+
+/// str0m lists the ICE candidates only in the first BUNDLE m-section. Some clients (aiortc) read
+/// them only from the last one, so copy them into every m-section that has none and is not
+/// rejected (port 0).
+pub fn candidates_in_every_section(sdp: &str) -> String {
+    let lines: Vec<&str> = sdp.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let candidates: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    if candidates.is_empty() {
+        return sdp.to_string();
+    }
+    // Split into the session part and one chunk per m-section.
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in lines {
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(line);
+        }
+    }
+    let mut out = String::with_capacity(sdp.len() + candidates.len() * 80 * sections.len());
+    for section in &sections {
+        for line in section {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        let is_media = section.first().is_some_and(|l| l.starts_with("m="));
+        let rejected = section
+            .first()
+            .is_some_and(|l| l.split(' ').nth(1) == Some("0"));
+        let has_candidates = section.iter().any(|l| l.starts_with("a=candidate:"));
+        if is_media && !rejected && !has_candidates {
+            for c in &candidates {
+                out.push_str(c);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_candidates_to_live_sections_only() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=candidate:1 1 udp 2130706175 127.0.0.1 7701 typ host\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\n";
+        let out = candidates_in_every_section(sdp);
+        let sections: Vec<&str> = out.split("m=").collect();
+        assert_eq!(sections.len(), 4);
+        assert!(!sections[0].contains("a=candidate"), "not at session level");
+        assert_eq!(sections[1].matches("a=candidate").count(), 1);
+        assert_eq!(
+            sections[2].matches("a=candidate").count(),
+            1,
+            "copied into mid 1"
+        );
+        assert_eq!(
+            sections[3].matches("a=candidate").count(),
+            0,
+            "rejected section untouched"
+        );
+        assert!(out.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn no_candidates_means_no_change() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        assert_eq!(candidates_in_every_section(sdp), sdp);
+    }
+}

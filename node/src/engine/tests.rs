@@ -1,0 +1,678 @@
+//! Engine tests without sockets: str0m clients and the engine exchange datagrams in memory on a
+//! simulated clock, so media, keyframes, closes and timers are checked deterministically.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::*;
+use crate::ids::NodeTag;
+
+const APP: &str = "app";
+const SFU: &str = "127.0.0.1:7701";
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    /// Frames received per mid.
+    frames: HashMap<Mid, usize>,
+    keyframes: HashMap<Mid, usize>,
+    keyframe_requests: usize,
+    connected: bool,
+}
+
+impl Client {
+    fn new(port: u16, now: Instant) -> Client {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        Client {
+            rtc,
+            addr,
+            frames: HashMap::new(),
+            keyframes: HashMap::new(),
+            keyframe_requests: 0,
+            connected: false,
+        }
+    }
+
+    fn frames(&self, mid: &str) -> usize {
+        self.frames.get(&Mid::from(mid)).copied().unwrap_or(0)
+    }
+
+    fn keyframes(&self, mid: &str) -> usize {
+        self.keyframes.get(&Mid::from(mid)).copied().unwrap_or(0)
+    }
+}
+
+struct World {
+    engine: Engine,
+    clients: Vec<Client>,
+    now: Instant,
+    /// Publishers send media while this is set: (client index, audio mid, video mid).
+    senders: Vec<(usize, Mid, Mid)>,
+    media_clock: u64,
+}
+
+impl World {
+    fn new(track_timeout: Duration) -> World {
+        let now = Instant::now();
+        let engine = Engine::new(
+            EngineConfig {
+                node_tag: NodeTag(0xabcd0123),
+                local_addr: SFU.parse().expect("addr"),
+                candidate_addr: SFU.parse().expect("addr"),
+                track_timeout,
+                reconnect_grace: Duration::from_secs(30),
+                unconnected_expiry: Duration::from_secs(120),
+                max_sessions: 100,
+            },
+            now,
+        );
+        World {
+            engine,
+            clients: Vec::new(),
+            now,
+            senders: Vec::new(),
+            media_clock: 0,
+        }
+    }
+
+    fn client(&mut self) -> usize {
+        let port = 40000 + self.clients.len() as u16;
+        self.clients.push(Client::new(port, self.now));
+        self.clients.len() - 1
+    }
+
+    fn session(&mut self) -> String {
+        let (sid, answer) = self
+            .engine
+            .create_session(APP, None, self.now)
+            .expect("session");
+        assert!(answer.is_none());
+        sid.to_string()
+    }
+
+    /// Client `c` publishes audio + video in session `sid`; returns the two mids.
+    fn push(&mut self, c: usize, sid: &str) -> (Mid, Mid) {
+        let (offer, pending, a, v) = {
+            let mut sdp = self.clients[c].rtc.sdp_api();
+            let a = sdp.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let v = sdp.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, pending) = sdp.apply().expect("offer");
+            (offer, pending, a, v)
+        };
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Local {
+                    offer: Some(offer.to_sdp_string()),
+                    auto_discover: false,
+                    tracks: vec![
+                        LocalTrack {
+                            mid: Some(a.to_string()),
+                            track_name: Some("mic".into()),
+                            ..Default::default()
+                        },
+                        LocalTrack {
+                            mid: Some(v.to_string()),
+                            track_name: Some("cam".into()),
+                            ..Default::default()
+                        },
+                    ],
+                },
+                self.now,
+            )
+            .expect("push");
+        assert!(!res.requires_immediate_renegotiation);
+        assert!(
+            res.tracks.iter().all(|t| t.error.is_none()),
+            "{:?}",
+            res.tracks
+        );
+        assert_eq!(res.tracks[0].mid, a.to_string());
+        let answer = res.description.expect("answer");
+        assert_eq!(answer.kind, SdpKind::Answer);
+        self.accept_answer(c, pending, &answer.sdp);
+        (a, v)
+    }
+
+    fn accept_answer(&mut self, c: usize, pending: SdpPendingOffer, sdp: &str) {
+        let answer = SdpAnswer::from_sdp_string(sdp).expect("answer sdp");
+        self.clients[c]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accept answer");
+    }
+
+    /// Session `sid` (client `c`) pulls the given tracks; returns the response.
+    fn pull(&mut self, c: usize, sid: &str, tracks: &[(&str, &str)]) -> TracksNewResult {
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Remote {
+                    tracks: tracks
+                        .iter()
+                        .map(|(s, t)| RemoteTrack {
+                            session_id: Some(s.to_string()),
+                            track_name: Some(t.to_string()),
+                            mid: None,
+                        })
+                        .collect(),
+                },
+                self.now,
+            )
+            .expect("pull");
+        if let Some(offer) = &res.description {
+            assert_eq!(offer.kind, SdpKind::Offer);
+            let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
+            let answer = self.clients[c]
+                .rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .expect("client answers");
+            self.engine
+                .renegotiate(APP, sid, &answer.to_sdp_string(), self.now)
+                .expect("renegotiate");
+        }
+        res
+    }
+
+    /// Runs the simulated network for `dur` in 1 ms steps.
+    fn run(&mut self, dur: Duration) {
+        let steps = dur.as_millis() as usize;
+        for step in 0..steps {
+            self.now += Duration::from_millis(1);
+            if step % 20 == 0 {
+                self.send_media();
+            }
+            for c in 0..self.clients.len() {
+                let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
+                self.pump_client(c);
+            }
+            self.engine.handle_timeout(self.now);
+            self.deliver_engine_output();
+        }
+    }
+
+    fn send_media(&mut self) {
+        self.media_clock += 1;
+        let n = self.media_clock;
+        for &(c, a, v) in &self.senders.clone() {
+            let client = &mut self.clients[c];
+            if !client.connected {
+                continue;
+            }
+            if let Some(w) = client.rtc.writer(a) {
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .map(|p| p.pt());
+                if let Some(pt) = pt {
+                    let _ = w.write(
+                        pt,
+                        self.now,
+                        MediaTime::from_90khz(n * 960),
+                        vec![0x55u8; 80],
+                    );
+                }
+            }
+            self.pump_client(c);
+            let client = &mut self.clients[c];
+            if let Some(w) = client.rtc.writer(v) {
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Vp8)
+                    .map(|p| p.pt());
+                if let Some(pt) = pt {
+                    // VP8: bit 0 of the first byte is 0 for a keyframe. One every 25 frames.
+                    let first = if n % 25 == 1 { 0x10 } else { 0x11 };
+                    let mut frame = vec![first; 1200];
+                    frame[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                    let _ = w.write(pt, self.now, MediaTime::from_90khz(n * 1800), frame);
+                }
+            }
+            self.pump_client(c);
+        }
+    }
+
+    fn pump_client(&mut self, c: usize) {
+        for _ in 0..10_000 {
+            let out = match self.clients[c].rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => panic!("client {c} failed: {e}"),
+            };
+            match out {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let src = self.clients[c].addr;
+                    self.engine.handle_datagram(self.now, src, &t.contents);
+                    self.deliver_engine_output();
+                }
+                Output::Event(e) => {
+                    let client = &mut self.clients[c];
+                    match e {
+                        Event::Connected => client.connected = true,
+                        Event::MediaData(d) => {
+                            *client.frames.entry(d.mid).or_default() += 1;
+                            if d.is_keyframe() {
+                                *client.keyframes.entry(d.mid).or_default() += 1;
+                            }
+                        }
+                        Event::KeyframeRequest(_) => client.keyframe_requests += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_engine_output(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            batch.push(t);
+        }
+        for t in batch {
+            let Some(c) = self.clients.iter().position(|c| c.addr == t.destination) else {
+                continue;
+            };
+            let input = Input::Receive(
+                self.now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: SFU.parse().expect("addr"),
+                    destination: t.destination,
+                    contents: (&t.contents[..]).try_into().expect("datagram"),
+                },
+            );
+            let _ = self.clients[c].rtc.handle_input(input);
+            self.pump_client(c);
+        }
+    }
+
+    fn statuses(&self, sid: &str) -> Vec<(String, Location, bool)> {
+        self.engine
+            .session_tracks(APP, sid)
+            .expect("session")
+            .into_iter()
+            .map(|t| (t.track_name, t.location, t.active))
+            .collect()
+    }
+}
+
+/// A publisher with audio + video, connected and sending.
+fn publishing_world(track_timeout: Duration) -> (World, String) {
+    let mut w = World::new(track_timeout);
+    let c = w.client();
+    let sid = w.session();
+    let (a, v) = w.push(c, &sid);
+    w.senders.push((c, a, v));
+    w.run(Duration::from_millis(300));
+    assert!(
+        w.clients[c].connected,
+        "publisher connects to the ICE-lite engine"
+    );
+    (w, sid)
+}
+
+#[test]
+fn pulled_audio_and_video_arrive_with_a_keyframe() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
+    assert!(res.requires_immediate_renegotiation);
+    assert_eq!(res.tracks.len(), 2);
+    for t in &res.tracks {
+        assert!(t.error.is_none(), "{t:?}");
+        assert!(!t.mid.is_empty());
+        assert_eq!(t.session_id.as_deref(), Some(pub_sid.as_str()));
+    }
+    let (am, vm) = (res.tracks[0].mid.clone(), res.tracks[1].mid.clone());
+    w.run(Duration::from_millis(1500));
+    let s = &w.clients[sub];
+    assert!(s.connected);
+    assert!(s.frames(&am) > 20, "audio frames: {}", s.frames(&am));
+    assert!(s.frames(&vm) > 20, "video frames: {}", s.frames(&vm));
+    assert!(s.keyframes(&vm) > 0, "a keyframe reached the subscriber");
+    assert!(
+        w.clients[0].keyframe_requests > 0,
+        "the publisher was asked for a keyframe"
+    );
+    assert!(
+        w.statuses(&sub_sid)
+            .iter()
+            .all(|(_, l, active)| *l == Location::Remote && *active)
+    );
+    assert!(
+        w.statuses(&pub_sid)
+            .iter()
+            .all(|(_, l, active)| *l == Location::Local && *active)
+    );
+}
+
+#[test]
+fn one_publisher_fans_out_to_many_subscribers() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let mut subs = Vec::new();
+    for _ in 0..5 {
+        let c = w.client();
+        let sid = w.session();
+        let res = w.pull(c, &sid, &[(&pub_sid, "cam")]);
+        subs.push((c, res.tracks[0].mid.clone()));
+    }
+    w.run(Duration::from_millis(1000));
+    for (c, mid) in subs {
+        assert!(
+            w.clients[c].frames(&mid) > 10,
+            "subscriber {c} got {}",
+            w.clients[c].frames(&mid)
+        );
+    }
+}
+
+#[test]
+fn unknown_tracks_fail_per_item_with_an_empty_mid() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull(
+        c,
+        &sid,
+        &[
+            (&pub_sid, "nope"),
+            ("00000000000000000000000000000000", "cam"),
+            (&pub_sid, "cam"),
+        ],
+    );
+    assert_eq!(res.tracks[0].mid, "");
+    assert_eq!(
+        res.tracks[0].error.as_ref().map(|e| e.0),
+        Some("not_found_track_error")
+    );
+    assert_eq!(
+        res.tracks[1].error.as_ref().map(|e| e.0),
+        Some("not_found_track_error")
+    );
+    assert!(res.tracks[2].error.is_none());
+    assert!(
+        res.requires_immediate_renegotiation,
+        "the found track still gets an offer"
+    );
+
+    let c2 = w.client();
+    let sid2 = w.session();
+    let res = w.pull(c2, &sid2, &[(&pub_sid, "nope")]);
+    assert!(
+        !res.requires_immediate_renegotiation,
+        "nothing found: no offer"
+    );
+    assert!(res.description.is_none());
+}
+
+#[test]
+fn closing_stops_media_and_marks_tracks_inactive() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
+    let vm = res.tracks[1].mid.clone();
+    w.run(Duration::from_millis(600));
+    assert!(w.clients[sub].frames(&vm) > 0);
+
+    // The subscriber closes its video pull without renegotiating.
+    let closed = w
+        .engine
+        .tracks_close(APP, &sub_sid, vec![vm.clone()], true, None, w.now)
+        .expect("close");
+    assert!(closed.tracks[0].error.is_none());
+    w.run(Duration::from_millis(200));
+    let before = w.clients[sub].frames(&vm);
+    w.run(Duration::from_millis(500));
+    assert_eq!(
+        w.clients[sub].frames(&vm),
+        before,
+        "no more video after close"
+    );
+    let st = w.statuses(&sub_sid);
+    assert_eq!(st.iter().filter(|(_, _, a)| !*a).count(), 1, "{st:?}");
+
+    // The publisher closes its audio: the subscriber's audio pull turns inactive.
+    let a_mid = w
+        .statuses(&pub_sid)
+        .iter()
+        .position(|(n, _, _)| n == "mic")
+        .expect("mic");
+    let mid = w.engine.session_tracks(APP, &pub_sid).expect("tracks")[a_mid]
+        .mid
+        .clone();
+    w.engine
+        .tracks_close(APP, &pub_sid, vec![mid], true, None, w.now)
+        .expect("close");
+    assert!(w.statuses(&sub_sid).iter().all(|(_, _, a)| !*a));
+    assert!(
+        w.statuses(&pub_sid)
+            .iter()
+            .any(|(n, _, a)| n == "mic" && !*a)
+    );
+    assert!(
+        w.statuses(&pub_sid)
+            .iter()
+            .any(|(n, _, a)| n == "cam" && *a)
+    );
+
+    // Closing an unknown mid fails per item; an empty list is refused.
+    let res = w
+        .engine
+        .tracks_close(APP, &sub_sid, vec!["99".into()], true, None, w.now)
+        .expect("close");
+    assert_eq!(
+        res.tracks[0].error.as_ref().map(|e| e.0),
+        Some("close_track_error")
+    );
+    assert!(matches!(
+        w.engine
+            .tracks_close(APP, &sub_sid, vec![], true, None, w.now),
+        Err(OpError::InvalidParams(_))
+    ));
+}
+
+#[test]
+fn tracks_without_media_are_garbage_collected() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(2));
+    w.run(Duration::from_millis(2500));
+    assert!(
+        w.statuses(&pub_sid).iter().all(|(_, _, a)| *a),
+        "media keeps tracks alive"
+    );
+    w.senders.clear();
+    w.run(Duration::from_millis(2600));
+    assert!(
+        w.statuses(&pub_sid).iter().all(|(_, _, a)| !*a),
+        "{:?}",
+        w.statuses(&pub_sid)
+    );
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull(c, &sid, &[(&pub_sid, "cam")]);
+    assert_eq!(
+        res.tracks[0].error.as_ref().map(|e| e.0),
+        Some("not_found_track_error")
+    );
+}
+
+#[test]
+fn session_close_frees_publications_and_subscriptions() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    w.pull(sub, &sub_sid, &[(&pub_sid, "cam")]);
+    w.run(Duration::from_millis(300));
+    let key = (SessionId::parse(&pub_sid).expect("id"), "cam".to_string());
+    assert_eq!(w.engine.publications[&key].subscribers.len(), 1);
+
+    w.engine
+        .close_session(SessionId::parse(&sub_sid).expect("id"), w.now, "test");
+    assert!(
+        w.engine.publications[&key].subscribers.is_empty(),
+        "subscriber released"
+    );
+    assert!(matches!(
+        w.engine.session_tracks(APP, &sub_sid),
+        Err(OpError::Gone(_))
+    ));
+
+    w.engine
+        .close_session(SessionId::parse(&pub_sid).expect("id"), w.now, "test");
+    assert_eq!(w.engine.publication_count(), 0);
+    assert_eq!(w.engine.session_count(), 0);
+    assert_eq!(w.engine.demux.addr_count(), 0, "no address routes left");
+    assert!(w.engine.timers.is_empty(), "no timers left");
+}
+
+#[test]
+fn protocol_errors() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let now = w.now;
+    assert!(matches!(
+        w.engine.renegotiate(APP, &pub_sid, "v=0\r\n", now),
+        Err(OpError::Decoding(_)) | Err(OpError::InvalidSdp(_))
+    ));
+    let sid = w.session();
+    let too_many = (0..65)
+        .map(|i| RemoteTrack {
+            session_id: Some(pub_sid.clone()),
+            track_name: Some(format!("t{i}")),
+            mid: None,
+        })
+        .collect();
+    assert!(matches!(
+        w.engine
+            .tracks_new(APP, &sid, TracksNew::Remote { tracks: too_many }, now),
+        Err(OpError::InvalidParams(_))
+    ));
+    assert!(matches!(
+        w.engine
+            .session_tracks(APP, "ffffffffffffffffffffffffffffffff"),
+        Err(OpError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.engine.session_tracks("other-app", &pub_sid),
+        Err(OpError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.engine.tracks_new(
+            APP,
+            &sid,
+            TracksNew::OfferOnly {
+                offer: "garbage".into()
+            },
+            now
+        ),
+        Err(OpError::Decoding(_))
+    ));
+
+    // An SFU offer that is not answered blocks the next SDP exchange, and an answer without an
+    // offer is refused.
+    let c = w.client();
+    let res = w
+        .engine
+        .tracks_new(
+            APP,
+            &sid,
+            TracksNew::Remote {
+                tracks: vec![RemoteTrack {
+                    session_id: Some(pub_sid.clone()),
+                    track_name: Some("cam".into()),
+                    mid: None,
+                }],
+            },
+            now,
+        )
+        .expect("pull");
+    assert!(res.description.is_some());
+    let again = w.engine.tracks_new(
+        APP,
+        &sid,
+        TracksNew::Remote {
+            tracks: vec![RemoteTrack {
+                session_id: Some(pub_sid.clone()),
+                track_name: Some("mic".into()),
+                mid: None,
+            }],
+        },
+        now,
+    );
+    assert!(matches!(again, Err(OpError::InvalidSdp(_))));
+    let offer = SdpOffer::from_sdp_string(&res.description.expect("offer").sdp).expect("sdp");
+    let answer = w.clients[c]
+        .rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .expect("answer")
+        .to_sdp_string();
+    w.engine
+        .renegotiate(APP, &sid, &answer, now)
+        .expect("first answer");
+    assert!(matches!(
+        w.engine.renegotiate(APP, &sid, &answer, now),
+        Err(OpError::InvalidSdp(_))
+    ));
+}
+
+#[test]
+fn unconnected_sessions_expire() {
+    let mut w = World::new(Duration::from_secs(30));
+    let sid = w.session();
+    w.run(Duration::from_millis(500));
+    assert!(w.engine.session_tracks(APP, &sid).is_ok());
+    w.now += Duration::from_secs(121);
+    w.engine.handle_timeout(w.now);
+    assert!(matches!(
+        w.engine.session_tracks(APP, &sid),
+        Err(OpError::Gone(_))
+    ));
+}
+
+#[test]
+fn max_sessions_is_enforced() {
+    let mut w = World::new(Duration::from_secs(30));
+    for _ in 0..100 {
+        w.session();
+    }
+    assert!(matches!(
+        w.engine.create_session(APP, None, w.now),
+        Err(OpError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn random_datagrams_never_panic() {
+    let (mut w, _) = publishing_world(Duration::from_secs(30));
+    let addrs = [w.clients[0].addr, "127.0.0.1:9".parse().expect("addr")];
+    let mut x: u32 = 12345;
+    for i in 0..5000 {
+        let len = i % 300;
+        let buf: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        w.engine.handle_datagram(w.now, addrs[i % 2], &buf);
+    }
+    w.run(Duration::from_millis(100));
+}

@@ -1,0 +1,112 @@
+//! Session ids and track names.
+//!
+//! A session id is 32 lowercase hex characters, as in Cloudflare Calls. The first 8 are the owning
+//! node's tag, so any node can tell from the id alone which node holds the session (the cluster
+//! routes pulls and forwarded API calls by it) without a global directory.
+
+use std::fmt;
+
+use rand::Rng;
+
+/// Random lowercase hex string of `bytes * 2` characters.
+pub fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+/// The 32-bit tag of a node, embedded in every session id it creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeTag(pub u32);
+
+impl NodeTag {
+    pub fn random() -> NodeTag {
+        NodeTag(rand::rng().random())
+    }
+}
+
+impl fmt::Display for NodeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// A session id: node tag + 96 random bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId {
+    tag: NodeTag,
+    rand: u128,
+}
+
+impl SessionId {
+    pub fn new(tag: NodeTag) -> SessionId {
+        let rand = rand::rng().random::<u128>() & ((1u128 << 96) - 1);
+        SessionId { tag, rand }
+    }
+
+    /// The node that created (and holds) this session.
+    pub fn node_tag(&self) -> NodeTag {
+        self.tag
+    }
+
+    /// Parses the 32-character lowercase hex form; anything else is not a session id.
+    pub fn parse(s: &str) -> Option<SessionId> {
+        if s.len() != 32
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let tag = u32::from_str_radix(&s[..8], 16).ok()?;
+        let rand = u128::from_str_radix(&s[8..], 16).ok()?;
+        Some(SessionId {
+            tag: NodeTag(tag),
+            rand,
+        })
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:024x}", self.tag, self.rand)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_round_trips_and_names_its_node() {
+        let tag = NodeTag(0xdeadbeef);
+        for _ in 0..100 {
+            let id = SessionId::new(tag);
+            let s = id.to_string();
+            assert_eq!(s.len(), 32);
+            assert!(s.starts_with("deadbeef"));
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert_eq!(SessionId::parse(&s), Some(id));
+            assert_eq!(SessionId::parse(&s).map(|i| i.node_tag()), Some(tag));
+        }
+    }
+
+    #[test]
+    fn rejects_non_ids() {
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(32),
+            &"g".repeat(32),
+            &"0".repeat(31),
+            &"0".repeat(33),
+            "+1234567890abcdef1234567890abcde",
+        ] {
+            assert_eq!(SessionId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! trackmesh node: a Cloudflare-Calls-compatible WebRTC SFU.
+//!
+//! - [`engine`]: the sans-IO SFU core (sessions, tracks, fan-out), no sockets, no clock.
+//! - [`runtime`]: the thin tokio shell that owns the media socket and drives the engine.
+//! - [`api`]: the HTTP API (axum): Calls endpoints, demo page, health.
+//! - [`config`], [`ids`]: configuration and session ids.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod ids;
+pub mod runtime;

@@ -1,0 +1,138 @@
+//! `trackmesh`: runs one node.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use trackmesh_node::config::{Config, Flags, LogFormat};
+use trackmesh_node::engine::{Engine, EngineConfig};
+use trackmesh_node::ids::NodeTag;
+use trackmesh_node::{api, runtime};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let cfg = match Config::from_flags(flags) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("trackmesh: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trackmesh: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("trackmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    str0m::crypto::from_feature_flags().install_process_default();
+
+    let media = tokio::net::UdpSocket::bind(cfg.media)
+        .await
+        .with_context(|| format!("binding the media socket {}", cfg.media))?;
+    let media_addr = media.local_addr().context("media socket address")?;
+    let candidate_addr: SocketAddr = cfg.candidate_addr(media_addr);
+    if candidate_addr.ip().is_unspecified() {
+        bail!(
+            "--media {media_addr} is a wildcard address: give --public-ip with the address clients reach"
+        );
+    }
+
+    let tag = NodeTag::random();
+    // Building the engine generates the DTLS certificate, which also warms the crypto provider
+    // so the first client does not pay for it.
+    let engine = Engine::new(
+        EngineConfig {
+            node_tag: tag,
+            local_addr: media_addr,
+            candidate_addr,
+            track_timeout: cfg.track_timeout,
+            reconnect_grace: cfg.reconnect_grace,
+            unconnected_expiry: cfg.unconnected_expiry,
+            max_sessions: cfg.max_sessions,
+        },
+        Instant::now(),
+    );
+    let (handle, engine_task) = runtime::spawn(engine, media);
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", cfg.http))?;
+    let http_addr = listener.local_addr().context("HTTP listener address")?;
+
+    if cfg.dev_app
+        && let Some(app) = cfg.apps.first()
+    {
+        println!("development app id={} secret={}", app.id, app.secret);
+    }
+    println!("trackmesh ready http={http_addr} media={media_addr}");
+    tracing::info!(%http_addr, %media_addr, %candidate_addr, node_tag = %tag, "serving");
+
+    let state = Arc::new(api::ApiState::new(&cfg, handle));
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    engine_task.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,96 @@
+//! The thin async shell around the engine: one tokio task owns the media socket, the engine's
+//! timer and the command channel. API handlers talk to the engine only through [`EngineHandle`].
+
+use std::io::ErrorKind;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::Engine;
+
+type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
+
+/// Commands waiting for the engine; beyond this, API callers wait (backpressure, not memory).
+const COMMAND_QUEUE: usize = 1024;
+/// Datagrams read in one go before timers and commands get a turn.
+const RECV_BATCH: usize = 64;
+/// Larger than any datagram a WebRTC peer sends over UDP.
+const RECV_BUF: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the media engine has stopped")]
+pub struct EngineStopped;
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl EngineHandle {
+    /// Runs `f` on the engine task and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, EngineStopped>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Engine, Instant) -> R + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |engine, now| {
+            // The caller may have gone (client disconnected); the result is then dropped.
+            let _ = reply_tx.send(f(engine, now));
+        });
+        self.tx.send(job).await.map_err(|_| EngineStopped)?;
+        reply_rx.await.map_err(|_| EngineStopped)
+    }
+}
+
+/// Starts the engine task. It ends when every [`EngineHandle`] is dropped.
+pub fn spawn(engine: Engine, socket: UdpSocket) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let task = tokio::spawn(run(engine, socket, rx));
+    (EngineHandle { tx }, task)
+}
+
+async fn run(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::Receiver<Job>) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        flush(&mut engine, &socket);
+        let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
+        tokio::select! {
+            biased;
+            job = rx.recv() => match job {
+                Some(job) => job(&mut engine, Instant::now()),
+                None => break,
+            },
+            res = socket.recv_from(&mut buf) => match res {
+                Ok((n, source)) => {
+                    engine.handle_datagram(Instant::now(), source, &buf[..n]);
+                    // Drain what is already queued without going back through select.
+                    for _ in 1..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => engine.handle_datagram(Instant::now(), source, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // ICMP port-unreachable from a vanished client surfaces here on Linux; ignore it.
+                Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        engine.handle_timeout(Instant::now());
+    }
+    tracing::info!("media engine stopped");
+}
+
+/// Sends every queued datagram without waiting: when the socket buffer is full the datagram is
+/// dropped (and counted), so one slow path can never stall the engine.
+fn flush(engine: &mut Engine, socket: &UdpSocket) {
+    while let Some(t) = engine.poll_transmit() {
+        match socket.try_send_to(&t.contents, t.destination) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => engine.count_send_drop(),
+            Err(e) => tracing::debug!(error = %e, destination = %t.destination, "send failed"),
+        }
+    }
+}
