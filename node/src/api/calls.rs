@@ -119,6 +119,7 @@ pub async fn tracks_new(
     };
     let tracks = req.tracks.unwrap_or_default();
     let auto_discover = req.auto_discover.unwrap_or(false);
+    validate_required(&tracks, offer.is_some())?;
     let local = tracks
         .iter()
         .filter(|t| t.location == Some(WireLocation::Local))
@@ -205,6 +206,30 @@ pub async fn tracks_new(
         tracks: res.tracks.into_iter().map(Into::into).collect(),
     })
     .into_response())
+}
+
+/// Calls answers a missing required field (say `trackname` for `trackName`) with 400
+/// `decoding_error` "JSON body validation error", not with a per-item error.
+fn validate_required(tracks: &[TrackObject], with_offer: bool) -> Result<(), ApiError> {
+    let present = |f: &Option<String>| f.as_deref().is_some_and(|v| !v.is_empty());
+    for (i, t) in tracks.iter().enumerate() {
+        let missing = match t.location {
+            Some(WireLocation::Remote) if !present(&t.session_id) => Some("sessionId"),
+            Some(WireLocation::Remote) | Some(WireLocation::Local) if !present(&t.track_name) => {
+                Some("trackName")
+            }
+            Some(WireLocation::Local) if with_offer && !present(&t.mid) => Some("mid"),
+            Some(WireLocation::Local) if !with_offer && t.kind.is_none() => Some("kind"),
+            None => Some("location"),
+            _ => None,
+        };
+        if let Some(field) = missing {
+            return Err(ApiError::decoding(format!(
+                "JSON body validation error: tracks[{i}] needs {field}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn tracks_len(op: &TracksNew) -> usize {

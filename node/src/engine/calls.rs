@@ -10,7 +10,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Rtc};
 
-use super::sdp::candidates_in_every_section;
+use super::sdp::{candidates_in_every_section, has_ice_ufrag, media_sections};
 use super::session::{Location, Session, TrackEntry};
 use super::{Engine, OpError, Publication, TrackKey};
 use crate::ids::{SessionId, random_hex};
@@ -109,6 +109,9 @@ fn item_error(code: &'static str, desc: impl Into<String>) -> Option<(&'static s
 }
 
 fn parse_offer(sdp: &str) -> Result<SdpOffer, OpError> {
+    if !has_ice_ufrag(sdp) {
+        return Err(OpError::Decoding("SDP contains no ice-ufrag".into()));
+    }
     SdpOffer::from_sdp_string(sdp).map_err(|e| OpError::Decoding(format!("invalid SDP offer: {e}")))
 }
 
@@ -268,20 +271,18 @@ impl Engine {
         auto_discover: bool,
         now: Instant,
     ) -> Result<TracksNewResult, OpError> {
+        let offered = media_sections(offer);
         let offer = parse_offer(offer)?;
         let s = self
             .sessions
             .get_mut(&sid)
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-        s.added.clear();
         let answer = s
             .rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
         s.negotiated = true;
-        // accept_offer announces new m-sections as MediaAdded events: collect them now.
-        self.drain(sid, now);
 
         let mut results = Vec::new();
         for t in tracks {
@@ -321,16 +322,18 @@ impl Engine {
             });
         }
         if auto_discover {
-            let added = self
-                .sessions
-                .get(&sid)
-                .map(|s| s.added.clone())
-                .unwrap_or_default();
-            for (mid, _kind, dir) in added {
+            // Every m-section the client sends on that carries no track yet gets a name.
+            let sending = offered
+                .into_iter()
+                .filter(|m| m.client_sends && !m.rejected && !m.mid.is_empty());
+            for m in sending {
+                let mid = Mid::from(m.mid.as_str());
                 let known = self.sessions.get(&sid).is_some_and(|s| {
-                    s.local_by_mid.contains_key(&mid) || s.remote_by_mid.contains_key(&mid)
+                    s.local_by_mid.contains_key(&mid)
+                        || s.remote_by_mid.contains_key(&mid)
+                        || s.tracks.iter().any(|t| t.mid == mid && !t.closed)
                 });
-                if known || !dir.is_receiving() {
+                if known {
                     continue;
                 }
                 let name = random_hex(16);
@@ -660,6 +663,9 @@ impl Engine {
         now: Instant,
     ) -> Result<(), OpError> {
         let sid = self.lookup(app, session_id)?;
+        if !has_ice_ufrag(answer) {
+            return Err(OpError::Decoding("SDP contains no ice-ufrag".into()));
+        }
         let answer = SdpAnswer::from_sdp_string(answer)
             .map_err(|e| OpError::Decoding(format!("invalid SDP answer: {e}")))?;
         let s = self

@@ -286,7 +286,6 @@ impl Engine {
                             _ => {}
                         }
                     }
-                    Event::MediaAdded(m) => s.added.push((m.mid, m.kind, m.direction)),
                     _ => {}
                 },
                 Err(e) => {

@@ -78,3 +78,78 @@ mod tests {
         assert_eq!(candidates_in_every_section(sdp), sdp);
     }
 }
+
+/// One m-section of an SDP as the client wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedMedia {
+    pub mid: String,
+    /// The client sends on it (`sendonly` or `sendrecv`, the default).
+    pub client_sends: bool,
+    /// Port 0: the section is rejected or stopped.
+    pub rejected: bool,
+}
+
+/// The media m-sections of an SDP, in order (data channels are skipped).
+pub fn media_sections(sdp: &str) -> Vec<OfferedMedia> {
+    let mut out: Vec<OfferedMedia> = Vec::new();
+    let mut in_media = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut parts = m.split(' ');
+            let kind = parts.next().unwrap_or("");
+            in_media = kind == "audio" || kind == "video";
+            if in_media {
+                out.push(OfferedMedia {
+                    mid: String::new(),
+                    client_sends: true,
+                    rejected: parts.next() == Some("0"),
+                });
+            }
+            continue;
+        }
+        if !in_media {
+            continue;
+        }
+        let Some(cur) = out.last_mut() else {
+            continue;
+        };
+        match line {
+            "a=recvonly" | "a=inactive" => cur.client_sends = false,
+            "a=sendonly" | "a=sendrecv" => cur.client_sends = true,
+            _ => {
+                if let Some(mid) = line.strip_prefix("a=mid:") {
+                    cur.mid = mid.to_string();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Calls rejects descriptions without ICE credentials as undecodable.
+pub fn has_ice_ufrag(sdp: &str) -> bool {
+    sdp.lines().any(|l| l.starts_with("a=ice-ufrag:"))
+}
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[test]
+    fn lists_media_sections_with_direction() {
+        let sdp = "v=0\r\na=ice-ufrag:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=recvonly\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\n";
+        let s = media_sections(sdp);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s[0].mid.as_str(), s[0].client_sends, s[0].rejected),
+            ("0", true, false)
+        );
+        assert_eq!((s[1].mid.as_str(), s[1].client_sends), ("1", false));
+        assert_eq!((s[2].mid.as_str(), s[2].rejected), ("3", true));
+        assert!(has_ice_ufrag(sdp));
+        assert!(!has_ice_ufrag("v=0\r\nm=audio 9 X 0\r\n"));
+    }
+}

@@ -52,8 +52,6 @@ pub struct Session {
     pub remote_by_mid: HashMap<Mid, TrackKey>,
     /// str0m's next timeout for this session.
     pub timeout: Instant,
-    /// Mids added by the last offer the session accepted (collected from `Event::MediaAdded`).
-    pub added: Vec<(Mid, str0m::media::MediaKind, str0m::media::Direction)>,
 }
 
 impl Session {
@@ -73,7 +71,6 @@ impl Session {
             local_by_mid: HashMap::new(),
             remote_by_mid: HashMap::new(),
             timeout: now,
-            added: Vec::new(),
         }
     }
 

@@ -676,3 +676,48 @@ fn random_datagrams_never_panic() {
     }
     w.run(Duration::from_millis(100));
 }
+
+#[test]
+fn auto_discover_names_every_sent_section() {
+    let mut w = World::new(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let (offer, pending) = {
+        let mut sdp = w.clients[c].rtc.sdp_api();
+        sdp.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        sdp.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        sdp.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        sdp.apply().expect("offer")
+    };
+    let req = TracksNew::Local {
+        offer: Some(offer.to_sdp_string()),
+        tracks: vec![],
+        auto_discover: true,
+    };
+    let res = w.engine.tracks_new(APP, &sid, req, w.now).expect("push");
+    assert_eq!(
+        res.tracks.len(),
+        2,
+        "the recvonly section is no track: {:?}",
+        res.tracks
+    );
+    assert!(
+        res.tracks
+            .iter()
+            .all(|t| t.error.is_none() && !t.mid.is_empty())
+    );
+    w.accept_answer(c, pending, &res.description.expect("answer").sdp);
+    let names: Vec<String> = res
+        .tracks
+        .iter()
+        .filter_map(|t| t.track_name.clone())
+        .collect();
+    let sub = w.client();
+    let sub_sid = w.session();
+    let pulled = w.pull(sub, &sub_sid, &[(&sid, &names[0]), (&sid, &names[1])]);
+    assert!(
+        pulled.tracks.iter().all(|t| t.error.is_none()),
+        "{:?}",
+        pulled.tracks
+    );
+}
