@@ -1,0 +1,189 @@
+//! Multi-step scenarios shared by the integration tests: a sending publisher, a receiving
+//! subscriber, and bounded polling of the API.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use str0m::media::MediaKind;
+
+use crate::api::{CallsClient, SessionState, TracksResponse};
+use crate::peer::{Peer, PushedTrack};
+
+/// How long a peer may take to connect to the node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long media may take to show up on a subscriber.
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A publisher session: one peer pushing audio + video, sending synthetic media.
+pub struct Publisher {
+    pub peer: Peer,
+    pub session_id: String,
+    pub tracks: Vec<PushedTrack>,
+}
+
+impl Publisher {
+    /// `sessions/new`, push the tracks, wait for the connection, start sending, and wait until
+    /// a few frames per track went out.
+    pub async fn start(
+        api: &CallsClient,
+        name: &str,
+        tracks: &[(&str, MediaKind)],
+    ) -> anyhow::Result<Publisher> {
+        let peer = Peer::new(name)?;
+        let session_id = api
+            .sessions_new()
+            .await
+            .context("publisher sessions/new")?
+            .session_id;
+        let pushed = peer
+            .push(api, &session_id, tracks)
+            .await
+            .context("publisher push")?;
+        peer.wait_connected(CONNECT_TIMEOUT).await?;
+        let mids: Vec<&str> = pushed.iter().map(|t| t.mid.as_str()).collect();
+        peer.start_sending(&mids).await?;
+        let check: Vec<String> = pushed.iter().map(|t| t.mid.clone()).collect();
+        peer.wait_until("first frames sent", MEDIA_TIMEOUT, move |s| {
+            check.iter().all(|m| s.tx_frames(m) >= 5)
+        })
+        .await?;
+        Ok(Publisher {
+            peer,
+            session_id,
+            tracks: pushed,
+        })
+    }
+
+    /// Audio + video with track names `<prefix>-audio` and `<prefix>-video`.
+    pub async fn start_av(api: &CallsClient, prefix: &str) -> anyhow::Result<Publisher> {
+        let a = format!("{prefix}-audio");
+        let v = format!("{prefix}-video");
+        Self::start(
+            api,
+            prefix,
+            &[(&a, MediaKind::Audio), (&v, MediaKind::Video)],
+        )
+        .await
+    }
+
+    pub fn track(&self, kind: MediaKind) -> anyhow::Result<&PushedTrack> {
+        self.tracks
+            .iter()
+            .find(|t| t.kind == kind)
+            .ok_or_else(|| anyhow!("publisher has no {kind} track"))
+    }
+
+    /// (sessionId, trackName) of every track, for pulling.
+    pub fn remote_refs(&self) -> Vec<(String, String)> {
+        self.tracks
+            .iter()
+            .map(|t| (self.session_id.clone(), t.track_name.clone()))
+            .collect()
+    }
+}
+
+/// A subscriber session: one peer pulling tracks.
+pub struct Subscriber {
+    pub peer: Peer,
+    pub session_id: String,
+    /// The tracks/new answer of the pull.
+    pub pull: TracksResponse,
+}
+
+impl Subscriber {
+    /// `sessions/new`, pull the tracks, answer the SFU's offer, wait for the connection.
+    pub async fn start(
+        api: &CallsClient,
+        name: &str,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let peer = Peer::new(name)?;
+        let session_id = api
+            .sessions_new()
+            .await
+            .context("subscriber sessions/new")?
+            .session_id;
+        let refs: Vec<(&str, &str)> = remote
+            .iter()
+            .map(|(s, t)| (s.as_str(), t.as_str()))
+            .collect();
+        let pull = peer
+            .pull(api, &session_id, &refs)
+            .await
+            .context("subscriber pull")?;
+        peer.wait_connected(CONNECT_TIMEOUT).await?;
+        Ok(Subscriber {
+            peer,
+            session_id,
+            pull,
+        })
+    }
+
+    /// The mid the SFU assigned for (sessionId, trackName), if the item succeeded.
+    pub fn mid_of(&self, session_id: &str, track_name: &str) -> anyhow::Result<String> {
+        let item = self
+            .pull
+            .tracks
+            .iter()
+            .find(|t| {
+                t.session_id.as_deref() == Some(session_id)
+                    && t.track_name.as_deref() == Some(track_name)
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "pull response has no item for {session_id}/{track_name}: {:?}",
+                    self.pull
+                )
+            })?;
+        if let Some(code) = &item.error_code {
+            bail!(
+                "pull item {track_name} failed: {code}: {:?}",
+                item.error_description
+            );
+        }
+        match item.mid.as_deref() {
+            Some(m) if !m.is_empty() => Ok(m.to_string()),
+            _ => bail!("pull item {track_name} has no mid: {item:?}"),
+        }
+    }
+}
+
+/// Poll `GET sessions/{id}` every 100 ms until `pred` holds; returns the last state.
+pub async fn wait_session(
+    api: &CallsClient,
+    session_id: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&SessionState) -> bool,
+) -> anyhow::Result<SessionState> {
+    let deadline = Instant::now() + timeout;
+    let step = Duration::from_millis(100);
+    let max_polls = timeout.as_millis() / step.as_millis() + 2;
+    let mut last = None;
+    for _ in 0..max_polls {
+        let st = api.get_session(session_id).await?;
+        if pred(&st) {
+            return Ok(st);
+        }
+        last = Some(st);
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(step).await;
+    }
+    bail!(
+        "timed out after {timeout:?} waiting for session {session_id}: {what}; last state: {last:?}"
+    )
+}
+
+/// Wait `settle`, then check that `bytes()` does not grow over `window`. Returns (before, after).
+pub async fn bytes_stop_growing(
+    settle: Duration,
+    window: Duration,
+    bytes: impl Fn() -> u64,
+) -> (u64, u64) {
+    tokio::time::sleep(settle).await;
+    let before = bytes();
+    tokio::time::sleep(window).await;
+    (before, bytes())
+}

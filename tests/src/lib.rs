@@ -1,0 +1,13 @@
+//! trackmesh black-box test support: spawn a node, talk to its Calls API, and push/pull real
+//! WebRTC media with a str0m-based client.
+
+pub mod api;
+pub mod flows;
+pub mod node;
+pub mod peer;
+
+pub use api::{CallsClient, RawBody, RawResponse, SessionDescription, TrackObject, TracksRequest};
+pub use flows::{Publisher, Subscriber};
+pub use node::TestNode;
+pub use peer::{Peer, PeerStats, PushedTrack};
+pub use str0m::media::MediaKind;
