@@ -10,7 +10,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Rtc};
 
-use super::sdp::{candidates_in_every_section, has_ice_ufrag, media_sections};
+use super::sdp::{candidates_in_every_section, has_ice_ufrag, media_sections, set_inactive};
 use super::session::{Location, Session, TrackEntry};
 use super::{Engine, OpError, Publication, TrackKey};
 use crate::ids::{SessionId, random_hex};
@@ -806,7 +806,7 @@ impl Engine {
             )));
         }
         let offer = match (force, offer) {
-            (_, Some(o)) => Some(parse_offer(o)?),
+            (_, Some(o)) => Some(parse_offer(&set_inactive(o, &mids))?),
             (true, None) => None,
             (false, None) => {
                 return Err(OpError::InvalidParams(

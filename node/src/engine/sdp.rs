@@ -1,28 +1,18 @@
-//! Small text-level fixes to the SDP str0m writes.
+//! Text-level reading and small fixes of SDP, where str0m's model has no handle for it.
 
 /// str0m lists the ICE candidates only in the first BUNDLE m-section. Some clients (aiortc) read
 /// them only from the last one, so copy them into every m-section that has none and is not
 /// rejected (port 0).
 pub fn candidates_in_every_section(sdp: &str) -> String {
-    let lines: Vec<&str> = sdp.split("\r\n").filter(|l| !l.is_empty()).collect();
-    let candidates: Vec<&str> = lines
-        .iter()
-        .copied()
+    let candidates: Vec<&str> = sdp
+        .lines()
+        .map(str::trim_end)
         .filter(|l| l.starts_with("a=candidate:"))
         .collect();
     if candidates.is_empty() {
         return sdp.to_string();
     }
-    // Split into the session part and one chunk per m-section.
-    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in lines {
-        if line.starts_with("m=") {
-            sections.push(Vec::new());
-        }
-        if let Some(last) = sections.last_mut() {
-            last.push(line);
-        }
-    }
+    let sections = split_sections(sdp);
     let mut out = String::with_capacity(sdp.len() + candidates.len() * 80 * sections.len());
     for section in &sections {
         for line in section {
@@ -151,5 +141,69 @@ mod section_tests {
         assert_eq!((s[2].mid.as_str(), s[2].rejected), ("3", true));
         assert!(has_ice_ufrag(sdp));
         assert!(!has_ice_ufrag("v=0\r\nm=audio 9 X 0\r\n"));
+    }
+}
+
+/// Rewrites the direction of the listed mids to `inactive`. `tracks/close` acts on the mids in
+/// its body even when the client's offer still shows them active (partytracks does this); the
+/// answer then says `inactive` too, so the client stops sending what the node would drop.
+pub fn set_inactive(sdp: &str, mids: &[String]) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let sections = split_sections(sdp);
+    for section in sections {
+        let listed = section
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .is_some_and(|mid| mids.iter().any(|m| m == mid));
+        let mut has_direction = false;
+        for line in &section {
+            let is_direction = matches!(
+                *line,
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            );
+            if listed && is_direction {
+                has_direction = true;
+                out.push_str("a=inactive\r\n");
+            } else {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+        // No direction attribute means sendrecv: add an explicit one.
+        if listed && !has_direction {
+            out.push_str("a=inactive\r\n");
+        }
+    }
+    out
+}
+
+/// The session part followed by one chunk per m-section, lines without their endings.
+fn split_sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(line);
+        }
+    }
+    sections
+}
+
+#[cfg(test)]
+mod inactive_tests {
+    use super::*;
+
+    #[test]
+    fn listed_mids_become_inactive() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=sendonly\r\nm=video 9 X 96\r\na=mid:1\r\na=recvonly\r\n\
+                   m=video 9 X 96\r\na=mid:2\r\n";
+        let out = set_inactive(sdp, &["1".to_string(), "2".to_string()]);
+        let s = media_sections(&out);
+        assert!(s[0].client_sends, "mid 0 untouched");
+        assert!(!s[1].client_sends && !s[2].client_sends);
+        assert_eq!(out.matches("a=inactive").count(), 2);
+        assert!(out.contains("a=sendonly"));
     }
 }
