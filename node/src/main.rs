@@ -59,9 +59,8 @@ fn init_logging(format: LogFormat) {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     str0m::crypto::from_feature_flags().install_process_default();
 
-    let media = tokio::net::UdpSocket::bind(cfg.media)
-        .await
-        .with_context(|| format!("binding the media socket {}", cfg.media))?;
+    let media =
+        bind_media(cfg.media).with_context(|| format!("binding the media socket {}", cfg.media))?;
     let media_addr = media.local_addr().context("media socket address")?;
     let candidate_addr: SocketAddr = cfg.candidate_addr(media_addr);
     if candidate_addr.ip().is_unspecified() {
@@ -107,6 +106,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("HTTP server")?;
     engine_task.abort();
     Ok(())
+}
+
+/// Kernel buffer asked for on the media socket: fan-out sends bursts of one datagram per
+/// subscriber, and the default (~200 KB) overflows long before the CPU is busy. The kernel caps
+/// it at net.core.[rw]mem_max.
+const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    for (what, res) in [
+        ("receive", socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "cannot enlarge the media socket {what} buffer");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(tokio::net::UdpSocket::from_std(socket.into())?)
 }
 
 async fn shutdown_signal() {
