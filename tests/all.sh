@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every trackmesh test: formatting and lints, Rust unit and integration tests, and the
+# browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
+# missing (rustfmt/clippy components, Debian's chromium, the npm packages), so it works on a
+# fresh machine with no stdin. CI runs exactly this (see .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "toolchain components"
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the node"
+cargo build --workspace --bins --locked
+export TRACKMESH_BIN="$PWD/target/debug/trackmesh"
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "browser end-to-end tests"
+bash tests/browser/run.sh
+
+step "all tests passed"

@@ -1,0 +1,193 @@
+// Shared helpers for the browser end-to-end tests (node --test *.test.mjs).
+//  - startNode(): run the trackmesh binary on 127.0.0.1 with ephemeral ports and one app, parse its ready line.
+//  - launchChromium(): Debian's Chromium through playwright-core, fake camera/mic, loopback WebRTC allowed.
+//  - serveDir(): a tiny static server on 127.0.0.1 (another origin than the node, so CORS is exercised).
+// Every wait is bounded; a missing binary or browser is an error (tests fail, never skip).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+export const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const PAGES = path.join(HERE, 'pages');
+export const OUT = path.join(HERE, '.out');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const NODE_BIN = process.env.TRACKMESH_BIN
+  ? path.resolve(process.env.TRACKMESH_BIN)
+  : path.resolve(HERE, '../../target/debug/trackmesh');
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Reject with a clear message if `p` does not settle within `ms`. */
+export function withTimeout(p, ms, what) {
+  let t;
+  const timeout = new Promise((_, rej) => {
+    t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+}
+
+/** Poll `fn` until it returns a truthy value (returned) or `timeoutMs` passes (throws with the last value). */
+export async function pollUntil(fn, { timeoutMs = 10000, intervalMs = 100, what = 'condition' } = {}) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last value: ${JSON.stringify(last)}`);
+    await sleep(intervalMs);
+  }
+}
+
+export const randomHex = (bytes = 16) => randomBytes(bytes).toString('hex');
+
+/**
+ * Start a trackmesh node: `--http 127.0.0.1:0 --media 127.0.0.1:0 --app ID:SECRET`.
+ * Resolves when `trackmesh ready http=IP:PORT media=IP:PORT` appears on stdout (bounded).
+ * Returns { appId, secret, http, media, origin, base, stderr(), stop() }.
+ */
+export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], readyTimeoutMs = 20000 } = {}) {
+  if (!fs.existsSync(NODE_BIN)) {
+    throw new Error(`trackmesh binary not found at ${NODE_BIN} (build it with \`cargo build --workspace --bins\` or set TRACKMESH_BIN)`);
+  }
+  const args = ['--http', '127.0.0.1:0', '--media', '127.0.0.1:0', '--app', `${appId}:${secret}`, ...extraArgs];
+  const proc = spawn(NODE_BIN, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+  });
+  let stdout = '';
+  let stderr = '';
+  const maxKeep = 2_000_000;
+  proc.stderr.on('data', (d) => { stderr += d; if (stderr.length > maxKeep) stderr = stderr.slice(-maxKeep / 2); });
+  const exited = new Promise((r) => proc.once('exit', (code, sig) => r({ code, sig })));
+  const ready = new Promise((resolve, reject) => {
+    proc.stdout.on('data', (d) => {
+      stdout += d;
+      const m = stdout.match(/^trackmesh ready http=(\S+) media=(\S+)\s*$/m);
+      if (m) resolve({ http: m[1], media: m[2] });
+    });
+    proc.once('error', reject);
+    exited.then(({ code, sig }) => reject(new Error(`trackmesh exited before ready (code=${code} signal=${sig})\nstdout:\n${stdout}\nstderr:\n${stderr.slice(-4000)}`)));
+  });
+  let addrs;
+  try {
+    addrs = await withTimeout(ready, readyTimeoutMs, `"trackmesh ready" line from ${NODE_BIN}`);
+  } catch (e) {
+    proc.kill('SIGKILL');
+    throw new Error(`${e.message}\nstdout so far:\n${stdout}\nstderr so far:\n${stderr.slice(-4000)}`);
+  }
+  const origin = `http://${addrs.http}`;
+  const node = {
+    appId, secret, proc, ...addrs, origin,
+    base: `${origin}/v1/apps/${appId}`,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    /** Call the API from the test process (not the browser). Returns {status, json}. */
+    async api(method, p, body) {
+      const res = await withTimeout(fetch(`${node.base}${p}`, {
+        method,
+        headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      }), 10000, `${method} ${p}`);
+      const text = await res.text();
+      let json;
+      try { json = JSON.parse(text); } catch { json = { unparsable: text }; }
+      return { status: res.status, json };
+    },
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        const done = await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]);
+        if (!done) { proc.kill('SIGKILL'); await withTimeout(exited, 3000, 'trackmesh to die after SIGKILL').catch(() => {}); }
+      }
+    },
+  };
+  return node;
+}
+
+export const CHROMIUM_FLAGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--disable-default-apps', '--disable-extensions', '--mute-audio',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  // loopback WebRTC: keep 127.0.0.1 host candidates, no mDNS host names
+  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+  // pulled audio plays without a user gesture
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+/**
+ * Launch Debian's Chromium with a fresh profile. Returns { ctx, page, close() }.
+ * Console messages of pages go to stderr when VERBOSE is set, and are always kept in `logs`.
+ */
+export async function launchChromium({ timeoutMs = 30000 } = {}) {
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM} (run tests/browser/install.sh)`);
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'trackmesh-chromium-'));
+  let ctx;
+  try {
+    // headless:false because --headless is in the args (playwright would otherwise add its own variant)
+    ctx = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM, headless: false, args: CHROMIUM_FLAGS, timeout: timeoutMs,
+      viewport: { width: 1100, height: 900 },
+    });
+  } catch (e) {
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    throw e;
+  }
+  ctx.setDefaultTimeout(15000);
+  const logs = [];
+  const watch = (page) => {
+    page.on('console', (m) => { const s = `[page ${m.type()}] ${m.text()}`; logs.push(s); if (process.env.VERBOSE) console.error(s); });
+    page.on('pageerror', (e) => { const s = `[page error] ${e.message}`; logs.push(s); console.error(s); });
+  };
+  ctx.pages().forEach(watch);
+  ctx.on('page', watch);
+  const page = ctx.pages()[0] || await ctx.newPage();
+  return {
+    ctx, page, logs,
+    async close() {
+      await withTimeout(ctx.close(), 10000, 'Chromium to close').catch((e) => console.error(e.message));
+      fs.rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Serve `dir` on 127.0.0.1:<ephemeral>. Returns { origin, close() }. */
+export async function serveDir(dir = PAGES) {
+  const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8' };
+  const srv = http.createServer((req, res) => {
+    const p = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = path.join(dir, p);
+    if (!file.startsWith(dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) { res.writeHead(404); res.end('not found'); return; }
+    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'cache-control': 'no-store' });
+    fs.createReadStream(file).pipe(res);
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    origin: `http://127.0.0.1:${srv.address().port}`,
+    close: () => new Promise((r) => { srv.closeAllConnections?.(); srv.close(() => r()); }),
+  };
+}
+
+/** Last `n` lines of the node's stderr, for failure messages. */
+export function tail(text, n = 40) {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/\x1b\[[0-9;]*m/g, '').split('\n').slice(-n).join('\n');
+}
+
+/** Run `fn`, and when it throws, append the node's stderr tail and the page logs to the error message. */
+export async function explain(node, browser, fn) {
+  try {
+    return await fn();
+  } catch (e) {
+    const extra = [];
+    if (browser?.logs?.length) extra.push(`--- page console (last 30) ---\n${browser.logs.slice(-30).join('\n')}`);
+    if (node) extra.push(`--- trackmesh stderr (last 40 lines) ---\n${tail(node.stderr())}`);
+    e.message = `${e.message}\n${extra.join('\n')}`;
+    throw e;
+  }
+}
