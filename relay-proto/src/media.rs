@@ -1,0 +1,1134 @@
+//! Media over QUIC datagrams: frames cut into fragments, and put back together.
+//!
+//! The relay forwards *frames* (one depacketized audio or video frame), not RTP packets: each
+//! node packetizes again for its own subscribers. A frame is larger than a datagram as often as
+//! not (VP8 keyframes are 10 to 100 KB, a datagram carries about 1,150 to 1,250 bytes), so it
+//! travels as one or more fragments, each one datagram:
+//!
+//! ```text
+//!  0        1                  1+v      5+v      7+v      9+v     10+v           (18+v)
+//! +--------+------------------+--------+--------+--------+-------+--------------+--------
+//! | 0x10   | sub (varint, v)  |frame_seq|frag_idx|frag_cnt| flags | rtp_time     | chunk...
+//! |        | 1, 2, 4 or 8 B   | u32 BE | u16 BE | u16 BE |  u8   | u64 BE, only |
+//! |        |                  |        |        |        |       | if frag_idx=0|
+//! +--------+------------------+--------+--------+--------+-------+--------------+--------
+//! ```
+//!
+//! Why each field is there:
+//!
+//! - **type byte** (`0x10`): high nibble = media format version (1), low nibble = datagram type
+//!   (0 = frame fragment). Lets later versions add datagram types (probes, FEC) or change the
+//!   layout; a receiver drops what it does not know.
+//! - **sub**: which subscription, the id the subscriber chose in `Subscribe`. A QUIC variable-length
+//!   integer (RFC 9000 §16): one byte for ids below 64, which is what a node gets by reusing the
+//!   lowest free id; values above `u32::MAX` are malformed.
+//! - **frame_seq**: per-subscription frame counter, +1 per frame. Tells fragments of different
+//!   frames apart, and a gap in it tells the subscriber a frame was lost (request a keyframe).
+//! - **frag_index / frag_count**: where the chunk goes and when the frame is whole. On every
+//!   fragment, because any of them may arrive first. u16: up to 65,535 fragments.
+//! - **flags**: bit 0 = keyframe, also on every fragment so that a receiver knows what it holds
+//!   before fragment 0 arrives. Other bits are reserved: sent as 0, ignored on receipt.
+//! - **rtp_time**: the frame's media time in the codec clock (extended to 64 bits, so no
+//!   wrap-around). Only on fragment 0: it is per frame, and 8 bytes per fragment add up.
+//!
+//! The header is 10 bytes + the varint (11 for a small `sub`), 8 more on fragment 0. Fragments
+//! of one frame carry equal-sized chunks except the last (and the first, 8 bytes shorter), but a
+//! receiver does not rely on that.
+//!
+//! QUIC datagrams are unreliable and unordered but never duplicated by the network (QUIC drops
+//! repeated packet numbers); the [`Reassembler`] still copes with duplicates from a faulty
+//! sender. It is bounded in every dimension (see [`ReassemblerLimits`]) and counts what it drops
+//! ([`ReassemblerStats`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::control::SubId;
+
+/// Media format version, the high nibble of the type byte.
+pub const MEDIA_VERSION: u8 = 1;
+/// Type byte of a frame fragment (version 1, type 0).
+pub const TYPE_FRAGMENT: u8 = MEDIA_VERSION << 4;
+/// Flag bit: the frame is a keyframe.
+const FLAG_KEYFRAME: u8 = 0x01;
+/// Bytes of the fragment header without the `sub` varint and without `rtp_time`.
+const FIXED_HEADER_LEN: usize = 1 + 4 + 2 + 2 + 1;
+/// Bytes of `rtp_time` on fragment 0.
+const RTP_TIME_LEN: usize = 8;
+
+/// One depacketized media frame of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The subscription (subscriber-chosen id).
+    pub sub: SubId,
+    /// Per-subscription frame counter.
+    pub frame_seq: u32,
+    /// Media time in the codec clock.
+    pub rtp_time: u64,
+    /// Whether the frame is a keyframe.
+    pub keyframe: bool,
+    /// The encoded frame.
+    pub payload: Vec<u8>,
+}
+
+/// Why a datagram is not a valid fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The datagram ends inside the header.
+    #[error("datagram too short for its header")]
+    Truncated,
+    /// Unknown version or datagram type.
+    #[error("unknown datagram type byte {0:#04x}")]
+    UnknownType(u8),
+    /// `sub` is above `u32::MAX`.
+    #[error("subscription id out of range")]
+    SubOutOfRange,
+    /// `frag_count` is 0 or `frag_index >= frag_count`.
+    #[error("fragment index {index} of {count}")]
+    BadIndex {
+        /// frag_index.
+        index: u16,
+        /// frag_count.
+        count: u16,
+    },
+}
+
+/// The header of one fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentHeader {
+    /// The subscription.
+    pub sub: SubId,
+    /// The frame's sequence number.
+    pub frame_seq: u32,
+    /// This fragment's position, `0..frag_count`.
+    pub frag_index: u16,
+    /// Fragments in the frame, at least 1.
+    pub frag_count: u16,
+    /// The frame is a keyframe.
+    pub keyframe: bool,
+    /// The frame's media time; `Some` exactly when `frag_index == 0`.
+    pub rtp_time: Option<u64>,
+}
+
+fn varint_len(v: u64) -> usize {
+    match v {
+        0..0x40 => 1,
+        0x40..0x4000 => 2,
+        0x4000..0x4000_0000 => 4,
+        _ => 8,
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    match varint_len(v) {
+        1 => out.push(v as u8),
+        2 => out.extend_from_slice(&(v as u16 | 0x4000).to_be_bytes()),
+        4 => out.extend_from_slice(&(v as u32 | 0x8000_0000).to_be_bytes()),
+        _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
+    }
+}
+
+/// A cursor over a datagram that never reads past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], MediaError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(MediaError::Truncated)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn varint(&mut self) -> Result<u64, MediaError> {
+        let [first] = self.take::<1>()?;
+        let extra = (1usize << (first >> 6)) - 1;
+        let mut v = u64::from(first & 0x3f);
+        for _ in 0..extra {
+            let [b] = self.take::<1>()?;
+            v = (v << 8) | u64::from(b);
+        }
+        Ok(v)
+    }
+}
+
+impl FragmentHeader {
+    /// Encoded length of this header.
+    pub fn encoded_len(&self) -> usize {
+        FIXED_HEADER_LEN
+            + varint_len(u64::from(self.sub))
+            + if self.rtp_time.is_some() {
+                RTP_TIME_LEN
+            } else {
+                0
+            }
+    }
+
+    /// Appends the header to `out`. `rtp_time` is written if it is `Some` (the caller keeps it
+    /// `Some` exactly on fragment 0).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(TYPE_FRAGMENT);
+        put_varint(out, u64::from(self.sub));
+        out.extend_from_slice(&self.frame_seq.to_be_bytes());
+        out.extend_from_slice(&self.frag_index.to_be_bytes());
+        out.extend_from_slice(&self.frag_count.to_be_bytes());
+        out.push(if self.keyframe { FLAG_KEYFRAME } else { 0 });
+        if let Some(t) = self.rtp_time {
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+    }
+
+    /// Splits a datagram into its header and its chunk.
+    pub fn parse(datagram: &[u8]) -> Result<(FragmentHeader, &[u8]), MediaError> {
+        let mut r = Reader(datagram);
+        let [kind] = r.take::<1>()?;
+        if kind != TYPE_FRAGMENT {
+            return Err(MediaError::UnknownType(kind));
+        }
+        let sub = u32::try_from(r.varint()?).map_err(|_| MediaError::SubOutOfRange)?;
+        let frame_seq = u32::from_be_bytes(r.take()?);
+        let frag_index = u16::from_be_bytes(r.take()?);
+        let frag_count = u16::from_be_bytes(r.take()?);
+        let [flags] = r.take::<1>()?;
+        if frag_index >= frag_count {
+            return Err(MediaError::BadIndex {
+                index: frag_index,
+                count: frag_count,
+            });
+        }
+        let rtp_time = if frag_index == 0 {
+            Some(u64::from_be_bytes(r.take()?))
+        } else {
+            None
+        };
+        let header = FragmentHeader {
+            sub,
+            frame_seq,
+            frag_index,
+            frag_count,
+            keyframe: flags & FLAG_KEYFRAME != 0,
+            rtp_time,
+        };
+        Ok((header, r.0))
+    }
+}
+
+/// Why a frame cannot be fragmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FragmentError {
+    /// `max_datagram` leaves no room for a chunk after the header.
+    #[error("max datagram size {max_datagram} is below the minimum of {min}")]
+    DatagramTooSmall {
+        /// The size asked for.
+        max_datagram: usize,
+        /// The smallest that works for this frame.
+        min: usize,
+    },
+    /// The frame needs more than 65,535 fragments at this datagram size.
+    #[error("frame of {len} bytes needs more than 65535 fragments")]
+    FrameTooLarge {
+        /// Payload length.
+        len: usize,
+    },
+}
+
+/// Cuts frames into datagrams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fragmenter;
+
+impl Fragmenter {
+    /// The datagrams of `frame`, each at most `max_datagram` bytes (use quinn's
+    /// `Connection::max_datagram_size()`).
+    pub fn fragments(frame: &Frame, max_datagram: usize) -> Result<Fragments<'_>, FragmentError> {
+        let header = FIXED_HEADER_LEN + varint_len(u64::from(frame.sub));
+        let min = header + RTP_TIME_LEN + 1;
+        if max_datagram < min {
+            return Err(FragmentError::DatagramTooSmall { max_datagram, min });
+        }
+        let first_cap = max_datagram - header - RTP_TIME_LEN;
+        let rest_cap = max_datagram - header;
+        let len = frame.payload.len();
+        let count = if len <= first_cap {
+            1
+        } else {
+            1 + (len - first_cap).div_ceil(rest_cap)
+        };
+        let count = u16::try_from(count).map_err(|_| FragmentError::FrameTooLarge { len })?;
+        Ok(Fragments {
+            frame,
+            first_cap,
+            rest_cap,
+            count,
+            index: 0,
+            offset: 0,
+        })
+    }
+}
+
+/// The fragments of one frame, in order; see [`Fragmenter::fragments`].
+#[derive(Debug, Clone)]
+pub struct Fragments<'a> {
+    frame: &'a Frame,
+    first_cap: usize,
+    rest_cap: usize,
+    count: u16,
+    index: u16,
+    offset: usize,
+}
+
+impl Fragments<'_> {
+    /// How many fragments the frame has in all.
+    pub fn fragment_count(&self) -> u16 {
+        self.count
+    }
+
+    /// Writes the next fragment into `out` (cleared first), reusing its allocation. Returns
+    /// false when all fragments have been written.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.index >= self.count {
+            return false;
+        }
+        out.clear();
+        let cap = if self.index == 0 {
+            self.first_cap
+        } else {
+            self.rest_cap
+        };
+        let end = (self.offset + cap).min(self.frame.payload.len());
+        let header = FragmentHeader {
+            sub: self.frame.sub,
+            frame_seq: self.frame.frame_seq,
+            frag_index: self.index,
+            frag_count: self.count,
+            keyframe: self.frame.keyframe,
+            rtp_time: (self.index == 0).then_some(self.frame.rtp_time),
+        };
+        out.reserve(header.encoded_len() + end - self.offset);
+        header.write(out);
+        out.extend_from_slice(&self.frame.payload[self.offset..end]);
+        self.offset = end;
+        self.index += 1;
+        true
+    }
+}
+
+impl Iterator for Fragments<'_> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.next_into(&mut out).then_some(out)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::from(self.count - self.index);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Fragments<'_> {}
+
+/// Limits of a [`Reassembler`].
+///
+/// `max_buffered_bytes` covers incomplete frames (payload and bookkeeping). Per-subscription
+/// state outside frames (a few hundred bytes: the last 64 finished frame numbers) is bounded by
+/// `max_subscriptions`.
+#[derive(Debug, Clone)]
+pub struct ReassemblerLimits {
+    /// Largest frame payload accepted; a frame growing past it is dropped.
+    pub max_frame_bytes: usize,
+    /// Largest `frag_count` accepted (bounds the per-frame bookkeeping).
+    pub max_fragments: u16,
+    /// Incomplete frames kept per subscription; a newer frame evicts the oldest.
+    pub max_frames_in_flight: usize,
+    /// Bytes held by all incomplete frames (payload plus bookkeeping); over it, the oldest
+    /// incomplete frame of any subscription is evicted.
+    pub max_buffered_bytes: usize,
+    /// An incomplete frame older than this is dropped.
+    pub frame_timeout: Duration,
+    /// Subscriptions tracked at once; datagrams of further ones are dropped until idle ones are
+    /// forgotten or removed.
+    pub max_subscriptions: usize,
+    /// A subscription with nothing in flight and no datagram for this long is forgotten.
+    pub subscription_idle: Duration,
+}
+
+impl Default for ReassemblerLimits {
+    fn default() -> Self {
+        ReassemblerLimits {
+            max_frame_bytes: 1 << 20,
+            max_fragments: 2048,
+            max_frames_in_flight: 8,
+            max_buffered_bytes: 4 << 20,
+            frame_timeout: Duration::from_millis(500),
+            max_subscriptions: 4096,
+            subscription_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a [`Reassembler`] has done, since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReassemblerStats {
+    /// Frames put back together and returned.
+    pub frames_completed: u64,
+    /// Incomplete frames dropped after `frame_timeout`.
+    pub frames_timed_out: u64,
+    /// Incomplete frames evicted by newer frames of their subscription
+    /// (`max_frames_in_flight`), or arriving older than all frames in flight when it is full.
+    pub frames_evicted: u64,
+    /// Incomplete frames evicted to stay under `max_buffered_bytes`.
+    pub frames_evicted_memory: u64,
+    /// Frames dropped because their fragments disagree (count, keyframe flag) or exceed
+    /// `max_frame_bytes` / `max_fragments`.
+    pub frames_invalid: u64,
+    /// Fragments received twice while their frame was in progress.
+    pub fragments_duplicate: u64,
+    /// Fragments of frames already completed or dropped.
+    pub fragments_late: u64,
+    /// Datagrams that are not valid fragments.
+    pub datagrams_malformed: u64,
+    /// Datagrams dropped because `max_subscriptions` were tracked.
+    pub datagrams_over_sub_limit: u64,
+}
+
+impl ReassemblerStats {
+    /// All frames dropped incomplete, for whatever reason.
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames_timed_out
+            + self.frames_evicted
+            + self.frames_evicted_memory
+            + self.frames_invalid
+    }
+}
+
+/// Bookkeeping bytes charged per incomplete frame, besides its slots and payload.
+const FRAME_OVERHEAD: usize = 128;
+/// Bookkeeping bytes charged per fragment slot.
+const SLOT_COST: usize = std::mem::size_of::<Option<Vec<u8>>>();
+/// Frame numbers remembered per subscription as done (completed or dropped), so that late
+/// fragments do not start a new frame.
+const DONE_WINDOW: usize = 64;
+
+#[derive(Debug)]
+struct Partial {
+    seq: u32,
+    serial: u64,
+    created: Instant,
+    frag_count: u16,
+    keyframe: bool,
+    rtp_time: Option<u64>,
+    chunks: Vec<Option<Vec<u8>>>,
+    received: u16,
+    payload_bytes: usize,
+    cost: usize,
+}
+
+#[derive(Debug)]
+struct SubState {
+    in_flight: Vec<Partial>,
+    done: VecDeque<u32>,
+    last_seen: Instant,
+}
+
+impl SubState {
+    fn mark_done(&mut self, seq: u32) {
+        if self.done.len() >= DONE_WINDOW {
+            self.done.pop_front();
+        }
+        self.done.push_back(seq);
+    }
+}
+
+/// `a` is before `b` in wrapping sequence order.
+fn seq_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+#[derive(Clone, Copy)]
+enum Drop {
+    TimedOut,
+    Evicted,
+    Memory,
+    Invalid,
+}
+
+/// Puts fragments back into frames; one per relay connection (subscription ids are per
+/// connection).
+///
+/// Memory is bounded by [`ReassemblerLimits`]: incomplete frames per subscription, bytes held in
+/// all, frame size, fragments per frame and subscriptions tracked. Incomplete frames are
+/// dropped after a timeout: call [`poll_expired`](Self::poll_expired) from a timer
+/// ([`next_expiry`](Self::next_expiry) says when), or rely on [`push`](Self::push), which
+/// expires first. Dropped frames are counted, never returned; a subscriber sees them as gaps in
+/// `frame_seq`.
+#[derive(Debug)]
+pub struct Reassembler {
+    limits: ReassemblerLimits,
+    subs: HashMap<SubId, SubState>,
+    /// Incomplete frames in creation order: serial -> (sub, frame_seq).
+    order: BTreeMap<u64, (SubId, u32)>,
+    next_serial: u64,
+    buffered: usize,
+    stats: ReassemblerStats,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::new(ReassemblerLimits::default())
+    }
+}
+
+impl Reassembler {
+    /// An empty reassembler with these limits.
+    pub fn new(limits: ReassemblerLimits) -> Self {
+        Reassembler {
+            limits,
+            subs: HashMap::new(),
+            order: BTreeMap::new(),
+            next_serial: 0,
+            buffered: 0,
+            stats: ReassemblerStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReassemblerStats {
+        self.stats
+    }
+
+    /// Bytes charged to incomplete frames (at most `max_buffered_bytes` between calls).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Incomplete frames held.
+    pub fn frames_in_flight(&self) -> usize {
+        self.order.len()
+    }
+
+    /// When the oldest incomplete frame times out, if there is one.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let (_, (sub, seq)) = self.order.first_key_value()?;
+        let partial = self
+            .subs
+            .get(sub)?
+            .in_flight
+            .iter()
+            .find(|p| p.seq == *seq)?;
+        Some(partial.created + self.limits.frame_timeout)
+    }
+
+    /// Forgets a subscription (after `Unsubscribe` or `TrackEnded`), dropping its incomplete
+    /// frames without counting them.
+    pub fn remove_subscription(&mut self, sub: SubId) {
+        if let Some(state) = self.subs.remove(&sub) {
+            for p in state.in_flight {
+                self.order.remove(&p.serial);
+                self.buffered -= p.cost;
+            }
+        }
+    }
+
+    /// Drops incomplete frames that have timed out and forgets idle subscriptions. Returns how
+    /// many frames were dropped.
+    pub fn poll_expired(&mut self, now: Instant) -> usize {
+        let dropped = self.expire(now);
+        let idle = self.limits.subscription_idle;
+        self.subs.retain(|_, s| {
+            !s.in_flight.is_empty() || now.saturating_duration_since(s.last_seen) < idle
+        });
+        dropped
+    }
+
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some((_, &(sub, seq))) = self.order.first_key_value() {
+            let expired = self
+                .subs
+                .get(&sub)
+                .and_then(|s| s.in_flight.iter().find(|p| p.seq == seq))
+                .is_none_or(|p| {
+                    now.saturating_duration_since(p.created) >= self.limits.frame_timeout
+                });
+            if !expired {
+                break;
+            }
+            self.drop_partial(sub, seq, Drop::TimedOut);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Removes an incomplete frame, remembers it as done and counts why.
+    fn drop_partial(&mut self, sub: SubId, seq: u32, why: Drop) {
+        let Some(state) = self.subs.get_mut(&sub) else {
+            // Not reachable while `order` and `subs` agree; keep them consistent anyway.
+            self.order.retain(|_, k| *k != (sub, seq));
+            return;
+        };
+        let Some(pos) = state.in_flight.iter().position(|p| p.seq == seq) else {
+            self.order.retain(|_, k| *k != (sub, seq));
+            return;
+        };
+        let p = state.in_flight.swap_remove(pos);
+        state.mark_done(seq);
+        self.order.remove(&p.serial);
+        self.buffered -= p.cost;
+        let counter = match why {
+            Drop::TimedOut => &mut self.stats.frames_timed_out,
+            Drop::Evicted => &mut self.stats.frames_evicted,
+            Drop::Memory => &mut self.stats.frames_evicted_memory,
+            Drop::Invalid => &mut self.stats.frames_invalid,
+        };
+        *counter += 1;
+    }
+
+    /// Evicts the oldest incomplete frames, `keep` last, until the budget holds.
+    fn shed(&mut self, keep: (SubId, u32)) {
+        while self.buffered > self.limits.max_buffered_bytes {
+            let victim = self
+                .order
+                .values()
+                .find(|k| **k != keep)
+                .copied()
+                .unwrap_or(keep);
+            self.drop_partial(victim.0, victim.1, Drop::Memory);
+            if victim == keep {
+                break;
+            }
+        }
+    }
+
+    /// Takes one datagram. Returns the frame it completes, if any.
+    pub fn push(&mut self, datagram: &[u8], now: Instant) -> Option<Frame> {
+        self.expire(now);
+        let Ok((h, chunk)) = FragmentHeader::parse(datagram) else {
+            self.stats.datagrams_malformed += 1;
+            return None;
+        };
+        let key = (h.sub, h.frame_seq);
+
+        if !self.subs.contains_key(&h.sub) {
+            if self.subs.len() >= self.limits.max_subscriptions {
+                let idle = self.limits.subscription_idle;
+                self.subs.retain(|_, s| {
+                    !s.in_flight.is_empty() || now.saturating_duration_since(s.last_seen) < idle
+                });
+            }
+            if self.subs.len() >= self.limits.max_subscriptions {
+                self.stats.datagrams_over_sub_limit += 1;
+                return None;
+            }
+            self.subs.insert(
+                h.sub,
+                SubState {
+                    in_flight: Vec::new(),
+                    done: VecDeque::new(),
+                    last_seen: now,
+                },
+            );
+        }
+        let state = self.subs.get_mut(&h.sub)?;
+        state.last_seen = now;
+        if state.done.contains(&h.frame_seq) {
+            self.stats.fragments_late += 1;
+            return None;
+        }
+
+        if !state.in_flight.iter().any(|p| p.seq == h.frame_seq) {
+            // A new frame.
+            if h.frag_count > self.limits.max_fragments || chunk.len() > self.limits.max_frame_bytes
+            {
+                state.mark_done(h.frame_seq);
+                self.stats.frames_invalid += 1;
+                return None;
+            }
+            if state.in_flight.len() >= self.limits.max_frames_in_flight {
+                let oldest = state
+                    .in_flight
+                    .iter()
+                    .map(|p| p.seq)
+                    .reduce(|a, b| if seq_before(b, a) { b } else { a });
+                match oldest {
+                    Some(oldest) if seq_before(h.frame_seq, oldest) => {
+                        state.mark_done(h.frame_seq);
+                        self.stats.frames_evicted += 1;
+                        return None;
+                    }
+                    Some(oldest) => self.drop_partial(h.sub, oldest, Drop::Evicted),
+                    None => {}
+                }
+            }
+            let cost = FRAME_OVERHEAD + usize::from(h.frag_count) * SLOT_COST;
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            let state = self.subs.get_mut(&h.sub)?;
+            state.in_flight.push(Partial {
+                seq: h.frame_seq,
+                serial,
+                created: now,
+                frag_count: h.frag_count,
+                keyframe: h.keyframe,
+                rtp_time: None,
+                chunks: vec![None; usize::from(h.frag_count)],
+                received: 0,
+                payload_bytes: 0,
+                cost,
+            });
+            self.order.insert(serial, key);
+            self.buffered += cost;
+        }
+
+        let state = self.subs.get_mut(&h.sub)?;
+        let pos = state.in_flight.iter().position(|p| p.seq == h.frame_seq)?;
+        let p = &mut state.in_flight[pos];
+        if p.frag_count != h.frag_count
+            || p.keyframe != h.keyframe
+            || p.payload_bytes + chunk.len() > self.limits.max_frame_bytes
+        {
+            self.drop_partial(h.sub, h.frame_seq, Drop::Invalid);
+            return None;
+        }
+        let Some(slot) = p.chunks.get_mut(usize::from(h.frag_index)) else {
+            // Unreachable: parse checks frag_index < frag_count.
+            return None;
+        };
+        if slot.is_some() {
+            self.stats.fragments_duplicate += 1;
+            return None;
+        }
+        *slot = Some(chunk.to_vec());
+        p.received += 1;
+        p.payload_bytes += chunk.len();
+        p.cost += chunk.len();
+        self.buffered += chunk.len();
+        if h.rtp_time.is_some() {
+            p.rtp_time = h.rtp_time;
+        }
+
+        if p.received < p.frag_count {
+            self.shed(key);
+            return None;
+        }
+        // Whole: every slot is filled, and fragment 0 brought rtp_time.
+        let p = state.in_flight.swap_remove(pos);
+        state.mark_done(h.frame_seq);
+        self.order.remove(&p.serial);
+        self.buffered -= p.cost;
+        self.stats.frames_completed += 1;
+        let mut payload = Vec::with_capacity(p.payload_bytes);
+        for chunk in p.chunks.into_iter().flatten() {
+            payload.extend_from_slice(&chunk);
+        }
+        Some(Frame {
+            sub: h.sub,
+            frame_seq: h.frame_seq,
+            rtp_time: p.rtp_time.unwrap_or_default(),
+            keyframe: p.keyframe,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(sub: SubId, seq: u32, len: usize) -> Frame {
+        Frame {
+            sub,
+            frame_seq: seq,
+            rtp_time: 90_000 * u64::from(seq) + (1 << 33),
+            keyframe: seq.is_multiple_of(3),
+            payload: (0..len).map(|i| (i * 7 + seq as usize) as u8).collect(),
+        }
+    }
+
+    fn frags(f: &Frame, mtu: usize) -> Vec<Vec<u8>> {
+        Fragmenter::fragments(f, mtu).expect("fragment").collect()
+    }
+
+    #[test]
+    fn header_wire_bytes() {
+        let f = Frame {
+            sub: 5,
+            frame_seq: 0x01020304,
+            rtp_time: 0x1122334455667788,
+            keyframe: true,
+            payload: vec![0xaa, 0xbb],
+        };
+        let d = frags(&f, 1200);
+        assert_eq!(
+            d,
+            vec![vec![
+                0x10, 5, 1, 2, 3, 4, 0, 0, 0, 1, 1, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+                0xaa, 0xbb
+            ]]
+        );
+        // Second fragment of a two-fragment frame: no rtp_time.
+        let f = Frame {
+            keyframe: false,
+            payload: vec![0; 30],
+            ..f
+        };
+        let d = frags(&f, 40);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].len(), 40);
+        assert_eq!(&d[1][..11], &[0x10, 5, 1, 2, 3, 4, 0, 1, 0, 2, 0]);
+        assert_eq!(d[1].len(), 11 + 30 - (40 - 19));
+    }
+
+    #[test]
+    fn varint_boundaries() {
+        for (sub, len) in [
+            (0u32, 1usize),
+            (63, 1),
+            (64, 2),
+            (16383, 2),
+            (16384, 4),
+            (0x3fff_ffff, 4),
+            (0x4000_0000, 8),
+            (u32::MAX, 8),
+        ] {
+            let h = FragmentHeader {
+                sub,
+                frame_seq: 1,
+                frag_index: 1,
+                frag_count: 2,
+                keyframe: false,
+                rtp_time: None,
+            };
+            let mut out = Vec::new();
+            h.write(&mut out);
+            assert_eq!(out.len(), 10 + len, "sub {sub}");
+            assert_eq!(h.encoded_len(), out.len());
+            out.push(0x99);
+            let (back, chunk) = FragmentHeader::parse(&out).expect("parse");
+            assert_eq!(back, h);
+            assert_eq!(chunk, &[0x99]);
+        }
+        // An 8-byte varint above u32::MAX.
+        let mut d = vec![0x10];
+        d.extend_from_slice(&(0xc000_0001_0000_0000u64).to_be_bytes());
+        d.extend_from_slice(&[0; 9]);
+        assert_eq!(FragmentHeader::parse(&d), Err(MediaError::SubOutOfRange));
+    }
+
+    #[test]
+    fn parse_rejects_bad_headers() {
+        assert_eq!(FragmentHeader::parse(&[]), Err(MediaError::Truncated));
+        assert_eq!(
+            FragmentHeader::parse(&[0x20, 0]),
+            Err(MediaError::UnknownType(0x20))
+        );
+        assert_eq!(
+            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(MediaError::BadIndex { index: 0, count: 0 })
+        );
+        assert_eq!(
+            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 2, 0, 2, 0]),
+            Err(MediaError::BadIndex { index: 2, count: 2 })
+        );
+        // Fragment 0 without its rtp_time.
+        assert_eq!(
+            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2]),
+            Err(MediaError::Truncated)
+        );
+        let good = frags(&frame(1, 1, 10), 100).remove(0);
+        for cut in 0..19 {
+            assert_eq!(
+                FragmentHeader::parse(&good[..cut]),
+                Err(MediaError::Truncated)
+            );
+        }
+    }
+
+    #[test]
+    fn fragment_sizes() {
+        // sub < 64: header 11, first fragment 19.
+        let mtu = 100;
+        for (len, count) in [(0, 1), (1, 1), (81, 1), (82, 2), (81 + 89, 2), (81 + 90, 3)] {
+            let f = frame(1, 0, len);
+            let it = Fragmenter::fragments(&f, mtu).expect("fragment");
+            assert_eq!(usize::from(it.fragment_count()), count, "len {len}");
+            assert_eq!(it.len(), count);
+            let d: Vec<_> = it.collect();
+            assert_eq!(d.len(), count);
+            assert!(d.iter().all(|x| x.len() <= mtu));
+            if count > 1 {
+                assert_eq!(d[0].len(), mtu);
+            }
+        }
+        assert_eq!(
+            Fragmenter::fragments(&frame(1, 0, 5), 19).map(|f| f.count()),
+            Err(FragmentError::DatagramTooSmall {
+                max_datagram: 19,
+                min: 20
+            })
+        );
+        assert!(Fragmenter::fragments(&frame(1, 0, 5), 20).is_ok());
+        let big = frame(1, 0, 600_000);
+        assert_eq!(
+            Fragmenter::fragments(&big, 20).map(|f| f.count()),
+            Err(FragmentError::FrameTooLarge { len: 600_000 })
+        );
+    }
+
+    #[test]
+    fn next_into_reuses_the_buffer() {
+        let f = frame(2, 9, 5000);
+        let mut it = Fragmenter::fragments(&f, 1200).expect("fragment");
+        let mut buf = Vec::new();
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        let mut out = None;
+        while it.next_into(&mut buf) {
+            assert!(buf.len() <= 1200);
+            out = r.push(&buf, now).or(out);
+        }
+        assert_eq!(out, Some(f));
+    }
+
+    #[test]
+    fn reassembles_in_order_and_reversed() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        let f = frame(3, 1, 100_000);
+        let d = frags(&f, 1200);
+        assert!(d.len() > 80);
+        let mut got = Vec::new();
+        for x in d.iter().rev() {
+            got.extend(r.push(x, now));
+        }
+        assert_eq!(got, vec![f.clone()]);
+        assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.frames_in_flight(), 0);
+        // The same datagrams again are late, not a second frame.
+        for x in &d {
+            assert_eq!(r.push(x, now), None);
+        }
+        let s = r.stats();
+        assert_eq!(s.frames_completed, 1);
+        assert_eq!(s.fragments_late as usize, d.len());
+        assert_eq!(s.frames_dropped(), 0);
+    }
+
+    #[test]
+    fn duplicates_within_a_frame_are_counted() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        let f = frame(1, 4, 3000);
+        let d = frags(&f, 1200);
+        assert_eq!(r.push(&d[0], now), None);
+        assert_eq!(r.push(&d[0], now), None);
+        assert_eq!(r.push(&d[1], now), None);
+        assert_eq!(r.push(&d[2], now), Some(f));
+        assert_eq!(r.stats().fragments_duplicate, 1);
+    }
+
+    #[test]
+    fn incomplete_frames_time_out() {
+        let t0 = Instant::now();
+        let mut r = Reassembler::default();
+        let d = frags(&frame(1, 1, 3000), 1200);
+        r.push(&d[0], t0);
+        assert_eq!(r.frames_in_flight(), 1);
+        assert_eq!(
+            r.next_expiry(),
+            Some(t0 + ReassemblerLimits::default().frame_timeout)
+        );
+        assert_eq!(r.poll_expired(t0 + Duration::from_millis(499)), 0);
+        assert_eq!(r.poll_expired(t0 + Duration::from_millis(500)), 1);
+        assert_eq!(r.frames_in_flight(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.next_expiry(), None);
+        // Its remaining fragments are late, they do not start it again.
+        assert_eq!(r.push(&d[1], t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.push(&d[2], t0 + Duration::from_secs(1)), None);
+        let s = r.stats();
+        assert_eq!((s.frames_timed_out, s.fragments_late), (1, 2));
+        // Push expires too.
+        let d = frags(&frame(1, 2, 3000), 1200);
+        r.push(&d[0], t0 + Duration::from_secs(2));
+        let other = frags(&frame(2, 1, 10), 1200);
+        r.push(&other[0], t0 + Duration::from_secs(3));
+        assert_eq!(r.stats().frames_timed_out, 2);
+    }
+
+    #[test]
+    fn in_flight_cap_evicts_the_oldest() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        let firsts: Vec<_> = (10..20)
+            .map(|seq| frags(&frame(1, seq, 3000), 1200).remove(0))
+            .collect();
+        for d in &firsts {
+            r.push(d, now);
+        }
+        assert_eq!(r.frames_in_flight(), 8);
+        assert_eq!(r.stats().frames_evicted, 2);
+        // Frame 10 was evicted: its other fragments are late.
+        let rest = frags(&frame(1, 10, 3000), 1200);
+        assert_eq!(r.push(&rest[1], now), None);
+        assert_eq!(r.stats().fragments_late, 1);
+        // A frame older than all in flight is dropped at once.
+        let old = frags(&frame(1, 5, 3000), 1200);
+        assert_eq!(r.push(&old[0], now), None);
+        assert_eq!(r.stats().frames_evicted, 3);
+        assert_eq!(r.frames_in_flight(), 8);
+        // Frame 19 still completes.
+        let f = frame(1, 19, 3000);
+        let d = frags(&f, 1200);
+        assert_eq!(r.push(&d[1], now), None);
+        assert_eq!(r.push(&d[2], now), Some(f));
+    }
+
+    #[test]
+    fn memory_budget_evicts_across_subscriptions() {
+        let now = Instant::now();
+        let limits = ReassemblerLimits {
+            max_buffered_bytes: 64 * 1024,
+            ..ReassemblerLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        // 20 KB frames missing their last fragment, on 5 subscriptions.
+        for sub in 0..5 {
+            let d = frags(&frame(sub, 1, 20_000), 1200);
+            for x in &d[..d.len() - 1] {
+                assert_eq!(r.push(x, now), None);
+                assert!(r.buffered_bytes() <= 64 * 1024);
+            }
+        }
+        let s = r.stats();
+        assert!(s.frames_evicted_memory >= 2, "{s:?}");
+        assert_eq!(
+            s.frames_evicted_memory as usize + r.frames_in_flight(),
+            5,
+            "{s:?}"
+        );
+        // The newest survived and completes.
+        let f = frame(4, 1, 20_000);
+        let d = frags(&f, 1200);
+        assert_eq!(r.push(&d[d.len() - 1], now), Some(f));
+    }
+
+    #[test]
+    fn oversized_and_inconsistent_frames_are_invalid() {
+        let now = Instant::now();
+        let limits = ReassemblerLimits {
+            max_frame_bytes: 10_000,
+            max_fragments: 16,
+            ..ReassemblerLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let d = frags(&frame(1, 1, 12_000), 1200);
+        let mut got = None;
+        for x in &d {
+            got = got.or(r.push(x, now));
+        }
+        assert_eq!(got, None);
+        // Too many fragments: refused at the first one.
+        let d = frags(&frame(1, 2, 2000), 100);
+        assert!(d.len() > 16);
+        for x in &d {
+            assert_eq!(r.push(x, now), None);
+        }
+        // frag_count changes within a frame.
+        let a = frags(&frame(1, 3, 3000), 1200);
+        let b = frags(&frame(1, 3, 5000), 1200);
+        assert_eq!(r.push(&a[0], now), None);
+        assert_eq!(r.push(&b[1], now), None);
+        let s = r.stats();
+        assert_eq!(s.frames_invalid, 3, "{s:?}");
+        assert_eq!(s.frames_completed, 0);
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn subscription_limit_and_idle_forgetting() {
+        let t0 = Instant::now();
+        let limits = ReassemblerLimits {
+            max_subscriptions: 2,
+            ..ReassemblerLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        for sub in 0..2 {
+            assert!(r.push(&frags(&frame(sub, 1, 10), 1200)[0], t0).is_some());
+        }
+        assert_eq!(r.push(&frags(&frame(2, 1, 10), 1200)[0], t0), None);
+        assert_eq!(r.stats().datagrams_over_sub_limit, 1);
+        // After the idle time the old ones are forgotten and a new one fits.
+        let later = t0 + Duration::from_secs(31);
+        assert!(r.push(&frags(&frame(2, 1, 10), 1200)[0], later).is_some());
+        r.remove_subscription(2);
+        assert_eq!(r.poll_expired(later), 0);
+    }
+
+    #[test]
+    fn remove_subscription_releases_memory() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        r.push(&frags(&frame(7, 1, 5000), 1200)[0], now);
+        assert!(r.buffered_bytes() > 0);
+        r.remove_subscription(7);
+        assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.frames_in_flight(), 0);
+        assert_eq!(r.stats().frames_dropped(), 0);
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        for seq in [u32::MAX - 1, u32::MAX, 0, 1] {
+            let f = frame(1, seq, 2500);
+            let d = frags(&f, 1200);
+            let mut got = None;
+            for x in &d {
+                got = got.or(r.push(x, now));
+            }
+            assert_eq!(got, Some(f));
+        }
+        assert!(seq_before(u32::MAX, 0));
+        assert!(!seq_before(0, u32::MAX));
+    }
+
+    /// Deterministic randomized check: arbitrary datagrams never panic the reassembler, and its
+    /// accounting stays within the budget.
+    #[test]
+    fn random_datagrams_never_panic() {
+        let mut rng = crate::test_rng::Rng::new(0xfeed);
+        let limits = ReassemblerLimits {
+            max_buffered_bytes: 256 * 1024,
+            max_subscriptions: 16,
+            ..ReassemblerLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let t0 = Instant::now();
+        for i in 0..20_000u64 {
+            let len = rng.below(64);
+            let mut d: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
+            // Mostly plausible headers with small fields, so that frames get built.
+            if rng.below(4) != 0 && d.len() >= 12 {
+                d[0] = 0x10;
+                d[1] = rng.below(20) as u8;
+                d[2..5].fill(0);
+                d[5] = rng.below(12) as u8;
+                d[6] = 0;
+                d[8] = 0;
+                d[9] = 1 + rng.below(4) as u8;
+                d[7] = rng.below(usize::from(d[9])) as u8;
+            }
+            let now = t0 + Duration::from_millis(i / 4);
+            let _ = r.push(&d, now);
+            assert!(r.buffered_bytes() <= 256 * 1024);
+            if i % 1000 == 0 {
+                r.poll_expired(now);
+            }
+        }
+        let s = r.stats();
+        assert!(s.frames_completed > 0 && s.datagrams_malformed > 0, "{s:?}");
+    }
+}
