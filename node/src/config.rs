@@ -114,6 +114,28 @@ pub struct Flags {
     /// Most sessions this node holds at once [default: 10000].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
+    /// This node's id in the cluster [default: generated].
+    #[arg(long, env = "TRACKMESH_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The region this node serves; tracks cross between regions through per-region hubs
+    /// [default: local].
+    #[arg(long, env = "TRACKMESH_REGION")]
+    pub region: Option<String>,
+    /// UDP address for cluster gossip, also announced to the other nodes [default: 127.0.0.1:7702].
+    #[arg(long, env = "TRACKMESH_GOSSIP")]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address (HOST:PORT) of a node to join the cluster through; repeatable.
+    #[arg(long = "seed", env = "TRACKMESH_SEED", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// UDP address of the QUIC relay between nodes [default: 127.0.0.1:7703].
+    #[arg(long, env = "TRACKMESH_RELAY")]
+    pub relay: Option<SocketAddr>,
+    /// Secret shared by the nodes of one cluster; nodes without it are refused.
+    #[arg(long, env = "TRACKMESH_CLUSTER_SECRET")]
+    pub cluster_secret: Option<String>,
+    /// Bearer token for /admin/*; without one the admin API is off.
+    #[arg(long, env = "TRACKMESH_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -145,6 +167,14 @@ struct FileConfig {
     max_body: Option<usize>,
     max_sessions: Option<usize>,
     log_format: Option<LogFormat>,
+    node_id: Option<String>,
+    region: Option<String>,
+    gossip: Option<SocketAddr>,
+    #[serde(default)]
+    seed: Vec<String>,
+    relay: Option<SocketAddr>,
+    cluster_secret: Option<String>,
+    admin_token: Option<String>,
 }
 
 /// Fully resolved node configuration.
@@ -164,7 +194,19 @@ pub struct Config {
     pub max_body: usize,
     pub max_sessions: usize,
     pub log_format: LogFormat,
+    pub node_id: String,
+    pub region: String,
+    pub gossip: SocketAddr,
+    pub seeds: Vec<String>,
+    pub relay: SocketAddr,
+    pub cluster_secret: String,
+    /// True when no secret was given and the development default is in use.
+    pub dev_secret: bool,
+    pub admin_token: Option<String>,
 }
+
+/// The cluster secret used when none is configured: fine on one machine, never in production.
+pub const DEV_CLUSTER_SECRET: &str = "trackmesh-dev-cluster";
 
 impl Config {
     pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
@@ -232,7 +274,43 @@ impl Config {
             max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
             max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(10_000),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            node_id: flags
+                .node_id
+                .or(file.node_id)
+                .unwrap_or_else(|| crate::ids::random_hex(8)),
+            region: flags
+                .region
+                .or(file.region)
+                .unwrap_or_else(|| "local".into()),
+            gossip: flags
+                .gossip
+                .or(file.gossip)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
+            seeds: if flags.seeds.is_empty() {
+                file.seed
+            } else {
+                flags.seeds
+            },
+            relay: flags
+                .relay
+                .or(file.relay)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7703))),
+            dev_secret: flags.cluster_secret.is_none() && file.cluster_secret.is_none(),
+            cluster_secret: flags
+                .cluster_secret
+                .or(file.cluster_secret)
+                .unwrap_or_else(|| DEV_CLUSTER_SECRET.into()),
+            admin_token: flags
+                .admin_token
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
         };
+        if !crate::ids::is_valid_node_id(&cfg.node_id) {
+            bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
+        }
+        if cfg.gossip.port() == 0 {
+            bail!("gossip needs a fixed port: it is announced to the other nodes");
+        }
         if cfg.rate_limit == 0 {
             bail!("rate-limit must be at least 1");
         }

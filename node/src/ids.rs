@@ -16,6 +16,11 @@ pub fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
+/// Node ids travel in gossip keys and relay handshakes: short, printable, no separators.
+pub fn is_valid_node_id(id: &str) -> bool {
+    trackmesh_relay_proto::handshake::is_valid_node_id(id)
+}
+
 /// The 32-bit tag of a node, embedded in every session id it creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeTag(pub u32);
@@ -48,6 +53,24 @@ impl SessionId {
     /// The node that created (and holds) this session.
     pub fn node_tag(&self) -> NodeTag {
         self.tag
+    }
+
+    /// The 16 bytes of the id, as carried on relay links.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&self.tag.0.to_be_bytes());
+        out[4..].copy_from_slice(&self.rand.to_be_bytes()[4..]);
+        out
+    }
+
+    pub fn from_bytes(b: [u8; 16]) -> SessionId {
+        let tag = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let mut r = [0u8; 16];
+        r[4..].copy_from_slice(&b[4..]);
+        SessionId {
+            tag: NodeTag(tag),
+            rand: u128::from_be_bytes(r),
+        }
     }
 
     /// Parses the 32-character lowercase hex form; anything else is not a session id.
@@ -92,6 +115,7 @@ mod tests {
             );
             assert_eq!(SessionId::parse(&s), Some(id));
             assert_eq!(SessionId::parse(&s).map(|i| i.node_tag()), Some(tag));
+            assert_eq!(SessionId::from_bytes(id.to_bytes()), id);
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`config`], [`ids`]: configuration and session ids.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod ids;

@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use trackmesh_node::cluster::membership::{self, MembershipConfig};
+use trackmesh_node::cluster::relay::{RELAY_IN_QUEUE, RELAY_OUT_QUEUE, Relay, RelayConfig};
 use trackmesh_node::config::{Config, Flags, LogFormat};
 use trackmesh_node::engine::{Engine, EngineConfig};
 use trackmesh_node::ids::NodeTag;
@@ -84,28 +86,96 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         Instant::now(),
     );
-    let (handle, engine_task) = runtime::spawn(engine, media);
+    let (to_relay, relay_out) = tokio::sync::mpsc::channel(RELAY_OUT_QUEUE);
+    let (relay_in, from_relay) = tokio::sync::mpsc::channel(RELAY_IN_QUEUE);
+    let pipes = runtime::RelayPipes {
+        from_relay,
+        to_relay,
+    };
+    let (handle, engine_task) = runtime::spawn(engine, media, pipes);
 
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("binding the HTTP listener {}", cfg.http))?;
     let http_addr = listener.local_addr().context("HTTP listener address")?;
 
+    if cfg.dev_secret {
+        tracing::warn!(
+            "no --cluster-secret: using the development secret; never do this in production"
+        );
+    }
+    let relay_socket = std::net::UdpSocket::bind(cfg.relay)
+        .with_context(|| format!("binding the relay socket {}", cfg.relay))?;
+    let relay_addr = relay_socket.local_addr().context("relay socket address")?;
+    let members = membership::start(MembershipConfig {
+        node_id: cfg.node_id.clone(),
+        tag,
+        region: cfg.region.clone(),
+        gossip: cfg.gossip,
+        seeds: cfg.seeds.clone(),
+        cluster_id: cluster_id(&cfg.cluster_secret),
+        api: format!("http://{}", announced(http_addr, cfg.public_ip)),
+        relay: announced(relay_addr, cfg.public_ip),
+        media: candidate_addr,
+    })?;
+    let relay = Relay::start(
+        RelayConfig {
+            node_id: cfg.node_id.clone(),
+            tag,
+            socket: relay_socket,
+            secret: cfg.cluster_secret.clone(),
+        },
+        members.view.clone(),
+        handle.clone(),
+        relay_in,
+        relay_out,
+    )?;
+    tokio::spawn(trackmesh_node::cluster::report_load(
+        handle.clone(),
+        relay.clone(),
+        members.local.clone(),
+    ));
+
     if cfg.dev_app
         && let Some(app) = cfg.apps.first()
     {
         println!("development app id={} secret={}", app.id, app.secret);
     }
-    println!("trackmesh ready http={http_addr} media={media_addr}");
-    tracing::info!(%http_addr, %media_addr, %candidate_addr, node_tag = %tag, "serving");
+    println!(
+        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={}",
+        cfg.gossip, cfg.node_id, cfg.region
+    );
+    tracing::info!(%http_addr, %media_addr, %candidate_addr, %relay_addr, gossip = %cfg.gossip, node = %cfg.node_id, node_tag = %tag, region = %cfg.region, "serving");
 
-    let state = Arc::new(api::ApiState::new(&cfg, handle));
+    let cluster = api::ClusterHandle {
+        self_id: cfg.node_id.clone(),
+        tag,
+        view: members.view.clone(),
+        relay,
+    };
+    let state = Arc::new(api::ApiState::new(&cfg, handle, cluster));
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server")?;
     engine_task.abort();
     Ok(())
+}
+
+/// The chitchat cluster id: nodes drop gossip from other ids. Derived from the secret, so nodes
+/// with another secret are not heard (gossip itself is not encrypted: keep it on a private network).
+fn cluster_id(secret: &str) -> String {
+    let id = trackmesh_relay_proto::handshake::cluster_identity(secret);
+    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("trackmesh-{hex}")
+}
+
+/// The address other nodes use: the bound one, with the public IP when the bind is a wildcard.
+fn announced(bound: SocketAddr, public_ip: Option<std::net::IpAddr>) -> SocketAddr {
+    match public_ip {
+        Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+        _ => bound,
+    }
 }
 
 /// Kernel buffer asked for on the media socket: fan-out sends bursts of one datagram per

@@ -7,7 +7,8 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::Engine;
+use crate::cluster::relay::RelayIn;
+use crate::engine::{Engine, RelayOut};
 
 type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
 
@@ -44,17 +45,38 @@ impl EngineHandle {
     }
 }
 
+/// The engine's connection to the relay: frames in from other nodes, requests out to them.
+pub struct RelayPipes {
+    pub from_relay: mpsc::Receiver<RelayIn>,
+    pub to_relay: mpsc::Sender<RelayOut>,
+}
+
 /// Starts the engine task. It ends when every [`EngineHandle`] is dropped.
-pub fn spawn(engine: Engine, socket: UdpSocket) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    engine: Engine,
+    socket: UdpSocket,
+    relay: RelayPipes,
+) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let task = tokio::spawn(run(engine, socket, rx));
+    let task = tokio::spawn(run(engine, socket, rx, relay));
     (EngineHandle { tx }, task)
 }
 
-async fn run(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    mut engine: Engine,
+    socket: UdpSocket,
+    mut rx: mpsc::Receiver<Job>,
+    mut relay: RelayPipes,
+) {
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         flush(&mut engine, &socket);
+        while let Some(out) = engine.poll_relay() {
+            // A full queue means the relay tasks are behind: drop rather than stall media.
+            if relay.to_relay.try_send(out).is_err() {
+                engine.count_relay_drop();
+            }
+        }
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
         tokio::select! {
             biased;
@@ -75,6 +97,9 @@ async fn run(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::Receiver<Job>)
                 }
                 // ICMP port-unreachable from a vanished client surfaces here on Linux; ignore it.
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+            },
+            Some(input) = relay.from_relay.recv() => match input {
+                RelayIn::Frame { up, frame } => engine.relay_frame(up, frame, Instant::now()),
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::guard::{decode, is_blank, read_body};
 use super::wire::*;
 use crate::engine::{LocalTrack, RemoteTrack, TracksNew, UpdateTrack};
+use crate::ids::SessionId;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -196,6 +197,15 @@ pub async fn tracks_new(
         )));
     }
     wait_connected(&st, &app, &session).await?;
+    if let TracksNew::Remote { tracks } = &op {
+        let wanted = tracks.iter().filter_map(|t| {
+            Some((
+                SessionId::parse(t.session_id.as_deref()?)?,
+                t.track_name.clone()?,
+            ))
+        });
+        super::cluster::resolve_remote(&st, &app, wanted).await;
+    }
     let res = st
         .engine
         .call(move |e, now| e.tracks_new(&app, &session, op, now))
@@ -274,6 +284,13 @@ pub async fn tracks_update(
         })
         .collect();
     wait_connected(&st, &app, &session).await?;
+    let wanted = tracks.iter().filter_map(|t| {
+        Some((
+            SessionId::parse(t.session_id.as_deref()?)?,
+            t.track_name.clone()?,
+        ))
+    });
+    super::cluster::resolve_remote(&st, &app, wanted).await;
     let res = st
         .engine
         .call(move |e, now| e.tracks_update(&app, &session, tracks, now))

@@ -59,7 +59,7 @@ impl Apps {
 }
 
 /// Compares without an early exit, so response time does not leak how much of a secret matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

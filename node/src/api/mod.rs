@@ -2,6 +2,7 @@
 //! demo page at `/`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
 
 mod calls;
+mod cluster;
 mod error;
 mod guard;
 mod wire;
@@ -16,6 +17,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post, put};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+pub use cluster::ClusterHandle;
 pub use error::ApiError;
 
 use crate::config::Config;
@@ -27,11 +29,23 @@ pub struct ApiState {
     rate: guard::RateLimiter,
     max_body: usize,
     connect_timeout: Duration,
+    cluster: ClusterHandle,
+    admin_token: Option<String>,
+    /// Client for forwarding calls to the node that owns a session.
+    http: reqwest::Client,
 }
 
 impl ApiState {
-    pub fn new(cfg: &Config, engine: EngineHandle) -> ApiState {
+    pub fn new(cfg: &Config, engine: EngineHandle, cluster: ClusterHandle) -> ApiState {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
         ApiState {
+            cluster,
+            admin_token: cfg.admin_token.clone(),
+            http,
             engine,
             apps: guard::Apps::new(&cfg.apps),
             rate: guard::RateLimiter::new(cfg.rate_limit),
@@ -44,8 +58,7 @@ impl ApiState {
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    let calls = Router::new()
-        .route("/sessions/new", post(calls::sessions_new))
+    let sessions = Router::new()
         .route("/sessions/{session}", get(calls::get_session))
         .route("/sessions/{session}/tracks/new", post(calls::tracks_new))
         .route("/sessions/{session}/renegotiate", put(calls::renegotiate))
@@ -54,7 +67,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             put(calls::tracks_update),
         )
         .route("/sessions/{session}/tracks/close", put(calls::tracks_close))
-        .route("/generate-ice-servers", get(calls::ice_servers));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route_to_owner,
+        ));
+    let calls = Router::new()
+        .route("/sessions/new", post(calls::sessions_new))
+        .route("/generate-ice-servers", get(calls::ice_servers))
+        .merge(sessions);
     // Browsers call the API from other origins (the Calls echo examples do); answer preflights
     // for any origin and header, and say `Vary: Origin`.
     let cors = CorsLayer::new()
@@ -76,6 +96,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/admin/cluster", get(cluster::admin_cluster))
+        .route("/admin/relay", get(cluster::admin_relay))
         .fallback(|| async { ApiError::method_not_allowed() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)

@@ -12,7 +12,7 @@ use str0m::{Candidate, IceCreds, Rtc};
 
 use super::sdp::{candidates_in_every_section, has_ice_ufrag, media_sections, set_inactive};
 use super::session::{Location, Session, TrackEntry};
-use super::{Engine, OpError, Publication, TrackKey};
+use super::{Engine, OpError, Publication, Sink, Source, TrackKey};
 use crate::ids::{SessionId, random_hex};
 
 /// Most tracks in one API call (Calls' limit).
@@ -370,6 +370,7 @@ impl Engine {
             .sessions
             .get_mut(&sid)
             .ok_or(("internal_error", "session vanished".to_string()))?;
+        let app = s.app.clone();
         let Some(media) = s.rtc.media(mid) else {
             return Err((
                 "invalid_params",
@@ -411,14 +412,7 @@ impl Engine {
         s.local_by_mid.insert(mid, name.to_string());
         self.publications.insert(
             (sid, name.to_string()),
-            Publication {
-                mid,
-                kind,
-                subscribers: Vec::new(),
-                last_media: now,
-                last_keyframe_request: None,
-                keyframe_pending: false,
-            },
+            Publication::new(&app, Source::Session(mid), kind, None, now),
         );
         tracing::info!(session = %sid, track = name, %mid, ?kind, "track published");
         Ok(())
@@ -441,6 +435,7 @@ impl Engine {
             .sessions
             .get_mut(&sid)
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
+        let app = s.app.clone();
         let mut results = Vec::new();
         let mut sdp = s.rtc.sdp_api();
         let mut added = Vec::new();
@@ -493,14 +488,7 @@ impl Engine {
             s.local_by_mid.insert(mid, name.clone());
             self.publications.insert(
                 (sid, name),
-                Publication {
-                    mid,
-                    kind,
-                    subscribers: Vec::new(),
-                    last_media: now,
-                    last_keyframe_request: None,
-                    keyframe_pending: false,
-                },
+                Publication::new(&app, Source::Session(mid), kind, None, now),
             );
         }
         Ok(TracksNewResult {
@@ -542,12 +530,13 @@ impl Engine {
                 results.push(r);
                 continue;
             };
-            let key = SessionId::parse(pub_session)
-                .filter(|p| self.sessions.get(p).is_some_and(|s| s.app == app))
-                .map(|p| (p, name.to_string()));
-            let Some((key, kind)) =
-                key.and_then(|k| self.publications.get(&k).map(|p| (k.clone(), p.kind)))
-            else {
+            // A publication of this app, local or relayed from another node.
+            let key = SessionId::parse(pub_session).map(|p| (p, name.to_string()));
+            let found = key.and_then(|k| {
+                let kind = self.publications.get(&k).filter(|p| *p.app == *app)?.kind;
+                Some((k, kind))
+            });
+            let Some((key, kind)) = found else {
                 r.error = item_error("not_found_track_error", NOT_FOUND_TRACK);
                 results.push(r);
                 continue;
@@ -636,12 +625,13 @@ impl Engine {
         }
         s.remote_by_mid.insert(mid, key.clone());
         if let Some(p) = self.publications.get_mut(&key) {
-            p.subscribers.push((sid, mid));
+            p.subscribers.push(Sink::Session(sid, mid));
+            p.unused_since = None;
         }
         tracing::info!(session = %sid, %mid, publisher = %key.0, track = %key.1, "track pulled");
     }
 
-    fn unsubscribe(&mut self, sid: SessionId, mid: Mid) {
+    fn unsubscribe(&mut self, sid: SessionId, mid: Mid, now: Instant) {
         let Some(key) = self
             .sessions
             .get_mut(&sid)
@@ -650,7 +640,10 @@ impl Engine {
             return;
         };
         if let Some(p) = self.publications.get_mut(&key) {
-            p.subscribers.retain(|&(s, m)| !(s == sid && m == mid));
+            p.subscribers.retain(|k| *k != Sink::Session(sid, mid));
+            if p.subscribers.is_empty() {
+                p.unused_since = Some(now);
+            }
         }
     }
 
@@ -730,12 +723,8 @@ impl Engine {
                 results.push(r);
                 continue;
             };
-            let app_ok = |p: &SessionId| self.sessions.get(p).is_some_and(|s| s.app == app);
             let key = match (
-                t.session_id
-                    .as_deref()
-                    .and_then(SessionId::parse)
-                    .filter(app_ok),
+                t.session_id.as_deref().and_then(SessionId::parse),
                 t.track_name,
             ) {
                 (Some(p), Some(name)) => (p, name),
@@ -747,7 +736,7 @@ impl Engine {
                 }
             };
             let want_kind = self.sessions[&sid].rtc.media(mid).map(|m| m.kind());
-            match self.publications.get(&key) {
+            match self.publications.get(&key).filter(|p| *p.app == *app) {
                 Some(p) if Some(p.kind) == want_kind => {}
                 Some(_) => {
                     r.error = item_error(
@@ -765,7 +754,7 @@ impl Engine {
                     continue;
                 }
             }
-            self.unsubscribe(sid, mid);
+            self.unsubscribe(sid, mid, now);
             if let Some(e) = self
                 .sessions
                 .get_mut(&sid)
@@ -837,7 +826,7 @@ impl Engine {
                     });
                 }
                 Some((Location::Remote, _)) => {
-                    self.unsubscribe(sid, mid);
+                    self.unsubscribe(sid, mid, now);
                     self.mark_closed(sid, mid);
                     results.push(TrackResult {
                         mid: m,

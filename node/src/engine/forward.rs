@@ -1,13 +1,36 @@
-//! Frame-level fan-out: a publisher's depacketized frames are written into every subscriber's
-//! `Rtc`, which packetizes, encrypts and handles NACK/RTX per subscriber. Keyframe requests flow
-//! the other way, rate-limited per publication.
+//! Frame-level fan-out: a publication's frames (from a local publisher's depacketizer or from a
+//! relay link) are written into every local subscriber's `Rtc`, which packetizes, encrypts and
+//! handles NACK/RTX per subscriber, and queued for every downstream relay subscription.
+//! Keyframe requests flow the other way, rate-limited per publication.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::format::PayloadParams;
+use str0m::media::Frequency;
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
-use super::{Engine, KEYFRAME_INTERVAL, TrackKey};
+use super::{CodecInfo, Engine, KEYFRAME_INTERVAL, RelayFrame, RelayOut, Sink, Source, TrackKey};
 use crate::ids::SessionId;
+
+/// One frame on its way to the subscribers of a publication.
+pub(super) struct Frame {
+    pub time: MediaTime,
+    pub network_time: Instant,
+    pub keyframe: bool,
+    pub data: Arc<[u8]>,
+    /// The publisher's payload parameters, when the frame comes from a local session.
+    pub params: Option<PayloadParams>,
+}
+
+pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
+    let spec = params.spec();
+    CodecInfo {
+        codec: spec.codec,
+        clock_rate: spec.clock_rate.get(),
+        channels: spec.channels,
+    }
+}
 
 impl Engine {
     pub(super) fn forward_media(&mut self, publisher: SessionId, data: MediaData, now: Instant) {
@@ -20,33 +43,109 @@ impl Engine {
             return;
         };
         let key = (publisher, name.clone());
-        let Some(p) = self.publications.get_mut(&key) else {
-            return;
-        };
-        p.last_media = now;
         // Simulcast layers are not selected yet: forward only unlayered media.
         if data.rid.is_some() {
             return;
         }
-        let subscribers = p.subscribers.clone();
-        for (sub, mid) in subscribers {
-            let Some(s) = self.sessions.get_mut(&sub) else {
-                continue;
-            };
-            let Some(writer) = s.rtc.writer(mid) else {
-                // Not negotiated yet (the SFU offer is still waiting for the answer).
-                continue;
-            };
-            let Some(pt) = writer.match_params(data.params) else {
-                self.stats.frames_no_codec += 1;
-                continue;
-            };
-            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                Ok(()) => self.stats.frames_forwarded += 1,
-                Err(e) => tracing::debug!(session = %sub, error = %e, "write failed"),
-            }
-            self.drain(sub, now);
+        if let Some(p) = self.publications.get_mut(&key)
+            && p.codec.is_none()
+        {
+            p.codec = Some(codec_of(&data.params));
         }
+        let frame = Frame {
+            keyframe: data.is_keyframe(),
+            time: data.time,
+            network_time: data.network_time,
+            data: data.data,
+            params: Some(data.params),
+        };
+        self.fan_out(&key, frame, now);
+    }
+
+    /// A frame from an upstream relay subscription.
+    pub fn relay_frame(&mut self, up: u64, frame: RelayFrame, now: Instant) {
+        self.stats.relay_frames_in += 1;
+        let Some(key) = self.relay_up.get(&up).cloned() else {
+            return;
+        };
+        let Some(clock) = self
+            .publications
+            .get(&key)
+            .and_then(|p| p.codec)
+            .and_then(|c| Frequency::new(c.clock_rate))
+        else {
+            return;
+        };
+        let frame = Frame {
+            time: MediaTime::new(frame.rtp_time, clock),
+            network_time: now,
+            keyframe: frame.keyframe,
+            data: frame.data,
+            params: None,
+        };
+        self.fan_out(&key, frame, now);
+        self.process_work(now);
+    }
+
+    fn fan_out(&mut self, key: &TrackKey, frame: Frame, now: Instant) {
+        let Some(p) = self.publications.get_mut(key) else {
+            return;
+        };
+        p.last_media = now;
+        let codec = p.codec;
+        let sinks = p.subscribers.clone();
+        for sink in sinks {
+            match sink {
+                Sink::Session(sub, mid) => self.write_to_session(sub, mid, &frame, codec, now),
+                Sink::Relay(down) => {
+                    self.stats.relay_frames_out += 1;
+                    let out = RelayFrame {
+                        rtp_time: frame.time.numer(),
+                        keyframe: frame.keyframe,
+                        data: frame.data.clone(),
+                    };
+                    self.push_relay(RelayOut::Frame { down, frame: out });
+                }
+            }
+        }
+    }
+
+    fn write_to_session(
+        &mut self,
+        sub: SessionId,
+        mid: Mid,
+        frame: &Frame,
+        codec: Option<CodecInfo>,
+        now: Instant,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sub) else {
+            return;
+        };
+        let Some(writer) = s.rtc.writer(mid) else {
+            // Not negotiated yet (the SFU offer is still waiting for the answer).
+            return;
+        };
+        let pt = match (&frame.params, codec) {
+            (Some(params), _) => writer.match_params(*params),
+            // A relayed frame: the first payload type of the same codec and clock.
+            (None, Some(c)) => writer
+                .payload_params()
+                .find(|p| {
+                    let spec = p.spec();
+                    spec.codec == c.codec && spec.clock_rate.get() == c.clock_rate
+                })
+                .map(|p| p.pt()),
+            (None, None) => None,
+        };
+        let Some(pt) = pt else {
+            self.stats.frames_no_codec += 1;
+            return;
+        };
+        match writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
+            Ok(()) => self.stats.frames_forwarded += 1,
+            Err(e) => tracing::debug!(session = %sub, error = %e, "write failed"),
+        }
+        self.drain(sub, now);
     }
 
     /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher.
@@ -73,8 +172,9 @@ impl Engine {
         }
     }
 
-    /// Requests a keyframe from a publisher, at most once per [`KEYFRAME_INTERVAL`]; a request
-    /// inside the interval is deferred to its end, not lost.
+    /// Requests a keyframe from a publisher (or from the upstream node of a relayed one), at most
+    /// once per [`KEYFRAME_INTERVAL`]; a request inside the interval is deferred to its end, not
+    /// lost.
     pub(super) fn request_keyframe(&mut self, key: &TrackKey, now: Instant) {
         let Some(p) = self.publications.get_mut(key) else {
             return;
@@ -91,7 +191,14 @@ impl Engine {
         }
         p.keyframe_pending = false;
         p.last_keyframe_request = Some(now);
-        let mid = p.mid;
+        let mid = match p.source {
+            Source::Session(mid) => mid,
+            Source::Relay(up) => {
+                self.stats.keyframe_requests += 1;
+                self.push_relay(RelayOut::KeyframeRequest { up });
+                return;
+            }
+        };
         let Some(s) = self.sessions.get_mut(&key.0) else {
             return;
         };

@@ -7,6 +7,7 @@
 mod calls;
 mod demux;
 mod forward;
+mod relay;
 mod sdp;
 mod session;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use calls::{
     TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use demux::{Demux, Route};
+pub use relay::{RelayEntry, RelayRefusal};
 pub use session::{Location, Session, TrackEntry};
 
 use crate::ids::{NodeTag, SessionId};
@@ -41,6 +43,10 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 const MAX_TOMBSTONES: usize = 100_000;
 /// Outgoing datagrams queued between two flushes by the shell; beyond this they are dropped.
 const MAX_TRANSMIT_QUEUE: usize = 65_536;
+/// Relay outputs queued between two flushes; frames beyond this are dropped.
+const MAX_RELAY_QUEUE: usize = 65_536;
+/// A relayed publication without subscribers is released after this long.
+const RELAY_UNUSED_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -85,15 +91,98 @@ pub struct Stats {
     pub frames_forwarded: u64,
     pub frames_no_codec: u64,
     pub keyframe_requests: u64,
+    pub relay_frames_out: u64,
+    pub relay_frames_in: u64,
+    pub relay_dropped: u64,
+}
+
+/// Where a publication's media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A mid of the publishing session (the key's session, on this node).
+    Session(Mid),
+    /// An upstream relay subscription (the publisher is on another node).
+    Relay(u64),
+}
+
+/// Where a publication's media goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// A sending mid of a local session.
+    Session(SessionId, Mid),
+    /// A downstream relay subscription (another node pulls it from here).
+    Relay(u64),
+}
+
+/// The codec of a publication, enough for another node to pick its payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodecInfo {
+    pub codec: str0m::format::Codec,
+    pub clock_rate: u32,
+    pub channels: Option<u8>,
+}
+
+/// What another node needs to know to carry a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub kind: MediaKind,
+    pub codec: CodecInfo,
+}
+
+/// One frame crossing a relay link; its clock is the publication's codec clock.
+#[derive(Debug, Clone)]
+pub struct RelayFrame {
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    pub data: std::sync::Arc<[u8]>,
+}
+
+/// What the engine asks of the relay layer.
+#[derive(Debug, Clone)]
+pub enum RelayOut {
+    /// Send a frame to a downstream subscription.
+    Frame { down: u64, frame: RelayFrame },
+    /// The publication a downstream subscription carried has ended.
+    Ended { down: u64 },
+    /// A local subscriber of a relayed publication wants a keyframe.
+    KeyframeRequest { up: u64 },
+    /// Nothing subscribes to this upstream any more: release it.
+    Unused { up: u64 },
 }
 
 pub(crate) struct Publication {
-    pub mid: Mid,
+    pub app: std::sync::Arc<str>,
+    pub source: Source,
     pub kind: MediaKind,
-    pub subscribers: Vec<(SessionId, Mid)>,
+    pub codec: Option<CodecInfo>,
+    pub subscribers: Vec<Sink>,
+    /// Since when the publication has had no subscriber (relayed ones are released then).
+    pub unused_since: Option<Instant>,
     pub last_media: Instant,
     pub last_keyframe_request: Option<Instant>,
     pub keyframe_pending: bool,
+}
+
+impl Publication {
+    pub fn new(
+        app: &str,
+        source: Source,
+        kind: MediaKind,
+        codec: Option<CodecInfo>,
+        now: Instant,
+    ) -> Publication {
+        Publication {
+            app: app.into(),
+            source,
+            kind,
+            codec,
+            subscribers: Vec::new(),
+            unused_since: Some(now),
+            last_media: now,
+            last_keyframe_request: None,
+            keyframe_pending: false,
+        }
+    }
 }
 
 /// Work produced while draining one `Rtc`, processed after the drain so two sessions are never
@@ -115,6 +204,11 @@ pub struct Engine {
     timers: BTreeSet<(Instant, SessionId)>,
     tombstones: HashMap<SessionId, Instant>,
     transmits: VecDeque<Transmit>,
+    relay_out: VecDeque<RelayOut>,
+    /// Upstream relay subscription → the publication it feeds.
+    relay_up: HashMap<u64, TrackKey>,
+    /// Downstream relay subscription → the publication it carries.
+    relay_down: HashMap<u64, TrackKey>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -136,6 +230,9 @@ impl Engine {
             timers: BTreeSet::new(),
             tombstones: HashMap::new(),
             transmits: VecDeque::new(),
+            relay_out: VecDeque::new(),
+            relay_up: HashMap::new(),
+            relay_down: HashMap::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),
@@ -225,6 +322,11 @@ impl Engine {
             Some(&(at, _)) => at.min(self.next_housekeeping),
             None => self.next_housekeeping,
         }
+    }
+
+    /// The shell could not hand a relay output to the relay tasks (queue full).
+    pub fn count_relay_drop(&mut self) {
+        self.stats.relay_dropped += 1;
     }
 
     /// The shell could not send a datagram (socket buffer full).
@@ -323,6 +425,21 @@ impl Engine {
             self.unpublish(&key);
         }
 
+        let unused: Vec<TrackKey> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| matches!(p.source, Source::Relay(_)))
+            .filter(|(_, p)| {
+                p.unused_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RELAY_UNUSED_GRACE)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in unused {
+            tracing::info!(session = %key.0, track = %key.1, "relayed track unused: released");
+            self.unpublish(&key);
+        }
+
         let mut doomed = Vec::new();
         for (sid, s) in &self.sessions {
             let reason = if !s.rtc.is_alive() {
@@ -377,7 +494,10 @@ impl Engine {
         }
         for (mid, key) in &s.remote_by_mid {
             if let Some(p) = self.publications.get_mut(key) {
-                p.subscribers.retain(|&(sub, m)| !(sub == sid && m == *mid));
+                p.subscribers.retain(|k| *k != Sink::Session(sid, *mid));
+                if p.subscribers.is_empty() {
+                    p.unused_since = Some(now);
+                }
             }
         }
         if self.tombstones.len() >= MAX_TOMBSTONES {
@@ -391,17 +511,46 @@ impl Engine {
     }
 
     /// Ends a publication: subscribers stop receiving it and it can no longer be pulled.
-    fn unpublish(&mut self, key: &TrackKey) {
+    pub(crate) fn unpublish(&mut self, key: &TrackKey) {
         let Some(p) = self.publications.remove(key) else {
             return;
         };
-        if let Some(s) = self.sessions.get_mut(&key.0) {
-            s.local_by_mid.remove(&p.mid);
-        }
-        for (sub, mid) in p.subscribers {
-            if let Some(s) = self.sessions.get_mut(&sub) {
-                s.remote_by_mid.remove(&mid);
+        match p.source {
+            Source::Session(mid) => {
+                if let Some(s) = self.sessions.get_mut(&key.0) {
+                    s.local_by_mid.remove(&mid);
+                }
+            }
+            Source::Relay(up) => {
+                self.relay_up.remove(&up);
+                self.push_relay(RelayOut::Unused { up });
             }
         }
+        for sink in p.subscribers {
+            match sink {
+                Sink::Session(sub, mid) => {
+                    if let Some(s) = self.sessions.get_mut(&sub) {
+                        s.remote_by_mid.remove(&mid);
+                    }
+                }
+                Sink::Relay(down) => {
+                    self.relay_down.remove(&down);
+                    self.push_relay(RelayOut::Ended { down });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn push_relay(&mut self, out: RelayOut) {
+        // Frames may be dropped under pressure; control outputs never are.
+        if matches!(out, RelayOut::Frame { .. }) && self.relay_out.len() >= MAX_RELAY_QUEUE {
+            self.stats.relay_dropped += 1;
+            return;
+        }
+        self.relay_out.push_back(out);
+    }
+
+    pub fn poll_relay(&mut self) -> Option<RelayOut> {
+        self.relay_out.pop_front()
     }
 }

@@ -721,3 +721,98 @@ fn auto_discover_names_every_sent_section() {
         pulled.tracks
     );
 }
+
+/// Moves node A's relay output for downstream `down` into node B's upstream `up`.
+fn shuttle(a: &mut World, b: &mut World, down: u64, up: u64) -> (usize, usize) {
+    let (mut frames, mut keyframe_requests) = (0, 0);
+    while let Some(out) = a.engine.poll_relay() {
+        if let RelayOut::Frame { down: d, frame } = out
+            && d == down
+        {
+            frames += 1;
+            b.engine.relay_frame(up, frame, b.now);
+        }
+    }
+    while let Some(out) = b.engine.poll_relay() {
+        if let RelayOut::KeyframeRequest { up: u } = out
+            && u == up
+        {
+            keyframe_requests += 1;
+            a.engine.relay_keyframe_request(down, a.now);
+        }
+    }
+    (frames, keyframe_requests)
+}
+
+#[test]
+fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
+    let (mut a, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sid = SessionId::parse(&pub_sid).expect("id");
+    let info = a
+        .engine
+        .relay_subscribe(1, APP, sid, "cam")
+        .expect("codec known after media");
+    assert_eq!(info.kind, MediaKind::Video);
+    assert_eq!(info.codec.codec, Codec::Vp8);
+    assert_eq!(
+        a.engine.relay_subscribe(2, "other-app", sid, "cam"),
+        Err(RelayRefusal::NotFound),
+        "another app's track is not served"
+    );
+
+    let mut b = World::new(Duration::from_secs(30));
+    b.now = a.now;
+    assert!(
+        b.engine
+            .add_relay_publication(APP, sid, "cam", 7, info, b.now)
+    );
+    assert!(b.engine.has_publication(APP, sid, "cam"));
+    let c = b.client();
+    let sub_sid = b.session();
+    let res = b.pull(c, &sub_sid, &[(&pub_sid, "cam")]);
+    assert!(
+        res.tracks[0].error.is_none(),
+        "a relayed track is pulled like a local one"
+    );
+    let mid = res.tracks[0].mid.clone();
+    let (mut frames, mut kf) = (0, 0);
+    for _ in 0..1000 {
+        a.run(Duration::from_millis(1));
+        b.now = a.now;
+        b.run(Duration::from_millis(1));
+        let (f, k) = shuttle(&mut a, &mut b, 1, 7);
+        frames += f;
+        kf += k;
+    }
+    assert!(frames > 20, "frames relayed: {frames}");
+    assert!(kf > 0, "the subscriber's keyframe need went upstream");
+    assert!(
+        b.clients[c].frames(&mid) > 20,
+        "frames at B's subscriber: {}",
+        b.clients[c].frames(&mid)
+    );
+    assert!(b.clients[c].keyframes(&mid) > 0);
+
+    // The last local subscriber leaves: the upstream is released after a grace period.
+    b.engine
+        .tracks_close(APP, &sub_sid, vec![mid], true, None, b.now)
+        .expect("close");
+    b.now += Duration::from_secs(3);
+    b.engine.handle_timeout(b.now);
+    let mut released = false;
+    while let Some(out) = b.engine.poll_relay() {
+        released |= matches!(out, RelayOut::Unused { up: 7 });
+    }
+    assert!(released, "unused upstream released");
+    assert!(!b.engine.has_publication(APP, sid, "cam"));
+
+    // The origin ends the track: the downstream is told.
+    a.engine.relay_unsubscribe(1, a.now);
+    let _ = a.engine.relay_subscribe(3, APP, sid, "cam").expect("again");
+    a.engine.close_session(sid, a.now, "test");
+    let mut ended = false;
+    while let Some(out) = a.engine.poll_relay() {
+        ended |= matches!(out, RelayOut::Ended { down: 3 });
+    }
+    assert!(ended);
+}

@@ -1,0 +1,36 @@
+//! The cluster: membership by gossip, routing of remote tracks (origin from the session id,
+//! regional hubs by consistent hashing), the QUIC relay between nodes, and forwarding of API calls
+//! to the node that owns a session.
+
+pub mod hubs;
+pub mod membership;
+pub mod relay;
+pub mod view;
+
+pub use view::{ClusterView, Load, Member};
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Publishes this node's load into gossip once a second.
+pub async fn report_load(
+    engine: crate::runtime::EngineHandle,
+    relay: relay::Relay,
+    local: Arc<membership::LocalState>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok((sessions, tracks)) = engine
+            .call(|e, _| (e.session_count(), e.publication_count()))
+            .await
+        else {
+            return;
+        };
+        let (_, relays) = relay.counts();
+        local.sessions.store(sessions as u64, Ordering::Relaxed);
+        local.tracks.store(tracks as u64, Ordering::Relaxed);
+        local.relays.store(relays as u64, Ordering::Relaxed);
+    }
+}

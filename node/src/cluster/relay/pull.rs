@@ -1,0 +1,459 @@
+//! The dialing side of relay links: pull tracks from other nodes, keep one link per peer, pump
+//! the engine's relay output onto links, and re-route or end upstreams when a link dies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use trackmesh_relay_proto::codec::FrameDecoder;
+use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
+use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
+use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
+
+use super::tls::SERVER_NAME;
+use super::wire::{self, CONTROL_QUEUE};
+use super::{Inner, Link, RelayIn, Up};
+use crate::cluster::hubs::upstream_for;
+use crate::cluster::view::Member;
+use crate::engine::{RelayFrame, RelayOut, TrackInfo};
+use crate::ids::SessionId;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer whose link failed is not dialed again for this long (gossip may still call it live).
+const AVOID_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// Re-route attempts after a link died, and the pause between them.
+const REROUTE_ATTEMPTS: usize = 10;
+const REROUTE_PAUSE: Duration = Duration::from_millis(300);
+
+pub async fn ensure_upstream(
+    inner: &Arc<Inner>,
+    app: &str,
+    session: SessionId,
+    track: &str,
+    direct_only: bool,
+) -> bool {
+    if session.node_tag() == inner.tag {
+        return true;
+    }
+    let lock = {
+        let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((session, track.to_string())).or_default().clone()
+    };
+    let _guard = lock.lock().await;
+    let ok = ensure_locked(inner, app, session, track, direct_only).await;
+    // Forget the per-track lock once nobody waits on it.
+    let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+    if Arc::strong_count(&lock) <= 2 {
+        m.remove(&(session, track.to_string()));
+    }
+    ok
+}
+
+async fn ensure_locked(
+    inner: &Arc<Inner>,
+    app: &str,
+    session: SessionId,
+    track: &str,
+    direct_only: bool,
+) -> bool {
+    let (a, t) = (app.to_string(), track.to_string());
+    if inner
+        .engine
+        .call(move |e, _| e.has_publication(&a, session, &t))
+        .await
+        .unwrap_or(false)
+    {
+        return true;
+    }
+    match subscribe_somewhere(inner, app, session, track, direct_only).await {
+        Ok((up, info)) => {
+            let (a, t) = (app.to_string(), track.to_string());
+            let added = inner
+                .engine
+                .call(move |e, now| e.add_relay_publication(&a, session, &t, up, info, now))
+                .await
+                .unwrap_or(false);
+            if !added {
+                drop_up(inner, up);
+            }
+            added
+        }
+        Err(e) => {
+            tracing::info!(%session, track, error = %e, "remote track not available");
+            false
+        }
+    }
+}
+
+/// Picks a route and subscribes on it; returns the new upstream id.
+async fn subscribe_somewhere(
+    inner: &Arc<Inner>,
+    app: &str,
+    session: SessionId,
+    track: &str,
+    direct_only: bool,
+) -> anyhow::Result<(u64, TrackInfo)> {
+    let view = inner.view.borrow().clone();
+    let route = upstream_for(&view, session, track, direct_only)
+        .context("no live node holds this session")?;
+    let peer = route.peer().clone();
+    let link = link_to(inner, &peer).await?;
+    let sub = link.next_sub.fetch_add(1, Ordering::Relaxed);
+    let up = inner.next_id();
+    let (tx, rx) = oneshot::channel();
+    lock(&link.pending).insert(sub, tx);
+    // Known before the reply, so the first frames after it are not dropped.
+    lock(&link.subs).insert(sub, up);
+    let msg = ControlMsg::Subscribe(Subscribe {
+        sub,
+        session_id: session.to_bytes(),
+        track_name: track.to_string(),
+        app: app.to_string(),
+    });
+    let reply = match link.control.send(msg).await {
+        Ok(()) => tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        Err(_) => None,
+    };
+    let info = match reply {
+        Some(Ok(info)) => info,
+        failed => {
+            lock(&link.subs).remove(&sub);
+            lock(&link.pending).remove(&sub);
+            match failed {
+                Some(Err(reason)) => bail!("{} refused: {reason}", peer.node_id),
+                _ => bail!("no answer from {}", peer.node_id),
+            }
+        }
+    };
+    inner.state().ups.insert(
+        up,
+        Up {
+            link: link.clone(),
+            sub,
+            app: app.to_string(),
+            session,
+            track: track.to_string(),
+            frames: Arc::new(AtomicU64::new(0)),
+        },
+    );
+    tracing::info!(%session, track, via = %peer.node_id, up, "pulling remote track");
+    Ok((up, info))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The link to `peer`, dialed and handshaken if there is none.
+async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
+    {
+        let st = inner.state();
+        if let Some(l) = st.links.get(&peer.node_id)
+            && l.conn.close_reason().is_none()
+        {
+            return Ok(l.clone());
+        }
+        if st
+            .avoid
+            .get(&peer.node_id)
+            .is_some_and(|t| *t > Instant::now())
+        {
+            bail!("{} failed recently", peer.node_id);
+        }
+    }
+    let result = dial(inner, peer).await;
+    if result.is_err() {
+        inner
+            .state()
+            .avoid
+            .insert(peer.node_id.clone(), Instant::now() + AVOID_AFTER_FAILURE);
+    }
+    let link = result?;
+    // Another task may have dialed meanwhile: keep the first, close ours.
+    let mut st = inner.state();
+    if let Some(existing) = st.links.get(&peer.node_id)
+        && existing.conn.close_reason().is_none()
+    {
+        link.conn.close(0u32.into(), b"duplicate");
+        return Ok(existing.clone());
+    }
+    st.links.insert(peer.node_id.clone(), link.clone());
+    Ok(link)
+}
+
+async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
+    let connecting = inner
+        .endpoint
+        .connect_with(inner.client.clone(), peer.relay, SERVER_NAME)
+        .context("starting a relay connection")?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .with_context(|| format!("connecting to {} timed out", peer.node_id))??;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = HandshakeMsg::Hello(Hello {
+        protocol_version: handshake::PROTOCOL_VERSION,
+        cluster: inner.cluster,
+        node_id: inner.node_id.clone(),
+        node_tag: inner.tag.0,
+    });
+    wire::write_one(&mut send, &hello).await?;
+    let mut dec = FrameDecoder::<HandshakeMsg>::new();
+    match wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await? {
+        HandshakeMsg::Welcome(w) if w.node_id == peer.node_id => {}
+        HandshakeMsg::Welcome(w) => bail!("expected {} but {} answered", peer.node_id, w.node_id),
+        HandshakeMsg::Refuse { reason } => bail!("{} refused the link: {reason}", peer.node_id),
+        HandshakeMsg::Hello(_) => bail!("unexpected Hello from {}", peer.node_id),
+    }
+    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(wire::write_control(send, ctl_rx));
+    let link = Arc::new(Link {
+        peer: peer.node_id.clone(),
+        conn: conn.clone(),
+        control: ctl_tx,
+        next_sub: AtomicU32::new(1),
+        pending: Mutex::new(HashMap::new()),
+        subs: Mutex::new(HashMap::new()),
+    });
+    tracing::info!(peer = %peer.node_id, "relay link dialed");
+    tokio::spawn(run_link(inner.clone(), link.clone(), recv, dec));
+    Ok(link)
+}
+
+/// Reads the control stream and the datagrams of a dialed link until it dies, then re-routes.
+async fn run_link(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    recv: quinn::RecvStream,
+    dec: FrameDecoder<HandshakeMsg>,
+) {
+    let control = {
+        let link = link.clone();
+        let inner = inner.clone();
+        wire::read_control(recv, dec.switch(), move |msg| match msg {
+            ControlMsg::Subscribed { sub, track } => {
+                if let Some(tx) = lock(&link.pending).remove(&sub) {
+                    let _ = tx.send(Ok(wire::from_wire(&track)));
+                }
+            }
+            ControlMsg::SubscribeFailed { sub, reason, .. } => {
+                if let Some(tx) = lock(&link.pending).remove(&sub) {
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            ControlMsg::TrackEnded { sub } => {
+                if let Some(up) = lock(&link.subs).remove(&sub) {
+                    end_up(&inner, up);
+                }
+            }
+            _ => {}
+        })
+    };
+    let datagrams = read_datagrams(inner.clone(), link.clone());
+    tokio::select! {
+        r = control => if let Err(e) = r { tracing::debug!(error = %e, "relay control ended") },
+        _ = datagrams => {}
+    }
+    link.conn.close(0u32.into(), b"bye");
+    link_lost(&inner, &link);
+}
+
+async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
+    let mut reasm = Reassembler::new(ReassemblerLimits::default());
+    while let Ok(d) = link.conn.read_datagram().await {
+        let Some(frame) = reasm.push(&d, Instant::now()) else {
+            continue;
+        };
+        let Some(up) = lock(&link.subs).get(&frame.sub).copied() else {
+            continue;
+        };
+        if let Some(u) = inner.state().ups.get(&up) {
+            u.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        let frame = RelayFrame {
+            rtp_time: frame.rtp_time,
+            keyframe: frame.keyframe,
+            data: frame.payload.into(),
+        };
+        // A full queue means the engine is overloaded: this frame is dropped, the link lives.
+        let _ = inner.relay_in.try_send(RelayIn::Frame { up, frame });
+    }
+}
+
+/// A dialed link died: re-route each of its upstreams, or end it when no route is left.
+fn link_lost(inner: &Arc<Inner>, link: &Arc<Link>) {
+    {
+        let mut st = inner.state();
+        if st
+            .links
+            .get(&link.peer)
+            .is_some_and(|l| Arc::ptr_eq(l, link))
+        {
+            st.links.remove(&link.peer);
+        }
+        st.avoid
+            .insert(link.peer.clone(), Instant::now() + AVOID_AFTER_FAILURE);
+    }
+    let ups: Vec<u64> = lock(&link.subs).drain().map(|(_, up)| up).collect();
+    tracing::info!(peer = %link.peer, upstreams = ups.len(), "relay link lost");
+    for up in ups {
+        tokio::spawn(reroute(inner.clone(), up));
+    }
+}
+
+async fn reroute(inner: Arc<Inner>, up: u64) {
+    let Some(old) = inner.state().ups.remove(&up) else {
+        return;
+    };
+    let started = Instant::now();
+    for _ in 0..REROUTE_ATTEMPTS {
+        // Still wanted? (The engine may have released it meanwhile.)
+        if !inner
+            .engine
+            .call(move |e, _| e.relay_upstream_live(up))
+            .await
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let view = inner.view.borrow().clone();
+        if view.live_by_tag(old.session.node_tag()).is_none() {
+            break;
+        }
+        match subscribe_somewhere(&inner, &old.app, old.session, &old.track, false).await {
+            Ok((new_up, info)) => {
+                let (app, track, session) = (old.app.clone(), old.track.clone(), old.session);
+                let moved = inner
+                    .engine
+                    .call(move |e, now| {
+                        e.add_relay_publication(&app, session, &track, new_up, info, now)
+                    })
+                    .await
+                    .unwrap_or(false);
+                if moved {
+                    tracing::info!(session = %old.session, track = %old.track, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track re-routed");
+                } else {
+                    drop_up(&inner, new_up);
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "re-route attempt failed"),
+        }
+        tokio::time::sleep(REROUTE_PAUSE).await;
+    }
+    tracing::info!(session = %old.session, track = %old.track, "no route left: relayed track ended");
+    let _ = inner
+        .engine
+        .call(move |e, _| e.end_relay_publication(up))
+        .await;
+}
+
+fn end_up(inner: &Arc<Inner>, up: u64) {
+    inner.state().ups.remove(&up);
+    let engine = inner.engine.clone();
+    tokio::spawn(async move {
+        let _ = engine.call(move |e, _| e.end_relay_publication(up)).await;
+    });
+}
+
+/// Stops an upstream the engine no longer wants.
+fn drop_up(inner: &Arc<Inner>, up: u64) {
+    let Some(u) = inner.state().ups.remove(&up) else {
+        return;
+    };
+    lock(&u.link.subs).remove(&u.sub);
+    let _ = u
+        .link
+        .control
+        .try_send(ControlMsg::Unsubscribe { sub: u.sub });
+}
+
+/// Carries the engine's relay output onto the links.
+pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>) {
+    let mut seq: HashMap<u64, u32> = HashMap::new();
+    let mut buf = Vec::with_capacity(1500);
+    while let Some(out) = rx.recv().await {
+        match out {
+            RelayOut::Frame { down, frame } => {
+                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                    continue;
+                };
+                let Some(max) = d.conn.max_datagram_size() else {
+                    continue;
+                };
+                let n = seq.entry(down).or_insert(0);
+                *n = n.wrapping_add(1);
+                let f = Frame {
+                    sub: d.sub,
+                    frame_seq: *n,
+                    rtp_time: frame.rtp_time,
+                    keyframe: frame.keyframe,
+                    payload: frame.data.to_vec(),
+                };
+                let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
+                    continue;
+                };
+                d.frames.fetch_add(1, Ordering::Relaxed);
+                while frags.next_into(&mut buf) {
+                    // quinn drops the oldest queued datagrams when its buffer is full.
+                    if d.conn.send_datagram(Bytes::copy_from_slice(&buf)).is_err() {
+                        break;
+                    }
+                }
+            }
+            RelayOut::Ended { down } => {
+                seq.remove(&down);
+                if let Some(d) = inner.state().downs.remove(&down) {
+                    let _ = d.control.try_send(ControlMsg::TrackEnded { sub: d.sub });
+                }
+            }
+            RelayOut::KeyframeRequest { up } => {
+                if let Some(u) = inner.state().ups.get(&up) {
+                    let _ = u
+                        .link
+                        .control
+                        .try_send(ControlMsg::KeyframeRequest { sub: u.sub });
+                }
+            }
+            RelayOut::Unused { up } => drop_up(&inner, up),
+        }
+    }
+}
+
+/// Closes links to and from peers that gossip says are dead, so upstreams re-route and
+/// downstreams are released at once rather than after the QUIC idle timeout.
+pub async fn watch_members(inner: Arc<Inner>) {
+    let mut view = inner.view.clone();
+    while view.changed().await.is_ok() {
+        let v = view.borrow_and_update().clone();
+        let dead: Vec<Arc<Link>> = inner
+            .state()
+            .links
+            .values()
+            .filter(|l| v.live_by_id(&l.peer).is_none())
+            .cloned()
+            .collect();
+        for l in dead {
+            tracing::info!(peer = %l.peer, "peer is dead: closing its relay link");
+            l.conn.close(0u32.into(), b"peer dead");
+        }
+        // Links the dead peer dialed: closing them releases what was sent to it.
+        let inbound: Vec<quinn::Connection> = inner
+            .state()
+            .downs
+            .values()
+            .filter(|d| v.live_by_id(&d.peer).is_none())
+            .map(|d| d.conn.clone())
+            .collect();
+        for conn in inbound {
+            conn.close(0u32.into(), b"peer dead");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The accepting side of relay links: handshake, then serve the peer's subscriptions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use trackmesh_relay_proto::codec::FrameDecoder;
+use trackmesh_relay_proto::control::{ControlMsg, FailureCode, SubId, Subscribe};
+use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
+
+use super::wire::{self, CONTROL_QUEUE};
+use super::{Down, Inner, pull};
+use crate::ids::SessionId;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Subscriptions one peer may hold on this node at once.
+const MAX_SUBS_PER_LINK: usize = 4096;
+
+pub async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_link(&inner, incoming).await {
+                tracing::debug!(error = %e, "relay link ended");
+            }
+        });
+    }
+}
+
+async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+    // TLS already required a certificate from the cluster CA; the handshake checks the rest.
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+    };
+    let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
+    let mut dec = FrameDecoder::<HandshakeMsg>::new();
+    let hello = match wire::read_one(&mut recv, &mut dec, HANDSHAKE_TIMEOUT).await? {
+        HandshakeMsg::Hello(h) => h,
+        _ => anyhow::bail!("expected Hello"),
+    };
+    if let Err(reason) =
+        handshake::check_hello(&hello, &inner.cluster, handshake::SUPPORTED_VERSIONS)
+    {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = wire::write_one(&mut send, &HandshakeMsg::Refuse { reason }).await;
+        let _ = send.finish();
+        conn.close(1u32.into(), b"refused");
+        anyhow::bail!("refused {}: {reason}", hello.node_id);
+    }
+    wire::write_one(
+        &mut send,
+        &HandshakeMsg::Welcome(Welcome {
+            node_id: inner.node_id.clone(),
+            node_tag: inner.tag.0,
+        }),
+    )
+    .await?;
+    let peer = hello.node_id;
+    tracing::info!(%peer, "relay link accepted");
+
+    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(wire::write_control(send, ctl_rx));
+    // This link's subscriptions: the peer's sub id → our downstream id.
+    let subs: Arc<Mutex<HashMap<SubId, u64>>> = Arc::default();
+    let handler = {
+        let inner = inner.clone();
+        let subs = subs.clone();
+        let conn = conn.clone();
+        let peer = peer.clone();
+        move |msg: ControlMsg| match msg {
+            ControlMsg::Subscribe(s) => {
+                let full = subs
+                    .lock()
+                    .map(|m| m.len() >= MAX_SUBS_PER_LINK)
+                    .unwrap_or(true);
+                if full {
+                    let _ = ctl_tx.try_send(ControlMsg::SubscribeFailed {
+                        sub: s.sub,
+                        code: FailureCode::Overloaded,
+                        reason: "too many subscriptions on this link".into(),
+                    });
+                    return;
+                }
+                tokio::spawn(subscribe(
+                    inner.clone(),
+                    conn.clone(),
+                    peer.clone(),
+                    ctl_tx.clone(),
+                    subs.clone(),
+                    s,
+                ));
+            }
+            ControlMsg::Unsubscribe { sub } => {
+                let down = subs.lock().ok().and_then(|mut m| m.remove(&sub));
+                if let Some(down) = down {
+                    release(&inner, down);
+                }
+            }
+            ControlMsg::KeyframeRequest { sub } => {
+                let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
+                if let Some(down) = down {
+                    let engine = inner.engine.clone();
+                    tokio::spawn(async move {
+                        let _ = engine
+                            .call(move |e, now| e.relay_keyframe_request(down, now))
+                            .await;
+                    });
+                }
+            }
+            ControlMsg::Ping { nonce } => {
+                let _ = ctl_tx.try_send(ControlMsg::Pong { nonce });
+            }
+            _ => {}
+        }
+    };
+    let result = wire::read_control(recv, dec.switch(), handler).await;
+    // The link is gone (or spoke garbage): release everything it was sent.
+    conn.close(0u32.into(), b"bye");
+    let downs: Vec<u64> = subs
+        .lock()
+        .map(|mut m| m.drain().map(|(_, d)| d).collect())
+        .unwrap_or_default();
+    for down in downs {
+        release(inner, down);
+    }
+    tracing::info!(%peer, "relay link closed");
+    result
+}
+
+fn release(inner: &Arc<Inner>, down: u64) {
+    inner.state().downs.remove(&down);
+    let engine = inner.engine.clone();
+    tokio::spawn(async move {
+        let _ = engine
+            .call(move |e, now| e.relay_unsubscribe(down, now))
+            .await;
+    });
+}
+
+async fn subscribe(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    peer: String,
+    control: mpsc::Sender<ControlMsg>,
+    subs: Arc<Mutex<HashMap<SubId, u64>>>,
+    s: Subscribe,
+) {
+    let sub = s.sub;
+    let session = SessionId::from_bytes(s.session_id);
+    let outcome = serve_subscription(&inner, conn, peer, control.clone(), &subs, session, s).await;
+    let reply = match outcome {
+        Ok(track) => ControlMsg::Subscribed { sub, track },
+        Err(code) => ControlMsg::SubscribeFailed {
+            sub,
+            code,
+            reason: "track not found on this node".into(),
+        },
+    };
+    let _ = control.send(reply).await;
+}
+
+async fn serve_subscription(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    peer: String,
+    control: mpsc::Sender<ControlMsg>,
+    subs: &Arc<Mutex<HashMap<SubId, u64>>>,
+    session: SessionId,
+    s: Subscribe,
+) -> Result<trackmesh_relay_proto::control::TrackInfo, FailureCode> {
+    // A track of another node: this node is a hub; pull it straight from the origin first.
+    if session.node_tag() != inner.tag
+        && !pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
+    {
+        return Err(FailureCode::NotFound);
+    }
+    let down = inner.next_id();
+    inner.state().downs.insert(
+        down,
+        Down {
+            conn,
+            sub: s.sub,
+            peer,
+            control,
+            session,
+            track: s.track_name.clone(),
+            frames: Arc::new(AtomicU64::new(0)),
+        },
+    );
+    let (app, track) = (s.app.clone(), s.track_name.clone());
+    let res = inner
+        .engine
+        .call(move |e, _| e.relay_subscribe(down, &app, session, &track))
+        .await;
+    match res {
+        Ok(Ok(info)) => {
+            if let Ok(mut m) = subs.lock() {
+                m.insert(s.sub, down);
+            }
+            Ok(wire::to_wire(&info))
+        }
+        _ => {
+            inner.state().downs.remove(&down);
+            Err(FailureCode::NotFound)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The engine's side of relaying between nodes, still sans-IO: publications fed by an upstream
+//! relay subscription, and downstream relay subscriptions as sinks of any publication. The
+//! cluster layer owns the links and ids; the engine only sees numbers and frames.
+
+use std::time::Instant;
+
+use super::{Engine, Publication, Sink, Source, TrackInfo, TrackKey};
+use crate::ids::SessionId;
+
+/// Why a relay subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRefusal {
+    /// No such publication, another app's, or no media (so no codec) yet.
+    NotFound,
+}
+
+/// A relayed or relaying track, for the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayEntry {
+    pub session_id: SessionId,
+    pub track_name: String,
+    pub id: u64,
+}
+
+impl Engine {
+    /// Whether this node can serve `(session, track)` of `app` right now (local or relayed).
+    pub fn has_publication(&self, app: &str, session: SessionId, track: &str) -> bool {
+        self.publications
+            .get(&(session, track.to_string()))
+            .is_some_and(|p| &*p.app == app)
+    }
+
+    /// Registers a publication fed by upstream `up`, or moves an existing relayed publication
+    /// onto `up` (a re-route after a hub died): its subscribers stay attached.
+    pub fn add_relay_publication(
+        &mut self,
+        app: &str,
+        session: SessionId,
+        track: &str,
+        up: u64,
+        info: TrackInfo,
+        now: Instant,
+    ) -> bool {
+        let key: TrackKey = (session, track.to_string());
+        match self.publications.get_mut(&key) {
+            Some(p) => {
+                let Source::Relay(old) = p.source else {
+                    return false;
+                };
+                p.source = Source::Relay(up);
+                p.codec = Some(info.codec);
+                p.last_keyframe_request = None;
+                self.relay_up.remove(&old);
+                self.relay_up.insert(up, key.clone());
+                // Resume with a keyframe for everyone already watching.
+                self.request_keyframe(&key, now);
+            }
+            None => {
+                self.publications.insert(
+                    key.clone(),
+                    Publication::new(app, Source::Relay(up), info.kind, Some(info.codec), now),
+                );
+                self.relay_up.insert(up, key);
+            }
+        }
+        true
+    }
+
+    /// The upstream is gone for good (the origin ended the track, or no route is left).
+    pub fn end_relay_publication(&mut self, up: u64) {
+        if let Some(key) = self.relay_up.get(&up).cloned() {
+            tracing::info!(session = %key.0, track = %key.1, "relayed track ended");
+            self.unpublish(&key);
+        }
+    }
+
+    /// Another node subscribes (as `down`) to a publication held here.
+    pub fn relay_subscribe(
+        &mut self,
+        down: u64,
+        app: &str,
+        session: SessionId,
+        track: &str,
+    ) -> Result<TrackInfo, RelayRefusal> {
+        let key: TrackKey = (session, track.to_string());
+        let Some(p) = self.publications.get_mut(&key).filter(|p| &*p.app == app) else {
+            return Err(RelayRefusal::NotFound);
+        };
+        let Some(codec) = p.codec else {
+            return Err(RelayRefusal::NotFound);
+        };
+        p.subscribers.push(Sink::Relay(down));
+        p.unused_since = None;
+        let info = TrackInfo {
+            kind: p.kind,
+            codec,
+        };
+        self.relay_down.insert(down, key);
+        // No keyframe request here: the other node asks when its own subscriber is ready to
+        // receive one. Asking now would spend the once-per-second budget on a keyframe that
+        // reaches nobody and defer the useful request by up to a second.
+        Ok(info)
+    }
+
+    pub fn relay_unsubscribe(&mut self, down: u64, now: Instant) {
+        let Some(key) = self.relay_down.remove(&down) else {
+            return;
+        };
+        if let Some(p) = self.publications.get_mut(&key) {
+            p.subscribers.retain(|s| *s != Sink::Relay(down));
+            if p.subscribers.is_empty() {
+                p.unused_since = Some(now);
+            }
+        }
+    }
+
+    /// A downstream node's subscriber wants a keyframe.
+    pub fn relay_keyframe_request(&mut self, down: u64, now: Instant) {
+        if let Some(key) = self.relay_down.get(&down).cloned() {
+            self.request_keyframe(&key, now);
+            self.process_work(now);
+        }
+    }
+
+    /// Tracks this node pulls from other nodes (with their upstream id).
+    pub fn relay_upstreams(&self) -> Vec<RelayEntry> {
+        let mut v: Vec<RelayEntry> = self
+            .relay_up
+            .iter()
+            .map(|(id, k)| RelayEntry {
+                session_id: k.0,
+                track_name: k.1.clone(),
+                id: *id,
+            })
+            .collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    /// Tracks this node sends to other nodes (with their downstream id).
+    pub fn relay_downstreams(&self) -> Vec<RelayEntry> {
+        let mut v: Vec<RelayEntry> = self
+            .relay_down
+            .iter()
+            .map(|(id, k)| RelayEntry {
+                session_id: k.0,
+                track_name: k.1.clone(),
+                id: *id,
+            })
+            .collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
+    pub fn relay_upstream_live(&self, up: u64) -> bool {
+        self.relay_up.contains_key(&up)
+    }
+}
