@@ -6,13 +6,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use str0m::media::MediaKind;
 
-use crate::api::{CallsClient, SessionState, TracksResponse};
+use crate::api::{CallsClient, SessionState, TrackObject, TracksRequest, TracksResponse};
 use crate::peer::{Peer, PushedTrack};
 
 /// How long a peer may take to connect to the node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long media may take to show up on a subscriber.
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
+/// [`Subscriber::start_retrying`]: how long a `not_found_track_error` is retried ...
+pub const NOT_FOUND_RETRY: Duration = Duration::from_secs(5);
+/// ... and how often.
+pub const NOT_FOUND_STEP: Duration = Duration::from_millis(200);
 
 /// A publisher session: one peer pushing audio + video, sending synthetic media.
 pub struct Publisher {
@@ -116,6 +120,101 @@ impl Subscriber {
             peer,
             session_id,
             pull,
+        })
+    }
+
+    /// Like [`Subscriber::start`], but items answered with `not_found_track_error` are pulled
+    /// again every [`NOT_FOUND_STEP`] for up to [`NOT_FOUND_RETRY`] (in a cluster the origin
+    /// may not know a track until its publisher sent the first frames). Found items are
+    /// negotiated as they come. Other errors are not retried. After the bound, the
+    /// `not_found_track_error` items stay in `pull`, so [`Subscriber::mid_of`] reports them.
+    /// Fails when no item could be pulled at all.
+    pub async fn start_retrying(
+        api: &CallsClient,
+        name: &str,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let peer = Peer::new(name)?;
+        let session_id = api
+            .sessions_new()
+            .await
+            .context("subscriber sessions/new")?
+            .session_id;
+        Self::pull_retrying(api, peer, session_id, remote).await
+    }
+
+    /// The pull part of [`Subscriber::start_retrying`] for an existing session and peer; `api`
+    /// may point at any node of a cluster (not necessarily the session's owner).
+    pub async fn pull_retrying(
+        api: &CallsClient,
+        peer: Peer,
+        session_id: String,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let name = peer.name().to_string();
+        let deadline = Instant::now() + NOT_FOUND_RETRY;
+        let max_attempts = NOT_FOUND_RETRY.as_millis() / NOT_FOUND_STEP.as_millis() + 2;
+        let mut pending: Vec<(String, String)> = remote.to_vec();
+        let mut merged = TracksResponse::default();
+        for attempt in 1..=max_attempts {
+            let req = TracksRequest {
+                session_description: None,
+                tracks: Some(
+                    pending
+                        .iter()
+                        .map(|(s, t)| TrackObject::remote(s, t))
+                        .collect(),
+                ),
+                auto_discover: None,
+            };
+            let resp = api
+                .tracks_new(&session_id, &req)
+                .await
+                .with_context(|| format!("subscriber pull (attempt {attempt})"))?;
+            if let Some(code) = &resp.error_code {
+                bail!("pull rejected: {code}: {:?}", resp.error_description);
+            }
+            if let Some(sd) = &resp.session_description {
+                if sd.kind != "offer" {
+                    bail!("pull: expected an SFU offer, got {:?}", sd.kind);
+                }
+                let answer = peer.accept_offer(&sd.sdp).await?;
+                api.renegotiate(&session_id, &answer).await?;
+                merged.session_description = resp.session_description.clone();
+            }
+            if merged.requires_immediate_renegotiation != Some(true) {
+                merged.requires_immediate_renegotiation = resp.requires_immediate_renegotiation;
+            }
+            let retry_allowed = Instant::now() < deadline && attempt < max_attempts;
+            let mut again = Vec::new();
+            for item in resp.tracks {
+                let not_found = item.error_code.as_deref() == Some("not_found_track_error");
+                if not_found && retry_allowed {
+                    again.push((
+                        item.session_id.clone().unwrap_or_default(),
+                        item.track_name.clone().unwrap_or_default(),
+                    ));
+                } else {
+                    merged.tracks.push(item);
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if attempt == 1 {
+                tracing::info!("{name}: not_found_track_error for {again:?}, retrying");
+            }
+            pending = again;
+            tokio::time::sleep(NOT_FOUND_STEP).await;
+        }
+        if !merged.tracks.iter().any(|t| t.error_code.is_none()) {
+            bail!("no track could be pulled: {merged:?}");
+        }
+        peer.wait_connected(CONNECT_TIMEOUT).await?;
+        Ok(Subscriber {
+            peer,
+            session_id,
+            pull: merged,
         })
     }
 

@@ -2,12 +2,14 @@
 //! WebRTC media with a str0m-based client.
 
 pub mod api;
+pub mod cluster;
 pub mod flows;
 pub mod node;
 pub mod peer;
 
 pub use api::{CallsClient, RawBody, RawResponse, SessionDescription, TrackObject, TracksRequest};
+pub use cluster::{Cluster, ClusterConfig, ClusterView, RelayView, poll_until};
 pub use flows::{Publisher, Subscriber};
-pub use node::TestNode;
+pub use node::{ClusterOpts, TestNode};
 pub use peer::{Peer, PeerStats, PushedTrack};
 pub use str0m::media::MediaKind;

@@ -1,7 +1,8 @@
 //! Spawning the `trackmesh` node binary as a child process for black-box tests.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use rand::Rng;
+use serde_json::Value;
 
 use crate::api::CallsClient;
 
@@ -26,6 +28,35 @@ pub struct TestNode {
     app_secret: String,
     stderr_path: PathBuf,
     stdout_lines: mpsc::Receiver<String>,
+    /// Every `key=value` field of the ready line.
+    ready: BTreeMap<String, String>,
+    /// Bearer token for `/admin/*`, when the node was started with `--admin-token`.
+    admin_token: Option<String>,
+    /// SIGKILLed (or otherwise reaped) by the test.
+    killed: bool,
+}
+
+/// How to start one cluster node (see [`TestNode::start_cluster_node`]).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOpts {
+    /// `--node-id` (empty: let the node generate one).
+    pub node_id: String,
+    /// `--region` (empty: the node's default).
+    pub region: String,
+    /// `--seed`, one per address.
+    pub seeds: Vec<SocketAddr>,
+    /// `--cluster-secret` (empty: the node's default).
+    pub secret: String,
+    /// `--admin-token` (empty: none, so `/admin/*` answers 404).
+    pub admin_token: String,
+    /// `--gossip` address; None: a free 127.0.0.1 UDP port is chosen.
+    pub gossip: Option<SocketAddr>,
+    /// `--relay` address; None: `127.0.0.1:0`.
+    pub relay: Option<SocketAddr>,
+    /// The app (id, secret); None: a random one. Nodes of one cluster should share it.
+    pub app: Option<(String, String)>,
+    /// More command-line arguments, appended last.
+    pub extra: Vec<String>,
 }
 
 /// Where the node binary is: env `TRACKMESH_BIN`, else `<workspace>/target/debug/trackmesh`.
@@ -57,6 +88,89 @@ impl TestNode {
         app_id: &str,
         app_secret: &str,
         args: &[&str],
+    ) -> anyhow::Result<TestNode> {
+        // A node always runs gossip and the relay; their default ports (7702, 7703) are fixed,
+        // so give every test node its own unless the caller chose them.
+        let has = |flag: &str| {
+            args.iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let (own_gossip, own_relay) = (!has("--gossip"), !has("--relay"));
+        let attempts = if own_gossip { 3 } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let mut full: Vec<String> = Vec::new();
+            if own_gossip {
+                full.extend(["--gossip".to_string(), free_udp_addr()?.to_string()]);
+            }
+            if own_relay {
+                full.extend(["--relay".to_string(), "127.0.0.1:0".to_string()]);
+            }
+            full.extend(args.iter().map(|a| a.to_string()));
+            match Self::spawn(app_id, app_secret, &full, None) {
+                Ok(node) => return Ok(node),
+                Err(e) if own_gossip && is_early_exit(&e) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no attempt to start the node")))
+    }
+
+    /// Start a cluster node on 127.0.0.1: HTTP and media on port 0, `--relay 127.0.0.1:0`, and a
+    /// free UDP port for gossip (the node does not accept gossip port 0). When the gossip port was
+    /// chosen here and the node fails to start, it is retried a few times with a new port.
+    pub fn start_cluster_node(opts: &ClusterOpts) -> anyhow::Result<TestNode> {
+        let (app_id, app_secret) = opts
+            .app
+            .clone()
+            .unwrap_or_else(|| (random_hex32(), random_hex32()));
+        let attempts = if opts.gossip.is_some() { 1 } else { 3 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let gossip = match opts.gossip {
+                Some(g) => g,
+                None => free_udp_addr()?,
+            };
+            let relay = opts
+                .relay
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            let mut args: Vec<String> = vec![
+                "--gossip".into(),
+                gossip.to_string(),
+                "--relay".into(),
+                relay.to_string(),
+            ];
+            let mut opt = |flag: &str, v: &str| {
+                if !v.is_empty() {
+                    args.push(flag.into());
+                    args.push(v.into());
+                }
+            };
+            opt("--node-id", &opts.node_id);
+            opt("--region", &opts.region);
+            opt("--cluster-secret", &opts.secret);
+            opt("--admin-token", &opts.admin_token);
+            for seed in &opts.seeds {
+                args.push("--seed".into());
+                args.push(seed.to_string());
+            }
+            args.extend(opts.extra.iter().cloned());
+            let token = (!opts.admin_token.is_empty()).then(|| opts.admin_token.clone());
+            match Self::spawn(&app_id, &app_secret, &args, token) {
+                Ok(node) => return Ok(node),
+                // Only an early exit (e.g. the gossip port got taken) is worth another port.
+                Err(e) if opts.gossip.is_none() && is_early_exit(&e) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no attempt to start the node")))
+    }
+
+    fn spawn(
+        app_id: &str,
+        app_secret: &str,
+        args: &[String],
+        admin_token: Option<String>,
     ) -> anyhow::Result<TestNode> {
         let bin = node_binary();
         if !bin.exists() {
@@ -116,11 +230,17 @@ impl TestNode {
             app_secret: app_secret.to_string(),
             stderr_path,
             stdout_lines: rx,
+            ready: BTreeMap::new(),
+            admin_token,
+            killed: false,
         };
         match node.wait_ready() {
-            Ok((http, media)) => {
+            Ok(fields) => {
+                let (http, media) = addrs_of(&fields)
+                    .ok_or_else(|| anyhow!("ready line without http=/media=: {fields:?}"))?;
                 node.http = http;
                 node.media = media;
+                node.ready = fields;
                 Ok(node)
             }
             Err(e) => {
@@ -130,7 +250,7 @@ impl TestNode {
         }
     }
 
-    fn wait_ready(&mut self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    fn wait_ready(&mut self) -> anyhow::Result<BTreeMap<String, String>> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut seen = Vec::new();
         for _ in 0..MAX_LINES_BEFORE_READY {
@@ -142,8 +262,10 @@ impl TestNode {
             }
             match self.stdout_lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addrs) = parse_ready_line(&line) {
-                        return Ok(addrs);
+                    if let Some(fields) = parse_ready_fields(&line)
+                        && addrs_of(&fields).is_some()
+                    {
+                        return Ok(fields);
                     }
                     seen.push(line);
                 }
@@ -217,27 +339,173 @@ impl TestNode {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// SIGKILL the node (no clean shutdown) and reap it. Idempotent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if !self.killed {
+            self.child.kill().context("SIGKILL of the node")?;
+            self.child.wait().context("reaping the node")?;
+            self.killed = true;
+        }
+        Ok(())
+    }
+
+    /// Was the node killed by the test?
+    pub fn is_killed(&self) -> bool {
+        self.killed
+    }
+
+    /// SIGSTOP the node process (it freezes: no gossip, no HTTP, no media).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT a node paused with [`TestNode::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        // `unsafe` is forbidden in this workspace, so no libc::kill: use kill(1).
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .with_context(|| format!("running kill -{sig}"))?;
+        if !status.success() {
+            bail!("kill -{sig} {} failed: {status}", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// A field of the ready line (`http`, `media`, `gossip`, `relay`, `node`, `tag`, `region`...).
+    pub fn ready_field(&self, key: &str) -> Option<&str> {
+        self.ready.get(key).map(String::as_str)
+    }
+
+    /// All `key=value` fields of the ready line.
+    pub fn ready_fields(&self) -> &BTreeMap<String, String> {
+        &self.ready
+    }
+
+    fn ready_addr(&self, key: &str) -> anyhow::Result<SocketAddr> {
+        let v = self
+            .ready_field(key)
+            .ok_or_else(|| anyhow!("ready line has no {key}=: {:?}", self.ready))?;
+        v.parse()
+            .with_context(|| format!("ready line {key}={v} is not IP:PORT"))
+    }
+
+    /// The gossip address from the ready line.
+    pub fn gossip_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.ready_addr("gossip")
+    }
+
+    /// The relay (QUIC) address from the ready line.
+    pub fn relay_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.ready_addr("relay")
+    }
+
+    /// The node id from the ready line (`node=`), or "" when absent.
+    pub fn node_id(&self) -> &str {
+        self.ready_field("node").unwrap_or_default()
+    }
+
+    /// The node's 8-hex tag from the ready line (`tag=`), or "" when absent.
+    pub fn tag(&self) -> &str {
+        self.ready_field("tag").unwrap_or_default()
+    }
+
+    /// The region from the ready line (`region=`), or "" when absent.
+    pub fn region(&self) -> &str {
+        self.ready_field("region").unwrap_or_default()
+    }
+
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
+    }
+
+    /// `GET /admin/<path>` with the admin bearer token: (HTTP status, JSON body or Null).
+    /// `path` is `cluster`, `/admin/cluster`, ...
+    pub async fn admin_raw(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let path = path.trim_start_matches('/');
+        let path = path.strip_prefix("admin/").unwrap_or(path);
+        let url = format!("{}/admin/{path}", self.http_url());
+        let http = reqwest::Client::builder()
+            .timeout(ADMIN_TIMEOUT)
+            .no_proxy()
+            .build()
+            .context("building an HTTP client")?;
+        let mut req = http.get(&url);
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading body of GET {url}"))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// `GET /admin/<path>` with the admin bearer token; the JSON body of a 2xx answer.
+    pub async fn admin(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.admin_raw(path).await?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "GET /admin/{path} on {} -> HTTP {status}: {body}",
+                self.http
+            );
+        }
+        Ok(body)
+    }
 }
 
-/// Parse `trackmesh ready http=IP:PORT media=IP:PORT`.
-pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The node exited before its ready line (e.g. a port taken between choosing and binding it).
+fn is_early_exit(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("before the ready line")
+}
+
+/// Per-request timeout of admin calls.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A free 127.0.0.1 UDP port, found by binding port 0 and closing the socket again (for flags
+/// that do not accept port 0, such as `--gossip`).
+pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
+    let sock =
+        UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket to find a free port")?;
+    Ok(sock.local_addr()?)
+}
+
+/// Every `key=value` field of a `trackmesh ready ...` line (fields may be added over time).
+pub fn parse_ready_fields(line: &str) -> Option<BTreeMap<String, String>> {
     let rest = line.trim().strip_prefix("trackmesh ready ")?;
-    let mut http = None;
-    let mut media = None;
-    for part in rest.split_whitespace() {
-        if let Some(v) = part.strip_prefix("http=") {
-            http = v.parse().ok();
-        } else if let Some(v) = part.strip_prefix("media=") {
-            media = v.parse().ok();
-        }
-    }
-    Some((http?, media?))
+    Some(
+        rest.split_whitespace()
+            .filter_map(|part| part.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn addrs_of(fields: &BTreeMap<String, String>) -> Option<(SocketAddr, SocketAddr)> {
+    let http = fields.get("http")?.parse().ok()?;
+    let media = fields.get("media")?.parse().ok()?;
+    Some((http, media))
+}
+
+/// Parse `trackmesh ready http=IP:PORT media=IP:PORT ...` into (http, media).
+pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    addrs_of(&parse_ready_fields(line)?)
 }
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.killed {
+            // A paused (SIGSTOPped) child dies from SIGKILL too.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- trackmesh node log ({}) ----\n{}\n---- end of node log ----",
@@ -268,6 +536,21 @@ mod tests {
         assert_eq!(m.port(), 5000);
         assert!(parse_ready_line("development app id=x secret=y").is_none());
         assert!(parse_ready_line("trackmesh ready http=nonsense media=127.0.0.1:5000").is_none());
+    }
+
+    #[test]
+    fn parses_cluster_ready_line() {
+        let line = "trackmesh ready http=127.0.0.1:4321 media=127.0.0.1:5000 gossip=127.0.0.1:6000 \
+                    relay=127.0.0.1:6001 node=a tag=0badcafe region=r1 future=x";
+        let f = parse_ready_fields(line).expect("ready line");
+        assert_eq!(f.get("gossip").map(String::as_str), Some("127.0.0.1:6000"));
+        assert_eq!(f.get("relay").map(String::as_str), Some("127.0.0.1:6001"));
+        assert_eq!(f.get("node").map(String::as_str), Some("a"));
+        assert_eq!(f.get("tag").map(String::as_str), Some("0badcafe"));
+        assert_eq!(f.get("region").map(String::as_str), Some("r1"));
+        assert_eq!(f.get("future").map(String::as_str), Some("x"));
+        let (h, m) = parse_ready_line(line).expect("addresses");
+        assert_eq!((h.port(), m.port()), (4321, 5000));
     }
 
     #[test]

@@ -1,0 +1,392 @@
+//! Clusters of `trackmesh` node processes on 127.0.0.1 and typed views of the admin API
+//! (`/admin/cluster`, `/admin/relay`) used by the cluster tests.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::CallsClient;
+use crate::node::{ClusterOpts, TestNode, free_udp_addr, random_hex32};
+
+/// How long [`Cluster::start`] waits for every node to see every other node live.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `GET /admin/cluster`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ClusterView {
+    #[serde(rename = "self")]
+    pub self_id: String,
+    pub members: Vec<Member>,
+}
+
+/// One member of `GET /admin/cluster`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub node_id: String,
+    #[serde(default)]
+    pub tag: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub api: String,
+    #[serde(default)]
+    pub relay: String,
+    pub live: bool,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl ClusterView {
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.node_id == node_id)
+    }
+
+    /// Listed and live.
+    pub fn is_live(&self, node_id: &str) -> bool {
+        self.member(node_id).is_some_and(|m| m.live)
+    }
+
+    /// Ids of the live members.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.live)
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+}
+
+/// `GET /admin/relay`.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct RelayView {
+    #[serde(default)]
+    pub links: Vec<Link>,
+    pub upstream: Vec<Upstream>,
+    pub downstream: Vec<Downstream>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Link {
+    pub peer: String,
+    pub direction: String,
+}
+
+/// A track this node pulls from another node.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    pub session_id: String,
+    pub track_name: String,
+    pub via: String,
+    #[serde(default)]
+    pub frames: u64,
+}
+
+/// A track this node sends to another node.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Downstream {
+    pub session_id: String,
+    pub track_name: String,
+    pub peer: String,
+    #[serde(default)]
+    pub frames: u64,
+}
+
+impl RelayView {
+    /// Upstream entries for (sessionId, trackName).
+    pub fn upstream_of(&self, session_id: &str, track_name: &str) -> Vec<&Upstream> {
+        self.upstream
+            .iter()
+            .filter(|u| u.session_id == session_id && u.track_name == track_name)
+            .collect()
+    }
+
+    /// Downstream entries for (sessionId, trackName).
+    pub fn downstream_of(&self, session_id: &str, track_name: &str) -> Vec<&Downstream> {
+        self.downstream
+            .iter()
+            .filter(|d| d.session_id == session_id && d.track_name == track_name)
+            .collect()
+    }
+
+    /// Downstream entries to this peer node.
+    pub fn downstream_to(&self, peer: &str) -> Vec<&Downstream> {
+        self.downstream.iter().filter(|d| d.peer == peer).collect()
+    }
+}
+
+/// Decode an admin answer, keeping the raw body in the error.
+fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v.clone()).with_context(|| format!("decoding {what}: {v}"))
+}
+
+impl TestNode {
+    /// `GET /admin/cluster`, typed.
+    pub async fn cluster_view(&self) -> anyhow::Result<ClusterView> {
+        decode("/admin/cluster", self.admin("cluster").await?)
+    }
+
+    /// `GET /admin/relay`, typed.
+    pub async fn relay_view(&self) -> anyhow::Result<RelayView> {
+        decode("/admin/relay", self.admin("relay").await?)
+    }
+}
+
+/// Poll `f` every `step` until it returns `Ok`, for at most `timeout` (bounded by a poll count
+/// too). `Err` means "not yet" and should describe the state seen; the last one is reported on
+/// timeout. Returns the value and the time from the call until the successful poll began.
+pub async fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    step: Duration,
+    mut f: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let max_polls = timeout.as_millis() / step.as_millis().max(1) + 2;
+    let mut last = None;
+    for _ in 0..max_polls {
+        let at = start.elapsed();
+        match f().await {
+            Ok(v) => return Ok((v, at)),
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(step.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    let last = last.map_or_else(|| "nothing".to_string(), |e| format!("{e:#}"));
+    bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+}
+
+/// How the nodes of a [`Cluster`] are started.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Every node seeds every other node (else: the first seeds nobody, the others the first).
+    pub seed_all: bool,
+    /// Extra arguments for every node.
+    pub extra: Vec<String>,
+    /// Bound on the wait until all members are live everywhere.
+    pub converge_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seed_all: false,
+            extra: Vec::new(),
+            converge_timeout: CONVERGE_TIMEOUT,
+        }
+    }
+}
+
+/// N node processes sharing one app, one cluster secret and one admin token. Node ids are the
+/// names given to [`Cluster::start`]. Every child is killed on drop.
+pub struct Cluster {
+    nodes: Vec<(String, TestNode)>,
+    app_id: String,
+    app_secret: String,
+    secret: String,
+    admin_token: String,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Start nodes `(name, region)`; the first seeds nobody, the others seed the first. Waits
+    /// (bounded by [`CONVERGE_TIMEOUT`]) until every node lists every other node live.
+    pub async fn start(spec: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+        Self::start_with(spec, ClusterConfig::default()).await
+    }
+
+    pub async fn start_with(spec: &[(&str, &str)], cfg: ClusterConfig) -> anyhow::Result<Cluster> {
+        if spec.is_empty() {
+            bail!("a cluster needs at least one node");
+        }
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            app_id: random_hex32(),
+            app_secret: random_hex32(),
+            secret: format!("test-cluster-{}", random_hex32()),
+            admin_token: format!("admin-{}", random_hex32()),
+            extra: cfg.extra.clone(),
+        };
+        // Gossip addresses chosen up front so that every node can seed every other one.
+        let gossip: Vec<SocketAddr> = spec
+            .iter()
+            .map(|_| free_udp_addr())
+            .collect::<anyhow::Result<_>>()?;
+        let t0 = Instant::now();
+        for (i, (name, region)) in spec.iter().enumerate() {
+            let seeds: Vec<SocketAddr> = if cfg.seed_all {
+                gossip
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, a)| *a)
+                    .collect()
+            } else if i == 0 {
+                Vec::new()
+            } else {
+                vec![cluster.nodes[0].1.gossip_addr()?]
+            };
+            let mut opts = cluster.opts(name, region, seeds);
+            opts.gossip = Some(gossip[i]);
+            let node = TestNode::start_cluster_node(&opts)
+                .with_context(|| format!("starting cluster node {name} ({region})"))?;
+            cluster.nodes.push((name.to_string(), node));
+        }
+        let started = t0.elapsed();
+        let converged = cluster.wait_converged(cfg.converge_timeout).await?;
+        eprintln!(
+            "cluster of {} nodes: processes ready in {started:?}, all members live everywhere {converged:?} later",
+            spec.len()
+        );
+        Ok(cluster)
+    }
+
+    /// Options for a node of this cluster (same app, secret and admin token).
+    pub fn opts(&self, name: &str, region: &str, seeds: Vec<SocketAddr>) -> ClusterOpts {
+        ClusterOpts {
+            node_id: name.to_string(),
+            region: region.to_string(),
+            seeds,
+            secret: self.secret.clone(),
+            admin_token: self.admin_token.clone(),
+            gossip: None,
+            relay: None,
+            app: Some((self.app_id.clone(), self.app_secret.clone())),
+            extra: self.extra.clone(),
+        }
+    }
+
+    /// Start one more node with `opts` (e.g. from [`Cluster::opts`] with another secret) and
+    /// manage it with the others. Does not wait for convergence.
+    pub fn add(&mut self, name: &str, opts: &ClusterOpts) -> anyhow::Result<&TestNode> {
+        if self.nodes.iter().any(|(n, _)| n == name) {
+            bail!("the cluster already has a node named {name}");
+        }
+        let node = TestNode::start_cluster_node(opts)
+            .with_context(|| format!("starting cluster node {name}"))?;
+        self.nodes.push((name.to_string(), node));
+        Ok(&self.nodes[self.nodes.len() - 1].1)
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    pub fn app_secret(&self) -> &str {
+        &self.app_secret
+    }
+
+    /// Names in start order.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn try_node(&self, name: &str) -> anyhow::Result<&TestNode> {
+        self.nodes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, node)| node)
+            .ok_or_else(|| anyhow!("the cluster has no node named {name}"))
+    }
+
+    /// The node named `name`; panics when there is none (a bug in the test).
+    pub fn node(&self, name: &str) -> &TestNode {
+        match self.try_node(name) {
+            Ok(n) => n,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut TestNode {
+        match self.nodes.iter_mut().find(|(n, _)| n == name) {
+            Some((_, node)) => node,
+            None => panic!("the cluster has no node named {name}"),
+        }
+    }
+
+    /// The node id of `name` (from its ready line, else the name passed as `--node-id`).
+    pub fn id(&self, name: &str) -> String {
+        let id = self.node(name).node_id();
+        if id.is_empty() {
+            name.to_string()
+        } else {
+            id.to_string()
+        }
+    }
+
+    /// The name of the node with this node id.
+    pub fn name_of(&self, node_id: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|(n, node)| {
+                node.node_id() == node_id || (node.node_id().is_empty() && n == node_id)
+            })
+            .map(|(n, _)| n.clone())
+    }
+
+    /// A Calls API client for the app on node `name`.
+    pub fn client(&self, name: &str) -> CallsClient {
+        self.node(name).client()
+    }
+
+    /// SIGKILL node `name`; returns the instant of the kill.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<Instant> {
+        let node = self.node_mut(name);
+        node.kill()?;
+        Ok(Instant::now())
+    }
+
+    /// Names of the nodes not killed by the test.
+    pub fn running(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.is_killed())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Wait until every running node lists every other running node as live. Returns how long
+    /// it took.
+    pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let names = self.running();
+        let ids: Vec<(String, String)> = names.iter().map(|n| (n.clone(), self.id(n))).collect();
+        let (_, took) = poll_until(
+            "every node to list every other node live in /admin/cluster",
+            timeout,
+            Duration::from_millis(100),
+            async || {
+                for name in &names {
+                    let view = self.node(name).cluster_view().await?;
+                    let missing: Vec<&str> = ids
+                        .iter()
+                        .filter(|(n, id)| n != name && !view.is_live(id))
+                        .map(|(_, id)| id.as_str())
+                        .collect();
+                    if !missing.is_empty() {
+                        bail!("{name} does not list {missing:?} live: {view:?}");
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(took)
+    }
+}
