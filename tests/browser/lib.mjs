@@ -4,6 +4,7 @@
 //  - serveDir(): a tiny static server on 127.0.0.1 (another origin than the node, so CORS is exercised).
 // Every wait is bounded; a missing binary or browser is an error (tests fail, never skip).
 import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -45,16 +46,45 @@ export async function pollUntil(fn, { timeoutMs = 10000, intervalMs = 100, what 
 
 export const randomHex = (bytes = 16) => randomBytes(bytes).toString('hex');
 
+/** A UDP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close the socket). */
+export async function freeUdpPort() {
+  const sock = dgram.createSocket('udp4');
+  await new Promise((resolve, reject) => { sock.once('error', reject); sock.bind(0, '127.0.0.1', resolve); });
+  const { port } = sock.address();
+  await new Promise((r) => sock.close(r));
+  return port;
+}
+
+/** Parse `trackmesh ready key=value key=value ...` (fields may be appended later) into an object, or null. */
+export function parseReadyLine(text) {
+  const m = text.match(/^trackmesh ready (.*\S)\s*$/m);
+  if (!m) return null;
+  const fields = {};
+  for (const kv of m[1].split(/\s+/)) {
+    const i = kv.indexOf('=');
+    if (i > 0) fields[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return fields.http && fields.media ? fields : null;
+}
+
 /**
- * Start a trackmesh node: `--http 127.0.0.1:0 --media 127.0.0.1:0 --app ID:SECRET`.
- * Resolves when `trackmesh ready http=IP:PORT media=IP:PORT` appears on stdout (bounded).
- * Returns { appId, secret, http, media, origin, base, stderr(), stop() }.
+ * Start a trackmesh node: `--http 127.0.0.1:0 --media 127.0.0.1:0 --gossip 127.0.0.1:<free> --relay 127.0.0.1:0
+ * --app ID:SECRET [--admin-token T] ...extraArgs` (--gossip/--relay only when extraArgs do not set them).
+ * Resolves when the `trackmesh ready http=IP:PORT media=IP:PORT ...` line appears on stdout (bounded).
+ * Returns { appId, secret, http, media, gossip?, relay?, node?, tag?, region?, ready, origin, base,
+ *           stderr(), api(), admin(), stop() }  (`ready` holds every key=value of the ready line).
  */
-export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], readyTimeoutMs = 20000 } = {}) {
+export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], adminToken, readyTimeoutMs = 20000 } = {}) {
   if (!fs.existsSync(NODE_BIN)) {
     throw new Error(`trackmesh binary not found at ${NODE_BIN} (build it with \`cargo build --workspace --bins\` or set TRACKMESH_BIN)`);
   }
-  const args = ['--http', '127.0.0.1:0', '--media', '127.0.0.1:0', '--app', `${appId}:${secret}`, ...extraArgs];
+  const has = (flag) => extraArgs.some((a) => a === flag || a.startsWith(`${flag}=`));
+  const args = ['--http', '127.0.0.1:0', '--media', '127.0.0.1:0', '--app', `${appId}:${secret}`];
+  // the node's defaults are fixed ports (gossip 7702, relay 7703); keep parallel runs apart
+  if (!has('--gossip')) args.push('--gossip', `127.0.0.1:${await freeUdpPort()}`);
+  if (!has('--relay')) args.push('--relay', '127.0.0.1:0');
+  if (adminToken !== undefined) args.push('--admin-token', adminToken);
+  args.push(...extraArgs);
   const proc = spawn(NODE_BIN, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
@@ -67,11 +97,11 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
   const ready = new Promise((resolve, reject) => {
     proc.stdout.on('data', (d) => {
       stdout += d;
-      const m = stdout.match(/^trackmesh ready http=(\S+) media=(\S+)\s*$/m);
-      if (m) resolve({ http: m[1], media: m[2] });
+      const fields = parseReadyLine(stdout);
+      if (fields) resolve(fields);
     });
     proc.once('error', reject);
-    exited.then(({ code, sig }) => reject(new Error(`trackmesh exited before ready (code=${code} signal=${sig})\nstdout:\n${stdout}\nstderr:\n${stderr.slice(-4000)}`)));
+    exited.then(({ code, sig }) => reject(new Error(`trackmesh exited before ready (code=${code} signal=${sig})\nargs: ${args.join(' ')}\nstdout:\n${stdout}\nstderr:\n${stderr.slice(-4000)}`)));
   });
   let addrs;
   try {
@@ -82,7 +112,7 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
   }
   const origin = `http://${addrs.http}`;
   const node = {
-    appId, secret, proc, ...addrs, origin,
+    ...addrs, ready: addrs, appId, secret, proc, args, origin,
     base: `${origin}/v1/apps/${appId}`,
     stdout: () => stdout,
     stderr: () => stderr,
@@ -92,6 +122,16 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
         method,
         headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
+      }), 10000, `${method} ${p}`);
+      const text = await res.text();
+      let json;
+      try { json = JSON.parse(text); } catch { json = { unparsable: text }; }
+      return { status: res.status, json };
+    },
+    /** GET/POST `origin + p` (e.g. /admin/cluster) with the admin token. Returns {status, json}. */
+    async admin(p, { method = 'GET', token = adminToken } = {}) {
+      const res = await withTimeout(fetch(`${origin}${p}`, {
+        method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
       }), 10000, `${method} ${p}`);
       const text = await res.text();
       let json;
