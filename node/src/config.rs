@@ -136,6 +136,10 @@ pub struct Flags {
     /// Bearer token for /admin/*; without one the admin API is off.
     #[arg(long, env = "TRACKMESH_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// After SIGTERM the node drains: it exits when its sessions have ended, or after this long
+    /// [default: 60s].
+    #[arg(long, env = "TRACKMESH_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -175,6 +179,7 @@ struct FileConfig {
     relay: Option<SocketAddr>,
     cluster_secret: Option<String>,
     admin_token: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 /// Fully resolved node configuration.
@@ -203,6 +208,7 @@ pub struct Config {
     /// True when no secret was given and the development default is in use.
     pub dev_secret: bool,
     pub admin_token: Option<String>,
+    pub drain_timeout: Duration,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -304,6 +310,12 @@ impl Config {
                 .admin_token
                 .or(file.admin_token)
                 .filter(|t| !t.is_empty()),
+            drain_timeout: dur(
+                flags.drain_timeout,
+                &file.drain_timeout,
+                "drain-timeout",
+                60,
+            )?,
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");

@@ -10,4 +10,5 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod ids;
+pub mod metrics;
 pub mod runtime;

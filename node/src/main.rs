@@ -153,13 +153,58 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         view: members.view.clone(),
         relay,
     };
-    let state = Arc::new(api::ApiState::new(&cfg, handle, cluster));
+    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new().context("registering metrics")?);
+    let ops = api::OpsState {
+        metrics,
+        local: members.local.clone(),
+        started: Instant::now(),
+        gossip: cfg.gossip,
+    };
+    let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
+    let drained = drain_on_signal(handle, members.local.clone(), cfg.drain_timeout);
     axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(drained)
         .await
         .context("HTTP server")?;
     engine_task.abort();
     Ok(())
+}
+
+/// On SIGTERM (or Ctrl-C) the node drains: it refuses new sessions, reports not ready and gossips
+/// its state, keeps serving the sessions it has, and returns when they have ended or the timeout
+/// has passed. A second signal ends the wait at once.
+async fn drain_on_signal(
+    engine: runtime::EngineHandle,
+    local: Arc<membership::LocalState>,
+    timeout: std::time::Duration,
+) {
+    shutdown_signal().await;
+    local
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(
+        timeout_secs = timeout.as_secs_f64(),
+        "draining: waiting for sessions to end"
+    );
+    let wait = async {
+        loop {
+            let left = engine.call(|e, _| e.session_count()).await.unwrap_or(0);
+            if left == 0 {
+                tracing::info!("drained: no sessions left");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(sessions = left, "drain timeout: exiting with sessions left");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = wait => {}
+        _ = shutdown_signal() => tracing::info!("second signal: exiting now"),
+    }
 }
 
 /// The chitchat cluster id: nodes drop gossip from other ids. Derived from the secret, so nodes

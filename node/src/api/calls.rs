@@ -80,6 +80,18 @@ pub async fn sessions_new(
     body: Body,
 ) -> ApiResult {
     st.apps.authorize(&app, &headers)?;
+    if st
+        .ops
+        .local
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable_error",
+            "this node is draining: create the session on another node",
+        ));
+    }
     let bytes = read_body(body, st.max_body).await?;
     let offer = if is_blank(&bytes) || bytes.as_ref() == b"null" {
         None

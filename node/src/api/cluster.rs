@@ -127,7 +127,7 @@ pub async fn resolve_remote(
     while set.join_next().await.is_some() {}
 }
 
-fn check_admin(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_admin(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &st.admin_token else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

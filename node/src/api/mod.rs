@@ -5,6 +5,7 @@ mod calls;
 mod cluster;
 mod error;
 mod guard;
+mod ops;
 mod wire;
 
 use std::sync::Arc;
@@ -23,7 +24,16 @@ pub use error::ApiError;
 use crate::config::Config;
 use crate::runtime::EngineHandle;
 
+/// What operating the node needs: metrics, the gossiped drain state, and facts for the status view.
+pub struct OpsState {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub local: Arc<crate::cluster::membership::LocalState>,
+    pub started: std::time::Instant,
+    pub gossip: std::net::SocketAddr,
+}
+
 pub struct ApiState {
+    ops: OpsState,
     pub engine: EngineHandle,
     apps: guard::Apps,
     rate: guard::RateLimiter,
@@ -36,13 +46,19 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(cfg: &Config, engine: EngineHandle, cluster: ClusterHandle) -> ApiState {
+    pub fn new(
+        cfg: &Config,
+        engine: EngineHandle,
+        cluster: ClusterHandle,
+        ops: OpsState,
+    ) -> ApiState {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .no_proxy()
             .build()
             .unwrap_or_default();
         ApiState {
+            ops,
             cluster,
             admin_token: cfg.admin_token.clone(),
             http,
@@ -96,8 +112,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/admin/cluster", get(cluster::admin_cluster))
         .route("/admin/relay", get(cluster::admin_relay))
+        .route("/admin/status", get(ops::status))
+        .route("/admin/status/{node}", get(ops::status_of))
+        .route("/admin/sessions", get(ops::sessions))
+        .route("/admin/sessions/{session}", get(ops::session))
+        .route("/admin/tracks", get(ops::tracks))
+        .route("/admin/locate/{session}/{track}", get(ops::locate))
+        .route("/admin/drain/{node}", post(ops::drain))
+        .route("/admin/undrain/{node}", post(ops::undrain))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::track_http,
+        ))
         .fallback(|| async { ApiError::method_not_allowed() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)

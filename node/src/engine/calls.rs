@@ -94,6 +94,24 @@ pub struct CloseResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session_id: SessionId,
+    pub app: String,
+    pub connected: bool,
+    pub tracks: Vec<TrackStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationSummary {
+    pub session_id: SessionId,
+    pub track_name: String,
+    pub kind: MediaKind,
+    pub local_subscribers: usize,
+    /// Relay downstream ids (the relay layer maps them to nodes).
+    pub downstreams: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackStatus {
     pub location: Location,
     pub mid: String,
@@ -147,7 +165,8 @@ impl Engine {
                 ufrag: ufrag.clone(),
                 pass: random_hex(16),
             })
-            .set_stats_interval(None);
+            // Stats events carry the NACK counts the metrics report.
+            .set_stats_interval(Some(std::time::Duration::from_secs(2)));
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
@@ -871,6 +890,68 @@ impl Engine {
                 e.closed = true;
             }
         }
+    }
+
+    /// Every session of this node with its tracks, for the admin view.
+    pub fn admin_sessions(&self) -> Vec<SessionSummary> {
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| self.admin_session(id))
+            .collect()
+    }
+
+    pub fn admin_session(&self, id: SessionId) -> Option<SessionSummary> {
+        let s = self.sessions.get(&id)?;
+        let tracks = self.session_tracks(&s.app, &id.to_string()).ok()?;
+        Some(SessionSummary {
+            session_id: id,
+            app: s.app.clone(),
+            connected: s.connected,
+            tracks,
+        })
+    }
+
+    /// Tracks published on this node, with their local subscribers and relay downstream ids.
+    pub fn admin_publications(&self) -> Vec<PublicationSummary> {
+        let mut out: Vec<PublicationSummary> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| matches!(p.source, Source::Session(_)))
+            .map(|(k, p)| PublicationSummary {
+                session_id: k.0,
+                track_name: k.1.clone(),
+                kind: p.kind,
+                local_subscribers: p
+                    .subscribers
+                    .iter()
+                    .filter(|s| matches!(s, Sink::Session(..)))
+                    .count(),
+                downstreams: p
+                    .subscribers
+                    .iter()
+                    .filter_map(|s| match s {
+                        Sink::Relay(d) => Some(*d),
+                        Sink::Session(..) => None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.session_id, &a.track_name).cmp(&(b.session_id, &b.track_name)));
+        out
+    }
+
+    /// Local subscribers of a publication (local or relayed) held here.
+    pub fn local_subscriber_count(&self, session: SessionId, track: &str) -> usize {
+        self.publications
+            .get(&(session, track.to_string()))
+            .map(|p| {
+                p.subscribers
+                    .iter()
+                    .filter(|s| matches!(s, Sink::Session(..)))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// `GET sessions/{id}`: every track the session has had, with its status.

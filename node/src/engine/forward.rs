@@ -35,6 +35,7 @@ pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
 impl Engine {
     pub(super) fn forward_media(&mut self, publisher: SessionId, data: MediaData, now: Instant) {
         self.stats.frames_in += 1;
+        self.media_flowing(publisher, now);
         let Some(name) = self
             .sessions
             .get(&publisher)
@@ -142,7 +143,12 @@ impl Engine {
             return;
         };
         match writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
-            Ok(()) => self.stats.frames_forwarded += 1,
+            Ok(()) => {
+                self.stats.frames_forwarded += 1;
+                if s.connected {
+                    self.media_flowing(sub, now);
+                }
+            }
             Err(e) => tracing::debug!(session = %sub, error = %e, "write failed"),
         }
         self.drain(sub, now);

@@ -22,8 +22,8 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 pub use calls::{
-    CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, RemoteTrack, SdpKind, SessionDesc, TrackResult,
-    TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
+    CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, PublicationSummary, RemoteTrack, SdpKind,
+    SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use demux::{Demux, Route};
 pub use relay::{RelayEntry, RelayRefusal};
@@ -94,6 +94,34 @@ pub struct Stats {
     pub relay_frames_out: u64,
     pub relay_frames_in: u64,
     pub relay_dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams that are RTP or RTCP (first byte 128..=191, RFC 7983), not STUN or DTLS.
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub keyframe_requests_received: u64,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+}
+
+/// What the engine holds right now, for gauges.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Gauges {
+    pub sessions_connecting: u64,
+    pub sessions_connected: u64,
+    pub published_audio: u64,
+    pub published_video: u64,
+    pub subscribed_audio: u64,
+    pub subscribed_video: u64,
+    pub relay_upstreams: u64,
+    pub relay_downstreams: u64,
+}
+
+/// Most session set-up times kept between two metric scrapes.
+const MAX_SETUP_SAMPLES: usize = 4096;
+
+fn is_rtp(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| (128..=191).contains(b))
 }
 
 /// Where a publication's media comes from.
@@ -212,6 +240,8 @@ pub struct Engine {
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
+    /// Session set-up times (creation to media flowing) not yet taken by the metrics.
+    setup_times: Vec<Duration>,
 }
 
 impl Engine {
@@ -236,6 +266,7 @@ impl Engine {
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),
+            setup_times: Vec::new(),
         }
     }
 
@@ -245,6 +276,59 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Current sessions, tracks and relay subscriptions, for gauges.
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges::default();
+        for s in self.sessions.values() {
+            if s.connected {
+                g.sessions_connected += 1;
+            } else {
+                g.sessions_connecting += 1;
+            }
+        }
+        for p in self.publications.values() {
+            let audio = p.kind == MediaKind::Audio;
+            if matches!(p.source, Source::Session(_)) {
+                *(if audio {
+                    &mut g.published_audio
+                } else {
+                    &mut g.published_video
+                }) += 1;
+            }
+            let local = p
+                .subscribers
+                .iter()
+                .filter(|s| matches!(s, Sink::Session(..)))
+                .count() as u64;
+            *(if audio {
+                &mut g.subscribed_audio
+            } else {
+                &mut g.subscribed_video
+            }) += local;
+        }
+        g.relay_upstreams = self.relay_up.len() as u64;
+        g.relay_downstreams = self.relay_down.len() as u64;
+        g
+    }
+
+    /// Session set-up times recorded since the last call.
+    pub fn take_setup_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.setup_times)
+    }
+
+    /// Records a session's set-up time the first time media flows on it.
+    pub(crate) fn media_flowing(&mut self, sid: SessionId, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&sid)
+            && !s.media_flowing
+        {
+            s.media_flowing = true;
+            if self.setup_times.len() < MAX_SETUP_SAMPLES {
+                self.setup_times
+                    .push(now.saturating_duration_since(s.created));
+            }
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -258,6 +342,10 @@ impl Engine {
     /// Feeds one received datagram. Unroutable or malformed datagrams are counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
         self.stats.datagrams_in += 1;
+        self.stats.bytes_in += buf.len() as u64;
+        if is_rtp(buf) {
+            self.stats.rtp_in += 1;
+        }
         let Some(route) = self.demux.route(source, buf) else {
             self.stats.datagrams_unrouted += 1;
             return;
@@ -335,11 +423,13 @@ impl Engine {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front();
-        if t.is_some() {
-            self.stats.datagrams_out += 1;
+        let t = self.transmits.pop_front()?;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.contents.len() as u64;
+        if is_rtp(&t.contents) {
+            self.stats.rtp_out += 1;
         }
-        t
+        Some(t)
     }
 
     /// Drains one session's `Rtc` until it reports its next timeout (str0m's rule after every

@@ -52,6 +52,10 @@ pub struct Session {
     pub remote_by_mid: HashMap<Mid, TrackKey>,
     /// str0m's next timeout for this session.
     pub timeout: Instant,
+    /// Media has flowed (received from this publisher, or written to this subscriber).
+    pub media_flowing: bool,
+    /// Last cumulative NACK counts str0m reported, per (mid, egress).
+    pub nacks_seen: HashMap<(Mid, bool), u64>,
 }
 
 impl Session {
@@ -71,6 +75,8 @@ impl Session {
             local_by_mid: HashMap::new(),
             remote_by_mid: HashMap::new(),
             timeout: now,
+            media_flowing: false,
+            nacks_seen: HashMap::new(),
         }
     }
 

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     /// One in-flight pull per track, so concurrent pulls share one upstream.
     pub inflight: Mutex<HashMap<(SessionId, String), PullLock>>,
     pub refused: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 impl Inner {
@@ -194,6 +196,8 @@ impl Relay {
             state: Mutex::new(State::default()),
             inflight: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
         });
         tokio::spawn(serve::accept_loop(inner.clone()));
         tokio::spawn(pull::engine_outputs(inner.clone(), relay_out));
@@ -257,6 +261,27 @@ impl Relay {
             links,
             upstream,
             downstream,
+        }
+    }
+
+    /// The nodes the given downstream subscriptions go to.
+    pub fn downstream_peers(&self, downs: &[u64]) -> Vec<String> {
+        let st = self.inner.state();
+        let mut peers: Vec<String> = downs
+            .iter()
+            .filter_map(|d| st.downs.get(d).map(|d| d.peer.clone()))
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// Links this node dialed, and media bytes received and sent over relay links.
+    pub fn figures(&self) -> crate::metrics::RelayFigures {
+        crate::metrics::RelayFigures {
+            links: self.inner.state().links.len() as u64,
+            bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
         }
     }
 

@@ -268,6 +268,7 @@ async fn run_link(
 async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
     let mut reasm = Reassembler::new(ReassemblerLimits::default());
     while let Ok(d) = link.conn.read_datagram().await {
+        inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
         let Some(frame) = reasm.push(&d, Instant::now()) else {
             continue;
         };
@@ -402,6 +403,9 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                 };
                 d.frames.fetch_add(1, Ordering::Relaxed);
                 while frags.next_into(&mut buf) {
+                    inner
+                        .bytes_out
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
                     // quinn drops the oldest queued datagrams when its buffer is full.
                     if d.conn.send_datagram(Bytes::copy_from_slice(&buf)).is_err() {
                         break;

@@ -1,0 +1,332 @@
+//! Prometheus metrics at `GET /metrics`.
+//!
+//! The engine keeps plain counters (it stays free of metric libraries); at each scrape they are
+//! copied into the registry. Labels only take a few fixed values: never a session, track or
+//! node id, so the number of series stays bounded.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::cluster::ClusterView;
+use crate::engine::{Gauges, Stats};
+
+/// Relay figures kept by the relay tasks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayFigures {
+    pub links: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Everything a scrape reads, gathered first so no lock is held while it is taken.
+pub struct Snapshot {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    pub setup_times: Vec<Duration>,
+    pub relay: RelayFigures,
+    pub view: std::sync::Arc<ClusterView>,
+    pub draining: bool,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Serializes scrapes: counters are reset to the engine's totals under it.
+    scrape: Mutex<()>,
+    sessions: IntGaugeVec,
+    published: IntGaugeVec,
+    subscribed: IntGaugeVec,
+    rtp_packets: IntCounterVec,
+    rtp_bytes: IntCounterVec,
+    frames_forwarded: IntCounter,
+    dropped: IntCounterVec,
+    keyframe_requests: IntCounterVec,
+    nacks: IntCounterVec,
+    relay_links: IntGauge,
+    relay_subscriptions: IntGaugeVec,
+    relay_frames: IntCounterVec,
+    relay_bytes: IntCounterVec,
+    members: IntGaugeVec,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    setup: Histogram,
+    draining: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: T,
+) -> prometheus::Result<T> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let latency = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        Ok(Metrics {
+            sessions: reg(
+                &r,
+                gv(
+                    "trackmesh_sessions",
+                    "Sessions on this node by state.",
+                    &["state"],
+                )?,
+            )?,
+            published: reg(
+                &r,
+                gv(
+                    "trackmesh_tracks_published",
+                    "Tracks published on this node.",
+                    &["kind"],
+                )?,
+            )?,
+            subscribed: reg(
+                &r,
+                gv(
+                    "trackmesh_tracks_subscribed",
+                    "Local subscriptions on this node.",
+                    &["kind"],
+                )?,
+            )?,
+            rtp_packets: reg(
+                &r,
+                cv(
+                    "trackmesh_rtp_packets_total",
+                    "RTP/RTCP datagrams on the media socket.",
+                    &["direction"],
+                )?,
+            )?,
+            rtp_bytes: reg(
+                &r,
+                cv(
+                    "trackmesh_rtp_bytes_total",
+                    "Bytes of all datagrams on the media socket.",
+                    &["direction"],
+                )?,
+            )?,
+            frames_forwarded: reg(
+                &r,
+                IntCounter::new(
+                    "trackmesh_frames_forwarded_total",
+                    "Frames written to local subscribers.",
+                )?,
+            )?,
+            dropped: reg(
+                &r,
+                cv(
+                    "trackmesh_packets_dropped_total",
+                    "Datagrams or frames dropped, by reason.",
+                    &["reason"],
+                )?,
+            )?,
+            keyframe_requests: reg(
+                &r,
+                cv(
+                    "trackmesh_keyframe_requests_total",
+                    "Keyframe requests (PLI/FIR) sent to publishers and received from subscribers.",
+                    &["direction"],
+                )?,
+            )?,
+            nacks: reg(
+                &r,
+                cv(
+                    "trackmesh_nacks_total",
+                    "NACKs sent to publishers and received from subscribers.",
+                    &["direction"],
+                )?,
+            )?,
+            relay_links: reg(
+                &r,
+                IntGauge::new("trackmesh_relay_links", "Relay links this node dialed.")?,
+            )?,
+            relay_subscriptions: reg(
+                &r,
+                gv(
+                    "trackmesh_relay_subscriptions",
+                    "Tracks pulled from (upstream) and sent to (downstream) other nodes.",
+                    &["direction"],
+                )?,
+            )?,
+            relay_frames: reg(
+                &r,
+                cv(
+                    "trackmesh_relay_frames_total",
+                    "Frames received from and sent to other nodes.",
+                    &["direction"],
+                )?,
+            )?,
+            relay_bytes: reg(
+                &r,
+                cv(
+                    "trackmesh_relay_bytes_total",
+                    "Media bytes received from and sent to other nodes.",
+                    &["direction"],
+                )?,
+            )?,
+            members: reg(
+                &r,
+                gv(
+                    "trackmesh_cluster_members",
+                    "Cluster members this node knows, by state and region.",
+                    &["state", "region"],
+                )?,
+            )?,
+            http_requests: reg(
+                &r,
+                cv(
+                    "trackmesh_http_requests_total",
+                    "HTTP requests by route template, method and status.",
+                    &["route", "method", "status"],
+                )?,
+            )?,
+            http_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "trackmesh_http_request_duration_seconds",
+                        "HTTP request latency by route template.",
+                    )
+                    .buckets(latency.clone()),
+                    &["route"],
+                )?,
+            )?,
+            setup: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trackmesh_session_setup_seconds",
+                        "From the API call that created a session to media flowing on it.",
+                    )
+                    .buckets(vec![
+                        0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+                    ]),
+                )?,
+            )?,
+            draining: reg(
+                &r,
+                IntGauge::new("trackmesh_draining", "1 while this node drains.")?,
+            )?,
+            registry: r,
+            scrape: Mutex::new(()),
+        })
+    }
+
+    /// The text exposition of every metric, after copying `snap` in.
+    pub fn render(&self, snap: Snapshot) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let g = &snap.gauges;
+        self.sessions
+            .with_label_values(&["connecting"])
+            .set(g.sessions_connecting as i64);
+        self.sessions
+            .with_label_values(&["connected"])
+            .set(g.sessions_connected as i64);
+        self.published
+            .with_label_values(&["audio"])
+            .set(g.published_audio as i64);
+        self.published
+            .with_label_values(&["video"])
+            .set(g.published_video as i64);
+        self.subscribed
+            .with_label_values(&["audio"])
+            .set(g.subscribed_audio as i64);
+        self.subscribed
+            .with_label_values(&["video"])
+            .set(g.subscribed_video as i64);
+        self.relay_subscriptions
+            .with_label_values(&["upstream"])
+            .set(g.relay_upstreams as i64);
+        self.relay_subscriptions
+            .with_label_values(&["downstream"])
+            .set(g.relay_downstreams as i64);
+        self.relay_links.set(snap.relay.links as i64);
+        self.draining.set(i64::from(snap.draining));
+
+        let s = &snap.stats;
+        let set = |c: &IntCounter, v: u64| {
+            c.reset();
+            c.inc_by(v);
+        };
+        set(&self.rtp_packets.with_label_values(&["in"]), s.rtp_in);
+        set(&self.rtp_packets.with_label_values(&["out"]), s.rtp_out);
+        set(&self.rtp_bytes.with_label_values(&["in"]), s.bytes_in);
+        set(&self.rtp_bytes.with_label_values(&["out"]), s.bytes_out);
+        set(&self.frames_forwarded, s.frames_forwarded);
+        set(
+            &self.dropped.with_label_values(&["send_buffer"]),
+            s.datagrams_dropped,
+        );
+        set(
+            &self.dropped.with_label_values(&["no_route"]),
+            s.datagrams_unrouted,
+        );
+        set(
+            &self.dropped.with_label_values(&["no_codec"]),
+            s.frames_no_codec,
+        );
+        set(
+            &self.dropped.with_label_values(&["relay_queue"]),
+            s.relay_dropped,
+        );
+        set(
+            &self.keyframe_requests.with_label_values(&["sent"]),
+            s.keyframe_requests,
+        );
+        set(
+            &self.keyframe_requests.with_label_values(&["received"]),
+            s.keyframe_requests_received,
+        );
+        set(&self.nacks.with_label_values(&["sent"]), s.nacks_sent);
+        set(
+            &self.nacks.with_label_values(&["received"]),
+            s.nacks_received,
+        );
+        set(
+            &self.relay_frames.with_label_values(&["in"]),
+            s.relay_frames_in,
+        );
+        set(
+            &self.relay_frames.with_label_values(&["out"]),
+            s.relay_frames_out,
+        );
+        set(
+            &self.relay_bytes.with_label_values(&["in"]),
+            snap.relay.bytes_in,
+        );
+        set(
+            &self.relay_bytes.with_label_values(&["out"]),
+            snap.relay.bytes_out,
+        );
+
+        self.members.reset();
+        for m in &snap.view.members {
+            let state = if m.live { "live" } else { "dead" };
+            self.members
+                .with_label_values(&[state, m.region.as_str()])
+                .inc();
+        }
+        for t in snap.setup_times {
+            self.setup.observe(t.as_secs_f64());
+        }
+
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

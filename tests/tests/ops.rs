@@ -1,0 +1,301 @@
+//! Operating a node: metrics move when media flows and their names and labels stay stable;
+//! drain refuses new sessions, keeps media flowing, reports not ready; SIGTERM drains and exits.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use trackmesh_tests::TestNode;
+use trackmesh_tests::flows::{Publisher, Subscriber};
+
+const ADMIN: &str = "ops-admin-token";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// `name{labels}` → value, from the Prometheus text format.
+async fn scrape(node: &TestNode) -> BTreeMap<String, f64> {
+    let text = http()
+        .get(format!("{}/metrics", node.http_url()))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or_else(|| {
+        panic!(
+            "metric {key} missing; have: {:?}",
+            m.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+async fn wait_for<F: Fn(&BTreeMap<String, f64>) -> bool>(
+    node: &TestNode,
+    what: &str,
+    f: F,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(node).await;
+        if f(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {m:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every series a dashboard or alert may rely on. A rename or a changed label fails here.
+const SERIES: &[&str] = &[
+    r#"trackmesh_sessions{state="connecting"}"#,
+    r#"trackmesh_sessions{state="connected"}"#,
+    r#"trackmesh_tracks_published{kind="audio"}"#,
+    r#"trackmesh_tracks_published{kind="video"}"#,
+    r#"trackmesh_tracks_subscribed{kind="audio"}"#,
+    r#"trackmesh_tracks_subscribed{kind="video"}"#,
+    r#"trackmesh_rtp_packets_total{direction="in"}"#,
+    r#"trackmesh_rtp_packets_total{direction="out"}"#,
+    r#"trackmesh_rtp_bytes_total{direction="in"}"#,
+    r#"trackmesh_rtp_bytes_total{direction="out"}"#,
+    "trackmesh_frames_forwarded_total",
+    r#"trackmesh_packets_dropped_total{reason="send_buffer"}"#,
+    r#"trackmesh_packets_dropped_total{reason="no_route"}"#,
+    r#"trackmesh_packets_dropped_total{reason="no_codec"}"#,
+    r#"trackmesh_packets_dropped_total{reason="relay_queue"}"#,
+    r#"trackmesh_keyframe_requests_total{direction="sent"}"#,
+    r#"trackmesh_keyframe_requests_total{direction="received"}"#,
+    r#"trackmesh_nacks_total{direction="sent"}"#,
+    r#"trackmesh_nacks_total{direction="received"}"#,
+    "trackmesh_relay_links",
+    r#"trackmesh_relay_subscriptions{direction="upstream"}"#,
+    r#"trackmesh_relay_subscriptions{direction="downstream"}"#,
+    r#"trackmesh_relay_frames_total{direction="in"}"#,
+    r#"trackmesh_relay_frames_total{direction="out"}"#,
+    r#"trackmesh_relay_bytes_total{direction="in"}"#,
+    r#"trackmesh_relay_bytes_total{direction="out"}"#,
+    r#"trackmesh_cluster_members{region="local",state="live"}"#,
+    "trackmesh_session_setup_seconds_count",
+    "trackmesh_draining",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_media_and_return_to_zero() {
+    let node = TestNode::start(&["--admin-token", ADMIN]).expect("node");
+    let before = scrape(&node).await;
+    for s in SERIES {
+        get(&before, s);
+    }
+    let api = node.client();
+    let publisher = Publisher::start_av(&api, "m").await.expect("publisher");
+    let refs: Vec<(String, String)> = publisher.remote_refs();
+    let sub = Subscriber::start(&api, "sub", &refs)
+        .await
+        .expect("subscriber");
+
+    let m = wait_for(&node, "media forwarded", |m| {
+        m.get("trackmesh_frames_forwarded_total")
+            .copied()
+            .unwrap_or(0.0)
+            > 50.0
+    })
+    .await;
+    assert!(
+        get(&m, r#"trackmesh_rtp_packets_total{direction="in"}"#)
+            > get(&before, r#"trackmesh_rtp_packets_total{direction="in"}"#)
+    );
+    assert!(get(&m, r#"trackmesh_rtp_packets_total{direction="out"}"#) > 50.0);
+    assert!(get(&m, r#"trackmesh_rtp_bytes_total{direction="out"}"#) > 10_000.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="audio"}"#), 1.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="video"}"#), 1.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_subscribed{kind="audio"}"#), 1.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_subscribed{kind="video"}"#), 1.0);
+    assert_eq!(get(&m, r#"trackmesh_sessions{state="connected"}"#), 2.0);
+    assert!(
+        get(&m, r#"trackmesh_keyframe_requests_total{direction="sent"}"#) >= 1.0,
+        "a keyframe was asked for the new subscriber"
+    );
+    assert!(
+        get(&m, "trackmesh_session_setup_seconds_count") >= 2.0,
+        "both sessions had media flowing"
+    );
+    assert!(
+        get(
+            &m,
+            r#"trackmesh_http_requests_total{method="POST",route="/v1/apps/{app}/sessions/new",status="201"}"#
+        ) >= 2.0
+    );
+    assert!(
+        get(
+            &m,
+            r#"trackmesh_http_request_duration_seconds_count{route="/v1/apps/{app}/sessions/{session}/tracks/new"}"#
+        ) >= 2.0
+    );
+
+    // Close the pull, then the publication: the track gauges return to zero.
+    let mids: Vec<String> = sub
+        .pull
+        .tracks
+        .iter()
+        .filter_map(|t| t.mid.clone())
+        .collect();
+    let mids: Vec<&str> = mids.iter().map(String::as_str).collect();
+    api.tracks_close(&sub.session_id, &mids, true, None)
+        .await
+        .expect("close pulls");
+    let m = scrape(&node).await;
+    assert_eq!(get(&m, r#"trackmesh_tracks_subscribed{kind="audio"}"#), 0.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_subscribed{kind="video"}"#), 0.0);
+    let pub_mids: Vec<&str> = publisher.tracks.iter().map(|t| t.mid.as_str()).collect();
+    publisher
+        .peer
+        .close_force(&api, &publisher.session_id, &pub_mids)
+        .await
+        .expect("close pushes");
+    let m = scrape(&node).await;
+    assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="audio"}"#), 0.0);
+    assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="video"}"#), 0.0);
+}
+
+async fn status(url: String) -> u16 {
+    http()
+        .get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
+    let mut node =
+        TestNode::start(&["--admin-token", ADMIN, "--drain-timeout", "3s"]).expect("node");
+    let api = node.client();
+    let publisher = Publisher::start_av(&api, "d").await.expect("publisher");
+    let sub = Subscriber::start(&api, "sub", &publisher.remote_refs())
+        .await
+        .expect("subscriber");
+    let video = sub
+        .mid_of(&publisher.session_id, "d-video")
+        .expect("video mid");
+    assert_eq!(status(format!("{}/readyz", node.http_url())).await, 200);
+
+    let drain = http()
+        .post(format!(
+            "{}/admin/drain/{}",
+            node.http_url(),
+            node.node_id()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("drain");
+    assert_eq!(drain.status().as_u16(), 200);
+    assert_eq!(
+        status(format!("{}/readyz", node.http_url())).await,
+        503,
+        "not ready while draining"
+    );
+    let (code, body) = api
+        .raw(reqwest::Method::POST, "/sessions/new", None)
+        .await
+        .expect("sessions/new");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["errorCode"], "temporarily_unavailable_error");
+    // Existing media keeps flowing.
+    let before = sub.peer.stats().rx_frames(&video);
+    let v = video.clone();
+    sub.peer
+        .wait_until("media while draining", Duration::from_secs(5), move |s| {
+            s.rx_frames(&v) >= before + 20
+        })
+        .await
+        .expect("media keeps flowing while draining");
+    assert_eq!(get(&scrape(&node).await, "trackmesh_draining"), 1.0);
+
+    let undrain = http()
+        .post(format!(
+            "{}/admin/undrain/{}",
+            node.http_url(),
+            node.node_id()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("undrain");
+    assert_eq!(undrain.status().as_u16(), 200);
+    assert_eq!(
+        status(format!("{}/readyz", node.http_url())).await,
+        200,
+        "ready again"
+    );
+
+    // SIGTERM: drains (sessions are open, so it stays up and unready), exits by the timeout.
+    let sent = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(ok.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        node.is_running(),
+        "still serving its sessions while draining"
+    );
+    assert_eq!(status(format!("{}/readyz", node.http_url())).await, 503);
+    let mut exited = None;
+    for _ in 0..100 {
+        if !node.is_running() {
+            exited = Some(sent.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = exited.expect("the node exits after SIGTERM once the drain timeout has passed");
+    assert!(
+        exited < Duration::from_secs(8),
+        "exited {exited:?} after SIGTERM (drain timeout 3 s)"
+    );
+    println!(
+        "SIGTERM with open sessions: exited after {:.2} s (drain timeout 3 s)",
+        exited.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_without_sessions_exits_at_once() {
+    let mut node = TestNode::start(&["--drain-timeout", "30s"]).expect("node");
+    let sent = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .expect("kill");
+    let mut exited = None;
+    for _ in 0..100 {
+        if !node.is_running() {
+            exited = Some(sent.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = exited.expect("exits without waiting for the drain timeout");
+    assert!(exited < Duration::from_secs(5), "{exited:?}");
+}
