@@ -368,6 +368,8 @@ impl Engine {
                 contents,
             },
         );
+        let span = s.span.clone();
+        let _entered = span.enter();
         if matches!(route, Route::Ufrag(_)) && !s.rtc.accepts(&input) {
             self.stats.datagrams_unrouted += 1;
             return;
@@ -438,6 +440,8 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let span = s.span.clone();
+        let _entered = span.enter();
         // Bounded: str0m ends every drain with a timeout; the cap only guards against a bug.
         for _ in 0..100_000 {
             match s.rtc.poll_output() {

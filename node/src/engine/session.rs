@@ -56,6 +56,9 @@ pub struct Session {
     pub media_flowing: bool,
     /// Last cumulative NACK counts str0m reported, per (mid, egress).
     pub nacks_seen: HashMap<(Mid, bool), u64>,
+    /// Entered whenever the engine works on this session, so every log line (str0m's too)
+    /// names it. Created once: entering an existing span is cheap on the packet path.
+    pub span: tracing::Span,
 }
 
 impl Session {
@@ -77,6 +80,7 @@ impl Session {
             timeout: now,
             media_flowing: false,
             nacks_seen: HashMap::new(),
+            span: tracing::info_span!("session", id = %id),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
@@ -223,7 +224,8 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
         subs: Mutex::new(HashMap::new()),
     });
     tracing::info!(peer = %peer.node_id, "relay link dialed");
-    tokio::spawn(run_link(inner.clone(), link.clone(), recv, dec));
+    let span = tracing::info_span!("relay_link", direction = "out", peer = %peer.node_id);
+    tokio::spawn(run_link(inner.clone(), link.clone(), recv, dec).instrument(span));
     Ok(link)
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, FailureCode, SubId, Subscribe};
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
@@ -21,11 +22,15 @@ const MAX_SUBS_PER_LINK: usize = 4096;
 pub async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
         let inner = inner.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_link(&inner, incoming).await {
-                tracing::debug!(error = %e, "relay link ended");
+        let span = tracing::info_span!("relay_link", direction = "in", remote = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                if let Err(e) = serve_link(&inner, incoming).await {
+                    tracing::debug!(error = %e, "relay link ended");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 
