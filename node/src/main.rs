@@ -104,6 +104,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "no --cluster-secret: using the development secret; never do this in production"
         );
     }
+    // Other nodes dial what this node announces: a wildcard address would send them to themselves.
+    for (what, addr) in [("--http", http_addr.ip()), ("--relay", cfg.relay.ip())] {
+        if addr.is_unspecified() && cfg.public_ip.is_none() {
+            bail!(
+                "{what} binds a wildcard address: give --public-ip with the address other nodes reach"
+            );
+        }
+    }
     let relay_socket = std::net::UdpSocket::bind(cfg.relay)
         .with_context(|| format!("binding the relay socket {}", cfg.relay))?;
     let relay_addr = relay_socket.local_addr().context("relay socket address")?;
