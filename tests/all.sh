@@ -30,6 +30,9 @@ cargo test --workspace --locked
 step "relay-proto fuzzing (bounded: FUZZ_SECONDS per target)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash relay-proto/fuzz/run.sh
 
+step "deployment files (compose, Kubernetes, Prometheus, Grafana against a live /metrics)"
+bash deploy/check.sh
+
 step "browser end-to-end tests"
 bash tests/browser/run.sh
 
