@@ -151,7 +151,10 @@ impl Metrics {
             )?,
             relay_links: reg(
                 &r,
-                IntGauge::new("trackmesh_relay_links", "Relay links this node dialed.")?,
+                IntGauge::new(
+                    "trackmesh_relay_links",
+                    "Relay links, dialed by this node or by peers pulling from it.",
+                )?,
             )?,
             relay_subscriptions: reg(
                 &r,

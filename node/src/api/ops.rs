@@ -97,18 +97,28 @@ async fn ask(st: &ApiState, node: &Member, method: Method, path: &str) -> Result
         })?;
     let status = res.status();
     let body: Value = res.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let desc = body["errorDescription"]
-            .as_str()
-            .unwrap_or("error")
-            .to_string();
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "temporarily_unavailable_error",
-            format!("node {} answered {status}: {desc}", node.node_id),
-        ));
+    if status.is_success() {
+        return Ok(body);
     }
-    Ok(body)
+    let desc = body["errorDescription"]
+        .as_str()
+        .unwrap_or("error")
+        .to_string();
+    // The other node's own verdict (404 not found, 401, ...) is the answer; only its failures
+    // become a gateway error.
+    if status.is_client_error() {
+        let code = match body["errorCode"].as_str() {
+            Some("not_found") => "not_found",
+            Some("unauthorized") => "unauthorized",
+            _ => "invalid_params",
+        };
+        return Err(ApiError::new(status, code, desc));
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "temporarily_unavailable_error",
+        format!("node {} answered {status}: {desc}", node.node_id),
+    ))
 }
 
 fn member(st: &ApiState, id: &str) -> Result<Member, ApiError> {
@@ -338,13 +348,19 @@ pub async fn locate(
         };
         let matches =
             |e: &&Value| e["sessionId"] == session.as_str() && e["trackName"] == track.as_str();
-        let pulls = relay["upstream"]
+        let upstream = relay["upstream"]
             .as_array()
-            .is_some_and(|a| a.iter().any(|e| matches(&e)));
-        let serves = relay["downstream"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| matches(&e)));
-        if pulls && serves {
+            .and_then(|a| a.iter().find(|e| matches(e)).cloned());
+        let pulls = upstream.is_some();
+        // A hub is where the track enters another region: a node outside the owner's region
+        // that pulls it straight from the owner (the others there pull through it).
+        let from_owner = owner.as_ref().is_some_and(|o| {
+            o.region != m.region
+                && upstream
+                    .as_ref()
+                    .is_some_and(|u| u["via"] == o.node_id.as_str())
+        });
+        if from_owner {
             hubs.push(json!({ "region": m.region, "node": m.node_id }));
         }
         if pulls || local_subs > 0 {

@@ -276,10 +276,17 @@ impl Relay {
         peers
     }
 
-    /// Links this node dialed, and media bytes received and sent over relay links.
+    /// Relay links (dialed by this node, and dialed by peers that pull from it), and media bytes
+    /// received and sent over them.
     pub fn figures(&self) -> crate::metrics::RelayFigures {
         crate::metrics::RelayFigures {
-            links: self.inner.state().links.len() as u64,
+            links: {
+                let st = self.inner.state();
+                let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
+                inbound.sort_unstable();
+                inbound.dedup();
+                (st.links.len() + inbound.len()) as u64
+            },
             bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
         }
