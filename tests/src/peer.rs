@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,12 +41,64 @@ const AUDIO_FRAME_BYTES: usize = 100;
 const VIDEO_INTERVAL: Duration = Duration::from_millis(33);
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Where a timestamped peer ([`PeerOptions::timestamped`]) puts the 8-byte send timestamp in
+/// every frame it sends: right after the codec header bytes the SFU and str0m inspect (a VP8
+/// keyframe's frame tag, start code and size take 10 bytes; Opus uses byte 0), so keyframe
+/// detection is unaffected. Big-endian microseconds since [`clock_origin`].
+pub const TIMESTAMP_OFFSET: usize = 10;
+/// Bound on the latency samples a peer keeps before they are taken.
+const MAX_LATENCY_SAMPLES: usize = 1_000_000;
+
+static CLOCK_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// The process-wide origin of the timestamps embedded by timestamped peers.
+pub fn clock_origin() -> Instant {
+    *CLOCK_ORIGIN.get_or_init(Instant::now)
+}
+
+/// Microseconds from [`clock_origin`] to `t` (0 when `t` is earlier).
+pub fn micros_since_origin(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(clock_origin()).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Options of a [`Peer`]; the default is the plain test client.
+#[derive(Clone, Debug, Default)]
+pub struct PeerOptions {
+    /// Every sent frame carries its send time (8 bytes at [`TIMESTAMP_OFFSET`]), and every
+    /// received frame's embedded send time is read back into a [`LatencySample`]. Both ends of
+    /// a measurement must be timestamped peers of the same process.
+    pub timestamped: bool,
+}
+
+/// One frame received by a timestamped peer.
+#[derive(Clone, Debug)]
+pub struct LatencySample {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub keyframe: bool,
+    /// The embedded send time, microseconds since [`clock_origin`].
+    pub sent_us: u64,
+    /// When str0m handed the complete frame over (the driver reads the socket as soon as a
+    /// datagram arrives), microseconds since [`clock_origin`].
+    pub received_us: u64,
+}
+
+impl LatencySample {
+    /// One-way latency in microseconds (negative only if the payload was not timestamped).
+    pub fn latency_us(&self) -> i64 {
+        self.received_us as i64 - self.sent_us as i64
+    }
+}
+
 /// What a peer saw on one mid.
 #[derive(Clone, Debug, Default)]
 pub struct MidCounters {
     pub bytes: u64,
     pub frames: u64,
     pub keyframes: u64,
+    /// When the first frame / keyframe on this mid was handed over by str0m.
+    pub first_frame_at: Option<Instant>,
+    pub first_keyframe_at: Option<Instant>,
 }
 
 /// A snapshot of what the peer did and saw.
@@ -110,6 +162,9 @@ pub struct Driver {
     pending: Option<SdpPendingOffer>,
     next_timeout: Instant,
     keyframe_interval: Duration,
+    /// See [`PeerOptions::timestamped`].
+    timestamped: bool,
+    latency: Arc<Mutex<Vec<LatencySample>>>,
 }
 
 type Job = Box<dyn FnOnce(&mut Driver) + Send>;
@@ -162,11 +217,35 @@ impl Driver {
                 m.direction.to_string(),
             )),
             Event::MediaData(d) => {
+                let now = Instant::now();
+                let keyframe = d.is_keyframe();
                 let c = s.rx.entry(d.mid.to_string()).or_default();
                 c.bytes += d.data.len() as u64;
                 c.frames += 1;
-                if d.is_keyframe() {
+                c.first_frame_at.get_or_insert(now);
+                if keyframe {
                     c.keyframes += 1;
+                    c.first_keyframe_at.get_or_insert(now);
+                }
+                drop(s);
+                if self.timestamped
+                    && let Some(sent_us) = read_timestamp(&d.data)
+                {
+                    let kind = if d.params.spec().codec.is_audio() {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    };
+                    let mut samples = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+                    if samples.len() < MAX_LATENCY_SAMPLES {
+                        samples.push(LatencySample {
+                            mid: d.mid.to_string(),
+                            kind,
+                            keyframe,
+                            sent_us,
+                            received_us: micros_since_origin(now),
+                        });
+                    }
                 }
             }
             Event::KeyframeRequest(r) => {
@@ -206,10 +285,13 @@ impl Driver {
                         .last_keyframe
                         .is_none_or(|t| now.duration_since(t) >= self.keyframe_interval));
             let frame_no = src.frame_no;
-            let data = match src.kind {
+            let mut data = match src.kind {
                 MediaKind::Audio => audio_frame(frame_no),
                 MediaKind::Video => vp8_frame(frame_no, keyframe),
             };
+            if self.timestamped {
+                write_timestamp(&mut data, micros_since_origin(Instant::now()));
+            }
             // Do not fall behind by more than one frame (e.g. after a stall).
             src.next_due = (src.next_due + interval).max(now);
             let rtp_time = MediaTime::new(frame_no * ticks, clock);
@@ -382,6 +464,22 @@ fn vp8_frame(frame_no: u64, keyframe: bool) -> Vec<u8> {
     f
 }
 
+/// Put `micros` at [`TIMESTAMP_OFFSET`] (every synthetic frame is long enough).
+fn write_timestamp(frame: &mut [u8], micros: u64) {
+    if let Some(slot) = frame.get_mut(TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8) {
+        slot.copy_from_slice(&micros.to_be_bytes());
+    }
+}
+
+/// The timestamp written by [`write_timestamp`], if the frame is long enough.
+fn read_timestamp(frame: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = frame
+        .get(TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 8)?
+        .try_into()
+        .ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
 /// A pushed (published) track.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedTrack {
@@ -395,6 +493,7 @@ pub struct Peer {
     name: String,
     commands: mpsc::Sender<Command>,
     stats: Arc<Mutex<PeerStats>>,
+    latency: Arc<Mutex<Vec<LatencySample>>>,
     local_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
@@ -402,6 +501,13 @@ pub struct Peer {
 impl Peer {
     /// A new peer with one UDP socket on 127.0.0.1 as its host candidate.
     pub fn new(name: &str) -> anyhow::Result<Peer> {
+        Self::with_options(name, PeerOptions::default())
+    }
+
+    /// A new peer with these options (see [`PeerOptions`]).
+    pub fn with_options(name: &str, options: PeerOptions) -> anyhow::Result<Peer> {
+        // Fix the timestamp origin before anything is sent.
+        clock_origin();
         let socket = UdpSocket::bind("127.0.0.1:0").context("binding the peer UDP socket")?;
         let local_addr = socket.local_addr()?;
         let now = Instant::now();
@@ -410,6 +516,7 @@ impl Peer {
         rtc.add_local_candidate(candidate)
             .ok_or_else(|| anyhow!("str0m rejected the host candidate {local_addr}"))?;
         let stats = Arc::new(Mutex::new(PeerStats::default()));
+        let latency = Arc::new(Mutex::new(Vec::new()));
         let driver = Driver {
             rtc,
             socket,
@@ -419,6 +526,8 @@ impl Peer {
             pending: None,
             next_timeout: now,
             keyframe_interval: KEYFRAME_INTERVAL,
+            timestamped: options.timestamped,
+            latency: latency.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -429,6 +538,7 @@ impl Peer {
             name: name.to_string(),
             commands: tx,
             stats,
+            latency,
             local_addr,
             thread: Some(thread),
         })
@@ -476,6 +586,11 @@ impl Peer {
     /// A snapshot of the counters.
     pub fn stats(&self) -> PeerStats {
         lock(&self.stats).clone()
+    }
+
+    /// The latency samples collected since the last call (timestamped peers only).
+    pub fn take_latency_samples(&self) -> Vec<LatencySample> {
+        std::mem::take(&mut *self.latency.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Poll the counters every 20 ms until `pred` holds or `timeout` passes.
@@ -803,6 +918,60 @@ mod tests {
         assert_eq!(audio_frame(3).len(), AUDIO_FRAME_BYTES);
         let sizes: Vec<usize> = (0..50).map(|n| vp8_frame(n, false).len()).collect();
         assert!(sizes.iter().all(|s| (1000..=3000).contains(s)));
+    }
+
+    #[test]
+    fn timestamp_roundtrip_keeps_codec_headers() {
+        let mut key = vp8_frame(0, true);
+        let header: Vec<u8> = key[..TIMESTAMP_OFFSET].to_vec();
+        write_timestamp(&mut key, 0x0102_0304_0506_0708);
+        assert_eq!(&key[..TIMESTAMP_OFFSET], header.as_slice());
+        assert_eq!(read_timestamp(&key), Some(0x0102_0304_0506_0708));
+        let mut audio = audio_frame(1);
+        write_timestamp(&mut audio, 42);
+        assert_eq!(audio[0], 0x78);
+        assert_eq!(read_timestamp(&audio), Some(42));
+        assert_eq!(read_timestamp(&[0u8; 12]), None);
+    }
+
+    /// Two timestamped peers connected directly: every received frame yields a plausible
+    /// latency sample, and keyframes are still recognised.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timestamped_loopback() {
+        let opts = PeerOptions { timestamped: true };
+        let a = Peer::with_options("a", opts.clone()).expect("peer a");
+        let b = Peer::with_options("b", opts).expect("peer b");
+        let (mids, offer) = a
+            .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+            .await
+            .expect("offer");
+        let answer = b.accept_offer(&offer).await.expect("answer");
+        a.accept_answer(&answer).await.expect("accept answer");
+        b.wait_connected(Duration::from_secs(10))
+            .await
+            .expect("b connects");
+        a.wait_connected(Duration::from_secs(10))
+            .await
+            .expect("a connects");
+        let mid_refs: Vec<&str> = mids.iter().map(String::as_str).collect();
+        a.start_sending(&mid_refs).await.expect("start sending");
+        let vm = mids[1].clone();
+        let s = b
+            .wait_until("frames and a keyframe", Duration::from_secs(10), |s| {
+                s.rx_frames(&vm) >= 5 && s.rx_keyframes(&vm) >= 1
+            })
+            .await
+            .expect("media flows");
+        assert!(s.rx.get(&vm).and_then(|c| c.first_keyframe_at).is_some());
+        let samples = b.take_latency_samples();
+        assert!(samples.len() >= 5, "{} samples", samples.len());
+        assert!(samples.iter().any(|x| x.kind == MediaKind::Audio));
+        assert!(samples.iter().any(|x| x.keyframe));
+        for x in &samples {
+            assert!((0..2_000_000).contains(&x.latency_us()), "{x:?}");
+        }
+        // The sender sees no samples (it receives nothing), and taking empties the buffer.
+        assert!(a.take_latency_samples().is_empty());
     }
 
     /// Two peers connected directly: A offers audio+video SendOnly, B answers, A sends,
