@@ -1,0 +1,546 @@
+//! Engine hot paths, driven in memory through the engine's public API only (a harness like
+//! `node/src/engine/tests.rs`, which is test-only): str0m clients complete ICE and DTLS with the
+//! engine on a simulated clock, then the benchmarks time
+//!
+//! - `fanout`: one encrypted publisher RTP datagram (a one-packet frame) through
+//!   `Engine::handle_datagram`, which decrypts and depacketizes it and writes the frame into N
+//!   subscribers' `Rtc`s, then `Engine::handle_timeout` at the same instant (as the shell calls
+//!   it after every input; str0m packetizes and encrypts written frames on the next clock input),
+//!   then draining `Engine::poll_transmit`;
+//! - `demux`: `Engine::handle_datagram` among 1000 connected sessions, for a fresh SRTP audio
+//!   packet from a known address and for a datagram from an unknown address (dropped), plus the
+//!   bare `Demux::route` lookups.
+//!
+//! Work outside the timed section (the client encrypting the packet, timers, RTCP) runs in
+//! between, untimed (`iter_custom`).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use trackmesh_node::engine::{
+    Demux, Engine, EngineConfig, LocalTrack, RemoteTrack, SdpKind, TracksNew,
+};
+use trackmesh_node::ids::{NodeTag, SessionId};
+
+const APP: &str = "bench";
+const SFU: &str = "127.0.0.1:7701";
+/// Untimed upkeep (client timers, engine timers, RTCP) every this many timed iterations.
+const UPKEEP_EVERY: u64 = 20;
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    connected: bool,
+}
+
+struct World {
+    engine: Engine,
+    sfu: SocketAddr,
+    clients: Vec<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    now: Instant,
+}
+
+fn is_rtp(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| (128..=191).contains(b))
+}
+
+/// RTP, not RTCP (RFC 5761: RTCP packet types 192..=223 in the second byte).
+fn is_media(buf: &[u8]) -> bool {
+    is_rtp(buf) && buf.get(1).is_some_and(|b| !(192..=223).contains(b))
+}
+
+impl World {
+    fn new(max_sessions: usize) -> World {
+        let now = Instant::now();
+        let sfu: SocketAddr = SFU.parse().expect("addr");
+        let engine = Engine::new(
+            EngineConfig {
+                node_tag: NodeTag(0xabcd0123),
+                local_addr: sfu,
+                candidate_addr: sfu,
+                track_timeout: Duration::from_secs(3600),
+                // The simulated clock runs far ahead while clients are set up one by one.
+                reconnect_grace: Duration::from_secs(3600),
+                unconnected_expiry: Duration::from_secs(3600),
+                max_sessions,
+            },
+            now,
+        );
+        World {
+            engine,
+            sfu,
+            clients: Vec::new(),
+            by_addr: HashMap::new(),
+            now,
+        }
+    }
+
+    fn client(&mut self) -> usize {
+        let i = self.clients.len();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        self.clients.push(Client {
+            rtc,
+            addr,
+            connected: false,
+        });
+        self.by_addr.insert(addr, i);
+        i
+    }
+
+    fn session(&mut self) -> String {
+        let (sid, _) = self
+            .engine
+            .create_session(APP, None, self.now)
+            .expect("session");
+        sid.to_string()
+    }
+
+    /// Client `c` publishes one track of `kind` as `name` in session `sid`.
+    fn push(&mut self, c: usize, sid: &str, kind: MediaKind, name: &str) -> Mid {
+        let (offer, pending, mid) = {
+            let mut sdp = self.clients[c].rtc.sdp_api();
+            let mid = sdp.add_media(kind, Direction::SendOnly, None, None, None);
+            let (offer, pending) = sdp.apply().expect("offer");
+            (offer, pending, mid)
+        };
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Local {
+                    offer: Some(offer.to_sdp_string()),
+                    auto_discover: false,
+                    tracks: vec![LocalTrack {
+                        mid: Some(mid.to_string()),
+                        track_name: Some(name.into()),
+                        ..Default::default()
+                    }],
+                },
+                self.now,
+            )
+            .expect("push");
+        let answer = res.description.expect("answer");
+        assert_eq!(answer.kind, SdpKind::Answer);
+        let answer = SdpAnswer::from_sdp_string(&answer.sdp).expect("answer sdp");
+        self.clients[c]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accept answer");
+        mid
+    }
+
+    /// Session `sid` (client `c`) pulls `name` of `publisher`.
+    fn pull(&mut self, c: usize, sid: &str, publisher: &str, name: &str) {
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Remote {
+                    tracks: vec![RemoteTrack {
+                        session_id: Some(publisher.into()),
+                        track_name: Some(name.into()),
+                        mid: None,
+                    }],
+                },
+                self.now,
+            )
+            .expect("pull");
+        assert!(res.tracks.iter().all(|t| t.error.is_none()));
+        let offer = res.description.expect("offer");
+        assert_eq!(offer.kind, SdpKind::Offer);
+        let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
+        let answer = self.clients[c]
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .expect("client answers");
+        self.engine
+            .renegotiate(APP, sid, &answer.to_sdp_string(), self.now)
+            .expect("renegotiate");
+    }
+
+    /// Everything client `c` wants to send goes to the engine, and the engine's answers back.
+    fn pump(&mut self, c: usize) {
+        for _ in 0..10_000 {
+            match self.clients[c].rtc.poll_output().expect("client") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let src = self.clients[c].addr;
+                    self.engine.handle_datagram(self.now, src, &t.contents);
+                    self.deliver();
+                }
+                Output::Event(Event::Connected) => self.clients[c].connected = true,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            batch.push(t);
+        }
+        for t in batch {
+            let Some(&c) = self.by_addr.get(&t.destination) else {
+                continue;
+            };
+            let input = Input::Receive(
+                self.now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: self.sfu,
+                    destination: t.destination,
+                    contents: (&t.contents[..]).try_into().expect("datagram"),
+                },
+            );
+            let _ = self.clients[c].rtc.handle_input(input);
+            self.pump(c);
+        }
+    }
+
+    /// Advances the clock by `dt` and runs the timers of the given clients and of the engine.
+    fn step(&mut self, clients: impl IntoIterator<Item = usize>, dt: Duration) {
+        self.now += dt;
+        for c in clients {
+            let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
+            self.pump(c);
+        }
+        self.engine.handle_timeout(self.now);
+        self.deliver();
+    }
+
+    /// Runs until the clients are connected; panics after 5 s of simulated time.
+    fn connect(&mut self, clients: &[usize]) {
+        for _ in 0..5000 {
+            if clients.iter().all(|&c| self.clients[c].connected) {
+                return;
+            }
+            self.step(clients.iter().copied(), Duration::from_millis(1));
+        }
+        panic!("clients did not connect");
+    }
+
+    fn payload_type(&mut self, c: usize, mid: Mid, codec: Codec) -> str0m::format::PayloadParams {
+        let w = self.clients[c].rtc.writer(mid).expect("writer");
+        *w.payload_params()
+            .find(|p| p.spec().codec == codec)
+            .expect("codec negotiated")
+    }
+
+    /// Client `c` writes one frame; returns the datagrams it emits for it.
+    fn frame(
+        &mut self,
+        c: usize,
+        mid: Mid,
+        pt: &str0m::format::PayloadParams,
+        time: MediaTime,
+        data: Vec<u8>,
+    ) -> Vec<Vec<u8>> {
+        // str0m sends a frame once its own clock reaches the frame's wallclock: bring the
+        // client's clock to `now` first, and pass on (untimed) what its timers produce.
+        let now = self.now;
+        let _ = self.clients[c].rtc.handle_input(Input::Timeout(now));
+        self.pump(c);
+        let rtc = &mut self.clients[c].rtc;
+        rtc.writer(mid)
+            .expect("writer")
+            .write(pt.pt(), now, time, data)
+            .expect("write");
+        // The frame is packetized on the next clock input.
+        let _ = rtc.handle_input(Input::Timeout(now));
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            match rtc.poll_output().expect("client") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => out.push(t.contents.to_vec()),
+                Output::Event(_) => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Opus, 80 bytes per 20 ms frame.
+    Audio,
+    /// VP8, 1000-byte delta frames: one RTP packet each.
+    Video,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio_opus_80B",
+            Kind::Video => "video_vp8_1000B",
+        }
+    }
+}
+
+/// A publisher and `n` subscribers of its one track, all connected.
+struct FanOut {
+    w: World,
+    publisher: usize,
+    mid: Mid,
+    params: str0m::format::PayloadParams,
+    kind: Kind,
+    seq: u64,
+}
+
+impl FanOut {
+    fn new(kind: Kind, n: usize) -> FanOut {
+        let mut w = World::new(n + 1);
+        let publisher = w.client();
+        let pub_sid = w.session();
+        let media_kind = match kind {
+            Kind::Audio => MediaKind::Audio,
+            Kind::Video => MediaKind::Video,
+        };
+        let mid = w.push(publisher, &pub_sid, media_kind, "t");
+        w.connect(&[publisher]);
+        let mut subs = Vec::new();
+        for _ in 0..n {
+            let c = w.client();
+            let sid = w.session();
+            w.pull(c, &sid, &pub_sid, "t");
+            subs.push(c);
+        }
+        let all: Vec<usize> = (0..w.clients.len()).collect();
+        w.connect(&all);
+        let codec = match kind {
+            Kind::Audio => Codec::Opus,
+            Kind::Video => Codec::Vp8,
+        };
+        let params = w.payload_type(publisher, mid, codec);
+        let mut f = FanOut {
+            w,
+            publisher,
+            mid,
+            params,
+            kind,
+            seq: 0,
+        };
+        // Let a keyframe and the first frames through, so every subscriber stream is set up.
+        for _ in 0..50 {
+            for d in f.next_frame() {
+                f.w.engine
+                    .handle_datagram(f.w.now, f.w.clients[publisher].addr, &d);
+            }
+            f.w.deliver();
+            f.upkeep();
+        }
+        f
+    }
+
+    fn next_frame(&mut self) -> Vec<Vec<u8>> {
+        self.seq += 1;
+        let n = self.seq;
+        self.w.now += Duration::from_millis(1);
+        let (time, data) = match self.kind {
+            Kind::Audio => (MediaTime::from_90khz(n * 1800), vec![0x55u8; 80]),
+            Kind::Video => {
+                // VP8: bit 0 of the first byte is 0 for a keyframe. The first frame is one.
+                let first = if n == 1 { 0x10 } else { 0x11 };
+                let mut frame = vec![first; 1000];
+                frame[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                (MediaTime::from_90khz(n * 3000), frame)
+            }
+        };
+        let params = self.params;
+        self.w.frame(self.publisher, self.mid, &params, time, data)
+    }
+
+    /// Timers of every client and of the engine, and whatever they send each other.
+    fn upkeep(&mut self) {
+        let all: Vec<usize> = (0..self.w.clients.len()).collect();
+        self.w.step(all, Duration::from_millis(1));
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/fanout");
+    for kind in [Kind::Audio, Kind::Video] {
+        for n in [1usize, 10, 50] {
+            let mut f = FanOut::new(kind, n);
+            let publisher = f.w.clients[f.publisher].addr;
+            let (mut frames, mut datagrams_in, mut datagrams_out) = (0u64, 0u64, 0u64);
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function(BenchmarkId::new(kind.name(), n), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let datagrams = f.next_frame();
+                        let now = f.w.now;
+                        let t0 = Instant::now();
+                        for d in &datagrams {
+                            f.w.engine.handle_datagram(now, publisher, d);
+                        }
+                        // As the shell does after every input: the subscribers' str0m
+                        // packetize written frames on their next clock input.
+                        f.w.engine.handle_timeout(now);
+                        while let Some(t) = f.w.engine.poll_transmit() {
+                            datagrams_out += u64::from(is_media(&t.contents));
+                            black_box(t);
+                        }
+                        total += t0.elapsed();
+                        frames += 1;
+                        datagrams_in += datagrams.iter().filter(|d| is_media(d)).count() as u64;
+                        if i % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+                            f.upkeep();
+                        }
+                    }
+                    total
+                })
+            });
+            eprintln!(
+                "engine/fanout/{}/{n}: {:.2} RTP datagrams in and {:.2} out per frame \
+                 ({frames} frames)",
+                kind.name(),
+                datagrams_in as f64 / frames.max(1) as f64,
+                datagrams_out as f64 / frames.max(1) as f64,
+            );
+        }
+    }
+    g.finish();
+}
+
+/// 1000 sessions, each a publisher of one audio track, all connected.
+fn thousand_publishers() -> (World, Vec<(usize, Mid, str0m::format::PayloadParams)>) {
+    const SESSIONS: usize = 1000;
+    let mut w = World::new(SESSIONS);
+    let (wall, sim) = (Instant::now(), w.now);
+    let mut pubs = Vec::new();
+    for _ in 0..SESSIONS {
+        let c = w.client();
+        let sid = w.session();
+        let mid = w.push(c, &sid, MediaKind::Audio, "mic");
+        // Connect each client on its own: stepping 1000 clients per millisecond would be slow.
+        w.connect(&[c]);
+        let params = w.payload_type(c, mid, Codec::Opus);
+        pubs.push((c, mid, params));
+    }
+    assert_eq!(w.engine.session_count(), SESSIONS);
+    eprintln!(
+        "engine/demux: {SESSIONS} sessions connected in {:.1} s ({:.1} s simulated)",
+        wall.elapsed().as_secs_f64(),
+        (w.now - sim).as_secs_f64()
+    );
+    (w, pubs)
+}
+
+fn demux(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/demux");
+    g.throughput(Throughput::Elements(1));
+
+    let (mut w, pubs) = thousand_publishers();
+    let mut seq = vec![0u64; pubs.len()];
+    let mut next = 0usize;
+    let (mut fed, mut packets) = (0u64, 0u64);
+    let frames_before = w.engine.stats().frames_in;
+    g.bench_function("handle_datagram/known_addr_srtp_audio/1000_sessions", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // A fresh packet from the next client in turn, so SRTP replay checks pass.
+                next = (next + 1) % pubs.len();
+                let (cl, mid, params) = pubs[next];
+                seq[next] += 1;
+                w.now += Duration::from_micros(50);
+                let time = MediaTime::from_90khz(seq[next] * 1800);
+                let datagrams = w.frame(cl, mid, &params, time, vec![0x55; 80]);
+                let src = w.clients[cl].addr;
+                let now = w.now;
+                // Timers of the 1000 sessions are due now and then: run them untimed, so the
+                // timed part is this one datagram's route, decrypt and depacketize.
+                w.engine.handle_timeout(now);
+                w.deliver();
+                let t0 = Instant::now();
+                for d in &datagrams {
+                    w.engine.handle_datagram(now, src, d);
+                }
+                while let Some(t) = w.engine.poll_transmit() {
+                    black_box(t);
+                }
+                total += t0.elapsed();
+                fed += 1;
+                packets += datagrams.len() as u64;
+            }
+            total
+        })
+    });
+    eprintln!(
+        "engine/demux/known: {:.2} datagrams per iteration, {} of {fed} frames reached the \
+         engine's forwarding",
+        packets as f64 / fed.max(1) as f64,
+        w.engine.stats().frames_in - frames_before,
+    );
+    let before = w.engine.stats().datagrams_unrouted;
+    let unknown = SocketAddr::from(([192, 0, 2, 1], 40_000));
+    // An RTP-looking datagram from an address no session knows.
+    let mut rtp = vec![0u8; 200];
+    rtp[0] = 0x80;
+    rtp[1] = 111;
+    g.bench_function("handle_datagram/unknown_addr_dropped/1000_sessions", |b| {
+        let now = w.now;
+        b.iter(|| {
+            w.engine
+                .handle_datagram(now, black_box(unknown), black_box(&rtp))
+        })
+    });
+    assert!(
+        w.engine.stats().datagrams_unrouted > before,
+        "the unknown datagrams were dropped"
+    );
+    drop(w);
+
+    // The lookup alone, without the engine around it.
+    let mut d = Demux::default();
+    let mut addrs = Vec::new();
+    for i in 0..1000u16 {
+        let id = SessionId::new(NodeTag(0xabcd0123));
+        d.add_session(id, &format!("ufrag{i:04}"));
+        let a = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 50_000 + i));
+        d.learn(id, a);
+        addrs.push(a);
+    }
+    let mut i = 0usize;
+    g.bench_function("route/known_addr/1000_sessions", |b| {
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(d.route(black_box(addrs[i]), black_box(&rtp)))
+        })
+    });
+    g.bench_function("route/unknown_addr/1000_sessions", |b| {
+        b.iter(|| black_box(d.route(black_box(unknown), black_box(&rtp))))
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = fanout, demux
+}
+criterion_main!(benches);
