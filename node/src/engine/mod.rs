@@ -26,7 +26,7 @@ pub use calls::{
     SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use demux::{Demux, Route};
-pub use relay::{RelayEntry, RelayRefusal};
+pub use relay::RelayRefusal;
 pub use session::{Location, Session, TrackEntry};
 
 use crate::ids::{NodeTag, SessionId};

@@ -14,14 +14,6 @@ pub enum RelayRefusal {
     NotFound,
 }
 
-/// A relayed or relaying track, for the admin view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayEntry {
-    pub session_id: SessionId,
-    pub track_name: String,
-    pub id: u64,
-}
-
 impl Engine {
     /// Whether this node can serve `(session, track)` of `app` right now (local or relayed).
     pub fn has_publication(&self, app: &str, session: SessionId, track: &str) -> bool {
@@ -120,36 +112,6 @@ impl Engine {
             self.request_keyframe(&key, now);
             self.process_work(now);
         }
-    }
-
-    /// Tracks this node pulls from other nodes (with their upstream id).
-    pub fn relay_upstreams(&self) -> Vec<RelayEntry> {
-        let mut v: Vec<RelayEntry> = self
-            .relay_up
-            .iter()
-            .map(|(id, k)| RelayEntry {
-                session_id: k.0,
-                track_name: k.1.clone(),
-                id: *id,
-            })
-            .collect();
-        v.sort_by_key(|e| e.id);
-        v
-    }
-
-    /// Tracks this node sends to other nodes (with their downstream id).
-    pub fn relay_downstreams(&self) -> Vec<RelayEntry> {
-        let mut v: Vec<RelayEntry> = self
-            .relay_down
-            .iter()
-            .map(|(id, k)| RelayEntry {
-                session_id: k.0,
-                track_name: k.1.clone(),
-                id: *id,
-            })
-            .collect();
-        v.sort_by_key(|e| e.id);
-        v
     }
 
     /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
