@@ -1,5 +1,5 @@
 // Two nodes of one cluster on 127.0.0.1: A (region "eu") and B (region "us", joins through A's gossip address).
-// A page publishes the fake camera + mic to A with the raw Calls API; a second session created on B pulls both
+// A page publishes the fake camera + mic to A with the raw Calls API; a second page pulls both into a session on B
 // tracks (B relays them from A over QUIC); media must be decoded on B's session, and the admin API of both nodes
 // must show the relay (B: upstream via A, A: downstream to B).
 import { test, before, after } from 'node:test';
@@ -95,17 +95,20 @@ test('cluster: publish on node A (eu), pull on node B (us), media decoded throug
       return s.pub.video.packetsSent > 0 && s.pub.audio.packetsSent > 0;
     }, { timeoutMs: 10000, what: 'publisher outbound packets' });
 
+    // The viewer is a second page, as a person on another machine would be.
+    const viewer = await browser.ctx.newPage();
+    await viewer.goto(`${site.origin}/raw.html`);
     const remote = pub.tracks.map((x) => ({ sessionId: pub.sessionId, trackName: x.trackName }));
-    const pull = await withTimeout(page.evaluate(([cfg, remote]) => window.pull(cfg, remote), [cfgB, remote]),
+    const pull = await withTimeout(viewer.evaluate(([cfg, remote]) => window.pull(cfg, remote), [cfgB, remote]),
       30000, 'pull on node B (sessions/new, tracks/new, renegotiate)');
     assert.equal(pull.sessionId.slice(0, 8), B.tag, `subscriber session ${pull.sessionId} is owned by B (tag ${B.tag})`);
 
     const s = await pollUntil(async () => {
-      const s = await page.evaluate(() => window.stats());
+      const s = await viewer.evaluate(() => window.stats());
       return s.sub.video.framesDecoded > 0 && s.sub.audio.packetsReceived > 0 && s.sub.timing.firstDecodedMs !== undefined ? s : null;
     }, { timeoutMs: 15000, intervalMs: 100, what: "pulled video framesDecoded > 0 and audio packetsReceived > 0 on B's session" })
       .catch(async (e) => {
-        const s = await page.evaluate(() => window.stats());
+        const s = await viewer.evaluate(() => window.stats());
         e.message += `\nstats: ${JSON.stringify(s, null, 1)}`;
         e.message += `\nB /admin/relay: ${JSON.stringify((await B.admin('/admin/relay')).json)}`;
         e.message += `\nA /admin/relay: ${JSON.stringify((await A.admin('/admin/relay')).json)}`;
@@ -118,7 +121,7 @@ test('cluster: publish on node A (eu), pull on node B (us), media decoded throug
 
     // media keeps flowing
     const later = await pollUntil(async () => {
-      const x = await page.evaluate(() => window.stats());
+      const x = await viewer.evaluate(() => window.stats());
       return x.sub.video.framesDecoded >= s.sub.video.framesDecoded + 10 ? x : null;
     }, { timeoutMs: 10000, what: 'at least 10 more decoded frames on B' });
     assert.ok(later.sub.audio.packetsReceived > s.sub.audio.packetsReceived, 'audio packets keep arriving on B');
@@ -146,6 +149,7 @@ test('cluster: publish on node A (eu), pull on node B (us), media decoded throug
     const active = (g.json.tracks || []).filter((x) => x.status === 'active');
     assert.equal(active.length, 2, `B's session lists 2 active tracks: ${JSON.stringify(g.json)}`);
 
+    await viewer.evaluate(() => window.closeAll());
     await page.evaluate(() => window.closeAll());
   });
 });
