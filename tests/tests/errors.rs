@@ -793,3 +793,50 @@ async fn offer_without_ice_ufrag_is_decoding_error() {
     .await;
     assert_error(&r, 400, "decoding_error");
 }
+
+/// Calls wait up to `--connect-timeout` for the session's PeerConnection to connect, then fail
+/// with 410 `session_error`. Here the client pushes an offer but never applies the answer, so
+/// its PeerConnection cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_session_that_never_connects_fail_after_the_connect_timeout() {
+    let node = start_node(&["--connect-timeout", "1s"]);
+    let api = node.client();
+    let session = new_session(&api).await;
+    let peer = Peer::new("never-connects").expect("peer");
+    let (mids, offer) = peer
+        .create_send_offer(&[MediaKind::Audio])
+        .await
+        .expect("offer");
+    let push = trackmesh_tests::api::TracksRequest {
+        session_description: Some(trackmesh_tests::api::SessionDescription::offer(offer)),
+        tracks: Some(vec![trackmesh_tests::api::TrackObject::local(
+            &mids[0], "mic",
+        )]),
+        auto_discover: None,
+    };
+    let answer = api
+        .tracks_new(&session, &push)
+        .await
+        .expect("push answered");
+    assert!(
+        answer.session_description.is_some(),
+        "the first exchange never waits: {answer:?}"
+    );
+    // The answer is deliberately not applied. The next call waits for the connection, in vain.
+    let started = std::time::Instant::now();
+    let body =
+        json!({"tracks": [{"location": "remote", "sessionId": session, "trackName": "mic"}]});
+    let r = req(
+        &api,
+        Method::POST,
+        &format!("/sessions/{session}/tracks/new"),
+        RawBody::Json(body),
+    )
+    .await;
+    assert_error(&r, 410, "session_error");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}, before the 1 s wait"
+    );
+}
