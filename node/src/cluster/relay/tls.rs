@@ -131,3 +131,53 @@ pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<Rel
     client.transport_config(transport());
     Ok(RelayTls { server, client })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALPN: &[u8] = b"test-relay";
+
+    /// Dials a server holding `server_secret` with a client holding `client_secret`.
+    async fn handshake(server_secret: &str, client_secret: &str) -> bool {
+        let server = relay_tls(server_secret, "server", ALPN).expect("server tls");
+        let client = relay_tls(client_secret, "client", ALPN).expect("client tls");
+        let listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let ep = quinn::Endpoint::server(server.server, listen).expect("server endpoint");
+        let addr = ep.local_addr().expect("addr");
+        // The server side must take part in the handshake (and check the client's certificate).
+        let accept = tokio::spawn(async move {
+            match ep.accept().await {
+                Some(incoming) => incoming.await.is_ok(),
+                None => false,
+            }
+        });
+        let dialer = quinn::Endpoint::client(listen).expect("client endpoint");
+        let dialed = match dialer.connect_with(client.client, addr, SERVER_NAME) {
+            Ok(connecting) => tokio::time::timeout(Duration::from_secs(5), connecting)
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        };
+        let accepted = tokio::time::timeout(Duration::from_secs(5), accept)
+            .await
+            .is_ok_and(|r| r.unwrap_or(false));
+        dialed && accepted
+    }
+
+    #[tokio::test]
+    async fn only_nodes_with_the_cluster_secret_connect() {
+        assert!(
+            handshake("s3cret", "s3cret").await,
+            "same secret: mutual TLS succeeds"
+        );
+        assert!(
+            !handshake("s3cret", "other").await,
+            "a client without the secret is refused"
+        );
+        assert!(
+            !handshake("other", "s3cret").await,
+            "a server without the secret is not trusted"
+        );
+    }
+}
