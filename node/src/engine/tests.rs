@@ -334,6 +334,17 @@ impl World {
     }
 }
 
+/// A pull of one track, optionally into a given mid (`#name`).
+fn pull_one(session: &str, track: &str, mid: Option<&str>) -> TracksNew {
+    TracksNew::Remote {
+        tracks: vec![RemoteTrack {
+            session_id: Some(session.to_string()),
+            track_name: Some(track.to_string()),
+            mid: mid.map(str::to_string),
+        }],
+    }
+}
+
 /// A publisher with audio + video, connected and sending.
 fn publishing_world(track_timeout: Duration) -> (World, String) {
     let mut w = World::new(track_timeout);
@@ -611,32 +622,12 @@ fn protocol_errors() {
     let c = w.client();
     let res = w
         .engine
-        .tracks_new(
-            APP,
-            &sid,
-            TracksNew::Remote {
-                tracks: vec![RemoteTrack {
-                    session_id: Some(pub_sid.clone()),
-                    track_name: Some("cam".into()),
-                    mid: None,
-                }],
-            },
-            now,
-        )
+        .tracks_new(APP, &sid, pull_one(&pub_sid, "cam", None), now)
         .expect("pull");
     assert!(res.description.is_some());
-    let again = w.engine.tracks_new(
-        APP,
-        &sid,
-        TracksNew::Remote {
-            tracks: vec![RemoteTrack {
-                session_id: Some(pub_sid.clone()),
-                track_name: Some("mic".into()),
-                mid: None,
-            }],
-        },
-        now,
-    );
+    let again = w
+        .engine
+        .tracks_new(APP, &sid, pull_one(&pub_sid, "mic", None), now);
     assert!(matches!(again, Err(OpError::InvalidSdp(_))));
     let offer = SdpOffer::from_sdp_string(&res.description.expect("offer").sdp).expect("sdp");
     let answer = w.clients[c]
@@ -924,18 +915,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     w2.run(Duration::from_millis(300));
     let res = w2
         .engine
-        .tracks_new(
-            APP,
-            &sid,
-            TracksNew::Remote {
-                tracks: vec![RemoteTrack {
-                    session_id: Some(pub_sid.clone()),
-                    track_name: Some("mic".into()),
-                    mid: Some("#voice".into()),
-                }],
-            },
-            w2.now,
-        )
+        .tracks_new(APP, &sid, pull_one(&pub_sid, "mic", Some("#voice")), w2.now)
         .expect("pull");
     assert!(!res.requires_immediate_renegotiation, "no new transceiver");
     assert!(res.description.is_none());
@@ -949,18 +929,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     // #name of a track that is not bidirectional (or unknown) fails per item.
     let res = w2
         .engine
-        .tracks_new(
-            APP,
-            &sid,
-            TracksNew::Remote {
-                tracks: vec![RemoteTrack {
-                    session_id: Some(pub_sid.clone()),
-                    track_name: Some("cam".into()),
-                    mid: Some("#nope".into()),
-                }],
-            },
-            w2.now,
-        )
+        .tracks_new(APP, &sid, pull_one(&pub_sid, "cam", Some("#nope")), w2.now)
         .expect("pull");
     assert_eq!(
         res.tracks[0].error.as_ref().map(|e| e.0),
