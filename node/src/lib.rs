@@ -12,3 +12,4 @@ pub mod engine;
 pub mod ids;
 pub mod metrics;
 pub mod runtime;
+pub mod sendbatch;

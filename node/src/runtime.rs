@@ -1,7 +1,6 @@
 //! The thin async shell around the engine: one tokio task owns the media socket, the engine's
 //! timer and the command channel. API handlers talk to the engine only through [`EngineHandle`].
 
-use std::io::ErrorKind;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
@@ -9,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::relay::RelayIn;
 use crate::engine::{Engine, RelayOut};
+use crate::sendbatch;
 
 type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
 
@@ -69,8 +69,9 @@ async fn run(
     mut relay: RelayPipes,
 ) {
     let mut buf = vec![0u8; RECV_BUF];
+    let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
     loop {
-        flush(&mut engine, &socket);
+        sendbatch::flush(&mut engine, &socket, &mut batch);
         while let Some(out) = engine.poll_relay() {
             // A full queue means the relay tasks are behind: drop rather than stall media.
             if relay.to_relay.try_send(out).is_err() {
@@ -106,16 +107,4 @@ async fn run(
         engine.handle_timeout(Instant::now());
     }
     tracing::info!("media engine stopped");
-}
-
-/// Sends every queued datagram without waiting: when the socket buffer is full the datagram is
-/// dropped (and counted), so one slow path can never stall the engine.
-fn flush(engine: &mut Engine, socket: &UdpSocket) {
-    while let Some(t) = engine.poll_transmit() {
-        match socket.try_send_to(&t.contents, t.destination) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => engine.count_send_drop(),
-            Err(e) => tracing::debug!(error = %e, destination = %t.destination, "send failed"),
-        }
-    }
 }

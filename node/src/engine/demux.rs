@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use str0m::ice::StunMessage;
 
-use crate::ids::SessionId;
+use crate::ids::{SessionId, SessionMap};
 
 /// Addresses remembered per session; a client that keeps moving only evicts its own oldest.
 const MAX_ADDRS_PER_SESSION: usize = 8;
@@ -16,7 +16,7 @@ const MAX_ADDRS_PER_SESSION: usize = 8;
 pub struct Demux {
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
-    addrs: HashMap<SessionId, Vec<SocketAddr>>,
+    addrs: SessionMap<Vec<SocketAddr>>,
 }
 
 /// How a datagram was matched.

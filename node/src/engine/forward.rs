@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::Input;
 use str0m::format::PayloadParams;
 use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
@@ -94,9 +95,11 @@ impl Engine {
         };
         p.last_media = now;
         let codec = p.codec;
-        let sinks = p.subscribers.clone();
-        for sink in sinks {
-            match sink {
+        // Taken rather than cloned (no allocation per frame); nothing below touches the
+        // publication's subscriber list, and it is put back before returning.
+        let sinks = std::mem::take(&mut p.subscribers);
+        for sink in &sinks {
+            match *sink {
                 Sink::Session(sub, mid) => self.write_to_session(sub, mid, &frame, codec, now),
                 Sink::Relay(down) => {
                     self.stats.relay_frames_out += 1;
@@ -108,6 +111,9 @@ impl Engine {
                     self.push_relay(RelayOut::Frame { down, frame: out });
                 }
             }
+        }
+        if let Some(p) = self.publications.get_mut(key) {
+            p.subscribers = sinks;
         }
     }
 
@@ -122,30 +128,50 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sub) else {
             return;
         };
+        let source_pt = frame.params.map(|p| p.pt());
+        let cached = s
+            .send_pt
+            .get(&mid)
+            .filter(|(src, _)| *src == source_pt)
+            .map(|(_, pt)| *pt);
         let Some(writer) = s.rtc.writer(mid) else {
             // Not negotiated yet (the SFU offer is still waiting for the answer).
             return;
         };
-        let pt = match (&frame.params, codec) {
-            (Some(params), _) => writer.match_params(*params),
-            // A relayed frame: the first payload type of the same codec and clock.
-            (None, Some(c)) => writer
-                .payload_params()
-                .find(|p| {
-                    let spec = p.spec();
-                    spec.codec == c.codec && spec.clock_rate.get() == c.clock_rate
-                })
-                .map(|p| p.pt()),
-            (None, None) => None,
+        // A cached choice stays valid while the subscriber still offers that payload type
+        // (a renegotiation may remove it); checking that is cheaper than matching again.
+        let pt = match cached {
+            Some(pt) if writer.payload_params().any(|p| p.pt() == pt) => Some(pt),
+            _ => match (&frame.params, codec) {
+                (Some(params), _) => writer.match_params(*params),
+                // A relayed frame: the first payload type of the same codec and clock.
+                (None, Some(c)) => writer
+                    .payload_params()
+                    .find(|p| {
+                        let spec = p.spec();
+                        spec.codec == c.codec && spec.clock_rate.get() == c.clock_rate
+                    })
+                    .map(|p| p.pt()),
+                (None, None) => None,
+            },
         };
         let Some(pt) = pt else {
             self.stats.frames_no_codec += 1;
             return;
         };
-        match writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
+        let written = writer.write(pt, frame.network_time, frame.time, frame.data.clone());
+        if cached != Some(pt) {
+            s.send_pt.insert(mid, (source_pt, pt));
+        }
+        match written {
             Ok(()) => {
                 self.stats.frames_forwarded += 1;
-                if s.connected {
+                // str0m packetizes written frames on its next clock input: give it one now,
+                // so the packets leave in this drain rather than in a second pass.
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(session = %sub, error = %e, "timeout after write failed");
+                }
+                if s.connected && !s.media_flowing {
                     self.media_flowing(sub, now);
                 }
             }

@@ -29,7 +29,7 @@ pub use demux::{Demux, Route};
 pub use relay::RelayRefusal;
 pub use session::{Location, Session, TrackEntry};
 
-use crate::ids::{NodeTag, SessionId};
+use crate::ids::{NodeTag, SessionId, SessionMap};
 
 /// A publication: `(publisher session, track name)`.
 pub type TrackKey = (SessionId, String);
@@ -226,11 +226,11 @@ enum Work {
 pub struct Engine {
     cfg: EngineConfig,
     cert: Option<str0m::config::DtlsCert>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: SessionMap<Session>,
     publications: HashMap<TrackKey, Publication>,
     demux: Demux,
     timers: BTreeSet<(Instant, SessionId)>,
-    tombstones: HashMap<SessionId, Instant>,
+    tombstones: SessionMap<Instant>,
     transmits: VecDeque<Transmit>,
     relay_out: VecDeque<RelayOut>,
     /// Upstream relay subscription → the publication it feeds.
@@ -254,11 +254,11 @@ impl Engine {
         Engine {
             cfg,
             cert,
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             publications: HashMap::new(),
             demux: Demux::default(),
             timers: BTreeSet::new(),
-            tombstones: HashMap::new(),
+            tombstones: SessionMap::default(),
             transmits: VecDeque::new(),
             relay_out: VecDeque::new(),
             relay_up: HashMap::new(),
@@ -446,10 +446,14 @@ impl Engine {
         for _ in 0..100_000 {
             match s.rtc.poll_output() {
                 Ok(Output::Timeout(at)) => {
-                    self.timers.remove(&(s.timeout, sid));
                     // str0m may report a timeout in the past; never schedule before `now`.
-                    s.timeout = at.max(now);
-                    self.timers.insert((s.timeout, sid));
+                    let at = at.max(now);
+                    // Usually unchanged after a forwarded frame: skip two tree updates then.
+                    if at != s.timeout || !self.timers.contains(&(at, sid)) {
+                        self.timers.remove(&(s.timeout, sid));
+                        s.timeout = at;
+                        self.timers.insert((at, sid));
+                    }
                     return;
                 }
                 Ok(Output::Transmit(t)) => {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::change::SdpPendingOffer;
-use str0m::media::Mid;
+use str0m::media::{Mid, Pt};
 
 use super::TrackKey;
 use crate::ids::SessionId;
@@ -56,6 +56,9 @@ pub struct Session {
     pub media_flowing: bool,
     /// Last cumulative NACK counts str0m reported, per (mid, egress).
     pub nacks_seen: HashMap<(Mid, bool), u64>,
+    /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
+    /// so matching payload parameters is not redone for every frame.
+    pub send_pt: HashMap<Mid, (Option<Pt>, Pt)>,
     /// Entered whenever the engine works on this session, so every log line (str0m's too)
     /// names it. Created once: entering an existing span is cheap on the packet path.
     pub span: tracing::Span,
@@ -80,6 +83,7 @@ impl Session {
             timeout: now,
             media_flowing: false,
             nacks_seen: HashMap::new(),
+            send_pt: HashMap::new(),
             span: tracing::info_span!("session", id = %id),
         }
     }
