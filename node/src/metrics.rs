@@ -45,6 +45,7 @@ pub struct Metrics {
     frames_forwarded: IntCounter,
     dropped: IntCounterVec,
     keyframe_requests: IntCounterVec,
+    keyframes_from_cache: IntCounter,
     nacks: IntCounterVec,
     relay_links: IntGauge,
     relay_subscriptions: IntGaugeVec,
@@ -139,6 +140,13 @@ impl Metrics {
                     "trackmesh_keyframe_requests_total",
                     "Keyframe requests (PLI/FIR) sent to publishers and received from subscribers.",
                     &["direction"],
+                )?,
+            )?,
+            keyframes_from_cache: reg(
+                &r,
+                IntCounter::new(
+                    "trackmesh_keyframes_from_cache_total",
+                    "Joining subscribers (and new relay downstreams) given a publication's cached keyframe.",
                 )?,
             )?,
             nacks: reg(
@@ -285,6 +293,11 @@ impl Metrics {
             &self.dropped.with_label_values(&["relay_queue"]),
             s.relay_dropped,
         );
+        set(
+            &self.dropped.with_label_values(&["awaiting_keyframe"]),
+            s.frames_held_for_keyframe,
+        );
+        set(&self.keyframes_from_cache, s.keyframes_from_cache);
         set(
             &self.keyframe_requests.with_label_values(&["sent"]),
             s.keyframe_requests,

@@ -613,12 +613,12 @@ impl Engine {
             }
             for ((i, key, _), mid) in wanted.into_iter().zip(mids) {
                 results[i].mid = mid.to_string();
-                self.subscribe(sid, mid, key);
+                self.subscribe(sid, mid, key, now);
             }
         }
         for (i, key, mid) in into_existing {
             results[i].mid = mid.to_string();
-            self.subscribe(sid, mid, key);
+            self.subscribe(sid, mid, key, now);
             // The transceiver is already negotiated: media can start now.
             self.request_keyframes_for(sid, now);
         }
@@ -629,7 +629,7 @@ impl Engine {
         })
     }
 
-    fn subscribe(&mut self, sid: SessionId, mid: Mid, key: TrackKey) {
+    fn subscribe(&mut self, sid: SessionId, mid: Mid, key: TrackKey, now: Instant) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -647,6 +647,7 @@ impl Engine {
             p.subscribers.push(Sink::Session(sid, mid));
             p.unused_since = None;
         }
+        self.await_keyframe(sid, mid, &key, now);
         tracing::info!(session = %sid, %mid, publisher = %key.0, track = %key.1, "track pulled");
     }
 
@@ -782,7 +783,8 @@ impl Engine {
                 e.track_name = key.1.clone();
                 e.remote = Some(key.clone());
             }
-            self.subscribe(sid, mid, key.clone());
+            self.subscribe(sid, mid, key.clone(), now);
+            self.serve_cached_keyframe(sid, mid, &key, now);
             self.request_keyframe(&key, now);
             results.push(r);
         }

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::Input;
-use str0m::format::PayloadParams;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
-use super::{CodecInfo, Engine, KEYFRAME_INTERVAL, RelayFrame, RelayOut, Sink, Source, TrackKey};
+use super::{
+    CachedKeyframe, CodecInfo, Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME,
+    RelayFrame, RelayOut, Sink, Source, TrackKey,
+};
 use crate::ids::SessionId;
 
 /// One frame on its way to the subscribers of a publication.
@@ -95,6 +98,13 @@ impl Engine {
         };
         p.last_media = now;
         let codec = p.codec;
+        if frame.keyframe && frame.data.len() <= MAX_CACHED_KEYFRAME {
+            p.last_keyframe = Some(CachedKeyframe {
+                time: frame.time,
+                data: frame.data.clone(),
+                params: frame.params,
+            });
+        }
         // Taken rather than cloned (no allocation per frame); nothing below touches the
         // publication's subscriber list, and it is put back before returning.
         let sinks = std::mem::take(&mut p.subscribers);
@@ -103,6 +113,9 @@ impl Engine {
                 Sink::Session(sub, mid) => self.write_to_session(sub, mid, &frame, codec, now),
                 Sink::Relay(down) => {
                     self.stats.relay_frames_out += 1;
+                    if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
+                        self.relay_down_without_keyframe.remove(&down);
+                    }
                     let out = RelayFrame {
                         rtp_time: frame.time.numer(),
                         keyframe: frame.keyframe,
@@ -128,6 +141,16 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sub) else {
             return;
         };
+        // A subscriber that has had no keyframe cannot decode delta frames: hold them back.
+        let gated = !s.awaiting_keyframe.is_empty()
+            && s.awaiting_keyframe.get(&mid).is_some_and(|since| {
+                let gives_up = now.saturating_duration_since(*since) >= KEYFRAME_WAIT_MAX;
+                !(frame.keyframe || gives_up || !signals_keyframes(codec))
+            });
+        if gated {
+            self.stats.frames_held_for_keyframe += 1;
+            return;
+        }
         let source_pt = frame.params.map(|p| p.pt());
         let cached = s
             .send_pt
@@ -166,6 +189,10 @@ impl Engine {
         match written {
             Ok(()) => {
                 self.stats.frames_forwarded += 1;
+                // The wait ends with a frame the subscriber can decode, once it can receive it.
+                if s.connected && !s.awaiting_keyframe.is_empty() {
+                    s.awaiting_keyframe.remove(&mid);
+                }
                 // str0m packetizes written frames on its next clock input: give it one now,
                 // so the packets leave in this drain rather than in a second pass.
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
@@ -193,15 +220,89 @@ impl Engine {
     }
 
     /// Asks the publishers of everything a session receives for a keyframe, so a subscriber that
-    /// just connected or renegotiated sees video at once.
+    /// just connected or renegotiated sees video at once. Mids still waiting for their first
+    /// keyframe get the cached one right away; the request brings the live picture after it.
     pub(super) fn request_keyframes_for(&mut self, sub: SessionId, now: Instant) {
-        let keys: Vec<TrackKey> = match self.sessions.get(&sub) {
-            Some(s) => s.remote_by_mid.values().cloned().collect(),
+        let tracks: Vec<(Mid, TrackKey)> = match self.sessions.get(&sub) {
+            Some(s) => s
+                .remote_by_mid
+                .iter()
+                .map(|(mid, key)| (*mid, key.clone()))
+                .collect(),
             None => return,
         };
-        for key in keys {
+        for (mid, key) in tracks {
+            self.serve_cached_keyframe(sub, mid, &key, now);
             self.request_keyframe(&key, now);
         }
+    }
+
+    /// A video mid starts receiving a publication (a pull, or `tracks/update` switching it): its
+    /// delta frames are held back until a keyframe reaches it.
+    pub(super) fn await_keyframe(
+        &mut self,
+        sub: SessionId,
+        mid: Mid,
+        key: &TrackKey,
+        now: Instant,
+    ) {
+        let video = self
+            .publications
+            .get(key)
+            .is_some_and(|p| p.kind == MediaKind::Video);
+        if let Some(s) = self.sessions.get_mut(&sub)
+            && video
+        {
+            s.awaiting_keyframe.insert(mid, now);
+        }
+    }
+
+    /// Writes the publication's cached keyframe into a mid that is waiting for one (the edge
+    /// keyframe cache: a joining viewer sees a picture without waiting for the publisher).
+    pub(super) fn serve_cached_keyframe(
+        &mut self,
+        sub: SessionId,
+        mid: Mid,
+        key: &TrackKey,
+        now: Instant,
+    ) {
+        let Some(since) = self
+            .sessions
+            .get(&sub)
+            .and_then(|s| s.awaiting_keyframe.get(&mid).copied())
+        else {
+            return;
+        };
+        let Some(p) = self.publications.get(key) else {
+            return;
+        };
+        let (Some(cached), codec) = (p.last_keyframe.clone(), p.codec) else {
+            return;
+        };
+        let frame = Frame {
+            time: cached.time,
+            network_time: now,
+            keyframe: true,
+            data: cached.data,
+            params: cached.params,
+        };
+        self.stats.keyframes_from_cache += 1;
+        self.write_to_session(sub, mid, &frame, codec, now);
+        // The delta frames that follow reference frames after the cached keyframe, which this
+        // subscriber never got: keep holding them until the next live keyframe.
+        if let Some(s) = self.sessions.get_mut(&sub) {
+            s.awaiting_keyframe.insert(mid, since);
+        }
+    }
+
+    /// The cached keyframe of a publication, as a frame for a new downstream relay subscription.
+    pub(super) fn cached_relay_keyframe(&self, key: &TrackKey) -> Option<RelayFrame> {
+        let cached = self.publications.get(key)?.last_keyframe.as_ref()?;
+        Some(RelayFrame {
+            rtp_time: cached.time.numer(),
+            keyframe: true,
+            data: cached.data.clone(),
+        })
     }
 
     /// Requests a keyframe from a publisher (or from the upstream node of a relayed one), at most
@@ -244,4 +345,14 @@ impl Engine {
         }
         self.drain(key.0, now);
     }
+}
+
+/// Codecs whose frames str0m marks as keyframes; for others, frames are never held back.
+fn signals_keyframes(codec: Option<CodecInfo>) -> bool {
+    codec.is_some_and(|c| {
+        matches!(
+            c.codec,
+            Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::H265 | Codec::Av1
+        )
+    })
 }

@@ -13,7 +13,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,11 @@ const MAX_TOMBSTONES: usize = 100_000;
 const MAX_TRANSMIT_QUEUE: usize = 65_536;
 /// Relay outputs queued between two flushes; frames beyond this are dropped.
 const MAX_RELAY_QUEUE: usize = 65_536;
+/// Keyframes larger than this are forwarded but not cached.
+const MAX_CACHED_KEYFRAME: usize = 1 << 20;
+/// A subscriber waits at most this long for a keyframe before delta frames flow anyway (a
+/// publisher that never answers keyframe requests must not leave it with nothing).
+const KEYFRAME_WAIT_MAX: Duration = Duration::from_secs(3);
 /// A relayed publication without subscribers is released after this long.
 const RELAY_UNUSED_GRACE: Duration = Duration::from_secs(2);
 
@@ -102,6 +107,10 @@ pub struct Stats {
     pub keyframe_requests_received: u64,
     pub nacks_sent: u64,
     pub nacks_received: u64,
+    /// Delta frames not sent to a subscriber that had no keyframe yet.
+    pub frames_held_for_keyframe: u64,
+    /// Joining subscribers served the publication's cached keyframe.
+    pub keyframes_from_cache: u64,
 }
 
 /// What the engine holds right now, for gauges.
@@ -189,6 +198,17 @@ pub(crate) struct Publication {
     pub last_media: Instant,
     pub last_keyframe_request: Option<Instant>,
     pub keyframe_pending: bool,
+    /// The last keyframe seen, given at once to subscribers that join (the edge keyframe cache).
+    pub last_keyframe: Option<CachedKeyframe>,
+}
+
+/// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
+/// so caching it costs no copy.
+#[derive(Clone)]
+pub(crate) struct CachedKeyframe {
+    pub time: str0m::media::MediaTime,
+    pub data: std::sync::Arc<[u8]>,
+    pub params: Option<str0m::format::PayloadParams>,
 }
 
 impl Publication {
@@ -209,6 +229,7 @@ impl Publication {
             last_media: now,
             last_keyframe_request: None,
             keyframe_pending: false,
+            last_keyframe: None,
         }
     }
 }
@@ -237,6 +258,8 @@ pub struct Engine {
     relay_up: HashMap<u64, TrackKey>,
     /// Downstream relay subscription → the publication it carries.
     relay_down: HashMap<u64, TrackKey>,
+    /// Downstream relay subscriptions that have not carried a keyframe yet.
+    relay_down_without_keyframe: HashSet<u64>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -263,6 +286,7 @@ impl Engine {
             relay_out: VecDeque::new(),
             relay_up: HashMap::new(),
             relay_down: HashMap::new(),
+            relay_down_without_keyframe: HashSet::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),
@@ -633,6 +657,7 @@ impl Engine {
                 }
                 Sink::Relay(down) => {
                     self.relay_down.remove(&down);
+                    self.relay_down_without_keyframe.remove(&down);
                     self.push_relay(RelayOut::Ended { down });
                 }
             }

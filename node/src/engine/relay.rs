@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Engine, Publication, Sink, Source, TrackInfo, TrackKey};
+use super::{Engine, Publication, RelayOut, Sink, Source, TrackInfo, TrackKey};
 use crate::ids::SessionId;
 
 /// Why a relay subscription was refused.
@@ -88,6 +88,7 @@ impl Engine {
             codec,
         };
         self.relay_down.insert(down, key);
+        self.relay_down_without_keyframe.insert(down);
         // No keyframe request here: the other node asks when its own subscriber is ready to
         // receive one. Asking now would spend the once-per-second budget on a keyframe that
         // reaches nobody and defer the useful request by up to a second.
@@ -95,6 +96,7 @@ impl Engine {
     }
 
     pub fn relay_unsubscribe(&mut self, down: u64, now: Instant) {
+        self.relay_down_without_keyframe.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -109,6 +111,15 @@ impl Engine {
     /// A downstream node's subscriber wants a keyframe.
     pub fn relay_keyframe_request(&mut self, down: u64, now: Instant) {
         if let Some(key) = self.relay_down.get(&down).cloned() {
+            // A new downstream gets the cached keyframe at once. It is sent on request, not at
+            // subscribe time: a request proves the other node's engine knows the subscription,
+            // so the frame cannot arrive before it and be dropped.
+            if self.relay_down_without_keyframe.remove(&down)
+                && let Some(frame) = self.cached_relay_keyframe(&key)
+            {
+                self.stats.keyframes_from_cache += 1;
+                self.push_relay(RelayOut::Frame { down, frame });
+            }
             self.request_keyframe(&key, now);
             self.process_work(now);
         }

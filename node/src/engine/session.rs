@@ -59,6 +59,9 @@ pub struct Session {
     /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
     /// so matching payload parameters is not redone for every frame.
     pub send_pt: HashMap<Mid, (Option<Pt>, Pt)>,
+    /// Video mids that started (or switched) a publication and have had no keyframe yet, with
+    /// when they started: delta frames they could not decode are held back.
+    pub awaiting_keyframe: HashMap<Mid, Instant>,
     /// Entered whenever the engine works on this session, so every log line (str0m's too)
     /// names it. Created once: entering an existing span is cheap on the packet path.
     pub span: tracing::Span,
@@ -84,6 +87,7 @@ impl Session {
             media_flowing: false,
             nacks_seen: HashMap::new(),
             send_pt: HashMap::new(),
+            awaiting_keyframe: HashMap::new(),
             span: tracing::info_span!("session", id = %id),
         }
     }

@@ -23,6 +23,8 @@ struct Client {
     /// Frames received per mid.
     frames: HashMap<Mid, usize>,
     keyframes: HashMap<Mid, usize>,
+    /// Whether the first frame received on a mid was a keyframe.
+    first_is_keyframe: HashMap<Mid, bool>,
     keyframe_requests: usize,
     connected: bool,
 }
@@ -37,6 +39,7 @@ impl Client {
             addr,
             frames: HashMap::new(),
             keyframes: HashMap::new(),
+            first_is_keyframe: HashMap::new(),
             keyframe_requests: 0,
             connected: false,
         }
@@ -280,6 +283,10 @@ impl World {
                     match e {
                         Event::Connected => client.connected = true,
                         Event::MediaData(d) => {
+                            client
+                                .first_is_keyframe
+                                .entry(d.mid)
+                                .or_insert(d.is_keyframe());
                             *client.frames.entry(d.mid).or_default() += 1;
                             if d.is_keyframe() {
                                 *client.keyframes.entry(d.mid).or_default() += 1;
@@ -414,6 +421,44 @@ fn one_publisher_fans_out_to_many_subscribers() {
             w.clients[c].frames(&mid)
         );
     }
+}
+
+#[test]
+fn a_joining_subscriber_starts_with_the_cached_keyframe() {
+    // The test publisher sends a keyframe every 25 frames (500 ms) and ignores keyframe requests,
+    // so a keyframe inside the window below can only come from the engine's cache.
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    // Past the publisher's second keyframe (its first may precede the connection).
+    w.run(Duration::from_millis(300));
+    let publisher_keyframes = w.media_clock.div_ceil(25);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull(c, &sid, &[(&pub_sid, "cam")]);
+    let mid = res.tracks[0].mid.clone();
+    w.run(Duration::from_millis(150));
+    assert_eq!(
+        w.media_clock.div_ceil(25),
+        publisher_keyframes,
+        "the publisher sent no keyframe during the join"
+    );
+    let s = &w.clients[c];
+    assert!(s.connected);
+    assert_eq!(
+        s.first_is_keyframe.get(&Mid::from(mid.as_str())),
+        Some(&true),
+        "the first video frame is a keyframe"
+    );
+    // Delta frames that reference frames the subscriber never got are held back.
+    assert_eq!(s.frames(&mid), s.keyframes(&mid));
+    assert!(w.engine.stats().keyframes_from_cache >= 1);
+    assert!(w.engine.stats().frames_held_for_keyframe > 0);
+    // The next keyframe releases the flow.
+    w.run(Duration::from_millis(600));
+    let s = &w.clients[c];
+    assert!(
+        s.frames(&mid) > s.keyframes(&mid) + 5,
+        "delta frames flow again"
+    );
 }
 
 #[test]
@@ -756,6 +801,40 @@ fn shuttle(a: &mut World, b: &mut World, down: u64, up: u64) -> (usize, usize) {
         }
     }
     (frames, keyframe_requests)
+}
+
+#[test]
+fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
+    let (mut a, pub_sid) = publishing_world(Duration::from_secs(30));
+    a.run(Duration::from_millis(300));
+    let sid = SessionId::parse(&pub_sid).expect("id");
+    a.engine
+        .relay_subscribe(1, APP, sid, "cam")
+        .expect("codec known after media");
+    let cached_keyframes = |a: &mut World| {
+        let mut n = 0;
+        while let Some(out) = a.engine.poll_relay() {
+            if let RelayOut::Frame { down: 1, frame } = out
+                && frame.keyframe
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(
+        cached_keyframes(&mut a),
+        0,
+        "nothing is pushed before it asks"
+    );
+    a.engine.relay_keyframe_request(1, a.now);
+    assert_eq!(
+        cached_keyframes(&mut a),
+        1,
+        "the cached keyframe answers the first request"
+    );
+    a.engine.relay_keyframe_request(1, a.now);
+    assert_eq!(cached_keyframes(&mut a), 0, "only a new downstream gets it");
 }
 
 #[test]
