@@ -46,6 +46,7 @@ pub struct Metrics {
     dropped: IntCounterVec,
     keyframe_requests: IntCounterVec,
     keyframes_from_cache: IntCounter,
+    frames_held: IntCounter,
     nacks: IntCounterVec,
     relay_links: IntGauge,
     relay_subscriptions: IntGaugeVec,
@@ -140,6 +141,13 @@ impl Metrics {
                     "trackmesh_keyframe_requests_total",
                     "Keyframe requests (PLI/FIR) sent to publishers and received from subscribers.",
                     &["direction"],
+                )?,
+            )?,
+            frames_held: reg(
+                &r,
+                IntCounter::new(
+                    "trackmesh_frames_held_total",
+                    "Delta frames not sent to a viewer that has no keyframe yet (by design, not a loss).",
                 )?,
             )?,
             keyframes_from_cache: reg(
@@ -293,10 +301,7 @@ impl Metrics {
             &self.dropped.with_label_values(&["relay_queue"]),
             s.relay_dropped,
         );
-        set(
-            &self.dropped.with_label_values(&["awaiting_keyframe"]),
-            s.frames_held_for_keyframe,
-        );
+        set(&self.frames_held, s.frames_held_for_keyframe);
         set(&self.keyframes_from_cache, s.keyframes_from_cache);
         set(
             &self.keyframe_requests.with_label_values(&["sent"]),
