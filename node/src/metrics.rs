@@ -47,6 +47,7 @@ pub struct Metrics {
     keyframe_requests: IntCounterVec,
     keyframes_from_cache: IntCounter,
     frames_held: IntCounter,
+    session_timeouts: IntCounter,
     nacks: IntCounterVec,
     relay_links: IntGauge,
     relay_subscriptions: IntGaugeVec,
@@ -141,6 +142,13 @@ impl Metrics {
                     "trackmesh_keyframe_requests_total",
                     "Keyframe requests (PLI/FIR) sent to publishers and received from subscribers.",
                     &["direction"],
+                )?,
+            )?,
+            session_timeouts: reg(
+                &r,
+                IntCounter::new(
+                    "trackmesh_session_timeouts_total",
+                    "Timer rounds of sessions (str0m clock inputs), a main CPU cost besides packets.",
                 )?,
             )?,
             frames_held: reg(
@@ -302,6 +310,7 @@ impl Metrics {
             s.relay_dropped,
         );
         set(&self.frames_held, s.frames_held_for_keyframe);
+        set(&self.session_timeouts, s.session_timeouts);
         set(&self.keyframes_from_cache, s.keyframes_from_cache);
         set(
             &self.keyframe_requests.with_label_values(&["sent"]),

@@ -111,6 +111,8 @@ pub struct Stats {
     pub frames_held_for_keyframe: u64,
     /// Joining subscribers served the publication's cached keyframe.
     pub keyframes_from_cache: u64,
+    /// Clock inputs given to sessions whose str0m timeout was due.
+    pub session_timeouts: u64,
 }
 
 /// What the engine holds right now, for gauges.
@@ -417,6 +419,7 @@ impl Engine {
             }
             self.timers.remove(&(at, sid));
             if let Some(s) = self.sessions.get_mut(&sid) {
+                self.stats.session_timeouts += 1;
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(session = %sid, error = %e, "timeout failed");
                 }
