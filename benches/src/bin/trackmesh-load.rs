@@ -1,0 +1,281 @@
+//! `trackmesh-load`: load scenarios against `trackmesh` nodes started on 127.0.0.1.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/trackmesh-load fanout --subscribers 200 --media av --duration 20
+//! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
+//! ```
+//! The node binary is env `TRACKMESH_BIN`, else `--node-bin`, else
+//! `<workspace>/target/release/trackmesh`. Every scenario is bounded (sessions ≤ 5000, duration
+//! ≤ 3600 s, plus a global deadline) and kills its nodes at the end.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use trackmesh_benches::load::media::{MediaMix, VideoShape};
+use trackmesh_benches::load::report::Report;
+use trackmesh_benches::load::scenario::{
+    Common, churn::ChurnConfig, fanout::FanoutConfig, hub::HubConfig, join_storm::JoinStormConfig,
+    relay::RelayConfig, soak::SoakConfig,
+};
+use trackmesh_benches::load::scenario::{churn, fanout, hub, join_storm, relay, soak};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trackmesh-load",
+    about = "Load generator for trackmesh nodes (str0m clients on 127.0.0.1)"
+)]
+struct Cli {
+    /// Print one JSON object instead of the text table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The node binary (when env TRACKMESH_BIN is not set) [default: <workspace>/target/release/trackmesh]
+    #[arg(long, global = true)]
+    node_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// Tracks of each publisher: audio, video or av.
+    #[arg(long)]
+    media: Option<MediaMix>,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Video bitrate.
+    #[arg(long, default_value_t = 1000)]
+    video_kbps: u32,
+    /// Seconds between periodic keyframes (keyframes are ~5x a delta frame).
+    #[arg(long, default_value_t = 2.0)]
+    keyframe_interval: f64,
+    /// Seconds after set-up excluded from the figures.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Seconds of measurement (at most 3600).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Sessions being set up at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Extra node argument, repeatable (e.g. --node-arg=--track-timeout --node-arg=60s).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// One node: P publishers, N subscribers spread over their tracks.
+    Fanout {
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Nodes a (r1) and b (r2): publisher on a, subscribers on b (relayed) and a few on a.
+    Relay {
+        /// Subscribers on b.
+        #[arg(long, default_value_t = 20)]
+        subscribers: usize,
+        /// Subscribers on a.
+        #[arg(long, default_value_t = 3)]
+        local_subscribers: usize,
+        /// Isolated joins measured on each side after the window.
+        #[arg(long, default_value_t = 5)]
+        probe_joins: usize,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Nodes a (r1), b and c (r2): publisher on a, subscribers on b and c.
+    Hub {
+        #[arg(long, default_value_t = 20)]
+        subscribers: usize,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// S subscriber sessions set up with bounded concurrency (default media: audio).
+    JoinStorm {
+        #[arg(long, default_value_t = 500)]
+        sessions: usize,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// K subscribers joining, staying 0.5-3 s and leaving, for --duration.
+    Churn {
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+        /// How subscribers leave: mixed (tracks/close and dropping, alternately), close, drop.
+        #[arg(long, default_value = "mixed")]
+        leave: churn::Leave,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Fan-out at moderate load for --duration (default 60 s), node RSS/CPU every 5 s.
+    Soak {
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 5.0)]
+        sample_every: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+fn secs(x: f64, flag: &str) -> anyhow::Result<Duration> {
+    if !x.is_finite() || !(0.0..=3600.0).contains(&x) {
+        bail!("{flag} must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(x))
+}
+
+impl CommonArgs {
+    /// Apply the flags given onto a scenario's defaults.
+    fn apply(&self, mut c: Common) -> anyhow::Result<Common> {
+        if let Some(m) = self.media {
+            c.media = m;
+        }
+        c.video = VideoShape::new(
+            self.fps,
+            self.video_kbps,
+            secs(self.keyframe_interval, "--keyframe-interval")?,
+        )?;
+        if let Some(w) = self.warmup {
+            c.warmup = secs(w, "--warmup")?;
+        }
+        if let Some(d) = self.duration {
+            c.duration = secs(d, "--duration")?;
+        }
+        c.concurrency = self.concurrency;
+        c.node_args = self.node_args.clone();
+        c.check()?;
+        Ok(c)
+    }
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<Report> {
+    match scenario {
+        Scenario::Fanout {
+            publishers,
+            subscribers,
+            common,
+        } => {
+            let d = FanoutConfig::default();
+            let cfg = FanoutConfig {
+                common: common.apply(d.common)?,
+                publishers,
+                subscribers,
+            };
+            fanout::run(&cfg).await
+        }
+        Scenario::Relay {
+            subscribers,
+            local_subscribers,
+            probe_joins,
+            common,
+        } => {
+            let d = RelayConfig::default();
+            let cfg = RelayConfig {
+                common: common.apply(d.common)?,
+                subscribers,
+                local_subscribers,
+                probe_joins: probe_joins.min(100),
+            };
+            relay::run(&cfg).await
+        }
+        Scenario::Hub {
+            subscribers,
+            common,
+        } => {
+            let d = HubConfig::default();
+            let cfg = HubConfig {
+                common: common.apply(d.common)?,
+                subscribers,
+            };
+            hub::run(&cfg).await
+        }
+        Scenario::JoinStorm { sessions, common } => {
+            let d = JoinStormConfig::default();
+            let cfg = JoinStormConfig {
+                common: common.apply(d.common)?,
+                sessions,
+            };
+            join_storm::run(&cfg).await
+        }
+        Scenario::Churn {
+            subscribers,
+            leave,
+            common,
+        } => {
+            let d = ChurnConfig::default();
+            let cfg = ChurnConfig {
+                common: common.apply(d.common)?,
+                subscribers,
+                leave,
+            };
+            churn::run(&cfg).await
+        }
+        Scenario::Soak {
+            publishers,
+            subscribers,
+            sample_every,
+            common,
+        } => {
+            let d = SoakConfig::default();
+            let cfg = SoakConfig {
+                common: common.apply(d.common)?,
+                publishers,
+                subscribers,
+                sample_every: secs(sample_every, "--sample-every")?,
+            };
+            soak::run(&cfg).await
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The test crate finds the node through env TRACKMESH_BIN. Setting an environment variable
+    // in-process needs `unsafe` (forbidden here), so run ourselves again with it set.
+    if std::env::var_os("TRACKMESH_BIN").is_none() {
+        let bin = cli.node_bin.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/trackmesh")
+        });
+        if !bin.exists() {
+            bail!(
+                "node binary {} not found: run `cargo build --release --bins`, or pass --node-bin / set TRACKMESH_BIN",
+                bin.display()
+            );
+        }
+        let status = Command::new(std::env::current_exe().context("locating this binary")?)
+            .args(std::env::args_os().skip(1))
+            .env("TRACKMESH_BIN", &bin)
+            .status()
+            .context("re-running with TRACKMESH_BIN set")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let json = cli.json;
+    let report = rt.block_on(run(cli.scenario))?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    // Client tasks still winding down are dropped with the runtime, without waiting.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

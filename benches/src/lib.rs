@@ -1,0 +1,4 @@
+//! trackmesh benchmarks: the `trackmesh-load` load generator as a library (`load`), used by the
+//! `trackmesh-load` binary and by the CI correctness tests in `tests/load.rs`.
+
+pub mod load;

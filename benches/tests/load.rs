@@ -1,0 +1,179 @@
+//! CI correctness tests of the load generator: every scenario in a tiny form through the
+//! library, against the debug node binary (env `TRACKMESH_BIN` overrides it). They assert what
+//! a user sees (media arrives, no loss on loopback, latency recorded), never timings.
+
+use std::time::Duration;
+
+use trackmesh_benches::load::media::MediaMix;
+use trackmesh_benches::load::report::Report;
+use trackmesh_benches::load::scenario::{
+    Common, GroupFigures, churn, fanout, hub, join_storm, relay, soak,
+};
+
+/// Warm-up before the measurement window. Subscribers sometimes miss a run of video frames
+/// (0.2-1 s) within the first ~2 s after joining (seen with the node's hold-deltas-until-
+/// keyframe logic, locally and through the relay); the window starts after that.
+const WARMUP: Duration = Duration::from_secs(3);
+
+fn small(duration_s: u64) -> Common {
+    Common {
+        media: MediaMix::Av,
+        warmup: WARMUP,
+        duration: Duration::from_secs(duration_s),
+        concurrency: 8,
+        ..Common::default()
+    }
+}
+
+/// Every subscriber of the group received media on every track, nothing was lost, and latency
+/// samples were recorded.
+fn assert_group_ok(r: &Report, g: &GroupFigures) {
+    assert!(g.subscribers > 0, "{}", r.text());
+    assert_eq!(g.receiving, g.subscribers, "{}", r.text());
+    assert!(g.frames_received > 0, "{}", r.text());
+    assert_eq!(g.frames_lost, 0, "{}", r.text());
+    assert!(g.latency.is_some_and(|d| d.n > 0), "{}", r.text());
+    assert!(g.client_errors.is_empty(), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_one_publisher_five_subscribers() {
+    let cfg = fanout::FanoutConfig {
+        common: small(3),
+        publishers: 1,
+        subscribers: 5,
+    };
+    let r = fanout::run(&cfg).await.expect("fanout runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_eq!(r.groups.len(), 1);
+    assert_group_ok(&r, &r.groups[0]);
+    assert!(r.frames_sent > 0);
+    assert!(r.nodes[0].forwarded_pkts_per_s > 0.0, "{}", r.text());
+    assert!(r.groups[0].latency_video.is_some() && r.groups[0].latency_audio.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_one_publisher_three_relayed_subscribers() {
+    let cfg = relay::RelayConfig {
+        common: small(3),
+        subscribers: 3,
+        local_subscribers: 1,
+        probe_joins: 1,
+    };
+    let r = relay::run(&cfg).await.expect("relay runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    let names: Vec<&str> = r.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    // The long-lived local and relayed groups: media, no loss, latency.
+    assert_group_ok(&r, &r.groups[0]);
+    assert_group_ok(&r, &r.groups[1]);
+    assert_eq!(r.groups[1].subscribers, 3);
+    // The probes got a first frame and a first keyframe.
+    for g in &r.groups[2..] {
+        assert_eq!(g.subscribers, 1, "{}", r.text());
+        assert!(g.pull_to_first_frame.is_some() && g.pull_to_first_keyframe.is_some());
+    }
+    // Frames were paired across the relay hop.
+    assert!(
+        r.extra["relay_added_per_frame_audio"].is_object(),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.nodes.iter().all(|n| n.forwarded_pkts_per_s > 0.0),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_publisher_in_r1_subscribers_on_both_r2_nodes() {
+    let cfg = hub::HubConfig {
+        common: small(3),
+        subscribers: 4,
+    };
+    let r = hub::run(&cfg).await.expect("hub runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_eq!(r.groups.len(), 2);
+    for g in &r.groups {
+        assert_eq!(g.subscribers, 2, "{}", r.text());
+        assert_group_ok(&r, g);
+    }
+    // For every track, exactly one of b and c (its r2 hub) pulls straight from a.
+    let hubs = r.extra["r2_hub_per_track"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hubs.len(), 2, "{}", r.text());
+    for (track, nodes) in &hubs {
+        assert_eq!(
+            nodes.as_array().map(Vec::len),
+            Some(1),
+            "{track}: {}",
+            r.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_storm_thirty_sessions() {
+    let mut cfg = join_storm::JoinStormConfig::default();
+    cfg.common.duration = Duration::from_secs(2);
+    cfg.common.concurrency = 8;
+    cfg.sessions = 30;
+    let r = join_storm::run(&cfg).await.expect("join storm runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_eq!(
+        r.extra["storm"]["connected_and_receiving"],
+        30,
+        "{}",
+        r.text()
+    );
+    assert!(r.extra["storm"]["wall_s_until_all_receive"].is_number());
+    let g = &r.groups[0];
+    assert_eq!(g.subscribers, 30);
+    assert_group_ok(&r, g);
+    assert_eq!(g.session_setup.map(|d| d.n), Some(30));
+    assert!(r.rss_per_session_kb.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_six_subscribers() {
+    let cfg = churn::ChurnConfig {
+        common: small(5),
+        subscribers: 6,
+        leave: churn::Leave::Mixed,
+    };
+    let r = churn::run(&cfg).await.expect("churn runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    let joins = r.extra["churn"]["joins"].as_u64().unwrap_or(0);
+    assert!(joins >= 6, "{}", r.text());
+    let g = &r.groups[0];
+    assert_eq!(g.frames_lost, 0, "{}", r.text());
+    assert!(g.latency.is_some_and(|d| d.n > 0), "{}", r.text());
+    assert_eq!(g.pull_to_first_frame.map(|d| d.n), Some(joins));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_six_seconds() {
+    let cfg = soak::SoakConfig {
+        common: small(6),
+        publishers: 1,
+        subscribers: 4,
+        sample_every: Duration::from_secs(2),
+    };
+    let r = soak::run(&cfg).await.expect("soak runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_group_ok(&r, &r.groups[0]);
+    let series = r.extra["soak"]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(series.len() >= 2, "{}", r.text());
+}
