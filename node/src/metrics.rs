@@ -310,6 +310,10 @@ impl Metrics {
             s.relay_dropped,
         );
         set(&self.frames_held, s.frames_held_for_keyframe);
+        set(
+            &self.dropped.with_label_values(&["silent_subscriber"]),
+            s.frames_to_silent,
+        );
         set(&self.session_timeouts, s.session_timeouts);
         set(&self.keyframes_from_cache, s.keyframes_from_cache);
         set(

@@ -12,7 +12,7 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
 use super::{
     CachedKeyframe, CodecInfo, Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME,
-    RelayFrame, RelayOut, Sink, Source, TrackKey,
+    RelayFrame, RelayOut, SUBSCRIBER_SILENT_AFTER, Sink, Source, TrackKey,
 };
 use crate::ids::SessionId;
 
@@ -140,6 +140,15 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sub) else {
             return;
         };
+        // A live client is heard from every few seconds (RTCP, ICE consent checks). One that has
+        // been silent this long is gone or cut off: stop spending CPU and bandwidth on it until
+        // it is heard from again; the reconnect grace still closes it if it never is.
+        if s.last_recv
+            .is_some_and(|t| now.saturating_duration_since(t) >= SUBSCRIBER_SILENT_AFTER)
+        {
+            self.stats.frames_to_silent += 1;
+            return;
+        }
         // A subscriber that has had no keyframe cannot decode delta frames: hold them back.
         let gated = !s.awaiting_keyframe.is_empty()
             && s.awaiting_keyframe.get(&mid).is_some_and(|since| {

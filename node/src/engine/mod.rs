@@ -51,6 +51,9 @@ const MAX_CACHED_KEYFRAME: usize = 1 << 20;
 /// A subscriber waits at most this long for a keyframe before delta frames flow anyway (a
 /// publisher that never answers keyframe requests must not leave it with nothing).
 const KEYFRAME_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Frames are not sent to a subscriber that has sent nothing for this long (a live one sends
+/// RTCP or consent checks at least every ~5 s).
+const SUBSCRIBER_SILENT_AFTER: Duration = Duration::from_secs(10);
 /// A relayed publication without subscribers is released after this long.
 const RELAY_UNUSED_GRACE: Duration = Duration::from_secs(2);
 
@@ -114,6 +117,8 @@ pub struct Stats {
     pub keyframes_from_cache: u64,
     /// Clock inputs given to sessions whose str0m timeout was due.
     pub session_timeouts: u64,
+    /// Frames not sent to subscribers that have been silent for a while (likely gone).
+    pub frames_to_silent: u64,
 }
 
 /// What the engine holds right now, for gauges.

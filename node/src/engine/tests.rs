@@ -462,6 +462,47 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
 }
 
 #[test]
+fn a_silent_subscriber_is_not_fed_until_it_is_heard_again() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(60));
+    let (gone, live) = (w.client(), w.client());
+    let (gone_sid, live_sid) = (w.session(), w.session());
+    let gone_mid = w.pull(gone, &gone_sid, &[(&pub_sid, "mic")]).tracks[0]
+        .mid
+        .clone();
+    let live_mid = w.pull(live, &live_sid, &[(&pub_sid, "mic")]).tracks[0]
+        .mid
+        .clone();
+    w.run(Duration::from_millis(500));
+    assert!(w.clients[gone].frames(&gone_mid) > 10);
+    // Everything `gone` sends is lost from now on (its RTCP and consent checks included).
+    w.loss_from.insert(gone, 1);
+    w.run(Duration::from_secs(12));
+    let paused = w.engine.stats().frames_to_silent;
+    assert!(
+        paused > 50,
+        "frames not sent to the silent subscriber: {paused}"
+    );
+    let before = w.clients[gone].frames(&gone_mid);
+    w.run(Duration::from_millis(500));
+    assert_eq!(
+        w.clients[gone].frames(&gone_mid),
+        before,
+        "nothing reaches it"
+    );
+    assert!(
+        w.clients[live].frames(&live_mid) > 500,
+        "the live subscriber is unaffected"
+    );
+    // Heard again: media resumes.
+    w.loss_from.clear();
+    w.run(Duration::from_secs(6));
+    assert!(
+        w.clients[gone].frames(&gone_mid) > before + 10,
+        "media resumes once it is heard from"
+    );
+}
+
+#[test]
 fn unknown_tracks_fail_per_item_with_an_empty_mid() {
     let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
     let c = w.client();
