@@ -71,19 +71,26 @@ async fn run(
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
     loop {
-        sendbatch::flush(&mut engine, &socket, &mut batch);
+        // Relay output first: a frame for another node's viewers should not wait while this
+        // node's own fan-out is sent.
         while let Some(out) = engine.poll_relay() {
             // A full queue means the relay tasks are behind: drop rather than stall media.
             if relay.to_relay.try_send(out).is_err() {
                 engine.count_relay_drop();
             }
         }
+        sendbatch::flush(&mut engine, &socket, &mut batch);
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
         tokio::select! {
             biased;
             job = rx.recv() => match job {
                 Some(job) => job(&mut engine, Instant::now()),
                 None => break,
+            },
+            // Relayed frames before datagrams: they are media already late by a hop, while a
+            // busy socket is mostly subscribers' RTCP, which can wait a batch.
+            Some(input) = relay.from_relay.recv() => match input {
+                RelayIn::Frame { up, frame } => engine.relay_frame(up, frame, Instant::now()),
             },
             res = socket.recv_from(&mut buf) => match res {
                 Ok((n, source)) => {
@@ -98,9 +105,6 @@ async fn run(
                 }
                 // ICMP port-unreachable from a vanished client surfaces here on Linux; ignore it.
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
-            },
-            Some(input) = relay.from_relay.recv() => match input {
-                RelayIn::Frame { up, frame } => engine.relay_frame(up, frame, Instant::now()),
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }
