@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::Input;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
@@ -201,19 +202,18 @@ impl Engine {
                 if s.connected && !s.awaiting_keyframe.is_empty() {
                     s.awaiting_keyframe.remove(&mid);
                 }
-                // Packetized by the session's next clock input, once per batch of input.
-                let first_write = !s.write_pending;
-                s.write_pending = true;
-                let flowing = !s.connected || s.media_flowing;
-                if first_write {
-                    self.mark_written(sub, now);
+                // str0m packetizes written frames on its next clock input: give it one now, so
+                // the packets leave in this drain, while this session's state is in cache.
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(session = %sub, error = %e, "timeout after write failed");
                 }
-                if !flowing {
+                if s.connected && !s.media_flowing {
                     self.media_flowing(sub, now);
                 }
             }
             Err(e) => tracing::debug!(session = %sub, error = %e, "write failed"),
         }
+        self.drain(sub, now);
     }
 
     /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher.

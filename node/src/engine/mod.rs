@@ -269,10 +269,6 @@ pub struct Engine {
     /// Downstream relay subscriptions that have not carried a keyframe yet.
     relay_down_without_keyframe: HashSet<u64>,
     work: VecDeque<Work>,
-    /// Sessions with frames written but not yet packetized (see [`Engine::flush_writes`]).
-    written: Vec<SessionId>,
-    /// When the first of `written` was written.
-    written_at: Instant,
     next_housekeeping: Instant,
     stats: Stats,
     /// Session set-up times (creation to media flowing) not yet taken by the metrics.
@@ -300,8 +296,6 @@ impl Engine {
             relay_down: HashMap::new(),
             relay_down_without_keyframe: HashSet::new(),
             work: VecDeque::new(),
-            written: Vec::new(),
-            written_at: now,
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),
             setup_times: Vec::new(),
@@ -423,10 +417,8 @@ impl Engine {
         self.process_work(now);
     }
 
-    /// Packetizes every frame written since the last call and advances every timer that is due.
-    /// The shell calls it after each batch of input.
+    /// Advances every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.flush_writes(now);
         while let Some(&(at, sid)) = self.timers.first() {
             if at > now {
                 break;
@@ -445,47 +437,10 @@ impl Engine {
             self.housekeeping(now);
         }
         self.process_work(now);
-        // Frames forwarded by the work above (timer-driven drains can release media).
-        self.flush_writes(now);
-    }
-
-    /// str0m packetizes written frames only on its next clock input. Rather than one clock input
-    /// per written frame, each session that was written to gets one per batch of input: under
-    /// load a batch holds several frames (audio and video, several publishers) for the same
-    /// subscriber, and each clock input runs all of str0m's timers for that session.
-    fn flush_writes(&mut self, now: Instant) {
-        let written = std::mem::take(&mut self.written);
-        for &sid in &written {
-            let Some(s) = self.sessions.get_mut(&sid) else {
-                continue;
-            };
-            s.write_pending = false;
-            if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(session = %sid, error = %e, "timeout after write failed");
-            }
-            self.drain(sid, now);
-        }
-        // Keep the allocation unless the drains above queued new writes meanwhile.
-        if self.written.is_empty() {
-            self.written = written;
-            self.written.clear();
-        }
-    }
-
-    /// Remembers that a frame was written into `sid`'s `Rtc` at `now`.
-    pub(crate) fn mark_written(&mut self, sid: SessionId, now: Instant) {
-        if self.written.is_empty() {
-            self.written_at = now;
-        }
-        self.written.push(sid);
     }
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        if !self.written.is_empty() {
-            // Due at once: the time of the input that wrote the frames.
-            return self.written_at;
-        }
         match self.timers.first() {
             Some(&(at, _)) => at.min(self.next_housekeeping),
             None => self.next_housekeeping,

@@ -67,8 +67,6 @@ pub struct Session {
     /// names it. Created once and shared through an `Arc`: cloning a `Span` itself costs a
     /// registry lookup, an `Arc` clone is one atomic add (measured on the packet path).
     pub span: Arc<tracing::Span>,
-    /// A frame was written since this session's last clock input (see `Engine::flush_writes`).
-    pub write_pending: bool,
 }
 
 impl Session {
@@ -93,7 +91,6 @@ impl Session {
             send_pt: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),
-            write_pending: false,
         }
     }
 
