@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Reruns the whole benchmark set: the criterion micro-benchmarks and the gossip-at-scale run.
-# Results: target/criterion/ (criterion's estimates) and target/bench-results/ (logs, JSON).
-# Usage: benches/run.sh [extra criterion args, e.g. a filter such as 'fanout']
-# (with extra args only the criterion benches run, not the gossip measurement)
+# Reruns the whole benchmark set behind BENCHMARKS.md:
+#   micro   criterion micro-benchmarks (relay-proto codec, engine fan-out, demux)
+#   gossip  chitchat at 50 and 100 members in one process
+#   load    trackmesh-load scenarios against release node processes on 127.0.0.1
+# Usage: benches/run.sh [all|micro|gossip|load] (default all; about 20 minutes after the build).
+# Results: target/bench-results/ (machine line, logs, one text and one JSON report per load run)
+# and target/criterion/. Run it on an otherwise idle machine: the load generator and the nodes
+# share its cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=${1:-all}
+case "$what" in all | micro | gossip | load) ;; *)
+  echo "usage: $0 [all|micro|gossip|load]" >&2
+  exit 2
+  ;;
+esac
 out=target/bench-results
 mkdir -p "$out"
-
-# Short measurement windows: the whole set takes a few minutes on 2 cores (plus the build).
-crit=(--warm-up-time 1 --measurement-time 3 --noplot "$@")
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -17,13 +24,46 @@ crit=(--warm-up-time 1 --measurement-time 3 --noplot "$@")
   echo "nproc: $(nproc)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+  echo "kernel: $(uname -r)"
   echo "rustc: $(rustc --version)"
 } | tee "$out/machine.txt"
 
-cargo bench -p trackmesh-benches --bench relay_proto -- "${crit[@]}" 2>&1 | tee "$out/relay_proto.txt"
-cargo bench -p trackmesh-benches --bench engine -- "${crit[@]}" 2>&1 | tee "$out/engine.txt"
-if [ $# -eq 0 ]; then
+if [ "$what" = all ] || [ "$what" = micro ]; then
+  # Short measurement windows: both benches take a few minutes on 2 cores.
+  crit=(--warm-up-time 1 --measurement-time 3 --noplot)
+  cargo bench -p trackmesh-benches --bench relay_proto -- "${crit[@]}" 2>&1 | tee "$out/relay_proto.txt"
+  cargo bench -p trackmesh-benches --bench engine -- "${crit[@]}" 2>&1 | tee "$out/engine.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = gossip ]; then
   cargo run --release -p trackmesh-benches --bin gossip-scale -- --members 50,100 --window 10 \
     | tee "$out/gossip.json"
+fi
+
+if [ "$what" = all ] || [ "$what" = load ]; then
+  cargo build --release --bins
+  load=target/release/trackmesh-load
+  export TRACKMESH_BIN=target/release/trackmesh
+  # One scenario: the text report to the terminal and a file, the JSON report to another file.
+  run() {
+    local name=$1
+    shift
+    echo "== trackmesh-load $* ($name)"
+    "$load" "$@" | tee "$out/load-$name.txt"
+    "$load" "$@" --json >"$out/load-$name.json"
+  }
+  # Each scenario runs twice (text, then JSON): two samples of every figure.
+  for media in audio video; do
+    for n in 50 200 500; do
+      run "fanout-$media-$n" fanout --media "$media" --subscribers "$n" --duration 15
+    done
+  done
+  run fanout-av-200 fanout --media av --subscribers 200 --duration 15
+  run relay-equal relay --subscribers 3 --local-subscribers 3 --duration 15
+  run relay relay --duration 15
+  run hub hub --subscribers 40 --duration 15
+  run join-storm-500 join-storm --sessions 500
+  run churn churn --duration 20
+  run soak soak --duration 60
 fi
 echo "results in $out/ and target/criterion/"
