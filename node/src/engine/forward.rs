@@ -104,6 +104,9 @@ impl Engine {
                 data: frame.data.clone(),
                 params: frame.params,
             });
+            p.frames_since_keyframe = 0;
+        } else {
+            p.frames_since_keyframe = p.frames_since_keyframe.saturating_add(1);
         }
         // Taken rather than cloned (no allocation per frame); nothing below touches the
         // publication's subscriber list, and it is put back before returning.
@@ -288,6 +291,9 @@ impl Engine {
         let (Some(cached), codec) = (p.last_keyframe.clone(), p.codec) else {
             return;
         };
+        // The cached keyframe is the newest frame: the live delta frames that follow build on
+        // it, so the subscriber can take them at once.
+        let in_step = p.frames_since_keyframe == 0;
         let frame = Frame {
             time: cached.time,
             network_time: now,
@@ -297,9 +303,11 @@ impl Engine {
         };
         self.stats.keyframes_from_cache += 1;
         self.write_to_session(sub, mid, &frame, codec, now);
-        // The delta frames that follow reference frames after the cached keyframe, which this
-        // subscriber never got: keep holding them until the next live keyframe.
-        if let Some(s) = self.sessions.get_mut(&sub) {
+        // Otherwise the delta frames that follow reference frames after the cached keyframe,
+        // which this subscriber never got: keep holding them until the next live keyframe.
+        if let Some(s) = self.sessions.get_mut(&sub)
+            && !in_step
+        {
             s.awaiting_keyframe.insert(mid, since);
         }
     }

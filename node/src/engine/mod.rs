@@ -208,6 +208,9 @@ pub(crate) struct Publication {
     pub keyframe_pending: bool,
     /// The last keyframe seen, given at once to subscribers that join (the edge keyframe cache).
     pub last_keyframe: Option<CachedKeyframe>,
+    /// Frames forwarded since `last_keyframe`: a joining subscriber given the cached keyframe
+    /// can decode what follows only if it has not missed any of them.
+    pub frames_since_keyframe: u32,
 }
 
 /// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
@@ -238,6 +241,7 @@ impl Publication {
             last_keyframe_request: None,
             keyframe_pending: false,
             last_keyframe: None,
+            frames_since_keyframe: 0,
         }
     }
 }

@@ -461,6 +461,94 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
     );
 }
 
+/// A relayed VP8 frame: bit 0 of the first byte is 0 for a keyframe.
+fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
+    let mut data = vec![if keyframe { 0x10u8 } else { 0x11 }; 1000];
+    data[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+    RelayFrame {
+        rtp_time: n * 3000,
+        keyframe,
+        data: data.into(),
+    }
+}
+
+#[test]
+fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
+    // A relayed publication whose frames the test feeds by hand.
+    let mut w = World::new(Duration::from_secs(30));
+    let publisher = SessionId::new(NodeTag(0x0bad_cafe));
+    let info = TrackInfo {
+        kind: MediaKind::Video,
+        codec: CodecInfo {
+            codec: Codec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+        },
+    };
+    assert!(
+        w.engine
+            .add_relay_publication(APP, publisher, "cam", 7, info, w.now)
+    );
+    let now = w.now;
+    w.engine.relay_frame(7, relayed_vp8(1, true), now);
+
+    // Joins right after the keyframe: served it from the cache and then follows the live deltas.
+    let first = w.client();
+    let first_sid = w.session();
+    let first_mid = w
+        .pull(first, &first_sid, &[(&publisher.to_string(), "cam")])
+        .tracks[0]
+        .mid
+        .clone();
+    w.run(Duration::from_millis(300));
+    assert!(w.clients[first].connected);
+    assert_eq!(
+        w.clients[first].keyframes(&first_mid),
+        1,
+        "the cached keyframe"
+    );
+    for n in 2..=6 {
+        let now = w.now;
+        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.run(Duration::from_millis(33));
+    }
+    assert_eq!(
+        w.clients[first].frames(&first_mid),
+        6,
+        "the deltas follow at once"
+    );
+
+    // Joins after deltas it will never get: the cached keyframe, then nothing until a new one.
+    let late = w.client();
+    let late_sid = w.session();
+    let late_mid = w
+        .pull(late, &late_sid, &[(&publisher.to_string(), "cam")])
+        .tracks[0]
+        .mid
+        .clone();
+    w.run(Duration::from_millis(300));
+    for n in 7..=9 {
+        let now = w.now;
+        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.run(Duration::from_millis(33));
+    }
+    assert_eq!(
+        w.clients[late].frames(&late_mid),
+        1,
+        "only the cached keyframe"
+    );
+    let now = w.now;
+    w.engine.relay_frame(7, relayed_vp8(10, true), now);
+    w.engine.relay_frame(7, relayed_vp8(11, false), now);
+    w.run(Duration::from_millis(50));
+    assert_eq!(
+        w.clients[late].frames(&late_mid),
+        3,
+        "the live keyframe releases it"
+    );
+    assert_eq!(w.clients[first].frames(&first_mid), 11);
+}
+
 #[test]
 fn a_silent_subscriber_is_not_fed_until_it_is_heard_again() {
     let (mut w, pub_sid) = publishing_world(Duration::from_secs(60));
