@@ -98,6 +98,21 @@ pub struct TracksRequest {
     pub auto_discover: Option<bool>,
 }
 
+impl TracksRequest {
+    /// A pull of remote tracks, each `(sessionId, trackName)`, without SDP.
+    pub fn pull(items: &[(String, String)]) -> Self {
+        TracksRequest {
+            tracks: Some(
+                items
+                    .iter()
+                    .map(|(s, t)| TrackObject::remote(s, t))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct CloseTracksRequest {

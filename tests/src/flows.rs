@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use str0m::media::MediaKind;
 
-use crate::api::{CallsClient, SessionState, TrackObject, TracksRequest, TracksResponse};
+use crate::api::{CallsClient, SessionState, TracksRequest, TracksResponse};
 use crate::peer::{Peer, PushedTrack};
 
 /// How long a peer may take to connect to the node.
@@ -157,16 +157,7 @@ impl Subscriber {
         let mut pending: Vec<(String, String)> = remote.to_vec();
         let mut merged = TracksResponse::default();
         for attempt in 1..=max_attempts {
-            let req = TracksRequest {
-                session_description: None,
-                tracks: Some(
-                    pending
-                        .iter()
-                        .map(|(s, t)| TrackObject::remote(s, t))
-                        .collect(),
-                ),
-                auto_discover: None,
-            };
+            let req = TracksRequest::pull(&pending);
             let resp = api
                 .tracks_new(&session_id, &req)
                 .await

@@ -761,15 +761,7 @@ async fn wrong_secret_refused() {
         .await
         .expect("sessions/new on D")
         .session_id;
-    let items: Vec<TrackObject> = publisher
-        .remote_refs()
-        .iter()
-        .map(|(s, t)| TrackObject::remote(s, t))
-        .collect();
-    let req = TracksRequest {
-        tracks: Some(items),
-        ..Default::default()
-    };
+    let req = TracksRequest::pull(&publisher.remote_refs());
     let resp = api_d.tracks_new(&session, &req).await.expect("pull on D");
     assert_eq!(resp.tracks.len(), 2, "{resp:?}");
     for t in &resp.tracks {

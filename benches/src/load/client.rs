@@ -805,16 +805,7 @@ impl Client {
         let mut pending: Vec<(String, String)> = remote.to_vec();
         let mut pulled = Vec::new();
         for attempt in 1..=max_attempts {
-            let req = TracksRequest {
-                session_description: None,
-                tracks: Some(
-                    pending
-                        .iter()
-                        .map(|(s, t)| TrackObject::remote(s, t))
-                        .collect(),
-                ),
-                auto_discover: None,
-            };
+            let req = TracksRequest::pull(&pending);
             let resp = api
                 .tracks_new(session_id, &req)
                 .await
