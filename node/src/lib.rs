@@ -12,4 +12,5 @@ pub mod engine;
 pub mod ids;
 pub mod metrics;
 pub mod runtime;
+pub mod rejects;
 pub mod sendbatch;

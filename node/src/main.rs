@@ -60,6 +60,9 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     str0m::crypto::from_feature_flags().install_process_default();
+    let rejects = Arc::new(
+        trackmesh_node::rejects::Rejects::new().context("registering the rejection counter")?,
+    );
 
     let media =
         bind_media(cfg.media).with_context(|| format!("binding the media socket {}", cfg.media))?;
@@ -161,12 +164,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         view: members.view.clone(),
         relay,
     };
-    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new().context("registering metrics")?);
+    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
     let ops = api::OpsState {
         metrics,
         local: members.local.clone(),
         started: Instant::now(),
         gossip: cfg.gossip,
+        rejects: rejects.clone(),
     };
     let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
     let drained = drain_on_signal(handle, members.local.clone(), cfg.drain_timeout);

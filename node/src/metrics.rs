@@ -69,8 +69,11 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    pub fn new() -> prometheus::Result<Metrics> {
+    /// `rejects` is the node's refusal counter, kept outside so the gossip thread and the relay
+    /// count into it before the API exists.
+    pub fn new(rejects: &crate::rejects::Rejects) -> prometheus::Result<Metrics> {
         let r = Registry::new();
+        r.register(Box::new(rejects.counter().clone()))?;
         let gv = |name: &str, help: &str, labels: &[&str]| {
             IntGaugeVec::new(Opts::new(name, help), labels)
         };

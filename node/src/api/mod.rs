@@ -30,6 +30,8 @@ pub struct OpsState {
     pub local: Arc<crate::cluster::membership::LocalState>,
     pub started: std::time::Instant,
     pub gossip: std::net::SocketAddr,
+    /// Refusals at the node's edges, counted and log-limited.
+    pub rejects: Arc<crate::rejects::Rejects>,
 }
 
 pub struct ApiState {
