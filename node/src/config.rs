@@ -133,6 +133,10 @@ pub struct Flags {
     /// Secret shared by the nodes of one cluster; nodes without it are refused.
     #[arg(long, env = "TRACKMESH_CLUSTER_SECRET")]
     pub cluster_secret: Option<String>,
+    /// The cluster secret being rotated away from: accepted from peers alongside --cluster-secret
+    /// while the new one is rolled out node by node (see README, rotating the cluster secret).
+    #[arg(long, env = "TRACKMESH_CLUSTER_SECRET_PREVIOUS")]
+    pub cluster_secret_previous: Option<String>,
     /// Bearer token for /admin/*; without one the admin API is off.
     #[arg(long, env = "TRACKMESH_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -178,6 +182,7 @@ struct FileConfig {
     seed: Vec<String>,
     relay: Option<SocketAddr>,
     cluster_secret: Option<String>,
+    cluster_secret_previous: Option<String>,
     admin_token: Option<String>,
     drain_timeout: Option<String>,
 }
@@ -207,6 +212,8 @@ pub struct Config {
     pub cluster_secret: String,
     /// True when no secret was given and the development default is in use.
     pub dev_secret: bool,
+    /// The previous cluster secret during a rotation; peers holding it are still accepted.
+    pub cluster_secret_previous: Option<String>,
     pub admin_token: Option<String>,
     pub drain_timeout: Duration,
 }
@@ -306,6 +313,10 @@ impl Config {
                 .cluster_secret
                 .or(file.cluster_secret)
                 .unwrap_or_else(|| DEV_CLUSTER_SECRET.into()),
+            cluster_secret_previous: flags
+                .cluster_secret_previous
+                .or(file.cluster_secret_previous)
+                .filter(|s| !s.is_empty()),
             admin_token: flags
                 .admin_token
                 .or(file.admin_token)
