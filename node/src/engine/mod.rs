@@ -9,6 +9,7 @@ mod demux;
 mod forward;
 mod relay;
 mod sdp;
+pub mod sdp_limits;
 mod session;
 #[cfg(test)]
 mod tests;
