@@ -20,15 +20,19 @@ use crate::cluster::ClusterView;
 use crate::cluster::relay::Relay;
 use crate::ids::{NodeTag, SessionId};
 
-/// Marks a forwarded call, so it is never forwarded again (no loops while views disagree).
-const FORWARDED: &str = "x-trackmesh-forwarded-by";
+use super::node_auth::{FORWARDED_BY, NODE_AUTH, NodeAuth};
 
 pub struct ClusterHandle {
     pub self_id: String,
     pub tag: NodeTag,
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub relay: Relay,
+    /// Signs the calls this node forwards and checks the ones forwarded to it.
+    pub node_auth: NodeAuth,
 }
+
+/// Largest answer taken from the owner of a session (answers are JSON with an SDP or two).
+const MAX_FORWARDED_ANSWER: usize = 4 << 20;
 
 /// The session id in `/…/apps/{app}/sessions/{id}/…`, when the path has one.
 fn session_in_path(path: &str) -> Option<SessionId> {
@@ -37,19 +41,92 @@ fn session_in_path(path: &str) -> Option<SessionId> {
     SessionId::parse(parts.next()?)
 }
 
-/// Middleware on the session routes: run the call here when this node owns the session,
-/// otherwise forward it to the owner.
+/// The `{app}` in `/v1/apps/{app}/…` or `/apps/{app}/…`.
+fn app_in_path(path: &str) -> &str {
+    let mut parts = path.split('/');
+    parts.find(|p| *p == "apps");
+    parts.next().unwrap_or("")
+}
+
+/// The path and query the client asked for: inside nested routers the URI has lost its
+/// `/v1/apps/{app}` prefix.
+fn original_path(req: &axum::http::request::Parts) -> String {
+    let uri = req
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| &o.0)
+        .unwrap_or(&req.uri);
+    uri.path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string()
+}
+
+/// The client's address, when the server recorded it.
+pub(super) fn client_ip(ext: &axum::http::Extensions) -> std::net::IpAddr {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Middleware on the session routes. The app and bearer are checked here, before anything else,
+/// so nothing is forwarded for a caller that could not make the call itself (and which node tags
+/// are live is not told to strangers). Then the call runs here when this node owns the session,
+/// or goes to the owner with this node's credential. A call that says it was forwarded runs here
+/// only when its node credential checks out.
 pub async fn route_to_owner(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let Some(session) = session_in_path(req.uri().path()) else {
         return next.run(req).await;
     };
-    if session.node_tag() == st.cluster.tag || req.headers().contains_key(FORWARDED) {
+    if req.headers().contains_key(FORWARDED_BY) {
+        return match check_forwarded(&st, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
+    }
+    let (parts, body) = req.into_parts();
+    let path = original_path(&parts);
+    if let Err(e) = st.apps.authorize(app_in_path(&path), &parts.headers) {
+        return e.into_response();
+    }
+    let req = Request::from_parts(parts, body);
+    if session.node_tag() == st.cluster.tag {
         return next.run(req).await;
     }
     match forward(&st, session, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Reads the body of a call that says it was forwarded and checks its node credential.
+async fn check_forwarded(st: &ApiState, req: Request) -> Result<Request, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, st.max_body).await?;
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = st.cluster.node_auth.verify(
+        parts.method.as_str(),
+        &original_path(&parts),
+        header(FORWARDED_BY).unwrap_or(""),
+        &bytes,
+        header(NODE_AUTH),
+    );
+    if let Err(refusal) = verdict {
+        let ip = client_ip(&parts.extensions);
+        if st
+            .ops
+            .rejects
+            .reject(crate::rejects::Port::Http, refusal.reason(), ip)
+        {
+            tracing::warn!(%ip, reason = refusal.reason(), "refused a call claiming to be forwarded by a member (further ones from this address are counted, not logged, for a minute)");
+        }
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a forwarded call needs a valid node credential",
+        ));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Response, ApiError> {
@@ -68,17 +145,16 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     };
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, st.max_body).await?;
-    // Inside nested routers the URI has lost its `/v1/apps/{app}` prefix; forward the original.
-    let uri = parts
-        .extensions
-        .get::<axum::extract::OriginalUri>()
-        .map(|o| o.0.clone())
-        .unwrap_or_else(|| parts.uri.clone());
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = original_path(&parts);
+    let credential =
+        st.cluster
+            .node_auth
+            .sign(parts.method.as_str(), &path, &st.cluster.self_id, &bytes);
     let mut out = st
         .http
         .request(parts.method.clone(), format!("{}{path}", owner.api))
-        .header(FORWARDED, st.cluster.self_id.as_str())
+        .header(FORWARDED_BY, st.cluster.self_id.as_str())
+        .header(NODE_AUTH, credential)
         .body(bytes);
     for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
         if let Some(v) = parts.headers.get(&name) {
@@ -94,13 +170,27 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     })?;
     let status = res.status();
     let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
-    let body = res.bytes().await.map_err(|e| {
+    let unavailable = |what: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable_error",
-            e.to_string(),
+            what,
         )
-    })?;
+    };
+    let mut res = res;
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| unavailable(format!("reading the owner's answer: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_FORWARDED_ANSWER {
+            return Err(unavailable(format!(
+                "the owner's answer is over {MAX_FORWARDED_ANSWER} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
     let mut response = (status, Body::from(body)).into_response();
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -135,11 +225,9 @@ pub(super) fn check_admin(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiE
             "the admin API is off: start the node with --admin-token",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| super::guard::constant_time_eq(p.as_bytes(), token.as_bytes())) {
+    if super::guard::bearer(headers)
+        .is_some_and(|p| super::guard::constant_time_eq(p.as_bytes(), token.as_bytes()))
+    {
         Ok(())
     } else {
         Err(ApiError::new(

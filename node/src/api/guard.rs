@@ -39,15 +39,7 @@ impl Apps {
                 format!("app {app} not found"),
             ));
         };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        match presented {
+        match bearer(headers) {
             Some(p) if constant_time_eq(p.as_bytes(), secret.as_bytes()) => Ok(()),
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -56,6 +48,17 @@ impl Apps {
             )),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work for the app and the admin API alike.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares without an early exit, so response time does not leak how much of a secret matched.
@@ -164,6 +167,12 @@ mod tests {
             "Bearer s3cret".parse().expect("header"),
         );
         assert_eq!(apps.authorize("a", &h), Ok(()));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let mut h = HeaderMap::new();
+            let v = format!("{scheme} s3cret");
+            h.insert(header::AUTHORIZATION, v.parse().expect("header"));
+            assert_eq!(apps.authorize("a", &h), Ok(()), "{scheme}");
+        }
         assert_eq!(
             apps.authorize("b", &h).map_err(|e| e.status),
             Err(StatusCode::NOT_FOUND)

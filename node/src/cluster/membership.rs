@@ -193,7 +193,7 @@ fn build_view(
                 node_id: id.node_id.to_string(),
                 tag: NodeTag(u32::from_str_radix(st.get("tag")?, 16).ok()?),
                 region: st.get("region")?.to_string(),
-                api: st.get("api")?.to_string(),
+                api: super::view::checked_api(st.get("api")?)?,
                 relay: st.get("relay")?.parse().ok()?,
                 media: st.get("media").unwrap_or_default().to_string(),
                 live: live.contains(*id) || &*id.node_id == self_id,

@@ -20,6 +20,14 @@ pub struct Member {
     pub version: String,
 }
 
+/// The API base URL a member announces, accepted only as `http://IP:PORT`: calls and the admin
+/// token go there, so a path or query (which would turn a forwarded call into a request for
+/// another URL) or a host name is refused, and the member left out of the view.
+pub fn checked_api(announced: &str) -> Option<String> {
+    let addr: SocketAddr = announced.strip_prefix("http://")?.parse().ok()?;
+    Some(format!("http://{addr}"))
+}
+
 /// The load a node gossips about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Load {
@@ -62,5 +70,33 @@ impl ClusterView {
 
     pub fn live_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.node_id == id)
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::checked_api;
+
+    #[test]
+    fn only_a_bare_http_address_is_an_api() {
+        assert_eq!(
+            checked_api("http://10.0.0.5:7700").as_deref(),
+            Some("http://10.0.0.5:7700")
+        );
+        assert_eq!(
+            checked_api("http://[::1]:7700").as_deref(),
+            Some("http://[::1]:7700")
+        );
+        for bad in [
+            "http://127.0.0.1:9/metrics?x=",
+            "http://127.0.0.1:9/",
+            "https://127.0.0.1:9",
+            "http://evil.example:80",
+            "http://user@127.0.0.1:9",
+            "127.0.0.1:9",
+            "",
+        ] {
+            assert_eq!(checked_api(bad), None, "{bad}");
+        }
     }
 }
