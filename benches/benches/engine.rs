@@ -9,7 +9,10 @@
 //!   then draining `Engine::poll_transmit`;
 //! - `demux`: `Engine::handle_datagram` among 1000 connected sessions, for a fresh SRTP audio
 //!   packet from a known address and for a datagram from an unknown address (dropped), plus the
-//!   bare `Demux::route` lookups.
+//!   bare `Demux::route` lookups;
+//! - `sdp`: parsing a client's offer (done on the API's blocking pool) and applying the parsed
+//!   offer to a session (done on the engine task, so it delays media), for a small offer and the
+//!   largest ones the node's SDP bounds accept.
 //!
 //! Work outside the timed section (the client encrypting the packet, timers, RTCP) runs in
 //! between, untimed (`iter_custom`).
@@ -120,7 +123,7 @@ impl World {
                 APP,
                 sid,
                 TracksNew::Local {
-                    offer: Some(offer.to_sdp_string()),
+                    offer: Some(offer.to_sdp_string().into()),
                     auto_discover: false,
                     tracks: vec![LocalTrack {
                         mid: Some(mid.to_string()),
@@ -169,7 +172,7 @@ impl World {
             .accept_offer(offer)
             .expect("client answers");
         self.engine
-            .renegotiate(APP, sid, &answer.to_sdp_string(), self.now)
+            .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), self.now)
             .expect("renegotiate");
     }
 
@@ -530,6 +533,93 @@ fn demux(c: &mut Criterion) {
     g.finish();
 }
 
+/// A str0m client's offer of `sections` send-only video m-sections, each with `ssrc_lines` more
+/// `a=ssrc` lines (as clients with many streams write them).
+fn offer_of(sections: usize, ssrc_lines: usize) -> String {
+    let mut rtc = Rtc::builder().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    for _ in 0..sections {
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    }
+    let Some((offer, _)) = api.apply() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut ssrc = 10_000u32;
+    for line in offer
+        .to_sdp_string()
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+    {
+        out.push_str(line);
+        out.push_str("\r\n");
+        if line.starts_with("a=mid:") {
+            for _ in 0..ssrc_lines {
+                ssrc += 1;
+                out.push_str(&format!("a=ssrc:{ssrc} cname:0123456789abcdef\r\n"));
+            }
+        }
+    }
+    out
+}
+
+/// The largest offer of this shape within the node's SDP bounds.
+fn largest_accepted(ssrc_lines: usize) -> (usize, String) {
+    let mut best = (1, offer_of(1, ssrc_lines));
+    for n in 2.. {
+        let sdp = offer_of(n, ssrc_lines);
+        if trackmesh_node::engine::sdp_limits::check(&sdp).is_err() {
+            break;
+        }
+        best = (n, sdp);
+    }
+    best
+}
+
+/// What an SDP costs: parsing (on the API's blocking pool) and applying it to a session (on the
+/// engine task, which also forwards media), for a small offer and the largest ones the bounds let
+/// through.
+fn sdp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/sdp");
+    let shapes = [
+        ("2_sections", (2, offer_of(2, 0))),
+        ("largest_accepted/no_extra_ssrc", largest_accepted(0)),
+        ("largest_accepted/30_ssrc_per_section", largest_accepted(30)),
+    ];
+    for (name, (sections, sdp)) in &shapes {
+        eprintln!("sdp/{name}: {sections} m-sections, {} bytes", sdp.len());
+        g.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| black_box(trackmesh_node::engine::ClientOffer::parse(black_box(sdp))))
+        });
+        g.bench_function(format!("apply_on_engine/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut w = World::new(10);
+                    let (sid, _) = w.engine.create_session(APP, None, w.now).expect("session");
+                    let offer = trackmesh_node::engine::ClientOffer::parse(sdp);
+                    let req = TracksNew::Local {
+                        offer: Some(offer),
+                        tracks: vec![LocalTrack {
+                            mid: Some("0".into()),
+                            track_name: Some("cam".into()),
+                            kind: None,
+                            bidirectional: false,
+                        }],
+                        auto_discover: false,
+                    };
+                    let t = Instant::now();
+                    let res = w.engine.tracks_new(APP, &sid.to_string(), req, w.now);
+                    total += t.elapsed();
+                    assert!(res.is_ok(), "{res:?}");
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -541,6 +631,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = fanout, demux
+    targets = fanout, demux, sdp
 }
 criterion_main!(benches);

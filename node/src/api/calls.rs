@@ -4,17 +4,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
 
 use super::ApiState;
 use super::error::ApiError;
 use super::guard::{decode, is_blank, read_body};
 use super::wire::*;
-use crate::engine::{LocalTrack, RemoteTrack, TracksNew, UpdateTrack};
+use crate::engine::{ClientAnswer, ClientOffer, LocalTrack, RemoteTrack, TracksNew, UpdateTrack};
 use crate::ids::SessionId;
 
 type ApiResult = Result<Response, ApiError>;
@@ -59,7 +61,28 @@ async fn wait_connected(st: &ApiState, app: &str, session: &str) -> Result<(), A
     }
 }
 
-fn expect_type(d: &SessionDescription, want: SdpType) -> Result<(), ApiError> {
+/// Runs SDP parsing on the blocking pool: a large SDP costs milliseconds, which must not be spent
+/// on the engine task (it forwards all media) nor hold up an async worker.
+async fn off_engine<T: Send + 'static>(
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(parse).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("parsing the SDP failed: {e}"),
+        )
+    })
+}
+
+/// Longest track name accepted, in bytes (Calls clients use UUIDs or short names).
+pub const MAX_TRACK_NAME_BYTES: usize = 256;
+/// Longest mid accepted, in bytes (browsers use small integers).
+pub const MAX_MID_BYTES: usize = 64;
+
+/// The description is of the wanted type and within the SDP bounds; a bound broken is a 400
+/// that names it, answered before the SDP goes anywhere near the engine.
+fn check_description(d: &SessionDescription, want: SdpType) -> Result<(), ApiError> {
     if d.kind != want {
         let w = if want == SdpType::Offer {
             "an offer"
@@ -70,16 +93,46 @@ fn expect_type(d: &SessionDescription, want: SdpType) -> Result<(), ApiError> {
             "sessionDescription must be {w}"
         )));
     }
+    crate::engine::sdp_limits::check(&d.sdp).map_err(|b| ApiError::decoding(b.to_string()))
+}
+
+/// Track names and mids within their length limits.
+fn check_names(tracks: &[TrackObject]) -> Result<(), ApiError> {
+    for (i, t) in tracks.iter().enumerate() {
+        if t.track_name
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_TRACK_NAME_BYTES)
+        {
+            return Err(ApiError::decoding(format!(
+                "tracks[{i}].trackName is longer than {MAX_TRACK_NAME_BYTES} bytes"
+            )));
+        }
+        if t.mid.as_ref().is_some_and(|m| m.len() > MAX_MID_BYTES) {
+            return Err(ApiError::decoding(format!(
+                "tracks[{i}].mid is longer than {MAX_MID_BYTES} bytes"
+            )));
+        }
+    }
     Ok(())
 }
 
 pub async fn sessions_new(
     State(st): State<Arc<ApiState>>,
     Path(app): Path<String>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
+    // The address's budget first, so guessing bearers costs the same as creating sessions.
+    if let Some(Extension(ConnectInfo(peer))) = connect {
+        st.limits
+            .check_ip(peer.ip())
+            .map_err(|e| refused(&st, e, "session_rate_ip"))?;
+    }
     st.apps.authorize(&app, &headers)?;
+    st.limits
+        .check_app(&app)
+        .map_err(|e| refused(&st, e, "session_rate_app"))?;
     if st
         .ops
         .local
@@ -97,18 +150,34 @@ pub async fn sessions_new(
         None
     } else {
         let req: NewSessionRequest = decode(&bytes)?;
-        expect_type(&req.session_description, SdpType::Offer)?;
-        Some(req.session_description.sdp)
+        check_description(&req.session_description, SdpType::Offer)?;
+        let sdp = req.session_description.sdp;
+        Some(off_engine(move || ClientOffer::parse(&sdp)).await?)
     };
-    let (id, answer) = st
+    let quota = st.limits.per_app_quota;
+    let created = st
         .engine
-        .call(move |e, now| e.create_session(&app, offer.as_deref(), now))
+        .call(move |e, now| {
+            if e.app_session_count(&app) >= quota {
+                return Ok(None);
+            }
+            e.create_session(&app, offer, now).map(Some)
+        })
         .await??;
+    let Some((id, answer)) = created else {
+        return Err(refused(&st, st.limits.over_quota(), "app_session_quota"));
+    };
     let body = NewSessionResponse {
         session_id: id.to_string(),
         session_description: answer.map(Into::into),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Counts a limit's refusal (a 429 with `Retry-After`), never logged: a busy client is no attack.
+fn refused(st: &ApiState, e: ApiError, reason: &'static str) -> ApiError {
+    st.ops.rejects.count(crate::rejects::Port::Http, reason);
+    e
 }
 
 pub async fn tracks_new(
@@ -125,13 +194,15 @@ pub async fn tracks_new(
     };
     let offer = match req.session_description {
         Some(d) => {
-            expect_type(&d, SdpType::Offer)?;
-            Some(d.sdp)
+            check_description(&d, SdpType::Offer)?;
+            let sdp = d.sdp;
+            Some(off_engine(move || ClientOffer::parse(&sdp)).await?)
         }
         None => None,
     };
     let tracks = req.tracks.unwrap_or_default();
     let auto_discover = req.auto_discover.unwrap_or(false);
+    check_names(&tracks)?;
     validate_required(&tracks, offer.is_some())?;
     let local = tracks
         .iter()
@@ -270,10 +341,11 @@ pub async fn renegotiate(
 ) -> ApiResult {
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let req: RenegotiateRequest = decode(&bytes)?;
-    expect_type(&req.session_description, SdpType::Answer)?;
+    check_description(&req.session_description, SdpType::Answer)?;
     let sdp = req.session_description.sdp;
+    let answer = off_engine(move || ClientAnswer::parse(&sdp)).await?;
     st.engine
-        .call(move |e, now| e.renegotiate(&app, &session, &sdp, now))
+        .call(move |e, now| e.renegotiate(&app, &session, answer, now))
         .await??;
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -286,6 +358,7 @@ pub async fn tracks_update(
 ) -> ApiResult {
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let req: UpdateRequest = decode(&bytes)?;
+    check_names(&req.tracks)?;
     let tracks: Vec<UpdateTrack> = req
         .tracks
         .into_iter()
@@ -323,10 +396,11 @@ pub async fn tracks_close(
 ) -> ApiResult {
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let req: CloseRequest = decode(&bytes)?;
+    check_names(&req.tracks)?;
     let force = req.force.unwrap_or(false);
     let offer = match req.session_description {
         Some(d) => {
-            expect_type(&d, SdpType::Offer)?;
+            check_description(&d, SdpType::Offer)?;
             Some(d.sdp)
         }
         None => None,
@@ -342,12 +416,19 @@ pub async fn tracks_close(
             }
         }
     }
+    let offer = match offer {
+        Some(sdp) => {
+            let closing = mids.clone();
+            Some(off_engine(move || ClientOffer::parse_closing(&sdp, &closing)).await?)
+        }
+        None => None,
+    };
     if !force {
         wait_connected(&st, &app, &session).await?;
     }
     let res = st
         .engine
-        .call(move |e, now| e.tracks_close(&app, &session, mids, force, offer.as_deref(), now))
+        .call(move |e, now| e.tracks_close(&app, &session, mids, force, offer, now))
         .await??;
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: false,

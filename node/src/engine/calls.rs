@@ -6,11 +6,12 @@
 
 use std::time::Instant;
 
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Rtc};
 
-use super::sdp::{candidates_in_every_section, has_ice_ufrag, media_sections, set_inactive};
+use super::client_sdp::{ClientAnswer, ClientOffer};
+use super::sdp::candidates_in_every_section;
 use super::session::{Location, Session, TrackEntry};
 use super::{Engine, OpError, Publication, Sink, Source, TrackKey};
 use crate::ids::{SessionId, random_hex};
@@ -48,10 +49,10 @@ pub struct RemoteTrack {
     pub mid: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum TracksNew {
     Local {
-        offer: Option<String>,
+        offer: Option<ClientOffer>,
         tracks: Vec<LocalTrack>,
         auto_discover: bool,
     },
@@ -60,7 +61,7 @@ pub enum TracksNew {
     },
     /// Only an offer: a plain renegotiation started by the client.
     OfferOnly {
-        offer: String,
+        offer: ClientOffer,
     },
 }
 
@@ -126,13 +127,6 @@ fn item_error(code: &'static str, desc: impl Into<String>) -> Option<(&'static s
     Some((code, desc.into()))
 }
 
-fn parse_offer(sdp: &str) -> Result<SdpOffer, OpError> {
-    if !has_ice_ufrag(sdp) {
-        return Err(OpError::Decoding("SDP contains no ice-ufrag".into()));
-    }
-    SdpOffer::from_sdp_string(sdp).map_err(|e| OpError::Decoding(format!("invalid SDP offer: {e}")))
-}
-
 fn answer_desc(answer: SdpAnswer) -> SessionDesc {
     SessionDesc {
         kind: SdpKind::Answer,
@@ -150,7 +144,7 @@ impl Engine {
     pub fn create_session(
         &mut self,
         app: &str,
-        offer: Option<&str>,
+        offer: Option<ClientOffer>,
         now: Instant,
     ) -> Result<(SessionId, Option<SessionDesc>), OpError> {
         if self.sessions.len() >= self.cfg.max_sessions {
@@ -158,7 +152,7 @@ impl Engine {
                 "this node holds its maximum number of sessions".into(),
             ));
         }
-        let offer = offer.map(parse_offer).transpose()?;
+        let offer = offer.map(|o| o.parsed).transpose()?;
         let id = self.new_session_id();
         let mut ufrag = random_hex(4);
         while self.demux.has_ufrag(&ufrag) {
@@ -201,6 +195,7 @@ impl Engine {
             None => None,
         };
         self.demux.add_session(id, &ufrag);
+        *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
         self.sessions.insert(id, session);
         self.drain(id, now);
         self.process_work(now);
@@ -277,7 +272,7 @@ impl Engine {
                 offer: Some(offer),
                 tracks,
                 auto_discover,
-            } => self.push_with_offer(sid, &offer, tracks, auto_discover, now),
+            } => self.push_with_offer(sid, offer, tracks, auto_discover, now),
             TracksNew::Local {
                 offer: None,
                 tracks,
@@ -285,7 +280,7 @@ impl Engine {
             } => self.push_sfu_offer(sid, tracks, now),
             TracksNew::Remote { tracks } => self.pull(sid, tracks, now),
             TracksNew::OfferOnly { offer } => {
-                self.push_with_offer(sid, &offer, Vec::new(), false, now)
+                self.push_with_offer(sid, offer, Vec::new(), false, now)
             }
         };
         self.drain(sid, now);
@@ -297,13 +292,16 @@ impl Engine {
     fn push_with_offer(
         &mut self,
         sid: SessionId,
-        offer: &str,
+        offer: ClientOffer,
         tracks: Vec<LocalTrack>,
         auto_discover: bool,
         now: Instant,
     ) -> Result<TracksNewResult, OpError> {
-        let offered = media_sections(offer);
-        let offer = parse_offer(offer)?;
+        let ClientOffer {
+            sections: offered,
+            parsed,
+        } = offer;
+        let offer = parsed?;
         let s = self
             .sessions
             .get_mut(&sid)
@@ -684,15 +682,11 @@ impl Engine {
         &mut self,
         app: &str,
         session_id: &str,
-        answer: &str,
+        answer: ClientAnswer,
         now: Instant,
     ) -> Result<(), OpError> {
         let sid = self.lookup(app, session_id)?;
-        if !has_ice_ufrag(answer) {
-            return Err(OpError::Decoding("SDP contains no ice-ufrag".into()));
-        }
-        let answer = SdpAnswer::from_sdp_string(answer)
-            .map_err(|e| OpError::Decoding(format!("invalid SDP answer: {e}")))?;
+        let answer = answer.parsed?;
         let s = self
             .sessions
             .get_mut(&sid)
@@ -812,7 +806,7 @@ impl Engine {
         session_id: &str,
         mids: Vec<String>,
         force: bool,
-        offer: Option<&str>,
+        offer: Option<ClientOffer>,
         now: Instant,
     ) -> Result<CloseResult, OpError> {
         let sid = self.lookup(app, session_id)?;
@@ -828,7 +822,8 @@ impl Engine {
             )));
         }
         let offer = match (force, offer) {
-            (_, Some(o)) => Some(parse_offer(&set_inactive(o, &mids))?),
+            // The API made the listed mids inactive before parsing (ClientOffer::parse_closing).
+            (_, Some(o)) => Some(o.parsed?),
             (true, None) => None,
             (false, None) => {
                 return Err(OpError::InvalidParams(

@@ -5,6 +5,7 @@
 //! a clock. Outgoing datagrams wait in a bounded queue read with [`Engine::poll_transmit`].
 
 mod calls;
+mod client_sdp;
 mod demux;
 mod forward;
 mod relay;
@@ -27,6 +28,7 @@ pub use calls::{
     CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, PublicationSummary, RemoteTrack, SdpKind,
     SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
+pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use relay::RelayRefusal;
 pub use session::{Location, Session, TrackEntry};
@@ -265,6 +267,8 @@ pub struct Engine {
     demux: Demux,
     timers: BTreeSet<(Instant, SessionId)>,
     tombstones: SessionMap<Instant>,
+    /// Live sessions per app, for the per-app quota.
+    app_sessions: HashMap<String, usize>,
     transmits: VecDeque<Transmit>,
     relay_out: VecDeque<RelayOut>,
     /// Upstream relay subscription → the publication it feeds.
@@ -295,6 +299,7 @@ impl Engine {
             demux: Demux::default(),
             timers: BTreeSet::new(),
             tombstones: SessionMap::default(),
+            app_sessions: HashMap::new(),
             transmits: VecDeque::new(),
             relay_out: VecDeque::new(),
             relay_up: HashMap::new(),
@@ -370,6 +375,16 @@ impl Engine {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Live sessions of one app.
+    pub fn app_session_count(&self, app: &str) -> usize {
+        self.app_sessions.get(app).copied().unwrap_or(0)
+    }
+
+    /// Whether the node holds its maximum number of sessions.
+    pub fn is_full(&self) -> bool {
+        self.sessions.len() >= self.cfg.max_sessions
     }
 
     pub fn publication_count(&self) -> usize {
@@ -621,6 +636,12 @@ impl Engine {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        if let Some(n) = self.app_sessions.get_mut(&s.app) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.app_sessions.remove(&s.app);
+            }
+        }
         tracing::info!(session = %sid, reason, "session closed");
         s.rtc.disconnect();
         self.demux.remove_session(sid, &s.ufrag);

@@ -124,7 +124,7 @@ impl World {
                 APP,
                 sid,
                 TracksNew::Local {
-                    offer: Some(offer.to_sdp_string()),
+                    offer: Some(offer.to_sdp_string().into()),
                     auto_discover: false,
                     tracks: vec![
                         LocalTrack {
@@ -193,7 +193,7 @@ impl World {
                 .accept_offer(offer)
                 .expect("client answers");
             self.engine
-                .renegotiate(APP, sid, &answer.to_sdp_string(), self.now)
+                .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), self.now)
                 .expect("renegotiate");
         }
         res
@@ -754,7 +754,7 @@ fn protocol_errors() {
     let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
     let now = w.now;
     assert!(matches!(
-        w.engine.renegotiate(APP, &pub_sid, "v=0\r\n", now),
+        w.engine.renegotiate(APP, &pub_sid, "v=0\r\n".into(), now),
         Err(OpError::Decoding(_)) | Err(OpError::InvalidSdp(_))
     ));
     let sid = w.session();
@@ -811,10 +811,10 @@ fn protocol_errors() {
         .expect("answer")
         .to_sdp_string();
     w.engine
-        .renegotiate(APP, &sid, &answer, now)
+        .renegotiate(APP, &sid, answer.as_str().into(), now)
         .expect("first answer");
     assert!(matches!(
-        w.engine.renegotiate(APP, &sid, &answer, now),
+        w.engine.renegotiate(APP, &sid, answer.as_str().into(), now),
         Err(OpError::InvalidSdp(_))
     ));
 }
@@ -878,7 +878,7 @@ fn auto_discover_names_every_sent_section() {
         sdp.apply().expect("offer")
     };
     let req = TracksNew::Local {
-        offer: Some(offer.to_sdp_string()),
+        offer: Some(offer.to_sdp_string().into()),
         tracks: vec![],
         auto_discover: true,
     };
@@ -1105,7 +1105,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         .accept_offer(SdpOffer::from_sdp_string(&offer.sdp).expect("sdp"))
         .expect("answer");
     w.engine
-        .renegotiate(APP, &sid, &answer.to_sdp_string(), w.now)
+        .renegotiate(APP, &sid, answer.to_sdp_string().as_str().into(), w.now)
         .expect("renegotiate");
     let voice_mid = res.tracks[0].mid.clone();
     assert!(

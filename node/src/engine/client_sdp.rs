@@ -1,0 +1,119 @@
+//! A client's SDP, parsed before it reaches the engine.
+//!
+//! Parsing a large SDP costs milliseconds, and the engine task that applies it also forwards all
+//! media, so the API parses on its own task and hands the engine the result. A parse error is
+//! carried, not returned at once, so the engine reports it at the same point as before (an unknown
+//! session is still a 404 before a bad SDP is a 400).
+
+use str0m::change::{SdpAnswer, SdpOffer};
+
+use super::OpError;
+use super::sdp::{OfferedMedia, has_ice_ufrag, media_sections, set_inactive};
+
+/// A client's offer: its text (for what str0m's model does not show) and its parse.
+#[derive(Debug)]
+pub struct ClientOffer {
+    pub(crate) sections: Vec<OfferedMedia>,
+    pub(crate) parsed: Result<SdpOffer, OpError>,
+}
+
+impl ClientOffer {
+    pub fn parse(text: &str) -> ClientOffer {
+        ClientOffer {
+            sections: media_sections(text),
+            parsed: parse_offer(text),
+        }
+    }
+
+    /// The offer of a `tracks/close`: the listed mids are made inactive first (the client may
+    /// still show them active), so the answer says `inactive` too.
+    pub fn parse_closing(text: &str, mids: &[String]) -> ClientOffer {
+        ClientOffer::parse(&set_inactive(text, mids))
+    }
+}
+
+impl From<&str> for ClientOffer {
+    fn from(text: &str) -> ClientOffer {
+        ClientOffer::parse(text)
+    }
+}
+
+impl From<String> for ClientOffer {
+    fn from(text: String) -> ClientOffer {
+        ClientOffer::parse(&text)
+    }
+}
+
+/// A client's answer to the SFU's offer.
+#[derive(Debug)]
+pub struct ClientAnswer {
+    pub(crate) parsed: Result<SdpAnswer, OpError>,
+}
+
+impl ClientAnswer {
+    pub fn parse(text: &str) -> ClientAnswer {
+        let parsed = if has_ice_ufrag(text) {
+            SdpAnswer::from_sdp_string(text).map_err(|e| {
+                OpError::Decoding(format!("invalid SDP answer: {}", scrub(&e.to_string())))
+            })
+        } else {
+            Err(OpError::Decoding("SDP contains no ice-ufrag".into()))
+        };
+        ClientAnswer { parsed }
+    }
+}
+
+impl From<&str> for ClientAnswer {
+    fn from(text: &str) -> ClientAnswer {
+        ClientAnswer::parse(text)
+    }
+}
+
+fn parse_offer(sdp: &str) -> Result<SdpOffer, OpError> {
+    if !has_ice_ufrag(sdp) {
+        return Err(OpError::Decoding("SDP contains no ice-ufrag".into()));
+    }
+    SdpOffer::from_sdp_string(sdp)
+        .map_err(|e| OpError::Decoding(format!("invalid SDP offer: {}", scrub(&e.to_string()))))
+}
+
+/// A parser's error text as a client may see it: no process addresses (str0m's parser reports
+/// positions as pointers, `PointerOffset(0x55a7…)`), bounded length.
+fn scrub(error: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = String::with_capacity(error.len().min(MAX));
+    let mut rest = error;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 2..];
+        let hex_len = tail
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(tail.len());
+        out.push_str(if hex_len > 0 { "…" } else { "0x" });
+        rest = &tail[hex_len..];
+    }
+    out.push_str(rest);
+    let out = out.replace("PointerOffset(…)", "?");
+    match out.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_no_addresses_and_are_bounded() {
+        let s = scrub("Parse error at PointerOffset(0x55a7c0ffee10) expected 0x or 0xZ");
+        assert!(!s.contains("55a7"), "{s}");
+        assert!(s.contains("at ?"), "{s}");
+        assert!(scrub(&"x".repeat(10_000)).chars().count() <= 201);
+        let e = ClientOffer::parse("v=0\r\na=ice-ufrag:x\r\nm=video banana\r\n");
+        let Err(OpError::Decoding(text)) = e.parsed else {
+            panic!("a parse error");
+        };
+        assert!(!text.contains("0x"), "{text}");
+    }
+}
