@@ -114,6 +114,16 @@ pub struct Flags {
     /// Most sessions this node holds at once [default: 10000].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
+    /// Live sessions one app may hold on this node [default: --max-sessions with one app, half of
+    /// it with more, so one app cannot take the node from the others].
+    #[arg(long, env = "TRACKMESH_MAX_SESSIONS_PER_APP")]
+    pub max_sessions_per_app: Option<usize>,
+    /// New sessions per second allowed from one client IP address [default: 50].
+    #[arg(long, env = "TRACKMESH_SESSION_RATE_IP")]
+    pub session_rate_ip: Option<u32>,
+    /// New sessions per second allowed for one app [default: 200].
+    #[arg(long, env = "TRACKMESH_SESSION_RATE_APP")]
+    pub session_rate_app: Option<u32>,
     /// This node's id in the cluster [default: generated].
     #[arg(long, env = "TRACKMESH_NODE_ID")]
     pub node_id: Option<String>,
@@ -174,6 +184,9 @@ struct FileConfig {
     rate_limit: Option<u32>,
     max_body: Option<usize>,
     max_sessions: Option<usize>,
+    max_sessions_per_app: Option<usize>,
+    session_rate_ip: Option<u32>,
+    session_rate_app: Option<u32>,
     log_format: Option<LogFormat>,
     node_id: Option<String>,
     region: Option<String>,
@@ -203,6 +216,9 @@ pub struct Config {
     pub rate_limit: u32,
     pub max_body: usize,
     pub max_sessions: usize,
+    pub max_sessions_per_app: usize,
+    pub session_rate_ip: u32,
+    pub session_rate_app: u32,
     pub log_format: LogFormat,
     pub node_id: String,
     pub region: String,
@@ -247,6 +263,8 @@ impl Config {
                 secret: crate::ids::random_hex(32),
             });
         }
+        let max_sessions = flags.max_sessions.or(file.max_sessions).unwrap_or(10_000);
+        let app_count = apps.len();
         let cfg = Config {
             http: flags
                 .http
@@ -285,7 +303,20 @@ impl Config {
             )?,
             rate_limit: flags.rate_limit.or(file.rate_limit).unwrap_or(50),
             max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
-            max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(10_000),
+            max_sessions,
+            max_sessions_per_app: flags
+                .max_sessions_per_app
+                .or(file.max_sessions_per_app)
+                .unwrap_or(if app_count > 1 {
+                    max_sessions.div_ceil(2)
+                } else {
+                    max_sessions
+                }),
+            session_rate_ip: flags.session_rate_ip.or(file.session_rate_ip).unwrap_or(50),
+            session_rate_app: flags
+                .session_rate_app
+                .or(file.session_rate_app)
+                .unwrap_or(200),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             node_id: flags
                 .node_id
@@ -339,6 +370,12 @@ impl Config {
         }
         if cfg.max_sessions == 0 {
             bail!("max-sessions must be at least 1");
+        }
+        if cfg.max_sessions_per_app == 0 {
+            bail!("max-sessions-per-app must be at least 1");
+        }
+        if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
+            bail!("session-rate-ip and session-rate-app must be at least 1");
         }
         Ok(cfg)
     }

@@ -163,8 +163,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tag,
         view: members.view.clone(),
         relay,
+        node_auth: api::node_auth::NodeAuth::new(
+            &cfg.cluster_secret,
+            cfg.cluster_secret_previous.as_deref(),
+        ),
     };
-    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
+    let metrics =
+        Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
     let ops = api::OpsState {
         metrics,
         local: members.local.clone(),
@@ -174,10 +179,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
     let drained = drain_on_signal(handle, members.local.clone(), cfg.drain_timeout);
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(drained)
-        .await
-        .context("HTTP server")?;
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(drained)
+    .await
+    .context("HTTP server")?;
     engine_task.abort();
     Ok(())
 }

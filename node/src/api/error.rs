@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub description: String,
+    /// Seconds after which a retry can succeed, sent as `Retry-After` (429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -29,7 +31,14 @@ impl ApiError {
             status,
             code,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to retry after `secs` seconds (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn decoding(description: impl Into<String>) -> ApiError {
@@ -93,6 +102,11 @@ impl IntoResponse for ApiError {
             error_code: self.code,
             error_description: &self.description,
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }

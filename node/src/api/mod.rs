@@ -5,7 +5,9 @@ mod calls;
 mod cluster;
 mod error;
 mod guard;
+pub mod node_auth;
 mod ops;
+mod quota;
 mod wire;
 
 use std::sync::Arc;
@@ -39,6 +41,7 @@ pub struct ApiState {
     pub engine: EngineHandle,
     apps: guard::Apps,
     rate: guard::RateLimiter,
+    limits: quota::SessionLimits,
     max_body: usize,
     connect_timeout: Duration,
     cluster: ClusterHandle,
@@ -67,6 +70,11 @@ impl ApiState {
             engine,
             apps: guard::Apps::new(&cfg.apps),
             rate: guard::RateLimiter::new(cfg.rate_limit),
+            limits: quota::SessionLimits::new(
+                cfg.session_rate_ip,
+                cfg.session_rate_app,
+                cfg.max_sessions_per_app,
+            ),
             max_body: cfg.max_body,
             connect_timeout: cfg.connect_timeout,
         }
