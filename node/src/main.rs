@@ -164,7 +164,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         view: members.view.clone(),
         relay,
     };
-    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
+    let metrics =
+        Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
     let ops = api::OpsState {
         metrics,
         local: members.local.clone(),
@@ -174,10 +175,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
     let drained = drain_on_signal(handle, members.local.clone(), cfg.drain_timeout);
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(drained)
-        .await
-        .context("HTTP server")?;
+    trackmesh_node::http::serve(
+        listener,
+        api::router(state),
+        cfg.http_limits,
+        rejects,
+        drained,
+    )
+    .await;
     engine_task.abort();
     Ok(())
 }
