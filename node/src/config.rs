@@ -160,7 +160,8 @@ pub struct Flags {
     /// A connection with no request for this long is closed [default: 60s].
     #[arg(long, env = "TRACKMESH_HTTP_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub http_idle_timeout: Option<Duration>,
-    /// Time from the end of a request's headers to the end of its body [default: 30s].
+    /// Time from the end of a request's headers to the end of its body; also the longest an
+    /// answer waits for the client to read [default: 30s].
     #[arg(long, env = "TRACKMESH_HTTP_BODY_TIMEOUT", value_parser = parse_duration)]
     pub http_body_timeout: Option<Duration>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.

@@ -426,3 +426,54 @@ async fn http_layer_errors_have_json_bodies() {
     // And the node is fine.
     assert_healthy(addr).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let node = start_node(&["--http-body-timeout", "1s"]);
+    let addr = node.http_addr();
+    // Pipelined requests for the demo page (about 24 KiB each): far more answer than the
+    // socket buffers hold, while the client reads nothing.
+    const REQUESTS: usize = 2000;
+    const PAGE: usize = 24 * 1024;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(&b"GET / HTTP/1.1\r\nHost: node\r\n\r\n".repeat(REQUESTS))
+        .await
+        .expect("send pipelined requests");
+    trackmesh_tests::poll_until(
+        "the node to give up on the client that does not read",
+        WAIT,
+        Duration::from_millis(100),
+        async || {
+            if rejected(addr, "write_timeout").await > 0.0 {
+                Ok(())
+            } else {
+                anyhow::bail!("no write_timeout counted yet")
+            }
+        },
+    )
+    .await
+    .expect("write_timeout counted");
+    // What was sent before it gave up can still be read; then the connection ends, short of
+    // the answers asked for.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+            if received > REQUESTS * PAGE * 2 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+    assert!(
+        received < REQUESTS * PAGE,
+        "the node stopped sending: {received} bytes arrived"
+    );
+    assert_healthy(addr).await;
+}

@@ -3,7 +3,9 @@
 //! A connection is *idle* from its accept or its last response until the first byte of the next
 //! request (idle timeout), reads a *head* from that byte until the request head is complete
 //! (header timeout: trickling bytes does not extend it), then is *busy* while the request is
-//! handled (the body has its own deadline, see `service.rs`). hyper's own `header_read_timeout`
+//! handled (the body has its own deadline, see `service.rs`). Writing an answer may make no
+//! progress for at most the body timeout either, so a client that never reads cannot hold a
+//! connection. hyper's own `header_read_timeout`
 //! starts when it begins waiting for a head, so it would make the idle and header limits one;
 //! it stays on only as a backstop.
 
@@ -154,6 +156,9 @@ pub struct GuardedIo {
     armed: Option<Instant>,
     /// Our replacement for a hyper error answer, and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
+    /// When the socket stopped taking our bytes, the deadline for it to take some again.
+    write_stall: Option<Instant>,
+    write_sleep: Pin<Box<Sleep>>,
 }
 
 impl GuardedIo {
@@ -166,20 +171,65 @@ impl GuardedIo {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
             pending: None,
+            write_stall: None,
+            write_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+
+    /// Watches a write: progress clears the stall clock, no progress for the body timeout is an
+    /// error that ends the connection.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match res {
+            Poll::Pending => {
+                let deadline = match self.write_stall {
+                    Some(d) => d,
+                    None => {
+                        let d = Instant::now() + self.state.timeouts.body;
+                        self.write_sleep.as_mut().reset(d);
+                        self.write_stall = Some(d);
+                        d
+                    }
+                };
+                if Instant::now() >= deadline || self.write_sleep.as_mut().poll(cx).is_ready() {
+                    if self
+                        .state
+                        .rejects
+                        .reject(Port::Http, "write_timeout", self.state.ip)
+                    {
+                        tracing::info!(client = %self.state.ip, "HTTP client stopped reading its answer (further ones from this client are counted, not logged, for a minute)");
+                    }
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_stall = None;
+                ready
+            }
         }
     }
 
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, done)) = &mut self.pending {
+        while let Some((bytes, done)) = &self.pending {
             if *done >= bytes.len() {
                 self.pending = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &bytes[*done..]))?;
+            let res = Pin::new(&mut self.stream).poll_write(cx, &bytes[*done..]);
+            let n = ready!(self.watch_write(cx, res))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            *done += n;
+            if let Some((_, done)) = &mut self.pending {
+                *done += n;
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -251,12 +301,14 @@ impl AsyncWrite for GuardedIo {
                 _ => Poll::Ready(Ok(buf.len())),
             };
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let res = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch_write(cx, res)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let res = Pin::new(&mut self.stream).poll_flush(cx);
+        self.watch_write(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

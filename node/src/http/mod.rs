@@ -75,7 +75,7 @@ pub async fn serve(
         // Our own deadlines (conn.rs) fire first; this only backs them up.
         .header_read_timeout(limits.timeouts.idle + limits.timeouts.header)
         .max_header_size(answers::MAX_HEAD_BYTES)
-        .max_buf_size(2 * answers::MAX_HEAD_BYTES)
+        .max_buf_size(answers::MAX_HEAD_BYTES)
         .keep_alive(true);
     let mut probe = api.clone();
     probe.keep_alive(false);
