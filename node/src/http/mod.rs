@@ -14,6 +14,7 @@
 
 mod answers;
 mod conn;
+mod fd_limit;
 mod service;
 mod slots;
 
@@ -69,6 +70,7 @@ pub async fn serve(
     rejects: Arc<Rejects>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = fd_limit::fit(limits);
     let (stop, stopped) = watch::channel(());
     let mut api = http1::Builder::new();
     api.timer(TokioTimer::new())
