@@ -19,6 +19,7 @@ mod service;
 mod slots;
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,21 +257,24 @@ fn refuse(rejects: &Rejects, stream: TcpStream, peer: SocketAddr, full: Full) {
     if rejects.reject(Port::Http, reason, peer.ip()) {
         tracing::warn!(client = %peer.ip(), reason, "HTTP connection refused at the connection cap (further ones from this client are counted, not logged, for a minute)");
     }
+    // Plain non-blocking system calls: tokio's `try_write` would refuse a socket whose
+    // writability the reactor has not seen yet, which is every freshly accepted one.
+    let Ok(mut std) = stream.into_std() else {
+        return;
+    };
     // A fresh socket's send buffer is empty: the answer fits without waiting.
-    let _ = stream.try_write(&answers::REFUSED);
+    let _ = std.write(&answers::REFUSED);
     // Closing with unread bytes makes the kernel send a reset, which can destroy the answer in
     // flight; discard what has already arrived (without waiting for more) first.
     let mut sink = [0u8; 4096];
     for _ in 0..4 {
-        match stream.try_read(&mut sink) {
+        match std.read(&mut sink) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
     }
     // Half-close so the client sees the end of the answer, then close.
-    if let Ok(std) = stream.into_std() {
-        let _ = std.shutdown(std::net::Shutdown::Write);
-    }
+    let _ = std.shutdown(std::net::Shutdown::Write);
 }
 
 #[cfg(test)]
