@@ -530,3 +530,20 @@ async fn without_a_reserve_every_connection_over_the_cap_gets_the_503() {
     let a = get(addr, "/healthz").await;
     assert_json_error(&a, 503, "temporarily_unavailable_error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_may_idle_longer_than_the_header_timeout() {
+    let node = start_node(&["--http-header-timeout", "1s", "--http-idle-timeout", "60s"]);
+    let addr = node.http_addr();
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let probe = b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n";
+    for round in 0..2 {
+        stream.write_all(probe).await.expect("request");
+        let a = read_one_answer(&mut stream).await;
+        assert_eq!(a.status, 200, "round {round}: {a:?}");
+        // Quiet between requests for longer than the header timeout, well within the idle one:
+        // the header clock starts at a request's first byte, not when the connection goes idle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(rejected(addr, "header_timeout").await, 0.0);
+}

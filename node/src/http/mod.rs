@@ -185,13 +185,17 @@ enum Start {
     NeedMore,
 }
 
-/// Whether a request line starts `GET <probe path>` followed by a space or `?`.
+/// Whether a request line starts `GET <probe path>` (or `HEAD`, which some load balancers
+/// send) followed by a space or `?`.
 fn classify(bytes: &[u8]) -> Start {
     let mut need_more = false;
-    for path in PROBE_PATHS {
-        let line = [b"GET ".as_slice(), path.as_bytes()].concat();
+    let lines = ["GET ", "HEAD "]
+        .into_iter()
+        .flat_map(|method| PROBE_PATHS.map(|path| [method, path].concat()));
+    for line in lines {
+        let line = line.as_bytes();
         if bytes.len() > line.len() {
-            if bytes.starts_with(&line) && matches!(bytes[line.len()], b' ' | b'?') {
+            if bytes.starts_with(line) && matches!(bytes[line.len()], b' ' | b'?') {
                 return Start::Probe;
             }
         } else if line.starts_with(bytes) {
@@ -291,6 +295,8 @@ mod tests {
         assert_eq!(classify(b"GET /healthz"), Start::NeedMore);
         assert_eq!(classify(b"GET /healthzz HTTP"), Start::Other);
         assert_eq!(classify(b"POST /healthz HTT"), Start::Other);
+        assert_eq!(classify(b"HEAD /healthz HTTP/1.1"), Start::Probe);
+        assert_eq!(classify(b"HEA"), Start::NeedMore);
         assert_eq!(classify(b"GET /v1/apps/x/s"), Start::Other);
         assert_eq!(classify(b"\x16\x03\x01"), Start::Other);
     }
