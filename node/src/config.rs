@@ -154,6 +154,26 @@ pub struct Flags {
     /// [default: 60s].
     #[arg(long, env = "TRACKMESH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Most open HTTP connections; beyond it clients get a 503 at once [default: 4096].
+    #[arg(long, env = "TRACKMESH_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Most open HTTP connections from one IPv4 address or IPv6 /64 [default: 256].
+    #[arg(long, env = "TRACKMESH_HTTP_MAX_CONNECTIONS_PER_IP")]
+    pub http_max_connections_per_ip: Option<usize>,
+    /// Connections kept beyond the caps for /healthz, /readyz and /metrics only; 0: none
+    /// [default: 16].
+    #[arg(long, env = "TRACKMESH_HTTP_PROBE_RESERVE")]
+    pub http_probe_reserve: Option<usize>,
+    /// Time from a request's first byte to the end of its headers [default: 10s].
+    #[arg(long, env = "TRACKMESH_HTTP_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub http_header_timeout: Option<Duration>,
+    /// A connection with no request for this long is closed [default: 60s].
+    #[arg(long, env = "TRACKMESH_HTTP_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub http_idle_timeout: Option<Duration>,
+    /// Time from the end of a request's headers to the end of its body; also the longest an
+    /// answer waits for the client to read [default: 30s].
+    #[arg(long, env = "TRACKMESH_HTTP_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub http_body_timeout: Option<Duration>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -198,6 +218,12 @@ struct FileConfig {
     cluster_secret_previous: Option<String>,
     admin_token: Option<String>,
     drain_timeout: Option<String>,
+    http_max_connections: Option<usize>,
+    http_max_connections_per_ip: Option<usize>,
+    http_probe_reserve: Option<usize>,
+    http_header_timeout: Option<String>,
+    http_idle_timeout: Option<String>,
+    http_body_timeout: Option<String>,
 }
 
 /// Fully resolved node configuration.
@@ -232,6 +258,8 @@ pub struct Config {
     pub cluster_secret_previous: Option<String>,
     pub admin_token: Option<String>,
     pub drain_timeout: Duration,
+    /// The HTTP server's connection caps and timeouts.
+    pub http_limits: crate::http::Limits,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -358,6 +386,40 @@ impl Config {
                 "drain-timeout",
                 60,
             )?,
+            http_limits: crate::http::Limits {
+                max_connections: flags
+                    .http_max_connections
+                    .or(file.http_max_connections)
+                    .unwrap_or(4096),
+                max_connections_per_ip: flags
+                    .http_max_connections_per_ip
+                    .or(file.http_max_connections_per_ip)
+                    .unwrap_or(256),
+                probe_reserve: flags
+                    .http_probe_reserve
+                    .or(file.http_probe_reserve)
+                    .unwrap_or(16),
+                timeouts: crate::http::Timeouts {
+                    header: dur(
+                        flags.http_header_timeout,
+                        &file.http_header_timeout,
+                        "http-header-timeout",
+                        10,
+                    )?,
+                    idle: dur(
+                        flags.http_idle_timeout,
+                        &file.http_idle_timeout,
+                        "http-idle-timeout",
+                        60,
+                    )?,
+                    body: dur(
+                        flags.http_body_timeout,
+                        &file.http_body_timeout,
+                        "http-body-timeout",
+                        30,
+                    )?,
+                },
+            },
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
@@ -376,6 +438,16 @@ impl Config {
         }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
+        }
+        let http = &cfg.http_limits;
+        if http.max_connections == 0 || http.max_connections_per_ip == 0 {
+            bail!("http-max-connections and http-max-connections-per-ip must be at least 1");
+        }
+        let t = http.timeouts;
+        if [t.header, t.idle, t.body].iter().any(Duration::is_zero) {
+            bail!(
+                "http-header-timeout, http-idle-timeout and http-body-timeout must be above zero"
+            );
         }
         Ok(cfg)
     }
@@ -464,6 +536,50 @@ mod tests {
             ..Flags::default()
         });
         assert!(err.is_err(), "unknown keys in the file are rejected");
+    }
+
+    #[test]
+    fn http_limits_from_defaults_file_and_flags() {
+        let cfg = Config::from_flags(Flags::default()).expect("config");
+        let l = cfg.http_limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.probe_reserve),
+            (4096, 256, 16)
+        );
+        assert_eq!(l.timeouts.header, Duration::from_secs(10));
+        assert_eq!(l.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(l.timeouts.body, Duration::from_secs(30));
+
+        let dir = std::env::temp_dir().join(format!("tm-cfg-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "http-max-connections = 100\nhttp-max-connections-per-ip = 10\nhttp-probe-reserve = 0\n\
+             http-header-timeout = \"2s\"\nhttp-idle-timeout = \"5s\"\nhttp-body-timeout = \"7s\"\n",
+        )
+        .expect("write config");
+        let cfg = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            http_max_connections_per_ip: Some(20),
+            ..Flags::default()
+        })
+        .expect("config");
+        let l = cfg.http_limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.probe_reserve),
+            (100, 20, 0)
+        );
+        assert_eq!(l.timeouts.header, Duration::from_secs(2));
+        assert_eq!(l.timeouts.idle, Duration::from_secs(5));
+        assert_eq!(l.timeouts.body, Duration::from_secs(7));
+
+        let zero = Config::from_flags(Flags {
+            http_header_timeout: Some(Duration::ZERO),
+            ..Flags::default()
+        });
+        assert!(zero.is_err(), "a zero timeout would close every connection");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

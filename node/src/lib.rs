@@ -3,12 +3,14 @@
 //! - [`engine`]: the sans-IO SFU core (sessions, tracks, fan-out), no sockets, no clock.
 //! - [`runtime`]: the thin tokio shell that owns the media socket and drives the engine.
 //! - [`api`]: the HTTP API (axum): Calls endpoints, demo page, health.
+//! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`config`], [`ids`]: configuration and session ids.
 
 pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod rejects;

@@ -179,13 +179,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
     let drained = drain_on_signal(handle, members.local.clone(), cfg.drain_timeout);
-    axum::serve(
+    trackmesh_node::http::serve(
         listener,
-        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        api::router(state),
+        cfg.http_limits,
+        rejects,
+        drained,
     )
-    .with_graceful_shutdown(drained)
-    .await
-    .context("HTTP server")?;
+    .await;
     engine_task.abort();
     Ok(())
 }

@@ -59,6 +59,9 @@ impl ApiState {
     ) -> ApiState {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
+            // Let pooled connections go before the other node's idle timeout closes them
+            // (default 60 s), so a forwarded call never races that close.
+            .pool_idle_timeout(Duration::from_secs(20))
             .no_proxy()
             .build()
             .unwrap_or_default();
