@@ -98,6 +98,16 @@ impl Common {
             (sessions * 2 + 100).max(10_000).to_string(),
             "--rate-limit".to_string(),
             "1000".to_string(),
+            // Every load client comes from 127.0.0.1: lift the per-address and per-app limits
+            // that protect a real node from one client.
+            "--session-rate-ip".to_string(),
+            "100000".to_string(),
+            "--session-rate-app".to_string(),
+            "100000".to_string(),
+            "--http-max-connections-per-ip".to_string(),
+            "100000".to_string(),
+            "--http-max-connections".to_string(),
+            "100000".to_string(),
         ];
         a.extend(self.node_args.iter().cloned());
         a
