@@ -21,6 +21,8 @@ pub struct RelayFigures {
     pub links: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Relay connections refused (no cluster certificate, or a bad handshake).
+    pub refused: u64,
 }
 
 /// Everything a scrape reads, gathered first so no lock is held while it is taken.
@@ -58,6 +60,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     setup: Histogram,
     draining: IntGauge,
+    /// `trackmesh_rejected_total`; the media and relay series are copied in at each scrape.
+    rejected: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -252,6 +256,7 @@ impl Metrics {
             )?,
             registry: r,
             scrape: Mutex::new(()),
+            rejected: rejects.counter().clone(),
         })
     }
 
@@ -303,6 +308,15 @@ impl Metrics {
         set(
             &self.dropped.with_label_values(&["no_route"]),
             s.datagrams_unrouted,
+        );
+        // The engine and the relay count their refusals themselves (no log lines at all).
+        set(
+            &self.rejected.with_label_values(&["media", "no_route"]),
+            s.datagrams_unrouted,
+        );
+        set(
+            &self.rejected.with_label_values(&["relay", "handshake"]),
+            snap.relay.refused,
         );
         set(
             &self.dropped.with_label_values(&["no_codec"]),

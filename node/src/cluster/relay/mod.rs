@@ -289,6 +289,7 @@ impl Relay {
             },
             bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
+            refused: self.refused(),
         }
     }
 
