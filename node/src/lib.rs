@@ -11,6 +11,6 @@ pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod metrics;
-pub mod runtime;
 pub mod rejects;
+pub mod runtime;
 pub mod sendbatch;

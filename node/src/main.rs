@@ -47,8 +47,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // chitchat's UDP socket warns once per undecodable datagram; the sealed gossip transport
+    // feeds it only opened datagrams and counts failures itself (rate-limited), so its warnings
+    // are dropped whatever RUST_LOG says.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn"));
+    let filter = match "chitchat::transport::udp=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -124,7 +131,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         region: cfg.region.clone(),
         gossip: cfg.gossip,
         seeds: cfg.seeds.clone(),
-        cluster_id: cluster_id(&cfg.cluster_secret),
+        secret: cfg.cluster_secret.clone(),
+        secret_previous: cfg.cluster_secret_previous.clone(),
+        rejects: rejects.clone(),
         api: format!("http://{}", announced(http_addr, cfg.public_ip)),
         relay: announced(relay_addr, cfg.public_ip),
         media: candidate_addr,
@@ -164,7 +173,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         view: members.view.clone(),
         relay,
     };
-    let metrics = Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
+    let metrics =
+        Arc::new(trackmesh_node::metrics::Metrics::new(&rejects).context("registering metrics")?);
     let ops = api::OpsState {
         metrics,
         local: members.local.clone(),
@@ -217,14 +227,6 @@ async fn drain_on_signal(
         _ = wait => {}
         _ = shutdown_signal() => tracing::info!("second signal: exiting now"),
     }
-}
-
-/// The chitchat cluster id: nodes drop gossip from other ids. Derived from the secret, so nodes
-/// with another secret are not heard (gossip itself is not encrypted: keep it on a private network).
-fn cluster_id(secret: &str) -> String {
-    let id = trackmesh_relay_proto::handshake::cluster_identity(secret);
-    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("trackmesh-{hex}")
 }
 
 /// The address other nodes use: the bound one, with the public IP when the bind is a wildcard.

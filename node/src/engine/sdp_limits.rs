@@ -49,10 +49,9 @@ impl fmt::Display for SdpBound {
                 f,
                 "SDP has more than {MAX_SSRC_LINES} a=ssrc/a=ssrc-group lines"
             ),
-            SdpBound::LineLength { line } => write!(
-                f,
-                "SDP line {line} is longer than {MAX_LINE_BYTES} bytes"
-            ),
+            SdpBound::LineLength { line } => {
+                write!(f, "SDP line {line} is longer than {MAX_LINE_BYTES} bytes")
+            }
         }
     }
 }
@@ -100,7 +99,9 @@ mod tests {
     fn a_browser_sized_offer_passes() {
         let mut sdp = HEAD.to_string();
         for mid in 0..64 {
-            sdp.push_str(&format!("m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:{mid}\r\n"));
+            sdp.push_str(&format!(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:{mid}\r\n"
+            ));
             for s in 0..12 {
                 sdp.push_str(&format!("a=ssrc:{s} cname:x\r\n"));
             }
@@ -110,12 +111,20 @@ mod tests {
 
     #[test]
     fn each_bound_is_named() {
-        let many_ssrc = format!("{HEAD}m=audio 9 X 111\r\n{}", "a=ssrc:1 cname:x\r\n".repeat(40_000));
+        let many_ssrc = format!(
+            "{HEAD}m=audio 9 X 111\r\n{}",
+            "a=ssrc:1 cname:x\r\n".repeat(40_000)
+        );
         assert_eq!(check(&many_ssrc), Err(SdpBound::Size(many_ssrc.len())));
         let section = format!("{HEAD}m=audio 9 X 111\r\n{}", "a=ssrc:1 c:x\r\n".repeat(65));
         assert_eq!(check(&section), Err(SdpBound::SsrcLinesInSection));
         let spread: String = (0..100)
-            .map(|m| format!("m=audio 9 X 111\r\na=mid:{m}\r\n{}", "a=ssrc:1 c:x\r\n".repeat(30)))
+            .map(|m| {
+                format!(
+                    "m=audio 9 X 111\r\na=mid:{m}\r\n{}",
+                    "a=ssrc:1 c:x\r\n".repeat(30)
+                )
+            })
             .collect();
         assert_eq!(check(&format!("{HEAD}{spread}")), Err(SdpBound::SsrcLines));
         let m_lines = format!("{HEAD}{}", "m=audio 9 X 111\r\n".repeat(600));
