@@ -144,6 +144,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tag,
             socket: relay_socket,
             secret: cfg.cluster_secret.clone(),
+            secret_previous: cfg.cluster_secret_previous.clone(),
         },
         members.view.clone(),
         handle.clone(),
