@@ -114,6 +114,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "no --cluster-secret: using the development secret; never do this in production"
         );
     }
+    if cfg.cluster_secret_previous.is_some() {
+        tracing::info!(
+            "rotating the cluster secret: gossip is sent under the current and the previous secret and both are accepted; drop --cluster-secret-previous once every node has the current one"
+        );
+    }
     // Other nodes dial what this node announces: a wildcard address would send them to themselves.
     for (what, addr) in [("--http", http_addr.ip()), ("--relay", cfg.relay.ip())] {
         if addr.is_unspecified() && cfg.public_ip.is_none() {
