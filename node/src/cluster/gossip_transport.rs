@@ -116,7 +116,12 @@ impl SealedSocket {
     /// chitchat's encoding of `envelope`, through the loopback pair.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
         // Anything left over (a hop that timed out earlier) must not be taken for this message.
-        while self.bridge.try_recv_from(&mut self.buf).is_ok() {}
+        // Bounded: a local process flooding this port can delay gossip, never hang it.
+        for _ in 0..1024 {
+            if self.bridge.try_recv_from(&mut self.buf).is_err() {
+                break;
+            }
+        }
         self.inner.send(self.bridge_addr, envelope).await?;
         let deadline = tokio::time::Instant::now() + HOP;
         loop {
