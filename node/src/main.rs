@@ -47,8 +47,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // chitchat's UDP socket warns once per undecodable datagram; the sealed gossip transport
+    // feeds it only opened datagrams and counts failures itself (rate-limited), so its warnings
+    // are dropped whatever RUST_LOG says.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn"));
+    let filter = match "chitchat::transport::udp=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -107,6 +114,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "no --cluster-secret: using the development secret; never do this in production"
         );
     }
+    if cfg.cluster_secret_previous.is_some() {
+        tracing::info!(
+            "rotating the cluster secret: gossip is sent under the current and the previous secret and both are accepted; drop --cluster-secret-previous once every node has the current one"
+        );
+    }
     // Other nodes dial what this node announces: a wildcard address would send them to themselves.
     for (what, addr) in [("--http", http_addr.ip()), ("--relay", cfg.relay.ip())] {
         if addr.is_unspecified() && cfg.public_ip.is_none() {
@@ -124,7 +136,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         region: cfg.region.clone(),
         gossip: cfg.gossip,
         seeds: cfg.seeds.clone(),
-        cluster_id: cluster_id(&cfg.cluster_secret),
+        secret: cfg.cluster_secret.clone(),
+        secret_previous: cfg.cluster_secret_previous.clone(),
+        rejects: rejects.clone(),
         api: format!("http://{}", announced(http_addr, cfg.public_ip)),
         relay: announced(relay_addr, cfg.public_ip),
         media: candidate_addr,
@@ -135,6 +149,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tag,
             socket: relay_socket,
             secret: cfg.cluster_secret.clone(),
+            secret_previous: cfg.cluster_secret_previous.clone(),
         },
         members.view.clone(),
         handle.clone(),
@@ -226,14 +241,6 @@ async fn drain_on_signal(
         _ = wait => {}
         _ = shutdown_signal() => tracing::info!("second signal: exiting now"),
     }
-}
-
-/// The chitchat cluster id: nodes drop gossip from other ids. Derived from the secret, so nodes
-/// with another secret are not heard (gossip itself is not encrypted: keep it on a private network).
-fn cluster_id(secret: &str) -> String {
-    let id = trackmesh_relay_proto::handshake::cluster_identity(secret);
-    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("trackmesh-{hex}")
 }
 
 /// The address other nodes use: the bound one, with the public IP when the bind is a wildcard.

@@ -277,6 +277,23 @@ impl Cluster {
         Ok(&self.nodes[self.nodes.len() - 1].1)
     }
 
+    /// SIGKILL node `name` and start it again on the same gossip address with `opts` (whose
+    /// `gossip` is replaced by the old one), under the same name. Does not wait for convergence.
+    pub fn restart(&mut self, name: &str, opts: &ClusterOpts) -> anyhow::Result<&TestNode> {
+        let gossip = self.try_node(name)?.gossip_addr()?;
+        let i = self
+            .nodes
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("the cluster has no node named {name}"))?;
+        self.nodes[i].1.kill()?;
+        let mut opts = opts.clone();
+        opts.gossip = Some(gossip);
+        self.nodes[i].1 = TestNode::start_cluster_node(&opts)
+            .with_context(|| format!("restarting cluster node {name}"))?;
+        Ok(&self.nodes[i].1)
+    }
+
     pub fn secret(&self) -> &str {
         &self.secret
     }

@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat};
 use tokio::sync::watch;
 
+use super::gossip_transport::SealedTransport;
 use super::view::{ClusterView, Load, Member};
 use crate::ids::NodeTag;
 
 /// Gossip round. With the failure detector below a dead node is noticed in about 1–2 s.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
+/// chitchat's cluster id. A constant, not derived from the secret: membership is decided by the
+/// seal on every datagram, and a rotated secret must not change what chitchat compares on `Syn`.
+const CLUSTER_ID: &str = "trackmesh";
 /// How often the view is rebuilt from chitchat's state and our own load is published.
 const REFRESH: Duration = Duration::from_millis(200);
 
@@ -30,8 +33,12 @@ pub struct MembershipConfig {
     pub region: String,
     pub gossip: SocketAddr,
     pub seeds: Vec<String>,
-    /// Derived from the cluster secret: gossip from another cluster id is dropped by chitchat.
-    pub cluster_id: String,
+    /// Every gossip datagram is sealed with a key derived from this secret ([`super::gossip_seal`]).
+    pub secret: String,
+    /// During a rotation: also sealed under and accepted with this one.
+    pub secret_previous: Option<String>,
+    /// Where refused gossip datagrams are counted.
+    pub rejects: Arc<crate::rejects::Rejects>,
     pub api: String,
     pub relay: SocketAddr,
     pub media: SocketAddr,
@@ -106,7 +113,7 @@ async fn run(
         .unwrap_or(0);
     let config = ChitchatConfig {
         chitchat_id: ChitchatId::new(cfg.node_id.clone(), generation, cfg.gossip),
-        cluster_id: cfg.cluster_id.clone(),
+        cluster_id: CLUSTER_ID.to_string(),
         gossip_interval: GOSSIP_INTERVAL,
         listen_addr: cfg.gossip,
         seed_nodes: cfg.seeds.clone(),
@@ -126,7 +133,12 @@ async fn run(
         ("draining".to_string(), "false".to_string()),
         ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
     ];
-    let handle = match spawn_chitchat(config, keys, &UdpTransport).await {
+    let transport = SealedTransport {
+        secret: cfg.secret.clone(),
+        previous: cfg.secret_previous.clone(),
+        rejects: cfg.rejects.clone(),
+    };
+    let handle = match spawn_chitchat(config, keys, &transport).await {
         Ok(h) => h,
         Err(e) => {
             let _ = ready.send(Err(e.context(format!("gossip on {}", cfg.gossip))));

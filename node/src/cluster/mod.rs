@@ -2,6 +2,8 @@
 //! regional hubs by consistent hashing), the QUIC relay between nodes, and forwarding of API calls
 //! to the node that owns a session.
 
+pub mod gossip_seal;
+pub mod gossip_transport;
 pub mod hubs;
 pub mod membership;
 pub mod relay;

@@ -44,6 +44,8 @@ pub struct RelayConfig {
     /// Bound before gossip starts, so the announced address is the real one (port 0 allowed).
     pub socket: std::net::UdpSocket,
     pub secret: String,
+    /// During a rotation, the secret being rotated away from: peers holding it are accepted.
+    pub secret_previous: Option<String>,
 }
 
 /// Where the answer to a `Subscribe` goes: the track, or the peer's reason for refusing.
@@ -100,7 +102,13 @@ pub(crate) type PullLock = Arc<tokio::sync::Mutex<()>>;
 pub(crate) struct Inner {
     pub node_id: String,
     pub tag: NodeTag,
-    pub cluster: [u8; 32],
+    /// Cluster identity of each secret this node holds, current first; a Hello with any of them
+    /// is accepted.
+    pub clusters: Vec<[u8; 32]>,
+    /// Each secret's CA name, in the same order (which secret a peer's certificate is under).
+    pub ca_names: Vec<String>,
+    /// SNI to dial with (asks for a certificate under the current secret's CA).
+    pub server_name: String,
     pub endpoint: quinn::Endpoint,
     pub client: quinn::ClientConfig,
     pub view: watch::Receiver<Arc<ClusterView>>,
@@ -174,7 +182,10 @@ impl Relay {
         relay_in: mpsc::Sender<RelayIn>,
         relay_out: mpsc::Receiver<RelayOut>,
     ) -> anyhow::Result<Relay> {
-        let tls = tls::relay_tls(&cfg.secret, &cfg.node_id, ALPN)?;
+        let secrets: Vec<&str> = std::iter::once(cfg.secret.as_str())
+            .chain(cfg.secret_previous.as_deref().filter(|p| *p != cfg.secret))
+            .collect();
+        let tls = tls::relay_tls(&secrets, &cfg.node_id, ALPN)?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(tls.server),
@@ -186,7 +197,12 @@ impl Relay {
         let inner = Arc::new(Inner {
             node_id: cfg.node_id,
             tag: cfg.tag,
-            cluster: trackmesh_relay_proto::handshake::cluster_identity(&cfg.secret),
+            clusters: secrets
+                .iter()
+                .map(|s| trackmesh_relay_proto::handshake::cluster_identity(s))
+                .collect(),
+            ca_names: tls.ca_names,
+            server_name: tls.server_name,
             endpoint,
             client: tls.client,
             view,

@@ -15,7 +15,6 @@ use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
-use super::tls::SERVER_NAME;
 use super::wire::{self, CONTROL_QUEUE};
 use super::{Inner, Link, RelayIn, Up};
 use crate::cluster::hubs::upstream_for;
@@ -193,15 +192,24 @@ async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>>
 async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let connecting = inner
         .endpoint
-        .connect_with(inner.client.clone(), peer.relay, SERVER_NAME)
+        .connect_with(inner.client.clone(), peer.relay, &inner.server_name)
         .context("starting a relay connection")?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .with_context(|| format!("connecting to {} timed out", peer.node_id))??;
     let (mut send, mut recv) = conn.open_bi().await?;
+    // Show the identity of the secret the peer's certificate is under: the peer holds that one
+    // (during a rotation it may not hold our current one).
+    let secret = super::tls::peer_secret(&inner.ca_names, &conn).unwrap_or(0);
+    let cluster = inner
+        .clusters
+        .get(secret)
+        .or(inner.clusters.first())
+        .copied()
+        .context("no cluster identity")?;
     let hello = HandshakeMsg::Hello(Hello {
         protocol_version: handshake::PROTOCOL_VERSION,
-        cluster: inner.cluster,
+        cluster,
         node_id: inner.node_id.clone(),
         node_tag: inner.tag.0,
     });

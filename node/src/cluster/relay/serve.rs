@@ -49,9 +49,14 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
         HandshakeMsg::Hello(h) => h,
         _ => anyhow::bail!("expected Hello"),
     };
-    if let Err(reason) =
-        handshake::check_hello(&hello, &inner.cluster, handshake::SUPPORTED_VERSIONS)
-    {
+    // Any secret this node holds will do (during a rotation, the dialer may hold only one).
+    let checked = inner
+        .clusters
+        .iter()
+        .map(|c| handshake::check_hello(&hello, c, handshake::SUPPORTED_VERSIONS))
+        .reduce(|a, b| if a.is_ok() { a } else { b })
+        .unwrap_or(Err(handshake::RefuseReason::WrongCluster));
+    if let Err(reason) = checked {
         inner.refused.fetch_add(1, Ordering::Relaxed);
         let _ = wire::write_one(&mut send, &HandshakeMsg::Refuse { reason }).await;
         let _ = send.finish();

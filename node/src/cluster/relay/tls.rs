@@ -5,6 +5,12 @@
 //! Both sides present and verify certificates (client auth is required), so a node without the
 //! secret can neither serve nor subscribe. The secret is the root of trust: use a long random one
 //! (its strength bounds an offline guess from a captured certificate).
+//!
+//! Rotation: a node may hold two secrets (current and previous). It trusts both CAs and holds a
+//! certificate under each. As a server it presents the one under the CA the dialer asks for in
+//! its SNI (`k<CA id>.relay.trackmesh.invalid`), or the current one; as a client it presents the
+//! one under a CA the server names in its certificate request. So a node with NEW+OLD links both
+//! with nodes that hold only OLD and with nodes that hold only NEW.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +21,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
 
 /// The name in every node certificate; peers are identified by the handshake, not the name.
 pub const SERVER_NAME: &str = "relay.trackmesh.invalid";
@@ -27,6 +34,10 @@ const KEEP_ALIVE: Duration = Duration::from_millis(500);
 pub struct RelayTls {
     pub server: quinn::ServerConfig,
     pub client: quinn::ClientConfig,
+    /// The SNI to dial with: it asks for a certificate under the current secret's CA.
+    pub server_name: String,
+    /// Each secret's CA common name, in the order of the secrets (for [`peer_secret`]).
+    pub ca_names: Vec<String>,
 }
 
 /// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410).
@@ -61,15 +72,36 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<RelayTls> {
+/// One cluster secret's CA, the node's certificate under it, and its identifying name.
+struct Authority {
+    /// The CA's common name: `trackmesh cluster CA <id>`, with an id from the CA's public key,
+    /// so peers can tell the CAs of two secrets apart during a rotation.
+    name: String,
+    /// The SNI a dialer uses to ask for a certificate under this CA.
+    server_name: String,
+    ca: CertificateDer<'static>,
+    certified: Arc<CertifiedKey>,
+}
+
+fn authority(
+    secret: &str,
+    node_id: &str,
+    leaf_key: &KeyPair,
+    provider: &rustls::crypto::CryptoProvider,
+) -> anyhow::Result<Authority> {
     let ca_key = KeyPair::from_pkcs8_der_and_sign_algo(
         &PrivatePkcs8KeyDer::from(ed25519_pkcs8(&ca_seed(secret))),
         &PKCS_ED25519,
     )
     .context("deriving the cluster CA key")?;
+    let id: String = ca_key.public_key_raw()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name = format!("trackmesh cluster CA {id}");
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "trackmesh cluster CA");
+    dn.push(DnType::CommonName, name.as_str());
     ca_params.distinguished_name = dn;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
@@ -80,8 +112,9 @@ pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<Rel
         .self_signed(&ca_key)
         .context("cluster CA certificate")?;
 
-    let leaf_key = KeyPair::generate_for(&PKCS_ED25519).context("node key")?;
-    let mut leaf_params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    // Any name under SERVER_NAME: the dialer's SNI picks the CA (see `BySni`).
+    let mut leaf_params =
+        CertificateParams::new(vec![SERVER_NAME.to_string(), format!("*.{SERVER_NAME}")])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node_id);
     leaf_params.distinguished_name = dn;
@@ -91,17 +124,93 @@ pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<Rel
     ];
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let leaf_cert = leaf_params
-        .signed_by(&leaf_key, &issuer)
+        .signed_by(leaf_key, &issuer)
         .context("node certificate")?;
-
-    let ca_der: CertificateDer<'static> = ca_cert.der().clone();
-    let chain = vec![leaf_cert.der().clone(), ca_der.clone()];
+    let ca: CertificateDer<'static> = ca_cert.der().clone();
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_der).context("trusting the cluster CA")?;
-    let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .context("loading the node key")?;
+    let certified = Arc::new(CertifiedKey::new(
+        vec![leaf_cert.der().clone(), ca.clone()],
+        signing,
+    ));
+    Ok(Authority {
+        server_name: format!("k{id}.{SERVER_NAME}"),
+        name,
+        ca,
+        certified,
+    })
+}
 
+/// Server side: the certificate under the CA the dialer named in its SNI, when this node holds
+/// that secret, else the one under the current secret.
+#[derive(Debug)]
+struct BySni {
+    /// (server name, certificate), current secret first.
+    certs: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name();
+        self.certs
+            .iter()
+            .find(|(name, _)| Some(name.as_str()) == sni)
+            .or(self.certs.first())
+            .map(|(_, c)| c.clone())
+    }
+}
+
+/// Client side: the certificate under a CA the server says it trusts (its certificate request
+/// names its CAs), the current secret's when it trusts both or names none.
+#[derive(Debug)]
+struct ByHint {
+    /// (CA common name, certificate), current secret first.
+    certs: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl rustls::client::ResolvesClientCert for ByHint {
+    fn resolve(
+        &self,
+        hints: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.certs
+            .iter()
+            .find(|(name, _)| hints.iter().any(|h| contains(h, name.as_bytes())))
+            .or(self.certs.first())
+            .map(|(_, c)| c.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        !self.certs.is_empty()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Relay TLS for a node holding `secrets` (the current one first, then the previous one during a
+/// rotation): it trusts peers under any of their CAs and presents a certificate each peer trusts.
+pub fn relay_tls(secrets: &[&str], node_id: &str, alpn: &[u8]) -> anyhow::Result<RelayTls> {
+    anyhow::ensure!(!secrets.is_empty(), "no cluster secret");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let leaf_key = KeyPair::generate_for(&PKCS_ED25519).context("node key")?;
+    let authorities = secrets
+        .iter()
+        .map(|s| authority(s, node_id, &leaf_key, &provider))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for a in &authorities {
+        roots.add(a.ca.clone()).context("trusting the cluster CA")?;
+    }
+    let roots = Arc::new(roots);
+
+    // The verifier names every trusted CA in its certificate request (rustls's default), which is
+    // what lets a dialing peer pick its certificate (`ByHint`).
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.clone(),
         provider.clone(),
@@ -111,14 +220,22 @@ pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<Rel
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.clone(), key_der.clone_key())
-        .context("relay server TLS")?;
+        .with_cert_resolver(Arc::new(BySni {
+            certs: authorities
+                .iter()
+                .map(|a| (a.server_name.clone(), a.certified.clone()))
+                .collect(),
+        }));
     server.alpn_protocols = vec![alpn.to_vec()];
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key_der)
-        .context("relay client TLS")?;
+        .with_client_cert_resolver(Arc::new(ByHint {
+            certs: authorities
+                .iter()
+                .map(|a| (a.name.clone(), a.certified.clone()))
+                .collect(),
+        }));
     client.alpn_protocols = vec![alpn.to_vec()];
 
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server)
@@ -129,7 +246,26 @@ pub fn relay_tls(secret: &str, node_id: &str, alpn: &[u8]) -> anyhow::Result<Rel
         .context("relay client QUIC crypto")?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport());
-    Ok(RelayTls { server, client })
+    Ok(RelayTls {
+        server,
+        client,
+        server_name: authorities[0].server_name.clone(),
+        ca_names: authorities.into_iter().map(|a| a.name).collect(),
+    })
+}
+
+/// Which of this node's secrets (index into the `secrets` given to [`relay_tls`]) issued the
+/// certificate a peer presented on `conn`: that peer holds that secret, so it is the one whose
+/// cluster identity to show it. None when it cannot be told (then use the current one).
+pub fn peer_secret(ca_names: &[String], conn: &quinn::Connection) -> Option<usize> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let leaf = chain.first()?;
+    ca_names
+        .iter()
+        .position(|n| contains(leaf.as_ref(), n.as_bytes()))
 }
 
 #[cfg(test)]
@@ -140,8 +276,16 @@ mod tests {
 
     /// Dials a server holding `server_secret` with a client holding `client_secret`.
     async fn handshake(server_secret: &str, client_secret: &str) -> bool {
-        let server = relay_tls(server_secret, "server", ALPN).expect("server tls");
-        let client = relay_tls(client_secret, "client", ALPN).expect("client tls");
+        handshake_rotating(&[server_secret], &[client_secret])
+            .await
+            .is_some()
+    }
+
+    /// Dials a server holding `server` secrets with a client holding `client` secrets; on
+    /// success, which of the client's secrets the server's certificate was issued under.
+    async fn handshake_rotating(server: &[&str], client: &[&str]) -> Option<Option<usize>> {
+        let server = relay_tls(server, "server", ALPN).expect("server tls");
+        let client = relay_tls(client, "client", ALPN).expect("client tls");
         let listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let ep = quinn::Endpoint::server(server.server, listen).expect("server endpoint");
         let addr = ep.local_addr().expect("addr");
@@ -153,16 +297,36 @@ mod tests {
             }
         });
         let dialer = quinn::Endpoint::client(listen).expect("client endpoint");
-        let dialed = match dialer.connect_with(client.client, addr, SERVER_NAME) {
-            Ok(connecting) => tokio::time::timeout(Duration::from_secs(5), connecting)
-                .await
-                .is_ok_and(|r| r.is_ok()),
-            Err(_) => false,
+        let dialed = match dialer.connect_with(client.client, addr, &client.server_name) {
+            Ok(connecting) => {
+                match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                    Ok(Ok(conn)) => Some(peer_secret(&client.ca_names, &conn)),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
         };
         let accepted = tokio::time::timeout(Duration::from_secs(5), accept)
             .await
             .is_ok_and(|r| r.unwrap_or(false));
-        dialed && accepted
+        dialed.filter(|_| accepted)
+    }
+
+    #[tokio::test]
+    async fn rotation_never_splits_a_one_node_at_a_time_roll() {
+        let (old, new) = ("old-secret", "new-secret");
+        let both: &[&str] = &[new, old];
+        // Step 1: nodes with NEW+OLD next to nodes with only OLD, both directions.
+        assert_eq!(handshake_rotating(&[old], both).await, Some(Some(1)));
+        assert_eq!(handshake_rotating(both, &[old]).await, Some(Some(0)));
+        assert_eq!(handshake_rotating(both, both).await, Some(Some(0)));
+        // Step 2: nodes with only NEW next to nodes with NEW+OLD.
+        assert_eq!(handshake_rotating(&[new], both).await, Some(Some(0)));
+        assert_eq!(handshake_rotating(both, &[new]).await, Some(Some(0)));
+        // Nodes that never shared a secret do not link.
+        assert_eq!(handshake_rotating(&[new], &[old]).await, None);
+        assert_eq!(handshake_rotating(&[old], &[new]).await, None);
+        assert_eq!(handshake_rotating(both, &["other"]).await, None);
     }
 
     #[tokio::test]
