@@ -83,8 +83,14 @@ async fn nothing_is_forwarded_before_auth() {
     assert_error(s, &body, 401, "unauthorized");
     let big = RawBody::Bytes(vec![b' '; 512 * 1024], Some("application/json".into()));
     let tracks_new = format!("sessions/{on_b}/tracks/new");
-    let (s, body, _) = call(&api_a, Method::POST, &tracks_new, Some("wrong"), &[], big).await;
+    let (s, body, headers) = call(&api_a, Method::POST, &tracks_new, Some("wrong"), &[], big).await;
     assert_error(s, &body, 401, "unauthorized");
+    // The body was never read: the connection goes away, and the answer says so, so the client
+    // does not send its next request on it.
+    assert_eq!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let other_app = api_a.with_base(&api_a.base().replace(cl.app_id(), "no-such-app"));
     let (s, body, _) = call(
         &other_app,

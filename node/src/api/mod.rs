@@ -148,6 +148,29 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(cors)
         .layer(axum::middleware::map_response(no_store))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// A call refused before its body was read (a bad bearer, a limit) leaves the body on the
+/// connection; hyper then closes it after the answer. Say so in the answer, so the client does not
+/// send its next request on a connection that is going away.
+async fn close_after_refused_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut res = next.run(req).await;
+    if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// API answers are per-request state; never let a proxy or browser cache them.
