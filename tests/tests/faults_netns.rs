@@ -294,8 +294,8 @@ async fn inner_relay_loss() {
         .expect("adding loss on the relay port");
     let tx0 = publisher.peer.stats();
     let rx0 = sub.peer.stats();
-    // About 10 s of media: audio at 50 frames/s, video at 30, a keyframe every 2 s (or on PLI).
-    more_media(&sub, &am, &vm, "B's viewer, 10 % relay loss", (500, 300, 3)).await;
+    // About 5 s of media: audio at 50 frames/s, video at 30, a keyframe every 2 s (or on PLI).
+    more_media(&sub, &am, &vm, "B's viewer, 10 % relay loss", (250, 150, 2)).await;
     let tx1 = publisher.peer.stats();
     let rx1 = sub.peer.stats();
     let (offered, dropped) = lab.loss_counts().expect("loss counters");
