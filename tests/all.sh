@@ -2,8 +2,9 @@
 # Runs every trackmesh test: formatting and lints, Rust unit, property and integration tests
 # (single node and clusters of real node processes), bounded fuzzing of the relay protocol's
 # decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
-# missing (rustfmt/clippy components, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
-# fresh machine with no stdin. CI runs exactly this (see .ci/run).
+# missing (rustfmt/clippy components, iptables, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
+# fresh machine with no stdin. CI runs exactly this (see .ci/run). The network-fault tests
+# (tests/tests/faults_netns.rs) need root: they build network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,13 @@ step "toolchain components"
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+
+step "iptables (the network-fault tests cut and degrade links with it)"
+if ! command -v iptables >/dev/null 2>&1; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables
+fi
+command -v iptables >/dev/null 2>&1 || { echo "all.sh: iptables still missing" >&2; exit 1; }
 
 step "format"
 cargo fmt --all -- --check

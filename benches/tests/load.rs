@@ -166,7 +166,7 @@ async fn soak_six_seconds() {
         common: small(6),
         publishers: 1,
         subscribers: 4,
-        sample_every: Duration::from_secs(2),
+        sample_every: Duration::from_secs(1),
     };
     let r = soak::run(&cfg).await.expect("soak runs");
     println!("{}", r.text());
@@ -176,5 +176,9 @@ async fn soak_six_seconds() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert!(series.len() >= 2, "{}", r.text());
+    // Enough points for the trend (slope and half means) to be reported.
+    assert!(series.len() >= 4, "{}", r.text());
+    let trend = &r.extra["soak"]["rss_trend_mb"];
+    assert!(trend["slope_per_min"].is_f64(), "{}", r.text());
+    assert!(trend["half_delta"].is_f64(), "{}", r.text());
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::CallsClient;
-use crate::node::{ClusterOpts, TestNode, free_udp_addr, random_hex32};
+use crate::node::{ClusterOpts, PLACED_GOSSIP_PORT, Place, TestNode, free_udp_addr, random_hex32};
 
 /// How long [`Cluster::start`] waits for every node to see every other node live.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -174,6 +174,8 @@ pub struct ClusterConfig {
     pub extra: Vec<String>,
     /// Bound on the wait until all members are live everywhere.
     pub converge_timeout: Duration,
+    /// Where each node runs, in `spec` order (missing entries: on the host, 127.0.0.1).
+    pub places: Vec<Place>,
 }
 
 impl Default for ClusterConfig {
@@ -182,6 +184,7 @@ impl Default for ClusterConfig {
             seed_all: false,
             extra: Vec::new(),
             converge_timeout: CONVERGE_TIMEOUT,
+            places: Vec::new(),
         }
     }
 }
@@ -217,9 +220,11 @@ impl Cluster {
             extra: cfg.extra.clone(),
         };
         // Gossip addresses chosen up front so that every node can seed every other one.
-        let gossip: Vec<SocketAddr> = spec
-            .iter()
-            .map(|_| free_udp_addr())
+        let gossip: Vec<SocketAddr> = (0..spec.len())
+            .map(|i| match cfg.places.get(i) {
+                Some(p) => Ok(SocketAddr::new(p.ip, PLACED_GOSSIP_PORT)),
+                None => free_udp_addr(),
+            })
             .collect::<anyhow::Result<_>>()?;
         let t0 = Instant::now();
         for (i, (name, region)) in spec.iter().enumerate() {
@@ -237,6 +242,7 @@ impl Cluster {
             };
             let mut opts = cluster.opts(name, region, seeds);
             opts.gossip = Some(gossip[i]);
+            opts.place = cfg.places.get(i).cloned();
             let node = TestNode::start_cluster_node(&opts)
                 .with_context(|| format!("starting cluster node {name} ({region})"))?;
             cluster.nodes.push((name.to_string(), node));
@@ -262,6 +268,7 @@ impl Cluster {
             relay: None,
             app: Some((self.app_id.clone(), self.app_secret.clone())),
             extra: self.extra.clone(),
+            place: None,
         }
     }
 

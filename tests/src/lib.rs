@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod flows;
+pub mod netns;
 pub mod node;
 pub mod peer;
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -57,7 +57,26 @@ pub struct ClusterOpts {
     pub app: Option<(String, String)>,
     /// More command-line arguments, appended last.
     pub extra: Vec<String>,
+    /// Run inside a network namespace (see [`Place`]); None: on the host, bound to 127.0.0.1.
+    pub place: Option<Place>,
 }
+
+/// Where a node process runs: inside network namespace `netns` (started through
+/// `ip netns exec`), bound to `ip` there. A placed cluster node's gossip and relay default to the
+/// node's own well-known ports on `ip` ([`PLACED_GOSSIP_PORT`], [`PLACED_RELAY_PORT`]): the
+/// namespace is the node's alone, so they are free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub netns: String,
+    pub ip: IpAddr,
+}
+
+/// Gossip port of a placed node.
+pub const PLACED_GOSSIP_PORT: u16 = 7702;
+/// Relay (QUIC) port of a placed node.
+pub const PLACED_RELAY_PORT: u16 = 7703;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Where the node binary is: env `TRACKMESH_BIN`, else `<workspace>/target/debug/trackmesh`.
 pub fn node_binary() -> PathBuf {
@@ -107,7 +126,7 @@ impl TestNode {
                 full.extend(["--relay".to_string(), "127.0.0.1:0".to_string()]);
             }
             full.extend(args.iter().map(|a| a.to_string()));
-            match Self::spawn(app_id, app_secret, &full, None) {
+            match Self::spawn(app_id, app_secret, &full, None, None) {
                 Ok(node) => return Ok(node),
                 Err(e) if own_gossip && is_early_exit(&e) => last_err = Some(e),
                 Err(e) => return Err(e),
@@ -124,16 +143,22 @@ impl TestNode {
             .app
             .clone()
             .unwrap_or_else(|| (random_hex32(), random_hex32()));
-        let attempts = if opts.gossip.is_some() { 1 } else { 3 };
+        let placed_gossip = opts
+            .place
+            .as_ref()
+            .map(|p| SocketAddr::new(p.ip, PLACED_GOSSIP_PORT));
+        let fixed_gossip = opts.gossip.or(placed_gossip);
+        let attempts = if fixed_gossip.is_some() { 1 } else { 3 };
         let mut last_err = None;
         for _ in 0..attempts {
-            let gossip = match opts.gossip {
+            let gossip = match fixed_gossip {
                 Some(g) => g,
                 None => free_udp_addr()?,
             };
-            let relay = opts
-                .relay
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            let relay = opts.relay.unwrap_or_else(|| match &opts.place {
+                Some(p) => SocketAddr::new(p.ip, PLACED_RELAY_PORT),
+                None => SocketAddr::new(LOOPBACK, 0),
+            });
             let mut args: Vec<String> = vec![
                 "--gossip".into(),
                 gossip.to_string(),
@@ -156,10 +181,10 @@ impl TestNode {
             }
             args.extend(opts.extra.iter().cloned());
             let token = (!opts.admin_token.is_empty()).then(|| opts.admin_token.clone());
-            match Self::spawn(&app_id, &app_secret, &args, token) {
+            match Self::spawn(&app_id, &app_secret, &args, token, opts.place.as_ref()) {
                 Ok(node) => return Ok(node),
                 // Only an early exit (e.g. the gossip port got taken) is worth another port.
-                Err(e) if opts.gossip.is_none() && is_early_exit(&e) => last_err = Some(e),
+                Err(e) if fixed_gossip.is_none() && is_early_exit(&e) => last_err = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -171,6 +196,7 @@ impl TestNode {
         app_secret: &str,
         args: &[String],
         admin_token: Option<String>,
+        place: Option<&Place>,
     ) -> anyhow::Result<TestNode> {
         let bin = node_binary();
         if !bin.exists() {
@@ -185,19 +211,22 @@ impl TestNode {
             .with_context(|| format!("creating {}", stderr_path.display()))?;
 
         let app = format!("{app_id}:{app_secret}");
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "--http",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--app",
-            &app,
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr_file));
+        let ip = place.map_or(LOOPBACK, |p| p.ip);
+        let any_port = SocketAddr::new(ip, 0).to_string();
+        // `ip netns exec` execs the node in place, so the child's pid is the node's.
+        let mut cmd = match place {
+            Some(p) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &p.netns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(["--http", &any_port, "--media", &any_port, "--app", &app])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr_file));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -224,8 +253,8 @@ impl TestNode {
 
         let mut node = TestNode {
             child,
-            http: SocketAddr::from(([127, 0, 0, 1], 0)),
-            media: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::new(ip, 0),
+            media: SocketAddr::new(ip, 0),
             app_id: app_id.to_string(),
             app_secret: app_secret.to_string(),
             stderr_path,

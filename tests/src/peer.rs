@@ -1,5 +1,5 @@
-//! A WebRTC test client built on str0m: full ICE (not ice-lite), one UDP socket on 127.0.0.1,
-//! driven by a dedicated std thread. The async side talks to it through a command channel; the
+//! A WebRTC test client built on str0m: full ICE (not ice-lite), one UDP socket on 127.0.0.1
+//! (or on [`PEER_IP_ENV`] when set), driven by a dedicated std thread. The async side talks to it through a command channel; the
 //! `Rtc` never crosses an `.await`.
 //!
 //! After every mutation of the `Rtc` (a command, a media write, an input) the driver drains
@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -50,6 +50,21 @@ pub const TIMESTAMP_OFFSET: usize = 10;
 const MAX_LATENCY_SAMPLES: usize = 1_000_000;
 
 static CLOCK_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// Env: the IP every peer of this process binds to and offers as its host candidate, instead of
+/// 127.0.0.1. Set by tests that re-run themselves inside a network namespace (`tests/src/netns.rs`),
+/// where the nodes are reached on a veth address.
+pub const PEER_IP_ENV: &str = "TRACKMESH_TEST_PEER_IP";
+
+/// The IP peers bind to: [`PEER_IP_ENV`] or 127.0.0.1.
+pub fn peer_ip() -> anyhow::Result<IpAddr> {
+    match std::env::var(PEER_IP_ENV) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{PEER_IP_ENV}={v:?} is not an IP address")),
+        Err(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    }
+}
 
 /// The process-wide origin of the timestamps embedded by timestamped peers.
 pub fn clock_origin() -> Instant {
@@ -499,7 +514,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A new peer with one UDP socket on 127.0.0.1 as its host candidate.
+    /// A new peer with one UDP socket on 127.0.0.1 (or [`PEER_IP_ENV`]) as its host candidate.
     pub fn new(name: &str) -> anyhow::Result<Peer> {
         Self::with_options(name, PeerOptions::default())
     }
@@ -508,7 +523,9 @@ impl Peer {
     pub fn with_options(name: &str, options: PeerOptions) -> anyhow::Result<Peer> {
         // Fix the timestamp origin before anything is sent.
         clock_origin();
-        let socket = UdpSocket::bind("127.0.0.1:0").context("binding the peer UDP socket")?;
+        let ip = peer_ip()?;
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding the peer UDP socket on {ip}"))?;
         let local_addr = socket.local_addr()?;
         let now = Instant::now();
         let mut rtc = RtcConfig::new().build(now);

@@ -7,6 +7,7 @@
 //! - [`procfs`]: node CPU and RSS from `/proc`, counters from `/metrics`;
 //! - [`stats`]: histograms and percentiles;
 //! - [`scenario`]: fanout, relay, hub, join-storm, churn, soak;
+//! - [`trend`]: is a sampled series (RSS in a soak) flat;
 //! - [`report`]: text and JSON.
 
 pub mod client;
@@ -15,3 +16,4 @@ pub mod procfs;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod trend;

@@ -1,5 +1,6 @@
 //! Soak: fan-out at moderate load for `--duration` (at most an hour), sampling node RSS and CPU
-//! every few seconds. Reports the series, RSS growth and loss over the whole run.
+//! every few seconds. Reports the series, RSS growth, the RSS trend (least-squares slope over the
+//! run and over its second half, first-half against second-half mean) and loss over the run.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::load::procfs::{
     MachineFigures, MachineSample, NodeFigures, NodeSample, clk_tck, round2,
 };
 use crate::load::report::{Meta, Report};
+use crate::load::trend::Trend;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakConfig {
@@ -112,6 +114,7 @@ async fn run_inner(cfg: &SoakConfig, deadline: Instant) -> anyhow::Result<Report
         (Some(a), Some(b)) if series.len() >= 4 => Some(round2(b.rss_mb - a.rss_mb)),
         _ => None,
     };
+    let rss: Vec<(f64, f64)> = series.iter().map(|p| (p.t_s, p.rss_mb)).collect();
     let mut extra = serde_json::Map::new();
     extra.insert(
         "soak".into(),
@@ -122,6 +125,7 @@ async fn run_inner(cfg: &SoakConfig, deadline: Instant) -> anyhow::Result<Report
             "rss_growth_mb": round2(growth_mb),
             "rss_growth_mb_per_min": (minutes > 0.0).then(|| round2(growth_mb / minutes)),
             "rss_growth_second_half_mb": second_half_growth,
+            "rss_trend_mb": Trend::of(&rss),
             "series": series,
         }),
     );
