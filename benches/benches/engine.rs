@@ -497,15 +497,18 @@ fn demux(c: &mut Criterion) {
     let mut rtp = vec![0u8; 200];
     rtp[0] = 0x80;
     rtp[1] = 111;
+    let mut ran = 0u64;
     g.bench_function("handle_datagram/unknown_addr_dropped/1000_sessions", |b| {
         let now = w.now;
         b.iter(|| {
+            ran += 1;
             w.engine
                 .handle_datagram(now, black_box(unknown), black_box(&rtp))
         })
     });
+    // Only when the benchmark ran (a name filter may skip it).
     assert!(
-        w.engine.stats().datagrams_unrouted > before,
+        ran == 0 || w.engine.stats().datagrams_unrouted > before,
         "the unknown datagrams were dropped"
     );
     drop(w);
