@@ -1,7 +1,7 @@
 //! Inputs refused at the node's edges (gossip, relay, media, HTTP).
 //!
 //! Each refusal is counted in `trackmesh_rejected_total{port,reason}` and may be logged, but at
-//! most once per source per minute and a few lines a minute in all, so a flood costs the sender
+//! most once per source per minute and ten lines a minute per port, so a flood costs the sender
 //! its packets and the operator a handful of log lines. Reasons are fixed strings chosen by the
 //! code, never text from the input, so the number of series stays bounded and no log line echoes
 //! what an attacker sent.
@@ -35,14 +35,15 @@ impl Port {
 
 /// One log line per source per this long.
 const PER_SOURCE: Duration = Duration::from_secs(60);
-/// Lines in all per window, whatever the number of sources (spoofed sources are free).
+/// Lines per port per window, whatever the number of sources (spoofed sources are free); a
+/// budget per port, so a flood on one port does not silence another.
 const LINES_PER_WINDOW: u32 = 10;
 /// Sources remembered at once; past this the oldest are forgotten (which can only cost a line).
 const MAX_SOURCES: usize = 4096;
 
 pub struct Rejects {
     counter: IntCounterVec,
-    log: Mutex<LogLimiter>,
+    log: [Mutex<LogLimiter>; 4],
 }
 
 struct LogLimiter {
@@ -92,10 +93,12 @@ impl Rejects {
         )?;
         Ok(Rejects {
             counter,
-            log: Mutex::new(LogLimiter {
-                last: HashMap::new(),
-                window_start: None,
-                lines_in_window: 0,
+            log: std::array::from_fn(|_| {
+                Mutex::new(LogLimiter {
+                    last: HashMap::new(),
+                    window_start: None,
+                    lines_in_window: 0,
+                })
             }),
         })
     }
@@ -115,7 +118,9 @@ impl Rejects {
     /// ```
     pub fn reject(&self, port: Port, reason: &'static str, source: IpAddr) -> bool {
         self.count(port, reason);
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.log[port as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         log.allow(source, Instant::now())
     }
 
@@ -158,6 +163,8 @@ mod tests {
             lines += usize::from(r.reject(Port::Media, "junk", IpAddr::from(i.to_be_bytes())));
         }
         assert!(lines <= LINES_PER_WINDOW as usize, "{lines}");
+        // A flood on one port leaves another port its own budget.
+        assert!(r.reject(Port::Http, "bad_request", [192, 0, 2, 1].into()));
     }
 
     #[test]

@@ -142,6 +142,18 @@ async fn a_forwarded_call_needs_a_member_credential() {
     let sid = api.sessions_new().await.expect("sessions/new").session_id;
     let path = format!("sessions/{sid}");
     let secret = Some(node.app_secret());
+    // With a wrong bearer, refused before anything else.
+    let forged = [("x-trackmesh-forwarded-by", "some-node")];
+    let (s, body, _) = call(
+        &api,
+        Method::GET,
+        &path,
+        Some("wrong"),
+        &forged,
+        RawBody::None,
+    )
+    .await;
+    assert_error(s, &body, 401, "unauthorized");
     for headers in [
         vec![("x-trackmesh-forwarded-by", "some-node")],
         vec![
@@ -264,6 +276,29 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
         "{body}"
     );
 
+    // The largest offers the bounds let through are parsed and applied, several times over,
+    // while the viewer keeps receiving.
+    let (sections, largest) = largest_accepted_offer(30);
+    assert!(sections > 10, "{sections} m-sections");
+    for i in 0..5 {
+        let target = api.sessions_new().await.expect("sessions/new").session_id;
+        let body = json!({
+            "sessionDescription": {"type": "offer", "sdp": largest},
+            "tracks": [{"location": "local", "mid": "0", "trackName": format!("big-{i}")}],
+        });
+        let path = format!("sessions/{target}/tracks/new");
+        let (s, body, _) = call(
+            &api,
+            Method::POST,
+            &path,
+            Some(node.app_secret()),
+            &[],
+            RawBody::Json(body),
+        )
+        .await;
+        assert_eq!(s, 200, "the largest accepted offer is accepted: {body}");
+    }
+
     // The viewer kept receiving video through all of it.
     let m = mid.clone();
     viewer
@@ -275,6 +310,53 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
         )
         .await
         .expect("video keeps flowing to the viewer");
+}
+
+/// A str0m client's offer with as many send-only video m-sections as the node's SDP bounds let
+/// through, each with `ssrc_lines` more `a=ssrc` lines; (m-sections, SDP).
+fn largest_accepted_offer(ssrc_lines: usize) -> (usize, String) {
+    let offer_of = |n: usize| {
+        let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+        let mut sdp = rtc.sdp_api();
+        for _ in 0..n {
+            sdp.add_media(
+                str0m::media::MediaKind::Video,
+                str0m::media::Direction::SendOnly,
+                None,
+                None,
+                None,
+            );
+        }
+        let (offer, _) = sdp.apply().expect("an offer");
+        let mut out = String::new();
+        let mut ssrc = 10_000u32;
+        for line in offer
+            .to_sdp_string()
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+            if line.starts_with("a=mid:") {
+                for _ in 0..ssrc_lines {
+                    ssrc += 1;
+                    out.push_str(&format!("a=ssrc:{ssrc} cname:0123456789abcdef\r\n"));
+                }
+            }
+        }
+        out
+    };
+    // The node's bounds (README, "Limits and timers"): 256 KiB, 2048 a=ssrc lines in all.
+    let fits = |sdp: &str| sdp.len() <= 256 * 1024 && sdp.matches("a=ssrc").count() <= 2048;
+    let mut best = (1, offer_of(1));
+    for n in 2..=513 {
+        let sdp = offer_of(n);
+        if !fits(&sdp) {
+            break;
+        }
+        best = (n, sdp);
+    }
+    best
 }
 
 /// A parse error of a bad SDP says what is wrong without a process address.
@@ -448,9 +530,18 @@ async fn session_creation_is_rate_limited_and_under_quota() {
     )
     .await;
     assert_eq!(s, 429, "{body}");
-    // 4 of 4: full, and /readyz says so.
-    let ready = reqwest::get(format!("{}/readyz", node.http_url()))
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status().as_u16(), 503);
+    // 4 of 4: full, and /readyz says so (from the session count the node gossips each second).
+    let url = format!("{}/readyz", node.http_url());
+    trackmesh_tests::poll_until(
+        "/readyz answers 503",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let status = reqwest::get(&url).await?.status().as_u16();
+            anyhow::ensure!(status == 503, "status {status}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("a full node is not ready");
 }

@@ -61,12 +61,35 @@ async fn wait_connected(st: &ApiState, app: &str, session: &str) -> Result<(), A
     }
 }
 
+/// How long a call waits for a free SDP parser before it gets 503.
+const PARSER_WAIT: Duration = Duration::from_secs(2);
+
 /// Runs SDP parsing on the blocking pool: a large SDP costs milliseconds, which must not be spent
-/// on the engine task (it forwards all media) nor hold up an async worker.
+/// on the engine task (it forwards all media) nor hold up an async worker. At most
+/// `sdp_parsers` run at once.
 async fn off_engine<T: Send + 'static>(
+    st: &ApiState,
     parse: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(parse).await.map_err(|e| {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable_error",
+            "too many SDPs being parsed on this node; retry",
+        )
+        .retry_after(1)
+    };
+    let permit = tokio::time::timeout(PARSER_WAIT, st.sdp_parsers.clone().acquire_owned())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    tokio::task::spawn_blocking(move || {
+        let parsed = parse();
+        drop(permit);
+        parsed
+    })
+    .await
+    .map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
@@ -152,7 +175,7 @@ pub async fn sessions_new(
         let req: NewSessionRequest = decode(&bytes)?;
         check_description(&req.session_description, SdpType::Offer)?;
         let sdp = req.session_description.sdp;
-        Some(off_engine(move || ClientOffer::parse(&sdp)).await?)
+        Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
     };
     let quota = st.limits.per_app_quota;
     let created = st
@@ -196,7 +219,7 @@ pub async fn tracks_new(
         Some(d) => {
             check_description(&d, SdpType::Offer)?;
             let sdp = d.sdp;
-            Some(off_engine(move || ClientOffer::parse(&sdp)).await?)
+            Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
         }
         None => None,
     };
@@ -343,7 +366,7 @@ pub async fn renegotiate(
     let req: RenegotiateRequest = decode(&bytes)?;
     check_description(&req.session_description, SdpType::Answer)?;
     let sdp = req.session_description.sdp;
-    let answer = off_engine(move || ClientAnswer::parse(&sdp)).await?;
+    let answer = off_engine(&st, move || ClientAnswer::parse(&sdp)).await?;
     st.engine
         .call(move |e, now| e.renegotiate(&app, &session, answer, now))
         .await??;
@@ -419,7 +442,7 @@ pub async fn tracks_close(
     let offer = match offer {
         Some(sdp) => {
             let closing = mids.clone();
-            Some(off_engine(move || ClientOffer::parse_closing(&sdp, &closing)).await?)
+            Some(off_engine(&st, move || ClientOffer::parse_closing(&sdp, &closing)).await?)
         }
         None => None,
     };

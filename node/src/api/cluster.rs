@@ -99,18 +99,26 @@ pub async fn route_to_owner(State(st): State<Arc<ApiState>>, req: Request, next:
     }
 }
 
-/// Reads the body of a call that says it was forwarded and checks its node credential.
+/// Checks a call that says it was forwarded: the client's bearer (a forwarded call carries it)
+/// and the form and age of the node credential before the body is read, then the credential's
+/// MAC over the body.
 async fn check_forwarded(st: &ApiState, req: Request) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = read_body(body, st.max_body).await?;
+    let path = original_path(&parts);
+    st.apps.authorize(app_in_path(&path), &parts.headers)?;
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let verdict = st.cluster.node_auth.verify(
-        parts.method.as_str(),
-        &original_path(&parts),
-        header(FORWARDED_BY).unwrap_or(""),
-        &bytes,
-        header(NODE_AUTH),
-    );
+    let mut verdict = st.cluster.node_auth.precheck(header(NODE_AUTH));
+    let mut bytes = axum::body::Bytes::new();
+    if verdict.is_ok() {
+        bytes = read_body(body, st.max_body).await?;
+        verdict = st.cluster.node_auth.verify(
+            parts.method.as_str(),
+            &path,
+            header(FORWARDED_BY).unwrap_or(""),
+            &bytes,
+            header(NODE_AUTH),
+        );
+    }
     if let Err(refusal) = verdict {
         let ip = client_ip(&parts.extensions);
         if st
@@ -145,14 +153,22 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     };
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, st.max_body).await?;
-    let path = original_path(&parts);
+    let url =
+        reqwest::Url::parse(&format!("{}{}", owner.api, original_path(&parts))).map_err(|e| {
+            ApiError::invalid_params(format!("the call's path cannot be forwarded: {e}"))
+        })?;
+    // Sign the path and query exactly as they go on the wire (the URL parser may re-encode).
+    let signed = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
     let credential =
         st.cluster
             .node_auth
-            .sign(parts.method.as_str(), &path, &st.cluster.self_id, &bytes);
+            .sign(parts.method.as_str(), &signed, &st.cluster.self_id, &bytes);
     let mut out = st
         .http
-        .request(parts.method.clone(), format!("{}{path}", owner.api))
+        .request(parts.method.clone(), url)
         .header(FORWARDED_BY, st.cluster.self_id.as_str())
         .header(NODE_AUTH, credential)
         .body(bytes);
@@ -170,6 +186,7 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     })?;
     let status = res.status();
     let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = res.headers().get(header::RETRY_AFTER).cloned();
     let unavailable = |what: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +211,9 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     let mut response = (status, Body::from(body)).into_response();
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ra) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, ra);
     }
     Ok(response)
 }

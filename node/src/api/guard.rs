@@ -133,10 +133,20 @@ pub fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
+/// Longest part of a JSON error quoted back to the client.
+const MAX_ERROR_ECHO: usize = 200;
+
 /// Decodes JSON whatever the Content-Type says (partytracks sends `text/plain`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::decoding(format!("JSON body validation error: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        // serde quotes the offending input; keep the answer small whatever was sent.
+        let mut text = e.to_string();
+        if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_ECHO) {
+            text.truncate(cut);
+            text.push('…');
+        }
+        ApiError::decoding(format!("JSON body validation error: {text}"))
+    })
 }
 
 #[cfg(test)]

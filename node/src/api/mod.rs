@@ -42,6 +42,10 @@ pub struct ApiState {
     apps: guard::Apps,
     rate: guard::RateLimiter,
     limits: quota::SessionLimits,
+    /// SDP parses running at once on the blocking pool: half the cores, so a client posting the
+    /// largest SDPs in parallel cannot take the CPU the engine task needs.
+    sdp_parsers: Arc<tokio::sync::Semaphore>,
+    max_sessions: usize,
     max_body: usize,
     connect_timeout: Duration,
     cluster: ClusterHandle,
@@ -78,6 +82,12 @@ impl ApiState {
                 cfg.session_rate_app,
                 cfg.max_sessions_per_app,
             ),
+            sdp_parsers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| (n.get() / 2).max(1))
+                    .unwrap_or(1),
+            )),
+            max_sessions: cfg.max_sessions,
             max_body: cfg.max_body,
             connect_timeout: cfg.connect_timeout,
         }

@@ -130,27 +130,39 @@ impl NodeAuth {
         credential: Option<&str>,
         now: u64,
     ) -> Result<(), Refusal> {
-        let credential = credential.ok_or(Refusal::Missing)?;
-        let mut parts = credential.split(' ');
-        let (Some("v1"), Some(ts)) = (parts.next(), parts.next()) else {
-            return Err(Refusal::Malformed);
-        };
-        let ts: u64 = ts.parse().map_err(|_| Refusal::Malformed)?;
-        let macs: Vec<Vec<u8>> = parts
-            .map(|m| unhex(m).ok_or(Refusal::Malformed))
-            .collect::<Result<_, _>>()?;
-        if macs.is_empty() || macs.len() > 2 {
-            return Err(Refusal::Malformed);
-        }
-        if now.abs_diff(ts) > WINDOW.as_millis() as u64 {
-            return Err(Refusal::Stale);
-        }
+        let (ts, macs) = parse(credential, now)?;
         let msg = message(method, path, node, ts, body);
         let ok = std::iter::once(&self.current)
             .chain(self.previous.as_ref())
             .any(|k| macs.iter().any(|mac| hmac::verify(k, &msg, mac).is_ok()));
         if ok { Ok(()) } else { Err(Refusal::BadMac) }
     }
+
+    /// What can be checked before the body is read: the credential's form and its timestamp.
+    pub fn precheck(&self, credential: Option<&str>) -> Result<(), Refusal> {
+        parse(credential, now_ms()).map(|_| ())
+    }
+}
+
+/// The timestamp and MACs of a credential within the time window.
+fn parse(credential: Option<&str>, now: u64) -> Result<(u64, Vec<Vec<u8>>), Refusal> {
+    let credential = credential.ok_or(Refusal::Missing)?;
+    let mut parts = credential.split(' ');
+    let (Some("v1"), Some(ts)) = (parts.next(), parts.next()) else {
+        return Err(Refusal::Malformed);
+    };
+    let ts: u64 = ts.parse().map_err(|_| Refusal::Malformed)?;
+    let macs: Vec<Vec<u8>> = parts
+        .take(3)
+        .map(|m| unhex(m).ok_or(Refusal::Malformed))
+        .collect::<Result<_, _>>()?;
+    if macs.is_empty() || macs.len() > 2 {
+        return Err(Refusal::Malformed);
+    }
+    if now.abs_diff(ts) > WINDOW.as_millis() as u64 {
+        return Err(Refusal::Stale);
+    }
+    Ok((ts, macs))
 }
 
 #[cfg(test)]

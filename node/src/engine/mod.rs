@@ -382,11 +382,6 @@ impl Engine {
         self.app_sessions.get(app).copied().unwrap_or(0)
     }
 
-    /// Whether the node holds its maximum number of sessions.
-    pub fn is_full(&self) -> bool {
-        self.sessions.len() >= self.cfg.max_sessions
-    }
-
     pub fn publication_count(&self) -> usize {
         self.publications.len()
     }

@@ -84,7 +84,7 @@ async fn ensure_locked(
             added
         }
         Err(e) => {
-            tracing::info!(%session, track, error = %e, "remote track not available");
+            tracing::debug!(%session, track, error = %e, "remote track not available");
             false
         }
     }
