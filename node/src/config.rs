@@ -427,6 +427,14 @@ impl Config {
         if cfg.gossip.port() == 0 {
             bail!("gossip needs a fixed port: it is announced to the other nodes");
         }
+        // The development secret is in the source: with it, sealed gossip keeps nobody out.
+        if cfg.dev_secret && !cfg.gossip.ip().is_loopback() {
+            bail!(
+                "--gossip {} is reachable from other machines: give the cluster a --cluster-secret \
+                 (the development secret is public)",
+                cfg.gossip
+            );
+        }
         if cfg.rate_limit == 0 {
             bail!("rate-limit must be at least 1");
         }
@@ -480,6 +488,19 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn the_public_development_secret_only_on_loopback_gossip() {
+        let flags = |gossip: &str, secret: Option<&str>| Flags {
+            gossip: gossip.parse().ok(),
+            cluster_secret: secret.map(str::to_string),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags("127.0.0.1:7702", None)).is_ok());
+        let err = Config::from_flags(flags("10.0.0.5:7702", None)).expect_err("refused");
+        assert!(err.to_string().contains("--cluster-secret"), "{err}");
+        assert!(Config::from_flags(flags("10.0.0.5:7702", Some("s3cret"))).is_ok());
     }
 
     #[test]
