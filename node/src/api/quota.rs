@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -22,6 +23,9 @@ pub struct SessionLimits {
     clock: DefaultClock,
     ip_rate: u32,
     app_rate: u32,
+    started: std::time::Instant,
+    /// The second (since `started`) of the last sweep of the per-address map.
+    last_prune: AtomicU64,
     /// Live sessions one app may hold on this node.
     pub per_app_quota: usize,
 }
@@ -40,6 +44,8 @@ impl SessionLimits {
             clock: DefaultClock::default(),
             ip_rate,
             app_rate,
+            started: std::time::Instant::now(),
+            last_prune: AtomicU64::new(u64::MAX),
             per_app_quota,
         }
     }
@@ -49,12 +55,21 @@ impl SessionLimits {
             .retry_after(wait.as_secs_f64().ceil() as u64)
     }
 
-    /// Before the bearer is checked: the address's budget.
+    /// Before the bearer is checked: the address's budget. An IPv6 client is its /64, as for the
+    /// connection caps (one host is handed a whole /64).
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let key = match ip {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
+            v4 => v4,
+        };
         if self.per_ip.len() >= MAX_TRACKED_IPS {
-            self.per_ip.retain_recent();
+            // At most once a second: the sweep walks the whole map.
+            let now = self.started.elapsed().as_secs();
+            if self.last_prune.swap(now, Ordering::Relaxed) != now {
+                self.per_ip.retain_recent();
+            }
         }
-        self.per_ip.check_key(&ip).map_err(|not_until| {
+        self.per_ip.check_key(&key).map_err(|not_until| {
             self.too_many(
                 format!(
                     "more than {} new sessions per second from this address",
@@ -114,6 +129,16 @@ mod tests {
             Some(&b"1"[..])
         );
         assert!(l.check_ip([127, 0, 0, 2].into()).is_ok(), "another address");
+        // One IPv6 /64 is one client.
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        for i in 0..3 {
+            assert!(l.check_ip(v6(i)).is_ok());
+        }
+        assert!(l.check_ip(v6(99)).is_err(), "the same /64");
+        assert!(
+            l.check_ip(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+                .is_ok()
+        );
     }
 
     #[test]
