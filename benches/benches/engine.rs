@@ -536,47 +536,11 @@ fn demux(c: &mut Criterion) {
     g.finish();
 }
 
-/// A str0m client's offer of `sections` send-only video m-sections, each with `ssrc_lines` more
-/// `a=ssrc` lines (as clients with many streams write them).
-fn offer_of(sections: usize, ssrc_lines: usize) -> String {
-    let mut rtc = Rtc::builder().build(Instant::now());
-    let mut api = rtc.sdp_api();
-    for _ in 0..sections {
-        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    }
-    let Some((offer, _)) = api.apply() else {
-        return String::new();
-    };
-    let mut out = String::new();
-    let mut ssrc = 10_000u32;
-    for line in offer
-        .to_sdp_string()
-        .split("\r\n")
-        .filter(|l| !l.is_empty())
-    {
-        out.push_str(line);
-        out.push_str("\r\n");
-        if line.starts_with("a=mid:") {
-            for _ in 0..ssrc_lines {
-                ssrc += 1;
-                out.push_str(&format!("a=ssrc:{ssrc} cname:0123456789abcdef\r\n"));
-            }
-        }
-    }
-    out
-}
-
 /// The largest offer of this shape within the node's SDP bounds.
 fn largest_accepted(ssrc_lines: usize) -> (usize, String) {
-    let mut best = (1, offer_of(1, ssrc_lines));
-    for n in 2.. {
-        let sdp = offer_of(n, ssrc_lines);
-        if trackmesh_node::engine::sdp_limits::check(&sdp).is_err() {
-            break;
-        }
-        best = (n, sdp);
-    }
-    best
+    trackmesh_tests::offers::largest_video_offer(ssrc_lines, |sdp| {
+        trackmesh_node::engine::sdp_limits::check(sdp).is_ok()
+    })
 }
 
 /// What an SDP costs: parsing (on the API's blocking pool) and applying it to a session (on the
@@ -585,7 +549,10 @@ fn largest_accepted(ssrc_lines: usize) -> (usize, String) {
 fn sdp(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine/sdp");
     let shapes = [
-        ("2_sections", (2, offer_of(2, 0))),
+        (
+            "2_sections",
+            (2, trackmesh_tests::offers::video_offer(2, 0)),
+        ),
         ("largest_accepted/no_extra_ssrc", largest_accepted(0)),
         ("largest_accepted/30_ssrc_per_section", largest_accepted(30)),
     ];

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod flows;
 pub mod netns;
 pub mod node;
+pub mod offers;
 pub mod peer;
 
 pub use api::{CallsClient, RawBody, RawResponse, SessionDescription, TrackObject, TracksRequest};

@@ -453,6 +453,29 @@ impl TestNode {
         self.admin_token.as_deref()
     }
 
+    /// `GET /metrics` as `name{labels}` → value (the Prometheus text format).
+    pub async fn scrape(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(format!("{}/metrics", self.http_url()))
+            .send()
+            .await
+            .context("GET /metrics")?
+            .text()
+            .await
+            .context("reading /metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
     /// `GET /admin/<path>` with the admin bearer token: (HTTP status, JSON body or Null).
     /// `path` is `cluster`, `/admin/cluster`, ...
     pub async fn admin_raw(&self, path: &str) -> anyhow::Result<(u16, Value)> {

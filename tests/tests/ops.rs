@@ -17,23 +17,8 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
-/// `name{labels}` → value, from the Prometheus text format.
 async fn scrape(node: &TestNode) -> BTreeMap<String, f64> {
-    let text = http()
-        .get(format!("{}/metrics", node.http_url()))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    node.scrape().await.expect("GET /metrics")
 }
 
 fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {

@@ -37,17 +37,63 @@ async fn call(
     (r.status, r.json, r.headers)
 }
 
+/// GET with an optional bearer.
+async fn get(
+    api: &CallsClient,
+    path: &str,
+    secret: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    call(api, Method::GET, path, secret, &[], RawBody::None).await
+}
+
+/// `POST sessions/new` without a body, with this bearer.
+async fn create(
+    api: &CallsClient,
+    secret: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    call(
+        api,
+        Method::POST,
+        "sessions/new",
+        secret,
+        &[],
+        RawBody::None,
+    )
+    .await
+}
+
+/// POST a JSON body with the app's bearer.
+async fn post(
+    api: &CallsClient,
+    secret: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    call(
+        api,
+        Method::POST,
+        path,
+        Some(secret),
+        &[],
+        RawBody::Json(body),
+    )
+    .await
+}
+
+/// The error, and its description names what was refused.
+#[track_caller]
+fn assert_error_naming(status: u16, body: &Value, want_status: u16, code: &str, names: &str) {
+    assert_error(status, body, want_status, code);
+    let text = body["errorDescription"].as_str().unwrap_or_default();
+    assert!(text.contains(names), "{names:?} in {body}");
+}
+
 /// Requests a node's API answered on the session routes, from its own metrics.
 async fn session_route_requests(node: &TestNode) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|l| l.starts_with("trackmesh_http_requests_total") && l.contains("{session}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let m = node.scrape().await.expect("GET /metrics");
+    m.iter()
+        .filter(|(k, _)| k.starts_with("trackmesh_http_requests_total") && k.contains("{session}"))
+        .map(|(_, v)| *v)
         .sum::<f64>() as u64
 }
 
@@ -69,17 +115,9 @@ async fn nothing_is_forwarded_before_auth() {
         .session_id;
     let before = session_route_requests(cl.node("b")).await;
     let path = format!("sessions/{on_b}");
-    let (s, body, _) = call(
-        &api_a,
-        Method::GET,
-        &path,
-        Some("wrong"),
-        &[],
-        RawBody::None,
-    )
-    .await;
+    let (s, body, _) = get(&api_a, &path, Some("wrong")).await;
     assert_error(s, &body, 401, "unauthorized");
-    let (s, body, _) = call(&api_a, Method::GET, &path, None, &[], RawBody::None).await;
+    let (s, body, _) = get(&api_a, &path, None).await;
     assert_error(s, &body, 401, "unauthorized");
     let big = RawBody::Bytes(vec![b' '; 512 * 1024], Some("application/json".into()));
     let tracks_new = format!("sessions/{on_b}/tracks/new");
@@ -92,27 +130,11 @@ async fn nothing_is_forwarded_before_auth() {
         Some(&b"close"[..])
     );
     let other_app = api_a.with_base(&api_a.base().replace(cl.app_id(), "no-such-app"));
-    let (s, body, _) = call(
-        &other_app,
-        Method::GET,
-        &path,
-        Some(cl.app_secret()),
-        &[],
-        RawBody::None,
-    )
-    .await;
+    let (s, body, _) = get(&other_app, &path, Some(cl.app_secret())).await;
     assert_error(s, &body, 404, "not_found");
     // A tag no node has: the same 401 as a live one.
     let unknown = format!("00000000{}", &on_b[8..]);
-    let (s, body, _) = call(
-        &api_a,
-        Method::GET,
-        &format!("sessions/{unknown}"),
-        None,
-        &[],
-        RawBody::None,
-    )
-    .await;
+    let (s, body, _) = get(&api_a, &format!("sessions/{unknown}"), None).await;
     assert_error(s, &body, 401, "unauthorized");
     assert_eq!(
         session_route_requests(cl.node("b")).await,
@@ -120,15 +142,7 @@ async fn nothing_is_forwarded_before_auth() {
         "B answered calls that A should have refused"
     );
     // The real thing still goes through A to B.
-    let (s, body, _) = call(
-        &api_a,
-        Method::GET,
-        &path,
-        Some(cl.app_secret()),
-        &[],
-        RawBody::None,
-    )
-    .await;
+    let (s, body, _) = get(&api_a, &path, Some(cl.app_secret())).await;
     assert_eq!(s, 200, "{body}");
     assert!(session_route_requests(cl.node("b")).await > before);
 }
@@ -168,7 +182,7 @@ async fn a_forwarded_call_needs_a_member_credential() {
         let (s, body, _) = call(&api, Method::GET, &path, secret, &headers, RawBody::None).await;
         assert_error(s, &body, 401, "unauthorized");
     }
-    let (s, body, _) = call(&api, Method::GET, &path, secret, &[], RawBody::None).await;
+    let (s, body, _) = get(&api, &path, secret).await;
     assert_eq!(s, 200, "{body}");
 }
 
@@ -237,15 +251,7 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
         } else {
             offer.clone()
         };
-        let (s, body, _) = call(
-            &api,
-            Method::POST,
-            &path,
-            Some(node.app_secret()),
-            &[],
-            RawBody::Json(body),
-        )
-        .await;
+        let (s, body, _) = post(&api, node.app_secret(), &path, body).await;
         assert_error(s, &body, 400, "decoding_error");
         let text = body["errorDescription"].as_str().unwrap_or_default();
         assert!(text.contains("limit"), "the bound is named: {text}");
@@ -258,23 +264,8 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
         section.push_str(&format!("a=ssrc:{i} cname:x\r\n"));
     }
     let body = json!({"sessionDescription": {"type": "offer", "sdp": section}});
-    let (s, body, _) = call(
-        &api,
-        Method::POST,
-        "sessions/new",
-        Some(node.app_secret()),
-        &[],
-        RawBody::Json(body),
-    )
-    .await;
-    assert_error(s, &body, 400, "decoding_error");
-    assert!(
-        body["errorDescription"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("a=ssrc"),
-        "{body}"
-    );
+    let (s, body, _) = post(&api, node.app_secret(), "sessions/new", body).await;
+    assert_error_naming(s, &body, 400, "decoding_error", "a=ssrc");
 
     // The largest offers the bounds let through are parsed and applied, several times over,
     // while the viewer keeps receiving.
@@ -287,15 +278,7 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
             "tracks": [{"location": "local", "mid": "0", "trackName": format!("big-{i}")}],
         });
         let path = format!("sessions/{target}/tracks/new");
-        let (s, body, _) = call(
-            &api,
-            Method::POST,
-            &path,
-            Some(node.app_secret()),
-            &[],
-            RawBody::Json(body),
-        )
-        .await;
+        let (s, body, _) = post(&api, node.app_secret(), &path, body).await;
         assert_eq!(s, 200, "the largest accepted offer is accepted: {body}");
     }
 
@@ -312,51 +295,12 @@ async fn a_huge_sdp_is_refused_while_media_flows() {
         .expect("video keeps flowing to the viewer");
 }
 
-/// A str0m client's offer with as many send-only video m-sections as the node's SDP bounds let
-/// through, each with `ssrc_lines` more `a=ssrc` lines; (m-sections, SDP).
+/// The largest str0m client offer within the node's SDP bounds (README, "Limits and timers":
+/// 256 KiB, 2048 `a=ssrc` lines in all), with `ssrc_lines` more `a=ssrc` lines per m-section.
 fn largest_accepted_offer(ssrc_lines: usize) -> (usize, String) {
-    let offer_of = |n: usize| {
-        let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
-        let mut sdp = rtc.sdp_api();
-        for _ in 0..n {
-            sdp.add_media(
-                str0m::media::MediaKind::Video,
-                str0m::media::Direction::SendOnly,
-                None,
-                None,
-                None,
-            );
-        }
-        let (offer, _) = sdp.apply().expect("an offer");
-        let mut out = String::new();
-        let mut ssrc = 10_000u32;
-        for line in offer
-            .to_sdp_string()
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-        {
-            out.push_str(line);
-            out.push_str("\r\n");
-            if line.starts_with("a=mid:") {
-                for _ in 0..ssrc_lines {
-                    ssrc += 1;
-                    out.push_str(&format!("a=ssrc:{ssrc} cname:0123456789abcdef\r\n"));
-                }
-            }
-        }
-        out
-    };
-    // The node's bounds (README, "Limits and timers"): 256 KiB, 2048 a=ssrc lines in all.
-    let fits = |sdp: &str| sdp.len() <= 256 * 1024 && sdp.matches("a=ssrc").count() <= 2048;
-    let mut best = (1, offer_of(1));
-    for n in 2..=513 {
-        let sdp = offer_of(n);
-        if !fits(&sdp) {
-            break;
-        }
-        best = (n, sdp);
-    }
-    best
+    trackmesh_tests::offers::largest_video_offer(ssrc_lines, |sdp| {
+        sdp.len() <= 256 * 1024 && sdp.matches("a=ssrc").count() <= 2048
+    })
 }
 
 /// A parse error of a bad SDP says what is wrong without a process address.
@@ -366,15 +310,7 @@ async fn sdp_parse_errors_carry_no_addresses() {
     let api = node.client();
     let sdp = "v=0\r\na=ice-ufrag:abcd\r\nm=video banana\r\nx\u{1}y\r\n";
     let body = json!({"sessionDescription": {"type": "offer", "sdp": sdp}});
-    let (s, body, _) = call(
-        &api,
-        Method::POST,
-        "sessions/new",
-        Some(node.app_secret()),
-        &[],
-        RawBody::Json(body),
-    )
-    .await;
+    let (s, body, _) = post(&api, node.app_secret(), "sessions/new", body).await;
     assert!(s == 400 || s == 406, "{s} {body}");
     let text = body["errorDescription"].as_str().unwrap_or_default();
     assert!(
@@ -394,36 +330,13 @@ async fn a_megabyte_track_name_is_refused() {
     let long = "n".repeat(1_000_000);
     for location in ["local", "remote"] {
         let body = json!({"tracks": [{"location": location, "trackName": long, "kind": "video", "sessionId": sid}]});
-        let (s, body, _) = call(
-            &api,
-            Method::POST,
-            &path,
-            Some(node.app_secret()),
-            &[],
-            RawBody::Json(body),
-        )
-        .await;
-        assert_error(s, &body, 400, "decoding_error");
-        assert!(
-            body["errorDescription"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("256"),
-            "{body}"
-        );
+        let (s, body, _) = post(&api, node.app_secret(), &path, body).await;
+        assert_error_naming(s, &body, 400, "decoding_error", "256");
         assert!(body.to_string().len() < 1000, "the name is not echoed");
     }
     let fits = "n".repeat(256);
     let body = json!({"tracks": [{"location": "local", "trackName": fits, "kind": "video"}]});
-    let (s, body, _) = call(
-        &api,
-        Method::POST,
-        &path,
-        Some(node.app_secret()),
-        &[],
-        RawBody::Json(body),
-    )
-    .await;
+    let (s, body, _) = post(&api, node.app_secret(), &path, body).await;
     assert_eq!(s, 200, "{body}");
 }
 
@@ -437,15 +350,7 @@ async fn session_creation_is_rate_limited_and_under_quota() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..20 {
-        let (s, body, headers) = call(
-            &api,
-            Method::POST,
-            "sessions/new",
-            Some(node.app_secret()),
-            &[],
-            RawBody::None,
-        )
-        .await;
+        let (s, body, headers) = create(&api, Some(node.app_secret())).await;
         if s == 429 {
             assert_eq!(body["errorCode"].as_str(), Some("rate_limited"), "{body}");
             retry_after = headers
@@ -464,16 +369,13 @@ async fn session_creation_is_rate_limited_and_under_quota() {
         retry_after.is_some_and(|s| s >= 1),
         "Retry-After: {retry_after:?}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = node.scrape().await.expect("GET /metrics");
     assert!(
         metrics
-            .lines()
-            .any(|l| l.starts_with("trackmesh_rejected_total") && l.contains("session_rate_ip")),
+            .iter()
+            .any(|(k, v)| k.starts_with("trackmesh_rejected_total")
+                && k.contains("session_rate_ip")
+                && *v > 0.0),
         "rate-limit refusals are counted"
     );
 
@@ -491,23 +393,8 @@ async fn session_creation_is_rate_limited_and_under_quota() {
     for _ in 0..2 {
         api.sessions_new().await.expect("within the quota");
     }
-    let (s, body, headers) = call(
-        &api,
-        Method::POST,
-        "sessions/new",
-        Some(node.app_secret()),
-        &[],
-        RawBody::None,
-    )
-    .await;
-    assert_error(s, &body, 429, "rate_limited");
-    assert!(
-        body["errorDescription"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("quota"),
-        "{body}"
-    );
+    let (s, body, headers) = create(&api, Some(node.app_secret())).await;
+    assert_error_naming(s, &body, 429, "rate_limited", "quota");
     assert!(headers.contains_key("retry-after"));
     let ready = reqwest::get(format!("{}/readyz", node.http_url()))
         .await
@@ -520,15 +407,7 @@ async fn session_creation_is_rate_limited_and_under_quota() {
             .await
             .expect("the other app still gets sessions");
     }
-    let (s, body, _) = call(
-        &other,
-        Method::POST,
-        "sessions/new",
-        Some("other-secret"),
-        &[],
-        RawBody::None,
-    )
-    .await;
+    let (s, body, _) = create(&other, Some("other-secret")).await;
     assert_eq!(s, 429, "{body}");
     // 4 of 4: full, and /readyz says so (from the session count the node gossips each second).
     let url = format!("{}/readyz", node.http_url());

@@ -172,68 +172,35 @@ mod tests {
     #[test]
     fn a_signed_call_verifies_and_any_change_does_not() {
         let a = NodeAuth::new("s1", None);
-        let c = a.sign_at(
-            "POST",
-            "/v1/apps/x/sessions/y/tracks/new",
-            "n1",
-            b"{}",
-            1000,
+        const PATH: &str = "/v1/apps/x/sessions/y/tracks/new";
+        let c = a.sign_at("POST", PATH, "n1", b"{}", 1000);
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a [u8],
+            u64,
+            Result<(), Refusal>,
         );
-        let ok = |m: &str, p: &str, n: &str, b: &[u8], now| a.verify_at(m, p, n, b, Some(&c), now);
-        assert_eq!(
-            ok(
-                "POST",
-                "/v1/apps/x/sessions/y/tracks/new",
-                "n1",
-                b"{}",
-                1000
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            ok("PUT", "/v1/apps/x/sessions/y/tracks/new", "n1", b"{}", 1000),
-            Err(Refusal::BadMac)
-        );
-        assert_eq!(
-            ok(
+        let cases: [Case; 6] = [
+            ("POST", PATH, "n1", b"{}", 1000, Ok(())),
+            ("PUT", PATH, "n1", b"{}", 1000, Err(Refusal::BadMac)),
+            (
                 "POST",
                 "/v1/apps/x/sessions/z/tracks/new",
                 "n1",
                 b"{}",
-                1000
+                1000,
+                Err(Refusal::BadMac),
             ),
-            Err(Refusal::BadMac)
-        );
-        assert_eq!(
-            ok(
-                "POST",
-                "/v1/apps/x/sessions/y/tracks/new",
-                "n2",
-                b"{}",
-                1000
-            ),
-            Err(Refusal::BadMac)
-        );
-        assert_eq!(
-            ok(
-                "POST",
-                "/v1/apps/x/sessions/y/tracks/new",
-                "n1",
-                b"{ }",
-                1000
-            ),
-            Err(Refusal::BadMac)
-        );
-        assert_eq!(
-            ok(
-                "POST",
-                "/v1/apps/x/sessions/y/tracks/new",
-                "n1",
-                b"{}",
-                40_000
-            ),
-            Err(Refusal::Stale)
-        );
+            ("POST", PATH, "n2", b"{}", 1000, Err(Refusal::BadMac)),
+            ("POST", PATH, "n1", b"{ }", 1000, Err(Refusal::BadMac)),
+            ("POST", PATH, "n1", b"{}", 40_000, Err(Refusal::Stale)),
+        ];
+        for (method, path, node, body, now, want) in cases {
+            let got = a.verify_at(method, path, node, body, Some(&c), now);
+            assert_eq!(got, want, "{method} {path} {node} {body:?} at {now}");
+        }
     }
 
     #[test]
