@@ -219,9 +219,9 @@ async fn gossip_flood_is_counted_not_logged() {
             0 => &syn_ack,
             1 => b"junk",
             2 => {
-                // Our magic, a plausible header and garbage after it.
+                // Our magic and format version, a plausible header and garbage after it.
                 junk.clear();
-                junk.extend_from_slice(&[b'T', 1]);
+                junk.extend_from_slice(&[b'T', 2]);
                 junk.extend((0..200u32).map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8));
                 &junk
             }

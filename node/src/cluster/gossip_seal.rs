@@ -9,32 +9,46 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 2 | magic `T` and format version `1` |
+//! | 2 | magic `T` and format version `2` |
 //! | 4 | key id: which cluster secret sealed it (a public HKDF output, not the key) |
 //! | 8 | sender: random per process start |
 //! | 8 | counter: per sender, +1 for every message |
+//! | 8 | time: when it was sealed, Unix milliseconds of the sender's clock |
 //! | 1 | copies: under how many keys this message was sent (2 while rotating) |
 //! | 12 | nonce: random |
 //! | n+16 | ChaCha20-Poly1305 ciphertext and tag |
 //!
-//! [`OVERHEAD`] is 51 bytes, so a chitchat message of more than 65,507 − 51 bytes cannot be sent
+//! A datagram of another format version is `malformed`: a change of layout bumps the version.
+//!
+//! Replays. A datagram stamped more than [`MAX_SKEW_MS`] away from the receiver's clock is refused
+//! (`stale`), whoever receives it and whatever the receiver remembers; within that minute a
+//! per-sender window of counters refuses a datagram already accepted (`replay`) or too far
+//! behind (`stale`), and a datagram carrying the receiver's own sender id (its own gossip sent
+//! back to it) is refused (`reflected`). What is not covered: within the minute, a datagram
+//! replayed to a receiver that has since restarted or forgotten the sender, or replayed to
+//! another member than it was sent to, is accepted once. It only repeats gossip a member did send
+//! less than a minute earlier (chitchat ignores state older than what it holds), but the receiver
+//! answers it, to the address the replay came from.
+//!
+//! [`OVERHEAD`] is 59 bytes, so a chitchat message of more than 65,507 − 59 bytes cannot be sent
 //! as one datagram; such a message is dropped and counted (`too_large`). chitchat fills a message
 //! up to 65,507 bytes only with a cluster state far larger than ours (a few keys per node).
 //!
 //! Rotation: while a previous secret is configured, each message is sent twice, once sealed under
-//! each key, with the same sender and counter. A node holding either key accepts one copy; a node
-//! holding both accepts the first and drops its twin silently (same counter, `copies` = 2). So a
-//! node with NEW+OLD is heard both by nodes with only OLD and by nodes with only NEW, and no step
-//! of a one-node-at-a-time roll splits the cluster.
+//! each key, with the same sender, counter and time. A node holding either key accepts one copy;
+//! a node holding both accepts the first and drops its twin silently (same counter, `copies` = 2).
+//! So a node with NEW+OLD is heard both by nodes with only OLD and by nodes with only NEW, and no
+//! step of a one-node-at-a-time roll splits the cluster.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
 
-const MAGIC: [u8; 2] = [b'T', 1];
+const MAGIC: [u8; 2] = [b'T', 2];
 const KEY_ID_LEN: usize = 4;
-const HEADER_LEN: usize = 2 + KEY_ID_LEN + 8 + 8 + 1;
+const HEADER_LEN: usize = 2 + KEY_ID_LEN + 8 + 8 + 8 + 1;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to the chitchat message it carries.
 pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
@@ -42,15 +56,28 @@ pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
 pub const MAX_DATAGRAM: usize = 65_507;
 /// The largest chitchat message that fits in one sealed datagram.
 pub const MAX_PLAINTEXT: usize = MAX_DATAGRAM - OVERHEAD;
+/// How far (in milliseconds) a datagram's time may be from the receiver's clock, either way:
+/// transit plus the clock difference between two nodes (which must keep their clocks set, e.g.
+/// with NTP).
+pub const MAX_SKEW_MS: u64 = 60_000;
 
 /// Senders whose counters are remembered. Only datagrams that opened create entries, so only a
-/// key holder can fill it; past it the longest-silent sender is forgotten (its old datagrams could
-/// then be replayed once, which only repeats gossip it did send).
+/// key holder can fill it; past it the longest-silent sender is forgotten (its datagrams of the
+/// last [`MAX_SKEW_MS`] could then be replayed once, which only repeats gossip it did send).
 pub const MAX_SENDERS: usize = 1024;
 /// Counters behind the highest seen that are still accepted once (reordering on the path).
 const WINDOW: u64 = 128;
 
 const SALT: &[u8] = b"trackmesh gossip seal v1";
+
+/// Now, in Unix milliseconds (0 for a clock set before 1970, which then refuses everything as
+/// stale rather than failing).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// One cluster secret's gossip key.
 pub struct SealKey {
@@ -88,7 +115,7 @@ impl SealKey {
 /// Why a datagram was not accepted. [`Refusal::reason`] is the `reason` label it is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Shorter than a header and tag, or not our magic.
+    /// Shorter than a header and tag, or not our magic and format version.
     Malformed,
     /// Sealed under a key id this node does not hold; `twin` when the sender says it sent the
     /// message under another key too (normal while a rotation is under way).
@@ -99,6 +126,11 @@ pub enum Refusal {
     Replay,
     /// A counter too far behind the highest accepted from this sender.
     Stale,
+    /// Sealed more than [`MAX_SKEW_MS`] before (or after) this node's clock: an old capture, or a
+    /// sender whose clock is off. Counted as `stale` too.
+    Untimely,
+    /// Carries this node's own sender id: its own gossip sent back to it.
+    Reflected,
     /// The twin of a message already accepted under the other key: dropped, not counted.
     Twin,
 }
@@ -111,7 +143,8 @@ impl Refusal {
             Refusal::UnknownKey { .. } => Some("unknown_key"),
             Refusal::BadSeal => Some("bad_seal"),
             Refusal::Replay => Some("replay"),
-            Refusal::Stale => Some("stale"),
+            Refusal::Stale | Refusal::Untimely => Some("stale"),
+            Refusal::Reflected => Some("reflected"),
             Refusal::Twin => None,
         }
     }
@@ -166,6 +199,16 @@ impl Seal {
 
     /// Seals `plain` once per key into `out` (cleared first): one datagram, or two while rotating.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TooLarge> {
+        self.seal_at(plain, out, unix_ms())
+    }
+
+    /// [`Seal::seal`], stamped with `now_ms` (Unix milliseconds) rather than the clock.
+    pub fn seal_at(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<Vec<u8>>,
+        now_ms: u64,
+    ) -> Result<(), TooLarge> {
         out.clear();
         if plain.len() > MAX_PLAINTEXT {
             return Err(TooLarge);
@@ -178,6 +221,7 @@ impl Seal {
             d.extend_from_slice(&key.id);
             d.extend_from_slice(&self.sender.to_be_bytes());
             d.extend_from_slice(&self.counter.to_be_bytes());
+            d.extend_from_slice(&now_ms.to_be_bytes());
             d.push(copies);
             let mut nonce = [0u8; NONCE_LEN];
             // The system RNG failing is not recoverable in any useful way; sealing with a fixed
@@ -208,6 +252,15 @@ impl Seal {
 
     /// Opens a datagram in place and returns the chitchat message it carries.
     pub fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<&'a [u8], Refusal> {
+        self.open_at(datagram, unix_ms())
+    }
+
+    /// [`Seal::open`], judged against `now_ms` (Unix milliseconds) rather than the clock.
+    pub fn open_at<'a>(
+        &mut self,
+        datagram: &'a mut [u8],
+        now_ms: u64,
+    ) -> Result<&'a [u8], Refusal> {
         if datagram.len() < OVERHEAD || datagram[..2] != MAGIC {
             return Err(Refusal::Malformed);
         }
@@ -228,11 +281,16 @@ impl Seal {
                 sealed,
             )
             .map_err(|_| Refusal::BadSeal)?;
-        let mut be = [0u8; 8];
-        be.copy_from_slice(&header[6..14]);
-        let sender = u64::from_be_bytes(be);
-        be.copy_from_slice(&header[14..22]);
-        let counter = u64::from_be_bytes(be);
+        // Judged only once the tag verified: the header is authentic from here on.
+        let sender = be_u64(&header[6..14])?;
+        let counter = be_u64(&header[14..22])?;
+        let sealed_ms = be_u64(&header[22..30])?;
+        if sender == self.sender {
+            return Err(Refusal::Reflected);
+        }
+        if sealed_ms.abs_diff(now_ms) > MAX_SKEW_MS {
+            return Err(Refusal::Untimely);
+        }
         self.accept(sender, counter, copies)?;
         Ok(plain)
     }
@@ -288,6 +346,13 @@ impl Seal {
     pub fn senders(&self) -> usize {
         self.senders.len()
     }
+}
+
+/// A big-endian u64 header field (its slice is always 8 bytes long).
+fn be_u64(field: &[u8]) -> Result<u64, Refusal> {
+    <[u8; 8]>::try_from(field)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Refusal::Malformed)
 }
 
 #[cfg(test)]
@@ -428,6 +493,112 @@ mod tests {
             assert!(b.open(&mut d).is_ok());
         }
         assert_eq!(b.senders(), MAX_SENDERS);
+    }
+
+    /// A fixed "now" for the tests that play with time (2026-12-01).
+    const NOW: u64 = 1_796_083_200_000;
+
+    fn one_at(s: &mut Seal, plain: &[u8], now_ms: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.seal_at(plain, &mut out, now_ms).expect("fits");
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn an_old_datagram_is_refused_by_a_restarted_receiver() {
+        let mut a = seal("s3cret", None, 1);
+        let d = one_at(&mut a, b"old state", NOW);
+        let mut b = seal("s3cret", None, 2);
+        assert_eq!(b.open_at(&mut d.clone(), NOW).expect("opens"), b"old state");
+        // B restarts: a fresh Seal remembers no counter of A. A capture older than the skew
+        // allowance is refused all the same, counted as stale.
+        let mut restarted = seal("s3cret", None, 3);
+        let later = NOW + MAX_SKEW_MS + 1;
+        assert_eq!(
+            restarted.open_at(&mut d.clone(), later),
+            Err(Refusal::Untimely)
+        );
+        assert_eq!(Refusal::Untimely.reason(), Some("stale"));
+        // And it is not remembered as A's newest counter: A's fresh gossip still opens.
+        let mut fresh = one_at(&mut a, b"new state", later);
+        assert_eq!(
+            restarted.open_at(&mut fresh, later).expect("opens"),
+            b"new state"
+        );
+        assert_eq!(restarted.senders(), 1);
+    }
+
+    #[test]
+    fn an_old_datagram_of_a_forgotten_sender_is_refused() {
+        let mut b = seal("s3cret", None, 0);
+        let mut a = seal("s3cret", None, 1);
+        let captured = one_at(&mut a, b"x", NOW);
+        assert!(b.open_at(&mut captured.clone(), NOW).is_ok());
+        // MAX_SENDERS other senders push A out of B's map.
+        for sender in 2..=(MAX_SENDERS as u64 + 1) {
+            let mut other = seal("s3cret", None, sender);
+            assert!(b.open_at(&mut one_at(&mut other, b"y", NOW), NOW).is_ok());
+        }
+        assert_eq!(b.senders(), MAX_SENDERS);
+        assert_eq!(
+            b.open_at(&mut captured.clone(), NOW + MAX_SKEW_MS + 1),
+            Err(Refusal::Untimely)
+        );
+    }
+
+    #[test]
+    fn a_reflected_datagram_is_refused() {
+        // The node's own gossip, sent back to it (by an attacker or by a misrouted seed).
+        let mut a = seal("s3cret", Some("old"), 9);
+        let mut out = Vec::new();
+        a.seal(b"mine", &mut out).expect("fits");
+        assert_eq!(out.len(), 2);
+        for d in &out {
+            assert_eq!(a.open(&mut d.clone()), Err(Refusal::Reflected));
+        }
+        assert_eq!(Refusal::Reflected.reason(), Some("reflected"));
+        assert_eq!(a.senders(), 0);
+        // Another node with the same secrets takes it.
+        let mut b = seal("s3cret", Some("old"), 10);
+        assert_eq!(b.open(&mut out[0].clone()).expect("opens"), b"mine");
+    }
+
+    #[test]
+    fn clock_skew_within_the_allowance_is_accepted() {
+        let mut b = seal("s3cret", None, 2);
+        // A sender whose clock is ahead, then one whose clock is behind, both by the allowance.
+        let mut ahead = seal("s3cret", None, 3);
+        let mut d = one_at(&mut ahead, b"ahead", NOW + MAX_SKEW_MS);
+        assert_eq!(b.open_at(&mut d, NOW).expect("opens"), b"ahead");
+        let mut behind = seal("s3cret", None, 4);
+        let mut d = one_at(&mut behind, b"behind", NOW - MAX_SKEW_MS);
+        assert_eq!(b.open_at(&mut d, NOW).expect("opens"), b"behind");
+        // One millisecond more either way is refused.
+        let mut d = one_at(&mut ahead, b"x", NOW + MAX_SKEW_MS + 1);
+        assert_eq!(b.open_at(&mut d, NOW), Err(Refusal::Untimely));
+        let mut d = one_at(&mut behind, b"x", NOW - MAX_SKEW_MS - 1);
+        assert_eq!(b.open_at(&mut d, NOW), Err(Refusal::Untimely));
+    }
+
+    #[test]
+    fn the_time_is_authenticated() {
+        // Re-stamping an old capture with a fresh time breaks the tag.
+        let mut a = seal("s3cret", None, 1);
+        let mut d = one_at(&mut a, b"x", NOW);
+        let later = NOW + 10 * MAX_SKEW_MS;
+        d[22..30].copy_from_slice(&later.to_be_bytes());
+        let mut b = seal("s3cret", None, 2);
+        assert_eq!(b.open_at(&mut d, later), Err(Refusal::BadSeal));
+    }
+
+    #[test]
+    fn the_previous_format_is_malformed() {
+        let mut a = seal("s3cret", None, 1);
+        let mut d = one(&mut a, b"x");
+        d[1] = 1;
+        let mut b = seal("s3cret", None, 2);
+        assert_eq!(b.open(&mut d), Err(Refusal::Malformed));
     }
 
     #[test]
