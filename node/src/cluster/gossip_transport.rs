@@ -3,13 +3,20 @@
 //! chitchat 0.13 does not export its envelope encoding, so this transport lets chitchat's own
 //! `UdpSocket` do the encoding over a private loopback pair: a message chitchat sends is written
 //! by an inner chitchat socket to a bridge socket, read back as bytes, sealed and sent from the
-//! gossip socket; a datagram that opens is written by the bridge to the inner socket, followed by
-//! a marker message, and chitchat's decoder reads it back. When the marker comes back alone, the
-//! sealed message did not decode and is counted. Gossip is a few datagrams a second, so the extra
-//! hop costs nothing that matters; every refusal is counted in `trackmesh_rejected_total`, and
-//! chitchat's own per-datagram warning can only be reached by authenticated members (or by a
-//! local process writing straight to the inner port, which is counted as `unsealed` and whose
-//! chitchat warning the node's log filter drops).
+//! gossip socket; a datagram that opens is written by the bridge to the inner socket between a
+//! start and an end marker message numbered for it, and chitchat's decoder reads it back. When the
+//! markers come back with nothing between them, the sealed message did not decode and is counted.
+//! Gossip is a few datagrams a second, so the extra hop costs nothing that matters; every refusal
+//! is counted in `trackmesh_rejected_total`, and chitchat's own per-datagram warning can only be
+//! reached by authenticated members (or by a local process writing straight to the inner port,
+//! which is counted as `unsealed` and whose chitchat warning the node's log filter drops).
+//!
+//! A local process flooding the inner port can fill its receive buffer, so that the datagram or
+//! its markers are dropped, and chitchat's decoder keeps reading (it skips what does not decode)
+//! without ever giving anything back. So a datagram waits for its markers [`HOP`] at most; then
+//! it is dropped and counted (`decode_timeout`) and the transport reads gossip again. Such a
+//! flood costs gossip messages, as a flood of the network would; it cannot stop gossip. Markers
+//! are numbered so that the leftovers of a datagram given up are never taken for the next one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +30,13 @@ use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use super::gossip_seal::{MAX_DATAGRAM, Seal, SealKey};
 use crate::rejects::{Port, Rejects};
 
-/// The cluster id in the marker message; never a real cluster's.
-const MARKER: &str = "\0trackmesh-decode-marker";
-/// How long to wait for the loopback hop (it is immediate unless the host is out of buffers).
+/// The start of the cluster id in the marker messages; never a real cluster's. It is followed by
+/// [`START`] or [`END`] and the datagram's number in 16 hex digits.
+const MARKER: &str = "\0trackmesh-decode-marker:";
+const START: u8 = b'<';
+const END: u8 = b'>';
+/// How long to wait for the loopback hop (it is immediate unless the host is out of buffers or a
+/// local process floods the inner port).
 const HOP: Duration = Duration::from_secs(1);
 
 pub struct SealedTransport {
@@ -51,6 +62,7 @@ impl SealedTransport {
         let outer = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("binding {listen_addr}/UDP for gossip"))?;
+        let own_addr = outer.local_addr().context("gossip socket address")?;
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let inner = UdpSocket::open(loopback)
             .await
@@ -59,31 +71,52 @@ impl SealedTransport {
             .await
             .context("binding the gossip bridge socket")?;
         let inner_addr = inner.local_addr()?;
+        // Connected: the kernel drops what anyone but the inner socket sends to the bridge, so a
+        // local flood of the bridge port cannot crowd out the encoding hop.
+        bridge
+            .connect(inner_addr)
+            .await
+            .context("connecting the gossip bridge socket")?;
         let bridge_addr = bridge.local_addr().context("gossip bridge address")?;
         let mut socket = SealedSocket {
             seal,
             rejects: self.rejects.clone(),
             outer,
+            own_addr,
             inner,
             inner_addr,
             bridge,
             bridge_addr,
-            marker: Vec::new(),
+            markers: Markers {
+                template: Vec::new(),
+                at: 0,
+            },
             buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
             sealed: Vec::new(),
+            next_seq: 0,
             pending: None,
         };
+        // Encoded once through chitchat; each marker is this template with its kind and number
+        // written over the placeholder (same length, so the encoding stays valid).
+        let placeholder = marker_id(START, 0);
         let marker = ChitchatEnvelope {
             version: ProtocolVersion::V0,
             message: ChitchatMessage::Syn {
-                cluster_id: MARKER.to_string(),
+                cluster_id: placeholder.clone(),
                 digest: Default::default(),
             },
         };
-        socket.marker = socket
+        socket.markers.template = socket
             .encode(marker)
             .await
             .context("encoding the gossip decode marker")?;
+        socket.markers.at = socket
+            .markers
+            .template
+            .windows(placeholder.len())
+            .position(|w| w == placeholder.as_bytes())
+            .context("the gossip decode marker's cluster id is not in its encoding")?
+            + MARKER.len();
         Ok(socket)
     }
 }
@@ -92,7 +125,52 @@ impl SealedTransport {
 struct Pending {
     from: SocketAddr,
     len: usize,
+    /// The number its markers carry.
+    seq: u64,
+    /// Its start marker came back: what follows, up to its end marker, is this datagram.
+    started: bool,
     decoded: Option<ChitchatEnvelope>,
+    /// When it is given up (`decode_timeout`).
+    deadline: tokio::time::Instant,
+}
+
+/// chitchat's encoding of a marker message, and where in it the kind and number are.
+struct Markers {
+    template: Vec<u8>,
+    at: usize,
+}
+
+impl Markers {
+    /// Writes marker `kind` of datagram `seq` from `bridge` to `to`, without waiting; false if
+    /// it could not be sent.
+    fn send(&mut self, bridge: &tokio::net::UdpSocket, to: SocketAddr, kind: u8, seq: u64) -> bool {
+        let id = marker_id(kind, seq);
+        let tail = &id.as_bytes()[MARKER.len()..];
+        match self.template.get_mut(self.at..self.at + tail.len()) {
+            Some(slot) => slot.copy_from_slice(tail),
+            None => return false,
+        }
+        bridge.try_send_to(&self.template, to).is_ok()
+    }
+}
+
+/// The cluster id of a marker of `kind` for datagram `seq`.
+fn marker_id(kind: u8, seq: u64) -> String {
+    format!("{MARKER}{}{seq:016x}", char::from(kind))
+}
+
+/// The kind and number of a marker, or None for any other message.
+fn parse_marker(envelope: &ChitchatEnvelope) -> Option<(u8, u64)> {
+    let ChitchatMessage::Syn { cluster_id, .. } = &envelope.message else {
+        return None;
+    };
+    let rest = cluster_id.strip_prefix(MARKER)?;
+    let (&kind, hex) = rest.as_bytes().split_first()?;
+    let hex = std::str::from_utf8(hex).ok()?;
+    if hex.len() != 16 {
+        return None;
+    }
+    Some((kind, u64::from_str_radix(hex, 16).ok()?))
 }
 
 struct SealedSocket {
@@ -100,14 +178,18 @@ struct SealedSocket {
     rejects: Arc<Rejects>,
     /// The gossip socket other nodes reach.
     outer: tokio::net::UdpSocket,
+    /// Its address, which is also the one chitchat announces.
+    own_addr: SocketAddr,
     /// chitchat's own socket, used as its encoder and decoder.
     inner: UdpSocket,
     inner_addr: SocketAddr,
     bridge: tokio::net::UdpSocket,
     bridge_addr: SocketAddr,
-    marker: Vec<u8>,
+    markers: Markers,
     buf: Box<[u8]>,
     sealed: Vec<Vec<u8>>,
+    /// The number of the next datagram handed to the decoder.
+    next_seq: u64,
     /// Survives a cancelled `recv` (chitchat selects on it), so no decoded message is lost.
     pending: Option<Pending>,
 }
@@ -158,6 +240,11 @@ impl Socket for SealedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        if to == self.own_addr {
+            // chitchat also gossips with dead members, and after a restart one of them is this
+            // node's previous generation, at this address: it would only come back `reflected`.
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let plain = match self.encode(envelope).await {
             Ok(p) => p,
             Err(e) => {
@@ -184,20 +271,45 @@ impl Socket for SealedSocket {
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             if let Some(p) = self.pending.as_mut() {
-                let out = self.inner.recv().await?;
+                // chitchat's recv is cancellation-safe, and so is this wait: the deadline is kept
+                // in `pending`, not restarted by a new call.
+                let out = match tokio::time::timeout_at(p.deadline, self.inner.recv()).await {
+                    Ok(out) => out?,
+                    Err(_) => {
+                        // Lost on the loopback hop (a local flood of the inner port): give it up
+                        // and read gossip again.
+                        if let Some(p) = self.pending.take() {
+                            self.refuse("decode_timeout", p.from, true);
+                        }
+                        continue;
+                    }
+                };
                 if out.from_addr != self.bridge_addr {
                     // Written straight to the inner port, around the seal.
                     self.refuse("unsealed", out.from_addr, true);
                     continue;
                 }
-                let is_marker = matches!(
-                    &out.envelope.message,
-                    ChitchatMessage::Syn { cluster_id, .. } if cluster_id == MARKER
-                );
-                if !is_marker {
-                    // The last message before the marker is the one it follows.
-                    p.decoded = Some(out.envelope);
-                    continue;
+                match parse_marker(&out.envelope) {
+                    None => {
+                        // The last message between the markers is the datagram.
+                        if p.started {
+                            p.decoded = Some(out.envelope);
+                        }
+                        continue;
+                    }
+                    Some((START, seq)) if seq == p.seq => {
+                        p.started = true;
+                        p.decoded = None;
+                        continue;
+                    }
+                    Some((END, seq)) if seq == p.seq && p.started => {}
+                    Some(_) => {
+                        // A marker of a datagram given up earlier: what came with it is not
+                        // this datagram.
+                        p.started = false;
+                        p.decoded = None;
+                        continue;
+                    }
                 }
                 let Some(p) = self.pending.take() else {
                     continue;
@@ -236,18 +348,22 @@ impl Socket for SealedSocket {
             };
             // Synchronous sends: nothing here can be cancelled half-way. A full loopback buffer
             // drops the message, as a full network would.
-            if self.bridge.try_send_to(plain, self.inner_addr).is_err()
-                || self
-                    .bridge
-                    .try_send_to(&self.marker, self.inner_addr)
-                    .is_err()
+            let seq = self.next_seq;
+            self.next_seq = seq.wrapping_add(1);
+            let (bridge, to) = (&self.bridge, self.inner_addr);
+            if !self.markers.send(bridge, to, START, seq)
+                || bridge.try_send_to(plain, to).is_err()
+                || !self.markers.send(bridge, to, END, seq)
             {
                 continue;
             }
             self.pending = Some(Pending {
                 from,
                 len: n,
+                seq,
+                started: false,
                 decoded: None,
+                deadline: tokio::time::Instant::now() + HOP,
             });
         }
     }
@@ -381,6 +497,133 @@ mod tests {
         }
         let want: Vec<ChitchatEnvelope> = (0..20).map(|i| syn(&format!("m{i}"))).collect();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn gossip_to_its_own_address_is_not_sent() {
+        // chitchat gossips with a restarted node's previous generation, at the node's own
+        // address; sent, it would come back and be refused as reflected.
+        let rejects = Arc::new(Rejects::new().expect("metric"));
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut a = transport("s3cret", &rejects).open(lo).await.expect("a");
+        let a_addr = a.local_addr().expect("a");
+        let sent = a.send(a_addr, syn("to myself")).await.expect("send");
+        assert_eq!(sent.num_bytes_sent, 0);
+        // What does reach it is its next peer's message, and nothing was refused.
+        let mut b = transport("s3cret", &rejects).open(lo).await.expect("b");
+        b.send(a_addr, syn("from b")).await.expect("send");
+        assert_eq!(recv(&mut a).await.envelope, syn("from b"));
+        assert_eq!(rejects.get(Port::Gossip, "reflected"), 0);
+    }
+
+    /// The kernel's count of datagrams dropped by the IPv4 UDP socket bound to `addr` (a full
+    /// receive buffer), from /proc/net/udp.
+    fn udp_drops(addr: SocketAddr) -> u64 {
+        let SocketAddr::V4(v4) = addr else {
+            panic!("{addr} is not IPv4");
+        };
+        let local = format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        );
+        let table = std::fs::read_to_string("/proc/net/udp").expect("reading /proc/net/udp");
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+            .unwrap_or_else(|| panic!("{addr} ({local}) is not in /proc/net/udp"));
+        line.split_whitespace()
+            .last()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no drop count in {line:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_flooded_decoder_port_costs_a_message_not_gossip() {
+        let rejects = Arc::new(Rejects::new().expect("metric"));
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut a = transport("s3cret", &rejects).open(lo).await.expect("a");
+        let mut b = transport("s3cret", &rejects)
+            .open_socket(lo)
+            .await
+            .expect("b");
+        let (a_addr, b_addr) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+
+        // A local process floods B's private decoding port until its receive buffer is full, so
+        // what B hands its decoder next is lost on the hop. Large datagrams fill it until the
+        // kernel drops one, then empty ones (the smallest there are) until it drops one of those
+        // too: then nothing more fits.
+        let flood = tokio::net::UdpSocket::bind(lo).await.expect("flood");
+        let mut sent = 0;
+        for size in [32 * 1024, 0] {
+            let junk = vec![0xa5u8; size];
+            let drops = udp_drops(b.inner_addr);
+            while udp_drops(b.inner_addr) == drops && sent < 8192 {
+                flood.send_to(&junk, b.inner_addr).await.expect("flood");
+                sent += 1;
+            }
+            assert!(
+                udp_drops(b.inner_addr) > drops,
+                "{sent} datagrams did not fill the decoding port's buffer"
+            );
+        }
+
+        // The first message after the flood is lost inside B; B gives it up, counts it and reads
+        // the next one. Before the fix, recv waited for the first one forever.
+        a.send(b_addr, syn("lost")).await.expect("send");
+        a.send(b_addr, syn("after the flood")).await.expect("send");
+        let s: &mut dyn Socket = &mut b;
+        let got = tokio::time::timeout(Duration::from_secs(10), s.recv())
+            .await
+            .expect("B hears gossip again within 10 s")
+            .expect("recv");
+        assert_eq!(got.envelope, syn("after the flood"));
+        assert_eq!(got.from_addr, a_addr);
+        assert_eq!(rejects.get(Port::Gossip, "decode_timeout"), 1);
+
+        // And both ways still work.
+        b.send(a_addr, syn("answer")).await.expect("send");
+        assert_eq!(recv(&mut a).await.envelope, syn("answer"));
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_given_up_datagram_are_not_taken_for_the_next() {
+        let rejects = Arc::new(Rejects::new().expect("metric"));
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut a = transport("s3cret", &rejects).open(lo).await.expect("a");
+        let mut b = transport("s3cret", &rejects)
+            .open_socket(lo)
+            .await
+            .expect("b");
+        let (a_addr, b_addr) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+        // What a datagram given up earlier leaves in the decoder's queue once the flood that
+        // delayed it is over: its markers around a message, and a lone end marker.
+        let mut ghost = Vec::new();
+        let mut enc = UdpSocket::open(lo).await.expect("encoder");
+        let sink = tokio::net::UdpSocket::bind(lo).await.expect("sink");
+        enc.send(sink.local_addr().expect("sink"), syn("ghost"))
+            .await
+            .expect("encode");
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = sink.recv_from(&mut buf).await.expect("encoded");
+        ghost.extend_from_slice(&buf[..n]);
+        let old = b.next_seq.wrapping_sub(1);
+        let to = b.inner_addr;
+        assert!(b.markers.send(&b.bridge, to, START, old));
+        b.bridge.try_send_to(&ghost, to).expect("ghost");
+        assert!(b.markers.send(&b.bridge, to, END, old));
+        b.bridge.try_send_to(&ghost, to).expect("ghost");
+        assert!(b.markers.send(&b.bridge, to, END, old.wrapping_sub(1)));
+
+        a.send(b_addr, syn("real")).await.expect("send");
+        let s: &mut dyn Socket = &mut b;
+        let got = tokio::time::timeout(Duration::from_secs(10), s.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("recv");
+        assert_eq!(got.envelope, syn("real"));
+        assert_eq!(got.from_addr, a_addr);
+        assert_eq!(rejects.get(Port::Gossip, "undecodable"), 0);
     }
 
     /// Polls a future once: its output if it is ready, None if it is pending (then dropped).
