@@ -6,7 +6,7 @@ mod cluster;
 mod error;
 mod guard;
 mod ops;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,9 @@ pub mod membership;
 pub mod relay;
 pub mod view;
 
+#[cfg(test)]
+mod gossip_seeds;
+
 pub use view::{ClusterView, Load, Member};
 
 use std::sync::Arc;
