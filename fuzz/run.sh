@@ -4,7 +4,8 @@
 #
 #   fuzz/run.sh                          # 10^7 executions per target (FUZZ_RUNS)
 #   FUZZ_RUNS=100000 fuzz/run.sh         # executions per target
-#   FUZZ_SECONDS=5 fuzz/run.sh           # seconds per target instead (CI); wins over FUZZ_RUNS
+#   FUZZ_SECONDS=5 fuzz/run.sh           # seconds per target instead (CI)
+#   FUZZ_RUNS=10000000 FUZZ_SECONDS=900 fuzz/run.sh   # whichever limit comes first
 #   fuzz/run.sh node/demux relay-proto/handshake   # only the named targets
 #
 # Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer
@@ -19,13 +20,15 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 crates=(node relay-proto)
 export RUSTC_BOOTSTRAP=1
 
+limit=()
+what=()
+if [ -n "${FUZZ_RUNS:-}" ] || [ -z "${FUZZ_SECONDS:-}" ]; then
+    limit+=(-runs="${FUZZ_RUNS:-10000000}")
+    what+=("${FUZZ_RUNS:-10000000} executions")
+fi
 if [ -n "${FUZZ_SECONDS:-}" ]; then
-    limit=(-max_total_time="$FUZZ_SECONDS")
-    what="$FUZZ_SECONDS s"
-else
-    runs="${FUZZ_RUNS:-10000000}"
-    limit=(-runs="$runs")
-    what="$runs executions"
+    limit+=(-max_total_time="$FUZZ_SECONDS")
+    what+=("$FUZZ_SECONDS s")
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -69,7 +72,7 @@ for sel in "${selected[@]}"; do
     target="${sel#*/}"
     log="$logs/${crate}-${target}.log"
     mkdir -p "$scratch/$crate/$target" "$root/$crate/fuzz/corpus/$target"
-    echo "fuzz/run.sh: fuzzing $sel for $what (log: $log)" >&2
+    echo "fuzz/run.sh: fuzzing $sel for ${what[*]} (log: $log)" >&2
     start=$SECONDS
     status=0
     (cd "$root/$crate" && cargo fuzz run "$target" "$scratch/$crate/$target" "fuzz/corpus/$target" \

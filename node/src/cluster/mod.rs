@@ -8,7 +8,7 @@ pub mod relay;
 pub mod view;
 
 #[cfg(test)]
-mod gossip_seeds;
+mod gossip_fuzz;
 
 pub use view::{ClusterView, Load, Member};
 
