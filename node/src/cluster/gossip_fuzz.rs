@@ -83,9 +83,14 @@ async fn recv_kind(sock: &UdpSocket, from: SocketAddr, kind: u8) -> Vec<u8> {
 #[tokio::test]
 #[ignore = "writes files under node/fuzz/"]
 async fn gossip_fuzz_seeds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gossip_envelope");
-    std::fs::create_dir_all(&dir).expect("create seed dir");
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).expect("write");
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let write = |name: &str, bytes: &[u8]| {
+        for target in ["gossip_envelope", "gossip_apply"] {
+            let dir = fuzz.join("corpus").join(target);
+            std::fs::create_dir_all(&dir).expect("create seed dir");
+            std::fs::write(dir.join(name), bytes).expect("write seed");
+        }
+    };
 
     let relay = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let here = relay.local_addr().expect("local addr");
@@ -95,7 +100,7 @@ async fn gossip_fuzz_seeds() {
     let (b, b_addr) = node("b", "fuzz", ProtocolVersion::V0, None).await;
     let syn = recv_kind(&relay, a_addr, SYN).await;
     write("syn-v0", &syn);
-    std::fs::write(dir.join("../../fixtures/gossip-syn"), &syn).expect("write fixture");
+    std::fs::write(fuzz.join("fixtures/gossip-syn"), &syn).expect("write fixture");
     relay.send_to(&syn, b_addr).await.expect("send");
     let syn_ack = recv_kind(&relay, b_addr, SYN_ACK).await;
     write("syn-ack", &syn_ack);
