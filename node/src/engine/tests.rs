@@ -1156,6 +1156,21 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     );
 }
 
+/// The `demux` fuzz target negotiates its session with this offer and takes the ICE credentials
+/// from the answer: if the engine stopped accepting it, every fuzz input would fail the same way.
+#[test]
+fn the_fuzz_fixture_offer_is_answered_with_ice_credentials() {
+    let mut w = World::new(Duration::from_secs(30));
+    let offer = include_str!("../../fuzz/fixtures/offer.sdp");
+    let (_, answer) = w
+        .engine
+        .create_session(APP, Some(offer), w.now)
+        .expect("the fixture offer is accepted");
+    let answer = answer.expect("an answer").sdp;
+    assert!(answer.contains("a=ice-ufrag:"), "{answer}");
+    assert!(answer.contains("a=ice-pwd:"), "{answer}");
+}
+
 /// A browser-style offer (bundle, rtcp-mux, several codecs with rtx, header extensions, an ssrc
 /// group and simulcast), as seed for the SDP fuzzer next to str0m's own offers.
 const BROWSER_STYLE_OFFER: &str = "v=0\r\n\
