@@ -11,7 +11,8 @@
 # Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer
 # flags. Installs cargo-fuzz if it is missing. Each target starts from the corpus kept in the
 # repository (<crate>/fuzz/corpus/<target>, read only) and writes what it finds to
-# target/fuzz-corpus/; fold that back with `cargo fuzz cmin` (see SECURITY.md). Logs go to
+# target/fuzz-corpus/, emptied at the start of each run (so a CI run loads only the kept corpus);
+# fold that back with `cargo fuzz cmin` after a long run (see SECURITY.md). Logs go to
 # target/fuzz-logs/. Exits non-zero if any target crashes; the input is saved under
 # <crate>/fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -71,6 +72,7 @@ for sel in "${selected[@]}"; do
     crate="${sel%%/*}"
     target="${sel#*/}"
     log="$logs/${crate}-${target}.log"
+    rm -rf "${scratch:?}/$crate/$target"
     mkdir -p "$scratch/$crate/$target" "$root/$crate/fuzz/corpus/$target"
     echo "fuzz/run.sh: fuzzing $sel for ${what[*]} (log: $log)" >&2
     start=$SECONDS

@@ -99,10 +99,10 @@ fuzz_target!(|data: &[u8]| {
     let r = &mut *guard;
     r.inputs += 1;
     r.rt.block_on(async {
-        if r.inputs % INPUTS_PER_NODE == 1 {
-            if let Some((old, _)) = r.node.take() {
-                old.shutdown().await.expect("node shuts down");
-            }
+        if r.inputs % INPUTS_PER_NODE == 1
+            && let Some((old, _)) = r.node.take()
+        {
+            old.shutdown().await.expect("node shuts down");
         }
         if r.node.is_none() {
             r.node = Some(spawn_node().await);

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
-    if mode % 4 == 0 {
+    if mode.is_multiple_of(4) {
         let _ = e.create_session(APP, Some(sdp), now);
         settle(e, now + Duration::from_secs(1));
         return;
