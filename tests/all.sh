@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every trackmesh test: formatting and lints, Rust unit, property and integration tests
-# (single node and clusters of real node processes), bounded fuzzing of the relay protocol's
-# decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
+# (single node and clusters of real node processes), bounded fuzzing of the node's and the relay
+# protocol's decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
 # missing (rustfmt/clippy components, iptables, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
 # fresh machine with no stdin. CI runs exactly this (see .ci/run). The network-fault tests
 # (tests/tests/faults_netns.rs) need root: they build network namespaces.
@@ -35,8 +35,8 @@ export TRACKMESH_BIN="$PWD/target/debug/trackmesh"
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "relay-proto fuzzing (bounded: FUZZ_SECONDS per target)"
-FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash relay-proto/fuzz/run.sh
+step "fuzzing: node and relay-proto targets (bounded: FUZZ_SECONDS per target)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" bash fuzz/run.sh
 
 step "deployment files (compose, Kubernetes, Prometheus, Grafana against a live /metrics)"
 bash deploy/check.sh

@@ -8,7 +8,7 @@ mod guard;
 pub mod node_auth;
 mod ops;
 mod quota;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

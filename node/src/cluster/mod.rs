@@ -9,6 +9,9 @@ pub mod membership;
 pub mod relay;
 pub mod view;
 
+#[cfg(test)]
+mod gossip_fuzz;
+
 pub use view::{ClusterView, Load, Member};
 
 use std::sync::Arc;

@@ -65,6 +65,10 @@ struct World {
     loss_to: HashMap<usize, u64>,
     loss_from: HashMap<usize, u64>,
     datagrams: u64,
+    /// Offers the clients made, in order (seeds for the fuzzers).
+    offers: Vec<String>,
+    /// Datagrams the clients sent the engine, when capturing: (time, client, bytes).
+    captured: Option<Vec<(Instant, usize, Vec<u8>)>>,
 }
 
 impl World {
@@ -91,6 +95,8 @@ impl World {
             loss_to: HashMap::new(),
             loss_from: HashMap::new(),
             datagrams: 0,
+            offers: Vec::new(),
+            captured: None,
         }
     }
 
@@ -118,6 +124,7 @@ impl World {
             let (offer, pending) = sdp.apply().expect("offer");
             (offer, pending, a, v)
         };
+        self.offers.push(offer.to_sdp_string());
         let res = self
             .engine
             .tracks_new(
@@ -275,6 +282,9 @@ impl World {
                         continue;
                     }
                     let src = self.clients[c].addr;
+                    if let Some(captured) = &mut self.captured {
+                        captured.push((self.now, c, t.contents.to_vec()));
+                    }
                     self.engine.handle_datagram(self.now, src, &t.contents);
                     self.deliver_engine_output();
                 }
@@ -1144,4 +1154,214 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         res.tracks[0].error.as_ref().map(|e| e.0),
         Some("invalid_params")
     );
+}
+
+/// The `demux` fuzz target negotiates its session with this offer and takes the ICE credentials
+/// from the answer: if the engine stopped accepting it, every fuzz input would fail the same way.
+#[test]
+fn the_fuzz_fixture_offer_is_answered_with_ice_credentials() {
+    let mut w = World::new(Duration::from_secs(30));
+    let offer = include_str!("../../fuzz/fixtures/offer.sdp");
+    let (_, answer) = w
+        .engine
+        .create_session(APP, Some(offer), w.now)
+        .expect("the fixture offer is accepted");
+    let answer = answer.expect("an answer").sdp;
+    assert!(answer.contains("a=ice-ufrag:"), "{answer}");
+    assert!(answer.contains("a=ice-pwd:"), "{answer}");
+}
+
+/// A browser-style offer (bundle, rtcp-mux, several codecs with rtx, header extensions, an ssrc
+/// group and simulcast), as seed for the SDP fuzzer next to str0m's own offers.
+const BROWSER_STYLE_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1\r\n\
+a=extmap-allow-mixed\r\n\
+a=msid-semantic: WMS stream\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Xy1z\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:D6:BC\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=sendonly\r\n\
+a=msid:stream audio-track\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+a=rtpmap:126 telephone-event/8000\r\n\
+a=ssrc:1111111111 cname:abcdEFGHijkl\r\n\
+a=ssrc:1111111111 msid:stream audio-track\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 45 46\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Xy1z\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:D6:BC\r\n\
+a=setup:actpass\r\n\
+a=mid:1\r\n\
+a=extmap:14 urn:ietf:params:rtp-hdrext:toffset\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:13 urn:3gpp:video-orientation\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=sendonly\r\n\
+a=msid:stream video-track\r\n\
+a=rtcp-mux\r\n\
+a=rtcp-rsize\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 goog-remb\r\n\
+a=rtcp-fb:96 transport-cc\r\n\
+a=rtcp-fb:96 ccm fir\r\n\
+a=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\n\
+a=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=rtcp-fb:102 nack pli\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:103 rtx/90000\r\n\
+a=fmtp:103 apt=102\r\n\
+a=rtpmap:45 AV1/90000\r\n\
+a=rtcp-fb:45 nack pli\r\n\
+a=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+a=rtpmap:46 rtx/90000\r\n\
+a=fmtp:46 apt=45\r\n\
+a=rid:h send\r\n\
+a=rid:l send\r\n\
+a=simulcast:send h;l\r\n\
+a=ssrc-group:FID 2222222222 3333333333\r\n\
+a=ssrc:2222222222 cname:abcdEFGHijkl\r\n\
+a=ssrc:3333333333 cname:abcdEFGHijkl\r\n";
+
+/// Writes the node fuzzers' seeds (node/fuzz/): a real str0m client's offer (also the fixture the
+/// demux target negotiates with), the engine's own offer, API bodies around them, and the
+/// datagrams the client sent while connecting and publishing. Run after changing the engine's
+/// SDP or media handling, then minimize (see SECURITY.md):
+/// `cargo test -p trackmesh-node --lib fuzz_seeds -- --ignored`
+#[test]
+#[ignore = "writes files under node/fuzz/"]
+fn fuzz_seeds() {
+    use std::path::Path;
+
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let write = |dir: &str, name: &str, bytes: &[u8]| {
+        let dir = fuzz.join(dir);
+        std::fs::create_dir_all(&dir).expect("create seed dir");
+        std::fs::write(dir.join(name), bytes).expect("write seed");
+    };
+
+    let mut w = World::new(Duration::from_secs(30));
+    w.captured = Some(Vec::new());
+    let c = w.client();
+    let pub_sid = w.session();
+    let (a, v) = w.push(c, &pub_sid);
+    w.senders.push((c, a, v));
+    w.run(Duration::from_millis(600));
+    assert!(w.clients[c].connected, "the seed publisher connects");
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
+    let sfu_offer = res
+        .description
+        .expect("the SFU offers the pulled tracks")
+        .sdp;
+    w.run(Duration::from_millis(300));
+    let offer = w.offers[0].clone();
+
+    write("fixtures", "offer.sdp", offer.as_bytes());
+    // sdp_offer: a mode byte (which operation) then the SDP.
+    for (name, sdp) in [("str0m", &offer[..]), ("browser", BROWSER_STYLE_OFFER)] {
+        for mode in 0u8..4 {
+            let mut seed = vec![mode];
+            seed.extend_from_slice(sdp.as_bytes());
+            write("corpus/sdp_offer", &format!("{name}-{mode}"), &seed);
+        }
+    }
+    write(
+        "corpus/sdp_offer",
+        "sfu-0",
+        &[&[0u8][..], sfu_offer.as_bytes()].concat(),
+    );
+
+    // api_bodies: what the tests and clients send.
+    let bodies = [
+        serde_json::json!({"sessionDescription": {"type": "offer", "sdp": offer}}),
+        serde_json::json!({
+            "sessionDescription": {"type": "offer", "sdp": BROWSER_STYLE_OFFER},
+            "tracks": [
+                {"location": "local", "mid": "0", "trackName": "mic"},
+                {"location": "local", "mid": "1", "trackName": "cam", "bidirectionalMediaStream": true}
+            ]
+        }),
+        serde_json::json!({"tracks": [
+            {"location": "remote", "sessionId": pub_sid, "trackName": "cam", "mid": "#voice"}
+        ]}),
+        serde_json::json!({"tracks": [{"location": "local", "trackName": "cam", "kind": "video"}]}),
+        serde_json::json!({"sessionDescription": {"type": "offer", "sdp": offer}, "autoDiscover": true}),
+        serde_json::json!({"sessionDescription": {"type": "answer", "sdp": sfu_offer}}),
+        serde_json::json!({"tracks": [{"mid": "1"}], "force": true}),
+        serde_json::json!({"tracks": [{"mid": "0", "sessionId": pub_sid, "trackName": "mic"}]}),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let bytes = serde_json::to_vec(body).expect("json");
+        write("corpus/api_bodies", &format!("body-{i}"), &bytes);
+    }
+
+    // demux: records of [flags][len u16 BE][datagram] (see node/fuzz/fuzz_targets/demux.rs);
+    // flag 4 makes the target re-sign STUN for its own session.
+    let record = |flags: u8, d: &[u8]| {
+        let mut r = vec![flags];
+        r.extend_from_slice(&(d.len() as u16).to_be_bytes());
+        r.extend_from_slice(d);
+        r
+    };
+    let captured = w.captured.take().expect("captured");
+    let from_publisher: Vec<_> = captured.iter().filter(|(_, who, _)| *who == c).collect();
+    let mut session = Vec::new();
+    let mut prev = from_publisher.first().map(|(t, _, _)| *t).unwrap_or(w.now);
+    for (t, _, d) in from_publisher.iter().take(48) {
+        let steps = ((*t - prev).as_millis() / 20).min(15) as u8;
+        prev = *t;
+        session.extend(record(4 | (steps << 3), d));
+    }
+    write("corpus/demux", "session", &session);
+    let class = |d: &[u8]| match d.first() {
+        Some(0..=3) => "stun",
+        Some(20..=63) => "dtls",
+        Some(128..=191) if d.get(1).is_some_and(|b| (192..=223).contains(b)) => "rtcp",
+        Some(128..=191) => "rtp",
+        _ => "other",
+    };
+    let mut per_class: HashMap<&str, usize> = HashMap::new();
+    for (_, _, d) in &from_publisher {
+        let n = per_class.entry(class(d)).or_default();
+        if *n < 4 {
+            write("corpus/demux", &format!("{}-{n}", class(d)), &record(4, d));
+            *n += 1;
+        }
+    }
+    for kind in ["stun", "dtls", "rtp", "rtcp"] {
+        assert!(per_class.contains_key(kind), "the capture holds {kind}");
+    }
 }

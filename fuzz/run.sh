@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of trackmesh (node/fuzz and relay-proto/fuzz), one at a time,
+# and prints per target: executions, exec/s and crashes.
+#
+#   fuzz/run.sh                          # 10^7 executions per target (FUZZ_RUNS)
+#   FUZZ_RUNS=100000 fuzz/run.sh         # executions per target
+#   FUZZ_SECONDS=5 fuzz/run.sh           # seconds per target instead (CI)
+#   FUZZ_RUNS=10000000 FUZZ_SECONDS=900 fuzz/run.sh   # whichever limit comes first
+#   fuzz/run.sh node/demux relay-proto/handshake   # only the named targets
+#
+# Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer
+# flags. Installs cargo-fuzz if it is missing. Each target starts from the corpus kept in the
+# repository (<crate>/fuzz/corpus/<target>, read only) and writes what it finds to
+# target/fuzz-corpus/, emptied at the start of each run (so a CI run loads only the kept corpus);
+# fold that back with `cargo fuzz cmin` after a long run (see SECURITY.md). Logs go to
+# target/fuzz-logs/. Exits non-zero if any target crashes; the input is saved under
+# <crate>/fuzz/artifacts/<target>/.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+crates=(node relay-proto)
+export RUSTC_BOOTSTRAP=1
+
+limit=()
+what=()
+if [ -n "${FUZZ_RUNS:-}" ] || [ -z "${FUZZ_SECONDS:-}" ]; then
+    limit+=(-runs="${FUZZ_RUNS:-10000000}")
+    what+=("${FUZZ_RUNS:-10000000} executions")
+fi
+if [ -n "${FUZZ_SECONDS:-}" ]; then
+    limit+=(-max_total_time="$FUZZ_SECONDS")
+    what+=("$FUZZ_SECONDS s")
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz/run.sh: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
+fi
+
+logs="$root/target/fuzz-logs"
+scratch="$root/target/fuzz-corpus"
+mkdir -p "$logs"
+
+# crate/target pairs: the arguments, or every target of every crate.
+selected=()
+for crate in "${crates[@]}"; do
+    for target in $(cd "$root/$crate" && cargo fuzz list); do
+        if [ "$#" -eq 0 ] || printf '%s\n' "$@" | grep -qx "$crate/$target"; then
+            selected+=("$crate/$target")
+        fi
+    done
+done
+if [ "$#" -gt 0 ] && [ "${#selected[@]}" -ne "$#" ]; then
+    echo "fuzz/run.sh: unknown target among: $* (known: crate/target, e.g. node/demux)" >&2
+    exit 2
+fi
+
+for crate in "${crates[@]}"; do
+    if printf '%s\n' "${selected[@]}" | grep -q "^$crate/"; then
+        start=$SECONDS
+        (cd "$root/$crate" && cargo fuzz build)
+        echo "fuzz/run.sh: built $crate/fuzz in $((SECONDS - start)) s" >&2
+    fi
+done
+
+# libFuzzer's final stats line: "stat::<name>: <value>".
+stat() { sed -n "s/^stat::$1: *//p" "$2" | tail -1; }
+
+results=()
+failed=()
+for sel in "${selected[@]}"; do
+    crate="${sel%%/*}"
+    target="${sel#*/}"
+    log="$logs/${crate}-${target}.log"
+    rm -rf "${scratch:?}/$crate/$target"
+    mkdir -p "$scratch/$crate/$target" "$root/$crate/fuzz/corpus/$target"
+    echo "fuzz/run.sh: fuzzing $sel for ${what[*]} (log: $log)" >&2
+    start=$SECONDS
+    status=0
+    (cd "$root/$crate" && cargo fuzz run "$target" "$scratch/$crate/$target" "fuzz/corpus/$target" \
+        -- "${limit[@]}" -timeout=10 -print_final_stats=1) >"$log" 2>&1 || status=$?
+    crashes=$(grep -c "Test unit written to" "$log" || true)
+    if [ "$status" -ne 0 ]; then
+        failed+=("$sel")
+        [ "$crashes" -eq 0 ] && crashes="?"   # failed without an input (build error, ...)
+        tail -40 "$log" >&2
+    fi
+    results+=("$(printf '%-28s %14s %10s %8s %8s' "$sel" "$(stat number_of_executed_units "$log")" \
+        "$(stat average_exec_per_sec "$log")" "$((SECONDS - start))" "$crashes")")
+done
+
+printf '\n%-28s %14s %10s %8s %8s\n' target executions exec/s seconds crashes
+printf '%s\n' "${results[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "fuzz/run.sh: failures in: ${failed[*]} (inputs in <crate>/fuzz/artifacts/<target>/)" >&2
+    exit 1
+fi
