@@ -101,7 +101,7 @@ fn fix_stun(buf: &[u8], ufrag: &str, key: &hmac::Key) -> Option<Vec<u8>> {
 fuzz_target!(|data: &[u8]| with_engine(|e, now| datagrams(e, now, data)));
 
 fn datagrams(e: &mut Engine, mut now: Instant, data: &[u8]) {
-    let Ok((_, Some(answer))) = e.create_session(APP, Some(OFFER), now) else {
+    let Ok((_, Some(answer))) = e.create_session(APP, Some(OFFER.into()), now) else {
         panic!("the engine accepts the fixture offer");
     };
     let (Some(ufrag), Some(pwd)) = (

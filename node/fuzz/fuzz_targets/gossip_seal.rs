@@ -38,14 +38,21 @@ fuzz_target!(|data: &[u8]| {
     for datagram in sealed {
         let mut once = datagram.clone();
         let opened = p.receiver.open(&mut once).map(<[u8]>::to_vec);
-        assert_eq!(opened.as_deref(), Ok(data), "a sealed message opens to itself");
+        assert_eq!(
+            opened.as_deref(),
+            Ok(data),
+            "a sealed message opens to itself"
+        );
         let mut again = datagram.clone();
         assert!(p.receiver.open(&mut again).is_err(), "a replay opened");
         if let (Some(&first), false) = (data.first(), datagram.is_empty()) {
             let mut flipped = datagram.clone();
             let i = usize::from(first) % flipped.len();
             flipped[i] ^= 0x01;
-            assert!(p.receiver.open(&mut flipped).is_err(), "a changed byte opened");
+            assert!(
+                p.receiver.open(&mut flipped).is_err(),
+                "a changed byte opened"
+            );
         }
     }
 });

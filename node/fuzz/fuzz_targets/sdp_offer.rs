@@ -3,7 +3,9 @@
 //! renegotiation of an established session) must never panic the engine; what it publishes
 //! must be pullable by another session without a panic either.
 //!
-//! Input: one mode byte, then the SDP (as lossy UTF-8: the API only sees JSON strings).
+//! Input: one mode byte, then the SDP (as lossy UTF-8: the API only sees JSON strings). As in
+//! the API, an SDP over the node's bounds is refused before it is parsed, and the parse is the
+//! API's (`ClientOffer::parse`).
 #![no_main]
 
 #[path = "../common.rs"]
@@ -12,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use trackmesh_node::engine::{LocalTrack, RemoteTrack, TracksNew};
+use trackmesh_node::engine::{ClientOffer, LocalTrack, RemoteTrack, TracksNew, sdp_limits};
 
 use common::{APP, OFFER, settle, with_engine};
 use trackmesh_node::engine::Engine;
@@ -26,8 +28,11 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
+    if sdp_limits::check(sdp).is_err() {
+        return;
+    }
     if mode.is_multiple_of(4) {
-        let _ = e.create_session(APP, Some(sdp), now);
+        let _ = e.create_session(APP, Some(ClientOffer::parse(sdp)), now);
         settle(e, now + Duration::from_secs(1));
         return;
     }
@@ -44,7 +49,7 @@ fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
         .collect();
     let req = match mode % 4 {
         1 => TracksNew::Local {
-            offer: Some(sdp.to_string()),
+            offer: Some(ClientOffer::parse(sdp)),
             tracks: mids
                 .iter()
                 .enumerate()
@@ -57,14 +62,14 @@ fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
             auto_discover: false,
         },
         2 => TracksNew::Local {
-            offer: Some(sdp.to_string()),
+            offer: Some(ClientOffer::parse(sdp)),
             tracks: Vec::new(),
             auto_discover: true,
         },
         _ => {
             // Renegotiation: an established push first, then the arbitrary offer.
             let first = TracksNew::Local {
-                offer: Some(OFFER.to_string()),
+                offer: Some(ClientOffer::parse(OFFER)),
                 tracks: Vec::new(),
                 auto_discover: true,
             };
@@ -72,7 +77,7 @@ fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
                 return;
             }
             TracksNew::OfferOnly {
-                offer: sdp.to_string(),
+                offer: ClientOffer::parse(sdp),
             }
         }
     };

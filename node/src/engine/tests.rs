@@ -1164,7 +1164,7 @@ fn the_fuzz_fixture_offer_is_answered_with_ice_credentials() {
     let offer = include_str!("../../fuzz/fixtures/offer.sdp");
     let (_, answer) = w
         .engine
-        .create_session(APP, Some(offer), w.now)
+        .create_session(APP, Some(offer.into()), w.now)
         .expect("the fixture offer is accepted");
     let answer = answer.expect("an answer").sdp;
     assert!(answer.contains("a=ice-ufrag:"), "{answer}");
