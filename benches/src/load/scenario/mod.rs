@@ -21,6 +21,8 @@ use trackmesh_tests::CallsClient;
 use super::client::{Client, ClientConfig, ClientStats, Pulled};
 use super::media::{MediaMix, VideoShape};
 use super::procfs::{NodeProbe, NodeSample};
+pub use super::report::GroupFigures;
+use super::report::NodeLog;
 use super::stats::{Dist, Histogram};
 
 /// Hard cap on sessions a scenario creates.
@@ -279,40 +281,6 @@ pub async fn join_many(
     (subs, failures)
 }
 
-/// Figures of a set of subscribers over the current window.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct GroupFigures {
-    pub name: String,
-    pub subscribers: usize,
-    /// Subscribers that received frames on every track during the window.
-    pub receiving: usize,
-    pub frames_received: u64,
-    pub keyframes_received: u64,
-    /// Frames missing in the sequence of a track between two received frames.
-    pub frames_lost: u64,
-    pub frames_lost_audio: u64,
-    pub frames_lost_video: u64,
-    pub loss_percent: f64,
-    pub frames_reordered: u64,
-    pub frames_unstamped: u64,
-    /// Frames skipped between a track's first frame and the next (cached keyframe, then live).
-    pub frames_skipped_at_join: u64,
-    pub latency: Option<Dist>,
-    pub latency_audio: Option<Dist>,
-    pub latency_video: Option<Dist>,
-    /// Start of tracks/new → first frame (any track).
-    pub pull_to_first_frame: Option<Dist>,
-    /// Start of tracks/new → first keyframe (video tracks).
-    pub pull_to_first_keyframe: Option<Dist>,
-    /// Start of sessions/new → ICE + DTLS connected.
-    pub session_setup: Option<Dist>,
-    /// Age (now − send time) of each track's first received frame: large when the node served
-    /// a cached keyframe. Not part of the latency figures.
-    pub first_frame_age: Option<Dist>,
-    /// Client-side errors (str0m, socket), first few.
-    pub client_errors: Vec<String>,
-}
-
 /// Per-subscriber join times: (set-up, pull → first frame, pull → first keyframe) in ms.
 pub fn join_times(
     s: &ClientStats,
@@ -440,9 +408,9 @@ pub fn own_cpu_ticks() -> u64 {
 }
 
 /// Trouble lines of a node's log, and whether it is still running.
-pub fn node_log(name: &str, node: &mut trackmesh_tests::TestNode) -> super::report::NodeLog {
+pub fn node_log(name: &str, node: &mut trackmesh_tests::TestNode) -> NodeLog {
     let (trouble_lines, first) = super::procfs::log_trouble(&node.log(), 10);
-    super::report::NodeLog {
+    NodeLog {
         name: name.to_string(),
         trouble_lines,
         first,
