@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use trackmesh_tests::CallsClient;
 
+use super::client;
 use super::client::{Client, ClientConfig, ClientStats, Pulled};
 use super::media::{MediaMix, VideoShape};
 use super::procfs::{NodeProbe, NodeSample};
@@ -166,7 +167,7 @@ pub async fn start_publisher(
     let n = mids.len();
     client
         .wait_until("its first frames out", CONNECT_TIMEOUT, move |s| {
-            s.tx.len() == n && s.tx.values().all(|t| t.total_frames >= 3)
+            s.tx.len() == n && s.tx.values().all(|t| t.frames >= 3)
         })
         .await?;
     let remote = pushed
@@ -217,7 +218,7 @@ pub async fn join_subscriber(
         .with_context(|| format!("{name}: sessions/new"))?
         .session_id;
     let pull_started = Instant::now();
-    let pulled = client.pull(api, &session_id, remote).await?;
+    let pulled = client::pull(&client, api, &session_id, remote).await?;
     client
         .wait_until(
             "the first frame on every track",
