@@ -33,16 +33,25 @@ impl Publisher {
         name: &str,
         tracks: &[(&str, MediaKind)],
     ) -> anyhow::Result<Publisher> {
-        let peer = Peer::new(name)?;
+        Self::start_on(api, Peer::new(name)?, tracks).await
+    }
+
+    /// [`Publisher::start`] with a given peer (e.g. the load generator's task-driven one).
+    pub async fn start_on<S: AsRef<str>>(
+        api: &CallsClient,
+        peer: Peer,
+        tracks: &[(S, MediaKind)],
+    ) -> anyhow::Result<Publisher> {
+        let who = format!("publisher {}", peer.name());
         let session_id = api
             .sessions_new()
             .await
-            .context("publisher sessions/new")?
+            .with_context(|| format!("{who}: sessions/new"))?
             .session_id;
         let pushed = peer
             .push(api, &session_id, tracks)
             .await
-            .context("publisher push")?;
+            .with_context(|| format!("{who}: push"))?;
         peer.wait_connected(CONNECT_TIMEOUT).await?;
         let mids: Vec<&str> = pushed.iter().map(|t| t.mid.as_str()).collect();
         peer.start_sending(&mids).await?;

@@ -32,8 +32,6 @@ pub const MAX_SESSIONS: usize = 5000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Time a scenario may take on top of its warm-up and duration (set-up, joins, teardown).
 pub const SLACK: Duration = Duration::from_secs(300);
-/// Bound on a publisher's connection and its first frames.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on a subscriber's wait for its first frame on every track.
 pub const FIRST_MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
 /// Failure messages kept in a report.
@@ -145,11 +143,6 @@ pub async fn start_publisher(
     name: &str,
 ) -> anyhow::Result<Publisher> {
     let client = Client::start(common.client_config(name.to_string())).await?;
-    let session_id = api
-        .sessions_new()
-        .await
-        .with_context(|| format!("{name}: sessions/new"))?
-        .session_id;
     let mut tracks = Vec::new();
     if common.media.has_audio() {
         tracks.push((format!("{name}-audio"), MediaKind::Audio));
@@ -157,26 +150,11 @@ pub async fn start_publisher(
     if common.media.has_video() {
         tracks.push((format!("{name}-video"), MediaKind::Video));
     }
-    let pushed = client
-        .push(api, &session_id, &tracks)
-        .await
-        .with_context(|| format!("{name}: push"))?;
-    client.wait_connected(CONNECT_TIMEOUT).await?;
-    let mids: Vec<String> = pushed.iter().map(|t| t.mid.clone()).collect();
-    client.start_sending(&mids).await?;
-    let n = mids.len();
-    client
-        .wait_until("its first frames out", CONNECT_TIMEOUT, move |s| {
-            s.tx.len() == n && s.tx.values().all(|t| t.frames >= 3)
-        })
-        .await?;
-    let remote = pushed
-        .iter()
-        .map(|t| (session_id.clone(), t.track_name.clone()))
-        .collect();
+    let p = trackmesh_tests::Publisher::start_on(api, client, &tracks).await?;
+    let remote = p.remote_refs();
     Ok(Publisher {
-        client,
-        session_id,
+        client: p.peer,
+        session_id: p.session_id,
         remote,
     })
 }
