@@ -104,18 +104,24 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// `sessions/new`, pull the tracks, answer the SFU's offer, wait for the connection.
-    pub async fn start(
-        api: &CallsClient,
-        name: &str,
-        remote: &[(String, String)],
-    ) -> anyhow::Result<Subscriber> {
+    /// A new peer and a new session for it.
+    async fn new_session(api: &CallsClient, name: &str) -> anyhow::Result<(Peer, String)> {
         let peer = Peer::new(name)?;
         let session_id = api
             .sessions_new()
             .await
             .context("subscriber sessions/new")?
             .session_id;
+        Ok((peer, session_id))
+    }
+
+    /// `sessions/new`, pull the tracks, answer the SFU's offer, wait for the connection.
+    pub async fn start(
+        api: &CallsClient,
+        name: &str,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let (peer, session_id) = Self::new_session(api, name).await?;
         let refs: Vec<(&str, &str)> = remote
             .iter()
             .map(|(s, t)| (s.as_str(), t.as_str()))
@@ -143,12 +149,7 @@ impl Subscriber {
         name: &str,
         remote: &[(String, String)],
     ) -> anyhow::Result<Subscriber> {
-        let peer = Peer::new(name)?;
-        let session_id = api
-            .sessions_new()
-            .await
-            .context("subscriber sessions/new")?
-            .session_id;
+        let (peer, session_id) = Self::new_session(api, name).await?;
         Self::pull_retrying(api, peer, session_id, remote).await
     }
 

@@ -244,9 +244,15 @@ impl Core {
         Ok(())
     }
 
-    /// End the connection (the driver stops after draining).
-    pub fn disconnect(&mut self) {
+    /// The driver's loop ended with `result`: disconnect, flush, and mark the client stopped.
+    pub fn finish(&mut self, result: anyhow::Result<()>, send: &mut SendFn<'_>) {
         self.rtc.disconnect();
+        let _ = self.drain(Instant::now(), send);
+        let mut s = lock(&self.stats);
+        if let Err(e) = result {
+            s.error(format!("client stopped: {e:#}"));
+        }
+        s.stopped = true;
     }
 
     // ---- SDP ----------------------------------------------------------------------------------

@@ -122,12 +122,5 @@ async fn run(mut core: Core, socket: UdpSocket, mut jobs: mpsc::Receiver<Job>, l
         Ok(())
     }
     .await;
-    core.disconnect();
-    let _ = core.drain(Instant::now(), &mut send);
-    let stats = core.stats();
-    let mut s = lock(&stats);
-    if let Err(e) = result {
-        s.error(format!("client stopped: {e:#}"));
-    }
-    s.stopped = true;
+    core.finish(result, &mut send);
 }

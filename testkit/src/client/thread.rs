@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::core::{Core, lock};
+use super::core::Core;
 use super::{COMMAND_QUEUE, Job, RECV_BUF, SubmitError};
 
 /// How often the thread looks at its command queue when nothing else happens.
@@ -108,12 +108,5 @@ fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: D
         }
         Ok(())
     })();
-    core.disconnect();
-    let _ = core.drain(Instant::now(), &mut send);
-    let stats = core.stats();
-    let mut s = lock(&stats);
-    if let Err(e) = result {
-        s.error(format!("client stopped: {e:#}"));
-    }
-    s.stopped = true;
+    core.finish(result, &mut send);
 }
