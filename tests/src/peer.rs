@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow, bail};
 use str0m::media::MediaKind;
 pub use trackmesh_testkit::client::{ClientStats as PeerStats, TrackRx, TrackTx};
 use trackmesh_testkit::media::VideoShape;
+pub use trackmesh_testkit::media::{TIMESTAMP_OFFSET, clock_origin, micros_since_origin};
 pub use trackmesh_testkit::{Client, ClientConfig};
 
 use crate::api::{CallsClient, SessionDescription, TrackObject, TracksRequest, TracksResponse};
