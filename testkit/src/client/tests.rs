@@ -92,7 +92,8 @@ async fn thread_to_task_and_drop_stops_the_driver() {
     let b_stats = b.stats.clone();
     drop(b);
     let mut stopped = false;
-    for _ in 0..200 {
+    // Bounded by the generous wait of every other step (10 s), not a timing claim.
+    for _ in 0..1000 {
         if lock(&b_stats).stopped {
             stopped = true;
             break;
