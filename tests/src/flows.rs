@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use str0m::media::MediaKind;
 
-use crate::api::{CallsClient, SessionState, TracksRequest, TracksResponse};
+use crate::api::{CallsClient, SessionState, TracksResponse};
 use crate::peer::{Peer, PushedTrack};
 
 /// How long a peer may take to connect to the node.
@@ -33,16 +33,25 @@ impl Publisher {
         name: &str,
         tracks: &[(&str, MediaKind)],
     ) -> anyhow::Result<Publisher> {
-        let peer = Peer::new(name)?;
+        Self::start_on(api, Peer::new(name)?, tracks).await
+    }
+
+    /// [`Publisher::start`] with a given peer (e.g. the load generator's task-driven one).
+    pub async fn start_on<S: AsRef<str>>(
+        api: &CallsClient,
+        peer: Peer,
+        tracks: &[(S, MediaKind)],
+    ) -> anyhow::Result<Publisher> {
+        let who = format!("publisher {}", peer.name());
         let session_id = api
             .sessions_new()
             .await
-            .context("publisher sessions/new")?
+            .with_context(|| format!("{who}: sessions/new"))?
             .session_id;
         let pushed = peer
             .push(api, &session_id, tracks)
             .await
-            .context("publisher push")?;
+            .with_context(|| format!("{who}: push"))?;
         peer.wait_connected(CONNECT_TIMEOUT).await?;
         let mids: Vec<&str> = pushed.iter().map(|t| t.mid.as_str()).collect();
         peer.start_sending(&mids).await?;
@@ -95,18 +104,24 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// `sessions/new`, pull the tracks, answer the SFU's offer, wait for the connection.
-    pub async fn start(
-        api: &CallsClient,
-        name: &str,
-        remote: &[(String, String)],
-    ) -> anyhow::Result<Subscriber> {
+    /// A new peer and a new session for it.
+    async fn new_session(api: &CallsClient, name: &str) -> anyhow::Result<(Peer, String)> {
         let peer = Peer::new(name)?;
         let session_id = api
             .sessions_new()
             .await
             .context("subscriber sessions/new")?
             .session_id;
+        Ok((peer, session_id))
+    }
+
+    /// `sessions/new`, pull the tracks, answer the SFU's offer, wait for the connection.
+    pub async fn start(
+        api: &CallsClient,
+        name: &str,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let (peer, session_id) = Self::new_session(api, name).await?;
         let refs: Vec<(&str, &str)> = remote
             .iter()
             .map(|(s, t)| (s.as_str(), t.as_str()))
@@ -134,12 +149,7 @@ impl Subscriber {
         name: &str,
         remote: &[(String, String)],
     ) -> anyhow::Result<Subscriber> {
-        let peer = Peer::new(name)?;
-        let session_id = api
-            .sessions_new()
-            .await
-            .context("subscriber sessions/new")?
-            .session_id;
+        let (peer, session_id) = Self::new_session(api, name).await?;
         Self::pull_retrying(api, peer, session_id, remote).await
     }
 
@@ -151,53 +161,10 @@ impl Subscriber {
         session_id: String,
         remote: &[(String, String)],
     ) -> anyhow::Result<Subscriber> {
-        let name = peer.name().to_string();
-        let deadline = Instant::now() + NOT_FOUND_RETRY;
-        let max_attempts = NOT_FOUND_RETRY.as_millis() / NOT_FOUND_STEP.as_millis() + 2;
-        let mut pending: Vec<(String, String)> = remote.to_vec();
-        let mut merged = TracksResponse::default();
-        for attempt in 1..=max_attempts {
-            let req = TracksRequest::pull(&pending);
-            let resp = api
-                .tracks_new(&session_id, &req)
-                .await
-                .with_context(|| format!("subscriber pull (attempt {attempt})"))?;
-            if let Some(code) = &resp.error_code {
-                bail!("pull rejected: {code}: {:?}", resp.error_description);
-            }
-            if let Some(sd) = &resp.session_description {
-                if sd.kind != "offer" {
-                    bail!("pull: expected an SFU offer, got {:?}", sd.kind);
-                }
-                let answer = peer.accept_offer(&sd.sdp).await?;
-                api.renegotiate(&session_id, &answer).await?;
-                merged.session_description = resp.session_description.clone();
-            }
-            if merged.requires_immediate_renegotiation != Some(true) {
-                merged.requires_immediate_renegotiation = resp.requires_immediate_renegotiation;
-            }
-            let retry_allowed = Instant::now() < deadline && attempt < max_attempts;
-            let mut again = Vec::new();
-            for item in resp.tracks {
-                let not_found = item.error_code.as_deref() == Some("not_found_track_error");
-                if not_found && retry_allowed {
-                    again.push((
-                        item.session_id.clone().unwrap_or_default(),
-                        item.track_name.clone().unwrap_or_default(),
-                    ));
-                } else {
-                    merged.tracks.push(item);
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            if attempt == 1 {
-                tracing::info!("{name}: not_found_track_error for {again:?}, retrying");
-            }
-            pending = again;
-            tokio::time::sleep(NOT_FOUND_STEP).await;
-        }
+        let merged = peer
+            .pull_retrying(api, &session_id, remote, NOT_FOUND_RETRY, NOT_FOUND_STEP)
+            .await
+            .context("subscriber pull")?;
         if !merged.tracks.iter().any(|t| t.error_code.is_none()) {
             bail!("no track could be pulled: {merged:?}");
         }

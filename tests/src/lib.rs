@@ -15,3 +15,4 @@ pub use flows::{Publisher, Subscriber};
 pub use node::{ClusterOpts, TestNode};
 pub use peer::{Peer, PeerStats, PushedTrack};
 pub use str0m::media::MediaKind;
+pub use trackmesh_testkit as testkit;

@@ -78,8 +78,20 @@ pub const PLACED_RELAY_PORT: u16 = 7703;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Where the node binary is: env `TRACKMESH_BIN`, else `<workspace>/target/debug/trackmesh`.
+static NODE_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Use `path` as the node binary for the rest of this process (a tool's `--node-bin`), over
+/// env `TRACKMESH_BIN`. False when one was already set.
+pub fn set_node_binary(path: PathBuf) -> bool {
+    NODE_BINARY.set(path).is_ok()
+}
+
+/// Where the node binary is: [`set_node_binary`], else env `TRACKMESH_BIN`, else
+/// `<workspace>/target/debug/trackmesh`.
 pub fn node_binary() -> PathBuf {
+    if let Some(p) = NODE_BINARY.get() {
+        return p.clone();
+    }
     if let Some(p) = std::env::var_os("TRACKMESH_BIN") {
         return PathBuf::from(p);
     }

@@ -5,12 +5,11 @@
 //! target/release/trackmesh-load fanout --subscribers 200 --media av --duration 20
 //! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
 //! ```
-//! The node binary is env `TRACKMESH_BIN`, else `--node-bin`, else
-//! `<workspace>/target/release/trackmesh`. Every scenario is bounded (sessions ≤ 5000, duration
-//! ≤ 3600 s, plus a global deadline) and kills its nodes at the end.
+//! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
+//! executable. Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
+//! deadline) and kills its nodes at the end.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -32,8 +31,8 @@ struct Cli {
     /// Print one JSON object instead of the text table.
     #[arg(long, global = true)]
     json: bool,
-    /// The node binary (when env TRACKMESH_BIN is not set) [default: <workspace>/target/release/trackmesh]
-    #[arg(long, global = true)]
+    /// The node binary [default: the `trackmesh` next to this executable]
+    #[arg(long, global = true, env = "TRACKMESH_BIN")]
     node_bin: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
@@ -243,25 +242,20 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The test crate finds the node through env TRACKMESH_BIN. Setting an environment variable
-    // in-process needs `unsafe` (forbidden here), so run ourselves again with it set.
-    if std::env::var_os("TRACKMESH_BIN").is_none() {
-        let bin = cli.node_bin.clone().unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/trackmesh")
-        });
-        if !bin.exists() {
-            bail!(
-                "node binary {} not found: run `cargo build --release --bins`, or pass --node-bin / set TRACKMESH_BIN",
-                bin.display()
-            );
-        }
-        let status = Command::new(std::env::current_exe().context("locating this binary")?)
-            .args(std::env::args_os().skip(1))
-            .env("TRACKMESH_BIN", &bin)
-            .status()
-            .context("re-running with TRACKMESH_BIN set")?;
-        std::process::exit(status.code().unwrap_or(1));
+    let bin = match cli.node_bin.clone() {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("trackmesh"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "node binary {} not found: run `cargo build --release --bins`, or pass --node-bin / set TRACKMESH_BIN",
+            bin.display()
+        );
     }
+    // The scenarios start their nodes through the test crate's harness.
+    trackmesh_tests::node::set_node_binary(bin);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -2,18 +2,18 @@
 //! drive `trackmesh` nodes through the public API and measure forwarding throughput, node CPU
 //! and memory, loss, one-way latency and join times.
 //!
-//! - [`client`]: a tokio task per client (one UDP socket, one `Rtc`), scaling to hundreds;
-//! - [`media`]: synthetic Opus/VP8 frames carrying their send time and a frame sequence number;
+//! - [`client`]: the test kit's client as a tokio task per client, scaling to hundreds;
+//! - [`media`]: the test kit's synthetic Opus/VP8 frames (send time and sequence number);
 //! - [`procfs`]: node CPU and RSS from `/proc`, counters from `/metrics`;
-//! - [`stats`]: histograms and percentiles;
+//! - [`stats`]: the test kit's histograms and percentiles;
 //! - [`scenario`]: fanout, relay, hub, join-storm, churn, soak;
 //! - [`trend`]: is a sampled series (RSS in a soak) flat;
 //! - [`report`]: text and JSON.
 
 pub mod client;
-pub mod media;
+pub use trackmesh_testkit::media;
 pub mod procfs;
 pub mod report;
 pub mod scenario;
-pub mod stats;
+pub use trackmesh_testkit::stats;
 pub mod trend;

@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::procfs::{MachineFigures, NodeFigures};
-use super::scenario::GroupFigures;
 use super::stats::Dist;
 
 /// Where and when a report was made.
@@ -89,6 +88,40 @@ pub fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Figures of a set of subscribers over the current window.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct GroupFigures {
+    pub name: String,
+    pub subscribers: usize,
+    /// Subscribers that received frames on every track during the window.
+    pub receiving: usize,
+    pub frames_received: u64,
+    pub keyframes_received: u64,
+    /// Frames missing in the sequence of a track between two received frames.
+    pub frames_lost: u64,
+    pub frames_lost_audio: u64,
+    pub frames_lost_video: u64,
+    pub loss_percent: f64,
+    pub frames_reordered: u64,
+    pub frames_unstamped: u64,
+    /// Frames skipped between a track's first frame and the next (cached keyframe, then live).
+    pub frames_skipped_at_join: u64,
+    pub latency: Option<Dist>,
+    pub latency_audio: Option<Dist>,
+    pub latency_video: Option<Dist>,
+    /// Start of tracks/new → first frame (any track).
+    pub pull_to_first_frame: Option<Dist>,
+    /// Start of tracks/new → first keyframe (video tracks).
+    pub pull_to_first_keyframe: Option<Dist>,
+    /// Start of sessions/new → ICE + DTLS connected.
+    pub session_setup: Option<Dist>,
+    /// Age (now − send time) of each track's first received frame: large when the node served
+    /// a cached keyframe. Not part of the latency figures.
+    pub first_frame_age: Option<Dist>,
+    /// Client-side errors (str0m, socket), first few.
+    pub client_errors: Vec<String>,
 }
 
 /// Trouble seen in a node's log.

@@ -152,10 +152,7 @@ async fn slot(
             Leave::Drop => false,
         };
         if close {
-            match sub
-                .client
-                .close_force(&api, &sub.session_id, &sub.mids())
-                .await
+            match crate::load::client::close(&sub.client, &api, &sub.session_id, &sub.mids()).await
             {
                 Ok(()) => out.closed += 1,
                 Err(e) => out

@@ -18,9 +18,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use trackmesh_tests::CallsClient;
 
+use super::client;
 use super::client::{Client, ClientConfig, ClientStats, Pulled};
 use super::media::{MediaMix, VideoShape};
 use super::procfs::{NodeProbe, NodeSample};
+pub use super::report::GroupFigures;
+use super::report::NodeLog;
 use super::stats::{Dist, Histogram};
 
 /// Hard cap on sessions a scenario creates.
@@ -29,8 +32,6 @@ pub const MAX_SESSIONS: usize = 5000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Time a scenario may take on top of its warm-up and duration (set-up, joins, teardown).
 pub const SLACK: Duration = Duration::from_secs(300);
-/// Bound on a publisher's connection and its first frames.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on a subscriber's wait for its first frame on every track.
 pub const FIRST_MEDIA_TIMEOUT: Duration = Duration::from_secs(20);
 /// Failure messages kept in a report.
@@ -142,11 +143,6 @@ pub async fn start_publisher(
     name: &str,
 ) -> anyhow::Result<Publisher> {
     let client = Client::start(common.client_config(name.to_string())).await?;
-    let session_id = api
-        .sessions_new()
-        .await
-        .with_context(|| format!("{name}: sessions/new"))?
-        .session_id;
     let mut tracks = Vec::new();
     if common.media.has_audio() {
         tracks.push((format!("{name}-audio"), MediaKind::Audio));
@@ -154,26 +150,11 @@ pub async fn start_publisher(
     if common.media.has_video() {
         tracks.push((format!("{name}-video"), MediaKind::Video));
     }
-    let pushed = client
-        .push(api, &session_id, &tracks)
-        .await
-        .with_context(|| format!("{name}: push"))?;
-    client.wait_connected(CONNECT_TIMEOUT).await?;
-    let mids: Vec<String> = pushed.iter().map(|t| t.mid.clone()).collect();
-    client.start_sending(&mids).await?;
-    let n = mids.len();
-    client
-        .wait_until("its first frames out", CONNECT_TIMEOUT, move |s| {
-            s.tx.len() == n && s.tx.values().all(|t| t.total_frames >= 3)
-        })
-        .await?;
-    let remote = pushed
-        .iter()
-        .map(|t| (session_id.clone(), t.track_name.clone()))
-        .collect();
+    let p = trackmesh_tests::Publisher::start_on(api, client, &tracks).await?;
+    let remote = p.remote_refs();
     Ok(Publisher {
-        client,
-        session_id,
+        client: p.peer,
+        session_id: p.session_id,
         remote,
     })
 }
@@ -215,7 +196,7 @@ pub async fn join_subscriber(
         .with_context(|| format!("{name}: sessions/new"))?
         .session_id;
     let pull_started = Instant::now();
-    let pulled = client.pull(api, &session_id, remote).await?;
+    let pulled = client::pull(&client, api, &session_id, remote).await?;
     client
         .wait_until(
             "the first frame on every track",
@@ -277,40 +258,6 @@ pub async fn join_many(
         }
     }
     (subs, failures)
-}
-
-/// Figures of a set of subscribers over the current window.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct GroupFigures {
-    pub name: String,
-    pub subscribers: usize,
-    /// Subscribers that received frames on every track during the window.
-    pub receiving: usize,
-    pub frames_received: u64,
-    pub keyframes_received: u64,
-    /// Frames missing in the sequence of a track between two received frames.
-    pub frames_lost: u64,
-    pub frames_lost_audio: u64,
-    pub frames_lost_video: u64,
-    pub loss_percent: f64,
-    pub frames_reordered: u64,
-    pub frames_unstamped: u64,
-    /// Frames skipped between a track's first frame and the next (cached keyframe, then live).
-    pub frames_skipped_at_join: u64,
-    pub latency: Option<Dist>,
-    pub latency_audio: Option<Dist>,
-    pub latency_video: Option<Dist>,
-    /// Start of tracks/new → first frame (any track).
-    pub pull_to_first_frame: Option<Dist>,
-    /// Start of tracks/new → first keyframe (video tracks).
-    pub pull_to_first_keyframe: Option<Dist>,
-    /// Start of sessions/new → ICE + DTLS connected.
-    pub session_setup: Option<Dist>,
-    /// Age (now − send time) of each track's first received frame: large when the node served
-    /// a cached keyframe. Not part of the latency figures.
-    pub first_frame_age: Option<Dist>,
-    /// Client-side errors (str0m, socket), first few.
-    pub client_errors: Vec<String>,
 }
 
 /// Per-subscriber join times: (set-up, pull → first frame, pull → first keyframe) in ms.
@@ -440,9 +387,9 @@ pub fn own_cpu_ticks() -> u64 {
 }
 
 /// Trouble lines of a node's log, and whether it is still running.
-pub fn node_log(name: &str, node: &mut trackmesh_tests::TestNode) -> super::report::NodeLog {
+pub fn node_log(name: &str, node: &mut trackmesh_tests::TestNode) -> NodeLog {
     let (trouble_lines, first) = super::procfs::log_trouble(&node.log(), 10);
-    super::report::NodeLog {
+    NodeLog {
         name: name.to_string(),
         trouble_lines,
         first,

@@ -114,7 +114,9 @@ pub async fn probe_joins(
         let cfg = common.client_config(format!("{label}-{i}"));
         match join_subscriber(api, cfg, remote, 0, true).await {
             Ok(s) => {
-                if let Err(e) = s.client.close_force(api, &s.session_id, &s.mids()).await {
+                if let Err(e) =
+                    crate::load::client::close(&s.client, api, &s.session_id, &s.mids()).await
+                {
                     failures.push(format!("{label} {i}: close: {e:#}"));
                 }
                 subs.push(s);
@@ -269,7 +271,9 @@ async fn run_inner(cfg: &RelayConfig, deadline: Instant) -> anyhow::Result<Repor
         groups.push(pw);
         // Cold: every subscriber on b leaves; before each probe b holds no upstream.
         for s in subs.iter().filter(|s| s.group == 1) {
-            if let Err(e) = s.client.close_force(&api_b, &s.session_id, &s.mids()).await {
+            if let Err(e) =
+                crate::load::client::close(&s.client, &api_b, &s.session_id, &s.mids()).await
+            {
                 failures.push(format!("closing {}: {e:#}", s.client.name()));
             }
         }

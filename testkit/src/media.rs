@@ -1,16 +1,22 @@
-//! Synthetic media: Opus-sized audio frames and VP8-looking video frames, each carrying its send
-//! time and a per-track frame sequence number right after the codec header bytes.
+//! Synthetic media, the one place fake frames are built: Opus-sized audio frames and
+//! VP8-looking video frames, each stamped with its send time and a per-track frame sequence
+//! number right after the codec header bytes, and [`Source`], which says when the next frame of
+//! a track is due and whether it is a keyframe.
 //!
 //! Layout of every frame (big-endian):
 //! - bytes `0..10`: codec header (Opus TOC byte; VP8 frame tag, and for a keyframe the start code
-//!   and the frame size), as the SFU and str0m inspect them;
-//! - bytes `10..18`: send time, microseconds since [`trackmesh_tests::peer::clock_origin`];
+//!   at bytes 3..6 and the frame size), as the SFU and str0m inspect them;
+//! - bytes `10..18`: send time, microseconds since [`clock_origin`];
 //! - bytes `18..26`: frame sequence number of the track, starting at 0.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-/// Where the send time goes (the same place as the test client's timestamped peers).
-pub const TIMESTAMP_OFFSET: usize = trackmesh_tests::peer::TIMESTAMP_OFFSET;
+use str0m::media::{Frequency, MediaKind, MediaTime};
+
+/// Where the send time goes: after the longest codec header inspected (a VP8 keyframe's frame
+/// tag, start code and size take 10 bytes), so keyframe detection is unaffected.
+pub const TIMESTAMP_OFFSET: usize = 10;
 /// Where the per-track frame sequence number goes.
 pub const SEQ_OFFSET: usize = TIMESTAMP_OFFSET + 8;
 /// The shortest frame that carries both fields.
@@ -23,6 +29,8 @@ pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
 pub const AUDIO_TICKS: u64 = 960;
 /// RTP clock rate of video.
 pub const VIDEO_CLOCK: u64 = 90_000;
+/// The VP8 keyframe start code, at bytes 3..6 of a keyframe (RFC 6386, 9.1).
+pub const VP8_START_CODE: [u8; 3] = [0x9d, 0x01, 0x2a];
 /// A keyframe is this many times the size of a delta frame.
 pub const KEYFRAME_FACTOR: usize = 5;
 /// Bounds on the video settings (checked by [`VideoShape::new`]).
@@ -81,6 +89,14 @@ impl Default for VideoShape {
 }
 
 impl VideoShape {
+    /// The test client's video: about the bitrate of a small webcam, so that many peers fit
+    /// on a shared test machine.
+    pub const LIGHT: VideoShape = VideoShape {
+        fps: 30,
+        kbps: 400,
+        keyframe_interval_s: 2.0,
+    };
+
     pub fn new(fps: u32, kbps: u32, keyframe_interval: Duration) -> anyhow::Result<VideoShape> {
         if !(1..=MAX_FPS).contains(&fps) {
             anyhow::bail!("--fps must be in 1..={MAX_FPS}");
@@ -133,6 +149,19 @@ impl VideoShape {
     }
 }
 
+static CLOCK_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// The process-wide origin of the send times stamped into frames: sender and receiver of a
+/// latency measurement must be in the same process.
+pub fn clock_origin() -> Instant {
+    *CLOCK_ORIGIN.get_or_init(Instant::now)
+}
+
+/// Microseconds from [`clock_origin`] to `t` (0 when `t` is earlier).
+pub fn micros_since_origin(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(clock_origin()).as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Fill `buf` with cheap deterministic bytes derived from `seed`.
 fn fill(buf: &mut [u8], seed: u64) {
     let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
@@ -181,10 +210,102 @@ pub fn vp8_frame(seq: u64, keyframe: bool, len: usize, send_us: u64) -> Vec<u8> 
     f[0] = if keyframe { 0x10 } else { 0x11 };
     if keyframe {
         // start code, width 640, height 360 (little-endian 14-bit fields, no scaling).
-        f[3..10].copy_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        f[3..6].copy_from_slice(&VP8_START_CODE);
+        f[6..10].copy_from_slice(&[0x80, 0x02, 0x68, 0x01]);
     }
     stamp(&mut f, send_us, seq);
     f
+}
+
+/// One frame of a [`Source`], ready for str0m's `Writer::write`.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    /// Sequence number of the frame in its track (also stamped into `data`).
+    pub seq: u64,
+    pub rtp_time: MediaTime,
+}
+
+/// The synthetic media source of one sending track: frame timing, keyframe decisions and the
+/// frames themselves. Time comes in from the caller.
+#[derive(Clone, Debug)]
+pub struct Source {
+    kind: MediaKind,
+    seq: u64,
+    next_due: Instant,
+    last_keyframe: Option<Instant>,
+    force_keyframe: bool,
+}
+
+impl Source {
+    /// A source whose first frame is due at `now` (a keyframe, for video).
+    pub fn new(kind: MediaKind, now: Instant) -> Source {
+        Source {
+            kind,
+            seq: 0,
+            next_due: now,
+            last_keyframe: None,
+            force_keyframe: true,
+        }
+    }
+
+    pub fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    /// When the next frame is due.
+    pub fn next_due(&self) -> Instant {
+        self.next_due
+    }
+
+    /// Make the next video frame a keyframe (the remote asked: PLI/FIR).
+    pub fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    /// The frame due at `now`, stamped with `now` as its send time; None before it is due.
+    /// After a stall the lost time is dropped rather than caught up with a burst.
+    pub fn next_frame(&mut self, now: Instant, video: &VideoShape) -> Option<Frame> {
+        if self.next_due > now {
+            return None;
+        }
+        let seq = self.seq;
+        let send_us = micros_since_origin(now);
+        let (interval, keyframe, data, rtp_time) = match self.kind {
+            MediaKind::Audio => (
+                AUDIO_INTERVAL,
+                false,
+                audio_frame(seq, send_us),
+                MediaTime::new(seq * AUDIO_TICKS, Frequency::FORTY_EIGHT_KHZ),
+            ),
+            MediaKind::Video => {
+                let keyframe = self.force_keyframe
+                    || self
+                        .last_keyframe
+                        .is_none_or(|t| now.duration_since(t) >= video.keyframe_interval());
+                (
+                    video.frame_interval(),
+                    keyframe,
+                    vp8_frame(seq, keyframe, video.frame_bytes(seq, keyframe), send_us),
+                    MediaTime::new(seq * video.ticks_per_frame(), Frequency::NINETY_KHZ),
+                )
+            }
+        };
+        let next = self.next_due + interval;
+        self.next_due = if next <= now { now + interval } else { next };
+        self.seq += 1;
+        if keyframe {
+            self.last_keyframe = Some(now);
+            self.force_keyframe = false;
+        }
+        Some(Frame {
+            data,
+            keyframe,
+            seq,
+            rtp_time,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +336,36 @@ mod tests {
         assert!((900.0..1100.0).contains(&kbps), "{kbps}");
         assert_eq!(v.frame_bytes(0, true), v.delta_bytes() * KEYFRAME_FACTOR);
         assert!(VideoShape::new(0, 1000, Duration::from_secs(2)).is_err());
+    }
+
+    /// Video: a keyframe first, then deltas until the keyframe period or a request; every
+    /// frame carries its send time and sequence number; nothing before it is due.
+    #[test]
+    fn source_paces_frames_and_keyframes() {
+        let t0 = Instant::now();
+        let shape = VideoShape::LIGHT;
+        let mut v = Source::new(MediaKind::Video, t0);
+        let first = v.next_frame(t0, &shape).expect("due at once");
+        assert!(first.keyframe);
+        assert_eq!(&first.data[3..6], &VP8_START_CODE);
+        assert!(v.next_frame(t0, &shape).is_none(), "not due yet");
+        let t1 = t0 + shape.frame_interval();
+        let second = v.next_frame(t1, &shape).expect("due");
+        assert!(!second.keyframe);
+        assert_eq!(second.data[0] & 1, 1);
+        assert_eq!(read_stamp(&second.data), Some((micros_since_origin(t1), 1)));
+        v.request_keyframe();
+        let t2 = t1 + shape.frame_interval();
+        assert!(v.next_frame(t2, &shape).expect("due").keyframe);
+        let late = t2 + shape.keyframe_interval();
+        assert!(v.next_frame(late, &shape).expect("due").keyframe);
+
+        let mut a = Source::new(MediaKind::Audio, t0);
+        let f = a.next_frame(t0, &shape).expect("due");
+        assert_eq!(
+            (f.keyframe, f.data.len(), f.data[0]),
+            (false, AUDIO_FRAME_BYTES, 0x78)
+        );
+        assert_eq!(a.next_due(), t0 + AUDIO_INTERVAL);
     }
 }

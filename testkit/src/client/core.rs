@@ -1,0 +1,361 @@
+//! The client without I/O: a str0m `Rtc` (full ICE), the offer/answer state, the synthetic
+//! sources of the sending mids, and the counters. Datagrams and time come in as arguments;
+//! datagrams go out through the caller's `send` function. After every mutation of the `Rtc`
+//! the caller drains `poll_output` until `Output::Timeout` ([`Core::drain`]), as str0m requires.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use super::counters::ClientStats;
+use crate::media::{Source, VideoShape};
+
+/// Bound on outputs drained after one mutation.
+const MAX_OUTPUTS_PER_DRAIN: usize = 10_000;
+
+/// Where a datagram goes out: the driver's socket.
+pub type SendFn<'a> = dyn FnMut(SocketAddr, &[u8]) -> std::io::Result<()> + 'a;
+
+/// Lock the counters; a poisoned lock only means a panic elsewhere, the counters stay usable.
+pub(super) fn lock(stats: &Mutex<ClientStats>) -> MutexGuard<'_, ClientStats> {
+    stats.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A synthetic source on one sending mid, with its payload type once known.
+struct Sending {
+    mid: Mid,
+    pt: Option<Pt>,
+    source: Source,
+}
+
+/// The state a driver owns; jobs from the client handle get `&mut Core`.
+pub struct Core {
+    rtc: Rtc,
+    local: SocketAddr,
+    stats: Arc<Mutex<ClientStats>>,
+    sending: Vec<Sending>,
+    pending: Option<SdpPendingOffer>,
+    next_timeout: Instant,
+    video: VideoShape,
+    raw_samples: usize,
+}
+
+impl Core {
+    /// A core whose host candidate is `local` (the driver's socket address).
+    pub fn new(
+        local: SocketAddr,
+        now: Instant,
+        video: VideoShape,
+        raw_samples: usize,
+    ) -> anyhow::Result<Core> {
+        let mut rtc = RtcConfig::new().build(now);
+        let candidate = Candidate::host(local, "udp").context("host candidate")?;
+        rtc.add_local_candidate(candidate)
+            .ok_or_else(|| anyhow!("str0m rejected the host candidate {local}"))?;
+        Ok(Core {
+            rtc,
+            local,
+            stats: Arc::new(Mutex::new(ClientStats::new(now))),
+            sending: Vec::new(),
+            pending: None,
+            next_timeout: now,
+            video,
+            raw_samples,
+        })
+    }
+
+    /// The counters, shared with the client handle.
+    pub fn stats(&self) -> Arc<Mutex<ClientStats>> {
+        self.stats.clone()
+    }
+
+    pub fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    pub(super) fn record_error(&self, e: impl std::fmt::Display) {
+        lock(&self.stats).error(e);
+    }
+
+    /// When the core next needs the driver: the `Rtc`'s timeout or the next media frame
+    /// (frames wait for the connection, so a past due time does not spin before it).
+    pub fn poll_timeout(&self) -> Instant {
+        let media = if self.rtc.is_connected() {
+            self.sending.iter().map(|s| s.source.next_due()).min()
+        } else {
+            None
+        };
+        media.map_or(self.next_timeout, |m| m.min(self.next_timeout))
+    }
+
+    /// Drain `poll_output` until `Output::Timeout`. An error is fatal for the `Rtc`.
+    /// A client bound to loopback sends only to loopback.
+    pub fn drain(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
+        let loopback_only = self.local.ip().is_loopback();
+        for _ in 0..MAX_OUTPUTS_PER_DRAIN {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    if loopback_only && !t.destination.ip().is_loopback() {
+                        self.record_error(format!("refusing to send to {}", t.destination));
+                        continue;
+                    }
+                    if let Err(e) = send(t.destination, &t.contents) {
+                        let mut s = lock(&self.stats);
+                        s.send_errors += 1;
+                        s.error(format!("send_to {}: {e}", t.destination));
+                    }
+                }
+                Output::Event(ev) => self.on_event(ev, now),
+            }
+        }
+        bail!("poll_output did not reach Output::Timeout within {MAX_OUTPUTS_PER_DRAIN} outputs")
+    }
+
+    fn on_event(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Connected => {
+                let mut s = lock(&self.stats);
+                s.connected = true;
+                s.connected_at.get_or_insert(now);
+            }
+            Event::IceConnectionStateChange(st) => lock(&self.stats).ice_state = format!("{st:?}"),
+            // A receiving mid is counted from its negotiation, so "every track receives" cannot
+            // hold before each one got a frame.
+            Event::MediaAdded(m) if m.direction.is_receiving() => {
+                lock(&self.stats).expect_rx(&m.mid.to_string(), m.kind);
+            }
+            Event::MediaData(d) => {
+                let video = !d.params.spec().codec.is_audio();
+                let keyframe = video && d.is_keyframe();
+                lock(&self.stats).on_frame(
+                    &d.mid.to_string(),
+                    video,
+                    keyframe,
+                    &d.data,
+                    now,
+                    self.raw_samples,
+                );
+            }
+            Event::KeyframeRequest(r) => {
+                *lock(&self.stats)
+                    .keyframe_requests
+                    .entry(r.mid.to_string())
+                    .or_default() += 1;
+                if let Some(s) = self.sending.iter_mut().find(|s| s.mid == r.mid) {
+                    s.source.request_keyframe();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A datagram from `source` arrived at `now`. Datagrams str0m cannot classify are dropped.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        bytes: &[u8],
+        send: &mut SendFn<'_>,
+    ) -> anyhow::Result<()> {
+        let Ok(contents) = bytes.try_into() else {
+            return Ok(());
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) {
+            self.rtc.handle_input(input)?;
+            self.drain(now, send)?;
+        }
+        Ok(())
+    }
+
+    /// Time passed: the `Rtc`'s timers when due, then every media frame that is due.
+    pub fn tick(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
+        if self.next_timeout <= now {
+            self.rtc.handle_input(Input::Timeout(now))?;
+            self.drain(now, send)?;
+        }
+        self.send_due_media(now, send)
+    }
+
+    /// Write every due frame; each write is followed by a drain.
+    fn send_due_media(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
+        if self.sending.is_empty() || !self.rtc.is_connected() {
+            return Ok(());
+        }
+        for i in 0..self.sending.len() {
+            let Some(s) = self.sending.get_mut(i) else {
+                break;
+            };
+            let Some(frame) = s.source.next_frame(now, &self.video) else {
+                continue;
+            };
+            let (mid, cached_pt) = (s.mid, s.pt);
+            let codec = match s.source.kind() {
+                MediaKind::Audio => Codec::Opus,
+                MediaKind::Video => Codec::Vp8,
+            };
+            let Some(writer) = self.rtc.writer(mid) else {
+                self.record_error(format!("no writer for mid {mid}"));
+                continue;
+            };
+            let pt = match cached_pt {
+                Some(pt) => pt,
+                None => {
+                    let Some(pt) = writer
+                        .payload_params()
+                        .find(|p| p.spec().codec == codec)
+                        .map(|p| p.pt())
+                    else {
+                        self.record_error(format!("no {codec:?} negotiated on mid {mid}"));
+                        continue;
+                    };
+                    if let Some(s) = self.sending.get_mut(i) {
+                        s.pt = Some(pt);
+                    }
+                    pt
+                }
+            };
+            let len = frame.data.len() as u64;
+            match writer.write(pt, now, frame.rtp_time, frame.data) {
+                Ok(()) => lock(&self.stats).on_sent(&mid.to_string(), frame.keyframe, len),
+                Err(e) => self.record_error(format!("write on mid {mid}: {e}")),
+            }
+            self.drain(now, send)?;
+        }
+        Ok(())
+    }
+
+    /// The driver's loop ended with `result`: disconnect, flush, and mark the client stopped.
+    pub fn finish(&mut self, result: anyhow::Result<()>, send: &mut SendFn<'_>) {
+        self.rtc.disconnect();
+        let _ = self.drain(Instant::now(), send);
+        let mut s = lock(&self.stats);
+        if let Err(e) = result {
+            s.error(format!("client stopped: {e:#}"));
+        }
+        s.stopped = true;
+    }
+
+    // ---- SDP ----------------------------------------------------------------------------------
+
+    /// add_media(kind, SendOnly) for each kind, apply() → offer. Returns (mids, offer SDP).
+    pub fn create_send_offer(
+        &mut self,
+        kinds: &[MediaKind],
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        let mut api = self.rtc.sdp_api();
+        let mids: Vec<Mid> = kinds
+            .iter()
+            .map(|k| api.add_media(*k, Direction::SendOnly, None, None, None))
+            .collect();
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("apply() produced no offer"))?;
+        self.pending = Some(pending);
+        Ok((
+            mids.iter().map(|m| m.to_string()).collect(),
+            offer.to_sdp_string(),
+        ))
+    }
+
+    /// Accept the answer to our pending offer.
+    pub fn accept_answer(&mut self, answer: SdpAnswer) -> anyhow::Result<()> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| anyhow!("no pending offer"))?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        Ok(())
+    }
+
+    /// Forget a pending offer (e.g. after the remote rejected it).
+    pub fn drop_pending_offer(&mut self) {
+        self.pending = None;
+    }
+
+    /// Accept a remote offer; returns our answer SDP.
+    pub fn accept_offer(&mut self, offer: SdpOffer) -> anyhow::Result<String> {
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// stop_media (stop = true) or set_direction(Inactive) for these mids, apply() → offer.
+    /// Their sources stop.
+    pub fn close_offer(&mut self, mids: &[Mid], stop: bool) -> anyhow::Result<String> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        self.stop_sending(mids);
+        let mut api = self.rtc.sdp_api();
+        for m in mids {
+            if stop {
+                api.stop_media(*m);
+            } else {
+                api.set_direction(*m, Direction::Inactive);
+            }
+        }
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("no SDP change for mids {mids:?}"))?;
+        self.pending = Some(pending);
+        Ok(offer.to_sdp_string())
+    }
+
+    // ---- media --------------------------------------------------------------------------------
+
+    /// Start a synthetic source on these (sending) mids; frames go out once connected.
+    pub fn start_sending(&mut self, mids: &[Mid], now: Instant) -> anyhow::Result<()> {
+        for mid in mids {
+            let kind = self
+                .rtc
+                .media(*mid)
+                .ok_or_else(|| anyhow!("no media with mid {mid}"))?
+                .kind();
+            self.sending.retain(|s| s.mid != *mid);
+            self.sending.push(Sending {
+                mid: *mid,
+                pt: None,
+                source: Source::new(kind, now),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stop the sources on these mids (the transport stays up).
+    pub fn stop_sending(&mut self, mids: &[Mid]) {
+        self.sending.retain(|s| !mids.contains(&s.mid));
+    }
+
+    /// Stop every source.
+    pub fn stop_all_sending(&mut self) {
+        self.sending.clear();
+    }
+
+    /// Period of the video sources' keyframes (they also send one at the start and whenever
+    /// the remote asks).
+    pub fn set_keyframe_interval(&mut self, interval: Duration) {
+        self.video.keyframe_interval_s = interval.as_secs_f64();
+    }
+}

@@ -1,0 +1,358 @@
+//! What a client did and saw: per-track receive and send counters, loss and latency from the
+//! frames' stamps, and a measurement window the load generator resets.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use str0m::media::MediaKind;
+
+use crate::media::{micros_since_origin, read_stamp};
+use crate::stats::Histogram;
+
+/// Errors kept per client.
+const MAX_ERRORS: usize = 32;
+/// A received send time further than this from the receive time is not a latency sample.
+const MAX_PLAUSIBLE_LATENCY_US: u64 = 60_000_000;
+
+/// Counters of one received track that a measurement window resets.
+#[derive(Clone, Debug, Default)]
+pub struct RxWindow {
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    /// Frames missing between two received ones (sequence gaps).
+    pub lost: u64,
+    /// Frames that arrived with a sequence number at or below the highest seen.
+    pub reordered: u64,
+    /// Frames whose payload carried no plausible stamp.
+    pub unstamped: u64,
+    /// Frames between the first received frame and the next one (a cached keyframe served to a
+    /// joining viewer, then live frames): skipped by design, not lost.
+    pub skipped_at_join: u64,
+    /// One-way latency, µs.
+    pub latency: Histogram,
+}
+
+/// What a client saw on one received track (mid), since it was negotiated.
+#[derive(Clone, Debug)]
+pub struct TrackRx {
+    pub kind: MediaKind,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    /// When str0m handed over the first frame / keyframe.
+    pub first_frame_at: Option<Instant>,
+    pub first_keyframe_at: Option<Instant>,
+    pub highest_seq: Option<u64>,
+    /// Frames with a plausible stamp.
+    pub stamped: u64,
+    /// How old the first received frame was (µs from its send time), e.g. a cached keyframe.
+    pub first_frame_age_us: Option<u64>,
+    pub window: RxWindow,
+}
+
+impl TrackRx {
+    fn new(kind: MediaKind) -> TrackRx {
+        TrackRx {
+            kind,
+            frames: 0,
+            keyframes: 0,
+            bytes: 0,
+            first_frame_at: None,
+            first_keyframe_at: None,
+            highest_seq: None,
+            stamped: 0,
+            first_frame_age_us: None,
+            window: RxWindow::default(),
+        }
+    }
+}
+
+/// What a client sent on one track.
+#[derive(Clone, Debug, Default)]
+pub struct TrackTx {
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    pub window_frames: u64,
+    pub window_keyframes: u64,
+    pub window_bytes: u64,
+}
+
+/// One received frame, kept raw (see [`super::ClientConfig::raw_samples`]) to pair the same
+/// frame across clients.
+#[derive(Clone, Copy, Debug)]
+pub struct RawSample {
+    pub video: bool,
+    pub seq: u64,
+    pub latency_us: u64,
+}
+
+/// Everything a client records; read through [`super::Client::stats`].
+#[derive(Clone, Debug)]
+pub struct ClientStats {
+    pub created_at: Instant,
+    /// str0m emitted `Event::Connected` (ICE + DTLS done).
+    pub connected: bool,
+    pub connected_at: Option<Instant>,
+    /// Last ICE connection state, as Debug text.
+    pub ice_state: String,
+    /// Received media per mid; a mid appears when negotiated as receiving.
+    pub rx: HashMap<String, TrackRx>,
+    /// Sent media (frames str0m accepted) per mid.
+    pub tx: HashMap<String, TrackTx>,
+    /// Keyframe requests (PLI/FIR) received from the remote, per mid.
+    pub keyframe_requests: HashMap<String, u64>,
+    /// Datagrams the socket did not take.
+    pub send_errors: u64,
+    /// Errors from str0m or the socket, first few; a fatal one stops the driver.
+    pub errors: Vec<String>,
+    pub raw: Vec<RawSample>,
+    /// The driver stopped.
+    pub stopped: bool,
+}
+
+impl ClientStats {
+    pub(super) fn new(now: Instant) -> ClientStats {
+        ClientStats {
+            created_at: now,
+            connected: false,
+            connected_at: None,
+            ice_state: String::new(),
+            rx: HashMap::new(),
+            tx: HashMap::new(),
+            keyframe_requests: HashMap::new(),
+            send_errors: 0,
+            errors: Vec::new(),
+            raw: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    pub(super) fn error(&mut self, e: impl std::fmt::Display) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e.to_string());
+        }
+    }
+
+    pub(super) fn expect_rx(&mut self, mid: &str, kind: MediaKind) {
+        self.rx
+            .entry(mid.to_string())
+            .or_insert_with(|| TrackRx::new(kind));
+    }
+
+    /// Account one received frame: counters, then loss and latency from its stamp.
+    pub(super) fn on_frame(
+        &mut self,
+        mid: &str,
+        video: bool,
+        keyframe: bool,
+        data: &[u8],
+        now: Instant,
+        raw_samples: usize,
+    ) {
+        let now_us = micros_since_origin(now);
+        let raw_room = self.raw.len() < raw_samples;
+        let kind = if video {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        };
+        let t = self
+            .rx
+            .entry(mid.to_string())
+            .or_insert_with(|| TrackRx::new(kind));
+        t.first_frame_at.get_or_insert(now);
+        t.frames += 1;
+        t.bytes += data.len() as u64;
+        t.window.frames += 1;
+        t.window.bytes += data.len() as u64;
+        if keyframe {
+            t.first_keyframe_at.get_or_insert(now);
+            t.keyframes += 1;
+            t.window.keyframes += 1;
+        }
+        let (sent_us, seq) = match read_stamp(data) {
+            Some((s, q)) if now_us.abs_diff(s) < MAX_PLAUSIBLE_LATENCY_US => (s, q),
+            _ => {
+                t.window.unstamped += 1;
+                return;
+            }
+        };
+        let latency = now_us.saturating_sub(sent_us);
+        t.stamped += 1;
+        match t.highest_seq {
+            // The first frame of a track may be an old keyframe the node kept for joining
+            // viewers (edge keyframe cache): it is not a forwarding latency sample, and the
+            // frames between it and the live ones are skipped by design, not lost.
+            None => {
+                t.highest_seq = Some(seq);
+                t.first_frame_age_us = Some(latency);
+            }
+            Some(h) if seq > h => {
+                if t.stamped == 2 {
+                    t.window.skipped_at_join += seq - h - 1;
+                } else {
+                    t.window.lost += seq - h - 1;
+                }
+                t.highest_seq = Some(seq);
+                t.window.latency.record(latency);
+            }
+            Some(_) => {
+                t.window.reordered += 1;
+                if t.stamped > 2 {
+                    t.window.latency.record(latency);
+                }
+            }
+        }
+        if raw_room {
+            self.raw.push(RawSample {
+                video,
+                seq,
+                latency_us: latency,
+            });
+        }
+    }
+
+    pub(super) fn on_sent(&mut self, mid: &str, keyframe: bool, len: u64) {
+        let t = self.tx.entry(mid.to_string()).or_default();
+        t.frames += 1;
+        t.bytes += len;
+        t.window_frames += 1;
+        t.window_bytes += len;
+        if keyframe {
+            t.keyframes += 1;
+            t.window_keyframes += 1;
+        }
+    }
+
+    /// Start a measurement window: reset every windowed counter and the raw samples. Totals,
+    /// first-frame times and sequence positions are kept.
+    pub fn reset_window(&mut self) {
+        for t in self.rx.values_mut() {
+            t.window = RxWindow::default();
+        }
+        for t in self.tx.values_mut() {
+            t.window_frames = 0;
+            t.window_keyframes = 0;
+            t.window_bytes = 0;
+        }
+        self.raw.clear();
+    }
+
+    pub fn rx_bytes(&self, mid: &str) -> u64 {
+        self.rx.get(mid).map_or(0, |c| c.bytes)
+    }
+    pub fn rx_frames(&self, mid: &str) -> u64 {
+        self.rx.get(mid).map_or(0, |c| c.frames)
+    }
+    pub fn rx_keyframes(&self, mid: &str) -> u64 {
+        self.rx.get(mid).map_or(0, |c| c.keyframes)
+    }
+    pub fn tx_frames(&self, mid: &str) -> u64 {
+        self.tx.get(mid).map_or(0, |c| c.frames)
+    }
+    pub fn tx_bytes(&self, mid: &str) -> u64 {
+        self.tx.get(mid).map_or(0, |c| c.bytes)
+    }
+    pub fn total_rx_bytes(&self) -> u64 {
+        self.rx.values().map(|c| c.bytes).sum()
+    }
+
+    /// Every received track has a first frame.
+    pub fn all_receiving(&self) -> bool {
+        !self.rx.is_empty() && self.rx.values().all(|t| t.first_frame_at.is_some())
+    }
+
+    /// Every received video track has a keyframe (true when there is no video track).
+    pub fn all_keyframed(&self) -> bool {
+        self.rx
+            .values()
+            .filter(|t| t.kind == MediaKind::Video)
+            .all(|t| t.first_keyframe_at.is_some())
+    }
+
+    pub fn tx_window_frames(&self) -> u64 {
+        self.tx.values().map(|t| t.window_frames).sum()
+    }
+
+    /// A few lines for a failure message: connection, frames per mid, errors.
+    pub fn summary(&self) -> String {
+        let mut o = format!(
+            "connected: {}, ice: {}, stopped: {}",
+            self.connected, self.ice_state, self.stopped
+        );
+        let mut rx: Vec<_> = self.rx.iter().collect();
+        rx.sort_by_key(|(m, _)| *m);
+        for (mid, t) in rx {
+            let _ = write!(
+                o,
+                "\n  rx {mid} ({}): {} frames, {} keyframes, {} bytes",
+                t.kind, t.frames, t.keyframes, t.bytes
+            );
+        }
+        let mut tx: Vec<_> = self.tx.iter().collect();
+        tx.sort_by_key(|(m, _)| *m);
+        for (mid, t) in tx {
+            let _ = write!(
+                o,
+                "\n  tx {mid}: {} frames, {} keyframes, {} bytes",
+                t.frames, t.keyframes, t.bytes
+            );
+        }
+        if !self.keyframe_requests.is_empty() {
+            let _ = write!(o, "\n  keyframe requests: {:?}", self.keyframe_requests);
+        }
+        if self.send_errors > 0 {
+            let _ = write!(o, "\n  send errors: {}", self.send_errors);
+        }
+        if !self.errors.is_empty() {
+            let _ = write!(o, "\n  errors: {:?}", self.errors);
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{audio_frame, clock_origin, vp8_frame};
+    use std::time::Duration;
+
+    /// A joining viewer's first frame (a cached keyframe) is neither latency nor loss; the gap
+    /// after it is "skipped at join"; later gaps are loss; old frames are reordered.
+    #[test]
+    fn loss_latency_and_join_skip_from_stamps() {
+        clock_origin();
+        let now = Instant::now() + Duration::from_secs(5);
+        let mut s = ClientStats::new(now);
+        let sent = micros_since_origin(now) - 1_000;
+        let frame = |seq, key| vp8_frame(seq, key, 500, sent);
+        s.on_frame("1", true, true, &frame(10, true), now, 10);
+        s.on_frame("1", true, false, &frame(40, false), now, 10);
+        s.on_frame("1", true, false, &frame(41, false), now, 10);
+        s.on_frame("1", true, false, &frame(44, false), now, 10);
+        s.on_frame("1", true, false, &frame(43, false), now, 10);
+        s.on_frame("0", false, false, &[0u8; 4], now, 10);
+        let t = &s.rx["1"];
+        assert_eq!((t.frames, t.keyframes, t.stamped), (5, 1, 5));
+        assert_eq!(t.first_frame_age_us, Some(1_000));
+        let w = &t.window;
+        assert_eq!((w.skipped_at_join, w.lost, w.reordered), (29, 2, 1));
+        assert_eq!(w.latency.count(), 4);
+        assert_eq!(s.rx["0"].window.unstamped, 1);
+        assert_eq!(s.raw.len(), 5);
+        assert!(s.all_receiving());
+
+        s.reset_window();
+        assert_eq!(s.rx["1"].window.frames, 0);
+        assert_eq!(s.rx_frames("1"), 5);
+        assert!(s.raw.is_empty());
+
+        s.on_sent("2", false, audio_frame(0, sent).len() as u64);
+        assert_eq!((s.tx_frames("2"), s.tx_window_frames()), (1, 1));
+        s.expect_rx("3", MediaKind::Video);
+        assert!(!s.all_receiving() && !s.all_keyframed());
+    }
+}

@@ -1,0 +1,304 @@
+//! One WebRTC client (str0m, full ICE, one UDP socket) for tests and load: the no-I/O
+//! [`Core`] holds the `Rtc`, the offer/answer state, the synthetic sources and the counters;
+//! a driver owns the core and its socket, either a std thread ([`Client::spawn_thread`], what
+//! the integration tests use) or a tokio task ([`Client::spawn_task`], hundreds per process
+//! for the load generator). The async [`Client`] handle is the same for both: it sends jobs to
+//! the driver and reads the counters.
+
+mod core;
+mod counters;
+mod task;
+mod thread;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{MediaKind, Mid};
+use tokio::sync::oneshot;
+
+use self::core::lock;
+pub use self::core::{Core, SendFn};
+pub use self::counters::{ClientStats, RawSample, RxWindow, TrackRx, TrackTx};
+use self::task::TaskDriver;
+use self::thread::ThreadDriver;
+use crate::media::{VideoShape, clock_origin};
+
+/// Commands waiting for a driver.
+const COMMAND_QUEUE: usize = 16;
+/// How long a command waits for the driver to run it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// UDP receive buffer; the largest datagram str0m or the node sends is well below this.
+const RECV_BUF: usize = 2048;
+/// Polling step of [`Client::wait_until`].
+const WAIT_STEP: Duration = Duration::from_millis(10);
+
+/// A command for the driver: runs on its thread or task, the only place the `Rtc` lives.
+type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// Why a job did not reach the driver.
+#[derive(Debug)]
+enum SubmitError {
+    Full,
+    Gone,
+}
+
+/// How a client is set up.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub name: String,
+    /// The driver stops after this long, whatever happens.
+    pub lifetime: Duration,
+    pub video: VideoShape,
+    /// Keep up to this many raw received-frame samples (for per-frame pairing across clients).
+    pub raw_samples: usize,
+    /// The socket's address and host candidate. On loopback, datagrams go only to loopback.
+    pub ip: IpAddr,
+}
+
+impl ClientConfig {
+    /// On 127.0.0.1, the default video, no raw samples.
+    pub fn new(name: impl Into<String>, lifetime: Duration) -> ClientConfig {
+        ClientConfig {
+            name: name.into(),
+            lifetime,
+            video: VideoShape::default(),
+            raw_samples: 0,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+enum Driver {
+    Thread(ThreadDriver),
+    Task(TaskDriver),
+}
+
+/// The handle of a client. Dropping it stops the driver.
+pub struct Client {
+    name: String,
+    stats: Arc<Mutex<ClientStats>>,
+    local: SocketAddr,
+    driver: Driver,
+}
+
+fn mids<S: AsRef<str>>(mids: &[S]) -> Vec<Mid> {
+    mids.iter().map(|m| Mid::from(m.as_ref())).collect()
+}
+
+impl Client {
+    /// A client driven by its own std thread, with a UDP socket on `cfg.ip`.
+    pub fn spawn_thread(cfg: ClientConfig) -> anyhow::Result<Client> {
+        // Fix the stamps' time origin before anything is sent.
+        clock_origin();
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(cfg.ip, 0))
+            .with_context(|| format!("binding the client UDP socket on {}", cfg.ip))?;
+        let local = socket.local_addr()?;
+        let core = Core::new(local, Instant::now(), cfg.video, cfg.raw_samples)?;
+        let stats = core.stats();
+        let driver = ThreadDriver::spawn(&cfg.name, core, socket, cfg.lifetime)?;
+        Ok(Client {
+            name: cfg.name,
+            stats,
+            local,
+            driver: Driver::Thread(driver),
+        })
+    }
+
+    /// A client driven by a task on the current tokio runtime, with a UDP socket on `cfg.ip`.
+    pub async fn spawn_task(cfg: ClientConfig) -> anyhow::Result<Client> {
+        clock_origin();
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(cfg.ip, 0))
+            .await
+            .with_context(|| format!("binding the client UDP socket on {}", cfg.ip))?;
+        let local = socket.local_addr()?;
+        let core = Core::new(local, Instant::now(), cfg.video, cfg.raw_samples)?;
+        let stats = core.stats();
+        let driver = TaskDriver::spawn(core, socket, cfg.lifetime);
+        Ok(Client {
+            name: cfg.name,
+            stats,
+            local,
+            driver: Driver::Task(driver),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ClientStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Read the counters under the lock without cloning them.
+    pub fn with_stats<R>(&self, f: impl FnOnce(&ClientStats) -> R) -> R {
+        f(&lock(&self.stats))
+    }
+
+    /// Start a measurement window (see [`ClientStats::reset_window`]).
+    pub fn reset_window(&self) {
+        lock(&self.stats).reset_window();
+    }
+
+    /// Run `f` on the driver (the only place the `Rtc` lives) and wait, bounded, for its result.
+    pub async fn run<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> anyhow::Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |c: &mut Core| {
+            let _ = tx.send(f(c));
+        });
+        let gone = || {
+            anyhow!(
+                "client {}: driver is gone: {:?}",
+                self.name,
+                self.with_stats(|s| s.errors.clone())
+            )
+        };
+        let submitted = match &self.driver {
+            Driver::Thread(d) => d.submit(job),
+            Driver::Task(d) => d.submit(job),
+        };
+        match submitted {
+            Ok(()) => {}
+            Err(SubmitError::Full) => bail!("client {}: command queue full", self.name),
+            Err(SubmitError::Gone) => return Err(gone()),
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => bail!(
+                "client {}: command timed out after {COMMAND_TIMEOUT:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// Poll the counters every 10 ms until `pred` holds (returns a snapshot), `timeout`
+    /// passes or the driver stops.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ClientStats) -> bool,
+    ) -> anyhow::Result<ClientStats> {
+        let deadline = Instant::now() + timeout;
+        let max_polls = timeout.as_millis() / WAIT_STEP.as_millis() + 2;
+        for _ in 0..max_polls {
+            if self.with_stats(&pred) {
+                return Ok(self.stats());
+            }
+            if Instant::now() >= deadline || self.with_stats(|s| s.stopped) {
+                break;
+            }
+            tokio::time::sleep(WAIT_STEP).await;
+        }
+        let s = self.stats();
+        if pred(&s) {
+            return Ok(s);
+        }
+        bail!(
+            "client {}: timed out after {timeout:?} waiting for {what}; {}",
+            self.name,
+            s.summary()
+        )
+    }
+
+    /// Wait for ICE + DTLS.
+    pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<ClientStats> {
+        self.wait_until("the connection", timeout, |s| s.connected)
+            .await
+    }
+
+    // ---- SDP ----------------------------------------------------------------------------------
+
+    /// add_media(kind, SendOnly) for each kind, apply() → offer. Returns (mids, offer SDP).
+    pub async fn create_send_offer(
+        &self,
+        kinds: &[MediaKind],
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        let kinds = kinds.to_vec();
+        self.run(move |c| c.create_send_offer(&kinds)).await
+    }
+
+    /// Accept the answer to our pending offer.
+    pub async fn accept_answer(&self, sdp: &str) -> anyhow::Result<()> {
+        let answer = SdpAnswer::from_sdp_string(sdp).context("parsing the SFU answer")?;
+        self.run(move |c| c.accept_answer(answer)).await
+    }
+
+    /// Forget a pending offer (e.g. after the remote rejected it).
+    pub async fn drop_pending_offer(&self) -> anyhow::Result<()> {
+        self.run(|c| {
+            c.drop_pending_offer();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Accept a remote offer; returns our answer SDP.
+    pub async fn accept_offer(&self, sdp: &str) -> anyhow::Result<String> {
+        let offer = SdpOffer::from_sdp_string(sdp).context("parsing the SFU offer")?;
+        self.run(move |c| c.accept_offer(offer)).await
+    }
+
+    /// stop_media (stop = true) or set_direction(Inactive) for these mids, apply() → offer.
+    pub async fn close_offer<S: AsRef<str>>(
+        &self,
+        mids_: &[S],
+        stop: bool,
+    ) -> anyhow::Result<String> {
+        let m = mids(mids_);
+        self.run(move |c| c.close_offer(&m, stop)).await
+    }
+
+    // ---- media --------------------------------------------------------------------------------
+
+    /// Start the synthetic source on these (sending) mids; frames go out once connected.
+    pub async fn start_sending<S: AsRef<str>>(&self, mids_: &[S]) -> anyhow::Result<()> {
+        let m = mids(mids_);
+        self.run(move |c| c.start_sending(&m, Instant::now())).await
+    }
+
+    /// Stop the synthetic source on these mids (the transport stays up).
+    pub async fn stop_sending<S: AsRef<str>>(&self, mids_: &[S]) -> anyhow::Result<()> {
+        let m = mids(mids_);
+        self.run(move |c| {
+            c.stop_sending(&m);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stop every synthetic source.
+    pub async fn stop_all_sending(&self) -> anyhow::Result<()> {
+        self.run(|c| {
+            c.stop_all_sending();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Period of the video sources' keyframes (default 2 s). Keyframes are also sent at the
+    /// start and whenever the remote asks (PLI/FIR).
+    pub async fn set_keyframe_interval(&self, interval: Duration) -> anyhow::Result<()> {
+        self.run(move |c| {
+            c.set_keyframe_interval(interval);
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

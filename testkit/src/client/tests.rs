@@ -1,0 +1,133 @@
+//! Two clients connected directly on 127.0.0.1, one per driver, so both drivers and the core
+//! are exercised end to end without a node.
+
+use super::*;
+use crate::media::AUDIO_FRAME_BYTES;
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(name: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(name, Duration::from_secs(120));
+    c.video = VideoShape::LIGHT;
+    c.raw_samples = 1000;
+    c
+}
+
+/// `a` offers audio + video SendOnly, `b` answers, both connect; returns a's mids.
+async fn connect(a: &Client, b: &Client) -> Vec<String> {
+    let (mids, offer) = a
+        .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    assert_eq!(mids.len(), 2);
+    let answer = b.accept_offer(&offer).await.expect("answer");
+    a.accept_answer(&answer).await.expect("accept answer");
+    a.wait_connected(T).await.expect("a connects");
+    b.wait_connected(T).await.expect("b connects");
+    mids
+}
+
+/// Media flows from `a` to `b`: frames on both mids, a keyframe on video, stamps read back as
+/// latency samples, frames stop when `a` stops.
+async fn media_flows(a: Client, b: Client) {
+    let mids = connect(&a, &b).await;
+    let (am, vm) = (mids[0].clone(), mids[1].clone());
+    // Negotiated receiving mids are counted before their first frame.
+    let before = b.stats();
+    assert!(before.rx.contains_key(&am) && before.rx.contains_key(&vm));
+    assert!(!before.all_receiving());
+
+    a.start_sending(&mids).await.expect("start sending");
+    let s = b
+        .wait_until("audio and video frames", T, |s| {
+            s.rx_frames(&am) >= 10 && s.rx_frames(&vm) >= 5 && s.rx_keyframes(&vm) >= 1
+        })
+        .await
+        .expect("media flows peer to peer");
+    assert!(s.all_receiving() && s.all_keyframed());
+    assert!(s.rx_bytes(&vm) > s.rx_bytes(&am));
+    // Audio frames arrive with the size sent.
+    assert_eq!(s.rx_bytes(&am) / s.rx_frames(&am), AUDIO_FRAME_BYTES as u64);
+    // Every frame was stamped; all but each track's first one are latency samples.
+    let (a_rx, v_rx) = (&s.rx[&am], &s.rx[&vm]);
+    assert_eq!(a_rx.stamped, a_rx.frames);
+    assert_eq!(a_rx.window.latency.count(), a_rx.frames - 1);
+    assert_eq!(v_rx.window.unstamped, 0);
+    assert!(!s.raw.is_empty());
+    assert!(a.stats().tx_frames(&am) >= s.rx_frames(&am));
+
+    a.stop_all_sending().await.expect("stop");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = b.stats().total_rx_bytes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.stats().total_rx_bytes(), before);
+    assert!(a.stats().errors.is_empty(), "{:?}", a.stats().errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_driven_clients_exchange_media() {
+    let a = Client::spawn_thread(cfg("a")).expect("a");
+    let b = Client::spawn_thread(cfg("b")).expect("b");
+    media_flows(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_driven_clients_exchange_media() {
+    let a = Client::spawn_task(cfg("a")).await.expect("a");
+    let b = Client::spawn_task(cfg("b")).await.expect("b");
+    media_flows(a, b).await;
+}
+
+/// The drivers interoperate, and a dropped client's driver stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_to_task_and_drop_stops_the_driver() {
+    let a = Client::spawn_thread(cfg("a")).expect("a");
+    let b = Client::spawn_task(cfg("b")).await.expect("b");
+    let mids = connect(&a, &b).await;
+    a.start_sending(&mids).await.expect("start sending");
+    let vm = mids[1].clone();
+    b.wait_until("a keyframe", T, |s| s.rx_keyframes(&vm) >= 1)
+        .await
+        .expect("video arrives");
+    let b_stats = b.stats.clone();
+    drop(b);
+    let mut stopped = false;
+    // Bounded by the generous wait of every other step (10 s), not a timing claim.
+    for _ in 0..1000 {
+        if lock(&b_stats).stopped {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stopped, "the task of a dropped client keeps running");
+    drop(a);
+}
+
+/// Commands fail cleanly: no second offer while one is pending, no answer without an offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdp_misuse_is_an_error() {
+    let a = Client::spawn_thread(cfg("a")).expect("a");
+    let err = a
+        .accept_answer("v=0\r\n")
+        .await
+        .expect_err("garbage answer");
+    assert!(
+        format!("{err:#}").contains("parsing the SFU answer"),
+        "{err:#}"
+    );
+    a.create_send_offer(&[MediaKind::Audio])
+        .await
+        .expect("offer");
+    let err = a
+        .create_send_offer(&[MediaKind::Audio])
+        .await
+        .expect_err("second offer");
+    assert!(err.to_string().contains("already pending"), "{err}");
+    a.drop_pending_offer().await.expect("drop");
+    a.create_send_offer(&[MediaKind::Video])
+        .await
+        .expect("offer again after dropping");
+    let err = a.start_sending(&["99"]).await.expect_err("unknown mid");
+    assert!(err.to_string().contains("no media with mid 99"), "{err}");
+}

@@ -1,0 +1,16 @@
+//! The trackmesh test kit, shared by the integration tests (`trackmesh-tests`) and the load
+//! generator (`trackmesh-benches`):
+//!
+//! - [`client`]: one WebRTC client (str0m, full ICE) as a no-I/O core with two drivers: a
+//!   thread per client (tests) and a tokio task per client (hundreds per process, load);
+//! - [`media`]: synthetic Opus/VP8 frames, their pacing, send-time stamps and sequence numbers;
+//! - [`stats`]: latency histograms and distribution summaries.
+//!
+//! It knows nothing of the node or of the Calls HTTP API: the Calls flows that drive a client
+//! live with the API client in `trackmesh-tests`.
+
+pub mod client;
+pub mod media;
+pub mod stats;
+
+pub use client::{Client, ClientConfig, ClientStats};
