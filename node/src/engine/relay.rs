@@ -4,8 +4,30 @@
 
 use std::time::Instant;
 
-use super::{Engine, Publication, RelayOut, Sink, Source, TrackInfo, TrackKey};
+use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
+use super::{Engine, MAX_RELAY_QUEUE};
 use crate::ids::SessionId;
+
+/// One frame crossing a relay link; its clock is the publication's codec clock.
+#[derive(Debug, Clone)]
+pub struct RelayFrame {
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    pub data: std::sync::Arc<[u8]>,
+}
+
+/// What the engine asks of the relay layer.
+#[derive(Debug, Clone)]
+pub enum RelayOut {
+    /// Send a frame to a downstream subscription.
+    Frame { down: u64, frame: RelayFrame },
+    /// The publication a downstream subscription carried has ended.
+    Ended { down: u64 },
+    /// A local subscriber of a relayed publication wants a keyframe.
+    KeyframeRequest { up: u64 },
+    /// Nothing subscribes to this upstream any more: release it.
+    Unused { up: u64 },
+}
 
 /// Why a relay subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,5 +150,18 @@ impl Engine {
     /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
     pub fn relay_upstream_live(&self, up: u64) -> bool {
         self.relay_up.contains_key(&up)
+    }
+
+    pub(super) fn push_relay(&mut self, out: RelayOut) {
+        // Frames may be dropped under pressure; control outputs never are.
+        if matches!(out, RelayOut::Frame { .. }) && self.relay_out.len() >= MAX_RELAY_QUEUE {
+            self.stats.relay_dropped += 1;
+            return;
+        }
+        self.relay_out.push_back(out);
+    }
+
+    pub fn poll_relay(&mut self) -> Option<RelayOut> {
+        self.relay_out.pop_front()
     }
 }

@@ -11,9 +11,10 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
+use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
+use super::relay::{RelayFrame, RelayOut};
 use super::{
-    CachedKeyframe, CodecInfo, Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME,
-    RelayFrame, RelayOut, SUBSCRIBER_SILENT_AFTER, Sink, Source, TrackKey,
+    Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
 use crate::ids::SessionId;
 
