@@ -37,7 +37,7 @@ use str0m::net::Transmit;
 
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
-pub use error::OpError;
+pub use error::{OpError, TrackError};
 pub use ops::{
     CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, PublicationSummary, RemoteTrack, SdpKind,
     SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid};
 
-use super::Engine;
 use super::relay::RelayOut;
 use super::session::{Location, TrackEntry};
+use super::{Engine, TrackError};
 use crate::ids::SessionId;
 
 /// A publication: `(publisher session, track name)`.
@@ -105,36 +105,32 @@ impl Engine {
         mid: Mid,
         name: &str,
         now: Instant,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<(), TrackError> {
         let s = self
             .sessions
             .get_mut(&sid)
-            .ok_or(("internal_error", "session vanished".to_string()))?;
+            .ok_or_else(|| TrackError::Internal("session vanished".into()))?;
         let app = s.app.clone();
         let Some(media) = s.rtc.media(mid) else {
-            return Err((
-                "invalid_params",
-                format!("mid {mid} is not in the session description"),
-            ));
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} is not in the session description"
+            )));
         };
         let kind = media.kind();
         if !media.direction().is_receiving() {
-            return Err((
-                "invalid_params",
-                format!("mid {mid} does not send media to the SFU"),
-            ));
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} does not send media to the SFU"
+            )));
         }
         if s.active_track_named(name).is_some() {
-            return Err((
-                "repeated_local_track_error",
-                format!("track {name} is already published"),
-            ));
+            return Err(TrackError::AlreadyPublished(format!(
+                "track {name} is already published"
+            )));
         }
         if s.local_by_mid.contains_key(&mid) || s.remote_by_mid.contains_key(&mid) {
-            return Err((
-                "invalid_params",
-                format!("mid {mid} already carries a track"),
-            ));
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} already carries a track"
+            )));
         }
         let entry = TrackEntry {
             location: Location::Local,
@@ -144,8 +140,7 @@ impl Engine {
             closed: false,
         };
         if !s.push_track(entry) {
-            return Err((
-                "invalid_params",
+            return Err(TrackError::InvalidParams(
                 "too many tracks in this session".to_string(),
             ));
         }

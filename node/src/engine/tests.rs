@@ -615,14 +615,8 @@ fn unknown_tracks_fail_per_item_with_an_empty_mid() {
         ],
     );
     assert_eq!(res.tracks[0].mid, "");
-    assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
-    assert_eq!(
-        res.tracks[1].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
+    assert_eq!(res.tracks[0].error, Some(TrackError::NotFound));
+    assert_eq!(res.tracks[1].error, Some(TrackError::NotFound));
     assert!(res.tracks[2].error.is_none());
     assert!(
         res.requires_immediate_renegotiation,
@@ -696,8 +690,8 @@ fn closing_stops_media_and_marks_tracks_inactive() {
         .tracks_close(APP, &sub_sid, vec!["99".into()], true, None, w.now)
         .expect("close");
     assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("close_track_error")
+        res.tracks[0].error,
+        Some(TrackError::Close("no open track with this mid".into()))
     );
     assert!(matches!(
         w.engine
@@ -724,10 +718,7 @@ fn tracks_without_media_are_garbage_collected() {
     let c = w.client();
     let sid = w.session();
     let res = w.pull(c, &sid, &[(&pub_sid, "cam")]);
-    assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
+    assert_eq!(res.tracks[0].error, Some(TrackError::NotFound));
 }
 
 #[test]
@@ -1151,8 +1142,10 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         .tracks_new(APP, &sid, pull_one(&pub_sid, "cam", Some("#nope")), w2.now)
         .expect("pull");
     assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("invalid_params")
+        res.tracks[0].error,
+        Some(TrackError::InvalidParams(
+            "#nope is not a bidirectional local track of this session".into()
+        ))
     );
 }
 

@@ -16,6 +16,7 @@ mod tracks_update;
 use str0m::change::SdpAnswer;
 use str0m::media::MediaKind;
 
+use super::TrackError;
 use super::client_sdp::ClientOffer;
 use super::sdp::candidates_in_every_section;
 use super::session::Location;
@@ -76,7 +77,7 @@ pub struct TrackResult {
     pub session_id: Option<String>,
     pub track_name: Option<String>,
     pub mid: String,
-    pub error: Option<(&'static str, String)>,
+    pub error: Option<TrackError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,15 +125,6 @@ pub struct TrackStatus {
     pub track_name: String,
     pub session_id: Option<String>,
     pub active: bool,
-}
-
-pub(super) const NOT_FOUND_TRACK: &str = "Track not found on remote peer. Make sure the publisher peer is connected and sending packets for this track";
-
-pub(super) fn item_error(
-    code: &'static str,
-    desc: impl Into<String>,
-) -> Option<(&'static str, String)> {
-    Some((code, desc.into()))
 }
 
 pub(super) fn answer_desc(answer: SdpAnswer) -> SessionDesc {

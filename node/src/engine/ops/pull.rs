@@ -5,12 +5,10 @@ use std::time::Instant;
 
 use str0m::media::{Direction, MediaKind, Mid};
 
-use super::{
-    NOT_FOUND_TRACK, RemoteTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult, item_error,
-};
+use super::{RemoteTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult};
 use crate::engine::publications::TrackKey;
 use crate::engine::sdp::candidates_in_every_section;
-use crate::engine::{Engine, OpError};
+use crate::engine::{Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
 impl Engine {
@@ -36,10 +34,9 @@ impl Engine {
             let (Some(pub_session), Some(name)) =
                 (t.session_id.as_deref(), t.track_name.as_deref())
             else {
-                r.error = item_error(
-                    "invalid_params",
-                    "sessionId and trackName are required to pull",
-                );
+                r.error = Some(TrackError::InvalidParams(
+                    "sessionId and trackName are required to pull".into(),
+                ));
                 results.push(r);
                 continue;
             };
@@ -50,7 +47,7 @@ impl Engine {
                 Some((k, kind))
             });
             let Some((key, kind)) = found else {
-                r.error = item_error("not_found_track_error", NOT_FOUND_TRACK);
+                r.error = Some(TrackError::NotFound);
                 results.push(r);
                 continue;
             };
@@ -66,10 +63,9 @@ impl Engine {
                         into_existing.push((results.len(), key, mid));
                     }
                     _ => {
-                        r.error = item_error(
-                            "invalid_params",
-                            format!("#{local} is not a bidirectional local track of this session"),
-                        );
+                        r.error = Some(TrackError::InvalidParams(format!(
+                            "#{local} is not a bidirectional local track of this session"
+                        )));
                     }
                 }
                 results.push(r);

@@ -5,13 +5,11 @@ use std::time::Instant;
 
 use str0m::media::{Direction, Mid};
 
-use super::{
-    LocalTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult, answer_desc, item_error,
-};
+use super::{LocalTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult, answer_desc};
 use crate::engine::publications::{Publication, Source};
 use crate::engine::sdp::candidates_in_every_section;
 use crate::engine::session::{Location, TrackEntry};
-use crate::engine::{ClientOffer, Engine, OpError};
+use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::{SessionId, random_hex};
 
 impl Engine {
@@ -46,10 +44,9 @@ impl Engine {
                 results.push(TrackResult {
                     location: Some(Location::Local),
                     track_name: t.track_name,
-                    error: item_error(
-                        "invalid_params",
-                        "mid is required when pushing with an offer",
-                    ),
+                    error: Some(TrackError::InvalidParams(
+                        "mid is required when pushing with an offer".into(),
+                    )),
                     ..TrackResult::default()
                 });
                 continue;
@@ -58,7 +55,7 @@ impl Engine {
                 results.push(TrackResult {
                     location: Some(Location::Local),
                     mid: mid_str,
-                    error: item_error("invalid_params", "trackName is required"),
+                    error: Some(TrackError::InvalidParams("trackName is required".into())),
                     ..TrackResult::default()
                 });
                 continue;
@@ -156,10 +153,9 @@ impl Engine {
                 (name, _) => results.push(TrackResult {
                     location: Some(Location::Local),
                     track_name: name,
-                    error: item_error(
-                        "invalid_params",
-                        "trackName and kind are required when the SFU writes the offer",
-                    ),
+                    error: Some(TrackError::InvalidParams(
+                        "trackName and kind are required when the SFU writes the offer".into(),
+                    )),
                     ..TrackResult::default()
                 }),
             }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use str0m::media::Mid;
 
-use super::{CloseResult, MAX_TRACKS_PER_CALL, TrackResult, answer_desc, item_error};
+use super::{CloseResult, MAX_TRACKS_PER_CALL, TrackResult, answer_desc};
 use crate::engine::session::Location;
-use crate::engine::{ClientOffer, Engine, OpError};
+use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
 impl Engine {
@@ -76,7 +76,7 @@ impl Engine {
                 }
                 None => results.push(TrackResult {
                     mid: m,
-                    error: item_error("close_track_error", "no open track with this mid"),
+                    error: Some(TrackError::Close("no open track with this mid".into())),
                     ..TrackResult::default()
                 }),
             }

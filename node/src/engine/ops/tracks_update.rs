@@ -4,9 +4,9 @@ use std::time::Instant;
 
 use str0m::media::Mid;
 
-use super::{MAX_TRACKS_PER_CALL, NOT_FOUND_TRACK, TrackResult, UpdateTrack, item_error};
+use super::{MAX_TRACKS_PER_CALL, TrackResult, UpdateTrack};
 use crate::engine::session::Location;
-use crate::engine::{Engine, OpError};
+use crate::engine::{Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
 impl Engine {
@@ -42,10 +42,9 @@ impl Engine {
                     .map(|e| e.mid)
             });
             let Some(mid) = current else {
-                r.error = item_error(
-                    "update_track_error",
-                    "mid is not a pulled track of this session",
-                );
+                r.error = Some(TrackError::Update(
+                    "mid is not a pulled track of this session".into(),
+                ));
                 r.mid = String::new();
                 results.push(r);
                 continue;
@@ -56,7 +55,7 @@ impl Engine {
             ) {
                 (Some(p), Some(name)) => (p, name),
                 _ => {
-                    r.error = item_error("not_found_track_error", NOT_FOUND_TRACK);
+                    r.error = Some(TrackError::NotFound);
                     r.mid = String::new();
                     results.push(r);
                     continue;
@@ -66,16 +65,15 @@ impl Engine {
             match self.publications.get(&key).filter(|p| *p.app == *app) {
                 Some(p) if Some(p.kind) == want_kind => {}
                 Some(_) => {
-                    r.error = item_error(
-                        "update_track_error",
-                        "the publication's kind differs from the transceiver's",
-                    );
+                    r.error = Some(TrackError::Update(
+                        "the publication's kind differs from the transceiver's".into(),
+                    ));
                     r.mid = String::new();
                     results.push(r);
                     continue;
                 }
                 None => {
-                    r.error = item_error("not_found_track_error", NOT_FOUND_TRACK);
+                    r.error = Some(TrackError::NotFound);
                     r.mid = String::new();
                     results.push(r);
                     continue;
