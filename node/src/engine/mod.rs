@@ -43,7 +43,7 @@ pub use ops::{
     SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
-pub use relay::{RelayFrame, RelayOut, RelayRefusal};
+pub use relay::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, TrackEntry};
 pub use stats::{Gauges, Stats};
 

@@ -29,11 +29,20 @@ pub enum RelayOut {
     Unused { up: u64 },
 }
 
+/// What relay links hand the engine task (the engine's relay inputs).
+#[derive(Debug)]
+pub enum RelayIn {
+    /// A frame of upstream `up`.
+    Frame { up: u64, frame: RelayFrame },
+}
+
 /// Why a relay subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayRefusal {
     /// No such publication, another app's, or no media (so no codec) yet.
     NotFound,
+    /// The track is published on this node: it cannot also be fed by a relay.
+    PublishedHere,
 }
 
 impl Engine {
@@ -54,12 +63,12 @@ impl Engine {
         up: u64,
         info: TrackInfo,
         now: Instant,
-    ) -> bool {
+    ) -> Result<(), RelayRefusal> {
         let key: TrackKey = (session, track.to_string());
         match self.publications.get_mut(&key) {
             Some(p) => {
                 let Source::Relay(old) = p.source else {
-                    return false;
+                    return Err(RelayRefusal::PublishedHere);
                 };
                 p.source = Source::Relay(up);
                 p.codec = Some(info.codec);
@@ -77,7 +86,7 @@ impl Engine {
                 self.relay_up.insert(up, key);
             }
         }
-        true
+        Ok(())
     }
 
     /// The upstream is gone for good (the origin ended the track, or no route is left).

@@ -495,10 +495,9 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
             channels: None,
         },
     };
-    assert!(
-        w.engine
-            .add_relay_publication(APP, publisher, "cam", 7, info, w.now)
-    );
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", 7, info, w.now)
+        .expect("relayed publication");
     let now = w.now;
     w.engine.relay_frame(7, relayed_vp8(1, true), now);
 
@@ -985,10 +984,9 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
 
     let mut b = World::new(Duration::from_secs(30));
     b.now = a.now;
-    assert!(
-        b.engine
-            .add_relay_publication(APP, sid, "cam", 7, info, b.now)
-    );
+    b.engine
+        .add_relay_publication(APP, sid, "cam", 7, info, b.now)
+        .expect("relayed publication");
     assert!(b.engine.has_publication(APP, sid, "cam"));
     let c = b.client();
     let sub_sid = b.session();

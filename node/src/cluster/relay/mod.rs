@@ -9,6 +9,7 @@
 //! - When a link dies its upstreams are re-routed (a new hub, or the origin) or ended when the
 //!   origin is gone; downstreams of a dead link are released.
 
+mod failures;
 mod pull;
 mod serve;
 pub mod tls;
@@ -25,14 +26,10 @@ use trackmesh_relay_proto::control::{ControlMsg, SubId};
 use trackmesh_relay_proto::handshake::ALPN;
 
 use super::view::ClusterView;
-use crate::engine::{RelayFrame, RelayOut};
+use crate::engine::{RelayIn, RelayOut};
 use crate::ids::{NodeTag, SessionId};
 use crate::runtime::EngineHandle;
-
-/// Frames and events going from relay links into the engine task.
-pub enum RelayIn {
-    Frame { up: u64, frame: RelayFrame },
-}
+pub use failures::PullError;
 
 /// Queue sizes between the engine task and the relay tasks; frames beyond them are dropped.
 pub const RELAY_IN_QUEUE: usize = 8192;
@@ -121,6 +118,10 @@ pub(crate) struct Inner {
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Failed pulls by reason, and the last log line of each reason.
+    pub failures: failures::Failures,
+    /// Frames from other nodes dropped because the engine's input queue was full.
+    pub engine_queue_drops: AtomicU64,
 }
 
 impl Inner {
@@ -131,6 +132,20 @@ impl Inner {
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Relay figures kept by the relay tasks, for the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayFigures {
+    pub links: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Relay connections refused (no cluster certificate, or a bad handshake).
+    pub refused: u64,
+    /// Pulls of remote tracks that failed, by reason ([`PullError::reason`]).
+    pub pull_failures: [(&'static str, u64); PullError::ALL.len()],
+    /// Frames from other nodes dropped on a full engine input queue.
+    pub engine_queue_drops: u64,
 }
 
 #[derive(Clone)]
@@ -214,6 +229,8 @@ impl Relay {
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            failures: failures::Failures::default(),
+            engine_queue_drops: AtomicU64::new(0),
         });
         tokio::spawn(serve::accept_loop(inner.clone()));
         tokio::spawn(pull::engine_outputs(inner.clone(), relay_out));
@@ -226,8 +243,13 @@ impl Relay {
     }
 
     /// Makes `(session, track)` of `app` available in the local engine, pulling it from another
-    /// node if needed. False when no node has it.
-    pub async fn ensure_upstream(&self, app: &str, session: SessionId, track: &str) -> bool {
+    /// node if needed. The error says why it is not (counted by reason in [`Relay::figures`]).
+    pub async fn ensure_upstream(
+        &self,
+        app: &str,
+        session: SessionId,
+        track: &str,
+    ) -> Result<(), PullError> {
         pull::ensure_upstream(&self.inner, app, session, track, false).await
     }
 
@@ -294,8 +316,8 @@ impl Relay {
 
     /// Relay links (dialed by this node, and dialed by peers that pull from it), and media bytes
     /// received and sent over them.
-    pub fn figures(&self) -> crate::metrics::RelayFigures {
-        crate::metrics::RelayFigures {
+    pub fn figures(&self) -> RelayFigures {
+        RelayFigures {
             links: {
                 let st = self.inner.state();
                 let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
@@ -306,6 +328,8 @@ impl Relay {
             bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
             refused: self.refused(),
+            pull_failures: self.inner.failures.counts(),
+            engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
         }
     }
 

@@ -16,10 +16,10 @@ use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
 use super::wire::{self, CONTROL_QUEUE};
-use super::{Inner, Link, RelayIn, Up};
+use super::{Inner, Link, PullError, Up};
 use crate::cluster::hubs::upstream_for;
 use crate::cluster::view::Member;
-use crate::engine::{RelayFrame, RelayOut, TrackInfo};
+use crate::engine::{RelayFrame, RelayIn, RelayOut, TrackInfo};
 use crate::ids::SessionId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,22 +36,27 @@ pub async fn ensure_upstream(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> bool {
+) -> Result<(), PullError> {
     if session.node_tag() == inner.tag {
-        return true;
+        return Ok(());
     }
     let lock = {
         let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
         m.entry((session, track.to_string())).or_default().clone()
     };
     let _guard = lock.lock().await;
-    let ok = ensure_locked(inner, app, session, track, direct_only).await;
+    let result = ensure_locked(inner, app, session, track, direct_only).await;
     // Forget the per-track lock once nobody waits on it.
-    let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-    if Arc::strong_count(&lock) <= 2 {
-        m.remove(&(session, track.to_string()));
+    {
+        let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            m.remove(&(session, track.to_string()));
+        }
     }
-    ok
+    if let Err(e) = result {
+        inner.failures.note(e);
+    }
+    result
 }
 
 async fn ensure_locked(
@@ -60,32 +65,31 @@ async fn ensure_locked(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> bool {
+) -> Result<(), PullError> {
     let (a, t) = (app.to_string(), track.to_string());
     if inner
         .engine
         .call(move |e, _| e.has_publication(&a, session, &t))
         .await
-        .unwrap_or(false)
+        .map_err(|_| PullError::EngineStopped)?
     {
-        return true;
+        return Ok(());
     }
-    match subscribe_somewhere(inner, app, session, track, direct_only).await {
-        Ok((up, info)) => {
-            let (a, t) = (app.to_string(), track.to_string());
-            let added = inner
-                .engine
-                .call(move |e, now| e.add_relay_publication(&a, session, &t, up, info, now))
-                .await
-                .unwrap_or(false);
-            if !added {
-                drop_up(inner, up);
-            }
-            added
+    let (up, info) = subscribe_somewhere(inner, app, session, track, direct_only).await?;
+    let (a, t) = (app.to_string(), track.to_string());
+    let added = inner
+        .engine
+        .call(move |e, now| e.add_relay_publication(&a, session, &t, up, info, now))
+        .await;
+    match added {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => {
+            drop_up(inner, up);
+            Err(PullError::PublishedHere)
         }
-        Err(e) => {
-            tracing::debug!(%session, track, error = %e, "remote track not available");
-            false
+        Err(_) => {
+            drop_up(inner, up);
+            Err(PullError::EngineStopped)
         }
     }
 }
@@ -97,12 +101,14 @@ async fn subscribe_somewhere(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> anyhow::Result<(u64, TrackInfo)> {
+) -> Result<(u64, TrackInfo), PullError> {
     let view = inner.view.borrow().clone();
-    let route = upstream_for(&view, session, track, direct_only)
-        .context("no live node holds this session")?;
+    let route = upstream_for(&view, session, track, direct_only).ok_or(PullError::NoRoute)?;
     let peer = route.peer().clone();
-    let link = link_to(inner, &peer).await?;
+    let link = link_to(inner, &peer).await.map_err(|e| {
+        tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
+        PullError::Link
+    })?;
     let sub = link.next_sub.fetch_add(1, Ordering::Relaxed);
     let up = inner.next_id();
     let (tx, rx) = oneshot::channel();
@@ -127,10 +133,10 @@ async fn subscribe_somewhere(
         failed => {
             lock(&link.subs).remove(&sub);
             lock(&link.pending).remove(&sub);
-            match failed {
-                Some(Err(reason)) => bail!("{} refused: {reason}", peer.node_id),
-                _ => bail!("no answer from {}", peer.node_id),
-            }
+            return Err(match failed {
+                Some(Err(_)) => PullError::Refused,
+                _ => PullError::NoAnswer,
+            });
         }
     };
     inner.state().ups.insert(
@@ -293,8 +299,15 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
             keyframe: frame.keyframe,
             data: frame.payload.into(),
         };
-        // A full queue means the engine is overloaded: this frame is dropped, the link lives.
-        let _ = inner.relay_in.try_send(RelayIn::Frame { up, frame });
+        // A full queue means the engine is overloaded: this frame is dropped (and counted), the
+        // link lives. A closed queue means the engine stopped; the link ends with the node.
+        if inner
+            .relay_in
+            .try_send(RelayIn::Frame { up, frame })
+            .is_err()
+        {
+            inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -325,14 +338,19 @@ async fn reroute(inner: Arc<Inner>, up: u64) {
     };
     let started = Instant::now();
     for _ in 0..REROUTE_ATTEMPTS {
-        // Still wanted? (The engine may have released it meanwhile.)
-        if !inner
+        // Still wanted? (The engine may have released it meanwhile, or stopped.)
+        match inner
             .engine
             .call(move |e, _| e.relay_upstream_live(up))
             .await
-            .unwrap_or(false)
         {
-            return;
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                inner.failures.note(PullError::EngineStopped);
+                tracing::debug!(error = %e, "re-route abandoned");
+                return;
+            }
         }
         let view = inner.view.borrow().clone();
         if view.live_by_tag(old.session.node_tag()).is_none() {
@@ -346,16 +364,26 @@ async fn reroute(inner: Arc<Inner>, up: u64) {
                     .call(move |e, now| {
                         e.add_relay_publication(&app, session, &track, new_up, info, now)
                     })
-                    .await
-                    .unwrap_or(false);
-                if moved {
-                    tracing::info!(session = %old.session, track = %old.track, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track re-routed");
-                } else {
-                    drop_up(&inner, new_up);
+                    .await;
+                match moved {
+                    Ok(Ok(())) => {
+                        tracing::info!(session = %old.session, track = %old.track, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track re-routed")
+                    }
+                    Ok(Err(_)) => {
+                        inner.failures.note(PullError::PublishedHere);
+                        drop_up(&inner, new_up);
+                    }
+                    Err(_) => {
+                        inner.failures.note(PullError::EngineStopped);
+                        drop_up(&inner, new_up);
+                    }
                 }
                 return;
             }
-            Err(e) => tracing::debug!(error = %e, "re-route attempt failed"),
+            Err(e) => {
+                inner.failures.note(e);
+                tracing::debug!(error = %e, "re-route attempt failed");
+            }
         }
         tokio::time::sleep(REROUTE_PAUSE).await;
     }

@@ -186,8 +186,9 @@ async fn serve_subscription(
 ) -> Result<trackmesh_relay_proto::control::TrackInfo, FailureCode> {
     // A track of another node: this node is a hub; pull it straight from the origin first.
     if session.node_tag() != inner.tag
-        && !pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
+        && let Err(e) = pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
     {
+        tracing::debug!(%session, error = %e, "hub could not pull the track");
         return Err(FailureCode::NotFound);
     }
     let down = inner.next_id();
