@@ -39,11 +39,11 @@ impl Engine {
         for (sid, s) in &self.sessions {
             let reason = if !s.rtc.is_alive() {
                 Some("peer connection closed")
-            } else if !s.ever_connected
+            } else if !s.state.ever_connected()
                 && now.saturating_duration_since(s.created) >= self.cfg.unconnected_expiry
             {
                 Some("never connected")
-            } else if s.ever_connected
+            } else if s.state.ever_connected()
                 && s.last_recv
                     .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.reconnect_grace)
             {

@@ -149,19 +149,16 @@ impl Engine {
                         self.work.push_back(Work::KeyframeRequest(sid, req))
                     }
                     Event::Connected => {
-                        s.connected = true;
-                        s.ever_connected = true;
+                        s.state = s.state.on_connected();
                         tracing::info!(session = %sid, "connected");
                         self.work.push_back(Work::Connected(sid));
                     }
                     Event::IceConnectionStateChange(state) => {
                         tracing::debug!(session = %sid, ?state, "ice state");
                         match state {
-                            IceConnectionState::Disconnected => s.connected = false,
-                            IceConnectionState::Connected | IceConnectionState::Completed
-                                if s.ever_connected =>
-                            {
-                                s.connected = true
+                            IceConnectionState::Disconnected => s.state = s.state.on_ice(false),
+                            IceConnectionState::Connected | IceConnectionState::Completed => {
+                                s.state = s.state.on_ice(true)
                             }
                             _ => {}
                         }

@@ -44,7 +44,7 @@ pub use ops::{
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
-pub use session::{Location, Session, TrackEntry};
+pub use session::{Location, Session, SessionState, TrackEntry};
 pub use stats::{Gauges, Stats};
 
 use crate::ids::{NodeTag, SessionId, SessionMap};

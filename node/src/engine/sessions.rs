@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::publications::Sink;
+use super::session::SessionState;
 use super::{Engine, MAX_TOMBSTONES, OpError, TOMBSTONE_TTL};
 use crate::ids::SessionId;
 
@@ -39,7 +40,11 @@ impl Engine {
     pub fn must_wait_for_connection(&self, app: &str, session_id: &str) -> Result<bool, OpError> {
         let sid = self.lookup(app, session_id)?;
         let s = &self.sessions[&sid];
-        Ok(s.negotiated && s.pending.is_none() && !s.connected)
+        Ok(s.pending.is_none()
+            && matches!(
+                s.state,
+                SessionState::Negotiated | SessionState::Disconnected { .. }
+            ))
     }
 
     /// Removes a session and everything it published or pulled.

@@ -66,7 +66,7 @@ impl Engine {
     pub fn gauges(&self) -> Gauges {
         let mut g = Gauges::default();
         for s in self.sessions.values() {
-            if s.connected {
+            if s.state.is_connected() {
                 g.sessions_connected += 1;
             } else {
                 g.sessions_connecting += 1;
@@ -105,9 +105,9 @@ impl Engine {
     /// Records a session's set-up time the first time media flows on it.
     pub(crate) fn media_flowing(&mut self, sid: SessionId, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&sid)
-            && !s.media_flowing
+            && let Some(state) = s.state.on_media()
         {
-            s.media_flowing = true;
+            s.state = state;
             if self.setup_times.len() < MAX_SETUP_SAMPLES {
                 self.setup_times
                     .push(now.saturating_duration_since(s.created));

@@ -35,7 +35,7 @@ impl Engine {
         Some(SessionSummary {
             session_id: id,
             app: s.app.clone(),
-            connected: s.connected,
+            connected: s.state.is_connected(),
             tracks,
         })
     }

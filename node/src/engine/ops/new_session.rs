@@ -64,7 +64,7 @@ impl Engine {
                     .sdp_api()
                     .accept_offer(offer)
                     .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
-                session.negotiated = true;
+                session.state = session.state.on_negotiated();
                 Some(answer_desc(answer))
             }
             None => None,

@@ -95,7 +95,7 @@ impl Engine {
             }
             if let Some((o, pending)) = sdp.apply() {
                 s.pending = Some(pending);
-                s.negotiated = true;
+                s.state = s.state.on_negotiated();
                 offer = Some(SessionDesc {
                     kind: SdpKind::Offer,
                     sdp: candidates_in_every_section(&o.to_sdp_string()),

@@ -36,7 +36,7 @@ impl Engine {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
-        s.negotiated = true;
+        s.state = s.state.on_negotiated();
 
         let mut results = Vec::new();
         for t in tracks {
@@ -168,7 +168,7 @@ impl Engine {
             });
         };
         s.pending = Some(pending);
-        s.negotiated = true;
+        s.state = s.state.on_negotiated();
         for (mid, name, kind) in added {
             s.push_track(TrackEntry {
                 location: Location::Local,

@@ -28,7 +28,7 @@ impl Engine {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| OpError::InvalidSdp(format!("answer not accepted: {e}")))?;
-        let connected = s.connected;
+        let connected = s.state.is_connected();
         self.drain(sid, now);
         if connected {
             self.request_keyframes_for(sid, now);
