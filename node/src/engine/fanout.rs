@@ -17,7 +17,7 @@ use super::session::SessionState;
 use super::{
     Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
-use crate::ids::SessionId;
+use crate::ids::{SessionId, UpId};
 
 /// One frame on its way to the subscribers of a publication.
 pub(super) struct Frame {
@@ -70,7 +70,7 @@ impl Engine {
     }
 
     /// A frame from an upstream relay subscription.
-    pub fn relay_frame(&mut self, up: u64, frame: RelayFrame, now: Instant) {
+    pub fn relay_frame(&mut self, up: UpId, frame: RelayFrame, now: Instant) {
         self.stats.relay_frames_in += 1;
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;

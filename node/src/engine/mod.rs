@@ -47,7 +47,7 @@ pub use relay::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, SessionState, TrackEntry};
 pub use stats::{Gauges, Stats};
 
-use crate::ids::{NodeTag, SessionId, SessionMap};
+use crate::ids::{DownId, NodeTag, SessionId, SessionMap, UpId};
 use io::Work;
 use publications::Publication;
 
@@ -112,11 +112,11 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     relay_out: VecDeque<RelayOut>,
     /// Upstream relay subscription → the publication it feeds.
-    relay_up: HashMap<u64, TrackKey>,
+    relay_up: HashMap<UpId, TrackKey>,
     /// Downstream relay subscription → the publication it carries.
-    relay_down: HashMap<u64, TrackKey>,
+    relay_down: HashMap<DownId, TrackKey>,
     /// Downstream relay subscriptions that have not carried a keyframe yet.
-    relay_down_without_keyframe: HashSet<u64>,
+    relay_down_without_keyframe: HashSet<DownId>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,

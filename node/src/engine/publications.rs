@@ -8,7 +8,7 @@ use str0m::media::{MediaKind, Mid};
 use super::relay::RelayOut;
 use super::session::{Location, TrackEntry};
 use super::{Engine, TrackError};
-use crate::ids::SessionId;
+use crate::ids::{DownId, SessionId, UpId};
 
 /// A publication: `(publisher session, track name)`.
 pub type TrackKey = (SessionId, String);
@@ -19,7 +19,7 @@ pub(crate) enum Source {
     /// A mid of the publishing session (the key's session, on this node).
     Session(Mid),
     /// An upstream relay subscription (the publisher is on another node).
-    Relay(u64),
+    Relay(UpId),
 }
 
 /// Where a publication's media goes.
@@ -28,7 +28,7 @@ pub(crate) enum Sink {
     /// A sending mid of a local session.
     Session(SessionId, Mid),
     /// A downstream relay subscription (another node pulls it from here).
-    Relay(u64),
+    Relay(DownId),
 }
 
 /// The codec of a publication, enough for another node to pick its payload type.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
 use super::{Engine, MAX_RELAY_QUEUE};
-use crate::ids::SessionId;
+use crate::ids::{DownId, SessionId, UpId};
 
 /// One frame crossing a relay link; its clock is the publication's codec clock.
 #[derive(Debug, Clone)]
@@ -20,20 +20,20 @@ pub struct RelayFrame {
 #[derive(Debug, Clone)]
 pub enum RelayOut {
     /// Send a frame to a downstream subscription.
-    Frame { down: u64, frame: RelayFrame },
+    Frame { down: DownId, frame: RelayFrame },
     /// The publication a downstream subscription carried has ended.
-    Ended { down: u64 },
+    Ended { down: DownId },
     /// A local subscriber of a relayed publication wants a keyframe.
-    KeyframeRequest { up: u64 },
+    KeyframeRequest { up: UpId },
     /// Nothing subscribes to this upstream any more: release it.
-    Unused { up: u64 },
+    Unused { up: UpId },
 }
 
 /// What relay links hand the engine task (the engine's relay inputs).
 #[derive(Debug)]
 pub enum RelayIn {
     /// A frame of upstream `up`.
-    Frame { up: u64, frame: RelayFrame },
+    Frame { up: UpId, frame: RelayFrame },
 }
 
 /// Why a relay subscription was refused.
@@ -60,7 +60,7 @@ impl Engine {
         app: &str,
         session: SessionId,
         track: &str,
-        up: u64,
+        up: UpId,
         info: TrackInfo,
         now: Instant,
     ) -> Result<(), RelayRefusal> {
@@ -90,7 +90,7 @@ impl Engine {
     }
 
     /// The upstream is gone for good (the origin ended the track, or no route is left).
-    pub fn end_relay_publication(&mut self, up: u64) {
+    pub fn end_relay_publication(&mut self, up: UpId) {
         if let Some(key) = self.relay_up.get(&up).cloned() {
             tracing::info!(session = %key.0, track = %key.1, "relayed track ended");
             self.unpublish(&key);
@@ -100,7 +100,7 @@ impl Engine {
     /// Another node subscribes (as `down`) to a publication held here.
     pub fn relay_subscribe(
         &mut self,
-        down: u64,
+        down: DownId,
         app: &str,
         session: SessionId,
         track: &str,
@@ -126,7 +126,7 @@ impl Engine {
         Ok(info)
     }
 
-    pub fn relay_unsubscribe(&mut self, down: u64, now: Instant) {
+    pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
@@ -140,7 +140,7 @@ impl Engine {
     }
 
     /// A downstream node's subscriber wants a keyframe.
-    pub fn relay_keyframe_request(&mut self, down: u64, now: Instant) {
+    pub fn relay_keyframe_request(&mut self, down: DownId, now: Instant) {
         if let Some(key) = self.relay_down.get(&down).cloned() {
             // A new downstream gets the cached keyframe at once. It is sent on request, not at
             // subscribe time: a request proves the other node's engine knows the subscription,
@@ -157,7 +157,7 @@ impl Engine {
     }
 
     /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
-    pub fn relay_upstream_live(&self, up: u64) -> bool {
+    pub fn relay_upstream_live(&self, up: UpId) -> bool {
         self.relay_up.contains_key(&up)
     }
 

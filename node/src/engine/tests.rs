@@ -12,7 +12,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::*;
-use crate::ids::NodeTag;
+use crate::ids::{DownId, NodeTag, UpId};
 
 const APP: &str = "app";
 const SFU: &str = "127.0.0.1:7701";
@@ -496,10 +496,10 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         },
     };
     w.engine
-        .add_relay_publication(APP, publisher, "cam", 7, info, w.now)
+        .add_relay_publication(APP, publisher, "cam", UpId(7), info, w.now)
         .expect("relayed publication");
     let now = w.now;
-    w.engine.relay_frame(7, relayed_vp8(1, true), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(1, true), now);
 
     // Joins right after the keyframe: served it from the cache and then follows the live deltas.
     let first = w.client();
@@ -518,7 +518,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     );
     for n in 2..=6 {
         let now = w.now;
-        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
         w.run(Duration::from_millis(33));
     }
     assert_eq!(
@@ -538,7 +538,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     w.run(Duration::from_millis(300));
     for n in 7..=9 {
         let now = w.now;
-        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
         w.run(Duration::from_millis(33));
     }
     assert_eq!(
@@ -547,8 +547,8 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         "only the cached keyframe"
     );
     let now = w.now;
-    w.engine.relay_frame(7, relayed_vp8(10, true), now);
-    w.engine.relay_frame(7, relayed_vp8(11, false), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(10, true), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(11, false), now);
     w.run(Duration::from_millis(50));
     assert_eq!(
         w.clients[late].frames(&late_mid),
@@ -911,7 +911,7 @@ fn auto_discover_names_every_sent_section() {
 }
 
 /// Moves node A's relay output for downstream `down` into node B's upstream `up`.
-fn shuttle(a: &mut World, b: &mut World, down: u64, up: u64) -> (usize, usize) {
+fn shuttle(a: &mut World, b: &mut World, down: DownId, up: UpId) -> (usize, usize) {
     let (mut frames, mut keyframe_requests) = (0, 0);
     while let Some(out) = a.engine.poll_relay() {
         if let RelayOut::Frame { down: d, frame } = out
@@ -938,12 +938,15 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
     a.run(Duration::from_millis(300));
     let sid = SessionId::parse(&pub_sid).expect("id");
     a.engine
-        .relay_subscribe(1, APP, sid, "cam")
+        .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
     let cached_keyframes = |a: &mut World| {
         let mut n = 0;
         while let Some(out) = a.engine.poll_relay() {
-            if let RelayOut::Frame { down: 1, frame } = out
+            if let RelayOut::Frame {
+                down: DownId(1),
+                frame,
+            } = out
                 && frame.keyframe
             {
                 n += 1;
@@ -956,13 +959,13 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
         0,
         "nothing is pushed before it asks"
     );
-    a.engine.relay_keyframe_request(1, a.now);
+    a.engine.relay_keyframe_request(DownId(1), a.now);
     assert_eq!(
         cached_keyframes(&mut a),
         1,
         "the cached keyframe answers the first request"
     );
-    a.engine.relay_keyframe_request(1, a.now);
+    a.engine.relay_keyframe_request(DownId(1), a.now);
     assert_eq!(cached_keyframes(&mut a), 0, "only a new downstream gets it");
 }
 
@@ -972,12 +975,12 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
     let sid = SessionId::parse(&pub_sid).expect("id");
     let info = a
         .engine
-        .relay_subscribe(1, APP, sid, "cam")
+        .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
     assert_eq!(info.kind, MediaKind::Video);
     assert_eq!(info.codec.codec, Codec::Vp8);
     assert_eq!(
-        a.engine.relay_subscribe(2, "other-app", sid, "cam"),
+        a.engine.relay_subscribe(DownId(2), "other-app", sid, "cam"),
         Err(RelayRefusal::NotFound),
         "another app's track is not served"
     );
@@ -985,7 +988,7 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
     let mut b = World::new(Duration::from_secs(30));
     b.now = a.now;
     b.engine
-        .add_relay_publication(APP, sid, "cam", 7, info, b.now)
+        .add_relay_publication(APP, sid, "cam", UpId(7), info, b.now)
         .expect("relayed publication");
     assert!(b.engine.has_publication(APP, sid, "cam"));
     let c = b.client();
@@ -1001,7 +1004,7 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
         a.run(Duration::from_millis(1));
         b.now = a.now;
         b.run(Duration::from_millis(1));
-        let (f, k) = shuttle(&mut a, &mut b, 1, 7);
+        let (f, k) = shuttle(&mut a, &mut b, DownId(1), UpId(7));
         frames += f;
         kf += k;
     }
@@ -1022,18 +1025,21 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
     b.engine.handle_timeout(b.now);
     let mut released = false;
     while let Some(out) = b.engine.poll_relay() {
-        released |= matches!(out, RelayOut::Unused { up: 7 });
+        released |= matches!(out, RelayOut::Unused { up: UpId(7) });
     }
     assert!(released, "unused upstream released");
     assert!(!b.engine.has_publication(APP, sid, "cam"));
 
     // The origin ends the track: the downstream is told.
-    a.engine.relay_unsubscribe(1, a.now);
-    let _ = a.engine.relay_subscribe(3, APP, sid, "cam").expect("again");
+    a.engine.relay_unsubscribe(DownId(1), a.now);
+    let _ = a
+        .engine
+        .relay_subscribe(DownId(3), APP, sid, "cam")
+        .expect("again");
     a.engine.close_session(sid, a.now, "test");
     let mut ended = false;
     while let Some(out) = a.engine.poll_relay() {
-        ended |= matches!(out, RelayOut::Ended { down: 3 });
+        ended |= matches!(out, RelayOut::Ended { down: DownId(3) });
     }
     assert!(ended);
 }

@@ -27,7 +27,7 @@ use trackmesh_relay_proto::handshake::ALPN;
 
 use super::view::ClusterView;
 use crate::engine::{RelayIn, RelayOut};
-use crate::ids::{NodeTag, SessionId};
+use crate::ids::{DownId, NodeId, NodeTag, SessionId, UpId};
 use crate::runtime::EngineHandle;
 pub use failures::PullError;
 
@@ -51,14 +51,14 @@ pub(crate) type SubscribeReply =
 
 /// A link this node dialed: it subscribes, the peer serves.
 pub(crate) struct Link {
-    pub peer: String,
+    pub peer: NodeId,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<ControlMsg>,
     pub next_sub: std::sync::atomic::AtomicU32,
     /// Subscriptions waiting for `Subscribed`/`SubscribeFailed`.
     pub pending: Mutex<HashMap<SubId, SubscribeReply>>,
     /// Established subscriptions: sub id → upstream id.
-    pub subs: Mutex<HashMap<SubId, u64>>,
+    pub subs: Mutex<HashMap<SubId, UpId>>,
 }
 
 /// An upstream: a track this node pulls over a link.
@@ -77,7 +77,7 @@ pub(crate) struct Up {
 pub(crate) struct Down {
     pub conn: quinn::Connection,
     pub sub: SubId,
-    pub peer: String,
+    pub peer: NodeId,
     pub control: mpsc::Sender<ControlMsg>,
     pub session: SessionId,
     pub track: String,
@@ -86,18 +86,18 @@ pub(crate) struct Down {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub links: HashMap<String, Arc<Link>>,
-    pub ups: HashMap<u64, Up>,
-    pub downs: HashMap<u64, Down>,
+    pub links: HashMap<NodeId, Arc<Link>>,
+    pub ups: HashMap<UpId, Up>,
+    pub downs: HashMap<DownId, Down>,
     /// Peers whose links failed recently: not dialed again until the instant.
-    pub avoid: HashMap<String, std::time::Instant>,
+    pub avoid: HashMap<NodeId, std::time::Instant>,
 }
 
 /// Held while one pull of a track is under way; later pulls of it wait, then find it local.
 pub(crate) type PullLock = Arc<tokio::sync::Mutex<()>>;
 
 pub(crate) struct Inner {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub tag: NodeTag,
     /// Cluster identity of each secret this node holds, current first; a Hello with any of them
     /// is accepted.
@@ -129,8 +129,14 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// A new upstream id (ids are never reused, so a late message cannot hit a new upstream).
+    pub fn next_up(&self) -> UpId {
+        UpId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new downstream id, from the same sequence.
+    pub fn next_down(&self) -> DownId {
+        DownId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -210,7 +216,7 @@ impl Relay {
         .context("starting the relay endpoint")?;
         endpoint.set_default_client_config(tls.client.clone());
         let inner = Arc::new(Inner {
-            node_id: cfg.node_id,
+            node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
             clusters: secrets
                 .iter()
@@ -264,11 +270,11 @@ impl Relay {
             .links
             .keys()
             .map(|p| RelayLinkView {
-                peer: p.clone(),
+                peer: p.to_string(),
                 direction: "out",
             })
             .collect();
-        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.clone()).collect();
+        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.to_string()).collect();
         inbound.sort();
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
@@ -281,7 +287,7 @@ impl Relay {
             .map(|u| UpstreamView {
                 session_id: u.session.to_string(),
                 track_name: u.track.clone(),
-                via: u.link.peer.clone(),
+                via: u.link.peer.to_string(),
                 frames: u.frames.load(Ordering::Relaxed),
             })
             .collect();
@@ -291,7 +297,7 @@ impl Relay {
             .map(|d| DownstreamView {
                 session_id: d.session.to_string(),
                 track_name: d.track.clone(),
-                peer: d.peer.clone(),
+                peer: d.peer.to_string(),
                 frames: d.frames.load(Ordering::Relaxed),
             })
             .collect();
@@ -303,11 +309,11 @@ impl Relay {
     }
 
     /// The nodes the given downstream subscriptions go to.
-    pub fn downstream_peers(&self, downs: &[u64]) -> Vec<String> {
+    pub fn downstream_peers(&self, downs: &[DownId]) -> Vec<String> {
         let st = self.inner.state();
         let mut peers: Vec<String> = downs
             .iter()
-            .filter_map(|d| st.downs.get(d).map(|d| d.peer.clone()))
+            .filter_map(|d| st.downs.get(d).map(|d| d.peer.to_string()))
             .collect();
         peers.sort();
         peers.dedup();

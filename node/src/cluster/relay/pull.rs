@@ -20,7 +20,7 @@ use super::{Inner, Link, PullError, Up};
 use crate::cluster::hubs::upstream_for;
 use crate::cluster::view::Member;
 use crate::engine::{RelayFrame, RelayIn, RelayOut, TrackInfo};
-use crate::ids::SessionId;
+use crate::ids::{DownId, NodeId, SessionId, UpId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,7 +101,7 @@ async fn subscribe_somewhere(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> Result<(u64, TrackInfo), PullError> {
+) -> Result<(UpId, TrackInfo), PullError> {
     let view = inner.view.borrow().clone();
     let route = upstream_for(&view, session, track, direct_only).ok_or(PullError::NoRoute)?;
     let peer = route.peer().clone();
@@ -110,7 +110,7 @@ async fn subscribe_somewhere(
         PullError::Link
     })?;
     let sub = link.next_sub.fetch_add(1, Ordering::Relaxed);
-    let up = inner.next_id();
+    let up = inner.next_up();
     let (tx, rx) = oneshot::channel();
     lock(&link.pending).insert(sub, tx);
     // Known before the reply, so the first frames after it are not dropped.
@@ -150,7 +150,7 @@ async fn subscribe_somewhere(
             frames: Arc::new(AtomicU64::new(0)),
         },
     );
-    tracing::info!(%session, track, via = %peer.node_id, up, "pulling remote track");
+    tracing::info!(%session, track, via = %peer.node_id, up = up.0, "pulling remote track");
     Ok((up, info))
 }
 
@@ -162,14 +162,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     {
         let st = inner.state();
-        if let Some(l) = st.links.get(&peer.node_id)
+        if let Some(l) = st.links.get(peer.node_id.as_str())
             && l.conn.close_reason().is_none()
         {
             return Ok(l.clone());
         }
         if st
             .avoid
-            .get(&peer.node_id)
+            .get(peer.node_id.as_str())
             .is_some_and(|t| *t > Instant::now())
         {
             bail!("{} failed recently", peer.node_id);
@@ -177,21 +177,22 @@ async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>>
     }
     let result = dial(inner, peer).await;
     if result.is_err() {
-        inner
-            .state()
-            .avoid
-            .insert(peer.node_id.clone(), Instant::now() + AVOID_AFTER_FAILURE);
+        inner.state().avoid.insert(
+            NodeId::from(peer.node_id.as_str()),
+            Instant::now() + AVOID_AFTER_FAILURE,
+        );
     }
     let link = result?;
     // Another task may have dialed meanwhile: keep the first, close ours.
     let mut st = inner.state();
-    if let Some(existing) = st.links.get(&peer.node_id)
+    if let Some(existing) = st.links.get(peer.node_id.as_str())
         && existing.conn.close_reason().is_none()
     {
         link.conn.close(0u32.into(), b"duplicate");
         return Ok(existing.clone());
     }
-    st.links.insert(peer.node_id.clone(), link.clone());
+    st.links
+        .insert(NodeId::from(peer.node_id.as_str()), link.clone());
     Ok(link)
 }
 
@@ -216,7 +217,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let hello = HandshakeMsg::Hello(Hello {
         protocol_version: handshake::PROTOCOL_VERSION,
         cluster,
-        node_id: inner.node_id.clone(),
+        node_id: inner.node_id.to_string(),
         node_tag: inner.tag.0,
     });
     wire::write_one(&mut send, &hello).await?;
@@ -230,7 +231,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(wire::write_control(send, ctl_rx));
     let link = Arc::new(Link {
-        peer: peer.node_id.clone(),
+        peer: NodeId::from(peer.node_id.as_str()),
         conn: conn.clone(),
         control: ctl_tx,
         next_sub: AtomicU32::new(1),
@@ -325,14 +326,14 @@ fn link_lost(inner: &Arc<Inner>, link: &Arc<Link>) {
         st.avoid
             .insert(link.peer.clone(), Instant::now() + AVOID_AFTER_FAILURE);
     }
-    let ups: Vec<u64> = lock(&link.subs).drain().map(|(_, up)| up).collect();
+    let ups: Vec<UpId> = lock(&link.subs).drain().map(|(_, up)| up).collect();
     tracing::info!(peer = %link.peer, upstreams = ups.len(), "relay link lost");
     for up in ups {
         tokio::spawn(reroute(inner.clone(), up));
     }
 }
 
-async fn reroute(inner: Arc<Inner>, up: u64) {
+async fn reroute(inner: Arc<Inner>, up: UpId) {
     let Some(old) = inner.state().ups.remove(&up) else {
         return;
     };
@@ -394,7 +395,7 @@ async fn reroute(inner: Arc<Inner>, up: u64) {
         .await;
 }
 
-fn end_up(inner: &Arc<Inner>, up: u64) {
+fn end_up(inner: &Arc<Inner>, up: UpId) {
     inner.state().ups.remove(&up);
     let engine = inner.engine.clone();
     tokio::spawn(async move {
@@ -403,7 +404,7 @@ fn end_up(inner: &Arc<Inner>, up: u64) {
 }
 
 /// Stops an upstream the engine no longer wants.
-fn drop_up(inner: &Arc<Inner>, up: u64) {
+fn drop_up(inner: &Arc<Inner>, up: UpId) {
     let Some(u) = inner.state().ups.remove(&up) else {
         return;
     };
@@ -416,7 +417,7 @@ fn drop_up(inner: &Arc<Inner>, up: u64) {
 
 /// Carries the engine's relay output onto the links.
 pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>) {
-    let mut seq: HashMap<u64, u32> = HashMap::new();
+    let mut seq: HashMap<DownId, u32> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
     while let Some(out) = rx.recv().await {
         match out {
@@ -479,7 +480,7 @@ pub async fn watch_members(inner: Arc<Inner>) {
             .state()
             .links
             .values()
-            .filter(|l| v.live_by_id(&l.peer).is_none())
+            .filter(|l| v.live_by_id(l.peer.as_str()).is_none())
             .cloned()
             .collect();
         for l in dead {
@@ -491,7 +492,7 @@ pub async fn watch_members(inner: Arc<Inner>) {
             .state()
             .downs
             .values()
-            .filter(|d| v.live_by_id(&d.peer).is_none())
+            .filter(|d| v.live_by_id(d.peer.as_str()).is_none())
             .map(|d| d.conn.clone())
             .collect();
         for conn in inbound {

@@ -20,7 +20,7 @@ use super::TrackError;
 use super::client_sdp::ClientOffer;
 use super::sdp::candidates_in_every_section;
 use super::session::Location;
-use crate::ids::SessionId;
+use crate::ids::{DownId, SessionId};
 
 /// Most tracks in one API call (Calls' limit).
 pub const MAX_TRACKS_PER_CALL: usize = 64;
@@ -115,7 +115,7 @@ pub struct PublicationSummary {
     pub kind: MediaKind,
     pub local_subscribers: usize,
     /// Relay downstream ids (the relay layer maps them to nodes).
-    pub downstreams: Vec<u64>,
+    pub downstreams: Vec<DownId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
