@@ -5,11 +5,15 @@
 //! - `io.rs`: datagrams and timers in, datagrams out (the str0m drain loop);
 //! - `ops/`: the Calls operations, one file each (`new_session`, `tracks_new` with `push` and
 //!   `pull`, `renegotiate`, `tracks_update`, `tracks_close`) and their request/result types;
-//! - `sessions.rs`, `publications.rs`: lookup, expiry and close of sessions; publishing and
-//!   subscribing;
+//! - `session.rs`: one session (its `Rtc`, tracks and [`SessionState`]);
+//! - `sessions.rs`, `publications.rs`: lookup and close of sessions; publishing and subscribing;
+//! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
-//! - `views.rs`, `stats.rs`: what the admin API and the metrics read.
+//! - `views.rs`, `stats.rs`: what the admin API and the metrics read;
+//! - `error.rs`: typed errors ([`OpError`], [`TrackError`]); the API maps them to Calls codes.
+//!
+//! The in-memory world the tests and benches drive it in is `crate::testing`.
 
 mod client_sdp;
 mod demux;

@@ -33,7 +33,7 @@ pub enum PullError {
 }
 
 impl PullError {
-    /// Every reason, in the order of [`Failures::counts`].
+    /// Every reason, in the order of `RelayFigures::pull_failures`.
     pub const ALL: [PullError; 6] = [
         PullError::EngineStopped,
         PullError::NoRoute,
