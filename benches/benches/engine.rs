@@ -1,6 +1,7 @@
-//! Engine hot paths, driven in memory through the engine's public API only (a harness like
-//! `node/src/engine/tests.rs`, which is test-only): str0m clients complete ICE and DTLS with the
-//! engine on a simulated clock, then the benchmarks time
+//! Engine hot paths, driven in memory through the engine's public API in the node's test world
+//! (`trackmesh_node::testing`, feature `test-world`, the same world as the engine's unit tests):
+//! str0m clients complete ICE and DTLS with the engine on a simulated clock, then the benchmarks
+//! time
 //!
 //! - `fanout`: one encrypted publisher RTP datagram (a one-packet frame) through
 //!   `Engine::handle_datagram`, which decrypts and depacketizes it and writes the frame into N
@@ -17,40 +18,18 @@
 //! Work outside the timed section (the client encrypting the packet, timers, RTCP) runs in
 //! between, untimed (`iter_custom`).
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use trackmesh_node::engine::{
-    Demux, Engine, EngineConfig, LocalTrack, RemoteTrack, SdpKind, TracksNew,
-};
+use str0m::media::{MediaKind, MediaTime, Mid};
+use trackmesh_node::engine::{Demux, EngineConfig, LocalTrack, TracksNew};
 use trackmesh_node::ids::{NodeTag, SessionId};
-
-const APP: &str = "bench";
-const SFU: &str = "127.0.0.1:7701";
+use trackmesh_node::testing::{self, APP, World, synthetic_frame};
 /// Untimed upkeep (client timers, engine timers, RTCP) every this many timed iterations.
 const UPKEEP_EVERY: u64 = 20;
-
-struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
-    connected: bool,
-}
-
-struct World {
-    engine: Engine,
-    sfu: SocketAddr,
-    clients: Vec<Client>,
-    by_addr: HashMap<SocketAddr, usize>,
-    now: Instant,
-}
 
 fn is_rtp(buf: &[u8]) -> bool {
     buf.first().is_some_and(|b| (128..=191).contains(b))
@@ -61,220 +40,16 @@ fn is_media(buf: &[u8]) -> bool {
     is_rtp(buf) && buf.get(1).is_some_and(|b| !(192..=223).contains(b))
 }
 
-impl World {
-    fn new(max_sessions: usize) -> World {
-        let now = Instant::now();
-        let sfu: SocketAddr = SFU.parse().expect("addr");
-        let engine = Engine::new(
-            EngineConfig {
-                node_tag: NodeTag(0xabcd0123),
-                local_addr: sfu,
-                candidate_addr: sfu,
-                track_timeout: Duration::from_secs(3600),
-                // The simulated clock runs far ahead while clients are set up one by one.
-                reconnect_grace: Duration::from_secs(3600),
-                unconnected_expiry: Duration::from_secs(3600),
-                max_sessions,
-            },
-            now,
-        );
-        World {
-            engine,
-            sfu,
-            clients: Vec::new(),
-            by_addr: HashMap::new(),
-            now,
-        }
-    }
-
-    fn client(&mut self) -> usize {
-        let i = self.clients.len();
-        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
-        let mut rtc = Rtc::builder().build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-        self.clients.push(Client {
-            rtc,
-            addr,
-            connected: false,
-        });
-        self.by_addr.insert(addr, i);
-        i
-    }
-
-    fn session(&mut self) -> String {
-        let (sid, _) = self
-            .engine
-            .create_session(APP, None, self.now)
-            .expect("session");
-        sid.to_string()
-    }
-
-    /// Client `c` publishes one track of `kind` as `name` in session `sid`.
-    fn push(&mut self, c: usize, sid: &str, kind: MediaKind, name: &str) -> Mid {
-        let (offer, pending, mid) = {
-            let mut sdp = self.clients[c].rtc.sdp_api();
-            let mid = sdp.add_media(kind, Direction::SendOnly, None, None, None);
-            let (offer, pending) = sdp.apply().expect("offer");
-            (offer, pending, mid)
-        };
-        let res = self
-            .engine
-            .tracks_new(
-                APP,
-                sid,
-                TracksNew::Local {
-                    offer: Some(offer.to_sdp_string().into()),
-                    auto_discover: false,
-                    tracks: vec![LocalTrack {
-                        mid: Some(mid.to_string()),
-                        track_name: Some(name.into()),
-                        ..Default::default()
-                    }],
-                },
-                self.now,
-            )
-            .expect("push");
-        let answer = res.description.expect("answer");
-        assert_eq!(answer.kind, SdpKind::Answer);
-        let answer = SdpAnswer::from_sdp_string(&answer.sdp).expect("answer sdp");
-        self.clients[c]
-            .rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("accept answer");
-        mid
-    }
-
-    /// Session `sid` (client `c`) pulls `name` of `publisher`.
-    fn pull(&mut self, c: usize, sid: &str, publisher: &str, name: &str) {
-        let res = self
-            .engine
-            .tracks_new(
-                APP,
-                sid,
-                TracksNew::Remote {
-                    tracks: vec![RemoteTrack {
-                        session_id: Some(publisher.into()),
-                        track_name: Some(name.into()),
-                        mid: None,
-                    }],
-                },
-                self.now,
-            )
-            .expect("pull");
-        assert!(res.tracks.iter().all(|t| t.error.is_none()));
-        let offer = res.description.expect("offer");
-        assert_eq!(offer.kind, SdpKind::Offer);
-        let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
-        let answer = self.clients[c]
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .expect("client answers");
-        self.engine
-            .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), self.now)
-            .expect("renegotiate");
-    }
-
-    /// Everything client `c` wants to send goes to the engine, and the engine's answers back.
-    fn pump(&mut self, c: usize) {
-        for _ in 0..10_000 {
-            match self.clients[c].rtc.poll_output().expect("client") {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => {
-                    let src = self.clients[c].addr;
-                    self.engine.handle_datagram(self.now, src, &t.contents);
-                    self.deliver();
-                }
-                Output::Event(Event::Connected) => self.clients[c].connected = true,
-                Output::Event(_) => {}
-            }
-        }
-    }
-
-    fn deliver(&mut self) {
-        let mut batch = Vec::new();
-        while let Some(t) = self.engine.poll_transmit() {
-            batch.push(t);
-        }
-        for t in batch {
-            let Some(&c) = self.by_addr.get(&t.destination) else {
-                continue;
-            };
-            let input = Input::Receive(
-                self.now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: self.sfu,
-                    destination: t.destination,
-                    contents: (&t.contents[..]).try_into().expect("datagram"),
-                },
-            );
-            let _ = self.clients[c].rtc.handle_input(input);
-            self.pump(c);
-        }
-    }
-
-    /// Advances the clock by `dt` and runs the timers of the given clients and of the engine.
-    fn step(&mut self, clients: impl IntoIterator<Item = usize>, dt: Duration) {
-        self.now += dt;
-        for c in clients {
-            let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
-            self.pump(c);
-        }
-        self.engine.handle_timeout(self.now);
-        self.deliver();
-    }
-
-    /// Runs until the clients are connected; panics after 5 s of simulated time.
-    fn connect(&mut self, clients: &[usize]) {
-        for _ in 0..5000 {
-            if clients.iter().all(|&c| self.clients[c].connected) {
-                return;
-            }
-            self.step(clients.iter().copied(), Duration::from_millis(1));
-        }
-        panic!("clients did not connect");
-    }
-
-    fn payload_type(&mut self, c: usize, mid: Mid, codec: Codec) -> str0m::format::PayloadParams {
-        let w = self.clients[c].rtc.writer(mid).expect("writer");
-        *w.payload_params()
-            .find(|p| p.spec().codec == codec)
-            .expect("codec negotiated")
-    }
-
-    /// Client `c` writes one frame; returns the datagrams it emits for it.
-    fn frame(
-        &mut self,
-        c: usize,
-        mid: Mid,
-        pt: &str0m::format::PayloadParams,
-        time: MediaTime,
-        data: Vec<u8>,
-    ) -> Vec<Vec<u8>> {
-        // str0m sends a frame once its own clock reaches the frame's wallclock: bring the
-        // client's clock to `now` first, and pass on (untimed) what its timers produce.
-        let now = self.now;
-        let _ = self.clients[c].rtc.handle_input(Input::Timeout(now));
-        self.pump(c);
-        let rtc = &mut self.clients[c].rtc;
-        rtc.writer(mid)
-            .expect("writer")
-            .write(pt.pt(), now, time, data)
-            .expect("write");
-        // The frame is packetized on the next clock input.
-        let _ = rtc.handle_input(Input::Timeout(now));
-        let mut out = Vec::new();
-        for _ in 0..1000 {
-            match rtc.poll_output().expect("client") {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => out.push(t.contents.to_vec()),
-                Output::Event(_) => {}
-            }
-        }
-        out
-    }
+/// A world whose timers never expire anything: the simulated clock runs far ahead while clients
+/// are set up one by one.
+fn world(max_sessions: usize) -> World {
+    let long = Duration::from_secs(3600);
+    World::with_config(EngineConfig {
+        max_sessions,
+        reconnect_grace: long,
+        unconnected_expiry: long,
+        ..testing::config(long)
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -306,20 +81,22 @@ struct FanOut {
 
 impl FanOut {
     fn new(kind: Kind, n: usize) -> FanOut {
-        let mut w = World::new(n + 1);
+        let mut w = world(n + 1);
         let publisher = w.client();
         let pub_sid = w.session();
         let media_kind = match kind {
             Kind::Audio => MediaKind::Audio,
             Kind::Video => MediaKind::Video,
         };
-        let mid = w.push(publisher, &pub_sid, media_kind, "t");
+        let mid = w.push_tracks(publisher, &pub_sid, &[(media_kind, "t")])[0];
         w.connect(&[publisher]);
         let mut subs = Vec::new();
         for _ in 0..n {
             let c = w.client();
             let sid = w.session();
-            w.pull(c, &sid, &pub_sid, "t");
+            let res = w.pull(c, &sid, &[(&pub_sid, "t")]);
+            assert!(res.tracks.iter().all(|t| t.error.is_none()), "{res:?}");
+            assert!(res.description.is_some(), "the SFU offers the pulled track");
             subs.push(c);
         }
         let all: Vec<usize> = (0..w.clients.len()).collect();
@@ -354,14 +131,15 @@ impl FanOut {
         let n = self.seq;
         self.w.now += Duration::from_millis(1);
         let (time, data) = match self.kind {
-            Kind::Audio => (MediaTime::from_90khz(n * 1800), vec![0x55u8; 80]),
-            Kind::Video => {
-                // VP8: bit 0 of the first byte is 0 for a keyframe. The first frame is one.
-                let first = if n == 1 { 0x10 } else { 0x11 };
-                let mut frame = vec![first; 1000];
-                frame[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-                (MediaTime::from_90khz(n * 3000), frame)
-            }
+            Kind::Audio => (
+                MediaTime::from_90khz(n * 1800),
+                synthetic_frame(MediaKind::Audio, false, 80),
+            ),
+            // The first frame is a keyframe.
+            Kind::Video => (
+                MediaTime::from_90khz(n * 3000),
+                synthetic_frame(MediaKind::Video, n == 1, 1000),
+            ),
         };
         let params = self.params;
         self.w.frame(self.publisher, self.mid, &params, time, data)
@@ -424,13 +202,13 @@ fn fanout(c: &mut Criterion) {
 /// 1000 sessions, each a publisher of one audio track, all connected.
 fn thousand_publishers() -> (World, Vec<(usize, Mid, str0m::format::PayloadParams)>) {
     const SESSIONS: usize = 1000;
-    let mut w = World::new(SESSIONS);
+    let mut w = world(SESSIONS);
     let (wall, sim) = (Instant::now(), w.now);
     let mut pubs = Vec::new();
     for _ in 0..SESSIONS {
         let c = w.client();
         let sid = w.session();
-        let mid = w.push(c, &sid, MediaKind::Audio, "mic");
+        let mid = w.push_tracks(c, &sid, &[(MediaKind::Audio, "mic")])[0];
         // Connect each client on its own: stepping 1000 clients per millisecond would be slow.
         w.connect(&[c]);
         let params = w.payload_type(c, mid, Codec::Opus);
@@ -464,7 +242,13 @@ fn demux(c: &mut Criterion) {
                 seq[next] += 1;
                 w.now += Duration::from_micros(50);
                 let time = MediaTime::from_90khz(seq[next] * 1800);
-                let datagrams = w.frame(cl, mid, &params, time, vec![0x55; 80]);
+                let datagrams = w.frame(
+                    cl,
+                    mid,
+                    &params,
+                    time,
+                    synthetic_frame(MediaKind::Audio, false, 80),
+                );
                 let src = w.clients[cl].addr;
                 let now = w.now;
                 // Timers of the 1000 sessions are due now and then: run them untimed, so the
@@ -565,7 +349,7 @@ fn sdp(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let mut w = World::new(10);
+                    let mut w = world(10);
                     let (sid, _) = w.engine.create_session(APP, None, w.now).expect("session");
                     let offer = trackmesh_node::engine::ClientOffer::parse(sdp);
                     let req = TracksNew::Local {

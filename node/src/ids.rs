@@ -37,6 +37,67 @@ impl fmt::Display for NodeTag {
     }
 }
 
+/// An upstream relay subscription: a track this node pulls from another node. Numbered by this
+/// node's relay layer; the engine only keys publications by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpId(pub u64);
+
+/// A downstream relay subscription: a track another node pulls from this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DownId(pub u64);
+
+impl fmt::Display for UpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for DownId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A node's id in the cluster: its gossip identity and the name it gives in relay handshakes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for NodeId {
+    fn from(id: String) -> NodeId {
+        NodeId(id)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(id: &str) -> NodeId {
+        NodeId(id.to_string())
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A hasher for maps keyed by [`SessionId`] on the packet path. Session ids are random and only
 /// this node creates the ones it stores, so their random bits are already a good hash: SipHash's
 /// flooding protection buys nothing here and costs a few hundred instructions per lookup.

@@ -16,3 +16,5 @@ pub mod metrics;
 pub mod rejects;
 pub mod runtime;
 pub mod sendbatch;
+#[cfg(any(test, feature = "test-world"))]
+pub mod testing;

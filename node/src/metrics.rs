@@ -3,6 +3,9 @@
 //! The engine keeps plain counters (it stays free of metric libraries); at each scrape they are
 //! copied into the registry. Labels only take a few fixed values: never a session, track or
 //! node id, so the number of series stays bounded.
+//!
+//! Dependencies point into this module only: it reads the engine's, the relay's and the
+//! cluster's figures, and no other module reads a type of it back (the API renders it).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,17 +16,8 @@ use prometheus::{
 };
 
 use crate::cluster::ClusterView;
+use crate::cluster::relay::RelayFigures;
 use crate::engine::{Gauges, Stats};
-
-/// Relay figures kept by the relay tasks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RelayFigures {
-    pub links: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Relay connections refused (no cluster certificate, or a bad handshake).
-    pub refused: u64,
-}
 
 /// Everything a scrape reads, gathered first so no lock is held while it is taken.
 pub struct Snapshot {
@@ -55,6 +49,7 @@ pub struct Metrics {
     relay_subscriptions: IntGaugeVec,
     relay_frames: IntCounterVec,
     relay_bytes: IntCounterVec,
+    relay_pull_failures: IntCounterVec,
     members: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -211,6 +206,14 @@ impl Metrics {
                     &["direction"],
                 )?,
             )?,
+            relay_pull_failures: reg(
+                &r,
+                cv(
+                    "trackmesh_relay_pull_failures_total",
+                    "Pulls of tracks from other nodes that failed, by reason.",
+                    &["reason"],
+                )?,
+            )?,
             members: reg(
                 &r,
                 gv(
@@ -326,6 +329,13 @@ impl Metrics {
             &self.dropped.with_label_values(&["relay_queue"]),
             s.relay_dropped,
         );
+        set(
+            &self.dropped.with_label_values(&["relay_in_queue"]),
+            snap.relay.engine_queue_drops,
+        );
+        for (reason, n) in snap.relay.pull_failures {
+            set(&self.relay_pull_failures.with_label_values(&[reason]), n);
+        }
         set(&self.frames_held, s.frames_held_for_keyframe);
         set(
             &self.dropped.with_label_values(&["silent_subscriber"]),

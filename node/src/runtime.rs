@@ -6,8 +6,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::relay::RelayIn;
-use crate::engine::{Engine, RelayOut};
+use crate::engine::{Engine, RelayIn, RelayOut};
 use crate::sendbatch;
 
 type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;

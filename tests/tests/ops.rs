@@ -66,6 +66,11 @@ const SERIES: &[&str] = &[
     r#"trackmesh_packets_dropped_total{reason="no_route"}"#,
     r#"trackmesh_packets_dropped_total{reason="no_codec"}"#,
     r#"trackmesh_packets_dropped_total{reason="relay_queue"}"#,
+    r#"trackmesh_packets_dropped_total{reason="relay_in_queue"}"#,
+    r#"trackmesh_relay_pull_failures_total{reason="no_route"}"#,
+    r#"trackmesh_relay_pull_failures_total{reason="link"}"#,
+    r#"trackmesh_relay_pull_failures_total{reason="refused"}"#,
+    r#"trackmesh_relay_pull_failures_total{reason="no_answer"}"#,
     r#"trackmesh_keyframe_requests_total{direction="sent"}"#,
     r#"trackmesh_keyframe_requests_total{direction="received"}"#,
     r#"trackmesh_nacks_total{direction="sent"}"#,
@@ -158,6 +163,30 @@ async fn metrics_move_with_media_and_return_to_zero() {
     let m = scrape(&node).await;
     assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="audio"}"#), 0.0);
     assert_eq!(get(&m, r#"trackmesh_tracks_published{kind="video"}"#), 0.0);
+}
+
+/// A pull of a track of a node nobody knows fails per item, and the metrics say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_from_an_unknown_node_is_counted_by_reason() {
+    let node = TestNode::start(&[]).expect("node");
+    let no_route = r#"trackmesh_relay_pull_failures_total{reason="no_route"}"#;
+    let before = get(&scrape(&node).await, no_route);
+    let api = node.client();
+    let sub = api.sessions_new().await.expect("session");
+    // A session id whose node tag no member has.
+    let unknown = format!("ffffffff{}", "0".repeat(24));
+    let res = api
+        .tracks_new(
+            &sub.session_id,
+            &trackmesh_tests::api::TracksRequest::pull(&[(unknown, "cam".into())]),
+        )
+        .await
+        .expect("tracks/new");
+    assert_eq!(
+        res.tracks.first().and_then(|t| t.error_code.as_deref()),
+        Some("not_found_track_error")
+    );
+    assert_eq!(get(&scrape(&node).await, no_route), before + 1.0);
 }
 
 async fn status(url: String) -> u16 {

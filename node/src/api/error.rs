@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::engine::OpError;
+use crate::engine::{OpError, TrackError};
 use crate::runtime::EngineStopped;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,18 @@ impl From<OpError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", d)
             }
         }
+    }
+}
+
+/// The Calls code of a per-track error (the item's `errorCode`; its text is the description).
+pub fn track_error_code(e: &TrackError) -> &'static str {
+    match e {
+        TrackError::InvalidParams(_) => "invalid_params",
+        TrackError::AlreadyPublished(_) => "repeated_local_track_error",
+        TrackError::NotFound => "not_found_track_error",
+        TrackError::Update(_) => "update_track_error",
+        TrackError::Close(_) => "close_track_error",
+        TrackError::Internal(_) => "internal_error",
     }
 }
 

@@ -105,7 +105,10 @@ fn location_str(l: Location) -> &'static str {
 impl From<TrackResult> for TrackOut {
     fn from(r: TrackResult) -> Self {
         let (error_code, error_description) = match r.error {
-            Some((c, d)) => (Some(c), Some(d)),
+            Some(e) => (
+                Some(super::error::track_error_code(&e)),
+                Some(e.to_string()),
+            ),
             None => (None, None),
         };
         TrackOut {

@@ -4,14 +4,45 @@
 
 use std::time::Instant;
 
-use super::{Engine, Publication, RelayOut, Sink, Source, TrackInfo, TrackKey};
-use crate::ids::SessionId;
+use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
+use super::{Engine, MAX_RELAY_QUEUE};
+use crate::ids::{DownId, SessionId, UpId};
+
+/// One frame crossing a relay link; its clock is the publication's codec clock.
+#[derive(Debug, Clone)]
+pub struct RelayFrame {
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    pub data: std::sync::Arc<[u8]>,
+}
+
+/// What the engine asks of the relay layer.
+#[derive(Debug, Clone)]
+pub enum RelayOut {
+    /// Send a frame to a downstream subscription.
+    Frame { down: DownId, frame: RelayFrame },
+    /// The publication a downstream subscription carried has ended.
+    Ended { down: DownId },
+    /// A local subscriber of a relayed publication wants a keyframe.
+    KeyframeRequest { up: UpId },
+    /// Nothing subscribes to this upstream any more: release it.
+    Unused { up: UpId },
+}
+
+/// What relay links hand the engine task (the engine's relay inputs).
+#[derive(Debug)]
+pub enum RelayIn {
+    /// A frame of upstream `up`.
+    Frame { up: UpId, frame: RelayFrame },
+}
 
 /// Why a relay subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayRefusal {
     /// No such publication, another app's, or no media (so no codec) yet.
     NotFound,
+    /// The track is published on this node: it cannot also be fed by a relay.
+    PublishedHere,
 }
 
 impl Engine {
@@ -29,15 +60,15 @@ impl Engine {
         app: &str,
         session: SessionId,
         track: &str,
-        up: u64,
+        up: UpId,
         info: TrackInfo,
         now: Instant,
-    ) -> bool {
+    ) -> Result<(), RelayRefusal> {
         let key: TrackKey = (session, track.to_string());
         match self.publications.get_mut(&key) {
             Some(p) => {
                 let Source::Relay(old) = p.source else {
-                    return false;
+                    return Err(RelayRefusal::PublishedHere);
                 };
                 p.source = Source::Relay(up);
                 p.codec = Some(info.codec);
@@ -55,11 +86,11 @@ impl Engine {
                 self.relay_up.insert(up, key);
             }
         }
-        true
+        Ok(())
     }
 
     /// The upstream is gone for good (the origin ended the track, or no route is left).
-    pub fn end_relay_publication(&mut self, up: u64) {
+    pub fn end_relay_publication(&mut self, up: UpId) {
         if let Some(key) = self.relay_up.get(&up).cloned() {
             tracing::info!(session = %key.0, track = %key.1, "relayed track ended");
             self.unpublish(&key);
@@ -69,7 +100,7 @@ impl Engine {
     /// Another node subscribes (as `down`) to a publication held here.
     pub fn relay_subscribe(
         &mut self,
-        down: u64,
+        down: DownId,
         app: &str,
         session: SessionId,
         track: &str,
@@ -95,7 +126,7 @@ impl Engine {
         Ok(info)
     }
 
-    pub fn relay_unsubscribe(&mut self, down: u64, now: Instant) {
+    pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
@@ -109,7 +140,7 @@ impl Engine {
     }
 
     /// A downstream node's subscriber wants a keyframe.
-    pub fn relay_keyframe_request(&mut self, down: u64, now: Instant) {
+    pub fn relay_keyframe_request(&mut self, down: DownId, now: Instant) {
         if let Some(key) = self.relay_down.get(&down).cloned() {
             // A new downstream gets the cached keyframe at once. It is sent on request, not at
             // subscribe time: a request proves the other node's engine knows the subscription,
@@ -126,7 +157,20 @@ impl Engine {
     }
 
     /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
-    pub fn relay_upstream_live(&self, up: u64) -> bool {
+    pub fn relay_upstream_live(&self, up: UpId) -> bool {
         self.relay_up.contains_key(&up)
+    }
+
+    pub(super) fn push_relay(&mut self, out: RelayOut) {
+        // Frames may be dropped under pressure; control outputs never are.
+        if matches!(out, RelayOut::Frame { .. }) && self.relay_out.len() >= MAX_RELAY_QUEUE {
+            self.stats.relay_dropped += 1;
+            return;
+        }
+        self.relay_out.push_back(out);
+    }
+
+    pub fn poll_relay(&mut self) -> Option<RelayOut> {
+        self.relay_out.pop_front()
     }
 }

@@ -33,6 +33,90 @@ pub struct TrackEntry {
     pub closed: bool,
 }
 
+/// Where a session's PeerConnection is in its life. Media only flows once connected, so whether
+/// it has flowed (its set-up time is recorded once) is part of the connected states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Created; no offer/answer exchange yet, so no transport to connect.
+    New,
+    /// An offer/answer exchange has happened: ICE and DTLS are being set up.
+    Negotiated,
+    /// ICE and DTLS are up.
+    Connected {
+        /// Media has flowed (received from this publisher, or written to this subscriber).
+        media_flowed: bool,
+    },
+    /// Was connected; ICE lost the peer, which may come back within the reconnect grace.
+    Disconnected {
+        /// Media had flowed before.
+        media_flowed: bool,
+    },
+}
+
+impl SessionState {
+    /// ICE and DTLS are up now.
+    pub fn is_connected(self) -> bool {
+        matches!(self, SessionState::Connected { .. })
+    }
+
+    /// The session has been connected at some point (so expiry is by silence, not by age).
+    pub fn ever_connected(self) -> bool {
+        matches!(
+            self,
+            SessionState::Connected { .. } | SessionState::Disconnected { .. }
+        )
+    }
+
+    /// An offer/answer exchange happened.
+    pub fn on_negotiated(self) -> SessionState {
+        match self {
+            SessionState::New => SessionState::Negotiated,
+            other => other,
+        }
+    }
+
+    /// str0m reports the session connected (ICE and DTLS up).
+    pub fn on_connected(self) -> SessionState {
+        SessionState::Connected {
+            media_flowed: self.media_flowed(),
+        }
+    }
+
+    /// ICE connectivity changed: lost, or back after a loss.
+    pub fn on_ice(self, connected: bool) -> SessionState {
+        match (self, connected) {
+            (SessionState::Connected { media_flowed }, false) => {
+                SessionState::Disconnected { media_flowed }
+            }
+            (SessionState::Disconnected { media_flowed }, true) => {
+                SessionState::Connected { media_flowed }
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// Media flowed; `Some` with the new state the first time (when the set-up time is taken).
+    pub fn on_media(self) -> Option<SessionState> {
+        match self {
+            SessionState::Connected {
+                media_flowed: false,
+            } => Some(SessionState::Connected { media_flowed: true }),
+            SessionState::Disconnected {
+                media_flowed: false,
+            } => Some(SessionState::Disconnected { media_flowed: true }),
+            _ => None,
+        }
+    }
+
+    fn media_flowed(self) -> bool {
+        match self {
+            SessionState::Connected { media_flowed }
+            | SessionState::Disconnected { media_flowed } => media_flowed,
+            SessionState::New | SessionState::Negotiated => false,
+        }
+    }
+}
+
 pub struct Session {
     pub id: SessionId,
     pub app: String,
@@ -40,11 +124,10 @@ pub struct Session {
     pub ufrag: String,
     pub created: Instant,
     pub last_recv: Option<Instant>,
-    pub connected: bool,
-    pub ever_connected: bool,
-    /// An offer/answer exchange has happened (the transport exists or is being set up).
-    pub negotiated: bool,
-    /// The SFU's offer waiting for the client's answer (`renegotiate`).
+    /// Where the PeerConnection is in its life.
+    pub state: SessionState,
+    /// The SFU's offer waiting for the client's answer (`renegotiate`). Apart from `state`: a
+    /// renegotiation can start in any state after the first exchange.
     pub pending: Option<SdpPendingOffer>,
     pub tracks: Vec<TrackEntry>,
     /// Active local tracks: receiving mid → track name.
@@ -53,8 +136,6 @@ pub struct Session {
     pub remote_by_mid: HashMap<Mid, TrackKey>,
     /// str0m's next timeout for this session.
     pub timeout: Instant,
-    /// Media has flowed (received from this publisher, or written to this subscriber).
-    pub media_flowing: bool,
     /// Last cumulative NACK counts str0m reported, per (mid, egress).
     pub nacks_seen: HashMap<(Mid, bool), u64>,
     /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
@@ -78,15 +159,12 @@ impl Session {
             ufrag,
             created: now,
             last_recv: None,
-            connected: false,
-            ever_connected: false,
-            negotiated: false,
+            state: SessionState::New,
             pending: None,
             tracks: Vec::new(),
             local_by_mid: HashMap::new(),
             remote_by_mid: HashMap::new(),
             timeout: now,
-            media_flowing: false,
             nacks_seen: HashMap::new(),
             send_pt: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
@@ -117,5 +195,30 @@ impl Session {
         }
         self.tracks.push(entry);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionState::{self, *};
+
+    #[test]
+    fn the_lifecycle_keeps_what_the_expiry_and_metrics_read() {
+        let s = New;
+        assert!(!s.ever_connected());
+        assert_eq!(s.on_ice(true), New, "ICE alone does not connect a session");
+        let s = s.on_negotiated();
+        assert_eq!(s, Negotiated);
+        assert_eq!(s.on_media(), None, "no set-up time before connecting");
+        let s = s.on_connected();
+        assert!(s.is_connected());
+        let s = s.on_media().expect("the first media is recorded");
+        assert_eq!(s.on_media(), None, "and only the first");
+        let s = s.on_ice(false);
+        assert_eq!(s, Disconnected { media_flowed: true });
+        assert!(!s.is_connected() && s.ever_connected());
+        assert_eq!(s.on_negotiated(), s, "a renegotiation does not reset it");
+        let s: SessionState = s.on_ice(true);
+        assert_eq!(s, Connected { media_flowed: true });
     }
 }

@@ -1,355 +1,16 @@
-//! Engine tests without sockets: str0m clients and the engine exchange datagrams in memory on a
-//! simulated clock, so media, keyframes, closes and timers are checked deterministically.
+//! Engine tests without sockets, in the in-memory world of `crate::testing`: str0m clients and
+//! the engine exchange datagrams on a simulated clock, so media, keyframes, closes and timers are
+//! checked deterministically.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::media::{Direction, MediaKind, Mid};
 
 use super::*;
-use crate::ids::NodeTag;
-
-const APP: &str = "app";
-const SFU: &str = "127.0.0.1:7701";
-
-struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
-    /// Frames received per mid.
-    frames: HashMap<Mid, usize>,
-    keyframes: HashMap<Mid, usize>,
-    /// Whether the first frame received on a mid was a keyframe.
-    first_is_keyframe: HashMap<Mid, bool>,
-    keyframe_requests: usize,
-    connected: bool,
-}
-
-impl Client {
-    fn new(port: u16, now: Instant) -> Client {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut rtc = Rtc::builder().build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-        Client {
-            rtc,
-            addr,
-            frames: HashMap::new(),
-            keyframes: HashMap::new(),
-            first_is_keyframe: HashMap::new(),
-            keyframe_requests: 0,
-            connected: false,
-        }
-    }
-
-    fn frames(&self, mid: &str) -> usize {
-        self.frames.get(&Mid::from(mid)).copied().unwrap_or(0)
-    }
-
-    fn keyframes(&self, mid: &str) -> usize {
-        self.keyframes.get(&Mid::from(mid)).copied().unwrap_or(0)
-    }
-}
-
-struct World {
-    engine: Engine,
-    clients: Vec<Client>,
-    now: Instant,
-    /// Publishers send media while this is set: (client index, audio mid, video mid).
-    senders: Vec<(usize, Mid, Mid)>,
-    media_clock: u64,
-    /// Drop every nth datagram sent to / from a client: deterministic packet loss.
-    loss_to: HashMap<usize, u64>,
-    loss_from: HashMap<usize, u64>,
-    datagrams: u64,
-    /// Offers the clients made, in order (seeds for the fuzzers).
-    offers: Vec<String>,
-    /// Datagrams the clients sent the engine, when capturing: (time, client, bytes).
-    captured: Option<Vec<(Instant, usize, Vec<u8>)>>,
-}
-
-impl World {
-    fn new(track_timeout: Duration) -> World {
-        let now = Instant::now();
-        let engine = Engine::new(
-            EngineConfig {
-                node_tag: NodeTag(0xabcd0123),
-                local_addr: SFU.parse().expect("addr"),
-                candidate_addr: SFU.parse().expect("addr"),
-                track_timeout,
-                reconnect_grace: Duration::from_secs(30),
-                unconnected_expiry: Duration::from_secs(120),
-                max_sessions: 100,
-            },
-            now,
-        );
-        World {
-            engine,
-            clients: Vec::new(),
-            now,
-            senders: Vec::new(),
-            media_clock: 0,
-            loss_to: HashMap::new(),
-            loss_from: HashMap::new(),
-            datagrams: 0,
-            offers: Vec::new(),
-            captured: None,
-        }
-    }
-
-    fn client(&mut self) -> usize {
-        let port = 40000 + self.clients.len() as u16;
-        self.clients.push(Client::new(port, self.now));
-        self.clients.len() - 1
-    }
-
-    fn session(&mut self) -> String {
-        let (sid, answer) = self
-            .engine
-            .create_session(APP, None, self.now)
-            .expect("session");
-        assert!(answer.is_none());
-        sid.to_string()
-    }
-
-    /// Client `c` publishes audio + video in session `sid`; returns the two mids.
-    fn push(&mut self, c: usize, sid: &str) -> (Mid, Mid) {
-        let (offer, pending, a, v) = {
-            let mut sdp = self.clients[c].rtc.sdp_api();
-            let a = sdp.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-            let v = sdp.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-            let (offer, pending) = sdp.apply().expect("offer");
-            (offer, pending, a, v)
-        };
-        self.offers.push(offer.to_sdp_string());
-        let res = self
-            .engine
-            .tracks_new(
-                APP,
-                sid,
-                TracksNew::Local {
-                    offer: Some(offer.to_sdp_string().into()),
-                    auto_discover: false,
-                    tracks: vec![
-                        LocalTrack {
-                            mid: Some(a.to_string()),
-                            track_name: Some("mic".into()),
-                            ..Default::default()
-                        },
-                        LocalTrack {
-                            mid: Some(v.to_string()),
-                            track_name: Some("cam".into()),
-                            ..Default::default()
-                        },
-                    ],
-                },
-                self.now,
-            )
-            .expect("push");
-        assert!(!res.requires_immediate_renegotiation);
-        assert!(
-            res.tracks.iter().all(|t| t.error.is_none()),
-            "{:?}",
-            res.tracks
-        );
-        assert_eq!(res.tracks[0].mid, a.to_string());
-        let answer = res.description.expect("answer");
-        assert_eq!(answer.kind, SdpKind::Answer);
-        self.accept_answer(c, pending, &answer.sdp);
-        (a, v)
-    }
-
-    fn accept_answer(&mut self, c: usize, pending: SdpPendingOffer, sdp: &str) {
-        let answer = SdpAnswer::from_sdp_string(sdp).expect("answer sdp");
-        self.clients[c]
-            .rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("accept answer");
-    }
-
-    /// Session `sid` (client `c`) pulls the given tracks; returns the response.
-    fn pull(&mut self, c: usize, sid: &str, tracks: &[(&str, &str)]) -> TracksNewResult {
-        let res = self
-            .engine
-            .tracks_new(
-                APP,
-                sid,
-                TracksNew::Remote {
-                    tracks: tracks
-                        .iter()
-                        .map(|(s, t)| RemoteTrack {
-                            session_id: Some(s.to_string()),
-                            track_name: Some(t.to_string()),
-                            mid: None,
-                        })
-                        .collect(),
-                },
-                self.now,
-            )
-            .expect("pull");
-        if let Some(offer) = &res.description {
-            assert_eq!(offer.kind, SdpKind::Offer);
-            let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
-            let answer = self.clients[c]
-                .rtc
-                .sdp_api()
-                .accept_offer(offer)
-                .expect("client answers");
-            self.engine
-                .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), self.now)
-                .expect("renegotiate");
-        }
-        res
-    }
-
-    /// Runs the simulated network for `dur` in 1 ms steps.
-    fn run(&mut self, dur: Duration) {
-        let steps = dur.as_millis() as usize;
-        for step in 0..steps {
-            self.now += Duration::from_millis(1);
-            if step % 20 == 0 {
-                self.send_media();
-            }
-            for c in 0..self.clients.len() {
-                let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
-                self.pump_client(c);
-            }
-            self.engine.handle_timeout(self.now);
-            self.deliver_engine_output();
-        }
-    }
-
-    fn send_media(&mut self) {
-        self.media_clock += 1;
-        let n = self.media_clock;
-        for &(c, a, v) in &self.senders.clone() {
-            let client = &mut self.clients[c];
-            if !client.connected {
-                continue;
-            }
-            if let Some(w) = client.rtc.writer(a) {
-                let pt = w
-                    .payload_params()
-                    .find(|p| p.spec().codec == Codec::Opus)
-                    .map(|p| p.pt());
-                if let Some(pt) = pt {
-                    let _ = w.write(
-                        pt,
-                        self.now,
-                        MediaTime::from_90khz(n * 960),
-                        vec![0x55u8; 80],
-                    );
-                }
-            }
-            self.pump_client(c);
-            let client = &mut self.clients[c];
-            if let Some(w) = client.rtc.writer(v) {
-                let pt = w
-                    .payload_params()
-                    .find(|p| p.spec().codec == Codec::Vp8)
-                    .map(|p| p.pt());
-                if let Some(pt) = pt {
-                    // VP8: bit 0 of the first byte is 0 for a keyframe. One every 25 frames.
-                    let first = if n % 25 == 1 { 0x10 } else { 0x11 };
-                    let mut frame = vec![first; 1200];
-                    frame[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-                    let _ = w.write(pt, self.now, MediaTime::from_90khz(n * 1800), frame);
-                }
-            }
-            self.pump_client(c);
-        }
-    }
-
-    fn pump_client(&mut self, c: usize) {
-        for _ in 0..10_000 {
-            let out = match self.clients[c].rtc.poll_output() {
-                Ok(o) => o,
-                Err(e) => panic!("client {c} failed: {e}"),
-            };
-            match out {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => {
-                    self.datagrams += 1;
-                    if self
-                        .loss_from
-                        .get(&c)
-                        .is_some_and(|n| self.datagrams.is_multiple_of(*n))
-                    {
-                        continue;
-                    }
-                    let src = self.clients[c].addr;
-                    if let Some(captured) = &mut self.captured {
-                        captured.push((self.now, c, t.contents.to_vec()));
-                    }
-                    self.engine.handle_datagram(self.now, src, &t.contents);
-                    self.deliver_engine_output();
-                }
-                Output::Event(e) => {
-                    let client = &mut self.clients[c];
-                    match e {
-                        Event::Connected => client.connected = true,
-                        Event::MediaData(d) => {
-                            client
-                                .first_is_keyframe
-                                .entry(d.mid)
-                                .or_insert(d.is_keyframe());
-                            *client.frames.entry(d.mid).or_default() += 1;
-                            if d.is_keyframe() {
-                                *client.keyframes.entry(d.mid).or_default() += 1;
-                            }
-                        }
-                        Event::KeyframeRequest(_) => client.keyframe_requests += 1,
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-
-    fn deliver_engine_output(&mut self) {
-        let mut batch = Vec::new();
-        while let Some(t) = self.engine.poll_transmit() {
-            batch.push(t);
-        }
-        for t in batch {
-            let Some(c) = self.clients.iter().position(|c| c.addr == t.destination) else {
-                continue;
-            };
-            self.datagrams += 1;
-            if self
-                .loss_to
-                .get(&c)
-                .is_some_and(|n| self.datagrams.is_multiple_of(*n))
-            {
-                continue;
-            }
-            let input = Input::Receive(
-                self.now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: SFU.parse().expect("addr"),
-                    destination: t.destination,
-                    contents: (&t.contents[..]).try_into().expect("datagram"),
-                },
-            );
-            let _ = self.clients[c].rtc.handle_input(input);
-            self.pump_client(c);
-        }
-    }
-
-    fn statuses(&self, sid: &str) -> Vec<(String, Location, bool)> {
-        self.engine
-            .session_tracks(APP, sid)
-            .expect("session")
-            .into_iter()
-            .map(|t| (t.track_name, t.location, t.active))
-            .collect()
-    }
-}
+use crate::ids::{DownId, UpId};
+use crate::testing::{APP, World, synthetic_frame};
 
 /// A pull of one track, optionally into a given mid (`#name`).
 fn pull_one(session: &str, track: &str, mid: Option<&str>) -> TracksNew {
@@ -473,12 +134,10 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
 
 /// A relayed VP8 frame: bit 0 of the first byte is 0 for a keyframe.
 fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
-    let mut data = vec![if keyframe { 0x10u8 } else { 0x11 }; 1000];
-    data[1..4].copy_from_slice(&[0x9d, 0x01, 0x2a]);
     RelayFrame {
         rtp_time: n * 3000,
         keyframe,
-        data: data.into(),
+        data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
     }
 }
 
@@ -495,12 +154,11 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
             channels: None,
         },
     };
-    assert!(
-        w.engine
-            .add_relay_publication(APP, publisher, "cam", 7, info, w.now)
-    );
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", UpId(7), info, w.now)
+        .expect("relayed publication");
     let now = w.now;
-    w.engine.relay_frame(7, relayed_vp8(1, true), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(1, true), now);
 
     // Joins right after the keyframe: served it from the cache and then follows the live deltas.
     let first = w.client();
@@ -519,7 +177,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     );
     for n in 2..=6 {
         let now = w.now;
-        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
         w.run(Duration::from_millis(33));
     }
     assert_eq!(
@@ -539,7 +197,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     w.run(Duration::from_millis(300));
     for n in 7..=9 {
         let now = w.now;
-        w.engine.relay_frame(7, relayed_vp8(n, false), now);
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
         w.run(Duration::from_millis(33));
     }
     assert_eq!(
@@ -548,8 +206,8 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         "only the cached keyframe"
     );
     let now = w.now;
-    w.engine.relay_frame(7, relayed_vp8(10, true), now);
-    w.engine.relay_frame(7, relayed_vp8(11, false), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(10, true), now);
+    w.engine.relay_frame(UpId(7), relayed_vp8(11, false), now);
     w.run(Duration::from_millis(50));
     assert_eq!(
         w.clients[late].frames(&late_mid),
@@ -615,14 +273,8 @@ fn unknown_tracks_fail_per_item_with_an_empty_mid() {
         ],
     );
     assert_eq!(res.tracks[0].mid, "");
-    assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
-    assert_eq!(
-        res.tracks[1].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
+    assert_eq!(res.tracks[0].error, Some(TrackError::NotFound));
+    assert_eq!(res.tracks[1].error, Some(TrackError::NotFound));
     assert!(res.tracks[2].error.is_none());
     assert!(
         res.requires_immediate_renegotiation,
@@ -696,8 +348,8 @@ fn closing_stops_media_and_marks_tracks_inactive() {
         .tracks_close(APP, &sub_sid, vec!["99".into()], true, None, w.now)
         .expect("close");
     assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("close_track_error")
+        res.tracks[0].error,
+        Some(TrackError::Close("no open track with this mid".into()))
     );
     assert!(matches!(
         w.engine
@@ -724,10 +376,7 @@ fn tracks_without_media_are_garbage_collected() {
     let c = w.client();
     let sid = w.session();
     let res = w.pull(c, &sid, &[(&pub_sid, "cam")]);
-    assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("not_found_track_error")
-    );
+    assert_eq!(res.tracks[0].error, Some(TrackError::NotFound));
 }
 
 #[test]
@@ -921,7 +570,7 @@ fn auto_discover_names_every_sent_section() {
 }
 
 /// Moves node A's relay output for downstream `down` into node B's upstream `up`.
-fn shuttle(a: &mut World, b: &mut World, down: u64, up: u64) -> (usize, usize) {
+fn shuttle(a: &mut World, b: &mut World, down: DownId, up: UpId) -> (usize, usize) {
     let (mut frames, mut keyframe_requests) = (0, 0);
     while let Some(out) = a.engine.poll_relay() {
         if let RelayOut::Frame { down: d, frame } = out
@@ -948,12 +597,15 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
     a.run(Duration::from_millis(300));
     let sid = SessionId::parse(&pub_sid).expect("id");
     a.engine
-        .relay_subscribe(1, APP, sid, "cam")
+        .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
     let cached_keyframes = |a: &mut World| {
         let mut n = 0;
         while let Some(out) = a.engine.poll_relay() {
-            if let RelayOut::Frame { down: 1, frame } = out
+            if let RelayOut::Frame {
+                down: DownId(1),
+                frame,
+            } = out
                 && frame.keyframe
             {
                 n += 1;
@@ -966,13 +618,13 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
         0,
         "nothing is pushed before it asks"
     );
-    a.engine.relay_keyframe_request(1, a.now);
+    a.engine.relay_keyframe_request(DownId(1), a.now);
     assert_eq!(
         cached_keyframes(&mut a),
         1,
         "the cached keyframe answers the first request"
     );
-    a.engine.relay_keyframe_request(1, a.now);
+    a.engine.relay_keyframe_request(DownId(1), a.now);
     assert_eq!(cached_keyframes(&mut a), 0, "only a new downstream gets it");
 }
 
@@ -982,22 +634,21 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
     let sid = SessionId::parse(&pub_sid).expect("id");
     let info = a
         .engine
-        .relay_subscribe(1, APP, sid, "cam")
+        .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
     assert_eq!(info.kind, MediaKind::Video);
     assert_eq!(info.codec.codec, Codec::Vp8);
     assert_eq!(
-        a.engine.relay_subscribe(2, "other-app", sid, "cam"),
+        a.engine.relay_subscribe(DownId(2), "other-app", sid, "cam"),
         Err(RelayRefusal::NotFound),
         "another app's track is not served"
     );
 
     let mut b = World::new(Duration::from_secs(30));
     b.now = a.now;
-    assert!(
-        b.engine
-            .add_relay_publication(APP, sid, "cam", 7, info, b.now)
-    );
+    b.engine
+        .add_relay_publication(APP, sid, "cam", UpId(7), info, b.now)
+        .expect("relayed publication");
     assert!(b.engine.has_publication(APP, sid, "cam"));
     let c = b.client();
     let sub_sid = b.session();
@@ -1012,7 +663,7 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
         a.run(Duration::from_millis(1));
         b.now = a.now;
         b.run(Duration::from_millis(1));
-        let (f, k) = shuttle(&mut a, &mut b, 1, 7);
+        let (f, k) = shuttle(&mut a, &mut b, DownId(1), UpId(7));
         frames += f;
         kf += k;
     }
@@ -1033,18 +684,21 @@ fn a_relayed_publication_feeds_local_subscribers_with_keyframes() {
     b.engine.handle_timeout(b.now);
     let mut released = false;
     while let Some(out) = b.engine.poll_relay() {
-        released |= matches!(out, RelayOut::Unused { up: 7 });
+        released |= matches!(out, RelayOut::Unused { up: UpId(7) });
     }
     assert!(released, "unused upstream released");
     assert!(!b.engine.has_publication(APP, sid, "cam"));
 
     // The origin ends the track: the downstream is told.
-    a.engine.relay_unsubscribe(1, a.now);
-    let _ = a.engine.relay_subscribe(3, APP, sid, "cam").expect("again");
+    a.engine.relay_unsubscribe(DownId(1), a.now);
+    let _ = a
+        .engine
+        .relay_subscribe(DownId(3), APP, sid, "cam")
+        .expect("again");
     a.engine.close_session(sid, a.now, "test");
     let mut ended = false;
     while let Some(out) = a.engine.poll_relay() {
-        ended |= matches!(out, RelayOut::Ended { down: 3 });
+        ended |= matches!(out, RelayOut::Ended { down: DownId(3) });
     }
     assert!(ended);
 }
@@ -1151,8 +805,10 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         .tracks_new(APP, &sid, pull_one(&pub_sid, "cam", Some("#nope")), w2.now)
         .expect("pull");
     assert_eq!(
-        res.tracks[0].error.as_ref().map(|e| e.0),
-        Some("invalid_params")
+        res.tracks[0].error,
+        Some(TrackError::InvalidParams(
+            "#nope is not a bidirectional local track of this session".into()
+        ))
     );
 }
 

@@ -9,6 +9,7 @@
 //! - When a link dies its upstreams are re-routed (a new hub, or the origin) or ended when the
 //!   origin is gone; downstreams of a dead link are released.
 
+mod failures;
 mod pull;
 mod serve;
 pub mod tls;
@@ -25,14 +26,10 @@ use trackmesh_relay_proto::control::{ControlMsg, SubId};
 use trackmesh_relay_proto::handshake::ALPN;
 
 use super::view::ClusterView;
-use crate::engine::{RelayFrame, RelayOut};
-use crate::ids::{NodeTag, SessionId};
+use crate::engine::{RelayIn, RelayOut};
+use crate::ids::{DownId, NodeId, NodeTag, SessionId, UpId};
 use crate::runtime::EngineHandle;
-
-/// Frames and events going from relay links into the engine task.
-pub enum RelayIn {
-    Frame { up: u64, frame: RelayFrame },
-}
+pub use failures::PullError;
 
 /// Queue sizes between the engine task and the relay tasks; frames beyond them are dropped.
 pub const RELAY_IN_QUEUE: usize = 8192;
@@ -54,14 +51,14 @@ pub(crate) type SubscribeReply =
 
 /// A link this node dialed: it subscribes, the peer serves.
 pub(crate) struct Link {
-    pub peer: String,
+    pub peer: NodeId,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<ControlMsg>,
     pub next_sub: std::sync::atomic::AtomicU32,
     /// Subscriptions waiting for `Subscribed`/`SubscribeFailed`.
     pub pending: Mutex<HashMap<SubId, SubscribeReply>>,
     /// Established subscriptions: sub id → upstream id.
-    pub subs: Mutex<HashMap<SubId, u64>>,
+    pub subs: Mutex<HashMap<SubId, UpId>>,
 }
 
 /// An upstream: a track this node pulls over a link.
@@ -80,7 +77,7 @@ pub(crate) struct Up {
 pub(crate) struct Down {
     pub conn: quinn::Connection,
     pub sub: SubId,
-    pub peer: String,
+    pub peer: NodeId,
     pub control: mpsc::Sender<ControlMsg>,
     pub session: SessionId,
     pub track: String,
@@ -89,18 +86,18 @@ pub(crate) struct Down {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub links: HashMap<String, Arc<Link>>,
-    pub ups: HashMap<u64, Up>,
-    pub downs: HashMap<u64, Down>,
+    pub links: HashMap<NodeId, Arc<Link>>,
+    pub ups: HashMap<UpId, Up>,
+    pub downs: HashMap<DownId, Down>,
     /// Peers whose links failed recently: not dialed again until the instant.
-    pub avoid: HashMap<String, std::time::Instant>,
+    pub avoid: HashMap<NodeId, std::time::Instant>,
 }
 
 /// Held while one pull of a track is under way; later pulls of it wait, then find it local.
 pub(crate) type PullLock = Arc<tokio::sync::Mutex<()>>;
 
 pub(crate) struct Inner {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub tag: NodeTag,
     /// Cluster identity of each secret this node holds, current first; a Hello with any of them
     /// is accepted.
@@ -121,6 +118,10 @@ pub(crate) struct Inner {
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Failed pulls by reason, and the last log line of each reason.
+    pub failures: failures::Failures,
+    /// Frames from other nodes dropped because the engine's input queue was full.
+    pub engine_queue_drops: AtomicU64,
 }
 
 impl Inner {
@@ -128,9 +129,29 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// A new upstream id (ids are never reused, so a late message cannot hit a new upstream).
+    pub fn next_up(&self) -> UpId {
+        UpId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// A new downstream id, from the same sequence.
+    pub fn next_down(&self) -> DownId {
+        DownId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Relay figures kept by the relay tasks, for the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayFigures {
+    pub links: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Relay connections refused (no cluster certificate, or a bad handshake).
+    pub refused: u64,
+    /// Pulls of remote tracks that failed, by reason ([`PullError::reason`]).
+    pub pull_failures: [(&'static str, u64); PullError::ALL.len()],
+    /// Frames from other nodes dropped on a full engine input queue.
+    pub engine_queue_drops: u64,
 }
 
 #[derive(Clone)]
@@ -195,7 +216,7 @@ impl Relay {
         .context("starting the relay endpoint")?;
         endpoint.set_default_client_config(tls.client.clone());
         let inner = Arc::new(Inner {
-            node_id: cfg.node_id,
+            node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
             clusters: secrets
                 .iter()
@@ -214,6 +235,8 @@ impl Relay {
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            failures: failures::Failures::default(),
+            engine_queue_drops: AtomicU64::new(0),
         });
         tokio::spawn(serve::accept_loop(inner.clone()));
         tokio::spawn(pull::engine_outputs(inner.clone(), relay_out));
@@ -226,8 +249,13 @@ impl Relay {
     }
 
     /// Makes `(session, track)` of `app` available in the local engine, pulling it from another
-    /// node if needed. False when no node has it.
-    pub async fn ensure_upstream(&self, app: &str, session: SessionId, track: &str) -> bool {
+    /// node if needed. The error says why it is not (counted by reason in [`Relay::figures`]).
+    pub async fn ensure_upstream(
+        &self,
+        app: &str,
+        session: SessionId,
+        track: &str,
+    ) -> Result<(), PullError> {
         pull::ensure_upstream(&self.inner, app, session, track, false).await
     }
 
@@ -242,11 +270,11 @@ impl Relay {
             .links
             .keys()
             .map(|p| RelayLinkView {
-                peer: p.clone(),
+                peer: p.to_string(),
                 direction: "out",
             })
             .collect();
-        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.clone()).collect();
+        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.to_string()).collect();
         inbound.sort();
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
@@ -259,7 +287,7 @@ impl Relay {
             .map(|u| UpstreamView {
                 session_id: u.session.to_string(),
                 track_name: u.track.clone(),
-                via: u.link.peer.clone(),
+                via: u.link.peer.to_string(),
                 frames: u.frames.load(Ordering::Relaxed),
             })
             .collect();
@@ -269,7 +297,7 @@ impl Relay {
             .map(|d| DownstreamView {
                 session_id: d.session.to_string(),
                 track_name: d.track.clone(),
-                peer: d.peer.clone(),
+                peer: d.peer.to_string(),
                 frames: d.frames.load(Ordering::Relaxed),
             })
             .collect();
@@ -281,11 +309,11 @@ impl Relay {
     }
 
     /// The nodes the given downstream subscriptions go to.
-    pub fn downstream_peers(&self, downs: &[u64]) -> Vec<String> {
+    pub fn downstream_peers(&self, downs: &[DownId]) -> Vec<String> {
         let st = self.inner.state();
         let mut peers: Vec<String> = downs
             .iter()
-            .filter_map(|d| st.downs.get(d).map(|d| d.peer.clone()))
+            .filter_map(|d| st.downs.get(d).map(|d| d.peer.to_string()))
             .collect();
         peers.sort();
         peers.dedup();
@@ -294,8 +322,8 @@ impl Relay {
 
     /// Relay links (dialed by this node, and dialed by peers that pull from it), and media bytes
     /// received and sent over them.
-    pub fn figures(&self) -> crate::metrics::RelayFigures {
-        crate::metrics::RelayFigures {
+    pub fn figures(&self) -> RelayFigures {
+        RelayFigures {
             links: {
                 let st = self.inner.state();
                 let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
@@ -306,6 +334,8 @@ impl Relay {
             bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
             refused: self.refused(),
+            pull_failures: self.inner.failures.counts(),
+            engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
         }
     }
 

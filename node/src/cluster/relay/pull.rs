@@ -16,11 +16,11 @@ use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
 use super::wire::{self, CONTROL_QUEUE};
-use super::{Inner, Link, RelayIn, Up};
+use super::{Inner, Link, PullError, Up};
 use crate::cluster::hubs::upstream_for;
 use crate::cluster::view::Member;
-use crate::engine::{RelayFrame, RelayOut, TrackInfo};
-use crate::ids::SessionId;
+use crate::engine::{RelayFrame, RelayIn, RelayOut, TrackInfo};
+use crate::ids::{DownId, NodeId, SessionId, UpId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,22 +36,27 @@ pub async fn ensure_upstream(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> bool {
+) -> Result<(), PullError> {
     if session.node_tag() == inner.tag {
-        return true;
+        return Ok(());
     }
     let lock = {
         let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
         m.entry((session, track.to_string())).or_default().clone()
     };
     let _guard = lock.lock().await;
-    let ok = ensure_locked(inner, app, session, track, direct_only).await;
+    let result = ensure_locked(inner, app, session, track, direct_only).await;
     // Forget the per-track lock once nobody waits on it.
-    let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-    if Arc::strong_count(&lock) <= 2 {
-        m.remove(&(session, track.to_string()));
+    {
+        let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            m.remove(&(session, track.to_string()));
+        }
     }
-    ok
+    if let Err(e) = result {
+        inner.failures.note(e);
+    }
+    result
 }
 
 async fn ensure_locked(
@@ -60,32 +65,31 @@ async fn ensure_locked(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> bool {
+) -> Result<(), PullError> {
     let (a, t) = (app.to_string(), track.to_string());
     if inner
         .engine
         .call(move |e, _| e.has_publication(&a, session, &t))
         .await
-        .unwrap_or(false)
+        .map_err(|_| PullError::EngineStopped)?
     {
-        return true;
+        return Ok(());
     }
-    match subscribe_somewhere(inner, app, session, track, direct_only).await {
-        Ok((up, info)) => {
-            let (a, t) = (app.to_string(), track.to_string());
-            let added = inner
-                .engine
-                .call(move |e, now| e.add_relay_publication(&a, session, &t, up, info, now))
-                .await
-                .unwrap_or(false);
-            if !added {
-                drop_up(inner, up);
-            }
-            added
+    let (up, info) = subscribe_somewhere(inner, app, session, track, direct_only).await?;
+    let (a, t) = (app.to_string(), track.to_string());
+    let added = inner
+        .engine
+        .call(move |e, now| e.add_relay_publication(&a, session, &t, up, info, now))
+        .await;
+    match added {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => {
+            drop_up(inner, up);
+            Err(PullError::PublishedHere)
         }
-        Err(e) => {
-            tracing::debug!(%session, track, error = %e, "remote track not available");
-            false
+        Err(_) => {
+            drop_up(inner, up);
+            Err(PullError::EngineStopped)
         }
     }
 }
@@ -97,14 +101,16 @@ async fn subscribe_somewhere(
     session: SessionId,
     track: &str,
     direct_only: bool,
-) -> anyhow::Result<(u64, TrackInfo)> {
+) -> Result<(UpId, TrackInfo), PullError> {
     let view = inner.view.borrow().clone();
-    let route = upstream_for(&view, session, track, direct_only)
-        .context("no live node holds this session")?;
+    let route = upstream_for(&view, session, track, direct_only).ok_or(PullError::NoRoute)?;
     let peer = route.peer().clone();
-    let link = link_to(inner, &peer).await?;
+    let link = link_to(inner, &peer).await.map_err(|e| {
+        tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
+        PullError::Link
+    })?;
     let sub = link.next_sub.fetch_add(1, Ordering::Relaxed);
-    let up = inner.next_id();
+    let up = inner.next_up();
     let (tx, rx) = oneshot::channel();
     lock(&link.pending).insert(sub, tx);
     // Known before the reply, so the first frames after it are not dropped.
@@ -127,10 +133,10 @@ async fn subscribe_somewhere(
         failed => {
             lock(&link.subs).remove(&sub);
             lock(&link.pending).remove(&sub);
-            match failed {
-                Some(Err(reason)) => bail!("{} refused: {reason}", peer.node_id),
-                _ => bail!("no answer from {}", peer.node_id),
-            }
+            return Err(match failed {
+                Some(Err(_)) => PullError::Refused,
+                _ => PullError::NoAnswer,
+            });
         }
     };
     inner.state().ups.insert(
@@ -144,7 +150,7 @@ async fn subscribe_somewhere(
             frames: Arc::new(AtomicU64::new(0)),
         },
     );
-    tracing::info!(%session, track, via = %peer.node_id, up, "pulling remote track");
+    tracing::info!(%session, track, via = %peer.node_id, up = up.0, "pulling remote track");
     Ok((up, info))
 }
 
@@ -156,14 +162,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     {
         let st = inner.state();
-        if let Some(l) = st.links.get(&peer.node_id)
+        if let Some(l) = st.links.get(peer.node_id.as_str())
             && l.conn.close_reason().is_none()
         {
             return Ok(l.clone());
         }
         if st
             .avoid
-            .get(&peer.node_id)
+            .get(peer.node_id.as_str())
             .is_some_and(|t| *t > Instant::now())
         {
             bail!("{} failed recently", peer.node_id);
@@ -171,21 +177,22 @@ async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>>
     }
     let result = dial(inner, peer).await;
     if result.is_err() {
-        inner
-            .state()
-            .avoid
-            .insert(peer.node_id.clone(), Instant::now() + AVOID_AFTER_FAILURE);
+        inner.state().avoid.insert(
+            NodeId::from(peer.node_id.as_str()),
+            Instant::now() + AVOID_AFTER_FAILURE,
+        );
     }
     let link = result?;
     // Another task may have dialed meanwhile: keep the first, close ours.
     let mut st = inner.state();
-    if let Some(existing) = st.links.get(&peer.node_id)
+    if let Some(existing) = st.links.get(peer.node_id.as_str())
         && existing.conn.close_reason().is_none()
     {
         link.conn.close(0u32.into(), b"duplicate");
         return Ok(existing.clone());
     }
-    st.links.insert(peer.node_id.clone(), link.clone());
+    st.links
+        .insert(NodeId::from(peer.node_id.as_str()), link.clone());
     Ok(link)
 }
 
@@ -210,7 +217,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let hello = HandshakeMsg::Hello(Hello {
         protocol_version: handshake::PROTOCOL_VERSION,
         cluster,
-        node_id: inner.node_id.clone(),
+        node_id: inner.node_id.to_string(),
         node_tag: inner.tag.0,
     });
     wire::write_one(&mut send, &hello).await?;
@@ -224,7 +231,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(wire::write_control(send, ctl_rx));
     let link = Arc::new(Link {
-        peer: peer.node_id.clone(),
+        peer: NodeId::from(peer.node_id.as_str()),
         conn: conn.clone(),
         control: ctl_tx,
         next_sub: AtomicU32::new(1),
@@ -293,8 +300,15 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
             keyframe: frame.keyframe,
             data: frame.payload.into(),
         };
-        // A full queue means the engine is overloaded: this frame is dropped, the link lives.
-        let _ = inner.relay_in.try_send(RelayIn::Frame { up, frame });
+        // A full queue means the engine is overloaded: this frame is dropped (and counted), the
+        // link lives. A closed queue means the engine stopped; the link ends with the node.
+        if inner
+            .relay_in
+            .try_send(RelayIn::Frame { up, frame })
+            .is_err()
+        {
+            inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -312,27 +326,32 @@ fn link_lost(inner: &Arc<Inner>, link: &Arc<Link>) {
         st.avoid
             .insert(link.peer.clone(), Instant::now() + AVOID_AFTER_FAILURE);
     }
-    let ups: Vec<u64> = lock(&link.subs).drain().map(|(_, up)| up).collect();
+    let ups: Vec<UpId> = lock(&link.subs).drain().map(|(_, up)| up).collect();
     tracing::info!(peer = %link.peer, upstreams = ups.len(), "relay link lost");
     for up in ups {
         tokio::spawn(reroute(inner.clone(), up));
     }
 }
 
-async fn reroute(inner: Arc<Inner>, up: u64) {
+async fn reroute(inner: Arc<Inner>, up: UpId) {
     let Some(old) = inner.state().ups.remove(&up) else {
         return;
     };
     let started = Instant::now();
     for _ in 0..REROUTE_ATTEMPTS {
-        // Still wanted? (The engine may have released it meanwhile.)
-        if !inner
+        // Still wanted? (The engine may have released it meanwhile, or stopped.)
+        match inner
             .engine
             .call(move |e, _| e.relay_upstream_live(up))
             .await
-            .unwrap_or(false)
         {
-            return;
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                inner.failures.note(PullError::EngineStopped);
+                tracing::debug!(error = %e, "re-route abandoned");
+                return;
+            }
         }
         let view = inner.view.borrow().clone();
         if view.live_by_tag(old.session.node_tag()).is_none() {
@@ -346,16 +365,26 @@ async fn reroute(inner: Arc<Inner>, up: u64) {
                     .call(move |e, now| {
                         e.add_relay_publication(&app, session, &track, new_up, info, now)
                     })
-                    .await
-                    .unwrap_or(false);
-                if moved {
-                    tracing::info!(session = %old.session, track = %old.track, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track re-routed");
-                } else {
-                    drop_up(&inner, new_up);
+                    .await;
+                match moved {
+                    Ok(Ok(())) => {
+                        tracing::info!(session = %old.session, track = %old.track, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track re-routed")
+                    }
+                    Ok(Err(_)) => {
+                        inner.failures.note(PullError::PublishedHere);
+                        drop_up(&inner, new_up);
+                    }
+                    Err(_) => {
+                        inner.failures.note(PullError::EngineStopped);
+                        drop_up(&inner, new_up);
+                    }
                 }
                 return;
             }
-            Err(e) => tracing::debug!(error = %e, "re-route attempt failed"),
+            Err(e) => {
+                inner.failures.note(e);
+                tracing::debug!(error = %e, "re-route attempt failed");
+            }
         }
         tokio::time::sleep(REROUTE_PAUSE).await;
     }
@@ -366,7 +395,7 @@ async fn reroute(inner: Arc<Inner>, up: u64) {
         .await;
 }
 
-fn end_up(inner: &Arc<Inner>, up: u64) {
+fn end_up(inner: &Arc<Inner>, up: UpId) {
     inner.state().ups.remove(&up);
     let engine = inner.engine.clone();
     tokio::spawn(async move {
@@ -375,7 +404,7 @@ fn end_up(inner: &Arc<Inner>, up: u64) {
 }
 
 /// Stops an upstream the engine no longer wants.
-fn drop_up(inner: &Arc<Inner>, up: u64) {
+fn drop_up(inner: &Arc<Inner>, up: UpId) {
     let Some(u) = inner.state().ups.remove(&up) else {
         return;
     };
@@ -388,7 +417,7 @@ fn drop_up(inner: &Arc<Inner>, up: u64) {
 
 /// Carries the engine's relay output onto the links.
 pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>) {
-    let mut seq: HashMap<u64, u32> = HashMap::new();
+    let mut seq: HashMap<DownId, u32> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
     while let Some(out) = rx.recv().await {
         match out {
@@ -451,7 +480,7 @@ pub async fn watch_members(inner: Arc<Inner>) {
             .state()
             .links
             .values()
-            .filter(|l| v.live_by_id(&l.peer).is_none())
+            .filter(|l| v.live_by_id(l.peer.as_str()).is_none())
             .cloned()
             .collect();
         for l in dead {
@@ -463,7 +492,7 @@ pub async fn watch_members(inner: Arc<Inner>) {
             .state()
             .downs
             .values()
-            .filter(|d| v.live_by_id(&d.peer).is_none())
+            .filter(|d| v.live_by_id(d.peer.as_str()).is_none())
             .map(|d| d.conn.clone())
             .collect();
         for conn in inbound {

@@ -13,7 +13,7 @@ use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
 
 use super::wire::{self, CONTROL_QUEUE};
 use super::{Down, Inner, pull};
-use crate::ids::SessionId;
+use crate::ids::{DownId, NodeId, SessionId};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscriptions one peer may hold on this node at once.
@@ -66,18 +66,18 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     wire::write_one(
         &mut send,
         &HandshakeMsg::Welcome(Welcome {
-            node_id: inner.node_id.clone(),
+            node_id: inner.node_id.to_string(),
             node_tag: inner.tag.0,
         }),
     )
     .await?;
-    let peer = hello.node_id;
+    let peer = NodeId::from(hello.node_id);
     tracing::info!(%peer, "relay link accepted");
 
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(wire::write_control(send, ctl_rx));
     // This link's subscriptions: the peer's sub id → our downstream id.
-    let subs: Arc<Mutex<HashMap<SubId, u64>>> = Arc::default();
+    let subs: Arc<Mutex<HashMap<SubId, DownId>>> = Arc::default();
     let handler = {
         let inner = inner.clone();
         let subs = subs.clone();
@@ -132,7 +132,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     let result = wire::read_control(recv, dec.switch(), handler).await;
     // The link is gone (or spoke garbage): release everything it was sent.
     conn.close(0u32.into(), b"bye");
-    let downs: Vec<u64> = subs
+    let downs: Vec<DownId> = subs
         .lock()
         .map(|mut m| m.drain().map(|(_, d)| d).collect())
         .unwrap_or_default();
@@ -143,7 +143,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     result
 }
 
-fn release(inner: &Arc<Inner>, down: u64) {
+fn release(inner: &Arc<Inner>, down: DownId) {
     inner.state().downs.remove(&down);
     let engine = inner.engine.clone();
     tokio::spawn(async move {
@@ -156,9 +156,9 @@ fn release(inner: &Arc<Inner>, down: u64) {
 async fn subscribe(
     inner: Arc<Inner>,
     conn: quinn::Connection,
-    peer: String,
+    peer: NodeId,
     control: mpsc::Sender<ControlMsg>,
-    subs: Arc<Mutex<HashMap<SubId, u64>>>,
+    subs: Arc<Mutex<HashMap<SubId, DownId>>>,
     s: Subscribe,
 ) {
     let sub = s.sub;
@@ -178,19 +178,20 @@ async fn subscribe(
 async fn serve_subscription(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
-    peer: String,
+    peer: NodeId,
     control: mpsc::Sender<ControlMsg>,
-    subs: &Arc<Mutex<HashMap<SubId, u64>>>,
+    subs: &Arc<Mutex<HashMap<SubId, DownId>>>,
     session: SessionId,
     s: Subscribe,
 ) -> Result<trackmesh_relay_proto::control::TrackInfo, FailureCode> {
     // A track of another node: this node is a hub; pull it straight from the origin first.
     if session.node_tag() != inner.tag
-        && !pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
+        && let Err(e) = pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
     {
+        tracing::debug!(%session, error = %e, "hub could not pull the track");
         return Err(FailureCode::NotFound);
     }
-    let down = inner.next_id();
+    let down = inner.next_down();
     inner.state().downs.insert(
         down,
         Down {

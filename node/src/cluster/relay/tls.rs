@@ -292,8 +292,8 @@ mod tests {
         // The server side must take part in the handshake (and check the client's certificate).
         let accept = tokio::spawn(async move {
             match ep.accept().await {
-                Some(incoming) => incoming.await.is_ok(),
-                None => false,
+                Some(incoming) => incoming.await.map(|_| ()).map_err(|e| e.to_string()),
+                None => Err("endpoint closed".to_string()),
             }
         });
         let dialer = quinn::Endpoint::client(listen).expect("client endpoint");
@@ -306,9 +306,10 @@ mod tests {
             }
             Err(_) => None,
         };
-        let accepted = tokio::time::timeout(Duration::from_secs(5), accept)
-            .await
-            .is_ok_and(|r| r.unwrap_or(false));
+        let accepted = matches!(
+            tokio::time::timeout(Duration::from_secs(5), accept).await,
+            Ok(Ok(Ok(())))
+        );
         dialed.filter(|_| accepted)
     }
 

@@ -11,11 +11,13 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
+use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
+use super::relay::{RelayFrame, RelayOut};
+use super::session::SessionState;
 use super::{
-    CachedKeyframe, CodecInfo, Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME,
-    RelayFrame, RelayOut, SUBSCRIBER_SILENT_AFTER, Sink, Source, TrackKey,
+    Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
-use crate::ids::SessionId;
+use crate::ids::{SessionId, UpId};
 
 /// One frame on its way to the subscribers of a publication.
 pub(super) struct Frame {
@@ -68,7 +70,7 @@ impl Engine {
     }
 
     /// A frame from an upstream relay subscription.
-    pub fn relay_frame(&mut self, up: u64, frame: RelayFrame, now: Instant) {
+    pub fn relay_frame(&mut self, up: UpId, frame: RelayFrame, now: Instant) {
         self.stats.relay_frames_in += 1;
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
@@ -202,7 +204,7 @@ impl Engine {
             Ok(()) => {
                 self.stats.frames_forwarded += 1;
                 // The wait ends with a frame the subscriber can decode, once it can receive it.
-                if s.connected && !s.awaiting_keyframe.is_empty() {
+                if s.state.is_connected() && !s.awaiting_keyframe.is_empty() {
                     s.awaiting_keyframe.remove(&mid);
                 }
                 // str0m packetizes written frames on its next clock input: give it one now, so
@@ -210,7 +212,12 @@ impl Engine {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(session = %sub, error = %e, "timeout after write failed");
                 }
-                if s.connected && !s.media_flowing {
+                if matches!(
+                    s.state,
+                    SessionState::Connected {
+                        media_flowed: false
+                    }
+                ) {
                     self.media_flowing(sub, now);
                 }
             }

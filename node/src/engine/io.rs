@@ -1,0 +1,189 @@
+//! Inputs and polls: datagrams and timers in, datagrams out. Every input ends with the touched
+//! session's `Rtc` drained (str0m's rule) and the work it produced done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::media::{KeyframeRequest, MediaData};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+use super::demux::Route;
+use super::{Engine, HOUSEKEEPING_INTERVAL, MAX_TRANSMIT_QUEUE};
+use crate::ids::SessionId;
+
+fn is_rtp(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| (128..=191).contains(b))
+}
+
+/// Work produced while draining one `Rtc`, processed after the drain so two sessions are never
+/// borrowed at once.
+// Boxing the frame would allocate once per forwarded frame; the queue is drained at once anyway.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Work {
+    Media(SessionId, MediaData),
+    KeyframeRequest(SessionId, KeyframeRequest),
+    Connected(SessionId),
+}
+
+impl Engine {
+    /// Feeds one received datagram. Unroutable or malformed datagrams are counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += buf.len() as u64;
+        if is_rtp(buf) {
+            self.stats.rtp_in += 1;
+        }
+        let Some(route) = self.demux.route(source, buf) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let sid = route.session();
+        let Ok(contents) = buf.try_into() else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.cfg.local_addr,
+                contents,
+            },
+        );
+        let span = Arc::clone(&s.span);
+        let _entered = span.enter();
+        if matches!(route, Route::Ufrag(_)) && !s.rtc.accepts(&input) {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        }
+        if let Err(e) = s.rtc.handle_input(input) {
+            tracing::debug!(session = %sid, error = %e, "datagram rejected");
+        }
+        s.last_recv = Some(now);
+        if matches!(route, Route::Ufrag(_)) {
+            self.demux.learn(sid, source);
+        }
+        self.drain(sid, now);
+        self.process_work(now);
+    }
+
+    /// Advances every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, sid)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, sid));
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                self.stats.session_timeouts += 1;
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(session = %sid, error = %e, "timeout failed");
+                }
+                self.drain(sid, now);
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.housekeeping(now);
+        }
+        self.process_work(now);
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.timers.first() {
+            Some(&(at, _)) => at.min(self.next_housekeeping),
+            None => self.next_housekeeping,
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.contents.len() as u64;
+        if is_rtp(&t.contents) {
+            self.stats.rtp_out += 1;
+        }
+        Some(t)
+    }
+
+    /// Drains one session's `Rtc` until it reports its next timeout (str0m's rule after every
+    /// mutation). Events that touch other sessions become [`Work`].
+    pub(super) fn drain(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let span = Arc::clone(&s.span);
+        let _entered = span.enter();
+        // Bounded: str0m ends every drain with a timeout; the cap only guards against a bug.
+        for _ in 0..100_000 {
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    // str0m may report a timeout in the past; never schedule before `now`.
+                    let at = at.max(now);
+                    // Usually unchanged after a forwarded frame: skip two tree updates then.
+                    if at != s.timeout || !self.timers.contains(&(at, sid)) {
+                        self.timers.remove(&(s.timeout, sid));
+                        s.timeout = at;
+                        self.timers.insert((at, sid));
+                    }
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if self.transmits.len() < MAX_TRANSMIT_QUEUE {
+                        self.transmits.push_back(t);
+                    } else {
+                        self.stats.datagrams_dropped += 1;
+                    }
+                }
+                Ok(Output::Event(event)) => match event {
+                    Event::MediaData(data) => self.work.push_back(Work::Media(sid, data)),
+                    Event::KeyframeRequest(req) => {
+                        self.work.push_back(Work::KeyframeRequest(sid, req))
+                    }
+                    Event::Connected => {
+                        s.state = s.state.on_connected();
+                        tracing::info!(session = %sid, "connected");
+                        self.work.push_back(Work::Connected(sid));
+                    }
+                    Event::IceConnectionStateChange(state) => {
+                        tracing::debug!(session = %sid, ?state, "ice state");
+                        match state {
+                            IceConnectionState::Disconnected => s.state = s.state.on_ice(false),
+                            IceConnectionState::Connected | IceConnectionState::Completed => {
+                                s.state = s.state.on_ice(true)
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::warn!(session = %sid, error = %e, "session failed; closing");
+                    s.rtc.disconnect();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn process_work(&mut self, now: Instant) {
+        // Each item is handled once; items only come from packets and API calls, so this ends.
+        while let Some(item) = self.work.pop_front() {
+            match item {
+                Work::Media(sid, data) => self.forward_media(sid, data, now),
+                Work::KeyframeRequest(sid, req) => {
+                    self.subscriber_wants_keyframe(sid, req.mid, now)
+                }
+                Work::Connected(sid) => self.request_keyframes_for(sid, now),
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Publications (a track of a session, or relayed from another node) and where their media
+//! goes: publishing, unpublishing, subscribing and unsubscribing.
+
+use std::time::Instant;
+
+use str0m::media::{MediaKind, Mid};
+
+use super::relay::RelayOut;
+use super::session::{Location, TrackEntry};
+use super::{Engine, TrackError};
+use crate::ids::{DownId, SessionId, UpId};
+
+/// A publication: `(publisher session, track name)`.
+pub type TrackKey = (SessionId, String);
+
+/// Where a publication's media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A mid of the publishing session (the key's session, on this node).
+    Session(Mid),
+    /// An upstream relay subscription (the publisher is on another node).
+    Relay(UpId),
+}
+
+/// Where a publication's media goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// A sending mid of a local session.
+    Session(SessionId, Mid),
+    /// A downstream relay subscription (another node pulls it from here).
+    Relay(DownId),
+}
+
+/// The codec of a publication, enough for another node to pick its payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodecInfo {
+    pub codec: str0m::format::Codec,
+    pub clock_rate: u32,
+    pub channels: Option<u8>,
+}
+
+/// What another node needs to know to carry a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub kind: MediaKind,
+    pub codec: CodecInfo,
+}
+
+pub(crate) struct Publication {
+    pub app: std::sync::Arc<str>,
+    pub source: Source,
+    pub kind: MediaKind,
+    pub codec: Option<CodecInfo>,
+    pub subscribers: Vec<Sink>,
+    /// Since when the publication has had no subscriber (relayed ones are released then).
+    pub unused_since: Option<Instant>,
+    pub last_media: Instant,
+    pub last_keyframe_request: Option<Instant>,
+    pub keyframe_pending: bool,
+    /// The last keyframe seen, given at once to subscribers that join (the edge keyframe cache).
+    pub last_keyframe: Option<CachedKeyframe>,
+    /// Frames forwarded since `last_keyframe`: a joining subscriber given the cached keyframe
+    /// can decode what follows only if it has not missed any of them.
+    pub frames_since_keyframe: u32,
+}
+
+/// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
+/// so caching it costs no copy.
+#[derive(Clone)]
+pub(crate) struct CachedKeyframe {
+    pub time: str0m::media::MediaTime,
+    pub data: std::sync::Arc<[u8]>,
+    pub params: Option<str0m::format::PayloadParams>,
+}
+
+impl Publication {
+    pub fn new(
+        app: &str,
+        source: Source,
+        kind: MediaKind,
+        codec: Option<CodecInfo>,
+        now: Instant,
+    ) -> Publication {
+        Publication {
+            app: app.into(),
+            source,
+            kind,
+            codec,
+            subscribers: Vec::new(),
+            unused_since: Some(now),
+            last_media: now,
+            last_keyframe_request: None,
+            keyframe_pending: false,
+            last_keyframe: None,
+            frames_since_keyframe: 0,
+        }
+    }
+}
+
+impl Engine {
+    /// Registers `mid` of session `sid` as the publication `name`.
+    pub(super) fn publish(
+        &mut self,
+        sid: SessionId,
+        mid: Mid,
+        name: &str,
+        now: Instant,
+    ) -> Result<(), TrackError> {
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or_else(|| TrackError::Internal("session vanished".into()))?;
+        let app = s.app.clone();
+        let Some(media) = s.rtc.media(mid) else {
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} is not in the session description"
+            )));
+        };
+        let kind = media.kind();
+        if !media.direction().is_receiving() {
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} does not send media to the SFU"
+            )));
+        }
+        if s.active_track_named(name).is_some() {
+            return Err(TrackError::AlreadyPublished(format!(
+                "track {name} is already published"
+            )));
+        }
+        if s.local_by_mid.contains_key(&mid) || s.remote_by_mid.contains_key(&mid) {
+            return Err(TrackError::InvalidParams(format!(
+                "mid {mid} already carries a track"
+            )));
+        }
+        let entry = TrackEntry {
+            location: Location::Local,
+            mid,
+            track_name: name.to_string(),
+            remote: None,
+            closed: false,
+        };
+        if !s.push_track(entry) {
+            return Err(TrackError::InvalidParams(
+                "too many tracks in this session".to_string(),
+            ));
+        }
+        s.local_by_mid.insert(mid, name.to_string());
+        self.publications.insert(
+            (sid, name.to_string()),
+            Publication::new(&app, Source::Session(mid), kind, None, now),
+        );
+        tracing::info!(session = %sid, track = name, %mid, ?kind, "track published");
+        Ok(())
+    }
+
+    pub(super) fn subscribe(&mut self, sid: SessionId, mid: Mid, key: TrackKey, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.active_entry_mut(mid).is_none() {
+            s.push_track(TrackEntry {
+                location: Location::Remote,
+                mid,
+                track_name: key.1.clone(),
+                remote: Some(key.clone()),
+                closed: false,
+            });
+        }
+        s.remote_by_mid.insert(mid, key.clone());
+        if let Some(p) = self.publications.get_mut(&key) {
+            p.subscribers.push(Sink::Session(sid, mid));
+            p.unused_since = None;
+        }
+        self.await_keyframe(sid, mid, &key, now);
+        tracing::info!(session = %sid, %mid, publisher = %key.0, track = %key.1, "track pulled");
+    }
+
+    pub(super) fn unsubscribe(&mut self, sid: SessionId, mid: Mid, now: Instant) {
+        let Some(key) = self
+            .sessions
+            .get_mut(&sid)
+            .and_then(|s| s.remote_by_mid.remove(&mid))
+        else {
+            return;
+        };
+        if let Some(p) = self.publications.get_mut(&key) {
+            p.subscribers.retain(|k| *k != Sink::Session(sid, mid));
+            if p.subscribers.is_empty() {
+                p.unused_since = Some(now);
+            }
+        }
+    }
+
+    /// Ends a publication: subscribers stop receiving it and it can no longer be pulled.
+    pub(super) fn unpublish(&mut self, key: &TrackKey) {
+        let Some(p) = self.publications.remove(key) else {
+            return;
+        };
+        match p.source {
+            Source::Session(mid) => {
+                if let Some(s) = self.sessions.get_mut(&key.0) {
+                    s.local_by_mid.remove(&mid);
+                }
+            }
+            Source::Relay(up) => {
+                self.relay_up.remove(&up);
+                self.push_relay(RelayOut::Unused { up });
+            }
+        }
+        for sink in p.subscribers {
+            match sink {
+                Sink::Session(sub, mid) => {
+                    if let Some(s) = self.sessions.get_mut(&sub) {
+                        s.remote_by_mid.remove(&mid);
+                    }
+                }
+                Sink::Relay(down) => {
+                    self.relay_down.remove(&down);
+                    self.relay_down_without_keyframe.remove(&down);
+                    self.push_relay(RelayOut::Ended { down });
+                }
+            }
+        }
+    }
+}

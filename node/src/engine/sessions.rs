@@ -1,0 +1,85 @@
+//! Finding and closing sessions: ids, the per-app lookup (404 against 410), and removal of a
+//! session with everything it published or pulled.
+
+use std::time::Instant;
+
+use super::publications::Sink;
+use super::session::SessionState;
+use super::{Engine, MAX_TOMBSTONES, OpError, TOMBSTONE_TTL};
+use crate::ids::SessionId;
+
+impl Engine {
+    pub(super) fn new_session_id(&self) -> SessionId {
+        // 96 random bits: a collision is practically impossible, but never hand out a live id.
+        loop {
+            let id = SessionId::new(self.cfg.node_tag);
+            if !self.sessions.contains_key(&id) && !self.tombstones.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Finds a session of this app, distinguishing never-existed (404) from closed (410).
+    pub(super) fn lookup(&self, app: &str, session_id: &str) -> Result<SessionId, OpError> {
+        let not_found = || OpError::NotFound(format!("session {session_id} not found"));
+        let sid = SessionId::parse(session_id).ok_or_else(not_found)?;
+        match self.sessions.get(&sid) {
+            Some(s) if s.app == app => Ok(sid),
+            Some(_) => Err(not_found()),
+            None if self.tombstones.contains_key(&sid) => Err(OpError::Gone(
+                "Session appears to be disconnected. Please check if the PeerConnection is connected."
+                    .into(),
+            )),
+            None => Err(not_found()),
+        }
+    }
+
+    /// Whether an API call on this session must wait for its PeerConnection to connect: not
+    /// before the first exchange (it creates the transport), nor while the SFU's offer waits for
+    /// its answer (the answer is what lets it connect).
+    pub fn must_wait_for_connection(&self, app: &str, session_id: &str) -> Result<bool, OpError> {
+        let sid = self.lookup(app, session_id)?;
+        let s = &self.sessions[&sid];
+        Ok(s.pending.is_none()
+            && matches!(
+                s.state,
+                SessionState::Negotiated | SessionState::Disconnected { .. }
+            ))
+    }
+
+    /// Removes a session and everything it published or pulled.
+    pub fn close_session(&mut self, sid: SessionId, now: Instant, reason: &str) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if let Some(n) = self.app_sessions.get_mut(&s.app) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.app_sessions.remove(&s.app);
+            }
+        }
+        tracing::info!(session = %sid, reason, "session closed");
+        s.rtc.disconnect();
+        self.demux.remove_session(sid, &s.ufrag);
+        self.timers.remove(&(s.timeout, sid));
+        for name in s.local_by_mid.values() {
+            self.unpublish(&(sid, name.clone()));
+        }
+        for (mid, key) in &s.remote_by_mid {
+            if let Some(p) = self.publications.get_mut(key) {
+                p.subscribers.retain(|k| *k != Sink::Session(sid, *mid));
+                if p.subscribers.is_empty() {
+                    p.unused_since = Some(now);
+                }
+            }
+        }
+        if self.tombstones.len() >= MAX_TOMBSTONES {
+            self.tombstones
+                .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+            if self.tombstones.len() >= MAX_TOMBSTONES {
+                self.tombstones.clear();
+            }
+        }
+        self.tombstones.insert(sid, now);
+    }
+}

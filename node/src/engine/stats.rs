@@ -1,0 +1,127 @@
+//! Counters and gauges the metrics read: plain numbers, so the engine stays free of metric
+//! libraries.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::MediaKind;
+
+use super::Engine;
+use super::publications::{Sink, Source};
+use crate::ids::SessionId;
+
+/// Counters the node exposes; plain numbers so the engine stays free of metric libraries.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    pub datagrams_unrouted: u64,
+    pub datagrams_out: u64,
+    pub datagrams_dropped: u64,
+    pub frames_in: u64,
+    pub frames_forwarded: u64,
+    pub frames_no_codec: u64,
+    pub keyframe_requests: u64,
+    pub relay_frames_out: u64,
+    pub relay_frames_in: u64,
+    pub relay_dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams that are RTP or RTCP (first byte 128..=191, RFC 7983), not STUN or DTLS.
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub keyframe_requests_received: u64,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Delta frames not sent to a subscriber that had no keyframe yet.
+    pub frames_held_for_keyframe: u64,
+    /// Joining subscribers served the publication's cached keyframe.
+    pub keyframes_from_cache: u64,
+    /// Clock inputs given to sessions whose str0m timeout was due.
+    pub session_timeouts: u64,
+    /// Frames not sent to subscribers that have been silent for a while (likely gone).
+    pub frames_to_silent: u64,
+}
+
+/// What the engine holds right now, for gauges.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Gauges {
+    pub sessions_connecting: u64,
+    pub sessions_connected: u64,
+    pub published_audio: u64,
+    pub published_video: u64,
+    pub subscribed_audio: u64,
+    pub subscribed_video: u64,
+    pub relay_upstreams: u64,
+    pub relay_downstreams: u64,
+}
+
+/// Most session set-up times kept between two metric scrapes.
+const MAX_SETUP_SAMPLES: usize = 4096;
+
+impl Engine {
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Current sessions, tracks and relay subscriptions, for gauges.
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges::default();
+        for s in self.sessions.values() {
+            if s.state.is_connected() {
+                g.sessions_connected += 1;
+            } else {
+                g.sessions_connecting += 1;
+            }
+        }
+        for p in self.publications.values() {
+            let audio = p.kind == MediaKind::Audio;
+            if matches!(p.source, Source::Session(_)) {
+                *(if audio {
+                    &mut g.published_audio
+                } else {
+                    &mut g.published_video
+                }) += 1;
+            }
+            let local = p
+                .subscribers
+                .iter()
+                .filter(|s| matches!(s, Sink::Session(..)))
+                .count() as u64;
+            *(if audio {
+                &mut g.subscribed_audio
+            } else {
+                &mut g.subscribed_video
+            }) += local;
+        }
+        g.relay_upstreams = self.relay_up.len() as u64;
+        g.relay_downstreams = self.relay_down.len() as u64;
+        g
+    }
+
+    /// Session set-up times recorded since the last call.
+    pub fn take_setup_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.setup_times)
+    }
+
+    /// Records a session's set-up time the first time media flows on it.
+    pub(crate) fn media_flowing(&mut self, sid: SessionId, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&sid)
+            && let Some(state) = s.state.on_media()
+        {
+            s.state = state;
+            if self.setup_times.len() < MAX_SETUP_SAMPLES {
+                self.setup_times
+                    .push(now.saturating_duration_since(s.created));
+            }
+        }
+    }
+
+    /// The shell could not hand a relay output to the relay tasks (queue full).
+    pub fn count_relay_drop(&mut self) {
+        self.stats.relay_dropped += 1;
+    }
+
+    /// The shell could not send a datagram (socket buffer full).
+    pub fn count_send_drop(&mut self) {
+        self.stats.datagrams_dropped += 1;
+    }
+}

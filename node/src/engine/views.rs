@@ -1,0 +1,107 @@
+//! Read-only views: the admin API's sessions and publications, `GET sessions/{id}`, counts.
+
+use super::ops::{PublicationSummary, SessionSummary, TrackStatus};
+use super::publications::{Sink, Source};
+use super::session::Location;
+use super::{Engine, OpError};
+use crate::ids::SessionId;
+
+impl Engine {
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Live sessions of one app.
+    pub fn app_session_count(&self, app: &str) -> usize {
+        self.app_sessions.get(app).copied().unwrap_or(0)
+    }
+
+    pub fn publication_count(&self) -> usize {
+        self.publications.len()
+    }
+
+    /// Every session of this node with its tracks, for the admin view.
+    pub fn admin_sessions(&self) -> Vec<SessionSummary> {
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| self.admin_session(id))
+            .collect()
+    }
+
+    pub fn admin_session(&self, id: SessionId) -> Option<SessionSummary> {
+        let s = self.sessions.get(&id)?;
+        let tracks = self.session_tracks(&s.app, &id.to_string()).ok()?;
+        Some(SessionSummary {
+            session_id: id,
+            app: s.app.clone(),
+            connected: s.state.is_connected(),
+            tracks,
+        })
+    }
+
+    /// Tracks published on this node, with their local subscribers and relay downstream ids.
+    pub fn admin_publications(&self) -> Vec<PublicationSummary> {
+        let mut out: Vec<PublicationSummary> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| matches!(p.source, Source::Session(_)))
+            .map(|(k, p)| PublicationSummary {
+                session_id: k.0,
+                track_name: k.1.clone(),
+                kind: p.kind,
+                local_subscribers: p
+                    .subscribers
+                    .iter()
+                    .filter(|s| matches!(s, Sink::Session(..)))
+                    .count(),
+                downstreams: p
+                    .subscribers
+                    .iter()
+                    .filter_map(|s| match s {
+                        Sink::Relay(d) => Some(*d),
+                        Sink::Session(..) => None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.session_id, &a.track_name).cmp(&(b.session_id, &b.track_name)));
+        out
+    }
+
+    /// Local subscribers of a publication (local or relayed) held here.
+    pub fn local_subscriber_count(&self, session: SessionId, track: &str) -> usize {
+        self.publications
+            .get(&(session, track.to_string()))
+            .map(|p| {
+                p.subscribers
+                    .iter()
+                    .filter(|s| matches!(s, Sink::Session(..)))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// `GET sessions/{id}`: every track the session has had, with its status.
+    pub fn session_tracks(&self, app: &str, session_id: &str) -> Result<Vec<TrackStatus>, OpError> {
+        let sid = self.lookup(app, session_id)?;
+        let s = &self.sessions[&sid];
+        Ok(s.tracks
+            .iter()
+            .map(|e| {
+                let active = !e.closed
+                    && match e.location {
+                        Location::Local => s.local_by_mid.contains_key(&e.mid),
+                        Location::Remote => s.remote_by_mid.contains_key(&e.mid),
+                    };
+                TrackStatus {
+                    location: e.location,
+                    mid: e.mid.to_string(),
+                    track_name: e.track_name.clone(),
+                    session_id: e.remote.as_ref().map(|k| k.0.to_string()),
+                    active,
+                }
+            })
+            .collect())
+    }
+}

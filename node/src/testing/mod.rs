@@ -1,0 +1,456 @@
+//! The in-memory engine world (feature `test-world`): engines and str0m clients exchanging
+//! datagrams in memory on a simulated clock, so media, keyframes, closes and timers run
+//! deterministically and fast. The engine's unit tests and the criterion benches both drive it,
+//! as str0m exposes its own test helpers.
+//!
+//! Test code: it panics on anything unexpected (a client error, a refused offer).
+
+mod media;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+pub use media::{VP8_START_CODE, synthetic_frame};
+
+use crate::engine::{
+    Engine, EngineConfig, LocalTrack, Location, RemoteTrack, SdpKind, TracksNew, TracksNewResult,
+};
+use crate::ids::NodeTag;
+
+/// The app every world session belongs to.
+pub const APP: &str = "app";
+/// The engine's media address.
+pub const SFU: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7701);
+/// Media is sent every this many milliseconds of [`World::run`] (one frame per track).
+const MEDIA_EVERY_MS: usize = 20;
+/// A publisher's keyframe every this many frames (the world's publishers ignore requests).
+pub const KEYFRAME_EVERY: u64 = 25;
+
+/// A str0m client in the world, and what it has received.
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    /// Frames received per mid.
+    pub frames: HashMap<Mid, usize>,
+    pub keyframes: HashMap<Mid, usize>,
+    /// Whether the first frame received on a mid was a keyframe.
+    pub first_is_keyframe: HashMap<Mid, bool>,
+    pub keyframe_requests: usize,
+    pub connected: bool,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, now: Instant) -> Client {
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        Client {
+            rtc,
+            addr,
+            frames: HashMap::new(),
+            keyframes: HashMap::new(),
+            first_is_keyframe: HashMap::new(),
+            keyframe_requests: 0,
+            connected: false,
+        }
+    }
+
+    /// Frames received on `mid`.
+    pub fn frames(&self, mid: &str) -> usize {
+        self.frames.get(&Mid::from(mid)).copied().unwrap_or(0)
+    }
+
+    /// Keyframes received on `mid`.
+    pub fn keyframes(&self, mid: &str) -> usize {
+        self.keyframes.get(&Mid::from(mid)).copied().unwrap_or(0)
+    }
+}
+
+/// One engine and its clients on a simulated clock.
+pub struct World {
+    pub engine: Engine,
+    pub clients: Vec<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    pub now: Instant,
+    /// Publishers send media while [`World::run`] runs: (client index, audio mid, video mid).
+    pub senders: Vec<(usize, Mid, Mid)>,
+    /// Frames sent per sender so far.
+    pub media_clock: u64,
+    /// Drop every nth datagram sent to / from a client: deterministic packet loss.
+    pub loss_to: HashMap<usize, u64>,
+    pub loss_from: HashMap<usize, u64>,
+    pub datagrams: u64,
+    /// Offers the clients made, in order (seeds for the fuzzers).
+    pub offers: Vec<String>,
+    /// Datagrams the clients sent the engine, when capturing: (time, client, bytes).
+    pub captured: Option<Vec<(Instant, usize, Vec<u8>)>>,
+}
+
+/// The engine configuration of a world: generous limits, the given track timeout.
+pub fn config(track_timeout: Duration) -> EngineConfig {
+    EngineConfig {
+        node_tag: NodeTag(0xabcd0123),
+        local_addr: SFU,
+        candidate_addr: SFU,
+        track_timeout,
+        reconnect_grace: Duration::from_secs(30),
+        unconnected_expiry: Duration::from_secs(120),
+        max_sessions: 100,
+    }
+}
+
+impl World {
+    /// A world with [`config`]`(track_timeout)`.
+    pub fn new(track_timeout: Duration) -> World {
+        World::with_config(config(track_timeout))
+    }
+
+    pub fn with_config(cfg: EngineConfig) -> World {
+        let now = Instant::now();
+        World {
+            engine: Engine::new(cfg, now),
+            clients: Vec::new(),
+            by_addr: HashMap::new(),
+            now,
+            senders: Vec::new(),
+            media_clock: 0,
+            loss_to: HashMap::new(),
+            loss_from: HashMap::new(),
+            datagrams: 0,
+            offers: Vec::new(),
+            captured: None,
+        }
+    }
+
+    /// Adds a client; returns its index.
+    pub fn client(&mut self) -> usize {
+        let i = self.clients.len();
+        let port = u16::try_from(40_000 + i).expect("at most 25535 clients");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.clients.push(Client::new(addr, self.now));
+        self.by_addr.insert(addr, i);
+        i
+    }
+
+    /// A new session of [`APP`] without an offer.
+    pub fn session(&mut self) -> String {
+        let (sid, answer) = self
+            .engine
+            .create_session(APP, None, self.now)
+            .expect("session");
+        assert!(answer.is_none());
+        sid.to_string()
+    }
+
+    /// Client `c` publishes audio `mic` + video `cam` in session `sid`; returns the two mids.
+    pub fn push(&mut self, c: usize, sid: &str) -> (Mid, Mid) {
+        let mids = self.push_tracks(
+            c,
+            sid,
+            &[(MediaKind::Audio, "mic"), (MediaKind::Video, "cam")],
+        );
+        (mids[0], mids[1])
+    }
+
+    /// Client `c` publishes one track per `(kind, name)` with its offer; returns the mids.
+    pub fn push_tracks(&mut self, c: usize, sid: &str, tracks: &[(MediaKind, &str)]) -> Vec<Mid> {
+        let (offer, pending, mids) = {
+            let mut sdp = self.clients[c].rtc.sdp_api();
+            let mids: Vec<Mid> = tracks
+                .iter()
+                .map(|(kind, _)| sdp.add_media(*kind, Direction::SendOnly, None, None, None))
+                .collect();
+            let (offer, pending) = sdp.apply().expect("offer");
+            (offer, pending, mids)
+        };
+        self.offers.push(offer.to_sdp_string());
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Local {
+                    offer: Some(offer.to_sdp_string().into()),
+                    auto_discover: false,
+                    tracks: mids
+                        .iter()
+                        .zip(tracks)
+                        .map(|(mid, (_, name))| LocalTrack {
+                            mid: Some(mid.to_string()),
+                            track_name: Some(name.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                },
+                self.now,
+            )
+            .expect("push");
+        assert!(!res.requires_immediate_renegotiation);
+        assert!(
+            res.tracks.iter().all(|t| t.error.is_none()),
+            "{:?}",
+            res.tracks
+        );
+        assert_eq!(res.tracks[0].mid, mids[0].to_string());
+        let answer = res.description.expect("answer");
+        assert_eq!(answer.kind, SdpKind::Answer);
+        self.accept_answer(c, pending, &answer.sdp);
+        mids
+    }
+
+    /// Client `c` takes the engine's answer to its offer.
+    pub fn accept_answer(&mut self, c: usize, pending: SdpPendingOffer, sdp: &str) {
+        let answer = SdpAnswer::from_sdp_string(sdp).expect("answer sdp");
+        self.clients[c]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accept answer");
+    }
+
+    /// Session `sid` (client `c`) pulls the given `(session, track)`s and answers the engine's
+    /// offer; returns the response.
+    pub fn pull(&mut self, c: usize, sid: &str, tracks: &[(&str, &str)]) -> TracksNewResult {
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Remote {
+                    tracks: tracks
+                        .iter()
+                        .map(|(s, t)| RemoteTrack {
+                            session_id: Some(s.to_string()),
+                            track_name: Some(t.to_string()),
+                            mid: None,
+                        })
+                        .collect(),
+                },
+                self.now,
+            )
+            .expect("pull");
+        if let Some(offer) = &res.description {
+            assert_eq!(offer.kind, SdpKind::Offer);
+            let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
+            let answer = self.clients[c]
+                .rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .expect("client answers");
+            self.engine
+                .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), self.now)
+                .expect("renegotiate");
+        }
+        res
+    }
+
+    /// Runs the simulated network for `dur` in 1 ms steps; senders send a frame per track every
+    /// 20 ms.
+    pub fn run(&mut self, dur: Duration) {
+        let steps = dur.as_millis() as usize;
+        for step in 0..steps {
+            self.now += Duration::from_millis(1);
+            if step % MEDIA_EVERY_MS == 0 {
+                self.send_media();
+            }
+            for c in 0..self.clients.len() {
+                let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
+                self.pump_client(c);
+            }
+            self.engine.handle_timeout(self.now);
+            self.deliver();
+        }
+    }
+
+    /// Advances the clock by `dt` and runs the timers of the given clients and of the engine.
+    pub fn step(&mut self, clients: impl IntoIterator<Item = usize>, dt: Duration) {
+        self.now += dt;
+        for c in clients {
+            let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
+            self.pump_client(c);
+        }
+        self.engine.handle_timeout(self.now);
+        self.deliver();
+    }
+
+    /// Runs until the clients are connected; panics after 5 s of simulated time.
+    pub fn connect(&mut self, clients: &[usize]) {
+        for _ in 0..5000 {
+            if clients.iter().all(|&c| self.clients[c].connected) {
+                return;
+            }
+            self.step(clients.iter().copied(), Duration::from_millis(1));
+        }
+        panic!("clients did not connect");
+    }
+
+    /// One frame per sender and track: Opus audio, VP8 video with a keyframe every
+    /// [`KEYFRAME_EVERY`] frames.
+    fn send_media(&mut self) {
+        self.media_clock += 1;
+        let n = self.media_clock;
+        for (c, a, v) in self.senders.clone() {
+            if !self.clients[c].connected {
+                continue;
+            }
+            let audio = synthetic_frame(MediaKind::Audio, false, 80);
+            self.write(c, a, Codec::Opus, MediaTime::from_90khz(n * 960), audio);
+            self.pump_client(c);
+            let video = synthetic_frame(MediaKind::Video, n % KEYFRAME_EVERY == 1, 1200);
+            self.write(c, v, Codec::Vp8, MediaTime::from_90khz(n * 1800), video);
+            self.pump_client(c);
+        }
+    }
+
+    /// Client `c` writes a frame on `mid` with the first payload type of `codec`, if negotiated.
+    fn write(&mut self, c: usize, mid: Mid, codec: Codec, time: MediaTime, data: Vec<u8>) {
+        let now = self.now;
+        let Some(w) = self.clients[c].rtc.writer(mid) else {
+            return;
+        };
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt());
+        if let Some(pt) = pt {
+            let _ = w.write(pt, now, time, data);
+        }
+    }
+
+    /// The payload parameters of `codec` on client `c`'s `mid`.
+    pub fn payload_type(&mut self, c: usize, mid: Mid, codec: Codec) -> PayloadParams {
+        let w = self.clients[c].rtc.writer(mid).expect("writer");
+        *w.payload_params()
+            .find(|p| p.spec().codec == codec)
+            .expect("codec negotiated")
+    }
+
+    /// Client `c` writes one frame; returns the datagrams it emits for it, not delivered (for
+    /// a caller that feeds and times them itself).
+    pub fn frame(
+        &mut self,
+        c: usize,
+        mid: Mid,
+        pt: &PayloadParams,
+        time: MediaTime,
+        data: Vec<u8>,
+    ) -> Vec<Vec<u8>> {
+        // str0m sends a frame once its own clock reaches the frame's wallclock: bring the
+        // client's clock to `now` first, and pass on what its timers produce.
+        let now = self.now;
+        let _ = self.clients[c].rtc.handle_input(Input::Timeout(now));
+        self.pump_client(c);
+        let rtc = &mut self.clients[c].rtc;
+        rtc.writer(mid)
+            .expect("writer")
+            .write(pt.pt(), now, time, data)
+            .expect("write");
+        // The frame is packetized on the next clock input.
+        let _ = rtc.handle_input(Input::Timeout(now));
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            match rtc.poll_output().expect("client") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => out.push(t.contents.to_vec()),
+                Output::Event(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Everything client `c` wants to send goes to the engine, and the engine's answers back.
+    pub fn pump_client(&mut self, c: usize) {
+        for _ in 0..10_000 {
+            let out = match self.clients[c].rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => panic!("client {c} failed: {e}"),
+            };
+            match out {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    self.datagrams += 1;
+                    if self
+                        .loss_from
+                        .get(&c)
+                        .is_some_and(|n| self.datagrams.is_multiple_of(*n))
+                    {
+                        continue;
+                    }
+                    let src = self.clients[c].addr;
+                    if let Some(captured) = &mut self.captured {
+                        captured.push((self.now, c, t.contents.to_vec()));
+                    }
+                    self.engine.handle_datagram(self.now, src, &t.contents);
+                    self.deliver();
+                }
+                Output::Event(e) => {
+                    let client = &mut self.clients[c];
+                    match e {
+                        Event::Connected => client.connected = true,
+                        Event::MediaData(d) => {
+                            client
+                                .first_is_keyframe
+                                .entry(d.mid)
+                                .or_insert(d.is_keyframe());
+                            *client.frames.entry(d.mid).or_default() += 1;
+                            if d.is_keyframe() {
+                                *client.keyframes.entry(d.mid).or_default() += 1;
+                            }
+                        }
+                        Event::KeyframeRequest(_) => client.keyframe_requests += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Datagrams the engine sent go to their clients (and what the clients answer, back).
+    pub fn deliver(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            batch.push(t);
+        }
+        for t in batch {
+            let Some(&c) = self.by_addr.get(&t.destination) else {
+                continue;
+            };
+            self.datagrams += 1;
+            if self
+                .loss_to
+                .get(&c)
+                .is_some_and(|n| self.datagrams.is_multiple_of(*n))
+            {
+                continue;
+            }
+            let input = Input::Receive(
+                self.now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: SFU,
+                    destination: t.destination,
+                    contents: (&t.contents[..]).try_into().expect("datagram"),
+                },
+            );
+            let _ = self.clients[c].rtc.handle_input(input);
+            self.pump_client(c);
+        }
+    }
+
+    /// `(track name, location, active)` of every track session `sid` lists.
+    pub fn statuses(&self, sid: &str) -> Vec<(String, Location, bool)> {
+        self.engine
+            .session_tracks(APP, sid)
+            .expect("session")
+            .into_iter()
+            .map(|t| (t.track_name, t.location, t.active))
+            .collect()
+    }
+}
