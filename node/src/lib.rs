@@ -7,6 +7,7 @@
 //! - [`config`], [`ids`]: configuration and session ids.
 
 pub mod api;
+pub mod calls_error;
 pub mod cluster;
 pub mod config;
 pub mod engine;

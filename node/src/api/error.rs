@@ -1,70 +1,11 @@
-//! The Calls error model: every error is JSON `{errorCode, errorDescription}` with the status
-//! Calls uses for that code.
+//! Engine and runtime errors mapped onto the Calls error model ([`ApiError`]): the only place
+//! that knows which Calls code and status each engine error becomes.
 
-use axum::Json;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
+pub use crate::calls_error::ApiError;
 use crate::engine::{OpError, TrackError};
 use crate::runtime::EngineStopped;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub description: String,
-    /// Seconds after which a retry can succeed, sent as `Retry-After` (429 and 503).
-    pub retry_after: Option<u64>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ErrorBody<'a> {
-    error_code: &'a str,
-    error_description: &'a str,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            description: description.into(),
-            retry_after: None,
-        }
-    }
-
-    /// The same error, telling the client to retry after `secs` seconds (at least 1).
-    pub fn retry_after(mut self, secs: u64) -> ApiError {
-        self.retry_after = Some(secs.max(1));
-        self
-    }
-
-    pub fn decoding(description: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "decoding_error", description)
-    }
-
-    pub fn invalid_params(description: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_ACCEPTABLE, "invalid_params", description)
-    }
-
-    pub fn invalid_sdp(description: impl Into<String>) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_ACCEPTABLE,
-            "invalid_session_description",
-            description,
-        )
-    }
-
-    pub fn method_not_allowed() -> ApiError {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this path or method is not implemented (reserved for future WHIP/WHEP)",
-        )
-    }
-}
 
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> ApiError {
@@ -105,20 +46,5 @@ impl From<EngineStopped> for ApiError {
             "temporarily_unavailable_error",
             e.to_string(),
         )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error_code: self.code,
-            error_description: &self.description,
-        };
-        let mut res = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            res.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
-        }
-        res
     }
 }

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::api::ApiError;
+use crate::calls_error::ApiError;
 
 /// Most bytes of request line and headers (hyper answers 431 beyond; we give it a JSON body).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

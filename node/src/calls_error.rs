@@ -1,0 +1,81 @@
+//! The Calls error model: every error is JSON `{errorCode, errorDescription}` with the status
+//! Calls uses for that code. A leaf module: the HTTP server's own refusals (`http/`) and the API
+//! (`api/`) both answer with it, and only `api/error.rs` maps engine errors onto it.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An answer in the Calls error model: status, code and description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+    /// Seconds after which a retry can succeed, sent as `Retry-After` (429 and 503).
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    error_code: &'a str,
+    error_description: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same error, telling the client to retry after `secs` seconds (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    pub fn decoding(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "decoding_error", description)
+    }
+
+    pub fn invalid_params(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, "invalid_params", description)
+    }
+
+    pub fn invalid_sdp(description: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "invalid_session_description",
+            description,
+        )
+    }
+
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path or method is not implemented (reserved for future WHIP/WHEP)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error_code: self.code,
+            error_description: &self.description,
+        };
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
+    }
+}
