@@ -12,7 +12,7 @@ use str0m::media::Frequency;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 
 use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
-use super::relay::{RelayFrame, RelayOut};
+use super::relay_messages::{RelayFrame, RelayOut};
 use super::session::SessionState;
 use super::{
     Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,

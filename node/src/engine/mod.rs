@@ -10,6 +10,7 @@
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
+//! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
 //! - `views.rs`, `stats.rs`: what the admin API and the metrics read;
 //! - `error.rs`: typed errors ([`OpError`], [`TrackError`]); the API maps them to Calls codes.
 //!
@@ -24,6 +25,7 @@ mod io;
 mod ops;
 mod publications;
 mod relay;
+mod relay_messages;
 mod sdp;
 pub mod sdp_limits;
 mod session;
@@ -47,7 +49,7 @@ pub use ops::{
     SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
-pub use relay::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
+pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, SessionState, TrackEntry};
 pub use stats::{Gauges, Stats};
 

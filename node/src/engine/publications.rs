@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid};
 
-use super::relay::RelayOut;
+use super::relay_messages::RelayOut;
 use super::session::{Location, TrackEntry};
 use super::{Engine, TrackError};
 use crate::ids::{DownId, SessionId, UpId};
