@@ -142,7 +142,7 @@ pub struct Session {
     /// The SFU's offer waiting for the client's answer (`renegotiate`). Apart from `state`: a
     /// renegotiation can start in any state after the first exchange.
     pub pending: Option<SdpPendingOffer>,
-    /// Every track it has had, as `GET sessions/{id}` lists them (bounded by [`MAX_TRACK_ENTRIES`]).
+    /// Every track it has had, as `GET sessions/{id}` lists them (at most `MAX_TRACK_ENTRIES`).
     pub tracks: Vec<TrackEntry>,
     /// Active local tracks: receiving mid → track name.
     pub local_by_mid: HashMap<Mid, String>,
