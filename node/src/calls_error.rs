@@ -10,8 +10,11 @@ use serde::Serialize;
 /// An answer in the Calls error model: status, code and description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status Calls gives this code.
     pub status: StatusCode,
+    /// `errorCode`: the machine-readable Calls code clients branch on.
     pub code: &'static str,
+    /// `errorDescription`: for humans; never secrets or attacker-supplied content.
     pub description: String,
     /// Seconds after which a retry can succeed, sent as `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
@@ -25,6 +28,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// Any error of the model; the helpers below fix status and code for the common ones.
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -40,14 +44,17 @@ impl ApiError {
         self
     }
 
+    /// 400 `decoding_error`: the body is not the JSON (or SDP) the call expects.
     pub fn decoding(description: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "decoding_error", description)
     }
 
+    /// 406 `invalid_params`: well-formed, but the values make no sense for the call.
     pub fn invalid_params(description: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_ACCEPTABLE, "invalid_params", description)
     }
 
+    /// 406 `invalid_session_description`: the wrong kind of SDP, or one that cannot be applied now.
     pub fn invalid_sdp(description: impl Into<String>) -> ApiError {
         ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -56,6 +63,7 @@ impl ApiError {
         )
     }
 
+    /// 405 `method_not_allowed`: a path or method this node does not implement (kept for WHIP/WHEP).
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

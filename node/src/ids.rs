@@ -26,6 +26,7 @@ pub fn is_valid_node_id(id: &str) -> bool {
 pub struct NodeTag(pub u32);
 
 impl NodeTag {
+    /// A fresh tag at each start: random, so nodes pick distinct tags without coordinating.
     pub fn random() -> NodeTag {
         NodeTag(rand::rng().random())
     }
@@ -63,6 +64,7 @@ impl fmt::Display for DownId {
 pub struct NodeId(String);
 
 impl NodeId {
+    /// The id as text, for gossip keys, handshakes and logs.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -139,6 +141,7 @@ pub struct SessionId {
 }
 
 impl SessionId {
+    /// A fresh id for a session created on the node with this tag.
     pub fn new(tag: NodeTag) -> SessionId {
         let rand = rand::rng().random::<u128>() & ((1u128 << 96) - 1);
         SessionId { tag, rand }
@@ -157,6 +160,7 @@ impl SessionId {
         out
     }
 
+    /// The id from its 16 bytes on a relay link (any bytes make an id; lookups reject unknown ones).
     pub fn from_bytes(b: [u8; 16]) -> SessionId {
         let tag = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         let mut r = [0u8; 16];

@@ -21,14 +21,21 @@ use crate::engine::{Gauges, Stats};
 
 /// Everything a scrape reads, gathered first so no lock is held while it is taken.
 pub struct Snapshot {
+    /// The engine's counters since start.
     pub stats: Stats,
+    /// What the engine holds now.
     pub gauges: Gauges,
+    /// Session set-up times since the last scrape, for the histogram.
     pub setup_times: Vec<Duration>,
+    /// The relay's counters and link count.
     pub relay: RelayFigures,
+    /// The membership now, for the member gauges.
     pub view: std::sync::Arc<ClusterView>,
+    /// Whether the node is draining (`trackmesh_draining`).
     pub draining: bool,
 }
 
+/// The node's Prometheus registry and every series it exposes on `/metrics`.
 pub struct Metrics {
     registry: Registry,
     /// Serializes scrapes: counters are reset to the engine's totals under it.
@@ -51,7 +58,9 @@ pub struct Metrics {
     relay_bytes: IntCounterVec,
     relay_pull_failures: IntCounterVec,
     members: IntGaugeVec,
+    /// `trackmesh_http_requests_total{route,method,status}`, counted by the API's middleware.
     pub http_requests: IntCounterVec,
+    /// `trackmesh_http_request_duration_seconds{route}`, observed by the API's middleware.
     pub http_duration: HistogramVec,
     setup: Histogram,
     draining: IntGauge,

@@ -16,13 +16,18 @@ use prometheus::{IntCounterVec, Opts};
 /// The port an input came in on: the `port` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Port {
+    /// The cluster's gossip UDP port.
     Gossip,
+    /// The QUIC relay port between nodes.
     Relay,
+    /// The WebRTC media UDP port.
     Media,
+    /// The HTTP API port.
     Http,
 }
 
 impl Port {
+    /// The `port` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Port::Gossip => "gossip",
@@ -41,6 +46,7 @@ const LINES_PER_WINDOW: u32 = 10;
 /// Sources remembered at once; past this the oldest are forgotten (which can only cost a line).
 const MAX_SOURCES: usize = 4096;
 
+/// The refusal counter and its log-line limiters, shared by every edge of the node.
 pub struct Rejects {
     counter: IntCounterVec,
     log: [Mutex<LogLimiter>; 4],
@@ -83,6 +89,7 @@ impl LogLimiter {
 }
 
 impl Rejects {
+    /// The counter, unregistered: the caller registers [`Rejects::counter`] with its registry.
     pub fn new() -> prometheus::Result<Rejects> {
         let counter = IntCounterVec::new(
             Opts::new(

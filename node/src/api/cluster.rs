@@ -22,10 +22,15 @@ use crate::ids::{NodeTag, SessionId};
 
 use super::node_auth::{FORWARDED_BY, NODE_AUTH, NodeAuth};
 
+/// What the API needs of the cluster: who this node is, who owns a session, the relay.
 pub struct ClusterHandle {
+    /// This node's id in the cluster, sent as the forwarding node.
     pub self_id: String,
+    /// This node's tag, to tell its own session ids from other nodes'.
     pub tag: NodeTag,
+    /// The latest membership view, to find the owner of another node's session.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Pulls remote publications here before a local session subscribes to them.
     pub relay: Relay,
     /// Signs the calls this node forwards and checks the ones forwarded to it.
     pub node_auth: NodeAuth,

@@ -20,11 +20,16 @@ pub const NODE_AUTH: &str = "x-trackmesh-node-auth";
 /// How far a forwarded call's timestamp may be from the owner's clock (nodes run NTP).
 const WINDOW: Duration = Duration::from_secs(30);
 
+/// Why a call claiming to be forwarded was refused; each is counted under its own reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// It claims to be forwarded but carries no credential.
     Missing,
+    /// The credential header does not parse.
     Malformed,
+    /// Its timestamp is outside the window: a replay or a badly skewed clock.
     Stale,
+    /// No MAC matches under the current or the previous secret.
     BadMac,
 }
 
@@ -40,6 +45,7 @@ impl Refusal {
     }
 }
 
+/// The keys for signing and checking forwarded calls, derived from the cluster secrets.
 pub struct NodeAuth {
     current: hmac::Key,
     previous: Option<hmac::Key>,
@@ -87,6 +93,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl NodeAuth {
+    /// Keys from the cluster secret and, during a rotation, the previous one.
     pub fn new(secret: &str, previous: Option<&str>) -> NodeAuth {
         NodeAuth {
             current: key(secret),

@@ -5,17 +5,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Location, SdpKind, SessionDesc, TrackResult, TrackStatus};
 
+/// `sessionDescription.type`: which side of the offer/answer exchange the SDP is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SdpType {
+    /// `"offer"`: the other side must answer.
     Offer,
+    /// `"answer"`: completes an exchange.
     Answer,
 }
 
+/// `sessionDescription`: an SDP and its role, in requests and responses alike.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SessionDescription {
+    /// `type`: offer or answer.
     #[serde(rename = "type")]
     pub kind: SdpType,
+    /// `sdp`: the SDP text.
     pub sdp: String,
 }
 
@@ -29,28 +35,41 @@ impl From<SessionDesc> for SessionDescription {
     }
 }
 
+/// A track object's `location`: whether the client publishes or pulls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireLocation {
+    /// `"local"`: the client publishes it.
     Local,
+    /// `"remote"`: the client pulls another session's track.
     Remote,
 }
 
+/// A track object's `kind`, needed when the SFU writes the offer for a publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireKind {
+    /// `"audio"`.
     Audio,
+    /// `"video"`.
     Video,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+/// One item of `tracks` in `tracks/new`, `tracks/update` and `tracks/close` requests.
 pub struct TrackObject {
+    /// `location`: publish (`local`) or pull (`remote`).
     pub location: Option<WireLocation>,
+    /// `mid`: the client's transceiver (or `#trackName` to pull into a bidirectional one).
     pub mid: Option<String>,
+    /// `sessionId`: for a pull, the publishing session.
     pub session_id: Option<String>,
+    /// `trackName`: the track's name (for a pull: the publication's).
     pub track_name: Option<String>,
+    /// `bidirectionalMediaStream`: publish on a sendrecv transceiver that can also carry a pull.
     pub bidirectional_media_stream: Option<bool>,
+    /// `kind`: audio or video, for a publication whose offer the SFU writes.
     pub kind: Option<WireKind>,
 }
 
@@ -58,39 +77,55 @@ pub struct TrackObject {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSessionRequest {
+    /// `sessionDescription`: the client's offer.
     pub session_description: SessionDescription,
 }
 
+/// The `sessions/new` response body.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSessionResponse {
+    /// `sessionId`: the new session, to put in every later URL.
     pub session_id: String,
+    /// `sessionDescription`: the SFU's answer, when the request carried an offer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_description: Option<SessionDescription>,
 }
 
+/// The `tracks/new` request body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TracksRequest {
+    /// `sessionDescription`: the client's offer, when it publishes or renegotiates.
     pub session_description: Option<SessionDescription>,
+    /// `tracks`: what to publish or pull.
     pub tracks: Option<Vec<TrackObject>>,
+    /// `autoDiscover`: publish every sending section of the offer that names no track.
     pub auto_discover: Option<bool>,
 }
 
+/// One item of `tracks` in a response: a track's outcome or, in `GET sessions/{id}`, its status.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackOut {
+    /// `location`: `local` or `remote` (only in `GET sessions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<&'static str>,
+    /// `sessionId`: for a pull, the publishing session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// `trackName`: the track's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track_name: Option<String>,
+    /// `mid`: the transceiver that carries the track.
     pub mid: String,
+    /// `status`: `active` or `inactive` (only in `GET sessions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'static str>,
+    /// `errorCode`: why this one track failed, while the call itself succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
+    /// `errorDescription`: the failure in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
 }
@@ -137,37 +172,51 @@ impl From<TrackStatus> for TrackOut {
     }
 }
 
+/// The response body of `tracks/new`, `tracks/update` and `tracks/close`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TracksResponse {
+    /// `requiresImmediateRenegotiation`: answer the SFU's offer with `renegotiate` now.
     pub requires_immediate_renegotiation: bool,
+    /// `sessionDescription`: the SFU's answer or offer; absent when nothing changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_description: Option<SessionDescription>,
+    /// `tracks`: one outcome per requested track.
     pub tracks: Vec<TrackOut>,
 }
 
+/// The `renegotiate` request body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RenegotiateRequest {
+    /// `sessionDescription`: the client's answer to the SFU's last offer.
     pub session_description: SessionDescription,
 }
 
+/// The `tracks/update` request body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateRequest {
+    /// `tracks`: receiving mids and the publications to point them at.
     pub tracks: Vec<TrackObject>,
 }
 
+/// The `tracks/close` request body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloseRequest {
+    /// `tracks`: the mids to close.
     pub tracks: Vec<TrackObject>,
+    /// `sessionDescription`: the client's offer for the close, answered unless `force`.
     pub session_description: Option<SessionDescription>,
+    /// `force`: close without an offer/answer exchange.
     pub force: Option<bool>,
 }
 
+/// The `GET sessions/{id}` response body.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStateResponse {
+    /// `tracks`: every track the session has had, with its status.
     pub tracks: Vec<TrackOut>,
 }

@@ -119,7 +119,10 @@ pub enum Refusal {
     Malformed,
     /// Sealed under a key id this node does not hold; `twin` when the sender says it sent the
     /// message under another key too (normal while a rotation is under way).
-    UnknownKey { twin: bool },
+    UnknownKey {
+        /// The sender sealed it under another key too, so this refusal is expected.
+        twin: bool,
+    },
     /// The tag does not verify: forged, tampered with, or another cluster.
     BadSeal,
     /// A counter already accepted from this sender.

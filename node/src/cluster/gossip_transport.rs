@@ -13,7 +13,7 @@
 //!
 //! A local process flooding the inner port can fill its receive buffer, so that the datagram or
 //! its markers are dropped, and chitchat's decoder keeps reading (it skips what does not decode)
-//! without ever giving anything back. So a datagram waits for its markers [`HOP`] at most; then
+//! without ever giving anything back. So a datagram waits for its markers `HOP` at most; then
 //! it is dropped and counted (`decode_timeout`) and the transport reads gossip again. Such a
 //! flood costs gossip messages, as a flood of the network would; it cannot stop gossip. Markers
 //! are numbered so that the leftovers of a datagram given up are never taken for the next one.
@@ -39,9 +39,13 @@ const END: u8 = b'>';
 /// local process floods the inner port).
 const HOP: Duration = Duration::from_secs(1);
 
+/// The transport chitchat is given instead of plain UDP: it seals and opens every datagram.
 pub struct SealedTransport {
+    /// The cluster secret the seal keys come from (never logged).
     pub secret: String,
+    /// During a rotation, the secret being rotated away from: datagrams under it still open.
     pub previous: Option<String>,
+    /// Where refused datagrams are counted.
     pub rejects: Arc<Rejects>,
 }
 

@@ -11,15 +11,22 @@ use crate::ids::SessionId;
 /// Virtual nodes per member: enough to spread tracks evenly over a handful of hubs.
 const VNODES: usize = 64;
 
+/// The node to pull a remote track from, and why it is that one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// Pull from the origin node itself.
     Direct(Member),
     /// Pull from this region's hub, which pulls from the origin.
-    ViaHub { hub: Member, origin: Member },
+    ViaHub {
+        /// The region's hub for this track, which this node dials.
+        hub: Member,
+        /// The node the track is published on.
+        origin: Member,
+    },
 }
 
 impl Upstream {
+    /// The node to dial: the origin, or the hub in front of it.
     pub fn peer(&self) -> &Member {
         match self {
             Upstream::Direct(m) => m,

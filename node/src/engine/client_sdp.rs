@@ -18,6 +18,7 @@ pub struct ClientOffer {
 }
 
 impl ClientOffer {
+    /// Reads an offer; a bad one is kept as its error, reported when an operation uses it.
     pub fn parse(text: &str) -> ClientOffer {
         ClientOffer {
             sections: media_sections(text),
@@ -51,6 +52,7 @@ pub struct ClientAnswer {
 }
 
 impl ClientAnswer {
+    /// Reads an answer; a bad one is kept as its error, reported when `renegotiate` uses it.
     pub fn parse(text: &str) -> ClientAnswer {
         let parsed = if has_ice_ufrag(text) {
             SdpAnswer::from_sdp_string(text).map_err(|e| {

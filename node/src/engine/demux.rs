@@ -12,6 +12,7 @@ use crate::ids::{SessionId, SessionMap};
 /// Addresses remembered per session; a client that keeps moving only evicts its own oldest.
 const MAX_ADDRS_PER_SESSION: usize = 8;
 
+/// The routing table from datagram to session; see the module doc for the two lookups.
 #[derive(Default)]
 pub struct Demux {
     by_addr: HashMap<SocketAddr, SessionId>,
@@ -22,12 +23,14 @@ pub struct Demux {
 /// How a datagram was matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// Matched by source address: the address is already known.
     Addr(SessionId),
     /// Matched by ufrag: the caller learns the address once the session accepted the packet.
     Ufrag(SessionId),
 }
 
 impl Route {
+    /// The session the datagram goes to, however it was matched.
     pub fn session(self) -> SessionId {
         match self {
             Route::Addr(s) | Route::Ufrag(s) => s,
@@ -36,14 +39,17 @@ impl Route {
 }
 
 impl Demux {
+    /// Makes a new session reachable by its local ICE ufrag.
     pub fn add_session(&mut self, id: SessionId, ufrag: &str) {
         self.by_ufrag.insert(ufrag.to_string(), id);
     }
 
+    /// Whether a ufrag is taken, so a new session never shares one.
     pub fn has_ufrag(&self, ufrag: &str) -> bool {
         self.by_ufrag.contains_key(ufrag)
     }
 
+    /// Forgets a closed session's ufrag and every address it was reached from.
     pub fn remove_session(&mut self, id: SessionId, ufrag: &str) {
         self.by_ufrag.remove(ufrag);
         for addr in self.addrs.remove(&id).unwrap_or_default() {
@@ -53,6 +59,7 @@ impl Demux {
         }
     }
 
+    /// Which session a datagram from `source` belongs to; `None` drops it.
     pub fn route(&self, source: SocketAddr, buf: &[u8]) -> Option<Route> {
         if let Some(id) = self.by_addr.get(&source) {
             // A STUN request naming another session's ufrag means the address moved (port reuse).
@@ -96,6 +103,7 @@ impl Demux {
         }
     }
 
+    /// Addresses remembered, so tests can check none outlive their session or the bound.
     pub fn addr_count(&self) -> usize {
         self.by_addr.len()
     }

@@ -104,6 +104,7 @@ impl Engine {
         }
     }
 
+    /// Next datagram to send; the shell drains it after every input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;

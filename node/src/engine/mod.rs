@@ -79,16 +79,22 @@ const SUBSCRIBER_SILENT_AFTER: Duration = Duration::from_secs(10);
 /// A relayed publication without subscribers is released after this long.
 const RELAY_UNUSED_GRACE: Duration = Duration::from_secs(2);
 
+/// What the engine needs from the node's configuration, resolved (no defaults left to apply).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// This node's tag, embedded in every session id it creates so others can route to it.
     pub node_tag: NodeTag,
     /// The address datagrams arrive on (the bound media socket).
     pub local_addr: SocketAddr,
     /// The address announced in ICE host candidates.
     pub candidate_addr: SocketAddr,
+    /// A publication that receives no media for this long is garbage-collected.
     pub track_timeout: Duration,
+    /// How long a session that lost connectivity stays usable before it is closed.
     pub reconnect_grace: Duration,
+    /// A session that never connects is closed after this long.
     pub unconnected_expiry: Duration,
+    /// Most sessions held at once; beyond it `create_session` refuses.
     pub max_sessions: usize,
 }
 
@@ -131,6 +137,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An empty engine; `now` starts its housekeeping clock.
     pub fn new(cfg: EngineConfig, now: Instant) -> Engine {
         // One certificate for all sessions: generating one per session costs ~1 ms of CPU for no
         // gain, since the fingerprint is only a channel binding for the SDP exchange.
@@ -158,6 +165,7 @@ impl Engine {
         }
     }
 
+    /// The configuration it was built with, for the shell and the API to read limits from.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }

@@ -34,15 +34,20 @@ pub(crate) enum Sink {
 /// The codec of a publication, enough for another node to pick its payload type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodecInfo {
+    /// The codec (VP8, Opus, ...).
     pub codec: str0m::format::Codec,
+    /// RTP clock rate in Hz, the unit of [`RelayFrame::rtp_time`](super::RelayFrame::rtp_time).
     pub clock_rate: u32,
+    /// Audio channels, when the codec states them.
     pub channels: Option<u8>,
 }
 
 /// What another node needs to know to carry a track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackInfo {
+    /// Audio or video.
     pub kind: MediaKind,
+    /// Its codec.
     pub codec: CodecInfo,
 }
 

@@ -90,6 +90,7 @@ impl Engine {
         Ok(info)
     }
 
+    /// A downstream node stopped pulling: the publication may become unused.
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
@@ -134,6 +135,7 @@ impl Engine {
         self.relay_out.push_back(out);
     }
 
+    /// Next message for the relay layer; the shell drains it after every input.
     pub fn poll_relay(&mut self) -> Option<RelayOut> {
         self.relay_out.pop_front()
     }

@@ -7,8 +7,11 @@ use crate::ids::{DownId, UpId};
 /// One frame crossing a relay link; its clock is the publication's codec clock.
 #[derive(Debug, Clone)]
 pub struct RelayFrame {
+    /// The frame's media time in codec clock ticks, so the receiving node keeps its timing.
     pub rtp_time: u64,
+    /// A video keyframe: a new subscriber can start decoding here.
     pub keyframe: bool,
+    /// The depacketized frame, shared rather than copied between subscribers.
     pub data: std::sync::Arc<[u8]>,
 }
 
@@ -16,20 +19,39 @@ pub struct RelayFrame {
 #[derive(Debug, Clone)]
 pub enum RelayOut {
     /// Send a frame to a downstream subscription.
-    Frame { down: DownId, frame: RelayFrame },
+    Frame {
+        /// The subscription to send on.
+        down: DownId,
+        /// The frame.
+        frame: RelayFrame,
+    },
     /// The publication a downstream subscription carried has ended.
-    Ended { down: DownId },
+    Ended {
+        /// The subscription to end.
+        down: DownId,
+    },
     /// A local subscriber of a relayed publication wants a keyframe.
-    KeyframeRequest { up: UpId },
+    KeyframeRequest {
+        /// The upstream subscription to ask the publishing node on.
+        up: UpId,
+    },
     /// Nothing subscribes to this upstream any more: release it.
-    Unused { up: UpId },
+    Unused {
+        /// The upstream subscription to close.
+        up: UpId,
+    },
 }
 
 /// What relay links hand the engine task (the engine's relay inputs).
 #[derive(Debug)]
 pub enum RelayIn {
     /// A frame of upstream `up`.
-    Frame { up: UpId, frame: RelayFrame },
+    Frame {
+        /// The upstream subscription it arrived on.
+        up: UpId,
+        /// The frame.
+        frame: RelayFrame,
+    },
 }
 
 /// Why a relay subscription was refused.

@@ -24,12 +24,21 @@ pub const MAX_LINE_BYTES: usize = 4096;
 /// The bound an SDP broke; its text names the limit, for the 400 the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SdpBound {
+    /// Over [`MAX_SDP_BYTES`]; carries the SDP's size.
     Size(usize),
+    /// Over [`MAX_SDP_LINES`].
     Lines,
+    /// Over [`MAX_M_LINES`].
     MLines,
+    /// One m-section over [`MAX_SSRC_LINES_PER_SECTION`].
     SsrcLinesInSection,
+    /// The whole SDP over [`MAX_SSRC_LINES`].
     SsrcLines,
-    LineLength { line: usize },
+    /// A line over [`MAX_LINE_BYTES`].
+    LineLength {
+        /// Its 1-based line number, so the client can find it.
+        line: usize,
+    },
 }
 
 impl fmt::Display for SdpBound {

@@ -14,18 +14,24 @@ use crate::ids::SessionId;
 /// Most track entries (active and closed) a session lists; the oldest closed ones go first.
 pub const MAX_TRACK_ENTRIES: usize = 1024;
 
+/// Which way a track goes, as Calls names it in every track item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Location {
+    /// Published by the session (the client sends it).
     Local,
+    /// Pulled by the session from a publication (the client receives it).
     Remote,
 }
 
 /// A track as the session lists it in `GET session`.
 #[derive(Debug, Clone)]
 pub struct TrackEntry {
+    /// Published or pulled.
     pub location: Location,
+    /// The transceiver that carries it.
     pub mid: Mid,
+    /// The track's name (for a pull: the publication's).
     pub track_name: String,
     /// For remote tracks: the publication pulled.
     pub remote: Option<TrackKey>,
@@ -117,18 +123,26 @@ impl SessionState {
     }
 }
 
+/// One client's session: everything the engine keeps about one PeerConnection.
 pub struct Session {
+    /// Its id, which also names the node that holds it.
     pub id: SessionId,
+    /// The Calls app that created it; other apps cannot see it.
     pub app: String,
+    /// str0m's state for the PeerConnection.
     pub rtc: Rtc,
+    /// Local ICE ufrag, by which the demux routes its first STUN packets.
     pub ufrag: String,
+    /// When it was created, for the unconnected expiry and the set-up time.
     pub created: Instant,
+    /// Last datagram received from the client, for expiry by silence.
     pub last_recv: Option<Instant>,
     /// Where the PeerConnection is in its life.
     pub state: SessionState,
     /// The SFU's offer waiting for the client's answer (`renegotiate`). Apart from `state`: a
     /// renegotiation can start in any state after the first exchange.
     pub pending: Option<SdpPendingOffer>,
+    /// Every track it has had, as `GET sessions/{id}` lists them (at most `MAX_TRACK_ENTRIES`).
     pub tracks: Vec<TrackEntry>,
     /// Active local tracks: receiving mid → track name.
     pub local_by_mid: HashMap<Mid, String>,
@@ -151,6 +165,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session in [`SessionState::New`], with no tracks yet.
     pub fn new(id: SessionId, app: String, rtc: Rtc, ufrag: String, now: Instant) -> Session {
         Session {
             id,
@@ -172,12 +187,14 @@ impl Session {
         }
     }
 
+    /// Its active published track of that name, so names stay unique among active tracks.
     pub fn active_track_named(&self, name: &str) -> Option<&TrackEntry> {
         self.tracks
             .iter()
             .find(|t| t.location == Location::Local && !t.closed && t.track_name == name)
     }
 
+    /// The active entry on a mid, to close or re-point it.
     pub fn active_entry_mut(&mut self, mid: Mid) -> Option<&mut TrackEntry> {
         self.tracks.iter_mut().find(|t| t.mid == mid && !t.closed)
     }

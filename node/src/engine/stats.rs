@@ -12,24 +12,41 @@ use crate::ids::SessionId;
 /// Counters the node exposes; plain numbers so the engine stays free of metric libraries.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Datagrams fed to the engine from the media socket.
     pub datagrams_in: u64,
+    /// Datagrams that matched no session (unknown address and no known STUN ufrag).
     pub datagrams_unrouted: u64,
+    /// Datagrams handed to the shell to send.
     pub datagrams_out: u64,
+    /// Datagrams lost on the way out: transmit queue or socket buffer full.
     pub datagrams_dropped: u64,
+    /// Frames received from publishing sessions.
     pub frames_in: u64,
+    /// Frames written to subscribing sessions.
     pub frames_forwarded: u64,
+    /// Frames not sent because the subscriber negotiated no matching codec.
     pub frames_no_codec: u64,
+    /// Keyframe requests sent to publishers (PLI) or up the relay.
     pub keyframe_requests: u64,
+    /// Frames handed to the relay for downstream nodes.
     pub relay_frames_out: u64,
+    /// Frames received from upstream nodes over the relay.
     pub relay_frames_in: u64,
+    /// Relay frames dropped because the relay queue was full.
     pub relay_dropped: u64,
+    /// Bytes of datagrams received on the media socket.
     pub bytes_in: u64,
+    /// Bytes of datagrams handed to the shell to send.
     pub bytes_out: u64,
     /// Datagrams that are RTP or RTCP (first byte 128..=191, RFC 7983), not STUN or DTLS.
     pub rtp_in: u64,
+    /// Sent datagrams that are RTP or RTCP.
     pub rtp_out: u64,
+    /// Keyframe requests (PLI/FIR) received from subscribers (nothing counts them yet: always 0).
     pub keyframe_requests_received: u64,
+    /// NACKs (retransmission requests) sent to publishers (nothing counts them yet: always 0).
     pub nacks_sent: u64,
+    /// NACKs received from subscribers (nothing counts them yet: always 0).
     pub nacks_received: u64,
     /// Delta frames not sent to a subscriber that had no keyframe yet.
     pub frames_held_for_keyframe: u64,
@@ -44,13 +61,21 @@ pub struct Stats {
 /// What the engine holds right now, for gauges.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Gauges {
+    /// Sessions not (or no longer) connected: set-up under way or ICE lost.
     pub sessions_connecting: u64,
+    /// Sessions with ICE and DTLS up.
     pub sessions_connected: u64,
+    /// Audio tracks published here or relayed in.
     pub published_audio: u64,
+    /// Video tracks published here or relayed in.
     pub published_video: u64,
+    /// Audio tracks sessions here receive.
     pub subscribed_audio: u64,
+    /// Video tracks sessions here receive.
     pub subscribed_video: u64,
+    /// Relay subscriptions feeding publications from other nodes.
     pub relay_upstreams: u64,
+    /// Relay subscriptions carrying publications of this node to others.
     pub relay_downstreams: u64,
 }
 
@@ -58,6 +83,7 @@ pub struct Gauges {
 const MAX_SETUP_SAMPLES: usize = 4096;
 
 impl Engine {
+    /// The counters so far, for the metrics to publish.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -7,6 +7,7 @@ use super::{Engine, OpError};
 use crate::ids::SessionId;
 
 impl Engine {
+    /// Live sessions on this node, for the admin API, the drain and the load gossiped to others.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -16,6 +17,7 @@ impl Engine {
         self.app_sessions.get(app).copied().unwrap_or(0)
     }
 
+    /// Publications held here (local and relayed in), for the load gossiped to others.
     pub fn publication_count(&self) -> usize {
         self.publications.len()
     }
@@ -29,6 +31,7 @@ impl Engine {
             .collect()
     }
 
+    /// One session with its tracks, for the admin view; `None` when it is gone.
     pub fn admin_session(&self, id: SessionId) -> Option<SessionSummary> {
         let s = self.sessions.get(&id)?;
         let tracks = self.session_tracks(&s.app, &id.to_string()).ok()?;

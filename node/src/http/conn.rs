@@ -23,10 +23,14 @@ use tokio::time::{Instant, Sleep};
 use super::answers;
 use crate::rejects::{Port, Rejects};
 
+/// The deadlines that keep a slow or silent client from holding a connection slot.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// No request for this long closes the connection (`--http-idle-timeout`).
     pub idle: Duration,
+    /// From a request's first byte to the end of its head (`--http-header-timeout`).
     pub header: Duration,
+    /// For the body, and for each write of the answer to progress (`--http-body-timeout`).
     pub body: Duration,
 }
 

@@ -3,10 +3,10 @@
 //!
 //! - Connections are capped in total and per client (IPv4 address or IPv6 /64); beyond a cap the
 //!   client gets a JSON 503 at once, except for a small reserve that still serves `/healthz`,
-//!   `/readyz` and `/metrics` (see [`slots`]).
-//! - Each connection has an idle, a header and a body deadline (see [`conn`]).
+//!   `/readyz` and `/metrics` (see `slots.rs`).
+//! - Each connection has an idle, a header and a body deadline (see `conn.rs`).
 //! - Errors the HTTP layer produces itself (400, 408, 414, 431, 503) have JSON bodies
-//!   (see [`answers`]).
+//!   (see `answers.rs`).
 //! - Refusals are counted in `trackmesh_rejected_total{port="http",reason}`, with at most one
 //!   log line per client per minute.
 //!
@@ -40,10 +40,13 @@ use slots::{Admit, Full, Slots};
 /// The server's limits (flags `--http-*`; defaults in `config.rs` and the README).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Most open connections; beyond it clients get a 503 at once.
     pub max_connections: usize,
+    /// Most open connections from one IPv4 address or IPv6 /64, so one client cannot take them all.
     pub max_connections_per_ip: usize,
     /// Extra connections kept for probes when a cap is reached; 0 refuses them all.
     pub probe_reserve: usize,
+    /// Deadlines per connection.
     pub timeouts: Timeouts,
 }
 
@@ -63,7 +66,7 @@ struct Ctx {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish (at
-/// most [`SHUTDOWN_GRACE`]) and returns.
+/// most `SHUTDOWN_GRACE`) and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

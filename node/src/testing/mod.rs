@@ -36,14 +36,19 @@ pub const KEYFRAME_EVERY: u64 = 25;
 
 /// A str0m client in the world, and what it has received.
 pub struct Client {
+    /// The client's PeerConnection, for tests to negotiate and write media with.
     pub rtc: Rtc,
+    /// Its address in the world, which the engine sees as the datagrams' source.
     pub addr: SocketAddr,
     /// Frames received per mid.
     pub frames: HashMap<Mid, usize>,
+    /// Keyframes received per mid.
     pub keyframes: HashMap<Mid, usize>,
     /// Whether the first frame received on a mid was a keyframe.
     pub first_is_keyframe: HashMap<Mid, bool>,
+    /// Keyframe requests the SFU sent this client as a publisher.
     pub keyframe_requests: usize,
+    /// str0m reported ICE and DTLS up with the SFU.
     pub connected: bool,
 }
 
@@ -75,17 +80,22 @@ impl Client {
 
 /// One engine and its clients on a simulated clock.
 pub struct World {
+    /// The engine under test, reachable for direct calls and checks.
     pub engine: Engine,
+    /// The clients, by the index the world's methods take.
     pub clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// The simulated clock; only the world moves it.
     pub now: Instant,
     /// Publishers send media while [`World::run`] runs: (client index, audio mid, video mid).
     pub senders: Vec<(usize, Mid, Mid)>,
     /// Frames sent per sender so far.
     pub media_clock: u64,
-    /// Drop every nth datagram sent to / from a client: deterministic packet loss.
+    /// Drop every nth datagram sent to a client (client index to n): deterministic packet loss.
     pub loss_to: HashMap<usize, u64>,
+    /// The same, for datagrams a client sends.
     pub loss_from: HashMap<usize, u64>,
+    /// Datagrams carried so far, the count the loss pattern is taken on.
     pub datagrams: u64,
     /// Offers the clients made, in order (seeds for the fuzzers).
     pub offers: Vec<String>,
@@ -112,6 +122,7 @@ impl World {
         World::with_config(config(track_timeout))
     }
 
+    /// A world around an engine with this configuration, for tests of the limits.
     pub fn with_config(cfg: EngineConfig) -> World {
         let now = Instant::now();
         World {

@@ -31,15 +31,20 @@ use crate::ids::{DownId, NodeId, NodeTag, SessionId, UpId};
 use crate::runtime::EngineHandle;
 pub use failures::PullError;
 
-/// Queue sizes between the engine task and the relay tasks; frames beyond them are dropped.
+/// Frames from other nodes waiting for the engine task; beyond it they are dropped and counted.
 pub const RELAY_IN_QUEUE: usize = 8192;
+/// Engine outputs waiting for the relay tasks; frames beyond it are dropped and counted.
 pub const RELAY_OUT_QUEUE: usize = 16384;
 
+/// What [`Relay::start`] needs: who this node is and the cluster secrets that admit peers.
 pub struct RelayConfig {
+    /// This node's id, as gossip announces it and peers see it in the handshake.
     pub node_id: String,
+    /// This node's tag, to tell its own session ids from other nodes'.
     pub tag: NodeTag,
     /// Bound before gossip starts, so the announced address is the real one (port 0 allowed).
     pub socket: std::net::UdpSocket,
+    /// The cluster secret: only nodes holding it may open relay links (never logged).
     pub secret: String,
     /// During a rotation, the secret being rotated away from: peers holding it are accepted.
     pub secret_previous: Option<String>,
@@ -143,8 +148,11 @@ impl Inner {
 /// Relay figures kept by the relay tasks, for the metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayFigures {
+    /// Peers linked now, dialed out or dialed in.
     pub links: u64,
+    /// Bytes received on relay links.
     pub bytes_in: u64,
+    /// Bytes sent on relay links.
     pub bytes_out: u64,
     /// Relay connections refused (no cluster certificate, or a bad handshake).
     pub refused: u64,
@@ -154,6 +162,7 @@ pub struct RelayFigures {
     pub engine_queue_drops: u64,
 }
 
+/// The relay layer's handle: pulls tracks from other nodes, serves this node's, reports views.
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<Inner>,
@@ -163,10 +172,13 @@ pub struct Relay {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamView {
+    /// The publishing session, on another node.
     pub session_id: String,
+    /// The publication's name.
     pub track_name: String,
     /// The node it comes from: the origin, or this region's hub.
     pub via: String,
+    /// Frames received so far, to see whether media flows.
     pub frames: u64,
 }
 
@@ -174,23 +186,33 @@ pub struct UpstreamView {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DownstreamView {
+    /// The publishing session, on this node.
     pub session_id: String,
+    /// The publication's name.
     pub track_name: String,
     /// The node it goes to.
     pub peer: String,
+    /// Frames sent so far, to see whether media flows.
     pub frames: u64,
 }
 
+/// One relay link, for the admin view.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RelayLinkView {
+    /// The node at the other end.
     pub peer: String,
+    /// `out`: this node dialed it (to pull); `in`: the peer dialed (to pull from here).
     pub direction: &'static str,
 }
 
+/// The relay as the admin API shows it: links and the tracks that cross them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RelayView {
+    /// Every peer linked now.
     pub links: Vec<RelayLinkView>,
+    /// Tracks this node pulls.
     pub upstream: Vec<UpstreamView>,
+    /// Tracks this node sends.
     pub downstream: Vec<DownstreamView>,
 }
 
@@ -244,6 +266,7 @@ impl Relay {
         Ok(Relay { inner })
     }
 
+    /// The relay's bound UDP address, which gossip announces to peers.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.inner.endpoint.local_addr()?)
     }
@@ -264,6 +287,7 @@ impl Relay {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
+    /// Links, upstreams and downstreams now, for the admin API.
     pub fn view(&self) -> RelayView {
         let st = self.inner.state();
         let mut links: Vec<RelayLinkView> = st

@@ -31,8 +31,11 @@ pub const SERVER_NAME: &str = "relay.trackmesh.invalid";
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEP_ALIVE: Duration = Duration::from_millis(500);
 
+/// The QUIC TLS setup of a node's relay endpoint, from the cluster secrets.
 pub struct RelayTls {
+    /// Accepts links only from nodes with a certificate under a cluster CA.
     pub server: quinn::ServerConfig,
+    /// Dials peers, presenting this node's certificate.
     pub client: quinn::ClientConfig,
     /// The SNI to dial with: it asks for a certificate under the current secret's CA.
     pub server_name: String,

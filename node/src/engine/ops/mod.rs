@@ -27,103 +27,158 @@ pub const MAX_TRACKS_PER_CALL: usize = 64;
 /// Most active tracks (published plus pulled) one session may hold.
 pub const MAX_ACTIVE_TRACKS_PER_SESSION: usize = 512;
 
+/// Which side of an offer/answer exchange an SDP is (the Calls `sessionDescription.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdpKind {
+    /// The sender proposes; the other side must answer.
     Offer,
+    /// The reply that completes an exchange.
     Answer,
 }
 
+/// An SDP with its role, as it travels in and out of the Calls operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDesc {
+    /// Offer or answer.
     pub kind: SdpKind,
+    /// The SDP text itself.
     pub sdp: String,
 }
 
+/// One track a client asks to publish in `tracks/new` (`location: local`).
 #[derive(Debug, Clone, Default)]
 pub struct LocalTrack {
+    /// The client's transceiver carrying it (with an offer); absent when the SFU writes the offer.
     pub mid: Option<String>,
+    /// The name others pull it by; unique among the session's active tracks.
     pub track_name: Option<String>,
+    /// Audio or video, needed when there is no offer to read it from.
     pub kind: Option<MediaKind>,
+    /// `bidirectionalMediaStream`: sendrecv, so the same transceiver can also carry a pulled track.
     pub bidirectional: bool,
 }
 
+/// One publication a client asks to pull in `tracks/new` (`location: remote`).
 #[derive(Debug, Clone, Default)]
 pub struct RemoteTrack {
+    /// The publishing session, on this node or another one of the cluster.
     pub session_id: Option<String>,
+    /// The publication's name within that session.
     pub track_name: Option<String>,
     /// `#<localTrackName>`: send into the transceiver that carries that local track.
     pub mid: Option<String>,
 }
 
+/// A checked `tracks/new` request: one body carries either publications or pulls, never both.
 #[derive(Debug)]
 pub enum TracksNew {
+    /// Publish the client's tracks.
     Local {
+        /// The client's offer; without one the SFU writes the offer itself.
         offer: Option<ClientOffer>,
+        /// The tracks to publish.
         tracks: Vec<LocalTrack>,
+        /// `autoDiscover`: also publish every sending section not yet carrying a track, under a random name.
         auto_discover: bool,
     },
+    /// Pull publications; the SFU offers the new receiving sections.
     Remote {
+        /// The publications to pull.
         tracks: Vec<RemoteTrack>,
     },
     /// Only an offer: a plain renegotiation started by the client.
     OfferOnly {
+        /// The client's offer, answered as is.
         offer: ClientOffer,
     },
 }
 
+/// The outcome for one track of a Calls operation: Calls reports failures per track.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrackResult {
+    /// Published here (`local`) or pulled (`remote`), echoed to the client.
     pub location: Option<Location>,
+    /// For a pull: the publishing session.
     pub session_id: Option<String>,
+    /// The track's name, as the client gave it.
     pub track_name: Option<String>,
+    /// The transceiver that carries the track (empty when it got none).
     pub mid: String,
+    /// Why this track failed, while the others may have succeeded.
     pub error: Option<TrackError>,
 }
 
+/// What `tracks/new` hands back to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracksNewResult {
+    /// The description is an SFU offer the client must answer with `renegotiate`.
     pub requires_immediate_renegotiation: bool,
+    /// The SFU's answer to the client's offer, or its own offer; none when nothing changed.
     pub description: Option<SessionDesc>,
+    /// One result per requested track, in request order.
     pub tracks: Vec<TrackResult>,
 }
 
+/// One item of `tracks/update`: point a receiving mid at another publication.
 #[derive(Debug, Clone)]
 pub struct UpdateTrack {
+    /// The client's receiving transceiver to re-point.
     pub mid: Option<String>,
+    /// The session publishing the new source.
     pub session_id: Option<String>,
+    /// The new source's publication name.
     pub track_name: Option<String>,
 }
 
+/// What `tracks/close` hands back to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseResult {
+    /// The SFU's answer to the client's offer; none with `force`.
     pub description: Option<SessionDesc>,
+    /// One result per closed mid.
     pub tracks: Vec<TrackResult>,
 }
 
+/// One session as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSummary {
+    /// The session.
     pub session_id: SessionId,
+    /// The Calls app that owns it.
     pub app: String,
+    /// ICE and DTLS are up right now.
     pub connected: bool,
+    /// Every track it has had, active or closed.
     pub tracks: Vec<TrackStatus>,
 }
 
+/// One track published on this node, as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicationSummary {
+    /// The publishing session.
     pub session_id: SessionId,
+    /// The publication's name within the session.
     pub track_name: String,
+    /// Audio or video.
     pub kind: MediaKind,
+    /// Sessions on this node that receive it.
     pub local_subscribers: usize,
     /// Relay downstream ids (the relay layer maps them to nodes).
     pub downstreams: Vec<DownId>,
 }
 
+/// One track of a session as `GET sessions/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackStatus {
+    /// Published by the session (`local`) or pulled (`remote`).
     pub location: Location,
+    /// The transceiver that carries it.
     pub mid: String,
+    /// The track's name (for a pull: the publication's).
     pub track_name: String,
+    /// For a pull: the publishing session.
     pub session_id: Option<String>,
+    /// Still carrying media: not closed and still mapped to its transceiver.
     pub active: bool,
 }
 

@@ -6,6 +6,7 @@ use super::{MAX_ACTIVE_TRACKS_PER_SESSION, MAX_TRACKS_PER_CALL, TracksNew, Track
 use crate::engine::{Engine, OpError};
 
 impl Engine {
+    /// `POST tracks/new`: publish the client's tracks or pull publications into its session.
     pub fn tracks_new(
         &mut self,
         app: &str,
