@@ -1,11 +1,12 @@
 //! Inputs and polls: datagrams and timers in, datagrams out. Every input ends with the touched
 //! session's `Rtc` drained (str0m's rule) and the work it produced done.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::media::{KeyframeRequest, MediaData};
+use str0m::media::{KeyframeRequest, MediaData, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output};
 
@@ -147,7 +148,17 @@ impl Engine {
                 Ok(Output::Event(event)) => match event {
                     Event::MediaData(data) => self.work.push_back(Work::Media(sid, data)),
                     Event::KeyframeRequest(req) => {
+                        self.stats.keyframe_requests_received += 1;
                         self.work.push_back(Work::KeyframeRequest(sid, req))
+                    }
+                    // str0m reports cumulative NACK counts per mid every stats interval.
+                    Event::MediaIngressStats(st) => {
+                        self.stats.nacks_sent +=
+                            nack_delta(&mut s.nacks_seen, st.mid, false, st.nacks)
+                    }
+                    Event::MediaEgressStats(st) => {
+                        self.stats.nacks_received +=
+                            nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }
                     Event::Connected => {
                         s.state = s.state.on_connected();
@@ -186,5 +197,31 @@ impl Engine {
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
             }
         }
+    }
+}
+
+/// The NACKs since the last report for `(mid, egress)`, remembering the new cumulative count.
+/// A count that went down (a mid reused for a new stream) starts again from it.
+fn nack_delta(seen: &mut HashMap<(Mid, bool), u64>, mid: Mid, egress: bool, total: u64) -> u64 {
+    let last = seen.insert((mid, egress), total).unwrap_or(0);
+    total.checked_sub(last).unwrap_or(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nack_counts_are_summed_from_cumulative_reports() {
+        let mut seen = HashMap::new();
+        let mid = Mid::from("1");
+        assert_eq!(nack_delta(&mut seen, mid, true, 3), 3);
+        assert_eq!(nack_delta(&mut seen, mid, true, 5), 2);
+        assert_eq!(
+            nack_delta(&mut seen, mid, false, 4),
+            4,
+            "ingress counts apart"
+        );
+        assert_eq!(nack_delta(&mut seen, mid, true, 1), 1, "a restarted count");
     }
 }

@@ -42,11 +42,11 @@ pub struct Stats {
     pub rtp_in: u64,
     /// Sent datagrams that are RTP or RTCP.
     pub rtp_out: u64,
-    /// Keyframe requests (PLI/FIR) received from subscribers (nothing counts them yet: always 0).
+    /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_received: u64,
-    /// NACKs (retransmission requests) sent to publishers (nothing counts them yet: always 0).
+    /// NACKs (retransmission requests) sent to publishers, as str0m's ingress stats report them.
     pub nacks_sent: u64,
-    /// NACKs received from subscribers (nothing counts them yet: always 0).
+    /// NACKs received from subscribers, as str0m's egress stats report them.
     pub nacks_received: u64,
     /// Delta frames not sent to a subscriber that had no keyframe yet.
     pub frames_held_for_keyframe: u64,

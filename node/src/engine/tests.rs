@@ -1021,3 +1021,33 @@ fn fuzz_seeds() {
         assert!(per_class.contains_key(kind), "the capture holds {kind}");
     }
 }
+
+#[test]
+fn a_subscribers_keyframe_request_is_counted_and_reaches_the_publisher() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "cam")]);
+    let vm = Mid::from(res.tracks[0].mid.as_str());
+    w.run(Duration::from_millis(1500));
+    let (received, asked) = (
+        w.engine.stats().keyframe_requests_received,
+        w.clients[0].keyframe_requests,
+    );
+    w.clients[sub]
+        .rtc
+        .writer(vm)
+        .expect("the subscriber's video mid")
+        .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+        .expect("a PLI");
+    // Past the engine's keyframe request interval, so the request is passed on.
+    w.run(Duration::from_millis(2500));
+    assert!(
+        w.engine.stats().keyframe_requests_received > received,
+        "the PLI is counted"
+    );
+    assert!(
+        w.clients[0].keyframe_requests > asked,
+        "the publisher is asked for a keyframe"
+    );
+}
