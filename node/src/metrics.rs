@@ -342,6 +342,14 @@ impl Metrics {
             &self.dropped.with_label_values(&["relay_in_queue"]),
             snap.relay.engine_queue_drops,
         );
+        set(
+            &self.dropped.with_label_values(&["relay_control_queue"]),
+            snap.relay.control_drops,
+        );
+        set(
+            &self.dropped.with_label_values(&["relay_send"]),
+            snap.relay.send_drops,
+        );
         for (reason, n) in snap.relay.pull_failures {
             set(&self.relay_pull_failures.with_label_values(&[reason]), n);
         }

@@ -127,9 +127,20 @@ pub(crate) struct Inner {
     pub failures: failures::Failures,
     /// Frames from other nodes dropped because the engine's input queue was full.
     pub engine_queue_drops: AtomicU64,
+    /// Control messages dropped because a link's control queue was full.
+    pub control_drops: AtomicU64,
+    /// Frames for other nodes not sent: too large to fragment, or refused by the QUIC link.
+    pub send_drops: AtomicU64,
 }
 
 impl Inner {
+    /// Queues a control message on a link; a full queue drops it and counts the drop (a closed
+    /// one means the link is gone, and the message with it).
+    pub fn send_control(&self, link: &mpsc::Sender<ControlMsg>, msg: ControlMsg) {
+        send_counted(link, msg, &self.control_drops);
+    }
+
+    /// The relay's shared state (a poisoned lock is taken over: the state stays consistent).
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -142,6 +153,13 @@ impl Inner {
     /// A new downstream id, from the same sequence.
     pub fn next_down(&self) -> DownId {
         DownId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Queues `msg`; on a full queue it is dropped and `drops` counts it.
+fn send_counted(link: &mpsc::Sender<ControlMsg>, msg: ControlMsg, drops: &AtomicU64) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = link.try_send(msg) {
+        drops.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -160,6 +178,10 @@ pub struct RelayFigures {
     pub pull_failures: [(&'static str, u64); PullError::ALL.len()],
     /// Frames from other nodes dropped on a full engine input queue.
     pub engine_queue_drops: u64,
+    /// Control messages dropped on a full link control queue.
+    pub control_drops: u64,
+    /// Frames for other nodes not sent (too large, or refused by the link).
+    pub send_drops: u64,
 }
 
 /// The relay layer's handle: pulls tracks from other nodes, serves this node's, reports views.
@@ -259,6 +281,8 @@ impl Relay {
             bytes_out: AtomicU64::new(0),
             failures: failures::Failures::default(),
             engine_queue_drops: AtomicU64::new(0),
+            control_drops: AtomicU64::new(0),
+            send_drops: AtomicU64::new(0),
         });
         tokio::spawn(serve::accept_loop(inner.clone()));
         tokio::spawn(pull::engine_outputs(inner.clone(), relay_out));
@@ -360,6 +384,8 @@ impl Relay {
             refused: self.refused(),
             pull_failures: self.inner.failures.counts(),
             engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
+            control_drops: self.inner.control_drops.load(Ordering::Relaxed),
+            send_drops: self.inner.send_drops.load(Ordering::Relaxed),
         }
     }
 
@@ -367,5 +393,27 @@ impl Relay {
     pub fn counts(&self) -> (usize, usize) {
         let st = self.inner.state();
         (st.links.len(), st.ups.len() + st.downs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_message_on_a_full_link_queue_is_counted() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let drops = AtomicU64::new(0);
+        send_counted(&tx, ControlMsg::Ping { nonce: 1 }, &drops);
+        send_counted(&tx, ControlMsg::Ping { nonce: 2 }, &drops);
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "the second did not fit");
+        assert!(matches!(rx.try_recv(), Ok(ControlMsg::Ping { nonce: 1 })));
+        drop(rx);
+        send_counted(&tx, ControlMsg::Ping { nonce: 3 }, &drops);
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            1,
+            "a closed link is not a drop"
+        );
     }
 }

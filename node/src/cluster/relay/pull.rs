@@ -409,10 +409,7 @@ fn drop_up(inner: &Arc<Inner>, up: UpId) {
         return;
     };
     lock(&u.link.subs).remove(&u.sub);
-    let _ = u
-        .link
-        .control
-        .try_send(ControlMsg::Unsubscribe { sub: u.sub });
+    inner.send_control(&u.link.control, ControlMsg::Unsubscribe { sub: u.sub });
 }
 
 /// Carries the engine's relay output onto the links.
@@ -438,6 +435,7 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                     payload: frame.data.to_vec(),
                 };
                 let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
+                    inner.send_drops.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 d.frames.fetch_add(1, Ordering::Relaxed);
@@ -447,6 +445,7 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
                     // quinn drops the oldest queued datagrams when its buffer is full.
                     if d.conn.send_datagram(Bytes::copy_from_slice(&buf)).is_err() {
+                        inner.send_drops.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -454,15 +453,12 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
             RelayOut::Ended { down } => {
                 seq.remove(&down);
                 if let Some(d) = inner.state().downs.remove(&down) {
-                    let _ = d.control.try_send(ControlMsg::TrackEnded { sub: d.sub });
+                    inner.send_control(&d.control, ControlMsg::TrackEnded { sub: d.sub });
                 }
             }
             RelayOut::KeyframeRequest { up } => {
                 if let Some(u) = inner.state().ups.get(&up) {
-                    let _ = u
-                        .link
-                        .control
-                        .try_send(ControlMsg::KeyframeRequest { sub: u.sub });
+                    inner.send_control(&u.link.control, ControlMsg::KeyframeRequest { sub: u.sub });
                 }
             }
             RelayOut::Unused { up } => drop_up(&inner, up),

@@ -90,11 +90,14 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                     .map(|m| m.len() >= MAX_SUBS_PER_LINK)
                     .unwrap_or(true);
                 if full {
-                    let _ = ctl_tx.try_send(ControlMsg::SubscribeFailed {
-                        sub: s.sub,
-                        code: FailureCode::Overloaded,
-                        reason: "too many subscriptions on this link".into(),
-                    });
+                    inner.send_control(
+                        &ctl_tx,
+                        ControlMsg::SubscribeFailed {
+                            sub: s.sub,
+                            code: FailureCode::Overloaded,
+                            reason: "too many subscriptions on this link".into(),
+                        },
+                    );
                     return;
                 }
                 tokio::spawn(subscribe(
@@ -124,7 +127,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                 }
             }
             ControlMsg::Ping { nonce } => {
-                let _ = ctl_tx.try_send(ControlMsg::Pong { nonce });
+                inner.send_control(&ctl_tx, ControlMsg::Pong { nonce });
             }
             _ => {}
         }
