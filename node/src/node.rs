@@ -21,6 +21,9 @@ use crate::liveness::Liveness;
 use crate::runtime::EngineHandle;
 use crate::{api, runtime};
 
+/// Log lines keep the binary's target they had before the wiring moved here, so log filters and
+/// readers see the same lines.
+const LOG_TARGET: &str = "trackmesh";
 /// How often a drain looks whether the last session has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
 
@@ -104,11 +107,13 @@ impl Node {
 
         if cfg.dev_secret {
             tracing::warn!(
+                target: LOG_TARGET,
                 "no --cluster-secret: using the development secret; never do this in production"
             );
         }
         if cfg.cluster_secret_previous.is_some() {
             tracing::info!(
+                target: LOG_TARGET,
                 "rotating the cluster secret: gossip is sent under the current and the previous secret and both are accepted; drop --cluster-secret-previous once every node has the current one"
             );
         }
@@ -266,6 +271,7 @@ impl Node {
         self.local.draining.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tracing::info!(
+            target: LOG_TARGET,
             timeout_secs = self.drain_timeout.as_secs_f64(),
             "draining: waiting for sessions to end"
         );
@@ -276,11 +282,11 @@ impl Node {
                 .await
                 .unwrap_or(0);
             if left == 0 {
-                tracing::info!("drained: no sessions left");
+                tracing::info!(target: LOG_TARGET, "drained: no sessions left");
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::info!(sessions = left, "drain timeout: exiting with sessions left");
+                tracing::info!(target: LOG_TARGET, sessions = left, "drain timeout: exiting with sessions left");
                 return;
             }
             tokio::time::sleep(DRAIN_POLL).await;
@@ -296,7 +302,7 @@ impl Node {
             && let Err(e) = task.await
             && e.is_panic()
         {
-            tracing::warn!("the HTTP server task panicked");
+            tracing::warn!(target: LOG_TARGET, "the HTTP server task panicked");
         }
         self.engine_task.abort();
         self.load_task.abort();
@@ -306,7 +312,7 @@ impl Node {
                 .await
                 .is_err()
         {
-            tracing::warn!("joining the gossip thread failed");
+            tracing::warn!(target: LOG_TARGET, "joining the gossip thread failed");
         }
     }
 
@@ -378,7 +384,7 @@ fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
         ("send", socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER)),
     ] {
         if let Err(e) = res {
-            tracing::warn!(error = %e, "cannot enlarge the media socket {what} buffer");
+            tracing::warn!(target: LOG_TARGET, error = %e, "cannot enlarge the media socket {what} buffer");
         }
     }
     socket.set_nonblocking(true)?;

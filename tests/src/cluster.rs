@@ -176,6 +176,9 @@ pub struct ClusterConfig {
     pub converge_timeout: Duration,
     /// Where each node runs, in `spec` order (missing entries: on the host, 127.0.0.1).
     pub places: Vec<Place>,
+    /// Run every node as a child process of the node binary (else in this process, unless
+    /// placed): for tests that signal nodes or read their logs.
+    pub process: bool,
 }
 
 impl Default for ClusterConfig {
@@ -185,11 +188,12 @@ impl Default for ClusterConfig {
             extra: Vec::new(),
             converge_timeout: CONVERGE_TIMEOUT,
             places: Vec::new(),
+            process: false,
         }
     }
 }
 
-/// N node processes sharing one app, one cluster secret and one admin token. Node ids are the
+/// N nodes (in this process, or processes) sharing one app, one cluster secret and one admin token. Node ids are the
 /// names given to [`Cluster::start`]. Every child is killed on drop.
 pub struct Cluster {
     nodes: Vec<(String, TestNode)>,
@@ -198,6 +202,8 @@ pub struct Cluster {
     secret: String,
     admin_token: String,
     extra: Vec<String>,
+    /// New nodes run as processes.
+    process: bool,
 }
 
 impl Cluster {
@@ -218,6 +224,7 @@ impl Cluster {
             secret: format!("test-cluster-{}", random_hex32()),
             admin_token: format!("admin-{}", random_hex32()),
             extra: cfg.extra.clone(),
+            process: cfg.process,
         };
         // Gossip addresses chosen up front so that every node can seed every other one.
         let gossip: Vec<SocketAddr> = (0..spec.len())
@@ -250,7 +257,7 @@ impl Cluster {
         let started = t0.elapsed();
         let converged = cluster.wait_converged(cfg.converge_timeout).await?;
         eprintln!(
-            "cluster of {} nodes: processes ready in {started:?}, all members live everywhere {converged:?} later",
+            "cluster of {} nodes: nodes ready in {started:?}, all members live everywhere {converged:?} later",
             spec.len()
         );
         Ok(cluster)
@@ -269,6 +276,7 @@ impl Cluster {
             app: Some((self.app_id.clone(), self.app_secret.clone())),
             extra: self.extra.clone(),
             place: None,
+            process: self.process,
         }
     }
 
