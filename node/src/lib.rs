@@ -15,6 +15,7 @@ pub mod engine;
 pub mod http;
 pub mod ids;
 pub mod liveness;
+pub mod logging;
 pub mod metrics;
 mod node;
 pub mod rejects;

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use trackmesh_node::Node;
 use trackmesh_node::config::{Config, Flags, LogFormat};
@@ -40,15 +39,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    // chitchat's UDP socket warns once per undecodable datagram; the sealed gossip transport
-    // feeds it only opened datagrams and counts failures itself (rate-limited), so its warnings
-    // are dropped whatever RUST_LOG says.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn"));
-    let filter = match "chitchat::transport::udp=error".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
+    let filter = trackmesh_node::logging::filter("info,str0m=warn,dimpl=warn");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod flows;
 pub mod netns;
 pub mod node;
+mod node_log;
 pub mod offers;
 pub mod peer;
 

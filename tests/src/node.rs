@@ -19,6 +19,7 @@ use trackmesh_node::Node;
 use trackmesh_node::config::{Config, Flags};
 
 use crate::api::CallsClient;
+use crate::node_log::{self, NodeLog};
 
 /// How long we wait for the `trackmesh ready ...` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -58,6 +59,7 @@ struct InProcess {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     liveness: trackmesh_node::liveness::Liveness,
+    log: NodeLog,
 }
 
 impl InProcess {
@@ -289,15 +291,18 @@ impl TestNode {
         let cfg = Config::from_flags(flags).context("the node's configuration")?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let log = NodeLog::default();
+        let dispatch = log.dispatch();
         let thread = std::thread::Builder::new()
             .name(format!("node-{}", cfg.node_id))
-            .spawn(move || run_in_process(cfg, ready_tx, stopped))
+            .spawn(move || run_in_process(cfg, &dispatch, ready_tx, stopped))
             .context("starting the node's thread")?;
         let started = match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
-                return Err(e.context(EARLY_EXIT));
+                let log = log.text();
+                return Err(e.context(format!("{EARLY_EXIT}; node log:\n{log}")));
             }
             Err(e) => bail!("the node did not start within {READY_TIMEOUT:?}: {e}"),
         };
@@ -318,6 +323,7 @@ impl TestNode {
                 stop: Some(stop),
                 thread: Some(thread),
                 liveness: started.liveness,
+                log,
             }),
             http: started.http,
             media: started.media,
@@ -507,14 +513,14 @@ impl TestNode {
         CallsClient::new(&self.base_url(), &self.app_secret)
     }
 
-    /// The node's stderr so far (its log). Only a process node has a log of its own: panics on
-    /// an in-process node, so that a test reading it cannot pass on an empty string.
+    /// The node's log so far: a process's stderr, or what an in-process node's threads logged
+    /// (plain text, the same filter).
     pub fn log(&self) -> String {
         match &self.run {
             Run::Process { stderr_path, .. } => {
                 std::fs::read_to_string(stderr_path).unwrap_or_default()
             }
-            Run::InProcess(_) => panic!("log() of an in-process node: start it as a process"),
+            Run::InProcess(node) => node.log.text(),
         }
     }
 
@@ -721,12 +727,18 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 /// until the [`TestNode`] is gone), then stop at once and drop the runtime, closing every socket.
 fn run_in_process(
     cfg: Config,
+    log: &tracing::Dispatch,
     ready: mpsc::SyncSender<anyhow::Result<Started>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    // This thread and every thread of the node's runtime log into the node's own log.
+    let _log = tracing::dispatcher::set_default(log);
+    let worker_log = log.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("node-worker")
+        .on_thread_start(move || node_log::enter_thread(&worker_log))
+        .on_thread_stop(node_log::leave_thread)
         .enable_all()
         .build()
     {
@@ -823,6 +835,13 @@ impl Drop for TestNode {
                 if let Err(e) = node.kill() {
                     eprintln!("stopping an in-process node: {e:#}");
                 }
+                if std::thread::panicking() {
+                    eprintln!(
+                        "---- trackmesh node log (in-process {}) ----\n{}\n---- end of node log ----",
+                        self.http,
+                        tail(&node.log.text(), 200)
+                    );
+                }
             }
         }
     }
@@ -861,6 +880,35 @@ mod tests {
         assert_eq!(f.get("future").map(String::as_str), Some("x"));
         let (h, m) = parse_ready_line(line).expect("addresses");
         assert_eq!((h.port(), m.port()), (4321, 5000));
+    }
+
+    #[test]
+    fn each_in_process_node_has_a_log_of_its_own() {
+        let with_secret =
+            TestNode::start(&["--cluster-secret", "s3cret"]).expect("node with a secret");
+        let without = TestNode::start(&[]).expect("node without a secret");
+        let warning = "no --cluster-secret: using the development secret";
+        assert!(without.log().contains(warning), "{}", without.log());
+        assert!(
+            !with_secret.log().contains(warning),
+            "{}",
+            with_secret.log()
+        );
+        assert!(!with_secret.is_process() && !without.is_process());
+
+        // The gossip thread logs into it too: a junk datagram gets one refusal line.
+        let gossip = with_secret.gossip_addr().expect("gossip address");
+        let junk = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        let refused = "gossip datagram refused";
+        for _ in 0..100 {
+            junk.send_to(b"not sealed", gossip).expect("send junk");
+            if with_secret.log().contains(refused) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(with_secret.log().contains(refused), "{}", with_secret.log());
+        assert!(!without.log().contains(refused), "{}", without.log());
     }
 
     #[test]

@@ -106,9 +106,13 @@ pub fn start(cfg: MembershipConfig) -> anyhow::Result<Membership> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let state = local.clone();
+    // The gossip thread logs where its caller does (one node's own log when several share a
+    // process).
+    let log = tracing::dispatcher::get_default(|d| d.clone());
     let thread = std::thread::Builder::new()
         .name("gossip".into())
         .spawn(move || {
+            let _log = tracing::dispatcher::set_default(&log);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
