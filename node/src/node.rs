@@ -398,37 +398,49 @@ mod tests {
     use clap::Parser;
 
     async fn start() -> Node {
+        start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Node {
         let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .expect("a free UDP port");
-        let flags = crate::config::Flags::try_parse_from([
-            "trackmesh",
-            "--http",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--relay",
-            "127.0.0.1:0",
-            "--gossip",
-            &gossip.to_string(),
-        ])
+        let flags = crate::config::Flags::try_parse_from(
+            [
+                "trackmesh",
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--relay",
+                "127.0.0.1:0",
+                "--gossip",
+                &gossip.to_string(),
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+        )
         .expect("flags");
         let cfg = Config::from_flags(flags).expect("config");
         Node::start(cfg).await.expect("node starts")
     }
 
-    async fn healthz(node: &Node) -> (u16, serde_json::Value) {
+    async fn get(node: &Node, path: &str) -> (u16, serde_json::Value) {
         let res = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client")
-            .get(format!("http://{}/healthz", node.http_addr()))
+            .get(format!("http://{}{path}", node.http_addr()))
             .send()
             .await
-            .expect("GET /healthz");
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = res.status().as_u16();
         (status, res.json().await.expect("a JSON body"))
+    }
+
+    async fn healthz(node: &Node) -> (u16, serde_json::Value) {
+        get(node, "/healthz").await
     }
 
     /// Polls `/healthz` (bounded) until it names exactly `stopped`.
@@ -485,5 +497,20 @@ mod tests {
         std::net::UdpSocket::bind(gossip).expect("the gossip port is free after shutdown");
         assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
         b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_reports_not_ready_and_ends_when_no_session_is_left() {
+        let node = start_with(&["--drain-timeout", "1h"]).await;
+        assert_eq!(get(&node, "/readyz").await.0, 200);
+        // Without sessions the drain ends at once; this bound only catches waiting out the hour.
+        tokio::time::timeout(Duration::from_secs(60), node.drain())
+            .await
+            .expect("the drain ends when no session is left, not at its timeout");
+        let (status, body) = get(&node, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["errorDescription"], "draining");
+        assert_eq!(healthz(&node).await.0, 200, "draining is not dying");
+        node.shutdown().await;
     }
 }
