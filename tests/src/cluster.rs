@@ -1,5 +1,5 @@
-//! Clusters of `trackmesh` node processes on 127.0.0.1 and typed views of the admin API
-//! (`/admin/cluster`, `/admin/relay`) used by the cluster tests.
+//! Clusters of `trackmesh` nodes on 127.0.0.1 (in this process unless asked for processes) and
+//! typed views of the admin API (`/admin/cluster`, `/admin/relay`) used by the cluster tests.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -193,8 +193,8 @@ impl Default for ClusterConfig {
     }
 }
 
-/// N nodes (in this process, or processes) sharing one app, one cluster secret and one admin token. Node ids are the
-/// names given to [`Cluster::start`]. Every child is killed on drop.
+/// N nodes (in this process, or processes) sharing one app, one cluster secret and one admin
+/// token. Node ids are the names given to [`Cluster::start`]. Every node is killed on drop.
 pub struct Cluster {
     nodes: Vec<(String, TestNode)>,
     app_id: String,
@@ -292,7 +292,7 @@ impl Cluster {
         Ok(&self.nodes[self.nodes.len() - 1].1)
     }
 
-    /// SIGKILL node `name` and start it again on the same gossip address with `opts` (whose
+    /// Kill node `name` ([`TestNode::kill`]) and start it again on the same gossip address with `opts` (whose
     /// `gossip` is replaced by the old one), under the same name. Does not wait for convergence.
     pub fn restart(&mut self, name: &str, opts: &ClusterOpts) -> anyhow::Result<&TestNode> {
         let gossip = self.try_node(name)?.gossip_addr()?;
@@ -378,7 +378,7 @@ impl Cluster {
         self.node(name).client()
     }
 
-    /// SIGKILL node `name`; returns the instant of the kill.
+    /// Kill node `name` ([`TestNode::kill`]); returns the instant of the kill.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<Instant> {
         let node = self.node_mut(name);
         node.kill()?;

@@ -1,5 +1,5 @@
-//! trackmesh black-box test support: spawn a node, talk to its Calls API, and push/pull real
-//! WebRTC media with a str0m-based client.
+//! trackmesh black-box test support: start a node (in this process, or as a process of the node
+//! binary), talk to its Calls API, and push/pull real WebRTC media with a str0m-based client.
 
 pub mod api;
 pub mod cluster;
