@@ -292,8 +292,9 @@ impl Cluster {
         Ok(&self.nodes[self.nodes.len() - 1].1)
     }
 
-    /// Kill node `name` ([`TestNode::kill`]) and start it again on the same gossip address with `opts` (whose
-    /// `gossip` is replaced by the old one), under the same name. Does not wait for convergence.
+    /// Kill node `name` ([`TestNode::kill`]) and start it again on the same gossip address with
+    /// `opts` (whose `gossip` is replaced by the old one), under the same name. Does not wait for
+    /// convergence.
     pub fn restart(&mut self, name: &str, opts: &ClusterOpts) -> anyhow::Result<&TestNode> {
         let gossip = self.try_node(name)?.gossip_addr()?;
         let i = self
