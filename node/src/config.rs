@@ -1,7 +1,9 @@
 //! Command line, environment and TOML configuration.
 //!
 //! Precedence: command-line flag > `TRACKMESH_<FLAG>` environment variable > `--config` TOML file >
-//! built-in default. clap handles the first two; the file fills whatever is still unset.
+//! built-in default. One struct, [`Flags`], declares every setting once: clap reads it from the
+//! command line and the environment, serde from the file (keys are the long flag names), and
+//! [`Config::from_flags`] layers the two and applies the defaults.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -71,15 +73,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-#[derive(Debug, Parser, Default)]
+/// Every setting, as given on the command line, in the environment or in the `--config` file.
+/// Unset is `None` (or empty), so that each layer only fills what the one above left unset. Unknown
+/// keys in the file are an error, so a typo in a config file is not silently ignored.
+#[derive(Debug, Parser, Default, Deserialize)]
 #[command(
     name = "trackmesh",
     version,
     about = "trackmesh node: a Cloudflare-Calls-compatible WebRTC SFU"
 )]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Flags {
     /// TOML file with any of the settings below (keys as the long flag names, e.g. `media = "0.0.0.0:7701"`).
     #[arg(long, env = "TRACKMESH_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// HTTP listen address for the API, the demo page and health checks [default: 127.0.0.1:7700].
     #[arg(long, env = "TRACKMESH_HTTP")]
@@ -92,18 +99,23 @@ pub struct Flags {
     pub public_ip: Option<IpAddr>,
     /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
+    #[serde(rename = "app", deserialize_with = "file::apps")]
     pub apps: Vec<App>,
     /// A published track that receives no media for this long is garbage-collected [default: 30s].
     #[arg(long, env = "TRACKMESH_TRACK_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::track_timeout")]
     pub track_timeout: Option<Duration>,
     /// How long an API call waits for the session's PeerConnection to connect [default: 5s].
     #[arg(long, env = "TRACKMESH_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::connect_timeout")]
     pub connect_timeout: Option<Duration>,
     /// How long a session that lost connectivity stays usable before it is closed [default: 30s].
     #[arg(long, env = "TRACKMESH_RECONNECT_GRACE", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::reconnect_grace")]
     pub reconnect_grace: Option<Duration>,
     /// A session that never connects is closed after this long [default: 120s].
     #[arg(long, env = "TRACKMESH_UNCONNECTED_EXPIRY", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::unconnected_expiry")]
     pub unconnected_expiry: Option<Duration>,
     /// API calls per second allowed on one session [default: 50].
     #[arg(long, env = "TRACKMESH_RATE_LIMIT")]
@@ -124,6 +136,10 @@ pub struct Flags {
     /// New sessions per second allowed for one app [default: 200].
     #[arg(long, env = "TRACKMESH_SESSION_RATE_APP")]
     pub session_rate_app: Option<u32>,
+    /// Log format: text or json [default: text]. Filter with RUST_LOG.
+    // Declared here for the order of the file's keys in error messages; listed last in --help.
+    #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
+    pub log_format: Option<LogFormat>,
     /// This node's id in the cluster [default: generated].
     #[arg(long, env = "TRACKMESH_NODE_ID")]
     pub node_id: Option<String>,
@@ -136,6 +152,7 @@ pub struct Flags {
     pub gossip: Option<SocketAddr>,
     /// Gossip address (HOST:PORT) of a node to join the cluster through; repeatable.
     #[arg(long = "seed", env = "TRACKMESH_SEED", value_delimiter = ',')]
+    #[serde(rename = "seed")]
     pub seeds: Vec<String>,
     /// UDP address of the QUIC relay between nodes [default: 127.0.0.1:7703].
     #[arg(long, env = "TRACKMESH_RELAY")]
@@ -153,6 +170,7 @@ pub struct Flags {
     /// After SIGTERM the node drains: it exits when its sessions have ended, or after this long
     /// [default: 60s].
     #[arg(long, env = "TRACKMESH_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::drain_timeout")]
     pub drain_timeout: Option<Duration>,
     /// Most open HTTP connections; beyond it clients get a 503 at once [default: 4096].
     #[arg(long, env = "TRACKMESH_HTTP_MAX_CONNECTIONS")]
@@ -166,17 +184,17 @@ pub struct Flags {
     pub http_probe_reserve: Option<usize>,
     /// Time from a request's first byte to the end of its headers [default: 10s].
     #[arg(long, env = "TRACKMESH_HTTP_HEADER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::http_header_timeout")]
     pub http_header_timeout: Option<Duration>,
     /// A connection with no request for this long is closed [default: 60s].
     #[arg(long, env = "TRACKMESH_HTTP_IDLE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::http_idle_timeout")]
     pub http_idle_timeout: Option<Duration>,
     /// Time from the end of a request's headers to the end of its body; also the longest an
     /// answer waits for the client to read [default: 30s].
     #[arg(long, env = "TRACKMESH_HTTP_BODY_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::http_body_timeout")]
     pub http_body_timeout: Option<Duration>,
-    /// Log format: text or json [default: text]. Filter with RUST_LOG.
-    #[arg(long, env = "TRACKMESH_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -187,43 +205,59 @@ pub enum LogFormat {
     Json,
 }
 
-/// The same settings as [`Flags`], as read from a TOML file. Unknown keys are an error, so a typo
-/// in a config file is not silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    http: Option<SocketAddr>,
-    media: Option<SocketAddr>,
-    public_ip: Option<IpAddr>,
-    #[serde(default)]
-    app: Vec<String>,
-    track_timeout: Option<String>,
-    connect_timeout: Option<String>,
-    reconnect_grace: Option<String>,
-    unconnected_expiry: Option<String>,
-    rate_limit: Option<u32>,
-    max_body: Option<usize>,
-    max_sessions: Option<usize>,
-    max_sessions_per_app: Option<usize>,
-    session_rate_ip: Option<u32>,
-    session_rate_app: Option<u32>,
-    log_format: Option<LogFormat>,
-    node_id: Option<String>,
-    region: Option<String>,
-    gossip: Option<SocketAddr>,
-    #[serde(default)]
-    seed: Vec<String>,
-    relay: Option<SocketAddr>,
-    cluster_secret: Option<String>,
-    cluster_secret_previous: Option<String>,
-    admin_token: Option<String>,
-    drain_timeout: Option<String>,
-    http_max_connections: Option<usize>,
-    http_max_connections_per_ip: Option<usize>,
-    http_probe_reserve: Option<usize>,
-    http_header_timeout: Option<String>,
-    http_idle_timeout: Option<String>,
-    http_body_timeout: Option<String>,
+/// Where `log-format` goes in `--help`: after the other flags, as before it moved up in
+/// [`Flags`], and before clap's own `--help` and `--version` (999).
+const LAST_IN_HELP: usize = 998;
+
+/// Reading values from the file as on the command line, with the errors the file has always
+/// given: `config <key>: <why>`, without TOML's location (see [`read_file`]).
+mod file {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// What starts every error of ours; `read_file` shows those messages alone.
+    pub(super) const PREFIX: &str = "config ";
+
+    /// The file's `app` list: `"ID:SECRET"` strings.
+    pub(super) fn apps<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::App>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| D::Error::custom(format!("{PREFIX}app: {e}")))
+            })
+            .collect()
+    }
+
+    fn duration<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("{PREFIX}{key}: {e}")))
+    }
+
+    /// One reader per duration key, so that its error names the key.
+    macro_rules! durations {
+        ($($field:ident => $key:literal,)*) => {$(
+            pub(super) fn $field<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Option<Duration>, D::Error> {
+                duration(d, $key)
+            }
+        )*};
+    }
+
+    durations! {
+        track_timeout => "track-timeout",
+        connect_timeout => "connect-timeout",
+        reconnect_grace => "reconnect-grace",
+        unconnected_expiry => "unconnected-expiry",
+        drain_timeout => "drain-timeout",
+        http_header_timeout => "http-header-timeout",
+        http_idle_timeout => "http-idle-timeout",
+        http_body_timeout => "http-body-timeout",
+    }
 }
 
 /// Fully resolved node configuration.
@@ -269,21 +303,16 @@ impl Config {
     pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Flags::default(),
         };
-        let dur = |flag: Option<Duration>, file: &Option<String>, name: &str, default: u64| match (
-            flag, file,
-        ) {
-            (Some(d), _) => Ok(d),
-            (None, Some(s)) => parse_duration(s).map_err(|e| anyhow::anyhow!("config {name}: {e}")),
-            (None, None) => Ok(Duration::from_secs(default)),
+        let dur = |flag: Option<Duration>, file: Option<Duration>, default: u64| {
+            flag.or(file).unwrap_or(Duration::from_secs(default))
         };
-        let mut apps = flags.apps;
-        if apps.is_empty() {
-            for a in &file.app {
-                apps.push(a.parse().map_err(|e| anyhow::anyhow!("config app: {e}"))?);
-            }
-        }
+        let mut apps = if flags.apps.is_empty() {
+            file.apps
+        } else {
+            flags.apps
+        };
         let dev_app = apps.is_empty();
         if dev_app {
             apps.push(App {
@@ -305,30 +334,10 @@ impl Config {
             public_ip: flags.public_ip.or(file.public_ip),
             apps,
             dev_app,
-            track_timeout: dur(
-                flags.track_timeout,
-                &file.track_timeout,
-                "track-timeout",
-                30,
-            )?,
-            connect_timeout: dur(
-                flags.connect_timeout,
-                &file.connect_timeout,
-                "connect-timeout",
-                5,
-            )?,
-            reconnect_grace: dur(
-                flags.reconnect_grace,
-                &file.reconnect_grace,
-                "reconnect-grace",
-                30,
-            )?,
-            unconnected_expiry: dur(
-                flags.unconnected_expiry,
-                &file.unconnected_expiry,
-                "unconnected-expiry",
-                120,
-            )?,
+            track_timeout: dur(flags.track_timeout, file.track_timeout, 30),
+            connect_timeout: dur(flags.connect_timeout, file.connect_timeout, 5),
+            reconnect_grace: dur(flags.reconnect_grace, file.reconnect_grace, 30),
+            unconnected_expiry: dur(flags.unconnected_expiry, file.unconnected_expiry, 120),
             rate_limit: flags.rate_limit.or(file.rate_limit).unwrap_or(50),
             max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
             max_sessions,
@@ -359,7 +368,7 @@ impl Config {
                 .or(file.gossip)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
             seeds: if flags.seeds.is_empty() {
-                file.seed
+                file.seeds
             } else {
                 flags.seeds
             },
@@ -380,12 +389,7 @@ impl Config {
                 .admin_token
                 .or(file.admin_token)
                 .filter(|t| !t.is_empty()),
-            drain_timeout: dur(
-                flags.drain_timeout,
-                &file.drain_timeout,
-                "drain-timeout",
-                60,
-            )?,
+            drain_timeout: dur(flags.drain_timeout, file.drain_timeout, 60),
             http_limits: crate::http::Limits {
                 max_connections: flags
                     .http_max_connections
@@ -400,24 +404,9 @@ impl Config {
                     .or(file.http_probe_reserve)
                     .unwrap_or(16),
                 timeouts: crate::http::Timeouts {
-                    header: dur(
-                        flags.http_header_timeout,
-                        &file.http_header_timeout,
-                        "http-header-timeout",
-                        10,
-                    )?,
-                    idle: dur(
-                        flags.http_idle_timeout,
-                        &file.http_idle_timeout,
-                        "http-idle-timeout",
-                        60,
-                    )?,
-                    body: dur(
-                        flags.http_body_timeout,
-                        &file.http_body_timeout,
-                        "http-body-timeout",
-                        30,
-                    )?,
+                    header: dur(flags.http_header_timeout, file.http_header_timeout, 10),
+                    idle: dur(flags.http_idle_timeout, file.http_idle_timeout, 60),
+                    body: dur(flags.http_body_timeout, file.http_body_timeout, 30),
                 },
             },
         };
@@ -469,10 +458,17 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn read_file(path: &Path) -> anyhow::Result<Flags> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // A bad value reads as it always has: `config track-timeout: invalid duration "x"`.
+        if e.message().starts_with(file::PREFIX) {
+            anyhow::anyhow!("{}", e.message())
+        } else {
+            anyhow::Error::new(e).context(format!("parsing config file {}", path.display()))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -600,6 +596,181 @@ mod tests {
             ..Flags::default()
         });
         assert!(zero.is_err(), "a zero timeout would close every connection");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The TOML keys as they were when the file had a struct of its own; every one still reads.
+    const FILE_KEYS: [&str; 30] = [
+        "http",
+        "media",
+        "public-ip",
+        "app",
+        "track-timeout",
+        "connect-timeout",
+        "reconnect-grace",
+        "unconnected-expiry",
+        "rate-limit",
+        "max-body",
+        "max-sessions",
+        "max-sessions-per-app",
+        "session-rate-ip",
+        "session-rate-app",
+        "log-format",
+        "node-id",
+        "region",
+        "gossip",
+        "seed",
+        "relay",
+        "cluster-secret",
+        "cluster-secret-previous",
+        "admin-token",
+        "drain-timeout",
+        "http-max-connections",
+        "http-max-connections-per-ip",
+        "http-probe-reserve",
+        "http-header-timeout",
+        "http-idle-timeout",
+        "http-body-timeout",
+    ];
+
+    #[test]
+    fn file_keys_are_the_long_flag_names_but_config() {
+        use clap::CommandFactory;
+        let cmd = Flags::command();
+        cmd.clone().debug_assert();
+        let mut flags: Vec<&str> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !matches!(*l, "config" | "help" | "version"))
+            .collect();
+        flags.sort_unstable();
+        let mut keys = FILE_KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn every_file_key_is_read() {
+        let dir = std::env::temp_dir().join(format!("tm-cfg-all-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("node.toml");
+        let text = r#"
+            http = "127.0.0.1:9100"
+            media = "127.0.0.1:9101"
+            public-ip = "127.0.0.9"
+            app = ["a:1", "b:2"]
+            track-timeout = "1s"
+            connect-timeout = "2s"
+            reconnect-grace = "3s"
+            unconnected-expiry = "4s"
+            rate-limit = 5
+            max-body = 6
+            max-sessions = 7
+            max-sessions-per-app = 8
+            session-rate-ip = 9
+            session-rate-app = 10
+            log-format = "json"
+            node-id = "n1"
+            region = "r1"
+            gossip = "127.0.0.1:9102"
+            seed = ["127.0.0.1:9200", "127.0.0.1:9201"]
+            relay = "127.0.0.1:9103"
+            cluster-secret = "s"
+            cluster-secret-previous = "p"
+            admin-token = "t"
+            drain-timeout = "500ms"
+            http-max-connections = 11
+            http-max-connections-per-ip = 12
+            http-probe-reserve = 13
+            http-header-timeout = "14s"
+            http-idle-timeout = "15s"
+            http-body-timeout = "16s"
+        "#;
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+            .collect();
+        assert_eq!(keys, FILE_KEYS, "the file below sets every key");
+        std::fs::write(&path, text).expect("write config");
+        let cfg = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("config");
+        let s = Duration::from_secs;
+        assert_eq!((cfg.http.port(), cfg.media.port()), (9100, 9101));
+        assert_eq!(cfg.public_ip, "127.0.0.9".parse().ok());
+        assert_eq!(cfg.apps.len(), 2);
+        assert!(!cfg.dev_app);
+        assert_eq!(
+            (
+                cfg.track_timeout,
+                cfg.connect_timeout,
+                cfg.reconnect_grace,
+                cfg.unconnected_expiry
+            ),
+            (s(1), s(2), s(3), s(4))
+        );
+        assert_eq!((cfg.rate_limit, cfg.max_body, cfg.max_sessions), (5, 6, 7));
+        assert_eq!(
+            (
+                cfg.max_sessions_per_app,
+                cfg.session_rate_ip,
+                cfg.session_rate_app
+            ),
+            (8, 9, 10)
+        );
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));
+        assert_eq!((cfg.gossip.port(), cfg.relay.port()), (9102, 9103));
+        assert_eq!(cfg.seeds, ["127.0.0.1:9200", "127.0.0.1:9201"]);
+        assert_eq!(cfg.cluster_secret, "s");
+        assert!(!cfg.dev_secret);
+        assert_eq!(cfg.cluster_secret_previous.as_deref(), Some("p"));
+        assert_eq!(cfg.admin_token.as_deref(), Some("t"));
+        assert_eq!(cfg.drain_timeout, Duration::from_millis(500));
+        let l = cfg.http_limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.probe_reserve),
+            (11, 12, 13)
+        );
+        assert_eq!(
+            (l.timeouts.header, l.timeouts.idle, l.timeouts.body),
+            (s(14), s(15), s(16))
+        );
+
+        // Bad values read as they always have, without TOML's location; other errors keep it.
+        for (bad, says) in [
+            (
+                "track-timeout = \"3 weeks\"\n",
+                "config track-timeout: unknown duration unit in \"3 weeks\" (use ms, s, m or h)",
+            ),
+            (
+                "http-idle-timeout = \"-1s\"\n",
+                "config http-idle-timeout: invalid duration \"-1s\"",
+            ),
+            (
+                "app = [\"nocolon\"]\n",
+                "config app: expected ID:SECRET, got \"nocolon\"",
+            ),
+        ] {
+            std::fs::write(&path, bad).expect("write config");
+            let err = Config::from_flags(Flags {
+                config: Some(path.clone()),
+                ..Flags::default()
+            })
+            .expect_err(bad);
+            assert_eq!(format!("{err:#}"), says, "{bad:?}");
+        }
+        std::fs::write(&path, "config = \"x.toml\"\n").expect("write config");
+        let err = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect_err("config is no file key");
+        let err = format!("{err:#}");
+        assert!(err.starts_with("parsing config file"), "{err}");
+        assert!(err.contains("unknown field `config`"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -5,6 +5,8 @@
 //! - [`api`]: the HTTP API (axum): Calls endpoints, demo page, health.
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`config`], [`ids`]: configuration and session ids.
+//! - [`Node`]: one running node, started from a [`config::Config`]; the binary and the tests start
+//!   nodes through it.
 
 pub mod api;
 pub mod calls_error;
@@ -13,9 +15,14 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod ids;
+pub mod liveness;
+pub mod logging;
 pub mod metrics;
+mod node;
 pub mod rejects;
 pub mod runtime;
 pub mod sendbatch;
 #[cfg(any(test, feature = "test-world"))]
 pub mod testing;
+
+pub use node::Node;

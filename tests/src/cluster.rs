@@ -1,5 +1,5 @@
-//! Clusters of `trackmesh` node processes on 127.0.0.1 and typed views of the admin API
-//! (`/admin/cluster`, `/admin/relay`) used by the cluster tests.
+//! Clusters of `trackmesh` nodes on 127.0.0.1 (in this process unless asked for processes) and
+//! typed views of the admin API (`/admin/cluster`, `/admin/relay`) used by the cluster tests.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -176,6 +176,9 @@ pub struct ClusterConfig {
     pub converge_timeout: Duration,
     /// Where each node runs, in `spec` order (missing entries: on the host, 127.0.0.1).
     pub places: Vec<Place>,
+    /// Run every node as a child process of the node binary (else in this process, unless
+    /// placed): for tests that signal nodes or read their logs.
+    pub process: bool,
 }
 
 impl Default for ClusterConfig {
@@ -185,12 +188,13 @@ impl Default for ClusterConfig {
             extra: Vec::new(),
             converge_timeout: CONVERGE_TIMEOUT,
             places: Vec::new(),
+            process: false,
         }
     }
 }
 
-/// N node processes sharing one app, one cluster secret and one admin token. Node ids are the
-/// names given to [`Cluster::start`]. Every child is killed on drop.
+/// N nodes (in this process, or processes) sharing one app, one cluster secret and one admin
+/// token. Node ids are the names given to [`Cluster::start`]. Every node is killed on drop.
 pub struct Cluster {
     nodes: Vec<(String, TestNode)>,
     app_id: String,
@@ -198,6 +202,8 @@ pub struct Cluster {
     secret: String,
     admin_token: String,
     extra: Vec<String>,
+    /// New nodes run as processes.
+    process: bool,
 }
 
 impl Cluster {
@@ -218,6 +224,7 @@ impl Cluster {
             secret: format!("test-cluster-{}", random_hex32()),
             admin_token: format!("admin-{}", random_hex32()),
             extra: cfg.extra.clone(),
+            process: cfg.process,
         };
         // Gossip addresses chosen up front so that every node can seed every other one.
         let gossip: Vec<SocketAddr> = (0..spec.len())
@@ -250,7 +257,7 @@ impl Cluster {
         let started = t0.elapsed();
         let converged = cluster.wait_converged(cfg.converge_timeout).await?;
         eprintln!(
-            "cluster of {} nodes: processes ready in {started:?}, all members live everywhere {converged:?} later",
+            "cluster of {} nodes: nodes ready in {started:?}, all members live everywhere {converged:?} later",
             spec.len()
         );
         Ok(cluster)
@@ -269,6 +276,7 @@ impl Cluster {
             app: Some((self.app_id.clone(), self.app_secret.clone())),
             extra: self.extra.clone(),
             place: None,
+            process: self.process,
         }
     }
 
@@ -284,8 +292,9 @@ impl Cluster {
         Ok(&self.nodes[self.nodes.len() - 1].1)
     }
 
-    /// SIGKILL node `name` and start it again on the same gossip address with `opts` (whose
-    /// `gossip` is replaced by the old one), under the same name. Does not wait for convergence.
+    /// Kill node `name` ([`TestNode::kill`]) and start it again on the same gossip address with
+    /// `opts` (whose `gossip` is replaced by the old one), under the same name. Does not wait for
+    /// convergence.
     pub fn restart(&mut self, name: &str, opts: &ClusterOpts) -> anyhow::Result<&TestNode> {
         let gossip = self.try_node(name)?.gossip_addr()?;
         let i = self
@@ -370,7 +379,7 @@ impl Cluster {
         self.node(name).client()
     }
 
-    /// SIGKILL node `name`; returns the instant of the kill.
+    /// Kill node `name` ([`TestNode::kill`]); returns the instant of the kill.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<Instant> {
         let node = self.node_mut(name);
         node.kill()?;

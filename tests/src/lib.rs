@@ -1,11 +1,12 @@
-//! trackmesh black-box test support: spawn a node, talk to its Calls API, and push/pull real
-//! WebRTC media with a str0m-based client.
+//! trackmesh black-box test support: start a node (in this process, or as a process of the node
+//! binary), talk to its Calls API, and push/pull real WebRTC media with a str0m-based client.
 
 pub mod api;
 pub mod cluster;
 pub mod flows;
 pub mod netns;
 pub mod node;
+mod node_log;
 pub mod offers;
 pub mod peer;
 

@@ -1,4 +1,6 @@
-//! Spawning the `trackmesh` node binary as a child process for black-box tests.
+//! Test nodes: in this process by default (a [`trackmesh_node::Node`] on a runtime and thread of
+//! its own, many per test binary), or as a child process of the `trackmesh` binary where a
+//! process is the point (signals, its own log and stdout, network namespaces).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,28 +14,70 @@ use anyhow::{Context, anyhow, bail};
 use rand::Rng;
 use serde_json::Value;
 
+use clap::Parser;
+use trackmesh_node::Node;
+use trackmesh_node::config::{Config, Flags};
+
 use crate::api::CallsClient;
+use crate::node_log::{self, NodeLog};
 
 /// How long we wait for the `trackmesh ready ...` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upper bound on stdout lines read before the ready line.
 const MAX_LINES_BEFORE_READY: usize = 1000;
 
-/// A node process under test. The child is killed when this value is dropped.
+/// A node under test, started with the same command-line arguments either way. It is killed
+/// (stopped at once, no drain) when this value is dropped.
 pub struct TestNode {
-    child: Child,
+    run: Run,
     http: SocketAddr,
     media: SocketAddr,
     app_id: String,
     app_secret: String,
-    stderr_path: PathBuf,
-    stdout_lines: mpsc::Receiver<String>,
     /// Every `key=value` field of the ready line.
     ready: BTreeMap<String, String>,
     /// Bearer token for `/admin/*`, when the node was started with `--admin-token`.
     admin_token: Option<String>,
-    /// SIGKILLed (or otherwise reaped) by the test.
+    /// Killed by the test.
     killed: bool,
+}
+
+/// How a [`TestNode`] runs.
+enum Run {
+    /// A child process of the node binary.
+    Process {
+        child: Child,
+        stderr_path: PathBuf,
+        stdout_lines: mpsc::Receiver<String>,
+    },
+    /// A [`trackmesh_node::Node`] in this process, on its own thread and runtime.
+    InProcess(InProcess),
+}
+
+/// The thread that runs an in-process node until told to stop.
+struct InProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    liveness: trackmesh_node::liveness::Liveness,
+    log: NodeLog,
+}
+
+impl InProcess {
+    /// Stops the node at once, as a kill would (no drain, peers are not told), and waits until
+    /// its runtime is gone and its ports are closed.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.stop.take();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow!("the in-process node's thread panicked")),
+            None => Ok(()),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished()) && self.liveness.stopped().is_empty()
+    }
 }
 
 /// How to start one cluster node (see [`TestNode::start_cluster_node`]).
@@ -57,8 +101,11 @@ pub struct ClusterOpts {
     pub app: Option<(String, String)>,
     /// More command-line arguments, appended last.
     pub extra: Vec<String>,
-    /// Run inside a network namespace (see [`Place`]); None: on the host, bound to 127.0.0.1.
+    /// Run inside a network namespace (see [`Place`]), as a process; None: on the host, bound to
+    /// 127.0.0.1.
     pub place: Option<Place>,
+    /// Run as a child process of the node binary (else in this process, unless placed).
+    pub process: bool,
 }
 
 /// Where a node process runs: inside network namespace `netns` (started through
@@ -107,18 +154,34 @@ pub fn random_hex32() -> String {
 }
 
 impl TestNode {
-    /// Start a node on 127.0.0.1 with ephemeral ports and a random app, plus `args`.
+    /// Start a node in this process on 127.0.0.1 with ephemeral ports and a random app, plus
+    /// `args` (the node's command-line flags).
     pub fn start(args: &[&str]) -> anyhow::Result<TestNode> {
         let app_id = random_hex32();
         let app_secret = random_hex32();
         Self::start_with_app(&app_id, &app_secret, args)
     }
 
-    /// Start a node with a given app id and secret, plus `args`.
+    /// [`TestNode::start`] as a child process of the node binary: for tests that signal it,
+    /// read its log or stdout, or count its file descriptors.
+    pub fn start_process(args: &[&str]) -> anyhow::Result<TestNode> {
+        Self::start_as(&random_hex32(), &random_hex32(), args, true)
+    }
+
+    /// Start a node in this process with a given app id and secret, plus `args`.
     pub fn start_with_app(
         app_id: &str,
         app_secret: &str,
         args: &[&str],
+    ) -> anyhow::Result<TestNode> {
+        Self::start_as(app_id, app_secret, args, false)
+    }
+
+    fn start_as(
+        app_id: &str,
+        app_secret: &str,
+        args: &[&str],
+        process: bool,
     ) -> anyhow::Result<TestNode> {
         // A node always runs gossip and the relay; their default ports (7702, 7703) are fixed,
         // so give every test node its own unless the caller chose them.
@@ -138,7 +201,12 @@ impl TestNode {
                 full.extend(["--relay".to_string(), "127.0.0.1:0".to_string()]);
             }
             full.extend(args.iter().map(|a| a.to_string()));
-            match Self::spawn(app_id, app_secret, &full, None, None) {
+            let started = if process {
+                Self::spawn(app_id, app_secret, &full, None, None)
+            } else {
+                Self::in_process(app_id, app_secret, &full, None)
+            };
+            match started {
                 Ok(node) => return Ok(node),
                 Err(e) if own_gossip && is_early_exit(&e) => last_err = Some(e),
                 Err(e) => return Err(e),
@@ -149,7 +217,8 @@ impl TestNode {
 
     /// Start a cluster node on 127.0.0.1: HTTP and media on port 0, `--relay 127.0.0.1:0`, and a
     /// free UDP port for gossip (the node does not accept gossip port 0). When the gossip port was
-    /// chosen here and the node fails to start, it is retried a few times with a new port.
+    /// chosen here and the node fails to start, it is retried a few times with a new port. In
+    /// this process unless `opts.process` or `opts.place` asks for a process.
     pub fn start_cluster_node(opts: &ClusterOpts) -> anyhow::Result<TestNode> {
         let (app_id, app_secret) = opts
             .app
@@ -193,7 +262,12 @@ impl TestNode {
             }
             args.extend(opts.extra.iter().cloned());
             let token = (!opts.admin_token.is_empty()).then(|| opts.admin_token.clone());
-            match Self::spawn(&app_id, &app_secret, &args, token, opts.place.as_ref()) {
+            let started = if opts.process || opts.place.is_some() {
+                Self::spawn(&app_id, &app_secret, &args, token, opts.place.as_ref())
+            } else {
+                Self::in_process(&app_id, &app_secret, &args, token)
+            };
+            match started {
                 Ok(node) => return Ok(node),
                 // Only an early exit (e.g. the gossip port got taken) is worth another port.
                 Err(e) if fixed_gossip.is_none() && is_early_exit(&e) => last_err = Some(e),
@@ -201,6 +275,76 @@ impl TestNode {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow!("no attempt to start the node")))
+    }
+
+    /// Runs [`trackmesh_node::Node::start`] with the configuration these command-line `args`
+    /// give the binary, on a thread and multi-thread runtime of its own so that a test's own
+    /// runtime (often single-threaded) never starves it.
+    fn in_process(
+        app_id: &str,
+        app_secret: &str,
+        args: &[String],
+        admin_token: Option<String>,
+    ) -> anyhow::Result<TestNode> {
+        let app = format!("{app_id}:{app_secret}");
+        let argv = [
+            "trackmesh",
+            "--http",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+            "--app",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .chain([app])
+        .chain(args.iter().cloned());
+        let flags = Flags::try_parse_from(argv).context("the node's flags")?;
+        let cfg = Config::from_flags(flags).context("the node's configuration")?;
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let log = NodeLog::default();
+        let dispatch = log.dispatch();
+        let thread = std::thread::Builder::new()
+            .name(format!("node-{}", cfg.node_id))
+            .spawn(move || run_in_process(cfg, &dispatch, ready_tx, stopped))
+            .context("starting the node's thread")?;
+        let started = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(started)) => started,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                let log = log.text();
+                return Err(e.context(format!("{EARLY_EXIT}; node log:\n{log}")));
+            }
+            Err(e) => bail!("the node did not start within {READY_TIMEOUT:?}: {e}"),
+        };
+        let ready: BTreeMap<String, String> = [
+            ("http", started.http.to_string()),
+            ("media", started.media.to_string()),
+            ("gossip", started.gossip.to_string()),
+            ("relay", started.relay.to_string()),
+            ("node", started.node_id),
+            ("tag", started.tag),
+            ("region", started.region),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(TestNode {
+            run: Run::InProcess(InProcess {
+                stop: Some(stop),
+                thread: Some(thread),
+                liveness: started.liveness,
+                log,
+            }),
+            http: started.http,
+            media: started.media,
+            app_id: app_id.to_string(),
+            app_secret: app_secret.to_string(),
+            ready,
+            admin_token,
+            killed: false,
+        })
     }
 
     fn spawn(
@@ -264,13 +408,15 @@ impl TestNode {
         });
 
         let mut node = TestNode {
-            child,
+            run: Run::Process {
+                child,
+                stderr_path,
+                stdout_lines: rx,
+            },
             http: SocketAddr::new(ip, 0),
             media: SocketAddr::new(ip, 0),
             app_id: app_id.to_string(),
             app_secret: app_secret.to_string(),
-            stderr_path,
-            stdout_lines: rx,
             ready: BTreeMap::new(),
             admin_token,
             killed: false,
@@ -292,6 +438,14 @@ impl TestNode {
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<BTreeMap<String, String>> {
+        let Run::Process {
+            child,
+            stdout_lines,
+            ..
+        } = &mut self.run
+        else {
+            bail!("an in-process node has no ready line to wait for");
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut seen = Vec::new();
         for _ in 0..MAX_LINES_BEFORE_READY {
@@ -301,7 +455,7 @@ impl TestNode {
                     "timed out after {READY_TIMEOUT:?} waiting for the ready line; stdout so far: {seen:?}"
                 );
             }
-            match self.stdout_lines.recv_timeout(left) {
+            match stdout_lines.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(fields) = parse_ready_fields(&line)
                         && addrs_of(&fields).is_some()
@@ -316,7 +470,7 @@ impl TestNode {
                     );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.try_wait().ok().flatten();
+                    let status = child.try_wait().ok().flatten();
                     bail!(
                         "node closed stdout before the ready line (exit status {status:?}); stdout: {seen:?}"
                     );
@@ -357,8 +511,13 @@ impl TestNode {
         &self.app_secret
     }
 
+    /// The node process's pid. Only a process node has one of its own: panics on an in-process
+    /// node (start it with [`TestNode::start_process`] or `ClusterOpts::process`).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.run {
+            Run::Process { child, .. } => child.id(),
+            Run::InProcess(_) => panic!("pid() of an in-process node: start it as a process"),
+        }
     }
 
     /// A Calls API client for this node's app.
@@ -366,26 +525,46 @@ impl TestNode {
         CallsClient::new(&self.base_url(), &self.app_secret)
     }
 
-    /// The node's stderr so far (its log).
+    /// The node's log so far: a process's stderr, or what an in-process node's threads logged
+    /// (plain text, the same filter).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        match &self.run {
+            Run::Process { stderr_path, .. } => {
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            }
+            Run::InProcess(node) => node.log.text(),
+        }
     }
 
-    /// Stdout lines printed after the ready line (non-blocking).
+    /// Stdout lines printed after the ready line (non-blocking); none for an in-process node.
     pub fn stdout_since_ready(&self) -> Vec<String> {
-        self.stdout_lines.try_iter().take(10_000).collect()
+        match &self.run {
+            Run::Process { stdout_lines, .. } => stdout_lines.try_iter().take(10_000).collect(),
+            Run::InProcess(_) => Vec::new(),
+        }
     }
 
-    /// Is the child process still running?
+    /// Is the node still running? A process: it has not exited. In process: it was not killed
+    /// and its engine, relay and gossip all still run (what `/healthz` checks).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        match &mut self.run {
+            Run::Process { child, .. } => matches!(child.try_wait(), Ok(None)),
+            Run::InProcess(node) => node.is_running(),
+        }
     }
 
-    /// SIGKILL the node (no clean shutdown) and reap it. Idempotent.
+    /// Kill the node: SIGKILL and reap a process; stop an in-process node at once (no drain,
+    /// peers not told, sockets closed), which is what other nodes see of a killed process.
+    /// Idempotent.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         if !self.killed {
-            self.child.kill().context("SIGKILL of the node")?;
-            self.child.wait().context("reaping the node")?;
+            match &mut self.run {
+                Run::Process { child, .. } => {
+                    child.kill().context("SIGKILL of the node")?;
+                    child.wait().context("reaping the node")?;
+                }
+                Run::InProcess(node) => node.kill()?,
+            }
             self.killed = true;
         }
         Ok(())
@@ -396,7 +575,12 @@ impl TestNode {
         self.killed
     }
 
-    /// SIGSTOP the node process (it freezes: no gossip, no HTTP, no media).
+    /// Does this node run as a child process (else in this process)?
+    pub fn is_process(&self) -> bool {
+        matches!(self.run, Run::Process { .. })
+    }
+
+    /// SIGSTOP the node process (it freezes: no gossip, no HTTP, no media). Process nodes only.
     pub fn pause(&self) -> anyhow::Result<()> {
         self.signal("STOP")
     }
@@ -407,13 +591,16 @@ impl TestNode {
     }
 
     fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let Run::Process { child, .. } = &self.run else {
+            bail!("kill -{sig} needs a process node (ClusterOpts::process or start_process)");
+        };
         // `unsafe` is forbidden in this workspace, so no libc::kill: use kill(1).
         let status = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
+            .args([format!("-{sig}"), child.id().to_string()])
             .status()
             .with_context(|| format!("running kill -{sig}"))?;
         if !status.success() {
-            bail!("kill -{sig} {} failed: {status}", self.child.id());
+            bail!("kill -{sig} {} failed: {status}", child.id());
         }
         Ok(())
     }
@@ -525,9 +712,80 @@ impl TestNode {
     }
 }
 
+/// Context of an in-process node that failed to start, worded as a process's early exit.
+const EARLY_EXIT: &str = "the in-process node stopped before the ready line";
+
 /// The node exited before its ready line (e.g. a port taken between choosing and binding it).
 fn is_early_exit(e: &anyhow::Error) -> bool {
     format!("{e:#}").contains("before the ready line")
+}
+
+/// What an in-process node's thread reports once the node runs.
+struct Started {
+    http: SocketAddr,
+    media: SocketAddr,
+    gossip: SocketAddr,
+    relay: SocketAddr,
+    node_id: String,
+    tag: String,
+    region: String,
+    liveness: trackmesh_node::liveness::Liveness,
+}
+
+/// Most time an in-process node's runtime gets to end its tasks after a kill.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// The body of an in-process node's thread: start the node, report, run until told to stop (or
+/// until the [`TestNode`] is gone), then stop at once and drop the runtime, closing every socket.
+fn run_in_process(
+    cfg: Config,
+    log: &tracing::Dispatch,
+    ready: mpsc::SyncSender<anyhow::Result<Started>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    // This thread and every thread of the node's runtime log into the node's own log.
+    let _log = tracing::dispatcher::set_default(log);
+    let worker_log = log.clone();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("node-worker")
+        .on_thread_start(move || node_log::enter_thread(&worker_log))
+        .on_thread_stop(node_log::leave_thread)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow!(e).context("building the node's runtime")));
+            return;
+        }
+    };
+    let node = match rt.block_on(Node::start(cfg)) {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let started = Started {
+        http: node.http_addr(),
+        media: node.media_addr(),
+        gossip: node.gossip_addr(),
+        relay: node.relay_addr(),
+        node_id: node.node_id().to_string(),
+        tag: node.tag().to_string(),
+        region: node.region().to_string(),
+        liveness: node.liveness().clone(),
+    };
+    if ready.send(Ok(started)).is_ok() {
+        // Sent or dropped: stop either way.
+        let _ = rt.block_on(stop);
+    }
+    {
+        let _in_runtime = rt.enter();
+        node.abort();
+    }
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
 }
 
 /// Per-request timeout of admin calls.
@@ -565,19 +823,38 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        if !self.killed {
-            // A paused (SIGSTOPped) child dies from SIGKILL too.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- trackmesh node log ({}) ----\n{}\n---- end of node log ----",
-                self.stderr_path.display(),
-                tail(&self.log(), 200)
-            );
-        } else {
-            let _ = std::fs::remove_file(&self.stderr_path);
+        match &mut self.run {
+            Run::Process {
+                child, stderr_path, ..
+            } => {
+                if !self.killed {
+                    // A paused (SIGSTOPped) child dies from SIGKILL too.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                let stderr_path = stderr_path.clone();
+                if std::thread::panicking() {
+                    eprintln!(
+                        "---- trackmesh node log ({}) ----\n{}\n---- end of node log ----",
+                        stderr_path.display(),
+                        tail(&self.log(), 200)
+                    );
+                } else {
+                    let _ = std::fs::remove_file(&stderr_path);
+                }
+            }
+            Run::InProcess(node) => {
+                if let Err(e) = node.kill() {
+                    eprintln!("stopping an in-process node: {e:#}");
+                }
+                if std::thread::panicking() {
+                    eprintln!(
+                        "---- trackmesh node log (in-process {}) ----\n{}\n---- end of node log ----",
+                        self.http,
+                        tail(&node.log.text(), 200)
+                    );
+                }
+            }
         }
     }
 }
@@ -615,6 +892,35 @@ mod tests {
         assert_eq!(f.get("future").map(String::as_str), Some("x"));
         let (h, m) = parse_ready_line(line).expect("addresses");
         assert_eq!((h.port(), m.port()), (4321, 5000));
+    }
+
+    #[test]
+    fn each_in_process_node_has_a_log_of_its_own() {
+        let with_secret =
+            TestNode::start(&["--cluster-secret", "s3cret"]).expect("node with a secret");
+        let without = TestNode::start(&[]).expect("node without a secret");
+        let warning = "no --cluster-secret: using the development secret";
+        assert!(without.log().contains(warning), "{}", without.log());
+        assert!(
+            !with_secret.log().contains(warning),
+            "{}",
+            with_secret.log()
+        );
+        assert!(!with_secret.is_process() && !without.is_process());
+
+        // The gossip thread logs into it too: a junk datagram gets one refusal line.
+        let gossip = with_secret.gossip_addr().expect("gossip address");
+        let junk = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        let refused = "gossip datagram refused";
+        for _ in 0..100 {
+            junk.send_to(b"not sealed", gossip).expect("send junk");
+            if with_secret.log().contains(refused) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(with_secret.log().contains(refused), "{}", with_secret.log());
+        assert!(!without.log().contains(refused), "{}", without.log());
     }
 
     #[test]

@@ -16,7 +16,8 @@ use trackmesh_tests::api::TrackObject;
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
 use trackmesh_tests::node::node_binary;
 use trackmesh_tests::{
-    Cluster, MediaKind, Peer, PeerStats, Publisher, Subscriber, TracksRequest, poll_until,
+    Cluster, ClusterConfig, MediaKind, Peer, PeerStats, Publisher, Subscriber, TracksRequest,
+    poll_until,
 };
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -780,7 +781,14 @@ async fn wrong_secret_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_heals() {
     let _serial = serial().await;
-    let cl = start_cluster(&[("a", "r1"), ("b", "r1")]).await;
+    // Processes: B is frozen with SIGSTOP.
+    let process = ClusterConfig {
+        process: true,
+        ..ClusterConfig::default()
+    };
+    let cl = Cluster::start_with(&[("a", "r1"), ("b", "r1")], process)
+        .await
+        .expect("starting the cluster");
     let publisher = Publisher::start_av(&cl.client("a"), "heal")
         .await
         .expect("publisher on A");

@@ -203,7 +203,9 @@ async fn status(url: String) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
     let mut node =
-        TestNode::start(&["--admin-token", ADMIN, "--drain-timeout", "3s"]).expect("node");
+        // A process: the drain is started by SIGTERM.
+        TestNode::start_process(&["--admin-token", ADMIN, "--drain-timeout", "3s"])
+            .expect("node");
     let api = node.client();
     let publisher = Publisher::start_av(&api, "d").await.expect("publisher");
     let sub = Subscriber::start(&api, "sub", &publisher.remote_refs())
@@ -298,7 +300,7 @@ async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_without_sessions_exits_at_once() {
-    let mut node = TestNode::start(&["--drain-timeout", "30s"]).expect("node");
+    let mut node = TestNode::start_process(&["--drain-timeout", "30s"]).expect("node");
     let sent = Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &node.pid().to_string()])

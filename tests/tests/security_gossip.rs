@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, MutexGuard};
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
 use trackmesh_tests::node::{TestNode, free_udp_addr};
-use trackmesh_tests::{Cluster, Publisher, Subscriber, poll_until};
+use trackmesh_tests::{Cluster, ClusterConfig, Publisher, Subscriber, poll_until};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -202,7 +202,12 @@ async fn forged_syn_ack_adds_no_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_flood_is_counted_not_logged() {
     let _serial = serial().await;
-    let cl = Cluster::start(&[("a", "r1"), ("b", "r1")])
+    // Processes: the test reads the target's own log.
+    let process = ClusterConfig {
+        process: true,
+        ..ClusterConfig::default()
+    };
+    let cl = Cluster::start_with(&[("a", "r1"), ("b", "r1")], process)
         .await
         .expect("cluster");
     let target = cl.node("a");

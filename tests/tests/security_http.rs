@@ -309,7 +309,8 @@ async fn idle_and_slowloris_connections_are_closed_or_refused_while_healthz_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_per_ip_cap_refuses_well_before_fd_exhaustion() {
-    let node = start_node(&[]);
+    // A process: its file descriptors are counted on their own.
+    let node = TestNode::start_process(&[]).expect("starting the trackmesh node");
     let addr = node.http_addr();
     const DEFAULT_PER_IP: usize = 256;
     const DEFAULT_RESERVE: usize = 16;

@@ -34,6 +34,8 @@ pub struct OpsState {
     pub gossip: std::net::SocketAddr,
     /// Refusals at the node's edges, counted and log-limited.
     pub rejects: Arc<crate::rejects::Rejects>,
+    /// Which of the engine, relay and gossip still run, for `/healthz`.
+    pub liveness: crate::liveness::Liveness,
 }
 
 pub struct ApiState {
@@ -131,10 +133,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1/apps/{app}", calls.clone())
         .nest("/apps/{app}", calls)
         .route("/", get(|| async { Html(DEMO_PAGE) }))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/admin/cluster", get(cluster::admin_cluster))

@@ -59,6 +59,21 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
+/// Alive while the engine task, the relay and gossip all run; else 503 naming what stopped, so an
+/// orchestrator restarts the node instead of routing to an HTTP front with nothing behind it.
+pub async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
+    let stopped = st.ops.liveness.stopped();
+    if stopped.is_empty() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable_error",
+        format!("stopped: {}", stopped.join(", ")),
+    )
+    .into_response()
+}
+
 pub async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
     if st.ops.local.draining.load(Ordering::Relaxed) {
         return ApiError::new(

@@ -54,8 +54,37 @@ pub struct LocalState {
 }
 
 pub struct Membership {
+    /// The cluster as gossip sees it. Its sender is dropped when the gossip thread ends, so
+    /// `view.has_changed().is_err()` tells that gossip has stopped.
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub local: Arc<LocalState>,
+    pub thread: GossipThread,
+}
+
+/// The gossip thread: stopped when this is dropped, joined by [`GossipThread::stop_and_join`].
+pub struct GossipThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GossipThread {
+    /// Stops gossip and waits for the thread to end, so the gossip port is free again when this
+    /// returns. Blocks for at most one refresh plus chitchat's own shutdown.
+    pub fn stop_and_join(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the gossip thread panicked");
+        }
+    }
+}
+
+impl Drop for GossipThread {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread's loop, which then shuts chitchat down.
+        self.stop.take();
+    }
 }
 
 fn failure_detector() -> FailureDetectorConfig {
@@ -75,10 +104,15 @@ pub fn start(cfg: MembershipConfig) -> anyhow::Result<Membership> {
     let local = Arc::new(LocalState::default());
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let state = local.clone();
-    std::thread::Builder::new()
+    // The gossip thread logs where its caller does (one node's own log when several share a
+    // process).
+    let log = tracing::dispatcher::get_default(|d| d.clone());
+    let thread = std::thread::Builder::new()
         .name("gossip".into())
         .spawn(move || {
+            let _log = tracing::dispatcher::set_default(&log);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -89,7 +123,7 @@ pub fn start(cfg: MembershipConfig) -> anyhow::Result<Membership> {
                     return;
                 }
             };
-            rt.block_on(run(cfg, state, view_tx, ready_tx));
+            rt.block_on(run(cfg, state, view_tx, ready_tx, stop_rx));
         })
         .context("starting the gossip thread")?;
     ready_rx
@@ -98,6 +132,10 @@ pub fn start(cfg: MembershipConfig) -> anyhow::Result<Membership> {
     Ok(Membership {
         view: view_rx,
         local,
+        thread: GossipThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        },
     })
 }
 
@@ -106,6 +144,7 @@ async fn run(
     local: Arc<LocalState>,
     view_tx: watch::Sender<Arc<ClusterView>>,
     ready: std::sync::mpsc::SyncSender<anyhow::Result<()>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let generation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -148,7 +187,11 @@ async fn run(
     let _ = ready.send(Ok(()));
     let mut tick = tokio::time::interval(REFRESH);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // Sent or dropped: either way the node is stopping.
+            _ = &mut stop => break,
+        }
         let load = Load {
             sessions: local.sessions.load(Ordering::Relaxed),
             tracks: local.tracks.load(Ordering::Relaxed),

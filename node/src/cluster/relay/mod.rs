@@ -188,6 +188,9 @@ pub struct RelayFigures {
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<Inner>,
+    /// The relay's long-lived tasks by name: one that has ended means the relay no longer works
+    /// (the node's health check), and stopping the node aborts them.
+    tasks: Arc<[(&'static str, tokio::task::AbortHandle)]>,
 }
 
 /// A track this node pulls from another node, for the admin view.
@@ -284,10 +287,45 @@ impl Relay {
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
         });
-        tokio::spawn(serve::accept_loop(inner.clone()));
-        tokio::spawn(pull::engine_outputs(inner.clone(), relay_out));
-        tokio::spawn(pull::watch_members(inner.clone()));
-        Ok(Relay { inner })
+        let tasks = [
+            (
+                "accept",
+                tokio::spawn(serve::accept_loop(inner.clone())).abort_handle(),
+            ),
+            (
+                "engine outputs",
+                tokio::spawn(pull::engine_outputs(inner.clone(), relay_out)).abort_handle(),
+            ),
+            (
+                "members",
+                tokio::spawn(pull::watch_members(inner.clone())).abort_handle(),
+            ),
+        ];
+        Ok(Relay {
+            inner,
+            tasks: Arc::new(tasks),
+        })
+    }
+
+    /// The name of a relay task that has ended, if any: the relay then no longer works.
+    pub fn stopped_task(&self) -> Option<&'static str> {
+        self.tasks
+            .iter()
+            .find(|(_, task)| task.is_finished())
+            .map(|(name, _)| *name)
+    }
+
+    /// Stops the relay: closes its endpoint (peers are told) and ends its tasks.
+    pub fn stop(&self) {
+        self.inner.endpoint.close(0u32.into(), b"node stopping");
+        self.abort();
+    }
+
+    /// Ends the relay's tasks without telling peers, as a killed process would.
+    pub fn abort(&self) {
+        for (_, task) in self.tasks.iter() {
+            task.abort();
+        }
     }
 
     /// The relay's bound UDP address, which gossip announces to peers.

@@ -1,0 +1,516 @@
+//! One node, started from a [`Config`]: binds its sockets, spawns its tasks on the current tokio
+//! runtime and hands back a [`Node`] with the bound addresses, a drain and a shutdown. The
+//! `trackmesh` binary is flag parsing, logging and signals around this; tests start many nodes
+//! in one process with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::cluster::membership::{self, GossipThread, LocalState, MembershipConfig};
+use crate::cluster::relay::{RELAY_IN_QUEUE, RELAY_OUT_QUEUE, Relay, RelayConfig};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::ids::NodeTag;
+use crate::liveness::Liveness;
+use crate::runtime::EngineHandle;
+use crate::{api, runtime};
+
+/// Log lines keep the binary's target they had before the wiring moved here, so log filters and
+/// readers see the same lines.
+const LOG_TARGET: &str = "trackmesh";
+/// How often a drain looks whether the last session has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// A running node. Dropping it stops every task at once (no drain, no grace); [`Node::shutdown`]
+/// stops it in order and returns once its ports are free.
+pub struct Node {
+    http: SocketAddr,
+    media: SocketAddr,
+    candidate: SocketAddr,
+    gossip: SocketAddr,
+    relay_addr: SocketAddr,
+    node_id: String,
+    tag: NodeTag,
+    region: String,
+    drain_timeout: Duration,
+    engine: EngineHandle,
+    local: Arc<LocalState>,
+    liveness: Liveness,
+    relay: Relay,
+    engine_task: AbortHandle,
+    load_task: AbortHandle,
+    /// Dropping it tells the HTTP server to stop accepting and finish open requests.
+    stop_http: Option<oneshot::Sender<()>>,
+    http_task: Option<JoinHandle<()>>,
+    gossip_thread: Option<GossipThread>,
+}
+
+impl Node {
+    /// Binds media, HTTP, gossip and relay, and starts serving. Errors name what could not be
+    /// bound or started; nothing keeps running after an error.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        // Once per process; later calls (more nodes in one process) keep the first.
+        str0m::crypto::from_feature_flags().install_process_default();
+        let rejects =
+            Arc::new(crate::rejects::Rejects::new().context("registering the rejection counter")?);
+
+        let media = bind_media(cfg.media)
+            .with_context(|| format!("binding the media socket {}", cfg.media))?;
+        let media_addr = media.local_addr().context("media socket address")?;
+        let candidate_addr: SocketAddr = cfg.candidate_addr(media_addr);
+        if candidate_addr.ip().is_unspecified() {
+            bail!(
+                "--media {media_addr} is a wildcard address: give --public-ip with the address clients reach"
+            );
+        }
+
+        let tag = NodeTag::random();
+        // Building the engine generates the DTLS certificate, which also warms the crypto
+        // provider so the first client does not pay for it.
+        let engine = Engine::new(
+            EngineConfig {
+                node_tag: tag,
+                local_addr: media_addr,
+                candidate_addr,
+                track_timeout: cfg.track_timeout,
+                reconnect_grace: cfg.reconnect_grace,
+                unconnected_expiry: cfg.unconnected_expiry,
+                max_sessions: cfg.max_sessions,
+            },
+            Instant::now(),
+        );
+        let (to_relay, relay_out) = tokio::sync::mpsc::channel(RELAY_OUT_QUEUE);
+        let (relay_in, from_relay) = tokio::sync::mpsc::channel(RELAY_IN_QUEUE);
+        let pipes = runtime::RelayPipes {
+            from_relay,
+            to_relay,
+        };
+        let (handle, engine_task) = runtime::spawn(engine, media, pipes);
+        let engine_task = engine_task.abort_handle();
+        // From here on an error must not leave the engine (or later the relay) running.
+        let mut cleanup = StopOnError {
+            engine: engine_task.clone(),
+            relay: None,
+            armed: true,
+        };
+
+        let listener = tokio::net::TcpListener::bind(cfg.http)
+            .await
+            .with_context(|| format!("binding the HTTP listener {}", cfg.http))?;
+        let http_addr = listener.local_addr().context("HTTP listener address")?;
+
+        if cfg.dev_secret {
+            tracing::warn!(
+                target: LOG_TARGET,
+                "no --cluster-secret: using the development secret; never do this in production"
+            );
+        }
+        if cfg.cluster_secret_previous.is_some() {
+            tracing::info!(
+                target: LOG_TARGET,
+                "rotating the cluster secret: gossip is sent under the current and the previous secret and both are accepted; drop --cluster-secret-previous once every node has the current one"
+            );
+        }
+        // Other nodes dial what this node announces: a wildcard address would send them to
+        // themselves.
+        for (what, addr) in [("--http", http_addr.ip()), ("--relay", cfg.relay.ip())] {
+            if addr.is_unspecified() && cfg.public_ip.is_none() {
+                bail!(
+                    "{what} binds a wildcard address: give --public-ip with the address other nodes reach"
+                );
+            }
+        }
+        let relay_socket = std::net::UdpSocket::bind(cfg.relay)
+            .with_context(|| format!("binding the relay socket {}", cfg.relay))?;
+        let relay_addr = relay_socket.local_addr().context("relay socket address")?;
+        let members = membership::start(MembershipConfig {
+            node_id: cfg.node_id.clone(),
+            tag,
+            region: cfg.region.clone(),
+            gossip: cfg.gossip,
+            seeds: cfg.seeds.clone(),
+            secret: cfg.cluster_secret.clone(),
+            secret_previous: cfg.cluster_secret_previous.clone(),
+            rejects: rejects.clone(),
+            api: format!("http://{}", announced(http_addr, cfg.public_ip)),
+            relay: announced(relay_addr, cfg.public_ip),
+            media: candidate_addr,
+        })?;
+        let relay = Relay::start(
+            RelayConfig {
+                node_id: cfg.node_id.clone(),
+                tag,
+                socket: relay_socket,
+                secret: cfg.cluster_secret.clone(),
+                secret_previous: cfg.cluster_secret_previous.clone(),
+            },
+            members.view.clone(),
+            handle.clone(),
+            relay_in,
+            relay_out,
+        )?;
+        cleanup.relay = Some(relay.clone());
+        let metrics =
+            Arc::new(crate::metrics::Metrics::new(&rejects).context("registering metrics")?);
+
+        let load_task = tokio::spawn(crate::cluster::report_load(
+            handle.clone(),
+            relay.clone(),
+            members.local.clone(),
+        ))
+        .abort_handle();
+        cleanup.armed = false;
+        let liveness = Liveness::new(engine_task.clone(), relay.clone(), members.view.clone());
+        let cluster = api::ClusterHandle {
+            self_id: cfg.node_id.clone(),
+            tag,
+            view: members.view.clone(),
+            relay: relay.clone(),
+            node_auth: api::node_auth::NodeAuth::new(
+                &cfg.cluster_secret,
+                cfg.cluster_secret_previous.as_deref(),
+            ),
+        };
+        let ops = api::OpsState {
+            metrics,
+            local: members.local.clone(),
+            started: Instant::now(),
+            gossip: cfg.gossip,
+            rejects: rejects.clone(),
+            liveness: liveness.clone(),
+        };
+        let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(crate::http::serve(
+            listener,
+            api::router(state),
+            cfg.http_limits,
+            rejects,
+            async move {
+                // Sent or dropped: stop either way.
+                let _ = http_stopped.await;
+            },
+        ));
+
+        Ok(Node {
+            http: http_addr,
+            media: media_addr,
+            candidate: candidate_addr,
+            gossip: cfg.gossip,
+            relay_addr,
+            node_id: cfg.node_id,
+            tag,
+            region: cfg.region,
+            drain_timeout: cfg.drain_timeout,
+            engine: handle,
+            local: members.local,
+            liveness,
+            relay,
+            engine_task,
+            load_task,
+            stop_http: Some(stop_http),
+            http_task: Some(http_task),
+            gossip_thread: Some(members.thread),
+        })
+    }
+
+    /// The bound HTTP address (the API, `/healthz`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The bound media (UDP) address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media
+    }
+
+    /// The media address put into ICE candidates (the public IP when one is configured).
+    pub fn candidate_addr(&self) -> SocketAddr {
+        self.candidate
+    }
+
+    /// The gossip address, as announced to the other nodes.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip
+    }
+
+    /// The bound relay (QUIC) address.
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.relay_addr
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's tag, the prefix of the session ids it issues.
+    pub fn tag(&self) -> NodeTag {
+        self.tag
+    }
+
+    /// The region this node serves.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Which parts still run (the same answer as `/healthz`).
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// What SIGTERM does: refuse new sessions, report not ready (and gossip it), keep serving the
+    /// sessions there are, and return when they have ended or the drain timeout has passed.
+    pub async fn drain(&self) {
+        self.local.draining.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        tracing::info!(
+            target: LOG_TARGET,
+            timeout_secs = self.drain_timeout.as_secs_f64(),
+            "draining: waiting for sessions to end"
+        );
+        loop {
+            let left = self
+                .engine
+                .call(|e, _| e.session_count())
+                .await
+                .unwrap_or(0);
+            if left == 0 {
+                tracing::info!(target: LOG_TARGET, "drained: no sessions left");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(target: LOG_TARGET, sessions = left, "drain timeout: exiting with sessions left");
+                return;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Stops in order: the HTTP server stops accepting and finishes open requests (bounded),
+    /// then the engine, the relay (peers are told) and gossip stop. The ports are free when this
+    /// returns.
+    pub async fn shutdown(mut self) {
+        self.stop_http.take();
+        if let Some(task) = self.http_task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::warn!(target: LOG_TARGET, "the HTTP server task panicked");
+        }
+        self.engine_task.abort();
+        self.load_task.abort();
+        self.relay.stop();
+        if let Some(gossip) = self.gossip_thread.take()
+            && tokio::task::spawn_blocking(move || gossip.stop_and_join())
+                .await
+                .is_err()
+        {
+            tracing::warn!(target: LOG_TARGET, "joining the gossip thread failed");
+        }
+    }
+
+    /// Stops everything at once, as a killed process would: no drain, no grace for open
+    /// requests, peers are not told. Blocks until gossip has stopped (its port is then free);
+    /// the other sockets close as their tasks are dropped.
+    pub fn abort(mut self) {
+        self.stop_all();
+        if let Some(gossip) = self.gossip_thread.take() {
+            gossip.stop_and_join();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        self.stop_http.take();
+        if let Some(task) = self.http_task.take() {
+            task.abort();
+        }
+        self.engine_task.abort();
+        self.load_task.abort();
+        self.relay.abort();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // After shutdown() or abort() these are no-ops; otherwise stop without waiting.
+        self.stop_all();
+        self.gossip_thread.take();
+    }
+}
+
+/// Stops what [`Node::start`] has started when it fails part way.
+struct StopOnError {
+    engine: AbortHandle,
+    relay: Option<Relay>,
+    armed: bool,
+}
+
+impl Drop for StopOnError {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.abort();
+            if let Some(relay) = &self.relay {
+                relay.stop();
+            }
+        }
+    }
+}
+
+/// The address other nodes use: the bound one, with the public IP when the bind is a wildcard.
+fn announced(bound: SocketAddr, public_ip: Option<std::net::IpAddr>) -> SocketAddr {
+    match public_ip {
+        Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+        _ => bound,
+    }
+}
+
+/// Kernel buffer asked for on the media socket: fan-out sends bursts of one datagram per
+/// subscriber, and the default (~200 KB) overflows long before the CPU is busy. The kernel caps
+/// it at net.core.[rw]mem_max.
+const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    for (what, res) in [
+        ("receive", socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = res {
+            tracing::warn!(target: LOG_TARGET, error = %e, "cannot enlarge the media socket {what} buffer");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(tokio::net::UdpSocket::from_std(socket.into())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    async fn start() -> Node {
+        start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Node {
+        let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port");
+        let flags = crate::config::Flags::try_parse_from(
+            [
+                "trackmesh",
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--relay",
+                "127.0.0.1:0",
+                "--gossip",
+                &gossip.to_string(),
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+        )
+        .expect("flags");
+        let cfg = Config::from_flags(flags).expect("config");
+        Node::start(cfg).await.expect("node starts")
+    }
+
+    async fn get(node: &Node, path: &str) -> (u16, serde_json::Value) {
+        let res = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+            .get(format!("http://{}{path}", node.http_addr()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("a JSON body"))
+    }
+
+    async fn healthz(node: &Node) -> (u16, serde_json::Value) {
+        get(node, "/healthz").await
+    }
+
+    /// Polls `/healthz` (bounded) until it names exactly `stopped`.
+    async fn until_stopped(node: &Node, stopped: &str) -> serde_json::Value {
+        let want = format!("stopped: {stopped}");
+        let mut last = serde_json::Value::Null;
+        for _ in 0..100 {
+            let (status, body) = healthz(node).await;
+            if status == 503 && body["errorDescription"] == want.as_str() {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("/healthz never said {want:?}; last answer: {last}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn healthz_fails_naming_each_part_that_stopped() {
+        let mut node = start().await;
+        let (status, body) = healthz(&node).await;
+        assert_eq!(
+            (status, body),
+            (200, serde_json::json!({"status": "ok"})),
+            "a healthy node answers as before"
+        );
+
+        // Each part on its own first: the relay's tasks end with the engine, so it goes last.
+        node.relay.abort();
+        let body = until_stopped(&node, "relay").await;
+        assert_eq!(body["errorCode"], "temporarily_unavailable_error");
+
+        node.gossip_thread
+            .take()
+            .expect("gossip runs")
+            .stop_and_join();
+        until_stopped(&node, "relay, gossip").await;
+
+        node.engine_task.abort();
+        until_stopped(&node, "engine, relay, gossip").await;
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_in_one_process_then_ports_are_free_after_shutdown() {
+        let a = start().await;
+        let b = start().await;
+        assert_ne!(a.http_addr(), b.http_addr());
+        assert_eq!(healthz(&a).await.0, 200);
+        assert_eq!(healthz(&b).await.0, 200);
+        let (http, gossip) = (a.http_addr(), a.gossip_addr());
+        a.shutdown().await;
+        std::net::TcpListener::bind(http).expect("the HTTP port is free after shutdown");
+        std::net::UdpSocket::bind(gossip).expect("the gossip port is free after shutdown");
+        assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_reports_not_ready_and_ends_when_no_session_is_left() {
+        let node = start_with(&["--drain-timeout", "1h"]).await;
+        assert_eq!(get(&node, "/readyz").await.0, 200);
+        // Without sessions the drain ends at once; this bound only catches waiting out the hour.
+        tokio::time::timeout(Duration::from_secs(60), node.drain())
+            .await
+            .expect("the drain ends when no session is left, not at its timeout");
+        let (status, body) = get(&node, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["errorDescription"], "draining");
+        assert_eq!(healthz(&node).await.0, 200, "draining is not dying");
+        node.shutdown().await;
+    }
+}
