@@ -16,7 +16,9 @@ use serde::Deserialize;
 /// One app: the `{appId}` in API paths and the bearer secret that authorizes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
+    /// The app id clients put in `/v1/apps/{appId}/...`.
     pub id: String,
+    /// The bearer secret that authorizes calls for this app.
     pub secret: String,
 }
 
@@ -197,11 +199,14 @@ pub struct Flags {
     pub http_body_timeout: Option<Duration>,
 }
 
+/// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line, for log pipelines.
     Json,
 }
 
@@ -263,34 +268,57 @@ mod file {
 /// Fully resolved node configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the HTTP API listens (`--http`).
     pub http: SocketAddr,
+    /// Where the UDP media socket binds (`--media`).
     pub media: SocketAddr,
+    /// The address clients and other nodes reach when a bind is a wildcard (`--public-ip`).
     pub public_ip: Option<IpAddr>,
+    /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
     /// True when no app was configured and one was generated for development.
     pub dev_app: bool,
+    /// A publication without media for this long is garbage-collected.
     pub track_timeout: Duration,
+    /// How long an API call waits for the session's PeerConnection to connect.
     pub connect_timeout: Duration,
+    /// How long a disconnected session is kept for the client to come back.
     pub reconnect_grace: Duration,
+    /// How long a session that never connected is kept.
     pub unconnected_expiry: Duration,
+    /// API calls per second allowed to one session.
     pub rate_limit: u32,
+    /// Largest request body read, in bytes.
     pub max_body: usize,
+    /// Sessions this node holds at most; past it new ones get 503.
     pub max_sessions: usize,
+    /// Sessions one app may hold on this node; past it new ones get 429.
     pub max_sessions_per_app: usize,
+    /// New sessions per second from one client address (IPv6 by /64).
     pub session_rate_ip: u32,
+    /// New sessions per second for one app.
     pub session_rate_app: u32,
+    /// Text for people, JSON for log pipelines.
     pub log_format: LogFormat,
+    /// This node's name in the cluster (`--node-id`).
     pub node_id: String,
+    /// The region hubs are chosen per (`--region`).
     pub region: String,
+    /// Where gossip binds (`--gossip`).
     pub gossip: SocketAddr,
+    /// Gossip addresses of nodes to join through (`--seed`).
     pub seeds: Vec<String>,
+    /// Where the QUIC relay binds (`--relay`).
     pub relay: SocketAddr,
+    /// The secret gossip, the relay and forwarded calls are authenticated with.
     pub cluster_secret: String,
     /// True when no secret was given and the development default is in use.
     pub dev_secret: bool,
     /// The previous cluster secret during a rotation; peers holding it are still accepted.
     pub cluster_secret_previous: Option<String>,
+    /// Bearer token of `/admin/*`; without it the admin API answers 404.
     pub admin_token: Option<String>,
+    /// How long a drain waits for sessions to end before the node exits.
     pub drain_timeout: Duration,
     /// The HTTP server's connection caps and timeouts.
     pub http_limits: crate::http::Limits,
@@ -300,6 +328,8 @@ pub struct Config {
 pub const DEV_CLUSTER_SECRET: &str = "trackmesh-dev-cluster";
 
 impl Config {
+    /// Resolves flags, environment and the TOML file (in that order of precedence) into a
+    /// checked configuration; the error names the flag or key at fault.
     pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,

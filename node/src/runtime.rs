@@ -18,10 +18,12 @@ const RECV_BATCH: usize = 64;
 /// Larger than any datagram a WebRTC peer sends over UDP.
 const RECV_BUF: usize = 2048;
 
+/// The engine task has ended, so a call could not run (the API answers 503).
 #[derive(Debug, thiserror::Error)]
 #[error("the media engine has stopped")]
 pub struct EngineStopped;
 
+/// How the API and the relay reach the engine: closures run on the engine task, one at a time.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Job>,
@@ -46,7 +48,9 @@ impl EngineHandle {
 
 /// The engine's connection to the relay: frames in from other nodes, requests out to them.
 pub struct RelayPipes {
+    /// Frames from other nodes for relayed publications.
     pub from_relay: mpsc::Receiver<RelayIn>,
+    /// Frames, ends and keyframe requests the engine sends to other nodes.
     pub to_relay: mpsc::Sender<RelayOut>,
 }
 

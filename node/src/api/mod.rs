@@ -28,9 +28,13 @@ use crate::runtime::EngineHandle;
 
 /// What operating the node needs: metrics, the gossiped drain state, and facts for the status view.
 pub struct OpsState {
+    /// The Prometheus registry `/metrics` renders.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This node's gossiped state (drain flag, load), which `/readyz` and drain read and set.
     pub local: Arc<crate::cluster::membership::LocalState>,
+    /// When the node started, for the uptime in the status view.
     pub started: std::time::Instant,
+    /// The gossip address, shown in the status view.
     pub gossip: std::net::SocketAddr,
     /// Refusals at the node's edges, counted and log-limited.
     pub rejects: Arc<crate::rejects::Rejects>,
@@ -38,8 +42,10 @@ pub struct OpsState {
     pub liveness: crate::liveness::Liveness,
 }
 
+/// Everything a request handler needs, shared by all requests of one node.
 pub struct ApiState {
     ops: OpsState,
+    /// The engine task every Calls operation runs on.
     pub engine: EngineHandle,
     apps: guard::Apps,
     rate: guard::RateLimiter,
@@ -57,6 +63,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The API's state for a node configured by `cfg`.
     pub fn new(
         cfg: &Config,
         engine: EngineHandle,
@@ -98,6 +105,7 @@ impl ApiState {
 
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
 
+/// Every route of the node's HTTP API, with CORS and the Calls error model for unknown paths.
 pub fn router(state: Arc<ApiState>) -> Router {
     let sessions = Router::new()
         .route("/sessions/{session}", get(calls::get_session))
