@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::Rtc;
-use str0m::change::SdpPendingOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Mid, Pt};
 
-use super::TrackKey;
+use super::{OpError, TrackKey};
 use crate::ids::SessionId;
 
 /// Most track entries (active and closed) a session lists; the oldest closed ones go first.
@@ -165,6 +165,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// Applies a client's offer to this session's `Rtc`; a refusal is the client's SDP at fault.
+    pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, OpError> {
+        self.rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))
+    }
+
     /// A session in [`SessionState::New`], with no tracks yet.
     pub fn new(id: SessionId, app: String, rtc: Rtc, ufrag: String, now: Instant) -> Session {
         Session {

@@ -59,11 +59,7 @@ impl Engine {
         let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
         let answer = match offer {
             Some(offer) => {
-                let answer = session
-                    .rtc
-                    .sdp_api()
-                    .accept_offer(offer)
-                    .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
+                let answer = session.accept_offer(offer)?;
                 session.state = session.state.on_negotiated();
                 Some(answer_desc(answer))
             }

@@ -31,11 +31,7 @@ impl Engine {
             .sessions
             .get_mut(&sid)
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-        let answer = s
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
+        let answer = s.accept_offer(offer)?;
         s.state = s.state.on_negotiated();
 
         let mut results = Vec::new();

@@ -87,11 +87,7 @@ impl Engine {
                     .sessions
                     .get_mut(&sid)
                     .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-                let answer = s
-                    .rtc
-                    .sdp_api()
-                    .accept_offer(offer)
-                    .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
+                let answer = s.accept_offer(offer)?;
                 Some(answer_desc(answer))
             }
             None => None,
