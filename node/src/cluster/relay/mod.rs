@@ -138,40 +138,10 @@ pub struct Relay {
     inner: Arc<Inner>,
 }
 
-/// A track this node pulls from another node, for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpstreamView {
-    pub session_id: String,
-    pub track_name: String,
-    /// The node it comes from: the origin, or this region's hub.
-    pub via: String,
-    pub frames: u64,
-}
-
-/// A track this node sends to another node, for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DownstreamView {
-    pub session_id: String,
-    pub track_name: String,
-    /// The node it goes to.
-    pub peer: String,
-    pub frames: u64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RelayLinkView {
-    pub peer: String,
-    pub direction: &'static str,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RelayView {
-    pub links: Vec<RelayLinkView>,
-    pub upstream: Vec<UpstreamView>,
-    pub downstream: Vec<DownstreamView>,
-}
+/// The admin view of the relay (`GET /admin/relay`), in the admin API's own types.
+pub use trackmesh_admin_api::{
+    Downstream as DownstreamView, RelayLink as RelayLinkView, RelayView, Upstream as UpstreamView,
+};
 
 impl Relay {
     /// Binds the relay endpoint and starts serving. `relay_out` carries what the engine wants sent.
@@ -243,7 +213,7 @@ impl Relay {
             .keys()
             .map(|p| RelayLinkView {
                 peer: p.clone(),
-                direction: "out",
+                direction: "out".to_string(),
             })
             .collect();
         let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.clone()).collect();
@@ -251,7 +221,7 @@ impl Relay {
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
             peer,
-            direction: "in",
+            direction: "in".to_string(),
         }));
         let upstream = st
             .ups
