@@ -278,10 +278,10 @@ pub(super) fn cluster_view(self_id: &str, view: &ClusterView) -> trackmesh_admin
             node_id: m.node_id.clone(),
             region: m.region.clone(),
             relay: m.relay.to_string(),
-            relays: Some(m.load.relays),
-            sessions: Some(m.load.sessions),
+            relays: m.load.map(|l| l.relays),
+            sessions: m.load.map(|l| l.sessions),
             tag: m.tag.to_string(),
-            tracks: Some(m.load.tracks),
+            tracks: m.load.map(|l| l.tracks),
             version: m.version.clone(),
         })
         .collect();

@@ -661,11 +661,11 @@ mod tests {
                 media: "127.0.0.1:7702".into(),
                 live: true,
                 draining: false,
-                load: crate::cluster::Load {
+                load: Some(crate::cluster::Load {
                     sessions: 2,
                     tracks: 3,
                     relays: 1,
-                },
+                }),
                 version: "0.1.0".into(),
             }],
         };
@@ -679,6 +679,31 @@ mod tests {
                 "version": "0.1.0",
             })]}),
         );
+    }
+
+    #[test]
+    fn an_unknown_load_is_null_not_zero() {
+        let mut view = crate::cluster::ClusterView {
+            self_id: "a".into(),
+            members: Vec::new(),
+        };
+        view.members.push(Member {
+            node_id: "b".into(),
+            tag: NodeTag(1),
+            region: "eu".into(),
+            api: "http://127.0.0.1:7700".into(),
+            relay: "127.0.0.1:7703".parse().expect("addr"),
+            media: String::new(),
+            live: true,
+            draining: false,
+            load: None,
+            version: String::new(),
+        });
+        let v = serde_json::to_value(super::super::cluster::cluster_view("a", &view))
+            .expect("serialize");
+        for count in ["sessions", "tracks", "relays"] {
+            assert_eq!(v["members"][0][count], Value::Null, "{count}");
+        }
     }
 
     #[test]
