@@ -1,129 +1,16 @@
-//! Typed views of the admin API's answers, for the tables. Lenient: missing fields take their
-//! defaults (counts are `None` and shown as `-`), so an older or newer node still renders.
-//! `--json` prints the raw answer instead.
+//! Typed views of the admin API's answers, for the tables: the node's own types
+//! (`trackmesh-admin-api`). Lenient: missing fields take their defaults (counts are `None` and
+//! shown as `-`), so an older or newer node still renders. `--json` prints the raw answer instead.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::CtlError;
 
-/// `GET /admin/cluster`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default)]
-pub struct ClusterView {
-    #[serde(rename = "self")]
-    pub self_id: String,
-    pub members: Vec<Member>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Member {
-    pub node_id: String,
-    pub tag: String,
-    pub region: String,
-    pub api: String,
-    pub relay: String,
-    pub live: bool,
-    pub draining: bool,
-    pub sessions: Option<u64>,
-    pub tracks: Option<u64>,
-    pub relays: Option<u64>,
-    pub version: String,
-}
-
-/// `GET /admin/status[/{nodeId}]`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Status {
-    pub node_id: String,
-    pub tag: String,
-    pub region: String,
-    pub version: String,
-    pub uptime_secs: Option<u64>,
-    pub draining: bool,
-    pub sessions: Option<u64>,
-    pub published_tracks: Option<u64>,
-    pub subscribed_tracks: Option<u64>,
-    pub relay_links: Option<u64>,
-    pub api: String,
-    pub media: String,
-    pub relay: String,
-    pub gossip: String,
-}
-
-/// `GET /admin/sessions`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default)]
-pub struct Sessions {
-    pub sessions: Vec<SessionInfo>,
-}
-
-/// One session (`GET /admin/sessions/{id}` and the items of `GET /admin/sessions`).
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SessionInfo {
-    pub node: String,
-    pub session_id: String,
-    pub app: String,
-    pub connected: bool,
-    pub tracks: Vec<SessionTrack>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SessionTrack {
-    pub location: String,
-    pub mid: String,
-    pub track_name: String,
-    pub session_id: Option<String>,
-    pub status: String,
-}
-
-/// `GET /admin/tracks`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default)]
-pub struct Tracks {
-    pub tracks: Vec<Publication>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Publication {
-    pub node: String,
-    pub session_id: String,
-    pub track_name: String,
-    pub kind: String,
-    pub subscribers: Option<u64>,
-    pub relayed_to: Vec<String>,
-}
-
-/// `GET /admin/locate/{sessionId}/{trackName}`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Located {
-    pub session_id: String,
-    pub track_name: String,
-    pub owner: Option<String>,
-    pub hubs: Vec<Hub>,
-    pub subscribing_nodes: Vec<String>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default)]
-pub struct Hub {
-    pub region: String,
-    pub node: String,
-}
-
-/// `POST /admin/drain/{nodeId}` and `/admin/undrain/{nodeId}`
-#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Drained {
-    pub node_id: String,
-    pub draining: Option<bool>,
-}
+pub use trackmesh_admin_api::{
+    ClusterView, Drained, Hub, Located, Member, Publication, SessionInfo, SessionTrack, Sessions,
+    Status, Tracks,
+};
 
 /// Decode an answer; a wrong shape is a [`CtlError::BadAnswer`] naming the path.
 pub fn decode<T: DeserializeOwned>(path: &str, v: &Value) -> Result<T, CtlError> {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::CallsClient;
@@ -14,111 +13,10 @@ use crate::node::{ClusterOpts, PLACED_GOSSIP_PORT, Place, TestNode, free_udp_add
 /// How long [`Cluster::start`] waits for every node to see every other node live.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `GET /admin/cluster`.
-#[derive(Deserialize, Debug, Clone)]
-pub struct ClusterView {
-    #[serde(rename = "self")]
-    pub self_id: String,
-    pub members: Vec<Member>,
-}
-
-/// One member of `GET /admin/cluster`.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Member {
-    pub node_id: String,
-    #[serde(default)]
-    pub tag: String,
-    #[serde(default)]
-    pub region: String,
-    #[serde(default)]
-    pub api: String,
-    #[serde(default)]
-    pub relay: String,
-    pub live: bool,
-    #[serde(default)]
-    pub draining: bool,
-}
-
-impl ClusterView {
-    pub fn member(&self, node_id: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.node_id == node_id)
-    }
-
-    /// Listed and live.
-    pub fn is_live(&self, node_id: &str) -> bool {
-        self.member(node_id).is_some_and(|m| m.live)
-    }
-
-    /// Ids of the live members.
-    pub fn live_ids(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .filter(|m| m.live)
-            .map(|m| m.node_id.clone())
-            .collect()
-    }
-}
-
-/// `GET /admin/relay`.
-#[derive(Deserialize, Debug, Clone, Default)]
-pub struct RelayView {
-    #[serde(default)]
-    pub links: Vec<Link>,
-    pub upstream: Vec<Upstream>,
-    pub downstream: Vec<Downstream>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct Link {
-    pub peer: String,
-    pub direction: String,
-}
-
-/// A track this node pulls from another node.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Upstream {
-    pub session_id: String,
-    pub track_name: String,
-    pub via: String,
-    #[serde(default)]
-    pub frames: u64,
-}
-
-/// A track this node sends to another node.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Downstream {
-    pub session_id: String,
-    pub track_name: String,
-    pub peer: String,
-    #[serde(default)]
-    pub frames: u64,
-}
-
-impl RelayView {
-    /// Upstream entries for (sessionId, trackName).
-    pub fn upstream_of(&self, session_id: &str, track_name: &str) -> Vec<&Upstream> {
-        self.upstream
-            .iter()
-            .filter(|u| u.session_id == session_id && u.track_name == track_name)
-            .collect()
-    }
-
-    /// Downstream entries for (sessionId, trackName).
-    pub fn downstream_of(&self, session_id: &str, track_name: &str) -> Vec<&Downstream> {
-        self.downstream
-            .iter()
-            .filter(|d| d.session_id == session_id && d.track_name == track_name)
-            .collect()
-    }
-
-    /// Downstream entries to this peer node.
-    pub fn downstream_to(&self, peer: &str) -> Vec<&Downstream> {
-        self.downstream.iter().filter(|d| d.peer == peer).collect()
-    }
-}
+/// The admin API's views, as the node writes them.
+pub use trackmesh_admin_api::{
+    ClusterView, Downstream, Member, RelayLink as Link, RelayView, Upstream,
+};
 
 /// Decode an admin answer, keeping the raw body in the error.
 fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> anyhow::Result<T> {

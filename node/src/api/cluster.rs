@@ -10,7 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::ApiState;
@@ -263,46 +262,38 @@ pub(super) fn check_admin(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiE
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MemberOut {
-    node_id: String,
-    tag: String,
-    region: String,
-    api: String,
-    relay: String,
-    live: bool,
-    draining: bool,
-    sessions: u64,
-    tracks: u64,
-    relays: u64,
-    version: String,
-}
-
 pub async fn admin_cluster(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_admin(&st, &headers)?;
     let view = st.cluster.view.borrow().clone();
-    let members: Vec<MemberOut> = view
+    Ok(Json(cluster_view(&st.cluster.self_id, &view)).into_response())
+}
+
+/// The admin view of the cluster as this node sees it.
+pub(super) fn cluster_view(self_id: &str, view: &ClusterView) -> trackmesh_admin_api::ClusterView {
+    let members = view
         .members
         .iter()
-        .map(|m| MemberOut {
-            node_id: m.node_id.clone(),
-            tag: m.tag.to_string(),
-            region: m.region.clone(),
+        .map(|m| trackmesh_admin_api::Member {
             api: m.api.clone(),
-            relay: m.relay.to_string(),
-            live: m.live,
             draining: m.draining,
-            sessions: m.load.sessions,
-            tracks: m.load.tracks,
-            relays: m.load.relays,
+            live: m.live,
+            node_id: m.node_id.clone(),
+            region: m.region.clone(),
+            relay: m.relay.to_string(),
+            relays: m.load.map(|l| l.relays),
+            sessions: m.load.map(|l| l.sessions),
+            tag: m.tag.to_string(),
+            tracks: m.load.map(|l| l.tracks),
             version: m.version.clone(),
         })
         .collect();
-    Ok(Json(serde_json::json!({ "self": st.cluster.self_id, "members": members })).into_response())
+    trackmesh_admin_api::ClusterView {
+        members,
+        self_id: self_id.to_string(),
+    }
 }
 
 pub async fn admin_relay(

@@ -2,11 +2,13 @@
 //! rate limit, bounded body read and JSON decoding (whatever the Content-Type).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -61,59 +63,60 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Compares without an early exit, so response time does not leak how much of a secret matched.
+/// Compares without an early exit (aws-lc's `CRYPTO_memcmp`), so response time does not leak
+/// how much of a secret matched. Only the length may show, as before.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
-/// Fixed one-second windows per session id. Entries of past windows are purged when the map grows,
-/// so random ids from a client cannot grow it without bound.
+/// `limit` calls per second per session id, in a burst or spread (governor's GCRA). Sessions
+/// idle long enough to have their whole budget again are forgotten when the map grows, so random
+/// ids from a client cannot grow it without bound.
 pub struct RateLimiter {
     limit: u32,
-    start: Instant,
-    windows: Mutex<HashMap<String, (u64, u32)>>,
+    per_session: DefaultKeyedRateLimiter<String>,
+    started: Instant,
+    /// The second (since `started`) of the last sweep of the map.
+    last_prune: AtomicU64,
 }
 
 const RATE_MAP_PURGE_AT: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(limit: u32) -> RateLimiter {
+        let n = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
         RateLimiter {
             limit,
-            start: Instant::now(),
-            windows: Mutex::new(HashMap::new()),
+            per_session: DefaultKeyedRateLimiter::dashmap(Quota::per_second(n).allow_burst(n)),
+            started: Instant::now(),
+            last_prune: AtomicU64::new(u64::MAX),
         }
     }
 
     pub fn check(&self, session: &str) -> Result<(), ApiError> {
-        let second = self.start.elapsed().as_secs();
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= RATE_MAP_PURGE_AT {
-            map.retain(|_, (s, _)| *s == second);
-            if map.len() >= RATE_MAP_PURGE_AT {
-                // Thousands of distinct sessions in one second: fail open rather than grow.
-                map.clear();
+        if self.per_session.len() >= RATE_MAP_PURGE_AT {
+            // At most once a second: the sweep walks the whole map.
+            let now = self.started.elapsed().as_secs();
+            if self.last_prune.swap(now, Ordering::Relaxed) != now {
+                self.per_session.retain_recent();
+            }
+            if self.per_session.len() >= RATE_MAP_PURGE_AT {
+                // Thousands of distinct sessions within a second: fail open rather than grow.
+                return Ok(());
             }
         }
-        let entry = map.entry(session.to_string()).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
-        }
-        entry.1 += 1;
-        if entry.1 > self.limit {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "more than {} API calls per second on this session",
-                    self.limit
-                ),
-            ));
-        }
-        Ok(())
+        self.per_session
+            .check_key(&session.to_string())
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "more than {} API calls per second on this session",
+                        self.limit
+                    ),
+                )
+            })
     }
 }
 
@@ -190,6 +193,15 @@ mod tests {
     }
 
     #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(constant_time_eq(b"", b""));
+        for other in [&b"s3creT"[..], b"s3cre", b"s3crets", b"", b"S3cret"] {
+            assert!(!constant_time_eq(b"s3cret", other), "{other:?}");
+        }
+    }
+
+    #[test]
     fn rate_limit_per_session() {
         let r = RateLimiter::new(3);
         for _ in 0..3 {
@@ -208,7 +220,7 @@ mod tests {
         for i in 0..(RATE_MAP_PURGE_AT * 3) {
             let _ = r.check(&i.to_string());
         }
-        let len = r.windows.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        assert!(len <= RATE_MAP_PURGE_AT + 1, "{len}");
+        let len = r.per_session.len();
+        assert!(len <= RATE_MAP_PURGE_AT, "{len}");
     }
 }

@@ -11,11 +11,14 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use trackmesh_admin_api as admin;
 
 use super::ApiState;
 use super::error::ApiError;
 use crate::cluster::Member;
+use crate::engine::{Location, SessionSummary, TrackStatus};
 use crate::ids::SessionId;
 use crate::metrics::Snapshot;
 
@@ -104,8 +107,13 @@ fn not_found(what: String) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
 }
 
-/// Asks another node's admin API.
-async fn ask(st: &ApiState, node: &Member, method: Method, path: &str) -> Result<Value, ApiError> {
+/// Asks another node's admin API for its JSON answer.
+async fn ask_json(
+    st: &ApiState,
+    node: &Member,
+    method: Method,
+    path: &str,
+) -> Result<Value, ApiError> {
     let token = st.admin_token.clone().unwrap_or_default();
     let res = st
         .http
@@ -146,6 +154,27 @@ async fn ask(st: &ApiState, node: &Member, method: Method, path: &str) -> Result
     ))
 }
 
+/// Asks another node's admin API and reads its answer as the view `T`; an answer of another
+/// shape is that node's failure (a gateway error), not this node's.
+async fn ask<T: DeserializeOwned>(
+    st: &ApiState,
+    node: &Member,
+    method: Method,
+    path: &str,
+) -> Result<T, ApiError> {
+    let body = ask_json(st, node, method, path).await?;
+    T::deserialize(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "temporarily_unavailable_error",
+            format!(
+                "node {} answered {path} in an unknown shape: {e}",
+                node.node_id
+            ),
+        )
+    })
+}
+
 fn member(st: &ApiState, id: &str) -> Result<Member, ApiError> {
     st.cluster
         .view
@@ -166,28 +195,28 @@ fn others(st: &ApiState) -> Vec<Member> {
         .collect()
 }
 
-async fn local_status(st: &ApiState) -> Result<Value, ApiError> {
+async fn local_status(st: &ApiState) -> Result<admin::Status, ApiError> {
     let (gauges, sessions) = st
         .engine
         .call(|e, _| (e.gauges(), e.session_count()))
         .await?;
     let me = st.cluster.view.borrow().me().cloned();
-    Ok(json!({
-        "nodeId": st.cluster.self_id,
-        "tag": st.cluster.tag.to_string(),
-        "region": me.as_ref().map(|m| m.region.clone()).unwrap_or_default(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptimeSecs": st.ops.started.elapsed().as_secs(),
-        "draining": st.ops.local.draining.load(Ordering::Relaxed),
-        "sessions": sessions,
-        "publishedTracks": gauges.published_audio + gauges.published_video,
-        "subscribedTracks": gauges.subscribed_audio + gauges.subscribed_video,
-        "relayLinks": st.cluster.relay.figures().links,
-        "api": me.as_ref().map(|m| m.api.clone()).unwrap_or_default(),
-        "media": me.as_ref().map(|m| m.media.clone()).unwrap_or_default(),
-        "relay": me.as_ref().map(|m| m.relay.to_string()).unwrap_or_default(),
-        "gossip": st.ops.gossip.to_string(),
-    }))
+    Ok(admin::Status {
+        api: me.as_ref().map(|m| m.api.clone()).unwrap_or_default(),
+        draining: st.ops.local.draining.load(Ordering::Relaxed),
+        gossip: st.ops.gossip.to_string(),
+        media: me.as_ref().map(|m| m.media.clone()).unwrap_or_default(),
+        node_id: st.cluster.self_id.clone(),
+        published_tracks: Some(gauges.published_audio + gauges.published_video),
+        region: me.as_ref().map(|m| m.region.clone()).unwrap_or_default(),
+        relay: me.as_ref().map(|m| m.relay.to_string()).unwrap_or_default(),
+        relay_links: Some(st.cluster.relay.figures().links),
+        sessions: Some(sessions as u64),
+        subscribed_tracks: Some(gauges.subscribed_audio + gauges.subscribed_video),
+        tag: st.cluster.tag.to_string(),
+        uptime_secs: Some(st.ops.started.elapsed().as_secs()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 pub async fn status(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> AdminResult {
@@ -205,7 +234,8 @@ pub async fn status_of(
         return Ok(Json(local_status(&st).await?).into_response());
     }
     let m = member(&st, &node)?;
-    Ok(Json(ask(&st, &m, Method::GET, "/admin/status").await?).into_response())
+    let status: admin::Status = ask(&st, &m, Method::GET, "/admin/status").await?;
+    Ok(Json(status).into_response())
 }
 
 #[derive(Deserialize)]
@@ -213,46 +243,79 @@ pub struct NodeQuery {
     node: Option<String>,
 }
 
-async fn local_sessions(st: &ApiState) -> Result<Vec<Value>, ApiError> {
+async fn local_sessions(st: &ApiState) -> Result<Vec<admin::SessionInfo>, ApiError> {
     let sessions = st.engine.call(|e, _| e.admin_sessions()).await?;
-    Ok(sessions.into_iter().map(|s| session_json(st, s)).collect())
+    Ok(sessions
+        .into_iter()
+        .map(|s| session_info(&st.cluster.self_id, s))
+        .collect())
 }
 
-fn session_json(st: &ApiState, s: crate::engine::SessionSummary) -> Value {
-    let tracks: Vec<super::wire::TrackOut> = s.tracks.into_iter().map(Into::into).collect();
-    json!({
-        "node": st.cluster.self_id,
-        "sessionId": s.session_id.to_string(),
-        "app": s.app,
-        "connected": s.connected,
-        "tracks": tracks,
-    })
+fn session_info(node: &str, s: SessionSummary) -> admin::SessionInfo {
+    admin::SessionInfo {
+        app: s.app,
+        connected: s.connected,
+        node: node.to_string(),
+        session_id: s.session_id.to_string(),
+        tracks: s.tracks.into_iter().map(session_track).collect(),
+    }
 }
 
-/// Runs `local` here, or asks the named node, or gathers from every live node.
-async fn gather(
+fn session_track(t: TrackStatus) -> admin::SessionTrack {
+    admin::SessionTrack {
+        location: match t.location {
+            Location::Local => "local",
+            Location::Remote => "remote",
+        }
+        .to_string(),
+        mid: t.mid,
+        session_id: t.session_id,
+        status: if t.active { "active" } else { "inactive" }.to_string(),
+        track_name: t.track_name,
+    }
+}
+
+/// A view that lists items, gathered from several nodes.
+trait Listing: DeserializeOwned {
+    type Item;
+    fn items(self) -> Vec<Self::Item>;
+}
+
+impl Listing for admin::Sessions {
+    type Item = admin::SessionInfo;
+    fn items(self) -> Vec<admin::SessionInfo> {
+        self.sessions
+    }
+}
+
+impl Listing for admin::Tracks {
+    type Item = admin::Publication;
+    fn items(self) -> Vec<admin::Publication> {
+        self.tracks
+    }
+}
+
+/// Answers with this node's items (`local`), or asks the named node, or gathers from every
+/// live node (a node that fails to answer is logged and left out).
+async fn gather<L: Listing>(
     st: &ApiState,
     node: Option<String>,
     path: &str,
-    key: &str,
-) -> Result<Vec<Value>, ApiError> {
-    let local = match key {
-        "sessions" => local_sessions(st).await?,
-        _ => local_tracks(st).await?,
-    };
+    local: Vec<L::Item>,
+) -> Result<Vec<L::Item>, ApiError> {
     match node {
         Some(n) if n == st.cluster.self_id => Ok(local),
         Some(n) => {
             let m = member(st, &n)?;
-            let v = ask(st, &m, Method::GET, &format!("{path}?node={n}")).await?;
-            Ok(v[key].as_array().cloned().unwrap_or_default())
+            let v: L = ask(st, &m, Method::GET, &format!("{path}?node={n}")).await?;
+            Ok(v.items())
         }
         None => {
             let mut all = local;
             for m in others(st) {
                 let q = format!("{path}?node={}", m.node_id);
-                match ask(st, &m, Method::GET, &q).await {
-                    Ok(v) => all.extend(v[key].as_array().cloned().unwrap_or_default()),
+                match ask::<L>(st, &m, Method::GET, &q).await {
+                    Ok(v) => all.extend(v.items()),
                     Err(e) => {
                         tracing::warn!(node = %m.node_id, error = %e.description, "admin gather")
                     }
@@ -269,8 +332,9 @@ pub async fn sessions(
     headers: HeaderMap,
 ) -> AdminResult {
     check(&st, &headers)?;
-    let all = gather(&st, q.node, "/admin/sessions", "sessions").await?;
-    Ok(Json(json!({ "sessions": all })).into_response())
+    let local = local_sessions(&st).await?;
+    let sessions = gather::<admin::Sessions>(&st, q.node, "/admin/sessions", local).await?;
+    Ok(Json(admin::Sessions { sessions }).into_response())
 }
 
 pub async fn session(
@@ -288,29 +352,31 @@ pub async fn session(
             .live_by_tag(sid.node_tag())
             .cloned();
         let owner = owner.ok_or_else(|| not_found(format!("session {id} not found")))?;
-        return Ok(
-            Json(ask(&st, &owner, Method::GET, &format!("/admin/sessions/{id}")).await?)
-                .into_response(),
-        );
+        let info: admin::SessionInfo =
+            ask(&st, &owner, Method::GET, &format!("/admin/sessions/{id}")).await?;
+        return Ok(Json(info).into_response());
     }
     let s = st.engine.call(move |e, _| e.admin_session(sid)).await?;
     let s = s.ok_or_else(|| not_found(format!("session {id} not found")))?;
-    Ok(Json(session_json(&st, s)).into_response())
+    Ok(Json(session_info(&st.cluster.self_id, s)).into_response())
 }
 
-async fn local_tracks(st: &ApiState) -> Result<Vec<Value>, ApiError> {
+async fn local_tracks(st: &ApiState) -> Result<Vec<admin::Publication>, ApiError> {
     let pubs = st.engine.call(|e, _| e.admin_publications()).await?;
     Ok(pubs
         .into_iter()
-        .map(|p| {
-            json!({
-                "node": st.cluster.self_id,
-                "sessionId": p.session_id.to_string(),
-                "trackName": p.track_name,
-                "kind": if p.kind == str0m::media::MediaKind::Audio { "audio" } else { "video" },
-                "subscribers": p.local_subscribers,
-                "relayedTo": st.cluster.relay.downstream_peers(&p.downstreams),
-            })
+        .map(|p| admin::Publication {
+            kind: if p.kind == str0m::media::MediaKind::Audio {
+                "audio"
+            } else {
+                "video"
+            }
+            .to_string(),
+            node: st.cluster.self_id.clone(),
+            relayed_to: st.cluster.relay.downstream_peers(&p.downstreams),
+            session_id: p.session_id.to_string(),
+            subscribers: Some(p.local_subscribers as u64),
+            track_name: p.track_name,
         })
         .collect())
 }
@@ -321,8 +387,9 @@ pub async fn tracks(
     headers: HeaderMap,
 ) -> AdminResult {
     check(&st, &headers)?;
-    let all = gather(&st, q.node, "/admin/tracks", "tracks").await?;
-    Ok(Json(json!({ "tracks": all })).into_response())
+    let local = local_tracks(&st).await?;
+    let tracks = gather::<admin::Tracks>(&st, q.node, "/admin/tracks", local).await?;
+    Ok(Json(admin::Tracks { tracks }).into_response())
 }
 
 /// Where a track lives: its owner, the nodes that pull it from another node (hubs among them
@@ -340,65 +407,63 @@ pub async fn locate(
     let mut hubs = Vec::new();
     let mut subscribing = Vec::new();
     for m in view.members.iter().filter(|m| m.live) {
+        // A node that does not answer counts as pulling nothing and having no subscribers.
         let (relay, local_subs) = if m.node_id == st.cluster.self_id {
             let t = track.clone();
             let n = st
                 .engine
                 .call(move |e, _| e.local_subscriber_count(sid, &t))
                 .await?;
-            (
-                serde_json::to_value(st.cluster.relay.view()).unwrap_or(Value::Null),
-                n as u64,
-            )
+            (Some(st.cluster.relay.view()), n as u64)
         } else {
-            let relay = ask(&st, m, Method::GET, "/admin/relay")
-                .await
-                .unwrap_or(Value::Null);
-            let n = ask(
+            let relay: Option<admin::RelayView> =
+                ask(&st, m, Method::GET, "/admin/relay").await.ok();
+            let tracks: Option<admin::Tracks> = ask(
                 &st,
                 m,
                 Method::GET,
                 &format!("/admin/tracks?node={}", m.node_id),
             )
             .await
-            .ok()
-            .and_then(|v| {
-                v["tracks"].as_array()?.iter().find(|t| {
-                    t["sessionId"] == session.as_str() && t["trackName"] == track.as_str()
-                })?["subscribers"]
-                    .as_u64()
-            })
-            .unwrap_or(0);
+            .ok();
+            let n = tracks
+                .and_then(|v| {
+                    v.tracks
+                        .into_iter()
+                        .find(|t| t.session_id == session && t.track_name == track)?
+                        .subscribers
+                })
+                .unwrap_or(0);
             (relay, n)
         };
-        let matches =
-            |e: &&Value| e["sessionId"] == session.as_str() && e["trackName"] == track.as_str();
-        let upstream = relay["upstream"]
-            .as_array()
-            .and_then(|a| a.iter().find(|e| matches(e)).cloned());
+        let upstream = relay.and_then(|r| {
+            r.upstream
+                .into_iter()
+                .find(|u| u.session_id == session && u.track_name == track)
+        });
         let pulls = upstream.is_some();
         // A hub is where the track enters another region: a node outside the owner's region
         // that pulls it straight from the owner (the others there pull through it).
         let from_owner = owner.as_ref().is_some_and(|o| {
-            o.region != m.region
-                && upstream
-                    .as_ref()
-                    .is_some_and(|u| u["via"] == o.node_id.as_str())
+            o.region != m.region && upstream.as_ref().is_some_and(|u| u.via == o.node_id)
         });
         if from_owner {
-            hubs.push(json!({ "region": m.region, "node": m.node_id }));
+            hubs.push(admin::Hub {
+                node: m.node_id.clone(),
+                region: m.region.clone(),
+            });
         }
         if pulls || local_subs > 0 {
             subscribing.push(m.node_id.clone());
         }
     }
-    Ok(Json(json!({
-        "sessionId": session,
-        "trackName": track,
-        "owner": owner.map(|o| o.node_id),
-        "hubs": hubs,
-        "subscribingNodes": subscribing,
-    }))
+    Ok(Json(admin::Located {
+        hubs,
+        owner: owner.map(|o| o.node_id),
+        session_id: session,
+        subscribing_nodes: subscribing,
+        track_name: track,
+    })
     .into_response())
 }
 
@@ -412,14 +477,17 @@ async fn set_drain(
     if node != st.cluster.self_id {
         let m = member(&st, &node)?;
         let verb = if drain { "drain" } else { "undrain" };
-        return Ok(
-            Json(ask(&st, &m, Method::POST, &format!("/admin/{verb}/{node}")).await?)
-                .into_response(),
-        );
+        let answer: admin::Drained =
+            ask(&st, &m, Method::POST, &format!("/admin/{verb}/{node}")).await?;
+        return Ok(Json(answer).into_response());
     }
     st.ops.local.draining.store(drain, Ordering::Relaxed);
     tracing::warn!(draining = drain, "drain state changed by the admin API");
-    Ok(Json(json!({ "nodeId": node, "draining": drain })).into_response())
+    Ok(Json(admin::Drained {
+        draining: Some(drain),
+        node_id: node,
+    })
+    .into_response())
 }
 
 pub async fn drain(
@@ -436,4 +504,249 @@ pub async fn undrain(
     headers: HeaderMap,
 ) -> AdminResult {
     set_drain(st, node, headers, false).await
+}
+
+/// The admin views are typed now; before, they were `json!` maps. These pin that the bytes on
+/// the wire are the ones the maps wrote (keys sorted, `null` where a value was `None`), and that
+/// each view reads back as itself.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::TrackOut;
+    use crate::ids::NodeTag;
+    use serde::Serialize;
+
+    /// Same bytes as the old map, and reads back unchanged.
+    fn same_wire<T>(typed: &T, old: Value)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let text = serde_json::to_string(typed).expect("serialize");
+        assert_eq!(text, old.to_string());
+        let back: T = serde_json::from_str(&text).expect("read back");
+        assert_eq!(&back, typed);
+    }
+
+    #[test]
+    fn status_writes_what_the_map_wrote() {
+        let s = admin::Status {
+            api: "http://127.0.0.1:7700".into(),
+            draining: false,
+            gossip: "127.0.0.1:7701".into(),
+            media: "127.0.0.1:7702".into(),
+            node_id: "a".into(),
+            published_tracks: Some(2),
+            region: "eu".into(),
+            relay: "127.0.0.1:7703".into(),
+            relay_links: Some(1),
+            sessions: Some(3),
+            subscribed_tracks: Some(4),
+            tag: "0badcafe".into(),
+            uptime_secs: Some(9),
+            version: "0.1.0".into(),
+        };
+        same_wire(
+            &s,
+            json!({
+                "nodeId": "a", "tag": "0badcafe", "region": "eu", "version": "0.1.0",
+                "uptimeSecs": 9u64, "draining": false, "sessions": 3usize,
+                "publishedTracks": 2u64, "subscribedTracks": 4u64, "relayLinks": 1u64,
+                "api": "http://127.0.0.1:7700", "media": "127.0.0.1:7702",
+                "relay": "127.0.0.1:7703", "gossip": "127.0.0.1:7701",
+            }),
+        );
+    }
+
+    #[test]
+    fn sessions_write_what_the_map_wrote() {
+        let tracks = vec![
+            TrackStatus {
+                location: Location::Local,
+                mid: "0".into(),
+                track_name: "cam".into(),
+                session_id: None,
+                active: true,
+            },
+            TrackStatus {
+                location: Location::Remote,
+                mid: "1".into(),
+                track_name: "mic".into(),
+                session_id: Some("other".into()),
+                active: false,
+            },
+        ];
+        let summary = SessionSummary {
+            session_id: SessionId::new(NodeTag(7)),
+            app: "app".into(),
+            connected: true,
+            tracks: tracks.clone(),
+        };
+        let old_tracks: Vec<TrackOut> = tracks.into_iter().map(Into::into).collect();
+        let old = json!({
+            "node": "a",
+            "sessionId": summary.session_id.to_string(),
+            "app": "app",
+            "connected": true,
+            "tracks": old_tracks,
+        });
+        let info = session_info("a", summary);
+        same_wire(&info, old.clone());
+        same_wire(
+            &admin::Sessions {
+                sessions: vec![info],
+            },
+            json!({ "sessions": [old] }),
+        );
+    }
+
+    #[test]
+    fn tracks_write_what_the_map_wrote() {
+        let p = admin::Publication {
+            kind: "video".into(),
+            node: "a".into(),
+            relayed_to: vec!["b".into()],
+            session_id: "s".into(),
+            subscribers: Some(2),
+            track_name: "cam".into(),
+        };
+        let old = json!({
+            "node": "a", "sessionId": "s", "trackName": "cam", "kind": "video",
+            "subscribers": 2usize, "relayedTo": vec!["b".to_string()],
+        });
+        same_wire(&p, old.clone());
+        same_wire(
+            &admin::Tracks { tracks: vec![p] },
+            json!({ "tracks": [old] }),
+        );
+    }
+
+    #[test]
+    fn locate_and_drain_write_what_the_maps_wrote() {
+        let l = admin::Located {
+            hubs: vec![admin::Hub {
+                node: "c".into(),
+                region: "us".into(),
+            }],
+            owner: Some("a".into()),
+            session_id: "s".into(),
+            subscribing_nodes: vec!["b".into(), "c".into()],
+            track_name: "cam".into(),
+        };
+        same_wire(
+            &l,
+            json!({
+                "sessionId": "s", "trackName": "cam", "owner": Some("a".to_string()),
+                "hubs": [json!({ "region": "us", "node": "c" })],
+                "subscribingNodes": vec!["b".to_string(), "c".to_string()],
+            }),
+        );
+        let nobody = admin::Located {
+            owner: None,
+            hubs: Vec::new(),
+            subscribing_nodes: Vec::new(),
+            ..l
+        };
+        let none: Option<String> = None;
+        same_wire(
+            &nobody,
+            json!({
+                "sessionId": "s", "trackName": "cam", "owner": none,
+                "hubs": Vec::<Value>::new(), "subscribingNodes": Vec::<String>::new(),
+            }),
+        );
+        same_wire(
+            &admin::Drained {
+                draining: Some(true),
+                node_id: "a".into(),
+            },
+            json!({ "nodeId": "a", "draining": true }),
+        );
+    }
+
+    #[test]
+    fn cluster_writes_what_the_map_wrote() {
+        let view = crate::cluster::ClusterView {
+            self_id: "a".into(),
+            members: vec![Member {
+                node_id: "a".into(),
+                tag: NodeTag(0x0bad_cafe),
+                region: "eu".into(),
+                api: "http://127.0.0.1:7700".into(),
+                relay: "127.0.0.1:7703".parse().expect("addr"),
+                media: "127.0.0.1:7702".into(),
+                live: true,
+                draining: false,
+                load: Some(crate::cluster::Load {
+                    sessions: 2,
+                    tracks: 3,
+                    relays: 1,
+                }),
+                version: "0.1.0".into(),
+            }],
+        };
+        let typed = super::super::cluster::cluster_view("a", &view);
+        same_wire(
+            &typed,
+            json!({ "self": "a", "members": [json!({
+                "nodeId": "a", "tag": "0badcafe", "region": "eu",
+                "api": "http://127.0.0.1:7700", "relay": "127.0.0.1:7703", "live": true,
+                "draining": false, "sessions": 2u64, "tracks": 3u64, "relays": 1u64,
+                "version": "0.1.0",
+            })]}),
+        );
+    }
+
+    #[test]
+    fn an_unknown_load_is_null_not_zero() {
+        let mut view = crate::cluster::ClusterView {
+            self_id: "a".into(),
+            members: Vec::new(),
+        };
+        view.members.push(Member {
+            node_id: "b".into(),
+            tag: NodeTag(1),
+            region: "eu".into(),
+            api: "http://127.0.0.1:7700".into(),
+            relay: "127.0.0.1:7703".parse().expect("addr"),
+            media: String::new(),
+            live: true,
+            draining: false,
+            load: None,
+            version: String::new(),
+        });
+        let v = serde_json::to_value(super::super::cluster::cluster_view("a", &view))
+            .expect("serialize");
+        for count in ["sessions", "tracks", "relays"] {
+            assert_eq!(v["members"][0][count], Value::Null, "{count}");
+        }
+    }
+
+    #[test]
+    fn relay_writes_its_struct_order() {
+        let r = admin::RelayView {
+            links: vec![admin::RelayLink {
+                peer: "b".into(),
+                direction: "out".into(),
+            }],
+            upstream: vec![admin::Upstream {
+                session_id: "s".into(),
+                track_name: "cam".into(),
+                via: "b".into(),
+                frames: 5,
+            }],
+            downstream: vec![admin::Downstream {
+                session_id: "t".into(),
+                track_name: "mic".into(),
+                peer: "c".into(),
+                frames: 6,
+            }],
+        };
+        let text = serde_json::to_string(&r).expect("serialize");
+        assert_eq!(
+            text,
+            r#"{"links":[{"peer":"b","direction":"out"}],"upstream":[{"sessionId":"s","trackName":"cam","via":"b","frames":5}],"downstream":[{"sessionId":"t","trackName":"mic","peer":"c","frames":6}]}"#
+        );
+        let back: admin::RelayView = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back, r);
+    }
 }

@@ -96,7 +96,7 @@ mod tests {
             media: String::new(),
             live: true,
             draining: false,
-            load: Load::default(),
+            load: Some(Load::default()),
             version: String::new(),
         }
     }

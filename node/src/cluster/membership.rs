@@ -16,8 +16,9 @@ use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, NodeState, spa
 use tokio::sync::watch;
 
 use super::gossip_transport::SealedTransport;
-use super::view::{ClusterView, Load, Member};
+use super::view::{ClusterView, Load, Member, checked_api, decode_flag};
 use crate::ids::NodeTag;
+use crate::rejects::{Port, Rejects};
 
 /// Gossip round. With the failure detector below a dead node is noticed in about 1–2 s.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
@@ -38,7 +39,7 @@ pub struct MembershipConfig {
     /// During a rotation: also sealed under and accepted with this one.
     pub secret_previous: Option<String>,
     /// Where refused gossip datagrams are counted.
-    pub rejects: Arc<crate::rejects::Rejects>,
+    pub rejects: Arc<Rejects>,
     pub api: String,
     pub relay: SocketAddr,
     pub media: SocketAddr,
@@ -186,6 +187,7 @@ async fn run(
     };
     let _ = ready.send(Ok(()));
     let mut tick = tokio::time::interval(REFRESH);
+    let mut bad_values = BadValues::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -198,7 +200,7 @@ async fn run(
             relays: local.relays.load(Ordering::Relaxed),
         };
         let draining = local.draining.load(Ordering::Relaxed);
-        let view = handle
+        let (view, bad) = handle
             .with_chitchat(|c| {
                 let me = c.self_node_state();
                 if me.get("load") != Some(load.encode().as_str()) {
@@ -211,6 +213,7 @@ async fn run(
                 build_view(&cfg.node_id, c.node_states(), &live)
             })
             .await;
+        bad_values.report(bad, &cfg.rejects);
         view_tx.send_if_modified(|current| {
             if **current == view {
                 return false;
@@ -225,13 +228,74 @@ async fn run(
     let _ = handle.shutdown().await;
 }
 
+/// A gossiped value this node could not read: which member's key, at which version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BadValue {
+    node: ChitchatId,
+    key: &'static str,
+    version: u64,
+}
+
+/// Counts and logs each bad gossiped value once: the view is rebuilt every [`REFRESH`] from
+/// values that stay in gossip until their member changes them, and one bad value is one
+/// refusal, not one per refresh. Holds only the bad values of the last refresh.
+#[derive(Default)]
+struct BadValues {
+    counted: HashSet<BadValue>,
+}
+
+impl BadValues {
+    /// Counts the values not already counted, and forgets the ones gone; returns how many were new.
+    fn report(&mut self, found: Vec<BadValue>, rejects: &Rejects) -> usize {
+        let mut new = 0;
+        let mut now = HashSet::with_capacity(found.len());
+        for bad in found {
+            if !self.counted.contains(&bad) {
+                new += 1;
+                let from = bad.node.gossip_advertise_addr;
+                // The key is ours; the value and the member's id are the member's text, not logged.
+                if rejects.reject(Port::Gossip, "bad_value", from.ip()) {
+                    tracing::warn!(%from, key = bad.key, "a member gossips a value this node cannot read; it is treated as unknown (further ones from this address are counted, not logged, for a minute)");
+                }
+            }
+            now.insert(bad);
+        }
+        self.counted = now;
+        new
+    }
+}
+
+/// Reads `key` of a member with `parse`. Absent is `None` (a member's keys may arrive over
+/// several gossip rounds); present but unreadable is `None` too, and noted in `bad`.
+fn read<T, E>(
+    id: &ChitchatId,
+    st: &NodeState,
+    key: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    bad: &mut Vec<BadValue>,
+) -> Option<T> {
+    let v = st.get_versioned(key).filter(|v| !v.is_deleted())?;
+    match parse(&v.value) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            bad.push(BadValue {
+                node: id.clone(),
+                key,
+                version: v.version,
+            });
+            None
+        }
+    }
+}
+
 /// Builds the view from chitchat's state: the newest generation of each node id wins (a restarted
 /// node is a new generation of the same id); nodes with missing or malformed keys are skipped.
+/// Also returns the values that could not be read.
 fn build_view(
     self_id: &str,
     states: &BTreeMap<ChitchatId, NodeState>,
     live: &HashSet<ChitchatId>,
-) -> ClusterView {
+) -> (ClusterView, Vec<BadValue>) {
     let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
     for (id, st) in states {
         let keep = newest
@@ -242,18 +306,20 @@ fn build_view(
         }
     }
     let mut members = Vec::new();
+    let mut bad = Vec::new();
     for (id, st) in newest.values() {
+        let bad = &mut bad;
         let parsed = (|| {
             Some(Member {
                 node_id: id.node_id.to_string(),
-                tag: NodeTag(u32::from_str_radix(st.get("tag")?, 16).ok()?),
+                tag: NodeTag(read(id, st, "tag", |v| u32::from_str_radix(v, 16), bad)?),
                 region: st.get("region")?.to_string(),
-                api: super::view::checked_api(st.get("api")?)?,
-                relay: st.get("relay")?.parse().ok()?,
+                api: read(id, st, "api", |v| checked_api(v).ok_or(()), bad)?,
+                relay: read(id, st, "relay", str::parse::<SocketAddr>, bad)?,
                 media: st.get("media").unwrap_or_default().to_string(),
                 live: live.contains(*id) || &*id.node_id == self_id,
-                draining: st.get("draining") == Some("true"),
-                load: Load::decode(st.get("load").unwrap_or_default()),
+                draining: read(id, st, "draining", decode_flag, bad).unwrap_or(false),
+                load: read(id, st, "load", Load::decode, bad),
                 version: st.get("version").unwrap_or_default().to_string(),
             })
         })();
@@ -261,8 +327,144 @@ fn build_view(
             members.push(m);
         }
     }
-    ClusterView {
+    let view = ClusterView {
         self_id: self_id.to_string(),
         members,
+    };
+    (view, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+    }
+
+    fn bad(node: &ChitchatId, key: &'static str, version: u64) -> BadValue {
+        BadValue {
+            node: node.clone(),
+            key,
+            version,
+        }
+    }
+
+    #[test]
+    fn a_bad_value_is_counted_once_until_it_changes() {
+        let rejects = Rejects::new().expect("metric");
+        let id = ChitchatId::new("m", 1, "127.0.0.1:9".parse().expect("addr"));
+        let mut values = BadValues::default();
+        assert_eq!(values.report(vec![bad(&id, "load", 3)], &rejects), 1);
+        assert_eq!(values.report(vec![bad(&id, "load", 3)], &rejects), 0);
+        // A new bad version is a new refusal; one gone and back again too.
+        assert_eq!(values.report(vec![bad(&id, "load", 4)], &rejects), 1);
+        assert_eq!(values.report(Vec::new(), &rejects), 0);
+        assert_eq!(values.report(vec![bad(&id, "load", 4)], &rejects), 1);
+        assert_eq!(rejects.get(Port::Gossip, "bad_value"), 3);
+    }
+
+    /// The member's state as this node sees it, once it satisfies `ok` (bounded wait).
+    async fn member_when(
+        view: &mut watch::Receiver<Arc<ClusterView>>,
+        id: &str,
+        ok: impl Fn(&Member) -> bool,
+    ) -> Member {
+        for _ in 0..300 {
+            if let Some(m) = view.borrow().members.iter().find(|m| m.node_id == id)
+                && ok(m)
+            {
+                return m.clone();
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        }
+        panic!(
+            "member {id} never reached the expected state: {:?}",
+            view.borrow()
+        );
+    }
+
+    /// A member of the cluster (it has the secret) gossips a load and a drain flag that are not
+    /// numbers and booleans: it stays a member, its load is unknown (not 0), and each bad value
+    /// is counted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_gossiped_values_are_unknown_and_counted() {
+        let rejects = Arc::new(Rejects::new().expect("metric"));
+        let gossip = free_addr();
+        let membership = start(MembershipConfig {
+            node_id: "a".into(),
+            tag: NodeTag(0xa),
+            region: "eu".into(),
+            gossip,
+            seeds: Vec::new(),
+            secret: "s3cret".into(),
+            secret_previous: None,
+            rejects: rejects.clone(),
+            api: "http://127.0.0.1:1".into(),
+            relay: "127.0.0.1:2".parse().expect("addr"),
+            media: "127.0.0.1:3".parse().expect("addr"),
+        })
+        .expect("membership");
+        let mut view = membership.view.clone();
+
+        let odd = free_addr();
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new("odd", 1, odd),
+            cluster_id: CLUSTER_ID.to_string(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: odd,
+            seed_nodes: vec![gossip.to_string()],
+            failure_detector_config: failure_detector(),
+            marked_for_deletion_grace_period: Duration::from_secs(900),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let keys: Vec<(String, String)> = [
+            ("tag", "0000000b"),
+            ("region", "eu"),
+            ("api", "http://127.0.0.1:4"),
+            ("relay", "127.0.0.1:5"),
+            ("load", "lots"),
+            ("draining", "maybe"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let transport = SealedTransport {
+            secret: "s3cret".into(),
+            previous: None,
+            rejects: Arc::new(Rejects::new().expect("metric")),
+        };
+        let odd_node = spawn_chitchat(config, keys, &transport)
+            .await
+            .expect("the odd member");
+
+        let m = member_when(&mut view, "odd", |_| true).await;
+        assert_eq!(m.load, None, "an unreadable load is unknown, not 0");
+        assert!(!m.draining);
+        assert_eq!(rejects.get(Port::Gossip, "bad_value"), 2);
+
+        // Fixed, the load is read; the bad values were not counted again meanwhile.
+        odd_node
+            .with_chitchat(|c| c.self_node_state().set("load", "1,2,3"))
+            .await;
+        let want = Load {
+            sessions: 1,
+            tracks: 2,
+            relays: 3,
+        };
+        member_when(&mut view, "odd", |m| m.load == Some(want)).await;
+        assert_eq!(rejects.get(Port::Gossip, "bad_value"), 2);
+
+        // Broken again: a new bad value, counted once more.
+        odd_node
+            .with_chitchat(|c| c.self_node_state().set("load", "1,2"))
+            .await;
+        member_when(&mut view, "odd", |m| m.load.is_none()).await;
+        assert_eq!(rejects.get(Port::Gossip, "bad_value"), 3);
+        let _ = odd_node.shutdown().await;
     }
 }

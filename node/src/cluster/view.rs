@@ -16,7 +16,9 @@ pub struct Member {
     pub media: String,
     pub live: bool,
     pub draining: bool,
-    pub load: Load,
+    /// `None` while unknown: not gossiped yet, or gossiped in a form this node cannot read (an
+    /// unknown load is shown as unknown, never as an idle node).
+    pub load: Option<Load>,
     pub version: String,
 }
 
@@ -36,18 +38,39 @@ pub struct Load {
     pub relays: u64,
 }
 
+/// A gossiped value this node cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable gossiped value")]
+pub struct BadValue;
+
 impl Load {
+    /// `sessions,tracks,relays`, as [`Load::decode`] reads it.
     pub fn encode(&self) -> String {
         format!("{},{},{}", self.sessions, self.tracks, self.relays)
     }
 
-    pub fn decode(s: &str) -> Load {
-        let mut it = s.split(',').map(|v| v.parse::<u64>().unwrap_or(0));
-        Load {
-            sessions: it.next().unwrap_or(0),
-            tracks: it.next().unwrap_or(0),
-            relays: it.next().unwrap_or(0),
-        }
+    /// Exactly three comma-separated counts; anything else is a [`BadValue`].
+    pub fn decode(s: &str) -> Result<Load, BadValue> {
+        // At most four parts: a fourth means too many.
+        let parts: Vec<&str> = s.splitn(4, ',').collect();
+        let [sessions, tracks, relays] = parts.as_slice() else {
+            return Err(BadValue);
+        };
+        let count = |v: &str| v.parse::<u64>().map_err(|_| BadValue);
+        Ok(Load {
+            sessions: count(sessions)?,
+            tracks: count(tracks)?,
+            relays: count(relays)?,
+        })
+    }
+}
+
+/// The drain flag as gossiped: `true` or `false`.
+pub fn decode_flag(s: &str) -> Result<bool, BadValue> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(BadValue),
     }
 }
 
@@ -70,6 +93,30 @@ impl ClusterView {
 
     pub fn live_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.node_id == id)
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn a_load_reads_back_and_anything_else_is_bad() {
+        let l = Load {
+            sessions: 3,
+            tracks: 2,
+            relays: 1,
+        };
+        assert_eq!(Load::decode(&l.encode()), Ok(l));
+        assert_eq!(Load::decode("0,0,0"), Ok(Load::default()));
+        for bad in [
+            "", "1,2", "1,2,3,4", "1,x,3", "-1,2,3", "1,,3", "1,2,3,", " 1,2,3",
+        ] {
+            assert_eq!(Load::decode(bad), Err(BadValue), "{bad:?}");
+        }
+        assert_eq!(decode_flag("true"), Ok(true));
+        assert_eq!(decode_flag("false"), Ok(false));
+        assert_eq!(decode_flag("yes"), Err(BadValue));
     }
 }
 

@@ -193,53 +193,10 @@ pub struct Relay {
     tasks: Arc<[(&'static str, tokio::task::AbortHandle)]>,
 }
 
-/// A track this node pulls from another node, for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpstreamView {
-    /// The publishing session, on another node.
-    pub session_id: String,
-    /// The publication's name.
-    pub track_name: String,
-    /// The node it comes from: the origin, or this region's hub.
-    pub via: String,
-    /// Frames received so far, to see whether media flows.
-    pub frames: u64,
-}
-
-/// A track this node sends to another node, for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DownstreamView {
-    /// The publishing session, on this node.
-    pub session_id: String,
-    /// The publication's name.
-    pub track_name: String,
-    /// The node it goes to.
-    pub peer: String,
-    /// Frames sent so far, to see whether media flows.
-    pub frames: u64,
-}
-
-/// One relay link, for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RelayLinkView {
-    /// The node at the other end.
-    pub peer: String,
-    /// `out`: this node dialed it (to pull); `in`: the peer dialed (to pull from here).
-    pub direction: &'static str,
-}
-
-/// The relay as the admin API shows it: links and the tracks that cross them.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RelayView {
-    /// Every peer linked now.
-    pub links: Vec<RelayLinkView>,
-    /// Tracks this node pulls.
-    pub upstream: Vec<UpstreamView>,
-    /// Tracks this node sends.
-    pub downstream: Vec<DownstreamView>,
-}
+/// The admin view of the relay (`GET /admin/relay`), in the admin API's own types.
+pub use trackmesh_admin_api::{
+    Downstream as DownstreamView, RelayLink as RelayLinkView, RelayView, Upstream as UpstreamView,
+};
 
 impl Relay {
     /// Binds the relay endpoint and starts serving. `relay_out` carries what the engine wants sent.
@@ -357,7 +314,7 @@ impl Relay {
             .keys()
             .map(|p| RelayLinkView {
                 peer: p.to_string(),
-                direction: "out",
+                direction: "out".to_string(),
             })
             .collect();
         let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.to_string()).collect();
@@ -365,7 +322,7 @@ impl Relay {
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
             peer,
-            direction: "in",
+            direction: "in".to_string(),
         }));
         let upstream = st
             .ups
