@@ -4,9 +4,17 @@
 //! - [`runtime`]: the thin tokio shell that owns the media socket and drives the engine.
 //! - [`api`]: the HTTP API (axum): Calls endpoints, demo page, health.
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
+//! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
+//! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
+//! - [`calls_error`]: the Calls error model every HTTP answer uses.
 //! - [`config`], [`ids`]: configuration and session ids.
+//! - `testing` (feature `test-world`): the in-memory world the engine tests and benches use.
+//!
+//! Every public item has a doc comment (`missing_docs`); DESIGN.md maps which way modules depend.
 //! - [`Node`]: one running node, started from a [`config::Config`]; the binary and the tests start
 //!   nodes through it.
+
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod calls_error;

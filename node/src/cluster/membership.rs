@@ -3,7 +3,7 @@
 //!
 //! Each node gossips a few small keys about itself (tag, region, API URL, relay address, media
 //! address, load, drain state, version). The rest of the node reads the result as a
-//! [`ClusterView`] from a watch channel, refreshed every [`REFRESH`].
+//! [`ClusterView`] from a watch channel, refreshed every 200 ms.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -28,11 +28,17 @@ const CLUSTER_ID: &str = "trackmesh";
 /// How often the view is rebuilt from chitchat's state and our own load is published.
 const REFRESH: Duration = Duration::from_millis(200);
 
+/// What gossip announces about this node and where it binds and joins.
 pub struct MembershipConfig {
+    /// This node's name in the cluster.
     pub node_id: String,
+    /// The prefix of this node's session ids.
     pub tag: NodeTag,
+    /// This node's region.
     pub region: String,
+    /// Where gossip binds.
     pub gossip: SocketAddr,
+    /// Gossip addresses of nodes to join through.
     pub seeds: Vec<String>,
     /// Every gossip datagram is sealed with a key derived from this secret ([`super::gossip_seal`]).
     pub secret: String,
@@ -40,25 +46,35 @@ pub struct MembershipConfig {
     pub secret_previous: Option<String>,
     /// Where refused gossip datagrams are counted.
     pub rejects: Arc<Rejects>,
+    /// The HTTP API base URL other nodes forward calls to.
     pub api: String,
+    /// The relay address other nodes dial.
     pub relay: SocketAddr,
+    /// The media address clients reach.
     pub media: SocketAddr,
 }
 
 /// Load and drain state this node gossips; updated by the rest of the node.
 #[derive(Default)]
 pub struct LocalState {
+    /// Sessions held now.
     pub sessions: AtomicU64,
+    /// Publications held now.
     pub tracks: AtomicU64,
+    /// Relay links now.
     pub relays: AtomicU64,
+    /// Set by a drain: new sessions go to other nodes.
     pub draining: AtomicBool,
 }
 
+/// A running gossip member: the view it keeps, the state it announces, its thread.
 pub struct Membership {
     /// The cluster as gossip sees it. Its sender is dropped when the gossip thread ends, so
     /// `view.has_changed().is_err()` tells that gossip has stopped.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// What this node announces; the rest of the node updates it.
     pub local: Arc<LocalState>,
+    /// The gossip thread, stopped on shutdown.
     pub thread: GossipThread,
 }
 

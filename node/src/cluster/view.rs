@@ -7,18 +7,26 @@ use crate::ids::NodeTag;
 /// One node as seen through gossip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// Its name in the cluster (`--node-id`).
     pub node_id: String,
+    /// The first 8 hex characters of its session ids, so a session id names its owner.
     pub tag: NodeTag,
+    /// Its region, for choosing hubs.
     pub region: String,
     /// Base URL of its HTTP API, e.g. `http://10.0.0.5:7700`.
     pub api: String,
+    /// Its QUIC relay address, dialed to pull its tracks.
     pub relay: SocketAddr,
+    /// Its media address as it announces it, shown in the admin view.
     pub media: String,
+    /// Gossip's failure detector holds it alive.
     pub live: bool,
+    /// It refuses new sessions while its own end.
     pub draining: bool,
     /// `None` while unknown: not gossiped yet, or gossiped in a form this node cannot read (an
     /// unknown load is shown as unknown, never as an idle node).
     pub load: Option<Load>,
+    /// The trackmesh version it runs, to spot a mixed cluster.
     pub version: String,
 }
 
@@ -33,8 +41,11 @@ pub fn checked_api(announced: &str) -> Option<String> {
 /// The load a node gossips about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Load {
+    /// Sessions it holds.
     pub sessions: u64,
+    /// Publications it holds.
     pub tracks: u64,
+    /// Relay links it has.
     pub relays: u64,
 }
 
@@ -77,20 +88,24 @@ pub fn decode_flag(s: &str) -> Result<bool, BadValue> {
 /// A snapshot of the cluster, replaced as a whole when gossip changes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
+    /// This node's id, to find itself among the members.
     pub self_id: String,
     /// Sorted by node id; includes this node and nodes known to be dead.
     pub members: Vec<Member>,
 }
 
 impl ClusterView {
+    /// This node as gossip sees it.
     pub fn me(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.node_id == self.self_id)
     }
 
+    /// The live member whose sessions carry `tag`: where a session's calls and tracks are.
     pub fn live_by_tag(&self, tag: NodeTag) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.tag == tag)
     }
 
+    /// The live member called `id`.
     pub fn live_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.node_id == id)
     }
