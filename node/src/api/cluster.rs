@@ -198,20 +198,9 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
             what,
         )
     };
-    let mut res = res;
-    let mut body = Vec::new();
-    while let Some(chunk) = res
-        .chunk()
+    let body = read_capped(res)
         .await
-        .map_err(|e| unavailable(format!("reading the owner's answer: {e}")))?
-    {
-        if body.len() + chunk.len() > MAX_FORWARDED_ANSWER {
-            return Err(unavailable(format!(
-                "the owner's answer is over {MAX_FORWARDED_ANSWER} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| unavailable(format!("the owner's answer: {e}")))?;
     let mut response = (status, Body::from(body)).into_response();
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -220,6 +209,19 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
         response.headers_mut().insert(header::RETRY_AFTER, ra);
     }
     Ok(response)
+}
+
+/// Reads another node's answer, refusing one over [`MAX_FORWARDED_ANSWER`] bytes: a broken or
+/// hostile peer costs the call, never this node's memory.
+pub(super) async fn read_capped(mut res: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| format!("reading it: {e}"))? {
+        if body.len() + chunk.len() > MAX_FORWARDED_ANSWER {
+            return Err(format!("over {MAX_FORWARDED_ANSWER} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Pulls every listed track that lives on another node into this node's engine, concurrently.
@@ -310,6 +312,40 @@ pub async fn admin_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer answering `len` bytes on 127.0.0.1; its URL.
+    async fn peer_answering(len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { vec![b'x'; len] }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn another_nodes_answer_is_read_up_to_the_cap_and_no_further() {
+        let client = reqwest::Client::new();
+        let small = client
+            .get(peer_answering(1000).await)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(read_capped(small).await.expect("small answer").len(), 1000);
+        let huge = client
+            .get(peer_answering(MAX_FORWARDED_ANSWER + 1).await)
+            .send()
+            .await
+            .expect("answer");
+        let err = read_capped(huge)
+            .await
+            .expect_err("a huge answer is refused");
+        assert!(err.contains("over"), "{err}");
+    }
 
     #[test]
     fn finds_the_session_in_api_paths() {

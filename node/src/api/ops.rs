@@ -129,7 +129,14 @@ async fn ask_json(
             )
         })?;
     let status = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let body = super::cluster::read_capped(res).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "temporarily_unavailable_error",
+            format!("node {}'s answer: {e}", node.node_id),
+        )
+    })?;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status.is_success() {
         return Ok(body);
     }
