@@ -186,7 +186,7 @@ async fn run_inner(cfg: &ChurnConfig, deadline: Instant) -> anyhow::Result<Repor
     let turns = cfg.subscribers * (common.duration.as_secs() as usize * 2 + 2);
     let args = common.node_args(turns);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = TestNode::start(&arg_refs).context("starting the node")?;
+    let mut node = TestNode::start_process(&arg_refs).context("starting the node")?;
     let probes = [NodeProbe::new("node", &node)?];
     let api = node.client();
     let publisher = start_publisher(&api, common, "pub").await?;

@@ -94,7 +94,7 @@ pub async fn setup(
     check_sessions(publishers + subscribers, "publishers + subscribers")?;
     let args = common.node_args(publishers + subscribers);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let node = TestNode::start(&arg_refs).context("starting the node")?;
+    let node = TestNode::start_process(&arg_refs).context("starting the node")?;
     let probe = NodeProbe::new("node", &node)?;
     let api = node.client();
     let before = probe.sample().await?;

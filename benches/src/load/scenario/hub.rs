@@ -55,6 +55,8 @@ async fn run_inner(cfg: &HubConfig, deadline: Instant) -> anyhow::Result<Report>
         &NODES,
         ClusterConfig {
             extra: common.node_args(cfg.subscribers + 1),
+            // The load tool measures the node processes (CPU, RSS): real processes.
+            process: true,
             ..ClusterConfig::default()
         },
     )

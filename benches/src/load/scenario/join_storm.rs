@@ -56,7 +56,7 @@ async fn run_inner(cfg: &JoinStormConfig, deadline: Instant) -> anyhow::Result<R
     }
     let args = common.node_args(cfg.sessions + 1);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = TestNode::start(&arg_refs).context("starting the node")?;
+    let mut node = TestNode::start_process(&arg_refs).context("starting the node")?;
     let probes = [NodeProbe::new("node", &node)?];
     let api = node.client();
     let publisher = start_publisher(&api, common, "pub").await?;

@@ -166,6 +166,8 @@ async fn run_inner(cfg: &RelayConfig, deadline: Instant) -> anyhow::Result<Repor
         &[("a", "r1"), ("b", "r2")],
         ClusterConfig {
             extra: common.node_args(total),
+            // The load tool measures the node processes (CPU, RSS): real processes.
+            process: true,
             ..ClusterConfig::default()
         },
     )
