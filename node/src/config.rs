@@ -332,7 +332,7 @@ impl Config {
     /// checked configuration; the error names the flag or key at fault.
     pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_file(path, &flags)?,
             None => Flags::default(),
         };
         let dur = |flag: Option<Duration>, file: Option<Duration>, default: u64| {
@@ -488,17 +488,42 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<Flags> {
+fn read_file(path: &Path, over: &Flags) -> anyhow::Result<Flags> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        // A bad value reads as it always has: `config track-timeout: invalid duration "x"`.
-        if e.message().starts_with(file::PREFIX) {
-            anyhow::anyhow!("{}", e.message())
-        } else {
-            anyhow::Error::new(e).context(format!("parsing config file {}", path.display()))
+    let err = match toml::from_str(&text) {
+        Ok(flags) => return Ok(flags),
+        Err(err) => err,
+    };
+    // Values the command line or the environment sets are not read from the file, so a bad one
+    // they override does not stop the node (as it never has): read the file again without them.
+    // Any other error is reported as the first read found it, with its place in the file.
+    if let Ok(mut table) = toml::from_str::<toml::Table>(&text) {
+        let overridden = [
+            ("app", !over.apps.is_empty()),
+            ("track-timeout", over.track_timeout.is_some()),
+            ("connect-timeout", over.connect_timeout.is_some()),
+            ("reconnect-grace", over.reconnect_grace.is_some()),
+            ("unconnected-expiry", over.unconnected_expiry.is_some()),
+            ("drain-timeout", over.drain_timeout.is_some()),
+            ("http-header-timeout", over.http_header_timeout.is_some()),
+            ("http-idle-timeout", over.http_idle_timeout.is_some()),
+            ("http-body-timeout", over.http_body_timeout.is_some()),
+        ];
+        let mut removed = false;
+        for (key, set) in overridden {
+            removed |= set && table.remove(key).is_some();
         }
-    })
+        if removed && let Ok(flags) = toml::Value::Table(table).try_into() {
+            return Ok(flags);
+        }
+    }
+    // A bad value reads as it always has: `config track-timeout: invalid duration "x"`.
+    if err.message().starts_with(file::PREFIX) {
+        Err(anyhow::anyhow!("{}", err.message()))
+    } else {
+        Err(anyhow::Error::new(err).context(format!("parsing config file {}", path.display())))
+    }
 }
 
 #[cfg(test)]
@@ -583,6 +608,32 @@ mod tests {
             ..Flags::default()
         });
         assert!(err.is_err(), "unknown keys in the file are rejected");
+    }
+
+    #[test]
+    fn a_bad_file_value_a_flag_overrides_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("tm-cfg-over-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "track-timeout = \"5 sec\"\napp = [\"nocolon\"]\n").expect("write");
+        let flags = || Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        };
+        let err = Config::from_flags(flags()).expect_err("a bad value with no flag");
+        assert!(err.to_string().starts_with("config "), "{err}");
+        let cfg = Config::from_flags(Flags {
+            track_timeout: Some(Duration::from_secs(5)),
+            apps: vec![App {
+                id: "a".into(),
+                secret: "b".into(),
+            }],
+            ..flags()
+        })
+        .expect("the flags override both bad values");
+        assert_eq!(cfg.track_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.apps[0].id, "a");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
