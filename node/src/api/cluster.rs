@@ -198,7 +198,7 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
             what,
         )
     };
-    let body = read_capped(res)
+    let body = read_capped(res, MAX_FORWARDED_ANSWER)
         .await
         .map_err(|e| unavailable(format!("the owner's answer: {e}")))?;
     let mut response = (status, Body::from(body)).into_response();
@@ -211,13 +211,13 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
     Ok(response)
 }
 
-/// Reads another node's answer, refusing one over [`MAX_FORWARDED_ANSWER`] bytes: a broken or
+/// Reads another node's answer, refusing one over `cap` bytes: a broken or
 /// hostile peer costs the call, never this node's memory.
-pub(super) async fn read_capped(mut res: reqwest::Response) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = res.chunk().await.map_err(|e| format!("reading it: {e}"))? {
-        if body.len() + chunk.len() > MAX_FORWARDED_ANSWER {
-            return Err(format!("over {MAX_FORWARDED_ANSWER} bytes"));
+        if body.len() + chunk.len() > cap {
+            return Err(format!("over {cap} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
@@ -335,13 +335,19 @@ mod tests {
             .send()
             .await
             .expect("answer");
-        assert_eq!(read_capped(small).await.expect("small answer").len(), 1000);
+        assert_eq!(
+            read_capped(small, MAX_FORWARDED_ANSWER)
+                .await
+                .expect("small answer")
+                .len(),
+            1000
+        );
         let huge = client
             .get(peer_answering(MAX_FORWARDED_ANSWER + 1).await)
             .send()
             .await
             .expect("answer");
-        let err = read_capped(huge)
+        let err = read_capped(huge, MAX_FORWARDED_ANSWER)
             .await
             .expect_err("a huge answer is refused");
         assert!(err.contains("over"), "{err}");
