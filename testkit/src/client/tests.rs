@@ -57,10 +57,20 @@ async fn media_flows(a: Client, b: Client) {
     assert!(a.stats().tx_frames(&am) >= s.rx_frames(&am));
 
     a.stop_all_sending().await.expect("stop");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = b.stats().total_rx_bytes();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(b.stats().total_rx_bytes(), before);
+    // No sleeps: once b has every frame a sent, a has sent nothing more since it stopped.
+    let sent = a.stats();
+    let (sent_a, sent_v) = (sent.tx_frames(&am), sent.tx_frames(&vm));
+    b.wait_until("every frame sent before the stop", T, |s| {
+        s.rx_frames(&am) == sent_a && s.rx_frames(&vm) == sent_v
+    })
+    .await
+    .expect("the frames in flight arrive");
+    let after = a.stats();
+    assert_eq!(
+        (after.tx_frames(&am), after.tx_frames(&vm)),
+        (sent_a, sent_v),
+        "nothing is sent after the stop"
+    );
     assert!(a.stats().errors.is_empty(), "{:?}", a.stats().errors);
 }
 
