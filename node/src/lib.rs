@@ -1,18 +1,19 @@
 //! trackmesh node: a Cloudflare-Calls-compatible WebRTC SFU.
 //!
+//! - [`Node`]: one running node, started from a [`config::Config`]; the binary and the tests start
+//!   nodes through it.
 //! - [`engine`]: the sans-IO SFU core (sessions, tracks, fan-out), no sockets, no clock.
-//! - [`runtime`]: the thin tokio shell that owns the media socket and drives the engine.
+//! - [`runtime`], [`sendbatch`]: the thin tokio shell that owns the media socket and drives the
+//!   engine; batched sends.
 //! - [`api`]: the HTTP API (axum): Calls endpoints, demo page, health.
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
 //! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
 //! - [`calls_error`]: the Calls error model every HTTP answer uses.
-//! - [`config`], [`ids`]: configuration and session ids.
+//! - [`config`], [`ids`], [`logging`]: configuration, session ids, the log filter.
 //! - `testing` (feature `test-world`): the in-memory world the engine tests and benches use.
 //!
 //! Every public item has a doc comment (`missing_docs`); DESIGN.md maps which way modules depend.
-//! - [`Node`]: one running node, started from a [`config::Config`]; the binary and the tests start
-//!   nodes through it.
 
 #![warn(missing_docs)]
 
