@@ -406,6 +406,8 @@ impl Relay {
         if let Some(set) = self.inner.tasks.close() {
             tasks::Tasks::join(set, SHUTDOWN_BOUND).await;
         }
+        // A task that was running as the links were taken may have added one back.
+        self.inner.take_endpoint_and_links();
     }
 
     /// The relay's bound UDP address, which gossip announces to peers.
