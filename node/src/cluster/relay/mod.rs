@@ -387,8 +387,9 @@ impl Relay {
     /// Ends every relay task without telling peers, as a killed process would; the socket
     /// closes as the aborted tasks end.
     pub fn abort(&self) {
-        self.inner.take_endpoint_and_links();
+        // Drivers first: a connection whose last handle goes while its driver runs says goodbye.
         self.inner.tasks.close();
+        self.inner.take_endpoint_and_links();
     }
 
     /// Stops the relay in order: peers are told its links close (waiting a bounded time for
