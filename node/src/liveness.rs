@@ -8,13 +8,14 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::cluster::ClusterView;
-use crate::cluster::relay::Relay;
+use crate::cluster::relay::RelayHealth;
 
-/// Handles on the engine task, the relay and gossip, cheap to clone and to check.
+/// Handles on the engine task, the relay's tasks and gossip, cheap to clone and to check. It
+/// holds no socket: one kept after the node stopped does not keep a port bound.
 #[derive(Clone)]
 pub struct Liveness {
     engine: AbortHandle,
-    relay: Relay,
+    relay: RelayHealth,
     /// The gossip thread owns the sender; it is gone once that thread has ended.
     gossip: watch::Receiver<Arc<ClusterView>>,
 }
@@ -23,7 +24,7 @@ impl Liveness {
     /// Watches the engine task, the relay's tasks and the gossip thread's view channel.
     pub fn new(
         engine: AbortHandle,
-        relay: Relay,
+        relay: RelayHealth,
         gossip: watch::Receiver<Arc<ClusterView>>,
     ) -> Liveness {
         Liveness {
@@ -34,6 +35,8 @@ impl Liveness {
     }
 
     /// The parts that have stopped, by name (`engine`, `relay`, `gossip`); empty when all run.
+    /// Each part is named only when it stopped itself: the relay's tasks that end because the
+    /// engine or gossip did do not make the relay count as stopped.
     pub fn stopped(&self) -> Vec<&'static str> {
         let mut stopped = Vec::new();
         if self.engine.is_finished() {

@@ -27,8 +27,9 @@ const LOG_TARGET: &str = "trackmesh";
 /// How often a drain looks whether the last session has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
 
-/// A running node. Dropping it stops every task at once (no drain, no grace); [`Node::shutdown`]
-/// stops it in order and returns once its ports are free.
+/// A running node. Dropping it (or [`Node::abort`]) aborts every task at once (no drain, no
+/// grace; the sockets close as the runtime drops the aborted tasks); [`Node::shutdown`] stops it
+/// in order and returns once its ports are free.
 pub struct Node {
     http: SocketAddr,
     media: SocketAddr,
@@ -43,8 +44,8 @@ pub struct Node {
     local: Arc<LocalState>,
     liveness: Liveness,
     relay: Relay,
-    engine_task: AbortHandle,
-    load_task: AbortHandle,
+    engine_task: JoinHandle<()>,
+    load_task: JoinHandle<()>,
     /// Dropping it tells the HTTP server to stop accepting and finish open requests.
     stop_http: Option<oneshot::Sender<()>>,
     http_task: Option<JoinHandle<()>>,
@@ -92,10 +93,9 @@ impl Node {
             to_relay,
         };
         let (handle, engine_task) = runtime::spawn(engine, media, pipes);
-        let engine_task = engine_task.abort_handle();
         // From here on an error must not leave the engine (or later the relay) running.
         let mut cleanup = StopOnError {
-            engine: engine_task.clone(),
+            engine: engine_task.abort_handle(),
             relay: None,
             armed: true,
         };
@@ -163,10 +163,13 @@ impl Node {
             handle.clone(),
             relay.clone(),
             members.local.clone(),
-        ))
-        .abort_handle();
+        ));
         cleanup.armed = false;
-        let liveness = Liveness::new(engine_task.clone(), relay.clone(), members.view.clone());
+        let liveness = Liveness::new(
+            engine_task.abort_handle(),
+            relay.health(),
+            members.view.clone(),
+        );
         let cluster = api::ClusterHandle {
             self_id: cfg.node_id.clone(),
             tag,
@@ -294,8 +297,8 @@ impl Node {
     }
 
     /// Stops in order: the HTTP server stops accepting and finishes open requests (bounded),
-    /// then the engine, the relay (peers are told) and gossip stop. The ports are free when this
-    /// returns.
+    /// then the engine, the relay (peers are told, bounded) and gossip stop. Every task has
+    /// ended and the HTTP, media, relay and gossip ports are free when this returns.
     pub async fn shutdown(mut self) {
         self.stop_http.take();
         if let Some(task) = self.http_task.take()
@@ -306,7 +309,18 @@ impl Node {
         }
         self.engine_task.abort();
         self.load_task.abort();
-        self.relay.stop();
+        // Awaited so the media socket, which the engine task owns, is closed.
+        for (what, task) in [
+            ("engine", &mut self.engine_task),
+            ("load report", &mut self.load_task),
+        ] {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::warn!(target: LOG_TARGET, "the {what} task panicked");
+            }
+        }
+        self.relay.shutdown().await;
         if let Some(gossip) = self.gossip_thread.take()
             && tokio::task::spawn_blocking(move || gossip.stop_and_join())
                 .await
@@ -317,8 +331,9 @@ impl Node {
     }
 
     /// Stops everything at once, as a killed process would: no drain, no grace for open
-    /// requests, peers are not told. Blocks until gossip has stopped (its port is then free);
-    /// the other sockets close as their tasks are dropped.
+    /// requests, peers are not told. Every task (the relay's links included) is aborted; blocks
+    /// only until gossip has stopped (its port is then free). The other sockets close as the
+    /// runtime drops the aborted tasks, which it does at their next turn, not within this call.
     pub fn abort(mut self) {
         self.stop_all();
         if let Some(gossip) = self.gossip_thread.take() {
@@ -395,6 +410,7 @@ fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{SessionId, UpId};
     use clap::Parser;
 
     async fn start() -> Node {
@@ -458,6 +474,17 @@ mod tests {
         panic!("/healthz never said {want:?}; last answer: {last}");
     }
 
+    /// Polls (bounded) until the relay's named task has ended.
+    async fn until_relay_task_ended(node: &Node, name: &str) {
+        for _ in 0..200 {
+            if node.relay.health().has_ended(name) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the relay's {name:?} task never ended");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn healthz_fails_naming_each_part_that_stopped() {
         let mut node = start().await;
@@ -468,33 +495,139 @@ mod tests {
             "a healthy node answers as before"
         );
 
-        // Each part on its own first: the relay's tasks end with the engine, so it goes last.
-        node.relay.abort();
-        let body = until_stopped(&node, "relay").await;
-        assert_eq!(body["errorCode"], "temporarily_unavailable_error");
-
+        // Gossip stopping ends the relay's member watch; that is gossip's failure, not the
+        // relay's, so only gossip is named.
         node.gossip_thread
             .take()
             .expect("gossip runs")
             .stop_and_join();
-        until_stopped(&node, "relay, gossip").await;
+        until_relay_task_ended(&node, "members").await;
+        let body = until_stopped(&node, "gossip").await;
+        assert_eq!(body["errorCode"], "temporarily_unavailable_error");
 
+        // Likewise the engine stopping ends the relay's engine output pump.
         node.engine_task.abort();
+        until_relay_task_ended(&node, "engine outputs").await;
+        until_stopped(&node, "engine, gossip").await;
+
+        node.relay.abort();
         until_stopped(&node, "engine, relay, gossip").await;
         node.shutdown().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_nodes_in_one_process_then_ports_are_free_after_shutdown() {
+    /// The node's four ports, bound again all at once: `Err` names the first still taken.
+    fn bind_all(
+        ports: &(SocketAddr, SocketAddr, SocketAddr, SocketAddr),
+    ) -> Result<Vec<Box<dyn std::any::Any>>, String> {
+        let (http, media, relay, gossip) = *ports;
+        let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
+        held.push(Box::new(
+            std::net::TcpListener::bind(http).map_err(|e| format!("HTTP {http}: {e}"))?,
+        ));
+        for (what, addr) in [("media", media), ("relay", relay), ("gossip", gossip)] {
+            held.push(Box::new(
+                std::net::UdpSocket::bind(addr).map_err(|e| format!("{what} {addr}: {e}"))?,
+            ));
+        }
+        Ok(held)
+    }
+
+    fn ports(node: &Node) -> (SocketAddr, SocketAddr, SocketAddr, SocketAddr) {
+        (
+            node.http_addr(),
+            node.media_addr(),
+            node.relay_addr(),
+            node.gossip_addr(),
+        )
+    }
+
+    /// Two nodes of one cluster where `b` pulls a track from `a` over a relay link.
+    async fn relayed_pair() -> (Node, Node) {
         let a = start().await;
-        let b = start().await;
-        assert_ne!(a.http_addr(), b.http_addr());
-        assert_eq!(healthz(&a).await.0, 200);
-        assert_eq!(healthz(&b).await.0, 200);
-        let (http, gossip) = (a.http_addr(), a.gossip_addr());
+        let b = start_with(&["--seed", &a.gossip_addr().to_string()]).await;
+        // A relayed publication on A stands in for a client's track: B can subscribe to it.
+        let session = SessionId::new(a.tag());
+        let info = crate::engine::TrackInfo {
+            kind: str0m::media::MediaKind::Video,
+            codec: crate::engine::CodecInfo {
+                codec: str0m::format::Codec::Vp8,
+                clock_rate: 90_000,
+                channels: None,
+            },
+        };
+        a.engine
+            .call(move |e, now| {
+                e.add_relay_publication("app", session, "t", UpId(1 << 40), info, now)
+            })
+            .await
+            .expect("A's engine runs")
+            .expect("the publication is added");
+        // B pulls once gossip has told it about A (bounded).
+        let mut last = None;
+        for _ in 0..200 {
+            match b.relay.ensure_upstream("app", session, "t").await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(last.is_none(), "B never pulled A's track: {last:?}");
+        let view = b.relay.view();
+        assert_eq!(view.links.len(), 1, "B has one link: {view:?}");
+        assert_eq!(view.links[0].peer, a.node_id(), "{view:?}");
+        assert_eq!(view.upstream.len(), 1, "{view:?}");
+        assert_eq!(a.relay.view().downstream.len(), 1, "A serves B");
+        (a, b)
+    }
+
+    /// Polls (bounded) until B has no link and no upstream left.
+    async fn until_unlinked(b: &Node) {
+        let mut view = b.relay.view();
+        for _ in 0..400 {
+            if view.links.is_empty() && view.upstream.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            view = b.relay.view();
+        }
+        panic!("B still has a relay link or upstream: {view:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_shutdown_every_port_is_free_at_once_and_peers_drop_the_link() {
+        let (a, b) = relayed_pair().await;
+        let addrs = ports(&a);
         a.shutdown().await;
-        std::net::TcpListener::bind(http).expect("the HTTP port is free after shutdown");
-        std::net::UdpSocket::bind(gossip).expect("the gossip port is free after shutdown");
+        if let Err(e) = bind_all(&addrs) {
+            panic!("a port is still bound after shutdown: {e}");
+        }
+        assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
+        until_unlinked(&b).await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_abort_on_a_shared_runtime_every_port_is_freed_and_peers_drop_the_link() {
+        let (a, b) = relayed_pair().await;
+        let addrs = ports(&a);
+        a.abort();
+        // abort() does not wait for the runtime to drop the aborted tasks: poll (bounded).
+        let mut last = String::new();
+        for _ in 0..200 {
+            match bind_all(&addrs) {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(last.is_empty(), "a port stays bound after abort: {last}");
+        until_unlinked(&b).await;
         assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
         b.shutdown().await;
     }

@@ -924,6 +924,27 @@ mod tests {
     }
 
     #[test]
+    fn a_killed_in_process_node_frees_its_fixed_relay_and_gossip_ports() {
+        let opts = ClusterOpts {
+            relay: Some(free_udp_addr().expect("a free relay port")),
+            gossip: Some(free_udp_addr().expect("a free gossip port")),
+            ..ClusterOpts::default()
+        };
+        let mut first = TestNode::start_cluster_node(&opts).expect("first node");
+        first.kill().expect("kill");
+        assert!(!first.is_running());
+        // `first` is still alive: its kill alone must have released the ports.
+        let mut again = TestNode::start_cluster_node(&opts)
+            .expect("a node restarts on the killed node's --relay and --gossip ports");
+        assert!(again.is_running());
+        assert_eq!(
+            again.relay_addr().expect("relay address"),
+            opts.relay.expect("fixed")
+        );
+        drop(first);
+    }
+
+    #[test]
     fn hex_ids() {
         let id = random_hex32();
         assert_eq!(id.len(), 32);

@@ -62,8 +62,9 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
-/// Alive while the engine task, the relay and gossip all run; else 503 naming what stopped, so an
-/// orchestrator restarts the node instead of routing to an HTTP front with nothing behind it.
+/// Alive while the engine task, the relay and gossip all run; else 503 naming what stopped (each
+/// part only for its own failure, see [`crate::liveness::Liveness::stopped`]), so an orchestrator
+/// restarts the node instead of routing to an HTTP front with nothing behind it.
 pub async fn healthz(State(st): State<Arc<ApiState>>) -> Response {
     let stopped = st.ops.liveness.stopped();
     if stopped.is_empty() {

@@ -12,13 +12,15 @@
 mod failures;
 mod pull;
 mod serve;
+mod tasks;
 pub mod tls;
 mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
@@ -111,7 +113,10 @@ pub(crate) struct Inner {
     pub ca_names: Vec<String>,
     /// SNI to dial with (asks for a certificate under the current secret's CA).
     pub server_name: String,
-    pub endpoint: quinn::Endpoint,
+    /// Taken when the relay stops, so no handle on the relay keeps its socket bound.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
+    /// Every task of the relay (its own and quinn's drivers); stopping the relay ends them.
+    tasks: Arc<tasks::Tasks>,
     pub client: quinn::ClientConfig,
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub engine: EngineHandle,
@@ -134,6 +139,42 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The relay endpoint; `None` once the relay has stopped.
+    pub fn endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `fut` as a relay task, ended when the relay stops (never run once it has).
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// Takes the endpoint and every link's connection out, so they close as the last tasks
+    /// holding them end.
+    fn take_endpoint_and_links(&self) -> Option<quinn::Endpoint> {
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut st = self.state();
+        st.links.clear();
+        st.ups.clear();
+        st.downs.clear();
+        drop(st);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        endpoint
+    }
+
     /// Queues a control message on a link; a full queue drops it and counts the drop (a closed
     /// one means the link is gone, and the message with it).
     pub fn send_control(&self, link: &mpsc::Sender<ControlMsg>, msg: ControlMsg) {
@@ -163,6 +204,9 @@ fn send_counted(link: &mpsc::Sender<ControlMsg>, msg: ControlMsg, drops: &Atomic
     }
 }
 
+/// A relay task's future, boxed so the named tasks can share one list.
+type TaskFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Relay figures kept by the relay tasks, for the metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayFigures {
@@ -188,9 +232,45 @@ pub struct RelayFigures {
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<Inner>,
-    /// The relay's long-lived tasks by name: one that has ended means the relay no longer works
-    /// (the node's health check), and stopping the node aborts them.
-    tasks: Arc<[(&'static str, tokio::task::AbortHandle)]>,
+    health: RelayHealth,
+}
+
+/// How long [`Relay::shutdown`] lets peers be told the links close, and then lets aborted tasks
+/// end: a dead peer never acknowledges, and the node's shutdown must not wait on it.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(1);
+
+/// Whether the relay still works, judged by its long-lived tasks; holds no socket or link, so
+/// a health check kept after the node stopped does not keep the relay port bound.
+#[derive(Clone)]
+pub struct RelayHealth {
+    tasks: Arc<[NamedTask]>,
+}
+
+struct NamedTask {
+    name: &'static str,
+    task: tokio::task::AbortHandle,
+    /// Set when the task ended because its input did (the engine's output queue or gossip's
+    /// view): that part stopped, not the relay, and the health check names that part.
+    input_ended: Arc<AtomicBool>,
+}
+
+impl RelayHealth {
+    /// The name of a relay task that has ended on its own account (failed, aborted, or the
+    /// endpoint closed), if any: the relay then no longer works.
+    pub fn stopped_task(&self) -> Option<&'static str> {
+        self.tasks
+            .iter()
+            .find(|t| t.task.is_finished() && !t.input_ended.load(Ordering::Relaxed))
+            .map(|t| t.name)
+    }
+
+    /// Whether the named task has ended, for any reason (tests wait for a cascade with it).
+    #[cfg(test)]
+    pub(crate) fn has_ended(&self, name: &str) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.name == name && t.task.is_finished())
+    }
 }
 
 /// The admin view of the relay (`GET /admin/relay`), in the admin API's own types.
@@ -211,11 +291,12 @@ impl Relay {
             .chain(cfg.secret_previous.as_deref().filter(|p| *p != cfg.secret))
             .collect();
         let tls = tls::relay_tls(&secrets, &cfg.node_id, ALPN)?;
+        let tasks = Arc::new(tasks::Tasks::default());
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(tls.server),
             cfg.socket,
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(tasks::TrackedRuntime::new(tasks.clone())),
         )
         .context("starting the relay endpoint")?;
         endpoint.set_default_client_config(tls.client.clone());
@@ -228,7 +309,8 @@ impl Relay {
                 .collect(),
             ca_names: tls.ca_names,
             server_name: tls.server_name,
-            endpoint,
+            endpoint: Mutex::new(Some(endpoint)),
+            tasks,
             client: tls.client,
             view,
             engine,
@@ -244,50 +326,95 @@ impl Relay {
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
         });
+        let named =
+            |name: &'static str, input_ended: Arc<AtomicBool>, fut: TaskFuture| -> NamedTask {
+                let task = inner.tasks.spawn(fut).unwrap_or_else(|| {
+                    // Not closed yet, so not reached; a finished stand-in reads as stopped.
+                    tokio::spawn(async {}).abort_handle()
+                });
+                NamedTask {
+                    name,
+                    task,
+                    input_ended,
+                }
+            };
+        let outputs_ended = Arc::new(AtomicBool::new(false));
+        let members_ended = Arc::new(AtomicBool::new(false));
         let tasks = [
-            (
+            named(
                 "accept",
-                tokio::spawn(serve::accept_loop(inner.clone())).abort_handle(),
+                Arc::new(AtomicBool::new(false)),
+                Box::pin(serve::accept_loop(inner.clone())) as TaskFuture,
             ),
-            (
-                "engine outputs",
-                tokio::spawn(pull::engine_outputs(inner.clone(), relay_out)).abort_handle(),
-            ),
-            (
-                "members",
-                tokio::spawn(pull::watch_members(inner.clone())).abort_handle(),
-            ),
+            named("engine outputs", outputs_ended.clone(), {
+                let inner = inner.clone();
+                Box::pin(async move {
+                    pull::engine_outputs(inner, relay_out).await;
+                    outputs_ended.store(true, Ordering::Relaxed);
+                })
+            }),
+            named("members", members_ended.clone(), {
+                let inner = inner.clone();
+                Box::pin(async move {
+                    pull::watch_members(inner).await;
+                    members_ended.store(true, Ordering::Relaxed);
+                })
+            }),
         ];
         Ok(Relay {
             inner,
-            tasks: Arc::new(tasks),
+            health: RelayHealth {
+                tasks: Arc::new(tasks),
+            },
         })
     }
 
-    /// The name of a relay task that has ended, if any: the relay then no longer works.
-    pub fn stopped_task(&self) -> Option<&'static str> {
-        self.tasks
-            .iter()
-            .find(|(_, task)| task.is_finished())
-            .map(|(name, _)| *name)
+    /// What the health check needs of the relay, without holding the relay.
+    pub fn health(&self) -> RelayHealth {
+        self.health.clone()
     }
 
-    /// Stops the relay: closes its endpoint (peers are told) and ends its tasks.
+    /// Stops the relay without waiting: peers are told its links close, every task (its own
+    /// and quinn's) is aborted. The socket closes as the aborted tasks end; [`Relay::shutdown`]
+    /// waits for that.
     pub fn stop(&self) {
-        self.inner.endpoint.close(0u32.into(), b"node stopping");
-        self.abort();
+        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+            endpoint.close(0u32.into(), b"node stopping");
+        }
+        self.inner.tasks.close();
     }
 
-    /// Ends the relay's tasks without telling peers, as a killed process would.
+    /// Ends every relay task without telling peers, as a killed process would; the socket
+    /// closes as the aborted tasks end.
     pub fn abort(&self) {
-        for (_, task) in self.tasks.iter() {
-            task.abort();
+        // Drivers first: a connection whose last handle goes while its driver runs says goodbye.
+        self.inner.tasks.close();
+        self.inner.take_endpoint_and_links();
+    }
+
+    /// Stops the relay in order: peers are told its links close (waiting a bounded time for
+    /// them to be drained), then every task ends. The relay socket is closed when this returns.
+    pub async fn shutdown(&self) {
+        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+            endpoint.close(0u32.into(), b"node stopping");
+            if tokio::time::timeout(SHUTDOWN_BOUND, endpoint.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::debug!("relay links not drained in time: closing anyway");
+            }
         }
+        if let Some(set) = self.inner.tasks.close() {
+            tasks::Tasks::join(set, SHUTDOWN_BOUND).await;
+        }
+        // A task that was running as the links were taken may have added one back.
+        self.inner.take_endpoint_and_links();
     }
 
     /// The relay's bound UDP address, which gossip announces to peers.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.inner.endpoint.local_addr()?)
+        let endpoint = self.inner.endpoint().context("the relay has stopped")?;
+        Ok(endpoint.local_addr()?)
     }
 
     /// Makes `(session, track)` of `app` available in the local engine, pulling it from another

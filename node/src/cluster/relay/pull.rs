@@ -198,7 +198,8 @@ async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>>
 
 async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     let connecting = inner
-        .endpoint
+        .endpoint()
+        .context("the relay has stopped")?
         .connect_with(inner.client.clone(), peer.relay, &inner.server_name)
         .context("starting a relay connection")?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -229,7 +230,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
         HandshakeMsg::Hello(_) => bail!("unexpected Hello from {}", peer.node_id),
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-    tokio::spawn(wire::write_control(send, ctl_rx));
+    inner.spawn(wire::write_control(send, ctl_rx));
     let link = Arc::new(Link {
         peer: NodeId::from(peer.node_id.as_str()),
         conn: conn.clone(),
@@ -240,7 +241,7 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     });
     tracing::info!(peer = %peer.node_id, "relay link dialed");
     let span = tracing::info_span!("relay_link", direction = "out", peer = %peer.node_id);
-    tokio::spawn(run_link(inner.clone(), link.clone(), recv, dec).instrument(span));
+    inner.spawn(run_link(inner.clone(), link.clone(), recv, dec).instrument(span));
     Ok(link)
 }
 
@@ -329,7 +330,7 @@ fn link_lost(inner: &Arc<Inner>, link: &Arc<Link>) {
     let ups: Vec<UpId> = lock(&link.subs).drain().map(|(_, up)| up).collect();
     tracing::info!(peer = %link.peer, upstreams = ups.len(), "relay link lost");
     for up in ups {
-        tokio::spawn(reroute(inner.clone(), up));
+        inner.spawn(reroute(inner.clone(), up));
     }
 }
 
@@ -398,7 +399,7 @@ async fn reroute(inner: Arc<Inner>, up: UpId) {
 fn end_up(inner: &Arc<Inner>, up: UpId) {
     inner.state().ups.remove(&up);
     let engine = inner.engine.clone();
-    tokio::spawn(async move {
+    inner.spawn(async move {
         let _ = engine.call(move |e, _| e.end_relay_publication(up)).await;
     });
 }

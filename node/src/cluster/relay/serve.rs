@@ -20,12 +20,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SUBS_PER_LINK: usize = 4096;
 
 pub async fn accept_loop(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
-        let inner = inner.clone();
+    let Some(endpoint) = inner.endpoint() else {
+        return;
+    };
+    while let Some(incoming) = endpoint.accept().await {
         let span = tracing::info_span!("relay_link", direction = "in", remote = %incoming.remote_address());
-        tokio::spawn(
+        let link_inner = inner.clone();
+        inner.spawn(
             async move {
-                if let Err(e) = serve_link(&inner, incoming).await {
+                if let Err(e) = serve_link(&link_inner, incoming).await {
                     tracing::debug!(error = %e, "relay link ended");
                 }
             }
@@ -75,7 +78,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     tracing::info!(%peer, "relay link accepted");
 
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-    tokio::spawn(wire::write_control(send, ctl_rx));
+    inner.spawn(wire::write_control(send, ctl_rx));
     // This link's subscriptions: the peer's sub id → our downstream id.
     let subs: Arc<Mutex<HashMap<SubId, DownId>>> = Arc::default();
     let handler = {
@@ -100,7 +103,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                     );
                     return;
                 }
-                tokio::spawn(subscribe(
+                inner.spawn(subscribe(
                     inner.clone(),
                     conn.clone(),
                     peer.clone(),
@@ -119,7 +122,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                 let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
                 if let Some(down) = down {
                     let engine = inner.engine.clone();
-                    tokio::spawn(async move {
+                    inner.spawn(async move {
                         let _ = engine
                             .call(move |e, now| e.relay_keyframe_request(down, now))
                             .await;
@@ -149,7 +152,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
 fn release(inner: &Arc<Inner>, down: DownId) {
     inner.state().downs.remove(&down);
     let engine = inner.engine.clone();
-    tokio::spawn(async move {
+    inner.spawn(async move {
         let _ = engine
             .call(move |e, now| e.relay_unsubscribe(down, now))
             .await;
