@@ -1,8 +1,9 @@
 //! The trackmesh test kit, shared by the integration tests (`trackmesh-tests`) and the load
 //! generator (`trackmesh-benches`):
 //!
-//! - [`client`]: one WebRTC client (str0m, full ICE) as a no-I/O core with two drivers: a
-//!   thread per client (tests) and a tokio task per client (hundreds per process, load);
+//! - [`client`]: one WebRTC client (str0m, full ICE) as a no-I/O core with three drivers: a
+//!   thread per client (tests), a tokio task per client (hundreds per process, load), and the
+//!   node's in-memory engine world (`trackmesh_node::testing`, simulated clock, no sockets);
 //! - [`media`]: synthetic Opus/VP8 frames, their pacing, send-time stamps and sequence numbers;
 //! - [`stats`]: latency histograms and distribution summaries.
 //!

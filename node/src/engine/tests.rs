@@ -32,7 +32,7 @@ fn publishing_world(track_timeout: Duration) -> (World, String) {
     w.senders.push((c, a, v));
     w.run(Duration::from_millis(300));
     assert!(
-        w.clients[c].connected,
+        w.clients[c].connected(),
         "publisher connects to the ICE-lite engine"
     );
     (w, sid)
@@ -54,12 +54,12 @@ fn pulled_audio_and_video_arrive_with_a_keyframe() {
     let (am, vm) = (res.tracks[0].mid.clone(), res.tracks[1].mid.clone());
     w.run(Duration::from_millis(1500));
     let s = &w.clients[sub];
-    assert!(s.connected);
+    assert!(s.connected());
     assert!(s.frames(&am) > 20, "audio frames: {}", s.frames(&am));
     assert!(s.frames(&vm) > 20, "video frames: {}", s.frames(&vm));
     assert!(s.keyframes(&vm) > 0, "a keyframe reached the subscriber");
     assert!(
-        w.clients[0].keyframe_requests > 0,
+        w.clients[0].keyframe_requests() > 0,
         "the publisher was asked for a keyframe"
     );
     assert!(
@@ -113,10 +113,10 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
         "the publisher sent no keyframe during the join"
     );
     let s = &w.clients[c];
-    assert!(s.connected);
+    assert!(s.connected());
     assert_eq!(
-        s.first_is_keyframe.get(&Mid::from(mid.as_str())),
-        Some(&true),
+        s.first_is_keyframe(&mid),
+        Some(true),
         "the first video frame is a keyframe"
     );
     // Delta frames that reference frames the subscriber never got are held back.
@@ -169,7 +169,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         .mid
         .clone();
     w.run(Duration::from_millis(300));
-    assert!(w.clients[first].connected);
+    assert!(w.clients[first].connected());
     assert_eq!(
         w.clients[first].keyframes(&first_mid),
         1,
@@ -464,7 +464,7 @@ fn protocol_errors() {
     assert!(matches!(again, Err(OpError::InvalidSdp(_))));
     let offer = SdpOffer::from_sdp_string(&res.description.expect("offer").sdp).expect("sdp");
     let answer = w.clients[c]
-        .rtc
+        .rtc()
         .sdp_api()
         .accept_offer(offer)
         .expect("answer")
@@ -530,7 +530,7 @@ fn auto_discover_names_every_sent_section() {
     let c = w.client();
     let sid = w.session();
     let (offer, pending) = {
-        let mut sdp = w.clients[c].rtc.sdp_api();
+        let mut sdp = w.clients[c].rtc().sdp_api();
         sdp.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         sdp.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         sdp.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -764,7 +764,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         "bidirectional transceiver"
     );
     let answer = w.clients[c]
-        .rtc
+        .rtc()
         .sdp_api()
         .accept_offer(SdpOffer::from_sdp_string(&offer.sdp).expect("sdp"))
         .expect("answer");
@@ -934,7 +934,7 @@ fn fuzz_seeds() {
     let (a, v) = w.push(c, &pub_sid);
     w.senders.push((c, a, v));
     w.run(Duration::from_millis(600));
-    assert!(w.clients[c].connected, "the seed publisher connects");
+    assert!(w.clients[c].connected(), "the seed publisher connects");
     let sub = w.client();
     let sub_sid = w.session();
     let res = w.pull(sub, &sub_sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
@@ -1032,10 +1032,10 @@ fn a_subscribers_keyframe_request_is_counted_and_reaches_the_publisher() {
     w.run(Duration::from_millis(1500));
     let (received, asked) = (
         w.engine.stats().keyframe_requests_received,
-        w.clients[0].keyframe_requests,
+        w.clients[0].keyframe_requests(),
     );
     w.clients[sub]
-        .rtc
+        .rtc()
         .writer(vm)
         .expect("the subscriber's video mid")
         .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
@@ -1047,7 +1047,7 @@ fn a_subscribers_keyframe_request_is_counted_and_reaches_the_publisher() {
         "the PLI is counted"
     );
     assert!(
-        w.clients[0].keyframe_requests > asked,
+        w.clients[0].keyframe_requests() > asked,
         "the publisher is asked for a keyframe"
     );
 }

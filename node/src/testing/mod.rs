@@ -3,8 +3,13 @@
 //! deterministically and fast. The engine's unit tests and the criterion benches both drive it,
 //! as str0m exposes its own test helpers.
 //!
+//! The world's clients are the test kit's client core (`trackmesh_testkit::client::Core`), the
+//! same one the integration tests and the load generator drive over real sockets: here the
+//! world hands each core its datagrams and the simulated time and carries what it sends.
+//!
 //! Test code: it panics on anything unexpected (a client error, a refused offer).
 
+mod client;
 mod media;
 
 use std::collections::HashMap;
@@ -14,9 +19,9 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use trackmesh_testkit::client::{ClientStats, Core, SendFn};
 
+pub use client::Client;
 pub use media::{VP8_START_CODE, synthetic_frame};
 
 use crate::engine::{
@@ -33,50 +38,9 @@ pub const SFU: SocketAddr =
 const MEDIA_EVERY_MS: usize = 20;
 /// A publisher's keyframe every this many frames (the world's publishers ignore requests).
 pub const KEYFRAME_EVERY: u64 = 25;
-
-/// A str0m client in the world, and what it has received.
-pub struct Client {
-    /// The client's PeerConnection, for tests to negotiate and write media with.
-    pub rtc: Rtc,
-    /// Its address in the world, which the engine sees as the datagrams' source.
-    pub addr: SocketAddr,
-    /// Frames received per mid.
-    pub frames: HashMap<Mid, usize>,
-    /// Keyframes received per mid.
-    pub keyframes: HashMap<Mid, usize>,
-    /// Whether the first frame received on a mid was a keyframe.
-    pub first_is_keyframe: HashMap<Mid, bool>,
-    /// Keyframe requests the SFU sent this client as a publisher.
-    pub keyframe_requests: usize,
-    /// str0m reported ICE and DTLS up with the SFU.
-    pub connected: bool,
-}
-
-impl Client {
-    fn new(addr: SocketAddr, now: Instant) -> Client {
-        let mut rtc = Rtc::builder().build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-        Client {
-            rtc,
-            addr,
-            frames: HashMap::new(),
-            keyframes: HashMap::new(),
-            first_is_keyframe: HashMap::new(),
-            keyframe_requests: 0,
-            connected: false,
-        }
-    }
-
-    /// Frames received on `mid`.
-    pub fn frames(&self, mid: &str) -> usize {
-        self.frames.get(&Mid::from(mid)).copied().unwrap_or(0)
-    }
-
-    /// Keyframes received on `mid`.
-    pub fn keyframes(&self, mid: &str) -> usize {
-        self.keyframes.get(&Mid::from(mid)).copied().unwrap_or(0)
-    }
-}
+/// Bound on the exchanges at one instant: the engine's datagrams to the clients, their
+/// answers back, and so on (a handshake takes a few).
+const MAX_DELIVERY_ROUNDS: usize = 1000;
 
 /// One engine and its clients on a simulated clock.
 pub struct World {
@@ -173,7 +137,7 @@ impl World {
     /// Client `c` publishes one track per `(kind, name)` with its offer; returns the mids.
     pub fn push_tracks(&mut self, c: usize, sid: &str, tracks: &[(MediaKind, &str)]) -> Vec<Mid> {
         let (offer, pending, mids) = {
-            let mut sdp = self.clients[c].rtc.sdp_api();
+            let mut sdp = self.clients[c].rtc().sdp_api();
             let mids: Vec<Mid> = tracks
                 .iter()
                 .map(|(kind, _)| sdp.add_media(*kind, Direction::SendOnly, None, None, None))
@@ -220,7 +184,7 @@ impl World {
     pub fn accept_answer(&mut self, c: usize, pending: SdpPendingOffer, sdp: &str) {
         let answer = SdpAnswer::from_sdp_string(sdp).expect("answer sdp");
         self.clients[c]
-            .rtc
+            .rtc()
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("accept answer");
@@ -251,7 +215,7 @@ impl World {
             assert_eq!(offer.kind, SdpKind::Offer);
             let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
             let answer = self.clients[c]
-                .rtc
+                .rtc()
                 .sdp_api()
                 .accept_offer(offer)
                 .expect("client answers");
@@ -272,8 +236,7 @@ impl World {
                 self.send_media();
             }
             for c in 0..self.clients.len() {
-                let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
-                self.pump_client(c);
+                self.tick(c);
             }
             self.engine.handle_timeout(self.now);
             self.deliver();
@@ -284,8 +247,7 @@ impl World {
     pub fn step(&mut self, clients: impl IntoIterator<Item = usize>, dt: Duration) {
         self.now += dt;
         for c in clients {
-            let _ = self.clients[c].rtc.handle_input(Input::Timeout(self.now));
-            self.pump_client(c);
+            self.tick(c);
         }
         self.engine.handle_timeout(self.now);
         self.deliver();
@@ -294,7 +256,7 @@ impl World {
     /// Runs until the clients are connected; panics after 5 s of simulated time.
     pub fn connect(&mut self, clients: &[usize]) {
         for _ in 0..5000 {
-            if clients.iter().all(|&c| self.clients[c].connected) {
+            if clients.iter().all(|&c| self.clients[c].connected()) {
                 return;
             }
             self.step(clients.iter().copied(), Duration::from_millis(1));
@@ -308,36 +270,48 @@ impl World {
         self.media_clock += 1;
         let n = self.media_clock;
         for (c, a, v) in self.senders.clone() {
-            if !self.clients[c].connected {
+            if !self.clients[c].connected() {
                 continue;
             }
             let audio = synthetic_frame(MediaKind::Audio, false, 80);
-            self.write(c, a, Codec::Opus, MediaTime::from_90khz(n * 960), audio);
+            self.write(
+                c,
+                a,
+                Codec::Opus,
+                MediaTime::from_90khz(n * 960),
+                audio,
+                false,
+            );
             self.pump_client(c);
-            let video = synthetic_frame(MediaKind::Video, n % KEYFRAME_EVERY == 1, 1200);
-            self.write(c, v, Codec::Vp8, MediaTime::from_90khz(n * 1800), video);
+            let keyframe = n % KEYFRAME_EVERY == 1;
+            let video = synthetic_frame(MediaKind::Video, keyframe, 1200);
+            let time = MediaTime::from_90khz(n * 1800);
+            self.write(c, v, Codec::Vp8, time, video, keyframe);
             self.pump_client(c);
         }
     }
 
     /// Client `c` writes a frame on `mid` with the first payload type of `codec`, if negotiated.
-    fn write(&mut self, c: usize, mid: Mid, codec: Codec, time: MediaTime, data: Vec<u8>) {
+    /// A sender keeps its schedule on a track the test closed, so a refused write is no error.
+    fn write(
+        &mut self,
+        c: usize,
+        mid: Mid,
+        codec: Codec,
+        time: MediaTime,
+        data: Vec<u8>,
+        keyframe: bool,
+    ) {
         let now = self.now;
-        let Some(w) = self.clients[c].rtc.writer(mid) else {
-            return;
-        };
-        let pt = w
-            .payload_params()
-            .find(|p| p.spec().codec == codec)
-            .map(|p| p.pt());
-        if let Some(pt) = pt {
-            let _ = w.write(pt, now, time, data);
+        let core = &mut self.clients[c].core;
+        if let Ok(pt) = core.payload_type(mid, codec) {
+            let _ = core.write_frame(mid, pt, now, time, data, keyframe);
         }
     }
 
     /// The payload parameters of `codec` on client `c`'s `mid`.
     pub fn payload_type(&mut self, c: usize, mid: Mid, codec: Codec) -> PayloadParams {
-        let w = self.clients[c].rtc.writer(mid).expect("writer");
+        let w = self.clients[c].rtc().writer(mid).expect("writer");
         *w.payload_params()
             .find(|p| p.spec().codec == codec)
             .expect("codec negotiated")
@@ -356,103 +330,105 @@ impl World {
         // str0m sends a frame once its own clock reaches the frame's wallclock: bring the
         // client's clock to `now` first, and pass on what its timers produce.
         let now = self.now;
-        let _ = self.clients[c].rtc.handle_input(Input::Timeout(now));
-        self.pump_client(c);
-        let rtc = &mut self.clients[c].rtc;
-        rtc.writer(mid)
-            .expect("writer")
-            .write(pt.pt(), now, time, data)
+        self.with_link(c, |core, send| core.handle_timeout(now, send));
+        self.deliver();
+        // VP8: bit 0 of the first byte is 0 for a keyframe (RFC 6386, 9.1).
+        let keyframe = pt.spec().codec == Codec::Vp8 && data.first().is_some_and(|b| b & 1 == 0);
+        let core = &mut self.clients[c].core;
+        core.write_frame(mid, pt.pt(), now, time, data, keyframe)
             .expect("write");
         // The frame is packetized on the next clock input.
-        let _ = rtc.handle_input(Input::Timeout(now));
         let mut out = Vec::new();
-        for _ in 0..1000 {
-            match rtc.poll_output().expect("client") {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => out.push(t.contents.to_vec()),
-                Output::Event(_) => {}
-            }
-        }
+        core.handle_timeout(now, &mut |_: SocketAddr, bytes: &[u8]| {
+            out.push(bytes.to_vec());
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("client {c} failed: {e:#}"));
         out
+    }
+
+    /// Client `c`'s timers, if due; what they send goes to the engine, and its answers back.
+    fn tick(&mut self, c: usize) {
+        let now = self.now;
+        self.with_link(c, |core, send| core.tick(now, send));
+        self.deliver();
     }
 
     /// Everything client `c` wants to send goes to the engine, and the engine's answers back.
     pub fn pump_client(&mut self, c: usize) {
-        for _ in 0..10_000 {
-            let out = match self.clients[c].rtc.poll_output() {
-                Ok(o) => o,
-                Err(e) => panic!("client {c} failed: {e}"),
-            };
-            match out {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => {
-                    self.datagrams += 1;
-                    if self
-                        .loss_from
-                        .get(&c)
-                        .is_some_and(|n| self.datagrams.is_multiple_of(*n))
-                    {
-                        continue;
-                    }
-                    let src = self.clients[c].addr;
-                    if let Some(captured) = &mut self.captured {
-                        captured.push((self.now, c, t.contents.to_vec()));
-                    }
-                    self.engine.handle_datagram(self.now, src, &t.contents);
-                    self.deliver();
-                }
-                Output::Event(e) => {
-                    let client = &mut self.clients[c];
-                    match e {
-                        Event::Connected => client.connected = true,
-                        Event::MediaData(d) => {
-                            client
-                                .first_is_keyframe
-                                .entry(d.mid)
-                                .or_insert(d.is_keyframe());
-                            *client.frames.entry(d.mid).or_default() += 1;
-                            if d.is_keyframe() {
-                                *client.keyframes.entry(d.mid).or_default() += 1;
-                            }
-                        }
-                        Event::KeyframeRequest(_) => client.keyframe_requests += 1,
-                        _ => {}
-                    }
-                }
+        let now = self.now;
+        self.with_link(c, |core, send| core.drain(now, send));
+        self.deliver();
+    }
+
+    /// Runs `f` on client `c`'s core with the link to the engine: each datagram it sends is
+    /// counted, lost by [`World::loss_from`]'s pattern, captured, and handled by the engine at
+    /// once (the engine's answers wait in its queue for [`World::deliver`]). A client error
+    /// panics.
+    fn with_link(
+        &mut self,
+        c: usize,
+        f: impl FnOnce(&mut Core<ClientStats>, &mut SendFn<'_>) -> anyhow::Result<()>,
+    ) {
+        let World {
+            engine,
+            clients,
+            now,
+            loss_from,
+            datagrams,
+            captured,
+            ..
+        } = self;
+        let now = *now;
+        let lose_every = loss_from.get(&c).copied();
+        let client = &mut clients[c];
+        let src = client.addr;
+        let mut send = |_: SocketAddr, bytes: &[u8]| -> std::io::Result<()> {
+            *datagrams += 1;
+            if lose_every.is_some_and(|n| datagrams.is_multiple_of(n)) {
+                return Ok(());
             }
+            if let Some(captured) = captured.as_mut() {
+                captured.push((now, c, bytes.to_vec()));
+            }
+            engine.handle_datagram(now, src, bytes);
+            Ok(())
+        };
+        if let Err(e) = f(&mut client.core, &mut send) {
+            panic!("client {c} failed: {e:#}");
         }
     }
 
-    /// Datagrams the engine sent go to their clients (and what the clients answer, back).
+    /// Datagrams the engine sent go to their clients, and what the clients answer back, until
+    /// the engine has nothing more to send at this instant.
     pub fn deliver(&mut self) {
         let mut batch = Vec::new();
-        while let Some(t) = self.engine.poll_transmit() {
-            batch.push(t);
-        }
-        for t in batch {
-            let Some(&c) = self.by_addr.get(&t.destination) else {
-                continue;
-            };
-            self.datagrams += 1;
-            if self
-                .loss_to
-                .get(&c)
-                .is_some_and(|n| self.datagrams.is_multiple_of(*n))
-            {
-                continue;
+        for _ in 0..MAX_DELIVERY_ROUNDS {
+            while let Some(t) = self.engine.poll_transmit() {
+                batch.push(t);
             }
-            let input = Input::Receive(
-                self.now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: SFU,
-                    destination: t.destination,
-                    contents: (&t.contents[..]).try_into().expect("datagram"),
-                },
-            );
-            let _ = self.clients[c].rtc.handle_input(input);
-            self.pump_client(c);
+            if batch.is_empty() {
+                return;
+            }
+            for t in batch.drain(..) {
+                let Some(&c) = self.by_addr.get(&t.destination) else {
+                    continue;
+                };
+                self.datagrams += 1;
+                if self
+                    .loss_to
+                    .get(&c)
+                    .is_some_and(|n| self.datagrams.is_multiple_of(*n))
+                {
+                    continue;
+                }
+                let now = self.now;
+                self.with_link(c, |core, send| core.receive(now, SFU, &t.contents, send));
+            }
         }
+        panic!(
+            "the engine and the clients still exchanged datagrams after {MAX_DELIVERY_ROUNDS} rounds"
+        );
     }
 
     /// `(track name, location, active)` of every track session `sid` lists.

@@ -2,6 +2,11 @@
 //! sources of the sending mids, and the counters. Datagrams and time come in as arguments;
 //! datagrams go out through the caller's `send` function. After every mutation of the `Rtc`
 //! the caller drains `poll_output` until `Output::Timeout` ([`Core::drain`]), as str0m requires.
+//!
+//! Three drivers run it: a std thread and a tokio task (real sockets, wall clock, counters shared
+//! with the [`super::Client`] handle behind a mutex), and the node's in-memory engine world
+//! (`trackmesh_node::testing`: datagrams in memory, a simulated clock, counters owned by the core
+//! so its one thread takes no lock).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
@@ -28,6 +33,29 @@ pub(super) fn lock(stats: &Mutex<ClientStats>) -> MutexGuard<'_, ClientStats> {
     stats.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Counters shared between a driver's core and the [`super::Client`] handle that reads them.
+pub type SharedStats = Arc<Mutex<ClientStats>>;
+
+/// Where a core keeps its counters: [`SharedStats`] for the thread and task drivers, whose
+/// handle reads them while the driver runs; a plain [`ClientStats`] for a driver that reads
+/// them on its own thread (the in-memory world), so counting a frame takes no lock.
+pub trait StatsCell {
+    /// Run `f` on the counters.
+    fn update<R>(&mut self, f: impl FnOnce(&mut ClientStats) -> R) -> R;
+}
+
+impl StatsCell for SharedStats {
+    fn update<R>(&mut self, f: impl FnOnce(&mut ClientStats) -> R) -> R {
+        f(&mut lock(self))
+    }
+}
+
+impl StatsCell for ClientStats {
+    fn update<R>(&mut self, f: impl FnOnce(&mut ClientStats) -> R) -> R {
+        f(self)
+    }
+}
+
 /// A synthetic source on one sending mid, with its payload type once known.
 struct Sending {
     mid: Mid,
@@ -36,10 +64,10 @@ struct Sending {
 }
 
 /// The state a driver owns; jobs from the client handle get `&mut Core`.
-pub struct Core {
+pub struct Core<S: StatsCell = SharedStats> {
     rtc: Rtc,
     local: SocketAddr,
-    stats: Arc<Mutex<ClientStats>>,
+    stats: S,
     sending: Vec<Sending>,
     pending: Option<SdpPendingOffer>,
     next_timeout: Instant,
@@ -48,13 +76,45 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core whose host candidate is `local` (the driver's socket address).
+    /// A core whose host candidate is `local` (the driver's socket address), with counters
+    /// shared with the client handle.
     pub fn new(
         local: SocketAddr,
         now: Instant,
         video: VideoShape,
         raw_samples: usize,
     ) -> anyhow::Result<Core> {
+        let stats = Arc::new(Mutex::new(ClientStats::new(now)));
+        Core::with_stats(local, now, video, raw_samples, stats)
+    }
+
+    /// The counters, shared with the client handle.
+    pub fn stats(&self) -> SharedStats {
+        self.stats.clone()
+    }
+}
+
+impl Core<ClientStats> {
+    /// A core for a driver without sockets or threads (the in-memory engine world): it owns its
+    /// counters, and its time is whatever the driver passes.
+    pub fn in_memory(local: SocketAddr, now: Instant) -> anyhow::Result<Core<ClientStats>> {
+        Core::with_stats(local, now, VideoShape::default(), 0, ClientStats::new(now))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+}
+
+impl<S: StatsCell> Core<S> {
+    fn with_stats(
+        local: SocketAddr,
+        now: Instant,
+        video: VideoShape,
+        raw_samples: usize,
+        stats: S,
+    ) -> anyhow::Result<Core<S>> {
         let mut rtc = RtcConfig::new().build(now);
         let candidate = Candidate::host(local, "udp").context("host candidate")?;
         rtc.add_local_candidate(candidate)
@@ -62,7 +122,7 @@ impl Core {
         Ok(Core {
             rtc,
             local,
-            stats: Arc::new(Mutex::new(ClientStats::new(now))),
+            stats,
             sending: Vec::new(),
             pending: None,
             next_timeout: now,
@@ -71,17 +131,13 @@ impl Core {
         })
     }
 
-    /// The counters, shared with the client handle.
-    pub fn stats(&self) -> Arc<Mutex<ClientStats>> {
-        self.stats.clone()
-    }
-
     pub fn rtc(&mut self) -> &mut Rtc {
         &mut self.rtc
     }
 
-    pub(super) fn record_error(&self, e: impl std::fmt::Display) {
-        lock(&self.stats).error(e);
+    /// Keep `e` among the counters' first errors.
+    pub(super) fn record_error(&mut self, e: impl std::fmt::Display) {
+        self.stats.update(|s| s.error(e));
     }
 
     /// When the core next needs the driver: the `Rtc`'s timeout or the next media frame
@@ -111,9 +167,10 @@ impl Core {
                         continue;
                     }
                     if let Err(e) = send(t.destination, &t.contents) {
-                        let mut s = lock(&self.stats);
-                        s.send_errors += 1;
-                        s.error(format!("send_to {}: {e}", t.destination));
+                        self.stats.update(|s| {
+                            s.send_errors += 1;
+                            s.error(format!("send_to {}: {e}", t.destination));
+                        });
                     }
                 }
                 Output::Event(ev) => self.on_event(ev, now),
@@ -124,34 +181,27 @@ impl Core {
 
     fn on_event(&mut self, ev: Event, now: Instant) {
         match ev {
-            Event::Connected => {
-                let mut s = lock(&self.stats);
+            Event::Connected => self.stats.update(|s| {
                 s.connected = true;
                 s.connected_at.get_or_insert(now);
+            }),
+            Event::IceConnectionStateChange(st) => {
+                self.stats.update(|s| s.ice_state = format!("{st:?}"))
             }
-            Event::IceConnectionStateChange(st) => lock(&self.stats).ice_state = format!("{st:?}"),
             // A receiving mid is counted from its negotiation, so "every track receives" cannot
             // hold before each one got a frame.
             Event::MediaAdded(m) if m.direction.is_receiving() => {
-                lock(&self.stats).expect_rx(&m.mid.to_string(), m.kind);
+                self.stats.update(|s| s.expect_rx(&m.mid, m.kind));
             }
             Event::MediaData(d) => {
                 let video = !d.params.spec().codec.is_audio();
                 let keyframe = video && d.is_keyframe();
-                lock(&self.stats).on_frame(
-                    &d.mid.to_string(),
-                    video,
-                    keyframe,
-                    &d.data,
-                    now,
-                    self.raw_samples,
-                );
+                let raw_samples = self.raw_samples;
+                self.stats
+                    .update(|s| s.on_frame(&d.mid, video, keyframe, &d.data, now, raw_samples));
             }
             Event::KeyframeRequest(r) => {
-                *lock(&self.stats)
-                    .keyframe_requests
-                    .entry(r.mid.to_string())
-                    .or_default() += 1;
+                self.stats.update(|s| s.on_keyframe_request(&r.mid));
                 if let Some(s) = self.sending.iter_mut().find(|s| s.mid == r.mid) {
                     s.source.request_keyframe();
                 }
@@ -190,10 +240,48 @@ impl Core {
     /// Time passed: the `Rtc`'s timers when due, then every media frame that is due.
     pub fn tick(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
         if self.next_timeout <= now {
-            self.rtc.handle_input(Input::Timeout(now))?;
-            self.drain(now, send)?;
+            self.handle_timeout(now, send)?;
         }
         self.send_due_media(now, send)
+    }
+
+    /// Bring the `Rtc`'s clock to `now` whether or not a timer is due (str0m packetizes a
+    /// written frame on its next clock input), then drain.
+    pub fn handle_timeout(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
+        self.rtc.handle_input(Input::Timeout(now))?;
+        self.drain(now, send)
+    }
+
+    /// The payload type of `codec` negotiated on `mid`.
+    pub fn payload_type(&mut self, mid: Mid, codec: Codec) -> anyhow::Result<Pt> {
+        self.rtc
+            .writer(mid)
+            .ok_or_else(|| anyhow!("no writer for mid {mid}"))?
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+            .ok_or_else(|| anyhow!("no {codec:?} negotiated on mid {mid}"))
+    }
+
+    /// Write one frame on `mid` and count it as sent; it goes out on the next clock input.
+    /// `keyframe` is only counted.
+    pub fn write_frame(
+        &mut self,
+        mid: Mid,
+        pt: Pt,
+        now: Instant,
+        rtp_time: MediaTime,
+        data: Vec<u8>,
+        keyframe: bool,
+    ) -> anyhow::Result<()> {
+        let len = data.len() as u64;
+        self.rtc
+            .writer(mid)
+            .ok_or_else(|| anyhow!("no writer for mid {mid}"))?
+            .write(pt, now, rtp_time, data)
+            .with_context(|| format!("write on mid {mid}"))?;
+        self.stats.update(|s| s.on_sent(&mid, keyframe, len));
+        Ok(())
     }
 
     /// Write every due frame; each write is followed by a drain.
@@ -213,31 +301,20 @@ impl Core {
                 MediaKind::Audio => Codec::Opus,
                 MediaKind::Video => Codec::Vp8,
             };
-            let Some(writer) = self.rtc.writer(mid) else {
-                self.record_error(format!("no writer for mid {mid}"));
-                continue;
-            };
-            let pt = match cached_pt {
-                Some(pt) => pt,
-                None => {
-                    let Some(pt) = writer
-                        .payload_params()
-                        .find(|p| p.spec().codec == codec)
-                        .map(|p| p.pt())
-                    else {
-                        self.record_error(format!("no {codec:?} negotiated on mid {mid}"));
-                        continue;
-                    };
-                    if let Some(s) = self.sending.get_mut(i) {
-                        s.pt = Some(pt);
-                    }
-                    pt
+            let pt = match cached_pt.map_or_else(|| self.payload_type(mid, codec), Ok) {
+                Ok(pt) => pt,
+                Err(e) => {
+                    self.record_error(e);
+                    continue;
                 }
             };
-            let len = frame.data.len() as u64;
-            match writer.write(pt, now, frame.rtp_time, frame.data) {
-                Ok(()) => lock(&self.stats).on_sent(&mid.to_string(), frame.keyframe, len),
-                Err(e) => self.record_error(format!("write on mid {mid}: {e}")),
+            if let Some(s) = self.sending.get_mut(i) {
+                s.pt = Some(pt);
+            }
+            if let Err(e) =
+                self.write_frame(mid, pt, now, frame.rtp_time, frame.data, frame.keyframe)
+            {
+                self.record_error(format!("{e:#}"));
             }
             self.drain(now, send)?;
         }
@@ -248,11 +325,12 @@ impl Core {
     pub fn finish(&mut self, result: anyhow::Result<()>, send: &mut SendFn<'_>) {
         self.rtc.disconnect();
         let _ = self.drain(Instant::now(), send);
-        let mut s = lock(&self.stats);
-        if let Err(e) = result {
-            s.error(format!("client stopped: {e:#}"));
-        }
-        s.stopped = true;
+        self.stats.update(|s| {
+            if let Err(e) = result {
+                s.error(format!("client stopped: {e:#}"));
+            }
+            s.stopped = true;
+        });
     }
 
     // ---- SDP ----------------------------------------------------------------------------------

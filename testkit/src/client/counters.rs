@@ -44,6 +44,8 @@ pub struct TrackRx {
     /// When str0m handed over the first frame / keyframe.
     pub first_frame_at: Option<Instant>,
     pub first_keyframe_at: Option<Instant>,
+    /// The first frame was a keyframe (what a joining viewer needs to decode at once).
+    pub first_frame_keyframe: bool,
     pub highest_seq: Option<u64>,
     /// Frames with a plausible stamp.
     pub stamped: u64,
@@ -61,6 +63,7 @@ impl TrackRx {
             bytes: 0,
             first_frame_at: None,
             first_keyframe_at: None,
+            first_frame_keyframe: false,
             highest_seq: None,
             stamped: 0,
             first_frame_age_us: None,
@@ -78,6 +81,15 @@ pub struct TrackTx {
     pub window_frames: u64,
     pub window_keyframes: u64,
     pub window_bytes: u64,
+}
+
+/// The entry of `key`, created by `new` if missing. Unlike `HashMap::entry`, no key is
+/// allocated when it is present: counting a frame allocates nothing.
+fn slot<'a, T>(map: &'a mut HashMap<String, T>, key: &str, new: impl FnOnce() -> T) -> &'a mut T {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), new());
+    }
+    map.get_mut(key).expect("inserted above")
 }
 
 /// One received frame, kept raw (see [`super::ClientConfig::raw_samples`]) to pair the same
@@ -137,9 +149,11 @@ impl ClientStats {
     }
 
     pub(super) fn expect_rx(&mut self, mid: &str, kind: MediaKind) {
-        self.rx
-            .entry(mid.to_string())
-            .or_insert_with(|| TrackRx::new(kind));
+        slot(&mut self.rx, mid, || TrackRx::new(kind));
+    }
+
+    pub(super) fn on_keyframe_request(&mut self, mid: &str) {
+        *slot(&mut self.keyframe_requests, mid, || 0) += 1;
     }
 
     /// Account one received frame: counters, then loss and latency from its stamp.
@@ -159,11 +173,11 @@ impl ClientStats {
         } else {
             MediaKind::Audio
         };
-        let t = self
-            .rx
-            .entry(mid.to_string())
-            .or_insert_with(|| TrackRx::new(kind));
-        t.first_frame_at.get_or_insert(now);
+        let t = slot(&mut self.rx, mid, || TrackRx::new(kind));
+        if t.first_frame_at.is_none() {
+            t.first_frame_at = Some(now);
+            t.first_frame_keyframe = keyframe;
+        }
         t.frames += 1;
         t.bytes += data.len() as u64;
         t.window.frames += 1;
@@ -216,7 +230,7 @@ impl ClientStats {
     }
 
     pub(super) fn on_sent(&mut self, mid: &str, keyframe: bool, len: u64) {
-        let t = self.tx.entry(mid.to_string()).or_default();
+        let t = slot(&mut self.tx, mid, TrackTx::default);
         t.frames += 1;
         t.bytes += len;
         t.window_frames += 1;
@@ -249,6 +263,15 @@ impl ClientStats {
     }
     pub fn rx_keyframes(&self, mid: &str) -> u64 {
         self.rx.get(mid).map_or(0, |c| c.keyframes)
+    }
+    /// Whether the first frame received on `mid` was a keyframe; `None` before a frame.
+    pub fn rx_first_is_keyframe(&self, mid: &str) -> Option<bool> {
+        let t = self.rx.get(mid)?;
+        t.first_frame_at.map(|_| t.first_frame_keyframe)
+    }
+    /// Keyframe requests received from the remote, on every mid.
+    pub fn total_keyframe_requests(&self) -> u64 {
+        self.keyframe_requests.values().sum()
     }
     pub fn tx_frames(&self, mid: &str) -> u64 {
         self.tx.get(mid).map_or(0, |c| c.frames)
@@ -337,6 +360,9 @@ mod tests {
         s.on_frame("0", false, false, &[0u8; 4], now, 10);
         let t = &s.rx["1"];
         assert_eq!((t.frames, t.keyframes, t.stamped), (5, 1, 5));
+        assert_eq!(s.rx_first_is_keyframe("1"), Some(true));
+        assert_eq!(s.rx_first_is_keyframe("0"), Some(false));
+        assert_eq!(s.rx_first_is_keyframe("9"), None);
         assert_eq!(t.first_frame_age_us, Some(1_000));
         let w = &t.window;
         assert_eq!((w.skipped_at_join, w.lost, w.reordered), (29, 2, 1));
@@ -354,5 +380,16 @@ mod tests {
         assert_eq!((s.tx_frames("2"), s.tx_window_frames()), (1, 1));
         s.expect_rx("3", MediaKind::Video);
         assert!(!s.all_receiving() && !s.all_keyframed());
+        assert_eq!(
+            s.rx_first_is_keyframe("3"),
+            None,
+            "negotiated, no frame yet"
+        );
+
+        s.on_keyframe_request("1");
+        s.on_keyframe_request("1");
+        s.on_keyframe_request("2");
+        assert_eq!(s.keyframe_requests["1"], 2);
+        assert_eq!(s.total_keyframe_requests(), 3);
     }
 }

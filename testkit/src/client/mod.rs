@@ -3,7 +3,8 @@
 //! a driver owns the core and its socket, either a std thread ([`Client::spawn_thread`], what
 //! the integration tests use) or a tokio task ([`Client::spawn_task`], hundreds per process
 //! for the load generator). The async [`Client`] handle is the same for both: it sends jobs to
-//! the driver and reads the counters.
+//! the driver and reads the counters. A third driver has no socket: the node's in-memory
+//! engine world runs `Core::in_memory` cores on its simulated clock.
 
 mod core;
 mod counters;
@@ -20,7 +21,7 @@ use str0m::media::{MediaKind, Mid};
 use tokio::sync::oneshot;
 
 use self::core::lock;
-pub use self::core::{Core, SendFn};
+pub use self::core::{Core, SendFn, SharedStats, StatsCell};
 pub use self::counters::{ClientStats, RawSample, RxWindow, TrackRx, TrackTx};
 use self::task::TaskDriver;
 use self::thread::ThreadDriver;

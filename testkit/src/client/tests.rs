@@ -1,5 +1,6 @@
 //! Two clients connected directly on 127.0.0.1, one per driver, so both drivers and the core
-//! are exercised end to end without a node.
+//! are exercised end to end without a node; and two in-memory cores on a simulated clock, as
+//! the node's engine world drives them.
 
 use super::*;
 use crate::media::AUDIO_FRAME_BYTES;
@@ -140,4 +141,87 @@ async fn sdp_misuse_is_an_error() {
         .expect("offer again after dropping");
     let err = a.start_sending(&["99"]).await.expect_err("unknown mid");
     assert!(err.to_string().contains("no media with mid 99"), "{err}");
+}
+
+/// Two in-memory cores on one simulated clock, as the node's engine world drives them: no
+/// socket, no thread, no lock. They connect, media flows with a keyframe first, and a keyframe
+/// request reaches the sender's counters.
+#[test]
+fn in_memory_cores_exchange_media_on_a_simulated_clock() {
+    use str0m::media::KeyframeRequestKind;
+
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:40001".parse().expect("addr"),
+        "127.0.0.1:40002".parse().expect("addr"),
+    );
+    let mut now = Instant::now();
+    let mut a = Core::in_memory(a_addr, now).expect("a");
+    let mut b = Core::in_memory(b_addr, now).expect("b");
+    let (mids, offer) = a
+        .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+        .expect("offer");
+    let answer = b
+        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer sdp"))
+        .expect("answer");
+    a.accept_answer(SdpAnswer::from_sdp_string(&answer).expect("answer sdp"))
+        .expect("accept answer");
+    let m = super::mids(&mids);
+    a.start_sending(&m, now).expect("start sending");
+
+    // What each core sends waits here for the other one, like datagrams in flight.
+    let (mut to_a, mut to_b) = (Vec::<Vec<u8>>::new(), Vec::<Vec<u8>>::new());
+    let mut step = |a: &mut Core<ClientStats>, b: &mut Core<ClientStats>, now: Instant| {
+        let mut send_b = |_: SocketAddr, d: &[u8]| -> std::io::Result<()> {
+            to_b.push(d.to_vec());
+            Ok(())
+        };
+        a.tick(now, &mut send_b).expect("a ticks");
+        for d in std::mem::take(&mut to_a) {
+            a.receive(now, b_addr, &d, &mut send_b).expect("a receives");
+        }
+        let mut send_a = |_: SocketAddr, d: &[u8]| -> std::io::Result<()> {
+            to_a.push(d.to_vec());
+            Ok(())
+        };
+        b.tick(now, &mut send_a).expect("b ticks");
+        for d in std::mem::take(&mut to_b) {
+            b.receive(now, a_addr, &d, &mut send_a).expect("b receives");
+        }
+    };
+    // 3 s of simulated time in 1 ms steps.
+    for _ in 0..3000 {
+        now += Duration::from_millis(1);
+        step(&mut a, &mut b, now);
+    }
+    let s = b.stats();
+    assert!(s.connected && a.stats().connected);
+    assert!(s.rx_frames(&mids[0]) > 100, "{}", s.summary());
+    assert!(s.rx_frames(&mids[1]) > 50, "{}", s.summary());
+    assert_eq!(s.rx_first_is_keyframe(&mids[1]), Some(true));
+    assert_eq!(s.rx_first_is_keyframe(&mids[0]), Some(false), "audio");
+    assert!(a.stats().tx_frames(&mids[1]) >= s.rx_frames(&mids[1]));
+    assert!(s.errors.is_empty() && a.stats().errors.is_empty());
+
+    let asked = a.stats().total_keyframe_requests();
+    let keyframes = s.rx_keyframes(&mids[1]);
+    b.rtc()
+        .writer(m[1])
+        .expect("b's video mid")
+        .request_keyframe(None, KeyframeRequestKind::Pli)
+        .expect("a PLI");
+    // Ahead of the sender's next periodic keyframe (every 2 s from the start).
+    for _ in 0..200 {
+        now += Duration::from_millis(1);
+        step(&mut a, &mut b, now);
+    }
+    assert!(a.stats().total_keyframe_requests() > asked);
+    assert_eq!(
+        a.stats().keyframe_requests.get(&mids[1]).copied(),
+        Some(a.stats().total_keyframe_requests())
+    );
+    assert!(
+        b.stats().rx_keyframes(&mids[1]) > keyframes,
+        "{}",
+        b.stats().summary()
+    );
 }
