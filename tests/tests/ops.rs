@@ -92,7 +92,11 @@ const SERIES: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_media_and_return_to_zero() {
     let node = TestNode::start(&["--admin-token", ADMIN]).expect("node");
-    let before = scrape(&node).await;
+    // The cluster gauges appear with the node's first gossip view, a moment after start.
+    let before = wait_for(&node, "every documented series", |m| {
+        SERIES.iter().all(|s| m.contains_key(*s))
+    })
+    .await;
     for s in SERIES {
         get(&before, s);
     }
