@@ -9,8 +9,7 @@
 //!
 //! Usage: `gossip-scale [--members 50,100] [--window SECS]`. Each phase gives up after 60 s.
 //!
-//! The settings below are copies of `node/src/cluster/membership.rs` (they are private there).
-//! KEEP THEM IN STEP with that file.
+//! The membership settings are the node's own (`trackmesh_node::cluster::membership`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,18 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chitchat::transport::ChannelTransport;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, spawn_chitchat};
 use serde_json::{Value, json};
 
-// --- trackmesh's settings (node/src/cluster/membership.rs) ---
-const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
-const PHI_THRESHOLD: f64 = 5.0;
-const SAMPLING_WINDOW: usize = 100;
-const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
-const MARKED_FOR_DELETION_GRACE: Duration = Duration::from_secs(900);
-/// How often a node rewrites its `load` key (membership.rs `REFRESH`).
-const REFRESH: Duration = Duration::from_millis(200);
-// --- end of copied settings ---
+// trackmesh's own membership settings, so the measurement runs what a node runs.
+use trackmesh_node::cluster::membership::{
+    GOSSIP_INTERVAL, MARKED_FOR_DELETION_GRACE, REFRESH, failure_detector,
+};
 
 /// chitchat's UDP payload limit, which its delta sizing assumes (`MAX_UDP_DATAGRAM_PAYLOAD_SIZE`).
 const MTU: usize = 65_507;
@@ -39,16 +33,6 @@ const PHASE_LIMIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 /// Members whose address every member lists in `--seeds`.
 const SEEDS: usize = 3;
-
-fn failure_detector() -> FailureDetectorConfig {
-    FailureDetectorConfig {
-        phi_threshold: PHI_THRESHOLD,
-        sampling_window_size: SAMPLING_WINDOW,
-        max_interval: GOSSIP_INTERVAL * 4,
-        initial_interval: GOSSIP_INTERVAL,
-        dead_node_grace_period: DEAD_NODE_GRACE,
-    }
-}
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 7946))
@@ -226,40 +210,43 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<Value> {
     }))
 }
 
+/// Gossip at scale: chitchat members in one process with trackmesh's membership settings;
+/// prints one JSON document (convergence, dead-node detection, gossip bytes per node per second).
+#[derive(clap::Parser, Debug)]
+#[command(name = "gossip-scale")]
+struct Args {
+    /// Cluster sizes to measure, comma-separated (each from 4 to 1000).
+    #[arg(long, value_delimiter = ',', default_value = "50,100")]
+    members: Vec<usize>,
+    /// Seconds of steady state over which gossip bytes are counted (1 to 60).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    window: u64,
+}
+
 fn parse_args() -> anyhow::Result<(Vec<usize>, Duration)> {
-    let mut members = vec![50, 100];
-    let mut window = Duration::from_secs(10);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--members" => {
-                members = args
-                    .next()
-                    .context("--members needs a value")?
-                    .split(',')
-                    .map(|v| {
-                        v.trim()
-                            .parse::<usize>()
-                            .context("--members: a list of counts")
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            "--window" => {
-                let s: u64 = args.next().context("--window needs seconds")?.parse()?;
-                window = Duration::from_secs(s.clamp(1, 60));
-            }
-            other => anyhow::bail!("unknown argument {other}"),
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
     anyhow::ensure!(
-        members.iter().all(|&n| (SEEDS + 1..=1000).contains(&n)),
+        args.members
+            .iter()
+            .all(|&n| (SEEDS + 1..=1000).contains(&n)),
         "member counts must be within {}..=1000",
         SEEDS + 1
     );
-    Ok((members, window))
+    Ok((args.members, Duration::from_secs(args.window)))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // One line on error, not a backtrace: this is a tool people run by hand.
+    match measure() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gossip-scale: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn measure() -> anyhow::Result<()> {
     let (members, window) = parse_args()?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -271,15 +258,16 @@ fn main() -> anyhow::Result<()> {
         eprintln!("gossip-scale: {n} members…");
         runs.push(rt.block_on(run(n, window))?);
     }
+    let fd = failure_detector();
     let out = json!({
         "transport": "chitchat::transport::ChannelTransport (in memory, serialized like UDP)",
         "runtime_worker_threads": threads,
         "settings": {
             "gossip_interval_ms": GOSSIP_INTERVAL.as_millis() as u64,
-            "phi_threshold": PHI_THRESHOLD,
-            "sampling_window_size": SAMPLING_WINDOW,
-            "initial_interval_ms": GOSSIP_INTERVAL.as_millis() as u64,
-            "max_interval_ms": (GOSSIP_INTERVAL * 4).as_millis() as u64,
+            "phi_threshold": fd.phi_threshold,
+            "sampling_window_size": fd.sampling_window_size,
+            "initial_interval_ms": fd.initial_interval.as_millis() as u64,
+            "max_interval_ms": fd.max_interval.as_millis() as u64,
             "seeds": SEEDS,
             "keys_per_node": keys(0).len(),
         },

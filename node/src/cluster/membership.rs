@@ -21,12 +21,14 @@ use crate::ids::NodeTag;
 use crate::rejects::{Port, Rejects};
 
 /// Gossip round. With the failure detector below a dead node is noticed in about 1–2 s.
-const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
 /// chitchat's cluster id. A constant, not derived from the secret: membership is decided by the
 /// seal on every datagram, and a rotated secret must not change what chitchat compares on `Syn`.
 const CLUSTER_ID: &str = "trackmesh";
 /// How often the view is rebuilt from chitchat's state and our own load is published.
-const REFRESH: Duration = Duration::from_millis(200);
+pub const REFRESH: Duration = Duration::from_millis(200);
+/// How long chitchat keeps a member's deleted keys before forgetting them.
+pub const MARKED_FOR_DELETION_GRACE: Duration = Duration::from_secs(900);
 
 /// What gossip announces about this node and where it binds and joins.
 pub struct MembershipConfig {
@@ -104,7 +106,8 @@ impl Drop for GossipThread {
     }
 }
 
-fn failure_detector() -> FailureDetectorConfig {
+/// The failure detector every member runs (and the gossip-at-scale measurement reuses).
+pub fn failure_detector() -> FailureDetectorConfig {
     // chitchat's phi is elapsed / mean heartbeat interval; the prior (initial_interval, weighted
     // as 5 samples) is set to the gossip interval so young nodes are judged as quickly as old ones.
     FailureDetectorConfig {
@@ -174,7 +177,7 @@ async fn run(
         listen_addr: cfg.gossip,
         seed_nodes: cfg.seeds.clone(),
         failure_detector_config: failure_detector(),
-        marked_for_deletion_grace_period: Duration::from_secs(900),
+        marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE,
         catchup_callback: None,
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V0,
@@ -433,7 +436,7 @@ mod tests {
             listen_addr: odd,
             seed_nodes: vec![gossip.to_string()],
             failure_detector_config: failure_detector(),
-            marked_for_deletion_grace_period: Duration::from_secs(900),
+            marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE,
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
