@@ -1,6 +1,7 @@
 //! `trackmesh`: runs one node: flags, logging, the lines scripts read, and signals around
 //! [`Node`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,11 +29,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = cfg.log_format == LogFormat::Json;
     match rt.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("trackmesh: {e:#}");
+            // One line: a JSON log line for log pipelines, else the same plain line as a config
+            // error (both went to stderr, so text logs showed every fatal error twice).
+            if json_logs {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("trackmesh: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -40,8 +47,10 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = trackmesh_node::logging::filter("info,str0m=warn,dimpl=warn");
+    // Colours only for a person at a terminal, never in a file, a pipe or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -71,3 +71,50 @@ fn flag_beats_env_beats_file() {
         "the file beats the default"
     );
 }
+
+/// A node that cannot start says why once, on one line, and exits with failure.
+#[test]
+fn a_fatal_error_is_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let http = taken.local_addr().expect("addr").to_string();
+    let gossip = free_udp_addr().expect("a free UDP port").to_string();
+    let out = Command::new(node_binary())
+        .args([
+            "--http",
+            &http,
+            "--media",
+            "127.0.0.1:0",
+            "--relay",
+            "127.0.0.1:0",
+        ])
+        .args(["--gossip", &gossip])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the node binary");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let fatal: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("binding the HTTP listener"))
+        .collect();
+    assert_eq!(fatal.len(), 1, "{err}");
+    assert!(fatal[0].starts_with("trackmesh: "), "{err}");
+}
+
+/// Logs written to a file or a pipe carry no colour codes.
+#[test]
+fn logs_to_a_file_have_no_ansi_codes() {
+    // A process node's stderr goes to a file.
+    let node = trackmesh_tests::TestNode::start_process(&[]).expect("node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !node.log().contains("serving") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serving line: {}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = node.log();
+    assert!(!log.contains('\x1b'), "ANSI codes in a log file: {log}");
+}
