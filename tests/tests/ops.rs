@@ -344,3 +344,25 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     let log = node.log();
     assert!(log.contains("second signal: exiting now"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_pages_icon_is_served() {
+    let node = TestNode::start(&[]).expect("node");
+    let res = http()
+        .get(format!("{}/favicon.ico", node.http_url()))
+        .send()
+        .await
+        .expect("GET /favicon.ico");
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "browsers ask for it on every page"
+    );
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("image/svg+xml")
+    );
+    assert!(res.text().await.expect("body").starts_with("<svg"));
+}

@@ -105,6 +105,21 @@ impl ApiState {
 
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
 
+/// The demo page's icon, so a browser's automatic `/favicon.ico` request is not an error.
+const FAVICON: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>\
+<circle cx='8' cy='8' r='7' fill='#2b6cb0'/></svg>";
+
+/// Serves [`FAVICON`]; browsers read an SVG icon whatever the path's extension says.
+async fn favicon() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
+    )
+}
+
 /// Every route of the node's HTTP API, with CORS and the Calls error model for unknown paths.
 pub fn router(state: Arc<ApiState>) -> Router {
     let sessions = Router::new()
@@ -141,6 +156,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1/apps/{app}", calls.clone())
         .nest("/apps/{app}", calls)
         .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/favicon.ico", get(favicon))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
