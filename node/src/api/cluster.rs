@@ -106,7 +106,7 @@ pub async fn route_to_owner(State(st): State<Arc<ApiState>>, req: Request, next:
 /// Checks a call that says it was forwarded: the client's bearer (a forwarded call carries it)
 /// and the form and age of the node credential before the body is read, then the credential's
 /// MAC over the body.
-async fn check_forwarded(st: &ApiState, req: Request) -> Result<Request, ApiError> {
+pub(super) async fn check_forwarded(st: &ApiState, req: Request) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
     let path = original_path(&parts);
     st.apps.authorize(app_in_path(&path), &parts.headers)?;

@@ -1,10 +1,12 @@
-//! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}`, the
-//! demo page at `/`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
+//! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}` (with
+//! the app's session listing, an extension), the demo page at `/` and the meeting view at
+//! `/meet`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
 
 mod calls;
 mod cluster;
 mod error;
 mod guard;
+mod listing;
 pub mod node_auth;
 mod ops;
 mod quota;
@@ -104,6 +106,21 @@ impl ApiState {
 }
 
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
+const MEET_PAGE: &str = include_str!("../demo/meet.html");
+const DEMO_JS: &str = include_str!("../demo/common.js");
+const DEMO_CSS: &str = include_str!("../demo/common.css");
+
+/// A static asset of the demo pages, with its type; small and versioned with the node, so it
+/// may be cached briefly.
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body,
+    )
+}
 
 /// The demo page's icon, so a browser's automatic `/favicon.ico` request is not an error.
 const FAVICON: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>\
@@ -137,6 +154,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     let calls = Router::new()
         .route("/sessions/new", post(calls::sessions_new))
+        .route("/sessions", get(listing::app_sessions))
         .route("/generate-ice-servers", get(calls::ice_servers))
         .merge(sessions);
     // Browsers call the API from other origins (the Calls echo examples do); answer preflights
@@ -156,6 +174,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1/apps/{app}", calls.clone())
         .nest("/apps/{app}", calls)
         .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/meet", get(|| async { Html(MEET_PAGE) }))
+        .route(
+            "/demo/common.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DEMO_JS) }),
+        )
+        .route(
+            "/demo/common.css",
+            get(|| async { asset("text/css; charset=utf-8", DEMO_CSS) }),
+        )
         .route("/favicon.ico", get(favicon))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -108,42 +108,81 @@ fn not_found(what: String) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
 }
 
-/// Asks another node's admin API for its JSON answer.
 /// Largest admin answer read from another node. Larger than a forwarded call's cap: a node's
 /// `/admin/sessions` at 10,000 sessions with a few pulled tracks each is about 5 MB, and the
 /// answer comes from an authenticated cluster member.
 const MAX_ADMIN_ANSWER: usize = 64 << 20;
 
-async fn ask_json(
+/// Largest answer read from another node for an app's listing, which that node bounds itself
+/// (`api/listing.rs`) well below this.
+const MAX_APP_ANSWER: usize = 4 << 20;
+
+/// Whom a node asks another node's API as, for its part of a cluster-wide view.
+pub(super) enum AskAs<'a> {
+    /// The operator, with the admin token (`/admin/*`).
+    Admin,
+    /// A member on an app client's behalf: the client's own `Authorization` header, which the
+    /// other node checks again, and this node's credential, so the other node answers for
+    /// itself only and never gathers again.
+    Member {
+        authorization: Option<&'a axum::http::HeaderValue>,
+    },
+}
+
+/// Asks another node's API for its JSON answer.
+async fn ask_json_as(
     st: &ApiState,
     node: &Member,
     method: Method,
     path: &str,
+    who: &AskAs<'_>,
 ) -> Result<Value, ApiError> {
-    let token = st.admin_token.clone().unwrap_or_default();
-    let res = st
-        .http
-        .request(method, format!("{}{path}", node.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable_error",
-                format!("node {} did not answer: {e}", node.node_id),
-            )
-        })?;
+    let unreachable = |e: String| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "temporarily_unavailable_error",
+            format!("node {} did not answer: {e}", node.node_id),
+        )
+    };
+    let url = reqwest::Url::parse(&format!("{}{path}", node.api))
+        .map_err(|e| unreachable(format!("bad address: {e}")))?;
+    let (req, cap) = match who {
+        AskAs::Admin => (
+            st.http
+                .request(method, url)
+                .bearer_auth(st.admin_token.clone().unwrap_or_default()),
+            MAX_ADMIN_ANSWER,
+        ),
+        AskAs::Member { authorization } => {
+            // Sign the path and query exactly as they go on the wire, as a forwarded call does.
+            let signed = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let credential =
+                st.cluster
+                    .node_auth
+                    .sign(method.as_str(), &signed, &st.cluster.self_id, b"");
+            let mut req = st
+                .http
+                .request(method, url)
+                .header(super::node_auth::FORWARDED_BY, st.cluster.self_id.as_str())
+                .header(super::node_auth::NODE_AUTH, credential);
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, (*a).clone());
+            }
+            (req, MAX_APP_ANSWER)
+        }
+    };
+    let res = req.send().await.map_err(|e| unreachable(e.to_string()))?;
     let status = res.status();
-    let body = super::cluster::read_capped(res, MAX_ADMIN_ANSWER)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable_error",
-                format!("node {}'s answer: {e}", node.node_id),
-            )
-        })?;
+    let body = super::cluster::read_capped(res, cap).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "temporarily_unavailable_error",
+            format!("node {}'s answer: {e}", node.node_id),
+        )
+    })?;
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status.is_success() {
         return Ok(body);
@@ -177,7 +216,18 @@ async fn ask<T: DeserializeOwned>(
     method: Method,
     path: &str,
 ) -> Result<T, ApiError> {
-    let body = ask_json(st, node, method, path).await?;
+    ask_as(st, node, method, path, &AskAs::Admin).await
+}
+
+/// [`ask`] as `who`.
+async fn ask_as<T: DeserializeOwned>(
+    st: &ApiState,
+    node: &Member,
+    method: Method,
+    path: &str,
+    who: &AskAs<'_>,
+) -> Result<T, ApiError> {
+    let body = ask_json_as(st, node, method, path, who).await?;
     T::deserialize(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -291,48 +341,66 @@ fn session_track(t: TrackStatus) -> admin::SessionTrack {
 }
 
 /// A view that lists items, gathered from several nodes.
-trait Listing: DeserializeOwned {
+pub(super) trait Listing: DeserializeOwned {
     type Item;
-    fn items(self) -> Vec<Self::Item>;
+    /// The items, and whether the node that answered left some out.
+    fn items(self) -> (Vec<Self::Item>, bool);
 }
 
 impl Listing for admin::Sessions {
     type Item = admin::SessionInfo;
-    fn items(self) -> Vec<admin::SessionInfo> {
-        self.sessions
+    fn items(self) -> (Vec<admin::SessionInfo>, bool) {
+        (self.sessions, false)
     }
 }
 
 impl Listing for admin::Tracks {
     type Item = admin::Publication;
-    fn items(self) -> Vec<admin::Publication> {
-        self.tracks
+    fn items(self) -> (Vec<admin::Publication>, bool) {
+        (self.tracks, false)
     }
 }
 
+/// Items gathered from the nodes that answered.
+pub(super) struct Gathered<T> {
+    pub items: Vec<T>,
+    /// A node that answered left some of its items out.
+    pub truncated: bool,
+}
+
 /// Answers with this node's items (`local`), or asks the named node, or gathers from every
-/// live node (a node that fails to answer is logged and left out).
-async fn gather<L: Listing>(
+/// live node (a node that fails to answer is logged and left out), asking as `who`.
+pub(super) async fn gather<L: Listing>(
     st: &ApiState,
     node: Option<String>,
     path: &str,
     local: Vec<L::Item>,
-) -> Result<Vec<L::Item>, ApiError> {
+    who: &AskAs<'_>,
+) -> Result<Gathered<L::Item>, ApiError> {
+    let done = |items| Gathered {
+        items,
+        truncated: false,
+    };
     match node {
-        Some(n) if n == st.cluster.self_id => Ok(local),
+        Some(n) if n == st.cluster.self_id => Ok(done(local)),
         Some(n) => {
             let m = member(st, &n)?;
-            let v: L = ask(st, &m, Method::GET, &format!("{path}?node={n}")).await?;
-            Ok(v.items())
+            let v: L = ask_as(st, &m, Method::GET, &format!("{path}?node={n}"), who).await?;
+            let (items, truncated) = v.items();
+            Ok(Gathered { items, truncated })
         }
         None => {
-            let mut all = local;
+            let mut all = done(local);
             for m in others(st) {
                 let q = format!("{path}?node={}", m.node_id);
-                match ask::<L>(st, &m, Method::GET, &q).await {
-                    Ok(v) => all.extend(v.items()),
+                match ask_as::<L>(st, &m, Method::GET, &q, who).await {
+                    Ok(v) => {
+                        let (items, truncated) = v.items();
+                        all.items.extend(items);
+                        all.truncated |= truncated;
+                    }
                     Err(e) => {
-                        tracing::warn!(node = %m.node_id, error = %e.description, "admin gather")
+                        tracing::warn!(node = %m.node_id, error = %e.description, "gathering {path}")
                     }
                 }
             }
@@ -348,7 +416,9 @@ pub async fn sessions(
 ) -> AdminResult {
     check(&st, &headers)?;
     let local = local_sessions(&st).await?;
-    let sessions = gather::<admin::Sessions>(&st, q.node, "/admin/sessions", local).await?;
+    let sessions = gather::<admin::Sessions>(&st, q.node, "/admin/sessions", local, &AskAs::Admin)
+        .await?
+        .items;
     Ok(Json(admin::Sessions { sessions }).into_response())
 }
 
@@ -403,7 +473,9 @@ pub async fn tracks(
 ) -> AdminResult {
     check(&st, &headers)?;
     let local = local_tracks(&st).await?;
-    let tracks = gather::<admin::Tracks>(&st, q.node, "/admin/tracks", local).await?;
+    let tracks = gather::<admin::Tracks>(&st, q.node, "/admin/tracks", local, &AskAs::Admin)
+        .await?
+        .items;
     Ok(Json(admin::Tracks { tracks }).into_response())
 }
 

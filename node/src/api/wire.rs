@@ -220,3 +220,39 @@ pub struct SessionStateResponse {
     /// `tracks`: every track the session has had, with its status.
     pub tracks: Vec<TrackOut>,
 }
+
+/// `GET /v1/apps/{app}/sessions`, an extension to Calls: the app's live sessions in the cluster,
+/// with what each publishes. Also what one node answers another that gathers the listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSessions {
+    /// `sessions`: in session id order.
+    pub sessions: Vec<AppSession>,
+    /// `truncated`: sessions or tracks were left out to keep the answer within its bounds.
+    pub truncated: bool,
+}
+
+/// One live session in [`AppSessions`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSession {
+    /// `sessionId`: the id to pull its tracks by.
+    pub session_id: String,
+    /// `connected`: its PeerConnection is up right now.
+    pub connected: bool,
+    /// `tracks`: what it published, closed tracks listed as inactive.
+    pub tracks: Vec<AppTrack>,
+}
+
+/// One published track in [`AppSession`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppTrack {
+    /// `trackName`: the name to pull it by.
+    pub track_name: String,
+    /// `kind`: `audio` or `video`; absent once its transceiver is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `status`: `active` or `inactive`, as in `GET sessions/{id}`.
+    pub status: String,
+}

@@ -45,8 +45,9 @@ pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, PublicationSummary, RemoteTrack, SdpKind,
-    SessionDesc, SessionSummary, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
+    AppListing, AppSessionSummary, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL,
+    PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
+    TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};

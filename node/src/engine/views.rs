@@ -1,6 +1,8 @@
 //! Read-only views: the admin API's sessions and publications, `GET sessions/{id}`, counts.
 
-use super::ops::{PublicationSummary, SessionSummary, TrackStatus};
+use super::ops::{
+    AppListing, AppSessionSummary, PublicationSummary, PublishedTrack, SessionSummary, TrackStatus,
+};
 use super::publications::{Sink, Source};
 use super::session::Location;
 use super::{Engine, OpError};
@@ -41,6 +43,50 @@ impl Engine {
             connected: s.state.is_connected(),
             tracks,
         })
+    }
+
+    /// The app's sessions on this node with the tracks each published, for the app's own
+    /// listing: at most `max_sessions` sessions (lowest ids first) and `max_tracks` tracks each,
+    /// newest tracks kept; anything cut sets `truncated`.
+    pub fn app_listing(&self, app: &str, max_sessions: usize, max_tracks: usize) -> AppListing {
+        let mut ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.app == app)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        let mut out = AppListing {
+            truncated: ids.len() > max_sessions,
+            sessions: Vec::with_capacity(ids.len().min(max_sessions)),
+        };
+        for id in ids.into_iter().take(max_sessions) {
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            let local: Vec<_> = s
+                .tracks
+                .iter()
+                .filter(|e| e.location == Location::Local)
+                .collect();
+            let skip = local.len().saturating_sub(max_tracks);
+            out.truncated |= skip > 0;
+            let published = local
+                .into_iter()
+                .skip(skip)
+                .map(|e| PublishedTrack {
+                    track_name: e.track_name.clone(),
+                    kind: s.rtc.media(e.mid).map(|m| m.kind()),
+                    active: !e.closed && s.local_by_mid.contains_key(&e.mid),
+                })
+                .collect();
+            out.sessions.push(AppSessionSummary {
+                session_id: id,
+                connected: s.state.is_connected(),
+                published,
+            });
+        }
+        out
     }
 
     /// Tracks published on this node, with their local subscribers and relay downstream ids.

@@ -152,6 +152,37 @@ pub struct SessionSummary {
     pub tracks: Vec<TrackStatus>,
 }
 
+/// One session of an app as `GET /v1/apps/{app}/sessions` lists it: what it publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSessionSummary {
+    /// The session.
+    pub session_id: SessionId,
+    /// ICE and DTLS are up right now.
+    pub connected: bool,
+    /// The tracks it has published (closed ones as inactive), at most the listing's bound.
+    pub published: Vec<PublishedTrack>,
+}
+
+/// One track a session published, for the app's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    /// Its name within the session.
+    pub track_name: String,
+    /// Audio or video; `None` once its transceiver is gone.
+    pub kind: Option<MediaKind>,
+    /// Still carrying media: not closed and still mapped to its transceiver.
+    pub active: bool,
+}
+
+/// An app's sessions on this node, cut at the listing's bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppListing {
+    /// Sessions in id order.
+    pub sessions: Vec<AppSessionSummary>,
+    /// Some sessions or tracks were left out to keep the answer within its bounds.
+    pub truncated: bool,
+}
+
 /// One track published on this node, as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicationSummary {
