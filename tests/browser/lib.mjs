@@ -16,6 +16,8 @@ import { chromium } from 'playwright-core';
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const PAGES = path.join(HERE, 'pages');
 export const OUT = path.join(HERE, '.out');
+/** Where a failing test leaves a screenshot of each open page. */
+export const SCREENSHOTS = path.resolve(HERE, '../../target/browser-screenshots');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const NODE_BIN = process.env.TRACKMESH_BIN
   ? path.resolve(process.env.TRACKMESH_BIN)
@@ -228,6 +230,32 @@ export async function explain(node, browser, fn) {
     if (browser?.logs?.length) extra.push(`--- page console (last 30) ---\n${browser.logs.slice(-30).join('\n')}`);
     if (node) extra.push(`--- trackmesh stderr (last 40 lines) ---\n${tail(node.stderr())}`);
     e.message = `${e.message}\n${extra.join('\n')}`;
+    throw e;
+  }
+}
+
+/**
+ * Run `fn`; when it throws, save a screenshot of every open page of `browser` as
+ * `target/browser-screenshots/<name>-<n>.png` and name the files in the error.
+ */
+export async function screenshotsOnFailure(browser, name, fn) {
+  try {
+    return await fn();
+  } catch (e) {
+    const saved = [];
+    try {
+      fs.mkdirSync(SCREENSHOTS, { recursive: true });
+      const pages = browser?.ctx?.pages() || [];
+      for (const [i, page] of pages.entries()) {
+        const file = path.join(SCREENSHOTS, `${name}-${i}.png`);
+        await withTimeout(page.screenshot({ path: file, fullPage: true }), 10000, `screenshot ${file}`)
+          .then(() => saved.push(file), (err) => saved.push(`${file} (failed: ${err.message})`));
+      }
+    } catch (err) {
+      saved.push(`(screenshots failed: ${err.message})`);
+    }
+    if (saved.length) e.message = `${e.message}
+screenshots: ${saved.join(', ')}`;
     throw e;
   }
 }

@@ -1,0 +1,238 @@
+//! `GET /v1/apps/{app}/sessions`, the app's listing of its live sessions (an extension to Calls
+//! that the demo page's track picker and `/meet` use): who may call it, what it shows of a
+//! published track, its bounds, and that it covers every node of a cluster.
+
+use reqwest::Method;
+use serde_json::Value;
+use trackmesh_tests::{Cluster, MediaKind, Publisher, RawBody, TestNode, poll_until};
+
+/// The listed sessions, as (id, [(trackName, kind, status)]).
+fn sessions(v: &Value) -> Vec<(String, Vec<(String, String, String)>)> {
+    v["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sessions array in {v}"))
+        .iter()
+        .map(|s| {
+            let tracks = s["tracks"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no tracks array in {s}"))
+                .iter()
+                .map(|t| {
+                    let f = |k: &str| t[k].as_str().unwrap_or("").to_string();
+                    (f("trackName"), f("kind"), f("status"))
+                })
+                .collect();
+            (s["sessionId"].as_str().unwrap_or("").to_string(), tracks)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn listing_needs_the_apps_own_bearer() {
+    let node = TestNode::start(&["--app", "other:other-secret"]).expect("node");
+    let api = node.client();
+    let no_bearer = api
+        .request(Method::GET, "sessions", None, &[], RawBody::None)
+        .await
+        .expect("GET");
+    assert_eq!(
+        (no_bearer.status, no_bearer.json["errorCode"].as_str()),
+        (401, Some("unauthorized")),
+        "{}",
+        no_bearer.text
+    );
+    // another app's secret is not this app's
+    let (status, body) = api
+        .with_secret("other-secret")
+        .raw(Method::GET, "sessions", None)
+        .await
+        .expect("GET");
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let unknown = api.with_base(&format!("{}/v1/apps/no-such-app", node.http_url()));
+    let (status, body) = unknown
+        .raw(Method::GET, "sessions", None)
+        .await
+        .expect("GET");
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    // a call claiming to come from a member without its credential is refused, not answered
+    let forged = api
+        .request(
+            Method::GET,
+            "sessions",
+            Some(node.app_secret()),
+            &[("x-trackmesh-forwarded-by", "someone")],
+            RawBody::None,
+        )
+        .await
+        .expect("GET");
+    assert_eq!(forged.status, 401, "{}", forged.text);
+}
+
+#[tokio::test]
+async fn listing_shows_what_each_session_publishes_and_only_this_apps() {
+    let node = TestNode::start(&["--app", "other:other-secret"]).expect("node");
+    let api = node.client();
+    let publisher = Publisher::start(
+        &api,
+        "listed",
+        &[("cam", MediaKind::Video), ("mic", MediaKind::Audio)],
+    )
+    .await
+    .expect("publisher");
+    let viewer = api.sessions_new().await.expect("viewer session").session_id;
+    let other_app = api.with_base(&format!("{}/v1/apps/other", node.http_url()));
+    let other = other_app
+        .with_secret("other-secret")
+        .sessions_new()
+        .await
+        .expect("other app's session")
+        .session_id;
+
+    let (status, body) = api.raw(Method::GET, "sessions", None).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["truncated"], Value::Bool(false), "{body}");
+    let listed = sessions(&body);
+    let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(
+        !ids.contains(&other.as_str()),
+        "another app's session listed: {body}"
+    );
+    let (_, tracks) = listed
+        .iter()
+        .find(|(id, _)| *id == publisher.session_id)
+        .unwrap_or_else(|| panic!("publisher {} not listed: {body}", publisher.session_id));
+    let mut tracks = tracks.clone();
+    tracks.sort();
+    let want = |n: &str, k: &str, s: &str| (n.to_string(), k.to_string(), s.to_string());
+    assert_eq!(
+        tracks,
+        vec![
+            want("cam", "video", "active"),
+            want("mic", "audio", "active")
+        ]
+    );
+    let (_, viewer_tracks) = listed
+        .iter()
+        .find(|(id, _)| *id == viewer)
+        .unwrap_or_else(|| panic!("viewer {viewer} not listed: {body}"));
+    assert!(
+        viewer_tracks.is_empty(),
+        "a session that publishes nothing lists no tracks: {body}"
+    );
+
+    // a closed track stays listed, as inactive
+    let cam = publisher
+        .track(MediaKind::Video)
+        .expect("video")
+        .mid
+        .clone();
+    api.tracks_close(&publisher.session_id, &[&cam], true, None)
+        .await
+        .expect("close the camera");
+    let (_, body) = api.raw(Method::GET, "sessions", None).await.expect("GET");
+    let listed = sessions(&body);
+    let (_, tracks) = listed
+        .iter()
+        .find(|(id, _)| *id == publisher.session_id)
+        .unwrap_or_else(|| panic!("publisher not listed: {body}"));
+    let cam_now = tracks
+        .iter()
+        .find(|(n, _, _)| n == "cam")
+        .map(|t| t.2.as_str());
+    assert_eq!(cam_now, Some("inactive"), "{body}");
+}
+
+#[tokio::test]
+async fn listing_is_bounded_by_its_limit() {
+    let node = TestNode::start(&[]).expect("node");
+    let api = node.client();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(api.sessions_new().await.expect("session").session_id);
+    }
+    ids.sort();
+    let (status, body) = api
+        .raw(Method::GET, "sessions?limit=2", None)
+        .await
+        .expect("GET");
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<String> = sessions(&body).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        listed,
+        ids[..2].to_vec(),
+        "the lowest ids first, cut at the limit"
+    );
+    assert_eq!(body["truncated"], Value::Bool(true), "{body}");
+    let (_, all) = api.raw(Method::GET, "sessions", None).await.expect("GET");
+    assert_eq!(sessions(&all).len(), 3, "{all}");
+    assert_eq!(all["truncated"], Value::Bool(false), "{all}");
+    for bad in ["0", "201", "many"] {
+        let (status, body) = api
+            .raw(Method::GET, &format!("sessions?limit={bad}"), None)
+            .await
+            .expect("GET");
+        assert_eq!(
+            (status, body["errorCode"].as_str()),
+            (406, Some("invalid_params")),
+            "limit={bad}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn listing_covers_every_node_of_the_cluster() {
+    let cluster = Cluster::start(&[("a", "eu"), ("b", "eu")])
+        .await
+        .expect("cluster");
+    let on_a = cluster.client("a");
+    let publisher = Publisher::start(&on_a, "far", &[("cam", MediaKind::Video)])
+        .await
+        .expect("publisher on a");
+    let on_b = cluster.client("b");
+    let local_b = on_b.sessions_new().await.expect("session on b").session_id;
+    // asked on b: a's session comes from a, b's own from b
+    let want = [publisher.session_id.clone(), local_b.clone()];
+    let (body, _) = poll_until(
+        "b's listing to show both nodes' sessions",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(200),
+        async || {
+            let (status, body) = on_b.raw(Method::GET, "sessions", None).await?;
+            anyhow::ensure!(status == 200, "{status}: {body}");
+            let ids: Vec<String> = sessions(&body).into_iter().map(|(id, _)| id).collect();
+            anyhow::ensure!(want.iter().all(|w| ids.contains(w)), "{body}");
+            Ok(body)
+        },
+    )
+    .await
+    .expect("listing");
+    let listed = sessions(&body);
+    let (_, tracks) = listed
+        .iter()
+        .find(|(id, _)| *id == publisher.session_id)
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(
+        tracks,
+        &vec![("cam".to_string(), "video".to_string(), "active".to_string())]
+    );
+    assert_eq!(
+        listed.iter().filter(|(id, _)| *id == local_b).count(),
+        1,
+        "each session once: {body}"
+    );
+    // a wrong bearer on b is refused there, before anything is asked of a
+    let (status, _) = on_b
+        .with_secret("wrong")
+        .raw(Method::GET, "sessions", None)
+        .await
+        .expect("GET");
+    assert_eq!(status, 401);
+}
