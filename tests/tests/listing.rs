@@ -6,8 +6,11 @@ use reqwest::Method;
 use serde_json::Value;
 use trackmesh_tests::{Cluster, MediaKind, Publisher, RawBody, TestNode, poll_until};
 
-/// The listed sessions, as (id, [(trackName, kind, status)]).
-fn sessions(v: &Value) -> Vec<(String, Vec<(String, String, String)>)> {
+/// A listed track: (trackName, kind, status).
+type Listed = (String, String, String);
+
+/// The listed sessions, as (id, its tracks).
+fn sessions(v: &Value) -> Vec<(String, Vec<Listed>)> {
     v["sessions"]
         .as_array()
         .unwrap_or_else(|| panic!("no sessions array in {v}"))
