@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startNode, launchChromium, pollUntil, explain, OUT } from './lib.mjs';
+import { startNode, launchChromium, pollUntil, explain, screenshotsOnFailure, OUT } from './lib.mjs';
 
 let node, browser;
 
@@ -18,7 +18,7 @@ after(async () => {
   await node?.stop();
 });
 
-const errorText = (page) => page.locator('#error').evaluate((el) => (el.classList.contains('show') || getComputedStyle(el).display !== 'none' ? el.textContent : ''));
+const errorText = (page) => page.locator('#error').evaluate((el) => (el.classList.contains('show') ? el.textContent : ''));
 
 test('demo page: publish camera + mic, pull the video and the audio, close', async (t) => {
   await explain(node, browser, async () => {
@@ -110,4 +110,71 @@ test('demo page: publish camera + mic, pull the video and the audio, close', asy
       assert.deepEqual([g.status, g.json.errorCode], [410, 'session_error'], `GET session after "Stop publishing": ${JSON.stringify(g.json)}`);
     }
   });
+});
+
+test('demo page: each bad pull says what is wrong and opens no session; audio-only publish; the picker; mute; forget', async () => {
+  await screenshotsOnFailure(browser, 'demo-pulls', () => explain(node, browser, async () => {
+    const page = await browser.ctx.newPage();
+    await page.goto(`${node.origin}/`);
+    assert.doesNotMatch(await page.locator('#appId').getAttribute('placeholder'), /hex/, 'the app id placeholder does not claim a format');
+    // the first test typed them: this origin remembers them in a new tab
+    assert.equal(await page.locator('#appId').inputValue(), node.appId, 'the app id is remembered for this origin');
+    assert.equal(await page.locator('#appSecret').inputValue(), node.secret, 'the secret is remembered for this origin');
+    assert.match(await page.locator('#devWarning').textContent(), /Development only/);
+    const ids = async () => {
+      const r = await node.api('GET', '/sessions');
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      return r.json.sessions.map((s) => s.sessionId);
+    };
+    const before = await ids();
+
+    const pullFails = async (session, track, message, what) => {
+      await page.locator('#pullSession').fill(session);
+      await page.locator('#pullTrack').fill(track);
+      await page.locator('#pull').click();
+      const shown = await pollUntil(() => errorText(page), { timeoutMs: 10000, what: `an error for ${what}` });
+      assert.match(shown, message, `${what}: ${shown}`);
+      await pollUntil(() => page.locator('#pull').isEnabled(), { timeoutMs: 5000, what: '#pull enabled again' });
+    };
+    await pullFails('hello world', 'cam', /"hello world" is not a session id/, 'a malformed id');
+    await pullFails('0123456789abcdef0123456789abcdef', 'cam', /No session 0123456789abcdef0123456789abcdef in this app/, 'an unknown session');
+
+    // audio only: no camera
+    await page.locator('#camera').selectOption('none');
+    await page.locator('#publish').click();
+    await pollUntil(async () => /connected/.test(await page.locator('#pubStatus').textContent()) || await errorText(page),
+      { timeoutMs: 15000, what: 'the audio-only publish to connect' });
+    assert.equal(await errorText(page), '');
+    const pubSession = (await page.locator('#pubSession').textContent()).trim();
+    assert.deepEqual(await page.locator('#pubTracks li').evaluateAll((els) => els.map((e) => e.dataset.kind)), ['audio'], 'audio only: one audio track');
+    const audioName = (await page.locator('#pubTracks li .track-name').textContent()).trim();
+    await pullFails(pubSession, 'nope', new RegExp(`publishes no track named "nope"\\. It publishes: ${audioName}`), 'a wrong track name');
+    // none of the failed pulls left a session behind: the only new session is the publisher's
+    assert.deepEqual((await ids()).filter((id) => !before.includes(id)), [pubSession], 'failed pulls open no session');
+
+    // the picker lists the audio track; one click pulls it
+    await page.locator('#refreshLive').click();
+    const pick = page.locator(`#live li[data-session-id="${pubSession}"][data-track-name="${audioName}"] button.pick`);
+    await pollUntil(async () => (await pick.count()) === 1, { timeoutMs: 10000, what: 'the picker to list the audio track' });
+    await pick.click();
+    const card = page.locator('#remoteVideos .card[data-kind="audio"]');
+    await pollUntil(async () => (await card.count()) === 1 && Number(await card.getAttribute('data-packets')) > 0,
+      { timeoutMs: 15000, what: 'the picked audio track to receive packets' });
+    assert.equal(await errorText(page), '');
+
+    // mute
+    await page.locator('#muteMic').click();
+    assert.equal(await page.locator('#muteMic').textContent(), 'Unmute microphone');
+    assert.equal(await page.evaluate(() => window.trackmeshDemo.pub.tracks[0].track.enabled), false, 'muting disables the published track');
+
+    await page.locator('#closePulls').click();
+    await page.locator('#unpublish').click();
+    await pollUntil(async () => /not publishing/.test(await page.locator('#pubStatus').textContent()), { timeoutMs: 10000, what: 'stopped' });
+
+    // forget: gone from the page and from this origin's storage
+    await page.locator('#forget').click();
+    assert.equal(await page.locator('#appSecret').inputValue(), '');
+    assert.deepEqual(await page.evaluate(() => [localStorage.getItem('trackmesh.appId'), localStorage.getItem('trackmesh.appSecret')]), [null, null]);
+    await page.close();
+  }));
 });
