@@ -2,7 +2,9 @@
 // other two (their names and decoded video) as they arrive; someone in another room is not seen.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startNode, launchChromium, pollUntil, explain, screenshotsOnFailure } from './lib.mjs';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startNode, launchChromium, pollUntil, explain, screenshotsOnFailure, OUT } from './lib.mjs';
 
 let node, browser;
 
@@ -49,6 +51,8 @@ test('meet: three participants of one room see each other', async () => {
         { timeoutMs: 20000, intervalMs: 200, what: `${names[i]} to see ${want.join(' and ')} with video` })
         .catch(async (e) => { e.message += `\n${names[i]} sees: ${JSON.stringify(await seen(page))}`; throw e; });
     }
+    fs.mkdirSync(OUT, { recursive: true });
+    await pages[0].screenshot({ path: path.join(OUT, 'meet.png'), fullPage: true });
     for (const page of pages) {
       const shown = await page.evaluate(() => [...document.querySelectorAll('.participant')].map((c) => c.dataset.name));
       assert.ok(!shown.includes('mallory'), `someone in another room is not shown: ${shown}`);
