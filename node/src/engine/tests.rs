@@ -1318,7 +1318,7 @@ fn patch_checks_the_etag_and_a_new_ufrag_restarts_ice() {
             "x",
             streams::Role::Publisher,
             &sid,
-            Some(&quoted),
+            Some(quoted.as_str()),
             frag(&trickle),
             w.now
         ),

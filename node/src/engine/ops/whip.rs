@@ -237,7 +237,7 @@ impl Engine {
             .filter_map(|mid| {
                 let m = s.rtc.media(mid)?;
                 (m.direction().is_sending() && !m.remote_pts().is_empty())
-                    .then(|| (mid, m.kind()))
+                    .then_some((mid, m.kind()))
             })
             .collect();
         if mids.is_empty() {
