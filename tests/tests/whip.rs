@@ -264,7 +264,14 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_problems_with_their_status() {
-    let node = start_node(&["--whep-auto-create", "false", "--max-sessions", "3"]);
+    let node = start_node(&[
+        "--whep-auto-create",
+        "false",
+        "--max-sessions",
+        "3",
+        "--max-sessions-per-app",
+        "10",
+    ]);
     let api = node.client();
     let peer = Peer::new("bad").expect("peer");
     let (_, offer) = peer
@@ -313,13 +320,16 @@ async fn refusals_are_problems_with_their_status() {
     assert!(r.json["detail"].as_str().is_some_and(|d| d.contains("m-")), "{}", r.text);
 
     // No codec in common: every codec renamed to one the SFU does not know.
-    let alien = offer
-        .replace("opus/48000/2", "x-alien/48000/2")
-        .replace("VP8/90000", "x-alien/90000")
-        .replace("VP9/90000", "x-alien/90000")
-        .replace("H264/90000", "x-alien/90000")
-        .replace("AV1/90000", "x-alien/90000")
-        .replace("rtx/90000", "x-alien/90000");
+    let alien: String = offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')) {
+            Some((pt, codec)) => {
+                let rate = codec.split_once('/').map(|(_, r)| r).unwrap_or("90000");
+                format!("a=rtpmap:{pt} x-alien/{rate}\r\n")
+            }
+            None => format!("{l}\r\n"),
+        })
+        .collect();
     let r = send(&api, Method::POST, "whip/s", &[], &alien, Some(SDP)).await;
     assert_problem(&r, 422);
 

@@ -230,6 +230,19 @@ impl Streams {
         Some(m)
     }
 
+    /// Removes an auto-created stream that has neither publisher nor viewers (one whose first
+    /// request failed after creating it).
+    pub fn drop_if_unused(&mut self, app: &str, name: &str) {
+        let key = (app.to_string(), name.to_string());
+        if self
+            .streams
+            .get(&key)
+            .is_some_and(|s| !s.explicit && s.publisher.is_none() && s.viewers.is_empty())
+        {
+            self.streams.remove(&key);
+        }
+    }
+
     /// The streams of one app, by name.
     pub fn of_app<'a>(&'a self, app: &'a str) -> impl Iterator<Item = (&'a str, &'a Stream)> {
         self.streams

@@ -98,13 +98,18 @@ impl Engine {
             )));
         }
         self.open_stream(app, stream, policy.auto_create)?;
-        let (sid, _) = self.create_session(app, None, now)?;
-        let result = self.whip_accept(sid, app, stream, parsed, sending, now);
-        self.streams.set_remote_ufrag(sid, ice_ufrag);
+        let result = self.create_session(app, None, now).and_then(|(sid, _)| {
+            let r = self.whip_accept(sid, app, stream, parsed, sending, now);
+            if r.is_err() {
+                self.close_session(sid, now, "WHIP offer refused");
+            }
+            self.streams.set_remote_ufrag(sid, ice_ufrag);
+            self.drain(sid, now);
+            r
+        });
         if result.is_err() {
-            self.close_session(sid, now, "WHIP offer refused");
+            self.streams.drop_if_unused(app, stream);
         }
-        self.drain(sid, now);
         self.process_work(now);
         result
     }
@@ -206,13 +211,18 @@ impl Engine {
             )));
         }
         self.open_stream(app, stream, policy.auto_create)?;
-        let (sid, _) = self.create_session(app, None, now)?;
-        let result = self.whep_accept(sid, app, stream, parsed, offered, now);
-        self.streams.set_remote_ufrag(sid, ice_ufrag);
+        let result = self.create_session(app, None, now).and_then(|(sid, _)| {
+            let r = self.whep_accept(sid, app, stream, parsed, offered, now);
+            if r.is_err() {
+                self.close_session(sid, now, "WHEP offer refused");
+            }
+            self.streams.set_remote_ufrag(sid, ice_ufrag);
+            self.drain(sid, now);
+            r
+        });
         if result.is_err() {
-            self.close_session(sid, now, "WHEP offer refused");
+            self.streams.drop_if_unused(app, stream);
         }
-        self.drain(sid, now);
         self.process_work(now);
         result
     }
