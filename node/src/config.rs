@@ -712,7 +712,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 30] = [
+    const FILE_KEYS: [&str; 33] = [
         "http",
         "media",
         "public-ip",
@@ -727,6 +727,9 @@ mod tests {
         "max-sessions-per-app",
         "session-rate-ip",
         "session-rate-app",
+        "whip-auto-create",
+        "whep-auto-create",
+        "whep-max-viewers",
         "log-format",
         "node-id",
         "region",
@@ -781,6 +784,9 @@ mod tests {
             max-sessions-per-app = 8
             session-rate-ip = 9
             session-rate-app = 10
+            whip-auto-create = false
+            whep-auto-create = false
+            whep-max-viewers = 17
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -831,6 +837,14 @@ mod tests {
                 cfg.session_rate_app
             ),
             (8, 9, 10)
+        );
+        assert_eq!(
+            (
+                cfg.whip_auto_create,
+                cfg.whep_auto_create,
+                cfg.whep_max_viewers
+            ),
+            (false, false, 17)
         );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));

@@ -69,7 +69,15 @@ async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> 
         peer.create_recv_offer(&kinds).await
     }
     .expect("offer");
-    let r = send(api, Method::POST, &format!("{word}/{stream}"), &[], &offer, Some(SDP)).await;
+    let r = send(
+        api,
+        Method::POST,
+        &format!("{word}/{stream}"),
+        &[],
+        &offer,
+        Some(SDP),
+    )
+    .await;
     assert_eq!(r.status, 201, "{word} {stream}: {}", r.text);
     assert_eq!(r.header("content-type").as_deref(), Some(SDP));
     let location = r.header("location").expect("Location");
@@ -79,9 +87,14 @@ async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> 
     );
     let etag = r.header("etag").expect("ETag");
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
-    assert!(r.text.contains("a=candidate:"), "the answer holds the candidates");
+    assert!(
+        r.text.contains("a=candidate:"),
+        "the answer holds the candidates"
+    );
     peer.accept_answer(&r.text).await.expect("answer");
-    peer.wait_connected(CONNECT_TIMEOUT).await.expect("connects");
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("connects");
     if word == "whip" {
         peer.start_sending(&mids).await.expect("sending");
     }
@@ -139,7 +152,9 @@ async fn whip_publishes_whep_plays_and_calls_pulls_the_whip_tracks() {
         .await
         .expect("pull");
     let mid = pulled.tracks[0].mid.clone().expect("a mid");
-    peer.wait_connected(CONNECT_TIMEOUT).await.expect("connects");
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("connects");
     wait_media(&peer, &[mid]).await;
 
     // Counts show in the list once str0m has reported them (every 2 s).
@@ -215,7 +230,15 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
     )
     .await;
     assert_problem(&r, 412);
-    let r = send(&api, Method::PATCH, &p.location, &[], "a=candidate:junk\r\n", Some(SDPFRAG)).await;
+    let r = send(
+        &api,
+        Method::PATCH,
+        &p.location,
+        &[],
+        "a=candidate:junk\r\n",
+        Some(SDPFRAG),
+    )
+    .await;
     assert_problem(&r, 400);
     // Candidates only: a trickle.
     let trickle = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
@@ -251,7 +274,11 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("content-type").as_deref(), Some(SDPFRAG));
-    assert!(r.text.contains("a=ice-ufrag:") && r.text.contains("a=ice-pwd:"), "{}", r.text);
+    assert!(
+        r.text.contains("a=ice-ufrag:") && r.text.contains("a=ice-pwd:"),
+        "{}",
+        r.text
+    );
     let etag = r.header("etag").expect("a new ETag");
     assert_ne!(etag, p.etag);
 
@@ -259,7 +286,11 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
     assert_eq!(r.status, 200, "{}", r.text);
     let r = send(&api, Method::DELETE, &p.location, &[], "", None).await;
     assert_problem(&r, 410);
-    assert_eq!(streams(&api).await["streams"], json!([]), "the auto-created stream went");
+    assert_eq!(
+        streams(&api).await["streams"],
+        json!([]),
+        "the auto-created stream went"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,11 +325,35 @@ async fn refusals_are_problems_with_their_status() {
     let wrong = api.with_secret("wrong");
     let r = send(&wrong, Method::POST, "whip/s", &[], &offer, Some(SDP)).await;
     assert_problem(&r, 401);
-    let r = send(&api, Method::POST, "whip/s", &[], &offer, Some("application/json")).await;
+    let r = send(
+        &api,
+        Method::POST,
+        "whip/s",
+        &[],
+        &offer,
+        Some("application/json"),
+    )
+    .await;
     assert_problem(&r, 415);
-    let r = send(&api, Method::POST, "whip/s", &[], "v=0\r\nbanana\r\n", Some(SDP)).await;
+    let r = send(
+        &api,
+        Method::POST,
+        "whip/s",
+        &[],
+        "v=0\r\nbanana\r\n",
+        Some(SDP),
+    )
+    .await;
     assert_problem(&r, 400);
-    let r = send(&api, Method::POST, "whip/bad%2Fname", &[], &offer, Some(SDP)).await;
+    let r = send(
+        &api,
+        Method::POST,
+        "whip/bad%2Fname",
+        &[],
+        &offer,
+        Some(SDP),
+    )
+    .await;
     assert_problem(&r, 400);
 
     // An SDP with no media, and one with 1,000 m-lines (refused before it is parsed).
@@ -317,18 +372,24 @@ async fn refusals_are_problems_with_their_status() {
     }
     let r = send(&api, Method::POST, "whip/s", &[], &huge, Some(SDP)).await;
     assert_problem(&r, 400);
-    assert!(r.json["detail"].as_str().is_some_and(|d| d.contains("m-")), "{}", r.text);
+    assert!(
+        r.json["detail"].as_str().is_some_and(|d| d.contains("m-")),
+        "{}",
+        r.text
+    );
 
     // No codec in common: every codec renamed to one the SFU does not know.
     let alien: String = offer
         .lines()
-        .map(|l| match l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')) {
-            Some((pt, codec)) => {
-                let rate = codec.split_once('/').map(|(_, r)| r).unwrap_or("90000");
-                format!("a=rtpmap:{pt} x-alien/{rate}\r\n")
-            }
-            None => format!("{l}\r\n"),
-        })
+        .map(
+            |l| match l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')) {
+                Some((pt, codec)) => {
+                    let rate = codec.split_once('/').map(|(_, r)| r).unwrap_or("90000");
+                    format!("a=rtpmap:{pt} x-alien/{rate}\r\n")
+                }
+                None => format!("{l}\r\n"),
+            },
+        )
         .collect();
     let r = send(&api, Method::POST, "whip/s", &[], &alien, Some(SDP)).await;
     assert_problem(&r, 422);
@@ -394,7 +455,15 @@ async fn whip_is_rate_limited_per_app() {
         .expect("offer");
     let mut statuses = Vec::new();
     for i in 0..3 {
-        let r = send(&api, Method::POST, &format!("whip/r{i}"), &[], &offer, Some(SDP)).await;
+        let r = send(
+            &api,
+            Method::POST,
+            &format!("whip/r{i}"),
+            &[],
+            &offer,
+            Some(SDP),
+        )
+        .await;
         if r.status == 429 {
             assert_problem(&r, 429);
             assert!(r.header("retry-after").is_some());
@@ -422,7 +491,10 @@ async fn options_and_cors_expose_what_whip_clients_read() {
             &[
                 ("origin", "https://player.example"),
                 ("access-control-request-method", "POST"),
-                ("access-control-request-headers", "authorization, content-type"),
+                (
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
             ],
             RawBody::None,
         )

@@ -159,7 +159,8 @@ impl Engine {
                             nack_delta(&mut s.nacks_seen, st.mid, false, st.nacks)
                     }
                     Event::MediaEgressStats(st) => {
-                        s.media_counts.insert((st.mid, true), (st.packets, st.bytes));
+                        s.media_counts
+                            .insert((st.mid, true), (st.packets, st.bytes));
                         self.stats.nacks_received +=
                             nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }

@@ -48,7 +48,9 @@ pub fn parse(text: &str) -> Result<IceFrag, String> {
 fn cred(v: &str, what: &str) -> Result<String, String> {
     let v = v.trim();
     if v.is_empty() || v.len() > MAX_CRED_LEN || !v.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("{what} must be 1 to {MAX_CRED_LEN} printable characters"));
+        return Err(format!(
+            "{what} must be 1 to {MAX_CRED_LEN} printable characters"
+        ));
     }
     Ok(v.to_string())
 }

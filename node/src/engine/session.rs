@@ -202,7 +202,11 @@ impl Session {
     pub fn media_totals(&self) -> ((u64, u64), (u64, u64)) {
         let mut totals = ((0, 0), (0, 0));
         for ((_, egress), (packets, bytes)) in &self.media_counts {
-            let t = if *egress { &mut totals.1 } else { &mut totals.0 };
+            let t = if *egress {
+                &mut totals.1
+            } else {
+                &mut totals.0
+            };
             t.0 += packets;
             t.1 += bytes;
         }

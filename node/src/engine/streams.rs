@@ -288,12 +288,18 @@ mod tests {
         );
         assert_eq!(s.create("app", "x", false, now), Ok(true));
         assert!(s.set_publisher("app", "x", p, vec!["video".into()], true));
-        assert!(!s.set_publisher("app", "x", q, vec![], true), "one publisher");
+        assert!(
+            !s.set_publisher("app", "x", q, vec![], true),
+            "one publisher"
+        );
         assert!(s.add_viewer("app", "x", v, vec![]));
         assert!(s.get("other", "x").is_none(), "streams are per app");
         assert_eq!(s.session_closed(p).map(|m| m.role), Some(Role::Publisher));
         assert!(s.get("app", "x").is_some(), "a viewer keeps it");
-        assert!(s.set_publisher("app", "x", q, vec![], true), "a new one may come");
+        assert!(
+            s.set_publisher("app", "x", q, vec![], true),
+            "a new one may come"
+        );
         s.session_closed(q);
         s.session_closed(v);
         assert!(s.get("app", "x").is_none(), "auto-created and empty: gone");
@@ -312,7 +318,10 @@ mod tests {
         for i in 0..MAX_STREAMS {
             assert_eq!(s.create("a", &i.to_string(), true, now), Ok(true));
         }
-        assert_eq!(s.create("a", "one-more", true, now), Err(CreateRefused::Full));
+        assert_eq!(
+            s.create("a", "one-more", true, now),
+            Err(CreateRefused::Full)
+        );
         assert_eq!(s.create("a", "0", true, now), Ok(false), "existing is fine");
     }
 }

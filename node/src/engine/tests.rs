@@ -1058,7 +1058,11 @@ fn recv_offer(
     w: &mut World,
     c: usize,
     kinds: &[MediaKind],
-) -> (str0m::change::SdpOffer, str0m::change::SdpPendingOffer, Vec<Mid>) {
+) -> (
+    str0m::change::SdpOffer,
+    str0m::change::SdpPendingOffer,
+    Vec<Mid>,
+) {
     let mut sdp = w.clients[c].rtc().sdp_api();
     let mids = kinds
         .iter()
@@ -1074,7 +1078,11 @@ fn send_offer(
     w: &mut World,
     c: usize,
     kinds: &[MediaKind],
-) -> (str0m::change::SdpOffer, str0m::change::SdpPendingOffer, Vec<Mid>) {
+) -> (
+    str0m::change::SdpOffer,
+    str0m::change::SdpPendingOffer,
+    Vec<Mid>,
+) {
     let mut sdp = w.clients[c].rtc().sdp_api();
     let mids = kinds
         .iter()
@@ -1115,7 +1123,10 @@ fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
             },
         ],
     };
-    let res = w.engine.tracks_new(APP, &sub_sid, req, w.now).expect("pull");
+    let res = w
+        .engine
+        .tracks_new(APP, &sub_sid, req, w.now)
+        .expect("pull");
     assert!(!res.requires_immediate_renegotiation, "the SFU answers");
     let answer = res.description.expect("an answer");
     assert_eq!(answer.kind, SdpKind::Answer);
@@ -1154,7 +1165,10 @@ fn a_pull_with_an_offer_refuses_a_section_of_the_wrong_kind_or_direction() {
         offer: offer.to_sdp_string().into(),
         tracks: vec![one("cam", mids[0]), one("cam", mids[1])],
     };
-    let res = w.engine.tracks_new(APP, &sub_sid, req, w.now).expect("pull");
+    let res = w
+        .engine
+        .tracks_new(APP, &sub_sid, req, w.now)
+        .expect("pull");
     for t in &res.tracks {
         assert!(
             matches!(t.error, Some(TrackError::InvalidParams(_))) && t.mid.is_empty(),
@@ -1176,7 +1190,8 @@ fn a_whep_viewer_before_the_publisher_plays_it_when_it_comes() {
     w.connect(&[viewer]);
 
     let publisher = w.client();
-    let (offer, pending, pmids) = send_offer(&mut w, publisher, &[MediaKind::Audio, MediaKind::Video]);
+    let (offer, pending, pmids) =
+        send_offer(&mut w, publisher, &[MediaKind::Audio, MediaKind::Video]);
     let published = w
         .engine
         .whip_publish(APP, "live", offer.to_sdp_string().into(), POLICY, w.now)
@@ -1199,12 +1214,20 @@ fn a_whep_viewer_before_the_publisher_plays_it_when_it_comes() {
         Some(published.session_id)
     );
     assert_eq!(list[0].viewers.len(), 1);
-    assert!(!list[0].codecs.is_empty(), "codecs seen: {:?}", list[0].codecs);
+    assert!(
+        !list[0].codecs.is_empty(),
+        "codecs seen: {:?}",
+        list[0].codecs
+    );
 
     // The publisher is a Calls session too: its tracks can be pulled by name.
     let sub = w.client();
     let sub_sid = w.session();
-    let pulled = w.pull(sub, &sub_sid, &[(&published.session_id.to_string(), "video")]);
+    let pulled = w.pull(
+        sub,
+        &sub_sid,
+        &[(&published.session_id.to_string(), "video")],
+    );
     assert!(pulled.tracks[0].error.is_none(), "{:?}", pulled.tracks);
 }
 
@@ -1261,7 +1284,11 @@ fn deleting_a_stream_ends_its_sessions_and_a_bound_calls_session_feeds_viewers()
         .expect("bind");
     w.run(Duration::from_millis(1000));
     let vm = mids[0].to_string();
-    assert!(w.clients[viewer].frames(&vm) > 10, "{}", w.clients[viewer].frames(&vm));
+    assert!(
+        w.clients[viewer].frames(&vm) > 10,
+        "{}",
+        w.clients[viewer].frames(&vm)
+    );
     assert!(matches!(
         w.engine
             .stream_bind(APP, "calls", &pub_sid, vec!["nope".into()], w.now),
@@ -1352,9 +1379,15 @@ fn patch_checks_the_etag_and_a_new_ufrag_restarts_ice() {
         panic!("an ICE restart");
     };
     assert_ne!(etag, p.etag);
-    assert!(answer.contains("a=ice-ufrag:") && answer.contains("a=candidate:"), "{answer}");
+    assert!(
+        answer.contains("a=ice-ufrag:") && answer.contains("a=candidate:"),
+        "{answer}"
+    );
     w.engine
         .stream_session_delete(APP, "x", streams::Role::Publisher, &sid, w.now)
         .expect("delete");
-    assert!(w.engine.streams_list(APP).is_empty(), "auto-created, now empty");
+    assert!(
+        w.engine.streams_list(APP).is_empty(),
+        "auto-created, now empty"
+    );
 }

@@ -37,9 +37,7 @@ impl Engine {
         let sid = self.lookup(app, session_id)?;
         match self.streams.session(sid) {
             Some(m) if m.via_http && m.role == role && m.stream == stream => Ok(sid),
-            _ => Err(OpError::NotFound(format!(
-                "session {session_id} not found"
-            ))),
+            _ => Err(OpError::NotFound(format!("session {session_id} not found"))),
         }
     }
 

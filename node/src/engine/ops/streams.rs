@@ -58,7 +58,11 @@ impl Engine {
     /// Attaches the stream's publications to a viewer's sections that carry none: each section
     /// takes the first track of its kind this viewer does not receive yet.
     pub(in crate::engine) fn attach_viewer(&mut self, viewer: SessionId, now: Instant) {
-        let Some(m) = self.streams.session(viewer).filter(|m| m.role == Role::Viewer) else {
+        let Some(m) = self
+            .streams
+            .session(viewer)
+            .filter(|m| m.role == Role::Viewer)
+        else {
             return;
         };
         let mids = m.mids.clone();
@@ -229,7 +233,11 @@ impl Engine {
         out
     }
 
-    fn stream_session_view(&self, sid: SessionId, tracks: Vec<String>) -> Option<StreamSessionView> {
+    fn stream_session_view(
+        &self,
+        sid: SessionId,
+        tracks: Vec<String>,
+    ) -> Option<StreamSessionView> {
         let s = self.sessions.get(&sid)?;
         let ((packets_in, bytes_in), (packets_out, bytes_out)) = s.media_totals();
         Some(StreamSessionView {

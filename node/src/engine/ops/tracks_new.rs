@@ -17,7 +17,9 @@ impl Engine {
         let sid = self.lookup(app, session_id)?;
         let count = match &req {
             TracksNew::Local { tracks, .. } => tracks.len(),
-            TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } => tracks.len(),
+            TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } => {
+                tracks.len()
+            }
             TracksNew::OfferOnly { .. } => 0,
         };
         if count > MAX_TRACKS_PER_CALL {
