@@ -1391,3 +1391,92 @@ fn patch_checks_the_etag_and_a_new_ufrag_restarts_ice() {
         "auto-created, now empty"
     );
 }
+
+#[test]
+fn after_an_ice_restart_by_patch_the_client_stays_connected_with_the_new_credentials() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(60));
+    w.engine
+        .stream_bind(APP, "r", &pub_sid, vec!["cam".into()], w.now)
+        .expect("bind");
+    let viewer = w.client();
+    let (offer, pending, mids) = recv_offer(&mut w, viewer, &[MediaKind::Video]);
+    let played = w
+        .engine
+        .whep_play(APP, "r", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("play");
+    w.accept_answer(viewer, pending, &played.answer.sdp);
+    w.run(Duration::from_millis(500));
+    let vm = mids[0].to_string();
+    assert!(w.clients[viewer].frames(&vm) > 5);
+
+    // The client picks new credentials, sends them in a PATCH, and takes the server's.
+    let client_creds = str0m::IceCreds {
+        ufrag: "restartu".into(),
+        pass: "restartpasswordrestartpassword".into(),
+    };
+    let frag = crate::engine::sdpfrag::parse(&format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        client_creds.ufrag, client_creds.pass
+    ))
+    .expect("frag");
+    let Ok(Patched::Restarted { frag: answer, .. }) = w.engine.stream_session_patch(
+        APP,
+        "r",
+        streams::Role::Viewer,
+        &played.session_id.to_string(),
+        Some("*"),
+        frag,
+        w.now,
+    ) else {
+        panic!("an ICE restart");
+    };
+    let server = crate::engine::sdpfrag::parse(&answer)
+        .expect("the server's sdpfrag parses")
+        .creds
+        .expect("with credentials");
+    {
+        let mut api = w.clients[viewer].rtc().direct_api();
+        api.set_local_ice_credentials(client_creds);
+        api.set_remote_ice_credentials(str0m::IceCreds {
+            ufrag: server.0,
+            pass: server.1,
+        });
+    }
+    // Long enough for the client's checks (now under the new credentials) to have failed all
+    // their retransmits if the server did not take them (str0m gives up after about 30 s).
+    let before = w.clients[viewer].frames(&vm);
+    w.run(Duration::from_secs(60));
+    let stats = w.clients[viewer].stats().clone();
+    assert!(
+        !stats.ice_state.contains("Disconnected"),
+        "ICE state after the restart: {}",
+        stats.ice_state
+    );
+    assert!(
+        w.clients[viewer].frames(&vm) > before + 500,
+        "media flows on: {} then {}",
+        before,
+        w.clients[viewer].frames(&vm)
+    );
+}
+
+#[test]
+fn a_stream_takes_at_most_its_viewer_cap() {
+    let mut w = World::new(Duration::from_secs(30));
+    let cap = StreamPolicy {
+        auto_create: true,
+        max_viewers: 1,
+    };
+    let a = w.client();
+    let (offer, _, _) = recv_offer(&mut w, a, &[MediaKind::Video]);
+    w.engine
+        .whep_play(APP, "c", offer.to_sdp_string().into(), cap, w.now)
+        .expect("first viewer");
+    let b = w.client();
+    let (offer, _, _) = recv_offer(&mut w, b, &[MediaKind::Video]);
+    assert!(matches!(
+        w.engine
+            .whep_play(APP, "c", offer.to_sdp_string().into(), cap, w.now),
+        Err(OpError::Unavailable(_))
+    ));
+}
