@@ -1229,6 +1229,35 @@ fn a_whep_viewer_before_the_publisher_plays_it_when_it_comes() {
         &[(&published.session_id.to_string(), "video")],
     );
     assert!(pulled.tracks[0].error.is_none(), "{:?}", pulled.tracks);
+
+    // The publisher goes and another comes: the viewer plays the new one.
+    w.engine.close_session(published.session_id, w.now, "test");
+    w.senders.clear();
+    let second = w.client();
+    let (offer, pending, smids) = send_offer(&mut w, second, &[MediaKind::Audio, MediaKind::Video]);
+    let next = w
+        .engine
+        .whip_publish(APP, "live", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("a new publisher");
+    w.accept_answer(second, pending, &next.answer.sdp);
+    w.senders.push((second, smids[0], smids[1]));
+    let before = w.clients[viewer].frames(&vm);
+    w.run(Duration::from_millis(1500));
+    assert!(
+        w.clients[viewer].frames(&vm) > before + 20,
+        "video from the new publisher: {before} then {}",
+        w.clients[viewer].frames(&vm)
+    );
+    let listed = w
+        .engine
+        .session_tracks(APP, &played.session_id.to_string())
+        .expect("viewer");
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.session_id == Some(next.session_id.to_string()) && t.active),
+        "{listed:?}"
+    );
 }
 
 #[test]

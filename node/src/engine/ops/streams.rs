@@ -95,6 +95,16 @@ impl Engine {
                         .is_some_and(|p| p.kind == kind)
             });
             if let Some(name) = pick.cloned() {
+                // A section that played an earlier publisher lists the new source, as after
+                // `tracks/update`.
+                if let Some(e) = self
+                    .sessions
+                    .get_mut(&viewer)
+                    .and_then(|s| s.active_entry_mut(mid))
+                {
+                    e.track_name = name.clone();
+                    e.remote = Some((publisher, name.clone()));
+                }
                 self.subscribe(viewer, mid, (publisher, name), now);
                 attached = true;
             }
