@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::{get, options, post, put};
+use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use cluster::ClusterHandle;
@@ -163,25 +163,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
     // WHIP/WHEP and streams: only under /v1 (the unversioned prefix is Calls' legacy one).
     let v1 = calls
         .clone()
-        .route(
-            "/whip/{stream}",
-            post(whip::whip_post).options(whip::options),
-        )
-        .route(
-            "/whep/{stream}",
-            post(whip::whep_post).options(whip::options),
-        )
+        .route("/whip/{stream}", post(whip::whip_post))
+        .route("/whep/{stream}", post(whip::whep_post))
         .route(
             "/whip/{stream}/{session}",
-            options(whip::options)
-                .patch(whip::whip_patch)
-                .delete(whip::whip_delete),
+            patch(whip::whip_patch).delete(whip::whip_delete),
         )
         .route(
             "/whep/{stream}/{session}",
-            options(whip::options)
-                .patch(whip::whep_patch)
-                .delete(whip::whep_delete),
+            patch(whip::whep_patch).delete(whip::whep_delete),
         )
         .route("/streams", get(streams::list))
         .route(

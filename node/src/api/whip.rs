@@ -322,28 +322,26 @@ async fn delete(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `OPTIONS` without CORS headers (a WHIP client asking what the endpoint takes). A browser's
-/// preflight is answered by the CORS layer; [`accept_post`] adds `Accept-Post` to both.
-pub async fn options() -> Response {
-    let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut().insert(
-        header::ALLOW,
-        HeaderValue::from_static("OPTIONS, POST, PATCH, DELETE"),
-    );
-    res
-}
-
-/// `OPTIONS` on a WHIP/WHEP URL says which body `POST` takes (RFC 9725 §4.1).
+/// `OPTIONS` on a WHIP/WHEP endpoint says which body `POST` takes (RFC 9725 §4.1), and on a
+/// session URL which body `PATCH` takes. The CORS layer answers every `OPTIONS` (a preflight or
+/// not) before the router; this adds the header to its answer.
 pub async fn accept_post(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let stream_url = req.method() == Method::OPTIONS && {
-        let p = req.uri().path();
-        p.starts_with("/v1/apps/") && (p.contains("/whip/") || p.contains("/whep/"))
+    let accepts = if req.method() == Method::OPTIONS {
+        let parts: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').collect();
+        // "", "v1", "apps", {app}, "whip"|"whep", {stream}[, {session}]
+        match parts.as_slice() {
+            ["", "v1", "apps", _, "whip" | "whep", _] => Some(("accept-post", SDP)),
+            ["", "v1", "apps", _, "whip" | "whep", _, _] => Some(("accept-patch", SDPFRAG)),
+            _ => None,
+        }
+    } else {
+        None
     };
     let mut res = next.run(req).await;
-    if stream_url {
+    if let Some((name, value)) = accepts {
         res.headers_mut().insert(
-            header::HeaderName::from_static("accept-post"),
-            HeaderValue::from_static(SDP),
+            header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
         );
     }
     res
