@@ -4,7 +4,7 @@
 
 use str0m::Candidate;
 
-/// Most candidates one PATCH may carry.
+/// Most candidates one PATCH may carry, and one session may be sent in all.
 pub const MAX_CANDIDATES: usize = 64;
 /// Longest ICE ufrag or password accepted (RFC 8839 allows 256 characters).
 const MAX_CRED_LEN: usize = 256;

@@ -53,6 +53,8 @@ pub struct StreamSession {
     pub mids: Vec<(Mid, MediaKind)>,
     /// The client's ICE ufrag in use: a PATCH with another one is an ICE restart.
     pub remote_ufrag: Option<String>,
+    /// Remote candidates trickled so far (str0m keeps every distinct one: bounded here).
+    pub trickled: usize,
 }
 
 /// One stream.
@@ -158,6 +160,7 @@ impl Streams {
                 etag: random_hex(8),
                 mids: Vec::new(),
                 remote_ufrag: None,
+                trickled: 0,
             },
         );
         true
@@ -185,6 +188,7 @@ impl Streams {
                 etag: random_hex(8),
                 mids,
                 remote_ufrag: None,
+                trickled: 0,
             },
         );
         true
@@ -199,6 +203,17 @@ impl Streams {
     pub fn set_remote_ufrag(&mut self, id: SessionId, ufrag: Option<String>) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.remote_ufrag = ufrag;
+        }
+    }
+
+    /// Counts `n` more trickled candidates; false (and nothing counted) past `max` in all.
+    pub fn add_trickled(&mut self, id: SessionId, n: usize, max: usize) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(s) if s.trickled + n <= max => {
+                s.trickled += n;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -1395,6 +1395,27 @@ fn patch_checks_the_etag_and_a_new_ufrag_restarts_ice() {
         ),
         "the WHEP URL of a WHIP session is no session"
     );
+    // One candidate was trickled; 64 more would pass the session's bound.
+    let many: String = (0..64)
+        .map(|i| {
+            format!(
+                "a=candidate:{i} 1 udp 1 127.0.0.1 {} typ host\r\n",
+                41_000 + i
+            )
+        })
+        .collect();
+    assert!(matches!(
+        w.engine.stream_session_patch(
+            APP,
+            "x",
+            streams::Role::Publisher,
+            &sid,
+            None,
+            frag(&many),
+            w.now
+        ),
+        Err(OpError::Decoding(_))
+    ));
     let restart = "a=ice-ufrag:newu\r\na=ice-pwd:newpasswordnewpassword\r\n";
     let Ok(Patched::Restarted { frag: answer, etag }) = w.engine.stream_session_patch(
         APP,

@@ -71,6 +71,15 @@ impl Engine {
             .creds
             .as_ref()
             .is_some_and(|(u, _)| member.remote_ufrag.as_deref() != Some(u.as_str()));
+        if !self
+            .streams
+            .add_trickled(sid, frag.candidates.len(), sdpfrag::MAX_CANDIDATES)
+        {
+            return Err(OpError::Decoding(format!(
+                "a session takes at most {} trickled candidates",
+                sdpfrag::MAX_CANDIDATES
+            )));
+        }
         let mut result = Patched::Trickled;
         if let Some((ufrag, pass)) = frag.creds.filter(|_| restart) {
             let mut local = random_hex(4);
