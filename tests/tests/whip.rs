@@ -531,3 +531,46 @@ async fn options_and_cors_expose_what_whip_clients_read() {
         assert!(exposed.contains(h), "{exposed}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_create_off_body_limit_and_drain_are_problems() {
+    let node = start_node(&[
+        "--whip-auto-create",
+        "false",
+        "--max-body",
+        "20000",
+        "--admin-token",
+        "whip-admin",
+    ]);
+    let api = node.client();
+    let peer = Peer::new("drain").expect("peer");
+    let (_, offer) = peer
+        .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    let r = send(&api, Method::POST, "whip/nobody", &[], &offer, Some(SDP)).await;
+    assert_problem(&r, 404);
+    let padded = format!("{offer}{}", "a=x-pad:0123456789\r\n".repeat(1500));
+    let r = send(&api, Method::POST, "whip/nobody", &[], &padded, Some(SDP)).await;
+    assert_problem(&r, 413);
+
+    let (status, _) = api
+        .raw(Method::POST, "streams/made", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201);
+    let drain = api
+        .request(
+            Method::POST,
+            &format!("{}/admin/drain/{}", node.http_url(), node.node_id()),
+            Some("whip-admin"),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("drain");
+    assert_eq!(drain.status, 200, "{}", drain.text);
+    let r = send(&api, Method::POST, "whip/made", &[], &offer, Some(SDP)).await;
+    assert_problem(&r, 503);
+    assert!(r.header("retry-after").is_some());
+}
