@@ -63,12 +63,12 @@ impl ApiError {
         )
     }
 
-    /// 405 `method_not_allowed`: a path or method this node does not implement (kept for WHIP/WHEP).
+    /// 405 `method_not_allowed`: a path or method this node does not implement.
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "this path or method is not implemented (reserved for future WHIP/WHEP)",
+            "this path or method is not implemented",
         )
     }
 }

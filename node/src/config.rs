@@ -138,6 +138,16 @@ pub struct Flags {
     /// New sessions per second allowed for one app [default: 200].
     #[arg(long, env = "TRACKMESH_SESSION_RATE_APP")]
     pub session_rate_app: Option<u32>,
+    /// WHIP creates the stream it publishes to when it does not exist [default: true].
+    #[arg(long, env = "TRACKMESH_WHIP_AUTO_CREATE")]
+    pub whip_auto_create: Option<bool>,
+    /// WHEP creates the stream it plays when it does not exist, so a viewer may come before the
+    /// publisher and its media starts when the publisher does [default: true].
+    #[arg(long, env = "TRACKMESH_WHEP_AUTO_CREATE")]
+    pub whep_auto_create: Option<bool>,
+    /// Most WHEP viewers of one stream on this node [default: 500].
+    #[arg(long, env = "TRACKMESH_WHEP_MAX_VIEWERS")]
+    pub whep_max_viewers: Option<usize>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     // Declared here for the order of the file's keys in error messages; listed last in --help.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
@@ -298,6 +308,12 @@ pub struct Config {
     pub session_rate_ip: u32,
     /// New sessions per second for one app.
     pub session_rate_app: u32,
+    /// WHIP creates a missing stream (`--whip-auto-create`).
+    pub whip_auto_create: bool,
+    /// WHEP creates a missing stream (`--whep-auto-create`).
+    pub whep_auto_create: bool,
+    /// WHEP viewers per stream on this node (`--whep-max-viewers`).
+    pub whep_max_viewers: usize,
     /// Text for people, JSON for log pipelines.
     pub log_format: LogFormat,
     /// This node's name in the cluster (`--node-id`).
@@ -384,6 +400,18 @@ impl Config {
                 .session_rate_app
                 .or(file.session_rate_app)
                 .unwrap_or(200),
+            whip_auto_create: flags
+                .whip_auto_create
+                .or(file.whip_auto_create)
+                .unwrap_or(true),
+            whep_auto_create: flags
+                .whep_auto_create
+                .or(file.whep_auto_create)
+                .unwrap_or(true),
+            whep_max_viewers: flags
+                .whep_max_viewers
+                .or(file.whep_max_viewers)
+                .unwrap_or(500),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             node_id: flags
                 .node_id
@@ -462,6 +490,9 @@ impl Config {
         }
         if cfg.max_sessions_per_app == 0 {
             bail!("max-sessions-per-app must be at least 1");
+        }
+        if cfg.whep_max_viewers == 0 {
+            bail!("whep-max-viewers must be at least 1");
         }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
@@ -681,7 +712,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 30] = [
+    const FILE_KEYS: [&str; 33] = [
         "http",
         "media",
         "public-ip",
@@ -696,6 +727,9 @@ mod tests {
         "max-sessions-per-app",
         "session-rate-ip",
         "session-rate-app",
+        "whip-auto-create",
+        "whep-auto-create",
+        "whep-max-viewers",
         "log-format",
         "node-id",
         "region",
@@ -750,6 +784,9 @@ mod tests {
             max-sessions-per-app = 8
             session-rate-ip = 9
             session-rate-app = 10
+            whip-auto-create = false
+            whep-auto-create = false
+            whep-max-viewers = 17
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -800,6 +837,14 @@ mod tests {
                 cfg.session_rate_app
             ),
             (8, 9, 10)
+        );
+        assert_eq!(
+            (
+                cfg.whip_auto_create,
+                cfg.whep_auto_create,
+                cfg.whep_max_viewers
+            ),
+            (false, false, 17)
         );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));

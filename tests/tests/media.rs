@@ -779,3 +779,54 @@ async fn vanished_publisher_session_expires_after_grace() {
         .expect("GET subscriber");
     assert_eq!(st.tracks.len(), 2, "{st:?}");
 }
+
+/// A pull that brings the client's own offer (`recvonly` sections named by each track's `mid`)
+/// is answered by the SFU at once, with no renegotiation, and the media arrives on those mids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
+    use trackmesh_tests::{SessionDescription, TrackObject, TracksRequest};
+    let node = start_node(&[]);
+    let api = node.client();
+    let p = Publisher::start_av(&api, "offer-pub")
+        .await
+        .expect("publisher");
+    let sub = api.sessions_new().await.expect("sessions/new").session_id;
+    let peer = Peer::new("offer-sub").expect("peer");
+    let (mids, offer) = peer
+        .create_recv_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    let tracks = p
+        .tracks
+        .iter()
+        .zip(&mids)
+        .map(|(t, mid)| TrackObject {
+            mid: Some(mid.clone()),
+            ..TrackObject::remote(&p.session_id, &t.track_name)
+        })
+        .collect();
+    let req = TracksRequest {
+        session_description: Some(SessionDescription::offer(offer)),
+        tracks: Some(tracks),
+        auto_discover: None,
+    };
+    let resp = api.tracks_new(&sub, &req).await.expect("tracks/new");
+    assert_ne!(
+        resp.requires_immediate_renegotiation,
+        Some(true),
+        "{resp:?}"
+    );
+    let answer = resp.session_description.expect("an answer");
+    assert_eq!(answer.kind, "answer");
+    for (item, mid) in resp.tracks.iter().zip(&mids) {
+        assert_eq!(item.mid.as_deref(), Some(mid.as_str()), "{item:?}");
+        assert!(item.error_code.is_none(), "{item:?}");
+    }
+    peer.accept_answer(&answer.sdp).await.expect("accept");
+    let mids2 = mids.clone();
+    peer.wait_until("media on both mids", MEDIA_TIMEOUT, move |s| {
+        mids2.iter().all(|m| s.rx_frames(m) >= 10)
+    })
+    .await
+    .expect("media arrives");
+}

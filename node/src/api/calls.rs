@@ -67,7 +67,7 @@ const PARSER_WAIT: Duration = Duration::from_secs(2);
 /// Runs SDP parsing on the blocking pool: a large SDP costs milliseconds, which must not be spent
 /// on the engine task (it forwards all media) nor hold up an async worker. At most
 /// `sdp_parsers` run at once.
-async fn off_engine<T: Send + 'static>(
+pub(super) async fn off_engine<T: Send + 'static>(
     st: &ApiState,
     parse: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -285,11 +285,18 @@ pub async fn tracks_new(
                 })
                 .collect(),
         },
-        (0, _, Some(_)) => {
-            return Err(ApiError::invalid_params(
-                "pulling remote tracks takes no sessionDescription: the SFU sends the offer",
-            ));
-        }
+        // Each remote track's mid names the offer's receiving section; the SFU answers.
+        (0, _, Some(offer)) => TracksNew::RemoteWithOffer {
+            offer,
+            tracks: tracks
+                .into_iter()
+                .map(|t| RemoteTrack {
+                    session_id: t.session_id,
+                    track_name: t.track_name,
+                    mid: t.mid,
+                })
+                .collect(),
+        },
         _ => {
             return Err(ApiError::invalid_params(
                 "a request must be all local or all remote tracks",
@@ -303,7 +310,7 @@ pub async fn tracks_new(
         )));
     }
     wait_connected(&st, &app, &session).await?;
-    if let TracksNew::Remote { tracks } = &op {
+    if let TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } = &op {
         let wanted = tracks.iter().filter_map(|t| {
             Some((
                 SessionId::parse(t.session_id.as_deref()?)?,
@@ -351,7 +358,7 @@ fn validate_required(tracks: &[TrackObject], with_offer: bool) -> Result<(), Api
 fn tracks_len(op: &TracksNew) -> usize {
     match op {
         TracksNew::Local { tracks, .. } => tracks.len(),
-        TracksNew::Remote { tracks } => tracks.len(),
+        TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } => tracks.len(),
         TracksNew::OfferOnly { .. } => 0,
     }
 }

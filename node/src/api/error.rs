@@ -20,6 +20,13 @@ impl From<OpError> for ApiError {
                 "temporarily_unavailable_error",
                 d,
             ),
+            OpError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            OpError::Unprocessable(d) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", d)
+            }
+            OpError::PreconditionFailed(d) => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", d)
+            }
             OpError::Internal(d) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", d)
             }

@@ -1,6 +1,8 @@
 //! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}` (with
-//! the app's session listing, an extension), the demo page at `/` and the meeting view at
-//! `/meet`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
+//! the app's session listing, an extension), WHIP/WHEP and the streams API under
+//! `/v1/apps/{appId}` (`whip.rs`, `streams.rs`, RFC 9457 errors from `problem.rs`), the demo page
+//! at `/` and the meeting view at `/meet`, and `/healthz`. Unknown paths and verbs get a JSON 405,
+//! as Calls answers.
 
 mod calls;
 mod cluster;
@@ -9,7 +11,10 @@ mod guard;
 mod listing;
 pub mod node_auth;
 mod ops;
+mod problem;
 mod quota;
+mod streams;
+pub mod whip;
 pub mod wire;
 
 use std::sync::Arc;
@@ -19,7 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use cluster::ClusterHandle;
@@ -62,6 +67,17 @@ pub struct ApiState {
     admin_token: Option<String>,
     /// Client for forwarding calls to the node that owns a session.
     http: reqwest::Client,
+    /// This node's id, shown in the streams list.
+    node_id: String,
+    /// WHIP/WHEP stream settings.
+    streams: StreamSettings,
+}
+
+/// The WHIP/WHEP settings of the node.
+struct StreamSettings {
+    whip_auto_create: bool,
+    whep_auto_create: bool,
+    whep_max_viewers: usize,
 }
 
 impl ApiState {
@@ -101,6 +117,12 @@ impl ApiState {
             max_sessions: cfg.max_sessions,
             max_body: cfg.max_body,
             connect_timeout: cfg.connect_timeout,
+            node_id: cfg.node_id.clone(),
+            streams: StreamSettings {
+                whip_auto_create: cfg.whip_auto_create,
+                whep_auto_create: cfg.whep_auto_create,
+                whep_max_viewers: cfg.whep_max_viewers,
+            },
         }
     }
 }
@@ -157,6 +179,25 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/sessions", get(listing::app_sessions))
         .route("/generate-ice-servers", get(calls::ice_servers))
         .merge(sessions);
+    // WHIP/WHEP and streams: only under /v1 (the unversioned prefix is Calls' legacy one).
+    let v1 = calls
+        .clone()
+        .route("/whip/{stream}", post(whip::whip_post))
+        .route("/whep/{stream}", post(whip::whep_post))
+        .route(
+            "/whip/{stream}/{session}",
+            patch(whip::whip_patch).delete(whip::whip_delete),
+        )
+        .route(
+            "/whep/{stream}/{session}",
+            patch(whip::whep_patch).delete(whip::whep_delete),
+        )
+        .route("/streams", get(streams::list))
+        .route(
+            "/streams/{stream}",
+            post(streams::create).delete(streams::delete),
+        )
+        .route("/streams/{stream}/publisher", put(streams::bind));
     // Browsers call the API from other origins (the Calls echo examples do); answer preflights
     // for any origin and header, and say `Vary: Origin`.
     let cors = CorsLayer::new()
@@ -169,9 +210,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             Method::DELETE,
         ])
         .allow_headers(AllowHeaders::mirror_request())
+        // WHIP/WHEP clients in a browser read these from the 201 and the PATCH answers.
+        .expose_headers([header::LOCATION, header::ETAG, header::LINK])
         .max_age(Duration::from_secs(600));
     Router::new()
-        .nest("/v1/apps/{app}", calls.clone())
+        .nest("/v1/apps/{app}", v1)
         .nest("/apps/{app}", calls)
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/meet", get(|| async { Html(MEET_PAGE) }))
@@ -207,6 +250,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Bodies are read with our own limit so an oversized one gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .layer(cors)
+        .layer(axum::middleware::from_fn(whip::accept_post))
         .layer(axum::middleware::map_response(no_store))
         .layer(axum::middleware::from_fn(close_after_refused_body))
 }

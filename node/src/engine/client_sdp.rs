@@ -15,6 +15,8 @@ use super::sdp::{OfferedMedia, has_ice_ufrag, media_sections, set_inactive};
 pub struct ClientOffer {
     pub(crate) sections: Vec<OfferedMedia>,
     pub(crate) parsed: Result<SdpOffer, OpError>,
+    /// The client's ICE ufrag (WHIP/WHEP tell a trickle from an ICE restart by it).
+    pub(crate) ice_ufrag: Option<String>,
 }
 
 impl ClientOffer {
@@ -23,6 +25,10 @@ impl ClientOffer {
         ClientOffer {
             sections: media_sections(text),
             parsed: parse_offer(text),
+            ice_ufrag: text
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+                .map(str::to_string),
         }
     }
 

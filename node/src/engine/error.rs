@@ -22,6 +22,15 @@ pub enum OpError {
     /// The node is full.
     #[error("{0}")]
     Unavailable(String),
+    /// The named thing already exists or is taken (a stream's publisher).
+    #[error("{0}")]
+    Conflict(String),
+    /// The SDP was read, but nothing in it can be used (no codec in common).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The client's view of the session (its `If-Match` ETag) is not the current one.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A bug or an impossible state; the request may be retried.
     #[error("{0}")]
     Internal(String),

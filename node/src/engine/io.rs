@@ -153,10 +153,14 @@ impl Engine {
                     }
                     // str0m reports cumulative NACK counts per mid every stats interval.
                     Event::MediaIngressStats(st) => {
+                        s.media_counts
+                            .insert((st.mid, false), (st.packets, st.bytes));
                         self.stats.nacks_sent +=
                             nack_delta(&mut s.nacks_seen, st.mid, false, st.nacks)
                     }
                     Event::MediaEgressStats(st) => {
+                        s.media_counts
+                            .insert((st.mid, true), (st.packets, st.bytes));
                         self.stats.nacks_received +=
                             nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }

@@ -11,6 +11,8 @@
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
+//! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
+//!   `ops/` (`whip`, `streams`, `session_url`);
 //! - `views.rs`, `stats.rs`: what the admin API and the metrics read;
 //! - `error.rs`: typed errors ([`OpError`], [`TrackError`]); the API maps them to Calls codes.
 //!
@@ -28,9 +30,11 @@ mod relay;
 mod relay_messages;
 mod sdp;
 pub mod sdp_limits;
+pub mod sdpfrag;
 mod session;
 mod sessions;
 mod stats;
+pub mod streams;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -45,9 +49,10 @@ pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    AppListing, AppSessionSummary, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL,
+    AppListing, AppSessionSummary, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, Patched,
     PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
-    TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
+    StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
+    TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
@@ -135,6 +140,8 @@ pub struct Engine {
     stats: Stats,
     /// Session set-up times (creation to media flowing) not yet taken by the metrics.
     setup_times: Vec<Duration>,
+    /// Named streams (WHIP/WHEP) and their sessions.
+    streams: streams::Streams,
 }
 
 impl Engine {
@@ -163,6 +170,7 @@ impl Engine {
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),
             setup_times: Vec::new(),
+            streams: streams::Streams::default(),
         }
     }
 

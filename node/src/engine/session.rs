@@ -152,6 +152,8 @@ pub struct Session {
     pub timeout: Instant,
     /// Last cumulative NACK counts str0m reported, per (mid, egress).
     pub nacks_seen: HashMap<(Mid, bool), u64>,
+    /// Last cumulative (packets, bytes) str0m reported, per (mid, egress), for the streams list.
+    pub media_counts: HashMap<(Mid, bool), (u64, u64)>,
     /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
     /// so matching payload parameters is not redone for every frame.
     pub send_pt: HashMap<Mid, (Option<Pt>, Pt)>,
@@ -189,10 +191,26 @@ impl Session {
             remote_by_mid: HashMap::new(),
             timeout: now,
             nacks_seen: HashMap::new(),
+            media_counts: HashMap::new(),
             send_pt: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),
         }
+    }
+
+    /// (packets, bytes) received from the client and sent to it, as str0m last reported them.
+    pub fn media_totals(&self) -> ((u64, u64), (u64, u64)) {
+        let mut totals = ((0, 0), (0, 0));
+        for ((_, egress), (packets, bytes)) in &self.media_counts {
+            let t = if *egress {
+                &mut totals.1
+            } else {
+                &mut totals.0
+            };
+            t.0 += packets;
+            t.1 += bytes;
+        }
+        totals
     }
 
     /// Its active published track of that name, so names stay unique among active tracks.

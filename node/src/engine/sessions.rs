@@ -65,6 +65,7 @@ impl Engine {
         for name in s.local_by_mid.values() {
             self.unpublish(&(sid, name.clone()));
         }
+        self.streams.session_closed(sid);
         for (mid, key) in &s.remote_by_mid {
             if let Some(p) = self.publications.get_mut(key) {
                 p.subscribers.retain(|k| *k != Sink::Session(sid, *mid));

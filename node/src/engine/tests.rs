@@ -1051,3 +1051,482 @@ fn a_subscribers_keyframe_request_is_counted_and_reaches_the_publisher() {
         "the publisher is asked for a keyframe"
     );
 }
+
+/// Client `c` offers one receiving section per kind; returns the offer, its pending state and
+/// the mids.
+fn recv_offer(
+    w: &mut World,
+    c: usize,
+    kinds: &[MediaKind],
+) -> (
+    str0m::change::SdpOffer,
+    str0m::change::SdpPendingOffer,
+    Vec<Mid>,
+) {
+    let mut sdp = w.clients[c].rtc().sdp_api();
+    let mids = kinds
+        .iter()
+        .map(|k| sdp.add_media(*k, Direction::RecvOnly, None, None, None))
+        .collect();
+    let (offer, pending) = sdp.apply().expect("offer");
+    (offer, pending, mids)
+}
+
+/// Client `c` offers one sending section per kind; returns the offer, its pending state and
+/// the mids.
+fn send_offer(
+    w: &mut World,
+    c: usize,
+    kinds: &[MediaKind],
+) -> (
+    str0m::change::SdpOffer,
+    str0m::change::SdpPendingOffer,
+    Vec<Mid>,
+) {
+    let mut sdp = w.clients[c].rtc().sdp_api();
+    let mids = kinds
+        .iter()
+        .map(|k| sdp.add_media(*k, Direction::SendOnly, None, None, None))
+        .collect();
+    let (offer, pending) = sdp.apply().expect("offer");
+    (offer, pending, mids)
+}
+
+const POLICY: StreamPolicy = StreamPolicy {
+    auto_create: true,
+    max_viewers: 10,
+};
+
+#[test]
+fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let (offer, pending, mids) = recv_offer(&mut w, sub, &[MediaKind::Audio, MediaKind::Video]);
+    let req = TracksNew::RemoteWithOffer {
+        offer: offer.to_sdp_string().into(),
+        tracks: vec![
+            RemoteTrack {
+                session_id: Some(pub_sid.clone()),
+                track_name: Some("mic".into()),
+                mid: Some(mids[0].to_string()),
+            },
+            RemoteTrack {
+                session_id: Some(pub_sid.clone()),
+                track_name: Some("cam".into()),
+                mid: Some(mids[1].to_string()),
+            },
+            RemoteTrack {
+                session_id: Some(pub_sid.clone()),
+                track_name: Some("nope".into()),
+                mid: Some("99".into()),
+            },
+        ],
+    };
+    let res = w
+        .engine
+        .tracks_new(APP, &sub_sid, req, w.now)
+        .expect("pull");
+    assert!(!res.requires_immediate_renegotiation, "the SFU answers");
+    let answer = res.description.expect("an answer");
+    assert_eq!(answer.kind, SdpKind::Answer);
+    assert!(answer.sdp.contains("a=sendonly"), "{}", answer.sdp);
+    assert_eq!(res.tracks[0].mid, mids[0].to_string());
+    assert_eq!(res.tracks[1].mid, mids[1].to_string());
+    assert_eq!(res.tracks[2].error, Some(TrackError::NotFound));
+    w.accept_answer(sub, pending, &answer.sdp);
+    w.run(Duration::from_millis(1500));
+    let s = &w.clients[sub];
+    assert!(s.connected());
+    let (am, vm) = (mids[0].to_string(), mids[1].to_string());
+    assert!(s.frames(&am) > 20, "audio frames: {}", s.frames(&am));
+    assert!(s.frames(&vm) > 20, "video frames: {}", s.frames(&vm));
+    assert!(s.keyframes(&vm) > 0);
+}
+
+#[test]
+fn a_pull_with_an_offer_refuses_a_section_of_the_wrong_kind_or_direction() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let (offer, _pending, mids) = {
+        let mut sdp = w.clients[sub].rtc().sdp_api();
+        let a = sdp.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let v = sdp.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (o, p) = sdp.apply().expect("offer");
+        (o, p, [a, v])
+    };
+    let one = |name: &str, mid: Mid| RemoteTrack {
+        session_id: Some(pub_sid.clone()),
+        track_name: Some(name.into()),
+        mid: Some(mid.to_string()),
+    };
+    let req = TracksNew::RemoteWithOffer {
+        offer: offer.to_sdp_string().into(),
+        tracks: vec![one("cam", mids[0]), one("cam", mids[1])],
+    };
+    let res = w
+        .engine
+        .tracks_new(APP, &sub_sid, req, w.now)
+        .expect("pull");
+    for t in &res.tracks {
+        assert!(
+            matches!(t.error, Some(TrackError::InvalidParams(_))) && t.mid.is_empty(),
+            "{t:?}"
+        );
+    }
+}
+
+#[test]
+fn a_whep_viewer_before_the_publisher_plays_it_when_it_comes() {
+    let mut w = World::new(Duration::from_secs(30));
+    let viewer = w.client();
+    let (offer, pending, mids) = recv_offer(&mut w, viewer, &[MediaKind::Audio, MediaKind::Video]);
+    let played = w
+        .engine
+        .whep_play(APP, "live", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("play");
+    w.accept_answer(viewer, pending, &played.answer.sdp);
+    w.connect(&[viewer]);
+
+    let publisher = w.client();
+    let (offer, pending, pmids) =
+        send_offer(&mut w, publisher, &[MediaKind::Audio, MediaKind::Video]);
+    let published = w
+        .engine
+        .whip_publish(APP, "live", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("publish");
+    assert_eq!(published.tracks, vec!["audio", "video"]);
+    assert_ne!(published.etag, played.etag);
+    w.accept_answer(publisher, pending, &published.answer.sdp);
+    w.senders.push((publisher, pmids[0], pmids[1]));
+    w.run(Duration::from_millis(1500));
+    let v = &w.clients[viewer];
+    let (am, vm) = (mids[0].to_string(), mids[1].to_string());
+    assert!(v.frames(&am) > 20, "audio frames: {}", v.frames(&am));
+    assert!(v.frames(&vm) > 20, "video frames: {}", v.frames(&vm));
+    assert!(v.keyframes(&vm) > 0);
+
+    let list = w.engine.streams_list(APP);
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].publisher.as_ref().map(|p| p.session_id),
+        Some(published.session_id)
+    );
+    assert_eq!(list[0].viewers.len(), 1);
+    assert!(
+        !list[0].codecs.is_empty(),
+        "codecs seen: {:?}",
+        list[0].codecs
+    );
+
+    // The publisher is a Calls session too: its tracks can be pulled by name.
+    let sub = w.client();
+    let sub_sid = w.session();
+    let pulled = w.pull(
+        sub,
+        &sub_sid,
+        &[(&published.session_id.to_string(), "video")],
+    );
+    assert!(pulled.tracks[0].error.is_none(), "{:?}", pulled.tracks);
+
+    // The publisher goes and another comes: the viewer plays the new one.
+    w.engine.close_session(published.session_id, w.now, "test");
+    w.senders.clear();
+    let second = w.client();
+    let (offer, pending, smids) = send_offer(&mut w, second, &[MediaKind::Audio, MediaKind::Video]);
+    let next = w
+        .engine
+        .whip_publish(APP, "live", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("a new publisher");
+    w.accept_answer(second, pending, &next.answer.sdp);
+    w.senders.push((second, smids[0], smids[1]));
+    let before = w.clients[viewer].frames(&vm);
+    w.run(Duration::from_millis(1500));
+    assert!(
+        w.clients[viewer].frames(&vm) > before + 20,
+        "video from the new publisher: {before} then {}",
+        w.clients[viewer].frames(&vm)
+    );
+    let listed = w
+        .engine
+        .session_tracks(APP, &played.session_id.to_string())
+        .expect("viewer");
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.session_id == Some(next.session_id.to_string()) && t.active),
+        "{listed:?}"
+    );
+}
+
+#[test]
+fn a_stream_has_one_publisher_and_whep_takes_no_sending_sections() {
+    let mut w = World::new(Duration::from_secs(30));
+    let a = w.client();
+    let (offer, _, _) = send_offer(&mut w, a, &[MediaKind::Video]);
+    w.engine
+        .whip_publish(APP, "s", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("first publisher");
+    let b = w.client();
+    let (offer, _, _) = send_offer(&mut w, b, &[MediaKind::Video]);
+    let sessions = w.engine.session_count();
+    assert!(matches!(
+        w.engine
+            .whip_publish(APP, "s", offer.to_sdp_string().into(), POLICY, w.now),
+        Err(OpError::Conflict(_))
+    ));
+    assert_eq!(w.engine.session_count(), sessions, "no session left behind");
+
+    let c = w.client();
+    let (offer, _, _) = send_offer(&mut w, c, &[MediaKind::Video]);
+    assert!(matches!(
+        w.engine
+            .whep_play(APP, "s", offer.to_sdp_string().into(), POLICY, w.now),
+        Err(OpError::Decoding(_))
+    ));
+    let off = StreamPolicy {
+        auto_create: false,
+        max_viewers: 10,
+    };
+    let (offer, _, _) = recv_offer(&mut w, c, &[MediaKind::Video]);
+    assert!(matches!(
+        w.engine
+            .whep_play(APP, "other", offer.to_sdp_string().into(), off, w.now),
+        Err(OpError::NotFound(_))
+    ));
+    assert_eq!(w.engine.session_count(), sessions);
+}
+
+#[test]
+fn deleting_a_stream_ends_its_sessions_and_a_bound_calls_session_feeds_viewers() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let viewer = w.client();
+    let (offer, pending, mids) = recv_offer(&mut w, viewer, &[MediaKind::Video]);
+    let played = w
+        .engine
+        .whep_play(APP, "calls", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("play");
+    w.accept_answer(viewer, pending, &played.answer.sdp);
+    w.engine
+        .stream_bind(APP, "calls", &pub_sid, vec!["cam".into()], w.now)
+        .expect("bind");
+    w.run(Duration::from_millis(1000));
+    let vm = mids[0].to_string();
+    assert!(
+        w.clients[viewer].frames(&vm) > 10,
+        "{}",
+        w.clients[viewer].frames(&vm)
+    );
+    assert!(matches!(
+        w.engine
+            .stream_bind(APP, "calls", &pub_sid, vec!["nope".into()], w.now),
+        Err(OpError::NotFound(_))
+    ));
+
+    w.engine.stream_delete(APP, "calls", w.now).expect("delete");
+    assert!(w.engine.streams_list(APP).is_empty());
+    assert!(matches!(
+        w.engine.session_tracks(APP, &played.session_id.to_string()),
+        Err(OpError::Gone(_))
+    ));
+}
+
+#[test]
+fn patch_checks_the_etag_and_a_new_ufrag_restarts_ice() {
+    let mut w = World::new(Duration::from_secs(30));
+    let c = w.client();
+    let (offer, pending, _) = send_offer(&mut w, c, &[MediaKind::Audio]);
+    let sdp = offer.to_sdp_string();
+    let ufrag = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("ufrag")
+        .to_string();
+    let p = w
+        .engine
+        .whip_publish(APP, "x", sdp.as_str().into(), POLICY, w.now)
+        .expect("publish");
+    w.accept_answer(c, pending, &p.answer.sdp);
+    let sid = p.session_id.to_string();
+    let frag = |text: &str| crate::engine::sdpfrag::parse(text).expect("frag");
+    let trickle = format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:whatever\r\na=candidate:1 1 udp 1 127.0.0.1 40000 typ host\r\n"
+    );
+    assert_eq!(
+        w.engine.stream_session_patch(
+            APP,
+            "x",
+            streams::Role::Publisher,
+            &sid,
+            Some("\"wrong\""),
+            frag(&trickle),
+            w.now
+        ),
+        Err(OpError::PreconditionFailed(
+            "If-Match does not name this session's current ICE session".into()
+        ))
+    );
+    let quoted = format!("\"{}\"", p.etag);
+    assert_eq!(
+        w.engine.stream_session_patch(
+            APP,
+            "x",
+            streams::Role::Publisher,
+            &sid,
+            Some(quoted.as_str()),
+            frag(&trickle),
+            w.now
+        ),
+        Ok(Patched::Trickled)
+    );
+    assert!(
+        matches!(
+            w.engine.stream_session_patch(
+                APP,
+                "x",
+                streams::Role::Viewer,
+                &sid,
+                None,
+                frag(&trickle),
+                w.now
+            ),
+            Err(OpError::NotFound(_))
+        ),
+        "the WHEP URL of a WHIP session is no session"
+    );
+    // One candidate was trickled; 64 more would pass the session's bound.
+    let many: String = (0..64)
+        .map(|i| {
+            format!(
+                "a=candidate:{i} 1 udp 1 127.0.0.1 {} typ host\r\n",
+                41_000 + i
+            )
+        })
+        .collect();
+    assert!(matches!(
+        w.engine.stream_session_patch(
+            APP,
+            "x",
+            streams::Role::Publisher,
+            &sid,
+            None,
+            frag(&many),
+            w.now
+        ),
+        Err(OpError::Decoding(_))
+    ));
+    let restart = "a=ice-ufrag:newu\r\na=ice-pwd:newpasswordnewpassword\r\n";
+    let Ok(Patched::Restarted { frag: answer, etag }) = w.engine.stream_session_patch(
+        APP,
+        "x",
+        streams::Role::Publisher,
+        &sid,
+        Some("*"),
+        frag(restart),
+        w.now,
+    ) else {
+        panic!("an ICE restart");
+    };
+    assert_ne!(etag, p.etag);
+    assert!(
+        answer.contains("a=ice-ufrag:") && answer.contains("a=candidate:"),
+        "{answer}"
+    );
+    w.engine
+        .stream_session_delete(APP, "x", streams::Role::Publisher, &sid, w.now)
+        .expect("delete");
+    assert!(
+        w.engine.streams_list(APP).is_empty(),
+        "auto-created, now empty"
+    );
+}
+
+#[test]
+fn after_an_ice_restart_by_patch_the_client_stays_connected_with_the_new_credentials() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(60));
+    w.engine
+        .stream_bind(APP, "r", &pub_sid, vec!["cam".into()], w.now)
+        .expect("bind");
+    let viewer = w.client();
+    let (offer, pending, mids) = recv_offer(&mut w, viewer, &[MediaKind::Video]);
+    let played = w
+        .engine
+        .whep_play(APP, "r", offer.to_sdp_string().into(), POLICY, w.now)
+        .expect("play");
+    w.accept_answer(viewer, pending, &played.answer.sdp);
+    w.run(Duration::from_millis(500));
+    let vm = mids[0].to_string();
+    assert!(w.clients[viewer].frames(&vm) > 5);
+
+    // The client picks new credentials, sends them in a PATCH, and takes the server's.
+    let client_creds = str0m::IceCreds {
+        ufrag: "restartu".into(),
+        pass: "restartpasswordrestartpassword".into(),
+    };
+    let frag = crate::engine::sdpfrag::parse(&format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        client_creds.ufrag, client_creds.pass
+    ))
+    .expect("frag");
+    let Ok(Patched::Restarted { frag: answer, .. }) = w.engine.stream_session_patch(
+        APP,
+        "r",
+        streams::Role::Viewer,
+        &played.session_id.to_string(),
+        Some("*"),
+        frag,
+        w.now,
+    ) else {
+        panic!("an ICE restart");
+    };
+    let server = crate::engine::sdpfrag::parse(&answer)
+        .expect("the server's sdpfrag parses")
+        .creds
+        .expect("with credentials");
+    {
+        let mut api = w.clients[viewer].rtc().direct_api();
+        api.set_local_ice_credentials(client_creds);
+        api.set_remote_ice_credentials(str0m::IceCreds {
+            ufrag: server.0,
+            pass: server.1,
+        });
+    }
+    // Long enough for the client's checks (now under the new credentials) to have failed all
+    // their retransmits if the server did not take them (str0m gives up after about 30 s).
+    let before = w.clients[viewer].frames(&vm);
+    w.run(Duration::from_secs(60));
+    let stats = w.clients[viewer].stats().clone();
+    assert!(
+        !stats.ice_state.contains("Disconnected"),
+        "ICE state after the restart: {}",
+        stats.ice_state
+    );
+    assert!(
+        w.clients[viewer].frames(&vm) > before + 500,
+        "media flows on: {} then {}",
+        before,
+        w.clients[viewer].frames(&vm)
+    );
+}
+
+#[test]
+fn a_stream_takes_at_most_its_viewer_cap() {
+    let mut w = World::new(Duration::from_secs(30));
+    let cap = StreamPolicy {
+        auto_create: true,
+        max_viewers: 1,
+    };
+    let a = w.client();
+    let (offer, _, _) = recv_offer(&mut w, a, &[MediaKind::Video]);
+    w.engine
+        .whep_play(APP, "c", offer.to_sdp_string().into(), cap, w.now)
+        .expect("first viewer");
+    let b = w.client();
+    let (offer, _, _) = recv_offer(&mut w, b, &[MediaKind::Video]);
+    assert!(matches!(
+        w.engine
+            .whep_play(APP, "c", offer.to_sdp_string().into(), cap, w.now),
+        Err(OpError::Unavailable(_))
+    ));
+}

@@ -358,6 +358,30 @@ impl<S: StatsCell> Core<S> {
         ))
     }
 
+    /// add_media(kind, RecvOnly) for each kind, apply() → offer (a WHEP viewer's, or a pull
+    /// with the client's offer). Returns (mids, offer SDP).
+    pub fn create_recv_offer(
+        &mut self,
+        kinds: &[MediaKind],
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        let mut api = self.rtc.sdp_api();
+        let mids: Vec<Mid> = kinds
+            .iter()
+            .map(|k| api.add_media(*k, Direction::RecvOnly, None, None, None))
+            .collect();
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("apply() produced no offer"))?;
+        self.pending = Some(pending);
+        Ok((
+            mids.iter().map(|m| m.to_string()).collect(),
+            offer.to_sdp_string(),
+        ))
+    }
+
     /// Accept the answer to our pending offer.
     pub fn accept_answer(&mut self, answer: SdpAnswer) -> anyhow::Result<()> {
         let pending = self

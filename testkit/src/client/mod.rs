@@ -232,6 +232,15 @@ impl Client {
         self.run(move |c| c.create_send_offer(&kinds)).await
     }
 
+    /// add_media(kind, RecvOnly) for each kind, apply() → offer. Returns (mids, offer SDP).
+    pub async fn create_recv_offer(
+        &self,
+        kinds: &[MediaKind],
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        let kinds = kinds.to_vec();
+        self.run(move |c| c.create_recv_offer(&kinds)).await
+    }
+
     /// Accept the answer to our pending offer.
     pub async fn accept_answer(&self, sdp: &str) -> anyhow::Result<()> {
         let answer = SdpAnswer::from_sdp_string(sdp).context("parsing the SFU answer")?;

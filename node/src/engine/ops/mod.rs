@@ -1,5 +1,6 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
-//! `push` and `pull`), `renegotiate`, `tracks_update`, `tracks_close`; and their request and
+//! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`; the stream operations `whip` (WHIP publish, WHEP
+//! play), `session_url` (PATCH, DELETE) and `streams` (create, delete, bind, list); and their request and
 //! result types, here.
 //!
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
@@ -7,11 +8,19 @@
 
 mod new_session;
 mod pull;
+mod pull_offer;
 mod push;
 mod renegotiate;
+mod session_url;
+mod streams;
 mod tracks_close;
 mod tracks_new;
 mod tracks_update;
+mod whip;
+
+pub use session_url::Patched;
+pub use streams::{StreamSessionView, StreamView};
+pub use whip::{StreamPolicy, StreamSessionCreated};
 
 use str0m::change::SdpAnswer;
 use str0m::media::MediaKind;
@@ -65,7 +74,8 @@ pub struct RemoteTrack {
     pub session_id: Option<String>,
     /// The publication's name within that session.
     pub track_name: Option<String>,
-    /// `#<localTrackName>`: send into the transceiver that carries that local track.
+    /// `#<localTrackName>`: send into the transceiver that carries that local track; with a
+    /// client offer, the offer's receiving section to send into.
     pub mid: Option<String>,
 }
 
@@ -84,6 +94,14 @@ pub enum TracksNew {
     /// Pull publications; the SFU offers the new receiving sections.
     Remote {
         /// The publications to pull.
+        tracks: Vec<RemoteTrack>,
+    },
+    /// Pull publications into the client's own receiving sections (each track's `mid`): the SFU
+    /// answers the client's offer.
+    RemoteWithOffer {
+        /// The client's offer with the receiving sections.
+        offer: ClientOffer,
+        /// The publications to pull, each naming its section.
         tracks: Vec<RemoteTrack>,
     },
     /// Only an offer: a plain renegotiation started by the client.

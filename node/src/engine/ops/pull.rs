@@ -40,13 +40,7 @@ impl Engine {
                 results.push(r);
                 continue;
             };
-            // A publication of this app, local or relayed from another node.
-            let key = SessionId::parse(pub_session).map(|p| (p, name.to_string()));
-            let found = key.and_then(|k| {
-                let kind = self.publications.get(&k).filter(|p| *p.app == *app)?.kind;
-                Some((k, kind))
-            });
-            let Some((key, kind)) = found else {
+            let Some((key, kind)) = self.find_publication(&app, pub_session, name) else {
                 r.error = Some(TrackError::NotFound);
                 results.push(r);
                 continue;

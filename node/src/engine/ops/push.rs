@@ -25,6 +25,7 @@ impl Engine {
         let ClientOffer {
             sections: offered,
             parsed,
+            ..
         } = offer;
         let offer = parsed?;
         let s = self

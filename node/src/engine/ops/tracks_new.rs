@@ -17,7 +17,9 @@ impl Engine {
         let sid = self.lookup(app, session_id)?;
         let count = match &req {
             TracksNew::Local { tracks, .. } => tracks.len(),
-            TracksNew::Remote { tracks } => tracks.len(),
+            TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } => {
+                tracks.len()
+            }
             TracksNew::OfferOnly { .. } => 0,
         };
         if count > MAX_TRACKS_PER_CALL {
@@ -49,6 +51,9 @@ impl Engine {
                 auto_discover: _,
             } => self.push_sfu_offer(sid, tracks, now),
             TracksNew::Remote { tracks } => self.pull(sid, tracks, now),
+            TracksNew::RemoteWithOffer { offer, tracks } => {
+                self.pull_with_offer(sid, offer, tracks, now)
+            }
             TracksNew::OfferOnly { offer } => {
                 self.push_with_offer(sid, offer, Vec::new(), false, now)
             }

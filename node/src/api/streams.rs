@@ -1,0 +1,151 @@
+//! The streams API under `/v1/apps/{app}/streams` (app secret; problem+json errors): list,
+//! create, delete, and bind a Calls session's tracks as a stream's publisher.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::guard::{decode, read_body};
+use super::problem::Problem;
+use crate::engine::{StreamSessionView, StreamView};
+
+type Result<T, E = Problem> = std::result::Result<T, E>;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamsBody {
+    streams: Vec<StreamJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamJson {
+    id: String,
+    /// Unix milliseconds.
+    created_at: u64,
+    publisher: Option<SessionJson>,
+    subscribers: Vec<SessionJson>,
+    codecs: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionJson {
+    session_id: String,
+    node: String,
+    state: &'static str,
+    tracks: Vec<String>,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+}
+
+fn session_json(node: &str, v: StreamSessionView) -> SessionJson {
+    SessionJson {
+        session_id: v.session_id.to_string(),
+        node: node.to_string(),
+        state: v.state,
+        tracks: v.tracks,
+        packets_in: v.packets_in,
+        bytes_in: v.bytes_in,
+        packets_out: v.packets_out,
+        bytes_out: v.bytes_out,
+    }
+}
+
+fn stream_json(node: &str, s: StreamView) -> StreamJson {
+    StreamJson {
+        id: s.name,
+        created_at: s
+            .created
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        publisher: s.publisher.map(|p| session_json(node, p)),
+        subscribers: s
+            .viewers
+            .into_iter()
+            .map(|v| session_json(node, v))
+            .collect(),
+        codecs: s.codecs,
+    }
+}
+
+/// `GET /v1/apps/{app}/streams`.
+pub async fn list(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    st.apps.authorize(&app, &headers)?;
+    let streams = st.engine.call(move |e, _| e.streams_list(&app)).await?;
+    let node = st.node_id.clone();
+    Ok(Json(StreamsBody {
+        streams: streams.into_iter().map(|s| stream_json(&node, s)).collect(),
+    })
+    .into_response())
+}
+
+/// `POST /v1/apps/{app}/streams/{id}`: 201 when created, 200 when it existed.
+pub async fn create(
+    State(st): State<Arc<ApiState>>,
+    Path((app, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    st.apps.authorize(&app, &headers)?;
+    let created = st
+        .engine
+        .call(move |e, _| e.stream_create(&app, &stream))
+        .await??;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+    .into_response())
+}
+
+/// `DELETE /v1/apps/{app}/streams/{id}`: removes it and ends its sessions.
+pub async fn delete(
+    State(st): State<Arc<ApiState>>,
+    Path((app, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    st.apps.authorize(&app, &headers)?;
+    st.engine
+        .call(move |e, now| e.stream_delete(&app, &stream, now))
+        .await??;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BindRequest {
+    session_id: String,
+    tracks: Vec<String>,
+}
+
+/// `PUT /v1/apps/{app}/streams/{id}/publisher` with `{sessionId, tracks}`: a Calls session's
+/// published tracks become the stream (WHEP viewers play them).
+pub async fn bind(
+    State(st): State<Arc<ApiState>>,
+    Path((app, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    st.apps.authorize(&app, &headers)?;
+    let bytes = read_body(body, st.max_body).await?;
+    let req: BindRequest = decode(&bytes)?;
+    st.engine
+        .call(move |e, now| e.stream_bind(&app, &stream, &req.session_id, req.tracks, now))
+        .await??;
+    Ok(StatusCode::OK.into_response())
+}
