@@ -697,6 +697,7 @@ mod tests {
                     relays: 1,
                 }),
                 version: "0.1.0".into(),
+                streams: Vec::new(),
             }],
         };
         let typed = super::super::cluster::cluster_view("a", &view);
@@ -728,6 +729,7 @@ mod tests {
             draining: false,
             load: None,
             version: String::new(),
+            streams: Vec::new(),
         });
         let v = serde_json::to_value(super::super::cluster::cluster_view("a", &view))
             .expect("serialize");

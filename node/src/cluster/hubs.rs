@@ -98,6 +98,7 @@ mod tests {
             draining: false,
             load: Some(Load::default()),
             version: String::new(),
+            streams: Vec::new(),
         }
     }
 

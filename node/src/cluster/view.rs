@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use super::streams::StreamAnnounce;
 use crate::ids::NodeTag;
 
 /// One node as seen through gossip.
@@ -28,6 +29,8 @@ pub struct Member {
     pub load: Option<Load>,
     /// The trackmesh version it runs, to spot a mixed cluster.
     pub version: String,
+    /// The named streams it publishes.
+    pub streams: Vec<StreamAnnounce>,
 }
 
 /// The API base URL a member announces, accepted only as `http://IP:PORT`: calls and the admin
@@ -108,6 +111,18 @@ impl ClusterView {
     /// The live member called `id`.
     pub fn live_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.node_id == id)
+    }
+
+    /// The publisher of stream `name` in `app` and the live member that holds it. When live
+    /// members announce the same name (a race within a gossip round), every node picks the same
+    /// winner ([`StreamAnnounce::wins_over`]).
+    pub fn stream(&self, app: &str, name: &str) -> Option<(&Member, &StreamAnnounce)> {
+        self.members
+            .iter()
+            .filter(|m| m.live)
+            .flat_map(|m| m.streams.iter().map(move |s| (m, s)))
+            .filter(|(_, s)| s.app == app && s.name == name)
+            .reduce(|best, c| if c.1.wins_over(best.1) { c } else { best })
     }
 }
 
