@@ -697,8 +697,8 @@ mod tests {
                     relays: 1,
                 }),
                 version: "0.1.0".into(),
-                streams: Vec::new(),
             }],
+            streams: Vec::new(),
         };
         let typed = super::super::cluster::cluster_view("a", &view);
         same_wire(
@@ -717,6 +717,7 @@ mod tests {
         let mut view = crate::cluster::ClusterView {
             self_id: "a".into(),
             members: Vec::new(),
+            streams: Vec::new(),
         };
         view.members.push(Member {
             node_id: "b".into(),
@@ -729,7 +730,6 @@ mod tests {
             draining: false,
             load: None,
             version: String::new(),
-            streams: Vec::new(),
         });
         let v = serde_json::to_value(super::super::cluster::cluster_view("a", &view))
             .expect("serialize");

@@ -98,7 +98,6 @@ mod tests {
             draining: false,
             load: Some(Load::default()),
             version: String::new(),
-            streams: Vec::new(),
         }
     }
 
@@ -106,6 +105,7 @@ mod tests {
         ClusterView {
             self_id: me.into(),
             members,
+            streams: Vec::new(),
         }
     }
 

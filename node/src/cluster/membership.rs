@@ -372,6 +372,7 @@ fn build_view(
         }
     }
     let mut members = Vec::new();
+    let mut streams = Vec::new();
     let mut bad = Vec::new();
     for (id, st) in newest.values() {
         let bad = &mut bad;
@@ -388,16 +389,19 @@ fn build_view(
                 draining: read(id, st, "draining", decode_flag, bad).unwrap_or(false),
                 load: read(id, st, "load", Load::decode, bad),
                 version: st.get("version").unwrap_or_default().to_string(),
-                streams: read_streams(id, st, tag, bad),
             })
         })();
         if let Some(m) = parsed {
+            for s in read_streams(id, st, m.tag, bad) {
+                streams.push((m.node_id.clone(), s));
+            }
             members.push(m);
         }
     }
     let view = ClusterView {
         self_id: self_id.to_string(),
         members,
+        streams,
     };
     (view, bad)
 }
@@ -576,9 +580,8 @@ mod tests {
             since_ms: 42,
         };
         a.local.streams.announce(&cam).expect("announce");
-        let seen = member_when(&mut view, "a", |m| m.live && !m.streams.is_empty()).await;
-        assert_eq!(seen.streams, vec![cam.clone()]);
-        let v = view.borrow().clone();
+        let v = view_when(&mut view, |v| v.stream("demo", "cam").is_some()).await;
+        assert_eq!(v.streams, vec![("a".to_string(), cam.clone())]);
         let (holder, found) = v.stream("demo", "cam").expect("the stream");
         assert_eq!((holder.node_id.as_str(), found), ("a", &cam));
         assert!(v.stream("demo", "other").is_none());
@@ -602,6 +605,24 @@ mod tests {
 
         a.local.streams.withdraw("demo", "cam");
         a.local.streams.withdraw("demo", "forged");
-        member_when(&mut view, "a", |m| m.streams.is_empty()).await;
+        view_when(&mut view, |v| v.streams.is_empty()).await;
+    }
+
+    /// The view once it satisfies `ok` (bounded wait).
+    async fn view_when(
+        view: &mut watch::Receiver<Arc<ClusterView>>,
+        ok: impl Fn(&ClusterView) -> bool,
+    ) -> Arc<ClusterView> {
+        for _ in 0..300 {
+            let v = view.borrow().clone();
+            if ok(&v) {
+                return v;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        }
+        panic!(
+            "the view never reached the expected state: {:?}",
+            view.borrow()
+        );
     }
 }

@@ -226,7 +226,7 @@ mod tests {
             StreamAnnounce::decode(&format!("stream:demo/{long}"), &v),
             Err(AnnounceError::BadName)
         );
-        let many = vec!["t"; MAX_TRACKS + 1].join(",");
+        let many = ["t"; MAX_TRACKS + 1].join(",");
         assert_eq!(
             StreamAnnounce::decode("stream:demo/cam", &format!("5 {s} {many}")),
             Err(AnnounceError::BadTracks)

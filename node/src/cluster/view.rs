@@ -29,8 +29,6 @@ pub struct Member {
     pub load: Option<Load>,
     /// The trackmesh version it runs, to spot a mixed cluster.
     pub version: String,
-    /// The named streams it publishes.
-    pub streams: Vec<StreamAnnounce>,
 }
 
 /// The API base URL a member announces, accepted only as `http://IP:PORT`: calls and the admin
@@ -95,6 +93,8 @@ pub struct ClusterView {
     pub self_id: String,
     /// Sorted by node id; includes this node and nodes known to be dead.
     pub members: Vec<Member>,
+    /// The named streams members announce, with the id of the member announcing each.
+    pub streams: Vec<(String, StreamAnnounce)>,
 }
 
 impl ClusterView {
@@ -117,11 +117,10 @@ impl ClusterView {
     /// members announce the same name (a race within a gossip round), every node picks the same
     /// winner ([`StreamAnnounce::wins_over`]).
     pub fn stream(&self, app: &str, name: &str) -> Option<(&Member, &StreamAnnounce)> {
-        self.members
+        self.streams
             .iter()
-            .filter(|m| m.live)
-            .flat_map(|m| m.streams.iter().map(move |s| (m, s)))
             .filter(|(_, s)| s.app == app && s.name == name)
+            .filter_map(|(node, s)| Some((self.live_by_id(node)?, s)))
             .reduce(|best, c| if c.1.wins_over(best.1) { c } else { best })
     }
 }
