@@ -770,6 +770,7 @@ mod tests {
                 }),
                 version: "0.1.0".into(),
             }],
+            streams: Vec::new(),
         };
         let typed = super::super::cluster::cluster_view("a", &view);
         same_wire(
@@ -788,6 +789,7 @@ mod tests {
         let mut view = crate::cluster::ClusterView {
             self_id: "a".into(),
             members: Vec::new(),
+            streams: Vec::new(),
         };
         view.members.push(Member {
             node_id: "b".into(),

@@ -105,6 +105,7 @@ mod tests {
         ClusterView {
             self_id: me.into(),
             members,
+            streams: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, NodeState, spa
 use tokio::sync::watch;
 
 use super::gossip_transport::SealedTransport;
+use super::streams::{self, StreamAnnounce};
 use super::view::{ClusterView, Load, Member, checked_api, decode_flag};
 use crate::ids::NodeTag;
 use crate::rejects::{Port, Rejects};
@@ -67,6 +68,8 @@ pub struct LocalState {
     pub relays: AtomicU64,
     /// Set by a drain: new sessions go to other nodes.
     pub draining: AtomicBool,
+    /// The named streams this node publishes, announced as one key each.
+    pub streams: super::streams::LocalStreams,
 }
 
 /// A running gossip member: the view it keeps, the state it announces, its thread.
@@ -228,6 +231,7 @@ async fn run(
                 if me.get("draining") != Some(if draining { "true" } else { "false" }) {
                     me.set("draining", draining);
                 }
+                sync_streams(me, &local.streams.snapshot());
                 let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
                 build_view(&cfg.node_id, c.node_states(), &live)
             })
@@ -245,6 +249,49 @@ async fn run(
         }
     }
     let _ = handle.shutdown().await;
+}
+
+/// Makes this node's stream keys what `wanted` says: new and changed ones set, ended ones
+/// deleted (a tombstone, so other nodes learn the stream ended).
+fn sync_streams(me: &mut NodeState, wanted: &BTreeMap<String, String>) {
+    let gone: Vec<String> = me
+        .iter_prefix(streams::KEY_PREFIX)
+        .filter(|(k, _)| !wanted.contains_key(*k))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    for k in gone {
+        me.delete(&k);
+    }
+    for (k, v) in wanted {
+        if me.get(k) != Some(v.as_str()) {
+            me.set(k, v);
+        }
+    }
+}
+
+/// The streams a member announces, each checked: a stream must be held by a session of the
+/// member's own tag (a member cannot claim another node's sessions), and a member counts for at
+/// most [`streams::MAX_ANNOUNCED`] of them. The rest are noted in `bad`.
+fn read_streams(
+    id: &ChitchatId,
+    st: &NodeState,
+    tag: NodeTag,
+    bad: &mut Vec<BadValue>,
+) -> Vec<StreamAnnounce> {
+    let mut out = Vec::new();
+    for (key, v) in st.iter_prefix(streams::KEY_PREFIX) {
+        match StreamAnnounce::decode(key, &v.value) {
+            Ok(a) if a.session.node_tag() == tag && out.len() < streams::MAX_ANNOUNCED => {
+                out.push(a)
+            }
+            _ => bad.push(BadValue {
+                node: id.clone(),
+                key: "stream",
+                version: v.version,
+            }),
+        }
+    }
+    out
 }
 
 /// A gossiped value this node could not read: which member's key, at which version.
@@ -325,13 +372,15 @@ fn build_view(
         }
     }
     let mut members = Vec::new();
+    let mut streams = Vec::new();
     let mut bad = Vec::new();
     for (id, st) in newest.values() {
         let bad = &mut bad;
         let parsed = (|| {
+            let tag = NodeTag(read(id, st, "tag", |v| u32::from_str_radix(v, 16), bad)?);
             Some(Member {
                 node_id: id.node_id.to_string(),
-                tag: NodeTag(read(id, st, "tag", |v| u32::from_str_radix(v, 16), bad)?),
+                tag,
                 region: st.get("region")?.to_string(),
                 api: read(id, st, "api", |v| checked_api(v).ok_or(()), bad)?,
                 relay: read(id, st, "relay", str::parse::<SocketAddr>, bad)?,
@@ -343,12 +392,16 @@ fn build_view(
             })
         })();
         if let Some(m) = parsed {
+            for s in read_streams(id, st, m.tag, bad) {
+                streams.push((m.node_id.clone(), s));
+            }
             members.push(m);
         }
     }
     let view = ClusterView {
         self_id: self_id.to_string(),
         members,
+        streams,
     };
     (view, bad)
 }
@@ -485,5 +538,91 @@ mod tests {
         member_when(&mut view, "odd", |m| m.load.is_none()).await;
         assert_eq!(rejects.get(Port::Gossip, "bad_value"), 3);
         let _ = odd_node.shutdown().await;
+    }
+
+    fn member_config(
+        id: &str,
+        tag: u32,
+        gossip: SocketAddr,
+        seeds: Vec<String>,
+    ) -> MembershipConfig {
+        MembershipConfig {
+            node_id: id.into(),
+            tag: NodeTag(tag),
+            region: "eu".into(),
+            gossip,
+            seeds,
+            secret: "s3cret".into(),
+            secret_previous: None,
+            rejects: Arc::new(Rejects::new().expect("metric")),
+            api: "http://127.0.0.1:1".into(),
+            relay: "127.0.0.1:2".parse().expect("addr"),
+            media: "127.0.0.1:3".parse().expect("addr"),
+        }
+    }
+
+    /// A stream one node announces reaches another node's view, and leaves it when withdrawn.
+    /// An announce for a session of another node's tag is refused and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_are_announced_and_withdrawn_through_gossip() {
+        let (ga, gb) = (free_addr(), free_addr());
+        let a = start(member_config("a", 0xa, ga, Vec::new())).expect("a");
+        let b_cfg = member_config("b", 0xb, gb, vec![ga.to_string()]);
+        let b_rejects = b_cfg.rejects.clone();
+        let b = start(b_cfg).expect("b");
+        let mut view = b.view.clone();
+
+        let cam = StreamAnnounce {
+            app: "demo".into(),
+            name: "cam".into(),
+            session: crate::ids::SessionId::new(NodeTag(0xa)),
+            tracks: vec!["audio".into(), "video".into()],
+            since_ms: 42,
+        };
+        a.local.streams.announce(&cam).expect("announce");
+        let v = view_when(&mut view, |v| v.stream("demo", "cam").is_some()).await;
+        assert_eq!(v.streams, vec![("a".to_string(), cam.clone())]);
+        let (holder, found) = v.stream("demo", "cam").expect("the stream");
+        assert_eq!((holder.node_id.as_str(), found), ("a", &cam));
+        assert!(v.stream("demo", "other").is_none());
+        assert!(v.stream("other-app", "cam").is_none());
+
+        // A stream whose session is not the announcing node's own is not believed.
+        let forged = StreamAnnounce {
+            name: "forged".into(),
+            session: crate::ids::SessionId::new(NodeTag(0xb)),
+            ..cam.clone()
+        };
+        a.local.streams.announce(&forged).expect("announce");
+        for _ in 0..100 {
+            if b_rejects.get(Port::Gossip, "bad_value") > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b_rejects.get(Port::Gossip, "bad_value"), 1);
+        assert!(view.borrow().stream("demo", "forged").is_none());
+
+        a.local.streams.withdraw("demo", "cam");
+        a.local.streams.withdraw("demo", "forged");
+        view_when(&mut view, |v| v.streams.is_empty()).await;
+    }
+
+    /// The view once it satisfies `ok` (bounded wait).
+    async fn view_when(
+        view: &mut watch::Receiver<Arc<ClusterView>>,
+        ok: impl Fn(&ClusterView) -> bool,
+    ) -> Arc<ClusterView> {
+        for _ in 0..300 {
+            let v = view.borrow().clone();
+            if ok(&v) {
+                return v;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        }
+        panic!(
+            "the view never reached the expected state: {:?}",
+            view.borrow()
+        );
     }
 }

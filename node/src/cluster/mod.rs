@@ -7,6 +7,7 @@ pub mod gossip_transport;
 pub mod hubs;
 pub mod membership;
 pub mod relay;
+pub mod streams;
 pub mod view;
 
 #[cfg(test)]

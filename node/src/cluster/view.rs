@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use super::streams::StreamAnnounce;
 use crate::ids::NodeTag;
 
 /// One node as seen through gossip.
@@ -92,6 +93,8 @@ pub struct ClusterView {
     pub self_id: String,
     /// Sorted by node id; includes this node and nodes known to be dead.
     pub members: Vec<Member>,
+    /// The named streams members announce, with the id of the member announcing each.
+    pub streams: Vec<(String, StreamAnnounce)>,
 }
 
 impl ClusterView {
@@ -108,6 +111,17 @@ impl ClusterView {
     /// The live member called `id`.
     pub fn live_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.live && m.node_id == id)
+    }
+
+    /// The publisher of stream `name` in `app` and the live member that holds it. When live
+    /// members announce the same name (a race within a gossip round), every node picks the same
+    /// winner ([`StreamAnnounce::wins_over`]).
+    pub fn stream(&self, app: &str, name: &str) -> Option<(&Member, &StreamAnnounce)> {
+        self.streams
+            .iter()
+            .filter(|(_, s)| s.app == app && s.name == name)
+            .filter_map(|(node, s)| Some((self.live_by_id(node)?, s)))
+            .reduce(|best, c| if c.1.wins_over(best.1) { c } else { best })
     }
 }
 
