@@ -238,15 +238,16 @@ pub fn verify(secret: &[u8], app: &str, token: &str, now: u64) -> Result<Claims,
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                TokenError::Malformed("only HS256 is accepted")
-            }
-            ErrorKind::Json(_) => TokenError::Malformed("not a stream token"),
-            _ => TokenError::Malformed("not a JWT"),
-        })?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenError::Malformed("only HS256 is accepted")
+                }
+                ErrorKind::Json(_) => TokenError::Malformed("not a stream token"),
+                _ => TokenError::Malformed("not a JWT"),
+            })?;
     let claims = data.claims;
     if claims.app != app {
         return Err(TokenError::WrongApp);

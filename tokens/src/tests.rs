@@ -109,7 +109,9 @@ fn stream_scope_is_a_name_or_every_stream() {
     let named = verify(SECRET, "app1", &token("cam", Mode::Both, 600), NOW)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(named.check_scope("cam", Mode::Publish), Ok(()));
-    let e = named.check_scope("cam2", Mode::Publish).expect_err("refused");
+    let e = named
+        .check_scope("cam2", Mode::Publish)
+        .expect_err("refused");
     assert_eq!(e, TokenError::WrongStream);
     assert_eq!(e.status(), 403);
     // Names are compared exactly.
@@ -154,12 +156,13 @@ fn mode_grants_exactly_what_it_names() {
 #[test]
 fn oversize_empty_and_garbage_bearers_are_401() {
     let long = "a".repeat(MAX_TOKEN_LEN + 1);
-    assert_eq!(
-        verify(SECRET, "app1", &long, NOW),
-        Err(TokenError::TooLong)
-    );
+    assert_eq!(verify(SECRET, "app1", &long, NOW), Err(TokenError::TooLong));
     // A real token padded past the bound is refused on its length alone.
-    let padded = format!("{}{}", token("cam", Mode::Both, 600), "A".repeat(MAX_TOKEN_LEN));
+    let padded = format!(
+        "{}{}",
+        token("cam", Mode::Both, 600),
+        "A".repeat(MAX_TOKEN_LEN)
+    );
     assert_eq!(
         verify(SECRET, "app1", &padded, NOW),
         Err(TokenError::TooLong)
@@ -257,14 +260,8 @@ fn minting_checks_its_bounds() {
     assert!(m("app1", "cam", MAX_TTL.as_secs()).is_ok());
     assert!(m("app1", "cam", 1).is_ok());
     let long = "s".repeat(MAX_NAME_LEN + 1);
-    assert_eq!(
-        m("app1", "", 60),
-        Err(MintError::BadName("stream name"))
-    );
-    assert_eq!(
-        m("app1", &long, 60),
-        Err(MintError::BadName("stream name"))
-    );
+    assert_eq!(m("app1", "", 60), Err(MintError::BadName("stream name")));
+    assert_eq!(m("app1", &long, 60), Err(MintError::BadName("stream name")));
     assert_eq!(
         m("app1", "a\nb", 60),
         Err(MintError::BadName("stream name"))

@@ -1,5 +1,6 @@
-//! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}`, the
-//! demo page at `/`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
+//! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}`, stream
+//! tokens (`…/{appId}/tokens`), the demo page at `/`, and `/healthz`. Unknown paths and
+//! verbs get a JSON 405, as Calls answers.
 
 mod calls;
 mod cluster;
@@ -8,6 +9,7 @@ mod guard;
 pub mod node_auth;
 mod ops;
 mod quota;
+pub mod tokens;
 pub mod wire;
 
 use std::sync::Arc;
@@ -155,6 +157,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/v1/apps/{app}", calls.clone())
         .nest("/apps/{app}", calls)
+        .route("/v1/apps/{app}/tokens", post(tokens::create))
+        .route("/apps/{app}/tokens", post(tokens::create))
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/favicon.ico", get(favicon))
         .route("/healthz", get(ops::healthz))
