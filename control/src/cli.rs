@@ -20,7 +20,7 @@ Exit codes:
   1  the command ran but the answer is negative (not found, not ready, an API error)
   2  usage error (health: the node cannot be reached)
   3  cannot reach the node
-  4  unauthorized: wrong or missing admin token
+  4  unauthorized: wrong or missing admin token (token --node: app secret)
 
 Examples:
   trackmeshctl --node http://10.0.0.5:7700 --token $TOKEN members
@@ -144,12 +144,97 @@ pub enum Command {
         node: String,
     },
 
+    /// Mint a stream token for WHIP/WHEP, offline (or by a node with --node after `token`)
+    #[command(after_help = TOKEN_HELP)]
+    Token(TokenArgs),
+
     /// Check the node's /healthz and /readyz (no token needed)
     #[command(
         after_help = "Exit codes: 0 ready, 1 not ready (e.g. draining), 2 the node cannot be reached.\n\n\
                       Example:\n  trackmeshctl --node http://127.0.0.1:7710 health"
     )]
     Health,
+}
+
+const TOKEN_HELP: &str = "\
+Prints the token (a JWT signed with the app secret) on stdout; --json prints {token, expiresAt}.
+It is minted here, with no node: apps are configured alike on every node, so the token works on
+every node of the cluster. With --node URL after `token`, the node mints it instead
+(POST /v1/apps/ID/tokens); the admin token is not used either way.
+
+Examples:
+  trackmeshctl token --app demo --secret $APP_SECRET --stream cam --mode publish --ttl 1h
+  TRACKMESH_APP_SECRET=$APP_SECRET trackmeshctl token --app demo --stream '*' --mode subscribe
+  trackmeshctl token --app demo --secret $APP_SECRET --stream cam --mode both \\
+      --node http://127.0.0.1:7700";
+
+/// `token`: what the stream token grants, and where it is minted.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// App id
+    #[arg(long, value_name = "ID")]
+    pub app: String,
+
+    /// The app's secret, which signs the token
+    #[arg(
+        long,
+        env = "TRACKMESH_APP_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub secret: String,
+
+    /// Stream name, or '*' for every stream of the app
+    #[arg(long, value_name = "NAME")]
+    pub stream: String,
+
+    /// What the bearer may do with the stream
+    #[arg(long, value_name = "publish|subscribe|both", value_parser = parse_mode)]
+    pub mode: trackmesh_tokens::Mode,
+
+    /// Lifetime: seconds, or a number with s, m, h or d (at most 24h)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+
+    /// Ask this node to mint it (POST /v1/apps/ID/tokens) instead of minting it here
+    #[arg(long = "node", value_name = "URL", value_parser = parse_node_url)]
+    pub node: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<trackmesh_tokens::Mode, String> {
+    s.parse()
+}
+
+/// `90`, `90s`, `15m`, `1h`, `1d`: 1 second to [`trackmesh_tokens::MAX_TTL`].
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let per_unit: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "expected a duration like 90, 90s, 15m, 1h or 1d, got {s:?}"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration like 90, 90s, 15m, 1h or 1d, got {s:?}"))?;
+    let max = trackmesh_tokens::MAX_TTL;
+    let ttl = Duration::from_secs(n.saturating_mul(per_unit));
+    if ttl.is_zero() || ttl > max {
+        return Err(format!(
+            "the ttl must be 1s to {}h, got {s}",
+            max.as_secs() / 3600
+        ));
+    }
+    Ok(ttl)
 }
 
 /// A track named on the command line: `SESSION_ID/TRACK_NAME`.
@@ -319,6 +404,77 @@ mod tests {
     }
 
     #[test]
+    fn token_arguments() {
+        let cli = ok(&[
+            "token",
+            "--app",
+            "a1",
+            "--secret",
+            "s",
+            "--stream",
+            "*",
+            "--mode",
+            "subscribe",
+        ]);
+        let Command::Token(t) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(t.app, "a1");
+        assert_eq!(t.stream, "*");
+        assert_eq!(t.mode, trackmesh_tokens::Mode::Subscribe);
+        assert_eq!(t.ttl, trackmesh_tokens::DEFAULT_TTL, "an hour by default");
+        assert_eq!(t.node, None, "minted here by default");
+        let cli = ok(&[
+            "token",
+            "--app",
+            "a1",
+            "--secret",
+            "s",
+            "--stream",
+            "cam",
+            "--mode",
+            "both",
+            "--ttl",
+            "90",
+            "--node",
+            "127.0.0.1:7710",
+        ]);
+        let Command::Token(t) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(t.ttl, Duration::from_secs(90));
+        assert_eq!(t.node.as_deref(), Some("http://127.0.0.1:7710"));
+    }
+
+    #[test]
+    fn ttls() {
+        for (s, secs) in [
+            ("1", 1),
+            ("90s", 90),
+            ("15m", 900),
+            ("1h", 3600),
+            ("24h", 86_400),
+            ("1d", 86_400),
+        ] {
+            assert_eq!(parse_ttl(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for s in [
+            "",
+            "0",
+            "0h",
+            "86401",
+            "2d",
+            "1.5h",
+            "h",
+            "-1",
+            "1 h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
     fn usage_errors() {
         for args in [
             &[][..],
@@ -335,6 +491,36 @@ mod tests {
             &["members", "extra"],
             // --node URL is an option of trackmeshctl, not of the subcommands.
             &["members", "--node", "http://127.0.0.1:1"],
+            &["token", "--app", "a", "--secret", "s", "--stream", "x"],
+            &["token", "--app", "a", "--secret", "s", "--mode", "both"],
+            &[
+                "token", "--app", "a", "--secret", "s", "--stream", "x", "--mode", "admin",
+            ],
+            &[
+                "token", "--app", "a", "--secret", "s", "--stream", "x", "--mode", "both", "--ttl",
+                "25h",
+            ],
+            &[
+                "token", "--app", "a", "--secret", "s", "--stream", "x", "--mode", "both", "--ttl",
+                "0",
+            ],
+            &[
+                "token", "--app", "a", "--secret", "s", "--stream", "x", "--mode", "both", "--ttl",
+                "1w",
+            ],
+            &[
+                "token",
+                "--app",
+                "a",
+                "--secret",
+                "s",
+                "--stream",
+                "x",
+                "--mode",
+                "both",
+                "--node",
+                "https://n",
+            ],
         ] {
             let err = match parse(args) {
                 Ok(c) => panic!("{args:?} should not parse: {c:?}"),
@@ -351,7 +537,7 @@ mod tests {
         let help = err.to_string();
         for cmd in [
             "members", "status", "sessions", "session", "tracks", "locate", "drain", "undrain",
-            "health",
+            "token", "health",
         ] {
             assert!(help.contains(cmd), "help lists {cmd}: {help}");
         }

@@ -68,6 +68,61 @@ impl Client {
         &self.base
     }
 
+    /// A client for another node URL and bearer, with the same timeout.
+    pub fn to(&self, base: &str, token: Option<String>) -> Result<Client, CtlError> {
+        Client::new(base, token, self.timeout)
+    }
+
+    /// `POST` a JSON body to an app API path, with this client's bearer as the app secret: a 2xx
+    /// JSON answer, else the matching [`CtlError`] (401 is [`CtlError::AppUnauthorized`]).
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CtlError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let unreachable = |e: reqwest::Error| CtlError::Unreachable {
+            url: self.base.clone(),
+            reason: error_reason(&e, self.timeout),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let raw = resp.text().await.map_err(unreachable)?;
+        let answer = Answer {
+            status,
+            body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+            raw,
+        };
+        match answer.status {
+            200..=299 if answer.body.is_object() => Ok(answer.body),
+            200..=299 => Err(CtlError::BadAnswer {
+                path: path.to_string(),
+                reason: format!(
+                    "HTTP {} without a JSON object: {:?}",
+                    answer.status,
+                    excerpt(&answer.raw)
+                ),
+            }),
+            401 => Err(CtlError::AppUnauthorized {
+                url: self.base.clone(),
+                code: answer.error_code(),
+                description: answer.error_description(),
+            }),
+            status => Err(CtlError::Api {
+                method: "POST".to_string(),
+                path: path.to_string(),
+                status,
+                code: answer.error_code(),
+                description: answer.error_description(),
+                raw: excerpt(&answer.raw),
+            }),
+        }
+    }
+
     /// Send a request; any HTTP status is an `Ok`. Only a missing answer is an error.
     pub async fn request(
         &self,

@@ -23,6 +23,12 @@ pub enum CtlError {
         code: Option<String>,
         description: Option<String>,
     },
+    /// 401 from the app API: a wrong or missing app secret (`token --node`).
+    AppUnauthorized {
+        url: String,
+        code: Option<String>,
+        description: Option<String>,
+    },
     /// Any other non-2xx answer.
     Api {
         method: String,
@@ -43,7 +49,7 @@ impl CtlError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CtlError::Unreachable { .. } => exit::UNREACHABLE,
-            CtlError::Unauthorized { .. } => exit::UNAUTHORIZED,
+            CtlError::Unauthorized { .. } | CtlError::AppUnauthorized { .. } => exit::UNAUTHORIZED,
             CtlError::Api { .. } | CtlError::BadAnswer { .. } | CtlError::Negative(_) => {
                 exit::NEGATIVE
             }
@@ -80,6 +86,21 @@ impl fmt::Display for CtlError {
                     f,
                     "\nhint: pass the node's admin token (its --admin-token) with --token T \
                      or in the environment variable TRACKMESH_ADMIN_TOKEN"
+                )
+            }
+            CtlError::AppUnauthorized {
+                url,
+                code,
+                description,
+            } => {
+                let detail = code_and_description(code, description);
+                write!(f, "unauthorized by {url}")?;
+                if !detail.is_empty() {
+                    write!(f, " ({detail})")?;
+                }
+                write!(
+                    f,
+                    "\nhint: --secret (or TRACKMESH_APP_SECRET) must be the app's secret on that node"
                 )
             }
             CtlError::Api {
@@ -163,5 +184,14 @@ mod tests {
         };
         assert_eq!(e.to_string(), "GET /admin/tracks: HTTP 502: Bad Gateway");
         assert_eq!(CtlError::Negative("no".into()).exit_code(), 1);
+
+        let e = CtlError::AppUnauthorized {
+            url: "http://n".into(),
+            code: Some("unauthorized".into()),
+            description: None,
+        };
+        assert_eq!(e.exit_code(), 4);
+        let s = e.to_string();
+        assert!(s.contains("--secret") && !s.contains("--token"), "{s}");
     }
 }

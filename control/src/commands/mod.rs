@@ -7,6 +7,7 @@ mod locate;
 mod members;
 mod sessions;
 mod status;
+mod token;
 mod tracks;
 
 use serde_json::Value;
@@ -61,6 +62,7 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Outpu
         Command::Locate { track } => locate::run(client, track, json).await,
         Command::Drain { node } => drain::run(client, node, true, json).await,
         Command::Undrain { node } => drain::run(client, node, false, json).await,
+        Command::Token(args) => token::run(client, args, json).await,
         Command::Health => health::run(client, json).await,
     }
 }

@@ -32,6 +32,11 @@ impl Apps {
         self.secrets.contains_key(app)
     }
 
+    /// The app's secret, which also signs its stream tokens.
+    pub fn secret(&self, app: &str) -> Option<&str> {
+        self.secrets.get(app).map(String::as_str)
+    }
+
     /// Unknown app → 404 `not_found`; missing or wrong bearer → 401 `unauthorized`.
     pub fn authorize(&self, app: &str, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(secret) = self.secrets.get(app) else {

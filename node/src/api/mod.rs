@@ -1,8 +1,8 @@
 //! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}` (with
-//! the app's session listing, an extension), WHIP/WHEP and the streams API under
-//! `/v1/apps/{appId}` (`whip.rs`, `streams.rs`, RFC 9457 errors from `problem.rs`), the demo page
-//! at `/` and the meeting view at `/meet`, and `/healthz`. Unknown paths and verbs get a JSON 405,
-//! as Calls answers.
+//! the app's session listing, an extension), stream tokens (`…/{appId}/tokens`), WHIP/WHEP and
+//! the streams API under `/v1/apps/{appId}` (`whip.rs`, `streams.rs`, RFC 9457 errors from
+//! `problem.rs`), the demo page at `/` and the meeting view at `/meet`, and `/healthz`. Unknown
+//! paths and verbs get a JSON 405, as Calls answers.
 
 mod calls;
 mod cluster;
@@ -14,6 +14,7 @@ mod ops;
 mod problem;
 mod quota;
 mod streams;
+pub mod tokens;
 pub mod whip;
 pub mod wire;
 
@@ -216,6 +217,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/v1/apps/{app}", v1)
         .nest("/apps/{app}", calls)
+        .route("/v1/apps/{app}/tokens", post(tokens::create))
+        .route("/apps/{app}/tokens", post(tokens::create))
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/meet", get(|| async { Html(MEET_PAGE) }))
         .route(

@@ -17,6 +17,7 @@ use super::ApiState;
 use super::calls::off_engine;
 use super::guard::read_body;
 use super::problem::Problem;
+use super::tokens::StreamDenied;
 use crate::engine::streams::Role;
 use crate::engine::{ClientOffer, OpError, Patched, StreamPolicy, StreamSessionCreated};
 
@@ -36,17 +37,29 @@ pub enum Mode {
     Subscribe,
 }
 
-/// The one place WHIP/WHEP check a bearer. Today it is the app's secret, which allows every
-/// stream and mode; scoped tokens (the app, a stream or `*`, a mode, an expiry) slot in here and
-/// answer 403 when a valid token does not cover `stream` and `mode`.
+/// The one place WHIP/WHEP check a bearer: the app's secret (every stream and mode) or a stream
+/// token signed with it ([`super::tokens`]). A missing, forged, expired or other app's bearer is
+/// 401; a valid token for another stream or mode is 403; an unknown app is 404.
 pub fn authorize_stream(
     st: &ApiState,
     app: &str,
     headers: &HeaderMap,
-    _stream: &str,
-    _mode: Mode,
+    stream: &str,
+    mode: Mode,
 ) -> Result<()> {
-    st.apps.authorize(app, headers).map_err(Problem::from)
+    let want = match mode {
+        Mode::Publish => super::tokens::Mode::Publish,
+        Mode::Subscribe => super::tokens::Mode::Subscribe,
+    };
+    match st.authorize_stream(app, headers, stream, want) {
+        Ok(_) => Ok(()),
+        Err(StreamDenied::UnknownApp) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("app {app} not found"),
+        )),
+        Err(StreamDenied::Token(e)) => Err(Problem::from(super::error::ApiError::from(e))),
+    }
 }
 
 /// The body's media type is `want` (parameters such as `charset` are ignored).
