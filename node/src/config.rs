@@ -138,6 +138,25 @@ pub struct Flags {
     /// New sessions per second allowed for one app [default: 200].
     #[arg(long, env = "TRACKMESH_SESSION_RATE_APP")]
     pub session_rate_app: Option<u32>,
+    /// A TURN key and its secret as ID:SECRET; repeatable. With none, no TURN server runs.
+    #[arg(long = "turn-key", env = "TRACKMESH_TURN_KEY", value_delimiter = ',')]
+    #[serde(rename = "turn-key", deserialize_with = "file::turn_keys")]
+    pub turn_keys: Vec<crate::turn::TurnKey>,
+    /// TURN port, UDP and TCP, on the --media IP [default: 3478].
+    #[arg(long, env = "TRACKMESH_TURN_PORT")]
+    pub turn_port: Option<u16>,
+    /// IP put in TURN URLs and relayed addresses [default: --public-ip, else the --media IP].
+    #[arg(long, env = "TRACKMESH_TURN_PUBLIC_IP")]
+    pub turn_public_ip: Option<IpAddr>,
+    /// TURN allocations this node holds at once [default: 1000].
+    #[arg(long, env = "TRACKMESH_TURN_MAX_ALLOCATIONS")]
+    pub turn_max_allocations: Option<usize>,
+    /// TURN allocations one credential may hold at once [default: 10].
+    #[arg(long, env = "TRACKMESH_TURN_ALLOCATIONS_PER_CREDENTIAL")]
+    pub turn_allocations_per_credential: Option<usize>,
+    /// What a client may send through one TURN allocation, in kbit/s [default: 5000].
+    #[arg(long, env = "TRACKMESH_TURN_BANDWIDTH")]
+    pub turn_bandwidth: Option<u32>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     // Declared here for the order of the file's keys in error messages; listed last in --help.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
@@ -253,6 +272,19 @@ mod file {
         )*};
     }
 
+    /// The file's `turn-key` list: `"ID:SECRET"` strings.
+    pub(super) fn turn_keys<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<crate::turn::TurnKey>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| D::Error::custom(format!("{PREFIX}turn-key: {e}")))
+            })
+            .collect()
+    }
+
     durations! {
         track_timeout => "track-timeout",
         connect_timeout => "connect-timeout",
@@ -322,6 +354,18 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The HTTP server's connection caps and timeouts.
     pub http_limits: crate::http::Limits,
+    /// TURN keys (`--turn-key`); none: no TURN server.
+    pub turn_keys: Vec<crate::turn::TurnKey>,
+    /// The TURN port, UDP and TCP (`--turn-port`).
+    pub turn_port: u16,
+    /// The IP in TURN URLs (`--turn-public-ip`); `None`: the candidate IP.
+    pub turn_public_ip: Option<IpAddr>,
+    /// TURN allocations at once on this node.
+    pub turn_max_allocations: usize,
+    /// TURN allocations one credential may hold.
+    pub turn_allocations_per_credential: usize,
+    /// kbit/s a client may send through one allocation.
+    pub turn_bandwidth_kbps: u32,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -439,6 +483,25 @@ impl Config {
                     body: dur(flags.http_body_timeout, file.http_body_timeout, 30),
                 },
             },
+            turn_keys: if flags.turn_keys.is_empty() {
+                file.turn_keys
+            } else {
+                flags.turn_keys
+            },
+            turn_port: flags.turn_port.or(file.turn_port).unwrap_or(3478),
+            turn_public_ip: flags.turn_public_ip.or(file.turn_public_ip),
+            turn_max_allocations: flags
+                .turn_max_allocations
+                .or(file.turn_max_allocations)
+                .unwrap_or(1000),
+            turn_allocations_per_credential: flags
+                .turn_allocations_per_credential
+                .or(file.turn_allocations_per_credential)
+                .unwrap_or(10),
+            turn_bandwidth_kbps: flags
+                .turn_bandwidth
+                .or(file.turn_bandwidth)
+                .unwrap_or(crate::turn::DEFAULT_KBPS),
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
@@ -465,6 +528,14 @@ impl Config {
         }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
+        }
+        if cfg.turn_max_allocations == 0
+            || cfg.turn_allocations_per_credential == 0
+            || cfg.turn_bandwidth_kbps == 0
+        {
+            bail!(
+                "turn-max-allocations, turn-allocations-per-credential and turn-bandwidth must be at least 1"
+            );
         }
         let http = &cfg.http_limits;
         if http.max_connections == 0 || http.max_connections_per_ip == 0 {

@@ -8,6 +8,7 @@ mod guard;
 pub mod node_auth;
 mod ops;
 mod quota;
+pub mod turn;
 pub mod wire;
 
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct ApiState {
     admin_token: Option<String>,
     /// Client for forwarding calls to the node that owns a session.
     http: reqwest::Client,
+    /// TURN keys, revocations and the TURN server.
+    turn: turn::TurnState,
 }
 
 impl ApiState {
@@ -69,6 +72,7 @@ impl ApiState {
         engine: EngineHandle,
         cluster: ClusterHandle,
         ops: OpsState,
+        turn: turn::TurnState,
     ) -> ApiState {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -99,6 +103,7 @@ impl ApiState {
             max_sessions: cfg.max_sessions,
             max_body: cfg.max_body,
             connect_timeout: cfg.connect_timeout,
+            turn,
         }
     }
 }
@@ -155,6 +160,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/v1/apps/{app}", calls.clone())
         .nest("/apps/{app}", calls)
+        .route(
+            "/v1/turn/keys/{key}/credentials/generate-ice-servers",
+            post(turn::generate),
+        )
+        .route(
+            "/v1/turn/keys/{key}/credentials/{username}/revoke",
+            post(turn::revoke),
+        )
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/favicon.ico", get(favicon))
         .route("/healthz", get(ops::healthz))
