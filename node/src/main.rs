@@ -71,8 +71,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         node.relay_addr(),
         node.tag(),
     );
+    // `turn=off` without a TURN key: say so where operators and tests look first.
+    let turn = node
+        .turn_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     println!(
-        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={}",
+        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={} turn={turn}",
         cfg.gossip, cfg.node_id, cfg.region
     );
     let candidate_addr = node.candidate_addr();

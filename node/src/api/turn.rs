@@ -67,6 +67,16 @@ fn ice_servers(at: SocketAddr, username: &str, credential: &str) -> serde_json::
     })
 }
 
+/// 400 `bad_request`: the TURN API answers a missing or out-of-range ttl with 400 (the Calls
+/// media API's 406 `invalid_params` is not used here).
+fn bad_ttl() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("a body {{\"ttl\": seconds}} is required, ttl from 1 to {MAX_TTL_SECS}"),
+    )
+}
+
 /// `POST /v1/turn/keys/{keyId}/credentials/generate-ice-servers` `{ttl}` → 201 `{iceServers}`.
 pub async fn generate(
     State(st): State<Arc<ApiState>>,
@@ -77,9 +87,7 @@ pub async fn generate(
     authorize(&st.turn, &key, &headers)?;
     let bytes = read_body(body, st.max_body).await?;
     if is_blank(&bytes) {
-        return Err(ApiError::invalid_params(
-            "a body {\"ttl\": seconds} is required",
-        ));
+        return Err(bad_ttl());
     }
     let req: GenerateRequest = decode(&bytes)?;
     let ttl = req
@@ -87,11 +95,7 @@ pub async fn generate(
         .as_ref()
         .and_then(serde_json::Value::as_u64)
         .filter(|t| (1..=MAX_TTL_SECS).contains(t))
-        .ok_or_else(|| {
-            ApiError::invalid_params(format!(
-                "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECS}"
-            ))
-        })?;
+        .ok_or_else(bad_ttl)?;
     let Some(server) = &st.turn.server else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
