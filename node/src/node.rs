@@ -694,6 +694,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_turn_server_runs_with_a_key_and_frees_its_port_at_shutdown() {
+        let without = start().await;
+        assert_eq!(without.turn_addr(), None, "no key, no TURN server");
+        without.shutdown().await;
+
+        let node = start_with(&["--turn-key", "k:s", "--turn-port", "0"]).await;
+        let turn = node.turn_addr().expect("a TURN server with a key");
+        assert_eq!(turn.ip(), node.media_addr().ip(), "on the media IP");
+        // Both the UDP socket and the TCP listener are taken while it runs.
+        assert!(std::net::UdpSocket::bind(turn).is_err());
+        assert!(std::net::TcpListener::bind(turn).is_err());
+        node.shutdown().await;
+        // The crate's tasks let go of the sockets as they end (bounded poll).
+        let mut last = String::new();
+        for _ in 0..100 {
+            match (
+                std::net::UdpSocket::bind(turn),
+                std::net::TcpListener::bind(turn),
+            ) {
+                (Ok(_), Ok(_)) => {
+                    last.clear();
+                    break;
+                }
+                (u, t) => last = format!("udp {:?}, tcp {:?}", u.err(), t.err()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(last.is_empty(), "the TURN port stays bound after shutdown: {last}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drain_reports_not_ready_and_ends_when_no_session_is_left() {
         let node = start_with(&["--drain-timeout", "1h"]).await;
         assert_eq!(get(&node, "/readyz").await.0, 200);
