@@ -721,7 +721,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(last.is_empty(), "the TURN port stays bound after shutdown: {last}");
+        assert!(
+            last.is_empty(),
+            "the TURN port stays bound after shutdown: {last}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,12 @@ async function relayedCall(t, { only } = {}) {
     await page.goto(`${site.origin}/raw.html`);
     const cfg = { base: node.base, secret: node.secret, rtc: { iceServers, iceTransportPolicy: 'relay' } };
 
-    const pub = await withTimeout(page.evaluate((cfg) => window.publish(cfg), cfg), 30000, 'publish through TURN (connected)');
+    const pub = await withTimeout(page.evaluate((cfg) => window.publish(cfg), cfg), 30000, 'publish through TURN (connected)')
+      .catch(async (e) => {
+        const m = await metrics();
+        e.message += `\nTURN figures: ${JSON.stringify(Object.fromEntries(Object.entries(m).filter(([k]) => k.startsWith('trackmesh_turn'))))}`;
+        throw e;
+      });
     await pollUntil(async () => {
       const s = await page.evaluate(() => window.stats());
       return s.pub.video.packetsSent > 0;

@@ -227,10 +227,10 @@ impl TurnClient {
         }
     }
 
-    /// Sends a request (authenticated once a challenge was seen) and returns the answer,
-    /// answering one 401 challenge on the way.
+    /// Sends a request (signed once a challenge was seen) and returns the answer, following the
+    /// first 401 challenge and 438 stale-nonce answers (RFC 8489 §9.2.4) on the way.
     async fn request(&mut self, method: Method, attrs: Vec<Attr>) -> Message<Attr> {
-        for _ in 0..2 {
+        for _ in 0..3 {
             self.next_tx += 1;
             let mut m: Message<Attr> = Message::new(
                 MessageClass::Request,
@@ -256,16 +256,15 @@ impl TurnClient {
                 .await
                 .expect("send");
             let answer = self.recv().await;
-            let challenged = answer.class() == MessageClass::ErrorResponse
-                && self.realm.is_none()
-                && answer.get_attribute::<ErrorCode>().map(ErrorCode::code) == Some(401);
+            let code = error_code(&answer);
+            let challenged = (self.realm.is_none() && code == Some(401)) || code == Some(438);
             if !challenged {
                 return answer;
             }
             self.realm = answer.get_attribute::<Realm>().cloned();
             self.nonce = answer.get_attribute::<Nonce>().cloned();
         }
-        panic!("challenged twice");
+        panic!("challenged three times");
     }
 
     async fn recv(&self) -> Message<Attr> {

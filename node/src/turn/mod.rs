@@ -23,11 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use credentials::{Credential, Refusal, TurnAuth, TurnKey};
+use guard::REALM;
 pub use guard::{Guard, Limits};
 use transport::Guarded;
 
-/// The realm clients see in the challenge (any string; the credential scheme ignores it).
-const REALM: &str = "trackmesh";
 /// Relay sockets bind ports in this range (they talk only to the media address on this host, so
 /// no firewall needs to open them).
 const RELAY_PORTS: (u16, u16) = (49152, 65535);
@@ -64,7 +63,9 @@ impl TurnServer {
     pub async fn start(settings: Settings, auth: Arc<TurnAuth>) -> anyhow::Result<TurnServer> {
         let (udp, tcp) = bind(settings.bind_ip, settings.port).await?;
         let addr = udp.local_addr().context("TURN UDP address")?;
-        let guard = Arc::new(Guard::new(settings.limits).context("registering TURN metrics")?);
+        let guard = Arc::new(
+            Guard::new(settings.limits, auth.clone()).context("registering TURN metrics")?,
+        );
         let (stop, stopped) = watch::channel(false);
         let tcp = TcpServer::new(tcp).map_err(|e| anyhow::anyhow!("TURN TCP listener: {e}"))?;
         let connections: Vec<Arc<dyn Transport + Send + Sync>> = vec![
@@ -245,7 +246,8 @@ impl AuthHandler for Auth {
     }
 }
 
-/// TURN requests without MESSAGE-INTEGRITY let through per second, all clients together.
+/// Challenges answered, and signed requests with a nonce the TURN crate has not issued let
+/// through, per second, all clients together (`guard.rs`).
 pub const UNAUTHENTICATED_PER_SEC: NonZeroU32 = match NonZeroU32::new(200) {
     Some(n) => n,
     None => NonZeroU32::MIN,

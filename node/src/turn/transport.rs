@@ -7,18 +7,40 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use medea_turn::attr::{Attribute, ErrorCode};
+use medea_turn::attr::{Attribute, ErrorCode, Nonce, Realm};
 use medea_turn::transport::{Error, Request, Transport};
 use stun_codec::{Message, MessageClass};
 use tokio::sync::watch;
 
-use super::guard::{Guard, Verdict};
+use super::guard::{Guard, REALM, Verdict};
 
 /// A listener (UDP socket or TCP server) behind the guard, which ends when `stop` turns true.
 pub struct Guarded<T> {
     inner: T,
     guard: Arc<Guard>,
     stop: watch::Receiver<bool>,
+}
+
+impl<T: Transport + Send + Sync> Guarded<T> {
+    /// Answers a refused request with `code`; a challenge also carries the realm and `nonce`.
+    async fn answer_error(&self, req: &Request, src: SocketAddr, code: u16, nonce: Option<String>) {
+        let Request::Message(m) = req else { return };
+        let Ok(code) = ErrorCode::new(code, reason(code).to_string()) else {
+            return;
+        };
+        let mut answer = Message::new(MessageClass::ErrorResponse, m.method(), m.transaction_id());
+        answer.add_attribute(code);
+        if let Some(nonce) = nonce {
+            if let Ok(realm) = Realm::new(REALM.to_string()) {
+                answer.add_attribute(realm);
+            }
+            if let Ok(nonce) = Nonce::new(nonce) {
+                answer.add_attribute(nonce);
+            }
+        }
+        // A lost answer is the client's retransmission to repeat.
+        let _ = self.inner.send_msg_to(answer, src).await;
+    }
 }
 
 impl<T> Guarded<T> {
@@ -45,20 +67,8 @@ impl<T: Transport + Send + Sync> Transport for Guarded<T> {
             match verdict {
                 Verdict::Pass => return Ok((req, src)),
                 Verdict::Drop => {}
-                Verdict::Refuse(code) => {
-                    if let Request::Message(m) = &req
-                        && let Ok(code) = ErrorCode::new(code, reason(code).to_string())
-                    {
-                        let mut answer = Message::new(
-                            MessageClass::ErrorResponse,
-                            m.method(),
-                            m.transaction_id(),
-                        );
-                        answer.add_attribute(code);
-                        // A lost answer is the client's retransmission to repeat.
-                        let _ = self.inner.send_msg_to(answer, src).await;
-                    }
-                }
+                Verdict::Refuse(code) => self.answer_error(&req, src, code, None).await,
+                Verdict::Challenge(nonce) => self.answer_error(&req, src, 401, Some(nonce)).await,
             }
         }
     }
@@ -84,6 +94,7 @@ impl<T: Transport + Send + Sync> Transport for Guarded<T> {
 
 fn reason(code: u16) -> &'static str {
     match code {
+        401 => "Unauthorized",
         403 => "Forbidden",
         486 => "Allocation Quota Reached",
         _ => "Refused",
