@@ -752,7 +752,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 30] = [
+    const FILE_KEYS: [&str; 36] = [
         "http",
         "media",
         "public-ip",
@@ -767,6 +767,12 @@ mod tests {
         "max-sessions-per-app",
         "session-rate-ip",
         "session-rate-app",
+        "turn-key",
+        "turn-port",
+        "turn-public-ip",
+        "turn-max-allocations",
+        "turn-allocations-per-credential",
+        "turn-bandwidth",
         "log-format",
         "node-id",
         "region",
@@ -821,6 +827,12 @@ mod tests {
             max-sessions-per-app = 8
             session-rate-ip = 9
             session-rate-app = 10
+            turn-key = ["k1:s1", "k2:s2"]
+            turn-port = 3479
+            turn-public-ip = "127.0.0.10"
+            turn-max-allocations = 17
+            turn-allocations-per-credential = 18
+            turn-bandwidth = 19
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -872,6 +884,25 @@ mod tests {
             ),
             (8, 9, 10)
         );
+        assert_eq!(
+            cfg.turn_keys
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
+        assert_eq!(
+            (cfg.turn_port, cfg.turn_public_ip),
+            (3479, "127.0.0.10".parse().ok())
+        );
+        assert_eq!(
+            (
+                cfg.turn_max_allocations,
+                cfg.turn_allocations_per_credential,
+                cfg.turn_bandwidth_kbps
+            ),
+            (17, 18, 19)
+        );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));
         assert_eq!((cfg.gossip.port(), cfg.relay.port()), (9102, 9103));
@@ -904,6 +935,14 @@ mod tests {
             (
                 "app = [\"nocolon\"]\n",
                 "config app: expected ID:SECRET, got \"nocolon\"",
+            ),
+            (
+                "turn-key = [\"a:b\", \"bad id:x\"]\n",
+                "config turn-key: TURN key id \"bad id\" may only contain letters, digits, '-' and '_'",
+            ),
+            (
+                "turn-bandwidth = 0\n",
+                "turn-max-allocations, turn-allocations-per-credential and turn-bandwidth must be at least 1",
             ),
         ] {
             std::fs::write(&path, bad).expect("write config");
