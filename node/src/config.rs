@@ -148,6 +148,25 @@ pub struct Flags {
     /// Most WHEP viewers of one stream on this node [default: 500].
     #[arg(long, env = "TRACKMESH_WHEP_MAX_VIEWERS")]
     pub whep_max_viewers: Option<usize>,
+    /// A TURN key and its secret as ID:SECRET; repeatable. With none, no TURN server runs.
+    #[arg(long = "turn-key", env = "TRACKMESH_TURN_KEY", value_delimiter = ',')]
+    #[serde(rename = "turn-key", deserialize_with = "file::turn_keys")]
+    pub turn_keys: Vec<crate::turn::TurnKey>,
+    /// TURN port, UDP and TCP, on the --media IP [default: 3478].
+    #[arg(long, env = "TRACKMESH_TURN_PORT")]
+    pub turn_port: Option<u16>,
+    /// IP put in TURN URLs and relayed addresses [default: --public-ip, else the --media IP].
+    #[arg(long, env = "TRACKMESH_TURN_PUBLIC_IP")]
+    pub turn_public_ip: Option<IpAddr>,
+    /// TURN allocations this node holds at once [default: 1000].
+    #[arg(long, env = "TRACKMESH_TURN_MAX_ALLOCATIONS")]
+    pub turn_max_allocations: Option<usize>,
+    /// TURN allocations one credential may hold at once [default: 10].
+    #[arg(long, env = "TRACKMESH_TURN_ALLOCATIONS_PER_CREDENTIAL")]
+    pub turn_allocations_per_credential: Option<usize>,
+    /// What a client may send through one TURN allocation, in kbit/s [default: 5000].
+    #[arg(long, env = "TRACKMESH_TURN_BANDWIDTH")]
+    pub turn_bandwidth: Option<u32>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     // Declared here for the order of the file's keys in error messages; listed last in --help.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
@@ -263,6 +282,19 @@ mod file {
         )*};
     }
 
+    /// The file's `turn-key` list: `"ID:SECRET"` strings.
+    pub(super) fn turn_keys<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<crate::turn::TurnKey>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| D::Error::custom(format!("{PREFIX}turn-key: {e}")))
+            })
+            .collect()
+    }
+
     durations! {
         track_timeout => "track-timeout",
         connect_timeout => "connect-timeout",
@@ -338,6 +370,18 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The HTTP server's connection caps and timeouts.
     pub http_limits: crate::http::Limits,
+    /// TURN keys (`--turn-key`); none: no TURN server.
+    pub turn_keys: Vec<crate::turn::TurnKey>,
+    /// The TURN port, UDP and TCP (`--turn-port`).
+    pub turn_port: u16,
+    /// The IP in TURN URLs (`--turn-public-ip`); `None`: the candidate IP.
+    pub turn_public_ip: Option<IpAddr>,
+    /// TURN allocations at once on this node.
+    pub turn_max_allocations: usize,
+    /// TURN allocations one credential may hold.
+    pub turn_allocations_per_credential: usize,
+    /// kbit/s a client may send through one allocation.
+    pub turn_bandwidth_kbps: u32,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -467,6 +511,25 @@ impl Config {
                     body: dur(flags.http_body_timeout, file.http_body_timeout, 30),
                 },
             },
+            turn_keys: if flags.turn_keys.is_empty() {
+                file.turn_keys
+            } else {
+                flags.turn_keys
+            },
+            turn_port: flags.turn_port.or(file.turn_port).unwrap_or(3478),
+            turn_public_ip: flags.turn_public_ip.or(file.turn_public_ip),
+            turn_max_allocations: flags
+                .turn_max_allocations
+                .or(file.turn_max_allocations)
+                .unwrap_or(1000),
+            turn_allocations_per_credential: flags
+                .turn_allocations_per_credential
+                .or(file.turn_allocations_per_credential)
+                .unwrap_or(10),
+            turn_bandwidth_kbps: flags
+                .turn_bandwidth
+                .or(file.turn_bandwidth)
+                .unwrap_or(crate::turn::DEFAULT_KBPS),
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
@@ -496,6 +559,14 @@ impl Config {
         }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
+        }
+        if cfg.turn_max_allocations == 0
+            || cfg.turn_allocations_per_credential == 0
+            || cfg.turn_bandwidth_kbps == 0
+        {
+            bail!(
+                "turn-max-allocations, turn-allocations-per-credential and turn-bandwidth must be at least 1"
+            );
         }
         let http = &cfg.http_limits;
         if http.max_connections == 0 || http.max_connections_per_ip == 0 {
@@ -712,7 +783,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 33] = [
+    const FILE_KEYS: [&str; 39] = [
         "http",
         "media",
         "public-ip",
@@ -730,6 +801,12 @@ mod tests {
         "whip-auto-create",
         "whep-auto-create",
         "whep-max-viewers",
+        "turn-key",
+        "turn-port",
+        "turn-public-ip",
+        "turn-max-allocations",
+        "turn-allocations-per-credential",
+        "turn-bandwidth",
         "log-format",
         "node-id",
         "region",
@@ -787,6 +864,12 @@ mod tests {
             whip-auto-create = false
             whep-auto-create = false
             whep-max-viewers = 17
+            turn-key = ["k1:s1", "k2:s2"]
+            turn-port = 3479
+            turn-public-ip = "127.0.0.10"
+            turn-max-allocations = 17
+            turn-allocations-per-credential = 18
+            turn-bandwidth = 19
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -846,6 +929,25 @@ mod tests {
             ),
             (false, false, 17)
         );
+        assert_eq!(
+            cfg.turn_keys
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
+        assert_eq!(
+            (cfg.turn_port, cfg.turn_public_ip),
+            (3479, "127.0.0.10".parse().ok())
+        );
+        assert_eq!(
+            (
+                cfg.turn_max_allocations,
+                cfg.turn_allocations_per_credential,
+                cfg.turn_bandwidth_kbps
+            ),
+            (17, 18, 19)
+        );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));
         assert_eq!((cfg.gossip.port(), cfg.relay.port()), (9102, 9103));
@@ -878,6 +980,14 @@ mod tests {
             (
                 "app = [\"nocolon\"]\n",
                 "config app: expected ID:SECRET, got \"nocolon\"",
+            ),
+            (
+                "turn-key = [\"a:b\", \"bad id:x\"]\n",
+                "config turn-key: TURN key id \"bad id\" may only contain letters, digits, '-' and '_'",
+            ),
+            (
+                "turn-bandwidth = 0\n",
+                "turn-max-allocations, turn-allocations-per-credential and turn-bandwidth must be at least 1",
             ),
         ] {
             std::fs::write(&path, bad).expect("write config");

@@ -9,6 +9,7 @@
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
 //! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
+//! - [`turn`]: the embedded TURN server (relays only to this node) and its credentials.
 //! - [`calls_error`]: the Calls error model every HTTP answer uses.
 //! - [`config`], [`ids`], [`logging`]: configuration, session ids, the log filter.
 //! - `testing` (feature `test-world`): the in-memory world the engine tests and benches use.
@@ -33,5 +34,6 @@ pub mod runtime;
 pub mod sendbatch;
 #[cfg(any(test, feature = "test-world"))]
 pub mod testing;
+pub mod turn;
 
 pub use node::Node;

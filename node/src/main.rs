@@ -60,6 +60,7 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let node = Node::start(cfg.clone()).await?;
+    let mut signals = Signals::new();
     if cfg.dev_app
         && let Some(app) = cfg.apps.first()
     {
@@ -71,47 +72,77 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         node.relay_addr(),
         node.tag(),
     );
+    // `turn=off` without a TURN key: say so where operators and tests look first.
+    let turn = node
+        .turn_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     println!(
-        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={}",
+        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={} turn={turn}",
         cfg.gossip, cfg.node_id, cfg.region
     );
     let candidate_addr = node.candidate_addr();
     tracing::info!(%http_addr, %media_addr, %candidate_addr, %relay_addr, gossip = %cfg.gossip, node = %cfg.node_id, node_tag = %tag, region = %cfg.region, "serving");
 
     // On SIGTERM (or Ctrl-C) the node drains; a second signal ends the wait at once.
-    shutdown_signal().await;
+    signals.next().await;
     tokio::select! {
         () = node.drain() => {}
-        () = shutdown_signal() => tracing::info!("second signal: exiting now"),
+        () = signals.next() => tracing::info!("second signal: exiting now"),
     }
     node.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from creation on: made before the ready line, so a
+/// supervisor that signals as soon as it reads the line gets a drain, not the default kill.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+                    .ok()
+            };
+            Signals {
+                term: listen(SignalKind::terminate(), "SIGTERM"),
+                int: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => {},
+                () = recv(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot listen for ctrl-c");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

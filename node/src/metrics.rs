@@ -77,6 +77,17 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
+    /// Adds collectors kept by another part (the TURN server's figures) to `/metrics`.
+    pub fn register(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> prometheus::Result<()> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
+    }
+
     /// `rejects` is the node's refusal counter, kept outside so the gossip thread and the relay
     /// count into it before the API exists.
     pub fn new(rejects: &crate::rejects::Rejects) -> prometheus::Result<Metrics> {

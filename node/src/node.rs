@@ -50,6 +50,8 @@ pub struct Node {
     stop_http: Option<oneshot::Sender<()>>,
     http_task: Option<JoinHandle<()>>,
     gossip_thread: Option<GossipThread>,
+    /// The embedded TURN server, when a TURN key is configured.
+    turn: Option<Arc<crate::turn::TurnServer>>,
 }
 
 impl Node {
@@ -158,6 +160,39 @@ impl Node {
         cleanup.relay = Some(relay.clone());
         let metrics =
             Arc::new(crate::metrics::Metrics::new(&rejects).context("registering metrics")?);
+        let turn_auth = Arc::new(crate::turn::TurnAuth::new(&cfg.turn_keys));
+        let turn = if turn_auth.enabled() {
+            let server = crate::turn::TurnServer::start(
+                crate::turn::Settings {
+                    bind_ip: media_addr.ip(),
+                    port: cfg.turn_port,
+                    public_ip: cfg.turn_public_ip.unwrap_or(candidate_addr.ip()),
+                    limits: crate::turn::Limits {
+                        // Relayed packets reach the bound socket; the announced address too,
+                        // when clients were given a public one.
+                        peers: if candidate_addr == media_addr {
+                            vec![media_addr]
+                        } else {
+                            vec![media_addr, candidate_addr]
+                        },
+                        max_allocations: cfg.turn_max_allocations,
+                        per_credential: cfg.turn_allocations_per_credential,
+                        bytes_per_sec: crate::turn::bytes_per_sec(cfg.turn_bandwidth_kbps),
+                        unauthenticated_per_sec: crate::turn::UNAUTHENTICATED_PER_SEC,
+                    },
+                },
+                turn_auth.clone(),
+            )
+            .await?;
+            metrics
+                .register(server.guard().figures().collectors())
+                .context("registering TURN metrics")?;
+            tracing::info!(target: LOG_TARGET, turn = %server.addr(), urls = %server.public_addr(), "TURN server on UDP and TCP");
+            Some(Arc::new(server))
+        } else {
+            tracing::info!(target: LOG_TARGET, "no --turn-key: no TURN server");
+            None
+        };
 
         let load_task = tokio::spawn(crate::cluster::report_load(
             handle.clone(),
@@ -188,7 +223,16 @@ impl Node {
             rejects: rejects.clone(),
             liveness: liveness.clone(),
         };
-        let state = Arc::new(api::ApiState::new(&cfg, handle.clone(), cluster, ops));
+        let state = Arc::new(api::ApiState::new(
+            &cfg,
+            handle.clone(),
+            cluster,
+            ops,
+            api::turn::TurnState {
+                auth: turn_auth,
+                server: turn.clone(),
+            },
+        ));
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(crate::http::serve(
             listener,
@@ -220,6 +264,7 @@ impl Node {
             stop_http: Some(stop_http),
             http_task: Some(http_task),
             gossip_thread: Some(members.thread),
+            turn,
         })
     }
 
@@ -261,6 +306,16 @@ impl Node {
     /// The region this node serves.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The TURN server's bound address (UDP and TCP), when one runs.
+    pub fn turn_addr(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().map(|t| t.addr())
+    }
+
+    /// The TURN server's refusal and allocation figures, when one runs (tests).
+    pub fn turn_guard(&self) -> Option<Arc<crate::turn::Guard>> {
+        self.turn.as_ref().map(|t| t.guard().clone())
     }
 
     /// Which parts still run (the same answer as `/healthz`).
@@ -307,6 +362,9 @@ impl Node {
         {
             tracing::warn!(target: LOG_TARGET, "the HTTP server task panicked");
         }
+        if let Some(turn) = &self.turn {
+            turn.shutdown().await;
+        }
         self.engine_task.abort();
         self.load_task.abort();
         // Awaited so the media socket, which the engine task owns, is closed.
@@ -349,6 +407,9 @@ impl Node {
         self.engine_task.abort();
         self.load_task.abort();
         self.relay.abort();
+        if let Some(turn) = &self.turn {
+            turn.abort();
+        }
     }
 }
 
@@ -630,6 +691,40 @@ mod tests {
         until_unlinked(&b).await;
         assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
         b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_turn_server_runs_with_a_key_and_frees_its_port_at_shutdown() {
+        let without = start().await;
+        assert_eq!(without.turn_addr(), None, "no key, no TURN server");
+        without.shutdown().await;
+
+        let node = start_with(&["--turn-key", "k:s", "--turn-port", "0"]).await;
+        let turn = node.turn_addr().expect("a TURN server with a key");
+        assert_eq!(turn.ip(), node.media_addr().ip(), "on the media IP");
+        // Both the UDP socket and the TCP listener are taken while it runs.
+        assert!(std::net::UdpSocket::bind(turn).is_err());
+        assert!(std::net::TcpListener::bind(turn).is_err());
+        node.shutdown().await;
+        // The crate's tasks let go of the sockets as they end (bounded poll).
+        let mut last = String::new();
+        for _ in 0..100 {
+            match (
+                std::net::UdpSocket::bind(turn),
+                std::net::TcpListener::bind(turn),
+            ) {
+                (Ok(_), Ok(_)) => {
+                    last.clear();
+                    break;
+                }
+                (u, t) => last = format!("udp {:?}, tcp {:?}", u.err(), t.err()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            last.is_empty(),
+            "the TURN port stays bound after shutdown: {last}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

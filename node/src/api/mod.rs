@@ -16,6 +16,7 @@ mod quota;
 mod streams;
 pub mod tokens;
 pub mod whip;
+pub mod turn;
 pub mod wire;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct ApiState {
     admin_token: Option<String>,
     /// Client for forwarding calls to the node that owns a session.
     http: reqwest::Client,
+    /// TURN keys, revocations and the TURN server.
+    turn: turn::TurnState,
     /// This node's id, shown in the streams list.
     node_id: String,
     /// WHIP/WHEP stream settings.
@@ -88,6 +91,7 @@ impl ApiState {
         engine: EngineHandle,
         cluster: ClusterHandle,
         ops: OpsState,
+        turn: turn::TurnState,
     ) -> ApiState {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -124,6 +128,7 @@ impl ApiState {
                 whep_auto_create: cfg.whep_auto_create,
                 whep_max_viewers: cfg.whep_max_viewers,
             },
+            turn,
         }
     }
 }
@@ -219,6 +224,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/apps/{app}", calls)
         .route("/v1/apps/{app}/tokens", post(tokens::create))
         .route("/apps/{app}/tokens", post(tokens::create))
+        .route(
+            "/v1/turn/keys/{key}/credentials/generate-ice-servers",
+            post(turn::generate),
+        )
+        .route(
+            "/v1/turn/keys/{key}/credentials/{username}/revoke",
+            post(turn::revoke),
+        )
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/meet", get(|| async { Html(MEET_PAGE) }))
         .route(
