@@ -59,6 +59,8 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Before the node starts, so a signal during start-up is not the default (instant) exit.
+    let mut signals = Signals::listen();
     let node = Node::start(cfg.clone()).await?;
     if cfg.dev_app
         && let Some(app) = cfg.apps.first()
@@ -78,40 +80,106 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let candidate_addr = node.candidate_addr();
     tracing::info!(%http_addr, %media_addr, %candidate_addr, %relay_addr, gossip = %cfg.gossip, node = %cfg.node_id, node_tag = %tag, region = %cfg.region, "serving");
 
-    // On SIGTERM (or Ctrl-C) the node drains; a second signal ends the wait at once.
-    shutdown_signal().await;
-    tokio::select! {
-        () = node.drain() => {}
-        () = shutdown_signal() => tracing::info!("second signal: exiting now"),
+    // The first signal drains; a second one, during the drain or the shutdown after it, exits
+    // at once (see `Signal::exit_code`).
+    let first = signals.next().await;
+    if first == Signal::Interrupt {
+        // Ctrl-C: a person at a terminal, likely to start a node again right away. Free the
+        // HTTP port now; the media, gossip and relay sockets stay bound while the sessions left
+        // drain (they carry those sessions' media and the gossiped drain state). A supervisor's
+        // SIGTERM keeps the listener: a draining node still answers its sessions' API calls,
+        // calls forwarded by other nodes, and health probes.
+        node.stop_accepting();
+        tracing::info!("HTTP listener closed; press Ctrl-C again to exit at once");
     }
-    node.shutdown().await;
-    Ok(())
+    let stop = async {
+        node.drain().await;
+        node.shutdown().await;
+    };
+    tokio::select! {
+        () = stop => Ok(()),
+        second = signals.next() => {
+            tracing::info!("second signal: exiting now");
+            std::process::exit(second.exit_code());
+        }
+    }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
+/// The signals that stop the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT: Ctrl-C at a terminal.
+    Interrupt,
+    /// SIGTERM: a supervisor (systemd, Kubernetes, docker) or `kill`.
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status after a second signal: 128 + the signal's number, as a shell reports a
+    /// process that signal ended (130 for SIGINT, 143 for SIGTERM). A drain that ends by itself
+    /// exits 0.
+    fn exit_code(self) -> i32 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
         }
-    };
+    }
+}
+
+/// The stop signals, listened for from start-up on, so one that arrives between two waits is
+/// not lost.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            Signals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next stop signal.
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        let signal = {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) if s.recv().await.is_some() => {}
+                    _ => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.interrupt) => Signal::Interrupt,
+                () = recv(&mut self.terminate) => Signal::Terminate,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!(error = %e, "cannot listen for ctrl-c");
                 std::future::pending::<()>().await;
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+            Signal::Interrupt
+        };
+        tracing::info!(?signal, "shutting down");
+        signal
     }
-    tracing::info!("shutting down");
 }

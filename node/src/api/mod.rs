@@ -1,5 +1,7 @@
 //! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}`, the
-//! demo page at `/`, and `/healthz`. Unknown paths and verbs get a JSON 405, as Calls answers.
+//! demo page at `/`, health, metrics and `/admin/*`. Errors are JSON in the Calls error model:
+//! an unknown path under the API's prefix gets 405, as Calls answers ("reserved for future
+//! WHIP/WHEP"), an unknown path anywhere else 404, and a known path with the wrong method 405.
 
 mod calls;
 mod cluster;
@@ -174,7 +176,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             ops::track_http,
         ))
-        .fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(unknown_path)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
         // Bodies are read with our own limit so an oversized one gets a JSON 413.
@@ -182,6 +184,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(cors)
         .layer(axum::middleware::map_response(no_store))
         .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// The answer for a path no route matches: 405 under the Calls API's prefixes, as Calls
+/// answers there (clients written for Calls may branch on it), else 404.
+async fn unknown_path(uri: axum::extract::OriginalUri) -> ApiError {
+    let path = uri.path();
+    if ["/v1/apps/", "/apps/"].iter().any(|p| path.starts_with(p)) {
+        ApiError::method_not_allowed()
+    } else {
+        ApiError::unknown_path()
+    }
 }
 
 /// A call refused before its body was read (a bad bearer, a limit) leaves the body on the

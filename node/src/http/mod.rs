@@ -66,12 +66,15 @@ struct Ctx {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish (at
-/// most `SHUTDOWN_GRACE`) and returns.
+/// most `SHUTDOWN_GRACE`) and returns. When `close_listener` completes first, the listener is
+/// closed (the port is free for another process) while open connections are still served
+/// until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     rejects: Arc<Rejects>,
+    close_listener: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = fd_limit::fit(limits);
@@ -99,9 +102,11 @@ pub async fn serve(
         shutdown: stopped,
     });
     tokio::pin!(shutdown);
-    loop {
+    tokio::pin!(close_listener);
+    let listener_closed = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break false,
+            () = &mut close_listener => break true,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => accept(&ctx, stream, peer),
                 Err(e) => {
@@ -113,14 +118,21 @@ pub async fn serve(
                 }
             },
         }
-    }
+    };
     drop(listener);
+    if listener_closed {
+        tracing::info!(
+            open = ctx.slots.open(),
+            "HTTP listener closed; open connections are still served"
+        );
+        shutdown.await;
+    }
     let _ = stop.send(());
     let open = ctx.slots.open();
     drop(ctx);
     tracing::info!(
         open,
-        "HTTP server stopped accepting; finishing open requests"
+        "HTTP server stopping; finishing open requests"
     );
     if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
         .await
