@@ -103,6 +103,14 @@ pub struct Flags {
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
     #[serde(rename = "app", deserialize_with = "file::apps")]
     pub apps: Vec<App>,
+    /// Where the node keeps its state: the development app it generates without --app
+    /// [default: $XDG_DATA_HOME/trackmesh, else ~/.local/share/trackmesh].
+    #[arg(long, env = "TRACKMESH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Replace the kept development app with a new one (open clients then need the new secret).
+    #[arg(long)]
+    #[serde(skip)]
+    pub new_dev_app: bool,
     /// A published track that receives no media for this long is garbage-collected [default: 30s].
     #[arg(long, env = "TRACKMESH_TRACK_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "file::track_timeout")]
@@ -276,8 +284,14 @@ pub struct Config {
     pub public_ip: Option<IpAddr>,
     /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
-    /// True when no app was configured and one was generated for development.
+    /// True when no app was configured and one was generated for development (the binary
+    /// then replaces it with the one kept in the state directory, see [`crate::dev_app`]).
     pub dev_app: bool,
+    /// Where the development app is kept (`--state-dir`); None: the default, see
+    /// [`crate::dev_app::default_state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// Make a new development app even if one is kept (`--new-dev-app`).
+    pub new_dev_app: bool,
     /// A publication without media for this long is garbage-collected.
     pub track_timeout: Duration,
     /// How long an API call waits for the session's PeerConnection to connect.
@@ -364,6 +378,8 @@ impl Config {
             public_ip: flags.public_ip.or(file.public_ip),
             apps,
             dev_app,
+            state_dir: flags.state_dir.or(file.state_dir),
+            new_dev_app: flags.new_dev_app,
             track_timeout: dur(flags.track_timeout, file.track_timeout, 30),
             connect_timeout: dur(flags.connect_timeout, file.connect_timeout, 5),
             reconnect_grace: dur(flags.reconnect_grace, file.reconnect_grace, 30),

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use trackmesh_node::Node;
-use trackmesh_node::config::{Config, Flags, LogFormat};
+use trackmesh_node::config::{App, Config, Flags, LogFormat};
+use trackmesh_node::{Node, dev_app};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let cfg = match Config::from_flags(flags) {
+    let mut cfg = match Config::from_flags(flags) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("trackmesh: {e:#}");
@@ -19,6 +19,20 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.log_format);
+    let kept = if cfg.dev_app {
+        match keep_dev_app(&mut cfg) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                eprintln!("trackmesh: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        if cfg.new_dev_app {
+            tracing::warn!("--new-dev-app does nothing when apps are given with --app");
+        }
+        None
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     let json_logs = cfg.log_format == LogFormat::Json;
-    match rt.block_on(run(cfg)) {
+    match rt.block_on(run(cfg, kept)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: a JSON log line for log pipelines, else the same plain line as a config
@@ -58,14 +72,44 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Puts the development app kept in the state directory (made there if there is none yet, or
+/// with `--new-dev-app`) in place of the one generated for this run.
+fn keep_dev_app(cfg: &mut Config) -> anyhow::Result<dev_app::Kept> {
+    let dir = cfg.state_dir.clone().or_else(dev_app::default_state_dir);
+    let generated = cfg.apps.first().cloned();
+    let (app, kept) = dev_app::load_or_create(dir.as_deref(), cfg.new_dev_app, || {
+        generated.unwrap_or_else(|| App {
+            id: trackmesh_node::ids::random_hex(16),
+            secret: trackmesh_node::ids::random_hex(32),
+        })
+    })?;
+    cfg.apps = vec![app];
+    Ok(kept)
+}
+
+async fn run(cfg: Config, kept: Option<dev_app::Kept>) -> anyhow::Result<()> {
     // Before the node starts, so a signal during start-up is not the default (instant) exit.
     let mut signals = Signals::listen();
     let node = Node::start(cfg.clone()).await?;
-    if cfg.dev_app
+    if let Some(kept) = kept
         && let Some(app) = cfg.apps.first()
     {
-        println!("development app id={} secret={}", app.id, app.secret);
+        // One line, `key=value` fields first: scripts read id= and secret= from it.
+        let how = match &kept {
+            dev_app::Kept::Reused(path) => format!(
+                "kept in {} (reused; --new-dev-app makes a new one)",
+                path.display()
+            ),
+            dev_app::Kept::Created(path) => format!(
+                "kept in {} (new; restarts reuse it, --new-dev-app makes a new one)",
+                path.display()
+            ),
+            dev_app::Kept::NotKept(why) => {
+                tracing::warn!("the development app is for this run only: {why}");
+                "for this run only (see the log)".to_string()
+            }
+        };
+        println!("development app id={} secret={} {how}", app.id, app.secret);
     }
     let (http_addr, media_addr, relay_addr, tag) = (
         node.http_addr(),
