@@ -182,6 +182,12 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "file::drain_timeout")]
     pub drain_timeout: Option<Duration>,
+    /// PEM certificate chain: with --tls-key, the HTTP port serves HTTPS (reloaded on SIGHUP).
+    #[arg(long, env = "TRACKMESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRACKMESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Most open HTTP connections; beyond it clients get a 503 at once [default: 4096].
     #[arg(long, env = "TRACKMESH_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
@@ -336,6 +342,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The HTTP server's connection caps and timeouts.
     pub http_limits: crate::http::Limits,
+    /// HTTPS: the certificate chain and key files (`--tls-cert`, `--tls-key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -436,6 +444,14 @@ impl Config {
                 .or(file.admin_token)
                 .filter(|t| !t.is_empty()),
             drain_timeout: dur(flags.drain_timeout, file.drain_timeout, 60),
+            tls: match (
+                flags.tls_cert.or(file.tls_cert),
+                flags.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => bail!("tls-cert and tls-key go together: give both or neither"),
+            },
             http_limits: crate::http::Limits {
                 max_connections: flags
                     .http_max_connections
@@ -468,6 +484,13 @@ impl Config {
                 "--gossip {} is reachable from other machines: give the cluster a --cluster-secret \
                  (the development secret is public)",
                 cfg.gossip
+            );
+        }
+        // Nodes call each other's API (forwarded calls, admin views) over plain HTTP.
+        if cfg.tls.is_some() && !cfg.seeds.is_empty() {
+            bail!(
+                "--tls-cert serves HTTPS on one node; the nodes of a cluster call each other's API \
+                 over plain HTTP: put a TLS-terminating proxy in front of a cluster (deploy/README.md)"
             );
         }
         if cfg.rate_limit == 0 {

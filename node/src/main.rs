@@ -124,6 +124,11 @@ async fn run(cfg: Config, kept: Option<dev_app::Kept>) -> anyhow::Result<()> {
     let candidate_addr = node.candidate_addr();
     tracing::info!(%http_addr, %media_addr, %candidate_addr, %relay_addr, gossip = %cfg.gossip, node = %cfg.node_id, node_tag = %tag, region = %cfg.region, "serving");
 
+    #[cfg(unix)]
+    if let Some(certs) = node.tls_certs() {
+        tokio::spawn(reload_tls_on_sighup(certs));
+    }
+
     // The first signal drains; a second one, during the drain or the shutdown after it, exits
     // at once (see `Signal::exit_code`).
     let first = signals.next().await;
@@ -225,5 +230,25 @@ impl Signals {
         };
         tracing::info!(?signal, "shutting down");
         signal
+    }
+}
+
+/// SIGHUP reads the HTTPS certificate and key again; new connections get the new certificate.
+/// A file that does not load leaves the one in use, with one log line.
+#[cfg(unix)]
+async fn reload_tls_on_sighup(certs: std::sync::Arc<trackmesh_node::http::tls::TlsCerts>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the HTTPS certificate will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("SIGHUP: HTTPS certificate reloaded"),
+            Err(e) => tracing::warn!("SIGHUP: HTTPS certificate not reloaded, the one in use stays: {e:#}"),
+        }
     }
 }

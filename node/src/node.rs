@@ -53,6 +53,8 @@ pub struct Node {
     close_http_listener: watch::Sender<bool>,
     http_task: Option<JoinHandle<()>>,
     gossip_thread: Option<GossipThread>,
+    /// The HTTPS certificate, when the HTTP port serves HTTPS.
+    tls: Option<Arc<crate::http::tls::TlsCerts>>,
 }
 
 impl Node {
@@ -107,6 +109,13 @@ impl Node {
             .await
             .with_context(|| format!("binding the HTTP listener {}", cfg.http))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(
+                crate::http::tls::TlsCerts::load(cert, key)
+                    .context("loading the HTTPS certificate")?,
+            ),
+            None => None,
+        };
 
         if cfg.dev_secret {
             tracing::warn!(
@@ -141,7 +150,11 @@ impl Node {
             secret: cfg.cluster_secret.clone(),
             secret_previous: cfg.cluster_secret_previous.clone(),
             rejects: rejects.clone(),
-            api: format!("http://{}", announced(http_addr, cfg.public_ip)),
+            api: format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                announced(http_addr, cfg.public_ip)
+            ),
             relay: announced(relay_addr, cfg.public_ip),
             media: candidate_addr,
         })?;
@@ -199,6 +212,7 @@ impl Node {
             api::router(state),
             cfg.http_limits,
             rejects,
+            tls.clone(),
             async move {
                 // Told, or the node is gone (then `http_stopped` ends the server as well).
                 let _ = listener_closing.wait_for(|close| *close).await;
@@ -229,6 +243,7 @@ impl Node {
             close_http_listener,
             http_task: Some(http_task),
             gossip_thread: Some(members.thread),
+            tls,
         })
     }
 
@@ -275,6 +290,11 @@ impl Node {
     /// Which parts still run (the same answer as `/healthz`).
     pub fn liveness(&self) -> &Liveness {
         &self.liveness
+    }
+
+    /// The HTTPS certificate, to reload on SIGHUP; None when the node serves plain HTTP.
+    pub fn tls_certs(&self) -> Option<Arc<crate::http::tls::TlsCerts>> {
+        self.tls.clone()
     }
 
     /// Closes the HTTP listener, so that another process can bind the port, and goes on
