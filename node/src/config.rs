@@ -720,7 +720,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 30] = [
+    const FILE_KEYS: [&str; 33] = [
         "http",
         "media",
         "public-ip",
@@ -751,7 +751,14 @@ mod tests {
         "http-header-timeout",
         "http-idle-timeout",
         "http-body-timeout",
+        "state-dir",
+        "tls-cert",
+        "tls-key",
     ];
+
+    /// Keys the main file of `every_file_key_is_read` cannot set with the others (HTTPS is
+    /// refused with seeds); a file of their own reads them.
+    const ONE_NODE_KEYS: [&str; 2] = ["tls-cert", "tls-key"];
 
     #[test]
     fn file_keys_are_the_long_flag_names_but_config() {
@@ -761,12 +768,34 @@ mod tests {
         let mut flags: Vec<&str> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long())
-            .filter(|l| !matches!(*l, "config" | "help" | "version"))
+            // `--new-dev-app` is an action of one start, not a setting.
+            .filter(|l| !matches!(*l, "config" | "help" | "version" | "new-dev-app"))
             .collect();
         flags.sort_unstable();
         let mut keys = FILE_KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn https_needs_cert_and_key_and_serves_one_node() {
+        let flags = |cert: Option<&str>, key: Option<&str>, seed: bool| Flags {
+            tls_cert: cert.map(PathBuf::from),
+            tls_key: key.map(PathBuf::from),
+            seeds: if seed {
+                vec!["127.0.0.1:9".into()]
+            } else {
+                Vec::new()
+            },
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags(Some("c"), Some("k"), false)).is_ok());
+        for (cert, key) in [(Some("c"), None), (None, Some("k"))] {
+            let err = Config::from_flags(flags(cert, key, false)).expect_err("half a pair");
+            assert!(err.to_string().contains("go together"), "{err}");
+        }
+        let err = Config::from_flags(flags(Some("c"), Some("k"), true)).expect_err("a cluster");
+        assert!(err.to_string().contains("TLS-terminating proxy"), "{err}");
     }
 
     #[test]
@@ -805,12 +834,17 @@ mod tests {
             http-header-timeout = "14s"
             http-idle-timeout = "15s"
             http-body-timeout = "16s"
+            state-dir = "/var/lib/trackmesh-test"
         "#;
         let keys: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
             .collect();
-        assert_eq!(keys, FILE_KEYS, "the file below sets every key");
+        let main_keys: Vec<&str> = FILE_KEYS
+            .into_iter()
+            .filter(|k| !ONE_NODE_KEYS.contains(k))
+            .collect();
+        assert_eq!(keys, main_keys, "the file below sets every key");
         std::fs::write(&path, text).expect("write config");
         let cfg = Config::from_flags(Flags {
             config: Some(path.clone()),
@@ -857,6 +891,20 @@ mod tests {
         assert_eq!(
             (l.timeouts.header, l.timeouts.idle, l.timeouts.body),
             (s(14), s(15), s(16))
+        );
+        assert_eq!(
+            cfg.state_dir.as_deref(),
+            Some(Path::new("/var/lib/trackmesh-test"))
+        );
+        std::fs::write(&path, "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n").expect("write");
+        let cfg = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("config");
+        assert_eq!(
+            cfg.tls,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
         );
 
         // Bad values read as they always have, without TOML's location; other errors keep it.

@@ -86,7 +86,15 @@ fn read(path: &Path) -> anyhow::Result<Option<App>> {
     let fix = "fix or delete it, or start with --new-dev-app to replace it";
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // No file (or no directory to hold one): none kept yet.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
         Err(e) => bail!("cannot read the development app in {}: {e} ({fix})", path.display()),
     };
     let mut text = String::new();

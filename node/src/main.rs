@@ -210,9 +210,13 @@ impl Signals {
         #[cfg(unix)]
         let signal = {
             async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) if s.recv().await.is_some() => {}
-                    _ => std::future::pending().await,
+                // A stream that cannot be listened on (or has ended) never fires.
+                let received = match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => false,
+                };
+                if !received {
+                    std::future::pending::<()>().await;
                 }
             }
             tokio::select! {

@@ -86,6 +86,9 @@ fn a_fatal_error_is_one_line() {
             "127.0.0.1:0",
             "--relay",
             "127.0.0.1:0",
+            // An app of its own: no development app is kept in the user's data directory.
+            "--app",
+            "fatal:secret",
         ])
         .args(["--gossip", &gossip])
         .stdin(Stdio::null())
