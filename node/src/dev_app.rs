@@ -95,7 +95,10 @@ fn read(path: &Path) -> anyhow::Result<Option<App>> {
         {
             return Ok(None);
         }
-        Err(e) => bail!("cannot read the development app in {}: {e} ({fix})", path.display()),
+        Err(e) => bail!(
+            "cannot read the development app in {}: {e} ({fix})",
+            path.display()
+        ),
     };
     let mut text = String::new();
     file.take(MAX_FILE_BYTES + 1)
@@ -120,7 +123,12 @@ fn read(path: &Path) -> anyhow::Result<Option<App>> {
     })?;
     let app = format!("{}:{}", stored.id, stored.secret)
         .parse::<App>()
-        .map_err(|e| anyhow::anyhow!("{} holds a bad development app: {e} ({fix})", path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} holds a bad development app: {e} ({fix})",
+                path.display()
+            )
+        })?;
     Ok(Some(app))
 }
 
@@ -265,8 +273,8 @@ mod tests {
         let dir = temp_dir("unwritable");
         // A file where the directory should be: it cannot be created.
         std::fs::write(&dir, "a file").expect("write");
-        let (made, kept) = load_or_create(Some(&dir.join("sub")), false, || app("run"))
-            .expect("not fatal");
+        let (made, kept) =
+            load_or_create(Some(&dir.join("sub")), false, || app("run")).expect("not fatal");
         assert_eq!(made, app("run"));
         assert!(matches!(kept, Kept::NotKept(_)), "{kept:?}");
         let (_, kept) = load_or_create(None, false, || app("run")).expect("not fatal");

@@ -252,7 +252,9 @@ async fn reload_tls_on_sighup(certs: std::sync::Arc<trackmesh_node::http::tls::T
     while hup.recv().await.is_some() {
         match certs.reload() {
             Ok(()) => tracing::info!("SIGHUP: HTTPS certificate reloaded"),
-            Err(e) => tracing::warn!("SIGHUP: HTTPS certificate not reloaded, the one in use stays: {e:#}"),
+            Err(e) => tracing::warn!(
+                "SIGHUP: HTTPS certificate not reloaded, the one in use stays: {e:#}"
+            ),
         }
     }
 }

@@ -177,7 +177,10 @@ fn dev_app_line(args: &[&str], env: &[(&str, &std::path::Path)]) -> Option<Strin
     let _ = child.wait();
     assert!(ready.is_some(), "the node printed its ready line");
     if let Some(status) = status {
-        assert_eq!(status, "HTTP/1.1 201 Created", "sessions/new with the printed app");
+        assert_eq!(
+            status, "HTTP/1.1 201 Created",
+            "sessions/new with the printed app"
+        );
     }
     dev
 }
@@ -226,12 +229,19 @@ fn the_development_app_survives_a_restart() {
     let file = dir.join("dev-app.json");
     assert!(first.contains(&file.display().to_string()), "{first}");
     let again = dev_app_line(&["--state-dir", state], &[]).expect("a development app line");
-    assert_eq!(id_and_secret(&first), id_and_secret(&again), "{first} / {again}");
+    assert_eq!(
+        id_and_secret(&first),
+        id_and_secret(&again),
+        "{first} / {again}"
+    );
     assert!(again.contains("reused"), "{again}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).expect("the state file").permissions().mode();
+        let mode = std::fs::metadata(&file)
+            .expect("the state file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file:?}");
     }
 
@@ -278,10 +288,17 @@ fn a_corrupt_development_app_file_is_one_clear_error() {
         .expect("running the node binary");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("trackmesh: ")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("trackmesh: "))
+        .collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(&file.display().to_string()), "{err}");
     assert!(lines[0].contains("--new-dev-app"), "{err}");
-    assert_eq!(std::fs::read_to_string(&file).expect("file"), "{ not json", "left alone");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file"),
+        "{ not json",
+        "left alone"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

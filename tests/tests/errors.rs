@@ -628,7 +628,13 @@ async fn unknown_paths_outside_the_api_are_404_and_wrong_methods_405() {
         (Method::DELETE, "/"),
         (Method::PUT, "/metrics"),
     ] {
-        let r = req(&api, method.clone(), &format!("{base}{path}"), RawBody::None).await;
+        let r = req(
+            &api,
+            method.clone(),
+            &format!("{base}{path}"),
+            RawBody::None,
+        )
+        .await;
         assert_error(&r, 405, "method_not_allowed");
     }
     // The pages and probes themselves are still there.

@@ -81,7 +81,9 @@ async fn https_with_a_certificate_reloaded_on_sighup() {
     let node = TestNode::start_process(&["--tls-cert", cert_arg, "--tls-key", key_arg])
         .expect("a node serving HTTPS");
 
-    let (status, shown) = healthz_over_tls(&node, &first).await.expect("HTTPS request");
+    let (status, shown) = healthz_over_tls(&node, &first)
+        .await
+        .expect("HTTPS request");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(shown, first, "the node shows the configured certificate");
     // Plain HTTP on the same port gets no answer a client could take for one.
@@ -94,7 +96,10 @@ async fn https_with_a_certificate_reloaded_on_sighup() {
         .send()
         .await;
     assert!(
-        plain.as_ref().map(|r| r.status().as_u16() != 200).unwrap_or(true),
+        plain
+            .as_ref()
+            .map(|r| r.status().as_u16() != 200)
+            .unwrap_or(true),
         "plain HTTP is not served: {plain:?}"
     );
 

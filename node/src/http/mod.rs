@@ -32,9 +32,9 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::TlsAcceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 pub use conn::Timeouts;
 pub use service::PROBE_PATHS;
@@ -139,10 +139,7 @@ pub async fn serve(
     let _ = stop.send(());
     let open = ctx.slots.open();
     drop(ctx);
-    tracing::info!(
-        open,
-        "HTTP server stopping; finishing open requests"
-    );
+    tracing::info!(open, "HTTP server stopping; finishing open requests");
     if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
         .await
         .is_err()

@@ -76,7 +76,9 @@ fn read_pair(cert_path: &Path, key_path: &Path) -> anyhow::Result<CertifiedKey> 
     let cert_pem = read_bounded(cert_path)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate chain: {e}", cert_path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!("{}: not a PEM certificate chain: {e}", cert_path.display())
+        })?;
     if chain.is_empty() {
         bail!("{}: no certificate in it", cert_path.display());
     }
