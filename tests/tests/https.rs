@@ -32,6 +32,14 @@ async fn healthz_over_tls(
     node: &TestNode,
     ca: &CertificateDer<'static>,
 ) -> anyhow::Result<(String, CertificateDer<'static>)> {
+    get_over_tls(node, ca, "/healthz").await
+}
+
+/// A TLS connection to the node, trusting only `ca`.
+async fn tls_connect(
+    node: &TestNode,
+    ca: &CertificateDer<'static>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -42,11 +50,20 @@ async fn healthz_over_tls(
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(node.http_addr()).await?;
-    let mut tls = tokio::time::timeout(
+    Ok(tokio::time::timeout(
         Duration::from_secs(10),
         connector.connect(ServerName::try_from("localhost")?, tcp),
     )
-    .await??;
+    .await??)
+}
+
+/// `GET path` over TLS trusting only `ca`: (status line, the certificate the node showed).
+async fn get_over_tls(
+    node: &TestNode,
+    ca: &CertificateDer<'static>,
+    path: &str,
+) -> anyhow::Result<(String, CertificateDer<'static>)> {
+    let mut tls = tls_connect(node, ca).await?;
     let shown = tls
         .get_ref()
         .1
@@ -54,8 +71,10 @@ async fn healthz_over_tls(
         .and_then(|c| c.first())
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no certificate shown"))?;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut answer = Vec::new();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -168,5 +187,49 @@ fn a_mismatched_key_is_a_clear_fatal_error() {
     };
     assert!(err.contains("does not match"), "{err}");
     assert!(err.contains("key.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Over the connection cap, HTTPS keeps the probe reserve: a TLS probe is served, any other
+/// request gets the JSON 503, both over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_a_tls_probe_is_served_and_other_requests_get_503() {
+    let dir = std::env::temp_dir().join(format!("tm-https-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, cert_pem, key_pem) = self_signed();
+    std::fs::write(dir.join("cert.pem"), cert_pem).expect("cert");
+    std::fs::write(dir.join("key.pem"), key_pem).expect("key");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let node = TestNode::start(&[
+        "--tls-cert",
+        c.to_str().expect("UTF-8"),
+        "--tls-key",
+        k.to_str().expect("UTF-8"),
+        "--http-max-connections",
+        "1",
+        "--http-probe-reserve",
+        "2",
+    ])
+    .expect("a node serving HTTPS");
+    // The one normal slot, held open (idle) by this connection.
+    let held = tls_connect(&node, &cert)
+        .await
+        .expect("the first connection");
+    let (status, _) = get_over_tls(&node, &cert, "/healthz")
+        .await
+        .expect("a probe over the cap");
+    assert_eq!(
+        status, "HTTP/1.1 200 OK",
+        "the probe reserve serves TLS probes"
+    );
+    let (status, _) = get_over_tls(
+        &node,
+        &cert,
+        &format!("/v1/apps/{}/sessions/new", node.app_id()),
+    )
+    .await
+    .expect("a call over the cap");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
