@@ -124,6 +124,18 @@ impl Results {
     }
 }
 
+/// Lines with more points than this are drawn without a mark on each.
+const MAX_MARKED_POINTS: usize = 30;
+
+/// An axis label: whole numbers without decimals, small values with one.
+fn tick(v: &f64) -> String {
+    if v.abs() >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// An SVG line chart (with points) of `series`, axes from 0 to a little above the largest value.
 pub fn line_chart(
     title: &str,
@@ -154,6 +166,8 @@ pub fn line_chart(
             .configure_mesh()
             .x_desc(x_desc)
             .y_desc(y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .draw()
             .map_err(draw)?;
         for (i, (name, line)) in series.iter().enumerate() {
@@ -163,9 +177,12 @@ pub fn line_chart(
                 .map_err(draw)?
                 .label(name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart
-                .draw_series(line.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                .map_err(draw)?;
+            // Marks on measured points; a dense line (a timeline) is clearer without them.
+            if line.len() <= MAX_MARKED_POINTS {
+                chart
+                    .draw_series(line.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(draw)?;
+            }
         }
         chart
             .configure_series_labels()
