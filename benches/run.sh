@@ -3,20 +3,29 @@
 #   micro   criterion micro-benchmarks (relay-proto codec, engine fan-out, demux)
 #   gossip  chitchat at 50 and 100 members in one process
 #   load    trackmesh-load scenarios against release node processes on 127.0.0.1
-# Usage: benches/run.sh [all|micro|gossip|load] (default all; about 20 minutes after the build).
+#   plot    SVG charts of the load JSON reports in target/bench-results/ into benches/charts/
+#           (packets/s per core and p99 latency against subscribers, join storm over time)
+# Usage: benches/run.sh [all|micro|gossip|load|plot] (default all: every step but plot; about
+# 20 minutes after the build).
 # Results: target/bench-results/ (machine line, logs, one text and one JSON report per load run)
 # and target/criterion/. Run it on an otherwise idle machine: the load generator and the nodes
 # share its cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-case "$what" in all | micro | gossip | load) ;; *)
-  echo "usage: $0 [all|micro|gossip|load]" >&2
+case "$what" in all | micro | gossip | load | plot) ;; *)
+  echo "usage: $0 [all|micro|gossip|load|plot]" >&2
   exit 2
   ;;
 esac
 out=target/bench-results
 mkdir -p "$out"
+
+if [ "$what" = plot ]; then
+  # Drawing three charts needs no optimisation: the debug build is the quicker one to have.
+  cargo run -q -p trackmesh-benches --bin trackmesh-plot -- --results "$out" --out benches/charts
+  exit 0
+fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

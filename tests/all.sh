@@ -32,6 +32,9 @@ step "build the node"
 cargo build --workspace --bins --locked
 export TRACKMESH_BIN="$PWD/target/debug/trackmesh"
 
+step "README commands (quickstart and operations) against a fresh node"
+bash tests/readme.sh
+
 step "unit and integration tests"
 cargo test --workspace --locked
 

@@ -135,6 +135,16 @@ async fn join_storm_thirty_sessions() {
         r.text()
     );
     assert!(r.extra["storm"]["wall_s_until_all_receive"].is_number());
+    // The chart's timeline: sessions receiving over time, ending with all of them.
+    let timeline = r.extra["storm"]["timeline"].as_array().expect("a timeline");
+    assert_eq!(timeline.len(), 30, "{timeline:?}");
+    assert_eq!(timeline.last().map(|p| p[1].clone()), Some(30.0.into()));
+    assert!(
+        timeline
+            .windows(2)
+            .all(|w| w[0][0].as_f64() <= w[1][0].as_f64()),
+        "{timeline:?}"
+    );
     let g = &r.groups[0];
     assert_eq!(g.subscribers, 30);
     assert_group_ok(&r, g);

@@ -63,7 +63,17 @@ impl ApiError {
         )
     }
 
-    /// 405 `method_not_allowed`: a path or method this node does not implement.
+    /// 404 `not_found`: a path this node has nothing at (outside the Calls API's prefix, where
+    /// Calls answers 405 instead).
+    pub fn unknown_path() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nothing is served at this path",
+        )
+    }
+
+    /// 405 `method_not_allowed`: a path or method this node does not implement (kept for WHIP/WHEP).
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -103,6 +103,14 @@ pub struct Flags {
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
     #[serde(rename = "app", deserialize_with = "file::apps")]
     pub apps: Vec<App>,
+    /// Where the node keeps its state: the development app it generates without --app
+    /// [default: $XDG_DATA_HOME/trackmesh, else ~/.local/share/trackmesh].
+    #[arg(long, env = "TRACKMESH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Replace the kept development app with a new one (open clients then need the new secret).
+    #[arg(long)]
+    #[serde(skip)]
+    pub new_dev_app: bool,
     /// A published track that receives no media for this long is garbage-collected [default: 30s].
     #[arg(long, env = "TRACKMESH_TRACK_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "file::track_timeout")]
@@ -203,6 +211,12 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_DRAIN_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "file::drain_timeout")]
     pub drain_timeout: Option<Duration>,
+    /// PEM certificate chain: with --tls-key, the HTTP port serves HTTPS (reloaded on SIGHUP).
+    #[arg(long, env = "TRACKMESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRACKMESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Most open HTTP connections; beyond it clients get a 503 at once [default: 4096].
     #[arg(long, env = "TRACKMESH_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
@@ -318,8 +332,14 @@ pub struct Config {
     pub public_ip: Option<IpAddr>,
     /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
-    /// True when no app was configured and one was generated for development.
+    /// True when no app was configured and one was generated for development (the binary
+    /// then replaces it with the one kept in the state directory, see [`crate::dev_app`]).
     pub dev_app: bool,
+    /// Where the development app is kept (`--state-dir`); None: the default, see
+    /// [`crate::dev_app::default_state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// Make a new development app even if one is kept (`--new-dev-app`).
+    pub new_dev_app: bool,
     /// A publication without media for this long is garbage-collected.
     pub track_timeout: Duration,
     /// How long an API call waits for the session's PeerConnection to connect.
@@ -382,6 +402,8 @@ pub struct Config {
     pub turn_allocations_per_credential: usize,
     /// kbit/s a client may send through one allocation.
     pub turn_bandwidth_kbps: u32,
+    /// HTTPS: the certificate chain and key files (`--tls-cert`, `--tls-key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -424,6 +446,8 @@ impl Config {
             public_ip: flags.public_ip.or(file.public_ip),
             apps,
             dev_app,
+            state_dir: flags.state_dir.or(file.state_dir),
+            new_dev_app: flags.new_dev_app,
             track_timeout: dur(flags.track_timeout, file.track_timeout, 30),
             connect_timeout: dur(flags.connect_timeout, file.connect_timeout, 5),
             reconnect_grace: dur(flags.reconnect_grace, file.reconnect_grace, 30),
@@ -492,6 +516,14 @@ impl Config {
                 .or(file.admin_token)
                 .filter(|t| !t.is_empty()),
             drain_timeout: dur(flags.drain_timeout, file.drain_timeout, 60),
+            tls: match (
+                flags.tls_cert.or(file.tls_cert),
+                flags.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => bail!("tls-cert and tls-key go together: give both or neither"),
+            },
             http_limits: crate::http::Limits {
                 max_connections: flags
                     .http_max_connections
@@ -543,6 +575,13 @@ impl Config {
                 "--gossip {} is reachable from other machines: give the cluster a --cluster-secret \
                  (the development secret is public)",
                 cfg.gossip
+            );
+        }
+        // Nodes call each other's API (forwarded calls, admin views) over plain HTTP.
+        if cfg.tls.is_some() && !cfg.seeds.is_empty() {
+            bail!(
+                "--tls-cert serves HTTPS on one node; the nodes of a cluster call each other's API \
+                 over plain HTTP: put a TLS-terminating proxy in front of a cluster (deploy/README.md)"
             );
         }
         if cfg.rate_limit == 0 {
@@ -783,7 +822,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 39] = [
+    const FILE_KEYS: [&str; 42] = [
         "http",
         "media",
         "public-ip",
@@ -823,7 +862,14 @@ mod tests {
         "http-header-timeout",
         "http-idle-timeout",
         "http-body-timeout",
+        "state-dir",
+        "tls-cert",
+        "tls-key",
     ];
+
+    /// Keys the main file of `every_file_key_is_read` cannot set with the others (HTTPS is
+    /// refused with seeds); a file of their own reads them.
+    const ONE_NODE_KEYS: [&str; 2] = ["tls-cert", "tls-key"];
 
     #[test]
     fn file_keys_are_the_long_flag_names_but_config() {
@@ -833,12 +879,34 @@ mod tests {
         let mut flags: Vec<&str> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long())
-            .filter(|l| !matches!(*l, "config" | "help" | "version"))
+            // `--new-dev-app` is an action of one start, not a setting.
+            .filter(|l| !matches!(*l, "config" | "help" | "version" | "new-dev-app"))
             .collect();
         flags.sort_unstable();
         let mut keys = FILE_KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn https_needs_cert_and_key_and_serves_one_node() {
+        let flags = |cert: Option<&str>, key: Option<&str>, seed: bool| Flags {
+            tls_cert: cert.map(PathBuf::from),
+            tls_key: key.map(PathBuf::from),
+            seeds: if seed {
+                vec!["127.0.0.1:9".into()]
+            } else {
+                Vec::new()
+            },
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags(Some("c"), Some("k"), false)).is_ok());
+        for (cert, key) in [(Some("c"), None), (None, Some("k"))] {
+            let err = Config::from_flags(flags(cert, key, false)).expect_err("half a pair");
+            assert!(err.to_string().contains("go together"), "{err}");
+        }
+        let err = Config::from_flags(flags(Some("c"), Some("k"), true)).expect_err("a cluster");
+        assert!(err.to_string().contains("TLS-terminating proxy"), "{err}");
     }
 
     #[test]
@@ -886,12 +954,17 @@ mod tests {
             http-header-timeout = "14s"
             http-idle-timeout = "15s"
             http-body-timeout = "16s"
+            state-dir = "/var/lib/trackmesh-test"
         "#;
         let keys: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
             .collect();
-        assert_eq!(keys, FILE_KEYS, "the file below sets every key");
+        let main_keys: Vec<&str> = FILE_KEYS
+            .into_iter()
+            .filter(|k| !ONE_NODE_KEYS.contains(k))
+            .collect();
+        assert_eq!(keys, main_keys, "the file below sets every key");
         std::fs::write(&path, text).expect("write config");
         let cfg = Config::from_flags(Flags {
             config: Some(path.clone()),
@@ -965,6 +1038,20 @@ mod tests {
         assert_eq!(
             (l.timeouts.header, l.timeouts.idle, l.timeouts.body),
             (s(14), s(15), s(16))
+        );
+        assert_eq!(
+            cfg.state_dir.as_deref(),
+            Some(Path::new("/var/lib/trackmesh-test"))
+        );
+        std::fs::write(&path, "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n").expect("write");
+        let cfg = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("config");
+        assert_eq!(
+            cfg.tls,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
         );
 
         // Bad values read as they always have, without TOML's location; other errors keep it.

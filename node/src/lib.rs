@@ -12,6 +12,7 @@
 //! - [`turn`]: the embedded TURN server (relays only to this node) and its credentials.
 //! - [`calls_error`]: the Calls error model every HTTP answer uses.
 //! - [`config`], [`ids`], [`logging`]: configuration, session ids, the log filter.
+//! - [`dev_app`]: the development app the binary keeps across restarts.
 //! - `testing` (feature `test-world`): the in-memory world the engine tests and benches use.
 //!
 //! Every public item has a doc comment (`missing_docs`); DESIGN.md maps which way modules depend.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod calls_error;
 pub mod cluster;
 pub mod config;
+pub mod dev_app;
 pub mod engine;
 pub mod http;
 pub mod ids;

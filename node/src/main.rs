@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use trackmesh_node::Node;
-use trackmesh_node::config::{Config, Flags, LogFormat};
+use trackmesh_node::config::{App, Config, Flags, LogFormat};
+use trackmesh_node::{Node, dev_app};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let cfg = match Config::from_flags(flags) {
+    let mut cfg = match Config::from_flags(flags) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("trackmesh: {e:#}");
@@ -19,6 +19,20 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.log_format);
+    let kept = if cfg.dev_app {
+        match keep_dev_app(&mut cfg) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                eprintln!("trackmesh: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        if cfg.new_dev_app {
+            tracing::warn!("--new-dev-app does nothing when apps are given with --app");
+        }
+        None
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     let json_logs = cfg.log_format == LogFormat::Json;
-    match rt.block_on(run(cfg)) {
+    match rt.block_on(run(cfg, kept)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: a JSON log line for log pipelines, else the same plain line as a config
@@ -58,13 +72,44 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Puts the development app kept in the state directory (made there if there is none yet, or
+/// with `--new-dev-app`) in place of the one generated for this run.
+fn keep_dev_app(cfg: &mut Config) -> anyhow::Result<dev_app::Kept> {
+    let dir = cfg.state_dir.clone().or_else(dev_app::default_state_dir);
+    let generated = cfg.apps.first().cloned();
+    let (app, kept) = dev_app::load_or_create(dir.as_deref(), cfg.new_dev_app, || {
+        generated.unwrap_or_else(|| App {
+            id: trackmesh_node::ids::random_hex(16),
+            secret: trackmesh_node::ids::random_hex(32),
+        })
+    })?;
+    cfg.apps = vec![app];
+    Ok(kept)
+}
+
+async fn run(cfg: Config, kept: Option<dev_app::Kept>) -> anyhow::Result<()> {
+    // Before the node starts, so a signal during start-up is not the default (instant) exit.
+    let mut signals = Signals::listen();
     let node = Node::start(cfg.clone()).await?;
-    let mut signals = Signals::new();
-    if cfg.dev_app
+    if let Some(kept) = kept
         && let Some(app) = cfg.apps.first()
     {
-        println!("development app id={} secret={}", app.id, app.secret);
+        // One line, `key=value` fields first: scripts read id= and secret= from it.
+        let how = match &kept {
+            dev_app::Kept::Reused(path) => format!(
+                "kept in {} (reused; --new-dev-app makes a new one)",
+                path.display()
+            ),
+            dev_app::Kept::Created(path) => format!(
+                "kept in {} (new; restarts reuse it, --new-dev-app makes a new one)",
+                path.display()
+            ),
+            dev_app::Kept::NotKept(why) => {
+                tracing::warn!("the development app is for this run only: {why}");
+                "for this run only (see the log)".to_string()
+            }
+        };
+        println!("development app id={} secret={} {how}", app.id, app.secret);
     }
     let (http_addr, media_addr, relay_addr, tag) = (
         node.http_addr(),
@@ -83,66 +128,137 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let candidate_addr = node.candidate_addr();
     tracing::info!(%http_addr, %media_addr, %candidate_addr, %relay_addr, gossip = %cfg.gossip, node = %cfg.node_id, node_tag = %tag, region = %cfg.region, "serving");
 
-    // On SIGTERM (or Ctrl-C) the node drains; a second signal ends the wait at once.
-    signals.next().await;
-    tokio::select! {
-        () = node.drain() => {}
-        () = signals.next() => tracing::info!("second signal: exiting now"),
+    #[cfg(unix)]
+    if let Some(certs) = node.tls_certs() {
+        tokio::spawn(reload_tls_on_sighup(certs));
     }
-    node.shutdown().await;
-    Ok(())
+
+    // The first signal drains; a second one, during the drain or the shutdown after it, exits
+    // at once (see `Signal::exit_code`).
+    let first = signals.next().await;
+    if first == Signal::Interrupt {
+        // Ctrl-C: a person at a terminal, likely to start a node again right away. Free the
+        // HTTP port now; the media, gossip and relay sockets stay bound while the sessions left
+        // drain (they carry those sessions' media and the gossiped drain state). A supervisor's
+        // SIGTERM keeps the listener: a draining node still answers its sessions' API calls,
+        // calls forwarded by other nodes, and health probes.
+        node.stop_accepting();
+        tracing::info!("HTTP listener closed; press Ctrl-C again to exit at once");
+    }
+    let stop = async {
+        node.drain().await;
+        node.shutdown().await;
+    };
+    tokio::select! {
+        () = stop => Ok(()),
+        second = signals.next() => {
+            tracing::info!("second signal: exiting now");
+            std::process::exit(second.exit_code());
+        }
+    }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), listened for from creation on: made before the ready line, so a
-/// supervisor that signals as soon as it reads the line gets a drain, not the default kill.
+/// The signals that stop the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT: Ctrl-C at a terminal.
+    Interrupt,
+    /// SIGTERM: a supervisor (systemd, Kubernetes, docker) or `kill`.
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status after a second signal: 128 + the signal's number, as a shell reports a
+    /// process that signal ended (130 for SIGINT, 143 for SIGTERM). A drain that ends by itself
+    /// exits 0.
+    fn exit_code(self) -> i32 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// The stop signals, listened for from start-up on, so one that arrives between two waits is
+/// not lost.
 struct Signals {
     #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    fn listen() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind, name: &str| {
-                signal(kind)
-                    .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
-                    .ok()
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
             };
             Signals {
-                term: listen(SignalKind::terminate(), "SIGTERM"),
-                int: listen(SignalKind::interrupt(), "SIGINT"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
         #[cfg(not(unix))]
         Signals {}
     }
 
-    /// The next signal.
-    async fn next(&mut self) {
+    /// The next stop signal.
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
-        {
+        let signal = {
             async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
+                // A stream that cannot be listened on (or has ended) never fires.
+                let received = match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => false,
+                };
+                if !received {
+                    std::future::pending::<()>().await;
                 }
             }
             tokio::select! {
-                () = recv(&mut self.term) => {},
-                () = recv(&mut self.int) => {},
+                () = recv(&mut self.interrupt) => Signal::Interrupt,
+                () = recv(&mut self.terminate) => Signal::Terminate,
             }
-        }
+        };
         #[cfg(not(unix))]
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
+        let signal = {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!(error = %e, "cannot listen for ctrl-c");
+                std::future::pending::<()>().await;
+            }
+            Signal::Interrupt
+        };
+        tracing::info!(?signal, "shutting down");
+        signal
+    }
+}
+
+/// SIGHUP reads the HTTPS certificate and key again; new connections get the new certificate.
+/// A file that does not load leaves the one in use, with one log line.
+#[cfg(unix)]
+async fn reload_tls_on_sighup(certs: std::sync::Arc<trackmesh_node::http::tls::TlsCerts>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the HTTPS certificate will not be reloaded");
+            return;
         }
-        tracing::info!("shutting down");
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("SIGHUP: HTTPS certificate reloaded"),
+            Err(e) => tracing::warn!(
+                "SIGHUP: HTTPS certificate not reloaded, the one in use stays: {e:#}"
+            ),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::cluster::membership::{self, GossipThread, LocalState, MembershipConfig};
@@ -48,10 +48,15 @@ pub struct Node {
     load_task: JoinHandle<()>,
     /// Dropping it tells the HTTP server to stop accepting and finish open requests.
     stop_http: Option<oneshot::Sender<()>>,
+    /// Set to true, it tells the HTTP server to close its listener and go on serving open
+    /// connections ([`Node::stop_accepting`]).
+    close_http_listener: watch::Sender<bool>,
     http_task: Option<JoinHandle<()>>,
     gossip_thread: Option<GossipThread>,
     /// The embedded TURN server, when a TURN key is configured.
     turn: Option<Arc<crate::turn::TurnServer>>,
+    /// The HTTPS certificate, when the HTTP port serves HTTPS.
+    tls: Option<Arc<crate::http::tls::TlsCerts>>,
 }
 
 impl Node {
@@ -106,6 +111,13 @@ impl Node {
             .await
             .with_context(|| format!("binding the HTTP listener {}", cfg.http))?;
         let http_addr = listener.local_addr().context("HTTP listener address")?;
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(
+                crate::http::tls::TlsCerts::load(cert, key)
+                    .context("loading the HTTPS certificate")?,
+            ),
+            None => None,
+        };
 
         if cfg.dev_secret {
             tracing::warn!(
@@ -140,7 +152,11 @@ impl Node {
             secret: cfg.cluster_secret.clone(),
             secret_previous: cfg.cluster_secret_previous.clone(),
             rejects: rejects.clone(),
-            api: format!("http://{}", announced(http_addr, cfg.public_ip)),
+            api: format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                announced(http_addr, cfg.public_ip)
+            ),
             relay: announced(relay_addr, cfg.public_ip),
             media: candidate_addr,
         })?;
@@ -234,11 +250,17 @@ impl Node {
             },
         ));
         let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let (close_http_listener, mut listener_closing) = watch::channel(false);
         let http_task = tokio::spawn(crate::http::serve(
             listener,
             api::router(state),
             cfg.http_limits,
             rejects,
+            tls.clone(),
+            async move {
+                // Told, or the node is gone (then `http_stopped` ends the server as well).
+                let _ = listener_closing.wait_for(|close| *close).await;
+            },
             async move {
                 // Sent or dropped: stop either way.
                 let _ = http_stopped.await;
@@ -262,9 +284,11 @@ impl Node {
             engine_task,
             load_task,
             stop_http: Some(stop_http),
+            close_http_listener,
             http_task: Some(http_task),
             gossip_thread: Some(members.thread),
             turn,
+            tls,
         })
     }
 
@@ -321,6 +345,20 @@ impl Node {
     /// Which parts still run (the same answer as `/healthz`).
     pub fn liveness(&self) -> &Liveness {
         &self.liveness
+    }
+
+    /// The HTTPS certificate, to reload on SIGHUP; None when the node serves plain HTTP.
+    pub fn tls_certs(&self) -> Option<Arc<crate::http::tls::TlsCerts>> {
+        self.tls.clone()
+    }
+
+    /// Closes the HTTP listener, so that another process can bind the port, and goes on
+    /// serving the connections already open (and media, relay and gossip) until
+    /// [`Node::shutdown`]. New clients can no longer reach this node's API: the binary does this
+    /// on Ctrl-C, where a person is about to start a node again, not on SIGTERM from a
+    /// supervisor (see `main.rs`).
+    pub fn stop_accepting(&self) {
+        self.close_http_listener.send_replace(true);
     }
 
     /// What SIGTERM does: refuse new sessions, report not ready (and gossip it), keep serving the
@@ -691,6 +729,47 @@ mod tests {
         until_unlinked(&b).await;
         assert_eq!(healthz(&b).await.0, 200, "the other node is unaffected");
         b.shutdown().await;
+    }
+
+    /// One keep-alive `GET /healthz` on an open connection: the status line.
+    async fn healthz_on(conn: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            .await
+            .expect("send a request");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read the answer");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_accepting_frees_the_http_port_and_serves_open_connections() {
+        let node = start().await;
+        let addr = node.http_addr();
+        let mut open = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(healthz_on(&mut open).await, "HTTP/1.1 200 OK");
+        node.stop_accepting();
+        // The listener closes on the HTTP task's next turn: poll (bounded).
+        let mut rebound = None;
+        for _ in 0..200 {
+            if let Ok(l) = std::net::TcpListener::bind(addr) {
+                rebound = Some(l);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(rebound.is_some(), "the HTTP port is still taken");
+        assert_eq!(
+            healthz_on(&mut open).await,
+            "HTTP/1.1 200 OK",
+            "a connection opened before is still served"
+        );
+        drop(rebound);
+        node.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -590,7 +590,20 @@ impl TestNode {
         self.signal("CONT")
     }
 
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+    /// The exit code of a process node that has exited (None while it runs, or when a signal
+    /// ended it). Process nodes only.
+    pub fn exit_code(&mut self) -> anyhow::Result<Option<i32>> {
+        let Run::Process { child, .. } = &mut self.run else {
+            bail!("an exit code needs a process node (ClusterOpts::process or start_process)");
+        };
+        Ok(child
+            .try_wait()
+            .context("polling the node process")?
+            .and_then(|s| s.code()))
+    }
+
+    /// Sends signal `sig` (`INT`, `TERM`, `HUP`, ...) to the node process. Process nodes only.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
         let Run::Process { child, .. } = &self.run else {
             bail!("kill -{sig} needs a process node (ClusterOpts::process or start_process)");
         };

@@ -592,6 +592,56 @@ async fn unimplemented_verbs_and_paths_are_405_json() {
         assert_eq!(r.status, 405, "{method} {path}: {}", r.text);
         assert_error(&r, 405, "method_not_allowed");
     }
+    // Calls answers 405 for any unknown path under its prefix, with or without `/v1`.
+    let base = node.http_url();
+    let app = node.app_id();
+    for path in [
+        format!("{base}/v1/apps/{app}/no/such/thing"),
+        format!("{base}/apps/{app}/sessions/{sid}/tracks"),
+        format!("{base}/v1/apps/{app}/turn/keys/x/credentials"),
+    ] {
+        let r = req(&api, Method::GET, &path, RawBody::None).await;
+        assert_error(&r, 405, "method_not_allowed");
+    }
+}
+
+/// Outside the Calls API's prefix an unknown path is 404, and a known one with the wrong method
+/// 405; both JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_outside_the_api_are_404_and_wrong_methods_405() {
+    let node = start_node(&[]);
+    let api = node.client();
+    let base = node.http_url();
+    for path in [
+        "/no/such/path",
+        "/index.html",
+        "/v1/apps",
+        "/v1",
+        "/healthz/x",
+        "/admin/nothing",
+    ] {
+        let r = req(&api, Method::GET, &format!("{base}{path}"), RawBody::None).await;
+        assert_error(&r, 404, "not_found");
+    }
+    for (method, path) in [
+        (Method::POST, "/healthz"),
+        (Method::DELETE, "/"),
+        (Method::PUT, "/metrics"),
+    ] {
+        let r = req(
+            &api,
+            method.clone(),
+            &format!("{base}{path}"),
+            RawBody::None,
+        )
+        .await;
+        assert_error(&r, 405, "method_not_allowed");
+    }
+    // The pages and probes themselves are still there.
+    for path in ["/", "/healthz", "/favicon.ico"] {
+        let r = req(&api, Method::GET, &format!("{base}{path}"), RawBody::None).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,6 +343,7 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     exits_within(&mut node, Duration::from_secs(30)).await;
     let log = node.log();
     assert!(log.contains("second signal: exiting now"), "{log}");
+    assert_eq!(node.exit_code().expect("exit status"), Some(143), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,4 +366,51 @@ async fn the_demo_pages_icon_is_served() {
         Some("image/svg+xml")
     );
     assert!(res.text().await.expect("body").starts_with("<svg"));
+}
+
+/// Ctrl-C at a terminal: the HTTP port is free at once, so the node can be started again while
+/// the old one drains its sessions; a second Ctrl-C exits at once with status 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_frees_the_http_port_while_draining_and_a_second_one_exits() {
+    let mut node = TestNode::start_process(&["--drain-timeout", "1h"]).expect("node");
+    let http = node.http_addr();
+    // An open session keeps the drain waiting (for an hour, were it not for the second signal).
+    node.client().sessions_new().await.expect("a session");
+    assert!(
+        std::net::TcpListener::bind(http).is_err(),
+        "the node holds its HTTP port before the signal"
+    );
+    node.signal("INT").expect("SIGINT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rebound = loop {
+        match std::net::TcpListener::bind(http) {
+            Ok(l) => break l,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the HTTP port {http} is still taken after Ctrl-C: {e}; log: {}",
+                node.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        node.is_running(),
+        "the node still drains its session: {}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("draining: waiting for sessions to end"),
+        "{}",
+        node.log()
+    );
+    drop(rebound);
+
+    node.signal("INT").expect("second SIGINT");
+    exits_within(&mut node, Duration::from_secs(30)).await;
+    assert_eq!(
+        node.exit_code().expect("exit status"),
+        Some(130),
+        "a second Ctrl-C exits with 128 + SIGINT: {}",
+        node.log()
+    );
 }

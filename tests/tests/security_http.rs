@@ -438,7 +438,7 @@ async fn http_layer_errors_have_json_bodies() {
 
     // Unknown paths were already JSON; they stay so.
     let a = get(addr, "/no/such/path").await;
-    assert_json_error(&a, 405, "method_not_allowed");
+    assert_json_error(&a, 404, "not_found");
 
     for reason in [
         "bad_request",

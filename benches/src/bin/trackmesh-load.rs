@@ -6,15 +6,18 @@
 //! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
 //! ```
 //! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
-//! executable. Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
+//! executable. On a terminal (and without `--json`) it shows the phase of the run on stderr.
+//! Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
 //! deadline) and kills its nodes at the end.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use trackmesh_benches::load::media::{MediaMix, VideoShape};
+use trackmesh_benches::load::progress;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
     Common, churn::ChurnConfig, fanout::FanoutConfig, hub::HubConfig, join_storm::JoinStormConfig,
@@ -263,7 +266,13 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     let json = cli.json;
-    let report = rt.block_on(run(cli.scenario))?;
+    // Progress is for a person watching: never in --json mode or when stderr is a file or pipe.
+    if !json && std::io::stderr().is_terminal() {
+        progress::show();
+    }
+    let report = rt.block_on(run(cli.scenario));
+    progress::done();
+    let report = report?;
     if json {
         println!("{}", report.json());
     } else {

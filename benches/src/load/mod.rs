@@ -8,11 +8,13 @@
 //! - [`stats`]: the test kit's histograms and percentiles;
 //! - [`scenario`]: fanout, relay, hub, join-storm, churn, soak;
 //! - [`trend`]: is a sampled series (RSS in a soak) flat;
-//! - [`report`]: text and JSON.
+//! - [`report`]: text and JSON;
+//! - [`progress`]: the phase of a run, on a terminal.
 
 pub mod client;
 pub use trackmesh_testkit::media;
 pub mod procfs;
+pub mod progress;
 pub mod report;
 pub mod scenario;
 pub use trackmesh_testkit::stats;

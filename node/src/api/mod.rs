@@ -1,8 +1,10 @@
 //! The HTTP surface: the Calls-compatible API under `/v1/apps/{appId}` and `/apps/{appId}` (with
 //! the app's session listing, an extension), stream tokens (`…/{appId}/tokens`), WHIP/WHEP and
 //! the streams API under `/v1/apps/{appId}` (`whip.rs`, `streams.rs`, RFC 9457 errors from
-//! `problem.rs`), the demo page at `/` and the meeting view at `/meet`, and `/healthz`. Unknown
-//! paths and verbs get a JSON 405, as Calls answers.
+//! `problem.rs`), TURN credentials under `/v1/turn/keys/…`, the demo page at `/` and the meeting
+//! view at `/meet`, health, metrics and `/admin/*`. Errors are JSON in the Calls error model: an
+//! unknown path under the API's prefix gets 405, as Calls answers ("reserved for future
+//! WHIP/WHEP"), an unknown path anywhere else 404, and a known path with the wrong method 405.
 
 mod calls;
 mod cluster;
@@ -15,8 +17,8 @@ mod problem;
 mod quota;
 mod streams;
 pub mod tokens;
-pub mod whip;
 pub mod turn;
+pub mod whip;
 pub mod wire;
 
 use std::sync::Arc;
@@ -260,7 +262,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             ops::track_http,
         ))
-        .fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(unknown_path)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
         // Bodies are read with our own limit so an oversized one gets a JSON 413.
@@ -269,6 +271,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(axum::middleware::from_fn(whip::accept_post))
         .layer(axum::middleware::map_response(no_store))
         .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// The answer for a path no route matches: 405 under the Calls API's prefixes, as Calls
+/// answers there (clients written for Calls may branch on it), else 404.
+async fn unknown_path(uri: axum::extract::OriginalUri) -> ApiError {
+    let path = uri.path();
+    if ["/v1/apps/", "/apps/"].iter().any(|p| path.starts_with(p)) {
+        ApiError::method_not_allowed()
+    } else {
+        ApiError::unknown_path()
+    }
 }
 
 /// A call refused before its body was read (a bad bearer, a limit) leaves the body on the

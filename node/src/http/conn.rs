@@ -151,8 +151,8 @@ impl ConnState {
 
 /// The socket as hyper sees it: replays bytes already read during triage, enforces the
 /// deadlines, and replaces hyper's empty-bodied error answers with JSON ones.
-pub struct GuardedIo {
-    stream: TcpStream,
+pub struct GuardedIo<S = TcpStream> {
+    stream: S,
     replay: Vec<u8>,
     replayed: usize,
     state: Arc<ConnState>,
@@ -165,8 +165,8 @@ pub struct GuardedIo {
     write_sleep: Pin<Box<Sleep>>,
 }
 
-impl GuardedIo {
-    pub fn new(stream: TcpStream, replay: Vec<u8>, state: Arc<ConnState>) -> GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
+    pub fn new(stream: S, replay: Vec<u8>, state: Arc<ConnState>) -> GuardedIo<S> {
         GuardedIo {
             stream,
             replay,
@@ -239,7 +239,7 @@ impl GuardedIo {
     }
 }
 
-impl AsyncRead for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -283,7 +283,7 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

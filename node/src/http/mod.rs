@@ -10,13 +10,17 @@
 //! - Refusals are counted in `trackmesh_rejected_total{port="http",reason}`, with at most one
 //!   log line per client per minute.
 //!
-//! HTTP/2 is not offered (there is no TLS here to negotiate it); put a TLS proxy in front for it.
+//! - With `--tls-cert`/`--tls-key` the same server speaks HTTPS (`tls.rs`): the handshake is
+//!   bounded by the header timeout, and the connection caps count connections as before.
+//!
+//! HTTP/2 is not offered; put a TLS proxy in front for it.
 
 mod answers;
 mod conn;
 mod fd_limit;
 mod service;
 mod slots;
+pub mod tls;
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -27,9 +31,10 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 pub use conn::Timeouts;
 pub use service::PROBE_PATHS;
@@ -63,15 +68,21 @@ struct Ctx {
     /// For probes served from the reserve: one request, then close.
     probe: http1::Builder,
     shutdown: watch::Receiver<()>,
+    /// HTTPS: every connection is a TLS one.
+    tls: Option<TlsAcceptor>,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish (at
-/// most `SHUTDOWN_GRACE`) and returns.
+/// most `SHUTDOWN_GRACE`) and returns. When `close_listener` completes first, the listener is
+/// closed (the port is free for another process) while open connections are still served
+/// until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     rejects: Arc<Rejects>,
+    tls: Option<Arc<tls::TlsCerts>>,
+    close_listener: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = fd_limit::fit(limits);
@@ -97,11 +108,14 @@ pub async fn serve(
         api,
         probe,
         shutdown: stopped,
+        tls: tls.map(|certs| TlsAcceptor::from(certs.server_config())),
     });
     tokio::pin!(shutdown);
-    loop {
+    tokio::pin!(close_listener);
+    let listener_closed = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break false,
+            () = &mut close_listener => break true,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => accept(&ctx, stream, peer),
                 Err(e) => {
@@ -113,15 +127,19 @@ pub async fn serve(
                 }
             },
         }
-    }
+    };
     drop(listener);
+    if listener_closed {
+        tracing::info!(
+            open = ctx.slots.open(),
+            "HTTP listener closed; open connections are still served"
+        );
+        shutdown.await;
+    }
     let _ = stop.send(());
     let open = ctx.slots.open();
     drop(ctx);
-    tracing::info!(
-        open,
-        "HTTP server stopped accepting; finishing open requests"
-    );
+    tracing::info!(open, "HTTP server stopping; finishing open requests");
     if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
         .await
         .is_err()
@@ -138,7 +156,14 @@ fn accept(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                serve_conn(&ctx, stream, Vec::new(), peer, false).await;
+                match &ctx.tls {
+                    None => serve_conn(&ctx, stream, Vec::new(), peer, false).await,
+                    Some(acceptor) => {
+                        if let Some(tls) = handshake(&ctx, acceptor, stream, peer).await {
+                            serve_conn(&ctx, tls, Vec::new(), peer, false).await;
+                        }
+                    }
+                }
             });
         }
         Admit::Triage {
@@ -147,19 +172,73 @@ fn accept(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             full,
         } => {
             let ctx = ctx.clone();
-            tokio::spawn(triage(ctx, stream, peer, guard, evicted, full));
+            tokio::spawn(async move {
+                match ctx.tls.clone() {
+                    None => {
+                        if let Some(stream) = triage(&ctx, stream, peer, guard, evicted).await {
+                            refuse(&ctx.rejects, stream, peer, full);
+                        }
+                    }
+                    Some(acceptor) => {
+                        let Some(tls) = handshake(&ctx, &acceptor, stream, peer).await else {
+                            return;
+                        };
+                        if let Some(mut tls) = triage(&ctx, tls, peer, guard, evicted).await {
+                            count_refusal(&ctx.rejects, peer, full);
+                            // The 503 over TLS; a client that does not take it is not waited for.
+                            let answer = async {
+                                tls.write_all(&answers::REFUSED).await?;
+                                tls.shutdown().await
+                            };
+                            let _ = tokio::time::timeout(REFUSE_TLS_WRITE, answer).await;
+                        }
+                    }
+                }
+            });
         }
-        Admit::Refuse(full) => refuse(&ctx.rejects, stream, peer, full),
+        Admit::Refuse(full) => {
+            if ctx.tls.is_some() {
+                // A plain-text 503 would be noise to a TLS client, and a handshake is what the
+                // cap saves: close at once.
+                count_refusal(&ctx.rejects, peer, full);
+            } else {
+                refuse(&ctx.rejects, stream, peer, full);
+            }
+        }
     }
 }
 
-async fn serve_conn(
-    ctx: &Arc<Ctx>,
+/// How long a refused TLS client gets to take its 503.
+const REFUSE_TLS_WRITE: Duration = Duration::from_secs(1);
+
+/// The TLS handshake of an HTTPS connection, bounded by the header timeout; None (counted as
+/// `tls_handshake`) when it fails or takes too long.
+async fn handshake(
+    ctx: &Ctx,
+    acceptor: &TlsAcceptor,
     stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let why = match tokio::time::timeout(ctx.timeouts.header, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => return Some(tls),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    if ctx.rejects.reject(Port::Http, "tls_handshake", peer.ip()) {
+        tracing::info!(client = %peer.ip(), error = %why, "TLS handshake failed (further ones from this client are counted, not logged, for a minute)");
+    }
+    None
+}
+
+async fn serve_conn<S>(
+    ctx: &Arc<Ctx>,
+    stream: S,
     replay: Vec<u8>,
     peer: SocketAddr,
     probe_only: bool,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = conn::ConnState::new(ctx.timeouts, peer.ip(), ctx.rejects.clone());
     let io = TokioIo::new(conn::GuardedIo::new(stream, replay, state.clone()));
     let router = ctx.router.clone();
@@ -212,15 +291,17 @@ fn classify(bytes: &[u8]) -> Start {
     }
 }
 
-/// A connection over a cap: served if it turns out to be a probe, else refused.
-async fn triage(
-    ctx: Arc<Ctx>,
-    mut stream: TcpStream,
+/// A connection over a cap: served if it turns out to be a probe; else handed back to be refused.
+async fn triage<S>(
+    ctx: &Arc<Ctx>,
+    mut stream: S,
     peer: SocketAddr,
     mut guard: slots::TriageGuard,
     mut evicted: oneshot::Receiver<()>,
-    full: Full,
-) {
+) -> Option<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = [0u8; 16];
     let mut n = 0;
     let deadline = tokio::time::Instant::now() + ctx.timeouts.header;
@@ -229,9 +310,9 @@ async fn triage(
         tokio::select! {
             _ = &mut evicted => break false,
             () = tokio::time::sleep_until(deadline) => break false,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return None,
             read = stream.read(&mut buf[n..]) => match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return None,
                 Ok(k) => {
                     n += k;
                     match classify(&buf[..n]) {
@@ -249,21 +330,26 @@ async fn triage(
         let limit = ctx.timeouts.header + ctx.timeouts.body;
         let _ = tokio::time::timeout(
             limit,
-            serve_conn(&ctx, stream, buf[..n].to_vec(), peer, true),
+            serve_conn(ctx, stream, buf[..n].to_vec(), peer, true),
         )
         .await;
-        return;
+        return None;
     }
     drop(guard);
-    refuse(&ctx.rejects, stream, peer, full);
+    Some(stream)
 }
 
-/// The fast 503: written without waiting, then the connection is closed.
-fn refuse(rejects: &Rejects, stream: TcpStream, peer: SocketAddr, full: Full) {
+/// Counts (and log-limits) a connection refused at a cap.
+fn count_refusal(rejects: &Rejects, peer: SocketAddr, full: Full) {
     let reason = full.reason();
     if rejects.reject(Port::Http, reason, peer.ip()) {
         tracing::warn!(client = %peer.ip(), reason, "HTTP connection refused at the connection cap (further ones from this client are counted, not logged, for a minute)");
     }
+}
+
+/// The fast 503: written without waiting, then the connection is closed.
+fn refuse(rejects: &Rejects, stream: TcpStream, peer: SocketAddr, full: Full) {
+    count_refusal(rejects, peer, full);
     // Plain non-blocking system calls: tokio's `try_write` would refuse a socket whose
     // writability the reactor has not seen yet, which is every freshly accepted one.
     let Ok(mut std) = stream.into_std() else {

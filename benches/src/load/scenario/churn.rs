@@ -244,7 +244,7 @@ async fn run_inner(cfg: &ChurnConfig, deadline: Instant) -> anyhow::Result<Repor
     let window = t0.elapsed();
     let g1 = own_cpu_ticks();
     let m1 = MachineSample::now();
-    sleep_bounded(SETTLE, deadline).await;
+    sleep_bounded("settling", SETTLE, deadline).await;
     let settled = sample_all(&probes).await?;
 
     let denom = all.frames + all.lost;

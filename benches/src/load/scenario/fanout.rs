@@ -136,14 +136,14 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<Report> {
 
 async fn run_inner(cfg: &FanoutConfig, deadline: Instant) -> anyhow::Result<Report> {
     let mut s = setup(&cfg.common, cfg.publishers, cfg.subscribers, deadline).await?;
-    sleep_bounded(cfg.common.warmup, deadline).await;
+    sleep_bounded("warm-up", cfg.common.warmup, deadline).await;
     s.reset_windows();
     let probes = [s.probe.clone()];
     let a = sample_all(&probes).await?;
     let g0 = own_cpu_ticks();
     let m0 = MachineSample::now();
     let t0 = Instant::now();
-    sleep_bounded(cfg.common.duration, deadline).await;
+    sleep_bounded("measuring", cfg.common.duration, deadline).await;
     let b = sample_all(&probes).await?;
     let window = t0.elapsed();
     let g1 = own_cpu_ticks();

@@ -82,13 +82,13 @@ async fn run_inner(cfg: &HubConfig, deadline: Instant) -> anyhow::Result<Report>
     let (subs, failures) = join_many(cfg.subscribers, common.concurrency, plan, false, left).await;
     let after_setup = sample_all(&probes).await?;
 
-    sleep_bounded(common.warmup, deadline).await;
+    sleep_bounded("warm-up", common.warmup, deadline).await;
     reset_windows(subs.iter().map(|s| &s.client).chain([&publisher.client]));
     let a = sample_all(&probes).await?;
     let g0 = own_cpu_ticks();
     let m0 = MachineSample::now();
     let t0 = Instant::now();
-    sleep_bounded(common.duration, deadline).await;
+    sleep_bounded("measuring", common.duration, deadline).await;
     let b = sample_all(&probes).await?;
     let window = t0.elapsed();
     let g1 = own_cpu_ticks();

@@ -89,6 +89,7 @@ async fn run_inner(cfg: &JoinStormConfig, deadline: Instant) -> anyhow::Result<R
         })
         .max();
     let wall = last_first_frame.map(|t| t.saturating_duration_since(storm_start));
+    let timeline = receiving_over_time(&subs, storm_start);
     let connected = subs.len();
     let rss_per_session = (connected > 0)
         .then(|| round2((after[0].rss_kb as f64 - before[0].rss_kb as f64) / connected as f64));
@@ -100,7 +101,7 @@ async fn run_inner(cfg: &JoinStormConfig, deadline: Instant) -> anyhow::Result<R
     let w0 = own_cpu_ticks();
     let m0 = MachineSample::now();
     let t0 = Instant::now();
-    sleep_bounded(common.duration, deadline).await;
+    sleep_bounded("measuring", common.duration, deadline).await;
     let b = sample_all(&probes).await?;
     let window = t0.elapsed();
     let w1 = own_cpu_ticks();
@@ -122,6 +123,7 @@ async fn run_inner(cfg: &JoinStormConfig, deadline: Instant) -> anyhow::Result<R
                 generator_percent(g0, g1, storm_end.saturating_duration_since(storm_start)),
             "node_rss_before_mb": round2(before[0].rss_kb as f64 / 1024.0),
             "node_rss_after_mb": round2(after[0].rss_kb as f64 / 1024.0),
+            "timeline": timeline,
         }),
     );
     let report = Report {
@@ -146,4 +148,29 @@ async fn run_inner(cfg: &JoinStormConfig, deadline: Instant) -> anyhow::Result<R
     tokio::time::sleep(Duration::from_millis(250)).await;
     drop(node);
     Ok(report)
+}
+
+/// Most points of the storm's timeline in a report.
+const TIMELINE_POINTS: usize = 100;
+
+/// `[seconds since the storm began, sessions receiving by then]`, one point per session that
+/// received its first frame, thinned to at most [`TIMELINE_POINTS`] (the last one always kept):
+/// what the join-storm chart plots.
+fn receiving_over_time(subs: &[Subscriber], storm_start: Instant) -> Vec<[f64; 2]> {
+    let mut at: Vec<f64> = subs
+        .iter()
+        .filter_map(|s| {
+            s.client
+                .with_stats(|st| st.rx.values().filter_map(|t| t.first_frame_at).min())
+        })
+        .map(|t| t.saturating_duration_since(storm_start).as_secs_f64())
+        .collect();
+    at.sort_by(f64::total_cmp);
+    let every = at.len().div_ceil(TIMELINE_POINTS).max(1);
+    let last = at.len().saturating_sub(1);
+    at.iter()
+        .enumerate()
+        .filter(|(i, _)| (i + 1) % every == 0 || *i == last)
+        .map(|(i, t)| [round2(*t), (i + 1) as f64])
+        .collect()
 }

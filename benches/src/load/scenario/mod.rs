@@ -241,8 +241,11 @@ pub async fn join_many(
     let mut subs = Vec::with_capacity(n);
     let mut failures = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
+    super::progress::phase("joining", n as u64, "sessions");
     for _ in 0..n {
-        match tokio::time::timeout_at(deadline, set.join_next()).await {
+        let next = tokio::time::timeout_at(deadline, set.join_next()).await;
+        super::progress::step();
+        match next {
             Ok(Some(Ok(Ok(s)))) => subs.push(s),
             Ok(Some(Ok(Err(e)))) => failures.push(format!("{e:#}")),
             Ok(Some(Err(e))) => failures.push(format!("join task: {e}")),
@@ -375,10 +378,19 @@ pub fn reset_windows<'a>(clients: impl IntoIterator<Item = &'a Client>) {
     }
 }
 
-/// Sleep `d`, but at most until `deadline` (a scenario's global bound).
-pub async fn sleep_bounded(d: Duration, deadline: Instant) {
-    let until = (Instant::now() + d).min(deadline);
-    tokio::time::sleep_until(until.into()).await;
+/// Sleep `d`, but at most until `deadline` (a scenario's global bound), showing `what` as the
+/// phase on a terminal.
+pub async fn sleep_bounded(what: &str, d: Duration, deadline: Instant) {
+    let start = Instant::now();
+    let until = (start + d).min(deadline);
+    super::progress::phase(what, until.saturating_duration_since(start).as_secs(), "s");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until.into()) => break,
+            _ = tick.tick() => super::progress::at(start.elapsed()),
+        }
+    }
 }
 
 /// CPU ticks of this process (the generator), to report its own load.

@@ -204,13 +204,13 @@ async fn run_inner(cfg: &RelayConfig, deadline: Instant) -> anyhow::Result<Repor
     let after_setup = sample_all(&probes).await?;
     subs.sort_by_key(|s| s.group);
 
-    sleep_bounded(common.warmup, deadline).await;
+    sleep_bounded("warm-up", common.warmup, deadline).await;
     reset_windows(subs.iter().map(|s| &s.client).chain([&publisher.client]));
     let a = sample_all(&probes).await?;
     let g0 = own_cpu_ticks();
     let m0 = MachineSample::now();
     let t0 = Instant::now();
-    sleep_bounded(common.duration, deadline).await;
+    sleep_bounded("measuring", common.duration, deadline).await;
     let b = sample_all(&probes).await?;
     let window = t0.elapsed();
     let g1 = own_cpu_ticks();

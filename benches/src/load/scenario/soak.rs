@@ -80,7 +80,7 @@ pub async fn run(cfg: &SoakConfig) -> anyhow::Result<Report> {
 async fn run_inner(cfg: &SoakConfig, deadline: Instant) -> anyhow::Result<Report> {
     let every = cfg.sample_every.max(Duration::from_millis(500));
     let mut s: Setup = setup(&cfg.common, cfg.publishers, cfg.subscribers, deadline).await?;
-    sleep_bounded(cfg.common.warmup, deadline).await;
+    sleep_bounded("warm-up", cfg.common.warmup, deadline).await;
     s.reset_windows();
     let first = s.probe.sample().await?;
     let g0 = own_cpu_ticks();
@@ -95,7 +95,7 @@ async fn run_inner(cfg: &SoakConfig, deadline: Instant) -> anyhow::Result<Report
         if now >= end {
             break;
         }
-        sleep_bounded(every.min(end - now), deadline).await;
+        sleep_bounded("soak", every.min(end - now), deadline).await;
         let cur = s.probe.sample().await?;
         series.push(point(t0, &prev, &cur));
         prev = cur;
