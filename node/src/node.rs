@@ -46,6 +46,8 @@ pub struct Node {
     relay: Relay,
     engine_task: JoinHandle<()>,
     load_task: JoinHandle<()>,
+    /// Announces this node's streams and follows other nodes' publishers (`api::follow_streams`).
+    follow_task: JoinHandle<()>,
     /// Dropping it tells the HTTP server to stop accepting and finish open requests.
     stop_http: Option<oneshot::Sender<()>>,
     /// Set to true, it tells the HTTP server to close its listener and go on serving open
@@ -249,6 +251,7 @@ impl Node {
                 server: turn.clone(),
             },
         ));
+        let follow_task = tokio::spawn(api::follow_streams(state.clone()));
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let (close_http_listener, mut listener_closing) = watch::channel(false);
         let http_task = tokio::spawn(crate::http::serve(
@@ -283,6 +286,7 @@ impl Node {
             relay,
             engine_task,
             load_task,
+            follow_task,
             stop_http: Some(stop_http),
             close_http_listener,
             http_task: Some(http_task),
@@ -405,10 +409,12 @@ impl Node {
         }
         self.engine_task.abort();
         self.load_task.abort();
+        self.follow_task.abort();
         // Awaited so the media socket, which the engine task owns, is closed.
         for (what, task) in [
             ("engine", &mut self.engine_task),
             ("load report", &mut self.load_task),
+            ("stream follower", &mut self.follow_task),
         ] {
             if let Err(e) = task.await
                 && e.is_panic()
@@ -444,6 +450,7 @@ impl Node {
         }
         self.engine_task.abort();
         self.load_task.abort();
+        self.follow_task.abort();
         self.relay.abort();
         if let Some(turn) = &self.turn {
             turn.abort();

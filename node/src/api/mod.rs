@@ -15,6 +15,7 @@ pub mod node_auth;
 mod ops;
 mod problem;
 mod quota;
+mod stream_follow;
 mod streams;
 pub mod tokens;
 pub mod turn;
@@ -33,6 +34,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use cluster::ClusterHandle;
 pub use error::ApiError;
+pub use stream_follow::run as follow_streams;
 
 use crate::config::Config;
 use crate::runtime::EngineHandle;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::guard::{decode, read_body};
 use super::problem::Problem;
+use crate::cluster::ClusterView;
 use crate::engine::{StreamSessionView, StreamView};
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
@@ -48,7 +49,12 @@ struct SessionJson {
     bytes_out: u64,
 }
 
-fn session_json(node: &str, v: StreamSessionView) -> SessionJson {
+/// `node` for a session of this node; another node's session (a followed publisher) is named
+/// by the member whose tag its id carries.
+fn session_json(node: &str, view: &ClusterView, v: StreamSessionView) -> SessionJson {
+    let node = view
+        .live_by_tag(v.session_id.node_tag())
+        .map_or(node, |m| m.node_id.as_str());
     SessionJson {
         session_id: v.session_id.to_string(),
         node: node.to_string(),
@@ -61,7 +67,7 @@ fn session_json(node: &str, v: StreamSessionView) -> SessionJson {
     }
 }
 
-fn stream_json(node: &str, s: StreamView) -> StreamJson {
+fn stream_json(node: &str, view: &ClusterView, s: StreamView) -> StreamJson {
     StreamJson {
         id: s.name,
         created_at: s
@@ -69,11 +75,11 @@ fn stream_json(node: &str, s: StreamView) -> StreamJson {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
-        publisher: s.publisher.map(|p| session_json(node, p)),
+        publisher: s.publisher.map(|p| session_json(node, view, p)),
         subscribers: s
             .viewers
             .into_iter()
-            .map(|v| session_json(node, v))
+            .map(|v| session_json(node, view, v))
             .collect(),
         codecs: s.codecs,
     }
@@ -88,8 +94,12 @@ pub async fn list(
     st.apps.authorize(&app, &headers)?;
     let streams = st.engine.call(move |e, _| e.streams_list(&app)).await?;
     let node = st.node_id.clone();
+    let view = st.cluster.view.borrow().clone();
     Ok(Json(StreamsBody {
-        streams: streams.into_iter().map(|s| stream_json(&node, s)).collect(),
+        streams: streams
+            .into_iter()
+            .map(|s| stream_json(&node, &view, s))
+            .collect(),
     })
     .into_response())
 }

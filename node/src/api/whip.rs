@@ -166,6 +166,23 @@ async fn post(
         .to_string();
     crate::engine::sdp_limits::check(&sdp).map_err(|b| Problem::bad_sdp(b.to_string()))?;
     let offer = off_engine(&st, move || ClientOffer::parse(&sdp)).await?;
+    // The cluster: a publisher of this name on another node makes a second one a conflict, and
+    // a viewer here follows it (its tracks pulled over the relay before the viewer's answer).
+    let elsewhere = super::stream_follow::remote_publisher(&st, &app, &stream);
+    match (mode, &elsewhere) {
+        (Mode::Publish, Some((node, _))) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("stream {stream} already has a publisher, on node {node}"),
+            ));
+        }
+        (Mode::Subscribe, Some((_, winner))) => {
+            super::stream_follow::follow(&st, &app, &stream, Some(winner.clone()), true, false)
+                .await?;
+        }
+        _ => {}
+    }
     let quota = st.limits.per_app_quota;
     let policy = StreamPolicy {
         auto_create: match mode {

@@ -169,6 +169,18 @@ impl LocalStreams {
         Ok(())
     }
 
+    /// Announces exactly `announces` (those within bounds, at most [`MAX_ANNOUNCED`]): what the
+    /// engine publishes now replaces what was announced before.
+    pub fn replace_all(&self, announces: &[StreamAnnounce]) {
+        let fresh: BTreeMap<String, String> = announces
+            .iter()
+            .filter(|a| a.check().is_ok())
+            .take(MAX_ANNOUNCED)
+            .map(|a| (a.key(), a.value()))
+            .collect();
+        *self.by_key.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
     /// Stops announcing `app`/`name` (its publisher ended), if this node announced it.
     pub fn withdraw(&self, app: &str, name: &str) {
         let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());

@@ -49,8 +49,8 @@ pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    AppListing, AppSessionSummary, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, Patched,
-    PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
+    AppListing, AppSessionSummary, CloseResult, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL,
+    Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
     StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
     TracksNew, TracksNewResult, UpdateTrack,
 };

@@ -69,6 +69,9 @@ pub struct Stream {
     pub publisher: Option<(SessionId, Vec<String>)>,
     /// The viewing sessions, in arrival order.
     pub viewers: Vec<SessionId>,
+    /// When the current publisher took the stream: of two publishers racing for one name in the
+    /// cluster, the older wins.
+    pub publisher_since: Option<SystemTime>,
 }
 
 /// Why a stream could not be created.
@@ -118,6 +121,7 @@ impl Streams {
                 explicit,
                 publisher: None,
                 viewers: Vec::new(),
+                publisher_since: None,
             },
         );
         Ok(true)
@@ -149,6 +153,9 @@ impl Streams {
         if s.publisher.as_ref().is_some_and(|(p, _)| *p != session) {
             return false;
         }
+        if s.publisher.is_none() {
+            s.publisher_since = Some(SystemTime::now());
+        }
         s.publisher = Some((session, tracks));
         self.sessions.insert(
             session,
@@ -164,6 +171,19 @@ impl Streams {
             },
         );
         true
+    }
+
+    /// Sets (or clears) a publisher held by another node, which the cluster's gossip named: no
+    /// session of this node stands for it. The stream must exist; returns the publisher it had.
+    pub fn set_remote_publisher(
+        &mut self,
+        app: &str,
+        name: &str,
+        publisher: Option<(SessionId, Vec<String>)>,
+    ) -> Option<(SessionId, Vec<String>)> {
+        let s = self.get_mut(app, name)?;
+        s.publisher_since = publisher.as_ref().map(|_| SystemTime::now());
+        std::mem::replace(&mut s.publisher, publisher)
     }
 
     /// Adds a viewer with its receiving sections (the stream must exist).
@@ -233,6 +253,7 @@ impl Streams {
             Some(s) => {
                 if s.publisher.as_ref().is_some_and(|(p, _)| *p == id) {
                     s.publisher = None;
+                    s.publisher_since = None;
                 }
                 s.viewers.retain(|v| *v != id);
                 !s.explicit && s.publisher.is_none() && s.viewers.is_empty()
@@ -264,6 +285,13 @@ impl Streams {
             .iter()
             .filter(move |((a, _), _)| a == app)
             .map(|((_, n), s)| (n.as_str(), s))
+    }
+
+    /// Every stream of every app, as `(app, name, stream)`.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &str, &Stream)> {
+        self.streams
+            .iter()
+            .map(|((a, n), s)| (a.as_str(), n.as_str(), s))
     }
 
     /// Streams held, all apps.

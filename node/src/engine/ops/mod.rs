@@ -12,6 +12,7 @@ mod pull_offer;
 mod push;
 mod renegotiate;
 mod session_url;
+mod stream_cluster;
 mod streams;
 mod tracks_close;
 mod tracks_new;
@@ -19,6 +20,7 @@ mod tracks_update;
 mod whip;
 
 pub use session_url::Patched;
+pub use stream_cluster::FollowedStream;
 pub use streams::{StreamSessionView, StreamView};
 pub use whip::{StreamPolicy, StreamSessionCreated};
 

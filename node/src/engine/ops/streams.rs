@@ -14,7 +14,8 @@ use crate::ids::SessionId;
 pub struct StreamSessionView {
     /// The session (a Calls session id too).
     pub session_id: SessionId,
-    /// `new`, `negotiated`, `connected` or `disconnected`.
+    /// `new`, `negotiated`, `connected` or `disconnected`; `remote` for a publisher on another
+    /// node (its counts are 0 here: its own node lists them).
     pub state: &'static str,
     /// Publisher: its track names in the stream; viewer: the mids that receive.
     pub tracks: Vec<String>,
@@ -204,10 +205,10 @@ impl Engine {
             .streams
             .of_app(app)
             .map(|(name, s)| {
-                let publisher = s
-                    .publisher
-                    .as_ref()
-                    .and_then(|(p, tracks)| self.stream_session_view(*p, tracks.clone()));
+                let publisher = s.publisher.as_ref().map(|(p, tracks)| {
+                    self.stream_session_view(*p, tracks.clone())
+                        .unwrap_or_else(|| remote_publisher_view(*p, tracks.clone()))
+                });
                 let codecs = s
                     .publisher
                     .as_ref()
@@ -264,6 +265,20 @@ impl Engine {
             packets_out,
             bytes_out,
         })
+    }
+}
+
+/// A publisher held by another node (followed through gossip): its media comes over the relay,
+/// and its own node has its counts.
+fn remote_publisher_view(sid: SessionId, tracks: Vec<String>) -> StreamSessionView {
+    StreamSessionView {
+        session_id: sid,
+        state: "remote",
+        tracks,
+        packets_in: 0,
+        bytes_in: 0,
+        packets_out: 0,
+        bytes_out: 0,
     }
 }
 
