@@ -51,6 +51,8 @@ struct Endpoint {
     location: String,
     etag: String,
     mids: Vec<String>,
+    /// The `Link` header values of the 201, in order.
+    links: Vec<String>,
 }
 
 impl Endpoint {
@@ -86,6 +88,12 @@ async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> 
         "{location}"
     );
     let etag = r.header("etag").expect("ETag");
+    let links = r
+        .headers
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().expect("a Link header in ASCII").to_string())
+        .collect();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
     assert!(
         r.text.contains("a=candidate:"),
@@ -103,6 +111,7 @@ async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> 
         location: format!("{}{location}", node.http_url()),
         etag,
         mids,
+        links,
     }
 }
 
@@ -132,6 +141,9 @@ async fn whip_publishes_whep_plays_and_calls_pulls_the_whip_tracks() {
     let publisher = start(&api, &node, "whip", "live").await;
     let viewer = start(&api, &node, "whep", "live").await;
     wait_media(&viewer.peer, &viewer.mids).await;
+    // No TURN key: no STUN/TURN server to name, so no `Link` (the node is ICE-lite).
+    assert_eq!(publisher.links, Vec::<String>::new());
+    assert_eq!(viewer.links, Vec::<String>::new());
 
     // The WHIP session is a Calls session: pull its video by name.
     let list = streams(&api).await;
@@ -573,4 +585,114 @@ async fn auto_create_off_body_limit_and_drain_are_problems() {
     let r = send(&api, Method::POST, "whip/made", &[], &offer, Some(SDP)).await;
     assert_problem(&r, 503);
     assert!(r.header("retry-after").is_some());
+}
+
+/// `<url>; rel="ice-server"; k="v"; ...` → (url, every parameter with its quotes removed).
+fn parse_link(link: &str) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut parts = link.split(';').map(str::trim);
+    let url = parts
+        .next()
+        .and_then(|u| u.strip_prefix('<'))
+        .and_then(|u| u.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("no <url> in {link}"))
+        .to_string();
+    let params = parts
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .unwrap_or_else(|| panic!("parameter {p} in {link}"));
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("unquoted {p} in {link}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    (url, params)
+}
+
+/// With a TURN key, every WHIP/WHEP 201 names the node's STUN and TURN URLs in `Link` headers
+/// (RFC 9725 §4.6) with a credential of its own that the TURN server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_turn_key_the_answers_link_stun_and_turn_with_fresh_credentials() {
+    use base64::Engine as _;
+    let port = trackmesh_tests::node::free_udp_addr()
+        .expect("a free port")
+        .port()
+        .to_string();
+    let node = start_node(&[
+        "--turn-key",
+        "linkkey:link-secret",
+        "--turn-key",
+        "other:other-secret",
+        "--turn-port",
+        &port,
+    ]);
+    let api = node.client();
+    let publisher = start(&api, &node, "whip", "linked").await;
+    let viewer = start(&api, &node, "whep", "linked").await;
+    wait_media(&viewer.peer, &viewer.mids).await;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let hmac = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        b"link-secret",
+    );
+    let mut usernames = Vec::new();
+    for (what, links) in [("WHIP", &publisher.links), ("WHEP", &viewer.links)] {
+        assert_eq!(
+            links.len(),
+            3,
+            "{what}: STUN, TURN/UDP, TURN/TCP: {links:?}"
+        );
+        let (stun, params) = parse_link(&links[0]);
+        assert_eq!(stun, format!("stun:127.0.0.1:{port}"), "{what}");
+        assert_eq!(
+            params.into_iter().collect::<Vec<_>>(),
+            vec![("rel".to_string(), "ice-server".to_string())],
+            "{what}: STUN has no credential"
+        );
+        let (udp, udp_params) = parse_link(&links[1]);
+        let (tcp, tcp_params) = parse_link(&links[2]);
+        assert_eq!(
+            udp,
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            "{what}"
+        );
+        assert_eq!(
+            tcp,
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            "{what}"
+        );
+        assert_eq!(udp_params, tcp_params, "{what}: one credential for both");
+        let p = |k: &str| {
+            udp_params
+                .get(k)
+                .unwrap_or_else(|| panic!("{what}: no {k} in {links:?}"))
+                .as_str()
+        };
+        assert_eq!(p("rel"), "ice-server");
+        assert_eq!(p("credential-type"), "password");
+        // The first key's credential, valid for the documented 12 hours: what the TURN server
+        // checks (base64(HMAC-SHA1(secret, username))), so it lets this client allocate.
+        let username = p("username");
+        let (expiry, rest) = username.split_once(':').expect("{expiry}:{key}:…");
+        let expiry: u64 = expiry.parse().expect("a unix time");
+        assert!(
+            (now + 12 * 3600 - 60..=now + 12 * 3600 + 60).contains(&expiry),
+            "{what}: {username} expires in 12 h"
+        );
+        assert!(rest.starts_with("linkkey:"), "{what}: {username}");
+        let want = base64::engine::general_purpose::STANDARD
+            .encode(aws_lc_rs::hmac::sign(&hmac, username.as_bytes()));
+        assert_eq!(p("credential"), want, "{what}");
+        usernames.push(username.to_string());
+    }
+    assert_ne!(
+        usernames[0], usernames[1],
+        "each answer has a fresh credential"
+    );
 }
