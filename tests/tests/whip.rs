@@ -696,3 +696,194 @@ async fn with_a_turn_key_the_answers_link_stun_and_turn_with_fresh_credentials()
         "each answer has a fresh credential"
     );
 }
+
+/// `POST tokens` on `api`'s app with its secret: the token.
+async fn mint_token(api: &CallsClient, stream: &str, mode: &str) -> String {
+    let r = api
+        .request(
+            Method::POST,
+            "tokens",
+            Some(api.secret()),
+            &[],
+            RawBody::Json(json!({"stream": stream, "mode": mode, "ttlSeconds": 600})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST tokens: {e:#}"));
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {}", r.text))
+        .to_string()
+}
+
+/// Stream tokens on the wire: a token opens exactly the streams and directions it names, for its
+/// app and lifetime, and the session URL it created takes PATCH and DELETE with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_tokens_open_their_stream_and_direction_only() {
+    let node = start_node(&["--app", "otherapp:othersecret"]);
+    let api = node.client();
+    let publish_cam = mint_token(&api, "cam", "publish").await;
+    let subscribe_cam = mint_token(&api, "cam", "subscribe").await;
+    let publish_other = mint_token(&api, "other", "publish").await;
+    let any_both = mint_token(&api, "*", "both").await;
+    let other_app = api
+        .with_base(&format!("{}/v1/apps/otherapp", node.http_url()))
+        .with_secret("othersecret");
+    let foreign = mint_token(&other_app, "cam", "publish").await;
+    // Signed with this app's secret, for this app and stream, but an hour past its end.
+    let expired = trackmesh_tokens::mint(
+        node.app_secret().as_bytes(),
+        node.app_id(),
+        "cam",
+        trackmesh_tokens::Mode::Publish,
+        Duration::from_secs(60),
+        trackmesh_tokens::unix_now() - 3600,
+    )
+    .expect("mint")
+    .token;
+
+    // Refusals first, so the stream has no publisher yet and none is left behind.
+    let peer = Peer::new("token-refused").expect("peer");
+    let (_, send_offer) = peer
+        .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    peer.drop_pending_offer().await.expect("drop");
+    let (_, recv_offer) = peer
+        .create_recv_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    peer.drop_pending_offer().await.expect("drop");
+    for (token, path, offer, status, what) in [
+        (
+            &publish_cam,
+            "whep/cam",
+            &recv_offer,
+            403,
+            "a publish token plays",
+        ),
+        (
+            &subscribe_cam,
+            "whip/cam",
+            &send_offer,
+            403,
+            "a subscribe token publishes",
+        ),
+        (
+            &publish_other,
+            "whip/cam",
+            &send_offer,
+            403,
+            "a token of another stream",
+        ),
+        (&expired, "whip/cam", &send_offer, 401, "an expired token"),
+        (
+            &foreign,
+            "whip/cam",
+            &send_offer,
+            401,
+            "another app's token",
+        ),
+        (
+            &"not.a.token".to_string(),
+            "whip/cam",
+            &send_offer,
+            401,
+            "garbage",
+        ),
+    ] {
+        let r = send(
+            &api.with_secret(token),
+            Method::POST,
+            path,
+            &[],
+            offer,
+            Some(SDP),
+        )
+        .await;
+        assert_eq!(r.status, status, "{what}: {}", r.text);
+        assert_problem(&r, status);
+    }
+    assert_eq!(
+        streams(&api).await["streams"],
+        json!([]),
+        "no refusal made a stream"
+    );
+
+    // A publish token publishes, a subscribe token plays, a `*` token does both on any stream.
+    let as_publisher = api.with_secret(&publish_cam);
+    let publisher = start(&as_publisher, &node, "whip", "cam").await;
+    let viewer = start(&api.with_secret(&subscribe_cam), &node, "whep", "cam").await;
+    wait_media(&viewer.peer, &viewer.mids).await;
+    let as_any = api.with_secret(&any_both);
+    let any_viewer = start(&as_any, &node, "whep", "cam").await;
+    wait_media(&any_viewer.peer, &any_viewer.mids).await;
+    let any_publisher = start(&as_any, &node, "whip", "elsewhere").await;
+
+    // The session URL takes the token that made it: a trickle (204) and DELETE (200). The other
+    // direction's token is refused there (403).
+    let trickle = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let r = send(
+        &api.with_secret(&subscribe_cam),
+        Method::PATCH,
+        &publisher.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_problem(&r, 403);
+    let r = send(
+        &as_publisher,
+        Method::PATCH,
+        &publisher.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_eq!(r.status, 204, "PATCH with the publish token: {}", r.text);
+    let r = send(
+        &as_any,
+        Method::PATCH,
+        &any_viewer.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_eq!(r.status, 204, "PATCH with the * token: {}", r.text);
+    let r = send(&as_any, Method::DELETE, &any_viewer.location, &[], "", None).await;
+    assert_eq!(r.status, 200, "DELETE with the * token: {}", r.text);
+    let r = send(
+        &as_any,
+        Method::DELETE,
+        &any_publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "DELETE with the * token: {}", r.text);
+    let r = send(
+        &as_publisher,
+        Method::DELETE,
+        &publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "DELETE with the publish token: {}", r.text);
+    let r = send(
+        &as_publisher,
+        Method::DELETE,
+        &publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_problem(&r, 410);
+    drop(viewer);
+}
