@@ -257,6 +257,16 @@ mod tests {
     }
 
     #[test]
+    fn the_first_key_is_the_first_configured() {
+        let keys: Vec<TurnKey> = ["zeta:s1", "alpha:s2"]
+            .iter()
+            .map(|k| k.parse().expect("key"))
+            .collect();
+        assert_eq!(TurnAuth::new(&keys).first_key(), Some("zeta"));
+        assert_eq!(TurnAuth::new(&[]).first_key(), None);
+    }
+
+    #[test]
     fn a_credential_checks_out_until_it_expires() {
         let a = auth();
         let c = a.issue("k1", 60, 1_000).expect("known key");
