@@ -121,8 +121,10 @@ async fn run(cfg: Config, kept: Option<dev_app::Kept>) -> anyhow::Result<()> {
     let turn = node
         .turn_addr()
         .map_or_else(|| "off".to_string(), |a| a.to_string());
+    // `http=` stays the address (scripts read it); `scheme=` says whether it speaks TLS.
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     println!(
-        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={} turn={turn}",
+        "trackmesh ready http={http_addr} media={media_addr} gossip={} relay={relay_addr} node={} tag={tag} region={} turn={turn} scheme={scheme}",
         cfg.gossip, cfg.node_id, cfg.region
     );
     let candidate_addr = node.candidate_addr();

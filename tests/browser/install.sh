@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent install of what the browser tests need on a fresh Debian machine (no stdin needed):
-#   Debian's Chromium (/usr/bin/chromium), the npm packages pinned in package-lock.json,
+#   Debian's Chromium (/usr/bin/chromium), openssl, the npm packages pinned in package-lock.json,
 #   and the esbuild bundle of partytracks (pages/partytracks.bundle.js, ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,6 +19,13 @@ if [ ! -x "$CHROMIUM" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 fi
 [ -x "$CHROMIUM" ] || { echo "install.sh: $CHROMIUM still missing" >&2; exit 1; }
+
+# https.test.mjs makes its self-signed certificate with openssl (node's crypto cannot make X.509).
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "install.sh: installing openssl" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "install.sh: installing nodejs and npm" >&2

@@ -3,14 +3,15 @@
 //  - launchChromium(): Debian's Chromium through playwright-core, fake camera/mic, loopback WebRTC allowed.
 //  - serveDir(): a tiny static server on 127.0.0.1 (another origin than the node, so CORS is exercised).
 // Every wait is bounded; a missing binary or browser is an error (tests fail, never skip).
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash, createPublicKey } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -70,13 +71,64 @@ export function parseReadyLine(text) {
 }
 
 /**
+ * A self-signed certificate for 127.0.0.1 and localhost, made with `openssl` (node's crypto cannot
+ * make X.509) in a fresh temporary directory. Returns { dir, certPath, keyPath, certPem, spki }:
+ * `spki` is base64(SHA-256(SubjectPublicKeyInfo)), what Chromium's
+ * `--ignore-certificate-errors-spki-list` takes to trust this one certificate and no other.
+ */
+export function selfSignedCert() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trackmesh-tls-'));
+  const certPath = path.join(dir, 'cert.pem');
+  const keyPath = path.join(dir, 'key.pem');
+  try {
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 20000 });
+  } catch (e) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw new Error(`making a self-signed certificate with openssl failed (tests/browser/install.sh installs openssl): ${e.message}`);
+  }
+  const certPem = fs.readFileSync(certPath, 'utf8');
+  const spkiDer = createPublicKey(fs.readFileSync(keyPath)).export({ type: 'spki', format: 'der' });
+  const spki = createHash('sha256').update(spkiDer).digest('base64');
+  return { dir, certPath, keyPath, certPem, spki };
+}
+
+/**
+ * A request from the test process that trusts `ca` (a PEM certificate) for an https:// URL, with
+ * fetch's shape for the little the helpers need: { status, text() }. Plain fetch when no `ca`.
+ */
+async function request(url, { method = 'GET', headers = {}, body, ca } = {}) {
+  if (!ca || !url.startsWith('https:')) return fetch(url, { method, headers, body });
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, ca }, (res) => {
+      const chunks = [];
+      let size = 0;
+      res.on('data', (c) => { size += c.length; if (size <= 16 << 20) chunks.push(c); });
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        resolve({ status: res.statusCode, headers: res.headers, text: async () => text, json: async () => JSON.parse(text) });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/**
  * Start a trackmesh node: `--http 127.0.0.1:0 --media 127.0.0.1:0 --gossip 127.0.0.1:<free> --relay 127.0.0.1:0
  * --app ID:SECRET [--admin-token T] ...extraArgs` (--gossip/--relay only when extraArgs do not set them).
  * Resolves when the `trackmesh ready http=IP:PORT media=IP:PORT ...` line appears on stdout (bounded).
+ * With `tls` (from selfSignedCert()) the node serves HTTPS with it: `origin` is https:// (the ready
+ * line's `scheme=`) and api()/admin()/fetch() trust that certificate.
  * Returns { appId, secret, http, media, gossip?, relay?, node?, tag?, region?, ready, origin, base,
- *           stderr(), api(), admin(), stop() }  (`ready` holds every key=value of the ready line).
+ *           stderr(), api(), admin(), fetch(), stop() }  (`ready` holds every key=value of the ready line).
  */
-export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], adminToken, readyTimeoutMs = 20000 } = {}) {
+export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], adminToken, tls, readyTimeoutMs = 20000 } = {}) {
   if (!fs.existsSync(NODE_BIN)) {
     throw new Error(`trackmesh binary not found at ${NODE_BIN} (build it with \`cargo build --workspace --bins\` or set TRACKMESH_BIN)`);
   }
@@ -86,6 +138,7 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
   if (!has('--gossip')) args.push('--gossip', `127.0.0.1:${await freeUdpPort()}`);
   if (!has('--relay')) args.push('--relay', '127.0.0.1:0');
   if (adminToken !== undefined) args.push('--admin-token', adminToken);
+  if (tls) args.push('--tls-cert', tls.certPath, '--tls-key', tls.keyPath);
   args.push(...extraArgs);
   const proc = spawn(NODE_BIN, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -112,15 +165,19 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
     proc.kill('SIGKILL');
     throw new Error(`${e.message}\nstdout so far:\n${stdout}\nstderr so far:\n${stderr.slice(-4000)}`);
   }
-  const origin = `http://${addrs.http}`;
+  const origin = `${addrs.scheme === 'https' ? 'https' : 'http'}://${addrs.http}`;
+  const ca = tls?.certPem;
   const node = {
     ...addrs, ready: addrs, appId, secret, proc, args, origin,
     base: `${origin}/v1/apps/${appId}`,
     stdout: () => stdout,
     stderr: () => stderr,
+    /** fetch(url, init) from the test process, trusting the node's certificate when it has one. */
+    fetch: (url, init = {}) => request(url, { ...init, ca }),
     /** Call the API from the test process (not the browser). Returns {status, json}. */
     async api(method, p, body) {
-      const res = await withTimeout(fetch(`${node.base}${p}`, {
+      const res = await withTimeout(request(`${node.base}${p}`, {
+        ca,
         method,
         headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -132,8 +189,8 @@ export async function startNode({ appId = randomHex(16), secret = randomHex(16),
     },
     /** GET/POST `origin + p` (e.g. /admin/cluster) with the admin token. Returns {status, json}. */
     async admin(p, { method = 'GET', token = adminToken } = {}) {
-      const res = await withTimeout(fetch(`${origin}${p}`, {
-        method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+      const res = await withTimeout(request(`${origin}${p}`, {
+        ca, method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
       }), 10000, `${method} ${p}`);
       const text = await res.text();
       let json;
@@ -166,14 +223,14 @@ export const CHROMIUM_FLAGS = [
  * Launch Debian's Chromium with a fresh profile. Returns { ctx, page, close() }.
  * Console messages of pages go to stderr when VERBOSE is set, and are always kept in `logs`.
  */
-export async function launchChromium({ timeoutMs = 30000 } = {}) {
+export async function launchChromium({ timeoutMs = 30000, extraArgs = [] } = {}) {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM} (run tests/browser/install.sh)`);
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'trackmesh-chromium-'));
   let ctx;
   try {
     // headless:false because --headless is in the args (playwright would otherwise add its own variant)
     ctx = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM, headless: false, args: CHROMIUM_FLAGS, timeout: timeoutMs,
+      executablePath: CHROMIUM, headless: false, args: [...CHROMIUM_FLAGS, ...extraArgs], timeout: timeoutMs,
       viewport: { width: 1100, height: 900 },
     });
   } catch (e) {

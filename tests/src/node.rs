@@ -31,6 +31,8 @@ const MAX_LINES_BEFORE_READY: usize = 1000;
 pub struct TestNode {
     run: Run,
     http: SocketAddr,
+    /// `https` when the node serves HTTPS (`--tls-cert`), else `http`.
+    scheme: &'static str,
     media: SocketAddr,
     app_id: String,
     app_secret: String,
@@ -301,6 +303,7 @@ impl TestNode {
         .chain(args.iter().cloned());
         let flags = Flags::try_parse_from(argv).context("the node's flags")?;
         let cfg = Config::from_flags(flags).context("the node's configuration")?;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let log = NodeLog::default();
@@ -326,6 +329,7 @@ impl TestNode {
             ("node", started.node_id),
             ("tag", started.tag),
             ("region", started.region),
+            ("scheme", scheme.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -338,6 +342,7 @@ impl TestNode {
                 log,
             }),
             http: started.http,
+            scheme,
             media: started.media,
             app_id: app_id.to_string(),
             app_secret: app_secret.to_string(),
@@ -414,6 +419,7 @@ impl TestNode {
                 stdout_lines: rx,
             },
             http: SocketAddr::new(ip, 0),
+            scheme: "http",
             media: SocketAddr::new(ip, 0),
             app_id: app_id.to_string(),
             app_secret: app_secret.to_string(),
@@ -427,6 +433,9 @@ impl TestNode {
                     .ok_or_else(|| anyhow!("ready line without http=/media=: {fields:?}"))?;
                 node.http = http;
                 node.media = media;
+                if fields.get("scheme").map(String::as_str) == Some("https") {
+                    node.scheme = "https";
+                }
                 node.ready = fields;
                 Ok(node)
             }
@@ -480,19 +489,19 @@ impl TestNode {
         bail!("no ready line within {MAX_LINES_BEFORE_READY} stdout lines: {seen:?}")
     }
 
-    /// `http://IP:PORT`
+    /// `http://IP:PORT`, or `https://IP:PORT` when the node serves HTTPS.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme, self.http)
     }
 
-    /// `http://IP:PORT/v1/apps/<appId>`
+    /// `http(s)://IP:PORT/v1/apps/<appId>`
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1/apps/{}", self.http, self.app_id)
+        format!("{}/v1/apps/{}", self.http_url(), self.app_id)
     }
 
-    /// `http://IP:PORT/apps/<appId>` (the prefix without `/v1`, used by Orange Meets).
+    /// `http(s)://IP:PORT/apps/<appId>` (the prefix without `/v1`, used by Orange Meets).
     pub fn base_url_no_v1(&self) -> String {
-        format!("http://{}/apps/{}", self.http, self.app_id)
+        format!("{}/apps/{}", self.http_url(), self.app_id)
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -58,6 +58,8 @@ pub struct Endpoint {
     pub etag: String,
     /// The client's mids (sending for WHIP, receiving for WHEP).
     pub mids: Vec<String>,
+    /// The `Link` header values of the 201, in order.
+    pub links: Vec<String>,
 }
 
 impl Endpoint {
@@ -94,6 +96,12 @@ pub async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str)
         "{location}"
     );
     let etag = r.header("etag").expect("ETag");
+    let links = r
+        .headers
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().expect("a Link header in ASCII").to_string())
+        .collect();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
     assert!(
         r.text.contains("a=candidate:"),
@@ -111,6 +119,7 @@ pub async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str)
         location: format!("{}{location}", node.http_url()),
         etag,
         mids,
+        links,
     }
 }
 

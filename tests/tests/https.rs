@@ -100,6 +100,16 @@ async fn https_with_a_certificate_reloaded_on_sighup() {
     let node = TestNode::start_process(&["--tls-cert", cert_arg, "--tls-key", key_arg])
         .expect("a node serving HTTPS");
 
+    assert_eq!(
+        node.ready_field("scheme"),
+        Some("https"),
+        "the ready line says the HTTP address speaks HTTPS"
+    );
+    assert!(
+        node.http_url().starts_with("https://"),
+        "{}",
+        node.http_url()
+    );
     let (status, shown) = healthz_over_tls(&node, &first)
         .await
         .expect("HTTPS request");
@@ -111,7 +121,7 @@ async fn https_with_a_certificate_reloaded_on_sighup() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
-        .get(format!("{}/healthz", node.http_url()))
+        .get(format!("http://{}/healthz", node.http_addr()))
         .send()
         .await;
     assert!(

@@ -25,6 +25,9 @@ async fn whip_publishes_whep_plays_and_calls_pulls_the_whip_tracks() {
     let publisher = start(&api, &node, "whip", "live").await;
     let viewer = start(&api, &node, "whep", "live").await;
     wait_media(&viewer.peer, &viewer.mids).await;
+    // No TURN key: no STUN/TURN server to name, so no `Link` (the node is ICE-lite).
+    assert_eq!(publisher.links, Vec::<String>::new());
+    assert_eq!(viewer.links, Vec::<String>::new());
 
     // The WHIP session is a Calls session: pull its video by name.
     let list = streams(&api).await;
@@ -466,4 +469,305 @@ async fn auto_create_off_body_limit_and_drain_are_problems() {
     let r = send(&api, Method::POST, "whip/made", &[], &offer, Some(SDP)).await;
     assert_problem(&r, 503);
     assert!(r.header("retry-after").is_some());
+}
+
+/// `<url>; rel="ice-server"; k="v"; ...` → (url, every parameter with its quotes removed).
+fn parse_link(link: &str) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut parts = link.split(';').map(str::trim);
+    let url = parts
+        .next()
+        .and_then(|u| u.strip_prefix('<'))
+        .and_then(|u| u.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("no <url> in {link}"))
+        .to_string();
+    let params = parts
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .unwrap_or_else(|| panic!("parameter {p} in {link}"));
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("unquoted {p} in {link}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    (url, params)
+}
+
+/// With a TURN key, every WHIP/WHEP 201 names the node's STUN and TURN URLs in `Link` headers
+/// (RFC 9725 §4.6) with a credential of its own that the TURN server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_turn_key_the_answers_link_stun_and_turn_with_fresh_credentials() {
+    use base64::Engine as _;
+    let port = trackmesh_tests::node::free_udp_addr()
+        .expect("a free port")
+        .port()
+        .to_string();
+    let node = start_node(&[
+        "--turn-key",
+        "linkkey:link-secret",
+        "--turn-key",
+        "other:other-secret",
+        "--turn-port",
+        &port,
+    ]);
+    let api = node.client();
+    let publisher = start(&api, &node, "whip", "linked").await;
+    let viewer = start(&api, &node, "whep", "linked").await;
+    wait_media(&viewer.peer, &viewer.mids).await;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let hmac = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        b"link-secret",
+    );
+    let mut usernames = Vec::new();
+    for (what, links) in [("WHIP", &publisher.links), ("WHEP", &viewer.links)] {
+        assert_eq!(
+            links.len(),
+            3,
+            "{what}: STUN, TURN/UDP, TURN/TCP: {links:?}"
+        );
+        let (stun, params) = parse_link(&links[0]);
+        assert_eq!(stun, format!("stun:127.0.0.1:{port}"), "{what}");
+        assert_eq!(
+            params.into_iter().collect::<Vec<_>>(),
+            vec![("rel".to_string(), "ice-server".to_string())],
+            "{what}: STUN has no credential"
+        );
+        let (udp, udp_params) = parse_link(&links[1]);
+        let (tcp, tcp_params) = parse_link(&links[2]);
+        assert_eq!(
+            udp,
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            "{what}"
+        );
+        assert_eq!(
+            tcp,
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            "{what}"
+        );
+        assert_eq!(udp_params, tcp_params, "{what}: one credential for both");
+        let p = |k: &str| {
+            udp_params
+                .get(k)
+                .unwrap_or_else(|| panic!("{what}: no {k} in {links:?}"))
+                .as_str()
+        };
+        assert_eq!(p("rel"), "ice-server");
+        assert_eq!(p("credential-type"), "password");
+        // The first key's credential, valid for the documented 12 hours: what the TURN server
+        // checks (base64(HMAC-SHA1(secret, username))), so it lets this client allocate.
+        let username = p("username");
+        let (expiry, rest) = username.split_once(':').expect("{expiry}:{key}:…");
+        let expiry: u64 = expiry.parse().expect("a unix time");
+        assert!(
+            (now + 12 * 3600 - 60..=now + 12 * 3600 + 60).contains(&expiry),
+            "{what}: {username} expires in 12 h"
+        );
+        assert!(rest.starts_with("linkkey:"), "{what}: {username}");
+        let want = base64::engine::general_purpose::STANDARD
+            .encode(aws_lc_rs::hmac::sign(&hmac, username.as_bytes()));
+        assert_eq!(p("credential"), want, "{what}");
+        usernames.push(username.to_string());
+    }
+    assert_ne!(
+        usernames[0], usernames[1],
+        "each answer has a fresh credential"
+    );
+}
+
+/// `POST tokens` on `api`'s app with its secret: the token.
+async fn mint_token(api: &CallsClient, stream: &str, mode: &str) -> String {
+    let r = api
+        .request(
+            Method::POST,
+            "tokens",
+            Some(api.secret()),
+            &[],
+            RawBody::Json(json!({"stream": stream, "mode": mode, "ttlSeconds": 600})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST tokens: {e:#}"));
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {}", r.text))
+        .to_string()
+}
+
+/// Stream tokens on the wire: a token opens exactly the streams and directions it names, for its
+/// app and lifetime, and the session URL it created takes PATCH and DELETE with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_tokens_open_their_stream_and_direction_only() {
+    let node = start_node(&["--app", "otherapp:othersecret"]);
+    let api = node.client();
+    let publish_cam = mint_token(&api, "cam", "publish").await;
+    let subscribe_cam = mint_token(&api, "cam", "subscribe").await;
+    let publish_other = mint_token(&api, "other", "publish").await;
+    let any_both = mint_token(&api, "*", "both").await;
+    let other_app = api
+        .with_base(&format!("{}/v1/apps/otherapp", node.http_url()))
+        .with_secret("othersecret");
+    let foreign = mint_token(&other_app, "cam", "publish").await;
+    // Signed with this app's secret, for this app and stream, but an hour past its end.
+    let expired = trackmesh_tokens::mint(
+        node.app_secret().as_bytes(),
+        node.app_id(),
+        "cam",
+        trackmesh_tokens::Mode::Publish,
+        Duration::from_secs(60),
+        trackmesh_tokens::unix_now() - 3600,
+    )
+    .expect("mint")
+    .token;
+
+    // Refusals first, so the stream has no publisher yet and none is left behind.
+    let peer = Peer::new("token-refused").expect("peer");
+    let (_, send_offer) = peer
+        .create_send_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    peer.drop_pending_offer().await.expect("drop");
+    let (_, recv_offer) = peer
+        .create_recv_offer(&[MediaKind::Audio, MediaKind::Video])
+        .await
+        .expect("offer");
+    peer.drop_pending_offer().await.expect("drop");
+    for (token, path, offer, status, what) in [
+        (
+            &publish_cam,
+            "whep/cam",
+            &recv_offer,
+            403,
+            "a publish token plays",
+        ),
+        (
+            &subscribe_cam,
+            "whip/cam",
+            &send_offer,
+            403,
+            "a subscribe token publishes",
+        ),
+        (
+            &publish_other,
+            "whip/cam",
+            &send_offer,
+            403,
+            "a token of another stream",
+        ),
+        (&expired, "whip/cam", &send_offer, 401, "an expired token"),
+        (
+            &foreign,
+            "whip/cam",
+            &send_offer,
+            401,
+            "another app's token",
+        ),
+        (
+            &"not.a.token".to_string(),
+            "whip/cam",
+            &send_offer,
+            401,
+            "garbage",
+        ),
+    ] {
+        let r = send(
+            &api.with_secret(token),
+            Method::POST,
+            path,
+            &[],
+            offer,
+            Some(SDP),
+        )
+        .await;
+        assert_eq!(r.status, status, "{what}: {}", r.text);
+        assert_problem(&r, status);
+    }
+    assert_eq!(
+        streams(&api).await["streams"],
+        json!([]),
+        "no refusal made a stream"
+    );
+
+    // A publish token publishes, a subscribe token plays, a `*` token does both on any stream.
+    let as_publisher = api.with_secret(&publish_cam);
+    let publisher = start(&as_publisher, &node, "whip", "cam").await;
+    let viewer = start(&api.with_secret(&subscribe_cam), &node, "whep", "cam").await;
+    wait_media(&viewer.peer, &viewer.mids).await;
+    let as_any = api.with_secret(&any_both);
+    let any_viewer = start(&as_any, &node, "whep", "cam").await;
+    wait_media(&any_viewer.peer, &any_viewer.mids).await;
+    let any_publisher = start(&as_any, &node, "whip", "elsewhere").await;
+
+    // The session URL takes the token that made it: a trickle (204) and DELETE (200). The other
+    // direction's token is refused there (403).
+    let trickle = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let r = send(
+        &api.with_secret(&subscribe_cam),
+        Method::PATCH,
+        &publisher.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_problem(&r, 403);
+    let r = send(
+        &as_publisher,
+        Method::PATCH,
+        &publisher.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_eq!(r.status, 204, "PATCH with the publish token: {}", r.text);
+    let r = send(
+        &as_any,
+        Method::PATCH,
+        &any_viewer.location,
+        &[],
+        trickle,
+        Some(SDPFRAG),
+    )
+    .await;
+    assert_eq!(r.status, 204, "PATCH with the * token: {}", r.text);
+    let r = send(&as_any, Method::DELETE, &any_viewer.location, &[], "", None).await;
+    assert_eq!(r.status, 200, "DELETE with the * token: {}", r.text);
+    let r = send(
+        &as_any,
+        Method::DELETE,
+        &any_publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "DELETE with the * token: {}", r.text);
+    let r = send(
+        &as_publisher,
+        Method::DELETE,
+        &publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "DELETE with the publish token: {}", r.text);
+    let r = send(
+        &as_publisher,
+        Method::DELETE,
+        &publisher.location,
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_problem(&r, 410);
+    drop(viewer);
 }

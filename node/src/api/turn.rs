@@ -67,6 +67,35 @@ fn ice_servers(at: SocketAddr, username: &str, credential: &str) -> serde_json::
     })
 }
 
+/// Lifetime of the credential a WHIP/WHEP answer carries in its `Link` headers. The TURN server
+/// checks the credential on every refresh, so it must outlast a broadcast; 12 hours covers a long
+/// event, a quarter of what `generate-ice-servers` allows.
+pub const LINK_CREDENTIAL_TTL_SECS: u64 = 12 * 3600;
+
+/// The `Link: <…>; rel="ice-server"` values (RFC 9725 §4.6) of a WHIP/WHEP answer: STUN, then
+/// TURN over UDP and TCP with a fresh credential of the first TURN key. None without a running
+/// TURN server.
+pub fn ice_server_links(turn: &TurnState, now: u64) -> Vec<String> {
+    let (Some(server), Some(key)) = (&turn.server, turn.auth.first_key()) else {
+        return Vec::new();
+    };
+    let Some(cred) = turn.auth.issue(key, LINK_CREDENTIAL_TTL_SECS, now) else {
+        return Vec::new();
+    };
+    let at = server.public_addr();
+    // The username (`{expiry}:{key}:{hex}`) and the base64 credential hold no `"` or `\`, so
+    // they go into the quoted strings as they are.
+    let auth = format!(
+        "username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+        cred.username, cred.password
+    );
+    vec![
+        format!("<stun:{at}>; rel=\"ice-server\""),
+        format!("<turn:{at}?transport=udp>; rel=\"ice-server\"; {auth}"),
+        format!("<turn:{at}?transport=tcp>; rel=\"ice-server\"; {auth}"),
+    ]
+}
+
 /// 400 `bad_request`: the TURN API answers a missing or out-of-range ttl with 400 (the Calls
 /// media API's 406 `invalid_params` is not used here).
 fn bad_ttl() -> ApiError {

@@ -212,10 +212,17 @@ async fn post(
             .count(crate::rejects::Port::Http, "app_session_quota");
         return Err(Problem::from(st.limits.over_quota()));
     };
-    Ok(created_response(&app, &stream, mode, created))
+    let links = super::turn::ice_server_links(&st.turn, crate::turn::credentials::unix_now());
+    Ok(created_response(&app, &stream, mode, created, &links))
 }
 
-fn created_response(app: &str, stream: &str, mode: Mode, c: StreamSessionCreated) -> Response {
+fn created_response(
+    app: &str,
+    stream: &str,
+    mode: Mode,
+    c: StreamSessionCreated,
+    links: &[String],
+) -> Response {
     let location = format!(
         "/v1/apps/{app}/{}/{stream}/{}",
         path_word(mode),
@@ -234,9 +241,14 @@ fn created_response(app: &str, stream: &str, mode: Mode, c: StreamSessionCreated
         header::HeaderName::from_static("accept-patch"),
         HeaderValue::from_static(SDPFRAG),
     );
-    // `Link: <...>; rel="ice-server"` goes here per STUN/TURN server once the node is configured
-    // with any: today it answers on a public host candidate (ICE-lite) and needs none, as
-    // `generate-ice-servers` says.
+    // With a TURN key, the node's STUN/TURN URLs and a fresh credential (RFC 9725 §4.6), so a
+    // client whose UDP to the media port is blocked can still connect. Without one, none: the node
+    // answers on its own host candidate (ICE-lite) and needs no STUN.
+    for link in links {
+        if let Ok(v) = HeaderValue::from_str(link) {
+            h.append(header::LINK, v);
+        }
+    }
     res
 }
 

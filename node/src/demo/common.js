@@ -29,7 +29,8 @@
   }
 
   // ---- the app id and secret, kept per origin in localStorage (development only) ----
-  const KEYS = ['appId', 'appSecret', 'apiBase'];
+  // The TURN key (id and secret) is kept the same way, for the "force relay" checkbox.
+  const KEYS = ['appId', 'appSecret', 'apiBase', 'turnKeyId', 'turnKeySecret'];
   const store = (() => { try { return window.localStorage; } catch (_) { return null; } })();
   function bindSettings() {
     for (const id of KEYS) {
@@ -47,7 +48,7 @@
           try { if (store) store.removeItem('trackmesh.' + id); } catch (_) { /* ignore */ }
           const el = $('#' + id); if (el) el.value = '';
         }
-        log(`forgot the app id and secret stored for ${location.origin}`);
+        log(`forgot the app id, secret and TURN key stored for ${location.origin}`);
       });
     }
     // another tab of this origin changed them: follow
@@ -142,6 +143,47 @@
 
   const rtcConfig = { iceServers: [], bundlePolicy: 'max-bundle' };
 
+  // Lifetime asked for the "force relay" credential: the TURN server checks it again on every
+  // allocation refresh, so it must outlast the call.
+  const RELAY_TTL_SECS = 12 * 3600;
+
+  /**
+   * The RTCPeerConnection configuration for a new connection: the plain one, or with "force relay"
+   * checked, iceTransportPolicy "relay" and the node's TURN servers with a fresh credential from
+   * `generate-ice-servers` (the Calls TURN API, bearer: the TURN key's secret). The TURN key is the
+   * user's to enter: the node hands out TURN credentials only to a bearer of the key.
+   */
+  async function rtcConfigNow() {
+    const box = $('#forceRelay');
+    if (!box || !box.checked) return rtcConfig;
+    const keyId = ($('#turnKeyId') ? $('#turnKeyId').value : '').trim();
+    const keySecret = ($('#turnKeySecret') ? $('#turnKeySecret').value : '').trim();
+    if (!keyId || !keySecret) throw new Error('"Force relay" needs the TURN key id and secret (the node\'s --turn-key ID:SECRET).');
+    // The TURN API sits at the root of the node the app API is on.
+    const base = config().base;
+    const root = /\/v1\/apps\/[^/]+$/.test(base) ? base.replace(/\/v1\/apps\/[^/]+$/, '') : new URL(base).origin;
+    const path = `/v1/turn/keys/${encodeURIComponent(keyId)}/credentials/generate-ice-servers`;
+    let res;
+    try {
+      res = await fetch(root + path, {
+        method: 'POST',
+        headers: { 'Authorization': `Bearer ${keySecret}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ ttl: RELAY_TTL_SECS }),
+      });
+    } catch (e) {
+      throw new ApiError(`POST ${path}: request failed (${e.message})`, 0);
+    }
+    const text = await res.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
+    log(`POST ${path} -> ${res.status}${json && json.errorCode ? ' ' + json.errorCode : ''}`);
+    if (res.status !== 201 || !json || !Array.isArray(json.iceServers)) {
+      throw new ApiError(`TURN credentials for "force relay": POST ${path}: HTTP ${res.status}\nerrorCode: ${(json && json.errorCode) || '(none)'}\nerrorDescription: ${(json && json.errorDescription) || text.slice(0, 200) || '(none)'}`,
+        res.status, json && json.errorCode, json && json.errorDescription);
+    }
+    return { ...rtcConfig, iceServers: json.iceServers, iceTransportPolicy: 'relay' };
+  }
+
   function waitConnected(pc, ms) {
     return new Promise((resolve, reject) => {
       const check = () => {
@@ -216,7 +258,7 @@
 
   window.TM = {
     $, log, showError, clearError, ApiError, bindSettings, hasSettings, config, api, itemErrors,
-    closeOnUnload, whyNotPullable, SESSION_ID, rtcConfig, waitConnected, queue, randomHex,
+    closeOnUnload, whyNotPullable, SESSION_ID, rtcConfig, rtcConfigNow, waitConnected, queue, randomHex,
     statsSampler, formatStats,
   };
 })();

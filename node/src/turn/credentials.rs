@@ -88,6 +88,9 @@ impl Refusal {
 
 /// The configured keys and the revoked set; shared by the API and the TURN server.
 pub struct TurnAuth {
+    /// The first configured key: the one the node signs credentials with on its own behalf
+    /// (WHIP/WHEP `Link` headers).
+    first: Option<String>,
     keys: HashMap<String, hmac::Key>,
     secrets: HashMap<String, String>,
     revoked: Mutex<Revoked>,
@@ -120,6 +123,7 @@ impl TurnAuth {
     /// The auth for `keys` (none: TURN is off).
     pub fn new(keys: &[TurnKey]) -> TurnAuth {
         TurnAuth {
+            first: keys.first().map(|k| k.id.clone()),
             keys: keys
                 .iter()
                 .map(|k| {
@@ -140,6 +144,11 @@ impl TurnAuth {
     /// True when at least one key is configured.
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()
+    }
+
+    /// The id of the first configured key (`--turn-key` order), if any.
+    pub fn first_key(&self) -> Option<&str> {
+        self.first.as_deref()
     }
 
     /// The bearer secret of `key_id`, if configured.
@@ -245,6 +254,16 @@ mod tests {
 
     fn auth() -> TurnAuth {
         TurnAuth::new(&["k1:secret-one".parse().expect("key")])
+    }
+
+    #[test]
+    fn the_first_key_is_the_first_configured() {
+        let keys: Vec<TurnKey> = ["zeta:s1", "alpha:s2"]
+            .iter()
+            .map(|k| k.parse().expect("key"))
+            .collect();
+        assert_eq!(TurnAuth::new(&keys).first_key(), Some("zeta"));
+        assert_eq!(TurnAuth::new(&[]).first_key(), None);
     }
 
     #[test]
