@@ -115,6 +115,14 @@ async fn https_with_a_certificate_reloaded_on_sighup() {
         .expect("HTTPS request");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(shown, first, "the node shows the configured certificate");
+    // It reads its own gossiped https:// API address (it once refused it and left itself out of
+    // its own view, with a warning about an unreadable value).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !node.log().contains("cannot read"),
+        "no unreadable gossip value: {}",
+        node.log()
+    );
     // Plain HTTP on the same port gets no answer a client could take for one.
     let plain = reqwest::Client::builder()
         .no_proxy()

@@ -31,12 +31,18 @@ pub struct Member {
     pub version: String,
 }
 
-/// The API base URL a member announces, accepted only as `http://IP:PORT`: calls and the admin
-/// token go there, so a path or query (which would turn a forwarded call into a request for
-/// another URL) or a host name is refused, and the member left out of the view.
+/// The API base URL a member announces, accepted only as `http://IP:PORT` or `https://IP:PORT`
+/// (a single node serving HTTPS itself announces the latter; clusters speak plain HTTP between
+/// nodes): calls and the admin token go there, so a path or query (which would turn a forwarded
+/// call into a request for another URL) or a host name is refused, and the member left out of
+/// the view.
 pub fn checked_api(announced: &str) -> Option<String> {
-    let addr: SocketAddr = announced.strip_prefix("http://")?.parse().ok()?;
-    Some(format!("http://{addr}"))
+    let (scheme, rest) = announced.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let addr: SocketAddr = rest.parse().ok()?;
+    Some(format!("{scheme}://{addr}"))
 }
 
 /// The load a node gossips about itself.
@@ -163,11 +169,16 @@ mod api_tests {
             checked_api("http://[::1]:7700").as_deref(),
             Some("http://[::1]:7700")
         );
+        assert_eq!(
+            checked_api("https://127.0.0.1:9").as_deref(),
+            Some("https://127.0.0.1:9")
+        );
         for bad in [
             "http://127.0.0.1:9/metrics?x=",
             "http://127.0.0.1:9/",
-            "https://127.0.0.1:9",
             "http://evil.example:80",
+            "ftp://127.0.0.1:9",
+            "https://127.0.0.1:9/x",
             "http://user@127.0.0.1:9",
             "127.0.0.1:9",
             "",
