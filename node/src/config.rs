@@ -26,25 +26,29 @@ impl std::str::FromStr for App {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (id, secret) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected ID:SECRET, got {s:?}"))?;
-        if id.is_empty() || secret.is_empty() {
-            return Err("app id and secret must both be non-empty".into());
-        }
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "app id {id:?} may only contain letters, digits, '-' and '_'"
-            ));
-        }
-        Ok(App {
-            id: id.into(),
-            secret: secret.into(),
-        })
+        let (id, secret) = parse_id_secret(s, "app")?;
+        Ok(App { id, secret })
     }
+}
+
+/// `ID:SECRET`, as `--app` and `--turn-key` take them: both non-empty, the id of letters, digits,
+/// `-` and `_` (it goes into URL paths). `what` names the thing in errors.
+pub fn parse_id_secret(s: &str, what: &str) -> Result<(String, String), String> {
+    let (id, secret) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected ID:SECRET, got {s:?}"))?;
+    if id.is_empty() || secret.is_empty() {
+        return Err(format!("{what} id and secret must both be non-empty"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "{what} id {id:?} may only contain letters, digits, '-' and '_'"
+        ));
+    }
+    Ok((id.into(), secret.into()))
 }
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -31,24 +31,8 @@ impl std::str::FromStr for TurnKey {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (id, secret) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected ID:SECRET, got {s:?}"))?;
-        if id.is_empty() || secret.is_empty() {
-            return Err("TURN key id and secret must both be non-empty".into());
-        }
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "TURN key id {id:?} may only contain letters, digits, '-' and '_'"
-            ));
-        }
-        Ok(TurnKey {
-            id: id.into(),
-            secret: secret.into(),
-        })
+        let (id, secret) = crate::config::parse_id_secret(s, "TURN key")?;
+        Ok(TurnKey { id, secret })
     }
 }
 

@@ -340,22 +340,7 @@ impl<S: StatsCell> Core<S> {
         &mut self,
         kinds: &[MediaKind],
     ) -> anyhow::Result<(Vec<String>, String)> {
-        if self.pending.is_some() {
-            bail!("an offer is already pending");
-        }
-        let mut api = self.rtc.sdp_api();
-        let mids: Vec<Mid> = kinds
-            .iter()
-            .map(|k| api.add_media(*k, Direction::SendOnly, None, None, None))
-            .collect();
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| anyhow!("apply() produced no offer"))?;
-        self.pending = Some(pending);
-        Ok((
-            mids.iter().map(|m| m.to_string()).collect(),
-            offer.to_sdp_string(),
-        ))
+        self.create_offer(kinds, Direction::SendOnly)
     }
 
     /// add_media(kind, RecvOnly) for each kind, apply() → offer (a WHEP viewer's, or a pull
@@ -364,13 +349,21 @@ impl<S: StatsCell> Core<S> {
         &mut self,
         kinds: &[MediaKind],
     ) -> anyhow::Result<(Vec<String>, String)> {
+        self.create_offer(kinds, Direction::RecvOnly)
+    }
+
+    fn create_offer(
+        &mut self,
+        kinds: &[MediaKind],
+        direction: Direction,
+    ) -> anyhow::Result<(Vec<String>, String)> {
         if self.pending.is_some() {
             bail!("an offer is already pending");
         }
         let mut api = self.rtc.sdp_api();
         let mids: Vec<Mid> = kinds
             .iter()
-            .map(|k| api.add_media(*k, Direction::RecvOnly, None, None, None))
+            .map(|k| api.add_media(*k, direction, None, None, None))
             .collect();
         let (offer, pending) = api
             .apply()

@@ -98,10 +98,31 @@ impl Engine {
             )));
         }
         self.open_stream(app, stream, policy.auto_create)?;
+        self.in_new_session(
+            app,
+            stream,
+            ice_ufrag,
+            "WHIP offer refused",
+            now,
+            |e, sid| e.whip_accept(sid, app, stream, parsed, sending, now),
+        )
+    }
+
+    /// Runs `accept` on a new session of the stream's app: a refused offer closes the session
+    /// (with `refused` as the reason) and drops an auto-created stream it left empty.
+    fn in_new_session(
+        &mut self,
+        app: &str,
+        stream: &str,
+        ice_ufrag: Option<String>,
+        refused: &str,
+        now: Instant,
+        accept: impl FnOnce(&mut Engine, SessionId) -> Result<StreamSessionCreated, OpError>,
+    ) -> Result<StreamSessionCreated, OpError> {
         let result = self.create_session(app, None, now).and_then(|(sid, _)| {
-            let r = self.whip_accept(sid, app, stream, parsed, sending, now);
+            let r = accept(self, sid);
             if r.is_err() {
-                self.close_session(sid, now, "WHIP offer refused");
+                self.close_session(sid, now, refused);
             }
             self.streams.set_remote_ufrag(sid, ice_ufrag);
             self.drain(sid, now);
@@ -211,20 +232,14 @@ impl Engine {
             )));
         }
         self.open_stream(app, stream, policy.auto_create)?;
-        let result = self.create_session(app, None, now).and_then(|(sid, _)| {
-            let r = self.whep_accept(sid, app, stream, parsed, offered, now);
-            if r.is_err() {
-                self.close_session(sid, now, "WHEP offer refused");
-            }
-            self.streams.set_remote_ufrag(sid, ice_ufrag);
-            self.drain(sid, now);
-            r
-        });
-        if result.is_err() {
-            self.streams.drop_if_unused(app, stream);
-        }
-        self.process_work(now);
-        result
+        self.in_new_session(
+            app,
+            stream,
+            ice_ufrag,
+            "WHEP offer refused",
+            now,
+            |e, sid| e.whep_accept(sid, app, stream, parsed, offered, now),
+        )
     }
 
     fn whep_accept(
