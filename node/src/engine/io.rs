@@ -54,7 +54,7 @@ impl Engine {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.cfg.local_addr,
+                destination: s.outgoing_local.unwrap_or(self.cfg.local_addr),
                 contents,
             },
         );

@@ -49,10 +49,10 @@ pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    AppListing, AppSessionSummary, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL, Patched,
-    PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
-    StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
-    TracksNew, TracksNewResult, UpdateTrack,
+    AppListing, AppSessionSummary, CascadeDirection, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL,
+    OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc,
+    SessionSummary, StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult,
+    TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};

@@ -6,6 +6,7 @@
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
 
+mod cascade;
 mod new_session;
 mod pull;
 mod pull_offer;
@@ -18,6 +19,7 @@ mod tracks_new;
 mod tracks_update;
 mod whip;
 
+pub use cascade::{CascadeDirection, OutgoingState};
 pub use session_url::Patched;
 pub use streams::{StreamSessionView, StreamView};
 pub use whip::{StreamPolicy, StreamSessionCreated};

@@ -1,0 +1,274 @@
+//! Cascades: the node as a WHEP or WHIP *client* of another server. The engine writes the offer
+//! of an outgoing session (full ICE, controlling: the other server may be ICE-lite, as trackmesh
+//! is), the shell POSTs it, and the answer is applied here. A source session's received tracks
+//! become the stream's publisher; a target session is a viewer of the stream whose sending
+//! sections carry the stream's publications to the other server.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use str0m::media::{Direction, MediaKind, Mid};
+
+use crate::engine::streams::{CreateRefused, valid_stream_name};
+use crate::engine::{ClientAnswer, Engine, OpError, SessionState};
+use crate::ids::SessionId;
+
+/// Remote candidates taken from an answer; a server needs one or two, the rest is ignored.
+pub const MAX_REMOTE_CANDIDATES: usize = 4;
+
+/// Which way a cascade carries the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CascadeDirection {
+    /// Pull from another server's WHEP endpoint: the stream's publisher.
+    Source,
+    /// Push to another server's WHIP endpoint: a viewer of the stream.
+    Target,
+}
+
+/// Where a cascade's outgoing session is, for the shell that drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutgoingState {
+    /// ICE and DTLS are being set up.
+    Connecting,
+    /// Connected: media can flow.
+    Live,
+    /// Was connected and lost the other server (it may come back within the reconnect grace).
+    Disconnected,
+    /// The session has ended (closed, expired, or its stream was deleted).
+    Gone,
+}
+
+impl Engine {
+    /// Writes the offer of a new outgoing session for a cascade of `stream`: recvonly audio and
+    /// video for a source, sendonly for a target. The stream must exist; a source needs it
+    /// without a publisher.
+    pub fn cascade_offer(
+        &mut self,
+        app: &str,
+        stream: &str,
+        direction: CascadeDirection,
+        now: Instant,
+    ) -> Result<(SessionId, String), OpError> {
+        let Some(s) = self.streams.get(app, stream) else {
+            return Err(OpError::NotFound(format!("stream {stream} not found")));
+        };
+        if direction == CascadeDirection::Source && s.publisher.is_some() {
+            return Err(OpError::Conflict(format!(
+                "stream {stream} already has a publisher"
+            )));
+        }
+        let (sid, _) = self.new_session(app, None, Some(self.outgoing_addr()), now)?;
+        let dir = match direction {
+            CascadeDirection::Source => Direction::RecvOnly,
+            CascadeDirection::Target => Direction::SendOnly,
+        };
+        let offer = self.sessions.get_mut(&sid).and_then(|s| {
+            let mut api = s.rtc.sdp_api();
+            let mids: Vec<Mid> = [MediaKind::Audio, MediaKind::Video]
+                .into_iter()
+                .map(|kind| api.add_media(kind, dir, Some(stream.to_string()), None, None))
+                .collect();
+            let (offer, pending) = api.apply()?;
+            s.pending = Some(pending);
+            s.outgoing_mids = mids;
+            Some(offer.to_sdp_string())
+        });
+        let Some(offer) = offer else {
+            self.close_session(sid, now, "cascade offer not made");
+            return Err(OpError::Internal("str0m made no offer".into()));
+        };
+        self.drain(sid, now);
+        self.process_work(now);
+        Ok((sid, offer))
+    }
+
+    /// Applies the other server's answer to a cascade's outgoing session and joins the session
+    /// to its stream. On error the session is closed.
+    pub fn cascade_answer(
+        &mut self,
+        app: &str,
+        stream: &str,
+        sid: SessionId,
+        direction: CascadeDirection,
+        answer: &str,
+        now: Instant,
+    ) -> Result<(), OpError> {
+        let r = self.cascade_accept(app, stream, sid, direction, answer, now);
+        if r.is_err() {
+            self.close_session(sid, now, "cascade answer refused");
+        }
+        self.drain(sid, now);
+        self.process_work(now);
+        r
+    }
+
+    fn cascade_accept(
+        &mut self,
+        app: &str,
+        stream: &str,
+        sid: SessionId,
+        direction: CascadeDirection,
+        answer: &str,
+        now: Instant,
+    ) -> Result<(), OpError> {
+        let parsed = ClientAnswer::parse(answer).parsed?;
+        let remotes = remote_candidates(answer);
+        if remotes.is_empty() {
+            return Err(OpError::Decoding(
+                "the answer has no UDP candidate (a server answers with its candidates)".into(),
+            ));
+        }
+        // Datagrams are routed by their source address, and one (local, remote) address pair can
+        // carry only one session: refuse a second session to the same remote address.
+        if let Some(addr) = remotes
+            .iter()
+            .find(|a| self.demux.owner(**a).is_some_and(|o| o != sid))
+        {
+            return Err(OpError::Conflict(format!(
+                "another session already uses the remote media address {addr}"
+            )));
+        }
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or_else(|| OpError::NotFound("cascade session closed".into()))?;
+        let pending = s
+            .pending
+            .take()
+            .ok_or_else(|| OpError::Internal("no pending cascade offer".into()))?;
+        s.rtc
+            .sdp_api()
+            .accept_answer(pending, parsed)
+            .map_err(|e| OpError::InvalidSdp(format!("answer not accepted: {e}")))?;
+        s.state = s.state.on_negotiated();
+        let mids: Vec<(Mid, MediaKind)> = s
+            .outgoing_mids
+            .iter()
+            .filter_map(|mid| s.rtc.media(*mid))
+            .filter(|m| !m.remote_pts().is_empty() && m.direction() != Direction::Inactive)
+            .map(|m| (m.mid(), m.kind()))
+            .collect();
+        if mids.is_empty() {
+            return Err(OpError::Unprocessable(
+                "the other server answered no section with a codec in common".into(),
+            ));
+        }
+        for addr in &remotes {
+            self.demux.learn(sid, *addr);
+        }
+        self.streams
+            .create(app, stream, false, SystemTime::now())
+            .map_err(|CreateRefused::Full| {
+                OpError::Unavailable("this node holds its maximum number of streams".into())
+            })?;
+        match direction {
+            CascadeDirection::Source => {
+                let mut names = Vec::new();
+                for (mid, kind) in mids {
+                    let name = super::whip::track_name_for(kind, &names);
+                    if self.publish(sid, mid, &name, now).is_ok() {
+                        names.push(name);
+                    }
+                }
+                if !self.streams.set_publisher(app, stream, sid, names, false) {
+                    return Err(OpError::Conflict(format!(
+                        "stream {stream} already has a publisher"
+                    )));
+                }
+                self.attach_viewers(app, stream, now);
+            }
+            CascadeDirection::Target => {
+                if !self.streams.add_viewer(app, stream, sid, mids, false) {
+                    return Err(OpError::NotFound(format!("stream {stream} not found")));
+                }
+                self.attach_viewer(sid, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a cascade's outgoing session is.
+    pub fn outgoing_state(&self, sid: SessionId) -> OutgoingState {
+        match self.sessions.get(&sid).map(|s| s.state) {
+            None => OutgoingState::Gone,
+            Some(SessionState::New | SessionState::Negotiated) => OutgoingState::Connecting,
+            Some(SessionState::Connected { .. }) => OutgoingState::Live,
+            Some(SessionState::Disconnected { .. }) => OutgoingState::Disconnected,
+        }
+    }
+
+    /// The address an outgoing session's host candidate names: the bound media address, or
+    /// the announced one when the socket is bound to every interface.
+    fn outgoing_addr(&self) -> SocketAddr {
+        if self.cfg.local_addr.ip().is_unspecified() {
+            SocketAddr::new(self.cfg.candidate_addr.ip(), self.cfg.local_addr.port())
+        } else {
+            self.cfg.local_addr
+        }
+    }
+
+    /// Whether a stream exists (a cascade of a stream that went away stops).
+    pub fn stream_exists(&self, app: &str, stream: &str) -> bool {
+        valid_stream_name(stream) && self.streams.get(app, stream).is_some()
+    }
+}
+
+/// The UDP addresses of an answer's `a=candidate` lines (component 1), at most
+/// [`MAX_REMOTE_CANDIDATES`].
+pub fn remote_candidates(sdp: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for line in sdp.lines() {
+        let Some(c) = line.trim_end().strip_prefix("a=candidate:") else {
+            continue;
+        };
+        // foundation component transport priority address port typ type ...
+        let f: Vec<&str> = c.split_ascii_whitespace().collect();
+        let (Some(component), Some(transport), Some(ip), Some(port)) =
+            (f.get(1), f.get(2), f.get(4), f.get(5))
+        else {
+            continue;
+        };
+        if *component != "1" || !transport.eq_ignore_ascii_case("udp") {
+            continue;
+        }
+        let (Ok(ip), Ok(port)) = (ip.parse::<std::net::IpAddr>(), port.parse::<u16>()) else {
+            continue;
+        };
+        let addr = SocketAddr::new(ip, port);
+        if !out.contains(&addr) {
+            out.push(addr);
+            if out.len() == MAX_REMOTE_CANDIDATES {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_read_bounded_and_deduplicated() {
+        let sdp = "v=0\r\n\
+            a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n\
+            a=candidate:1 1 UDP 2130706431 127.0.0.1 5000 typ host\r\n\
+            a=candidate:2 2 udp 2130706431 127.0.0.1 5001 typ host\r\n\
+            a=candidate:3 1 tcp 2130706431 127.0.0.1 5002 typ host\r\n\
+            a=candidate:4 1 udp 1 not-an-ip 5003 typ host\r\n\
+            a=candidate:5 1 udp\r\n\
+            a=candidate:6 1 udp 1 ::1 5004 typ host\r\n";
+        assert_eq!(
+            remote_candidates(sdp),
+            vec![
+                "127.0.0.1:5000".parse().expect("addr"),
+                "[::1]:5004".parse().expect("addr")
+            ]
+        );
+        let many: String = (0..20)
+            .map(|i| format!("a=candidate:1 1 udp 1 10.0.0.1 {} typ host\n", 6000 + i))
+            .collect();
+        assert_eq!(remote_candidates(&many).len(), MAX_REMOTE_CANDIDATES);
+    }
+}
