@@ -7,6 +7,7 @@
 //! WHIP/WHEP"), an unknown path anywhere else 404, and a known path with the wrong method 405.
 
 mod calls;
+mod cascade;
 mod cluster;
 mod error;
 mod guard;
@@ -77,6 +78,8 @@ pub struct ApiState {
     node_id: String,
     /// WHIP/WHEP stream settings.
     streams: StreamSettings,
+    /// Streams pulled from or pushed to other WHIP/WHEP servers.
+    cascades: Arc<crate::cascade::Cascades>,
 }
 
 /// The WHIP/WHEP settings of the node.
@@ -95,6 +98,7 @@ impl ApiState {
         ops: OpsState,
         turn: turn::TurnState,
     ) -> ApiState {
+        let engine_for_cascades = engine.clone();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             // Let pooled connections go before the other node's idle timeout closes them
@@ -131,6 +135,7 @@ impl ApiState {
                 whep_max_viewers: cfg.whep_max_viewers,
             },
             turn,
+            cascades: Arc::new(crate::cascade::Cascades::new(engine_for_cascades)),
         }
     }
 }
@@ -205,7 +210,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/streams/{stream}",
             post(streams::create).delete(streams::delete),
         )
-        .route("/streams/{stream}/publisher", put(streams::bind));
+        .route("/streams/{stream}/publisher", put(streams::bind))
+        .route(
+            "/streams/{stream}/cascade",
+            post(cascade::start).delete(cascade::stop),
+        );
     // Browsers call the API from other origins (the Calls echo examples do); answer preflights
     // for any origin and header, and say `Vary: Origin`.
     let cors = CorsLayer::new()
