@@ -203,7 +203,7 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_pushes_to_another_servers_whip_endpoint() {
+async fn target_pushes_to_another_servers_whip_endpoint_and_a_source_pulls_it_back() {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
     let a = start_node(&[]);
     let (api_a, api_b) = (a.client(), b.client());
@@ -228,6 +228,22 @@ async fn target_pushes_to_another_servers_whip_endpoint() {
         cascade_state(s) == Some("live") && s["cascades"][0]["direction"] == json!("target")
     })
     .await;
+
+    // A second session between the same two servers at once: A pulls back what it pushed.
+    let (status, body) = post(&api_a, "streams/back", json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(
+        &api_a,
+        "streams/back/cascade",
+        json!({"sourceUrl": format!("{}/whep/pushed", b.base_url()), "token": b.app_secret()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (back, back_mids) = endpoint(&api_a, "whep", "back").await;
+    wait_frames(&back, &back_mids, 10).await;
+    wait_frames(&viewer, &mids, frames(&viewer, &mids) + 10).await;
+    let r = delete(&api_a, "streams/back/cascade").await;
+    assert_eq!(r.status, 200, "{}", r.text);
 
     let r = delete(&api_a, "streams/out/cascade?direction=target").await;
     assert_eq!(r.status, 200, "{}", r.text);

@@ -12,11 +12,13 @@ pub mod backoff;
 pub mod client;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::Url;
 use serde::Serialize;
+use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -78,6 +80,8 @@ struct Status {
 #[derive(Default)]
 struct Current {
     session: Option<SessionId>,
+    /// Its socket's address (registered with the engine task for sending).
+    local: Option<SocketAddr>,
     location: Option<Url>,
 }
 
@@ -324,10 +328,16 @@ impl Cascades {
             error,
             was_live: false,
         };
+        // A socket of its own: the other server tells its sessions apart by our address.
+        let (bind, socket) = match self.bind().await {
+            Ok(v) => v,
+            Err(e) => return failed(e),
+        };
+        lock(current).local = Some(bind);
         let (app, stream, direction) = key.clone();
         let offered = self
             .engine
-            .call(move |e, now| e.cascade_offer(&app, &stream, direction, now))
+            .call(move |e, now| e.cascade_offer(&app, &stream, direction, bind, now))
             .await;
         let (sid, offer) = match offered {
             Ok(Ok(v)) => v,
@@ -354,6 +364,44 @@ impl Cascades {
             Ok(Err(e)) => return failed(format!("the answer: {e}")),
             Err(e) => return failed(e.to_string()),
         }
+        tokio::select! {
+            outcome = self.watch(key, url, sid, status) => outcome,
+            error = pump(&self.engine, socket, bind) => failed(error),
+        }
+    }
+
+    /// Binds an outgoing session's socket next to the media socket and registers it with the
+    /// engine task; returns its address as the session's host candidate.
+    async fn bind(&self) -> Result<(SocketAddr, Arc<UdpSocket>), String> {
+        let at = self
+            .engine
+            .call(|e, _| e.outgoing_bind_addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        let socket = UdpSocket::bind(at)
+            .await
+            .map_err(|e| format!("binding a media socket on {at}: {e}"))?;
+        let bound = socket
+            .local_addr()
+            .map_err(|e| format!("the media socket's address: {e}"))?;
+        let local = self
+            .engine
+            .call(move |e, _| e.outgoing_candidate(bound))
+            .await
+            .map_err(|e| e.to_string())?;
+        let socket = Arc::new(socket);
+        self.engine
+            .outgoing_sockets()
+            .insert(local, Arc::clone(&socket));
+        Ok((local, socket))
+    }
+
+    /// Watches the session until it fails to connect, loses the other server, or ends.
+    async fn watch(&self, key: &Key, url: &Url, sid: SessionId, status: &Mutex<Status>) -> Attempt {
+        let failed = |error: String| Attempt::Failed {
+            error,
+            was_live: false,
+        };
         let answered_at = Instant::now();
         let mut lost_since: Option<Instant> = None;
         let mut was_live = false;
@@ -401,9 +449,16 @@ impl Cascades {
         }
     }
 
-    /// Closes the attempt's session and DELETEs the other server's, if any.
+    /// Closes the attempt's session and socket, and DELETEs the other server's session, if any.
     async fn teardown(&self, current: &Mutex<Current>, token: &str) {
-        let Current { session, location } = std::mem::take(&mut *lock(current));
+        let Current {
+            session,
+            local,
+            location,
+        } = std::mem::take(&mut *lock(current));
+        if let Some(local) = local {
+            self.engine.outgoing_sockets().remove(local);
+        }
         if let Some(sid) = session {
             let _ = self
                 .engine
@@ -412,6 +467,43 @@ impl Cascades {
         }
         if let Some(location) = location {
             client::delete_session(&self.http, &location, token).await;
+        }
+    }
+}
+
+/// Datagrams read from an outgoing socket in one go, handed to the engine in one call.
+const PUMP_BATCH: usize = 32;
+/// Larger than any datagram a WebRTC peer sends over UDP.
+const PUMP_BUF: usize = 2048;
+
+/// Feeds what arrives on an outgoing session's socket to the engine, in batches; returns why
+/// it stopped (the socket or the engine failed). Backpressure: it waits for the engine's command
+/// queue, and the kernel drops what does not fit the socket buffer meanwhile.
+async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) -> String {
+    let mut buf = vec![0u8; PUMP_BUF];
+    loop {
+        let mut batch: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => batch.push((from, buf[..n].to_vec())),
+            // ICMP port-unreachable from a vanished server surfaces here on Linux.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return format!("media socket {local}: {e}"),
+        }
+        while batch.len() < PUMP_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => batch.push((from, buf[..n].to_vec())),
+                Err(_) => break,
+            }
+        }
+        let fed = engine
+            .call(move |e, _| {
+                for (from, data) in batch {
+                    e.handle_outgoing_datagram(Instant::now(), local, from, &data);
+                }
+            })
+            .await;
+        if let Err(e) = fed {
+            return e.to_string();
         }
     }
 }

@@ -103,11 +103,6 @@ impl Demux {
         }
     }
 
-    /// The session an address is routed to, if any.
-    pub fn owner(&self, addr: SocketAddr) -> Option<SessionId> {
-        self.by_addr.get(&addr).copied()
-    }
-
     /// Addresses remembered, so tests can check none outlive their session or the bound.
     pub fn addr_count(&self) -> usize {
         self.by_addr.len()

@@ -128,6 +128,10 @@ pub struct Engine {
     /// Live sessions per app, for the per-app quota.
     app_sessions: HashMap<String, usize>,
     transmits: VecDeque<Transmit>,
+    /// Datagrams of cascades' outgoing sessions, each sent from its session's own socket.
+    outgoing_transmits: VecDeque<Transmit>,
+    /// A cascade's outgoing session by the local address of its own socket.
+    outgoing: HashMap<SocketAddr, SessionId>,
     relay_out: VecDeque<RelayOut>,
     /// Upstream relay subscription → the publication it feeds.
     relay_up: HashMap<UpId, TrackKey>,
@@ -162,6 +166,8 @@ impl Engine {
             tombstones: SessionMap::default(),
             app_sessions: HashMap::new(),
             transmits: VecDeque::new(),
+            outgoing_transmits: VecDeque::new(),
+            outgoing: HashMap::new(),
             relay_out: VecDeque::new(),
             relay_up: HashMap::new(),
             relay_down: HashMap::new(),

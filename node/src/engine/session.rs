@@ -162,7 +162,7 @@ pub struct Session {
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
     /// Set for a cascade's outgoing session (the SFU offered, full ICE, controlling): the local
-    /// address of its host candidate, which received datagrams must name as their destination.
+    /// address of its own socket, its host candidate.
     pub outgoing_local: Option<SocketAddr>,
     /// A cascade's sections, as its offer added them.
     pub outgoing_mids: Vec<Mid>,

@@ -1,6 +1,9 @@
 //! Cascades: the node as a WHEP or WHIP *client* of another server. The engine writes the offer
 //! of an outgoing session (full ICE, controlling: the other server may be ICE-lite, as trackmesh
-//! is), the shell POSTs it, and the answer is applied here. A source session's received tracks
+//! is), the shell POSTs it, and the answer is applied here. Each outgoing session has a socket
+//! of its own (the other server, like this one, tells sessions apart by the client's address):
+//! its datagrams come in through [`Engine::handle_outgoing_datagram`] and go out through
+//! [`Engine::poll_outgoing_transmit`], never through the demux. A source session's received tracks
 //! become the stream's publisher; a target session is a viewer of the stream whose sending
 //! sections carry the stream's publications to the other server.
 
@@ -40,13 +43,15 @@ pub enum OutgoingState {
 
 impl Engine {
     /// Writes the offer of a new outgoing session for a cascade of `stream`: recvonly audio and
-    /// video for a source, sendonly for a target. The stream must exist; a source needs it
-    /// without a publisher.
+    /// video for a source, sendonly for a target. `local` is the address of the session's own
+    /// socket, which the shell bound (see [`Engine::outgoing_bind_addr`]). The stream must
+    /// exist; a source needs it without a publisher.
     pub fn cascade_offer(
         &mut self,
         app: &str,
         stream: &str,
         direction: CascadeDirection,
+        local: SocketAddr,
         now: Instant,
     ) -> Result<(SessionId, String), OpError> {
         let Some(s) = self.streams.get(app, stream) else {
@@ -57,7 +62,10 @@ impl Engine {
                 "stream {stream} already has a publisher"
             )));
         }
-        let (sid, _) = self.new_session(app, None, Some(self.outgoing_addr()), now)?;
+        if self.outgoing.contains_key(&local) {
+            return Err(OpError::Internal(format!("{local} already has a session")));
+        }
+        let (sid, _) = self.new_session(app, None, Some(local), now)?;
         let dir = match direction {
             CascadeDirection::Source => Direction::RecvOnly,
             CascadeDirection::Target => Direction::SendOnly,
@@ -112,21 +120,10 @@ impl Engine {
         now: Instant,
     ) -> Result<(), OpError> {
         let parsed = ClientAnswer::parse(answer).parsed?;
-        let remotes = remote_candidates(answer);
-        if remotes.is_empty() {
+        if remote_candidates(answer).is_empty() {
             return Err(OpError::Decoding(
                 "the answer has no UDP candidate (a server answers with its candidates)".into(),
             ));
-        }
-        // Datagrams are routed by their source address, and one (local, remote) address pair can
-        // carry only one session: refuse a second session to the same remote address.
-        if let Some(addr) = remotes
-            .iter()
-            .find(|a| self.demux.owner(**a).is_some_and(|o| o != sid))
-        {
-            return Err(OpError::Conflict(format!(
-                "another session already uses the remote media address {addr}"
-            )));
         }
         let s = self
             .sessions
@@ -152,9 +149,6 @@ impl Engine {
             return Err(OpError::Unprocessable(
                 "the other server answered no section with a codec in common".into(),
             ));
-        }
-        for addr in &remotes {
-            self.demux.learn(sid, *addr);
         }
         self.streams
             .create(app, stream, false, SystemTime::now())
@@ -197,13 +191,18 @@ impl Engine {
         }
     }
 
-    /// The address an outgoing session's host candidate names: the bound media address, or
-    /// the announced one when the socket is bound to every interface.
-    fn outgoing_addr(&self) -> SocketAddr {
-        if self.cfg.local_addr.ip().is_unspecified() {
-            SocketAddr::new(self.cfg.candidate_addr.ip(), self.cfg.local_addr.port())
+    /// Where the shell binds a cascade session's socket: the media socket's IP, port 0.
+    pub fn outgoing_bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.cfg.local_addr.ip(), 0)
+    }
+
+    /// The host candidate of a socket bound at `bound`: itself, or with the announced IP when
+    /// bound to every interface.
+    pub fn outgoing_candidate(&self, bound: SocketAddr) -> SocketAddr {
+        if bound.ip().is_unspecified() {
+            SocketAddr::new(self.cfg.candidate_addr.ip(), bound.port())
         } else {
-            self.cfg.local_addr
+            bound
         }
     }
 

@@ -28,7 +28,8 @@ impl Engine {
     }
 
     /// A new session: answering and ICE-lite (`outgoing: None`), or, for a cascade, the offering
-    /// side running full ICE from the given local address (the other server may be ICE-lite).
+    /// side running full ICE from its own socket's local address (the other server may be
+    /// ICE-lite, and it tells sessions apart by our address, so each needs its own port).
     pub(in crate::engine) fn new_session(
         &mut self,
         app: &str,
@@ -81,7 +82,11 @@ impl Engine {
             }
             None => None,
         };
+        // Outgoing sessions keep their ufrag here too, so no other session is given it.
         self.demux.add_session(id, &ufrag);
+        if let Some(local) = outgoing {
+            self.outgoing.insert(local, id);
+        }
         *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
         self.sessions.insert(id, session);
         self.drain(id, now);
