@@ -58,7 +58,11 @@ pub async fn start(
     let url = client::parse_url(&url).map_err(bad_request)?;
     client::check_token(&req.token).map_err(bad_request)?;
     let (a, s) = (app.clone(), stream.clone());
-    if !st.engine.call(move |e, _| e.stream_exists(&a, &s)).await? {
+    if !st
+        .engine
+        .call(move |e, _| e.cascade_pin_stream(&a, &s))
+        .await?
+    {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",

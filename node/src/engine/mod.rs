@@ -12,7 +12,8 @@
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
-//!   `ops/` (`whip`, `streams`, `session_url`);
+//!   `ops/` (`whip`, `streams`, `session_url`, and `cascade`: the outgoing session that makes the
+//!   node a WHIP/WHEP client of another server);
 //! - `views.rs`, `stats.rs`: what the admin API and the metrics read;
 //! - `error.rs`: typed errors ([`OpError`], [`TrackError`]); the API maps them to Calls codes.
 //!

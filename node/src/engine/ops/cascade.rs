@@ -206,6 +206,16 @@ impl Engine {
         }
     }
 
+    /// A cascade starts on an existing stream: it is made explicit, so that it stays between
+    /// attempts even without sessions. False when there is no such stream.
+    pub fn cascade_pin_stream(&mut self, app: &str, stream: &str) -> bool {
+        self.stream_exists(app, stream)
+            && self
+                .streams
+                .create(app, stream, true, SystemTime::now())
+                .is_ok()
+    }
+
     /// Whether a stream exists (a cascade of a stream that went away stops).
     pub fn stream_exists(&self, app: &str, stream: &str) -> bool {
         valid_stream_name(stream) && self.streams.get(app, stream).is_some()

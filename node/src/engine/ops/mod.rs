@@ -1,7 +1,7 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
 //! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`; the stream operations `whip` (WHIP publish, WHEP
-//! play), `session_url` (PATCH, DELETE) and `streams` (create, delete, bind, list); and their request and
-//! result types, here.
+//! play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and `cascade` (the
+//! outgoing session of a cascade); and their request and result types, here.
 //!
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
