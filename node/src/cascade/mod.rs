@@ -459,10 +459,18 @@ impl Cascades {
         if let Some(local) = local {
             self.engine.outgoing_sockets().remove(local);
         }
-        if let Some(sid) = session {
+        if session.is_some() || local.is_some() {
             let _ = self
                 .engine
-                .call(move |e, now| e.close_session(sid, now, "cascade attempt ended"))
+                .call(move |e, now| {
+                    if let Some(sid) = session {
+                        e.close_session(sid, now, "cascade attempt ended");
+                    }
+                    // A stop while the offer was being made: the session is known by its socket.
+                    if let Some(local) = local {
+                        e.close_outgoing(local, now, "cascade attempt ended");
+                    }
+                })
                 .await;
         }
         if let Some(location) = location {

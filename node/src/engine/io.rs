@@ -91,6 +91,9 @@ impl Engine {
     ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += buf.len() as u64;
+        if is_rtp(buf) {
+            self.stats.rtp_in += 1;
+        }
         let Some(sid) = self.outgoing.get(&local).copied() else {
             self.stats.datagrams_unrouted += 1;
             return;
@@ -124,6 +127,9 @@ impl Engine {
         let t = self.outgoing_transmits.pop_front()?;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += t.contents.len() as u64;
+        if is_rtp(&t.contents) {
+            self.stats.rtp_out += 1;
+        }
         Some(t)
     }
 

@@ -1570,4 +1570,8 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         .cascade_offer(APP, "s", CascadeDirection::Target, local, now)
         .expect("a new offer on the same address");
     assert_eq!(e.outgoing_state(again), OutgoingState::Connecting);
+    // A stopped cascade that lost the session id closes it by its socket's address.
+    e.close_outgoing(local, now, "stopped");
+    assert_eq!(e.outgoing_state(again), OutgoingState::Gone);
+    assert_eq!(e.session_count(), 0);
 }

@@ -191,6 +191,14 @@ impl Engine {
         }
     }
 
+    /// Closes the outgoing session bound at `local`, if any (a cascade stopped while the
+    /// engine was creating it leaves the shell without its id).
+    pub fn close_outgoing(&mut self, local: SocketAddr, now: Instant, reason: &str) {
+        if let Some(sid) = self.outgoing.get(&local).copied() {
+            self.close_session(sid, now, reason);
+        }
+    }
+
     /// Where the shell binds a cascade session's socket: the media socket's IP, port 0.
     pub fn outgoing_bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.cfg.local_addr.ip(), 0)
