@@ -299,6 +299,11 @@ async fn cascade_refusals_are_problems() {
             })
     })
     .await;
+    let m = a.scrape().await.expect("GET /metrics");
+    for direction in ["source", "target"] {
+        let key = format!("trackmesh_cascades{{direction=\"{direction}\",state=\"backoff\"}}");
+        assert_eq!(m.get(&key), Some(&1.0), "{key} in {m:?}");
+    }
     let r = delete(&api, "streams/s/cascade?direction=sideways").await;
     assert_eq!(r.status, 400, "{}", r.text);
     // Deleting the stream ends its cascades.

@@ -35,6 +35,8 @@ pub const MAX_CASCADES: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// An outgoing session that lost the other server for this long is given up (and redone).
 pub const LOST_AFTER: Duration = Duration::from_secs(5);
+/// Every state a cascade shows.
+const STATES: [&str; 3] = ["connecting", "live", "backoff"];
 /// How often the task looks at its session.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -235,6 +237,26 @@ impl Cascades {
         }
         for v in out.values_mut() {
             v.sort_by_key(|c| c.direction);
+        }
+        out
+    }
+
+    /// How many cascades are in each (direction, state), every pair listed (zeros too).
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, usize)> {
+        let mut out: Vec<(&'static str, &'static str, usize)> = Vec::new();
+        for d in [CascadeDirection::Source, CascadeDirection::Target] {
+            for state in STATES {
+                out.push((direction_name(d), state, 0));
+            }
+        }
+        for ((_, _, d), e) in lock(&self.entries).iter() {
+            let state = lock(&e.status).state;
+            if let Some(c) = out
+                .iter_mut()
+                .find(|c| c.0 == direction_name(*d) && c.1 == state)
+            {
+                c.2 += 1;
+            }
         }
         out
     }
