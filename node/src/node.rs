@@ -57,6 +57,8 @@ pub struct Node {
     turn: Option<Arc<crate::turn::TurnServer>>,
     /// The HTTPS certificate, when the HTTP port serves HTTPS.
     tls: Option<Arc<crate::http::tls::TlsCerts>>,
+    /// Cascades to and from other servers, stopped (their remote sessions DELETEd) on shutdown.
+    cascades: Arc<crate::cascade::Cascades>,
 }
 
 impl Node {
@@ -239,6 +241,7 @@ impl Node {
             rejects: rejects.clone(),
             liveness: liveness.clone(),
         };
+        let cascades = Arc::new(crate::cascade::Cascades::new(handle.clone()));
         let state = Arc::new(api::ApiState::new(
             &cfg,
             handle.clone(),
@@ -248,6 +251,7 @@ impl Node {
                 auth: turn_auth,
                 server: turn.clone(),
             },
+            cascades.clone(),
         ));
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let (close_http_listener, mut listener_closing) = watch::channel(false);
@@ -289,6 +293,7 @@ impl Node {
             gossip_thread: Some(members.thread),
             turn,
             tls,
+            cascades,
         })
     }
 
@@ -403,6 +408,9 @@ impl Node {
         if let Some(turn) = &self.turn {
             turn.shutdown().await;
         }
+        // While the engine still runs: each cascade closes its session and DELETEs the other
+        // server's (bounded by the HTTP timeout).
+        self.cascades.stop_all().await;
         self.engine_task.abort();
         self.load_task.abort();
         // Awaited so the media socket, which the engine task owns, is closed.

@@ -312,3 +312,37 @@ async fn cascade_refusals_are_problems() {
     let r = delete(&api, "streams/s/cascade").await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_shuts_down_deletes_its_cascade_sessions_elsewhere() {
+    let b = start_other((&random_hex32(), &random_hex32()), &[]);
+    // A process: SIGTERM drains (1 s, the WHIP client stays) and shuts down in order.
+    let mut a = TestNode::start_process(&["--drain-timeout", "1s"]).expect("node A");
+    let (api_a, api_b) = (a.client(), b.client());
+    let (_publisher, _) = endpoint(&api_a, "whip", "out").await;
+    let url = format!("{}/whip/pushed", b.base_url());
+    let (status, body) = post(
+        &api_a,
+        "streams/out/cascade",
+        json!({"targetUrl": url, "token": b.app_secret()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    wait_stream(&api_b, "pushed", "A publishes on B", |s| {
+        s["publisher"]["state"] == json!("connected")
+    })
+    .await;
+
+    a.signal("TERM").expect("SIGTERM");
+    let deadline = Instant::now() + WAIT;
+    while a.is_running() {
+        assert!(Instant::now() < deadline, "A did not exit");
+        tokio::time::sleep(STEP).await;
+    }
+    // A DELETEd its session on B before exiting: B does not wait out its reconnect grace.
+    let on_b = stream(&api_b, "pushed").await;
+    assert!(
+        on_b.is_null() || on_b["publisher"].is_null(),
+        "A's WHIP session on B is gone: {on_b}"
+    );
+}

@@ -97,8 +97,8 @@ impl ApiState {
         cluster: ClusterHandle,
         ops: OpsState,
         turn: turn::TurnState,
+        cascades: Arc<crate::cascade::Cascades>,
     ) -> ApiState {
-        let engine_for_cascades = engine.clone();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             // Let pooled connections go before the other node's idle timeout closes them
@@ -135,7 +135,7 @@ impl ApiState {
                 whep_max_viewers: cfg.whep_max_viewers,
             },
             turn,
-            cascades: Arc::new(crate::cascade::Cascades::new(engine_for_cascades)),
+            cascades,
         }
     }
 }

@@ -200,16 +200,14 @@ impl Cascades {
             keys.iter().filter_map(|k| entries.remove(k)).collect()
         };
         let n = stopped.len();
-        for mut e in stopped {
-            if let Some(stop) = e.stop.take() {
-                let _ = stop.send(());
-            }
-            if let Some(task) = e.task.take() {
-                // The task's teardown is bounded by the HTTP timeout.
-                let _ = tokio::time::timeout(client::HTTP_TIMEOUT * 2, task).await;
-            }
-        }
+        end(stopped).await;
         n
+    }
+
+    /// Stops every cascade (the node shuts down), DELETEing the other servers' sessions.
+    pub async fn stop_all(&self) {
+        let all: Vec<Entry> = lock(&self.entries).drain().map(|(_, e)| e).collect();
+        end(all).await;
     }
 
     /// The app's cascades, by stream name.
@@ -498,6 +496,22 @@ impl Cascades {
         if let Some(location) = location {
             client::delete_session(&self.http, &location, token).await;
         }
+    }
+}
+
+/// Tells every task to stop, then waits for their teardowns, which run at once and are bounded
+/// by the HTTP timeout.
+async fn end(entries: Vec<Entry>) {
+    let deadline = tokio::time::Instant::now() + client::HTTP_TIMEOUT * 2;
+    let mut tasks = Vec::new();
+    for mut e in entries {
+        if let Some(stop) = e.stop.take() {
+            let _ = stop.send(());
+        }
+        tasks.extend(e.task.take());
+    }
+    for task in tasks {
+        let _ = tokio::time::timeout_at(deadline, task).await;
     }
 }
 
