@@ -379,7 +379,8 @@ impl Node {
         loop {
             let left = self
                 .engine
-                .call(|e, _| e.session_count())
+                // Cascades' own sessions serve these clients; shutdown stops them after.
+                .call(|e, _| e.client_session_count())
                 .await
                 .unwrap_or(0);
             if left == 0 {

@@ -314,10 +314,10 @@ async fn cascade_refusals_are_problems() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_shuts_down_deletes_its_cascade_sessions_elsewhere() {
+async fn a_drain_does_not_wait_for_cascades_and_shutdown_deletes_their_remote_sessions() {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
-    // A process: SIGTERM drains (1 s, the WHIP client stays) and shuts down in order.
-    let mut a = TestNode::start_process(&["--drain-timeout", "1s"]).expect("node A");
+    // A process: SIGTERM drains and shuts down in order.
+    let mut a = TestNode::start_process(&["--drain-timeout", "1h"]).expect("node A");
     let (api_a, api_b) = (a.client(), b.client());
     let (_publisher, _) = endpoint(&api_a, "whip", "out").await;
     let url = format!("{}/whip/pushed", b.base_url());
@@ -333,12 +333,21 @@ async fn a_node_that_shuts_down_deletes_its_cascade_sessions_elsewhere() {
     })
     .await;
 
+    // The publisher leaves: only the cascade's own session is left on A, which a drain does not
+    // wait for (its timeout is an hour).
+    let publisher = stream(&api_a, "out").await["publisher"]["sessionId"]
+        .as_str()
+        .map(str::to_string)
+        .expect("the publisher's session");
+    let r = delete(&api_a, &format!("whip/out/{publisher}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
     a.signal("TERM").expect("SIGTERM");
     let deadline = Instant::now() + WAIT;
     while a.is_running() {
-        assert!(Instant::now() < deadline, "A did not exit");
+        assert!(Instant::now() < deadline, "A did not exit: {}", a.log());
         tokio::time::sleep(STEP).await;
     }
+    assert!(a.log().contains("drained: no sessions left"), "{}", a.log());
     // A DELETEd its session on B before exiting: B does not wait out its reconnect grace.
     let on_b = stream(&api_b, "pushed").await;
     assert!(
