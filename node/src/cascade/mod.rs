@@ -22,7 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::engine::{CascadeDirection, OpError, OutgoingState};
+use crate::engine::{CascadeDirection, OpError, OutgoingState, prepare_answer};
 use crate::ids::SessionId;
 use crate::runtime::EngineHandle;
 use backoff::Backoff;
@@ -372,12 +372,17 @@ impl Cascades {
             Err(e) => return failed(e),
         };
         lock(current).location = posted.location;
+        // Parsed off the engine task, as every SDP is.
+        let text = posted.answer;
+        let answer = match tokio::task::spawn_blocking(move || prepare_answer(&text)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return failed(format!("the answer: {e}")),
+            Err(e) => return failed(format!("reading the answer: {e}")),
+        };
         let (app, stream, direction) = key.clone();
         let answered = self
             .engine
-            .call(move |e, now| {
-                e.cascade_answer(&app, &stream, sid, direction, &posted.answer, now)
-            })
+            .call(move |e, now| e.cascade_answer(&app, &stream, sid, direction, answer, now))
             .await;
         match answered {
             Ok(Ok(())) => {}

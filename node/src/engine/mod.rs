@@ -53,7 +53,7 @@ pub use ops::{
     AppListing, AppSessionSummary, CascadeDirection, CloseResult, LocalTrack, MAX_TRACKS_PER_CALL,
     OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc,
     SessionSummary, StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult,
-    TrackStatus, TracksNew, TracksNewResult, UpdateTrack,
+    TrackStatus, TracksNew, TracksNewResult, UpdateTrack, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};

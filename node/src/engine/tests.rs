@@ -1556,11 +1556,17 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         Err(OpError::Internal(_))
     ));
     assert_eq!(e.outgoing_state(sid), OutgoingState::Connecting);
-    // An answer without a candidate cannot connect: refused, and the session is closed.
+    // An answer without a candidate cannot connect: refused before it reaches the engine.
     let no_candidates = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefabcdefabcdefabcdef\r\n";
+    assert!(matches!(
+        prepare_answer(no_candidates),
+        Err(OpError::Decoding(_))
+    ));
+    // An answer the session cannot take (not SDP) closes it.
+    let bad = ClientAnswer::parse("a=ice-ufrag:x\r\nnot sdp");
     assert!(
-        e.cascade_answer(APP, "s", sid, CascadeDirection::Source, no_candidates, now)
+        e.cascade_answer(APP, "s", sid, CascadeDirection::Source, bad, now)
             .is_err()
     );
     assert_eq!(e.outgoing_state(sid), OutgoingState::Gone);

@@ -90,15 +90,16 @@ impl Engine {
         Ok((sid, offer))
     }
 
-    /// Applies the other server's answer to a cascade's outgoing session and joins the session
-    /// to its stream. On error the session is closed.
+    /// Applies the other server's answer (read by [`prepare_answer`], off the engine task) to a
+    /// cascade's outgoing session and joins the session to its stream. On error the session is
+    /// closed.
     pub fn cascade_answer(
         &mut self,
         app: &str,
         stream: &str,
         sid: SessionId,
         direction: CascadeDirection,
-        answer: &str,
+        answer: ClientAnswer,
         now: Instant,
     ) -> Result<(), OpError> {
         let r = self.cascade_accept(app, stream, sid, direction, answer, now);
@@ -116,15 +117,10 @@ impl Engine {
         stream: &str,
         sid: SessionId,
         direction: CascadeDirection,
-        answer: &str,
+        answer: ClientAnswer,
         now: Instant,
     ) -> Result<(), OpError> {
-        let parsed = ClientAnswer::parse(answer).parsed?;
-        if remote_candidates(answer).is_empty() {
-            return Err(OpError::Decoding(
-                "the answer has no UDP candidate (a server answers with its candidates)".into(),
-            ));
-        }
+        let parsed = answer.parsed?;
         let s = self
             .sessions
             .get_mut(&sid)
@@ -230,28 +226,55 @@ impl Engine {
     }
 }
 
+/// Reads the other server's answer: within the SDP bounds, with at least one UDP candidate, and
+/// with at most [`MAX_REMOTE_CANDIDATES`] of them kept (ICE checks go to each, so an answer must
+/// not be able to point the node at a thousand addresses). Costs a parse: run it off the engine
+/// task.
+pub fn prepare_answer(sdp: &str) -> Result<ClientAnswer, OpError> {
+    super::super::sdp_limits::check(sdp).map_err(|b| OpError::Decoding(b.to_string()))?;
+    let keep = remote_candidates(sdp);
+    if keep.is_empty() {
+        return Err(OpError::Decoding(
+            "the answer has no UDP candidate (a server answers with its candidates)".into(),
+        ));
+    }
+    let mut kept = Vec::new();
+    let mut text = String::with_capacity(sdp.len());
+    for line in sdp.lines() {
+        if let Some(addr) = candidate_addr(line) {
+            if !keep.contains(&addr) || kept.contains(&addr) {
+                continue;
+            }
+            kept.push(addr);
+        } else if line.trim_end().starts_with("a=candidate:") {
+            continue;
+        }
+        text.push_str(line.trim_end());
+        text.push_str("\r\n");
+    }
+    Ok(ClientAnswer::parse(&text))
+}
+
+/// The address of an `a=candidate` line for UDP, component 1; `None` for any other line.
+fn candidate_addr(line: &str) -> Option<SocketAddr> {
+    let c = line.trim_end().strip_prefix("a=candidate:")?;
+    // foundation component transport priority address port typ type ...
+    let f: Vec<&str> = c.split_ascii_whitespace().collect();
+    let (component, transport, ip, port) = (f.get(1)?, f.get(2)?, f.get(4)?, f.get(5)?);
+    if *component != "1" || !transport.eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+}
+
 /// The UDP addresses of an answer's `a=candidate` lines (component 1), at most
 /// [`MAX_REMOTE_CANDIDATES`].
 pub fn remote_candidates(sdp: &str) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for line in sdp.lines() {
-        let Some(c) = line.trim_end().strip_prefix("a=candidate:") else {
+        let Some(addr) = candidate_addr(line) else {
             continue;
         };
-        // foundation component transport priority address port typ type ...
-        let f: Vec<&str> = c.split_ascii_whitespace().collect();
-        let (Some(component), Some(transport), Some(ip), Some(port)) =
-            (f.get(1), f.get(2), f.get(4), f.get(5))
-        else {
-            continue;
-        };
-        if *component != "1" || !transport.eq_ignore_ascii_case("udp") {
-            continue;
-        }
-        let (Ok(ip), Ok(port)) = (ip.parse::<std::net::IpAddr>(), port.parse::<u16>()) else {
-            continue;
-        };
-        let addr = SocketAddr::new(ip, port);
         if !out.contains(&addr) {
             out.push(addr);
             if out.len() == MAX_REMOTE_CANDIDATES {
@@ -287,5 +310,38 @@ mod tests {
             .map(|i| format!("a=candidate:1 1 udp 1 10.0.0.1 {} typ host\n", 6000 + i))
             .collect();
         assert_eq!(remote_candidates(&many).len(), MAX_REMOTE_CANDIDATES);
+    }
+
+    #[test]
+    fn a_prepared_answer_keeps_at_most_four_candidates() {
+        // A real answer: a str0m peer answers a cascade-like offer, then lists 20 candidates.
+        let mut offerer = str0m::Rtc::builder().build(Instant::now());
+        let mut answerer = str0m::Rtc::builder()
+            .set_ice_lite(true)
+            .build(Instant::now());
+        for i in 0..20u16 {
+            let c = str0m::Candidate::host(SocketAddr::from(([127, 0, 0, 1], 6000 + i)), "udp")
+                .expect("candidate");
+            answerer.add_local_candidate(c);
+        }
+        let mut api = offerer.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, _pending) = api.apply().expect("an offer");
+        let answer = answerer
+            .sdp_api()
+            .accept_offer(offer)
+            .expect("an answer")
+            .to_sdp_string();
+        assert_eq!(answer.matches("a=candidate:").count(), 20);
+        let prepared = prepare_answer(&answer)
+            .expect("prepared")
+            .parsed
+            .expect("parsed")
+            .to_sdp_string();
+        assert_eq!(
+            prepared.matches("a=candidate:").count(),
+            MAX_REMOTE_CANDIDATES,
+            "{prepared}"
+        );
     }
 }

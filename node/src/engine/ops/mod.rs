@@ -19,7 +19,7 @@ mod tracks_new;
 mod tracks_update;
 mod whip;
 
-pub use cascade::{CascadeDirection, OutgoingState};
+pub use cascade::{CascadeDirection, OutgoingState, prepare_answer};
 pub use session_url::Patched;
 pub use streams::{StreamSessionView, StreamView};
 pub use whip::{StreamPolicy, StreamSessionCreated};
