@@ -267,6 +267,11 @@ async fn cascade_refusals_are_problems() {
         ("streams/s/cascade", json!({"sourceUrl": "ftp://h/x"}), 400),
         (
             "streams/s/cascade",
+            json!({"targetUrl": "https://h/whip/x"}),
+            400,
+        ),
+        (
+            "streams/s/cascade",
             json!({"sourceUrl": dead, "targetUrl": dead}),
             400,
         ),
