@@ -162,6 +162,7 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
     // B goes away: the cascade notices and backs off, saying why.
     b.kill().expect("stopping B");
     drop(b);
+    let killed = Instant::now();
     wait_stream(&api_a, "live", "the cascade backs off", |s| {
         cascade_state(s) == Some("backoff")
             && s["cascades"][0]["lastError"].is_string()
@@ -169,12 +170,20 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
     })
     .await;
     let before = frames(&viewer, &mids);
+    let noticed = killed.elapsed();
 
     // A new B on the same port, with a new publisher: the cascade reconnects, media flows again.
     let b = start_other((&app.0, &app.1), &["--http", &b_http]);
+    let restarted = Instant::now();
     let api_b = b.client();
     let (_publisher, _) = endpoint(&api_b, "whip", "live").await;
     wait_frames(&viewer, &mids, before + 20).await;
+    // Figures, not thresholds: how the backoff and the loss detection play out here.
+    println!(
+        "B stopped: A's cascade backed off after {:.1} s; B back: media again after {:.1} s",
+        noticed.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
     wait_stream(&api_a, "live", "the cascade is live again", |s| {
         cascade_state(s) == Some("live")
     })

@@ -33,8 +33,9 @@ pub const MAX_CASCADES_PER_APP: usize = 16;
 pub const MAX_CASCADES: usize = 64;
 /// An outgoing session that has not connected this long after the answer is given up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// An outgoing session that lost the other server for this long is given up (and redone).
-pub const LOST_AFTER: Duration = Duration::from_secs(5);
+/// An outgoing session that lost the other server (ICE disconnected, or silent: see
+/// `engine::OUTGOING_SILENT_AFTER`) for this long more is given up (and redone).
+pub const LOST_AFTER: Duration = Duration::from_secs(3);
 /// Every state a cascade shows.
 const STATES: [&str; 3] = ["connecting", "live", "backoff"];
 /// How often the task looks at its session.

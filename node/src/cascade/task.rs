@@ -192,7 +192,11 @@ impl Cascades {
         // Runs as long as the session is up; each turn is one short engine call.
         loop {
             tokio::time::sleep(POLL).await;
-            let state = match self.engine.call(move |e, _| e.outgoing_state(sid)).await {
+            let state = match self
+                .engine
+                .call(move |e, now| e.outgoing_state(sid, now))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => return failed(e.to_string()),
             };

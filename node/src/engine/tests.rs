@@ -1555,7 +1555,7 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         e.cascade_offer(APP, "s", CascadeDirection::Target, local, now),
         Err(OpError::Internal(_))
     ));
-    assert_eq!(e.outgoing_state(sid), OutgoingState::Connecting);
+    assert_eq!(e.outgoing_state(sid, now), OutgoingState::Connecting);
     // An answer without a candidate cannot connect: refused before it reaches the engine.
     let no_candidates = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefabcdefabcdefabcdef\r\n";
@@ -1569,15 +1569,15 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         e.cascade_answer(APP, "s", sid, CascadeDirection::Source, bad, now)
             .is_err()
     );
-    assert_eq!(e.outgoing_state(sid), OutgoingState::Gone);
+    assert_eq!(e.outgoing_state(sid, now), OutgoingState::Gone);
     assert_eq!(e.session_count(), 0);
     // Its socket's address is free again.
     let (again, _) = e
         .cascade_offer(APP, "s", CascadeDirection::Target, local, now)
         .expect("a new offer on the same address");
-    assert_eq!(e.outgoing_state(again), OutgoingState::Connecting);
+    assert_eq!(e.outgoing_state(again, now), OutgoingState::Connecting);
     // A stopped cascade that lost the session id closes it by its socket's address.
     e.close_outgoing(local, now, "stopped");
-    assert_eq!(e.outgoing_state(again), OutgoingState::Gone);
+    assert_eq!(e.outgoing_state(again, now), OutgoingState::Gone);
     assert_eq!(e.session_count(), 0);
 }

@@ -8,7 +8,7 @@
 //! sections carry the stream's publications to the other server.
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{Direction, MediaKind, Mid};
 
@@ -18,6 +18,11 @@ use crate::ids::SessionId;
 
 /// Remote candidates taken from an answer; a server needs one or two, the rest is ignored.
 pub const MAX_REMOTE_CANDIDATES: usize = 4;
+
+/// A connected outgoing session that received nothing for this long has lost the other server:
+/// as the controlling agent it checks the pair at least every 3 s (str0m's maximum RTO), and a
+/// live server answers each check, so this is two answers missed.
+pub const OUTGOING_SILENT_AFTER: Duration = Duration::from_secs(6);
 
 /// Which way a cascade carries the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,13 +182,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Where a cascade's outgoing session is.
-    pub fn outgoing_state(&self, sid: SessionId) -> OutgoingState {
-        match self.sessions.get(&sid).map(|s| s.state) {
-            None => OutgoingState::Gone,
-            Some(SessionState::New | SessionState::Negotiated) => OutgoingState::Connecting,
-            Some(SessionState::Connected { .. }) => OutgoingState::Live,
-            Some(SessionState::Disconnected { .. }) => OutgoingState::Disconnected,
+    /// Where a cascade's outgoing session is. A connected one that has heard nothing from the
+    /// other server for [`OUTGOING_SILENT_AFTER`] counts as disconnected: str0m's own verdict
+    /// takes its nine STUN retransmissions, about 20 s.
+    pub fn outgoing_state(&self, sid: SessionId, now: Instant) -> OutgoingState {
+        let Some(s) = self.sessions.get(&sid) else {
+            return OutgoingState::Gone;
+        };
+        match s.state {
+            SessionState::New | SessionState::Negotiated => OutgoingState::Connecting,
+            SessionState::Connected { .. }
+                if s.last_recv
+                    .is_some_and(|t| now.saturating_duration_since(t) > OUTGOING_SILENT_AFTER) =>
+            {
+                OutgoingState::Disconnected
+            }
+            SessionState::Connected { .. } => OutgoingState::Live,
+            SessionState::Disconnected { .. } => OutgoingState::Disconnected,
         }
     }
 
