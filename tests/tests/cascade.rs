@@ -212,12 +212,13 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_pushes_to_another_servers_whip_endpoint_and_a_source_pulls_it_back() {
+async fn target_waits_for_a_publisher_pushes_to_another_server_and_a_source_pulls_it_back() {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
     let a = start_node(&[]);
     let (api_a, api_b) = (a.client(), b.client());
-    let (_publisher, _) = endpoint(&api_a, "whip", "out").await;
-
+    // The cascade comes first: it waits for a publisher to push.
+    let (status, body) = post(&api_a, "streams/out", json!({})).await;
+    assert_eq!(status, 201, "{body}");
     let url = format!("{}/whip/pushed", b.base_url());
     let (status, body) = post(
         &api_a,
@@ -226,6 +227,11 @@ async fn target_pushes_to_another_servers_whip_endpoint_and_a_source_pulls_it_ba
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    wait_stream(&api_a, "out", "the cascade waits for a publisher", |s| {
+        cascade_state(s) == Some("backoff")
+    })
+    .await;
+    let (_publisher, _) = endpoint(&api_a, "whip", "out").await;
     // On B, A's cascade is the publisher of `pushed`.
     wait_stream(&api_b, "pushed", "A publishes on B", |s| {
         s["publisher"]["state"] == json!("connected")
@@ -302,15 +308,15 @@ async fn cascade_refusals_are_problems() {
             assert!(answer["detail"].is_string(), "{answer}");
         }
     }
+    // The source cannot reach the other server; the target has no publisher to push yet.
     wait_stream(&api, "s", "both cascades back off", |s| {
         let c = s["cascades"].as_array().cloned().unwrap_or_default();
+        let error = |i: usize| c[i]["lastError"].as_str().unwrap_or_default().to_string();
         c.len() == 2
-            && c.iter().all(|c| {
-                c["state"] == json!("backoff")
-                    && c["lastError"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("127.0.0.1:9"))
-            })
+            && c.iter().all(|c| c["state"] == json!("backoff"))
+            && c[0]["direction"] == json!("source")
+            && error(0).contains("127.0.0.1:9")
+            && error(1).contains("no publisher")
     })
     .await;
     let m = a.scrape().await.expect("GET /metrics");
@@ -330,31 +336,32 @@ async fn cascade_refusals_are_problems() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_does_not_wait_for_cascades_and_shutdown_deletes_their_remote_sessions() {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
-    // A process: SIGTERM drains and shuts down in order.
+    // A process: SIGTERM drains, then shuts down in order. The drain timeout is an hour: A has
+    // no client session, only its cascade's, which a drain does not wait for.
     let mut a = TestNode::start_process(&["--drain-timeout", "1h"]).expect("node A");
     let (api_a, api_b) = (a.client(), b.client());
-    let (_publisher, _) = endpoint(&api_a, "whip", "out").await;
-    let url = format!("{}/whip/pushed", b.base_url());
+    let (_publisher, _) = endpoint(&api_b, "whip", "show").await;
+    let (status, body) = post(&api_a, "streams/show", json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    let url = format!("{}/whep/show", b.base_url());
     let (status, body) = post(
         &api_a,
-        "streams/out/cascade",
-        json!({"targetUrl": url, "token": b.app_secret()}),
+        "streams/show/cascade",
+        json!({"sourceUrl": url, "token": b.app_secret()}),
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    wait_stream(&api_b, "pushed", "A publishes on B", |s| {
-        s["publisher"]["state"] == json!("connected")
+    wait_stream(&api_a, "show", "the cascade is live", |s| {
+        cascade_state(s) == Some("live")
     })
     .await;
+    let on_b = stream(&api_b, "show").await;
+    assert_eq!(
+        on_b["subscribers"].as_array().map(Vec::len),
+        Some(1),
+        "{on_b}"
+    );
 
-    // The publisher leaves: only the cascade's own session is left on A, which a drain does not
-    // wait for (its timeout is an hour).
-    let publisher = stream(&api_a, "out").await["publisher"]["sessionId"]
-        .as_str()
-        .map(str::to_string)
-        .expect("the publisher's session");
-    let r = delete(&api_a, &format!("whip/out/{publisher}")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
     a.signal("TERM").expect("SIGTERM");
     let deadline = Instant::now() + WAIT;
     while a.is_running() {
@@ -362,10 +369,11 @@ async fn a_drain_does_not_wait_for_cascades_and_shutdown_deletes_their_remote_se
         tokio::time::sleep(STEP).await;
     }
     assert!(a.log().contains("drained: no sessions left"), "{}", a.log());
-    // A DELETEd its session on B before exiting: B does not wait out its reconnect grace.
-    let on_b = stream(&api_b, "pushed").await;
-    assert!(
-        on_b.is_null() || on_b["publisher"].is_null(),
-        "A's WHIP session on B is gone: {on_b}"
+    // A DELETEd its WHEP session on B before exiting: B does not wait out its reconnect grace.
+    let on_b = stream(&api_b, "show").await;
+    assert_eq!(
+        on_b["subscribers"].as_array().map(Vec::len),
+        Some(0),
+        "A's WHEP session on B is gone: {on_b}"
     );
 }

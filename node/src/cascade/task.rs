@@ -227,6 +227,12 @@ impl Cascades {
                         };
                     }
                 }
+                OutgoingState::NoPublisher => {
+                    return Attempt::Failed {
+                        error: "the stream has no publisher to push".into(),
+                        was_live,
+                    };
+                }
                 OutgoingState::Gone => {
                     return Attempt::Failed {
                         error: "the session ended".into(),

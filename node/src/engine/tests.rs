@@ -1551,9 +1551,16 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         "the outgoing side runs full ICE: {offer}"
     );
     assert!(offer.contains("127.0.0.1 45000 typ host"), "{offer}");
+    // One session per socket.
     assert!(matches!(
-        e.cascade_offer(APP, "s", CascadeDirection::Target, local, now),
+        e.cascade_offer(APP, "s", CascadeDirection::Source, local, now),
         Err(OpError::Internal(_))
+    ));
+    // Nothing to push without a publisher: the target waits (in backoff) for one.
+    let other: SocketAddr = "127.0.0.1:45001".parse().expect("addr");
+    assert!(matches!(
+        e.cascade_offer(APP, "s", CascadeDirection::Target, other, now),
+        Err(OpError::Unavailable(_))
     ));
     assert_eq!(e.outgoing_state(sid, now), OutgoingState::Connecting);
     // An answer without a candidate cannot connect: refused before it reaches the engine.
@@ -1573,7 +1580,7 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
     assert_eq!(e.session_count(), 0);
     // Its socket's address is free again.
     let (again, _) = e
-        .cascade_offer(APP, "s", CascadeDirection::Target, local, now)
+        .cascade_offer(APP, "s", CascadeDirection::Source, local, now)
         .expect("a new offer on the same address");
     assert_eq!(e.outgoing_state(again, now), OutgoingState::Connecting);
     // A stopped cascade that lost the session id closes it by its socket's address.

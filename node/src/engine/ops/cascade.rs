@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{Direction, MediaKind, Mid};
 
-use crate::engine::streams::{CreateRefused, valid_stream_name};
+use crate::engine::streams::{CreateRefused, Role, valid_stream_name};
 use crate::engine::{ClientAnswer, Engine, OpError, SessionState};
 use crate::ids::SessionId;
 
@@ -44,13 +44,16 @@ pub enum OutgoingState {
     Disconnected,
     /// The session has ended (closed, expired, or its stream was deleted).
     Gone,
+    /// A target whose stream has no publisher: nothing to push, and the other server would
+    /// time its tracks out, so the attempt ends and the next waits for a publisher.
+    NoPublisher,
 }
 
 impl Engine {
     /// Writes the offer of a new outgoing session for a cascade of `stream`: recvonly audio and
     /// video for a source, sendonly for a target. `local` is the address of the session's own
     /// socket, which the shell bound (see [`Engine::outgoing_bind_addr`]). The stream must
-    /// exist; a source needs it without a publisher.
+    /// exist; a source needs it without a publisher, a target with one.
     pub fn cascade_offer(
         &mut self,
         app: &str,
@@ -62,10 +65,18 @@ impl Engine {
         let Some(s) = self.streams.get(app, stream) else {
             return Err(OpError::NotFound(format!("stream {stream} not found")));
         };
-        if direction == CascadeDirection::Source && s.publisher.is_some() {
-            return Err(OpError::Conflict(format!(
-                "stream {stream} already has a publisher"
-            )));
+        match direction {
+            CascadeDirection::Source if s.publisher.is_some() => {
+                return Err(OpError::Conflict(format!(
+                    "stream {stream} already has a publisher"
+                )));
+            }
+            CascadeDirection::Target if s.publisher.is_none() => {
+                return Err(OpError::Unavailable(format!(
+                    "stream {stream} has no publisher to push yet"
+                )));
+            }
+            _ => {}
         }
         if self.outgoing.contains_key(&local) {
             return Err(OpError::Internal(format!("{local} already has a session")));
@@ -189,6 +200,15 @@ impl Engine {
         let Some(s) = self.sessions.get(&sid) else {
             return OutgoingState::Gone;
         };
+        if let Some(m) = self.streams.session(sid)
+            && m.role == Role::Viewer
+            && self
+                .streams
+                .get(&m.app, &m.stream)
+                .is_none_or(|st| st.publisher.is_none())
+        {
+            return OutgoingState::NoPublisher;
+        }
         match s.state {
             SessionState::New | SessionState::Negotiated => OutgoingState::Connecting,
             SessionState::Connected { .. }
