@@ -9,6 +9,7 @@
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
 //! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
+//! - [`cascade`]: streams pulled from and pushed to other WHIP/WHEP servers.
 //! - [`turn`]: the embedded TURN server (relays only to this node) and its credentials.
 //! - [`calls_error`]: the Calls error model every HTTP answer uses.
 //! - [`config`], [`ids`], [`logging`]: configuration, session ids, the log filter.
@@ -21,6 +22,7 @@
 
 pub mod api;
 pub mod calls_error;
+pub mod cascade;
 pub mod cluster;
 pub mod config;
 pub mod dev_app;

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub view: std::sync::Arc<ClusterView>,
     /// Whether the node is draining (`trackmesh_draining`).
     pub draining: bool,
+    /// Cascades by (direction, state), for `trackmesh_cascades`.
+    pub cascades: Vec<(&'static str, &'static str, usize)>,
 }
 
 /// The node's Prometheus registry and every series it exposes on `/metrics`.
@@ -64,6 +66,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     setup: Histogram,
     draining: IntGauge,
+    cascades: IntGaugeVec,
     /// `trackmesh_rejected_total`; the media and relay series are copied in at each scrape.
     rejected: IntCounterVec,
 }
@@ -273,6 +276,14 @@ impl Metrics {
                     ]),
                 )?,
             )?,
+            cascades: reg(
+                &r,
+                gv(
+                    "trackmesh_cascades",
+                    "Cascades to and from other WHIP/WHEP servers by direction and state.",
+                    &["direction", "state"],
+                )?,
+            )?,
             draining: reg(
                 &r,
                 IntGauge::new("trackmesh_draining", "1 while this node drains.")?,
@@ -313,6 +324,11 @@ impl Metrics {
             .set(g.relay_downstreams as i64);
         self.relay_links.set(snap.relay.links as i64);
         self.draining.set(i64::from(snap.draining));
+        for (direction, state, n) in &snap.cascades {
+            self.cascades
+                .with_label_values(&[*direction, *state])
+                .set(*n as i64);
+        }
 
         let s = &snap.stats;
         let set = |c: &IntCounter, v: u64| {

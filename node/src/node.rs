@@ -59,6 +59,8 @@ pub struct Node {
     turn: Option<Arc<crate::turn::TurnServer>>,
     /// The HTTPS certificate, when the HTTP port serves HTTPS.
     tls: Option<Arc<crate::http::tls::TlsCerts>>,
+    /// Cascades to and from other servers, stopped (their remote sessions DELETEd) on shutdown.
+    cascades: Arc<crate::cascade::Cascades>,
 }
 
 impl Node {
@@ -241,6 +243,7 @@ impl Node {
             rejects: rejects.clone(),
             liveness: liveness.clone(),
         };
+        let cascades = Arc::new(crate::cascade::Cascades::new(handle.clone()));
         let state = Arc::new(api::ApiState::new(
             &cfg,
             handle.clone(),
@@ -250,6 +253,7 @@ impl Node {
                 auth: turn_auth,
                 server: turn.clone(),
             },
+            cascades.clone(),
         ));
         let follow_task = tokio::spawn(api::follow_streams(state.clone()));
         let (stop_http, http_stopped) = oneshot::channel::<()>();
@@ -293,6 +297,7 @@ impl Node {
             gossip_thread: Some(members.thread),
             turn,
             tls,
+            cascades,
         })
     }
 
@@ -378,7 +383,8 @@ impl Node {
         loop {
             let left = self
                 .engine
-                .call(|e, _| e.session_count())
+                // Cascades' own sessions serve these clients; shutdown stops them after.
+                .call(|e, _| e.client_session_count())
                 .await
                 .unwrap_or(0);
             if left == 0 {
@@ -407,6 +413,9 @@ impl Node {
         if let Some(turn) = &self.turn {
             turn.shutdown().await;
         }
+        // While the engine still runs: each cascade closes its session and DELETEs the other
+        // server's (bounded by the HTTP timeout).
+        self.cascades.stop_all().await;
         self.engine_task.abort();
         self.load_task.abort();
         self.follow_task.abort();

@@ -1,6 +1,9 @@
 //! The thin async shell around the engine: one tokio task owns the media socket, the engine's
 //! timer and the command channel. API handlers talk to the engine only through [`EngineHandle`].
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
@@ -27,9 +30,58 @@ pub struct EngineStopped;
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Job>,
+    outgoing: Arc<OutgoingSockets>,
+}
+
+/// The sockets of cascades' outgoing sessions, by local address: their owner (the cascade task)
+/// receives on them; the engine task sends each outgoing session's datagrams from its socket.
+#[derive(Default)]
+pub struct OutgoingSockets {
+    sockets: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+}
+
+impl OutgoingSockets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<UdpSocket>>> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Outgoing datagrams whose source is `local` go out of `socket`, until [`Self::remove`].
+    pub fn insert(&self, local: SocketAddr, socket: Arc<UdpSocket>) {
+        self.lock().insert(local, socket);
+    }
+
+    /// Forgets the socket at `local`.
+    pub fn remove(&self, local: SocketAddr) {
+        self.lock().remove(&local);
+    }
+
+    /// Sends every queued outgoing datagram from its socket; never waits (a full socket buffer
+    /// or a socket already gone drops the datagram, counted).
+    fn flush(&self, engine: &mut Engine) {
+        let Some(first) = engine.poll_outgoing_transmit() else {
+            return;
+        };
+        let sockets = self.lock();
+        let mut next = Some(first);
+        // Bounded by the engine's queue limit.
+        while let Some(t) = next {
+            let sent = sockets
+                .get(&t.source)
+                .is_some_and(|s| s.try_send_to(&t.contents, t.destination).is_ok());
+            if !sent {
+                engine.count_send_drop();
+            }
+            next = engine.poll_outgoing_transmit();
+        }
+    }
 }
 
 impl EngineHandle {
+    /// The sockets of cascades' outgoing sessions.
+    pub fn outgoing_sockets(&self) -> &Arc<OutgoingSockets> {
+        &self.outgoing
+    }
+
     /// Runs `f` on the engine task and returns its result.
     pub async fn call<R, F>(&self, f: F) -> Result<R, EngineStopped>
     where
@@ -61,8 +113,9 @@ pub fn spawn(
     relay: RelayPipes,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let task = tokio::spawn(run(engine, socket, rx, relay));
-    (EngineHandle { tx }, task)
+    let outgoing = Arc::new(OutgoingSockets::default());
+    let task = tokio::spawn(run(engine, socket, rx, relay, Arc::clone(&outgoing)));
+    (EngineHandle { tx, outgoing }, task)
 }
 
 async fn run(
@@ -70,6 +123,7 @@ async fn run(
     socket: UdpSocket,
     mut rx: mpsc::Receiver<Job>,
     mut relay: RelayPipes,
+    outgoing: Arc<OutgoingSockets>,
 ) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
@@ -83,6 +137,7 @@ async fn run(
             }
         }
         sendbatch::flush(&mut engine, &socket, &mut batch);
+        outgoing.flush(&mut engine);
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
         tokio::select! {
             biased;

@@ -289,18 +289,23 @@ impl TestNode {
         admin_token: Option<String>,
     ) -> anyhow::Result<TestNode> {
         let app = format!("{app_id}:{app_secret}");
-        let argv = [
-            "trackmesh",
-            "--http",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--app",
-        ]
-        .into_iter()
-        .map(str::to_string)
-        .chain([app])
-        .chain(args.iter().cloned());
+        // `--http` in `args` (a node restarted on the same port) replaces the ephemeral one.
+        let http = if args.iter().any(|a| a == "--http") {
+            Vec::new()
+        } else {
+            vec!["--http".to_string(), "127.0.0.1:0".to_string()]
+        };
+        let argv = ["trackmesh"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(http)
+            .chain(
+                ["--media", "127.0.0.1:0", "--app"]
+                    .into_iter()
+                    .map(str::to_string),
+            )
+            .chain([app])
+            .chain(args.iter().cloned());
         let flags = Flags::try_parse_from(argv).context("the node's flags")?;
         let cfg = Config::from_flags(flags).context("the node's configuration")?;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };

@@ -7,6 +7,7 @@
 //! WHIP/WHEP"), an unknown path anywhere else 404, and a known path with the wrong method 405.
 
 mod calls;
+mod cascade;
 mod cluster;
 mod error;
 mod guard;
@@ -79,6 +80,8 @@ pub struct ApiState {
     node_id: String,
     /// WHIP/WHEP stream settings.
     streams: StreamSettings,
+    /// Streams pulled from or pushed to other WHIP/WHEP servers.
+    cascades: Arc<crate::cascade::Cascades>,
 }
 
 /// The WHIP/WHEP settings of the node.
@@ -96,6 +99,7 @@ impl ApiState {
         cluster: ClusterHandle,
         ops: OpsState,
         turn: turn::TurnState,
+        cascades: Arc<crate::cascade::Cascades>,
     ) -> ApiState {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -133,6 +137,7 @@ impl ApiState {
                 whep_max_viewers: cfg.whep_max_viewers,
             },
             turn,
+            cascades,
         }
     }
 }
@@ -207,7 +212,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/streams/{stream}",
             post(streams::create).delete(streams::delete),
         )
-        .route("/streams/{stream}/publisher", put(streams::bind));
+        .route("/streams/{stream}/publisher", put(streams::bind))
+        .route(
+            "/streams/{stream}/cascade",
+            post(cascade::start).delete(cascade::stop),
+        );
     // Browsers call the API from other origins (the Calls echo examples do); answer preflights
     // for any origin and header, and say `Vary: Origin`.
     let cors = CorsLayer::new()

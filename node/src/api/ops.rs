@@ -57,6 +57,7 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
         relay: st.cluster.relay.figures(),
         view: st.cluster.view.borrow().clone(),
         draining: st.ops.local.draining.load(Ordering::Relaxed),
+        cascades: st.cascades.counts(),
     };
     let body = st.ops.metrics.render(snap);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())

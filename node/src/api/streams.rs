@@ -34,6 +34,9 @@ struct StreamJson {
     publisher: Option<SessionJson>,
     subscribers: Vec<SessionJson>,
     codecs: Vec<String>,
+    /// Cascades to and from other servers (omitted when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cascades: Vec<crate::cascade::CascadeView>,
 }
 
 #[derive(Serialize)]
@@ -82,6 +85,7 @@ fn stream_json(node: &str, view: &ClusterView, s: StreamView) -> StreamJson {
             .map(|v| session_json(node, view, v))
             .collect(),
         codecs: s.codecs,
+        cascades: Vec::new(),
     }
 }
 
@@ -92,13 +96,19 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
+    let mut cascades = st.cascades.list(&app);
     let streams = st.engine.call(move |e, _| e.streams_list(&app)).await?;
     let node = st.node_id.clone();
     let view = st.cluster.view.borrow().clone();
     Ok(Json(StreamsBody {
         streams: streams
             .into_iter()
-            .map(|s| stream_json(&node, &view, s))
+            .map(|s| {
+                let c = cascades.remove(&s.name).unwrap_or_default();
+                let mut j = stream_json(&node, &view, s);
+                j.cascades = c;
+                j
+            })
             .collect(),
     })
     .into_response())
@@ -130,9 +140,12 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
+    let (a, s) = (app.clone(), stream.clone());
     st.engine
-        .call(move |e, now| e.stream_delete(&app, &stream, now))
+        .call(move |e, now| e.stream_delete(&a, &s, now))
         .await??;
+    // Its cascades end too, and the other servers' sessions with them.
+    st.cascades.stop(&app, &stream, None).await;
     Ok(StatusCode::OK.into_response())
 }
 

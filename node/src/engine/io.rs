@@ -45,7 +45,12 @@ impl Engine {
             self.stats.datagrams_unrouted += 1;
             return;
         };
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        // A cascade's outgoing session is reached only through its own socket.
+        let Some(s) = self
+            .sessions
+            .get_mut(&sid)
+            .filter(|s| s.outgoing_local.is_none())
+        else {
             self.stats.datagrams_unrouted += 1;
             return;
         };
@@ -73,6 +78,59 @@ impl Engine {
         }
         self.drain(sid, now);
         self.process_work(now);
+    }
+
+    /// Feeds one datagram received on a cascade's own socket (`local`): it belongs to the
+    /// outgoing session bound there, whatever its source (str0m checks it).
+    pub fn handle_outgoing_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        buf: &[u8],
+    ) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += buf.len() as u64;
+        if is_rtp(buf) {
+            self.stats.rtp_in += 1;
+        }
+        let Some(sid) = self.outgoing.get(&local).copied() else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let (Ok(contents), Some(s)) = (buf.try_into(), self.sessions.get_mut(&sid)) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: local,
+                contents,
+            },
+        );
+        let span = Arc::clone(&s.span);
+        let _entered = span.enter();
+        if let Err(e) = s.rtc.handle_input(input) {
+            tracing::debug!(session = %sid, error = %e, "datagram rejected");
+        }
+        s.last_recv = Some(now);
+        self.drain(sid, now);
+        self.process_work(now);
+    }
+
+    /// Next datagram of a cascade's outgoing session, to send from the socket bound to its
+    /// `source`.
+    pub fn poll_outgoing_transmit(&mut self) -> Option<Transmit> {
+        let t = self.outgoing_transmits.pop_front()?;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.contents.len() as u64;
+        if is_rtp(&t.contents) {
+            self.stats.rtp_out += 1;
+        }
+        Some(t)
     }
 
     /// Advances every timer that is due.
@@ -139,8 +197,13 @@ impl Engine {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
-                    if self.transmits.len() < MAX_TRANSMIT_QUEUE {
-                        self.transmits.push_back(t);
+                    let queue = if s.outgoing_local.is_some() {
+                        &mut self.outgoing_transmits
+                    } else {
+                        &mut self.transmits
+                    };
+                    if queue.len() < MAX_TRANSMIT_QUEUE {
+                        queue.push_back(t);
                     } else {
                         self.stats.datagrams_dropped += 1;
                     }

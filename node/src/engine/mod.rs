@@ -12,7 +12,8 @@
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
-//!   `ops/` (`whip`, `streams`, `session_url`);
+//!   `ops/` (`whip`, `streams`, `session_url`, and `cascade`: the outgoing session that makes the
+//!   node a WHIP/WHEP client of another server);
 //! - `views.rs`, `stats.rs`: what the admin API and the metrics read;
 //! - `error.rs`: typed errors ([`OpError`], [`TrackError`]); the API maps them to Calls codes.
 //!
@@ -49,10 +50,10 @@ pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    AppListing, AppSessionSummary, CloseResult, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL,
-    Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
-    StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
-    TracksNew, TracksNewResult, UpdateTrack,
+    AppListing, AppSessionSummary, CascadeDirection, CloseResult, FollowedStream, LocalTrack,
+    MAX_TRACKS_PER_CALL, OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack,
+    SdpKind, SessionDesc, SessionSummary, StreamPolicy, StreamSessionCreated, StreamSessionView,
+    StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
@@ -128,6 +129,10 @@ pub struct Engine {
     /// Live sessions per app, for the per-app quota.
     app_sessions: HashMap<String, usize>,
     transmits: VecDeque<Transmit>,
+    /// Datagrams of cascades' outgoing sessions, each sent from its session's own socket.
+    outgoing_transmits: VecDeque<Transmit>,
+    /// A cascade's outgoing session by the local address of its own socket.
+    outgoing: HashMap<SocketAddr, SessionId>,
     relay_out: VecDeque<RelayOut>,
     /// Upstream relay subscription → the publication it feeds.
     relay_up: HashMap<UpId, TrackKey>,
@@ -162,6 +167,8 @@ impl Engine {
             tombstones: SessionMap::default(),
             app_sessions: HashMap::new(),
             transmits: VecDeque::new(),
+            outgoing_transmits: VecDeque::new(),
+            outgoing: HashMap::new(),
             relay_out: VecDeque::new(),
             relay_up: HashMap::new(),
             relay_down: HashMap::new(),

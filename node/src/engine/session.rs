@@ -1,6 +1,7 @@
 //! One session: one str0m `Rtc` (one PeerConnection) and the tracks it publishes and receives.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -160,6 +161,11 @@ pub struct Session {
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
+    /// Set for a cascade's outgoing session (the SFU offered, full ICE, controlling): the local
+    /// address of its own socket, its host candidate.
+    pub outgoing_local: Option<SocketAddr>,
+    /// A cascade's sections, as its offer added them.
+    pub outgoing_mids: Vec<Mid>,
     /// Entered whenever the engine works on this session, so every log line (str0m's too)
     /// names it. Created once and shared through an `Arc`: cloning a `Span` itself costs a
     /// registry lookup, an `Arc` clone is one atomic add (measured on the packet path).
@@ -194,6 +200,8 @@ impl Session {
             media_counts: HashMap::new(),
             send_pt: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
+            outgoing_local: None,
+            outgoing_mids: Vec::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),
         }
     }

@@ -61,6 +61,11 @@ impl Engine {
         tracing::info!(session = %sid, reason, "session closed");
         s.rtc.disconnect();
         self.demux.remove_session(sid, &s.ufrag);
+        if let Some(local) = s.outgoing_local
+            && self.outgoing.get(&local) == Some(&sid)
+        {
+            self.outgoing.remove(&local);
+        }
         self.timers.remove(&(s.timeout, sid));
         for name in s.local_by_mid.values() {
             self.unpublish(&(sid, name.clone()));

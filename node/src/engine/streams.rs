@@ -193,6 +193,7 @@ impl Streams {
         name: &str,
         session: SessionId,
         mids: Vec<(Mid, MediaKind)>,
+        via_http: bool,
     ) -> bool {
         let Some(s) = self.get_mut(app, name) else {
             return false;
@@ -204,7 +205,7 @@ impl Streams {
                 app: app.to_string(),
                 stream: name.to_string(),
                 role: Role::Viewer,
-                via_http: true,
+                via_http,
                 etag: random_hex(8),
                 mids,
                 remote_ufrag: None,
@@ -335,7 +336,7 @@ mod tests {
             !s.set_publisher("app", "x", q, vec![], true),
             "one publisher"
         );
-        assert!(s.add_viewer("app", "x", v, vec![]));
+        assert!(s.add_viewer("app", "x", v, vec![], true));
         assert!(s.get("other", "x").is_none(), "streams are per app");
         assert_eq!(s.session_closed(p).map(|m| m.role), Some(Role::Publisher));
         assert!(s.get("app", "x").is_some(), "a viewer keeps it");
@@ -348,7 +349,7 @@ mod tests {
         assert!(s.get("app", "x").is_none(), "auto-created and empty: gone");
 
         assert_eq!(s.create("app", "y", true, now), Ok(true));
-        assert!(s.add_viewer("app", "y", v, vec![]));
+        assert!(s.add_viewer("app", "y", v, vec![], true));
         s.session_closed(v);
         assert!(s.get("app", "y").is_some(), "explicit streams stay");
         assert_eq!(s.remove("app", "y"), Some(vec![]));

@@ -1530,3 +1530,61 @@ fn a_stream_takes_at_most_its_viewer_cap() {
         Err(OpError::Unavailable(_))
     ));
 }
+
+#[test]
+fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
+    let mut w = World::new(Duration::from_secs(30));
+    let local: SocketAddr = "127.0.0.1:45000".parse().expect("addr");
+    let now = w.now;
+    let e = &mut w.engine;
+    assert!(matches!(
+        e.cascade_offer(APP, "nope", CascadeDirection::Source, local, now),
+        Err(OpError::NotFound(_))
+    ));
+    e.stream_create(APP, "s").expect("stream");
+    let (sid, offer) = e
+        .cascade_offer(APP, "s", CascadeDirection::Source, local, now)
+        .expect("an offer");
+    assert!(offer.contains("a=recvonly"), "{offer}");
+    assert!(
+        !offer.contains("a=ice-lite"),
+        "the outgoing side runs full ICE: {offer}"
+    );
+    assert!(offer.contains("127.0.0.1 45000 typ host"), "{offer}");
+    // One session per socket.
+    assert!(matches!(
+        e.cascade_offer(APP, "s", CascadeDirection::Source, local, now),
+        Err(OpError::Internal(_))
+    ));
+    // Nothing to push without a publisher: the target waits (in backoff) for one.
+    let other: SocketAddr = "127.0.0.1:45001".parse().expect("addr");
+    assert!(matches!(
+        e.cascade_offer(APP, "s", CascadeDirection::Target, other, now),
+        Err(OpError::Unavailable(_))
+    ));
+    assert_eq!(e.outgoing_state(sid, now), OutgoingState::Connecting);
+    // An answer without a candidate cannot connect: refused before it reaches the engine.
+    let no_candidates = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefabcdefabcdefabcdef\r\n";
+    assert!(matches!(
+        prepare_answer(no_candidates),
+        Err(OpError::Decoding(_))
+    ));
+    // An answer the session cannot take (not SDP) closes it.
+    let bad = ClientAnswer::parse("a=ice-ufrag:x\r\nnot sdp");
+    assert!(
+        e.cascade_answer(APP, "s", sid, CascadeDirection::Source, bad, now)
+            .is_err()
+    );
+    assert_eq!(e.outgoing_state(sid, now), OutgoingState::Gone);
+    assert_eq!(e.session_count(), 0);
+    // Its socket's address is free again.
+    let (again, _) = e
+        .cascade_offer(APP, "s", CascadeDirection::Source, local, now)
+        .expect("a new offer on the same address");
+    assert_eq!(e.outgoing_state(again, now), OutgoingState::Connecting);
+    // A stopped cascade that lost the session id closes it by its socket's address.
+    e.close_outgoing(local, now, "stopped");
+    assert_eq!(e.outgoing_state(again, now), OutgoingState::Gone);
+    assert_eq!(e.session_count(), 0);
+}

@@ -14,6 +14,12 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// Sessions of clients: all but cascades' outgoing sessions, which serve clients (a drain
+    /// waits for these to end, then shutdown stops the cascades).
+    pub fn client_session_count(&self) -> usize {
+        self.sessions.len().saturating_sub(self.outgoing.len())
+    }
+
     /// Live sessions of one app.
     pub fn app_session_count(&self, app: &str) -> usize {
         self.app_sessions.get(app).copied().unwrap_or(0)

@@ -1,11 +1,12 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
 //! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`; the stream operations `whip` (WHIP publish, WHEP
-//! play), `session_url` (PATCH, DELETE) and `streams` (create, delete, bind, list); and their request and
-//! result types, here.
+//! play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and `cascade` (the
+//! outgoing session of a cascade); and their request and result types, here.
 //!
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
 
+mod cascade;
 mod new_session;
 mod pull;
 mod pull_offer;
@@ -19,6 +20,7 @@ mod tracks_new;
 mod tracks_update;
 mod whip;
 
+pub use cascade::{CascadeDirection, OutgoingState, prepare_answer};
 pub use session_url::Patched;
 pub use stream_cluster::FollowedStream;
 pub use streams::{StreamSessionView, StreamView};

@@ -1,5 +1,7 @@
-//! `POST sessions/new`: a str0m `Rtc` per session, ICE-lite, with the node's certificate.
+//! `POST sessions/new`: a str0m `Rtc` per session, ICE-lite, with the node's certificate (a
+//! cascade's outgoing session runs full ICE instead).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::{Candidate, IceCreds, Rtc};
@@ -22,6 +24,19 @@ impl Engine {
         offer: Option<ClientOffer>,
         now: Instant,
     ) -> Result<(SessionId, Option<SessionDesc>), OpError> {
+        self.new_session(app, offer, None, now)
+    }
+
+    /// A new session: answering and ICE-lite (`outgoing: None`), or, for a cascade, the offering
+    /// side running full ICE from its own socket's local address (the other server may be
+    /// ICE-lite, and it tells sessions apart by our address, so each needs its own port).
+    pub(in crate::engine) fn new_session(
+        &mut self,
+        app: &str,
+        offer: Option<ClientOffer>,
+        outgoing: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(SessionId, Option<SessionDesc>), OpError> {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(OpError::Unavailable(
                 "this node holds its maximum number of sessions".into(),
@@ -34,7 +49,7 @@ impl Engine {
             ufrag = random_hex(4);
         }
         let mut config = Rtc::builder()
-            .set_ice_lite(true)
+            .set_ice_lite(outgoing.is_none())
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
                 pass: random_hex(16),
@@ -52,11 +67,13 @@ impl Engine {
             config = config.set_dtls_cert(cert.clone());
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(self.cfg.candidate_addr, "udp").map_err(|e| {
-            OpError::Internal(format!("media address unusable as ICE candidate: {e}"))
-        })?;
+        let candidate = Candidate::host(outgoing.unwrap_or(self.cfg.candidate_addr), "udp")
+            .map_err(|e| {
+                OpError::Internal(format!("media address unusable as ICE candidate: {e}"))
+            })?;
         rtc.add_local_candidate(candidate);
         let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
+        session.outgoing_local = outgoing;
         let answer = match offer {
             Some(offer) => {
                 let answer = session.accept_offer(offer)?;
@@ -65,7 +82,11 @@ impl Engine {
             }
             None => None,
         };
+        // Outgoing sessions keep their ufrag here too, so no other session is given it.
         self.demux.add_session(id, &ufrag);
+        if let Some(local) = outgoing {
+            self.outgoing.insert(local, id);
+        }
         *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
         self.sessions.insert(id, session);
         self.drain(id, now);

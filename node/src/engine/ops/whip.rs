@@ -272,7 +272,7 @@ impl Engine {
             ));
         }
         let names = mids.iter().map(|(m, _)| m.to_string()).collect();
-        if !self.streams.add_viewer(app, stream, sid, mids) {
+        if !self.streams.add_viewer(app, stream, sid, mids, true) {
             return Err(OpError::Internal("stream vanished".into()));
         }
         self.attach_viewer(sid, now);
@@ -294,7 +294,7 @@ impl Engine {
 }
 
 /// `audio`, `video`, then `audio-2`, `video-2`, ... for further sections of a kind.
-fn track_name_for(kind: MediaKind, taken: &[String]) -> String {
+pub(super) fn track_name_for(kind: MediaKind, taken: &[String]) -> String {
     let base = match kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
