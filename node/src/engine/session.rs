@@ -133,6 +133,11 @@ pub struct Session {
     pub rtc: Rtc,
     /// Local ICE ufrag, by which the demux routes its first STUN packets.
     pub ufrag: String,
+    /// The client's ICE ufrag as last negotiated, to tell an ICE restart in its next offer.
+    pub remote_ufrag: Option<String>,
+    /// The client's DTLS fingerprint as last negotiated: a new one is a new DTLS transport
+    /// (`transport.rs`).
+    pub remote_fingerprint: Option<String>,
     /// When it was created, for the unconnected expiry and the set-up time.
     pub created: Instant,
     /// Last datagram received from the client, for expiry by silence.
@@ -175,6 +180,16 @@ impl Session {
             .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))
     }
 
+    /// Remembers the client's transport as its SDP (offer or answer) showed it.
+    pub fn note_remote(&mut self, ufrag: Option<&String>, fingerprint: Option<&String>) {
+        if let Some(u) = ufrag {
+            self.remote_ufrag = Some(u.clone());
+        }
+        if let Some(f) = fingerprint {
+            self.remote_fingerprint = Some(f.clone());
+        }
+    }
+
     /// A session in [`SessionState::New`], with no tracks yet.
     pub fn new(id: SessionId, app: String, rtc: Rtc, ufrag: String, now: Instant) -> Session {
         Session {
@@ -182,6 +197,8 @@ impl Session {
             app,
             rtc,
             ufrag,
+            remote_ufrag: None,
+            remote_fingerprint: None,
             created: now,
             last_recv: None,
             state: SessionState::New,

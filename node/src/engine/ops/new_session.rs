@@ -27,8 +27,35 @@ impl Engine {
                 "this node holds its maximum number of sessions".into(),
             ));
         }
+        let (remote_ufrag, fingerprint) = offer
+            .as_ref()
+            .map_or((None, None), |o| (o.ice_ufrag.clone(), o.fingerprint.clone()));
         let offer = offer.map(|o| o.parsed).transpose()?;
         let id = self.new_session_id();
+        let (rtc, ufrag) = self.build_rtc(now)?;
+        let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
+        let answer = match offer {
+            Some(offer) => {
+                let answer = session.accept_offer(offer)?;
+                session.note_remote(remote_ufrag.as_ref(), fingerprint.as_ref());
+                session.state = session.state.on_negotiated();
+                Some(answer_desc(answer))
+            }
+            None => None,
+        };
+        self.demux.add_session(id, &ufrag);
+        *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
+        self.sessions.insert(id, session);
+        self.drain(id, now);
+        self.process_work(now);
+        tracing::info!(session = %id, app, "session created");
+        Ok((id, answer))
+    }
+
+    /// A fresh `Rtc` for a session (a new one, or one moving to a new DTLS transport):
+    /// ICE-lite, the node's certificate and host candidate, and a local ufrag no other session
+    /// has (the demux routes by it).
+    pub(in crate::engine) fn build_rtc(&self, now: Instant) -> Result<(Rtc, String), OpError> {
         let mut ufrag = random_hex(4);
         while self.demux.has_ufrag(&ufrag) {
             ufrag = random_hex(4);
@@ -56,21 +83,6 @@ impl Engine {
             OpError::Internal(format!("media address unusable as ICE candidate: {e}"))
         })?;
         rtc.add_local_candidate(candidate);
-        let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
-        let answer = match offer {
-            Some(offer) => {
-                let answer = session.accept_offer(offer)?;
-                session.state = session.state.on_negotiated();
-                Some(answer_desc(answer))
-            }
-            None => None,
-        };
-        self.demux.add_session(id, &ufrag);
-        *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
-        self.sessions.insert(id, session);
-        self.drain(id, now);
-        self.process_work(now);
-        tracing::info!(session = %id, app, "session created");
-        Ok((id, answer))
+        Ok((rtc, ufrag))
     }
 }

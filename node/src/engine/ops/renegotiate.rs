@@ -14,6 +14,7 @@ impl Engine {
         now: Instant,
     ) -> Result<(), OpError> {
         let sid = self.lookup(app, session_id)?;
+        let (ufrag, fingerprint) = (answer.ice_ufrag, answer.fingerprint);
         let answer = answer.parsed?;
         let s = self
             .sessions
@@ -28,6 +29,7 @@ impl Engine {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| OpError::InvalidSdp(format!("answer not accepted: {e}")))?;
+        s.note_remote(ufrag.as_ref(), fingerprint.as_ref());
         let connected = s.state.is_connected();
         self.drain(sid, now);
         if connected {
