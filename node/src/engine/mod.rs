@@ -39,6 +39,8 @@ pub mod streams;
 #[cfg(test)]
 mod tests;
 mod transport;
+#[cfg(test)]
+mod transport_tests;
 mod views;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};

@@ -61,7 +61,10 @@ impl Engine {
             // An ICE restart: str0m chose new local credentials for the answer.
             let old = std::mem::replace(&mut s.ufrag, local);
             self.demux.remove_ufrag(sid, &old);
-            if !self.demux.add_session_if_free(sid, &self.sessions[&sid].ufrag) {
+            if !self
+                .demux
+                .add_session_if_free(sid, &self.sessions[&sid].ufrag)
+            {
                 // str0m's ufrags are random; a clash only loses routing by ufrag (a client that
                 // moved address), never another session's.
                 tracing::warn!(session = %sid, "ICE restart: new ufrag already taken");

@@ -27,9 +27,9 @@ impl Engine {
                 "this node holds its maximum number of sessions".into(),
             ));
         }
-        let (remote_ufrag, fingerprint) = offer
-            .as_ref()
-            .map_or((None, None), |o| (o.ice_ufrag.clone(), o.fingerprint.clone()));
+        let (remote_ufrag, fingerprint) = offer.as_ref().map_or((None, None), |o| {
+            (o.ice_ufrag.clone(), o.fingerprint.clone())
+        });
         let offer = offer.map(|o| o.parsed).transpose()?;
         let id = self.new_session_id();
         let (rtc, ufrag) = self.build_rtc(now)?;
