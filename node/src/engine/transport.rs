@@ -21,9 +21,9 @@ use crate::ids::SessionId;
 
 /// What a client's offer says about its transport, read before str0m takes the offer.
 pub(super) struct OfferTransport {
-    ice_ufrag: Option<String>,
-    fingerprint: Option<String>,
-    live_mids: Vec<Mid>,
+    pub(super) ice_ufrag: Option<String>,
+    pub(super) fingerprint: Option<String>,
+    pub(super) live_mids: Vec<Mid>,
 }
 
 impl OfferTransport {
@@ -77,7 +77,7 @@ impl Engine {
         Ok(answer)
     }
 
-    fn is_new_transport(&self, sid: SessionId, t: &OfferTransport) -> bool {
+    pub(super) fn is_new_transport(&self, sid: SessionId, t: &OfferTransport) -> bool {
         let Some(s) = self.sessions.get(&sid) else {
             return false;
         };

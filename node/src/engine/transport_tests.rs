@@ -211,3 +211,70 @@ fn a_new_dtls_transport_ends_the_tracks_it_does_not_carry() {
     assert_eq!(res.tracks[0].error, Some(TrackError::NotFound));
     let _ = viewer;
 }
+
+#[test]
+fn an_offer_with_a_new_transport_does_not_wait_for_the_lost_connection() {
+    let (mut w, _p, _p_sid, s, s_sid, _mids) = call();
+    // The client goes silent (its network is gone) until the node sees it disconnected.
+    w.loss_from.insert(s, 1);
+    w.loss_to.insert(s, 1);
+    let mut waited = 0;
+    while !w
+        .engine
+        .must_wait_for_connection(APP, &s_sid, None)
+        .expect("live")
+    {
+        assert!(waited < 60, "the node never saw the client disconnected");
+        w.run(Duration::from_millis(500));
+        waited += 1;
+    }
+    let (offer, pending) = restart_offer(&mut w, s);
+    let parsed = ClientOffer::parse(&offer.to_sdp_string());
+    assert!(
+        !w.engine
+            .must_wait_for_connection(
+                APP,
+                &s_sid,
+                Some((parsed.ice_ufrag.clone(), parsed.fingerprint.clone()))
+            )
+            .expect("live"),
+        "an ICE restart is how it reconnects: no wait (which would end in 410)"
+    );
+    w.loss_from.clear();
+    w.loss_to.clear();
+    w.offer_only(s, &s_sid, offer, pending);
+    w.run(Duration::from_millis(1000));
+    assert!(
+        !w.engine
+            .must_wait_for_connection(APP, &s_sid, None)
+            .expect("live")
+    );
+}
+
+#[test]
+fn chromiums_new_transport_is_told_by_new_credentials_on_sections_all_new() {
+    // Chromium keeps its certificate (same fingerprint) but, once every transceiver of the
+    // BUNDLE is stopped, its next offer has new ICE credentials and only new sections.
+    let (w, _p, _p_sid, _s, s_sid, mids) = call();
+    let id = crate::ids::SessionId::parse(&s_sid).expect("session id");
+    let session = &w.engine.sessions[&id];
+    let offer = |ufrag: &str, live: &[&str]| transport::OfferTransport {
+        ice_ufrag: Some(ufrag.into()),
+        fingerprint: session.remote_fingerprint.clone(),
+        live_mids: live.iter().map(|m| Mid::from(*m)).collect(),
+    };
+    let old_ufrag = session.remote_ufrag.clone().expect("negotiated");
+    assert!(
+        w.engine
+            .is_new_transport(id, &offer("fresh", &["n1", "n2"]))
+    );
+    assert!(
+        !w.engine
+            .is_new_transport(id, &offer("fresh", &[&mids[0], "n1"])),
+        "a section carried over: an ICE restart on the same transport"
+    );
+    assert!(
+        !w.engine.is_new_transport(id, &offer(&old_ufrag, &["n1"])),
+        "same credentials: a plain renegotiation"
+    );
+}
