@@ -8,7 +8,7 @@
 use str0m::change::{SdpAnswer, SdpOffer};
 
 use super::OpError;
-use super::sdp::{OfferedMedia, has_ice_ufrag, media_sections, set_inactive};
+use super::sdp::{OfferedMedia, drop_rejected_creds, has_ice_ufrag, media_sections, set_inactive};
 
 /// A client's offer: its text (for what str0m's model does not show) and its parse.
 #[derive(Debug)]
@@ -19,16 +19,24 @@ pub struct ClientOffer {
     pub(crate) ice_ufrag: Option<String>,
     /// The client's DTLS fingerprint (a new one means a new DTLS transport).
     pub(crate) fingerprint: Option<String>,
+    /// The text, when at most [`MAX_REMEMBERED_OFFER`] bytes: the session keeps its last offer
+    /// to rebuild its sections on a fresh `Rtc` if the client drops its transport.
+    pub(crate) text: Option<String>,
 }
+
+/// Largest offer a session keeps (a browser's offer for a few tracks is a few KB).
+pub const MAX_REMEMBERED_OFFER: usize = 32 * 1024;
 
 impl ClientOffer {
     /// Reads an offer; a bad one is kept as its error, reported when an operation uses it.
     pub fn parse(text: &str) -> ClientOffer {
+        let text = &*drop_rejected_creds(text);
         ClientOffer {
             sections: media_sections(text),
             parsed: parse_offer(text),
             ice_ufrag: attribute(text, "a=ice-ufrag:"),
             fingerprint: fingerprint(text),
+            text: (text.len() <= MAX_REMEMBERED_OFFER).then(|| text.to_string()),
         }
     }
 
@@ -71,6 +79,7 @@ pub struct ClientAnswer {
 impl ClientAnswer {
     /// Reads an answer; a bad one is kept as its error, reported when `renegotiate` uses it.
     pub fn parse(text: &str) -> ClientAnswer {
+        let text = &*drop_rejected_creds(text);
         let parsed = if has_ice_ufrag(text) {
             SdpAnswer::from_sdp_string(text).map_err(|e| {
                 OpError::Decoding(format!("invalid SDP answer: {}", scrub(&e.to_string())))

@@ -138,6 +138,15 @@ pub struct Session {
     /// The client's DTLS fingerprint as last negotiated: a new one is a new DTLS transport
     /// (`transport.rs`).
     pub remote_fingerprint: Option<String>,
+    /// The client's last offer (when small enough), replayed on a fresh `Rtc` after the client
+    /// closed its transport so the SFU's next offer keeps the client's sections in order.
+    pub last_offer: Option<String>,
+    /// The client closed its transport (DTLS close_notify) with no active track left, when:
+    /// the session waits on a fresh `Rtc` for its next offer, up to the reconnect grace.
+    pub transport_lost: Option<Instant>,
+    /// On a fresh `Rtc` that has not negotiated with the client's new transport yet: the SFU's
+    /// next offer restarts ICE, as the client's answer will carry new credentials.
+    pub renewed: bool,
     /// When it was created, for the unconnected expiry and the set-up time.
     pub created: Instant,
     /// Last datagram received from the client, for expiry by silence.
@@ -199,6 +208,9 @@ impl Session {
             ufrag,
             remote_ufrag: None,
             remote_fingerprint: None,
+            last_offer: None,
+            transport_lost: None,
+            renewed: false,
             created: now,
             last_recv: None,
             state: SessionState::New,

@@ -8,7 +8,13 @@
 //!   BUNDLE is stopped the transport is gone, and Chromium makes a new one, as after
 //!   partytracks' bulk close). str0m runs one DTLS handshake per `Rtc`, so the session moves to
 //!   a fresh `Rtc`: same id, same publications; its tracks on sections the offer keeps open
-//!   carry on, the others are closed as the client's new transport no longer has them.
+//!   carry on, the others are closed as the client's new transport no longer has them;
+//! - the client **closing its DTLS transport** (close_notify) once none of the session's tracks
+//!   is active (Chromium after every transceiver of the BUNDLE was stopped): the session waits on
+//!   a fresh `Rtc`, up to the reconnect grace, for the client's next transport. The client's last
+//!   offer is replayed on it so the SFU's next offer (a pull) keeps the client's sections in
+//!   order, and that offer restarts ICE so the client's answer may bring new credentials. With
+//!   an active track left, a close is the client hanging up and ends the session as before.
 
 use std::time::Instant;
 
@@ -24,6 +30,7 @@ pub(super) struct OfferTransport {
     pub(super) ice_ufrag: Option<String>,
     pub(super) fingerprint: Option<String>,
     pub(super) live_mids: Vec<Mid>,
+    pub(super) text: Option<String>,
 }
 
 impl OfferTransport {
@@ -32,6 +39,7 @@ impl OfferTransport {
             ice_ufrag: offer.ice_ufrag.clone(),
             fingerprint: offer.fingerprint.clone(),
             live_mids: offer.live_mids().map(Mid::from).collect(),
+            text: offer.text.clone(),
         }
     }
 }
@@ -56,25 +64,64 @@ impl Engine {
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
         let answer = s.accept_offer(offer)?;
         s.note_remote(transport.ice_ufrag.as_ref(), transport.fingerprint.as_ref());
-        let local = s.rtc.direct_api().local_ice_credentials().ufrag;
-        if local != s.ufrag {
-            // An ICE restart: str0m chose new local credentials for the answer.
-            let old = std::mem::replace(&mut s.ufrag, local);
-            self.demux.remove_ufrag(sid, &old);
-            if !self
-                .demux
-                .add_session_if_free(sid, &self.sessions[&sid].ufrag)
-            {
-                // str0m's ufrags are random; a clash only loses routing by ufrag (a client that
-                // moved address), never another session's.
-                tracing::warn!(session = %sid, "ICE restart: new ufrag already taken");
-            }
-            tracing::info!(session = %sid, "ICE restart");
-        }
+        s.last_offer.clone_from(&transport.text);
+        s.renewed = false;
+        self.follow_ice_restart(sid);
         if renew {
             self.close_tracks_off(sid, &transport.live_mids, now);
         }
         Ok(answer)
+    }
+
+    /// After str0m took an offer or answer: if it restarted ICE (new local credentials), the
+    /// demux routes the new ufrag.
+    pub(super) fn follow_ice_restart(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let local = s.rtc.direct_api().local_ice_credentials().ufrag;
+        if local == s.ufrag {
+            return;
+        }
+        let old = std::mem::replace(&mut s.ufrag, local.clone());
+        self.demux.remove_ufrag(sid, &old);
+        if !self.demux.add_session_if_free(sid, &local) {
+            // str0m's ufrags are random; a clash only loses routing by ufrag (a client that
+            // moved address), never another session's.
+            tracing::warn!(session = %sid, "ICE restart: new ufrag already taken");
+        }
+        tracing::info!(session = %sid, "ICE restart");
+    }
+
+    /// The client closed its DTLS transport. With no active track left the session waits on a
+    /// fresh `Rtc` for the client's next transport; otherwise the client hung up, and the
+    /// housekeeping closes the session (its `Rtc` is no longer alive).
+    pub(super) fn transport_closed(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        if !s.state.ever_connected() || s.tracks.iter().any(|t| !t.closed) {
+            return;
+        }
+        let replay = s.last_offer.clone();
+        if let Err(e) = self.renew_transport(sid, now) {
+            tracing::warn!(session = %sid, error = %e, "cannot renew the transport");
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.transport_lost = Some(now);
+        s.renewed = true;
+        // The client's sections, in its order, so the SFU's next offer matches them; the
+        // answer is not sent anywhere. The client's next offer will restart ICE over it.
+        let replayed = replay
+            .and_then(|text| SdpOffer::from_sdp_string(&text).ok())
+            .map(|offer| s.rtc.sdp_api().accept_offer(offer).is_ok());
+        if replayed != Some(true) {
+            tracing::info!(session = %sid, "no offer to replay: fresh Rtc without sections");
+        }
+        self.drain(sid, now);
     }
 
     pub(super) fn is_new_transport(&self, sid: SessionId, t: &OfferTransport) -> bool {
@@ -116,6 +163,7 @@ impl Engine {
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
         s.state = SessionState::New;
         s.pending = None;
+        s.last_offer = None;
         s.remote_ufrag = None;
         s.remote_fingerprint = None;
         s.nacks_seen.clear();

@@ -128,6 +128,10 @@ impl Engine {
         let app = s.app.clone();
         let mut results = Vec::new();
         let mut sdp = s.rtc.sdp_api();
+        if s.renewed {
+            // The client's answer comes from its new transport, with new credentials.
+            sdp.ice_restart(true);
+        }
         let mut added = Vec::new();
         for t in tracks {
             let name = t.track_name.filter(|n| !n.is_empty());

@@ -30,7 +30,9 @@ impl Engine {
             .accept_answer(pending, answer)
             .map_err(|e| OpError::InvalidSdp(format!("answer not accepted: {e}")))?;
         s.note_remote(ufrag.as_ref(), fingerprint.as_ref());
+        s.renewed = false;
         let connected = s.state.is_connected();
+        self.follow_ice_restart(sid);
         self.drain(sid, now);
         if connected {
             self.request_keyframes_for(sid, now);
