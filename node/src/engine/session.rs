@@ -144,8 +144,9 @@ pub struct Session {
     /// The client closed its transport (DTLS close_notify) with no active track left, when:
     /// the session waits on a fresh `Rtc` for its next offer, up to the reconnect grace.
     pub transport_lost: Option<Instant>,
-    /// On a fresh `Rtc` that has not negotiated with the client's new transport yet: the SFU's
-    /// next offer restarts ICE, as the client's answer will carry new credentials.
+    /// On a fresh `Rtc` that replayed the client's last offer and has not negotiated with its
+    /// new transport yet: the SFU's next offer restarts ICE, as the client's answer will carry
+    /// new credentials.
     pub renewed: bool,
     /// When it was created, for the unconnected expiry and the set-up time.
     pub created: Instant,

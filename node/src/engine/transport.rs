@@ -112,13 +112,15 @@ impl Engine {
             return;
         };
         s.transport_lost = Some(now);
-        s.renewed = true;
         // The client's sections, in its order, so the SFU's next offer matches them; the
-        // answer is not sent anywhere. The client's next offer will restart ICE over it.
+        // answer is not sent anywhere. The client's next offer restarts ICE over it.
         let replayed = replay
             .and_then(|text| SdpOffer::from_sdp_string(&text).ok())
-            .map(|offer| s.rtc.sdp_api().accept_offer(offer).is_ok());
-        if replayed != Some(true) {
+            .is_some_and(|offer| s.rtc.sdp_api().accept_offer(offer).is_ok());
+        // Over the replayed (old) credentials, the SFU's next offer must restart ICE; a fresh
+        // `Rtc` without them negotiates as for a new session.
+        s.renewed = replayed;
+        if !replayed {
             tracing::info!(session = %sid, "no offer to replay: fresh Rtc without sections");
         }
         self.drain(sid, now);

@@ -279,3 +279,66 @@ fn chromiums_new_transport_is_told_by_new_credentials_on_sections_all_new() {
         "same credentials: a plain renegotiation"
     );
 }
+
+/// Client `c` closes its PeerConnection's transport (DTLS close_notify), as Chromium does once
+/// every section of its BUNDLE is stopped.
+fn close_transport(w: &mut World, c: usize) {
+    w.clients[c].rtc().close().expect("close");
+    w.pump_client(c);
+    w.step([c], Duration::from_millis(10));
+}
+
+#[test]
+fn a_client_that_closes_its_transport_after_closing_every_track_keeps_its_session() {
+    let (mut w, _p, p_sid, s, s_sid, pulled) = call();
+    w.engine
+        .tracks_close(APP, &s_sid, pulled.clone(), true, None, w.now)
+        .expect("close");
+    close_transport(&mut w, s);
+    w.run(Duration::from_millis(500));
+    assert!(
+        w.engine.session_tracks(APP, &s_sid).is_ok(),
+        "the session waits for the client's next transport"
+    );
+    w.renew_client(s);
+    let res = w.pull(s, &s_sid, &[(&p_sid, "mic"), (&p_sid, "cam")]);
+    let mids: Vec<String> = res.tracks.iter().map(|t| t.mid.clone()).collect();
+    w.run(Duration::from_millis(1500));
+    let got: Vec<u64> = mids.iter().map(|m| w.clients[s].frames(m)).collect();
+    assert!(
+        got.iter().all(|n| *n > 20),
+        "pulled on the new transport: {got:?}"
+    );
+}
+
+#[test]
+fn a_client_that_closes_its_transport_with_tracks_active_has_hung_up() {
+    let (mut w, _p, _p_sid, s, s_sid, _pulled) = call();
+    close_transport(&mut w, s);
+    w.run(Duration::from_millis(500));
+    assert!(
+        matches!(w.engine.session_tracks(APP, &s_sid), Err(OpError::Gone(_))),
+        "410 once the client hung up"
+    );
+}
+
+#[test]
+fn a_session_whose_client_brings_no_new_transport_ends_after_the_reconnect_grace() {
+    let (mut w, _p, _p_sid, s, s_sid, pulled) = call();
+    w.engine
+        .tracks_close(APP, &s_sid, pulled, true, None, w.now)
+        .expect("close");
+    close_transport(&mut w, s);
+    let grace = w.engine.config().reconnect_grace;
+    w.step([], grace / 2);
+    assert!(
+        w.engine.session_tracks(APP, &s_sid).is_ok(),
+        "within the grace"
+    );
+    w.step([], grace);
+    w.step([], Duration::from_secs(1));
+    assert!(matches!(
+        w.engine.session_tracks(APP, &s_sid),
+        Err(OpError::Gone(_))
+    ));
+}
