@@ -51,10 +51,10 @@ impl Engine {
         &mut self,
         sid: SessionId,
         offer: SdpOffer,
-        transport: &OfferTransport,
+        mut transport: OfferTransport,
         now: Instant,
     ) -> Result<SdpAnswer, OpError> {
-        let renew = self.is_new_transport(sid, transport);
+        let renew = self.is_new_transport(sid, &transport);
         if renew {
             self.renew_transport(sid, now)?;
         }
@@ -64,7 +64,7 @@ impl Engine {
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
         let answer = s.accept_offer(offer)?;
         s.note_remote(transport.ice_ufrag.as_ref(), transport.fingerprint.as_ref());
-        s.last_offer.clone_from(&transport.text);
+        s.last_offer = transport.text.take();
         s.renewed = false;
         self.follow_ice_restart(sid);
         if renew {

@@ -24,7 +24,7 @@ impl Engine {
         let transport = OfferTransport::of(&offer);
         let offer = offer.parsed?;
         let app = self.sessions[&sid].app.clone();
-        let answer = self.accept_client_offer(sid, offer, &transport, now)?;
+        let answer = self.accept_client_offer(sid, offer, transport, now)?;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.state = s.state.on_negotiated();
         }

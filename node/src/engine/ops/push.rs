@@ -30,7 +30,7 @@ impl Engine {
             ..
         } = offer;
         let offer = parsed?;
-        let answer = self.accept_client_offer(sid, offer, &transport, now)?;
+        let answer = self.accept_client_offer(sid, offer, transport, now)?;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.state = s.state.on_negotiated();
         }

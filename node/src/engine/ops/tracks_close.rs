@@ -84,7 +84,7 @@ impl Engine {
         }
         let description = match offer {
             Some((transport, offer)) => {
-                let answer = self.accept_client_offer(sid, offer, &transport, now)?;
+                let answer = self.accept_client_offer(sid, offer, transport, now)?;
                 Some(answer_desc(answer))
             }
             None => None,
