@@ -8,7 +8,7 @@ import path from 'node:path';
 import { startNode, launchChromium, serveDir, pollUntil, withTimeout, explain, PAGES } from './lib.mjs';
 
 let node, browser, site;
-const responses = [];   // every non-preflight API response the page got: {method, path, status, body}
+const responses = [];   // every non-preflight API response the page got: {method, path, status, body}; body is null until read
 
 before(async () => {
   assert.ok(fs.existsSync(path.join(PAGES, 'partytracks.bundle.js')), 'pages/partytracks.bundle.js missing: run ./install.sh (or npm run bundle)');
@@ -77,7 +77,7 @@ test('partytracks: push camera + mic, pull both, close both', async (t) => {
     const keep = closing.kind === 'video' ? 'audio' : 'video';
     const keptMid = s.b.transceivers.find((x) => x.kind === keep).mid;
     await page.evaluate((k) => window.ptUnsubOne(k), closing.kind);
-    await pollUntil(() => closesOf(sidB).length > 0, { timeoutMs: 10000, what: `partytracks B to send tracks/close for its ${closing.kind} pull (got: ${summary()})` });
+    await pollUntil(() => closesOf(sidB).length > 0 && closesOf(sidB).every((c) => c.body), { timeoutMs: 10000, what: `partytracks B to send tracks/close for its ${closing.kind} pull (got: ${summary()})` });
     checkCloses('B', sidB);
     const counter = (x) => (keep === 'video' ? x.b.video.framesDecoded : x.b.audio.packetsReceived) || 0;
     const before = counter(await page.evaluate(() => window.ptStats()));
@@ -99,7 +99,7 @@ test('partytracks: push camera + mic, pull both, close both', async (t) => {
     //     The node answers; afterwards the session lists both tracks inactive, or is gone (410 session_error)
     //     if the client tore its transport down.
     await page.evaluate(() => window.ptUnsubscribe('a'));
-    await pollUntil(() => closesOf(sidA).length > 0, { timeoutMs: 10000, what: `partytracks A to send tracks/close (got: ${summary()})` });
+    await pollUntil(() => closesOf(sidA).length > 0 && closesOf(sidA).every((c) => c.body), { timeoutMs: 10000, what: `partytracks A to send tracks/close (got: ${summary()})` });
     checkCloses('A', sidA);
     const closedMids = closesOf(sidA).flatMap((c) => (c.body.tracks || []).map((x) => x.mid));
     assert.deepEqual(closedMids.sort(), s.a.transceivers.map((x) => x.mid).sort(), 'the close answer lists every mid of the body');

@@ -38,14 +38,20 @@ async fn prologue(
 }
 
 /// Calls waits up to 5 s for a session's PeerConnection before operating on it. The first
-/// exchange (which creates the transport) and a pending SFU offer never wait.
-async fn wait_connected(st: &ApiState, app: &str, session: &str) -> Result<(), ApiError> {
+/// exchange (which creates the transport), a pending SFU offer and an offer that brings a new
+/// transport (ICE restart, new DTLS) never wait.
+async fn wait_connected(
+    st: &ApiState,
+    app: &str,
+    session: &str,
+    transport: Option<(Option<String>, Option<String>)>,
+) -> Result<(), ApiError> {
     let deadline = Instant::now() + st.connect_timeout;
     loop {
-        let (a, s) = (app.to_string(), session.to_string());
+        let (a, s, t) = (app.to_string(), session.to_string(), transport.clone());
         if !st
             .engine
-            .call(move |e, _| e.must_wait_for_connection(&a, &s))
+            .call(move |e, _| e.must_wait_for_connection(&a, &s, t))
             .await??
         {
             return Ok(());
@@ -227,6 +233,10 @@ pub async fn tracks_new(
     let auto_discover = req.auto_discover.unwrap_or(false);
     check_names(&tracks)?;
     validate_required(&tracks, offer.is_some())?;
+    // Read before the offer moves into the operation: it may bring a new transport.
+    let offer_transport = offer
+        .as_ref()
+        .map(|o| (o.ice_ufrag.clone(), o.fingerprint.clone()));
     let local = tracks
         .iter()
         .filter(|t| t.location == Some(WireLocation::Local))
@@ -309,7 +319,7 @@ pub async fn tracks_new(
             crate::engine::MAX_TRACKS_PER_CALL
         )));
     }
-    wait_connected(&st, &app, &session).await?;
+    wait_connected(&st, &app, &session, offer_transport).await?;
     if let TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } = &op {
         let wanted = tracks.iter().filter_map(|t| {
             Some((
@@ -398,7 +408,7 @@ pub async fn tracks_update(
             track_name: t.track_name,
         })
         .collect();
-    wait_connected(&st, &app, &session).await?;
+    wait_connected(&st, &app, &session, None).await?;
     let wanted = tracks.iter().filter_map(|t| {
         Some((
             SessionId::parse(t.session_id.as_deref()?)?,
@@ -454,7 +464,10 @@ pub async fn tracks_close(
         None => None,
     };
     if !force {
-        wait_connected(&st, &app, &session).await?;
+        let transport = offer
+            .as_ref()
+            .map(|o| (o.ice_ufrag.clone(), o.fingerprint.clone()));
+        wait_connected(&st, &app, &session, transport).await?;
     }
     let res = st
         .engine

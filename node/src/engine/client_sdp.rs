@@ -8,7 +8,7 @@
 use str0m::change::{SdpAnswer, SdpOffer};
 
 use super::OpError;
-use super::sdp::{OfferedMedia, has_ice_ufrag, media_sections, set_inactive};
+use super::sdp::{OfferedMedia, drop_rejected_creds, has_ice_ufrag, media_sections, set_inactive};
 
 /// A client's offer: its text (for what str0m's model does not show) and its parse.
 #[derive(Debug)]
@@ -17,19 +17,35 @@ pub struct ClientOffer {
     pub(crate) parsed: Result<SdpOffer, OpError>,
     /// The client's ICE ufrag (WHIP/WHEP tell a trickle from an ICE restart by it).
     pub(crate) ice_ufrag: Option<String>,
+    /// The client's DTLS fingerprint (a new one means a new DTLS transport).
+    pub(crate) fingerprint: Option<String>,
+    /// The text, when at most [`MAX_REMEMBERED_OFFER`] bytes: the session keeps its last offer
+    /// to rebuild its sections on a fresh `Rtc` if the client drops its transport.
+    pub(crate) text: Option<String>,
 }
+
+/// Largest offer a session keeps (a browser's offer for a few tracks is a few KB).
+pub const MAX_REMEMBERED_OFFER: usize = 32 * 1024;
 
 impl ClientOffer {
     /// Reads an offer; a bad one is kept as its error, reported when an operation uses it.
     pub fn parse(text: &str) -> ClientOffer {
+        let text = &*drop_rejected_creds(text);
         ClientOffer {
             sections: media_sections(text),
             parsed: parse_offer(text),
-            ice_ufrag: text
-                .lines()
-                .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
-                .map(str::to_string),
+            ice_ufrag: attribute(text, "a=ice-ufrag:"),
+            fingerprint: fingerprint(text),
+            text: (text.len() <= MAX_REMEMBERED_OFFER).then(|| text.to_string()),
         }
+    }
+
+    /// The mids of the sections the offer keeps open (not port 0).
+    pub(crate) fn live_mids(&self) -> impl Iterator<Item = &str> {
+        self.sections
+            .iter()
+            .filter(|m| !m.rejected && !m.mid.is_empty())
+            .map(|m| m.mid.as_str())
     }
 
     /// The offer of a `tracks/close`: the listed mids are made inactive first (the client may
@@ -55,11 +71,15 @@ impl From<String> for ClientOffer {
 #[derive(Debug)]
 pub struct ClientAnswer {
     pub(crate) parsed: Result<SdpAnswer, OpError>,
+    /// The client's ICE ufrag and DTLS fingerprint, remembered to spot a later transport change.
+    pub(crate) ice_ufrag: Option<String>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 impl ClientAnswer {
     /// Reads an answer; a bad one is kept as its error, reported when `renegotiate` uses it.
     pub fn parse(text: &str) -> ClientAnswer {
+        let text = &*drop_rejected_creds(text);
         let parsed = if has_ice_ufrag(text) {
             SdpAnswer::from_sdp_string(text).map_err(|e| {
                 OpError::Decoding(format!("invalid SDP answer: {}", scrub(&e.to_string())))
@@ -67,7 +87,11 @@ impl ClientAnswer {
         } else {
             Err(OpError::Decoding("SDP contains no ice-ufrag".into()))
         };
-        ClientAnswer { parsed }
+        ClientAnswer {
+            parsed,
+            ice_ufrag: attribute(text, "a=ice-ufrag:"),
+            fingerprint: fingerprint(text),
+        }
     }
 }
 
@@ -75,6 +99,22 @@ impl From<&str> for ClientAnswer {
     fn from(text: &str) -> ClientAnswer {
         ClientAnswer::parse(text)
     }
+}
+
+/// The first value of an attribute (session or media level), trimmed and bounded.
+fn attribute(text: &str, prefix: &str) -> Option<String> {
+    /// Longer values are not credentials or fingerprints a browser sends; compared only.
+    const MAX_VALUE: usize = 256;
+    text.lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_VALUE)
+        .map(str::to_string)
+}
+
+/// The first `a=fingerprint`, normalised (hash name and hex are case-insensitive, RFC 8122).
+fn fingerprint(text: &str) -> Option<String> {
+    attribute(text, "a=fingerprint:").map(|v| v.to_ascii_lowercase())
 }
 
 fn parse_offer(sdp: &str) -> Result<SdpOffer, OpError> {

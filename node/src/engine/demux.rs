@@ -49,6 +49,26 @@ impl Demux {
         self.by_ufrag.contains_key(ufrag)
     }
 
+    /// Makes a session reachable by a new ufrag after an ICE restart, unless another session
+    /// holds it; returns whether it was added.
+    pub fn add_session_if_free(&mut self, id: SessionId, ufrag: &str) -> bool {
+        match self.by_ufrag.get(ufrag) {
+            Some(other) if *other != id => false,
+            _ => {
+                self.by_ufrag.insert(ufrag.to_string(), id);
+                true
+            }
+        }
+    }
+
+    /// Forgets a session's old ufrag after an ICE restart (its addresses stay: the client may
+    /// not have moved).
+    pub fn remove_ufrag(&mut self, id: SessionId, ufrag: &str) {
+        if self.by_ufrag.get(ufrag) == Some(&id) {
+            self.by_ufrag.remove(ufrag);
+        }
+    }
+
     /// Forgets a closed session's ufrag and every address it was reached from.
     pub fn remove_session(&mut self, id: SessionId, ufrag: &str) {
         self.by_ufrag.remove(ufrag);

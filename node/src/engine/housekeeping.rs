@@ -39,6 +39,9 @@ impl Engine {
         for (sid, s) in &self.sessions {
             let reason = if !s.rtc.is_alive() {
                 Some("peer connection closed")
+            } else if let Some(lost) = s.transport_lost {
+                (now.saturating_duration_since(lost) >= self.cfg.reconnect_grace)
+                    .then_some("no new transport within the reconnect grace period")
             } else if !s.state.ever_connected()
                 && now.saturating_duration_since(s.created) >= self.cfg.unconnected_expiry
             {

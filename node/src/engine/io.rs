@@ -26,6 +26,8 @@ pub(super) enum Work {
     Media(SessionId, MediaData),
     KeyframeRequest(SessionId, KeyframeRequest),
     Connected(SessionId),
+    /// The client closed its DTLS transport (close_notify).
+    TransportClosed(SessionId),
 }
 
 impl Engine {
@@ -227,7 +229,13 @@ impl Engine {
                         self.stats.nacks_received +=
                             nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }
+                    Event::Closed => {
+                        tracing::info!(session = %sid, "the client closed its transport");
+                        self.work.push_back(Work::TransportClosed(sid));
+                    }
                     Event::Connected => {
+                        s.transport_lost = None;
+                        s.renewed = false;
                         s.state = s.state.on_connected();
                         tracing::info!(session = %sid, "connected");
                         self.work.push_back(Work::Connected(sid));
@@ -262,6 +270,7 @@ impl Engine {
                     self.subscriber_wants_keyframe(sid, req.mid, now)
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
+                Work::TransportClosed(sid) => self.transport_closed(sid, now),
             }
         }
     }

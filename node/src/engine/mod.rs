@@ -7,6 +7,7 @@
 //!   `pull`, `renegotiate`, `tracks_update`, `tracks_close`) and their request/result types;
 //! - `session.rs`: one session (its `Rtc`, tracks and [`SessionState`]);
 //! - `sessions.rs`, `publications.rs`: lookup and close of sessions; publishing and subscribing;
+//! - `transport.rs`: ICE restarts and new DTLS transports in a client's offer;
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
@@ -38,6 +39,9 @@ mod stats;
 pub mod streams;
 #[cfg(test)]
 mod tests;
+mod transport;
+#[cfg(test)]
+mod transport_tests;
 mod views;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};

@@ -121,9 +121,67 @@ pub fn has_ice_ufrag(sdp: &str) -> bool {
     sdp.lines().any(|l| l.starts_with("a=ice-ufrag:"))
 }
 
+/// The SDP without ICE credentials in rejected (port 0) sections. Chromium leaves a stopped
+/// section with its old transport's credentials when it moved to a new transport, and str0m
+/// takes the first section's credentials for the whole session: it would keep the old ones.
+/// Unchanged (borrowed) when no rejected section carries credentials, or no other place does
+/// (every section stopped: the old credentials are all there is).
+pub fn drop_rejected_creds(sdp: &str) -> std::borrow::Cow<'_, str> {
+    let is_cred = |l: &str| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:");
+    // Before the first m= line, "rejected" is false: session-level credentials count as live.
+    let mut rejected = false;
+    let (mut in_rejected, mut elsewhere) = (false, false);
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            rejected = m.split(' ').nth(1) == Some("0");
+        } else if is_cred(line) {
+            if rejected {
+                in_rejected = true;
+            } else {
+                elsewhere = true;
+            }
+        }
+    }
+    if !(in_rejected && elsewhere) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut out = String::with_capacity(sdp.len());
+    rejected = false;
+    for line in sdp.split_inclusive('\n') {
+        if let Some(m) = line.strip_prefix("m=") {
+            rejected = m.split(' ').nth(1) == Some("0");
+        } else if rejected && is_cred(line) {
+            continue;
+        }
+        out.push_str(line);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod section_tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_sections_old_credentials_are_dropped() {
+        let sdp = "v=0\r\nm=video 0 UDP 96\r\na=ice-ufrag:old\r\na=ice-pwd:oldpass\r\na=mid:0\r\n\
+                   m=audio 9 UDP 111\r\na=ice-ufrag:new\r\na=ice-pwd:newpass\r\na=mid:1\r\n";
+        let out = drop_rejected_creds(sdp);
+        assert!(!out.contains("old"), "{out}");
+        assert!(out.contains("a=ice-ufrag:new\r\na=ice-pwd:newpass\r\na=mid:1\r\n"));
+        assert!(out.contains("m=video 0 UDP 96\r\na=mid:0\r\n"));
+        let live = "v=0\r\nm=audio 9 UDP 111\r\na=ice-ufrag:u\r\n";
+        assert!(matches!(
+            drop_rejected_creds(live),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let all_stopped = "v=0\r\nm=audio 0 UDP 111\r\na=ice-ufrag:u\r\n";
+        assert_eq!(
+            drop_rejected_creds(all_stopped),
+            all_stopped,
+            "nothing else to take"
+        );
+    }
 
     #[test]
     fn lists_media_sections_with_direction() {

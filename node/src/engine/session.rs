@@ -134,6 +134,21 @@ pub struct Session {
     pub rtc: Rtc,
     /// Local ICE ufrag, by which the demux routes its first STUN packets.
     pub ufrag: String,
+    /// The client's ICE ufrag as last negotiated, to tell an ICE restart in its next offer.
+    pub remote_ufrag: Option<String>,
+    /// The client's DTLS fingerprint as last negotiated: a new one is a new DTLS transport
+    /// (`transport.rs`).
+    pub remote_fingerprint: Option<String>,
+    /// The client's last offer (when small enough), replayed on a fresh `Rtc` after the client
+    /// closed its transport so the SFU's next offer keeps the client's sections in order.
+    pub last_offer: Option<String>,
+    /// The client closed its transport (DTLS close_notify) with no active track left, when:
+    /// the session waits on a fresh `Rtc` for its next offer, up to the reconnect grace.
+    pub transport_lost: Option<Instant>,
+    /// On a fresh `Rtc` that replayed the client's last offer and has not negotiated with its
+    /// new transport yet: the SFU's next offer restarts ICE, as the client's answer will carry
+    /// new credentials.
+    pub renewed: bool,
     /// When it was created, for the unconnected expiry and the set-up time.
     pub created: Instant,
     /// Last datagram received from the client, for expiry by silence.
@@ -181,6 +196,16 @@ impl Session {
             .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))
     }
 
+    /// Remembers the client's transport as its SDP (offer or answer) showed it.
+    pub fn note_remote(&mut self, ufrag: Option<&String>, fingerprint: Option<&String>) {
+        if let Some(u) = ufrag {
+            self.remote_ufrag = Some(u.clone());
+        }
+        if let Some(f) = fingerprint {
+            self.remote_fingerprint = Some(f.clone());
+        }
+    }
+
     /// A session in [`SessionState::New`], with no tracks yet.
     pub fn new(id: SessionId, app: String, rtc: Rtc, ufrag: String, now: Instant) -> Session {
         Session {
@@ -188,6 +213,11 @@ impl Session {
             app,
             rtc,
             ufrag,
+            remote_ufrag: None,
+            remote_fingerprint: None,
+            last_offer: None,
+            transport_lost: None,
+            renewed: false,
             created: now,
             last_recv: None,
             state: SessionState::New,

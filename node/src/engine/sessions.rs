@@ -36,11 +36,25 @@ impl Engine {
 
     /// Whether an API call on this session must wait for its PeerConnection to connect: not
     /// before the first exchange (it creates the transport), nor while the SFU's offer waits for
-    /// its answer (the answer is what lets it connect).
-    pub fn must_wait_for_connection(&self, app: &str, session_id: &str) -> Result<bool, OpError> {
+    /// its answer (the answer is what lets it connect), nor when the call's offer (its ICE ufrag
+    /// and DTLS fingerprint) brings a new transport: that offer is how a client that lost its
+    /// connection (a new address, a stopped transport) gets it back.
+    pub fn must_wait_for_connection(
+        &self,
+        app: &str,
+        session_id: &str,
+        offer: Option<(Option<String>, Option<String>)>,
+    ) -> Result<bool, OpError> {
         let sid = self.lookup(app, session_id)?;
         let s = &self.sessions[&sid];
+        let differs = |theirs: &Option<String>, ours: &Option<String>| {
+            theirs.is_some() && ours.is_some() && theirs != ours
+        };
+        let new_transport = offer.is_some_and(|(ufrag, fingerprint)| {
+            differs(&ufrag, &s.remote_ufrag) || differs(&fingerprint, &s.remote_fingerprint)
+        });
         Ok(s.pending.is_none()
+            && !new_transport
             && matches!(
                 s.state,
                 SessionState::Negotiated | SessionState::Disconnected { .. }

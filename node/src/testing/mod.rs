@@ -114,6 +114,49 @@ impl World {
         i
     }
 
+    /// Client `c` moves to another port (Wi-Fi to mobile): its datagrams come from the new
+    /// address and the engine's must go there.
+    pub fn move_client(&mut self, c: usize, port: u16) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.by_addr.remove(&self.clients[c].addr);
+        self.clients[c].addr = addr;
+        self.by_addr.insert(addr, c);
+    }
+
+    /// Client `c` drops its PeerConnection for a fresh one at the same address (a new ICE agent
+    /// and DTLS certificate), as a browser makes a new transport.
+    pub fn renew_client(&mut self, c: usize) {
+        let addr = self.clients[c].addr;
+        self.clients[c] = Client::new(addr, self.now);
+    }
+
+    /// Client `c` offers what its `Rtc` has pending (`OfferOnly`, as a renegotiation) and takes
+    /// the engine's answer; returns the answer SDP.
+    pub fn offer_only(
+        &mut self,
+        c: usize,
+        sid: &str,
+        offer: SdpOffer,
+        pending: SdpPendingOffer,
+    ) -> String {
+        self.offers.push(offer.to_sdp_string());
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::OfferOnly {
+                    offer: offer.to_sdp_string().into(),
+                },
+                self.now,
+            )
+            .expect("offer accepted");
+        let answer = res.description.expect("answer");
+        assert_eq!(answer.kind, SdpKind::Answer);
+        self.accept_answer(c, pending, &answer.sdp);
+        answer.sdp
+    }
+
     /// A new session of [`APP`] without an offer.
     pub fn session(&mut self) -> String {
         let (sid, answer) = self

@@ -73,6 +73,8 @@ pub struct Core<S: StatsCell = SharedStats> {
     next_timeout: Instant,
     video: VideoShape,
     raw_samples: usize,
+    /// A job asked the driver to move to a new socket (a client changing network).
+    rebind: bool,
 }
 
 impl Core {
@@ -128,11 +130,41 @@ impl<S: StatsCell> Core<S> {
             next_timeout: now,
             video,
             raw_samples,
+            rebind: false,
         })
     }
 
     pub fn rtc(&mut self) -> &mut Rtc {
         &mut self.rtc
+    }
+
+    /// The address of its socket (and host candidate).
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Asks the driver to bind a new socket after this job, as a client that changed network
+    /// (only the thread driver does; the task driver records an error).
+    pub fn request_rebind(&mut self) {
+        self.rebind = true;
+    }
+
+    /// Whether a rebind was asked for (cleared).
+    pub(super) fn take_rebind(&mut self) -> bool {
+        std::mem::take(&mut self.rebind)
+    }
+
+    /// The driver's socket is now `local`: the old host candidate is gone, the new one is offered
+    /// in the next offer (an ICE restart is what makes the remote use it).
+    pub(super) fn moved_to(&mut self, local: SocketAddr) -> anyhow::Result<()> {
+        let old = Candidate::host(self.local, "udp").context("old host candidate")?;
+        self.rtc.direct_api().invalidate_candidate(&old);
+        let new = Candidate::host(local, "udp").context("new host candidate")?;
+        self.rtc
+            .add_local_candidate(new)
+            .ok_or_else(|| anyhow!("str0m rejected the host candidate {local}"))?;
+        self.local = local;
+        Ok(())
     }
 
     /// Keep `e` among the counters' first errors.
@@ -373,6 +405,20 @@ impl<S: StatsCell> Core<S> {
             mids.iter().map(|m| m.to_string()).collect(),
             offer.to_sdp_string(),
         ))
+    }
+
+    /// An offer with new ICE credentials (an ICE restart), every transceiver as it is.
+    pub fn ice_restart_offer(&mut self) -> anyhow::Result<String> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("an ICE restart produced no offer"))?;
+        self.pending = Some(pending);
+        Ok(offer.to_sdp_string())
     }
 
     /// Accept the answer to our pending offer.

@@ -130,8 +130,26 @@ impl Client {
         &self.name
     }
 
+    /// The address its socket was first bound to (see [`Client::rebind`] for a move).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Moves the client to a new UDP socket on the same IP (a network change; thread driver
+    /// only) and returns its new address. The remote learns it from an ICE restart
+    /// ([`Client::ice_restart_offer`]).
+    pub async fn rebind(&self) -> anyhow::Result<SocketAddr> {
+        self.run(|c| {
+            c.request_rebind();
+            Ok(())
+        })
+        .await?;
+        self.run(|c| Ok(c.local())).await
+    }
+
+    /// An offer with new ICE credentials; answer it with [`Client::accept_answer`].
+    pub async fn ice_restart_offer(&self) -> anyhow::Result<String> {
+        self.run(|c| c.ice_restart_offer()).await
     }
 
     /// A snapshot of the counters.

@@ -92,6 +92,10 @@ async fn run(mut core: Core, socket: UdpSocket, mut jobs: mpsc::Receiver<Job>, l
                 job = jobs.recv() => match job {
                     Some(job) => {
                         job(&mut core);
+                        if core.take_rebind() {
+                            // The load generator never moves; only the thread driver rebinds.
+                            core.record_error("rebind is only supported by the thread driver");
+                        }
                         core.drain(Instant::now(), &mut send)?;
                     }
                     None => return Ok(()),

@@ -2,6 +2,7 @@
 //! that is the core's next timer (or a short command poll). What the integration tests use:
 //! nothing of the client crosses an `.await`.
 
+use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::net::UdpSocket;
 use std::sync::mpsc::{self, TryRecvError, TrySendError};
@@ -61,10 +62,21 @@ impl Drop for ThreadDriver {
     }
 }
 
+/// Binds a new socket on the same IP for a core that asked to move (see `Core::request_rebind`).
+fn rebind(core: &mut Core, socket: &RefCell<UdpSocket>) -> anyhow::Result<()> {
+    let ip = socket.borrow().local_addr()?.ip();
+    let fresh = UdpSocket::bind((ip, 0)).context("binding the new client socket")?;
+    core.moved_to(fresh.local_addr()?)?;
+    *socket.borrow_mut() = fresh;
+    Ok(())
+}
+
 fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: Duration) {
     let deadline = Instant::now() + lifetime;
     let mut buf = vec![0u8; RECV_BUF];
-    let mut send = |dest, bytes: &[u8]| socket.send_to(bytes, dest).map(|_| ());
+    // In a cell: a job may ask for a new socket while `send` holds on to this one.
+    let socket = RefCell::new(socket);
+    let mut send = |dest, bytes: &[u8]| socket.borrow().send_to(bytes, dest).map(|_| ());
     let result: anyhow::Result<()> = (|| {
         core.drain(Instant::now(), &mut send)?;
         // The deadline bounds the loop in time; this bounds it in count (at most one turn per
@@ -78,6 +90,9 @@ fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: D
                 match jobs.try_recv() {
                     Ok(job) => {
                         job(&mut core);
+                        if core.take_rebind() {
+                            rebind(&mut core, &socket)?;
+                        }
                         core.drain(Instant::now(), &mut send)?;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -91,8 +106,12 @@ fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: D
             if wait.is_zero() {
                 continue;
             }
-            socket.set_read_timeout(Some(wait))?;
-            match socket.recv_from(&mut buf) {
+            let received = {
+                let socket = socket.borrow();
+                socket.set_read_timeout(Some(wait))?;
+                socket.recv_from(&mut buf)
+            };
+            match received {
                 Ok((n, source)) => {
                     if let Some(bytes) = buf.get(..n) {
                         core.receive(Instant::now(), source, bytes, &mut send)?;

@@ -42,8 +42,45 @@ impl Engine {
                 "this node holds its maximum number of sessions".into(),
             ));
         }
+        let (remote_ufrag, fingerprint) = offer.as_ref().map_or((None, None), |o| {
+            (o.ice_ufrag.clone(), o.fingerprint.clone())
+        });
         let offer = offer.map(|o| o.parsed).transpose()?;
         let id = self.new_session_id();
+        let (rtc, ufrag) = self.build_rtc(outgoing, now)?;
+        let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
+        session.outgoing_local = outgoing;
+        let answer = match offer {
+            Some(offer) => {
+                let answer = session.accept_offer(offer)?;
+                session.note_remote(remote_ufrag.as_ref(), fingerprint.as_ref());
+                session.state = session.state.on_negotiated();
+                Some(answer_desc(answer))
+            }
+            None => None,
+        };
+        // Outgoing sessions keep their ufrag here too, so no other session is given it.
+        self.demux.add_session(id, &ufrag);
+        if let Some(local) = outgoing {
+            self.outgoing.insert(local, id);
+        }
+        *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
+        self.sessions.insert(id, session);
+        self.drain(id, now);
+        self.process_work(now);
+        tracing::info!(session = %id, app, "session created");
+        Ok((id, answer))
+    }
+
+    /// A fresh `Rtc` for a session (a new one, or one moving to a new DTLS transport): the
+    /// node's certificate, a local ufrag no other session has (the demux routes by it), and
+    /// ICE-lite on the node's host candidate — or, for a cascade's outgoing session
+    /// (`outgoing`), full ICE from that socket's address.
+    pub(in crate::engine) fn build_rtc(
+        &self,
+        outgoing: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(Rtc, String), OpError> {
         let mut ufrag = random_hex(4);
         while self.demux.has_ufrag(&ufrag) {
             ufrag = random_hex(4);
@@ -72,26 +109,6 @@ impl Engine {
                 OpError::Internal(format!("media address unusable as ICE candidate: {e}"))
             })?;
         rtc.add_local_candidate(candidate);
-        let mut session = Session::new(id, app.to_string(), rtc, ufrag.clone(), now);
-        session.outgoing_local = outgoing;
-        let answer = match offer {
-            Some(offer) => {
-                let answer = session.accept_offer(offer)?;
-                session.state = session.state.on_negotiated();
-                Some(answer_desc(answer))
-            }
-            None => None,
-        };
-        // Outgoing sessions keep their ufrag here too, so no other session is given it.
-        self.demux.add_session(id, &ufrag);
-        if let Some(local) = outgoing {
-            self.outgoing.insert(local, id);
-        }
-        *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
-        self.sessions.insert(id, session);
-        self.drain(id, now);
-        self.process_work(now);
-        tracing::info!(session = %id, app, "session created");
-        Ok((id, answer))
+        Ok((rtc, ufrag))
     }
 }

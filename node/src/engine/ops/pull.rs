@@ -76,6 +76,10 @@ impl Engine {
         let mut offer = None;
         if !wanted.is_empty() {
             let mut sdp = s.rtc.sdp_api();
+            if s.renewed {
+                // The client's answer comes from its new transport, with new credentials.
+                sdp.ice_restart(true);
+            }
             let mut mids = Vec::new();
             for (_, key, kind) in &wanted {
                 // msid: the publisher's session as stream id, the track name as track id.

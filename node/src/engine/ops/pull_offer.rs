@@ -7,6 +7,7 @@ use std::time::Instant;
 use str0m::media::Mid;
 
 use super::{RemoteTrack, TrackResult, TracksNewResult, answer_desc};
+use crate::engine::transport::OfferTransport;
 use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
@@ -20,14 +21,13 @@ impl Engine {
         tracks: Vec<RemoteTrack>,
         now: Instant,
     ) -> Result<TracksNewResult, OpError> {
+        let transport = OfferTransport::of(&offer);
         let offer = offer.parsed?;
         let app = self.sessions[&sid].app.clone();
-        let s = self
-            .sessions
-            .get_mut(&sid)
-            .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-        let answer = s.accept_offer(offer)?;
-        s.state = s.state.on_negotiated();
+        let answer = self.accept_client_offer(sid, offer, transport, now)?;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.state = s.state.on_negotiated();
+        }
 
         let mut results = Vec::with_capacity(tracks.len());
         let mut attached = false;

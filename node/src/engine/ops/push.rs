@@ -9,6 +9,7 @@ use super::{LocalTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult, answ
 use crate::engine::publications::{Publication, Source};
 use crate::engine::sdp::candidates_in_every_section;
 use crate::engine::session::{Location, TrackEntry};
+use crate::engine::transport::OfferTransport;
 use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::{SessionId, random_hex};
 
@@ -22,18 +23,17 @@ impl Engine {
         auto_discover: bool,
         now: Instant,
     ) -> Result<TracksNewResult, OpError> {
+        let transport = OfferTransport::of(&offer);
         let ClientOffer {
             sections: offered,
             parsed,
             ..
         } = offer;
         let offer = parsed?;
-        let s = self
-            .sessions
-            .get_mut(&sid)
-            .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-        let answer = s.accept_offer(offer)?;
-        s.state = s.state.on_negotiated();
+        let answer = self.accept_client_offer(sid, offer, transport, now)?;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.state = s.state.on_negotiated();
+        }
 
         let mut results = Vec::new();
         for t in tracks {
@@ -128,6 +128,10 @@ impl Engine {
         let app = s.app.clone();
         let mut results = Vec::new();
         let mut sdp = s.rtc.sdp_api();
+        if s.renewed {
+            // The client's answer comes from its new transport, with new credentials.
+            sdp.ice_restart(true);
+        }
         let mut added = Vec::new();
         for t in tracks {
             let name = t.track_name.filter(|n| !n.is_empty());

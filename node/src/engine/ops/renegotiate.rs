@@ -14,6 +14,7 @@ impl Engine {
         now: Instant,
     ) -> Result<(), OpError> {
         let sid = self.lookup(app, session_id)?;
+        let (ufrag, fingerprint) = (answer.ice_ufrag, answer.fingerprint);
         let answer = answer.parsed?;
         let s = self
             .sessions
@@ -28,7 +29,10 @@ impl Engine {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| OpError::InvalidSdp(format!("answer not accepted: {e}")))?;
+        s.note_remote(ufrag.as_ref(), fingerprint.as_ref());
+        s.renewed = false;
         let connected = s.state.is_connected();
+        self.follow_ice_restart(sid);
         self.drain(sid, now);
         if connected {
             self.request_keyframes_for(sid, now);

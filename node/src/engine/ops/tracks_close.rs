@@ -7,6 +7,7 @@ use str0m::media::Mid;
 
 use super::{CloseResult, MAX_TRACKS_PER_CALL, TrackResult, answer_desc};
 use crate::engine::session::Location;
+use crate::engine::transport::OfferTransport;
 use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
@@ -36,7 +37,7 @@ impl Engine {
         }
         let offer = match (force, offer) {
             // The API made the listed mids inactive before parsing (ClientOffer::parse_closing).
-            (_, Some(o)) => Some(o.parsed?),
+            (_, Some(o)) => Some((OfferTransport::of(&o), o.parsed?)),
             (true, None) => None,
             (false, None) => {
                 return Err(OpError::InvalidParams(
@@ -82,12 +83,8 @@ impl Engine {
             }
         }
         let description = match offer {
-            Some(offer) => {
-                let s = self
-                    .sessions
-                    .get_mut(&sid)
-                    .ok_or_else(|| OpError::Internal("session vanished".into()))?;
-                let answer = s.accept_offer(offer)?;
+            Some((transport, offer)) => {
+                let answer = self.accept_client_offer(sid, offer, transport, now)?;
                 Some(answer_desc(answer))
             }
             None => None,
@@ -100,7 +97,7 @@ impl Engine {
         })
     }
 
-    fn mark_closed(&mut self, sid: SessionId, mid: Mid) {
+    pub(in crate::engine) fn mark_closed(&mut self, sid: SessionId, mid: Mid) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.local_by_mid.remove(&mid);
             s.remote_by_mid.remove(&mid);

@@ -73,6 +73,7 @@ impl Engine {
             sections,
             parsed,
             ice_ufrag,
+            ..
         } = offer;
         let parsed = parsed?;
         let sending: Vec<String> = sections
@@ -203,6 +204,7 @@ impl Engine {
             sections,
             parsed,
             ice_ufrag,
+            ..
         } = offer;
         let parsed = parsed?;
         let live: Vec<_> = sections.iter().filter(|m| !m.rejected).collect();
