@@ -26,6 +26,7 @@ pub(super) enum Work {
     Media(SessionId, MediaData),
     KeyframeRequest(SessionId, KeyframeRequest),
     Connected(SessionId),
+    ChannelData(SessionId, str0m::channel::ChannelData),
 }
 
 impl Engine {
@@ -164,6 +165,18 @@ impl Engine {
                         self.stats.nacks_received +=
                             nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }
+                    Event::ChannelData(d) => self.work.push_back(Work::ChannelData(sid, d)),
+                    Event::ChannelOpen(chan, _) => {
+                        if let Some(e) = s.channels.by_chan_mut(chan) {
+                            e.open = true;
+                        }
+                    }
+                    Event::ChannelClose(chan) => {
+                        if let Some(e) = s.channels.by_chan_mut(chan) {
+                            e.open = false;
+                            e.closed = true;
+                        }
+                    }
                     Event::Connected => {
                         s.state = s.state.on_connected();
                         tracing::info!(session = %sid, "connected");
@@ -199,6 +212,7 @@ impl Engine {
                     self.subscriber_wants_keyframe(sid, req.mid, now)
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
+                Work::ChannelData(sid, d) => self.channel_message(sid, d, now),
             }
         }
     }

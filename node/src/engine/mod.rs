@@ -18,7 +18,9 @@
 //!
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
+mod channel_fanout;
 mod client_sdp;
+pub mod datachannels;
 mod demux;
 mod error;
 mod fanout;
@@ -37,6 +39,8 @@ mod stats;
 pub mod streams;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_datachannels;
 mod views;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -48,8 +52,9 @@ use str0m::net::Transmit;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
+pub use channel_fanout::ChannelStats;
 pub use ops::{
-    AppListing, AppSessionSummary, CloseResult, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL,
+    AppListing, DataChannelItem, DataChannelResult, DataChannelStatus, Established, AppSessionSummary, CloseResult, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL,
     Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
     StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
     TracksNew, TracksNewResult, UpdateTrack,
@@ -142,6 +147,8 @@ pub struct Engine {
     setup_times: Vec<Duration>,
     /// Named streams (WHIP/WHEP) and their sessions.
     streams: streams::Streams,
+    /// DataChannel subscriptions: (publisher, channel name) → (subscriber, its channel id).
+    dc_subscribers: HashMap<(SessionId, String), Vec<(SessionId, u16)>>,
 }
 
 impl Engine {
@@ -171,6 +178,7 @@ impl Engine {
             stats: Stats::default(),
             setup_times: Vec::new(),
             streams: streams::Streams::default(),
+            dc_subscribers: HashMap::new(),
         }
     }
 

@@ -66,6 +66,12 @@ impl Engine {
             self.unpublish(&(sid, name.clone()));
         }
         self.streams.session_closed(sid);
+        if !s.channels.list.is_empty() || !self.dc_subscribers.is_empty() {
+            self.dc_subscribers.retain(|(publisher, _), subs| {
+                subs.retain(|(sub, _)| *sub != sid);
+                *publisher != sid && !subs.is_empty()
+            });
+        }
         for (mid, key) in &s.remote_by_mid {
             if let Some(p) = self.publications.get_mut(key) {
                 p.subscribers.retain(|k| *k != Sink::Session(sid, *mid));

@@ -6,6 +6,7 @@
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
 
+mod datachannels;
 mod new_session;
 mod pull;
 mod pull_offer;
@@ -19,6 +20,7 @@ mod tracks_new;
 mod tracks_update;
 mod whip;
 
+pub use datachannels::{DataChannelItem, DataChannelResult, DataChannelStatus, Established};
 pub use session_url::Patched;
 pub use stream_cluster::FollowedStream;
 pub use streams::{StreamSessionView, StreamView};
