@@ -49,13 +49,14 @@ use std::time::{Duration, Instant};
 
 use str0m::net::Transmit;
 
+pub use channel_fanout::ChannelStats;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
-pub use channel_fanout::ChannelStats;
 pub use ops::{
-    AppListing, DataChannelItem, DataChannelResult, DataChannelStatus, Established, AppSessionSummary, CloseResult, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL,
-    Patched, PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
+    AppListing, AppSessionSummary, CloseResult, DataChannelItem, DataChannelResult,
+    DataChannelStatus, Established, FollowedStream, LocalTrack, MAX_TRACKS_PER_CALL, Patched,
+    PublicationSummary, PublishedTrack, RemoteTrack, SdpKind, SessionDesc, SessionSummary,
     StreamPolicy, StreamSessionCreated, StreamSessionView, StreamView, TrackResult, TrackStatus,
     TracksNew, TracksNewResult, UpdateTrack,
 };

@@ -140,7 +140,10 @@ fn only_the_can_reply_subscriber_reaches_the_publisher() {
     send(&mut w, 1, subs[0].1, b"from the replier");
     send(&mut w, 2, subs[1].1, b"from the other");
     w.run(Duration::from_millis(300));
-    assert_eq!(received(&mut w, 0, pchan), vec![b"from the replier".to_vec()]);
+    assert_eq!(
+        received(&mut w, 0, pchan),
+        vec![b"from the replier".to_vec()]
+    );
     assert_eq!(w.engine.stats().channels.dropped_no_reply, 1);
     // A second replier is refused: at most one per publisher channel.
     let c = w.client();
@@ -180,7 +183,10 @@ fn wait_for_ack_swallows_the_first_message_and_holds_until_it() {
     send(&mut w, 0, pchan, b"after the ack");
     send(&mut w, 1, subs[0].1, b"a reply");
     w.run(Duration::from_millis(200));
-    assert_eq!(received(&mut w, 1, subs[0].1), vec![b"after the ack".to_vec()]);
+    assert_eq!(
+        received(&mut w, 1, subs[0].1),
+        vec![b"after the ack".to_vec()]
+    );
     assert_eq!(received(&mut w, 0, pchan), vec![b"a reply".to_vec()]);
     assert_eq!(w.engine.stats().channels.dropped_unacked, 1);
 }
@@ -188,8 +194,18 @@ fn wait_for_ack_swallows_the_first_message_and_holds_until_it() {
 #[test]
 fn messages_over_the_size_bound_are_dropped_and_counted() {
     let (mut w, _, pchan, subs) = chat_world(&[remote("", "chat")]);
-    send(&mut w, 0, pchan, &vec![7u8; datachannels::MAX_MESSAGE_BYTES]);
-    send(&mut w, 0, pchan, &vec![8u8; datachannels::MAX_MESSAGE_BYTES + 1]);
+    send(
+        &mut w,
+        0,
+        pchan,
+        &vec![7u8; datachannels::MAX_MESSAGE_BYTES],
+    );
+    send(
+        &mut w,
+        0,
+        pchan,
+        &vec![8u8; datachannels::MAX_MESSAGE_BYTES + 1],
+    );
     w.run(Duration::from_millis(500));
     let got = received(&mut w, 1, subs[0].1);
     assert_eq!(got.len(), 1, "only the message within the bound");
@@ -216,7 +232,10 @@ fn calls_errors_repeated_not_found_and_close() {
         )
         .expect("new");
     assert_eq!(res[0].id, Some(1));
-    assert!(matches!(res[1].error, Some(TrackError::AlreadyPublished(_))));
+    assert!(matches!(
+        res[1].error,
+        Some(TrackError::AlreadyPublished(_))
+    ));
     assert_eq!(res[2].error, Some(TrackError::NotFound));
     let closed = w
         .engine

@@ -107,7 +107,9 @@ impl Engine {
             ..ChannelConfig::default()
         });
         let Some((offer, pending)) = sdp.apply() else {
-            return Err(OpError::Internal("str0m made no offer for the channel".into()));
+            return Err(OpError::Internal(
+                "str0m made no offer for the channel".into(),
+            ));
         };
         s.pending = Some(pending);
         s.state = s.state.on_negotiated();
@@ -283,9 +285,11 @@ impl Engine {
                 error: None,
             };
             let found = item.id.and_then(|id| {
-                let e = self.sessions[&sid].channels.list.iter().find(|e| {
-                    e.id == id && !e.closed && e.location == Location::Remote
-                })?;
+                let e = self.sessions[&sid]
+                    .channels
+                    .list
+                    .iter()
+                    .find(|e| e.id == id && !e.closed && e.location == Location::Remote)?;
                 Some((id, e.publisher?, e.name.clone()))
             });
             match found {
@@ -353,9 +357,7 @@ impl Engine {
                     }
                 }
                 None => {
-                    r.error = Some(TrackError::Close(
-                        "no open DataChannel with this id".into(),
-                    ))
+                    r.error = Some(TrackError::Close("no open DataChannel with this id".into()))
                 }
             }
             out.push(r);
