@@ -596,6 +596,23 @@ pub async fn datachannels_new(
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let items = channel_items(&bytes)?;
     wait_connected(&st, &app, &session).await?;
+    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel).
+    let mut set = tokio::task::JoinSet::new();
+    for it in &items {
+        let (Some(Location::Remote), Some(p), Some(name)) = (
+            it.location,
+            it.session_id.as_deref().and_then(SessionId::parse),
+            it.name.clone(),
+        ) else {
+            continue;
+        };
+        if p.node_tag() == st.cluster.tag {
+            continue;
+        }
+        let (relay, app) = (st.cluster.relay.clone(), app.clone());
+        set.spawn(async move { relay.ensure_channel_upstream(&app, p, &name).await });
+    }
+    while set.join_next().await.is_some() {}
     let res = st
         .engine
         .call(move |e, now| e.datachannels_new(&app, &session, items, now))

@@ -28,6 +28,12 @@ pub struct ChannelStats {
     pub dropped_unacked: u64,
     /// Messages from a subscriber that may not reply.
     pub dropped_no_reply: u64,
+    /// Messages handed to the relay for other nodes.
+    pub relay_out: u64,
+    /// Messages received from other nodes.
+    pub relay_in: u64,
+    /// Messages for other nodes dropped because the relay queue was full.
+    pub dropped_relay_queue: u64,
 }
 
 impl Engine {
@@ -65,12 +71,20 @@ impl Engine {
                     let id = self.sessions.get(&p)?.channels.local_named(&name)?.id;
                     Some((p, id))
                 });
-                match target {
-                    Some((p, id)) => {
+                let up = publisher
+                    .filter(|_| can_reply && target.is_none())
+                    .and_then(|p| self.dc_relay_ups.get(&(p, name.clone())).copied());
+                match (target, up) {
+                    (Some((p, id)), _) => {
                         self.write_channel(p, id, msg.binary, &msg.data);
                         self.drain(p, now);
                     }
-                    None => self.stats.channels.dropped_no_reply += 1,
+                    (None, Some(up)) => self.push_channel_out(super::RelayOut::ChannelReply {
+                        up,
+                        binary: msg.binary,
+                        data: msg.data.into(),
+                    }),
+                    (None, None) => self.stats.channels.dropped_no_reply += 1,
                 }
             }
         }
@@ -85,7 +99,18 @@ impl Engine {
         data: &[u8],
         now: Instant,
     ) {
-        let Some(subs) = self.dc_subscribers.get(&(publisher, name.to_string())) else {
+        let key = (publisher, name.to_string());
+        if let Some(downs) = self.dc_relay_downs.get(&key).cloned() {
+            let data: std::sync::Arc<[u8]> = data.into();
+            for down in downs {
+                self.push_channel_out(super::RelayOut::ChannelMessage {
+                    down,
+                    binary,
+                    data: data.clone(),
+                });
+            }
+        }
+        let Some(subs) = self.dc_subscribers.get(&key) else {
             return;
         };
         for (sub, id) in subs.clone() {
@@ -95,7 +120,7 @@ impl Engine {
     }
 
     /// Writes one message into session `sid`'s channel `id`, or counts why not.
-    fn write_channel(&mut self, sid: SessionId, id: u16, binary: bool, data: &[u8]) {
+    pub(super) fn write_channel(&mut self, sid: SessionId, id: u16, binary: bool, data: &[u8]) {
         let st = &mut self.stats.channels;
         let Some(s) = self.sessions.get_mut(&sid) else {
             st.dropped_not_open += 1;

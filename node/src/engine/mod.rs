@@ -19,6 +19,7 @@
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
 mod channel_fanout;
+mod channel_relay;
 mod client_sdp;
 pub mod datachannels;
 mod demux;
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 use str0m::net::Transmit;
 
 pub use channel_fanout::ChannelStats;
+pub use channel_relay::DcLinkId;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
@@ -150,6 +152,12 @@ pub struct Engine {
     streams: streams::Streams,
     /// DataChannel subscriptions: (publisher, channel name) → (subscriber, its channel id).
     dc_subscribers: HashMap<(SessionId, String), Vec<(SessionId, u16)>>,
+    /// This node's published channels sent to other nodes: (publisher, name) → downstreams.
+    dc_relay_downs: HashMap<(SessionId, String), Vec<DcLinkId>>,
+    dc_down_key: HashMap<DcLinkId, (SessionId, String)>,
+    /// Other nodes' channels received here: (publisher, name) → upstream.
+    dc_relay_ups: HashMap<(SessionId, String), DcLinkId>,
+    dc_up_key: HashMap<DcLinkId, (SessionId, String)>,
 }
 
 impl Engine {
@@ -180,6 +188,10 @@ impl Engine {
             setup_times: Vec::new(),
             streams: streams::Streams::default(),
             dc_subscribers: HashMap::new(),
+            dc_relay_downs: HashMap::new(),
+            dc_down_key: HashMap::new(),
+            dc_relay_ups: HashMap::new(),
+            dc_up_key: HashMap::new(),
         }
     }
 

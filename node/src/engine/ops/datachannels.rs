@@ -197,14 +197,19 @@ impl Engine {
                 (Location::Local, None)
             }
             Some(Location::Remote) => {
+                // Here, or on another node and already received over the relay (whose
+                // publisher checked the app).
                 let publisher = item
                     .session_id
                     .as_deref()
-                    .and_then(|p| self.lookup(app, p).ok())
+                    .and_then(SessionId::parse)
                     .filter(|p| {
-                        self.sessions
-                            .get(p)
-                            .is_some_and(|s| s.channels.local_named(name).is_some())
+                        self.has_relay_channel(*p, name)
+                            || self.lookup(app, &p.to_string()).is_ok()
+                                && self
+                                    .sessions
+                                    .get(p)
+                                    .is_some_and(|s| s.channels.local_named(name).is_some())
                     })
                     .ok_or(TrackError::NotFound)?;
                 if item.can_reply && self.replier(publisher, name).is_some() {
