@@ -258,8 +258,7 @@ impl DcDecoder {
                     break;
                 }
             }
-            if self.buf.len() > DC_HEADER_LEN && self.buf.len() == DC_HEADER_LEN + self.body_len()
-            {
+            if self.buf.len() > DC_HEADER_LEN && self.buf.len() == DC_HEADER_LEN + self.body_len() {
                 let frame = DcFrame::decode_body(&self.buf[DC_HEADER_LEN..]);
                 self.buf.clear();
                 if frame.is_err() {
@@ -364,7 +363,10 @@ mod tests {
         let res = d.feed(&((MAX_DC_BODY + 1) as u32).to_be_bytes());
         assert_eq!(res, vec![Err(DcError::BadLength(MAX_DC_BODY + 1))]);
         assert!(d.is_failed());
-        assert!(d.feed(&[0, 0, 0, 1, TAG_ACCEPTED]).is_empty(), "stays failed");
+        assert!(
+            d.feed(&[0, 0, 0, 1, TAG_ACCEPTED]).is_empty(),
+            "stays failed"
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use str0m::channel::{ChannelConfig, ChannelId};
-use trackmesh_tests::{CallsClient, Peer, TestNode};
+use trackmesh_tests::{CallsClient, Cluster, Peer, TestNode};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
+/// A message sent only to see whether a channel delivers; [`receive`] leaves it out.
+const PROBE: &[u8] = b"probe";
 
 /// A new session whose peer answered `establish`'s offer and connected.
 async fn established(api: &CallsClient, name: &str) -> (Peer, String) {
@@ -103,17 +105,22 @@ async fn send(peer: &Peer, chan: ChannelId, msg: Vec<u8>) {
     assert!(ok, "the peer's SCTP buffer took the message");
 }
 
-/// Collects messages on `chan` until `n` arrived or the timeout.
+/// Collects messages on `chan` until `n` arrived or [`TIMEOUT`].
 async fn receive(peer: &Peer, chan: ChannelId, n: usize) -> Vec<Vec<u8>> {
+    receive_for(peer, chan, n, TIMEOUT).await
+}
+
+/// Collects messages on `chan` until `n` arrived or `timeout`.
+async fn receive_for(peer: &Peer, chan: ChannelId, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
-    for _ in 0..(TIMEOUT.as_millis() / POLL.as_millis()) {
+    for _ in 0..=(timeout.as_millis() / POLL.as_millis()) {
         let msgs = peer
             .run(|c| Ok(c.take_channel_messages()))
             .await
             .expect("take");
         got.extend(
             msgs.into_iter()
-                .filter(|(id, _)| *id == chan)
+                .filter(|(id, d)| *id == chan && d.as_slice() != PROBE)
                 .map(|(_, d)| d),
         );
         if got.len() >= n {
@@ -230,4 +237,76 @@ async fn calls_errors_for_datachannels() {
         .await
         .expect("establish again");
     assert_eq!(status, 406, "establish is called once");
+}
+
+/// A publisher on node a; subscribers on a and on c (across the relay), one of them on c with
+/// `canReply` and `waitForAck`: every message arrives in order on both nodes, the reply crosses
+/// back, the ack is swallowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_the_relay_in_order_and_replies_come_back() {
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r1"), ("c", "r1")])
+        .await
+        .expect("cluster");
+    let (api_a, api_c) = (cl.client("a"), cl.client("c"));
+    let (publisher, psid) = established(&api_a, "pub").await;
+    let pchan = open(
+        &api_a,
+        &publisher,
+        &psid,
+        json!({"location": "local", "dataChannelName": "chat"}),
+    )
+    .await;
+    let (sub_a, sid_a) = established(&api_a, "sub-a").await;
+    let chan_a = open(
+        &api_a,
+        &sub_a,
+        &sid_a,
+        json!({"location": "remote", "sessionId": psid, "dataChannelName": "chat"}),
+    )
+    .await;
+    let (sub_c, sid_c) = established(&api_c, "sub-c").await;
+    let chan_c = open(
+        &api_c,
+        &sub_c,
+        &sid_c,
+        json!({"location": "remote", "sessionId": psid, "dataChannelName": "chat",
+               "canReply": true, "waitForAck": true}),
+    )
+    .await;
+    // The gate: the first message of the waitForAck subscriber opens it and is not forwarded.
+    send(&sub_c, chan_c, b"ack".to_vec()).await;
+    // Its arrival at a cannot be observed; a message that made it through shows the gate open.
+    let mut opened = false;
+    for _ in 0..(TIMEOUT.as_millis() / POLL.as_millis()) {
+        send(&publisher, pchan, PROBE.to_vec()).await;
+        let probed = sub_c
+            .run(|c| Ok(c.take_channel_messages()))
+            .await
+            .expect("take");
+        if probed
+            .iter()
+            .any(|(id, d)| *id == chan_c && d.as_slice() == PROBE)
+        {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(opened, "the subscriber on c gets messages after its ack");
+    let n = 200u32;
+    for i in 0..n {
+        send(&publisher, pchan, i.to_be_bytes().to_vec()).await;
+    }
+    let want: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
+    let on_a = receive(&sub_a, chan_a, n as usize).await;
+    assert_eq!(on_a, want, "subscriber on a, in order");
+    let on_c = receive(&sub_c, chan_c, n as usize).await;
+    assert_eq!(on_c, want, "subscriber on c across the relay, in order");
+    send(&sub_c, chan_c, b"reply from c".to_vec()).await;
+    let replies: Vec<Vec<u8>> = receive(&publisher, pchan, 1).await;
+    assert_eq!(
+        replies,
+        vec![b"reply from c".to_vec()],
+        "the ack was swallowed, the reply crossed"
+    );
 }

@@ -98,7 +98,10 @@ pub async fn ensure_channel_upstream(
         })
         .await;
         reader.state().dc_ups.remove(&up);
-        let _ = reader.engine.call(move |e, _| e.end_relay_channel(up)).await;
+        let _ = reader
+            .engine
+            .call(move |e, _| e.end_relay_channel(up))
+            .await;
     });
     Ok(())
 }
@@ -141,7 +144,10 @@ pub async fn serve_stream(
     if send.write_all(&bytes).await.is_err() || !accepted {
         let _ = send.finish();
         if accepted {
-            let _ = inner.engine.call(move |e, _| e.relay_channel_unsubscribe(down)).await;
+            let _ = inner
+                .engine
+                .call(move |e, _| e.relay_channel_unsubscribe(down))
+                .await;
         }
         return;
     }

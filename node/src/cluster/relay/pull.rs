@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
+use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
@@ -466,11 +466,25 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
             RelayOut::Unused { up } => drop_up(&inner, up),
             RelayOut::ChannelMessage { down, binary, data } => {
                 let tx = inner.state().dc_downs.get(&down).cloned();
-                super::channels::send_frame(&inner, tx, DcFrame::Message { binary, data: data.to_vec() });
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
             }
             RelayOut::ChannelReply { up, binary, data } => {
                 let tx = inner.state().dc_ups.get(&up).cloned();
-                super::channels::send_frame(&inner, tx, DcFrame::Message { binary, data: data.to_vec() });
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
             }
         }
     }
