@@ -10,7 +10,11 @@
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
-//! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
+//! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
+//!   DataChannel messages);
+//! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
+//!   messages to subscribers, `canReply`, `waitForAck`; `channel_relay.rs`: channels to and from
+//!   other nodes (ops in `ops/datachannels.rs`);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
 //!   `ops/` (`whip`, `streams`, `session_url`);
 //! - `views.rs`, `stats.rs`: what the admin API and the metrics read;

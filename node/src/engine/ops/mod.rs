@@ -1,5 +1,6 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
-//! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`; the stream operations `whip` (WHIP publish, WHEP
+//! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`,
+//! `datachannels` (establish, new, update, close); the stream operations `whip` (WHIP publish, WHEP
 //! play), `session_url` (PATCH, DELETE) and `streams` (create, delete, bind, list); and their request and
 //! result types, here.
 //!
