@@ -109,3 +109,28 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// `publisher`'s channel `name` is gone (closed, or its session): its downstreams end.
+    pub(super) fn channel_unpublished(&mut self, publisher: SessionId, name: &str) {
+        let key = (publisher, name.to_string());
+        for down in self.dc_relay_downs.remove(&key).unwrap_or_default() {
+            self.dc_down_key.remove(&down);
+            self.push_channel_out(RelayOut::ChannelEnded { down });
+        }
+    }
+
+    /// A local subscriber of `publisher`'s channel `name` left: a relayed channel nobody here
+    /// subscribes to any more is released.
+    pub(super) fn channel_subscriber_left(&mut self, publisher: SessionId, name: &str) {
+        let key = (publisher, name.to_string());
+        if self.dc_subscribers.get(&key).is_some_and(|v| !v.is_empty()) {
+            return;
+        }
+        self.dc_subscribers.remove(&key);
+        if let Some(up) = self.dc_relay_ups.remove(&key) {
+            self.dc_up_key.remove(&up);
+            self.push_channel_out(RelayOut::ChannelUnused { up });
+        }
+    }
+}

@@ -49,6 +49,16 @@ pub enum RelayOut {
         /// The message.
         data: std::sync::Arc<[u8]>,
     },
+    /// The channel a downstream channel subscription carried is gone: end its stream.
+    ChannelEnded {
+        /// The channel subscription.
+        down: crate::engine::DcLinkId,
+    },
+    /// No local subscriber of this relayed channel is left: close its stream.
+    ChannelUnused {
+        /// The upstream channel subscription.
+        up: crate::engine::DcLinkId,
+    },
     /// A `canReply` subscriber's message for a publisher on another node.
     ChannelReply {
         /// The upstream channel subscription it came from.

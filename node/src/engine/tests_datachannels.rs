@@ -263,3 +263,72 @@ fn new_before_establish_is_refused() {
         .expect_err("refused");
     assert!(matches!(err, OpError::InvalidParams(_)));
 }
+
+fn relay_outputs(w: &mut World) -> Vec<RelayOut> {
+    std::iter::from_fn(|| w.engine.poll_relay()).collect()
+}
+
+#[test]
+fn relay_downstreams_get_messages_and_end_with_the_channel() {
+    let (mut w, psid, pchan, _) = chat_world(&[]);
+    let publisher = crate::ids::SessionId::parse(&psid).expect("id");
+    assert!(
+        w.engine
+            .relay_channel_subscribe("other-app", publisher, "chat", 7)
+            .is_err(),
+        "another app's channel is not served"
+    );
+    assert!(
+        w.engine
+            .relay_channel_subscribe(APP, publisher, "nope", 7)
+            .is_err()
+    );
+    w.engine
+        .relay_channel_subscribe(APP, publisher, "chat", 7)
+        .expect("served");
+    send(&mut w, 0, pchan, b"to the other node");
+    w.run(Duration::from_millis(100));
+    let outs = relay_outputs(&mut w);
+    assert!(
+        matches!(outs.as_slice(), [RelayOut::ChannelMessage { down: 7, binary: true, data }] if &data[..] == b"to the other node"),
+        "{outs:?}"
+    );
+    w.engine
+        .datachannels_close(APP, &psid, vec![1], w.now)
+        .expect("close");
+    let outs = relay_outputs(&mut w);
+    assert!(
+        matches!(outs.as_slice(), [RelayOut::ChannelEnded { down: 7 }]),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
+    let mut w = World::new(Duration::from_secs(30));
+    // A publisher on another node (its tag is not this engine's).
+    let remote = crate::ids::SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    w.engine.add_relay_channel(remote, "chat", 42);
+    let c = w.client();
+    let sid = establish(&mut w, c);
+    let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
+    w.connect(&[c]);
+    w.run(Duration::from_millis(500));
+    w.engine
+        .relay_channel_message(42, false, b"from afar", w.now);
+    w.run(Duration::from_millis(100));
+    assert_eq!(received(&mut w, c, chan), vec![b"from afar".to_vec()]);
+    w.engine
+        .datachannels_close(APP, &sid, vec![1], w.now)
+        .expect("close");
+    let outs = relay_outputs(&mut w);
+    assert!(
+        matches!(outs.as_slice(), [RelayOut::ChannelUnused { up: 42 }]),
+        "{outs:?}"
+    );
+    assert!(!w.engine.has_relay_channel(remote, "chat"));
+}
+
+fn remote_item(publisher: &str) -> DataChannelItem {
+    remote(publisher, "chat")
+}

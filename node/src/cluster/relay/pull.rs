@@ -475,6 +475,15 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                     },
                 );
             }
+            RelayOut::ChannelEnded { down } => {
+                let tx = inner.state().dc_downs.remove(&down);
+                // The writer sends Ended, then finishes the stream once its queue is dropped.
+                super::channels::send_frame(&inner, tx, DcFrame::Ended);
+            }
+            RelayOut::ChannelUnused { up } => {
+                // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
+                inner.state().dc_ups.remove(&up);
+            }
             RelayOut::ChannelReply { up, binary, data } => {
                 let tx = inner.state().dc_ups.get(&up).cloned();
                 super::channels::send_frame(

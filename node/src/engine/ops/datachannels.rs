@@ -357,8 +357,12 @@ impl Engine {
                     if local {
                         // Its subscribers get nothing more; a new channel of that name starts afresh.
                         self.dc_subscribers.remove(&key);
-                    } else if let Some(subs) = self.dc_subscribers.get_mut(&key) {
-                        subs.retain(|sub| *sub != (sid, id));
+                        self.channel_unpublished(key.0, &key.1);
+                    } else {
+                        if let Some(subs) = self.dc_subscribers.get_mut(&key) {
+                            subs.retain(|sub| *sub != (sid, id));
+                        }
+                        self.channel_subscriber_left(key.0, &key.1);
                     }
                 }
                 None => {
