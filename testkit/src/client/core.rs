@@ -76,7 +76,7 @@ pub struct Core<S: StatsCell = SharedStats> {
     video: VideoShape,
     raw_samples: usize,
     /// DataChannel messages received, oldest first, at most [`MAX_CHANNEL_MESSAGES`].
-    channel_rx: std::collections::VecDeque<(str0m::channel::ChannelId, Vec<u8>)>,
+    channel_rx: std::collections::VecDeque<(str0m::channel::ChannelId, Vec<u8>, Instant)>,
 }
 
 impl Core {
@@ -139,6 +139,16 @@ impl<S: StatsCell> Core<S> {
     /// The DataChannel messages received since the last call, oldest first, with the channel
     /// each came on.
     pub fn take_channel_messages(&mut self) -> Vec<(str0m::channel::ChannelId, Vec<u8>)> {
+        self.channel_rx
+            .drain(..)
+            .map(|(id, d, _)| (id, d))
+            .collect()
+    }
+
+    /// The same, with when each message arrived (for latency figures).
+    pub fn take_channel_messages_timed(
+        &mut self,
+    ) -> Vec<(str0m::channel::ChannelId, Vec<u8>, Instant)> {
         self.channel_rx.drain(..).collect()
     }
 
@@ -215,7 +225,7 @@ impl<S: StatsCell> Core<S> {
                 if self.channel_rx.len() >= MAX_CHANNEL_MESSAGES {
                     self.channel_rx.pop_front();
                 }
-                self.channel_rx.push_back((d.id, d.data));
+                self.channel_rx.push_back((d.id, d.data, now));
             }
             Event::KeyframeRequest(r) => {
                 self.stats.update(|s| s.on_keyframe_request(&r.mid));
