@@ -48,6 +48,7 @@ pub struct Metrics {
     rtp_packets: IntCounterVec,
     rtp_bytes: IntCounterVec,
     frames_forwarded: IntCounter,
+    datachannel_messages: IntCounterVec,
     dropped: IntCounterVec,
     keyframe_requests: IntCounterVec,
     keyframes_from_cache: IntCounter,
@@ -151,6 +152,14 @@ impl Metrics {
                 IntCounter::new(
                     "trackmesh_frames_forwarded_total",
                     "Frames written to local subscribers.",
+                )?,
+            )?,
+            datachannel_messages: reg(
+                &r,
+                cv(
+                    "trackmesh_datachannel_messages_total",
+                    "DataChannel messages received from clients (in) and written to them (out).",
+                    &["direction"],
                 )?,
             )?,
             dropped: reg(
@@ -340,6 +349,24 @@ impl Metrics {
         set(&self.rtp_bytes.with_label_values(&["in"]), s.bytes_in);
         set(&self.rtp_bytes.with_label_values(&["out"]), s.bytes_out);
         set(&self.frames_forwarded, s.frames_forwarded);
+        let dc = &s.channels;
+        set(
+            &self.datachannel_messages.with_label_values(&["in"]),
+            dc.messages_in,
+        );
+        set(
+            &self.datachannel_messages.with_label_values(&["out"]),
+            dc.messages_out,
+        );
+        for (reason, n) in [
+            ("datachannel_too_big", dc.dropped_too_big),
+            ("datachannel_buffer_full", dc.dropped_buffer_full),
+            ("datachannel_not_open", dc.dropped_not_open),
+            ("datachannel_unacked", dc.dropped_unacked),
+            ("datachannel_no_reply", dc.dropped_no_reply),
+        ] {
+            set(&self.dropped.with_label_values(&[reason]), n);
+        }
         set(
             &self.dropped.with_label_values(&["send_buffer"]),
             s.datagrams_dropped,

@@ -149,6 +149,12 @@ async fn run(
             // busy socket is mostly subscribers' RTCP, which can wait a batch.
             Some(input) = relay.from_relay.recv() => match input {
                 RelayIn::Frame { up, frame } => engine.relay_frame(up, frame, Instant::now()),
+                RelayIn::ChannelMessage { up, binary, data } => {
+                    engine.relay_channel_message(up, binary, &data, Instant::now())
+                }
+                RelayIn::ChannelReply { down, binary, data } => {
+                    engine.relay_channel_reply(down, binary, &data, Instant::now())
+                }
             },
             res = socket.recv_from(&mut buf) => match res {
                 Ok((n, source)) => {

@@ -51,6 +51,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod datachannel;
 pub mod handshake;
 pub mod limits;
 pub mod media;

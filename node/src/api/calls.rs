@@ -16,7 +16,10 @@ use super::ApiState;
 use super::error::ApiError;
 use super::guard::{decode, is_blank, read_body};
 use super::wire::*;
-use crate::engine::{ClientAnswer, ClientOffer, LocalTrack, RemoteTrack, TracksNew, UpdateTrack};
+use crate::engine::{
+    ClientAnswer, ClientOffer, DataChannelItem, LocalTrack, Location, RemoteTrack, TracksNew,
+    UpdateTrack,
+};
 use crate::ids::SessionId;
 
 type ApiResult = Result<Response, ApiError>;
@@ -488,12 +491,18 @@ pub async fn get_session(
     body: Body,
 ) -> ApiResult {
     prologue(&st, &app, &session, &headers, body).await?;
-    let tracks = st
+    let (tracks, channels) = st
         .engine
-        .call(move |e, _| e.session_tracks(&app, &session))
+        .call(move |e, _| {
+            Ok::<_, crate::engine::OpError>((
+                e.session_tracks(&app, &session)?,
+                e.session_datachannels(&app, &session)?,
+            ))
+        })
         .await??;
     Ok(Json(SessionStateResponse {
         tracks: tracks.into_iter().map(Into::into).collect(),
+        data_channels: channels.into_iter().map(Into::into).collect(),
     })
     .into_response())
 }
@@ -509,4 +518,165 @@ pub async fn ice_servers(State(st): State<Arc<ApiState>>, Path(app): Path<String
         ));
     }
     Ok(Json(serde_json::json!({ "iceServers": [] })).into_response())
+}
+
+/// `POST datachannels/establish`: the SFU offers the SCTP section with `server-events` (id 0).
+pub async fn datachannels_establish(
+    State(st): State<Arc<ApiState>>,
+    Path((app, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let bytes = prologue(&st, &app, &session, &headers, body).await?;
+    let req: EstablishRequest = if is_blank(&bytes) {
+        EstablishRequest::default()
+    } else {
+        decode(&bytes)?
+    };
+    if req.session_description.is_some() {
+        return Err(ApiError::decoding(
+            "datachannels/establish takes no sessionDescription: answer the SFU's offer with renegotiate",
+        ));
+    }
+    if let Some(dc) = &req.data_channel
+        && (dc.location != Some(WireLocation::Remote)
+            || dc.data_channel_name.as_deref() != Some(crate::engine::datachannels::SERVER_EVENTS))
+    {
+        return Err(ApiError::invalid_params(
+            "only {location: \"remote\", dataChannelName: \"server-events\"} can be established",
+        ));
+    }
+    wait_connected(&st, &app, &session, None).await?;
+    let est = st
+        .engine
+        .call(move |e, now| e.datachannels_establish(&app, &session, now))
+        .await??;
+    Ok(Json(EstablishResponse {
+        requires_immediate_renegotiation: est.offer.is_some(),
+        data_channel: DataChannelOut {
+            location: None,
+            session_id: None,
+            data_channel_name: Some(crate::engine::datachannels::SERVER_EVENTS.into()),
+            id: Some(0),
+            status: None,
+            error_code: None,
+            error_description: None,
+        },
+        session_description: est.offer.map(Into::into),
+    })
+    .into_response())
+}
+
+/// Decodes a `datachannels/*` body into engine items, within the per-call bound.
+fn channel_items(bytes: &[u8]) -> Result<Vec<DataChannelItem>, ApiError> {
+    let req: DataChannelsRequest = decode(bytes)?;
+    if req.data_channels.is_empty() {
+        return Err(ApiError::invalid_params("dataChannels must not be empty"));
+    }
+    if req.data_channels.len() > crate::engine::MAX_TRACKS_PER_CALL {
+        return Err(ApiError::invalid_params(format!(
+            "at most {} dataChannels per request",
+            crate::engine::MAX_TRACKS_PER_CALL
+        )));
+    }
+    Ok(req
+        .data_channels
+        .into_iter()
+        .map(|d| DataChannelItem {
+            location: d.location.map(|l| match l {
+                WireLocation::Local => Location::Local,
+                WireLocation::Remote => Location::Remote,
+            }),
+            session_id: d.session_id,
+            name: d.data_channel_name,
+            ordered: d.ordered,
+            max_retransmits: d.max_retransmits,
+            max_packet_life_time: d.max_packet_life_time,
+            wait_for_ack: d.wait_for_ack.unwrap_or(false),
+            can_reply: d.can_reply.unwrap_or(false),
+            id: d.id,
+        })
+        .collect())
+}
+
+/// `POST datachannels/new`: publish or subscribe; ids in the answer.
+pub async fn datachannels_new(
+    State(st): State<Arc<ApiState>>,
+    Path((app, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let bytes = prologue(&st, &app, &session, &headers, body).await?;
+    let items = channel_items(&bytes)?;
+    wait_connected(&st, &app, &session, None).await?;
+    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel).
+    let mut set = tokio::task::JoinSet::new();
+    for it in &items {
+        let (Some(Location::Remote), Some(p), Some(name)) = (
+            it.location,
+            it.session_id.as_deref().and_then(SessionId::parse),
+            it.name.clone(),
+        ) else {
+            continue;
+        };
+        if p.node_tag() == st.cluster.tag {
+            continue;
+        }
+        let (relay, app) = (st.cluster.relay.clone(), app.clone());
+        set.spawn(async move { relay.ensure_channel_upstream(&app, p, &name).await });
+    }
+    while set.join_next().await.is_some() {}
+    let res = st
+        .engine
+        .call(move |e, now| e.datachannels_new(&app, &session, items, now))
+        .await??;
+    Ok(Json(DataChannelsResponse {
+        data_channels: res.into_iter().map(Into::into).collect(),
+    })
+    .into_response())
+}
+
+/// `PUT datachannels/update`: grant or revoke `canReply`.
+pub async fn datachannels_update(
+    State(st): State<Arc<ApiState>>,
+    Path((app, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let bytes = prologue(&st, &app, &session, &headers, body).await?;
+    let items = channel_items(&bytes)?;
+    let res = st
+        .engine
+        .call(move |e, _| e.datachannels_update(&app, &session, items))
+        .await??;
+    Ok(Json(DataChannelsResponse {
+        data_channels: res.into_iter().map(Into::into).collect(),
+    })
+    .into_response())
+}
+
+/// `PUT datachannels/close`: by id, no SDP exchange.
+pub async fn datachannels_close(
+    State(st): State<Arc<ApiState>>,
+    Path((app, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let bytes = prologue(&st, &app, &session, &headers, body).await?;
+    let mut ids = Vec::new();
+    for (i, d) in channel_items(&bytes)?.into_iter().enumerate() {
+        ids.push(d.id.ok_or_else(|| {
+            ApiError::decoding(format!(
+                "JSON body validation error: dataChannels[{i}] needs id"
+            ))
+        })?);
+    }
+    let res = st
+        .engine
+        .call(move |e, now| e.datachannels_close(&app, &session, ids, now))
+        .await??;
+    Ok(Json(DataChannelsResponse {
+        data_channels: res.into_iter().map(Into::into).collect(),
+    })
+    .into_response())
 }

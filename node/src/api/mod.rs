@@ -185,6 +185,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
             put(calls::tracks_update),
         )
         .route("/sessions/{session}/tracks/close", put(calls::tracks_close))
+        .route(
+            "/sessions/{session}/datachannels/establish",
+            post(calls::datachannels_establish),
+        )
+        .route(
+            "/sessions/{session}/datachannels/new",
+            post(calls::datachannels_new),
+        )
+        .route(
+            "/sessions/{session}/datachannels/update",
+            put(calls::datachannels_update),
+        )
+        .route(
+            "/sessions/{session}/datachannels/close",
+            put(calls::datachannels_close),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             cluster::route_to_owner,

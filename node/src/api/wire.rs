@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Location, SdpKind, SessionDesc, TrackResult, TrackStatus};
+use crate::engine::{
+    DataChannelResult, DataChannelStatus, Location, SdpKind, SessionDesc, TrackResult, TrackStatus,
+};
 
 /// `sessionDescription.type`: which side of the offer/answer exchange the SDP is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -219,6 +221,134 @@ pub struct CloseRequest {
 pub struct SessionStateResponse {
     /// `tracks`: every track the session has had, with its status.
     pub tracks: Vec<TrackOut>,
+    /// `dataChannels`: every DataChannel the session has made, with its status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_channels: Vec<DataChannelOut>,
+}
+
+/// One DataChannel object of a `datachannels/*` request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelObject {
+    /// `location`: publish (`local`) or subscribe (`remote`).
+    pub location: Option<WireLocation>,
+    /// `sessionId`: for `remote`, the publishing session.
+    pub session_id: Option<String>,
+    /// `dataChannelName`: the channel's name.
+    pub data_channel_name: Option<String>,
+    /// `ordered`: in-order delivery (default true).
+    pub ordered: Option<bool>,
+    /// `maxRetransmits`: partial reliability by retransmits.
+    pub max_retransmits: Option<u16>,
+    /// `maxPacketLifeTime`: partial reliability by lifetime (ms).
+    pub max_packet_life_time: Option<u16>,
+    /// `waitForAck`: remote only; the subscriber's first message opens the channel.
+    pub wait_for_ack: Option<bool>,
+    /// `canReply`: remote only; this subscriber may send to the publisher.
+    pub can_reply: Option<bool>,
+    /// `id`: the channel's id in this session (update, close).
+    pub id: Option<u16>,
+}
+
+/// The `datachannels/new`, `/update` and `/close` request body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelsRequest {
+    /// `dataChannels`: the items.
+    pub data_channels: Vec<DataChannelObject>,
+}
+
+/// The `datachannels/establish` request body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EstablishRequest {
+    /// `dataChannel`: must be `{location: "remote", dataChannelName: "server-events"}`.
+    pub data_channel: Option<DataChannelObject>,
+    /// `sessionDescription`: not accepted (Calls answers it with `decoding_error` in practice).
+    pub session_description: Option<SessionDescription>,
+}
+
+/// One DataChannel in a response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelOut {
+    /// `location`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<&'static str>,
+    /// `sessionId`: for `remote`, the publisher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// `dataChannelName`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_channel_name: Option<String>,
+    /// `id`: for `createDataChannel(name, {negotiated: true, id})`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+    /// `status` (only in `GET sessions/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// `errorCode`: why this item failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    /// `errorDescription`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+impl From<DataChannelResult> for DataChannelOut {
+    fn from(r: DataChannelResult) -> Self {
+        let (error_code, error_description) = match r.error {
+            Some(e) => (
+                Some(super::error::track_error_code(&e)),
+                Some(e.to_string()),
+            ),
+            None => (None, None),
+        };
+        DataChannelOut {
+            location: r.location.map(location_str),
+            session_id: r.session_id,
+            data_channel_name: r.name,
+            id: r.id,
+            status: None,
+            error_code,
+            error_description,
+        }
+    }
+}
+
+impl From<DataChannelStatus> for DataChannelOut {
+    fn from(c: DataChannelStatus) -> Self {
+        DataChannelOut {
+            location: Some(location_str(c.location)),
+            session_id: c.session_id,
+            data_channel_name: Some(c.name),
+            id: Some(c.id),
+            status: Some(c.status),
+            error_code: None,
+            error_description: None,
+        }
+    }
+}
+
+/// The `datachannels/new`, `/update` and `/close` response body.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChannelsResponse {
+    /// `dataChannels`: one outcome per item, in request order.
+    pub data_channels: Vec<DataChannelOut>,
+}
+
+/// The `datachannels/establish` response body.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EstablishResponse {
+    /// `requiresImmediateRenegotiation`: answer the SFU's offer with `renegotiate`.
+    pub requires_immediate_renegotiation: bool,
+    /// `dataChannel`: `{dataChannelName: "server-events", id: 0}`.
+    pub data_channel: DataChannelOut,
+    /// `sessionDescription`: the SFU's offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_description: Option<SessionDescription>,
 }
 
 /// `GET /v1/apps/{app}/sessions`, an extension to Calls: the app's live sessions in the cluster,

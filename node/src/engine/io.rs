@@ -28,6 +28,7 @@ pub(super) enum Work {
     Connected(SessionId),
     /// The client closed its DTLS transport (close_notify).
     TransportClosed(SessionId),
+    ChannelData(SessionId, str0m::channel::ChannelData),
 }
 
 impl Engine {
@@ -233,6 +234,18 @@ impl Engine {
                         tracing::info!(session = %sid, "the client closed its transport");
                         self.work.push_back(Work::TransportClosed(sid));
                     }
+                    Event::ChannelData(d) => self.work.push_back(Work::ChannelData(sid, d)),
+                    Event::ChannelOpen(chan, _) => {
+                        if let Some(e) = s.channels.by_chan_mut(chan) {
+                            e.open = true;
+                        }
+                    }
+                    Event::ChannelClose(chan) => {
+                        if let Some(e) = s.channels.by_chan_mut(chan) {
+                            e.open = false;
+                            e.closed = true;
+                        }
+                    }
                     Event::Connected => {
                         s.transport_lost = None;
                         s.renewed = false;
@@ -271,6 +284,7 @@ impl Engine {
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
                 Work::TransportClosed(sid) => self.transport_closed(sid, now),
+                Work::ChannelData(sid, d) => self.channel_message(sid, d, now),
             }
         }
     }

@@ -11,7 +11,11 @@
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
-//! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals);
+//! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
+//!   DataChannel messages);
+//! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
+//!   messages to subscribers, `canReply`, `waitForAck`; `channel_relay.rs`: channels to and from
+//!   other nodes (ops in `ops/datachannels.rs`);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
 //!   `ops/` (`whip`, `streams`, `session_url`, and `cascade`: the outgoing session that makes the
 //!   node a WHIP/WHEP client of another server);
@@ -20,7 +24,10 @@
 //!
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
+mod channel_fanout;
+mod channel_relay;
 mod client_sdp;
+pub mod datachannels;
 mod demux;
 mod error;
 mod fanout;
@@ -39,6 +46,8 @@ mod stats;
 pub mod streams;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_datachannels;
 mod transport;
 #[cfg(test)]
 mod transport_tests;
@@ -50,11 +59,14 @@ use std::time::{Duration, Instant};
 
 use str0m::net::Transmit;
 
+pub use channel_fanout::ChannelStats;
+pub use channel_relay::DcLinkId;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
 pub use error::{OpError, TrackError};
 pub use ops::{
-    AppListing, AppSessionSummary, CascadeDirection, CloseResult, FollowedStream, LocalTrack,
+    AppListing, AppSessionSummary, CascadeDirection, CloseResult, DataChannelItem,
+    DataChannelResult, DataChannelStatus, Established, FollowedStream, LocalTrack,
     MAX_TRACKS_PER_CALL, OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack,
     SdpKind, SessionDesc, SessionSummary, StreamPolicy, StreamSessionCreated, StreamSessionView,
     StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack, prepare_answer,
@@ -151,6 +163,14 @@ pub struct Engine {
     setup_times: Vec<Duration>,
     /// Named streams (WHIP/WHEP) and their sessions.
     streams: streams::Streams,
+    /// DataChannel subscriptions: (publisher, channel name) → (subscriber, its channel id).
+    dc_subscribers: HashMap<(SessionId, String), Vec<(SessionId, u16)>>,
+    /// This node's published channels sent to other nodes: (publisher, name) → downstreams.
+    dc_relay_downs: HashMap<(SessionId, String), Vec<DcLinkId>>,
+    dc_down_key: HashMap<DcLinkId, (SessionId, String)>,
+    /// Other nodes' channels received here: (publisher, name) → upstream.
+    dc_relay_ups: HashMap<(SessionId, String), DcLinkId>,
+    dc_up_key: HashMap<DcLinkId, (SessionId, String)>,
 }
 
 impl Engine {
@@ -182,6 +202,11 @@ impl Engine {
             stats: Stats::default(),
             setup_times: Vec::new(),
             streams: streams::Streams::default(),
+            dc_subscribers: HashMap::new(),
+            dc_relay_downs: HashMap::new(),
+            dc_down_key: HashMap::new(),
+            dc_relay_ups: HashMap::new(),
+            dc_up_key: HashMap::new(),
         }
     }
 

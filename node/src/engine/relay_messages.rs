@@ -40,6 +40,34 @@ pub enum RelayOut {
         /// The upstream subscription to close.
         up: UpId,
     },
+    /// A DataChannel message for a downstream channel subscription (another node's subscribers).
+    ChannelMessage {
+        /// The channel subscription.
+        down: crate::engine::DcLinkId,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: std::sync::Arc<[u8]>,
+    },
+    /// The channel a downstream channel subscription carried is gone: end its stream.
+    ChannelEnded {
+        /// The channel subscription.
+        down: crate::engine::DcLinkId,
+    },
+    /// No local subscriber of this relayed channel is left: close its stream.
+    ChannelUnused {
+        /// The upstream channel subscription.
+        up: crate::engine::DcLinkId,
+    },
+    /// A `canReply` subscriber's message for a publisher on another node.
+    ChannelReply {
+        /// The upstream channel subscription it came from.
+        up: crate::engine::DcLinkId,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: std::sync::Arc<[u8]>,
+    },
 }
 
 /// What relay links hand the engine task (the engine's relay inputs).
@@ -51,6 +79,24 @@ pub enum RelayIn {
         up: UpId,
         /// The frame.
         frame: RelayFrame,
+    },
+    /// A DataChannel message of upstream channel subscription `up`.
+    ChannelMessage {
+        /// The upstream channel subscription.
+        up: crate::engine::DcLinkId,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: Vec<u8>,
+    },
+    /// A reply from another node's `canReply` subscriber on downstream `down`.
+    ChannelReply {
+        /// The downstream channel subscription.
+        down: crate::engine::DcLinkId,
+        /// Binary or text.
+        binary: bool,
+        /// The message.
+        data: Vec<u8>,
     },
 }
 

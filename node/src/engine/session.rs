@@ -9,6 +9,7 @@ use str0m::Rtc;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Mid, Pt};
 
+use super::datachannels::SessionChannels;
 use super::{OpError, TrackKey};
 use crate::ids::SessionId;
 
@@ -185,6 +186,8 @@ pub struct Session {
     /// names it. Created once and shared through an `Arc`: cloning a `Span` itself costs a
     /// registry lookup, an `Arc` clone is one atomic add (measured on the packet path).
     pub span: Arc<tracing::Span>,
+    /// Its DataChannels (Calls `datachannels/*`).
+    pub channels: SessionChannels,
 }
 
 impl Session {
@@ -233,6 +236,7 @@ impl Session {
             outgoing_local: None,
             outgoing_mids: Vec::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),
+            channels: SessionChannels::default(),
         }
     }
 

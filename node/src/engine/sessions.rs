@@ -85,6 +85,20 @@ impl Engine {
             self.unpublish(&(sid, name.clone()));
         }
         self.streams.session_closed(sid);
+        for e in s.channels.list.iter().filter(|e| !e.closed) {
+            match e.publisher {
+                None => {
+                    self.dc_subscribers.remove(&(sid, e.name.clone()));
+                    self.channel_unpublished(sid, &e.name);
+                }
+                Some(p) => {
+                    if let Some(subs) = self.dc_subscribers.get_mut(&(p, e.name.clone())) {
+                        subs.retain(|(sub, _)| *sub != sid);
+                    }
+                    self.channel_subscriber_left(p, &e.name);
+                }
+            }
+        }
         for (mid, key) in &s.remote_by_mid {
             if let Some(p) = self.publications.get_mut(key) {
                 p.subscribers.retain(|k| *k != Sink::Session(sid, *mid));

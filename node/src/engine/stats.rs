@@ -56,6 +56,8 @@ pub struct Stats {
     pub session_timeouts: u64,
     /// Frames not sent to subscribers that have been silent for a while (likely gone).
     pub frames_to_silent: u64,
+    /// DataChannel messages and their drops.
+    pub channels: super::ChannelStats,
 }
 
 /// What the engine holds right now, for gauges.

@@ -24,6 +24,8 @@ use crate::media::{Source, VideoShape};
 
 /// Bound on outputs drained after one mutation.
 const MAX_OUTPUTS_PER_DRAIN: usize = 10_000;
+/// DataChannel messages a core keeps until taken; older ones are dropped (a test reads them often).
+pub const MAX_CHANNEL_MESSAGES: usize = 100_000;
 
 /// Where a datagram goes out: the driver's socket.
 pub type SendFn<'a> = dyn FnMut(SocketAddr, &[u8]) -> std::io::Result<()> + 'a;
@@ -75,6 +77,8 @@ pub struct Core<S: StatsCell = SharedStats> {
     raw_samples: usize,
     /// A job asked the driver to move to a new socket (a client changing network).
     rebind: bool,
+    /// DataChannel messages received, oldest first, at most [`MAX_CHANNEL_MESSAGES`].
+    channel_rx: std::collections::VecDeque<(str0m::channel::ChannelId, Vec<u8>, Instant)>,
 }
 
 impl Core {
@@ -131,7 +135,24 @@ impl<S: StatsCell> Core<S> {
             video,
             raw_samples,
             rebind: false,
+            channel_rx: std::collections::VecDeque::new(),
         })
+    }
+
+    /// The DataChannel messages received since the last call, oldest first, with the channel
+    /// each came on.
+    pub fn take_channel_messages(&mut self) -> Vec<(str0m::channel::ChannelId, Vec<u8>)> {
+        self.channel_rx
+            .drain(..)
+            .map(|(id, d, _)| (id, d))
+            .collect()
+    }
+
+    /// The same, with when each message arrived (for latency figures).
+    pub fn take_channel_messages_timed(
+        &mut self,
+    ) -> Vec<(str0m::channel::ChannelId, Vec<u8>, Instant)> {
+        self.channel_rx.drain(..).collect()
     }
 
     pub fn rtc(&mut self) -> &mut Rtc {
@@ -231,6 +252,12 @@ impl<S: StatsCell> Core<S> {
                 let raw_samples = self.raw_samples;
                 self.stats
                     .update(|s| s.on_frame(&d.mid, video, keyframe, &d.data, now, raw_samples));
+            }
+            Event::ChannelData(d) => {
+                if self.channel_rx.len() >= MAX_CHANNEL_MESSAGES {
+                    self.channel_rx.pop_front();
+                }
+                self.channel_rx.push_back((d.id, d.data, now));
             }
             Event::KeyframeRequest(r) => {
                 self.stats.update(|s| s.on_keyframe_request(&r.mid));

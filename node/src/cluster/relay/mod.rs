@@ -9,6 +9,7 @@
 //! - When a link dies its upstreams are re-routed (a new hub, or the origin) or ended when the
 //!   origin is gone; downstreams of a dead link are released.
 
+mod channels;
 mod failures;
 mod pull;
 mod serve;
@@ -96,6 +97,10 @@ pub(crate) struct State {
     pub links: HashMap<NodeId, Arc<Link>>,
     pub ups: HashMap<UpId, Up>,
     pub downs: HashMap<DownId, Down>,
+    /// DataChannel streams this node subscribed on: upstream id → the stream's writer queue.
+    pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
+    /// DataChannel streams peers subscribed on: downstream id → the stream's writer queue.
+    pub dc_downs: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
     /// Peers whose links failed recently: not dialed again until the instant.
     pub avoid: HashMap<NodeId, std::time::Instant>,
 }
@@ -426,6 +431,17 @@ impl Relay {
         track: &str,
     ) -> Result<(), PullError> {
         pull::ensure_upstream(&self.inner, app, session, track, false).await
+    }
+
+    /// Makes `session`'s DataChannel `name` of `app` available in the local engine, subscribing
+    /// to it over a direct link to the publisher's node if needed.
+    pub async fn ensure_channel_upstream(
+        &self,
+        app: &str,
+        session: SessionId,
+        name: &str,
+    ) -> Result<(), PullError> {
+        channels::ensure_channel_upstream(&self.inner, app, session, name).await
     }
 
     /// Relay connections refused (wrong cluster, bad handshake) since start.

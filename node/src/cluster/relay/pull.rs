@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
+use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
@@ -159,7 +160,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The link to `peer`, dialed and handshaken if there is none.
-async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
+pub(super) async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     {
         let st = inner.state();
         if let Some(l) = st.links.get(peer.node_id.as_str())
@@ -463,6 +464,37 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                 }
             }
             RelayOut::Unused { up } => drop_up(&inner, up),
+            RelayOut::ChannelMessage { down, binary, data } => {
+                let tx = inner.state().dc_downs.get(&down).cloned();
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+            RelayOut::ChannelEnded { down } => {
+                let tx = inner.state().dc_downs.remove(&down);
+                // The writer sends Ended, then finishes the stream once its queue is dropped.
+                super::channels::send_frame(&inner, tx, DcFrame::Ended);
+            }
+            RelayOut::ChannelUnused { up } => {
+                // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
+                inner.state().dc_ups.remove(&up);
+            }
+            RelayOut::ChannelReply { up, binary, data } => {
+                let tx = inner.state().dc_ups.get(&up).cloned();
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, FailureCode, SubId, Subscribe};
+use trackmesh_relay_proto::datachannel::DC_STREAM_MAGIC;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
 
 use super::wire::{self, CONTROL_QUEUE};
@@ -77,6 +78,7 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     let peer = NodeId::from(hello.node_id);
     tracing::info!(%peer, "relay link accepted");
 
+    inner.spawn(accept_channel_streams(inner.clone(), conn.clone()));
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     inner.spawn(wire::write_control(send, ctl_rx));
     // This link's subscriptions: the peer's sub id → our downstream id.
@@ -226,5 +228,32 @@ async fn serve_subscription(
             inner.state().downs.remove(&down);
             Err(FailureCode::NotFound)
         }
+    }
+}
+
+/// Further bidirectional streams the dialer opens are DataChannel subscriptions (first byte
+/// [`DC_STREAM_MAGIC`]); anything else is reset. At most
+/// [`super::channels::MAX_CHANNEL_STREAMS_PER_LINK`] at once.
+async fn accept_channel_streams(inner: Arc<Inner>, conn: quinn::Connection) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        if open.load(Ordering::Relaxed) >= super::channels::MAX_CHANNEL_STREAMS_PER_LINK {
+            let _ = recv.stop(1u32.into());
+            continue;
+        }
+        let (inner2, open2) = (inner.clone(), open.clone());
+        open.fetch_add(1, Ordering::Relaxed);
+        inner.spawn(async move {
+            let mut magic = [0u8; 1];
+            let ok = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut magic))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if ok && magic[0] == DC_STREAM_MAGIC {
+                super::channels::serve_stream(inner2, send, recv).await;
+            } else {
+                let _ = recv.stop(1u32.into());
+            }
+            open2.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }

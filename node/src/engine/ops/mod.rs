@@ -1,12 +1,14 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
-//! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`; the stream operations `whip` (WHIP publish, WHEP
-//! play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and `cascade` (the
-//! outgoing session of a cascade); and their request and result types, here.
+//! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`,
+//! `datachannels` (establish, new, update, close); the stream operations `whip` (WHIP publish,
+//! WHEP play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and
+//! `cascade` (the outgoing session of a cascade); and their request and result types, here.
 //!
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
 
 mod cascade;
+mod datachannels;
 mod new_session;
 mod pull;
 mod pull_offer;
@@ -21,6 +23,7 @@ mod tracks_update;
 mod whip;
 
 pub use cascade::{CascadeDirection, OutgoingState, prepare_answer};
+pub use datachannels::{DataChannelItem, DataChannelResult, DataChannelStatus, Established};
 pub use session_url::Patched;
 pub use stream_cluster::FollowedStream;
 pub use streams::{StreamSessionView, StreamView};

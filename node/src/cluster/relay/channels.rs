@@ -1,0 +1,232 @@
+//! DataChannels over relay links: one QUIC bidirectional stream per subscribed channel
+//! (`trackmesh_relay_proto::datachannel`), so each keeps its order and reliability. The
+//! subscribing node opens it directly to the publisher's node (one upstream per channel and
+//! node, shared by its local subscribers); the publisher's node serves it (`serve_stream`).
+//! Messages wait in a bounded queue per stream; past it they are dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use trackmesh_relay_proto::datachannel::{DC_STREAM_MAGIC, DcDecoder, DcFrame};
+
+use super::failures::PullError;
+use super::{Inner, pull};
+use crate::cluster::hubs::upstream_for;
+use crate::engine::{DcLinkId, RelayIn};
+use crate::ids::SessionId;
+
+/// Messages waiting to be written on one channel stream; beyond it they are dropped.
+pub const CHANNEL_STREAM_QUEUE: usize = 1024;
+/// How long a subscriber waits for `Accepted`.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Channel streams one peer may open on this node at once.
+pub const MAX_CHANNEL_STREAMS_PER_LINK: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes `session`'s channel `name` available in the local engine, subscribing over a direct
+/// link to its node if needed.
+pub async fn ensure_channel_upstream(
+    inner: &Arc<Inner>,
+    app: &str,
+    session: SessionId,
+    name: &str,
+) -> Result<(), PullError> {
+    if session.node_tag() == inner.tag {
+        return Ok(());
+    }
+    let lock = {
+        let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((session, format!("\u{0}dc:{name}")))
+            .or_default()
+            .clone()
+    };
+    let _guard = lock.lock().await;
+    let n = name.to_string();
+    if inner
+        .engine
+        .call(move |e, _| e.has_relay_channel(session, &n))
+        .await
+        .map_err(|_| PullError::EngineStopped)?
+    {
+        return Ok(());
+    }
+    let view = inner.view.borrow().clone();
+    let route = upstream_for(&view, session, name, true).ok_or(PullError::NoRoute)?;
+    let peer = route.peer().clone();
+    let link = pull::link_to(inner, &peer).await.map_err(|e| {
+        tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
+        PullError::Link
+    })?;
+    let (mut send, mut recv) = link.conn.open_bi().await.map_err(|_| PullError::Link)?;
+    let mut first = vec![DC_STREAM_MAGIC];
+    DcFrame::Subscribe {
+        session_id: session.to_bytes(),
+        app: app.to_string(),
+        channel: name.to_string(),
+    }
+    .encode(&mut first)
+    .map_err(|_| PullError::Refused)?;
+    send.write_all(&first).await.map_err(|_| PullError::Link)?;
+    let mut dec = DcDecoder::new();
+    let answer = tokio::time::timeout(ACCEPT_TIMEOUT, read_frame(&mut recv, &mut dec))
+        .await
+        .map_err(|_| PullError::NoAnswer)?;
+    match answer {
+        Some(DcFrame::Accepted) => {}
+        Some(DcFrame::Refused { .. }) => return Err(PullError::Refused),
+        _ => return Err(PullError::NoAnswer),
+    }
+    let up: DcLinkId = inner.next_up().0;
+    let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
+    inner.state().dc_ups.insert(up, tx);
+    let n = name.to_string();
+    inner
+        .engine
+        .call(move |e, _| e.add_relay_channel(session, &n, up))
+        .await
+        .map_err(|_| PullError::EngineStopped)?;
+    tracing::info!(%session, channel = name, via = %peer.node_id, up, "receiving remote DataChannel");
+    inner.spawn(write_frames(send, rx));
+    let reader = inner.clone();
+    inner.spawn(async move {
+        read_messages(&reader, recv, dec, |binary, data| RelayIn::ChannelMessage {
+            up,
+            binary,
+            data,
+        })
+        .await;
+        reader.state().dc_ups.remove(&up);
+        let _ = reader
+            .engine
+            .call(move |e, _| e.end_relay_channel(up))
+            .await;
+    });
+    Ok(())
+}
+
+/// Serves a channel stream a peer opened (its first byte was [`DC_STREAM_MAGIC`]).
+pub async fn serve_stream(
+    inner: Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut dec = DcDecoder::new();
+    let Ok(Some(DcFrame::Subscribe {
+        session_id,
+        app,
+        channel,
+    })) = tokio::time::timeout(ACCEPT_TIMEOUT, read_frame(&mut recv, &mut dec)).await
+    else {
+        return;
+    };
+    let session = SessionId::from_bytes(session_id);
+    let down: DcLinkId = inner.next_down().0;
+    let ch = channel.clone();
+    let subscribed = inner
+        .engine
+        .call(move |e, _| e.relay_channel_subscribe(&app, session, &ch, down))
+        .await;
+    let answer = match subscribed {
+        Ok(Ok(())) => DcFrame::Accepted,
+        Ok(Err(e)) => DcFrame::Refused {
+            reason: e.to_string().chars().take(200).collect(),
+        },
+        Err(_) => DcFrame::Refused {
+            reason: "engine stopped".into(),
+        },
+    };
+    let accepted = answer == DcFrame::Accepted;
+    let Ok(bytes) = answer.to_vec() else {
+        return;
+    };
+    if send.write_all(&bytes).await.is_err() || !accepted {
+        let _ = send.finish();
+        if accepted {
+            let _ = inner
+                .engine
+                .call(move |e, _| e.relay_channel_unsubscribe(down))
+                .await;
+        }
+        return;
+    }
+    let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
+    inner.state().dc_downs.insert(down, tx);
+    inner.spawn(write_frames(send, rx));
+    read_messages(&inner, recv, dec, |binary, data| RelayIn::ChannelReply {
+        down,
+        binary,
+        data,
+    })
+    .await;
+    inner.state().dc_downs.remove(&down);
+    let _ = inner
+        .engine
+        .call(move |e, _| e.relay_channel_unsubscribe(down))
+        .await;
+}
+
+/// Queues a frame for a channel stream; a full queue drops it (counted).
+pub fn send_frame(inner: &Inner, tx: Option<mpsc::Sender<DcFrame>>, frame: DcFrame) {
+    let sent = tx.is_some_and(|tx| tx.try_send(frame).is_ok());
+    if !sent {
+        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<DcFrame>) {
+    let mut buf = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        buf.clear();
+        if frame.encode(&mut buf).is_err() {
+            continue;
+        }
+        if send.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Reads one frame (the first of a stream).
+async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut DcDecoder) -> Option<DcFrame> {
+    let mut buf = vec![0u8; 1];
+    // Bounded: a frame is at most ~64 KiB and each read brings at least a byte.
+    for _ in 0..(70 * 1024) {
+        let n = recv.read(&mut buf).await.ok()??;
+        let mut frames = dec.feed(buf.get(..n)?);
+        if let Some(f) = frames.pop() {
+            return f.ok();
+        }
+    }
+    None
+}
+
+/// Hands every `Message` of the stream to the engine until it ends or speaks garbage.
+async fn read_messages(
+    inner: &Arc<Inner>,
+    mut recv: quinn::RecvStream,
+    mut dec: DcDecoder,
+    make: impl Fn(bool, Vec<u8>) -> RelayIn,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match recv.read(&mut buf).await {
+            Ok(Some(n)) => n,
+            _ => return,
+        };
+        inner.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        for frame in dec.feed(buf.get(..n).unwrap_or_default()) {
+            match frame {
+                Ok(DcFrame::Message { binary, data }) => {
+                    if inner.relay_in.try_send(make(binary, data)).is_err() {
+                        inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(DcFrame::Ended) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
