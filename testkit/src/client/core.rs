@@ -218,6 +218,7 @@ impl<S: StatsCell> Core<S> {
         bytes: &[u8],
         send: &mut SendFn<'_>,
     ) -> anyhow::Result<()> {
+        self.stats.update(|s| s.on_datagram(bytes));
         let Ok(contents) = bytes.try_into() else {
             return Ok(());
         };
