@@ -9,6 +9,7 @@ pub mod node;
 mod node_log;
 pub mod offers;
 pub mod peer;
+pub mod whip;
 
 pub use api::{CallsClient, RawBody, RawResponse, SessionDescription, TrackObject, TracksRequest};
 pub use cluster::{Cluster, ClusterConfig, ClusterView, RelayView, poll_until};

@@ -6,9 +6,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
+use trackmesh_tests::whip::{self, SDP};
 use trackmesh_tests::{CallsClient, MediaKind, Peer, Publisher, RawBody, RawResponse, TestNode};
 
-const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
 fn start_node(args: &[&str]) -> TestNode {
@@ -63,21 +63,16 @@ impl Endpoint {
 async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> Endpoint {
     let peer = Peer::new(&format!("{word}-{stream}")).expect("peer");
     let kinds = [MediaKind::Audio, MediaKind::Video];
-    let (mids, offer) = if word == "whip" {
-        peer.create_send_offer(&kinds).await
+    let mode = if word == "whip" {
+        whip::Mode::Publish
     } else {
-        peer.create_recv_offer(&kinds).await
-    }
-    .expect("offer");
-    let r = send(
-        api,
-        Method::POST,
-        &format!("{word}/{stream}"),
-        &[],
-        &offer,
-        Some(SDP),
-    )
-    .await;
+        whip::Mode::Play
+    };
+    let (mids, offer) = whip::offer(&peer, mode, &kinds).await.expect("offer");
+    let url = format!("{}/{word}/{stream}", api.base());
+    let r = whip::post_offer(api, &url, api.secret(), &offer)
+        .await
+        .expect("POST offer");
     assert_eq!(r.status, 201, "{word} {stream}: {}", r.text);
     assert_eq!(r.header("content-type").as_deref(), Some(SDP));
     let location = r.header("location").expect("Location");
@@ -91,16 +86,12 @@ async fn start(api: &CallsClient, node: &TestNode, word: &str, stream: &str) -> 
         r.text.contains("a=candidate:"),
         "the answer holds the candidates"
     );
-    peer.accept_answer(&r.text).await.expect("answer");
-    peer.wait_connected(CONNECT_TIMEOUT)
+    whip::complete(&peer, mode, &mids, &r, CONNECT_TIMEOUT)
         .await
-        .expect("connects");
-    if word == "whip" {
-        peer.start_sending(&mids).await.expect("sending");
-    }
+        .expect("answer, connection, sources");
     Endpoint {
         peer,
-        location: format!("{}{location}", node.http_url()),
+        location: whip::location(&url, &r).expect("session URL"),
         etag,
         mids,
     }
