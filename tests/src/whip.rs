@@ -109,7 +109,16 @@ pub async fn start(
     let location = location(url, &resp)?;
     complete(client, mode, &mids, &resp, connect_timeout)
         .await
-        .with_context(|| format!("{:?} session {location}", mode))?;
+        .with_context(|| {
+            // What the server offered to connect to, to tell an unreachable candidate apart.
+            let candidates: Vec<&str> = resp
+                .text
+                .lines()
+                .filter(|l| l.starts_with("a=candidate") || l.starts_with("a=ice-lite"))
+                .take(8)
+                .collect();
+            format!("{mode:?} session {location}; answer candidates: {candidates:?}")
+        })?;
     Ok(Session {
         location,
         etag: resp.header("etag"),
