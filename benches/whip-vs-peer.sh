@@ -177,7 +177,9 @@ if [[ ${#files[@]} -eq 0 ]]; then
   exit 1
 fi
 jq -n -r '
-  def med: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+  def med: map(select(. != null)) | sort | length as $n
+    | if $n == 0 then null elif $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end
+    | if . == null then null else . * 100 | round / 100 end;
   def row: [.server, .n, .round, .x.viewer_rtp_pkts_per_s, .x.forwarded_pkts_per_cpu_s,
             .x.server_cpu_percent_of_core, .x.rss_per_subscriber_kb, .x.latency_p50_ms,
             .x.latency_p99_ms, .loss, .x.viewers_joined, .failures];
