@@ -7,8 +7,9 @@ use std::time::Duration;
 use trackmesh_benches::load::media::MediaMix;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
-    Common, GroupFigures, churn, fanout, hub, join_storm, relay, soak,
+    Common, GroupFigures, churn, fanout, hub, join_storm, relay, soak, whip,
 };
+use trackmesh_tests::TestNode;
 
 /// Warm-up before the measurement window. Through two relay hops (the hub scenario) a viewer
 /// that joins in the first second can still miss a few video frames right after its first
@@ -191,4 +192,82 @@ async fn soak_six_seconds() {
     let trend = &r.extra["soak"]["rss_trend_mb"];
     assert!(trend["slope_per_min"].is_f64(), "{}", r.text());
     assert!(trend["half_delta"].is_f64(), "{}", r.text());
+}
+
+/// What a WHIP/WHEP run must show whatever the server: every viewer received media on every
+/// track without loss, latency was recorded, and the server-neutral figures are filled in.
+fn assert_whip_ok(r: &Report, viewers: usize) {
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_eq!(r.groups[0].subscribers, viewers, "{}", r.text());
+    assert_group_ok(r, &r.groups[0]);
+    assert!(r.groups[0].latency_video.is_some() && r.groups[0].latency_audio.is_some());
+    assert!(r.publisher_errors.is_empty(), "{}", r.text());
+    let x = &r.extra;
+    assert_eq!(x["viewers_joined"], viewers, "{}", r.text());
+    assert!(
+        x["viewer_rtp_pkts_per_s"].as_f64() > Some(0.0),
+        "{}",
+        r.text()
+    );
+    assert!(
+        x["forwarded_pkts_per_cpu_s"].as_f64() > Some(0.0),
+        "{}",
+        r.text()
+    );
+    assert!(x["rss_per_subscriber_kb"].is_f64(), "{}", r.text());
+    assert!(x["latency_p99_ms"].is_f64(), "{}", r.text());
+    // The node's own counter agrees that it forwarded.
+    assert!(
+        x["trackmesh_forwarded_pkts_per_s"].as_f64() > Some(0.0),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_one_publisher_four_whep_viewers_on_a_node_it_starts() {
+    let cfg = whip::WhipConfig {
+        common: small(3),
+        subscribers: 4,
+        ..whip::WhipConfig::default()
+    };
+    let r = whip::run(&cfg).await.expect("whip runs");
+    println!("{}", r.text());
+    assert_whip_ok(&r, 4);
+    assert_eq!(r.nodes.len(), 1, "{}", r.text());
+}
+
+/// The same load through URLs, a token and a pid only, as against another server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_against_a_server_given_by_url_token_and_pid() {
+    let node = TestNode::start_process(&[]).expect("node");
+    let base = node.base_url();
+    let cfg = whip::WhipConfig {
+        common: small(3),
+        subscribers: 3,
+        target: Some(whip::Target {
+            whip_url: format!("{base}/whip/ext"),
+            whep_url: format!("{base}/whep/ext"),
+            token: node.app_secret().to_string(),
+            server_pid: Some(node.pid()),
+            metrics_url: Some(format!("{}/metrics", node.http_url())),
+        }),
+        ..whip::WhipConfig::default()
+    };
+    let r = whip::run(&cfg).await.expect("whip runs");
+    println!("{}", r.text());
+    assert_whip_ok(&r, 3);
+    assert_eq!(r.extra["server"], "external");
+    assert!(
+        !r.params.to_string().contains(node.app_secret()),
+        "the token stays out of the report"
+    );
+
+    // A wrong token: the publisher is refused and the run says why.
+    let mut bad = cfg.clone();
+    if let Some(t) = bad.target.as_mut() {
+        t.token = "not-the-secret".into();
+    }
+    let e = whip::run(&bad).await.expect_err("refused");
+    assert!(format!("{e:#}").contains("401"), "{e:#}");
 }

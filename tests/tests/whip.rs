@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
-use trackmesh_tests::whip::{SDP, SDPFRAG, assert_problem, send, start, start_node, wait_media};
+use trackmesh_tests::whip::{
+    SDP, SDPFRAG, assert_problem, send, start_endpoint as start, start_node, wait_media,
+};
 use trackmesh_tests::{CallsClient, MediaKind, Peer, Publisher, RawBody};
 
 async fn streams(api: &CallsClient) -> Value {

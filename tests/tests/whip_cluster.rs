@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use reqwest::Method;
 use serde_json::Value;
-use trackmesh_tests::whip::{SDP, assert_problem, send, start, wait_media};
+use trackmesh_tests::whip::{SDP, assert_problem, send, start_endpoint as start, wait_media};
 use trackmesh_tests::{CallsClient, Cluster, MediaKind, Peer, poll_until};
 
 const STEP: Duration = Duration::from_millis(100);

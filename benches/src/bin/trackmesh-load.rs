@@ -4,7 +4,10 @@
 //! cargo build --release --bins
 //! target/release/trackmesh-load fanout --subscribers 200 --media av --duration 20
 //! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
+//! target/release/trackmesh-load whip --subscribers 50 \
+//!     [--whip-url URL --whep-url URL --token T [--server-pid PID] [--metrics-url URL]]
 //! ```
+//! `whip` loads a trackmesh node it starts, or any WHIP/WHEP server given by URL.
 //! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
 //! executable. On a terminal (and without `--json`) it shows the phase of the run on stderr.
 //! Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
@@ -21,9 +24,9 @@ use trackmesh_benches::load::progress;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
     Common, churn::ChurnConfig, fanout::FanoutConfig, hub::HubConfig, join_storm::JoinStormConfig,
-    relay::RelayConfig, soak::SoakConfig,
+    relay::RelayConfig, soak::SoakConfig, whip::Target, whip::WhipConfig,
 };
-use trackmesh_benches::load::scenario::{churn, fanout, hub, join_storm, relay, soak};
+use trackmesh_benches::load::scenario::{churn, fanout, hub, join_storm, relay, soak, whip};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -127,6 +130,31 @@ enum Scenario {
         /// Seconds between samples.
         #[arg(long, default_value_t = 5.0)]
         sample_every: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// One WHIP publisher and N WHEP viewers of one stream, on a node started here or on any
+    /// WHIP/WHEP server (--whip-url, --whep-url, --token).
+    Whip {
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+        /// Stream name on the node started here.
+        #[arg(long, default_value = "load")]
+        stream: String,
+        /// WHIP endpoint of another server (with --whep-url and --token).
+        #[arg(long, requires_all = ["whep_url", "token"])]
+        whip_url: Option<String>,
+        #[arg(long, requires_all = ["whip_url", "token"])]
+        whep_url: Option<String>,
+        /// Bearer token of the other server.
+        #[arg(long, env = "TRACKMESH_LOAD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// That server's process, for its CPU and RSS from /proc.
+        #[arg(long, requires = "whip_url")]
+        server_pid: Option<u32>,
+        /// That server's trackmesh /metrics, if it is a trackmesh node.
+        #[arg(long, requires = "whip_url")]
+        metrics_url: Option<String>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -239,6 +267,36 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
                 sample_every: secs(sample_every, "--sample-every")?,
             };
             soak::run(&cfg).await
+        }
+        Scenario::Whip {
+            subscribers,
+            stream,
+            whip_url,
+            whep_url,
+            token,
+            server_pid,
+            metrics_url,
+            common,
+        } => {
+            let d = WhipConfig::default();
+            let target = match (whip_url, whep_url, token) {
+                (Some(whip_url), Some(whep_url), Some(token)) => Some(Target {
+                    whip_url,
+                    whep_url,
+                    token,
+                    server_pid,
+                    metrics_url,
+                }),
+                (None, None, _) => None,
+                _ => bail!("--whip-url, --whep-url and --token go together"),
+            };
+            let cfg = WhipConfig {
+                common: common.apply(d.common)?,
+                subscribers,
+                stream,
+                target,
+            };
+            whip::run(&cfg).await
         }
     }
 }

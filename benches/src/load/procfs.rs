@@ -113,17 +113,27 @@ impl NodeSample {
     }
 }
 
-/// Reads CPU, RSS and metrics of one node process.
+/// Reads CPU, RSS and metrics of one node process (or of any server process: then without
+/// metrics).
 #[derive(Clone, Debug)]
 pub struct NodeProbe {
     pub name: String,
     pub pid: u32,
-    metrics_url: String,
+    metrics_url: Option<String>,
     http: reqwest::Client,
 }
 
 impl NodeProbe {
     pub fn new(name: &str, node: &trackmesh_tests::TestNode) -> anyhow::Result<NodeProbe> {
+        NodeProbe::for_pid(
+            name,
+            node.pid(),
+            Some(format!("{}/metrics", node.http_url())),
+        )
+    }
+
+    /// A probe of process `pid`; `metrics_url` is a trackmesh `/metrics` to scrape, if any.
+    pub fn for_pid(name: &str, pid: u32, metrics_url: Option<String>) -> anyhow::Result<NodeProbe> {
         let http = reqwest::Client::builder()
             .timeout(METRICS_TIMEOUT)
             .no_proxy()
@@ -131,19 +141,27 @@ impl NodeProbe {
             .context("building the metrics HTTP client")?;
         Ok(NodeProbe {
             name: name.to_string(),
-            pid: node.pid(),
-            metrics_url: format!("{}/metrics", node.http_url()),
+            pid,
+            metrics_url,
             http,
         })
     }
 
+    pub fn has_metrics(&self) -> bool {
+        self.metrics_url.is_some()
+    }
+
+    /// The scraped counters; empty without a metrics URL.
     pub async fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let Some(url) = &self.metrics_url else {
+            return Ok(BTreeMap::new());
+        };
         let resp = self
             .http
-            .get(&self.metrics_url)
+            .get(url)
             .send()
             .await
-            .with_context(|| format!("GET {}", self.metrics_url))?;
+            .with_context(|| format!("GET {url}"))?;
         let text = resp.text().await.context("reading /metrics")?;
         Ok(parse_metrics(&text))
     }

@@ -205,47 +205,50 @@ impl Report {
             let _ = writeln!(o, "  node RSS per session: {r:.1} KB");
         }
         let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "{:<8}{:>12}{:>11}{:>8}{:>13}{:>13}{:>9}{:>9}{:>16}  dropped",
-            "node",
-            "fwd pkt/s",
-            "in pkt/s",
-            "CPU %",
-            "CPU s/Mpkt",
-            "pkt/s/core",
-            "RSS MB0",
-            "RSS MB1",
-            "relay fr/s o/i"
-        );
-        for n in &self.nodes {
-            let dropped: Vec<String> = n
-                .dropped
-                .iter()
-                .filter(|(_, v)| **v > 0.0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        // A server that is not a trackmesh node (the whip scenario) has no node table.
+        if !self.nodes.is_empty() {
             let _ = writeln!(
                 o,
-                "{:<8}{:>12.0}{:>11.0}{:>8.1}{:>13}{:>13}{:>9.1}{:>9.1}{:>16}  {}",
-                n.name,
-                n.forwarded_pkts_per_s,
-                n.received_pkts_per_s,
-                n.cpu_percent_of_core,
-                num(n.cpu_s_per_million_pkts),
-                num(n.pkts_per_s_per_core.map(f64::round)),
-                n.rss_before_mb,
-                n.rss_after_mb,
-                format!(
-                    "{:.0}/{:.0}",
-                    n.relay_frames_out_per_s, n.relay_frames_in_per_s
-                ),
-                if dropped.is_empty() {
-                    "0".into()
-                } else {
-                    dropped.join(" ")
-                }
+                "{:<8}{:>12}{:>11}{:>8}{:>13}{:>13}{:>9}{:>9}{:>16}  dropped",
+                "node",
+                "fwd pkt/s",
+                "in pkt/s",
+                "CPU %",
+                "CPU s/Mpkt",
+                "pkt/s/core",
+                "RSS MB0",
+                "RSS MB1",
+                "relay fr/s o/i"
             );
+            for n in &self.nodes {
+                let dropped: Vec<String> = n
+                    .dropped
+                    .iter()
+                    .filter(|(_, v)| **v > 0.0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "{:<8}{:>12.0}{:>11.0}{:>8.1}{:>13}{:>13}{:>9.1}{:>9.1}{:>16}  {}",
+                    n.name,
+                    n.forwarded_pkts_per_s,
+                    n.received_pkts_per_s,
+                    n.cpu_percent_of_core,
+                    num(n.cpu_s_per_million_pkts),
+                    num(n.pkts_per_s_per_core.map(f64::round)),
+                    n.rss_before_mb,
+                    n.rss_after_mb,
+                    format!(
+                        "{:.0}/{:.0}",
+                        n.relay_frames_out_per_s, n.relay_frames_in_per_s
+                    ),
+                    if dropped.is_empty() {
+                        "0".into()
+                    } else {
+                        dropped.join(" ")
+                    }
+                );
+            }
         }
         for g in &self.groups {
             let _ = writeln!(o);

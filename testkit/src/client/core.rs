@@ -73,6 +73,8 @@ pub struct Core<S: StatsCell = SharedStats> {
     sending: Vec<Sending>,
     pending: Option<SdpPendingOffer>,
     next_timeout: Instant,
+    /// Give the `Rtc` a clock input on the next drain (see [`Core::accept_answer`]).
+    kick: bool,
     video: VideoShape,
     raw_samples: usize,
     /// A job asked the driver to move to a new socket (a client changing network).
@@ -132,6 +134,7 @@ impl<S: StatsCell> Core<S> {
             sending: Vec::new(),
             pending: None,
             next_timeout: now,
+            kick: false,
             video,
             raw_samples,
             rebind: false,
@@ -208,6 +211,9 @@ impl<S: StatsCell> Core<S> {
     /// A client bound to loopback sends only to loopback.
     pub fn drain(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
         let loopback_only = self.local.ip().is_loopback();
+        if std::mem::take(&mut self.kick) {
+            self.rtc.handle_input(Input::Timeout(now))?;
+        }
         for _ in 0..MAX_OUTPUTS_PER_DRAIN {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => {
@@ -277,6 +283,7 @@ impl<S: StatsCell> Core<S> {
         bytes: &[u8],
         send: &mut SendFn<'_>,
     ) -> anyhow::Result<()> {
+        self.stats.update(|s| s.on_datagram(bytes));
         let Ok(contents) = bytes.try_into() else {
             return Ok(());
         };
@@ -298,7 +305,7 @@ impl<S: StatsCell> Core<S> {
 
     /// Time passed: the `Rtc`'s timers when due, then every media frame that is due.
     pub fn tick(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
-        if self.next_timeout <= now {
+        if self.kick || self.next_timeout <= now {
             self.handle_timeout(now, send)?;
         }
         self.send_due_media(now, send)
@@ -307,6 +314,7 @@ impl<S: StatsCell> Core<S> {
     /// Bring the `Rtc`'s clock to `now` whether or not a timer is due (str0m packetizes a
     /// written frame on its next clock input), then drain.
     pub fn handle_timeout(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
+        self.kick = false;
         self.rtc.handle_input(Input::Timeout(now))?;
         self.drain(now, send)
     }
@@ -455,6 +463,10 @@ impl<S: StatsCell> Core<S> {
             .take()
             .ok_or_else(|| anyhow!("no pending offer"))?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
+        // str0m's ICE agent sets no timer of its own before its first clock input. An answer
+        // that makes us the DTLS server (`a=setup:active`, as Live777 answers) starts no other
+        // timer, so without this input the connectivity checks would never start.
+        self.kick = true;
         Ok(())
     }
 
@@ -466,6 +478,7 @@ impl<S: StatsCell> Core<S> {
     /// Accept a remote offer; returns our answer SDP.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> anyhow::Result<String> {
         let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        self.kick = true;
         Ok(answer.to_sdp_string())
     }
 

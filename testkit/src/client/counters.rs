@@ -92,6 +92,13 @@ fn slot<'a, T>(map: &'a mut HashMap<String, T>, key: &str, new: impl FnOnce() ->
     map.get_mut(key).expect("inserted above")
 }
 
+/// RTP, not RTCP (RFC 7983: first byte 128..=191; RFC 5761: RTCP packet types 192..=223 in the
+/// second byte). The header is not encrypted by SRTP, so this holds before decryption.
+pub fn is_rtp(b: &[u8]) -> bool {
+    b.len() >= 12
+        && matches!(b, [first, second, ..] if (128..=191).contains(first) && !(192..=223).contains(second))
+}
+
 /// One received frame, kept raw (see [`super::ClientConfig::raw_samples`]) to pair the same
 /// frame across clients.
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +128,11 @@ pub struct ClientStats {
     /// Errors from str0m or the socket, first few; a fatal one stops the driver.
     pub errors: Vec<String>,
     pub raw: Vec<RawSample>,
+    /// RTP datagrams received (told apart from RTCP, STUN and DTLS by their first two bytes,
+    /// before decryption), so a load run counts packets the same way for any server.
+    pub rtp_packets_in: u64,
+    /// The same since the last [`ClientStats::reset_window`].
+    pub window_rtp_packets_in: u64,
     /// The driver stopped.
     pub stopped: bool,
 }
@@ -138,7 +150,17 @@ impl ClientStats {
             send_errors: 0,
             errors: Vec::new(),
             raw: Vec::new(),
+            rtp_packets_in: 0,
+            window_rtp_packets_in: 0,
             stopped: false,
+        }
+    }
+
+    /// Count a received datagram if it is RTP.
+    pub(super) fn on_datagram(&mut self, bytes: &[u8]) {
+        if is_rtp(bytes) {
+            self.rtp_packets_in += 1;
+            self.window_rtp_packets_in += 1;
         }
     }
 
@@ -253,6 +275,7 @@ impl ClientStats {
             t.window_bytes = 0;
         }
         self.raw.clear();
+        self.window_rtp_packets_in = 0;
     }
 
     pub fn rx_bytes(&self, mid: &str) -> u64 {
@@ -391,5 +414,23 @@ mod tests {
         s.on_keyframe_request("2");
         assert_eq!(s.keyframe_requests["1"], 2);
         assert_eq!(s.total_keyframe_requests(), 3);
+    }
+
+    /// RTP datagrams are counted; RTCP, STUN, DTLS and runts are not; a window restarts them.
+    #[test]
+    fn counts_rtp_datagrams_only() {
+        let mut s = ClientStats::new(Instant::now());
+        let rtp = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa];
+        let rtp_marker = [0x80, 96 | 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let rtcp_rr = [0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0];
+        let stun = [0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0];
+        let dtls = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for d in [&rtp[..], &rtp_marker, &rtcp_rr, &stun, &dtls, &rtp[..4]] {
+            s.on_datagram(d);
+        }
+        assert_eq!((s.rtp_packets_in, s.window_rtp_packets_in), (2, 2));
+        s.reset_window();
+        s.on_datagram(&rtp);
+        assert_eq!((s.rtp_packets_in, s.window_rtp_packets_in), (3, 1));
     }
 }

@@ -225,3 +225,86 @@ fn in_memory_cores_exchange_media_on_a_simulated_clock() {
         b.stats().summary()
     );
 }
+
+/// Against an ICE-lite answerer that takes the DTLS client role (`a=setup:active`, as Live777
+/// answers WHIP and WHEP), the client must start the connectivity checks itself: nothing else
+/// gives its `Rtc` a clock input. Only the client's ticks drive time here.
+#[test]
+fn checks_start_against_an_ice_lite_answer_with_setup_active() {
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Input, Output, RtcConfig};
+
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:40011".parse().expect("addr"),
+        "127.0.0.1:40012".parse().expect("addr"),
+    );
+    let mut now = Instant::now();
+    let mut a = Core::in_memory(a_addr, now).expect("a");
+    // As the socket drivers do when they start: str0m hands out its first timeout, which,
+    // with nothing to do yet, is far away.
+    a.drain(now, &mut |_: SocketAddr, _: &[u8]| -> std::io::Result<()> {
+        Ok(())
+    })
+    .expect("first drain");
+    let mut b = RtcConfig::new().set_ice_lite(true).build(now);
+    b.add_local_candidate(Candidate::host(b_addr, "udp").expect("candidate"))
+        .expect("b's candidate");
+    let (_, offer) = a.create_send_offer(&[MediaKind::Audio]).expect("offer");
+    let answer = b
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer sdp"))
+        .expect("answer")
+        .to_sdp_string();
+    let answer = answer.replace("a=setup:passive", "a=setup:active");
+    assert!(answer.contains("a=setup:active") && answer.contains("a=ice-lite"));
+    a.accept_answer(SdpAnswer::from_sdp_string(&answer).expect("answer sdp"))
+        .expect("accept answer");
+
+    let mut to_b = Vec::<Vec<u8>>::new();
+    for _ in 0..500 {
+        now += Duration::from_millis(1);
+        let mut send_b = |_: SocketAddr, d: &[u8]| -> std::io::Result<()> {
+            to_b.push(d.to_vec());
+            Ok(())
+        };
+        a.tick(now, &mut send_b).expect("a ticks");
+        for d in std::mem::take(&mut to_b) {
+            let contents = d.as_slice().try_into().expect("datagram");
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: a_addr,
+                    destination: b_addr,
+                    contents,
+                },
+            );
+            b.handle_input(input).expect("b receives");
+        }
+        // b's answers to the checks go back to a.
+        let mut back = Vec::new();
+        for _ in 0..100 {
+            match b.poll_output().expect("b polls") {
+                Output::Transmit(t) => back.push(t.contents.to_vec()),
+                Output::Timeout(_) => break,
+                Output::Event(_) => {}
+            }
+        }
+        let mut send_b = |_: SocketAddr, d: &[u8]| -> std::io::Result<()> {
+            to_b.push(d.to_vec());
+            Ok(())
+        };
+        for d in back {
+            a.receive(now, b_addr, &d, &mut send_b).expect("a receives");
+        }
+        if a.stats().ice_state == "Completed" || a.stats().ice_state == "Connected" {
+            break;
+        }
+    }
+    let state = a.stats().ice_state.clone();
+    assert!(
+        state == "Completed" || state == "Connected",
+        "ICE state {state:?}; {}",
+        a.stats().summary()
+    );
+}

@@ -7,6 +7,7 @@ pub mod hub;
 pub mod join_storm;
 pub mod relay;
 pub mod soak;
+pub mod whip;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,18 +228,40 @@ pub async fn join_many(
     want_keyframe: bool,
     timeout: Duration,
 ) -> (Vec<Subscriber>, Vec<String>) {
+    join_bounded(n, concurrency, timeout, move |i| {
+        let plan = plan.clone();
+        async move {
+            let (api, group, remote, cfg) = plan(i);
+            join_subscriber(&api, cfg, &remote, group, want_keyframe).await
+        }
+    })
+    .await
+}
+
+/// Run `join(i)` for `i` in `0..n`, at most `concurrency` at once, showing progress. Returns
+/// what succeeded (in completion order) and the failures. Bounded by `timeout` as a whole.
+pub async fn join_bounded<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    timeout: Duration,
+    join: F,
+) -> (Vec<T>, Vec<String>)
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();
     for i in 0..n {
         let sem = sem.clone();
-        let plan = plan.clone();
+        let fut = join(i);
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.map_err(|e| anyhow!("{e}"))?;
-            let (api, group, remote, cfg) = plan(i);
-            join_subscriber(&api, cfg, &remote, group, want_keyframe).await
+            fut.await
         });
     }
-    let mut subs = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(n);
     let mut failures = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     super::progress::phase("joining", n as u64, "sessions");
@@ -246,7 +269,7 @@ pub async fn join_many(
         let next = tokio::time::timeout_at(deadline, set.join_next()).await;
         super::progress::step();
         match next {
-            Ok(Some(Ok(Ok(s)))) => subs.push(s),
+            Ok(Some(Ok(Ok(s)))) => done.push(s),
             Ok(Some(Ok(Err(e)))) => failures.push(format!("{e:#}")),
             Ok(Some(Err(e))) => failures.push(format!("join task: {e}")),
             Ok(None) => break,
@@ -260,7 +283,7 @@ pub async fn join_many(
             }
         }
     }
-    (subs, failures)
+    (done, failures)
 }
 
 /// Per-subscriber join times: (set-up, pull → first frame, pull → first keyframe) in ms.
