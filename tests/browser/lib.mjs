@@ -58,6 +58,21 @@ export async function freeUdpPort() {
   return port;
 }
 
+/** A port on 127.0.0.1 free for both UDP and TCP a moment ago (a TURN port takes both); up to 50 tries. */
+export async function freeUdpTcpPort() {
+  const net = await import('node:net');
+  for (let i = 0; i < 50; i++) {
+    const port = await freeUdpPort();
+    const ok = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+  throw new Error('no port free for both UDP and TCP in 50 tries');
+}
+
 /** Parse `trackmesh ready key=value key=value ...` (fields may be appended later) into an object, or null. */
 export function parseReadyLine(text) {
   const m = text.match(/^trackmesh ready (.*\S)\s*$/m);

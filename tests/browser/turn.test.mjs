@@ -3,14 +3,14 @@
 // node's embedded TURN server, and the pulled video is decoded.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startNode, launchChromium, serveDir, pollUntil, withTimeout, explain, screenshotsOnFailure, freeUdpPort, randomHex } from './lib.mjs';
+import { startNode, launchChromium, serveDir, pollUntil, withTimeout, explain, screenshotsOnFailure, freeUdpTcpPort, randomHex } from './lib.mjs';
 
 const KEY = 'browserkey';
 const KEY_SECRET = randomHex(16);
 let node, browser, site;
 
 before(async () => {
-  node = await startNode({ extraArgs: ['--turn-key', `${KEY}:${KEY_SECRET}`, '--turn-port', String(await freeUdpPort())] });
+  node = await startNode({ extraArgs: ['--turn-key', `${KEY}:${KEY_SECRET}`, '--turn-port', String(await freeUdpTcpPort())] });
   site = await serveDir();
   browser = await launchChromium();
 });

@@ -826,6 +826,20 @@ pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
     Ok(sock.local_addr()?)
 }
 
+/// A port on 127.0.0.1 free for both UDP and TCP a moment ago (a TURN port takes both): a UDP
+/// port is tried for TCP too, up to 50 times.
+pub fn free_udp_tcp_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let udp =
+            UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket to find a free port")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port free for both UDP and TCP in 50 tries")
+}
+
 /// Every `key=value` field of a `trackmesh ready ...` line (fields may be added over time).
 pub fn parse_ready_fields(line: &str) -> Option<BTreeMap<String, String>> {
     let rest = line.trim().strip_prefix("trackmesh ready ")?;

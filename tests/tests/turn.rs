@@ -17,7 +17,7 @@ use stun_codec::{
     define_attribute_enums,
 };
 use trackmesh_tests::TestNode;
-use trackmesh_tests::node::free_udp_addr;
+use trackmesh_tests::node::free_udp_tcp_port;
 
 define_attribute_enums!(
     Attr,
@@ -40,7 +40,7 @@ const KEY: &str = "turnkey1";
 const SECRET: &str = "turn-secret-1";
 
 fn start() -> TestNode {
-    let port = free_udp_addr().expect("a free port").port().to_string();
+    let port = free_udp_tcp_port().expect("a free port").to_string();
     TestNode::start(&[
         "--turn-key",
         &format!("{KEY}:{SECRET}"),
@@ -387,7 +387,7 @@ async fn revoked_expired_and_forged_credentials_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocations_per_credential_are_bounded() {
-    let port = free_udp_addr().expect("a free port").port().to_string();
+    let port = free_udp_tcp_port().expect("a free port").to_string();
     let node = TestNode::start(&[
         "--turn-key",
         &format!("{KEY}:{SECRET}"),

@@ -502,9 +502,8 @@ fn parse_link(link: &str) -> (String, std::collections::BTreeMap<String, String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_turn_key_the_answers_link_stun_and_turn_with_fresh_credentials() {
     use base64::Engine as _;
-    let port = trackmesh_tests::node::free_udp_addr()
+    let port = trackmesh_tests::node::free_udp_tcp_port()
         .expect("a free port")
-        .port()
         .to_string();
     let node = start_node(&[
         "--turn-key",
