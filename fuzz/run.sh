@@ -5,6 +5,7 @@
 #   fuzz/run.sh                          # 10^7 executions per target (FUZZ_RUNS)
 #   FUZZ_RUNS=100000 fuzz/run.sh         # executions per target
 #   FUZZ_SECONDS=5 fuzz/run.sh           # seconds per target instead (CI)
+#   FUZZ_PROFILE=dev fuzz/run.sh         # unoptimised build (CI: quicker to build)
 #   FUZZ_RUNS=10000000 FUZZ_SECONDS=900 fuzz/run.sh   # whichever limit comes first
 #   fuzz/run.sh node/demux relay-proto/handshake   # only the named targets
 #
@@ -37,6 +38,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+# Both fuzz crates build into one target dir, so what they share is built once. FUZZ_PROFILE=dev
+# builds without optimisation: minutes less to build, fewer executions a second; the right trade
+# for CI's few seconds a target, not for long runs.
+build=(--target-dir "$root/target/fuzz")
+case "${FUZZ_PROFILE:-release}" in
+    release) ;;
+    dev) build+=(--dev) ;;
+    *) echo "fuzz/run.sh: FUZZ_PROFILE is release or dev, not ${FUZZ_PROFILE}" >&2; exit 2 ;;
+esac
+
 logs="$root/target/fuzz-logs"
 scratch="$root/target/fuzz-corpus"
 mkdir -p "$logs"
@@ -58,7 +69,7 @@ fi
 for crate in "${crates[@]}"; do
     if printf '%s\n' "${selected[@]}" | grep -q "^$crate/"; then
         start=$SECONDS
-        (cd "$root/$crate" && cargo fuzz build)
+        (cd "$root/$crate" && cargo fuzz build "${build[@]}")
         echo "fuzz/run.sh: built $crate/fuzz in $((SECONDS - start)) s" >&2
     fi
 done
@@ -77,7 +88,7 @@ for sel in "${selected[@]}"; do
     echo "fuzz/run.sh: fuzzing $sel for ${what[*]} (log: $log)" >&2
     start=$SECONDS
     status=0
-    (cd "$root/$crate" && cargo fuzz run "$target" "$scratch/$crate/$target" "fuzz/corpus/$target" \
+    (cd "$root/$crate" && cargo fuzz run "${build[@]}" "$target" "$scratch/$crate/$target" "fuzz/corpus/$target" \
         -- "${limit[@]}" -timeout=10 -print_final_stats=1) >"$log" 2>&1 || status=$?
     crashes=$(grep -c "Test unit written to" "$log" || true)
     if [ "$status" -ne 0 ]; then

@@ -4,11 +4,12 @@
 # protocol's decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
 # missing (rustfmt/clippy components, iptables, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
 # fresh machine with no stdin. CI runs exactly this (see .ci/run). The network-fault tests
-# (tests/tests/faults_netns.rs) need root: they build network namespaces.
+# (tests/tests/it/faults_netns.rs) need root: they build network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s ==\n' "$*"; }
+# Each step's heading says how long the run has taken so far, so a CI log shows where the time goes.
+step() { printf '\n== %s == (%d s)\n' "$*" "$SECONDS"; }
 
 step "toolchain components"
 for c in rustfmt clippy; do
@@ -39,7 +40,7 @@ step "unit and integration tests"
 cargo test --workspace --locked
 
 step "fuzzing: node and relay-proto targets (bounded: FUZZ_SECONDS per target)"
-FUZZ_SECONDS="${FUZZ_SECONDS:-5}" bash fuzz/run.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" bash fuzz/run.sh
 
 step "deployment files (compose, Kubernetes, Prometheus, Grafana against a live /metrics)"
 bash deploy/check.sh

@@ -6,15 +6,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, MutexGuard};
 use trackmesh_tests::{CallsClient, Cluster, MediaKind, Publisher, RawBody, Subscriber, TestNode};
 
-/// The cluster tests in this file run one at a time, as in cluster.rs.
-static SERIAL: Mutex<()> = Mutex::const_new(());
-
-async fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
+use trackmesh_tests::serial::cluster_slot as serial;
 
 #[track_caller]
 fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {

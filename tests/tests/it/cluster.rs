@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure};
-use tokio::sync::{Mutex, MutexGuard};
 use trackmesh_tests::api::TrackObject;
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
 use trackmesh_tests::node::node_binary;
@@ -20,11 +19,7 @@ use trackmesh_tests::{
     poll_until,
 };
 
-static SERIAL: Mutex<()> = Mutex::const_new(());
-
-async fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
+use trackmesh_tests::serial::cluster_slot as serial;
 
 const STEP: Duration = Duration::from_millis(100);
 /// The bound for "a dead node is gone from the live members".

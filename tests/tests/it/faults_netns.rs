@@ -15,7 +15,6 @@
 //! The `inner_*` tests are `#[ignore]`d: run alone they fail, as they have no lab.
 
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
@@ -33,12 +32,9 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Random loss put on the relay link.
 const RELAY_LOSS: f64 = 0.10;
 
-/// One lab at a time: two clusters on the shared cores would only slow each other down.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// One lab at a time, and no other cluster beside it: two on the shared cores only slow each
+// other down.
+use trackmesh_tests::serial::cluster_slot_blocking as serial;
 
 /// Build a lab, run `inner` inside it, tear the lab down and check that nothing is left.
 fn in_lab(name: &str, inner: &str) {
@@ -68,12 +64,12 @@ fn in_lab(name: &str, inner: &str) {
 
 #[test]
 fn partition_heals_on_a_real_network() {
-    in_lab("partition", "inner_partition_heals");
+    in_lab("partition", "faults_netns::inner_partition_heals");
 }
 
 #[test]
 fn relay_loss_keeps_media_flowing() {
-    in_lab("relayloss", "inner_relay_loss");
+    in_lab("relayloss", "faults_netns::inner_relay_loss");
 }
 
 /// Nodes `a` (r1) and `b` (r1) in the lab's namespaces, converged.

@@ -16,16 +16,11 @@ use chitchat::{
     ProtocolVersion, spawn_chitchat,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::{Mutex, MutexGuard};
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
 use trackmesh_tests::node::{TestNode, free_udp_addr};
 use trackmesh_tests::{Cluster, ClusterConfig, Publisher, Subscriber, poll_until};
 
-static SERIAL: Mutex<()> = Mutex::const_new(());
-
-async fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
+use trackmesh_tests::serial::cluster_slot as serial;
 
 /// chitchat's cluster id in trackmesh (public: authentication is the seal, not this).
 const CLUSTER_ID: &str = "trackmesh";
