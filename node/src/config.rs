@@ -179,6 +179,14 @@ pub struct Flags {
     /// What a client may send through one TURN allocation, in kbit/s [default: 5000].
     #[arg(long, env = "TRACKMESH_TURN_BANDWIDTH")]
     pub turn_bandwidth: Option<u32>,
+    /// NATS server URL (nats://HOST:PORT, tls://...): with it, the audio of sessions marked for
+    /// egress is published there (README, audio egress to NATS). Without it, no NATS client runs.
+    #[arg(long, env = "TRACKMESH_NATS")]
+    pub nats: Option<String>,
+    /// First tokens of every egress subject, `{prefix}.{app}.{room}.{user}`
+    /// [default: trackmesh.audio].
+    #[arg(long, env = "TRACKMESH_NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     // Declared here for the order of the file's keys in error messages; listed last in --help.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
@@ -408,6 +416,8 @@ pub struct Config {
     pub turn_bandwidth_kbps: u32,
     /// HTTPS: the certificate chain and key files (`--tls-cert`, `--tls-key`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Audio egress to NATS (`--nats`, `--nats-subject-prefix`); `None`: off.
+    pub nats: Option<crate::egress::NatsConfig>,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -566,6 +576,16 @@ impl Config {
                 .turn_bandwidth
                 .or(file.turn_bandwidth)
                 .unwrap_or(crate::turn::DEFAULT_KBPS),
+            nats: match flags.nats.or(file.nats) {
+                Some(url) => Some(crate::egress::NatsConfig::new(
+                    url,
+                    flags
+                        .nats_subject_prefix
+                        .or(file.nats_subject_prefix)
+                        .unwrap_or_else(|| crate::egress::DEFAULT_PREFIX.to_string()),
+                )?),
+                None => None,
+            },
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
