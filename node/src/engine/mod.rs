@@ -51,6 +51,8 @@ pub mod streams;
 mod tests;
 #[cfg(test)]
 mod tests_datachannels;
+#[cfg(test)]
+mod tests_egress;
 mod transport;
 #[cfg(test)]
 mod transport_tests;
