@@ -87,7 +87,7 @@ async fn run(url: String, mut rx: mpsc::Receiver<EgressPacket>, figures: Arc<Egr
     let options = ConnectOptions::new()
         .name("trackmesh audio egress")
         .retry_on_initial_connect()
-        .max_reconnects(None)
+        .max_reconnects(None::<usize>)
         .connection_timeout(CONNECT_TIMEOUT)
         .client_capacity(CLIENT_CAPACITY)
         .reconnect_delay_callback(backoff)
