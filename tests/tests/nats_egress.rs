@@ -1,6 +1,7 @@
 //! Audio egress to NATS against Debian's `nats-server` (installed by `tests/all.sh`): a
 //! publisher's Opus payloads arrive on the right subject with valid headers, and media keeps
-//! flowing to a subscriber while nats-server is stopped and started again.
+//! flowing to a subscriber while nats-server is stopped and started again; in a cluster, only the
+//! publisher's node publishes.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use trackmesh_node::ids::SessionId;
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
 use trackmesh_tests::nats::NatsServer;
 use trackmesh_tests::testkit::media::read_stamp;
-use trackmesh_tests::{MediaKind, Peer, Subscriber, TestNode};
+use trackmesh_tests::{Cluster, ClusterConfig, MediaKind, Peer, Subscriber, TestNode};
 
 const PREFIX: &str = "tm.test";
 /// Longest wait for one NATS message, or for the node to notice a change of NATS.
@@ -233,4 +234,103 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         scrape_value(&node, DROPPED_DOWN).await >= more_dropped,
         "drops stay counted"
     );
+}
+
+/// A publisher marked on node A, heard by a subscriber on node B through the relay: every packet
+/// is published once, by A; B, which holds only a relayed copy, publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_publishers_node_publishes_a_relayed_track() {
+    let t0_ms = unix_ms();
+    let nats = NatsServer::start().expect("nats-server (tests/all.sh installs it)");
+    let cl = Cluster::start_with(
+        &[("a", "r1"), ("b", "r1")],
+        ClusterConfig {
+            extra: vec![
+                "--nats".to_string(),
+                nats.url(),
+                "--nats-subject-prefix".to_string(),
+                PREFIX.to_string(),
+            ],
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .expect("two nodes with --nats");
+    let (a, b) = (cl.try_node("a").expect("a"), cl.try_node("b").expect("b"));
+    for node in [a, b] {
+        wait_metric(node, CONNECTED, "the node connects to NATS", |v| v == 1.0).await;
+    }
+    let bus = async_nats::connect(nats.url())
+        .await
+        .expect("test subscriber connects");
+    let mut messages = bus
+        .subscribe(format!("{PREFIX}.>"))
+        .await
+        .expect("subscribe");
+    bus.flush().await.expect("the subscription reached the server");
+
+    let api_a = cl.client("a");
+    let peer = Peer::new("alice").expect("peer");
+    let session_id = api_a.sessions_new().await.expect("sessions/new").session_id;
+    let pushed = peer
+        .push(&api_a, &session_id, &[("mic", MediaKind::Audio)])
+        .await
+        .expect("push audio");
+    let mid = pushed[0].mid.clone();
+    a.engine()
+        .expect("in-process node")
+        .set_egress(
+            SessionId::parse(&session_id).expect("id"),
+            Some(EgressLabels {
+                app: cl.app_id().to_string(),
+                room: "room 1".to_string(),
+                user: "alice.b".to_string(),
+                client: "web-1".to_string(),
+            }),
+        )
+        .await
+        .expect("engine running")
+        .expect("session marked");
+    peer.wait_connected(CONNECT_TIMEOUT).await.expect("connected");
+    peer.start_sending(&[mid.as_str()]).await.expect("send");
+    let refs = vec![(session_id.clone(), "mic".to_string())];
+    let listener = Subscriber::start_retrying(&cl.client("b"), "listener-b", &refs)
+        .await
+        .expect("B pulls A's audio");
+    let lmid = listener.mid_of(&session_id, "mic").expect("mid");
+    let l = lmid.clone();
+    listener
+        .peer
+        .wait_until("B's subscriber hears A's audio", MEDIA_TIMEOUT, move |s| {
+            s.rx_frames(&l) >= 100
+        })
+        .await
+        .expect("relayed audio at B");
+    peer.stop_sending(&[mid.as_str()]).await.expect("stop");
+    let sent = peer.stats().tx_frames(&mid);
+
+    let subject = format!("{PREFIX}.{}.room_1.alice_b", cl.app_id());
+    let mut frames = BTreeSet::new();
+    let mut duplicates = 0u64;
+    // Bounded: one message per frame sent, each waited for at most NATS_WAIT.
+    while (frames.len() as u64) < sent {
+        let Ok(Some(msg)) = tokio::time::timeout(NATS_WAIT, messages.next()).await else {
+            break;
+        };
+        if !frames.insert(check(&msg, &subject, t0_ms).frame) {
+            duplicates += 1;
+        }
+    }
+    assert!(
+        (frames.len() as u64) * 100 >= sent * 95,
+        "{} of {sent} packets arrived",
+        frames.len()
+    );
+    assert_eq!(duplicates, 0, "no packet is published twice");
+    assert_eq!(
+        scrape_value(b, PUBLISHED).await,
+        0.0,
+        "the node with the relayed copy publishes nothing"
+    );
+    assert!(scrape_value(a, PUBLISHED).await >= frames.len() as f64);
 }
