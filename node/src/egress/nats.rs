@@ -76,9 +76,10 @@ pub fn start(cfg: &NatsConfig) -> (NatsEgress, mpsc::Sender<EgressPacket>) {
     (NatsEgress { task, figures }, tx)
 }
 
-/// 100 ms, doubling per attempt, at most [`MAX_BACKOFF`].
+/// Before attempt `attempts` (async-nats counts from 1): 100 ms, doubling per attempt, at most
+/// [`MAX_BACKOFF`].
 fn backoff(attempts: usize) -> Duration {
-    let shift = u32::try_from(attempts.min(16)).unwrap_or(16);
+    let shift = u32::try_from(attempts.saturating_sub(1).min(16)).unwrap_or(16);
     Duration::from_millis(100u64.saturating_mul(1u64 << shift)).min(MAX_BACKOFF)
 }
 
@@ -167,10 +168,10 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_up_to_its_cap() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(5), Duration::from_millis(3200));
-        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(6), Duration::from_millis(3200));
+        assert_eq!(backoff(7), MAX_BACKOFF);
         assert_eq!(backoff(usize::MAX), MAX_BACKOFF);
     }
 
