@@ -8,7 +8,7 @@ use str0m::media::MediaKind;
 
 use super::*;
 use crate::ids::{DownId, UpId};
-use crate::testing::{APP, World};
+use crate::testing::{APP, World, synthetic_frame};
 
 /// Unix ms the tests anchor the wall clock at.
 const ANCHOR_MS: u64 = 1_700_000_000_000;
@@ -57,12 +57,18 @@ fn a_marked_publisher_queues_every_opus_payload_once_with_its_labels() {
         "{} packets for {sent} audio frames sent",
         packets.len()
     );
+    // The world's publishers send this frame on audio.
+    let frame_len = synthetic_frame(MediaKind::Audio, false, 80).len();
     for (i, p) in packets.iter().enumerate() {
         assert_eq!(&*p.subject, "trackmesh.audio.app.room_1.bob_");
         assert_eq!(&*p.user, "bob*", "the header keeps the exact user");
         assert_eq!(&*p.client, "web__1", "no line break reaches a header");
         assert_eq!(p.codec, "opus");
-        assert_eq!(p.payload.len(), 80, "the payload is the Opus frame as sent");
+        assert_eq!(
+            p.payload.len(),
+            frame_len,
+            "the payload is the Opus frame as sent"
+        );
         assert!(
             (ANCHOR_MS..=ANCHOR_MS + 1000).contains(&p.capture_ms),
             "capture time on the wall clock of the anchor: {}",
