@@ -77,7 +77,10 @@ impl NatsServer {
                 bail!("nats-server exited at start ({status}); port {port} taken?");
             }
             if Instant::now() >= deadline {
-                bail!("nats-server did not accept connections on {} within {START_TIMEOUT:?}", self.addr);
+                bail!(
+                    "nats-server did not accept connections on {} within {START_TIMEOUT:?}",
+                    self.addr
+                );
             }
             std::thread::sleep(POLL);
         }

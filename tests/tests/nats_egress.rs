@@ -47,7 +47,9 @@ fn check(msg: &Message, subject: &str, t0_ms: u64) -> Received {
     assert_eq!(get("Trackmesh-User"), "alice.b", "the exact user");
     assert_eq!(get("Trackmesh-Client"), "web-1");
     assert_eq!(get("Trackmesh-Codec"), "opus");
-    let seq: u64 = get("Trackmesh-Seq").parse().expect("a numeric sequence number");
+    let seq: u64 = get("Trackmesh-Seq")
+        .parse()
+        .expect("a numeric sequence number");
     let capture_ms: u64 = get("Trackmesh-Capture-Ms")
         .parse()
         .expect("numeric capture time");
@@ -108,7 +110,9 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         .subscribe(format!("{PREFIX}.>"))
         .await
         .expect("subscribe");
-    bus.flush().await.expect("the subscription reached the server");
+    bus.flush()
+        .await
+        .expect("the subscription reached the server");
 
     // The publisher is marked before it sends, so every frame it sends should be published.
     let peer = Peer::new("alice").expect("peer");
@@ -132,12 +136,16 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         .expect("engine running")
         .expect("session marked");
     let subject = format!("{PREFIX}.{}.room_1.alice_b", node.app_id());
-    peer.wait_connected(CONNECT_TIMEOUT).await.expect("connected");
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("connected");
     peer.start_sending(&[mid.as_str()]).await.expect("send");
     let m = mid.clone();
-    peer.wait_until("frames sent", MEDIA_TIMEOUT, move |s| s.tx_frames(&m) >= FRAMES)
-        .await
-        .expect("the publisher sends");
+    peer.wait_until("frames sent", MEDIA_TIMEOUT, move |s| {
+        s.tx_frames(&m) >= FRAMES
+    })
+    .await
+    .expect("the publisher sends");
     peer.stop_sending(&[mid.as_str()]).await.expect("stop");
     let sent = peer.stats().tx_frames(&mid);
 
@@ -151,7 +159,12 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         };
         let r = check(&msg, &subject, t0_ms);
         if let Some(prev) = &last {
-            assert!(r.seq > prev.seq, "sequence numbers grow: {} after {}", r.seq, prev.seq);
+            assert!(
+                r.seq > prev.seq,
+                "sequence numbers grow: {} after {}",
+                r.seq,
+                prev.seq
+            );
             assert!(r.capture_ms >= prev.capture_ms);
         }
         frames.insert(r.frame);
@@ -163,16 +176,20 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         "{arrived} of {sent} Opus packets arrived on {subject}"
     );
     let published = scrape_value(&node, PUBLISHED).await;
-    assert!(published >= arrived as f64, "published counted: {published}");
+    assert!(
+        published >= arrived as f64,
+        "published counted: {published}"
+    );
+    eprintln!("nats egress: {arrived} of {sent} Opus packets arrived, {published} published");
 
     // Phase 2: a subscriber session listens; NATS goes away and comes back.
     let listener = Subscriber::start(&api, "listener", &[(session_id.clone(), "mic".to_string())])
         .await
         .expect("listener pulls the audio");
-    let lmid = listener
-        .mid_of(&session_id, "mic")
-        .expect("listener's mid");
-    peer.start_sending(&[mid.as_str()]).await.expect("send again");
+    let lmid = listener.mid_of(&session_id, "mic").expect("listener's mid");
+    peer.start_sending(&[mid.as_str()])
+        .await
+        .expect("send again");
     let l = lmid.clone();
     let heard = listener
         .peer
@@ -189,9 +206,11 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
     let l = lmid.clone();
     let during = listener
         .peer
-        .wait_until("audio keeps flowing without NATS", MEDIA_TIMEOUT, move |s| {
-            s.rx_frames(&l) >= heard + 50
-        })
+        .wait_until(
+            "audio keeps flowing without NATS",
+            MEDIA_TIMEOUT,
+            move |s| s.rx_frames(&l) >= heard + 50,
+        )
         .await
         .expect("media during the outage")
         .rx_frames(&lmid);
@@ -230,9 +249,11 @@ async fn opus_payloads_reach_nats_and_media_survives_a_nats_restart() {
         })
         .await
         .expect("media after the restart");
-    assert!(
-        scrape_value(&node, DROPPED_DOWN).await >= more_dropped,
-        "drops stay counted"
+    let dropped_total = scrape_value(&node, DROPPED_DOWN).await;
+    assert!(dropped_total >= more_dropped, "drops stay counted");
+    eprintln!(
+        "nats egress: {dropped_total} packets dropped while nats-server was down; the listener got {} frames meanwhile",
+        during - heard
     );
 }
 
@@ -267,7 +288,9 @@ async fn only_the_publishers_node_publishes_a_relayed_track() {
         .subscribe(format!("{PREFIX}.>"))
         .await
         .expect("subscribe");
-    bus.flush().await.expect("the subscription reached the server");
+    bus.flush()
+        .await
+        .expect("the subscription reached the server");
 
     let api_a = cl.client("a");
     let peer = Peer::new("alice").expect("peer");
@@ -291,7 +314,9 @@ async fn only_the_publishers_node_publishes_a_relayed_track() {
         .await
         .expect("engine running")
         .expect("session marked");
-    peer.wait_connected(CONNECT_TIMEOUT).await.expect("connected");
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("connected");
     peer.start_sending(&[mid.as_str()]).await.expect("send");
     let refs = vec![(session_id.clone(), "mic".to_string())];
     let listener = Subscriber::start_retrying(&cl.client("b"), "listener-b", &refs)

@@ -115,9 +115,7 @@ async fn run(url: String, mut rx: mpsc::Receiver<EgressPacket>, figures: Arc<Egr
         Err(e) => {
             tracing::error!(error = %e, "audio egress: cannot use the NATS server; audio egress is off");
             while rx.recv().await.is_some() {
-                figures
-                    .dropped_disconnected
-                    .fetch_add(1, Ordering::Relaxed);
+                figures.dropped_disconnected.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
@@ -125,9 +123,7 @@ async fn run(url: String, mut rx: mpsc::Receiver<EgressPacket>, figures: Arc<Egr
     // Bounded by the queue: one message per packet the engine task handed over.
     while let Some(packet) = rx.recv().await {
         if client.connection_state() != State::Connected {
-            figures
-                .dropped_disconnected
-                .fetch_add(1, Ordering::Relaxed);
+            figures.dropped_disconnected.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let (subject, headers, payload) = message(&packet);

@@ -214,7 +214,10 @@ mod tests {
             user: "bob *".into(),
             client: "c".into(),
         };
-        assert_eq!(subject("trackmesh.audio", &labels), "trackmesh.audio.app.room_1.bob__");
+        assert_eq!(
+            subject("trackmesh.audio", &labels),
+            "trackmesh.audio.app.room_1.bob__"
+        );
     }
 
     #[test]

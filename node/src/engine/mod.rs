@@ -68,7 +68,9 @@ pub use channel_fanout::ChannelStats;
 pub use channel_relay::DcLinkId;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
-pub use egress::{EgressLabels, EgressPacket, MAX_EGRESS_QUEUE, MAX_LABEL_BYTES, subject, subject_token};
+pub use egress::{
+    EgressLabels, EgressPacket, MAX_EGRESS_QUEUE, MAX_LABEL_BYTES, subject, subject_token,
+};
 pub use error::{OpError, TrackError};
 pub use ops::{
     AppListing, AppSessionSummary, CascadeDirection, CloseResult, DataChannelItem,

@@ -75,7 +75,11 @@ fn a_marked_publisher_queues_every_opus_payload_once_with_its_labels() {
             p.capture_ms
         );
         if let Some(prev) = i.checked_sub(1).and_then(|j| packets.get(j)) {
-            assert_eq!(p.seq, prev.seq + 1, "RTP sequence numbers follow each other");
+            assert_eq!(
+                p.seq,
+                prev.seq + 1,
+                "RTP sequence numbers follow each other"
+            );
             assert!(p.capture_ms >= prev.capture_ms);
         }
     }
@@ -84,7 +88,10 @@ fn a_marked_publisher_queues_every_opus_payload_once_with_its_labels() {
     // Unmarked: nothing more.
     w.engine.set_egress(id, None).expect("unmark");
     w.run(Duration::from_millis(200));
-    assert!(drain(&mut w).is_empty(), "an unmarked session queues nothing");
+    assert!(
+        drain(&mut w).is_empty(),
+        "an unmarked session queues nothing"
+    );
 }
 
 #[test]
@@ -127,7 +134,11 @@ fn a_relayed_copy_of_a_marked_track_is_not_queued_on_the_other_node() {
         b.now = a.now;
         b.run(Duration::from_millis(1));
         while let Some(out) = a.engine.poll_relay() {
-            if let RelayOut::Frame { down: DownId(1), frame } = out {
+            if let RelayOut::Frame {
+                down: DownId(1),
+                frame,
+            } = out
+            {
                 relayed += 1;
                 b.engine.relay_frame(UpId(7), frame, b.now);
             }
