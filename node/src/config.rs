@@ -846,7 +846,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 42] = [
+    const FILE_KEYS: [&str; 44] = [
         "http",
         "media",
         "public-ip",
@@ -870,6 +870,8 @@ mod tests {
         "turn-max-allocations",
         "turn-allocations-per-credential",
         "turn-bandwidth",
+        "nats",
+        "nats-subject-prefix",
         "log-format",
         "node-id",
         "region",
@@ -910,6 +912,29 @@ mod tests {
         let mut keys = FILE_KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn nats_egress_is_off_by_default_and_its_prefix_is_checked() {
+        let cfg = Config::from_flags(Flags::default()).expect("defaults");
+        assert!(cfg.nats.is_none(), "no NATS client without --nats");
+        let with = |prefix: Option<&str>| {
+            Config::from_flags(Flags {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                nats_subject_prefix: prefix.map(str::to_string),
+                ..Flags::default()
+            })
+        };
+        let cfg = with(None).expect("--nats alone");
+        assert_eq!(
+            cfg.nats.map(|n| n.prefix),
+            Some(crate::egress::DEFAULT_PREFIX.to_string())
+        );
+        let err = with(Some("a.>")).expect_err("a wildcard prefix");
+        assert!(
+            format!("{err:#}").contains("nats-subject-prefix"),
+            "the error names the flag: {err:#}"
+        );
     }
 
     #[test]
@@ -962,6 +987,8 @@ mod tests {
             turn-max-allocations = 17
             turn-allocations-per-credential = 18
             turn-bandwidth = 19
+            nats = "nats://127.0.0.1:4222"
+            nats-subject-prefix = "rec.audio"
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -1044,6 +1071,11 @@ mod tests {
                 cfg.turn_bandwidth_kbps
             ),
             (17, 18, 19)
+        );
+        let nats = cfg.nats.as_ref().expect("nats from the file");
+        assert_eq!(
+            (nats.url.as_str(), nats.prefix.as_str()),
+            ("nats://127.0.0.1:4222", "rec.audio")
         );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));
