@@ -120,9 +120,19 @@ async fn run(url: String, mut rx: mpsc::Receiver<EgressPacket>, figures: Arc<Egr
             return;
         }
     };
+    // A server that was never reached sends no `Disconnected` event: say so once, with the
+    // first audio dropped for it.
+    let mut told_never_connected = false;
     // Bounded by the queue: one message per packet the engine task handed over.
     while let Some(packet) = rx.recv().await {
-        if client.connection_state() != State::Connected {
+        let state = client.connection_state();
+        if state != State::Connected {
+            if state == State::Pending && !told_never_connected {
+                told_never_connected = true;
+                tracing::warn!(
+                    "audio egress: not connected to NATS yet; dropping audio until it is"
+                );
+            }
             figures.dropped_disconnected.fetch_add(1, Ordering::Relaxed);
             continue;
         }
