@@ -2,7 +2,7 @@
 # Runs every trackmesh test: formatting and lints, Rust unit, property and integration tests
 # (single node and clusters of real node processes), bounded fuzzing of the node's and the relay
 # protocol's decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
-# missing (rustfmt/clippy components, iptables, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
+# missing (rustfmt/clippy components, iptables, nats-server, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
 # fresh machine with no stdin. CI runs exactly this (see .ci/run). The network-fault tests
 # (tests/tests/it/faults_netns.rs) need root: they build network namespaces.
 set -euo pipefail
@@ -22,6 +22,14 @@ if ! command -v iptables >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables
 fi
 command -v iptables >/dev/null 2>&1 || { echo "all.sh: iptables still missing" >&2; exit 1; }
+
+step "nats-server (the audio egress test publishes to it)"
+if ! command -v nats-server >/dev/null 2>&1; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+command -v nats-server >/dev/null 2>&1 || { echo "all.sh: nats-server still missing" >&2; exit 1; }
+# Debian's package enables a system service; the test starts its own server on a free port.
 
 step "format"
 cargo fmt --all -- --check

@@ -179,6 +179,14 @@ pub struct Flags {
     /// What a client may send through one TURN allocation, in kbit/s [default: 5000].
     #[arg(long, env = "TRACKMESH_TURN_BANDWIDTH")]
     pub turn_bandwidth: Option<u32>,
+    /// NATS server URL (nats://HOST:PORT, tls://...): with it, the audio of sessions marked for
+    /// egress is published there (README, audio egress to NATS). Without it, no NATS client runs.
+    #[arg(long, env = "TRACKMESH_NATS")]
+    pub nats: Option<String>,
+    /// First tokens of every egress subject, `{prefix}.{app}.{room}.{user}`
+    /// [default: trackmesh.audio].
+    #[arg(long, env = "TRACKMESH_NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     // Declared here for the order of the file's keys in error messages; listed last in --help.
     #[arg(long, env = "TRACKMESH_LOG_FORMAT", display_order = LAST_IN_HELP)]
@@ -408,6 +416,8 @@ pub struct Config {
     pub turn_bandwidth_kbps: u32,
     /// HTTPS: the certificate chain and key files (`--tls-cert`, `--tls-key`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Audio egress to NATS (`--nats`, `--nats-subject-prefix`); `None`: off.
+    pub nats: Option<crate::egress::NatsConfig>,
 }
 
 /// The cluster secret used when none is configured: fine on one machine, never in production.
@@ -566,6 +576,16 @@ impl Config {
                 .turn_bandwidth
                 .or(file.turn_bandwidth)
                 .unwrap_or(crate::turn::DEFAULT_KBPS),
+            nats: match flags.nats.or(file.nats) {
+                Some(url) => Some(crate::egress::NatsConfig::new(
+                    url,
+                    flags
+                        .nats_subject_prefix
+                        .or(file.nats_subject_prefix)
+                        .unwrap_or_else(|| crate::egress::DEFAULT_PREFIX.to_string()),
+                )?),
+                None => None,
+            },
         };
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
@@ -826,7 +846,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 42] = [
+    const FILE_KEYS: [&str; 44] = [
         "http",
         "media",
         "public-ip",
@@ -850,6 +870,8 @@ mod tests {
         "turn-max-allocations",
         "turn-allocations-per-credential",
         "turn-bandwidth",
+        "nats",
+        "nats-subject-prefix",
         "log-format",
         "node-id",
         "region",
@@ -890,6 +912,29 @@ mod tests {
         let mut keys = FILE_KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn nats_egress_is_off_by_default_and_its_prefix_is_checked() {
+        let cfg = Config::from_flags(Flags::default()).expect("defaults");
+        assert!(cfg.nats.is_none(), "no NATS client without --nats");
+        let with = |prefix: Option<&str>| {
+            Config::from_flags(Flags {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                nats_subject_prefix: prefix.map(str::to_string),
+                ..Flags::default()
+            })
+        };
+        let cfg = with(None).expect("--nats alone");
+        assert_eq!(
+            cfg.nats.map(|n| n.prefix),
+            Some(crate::egress::DEFAULT_PREFIX.to_string())
+        );
+        let err = with(Some("a.>")).expect_err("a wildcard prefix");
+        assert!(
+            format!("{err:#}").contains("nats-subject-prefix"),
+            "the error names the flag: {err:#}"
+        );
     }
 
     #[test]
@@ -942,6 +987,8 @@ mod tests {
             turn-max-allocations = 17
             turn-allocations-per-credential = 18
             turn-bandwidth = 19
+            nats = "nats://127.0.0.1:4222"
+            nats-subject-prefix = "rec.audio"
             log-format = "json"
             node-id = "n1"
             region = "r1"
@@ -1024,6 +1071,11 @@ mod tests {
                 cfg.turn_bandwidth_kbps
             ),
             (17, 18, 19)
+        );
+        let nats = cfg.nats.as_ref().expect("nats from the file");
+        assert_eq!(
+            (nats.url.as_str(), nats.prefix.as_str()),
+            ("nats://127.0.0.1:4222", "rec.audio")
         );
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!((cfg.node_id.as_str(), cfg.region.as_str()), ("n1", "r1"));

@@ -10,6 +10,7 @@
 //! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
 //! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
 //! - [`cascade`]: streams pulled from and pushed to other WHIP/WHEP servers.
+//! - [`egress`]: audio egress to NATS (`--nats`), the publisher off the engine task.
 //! - [`turn`]: the embedded TURN server (relays only to this node) and its credentials.
 //! - [`calls_error`]: the Calls error model every HTTP answer uses.
 //! - [`config`], [`ids`], [`logging`]: configuration, session ids, the log filter.
@@ -26,6 +27,7 @@ pub mod cascade;
 pub mod cluster;
 pub mod config;
 pub mod dev_app;
+pub mod egress;
 pub mod engine;
 pub mod http;
 pub mod ids;

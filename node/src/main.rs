@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = trackmesh_node::logging::filter("info,str0m=warn,dimpl=warn");
+    let filter = trackmesh_node::logging::filter("info,str0m=warn,dimpl=warn,async_nats=warn");
     // Colours only for a person at a terminal, never in a file, a pipe or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

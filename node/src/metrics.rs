@@ -35,6 +35,34 @@ pub struct Snapshot {
     pub draining: bool,
     /// Cascades by (direction, state), for `trackmesh_cascades`.
     pub cascades: Vec<(&'static str, &'static str, usize)>,
+    /// The audio egress publisher's counters, with `--nats`.
+    pub egress: Option<EgressSnapshot>,
+}
+
+/// The audio egress publisher's counters at one scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EgressSnapshot {
+    /// Messages handed to the NATS client.
+    pub published: u64,
+    /// Dropped while NATS was unreachable.
+    pub dropped_disconnected: u64,
+    /// Refused by the client or not taken in time.
+    pub dropped_publish_failed: u64,
+    /// Connected now.
+    pub connected: bool,
+}
+
+impl EgressSnapshot {
+    /// Reads the publisher's figures.
+    pub fn of(f: &crate::egress::EgressFigures) -> EgressSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        EgressSnapshot {
+            published: f.published.load(Relaxed),
+            dropped_disconnected: f.dropped_disconnected.load(Relaxed),
+            dropped_publish_failed: f.dropped_publish_failed.load(Relaxed),
+            connected: f.connected.load(Relaxed),
+        }
+    }
 }
 
 /// The node's Prometheus registry and every series it exposes on `/metrics`.
@@ -68,6 +96,9 @@ pub struct Metrics {
     setup: Histogram,
     draining: IntGauge,
     cascades: IntGaugeVec,
+    egress_messages: IntCounterVec,
+    egress_dropped: IntCounterVec,
+    egress_connected: IntGauge,
     /// `trackmesh_rejected_total`; the media and relay series are copied in at each scrape.
     rejected: IntCounterVec,
 }
@@ -293,6 +324,29 @@ impl Metrics {
                     &["direction", "state"],
                 )?,
             )?,
+            egress_messages: reg(
+                &r,
+                cv(
+                    "trackmesh_egress_messages_total",
+                    "Audio egress messages (Opus payloads of marked sessions) by result: published to NATS or dropped.",
+                    &["result"],
+                )?,
+            )?,
+            egress_dropped: reg(
+                &r,
+                cv(
+                    "trackmesh_egress_dropped_total",
+                    "Audio egress messages dropped, by reason: queue_full (the publisher was behind), nats_down (not connected), publish_failed (refused or not taken in time).",
+                    &["reason"],
+                )?,
+            )?,
+            egress_connected: reg(
+                &r,
+                IntGauge::new(
+                    "trackmesh_egress_connected",
+                    "1 while the audio egress is connected to NATS (0 without --nats).",
+                )?,
+            )?,
             draining: reg(
                 &r,
                 IntGauge::new("trackmesh_draining", "1 while this node drains.")?,
@@ -344,6 +398,26 @@ impl Metrics {
             c.reset();
             c.inc_by(v);
         };
+        let e = snap.egress.unwrap_or_default();
+        let queue_full = s.egress_dropped;
+        set(
+            &self.egress_messages.with_label_values(&["published"]),
+            e.published,
+        );
+        set(
+            &self.egress_messages.with_label_values(&["dropped"]),
+            queue_full
+                .saturating_add(e.dropped_disconnected)
+                .saturating_add(e.dropped_publish_failed),
+        );
+        for (reason, n) in [
+            ("queue_full", queue_full),
+            ("nats_down", e.dropped_disconnected),
+            ("publish_failed", e.dropped_publish_failed),
+        ] {
+            set(&self.egress_dropped.with_label_values(&[reason]), n);
+        }
+        self.egress_connected.set(i64::from(e.connected));
         set(&self.rtp_packets.with_label_values(&["in"]), s.rtp_in);
         set(&self.rtp_packets.with_label_values(&["out"]), s.rtp_out);
         set(&self.rtp_bytes.with_label_values(&["in"]), s.bytes_in);

@@ -61,6 +61,8 @@ pub struct Node {
     tls: Option<Arc<crate::http::tls::TlsCerts>>,
     /// Cascades to and from other servers, stopped (their remote sessions DELETEd) on shutdown.
     cascades: Arc<crate::cascade::Cascades>,
+    /// The NATS publisher of audio egress, with `--nats`.
+    egress: Option<crate::egress::NatsEgress>,
 }
 
 impl Node {
@@ -85,7 +87,7 @@ impl Node {
         let tag = NodeTag::random();
         // Building the engine generates the DTLS certificate, which also warms the crypto
         // provider so the first client does not pay for it.
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             EngineConfig {
                 node_tag: tag,
                 local_addr: media_addr,
@@ -103,7 +105,17 @@ impl Node {
             from_relay,
             to_relay,
         };
-        let (handle, engine_task) = runtime::spawn(engine, media, pipes);
+        // Audio egress only with --nats: no NATS client runs otherwise.
+        let (egress, egress_tx) = match &cfg.nats {
+            Some(nats) => {
+                engine.enable_egress(&nats.prefix, (Instant::now(), unix_ms_now()));
+                let (egress, tx) = crate::egress::start(nats);
+                tracing::info!(target: LOG_TARGET, prefix = %nats.prefix, "audio egress to NATS");
+                (Some(egress), Some(tx))
+            }
+            None => (None, None),
+        };
+        let (handle, engine_task) = runtime::spawn(engine, media, pipes, egress_tx);
         // From here on an error must not leave the engine (or later the relay) running.
         let mut cleanup = StopOnError {
             engine: engine_task.abort_handle(),
@@ -242,6 +254,7 @@ impl Node {
             gossip: cfg.gossip,
             rejects: rejects.clone(),
             liveness: liveness.clone(),
+            egress: egress.as_ref().map(|e| e.figures().clone()),
         };
         let cascades = Arc::new(crate::cascade::Cascades::new(handle.clone()));
         let state = Arc::new(api::ApiState::new(
@@ -298,7 +311,14 @@ impl Node {
             turn,
             tls,
             cascades,
+            egress,
         })
+    }
+
+    /// The engine task's handle: what the API calls the engine through (tests mark sessions
+    /// for audio egress with it).
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
     }
 
     /// The bound HTTP address (the API, `/healthz`, `/metrics`).
@@ -432,6 +452,9 @@ impl Node {
             }
         }
         self.relay.shutdown().await;
+        if let Some(egress) = &self.egress {
+            egress.abort();
+        }
         if let Some(gossip) = self.gossip_thread.take()
             && tokio::task::spawn_blocking(move || gossip.stop_and_join())
                 .await
@@ -464,6 +487,9 @@ impl Node {
         if let Some(turn) = &self.turn {
             turn.abort();
         }
+        if let Some(egress) = &self.egress {
+            egress.abort();
+        }
     }
 }
 
@@ -491,6 +517,13 @@ impl Drop for StopOnError {
             }
         }
     }
+}
+
+/// Now as Unix milliseconds (0 before 1970), the wall-clock anchor of egress capture times.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The address other nodes use: the bound one, with the public IP when the bind is a wildcard.

@@ -9,7 +9,8 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Engine, RelayIn, RelayOut};
+use crate::engine::{EgressLabels, EgressPacket, Engine, OpError, RelayIn, RelayOut};
+use crate::ids::SessionId;
 use crate::sendbatch;
 
 type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
@@ -96,6 +97,17 @@ impl EngineHandle {
         self.tx.send(job).await.map_err(|_| EngineStopped)?;
         reply_rx.await.map_err(|_| EngineStopped)
     }
+
+    /// Marks `session` (held by this node) so that every Opus payload it publishes goes to the
+    /// audio egress under `labels`, or (`None`) stops that. Refused when the node has no
+    /// `--nats` (`Unavailable`) or does not hold the session.
+    pub async fn set_egress(
+        &self,
+        session: SessionId,
+        labels: Option<EgressLabels>,
+    ) -> Result<Result<(), OpError>, EngineStopped> {
+        self.call(move |e, _| e.set_egress(session, labels)).await
+    }
 }
 
 /// The engine's connection to the relay: frames in from other nodes, requests out to them.
@@ -106,15 +118,24 @@ pub struct RelayPipes {
     pub to_relay: mpsc::Sender<RelayOut>,
 }
 
-/// Starts the engine task. It ends when every [`EngineHandle`] is dropped.
+/// Starts the engine task. It ends when every [`EngineHandle`] is dropped. `egress` receives
+/// the audio egress packets (`--nats`); without it the engine has egress off.
 pub fn spawn(
     engine: Engine,
     socket: UdpSocket,
     relay: RelayPipes,
+    egress: Option<mpsc::Sender<EgressPacket>>,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let outgoing = Arc::new(OutgoingSockets::default());
-    let task = tokio::spawn(run(engine, socket, rx, relay, Arc::clone(&outgoing)));
+    let task = tokio::spawn(run(
+        engine,
+        socket,
+        rx,
+        relay,
+        egress,
+        Arc::clone(&outgoing),
+    ));
     (EngineHandle { tx, outgoing }, task)
 }
 
@@ -123,6 +144,7 @@ async fn run(
     socket: UdpSocket,
     mut rx: mpsc::Receiver<Job>,
     mut relay: RelayPipes,
+    egress: Option<mpsc::Sender<EgressPacket>>,
     outgoing: Arc<OutgoingSockets>,
 ) {
     let mut buf = vec![0u8; RECV_BUF];
@@ -138,6 +160,7 @@ async fn run(
         }
         sendbatch::flush(&mut engine, &socket, &mut batch);
         outgoing.flush(&mut engine);
+        flush_egress(&mut engine, egress.as_ref());
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
         tokio::select! {
             biased;
@@ -175,4 +198,15 @@ async fn run(
         engine.handle_timeout(Instant::now());
     }
     tracing::info!("media engine stopped");
+}
+
+/// Hands the engine's egress packets to the NATS publisher; never waits: a full queue (the
+/// publisher is behind, or NATS is slow) drops the packet, counted.
+fn flush_egress(engine: &mut Engine, egress: Option<&mpsc::Sender<EgressPacket>>) {
+    // Bounded by the engine's egress queue limit.
+    while let Some(packet) = engine.poll_egress() {
+        if egress.is_none_or(|tx| tx.try_send(packet).is_err()) {
+            engine.count_egress_drop();
+        }
+    }
 }

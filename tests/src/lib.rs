@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod flows;
+pub mod nats;
 pub mod netns;
 pub mod node;
 mod node_log;

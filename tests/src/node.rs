@@ -61,6 +61,8 @@ struct InProcess {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     liveness: trackmesh_node::liveness::Liveness,
+    /// The node's engine task, for tests that drive it directly.
+    engine: trackmesh_node::runtime::EngineHandle,
     log: NodeLog,
 }
 
@@ -344,6 +346,7 @@ impl TestNode {
                 stop: Some(stop),
                 thread: Some(thread),
                 liveness: started.liveness,
+                engine: started.engine,
                 log,
             }),
             http: started.http,
@@ -679,6 +682,15 @@ impl TestNode {
         self.admin_token.as_deref()
     }
 
+    /// The engine task of an in-process node, for what no API reaches yet (marking a session
+    /// for audio egress). Calls on it work from any runtime.
+    pub fn engine(&self) -> anyhow::Result<trackmesh_node::runtime::EngineHandle> {
+        match &self.run {
+            Run::InProcess(p) => Ok(p.engine.clone()),
+            Run::Process { .. } => bail!("a node process's engine is not reachable from the test"),
+        }
+    }
+
     /// `GET /metrics` as `name{labels}` → value (the Prometheus text format).
     pub async fn scrape(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let text = reqwest::Client::builder()
@@ -757,6 +769,7 @@ struct Started {
     tag: String,
     region: String,
     liveness: trackmesh_node::liveness::Liveness,
+    engine: trackmesh_node::runtime::EngineHandle,
 }
 
 /// Most time an in-process node's runtime gets to end its tasks after a kill.
@@ -803,6 +816,7 @@ fn run_in_process(
         tag: node.tag().to_string(),
         region: node.region().to_string(),
         liveness: node.liveness().clone(),
+        engine: node.engine().clone(),
     };
     if ready.send(Ok(started)).is_ok() {
         // Sent or dropped: stop either way.

@@ -54,6 +54,8 @@ pub struct OpsState {
     pub rejects: Arc<crate::rejects::Rejects>,
     /// Which of the engine, relay and gossip still run, for `/healthz`.
     pub liveness: crate::liveness::Liveness,
+    /// The audio egress publisher's figures, with `--nats`.
+    pub egress: Option<Arc<crate::egress::EgressFigures>>,
 }
 
 /// Everything a request handler needs, shared by all requests of one node.

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use crate::cluster::Member;
 use crate::engine::{Location, SessionSummary, TrackStatus};
 use crate::ids::SessionId;
-use crate::metrics::Snapshot;
+use crate::metrics::{EgressSnapshot, Snapshot};
 
 type AdminResult = Result<Response, ApiError>;
 
@@ -58,6 +58,7 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
         view: st.cluster.view.borrow().clone(),
         draining: st.ops.local.draining.load(Ordering::Relaxed),
         cascades: st.cascades.counts(),
+        egress: st.ops.egress.as_deref().map(EgressSnapshot::of),
     };
     let body = st.ops.metrics.render(snap);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())

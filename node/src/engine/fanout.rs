@@ -54,6 +54,8 @@ impl Engine {
         if data.rid.is_some() {
             return;
         }
+        // Only here, on the publisher's own node: relayed frames never reach this path.
+        self.egress_frame(publisher, &data);
         if let Some(p) = self.publications.get_mut(&key)
             && p.codec.is_none()
         {

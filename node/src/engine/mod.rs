@@ -16,6 +16,8 @@
 //! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
 //!   messages to subscribers, `canReply`, `waitForAck`; `channel_relay.rs`: channels to and from
 //!   other nodes (ops in `ops/datachannels.rs`);
+//! - `egress.rs`: sessions' Opus payloads queued for the NATS bus (audio egress; marking a
+//!   session is `ops/egress.rs`);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
 //!   `ops/` (`whip`, `streams`, `session_url`, and `cascade`: the outgoing session that makes the
 //!   node a WHIP/WHEP client of another server);
@@ -29,6 +31,7 @@ mod channel_relay;
 mod client_sdp;
 pub mod datachannels;
 mod demux;
+mod egress;
 mod error;
 mod fanout;
 mod housekeeping;
@@ -48,6 +51,8 @@ pub mod streams;
 mod tests;
 #[cfg(test)]
 mod tests_datachannels;
+#[cfg(test)]
+mod tests_egress;
 mod transport;
 #[cfg(test)]
 mod transport_tests;
@@ -63,6 +68,9 @@ pub use channel_fanout::ChannelStats;
 pub use channel_relay::DcLinkId;
 pub use client_sdp::{ClientAnswer, ClientOffer};
 pub use demux::{Demux, Route};
+pub use egress::{
+    EgressLabels, EgressPacket, MAX_EGRESS_QUEUE, MAX_LABEL_BYTES, subject, subject_token,
+};
 pub use error::{OpError, TrackError};
 pub use ops::{
     AppListing, AppSessionSummary, CascadeDirection, CloseResult, DataChannelItem,
@@ -171,6 +179,8 @@ pub struct Engine {
     /// Other nodes' channels received here: (publisher, name) → upstream.
     dc_relay_ups: HashMap<(SessionId, String), DcLinkId>,
     dc_up_key: HashMap<DcLinkId, (SessionId, String)>,
+    /// Audio egress: whether it is on, and the packets waiting for the shell.
+    egress: egress::Egress,
 }
 
 impl Engine {
@@ -207,6 +217,7 @@ impl Engine {
             dc_down_key: HashMap::new(),
             dc_relay_ups: HashMap::new(),
             dc_up_key: HashMap::new(),
+            egress: egress::Egress::default(),
         }
     }
 

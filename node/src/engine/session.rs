@@ -188,6 +188,8 @@ pub struct Session {
     pub span: Arc<tracing::Span>,
     /// Its DataChannels (Calls `datachannels/*`).
     pub channels: SessionChannels,
+    /// Set when its Opus payloads go to the audio egress queue (`ops/egress.rs`).
+    pub egress: Option<super::egress::SessionEgress>,
 }
 
 impl Session {
@@ -237,6 +239,7 @@ impl Session {
             outgoing_mids: Vec::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),
             channels: SessionChannels::default(),
+            egress: None,
         }
     }
 

@@ -58,6 +58,10 @@ pub struct Stats {
     pub frames_to_silent: u64,
     /// DataChannel messages and their drops.
     pub channels: super::ChannelStats,
+    /// Opus payloads of marked sessions queued for the audio egress.
+    pub egress_queued: u64,
+    /// Egress packets dropped before the publisher got them (queue full).
+    pub egress_dropped: u64,
 }
 
 /// What the engine holds right now, for gauges.

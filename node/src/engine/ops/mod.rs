@@ -1,6 +1,6 @@
 //! The Calls API operations on the engine, one file each: `new_session`, `tracks_new` (with
 //! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`,
-//! `datachannels` (establish, new, update, close); the stream operations `whip` (WHIP publish,
+//! `datachannels` (establish, new, update, close), `egress` (marking a session for audio egress); the stream operations `whip` (WHIP publish,
 //! WHEP play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and
 //! `cascade` (the outgoing session of a cascade); and their request and result types, here.
 //!
@@ -9,6 +9,7 @@
 
 mod cascade;
 mod datachannels;
+mod egress;
 mod new_session;
 mod pull;
 mod pull_offer;
