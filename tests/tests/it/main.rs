@@ -11,6 +11,7 @@ mod faults_netns;
 mod https;
 mod listing;
 mod media;
+mod nats_egress;
 mod ops;
 mod security_api;
 mod security_gossip;
