@@ -9,6 +9,7 @@ pub mod node;
 mod node_log;
 pub mod offers;
 pub mod peer;
+pub mod rooms;
 pub mod whip;
 
 pub use api::{CallsClient, RawBody, RawResponse, SessionDescription, TrackObject, TracksRequest};
