@@ -148,15 +148,20 @@ async fn errors_close_the_socket_with_their_reason() {
         (4403, "UNKNOWN-CODEC-TYPE".to_string())
     );
 
-    // The ticket works once, and the room then holds its one participant.
-    let first = WsParticipant::join(&url, &t, "upstream", false, "first")
+    // A ticket works once.
+    let (t_other, _) = ticket(&api, "other", "down").await.expect("ticket");
+    let _viewer = WsParticipant::join(&url, &t_other, "downstream", false, "viewer")
         .await
-        .expect("first participant");
+        .expect("a viewer of the other room");
     assert_eq!(
-        close_of(&url, &connect(&t, "upstream", None)).await,
+        close_of(&url, &connect(&t_other, "downstream", None)).await,
         (4101, "INVALID-TOKEN".to_string()),
         "a used ticket"
     );
+    // The small room holds its one participant.
+    let first = WsParticipant::join(&url, &t, "upstream", false, "first")
+        .await
+        .expect("first participant");
     let (t2, _) = ticket(&api, "small", "both").await.expect("ticket");
     assert_eq!(
         close_of(&url, &connect(&t2, "downstream", None)).await,
