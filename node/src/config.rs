@@ -529,10 +529,7 @@ impl Config {
                 .unwrap_or(100),
             ws_ping_interval: dur(flags.ws_ping_interval, file.ws_ping_interval, 5),
             ws_pong_timeout: dur(flags.ws_pong_timeout, file.ws_pong_timeout, 10),
-            auth_hook: flags
-                .auth_hook
-                .or(file.auth_hook)
-                .filter(|u| !u.is_empty()),
+            auth_hook: flags.auth_hook.or(file.auth_hook).filter(|u| !u.is_empty()),
             auth_hook_timeout: dur(flags.auth_hook_timeout, file.auth_hook_timeout, 2),
             trust_user_claim: flags
                 .trust_user_claim
@@ -1124,7 +1121,14 @@ mod tests {
                 cfg.auth_hook_timeout,
                 cfg.trust_user_claim
             ),
-            (21, s(22), s(23), Some("http://127.0.0.1:9/hook"), s(24), true)
+            (
+                21,
+                s(22),
+                s(23),
+                Some("http://127.0.0.1:9/hook"),
+                s(24),
+                true
+            )
         );
         let l = cfg.http_limits;
         assert_eq!(

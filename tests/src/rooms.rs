@@ -44,9 +44,8 @@ pub async fn ticket(
     Ok((token.to_string(), url.to_string()))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A raw WebSocket client for the protocol's error cases.
 pub struct RawWs {
@@ -164,7 +163,8 @@ impl WsParticipant {
         let sdp = offer["sdp"].as_str().context("offer sdp")?.to_string();
         let peer = Arc::new(Peer::new(name)?);
         let answer = peer.accept_offer(&sdp).await?;
-        raw.send(&json!({ "type": "answer", "sdp": answer })).await?;
+        raw.send(&json!({ "type": "answer", "sdp": answer }))
+            .await?;
         if role != "downstream" {
             let mids = mids_of(&sdp);
             peer.start_sending(&mids).await?;
@@ -232,7 +232,11 @@ impl WsParticipant {
                         }
                         _ => continue,
                     };
-                    if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
+                    if ws
+                        .send(Message::Text(reply.to_string().into()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -253,14 +257,22 @@ impl WsParticipant {
 
     /// Sends a message on the socket.
     pub async fn send(&self, v: Value) -> anyhow::Result<()> {
-        self.out.send(v).await.map_err(|_| anyhow!("the socket task ended"))
+        self.out
+            .send(v)
+            .await
+            .map_err(|_| anyhow!("the socket task ended"))
     }
 
     /// The server's close, waited for up to `within`.
     pub async fn wait_closed(&self, within: Duration) -> anyhow::Result<(u16, String)> {
         let steps = within.as_millis() / 50 + 1;
         for _ in 0..steps {
-            if let Some(c) = self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if let Some(c) = self
+                .closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
                 return Ok(c);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,14 +21,18 @@ async fn hook() -> (String, Arc<Mutex<Vec<Value>>>) {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 // Head and body, bounded: the node sends a small JSON.
                 for _ in 0..64 {
-                    let Ok(n) = sock.read(&mut chunk).await else { return };
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -45,7 +49,9 @@ async fn hook() -> (String, Arc<Mutex<Vec<Value>>>) {
                             .unwrap_or(0);
                         if body.len() >= len {
                             let q: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-                            log.lock().unwrap_or_else(|p| p.into_inner()).push(q.clone());
+                            log.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(q.clone());
                             let user = q["user"].as_str().unwrap_or("");
                             let status = if user.starts_with("slow") {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -81,7 +87,7 @@ async fn ticket_status(api: &CallsClient, user: &str, claim: Option<&str>) -> u1
         .request(
             Method::POST,
             "rooms/hall/tickets",
-            Some(&api.secret().to_string()),
+            Some(api.secret()),
             &headers,
             trackmesh_tests::RawBody::Json(json!({ "direction": "both", "user": user })),
         )
@@ -93,17 +99,25 @@ async fn ticket_status(api: &CallsClient, user: &str, claim: Option<&str>) -> u1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hook_allows_denies_and_fails_closed() {
     let (url, seen) = hook().await;
-    let node = TestNode::start(&["--auth-hook", &url, "--auth-hook-timeout", "500ms"])
-        .expect("node");
+    let node =
+        TestNode::start(&["--auth-hook", &url, "--auth-hook-timeout", "500ms"]).expect("node");
     let api = node.client();
-    create_room(&api, json!({ "id": "hall" })).await.expect("room");
+    create_room(&api, json!({ "id": "hall" }))
+        .await
+        .expect("room");
     assert_eq!(ticket_status(&api, "allow-1", None).await, 201);
     assert_eq!(ticket_status(&api, "deny-1", None).await, 403);
-    assert_eq!(ticket_status(&api, "slow-1", None).await, 403, "too slow is deny");
+    assert_eq!(
+        ticket_status(&api, "slow-1", None).await,
+        403,
+        "too slow is deny"
+    );
     let q = seen.lock().map(|s| s.first().cloned()).ok().flatten();
     assert_eq!(
         q,
-        Some(json!({ "app": node.app_id(), "room": "hall", "user": "allow-1", "direction": "both" }))
+        Some(
+            json!({ "app": node.app_id(), "room": "hall", "user": "allow-1", "direction": "both" })
+        )
     );
 
     // A join the hook refuses, with a ticket it allowed.
@@ -151,7 +165,9 @@ async fn a_hook_that_is_down_denies() {
     let url = format!("http://127.0.0.1:{port}/hook");
     let node = TestNode::start(&["--auth-hook", &url]).expect("node");
     let api = node.client();
-    create_room(&api, json!({ "id": "hall" })).await.expect("room");
+    create_room(&api, json!({ "id": "hall" }))
+        .await
+        .expect("room");
     assert_eq!(ticket_status(&api, "allow-1", None).await, 403);
 }
 
@@ -166,7 +182,9 @@ async fn the_user_claim_counts_only_when_trusted() {
         }
         let node = TestNode::start(&args).expect("node");
         let api = node.client();
-        create_room(&api, json!({ "id": "hall" })).await.expect("room");
+        create_room(&api, json!({ "id": "hall" }))
+            .await
+            .expect("room");
         assert_eq!(ticket_status(&api, "bob", Some(claim)).await, 201);
         let user = seen
             .lock()

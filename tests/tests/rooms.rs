@@ -32,7 +32,10 @@ async fn rooms_are_listed_counted_against_the_quota_and_deleted() {
     .await
     .expect("create lobby");
     assert_eq!(r1["id"], "lobby");
-    assert_eq!((r1["up_count"].as_u64(), r1["down_count"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (r1["up_count"].as_u64(), r1["down_count"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(r1["max_participants"], 5);
     assert_eq!(r1["audio_egress"], true);
     let created = r1["created_at"].as_str().expect("created_at");
@@ -45,7 +48,9 @@ async fn rooms_are_listed_counted_against_the_quota_and_deleted() {
         .await
         .expect("dup");
     assert_eq!(status, 409, "{v}");
-    let r2 = create_room(&api, json!({})).await.expect("a room with a made-up id");
+    let r2 = create_room(&api, json!({}))
+        .await
+        .expect("a room with a made-up id");
     assert!(r2["id"].as_str().is_some_and(|id| !id.is_empty()));
     let (status, v) = api
         .raw(Method::POST, "rooms", Some(json!({ "id": "third" })))
@@ -56,21 +61,40 @@ async fn rooms_are_listed_counted_against_the_quota_and_deleted() {
 
     assert_eq!(rooms(&api, "all").await.len(), 2);
     assert!(rooms(&api, "onair").await.is_empty(), "no publisher yet");
-    let (status, v) = api.raw(Method::GET, "rooms/lobby", None).await.expect("get");
+    let (status, v) = api
+        .raw(Method::GET, "rooms/lobby", None)
+        .await
+        .expect("get");
     assert_eq!((status, v["id"].as_str()), (200, Some("lobby")));
-    let (status, v) = api.raw(Method::GET, "rooms?state=soon", None).await.expect("bad state");
-    assert_eq!((status, &v["errorCode"]), (406, &json!("invalid_params")), "{v}");
+    let (status, v) = api
+        .raw(Method::GET, "rooms?state=soon", None)
+        .await
+        .expect("bad state");
+    assert_eq!(
+        (status, &v["errorCode"]),
+        (406, &json!("invalid_params")),
+        "{v}"
+    );
 
-    let (status, _) = api.raw(Method::DELETE, "rooms/lobby", None).await.expect("delete");
+    let (status, _) = api
+        .raw(Method::DELETE, "rooms/lobby", None)
+        .await
+        .expect("delete");
     assert_eq!(status, 204);
-    let (status, _) = api.raw(Method::GET, "rooms/lobby", None).await.expect("get gone");
+    let (status, _) = api
+        .raw(Method::GET, "rooms/lobby", None)
+        .await
+        .expect("get gone");
     assert_eq!(status, 404);
     create_room(&api, json!({ "id": "third" }))
         .await
         .expect("the quota has room again");
     // Another app's bearer sees nothing.
     let stranger = CallsClient::new(&node.base_url(), "not-the-secret");
-    let (status, _) = stranger.raw(Method::GET, "rooms", None).await.expect("stranger");
+    let (status, _) = stranger
+        .raw(Method::GET, "rooms", None)
+        .await
+        .expect("stranger");
     assert_eq!(status, 401);
 }
 
@@ -80,7 +104,9 @@ async fn counts_add_up_across_nodes_and_delete_ends_every_session() {
         .await
         .expect("cluster");
     let (a, c) = (cl.client("a"), cl.client("c"));
-    create_room(&a, json!({ "id": "town" })).await.expect("room on a");
+    create_room(&a, json!({ "id": "town" }))
+        .await
+        .expect("room on a");
     poll_until("the room on c", PROPAGATION, STEP, async || {
         let (s, _) = c.raw(Method::GET, "rooms/town", None).await?;
         anyhow::ensure!(s == 200, "{s}");
@@ -116,8 +142,20 @@ async fn counts_add_up_across_nodes_and_delete_ends_every_session() {
         assert_eq!(onair.len(), 1, "{onair:?}");
     }
 
+    // Each participant is a Calls session, on its own node.
+    for (api, p) in [(&a, &up), (&c, &down)] {
+        let (s, v) = api
+            .raw(Method::GET, &format!("sessions/{}", p.session_id), None)
+            .await
+            .expect("get session");
+        assert_eq!(s, 200, "{v}");
+    }
+
     // Delete on c: the room is a's, so the call goes to a.
-    let (status, v) = c.raw(Method::DELETE, "rooms/town", None).await.expect("delete");
+    let (status, v) = c
+        .raw(Method::DELETE, "rooms/town", None)
+        .await
+        .expect("delete");
     assert_eq!(status, 204, "{v}");
     for p in [&up, &down] {
         let (code, reason) = p

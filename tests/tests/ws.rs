@@ -20,7 +20,9 @@ async fn an_upstream_reaches_downstreams_on_two_nodes_and_a_third_participant_up
         .await
         .expect("cluster");
     let (a, c) = (cl.client("a"), cl.client("c"));
-    create_room(&a, json!({ "id": "stage" })).await.expect("room");
+    create_room(&a, json!({ "id": "stage" }))
+        .await
+        .expect("room");
     poll_until("the room on c", PROPAGATION, STEP, async || {
         let (s, _) = c.raw(reqwest::Method::GET, "rooms/stage", None).await?;
         anyhow::ensure!(s == 200, "{s}");
@@ -50,8 +52,12 @@ async fn an_upstream_reaches_downstreams_on_two_nodes_and_a_third_participant_up
         .await
         .expect("downstream on c");
     for d in [&down_a, &down_c] {
-        d.wait_updates(1, PROPAGATION).await.expect("the publisher's tracks");
-        d.wait_media_on(2, MEDIA).await.expect("audio and video arrive");
+        d.wait_updates(1, PROPAGATION)
+            .await
+            .expect("the publisher's tracks");
+        d.wait_media_on(2, MEDIA)
+            .await
+            .expect("audio and video arrive");
     }
 
     // A third participant, sending and receiving, on c.
@@ -59,13 +65,23 @@ async fn an_upstream_reaches_downstreams_on_two_nodes_and_a_third_participant_up
     let third = WsParticipant::join(&url_c, &t, "sendrecv", true, "third")
         .await
         .expect("sendrecv on c");
-    third.wait_updates(1, PROPAGATION).await.expect("the third gets the first publisher");
+    third
+        .wait_updates(1, PROPAGATION)
+        .await
+        .expect("the third gets the first publisher");
     third.wait_media_on(2, MEDIA).await.expect("and its media");
     for d in [&down_a, &down_c] {
-        d.wait_updates(2, PROPAGATION).await.expect("an update for the third participant");
-        d.wait_media_on(4, MEDIA).await.expect("media from both publishers");
+        d.wait_updates(2, PROPAGATION)
+            .await
+            .expect("an update for the third participant");
+        d.wait_media_on(4, MEDIA)
+            .await
+            .expect("media from both publishers");
     }
-    assert!(up.closed.lock().map(|c| c.is_none()).unwrap_or(false), "the upstream stays");
+    assert!(
+        up.closed.lock().map(|c| c.is_none()).unwrap_or(false),
+        "the upstream stays"
+    );
 }
 
 async fn node_with_room(extra: &[&str], room: serde_json::Value) -> (TestNode, String) {
@@ -90,7 +106,9 @@ async fn errors_close_the_socket_with_their_reason() {
     )
     .await;
     let api = node.client();
-    create_room(&api, json!({ "id": "other" })).await.expect("room");
+    create_room(&api, json!({ "id": "other" }))
+        .await
+        .expect("room");
 
     assert_eq!(
         close_of(&url, "{not json").await,
@@ -102,7 +120,11 @@ async fn errors_close_the_socket_with_their_reason() {
         "an answer before connect"
     );
     assert_eq!(
-        close_of(&url, r#"{"type":"connect","token":"nope","role":"upstream"}"#).await,
+        close_of(
+            &url,
+            r#"{"type":"connect","token":"nope","role":"upstream"}"#
+        )
+        .await,
         (4101, "INVALID-TOKEN".to_string())
     );
 
@@ -158,6 +180,31 @@ async fn errors_close_the_socket_with_their_reason() {
         (4101, "INVALID-TOKEN".to_string()),
         "a used ticket"
     );
+    // A second socket with a client id connected here.
+    let (t_a, _) = ticket(&api, "other", "down").await.expect("ticket");
+    let mut named = RawWs::connect(&url).await.expect("connect");
+    named
+        .send(&json!({ "type": "connect", "token": t_a, "role": "downstream", "client_id": "dup" }))
+        .await
+        .expect("send");
+    let offer = named.recv().await.expect("an offer");
+    assert_eq!(offer["client_id"], "dup");
+    let (t_b, _) = ticket(&api, "other", "down").await.expect("ticket");
+    let twin = json!({ "type": "connect", "token": t_b, "role": "downstream", "client_id": "dup" });
+    assert_eq!(
+        close_of(&url, &twin.to_string()).await,
+        (4301, "DUPLICATED-CLIENT".to_string())
+    );
+    // An answer that is no SDP.
+    named
+        .send(&json!({ "type": "answer", "sdp": "not an sdp" }))
+        .await
+        .expect("send");
+    assert_eq!(
+        named.closed(Duration::from_secs(10)).await.expect("closed"),
+        (4402, "FAILURE-SDP-PARSE".to_string())
+    );
+
     // The small room holds its one participant.
     let first = WsParticipant::join(&url, &t, "upstream", false, "first")
         .await

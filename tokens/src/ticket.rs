@@ -91,20 +91,17 @@ pub fn verify_ticket(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<TicketClaims>(
-        token,
-        &DecodingKey::from_secret(secret),
-        &validation,
-    )
-    .map_err(|e| match e.kind() {
-        ErrorKind::InvalidSignature => TokenError::BadSignature,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            TokenError::Malformed("only HS256 is accepted")
-        }
-        ErrorKind::Json(_) => TokenError::Malformed("not a room ticket"),
-        _ => TokenError::Malformed("not a JWT"),
-    })?
-    .claims;
+    let claims =
+        jsonwebtoken::decode::<TicketClaims>(token, &DecodingKey::from_secret(secret), &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenError::Malformed("only HS256 is accepted")
+                }
+                ErrorKind::Json(_) => TokenError::Malformed("not a room ticket"),
+                _ => TokenError::Malformed("not a JWT"),
+            })?
+            .claims;
     if claims.kind != TICKET_KIND {
         return Err(TokenError::Malformed("not a room ticket"));
     }
@@ -139,7 +136,9 @@ pub fn ticket_app_unverified(token: &str) -> Option<String> {
     struct AppOnly {
         app: String,
     }
-    serde_json::from_slice::<AppOnly>(&bytes).ok().map(|a| a.app)
+    serde_json::from_slice::<AppOnly>(&bytes)
+        .ok()
+        .map(|a| a.app)
 }
 
 #[cfg(test)]
@@ -183,8 +182,15 @@ mod tests {
 
     #[test]
     fn a_stream_token_is_not_a_ticket() {
-        let m = crate::mint(b"s", "app1", "*", crate::Mode::Both, DEFAULT_TICKET_TTL, 1000)
-            .expect("mint");
+        let m = crate::mint(
+            b"s",
+            "app1",
+            "*",
+            crate::Mode::Both,
+            DEFAULT_TICKET_TTL,
+            1000,
+        )
+        .expect("mint");
         assert!(matches!(
             verify_ticket(b"s", Some("app1"), &m.token, 1010),
             Err(TokenError::Malformed(_))

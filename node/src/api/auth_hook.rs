@@ -111,7 +111,11 @@ impl AuthHook {
                 && *until > now
             {
                 self.count("cached");
-                return if *allow { Verdict::Allow } else { Verdict::Deny };
+                return if *allow {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                };
             }
         }
         let sent = tokio::time::timeout(self.timeout, self.http.post(url.clone()).json(q).send());

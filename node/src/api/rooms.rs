@@ -335,31 +335,25 @@ pub async fn create(
     let id = req.id.unwrap_or_else(|| crate::ids::random_hex(8));
     let all = summaries(&st);
     let me = st.cluster.self_id.as_str();
-    let elsewhere = all
-        .iter()
-        .any(|s| s.app == app && s.id == id && s.owner != me);
-    let app_elsewhere = all
-        .iter()
-        .filter(|s| s.app == app && s.owner != me)
-        .count();
-    let created = lock(&st.rooms.registry).create(
-        &app,
-        &id,
-        options,
-        st.rooms.quota,
-        elsewhere,
-        app_elsewhere,
-        unix_ms(),
-    );
+    let elsewhere = crate::rooms::Elsewhere {
+        exists: all
+            .iter()
+            .any(|s| s.app == app && s.id == id && s.owner != me),
+        app_rooms: all.iter().filter(|s| s.app == app && s.owner != me).count(),
+    };
+    let created =
+        lock(&st.rooms.registry).create(&app, &id, options, st.rooms.quota, elsewhere, unix_ms());
     match created {
         Ok(room) => {
             st.ops.local.rooms.replace_all(&local_announces(&st));
             Ok((StatusCode::CREATED, Json(RoomView::from(&room))).into_response())
         }
         Err(e @ CreateError::BadId) => Err(ApiError::invalid_params(e.to_string())),
-        Err(e @ CreateError::Exists(_)) => {
-            Err(ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()))
-        }
+        Err(e @ CreateError::Exists(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            e.to_string(),
+        )),
         Err(e @ CreateError::Quota(_)) => {
             st.ops
                 .rejects
@@ -576,7 +570,10 @@ pub async fn consume(
     let Some(issuer) = issuer else {
         return Err(RedeemError::IssuerUnreachable);
     };
-    let path = format!("/v1/apps/{}/rooms/{}/tickets/consume", claims.app, claims.room);
+    let path = format!(
+        "/v1/apps/{}/rooms/{}/tickets/consume",
+        claims.app, claims.room
+    );
     let body = token.as_bytes().to_vec();
     let credential = st
         .cluster
@@ -643,7 +640,9 @@ pub async fn consume_here(
     )
     .map_err(|e| ApiError::invalid_params(e.to_string()))?;
     if claims.iss != st.cluster.self_id {
-        return Err(ApiError::invalid_params("this node did not issue the ticket"));
+        return Err(ApiError::invalid_params(
+            "this node did not issue the ticket",
+        ));
     }
     let keep_until = claims
         .exp

@@ -119,14 +119,14 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                match core.handle_timeout(Instant::now()) {
-                    Some(Action::SendPing) => {
-                        if send(&mut tx, &ServerMsg::Ping).await.is_err() {
-                            break End::Gone;
-                        }
-                    }
-                    Some(Action::Close(r)) => break End::Close(r),
-                    None => {}
+                let action = core.handle_timeout(Instant::now());
+                if let Some(Action::Close(r)) = action {
+                    break End::Close(r);
+                }
+                if action == Some(Action::SendPing)
+                    && send(&mut tx, &ServerMsg::Ping).await.is_err()
+                {
+                    break End::Gone;
                 }
             }
             changed = close_rx.changed() => {
@@ -211,9 +211,18 @@ async fn handle(
             multistream,
         } => {
             protocol::check_codecs(audio.as_ref(), video.as_ref()).map_err(End::Close)?;
-            let j = join(st, &token, role, room, client_id, claim, multistream, close_tx)
-                .await
-                .map_err(End::Close)?;
+            let j = join(
+                st,
+                &token,
+                role,
+                room,
+                client_id,
+                claim,
+                multistream,
+                close_tx,
+            )
+            .await
+            .map_err(End::Close)?;
             let offer = first_offer(st, &j, audio.as_ref(), video.as_ref()).await;
             let client_id = j.client_id.clone();
             let session = j.session.to_string();
@@ -274,8 +283,7 @@ async fn join(
         return Err(CloseReason::AuthenticationFailure);
     }
     let mine_before = rooms::local_count(st, &app, &claims.room);
-    let summary =
-        rooms::find(st, &app, &claims.room).ok_or(CloseReason::AuthenticationFailure)?;
+    let summary = rooms::find(st, &app, &claims.room).ok_or(CloseReason::AuthenticationFailure)?;
     let direction = match role {
         Role::Upstream => "up",
         Role::Downstream => "down",
@@ -314,9 +322,7 @@ async fn join(
         }
         let here = parts.in_room(&app, &claims.room).count() as u32;
         // Others' participants from gossip, with this node's counted fresh.
-        if summary.total.saturating_sub(mine_before) + here
-            >= summary.options.max_participants
-        {
+        if summary.total.saturating_sub(mine_before) + here >= summary.options.max_participants {
             return Err(CloseReason::ExceedMaxConnections);
         }
         parts.insert(
@@ -352,7 +358,14 @@ async fn join(
     if let Some(p) = rooms_lock(st).get_mut(&client_id) {
         p.session = Some(session);
     }
-    if let Some(labels) = egress_labels_for(&app, &claims.room, &summary.options, role, claims.user.as_deref(), &client_id) {
+    if let Some(labels) = egress_labels_for(
+        &app,
+        &claims.room,
+        &summary.options,
+        role,
+        claims.user.as_deref(),
+        &client_id,
+    ) {
         // NATS egress: call engine.set_egress(session, Some(EgressLabels { app, room, user,
         // client })) here, once the publisher's session exists (the NATS helper's op).
         let _ = labels;

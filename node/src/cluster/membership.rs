@@ -17,10 +17,10 @@ use tokio::sync::watch;
 
 use super::gossip_transport::SealedTransport;
 use super::streams::{self, StreamAnnounce};
-use crate::rooms::announce::{self as room_announce, RoomAnnounce};
 use super::view::{ClusterView, Load, Member, checked_api, decode_flag};
 use crate::ids::NodeTag;
 use crate::rejects::{Port, Rejects};
+use crate::rooms::announce::{self as room_announce, RoomAnnounce};
 
 /// Gossip round. With the failure detector below a dead node is noticed in about 1–2 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);

@@ -154,7 +154,10 @@ mod tests {
     fn an_announce_reads_back_and_bad_ones_are_refused() {
         let tag = NodeTag(0xab);
         let a = announce(tag);
-        assert_eq!(RoomAnnounce::decode(&a.key(), &a.value(), tag), Ok(a.clone()));
+        assert_eq!(
+            RoomAnnounce::decode(&a.key(), &a.value(), tag),
+            Ok(a.clone())
+        );
         let none = RoomAnnounce {
             publishers: Vec::new(),
             ..a.clone()

@@ -10,7 +10,7 @@ pub mod summary;
 pub mod used;
 
 pub use announce::RoomAnnounce;
-pub use registry::{CreateError, Registry};
+pub use registry::{CreateError, Elsewhere, Registry};
 pub use summary::RoomSummary;
 pub use used::UsedTickets;
 

@@ -25,6 +25,15 @@ pub enum CreateError {
     Full,
 }
 
+/// What other nodes hold, as gossip tells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// Another node has a room of this id for the app.
+    pub exists: bool,
+    /// Rooms the app has on other nodes.
+    pub app_rooms: usize,
+}
+
 /// The rooms this node owns, by (app, id).
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -32,28 +41,26 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Creates a room. `elsewhere` says whether another node already has `id` for the app, and
-    /// `app_rooms` how many rooms the app has on other nodes (both from gossip, so a race within a
-    /// gossip round can pass; the older creation then wins, see `summary.rs`).
+    /// Creates a room. `elsewhere` is what gossip says of other nodes (so a race within a gossip
+    /// round can pass; the older creation then wins, see `summary.rs`).
     pub fn create(
         &mut self,
         app: &str,
         id: &str,
         options: RoomOptions,
         quota: usize,
-        elsewhere: bool,
-        app_rooms_elsewhere: usize,
+        elsewhere: Elsewhere,
         now_ms: u64,
     ) -> Result<Room, CreateError> {
         if !valid_room_id(id) {
             return Err(CreateError::BadId);
         }
         let key = (app.to_string(), id.to_string());
-        if elsewhere || self.rooms.contains_key(&key) {
+        if elsewhere.exists || self.rooms.contains_key(&key) {
             return Err(CreateError::Exists(id.to_string()));
         }
         let mine = self.rooms.keys().filter(|(a, _)| a == app).count();
-        if mine + app_rooms_elsewhere >= quota {
+        if mine + elsewhere.app_rooms >= quota {
             return Err(CreateError::Quota(quota));
         }
         if self.rooms.len() >= MAX_OWNED {
@@ -95,23 +102,106 @@ mod tests {
     fn ids_are_unique_and_the_quota_counts_other_nodes() {
         let mut r = Registry::default();
         let o = RoomOptions::default();
-        assert!(r.create("a", "r1", o, 2, false, 0, 1).is_ok());
+        assert!(
+            r.create(
+                "a",
+                "r1",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 0
+                },
+                1
+            )
+            .is_ok()
+        );
         assert_eq!(
-            r.create("a", "r1", o, 2, false, 0, 1),
+            r.create(
+                "a",
+                "r1",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 0
+                },
+                1
+            ),
             Err(CreateError::Exists("r1".into()))
         );
         assert_eq!(
-            r.create("a", "r2", o, 2, true, 0, 1),
+            r.create(
+                "a",
+                "r2",
+                o,
+                2,
+                Elsewhere {
+                    exists: true,
+                    app_rooms: 0
+                },
+                1
+            ),
             Err(CreateError::Exists("r2".into()))
         );
         assert_eq!(
-            r.create("a", "r2", o, 2, false, 1, 1),
+            r.create(
+                "a",
+                "r2",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 1
+                },
+                1
+            ),
             Err(CreateError::Quota(2))
         );
-        assert!(r.create("b", "r1", o, 2, false, 0, 1).is_ok(), "another app");
-        assert_eq!(r.create("a", "no/slash", o, 2, false, 0, 1), Err(CreateError::BadId));
+        assert!(
+            r.create(
+                "b",
+                "r1",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 0
+                },
+                1
+            )
+            .is_ok(),
+            "another app"
+        );
+        assert_eq!(
+            r.create(
+                "a",
+                "no/slash",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 0
+                },
+                1
+            ),
+            Err(CreateError::BadId)
+        );
         assert!(r.delete("a", "r1"));
         assert!(!r.delete("a", "r1"));
-        assert!(r.create("a", "r2", o, 2, false, 1, 1).is_ok());
+        assert!(
+            r.create(
+                "a",
+                "r2",
+                o,
+                2,
+                Elsewhere {
+                    exists: false,
+                    app_rooms: 1
+                },
+                1
+            )
+            .is_ok()
+        );
     }
 }

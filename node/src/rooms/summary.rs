@@ -101,7 +101,11 @@ mod tests {
 
     #[test]
     fn counts_add_up_and_the_older_owner_wins() {
-        let (r1a, r1b, r1c) = (a("r1", true, 5, 1, 0), a("r1", false, 5, 0, 2), a("r1", true, 3, 1, 1));
+        let (r1a, r1b, r1c) = (
+            a("r1", true, 5, 1, 0),
+            a("r1", false, 5, 0, 2),
+            a("r1", true, 3, 1, 1),
+        );
         let orphan = a("gone", false, 1, 1, 1);
         let got = merge([("a", &r1a), ("b", &r1b), ("c", &r1c), ("b", &orphan)]);
         assert_eq!(got.len(), 1, "a room without an owner is not listed");

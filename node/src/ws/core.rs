@@ -166,10 +166,15 @@ impl Core {
 
     /// The next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.connect_by, self.answer_by, self.next_ping, self.pong_by]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.connect_by,
+            self.answer_by,
+            self.next_ping,
+            self.pong_by,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Deadlines at `now`: a ping to send, or a close.
@@ -240,14 +245,21 @@ mod tests {
         let mut c = Core::new(timers(), t0);
         assert!(c.on_text(CONNECT, t0).is_ok());
         c.offer_sent(t0);
-        assert!(matches!(c.on_text(ANSWER, t0), Ok(ClientMsg::Answer { .. })));
+        assert!(matches!(
+            c.on_text(ANSWER, t0),
+            Ok(ClientMsg::Answer { .. })
+        ));
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(c.handle_timeout(t1), Some(Action::SendPing));
         assert!(c.on_text(r#"{"type":"pong"}"#, t1).is_ok());
         let t2 = t1 + Duration::from_secs(1);
         assert_eq!(c.handle_timeout(t2), Some(Action::SendPing));
         let t3 = t2 + Duration::from_secs(1);
-        assert_eq!(c.handle_timeout(t3), Some(Action::SendPing), "still waiting");
+        assert_eq!(
+            c.handle_timeout(t3),
+            Some(Action::SendPing),
+            "still waiting"
+        );
         assert_eq!(
             c.handle_timeout(t2 + Duration::from_secs(2)),
             Some(Action::Close(CloseReason::PongTimeout))

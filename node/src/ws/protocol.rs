@@ -235,7 +235,10 @@ pub const AUDIO_CODECS: [&str; 1] = ["OPUS"];
 pub const VIDEO_CODECS: [&str; 4] = ["VP8", "VP9", "H264", "AV1"];
 
 /// Checks the codec preferences of a `connect`.
-pub fn check_codecs(audio: Option<&MediaPref>, video: Option<&MediaPref>) -> Result<(), CloseReason> {
+pub fn check_codecs(
+    audio: Option<&MediaPref>,
+    video: Option<&MediaPref>,
+) -> Result<(), CloseReason> {
     if audio
         .and_then(MediaPref::codec)
         .is_some_and(|c| !AUDIO_CODECS.contains(&c.as_str()))
@@ -260,7 +263,11 @@ mod tests {
                 "video":{"codec_type":"vp8","bit_rate":900},"audio":false}"#,
         ) {
             Ok(ClientMsg::Connect {
-                role, video, audio, multistream, ..
+                role,
+                video,
+                audio,
+                multistream,
+                ..
             }) => {
                 assert_eq!(role, Role::Sendrecv);
                 assert_eq!(multistream, Some(true));
@@ -269,7 +276,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in ["{", "[]", r#"{"type":"nope"}"#, r#"{"type":"answer"}"#, "null"] {
+        for bad in [
+            "{",
+            "[]",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"answer"}"#,
+            "null",
+        ] {
             assert_eq!(decode(bad), Err(CloseReason::JsonDecode), "{bad}");
         }
         assert_eq!(
@@ -293,7 +306,13 @@ mod tests {
             codec_type: Some("MPEG2".into()),
             bit_rate: None,
         };
-        assert_eq!(check_codecs(None, Some(&bad)), Err(CloseReason::UnknownCodec));
-        assert_eq!(check_codecs(Some(&h264), None), Err(CloseReason::UnknownCodec));
+        assert_eq!(
+            check_codecs(None, Some(&bad)),
+            Err(CloseReason::UnknownCodec)
+        );
+        assert_eq!(
+            check_codecs(Some(&h264), None),
+            Err(CloseReason::UnknownCodec)
+        );
     }
 }
