@@ -227,6 +227,19 @@ async fn errors_close_the_socket_with_their_reason() {
         .await
         .expect("closed for a missing pong");
     assert_eq!((code, reason.as_str()), (4003, "PONG-TIMEOUT-ERROR"));
+
+    let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for reason in ["FAILURE-JSON-DECODE", "EXPIRED-TOKEN", "PONG-TIMEOUT-ERROR"] {
+        assert!(
+            metrics.contains(&format!("trackmesh_ws_closed_total{{reason=\"{reason}\"}}")),
+            "{reason} counted"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

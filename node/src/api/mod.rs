@@ -118,8 +118,8 @@ impl ApiState {
             .build()
             .unwrap_or_default();
         let rooms = rooms::RoomsState::new(cfg);
-        if let Err(e) = ops.metrics.register(rooms.hook.collectors()) {
-            tracing::warn!(%e, "the permission hook's counter is not on /metrics");
+        if let Err(e) = ops.metrics.register(rooms.collectors()) {
+            tracing::warn!(%e, "the rooms' counters are not on /metrics");
         }
         ApiState {
             ops,

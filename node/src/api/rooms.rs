@@ -124,6 +124,8 @@ pub struct RoomsState {
     pub trust_user_claim: bool,
     /// The node serves HTTPS itself: tickets name `wss://`.
     pub tls: bool,
+    /// WebSocket participants' ends by reason (`trackmesh_ws_closed_total`).
+    closed: Option<prometheus::IntCounterVec>,
 }
 
 impl RoomsState {
@@ -142,6 +144,31 @@ impl RoomsState {
             },
             trust_user_claim: cfg.trust_user_claim,
             tls: cfg.tls.is_some(),
+            closed: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "trackmesh_ws_closed_total",
+                    "WebSocket signalling connections ended, by close reason (normal: the client \
+                     disconnected; gone: the socket dropped)",
+                ),
+                &["reason"],
+            )
+            .ok(),
+        }
+    }
+
+    /// The counters for `/metrics`: the hook's and the WebSocket closes.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let mut out = self.hook.collectors();
+        if let Some(c) = &self.closed {
+            out.push(Box::new(c.clone()));
+        }
+        out
+    }
+
+    /// Counts a WebSocket connection's end (`reason` is one of a fixed set).
+    pub fn count_closed(&self, reason: &'static str) {
+        if let Some(c) = &self.closed {
+            c.with_label_values(&[reason]).inc();
         }
     }
 }

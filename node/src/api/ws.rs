@@ -55,7 +55,8 @@ struct Joined {
     multistream: bool,
     /// Publishers whose tracks this session pulled.
     pulled: HashSet<SessionId>,
-    /// The first answer is in and the first pull round was made.
+    /// The room's publishers at the first answer were pulled (or there were none); without
+    /// multistream no later ones are.
     first_pull_done: bool,
 }
 
@@ -160,6 +161,11 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
             .await;
         st.ops.local.rooms.replace_all(&rooms::local_announces(&st));
     }
+    st.rooms.count_closed(match end {
+        End::Close(r) => r.reason(),
+        End::Normal => "normal",
+        End::Gone => "gone",
+    });
     let frame = match end {
         End::Close(r) => Some(CloseFrame {
             code: r.code(),
@@ -503,7 +509,6 @@ async fn pull_new(
     {
         return Ok(None);
     }
-    j.first_pull_done = true;
     let Some(summary) = rooms::find(st, &j.app, &j.room) else {
         return Ok(None);
     };
@@ -515,6 +520,7 @@ async fn pull_new(
         .take(crate::rooms::announce::MAX_PUBLISHERS)
         .collect();
     if fresh.is_empty() {
+        j.first_pull_done = true;
         return Ok(None);
     }
     let wanted: Vec<(SessionId, String)> = fresh
@@ -539,7 +545,21 @@ async fn pull_new(
         .await
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;
-    j.pulled.extend(fresh);
+    // Without multistream, the publishers present at the first answer are all this participant
+    // gets: once one of them was pulled (or none was there), it stops looking.
+    j.first_pull_done = res.description.is_some();
+    // A publisher counts as received once one of its tracks was pulled; one whose tracks could
+    // not be reached yet (its relay link still coming up) is tried again on the next tick.
+    for p in fresh {
+        let id = p.to_string();
+        if res
+            .tracks
+            .iter()
+            .any(|t| t.error.is_none() && !t.mid.is_empty() && t.session_id.as_deref() == Some(&id))
+        {
+            j.pulled.insert(p);
+        }
+    }
     Ok(res
         .description
         .filter(|d| d.kind == SdpKind::Offer)
