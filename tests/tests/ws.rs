@@ -1,7 +1,7 @@
 //! WebSocket signalling with a real WebRTC client (str0m) behind each socket: media from an
 //! upstream on one node reaches downstreams on that node and another; a third participant makes
-//! the server send `update` to everyone in multistream; and each error closes the socket with its
-//! named reason.
+//! the server send `update` to everyone in multistream, and so does a publisher leaving; and each
+//! error closes the socket with its named reason.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -82,6 +82,22 @@ async fn an_upstream_reaches_downstreams_on_two_nodes_and_a_third_participant_up
         up.closed.lock().map(|c| c.is_none()).unwrap_or(false),
         "the upstream stays"
     );
+
+    // The first publisher leaves: everyone receiving it gets an update that ends its tracks.
+    up.send(json!({ "type": "disconnect" }))
+        .await
+        .expect("disconnect");
+    let (code, _) = up.wait_closed(PROPAGATION).await.expect("closed");
+    assert_eq!(code, 1000, "a disconnect is a normal close");
+    for d in [&down_a, &down_c] {
+        d.wait_updates(3, PROPAGATION)
+            .await
+            .expect("an update for the publisher that left");
+    }
+    third
+        .wait_updates(2, PROPAGATION)
+        .await
+        .expect("the third gets the update too");
 }
 
 async fn node_with_room(extra: &[&str], room: serde_json::Value) -> (TestNode, String) {

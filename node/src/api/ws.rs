@@ -7,7 +7,7 @@
 //! A connection lives in one task: socket reads, the core's deadlines, a room tick (multistream
 //! updates) and a close signal (the room was deleted) are one `select!`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,8 +53,8 @@ struct Joined {
     role: Role,
     session: SessionId,
     multistream: bool,
-    /// Publishers whose tracks this session pulled.
-    pulled: HashSet<SessionId>,
+    /// Publishers whose tracks this session pulled, with the mids they came on.
+    pulled: HashMap<SessionId, Vec<String>>,
     /// The room's publishers at the first answer were pulled (or there were none); without
     /// multistream no later ones are.
     first_pull_done: bool,
@@ -383,7 +383,7 @@ async fn join(
         role,
         session,
         multistream: multistream.unwrap_or(false),
-        pulled: HashSet::new(),
+        pulled: HashMap::new(),
         first_pull_done: false,
     })
 }
@@ -516,12 +516,15 @@ async fn pull_new(
         .publishers
         .iter()
         .copied()
-        .filter(|p| *p != j.session && !j.pulled.contains(p))
+        .filter(|p| *p != j.session && !j.pulled.contains_key(p))
         .take(crate::rooms::announce::MAX_PUBLISHERS)
         .collect();
     if fresh.is_empty() {
         j.first_pull_done = true;
-        return Ok(None);
+        if !j.multistream {
+            return Ok(None);
+        }
+        return close_gone(st, j, &summary.publishers).await;
     }
     let wanted: Vec<(SessionId, String)> = fresh
         .iter()
@@ -552,16 +555,50 @@ async fn pull_new(
     // not be reached yet (its relay link still coming up) is tried again on the next tick.
     for p in fresh {
         let id = p.to_string();
-        if res
+        let mids: Vec<String> = res
             .tracks
             .iter()
-            .any(|t| t.error.is_none() && !t.mid.is_empty() && t.session_id.as_deref() == Some(&id))
-        {
-            j.pulled.insert(p);
+            .filter(|t| t.error.is_none() && !t.mid.is_empty())
+            .filter(|t| t.session_id.as_deref() == Some(&id))
+            .map(|t| t.mid.clone())
+            .collect();
+        if !mids.is_empty() {
+            j.pulled.insert(p, mids);
         }
     }
     Ok(res
         .description
         .filter(|d| d.kind == SdpKind::Offer)
         .map(|d| ServerMsg::Update { sdp: d.sdp }))
+}
+
+/// Publishers this participant receives that left the room: their sections are offered inactive
+/// in one `update` (multistream only).
+async fn close_gone(
+    st: &ApiState,
+    j: &mut Joined,
+    publishers: &[SessionId],
+) -> Result<Option<ServerMsg>, CloseReason> {
+    let gone: Vec<SessionId> = j
+        .pulled
+        .keys()
+        .copied()
+        .filter(|p| !publishers.contains(p))
+        .collect();
+    if gone.is_empty() {
+        return Ok(None);
+    }
+    let mids: Vec<String> = gone
+        .iter()
+        .filter_map(|p| j.pulled.remove(p))
+        .flatten()
+        .collect();
+    let (app, sid) = (j.app.clone(), j.session.to_string());
+    let offer = st
+        .engine
+        .call(move |e, now| e.close_pulls_offer(&app, &sid, &mids, now))
+        .await
+        .map_err(|_| CloseReason::InternalError)?
+        .map_err(op_reason)?;
+    Ok(offer.map(|d| ServerMsg::Update { sdp: d.sdp }))
 }
