@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use trackmesh_tests::rooms::{RawWs, WsParticipant, create_room, ticket};
-use trackmesh_tests::{Cluster, TestNode, poll_until};
+use trackmesh_tests::{Cluster, Subscriber, TestNode, poll_until};
 
 const STEP: Duration = Duration::from_millis(100);
 const PROPAGATION: Duration = Duration::from_secs(15);
@@ -59,6 +59,30 @@ async fn an_upstream_reaches_downstreams_on_two_nodes_and_a_third_participant_up
             .await
             .expect("audio and video arrive");
     }
+
+    // The publisher's tracks are Calls tracks: a Calls client on c pulls them by session id.
+    let remote = vec![
+        (up.session_id.clone(), "audio".to_string()),
+        (up.session_id.clone(), "video".to_string()),
+    ];
+    let calls = Subscriber::start_retrying(&c, "calls-viewer", &remote)
+        .await
+        .expect("a Calls pull of the WebSocket publisher");
+    let mids: Vec<String> = calls
+        .pull
+        .tracks
+        .iter()
+        .filter_map(|t| t.mid.clone())
+        .collect();
+    assert_eq!(mids.len(), 2, "{:?}", calls.pull.tracks);
+    calls
+        .peer
+        .wait_until("media on the Calls pull", MEDIA, move |s| {
+            mids.iter().all(|m| s.rx_frames(m) >= 10)
+        })
+        .await
+        .expect("media reaches the Calls client");
+    drop(calls);
 
     // A third participant, sending and receiving, on c.
     let (t, _) = ticket(&c, "stage", "both").await.expect("ticket");
