@@ -106,11 +106,26 @@ async fn the_hook_allows_denies_and_fails_closed() {
         .await
         .expect("room");
     assert_eq!(ticket_status(&api, "allow-1", None).await, 201);
+    assert_eq!(
+        ticket_status(&api, "allow-1", None).await,
+        201,
+        "from the cache"
+    );
     assert_eq!(ticket_status(&api, "deny-1", None).await, 403);
     assert_eq!(
         ticket_status(&api, "slow-1", None).await,
         403,
         "too slow is deny"
+    );
+    let asked = |user: &str| {
+        seen.lock()
+            .map(|s| s.iter().filter(|q| q["user"] == user).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        asked("allow-1"),
+        1,
+        "the second ticket used the cached allow"
     );
     let q = seen.lock().map(|s| s.first().cloned()).ok().flatten();
     assert_eq!(
@@ -146,7 +161,7 @@ async fn the_hook_allows_denies_and_fails_closed() {
         .text()
         .await
         .expect("text");
-    for result in ["allow", "deny", "timeout"] {
+    for result in ["allow", "deny", "timeout", "cached"] {
         assert!(
             metrics.contains(&format!("trackmesh_auth_hook_total{{result=\"{result}\"}}")),
             "{result} counted"
