@@ -232,22 +232,33 @@ pub fn local_announces(st: &ApiState) -> Vec<RoomAnnounce> {
 
 /// Every room of the cluster: this node's fresh announces with the other live members' gossip.
 pub fn summaries(st: &ApiState) -> Vec<RoomSummary> {
+    summaries_where(st, |_| true)
+}
+
+/// The rooms whose announces pass `keep`, merged (a filter before the merge, so one room's
+/// lookup, which every participant makes each tick, does not merge every room).
+fn summaries_where(st: &ApiState, keep: impl Fn(&RoomAnnounce) -> bool) -> Vec<RoomSummary> {
     let mine = local_announces(st);
     let view = st.cluster.view.borrow().clone();
     let me = st.cluster.self_id.as_str();
     let others = view
         .rooms
         .iter()
-        .filter(|(node, _)| node != me && view.live_by_id(node).is_some())
+        .filter(|(node, a)| node != me && keep(a) && view.live_by_id(node).is_some())
         .map(|(node, a)| (node.as_str(), a));
-    summary::merge(mine.iter().map(|a| (me, a)).chain(others))
+    summary::merge(
+        mine.iter()
+            .filter(|a| keep(a))
+            .map(|a| (me, a))
+            .chain(others),
+    )
 }
 
 /// One room of the cluster.
 pub fn find(st: &ApiState, app: &str, id: &str) -> Option<RoomSummary> {
-    summaries(st)
+    summaries_where(st, |a| a.app == app && a.id == id)
         .into_iter()
-        .find(|s| s.app == app && s.id == id)
+        .next()
 }
 
 /// Tells every participant here of `app`/`room` to close.
@@ -266,10 +277,11 @@ pub async fn run(st: Arc<ApiState>) {
     loop {
         tick.tick().await;
         st.ops.local.rooms.replace_all(&local_announces(&st));
-        let live = summaries(&st);
+        let live: std::collections::HashSet<(String, String)> =
+            summaries(&st).into_iter().map(|s| (s.app, s.id)).collect();
         let parts = lock(&st.rooms.participants);
         for p in parts.by_client.values() {
-            let exists = live.iter().any(|s| s.app == p.app && s.id == p.room);
+            let exists = live.contains(&(p.app.clone(), p.room.clone()));
             if !exists && p.since.elapsed() >= ORPHAN_GRACE {
                 let _ = p.close.send(Some(CloseReason::RoomClosed));
             }

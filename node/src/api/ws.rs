@@ -307,8 +307,9 @@ async fn join(
     let client_id = client_id
         .or_else(|| claim.as_ref().and_then(|c| c.clientid.clone()))
         .unwrap_or_else(|| crate::ids::random_hex(8));
-    if client_id.is_empty() || client_id.len() > 128 {
-        return Err(CloseReason::InvalidToken);
+    // It is echoed, used as a key and may label egress: the characters of a room id.
+    if !crate::rooms::valid_room_id(&client_id) {
+        return Err(CloseReason::JsonDecode);
     }
     if rooms_lock(st).has(&client_id) {
         return Err(CloseReason::DuplicatedClient);
