@@ -141,7 +141,17 @@ async fn close_of(url: &str, msg: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_close_the_socket_with_their_reason() {
     let (node, url) = node_with_room(
-        &["--ws-ping-interval", "200ms", "--ws-pong-timeout", "600ms"],
+        &[
+            "--ws-ping-interval",
+            "200ms",
+            "--ws-pong-timeout",
+            "600ms",
+            // A socket outlives the HTTP deadlines: they end with the upgrade.
+            "--http-idle-timeout",
+            "1s",
+            "--http-header-timeout",
+            "1s",
+        ],
         json!({ "id": "small", "max_participants": 1 }),
     )
     .await;
@@ -255,8 +265,9 @@ async fn errors_close_the_socket_with_their_reason() {
         (4201, "EXCEED-MAX-CONNECTIONS".to_string())
     );
 
-    // Pings are answered, so the first stays; once it stops answering, it is closed.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Pings are answered, so the first stays (past the HTTP idle and header deadlines, too);
+    // once it stops answering, it is closed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         first.closed.lock().map(|c| c.is_none()).unwrap_or(false),
         "answering pings keeps it"

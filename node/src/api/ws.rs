@@ -603,3 +603,33 @@ async fn close_gone(
         .map_err(op_reason)?;
     Ok(offer.map(|d| ServerMsg::Update { sdp: d.sdp }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_publishers_of_egress_rooms_get_labels() {
+        let egress = RoomOptions {
+            audio_egress: true,
+            ..RoomOptions::default()
+        };
+        assert_eq!(
+            egress_labels_for("a", "r", &egress, Role::Upstream, Some("u"), "c"),
+            Some(("a".into(), "r".into(), "u".into(), "c".into()))
+        );
+        assert_eq!(
+            egress_labels_for("a", "r", &egress, Role::Sendrecv, None, "c").map(|l| l.2),
+            Some("c".into()),
+            "no user: the client id"
+        );
+        assert_eq!(
+            egress_labels_for("a", "r", &egress, Role::Downstream, Some("u"), "c"),
+            None
+        );
+        assert_eq!(
+            egress_labels_for("a", "r", &RoomOptions::default(), Role::Upstream, None, "c"),
+            None
+        );
+    }
+}
