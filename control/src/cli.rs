@@ -148,6 +148,11 @@ pub enum Command {
     #[command(after_help = TOKEN_HELP)]
     Token(TokenArgs),
 
+    /// Issue a room ticket for the WebSocket signalling (the node issues it: POST
+    /// /v1/apps/ID/rooms/ROOM/tickets)
+    #[command(after_help = TICKET_HELP)]
+    Ticket(TicketArgs),
+
     /// Check the node's /healthz and /readyz (no token needed)
     #[command(
         after_help = "Exit codes: 0 ready, 1 not ready (e.g. draining), 2 the node cannot be reached.\n\n\
@@ -167,6 +172,49 @@ Examples:
   TRACKMESH_APP_SECRET=$APP_SECRET trackmeshctl token --app demo --stream '*' --mode subscribe
   trackmeshctl token --app demo --secret $APP_SECRET --stream cam --mode both \\
       --node http://127.0.0.1:7700";
+
+const TICKET_HELP: &str = "\
+Prints the ticket's access_token on stdout; --json prints {access_token, url, direction,
+expires_at}. The node named by --node (before the subcommand) issues it and keeps its single use;
+it works on any node of the cluster, once, until it expires (60s by default, at most 1h).
+
+Example:
+  trackmeshctl --node http://127.0.0.1:7700 ticket --app demo --secret $APP_SECRET \\
+      --room lobby --direction up --user alice";
+
+/// `ticket`: which room, which way, for whom.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct TicketArgs {
+    /// App id
+    #[arg(long, value_name = "ID")]
+    pub app: String,
+
+    /// The app's secret (the ticket call's bearer)
+    #[arg(
+        long,
+        env = "TRACKMESH_APP_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub secret: String,
+
+    /// Room id
+    #[arg(long, value_name = "ROOM")]
+    pub room: String,
+
+    /// up (publish), down (receive) or both
+    #[arg(long, value_name = "up|down|both", value_parser = ["up", "down", "both"])]
+    pub direction: String,
+
+    /// The user the ticket is for
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Lifetime in seconds (1 to 3600)
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ttl: u64,
+}
 
 /// `token`: what the stream token grants, and where it is minted.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]

@@ -160,6 +160,30 @@ pub struct Flags {
     /// Most WHEP viewers of one stream on this node [default: 500].
     #[arg(long, env = "TRACKMESH_WHEP_MAX_VIEWERS")]
     pub whep_max_viewers: Option<usize>,
+    /// Rooms one app may have in the cluster [default: 100].
+    #[arg(long, env = "TRACKMESH_MAX_ROOMS_PER_APP")]
+    pub max_rooms_per_app: Option<usize>,
+    /// How often the WebSocket signalling pings a participant [default: 5s].
+    #[arg(long, env = "TRACKMESH_WS_PING_INTERVAL", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::ws_ping_interval")]
+    pub ws_ping_interval: Option<Duration>,
+    /// How long a ping waits for its pong before the socket closes with PONG-TIMEOUT-ERROR
+    /// [default: 10s].
+    #[arg(long, env = "TRACKMESH_WS_PONG_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::ws_pong_timeout")]
+    pub ws_pong_timeout: Option<Duration>,
+    /// The permission hook: POSTed {app, room, user, direction} before a room ticket is issued
+    /// or a WebSocket joins; 200 allows, 401/403 deny, anything else denies too.
+    #[arg(long, env = "TRACKMESH_AUTH_HOOK")]
+    pub auth_hook: Option<String>,
+    /// How long the permission hook may take before the answer is deny [default: 2s].
+    #[arg(long, env = "TRACKMESH_AUTH_HOOK_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::auth_hook_timeout")]
+    pub auth_hook_timeout: Option<Duration>,
+    /// Take the user id from an `X-User-Claim: {"userid", "clientid"}` header set by a fronting
+    /// auth proxy [default: false: the header is ignored].
+    #[arg(long, env = "TRACKMESH_TRUST_USER_CLAIM", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_user_claim: Option<bool>,
     /// A TURN key and its secret as ID:SECRET; repeatable. With none, no TURN server runs.
     #[arg(long = "turn-key", env = "TRACKMESH_TURN_KEY", value_delimiter = ',')]
     #[serde(rename = "turn-key", deserialize_with = "file::turn_keys")]
@@ -330,6 +354,9 @@ mod file {
         http_header_timeout => "http-header-timeout",
         http_idle_timeout => "http-idle-timeout",
         http_body_timeout => "http-body-timeout",
+        ws_ping_interval => "ws-ping-interval",
+        ws_pong_timeout => "ws-pong-timeout",
+        auth_hook_timeout => "auth-hook-timeout",
     }
 }
 
@@ -378,6 +405,18 @@ pub struct Config {
     pub whep_auto_create: bool,
     /// WHEP viewers per stream on this node (`--whep-max-viewers`).
     pub whep_max_viewers: usize,
+    /// Rooms per app in the cluster (`--max-rooms-per-app`).
+    pub max_rooms_per_app: usize,
+    /// WebSocket ping interval (`--ws-ping-interval`).
+    pub ws_ping_interval: Duration,
+    /// WebSocket pong timeout (`--ws-pong-timeout`).
+    pub ws_pong_timeout: Duration,
+    /// The permission hook's URL (`--auth-hook`).
+    pub auth_hook: Option<String>,
+    /// The permission hook's timeout (`--auth-hook-timeout`).
+    pub auth_hook_timeout: Duration,
+    /// Honour `X-User-Claim` (`--trust-user-claim`).
+    pub trust_user_claim: bool,
     /// Text for people, JSON for log pipelines.
     pub log_format: LogFormat,
     /// This node's name in the cluster (`--node-id`).
@@ -494,6 +533,18 @@ impl Config {
                 .whep_max_viewers
                 .or(file.whep_max_viewers)
                 .unwrap_or(500),
+            max_rooms_per_app: flags
+                .max_rooms_per_app
+                .or(file.max_rooms_per_app)
+                .unwrap_or(100),
+            ws_ping_interval: dur(flags.ws_ping_interval, file.ws_ping_interval, 5),
+            ws_pong_timeout: dur(flags.ws_pong_timeout, file.ws_pong_timeout, 10),
+            auth_hook: flags.auth_hook.or(file.auth_hook).filter(|u| !u.is_empty()),
+            auth_hook_timeout: dur(flags.auth_hook_timeout, file.auth_hook_timeout, 2),
+            trust_user_claim: flags
+                .trust_user_claim
+                .or(file.trust_user_claim)
+                .unwrap_or(false),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             node_id: flags
                 .node_id
@@ -620,6 +671,18 @@ impl Config {
         if cfg.whep_max_viewers == 0 {
             bail!("whep-max-viewers must be at least 1");
         }
+        if cfg.max_rooms_per_app == 0 {
+            bail!("max-rooms-per-app must be at least 1");
+        }
+        if cfg.ws_ping_interval.is_zero() || cfg.ws_pong_timeout.is_zero() {
+            bail!("ws-ping-interval and ws-pong-timeout must be above zero");
+        }
+        if let Some(url) = &cfg.auth_hook {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => bail!("auth-hook must be an http:// or https:// URL"),
+            }
+        }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
         }
@@ -674,6 +737,9 @@ fn read_file(path: &Path, over: &Flags) -> anyhow::Result<Flags> {
             ("http-header-timeout", over.http_header_timeout.is_some()),
             ("http-idle-timeout", over.http_idle_timeout.is_some()),
             ("http-body-timeout", over.http_body_timeout.is_some()),
+            ("ws-ping-interval", over.ws_ping_interval.is_some()),
+            ("ws-pong-timeout", over.ws_pong_timeout.is_some()),
+            ("auth-hook-timeout", over.auth_hook_timeout.is_some()),
         ];
         let mut removed = false;
         for (key, set) in overridden {
@@ -846,7 +912,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 44] = [
+    const FILE_KEYS: [&str; 50] = [
         "http",
         "media",
         "public-ip",
@@ -864,6 +930,12 @@ mod tests {
         "whip-auto-create",
         "whep-auto-create",
         "whep-max-viewers",
+        "max-rooms-per-app",
+        "ws-ping-interval",
+        "ws-pong-timeout",
+        "auth-hook",
+        "auth-hook-timeout",
+        "trust-user-claim",
         "turn-key",
         "turn-port",
         "turn-public-ip",
@@ -981,6 +1053,12 @@ mod tests {
             whip-auto-create = false
             whep-auto-create = false
             whep-max-viewers = 17
+            max-rooms-per-app = 21
+            ws-ping-interval = "22s"
+            ws-pong-timeout = "23s"
+            auth-hook = "http://127.0.0.1:9/hook"
+            auth-hook-timeout = "24s"
+            trust-user-claim = true
             turn-key = ["k1:s1", "k2:s2"]
             turn-port = 3479
             turn-public-ip = "127.0.0.10"
@@ -1086,6 +1164,24 @@ mod tests {
         assert_eq!(cfg.cluster_secret_previous.as_deref(), Some("p"));
         assert_eq!(cfg.admin_token.as_deref(), Some("t"));
         assert_eq!(cfg.drain_timeout, Duration::from_millis(500));
+        assert_eq!(
+            (
+                cfg.max_rooms_per_app,
+                cfg.ws_ping_interval,
+                cfg.ws_pong_timeout,
+                cfg.auth_hook.as_deref(),
+                cfg.auth_hook_timeout,
+                cfg.trust_user_claim
+            ),
+            (
+                21,
+                s(22),
+                s(23),
+                Some("http://127.0.0.1:9/hook"),
+                s(24),
+                true
+            )
+        );
         let l = cfg.http_limits;
         assert_eq!(
             (l.max_connections, l.max_connections_per_ip, l.probe_reserve),

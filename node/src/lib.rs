@@ -9,6 +9,7 @@
 //! - [`http`]: the HTTP server under it: connection caps, timeouts, JSON errors of its own.
 //! - [`cluster`]: sealed gossip membership, hub choice and the QUIC relay between nodes.
 //! - [`metrics`], [`rejects`], [`liveness`]: what operators scrape, refusals at the edges, health.
+//! - [`rooms`], [`ws`]: rooms and tickets (no-I/O model) and the WebSocket signalling core.
 //! - [`cascade`]: streams pulled from and pushed to other WHIP/WHEP servers.
 //! - [`egress`]: audio egress to NATS (`--nats`), the publisher off the engine task.
 //! - [`turn`]: the embedded TURN server (relays only to this node) and its credentials.
@@ -36,10 +37,12 @@ pub mod logging;
 pub mod metrics;
 mod node;
 pub mod rejects;
+pub mod rooms;
 pub mod runtime;
 pub mod sendbatch;
 #[cfg(any(test, feature = "test-world"))]
 pub mod testing;
 pub mod turn;
+pub mod ws;
 
 pub use node::Node;

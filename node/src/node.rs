@@ -46,7 +46,8 @@ pub struct Node {
     relay: Relay,
     engine_task: JoinHandle<()>,
     load_task: JoinHandle<()>,
-    /// Announces this node's streams and follows other nodes' publishers (`api::follow_streams`).
+    /// Announces this node's streams and follows other nodes' publishers (`api::follow_streams`);
+    /// announces its rooms and ends participants of deleted ones (`api::announce_rooms`).
     follow_task: JoinHandle<()>,
     /// Dropping it tells the HTTP server to stop accepting and finish open requests.
     stop_http: Option<oneshot::Sender<()>>,
@@ -268,7 +269,16 @@ impl Node {
             },
             cascades.clone(),
         ));
-        let follow_task = tokio::spawn(api::follow_streams(state.clone()));
+        // Streams and rooms both announce in gossip and follow the cluster; one task for both.
+        let follow_task = tokio::spawn({
+            let st = state.clone();
+            async move {
+                tokio::select! {
+                    _ = api::follow_streams(st.clone()) => {}
+                    _ = api::announce_rooms(st) => {}
+                }
+            }
+        });
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let (close_http_listener, mut listener_closing) = watch::channel(false);
         let http_task = tokio::spawn(crate::http::serve(

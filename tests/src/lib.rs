@@ -10,6 +10,7 @@ pub mod node;
 mod node_log;
 pub mod offers;
 pub mod peer;
+pub mod rooms;
 pub mod serial;
 pub mod whip;
 

@@ -13,6 +13,12 @@
 //! app ids and stream names at most [`MAX_NAME_LEN`] bytes, lifetimes at most [`MAX_TTL`].
 //! Clocks of the minting and the checking host may differ by up to [`CLOCK_SKEW`].
 
+mod ticket;
+pub use ticket::{
+    DEFAULT_TICKET_TTL, MAX_TICKET_TTL, TICKET_KIND, TICKET_SKEW, TicketClaims, mint_ticket,
+    ticket_app_unverified, verify_ticket,
+};
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -7,6 +7,7 @@ mod locate;
 mod members;
 mod sessions;
 mod status;
+mod ticket;
 mod token;
 mod tracks;
 
@@ -63,6 +64,7 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Outpu
         Command::Drain { node } => drain::run(client, node, true, json).await,
         Command::Undrain { node } => drain::run(client, node, false, json).await,
         Command::Token(args) => token::run(client, args, json).await,
+        Command::Ticket(args) => ticket::run(client, args, json).await,
         Command::Health => health::run(client, json).await,
     }
 }

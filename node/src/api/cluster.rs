@@ -155,6 +155,16 @@ async fn forward(st: &ApiState, session: SessionId, req: Request) -> Result<Resp
             format!("session {session} not found (its node is not in the cluster)"),
         ));
     };
+    forward_to(st, &owner, req).await
+}
+
+/// Forwards a call to `owner` with this node's credential and returns its answer unchanged
+/// (status, body up to [`MAX_FORWARDED_ANSWER`], content type, `Retry-After`).
+pub(super) async fn forward_to(
+    st: &ApiState,
+    owner: &crate::cluster::Member,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, st.max_body).await?;
     let url =

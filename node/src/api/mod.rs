@@ -6,6 +6,7 @@
 //! unknown path under the API's prefix gets 405, as Calls answers ("reserved for future
 //! WHIP/WHEP"), an unknown path anywhere else 404, and a known path with the wrong method 405.
 
+pub mod auth_hook;
 mod calls;
 mod cascade;
 mod cluster;
@@ -16,12 +17,14 @@ pub mod node_auth;
 mod ops;
 mod problem;
 mod quota;
+pub mod rooms;
 mod stream_follow;
 mod streams;
 pub mod tokens;
 pub mod turn;
 pub mod whip;
 pub mod wire;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use cluster::ClusterHandle;
 pub use error::ApiError;
+pub use rooms::run as announce_rooms;
 pub use stream_follow::run as follow_streams;
 
 use crate::config::Config;
@@ -84,6 +88,10 @@ pub struct ApiState {
     streams: StreamSettings,
     /// Streams pulled from or pushed to other WHIP/WHEP servers.
     cascades: Arc<crate::cascade::Cascades>,
+    /// Rooms, tickets, WebSocket participants and the permission hook.
+    pub rooms: rooms::RoomsState,
+    /// The HTTP address, named in tickets when a request has no Host.
+    http_addr: std::net::SocketAddr,
 }
 
 /// The WHIP/WHEP settings of the node.
@@ -111,6 +119,10 @@ impl ApiState {
             .no_proxy()
             .build()
             .unwrap_or_default();
+        let rooms = rooms::RoomsState::new(cfg);
+        if let Err(e) = ops.metrics.register(rooms.collectors()) {
+            tracing::warn!(%e, "the rooms' counters are not on /metrics");
+        }
         ApiState {
             ops,
             cluster,
@@ -140,6 +152,8 @@ impl ApiState {
             },
             turn,
             cascades,
+            rooms,
+            http_addr: cfg.http,
         }
     }
 }
@@ -254,6 +268,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1/apps/{app}", v1)
         .nest("/apps/{app}", calls)
         .route("/v1/apps/{app}/tokens", post(tokens::create))
+        .route("/v1/apps/{app}/rooms", post(rooms::create).get(rooms::list))
+        .route(
+            "/v1/apps/{app}/rooms/{room}",
+            get(rooms::get).delete(rooms::delete),
+        )
+        .route("/v1/apps/{app}/rooms/{room}/tickets", post(rooms::ticket))
+        .route(
+            "/v1/apps/{app}/rooms/{room}/tickets/consume",
+            post(rooms::consume_here),
+        )
+        .route("/v1/ws", get(ws::upgrade))
         .route("/apps/{app}/tokens", post(tokens::create))
         .route(
             "/v1/turn/keys/{key}/credentials/generate-ice-servers",

@@ -773,6 +773,7 @@ mod tests {
                 version: "0.1.0".into(),
             }],
             streams: Vec::new(),
+            rooms: Vec::new(),
         };
         let typed = super::super::cluster::cluster_view("a", &view);
         same_wire(
@@ -792,6 +793,7 @@ mod tests {
             self_id: "a".into(),
             members: Vec::new(),
             streams: Vec::new(),
+            rooms: Vec::new(),
         };
         view.members.push(Member {
             node_id: "b".into(),

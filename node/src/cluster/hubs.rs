@@ -106,6 +106,7 @@ mod tests {
             self_id: me.into(),
             members,
             streams: Vec::new(),
+            rooms: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use super::streams::{self, StreamAnnounce};
 use super::view::{ClusterView, Load, Member, checked_api, decode_flag};
 use crate::ids::NodeTag;
 use crate::rejects::{Port, Rejects};
+use crate::rooms::announce::{self as room_announce, RoomAnnounce};
 
 /// Gossip round. With the failure detector below a dead node is noticed in about 1–2 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
@@ -70,6 +71,8 @@ pub struct LocalState {
     pub draining: AtomicBool,
     /// The named streams this node publishes, announced as one key each.
     pub streams: super::streams::LocalStreams,
+    /// The rooms this node owns or has participants in, announced as one key each.
+    pub rooms: crate::rooms::announce::LocalRooms,
 }
 
 /// A running gossip member: the view it keeps, the state it announces, its thread.
@@ -231,7 +234,8 @@ async fn run(
                 if me.get("draining") != Some(if draining { "true" } else { "false" }) {
                     me.set("draining", draining);
                 }
-                sync_streams(me, &local.streams.snapshot());
+                sync_streams(me, streams::KEY_PREFIX, &local.streams.snapshot());
+                sync_streams(me, room_announce::KEY_PREFIX, &local.rooms.snapshot());
                 let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
                 build_view(&cfg.node_id, c.node_states(), &live)
             })
@@ -253,9 +257,9 @@ async fn run(
 
 /// Makes this node's stream keys what `wanted` says: new and changed ones set, ended ones
 /// deleted (a tombstone, so other nodes learn the stream ended).
-fn sync_streams(me: &mut NodeState, wanted: &BTreeMap<String, String>) {
+fn sync_streams(me: &mut NodeState, prefix: &str, wanted: &BTreeMap<String, String>) {
     let gone: Vec<String> = me
-        .iter_prefix(streams::KEY_PREFIX)
+        .iter_prefix(prefix)
         .filter(|(k, _)| !wanted.contains_key(*k))
         .map(|(k, _)| k.to_string())
         .collect();
@@ -287,6 +291,28 @@ fn read_streams(
             _ => bad.push(BadValue {
                 node: id.clone(),
                 key: "stream",
+                version: v.version,
+            }),
+        }
+    }
+    out
+}
+
+/// The rooms a member announces, each checked ([`RoomAnnounce::decode`]: publishers of its own
+/// tag only), at most [`room_announce::MAX_ANNOUNCED`]. The rest are noted in `bad`.
+fn read_rooms(
+    id: &ChitchatId,
+    st: &NodeState,
+    tag: NodeTag,
+    bad: &mut Vec<BadValue>,
+) -> Vec<RoomAnnounce> {
+    let mut out = Vec::new();
+    for (key, v) in st.iter_prefix(room_announce::KEY_PREFIX) {
+        match RoomAnnounce::decode(key, &v.value, tag) {
+            Ok(a) if out.len() < room_announce::MAX_ANNOUNCED => out.push(a),
+            _ => bad.push(BadValue {
+                node: id.clone(),
+                key: "room",
                 version: v.version,
             }),
         }
@@ -373,6 +399,7 @@ fn build_view(
     }
     let mut members = Vec::new();
     let mut streams = Vec::new();
+    let mut rooms = Vec::new();
     let mut bad = Vec::new();
     for (id, st) in newest.values() {
         let bad = &mut bad;
@@ -395,6 +422,9 @@ fn build_view(
             for s in read_streams(id, st, m.tag, bad) {
                 streams.push((m.node_id.clone(), s));
             }
+            for r in read_rooms(id, st, m.tag, bad) {
+                rooms.push((m.node_id.clone(), r));
+            }
             members.push(m);
         }
     }
@@ -402,6 +432,7 @@ fn build_view(
         self_id: self_id.to_string(),
         members,
         streams,
+        rooms,
     };
     (view, bad)
 }

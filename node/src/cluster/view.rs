@@ -101,6 +101,8 @@ pub struct ClusterView {
     pub members: Vec<Member>,
     /// The named streams members announce, with the id of the member announcing each.
     pub streams: Vec<(String, StreamAnnounce)>,
+    /// The rooms members announce, with the id of the member announcing each.
+    pub rooms: Vec<(String, crate::rooms::RoomAnnounce)>,
 }
 
 impl ClusterView {

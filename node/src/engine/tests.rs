@@ -1588,3 +1588,49 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
     assert_eq!(e.outgoing_state(again, now), OutgoingState::Gone);
     assert_eq!(e.session_count(), 0);
 }
+
+#[test]
+fn ending_pulls_with_an_sfu_offer_stops_their_media() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
+    let mids: Vec<String> = res.tracks.iter().map(|t| t.mid.clone()).collect();
+    w.run(Duration::from_millis(1000));
+    assert!(
+        w.clients[sub].frames(&mids[1]) > 0,
+        "media before the close"
+    );
+
+    let offer = w
+        .engine
+        .close_pulls_offer(APP, &sub_sid, &mids, w.now)
+        .expect("close")
+        .expect("an SFU offer");
+    assert_eq!(offer.kind, SdpKind::Offer);
+    assert_eq!(offer.sdp.matches("a=inactive").count(), 2, "{}", offer.sdp);
+    let parsed = SdpOffer::from_sdp_string(&offer.sdp).expect("offer sdp");
+    let answer = w.clients[sub]
+        .rtc()
+        .sdp_api()
+        .accept_offer(parsed)
+        .expect("client answers");
+    w.engine
+        .renegotiate(APP, &sub_sid, answer.to_sdp_string().as_str().into(), w.now)
+        .expect("renegotiate");
+    w.run(Duration::from_millis(200));
+    let after = w.clients[sub].frames(&mids[1]);
+    w.run(Duration::from_millis(1000));
+    assert_eq!(w.clients[sub].frames(&mids[1]), after, "no media after");
+    assert!(
+        w.statuses(&sub_sid).iter().all(|(_, _, active)| !*active),
+        "{:?}",
+        w.statuses(&sub_sid)
+    );
+    // The publisher is untouched.
+    assert!(
+        w.statuses(&pub_sid)
+            .iter()
+            .all(|(_, l, active)| *l == Location::Local && *active)
+    );
+}

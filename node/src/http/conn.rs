@@ -39,6 +39,8 @@ enum Phase {
     Idle,
     Head,
     Busy,
+    /// Switched protocols (a WebSocket): no HTTP deadlines; the protocol keeps its own.
+    Upgraded,
 }
 
 /// What the socket wrapper and the service share about one connection.
@@ -99,11 +101,22 @@ impl ConnState {
     /// The response has been handed to the socket: idle again.
     pub fn on_response_done(&self) {
         let mut inner = self.lock();
+        if inner.phase == Phase::Upgraded {
+            return;
+        }
         inner.phase = Phase::Idle;
         inner.deadline = Some(Instant::now() + self.timeouts.idle);
         if let Some(w) = inner.read_waker.take() {
             w.wake();
         }
+    }
+
+    /// The answer switched protocols (101): the connection is no longer HTTP, so the idle,
+    /// header and answer rewriting rules stop (the WebSocket pings its client instead).
+    pub fn on_upgraded(&self) {
+        let mut inner = self.lock();
+        inner.phase = Phase::Upgraded;
+        inner.deadline = None;
     }
 
     pub fn on_body_timeout(&self) {
@@ -115,7 +128,7 @@ impl ConnState {
     }
 
     fn is_busy(&self) -> bool {
-        self.lock().phase == Phase::Busy
+        matches!(self.lock().phase, Phase::Busy | Phase::Upgraded)
     }
 
     /// The armed deadline, if any; registers `waker` for when one gets armed.

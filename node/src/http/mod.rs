@@ -246,7 +246,8 @@ async fn serve_conn<S>(
         service::handle(router.clone(), state.clone(), peer, probe_only, req)
     });
     let builder = if probe_only { &ctx.probe } else { &ctx.api };
-    let conn = builder.serve_connection(io, svc);
+    // Upgrades: the rooms' WebSocket signalling (`/v1/ws`).
+    let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();
     // Errors here are the client's (a reset, a deadline, a bad request answered already).

@@ -31,6 +31,9 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     state.on_request();
     let res = respond(router, &state, peer, probe_only, req).await;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        state.on_upgraded();
+    }
     Ok(res.map(|inner| {
         Body::new(DoneBody {
             inner,

@@ -2,6 +2,7 @@
 //! the node instead of one per area, and one pool of test threads for all of them.
 //! Run one area with `cargo test -p trackmesh-tests --test it cluster::`.
 
+mod auth_hook;
 mod cascade;
 mod cluster;
 mod config;
@@ -13,6 +14,7 @@ mod listing;
 mod media;
 mod nats_egress;
 mod ops;
+mod rooms;
 mod security_api;
 mod security_gossip;
 mod security_http;
@@ -21,3 +23,4 @@ mod transport;
 mod turn;
 mod whip;
 mod whip_cluster;
+mod ws;

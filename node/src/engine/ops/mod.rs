@@ -2,12 +2,14 @@
 //! `push`, `pull` and `pull_offer`), `renegotiate`, `tracks_update`, `tracks_close`,
 //! `datachannels` (establish, new, update, close), `egress` (marking a session for audio egress); the stream operations `whip` (WHIP publish,
 //! WHEP play), `session_url` (PATCH, DELETE), `streams` (create, delete, bind, list) and
-//! `cascade` (the outgoing session of a cascade); and their request and result types, here.
+//! `cascade` (the outgoing session of a cascade), `close_offer` (ending pulls with an SFU offer,
+//! for the rooms' WebSocket signalling); and their request and result types, here.
 //!
 //! Every operation runs to completion on the engine (they are serialized per node), validates all
 //! input first and reports per-track failures in the items, as Calls does.
 
 mod cascade;
+mod close_offer;
 mod datachannels;
 mod egress;
 mod new_session;
