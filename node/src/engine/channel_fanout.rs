@@ -22,6 +22,9 @@ pub struct ChannelStats {
     pub dropped_too_big: u64,
     /// Messages not written because the channel's send buffer held [`MAX_BUFFERED_BYTES`].
     pub dropped_buffer_full: u64,
+    /// Messages str0m refused because the session's SCTP send buffer (all its channels,
+    /// [`super::datachannels::SESSION_SCTP_BUFFER`]) was full.
+    pub dropped_session_buffer_full: u64,
     /// Messages for a channel not open (yet or any more).
     pub dropped_not_open: u64,
     /// Messages to a `waitForAck` subscriber before its first message.
@@ -145,7 +148,7 @@ impl Engine {
         }
         match ch.write(binary, data) {
             Ok(true) => st.messages_out += 1,
-            Ok(false) => st.dropped_buffer_full += 1,
+            Ok(false) => st.dropped_session_buffer_full += 1,
             Err(err) => {
                 tracing::debug!(session = %sid, error = %err, "DataChannel write failed");
                 st.dropped_not_open += 1;

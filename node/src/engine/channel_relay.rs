@@ -41,6 +41,11 @@ impl Engine {
 
     /// A downstream channel subscription ended (its stream or link is gone).
     pub fn relay_channel_unsubscribe(&mut self, down: DcLinkId) {
+        if let Some(key) = self.dc_down_key.get(&down)
+            && self.dc_reply_downs.get(key).is_some_and(|(d, _)| *d == down)
+        {
+            self.dc_reply_downs.remove(key);
+        }
         if let Some(key) = self.dc_down_key.remove(&down)
             && let Some(v) = self.dc_relay_downs.get_mut(&key)
         {
@@ -65,6 +70,7 @@ impl Engine {
 
     /// The upstream `up` ended: its local subscribers get nothing more.
     pub fn end_relay_channel(&mut self, up: DcLinkId) {
+        self.dc_up_grants.remove(&up);
         if let Some(key) = self.dc_up_key.remove(&up) {
             self.dc_relay_ups.remove(&key);
         }
@@ -86,6 +92,11 @@ impl Engine {
         let Some((publisher, name)) = self.dc_down_key.get(&down).cloned() else {
             return;
         };
+        // Only the node holding the grant may reply (see `channel_reply.rs`).
+        if !self.down_may_reply(down) {
+            self.stats.channels.dropped_no_reply += 1;
+            return;
+        }
         let Some(id) = self
             .sessions
             .get(&publisher)
@@ -114,6 +125,7 @@ impl Engine {
     /// `publisher`'s channel `name` is gone (closed, or its session): its downstreams end.
     pub(super) fn channel_unpublished(&mut self, publisher: SessionId, name: &str) {
         let key = (publisher, name.to_string());
+        self.dc_reply_downs.remove(&key);
         for down in self.dc_relay_downs.remove(&key).unwrap_or_default() {
             self.dc_down_key.remove(&down);
             self.push_channel_out(RelayOut::ChannelEnded { down });
@@ -130,6 +142,8 @@ impl Engine {
         self.dc_subscribers.remove(&key);
         if let Some(up) = self.dc_relay_ups.remove(&key) {
             self.dc_up_key.remove(&up);
+            // Ending the stream gives the grant back.
+            self.dc_up_grants.remove(&up);
             self.push_channel_out(RelayOut::ChannelUnused { up });
         }
     }

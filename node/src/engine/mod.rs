@@ -15,7 +15,8 @@
 //!   DataChannel messages);
 //! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
 //!   messages to subscribers, `canReply`, `waitForAck`; `channel_relay.rs`: channels to and from
-//!   other nodes (ops in `ops/datachannels.rs`);
+//!   other nodes; `channel_reply.rs`: the cluster-wide `canReply` grant (ops in
+//!   `ops/datachannels.rs`);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
 //!   `ops/` (`whip`, `streams`, `session_url`, and `cascade`: the outgoing session that makes the
 //!   node a WHIP/WHEP client of another server);
@@ -26,6 +27,7 @@
 
 mod channel_fanout;
 mod channel_relay;
+mod channel_reply;
 mod client_sdp;
 pub mod datachannels;
 mod demux;
@@ -171,6 +173,11 @@ pub struct Engine {
     /// Other nodes' channels received here: (publisher, name) → upstream.
     dc_relay_ups: HashMap<(SessionId, String), DcLinkId>,
     dc_up_key: HashMap<DcLinkId, (SessionId, String)>,
+    /// `canReply` grants this node's published channels gave other nodes: (publisher, name) →
+    /// the downstream holding it and the claim's sequence.
+    dc_reply_downs: HashMap<(SessionId, String), (DcLinkId, u32)>,
+    /// `canReply` grants this node holds for relayed channels: upstream → claim sequence.
+    dc_up_grants: HashMap<DcLinkId, u32>,
 }
 
 impl Engine {
@@ -207,6 +214,8 @@ impl Engine {
             dc_down_key: HashMap::new(),
             dc_relay_ups: HashMap::new(),
             dc_up_key: HashMap::new(),
+            dc_reply_downs: HashMap::new(),
+            dc_up_grants: HashMap::new(),
         }
     }
 
