@@ -243,7 +243,10 @@ async fn main() -> anyhow::Result<()> {
             })
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
-        out.insert(format!("counters after the burst, node {node}"), drops.into());
+        out.insert(
+            format!("counters after the burst, node {node}"),
+            drops.into(),
+        );
     }
 
     // Latency, paced.

@@ -3,8 +3,6 @@
 //! relay layer (`crate::cluster::relay::channels`) carries each on its own QUIC stream; ids are
 //! the relay's.
 
-use std::time::Instant;
-
 use super::Engine;
 use super::relay_messages::RelayOut;
 use super::{MAX_RELAY_QUEUE, OpError};
@@ -42,7 +40,10 @@ impl Engine {
     /// A downstream channel subscription ended (its stream or link is gone).
     pub fn relay_channel_unsubscribe(&mut self, down: DcLinkId) {
         if let Some(key) = self.dc_down_key.get(&down)
-            && self.dc_reply_downs.get(key).is_some_and(|(d, _)| *d == down)
+            && self
+                .dc_reply_downs
+                .get(key)
+                .is_some_and(|(d, _)| *d == down)
         {
             self.dc_reply_downs.remove(key);
         }
@@ -76,18 +77,20 @@ impl Engine {
         }
     }
 
-    /// A message of upstream `up`: to every local subscriber of that channel.
-    pub fn relay_channel_message(&mut self, up: DcLinkId, binary: bool, data: &[u8], now: Instant) {
+    /// A message of upstream `up`: to every local subscriber of that channel. The sessions
+    /// written to are drained by the next [`Engine::handle_timeout`] (the shell calls it after
+    /// every batch of input), so a batch of messages shares SCTP packets.
+    pub fn relay_channel_message(&mut self, up: DcLinkId, binary: bool, data: &[u8]) {
         self.stats.channels.relay_in += 1;
         let Some((publisher, name)) = self.dc_up_key.get(&up).cloned() else {
             return;
         };
-        self.publish_message(publisher, &name, binary, data, now);
+        self.publish_message(publisher, &name, binary, data);
     }
 
     /// A reply that came back on downstream `down` (a `canReply` subscriber on another node):
     /// to the publisher.
-    pub fn relay_channel_reply(&mut self, down: DcLinkId, binary: bool, data: &[u8], now: Instant) {
+    pub fn relay_channel_reply(&mut self, down: DcLinkId, binary: bool, data: &[u8]) {
         self.stats.channels.relay_in += 1;
         let Some((publisher, name)) = self.dc_down_key.get(&down).cloned() else {
             return;
@@ -107,7 +110,7 @@ impl Engine {
             return;
         };
         self.write_channel(publisher, id, binary, data);
-        self.drain(publisher, now);
+        self.channel_written(publisher);
     }
 
     /// Queues a relay output of a DataChannel, or counts it dropped past the queue's bound.

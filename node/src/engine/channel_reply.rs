@@ -70,7 +70,11 @@ impl Engine {
 
     /// Subscriber's node: the upstream of `publisher`'s channel `name`, and whether this node
     /// holds its `canReply` grant; `None` when it is not received here over the relay.
-    pub fn channel_reply_grant(&self, publisher: SessionId, name: &str) -> Option<(DcLinkId, bool)> {
+    pub fn channel_reply_grant(
+        &self,
+        publisher: SessionId,
+        name: &str,
+    ) -> Option<(DcLinkId, bool)> {
         let up = *self.dc_relay_ups.get(&(publisher, name.to_string()))?;
         Some((up, self.dc_up_grants.contains_key(&up)))
     }
@@ -90,7 +94,11 @@ impl Engine {
     /// failed). Only the channel an operation touched is looked at, so a grant claimed for a
     /// call still in flight is not taken by another's.
     pub(super) fn release_unused_reply_grant(&mut self, publisher: SessionId, name: &str) {
-        let Some(up) = self.dc_relay_ups.get(&(publisher, name.to_string())).copied() else {
+        let Some(up) = self
+            .dc_relay_ups
+            .get(&(publisher, name.to_string()))
+            .copied()
+        else {
             return;
         };
         if self.replier(publisher, name).is_some() {

@@ -178,6 +178,9 @@ pub struct Engine {
     dc_reply_downs: HashMap<(SessionId, String), (DcLinkId, u32)>,
     /// `canReply` grants this node holds for relayed channels: upstream → claim sequence.
     dc_up_grants: HashMap<DcLinkId, u32>,
+    /// Sessions with DataChannel messages written and not yet drained (a handful at a time:
+    /// those a batch of input touched).
+    dc_written: Vec<SessionId>,
 }
 
 impl Engine {
@@ -216,6 +219,7 @@ impl Engine {
             dc_up_key: HashMap::new(),
             dc_reply_downs: HashMap::new(),
             dc_up_grants: HashMap::new(),
+            dc_written: Vec::new(),
         }
     }
 

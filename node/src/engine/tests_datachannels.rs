@@ -314,8 +314,7 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
     let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
     w.connect(&[c]);
     w.run(Duration::from_millis(500));
-    w.engine
-        .relay_channel_message(42, false, b"from afar", w.now);
+    w.engine.relay_channel_message(42, false, b"from afar");
     w.run(Duration::from_millis(100));
     assert_eq!(received(&mut w, c, chan), vec![b"from afar".to_vec()]);
     w.engine
@@ -346,7 +345,11 @@ fn can_reply_is_granted_to_one_node_and_refused_to_others() {
             .expect("served");
     }
     assert_eq!(w.engine.relay_channel_claim(7, 1, true), Some(true));
-    assert_eq!(w.engine.relay_channel_claim(7, 1, true), Some(true), "idempotent");
+    assert_eq!(
+        w.engine.relay_channel_claim(7, 1, true),
+        Some(true),
+        "idempotent"
+    );
     assert_eq!(w.engine.relay_channel_claim(8, 2, true), Some(false));
     // A subscriber on the publisher's node is refused while node 7 holds it.
     let c = w.client();
@@ -362,8 +365,8 @@ fn can_reply_is_granted_to_one_node_and_refused_to_others() {
         "{res:?}"
     );
     // A reply from the node without the grant is dropped; the holder's arrives.
-    w.engine.relay_channel_reply(8, true, b"from 8", w.now);
-    w.engine.relay_channel_reply(7, true, b"from 7", w.now);
+    w.engine.relay_channel_reply(8, true, b"from 8");
+    w.engine.relay_channel_reply(7, true, b"from 7");
     w.run(Duration::from_millis(200));
     assert_eq!(received(&mut w, 0, pchan), vec![b"from 7".to_vec()]);
     assert_eq!(w.engine.stats().channels.dropped_no_reply, 1);
@@ -409,7 +412,10 @@ fn a_relayed_channel_needs_the_grant_and_gives_it_back() {
     );
     assert_eq!(w.engine.channel_reply_grant(remote, "chat"), None);
     w.engine.add_relay_channel(remote, "chat", 42);
-    assert_eq!(w.engine.channel_reply_grant(remote, "chat"), Some((42, false)));
+    assert_eq!(
+        w.engine.channel_reply_grant(remote, "chat"),
+        Some((42, false))
+    );
     assert!(w.engine.set_channel_reply_grant(42, 5));
     let res = w
         .engine
@@ -429,8 +435,14 @@ fn a_relayed_channel_needs_the_grant_and_gives_it_back() {
         .expect("update");
     let outs = relay_outputs(&mut w);
     assert!(
-        matches!(outs.as_slice(), [RelayOut::ChannelReleaseReply { up: 42, seq: 5 }]),
+        matches!(
+            outs.as_slice(),
+            [RelayOut::ChannelReleaseReply { up: 42, seq: 5 }]
+        ),
         "{outs:?}"
     );
-    assert_eq!(w.engine.channel_reply_grant(remote, "chat"), Some((42, false)));
+    assert_eq!(
+        w.engine.channel_reply_grant(remote, "chat"),
+        Some((42, false))
+    );
 }

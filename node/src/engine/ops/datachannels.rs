@@ -280,7 +280,11 @@ impl Engine {
     }
 
     /// The subscriber of `(publisher, name)` on this node that may reply, if any.
-    pub(in crate::engine) fn replier(&self, publisher: SessionId, name: &str) -> Option<(SessionId, u16)> {
+    pub(in crate::engine) fn replier(
+        &self,
+        publisher: SessionId,
+        name: &str,
+    ) -> Option<(SessionId, u16)> {
         let subs = self.dc_subscribers.get(&(publisher, name.to_string()))?;
         subs.iter().copied().find(|(s, id)| {
             self.sessions
@@ -350,9 +354,13 @@ impl Engine {
         id: u16,
     ) -> Option<(SessionId, String)> {
         let sid = self.lookup(app, session_id).ok()?;
-        let e = self.sessions.get(&sid)?.channels.list.iter().find(|e| {
-            e.id == id && !e.closed && e.location == Location::Remote
-        })?;
+        let e = self
+            .sessions
+            .get(&sid)?
+            .channels
+            .list
+            .iter()
+            .find(|e| e.id == id && !e.closed && e.location == Location::Remote)?;
         Some((e.publisher?, e.name.clone()))
     }
 
