@@ -425,8 +425,10 @@ async fn can_reply_is_granted_once_across_nodes() {
         .raw(
             Method::POST,
             &format!("sessions/{sid_c}/datachannels/new"),
-            Some(json!({"dataChannels": [{"location": "remote", "sessionId": psid,
-                "dataChannelName": "chat", "canReply": true}]})),
+            Some(
+                json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                "dataChannelName": "chat", "canReply": true}]}),
+            ),
         )
         .await
         .expect("new on c");
@@ -441,12 +443,17 @@ async fn can_reply_is_granted_once_across_nodes() {
         .raw(
             Method::POST,
             &format!("sessions/{sid_a}/datachannels/new"),
-            Some(json!({"dataChannels": [{"location": "remote", "sessionId": psid,
-                "dataChannelName": "chat", "canReply": true}]})),
+            Some(
+                json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                "dataChannelName": "chat", "canReply": true}]}),
+            ),
         )
         .await
         .expect("new on a");
-    assert_eq!(body["dataChannels"][0]["errorCode"], "invalid_params", "{body}");
+    assert_eq!(
+        body["dataChannels"][0]["errorCode"], "invalid_params",
+        "{body}"
+    );
     drop(sub_a);
     send(&sub_b, chan_b, b"reply from b".to_vec()).await;
     assert_eq!(
@@ -470,8 +477,10 @@ async fn can_reply_is_granted_once_across_nodes() {
             .raw(
                 Method::POST,
                 &format!("sessions/{sid_c}/datachannels/new"),
-                Some(json!({"dataChannels": [{"location": "remote", "sessionId": psid,
-                    "dataChannelName": "chat", "canReply": true}]})),
+                Some(
+                    json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                    "dataChannelName": "chat", "canReply": true}]}),
+                ),
             )
             .await
             .expect("new on c again");
@@ -525,7 +534,10 @@ async fn server_events_in_the_sessions_new_offer_works_like_establish() {
             .run(|c| c.create_channel_offer("server-events"))
             .await
             .expect("offer");
-        let created = api.sessions_new_with_offer(&offer).await.expect("sessions/new");
+        let created = api
+            .sessions_new_with_offer(&offer)
+            .await
+            .expect("sessions/new");
         let answer = created
             .session_description
             .as_ref()
