@@ -238,7 +238,9 @@ async fn main() -> anyhow::Result<()> {
             .filter(|(k, v)| {
                 **v > 0.0
                     && (k.starts_with("trackmesh_packets_dropped_total")
-                        && (k.contains("datachannel_") || k.contains("relay_"))
+                        && (k.contains("datachannel_")
+                            || k.contains("relay_")
+                            || k.contains("send_buffer"))
                         || k.starts_with("trackmesh_datachannel_messages_total"))
             })
             .map(|(k, v)| (k.clone(), json!(v)))
