@@ -379,10 +379,7 @@ mod tests {
                 data: Vec::new(),
             },
             DcFrame::Ended,
-            DcFrame::Claim {
-                seq: 7,
-                want: true,
-            },
+            DcFrame::Claim { seq: 7, want: true },
             DcFrame::Claim {
                 seq: u32::MAX,
                 want: false,
