@@ -438,6 +438,13 @@ impl Metrics {
             ("datachannel_not_open", dc.dropped_not_open),
             ("datachannel_unacked", dc.dropped_unacked),
             ("datachannel_no_reply", dc.dropped_no_reply),
+            (
+                "datachannel_session_buffer_full",
+                dc.dropped_session_buffer_full,
+            ),
+            ("datachannel_relay_queue", dc.dropped_relay_queue),
+            ("datachannel_relay_stream", snap.relay.dc_stream_drops),
+            ("datachannel_relay_in", snap.relay.dc_in_drops),
         ] {
             set(&self.dropped.with_label_values(&[reason]), n);
         }

@@ -170,15 +170,21 @@ async fn run(
             },
             // Relayed frames before datagrams: they are media already late by a hop, while a
             // busy socket is mostly subscribers' RTCP, which can wait a batch.
-            Some(input) = relay.from_relay.recv() => match input {
-                RelayIn::Frame { up, frame } => engine.relay_frame(up, frame, Instant::now()),
-                RelayIn::ChannelMessage { up, binary, data } => {
-                    engine.relay_channel_message(up, binary, &data, Instant::now())
+            Some(input) = relay.from_relay.recv() => {
+                // DataChannel messages already queued go in the same batch: written together,
+                // they leave together (drained once, in `handle_timeout` below). A media frame
+                // ends the batch, so its fan-out is sent before more comes in, as before.
+                let mut channel = relay_input(&mut engine, input);
+                for _ in 1..RECV_BATCH {
+                    if !channel {
+                        break;
+                    }
+                    match relay.from_relay.try_recv() {
+                        Ok(input) => channel = relay_input(&mut engine, input),
+                        Err(_) => break,
+                    }
                 }
-                RelayIn::ChannelReply { down, binary, data } => {
-                    engine.relay_channel_reply(down, binary, &data, Instant::now())
-                }
-            },
+            }
             res = socket.recv_from(&mut buf) => match res {
                 Ok((n, source)) => {
                     engine.handle_datagram(Instant::now(), source, &buf[..n]);
@@ -207,6 +213,24 @@ fn flush_egress(engine: &mut Engine, egress: Option<&mpsc::Sender<EgressPacket>>
     while let Some(packet) = engine.poll_egress() {
         if egress.is_none_or(|tx| tx.try_send(packet).is_err()) {
             engine.count_egress_drop();
+        }
+    }
+}
+
+/// Hands one relay input to the engine; true for a DataChannel message.
+fn relay_input(engine: &mut Engine, input: RelayIn) -> bool {
+    match input {
+        RelayIn::Frame { up, frame } => {
+            engine.relay_frame(up, frame, Instant::now());
+            false
+        }
+        RelayIn::ChannelMessage { up, binary, data } => {
+            engine.relay_channel_message(up, binary, &data);
+            true
+        }
+        RelayIn::ChannelReply { down, binary, data } => {
+            engine.relay_channel_reply(down, binary, &data);
+            true
         }
     }
 }

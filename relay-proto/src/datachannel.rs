@@ -21,6 +21,15 @@
 //! | 3 | `Refused` | reason (u16 length + UTF-8) |
 //! | 4 | `Message` | binary flag (1 byte: 0 or 1), data (the rest) |
 //! | 5 | `Ended` | — |
+//! | 6 | `Claim` | sequence (u32), want (1 byte: 0 release, 1 claim) |
+//! | 7 | `ClaimAnswer` | sequence (u32), granted (1 byte: 0 or 1) |
+//!
+//! `canReply` is granted by the publisher's node, for the whole cluster: a subscribing node
+//! that wants one of its subscribers to reply sends `Claim{seq, want: true}` and gets
+//! `ClaimAnswer{seq, granted}`; at most one node (or a local subscriber of the publisher's node)
+//! holds the grant. `Claim{seq, want: false}` gives grant `seq` back; a stale release (another
+//! `seq`) is ignored. The stream ending gives it back too. Replies from a node without the grant
+//! are dropped by the publisher's node.
 //!
 //! The first byte a subscriber sends on such a stream is [`DC_STREAM_MAGIC`], so the publisher
 //! tells these streams from anything else a peer might open.
@@ -41,6 +50,8 @@ const TAG_ACCEPTED: u8 = 2;
 const TAG_REFUSED: u8 = 3;
 const TAG_MESSAGE: u8 = 4;
 const TAG_ENDED: u8 = 5;
+const TAG_CLAIM: u8 = 6;
+const TAG_CLAIM_ANSWER: u8 = 7;
 
 /// One frame on a DataChannel stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +81,21 @@ pub enum DcFrame {
     },
     /// Publisher → subscriber: the channel was closed; the stream ends.
     Ended,
+    /// Subscriber → publisher: claim (`want`) or give back (`!want`) the channel's `canReply`
+    /// grant for a subscriber on this node.
+    Claim {
+        /// Chosen by the subscriber's node; the answer and the release carry it.
+        seq: u32,
+        /// Claim (true) or release (false).
+        want: bool,
+    },
+    /// Publisher → subscriber: the answer to `Claim{seq, want: true}`.
+    ClaimAnswer {
+        /// The claim's sequence.
+        seq: u32,
+        /// The subscriber's node now holds the grant.
+        granted: bool,
+    },
 }
 
 /// Why bytes were not a frame. Any error ends the stream: the reader cannot resynchronize.
@@ -134,6 +160,16 @@ impl DcFrame {
                 body.extend_from_slice(data);
             }
             DcFrame::Ended => body.push(TAG_ENDED),
+            DcFrame::Claim { seq, want } => {
+                body.push(TAG_CLAIM);
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.push(u8::from(*want));
+            }
+            DcFrame::ClaimAnswer { seq, granted } => {
+                body.push(TAG_CLAIM_ANSWER);
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.push(u8::from(*granted));
+            }
         }
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
@@ -196,6 +232,14 @@ impl DcFrame {
                 DcFrame::Message { binary, data }
             }
             TAG_ENDED => DcFrame::Ended,
+            TAG_CLAIM => DcFrame::Claim {
+                seq: r.u32("claim sequence")?,
+                want: r.flag("claim want")?,
+            },
+            TAG_CLAIM_ANSWER => DcFrame::ClaimAnswer {
+                seq: r.u32("claim sequence")?,
+                granted: r.flag("claim granted")?,
+            },
             other => return Err(DcError::UnknownTag(other)),
         };
         if !r.0.is_empty() {
@@ -215,6 +259,19 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DcError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn flag(&mut self, what: &'static str) -> Result<bool, DcError> {
+        match self.take(1, what)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DcError::Malformed(what)),
+        }
     }
 
     fn u16(&mut self, what: &'static str) -> Result<usize, DcError> {
@@ -322,6 +379,15 @@ mod tests {
                 data: Vec::new(),
             },
             DcFrame::Ended,
+            DcFrame::Claim { seq: 7, want: true },
+            DcFrame::Claim {
+                seq: u32::MAX,
+                want: false,
+            },
+            DcFrame::ClaimAnswer {
+                seq: 7,
+                granted: false,
+            },
         ]
     }
 
@@ -377,6 +443,9 @@ mod tests {
             &[TAG_REFUSED, 0xff, 0xff],
             &[TAG_MESSAGE, 2],
             &[TAG_ACCEPTED, 0],
+            &[TAG_CLAIM, 0, 0, 0, 1],
+            &[TAG_CLAIM, 0, 0, 0, 1, 2],
+            &[TAG_CLAIM_ANSWER, 0, 0, 0, 1, 1, 0],
             &[99],
         ] {
             assert!(DcFrame::decode_body(body).is_err(), "{body:?}");

@@ -9,7 +9,8 @@
 //! - latency: `--paced` messages at `--rate` per second; write → arrival at each subscriber, p50
 //!   and p99 (one clock: every client is in this process).
 //!
-//! Usage: `dc-bench [--messages 20000] [--size 256] [--paced 2000] [--rate 500]`. Prints JSON.
+//! Usage: `dc-bench [--messages 20000] [--size 256] [--paced 2000] [--rate 500]`. Prints JSON,
+//! with each node's DataChannel counters and drops by reason after the burst.
 
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,27 @@ async fn main() -> anyhow::Result<()> {
                    "dropped": sent.saturating_sub(g.len() as u64),
                    "messages_per_s": (g.len() as f64 / secs).round(),
                    "mbit_per_s": (g.len() as f64 * size as f64 * 8.0 / secs / 1e6 * 10.0).round() / 10.0}),
+        );
+    }
+
+    // Where the messages that did not arrive were dropped, per node and reason.
+    for node in ["a", "b"] {
+        let m = cl.node(node).scrape().await?;
+        let drops: serde_json::Map<String, serde_json::Value> = m
+            .iter()
+            .filter(|(k, v)| {
+                **v > 0.0
+                    && (k.starts_with("trackmesh_packets_dropped_total")
+                        && (k.contains("datachannel_")
+                            || k.contains("relay_")
+                            || k.contains("send_buffer"))
+                        || k.starts_with("trackmesh_datachannel_messages_total"))
+            })
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        out.insert(
+            format!("counters after the burst, node {node}"),
+            drops.into(),
         );
     }
 

@@ -626,6 +626,18 @@ pub async fn datachannels_new(
         set.spawn(async move { relay.ensure_channel_upstream(&app, p, &name).await });
     }
     while set.join_next().await.is_some() {}
+    // `canReply` is granted by the publisher's node, for the whole cluster.
+    for it in &items {
+        let (Some(Location::Remote), true, Some(p), Some(name)) = (
+            it.location,
+            it.can_reply,
+            it.session_id.as_deref().and_then(SessionId::parse),
+            it.name.as_deref(),
+        ) else {
+            continue;
+        };
+        st.cluster.relay.claim_channel_reply(p, name).await;
+    }
     let res = st
         .engine
         .call(move |e, now| e.datachannels_new(&app, &session, items, now))
@@ -645,6 +657,18 @@ pub async fn datachannels_update(
 ) -> ApiResult {
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let items = channel_items(&bytes)?;
+    // Granting `canReply` on a channel of another node's publisher: that node decides.
+    for it in items.iter().filter(|it| it.can_reply) {
+        let Some(id) = it.id else { continue };
+        let (a, s) = (app.clone(), session.clone());
+        let sub = st
+            .engine
+            .call(move |e, _| e.channel_subscription(&a, &s, id))
+            .await?;
+        if let Some((p, name)) = sub {
+            st.cluster.relay.claim_channel_reply(p, &name).await;
+        }
+    }
     let res = st
         .engine
         .call(move |e, _| e.datachannels_update(&app, &session, items))

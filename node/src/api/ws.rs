@@ -380,7 +380,7 @@ async fn join(
             user,
             client,
         };
-        match st.engine.set_egress(session.clone(), Some(labels)).await {
+        match st.engine.set_egress(session, Some(labels)).await {
             Ok(Ok(())) => {}
             // A room that asks for egress on a node without --nats still works, without egress.
             Ok(Err(e)) => tracing::warn!(%client_id, error = %e, "room audio egress not started"),

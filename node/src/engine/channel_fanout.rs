@@ -22,6 +22,9 @@ pub struct ChannelStats {
     pub dropped_too_big: u64,
     /// Messages not written because the channel's send buffer held [`MAX_BUFFERED_BYTES`].
     pub dropped_buffer_full: u64,
+    /// Messages str0m refused because the session's SCTP send buffer (all its channels,
+    /// [`super::datachannels::SESSION_SCTP_BUFFER`]) was full.
+    pub dropped_session_buffer_full: u64,
     /// Messages for a channel not open (yet or any more).
     pub dropped_not_open: u64,
     /// Messages to a `waitForAck` subscriber before its first message.
@@ -38,7 +41,7 @@ pub struct ChannelStats {
 
 impl Engine {
     /// One message from session `sid`'s client.
-    pub(super) fn channel_message(&mut self, sid: SessionId, msg: ChannelData, now: Instant) {
+    pub(super) fn channel_message(&mut self, sid: SessionId, msg: ChannelData) {
         self.stats.channels.messages_in += 1;
         if msg.data.len() > MAX_MESSAGE_BYTES {
             self.stats.channels.dropped_too_big += 1;
@@ -58,7 +61,7 @@ impl Engine {
         match e.location {
             Location::Local => {
                 let name = e.name.clone();
-                self.publish_message(sid, &name, msg.binary, &msg.data, now);
+                self.publish_message(sid, &name, msg.binary, &msg.data);
             }
             Location::Remote => {
                 if e.awaiting_ack {
@@ -77,7 +80,7 @@ impl Engine {
                 match (target, up) {
                     (Some((p, id)), _) => {
                         self.write_channel(p, id, msg.binary, &msg.data);
-                        self.drain(p, now);
+                        self.channel_written(p);
                     }
                     (None, Some(up)) => self.push_channel_out(super::RelayOut::ChannelReply {
                         up,
@@ -97,7 +100,6 @@ impl Engine {
         name: &str,
         binary: bool,
         data: &[u8],
-        now: Instant,
     ) {
         let key = (publisher, name.to_string());
         if let Some(downs) = self.dc_relay_downs.get(&key).cloned() {
@@ -115,8 +117,29 @@ impl Engine {
         };
         for (sub, id) in subs.clone() {
             self.write_channel(sub, id, binary, data);
-            self.drain(sub, now);
+            self.channel_written(sub);
         }
+    }
+
+    /// Session `sid` had a message written: it is drained once the current batch of input is
+    /// handled ([`Engine::drain_written_channels`]), so messages that arrived together leave
+    /// together, several to an SCTP packet, instead of one packet (and one DTLS record and one
+    /// datagram) per message — which made a subscriber's path slower than its publisher's.
+    pub(super) fn channel_written(&mut self, sid: SessionId) {
+        if !self.dc_written.contains(&sid) {
+            self.dc_written.push(sid);
+        }
+    }
+
+    /// Drains the sessions [`Engine::channel_written`] marked. Returns whether there were any.
+    pub(super) fn drain_written_channels(&mut self, now: Instant) -> bool {
+        if self.dc_written.is_empty() {
+            return false;
+        }
+        for sid in std::mem::take(&mut self.dc_written) {
+            self.drain(sid, now);
+        }
+        true
     }
 
     /// Writes one message into session `sid`'s channel `id`, or counts why not.
@@ -145,7 +168,7 @@ impl Engine {
         }
         match ch.write(binary, data) {
             Ok(true) => st.messages_out += 1,
-            Ok(false) => st.dropped_buffer_full += 1,
+            Ok(false) => st.dropped_session_buffer_full += 1,
             Err(err) => {
                 tracing::debug!(session = %sid, error = %err, "DataChannel write failed");
                 st.dropped_not_open += 1;

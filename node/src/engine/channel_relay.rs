@@ -3,8 +3,6 @@
 //! relay layer (`crate::cluster::relay::channels`) carries each on its own QUIC stream; ids are
 //! the relay's.
 
-use std::time::Instant;
-
 use super::Engine;
 use super::relay_messages::RelayOut;
 use super::{MAX_RELAY_QUEUE, OpError};
@@ -41,6 +39,14 @@ impl Engine {
 
     /// A downstream channel subscription ended (its stream or link is gone).
     pub fn relay_channel_unsubscribe(&mut self, down: DcLinkId) {
+        if let Some(key) = self.dc_down_key.get(&down)
+            && self
+                .dc_reply_downs
+                .get(key)
+                .is_some_and(|(d, _)| *d == down)
+        {
+            self.dc_reply_downs.remove(key);
+        }
         if let Some(key) = self.dc_down_key.remove(&down)
             && let Some(v) = self.dc_relay_downs.get_mut(&key)
         {
@@ -65,27 +71,35 @@ impl Engine {
 
     /// The upstream `up` ended: its local subscribers get nothing more.
     pub fn end_relay_channel(&mut self, up: DcLinkId) {
+        self.dc_up_grants.remove(&up);
         if let Some(key) = self.dc_up_key.remove(&up) {
             self.dc_relay_ups.remove(&key);
         }
     }
 
-    /// A message of upstream `up`: to every local subscriber of that channel.
-    pub fn relay_channel_message(&mut self, up: DcLinkId, binary: bool, data: &[u8], now: Instant) {
+    /// A message of upstream `up`: to every local subscriber of that channel. The sessions
+    /// written to are drained by the next [`Engine::handle_timeout`] (the shell calls it after
+    /// every batch of input), so a batch of messages shares SCTP packets.
+    pub fn relay_channel_message(&mut self, up: DcLinkId, binary: bool, data: &[u8]) {
         self.stats.channels.relay_in += 1;
         let Some((publisher, name)) = self.dc_up_key.get(&up).cloned() else {
             return;
         };
-        self.publish_message(publisher, &name, binary, data, now);
+        self.publish_message(publisher, &name, binary, data);
     }
 
     /// A reply that came back on downstream `down` (a `canReply` subscriber on another node):
     /// to the publisher.
-    pub fn relay_channel_reply(&mut self, down: DcLinkId, binary: bool, data: &[u8], now: Instant) {
+    pub fn relay_channel_reply(&mut self, down: DcLinkId, binary: bool, data: &[u8]) {
         self.stats.channels.relay_in += 1;
         let Some((publisher, name)) = self.dc_down_key.get(&down).cloned() else {
             return;
         };
+        // Only the node holding the grant may reply (see `channel_reply.rs`).
+        if !self.down_may_reply(down) {
+            self.stats.channels.dropped_no_reply += 1;
+            return;
+        }
         let Some(id) = self
             .sessions
             .get(&publisher)
@@ -96,7 +110,7 @@ impl Engine {
             return;
         };
         self.write_channel(publisher, id, binary, data);
-        self.drain(publisher, now);
+        self.channel_written(publisher);
     }
 
     /// Queues a relay output of a DataChannel, or counts it dropped past the queue's bound.
@@ -114,6 +128,7 @@ impl Engine {
     /// `publisher`'s channel `name` is gone (closed, or its session): its downstreams end.
     pub(super) fn channel_unpublished(&mut self, publisher: SessionId, name: &str) {
         let key = (publisher, name.to_string());
+        self.dc_reply_downs.remove(&key);
         for down in self.dc_relay_downs.remove(&key).unwrap_or_default() {
             self.dc_down_key.remove(&down);
             self.push_channel_out(RelayOut::ChannelEnded { down });
@@ -130,6 +145,8 @@ impl Engine {
         self.dc_subscribers.remove(&key);
         if let Some(up) = self.dc_relay_ups.remove(&key) {
             self.dc_up_key.remove(&up);
+            // Ending the stream gives the grant back.
+            self.dc_up_grants.remove(&up);
             self.push_channel_out(RelayOut::ChannelUnused { up });
         }
     }

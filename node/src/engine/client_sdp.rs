@@ -8,7 +8,10 @@
 use str0m::change::{SdpAnswer, SdpOffer};
 
 use super::OpError;
-use super::sdp::{OfferedMedia, drop_rejected_creds, has_ice_ufrag, media_sections, set_inactive};
+use super::sdp::{
+    OfferedMedia, drop_rejected_creds, has_data_section, has_ice_ufrag, media_sections,
+    set_inactive,
+};
 
 /// A client's offer: its text (for what str0m's model does not show) and its parse.
 #[derive(Debug)]
@@ -22,6 +25,8 @@ pub struct ClientOffer {
     /// The text, when at most [`MAX_REMEMBERED_OFFER`] bytes: the session keeps its last offer
     /// to rebuild its sections on a fresh `Rtc` if the client drops its transport.
     pub(crate) text: Option<String>,
+    /// It opens an SCTP section (DataChannels), as the older Calls flow does in `sessions/new`.
+    pub(crate) data_section: bool,
 }
 
 /// Largest offer a session keeps (a browser's offer for a few tracks is a few KB).
@@ -37,6 +42,7 @@ impl ClientOffer {
             ice_ufrag: attribute(text, "a=ice-ufrag:"),
             fingerprint: fingerprint(text),
             text: (text.len() <= MAX_REMEMBERED_OFFER).then(|| text.to_string()),
+            data_section: has_data_section(text),
         }
     }
 

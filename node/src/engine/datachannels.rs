@@ -17,6 +17,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most bytes waiting in one channel's SCTP send buffer; a message that would exceed it is
 /// dropped and counted (a slow subscriber must not hold memory for everyone).
 pub const MAX_BUFFERED_BYTES: usize = 1024 * 1024;
+/// str0m's SCTP send buffer per session, across all its channels (str0m's default is 128 KiB,
+/// which made every channel drop well before [`MAX_BUFFERED_BYTES`]). Twice the per-channel
+/// bound, so one full channel leaves room for the session's others. It is a cap, not an
+/// allocation: only written, unacknowledged data takes memory.
+pub const SESSION_SCTP_BUFFER: usize = 2 * MAX_BUFFERED_BYTES;
 /// Most channels (active and closed) one session may create; then `datachannels/new` refuses.
 /// Ids are never reused within a session (str0m refuses a second channel on a stream id), so
 /// this also bounds the ids: 1..=MAX_CHANNELS_PER_SESSION.

@@ -275,6 +275,20 @@ impl Engine {
     }
 
     pub(super) fn process_work(&mut self, now: Instant) {
+        // Draining the sessions DataChannel messages were written to may bring more work (a
+        // subscriber's own messages); a few rounds, then whatever is left waits for the next.
+        for _ in 0..8 {
+            self.process_work_items(now);
+            if !self.drain_written_channels(now) {
+                return;
+            }
+        }
+        // Never reached in practice (a drain after writes brings no new input); a session
+        // written to is still never left undrained.
+        self.drain_written_channels(now);
+    }
+
+    fn process_work_items(&mut self, now: Instant) {
         // Each item is handled once; items only come from packets and API calls, so this ends.
         while let Some(item) = self.work.pop_front() {
             match item {
@@ -284,7 +298,7 @@ impl Engine {
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
                 Work::TransportClosed(sid) => self.transport_closed(sid, now),
-                Work::ChannelData(sid, d) => self.channel_message(sid, d, now),
+                Work::ChannelData(sid, d) => self.channel_message(sid, d),
             }
         }
     }

@@ -15,7 +15,8 @@
 //!   DataChannel messages);
 //! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
 //!   messages to subscribers, `canReply`, `waitForAck`; `channel_relay.rs`: channels to and from
-//!   other nodes (ops in `ops/datachannels.rs`);
+//!   other nodes; `channel_reply.rs`: the cluster-wide `canReply` grant (ops in
+//!   `ops/datachannels.rs`);
 //! - `egress.rs`: sessions' Opus payloads queued for the NATS bus (audio egress; marking a
 //!   session is `ops/egress.rs`);
 //! - `streams.rs`: named streams (WHIP/WHEP), a registry of sessions; their operations are in
@@ -28,6 +29,7 @@
 
 mod channel_fanout;
 mod channel_relay;
+mod channel_reply;
 mod client_sdp;
 pub mod datachannels;
 mod demux;
@@ -181,6 +183,14 @@ pub struct Engine {
     dc_up_key: HashMap<DcLinkId, (SessionId, String)>,
     /// Audio egress: whether it is on, and the packets waiting for the shell.
     egress: egress::Egress,
+    /// `canReply` grants this node's published channels gave other nodes: (publisher, name) →
+    /// the downstream holding it and the claim's sequence.
+    dc_reply_downs: HashMap<(SessionId, String), (DcLinkId, u32)>,
+    /// `canReply` grants this node holds for relayed channels: upstream → claim sequence.
+    dc_up_grants: HashMap<DcLinkId, u32>,
+    /// Sessions with DataChannel messages written and not yet drained (a handful at a time:
+    /// those a batch of input touched).
+    dc_written: Vec<SessionId>,
 }
 
 impl Engine {
@@ -218,6 +228,9 @@ impl Engine {
             dc_relay_ups: HashMap::new(),
             dc_up_key: HashMap::new(),
             egress: egress::Egress::default(),
+            dc_reply_downs: HashMap::new(),
+            dc_up_grants: HashMap::new(),
+            dc_written: Vec::new(),
         }
     }
 

@@ -59,6 +59,14 @@ pub enum RelayOut {
         /// The upstream channel subscription.
         up: crate::engine::DcLinkId,
     },
+    /// This node no longer has a `canReply` subscriber of the relayed channel: give the
+    /// publisher's node its grant `seq` back.
+    ChannelReleaseReply {
+        /// The upstream channel subscription.
+        up: crate::engine::DcLinkId,
+        /// The grant's claim sequence.
+        seq: u32,
+    },
     /// A `canReply` subscriber's message for a publisher on another node.
     ChannelReply {
         /// The upstream channel subscription it came from.

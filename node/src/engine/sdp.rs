@@ -116,6 +116,15 @@ pub fn media_sections(sdp: &str) -> Vec<OfferedMedia> {
     out
 }
 
+/// Whether the SDP opens an SCTP (`m=application`, port not 0) section: the older Calls flow,
+/// where the client's offer to `sessions/new` carries a `server-events` DataChannel.
+pub fn has_data_section(sdp: &str) -> bool {
+    sdp.lines().any(|l| {
+        l.strip_prefix("m=application ")
+            .is_some_and(|rest| !rest.starts_with("0 "))
+    })
+}
+
 /// Calls rejects descriptions without ICE credentials as undecodable.
 pub fn has_ice_ufrag(sdp: &str) -> bool {
     sdp.lines().any(|l| l.starts_with("a=ice-ufrag:"))

@@ -96,6 +96,7 @@ impl Engine {
                         subs.retain(|(sub, _)| *sub != sid);
                     }
                     self.channel_subscriber_left(p, &e.name);
+                    self.release_unused_reply_grant(p, &e.name);
                 }
             }
         }

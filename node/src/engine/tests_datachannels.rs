@@ -314,8 +314,7 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
     let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
     w.connect(&[c]);
     w.run(Duration::from_millis(500));
-    w.engine
-        .relay_channel_message(42, false, b"from afar", w.now);
+    w.engine.relay_channel_message(42, false, b"from afar");
     w.run(Duration::from_millis(100));
     assert_eq!(received(&mut w, c, chan), vec![b"from afar".to_vec()]);
     w.engine
@@ -331,4 +330,119 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
 
 fn remote_item(publisher: &str) -> DataChannelItem {
     remote(publisher, "chat")
+}
+
+/// The publisher's node is the `canReply` authority: one node's claim is granted, another's
+/// refused while it holds it, a local subscriber is refused too, replies from a node without
+/// the grant are dropped, and a release (or the stream's end) frees it.
+#[test]
+fn can_reply_is_granted_to_one_node_and_refused_to_others() {
+    let (mut w, psid, pchan, _) = chat_world(&[]);
+    let publisher = crate::ids::SessionId::parse(&psid).expect("id");
+    for down in [7, 8] {
+        w.engine
+            .relay_channel_subscribe(APP, publisher, "chat", down)
+            .expect("served");
+    }
+    assert_eq!(w.engine.relay_channel_claim(7, 1, true), Some(true));
+    assert_eq!(
+        w.engine.relay_channel_claim(7, 1, true),
+        Some(true),
+        "idempotent"
+    );
+    assert_eq!(w.engine.relay_channel_claim(8, 2, true), Some(false));
+    // A subscriber on the publisher's node is refused while node 7 holds it.
+    let c = w.client();
+    let sid = establish(&mut w, c);
+    let mut item = remote(&psid, "chat");
+    item.can_reply = true;
+    let res = w
+        .engine
+        .datachannels_new(APP, &sid, vec![item.clone()], w.now)
+        .expect("new");
+    assert!(
+        matches!(res[0].error, Some(TrackError::InvalidParams(_))),
+        "{res:?}"
+    );
+    // A reply from the node without the grant is dropped; the holder's arrives.
+    w.engine.relay_channel_reply(8, true, b"from 8");
+    w.engine.relay_channel_reply(7, true, b"from 7");
+    w.run(Duration::from_millis(200));
+    assert_eq!(received(&mut w, 0, pchan), vec![b"from 7".to_vec()]);
+    assert_eq!(w.engine.stats().channels.dropped_no_reply, 1);
+    // A stale release (another sequence) changes nothing; the right one frees the grant.
+    assert_eq!(w.engine.relay_channel_claim(7, 99, false), None);
+    assert_eq!(w.engine.relay_channel_claim(8, 3, true), Some(false));
+    assert_eq!(w.engine.relay_channel_claim(7, 1, false), None);
+    assert_eq!(w.engine.relay_channel_claim(8, 3, true), Some(true));
+    // The holder's stream ends: the grant goes with it, and the local subscriber may take it.
+    w.engine.relay_channel_unsubscribe(8);
+    let res = w
+        .engine
+        .datachannels_new(APP, &sid, vec![item], w.now)
+        .expect("new");
+    assert_eq!(res[0].error, None, "{res:?}");
+    assert_eq!(w.engine.relay_channel_claim(7, 4, true), Some(false));
+}
+
+/// A subscribing node needs the grant for a relayed channel, and gives it back when its
+/// `canReply` subscriber leaves.
+#[test]
+fn a_relayed_channel_needs_the_grant_and_gives_it_back() {
+    let mut w = World::new(Duration::from_secs(30));
+    let remote = crate::ids::SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    w.engine.add_relay_channel(remote, "chat", 42);
+    let c = w.client();
+    let sid = establish(&mut w, c);
+    let mut item = remote_item(&remote.to_string());
+    item.can_reply = true;
+    let res = w
+        .engine
+        .datachannels_new(APP, &sid, vec![item.clone()], w.now)
+        .expect("new");
+    assert!(
+        matches!(res[0].error, Some(TrackError::InvalidParams(_))),
+        "no grant from the publisher's node: {res:?}"
+    );
+    // The stream opened for the failed item alone is released.
+    let outs = relay_outputs(&mut w);
+    assert!(
+        matches!(outs.as_slice(), [RelayOut::ChannelUnused { up: 42 }]),
+        "{outs:?}"
+    );
+    assert_eq!(w.engine.channel_reply_grant(remote, "chat"), None);
+    w.engine.add_relay_channel(remote, "chat", 42);
+    assert_eq!(
+        w.engine.channel_reply_grant(remote, "chat"),
+        Some((42, false))
+    );
+    assert!(w.engine.set_channel_reply_grant(42, 5));
+    let res = w
+        .engine
+        .datachannels_new(APP, &sid, vec![item], w.now)
+        .expect("new");
+    assert_eq!(res[0].error, None, "{res:?}");
+    let id = res[0].id.expect("id");
+    let _ = relay_outputs(&mut w);
+    // Revoked: the grant goes back to the publisher's node with its sequence.
+    let mut revoke = DataChannelItem {
+        id: Some(id),
+        ..DataChannelItem::default()
+    };
+    revoke.can_reply = false;
+    w.engine
+        .datachannels_update(APP, &sid, vec![revoke])
+        .expect("update");
+    let outs = relay_outputs(&mut w);
+    assert!(
+        matches!(
+            outs.as_slice(),
+            [RelayOut::ChannelReleaseReply { up: 42, seq: 5 }]
+        ),
+        "{outs:?}"
+    );
+    assert_eq!(
+        w.engine.channel_reply_grant(remote, "chat"),
+        Some((42, false))
+    );
 }

@@ -31,6 +31,7 @@ pub(super) struct OfferTransport {
     pub(super) fingerprint: Option<String>,
     pub(super) live_mids: Vec<Mid>,
     pub(super) text: Option<String>,
+    pub(super) data_section: bool,
 }
 
 impl OfferTransport {
@@ -40,6 +41,7 @@ impl OfferTransport {
             fingerprint: offer.fingerprint.clone(),
             live_mids: offer.live_mids().map(Mid::from).collect(),
             text: offer.text.clone(),
+            data_section: offer.data_section,
         }
     }
 }
@@ -66,6 +68,9 @@ impl Engine {
         s.note_remote(transport.ice_ufrag.as_ref(), transport.fingerprint.as_ref());
         s.last_offer = transport.text.take();
         s.renewed = false;
+        // The client brought its own SCTP section (the older Calls flow): DataChannels may be
+        // made on it as after `datachannels/establish`.
+        s.channels.established |= transport.data_section;
         self.follow_ice_restart(sid);
         if renew {
             self.close_tracks_off(sid, &transport.live_mids, now);

@@ -263,6 +263,7 @@ fn chromiums_new_transport_is_told_by_new_credentials_on_sections_all_new() {
         fingerprint: session.remote_fingerprint.clone(),
         live_mids: live.iter().map(|m| Mid::from(*m)).collect(),
         text: None,
+        data_section: false,
     };
     let old_ufrag = session.remote_ufrag.clone().expect("negotiated");
     assert!(

@@ -442,6 +442,24 @@ impl<S: StatsCell> Core<S> {
         ))
     }
 
+    /// An offer adding a DataChannel `label` (opened in-band, DCEP), as the older Calls flow
+    /// offers its `server-events` channel to `sessions/new`. Returns (the channel, offer SDP).
+    pub fn create_channel_offer(
+        &mut self,
+        label: &str,
+    ) -> anyhow::Result<(str0m::channel::ChannelId, String)> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        let mut api = self.rtc.sdp_api();
+        let chan = api.add_channel(label.to_string());
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("apply() produced no offer"))?;
+        self.pending = Some(pending);
+        Ok((chan, offer.to_sdp_string()))
+    }
+
     /// An offer with new ICE credentials (an ICE restart), every transceiver as it is.
     pub fn ice_restart_offer(&mut self) -> anyhow::Result<String> {
         if self.pending.is_some() {

@@ -310,3 +310,263 @@ async fn messages_cross_the_relay_in_order_and_replies_come_back() {
         "the ack was swallowed, the reply crossed"
     );
 }
+
+/// Writes messages `0..n` (4-byte sequence, padded to `size`) as fast as the publisher's SCTP
+/// buffer takes them while the subscriber reads; returns what the subscriber got. Bounded by
+/// `rounds` write/read rounds.
+async fn burst(
+    publisher: &Peer,
+    pchan: ChannelId,
+    sub: &Peer,
+    schan: ChannelId,
+    n: u32,
+    size: usize,
+) -> Vec<u32> {
+    let (mut sent, mut got) = (0u32, Vec::new());
+    let rounds = (2 * TIMEOUT.as_millis() / 5) as usize;
+    for _ in 0..rounds {
+        if sent < n {
+            sent = publisher
+                .run(move |c| {
+                    let mut ch = c
+                        .rtc()
+                        .channel(pchan)
+                        .ok_or_else(|| anyhow::anyhow!("closed"))?;
+                    let mut k = sent;
+                    while k < n {
+                        let mut msg = vec![0u8; size];
+                        msg[..4].copy_from_slice(&k.to_be_bytes());
+                        if !ch.write(true, &msg)? {
+                            break;
+                        }
+                        k += 1;
+                    }
+                    Ok(k)
+                })
+                .await
+                .expect("write");
+        }
+        let msgs = sub
+            .run(|c| Ok(c.take_channel_messages()))
+            .await
+            .expect("take");
+        got.extend(
+            msgs.into_iter()
+                .filter(|(id, d)| *id == schan && d.len() == size)
+                .map(|(_, d)| u32::from_be_bytes([d[0], d[1], d[2], d[3]])),
+        );
+        if got.len() >= n as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    got
+}
+
+/// A burst written as fast as the publisher's SCTP takes it, across one relay hop, arrives
+/// complete and in order on a reliable, ordered channel whose subscriber reads: no bound of
+/// the node or the relay drops what an ordinary burst puts in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_the_relay_arrives_complete_when_the_subscriber_reads() {
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r1")])
+        .await
+        .expect("cluster");
+    let (api_a, api_b) = (cl.client("a"), cl.client("b"));
+    let (publisher, psid) = established(&api_a, "pub").await;
+    let pchan = open(
+        &api_a,
+        &publisher,
+        &psid,
+        json!({"location": "local", "dataChannelName": "bulk"}),
+    )
+    .await;
+    let (sub, sid) = established(&api_b, "sub-b").await;
+    let schan = open(
+        &api_b,
+        &sub,
+        &sid,
+        json!({"location": "remote", "sessionId": psid, "dataChannelName": "bulk"}),
+    )
+    .await;
+    // 4,000 × 256 B is 1 MB, eight times what str0m's default SCTP buffer holds.
+    let n = 4000u32;
+    let got = burst(&publisher, pchan, &sub, schan, n, 256).await;
+    let want: Vec<u32> = (0..n).collect();
+    assert_eq!(got.len(), want.len(), "every message of the burst arrived");
+    assert_eq!(got, want, "in order");
+}
+
+/// `canReply` is one subscriber per publisher channel across the cluster: a subscriber on b
+/// holds it, one on c is refused (`invalid_params`), and c gets it once b's closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_reply_is_granted_once_across_nodes() {
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r1"), ("c", "r1")])
+        .await
+        .expect("cluster");
+    let (api_a, api_b, api_c) = (cl.client("a"), cl.client("b"), cl.client("c"));
+    let (publisher, psid) = established(&api_a, "pub").await;
+    let pchan = open(
+        &api_a,
+        &publisher,
+        &psid,
+        json!({"location": "local", "dataChannelName": "chat"}),
+    )
+    .await;
+    let (sub_b, sid_b) = established(&api_b, "sub-b").await;
+    let chan_b = open(
+        &api_b,
+        &sub_b,
+        &sid_b,
+        json!({"location": "remote", "sessionId": psid, "dataChannelName": "chat", "canReply": true}),
+    )
+    .await;
+    let (sub_c, sid_c) = established(&api_c, "sub-c").await;
+    let (status, body) = api_c
+        .raw(
+            Method::POST,
+            &format!("sessions/{sid_c}/datachannels/new"),
+            Some(
+                json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                "dataChannelName": "chat", "canReply": true}]}),
+            ),
+        )
+        .await
+        .expect("new on c");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["dataChannels"][0]["errorCode"], "invalid_params",
+        "a second canReply subscriber, on another node: {body}"
+    );
+    // The publisher's own node refuses it too.
+    let (sub_a, sid_a) = established(&api_a, "sub-a").await;
+    let (_, body) = api_a
+        .raw(
+            Method::POST,
+            &format!("sessions/{sid_a}/datachannels/new"),
+            Some(
+                json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                "dataChannelName": "chat", "canReply": true}]}),
+            ),
+        )
+        .await
+        .expect("new on a");
+    assert_eq!(
+        body["dataChannels"][0]["errorCode"], "invalid_params",
+        "{body}"
+    );
+    drop(sub_a);
+    send(&sub_b, chan_b, b"reply from b".to_vec()).await;
+    assert_eq!(
+        receive(&publisher, pchan, 1).await,
+        vec![b"reply from b".to_vec()],
+        "the holder's reply crosses back"
+    );
+    // b's subscriber leaves: its node gives the grant back and c's subscriber may take it.
+    let (status, _) = api_b
+        .raw(
+            Method::PUT,
+            &format!("sessions/{sid_b}/datachannels/close"),
+            Some(json!({"dataChannels": [{"id": 1}]})),
+        )
+        .await
+        .expect("close on b");
+    assert_eq!(status, 200);
+    let mut granted = None;
+    for _ in 0..(TIMEOUT.as_millis() / POLL.as_millis()) {
+        let (_, body) = api_c
+            .raw(
+                Method::POST,
+                &format!("sessions/{sid_c}/datachannels/new"),
+                Some(
+                    json!({"dataChannels": [{"location": "remote", "sessionId": psid,
+                    "dataChannelName": "chat", "canReply": true}]}),
+                ),
+            )
+            .await
+            .expect("new on c again");
+        if body["dataChannels"][0].get("errorCode").is_none() {
+            granted = body["dataChannels"][0]["id"].as_u64();
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let id = u16::try_from(granted.expect("c's subscriber gets canReply once b's left"))
+        .expect("u16 id");
+    let chan_c = sub_c
+        .run(move |c| {
+            Ok(c.rtc().direct_api().create_data_channel(ChannelConfig {
+                label: "chat".into(),
+                negotiated: Some(id),
+                ..ChannelConfig::default()
+            }))
+        })
+        .await
+        .expect("create channel");
+    // Replies from c arrive once its channel is open; retry the send until one does.
+    let mut replied = false;
+    for _ in 0..(TIMEOUT.as_millis() / POLL.as_millis()) {
+        let open = sub_c
+            .run(move |c| Ok(c.rtc().channel(chan_c).is_some()))
+            .await
+            .expect("poll");
+        if open {
+            send(&sub_c, chan_c, b"reply from c".to_vec()).await;
+            replied = receive_for(&publisher, pchan, 1, Duration::from_secs(2))
+                .await
+                .contains(&b"reply from c".to_vec());
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(replied, "the new holder's reply reaches the publisher");
+}
+
+/// The older Calls flow: a `server-events` DataChannel in the offer to `sessions/new` sets up
+/// SCTP, and `datachannels/new` then works without `establish`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_events_in_the_sessions_new_offer_works_like_establish() {
+    let node = TestNode::start(&[]).expect("node");
+    let api = node.client();
+    let mut peers = Vec::new();
+    for name in ["pub", "sub"] {
+        let peer = Peer::new(name).expect("peer");
+        let (_, offer) = peer
+            .run(|c| c.create_channel_offer("server-events"))
+            .await
+            .expect("offer");
+        let created = api
+            .sessions_new_with_offer(&offer)
+            .await
+            .expect("sessions/new");
+        let answer = created
+            .session_description
+            .as_ref()
+            .map(|d| d.sdp.clone())
+            .expect("an answer");
+        assert!(answer.contains("m=application"), "{answer}");
+        peer.accept_answer(&answer).await.expect("answer accepted");
+        peer.wait_connected(TIMEOUT).await.expect("connects");
+        peers.push((peer, created.session_id));
+    }
+    let (publisher, psid) = &peers[0];
+    let (sub, ssid) = &peers[1];
+    let pchan = open(
+        &api,
+        publisher,
+        psid,
+        json!({"location": "local", "dataChannelName": "chat"}),
+    )
+    .await;
+    let schan = open(
+        &api,
+        sub,
+        ssid,
+        json!({"location": "remote", "sessionId": psid, "dataChannelName": "chat"}),
+    )
+    .await;
+    for i in 0..10u32 {
+        send(publisher, pchan, i.to_be_bytes().to_vec()).await;
+    }
+    let want: Vec<Vec<u8>> = (0..10u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(receive(sub, schan, 10).await, want);
+}

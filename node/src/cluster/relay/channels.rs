@@ -36,13 +36,38 @@ pub async fn ensure_channel_upstream(
     if session.node_tag() == inner.tag {
         return Ok(());
     }
+    let key = (session, format!("\u{0}dc:{name}"));
+    serialized(inner, key, ensure_locked(inner, app, session, name)).await
+}
+
+/// Runs `work` while no other call with the same `key` runs (keys in `Inner::inflight`), and
+/// forgets the key's lock once nobody waits on it.
+async fn serialized<T>(
+    inner: &Arc<Inner>,
+    key: (SessionId, String),
+    work: impl std::future::Future<Output = T>,
+) -> T {
     let lock = {
         let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((session, format!("\u{0}dc:{name}")))
-            .or_default()
-            .clone()
+        m.entry(key.clone()).or_default().clone()
     };
-    let _guard = lock.lock().await;
+    let result = {
+        let _guard = lock.lock().await;
+        work.await
+    };
+    let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+    if Arc::strong_count(&lock) <= 2 {
+        m.remove(&key);
+    }
+    result
+}
+
+async fn ensure_locked(
+    inner: &Arc<Inner>,
+    app: &str,
+    session: SessionId,
+    name: &str,
+) -> Result<(), PullError> {
     let n = name.to_string();
     if inner
         .engine
@@ -91,13 +116,13 @@ pub async fn ensure_channel_upstream(
     inner.spawn(write_frames(send, rx));
     let reader = inner.clone();
     inner.spawn(async move {
-        read_messages(&reader, recv, dec, |binary, data| RelayIn::ChannelMessage {
-            up,
-            binary,
-            data,
-        })
-        .await;
-        reader.state().dc_ups.remove(&up);
+        read_messages(&reader, recv, dec, Side::Up(up)).await;
+        {
+            let mut st = reader.state();
+            st.dc_ups.remove(&up);
+            // A claim still waiting is answered "no" by dropping its sender.
+            st.dc_claims.remove(&up);
+        }
         let _ = reader
             .engine
             .call(move |e, _| e.end_relay_channel(up))
@@ -154,12 +179,7 @@ pub async fn serve_stream(
     let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
     inner.state().dc_downs.insert(down, tx);
     inner.spawn(write_frames(send, rx));
-    read_messages(&inner, recv, dec, |binary, data| RelayIn::ChannelReply {
-        down,
-        binary,
-        data,
-    })
-    .await;
+    read_messages(&inner, recv, dec, Side::Down(down)).await;
     inner.state().dc_downs.remove(&down);
     let _ = inner
         .engine
@@ -171,7 +191,7 @@ pub async fn serve_stream(
 pub fn send_frame(inner: &Inner, tx: Option<mpsc::Sender<DcFrame>>, frame: DcFrame) {
     let sent = tx.is_some_and(|tx| tx.try_send(frame).is_ok());
     if !sent {
-        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+        inner.dc_stream_drops.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -203,12 +223,22 @@ async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut DcDecoder) -> Option
     None
 }
 
-/// Hands every `Message` of the stream to the engine until it ends or speaks garbage.
+/// Which end of a channel stream a reader serves.
+#[derive(Clone, Copy)]
+enum Side {
+    /// This node subscribed (upstream): messages are the publisher's, answers to claims come.
+    Up(DcLinkId),
+    /// A peer subscribed (downstream): messages are replies, claims come.
+    Down(DcLinkId),
+}
+
+/// Hands every `Message` of the stream to the engine, and handles `canReply` claims and their
+/// answers, until it ends or speaks garbage.
 async fn read_messages(
     inner: &Arc<Inner>,
     mut recv: quinn::RecvStream,
     mut dec: DcDecoder,
-    make: impl Fn(bool, Vec<u8>) -> RelayIn,
+    side: Side,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -220,8 +250,36 @@ async fn read_messages(
         for frame in dec.feed(buf.get(..n).unwrap_or_default()) {
             match frame {
                 Ok(DcFrame::Message { binary, data }) => {
-                    if inner.relay_in.try_send(make(binary, data)).is_err() {
-                        inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+                    let input = match side {
+                        Side::Up(up) => RelayIn::ChannelMessage { up, binary, data },
+                        Side::Down(down) => RelayIn::ChannelReply { down, binary, data },
+                    };
+                    if inner.relay_in.try_send(input).is_err() {
+                        inner.dc_in_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(DcFrame::Claim { seq, want }) => {
+                    let Side::Down(down) = side else { return };
+                    let answer = inner
+                        .engine
+                        .call(move |e, _| e.relay_channel_claim(down, seq, want))
+                        .await;
+                    match answer {
+                        Ok(Some(granted)) => {
+                            let tx = inner.state().dc_downs.get(&down).cloned();
+                            send_frame(inner, tx, DcFrame::ClaimAnswer { seq, granted });
+                        }
+                        Ok(None) => {}
+                        Err(_) => return,
+                    }
+                }
+                Ok(DcFrame::ClaimAnswer { seq, granted }) => {
+                    let Side::Up(up) = side else { return };
+                    let mut st = inner.state();
+                    if st.dc_claims.get(&up).is_some_and(|(s, _)| *s == seq)
+                        && let Some((_, tx)) = st.dc_claims.remove(&up)
+                    {
+                        let _ = tx.send(granted);
                     }
                 }
                 Ok(DcFrame::Ended) | Err(_) => return,
@@ -229,4 +287,55 @@ async fn read_messages(
             }
         }
     }
+}
+
+/// Claims the `canReply` grant of `session`'s channel `name` (received here over the relay)
+/// from the publisher's node; see [`super::Relay::claim_channel_reply`].
+pub async fn claim_reply(inner: &Arc<Inner>, session: SessionId, name: &str) -> bool {
+    if session.node_tag() == inner.tag {
+        return true;
+    }
+    // One claim per channel at a time, so an answer is never taken for another's.
+    let key = (session, format!("\u{0}dc-reply:{name}"));
+    serialized(inner, key, claim_locked(inner, session, name)).await
+}
+
+async fn claim_locked(inner: &Arc<Inner>, session: SessionId, name: &str) -> bool {
+    let n = name.to_string();
+    let Ok(Some((up, granted))) = inner
+        .engine
+        .call(move |e, _| e.channel_reply_grant(session, &n))
+        .await
+    else {
+        // Not received here: the engine answers the item `not_found_track_error`.
+        return false;
+    };
+    if granted {
+        return true;
+    }
+    let seq = inner.next_id.fetch_add(1, Ordering::Relaxed) as u32;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let writer = {
+        let mut st = inner.state();
+        st.dc_claims.insert(up, (seq, tx));
+        st.dc_ups.get(&up).cloned()
+    };
+    send_frame(inner, writer, DcFrame::Claim { seq, want: true });
+    let answer = tokio::time::timeout(ACCEPT_TIMEOUT, rx).await;
+    inner.state().dc_claims.remove(&up);
+    match answer {
+        Ok(Ok(true)) => {}
+        Ok(_) => return false,
+        Err(_) => {
+            // An answer after the timeout may still have granted it: give it back.
+            let writer = inner.state().dc_ups.get(&up).cloned();
+            send_frame(inner, writer, DcFrame::Claim { seq, want: false });
+            return false;
+        }
+    }
+    inner
+        .engine
+        .call(move |e, _| e.set_channel_reply_grant(up, seq))
+        .await
+        .unwrap_or(false)
 }

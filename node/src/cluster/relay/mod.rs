@@ -101,6 +101,9 @@ pub(crate) struct State {
     pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
     /// DataChannel streams peers subscribed on: downstream id → the stream's writer queue.
     pub dc_downs: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
+    /// `canReply` claims waiting for the publisher's node: upstream id → (claim sequence, the
+    /// waiting call). At most one per upstream (claims of a channel are serialized).
+    pub dc_claims: HashMap<u64, (u32, tokio::sync::oneshot::Sender<bool>)>,
     /// Peers whose links failed recently: not dialed again until the instant.
     pub avoid: HashMap<NodeId, std::time::Instant>,
 }
@@ -141,6 +144,10 @@ pub(crate) struct Inner {
     pub control_drops: AtomicU64,
     /// Frames for other nodes not sent: too large to fragment, or refused by the QUIC link.
     pub send_drops: AtomicU64,
+    /// DataChannel messages not queued on a full channel stream (its writer is behind).
+    pub dc_stream_drops: AtomicU64,
+    /// DataChannel messages from other nodes dropped on a full engine input queue.
+    pub dc_in_drops: AtomicU64,
 }
 
 impl Inner {
@@ -231,6 +238,10 @@ pub struct RelayFigures {
     pub control_drops: u64,
     /// Frames for other nodes not sent (too large, or refused by the link).
     pub send_drops: u64,
+    /// DataChannel messages not queued on a full channel stream.
+    pub dc_stream_drops: u64,
+    /// DataChannel messages from other nodes dropped on a full engine input queue.
+    pub dc_in_drops: u64,
 }
 
 /// The relay layer's handle: pulls tracks from other nodes, serves this node's, reports views.
@@ -330,6 +341,8 @@ impl Relay {
             engine_queue_drops: AtomicU64::new(0),
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
+            dc_stream_drops: AtomicU64::new(0),
+            dc_in_drops: AtomicU64::new(0),
         });
         let named =
             |name: &'static str, input_ended: Arc<AtomicBool>, fut: TaskFuture| -> NamedTask {
@@ -444,6 +457,13 @@ impl Relay {
         channels::ensure_channel_upstream(&self.inner, app, session, name).await
     }
 
+    /// Asks `session`'s node for the `canReply` grant of its channel `name` for this node
+    /// (already received here, see [`Relay::ensure_channel_upstream`]). True when this node
+    /// holds it (or the publisher is on this node, whose engine decides).
+    pub async fn claim_channel_reply(&self, session: SessionId, name: &str) -> bool {
+        channels::claim_reply(&self.inner, session, name).await
+    }
+
     /// Relay connections refused (wrong cluster, bad handshake) since start.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
@@ -524,6 +544,8 @@ impl Relay {
             engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
             control_drops: self.inner.control_drops.load(Ordering::Relaxed),
             send_drops: self.inner.send_drops.load(Ordering::Relaxed),
+            dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),
+            dc_in_drops: self.inner.dc_in_drops.load(Ordering::Relaxed),
         }
     }
 

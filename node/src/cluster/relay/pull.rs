@@ -484,6 +484,10 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                 // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
                 inner.state().dc_ups.remove(&up);
             }
+            RelayOut::ChannelReleaseReply { up, seq } => {
+                let tx = inner.state().dc_ups.get(&up).cloned();
+                super::channels::send_frame(&inner, tx, DcFrame::Claim { seq, want: false });
+            }
             RelayOut::ChannelReply { up, binary, data } => {
                 let tx = inner.state().dc_ups.get(&up).cloned();
                 super::channels::send_frame(

@@ -148,7 +148,25 @@ impl Engine {
             };
             match self.new_channel(app, sid, &item) {
                 Ok(id) => r.id = Some(id),
-                Err(e) => r.error = Some(e),
+                Err(e) => {
+                    r.error = Some(e);
+                    // A relay stream opened for this item alone is not kept.
+                    if let (Some(Location::Remote), Some(p), Some(name)) = (
+                        item.location,
+                        item.session_id.as_deref().and_then(SessionId::parse),
+                        item.name.as_deref(),
+                    ) {
+                        self.channel_subscriber_left(p, name);
+                    }
+                }
+            }
+            // A grant claimed for an item that then failed is given back.
+            if let (true, Some(p), Some(name)) = (
+                item.can_reply,
+                item.session_id.as_deref().and_then(SessionId::parse),
+                item.name.as_deref(),
+            ) {
+                self.release_unused_reply_grant(p, name);
             }
             out.push(r);
         }
@@ -212,7 +230,7 @@ impl Engine {
                                     .is_some_and(|s| s.channels.local_named(name).is_some())
                     })
                     .ok_or(TrackError::NotFound)?;
-                if item.can_reply && self.replier(publisher, name).is_some() {
+                if item.can_reply && !self.reply_free(publisher, name, None) {
                     return Err(TrackError::InvalidParams(format!(
                         "another subscriber of {name} may already reply"
                     )));
@@ -261,8 +279,12 @@ impl Engine {
         Ok(id)
     }
 
-    /// The subscriber of `(publisher, name)` that may reply, if any.
-    fn replier(&self, publisher: SessionId, name: &str) -> Option<(SessionId, u16)> {
+    /// The subscriber of `(publisher, name)` on this node that may reply, if any.
+    pub(in crate::engine) fn replier(
+        &self,
+        publisher: SessionId,
+        name: &str,
+    ) -> Option<(SessionId, u16)> {
         let subs = self.dc_subscribers.get(&(publisher, name.to_string()))?;
         subs.iter().copied().find(|(s, id)| {
             self.sessions
@@ -304,10 +326,7 @@ impl Engine {
                     ))
                 }
                 Some((id, publisher, name)) => {
-                    let other = self
-                        .replier(publisher, &name)
-                        .is_some_and(|(s, i)| (s, i) != (sid, id));
-                    if item.can_reply && other {
+                    if item.can_reply && !self.reply_free(publisher, &name, Some((sid, id))) {
                         r.error = Some(TrackError::Update(format!(
                             "another subscriber of {name} may already reply"
                         )));
@@ -318,11 +337,31 @@ impl Engine {
                     {
                         e.can_reply = item.can_reply;
                     }
+                    self.release_unused_reply_grant(publisher, &name);
                 }
             }
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// The publisher and channel name of session `session_id`'s open subscription `id`, for
+    /// the API to claim `canReply` from the publisher's node before an update.
+    pub fn channel_subscription(
+        &self,
+        app: &str,
+        session_id: &str,
+        id: u16,
+    ) -> Option<(SessionId, String)> {
+        let sid = self.lookup(app, session_id).ok()?;
+        let e = self
+            .sessions
+            .get(&sid)?
+            .channels
+            .list
+            .iter()
+            .find(|e| e.id == id && !e.closed && e.location == Location::Remote)?;
+        Some((e.publisher?, e.name.clone()))
     }
 
     /// `datachannels/close`: closes by id; an id with no open channel is `close_track_error`.
@@ -363,6 +402,7 @@ impl Engine {
                             subs.retain(|sub| *sub != (sid, id));
                         }
                         self.channel_subscriber_left(key.0, &key.1);
+                        self.release_unused_reply_grant(key.0, &key.1);
                     }
                 }
                 None => {

@@ -45,6 +45,9 @@ impl Engine {
         let (remote_ufrag, fingerprint) = offer.as_ref().map_or((None, None), |o| {
             (o.ice_ufrag.clone(), o.fingerprint.clone())
         });
+        // The older Calls flow: a `server-events` DataChannel in the offer to `sessions/new`
+        // stands for `datachannels/establish`.
+        let data_section = offer.as_ref().is_some_and(|o| o.data_section);
         let offer = offer.map(|o| o.parsed).transpose()?;
         let id = self.new_session_id();
         let (rtc, ufrag) = self.build_rtc(outgoing, now)?;
@@ -55,6 +58,7 @@ impl Engine {
                 let answer = session.accept_offer(offer)?;
                 session.note_remote(remote_ufrag.as_ref(), fingerprint.as_ref());
                 session.state = session.state.on_negotiated();
+                session.channels.established = data_section;
                 Some(answer_desc(answer))
             }
             None => None,
@@ -99,7 +103,10 @@ impl Engine {
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
             // Audio is not NACKed by browsers (Opus has its own loss concealment): the buffer only
             // holds a written frame until it is sent. Each slot costs about 1.4 KB.
-            .set_send_buffer_audio(SEND_BUFFER_AUDIO);
+            .set_send_buffer_audio(SEND_BUFFER_AUDIO)
+            // DataChannels: room for a burst while the subscriber's path catches up (see
+            // `datachannels::SESSION_SCTP_BUFFER`).
+            .set_sctp_max_buffered_amount(crate::engine::datachannels::SESSION_SCTP_BUFFER);
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
