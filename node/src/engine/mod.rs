@@ -25,6 +25,7 @@
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
 mod channel_fanout;
+mod candidates;
 mod channel_relay;
 mod client_sdp;
 pub mod datachannels;
@@ -109,8 +110,13 @@ pub struct EngineConfig {
     pub node_tag: NodeTag,
     /// The address datagrams arrive on (the bound media socket).
     pub local_addr: SocketAddr,
-    /// The address announced in ICE host candidates.
+    /// The primary address announced in ICE host candidates (also what gossip announces).
     pub candidate_addr: SocketAddr,
+    /// Further announced addresses, of the other IP family on a dual-stack socket.
+    pub more_candidates: Vec<SocketAddr>,
+    /// ICE-TCP: every address is also offered as a passive TCP candidate (the shell accepts TCP
+    /// on the media port and feeds [`Engine::handle_tcp_frame`]).
+    pub media_tcp: bool,
     /// A publication that receives no media for this long is garbage-collected.
     pub track_timeout: Duration,
     /// How long a session that lost connectivity stays usable before it is closed.
