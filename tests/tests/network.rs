@@ -112,3 +112,19 @@ async fn a_client_over_ice_tcp_only_publishes_and_another_pulls_over_tcp() {
         .expect("a UDP client pulls");
     expect_media(&udp, &publisher).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_media_bind_with_a_public_ip_connects_clients() {
+    // The common production form (`--media 0.0.0.0:PORT --public-ip IP`): packets arrive on the
+    // wildcard socket but must be matched to the announced candidate.
+    let node = TestNode::start(&["--media", "0.0.0.0:0", "--public-ip", "127.0.0.1"])
+        .expect("a node on the wildcard address starts");
+    let api = node.client();
+    let publisher = Publisher::start_av(&api, "wild")
+        .await
+        .expect("a client publishes");
+    let sub = Subscriber::start(&api, "wild-sub", &publisher.remote_refs())
+        .await
+        .expect("a client pulls");
+    expect_media(&sub, &publisher).await;
+}
