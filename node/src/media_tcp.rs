@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -39,17 +39,61 @@ pub struct TcpFrame {
     pub data: Vec<u8>,
 }
 
-/// What the shell counts (exposed for logs and tests).
-#[derive(Default, Debug)]
+/// The ICE-TCP figures on `/metrics`.
+#[derive(Clone)]
 pub struct TcpCounters {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections closed at once because [`MAX_CONNECTIONS`] were open.
-    pub refused: AtomicU64,
-    /// Connections closed after [`IDLE_TIMEOUT`] without a frame.
-    pub idle_closed: AtomicU64,
-    /// Received frames dropped because the engine's queue was full.
-    pub dropped_in: AtomicU64,
+    /// `trackmesh_ice_tcp_connections`: open now.
+    pub open: IntGauge,
+    /// `trackmesh_ice_tcp_accepted_total`.
+    pub accepted: IntCounter,
+    /// `trackmesh_ice_tcp_dropped_total{reason}`: `conn_limit` (a connection closed at once,
+    /// [`MAX_CONNECTIONS`] being open), `idle_timeout` (a connection closed after
+    /// [`IDLE_TIMEOUT`] without a frame), `engine_queue_full` (a received frame dropped).
+    pub dropped: IntCounterVec,
+}
+
+impl TcpCounters {
+    fn new() -> prometheus::Result<TcpCounters> {
+        Ok(TcpCounters {
+            open: IntGauge::new(
+                "trackmesh_ice_tcp_connections",
+                "ICE-TCP connections open on the media port.",
+            )?,
+            accepted: IntCounter::new(
+                "trackmesh_ice_tcp_accepted_total",
+                "ICE-TCP connections accepted.",
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "trackmesh_ice_tcp_dropped_total",
+                    "ICE-TCP connections closed or frames dropped at a bound, by reason.",
+                ),
+                &["reason"],
+            )?,
+        })
+    }
+
+    /// Every collector, for registering with the node's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.open.clone()),
+            Box::new(self.accepted.clone()),
+            Box::new(self.dropped.clone()),
+        ]
+    }
+
+    fn drop_one(&self, reason: &str) {
+        if let Ok(c) = self.dropped.get_metric_with_label_values(&[reason]) {
+            c.inc();
+        }
+    }
+
+    /// Drops counted for `reason` so far.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.dropped
+            .get_metric_with_label_values(&[reason])
+            .map_or(0, |c| c.get())
+    }
 }
 
 type Writers = HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>;
@@ -88,7 +132,7 @@ pub struct MediaTcp {
     /// Where the engine task's TCP transmits go.
     pub sender: TcpSender,
     /// What was accepted, refused and dropped.
-    pub counters: Arc<TcpCounters>,
+    pub counters: TcpCounters,
     /// Ends the accept loop and, with its connection set, every connection.
     pub task: JoinHandle<()>,
 }
@@ -97,7 +141,7 @@ pub struct MediaTcp {
 pub fn start(listener: TcpListener, frames: mpsc::Sender<TcpFrame>) -> anyhow::Result<MediaTcp> {
     let addr = listener.local_addr()?;
     let sender = TcpSender::default();
-    let counters = Arc::new(TcpCounters::default());
+    let counters = TcpCounters::new()?;
     let task = tokio::spawn(accept_loop(
         listener,
         frames,
@@ -122,7 +166,7 @@ async fn accept_loop(
     listener: TcpListener,
     frames: mpsc::Sender<TcpFrame>,
     sender: TcpSender,
-    counters: Arc<TcpCounters>,
+    counters: TcpCounters,
 ) {
     // Owned here: aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
@@ -132,16 +176,18 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let peer = canonical(peer);
                     if sender.len() >= MAX_CONNECTIONS {
-                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        counters.drop_one("conn_limit");
                         drop(stream);
                         continue;
                     }
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    counters.accepted.inc();
+                    counters.open.inc();
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     sender.lock().insert(peer, tx.clone());
                     let (frames, sender, counters) = (frames.clone(), sender.clone(), counters.clone());
                     conns.spawn(async move {
                         connection(stream, peer, rx, frames, &counters).await;
+                        counters.open.dec();
                         // Unless a newer connection from the same address took the slot.
                         let mut writers = sender.lock();
                         if writers.get(&peer).is_some_and(|w| w.same_channel(&tx)) {
@@ -181,7 +227,7 @@ async fn connection(
                     return;
                 }
                 Err(_) => {
-                    counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    counters.drop_one("idle_timeout");
                     return;
                 }
             };
@@ -192,7 +238,7 @@ async fn connection(
                 })
                 .is_err()
             {
-                counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+                counters.drop_one("engine_queue_full");
             }
         }
     };
@@ -265,7 +311,7 @@ mod tests {
             .expect("closed in time")
             .unwrap_or(0);
         assert_eq!(n, 0, "the connection over the cap is closed");
-        assert_eq!(tcp.counters.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(tcp.counters.dropped("conn_limit"), 1);
 
         // Below the cap a frame reaches the engine side and one comes back.
         tcp.sender.lock().clear();

@@ -196,6 +196,12 @@ impl Node {
         cleanup.relay = Some(relay.clone());
         let metrics =
             Arc::new(crate::metrics::Metrics::new(&rejects).context("registering metrics")?);
+        if let Some(tcp) = &media_tcp {
+            metrics
+                .register(tcp.counters.collectors())
+                .context("registering ICE-TCP metrics")?;
+            tracing::info!(target: LOG_TARGET, ice_tcp = %tcp.addr, "ICE-TCP on the media port");
+        }
         let turn_auth = Arc::new(crate::turn::TurnAuth::new(&cfg.turn_keys));
         let turn = if turn_auth.enabled() {
             let server = crate::turn::TurnServer::start(

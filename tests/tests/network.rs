@@ -106,6 +106,13 @@ async fn a_client_over_ice_tcp_only_publishes_and_another_pulls_over_tcp() {
         .expect("the TCP client pulls");
     expect_media(&sub, &publisher).await;
 
+    let m = node.scrape().await.expect("metrics");
+    let accepted = m
+        .get("trackmesh_ice_tcp_accepted_total")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(accepted >= 2.0, "both clients came over TCP: {accepted}");
+
     // A UDP client on the same node still works: ICE-TCP is an extra candidate.
     let udp = Subscriber::start(&api, "sub-udp", &publisher.remote_refs())
         .await
