@@ -98,6 +98,26 @@ impl Core {
         Core::with_stats(local, Protocol::Udp, now, video, raw_samples, stats)
     }
 
+    /// A core for a client behind TURN: its only candidate is the relayed address, reached
+    /// through the socket at `local`.
+    pub fn new_relayed(
+        relayed: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+        video: VideoShape,
+        raw_samples: usize,
+    ) -> anyhow::Result<Core> {
+        let stats = Arc::new(Mutex::new(ClientStats::new(now)));
+        let mut core = Core::with_stats(local, Protocol::Udp, now, video, raw_samples, stats)?;
+        let host = Candidate::host(local, "udp").context("host candidate")?;
+        core.rtc.direct_api().invalidate_candidate(&host);
+        let relay = Candidate::relayed(relayed, local, "udp").context("relayed candidate")?;
+        core.rtc
+            .add_local_candidate(relay)
+            .ok_or_else(|| anyhow!("str0m rejected the relayed candidate {relayed}"))?;
+        Ok(core)
+    }
+
     /// A core for an ICE-TCP client whose connection's local address is `local`: its only
     /// candidate is an active TCP one, so it pairs only with the server's passive TCP candidate.
     pub fn new_tcp(

@@ -25,6 +25,7 @@ pub use self::core::{Core, SendFn, SharedStats, StatsCell};
 pub use self::counters::{ClientStats, RawSample, RxWindow, TrackRx, TrackTx};
 use self::task::TaskDriver;
 use self::thread::ThreadDriver;
+pub use self::thread::TurnChannel;
 use crate::media::{VideoShape, clock_origin};
 
 /// Commands waiting for a driver.
@@ -123,6 +124,28 @@ impl Client {
         let local = core.local();
         let stats = core.stats();
         let driver = ThreadDriver::spawn(&cfg.name, core, socket, cfg.lifetime)?;
+        Ok(Client {
+            name: cfg.name,
+            stats,
+            local,
+            driver: Driver::Thread(driver),
+        })
+    }
+
+    /// A client on its own std thread whose every packet goes through a TURN channel the
+    /// caller allocated and bound to the server's media address (`iceTransportPolicy: relay`).
+    pub fn spawn_thread_relayed(cfg: ClientConfig, turn: TurnChannel) -> anyhow::Result<Client> {
+        clock_origin();
+        let local = turn.socket.local_addr()?;
+        let core = Core::new_relayed(
+            turn.relayed,
+            local,
+            Instant::now(),
+            cfg.video,
+            cfg.raw_samples,
+        )?;
+        let stats = core.stats();
+        let driver = ThreadDriver::spawn(&cfg.name, core, thread::Link::Turn(turn), cfg.lifetime)?;
         Ok(Client {
             name: cfg.name,
             stats,

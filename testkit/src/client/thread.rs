@@ -65,6 +65,8 @@ impl Drop for ThreadDriver {
 /// What a client thread sends and receives on.
 pub(super) enum Link {
     Udp(UdpSocket),
+    /// Relayed through a TURN channel.
+    Turn(TurnChannel),
     /// ICE-TCP: one connection to the server's passive candidate, RFC 4571 frames (a 16-bit
     /// length, then the packet). `pending` holds bytes read past the last whole frame.
     Tcp {
@@ -74,6 +76,22 @@ pub(super) enum Link {
     },
 }
 
+/// A TURN channel (RFC 8656 §12) the caller allocated and bound to the server's media address:
+/// every packet goes out as ChannelData through the TURN server, and the server's ChannelData
+/// on that channel comes back as packets from the peer.
+pub struct TurnChannel {
+    /// The socket the allocation was made from.
+    pub socket: UdpSocket,
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The relayed address (the client's candidate as the peer sees it).
+    pub relayed: SocketAddr,
+    /// The bound channel number (0x4000..=0x4FFF).
+    pub channel: u16,
+    /// The peer the channel is bound to (the SFU's media address).
+    pub peer: SocketAddr,
+}
+
 /// A frame's 16-bit length bounds what a TCP link keeps unread.
 const MAX_PENDING: usize = 2 + u16::MAX as usize;
 
@@ -81,6 +99,21 @@ impl Link {
     fn send_to(&self, dest: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Link::Udp(socket) => socket.send_to(bytes, dest).map(|_| ()),
+            Link::Turn(t) => {
+                if dest != t.peer {
+                    return Err(std::io::Error::new(
+                        ErrorKind::AddrNotAvailable,
+                        format!("the TURN channel reaches only {}", t.peer),
+                    ));
+                }
+                let len = u16::try_from(bytes.len())
+                    .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "over 64 KiB"))?;
+                let mut msg = Vec::with_capacity(4 + bytes.len());
+                msg.extend_from_slice(&t.channel.to_be_bytes());
+                msg.extend_from_slice(&len.to_be_bytes());
+                msg.extend_from_slice(bytes);
+                t.socket.send_to(&msg, t.server).map(|_| ())
+            }
             Link::Tcp { stream, peer, .. } => {
                 if dest != *peer {
                     return Err(std::io::Error::new(
@@ -105,6 +138,26 @@ impl Link {
             Link::Udp(socket) => {
                 socket.set_read_timeout(Some(wait))?;
                 socket.recv_from(buf)
+            }
+            Link::Turn(t) => {
+                t.socket.set_read_timeout(Some(wait))?;
+                let mut msg = [0u8; 2048 + 4];
+                let (n, from) = t.socket.recv_from(&mut msg)?;
+                let data = match msg.get(..n) {
+                    Some([c0, c1, l0, l1, rest @ ..])
+                        if from == t.server && u16::from_be_bytes([*c0, *c1]) == t.channel =>
+                    {
+                        rest.get(..usize::from(u16::from_be_bytes([*l0, *l1])))
+                    }
+                    _ => None,
+                };
+                // Anything else (a STUN answer, a short message) is not media: skip it.
+                let data = data.ok_or_else(|| {
+                    std::io::Error::new(ErrorKind::WouldBlock, "not ChannelData of the channel")
+                })?;
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Ok((n, t.peer))
             }
             Link::Tcp {
                 stream,
@@ -147,7 +200,9 @@ impl Link {
 fn rebind(core: &mut Core, socket: &RefCell<Link>) -> anyhow::Result<()> {
     let ip = match &*socket.borrow() {
         Link::Udp(s) => s.local_addr()?.ip(),
-        Link::Tcp { .. } => anyhow::bail!("a TCP client cannot move to a new socket"),
+        Link::Tcp { .. } | Link::Turn(_) => {
+            anyhow::bail!("only a direct UDP client can move to a new socket")
+        }
     };
     let fresh = UdpSocket::bind((ip, 0)).context("binding the new client socket")?;
     core.moved_to(fresh.local_addr()?)?;
