@@ -936,9 +936,15 @@ mod tests {
         let err = only6
             .candidate_addrs(addr("0.0.0.0:7701"))
             .expect_err("an IPv4 socket cannot serve IPv6");
-        assert!(err.to_string().contains("needs an IPv6 media socket"), "{err}");
+        assert!(
+            err.to_string().contains("needs an IPv6 media socket"),
+            "{err}"
+        );
         let none = cfg(&[]);
-        assert!(none.candidate_addrs(dual).is_err(), "a wildcard needs a public IP");
+        assert!(
+            none.candidate_addrs(dual).is_err(),
+            "a wildcard needs a public IP"
+        );
         // As before: a specific bind announces itself, --public-ip replaces it.
         assert_eq!(
             none.candidate_addrs(addr("127.0.0.1:5")).expect("bound"),

@@ -302,7 +302,9 @@ mod tests {
         for i in 0..MAX_CONNECTIONS {
             let (w, _) = mpsc::channel(1);
             let port = u16::try_from(1000 + i).expect("port");
-            tcp.sender.lock().insert(SocketAddr::from(([10, 0, 0, 1], port)), w);
+            tcp.sender
+                .lock()
+                .insert(SocketAddr::from(([10, 0, 0, 1], port)), w);
         }
         let mut refused = TcpStream::connect(tcp.addr).await.expect("connect");
         let mut buf = [0u8; 1];

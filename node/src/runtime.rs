@@ -129,7 +129,9 @@ pub fn spawn(
 }
 
 /// Next frame of an ICE-TCP connection; never, without ICE-TCP.
-async fn next_tcp_frame(tcp: &mut Option<(TcpSender, mpsc::Receiver<TcpFrame>)>) -> Option<TcpFrame> {
+async fn next_tcp_frame(
+    tcp: &mut Option<(TcpSender, mpsc::Receiver<TcpFrame>)>,
+) -> Option<TcpFrame> {
     match tcp {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,

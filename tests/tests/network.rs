@@ -31,9 +31,11 @@ async fn expect_media(sub: &Subscriber, publisher: &Publisher) {
         )
         .expect("video mid");
     sub.peer
-        .wait_until("frames on every track and a keyframe", MEDIA_TIMEOUT, move |s| {
-            mids.iter().all(|m| s.rx_frames(m) >= 10) && s.rx_keyframes(&video) >= 1
-        })
+        .wait_until(
+            "frames on every track and a keyframe",
+            MEDIA_TIMEOUT,
+            move |s| mids.iter().all(|m| s.rx_frames(m) >= 10) && s.rx_keyframes(&video) >= 1,
+        )
         .await
         .expect("the subscriber receives media");
 }
@@ -46,7 +48,10 @@ fn has_ipv6_loopback() -> bool {
 async fn an_ipv6_publisher_reaches_an_ipv4_subscriber_through_one_dual_stack_socket() {
     // Loopback ::1 exists on the machines these tests run on; without it this test cannot say
     // anything, so it fails rather than pass silently.
-    assert!(has_ipv6_loopback(), "no IPv6 loopback (::1) on this machine");
+    assert!(
+        has_ipv6_loopback(),
+        "no IPv6 loopback (::1) on this machine"
+    );
     let node = TestNode::start(&[
         "--media",
         "[::]:0",
@@ -66,7 +71,10 @@ async fn an_ipv6_publisher_reaches_an_ipv4_subscriber_through_one_dual_stack_soc
     let publisher = Publisher::start_on(
         &api,
         peer6,
-        &[("v6-audio", MediaKind::Audio), ("v6-video", MediaKind::Video)],
+        &[
+            ("v6-audio", MediaKind::Audio),
+            ("v6-video", MediaKind::Video),
+        ],
     )
     .await
     .expect("the IPv6 client publishes");
@@ -77,7 +85,6 @@ async fn an_ipv6_publisher_reaches_an_ipv4_subscriber_through_one_dual_stack_soc
         .expect("the IPv4 client pulls");
     assert!(sub.peer.local_addr().is_ipv4());
     expect_media(&sub, &publisher).await;
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ use stun_codec::{
 use trackmesh_tests::node::free_udp_tcp_port;
 use trackmesh_tests::peer::{Client, ClientConfig};
 use trackmesh_tests::testkit::client::TurnChannel;
+use trackmesh_tests::testkit::media::VideoShape;
 use trackmesh_tests::{MediaKind, Peer, Publisher, Subscriber, TestNode};
 
 define_attribute_enums!(
@@ -340,7 +341,9 @@ async fn relayed_peer(node: &TestNode, name: &str) -> Peer {
         .await
         .channel_to(node.media_addr())
         .await;
-    let cfg = ClientConfig::new(name, Duration::from_secs(300));
+    let mut cfg = ClientConfig::new(name, Duration::from_secs(300));
+    // The video of `Peer::new`, so relayed and direct clients are the same load.
+    cfg.video = VideoShape::LIGHT;
     Peer::from_client(Client::spawn_thread_relayed(cfg, channel).expect("a relayed client"))
 }
 
@@ -515,7 +518,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     // Fields after the command name (which may hold spaces) start at the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     num(11) + num(12)
 }
@@ -570,9 +578,13 @@ async fn turn_relayed_media_cpu_against_direct() {
         let mut subscribers = Vec::new();
         for i in 0..subs {
             subscribers.push(
-                Subscriber::start_on(&api, peer(format!("sub{i}")).await, &publisher.remote_refs())
-                    .await
-                    .expect("subscriber"),
+                Subscriber::start_on(
+                    &api,
+                    peer(format!("sub{i}")).await,
+                    &publisher.remote_refs(),
+                )
+                .await
+                .expect("subscriber"),
             );
         }
         // Warm-up: every subscriber receives before the window opens.

@@ -2,7 +2,10 @@
 //!
 //! Driven by the shell (`crate::runtime`); it never touches a socket or a clock. Where things are:
 //!
-//! - `io.rs`: datagrams and timers in, datagrams out (the str0m drain loop);
+//! - `io.rs`: datagrams (UDP, and ICE-TCP frames) and timers in, datagrams out (the str0m drain
+//!   loop);
+//! - `candidates.rs`: the host candidates (per IP family, UDP and passive TCP) and which one a
+//!   packet arrived on;
 //! - `ops/`: the Calls operations, one file each (`new_session`, `tracks_new` with `push` and
 //!   `pull`, `renegotiate`, `tracks_update`, `tracks_close`) and their request/result types;
 //! - `session.rs`: one session (its `Rtc`, tracks and [`SessionState`]);
@@ -24,8 +27,8 @@
 //!
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
-mod channel_fanout;
 mod candidates;
+mod channel_fanout;
 mod channel_relay;
 mod client_sdp;
 pub mod datachannels;

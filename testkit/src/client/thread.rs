@@ -121,8 +121,9 @@ impl Link {
                         format!("the TCP link reaches only {peer}"),
                     ));
                 }
-                let len = u16::try_from(bytes.len())
-                    .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "frame over 64 KiB"))?;
+                let len = u16::try_from(bytes.len()).map_err(|_| {
+                    std::io::Error::new(ErrorKind::InvalidInput, "frame over 64 KiB")
+                })?;
                 let mut frame = Vec::with_capacity(2 + bytes.len());
                 frame.extend_from_slice(&len.to_be_bytes());
                 frame.extend_from_slice(bytes);
