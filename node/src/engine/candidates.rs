@@ -84,6 +84,18 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_node_binds_cascades_in_its_primary_family() {
+        let mut cfg = testing::config(std::time::Duration::from_secs(30));
+        cfg.local_addr = "[::]:7701".parse().expect("addr");
+        cfg.candidate_addr = "192.0.2.1:7701".parse().expect("addr");
+        let engine = crate::engine::Engine::new(cfg, std::time::Instant::now());
+        assert_eq!(
+            engine.outgoing_bind_addr(),
+            "0.0.0.0:0".parse::<SocketAddr>().expect("addr")
+        );
+    }
+
+    #[test]
     fn a_single_family_node_answers_everything_on_its_one_address() {
         let cfg = testing::config(std::time::Duration::from_secs(30));
         let from6: SocketAddr = "[2001:db8::9]:5000".parse().expect("addr");
