@@ -59,6 +59,8 @@ fn engine(now: Instant) -> Engine {
             node_tag: NodeTag(0xabcd0123),
             local_addr: SFU,
             candidate_addr: SFU,
+            more_candidates: Vec::new(),
+            media_tcp: false,
             track_timeout: Duration::from_secs(30),
             reconnect_grace: Duration::from_secs(30),
             unconnected_expiry: Duration::from_secs(120),

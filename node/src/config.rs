@@ -103,6 +103,14 @@ pub struct Flags {
     /// IP announced in ICE candidates, when clients reach the node through NAT [default: the --media IP].
     #[arg(long, env = "TRACKMESH_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
+    /// IPv6 announced in ICE candidates besides --public-ip, when --media binds `[::]` (one
+    /// dual-stack socket serves both families) [default: none, IPv4 candidates only].
+    #[arg(long, env = "TRACKMESH_PUBLIC_IP6")]
+    pub public_ip6: Option<std::net::Ipv6Addr>,
+    /// Also accept media over TCP on the media port (ICE-TCP, RFC 6544 passive candidate with
+    /// RFC 4571 framing), for clients whose UDP is blocked [default: false].
+    #[arg(long, env = "TRACKMESH_MEDIA_TCP")]
+    pub media_tcp: Option<bool>,
     /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
     #[serde(rename = "app", deserialize_with = "file::apps")]
@@ -369,6 +377,11 @@ pub struct Config {
     pub media: SocketAddr,
     /// The address clients and other nodes reach when a bind is a wildcard (`--public-ip`).
     pub public_ip: Option<IpAddr>,
+    /// The IPv6 address announced besides `public_ip` on a dual-stack media socket
+    /// (`--public-ip6`).
+    pub public_ip6: Option<std::net::Ipv6Addr>,
+    /// Media over TCP on the media port's TCP twin (`--media-tcp`).
+    pub media_tcp: bool,
     /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
     /// True when no app was configured and one was generated for development (the binary
@@ -497,6 +510,8 @@ impl Config {
                 .or(file.media)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
             public_ip: flags.public_ip.or(file.public_ip),
+            public_ip6: flags.public_ip6.or(file.public_ip6),
+            media_tcp: flags.media_tcp.or(file.media_tcp).unwrap_or(false),
             apps,
             dev_app,
             state_dir: flags.state_dir.or(file.state_dir),
@@ -707,12 +722,34 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The address put into ICE host candidates.
-    pub fn candidate_addr(&self, bound_media: SocketAddr) -> SocketAddr {
+    /// The addresses put into ICE host candidates, the primary one (gossip, TURN, cascades)
+    /// first: `--public-ip` (else the bound IP), then `--public-ip6`. A wildcard bind needs a
+    /// public IP; `--public-ip6` needs an IPv6 media socket (`--media [::]:PORT` is dual-stack).
+    pub fn candidate_addrs(&self, bound_media: SocketAddr) -> anyhow::Result<Vec<SocketAddr>> {
+        let port = bound_media.port();
+        let mut addrs = Vec::new();
         match self.public_ip {
-            Some(ip) => SocketAddr::new(ip, bound_media.port()),
-            None => bound_media,
+            Some(ip) => addrs.push(SocketAddr::new(ip, port)),
+            None if !bound_media.ip().is_unspecified() => addrs.push(bound_media),
+            None => {}
         }
+        if let Some(ip6) = self.public_ip6 {
+            if !bound_media.is_ipv6() {
+                bail!(
+                    "--public-ip6 {ip6} needs an IPv6 media socket: bind --media [::]:{port} (dual stack)"
+                );
+            }
+            let addr = SocketAddr::new(IpAddr::V6(ip6), port);
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        if addrs.is_empty() || addrs.iter().any(|a| a.ip().is_unspecified()) {
+            bail!(
+                "--media {bound_media} is a wildcard address: give --public-ip (and --public-ip6) with the addresses clients reach"
+            );
+        }
+        Ok(addrs)
     }
 }
 
@@ -912,7 +949,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 50] = [
+    const FILE_KEYS: [&str; 52] = [
         "http",
         "media",
         "public-ip",
@@ -963,11 +1000,57 @@ mod tests {
         "state-dir",
         "tls-cert",
         "tls-key",
+        "public-ip6",
+        "media-tcp",
     ];
 
     /// Keys the main file of `every_file_key_is_read` cannot set with the others (HTTPS is
     /// refused with seeds); a file of their own reads them.
     const ONE_NODE_KEYS: [&str; 2] = ["tls-cert", "tls-key"];
+
+    #[test]
+    fn candidates_per_family_and_the_wildcard_needs_a_public_ip() {
+        let cfg = |args: &[&str]| {
+            let argv = ["trackmesh"].iter().chain(args.iter()).copied();
+            Config::from_flags(Flags::try_parse_from(argv).expect("flags")).expect("config")
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let dual = addr("[::]:7701");
+        let both = cfg(&["--public-ip", "192.0.2.1", "--public-ip6", "2001:db8::1"]);
+        assert_eq!(
+            both.candidate_addrs(dual).expect("both families"),
+            [addr("192.0.2.1:7701"), addr("[2001:db8::1]:7701")],
+            "the primary (--public-ip) first"
+        );
+        let only6 = cfg(&["--public-ip6", "2001:db8::1"]);
+        assert_eq!(
+            only6.candidate_addrs(dual).expect("IPv6 only"),
+            [addr("[2001:db8::1]:7701")]
+        );
+        let err = only6
+            .candidate_addrs(addr("0.0.0.0:7701"))
+            .expect_err("an IPv4 socket cannot serve IPv6");
+        assert!(
+            err.to_string().contains("needs an IPv6 media socket"),
+            "{err}"
+        );
+        let none = cfg(&[]);
+        assert!(
+            none.candidate_addrs(dual).is_err(),
+            "a wildcard needs a public IP"
+        );
+        // As before: a specific bind announces itself, --public-ip replaces it.
+        assert_eq!(
+            none.candidate_addrs(addr("127.0.0.1:5")).expect("bound"),
+            [addr("127.0.0.1:5")]
+        );
+        assert_eq!(
+            cfg(&["--public-ip", "192.0.2.1"])
+                .candidate_addrs(addr("10.0.0.1:5"))
+                .expect("NAT"),
+            [addr("192.0.2.1:5")]
+        );
+    }
 
     #[test]
     fn file_keys_are_the_long_flag_names_but_config() {
@@ -1084,6 +1167,8 @@ mod tests {
             http-idle-timeout = "15s"
             http-body-timeout = "16s"
             state-dir = "/var/lib/trackmesh-test"
+            public-ip6 = "::9"
+            media-tcp = true
         "#;
         let keys: Vec<&str> = text
             .lines()
@@ -1103,6 +1188,8 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!((cfg.http.port(), cfg.media.port()), (9100, 9101));
         assert_eq!(cfg.public_ip, "127.0.0.9".parse().ok());
+        assert_eq!(cfg.public_ip6, "::9".parse().ok());
+        assert!(cfg.media_tcp);
         assert_eq!(cfg.apps.len(), 2);
         assert!(!cfg.dev_app);
         assert_eq!(

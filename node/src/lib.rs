@@ -34,6 +34,7 @@ pub mod http;
 pub mod ids;
 pub mod liveness;
 pub mod logging;
+pub mod media_tcp;
 pub mod metrics;
 mod node;
 pub mod rejects;

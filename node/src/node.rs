@@ -45,6 +45,12 @@ pub struct Node {
     liveness: Liveness,
     relay: Relay,
     engine_task: JoinHandle<()>,
+    /// The ICE-TCP accept loop and its connections, with `--media-tcp`.
+    tcp_task: Option<JoinHandle<()>>,
+    /// The ICE-TCP listener's address, with `--media-tcp`.
+    media_tcp: Option<SocketAddr>,
+    /// Every address in the host candidates (the primary one is `candidate`).
+    candidates: Vec<SocketAddr>,
     load_task: JoinHandle<()>,
     /// Announces this node's streams and follows other nodes' publishers (`api::follow_streams`);
     /// announces its rooms and ends participants of deleted ones (`api::announce_rooms`).
@@ -75,15 +81,13 @@ impl Node {
         let rejects =
             Arc::new(crate::rejects::Rejects::new().context("registering the rejection counter")?);
 
-        let media = bind_media(cfg.media)
+        let (media, media_tcp) = bind_media(cfg.media, cfg.media_tcp)
             .with_context(|| format!("binding the media socket {}", cfg.media))?;
         let media_addr = media.local_addr().context("media socket address")?;
-        let candidate_addr: SocketAddr = cfg.candidate_addr(media_addr);
-        if candidate_addr.ip().is_unspecified() {
-            bail!(
-                "--media {media_addr} is a wildcard address: give --public-ip with the address clients reach"
-            );
-        }
+        let candidates = cfg.candidate_addrs(media_addr)?;
+        let candidate_addr = *candidates
+            .first()
+            .context("no ICE candidate address for the media socket")?;
 
         let tag = NodeTag::random();
         // Building the engine generates the DTLS certificate, which also warms the crypto
@@ -93,6 +97,8 @@ impl Node {
                 node_tag: tag,
                 local_addr: media_addr,
                 candidate_addr,
+                more_candidates: candidates.iter().skip(1).copied().collect(),
+                media_tcp: media_tcp.is_some(),
                 track_timeout: cfg.track_timeout,
                 reconnect_grace: cfg.reconnect_grace,
                 unconnected_expiry: cfg.unconnected_expiry,
@@ -116,10 +122,20 @@ impl Node {
             }
             None => (None, None),
         };
-        let (handle, engine_task) = runtime::spawn(engine, media, pipes, egress_tx);
+        let (tcp_frames, tcp_in) = tokio::sync::mpsc::channel(crate::media_tcp::READ_QUEUE);
+        let media_tcp = match media_tcp {
+            Some(listener) => Some(crate::media_tcp::start(listener, tcp_frames)?),
+            None => None,
+        };
+        let io = runtime::MediaIo {
+            socket: media,
+            tcp: media_tcp.as_ref().map(|t| (t.sender.clone(), tcp_in)),
+        };
+        let (handle, engine_task) = runtime::spawn(engine, io, pipes, egress_tx);
         // From here on an error must not leave the engine (or later the relay) running.
         let mut cleanup = StopOnError {
             engine: engine_task.abort_handle(),
+            tcp: media_tcp.as_ref().map(|t| t.task.abort_handle()),
             relay: None,
             armed: true,
         };
@@ -193,21 +209,36 @@ impl Node {
         cleanup.relay = Some(relay.clone());
         let metrics =
             Arc::new(crate::metrics::Metrics::new(&rejects).context("registering metrics")?);
+        if let Some(tcp) = &media_tcp {
+            metrics
+                .register(tcp.counters.collectors())
+                .context("registering ICE-TCP metrics")?;
+            tracing::info!(target: LOG_TARGET, ice_tcp = %tcp.addr, "ICE-TCP on the media port");
+        }
         let turn_auth = Arc::new(crate::turn::TurnAuth::new(&cfg.turn_keys));
         let turn = if turn_auth.enabled() {
             let server = crate::turn::TurnServer::start(
                 crate::turn::Settings {
-                    bind_ip: media_addr.ip(),
+                    // TURN stays IPv4 on a dual-stack node whose primary address is IPv4.
+                    bind_ip: match media_addr.ip() {
+                        ip if ip.is_unspecified() && candidate_addr.is_ipv4() => {
+                            std::net::Ipv4Addr::UNSPECIFIED.into()
+                        }
+                        ip => ip,
+                    },
                     port: cfg.turn_port,
                     public_ip: cfg.turn_public_ip.unwrap_or(candidate_addr.ip()),
                     limits: crate::turn::Limits {
                         // Relayed packets reach the bound socket; the announced address too,
                         // when clients were given a public one.
-                        peers: if candidate_addr == media_addr {
-                            vec![media_addr]
-                        } else {
-                            vec![media_addr, candidate_addr]
-                        },
+                        peers: std::iter::once(media_addr)
+                            .chain(candidates.iter().copied())
+                            .fold(Vec::new(), |mut v, a| {
+                                if !v.contains(&a) {
+                                    v.push(a);
+                                }
+                                v
+                            }),
                         max_allocations: cfg.turn_max_allocations,
                         per_credential: cfg.turn_allocations_per_credential,
                         bytes_per_sec: crate::turn::bytes_per_sec(cfg.turn_bandwidth_kbps),
@@ -312,6 +343,9 @@ impl Node {
             liveness,
             relay,
             engine_task,
+            media_tcp: media_tcp.as_ref().map(|t| t.addr),
+            tcp_task: media_tcp.map(|t| t.task),
+            candidates,
             load_task,
             follow_task,
             stop_http: Some(stop_http),
@@ -344,6 +378,16 @@ impl Node {
     /// The media address put into ICE candidates (the public IP when one is configured).
     pub fn candidate_addr(&self) -> SocketAddr {
         self.candidate
+    }
+
+    /// Every address put into ICE candidates: the primary one, then the other family's.
+    pub fn candidate_addrs(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+
+    /// The bound ICE-TCP listener (`--media-tcp`), on the media port.
+    pub fn media_tcp_addr(&self) -> Option<SocketAddr> {
+        self.media_tcp
     }
 
     /// The gossip address, as announced to the other nodes.
@@ -447,6 +491,11 @@ impl Node {
         // server's (bounded by the HTTP timeout).
         self.cascades.stop_all().await;
         self.engine_task.abort();
+        if let Some(tcp) = self.tcp_task.take() {
+            tcp.abort();
+            // Awaited so the listener and every connection are closed.
+            let _ = tcp.await;
+        }
         self.load_task.abort();
         self.follow_task.abort();
         // Awaited so the media socket, which the engine task owns, is closed.
@@ -491,6 +540,9 @@ impl Node {
             task.abort();
         }
         self.engine_task.abort();
+        if let Some(tcp) = &self.tcp_task {
+            tcp.abort();
+        }
         self.load_task.abort();
         self.follow_task.abort();
         self.relay.abort();
@@ -514,6 +566,7 @@ impl Drop for Node {
 /// Stops what [`Node::start`] has started when it fails part way.
 struct StopOnError {
     engine: AbortHandle,
+    tcp: Option<AbortHandle>,
     relay: Option<Relay>,
     armed: bool,
 }
@@ -522,6 +575,9 @@ impl Drop for StopOnError {
     fn drop(&mut self) {
         if self.armed {
             self.engine.abort();
+            if let Some(tcp) = &self.tcp {
+                tcp.abort();
+            }
             if let Some(relay) = &self.relay {
                 relay.stop();
             }
@@ -549,7 +605,35 @@ fn announced(bound: SocketAddr, public_ip: Option<std::net::IpAddr>) -> SocketAd
 /// it at net.core.[rw]mem_max.
 const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
 
-fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+/// Binds the media socket and, with ICE-TCP, its TCP twin on the same port. `[::]` is one
+/// dual-stack socket (IPV6_V6ONLY off) rather than a socket per family: one receive loop, and
+/// a client that moves between families stays on the same socket. Port 0 picks a port free
+/// for both (bounded retries).
+fn bind_media(
+    addr: SocketAddr,
+    tcp: bool,
+) -> anyhow::Result<(tokio::net::UdpSocket, Option<tokio::net::TcpListener>)> {
+    const ATTEMPTS: usize = 20;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let udp = bind_media_udp(addr)?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        let bound = udp.local_addr()?;
+        match bind_media_tcp(bound) {
+            Ok(listener) => return Ok((udp, Some(listener))),
+            // Only a chosen port can be tried again.
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e.context(format!("binding the ICE-TCP listener {bound}"))),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
+        .context(format!("no port free for both UDP and TCP on {addr}")))
+}
+
+fn bind_media_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     for (what, res) in [
@@ -560,9 +644,25 @@ fn bind_media(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
             tracing::warn!(target: LOG_TARGET, error = %e, "cannot enlarge the media socket {what} buffer");
         }
     }
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(tokio::net::UdpSocket::from_std(socket.into())?)
+}
+
+fn bind_media_tcp(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(tokio::net::TcpListener::from_std(socket.into())?)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{EgressLabels, EgressPacket, Engine, OpError, RelayIn, RelayOut};
 use crate::ids::SessionId;
+use crate::media_tcp::{TcpFrame, TcpSender, canonical};
 use crate::sendbatch;
 
 type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
@@ -118,35 +119,53 @@ pub struct RelayPipes {
     pub to_relay: mpsc::Sender<RelayOut>,
 }
 
+/// The engine's media transports: the UDP socket (IPv4, IPv6 or both) and, with ICE-TCP on,
+/// the frames of the TCP twin's connections in and their writers out.
+pub struct MediaIo {
+    /// The media socket.
+    pub socket: UdpSocket,
+    /// With ICE-TCP: the connections' writers and their received frames.
+    pub tcp: Option<(TcpSender, mpsc::Receiver<TcpFrame>)>,
+}
+
 /// Starts the engine task. It ends when every [`EngineHandle`] is dropped. `egress` receives
 /// the audio egress packets (`--nats`); without it the engine has egress off.
 pub fn spawn(
     engine: Engine,
-    socket: UdpSocket,
+    media: MediaIo,
     relay: RelayPipes,
     egress: Option<mpsc::Sender<EgressPacket>>,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let outgoing = Arc::new(OutgoingSockets::default());
-    let task = tokio::spawn(run(
-        engine,
-        socket,
-        rx,
-        relay,
-        egress,
-        Arc::clone(&outgoing),
-    ));
+    let task = tokio::spawn(run(engine, media, rx, relay, egress, Arc::clone(&outgoing)));
     (EngineHandle { tx, outgoing }, task)
+}
+
+/// Next frame of an ICE-TCP connection; never, without ICE-TCP.
+async fn next_tcp_frame(
+    tcp: &mut Option<(TcpSender, mpsc::Receiver<TcpFrame>)>,
+) -> Option<TcpFrame> {
+    match tcp {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run(
     mut engine: Engine,
-    socket: UdpSocket,
+    media: MediaIo,
     mut rx: mpsc::Receiver<Job>,
     mut relay: RelayPipes,
     egress: Option<mpsc::Sender<EgressPacket>>,
     outgoing: Arc<OutgoingSockets>,
 ) {
+    let MediaIo { socket, mut tcp } = media;
+    // A dual-stack socket sends to IPv4 peers at their IPv4-mapped IPv6 address.
+    let out = sendbatch::Out {
+        v4_mapped: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+        tcp: tcp.as_ref().map(|(sender, _)| sender.clone()),
+    };
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
     loop {
@@ -158,7 +177,7 @@ async fn run(
                 engine.count_relay_drop();
             }
         }
-        sendbatch::flush(&mut engine, &socket, &mut batch);
+        sendbatch::flush(&mut engine, &socket, &out, &mut batch);
         outgoing.flush(&mut engine);
         flush_egress(&mut engine, egress.as_ref());
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
@@ -187,11 +206,11 @@ async fn run(
             }
             res = socket.recv_from(&mut buf) => match res {
                 Ok((n, source)) => {
-                    engine.handle_datagram(Instant::now(), source, &buf[..n]);
+                    engine.handle_datagram(Instant::now(), canonical(source), &buf[..n]);
                     // Drain what is already queued without going back through select.
                     for _ in 1..RECV_BATCH {
                         match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => engine.handle_datagram(Instant::now(), source, &buf[..n]),
+                            Ok((n, source)) => engine.handle_datagram(Instant::now(), canonical(source), &buf[..n]),
                             Err(_) => break,
                         }
                     }
@@ -199,6 +218,9 @@ async fn run(
                 // ICMP port-unreachable from a vanished client surfaces here on Linux; ignore it.
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
+            Some(frame) = next_tcp_frame(&mut tcp) => {
+                engine.handle_tcp_frame(Instant::now(), frame.source, &frame.data);
+            }
             _ = tokio::time::sleep_until(deadline) => {}
         }
         engine.handle_timeout(Instant::now());

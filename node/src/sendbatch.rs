@@ -5,23 +5,58 @@
 //! Never waits: when the socket buffer is full the rest of the batch is dropped and counted, so
 //! one slow path can never stall the engine.
 
-use str0m::net::Transmit;
+use std::net::SocketAddr;
+
+use str0m::net::{Protocol, Transmit};
 use tokio::net::UdpSocket;
 
 use crate::engine::Engine;
+use crate::media_tcp::TcpSender;
+
+/// Where datagrams other than plain UDP ones go.
+pub struct Out {
+    /// The socket is IPv6 (dual-stack): IPv4 destinations are written IPv4-mapped.
+    pub v4_mapped: bool,
+    /// ICE-TCP connections, by peer address, when ICE-TCP is on.
+    pub tcp: Option<TcpSender>,
+}
+
+impl Out {
+    fn udp_destination(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.v4_mapped => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            other => other,
+        }
+    }
+}
 
 /// Datagrams per system call (the kernel caps a call at 1024; beyond a few dozen the gain is
 /// gone while the batch's bookkeeping grows).
 pub const SEND_BATCH: usize = 64;
 
-/// Sends every datagram the engine has queued.
-pub fn flush(engine: &mut Engine, socket: &UdpSocket, batch: &mut Vec<Transmit>) {
+/// Sends every datagram the engine has queued: UDP ones in batches, ICE-TCP ones to their
+/// connection's write queue.
+pub fn flush(engine: &mut Engine, socket: &UdpSocket, out: &Out, batch: &mut Vec<Transmit>) {
     // Bounded by the engine's own queue limit; each turn sends or drops a whole batch.
     loop {
         batch.clear();
         while batch.len() < SEND_BATCH {
             match engine.poll_transmit() {
-                Some(t) => batch.push(t),
+                Some(t) if t.proto == Protocol::Tcp => {
+                    let sent = out
+                        .tcp
+                        .as_ref()
+                        .is_some_and(|tcp| tcp.send(t.destination, &t.contents));
+                    if !sent {
+                        engine.count_send_drop();
+                    }
+                }
+                Some(mut t) => {
+                    t.destination = out.udp_destination(t.destination);
+                    batch.push(t);
+                }
                 None => break,
             }
         }

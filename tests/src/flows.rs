@@ -122,6 +122,29 @@ impl Subscriber {
         remote: &[(String, String)],
     ) -> anyhow::Result<Subscriber> {
         let (peer, session_id) = Self::new_session(api, name).await?;
+        Self::pull_on(api, peer, session_id, remote).await
+    }
+
+    /// [`Subscriber::start`] with a given peer (e.g. an IPv6 or ICE-TCP one).
+    pub async fn start_on(
+        api: &CallsClient,
+        peer: Peer,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
+        let session_id = api
+            .sessions_new()
+            .await
+            .context("subscriber sessions/new")?
+            .session_id;
+        Self::pull_on(api, peer, session_id, remote).await
+    }
+
+    async fn pull_on(
+        api: &CallsClient,
+        peer: Peer,
+        session_id: String,
+        remote: &[(String, String)],
+    ) -> anyhow::Result<Subscriber> {
         let refs: Vec<(&str, &str)> = remote
             .iter()
             .map(|(s, t)| (s.as_str(), t.as_str()))

@@ -297,16 +297,18 @@ impl TestNode {
         } else {
             vec!["--http".to_string(), "127.0.0.1:0".to_string()]
         };
+        // Likewise `--media` (a dual-stack node).
+        let media = if args.iter().any(|a| a == "--media") {
+            Vec::new()
+        } else {
+            vec!["--media".to_string(), "127.0.0.1:0".to_string()]
+        };
         let argv = ["trackmesh"]
             .into_iter()
             .map(str::to_string)
             .chain(http)
-            .chain(
-                ["--media", "127.0.0.1:0", "--app"]
-                    .into_iter()
-                    .map(str::to_string),
-            )
-            .chain([app])
+            .chain(media)
+            .chain(["--app".to_string(), app])
             .chain(args.iter().cloned());
         let flags = Flags::try_parse_from(argv).context("the node's flags")?;
         let cfg = Config::from_flags(flags).context("the node's configuration")?;

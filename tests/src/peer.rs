@@ -67,6 +67,11 @@ impl Peer {
         })
     }
 
+    /// A peer around a client set up by the caller (e.g. on IPv6, or over ICE-TCP).
+    pub fn from_client(client: Client) -> Peer {
+        Peer { client }
+    }
+
     /// A peer as a task on the current tokio runtime (hundreds per process).
     pub async fn start(cfg: ClientConfig) -> anyhow::Result<Peer> {
         Ok(Peer {

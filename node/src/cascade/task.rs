@@ -15,6 +15,7 @@ use super::{
 };
 use crate::engine::{OpError, OutgoingState, prepare_answer};
 use crate::ids::SessionId;
+use crate::media_tcp::canonical;
 use crate::runtime::EngineHandle;
 
 impl Cascades {
@@ -286,14 +287,14 @@ async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) 
     loop {
         let mut batch: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => batch.push((from, buf[..n].to_vec())),
+            Ok((n, from)) => batch.push((canonical(from), buf[..n].to_vec())),
             // ICMP port-unreachable from a vanished server surfaces here on Linux.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(e) => return format!("media socket {local}: {e}"),
         }
         while batch.len() < PUMP_BATCH {
             match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => batch.push((from, buf[..n].to_vec())),
+                Ok((n, from)) => batch.push((canonical(from), buf[..n].to_vec())),
                 Err(_) => break,
             }
         }

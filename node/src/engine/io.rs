@@ -32,8 +32,19 @@ pub(super) enum Work {
 }
 
 impl Engine {
-    /// Feeds one received datagram. Unroutable or malformed datagrams are counted and dropped.
+    /// Feeds one received UDP datagram. Unroutable or malformed datagrams are counted and
+    /// dropped.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.receive(now, Protocol::Udp, source, buf);
+    }
+
+    /// Feeds one RFC 4571 frame received on an ICE-TCP connection from `source` (the shell has
+    /// taken off the length prefix). Counted and routed as a datagram.
+    pub fn handle_tcp_frame(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.receive(now, Protocol::Tcp, source, buf);
+    }
+
+    fn receive(&mut self, now: Instant, proto: Protocol, source: SocketAddr, buf: &[u8]) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += buf.len() as u64;
         if is_rtp(buf) {
@@ -60,9 +71,9 @@ impl Engine {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.cfg.local_addr,
+                destination: self.cfg.receive_destination(source),
                 contents,
             },
         );

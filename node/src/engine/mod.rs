@@ -2,7 +2,10 @@
 //!
 //! Driven by the shell (`crate::runtime`); it never touches a socket or a clock. Where things are:
 //!
-//! - `io.rs`: datagrams and timers in, datagrams out (the str0m drain loop);
+//! - `io.rs`: datagrams (UDP, and ICE-TCP frames) and timers in, datagrams out (the str0m drain
+//!   loop);
+//! - `candidates.rs`: the host candidates (per IP family, UDP and passive TCP) and which one a
+//!   packet arrived on;
 //! - `ops/`: the Calls operations, one file each (`new_session`, `tracks_new` with `push` and
 //!   `pull`, `renegotiate`, `tracks_update`, `tracks_close`) and their request/result types;
 //! - `session.rs`: one session (its `Rtc`, tracks and [`SessionState`]);
@@ -27,6 +30,7 @@
 //!
 //! The in-memory world the tests and benches drive it in is `crate::testing`.
 
+mod candidates;
 mod channel_fanout;
 mod channel_relay;
 mod channel_reply;
@@ -119,8 +123,13 @@ pub struct EngineConfig {
     pub node_tag: NodeTag,
     /// The address datagrams arrive on (the bound media socket).
     pub local_addr: SocketAddr,
-    /// The address announced in ICE host candidates.
+    /// The primary address announced in ICE host candidates (also what gossip announces).
     pub candidate_addr: SocketAddr,
+    /// Further announced addresses, of the other IP family on a dual-stack socket.
+    pub more_candidates: Vec<SocketAddr>,
+    /// ICE-TCP: every address is also offered as a passive TCP candidate (the shell accepts TCP
+    /// on the media port and feeds [`Engine::handle_tcp_frame`]).
+    pub media_tcp: bool,
     /// A publication that receives no media for this long is garbage-collected.
     pub track_timeout: Duration,
     /// How long a session that lost connectivity stays usable before it is closed.

@@ -73,6 +73,8 @@ pub fn config(track_timeout: Duration) -> EngineConfig {
         node_tag: NodeTag(0xabcd0123),
         local_addr: SFU,
         candidate_addr: SFU,
+        more_candidates: Vec::new(),
+        media_tcp: false,
         track_timeout,
         reconnect_grace: Duration::from_secs(30),
         unconnected_expiry: Duration::from_secs(120),

@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow, bail};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::counters::ClientStats;
@@ -69,6 +69,8 @@ struct Sending {
 pub struct Core<S: StatsCell = SharedStats> {
     rtc: Rtc,
     local: SocketAddr,
+    /// UDP, or TCP for an ICE-TCP client (an active TCP candidate, RFC 6544).
+    proto: Protocol,
     stats: S,
     sending: Vec<Sending>,
     pending: Option<SdpPendingOffer>,
@@ -93,7 +95,39 @@ impl Core {
         raw_samples: usize,
     ) -> anyhow::Result<Core> {
         let stats = Arc::new(Mutex::new(ClientStats::new(now)));
-        Core::with_stats(local, now, video, raw_samples, stats)
+        Core::with_stats(local, Protocol::Udp, now, video, raw_samples, stats)
+    }
+
+    /// A core for a client behind TURN: its only candidate is the relayed address, reached
+    /// through the socket at `local`.
+    pub fn new_relayed(
+        relayed: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+        video: VideoShape,
+        raw_samples: usize,
+    ) -> anyhow::Result<Core> {
+        let stats = Arc::new(Mutex::new(ClientStats::new(now)));
+        let mut core = Core::with_stats(local, Protocol::Udp, now, video, raw_samples, stats)?;
+        let host = Candidate::host(local, "udp").context("host candidate")?;
+        core.rtc.direct_api().invalidate_candidate(&host);
+        let relay = Candidate::relayed(relayed, local, "udp").context("relayed candidate")?;
+        core.rtc
+            .add_local_candidate(relay)
+            .ok_or_else(|| anyhow!("str0m rejected the relayed candidate {relayed}"))?;
+        Ok(core)
+    }
+
+    /// A core for an ICE-TCP client whose connection's local address is `local`: its only
+    /// candidate is an active TCP one, so it pairs only with the server's passive TCP candidate.
+    pub fn new_tcp(
+        local: SocketAddr,
+        now: Instant,
+        video: VideoShape,
+        raw_samples: usize,
+    ) -> anyhow::Result<Core> {
+        let stats = Arc::new(Mutex::new(ClientStats::new(now)));
+        Core::with_stats(local, Protocol::Tcp, now, video, raw_samples, stats)
     }
 
     /// The counters, shared with the client handle.
@@ -106,7 +140,14 @@ impl Core<ClientStats> {
     /// A core for a driver without sockets or threads (the in-memory engine world): it owns its
     /// counters, and its time is whatever the driver passes.
     pub fn in_memory(local: SocketAddr, now: Instant) -> anyhow::Result<Core<ClientStats>> {
-        Core::with_stats(local, now, VideoShape::default(), 0, ClientStats::new(now))
+        Core::with_stats(
+            local,
+            Protocol::Udp,
+            now,
+            VideoShape::default(),
+            0,
+            ClientStats::new(now),
+        )
     }
 
     /// The counters.
@@ -118,18 +159,28 @@ impl Core<ClientStats> {
 impl<S: StatsCell> Core<S> {
     fn with_stats(
         local: SocketAddr,
+        proto: Protocol,
         now: Instant,
         video: VideoShape,
         raw_samples: usize,
         stats: S,
     ) -> anyhow::Result<Core<S>> {
         let mut rtc = RtcConfig::new().build(now);
-        let candidate = Candidate::host(local, "udp").context("host candidate")?;
+        let candidate = match proto {
+            Protocol::Tcp => Candidate::builder()
+                .tcp()
+                .host(local)
+                .tcptype(TcpType::Active)
+                .build(),
+            _ => Candidate::host(local, "udp"),
+        }
+        .context("host candidate")?;
         rtc.add_local_candidate(candidate)
             .ok_or_else(|| anyhow!("str0m rejected the host candidate {local}"))?;
         Ok(Core {
             rtc,
             local,
+            proto,
             stats,
             sending: Vec::new(),
             pending: None,
@@ -290,7 +341,7 @@ impl<S: StatsCell> Core<S> {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto: self.proto,
                 source,
                 destination: self.local,
                 contents,

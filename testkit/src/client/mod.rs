@@ -25,6 +25,7 @@ pub use self::core::{Core, SendFn, SharedStats, StatsCell};
 pub use self::counters::{ClientStats, RawSample, RxWindow, TrackRx, TrackTx};
 use self::task::TaskDriver;
 use self::thread::ThreadDriver;
+pub use self::thread::TurnChannel;
 use crate::media::{VideoShape, clock_origin};
 
 /// Commands waiting for a driver.
@@ -57,6 +58,9 @@ pub struct ClientConfig {
     pub raw_samples: usize,
     /// The socket's address and host candidate. On loopback, datagrams go only to loopback.
     pub ip: IpAddr,
+    /// ICE-TCP only: connect to this passive TCP candidate of the server (its media port's
+    /// TCP twin) and offer nothing else (thread driver only).
+    pub tcp: Option<SocketAddr>,
 }
 
 impl ClientConfig {
@@ -68,6 +72,7 @@ impl ClientConfig {
             video: VideoShape::default(),
             raw_samples: 0,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tcp: None,
         }
     }
 }
@@ -94,10 +99,29 @@ impl Client {
     pub fn spawn_thread(cfg: ClientConfig) -> anyhow::Result<Client> {
         // Fix the stamps' time origin before anything is sent.
         clock_origin();
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(cfg.ip, 0))
-            .with_context(|| format!("binding the client UDP socket on {}", cfg.ip))?;
-        let local = socket.local_addr()?;
-        let core = Core::new(local, Instant::now(), cfg.video, cfg.raw_samples)?;
+        let (core, socket) = match cfg.tcp {
+            Some(server) => {
+                let stream = std::net::TcpStream::connect_timeout(&server, COMMAND_TIMEOUT)
+                    .with_context(|| format!("connecting to the ICE-TCP candidate {server}"))?;
+                stream.set_nodelay(true)?;
+                let local = stream.local_addr()?;
+                let core = Core::new_tcp(local, Instant::now(), cfg.video, cfg.raw_samples)?;
+                let link = thread::Link::Tcp {
+                    stream,
+                    peer: server,
+                    pending: Vec::new(),
+                };
+                (core, link)
+            }
+            None => {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(cfg.ip, 0))
+                    .with_context(|| format!("binding the client UDP socket on {}", cfg.ip))?;
+                let local = socket.local_addr()?;
+                let core = Core::new(local, Instant::now(), cfg.video, cfg.raw_samples)?;
+                (core, thread::Link::Udp(socket))
+            }
+        };
+        let local = core.local();
         let stats = core.stats();
         let driver = ThreadDriver::spawn(&cfg.name, core, socket, cfg.lifetime)?;
         Ok(Client {
@@ -108,8 +132,33 @@ impl Client {
         })
     }
 
+    /// A client on its own std thread whose every packet goes through a TURN channel the
+    /// caller allocated and bound to the server's media address (`iceTransportPolicy: relay`).
+    pub fn spawn_thread_relayed(cfg: ClientConfig, turn: TurnChannel) -> anyhow::Result<Client> {
+        clock_origin();
+        let local = turn.socket.local_addr()?;
+        let core = Core::new_relayed(
+            turn.relayed,
+            local,
+            Instant::now(),
+            cfg.video,
+            cfg.raw_samples,
+        )?;
+        let stats = core.stats();
+        let driver = ThreadDriver::spawn(&cfg.name, core, thread::Link::Turn(turn), cfg.lifetime)?;
+        Ok(Client {
+            name: cfg.name,
+            stats,
+            local,
+            driver: Driver::Thread(driver),
+        })
+    }
+
     /// A client driven by a task on the current tokio runtime, with a UDP socket on `cfg.ip`.
     pub async fn spawn_task(cfg: ClientConfig) -> anyhow::Result<Client> {
+        if cfg.tcp.is_some() {
+            bail!("ICE-TCP clients run on the thread driver only");
+        }
         clock_origin();
         let socket = tokio::net::UdpSocket::bind(SocketAddr::new(cfg.ip, 0))
             .await

@@ -3,8 +3,8 @@
 //! nothing of the client crosses an `.await`.
 
 use std::cell::RefCell;
-use std::io::ErrorKind;
-use std::net::UdpSocket;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::mpsc::{self, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ impl ThreadDriver {
     pub(super) fn spawn(
         name: &str,
         core: Core,
-        socket: UdpSocket,
+        socket: Link,
         lifetime: Duration,
     ) -> anyhow::Result<ThreadDriver> {
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
@@ -62,21 +62,161 @@ impl Drop for ThreadDriver {
     }
 }
 
+/// What a client thread sends and receives on.
+pub(super) enum Link {
+    Udp(UdpSocket),
+    /// Relayed through a TURN channel.
+    Turn(TurnChannel),
+    /// ICE-TCP: one connection to the server's passive candidate, RFC 4571 frames (a 16-bit
+    /// length, then the packet). `pending` holds bytes read past the last whole frame.
+    Tcp {
+        stream: TcpStream,
+        peer: SocketAddr,
+        pending: Vec<u8>,
+    },
+}
+
+/// A TURN channel (RFC 8656 §12) the caller allocated and bound to the server's media address:
+/// every packet goes out as ChannelData through the TURN server, and the server's ChannelData
+/// on that channel comes back as packets from the peer.
+pub struct TurnChannel {
+    /// The socket the allocation was made from.
+    pub socket: UdpSocket,
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The relayed address (the client's candidate as the peer sees it).
+    pub relayed: SocketAddr,
+    /// The bound channel number (0x4000..=0x4FFF).
+    pub channel: u16,
+    /// The peer the channel is bound to (the SFU's media address).
+    pub peer: SocketAddr,
+}
+
+/// A frame's 16-bit length bounds what a TCP link keeps unread.
+const MAX_PENDING: usize = 2 + u16::MAX as usize;
+
+impl Link {
+    fn send_to(&self, dest: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send_to(bytes, dest).map(|_| ()),
+            Link::Turn(t) => {
+                if dest != t.peer {
+                    return Err(std::io::Error::new(
+                        ErrorKind::AddrNotAvailable,
+                        format!("the TURN channel reaches only {}", t.peer),
+                    ));
+                }
+                let len = u16::try_from(bytes.len())
+                    .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "over 64 KiB"))?;
+                let mut msg = Vec::with_capacity(4 + bytes.len());
+                msg.extend_from_slice(&t.channel.to_be_bytes());
+                msg.extend_from_slice(&len.to_be_bytes());
+                msg.extend_from_slice(bytes);
+                t.socket.send_to(&msg, t.server).map(|_| ())
+            }
+            Link::Tcp { stream, peer, .. } => {
+                if dest != *peer {
+                    return Err(std::io::Error::new(
+                        ErrorKind::AddrNotAvailable,
+                        format!("the TCP link reaches only {peer}"),
+                    ));
+                }
+                let len = u16::try_from(bytes.len()).map_err(|_| {
+                    std::io::Error::new(ErrorKind::InvalidInput, "frame over 64 KiB")
+                })?;
+                let mut frame = Vec::with_capacity(2 + bytes.len());
+                frame.extend_from_slice(&len.to_be_bytes());
+                frame.extend_from_slice(bytes);
+                let mut stream: &TcpStream = stream;
+                stream.write_all(&frame)
+            }
+        }
+    }
+
+    /// One datagram (or frame) into `buf`, waiting at most `wait`.
+    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Link::Udp(socket) => {
+                socket.set_read_timeout(Some(wait))?;
+                socket.recv_from(buf)
+            }
+            Link::Turn(t) => {
+                t.socket.set_read_timeout(Some(wait))?;
+                let mut msg = [0u8; 2048 + 4];
+                let (n, from) = t.socket.recv_from(&mut msg)?;
+                let data = match msg.get(..n) {
+                    Some([c0, c1, l0, l1, rest @ ..])
+                        if from == t.server && u16::from_be_bytes([*c0, *c1]) == t.channel =>
+                    {
+                        rest.get(..usize::from(u16::from_be_bytes([*l0, *l1])))
+                    }
+                    _ => None,
+                };
+                // Anything else (a STUN answer, a short message) is not media: skip it.
+                let data = data.ok_or_else(|| {
+                    std::io::Error::new(ErrorKind::WouldBlock, "not ChannelData of the channel")
+                })?;
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Ok((n, t.peer))
+            }
+            Link::Tcp {
+                stream,
+                peer,
+                pending,
+            } => {
+                // Bounded: each turn either returns or reads more bytes, and `pending` is capped.
+                loop {
+                    if let [hi, lo, rest @ ..] = pending.as_slice() {
+                        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                        if rest.len() >= len {
+                            let n = len.min(buf.len());
+                            buf[..n].copy_from_slice(&rest[..n]);
+                            pending.drain(..2 + len);
+                            return Ok((n, *peer));
+                        }
+                    }
+                    if pending.len() >= MAX_PENDING {
+                        return Err(std::io::Error::new(ErrorKind::InvalidData, "frame overrun"));
+                    }
+                    stream.set_read_timeout(Some(wait))?;
+                    let mut chunk = [0u8; 4096];
+                    let want = chunk.len().min(MAX_PENDING - pending.len());
+                    match stream.read(&mut chunk[..want])? {
+                        0 => {
+                            return Err(std::io::Error::new(
+                                ErrorKind::ConnectionAborted,
+                                "the server closed the TCP link",
+                            ));
+                        }
+                        n => pending.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Binds a new socket on the same IP for a core that asked to move (see `Core::request_rebind`).
-fn rebind(core: &mut Core, socket: &RefCell<UdpSocket>) -> anyhow::Result<()> {
-    let ip = socket.borrow().local_addr()?.ip();
+fn rebind(core: &mut Core, socket: &RefCell<Link>) -> anyhow::Result<()> {
+    let ip = match &*socket.borrow() {
+        Link::Udp(s) => s.local_addr()?.ip(),
+        Link::Tcp { .. } | Link::Turn(_) => {
+            anyhow::bail!("only a direct UDP client can move to a new socket")
+        }
+    };
     let fresh = UdpSocket::bind((ip, 0)).context("binding the new client socket")?;
     core.moved_to(fresh.local_addr()?)?;
-    *socket.borrow_mut() = fresh;
+    *socket.borrow_mut() = Link::Udp(fresh);
     Ok(())
 }
 
-fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: Duration) {
+fn run(mut core: Core, socket: Link, jobs: mpsc::Receiver<Job>, lifetime: Duration) {
     let deadline = Instant::now() + lifetime;
     let mut buf = vec![0u8; RECV_BUF];
     // In a cell: a job may ask for a new socket while `send` holds on to this one.
     let socket = RefCell::new(socket);
-    let mut send = |dest, bytes: &[u8]| socket.borrow().send_to(bytes, dest).map(|_| ());
+    let mut send = |dest, bytes: &[u8]| socket.borrow().send_to(dest, bytes);
     let result: anyhow::Result<()> = (|| {
         core.drain(Instant::now(), &mut send)?;
         // The deadline bounds the loop in time; this bounds it in count (at most one turn per
@@ -106,11 +246,7 @@ fn run(mut core: Core, socket: UdpSocket, jobs: mpsc::Receiver<Job>, lifetime: D
             if wait.is_zero() {
                 continue;
             }
-            let received = {
-                let socket = socket.borrow();
-                socket.set_read_timeout(Some(wait))?;
-                socket.recv_from(&mut buf)
-            };
+            let received = socket.borrow_mut().recv(&mut buf, wait);
             match received {
                 Ok((n, source)) => {
                     if let Some(bytes) = buf.get(..n) {

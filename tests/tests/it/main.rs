@@ -13,6 +13,7 @@ mod https;
 mod listing;
 mod media;
 mod nats_egress;
+mod network;
 mod ops;
 mod rooms;
 mod security_api;

@@ -10,14 +10,19 @@ use serde_json::{Value, json};
 use stun_codec::rfc5389::attributes::{
     ErrorCode, MessageIntegrity, Nonce, Realm, Username, XorMappedAddress,
 };
-use stun_codec::rfc5766::attributes::{RequestedTransport, XorPeerAddress, XorRelayAddress};
-use stun_codec::rfc5766::methods::{ALLOCATE, CREATE_PERMISSION};
+use stun_codec::rfc5766::attributes::{
+    ChannelNumber, RequestedTransport, XorPeerAddress, XorRelayAddress,
+};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION};
 use stun_codec::{
     Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId,
     define_attribute_enums,
 };
-use trackmesh_tests::TestNode;
 use trackmesh_tests::node::free_udp_tcp_port;
+use trackmesh_tests::peer::{Client, ClientConfig};
+use trackmesh_tests::testkit::client::TurnChannel;
+use trackmesh_tests::testkit::media::VideoShape;
+use trackmesh_tests::{MediaKind, Peer, Publisher, Subscriber, TestNode};
 
 define_attribute_enums!(
     Attr,
@@ -32,7 +37,8 @@ define_attribute_enums!(
         XorMappedAddress,
         RequestedTransport,
         XorPeerAddress,
-        XorRelayAddress
+        XorRelayAddress,
+        ChannelNumber
     ]
 );
 
@@ -290,6 +296,57 @@ impl TurnClient {
     }
 }
 
+impl TurnClient {
+    /// Allocates, permits `peer` and binds channel 0x4000 to it: a str0m client then sends
+    /// and receives everything through the TURN server (as a browser with
+    /// `iceTransportPolicy: "relay"`).
+    async fn channel_to(mut self, peer: SocketAddr) -> TurnChannel {
+        let a = self.allocate().await;
+        assert_eq!(a.class(), MessageClass::SuccessResponse, "allocate: {a:?}");
+        let relayed = a
+            .get_attribute::<XorRelayAddress>()
+            .expect("a relayed address")
+            .address();
+        let channel = ChannelNumber::MIN;
+        let bound = self
+            .request(
+                CHANNEL_BIND,
+                vec![
+                    ChannelNumber::new(channel).expect("a channel").into(),
+                    XorPeerAddress::new(peer).into(),
+                ],
+            )
+            .await;
+        assert_eq!(
+            bound.class(),
+            MessageClass::SuccessResponse,
+            "channel bind: {bound:?}"
+        );
+        let socket = self.socket.into_std().expect("a std socket");
+        socket.set_nonblocking(false).expect("blocking");
+        TurnChannel {
+            socket,
+            server: self.server,
+            relayed,
+            channel,
+            peer,
+        }
+    }
+}
+
+/// A str0m peer whose every packet goes through the node's TURN server.
+async fn relayed_peer(node: &TestNode, name: &str) -> Peer {
+    let (server, user, pass) = credentials(node, 600).await;
+    let channel = TurnClient::new(server, &user, &pass)
+        .await
+        .channel_to(node.media_addr())
+        .await;
+    let mut cfg = ClientConfig::new(name, Duration::from_secs(300));
+    // The video of `Peer::new`, so relayed and direct clients are the same load.
+    cfg.video = VideoShape::LIGHT;
+    Peer::from_client(Client::spawn_thread_relayed(cfg, channel).expect("a relayed client"))
+}
+
 fn error_code(m: &Message<Attr>) -> Option<u16> {
     (m.class() == MessageClass::ErrorResponse)
         .then(|| m.get_attribute::<ErrorCode>().map(ErrorCode::code))
@@ -418,5 +475,152 @@ async fn allocations_per_credential_are_bounded() {
         )
         .await,
         1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_relays_through_turn_publishes_and_pulls() {
+    let node = start();
+    let api = node.client();
+    let publisher = Publisher::start_on(
+        &api,
+        relayed_peer(&node, "pub-relay").await,
+        &[("r-audio", MediaKind::Audio), ("r-video", MediaKind::Video)],
+    )
+    .await
+    .expect("the relayed client publishes");
+    let sub = Subscriber::start_on(
+        &api,
+        relayed_peer(&node, "sub-relay").await,
+        &publisher.remote_refs(),
+    )
+    .await
+    .expect("the relayed client pulls");
+    let video = sub
+        .mid_of(&publisher.session_id, "r-video")
+        .expect("video mid");
+    sub.peer
+        .wait_until(
+            "relayed video frames and a keyframe",
+            trackmesh_tests::flows::MEDIA_TIMEOUT,
+            move |s| s.rx_frames(&video) >= 10 && s.rx_keyframes(&video) >= 1,
+        )
+        .await
+        .expect("media arrives through TURN both ways");
+    // (Only this direction is counted: the TURN crate does not report what it relays to peers.)
+    let series = "trackmesh_turn_relayed_bytes_total{direction=\"to_client\"}";
+    assert!(metric(&node, series).await > 0.0, "{series}");
+}
+
+/// CPU ticks (utime + stime) of a process, from `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    num(11) + num(12)
+}
+
+/// The TURN CPU figure (BENCHMARKS.md): one publisher, `TRACKMESH_TURN_BENCH_SUBS` (default 10)
+/// subscribers on one node process, first direct, then every client through the node's TURN
+/// server; node CPU per forwarded RTP packet in each. Run by `benches/turn-cpu.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by benches/turn-cpu.sh"]
+async fn turn_relayed_media_cpu_against_direct() {
+    let subs: usize = std::env::var("TRACKMESH_TURN_BENCH_SUBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let window = Duration::from_secs(
+        std::env::var("TRACKMESH_TURN_BENCH_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
+    let tck = 100.0; // USER_HZ on Linux
+    let mut results = Vec::new();
+    for relayed in [false, true] {
+        let port = free_udp_tcp_port().expect("a free port").to_string();
+        let node = TestNode::start_process(&[
+            "--turn-key",
+            &format!("{KEY}:{SECRET}"),
+            "--turn-port",
+            &port,
+            "--turn-bandwidth",
+            "100000",
+        ])
+        .expect("a node process");
+        let api = node.client();
+        let peer = |name: String| {
+            let node = &node;
+            async move {
+                if relayed {
+                    relayed_peer(node, &name).await
+                } else {
+                    Peer::new(&name).expect("a direct client")
+                }
+            }
+        };
+        let publisher = Publisher::start_on(
+            &api,
+            peer("pub".into()).await,
+            &[("b-audio", MediaKind::Audio), ("b-video", MediaKind::Video)],
+        )
+        .await
+        .expect("publisher");
+        let mut subscribers = Vec::new();
+        for i in 0..subs {
+            subscribers.push(
+                Subscriber::start_on(
+                    &api,
+                    peer(format!("sub{i}")).await,
+                    &publisher.remote_refs(),
+                )
+                .await
+                .expect("subscriber"),
+            );
+        }
+        // Warm-up: every subscriber receives before the window opens.
+        for s in &subscribers {
+            let video = s.mid_of(&publisher.session_id, "b-video").expect("mid");
+            s.peer
+                .wait_until("video", trackmesh_tests::flows::MEDIA_TIMEOUT, move |st| {
+                    st.rx_frames(&video) >= 10
+                })
+                .await
+                .expect("media before the window");
+        }
+        let out = "trackmesh_rtp_packets_total{direction=\"out\"}";
+        let (t0, p0) = (cpu_ticks(node.pid()), metric(&node, out).await);
+        tokio::time::sleep(window).await;
+        let (t1, p1) = (cpu_ticks(node.pid()), metric(&node, out).await);
+        let cpu_s = (t1 - t0) as f64 / tck;
+        let packets = p1 - p0;
+        let us_per_packet = cpu_s * 1e6 / packets.max(1.0);
+        let line = serde_json::json!({
+            "mode": if relayed { "turn" } else { "direct" },
+            "subscribers": subs,
+            "window_s": window.as_secs(),
+            "node_cpu_s": cpu_s,
+            "cpu_percent": cpu_s * 100.0 / window.as_secs_f64(),
+            "rtp_packets_out": packets,
+            "cpu_us_per_packet": (us_per_packet * 100.0).round() / 100.0,
+        });
+        println!("{line}");
+        results.push(us_per_packet);
+        assert!(packets > 0.0, "media was forwarded");
+        drop(subscribers);
+        drop(publisher);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"turn_over_direct": (results[1] / results[0] * 100.0).round() / 100.0})
     );
 }

@@ -230,9 +230,15 @@ impl Engine {
         }
     }
 
-    /// Where the shell binds a cascade session's socket: the media socket's IP, port 0.
+    /// Where the shell binds a cascade session's socket: the media socket's IP, port 0; on a
+    /// dual-stack media socket, the wildcard of the primary candidate's family (cascades, like
+    /// the relay, speak that family).
     pub fn outgoing_bind_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.cfg.local_addr.ip(), 0)
+        let ip = self.cfg.local_addr.ip();
+        if ip.is_unspecified() && self.cfg.candidate_addr.is_ipv4() {
+            return SocketAddr::from(([0, 0, 0, 0], 0));
+        }
+        SocketAddr::new(ip, 0)
     }
 
     /// The host candidate of a socket bound at `bound`: itself, or with the announced IP when

@@ -111,11 +111,15 @@ impl Engine {
             config = config.set_dtls_cert(cert.clone());
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(outgoing.unwrap_or(self.cfg.candidate_addr), "udp")
-            .map_err(|e| {
-                OpError::Internal(format!("media address unusable as ICE candidate: {e}"))
-            })?;
-        rtc.add_local_candidate(candidate);
+        // A cascade's outgoing session is reached only through its own socket.
+        let candidates = match outgoing {
+            Some(addr) => Candidate::host(addr, "udp").map(|c| vec![c]),
+            None => self.cfg.host_candidates(),
+        }
+        .map_err(|e| OpError::Internal(format!("media address unusable as ICE candidate: {e}")))?;
+        for candidate in candidates {
+            rtc.add_local_candidate(candidate);
+        }
         Ok((rtc, ufrag))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use str0m::{Candidate, IceCreds};
+use str0m::IceCreds;
 
 use crate::engine::sdpfrag::{self, IceFrag};
 use crate::engine::streams::Role;
@@ -108,11 +108,15 @@ impl Engine {
                 .streams
                 .renew_etag(sid)
                 .ok_or_else(|| OpError::Internal("stream session vanished".into()))?;
-            let candidate = Candidate::host(self.cfg.candidate_addr, "udp")
+            let candidates: Vec<String> = self
+                .cfg
+                .host_candidates()
+                .map_err(|e| OpError::Internal(format!("media address unusable: {e}")))?
+                .iter()
                 .map(|c| c.to_sdp_string())
-                .map_err(|e| OpError::Internal(format!("media address unusable: {e}")))?;
+                .collect();
             result = Patched::Restarted {
-                frag: sdpfrag::answer(&local, &local_pass, &[candidate]),
+                frag: sdpfrag::answer(&local, &local_pass, &candidates),
                 etag,
             };
             tracing::info!(session = %sid, "ICE restart");
