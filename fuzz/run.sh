@@ -44,11 +44,10 @@ fi
 build=(--target-dir "$root/target/fuzz")
 case "${FUZZ_PROFILE:-release}" in
     release) ;;
-    # Checks as in the optimised build (cargo-fuzz adds none there): a smoke run should find what
-    # a long run finds, not overflow panics that run never looks for. Line tables for traces.
+    # cargo-fuzz turns debug assertions (and so overflow checks) on in both builds; like its
+    # optimised build, line tables only, enough for a crash's trace.
     dev)
         build+=(--dev)
-        export CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false
         export CARGO_PROFILE_DEV_DEBUG=line-tables-only
         ;;
     *) echo "fuzz/run.sh: FUZZ_PROFILE is release or dev, not ${FUZZ_PROFILE}" >&2; exit 2 ;;
