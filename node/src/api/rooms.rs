@@ -140,7 +140,8 @@ impl RoomsState {
             timers: crate::ws::Timers {
                 ping_interval: cfg.ws_ping_interval,
                 pong_timeout: cfg.ws_pong_timeout,
-                ..crate::ws::Timers::default()
+                connect_wait: cfg.ws_connect_timeout,
+                answer_wait: cfg.ws_answer_timeout,
             },
             trust_user_claim: cfg.trust_user_claim,
             tls: cfg.tls.is_some(),
