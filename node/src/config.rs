@@ -180,6 +180,16 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_WS_PONG_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "file::ws_pong_timeout")]
     pub ws_pong_timeout: Option<Duration>,
+    /// How long a new WebSocket has to send `connect` before it closes with
+    /// CONNECT-WAIT-TIMEOUT [default: 10s].
+    #[arg(long, env = "TRACKMESH_WS_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::ws_connect_timeout")]
+    pub ws_connect_timeout: Option<Duration>,
+    /// How long an offer (or update) waits for its answer before the socket closes with
+    /// ANSWER-TIMEOUT-ERROR [default: 10s].
+    #[arg(long, env = "TRACKMESH_WS_ANSWER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "file::ws_answer_timeout")]
+    pub ws_answer_timeout: Option<Duration>,
     /// The permission hook: POSTed {app, room, user, direction} before a room ticket is issued
     /// or a WebSocket joins; 200 allows, 401/403 deny, anything else denies too.
     #[arg(long, env = "TRACKMESH_AUTH_HOOK")]
@@ -364,6 +374,8 @@ mod file {
         http_body_timeout => "http-body-timeout",
         ws_ping_interval => "ws-ping-interval",
         ws_pong_timeout => "ws-pong-timeout",
+        ws_connect_timeout => "ws-connect-timeout",
+        ws_answer_timeout => "ws-answer-timeout",
         auth_hook_timeout => "auth-hook-timeout",
     }
 }
@@ -424,6 +436,10 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// WebSocket pong timeout (`--ws-pong-timeout`).
     pub ws_pong_timeout: Duration,
+    /// From a WebSocket's upgrade to its `connect` (`--ws-connect-timeout`).
+    pub ws_connect_timeout: Duration,
+    /// From a WebSocket offer to its answer (`--ws-answer-timeout`).
+    pub ws_answer_timeout: Duration,
     /// The permission hook's URL (`--auth-hook`).
     pub auth_hook: Option<String>,
     /// The permission hook's timeout (`--auth-hook-timeout`).
@@ -554,6 +570,8 @@ impl Config {
                 .unwrap_or(100),
             ws_ping_interval: dur(flags.ws_ping_interval, file.ws_ping_interval, 5),
             ws_pong_timeout: dur(flags.ws_pong_timeout, file.ws_pong_timeout, 10),
+            ws_connect_timeout: dur(flags.ws_connect_timeout, file.ws_connect_timeout, 10),
+            ws_answer_timeout: dur(flags.ws_answer_timeout, file.ws_answer_timeout, 10),
             auth_hook: flags.auth_hook.or(file.auth_hook).filter(|u| !u.is_empty()),
             auth_hook_timeout: dur(flags.auth_hook_timeout, file.auth_hook_timeout, 2),
             trust_user_claim: flags
@@ -689,8 +707,19 @@ impl Config {
         if cfg.max_rooms_per_app == 0 {
             bail!("max-rooms-per-app must be at least 1");
         }
-        if cfg.ws_ping_interval.is_zero() || cfg.ws_pong_timeout.is_zero() {
-            bail!("ws-ping-interval and ws-pong-timeout must be above zero");
+        if [
+            cfg.ws_ping_interval,
+            cfg.ws_pong_timeout,
+            cfg.ws_connect_timeout,
+            cfg.ws_answer_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            bail!(
+                "ws-ping-interval, ws-pong-timeout, ws-connect-timeout and ws-answer-timeout \
+                 must be above zero"
+            );
         }
         if let Some(url) = &cfg.auth_hook {
             match reqwest::Url::parse(url) {
@@ -776,6 +805,8 @@ fn read_file(path: &Path, over: &Flags) -> anyhow::Result<Flags> {
             ("http-body-timeout", over.http_body_timeout.is_some()),
             ("ws-ping-interval", over.ws_ping_interval.is_some()),
             ("ws-pong-timeout", over.ws_pong_timeout.is_some()),
+            ("ws-connect-timeout", over.ws_connect_timeout.is_some()),
+            ("ws-answer-timeout", over.ws_answer_timeout.is_some()),
             ("auth-hook-timeout", over.auth_hook_timeout.is_some()),
         ];
         let mut removed = false;
@@ -949,7 +980,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 52] = [
+    const FILE_KEYS: [&str; 54] = [
         "http",
         "media",
         "public-ip",
@@ -970,6 +1001,8 @@ mod tests {
         "max-rooms-per-app",
         "ws-ping-interval",
         "ws-pong-timeout",
+        "ws-connect-timeout",
+        "ws-answer-timeout",
         "auth-hook",
         "auth-hook-timeout",
         "trust-user-claim",
@@ -1139,6 +1172,8 @@ mod tests {
             max-rooms-per-app = 21
             ws-ping-interval = "22s"
             ws-pong-timeout = "23s"
+            ws-connect-timeout = "25s"
+            ws-answer-timeout = "26s"
             auth-hook = "http://127.0.0.1:9/hook"
             auth-hook-timeout = "24s"
             trust-user-claim = true
@@ -1256,6 +1291,8 @@ mod tests {
                 cfg.max_rooms_per_app,
                 cfg.ws_ping_interval,
                 cfg.ws_pong_timeout,
+                cfg.ws_connect_timeout,
+                cfg.ws_answer_timeout,
                 cfg.auth_hook.as_deref(),
                 cfg.auth_hook_timeout,
                 cfg.trust_user_claim
@@ -1264,6 +1301,8 @@ mod tests {
                 21,
                 s(22),
                 s(23),
+                s(25),
+                s(26),
                 Some("http://127.0.0.1:9/hook"),
                 s(24),
                 true

@@ -126,6 +126,8 @@ pub struct WsParticipant {
     pub client_id: String,
     /// The Calls session underneath.
     pub session_id: String,
+    /// The server's first offer.
+    pub offer_sdp: String,
     /// `update` offers answered so far.
     pub updates: Arc<AtomicUsize>,
     /// Mids of the receiving sections the server offered.
@@ -246,6 +248,7 @@ impl WsParticipant {
             peer,
             client_id,
             session_id,
+            offer_sdp: sdp,
             updates,
             recv_mids,
             closed,

@@ -61,38 +61,43 @@ pub struct Participant {
     pub close: watch::Sender<Option<CloseReason>>,
 }
 
-/// This node's WebSocket participants, by client id.
+/// This node's WebSocket participants, by app and client id: a client id names a participant
+/// within its app, so apps cannot take each other's ids.
 #[derive(Default)]
 pub struct Participants {
-    by_client: HashMap<String, Participant>,
+    by_client: HashMap<(String, String), Participant>,
 }
 
 impl Participants {
-    /// Participants here in `app`/`room`.
+    /// Participants here in `app`/`room`, with their client ids.
     pub fn in_room(&self, app: &str, room: &str) -> impl Iterator<Item = (&String, &Participant)> {
         self.by_client
             .iter()
             .filter(move |(_, p)| p.app == app && p.room == room)
+            .map(|((_, client), p)| (client, p))
     }
 
-    /// Whether a client of this id is here.
-    pub fn has(&self, client: &str) -> bool {
-        self.by_client.contains_key(client)
+    /// Whether a client of this id is here in `app`.
+    pub fn has(&self, app: &str, client: &str) -> bool {
+        self.by_client
+            .contains_key(&(app.to_string(), client.to_string()))
     }
 
-    /// Adds one.
+    /// Adds one, under its app.
     pub fn insert(&mut self, client: String, p: Participant) {
-        self.by_client.insert(client, p);
+        self.by_client.insert((p.app.clone(), client), p);
     }
 
     /// Removes one.
-    pub fn remove(&mut self, client: &str) -> Option<Participant> {
-        self.by_client.remove(client)
+    pub fn remove(&mut self, app: &str, client: &str) -> Option<Participant> {
+        self.by_client
+            .remove(&(app.to_string(), client.to_string()))
     }
 
     /// One, to update.
-    pub fn get_mut(&mut self, client: &str) -> Option<&mut Participant> {
-        self.by_client.get_mut(client)
+    pub fn get_mut(&mut self, app: &str, client: &str) -> Option<&mut Participant> {
+        self.by_client
+            .get_mut(&(app.to_string(), client.to_string()))
     }
 
     /// How many.
@@ -140,7 +145,8 @@ impl RoomsState {
             timers: crate::ws::Timers {
                 ping_interval: cfg.ws_ping_interval,
                 pong_timeout: cfg.ws_pong_timeout,
-                ..crate::ws::Timers::default()
+                connect_wait: cfg.ws_connect_timeout,
+                answer_wait: cfg.ws_answer_timeout,
             },
             trust_user_claim: cfg.trust_user_claim,
             tls: cfg.tls.is_some(),

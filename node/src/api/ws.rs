@@ -153,7 +153,7 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
         }
     };
     if let Some(j) = joined {
-        rooms_lock(&st).remove(&j.client_id);
+        rooms_lock(&st).remove(&j.app, &j.client_id);
         let sid = j.session;
         let _ = st
             .engine
@@ -311,7 +311,7 @@ async fn join(
     if !crate::rooms::valid_room_id(&client_id) {
         return Err(CloseReason::JsonDecode);
     }
-    if rooms_lock(st).has(&client_id) {
+    if rooms_lock(st).has(&app, &client_id) {
         return Err(CloseReason::DuplicatedClient);
     }
     if summary.total >= summary.options.max_participants {
@@ -324,7 +324,7 @@ async fn join(
     }
     {
         let mut parts = rooms_lock(st);
-        if parts.has(&client_id) {
+        if parts.has(&app, &client_id) {
             return Err(CloseReason::DuplicatedClient);
         }
         let here = parts.in_room(&app, &claims.room).count() as u32;
@@ -358,11 +358,11 @@ async fn join(
     let session = match created {
         Ok((sid, _)) => sid,
         Err(r) => {
-            rooms_lock(st).remove(&client_id);
+            rooms_lock(st).remove(&app, &client_id);
             return Err(r);
         }
     };
-    if let Some(p) = rooms_lock(st).get_mut(&client_id) {
+    if let Some(p) = rooms_lock(st).get_mut(&app, &client_id) {
         p.session = Some(session);
     }
     if let Some(labels) = egress_labels_for(
@@ -496,7 +496,7 @@ async fn apply_answer(st: &ApiState, j: &mut Joined, sdp: String) -> Result<(), 
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;
     if j.role.sends()
-        && let Some(p) = rooms_lock(st).get_mut(&j.client_id)
+        && let Some(p) = rooms_lock(st).get_mut(&j.app, &j.client_id)
     {
         p.publishing = true;
     }

@@ -1,17 +1,20 @@
 //! Audio egress to NATS against Debian's `nats-server` (installed by `tests/all.sh`): a
 //! publisher's Opus payloads arrive on the right subject with valid headers, and media keeps
 //! flowing to a subscriber while nats-server is stopped and started again; in a cluster, only the
-//! publisher's node publishes.
+//! publisher's node publishes; a WebSocket publisher in a room created with `audio_egress` is
+//! published under the room's and its ticket's labels.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::Message;
 use futures_util::StreamExt;
+use serde_json::json;
 use trackmesh_node::engine::EgressLabels;
 use trackmesh_node::ids::SessionId;
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
 use trackmesh_tests::nats::NatsServer;
+use trackmesh_tests::rooms::{WsParticipant, create_room};
 use trackmesh_tests::testkit::media::read_stamp;
 use trackmesh_tests::{Cluster, ClusterConfig, MediaKind, Peer, Subscriber, TestNode};
 
@@ -36,6 +39,11 @@ struct Received {
 }
 
 fn check(msg: &Message, subject: &str, t0_ms: u64) -> Received {
+    check_as(msg, subject, t0_ms, "alice.b", "web-1")
+}
+
+/// [`check`] for a publisher with its own user and client labels.
+fn check_as(msg: &Message, subject: &str, t0_ms: u64, user: &str, client: &str) -> Received {
     assert_eq!(msg.subject.as_str(), subject, "the publisher's subject");
     let headers = msg.headers.as_ref().expect("headers on every message");
     let get = |name: &str| {
@@ -44,8 +52,8 @@ fn check(msg: &Message, subject: &str, t0_ms: u64) -> Received {
             .map(|v| v.as_str().to_string())
             .unwrap_or_else(|| panic!("header {name} missing: {headers:?}"))
     };
-    assert_eq!(get("Trackmesh-User"), "alice.b", "the exact user");
-    assert_eq!(get("Trackmesh-Client"), "web-1");
+    assert_eq!(get("Trackmesh-User"), user, "the exact user");
+    assert_eq!(get("Trackmesh-Client"), client);
     assert_eq!(get("Trackmesh-Codec"), "opus");
     let seq: u64 = get("Trackmesh-Seq")
         .parse()
@@ -358,4 +366,85 @@ async fn only_the_publishers_node_publishes_a_relayed_track() {
         "the node with the relayed copy publishes nothing"
     );
     assert!(scrape_value(a, PUBLISHED).await >= frames.len() as f64);
+}
+
+/// The mid of the first audio section of an SDP.
+fn audio_mid(sdp: &str) -> Option<String> {
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio");
+        } else if in_audio && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.to_string());
+        }
+    }
+    None
+}
+
+/// A room created with `audio_egress: true`: an upstream WebSocket participant joining with a
+/// ticket for user `alice.b` is marked by the node itself, and its Opus packets arrive on
+/// `{prefix}.{app}.{room}.{user}` with the ticket's user and the server's client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_publisher_in_an_egress_room_reaches_nats() {
+    let t0_ms = unix_ms();
+    let nats = NatsServer::start().expect("nats-server (tests/all.sh installs it)");
+    let node = TestNode::start(&["--nats", &nats.url(), "--nats-subject-prefix", PREFIX])
+        .expect("node with --nats");
+    let api = node.client();
+    wait_metric(&node, CONNECTED, "the node connects to NATS", |v| v == 1.0).await;
+    let bus = async_nats::connect(nats.url())
+        .await
+        .expect("test subscriber connects");
+    let mut messages = bus
+        .subscribe(format!("{PREFIX}.>"))
+        .await
+        .expect("subscribe");
+    bus.flush()
+        .await
+        .expect("the subscription reached the server");
+
+    create_room(&api, json!({ "id": "stage-1", "audio_egress": true }))
+        .await
+        .expect("a room with audio egress");
+    let (status, t) = api
+        .raw(
+            reqwest::Method::POST,
+            "rooms/stage-1/tickets",
+            Some(json!({ "direction": "up", "user": "alice.b" })),
+        )
+        .await
+        .expect("POST tickets");
+    assert_eq!(status, 201, "{t}");
+    let token = t["access_token"].as_str().expect("access_token");
+    let url = t["url"].as_str().expect("url");
+    // The participant answers the server's offer and sends on every section it was offered.
+    let up = WsParticipant::join(url, token, "upstream", false, "alice")
+        .await
+        .expect("an upstream joins by ticket");
+    let mid = audio_mid(&up.offer_sdp).expect("an audio section in the first offer");
+    let m = mid.clone();
+    up.peer
+        .wait_until("frames sent", MEDIA_TIMEOUT, move |s| {
+            s.tx_frames(&m) >= FRAMES
+        })
+        .await
+        .expect("the publisher sends");
+    up.peer.stop_sending(&[mid.as_str()]).await.expect("stop");
+    let sent = up.peer.stats().tx_frames(&mid);
+
+    let subject = format!("{PREFIX}.{}.stage-1.alice_b", node.app_id());
+    let mut frames = BTreeSet::new();
+    // Bounded: one message per frame sent, each waited for at most NATS_WAIT.
+    while (frames.len() as u64) < sent {
+        let Ok(Some(msg)) = tokio::time::timeout(NATS_WAIT, messages.next()).await else {
+            break;
+        };
+        frames.insert(check_as(&msg, &subject, t0_ms, "alice.b", &up.client_id).frame);
+    }
+    let arrived = frames.iter().filter(|f| **f < sent).count() as u64;
+    assert!(
+        arrived * 100 >= sent * 95,
+        "{arrived} of {sent} Opus packets of the room's publisher arrived on {subject}"
+    );
+    eprintln!("nats egress through a room: {arrived} of {sent} Opus packets arrived");
 }

@@ -295,9 +295,55 @@ async fn errors_close_the_socket_with_their_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_that_never_comes_times_out() {
-    let (_node, url) = node_with_room(&[], json!({ "id": "r" })).await;
+    let (_node, url) =
+        node_with_room(&["--ws-connect-timeout", "500ms"], json!({ "id": "r" })).await;
     let mut ws = RawWs::connect(&url).await.expect("connect");
-    // CONNECT-WAIT-TIMEOUT is 10 s; the bound below covers it with margin.
-    let (code, reason) = ws.closed(Duration::from_secs(20)).await.expect("closed");
+    let (code, reason) = ws.closed(Duration::from_secs(10)).await.expect("closed");
     assert_eq!((code, reason.as_str()), (4001, "CONNECT-WAIT-TIMEOUT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_never_answered_times_out() {
+    let (node, url) = node_with_room(&["--ws-answer-timeout", "500ms"], json!({ "id": "r" })).await;
+    let (t, _) = ticket(&node.client(), "r", "up").await.expect("ticket");
+    let mut ws = RawWs::connect(&url).await.expect("connect");
+    ws.send(&json!({ "type": "connect", "token": t, "role": "upstream" }))
+        .await
+        .expect("connect");
+    let offer = ws.recv().await.expect("the server's offer");
+    assert_eq!(offer["type"], "offer", "{offer}");
+    // The client never answers.
+    let (code, reason) = ws.closed(Duration::from_secs(10)).await.expect("closed");
+    assert_eq!((code, reason.as_str()), (4002, "ANSWER-TIMEOUT-ERROR"));
+}
+
+/// A client id names a participant within its app: two apps on one node may both use "same",
+/// and a second "same" in one app is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_of_two_apps_do_not_collide() {
+    let (node, url) = node_with_room(&["--app", "other:other-secret"], json!({ "id": "r" })).await;
+    let api = node.client();
+    let other = trackmesh_tests::CallsClient::new(
+        &api.base().replace(node.app_id(), "other"),
+        "other-secret",
+    );
+    create_room(&other, json!({ "id": "r" }))
+        .await
+        .expect("the other app's room");
+    let connect = |t: &str| json!({ "type": "connect", "token": t, "role": "downstream", "client_id": "same" });
+    let mut sockets = Vec::new();
+    for client in [&api, &other] {
+        let (t, _) = ticket(client, "r", "down").await.expect("ticket");
+        let mut ws = RawWs::connect(&url).await.expect("connect");
+        ws.send(&connect(&t)).await.expect("send");
+        let offer = ws.recv().await.expect("an offer for each app's \"same\"");
+        assert_eq!(offer["client_id"], "same", "{offer}");
+        sockets.push(ws);
+    }
+    let (t, _) = ticket(&other, "r", "down").await.expect("ticket");
+    assert_eq!(
+        close_of(&url, &connect(&t).to_string()).await,
+        (4301, "DUPLICATED-CLIENT".to_string()),
+        "a second \"same\" in one app"
+    );
 }
