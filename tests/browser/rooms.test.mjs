@@ -22,8 +22,7 @@ const errorText = (page) => page.locator('#error').evaluate((el) => (el.classLis
 
 /**
  * The most frames any received video of the page decoded (its own preview is muted and has no
- * controls; the panel adds an element per received track, and an audio track's element shows its
- * stream's video too, so the elements are not counted).
+ * controls; the panel adds a video element per received video track).
  */
 const remoteFrames = (page) => page.evaluate(() => Math.max(0, ...[...document.querySelectorAll('#roomVideos video[controls]')]
   .filter((v) => v.videoWidth > 0)
@@ -83,6 +82,15 @@ test('rooms panel: two pages join a room by ticket and each decodes the other\'s
     for (const [name, page] of [['a', a], ['b', b]]) {
       await pollUntil(async () => (await remoteFrames(page)) > first[name] + 30,
         { timeoutMs: 15000, what: `${name}'s received video to keep decoding frames` });
+    }
+
+    // Each page shows the other participant once: one video element and one audio element.
+    for (const [name, page] of [['a', a], ['b', b]]) {
+      const shown = await page.evaluate(() => ({
+        videos: document.querySelectorAll('#roomVideos video[controls]').length,
+        audios: document.querySelectorAll('#roomVideos audio').length,
+      }));
+      assert.deepEqual(shown, { videos: 1, audios: 1 }, `${name} shows the other participant once`);
     }
 
     const room = await node.api('GET', '/rooms/panel');
