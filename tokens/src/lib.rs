@@ -228,33 +228,7 @@ pub fn mint(
 /// (Unix seconds), and returns its claims. Only HS256 is accepted (`alg: none` and every other
 /// algorithm are refused). The scope is checked separately ([`Claims::check_scope`]).
 pub fn verify(secret: &[u8], app: &str, token: &str, now: u64) -> Result<Claims, TokenError> {
-    if token.is_empty() {
-        return Err(TokenError::Missing);
-    }
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::TooLong);
-    }
-    // HMAC under an empty key is a key anyone has.
-    if secret.is_empty() {
-        return Err(TokenError::BadSignature);
-    }
-    let mut validation = Validation::new(Algorithm::HS256);
-    // Time is checked below against the caller's `now`, not the library's clock.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenError::Malformed("only HS256 is accepted")
-                }
-                ErrorKind::Json(_) => TokenError::Malformed("not a stream token"),
-                _ => TokenError::Malformed("not a JWT"),
-            })?;
-    let claims = data.claims;
+    let claims: Claims = decode_hs256(secret, token, "not a stream token")?;
     if claims.app != app {
         return Err(TokenError::WrongApp);
     }
@@ -269,6 +243,41 @@ pub fn verify(secret: &[u8], app: &str, token: &str, now: u64) -> Result<Claims,
         return Err(TokenError::NotYetValid);
     }
     Ok(claims)
+}
+
+/// Decodes an HS256 JWT signed with `secret` into `C`, before any check of its claims; `what`
+/// names the error when the JSON is not a `C`. Time is left to the caller's `now`, not the
+/// library's clock; `alg: none` and every other algorithm are refused.
+pub(crate) fn decode_hs256<C: serde::de::DeserializeOwned>(
+    secret: &[u8],
+    token: &str,
+    what: &'static str,
+) -> Result<C, TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong);
+    }
+    // HMAC under an empty key is a key anyone has.
+    if secret.is_empty() {
+        return Err(TokenError::BadSignature);
+    }
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<C>(token, &DecodingKey::from_secret(secret), &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::Malformed("only HS256 is accepted")
+            }
+            ErrorKind::Json(_) => TokenError::Malformed(what),
+            _ => TokenError::Malformed("not a JWT"),
+        })
 }
 
 /// The system clock in Unix seconds (0 if it is before 1970).
