@@ -474,6 +474,14 @@ impl Metrics {
             s.relay_dropped,
         );
         set(
+            &self.dropped.with_label_values(&["relay_gap_withheld"]),
+            s.relay_gap_withheld,
+        );
+        set(
+            &self.dropped.with_label_values(&["relay_lost"]),
+            snap.relay.frames_lost,
+        );
+        set(
             &self.dropped.with_label_values(&["relay_in_queue"]),
             snap.relay.engine_queue_drops,
         );

@@ -246,6 +246,10 @@ fn relay_input(engine: &mut Engine, input: RelayIn) -> bool {
             engine.relay_frame(up, frame, Instant::now());
             false
         }
+        RelayIn::Gap { up } => {
+            engine.relay_gap(up, Instant::now());
+            false
+        }
         RelayIn::ChannelMessage { up, binary, data } => {
             engine.relay_channel_message(up, binary, &data);
             true

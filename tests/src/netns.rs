@@ -145,6 +145,18 @@ impl LabSpec {
         Ok(())
     }
 
+    /// Cut one direction only: `from` can no longer send to `to` (`to` still reaches `from`).
+    pub fn block_one_way(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        self.iptables(from, &prepend("-I", &one_way_rule(self.ip(to)?)))
+            .map(drop)
+    }
+
+    /// Remove the rule of [`LabSpec::block_one_way`].
+    pub fn unblock_one_way(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        self.iptables(from, &prepend("-D", &one_way_rule(self.ip(to)?)))
+            .map(drop)
+    }
+
     /// Packets dropped so far by the partition rules of node `role`.
     pub fn partition_drops(&self, role: &str) -> anyhow::Result<u64> {
         let mut total = 0;
@@ -201,6 +213,14 @@ impl LabSpec {
         Ok(())
     }
 
+    /// Remove the rules of [`LabSpec::add_loss`] (every `OUTPUT` rule of `a` and `b`).
+    pub fn clear_loss(&self) -> anyhow::Result<()> {
+        for role in ["a", "b"] {
+            self.iptables(role, &["-F", "OUTPUT"])?;
+        }
+        Ok(())
+    }
+
     /// (packets offered, packets dropped) by the [`LabSpec::add_loss`] rules of both nodes.
     pub fn loss_counts(&self) -> anyhow::Result<(u64, u64)> {
         let (mut offered, mut dropped) = (0, 0);
@@ -225,6 +245,17 @@ fn partition_rules(other: IpAddr) -> [Vec<String>; 2] {
             "DROP".into(),
         ],
         vec!["OUTPUT".into(), "-d".into(), o, "-j".into(), "DROP".into()],
+    ]
+}
+
+/// The rule that stops one node sending to `other`, without the verb.
+fn one_way_rule(other: IpAddr) -> Vec<String> {
+    vec![
+        "OUTPUT".into(),
+        "-d".into(),
+        other.to_string(),
+        "-j".into(),
+        "DROP".into(),
     ]
 }
 

@@ -323,6 +323,7 @@ pub async fn tracks_new(
         )));
     }
     wait_connected(&st, &app, &session, offer_transport).await?;
+    let mut unreachable = Vec::new();
     if let TracksNew::Remote { tracks } | TracksNew::RemoteWithOffer { tracks, .. } = &op {
         let wanted = tracks.iter().filter_map(|t| {
             Some((
@@ -330,16 +331,18 @@ pub async fn tracks_new(
                 t.track_name.clone()?,
             ))
         });
-        super::cluster::resolve_remote(&st, &app, wanted).await;
+        unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
     }
     let res = st
         .engine
         .call(move |e, now| e.tracks_new(&app, &session, op, now))
         .await??;
+    let mut tracks: Vec<TrackOut> = res.tracks.into_iter().map(Into::into).collect();
+    super::cluster::mark_unreachable(&mut tracks, &unreachable);
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: res.requires_immediate_renegotiation,
         session_description: res.description.map(Into::into),
-        tracks: res.tracks.into_iter().map(Into::into).collect(),
+        tracks,
     })
     .into_response())
 }
@@ -418,15 +421,17 @@ pub async fn tracks_update(
             t.track_name.clone()?,
         ))
     });
-    super::cluster::resolve_remote(&st, &app, wanted).await;
+    let unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
     let res = st
         .engine
         .call(move |e, now| e.tracks_update(&app, &session, tracks, now))
         .await??;
+    let mut tracks: Vec<TrackOut> = res.into_iter().map(Into::into).collect();
+    super::cluster::mark_unreachable(&mut tracks, &unreachable);
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: false,
         session_description: None,
-        tracks: res.into_iter().map(Into::into).collect(),
+        tracks,
     })
     .into_response())
 }

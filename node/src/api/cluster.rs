@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use super::ApiState;
 use super::error::ApiError;
 use super::guard::read_body;
+use super::wire::TrackOut;
 use crate::cluster::ClusterView;
-use crate::cluster::relay::Relay;
+use crate::cluster::relay::{PullError, Relay};
 use crate::ids::{NodeTag, SessionId};
 
 use super::node_auth::{FORWARDED_BY, NODE_AUTH, NodeAuth};
@@ -235,12 +236,13 @@ pub(super) async fn read_capped(mut res: reqwest::Response, cap: usize) -> Resul
 }
 
 /// Pulls every listed track that lives on another node into this node's engine, concurrently.
-/// Tracks no node has are left alone: the engine then answers `not_found_track_error`.
+/// Tracks no node has are left alone: the engine then answers `not_found_track_error`. Returns
+/// the tracks whose node is live but could not be reached (see [`mark_unreachable`]).
 pub async fn resolve_remote(
     st: &ApiState,
     app: &str,
     tracks: impl Iterator<Item = (SessionId, String)>,
-) {
+) -> Vec<(String, String)> {
     let mut set = tokio::task::JoinSet::new();
     for (session, track) in tracks {
         if session.node_tag() == st.cluster.tag {
@@ -248,9 +250,37 @@ pub async fn resolve_remote(
         }
         let relay = st.cluster.relay.clone();
         let app = app.to_string();
-        set.spawn(async move { relay.ensure_upstream(&app, session, &track).await });
+        set.spawn(async move {
+            let r = relay.ensure_upstream(&app, session, &track).await;
+            (session, track, r)
+        });
     }
-    while set.join_next().await.is_some() {}
+    let mut unreachable = Vec::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok((session, track, Err(PullError::Link | PullError::NoAnswer))) = done {
+            unreachable.push((session.to_string(), track));
+        }
+    }
+    unreachable
+}
+
+/// A pull of a track whose node gossip calls live but that did not answer is not "not found":
+/// it is worth retrying (the node may be cut off for a moment), so say so.
+pub fn mark_unreachable(tracks: &mut [TrackOut], unreachable: &[(String, String)]) {
+    for t in tracks {
+        if t.error_code != Some("not_found_track_error") {
+            continue;
+        }
+        let (Some(sid), Some(name)) = (&t.session_id, &t.track_name) else {
+            continue;
+        };
+        if unreachable.iter().any(|(s, n)| s == sid && n == name) {
+            t.error_code = Some("retryable_transient_error");
+            t.error_description = Some(
+                "the node that holds this track is not reachable right now; retry".to_string(),
+            );
+        }
+    }
 }
 
 pub(super) fn check_admin(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -372,5 +402,48 @@ mod tests {
         assert_eq!(session_in_path("/v1/apps/a/sessions/new"), None);
         assert_eq!(session_in_path("/v1/apps/a/sessions"), None);
         assert_eq!(session_in_path("/healthz"), None);
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::mark_unreachable;
+    use crate::api::wire::TrackOut;
+
+    fn failed(sid: &str, name: &str, code: &'static str) -> TrackOut {
+        TrackOut {
+            location: None,
+            session_id: Some(sid.into()),
+            track_name: Some(name.into()),
+            mid: String::new(),
+            status: None,
+            error_code: Some(code),
+            error_description: Some("no such track".into()),
+        }
+    }
+
+    #[test]
+    fn a_track_on_an_unreachable_live_node_is_worth_a_retry() {
+        let mut tracks = vec![
+            failed("s1", "cam", "not_found_track_error"),
+            failed("s1", "mic", "not_found_track_error"),
+            failed("s2", "cam", "invalid_params"),
+        ];
+        let unreachable = vec![
+            ("s1".to_string(), "cam".to_string()),
+            ("s2".to_string(), "cam".to_string()),
+        ];
+        mark_unreachable(&mut tracks, &unreachable);
+        assert_eq!(tracks[0].error_code, Some("retryable_transient_error"));
+        assert_eq!(
+            tracks[1].error_code,
+            Some("not_found_track_error"),
+            "a track no node has stays not found"
+        );
+        assert_eq!(
+            tracks[2].error_code,
+            Some("invalid_params"),
+            "other errors are left alone"
+        );
     }
 }

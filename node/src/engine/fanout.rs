@@ -77,6 +77,15 @@ impl Engine {
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
         };
+        if let Some(p) = self.publications.get_mut(&key)
+            && p.await_keyframe
+        {
+            if !frame.keyframe {
+                self.stats.relay_gap_withheld += 1;
+                return;
+            }
+            p.await_keyframe = false;
+        }
         let Some(clock) = self
             .publications
             .get(&key)

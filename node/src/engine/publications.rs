@@ -67,6 +67,12 @@ pub(crate) struct Publication {
     /// Frames forwarded since `last_keyframe`: a joining subscriber given the cached keyframe
     /// can decode what follows only if it has not missed any of them.
     pub frames_since_keyframe: u32,
+    /// Relayed frames were lost: later frames are withheld until a keyframe, so viewers freeze
+    /// rather than decode garbage.
+    pub await_keyframe: bool,
+    /// A relayed publication whose link died, while the relay looks for a new route: it stays
+    /// (viewers keep their m-sections) but shows `inactive`.
+    pub upstream_lost: bool,
 }
 
 /// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
@@ -98,6 +104,8 @@ impl Publication {
             keyframe_pending: false,
             last_keyframe: None,
             frames_since_keyframe: 0,
+            await_keyframe: false,
+            upstream_lost: false,
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use str0m::media::MediaKind;
+
 use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
 use super::relay_messages::{RelayOut, RelayRefusal};
 use super::{Engine, MAX_RELAY_QUEUE};
@@ -36,6 +38,7 @@ impl Engine {
                 };
                 p.source = Source::Relay(up);
                 p.codec = Some(info.codec);
+                p.upstream_lost = false;
                 p.last_keyframe_request = None;
                 self.relay_up.remove(&old);
                 self.relay_up.insert(up, key.clone());
@@ -118,6 +121,37 @@ impl Engine {
             }
             self.request_keyframe(&key, now);
             self.process_work(now);
+        }
+    }
+
+    /// Frames of upstream `up` were lost on the link. Video viewers would decode garbage until
+    /// the next keyframe: withhold frames until one arrives, and ask for it now.
+    pub fn relay_gap(&mut self, up: UpId, now: Instant) {
+        let Some(key) = self.relay_up.get(&up).cloned() else {
+            return;
+        };
+        let Some(p) = self.publications.get_mut(&key) else {
+            return;
+        };
+        if p.kind != MediaKind::Video {
+            return; // Audio frames decode on their own.
+        }
+        p.await_keyframe = true;
+        // The cached keyframe no longer leads to what follows it.
+        p.last_keyframe = None;
+        self.request_keyframe(&key, now);
+        self.process_work(now);
+    }
+
+    /// The link of upstream `up` died and the relay is looking for a new route: its
+    /// subscribers stay attached, and `GET session` shows the track `inactive` meanwhile.
+    pub fn relay_upstream_lost(&mut self, up: UpId) {
+        if let Some(p) = self
+            .relay_up
+            .get(&up)
+            .and_then(|key| self.publications.get_mut(key))
+        {
+            p.upstream_lost = true;
         }
     }
 

@@ -88,6 +88,12 @@ pub enum RelayIn {
         /// The frame.
         frame: RelayFrame,
     },
+    /// Frames of upstream `up` were lost on the way (a gap in the link's frame numbers): what
+    /// follows cannot be decoded until the next keyframe.
+    Gap {
+        /// The upstream subscription that lost frames.
+        up: UpId,
+    },
     /// A DataChannel message of upstream channel subscription `up`.
     ChannelMessage {
         /// The upstream channel subscription.

@@ -34,6 +34,8 @@ pub struct Stats {
     pub relay_frames_in: u64,
     /// Relay frames dropped because the relay queue was full.
     pub relay_dropped: u64,
+    /// Relayed video frames withheld after a gap, until the next keyframe.
+    pub relay_gap_withheld: u64,
     /// Bytes of datagrams received on the media socket.
     pub bytes_in: u64,
     /// Bytes of datagrams handed to the shell to send.

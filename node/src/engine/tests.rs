@@ -218,6 +218,83 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
 }
 
 #[test]
+fn a_relay_gap_freezes_video_until_the_keyframe_it_asks_for() {
+    let mut w = World::new(Duration::from_secs(30));
+    let publisher = SessionId::new(NodeTag(0x0bad_cafe));
+    let info = TrackInfo {
+        kind: MediaKind::Video,
+        codec: CodecInfo {
+            codec: Codec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+        },
+    };
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", UpId(7), info, w.now)
+        .expect("relayed publication");
+    let viewer = w.client();
+    let sid = w.session();
+    let mid = w
+        .pull(viewer, &sid, &[(&publisher.to_string(), "cam")])
+        .tracks[0]
+        .mid
+        .clone();
+    w.run(Duration::from_millis(300));
+    while w.engine.poll_relay().is_some() {}
+    for n in 1..=3 {
+        let now = w.now;
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, n == 1), now);
+        w.run(Duration::from_millis(33));
+    }
+    assert_eq!(w.clients[viewer].frames(&mid), 3);
+
+    // Frame 4 never arrived: the node asks up the relay for a keyframe (at most one request
+    // a second per track, so past the one the viewer's join made)...
+    let now = w.now;
+    w.engine.relay_gap(UpId(7), now);
+    w.run(Duration::from_millis(1100));
+    let mut asked = false;
+    while let Some(out) = w.engine.poll_relay() {
+        asked |= matches!(out, RelayOut::KeyframeRequest { up: UpId(7) });
+    }
+    assert!(
+        asked,
+        "a keyframe is asked for when relayed frames are lost"
+    );
+    // ...and the deltas that cannot be decoded are not shown to the viewer.
+    for n in 5..=6 {
+        let now = w.now;
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
+        w.run(Duration::from_millis(33));
+    }
+    assert_eq!(
+        w.clients[viewer].frames(&mid),
+        3,
+        "deltas after a gap withheld"
+    );
+    assert_eq!(w.engine.stats().relay_gap_withheld, 2);
+    // A viewer joining now is not given the keyframe from before the gap.
+    let late = w.client();
+    let late_sid = w.session();
+    let late_mid = w
+        .pull(late, &late_sid, &[(&publisher.to_string(), "cam")])
+        .tracks[0]
+        .mid
+        .clone();
+    w.run(Duration::from_millis(300));
+    assert_eq!(w.clients[late].frames(&late_mid), 0, "no stale keyframe");
+
+    // The keyframe resumes both.
+    for n in 7..=8 {
+        let now = w.now;
+        w.engine.relay_frame(UpId(7), relayed_vp8(n, n == 7), now);
+        w.run(Duration::from_millis(33));
+    }
+    assert_eq!(w.clients[viewer].frames(&mid), 5, "resumed at the keyframe");
+    assert_eq!(w.clients[late].frames(&late_mid), 2);
+}
+
+#[test]
 fn a_silent_subscriber_is_not_fed_until_it_is_heard_again() {
     let (mut w, pub_sid) = publishing_world(Duration::from_secs(60));
     let (gone, live) = (w.client(), w.client());

@@ -147,7 +147,11 @@ impl Engine {
                 let active = !e.closed
                     && match e.location {
                         Location::Local => s.local_by_mid.contains_key(&e.mid),
-                        Location::Remote => s.remote_by_mid.contains_key(&e.mid),
+                        Location::Remote => s
+                            .remote_by_mid
+                            .get(&e.mid)
+                            .and_then(|key| self.publications.get(key))
+                            .is_some_and(|p| !p.upstream_lost),
                     };
                 TrackStatus {
                     location: e.location,

@@ -68,6 +68,14 @@ fn partition_heals_on_a_real_network() {
 }
 
 #[test]
+fn a_relayed_viewer_survives_partitions_shorter_than_the_track_timeout() {
+    in_lab(
+        "outage",
+        "faults_netns::inner_relayed_viewer_survives_partitions",
+    );
+}
+
+#[test]
 fn relay_loss_keeps_media_flowing() {
     in_lab("relayloss", "faults_netns::inner_relay_loss");
 }
@@ -264,6 +272,104 @@ async fn inner_partition_heals() {
     more_media(&view_b, &b_am, &b_vm, "B's viewer, healed", (20, 10, 0)).await;
 }
 
+#[ignore = "run inside its network lab by a_relayed_viewer_survives_partitions_shorter_than_the_track_timeout"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inner_relayed_viewer_survives_partitions() {
+    let lab = LabSpec::from_env().expect("the lab");
+    let cl = lab_cluster(&lab).await;
+    let publisher = Publisher::start_av(&cl.client("a"), "far")
+        .await
+        .expect("publisher on A");
+    // A viewer on B of A's tracks: its media crosses the relay, which the faults cut.
+    let (sub, am, vm) = viewer(&cl, "b", "view-b", &publisher).await;
+    more_media(&sub, &am, &vm, "B's viewer", (20, 10, 1)).await;
+    // The audio and video pulls went out together and share one link.
+    assert_eq!(
+        cl.node("b").log().matches("relay link dialed").count(),
+        1,
+        "one relay link for both tracks"
+    );
+
+    // Outages both ways, shorter than the 30 s track timeout: the same viewer, with no action
+    // of its own, gets a keyframe and media again once the nodes reach each other.
+    for (what, cut) in [
+        ("0.5 s partition", Duration::from_millis(500)),
+        ("5 s partition", Duration::from_secs(5)),
+        ("20 s partition", Duration::from_secs(20)),
+    ] {
+        lab.partition().expect("partitioning a from b");
+        let cut_at = Instant::now();
+        if cut > Duration::from_secs(10) {
+            // While B has no route to the track, GET session says so.
+            let api = cl.client("b");
+            let (_, took) = poll_until(
+                "B to show the cut-off tracks inactive",
+                cut,
+                STEP,
+                async || {
+                    let st = api.get_session(&sub.session_id).await?;
+                    ensure!(
+                        st.status_of(&am) == Some("inactive")
+                            && st.status_of(&vm) == Some("inactive"),
+                        "{st:?}"
+                    );
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+            eprintln!("outage: {what}: tracks inactive on B after {took:?}");
+        }
+        tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+        lab.heal().expect("healing");
+        let healed = Instant::now();
+        more_media(
+            &sub,
+            &am,
+            &vm,
+            &format!("B's viewer after a {what}"),
+            (10, 5, 1),
+        )
+        .await;
+        eprintln!(
+            "outage: {what}: media and a keyframe again {:?} after the heal",
+            healed.elapsed()
+        );
+    }
+    for (from, to) in [("a", "b"), ("b", "a")] {
+        lab.block_one_way(from, to).expect("one-way cut");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        lab.unblock_one_way(from, to)
+            .expect("removing the one-way cut");
+        let healed = Instant::now();
+        more_media(
+            &sub,
+            &am,
+            &vm,
+            &format!("B's viewer after {from} -> {to} was cut for 5 s"),
+            (10, 5, 1),
+        )
+        .await;
+        eprintln!(
+            "outage: {from} -> {to} cut for 5 s: media and a keyframe again {:?} after the heal",
+            healed.elapsed()
+        );
+    }
+    let st = cl
+        .client("b")
+        .get_session(&sub.session_id)
+        .await
+        .expect("GET session on B");
+    assert_eq!(st.status_of(&am), Some("active"), "{st:?}");
+    assert_eq!(st.status_of(&vm), Some("active"), "{st:?}");
+    let s = sub.peer.stats();
+    eprintln!(
+        "outage: the viewer saw {} video frames, {} keyframes",
+        s.rx_frames(&vm),
+        s.rx_keyframes(&vm)
+    );
+}
+
 #[ignore = "run inside its network lab by relay_loss_keeps_media_flowing"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inner_relay_loss() {
@@ -291,7 +397,9 @@ async fn inner_relay_loss() {
     let tx0 = publisher.peer.stats();
     let rx0 = sub.peer.stats();
     // About 5 s of media: audio at 50 frames/s, video at 30, a keyframe every 2 s (or on PLI).
-    more_media(&sub, &am, &vm, "B's viewer, 10 % relay loss", (250, 150, 2)).await;
+    // Lost video frames are not repaired yet: after each loss B withholds video until the
+    // keyframe it asks for (at most one a second), so fewer video frames get through.
+    more_media(&sub, &am, &vm, "B's viewer, 10 % relay loss", (250, 20, 2)).await;
     let tx1 = publisher.peer.stats();
     let rx1 = sub.peer.stats();
     let (offered, dropped) = lab.loss_counts().expect("loss counters");
@@ -316,5 +424,45 @@ async fn inner_relay_loss() {
     assert!(
         got_a * 2 >= sent_a,
         "audio through a 10 % lossy relay: {got_a} of {sent_a} frames"
+    );
+    // B saw the loss (gaps in the relay's frame numbers) and held video back, rather than let
+    // its viewer decode frames whose references never came.
+    let m = cl.node("b").scrape().await.expect("B's metrics");
+    let dropped = |reason: &str| {
+        m.get(&format!(
+            "trackmesh_packets_dropped_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    eprintln!(
+        "relay loss: B counted {} relayed frames lost and withheld {} video frames until a keyframe",
+        dropped("relay_lost"),
+        dropped("relay_gap_withheld")
+    );
+    assert!(
+        dropped("relay_lost") > 0.0,
+        "B counts the frames lost on the relay"
+    );
+    assert!(
+        dropped("relay_gap_withheld") > 0.0,
+        "B withholds undecodable video after a loss"
+    );
+
+    // Once the loss ends, video flows whole again from the next keyframe.
+    lab.clear_loss().expect("removing the loss");
+    more_media(&sub, &am, &vm, "B's viewer, loss over", (50, 30, 1)).await;
+    let withheld = async || {
+        let m = cl.node("b").scrape().await.expect("B's metrics");
+        m.get("trackmesh_packets_dropped_total{reason=\"relay_gap_withheld\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = withheld().await;
+    more_media(&sub, &am, &vm, "B's viewer, clean", (50, 30, 0)).await;
+    assert_eq!(
+        before,
+        withheld().await,
+        "no video withheld once the relay is clean"
     );
 }

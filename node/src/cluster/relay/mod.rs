@@ -140,6 +140,10 @@ pub(crate) struct Inner {
     pub failures: failures::Failures,
     /// Frames from other nodes dropped because the engine's input queue was full.
     pub engine_queue_drops: AtomicU64,
+    /// Frames from other nodes that never arrived (gaps in a link's frame numbers).
+    pub frames_lost: AtomicU64,
+    /// One dial per peer at a time, so concurrent pulls share one link.
+    pub dialing: Mutex<HashMap<NodeId, PullLock>>,
     /// Control messages dropped because a link's control queue was full.
     pub control_drops: AtomicU64,
     /// Frames for other nodes not sent: too large to fragment, or refused by the QUIC link.
@@ -234,6 +238,8 @@ pub struct RelayFigures {
     pub pull_failures: [(&'static str, u64); PullError::ALL.len()],
     /// Frames from other nodes dropped on a full engine input queue.
     pub engine_queue_drops: u64,
+    /// Frames from other nodes that never arrived (gaps in a link's frame numbers).
+    pub frames_lost: u64,
     /// Control messages dropped on a full link control queue.
     pub control_drops: u64,
     /// Frames for other nodes not sent (too large, or refused by the link).
@@ -339,6 +345,8 @@ impl Relay {
             bytes_out: AtomicU64::new(0),
             failures: failures::Failures::default(),
             engine_queue_drops: AtomicU64::new(0),
+            frames_lost: AtomicU64::new(0),
+            dialing: Mutex::new(HashMap::new()),
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
             dc_stream_drops: AtomicU64::new(0),
@@ -542,6 +550,7 @@ impl Relay {
             refused: self.refused(),
             pull_failures: self.inner.failures.counts(),
             engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
+            frames_lost: self.inner.frames_lost.load(Ordering::Relaxed),
             control_drops: self.inner.control_drops.load(Ordering::Relaxed),
             send_drops: self.inner.send_drops.load(Ordering::Relaxed),
             dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),

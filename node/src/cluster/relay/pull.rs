@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
-use trackmesh_relay_proto::control::{ControlMsg, Subscribe};
+use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
 use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
@@ -25,11 +25,15 @@ use crate::ids::{DownId, NodeId, SessionId, UpId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// A peer whose link failed is not dialed again for this long (gossip may still call it live).
-const AVOID_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// Re-route attempts after a link died, and the pause between them.
-const REROUTE_ATTEMPTS: usize = 10;
+/// A peer whose link failed is not dialed again for this long by new pulls (gossip may still
+/// call it live). Shorter than a re-route's pace, so a peer that comes back is reached at once.
+const AVOID_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Pause between re-route attempts after a link died: the first, then at most the second.
 const REROUTE_PAUSE: Duration = Duration::from_millis(300);
+const REROUTE_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// Re-route attempts are bounded by this, as well as by the engine: it ends a relayed track
+/// that had no media for the track timeout (30 s by default), which ends the re-route.
+const REROUTE_LIMIT: Duration = Duration::from_secs(600);
 
 pub async fn ensure_upstream(
     inner: &Arc<Inner>,
@@ -76,7 +80,7 @@ async fn ensure_locked(
     {
         return Ok(());
     }
-    let (up, info) = subscribe_somewhere(inner, app, session, track, direct_only).await?;
+    let (up, info) = subscribe_somewhere(inner, app, session, track, direct_only, true).await?;
     let (a, t) = (app.to_string(), track.to_string());
     let added = inner
         .engine
@@ -102,11 +106,12 @@ async fn subscribe_somewhere(
     session: SessionId,
     track: &str,
     direct_only: bool,
+    heed_avoid: bool,
 ) -> Result<(UpId, TrackInfo), PullError> {
     let view = inner.view.borrow().clone();
     let route = upstream_for(&view, session, track, direct_only).ok_or(PullError::NoRoute)?;
     let peer = route.peer().clone();
-    let link = link_to(inner, &peer).await.map_err(|e| {
+    let link = dial_once(inner, &peer, heed_avoid).await.map_err(|e| {
         tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
         PullError::Link
     })?;
@@ -161,20 +166,66 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The link to `peer`, dialed and handshaken if there is none.
 pub(super) async fn link_to(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
+    dial_once(inner, peer, true).await
+}
+
+/// The live link to `peer`, if there is one.
+fn existing_link(inner: &Arc<Inner>, peer: &Member) -> Option<Arc<Link>> {
+    inner
+        .state()
+        .links
+        .get(peer.node_id.as_str())
+        .filter(|l| l.conn.close_reason().is_none())
+        .cloned()
+}
+
+/// The link to `peer`; concurrent callers wait for one dial rather than each dialing. With
+/// `heed_avoid`, a peer whose link failed within [`AVOID_AFTER_FAILURE`] is not dialed (new
+/// pulls fail fast); a re-route paces itself and dials anyway.
+async fn dial_once(
+    inner: &Arc<Inner>,
+    peer: &Member,
+    heed_avoid: bool,
+) -> anyhow::Result<Arc<Link>> {
+    if let Some(l) = existing_link(inner, peer) {
+        return Ok(l);
+    }
+    let gate = {
+        let mut m = lock(&inner.dialing);
+        m.entry(NodeId::from(peer.node_id.as_str()))
+            .or_default()
+            .clone()
+    };
+    let result = {
+        let _guard = gate.lock().await;
+        dial_locked(inner, peer, heed_avoid).await
+    };
     {
-        let st = inner.state();
-        if let Some(l) = st.links.get(peer.node_id.as_str())
-            && l.conn.close_reason().is_none()
-        {
-            return Ok(l.clone());
+        let mut m = lock(&inner.dialing);
+        if Arc::strong_count(&gate) <= 2 {
+            m.remove(peer.node_id.as_str());
         }
-        if st
+    }
+    result
+}
+
+async fn dial_locked(
+    inner: &Arc<Inner>,
+    peer: &Member,
+    heed_avoid: bool,
+) -> anyhow::Result<Arc<Link>> {
+    // A dial that held the lock before us may have made the link.
+    if let Some(l) = existing_link(inner, peer) {
+        return Ok(l);
+    }
+    if heed_avoid
+        && inner
+            .state()
             .avoid
             .get(peer.node_id.as_str())
             .is_some_and(|t| *t > Instant::now())
-        {
-            bail!("{} failed recently", peer.node_id);
-        }
+    {
+        bail!("{} failed recently", peer.node_id);
     }
     let result = dial(inner, peer).await;
     if result.is_err() {
@@ -286,6 +337,7 @@ async fn run_link(
 
 async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
     let mut reasm = Reassembler::new(ReassemblerLimits::default());
+    let mut gaps = GapTracker::default();
     while let Ok(d) = link.conn.read_datagram().await {
         inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
         let Some(frame) = reasm.push(&d, Instant::now()) else {
@@ -294,6 +346,25 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
         let Some(up) = lock(&link.subs).get(&frame.sub).copied() else {
             continue;
         };
+        match gaps.arrived(frame.sub, frame.frame_seq) {
+            Arrival::InOrder => {}
+            // Already counted as lost (and a keyframe asked for): forwarding it now would put
+            // it after newer frames.
+            Arrival::Late => continue,
+            Arrival::AfterGap(lost) => {
+                inner.frames_lost.fetch_add(lost.into(), Ordering::Relaxed);
+                // Viewers must see the gap, not decode past it: the engine withholds video
+                // until a keyframe and asks for one. The signal is worth more than a frame: it
+                // waits for room rather than being dropped.
+                if inner.relay_in.send(RelayIn::Gap { up }).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if gaps.len() > 2 * MAX_SUBS_SEEN {
+            let live = lock(&link.subs);
+            gaps.retain(|sub| live.contains_key(sub));
+        }
         if let Some(u) = inner.state().ups.get(&up) {
             u.frames.fetch_add(1, Ordering::Relaxed);
         }
@@ -335,31 +406,48 @@ fn link_lost(inner: &Arc<Inner>, link: &Arc<Link>) {
     }
 }
 
+/// Finds a new route for upstream `up` after its link died, for as long as the engine still
+/// wants the track: through a partition shorter than the track timeout the viewers' m-sections
+/// stay, and media (from a keyframe) resumes as soon as the origin or another route answers.
 async fn reroute(inner: Arc<Inner>, up: UpId) {
     let Some(old) = inner.state().ups.remove(&up) else {
         return;
     };
+    let _ = inner
+        .engine
+        .call(move |e, _| e.relay_upstream_lost(up))
+        .await;
     let started = Instant::now();
-    for _ in 0..REROUTE_ATTEMPTS {
-        // Still wanted? (The engine may have released it meanwhile, or stopped.)
+    let mut pause = REROUTE_PAUSE;
+    let mut view = inner.view.clone();
+    while started.elapsed() < REROUTE_LIMIT {
+        // Still wanted? The engine ends a relayed track after the track timeout without media.
         match inner
             .engine
             .call(move |e, _| e.relay_upstream_live(up))
             .await
         {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                tracing::info!(session = %old.session, track = %old.track, "relayed track ended while no route was found");
+                return;
+            }
             Err(e) => {
                 inner.failures.note(PullError::EngineStopped);
                 tracing::debug!(error = %e, "re-route abandoned");
                 return;
             }
         }
-        let view = inner.view.borrow().clone();
-        if view.live_by_tag(old.session.node_tag()).is_none() {
-            break;
+        let origin_live = view
+            .borrow_and_update()
+            .live_by_tag(old.session.node_tag())
+            .is_some();
+        if !origin_live {
+            // Partitioned or down: wait for gossip to see it again (or re-check the engine).
+            let _ = tokio::time::timeout(REROUTE_PAUSE_MAX, view.changed()).await;
+            continue;
         }
-        match subscribe_somewhere(&inner, &old.app, old.session, &old.track, false).await {
+        match subscribe_somewhere(&inner, &old.app, old.session, &old.track, false, false).await {
             Ok((new_up, info)) => {
                 let (app, track, session) = (old.app.clone(), old.track.clone(), old.session);
                 let moved = inner
@@ -388,9 +476,10 @@ async fn reroute(inner: Arc<Inner>, up: UpId) {
                 tracing::debug!(error = %e, "re-route attempt failed");
             }
         }
-        tokio::time::sleep(REROUTE_PAUSE).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(REROUTE_PAUSE_MAX);
     }
-    tracing::info!(session = %old.session, track = %old.track, "no route left: relayed track ended");
+    tracing::info!(session = %old.session, track = %old.track, "no route found in time: relayed track ended");
     let _ = inner
         .engine
         .call(move |e, _| e.end_relay_publication(up))
@@ -531,5 +620,80 @@ pub async fn watch_members(inner: Arc<Inner>) {
         for conn in inbound {
             conn.close(0u32.into(), b"peer dead");
         }
+    }
+}
+
+/// Bound on the subscriptions whose frame numbers one link's reader remembers, past which it
+/// forgets those that ended.
+const MAX_SUBS_SEEN: usize = 4096;
+
+/// Where a relayed frame falls in its subscription's numbering.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    InOrder,
+    /// After this many frames that never arrived.
+    AfterGap(u32),
+    /// Older than one already seen.
+    Late,
+}
+
+/// The next frame number expected on each subscription of a link. The serving node numbers
+/// each subscription's frames from 1, +1 per frame, so a jump is loss.
+#[derive(Default)]
+struct GapTracker {
+    next: HashMap<SubId, u32>,
+}
+
+impl GapTracker {
+    fn arrived(&mut self, sub: SubId, seq: u32) -> Arrival {
+        let expected = self.next.get(&sub).copied().unwrap_or(1);
+        let ahead = seq.wrapping_sub(expected);
+        if ahead >= 1 << 31 {
+            return Arrival::Late;
+        }
+        self.next.insert(sub, seq.wrapping_add(1));
+        if ahead == 0 {
+            Arrival::InOrder
+        } else {
+            Arrival::AfterGap(ahead)
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.next.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&SubId) -> bool) {
+        self.next.retain(|sub, _| keep(sub));
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::{Arrival, GapTracker};
+
+    #[test]
+    fn frames_in_order_then_a_gap_then_a_late_one() {
+        let mut g = GapTracker::default();
+        assert_eq!(g.arrived(7, 1), Arrival::InOrder);
+        assert_eq!(g.arrived(7, 2), Arrival::InOrder);
+        assert_eq!(g.arrived(7, 5), Arrival::AfterGap(2));
+        assert_eq!(
+            g.arrived(7, 4),
+            Arrival::Late,
+            "a frame already counted lost"
+        );
+        assert_eq!(g.arrived(7, 6), Arrival::InOrder);
+        // Another subscription counts on its own, from 1.
+        assert_eq!(g.arrived(8, 2), Arrival::AfterGap(1));
+    }
+
+    #[test]
+    fn numbering_wraps_without_a_false_gap() {
+        let mut g = GapTracker::default();
+        g.next.insert(1, u32::MAX);
+        assert_eq!(g.arrived(1, u32::MAX), Arrival::InOrder);
+        assert_eq!(g.arrived(1, 0), Arrival::InOrder);
+        assert_eq!(g.arrived(1, 2), Arrival::AfterGap(1));
     }
 }
