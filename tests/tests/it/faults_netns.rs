@@ -29,8 +29,17 @@ const INNER_TIMEOUT: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_millis(200);
 /// Bound on "a node sees the other dead / live again".
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
-/// Random loss put on the relay link.
+/// Random loss put on the relay link; env `TRACKMESH_TEST_RELAY_LOSS` (0..1) overrides it to
+/// measure (BENCHMARKS.md, relay under loss).
 const RELAY_LOSS: f64 = 0.10;
+
+fn relay_loss() -> f64 {
+    std::env::var("TRACKMESH_TEST_RELAY_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|p| (0.0..1.0).contains(p))
+        .unwrap_or(RELAY_LOSS)
+}
 
 // One lab at a time, and no other cluster beside it: two on the shared cores only slow each
 // other down.
@@ -392,14 +401,15 @@ async fn inner_relay_loss() {
         "B pulls the video from A over the relay: {relay_b:?}"
     );
 
-    lab.add_loss(PLACED_RELAY_PORT, RELAY_LOSS)
+    lab.add_loss(PLACED_RELAY_PORT, relay_loss())
         .expect("adding loss on the relay port");
     let tx0 = publisher.peer.stats();
+    sub.peer.reset_window();
     let rx0 = sub.peer.stats();
-    // About 5 s of media: audio at 50 frames/s, video at 30, a keyframe every 2 s (or on PLI).
+    // About 3 s of media: audio at 50 frames/s, video at 30, a keyframe every 2 s (or on PLI).
     // Lost video frames are not repaired yet: after each loss B withholds video until the
     // keyframe it asks for (at most one a second), so fewer video frames get through.
-    more_media(&sub, &am, &vm, "B's viewer, 10 % relay loss", (250, 20, 2)).await;
+    more_media(&sub, &am, &vm, "B's viewer, relay loss", (150, 5, 1)).await;
     let tx1 = publisher.peer.stats();
     let rx1 = sub.peer.stats();
     let (offered, dropped) = lab.loss_counts().expect("loss counters");
@@ -420,6 +430,18 @@ async fn inner_relay_loss() {
     eprintln!(
         "relay loss: audio {got_a} of {sent_a} frames, video {got_v} of {sent_v} frames reached B's viewer"
     );
+    for (kind, mid) in [("audio", &am), ("video", &vm)] {
+        if let Some(d) = rx1
+            .rx
+            .get(mid.as_str())
+            .and_then(|t| t.window.latency.dist())
+        {
+            eprintln!(
+                "relay loss: {kind} one-way latency at B's viewer (ms): {}",
+                d.short()
+            );
+        }
+    }
     // Single-packet audio frames lose about the link's loss; half is far from that.
     assert!(
         got_a * 2 >= sent_a,
