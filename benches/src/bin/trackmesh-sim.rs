@@ -137,7 +137,10 @@ fn main() -> anyhow::Result<()> {
                     .with_file_name("trackmesh"),
             };
             if !bin.is_file() {
-                bail!("node binary {} not found (--node-bin or TRACKMESH_BIN)", bin.display());
+                bail!(
+                    "node binary {} not found (--node-bin or TRACKMESH_BIN)",
+                    bin.display()
+                );
             }
             trackmesh_tests::node::set_node_binary(bin);
             let cfg = SimConfig {

@@ -43,7 +43,11 @@ impl Matrix {
         );
         for (i, row) in ms.iter().enumerate() {
             if row.len() != n {
-                bail!("row {} has {} cells; the matrix is {n}x{n}", i + 1, row.len());
+                bail!(
+                    "row {} has {} cells; the matrix is {n}x{n}",
+                    i + 1,
+                    row.len()
+                );
             }
             for &d in row {
                 ensure!(
@@ -220,8 +224,16 @@ mod tests {
         let d = |s, t| plan.packet_delay(&m, &header(s, t));
         assert_eq!(d([10, 90, 1, 1], [10, 90, 2, 1]), Duration::from_millis(20));
         assert_eq!(d([10, 90, 2, 1], [10, 90, 1, 7]), Duration::from_millis(25));
-        assert_eq!(d([10, 90, 3, 1], [10, 90, 3, 2]), Duration::ZERO, "same region");
-        assert_eq!(d([10, 91, 1, 2], [10, 90, 2, 1]), Duration::ZERO, "not a region LAN");
+        assert_eq!(
+            d([10, 90, 3, 1], [10, 90, 3, 2]),
+            Duration::ZERO,
+            "same region"
+        );
+        assert_eq!(
+            d([10, 91, 1, 2], [10, 90, 2, 1]),
+            Duration::ZERO,
+            "not a region LAN"
+        );
         assert_eq!(plan.packet_delay(&m, &[0x60; 40]), Duration::ZERO, "IPv6");
         assert_eq!(plan.packet_delay(&m, &[0x45; 10]), Duration::ZERO, "short");
     }
@@ -230,9 +242,12 @@ mod tests {
     fn line_releases_in_due_order_and_is_bounded() {
         let t0 = Instant::now();
         let mut line = DelayLine::new(3);
-        line.push(t0, Duration::from_millis(80), "slow").expect("room");
-        line.push(t0, Duration::from_millis(20), "fast1").expect("room");
-        line.push(t0, Duration::from_millis(20), "fast2").expect("room");
+        line.push(t0, Duration::from_millis(80), "slow")
+            .expect("room");
+        line.push(t0, Duration::from_millis(20), "fast1")
+            .expect("room");
+        line.push(t0, Duration::from_millis(20), "fast2")
+            .expect("room");
         assert_eq!(line.push(t0, Duration::ZERO, "over"), Err("over"));
         assert_eq!(line.dropped, 1);
         assert_eq!(line.next_due(), Some(t0 + Duration::from_millis(20)));

@@ -218,7 +218,11 @@ mod tests {
         s.observe(0, 3, ms(550));
         s.observe(1, 5, ms(100));
         let l = s.longest(ms(1100));
-        assert_eq!(l[0], Duration::from_millis(550), "the ongoing gap since 550");
+        assert_eq!(
+            l[0],
+            Duration::from_millis(550),
+            "the ongoing gap since 550"
+        );
         assert_eq!(l[1], Duration::from_millis(1000));
         s.reset(ms(1100));
         s.observe(0, 4, ms(1200));

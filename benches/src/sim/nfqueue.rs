@@ -74,7 +74,10 @@ pub fn run(cfg: &DelayConfig) -> anyhow::Result<DelayStats> {
                     stats.refused += 1;
                     in_a_row += 1;
                     if in_a_row >= MAX_ERRORS_IN_A_ROW {
-                        bail!("reading NFQUEUE {}: {in_a_row} errors in a row, last: {e}", cfg.queue);
+                        bail!(
+                            "reading NFQUEUE {}: {in_a_row} errors in a row, last: {e}",
+                            cfg.queue
+                        );
                     }
                     continue;
                 }
@@ -96,9 +99,9 @@ pub fn run(cfg: &DelayConfig) -> anyhow::Result<DelayStats> {
             msg.set_verdict(Verdict::Accept);
             q.verdict(msg).context("releasing a packet")?;
         }
-        let nap = line
-            .next_due()
-            .map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
+        let nap = line.next_due().map_or(TICK, |d| {
+            d.saturating_duration_since(Instant::now()).min(TICK)
+        });
         std::thread::sleep(nap);
     }
     // Whatever is still held goes on; the queue is unbound when `q` drops.

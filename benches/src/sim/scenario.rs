@@ -265,9 +265,7 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     let mut pull_rows = Vec::new();
     text += "\npull -> first frame (ms), by the subscriber's region:\n";
     for r in &regions {
-        let cross = first
-            .get(&(r.clone(), false))
-            .and_then(|v| Dist::of_ms(v));
+        let cross = first.get(&(r.clone(), false)).and_then(|v| Dist::of_ms(v));
         let local = first.get(&(r.clone(), true)).and_then(|v| Dist::of_ms(v));
         text += &format!(
             "  {r:<4} from other regions {}   from its own {}\n",
@@ -345,10 +343,20 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
             }
             let key = format!("{a}->{b}");
             let lc = cross.links.get(&key).cloned().unwrap_or_default();
-            let relay = c1.get(&("relay", a.clone(), b.clone())).copied().unwrap_or(0)
-                - c0.get(&("relay", a.clone(), b.clone())).copied().unwrap_or(0);
-            let gossip = c1.get(&("gossip", a.clone(), b.clone())).copied().unwrap_or(0)
-                - c0.get(&("gossip", a.clone(), b.clone())).copied().unwrap_or(0);
+            let relay = c1
+                .get(&("relay", a.clone(), b.clone()))
+                .copied()
+                .unwrap_or(0)
+                - c0.get(&("relay", a.clone(), b.clone()))
+                    .copied()
+                    .unwrap_or(0);
+            let gossip = c1
+                .get(&("gossip", a.clone(), b.clone()))
+                .copied()
+                .unwrap_or(0)
+                - c0.get(&("gossip", a.clone(), b.clone()))
+                    .copied()
+                    .unwrap_or(0);
             text += &format!(
                 "  {key:<10} delay {:>3} ms  tracks {:>2} (crossings {:>2})  relay {:>8.1}  gossip {:>6.1}\n",
                 delay_ms(a, b),
@@ -385,17 +393,16 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
         .into_iter()
         .map(|(r, b)| (r, round2(b * 8.0 / 1000.0 / secs)))
         .collect();
-    text += &format!("  relay media sent per region, nodes' own trackmesh_relay_bytes_total{{direction=\"out\"}} (kbit/s): {by_region:?}\n");
+    text += &format!(
+        "  relay media sent per region, nodes' own trackmesh_relay_bytes_total{{direction=\"out\"}} (kbit/s): {by_region:?}\n"
+    );
     report.insert("links".into(), json!(link_rows));
     report.insert("crossing_violations".into(), json!(cross.violations));
     report.insert("node_relay_out_kbps_by_region".into(), json!(by_region));
     report.insert("window_s".into(), json!(round2(secs)));
 
     // 4. Cuts.
-    let multi = t
-        .regions
-        .iter()
-        .all(|r| t.nodes_in(&r.name).len() >= 2);
+    let multi = t.regions.iter().all(|r| t.nodes_in(&r.name).len() >= 2);
     if multi && !cfg.skip_node_cut {
         // The last region's last node: never a publisher's node.
         let victim = t
@@ -419,7 +426,12 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     sampler.abort();
     let mut errors = Vec::new();
     for p in &bed.pubs {
-        errors.extend(p.client.with_stats(|s| s.errors.clone()).into_iter().take(5));
+        errors.extend(
+            p.client
+                .with_stats(|s| s.errors.clone())
+                .into_iter()
+                .take(5),
+        );
     }
     report.insert("publisher_errors".into(), json!(errors));
     report.insert("failures".into(), json!(failures));
@@ -459,7 +471,11 @@ async fn cut(
         .collect();
     let cut_region = match &what {
         Cut::Region(r) => Some(r.clone()),
-        Cut::Node(n) => t.nodes.iter().find(|x| &x.name == n).map(|x| x.region.clone()),
+        Cut::Node(n) => t
+            .nodes
+            .iter()
+            .find(|x| &x.name == n)
+            .map(|x| x.region.clone()),
     };
     let is_region = matches!(what, Cut::Region(_));
     // How each subscriber's media relates to the cut.
@@ -583,7 +599,9 @@ async fn cut(
     }
     text += &line(Class::Crossing, "media to or from the cut side (ends)");
     if already_ended > 0 {
-        text += &format!("  ({already_ended} subscribers whose media had ended before this cut left out)\n");
+        text += &format!(
+            "  ({already_ended} subscribers whose media had ended before this cut left out)\n"
+        );
     }
     if !stalled.is_empty() {
         failures.push(format!(
@@ -602,8 +620,13 @@ async fn cut(
         fmt(worst(&recovered_inside)),
         probes.len() + probe_failures.len(),
         fmt(repull_worst),
-        Dist::of_ms(&probes.iter().map(|p| p.pull_to_first_ms).collect::<Vec<_>>())
-            .map_or("-".to_string(), |d| format!("{:.0} ms", d.p50_ms)),
+        Dist::of_ms(
+            &probes
+                .iter()
+                .map(|p| p.pull_to_first_ms)
+                .collect::<Vec<_>>()
+        )
+        .map_or("-".to_string(), |d| format!("{:.0} ms", d.p50_ms)),
     );
     if worst(&recovered).is_none() || worst(&recovered_inside).is_none() {
         failures.push(format!(
@@ -691,7 +714,9 @@ async fn repull(bed: &Bed, cut_nodes: &[String], back: Instant) -> (Vec<Repull>,
     let t = &bed.t;
     let mut plan: Vec<(CallsClient, Vec<TrackRef>, ClientConfig)> = Vec::new();
     for n in &t.nodes {
-        let Some(r) = t.region(&n.region) else { continue };
+        let Some(r) = t.region(&n.region) else {
+            continue;
+        };
         let n_cut = cut_nodes.contains(&n.name);
         let first_outside = !n_cut
             && t.nodes_in(&n.region)
@@ -701,10 +726,8 @@ async fn repull(bed: &Bed, cut_nodes: &[String], back: Instant) -> (Vec<Repull>,
         for p in &bed.pubs {
             let p_cut = cut_nodes.contains(&p.node);
             if (n_cut && !p_cut) || (first_outside && p_cut) {
-                let mut cc = ClientConfig::new(
-                    format!("repull-{}-{}", n.name, p.region),
-                    CLIENT_LIFETIME,
-                );
+                let mut cc =
+                    ClientConfig::new(format!("repull-{}-{}", n.name, p.region), CLIENT_LIFETIME);
                 cc.video = bed.video;
                 cc.ip = r.client_ip;
                 plan.push((bed.cluster.client(&n.name), p.remote.clone(), cc));
@@ -727,14 +750,16 @@ async fn repull(bed: &Bed, cut_nodes: &[String], back: Instant) -> (Vec<Repull>,
     let probes = done
         .into_iter()
         .map(|s| {
-            let first = s.client.with_stats(|st| {
-                st.rx.values().filter_map(|t| t.first_frame_at).min()
-            });
+            let first = s
+                .client
+                .with_stats(|st| st.rx.values().filter_map(|t| t.first_frame_at).min());
             let first = first.unwrap_or_else(Instant::now);
             Repull {
                 name: s.client.name().to_string(),
                 since_back: first.saturating_duration_since(back),
-                pull_to_first_ms: first.saturating_duration_since(s.pull_started).as_secs_f64()
+                pull_to_first_ms: first
+                    .saturating_duration_since(s.pull_started)
+                    .as_secs_f64()
                     * 1000.0,
             }
         })
@@ -761,7 +786,17 @@ async fn link(t: &Topology, what: &Cut, up: bool) -> anyhow::Result<()> {
                 // Taking a link down removes the routes through it.
                 cmd(
                     "ip",
-                    &["-n", &t.core, "route", "replace", &r.lan, "via", &r.uplink_via, "dev", &r.uplink_dev],
+                    &[
+                        "-n",
+                        &t.core,
+                        "route",
+                        "replace",
+                        &r.lan,
+                        "via",
+                        &r.uplink_via,
+                        "dev",
+                        &r.uplink_dev,
+                    ],
                 )
                 .await?;
             }
@@ -787,7 +822,9 @@ async fn wait_views(
             if when.is_some() {
                 continue;
             }
-            let Ok(node) = cluster.try_node(o) else { continue };
+            let Ok(node) = cluster.try_node(o) else {
+                continue;
+            };
             let view = tokio::time::timeout(STEP * 10, node.cluster_view()).await;
             if let Ok(Ok(view)) = view
                 && targets.iter().all(|t| view.is_live(t) == live)
@@ -814,7 +851,10 @@ async fn sample_frames(subs: Arc<Vec<Subscriber>>, stalls: Arc<Mutex<Stalls>>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     for _ in 0..max {
         tick.tick().await;
-        let counts: Vec<u64> = subs.iter().map(|s| s.client.with_stats(total_frames)).collect();
+        let counts: Vec<u64> = subs
+            .iter()
+            .map(|s| s.client.with_stats(total_frames))
+            .collect();
         let now = Instant::now();
         let mut st = lock(&stalls);
         for (i, c) in counts.into_iter().enumerate() {
@@ -828,8 +868,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn first_frame_ms(s: &ClientStats, pull_started: Instant) -> Option<f64> {
-    s.rx
-        .values()
+    s.rx.values()
         .filter_map(|t| t.first_frame_at)
         .min()
         .map(|f| f.saturating_duration_since(pull_started).as_secs_f64() * 1000.0)
@@ -916,9 +955,29 @@ async fn install_counters(t: &Topology) -> anyhow::Result<()> {
                 cmd(
                     "ip",
                     &[
-                        "netns", "exec", &t.core, "iptables", "-w", "5", "-I", "FORWARD", "1",
-                        "-s", &a.lan, "-d", &b.lan, "-p", "udp", "-m", "multiport", "--ports",
-                        &port, "-m", "comment", "--comment", &comment,
+                        "netns",
+                        "exec",
+                        &t.core,
+                        "iptables",
+                        "-w",
+                        "5",
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-s",
+                        &a.lan,
+                        "-d",
+                        &b.lan,
+                        "-p",
+                        "udp",
+                        "-m",
+                        "multiport",
+                        "--ports",
+                        &port,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &comment,
                     ],
                 )
                 .await?;
@@ -934,7 +993,9 @@ async fn read_counters(
 ) -> anyhow::Result<BTreeMap<(&'static str, String, String), u64>> {
     let listing = cmd(
         "ip",
-        &["netns", "exec", &t.core, "iptables", "-w", "5", "-L", "FORWARD", "-v", "-n", "-x"],
+        &[
+            "netns", "exec", &t.core, "iptables", "-w", "5", "-L", "FORWARD", "-v", "-n", "-x",
+        ],
     )
     .await?;
     Ok(parse_counters(&listing))

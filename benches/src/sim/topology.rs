@@ -48,7 +48,8 @@ pub struct Node {
 
 impl Topology {
     pub fn load(path: &Path) -> anyhow::Result<Topology> {
-        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         ensure!(meta.len() <= MAX_FILE, "{} is too large", path.display());
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -59,7 +60,10 @@ impl Topology {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        ensure!(self.regions.len() >= 2, "a test bed needs at least 2 regions");
+        ensure!(
+            self.regions.len() >= 2,
+            "a test bed needs at least 2 regions"
+        );
         ensure!(
             (1..=MAX_NODES).contains(&self.nodes.len()),
             "1..={MAX_NODES} nodes"
