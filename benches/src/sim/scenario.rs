@@ -47,6 +47,9 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// No client outlives this.
 const CLIENT_LIFETIME: Duration = Duration::from_secs(1800);
 const JOIN_CONCURRENCY: usize = 8;
+/// Relay bytes on a link over the bytes its region's publisher sent: one copy plus the relay's
+/// framing is about 1.2; two copies would be 2 or more.
+const MAX_COPIES: f64 = 1.6;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Clone, Debug)]
@@ -281,6 +284,9 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     for s in bed.subs.iter() {
         s.client.reset_window();
     }
+    for p in &bed.pubs {
+        p.client.reset_window();
+    }
     let c0 = read_counters(t).await?;
     let m0 = relay_out(&bed).await?;
     let w0 = Instant::now();
@@ -289,6 +295,17 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     let c1 = read_counters(t).await?;
     let m1 = relay_out(&bed).await?;
     let cross = track_crossings(&bed).await?;
+    // What each region's publisher sent in the window: one copy of its tracks.
+    let sent: BTreeMap<String, u64> = bed
+        .pubs
+        .iter()
+        .map(|p| {
+            let b = p
+                .client
+                .with_stats(|st| st.tx.values().map(|t| t.window_bytes).sum());
+            (p.region.clone(), b)
+        })
+        .collect();
 
     // Latency per (publisher's region, subscriber's region).
     let mut lat: BTreeMap<(String, String), (Histogram, u64, usize)> = BTreeMap::new();
@@ -334,7 +351,7 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     // Bytes and tracks per inter-region link.
     let secs = window.as_secs_f64().max(1e-6);
     let kbps = |b: u64| round2(b as f64 * 8.0 / 1000.0 / secs);
-    text += "\ninter-region links (window): tracks crossing, relay and gossip kbit/s (iptables in the core):\n";
+    text += "\ninter-region links (window): tracks crossing (nodes' /admin/relay), relay and gossip bytes (iptables in the core):\n";
     let mut link_rows = Vec::new();
     for a in &regions {
         for b in &regions {
@@ -343,33 +360,45 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
             }
             let key = format!("{a}->{b}");
             let lc = cross.links.get(&key).cloned().unwrap_or_default();
-            let relay = c1
-                .get(&("relay", a.clone(), b.clone()))
-                .copied()
-                .unwrap_or(0)
-                - c0.get(&("relay", a.clone(), b.clone()))
-                    .copied()
-                    .unwrap_or(0);
-            let gossip = c1
-                .get(&("gossip", a.clone(), b.clone()))
-                .copied()
-                .unwrap_or(0)
-                - c0.get(&("gossip", a.clone(), b.clone()))
-                    .copied()
-                    .unwrap_or(0);
+            let delta = |kind: &'static str| {
+                let k = (kind, a.clone(), b.clone());
+                let (x0, x1) = (c0.get(&k).copied(), c1.get(&k).copied());
+                x1.unwrap_or(0).saturating_sub(x0.unwrap_or(0))
+            };
+            let (relay, gossip) = (delta("relay"), delta("gossip"));
+            // Relay bytes over the publisher's own: about 1 (plus framing) for one copy.
+            let copies = sent
+                .get(a)
+                .filter(|&&b| b > 0)
+                .map(|&b| round2(relay as f64 / b as f64));
             text += &format!(
-                "  {key:<10} delay {:>3} ms  tracks {:>2} (crossings {:>2})  relay {:>8.1}  gossip {:>6.1}\n",
+                "  {key:<10} delay {:>3} ms  tracks {:>2} (crossings {:>2})  relay {:>8.1} kbit/s = {:>4} x the publisher's bytes  gossip {:>6.1} kbit/s\n",
                 delay_ms(a, b),
                 lc.tracks,
                 lc.crossings,
                 kbps(relay),
+                copies.map_or("-".to_string(), |c| format!("{c:.2}")),
                 kbps(gossip)
             );
-            link_rows.push(json!({"from": a, "to": b, "delay_ms": delay_ms(a, b), "tracks": lc.tracks, "crossings": lc.crossings, "relay_bytes": relay, "relay_kbps": kbps(relay), "gossip_bytes": gossip, "gossip_kbps": kbps(gossip)}));
+            link_rows.push(json!({"from": a, "to": b, "delay_ms": delay_ms(a, b), "tracks": lc.tracks, "crossings": lc.crossings, "relay_bytes": relay, "relay_kbps": kbps(relay), "relay_bytes_per_published_byte": copies, "gossip_bytes": gossip, "gossip_kbps": kbps(gossip)}));
         }
     }
     // Every publisher's 2 tracks are viewed in every other region.
     let expected = 2;
+    // A second copy of a region's tracks on a link would make it 2 or more.
+    let over: Vec<&Value> = link_rows
+        .iter()
+        .filter(|l| {
+            l["relay_bytes_per_published_byte"]
+                .as_f64()
+                .is_some_and(|c| c >= MAX_COPIES)
+        })
+        .collect();
+    if !over.is_empty() {
+        failures.push(format!(
+            "links carrying {MAX_COPIES} or more times the bytes their region's publisher sent: {over:?}"
+        ));
+    }
     let ok = cross.violations.is_empty()
         && link_rows
             .iter()
