@@ -224,9 +224,12 @@ EOF
 
 REPORT="${JSON:-$DIR/report.json}"
 RC=0
+# In the background, so that a signal to this script runs the cleanup at once (bash defers
+# traps until a foreground child exits, but not during `wait`).
 ip netns exec "$CLI" env TRACKMESH_BIN="$NODE_BIN" "$SIM_BIN" run \
   --topology "$DIR/topology.json" --duration "$DURATION" --cut-hold "$CUT_HOLD" \
-  --video-kbps "$VIDEO_KBPS" --json "$REPORT" "${CHECK[@]}" || RC=$?
+  --video-kbps "$VIDEO_KBPS" --json "$REPORT" "${CHECK[@]}" </dev/null &
+wait $! || RC=$?
 if ! kill -0 "$DELAY_PID" 2>/dev/null; then
   echo "sim: the delay process died during the run, so the figures are void:" >&2
   tail -n 5 "$DIR/delay.log" >&2
