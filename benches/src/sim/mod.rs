@@ -5,10 +5,14 @@
 //!   delay matrix; [`nfqueue`] is its thin shell over NFQUEUE, run in the "internet" namespace.
 //! - [`topology`]: the namespaces, addresses and links the script made, as it hands them over.
 //! - [`figures`]: pure computations of the report (track crossings per link, stalls).
-//! - [`scenario`]: the driver, run in the clients' namespace: nodes, clients, cuts, report.
+//! - [`scenario`]: the driver, run in the clients' namespace: nodes, clients, the measured
+//!   window, the report; [`cut`]: the node and region cuts and the recovery from them;
+//!   [`netctl`]: the links it cuts and the iptables counters it reads.
 
+pub mod cut;
 pub mod delay;
 pub mod figures;
+pub mod netctl;
 pub mod nfqueue;
 pub mod scenario;
 pub mod topology;

@@ -8,9 +8,10 @@
 //! 3. Measure a window: latency per region pair, pull → first frame per region, bytes per
 //!    inter-region link (iptables counters in the core), and which tracks cross which link
 //!    (the nodes' `/admin/relay`).
-//! 4. Cut a node (when regions have 2+ nodes), then a whole region: time until the others see
-//!    it dead, the longest stall of the media that does not need it, then the link comes back:
-//!    time until members are live again and until the cut-off media flows again.
+//! 4. Cut a node (when regions have 2+ nodes), then a whole region ([`super::cut`]): time until
+//!    the others see it dead, the longest stall of the media that does not need it, then the
+//!    link comes back: time until members are live again and until fresh pulls across it get
+//!    media (relayed media whose origin was seen dead ends, by design).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,9 @@ use str0m::media::MediaKind;
 use trackmesh_tests::node::Place;
 use trackmesh_tests::{CallsClient, Cluster, ClusterConfig};
 
+use super::cut::{Cut, cut};
 use super::figures::{Crossings, Sent, Stalls, TrackRef, crossings};
+use super::netctl::{install_counters, read_counters};
 use super::topology::Topology;
 use crate::load::client::{Client, ClientConfig, ClientStats};
 use crate::load::media::VideoShape;
@@ -30,27 +33,17 @@ use crate::load::procfs::round2;
 use crate::load::scenario::{Common, Subscriber, join_bounded, join_subscriber};
 use crate::load::stats::{Dist, Histogram};
 
-/// Relay (QUIC) and gossip ports of a placed node (`trackmesh_tests::node`).
-const RELAY_PORT: u16 = trackmesh_tests::node::PLACED_RELAY_PORT;
-const GOSSIP_PORT: u16 = trackmesh_tests::node::PLACED_GOSSIP_PORT;
 /// Bound on the cluster's convergence at start (round trips up to 300 ms).
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound on "the others see it dead" and "live again".
-const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often membership and frame counters are looked at.
-const STEP: Duration = Duration::from_millis(100);
-/// A subscriber without a frame for this long when a cut starts has lost its media already.
-const ENDED_AFTER: Duration = Duration::from_secs(1);
+/// How often every subscriber's frame counter is read (the stalls' resolution).
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
-/// One `ip` or `iptables` command.
-const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// No client outlives this.
-const CLIENT_LIFETIME: Duration = Duration::from_secs(1800);
-const JOIN_CONCURRENCY: usize = 8;
+pub(super) const CLIENT_LIFETIME: Duration = Duration::from_secs(1800);
+pub(super) const JOIN_CONCURRENCY: usize = 8;
 /// Relay bytes on a link over the bytes its region's publisher sent: one copy plus the relay's
 /// framing is about 1.2; two copies would be 2 or more.
 const MAX_COPIES: f64 = 1.6;
-const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
+pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -75,30 +68,31 @@ pub struct Outcome {
     pub failures: Vec<String>,
 }
 
-struct Pub {
-    client: Client,
-    region: String,
-    node: String,
-    remote: Vec<TrackRef>,
+pub(super) struct Pub {
+    pub client: Client,
+    pub region: String,
+    pub node: String,
+    pub remote: Vec<TrackRef>,
 }
 
 /// Who subscriber `i` is.
 #[derive(Clone, Debug)]
-struct SubInfo {
-    node: String,
-    region: String,
-    pub_region: String,
-    pub_node: String,
+pub(super) struct SubInfo {
+    pub node: String,
+    pub region: String,
+    pub pub_region: String,
+    pub pub_node: String,
 }
 
-struct Bed {
-    t: Topology,
-    cluster: Cluster,
-    pubs: Vec<Pub>,
-    subs: Arc<Vec<Subscriber>>,
-    info: Vec<SubInfo>,
-    stalls: Arc<Mutex<Stalls>>,
-    video: VideoShape,
+/// The running test bed, as the cuts need it.
+pub(super) struct Bed {
+    pub t: Topology,
+    pub cluster: Cluster,
+    pub pubs: Vec<Pub>,
+    pub subs: Arc<Vec<Subscriber>>,
+    pub info: Vec<SubInfo>,
+    pub stalls: Arc<Mutex<Stalls>>,
+    pub video: VideoShape,
 }
 
 pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
@@ -473,402 +467,6 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
     })
 }
 
-enum Cut {
-    Node(String),
-    Region(String),
-}
-
-/// Cut `what` off, measure, bring it back, measure. Returns (JSON, text, failures).
-async fn cut(
-    bed: &Bed,
-    what: Cut,
-    cfg: &SimConfig,
-) -> anyhow::Result<(Value, String, Vec<String>)> {
-    let t = &bed.t;
-    let (label, cut_nodes): (String, Vec<String>) = match &what {
-        Cut::Node(n) => (format!("node {n}"), vec![n.clone()]),
-        Cut::Region(r) => (
-            format!("region {r}"),
-            t.nodes_in(r).iter().map(|n| n.name.clone()).collect(),
-        ),
-    };
-    let others: Vec<String> = t
-        .nodes
-        .iter()
-        .filter(|n| !cut_nodes.contains(&n.name))
-        .map(|n| n.name.clone())
-        .collect();
-    let cut_region = match &what {
-        Cut::Region(r) => Some(r.clone()),
-        Cut::Node(n) => t
-            .nodes
-            .iter()
-            .find(|x| &x.name == n)
-            .map(|x| x.region.clone()),
-    };
-    let is_region = matches!(what, Cut::Region(_));
-    // How each subscriber's media relates to the cut.
-    let class = |i: &SubInfo| -> Class {
-        let sub_cut = cut_nodes.contains(&i.node);
-        let pub_cut = cut_nodes.contains(&i.pub_node);
-        if sub_cut && pub_cut {
-            Class::Inside
-        } else if sub_cut || pub_cut {
-            Class::Crossing
-        } else if !is_region
-            && cut_region.as_deref() == Some(i.region.as_str())
-            && i.pub_region != i.region
-        {
-            // Its hub in this region may have been the cut node.
-            Class::Rehubbed
-        } else {
-            Class::Unaffected
-        }
-    };
-
-    let at = Instant::now();
-    // Subscribers whose media had already ended (a track whose origin a previous cut took)
-    // say nothing about this cut.
-    let ended: Vec<bool> = {
-        let mut st = lock(&bed.stalls);
-        let e = (0..bed.subs.len())
-            .map(|i| st.idle(i, at) > ENDED_AFTER)
-            .collect();
-        st.reset(at);
-        e
-    };
-    link(t, &what, false).await?;
-    let detected = wait_views(&bed.cluster, &others, &cut_nodes, false, at).await;
-    // A cut node is out of the clients' reach too; a cut region's nodes are not (the clients
-    // have a leg on every region's LAN).
-    let inside = if is_region {
-        wait_views(&bed.cluster, &cut_nodes, &others, false, at).await
-    } else {
-        BTreeMap::new()
-    };
-    let now = Instant::now();
-    let until = (at + cfg.cut_hold).max(now + Duration::from_secs(2));
-    tokio::time::sleep(until.saturating_duration_since(now)).await;
-    let back = Instant::now();
-    let longest = lock(&bed.stalls).longest(back);
-    link(t, &what, true).await?;
-    let recovered = wait_views(&bed.cluster, &others, &cut_nodes, true, back).await;
-    let recovered_inside = wait_views(&bed.cluster, &cut_nodes, &others, true, back).await;
-    // Relayed media whose origin was lost ends (its subscribers see the track inactive), so
-    // recovery is what a client does: pull again. Fresh subscribers pull across the link that
-    // came back, in both directions.
-    let (probes, probe_failures) = repull(bed, &cut_nodes, back).await;
-
-    let mut failures = Vec::new();
-    let mut text = format!(
-        "\ncut {label} for {:.1} s:\n",
-        back.duration_since(at).as_secs_f64()
-    );
-    let fmt = |d: Option<Duration>| {
-        d.map_or("never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
-    };
-    text += &format!(
-        "  detected dead by every other node after {} (first {})",
-        fmt(worst(&detected)),
-        fmt(detected.values().flatten().min().copied()),
-    );
-    if is_region {
-        text += &format!(
-            "; the cut side saw the others dead after {}",
-            fmt(worst(&inside))
-        );
-    }
-    text += "\n";
-    if worst(&detected).is_none() {
-        failures.push(format!(
-            "{label}: not seen dead by every other node within {MEMBERSHIP_TIMEOUT:?}: {detected:?}"
-        ));
-    }
-    let mut stall: BTreeMap<Class, (usize, Duration)> = BTreeMap::new();
-    let mut stalled = Vec::new();
-    let mut already_ended = 0;
-    for (i, inf) in bed.info.iter().enumerate() {
-        if ended.get(i).copied().unwrap_or(false) {
-            already_ended += 1;
-            continue;
-        }
-        let d = longest.get(i).copied().unwrap_or_default();
-        let c = class(inf);
-        let e = stall.entry(c).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(d);
-        let must_flow = c == Class::Unaffected || (is_region && c == Class::Inside);
-        if must_flow && d > cfg.max_stall {
-            stalled.push(format!(
-                "{}->{} on {}: {:.2} s",
-                inf.pub_region,
-                inf.region,
-                inf.node,
-                d.as_secs_f64()
-            ));
-        }
-    }
-    let line = |c: Class, what: &str| -> String {
-        match stall.get(&c) {
-            Some((n, d)) => format!(
-                "  {what} ({n} subscribers): longest stall {:.2} s\n",
-                d.as_secs_f64()
-            ),
-            None => String::new(),
-        }
-    };
-    text += &line(Class::Unaffected, "media between the remaining nodes");
-    if is_region {
-        text += &line(Class::Inside, "media inside the cut region");
-    } else {
-        text += &line(
-            Class::Rehubbed,
-            "cross-region media into the cut node's region, on its other nodes (may move hub)",
-        );
-    }
-    text += &line(Class::Crossing, "media to or from the cut side (ends)");
-    if already_ended > 0 {
-        text += &format!(
-            "  ({already_ended} subscribers whose media had ended before this cut left out)\n"
-        );
-    }
-    if !stalled.is_empty() {
-        failures.push(format!(
-            "{label}: media that did not need the cut link stalled over {:?}: {stalled:?}",
-            cfg.max_stall
-        ));
-    }
-    let repull_worst = if probe_failures.is_empty() {
-        probes.iter().map(|p| p.since_back).max()
-    } else {
-        None
-    };
-    text += &format!(
-        "  link back: live again everywhere after {} (the cut side: {}); {} fresh pulls across it got media after {} (pull -> first frame p50 {})\n",
-        fmt(worst(&recovered)),
-        fmt(worst(&recovered_inside)),
-        probes.len() + probe_failures.len(),
-        fmt(repull_worst),
-        Dist::of_ms(
-            &probes
-                .iter()
-                .map(|p| p.pull_to_first_ms)
-                .collect::<Vec<_>>()
-        )
-        .map_or("-".to_string(), |d| format!("{:.0} ms", d.p50_ms)),
-    );
-    if worst(&recovered).is_none() || worst(&recovered_inside).is_none() {
-        failures.push(format!(
-            "{label}: members not live again within {MEMBERSHIP_TIMEOUT:?}"
-        ));
-    }
-    if !probe_failures.is_empty() {
-        failures.push(format!(
-            "{label}: pulls across the link that came back failed: {probe_failures:?}"
-        ));
-    }
-    let secs = |m: &BTreeMap<String, Option<Duration>>| -> Value {
-        json!(
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.map(|d| round2(d.as_secs_f64()))))
-                .collect::<BTreeMap<_, _>>()
-        )
-    };
-    let stalls: BTreeMap<String, Value> = stall
-        .iter()
-        .map(|(c, (n, d))| {
-            (
-                c.name().to_string(),
-                json!({"subscribers": n, "longest_stall_s": round2(d.as_secs_f64())}),
-            )
-        })
-        .collect();
-    let v = json!({
-        "what": label,
-        "held_s": round2(back.duration_since(at).as_secs_f64()),
-        "detected_s": secs(&detected),
-        "cut_side_detected_s": secs(&inside),
-        "stalls": stalls,
-        "subscribers_ended_before": already_ended,
-        "live_again_s": secs(&recovered),
-        "cut_side_live_again_s": secs(&recovered_inside),
-        "repulls": probes.iter().map(|p| json!({"name": p.name, "since_link_back_s": round2(p.since_back.as_secs_f64()), "pull_to_first_frame_ms": round2(p.pull_to_first_ms)})).collect::<Vec<_>>(),
-        "repull_failures": probe_failures,
-    });
-    Ok((v, text, failures))
-}
-
-/// How a subscriber's media relates to a cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
-    /// Neither end is cut off, nor (node cut) is it relayed into the cut node's region.
-    Unaffected,
-    /// Both ends are on the cut side.
-    Inside,
-    /// One end is on the cut side: it ends.
-    Crossing,
-    /// Node cut: cross-region media into the cut node's region on another node there.
-    Rehubbed,
-}
-
-impl Class {
-    fn name(self) -> &'static str {
-        match self {
-            Class::Unaffected => "remaining",
-            Class::Inside => "inside_cut_side",
-            Class::Crossing => "to_or_from_cut_side",
-            Class::Rehubbed => "into_cut_nodes_region_elsewhere",
-        }
-    }
-}
-
-/// The slowest observer, or None if one never saw it.
-fn worst(m: &BTreeMap<String, Option<Duration>>) -> Option<Duration> {
-    if m.values().any(Option::is_none) {
-        None
-    } else {
-        m.values().flatten().max().copied()
-    }
-}
-
-struct Repull {
-    name: String,
-    since_back: Duration,
-    pull_to_first_ms: f64,
-}
-
-/// Fresh subscribers across the link that came back at `back`: on each cut node, one per
-/// publisher outside; outside, on one node per region, one per publisher on a cut node.
-async fn repull(bed: &Bed, cut_nodes: &[String], back: Instant) -> (Vec<Repull>, Vec<String>) {
-    let t = &bed.t;
-    let mut plan: Vec<(CallsClient, Vec<TrackRef>, ClientConfig)> = Vec::new();
-    for n in &t.nodes {
-        let Some(r) = t.region(&n.region) else {
-            continue;
-        };
-        let n_cut = cut_nodes.contains(&n.name);
-        let first_outside = !n_cut
-            && t.nodes_in(&n.region)
-                .iter()
-                .find(|x| !cut_nodes.contains(&x.name))
-                .is_some_and(|x| x.name == n.name);
-        for p in &bed.pubs {
-            let p_cut = cut_nodes.contains(&p.node);
-            if (n_cut && !p_cut) || (first_outside && p_cut) {
-                let mut cc =
-                    ClientConfig::new(format!("repull-{}-{}", n.name, p.region), CLIENT_LIFETIME);
-                cc.video = bed.video;
-                cc.ip = r.client_ip;
-                plan.push((bed.cluster.client(&n.name), p.remote.clone(), cc));
-            }
-        }
-    }
-    let plan = Arc::new(plan);
-    let n = plan.len();
-    let (done, failures) = join_bounded(n, JOIN_CONCURRENCY, JOIN_TIMEOUT, move |i| {
-        let plan = plan.clone();
-        async move {
-            let (api, remote, cc) = plan
-                .get(i)
-                .cloned()
-                .ok_or_else(|| anyhow!("no probe {i}"))?;
-            join_subscriber(&api, cc, &remote, i, false).await
-        }
-    })
-    .await;
-    let probes = done
-        .into_iter()
-        .map(|s| {
-            let first = s
-                .client
-                .with_stats(|st| st.rx.values().filter_map(|t| t.first_frame_at).min());
-            let first = first.unwrap_or_else(Instant::now);
-            Repull {
-                name: s.client.name().to_string(),
-                since_back: first.saturating_duration_since(back),
-                pull_to_first_ms: first
-                    .saturating_duration_since(s.pull_started)
-                    .as_secs_f64()
-                    * 1000.0,
-            }
-        })
-        .collect();
-    (probes, failures)
-}
-
-/// Take the cut's link down (`up == false`) or bring it back.
-async fn link(t: &Topology, what: &Cut, up: bool) -> anyhow::Result<()> {
-    let state = if up { "up" } else { "down" };
-    match what {
-        Cut::Node(name) => {
-            let n = t
-                .nodes
-                .iter()
-                .find(|n| &n.name == name)
-                .ok_or_else(|| anyhow!("no node {name}"))?;
-            cmd("ip", &["-n", &n.port_ns, "link", "set", &n.port_dev, state]).await?;
-        }
-        Cut::Region(name) => {
-            let r = t.region(name).ok_or_else(|| anyhow!("no region {name}"))?;
-            cmd("ip", &["-n", &t.core, "link", "set", &r.uplink_dev, state]).await?;
-            if up {
-                // Taking a link down removes the routes through it.
-                cmd(
-                    "ip",
-                    &[
-                        "-n",
-                        &t.core,
-                        "route",
-                        "replace",
-                        &r.lan,
-                        "via",
-                        &r.uplink_via,
-                        "dev",
-                        &r.uplink_dev,
-                    ],
-                )
-                .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// For each observer: when (since `since`) it first saw every target with `live`; None if not
-/// within [`MEMBERSHIP_TIMEOUT`].
-async fn wait_views(
-    cluster: &Cluster,
-    observers: &[String],
-    targets: &[String],
-    live: bool,
-    since: Instant,
-) -> BTreeMap<String, Option<Duration>> {
-    let mut seen: BTreeMap<String, Option<Duration>> =
-        observers.iter().map(|o| (o.clone(), None)).collect();
-    let max_polls = MEMBERSHIP_TIMEOUT.as_millis() / STEP.as_millis() + 1;
-    for _ in 0..max_polls {
-        for (o, when) in seen.iter_mut() {
-            if when.is_some() {
-                continue;
-            }
-            let Ok(node) = cluster.try_node(o) else {
-                continue;
-            };
-            let view = tokio::time::timeout(STEP * 10, node.cluster_view()).await;
-            if let Ok(Ok(view)) = view
-                && targets.iter().all(|t| view.is_live(t) == live)
-            {
-                *when = Some(since.elapsed());
-            }
-        }
-        if seen.values().all(Option::is_some) || since.elapsed() > MEMBERSHIP_TIMEOUT {
-            break;
-        }
-        tokio::time::sleep(STEP).await;
-    }
-    seen
-}
-
 fn total_frames(s: &ClientStats) -> u64 {
     s.rx.values().map(|t| t.frames).sum()
 }
@@ -892,7 +490,7 @@ async fn sample_frames(subs: Arc<Vec<Subscriber>>, stalls: Arc<Mutex<Stalls>>) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -968,131 +566,4 @@ async fn relay_out(bed: &Bed) -> anyhow::Result<BTreeMap<String, f64>> {
         out.insert(n.name.clone(), v);
     }
     Ok(out)
-}
-
-/// Counting rules (no target) in the core's FORWARD chain, ahead of loss and delay: UDP to or
-/// from the relay and gossip ports, per ordered pair of regions.
-async fn install_counters(t: &Topology) -> anyhow::Result<()> {
-    for a in &t.regions {
-        for b in &t.regions {
-            if a.name == b.name {
-                continue;
-            }
-            for (what, port) in [("relay", RELAY_PORT), ("gossip", GOSSIP_PORT)] {
-                let comment = format!("sim-{what}:{}:{}", a.name, b.name);
-                let port = port.to_string();
-                cmd(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &t.core,
-                        "iptables",
-                        "-w",
-                        "5",
-                        "-I",
-                        "FORWARD",
-                        "1",
-                        "-s",
-                        &a.lan,
-                        "-d",
-                        &b.lan,
-                        "-p",
-                        "udp",
-                        "-m",
-                        "multiport",
-                        "--ports",
-                        &port,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &comment,
-                    ],
-                )
-                .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Bytes counted so far by [`install_counters`]' rules: (kind, from, to) → bytes.
-async fn read_counters(
-    t: &Topology,
-) -> anyhow::Result<BTreeMap<(&'static str, String, String), u64>> {
-    let listing = cmd(
-        "ip",
-        &[
-            "netns", "exec", &t.core, "iptables", "-w", "5", "-L", "FORWARD", "-v", "-n", "-x",
-        ],
-    )
-    .await?;
-    Ok(parse_counters(&listing))
-}
-
-fn parse_counters(listing: &str) -> BTreeMap<(&'static str, String, String), u64> {
-    let mut out = BTreeMap::new();
-    for line in listing.lines().take(10_000) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let Some(bytes) = cols.get(1).and_then(|b| b.parse::<u64>().ok()) else {
-            continue;
-        };
-        let Some(c) = cols.iter().find(|c| c.starts_with("sim-")) else {
-            continue;
-        };
-        let mut parts = c.trim_start_matches("sim-").split(':');
-        let kind = match parts.next() {
-            Some("relay") => "relay",
-            Some("gossip") => "gossip",
-            _ => continue,
-        };
-        if let (Some(a), Some(b)) = (parts.next(), parts.next()) {
-            *out.entry((kind, a.to_string(), b.to_string())).or_default() += bytes;
-        }
-    }
-    out
-}
-
-/// Run a command (bounded by [`CMD_TIMEOUT`]); its stdout, or an error with its stderr.
-async fn cmd(prog: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::time::timeout(
-        CMD_TIMEOUT,
-        tokio::process::Command::new(prog)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| anyhow!("{prog} {} took over {CMD_TIMEOUT:?}", args.join(" ")))?
-    .with_context(|| format!("running {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_counting_rules() {
-        let listing = "\
-Chain FORWARD (policy ACCEPT 0 packets, 0 bytes)
-    pkts      bytes target     prot opt in     out     source               destination
-     120   150000            17   --  *      *       10.90.1.0/24         10.90.2.0/24         multiport ports 7703 /* sim-relay:r1:r2 */
-       7      900            17   --  *      *       10.90.2.0/24         10.90.1.0/24         multiport ports 7702 /* sim-gossip:r2:r1 */
-    1000  9999999 NFQUEUE    0    --  *      *       10.90.0.0/16         10.90.0.0/16         NFQUEUE num 0
-";
-        let c = parse_counters(listing);
-        assert_eq!(c.get(&("relay", "r1".into(), "r2".into())), Some(&150_000));
-        assert_eq!(c.get(&("gossip", "r2".into(), "r1".into())), Some(&900));
-        assert_eq!(c.len(), 2);
-    }
 }
