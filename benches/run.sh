@@ -3,9 +3,10 @@
 #   micro   criterion micro-benchmarks (relay-proto codec, engine fan-out, demux)
 #   gossip  chitchat at 50 and 100 members in one process
 #   load    trackmesh-load scenarios against release node processes on 127.0.0.1
+#   sim     the multi-region test bed's full scenario (deploy/sim/run.sh; root; not part of all)
 #   plot    SVG charts of the load JSON reports in target/bench-results/ into benches/charts/
 #           (packets/s per core and p99 latency against subscribers, join storm over time)
-# Usage: benches/run.sh [all|micro|gossip|load|plot] (default all: every step but plot; about
+# Usage: benches/run.sh [all|micro|gossip|load|sim|plot] (default all: every step but plot; about
 # 20 minutes after the build).
 # Results: target/bench-results/ (machine line, logs, one text and one JSON report per load run)
 # and target/criterion/. Run it on an otherwise idle machine: the load generator and the nodes
@@ -13,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-case "$what" in all | micro | gossip | load | plot) ;; *)
-  echo "usage: $0 [all|micro|gossip|load|plot]" >&2
+case "$what" in all | micro | gossip | load | sim | plot) ;; *)
+  echo "usage: $0 [all|micro|gossip|load|sim|plot]" >&2
   exit 2
   ;;
 esac
@@ -74,5 +75,10 @@ if [ "$what" = all ] || [ "$what" = load ]; then
   run join-storm-500 join-storm --sessions 500
   run churn churn --duration 20
   run soak soak --duration 60
+fi
+if [ "$what" = sim ]; then
+  cargo build --release --bins
+  bash deploy/sim/run.sh --release --regions 5 --nodes-per-region 2 --json "$out/sim.json" \
+    | tee "$out/sim.txt"
 fi
 echo "results in $out/ and target/criterion/"

@@ -4,7 +4,8 @@
 # protocol's decoders, and the browser end-to-end tests in headless Debian Chromium. Installs what the tests need when it is
 # missing (rustfmt/clippy components, iptables, nats-server, cargo-fuzz, Debian's chromium, the npm packages), so it works on a
 # fresh machine with no stdin. CI runs exactly this (see .ci/run). The network-fault tests
-# (tests/tests/it/faults_netns.rs) need root: they build network namespaces.
+# (tests/tests/it/faults_netns.rs) and the multi-region test bed (deploy/sim) need root: they
+# build network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,10 @@ bash tests/readme.sh
 
 step "unit and integration tests"
 cargo test --workspace --locked
+
+step "multi-region test bed, CI form: 3 regions x 1 node, 20 ms, a region cut (deploy/sim, root)"
+TRACKMESH_SIM_BIN="$PWD/target/debug/trackmesh-sim" \
+  bash deploy/sim/run.sh --regions 3 --nodes-per-region 1 --delay 20 --duration 8 --cut-hold 6 --check
 
 step "fuzzing: node and relay-proto targets (bounded: FUZZ_SECONDS per target)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" bash fuzz/run.sh
