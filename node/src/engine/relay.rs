@@ -93,6 +93,7 @@ impl Engine {
     /// A downstream node stopped pulling: the publication may become unused.
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
+        self.relay_selectors.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -111,7 +112,7 @@ impl Engine {
             // subscribe time: a request proves the other node's engine knows the subscription,
             // so the frame cannot arrive before it and be dropped.
             if self.relay_down_without_keyframe.remove(&down)
-                && let Some(frame) = self.cached_relay_keyframe(&key)
+                && let Some(frame) = self.cached_relay_keyframe(&key, down, now)
             {
                 self.stats.keyframes_from_cache += 1;
                 self.push_relay(RelayOut::Frame { down, frame });

@@ -19,6 +19,7 @@ fn pull_one(session: &str, track: &str, mid: Option<&str>) -> TracksNew {
             session_id: Some(session.to_string()),
             track_name: Some(track.to_string()),
             mid: mid.map(str::to_string),
+            simulcast: None,
         }],
     }
 }
@@ -422,6 +423,7 @@ fn protocol_errors() {
             session_id: Some(pub_sid.clone()),
             track_name: Some(format!("t{i}")),
             mid: None,
+            simulcast: None,
         })
         .collect();
     assert!(matches!(
@@ -1110,16 +1112,19 @@ fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("mic".into()),
                 mid: Some(mids[0].to_string()),
+                simulcast: None,
             },
             RemoteTrack {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("cam".into()),
                 mid: Some(mids[1].to_string()),
+                simulcast: None,
             },
             RemoteTrack {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("nope".into()),
                 mid: Some("99".into()),
+                simulcast: None,
             },
         ],
     };
@@ -1160,6 +1165,7 @@ fn a_pull_with_an_offer_refuses_a_section_of_the_wrong_kind_or_direction() {
         session_id: Some(pub_sid.clone()),
         track_name: Some(name.into()),
         mid: Some(mid.to_string()),
+        simulcast: None,
     };
     let req = TracksNew::RemoteWithOffer {
         offer: offer.to_sdp_string().into(),
