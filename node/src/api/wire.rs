@@ -481,3 +481,60 @@ pub struct AppTrack {
     /// `status`: `active` or `inactive`, as in `GET sessions/{id}`.
     pub status: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulcast_is_read_with_defaults_and_echoed_with_the_current_rid() {
+        let t: TrackObject = serde_json::from_str(
+            r#"{"location":"remote","sessionId":"s","trackName":"cam","simulcast":{"preferredRid":"h"}}"#,
+        )
+        .expect("a track object");
+        let prefs = t.simulcast.expect("simulcast").to_prefs().expect("valid");
+        assert_eq!(
+            prefs.preferred_rid.map(|r| r.to_string()).as_deref(),
+            Some("h")
+        );
+        assert_eq!(prefs.priority_ordering, Ordering::None);
+        assert_eq!(prefs.rid_not_available, Ordering::None);
+
+        let out: TrackOut = TrackStatus {
+            location: Location::Remote,
+            mid: "1".into(),
+            track_name: "cam".into(),
+            session_id: Some("s".into()),
+            active: true,
+            simulcast: Some(SimulcastView {
+                prefs: Prefs {
+                    rid_not_available: Ordering::Asciibetical,
+                    ..prefs
+                },
+                current_rid: Some(str0m::media::Rid::from("q")),
+            }),
+        }
+        .into();
+        assert_eq!(
+            serde_json::to_value(&out).expect("json")["simulcast"],
+            serde_json::json!({
+                "preferredRid": "h",
+                "priorityOrdering": "none",
+                "ridNotAvailable": "asciibetical",
+                "currentRid": "q",
+            })
+        );
+    }
+
+    #[test]
+    fn bad_simulcast_fields_are_refused() {
+        let bad_rid: TrackObject =
+            serde_json::from_str(r#"{"simulcast":{"preferredRid":"not a rid"}}"#).expect("parses");
+        assert!(bad_rid.simulcast.expect("simulcast").to_prefs().is_err());
+        assert!(
+            serde_json::from_str::<TrackObject>(r#"{"simulcast":{"ridNotAvailable":"sometimes"}}"#)
+                .is_err(),
+            "an unknown policy is a decoding error"
+        );
+    }
+}

@@ -117,7 +117,15 @@ impl Engine {
                 self.stats.keyframes_from_cache += 1;
                 self.push_relay(RelayOut::Frame { down, frame });
             }
-            self.request_keyframe(&key, now);
+            // Of a layered publication, the layer this subscription carries (or moves to).
+            let layer = self
+                .relay_selectors
+                .get(&down)
+                .and_then(|l| l.switching_to().or(l.current()));
+            match layer {
+                Some(rid) => self.request_layer_keyframe(&key, rid, now),
+                None => self.request_keyframe(&key, now),
+            }
             self.process_work(now);
         }
     }

@@ -397,7 +397,7 @@ fn simulcast_updates_are_refused_where_there_is_nothing_to_choose() {
 }
 
 #[test]
-fn a_relay_downstream_carries_the_best_layer_only() {
+fn a_relay_downstream_carries_the_best_layer_only_and_falls_back() {
     let mut sim = Sim::new(&LAYERS);
     sim.round(&LAYERS, &LAYERS);
     let pub_id = SessionId::parse(&sim.pub_sid).expect("session id");
@@ -416,4 +416,33 @@ fn a_relay_downstream_carries_the_best_layer_only() {
         .collect();
     assert_eq!(frames.len(), 5, "one layer: one frame per round");
     assert!(frames.iter().all(|f| f.data.len() == size_of("f")));
+
+    // f stops: the subscription moves to h on its keyframe, asked for on the other node's
+    // request, and its media times go on from f's.
+    let h_requests = sim.layer_requests("h");
+    sim.rounds(50, &["h", "q"]);
+    let now = sim.w.now;
+    sim.w
+        .engine
+        .relay_keyframe_request(crate::ids::DownId(3), now);
+    sim.w.deliver();
+    assert!(
+        sim.layer_requests("h") > h_requests,
+        "h asked for a keyframe"
+    );
+    while sim.w.engine.poll_relay().is_some() {}
+    sim.round(&["h", "q"], &["h"]);
+    sim.rounds(2, &["h", "q"]);
+    let frames: Vec<RelayFrame> = std::iter::from_fn(|| sim.w.engine.poll_relay())
+        .filter_map(|o| match o {
+            RelayOut::Frame { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames.len(), 3);
+    assert!(frames.iter().all(|f| f.data.len() == size_of("h")));
+    assert!(
+        frames[0].rtp_time < base_of("h"),
+        "re-based onto f's times, not h's own base"
+    );
 }
