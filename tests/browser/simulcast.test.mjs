@@ -24,6 +24,17 @@ after(async () => {
 
 const stats = (page, name) => page.evaluate((n) => window.stats(n), name);
 
+async function metrics() {
+  const text = await (await withTimeout(fetch(`${node.origin}/metrics`), 10000, 'GET /metrics')).text();
+  const m = {};
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const i = line.lastIndexOf(' ');
+    m[line.slice(0, i)] = Number(line.slice(i + 1));
+  }
+  return m;
+}
+
 /** Waits until subscriber `name` decodes frames of a width accepted by `ok`, and 10 more after. */
 async function decodesWidth(page, name, ok, what) {
   const first = await pollUntil(async () => {
@@ -87,6 +98,22 @@ test('simulcast: preferredRid, tracks/update down and up, fallback when the top 
       return s.sub.framesDecoded >= fallback.sub.framesDecoded + 30 ? s : null;
     }, { timeoutMs: 15000, intervalMs: 200, what: 'b keeps decoding (framesDecoded grows)' });
     t.diagnostic(`fallback: f ${onF.sub.frameWidth} -> ${more.sub.frameWidth}, framesDecoded ${more.sub.framesDecoded}`);
+
+    // Chromium's layers never looked like bad input: no layer restarted, no frame refused.
+    const ev = (e) => `trackmesh_simulcast_events_total{event="${e}"}`;
+    const drop = (r) => `trackmesh_packets_dropped_total{reason="${r}"}`;
+    const m = await pollUntil(async () => {
+      const m = await metrics();
+      return m[ev('switch')] >= 5 ? m : null;
+    }, { timeoutMs: 15000, intervalMs: 500, what: 'the metrics count the 5 layer switches (published every 5 s)' })
+      .catch(async (e) => {
+        const m = await metrics();
+        e.message += `\n${JSON.stringify(Object.fromEntries(Object.entries(m).filter(([k]) => /simulcast/.test(k))))}`;
+        throw e;
+      });
+    for (const key of [ev('ssrc_change'), ev('time_jump'), drop('simulcast_unknown_rid'), drop('simulcast_too_many_layers')]) {
+      assert.equal(m[key] ?? 0, 0, `${key}: ${m[key]}`);
+    }
     await page.evaluate(() => window.closeAll());
   });
 });

@@ -499,9 +499,12 @@ impl Engine {
                 arrival: now,
             };
             let clock = codec.map_or(90_000, |c| c.clock_rate);
-            let Verdict::Forward { time, .. } = selector.on_frame(&p.layers, f, clock) else {
+            let Verdict::Forward { time, switched } = selector.on_frame(&p.layers, f, clock) else {
                 return;
             };
+            if switched {
+                self.stats.simulcast.switches += 1;
+            }
             let cached = CachedKeyframe {
                 time: MediaTime::new(time, cached.time.frequency()),
                 ..cached
@@ -567,9 +570,12 @@ impl Engine {
             arrival: now,
         };
         let clock = p.codec.map_or(90_000, |c| c.clock_rate);
-        let Verdict::Forward { time, .. } = selector.on_frame(&p.layers, f, clock) else {
+        let Verdict::Forward { time, switched } = selector.on_frame(&p.layers, f, clock) else {
             return None;
         };
+        if switched {
+            self.stats.simulcast.switches += 1;
+        }
         Some(RelayFrame {
             rtp_time: time,
             keyframe: true,
