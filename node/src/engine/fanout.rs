@@ -387,7 +387,7 @@ impl Engine {
 
     /// A keyframe for one subscriber of `key`: of `layer` when known; for a layered
     /// publication otherwise, of the layer its selector would choose now.
-    fn request_subscriber_keyframe(
+    pub(super) fn request_subscriber_keyframe(
         &mut self,
         key: &TrackKey,
         layer: Option<Rid>,

@@ -21,6 +21,10 @@ pub const LAYER_IDLE_AFTER: Duration = Duration::from_millis(1500);
 /// A layer's media time that moves this much further from what its arrival times say is a
 /// jump (an encoder restart, a bad sender): the layer starts over at its next keyframe.
 pub const MAX_TIME_DRIFT: Duration = Duration::from_secs(5);
+/// A subscriber with no layer flowing waits at most this long for its target's keyframe, then
+/// takes delta frames anyway (a publisher that never answers keyframe requests must not leave
+/// it with nothing; the same bound as for unlayered tracks).
+pub const KEYFRAME_WAIT_MAX: Duration = Duration::from_secs(3);
 
 /// `priorityOrdering` and `ridNotAvailable` of a Calls pull: both default to `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -385,6 +389,8 @@ pub struct Selector {
     current: Option<(Rid, u32)>,
     /// The layer it should receive, as last chosen.
     target: Option<Rid>,
+    /// Since when it has had no flowing layer and waited for the target's keyframe.
+    starved_since: Option<Instant>,
     rebase: Rebase,
 }
 
@@ -430,9 +436,23 @@ impl Selector {
         self.target = table.choose(&self.prefs, f.arrival);
         let on_current = self.current == Some((f.rid, f.epoch));
         if self.target == Some(f.rid) && !on_current {
-            if !f.keyframe {
+            // With no layer flowing to it the subscriber starves; past the wait it takes the
+            // delta frames (while the old layer flows, that one is better than broken frames).
+            let starved = self
+                .current
+                .is_none_or(|(rid, _)| !table.available(rid, f.arrival));
+            let since = match (starved, self.starved_since) {
+                (false, _) => None,
+                (true, None) => Some(f.arrival),
+                (true, Some(t)) => Some(t),
+            };
+            self.starved_since = since;
+            let gives_up =
+                since.is_some_and(|t| f.arrival.saturating_duration_since(t) >= KEYFRAME_WAIT_MAX);
+            if !f.keyframe && !gives_up {
                 return Verdict::WantKeyframe;
             }
+            self.starved_since = None;
             self.current = Some((f.rid, f.epoch));
             let time = self.rebase.map(f.time, f.arrival, clock_hz, true);
             return Verdict::Forward {
@@ -661,6 +681,36 @@ mod tests {
         };
         assert!(switched);
         assert_eq!(time, t0 + 9_000, "100 ms on");
+    }
+
+    #[test]
+    fn a_starving_subscriber_takes_deltas_after_the_keyframe_wait() {
+        let start = Instant::now();
+        let mut t: LayerTable<()> = LayerTable::default();
+        let mut sel = Selector::new(Prefs::default());
+        let mut verdicts = Vec::new();
+        for n in 0..100u64 {
+            let at = start + Duration::from_millis(33 * n);
+            let a = t.admit(rid("f"), n * 2970, at, CLOCK, None).expect("room");
+            let f = LayerFrame {
+                epoch: a.epoch,
+                ..frame("f", false, n * 2970, at)
+            };
+            verdicts.push(sel.on_frame(&t, f, CLOCK));
+        }
+        let first = verdicts
+            .iter()
+            .position(|v| matches!(v, Verdict::Forward { .. }))
+            .expect("forwards in the end");
+        assert!(
+            verdicts[..first]
+                .iter()
+                .all(|v| *v == Verdict::WantKeyframe)
+        );
+        let waited = Duration::from_millis(33 * first as u64);
+        assert!(
+            waited >= KEYFRAME_WAIT_MAX && waited < KEYFRAME_WAIT_MAX + Duration::from_millis(40)
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Engine {
             }
             self.subscribe(sid, mid, key.clone(), t.simulcast, now);
             self.serve_cached_keyframe(sid, mid, &key, now);
-            self.request_keyframe(&key, now);
+            // Of a layered publication, only the layer this mid starts on.
+            self.request_subscriber_keyframe(&key, None, sid, mid, now);
             results.push(r);
         }
         self.process_work(now);
