@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use str0m::media::Rid;
 
+// A subscriber with no layer flowing waits at most this long for its target's keyframe, then
+// takes delta frames anyway, as for unlayered tracks.
+use super::KEYFRAME_WAIT_MAX;
+
 /// Most layers of one publication; more than this (Chromium sends 3) are dropped and counted.
 pub const MAX_LAYERS: usize = 3;
 /// A layer without frames for this long counts as stopped (str0m's own pause threshold is the
@@ -21,10 +25,6 @@ pub const LAYER_IDLE_AFTER: Duration = Duration::from_millis(1500);
 /// A layer's media time that moves this much further from what its arrival times say is a
 /// jump (an encoder restart, a bad sender): the layer starts over at its next keyframe.
 pub const MAX_TIME_DRIFT: Duration = Duration::from_secs(5);
-/// A subscriber with no layer flowing waits at most this long for its target's keyframe, then
-/// takes delta frames anyway (a publisher that never answers keyframe requests must not leave
-/// it with nothing; the same bound as for unlayered tracks).
-pub const KEYFRAME_WAIT_MAX: Duration = Duration::from_secs(3);
 
 /// `priorityOrdering` and `ridNotAvailable` of a Calls pull: both default to `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
