@@ -494,6 +494,10 @@ impl Metrics {
             snap.relay.engine_queue_drops,
         );
         set(
+            &self.dropped.with_label_values(&["relay_malformed"]),
+            snap.relay.malformed_frames,
+        );
+        set(
             &self.dropped.with_label_values(&["relay_control_queue"]),
             snap.relay.control_drops,
         );

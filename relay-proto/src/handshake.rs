@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Message;
 use crate::limits::{LimitError, MAX_NODE_ID, check_len};
 
-/// The relay protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The relay protocol version this crate speaks. 2: media frames carry their simulcast rid
+/// (media format version 2); a node of version 1 is refused with the supported range.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The versions this crate can speak, for [`check_hello`].
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = PROTOCOL_VERSION..=PROTOCOL_VERSION;

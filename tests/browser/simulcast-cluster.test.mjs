@@ -1,8 +1,8 @@
-// Simulcast across two nodes of a cluster, as it stands: layers are not relayed one by one yet,
-// so a subscriber on node B gets ONE layer of a simulcast publication on node A, the best one
-// flowing at A (here f, 1280 wide), whatever its preferredRid; tracks/update of its preferredRid
-// is refused with update_track_error; when the publisher turns f off, A's relay moves to h and
-// the subscriber on B keeps decoding.
+// Simulcast across two nodes of a cluster: Chromium publishes q/h/f on node A; every layer is
+// relayed to B with its rid, and B selects for its own subscribers: one pulls with preferredRid
+// "h" (decoded width below 1280), moves to "q" with tracks/update on B (smaller); another pulls
+// "f" with ridNotAvailable "asciibetical" (1280 wide), the publisher turns f off and that one
+// keeps decoding from h.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -54,7 +54,28 @@ after(async () => {
 
 const stats = (page, name) => page.evaluate((n) => window.stats(n), name);
 
-test('simulcast across nodes: one layer (the best flowing) reaches the other node, and follows the fallback', async (t) => {
+/** Waits until subscriber `name` decodes frames of a width accepted by `ok`, and 10 more after. */
+async function decodesWidth(page, name, ok, what) {
+  const first = await pollUntil(async () => {
+    const s = await stats(page, name);
+    return s.sub.framesDecoded > 0 && ok(s.sub.frameWidth) ? s : null;
+  }, { timeoutMs: 30000, intervalMs: 200, what }).catch(async (e) => {
+    e.message += `\nstats: ${JSON.stringify(await stats(page, name))}`;
+    throw e;
+  });
+  return pollUntil(async () => {
+    const s = await stats(page, name);
+    return s.sub.framesDecoded >= first.sub.framesDecoded + 10 && ok(s.sub.frameWidth) ? s : null;
+  }, { timeoutMs: 15000, intervalMs: 200, what: `${what}, 10 more frames` });
+}
+
+async function currentRid(n, sessionId) {
+  const g = await n.api('GET', `/sessions/${sessionId}`);
+  assert.equal(g.status, 200, JSON.stringify(g.json));
+  return g.json.tracks[0]?.simulcast?.currentRid;
+}
+
+test('simulcast across nodes: layers chosen and switched on the other node, fallback when f stops', async (t) => {
   await explainAll(async () => {
     for (const n of [A, B]) {
       await pollUntil(async () => {
@@ -72,27 +93,24 @@ test('simulcast across nodes: one layer (the best flowing) reaches the other nod
       return ['q', 'h', 'f'].every((r) => s.pub[r]?.packetsSent > 0) ? s : null;
     }, { timeoutMs: 30000, intervalMs: 200, what: 'the publisher sends rids q, h and f' });
 
+    // Every layer crosses the relay with its rid; B selects for its own subscribers.
     const remote = { sessionId: pub.sessionId, trackName: pub.trackName };
-    const b = await withTimeout(page.evaluate(([c, r]) => window.pull(c, 'b', r, { preferredRid: 'h', ridNotAvailable: 'asciibetical' }), [cfgB, remote]), 30000, 'pull on B');
-    assert.equal(b.sessionId.slice(0, 8), B.tag, 'the subscriber is on B');
-    assert.deepEqual(b.item.simulcast, { preferredRid: 'h', priorityOrdering: 'none', ridNotAvailable: 'asciibetical' }, 'echoed');
+    const a = await withTimeout(page.evaluate(([c, r]) => window.pull(c, 'a', r, { preferredRid: 'h' }), [cfgB, remote]), 30000, 'pull a on B');
+    assert.equal(a.sessionId.slice(0, 8), B.tag, 'the subscriber is on B');
+    assert.deepEqual(a.item.simulcast, { preferredRid: 'h', priorityOrdering: 'none', ridNotAvailable: 'none' }, 'echoed');
+    const onH = await decodesWidth(page, 'a', (w) => w > 0 && w < 1280, 'a on B decodes layer h');
+    assert.equal(await currentRid(B, a.sessionId), 'h');
+    const upd = await page.evaluate(([c]) => window.update(c, 'a', { preferredRid: 'q' }), [cfgB]);
+    assert.equal(upd.tracks[0].errorCode, undefined, `tracks/update on B: ${JSON.stringify(upd)}`);
+    const onQ = await decodesWidth(page, 'a', (w) => w > 0 && w < onH.sub.frameWidth, 'a on B decodes a smaller layer after tracks/update to q');
+    assert.equal(await currentRid(B, a.sessionId), 'q');
 
-    const onF = await pollUntil(async () => {
-      const s = await stats(page, 'b');
-      return s.sub.framesDecoded > 10 && s.sub.frameWidth === 1280 ? s : null;
-    }, { timeoutMs: 30000, intervalMs: 200, what: 'B decodes the best layer, 1280 wide' })
-      .catch(async (e) => { e.message += `\nstats: ${JSON.stringify(await stats(page, 'b'))}`; throw e; });
-
-    const upd = await page.evaluate(([c]) => window.update(c, 'b', { preferredRid: 'q' }), [cfgB]);
-    assert.equal(upd.tracks[0].errorCode, 'update_track_error', `tracks/update on B: ${JSON.stringify(upd)}`);
-
+    const b = await withTimeout(page.evaluate(([c, r]) => window.pull(c, 'b', r, { preferredRid: 'f', ridNotAvailable: 'asciibetical' }), [cfgB, remote]), 30000, 'pull b on B');
+    const onF = await decodesWidth(page, 'b', (w) => w === 1280, 'b on B decodes layer f, 1280 wide');
     await page.evaluate(() => window.setActive('f', false));
-    const fallback = await pollUntil(async () => {
-      const s = await stats(page, 'b');
-      return s.sub.frameWidth > 0 && s.sub.frameWidth < 1280 && s.sub.framesDecoded >= onF.sub.framesDecoded + 30 ? s : null;
-    }, { timeoutMs: 30000, intervalMs: 200, what: 'B keeps decoding from a lower layer once f stops' })
-      .catch(async (e) => { e.message += `\nstats: ${JSON.stringify(await stats(page, 'b'))}`; throw e; });
-    t.diagnostic(`B: f ${onF.sub.frameWidth} -> ${fallback.sub.frameWidth}, framesDecoded ${fallback.sub.framesDecoded}`);
+    const fallback = await decodesWidth(page, 'b', (w) => w > 0 && w < 1280, 'b on B keeps decoding from a lower layer once f stops');
+    assert.equal(await currentRid(B, b.sessionId), 'h', 'the next layer in ASCII order');
+    t.diagnostic(`B: a h ${onH.sub.frameWidth} -> q ${onQ.sub.frameWidth}; b f ${onF.sub.frameWidth} -> ${fallback.sub.frameWidth}`);
     await page.evaluate(() => window.closeAll());
   });
 });

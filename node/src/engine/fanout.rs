@@ -134,6 +134,39 @@ impl Engine {
         }
     }
 
+    /// Takes a relayed layered frame into the relayed publication's layer table (the other node
+    /// checked it against the publisher's SDP; here only the bound applies). `None` (counted)
+    /// when refused.
+    fn admit_relayed_layer(
+        &mut self,
+        key: &TrackKey,
+        frame: &RelayFrame,
+        rid: Rid,
+        now: Instant,
+    ) -> Option<u32> {
+        let p = self.publications.get_mut(key)?;
+        let clock = p.codec.map_or(90_000, |c| c.clock_rate);
+        match p.layers.admit(rid, frame.rtp_time, now, clock, None) {
+            Ok(a) => {
+                if a.time_jumped {
+                    self.stats.simulcast.time_jump += 1;
+                    if let Some(l) = p.layers.at_mut(a.index) {
+                        l.data.keyframe = None;
+                    }
+                }
+                Some(a.epoch)
+            }
+            Err(Refusal::UnknownRid) => {
+                self.stats.simulcast.unknown_rid += 1;
+                None
+            }
+            Err(Refusal::TooManyLayers) => {
+                self.stats.simulcast.too_many_layers += 1;
+                None
+            }
+        }
+    }
+
     /// str0m reported a publisher's stream paused or resumed: a paused simulcast layer is no
     /// longer chosen (subscribers with `ridNotAvailable: asciibetical` fall back).
     pub(super) fn stream_paused(
@@ -172,13 +205,20 @@ impl Engine {
         else {
             return;
         };
+        let layer = match frame.rid {
+            None => None,
+            Some(rid) => match self.admit_relayed_layer(&key, &frame, rid, now) {
+                Some(epoch) => Some((rid, epoch)),
+                None => return,
+            },
+        };
         let frame = Frame {
             time: MediaTime::new(frame.rtp_time, clock),
             network_time: now,
             keyframe: frame.keyframe,
             data: frame.data,
             params: None,
-            layer: None,
+            layer,
         };
         self.fan_out(&key, frame, now);
         self.process_work(now);
@@ -217,17 +257,15 @@ impl Engine {
         let mut want_keyframe = false;
         for sink in &sinks {
             // A layered frame goes only to the sinks whose selector takes it, at their time.
+            // Relay sinks take every layer: the other node selects for its own subscribers.
             let layered;
-            let frame = match frame.layer {
-                None => &frame,
-                Some((rid, epoch)) => {
-                    let selector = match *sink {
-                        Sink::Session(sub, mid) => match self.sessions.get_mut(&sub) {
-                            Some(s) => s.simulcast.entry(mid).or_default(),
-                            None => continue,
-                        },
-                        Sink::Relay(down) => self.relay_selectors.entry(down).or_default(),
+            let frame = match (frame.layer, *sink) {
+                (None, _) | (Some(_), Sink::Relay(_)) => &frame,
+                (Some((rid, epoch)), Sink::Session(sub, mid)) => {
+                    let Some(s) = self.sessions.get_mut(&sub) else {
+                        continue;
                     };
+                    let selector = s.simulcast.entry(mid).or_default();
                     let f = LayerFrame {
                         rid,
                         epoch,
@@ -266,6 +304,7 @@ impl Engine {
                         rtp_time: frame.time.numer(),
                         keyframe: frame.keyframe,
                         data: frame.data.clone(),
+                        rid: frame.layer.map(|(rid, _)| rid),
                     };
                     self.push_relay(RelayOut::Frame { down, frame: out });
                 }
@@ -541,46 +580,26 @@ impl Engine {
         }
     }
 
-    /// The cached keyframe of a publication, as a frame for a new downstream relay
-    /// subscription (of a layered publication: of the layer that subscription carries).
-    pub(super) fn cached_relay_keyframe(
-        &mut self,
-        key: &TrackKey,
-        down: crate::ids::DownId,
-        now: Instant,
-    ) -> Option<RelayFrame> {
-        let p = self.publications.get(key)?;
-        if !p.layers.is_layered() {
-            let cached = p.last_keyframe.as_ref()?;
-            return Some(RelayFrame {
-                rtp_time: cached.time.numer(),
-                keyframe: true,
-                data: cached.data.clone(),
-            });
-        }
-        let selector = self.relay_selectors.entry(down).or_default();
-        let rid = p.layers.choose(&selector.prefs, now)?;
-        let l = p.layers.layer(rid)?;
-        let cached = l.data.keyframe.as_ref()?;
-        let f = LayerFrame {
-            rid,
-            epoch: l.epoch(),
-            keyframe: true,
-            time: cached.time.numer(),
-            arrival: now,
+    /// The cached keyframe of a publication (of a layered one, of each layer), as frames for a
+    /// new downstream relay subscription.
+    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey) -> Vec<RelayFrame> {
+        let Some(p) = self.publications.get(key) else {
+            return Vec::new();
         };
-        let clock = p.codec.map_or(90_000, |c| c.clock_rate);
-        let Verdict::Forward { time, switched } = selector.on_frame(&p.layers, f, clock) else {
-            return None;
-        };
-        if switched {
-            self.stats.simulcast.switches += 1;
-        }
-        Some(RelayFrame {
-            rtp_time: time,
+        let frame = |cached: &CachedKeyframe, rid| RelayFrame {
+            rtp_time: cached.time.numer(),
             keyframe: true,
             data: cached.data.clone(),
-        })
+            rid,
+        };
+        if !p.layers.is_layered() {
+            return p.last_keyframe.iter().map(|c| frame(c, None)).collect();
+        }
+        p.layers
+            .layers()
+            .iter()
+            .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
+            .collect()
     }
 
     /// Requests a keyframe from a publisher (or from the upstream node of a relayed one), at most
@@ -594,7 +613,8 @@ impl Engine {
             p.keyframe_pending = false;
             return;
         }
-        if p.layers.is_layered() {
+        // A relayed publication asks its upstream node, which asks each of its layers.
+        if p.layers.is_layered() && matches!(p.source, Source::Session(_)) {
             let rids: Vec<Rid> = p.layers.flowing(now).collect();
             for rid in rids {
                 self.request_layer_keyframe(key, rid, now);
@@ -627,6 +647,8 @@ impl Engine {
             return;
         };
         let Source::Session(mid) = p.source else {
+            // Relayed: the upstream node is asked (for every layer), folded per publication.
+            self.request_keyframe(key, now);
             return;
         };
         if p.kind != MediaKind::Video {

@@ -182,9 +182,6 @@ pub struct Engine {
     relay_down: HashMap<DownId, TrackKey>,
     /// Downstream relay subscriptions that have not carried a keyframe yet.
     relay_down_without_keyframe: HashSet<DownId>,
-    /// The simulcast layer each downstream relay subscription of a layered publication carries
-    /// (one layer per subscription: the best flowing one).
-    relay_selectors: HashMap<DownId, simulcast::Selector>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -236,7 +233,6 @@ impl Engine {
             relay_up: HashMap::new(),
             relay_down: HashMap::new(),
             relay_down_without_keyframe: HashSet::new(),
-            relay_selectors: HashMap::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),

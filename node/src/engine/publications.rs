@@ -262,7 +262,6 @@ impl Engine {
                 }
                 Sink::Relay(down) => {
                     self.relay_down.remove(&down);
-                    self.relay_selectors.remove(&down);
                     self.relay_down_without_keyframe.remove(&down);
                     self.push_relay(RelayOut::Ended { down });
                 }

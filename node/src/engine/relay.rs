@@ -93,7 +93,6 @@ impl Engine {
     /// A downstream node stopped pulling: the publication may become unused.
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
-        self.relay_selectors.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -111,21 +110,14 @@ impl Engine {
             // A new downstream gets the cached keyframe at once. It is sent on request, not at
             // subscribe time: a request proves the other node's engine knows the subscription,
             // so the frame cannot arrive before it and be dropped.
-            if self.relay_down_without_keyframe.remove(&down)
-                && let Some(frame) = self.cached_relay_keyframe(&key, down, now)
-            {
-                self.stats.keyframes_from_cache += 1;
-                self.push_relay(RelayOut::Frame { down, frame });
+            if self.relay_down_without_keyframe.remove(&down) {
+                // Of a layered publication, every layer's.
+                for frame in self.cached_relay_keyframes(&key) {
+                    self.stats.keyframes_from_cache += 1;
+                    self.push_relay(RelayOut::Frame { down, frame });
+                }
             }
-            // Of a layered publication, the layer this subscription carries (or moves to).
-            let layer = self
-                .relay_selectors
-                .get(&down)
-                .and_then(|l| l.switching_to().or(l.current()));
-            match layer {
-                Some(rid) => self.request_layer_keyframe(&key, rid, now),
-                None => self.request_keyframe(&key, now),
-            }
+            self.request_keyframe(&key, now);
             self.process_work(now);
         }
     }

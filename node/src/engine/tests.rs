@@ -139,6 +139,7 @@ fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
         rtp_time: n * 3000,
         keyframe,
         data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
+        rid: None,
     }
 }
 

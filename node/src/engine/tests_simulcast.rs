@@ -397,52 +397,151 @@ fn simulcast_updates_are_refused_where_there_is_nothing_to_choose() {
 }
 
 #[test]
-fn a_relay_downstream_carries_the_best_layer_only_and_falls_back() {
+fn a_relay_downstream_carries_every_layer_with_its_rid() {
     let mut sim = Sim::new(&LAYERS);
     sim.round(&LAYERS, &LAYERS);
     let pub_id = SessionId::parse(&sim.pub_sid).expect("session id");
+    let down = crate::ids::DownId(3);
     sim.w
         .engine
-        .relay_subscribe(crate::ids::DownId(3), APP, pub_id, "cam")
+        .relay_subscribe(down, APP, pub_id, "cam")
         .expect("relay subscription");
-    while sim.w.engine.poll_relay().is_some() {}
-    sim.round(&LAYERS, &LAYERS);
-    sim.rounds(4, &LAYERS);
-    let frames: Vec<RelayFrame> = std::iter::from_fn(|| sim.w.engine.poll_relay())
-        .filter_map(|o| match o {
-            RelayOut::Frame { frame, .. } => Some(frame),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(frames.len(), 5, "one layer: one frame per round");
-    assert!(frames.iter().all(|f| f.data.len() == size_of("f")));
-
-    // f stops: the subscription moves to h on its keyframe, asked for on the other node's
-    // request, and its media times go on from f's.
-    let h_requests = sim.layer_requests("h");
-    sim.rounds(50, &["h", "q"]);
+    // The other node's first keyframe request: the cached keyframe of each layer.
     let now = sim.w.now;
-    sim.w
-        .engine
-        .relay_keyframe_request(crate::ids::DownId(3), now);
-    sim.w.deliver();
-    assert!(
-        sim.layer_requests("h") > h_requests,
-        "h asked for a keyframe"
-    );
-    while sim.w.engine.poll_relay().is_some() {}
-    sim.round(&["h", "q"], &["h"]);
-    sim.rounds(2, &["h", "q"]);
-    let frames: Vec<RelayFrame> = std::iter::from_fn(|| sim.w.engine.poll_relay())
+    sim.w.engine.relay_keyframe_request(down, now);
+    let cached = relay_frames(&mut sim.w);
+    assert_eq!(cached.len(), 3, "one cached keyframe per layer");
+    assert!(cached.iter().all(|f| f.keyframe));
+    sim.rounds(4, &LAYERS);
+    let frames = relay_frames(&mut sim.w);
+    assert_eq!(frames.len(), 12, "every layer, every round");
+    for rid in LAYERS {
+        let of_layer: Vec<&RelayFrame> = frames
+            .iter()
+            .filter(|f| f.rid.map(|r| r.to_string()).as_deref() == Some(rid))
+            .collect();
+        assert_eq!(of_layer.len(), 4, "{rid}");
+        assert!(of_layer.iter().all(|f| f.data.len() == size_of(rid)));
+        assert!(
+            of_layer.iter().all(|f| f.rtp_time >= base_of(rid)),
+            "each layer keeps its own times: the other node re-bases for its subscribers"
+        );
+    }
+}
+
+fn relay_frames(w: &mut World) -> Vec<RelayFrame> {
+    std::iter::from_fn(|| w.engine.poll_relay())
         .filter_map(|o| match o {
             RelayOut::Frame { frame, .. } => Some(frame),
             _ => None,
         })
-        .collect();
-    assert_eq!(frames.len(), 3);
-    assert!(frames.iter().all(|f| f.data.len() == size_of("h")));
+        .collect()
+}
+
+/// A relayed frame of layer `rid` in round `n`.
+fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
+    RelayFrame {
+        rtp_time: base_of(rid) + n * 3000,
+        keyframe,
+        data: synthetic_frame(MediaKind::Video, keyframe, size_of(rid)).into(),
+        rid: parse_rid(rid),
+    }
+}
+
+#[test]
+fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
+    let mut w = World::new(Duration::from_secs(30));
+    let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    let info = TrackInfo {
+        kind: MediaKind::Video,
+        codec: CodecInfo {
+            codec: str0m::format::Codec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+        },
+    };
+    let up = crate::ids::UpId(7);
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", up, info, w.now)
+        .expect("relayed publication");
+    let feed = |w: &mut World, n: u64, keyframes: &[&str]| {
+        for rid in LAYERS {
+            let now = w.now;
+            w.engine
+                .relay_frame(up, relayed(rid, n, keyframes.contains(&rid)), now);
+        }
+        let all = 0..w.clients.len();
+        w.step(all, ROUND);
+    };
+    feed(&mut w, 1, &LAYERS);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("h", Ordering::None)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    // Joined after the keyframes: h's cached one, then h's live frames.
+    for n in 2..5 {
+        feed(&mut w, n, &[]);
+    }
+    let rx = &w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("h") as u64);
+    assert_eq!(rx.frames, 4);
+
+    // Down to q: the upstream node is asked for a keyframe, h flows until q's arrives.
+    let requests = |w: &mut World| {
+        std::iter::from_fn(|| w.engine.poll_relay())
+            .filter(|o| matches!(o, RelayOut::KeyframeRequest { .. }))
+            .count()
+    };
+    requests(&mut w);
+    let now = w.now;
+    let res = w
+        .engine
+        .tracks_update(
+            APP,
+            &sid,
+            vec![UpdateTrack {
+                mid: Some(mid.clone()),
+                session_id: Some(publisher.to_string()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefer("q", Ordering::None)),
+            }],
+            now,
+        )
+        .expect("update");
+    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    // Requests upstream are folded to one a second per publication (the join asked already).
+    for n in 5..40 {
+        feed(&mut w, n, &[]);
+    }
+    assert!(requests(&mut w) >= 1, "a keyframe request went upstream");
+    assert_eq!(w.clients[c].stats().rx[&mid].last_len, size_of("h") as u64);
+    feed(&mut w, 40, &["q"]);
+    feed(&mut w, 41, &[]);
+    let rx = &w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("q") as u64, "switched on q's keyframe");
+    assert_eq!(rx.time_backwards, 0);
     assert!(
-        frames[0].rtp_time < base_of("h"),
-        "re-based onto f's times, not h's own base"
+        rx.max_time_drift_us <= MAX_DRIFT_US,
+        "{} µs",
+        rx.max_time_drift_us
+    );
+    let view = w.engine.session_tracks(APP, &sid).expect("session");
+    assert_eq!(
+        view[0]
+            .simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+            .as_deref(),
+        Some("q")
     );
 }

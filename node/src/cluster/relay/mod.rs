@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub failures: failures::Failures,
     /// Frames from other nodes dropped because the engine's input queue was full.
     pub engine_queue_drops: AtomicU64,
+    /// Frames from other nodes dropped because their rid prefix was malformed.
+    pub malformed_frames: AtomicU64,
     /// Control messages dropped because a link's control queue was full.
     pub control_drops: AtomicU64,
     /// Frames for other nodes not sent: too large to fragment, or refused by the QUIC link.
@@ -234,6 +236,8 @@ pub struct RelayFigures {
     pub pull_failures: [(&'static str, u64); PullError::ALL.len()],
     /// Frames from other nodes dropped on a full engine input queue.
     pub engine_queue_drops: u64,
+    /// Frames from other nodes dropped: malformed rid prefix.
+    pub malformed_frames: u64,
     /// Control messages dropped on a full link control queue.
     pub control_drops: u64,
     /// Frames for other nodes not sent (too large, or refused by the link).
@@ -339,6 +343,7 @@ impl Relay {
             bytes_out: AtomicU64::new(0),
             failures: failures::Failures::default(),
             engine_queue_drops: AtomicU64::new(0),
+            malformed_frames: AtomicU64::new(0),
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
             dc_stream_drops: AtomicU64::new(0),
@@ -542,6 +547,7 @@ impl Relay {
             refused: self.refused(),
             pull_failures: self.inner.failures.counts(),
             engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
+            malformed_frames: self.inner.malformed_frames.load(Ordering::Relaxed),
             control_drops: self.inner.control_drops.load(Ordering::Relaxed),
             send_drops: self.inner.send_drops.load(Ordering::Relaxed),
             dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),
