@@ -212,6 +212,20 @@ mod tests {
         );
         assert_eq!(check_hello(&h, &cluster, 1..=3), Ok(()));
 
+        // A node of protocol 1 (relayed frames without their simulcast rid) is refused, and told
+        // what this one speaks.
+        let mut h = hello();
+        h.protocol_version = 1;
+        let refused = check_hello(&h, &cluster, SUPPORTED_VERSIONS);
+        assert_eq!(
+            refused,
+            Err(RefuseReason::UnsupportedVersion { min: 2, max: 2 })
+        );
+        assert_eq!(
+            refused.map_err(|e| e.to_string()),
+            Err("unsupported protocol version (supported: 2..=2)".to_string())
+        );
+
         let mut h = hello();
         h.cluster[31] ^= 1;
         assert_eq!(

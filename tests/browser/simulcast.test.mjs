@@ -2,8 +2,8 @@
 // encodings (rids q, h, f); a subscriber pulls with preferredRid "h", moves to "q" with
 // tracks/update (decoded frameWidth drops) and back (it rises); another pulls "f" with
 // ridNotAvailable "asciibetical", the publisher turns f off (setParameters active:false) and that
-// subscriber keeps decoding video (from h). Cross-node pulls carry one layer only (see README
-// §14), so both subscribers are on the publisher's node.
+// subscriber keeps decoding video (from h). Both subscribers are on the publisher's node; the
+// same across nodes is simulcast-cluster.test.mjs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startNode, launchChromium, serveDir, pollUntil, withTimeout, explain } from './lib.mjs';
