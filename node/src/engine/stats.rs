@@ -77,7 +77,7 @@ pub struct SimulcastStats {
     pub ssrc_change: u64,
     /// A layer's media time jumped (it starts over at its next keyframe).
     pub time_jump: u64,
-    /// Subscribers (and relay subscriptions) that started on a layer or moved to another one.
+    /// Subscribers that started on a layer or moved to another one.
     pub switches: u64,
 }
 
