@@ -81,6 +81,7 @@ pub struct Metrics {
     keyframe_requests: IntCounterVec,
     keyframes_from_cache: IntCounter,
     frames_held: IntCounter,
+    simulcast_events: IntCounterVec,
     session_timeouts: IntCounter,
     nacks: IntCounterVec,
     relay_links: IntGauge,
@@ -214,6 +215,14 @@ impl Metrics {
                 IntCounter::new(
                     "trackmesh_session_timeouts_total",
                     "Timer rounds of sessions (str0m clock inputs), a main CPU cost besides packets.",
+                )?,
+            )?,
+            simulcast_events: reg(
+                &r,
+                cv(
+                    "trackmesh_simulcast_events_total",
+                    "Simulcast: subscribers starting on or moving to a layer (switch), layers starting over at their next keyframe (ssrc_change, time_jump).",
+                    &["event"],
                 )?,
             )?,
             frames_held: reg(
@@ -469,6 +478,13 @@ impl Metrics {
             &self.dropped.with_label_values(&["no_codec"]),
             s.frames_no_codec,
         );
+        // Simulcast frames refused: rid not declared, or a layer past the third.
+        for (reason, n) in [
+            ("simulcast_unknown_rid", s.simulcast.unknown_rid),
+            ("simulcast_too_many_layers", s.simulcast.too_many_layers),
+        ] {
+            set(&self.dropped.with_label_values(&[reason]), n);
+        }
         set(
             &self.dropped.with_label_values(&["relay_queue"]),
             s.relay_dropped,
@@ -486,6 +502,10 @@ impl Metrics {
             snap.relay.engine_queue_drops,
         );
         set(
+            &self.dropped.with_label_values(&["relay_malformed"]),
+            snap.relay.malformed_frames,
+        );
+        set(
             &self.dropped.with_label_values(&["relay_control_queue"]),
             snap.relay.control_drops,
         );
@@ -495,6 +515,13 @@ impl Metrics {
         );
         for (reason, n) in snap.relay.pull_failures {
             set(&self.relay_pull_failures.with_label_values(&[reason]), n);
+        }
+        for (event, n) in [
+            ("switch", s.simulcast.switches),
+            ("ssrc_change", s.simulcast.ssrc_change),
+            ("time_jump", s.simulcast.time_jump),
+        ] {
+            set(&self.simulcast_events.with_label_values(&[event]), n);
         }
         set(&self.frames_held, s.frames_held_for_keyframe);
         set(

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Message;
 use crate::limits::{LimitError, MAX_NODE_ID, check_len};
 
-/// The relay protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The relay protocol version this crate speaks. 2: media frames carry their simulcast rid
+/// (media format version 2); a node of version 1 is refused with the supported range.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The versions this crate can speak, for [`check_hello`].
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = PROTOCOL_VERSION..=PROTOCOL_VERSION;
@@ -210,6 +211,20 @@ mod tests {
             Err(RefuseReason::UnsupportedVersion { min: 1, max: 1 })
         );
         assert_eq!(check_hello(&h, &cluster, 1..=3), Ok(()));
+
+        // A node of protocol 1 (relayed frames without their simulcast rid) is refused, and told
+        // what this one speaks.
+        let mut h = hello();
+        h.protocol_version = 1;
+        let refused = check_hello(&h, &cluster, SUPPORTED_VERSIONS);
+        assert_eq!(
+            refused,
+            Err(RefuseReason::UnsupportedVersion { min: 2, max: 2 })
+        );
+        assert_eq!(
+            refused.map_err(|e| e.to_string()),
+            Err("unsupported protocol version (supported: 2..=2)".to_string())
+        );
 
         let mut h = hello();
         h.cluster[31] ^= 1;

@@ -8,7 +8,7 @@
 //! ```text
 //!  0        1                  1+v      5+v      7+v      9+v     10+v           (18+v)
 //! +--------+------------------+--------+--------+--------+-------+--------------+--------
-//! | 0x10   | sub (varint, v)  |frame_seq|frag_idx|frag_cnt| flags | rtp_time     | chunk...
+//! | 0x20   | sub (varint, v)  |frame_seq|frag_idx|frag_cnt| flags | rtp_time     | chunk...
 //! |        | 1, 2, 4 or 8 B   | u32 BE | u16 BE | u16 BE |  u8   | u64 BE, only |
 //! |        |                  |        |        |        |       | if frag_idx=0|
 //! +--------+------------------+--------+--------+--------+-------+--------------+--------
@@ -16,7 +16,7 @@
 //!
 //! Why each field is there:
 //!
-//! - **type byte** (`0x10`): high nibble = media format version (1), low nibble = datagram type
+//! - **type byte** (`0x20`): high nibble = media format version (2), low nibble = datagram type
 //!   (0 = frame fragment). Lets later versions add datagram types (probes, FEC) or change the
 //!   layout; a receiver drops what it does not know.
 //! - **sub**: which subscription, the id the subscriber chose in `Subscribe`. A QUIC variable-length
@@ -30,6 +30,12 @@
 //!   before fragment 0 arrives. Other bits are reserved: sent as 0, ignored on receipt.
 //! - **rtp_time**: the frame's media time in the codec clock (extended to 64 bits, so no
 //!   wrap-around). Only on fragment 0: it is per frame, and 8 bytes per fragment add up.
+//!
+//! - **the frame's layer** (format version 2, protocol version 2): a frame's payload, as
+//!   reassembled, begins with its simulcast rid: one length byte (0: the track has no layers)
+//!   and that many bytes of `[A-Za-z0-9_-]`, at most [`MAX_RID_LEN`]; the encoded frame follows
+//!   ([`layered_payload`], [`split_layer`]). Each layer of a simulcast track travels as its own
+//!   frames, so the receiving node selects layers for its own subscribers.
 //!
 //! The header is 10 bytes + the varint (11 for a small `sub`), 8 more on fragment 0. Fragments
 //! of one frame carry equal-sized chunks except the last (and the first, 8 bytes shorter), but a
@@ -45,9 +51,9 @@ use std::time::{Duration, Instant};
 
 use crate::control::SubId;
 
-/// Media format version, the high nibble of the type byte.
-pub const MEDIA_VERSION: u8 = 1;
-/// Type byte of a frame fragment (version 1, type 0).
+/// Media format version, the high nibble of the type byte (2: payloads carry the rid).
+pub const MEDIA_VERSION: u8 = 2;
+/// Type byte of a frame fragment (version 2, type 0).
 pub const TYPE_FRAGMENT: u8 = MEDIA_VERSION << 4;
 /// Flag bit: the frame is a keyframe.
 const FLAG_KEYFRAME: u8 = 0x01;
@@ -71,6 +77,45 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// Longest simulcast rid a frame carries (Chromium's are one letter; RFC 8851 allows more).
+pub const MAX_RID_LEN: usize = 16;
+
+/// A frame's payload as sent: the rid prefix (see the module doc), then `data`. `None` when the
+/// rid is longer than [`MAX_RID_LEN`] or has other characters than `[A-Za-z0-9_-]`.
+pub fn layered_payload(rid: Option<&str>, data: &[u8]) -> Option<Vec<u8>> {
+    let rid = rid.unwrap_or("");
+    if !valid_rid(rid.as_bytes()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(1 + rid.len() + data.len());
+    out.push(u8::try_from(rid.len()).ok()?);
+    out.extend_from_slice(rid.as_bytes());
+    out.extend_from_slice(data);
+    Some(out)
+}
+
+/// Splits a reassembled payload into the frame's rid (`None`: no layers) and its data.
+pub fn split_layer(payload: &[u8]) -> Result<(Option<&str>, &[u8]), MediaError> {
+    let (&len, rest) = payload.split_first().ok_or(MediaError::Truncated)?;
+    let len = usize::from(len);
+    if len > MAX_RID_LEN {
+        return Err(MediaError::BadRid);
+    }
+    let (rid, data) = rest.split_at_checked(len).ok_or(MediaError::Truncated)?;
+    if !valid_rid(rid) {
+        return Err(MediaError::BadRid);
+    }
+    let rid = std::str::from_utf8(rid).map_err(|_| MediaError::BadRid)?;
+    Ok(((!rid.is_empty()).then_some(rid), data))
+}
+
+fn valid_rid(rid: &[u8]) -> bool {
+    rid.len() <= MAX_RID_LEN
+        && rid
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
 /// Why a datagram is not a valid fragment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
@@ -83,6 +128,9 @@ pub enum MediaError {
     /// `sub` is above `u32::MAX`.
     #[error("subscription id out of range")]
     SubOutOfRange,
+    /// A frame's rid prefix is too long or has characters a rid may not have.
+    #[error("malformed rid prefix")]
+    BadRid,
     /// `frag_count` is 0 or `frag_index >= frag_count`.
     #[error("fragment index {index} of {count}")]
     BadIndex {
@@ -736,6 +784,21 @@ impl Reassembler {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_frames_layer_travels_before_its_data() {
+        let p = layered_payload(Some("h"), b"frame").expect("a valid rid");
+        assert_eq!(p, b"\x01hframe");
+        assert_eq!(split_layer(&p), Ok((Some("h"), &b"frame"[..])));
+        let p = layered_payload(None, b"frame").expect("no rid");
+        assert_eq!(split_layer(&p), Ok((None, &b"frame"[..])));
+        assert_eq!(layered_payload(Some("a b"), b""), None);
+        assert_eq!(layered_payload(Some(&"x".repeat(17)), b""), None);
+        assert_eq!(split_layer(b""), Err(MediaError::Truncated));
+        assert_eq!(split_layer(b"\x05ab"), Err(MediaError::Truncated));
+        assert_eq!(split_layer(b"\x02a\xff"), Err(MediaError::BadRid));
+        assert_eq!(split_layer(b"\x20"), Err(MediaError::BadRid));
+    }
+
     fn frame(sub: SubId, seq: u32, len: usize) -> Frame {
         Frame {
             sub,
@@ -763,7 +826,7 @@ mod tests {
         assert_eq!(
             d,
             vec![vec![
-                0x10, 5, 1, 2, 3, 4, 0, 0, 0, 1, 1, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+                0x20, 5, 1, 2, 3, 4, 0, 0, 0, 1, 1, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
                 0xaa, 0xbb
             ]]
         );
@@ -776,7 +839,7 @@ mod tests {
         let d = frags(&f, 40);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].len(), 40);
-        assert_eq!(&d[1][..11], &[0x10, 5, 1, 2, 3, 4, 0, 1, 0, 2, 0]);
+        assert_eq!(&d[1][..11], &[0x20, 5, 1, 2, 3, 4, 0, 1, 0, 2, 0]);
         assert_eq!(d[1].len(), 11 + 30 - (40 - 19));
     }
 
@@ -810,7 +873,7 @@ mod tests {
             assert_eq!(chunk, &[0x99]);
         }
         // An 8-byte varint above u32::MAX.
-        let mut d = vec![0x10];
+        let mut d = vec![0x20];
         d.extend_from_slice(&(0xc000_0001_0000_0000u64).to_be_bytes());
         d.extend_from_slice(&[0; 9]);
         assert_eq!(FragmentHeader::parse(&d), Err(MediaError::SubOutOfRange));
@@ -819,21 +882,22 @@ mod tests {
     #[test]
     fn parse_rejects_bad_headers() {
         assert_eq!(FragmentHeader::parse(&[]), Err(MediaError::Truncated));
+        // A version-1 datagram (rid-less payloads) is not misread.
         assert_eq!(
-            FragmentHeader::parse(&[0x20, 0]),
-            Err(MediaError::UnknownType(0x20))
+            FragmentHeader::parse(&[0x10, 0]),
+            Err(MediaError::UnknownType(0x10))
         );
         assert_eq!(
-            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(MediaError::BadIndex { index: 0, count: 0 })
         );
         assert_eq!(
-            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 2, 0, 2, 0]),
+            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 2, 0, 2, 0]),
             Err(MediaError::BadIndex { index: 2, count: 2 })
         );
         // Fragment 0 without its rtp_time.
         assert_eq!(
-            FragmentHeader::parse(&[0x10, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2]),
+            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2]),
             Err(MediaError::Truncated)
         );
         let good = frags(&frame(1, 1, 10), 100).remove(0);
@@ -1112,7 +1176,7 @@ mod tests {
             let mut d: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
             // Mostly plausible headers with small fields, so that frames get built.
             if rng.below(4) != 0 && d.len() >= 12 {
-                d[0] = 0x10;
+                d[0] = 0x20;
                 d[1] = rng.below(20) as u8;
                 d[2..5].fill(0);
                 d[5] = rng.below(12) as u8;

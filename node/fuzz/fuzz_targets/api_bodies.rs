@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<RenegotiateRequest>(data);
     let _ = decode::<UpdateRequest>(data);
     let _ = decode::<CloseRequest>(data);
-    let _ = decode::<Vec<TrackObject>>(data);
+    if let Some(tracks) = decode::<Vec<TrackObject>>(data) {
+        // `simulcast.preferredRid` is checked after decoding.
+        for t in tracks {
+            let _ = t.simulcast.map(|s| s.to_prefs());
+        }
+    }
     if let Some(req) = decode::<TracksRequest>(data) {
         let _ = req.tracks.map(|t| t.len());
     }

@@ -101,6 +101,7 @@ fn offer(e: &mut Engine, now: Instant, mode: u8, sdp: &str) {
                     session_id: Some(sid.clone()),
                     track_name: Some(name),
                     mid: None,
+                    simulcast: None,
                 })
                 .collect(),
         };

@@ -128,7 +128,12 @@ fn check_description(d: &SessionDescription, want: SdpType) -> Result<(), ApiErr
     crate::engine::sdp_limits::check(&d.sdp).map_err(|b| ApiError::decoding(b.to_string()))
 }
 
-/// Track names and mids within their length limits.
+/// A track object's `simulcast`, checked by [`check_names`] before.
+fn prefs_of(t: &TrackObject) -> Option<crate::engine::simulcast::Prefs> {
+    t.simulcast.as_ref().and_then(|s| s.to_prefs().ok())
+}
+
+/// Track names and mids within their length limits; `simulcast.preferredRid` well-formed.
 fn check_names(tracks: &[TrackObject]) -> Result<(), ApiError> {
     for (i, t) in tracks.iter().enumerate() {
         if t.track_name
@@ -143,6 +148,9 @@ fn check_names(tracks: &[TrackObject]) -> Result<(), ApiError> {
             return Err(ApiError::decoding(format!(
                 "tracks[{i}].mid is longer than {MAX_MID_BYTES} bytes"
             )));
+        }
+        if let Some(Err(e)) = t.simulcast.as_ref().map(|s| s.to_prefs()) {
+            return Err(ApiError::invalid_params(format!("tracks[{i}]: {e}")));
         }
     }
     Ok(())
@@ -292,6 +300,7 @@ pub async fn tracks_new(
             tracks: tracks
                 .into_iter()
                 .map(|t| RemoteTrack {
+                    simulcast: prefs_of(&t),
                     session_id: t.session_id,
                     track_name: t.track_name,
                     mid: t.mid,
@@ -304,6 +313,7 @@ pub async fn tracks_new(
             tracks: tracks
                 .into_iter()
                 .map(|t| RemoteTrack {
+                    simulcast: prefs_of(&t),
                     session_id: t.session_id,
                     track_name: t.track_name,
                     mid: t.mid,
@@ -409,6 +419,7 @@ pub async fn tracks_update(
         .tracks
         .into_iter()
         .map(|t| UpdateTrack {
+            simulcast: prefs_of(&t),
             mid: t.mid,
             session_id: t.session_id,
             track_name: t.track_name,

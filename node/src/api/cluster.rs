@@ -419,6 +419,7 @@ mod unreachable_tests {
             status: None,
             error_code: Some(code),
             error_description: Some("no such track".into()),
+            simulcast: None,
         }
     }
 

@@ -655,6 +655,7 @@ mod tests {
                 track_name: "cam".into(),
                 session_id: None,
                 active: true,
+                simulcast: None,
             },
             TrackStatus {
                 location: Location::Remote,
@@ -662,6 +663,7 @@ mod tests {
                 track_name: "mic".into(),
                 session_id: Some("other".into()),
                 active: false,
+                simulcast: None,
             },
         ];
         let summary = SessionSummary {

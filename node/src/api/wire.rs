@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::simulcast::{Ordering, Prefs, parse_rid};
 use crate::engine::{
-    DataChannelResult, DataChannelStatus, Location, SdpKind, SessionDesc, TrackResult, TrackStatus,
+    DataChannelResult, DataChannelStatus, Location, SdpKind, SessionDesc, SimulcastView,
+    TrackResult, TrackStatus,
 };
 
 /// `sessionDescription.type`: which side of the offer/answer exchange the SDP is.
@@ -73,6 +75,90 @@ pub struct TrackObject {
     pub bidirectional_media_stream: Option<bool>,
     /// `kind`: audio or video, for a publication whose offer the SFU writes.
     pub kind: Option<WireKind>,
+    /// `simulcast`: for a pull or `tracks/update`, which layer to receive.
+    pub simulcast: Option<SimulcastObject>,
+}
+
+/// `priorityOrdering` / `ridNotAvailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireOrdering {
+    /// `"none"` (the default).
+    None,
+    /// `"asciibetical"`: rids ranked by ASCII order, the first the best.
+    Asciibetical,
+}
+
+/// A track object's `simulcast` in requests.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulcastObject {
+    /// `preferredRid`: the layer to receive; without it, the best available one.
+    pub preferred_rid: Option<String>,
+    /// `priorityOrdering`: accepted and echoed (bandwidth-driven moves are not made yet).
+    pub priority_ordering: Option<WireOrdering>,
+    /// `ridNotAvailable`: `asciibetical` falls back to the next layer when the preferred one
+    /// stops; `none` waits for it.
+    pub rid_not_available: Option<WireOrdering>,
+}
+
+fn ordering(o: Option<WireOrdering>) -> Ordering {
+    match o {
+        Some(WireOrdering::Asciibetical) => Ordering::Asciibetical,
+        Some(WireOrdering::None) | None => Ordering::None,
+    }
+}
+
+impl SimulcastObject {
+    /// The engine's form; an error names what is wrong with `preferredRid`.
+    pub fn to_prefs(&self) -> Result<Prefs, String> {
+        let preferred_rid = match self.preferred_rid.as_deref() {
+            None => None,
+            Some(r) => Some(parse_rid(r).ok_or_else(|| {
+                "simulcast.preferredRid must be 1 to 8 letters, digits, '-' or '_'".to_string()
+            })?),
+        };
+        Ok(Prefs {
+            preferred_rid,
+            priority_ordering: ordering(self.priority_ordering),
+            rid_not_available: ordering(self.rid_not_available),
+        })
+    }
+}
+
+/// A pulled track's `simulcast` in responses: the request echoed and, in `GET sessions/{id}`,
+/// `currentRid`, the layer it receives now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulcastOut {
+    /// `preferredRid`, as asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_rid: Option<String>,
+    /// `priorityOrdering`.
+    pub priority_ordering: &'static str,
+    /// `ridNotAvailable`.
+    pub rid_not_available: &'static str,
+    /// `currentRid`: the layer being received (absent before the first frame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_rid: Option<String>,
+}
+
+fn ordering_str(o: Ordering) -> &'static str {
+    match o {
+        Ordering::None => "none",
+        Ordering::Asciibetical => "asciibetical",
+    }
+}
+
+impl From<SimulcastView> for SimulcastOut {
+    fn from(v: SimulcastView) -> Self {
+        SimulcastOut {
+            preferred_rid: v.prefs.preferred_rid.map(|r| r.to_string()),
+            priority_ordering: ordering_str(v.prefs.priority_ordering),
+            rid_not_available: ordering_str(v.prefs.rid_not_available),
+            current_rid: v.current_rid.map(|r| r.to_string()),
+        }
+    }
 }
 
 /// `sessions/new`: `null`/absent body is the plain form; an object must carry an offer.
@@ -124,6 +210,9 @@ pub struct TrackOut {
     /// `status`: `active` or `inactive` (only in `GET sessions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'static str>,
+    /// `simulcast`: a pull's simulcast request echoed, with `currentRid` in `GET sessions/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<SimulcastOut>,
     /// `errorCode`: why this one track failed, while the call itself succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
@@ -154,6 +243,11 @@ impl From<TrackResult> for TrackOut {
             track_name: r.track_name,
             mid: r.mid,
             status: None,
+            simulcast: r.simulcast.map(|v| SimulcastOut {
+                // The layer is only reported by `GET sessions/{id}`.
+                current_rid: None,
+                ..v.into()
+            }),
             error_code,
             error_description,
         }
@@ -168,6 +262,7 @@ impl From<TrackStatus> for TrackOut {
             track_name: Some(t.track_name),
             mid: t.mid,
             status: Some(if t.active { "active" } else { "inactive" }),
+            simulcast: t.simulcast.map(Into::into),
             error_code: None,
             error_description: None,
         }
@@ -385,4 +480,61 @@ pub struct AppTrack {
     pub kind: Option<String>,
     /// `status`: `active` or `inactive`, as in `GET sessions/{id}`.
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulcast_is_read_with_defaults_and_echoed_with_the_current_rid() {
+        let t: TrackObject = serde_json::from_str(
+            r#"{"location":"remote","sessionId":"s","trackName":"cam","simulcast":{"preferredRid":"h"}}"#,
+        )
+        .expect("a track object");
+        let prefs = t.simulcast.expect("simulcast").to_prefs().expect("valid");
+        assert_eq!(
+            prefs.preferred_rid.map(|r| r.to_string()).as_deref(),
+            Some("h")
+        );
+        assert_eq!(prefs.priority_ordering, Ordering::None);
+        assert_eq!(prefs.rid_not_available, Ordering::None);
+
+        let out: TrackOut = TrackStatus {
+            location: Location::Remote,
+            mid: "1".into(),
+            track_name: "cam".into(),
+            session_id: Some("s".into()),
+            active: true,
+            simulcast: Some(SimulcastView {
+                prefs: Prefs {
+                    rid_not_available: Ordering::Asciibetical,
+                    ..prefs
+                },
+                current_rid: Some(str0m::media::Rid::from("q")),
+            }),
+        }
+        .into();
+        assert_eq!(
+            serde_json::to_value(&out).expect("json")["simulcast"],
+            serde_json::json!({
+                "preferredRid": "h",
+                "priorityOrdering": "none",
+                "ridNotAvailable": "asciibetical",
+                "currentRid": "q",
+            })
+        );
+    }
+
+    #[test]
+    fn bad_simulcast_fields_are_refused() {
+        let bad_rid: TrackObject =
+            serde_json::from_str(r#"{"simulcast":{"preferredRid":"not a rid"}}"#).expect("parses");
+        assert!(bad_rid.simulcast.expect("simulcast").to_prefs().is_err());
+        assert!(
+            serde_json::from_str::<TrackObject>(r#"{"simulcast":{"ridNotAvailable":"sometimes"}}"#)
+                .is_err(),
+            "an unknown policy is a decoding error"
+        );
+    }
 }

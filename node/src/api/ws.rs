@@ -549,6 +549,7 @@ async fn pull_new(
                 session_id: Some(s.to_string()),
                 track_name: Some(t),
                 mid: None,
+                simulcast: None,
             })
             .collect(),
     };

@@ -9,17 +9,19 @@ use std::time::Instant;
 use str0m::Input;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::Frequency;
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 
 use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
 use super::relay_messages::{RelayFrame, RelayOut};
 use super::session::SessionState;
+use super::simulcast::{LayerFrame, Refusal, Verdict};
 use super::{
     Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
 use crate::ids::{SessionId, UpId};
 
 /// One frame on its way to the subscribers of a publication.
+#[derive(Clone)]
 pub(super) struct Frame {
     pub time: MediaTime,
     pub network_time: Instant,
@@ -27,6 +29,8 @@ pub(super) struct Frame {
     pub data: Arc<[u8]>,
     /// The publisher's payload parameters, when the frame comes from a local session.
     pub params: Option<PayloadParams>,
+    /// A simulcast layer's frame: its rid and the layer's epoch (see `simulcast::Admitted`).
+    pub layer: Option<(Rid, u32)>,
 }
 
 pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
@@ -50,10 +54,6 @@ impl Engine {
             return;
         };
         let key = (publisher, name.clone());
-        // Simulcast layers are not selected yet: forward only unlayered media.
-        if data.rid.is_some() {
-            return;
-        }
         // Only here, on the publisher's own node: relayed frames never reach this path.
         self.egress_frame(publisher, &data);
         if let Some(p) = self.publications.get_mut(&key)
@@ -61,14 +61,134 @@ impl Engine {
         {
             p.codec = Some(codec_of(&data.params));
         }
+        let layer = match data.rid {
+            None => None,
+            Some(rid) => match self.admit_layer(&key, &data, rid) {
+                Some(epoch) => Some((rid, epoch)),
+                None => return,
+            },
+        };
         let frame = Frame {
             keyframe: data.is_keyframe(),
             time: data.time,
             network_time: data.network_time,
             data: data.data,
             params: Some(data.params),
+            layer,
         };
         self.fan_out(&key, frame, now);
+    }
+
+    /// Takes a layered frame into its publication's layer table; `None` (counted) when the
+    /// layer is refused. Returns the layer's epoch.
+    fn admit_layer(&mut self, key: &TrackKey, data: &MediaData, rid: Rid) -> Option<u32> {
+        let s = self.sessions.get_mut(&key.0)?;
+        let p = self.publications.get_mut(key)?;
+        if !p.layers.is_declared() {
+            // The publisher's SDP names its layers (`a=rid`); str0m keeps them per mid.
+            if let Some(str0m::media::Rids::Specific(rids)) =
+                s.rtc.media(data.mid).map(|m| m.rids_rx())
+            {
+                let rids = rids.clone();
+                if p.layers.declare(&rids) > 0 {
+                    tracing::info!(session = %key.0, track = %key.1, declared = rids.len(),
+                        "more simulcast layers than supported: the extra ones are dropped");
+                }
+            }
+        }
+        let ssrc = s
+            .rtc
+            .direct_api()
+            .stream_rx_by_mid(data.mid, Some(rid))
+            .map(|st| *st.ssrc());
+        let clock = data.params.spec().clock_rate.get();
+        match p
+            .layers
+            .admit(rid, data.time.numer(), data.network_time, clock, ssrc)
+        {
+            Ok(a) => {
+                if a.ssrc_changed || a.time_jumped {
+                    if a.ssrc_changed {
+                        self.stats.simulcast.ssrc_change += 1;
+                    }
+                    if a.time_jumped {
+                        self.stats.simulcast.time_jump += 1;
+                    }
+                    // The cached keyframe belongs to the layer's previous run.
+                    if let Some(l) = p.layers.at_mut(a.index) {
+                        l.data.keyframe = None;
+                    }
+                    tracing::debug!(session = %key.0, track = %key.1, %rid,
+                        ssrc_changed = a.ssrc_changed, "simulcast layer starts over");
+                }
+                Some(a.epoch)
+            }
+            Err(Refusal::UnknownRid) => {
+                self.stats.simulcast.unknown_rid += 1;
+                None
+            }
+            Err(Refusal::TooManyLayers) => {
+                self.stats.simulcast.too_many_layers += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes a relayed layered frame into the relayed publication's layer table (the other node
+    /// checked it against the publisher's SDP; here only the bound applies). `None` (counted)
+    /// when refused.
+    fn admit_relayed_layer(
+        &mut self,
+        key: &TrackKey,
+        frame: &RelayFrame,
+        rid: Rid,
+        now: Instant,
+    ) -> Option<u32> {
+        let p = self.publications.get_mut(key)?;
+        let clock = p.codec.map_or(90_000, |c| c.clock_rate);
+        match p.layers.admit(rid, frame.rtp_time, now, clock, None) {
+            Ok(a) => {
+                if a.time_jumped {
+                    self.stats.simulcast.time_jump += 1;
+                    if let Some(l) = p.layers.at_mut(a.index) {
+                        l.data.keyframe = None;
+                    }
+                }
+                Some(a.epoch)
+            }
+            Err(Refusal::UnknownRid) => {
+                self.stats.simulcast.unknown_rid += 1;
+                None
+            }
+            Err(Refusal::TooManyLayers) => {
+                self.stats.simulcast.too_many_layers += 1;
+                None
+            }
+        }
+    }
+
+    /// str0m reported a publisher's stream paused or resumed: a paused simulcast layer is no
+    /// longer chosen (subscribers with `ridNotAvailable: asciibetical` fall back).
+    pub(super) fn stream_paused(
+        &mut self,
+        publisher: SessionId,
+        mid: Mid,
+        rid: Option<Rid>,
+        paused: bool,
+    ) {
+        let (Some(rid), Some(name)) = (
+            rid,
+            self.sessions
+                .get(&publisher)
+                .and_then(|s| s.local_by_mid.get(&mid)),
+        ) else {
+            return;
+        };
+        let key = (publisher, name.clone());
+        if let Some(p) = self.publications.get_mut(&key) {
+            tracing::debug!(session = %publisher, track = %key.1, %rid, paused, "simulcast layer paused");
+            p.layers.set_paused(rid, paused);
+        }
     }
 
     /// A frame from an upstream relay subscription.
@@ -77,14 +197,21 @@ impl Engine {
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
         };
-        if let Some(p) = self.publications.get_mut(&key)
-            && p.await_keyframe
-        {
+        // After a gap on the link, each layer (or the unlayered track) waits for its keyframe.
+        let waiting = self
+            .publications
+            .get_mut(&key)
+            .and_then(|p| match frame.rid {
+                Some(rid) => p.layers.layer_mut(rid).map(|l| &mut l.data.await_keyframe),
+                None => Some(&mut p.await_keyframe),
+            })
+            .filter(|w| **w);
+        if let Some(w) = waiting {
             if !frame.keyframe {
                 self.stats.relay_gap_withheld += 1;
                 return;
             }
-            p.await_keyframe = false;
+            *w = false;
         }
         let Some(clock) = self
             .publications
@@ -94,12 +221,20 @@ impl Engine {
         else {
             return;
         };
+        let layer = match frame.rid {
+            None => None,
+            Some(rid) => match self.admit_relayed_layer(&key, &frame, rid, now) {
+                Some(epoch) => Some((rid, epoch)),
+                None => return,
+            },
+        };
         let frame = Frame {
             time: MediaTime::new(frame.rtp_time, clock),
             network_time: now,
             keyframe: frame.keyframe,
             data: frame.data,
             params: None,
+            layer,
         };
         self.fan_out(&key, frame, now);
         self.process_work(now);
@@ -111,22 +246,71 @@ impl Engine {
         };
         p.last_media = now;
         let codec = p.codec;
-        if frame.keyframe && frame.data.len() <= MAX_CACHED_KEYFRAME {
-            p.last_keyframe = Some(CachedKeyframe {
-                time: frame.time,
-                data: frame.data.clone(),
-                params: frame.params,
-            });
-            p.frames_since_keyframe = 0;
+        let cacheable = frame.keyframe && frame.data.len() <= MAX_CACHED_KEYFRAME;
+        let cached = cacheable.then(|| CachedKeyframe {
+            time: frame.time,
+            data: frame.data.clone(),
+            params: frame.params,
+        });
+        let (slot, since) = match frame.layer {
+            None => (&mut p.last_keyframe, &mut p.frames_since_keyframe),
+            Some((rid, _)) => match p.layers.layer_mut(rid) {
+                Some(l) => (&mut l.data.keyframe, &mut l.data.frames_since_keyframe),
+                None => return,
+            },
+        };
+        if cached.is_some() {
+            *slot = cached;
+            *since = 0;
         } else {
-            p.frames_since_keyframe = p.frames_since_keyframe.saturating_add(1);
+            *since = since.saturating_add(1);
         }
         // Taken rather than cloned (no allocation per frame); nothing below touches the
-        // publication's subscriber list, and it is put back before returning.
+        // publication's subscriber list or layers, and they are put back before returning.
         let sinks = std::mem::take(&mut p.subscribers);
+        let layers = std::mem::take(&mut p.layers);
+        let clock = codec.map_or(90_000, |c| c.clock_rate);
+        let mut want_keyframe = false;
         for sink in &sinks {
+            // A layered frame goes only to the sinks whose selector takes it, at their time.
+            // Relay sinks take every layer: the other node selects for its own subscribers.
+            let layered;
+            let frame = match (frame.layer, *sink) {
+                (None, _) | (Some(_), Sink::Relay(_)) => &frame,
+                (Some((rid, epoch)), Sink::Session(sub, mid)) => {
+                    let Some(s) = self.sessions.get_mut(&sub) else {
+                        continue;
+                    };
+                    let selector = s.simulcast.entry(mid).or_default();
+                    let f = LayerFrame {
+                        rid,
+                        epoch,
+                        keyframe: frame.keyframe,
+                        time: frame.time.numer(),
+                        arrival: frame.network_time,
+                    };
+                    let verdict = selector.on_frame(&layers, f, clock);
+                    match verdict {
+                        Verdict::Forward { time, switched } => {
+                            if switched {
+                                self.stats.simulcast.switches += 1;
+                            }
+                            layered = Frame {
+                                time: MediaTime::new(time, frame.time.frequency()),
+                                ..frame.clone()
+                            };
+                            &layered
+                        }
+                        Verdict::Skip => continue,
+                        Verdict::WantKeyframe => {
+                            want_keyframe = true;
+                            continue;
+                        }
+                    }
+                }
+            };
             match *sink {
-                Sink::Session(sub, mid) => self.write_to_session(sub, mid, &frame, codec, now),
+                Sink::Session(sub, mid) => self.write_to_session(sub, mid, frame, codec, now),
                 Sink::Relay(down) => {
                     self.stats.relay_frames_out += 1;
                     if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
@@ -136,6 +320,7 @@ impl Engine {
                         rtp_time: frame.time.numer(),
                         keyframe: frame.keyframe,
                         data: frame.data.clone(),
+                        rid: frame.layer.map(|(rid, _)| rid),
                     };
                     self.push_relay(RelayOut::Frame { down, frame: out });
                 }
@@ -143,6 +328,11 @@ impl Engine {
         }
         if let Some(p) = self.publications.get_mut(key) {
             p.subscribers = sinks;
+            p.layers = layers;
+        }
+        // A subscriber moves to this layer on its next keyframe: ask for one (folded per layer).
+        if want_keyframe && let Some((rid, _)) = frame.layer {
+            self.request_layer_keyframe(key, rid, now);
         }
     }
 
@@ -237,15 +427,49 @@ impl Engine {
         self.drain(sub, now);
     }
 
-    /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher.
+    /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher (for a
+    /// layered publication, to the layer the subscriber receives or moves to).
     pub(super) fn subscriber_wants_keyframe(&mut self, sub: SessionId, mid: Mid, now: Instant) {
-        let key = self
-            .sessions
-            .get(&sub)
-            .and_then(|s| s.remote_by_mid.get(&mid))
-            .cloned();
-        if let Some(key) = key {
-            self.request_keyframe(&key, now);
+        let Some((key, layer)) = self.sessions.get(&sub).and_then(|s| {
+            let key = s.remote_by_mid.get(&mid)?.clone();
+            let sel = s.simulcast.get(&mid);
+            Some((key, sel.and_then(|l| l.switching_to().or(l.current()))))
+        }) else {
+            return;
+        };
+        self.request_subscriber_keyframe(&key, layer, sub, mid, now);
+    }
+
+    /// A keyframe for one subscriber of `key`: of `layer` when known; for a layered
+    /// publication otherwise, of the layer its selector would choose now.
+    pub(super) fn request_subscriber_keyframe(
+        &mut self,
+        key: &TrackKey,
+        layer: Option<Rid>,
+        sub: SessionId,
+        mid: Mid,
+        now: Instant,
+    ) {
+        let layered = self
+            .publications
+            .get(key)
+            .is_some_and(|p| p.layers.is_layered());
+        if !layered {
+            self.request_keyframe(key, now);
+            return;
+        }
+        let layer = layer.or_else(|| {
+            let prefs = self
+                .sessions
+                .get(&sub)
+                .and_then(|s| s.simulcast.get(&mid))
+                .map(|l| l.prefs)
+                .unwrap_or_default();
+            self.publications.get(key)?.layers.choose(&prefs, now)
+        });
+        match layer {
+            Some(rid) => self.request_layer_keyframe(key, rid, now),
+            None => self.request_keyframe(key, now),
         }
     }
 
@@ -263,7 +487,7 @@ impl Engine {
         };
         for (mid, key) in tracks {
             self.serve_cached_keyframe(sub, mid, &key, now);
-            self.request_keyframe(&key, now);
+            self.request_subscriber_keyframe(&key, None, sub, mid, now);
         }
     }
 
@@ -288,7 +512,8 @@ impl Engine {
     }
 
     /// Writes the publication's cached keyframe into a mid that is waiting for one (the edge
-    /// keyframe cache: a joining viewer sees a picture without waiting for the publisher).
+    /// keyframe cache: a joining viewer sees a picture without waiting for the publisher). For a
+    /// layered publication, the cached keyframe of the layer the subscriber starts on.
     pub(super) fn serve_cached_keyframe(
         &mut self,
         sub: SessionId,
@@ -306,18 +531,59 @@ impl Engine {
         let Some(p) = self.publications.get(key) else {
             return;
         };
-        let (Some(cached), codec) = (p.last_keyframe.clone(), p.codec) else {
-            return;
+        let codec = p.codec;
+        let (cached, in_step, layer) = if p.layers.is_layered() {
+            let Some(s) = self.sessions.get_mut(&sub) else {
+                return;
+            };
+            let selector = s.simulcast.entry(mid).or_default();
+            let Some(rid) = p.layers.choose(&selector.prefs, now) else {
+                return;
+            };
+            let Some(l) = p.layers.layer(rid) else {
+                return;
+            };
+            let Some(cached) = l.data.keyframe.clone() else {
+                return;
+            };
+            let f = LayerFrame {
+                rid,
+                epoch: l.epoch(),
+                keyframe: true,
+                time: cached.time.numer(),
+                arrival: now,
+            };
+            let clock = codec.map_or(90_000, |c| c.clock_rate);
+            let Verdict::Forward { time, switched } = selector.on_frame(&p.layers, f, clock) else {
+                return;
+            };
+            if switched {
+                self.stats.simulcast.switches += 1;
+            }
+            let cached = CachedKeyframe {
+                time: MediaTime::new(time, cached.time.frequency()),
+                ..cached
+            };
+            (
+                cached,
+                l.data.frames_since_keyframe == 0,
+                Some((rid, l.epoch())),
+            )
+        } else {
+            let Some(cached) = p.last_keyframe.clone() else {
+                return;
+            };
+            (cached, p.frames_since_keyframe == 0, None)
         };
         // The cached keyframe is the newest frame: the live delta frames that follow build on
         // it, so the subscriber can take them at once.
-        let in_step = p.frames_since_keyframe == 0;
         let frame = Frame {
             time: cached.time,
             network_time: now,
             keyframe: true,
             data: cached.data,
             params: cached.params,
+            layer,
         };
         self.stats.keyframes_from_cache += 1;
         self.write_to_session(sub, mid, &frame, codec, now);
@@ -330,25 +596,45 @@ impl Engine {
         }
     }
 
-    /// The cached keyframe of a publication, as a frame for a new downstream relay subscription.
-    pub(super) fn cached_relay_keyframe(&self, key: &TrackKey) -> Option<RelayFrame> {
-        let cached = self.publications.get(key)?.last_keyframe.as_ref()?;
-        Some(RelayFrame {
+    /// The cached keyframe of a publication (of a layered one, of each layer), as frames for a
+    /// new downstream relay subscription.
+    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey) -> Vec<RelayFrame> {
+        let Some(p) = self.publications.get(key) else {
+            return Vec::new();
+        };
+        let frame = |cached: &CachedKeyframe, rid| RelayFrame {
             rtp_time: cached.time.numer(),
             keyframe: true,
             data: cached.data.clone(),
-        })
+            rid,
+        };
+        if !p.layers.is_layered() {
+            return p.last_keyframe.iter().map(|c| frame(c, None)).collect();
+        }
+        p.layers
+            .layers()
+            .iter()
+            .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
+            .collect()
     }
 
     /// Requests a keyframe from a publisher (or from the upstream node of a relayed one), at most
     /// once per [`KEYFRAME_INTERVAL`]; a request inside the interval is deferred to its end, not
-    /// lost.
+    /// lost. For a layered publication: of every flowing layer (each folded on its own).
     pub(super) fn request_keyframe(&mut self, key: &TrackKey, now: Instant) {
         let Some(p) = self.publications.get_mut(key) else {
             return;
         };
         if p.kind != MediaKind::Video {
             p.keyframe_pending = false;
+            return;
+        }
+        // A relayed publication asks its upstream node, which asks each of its layers.
+        if p.layers.is_layered() && matches!(p.source, Source::Session(_)) {
+            let rids: Vec<Rid> = p.layers.flowing(now).collect();
+            for rid in rids {
+                self.request_layer_keyframe(key, rid, now);
+            }
             return;
         }
         if p.last_keyframe_request
@@ -367,18 +653,70 @@ impl Engine {
                 return;
             }
         };
-        let Some(s) = self.sessions.get_mut(&key.0) else {
+        self.send_pli(key.0, mid, None, now);
+    }
+
+    /// Requests a keyframe of one simulcast layer from its publisher, at most once per
+    /// [`KEYFRAME_INTERVAL`] per layer; one inside the interval is deferred to its end.
+    pub(super) fn request_layer_keyframe(&mut self, key: &TrackKey, rid: Rid, now: Instant) {
+        let Some(p) = self.publications.get_mut(key) else {
+            return;
+        };
+        let Source::Session(mid) = p.source else {
+            // Relayed: the upstream node is asked (for every layer), folded per publication.
+            self.request_keyframe(key, now);
+            return;
+        };
+        if p.kind != MediaKind::Video {
+            return;
+        }
+        let Some(l) = p.layers.layer_mut(rid) else {
+            return;
+        };
+        let c = &mut l.data;
+        if c.last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
+        {
+            c.keyframe_pending = true;
+            return;
+        }
+        c.keyframe_pending = false;
+        c.last_keyframe_request = Some(now);
+        self.send_pli(key.0, mid, Some(rid), now);
+    }
+
+    /// Deferred keyframe requests whose interval has passed, for every layer of a publication.
+    pub(super) fn pending_layer_keyframes(&mut self, key: &TrackKey, now: Instant) {
+        let Some(p) = self.publications.get(key) else {
+            return;
+        };
+        let rids: Vec<Rid> = p
+            .layers
+            .layers()
+            .iter()
+            .filter(|l| l.data.keyframe_pending)
+            .map(|l| l.rid)
+            .collect();
+        for rid in rids {
+            self.request_layer_keyframe(key, rid, now);
+        }
+    }
+
+    fn send_pli(&mut self, publisher: SessionId, mid: Mid, rid: Option<Rid>, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&publisher) else {
             return;
         };
         let Some(mut writer) = s.rtc.writer(mid) else {
             return;
         };
-        match writer.request_keyframe(None, KeyframeRequestKind::Pli) {
+        match writer.request_keyframe(rid, KeyframeRequestKind::Pli) {
             Ok(()) => self.stats.keyframe_requests += 1,
             // Nothing received yet on that mid: there is no stream to ask.
-            Err(e) => tracing::debug!(session = %key.0, error = %e, "keyframe request not sent"),
+            Err(e) => {
+                tracing::debug!(session = %publisher, error = %e, "keyframe request not sent")
+            }
         }
-        self.drain(key.0, now);
+        self.drain(publisher, now);
     }
 }
 

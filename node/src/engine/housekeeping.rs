@@ -71,6 +71,15 @@ impl Engine {
         for key in pending {
             self.request_keyframe(&key, now);
         }
+        let layers_pending: Vec<TrackKey> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| p.layers.layers().iter().any(|l| l.data.keyframe_pending))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in layers_pending {
+            self.pending_layer_keyframes(&key, now);
+        }
 
         if self.tombstones.len() > MAX_TOMBSTONES / 2 {
             self.tombstones

@@ -25,6 +25,8 @@ fn is_rtp(buf: &[u8]) -> bool {
 pub(super) enum Work {
     Media(SessionId, MediaData),
     KeyframeRequest(SessionId, KeyframeRequest),
+    /// A publisher's stream (a simulcast layer) paused or resumed: (mid, rid, paused).
+    StreamPaused(SessionId, Mid, Option<str0m::media::Rid>, bool),
     Connected(SessionId),
     /// The client closed its DTLS transport (close_notify).
     TransportClosed(SessionId),
@@ -224,6 +226,9 @@ impl Engine {
                 }
                 Ok(Output::Event(event)) => match event {
                     Event::MediaData(data) => self.work.push_back(Work::Media(sid, data)),
+                    Event::StreamPaused(p) => self
+                        .work
+                        .push_back(Work::StreamPaused(sid, p.mid, p.rid, p.paused)),
                     Event::KeyframeRequest(req) => {
                         self.stats.keyframe_requests_received += 1;
                         self.work.push_back(Work::KeyframeRequest(sid, req))
@@ -306,6 +311,9 @@ impl Engine {
                 Work::Media(sid, data) => self.forward_media(sid, data, now),
                 Work::KeyframeRequest(sid, req) => {
                     self.subscriber_wants_keyframe(sid, req.mid, now)
+                }
+                Work::StreamPaused(sid, mid, rid, paused) => {
+                    self.stream_paused(sid, mid, rid, paused)
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
                 Work::TransportClosed(sid) => self.transport_closed(sid, now),

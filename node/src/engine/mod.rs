@@ -13,6 +13,9 @@
 //! - `transport.rs`: ICE restarts and new DTLS transports in a client's offer;
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
+//! - `simulcast.rs`: simulcast layers of a publication and each subscriber's layer choice
+//!   (switch on keyframe, fallback, timestamp continuity), free of str0m's frame API so the
+//!   packet path can reuse it;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
 //!   DataChannel messages);
@@ -51,6 +54,7 @@ pub mod sdp_limits;
 pub mod sdpfrag;
 mod session;
 mod sessions;
+pub mod simulcast;
 mod stats;
 pub mod streams;
 #[cfg(test)]
@@ -59,6 +63,8 @@ mod tests;
 mod tests_datachannels;
 #[cfg(test)]
 mod tests_egress;
+#[cfg(test)]
+mod tests_simulcast;
 mod transport;
 #[cfg(test)]
 mod transport_tests;
@@ -82,13 +88,14 @@ pub use ops::{
     AppListing, AppSessionSummary, CascadeDirection, CloseResult, DataChannelItem,
     DataChannelResult, DataChannelStatus, Established, FollowedStream, LocalTrack,
     MAX_TRACKS_PER_CALL, OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack,
-    SdpKind, SessionDesc, SessionSummary, StreamPolicy, StreamSessionCreated, StreamSessionView,
-    StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult, UpdateTrack, prepare_answer,
+    SdpKind, SessionDesc, SessionSummary, SimulcastView, StreamPolicy, StreamSessionCreated,
+    StreamSessionView, StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult,
+    UpdateTrack, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, SessionState, TrackEntry};
-pub use stats::{Gauges, Stats};
+pub use stats::{Gauges, SimulcastStats, Stats};
 
 use crate::ids::{DownId, NodeTag, SessionId, SessionMap, UpId};
 use io::Work;

@@ -7,6 +7,7 @@ use str0m::media::{MediaKind, Mid};
 
 use super::relay_messages::RelayOut;
 use super::session::{Location, TrackEntry};
+use super::simulcast::{LayerTable, Prefs, Selector};
 use super::{Engine, TrackError};
 use crate::ids::{DownId, SessionId, UpId};
 
@@ -73,6 +74,23 @@ pub(crate) struct Publication {
     /// A relayed publication whose link died, while the relay looks for a new route: it stays
     /// (viewers keep their m-sections) but shows `inactive`.
     pub upstream_lost: bool,
+    /// Simulcast layers (empty for an unlayered publication), each with its own keyframe cache
+    /// and keyframe-request timing; the fields above then serve unlayered frames only.
+    pub layers: LayerTable<LayerCache>,
+}
+
+/// What the frame path keeps per simulcast layer: the same as a publication keeps for its
+/// unlayered frames.
+#[derive(Default)]
+pub(crate) struct LayerCache {
+    /// The layer's newest keyframe (the edge keyframe cache, per layer).
+    pub keyframe: Option<CachedKeyframe>,
+    /// Frames of the layer since `keyframe`.
+    pub frames_since_keyframe: u32,
+    pub last_keyframe_request: Option<Instant>,
+    pub keyframe_pending: bool,
+    /// Relayed frames were lost: this layer's frames are withheld until its next keyframe.
+    pub await_keyframe: bool,
 }
 
 /// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
@@ -106,6 +124,7 @@ impl Publication {
             frames_since_keyframe: 0,
             await_keyframe: false,
             upstream_lost: false,
+            layers: LayerTable::default(),
         }
     }
 }
@@ -130,6 +149,11 @@ impl Engine {
             )));
         };
         let kind = media.kind();
+        // A simulcast publisher's SDP names its layers (`a=simulcast:send` and `a=rid`).
+        let rids = match media.rids_rx() {
+            str0m::media::Rids::Specific(rids) if kind == MediaKind::Video => rids.clone(),
+            _ => Vec::new(),
+        };
         if !media.direction().is_receiving() {
             return Err(TrackError::InvalidParams(format!(
                 "mid {mid} does not send media to the SFU"
@@ -158,18 +182,38 @@ impl Engine {
             ));
         }
         s.local_by_mid.insert(mid, name.to_string());
-        self.publications.insert(
-            (sid, name.to_string()),
-            Publication::new(&app, Source::Session(mid), kind, None, now),
-        );
+        let mut publication = Publication::new(&app, Source::Session(mid), kind, None, now);
+        if !rids.is_empty() && publication.layers.declare(&rids) > 0 {
+            tracing::info!(session = %sid, track = name, declared = rids.len(),
+                "more simulcast layers than supported: the extra ones are dropped");
+        }
+        self.publications
+            .insert((sid, name.to_string()), publication);
         tracing::info!(session = %sid, track = name, %mid, ?kind, "track published");
         Ok(())
     }
 
-    pub(super) fn subscribe(&mut self, sid: SessionId, mid: Mid, key: TrackKey, now: Instant) {
+    /// Session `sid` receives publication `key` on `mid`; `simulcast` when the pull asked for
+    /// a layer (a layered publication's subscriber gets the best layer otherwise).
+    pub(super) fn subscribe(
+        &mut self,
+        sid: SessionId,
+        mid: Mid,
+        key: TrackKey,
+        simulcast: Option<Prefs>,
+        now: Instant,
+    ) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        match simulcast {
+            Some(prefs) => {
+                s.simulcast.insert(mid, Selector::new(prefs));
+            }
+            None => {
+                s.simulcast.remove(&mid);
+            }
+        }
         if s.active_entry_mut(mid).is_none() {
             s.push_track(TrackEntry {
                 location: Location::Remote,
@@ -189,11 +233,10 @@ impl Engine {
     }
 
     pub(super) fn unsubscribe(&mut self, sid: SessionId, mid: Mid, now: Instant) {
-        let Some(key) = self
-            .sessions
-            .get_mut(&sid)
-            .and_then(|s| s.remote_by_mid.remove(&mid))
-        else {
+        let Some(key) = self.sessions.get_mut(&sid).and_then(|s| {
+            s.simulcast.remove(&mid);
+            s.remote_by_mid.remove(&mid)
+        }) else {
             return;
         };
         if let Some(p) = self.publications.get_mut(&key) {

@@ -113,11 +113,12 @@ impl Engine {
             // A new downstream gets the cached keyframe at once. It is sent on request, not at
             // subscribe time: a request proves the other node's engine knows the subscription,
             // so the frame cannot arrive before it and be dropped.
-            if self.relay_down_without_keyframe.remove(&down)
-                && let Some(frame) = self.cached_relay_keyframe(&key)
-            {
-                self.stats.keyframes_from_cache += 1;
-                self.push_relay(RelayOut::Frame { down, frame });
+            if self.relay_down_without_keyframe.remove(&down) {
+                // Of a layered publication, every layer's.
+                for frame in self.cached_relay_keyframes(&key) {
+                    self.stats.keyframes_from_cache += 1;
+                    self.push_relay(RelayOut::Frame { down, frame });
+                }
             }
             self.request_keyframe(&key, now);
             self.process_work(now);
@@ -136,9 +137,16 @@ impl Engine {
         if p.kind != MediaKind::Video {
             return; // Audio frames decode on their own.
         }
-        p.await_keyframe = true;
-        // The cached keyframe no longer leads to what follows it.
-        p.last_keyframe = None;
+        // The cached keyframes no longer lead to what follows them.
+        if p.layers.is_layered() {
+            for l in p.layers.layers_mut() {
+                l.data.await_keyframe = true;
+                l.data.keyframe = None;
+            }
+        } else {
+            p.await_keyframe = true;
+            p.last_keyframe = None;
+        }
         self.request_keyframe(&key, now);
         self.process_work(now);
     }

@@ -13,6 +13,9 @@ pub struct RelayFrame {
     pub keyframe: bool,
     /// The depacketized frame, shared rather than copied between subscribers.
     pub data: std::sync::Arc<[u8]>,
+    /// The simulcast layer it belongs to: every layer of a layered track is relayed, each
+    /// frame with its rid, and the receiving node selects layers for its own subscribers.
+    pub rid: Option<str0m::media::Rid>,
 }
 
 /// What the engine asks of the relay layer.

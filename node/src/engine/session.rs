@@ -177,6 +177,9 @@ pub struct Session {
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
+    /// The simulcast layer choice of each receiving mid that has one (pulled with `simulcast`,
+    /// or receiving a layered publication).
+    pub simulcast: HashMap<Mid, super::simulcast::Selector>,
     /// Set for a cascade's outgoing session (the SFU offered, full ICE, controlling): the local
     /// address of its own socket, its host candidate.
     pub outgoing_local: Option<SocketAddr>,
@@ -235,6 +238,7 @@ impl Session {
             media_counts: HashMap::new(),
             send_pt: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
+            simulcast: HashMap::new(),
             outgoing_local: None,
             outgoing_mids: Vec::new(),
             span: Arc::new(tracing::info_span!("session", id = %id)),

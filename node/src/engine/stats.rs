@@ -64,6 +64,23 @@ pub struct Stats {
     pub egress_queued: u64,
     /// Egress packets dropped before the publisher got them (queue full).
     pub egress_dropped: u64,
+    /// Simulcast: refused frames and layer switches.
+    pub simulcast: SimulcastStats,
+}
+
+/// Simulcast counters: frames refused (by reason) and layer switches.
+#[derive(Debug, Default, Clone)]
+pub struct SimulcastStats {
+    /// Frames dropped: their rid is not one the publisher declared.
+    pub unknown_rid: u64,
+    /// Frames dropped: a layer beyond the third.
+    pub too_many_layers: u64,
+    /// A layer's SSRC changed mid-stream (it starts over at its next keyframe).
+    pub ssrc_change: u64,
+    /// A layer's media time jumped (it starts over at its next keyframe).
+    pub time_jump: u64,
+    /// Subscribers that started on a layer or moved to another one.
+    pub switches: u64,
 }
 
 /// What the engine holds right now, for gauges.

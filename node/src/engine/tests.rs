@@ -19,6 +19,7 @@ fn pull_one(session: &str, track: &str, mid: Option<&str>) -> TracksNew {
             session_id: Some(session.to_string()),
             track_name: Some(track.to_string()),
             mid: mid.map(str::to_string),
+            simulcast: None,
         }],
     }
 }
@@ -138,6 +139,7 @@ fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
         rtp_time: n * 3000,
         keyframe,
         data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
+        rid: None,
     }
 }
 
@@ -499,6 +501,7 @@ fn protocol_errors() {
             session_id: Some(pub_sid.clone()),
             track_name: Some(format!("t{i}")),
             mid: None,
+            simulcast: None,
         })
         .collect();
     assert!(matches!(
@@ -1187,16 +1190,19 @@ fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("mic".into()),
                 mid: Some(mids[0].to_string()),
+                simulcast: None,
             },
             RemoteTrack {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("cam".into()),
                 mid: Some(mids[1].to_string()),
+                simulcast: None,
             },
             RemoteTrack {
                 session_id: Some(pub_sid.clone()),
                 track_name: Some("nope".into()),
                 mid: Some("99".into()),
+                simulcast: None,
             },
         ],
     };
@@ -1237,6 +1243,7 @@ fn a_pull_with_an_offer_refuses_a_section_of_the_wrong_kind_or_direction() {
         session_id: Some(pub_sid.clone()),
         track_name: Some(name.into()),
         mid: Some(mid.to_string()),
+        simulcast: None,
     };
     let req = TracksNew::RemoteWithOffer {
         offer: offer.to_sdp_string().into(),

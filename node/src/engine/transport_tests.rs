@@ -203,6 +203,7 @@ fn a_new_dtls_transport_ends_the_tracks_it_does_not_carry() {
                     session_id: Some(s_sid.clone()),
                     track_name: Some("old".into()),
                     mid: None,
+                    simulcast: None,
                 }],
             },
             w.now,

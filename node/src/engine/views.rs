@@ -1,7 +1,8 @@
 //! Read-only views: the admin API's sessions and publications, `GET sessions/{id}`, counts.
 
 use super::ops::{
-    AppListing, AppSessionSummary, PublicationSummary, PublishedTrack, SessionSummary, TrackStatus,
+    AppListing, AppSessionSummary, PublicationSummary, PublishedTrack, SessionSummary,
+    SimulcastView, TrackStatus,
 };
 use super::publications::{Sink, Source};
 use super::session::Location;
@@ -137,6 +138,27 @@ impl Engine {
             .unwrap_or(0)
     }
 
+    /// A pulled track's simulcast state: for a pull with `simulcast` or of a layered
+    /// publication, while it is active.
+    fn simulcast_view(&self, s: &super::Session, e: &super::TrackEntry) -> Option<SimulcastView> {
+        if e.location != Location::Remote || e.closed {
+            return None;
+        }
+        let key = s.remote_by_mid.get(&e.mid)?;
+        let selector = s.simulcast.get(&e.mid);
+        let layered = self
+            .publications
+            .get(key)
+            .is_some_and(|p| p.layers.is_layered());
+        if selector.is_none() && !layered {
+            return None;
+        }
+        Some(SimulcastView {
+            prefs: selector.map(|l| l.prefs).unwrap_or_default(),
+            current_rid: selector.and_then(|l| l.current()),
+        })
+    }
+
     /// `GET sessions/{id}`: every track the session has had, with its status.
     pub fn session_tracks(&self, app: &str, session_id: &str) -> Result<Vec<TrackStatus>, OpError> {
         let sid = self.lookup(app, session_id)?;
@@ -159,6 +181,7 @@ impl Engine {
                     track_name: e.track_name.clone(),
                     session_id: e.remote.as_ref().map(|k| k.0.to_string()),
                     active,
+                    simulcast: self.simulcast_view(s, e),
                 }
             })
             .collect())

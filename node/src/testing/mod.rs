@@ -225,6 +225,67 @@ impl World {
         mids
     }
 
+    /// Client `c` publishes one video track `name` with simulcast layers `rids` (`a=simulcast`
+    /// and `a=rid`, as Chromium offers them); returns its mid.
+    pub fn push_simulcast(&mut self, c: usize, sid: &str, name: &str, rids: &[&str]) -> Mid {
+        let (offer, pending, mid) = {
+            let mut simulcast = str0m::media::Simulcast::new();
+            for rid in rids {
+                simulcast.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+            }
+            let mut sdp = self.clients[c].rtc().sdp_api();
+            let mid = sdp.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                None,
+                None,
+                Some(simulcast),
+            );
+            let (offer, pending) = sdp.apply().expect("offer");
+            (offer, pending, mid)
+        };
+        self.offers.push(offer.to_sdp_string());
+        let res = self
+            .engine
+            .tracks_new(
+                APP,
+                sid,
+                TracksNew::Local {
+                    offer: Some(offer.to_sdp_string().into()),
+                    auto_discover: false,
+                    tracks: vec![LocalTrack {
+                        mid: Some(mid.to_string()),
+                        track_name: Some(name.to_string()),
+                        ..Default::default()
+                    }],
+                },
+                self.now,
+            )
+            .expect("push");
+        assert!(res.tracks.iter().all(|t| t.error.is_none()), "{res:?}");
+        let answer = res.description.expect("answer");
+        self.accept_answer(c, pending, &answer.sdp);
+        mid
+    }
+
+    /// Client `c` writes one VP8 frame of simulcast layer `rid` on `mid` and everything it and
+    /// the engine send for it is delivered.
+    pub fn write_layer(&mut self, c: usize, mid: Mid, rid: &str, time: MediaTime, data: Vec<u8>) {
+        let now = self.now;
+        self.with_link(c, |core, send| core.handle_timeout(now, send));
+        self.deliver();
+        let pt = self.payload_type(c, mid, Codec::Vp8).pt();
+        self.clients[c]
+            .rtc()
+            .writer(mid)
+            .expect("writer")
+            .rid(str0m::media::Rid::from(rid))
+            .write(pt, now, time, data)
+            .expect("write");
+        self.with_link(c, |core, send| core.handle_timeout(now, send));
+        self.deliver();
+    }
+
     /// Client `c` takes the engine's answer to its offer.
     pub fn accept_answer(&mut self, c: usize, pending: SdpPendingOffer, sdp: &str) {
         let answer = SdpAnswer::from_sdp_string(sdp).expect("answer sdp");
@@ -238,23 +299,27 @@ impl World {
     /// Session `sid` (client `c`) pulls the given `(session, track)`s and answers the engine's
     /// offer; returns the response.
     pub fn pull(&mut self, c: usize, sid: &str, tracks: &[(&str, &str)]) -> TracksNewResult {
+        let tracks = tracks
+            .iter()
+            .map(|(s, t)| RemoteTrack {
+                session_id: Some(s.to_string()),
+                track_name: Some(t.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        self.pull_tracks(c, sid, tracks)
+    }
+
+    /// [`World::pull`] with the request's items as given (say with `simulcast`).
+    pub fn pull_tracks(
+        &mut self,
+        c: usize,
+        sid: &str,
+        tracks: Vec<RemoteTrack>,
+    ) -> TracksNewResult {
         let res = self
             .engine
-            .tracks_new(
-                APP,
-                sid,
-                TracksNew::Remote {
-                    tracks: tracks
-                        .iter()
-                        .map(|(s, t)| RemoteTrack {
-                            session_id: Some(s.to_string()),
-                            track_name: Some(t.to_string()),
-                            mid: None,
-                        })
-                        .collect(),
-                },
-                self.now,
-            )
+            .tracks_new(APP, sid, TracksNew::Remote { tracks }, self.now)
             .expect("pull");
         if let Some(offer) = &res.description {
             assert_eq!(offer.kind, SdpKind::Offer);

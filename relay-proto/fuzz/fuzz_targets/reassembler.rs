@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use trackmesh_relay_proto::media::{FragmentHeader, Reassembler, ReassemblerLimits};
+use trackmesh_relay_proto::media::{
+    FragmentHeader, MAX_RID_LEN, Reassembler, ReassemblerLimits, split_layer,
+};
 
 const BUDGET: usize = 128 * 1024;
 const MAX_FRAME: usize = 32 * 1024;
@@ -32,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = FragmentHeader::parse(datagram);
         if let Some(frame) = r.push(datagram, now) {
             assert!(frame.payload.len() <= MAX_FRAME);
+            if let Ok((rid, data)) = split_layer(&frame.payload) {
+                assert!(rid.is_none_or(|r| r.len() <= MAX_RID_LEN));
+                assert!(data.len() < frame.payload.len());
+            }
         }
         assert!(r.buffered_bytes() <= BUDGET);
         if *advance == 0xff {

@@ -307,8 +307,10 @@ impl<S: StatsCell> Core<S> {
                 let video = !d.params.spec().codec.is_audio();
                 let keyframe = video && d.is_keyframe();
                 let raw_samples = self.raw_samples;
-                self.stats
-                    .update(|s| s.on_frame(&d.mid, video, keyframe, &d.data, now, raw_samples));
+                self.stats.update(|s| {
+                    s.on_frame(&d.mid, video, keyframe, &d.data, now, raw_samples);
+                    s.on_frame_time(&d.mid, d.data.len(), d.time, now);
+                });
             }
             Event::ChannelData(d) => {
                 if self.channel_rx.len() >= MAX_CHANNEL_MESSAGES {
@@ -317,7 +319,8 @@ impl<S: StatsCell> Core<S> {
                 self.channel_rx.push_back((d.id, d.data, now));
             }
             Event::KeyframeRequest(r) => {
-                self.stats.update(|s| s.on_keyframe_request(&r.mid));
+                self.stats
+                    .update(|s| s.on_keyframe_request(&r.mid, r.rid.as_deref()));
                 if let Some(s) = self.sending.iter_mut().find(|s| s.mid == r.mid) {
                     s.source.request_keyframe();
                 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, MediaTime};
 
 use crate::media::{micros_since_origin, read_stamp};
 use crate::stats::Histogram;
@@ -52,6 +52,18 @@ pub struct TrackRx {
     /// How old the first received frame was (µs from its send time), e.g. a cached keyframe.
     pub first_frame_age_us: Option<u64>,
     pub window: RxWindow,
+    /// Size of the last frame (tells simulcast layers apart when they differ in size).
+    pub last_len: u64,
+    /// RTP media time of the last frame (clock ticks, as str0m extends it).
+    pub last_time: Option<u64>,
+    /// Frames whose media time was below the previous frame's.
+    pub time_backwards: u64,
+    /// Largest step between two consecutive frames' media times.
+    pub max_time_step: u64,
+    /// Largest difference (µs) between two consecutive frames' media time step and the time
+    /// between their arrivals: media time that runs with the wallclock keeps it small.
+    pub max_time_drift_us: u64,
+    last_arrival: Option<Instant>,
 }
 
 impl TrackRx {
@@ -68,6 +80,12 @@ impl TrackRx {
             stamped: 0,
             first_frame_age_us: None,
             window: RxWindow::default(),
+            last_len: 0,
+            last_time: None,
+            time_backwards: 0,
+            max_time_step: 0,
+            max_time_drift_us: 0,
+            last_arrival: None,
         }
     }
 }
@@ -123,6 +141,8 @@ pub struct ClientStats {
     pub tx: HashMap<String, TrackTx>,
     /// Keyframe requests (PLI/FIR) received from the remote, per mid.
     pub keyframe_requests: HashMap<String, u64>,
+    /// The same for simulcast layers, per rid.
+    pub layer_keyframe_requests: HashMap<String, u64>,
     /// Datagrams the socket did not take.
     pub send_errors: u64,
     /// Errors from str0m or the socket, first few; a fatal one stops the driver.
@@ -147,6 +167,7 @@ impl ClientStats {
             rx: HashMap::new(),
             tx: HashMap::new(),
             keyframe_requests: HashMap::new(),
+            layer_keyframe_requests: HashMap::new(),
             send_errors: 0,
             errors: Vec::new(),
             raw: Vec::new(),
@@ -174,8 +195,37 @@ impl ClientStats {
         slot(&mut self.rx, mid, || TrackRx::new(kind));
     }
 
-    pub(super) fn on_keyframe_request(&mut self, mid: &str) {
+    pub(super) fn on_keyframe_request(&mut self, mid: &str, rid: Option<&str>) {
         *slot(&mut self.keyframe_requests, mid, || 0) += 1;
+        if let Some(rid) = rid {
+            *slot(&mut self.layer_keyframe_requests, rid, || 0) += 1;
+        }
+    }
+
+    /// Account a received frame's size and media time (after [`Self::on_frame`]).
+    pub(super) fn on_frame_time(&mut self, mid: &str, len: usize, time: MediaTime, now: Instant) {
+        let Some(t) = self.rx.get_mut(mid) else {
+            return;
+        };
+        t.last_len = len as u64;
+        let time_us = |ticks: u64| {
+            let hz = u128::from(time.frequency().get().max(1));
+            u64::try_from(u128::from(ticks) * 1_000_000 / hz).unwrap_or(u64::MAX)
+        };
+        if let (Some(last), Some(last_at)) = (t.last_time, t.last_arrival) {
+            match time.numer().checked_sub(last) {
+                Some(step) => {
+                    t.max_time_step = t.max_time_step.max(step);
+                    let arrived_us = now.saturating_duration_since(last_at).as_micros();
+                    let arrived_us = u64::try_from(arrived_us).unwrap_or(u64::MAX);
+                    let drift = time_us(step).abs_diff(arrived_us);
+                    t.max_time_drift_us = t.max_time_drift_us.max(drift);
+                }
+                None => t.time_backwards += 1,
+            }
+        }
+        t.last_time = Some(time.numer());
+        t.last_arrival = Some(now);
     }
 
     /// Account one received frame: counters, then loss and latency from its stamp.
@@ -409,9 +459,9 @@ mod tests {
             "negotiated, no frame yet"
         );
 
-        s.on_keyframe_request("1");
-        s.on_keyframe_request("1");
-        s.on_keyframe_request("2");
+        s.on_keyframe_request("1", None);
+        s.on_keyframe_request("1", None);
+        s.on_keyframe_request("2", None);
         assert_eq!(s.keyframe_requests["1"], 2);
         assert_eq!(s.total_keyframe_requests(), 3);
     }

@@ -19,6 +19,7 @@ mod rooms;
 mod security_api;
 mod security_gossip;
 mod security_http;
+mod simulcast;
 mod tokens;
 mod transport;
 mod turn;

@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     pub frames_lost: AtomicU64,
     /// One dial per peer at a time, so concurrent pulls share one link.
     pub dialing: Mutex<HashMap<NodeId, PullLock>>,
+    /// Frames from other nodes dropped because their rid prefix was malformed.
+    pub malformed_frames: AtomicU64,
     /// Control messages dropped because a link's control queue was full.
     pub control_drops: AtomicU64,
     /// Frames for other nodes not sent: too large to fragment, or refused by the QUIC link.
@@ -240,6 +242,8 @@ pub struct RelayFigures {
     pub engine_queue_drops: u64,
     /// Frames from other nodes that never arrived (gaps in a link's frame numbers).
     pub frames_lost: u64,
+    /// Frames from other nodes dropped: malformed rid prefix.
+    pub malformed_frames: u64,
     /// Control messages dropped on a full link control queue.
     pub control_drops: u64,
     /// Frames for other nodes not sent (too large, or refused by the link).
@@ -347,6 +351,7 @@ impl Relay {
             engine_queue_drops: AtomicU64::new(0),
             frames_lost: AtomicU64::new(0),
             dialing: Mutex::new(HashMap::new()),
+            malformed_frames: AtomicU64::new(0),
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
             dc_stream_drops: AtomicU64::new(0),
@@ -551,6 +556,7 @@ impl Relay {
             pull_failures: self.inner.failures.counts(),
             engine_queue_drops: self.inner.engine_queue_drops.load(Ordering::Relaxed),
             frames_lost: self.inner.frames_lost.load(Ordering::Relaxed),
+            malformed_frames: self.inner.malformed_frames.load(Ordering::Relaxed),
             control_drops: self.inner.control_drops.load(Ordering::Relaxed),
             send_drops: self.inner.send_drops.load(Ordering::Relaxed),
             dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),

@@ -14,7 +14,9 @@ use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
 use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
-use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
+use trackmesh_relay_proto::media::{
+    Fragmenter, Frame, Reassembler, ReassemblerLimits, layered_payload, split_layer,
+};
 
 use super::wire::{self, CONTROL_QUEUE};
 use super::{Inner, Link, PullError, Up};
@@ -338,6 +340,7 @@ async fn run_link(
 async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
     let mut reasm = Reassembler::new(ReassemblerLimits::default());
     let mut gaps = GapTracker::default();
+    let mut dropped_here: std::collections::HashSet<UpId> = std::collections::HashSet::new();
     while let Ok(d) = link.conn.read_datagram().await {
         inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
         let Some(frame) = reasm.push(&d, Instant::now()) else {
@@ -368,11 +371,25 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
         if let Some(u) = inner.state().ups.get(&up) {
             u.frames.fetch_add(1, Ordering::Relaxed);
         }
+        // The payload starts with the frame's simulcast rid; a malformed one drops the frame.
+        let Ok((rid, data)) = split_layer(&frame.payload) else {
+            inner.malformed_frames.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let frame = RelayFrame {
             rtp_time: frame.rtp_time,
             keyframe: frame.keyframe,
-            data: frame.payload.into(),
+            data: data.into(),
+            rid: rid.map(str0m::media::Rid::from),
         };
+        // A frame dropped here (below) is a gap too: tell the engine before the next one.
+        if dropped_here.contains(&up) {
+            if inner.relay_in.try_send(RelayIn::Gap { up }).is_err() {
+                inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            dropped_here.remove(&up);
+        }
         // A full queue means the engine is overloaded: this frame is dropped (and counted), the
         // link lives. A closed queue means the engine stopped; the link ends with the node.
         if inner
@@ -381,6 +398,9 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
             .is_err()
         {
             inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+            if dropped_here.len() < MAX_SUBS_SEEN {
+                dropped_here.insert(up);
+            }
         }
     }
 }
@@ -518,12 +538,17 @@ pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>)
                 };
                 let n = seq.entry(down).or_insert(0);
                 *n = n.wrapping_add(1);
+                // Rids come from str0m (at most 8 letters, digits or '_'): always valid here.
+                let Some(payload) = layered_payload(frame.rid.as_deref(), &frame.data) else {
+                    inner.send_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let f = Frame {
                     sub: d.sub,
                     frame_seq: *n,
                     rtp_time: frame.rtp_time,
                     keyframe: frame.keyframe,
-                    payload: frame.data.to_vec(),
+                    payload,
                 };
                 let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
                     inner.send_drops.fetch_add(1, Ordering::Relaxed);

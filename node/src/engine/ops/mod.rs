@@ -39,6 +39,7 @@ use super::TrackError;
 use super::client_sdp::ClientOffer;
 use super::sdp::candidates_in_every_section;
 use super::session::Location;
+use super::simulcast::Prefs;
 use crate::ids::{DownId, SessionId};
 
 /// Most tracks in one API call (Calls' limit).
@@ -87,6 +88,17 @@ pub struct RemoteTrack {
     /// `#<localTrackName>`: send into the transceiver that carries that local track; with a
     /// client offer, the offer's receiving section to send into.
     pub mid: Option<String>,
+    /// `simulcast`: which layer of a layered publication to receive, and the fallback policy.
+    pub simulcast: Option<Prefs>,
+}
+
+/// A pulled track's simulcast state, echoed in responses and `GET sessions/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SimulcastView {
+    /// What the subscriber asked for.
+    pub prefs: Prefs,
+    /// The layer it receives now (none before its first frame, or for an unlayered track).
+    pub current_rid: Option<str0m::media::Rid>,
 }
 
 /// A checked `tracks/new` request: one body carries either publications or pulls, never both.
@@ -134,6 +146,8 @@ pub struct TrackResult {
     pub mid: String,
     /// Why this track failed, while the others may have succeeded.
     pub error: Option<TrackError>,
+    /// For a pull with `simulcast`: the request, echoed.
+    pub simulcast: Option<SimulcastView>,
 }
 
 /// What `tracks/new` hands back to the client.
@@ -156,6 +170,8 @@ pub struct UpdateTrack {
     pub session_id: Option<String>,
     /// The new source's publication name.
     pub track_name: Option<String>,
+    /// `simulcast`: a new layer choice (`preferredRid`) for the mid.
+    pub simulcast: Option<Prefs>,
 }
 
 /// What `tracks/close` hands back to the client.
@@ -239,6 +255,8 @@ pub struct TrackStatus {
     pub session_id: Option<String>,
     /// Still carrying media: not closed and still mapped to its transceiver.
     pub active: bool,
+    /// For a pull of a layered publication or with `simulcast`: the request and current layer.
+    pub simulcast: Option<SimulcastView>,
 }
 
 pub(super) fn answer_desc(answer: SdpAnswer) -> SessionDesc {

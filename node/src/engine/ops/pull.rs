@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use str0m::media::{Direction, MediaKind, Mid};
 
-use super::{RemoteTrack, SdpKind, SessionDesc, TrackResult, TracksNewResult};
+use super::{RemoteTrack, SdpKind, SessionDesc, SimulcastView, TrackResult, TracksNewResult};
 use crate::engine::publications::TrackKey;
 use crate::engine::sdp::candidates_in_every_section;
+use crate::engine::simulcast::Prefs;
 use crate::engine::{Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
@@ -22,13 +23,17 @@ impl Engine {
         let app = self.sessions[&sid].app.clone();
         let mut results = Vec::new();
         // (result index, publication, kind) of the items that need a new transceiver.
-        let mut wanted: Vec<(usize, TrackKey, MediaKind)> = Vec::new();
-        let mut into_existing: Vec<(usize, TrackKey, Mid)> = Vec::new();
+        let mut wanted: Vec<(usize, TrackKey, MediaKind, Option<Prefs>)> = Vec::new();
+        let mut into_existing: Vec<(usize, TrackKey, Mid, Option<Prefs>)> = Vec::new();
         for t in tracks {
             let mut r = TrackResult {
                 location: None,
                 session_id: t.session_id.clone(),
                 track_name: t.track_name.clone(),
+                simulcast: t.simulcast.map(|prefs| SimulcastView {
+                    prefs,
+                    current_rid: None,
+                }),
                 ..TrackResult::default()
             };
             let (Some(pub_session), Some(name)) =
@@ -54,7 +59,7 @@ impl Engine {
                             .is_some_and(|m| m.direction() == Direction::SendRecv)
                             && !s.remote_by_mid.contains_key(&mid) =>
                     {
-                        into_existing.push((results.len(), key, mid));
+                        into_existing.push((results.len(), key, mid, t.simulcast));
                     }
                     _ => {
                         r.error = Some(TrackError::InvalidParams(format!(
@@ -65,7 +70,7 @@ impl Engine {
                 results.push(r);
                 continue;
             }
-            wanted.push((results.len(), key, kind));
+            wanted.push((results.len(), key, kind, t.simulcast));
             results.push(r);
         }
 
@@ -81,7 +86,7 @@ impl Engine {
                 sdp.ice_restart(true);
             }
             let mut mids = Vec::new();
-            for (_, key, kind) in &wanted {
+            for (_, key, kind, _) in &wanted {
                 // msid: the publisher's session as stream id, the track name as track id.
                 mids.push(sdp.add_media(
                     *kind,
@@ -99,14 +104,14 @@ impl Engine {
                     sdp: candidates_in_every_section(&o.to_sdp_string()),
                 });
             }
-            for ((i, key, _), mid) in wanted.into_iter().zip(mids) {
+            for ((i, key, _, prefs), mid) in wanted.into_iter().zip(mids) {
                 results[i].mid = mid.to_string();
-                self.subscribe(sid, mid, key, now);
+                self.subscribe(sid, mid, key, prefs, now);
             }
         }
-        for (i, key, mid) in into_existing {
+        for (i, key, mid, prefs) in into_existing {
             results[i].mid = mid.to_string();
-            self.subscribe(sid, mid, key, now);
+            self.subscribe(sid, mid, key, prefs, now);
             // The transceiver is already negotiated: media can start now.
             self.request_keyframes_for(sid, now);
         }

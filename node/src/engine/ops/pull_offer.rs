@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use str0m::media::Mid;
 
-use super::{RemoteTrack, TrackResult, TracksNewResult, answer_desc};
+use super::{RemoteTrack, SimulcastView, TrackResult, TracksNewResult, answer_desc};
 use crate::engine::transport::OfferTransport;
 use crate::engine::{ClientOffer, Engine, OpError, TrackError};
 use crate::ids::SessionId;
@@ -67,7 +67,11 @@ impl Engine {
                 continue;
             }
             r.mid = mid_str;
-            self.subscribe(sid, mid, key, now);
+            r.simulcast = t.simulcast.map(|prefs| SimulcastView {
+                prefs,
+                current_rid: None,
+            });
+            self.subscribe(sid, mid, key, t.simulcast, now);
             attached = true;
             results.push(r);
         }

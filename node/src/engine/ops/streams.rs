@@ -106,7 +106,7 @@ impl Engine {
                     e.track_name = name.clone();
                     e.remote = Some((publisher, name.clone()));
                 }
-                self.subscribe(viewer, mid, (publisher, name), now);
+                self.subscribe(viewer, mid, (publisher, name), None, now);
                 attached = true;
             }
         }

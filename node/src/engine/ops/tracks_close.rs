@@ -101,6 +101,7 @@ impl Engine {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.local_by_mid.remove(&mid);
             s.remote_by_mid.remove(&mid);
+            s.simulcast.remove(&mid);
             if let Some(e) = s.active_entry_mut(mid) {
                 e.closed = true;
             }

@@ -4,8 +4,12 @@ use std::time::Instant;
 
 use str0m::media::Mid;
 
-use super::{MAX_TRACKS_PER_CALL, TrackResult, UpdateTrack};
+use str0m::media::Rid;
+
+use super::{MAX_TRACKS_PER_CALL, SimulcastView, TrackResult, UpdateTrack};
+use crate::engine::TrackKey;
 use crate::engine::session::Location;
+use crate::engine::simulcast::Prefs;
 use crate::engine::{Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
@@ -61,6 +65,26 @@ impl Engine {
                     continue;
                 }
             };
+            r.simulcast = t.simulcast.map(|prefs| SimulcastView {
+                prefs,
+                current_rid: None,
+            });
+            // Same publication with `simulcast`: only the layer choice changes; the switch
+            // happens on the new layer's keyframe, the old one flowing until then.
+            let same = self.sessions[&sid].remote_by_mid.get(&mid) == Some(&key);
+            if let (true, Some(prefs)) = (same, t.simulcast) {
+                match self.update_layer(sid, mid, &key, prefs, now) {
+                    Ok(current_rid) => {
+                        r.simulcast = Some(SimulcastView { prefs, current_rid });
+                    }
+                    Err(e) => {
+                        r.error = Some(e);
+                        r.mid = String::new();
+                    }
+                }
+                results.push(r);
+                continue;
+            }
             let want_kind = self.sessions[&sid].rtc.media(mid).map(|m| m.kind());
             match self.publications.get(&key).filter(|p| *p.app == *app) {
                 Some(p) if Some(p.kind) == want_kind => {}
@@ -88,12 +112,49 @@ impl Engine {
                 e.track_name = key.1.clone();
                 e.remote = Some(key.clone());
             }
-            self.subscribe(sid, mid, key.clone(), now);
+            self.subscribe(sid, mid, key.clone(), t.simulcast, now);
             self.serve_cached_keyframe(sid, mid, &key, now);
-            self.request_keyframe(&key, now);
+            // Of a layered publication, only the layer this mid starts on.
+            self.request_subscriber_keyframe(&key, None, sid, mid, now);
             results.push(r);
         }
         self.process_work(now);
         Ok(results)
+    }
+
+    /// A new simulcast choice for a mid that receives `key`: `update_track_error` when the
+    /// publication has no layers. Returns the layer the subscriber receives until the switch.
+    fn update_layer(
+        &mut self,
+        sid: SessionId,
+        mid: Mid,
+        key: &TrackKey,
+        prefs: Prefs,
+        now: Instant,
+    ) -> Result<Option<Rid>, TrackError> {
+        let p = self.publications.get(key).ok_or(TrackError::NotFound)?;
+        if !p.layers.is_layered() {
+            return Err(TrackError::Update(
+                "the track is not simulcast: it has no layers to choose from".into(),
+            ));
+        }
+        if let Some(rid) = prefs.preferred_rid
+            && !p.layers.knows(rid)
+        {
+            return Err(TrackError::Update(format!(
+                "the track has no simulcast layer with rid {rid}"
+            )));
+        }
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or_else(|| TrackError::Internal("session vanished".into()))?;
+        let selector = s.simulcast.entry(mid).or_default();
+        let target = selector.set_prefs(prefs, &p.layers, now);
+        let current = selector.current();
+        if let Some(rid) = target {
+            self.request_layer_keyframe(key, rid, now);
+        }
+        Ok(current)
     }
 }

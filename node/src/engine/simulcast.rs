@@ -1,0 +1,724 @@
+//! Simulcast layer selection, free of I/O and of str0m's frame API so the packet path can reuse
+//! it as is: a publication's [`LayerTable`] says which layers (rids) exist and which are flowing,
+//! each subscriber's [`Selector`] picks ONE layer for it, switches only on a keyframe of the
+//! target layer, and keeps the subscriber's timestamps continuous across switches ([`Rebase`]).
+//!
+//! Inputs are plain values (a rid, a media time in clock ticks, an arrival instant, an SSRC when
+//! known); outputs are verdicts the caller acts on (forward with this time, skip, ask for a
+//! keyframe of this layer). The frame path calls it once per frame and subscriber; the packet
+//! path would call it once per frame start (the keyframe flag of the first packet) and map every
+//! packet's timestamp through the same [`Rebase`].
+
+use std::time::{Duration, Instant};
+
+use str0m::media::Rid;
+
+// A subscriber with no layer flowing waits at most this long for its target's keyframe, then
+// takes delta frames anyway, as for unlayered tracks.
+use super::KEYFRAME_WAIT_MAX;
+
+/// Most layers of one publication; more than this (Chromium sends 3) are dropped and counted.
+pub const MAX_LAYERS: usize = 3;
+/// A layer without frames for this long counts as stopped (str0m's own pause threshold is the
+/// same 1.5 s; this catches a layer that stops while str0m has not said so yet).
+pub const LAYER_IDLE_AFTER: Duration = Duration::from_millis(1500);
+/// A layer's media time that moves this much further from what its arrival times say is a
+/// jump (an encoder restart, a bad sender): the layer starts over at its next keyframe.
+pub const MAX_TIME_DRIFT: Duration = Duration::from_secs(5);
+
+/// `priorityOrdering` and `ridNotAvailable` of a Calls pull: both default to `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    /// No automatic move between layers.
+    #[default]
+    None,
+    /// Rids ranked by their ASCII order: `f` < `h` < `q`, the first one the best.
+    Asciibetical,
+}
+
+/// A subscriber's simulcast request (`simulcast` of a pull or `tracks/update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prefs {
+    /// The layer wanted; without one the best (asciibetically first) available layer.
+    pub preferred_rid: Option<Rid>,
+    /// `priorityOrdering`: accepted and echoed; moves driven by bandwidth are not made yet.
+    pub priority_ordering: Ordering,
+    /// `ridNotAvailable`: with `asciibetical`, a stopped preferred layer is replaced by the next
+    /// one in ASCII order (then the nearest before it); with `none` the subscriber waits for it.
+    pub rid_not_available: Ordering,
+}
+
+/// Why a layered frame was not taken into a publication's layer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its rid is not among the rids the publisher's SDP declared.
+    UnknownRid,
+    /// A layer past [`MAX_LAYERS`].
+    TooManyLayers,
+}
+
+/// What [`LayerTable::admit`] learnt about an accepted frame's layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The layer's index in the table.
+    pub index: usize,
+    /// The layer's epoch: it grows when the layer starts over (SSRC change, time jump), and
+    /// subscribers on it then wait for its next keyframe and re-base their timestamps.
+    pub epoch: u32,
+    /// The layer started over with this frame because its SSRC changed.
+    pub ssrc_changed: bool,
+    /// The layer started over with this frame because its media time jumped.
+    pub time_jumped: bool,
+}
+
+/// One layer of a publication, with the caller's per-layer data (`T`: the frame path keeps the
+/// layer's cached keyframe and keyframe-request timing there).
+#[derive(Debug, Clone)]
+pub struct Layer<T> {
+    /// Its rid.
+    pub rid: Rid,
+    /// Last accepted frame: arrival and media time (clock ticks).
+    last: Option<(Instant, u64)>,
+    ssrc: Option<u32>,
+    epoch: u32,
+    /// str0m reported the stream paused (and not resumed since).
+    paused: bool,
+    /// The caller's data for this layer.
+    pub data: T,
+}
+
+/// The layers of one publication, in ASCII order of their rids.
+#[derive(Debug, Clone)]
+pub struct LayerTable<T> {
+    /// Rids the publisher declared (`a=rid` in its SDP), at most [`MAX_LAYERS`]; `None` when it
+    /// declared none specifically, then the first [`MAX_LAYERS`] rids seen are taken.
+    declared: Option<Vec<Rid>>,
+    /// Declared rids past [`MAX_LAYERS`]: their frames are refused as too many layers.
+    excess: Vec<Rid>,
+    layers: Vec<Layer<T>>,
+}
+
+impl<T: Default> Default for LayerTable<T> {
+    fn default() -> Self {
+        LayerTable {
+            declared: None,
+            excess: Vec::new(),
+            layers: Vec::new(),
+        }
+    }
+}
+
+fn ascii_cmp(a: &Rid, b: &Rid) -> std::cmp::Ordering {
+    let (a, b): (&str, &str) = (a, b);
+    a.cmp(b)
+}
+
+impl<T: Default> LayerTable<T> {
+    /// Sets the rids the publisher declared; only the first [`MAX_LAYERS`] are kept, the rest
+    /// are refused as [`Refusal::TooManyLayers`]. Returns how many were dropped.
+    pub fn declare(&mut self, rids: &[Rid]) -> usize {
+        let kept: Vec<Rid> = rids.iter().take(MAX_LAYERS).copied().collect();
+        self.layers.retain(|l| kept.contains(&l.rid));
+        self.declared = Some(kept);
+        self.excess = rids.iter().skip(MAX_LAYERS).copied().collect();
+        rids.len().saturating_sub(MAX_LAYERS)
+    }
+
+    /// Whether the publisher declared its rids (the table was set up from its SDP).
+    pub fn is_declared(&self) -> bool {
+        self.declared.is_some()
+    }
+
+    /// Whether the publication is layered at all (declared rids, or layered frames seen).
+    pub fn is_layered(&self) -> bool {
+        self.declared.as_ref().is_some_and(|d| !d.is_empty()) || !self.layers.is_empty()
+    }
+
+    /// Whether `rid` is (or may become) one of this publication's layers.
+    pub fn knows(&self, rid: Rid) -> bool {
+        match &self.declared {
+            Some(d) => d.contains(&rid),
+            None => self.layers.iter().any(|l| l.rid == rid),
+        }
+    }
+
+    /// A layered frame arrived: its rid, media time (clock ticks), arrival, clock rate and, when
+    /// known, its SSRC. Refused frames must be dropped (and counted) by the caller.
+    pub fn admit(
+        &mut self,
+        rid: Rid,
+        time: u64,
+        arrival: Instant,
+        clock_hz: u32,
+        ssrc: Option<u32>,
+    ) -> Result<Admitted, Refusal> {
+        let index = match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => i,
+            None => {
+                match &self.declared {
+                    Some(d) if d.contains(&rid) => {}
+                    Some(d) if d.is_empty() && self.layers.len() < MAX_LAYERS => {}
+                    Some(d) if d.is_empty() => return Err(Refusal::TooManyLayers),
+                    Some(_) if self.excess.contains(&rid) => {
+                        return Err(Refusal::TooManyLayers);
+                    }
+                    Some(_) => return Err(Refusal::UnknownRid),
+                    None if self.layers.len() < MAX_LAYERS => {}
+                    None => return Err(Refusal::TooManyLayers),
+                }
+                let layer = Layer {
+                    rid,
+                    last: None,
+                    ssrc,
+                    epoch: 0,
+                    paused: false,
+                    data: T::default(),
+                };
+                let at = self
+                    .layers
+                    .iter()
+                    .position(|l| ascii_cmp(&l.rid, &rid).is_gt())
+                    .unwrap_or(self.layers.len());
+                self.layers.insert(at, layer);
+                at
+            }
+        };
+        let Some(layer) = self.layers.get_mut(index) else {
+            return Err(Refusal::UnknownRid);
+        };
+        let ssrc_changed = matches!((layer.ssrc, ssrc), (Some(a), Some(b)) if a != b);
+        if ssrc.is_some() {
+            layer.ssrc = ssrc;
+        }
+        let time_jumped = layer
+            .last
+            .is_some_and(|(at, t)| time_jumps(at, t, arrival, time, clock_hz));
+        if ssrc_changed || time_jumped {
+            layer.epoch = layer.epoch.wrapping_add(1);
+        }
+        layer.last = Some((arrival, time));
+        layer.paused = false;
+        Ok(Admitted {
+            index,
+            epoch: layer.epoch,
+            ssrc_changed,
+            time_jumped,
+        })
+    }
+
+    /// str0m reported a layer's stream paused or resumed.
+    pub fn set_paused(&mut self, rid: Rid, paused: bool) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid) {
+            l.paused = paused;
+        }
+    }
+
+    /// Whether a layer is flowing: frames within [`LAYER_IDLE_AFTER`] and not paused.
+    pub fn available(&self, rid: Rid, now: Instant) -> bool {
+        self.layers
+            .iter()
+            .find(|l| l.rid == rid)
+            .is_some_and(|l| layer_flowing(l, now))
+    }
+
+    /// The flowing layers' rids, in ASCII order.
+    pub fn flowing(&self, now: Instant) -> impl Iterator<Item = Rid> + '_ {
+        self.layers
+            .iter()
+            .filter(move |l| layer_flowing(l, now))
+            .map(|l| l.rid)
+    }
+
+    /// The layer of `rid`.
+    pub fn layer(&self, rid: Rid) -> Option<&Layer<T>> {
+        self.layers.iter().find(|l| l.rid == rid)
+    }
+
+    /// The layer of `rid`, to update the caller's data.
+    pub fn layer_mut(&mut self, rid: Rid) -> Option<&mut Layer<T>> {
+        self.layers.iter_mut().find(|l| l.rid == rid)
+    }
+
+    /// The layer at `index` (as [`Admitted::index`] gave it).
+    pub fn at_mut(&mut self, index: usize) -> Option<&mut Layer<T>> {
+        self.layers.get_mut(index)
+    }
+
+    /// Every layer, in ASCII order of the rids.
+    pub fn layers(&self) -> &[Layer<T>] {
+        &self.layers
+    }
+
+    /// Every layer, to update the caller's data.
+    pub fn layers_mut(&mut self) -> &mut [Layer<T>] {
+        &mut self.layers
+    }
+
+    /// The layer a subscriber with `prefs` should receive now, if any.
+    pub fn choose(&self, prefs: &Prefs, now: Instant) -> Option<Rid> {
+        let Some(preferred) = prefs.preferred_rid else {
+            return self.flowing(now).next();
+        };
+        if self.available(preferred, now) {
+            return Some(preferred);
+        }
+        match prefs.rid_not_available {
+            // Wait for the preferred layer.
+            Ordering::None => Some(preferred),
+            Ordering::Asciibetical => {
+                let flowing: Vec<Rid> = self.flowing(now).collect();
+                flowing
+                    .iter()
+                    .find(|r| ascii_cmp(r, &preferred).is_gt())
+                    .or_else(|| {
+                        flowing
+                            .iter()
+                            .rev()
+                            .find(|r| ascii_cmp(r, &preferred).is_lt())
+                    })
+                    .copied()
+                    .or(Some(preferred))
+            }
+        }
+    }
+}
+
+impl<T> Layer<T> {
+    /// The layer's epoch (see [`Admitted::epoch`]).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+}
+
+fn layer_flowing<T>(l: &Layer<T>, now: Instant) -> bool {
+    !l.paused
+        && l.last
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < LAYER_IDLE_AFTER)
+}
+
+/// Whether a media time moved further than [`MAX_TIME_DRIFT`] from what the arrival times say.
+fn time_jumps(prev_at: Instant, prev: u64, at: Instant, time: u64, clock_hz: u32) -> bool {
+    let clock = u128::from(clock_hz.max(1));
+    let elapsed = ticks(at.saturating_duration_since(prev_at), clock);
+    let tolerance = ticks(MAX_TIME_DRIFT, clock);
+    let moved = i128::from(time) - i128::from(prev);
+    (moved - elapsed as i128).unsigned_abs() > tolerance
+}
+
+fn ticks(d: Duration, clock: u128) -> u128 {
+    d.as_micros().saturating_mul(clock) / 1_000_000
+}
+
+/// A subscriber's media times: each layer has its own RTP time base, so the subscriber's time
+/// is the source time plus an offset chosen at every switch (or restart of its layer), such that
+/// it goes on from the last time sent by the wallclock time elapsed. Never goes backwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebase {
+    /// Added (wrapping) to the source time.
+    offset: u64,
+    /// The last time handed out and when its frame arrived.
+    last: Option<(u64, Instant)>,
+}
+
+impl Rebase {
+    /// The subscriber's time for a frame of source time `time` that arrived at `arrival`;
+    /// `resync` at the first frame after a switch or a restart of the layer.
+    pub fn map(&mut self, time: u64, arrival: Instant, clock_hz: u32, resync: bool) -> u64 {
+        let out = match self.last {
+            None => {
+                self.offset = 0;
+                time
+            }
+            Some((last, last_at)) if resync => {
+                let elapsed = ticks(
+                    arrival.saturating_duration_since(last_at),
+                    u128::from(clock_hz.max(1)),
+                );
+                let step = u64::try_from(elapsed).unwrap_or(u64::MAX).max(1);
+                let out = last.saturating_add(step);
+                self.offset = out.wrapping_sub(time);
+                out
+            }
+            // Within a layer the source times are in order; a frame older than the last one
+            // sent (should not happen after the table's jump check) is held at the last time.
+            Some((last, _)) => time.wrapping_add(self.offset).max(last),
+        };
+        self.last = Some((out, arrival));
+        out
+    }
+}
+
+/// What a subscriber does with one frame of a layered publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it, with this media time.
+    Forward {
+        /// The subscriber's media time for the frame.
+        time: u64,
+        /// This frame starts a layer for the subscriber (a switch, or its first frame).
+        switched: bool,
+    },
+    /// Not this subscriber's layer (or not yet: it keeps its old layer until the switch).
+    Skip,
+    /// The subscriber's target layer, but a delta frame: ask that layer for a keyframe.
+    WantKeyframe,
+}
+
+/// One frame of a layer, as a [`Selector`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerFrame {
+    /// The layer's rid.
+    pub rid: Rid,
+    /// The layer's epoch when the frame was admitted ([`Admitted::epoch`]).
+    pub epoch: u32,
+    /// A keyframe: a subscriber can start on the layer here.
+    pub keyframe: bool,
+    /// The frame's source media time, in clock ticks.
+    pub time: u64,
+    /// When it arrived.
+    pub arrival: Instant,
+}
+
+/// One subscriber's layer choice: its preferences, the layer it receives and the one it moves
+/// to on that layer's next keyframe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selector {
+    /// What the subscriber asked for.
+    pub prefs: Prefs,
+    /// The layer being forwarded and its epoch.
+    current: Option<(Rid, u32)>,
+    /// The layer it should receive, as last chosen.
+    target: Option<Rid>,
+    /// Since when it has had no flowing layer and waited for the target's keyframe.
+    starved_since: Option<Instant>,
+    rebase: Rebase,
+}
+
+impl Selector {
+    /// A selector for `prefs`, receiving nothing yet.
+    pub fn new(prefs: Prefs) -> Selector {
+        Selector {
+            prefs,
+            ..Selector::default()
+        }
+    }
+
+    /// The layer being forwarded to the subscriber.
+    pub fn current(&self) -> Option<Rid> {
+        self.current.map(|(r, _)| r)
+    }
+
+    /// The layer the subscriber is moving to, when it differs from the current one.
+    pub fn switching_to(&self) -> Option<Rid> {
+        self.target.filter(|t| Some(*t) != self.current())
+    }
+
+    /// New preferences (`tracks/update`); the switch happens on the target's next keyframe.
+    /// Returns the layer to ask a keyframe of, if the subscriber now has to move.
+    pub fn set_prefs<T: Default>(
+        &mut self,
+        prefs: Prefs,
+        table: &LayerTable<T>,
+        now: Instant,
+    ) -> Option<Rid> {
+        self.prefs = prefs;
+        self.target = table.choose(&self.prefs, now);
+        self.switching_to()
+    }
+
+    /// A frame of one of the publication's layers; `clock_hz` is the codec clock.
+    pub fn on_frame<T: Default>(
+        &mut self,
+        table: &LayerTable<T>,
+        f: LayerFrame,
+        clock_hz: u32,
+    ) -> Verdict {
+        self.target = table.choose(&self.prefs, f.arrival);
+        let on_current = self.current == Some((f.rid, f.epoch));
+        if self.target == Some(f.rid) && !on_current {
+            // With no layer flowing to it the subscriber starves; past the wait it takes the
+            // delta frames (while the old layer flows, that one is better than broken frames).
+            let starved = self
+                .current
+                .is_none_or(|(rid, _)| !table.available(rid, f.arrival));
+            let since = match (starved, self.starved_since) {
+                (false, _) => None,
+                (true, None) => Some(f.arrival),
+                (true, Some(t)) => Some(t),
+            };
+            self.starved_since = since;
+            let gives_up =
+                since.is_some_and(|t| f.arrival.saturating_duration_since(t) >= KEYFRAME_WAIT_MAX);
+            if !f.keyframe && !gives_up {
+                return Verdict::WantKeyframe;
+            }
+            self.starved_since = None;
+            self.current = Some((f.rid, f.epoch));
+            let time = self.rebase.map(f.time, f.arrival, clock_hz, true);
+            return Verdict::Forward {
+                time,
+                switched: true,
+            };
+        }
+        // The current layer; while another one is the target, it keeps flowing until the
+        // target's keyframe arrives.
+        if on_current {
+            let time = self.rebase.map(f.time, f.arrival, clock_hz, false);
+            return Verdict::Forward {
+                time,
+                switched: false,
+            };
+        }
+        Verdict::Skip
+    }
+}
+
+/// Parses a rid as the API gives it (RFC 8851 `rid-id`, which str0m holds up to 8 characters):
+/// `None` for anything else, which the API refuses rather than silently truncating.
+pub fn parse_rid(s: &str) -> Option<Rid> {
+    let ok = !s.is_empty()
+        && s.len() <= 8
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| Rid::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOCK: u32 = 90_000;
+
+    fn rid(s: &str) -> Rid {
+        Rid::from(s)
+    }
+
+    /// A table with `f`, `h`, `q` declared, each having sent one frame at `at`.
+    fn table(at: Instant) -> LayerTable<()> {
+        let mut t = LayerTable::default();
+        t.declare(&[rid("q"), rid("h"), rid("f")]);
+        for (i, r) in ["q", "h", "f"].into_iter().enumerate() {
+            t.admit(rid(r), 1000 * i as u64, at, CLOCK, Some(i as u32))
+                .expect("declared");
+        }
+        t
+    }
+
+    fn frame(r: &str, keyframe: bool, time: u64, arrival: Instant) -> LayerFrame {
+        LayerFrame {
+            rid: rid(r),
+            epoch: 0,
+            keyframe,
+            time,
+            arrival,
+        }
+    }
+
+    #[test]
+    fn layers_are_kept_in_ascii_order_and_bounded() {
+        let now = Instant::now();
+        let mut t: LayerTable<()> = LayerTable::default();
+        assert_eq!(t.declare(&[rid("q"), rid("h"), rid("f"), rid("z")]), 1);
+        for r in ["q", "f", "h"] {
+            t.admit(rid(r), 0, now, CLOCK, None).expect("declared");
+        }
+        let order: Vec<String> = t.layers().iter().map(|l| l.rid.to_string()).collect();
+        assert_eq!(order, ["f", "h", "q"]);
+        assert_eq!(
+            t.admit(rid("z"), 0, now, CLOCK, None),
+            Err(Refusal::TooManyLayers)
+        );
+        assert_eq!(
+            t.admit(rid("y"), 0, now, CLOCK, None),
+            Err(Refusal::UnknownRid)
+        );
+        // Undeclared rids: the first three seen are the layers.
+        let mut t: LayerTable<()> = LayerTable::default();
+        for r in ["a", "b", "c"] {
+            t.admit(rid(r), 0, now, CLOCK, None).expect("room");
+        }
+        assert_eq!(
+            t.admit(rid("d"), 0, now, CLOCK, None),
+            Err(Refusal::TooManyLayers)
+        );
+    }
+
+    #[test]
+    fn an_ssrc_change_or_a_time_jump_starts_the_layer_over() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let later = now + Duration::from_millis(33);
+        let a = t
+            .admit(rid("f"), 2000 + 2970, later, CLOCK, Some(2))
+            .expect("f");
+        assert_eq!((a.epoch, a.ssrc_changed, a.time_jumped), (0, false, false));
+        let a = t.admit(rid("f"), 8000, later, CLOCK, Some(99)).expect("f");
+        assert!(a.ssrc_changed && !a.time_jumped);
+        assert_eq!(a.epoch, 1);
+        let a = t
+            .admit(rid("f"), 8000 + 60 * 90_000, later, CLOCK, Some(99))
+            .expect("f");
+        assert!(a.time_jumped && !a.ssrc_changed);
+        assert_eq!(a.epoch, 2);
+        // Backwards is a jump too.
+        let a = t.admit(rid("f"), 0, later, CLOCK, Some(99)).expect("f");
+        assert!(a.time_jumped);
+    }
+
+    #[test]
+    fn the_choice_follows_preference_and_fallback_policy() {
+        let now = Instant::now();
+        let t = table(now);
+        let any = Prefs::default();
+        assert_eq!(t.choose(&any, now), Some(rid("f")), "the best layer");
+        let h = Prefs {
+            preferred_rid: Some(rid("h")),
+            ..Prefs::default()
+        };
+        assert_eq!(t.choose(&h, now), Some(rid("h")));
+
+        // Only q flows on: h waits with `none`, falls back to q with `asciibetical`.
+        let mut t = t;
+        let later = now + LAYER_IDLE_AFTER;
+        t.admit(rid("q"), 1000 + 135_000, later, CLOCK, Some(0))
+            .expect("q");
+        assert_eq!(t.choose(&h, later), Some(rid("h")), "waits");
+        let h_fallback = Prefs {
+            rid_not_available: Ordering::Asciibetical,
+            ..h
+        };
+        assert_eq!(t.choose(&h_fallback, later), Some(rid("q")));
+        // From the last layer the fallback goes to the nearest before it.
+        t.set_paused(rid("q"), true);
+        t.admit(rid("f"), 2000 + 135_000, later, CLOCK, Some(2))
+            .expect("f");
+        let q_fallback = Prefs {
+            preferred_rid: Some(rid("q")),
+            ..h_fallback
+        };
+        assert_eq!(t.choose(&q_fallback, later), Some(rid("f")));
+        assert_eq!(t.choose(&any, later), Some(rid("f")));
+    }
+
+    #[test]
+    fn a_switch_waits_for_the_target_keyframe_and_times_stay_continuous() {
+        let start = Instant::now();
+        let t = table(start);
+        let mut sel = Selector::new(Prefs {
+            preferred_rid: Some(rid("h")),
+            ..Prefs::default()
+        });
+        // Delta first: nothing, and a keyframe is wanted.
+        assert_eq!(
+            sel.on_frame(&t, frame("h", false, 1000, start), CLOCK),
+            Verdict::WantKeyframe
+        );
+        assert_eq!(
+            sel.on_frame(&t, frame("f", true, 2000, start), CLOCK),
+            Verdict::Skip
+        );
+        let mut out = Vec::new();
+        let mut at = start;
+        // Each layer has its own time base, far apart.
+        let base = |r: &str| match r {
+            "f" => 10_000_000u64,
+            "h" => 50_000_000,
+            _ => 90_000_000,
+        };
+        for n in 0..30u64 {
+            at += Duration::from_millis(33);
+            if n == 10 {
+                assert_eq!(sel.set_prefs(Prefs::default(), &t, at), Some(rid("f")));
+            }
+            for r in ["f", "h", "q"] {
+                let keyframe = n == 0 || (r == "f" && n == 15);
+                match sel.on_frame(&t, frame(r, keyframe, base(r) + n * 2970, at), CLOCK) {
+                    Verdict::Forward { time, .. } => out.push((r, time, at)),
+                    Verdict::Skip | Verdict::WantKeyframe => {}
+                }
+            }
+        }
+        // h until f's keyframe at round 15 (not at the request in round 10), then f.
+        let layers: Vec<&str> = out.iter().map(|(r, _, _)| *r).collect();
+        assert_eq!(&layers[..15], &["h"; 15]);
+        assert_eq!(layers.len(), 30, "one frame per round");
+        assert!(layers[15..].iter().all(|r| *r == "f"));
+        assert_eq!(sel.current(), Some(rid("f")));
+        for pair in out.windows(2) {
+            let ((_, t0, a0), (_, t1, a1)) = (pair[0], pair[1]);
+            assert!(t1 >= t0, "monotonic");
+            let ticks = (a1 - a0).as_micros() as u64 * 90 / 1000;
+            assert!(
+                t1 - t0 <= ticks + 30,
+                "no jump: {} ticks for {ticks}",
+                t1 - t0
+            );
+        }
+    }
+
+    #[test]
+    fn a_restarted_layer_is_resumed_on_its_keyframe_without_a_jump() {
+        let start = Instant::now();
+        let t = table(start);
+        let mut sel = Selector::new(Prefs::default());
+        let Verdict::Forward { time: t0, .. } =
+            sel.on_frame(&t, frame("f", true, 5_000, start), CLOCK)
+        else {
+            panic!("starts on f's keyframe");
+        };
+        let at = start + Duration::from_millis(100);
+        let restarted = LayerFrame {
+            epoch: 1,
+            ..frame("f", false, 77, at)
+        };
+        assert_eq!(sel.on_frame(&t, restarted, CLOCK), Verdict::WantKeyframe);
+        let restarted = LayerFrame {
+            keyframe: true,
+            ..restarted
+        };
+        let Verdict::Forward { time, switched } = sel.on_frame(&t, restarted, CLOCK) else {
+            panic!("resumes on the keyframe");
+        };
+        assert!(switched);
+        assert_eq!(time, t0 + 9_000, "100 ms on");
+    }
+
+    #[test]
+    fn a_starving_subscriber_takes_deltas_after_the_keyframe_wait() {
+        let start = Instant::now();
+        let mut t: LayerTable<()> = LayerTable::default();
+        let mut sel = Selector::new(Prefs::default());
+        let mut verdicts = Vec::new();
+        for n in 0..100u64 {
+            let at = start + Duration::from_millis(33 * n);
+            let a = t.admit(rid("f"), n * 2970, at, CLOCK, None).expect("room");
+            let f = LayerFrame {
+                epoch: a.epoch,
+                ..frame("f", false, n * 2970, at)
+            };
+            verdicts.push(sel.on_frame(&t, f, CLOCK));
+        }
+        let first = verdicts
+            .iter()
+            .position(|v| matches!(v, Verdict::Forward { .. }))
+            .expect("forwards in the end");
+        assert!(
+            verdicts[..first]
+                .iter()
+                .all(|v| *v == Verdict::WantKeyframe)
+        );
+        let waited = Duration::from_millis(33 * first as u64);
+        assert!(
+            waited >= KEYFRAME_WAIT_MAX && waited < KEYFRAME_WAIT_MAX + Duration::from_millis(40)
+        );
+    }
+
+    #[test]
+    fn rids_from_the_api_are_checked() {
+        assert_eq!(parse_rid("h"), Some(rid("h")));
+        assert_eq!(parse_rid("hi-res_1"), Some(rid("hi-res_1")));
+        assert_eq!(parse_rid(""), None);
+        assert_eq!(parse_rid("toolongrid"), None);
+        assert_eq!(parse_rid("a b"), None);
+    }
+}

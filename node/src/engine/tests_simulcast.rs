@@ -1,0 +1,547 @@
+//! Simulcast in the in-memory world: a str0m publisher sends three layers (rids `f`, `h`, `q`,
+//! told apart at the subscriber by their frame sizes), subscribers pick one, switch on the
+//! target's keyframe, fall back when a layer stops, and see continuous media times.
+
+use std::time::Duration;
+
+use str0m::media::{MediaKind, MediaTime, Mid};
+
+use super::simulcast::{Ordering, Prefs, parse_rid};
+use super::*;
+use crate::testing::{APP, World, synthetic_frame};
+
+const LAYERS: [&str; 3] = ["f", "h", "q"];
+/// Frames of each layer have their own size, so a subscriber's frame says which layer it is.
+fn size_of(rid: &str) -> usize {
+    match rid {
+        "f" => 1200,
+        "h" => 600,
+        "q" => 300,
+        _ => 150,
+    }
+}
+/// Each layer its own RTP time base, far apart: a subscriber that saw raw source times across a
+/// switch would see a jump of millions of ticks.
+fn base_of(rid: &str) -> u64 {
+    match rid {
+        "f" => 1_000_000,
+        "h" => 5_000_000,
+        "q" => 9_000_000,
+        _ => 13_000_000,
+    }
+}
+/// Simulated time between two rounds of frames (the source time steps 3000 ticks of 90 kHz).
+const ROUND: Duration = Duration::from_millis(33);
+/// How far a subscriber's media time may run from the (simulated) time between arrivals: a
+/// round at most, where a raw switch between layers would be off by many seconds.
+const MAX_DRIFT_US: u64 = 40_000;
+
+struct Sim {
+    w: World,
+    publisher: usize,
+    pub_sid: String,
+    mid: Mid,
+    round: u64,
+}
+
+impl Sim {
+    /// A connected publisher of `cam` with the given layers.
+    fn new(rids: &[&str]) -> Sim {
+        let mut w = World::new(Duration::from_secs(30));
+        let publisher = w.client();
+        let pub_sid = w.session();
+        let mid = w.push_simulcast(publisher, &pub_sid, "cam", rids);
+        w.connect(&[publisher]);
+        Sim {
+            w,
+            publisher,
+            pub_sid,
+            mid,
+            round: 0,
+        }
+    }
+
+    /// A connected subscriber of `cam`; (client, session, mid).
+    fn subscriber(&mut self, simulcast: Option<Prefs>) -> (usize, String, String) {
+        let c = self.w.client();
+        let sid = self.w.session();
+        let res = self.w.pull_tracks(
+            c,
+            &sid,
+            vec![RemoteTrack {
+                session_id: Some(self.pub_sid.clone()),
+                track_name: Some("cam".into()),
+                simulcast,
+                ..Default::default()
+            }],
+        );
+        assert!(res.tracks[0].error.is_none(), "{res:?}");
+        assert_eq!(
+            res.tracks[0].simulcast.map(|v| v.prefs),
+            simulcast,
+            "the request is echoed"
+        );
+        let mid = res.tracks[0].mid.clone();
+        self.w.connect(&[c]);
+        (c, sid, mid)
+    }
+
+    /// One frame on each of `rids`; keyframes on those in `keyframes`; then a round of time.
+    fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
+        self.round += 1;
+        for rid in rids {
+            let time = MediaTime::from_90khz(base_of(rid) + self.round * 3000);
+            let data = synthetic_frame(MediaKind::Video, keyframes.contains(rid), size_of(rid));
+            self.w
+                .write_layer(self.publisher, self.mid, rid, time, data);
+        }
+        let all = 0..self.w.clients.len();
+        self.w.step(all, ROUND);
+    }
+
+    fn rounds(&mut self, n: usize, rids: &[&str]) {
+        for _ in 0..n {
+            self.round(rids, &[]);
+        }
+    }
+
+    /// The layer (by frame size) of the last frame client `c` got on `mid`.
+    fn layer_seen(&self, c: usize, mid: &str) -> Option<&'static str> {
+        let len = self.w.clients[c].stats().rx.get(mid)?.last_len;
+        LAYERS
+            .into_iter()
+            .chain(["x"])
+            .find(|r| size_of(r) as u64 == len)
+    }
+
+    fn frames(&self, c: usize, mid: &str) -> u64 {
+        self.w.clients[c].frames(mid)
+    }
+
+    /// Keyframe requests the publisher got for layer `rid`.
+    fn layer_requests(&self, rid: &str) -> u64 {
+        self.w.clients[self.publisher]
+            .stats()
+            .layer_keyframe_requests
+            .get(rid)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn current_rid(&self, sid: &str, mid: &str) -> Option<String> {
+        let tracks = self.w.engine.session_tracks(APP, sid).expect("session");
+        let t = tracks.iter().find(|t| t.mid == mid).expect("the track");
+        t.simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+    }
+
+    fn update(&mut self, sid: &str, mid: &str, prefs: Prefs) -> TrackResult {
+        let now = self.w.now;
+        let mut res = self
+            .w
+            .engine
+            .tracks_update(
+                APP,
+                sid,
+                vec![UpdateTrack {
+                    mid: Some(mid.to_string()),
+                    session_id: Some(self.pub_sid.clone()),
+                    track_name: Some("cam".into()),
+                    simulcast: Some(prefs),
+                }],
+                now,
+            )
+            .expect("update");
+        self.w.deliver();
+        res.remove(0)
+    }
+
+    /// Media times client `c` got on `mid` never went back nor jumped: each step follows the
+    /// time between the frames' arrivals.
+    fn assert_continuous(&self, c: usize, mid: &str) {
+        let rx = &self.w.clients[c].stats().rx[mid];
+        assert_eq!(rx.time_backwards, 0, "media time never goes back");
+        assert!(
+            rx.max_time_drift_us <= MAX_DRIFT_US,
+            "no jump across switches: media time off the arrivals by {} µs (largest step {} ticks)",
+            rx.max_time_drift_us,
+            rx.max_time_step
+        );
+    }
+}
+
+fn prefer(rid: &str, rid_not_available: Ordering) -> Prefs {
+    Prefs {
+        preferred_rid: parse_rid(rid),
+        priority_ordering: Ordering::None,
+        rid_not_available,
+    }
+}
+
+#[test]
+fn a_subscriber_gets_its_preferred_layer_and_switches_on_the_target_keyframe() {
+    let mut sim = Sim::new(&LAYERS);
+    let (c, sid, mid) = sim.subscriber(Some(prefer("h", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(5, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 6, "one layer: one frame per round");
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("h"));
+
+    // Down to q: h keeps flowing until q's keyframe, which the node asks q for.
+    let q_requests = sim.layer_requests("q");
+    let r = sim.update(&sid, &mid, prefer("q", Ordering::None));
+    assert!(r.error.is_none(), "{r:?}");
+    sim.rounds(3, &LAYERS);
+    assert!(
+        sim.layer_requests("q") > q_requests,
+        "a keyframe request for layer q reached the publisher"
+    );
+    assert_eq!(
+        sim.layer_seen(c, &mid),
+        Some("h"),
+        "the old layer until then"
+    );
+    assert_eq!(sim.frames(c, &mid), 9);
+    // In the switching round h's delta (sent before q's keyframe) still goes out, then q's
+    // keyframe: one extra frame, once.
+    sim.round(&LAYERS, &["q"]);
+    assert_eq!(
+        sim.layer_seen(c, &mid),
+        Some("q"),
+        "switched on q's keyframe"
+    );
+    assert_eq!(sim.frames(c, &mid), 11);
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 14, "one frame per round again");
+    assert_eq!(sim.layer_seen(c, &mid), Some("q"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("q"));
+
+    // And back up to f.
+    let r = sim.update(&sid, &mid, prefer("f", Ordering::None));
+    assert!(r.error.is_none(), "{r:?}");
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("q"));
+    // f is sent first in a round: the switch takes no extra frame.
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert_eq!(sim.frames(c, &mid), 19);
+    sim.assert_continuous(c, &mid);
+    assert!(sim.w.engine.stats().simulcast.switches >= 3);
+}
+
+#[test]
+fn without_a_preferred_rid_the_best_layer_is_received() {
+    let mut sim = Sim::new(&LAYERS);
+    let (c, _, mid) = sim.subscriber(None);
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert_eq!(sim.frames(c, &mid), 4);
+}
+
+#[test]
+fn a_stopped_layer_falls_back_asciibetically_or_waits() {
+    let mut sim = Sim::new(&LAYERS);
+    let (fallback, _, fallback_mid) = sim.subscriber(Some(prefer("f", Ordering::Asciibetical)));
+    let (waits, _, waits_mid) = sim.subscriber(Some(prefer("f", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.layer_seen(fallback, &fallback_mid), Some("f"));
+    assert_eq!(sim.layer_seen(waits, &waits_mid), Some("f"));
+
+    // The publisher stops f (a browser's `active: false`): idle past the threshold.
+    let waits_before = sim.frames(waits, &waits_mid);
+    let h_requests = sim.layer_requests("h");
+    sim.rounds(60, &["h", "q"]);
+    assert!(
+        sim.layer_requests("h") > h_requests,
+        "the fallback layer was asked for a keyframe"
+    );
+    sim.round(&["h", "q"], &["h"]);
+    sim.rounds(3, &["h", "q"]);
+    assert_eq!(sim.layer_seen(fallback, &fallback_mid), Some("h"));
+    assert_eq!(
+        sim.frames(waits, &waits_mid),
+        waits_before,
+        "ridNotAvailable none waits for f"
+    );
+
+    // f comes back: both move to it on its keyframe.
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(fallback, &fallback_mid), Some("f"));
+    assert_eq!(sim.layer_seen(waits, &waits_mid), Some("f"));
+    sim.assert_continuous(fallback, &fallback_mid);
+    sim.assert_continuous(waits, &waits_mid);
+}
+
+#[test]
+fn a_joining_viewer_starts_on_its_layer_from_the_cache() {
+    let mut sim = Sim::new(&LAYERS);
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(3, &LAYERS);
+    let (c, _, mid) = sim.subscriber(Some(prefer("q", Ordering::None)));
+    sim.w.step(0..sim.w.clients.len(), ROUND);
+    assert_eq!(
+        sim.frames(c, &mid),
+        1,
+        "the cached keyframe, before any new one"
+    );
+    assert_eq!(sim.w.clients[c].first_is_keyframe(&mid), Some(true));
+    assert_eq!(sim.layer_seen(c, &mid), Some("q"), "of its own layer");
+    assert!(sim.w.engine.stats().keyframes_from_cache >= 1);
+    sim.round(&LAYERS, &["q"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 4);
+    assert_eq!(sim.layer_seen(c, &mid), Some("q"));
+    // The cached keyframe keeps its own (older) media time; nothing goes back after it.
+    assert_eq!(sim.w.clients[c].stats().rx[&mid].time_backwards, 0);
+}
+
+#[test]
+fn layers_past_the_third_and_time_jumps_are_counted_not_forwarded() {
+    let rids = ["a", "b", "c", "x"];
+    let mut sim = Sim::new(&rids);
+    let (c, _, mid) = sim.subscriber(Some(prefer("x", Ordering::None)));
+    sim.round(&rids, &rids);
+    sim.rounds(3, &rids);
+    assert!(sim.w.engine.stats().simulcast.too_many_layers >= 4);
+    assert_eq!(
+        sim.frames(c, &mid),
+        0,
+        "the fourth layer is never forwarded"
+    );
+
+    // A subscriber of layer a: its media time jumps by 100 s, the layer starts over at its next
+    // keyframe and the subscriber's times stay continuous.
+    let (c, _, mid) = sim.subscriber(Some(prefer("a", Ordering::None)));
+    sim.round(&rids, &rids);
+    sim.rounds(2, &rids);
+    // The cached keyframe of a, then three rounds.
+    assert_eq!(sim.frames(c, &mid), 4);
+    let time = MediaTime::from_90khz(base_of("a") + 9_000_000 + sim.round * 3000);
+    let data = synthetic_frame(MediaKind::Video, false, size_of("a"));
+    sim.w.write_layer(sim.publisher, sim.mid, "a", time, data);
+    sim.w.step(0..sim.w.clients.len(), ROUND);
+    assert_eq!(sim.w.engine.stats().simulcast.time_jump, 1);
+    assert_eq!(sim.frames(c, &mid), 4, "held until the layer's keyframe");
+    let time = MediaTime::from_90khz(base_of("a") + 9_000_000 + (sim.round + 1) * 3000);
+    let data = synthetic_frame(MediaKind::Video, true, size_of("a"));
+    sim.w.write_layer(sim.publisher, sim.mid, "a", time, data);
+    sim.w.step(0..sim.w.clients.len(), ROUND);
+    assert_eq!(sim.frames(c, &mid), 5);
+    let rx = &sim.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.time_backwards, 0);
+    assert!(
+        rx.max_time_step < 90_000,
+        "the 100 s jump is not passed on: largest step {} ticks",
+        rx.max_time_step
+    );
+}
+
+#[test]
+fn simulcast_updates_are_refused_where_there_is_nothing_to_choose() {
+    // An unlayered publication pulled with `simulcast`: it plays as one layer.
+    let mut w = World::new(Duration::from_secs(30));
+    let p = w.client();
+    let pub_sid = w.session();
+    let (a, v) = w.push(p, &pub_sid);
+    w.senders.push((p, a, v));
+    let c = w.client();
+    let sid = w.session();
+    let prefs = prefer("h", Ordering::Asciibetical);
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(pub_sid.clone()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefs),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    assert_eq!(res.tracks[0].simulcast.map(|s| s.prefs), Some(prefs));
+    w.run(Duration::from_millis(1500));
+    assert!(w.clients[c].frames(&mid) > 10, "the single layer plays");
+    let now = w.now;
+    let res = w
+        .engine
+        .tracks_update(
+            APP,
+            &sid,
+            vec![UpdateTrack {
+                mid: Some(mid.clone()),
+                session_id: Some(pub_sid.clone()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefer("q", Ordering::None)),
+            }],
+            now,
+        )
+        .expect("update");
+    assert!(
+        matches!(res[0].error, Some(TrackError::Update(_))),
+        "{:?}",
+        res[0]
+    );
+
+    // A layered one: a rid it does not have is refused too.
+    let mut sim = Sim::new(&LAYERS);
+    let (_, sid, mid) = sim.subscriber(Some(prefer("h", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    let r = sim.update(&sid, &mid, prefer("z", Ordering::None));
+    assert!(matches!(r.error, Some(TrackError::Update(_))), "{r:?}");
+}
+
+#[test]
+fn a_relay_downstream_carries_every_layer_with_its_rid() {
+    let mut sim = Sim::new(&LAYERS);
+    sim.round(&LAYERS, &LAYERS);
+    let pub_id = SessionId::parse(&sim.pub_sid).expect("session id");
+    let down = crate::ids::DownId(3);
+    sim.w
+        .engine
+        .relay_subscribe(down, APP, pub_id, "cam")
+        .expect("relay subscription");
+    // The other node's first keyframe request: the cached keyframe of each layer.
+    let now = sim.w.now;
+    sim.w.engine.relay_keyframe_request(down, now);
+    let cached = relay_frames(&mut sim.w);
+    assert_eq!(cached.len(), 3, "one cached keyframe per layer");
+    assert!(cached.iter().all(|f| f.keyframe));
+    sim.rounds(4, &LAYERS);
+    let frames = relay_frames(&mut sim.w);
+    assert_eq!(frames.len(), 12, "every layer, every round");
+    for rid in LAYERS {
+        let of_layer: Vec<&RelayFrame> = frames
+            .iter()
+            .filter(|f| f.rid.map(|r| r.to_string()).as_deref() == Some(rid))
+            .collect();
+        assert_eq!(of_layer.len(), 4, "{rid}");
+        assert!(of_layer.iter().all(|f| f.data.len() == size_of(rid)));
+        assert!(
+            of_layer.iter().all(|f| f.rtp_time >= base_of(rid)),
+            "each layer keeps its own times: the other node re-bases for its subscribers"
+        );
+    }
+}
+
+fn relay_frames(w: &mut World) -> Vec<RelayFrame> {
+    std::iter::from_fn(|| w.engine.poll_relay())
+        .filter_map(|o| match o {
+            RelayOut::Frame { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A relayed frame of layer `rid` in round `n`.
+fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
+    RelayFrame {
+        rtp_time: base_of(rid) + n * 3000,
+        keyframe,
+        data: synthetic_frame(MediaKind::Video, keyframe, size_of(rid)).into(),
+        rid: parse_rid(rid),
+    }
+}
+
+#[test]
+fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
+    let mut w = World::new(Duration::from_secs(30));
+    let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    let info = TrackInfo {
+        kind: MediaKind::Video,
+        codec: CodecInfo {
+            codec: str0m::format::Codec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+        },
+    };
+    let up = crate::ids::UpId(7);
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", up, info, w.now)
+        .expect("relayed publication");
+    let feed = |w: &mut World, n: u64, keyframes: &[&str]| {
+        for rid in LAYERS {
+            let now = w.now;
+            w.engine
+                .relay_frame(up, relayed(rid, n, keyframes.contains(&rid)), now);
+        }
+        let all = 0..w.clients.len();
+        w.step(all, ROUND);
+    };
+    feed(&mut w, 1, &LAYERS);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("h", Ordering::None)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    // Joined after the keyframes: h's cached one, then h's live frames.
+    for n in 2..5 {
+        feed(&mut w, n, &[]);
+    }
+    let rx = &w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("h") as u64);
+    assert_eq!(rx.frames, 4);
+
+    // Down to q: the upstream node is asked for a keyframe, h flows until q's arrives.
+    let requests = |w: &mut World| {
+        std::iter::from_fn(|| w.engine.poll_relay())
+            .filter(|o| matches!(o, RelayOut::KeyframeRequest { .. }))
+            .count()
+    };
+    requests(&mut w);
+    let now = w.now;
+    let res = w
+        .engine
+        .tracks_update(
+            APP,
+            &sid,
+            vec![UpdateTrack {
+                mid: Some(mid.clone()),
+                session_id: Some(publisher.to_string()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefer("q", Ordering::None)),
+            }],
+            now,
+        )
+        .expect("update");
+    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    // Requests upstream are folded to one a second per publication (the join asked already).
+    for n in 5..40 {
+        feed(&mut w, n, &[]);
+    }
+    assert!(requests(&mut w) >= 1, "a keyframe request went upstream");
+    assert_eq!(w.clients[c].stats().rx[&mid].last_len, size_of("h") as u64);
+    feed(&mut w, 40, &["q"]);
+    feed(&mut w, 41, &[]);
+    let rx = &w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("q") as u64, "switched on q's keyframe");
+    assert_eq!(rx.time_backwards, 0);
+    assert!(
+        rx.max_time_drift_us <= MAX_DRIFT_US,
+        "{} µs",
+        rx.max_time_drift_us
+    );
+    let view = w.engine.session_tracks(APP, &sid).expect("session");
+    assert_eq!(
+        view[0]
+            .simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+            .as_deref(),
+        Some("q")
+    );
+}
