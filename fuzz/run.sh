@@ -6,6 +6,7 @@
 #   FUZZ_RUNS=100000 fuzz/run.sh         # executions per target
 #   FUZZ_SECONDS=5 fuzz/run.sh           # seconds per target instead (CI)
 #   FUZZ_PROFILE=dev fuzz/run.sh         # unoptimised build (CI: quicker to build)
+#   FUZZ_CORPUS_SAMPLE=40 fuzz/run.sh    # start from at most 40 of each kept corpus (CI)
 #   FUZZ_RUNS=10000000 FUZZ_SECONDS=900 fuzz/run.sh   # whichever limit comes first
 #   fuzz/run.sh node/demux relay-proto/handshake   # only the named targets
 #
@@ -93,7 +94,20 @@ for sel in "${selected[@]}"; do
     echo "fuzz/run.sh: fuzzing $sel for ${what[*]} (log: $log)" >&2
     start=$SECONDS
     status=0
-    (cd "$root/$crate" && cargo fuzz run "${build[@]}" "$target" "$scratch/$crate/$target" "fuzz/corpus/$target" \
+    # FUZZ_CORPUS_SAMPLE=N: start from every k-th of the kept inputs, at most N, not all of
+    # them. An unoptimised build replays some corpora at 2-4 inputs/s, which took 92-170 s a
+    # target in CI for a 5 s smoke run; long runs load the whole corpus.
+    corpus=("fuzz/corpus/$target")
+    kept="$root/$crate/fuzz/corpus/$target"
+    n=$(find "$kept" -maxdepth 1 -type f | wc -l)
+    if [ -n "${FUZZ_CORPUS_SAMPLE:-}" ] && [ "$n" -gt "$FUZZ_CORPUS_SAMPLE" ]; then
+        every=$(( (n + FUZZ_CORPUS_SAMPLE - 1) / FUZZ_CORPUS_SAMPLE ))
+        find "$kept" -maxdepth 1 -type f | sort | awk -v k="$every" 'NR % k == 1' \
+            | while read -r f; do cp "$f" "$scratch/$crate/$target/"; done
+        corpus=()
+        echo "fuzz/run.sh: $sel starts from $(find "$scratch/$crate/$target" -type f | wc -l) of its $n kept inputs" >&2
+    fi
+    (cd "$root/$crate" && cargo fuzz run "${build[@]}" "$target" "$scratch/$crate/$target" "${corpus[@]}" \
         -- "${limit[@]}" -timeout=10 -print_final_stats=1) >"$log" 2>&1 || status=$?
     crashes=$(grep -c "Test unit written to" "$log" || true)
     if [ "$status" -ne 0 ]; then

@@ -53,7 +53,8 @@ TRACKMESH_SIM_BIN="$PWD/target/debug/trackmesh-sim" \
   bash deploy/sim/run.sh --regions 3 --nodes-per-region 1 --delay 20 --duration 8 --cut-hold 6 --check
 
 step "fuzzing: node and relay-proto targets (bounded: FUZZ_SECONDS per target)"
-FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" bash fuzz/run.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" FUZZ_CORPUS_SAMPLE="${FUZZ_CORPUS_SAMPLE:-40}" \
+  bash fuzz/run.sh
 
 step "deployment files (compose, Kubernetes, Prometheus, Grafana against a live /metrics)"
 bash deploy/check.sh
