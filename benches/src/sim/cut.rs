@@ -26,6 +26,25 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 const STEP: Duration = Duration::from_millis(100);
 /// A subscriber without a frame for this long when a cut starts has lost its media already.
 const ENDED_AFTER: Duration = Duration::from_secs(1);
+/// Bound on "viewers across the cut get media again" after the link is back.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(15);
+/// A viewer with a frame this recent is receiving.
+const FLOWING: Duration = Duration::from_millis(500);
+
+/// Time from `back` until every subscriber in `subs` receives again; `None` past the bound.
+async fn wait_resumed(bed: &Bed, subs: &[usize], back: Instant) -> Option<Duration> {
+    while back.elapsed() < RESUME_TIMEOUT {
+        let now = Instant::now();
+        if subs
+            .iter()
+            .all(|&i| lock(&bed.stalls).idle(i, now) < FLOWING)
+        {
+            return Some(back.elapsed());
+        }
+        tokio::time::sleep(STEP).await;
+    }
+    None
+}
 
 pub enum Cut {
     Node(String),
@@ -108,9 +127,19 @@ pub(super) async fn cut(
     link(t, &what, true).await?;
     let recovered = wait_views(&bed.cluster, &others, &cut_nodes, true, back).await;
     let recovered_inside = wait_views(&bed.cluster, &cut_nodes, &others, true, back).await;
-    // Relayed media whose origin was lost ends (its subscribers see the track inactive), so
-    // recovery is what a client does: pull again. Fresh subscribers pull across the link that
-    // came back, in both directions.
+    // Viewers whose media crossed the cut keep their transceivers: the node re-subscribes once
+    // the link is back, with no new pull. Fresh subscribers also pull across the link that came
+    // back, in both directions.
+    let crossing: Vec<usize> = bed
+        .info
+        .iter()
+        .enumerate()
+        .filter(|(i, inf)| {
+            !ended.get(*i).copied().unwrap_or(false) && class(inf) == Class::Crossing
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let resumed = wait_resumed(bed, &crossing, back).await;
     let (probes, probe_failures) = repull(bed, &cut_nodes, back).await;
 
     let mut failures = Vec::new();
@@ -180,7 +209,19 @@ pub(super) async fn cut(
             "cross-region media into the cut node's region, on its other nodes (may move hub)",
         );
     }
-    text += &line(Class::Crossing, "media to or from the cut side (ends)");
+    text += &line(Class::Crossing, "media to or from the cut side");
+    if !crossing.is_empty() {
+        text += &format!(
+            "  those {} viewers got media again {} after the link came back, without pulling again\n",
+            crossing.len(),
+            fmt(resumed)
+        );
+        if resumed.is_none() {
+            failures.push(format!(
+                "{label}: viewers across the cut did not get media again within {RESUME_TIMEOUT:?}"
+            ));
+        }
+    }
     if already_ended > 0 {
         text += &format!(
             "  ({already_ended} subscribers whose media had ended before this cut left out)\n"
@@ -246,6 +287,7 @@ pub(super) async fn cut(
         "subscribers_ended_before": already_ended,
         "live_again_s": secs(&recovered),
         "cut_side_live_again_s": secs(&recovered_inside),
+        "crossing_viewers_resumed_s": resumed.map(|d| round2(d.as_secs_f64())),
         "repulls": probes.iter().map(|p| json!({"name": p.name, "since_link_back_s": round2(p.since_back.as_secs_f64()), "pull_to_first_frame_ms": round2(p.pull_to_first_ms)})).collect::<Vec<_>>(),
         "repull_failures": probe_failures,
     });
