@@ -31,9 +31,10 @@ const CLUSTER_ID: &str = "trackmesh";
 pub const REFRESH: Duration = Duration::from_millis(200);
 /// chitchat's wire format: V1 compresses the digest (zstd), which every gossip message but the
 /// last of an exchange carries, with an entry for every member. That entry is most of what
-/// gossip costs: V1 cuts the bytes about 6-fold at 100 members (BENCHMARKS.md, "Gossip at
-/// scale"). Every trackmesh release has used chitchat 0.13, which decodes both formats (and a
-/// reply echoes the format of the message it answers), so nodes of either format mix.
+/// gossip costs: V1 cuts it from 101 to 15 KB/s per node at 100 members (BENCHMARKS.md,
+/// "Gossip at scale"). Every trackmesh release has used chitchat 0.13, which decodes both
+/// formats (and a reply echoes the format of the message it answers), so nodes of either format
+/// mix.
 pub const PROTOCOL_VERSION: chitchat::ProtocolVersion = chitchat::ProtocolVersion::V1;
 /// How long chitchat keeps a member's deleted keys before forgetting them.
 pub const MARKED_FOR_DELETION_GRACE: Duration = Duration::from_secs(900);
