@@ -467,11 +467,11 @@ impl Node {
             // hub once gossip tells them this one drains, subscribing there before leaving here.
             let relayed = self.relay.downstreams();
             if left == 0 && relayed == 0 {
-                tracing::info!(target: LOG_TARGET, "drained: no sessions or relayed tracks left");
+                tracing::info!(target: LOG_TARGET, "drained: no sessions left, no tracks relayed to other nodes");
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::info!(target: LOG_TARGET, sessions = left, relayed, "drain timeout: exiting with sessions or relayed tracks left");
+                tracing::info!(target: LOG_TARGET, sessions = left, relayed, "drain timeout: exiting with sessions left (or tracks relayed to other nodes)");
                 return;
             }
             tokio::time::sleep(DRAIN_POLL).await;
