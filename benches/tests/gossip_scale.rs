@@ -14,7 +14,14 @@ fn help_names_every_option() {
     let out = gossip_scale(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for option in ["--members", "--window"] {
+    for option in [
+        "--members",
+        "--window",
+        "--transport",
+        "--digest",
+        "--interval-ms",
+        "--phi",
+    ] {
         assert!(text.contains(option), "{text}");
     }
 }

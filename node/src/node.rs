@@ -445,7 +445,9 @@ impl Node {
     }
 
     /// What SIGTERM does: refuse new sessions, report not ready (and gossip it), keep serving the
-    /// sessions there are, and return when they have ended or the drain timeout has passed.
+    /// sessions there are and the tracks relayed to other nodes, and return when the sessions
+    /// have ended and the other nodes have moved their pulls elsewhere, or the drain timeout has
+    /// passed.
     pub async fn drain(&self) {
         self.local.draining.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
@@ -461,12 +463,15 @@ impl Node {
                 .call(|e, _| e.client_session_count())
                 .await
                 .unwrap_or(0);
-            if left == 0 {
-                tracing::info!(target: LOG_TARGET, "drained: no sessions left");
+            // Tracks this node relays to others (as their region's hub): they move to another
+            // hub once gossip tells them this one drains, subscribing there before leaving here.
+            let relayed = self.relay.downstreams();
+            if left == 0 && relayed == 0 {
+                tracing::info!(target: LOG_TARGET, "drained: no sessions left, no tracks relayed to other nodes");
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::info!(target: LOG_TARGET, sessions = left, "drain timeout: exiting with sessions left");
+                tracing::info!(target: LOG_TARGET, sessions = left, relayed, "drain timeout: exiting with sessions left (or tracks relayed to other nodes)");
                 return;
             }
             tokio::time::sleep(DRAIN_POLL).await;

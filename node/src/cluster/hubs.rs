@@ -187,6 +187,47 @@ mod tests {
         );
     }
 
+    /// Tracks per hub when `tracks` tracks of region eu are pulled into a us region of `hubs`
+    /// nodes. Session ids are fixed (a simple generator), so the figure is reproducible.
+    fn spread(sessions: usize, hubs: usize) -> Vec<usize> {
+        let mut members = vec![member("a", 1, "eu")];
+        for h in 0..hubs {
+            members.push(member(&format!("us-{h}"), 10 + h as u32, "us"));
+        }
+        let v = view("us-0", members);
+        let mut counts = vec![0usize; hubs];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..sessions {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&1u32.to_be_bytes());
+            for chunk in b[4..].chunks_mut(4) {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                chunk.copy_from_slice(&(x >> 32).to_be_bytes()[4..]);
+            }
+            let s = SessionId::from_bytes(b);
+            for track in ["audio", "video"] {
+                let Some(hub) = hub_for(&v, "us", s, track) else {
+                    panic!("no hub")
+                };
+                let i: usize = hub.node_id["us-".len()..].parse().expect("a us node");
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
+    /// 1,000 tracks (500 publishers of audio and video) from one region pulled into a region of
+    /// 3 nodes: each hub carries a fair share. The figure is in BENCHMARKS.md ("Hub balance").
+    #[test]
+    fn a_thousand_tracks_spread_fairly_over_three_hubs() {
+        let counts = spread(500, 3);
+        assert_eq!(counts.iter().sum::<usize>(), 1000);
+        let max = *counts.iter().max().expect("3 hubs");
+        let ratio = max as f64 / (1000.0 / 3.0);
+        println!("tracks per hub {counts:?}, max/mean {ratio:.2}");
+        assert!(ratio <= 1.15, "max/mean {ratio:.2}: {counts:?}");
+    }
+
     #[test]
     fn hubs_pull_direct_and_dead_origins_have_no_route() {
         let v = view("b", cluster());

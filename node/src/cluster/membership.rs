@@ -29,6 +29,13 @@ pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(300);
 const CLUSTER_ID: &str = "trackmesh";
 /// How often the view is rebuilt from chitchat's state and our own load is published.
 pub const REFRESH: Duration = Duration::from_millis(200);
+/// chitchat's wire format: V1 compresses the digest (zstd), which every gossip message but the
+/// last of an exchange carries, with an entry for every member. That entry is most of what
+/// gossip costs: V1 cuts it from 101 to 15 KB/s per node at 100 members (BENCHMARKS.md,
+/// "Gossip at scale"). Every trackmesh release has used chitchat 0.13, which decodes both
+/// formats (and a reply echoes the format of the message it answers), so nodes of either format
+/// mix.
+pub const PROTOCOL_VERSION: chitchat::ProtocolVersion = chitchat::ProtocolVersion::V1;
 /// How long chitchat keeps a member's deleted keys before forgetting them.
 pub const MARKED_FOR_DELETION_GRACE: Duration = Duration::from_secs(900);
 
@@ -125,6 +132,50 @@ pub fn failure_detector() -> FailureDetectorConfig {
     }
 }
 
+/// The chitchat settings every member runs (and the gossip-at-scale measurement reuses).
+pub fn chitchat_config(
+    node_id: &str,
+    generation: u64,
+    gossip: SocketAddr,
+    seeds: Vec<String>,
+) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.to_string(), generation, gossip),
+        cluster_id: CLUSTER_ID.to_string(),
+        gossip_interval: GOSSIP_INTERVAL,
+        listen_addr: gossip,
+        seed_nodes: seeds,
+        failure_detector_config: failure_detector(),
+        marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: PROTOCOL_VERSION,
+    }
+}
+
+/// The keys a member announces when it starts (the measurement reuses them too).
+pub fn announced_keys(cfg: &MembershipConfig) -> Vec<(String, String)> {
+    vec![
+        ("tag".to_string(), cfg.tag.to_string()),
+        ("region".to_string(), cfg.region.clone()),
+        ("api".to_string(), cfg.api.clone()),
+        ("relay".to_string(), cfg.relay.to_string()),
+        ("media".to_string(), cfg.media.to_string()),
+        ("load".to_string(), Load::default().encode()),
+        ("draining".to_string(), "false".to_string()),
+        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]
+}
+
+/// The sealed transport a member gossips over (the measurement reuses it too).
+pub fn transport(cfg: &MembershipConfig) -> SealedTransport {
+    SealedTransport {
+        secret: cfg.secret.clone(),
+        previous: cfg.secret_previous.clone(),
+        rejects: cfg.rejects.clone(),
+    }
+}
+
 /// Starts gossiping. Fails when the gossip socket cannot be bound.
 pub fn start(cfg: MembershipConfig) -> anyhow::Result<Membership> {
     let local = Arc::new(LocalState::default());
@@ -176,34 +227,9 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(cfg.node_id.clone(), generation, cfg.gossip),
-        cluster_id: CLUSTER_ID.to_string(),
-        gossip_interval: GOSSIP_INTERVAL,
-        listen_addr: cfg.gossip,
-        seed_nodes: cfg.seeds.clone(),
-        failure_detector_config: failure_detector(),
-        marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE,
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-        protocol_version: chitchat::ProtocolVersion::V0,
-    };
-    let keys = vec![
-        ("tag".to_string(), cfg.tag.to_string()),
-        ("region".to_string(), cfg.region.clone()),
-        ("api".to_string(), cfg.api.clone()),
-        ("relay".to_string(), cfg.relay.to_string()),
-        ("media".to_string(), cfg.media.to_string()),
-        ("load".to_string(), Load::default().encode()),
-        ("draining".to_string(), "false".to_string()),
-        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-    ];
-    let transport = SealedTransport {
-        secret: cfg.secret.clone(),
-        previous: cfg.secret_previous.clone(),
-        rejects: cfg.rejects.clone(),
-    };
-    let handle = match spawn_chitchat(config, keys, &transport).await {
+    let config = chitchat_config(&cfg.node_id, generation, cfg.gossip, cfg.seeds.clone());
+    let keys = announced_keys(&cfg);
+    let handle = match spawn_chitchat(config, keys, &transport(&cfg)).await {
         Ok(h) => h,
         Err(e) => {
             let _ = ready.send(Err(e.context(format!("gossip on {}", cfg.gossip))));
@@ -513,18 +539,7 @@ mod tests {
         let mut view = membership.view.clone();
 
         let odd = free_addr();
-        let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new("odd", 1, odd),
-            cluster_id: CLUSTER_ID.to_string(),
-            gossip_interval: GOSSIP_INTERVAL,
-            listen_addr: odd,
-            seed_nodes: vec![gossip.to_string()],
-            failure_detector_config: failure_detector(),
-            marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE,
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
-        };
+        let config = chitchat_config("odd", 1, odd, vec![gossip.to_string()]);
         let keys: Vec<(String, String)> = [
             ("tag", "0000000b"),
             ("region", "eu"),

@@ -1,6 +1,6 @@
 //! Cluster behaviour with real node processes on 127.0.0.1 and the str0m test client: pulls
 //! across nodes and regions, shared upstreams, region hubs, forwarded API calls, and nodes that
-//! die (SIGKILL), freeze (SIGSTOP) or hold the wrong cluster secret.
+//! die (SIGKILL), freeze (SIGSTOP), drain (SIGTERM) or hold the wrong cluster secret.
 //!
 //! The tests in this file run one at a time (a shared lock): their timing bounds (a dead node is
 //! noticed within 3 s, a dead publisher node within 5 s) should not depend on how many other
@@ -382,6 +382,41 @@ async fn find_hub(
     Ok(hub)
 }
 
+/// The hub of `region` the nodes will pick for (session, track), by the node's own hub choice
+/// over the members the cluster lists now.
+async fn predicted_hub(cl: &Cluster, region: &str, session_id: &str, track: &str) -> String {
+    use trackmesh_node::cluster::{ClusterView, Member};
+    let v = cl.node("a").cluster_view().await.expect("cluster view");
+    let members = v
+        .members
+        .iter()
+        .map(|m| Member {
+            node_id: m.node_id.clone(),
+            tag: trackmesh_node::ids::NodeTag(u32::from_str_radix(&m.tag, 16).unwrap_or(0)),
+            region: m.region.clone(),
+            api: m.api.clone(),
+            relay: ([127, 0, 0, 1], 1).into(),
+            media: String::new(),
+            live: m.live,
+            draining: m.draining,
+            load: None,
+            version: String::new(),
+        })
+        .collect();
+    let view = ClusterView {
+        self_id: String::new(),
+        members,
+        streams: Vec::new(),
+        rooms: Vec::new(),
+    };
+    let sid = trackmesh_node::ids::SessionId::parse(session_id).expect("a session id");
+    let hub = trackmesh_node::cluster::hubs::hub_for(&view, region, sid, track)
+        .expect("a hub in the region")
+        .node_id
+        .clone();
+    cl.name_of(&hub).expect("a node of the cluster")
+}
+
 /// Three subscribers in r2 pull a track published in r1: it crosses to r2 once, to the hub,
 /// which serves the other r2 nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,6 +660,125 @@ async fn hub_killed_reroutes() {
     eprintln!(
         "hub_killed_reroutes: new hub {new_hub}; A's downstream settled by {} after the kill",
         secs(killed_at.elapsed())
+    );
+}
+
+/// SIGTERM the r2 hub, as a supervisor drains a node: the viewer on another r2 node moves to a
+/// new hub before the old one stops, keeps receiving, and misses fewer frames than one keyframe
+/// interval holds (counted from the publisher's frame sequence numbers, not from time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_drained_viewers_move_within_a_keyframe_interval() {
+    let _serial = serial().await;
+    let cfg = ClusterConfig {
+        process: true,
+        ..ClusterConfig::default()
+    };
+    let mut cl = Cluster::start_with(&[("a", "r1"), ("b", "r2"), ("c", "r2"), ("d", "r2")], cfg)
+        .await
+        .expect("starting the cluster");
+    let publisher = Publisher::start_av(&cl.client("a"), "drain")
+        .await
+        .expect("publisher on A");
+    let (_, video) = av_names(&publisher);
+    let sid = publisher.session_id.clone();
+    let vref = vec![(sid.clone(), video.clone())];
+    let r2 = ["b", "c", "d"];
+
+    // The viewer is on a node that is not the hub, and the hub has no session of its own (a
+    // session would rightly keep it draining until the session ends).
+    let hub = predicted_hub(&cl, "r2", &sid, &video).await;
+    let at = r2
+        .iter()
+        .find(|n| **n != hub)
+        .expect("a non-hub r2 node")
+        .to_string();
+    let viewer = subscribe(&cl, &at, &vref).await;
+    let mid = viewer.mid_of(&sid, &video).expect("video mid");
+    expect_video(&viewer, &mid, &at).await;
+    assert_eq!(
+        find_hub(&cl, &r2, &cl.id("a"), &sid, &video)
+            .await
+            .expect("an r2 hub"),
+        hub,
+        "the hub is the one predicted"
+    );
+    let hub_id = cl.id(&hub);
+    let r = cl.node(&at).relay_view().await.expect("relay view");
+    assert_eq!(
+        r.upstream_of(&sid, &video)
+            .iter()
+            .map(|u| u.via.clone())
+            .collect::<Vec<_>>(),
+        vec![hub_id.clone()],
+        "{at} pulls through the hub {hub}: {r:?}"
+    );
+
+    // (highest frame sequence number, frames missing in the sequence) seen by the viewer.
+    let seen = || {
+        viewer
+            .peer
+            .stats()
+            .rx
+            .get(&mid)
+            .map_or((0, 0), |t| (t.highest_seq.unwrap_or(0), t.window.lost))
+    };
+    let (_, lost_before) = seen();
+    cl.node(&hub).signal("TERM").expect("SIGTERM to the hub");
+    let termed = Instant::now();
+
+    // The hub drains and exits by itself; then the viewer gets 2 s more of the publisher's frames.
+    let mut exited = None;
+    let mut after_exit = None;
+    let bound = Duration::from_secs(20);
+    for _ in 0..(bound.as_millis() / STEP.as_millis()) {
+        let (seq, _) = seen();
+        if exited.is_none() && !cl.node_mut(&hub).is_running() {
+            exited = Some(termed.elapsed());
+            after_exit = Some(seq);
+        }
+        if after_exit.is_some_and(|s| seq >= s + 60) {
+            break;
+        }
+        tokio::time::sleep(STEP).await;
+    }
+    let (seq, lost_after) = seen();
+    let missed = lost_after - lost_before;
+    let shape = trackmesh_tests::testkit::media::VideoShape::LIGHT;
+    let keyframe_interval_frames = (f64::from(shape.fps) * shape.keyframe_interval_s) as u64;
+    eprintln!(
+        "hub_drained_viewers_move_within_a_keyframe_interval: hub {hub} exited {} after SIGTERM; the viewer on {at} missed {missed} frames (one keyframe interval is {keyframe_interval_frames})",
+        secs_or_never(exited)
+    );
+    let exit_seq =
+        after_exit.unwrap_or_else(|| panic!("the hub {hub} did not exit within {bound:?}"));
+    assert_eq!(
+        cl.node_mut(&hub).exit_code().expect("exit code"),
+        Some(0),
+        "the drain ended by itself"
+    );
+    assert!(
+        cl.node(&hub)
+            .log()
+            .contains("drained: no sessions left, no tracks relayed to other nodes"),
+        "the hub stopped once its viewers had moved, not at the drain timeout"
+    );
+    assert!(
+        seq >= exit_seq + 60,
+        "the viewer keeps receiving after the hub stopped: frame {seq}, at the hub's exit {exit_seq}"
+    );
+    assert!(
+        missed < keyframe_interval_frames,
+        "the viewer missed {missed} frames, one keyframe interval is {keyframe_interval_frames}"
+    );
+    let r = cl.node(&at).relay_view().await.expect("relay view");
+    let via: Vec<String> = r
+        .upstream_of(&sid, &video)
+        .iter()
+        .map(|u| u.via.clone())
+        .collect();
+    assert!(
+        via.len() == 1 && via[0] != hub_id,
+        "{at} pulls through a live hub now: {r:?}"
     );
 }
 

@@ -106,6 +106,8 @@ pub(crate) struct State {
     pub dc_claims: HashMap<u64, (u32, tokio::sync::oneshot::Sender<bool>)>,
     /// Peers whose links failed recently: not dialed again until the instant.
     pub avoid: HashMap<NodeId, std::time::Instant>,
+    /// Upstreams being moved off a draining hub (one move at a time each).
+    pub moving: std::collections::HashSet<UpId>,
 }
 
 /// Held while one pull of a track is under way; later pulls of it wait, then find it local.
@@ -562,6 +564,11 @@ impl Relay {
             dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),
             dc_in_drops: self.inner.dc_in_drops.load(Ordering::Relaxed),
         }
+    }
+
+    /// Tracks this node sends to other nodes now (a draining node waits for them to move).
+    pub fn downstreams(&self) -> usize {
+        self.inner.state().downs.len()
     }
 
     /// Links (either direction) and upstream + downstream counts, for gossiped load.

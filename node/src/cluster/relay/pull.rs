@@ -21,7 +21,7 @@ use trackmesh_relay_proto::media::{
 use super::wire::{self, CONTROL_QUEUE};
 use super::{Inner, Link, PullError, Up};
 use crate::cluster::hubs::upstream_for;
-use crate::cluster::view::Member;
+use crate::cluster::view::{ClusterView, Member};
 use crate::engine::{RelayFrame, RelayIn, RelayOut, TrackInfo};
 use crate::ids::{DownId, NodeId, SessionId, UpId};
 
@@ -645,6 +645,87 @@ pub async fn watch_members(inner: Arc<Inner>) {
         for conn in inbound {
             conn.close(0u32.into(), b"peer dead");
         }
+        move_off_draining(&inner, &v);
+    }
+}
+
+/// Upstreams pulled through a hub that now drains move to the hub the view gives now, the new
+/// one subscribed before the old one is let go (make before break), so viewers see no gap: a
+/// draining hub waits for its downstreams to leave before it stops ([`crate::Node::drain`]).
+/// Pulls straight from an origin stay: nothing else holds the track.
+fn move_off_draining(inner: &Arc<Inner>, v: &ClusterView) {
+    let mut st = inner.state();
+    let st = &mut *st;
+    let leaving: Vec<UpId> = st
+        .ups
+        .iter()
+        .filter(|(id, u)| {
+            !st.moving.contains(*id)
+                && v.members
+                    .iter()
+                    .any(|m| m.node_id == u.link.peer.as_str() && m.live && m.draining)
+                && v.live_by_tag(u.session.node_tag())
+                    .is_some_and(|origin| origin.node_id != u.link.peer.as_str())
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for up in leaving {
+        st.moving.insert(up);
+        let inner2 = inner.clone();
+        inner.spawn(async move {
+            move_up(&inner2, up).await;
+            inner2.state().moving.remove(&up);
+        });
+    }
+}
+
+/// Moves one upstream off its draining hub (see [`move_off_draining`]).
+async fn move_up(inner: &Arc<Inner>, up: UpId) {
+    let Some(old) = inner.state().ups.get(&up).cloned() else {
+        return;
+    };
+    let view = inner.view.borrow().clone();
+    match upstream_for(&view, old.session, &old.track, false) {
+        Some(route) if route.peer().node_id != old.link.peer.as_str() => {}
+        // Nowhere else to go: the old hub serves until it stops, then the link's loss re-routes.
+        _ => return,
+    }
+    match inner
+        .engine
+        .call(move |e, _| e.relay_upstream_live(up))
+        .await
+    {
+        Ok(true) => {}
+        _ => return,
+    }
+    let started = Instant::now();
+    let (new_up, info) =
+        match subscribe_somewhere(inner, &old.app, old.session, &old.track, false, true).await {
+            Ok(r) => r,
+            Err(e) => {
+                inner.failures.note(e);
+                tracing::debug!(error = %e, "moving off a draining hub failed; staying");
+                return;
+            }
+        };
+    let (app, track, session) = (old.app.clone(), old.track.clone(), old.session);
+    // The engine takes frames from the new upstream from here on; the old one's are ignored.
+    let moved = inner
+        .engine
+        .call(move |e, now| {
+            // Only if the publication still takes this upstream (not ended or re-routed meanwhile).
+            if !e.relay_upstream_live(up) {
+                return false;
+            }
+            e.add_relay_publication(&app, session, &track, new_up, info, now)
+                .is_ok()
+        })
+        .await;
+    if matches!(moved, Ok(true)) {
+        drop_up(inner, up);
+        tracing::info!(session = %old.session, track = %old.track, from = %old.link.peer, elapsed_ms = started.elapsed().as_millis() as u64, "relayed track moved off a draining hub");
+    } else {
+        drop_up(inner, new_up);
     }
 }
 
