@@ -307,6 +307,40 @@ export async function explain(node, browser, fn) {
 }
 
 /**
+ * Two nodes of one cluster on 127.0.0.1: A in region "eu" and B in region "us", B joining
+ * through A's gossip address, both with the same app and admin token.
+ */
+export async function startTwoNodeCluster({ appId, secret, adminToken }) {
+  const clusterSecret = randomHex(16);
+  const common = (region, gossipPort) => [
+    '--region', region, '--gossip', `127.0.0.1:${gossipPort}`, '--relay', '127.0.0.1:0',
+    '--cluster-secret', clusterSecret,
+  ];
+  const [gossipA, gossipB] = [await freeUdpPort(), await freeUdpPort()];
+  const A = await startNode({ appId, secret, adminToken, extraArgs: [...common('eu', gossipA), '--node-id', `a-eu-${randomHex(4)}`] });
+  const B = await startNode({
+    appId, secret, adminToken,
+    extraArgs: [...common('us', gossipB), '--node-id', `b-us-${randomHex(4)}`, '--seed', A.gossip],
+  });
+  return { A, B };
+}
+
+/** Run `fn`; on failure append each named node's stderr tail and the page console to the message. */
+export async function explainNodes(nodes, browser, fn) {
+  try {
+    return await fn();
+  } catch (e) {
+    const extra = [];
+    if (browser?.logs?.length) extra.push(`--- page console (last 30) ---\n${browser.logs.slice(-30).join('\n')}`);
+    for (const [name, n] of Object.entries(nodes)) {
+      if (n) extra.push(`--- node ${name} stderr (last 30 lines) ---\n${tail(n.stderr(), 30)}`);
+    }
+    e.message = `${e.message}\n${extra.join('\n')}`;
+    throw e;
+  }
+}
+
+/**
  * Run `fn`; when it throws, save a screenshot of every open page of `browser` as
  * `target/browser-screenshots/<name>-<n>.png` and name the files in the error.
  */

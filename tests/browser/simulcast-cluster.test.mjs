@@ -6,41 +6,19 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startNode, launchChromium, serveDir, pollUntil, withTimeout, freeUdpPort, randomHex, tail,
+  launchChromium, serveDir, pollUntil, withTimeout, randomHex, startTwoNodeCluster, explainNodes,
 } from './lib.mjs';
 
 const appId = randomHex(16);
 const secret = randomHex(16);
-const clusterSecret = randomHex(16);
 const adminToken = randomHex(16);
 
 let A, B, browser, site;
 
-async function explainAll(fn) {
-  try {
-    return await fn();
-  } catch (e) {
-    const extra = [];
-    if (browser?.logs?.length) extra.push(`--- page console (last 30) ---\n${browser.logs.slice(-30).join('\n')}`);
-    for (const [name, n] of [['A', A], ['B', B]]) {
-      if (n) extra.push(`--- node ${name} stderr (last 30 lines) ---\n${tail(n.stderr(), 30)}`);
-    }
-    e.message = `${e.message}\n${extra.join('\n')}`;
-    throw e;
-  }
-}
+const explainAll = (fn) => explainNodes({ A, B }, browser, fn);
 
 before(async () => {
-  const common = (region, gossipPort) => [
-    '--region', region, '--gossip', `127.0.0.1:${gossipPort}`, '--relay', '127.0.0.1:0',
-    '--cluster-secret', clusterSecret,
-  ];
-  const [gossipA, gossipB] = [await freeUdpPort(), await freeUdpPort()];
-  A = await startNode({ appId, secret, adminToken, extraArgs: [...common('eu', gossipA), '--node-id', `a-eu-${randomHex(4)}`] });
-  B = await startNode({
-    appId, secret, adminToken,
-    extraArgs: [...common('us', gossipB), '--node-id', `b-us-${randomHex(4)}`, '--seed', A.gossip],
-  });
+  ({ A, B } = await startTwoNodeCluster({ appId, secret, adminToken }));
   site = await serveDir();
   browser = await launchChromium();
 });

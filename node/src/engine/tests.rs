@@ -143,9 +143,9 @@ fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
     }
 }
 
-#[test]
-fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
-    // A relayed publication whose frames the test feeds by hand.
+/// A world holding a relayed VP8 publication "cam" fed through upstream 7, whose frames the
+/// test feeds by hand.
+fn relayed_video_world() -> (World, SessionId) {
     let mut w = World::new(Duration::from_secs(30));
     let publisher = SessionId::new(NodeTag(0x0bad_cafe));
     let info = TrackInfo {
@@ -159,6 +159,12 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     w.engine
         .add_relay_publication(APP, publisher, "cam", UpId(7), info, w.now)
         .expect("relayed publication");
+    (w, publisher)
+}
+
+#[test]
+fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
+    let (mut w, publisher) = relayed_video_world();
     let now = w.now;
     w.engine.relay_frame(UpId(7), relayed_vp8(1, true), now);
 
@@ -221,19 +227,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
 
 #[test]
 fn a_relay_gap_freezes_video_until_the_keyframe_it_asks_for() {
-    let mut w = World::new(Duration::from_secs(30));
-    let publisher = SessionId::new(NodeTag(0x0bad_cafe));
-    let info = TrackInfo {
-        kind: MediaKind::Video,
-        codec: CodecInfo {
-            codec: Codec::Vp8,
-            clock_rate: 90_000,
-            channels: None,
-        },
-    };
-    w.engine
-        .add_relay_publication(APP, publisher, "cam", UpId(7), info, w.now)
-        .expect("relayed publication");
+    let (mut w, publisher) = relayed_video_world();
     let viewer = w.client();
     let sid = w.session();
     let mid = w
