@@ -357,11 +357,16 @@ async fn delete(
     authorize_stream(&st, &app, &headers, &stream, mode)?;
     st.rate.check(&session)?;
     let role = role_of(mode);
-    st.engine
+    match st
+        .engine
         .call(move |e, now| e.stream_session_delete(&app, &stream, role, &session, now))
         .await?
-        .map_err(op_problem)?;
-    Ok(StatusCode::OK.into_response())
+    {
+        // DELETE is idempotent: a session that just ended (its client closed the peer
+        // connection a moment before the DELETE arrived, as browsers do) is what was asked for.
+        Ok(()) | Err(OpError::Gone(_)) => Ok(StatusCode::OK.into_response()),
+        Err(e) => Err(op_problem(e)),
+    }
 }
 
 /// `OPTIONS` on a WHIP/WHEP endpoint says which body `POST` takes (RFC 9725 §4.1), and on a

@@ -182,8 +182,10 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
 
     let r = send(&api, Method::DELETE, &p.location, &[], "", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // Again, as a client that also closed its peer connection may: the session is gone, which
+    // is what DELETE asks for (idempotent, RFC 9110 §9.2.2).
     let r = send(&api, Method::DELETE, &p.location, &[], "", None).await;
-    assert_problem(&r, 410);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         streams(&api).await["streams"],
         json!([]),
@@ -769,6 +771,6 @@ async fn stream_tokens_open_their_stream_and_direction_only() {
         None,
     )
     .await;
-    assert_problem(&r, 410);
+    assert_eq!(r.status, 200, "DELETE again (idempotent): {}", r.text);
     drop(viewer);
 }
