@@ -162,6 +162,17 @@ fn relayed_video_world() -> (World, SessionId) {
     (w, publisher)
 }
 
+/// Feeds relayed frames `frames` (numbered as [`relayed_vp8`]) through upstream 7, one every
+/// 33 ms; frame `keyframe` is a keyframe.
+fn feed_relayed(w: &mut World, frames: std::ops::RangeInclusive<u64>, keyframe: Option<u64>) {
+    for n in frames {
+        let now = w.now;
+        w.engine
+            .relay_frame(UpId(7), relayed_vp8(n, Some(n) == keyframe), now);
+        w.run(Duration::from_millis(33));
+    }
+}
+
 #[test]
 fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
     let (mut w, publisher) = relayed_video_world();
@@ -183,11 +194,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         1,
         "the cached keyframe"
     );
-    for n in 2..=6 {
-        let now = w.now;
-        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
-        w.run(Duration::from_millis(33));
-    }
+    feed_relayed(&mut w, 2..=6, None);
     assert_eq!(
         w.clients[first].frames(&first_mid),
         6,
@@ -203,11 +210,7 @@ fn the_cached_keyframe_lets_a_viewer_follow_on_when_no_frame_came_after_it() {
         .mid
         .clone();
     w.run(Duration::from_millis(300));
-    for n in 7..=9 {
-        let now = w.now;
-        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
-        w.run(Duration::from_millis(33));
-    }
+    feed_relayed(&mut w, 7..=9, None);
     assert_eq!(
         w.clients[late].frames(&late_mid),
         1,
@@ -237,11 +240,7 @@ fn a_relay_gap_freezes_video_until_the_keyframe_it_asks_for() {
         .clone();
     w.run(Duration::from_millis(300));
     while w.engine.poll_relay().is_some() {}
-    for n in 1..=3 {
-        let now = w.now;
-        w.engine.relay_frame(UpId(7), relayed_vp8(n, n == 1), now);
-        w.run(Duration::from_millis(33));
-    }
+    feed_relayed(&mut w, 1..=3, Some(1));
     assert_eq!(w.clients[viewer].frames(&mid), 3);
 
     // Frame 4 never arrived: the node asks up the relay for a keyframe (at most one request
@@ -258,11 +257,7 @@ fn a_relay_gap_freezes_video_until_the_keyframe_it_asks_for() {
         "a keyframe is asked for when relayed frames are lost"
     );
     // ...and the deltas that cannot be decoded are not shown to the viewer.
-    for n in 5..=6 {
-        let now = w.now;
-        w.engine.relay_frame(UpId(7), relayed_vp8(n, false), now);
-        w.run(Duration::from_millis(33));
-    }
+    feed_relayed(&mut w, 5..=6, None);
     assert_eq!(
         w.clients[viewer].frames(&mid),
         3,
@@ -281,11 +276,7 @@ fn a_relay_gap_freezes_video_until_the_keyframe_it_asks_for() {
     assert_eq!(w.clients[late].frames(&late_mid), 0, "no stale keyframe");
 
     // The keyframe resumes both.
-    for n in 7..=8 {
-        let now = w.now;
-        w.engine.relay_frame(UpId(7), relayed_vp8(n, n == 7), now);
-        w.run(Duration::from_millis(33));
-    }
+    feed_relayed(&mut w, 7..=8, Some(7));
     assert_eq!(w.clients[viewer].frames(&mid), 5, "resumed at the keyframe");
     assert_eq!(w.clients[late].frames(&late_mid), 2);
 }
