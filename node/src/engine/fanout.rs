@@ -13,6 +13,7 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Ri
 
 use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
 use super::relay_messages::{RelayFrame, RelayOut};
+use super::repair_window;
 use super::session::SessionState;
 use super::simulcast::{LayerFrame, Refusal, Verdict};
 use super::{
@@ -372,6 +373,7 @@ impl Engine {
             .get(&mid)
             .filter(|(src, _)| *src == source_pt)
             .map(|(_, pt)| *pt);
+        repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid);
         let Some(writer) = s.rtc.writer(mid) else {
             // Not negotiated yet (the SFU offer is still waiting for the answer).
             return;

@@ -243,6 +243,12 @@ impl Engine {
                     Event::MediaEgressStats(st) => {
                         s.media_counts
                             .insert((st.mid, true), (st.packets, st.bytes));
+                        super::repair_window::fit_to_rtt(
+                            &mut s.rtc,
+                            &mut s.repair_window,
+                            st.mid,
+                            st.rtt,
+                        );
                         self.stats.nacks_received +=
                             nack_delta(&mut s.nacks_seen, st.mid, true, st.nacks)
                     }

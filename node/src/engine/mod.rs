@@ -49,6 +49,7 @@ mod ops;
 mod publications;
 mod relay;
 mod relay_messages;
+pub(crate) mod repair_window;
 mod sdp;
 pub mod sdp_limits;
 pub mod sdpfrag;

@@ -174,6 +174,8 @@ pub struct Session {
     /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
     /// so matching payload parameters is not redone for every frame.
     pub send_pt: HashMap<Mid, (Option<Pt>, Pt)>,
+    /// The resend history window of each sending mid, once set (`repair_window`).
+    pub repair_window: HashMap<Mid, std::time::Duration>,
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
@@ -237,6 +239,7 @@ impl Session {
             nacks_seen: HashMap::new(),
             media_counts: HashMap::new(),
             send_pt: HashMap::new(),
+            repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
             simulcast: HashMap::new(),
             outgoing_local: None,

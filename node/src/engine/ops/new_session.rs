@@ -11,8 +11,6 @@ use crate::engine::session::Session;
 use crate::engine::{ClientOffer, Engine, OpError, SessionDesc};
 use crate::ids::{SessionId, random_hex};
 
-/// Packets of resend history kept per outgoing video stream.
-const SEND_BUFFER_VIDEO: usize = 256;
 /// Packets kept per outgoing audio stream (str0m's default is 50).
 const SEND_BUFFER_AUDIO: usize = 16;
 
@@ -97,10 +95,10 @@ impl Engine {
             })
             // Stats events carry the NACK counts the metrics report.
             .set_stats_interval(Some(std::time::Duration::from_secs(2)))
-            // Resend history per video stream: str0m's default of 1000 packets is 8 s at
-            // 1 Mbit/s, about 1.4 MB per subscriber when full. 256 packets still cover a large
-            // keyframe (~300 KB) and NACKs over any sane round trip (0.8 s even at 3 Mbit/s).
-            .set_send_buffer_video(SEND_BUFFER_VIDEO)
+            // Resend history per video stream, at most: str0m's default of 1000 packets is 8 s
+            // at 1 Mbit/s, about 1.4 MB per subscriber when full. Its age is cut further to the
+            // subscriber's round trip once media flows (`repair_window`).
+            .set_send_buffer_video(crate::engine::repair_window::MAX_PACKETS)
             // Audio is not NACKed by browsers (Opus has its own loss concealment): the buffer only
             // holds a written frame until it is sent. Each slot costs about 1.4 KB.
             .set_send_buffer_audio(SEND_BUFFER_AUDIO)
