@@ -14,9 +14,9 @@
 //!    [`handshake::Hello`] (protocol version, cluster identity, node id and tag); the acceptor
 //!    answers [`handshake::Welcome`] or `Refuse` and, after a refusal, closes the connection.
 //! 2. **Control.** Once welcomed, that stream goes on as the dialer's control stream: the
-//!    subscriber sends [`control::ControlMsg::Subscribe`], `Unsubscribe`, `KeyframeRequest`,
-//!    `Stats`; the publisher answers `Subscribed` (with the track's codec parameters) or
-//!    `SubscribeFailed`, and later `TrackEnded`; either side may `Ping`. Every subscriber-chosen
+//!    subscriber sends [`control::ControlMsg::Subscribe`], `Unsubscribe`, `KeyframeRequest` and
+//!    `Nack`; the publisher answers `Subscribed` (with the track's codec parameters) or
+//!    `SubscribeFailed`, and later `TrackEnded`. Every subscriber-chosen
 //!    subscription id (`sub`) names one track for the life of the subscription. If the acceptor
 //!    wants tracks of the dialer as well, it opens one bidirectional stream of its own after
 //!    sending `Welcome` and is the subscriber on that one (no second handshake). Each side thus

@@ -586,12 +586,15 @@ mod tests {
     fn a_control_message_on_a_full_link_queue_is_counted() {
         let (tx, mut rx) = mpsc::channel(1);
         let drops = AtomicU64::new(0);
-        send_counted(&tx, ControlMsg::Ping { nonce: 1 }, &drops);
-        send_counted(&tx, ControlMsg::Ping { nonce: 2 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 1 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 2 }, &drops);
         assert_eq!(drops.load(Ordering::Relaxed), 1, "the second did not fit");
-        assert!(matches!(rx.try_recv(), Ok(ControlMsg::Ping { nonce: 1 })));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ControlMsg::KeyframeRequest { sub: 1 })
+        ));
         drop(rx);
-        send_counted(&tx, ControlMsg::Ping { nonce: 3 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 3 }, &drops);
         assert_eq!(
             drops.load(Ordering::Relaxed),
             1,

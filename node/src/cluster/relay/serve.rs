@@ -131,9 +131,6 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                     });
                 }
             }
-            ControlMsg::Ping { nonce } => {
-                inner.send_control(&ctl_tx, ControlMsg::Pong { nonce });
-            }
             _ => {}
         }
     };

@@ -98,7 +98,6 @@ pub fn to_wire(info: &TrackInfo) -> control::TrackInfo {
             mime: info.codec.codec.to_string(),
             clock_rate: info.codec.clock_rate,
             channels: info.codec.channels,
-            fmtp: String::new(),
         },
     }
 }
