@@ -55,6 +55,7 @@ pub mod datachannel;
 pub mod handshake;
 pub mod limits;
 pub mod media;
+pub mod repair;
 
 #[cfg(test)]
 pub(crate) mod test_rng {
