@@ -638,7 +638,7 @@ fn auto_discover_names_every_sent_section() {
 fn shuttle(a: &mut World, b: &mut World, down: DownId, up: UpId) -> (usize, usize) {
     let (mut frames, mut keyframe_requests) = (0, 0);
     while let Some(out) = a.engine.poll_relay() {
-        if let RelayOut::Frame { down: d, frame } = out
+        if let RelayOut::Frame { down: d, frame, .. } = out
             && d == down
         {
             frames += 1;
@@ -670,6 +670,7 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
             if let RelayOut::Frame {
                 down: DownId(1),
                 frame,
+                ..
             } = out
                 && frame.keyframe
             {

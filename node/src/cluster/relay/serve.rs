@@ -120,6 +120,14 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                     release(&inner, down);
                 }
             }
+            ControlMsg::Nack(nack) => {
+                let down = subs.lock().ok().and_then(|m| m.get(&nack.sub).copied());
+                if let Some(down) = down
+                    && inner.nack_tx.try_send((down, nack)).is_err()
+                {
+                    inner.repair.nack_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             ControlMsg::KeyframeRequest { sub } => {
                 let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
                 if let Some(down) = down {
