@@ -326,7 +326,9 @@ mod tests {
         };
         let at_limit = ControlMsg::Nack(Nack {
             sub: 1,
-            frames: (0..MAX_NACK_FRAMES).map(|_| frame(MAX_NACK_FRAGMENTS)).collect(),
+            frames: (0..MAX_NACK_FRAMES)
+                .map(|_| frame(MAX_NACK_FRAGMENTS))
+                .collect(),
         });
         let bytes = encode_to_vec(&at_limit).expect("at the limit is fine");
         assert_eq!(decode_body::<ControlMsg>(&bytes[4..]), Ok(at_limit));

@@ -572,7 +572,12 @@ impl Reassembler {
     /// most `max` are missing; `None` otherwise (nothing of it arrived, it is done, or so much
     /// is missing that asking for the whole frame is shorter).
     pub fn missing_fragments(&self, sub: SubId, seq: u32, max: usize) -> Option<Vec<u16>> {
-        let p = self.subs.get(&sub)?.in_flight.iter().find(|p| p.seq == seq)?;
+        let p = self
+            .subs
+            .get(&sub)?
+            .in_flight
+            .iter()
+            .find(|p| p.seq == seq)?;
         if usize::from(p.frag_count - p.received) > max {
             return None;
         }
@@ -1007,7 +1012,11 @@ mod tests {
         r.push(&d[1], now);
         r.push(&d[3], now);
         assert_eq!(r.missing_fragments(1, 4, 64), Some(vec![0, 2, 4]));
-        assert_eq!(r.missing_fragments(1, 4, 2), None, "the whole frame is shorter");
+        assert_eq!(
+            r.missing_fragments(1, 4, 2),
+            None,
+            "the whole frame is shorter"
+        );
         assert_eq!(r.missing_fragments(2, 4, 64), None);
         r.push(&d[0], now);
         r.push(&d[2], now);

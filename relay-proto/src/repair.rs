@@ -78,6 +78,19 @@ impl RepairLimits {
     }
 }
 
+/// A whole frame that arrived, for [`Repairer::push`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrived<F> {
+    /// Its subscription.
+    pub sub: SubId,
+    /// Its number.
+    pub seq: u32,
+    /// The frame.
+    pub frame: F,
+    /// What it costs to hold, in bytes.
+    pub bytes: usize,
+}
+
 /// What the caller must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepairEvent<F> {
@@ -257,18 +270,21 @@ impl<F> Repairer<F> {
         }
     }
 
-    /// A whole frame `seq` of `sub` arrived at `now` (`bytes`: what it costs to hold), on a link
-    /// whose round-trip time is `rtt`. Appends what to do to `out`.
+    /// A whole frame arrived at `now`, on a link whose round-trip time is `rtt`. Appends what
+    /// to do to `out`.
     pub fn push(
         &mut self,
         now: Instant,
         rtt: Duration,
-        sub: SubId,
-        seq: u32,
-        frame: F,
-        bytes: usize,
+        arrived: Arrived<F>,
         out: &mut Vec<RepairEvent<F>>,
     ) {
+        let Arrived {
+            sub,
+            seq,
+            frame,
+            bytes,
+        } = arrived;
         if !self.subs.contains_key(&sub) {
             if self.subs.len() >= self.limits.max_subscriptions {
                 self.stats.untracked += 1;
@@ -378,10 +394,7 @@ impl<F> Repairer<F> {
             // Give up, oldest first, every missing number past its deadline, and deliver what
             // was held behind each.
             let mut lost = 0u32;
-            loop {
-                let Some(s) = self.subs.get_mut(&sub) else {
-                    break;
-                };
+            while let Some(s) = self.subs.get_mut(&sub) {
                 let Some((&k, m)) = s.missing.first_key_value() else {
                     break;
                 };
@@ -651,8 +664,13 @@ mod tests {
         }
 
         fn push(&mut self, seq: u32) -> Vec<RepairEvent<u32>> {
-            self.r
-                .push(self.now, RTT, 1, seq, seq, 1000, &mut self.out);
+            let arrived = Arrived {
+                sub: 1,
+                seq,
+                frame: seq,
+                bytes: 1000,
+            };
+            self.r.push(self.now, RTT, arrived, &mut self.out);
             std::mem::take(&mut self.out)
         }
 
@@ -797,7 +815,11 @@ mod tests {
         }
         let out = w.push(105 + limit);
         assert_eq!(out.first(), Some(&gap(1)));
-        assert_eq!(out.len(), 2 + limit as usize, "the gap, then every frame held");
+        assert_eq!(
+            out.len(),
+            2 + limit as usize,
+            "the gap, then every frame held"
+        );
         assert_eq!(out.last(), Some(&d(105 + limit)));
         assert_eq!(w.r.held_frames(), 0);
         assert_eq!(w.r.held_bytes(), 0);
@@ -833,10 +855,15 @@ mod tests {
         let t = Instant::now();
         let mut r: Repairer<u32> = Repairer::default();
         let mut out = Vec::new();
-        r.push(t, RTT, 1, 1, 1, 10, &mut out);
-        r.push(t, RTT, 1, 3, 3, 10, &mut out);
-        r.push(t, RTT, 2, 7, 7, 10, &mut out);
-        r.push(t, RTT, 2, 8, 8, 10, &mut out);
+        for (sub, seq) in [(1, 1), (1, 3), (2, 7), (2, 8)] {
+            let arrived = Arrived {
+                sub,
+                seq,
+                frame: seq,
+                bytes: 10,
+            };
+            r.push(t, RTT, arrived, &mut out);
+        }
         assert_eq!(
             out,
             vec![

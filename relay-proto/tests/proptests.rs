@@ -43,18 +43,13 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
         },
     );
     let kind = prop_oneof![Just(MediaKind::Audio), Just(MediaKind::Video)];
-    let code = prop_oneof![
-        Just(FailureCode::NotFound),
-        Just(FailureCode::Overloaded),
-    ];
-    let nack_frame = (
-        any::<u32>(),
-        vec(any::<u16>(), 0..=MAX_NACK_FRAGMENTS),
-    )
-        .prop_map(|(frame_seq, fragments)| NackFrame {
+    let code = prop_oneof![Just(FailureCode::NotFound), Just(FailureCode::Overloaded),];
+    let nack_frame = (any::<u32>(), vec(any::<u16>(), 0..=MAX_NACK_FRAGMENTS)).prop_map(
+        |(frame_seq, fragments)| NackFrame {
             frame_seq,
             fragments,
-        });
+        },
+    );
     prop_oneof![
         (
             any::<u32>(),
@@ -79,10 +74,7 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
         any::<u32>().prop_map(|sub| ControlMsg::Unsubscribe { sub }),
         any::<u32>().prop_map(|sub| ControlMsg::TrackEnded { sub }),
         any::<u32>().prop_map(|sub| ControlMsg::KeyframeRequest { sub }),
-        (
-            any::<u32>(),
-            vec(nack_frame, 0..=MAX_NACK_FRAMES)
-        )
+        (any::<u32>(), vec(nack_frame, 0..=MAX_NACK_FRAMES))
             .prop_map(|(sub, frames)| ControlMsg::Nack(Nack { sub, frames })),
     ]
 }

@@ -24,9 +24,11 @@ const LOSS_PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 const KEYFRAMES_SENT: &str = r#"trackmesh_keyframe_requests_total{direction="sent"}"#;
 
 fn repair(m: &BTreeMap<String, f64>, event: &str) -> f64 {
-    m.get(&format!("trackmesh_relay_repair_total{{event=\"{event}\"}}"))
-        .copied()
-        .unwrap_or(0.0)
+    m.get(&format!(
+        "trackmesh_relay_repair_total{{event=\"{event}\"}}"
+    ))
+    .copied()
+    .unwrap_or(0.0)
 }
 
 fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
@@ -101,9 +103,11 @@ async fn one_percent_relay_loss_is_repaired_without_keyframes() {
     let (a, v) = (am.clone(), vm.clone());
     let s = sub
         .peer
-        .wait_until("frames under 1 % relay loss", LOSS_PHASE_TIMEOUT, move |s| {
-            window(s, &a).0 + window(s, &v).0 >= FRAMES_UNDER_LOSS
-        })
+        .wait_until(
+            "frames under 1 % relay loss",
+            LOSS_PHASE_TIMEOUT,
+            move |s| window(s, &a).0 + window(s, &v).0 >= FRAMES_UNDER_LOSS,
+        )
         .await
         .expect("B's viewer keeps receiving under relay loss");
     let after = cl.node("b").scrape().await.expect("B's metrics");
@@ -200,5 +204,8 @@ async fn relay_loss_that_cannot_be_repaired_asks_for_a_keyframe() {
             s.total_keyframe_requests() > plis_before
         })
         .await;
-    assert!(pli.is_ok(), "the publisher is asked for a keyframe: {pli:?}");
+    assert!(
+        pli.is_ok(),
+        "the publisher is asked for a keyframe: {pli:?}"
+    );
 }

@@ -19,7 +19,7 @@ use trackmesh_relay_proto::media::{
     Fragmenter, Frame, Reassembler, ReassemblerLimits, layered_payload, split_layer,
 };
 use trackmesh_relay_proto::repair::{
-    RepairEvent, RepairLimits, RepairStats, Repairer, SentCache,
+    Arrived, RepairEvent, RepairLimits, RepairStats, Repairer, SentCache,
 };
 
 use super::wire::{self, CONTROL_QUEUE};
@@ -281,11 +281,10 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     });
     wire::write_one(&mut send, &hello).await?;
     let mut dec = FrameDecoder::<HandshakeMsg>::new();
-    match wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await? {
-        HandshakeMsg::Welcome(w) if w.node_id == peer.node_id => {}
-        HandshakeMsg::Welcome(w) => bail!("expected {} but {} answered", peer.node_id, w.node_id),
-        HandshakeMsg::Refuse { reason } => bail!("{} refused the link: {reason}", peer.node_id),
-        HandshakeMsg::Hello(_) => bail!("unexpected Hello from {}", peer.node_id),
+    let answer = wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await?;
+    if let Err(e) = wire::check_answer(&peer.node_id, answer) {
+        tracing::warn!(peer = %peer.node_id, error = %e, "relay handshake failed");
+        return Err(e);
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     inner.spawn(wire::write_control(send, ctl_rx));
@@ -363,8 +362,13 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
             if let Some(frame) = reasm.push(&d, now)
                 && lock(&link.subs).contains_key(&frame.sub)
             {
-                let (sub, seq, bytes) = (frame.sub, frame.frame_seq, frame.payload.len());
-                repair.push(now, link.conn.rtt(), sub, seq, frame, bytes, &mut events);
+                let arrived = Arrived {
+                    sub: frame.sub,
+                    seq: frame.frame_seq,
+                    bytes: frame.payload.len(),
+                    frame,
+                };
+                repair.push(now, link.conn.rtt(), arrived, &mut events);
                 frames_seen += 1;
             }
         }
@@ -423,7 +427,11 @@ fn note_repair(inner: &Inner, before: RepairStats, now: RepairStats) -> RepairSt
     let r = &inner.repair;
     for (counter, was, is) in [
         (&r.nacks_sent, before.nacks, now.nacks),
-        (&r.frames_repaired, before.frames_repaired, now.frames_repaired),
+        (
+            &r.frames_repaired,
+            before.frames_repaired,
+            now.frames_repaired,
+        ),
         (&r.repairs_failed, before.repairs_failed, now.repairs_failed),
         (&r.late, before.late, now.late),
     ] {
@@ -760,7 +768,16 @@ pub async fn engine_outputs(
                 let Some(max) = d.conn.max_datagram_size() else {
                     continue;
                 };
-                if !send_frame(&inner, &d, seq, &frame, max, Send::First, &mut buf, &mut hook) {
+                if !send_frame(
+                    &inner,
+                    &d,
+                    seq,
+                    &frame,
+                    max,
+                    Send::First,
+                    &mut buf,
+                    &mut hook,
+                ) {
                     continue;
                 }
                 d.frames.fetch_add(1, Ordering::Relaxed);
