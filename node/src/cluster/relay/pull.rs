@@ -714,7 +714,7 @@ fn resend(
     for f in &nack.frames {
         let sent = caches
             .get_mut(&down)
-            .and_then(|c| c.get(now, f.frame_seq).cloned());
+            .and_then(|c| c.resend(now, f.frame_seq).cloned());
         let Some(sent) = sent else {
             inner.repair.nack_misses.fetch_add(1, Ordering::Relaxed);
             continue;
