@@ -373,6 +373,7 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
             }
         }
         repair.poll(now, &mut events);
+        counted = note_repair(&inner, counted, repair.stats());
         for event in events.drain(..) {
             match event {
                 RepairEvent::Deliver { frame, .. } => {
@@ -405,7 +406,6 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
                 }
             }
         }
-        counted = note_repair(&inner, counted, repair.stats());
         // Subscription ids are never reused on a link: forget those that ended, now and then.
         if frames_seen.is_multiple_of(1024) && repair.subscriptions() > 0 {
             let live = lock(&link.subs);
