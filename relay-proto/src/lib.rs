@@ -26,6 +26,11 @@
 //!    ([`media`]), prefixed with the subscription id; the subscriber puts them back together
 //!    with a [`media::Reassembler`]. Datagrams go only towards a subscriber, so each side's
 //!    reassembler only sees ids it chose itself.
+//! 4. **Repair** (protocol 3). A gap in a subscription's frame numbers makes the subscriber send
+//!    `Nack` (the missing frames, and which fragments of each) and hold the frames after the
+//!    gap; the publisher sends them again from a cache of the frames it sent in the last second.
+//!    What does not come back in time (2 × RTT + 30 ms, at most 200 ms) is a gap the subscriber
+//!    answers with a `KeyframeRequest`. Both ends are no-I/O state machines in [`repair`].
 //!
 //! Handshake and control messages travel in length-prefixed frames ([`codec`]): a 4-byte
 //! big-endian length (at most 64 KiB) and a bincode 2 body. Only the `codec` module knows

@@ -23,7 +23,9 @@
 //!   integer (RFC 9000 §16): one byte for ids below 64, which is what a node gets by reusing the
 //!   lowest free id; values above `u32::MAX` are malformed.
 //! - **frame_seq**: per-subscription frame counter, +1 per frame. Tells fragments of different
-//!   frames apart, and a gap in it tells the subscriber a frame was lost (request a keyframe).
+//!   frames apart, and a gap in it tells the subscriber a frame was lost: it asks for it again
+//!   with a `Nack` ([`crate::repair`]), and for a keyframe if that fails. A frame sent again
+//!   keeps its number and its fragment boundaries, so the same layout serves both.
 //! - **frag_index / frag_count**: where the chunk goes and when the frame is whole. On every
 //!   fragment, because any of them may arrive first. u16: up to 65,535 fragments.
 //! - **flags**: bit 0 = keyframe, also on every fragment so that a receiver knows what it holds
