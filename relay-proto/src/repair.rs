@@ -326,13 +326,17 @@ impl<F> Repairer<F> {
                 .held
                 .last_key_value()
                 .map_or(s.next, |(k, _)| (k + 1).max(s.next));
-            let new: Vec<u64> = (from..n).filter(|k| !s.missing.contains_key(k)).collect();
-            if s.missing.len() + new.len() > self.limits.max_missing {
+            // The length first: a peer's number may jump by billions.
+            let too_long = usize::try_from(n - from)
+                .map_or(true, |len| s.missing.len() + len > self.limits.max_missing);
+            if too_long {
                 self.stats.bursts_over_hold += 1;
                 self.give_up_all(sub, out);
                 self.deliver_after_gap(sub, n, frame, out);
                 return;
             }
+            // Missing numbers all lie below the last held frame, so these are new.
+            let new: Vec<u64> = (from..n).filter(|k| !s.missing.contains_key(k)).collect();
             if !new.is_empty() {
                 let deadline = now + self.limits.deadline(rtt);
                 let renack = Some(now + self.limits.renack_after(rtt));
@@ -351,15 +355,14 @@ impl<F> Repairer<F> {
         let over = s.held.len() >= self.limits.max_held_frames
             || s.held_bytes + bytes > self.limits.max_held_bytes
             || self.total_bytes + bytes > self.limits.max_total_bytes;
-        if over {
-            self.stats.bursts_over_hold += 1;
-            self.give_up_all(sub, out);
-            self.deliver_after_gap(sub, n, frame, out);
-            return;
-        }
         s.held.insert(n, (frame, bytes));
         s.held_bytes += bytes;
         self.total_bytes += bytes;
+        if over {
+            // The frame may fill a gap between held ones: it goes out in its place.
+            self.stats.bursts_over_hold += 1;
+            self.give_up_all(sub, out);
+        }
     }
 
     /// Sends re-`Nack`s and gives up gaps whose time has come.
@@ -836,6 +839,29 @@ mod tests {
         assert_eq!(w.r.stats().bursts_over_hold, 2);
         assert_eq!(w.push(104), vec![], "late");
         assert_eq!(w.r.stats().late, 1);
+    }
+
+    #[test]
+    fn a_frame_filling_a_gap_when_the_hold_is_full_goes_out_in_its_place() {
+        let mut w = World::with(RepairLimits {
+            max_held_bytes: 2500,
+            ..RepairLimits::default()
+        });
+        w.push(0);
+        assert_eq!(w.push(3), vec![nack(&[1, 2])]);
+        assert_eq!(w.push(6), vec![nack(&[4, 5])]);
+        // 5 is repaired, but holding it is over the budget: give up 1, 2, 4, in order.
+        assert_eq!(w.push(5), vec![gap(3), d(3), d(5), d(6)]);
+        assert_eq!(w.push(7), vec![d(7)]);
+        assert_eq!((w.r.held_bytes(), w.r.next_timeout()), (0, None));
+    }
+
+    #[test]
+    fn a_jump_of_billions_is_one_gap_at_no_cost() {
+        let mut w = World::new();
+        w.push(1);
+        assert_eq!(w.push(1 << 31), vec![gap((1 << 31) - 2), d(1 << 31)]);
+        assert_eq!(w.push((1 << 31) + 1), vec![d((1 << 31) + 1)]);
     }
 
     #[test]
