@@ -187,6 +187,13 @@ async fn relay_loss_that_cannot_be_repaired_asks_for_a_keyframe() {
     )
     .await
     .expect("an unrepaired relay loss leads to a keyframe request");
+    eprintln!(
+        "resends dropped too: B sent {} nacks, repaired {}, gave {} up; keyframe requests from B {}",
+        repair(&after, "nack_sent") - repair(&before, "nack_sent"),
+        repair(&after, "repaired") - repair(&before, "repaired"),
+        repair(&after, "failed") - repair(&before, "failed"),
+        metric(&after, KEYFRAMES_SENT) - metric(&before, KEYFRAMES_SENT),
+    );
     assert!(
         repair(&after, "nack_sent") > repair(&before, "nack_sent"),
         "B tried to repair first"

@@ -370,6 +370,12 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
                 };
                 repair.push(now, link.conn.rtt(), arrived, &mut events);
                 frames_seen += 1;
+                // Subscription ids are never reused on a link: forget those that ended, now
+                // and then.
+                if frames_seen.is_multiple_of(1024) {
+                    let live = lock(&link.subs);
+                    repair.retain(|sub| live.contains_key(&sub));
+                }
             }
         }
         repair.poll(now, &mut events);
@@ -405,11 +411,6 @@ async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
                     }
                 }
             }
-        }
-        // Subscription ids are never reused on a link: forget those that ended, now and then.
-        if frames_seen.is_multiple_of(1024) && repair.subscriptions() > 0 {
-            let live = lock(&link.subs);
-            repair.retain(|sub| live.contains_key(&sub));
         }
     }
 }
