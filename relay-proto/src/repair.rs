@@ -48,6 +48,10 @@ pub struct RepairLimits {
     pub margin: Duration,
     /// Subscriptions tracked at once; frames of further ones pass through unrepaired.
     pub max_subscriptions: usize,
+    /// The number every subscription starts at, if the sender always starts at the same one
+    /// (the relay's frames: 1), so that losing a subscription's first frames is a gap too.
+    /// `None`: a subscription starts at its first frame that arrives.
+    pub first_seq: Option<u32>,
 }
 
 impl Default for RepairLimits {
@@ -61,6 +65,7 @@ impl Default for RepairLimits {
             max_wait: Duration::from_millis(200),
             margin: Duration::from_millis(30),
             max_subscriptions: 4096,
+            first_seq: None,
         }
     }
 }
@@ -291,7 +296,8 @@ impl<F> Repairer<F> {
                 out.push(RepairEvent::Deliver { sub, frame });
                 return;
             }
-            self.subs.insert(sub, SubRepair::new(u64::from(seq)));
+            let first = self.limits.first_seq.unwrap_or(seq);
+            self.subs.insert(sub, SubRepair::new(u64::from(first)));
         }
         let Some(s) = self.subs.get_mut(&sub) else {
             return;
@@ -862,6 +868,20 @@ mod tests {
         w.push(1);
         assert_eq!(w.push(1 << 31), vec![gap((1 << 31) - 2), d(1 << 31)]);
         assert_eq!(w.push((1 << 31) + 1), vec![d((1 << 31) + 1)]);
+    }
+
+    #[test]
+    fn losing_the_first_frames_is_a_gap_when_numbering_starts_at_a_known_number() {
+        let mut w = World::with(RepairLimits {
+            first_seq: Some(1),
+            ..RepairLimits::default()
+        });
+        assert_eq!(w.push(3), vec![nack(&[1, 2])]);
+        assert_eq!(w.push(1), vec![d(1)]);
+        assert_eq!(w.at(50), vec![gap(1), d(3)]);
+        // Without a known start, the first frame that arrives starts the count.
+        let mut w = World::new();
+        assert_eq!(w.push(3), vec![d(3)]);
     }
 
     #[test]

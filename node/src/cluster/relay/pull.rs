@@ -342,7 +342,11 @@ async fn run_link(
 
 async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
     let mut reasm = Reassembler::new(ReassemblerLimits::default());
-    let mut repair: Repairer<Frame> = Repairer::new(RepairLimits::default());
+    // The serving node numbers each subscription's frames from 1: losing the first is a gap.
+    let mut repair: Repairer<Frame> = Repairer::new(RepairLimits {
+        first_seq: Some(1),
+        ..RepairLimits::default()
+    });
     let mut counted = RepairStats::default();
     let mut events = Vec::new();
     let mut dropped_here: std::collections::HashSet<UpId> = std::collections::HashSet::new();
