@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use trackmesh_relay_proto::codec::{FrameDecoder, encode, encode_to_vec};
 use trackmesh_relay_proto::control::{
-    CodecParams, ControlMsg, MediaKind, Stats, Subscribe, TrackInfo,
+    CodecParams, ControlMsg, MediaKind, Nack, NackFrame, Subscribe, TrackInfo,
 };
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler};
 
@@ -36,19 +36,19 @@ fn control_messages() -> Vec<(&'static str, ControlMsg)> {
                         mime: "video/VP8".into(),
                         clock_rate: 90_000,
                         channels: None,
-                        fmtp: String::new(),
                     },
                 },
             },
         ),
         ("keyframe_request", ControlMsg::KeyframeRequest { sub: 42 }),
         (
-            "stats",
-            ControlMsg::Stats(Stats {
+            "nack",
+            ControlMsg::Nack(Nack {
                 sub: 42,
-                frames: 123_456,
-                bytes: 987_654_321,
-                lost: 17,
+                frames: vec![NackFrame {
+                    frame_seq: 123_456,
+                    fragments: vec![3, 4],
+                }],
             }),
         ),
     ]

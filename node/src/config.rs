@@ -458,6 +458,9 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Where the QUIC relay binds (`--relay`).
     pub relay: SocketAddr,
+    /// Tests only (no flag): drop outgoing relay media datagrams on purpose. The in-process
+    /// test node sets it; see [`crate::cluster::relay::RelayTestLoss`].
+    pub relay_test_loss: Option<crate::cluster::relay::RelayTestLoss>,
     /// The secret gossip, the relay and forwarded calls are authenticated with.
     pub cluster_secret: String,
     /// True when no secret was given and the development default is in use.
@@ -600,6 +603,7 @@ impl Config {
                 .relay
                 .or(file.relay)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7703))),
+            relay_test_loss: None,
             dev_secret: flags.cluster_secret.is_none() && file.cluster_secret.is_none(),
             cluster_secret: flags
                 .cluster_secret

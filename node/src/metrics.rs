@@ -89,6 +89,7 @@ pub struct Metrics {
     relay_frames: IntCounterVec,
     relay_bytes: IntCounterVec,
     relay_pull_failures: IntCounterVec,
+    relay_repair: IntCounterVec,
     members: IntGaugeVec,
     /// `trackmesh_http_requests_total{route,method,status}`, counted by the API's middleware.
     pub http_requests: IntCounterVec,
@@ -284,6 +285,14 @@ impl Metrics {
                     "trackmesh_relay_pull_failures_total",
                     "Pulls of tracks from other nodes that failed, by reason.",
                     &["reason"],
+                )?,
+            )?,
+            relay_repair: reg(
+                &r,
+                cv(
+                    "trackmesh_relay_repair_total",
+                    "Relay loss repair: nack_sent, repaired, failed (a gap: keyframe request), late, resent, nack_miss (not in the cache), nack_dropped (full queue), test_dropped (test hook).",
+                    &["event"],
                 )?,
             )?,
             members: reg(
@@ -515,6 +524,19 @@ impl Metrics {
         );
         for (reason, n) in snap.relay.pull_failures {
             set(&self.relay_pull_failures.with_label_values(&[reason]), n);
+        }
+        let r = snap.relay.repair;
+        for (event, n) in [
+            ("nack_sent", r.nacks_sent),
+            ("repaired", r.frames_repaired),
+            ("failed", r.repairs_failed),
+            ("late", r.late),
+            ("resent", r.frames_resent),
+            ("nack_miss", r.nack_misses),
+            ("nack_dropped", r.nack_drops),
+            ("test_dropped", r.test_dropped),
+        ] {
+            set(&self.relay_repair.with_label_values(&[event]), n);
         }
         for (event, n) in [
             ("switch", s.simulcast.switches),

@@ -200,6 +200,7 @@ impl Node {
                 socket: relay_socket,
                 secret: cfg.cluster_secret.clone(),
                 secret_previous: cfg.cluster_secret_previous.clone(),
+                test_loss: cfg.relay_test_loss,
             },
             members.view.clone(),
             handle.clone(),

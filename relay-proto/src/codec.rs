@@ -300,45 +300,45 @@ mod tests {
     use crate::control::ControlMsg;
     use crate::handshake::HandshakeMsg;
 
-    fn ping(nonce: u64) -> ControlMsg {
-        ControlMsg::Ping { nonce }
+    fn kf(sub: u32) -> ControlMsg {
+        ControlMsg::KeyframeRequest { sub }
     }
 
     #[test]
     fn frame_layout_is_be_length_then_bincode() {
-        let frame = encode_to_vec(&ping(5)).expect("encode");
-        // Ping is variant 7; nonce 5 is one varint byte.
-        assert_eq!(frame, [0, 0, 0, 2, 7, 5]);
-        let frame = encode_to_vec(&ping(300)).expect("encode");
+        let frame = encode_to_vec(&kf(5)).expect("encode");
+        // KeyframeRequest is variant 5; sub 5 is one varint byte.
+        assert_eq!(frame, [0, 0, 0, 2, 5, 5]);
+        let frame = encode_to_vec(&kf(300)).expect("encode");
         // 300 does not fit one varint byte: marker 251, then u16 little-endian.
-        assert_eq!(frame, [0, 0, 0, 4, 7, 251, 0x2c, 0x01]);
+        assert_eq!(frame, [0, 0, 0, 4, 5, 251, 0x2c, 0x01]);
     }
 
     #[test]
     fn encode_appends_and_decodes_back() {
         let mut out = vec![0xaa];
-        encode(&ping(1), &mut out).expect("encode");
-        encode(&ping(2), &mut out).expect("encode");
+        encode(&kf(1), &mut out).expect("encode");
+        encode(&kf(2), &mut out).expect("encode");
         assert_eq!(out[0], 0xaa, "encode appends");
         let mut dec = FrameDecoder::<ControlMsg>::new();
         let got: Vec<_> = dec.feed(&out[1..]).collect();
-        assert_eq!(got, vec![Ok(ping(1)), Ok(ping(2))]);
+        assert_eq!(got, vec![Ok(kf(1)), Ok(kf(2))]);
         assert_eq!(dec.buffered(), 0);
     }
 
     #[test]
     fn push_takes_only_the_current_frame() {
-        let mut data = encode_to_vec(&ping(1)).expect("encode");
-        encode(&ping(2), &mut data).expect("encode");
+        let mut data = encode_to_vec(&kf(1)).expect("encode");
+        encode(&kf(2), &mut data).expect("encode");
         let mut dec = FrameDecoder::<ControlMsg>::new();
         let first = dec.push(&data);
         assert_eq!(first, 6);
         // A decoded frame waits: nothing more is taken.
         assert_eq!(dec.push(&data[first..]), 0);
-        assert_eq!(dec.next(), Some(Ok(ping(1))));
+        assert_eq!(dec.next(), Some(Ok(kf(1))));
         assert_eq!(dec.next(), None);
         assert_eq!(dec.push(&data[first..]), 6);
-        assert_eq!(dec.next(), Some(Ok(ping(2))));
+        assert_eq!(dec.next(), Some(Ok(kf(2))));
         assert_eq!(dec.next(), None);
     }
 
@@ -390,7 +390,7 @@ mod tests {
             Err(DecodeError::Malformed(_))
         ));
         assert_eq!(
-            decode_body::<ControlMsg>(&[7, 5, 0]),
+            decode_body::<ControlMsg>(&[5, 5, 0]),
             Err(DecodeError::TrailingBytes { extra: 1 })
         );
         // The handshake allows trailing bytes (fields appended by later versions).
@@ -446,7 +446,7 @@ mod tests {
         )
         .expect("encode");
         let hs_len = data.len();
-        encode(&ping(9), &mut data).expect("encode");
+        encode(&kf(9), &mut data).expect("encode");
         let mut dec = FrameDecoder::<HandshakeMsg>::new();
         let used = dec.push(&data);
         assert_eq!(used, hs_len);
@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(dec.push(&data[used..used + 3]), 3);
         let mut dec = dec.switch::<ControlMsg>();
         let got: Vec<_> = dec.feed(&data[used + 3..]).collect();
-        assert_eq!(got, vec![Ok(ping(9))]);
+        assert_eq!(got, vec![Ok(kf(9))]);
     }
 
     /// Deterministic randomized check: arbitrary bytes never panic the decoder, and it never

@@ -13,14 +13,17 @@
 //! | `Unsubscribe` | subscriber | stop forwarding `sub`; `sub` is free once sent |
 //! | `TrackEnded` | publisher | the track is gone; `sub` is free again |
 //! | `KeyframeRequest` | subscriber | a downstream receiver needs a keyframe |
-//! | [`Stats`] | subscriber | what arrived for `sub` (frames, bytes, frames lost) |
-//! | `Ping` / `Pong` | either | liveness and round-trip time; `Pong` echoes the nonce |
+//! | [`Nack`] | subscriber | frames (or fragments of them) of `sub` that never arrived: send again |
+//!
+//! Liveness and round-trip time come from QUIC itself (keep-alives, idle timeout,
+//! `Connection::rtt`), so the protocol has no ping of its own.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Message;
 use crate::limits::{
-    LimitError, MAX_APP_ID, MAX_FMTP, MAX_MIME, MAX_REASON, MAX_TRACK_NAME, check_len,
+    LimitError, MAX_APP_ID, MAX_MIME, MAX_NACK_FRAGMENTS, MAX_NACK_FRAMES, MAX_REASON,
+    MAX_TRACK_NAME, check_count, check_len,
 };
 
 /// A subscription id, chosen by the subscribing node.
@@ -64,18 +67,8 @@ pub enum ControlMsg {
         /// The subscription.
         sub: SubId,
     },
-    /// Subscriber → publisher: receive statistics.
-    Stats(Stats),
-    /// Either side: liveness probe.
-    Ping {
-        /// Echoed in the `Pong`.
-        nonce: u64,
-    },
-    /// Either side: answer to `Ping`.
-    Pong {
-        /// The nonce of the `Ping`.
-        nonce: u64,
-    },
+    /// Subscriber → publisher: send these frames (or fragments) of `sub` again (protocol 3).
+    Nack(Nack),
 }
 
 /// Subscriber → publisher: forward the track `track_name` of session `session_id` as `sub`.
@@ -122,49 +115,48 @@ pub struct CodecParams {
     pub clock_rate: u32,
     /// Audio channels, if the codec says.
     pub channels: Option<u8>,
-    /// The `fmtp` parameters, at most [`MAX_FMTP`] bytes; empty if none.
-    #[serde(deserialize_with = "crate::limits::bounded_string::<_, MAX_FMTP>")]
-    pub fmtp: String,
 }
 
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FailureCode {
-    /// No such session or track on the publishing node.
+    /// No such session or track on the publishing node (or not for this app).
     NotFound,
-    /// The subscribing node may not pull this track.
-    Unauthorized,
-    /// The publishing node is at a limit (subscriptions, bandwidth, draining).
+    /// The publishing node is at a limit (subscriptions per link).
     Overloaded,
-    /// Anything else.
-    Internal,
 }
 
-/// Subscriber → publisher: counters for one subscription since it started.
+/// Subscriber → publisher: frames of `sub` that did not arrive, to be sent again from the
+/// publisher's cache of recently sent frames. At most [`MAX_NACK_FRAMES`] frames; seqs the
+/// publisher no longer holds are ignored (the subscriber then gives up and asks for a keyframe).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
+pub struct Nack {
     /// The subscription.
     pub sub: SubId,
-    /// Frames received whole.
-    pub frames: u64,
-    /// Payload bytes of those frames.
-    pub bytes: u64,
-    /// Frames lost (gaps in `frame_seq`, or dropped incomplete by the reassembler).
-    pub lost: u64,
+    /// The missing frames, oldest first.
+    pub frames: Vec<NackFrame>,
+}
+
+/// One frame a [`Nack`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NackFrame {
+    /// The frame's `frame_seq`.
+    pub frame_seq: u32,
+    /// The fragment indexes missing, at most [`MAX_NACK_FRAGMENTS`]; empty: the whole frame.
+    pub fragments: Vec<u16>,
 }
 
 impl ControlMsg {
-    /// The subscription this message is about, if any.
-    pub fn sub(&self) -> Option<SubId> {
+    /// The subscription this message is about (every control message is about one).
+    pub fn sub(&self) -> SubId {
         match self {
-            ControlMsg::Subscribe(s) => Some(s.sub),
-            ControlMsg::Stats(s) => Some(s.sub),
+            ControlMsg::Subscribe(s) => s.sub,
+            ControlMsg::Nack(n) => n.sub,
             ControlMsg::Subscribed { sub, .. }
             | ControlMsg::SubscribeFailed { sub, .. }
             | ControlMsg::Unsubscribe { sub }
             | ControlMsg::TrackEnded { sub }
-            | ControlMsg::KeyframeRequest { sub } => Some(*sub),
-            ControlMsg::Ping { .. } | ControlMsg::Pong { .. } => None,
+            | ControlMsg::KeyframeRequest { sub } => *sub,
         }
     }
 }
@@ -178,17 +170,17 @@ impl Message for ControlMsg {
                 check_len("track_name", &s.track_name, MAX_TRACK_NAME)?;
                 check_len("app", &s.app, MAX_APP_ID)
             }
-            ControlMsg::Subscribed { track, .. } => {
-                check_len("mime", &track.codec.mime, MAX_MIME)?;
-                check_len("fmtp", &track.codec.fmtp, MAX_FMTP)
-            }
+            ControlMsg::Subscribed { track, .. } => check_len("mime", &track.codec.mime, MAX_MIME),
             ControlMsg::SubscribeFailed { reason, .. } => check_len("reason", reason, MAX_REASON),
+            ControlMsg::Nack(n) => {
+                check_count("frames", n.frames.len(), MAX_NACK_FRAMES)?;
+                n.frames.iter().try_for_each(|f| {
+                    check_count("fragments", f.fragments.len(), MAX_NACK_FRAGMENTS)
+                })
+            }
             ControlMsg::Unsubscribe { .. }
             | ControlMsg::TrackEnded { .. }
-            | ControlMsg::KeyframeRequest { .. }
-            | ControlMsg::Stats(_)
-            | ControlMsg::Ping { .. }
-            | ControlMsg::Pong { .. } => Ok(()),
+            | ControlMsg::KeyframeRequest { .. } => Ok(()),
         }
     }
 }
@@ -205,7 +197,6 @@ mod tests {
                 mime: "video/VP8".into(),
                 clock_rate: 90_000,
                 channels: None,
-                fmtp: String::new(),
             },
         }
     }
@@ -230,7 +221,6 @@ mod tests {
                         mime: "audio/opus".into(),
                         clock_rate: 48_000,
                         channels: Some(2),
-                        fmtp: "minptime=10;useinbandfec=1".into(),
                     },
                 },
             },
@@ -239,17 +229,27 @@ mod tests {
                 code: FailureCode::NotFound,
                 reason: "no such track".into(),
             },
+            ControlMsg::SubscribeFailed {
+                sub: 4,
+                code: FailureCode::Overloaded,
+                reason: String::new(),
+            },
             ControlMsg::Unsubscribe { sub: u32::MAX },
             ControlMsg::TrackEnded { sub: 0 },
             ControlMsg::KeyframeRequest { sub: 7 },
-            ControlMsg::Stats(Stats {
+            ControlMsg::Nack(Nack {
                 sub: 7,
-                frames: 1,
-                bytes: u64::MAX,
-                lost: 0,
+                frames: vec![
+                    NackFrame {
+                        frame_seq: u32::MAX,
+                        fragments: Vec::new(),
+                    },
+                    NackFrame {
+                        frame_seq: 0,
+                        fragments: vec![0, 3, u16::MAX],
+                    },
+                ],
             }),
-            ControlMsg::Ping { nonce: 42 },
-            ControlMsg::Pong { nonce: 42 },
         ]
     }
 
@@ -292,7 +292,6 @@ mod tests {
                     mime: "m".repeat(MAX_MIME),
                     clock_rate: 90_000,
                     channels: None,
-                    fmtp: "f".repeat(MAX_FMTP),
                 },
             },
         };
@@ -301,7 +300,7 @@ mod tests {
 
         let over = ControlMsg::SubscribeFailed {
             sub: 1,
-            code: FailureCode::Internal,
+            code: FailureCode::NotFound,
             reason: "r".repeat(MAX_REASON + 1),
         };
         assert!(matches!(encode_to_vec(&over), Err(EncodeError::Limit(_))));
@@ -320,10 +319,61 @@ mod tests {
     }
 
     #[test]
-    fn sub_accessor() {
-        for msg in all_messages() {
-            let expect_sub = !matches!(msg, ControlMsg::Ping { .. } | ControlMsg::Pong { .. });
-            assert_eq!(msg.sub().is_some(), expect_sub, "{msg:?}");
+    fn nack_lengths_are_bounded() {
+        let frame = |n: usize| NackFrame {
+            frame_seq: 1,
+            fragments: (0..n as u16).collect(),
+        };
+        let at_limit = ControlMsg::Nack(Nack {
+            sub: 1,
+            frames: (0..MAX_NACK_FRAMES)
+                .map(|_| frame(MAX_NACK_FRAGMENTS))
+                .collect(),
+        });
+        let bytes = encode_to_vec(&at_limit).expect("at the limit is fine");
+        assert_eq!(decode_body::<ControlMsg>(&bytes[4..]), Ok(at_limit));
+        for over in [
+            Nack {
+                sub: 1,
+                frames: (0..=MAX_NACK_FRAMES).map(|_| frame(0)).collect(),
+            },
+            Nack {
+                sub: 1,
+                frames: vec![frame(MAX_NACK_FRAGMENTS + 1)],
+            },
+        ] {
+            let msg = ControlMsg::Nack(over);
+            assert!(matches!(encode_to_vec(&msg), Err(EncodeError::Limit(_))));
+            // A peer that sends one anyway: the decoder refuses it rather than act on it.
+            let mut body = Vec::new();
+            bincode::serde::encode_into_std_write(&msg, &mut body, bincode::config::standard())
+                .expect("raw encode");
+            assert!(matches!(
+                decode_body::<ControlMsg>(&body),
+                Err(DecodeError::Limit(_))
+            ));
         }
+    }
+
+    #[test]
+    fn removed_and_unknown_messages_are_malformed_not_misread() {
+        // Variant 7 was protocol 2's `Ping`; 200 was never used. Either is refused as malformed
+        // (the link then ends), never read as another message.
+        for variant in [7u8, 8, 200] {
+            let body = [variant, 42];
+            assert!(
+                matches!(
+                    decode_body::<ControlMsg>(&body),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "variant {variant}"
+            );
+        }
+    }
+
+    #[test]
+    fn sub_accessor() {
+        let subs: Vec<SubId> = all_messages().iter().map(ControlMsg::sub).collect();
+        assert_eq!(subs, vec![1, 1, 2, 3, 4, u32::MAX, 0, 7, 7]);
     }
 }

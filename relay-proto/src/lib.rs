@@ -14,9 +14,9 @@
 //!    [`handshake::Hello`] (protocol version, cluster identity, node id and tag); the acceptor
 //!    answers [`handshake::Welcome`] or `Refuse` and, after a refusal, closes the connection.
 //! 2. **Control.** Once welcomed, that stream goes on as the dialer's control stream: the
-//!    subscriber sends [`control::ControlMsg::Subscribe`], `Unsubscribe`, `KeyframeRequest`,
-//!    `Stats`; the publisher answers `Subscribed` (with the track's codec parameters) or
-//!    `SubscribeFailed`, and later `TrackEnded`; either side may `Ping`. Every subscriber-chosen
+//!    subscriber sends [`control::ControlMsg::Subscribe`], `Unsubscribe`, `KeyframeRequest` and
+//!    `Nack`; the publisher answers `Subscribed` (with the track's codec parameters) or
+//!    `SubscribeFailed`, and later `TrackEnded`. Every subscriber-chosen
 //!    subscription id (`sub`) names one track for the life of the subscription. If the acceptor
 //!    wants tracks of the dialer as well, it opens one bidirectional stream of its own after
 //!    sending `Welcome` and is the subscriber on that one (no second handshake). Each side thus
@@ -26,6 +26,11 @@
 //!    ([`media`]), prefixed with the subscription id; the subscriber puts them back together
 //!    with a [`media::Reassembler`]. Datagrams go only towards a subscriber, so each side's
 //!    reassembler only sees ids it chose itself.
+//! 4. **Repair** (protocol 3). A gap in a subscription's frame numbers makes the subscriber send
+//!    `Nack` (the missing frames, and which fragments of each) and hold the frames after the
+//!    gap; the publisher sends them again from a cache of the frames it sent in the last second.
+//!    What does not come back in time (2 × RTT + 30 ms, at most 200 ms) is a gap the subscriber
+//!    answers with a `KeyframeRequest`. Both ends are no-I/O state machines in [`repair`].
 //!
 //! Handshake and control messages travel in length-prefixed frames ([`codec`]): a 4-byte
 //! big-endian length (at most 64 KiB) and a bincode 2 body. Only the `codec` module knows
@@ -55,6 +60,7 @@ pub mod datachannel;
 pub mod handshake;
 pub mod limits;
 pub mod media;
+pub mod repair;
 
 #[cfg(test)]
 pub(crate) mod test_rng {

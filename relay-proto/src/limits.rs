@@ -20,8 +20,11 @@ pub const MAX_APP_ID: usize = 64;
 pub const MAX_TRACK_NAME: usize = 256;
 /// Longest codec MIME type (`video/VP8`, `audio/opus`), in bytes.
 pub const MAX_MIME: usize = 64;
-/// Longest codec `fmtp` line, in bytes.
-pub const MAX_FMTP: usize = 1024;
+/// Most frames one `Nack` asks for (a loss burst longer than this is not worth repairing:
+/// the subscriber asks for a keyframe instead).
+pub const MAX_NACK_FRAMES: usize = 64;
+/// Most fragment indexes listed for one frame of a `Nack`; more missing: ask for the whole frame.
+pub const MAX_NACK_FRAGMENTS: usize = 64;
 /// Longest human-readable reason in an error message, in bytes.
 pub const MAX_REASON: usize = 256;
 
@@ -43,6 +46,19 @@ pub(crate) fn check_len(field: &'static str, value: &str, max: usize) -> Result<
         Err(LimitError {
             field,
             len: value.len(),
+            max,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks `count <= max` for a list field.
+pub(crate) fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), LimitError> {
+    if count > max {
+        Err(LimitError {
+            field,
+            len: count,
             max,
         })
     } else {

@@ -23,7 +23,9 @@
 //!   integer (RFC 9000 §16): one byte for ids below 64, which is what a node gets by reusing the
 //!   lowest free id; values above `u32::MAX` are malformed.
 //! - **frame_seq**: per-subscription frame counter, +1 per frame. Tells fragments of different
-//!   frames apart, and a gap in it tells the subscriber a frame was lost (request a keyframe).
+//!   frames apart, and a gap in it tells the subscriber a frame was lost: it asks for it again
+//!   with a `Nack` ([`crate::repair`]), and for a keyframe if that fails. A frame sent again
+//!   keeps its number and its fragment boundaries, so the same layout serves both.
 //! - **frag_index / frag_count**: where the chunk goes and when the frame is whole. On every
 //!   fragment, because any of them may arrive first. u16: up to 65,535 fragments.
 //! - **flags**: bit 0 = keyframe, also on every fragment so that a receiver knows what it holds
@@ -568,6 +570,29 @@ impl Reassembler {
         Some(partial.created + self.limits.frame_timeout)
     }
 
+    /// The fragment indexes still missing of frame `seq` of `sub`, if it is in progress and at
+    /// most `max` are missing; `None` otherwise (nothing of it arrived, it is done, or so much
+    /// is missing that asking for the whole frame is shorter).
+    pub fn missing_fragments(&self, sub: SubId, seq: u32, max: usize) -> Option<Vec<u16>> {
+        let p = self
+            .subs
+            .get(&sub)?
+            .in_flight
+            .iter()
+            .find(|p| p.seq == seq)?;
+        if usize::from(p.frag_count - p.received) > max {
+            return None;
+        }
+        Some(
+            p.chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_none())
+                .filter_map(|(i, _)| u16::try_from(i).ok())
+                .collect(),
+        )
+    }
+
     /// Forgets a subscription (after `Unsubscribe` or `TrackEnded`), dropping its incomplete
     /// frames without counting them.
     pub fn remove_subscription(&mut self, sub: SubId) {
@@ -977,6 +1002,28 @@ mod tests {
         assert_eq!(s.frames_completed, 1);
         assert_eq!(s.fragments_late as usize, d.len());
         assert_eq!(s.frames_dropped(), 0);
+    }
+
+    #[test]
+    fn missing_fragments_of_a_frame_in_progress() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        let d = frags(&frame(1, 4, 5000), 1200);
+        assert_eq!(d.len(), 5);
+        assert_eq!(r.missing_fragments(1, 4, 64), None, "nothing arrived");
+        r.push(&d[1], now);
+        r.push(&d[3], now);
+        assert_eq!(r.missing_fragments(1, 4, 64), Some(vec![0, 2, 4]));
+        assert_eq!(
+            r.missing_fragments(1, 4, 2),
+            None,
+            "the whole frame is shorter"
+        );
+        assert_eq!(r.missing_fragments(2, 4, 64), None);
+        r.push(&d[0], now);
+        r.push(&d[2], now);
+        assert!(r.push(&d[4], now).is_some());
+        assert_eq!(r.missing_fragments(1, 4, 64), None, "done");
     }
 
     #[test]

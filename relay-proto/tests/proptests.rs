@@ -9,11 +9,12 @@ use proptest::sample::Index;
 
 use trackmesh_relay_proto::codec::{FrameDecoder, encode, encode_to_vec};
 use trackmesh_relay_proto::control::{
-    CodecParams, ControlMsg, FailureCode, MediaKind, Stats, Subscribe, TrackInfo,
+    CodecParams, ControlMsg, FailureCode, MediaKind, Nack, NackFrame, Subscribe, TrackInfo,
 };
 use trackmesh_relay_proto::handshake::{HandshakeMsg, Hello, RefuseReason, Welcome};
 use trackmesh_relay_proto::limits::{
-    MAX_APP_ID, MAX_FMTP, MAX_MIME, MAX_NODE_ID, MAX_REASON, MAX_TRACK_NAME,
+    MAX_APP_ID, MAX_MIME, MAX_NACK_FRAGMENTS, MAX_NACK_FRAMES, MAX_NODE_ID, MAX_REASON,
+    MAX_TRACK_NAME,
 };
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
 
@@ -34,25 +35,21 @@ fn at_limit(max: usize) -> impl Strategy<Value = String> {
 }
 
 fn control_msg() -> impl Strategy<Value = ControlMsg> {
-    let codec = (
-        at_limit(MAX_MIME),
-        any::<u32>(),
-        any::<Option<u8>>(),
-        at_limit(MAX_FMTP),
-    )
-        .prop_map(|(mime, clock_rate, channels, fmtp)| CodecParams {
+    let codec = (at_limit(MAX_MIME), any::<u32>(), any::<Option<u8>>()).prop_map(
+        |(mime, clock_rate, channels)| CodecParams {
             mime,
             clock_rate,
             channels,
-            fmtp,
-        });
+        },
+    );
     let kind = prop_oneof![Just(MediaKind::Audio), Just(MediaKind::Video)];
-    let code = prop_oneof![
-        Just(FailureCode::NotFound),
-        Just(FailureCode::Unauthorized),
-        Just(FailureCode::Overloaded),
-        Just(FailureCode::Internal),
-    ];
+    let code = prop_oneof![Just(FailureCode::NotFound), Just(FailureCode::Overloaded),];
+    let nack_frame = (any::<u32>(), vec(any::<u16>(), 0..=MAX_NACK_FRAGMENTS)).prop_map(
+        |(frame_seq, fragments)| NackFrame {
+            frame_seq,
+            fragments,
+        },
+    );
     prop_oneof![
         (
             any::<u32>(),
@@ -77,16 +74,8 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
         any::<u32>().prop_map(|sub| ControlMsg::Unsubscribe { sub }),
         any::<u32>().prop_map(|sub| ControlMsg::TrackEnded { sub }),
         any::<u32>().prop_map(|sub| ControlMsg::KeyframeRequest { sub }),
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(sub, frames, bytes, lost)| ControlMsg::Stats(Stats {
-                sub,
-                frames,
-                bytes,
-                lost
-            })
-        ),
-        any::<u64>().prop_map(|nonce| ControlMsg::Ping { nonce }),
-        any::<u64>().prop_map(|nonce| ControlMsg::Pong { nonce }),
+        (any::<u32>(), vec(nack_frame, 0..=MAX_NACK_FRAMES))
+            .prop_map(|(sub, frames)| ControlMsg::Nack(Nack { sub, frames })),
     ]
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
+use trackmesh_node::cluster::relay::RelayTestLoss;
 
 use crate::api::CallsClient;
 use crate::node::{ClusterOpts, PLACED_GOSSIP_PORT, Place, TestNode, free_udp_addr, random_hex32};
@@ -77,6 +78,8 @@ pub struct ClusterConfig {
     /// Run every node as a child process of the node binary (else in this process, unless
     /// placed): for tests that signal nodes or read their logs.
     pub process: bool,
+    /// The relay test hook for every (in-process) node: drops outgoing media datagrams.
+    pub relay_test_loss: Option<RelayTestLoss>,
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +90,7 @@ impl Default for ClusterConfig {
             converge_timeout: CONVERGE_TIMEOUT,
             places: Vec::new(),
             process: false,
+            relay_test_loss: None,
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct Cluster {
     extra: Vec<String>,
     /// New nodes run as processes.
     process: bool,
+    relay_test_loss: Option<RelayTestLoss>,
 }
 
 impl Cluster {
@@ -123,6 +128,7 @@ impl Cluster {
             admin_token: format!("admin-{}", random_hex32()),
             extra: cfg.extra.clone(),
             process: cfg.process,
+            relay_test_loss: cfg.relay_test_loss,
         };
         // Gossip addresses chosen up front so that every node can seed every other one.
         let gossip: Vec<SocketAddr> = (0..spec.len())
@@ -175,6 +181,7 @@ impl Cluster {
             extra: self.extra.clone(),
             place: None,
             process: self.process,
+            relay_test_loss: self.relay_test_loss,
         }
     }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use clap::Parser;
 use trackmesh_node::Node;
+use trackmesh_node::cluster::relay::RelayTestLoss;
 use trackmesh_node::config::{Config, Flags};
 
 use crate::api::CallsClient;
@@ -110,6 +111,9 @@ pub struct ClusterOpts {
     pub place: Option<Place>,
     /// Run as a child process of the node binary (else in this process, unless placed).
     pub process: bool,
+    /// In-process nodes only: the relay's test hook that drops outgoing media datagrams on
+    /// purpose (no command-line flag sets it).
+    pub relay_test_loss: Option<RelayTestLoss>,
 }
 
 /// Where a node process runs: inside network namespace `netns` (started through
@@ -208,7 +212,7 @@ impl TestNode {
             let started = if process {
                 Self::spawn(app_id, app_secret, &full, None, None)
             } else {
-                Self::in_process(app_id, app_secret, &full, None)
+                Self::in_process(app_id, app_secret, &full, None, None)
             };
             match started {
                 Ok(node) => return Ok(node),
@@ -266,10 +270,13 @@ impl TestNode {
             }
             args.extend(opts.extra.iter().cloned());
             let token = (!opts.admin_token.is_empty()).then(|| opts.admin_token.clone());
+            if opts.relay_test_loss.is_some() && (opts.process || opts.place.is_some()) {
+                bail!("the relay test hook exists only in in-process nodes");
+            }
             let started = if opts.process || opts.place.is_some() {
                 Self::spawn(&app_id, &app_secret, &args, token, opts.place.as_ref())
             } else {
-                Self::in_process(&app_id, &app_secret, &args, token)
+                Self::in_process(&app_id, &app_secret, &args, token, opts.relay_test_loss)
             };
             match started {
                 Ok(node) => return Ok(node),
@@ -289,6 +296,7 @@ impl TestNode {
         app_secret: &str,
         args: &[String],
         admin_token: Option<String>,
+        relay_test_loss: Option<RelayTestLoss>,
     ) -> anyhow::Result<TestNode> {
         let app = format!("{app_id}:{app_secret}");
         // `--http` in `args` (a node restarted on the same port) replaces the ephemeral one.
@@ -311,7 +319,8 @@ impl TestNode {
             .chain(["--app".to_string(), app])
             .chain(args.iter().cloned());
         let flags = Flags::try_parse_from(argv).context("the node's flags")?;
-        let cfg = Config::from_flags(flags).context("the node's configuration")?;
+        let mut cfg = Config::from_flags(flags).context("the node's configuration")?;
+        cfg.relay_test_loss = relay_test_loss;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

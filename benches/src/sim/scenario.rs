@@ -148,6 +148,7 @@ pub async fn run(cfg: &SimConfig) -> anyhow::Result<Outcome> {
             converge_timeout: CONVERGE_TIMEOUT,
             places,
             process: true,
+            ..ClusterConfig::default()
         },
     )
     .await

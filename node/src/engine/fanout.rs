@@ -323,7 +323,7 @@ impl Engine {
                         data: frame.data.clone(),
                         rid: frame.layer.map(|(rid, _)| rid),
                     };
-                    self.push_relay(RelayOut::Frame { down, frame: out });
+                    self.push_relay_frame(down, out);
                 }
             }
         }

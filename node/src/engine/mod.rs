@@ -183,6 +183,9 @@ pub struct Engine {
     relay_down: HashMap<DownId, TrackKey>,
     /// Downstream relay subscriptions that have not carried a keyframe yet.
     relay_down_without_keyframe: HashSet<DownId>,
+    /// The number of the last frame given to each downstream relay subscription. Numbered here,
+    /// before any queue may drop the frame, so that the other node sees every loss as a gap.
+    relay_down_seq: HashMap<DownId, u32>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -234,6 +237,7 @@ impl Engine {
             relay_up: HashMap::new(),
             relay_down: HashMap::new(),
             relay_down_without_keyframe: HashSet::new(),
+            relay_down_seq: HashMap::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),

@@ -273,6 +273,7 @@ impl Engine {
                 Sink::Relay(down) => {
                     self.relay_down.remove(&down);
                     self.relay_down_without_keyframe.remove(&down);
+                    self.relay_down_seq.remove(&down);
                     self.push_relay(RelayOut::Ended { down });
                 }
             }

@@ -96,6 +96,7 @@ impl Engine {
     /// A downstream node stopped pulling: the publication may become unused.
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
+        self.relay_down_seq.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -117,7 +118,7 @@ impl Engine {
                 // Of a layered publication, every layer's.
                 for frame in self.cached_relay_keyframes(&key) {
                     self.stats.keyframes_from_cache += 1;
-                    self.push_relay(RelayOut::Frame { down, frame });
+                    self.push_relay_frame(down, frame);
                 }
             }
             self.request_keyframe(&key, now);
@@ -166,6 +167,15 @@ impl Engine {
     /// Whether an upstream still feeds a publication (the cluster layer keeps ids in step).
     pub fn relay_upstream_live(&self, up: UpId) -> bool {
         self.relay_up.contains_key(&up)
+    }
+
+    /// Numbers a frame for downstream `down`, then queues it (a full queue drops it after
+    /// numbering, so the gap shows on the other node).
+    pub(super) fn push_relay_frame(&mut self, down: DownId, frame: super::RelayFrame) {
+        let n = self.relay_down_seq.entry(down).or_insert(0);
+        *n = n.wrapping_add(1);
+        let seq = *n;
+        self.push_relay(RelayOut::Frame { down, seq, frame });
     }
 
     pub(super) fn push_relay(&mut self, out: RelayOut) {

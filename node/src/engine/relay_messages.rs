@@ -25,6 +25,9 @@ pub enum RelayOut {
     Frame {
         /// The subscription to send on.
         down: DownId,
+        /// The frame's number on that subscription: +1 per frame, from 1, counted before any
+        /// queue may drop it (a dropped frame leaves a gap the other node sees).
+        seq: u32,
         /// The frame.
         frame: RelayFrame,
     },

@@ -638,7 +638,7 @@ fn auto_discover_names_every_sent_section() {
 fn shuttle(a: &mut World, b: &mut World, down: DownId, up: UpId) -> (usize, usize) {
     let (mut frames, mut keyframe_requests) = (0, 0);
     while let Some(out) = a.engine.poll_relay() {
-        if let RelayOut::Frame { down: d, frame } = out
+        if let RelayOut::Frame { down: d, frame, .. } = out
             && d == down
         {
             frames += 1;
@@ -670,6 +670,7 @@ fn a_new_relay_downstream_gets_the_cached_keyframe_when_it_asks() {
             if let RelayOut::Frame {
                 down: DownId(1),
                 frame,
+                ..
             } = out
                 && frame.keyframe
             {
@@ -1702,4 +1703,44 @@ fn ending_pulls_with_an_sfu_offer_stops_their_media() {
             .iter()
             .all(|(_, l, active)| *l == Location::Local && *active)
     );
+}
+
+#[test]
+fn a_relay_frame_dropped_on_a_full_queue_still_takes_its_number() {
+    let (mut a, _) = publishing_world(Duration::from_secs(30));
+    while a.engine.poll_relay().is_some() {}
+    let down = DownId(7);
+    let seqs = |a: &mut World| {
+        let mut v = Vec::new();
+        while let Some(out) = a.engine.poll_relay() {
+            if let RelayOut::Frame { down: d, seq, .. } = out
+                && d == down
+            {
+                v.push(seq);
+            }
+        }
+        v
+    };
+    a.engine.push_relay_frame(down, relayed_vp8(1, true));
+    assert_eq!(seqs(&mut a), vec![1]);
+    // The relay tasks are behind: the queue is full, and the next frame is dropped...
+    for _ in 0..MAX_RELAY_QUEUE {
+        a.engine.push_relay(RelayOut::Unused { up: UpId(1) });
+    }
+    let dropped = a.engine.stats.relay_dropped;
+    a.engine.push_relay_frame(down, relayed_vp8(2, false));
+    assert_eq!(a.engine.stats.relay_dropped, dropped + 1);
+    assert_eq!(seqs(&mut a), Vec::<u32>::new(), "dropped");
+    // ...after it was numbered: the other node sees 3 follow 1, a gap it repairs or answers
+    // with a keyframe request, rather than a loss it cannot see.
+    a.engine.push_relay_frame(down, relayed_vp8(3, false));
+    assert_eq!(seqs(&mut a), vec![3]);
+    // A new downstream counts from 1 again, and a released one forgets its count.
+    a.engine.push_relay_frame(DownId(8), relayed_vp8(4, false));
+    assert!(matches!(
+        a.engine.poll_relay(),
+        Some(RelayOut::Frame { seq: 1, .. })
+    ));
+    a.engine.relay_unsubscribe(down, a.now);
+    assert!(!a.engine.relay_down_seq.contains_key(&down));
 }

@@ -137,6 +137,7 @@ fn a_relayed_copy_of_a_marked_track_is_not_queued_on_the_other_node() {
             if let RelayOut::Frame {
                 down: DownId(1),
                 frame,
+                ..
             } = out
             {
                 relayed += 1;

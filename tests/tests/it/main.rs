@@ -15,6 +15,7 @@ mod media;
 mod nats_egress;
 mod network;
 mod ops;
+mod relay_repair;
 mod rooms;
 mod security_api;
 mod security_gossip;

@@ -39,6 +39,22 @@ pub const RELAY_IN_QUEUE: usize = 8192;
 /// Engine outputs waiting for the relay tasks; frames beyond it are dropped and counted.
 pub const RELAY_OUT_QUEUE: usize = 16384;
 
+/// Relay control messages asking for frames again (`Nack`), waiting for the task that sends
+/// frames; beyond it they are dropped and counted (the subscriber then gives the gap up).
+pub const NACK_QUEUE: usize = 1024;
+
+/// A test hook: drops outgoing relay media datagrams on purpose, deterministically, so that
+/// tests can show what loss does without a sleep or a network namespace. Never set in
+/// production (no flag sets it; the in-process test node does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayTestLoss {
+    /// Every `every`-th media datagram this node sends is dropped (100: 1 %); 0 drops none.
+    pub every: u64,
+    /// Every datagram of a frame sent again (answering a `Nack`) is dropped too: repair can
+    /// never succeed, so every loss must surface as a keyframe request.
+    pub drop_resends: bool,
+}
+
 /// What [`Relay::start`] needs: who this node is and the cluster secrets that admit peers.
 pub struct RelayConfig {
     /// This node's id, as gossip announces it and peers see it in the handshake.
@@ -51,6 +67,8 @@ pub struct RelayConfig {
     pub secret: String,
     /// During a rotation, the secret being rotated away from: peers holding it are accepted.
     pub secret_previous: Option<String>,
+    /// Tests only: drop outgoing media datagrams on purpose.
+    pub test_loss: Option<RelayTestLoss>,
 }
 
 /// Where the answer to a `Subscribe` goes: the track, or the peer's reason for refusing.
@@ -156,6 +174,34 @@ pub(crate) struct Inner {
     pub dc_stream_drops: AtomicU64,
     /// DataChannel messages from other nodes dropped on a full engine input queue.
     pub dc_in_drops: AtomicU64,
+    /// `Nack`s of downstream subscriptions, on their way to the task that sends frames.
+    pub nack_tx: mpsc::Sender<(DownId, trackmesh_relay_proto::control::Nack)>,
+    /// Loss repair counters, both sides.
+    pub repair: RepairCounters,
+    /// The test hook, if a test set it.
+    pub test_loss: Option<RelayTestLoss>,
+}
+
+/// Loss repair on relay links: what this node asked for as a subscriber and what it sent again
+/// as a publisher.
+#[derive(Default)]
+pub(crate) struct RepairCounters {
+    /// `Nack` messages sent (a re-`Nack` counts again).
+    pub nacks_sent: AtomicU64,
+    /// Missing frames that arrived in time, so no keyframe was needed.
+    pub frames_repaired: AtomicU64,
+    /// Missing frames given up on: each led to a `Gap` (and a keyframe request for video).
+    pub repairs_failed: AtomicU64,
+    /// Frames that arrived after they were given up on (dropped).
+    pub late: AtomicU64,
+    /// Frames sent again answering a `Nack`.
+    pub frames_resent: AtomicU64,
+    /// Frames asked for that were no longer (or never) in the cache: ignored.
+    pub nack_misses: AtomicU64,
+    /// `Nack`s dropped on a full queue ([`NACK_QUEUE`]).
+    pub nack_drops: AtomicU64,
+    /// Media datagrams dropped by the test hook.
+    pub test_dropped: AtomicU64,
 }
 
 impl Inner {
@@ -254,6 +300,31 @@ pub struct RelayFigures {
     pub dc_stream_drops: u64,
     /// DataChannel messages from other nodes dropped on a full engine input queue.
     pub dc_in_drops: u64,
+    /// Relay loss repair: `Nack`s sent, frames repaired, repairs failed (gaps), late frames
+    /// dropped, frames sent again, `Nack`ed frames not in the cache, `Nack`s dropped on a full
+    /// queue, datagrams dropped by the test hook.
+    pub repair: RepairFigures,
+}
+
+/// The relay's loss repair counters (see [`RelayFigures::repair`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RepairFigures {
+    /// `Nack` messages sent.
+    pub nacks_sent: u64,
+    /// Missing frames that arrived in time.
+    pub frames_repaired: u64,
+    /// Missing frames given up on.
+    pub repairs_failed: u64,
+    /// Frames dropped for arriving after they were given up on.
+    pub late: u64,
+    /// Frames sent again answering a `Nack`.
+    pub frames_resent: u64,
+    /// `Nack`ed frames no longer in the cache.
+    pub nack_misses: u64,
+    /// `Nack`s dropped on a full queue.
+    pub nack_drops: u64,
+    /// Datagrams dropped by the test hook.
+    pub test_dropped: u64,
 }
 
 /// The relay layer's handle: pulls tracks from other nodes, serves this node's, reports views.
@@ -328,6 +399,7 @@ impl Relay {
         )
         .context("starting the relay endpoint")?;
         endpoint.set_default_client_config(tls.client.clone());
+        let (nack_tx, nack_rx) = mpsc::channel(NACK_QUEUE);
         let inner = Arc::new(Inner {
             node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
@@ -358,6 +430,9 @@ impl Relay {
             send_drops: AtomicU64::new(0),
             dc_stream_drops: AtomicU64::new(0),
             dc_in_drops: AtomicU64::new(0),
+            nack_tx,
+            repair: RepairCounters::default(),
+            test_loss: cfg.test_loss,
         });
         let named =
             |name: &'static str, input_ended: Arc<AtomicBool>, fut: TaskFuture| -> NamedTask {
@@ -382,7 +457,7 @@ impl Relay {
             named("engine outputs", outputs_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    pull::engine_outputs(inner, relay_out).await;
+                    pull::engine_outputs(inner, relay_out, nack_rx).await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -563,6 +638,20 @@ impl Relay {
             send_drops: self.inner.send_drops.load(Ordering::Relaxed),
             dc_stream_drops: self.inner.dc_stream_drops.load(Ordering::Relaxed),
             dc_in_drops: self.inner.dc_in_drops.load(Ordering::Relaxed),
+            repair: {
+                let r = &self.inner.repair;
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                RepairFigures {
+                    nacks_sent: get(&r.nacks_sent),
+                    frames_repaired: get(&r.frames_repaired),
+                    repairs_failed: get(&r.repairs_failed),
+                    late: get(&r.late),
+                    frames_resent: get(&r.frames_resent),
+                    nack_misses: get(&r.nack_misses),
+                    nack_drops: get(&r.nack_drops),
+                    test_dropped: get(&r.test_dropped),
+                }
+            },
         }
     }
 
@@ -586,12 +675,15 @@ mod tests {
     fn a_control_message_on_a_full_link_queue_is_counted() {
         let (tx, mut rx) = mpsc::channel(1);
         let drops = AtomicU64::new(0);
-        send_counted(&tx, ControlMsg::Ping { nonce: 1 }, &drops);
-        send_counted(&tx, ControlMsg::Ping { nonce: 2 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 1 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 2 }, &drops);
         assert_eq!(drops.load(Ordering::Relaxed), 1, "the second did not fit");
-        assert!(matches!(rx.try_recv(), Ok(ControlMsg::Ping { nonce: 1 })));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ControlMsg::KeyframeRequest { sub: 1 })
+        ));
         drop(rx);
-        send_counted(&tx, ControlMsg::Ping { nonce: 3 }, &drops);
+        send_counted(&tx, ControlMsg::KeyframeRequest { sub: 3 }, &drops);
         assert_eq!(
             drops.load(Ordering::Relaxed),
             1,

@@ -11,11 +11,15 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
-use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
+use trackmesh_relay_proto::control::{ControlMsg, Nack, NackFrame, Subscribe};
 use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
+use trackmesh_relay_proto::limits::MAX_NACK_FRAGMENTS;
 use trackmesh_relay_proto::media::{
     Fragmenter, Frame, Reassembler, ReassemblerLimits, layered_payload, split_layer,
+};
+use trackmesh_relay_proto::repair::{
+    Arrived, RepairEvent, RepairLimits, RepairStats, Repairer, SentCache,
 };
 
 use super::wire::{self, CONTROL_QUEUE};
@@ -277,11 +281,10 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<Arc<Link>> {
     });
     wire::write_one(&mut send, &hello).await?;
     let mut dec = FrameDecoder::<HandshakeMsg>::new();
-    match wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await? {
-        HandshakeMsg::Welcome(w) if w.node_id == peer.node_id => {}
-        HandshakeMsg::Welcome(w) => bail!("expected {} but {} answered", peer.node_id, w.node_id),
-        HandshakeMsg::Refuse { reason } => bail!("{} refused the link: {reason}", peer.node_id),
-        HandshakeMsg::Hello(_) => bail!("unexpected Hello from {}", peer.node_id),
+    let answer = wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await?;
+    if let Err(e) = wire::check_answer(&peer.node_id, answer) {
+        tracing::warn!(peer = %peer.node_id, error = %e, "relay handshake failed");
+        return Err(e);
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     inner.spawn(wire::write_control(send, ctl_rx));
@@ -339,68 +342,153 @@ async fn run_link(
 
 async fn read_datagrams(inner: Arc<Inner>, link: Arc<Link>) {
     let mut reasm = Reassembler::new(ReassemblerLimits::default());
-    let mut gaps = GapTracker::default();
+    // The serving node numbers each subscription's frames from 1: losing the first is a gap.
+    let mut repair: Repairer<Frame> = Repairer::new(RepairLimits {
+        first_seq: Some(1),
+        ..RepairLimits::default()
+    });
+    let mut counted = RepairStats::default();
+    let mut events = Vec::new();
     let mut dropped_here: std::collections::HashSet<UpId> = std::collections::HashSet::new();
-    while let Ok(d) = link.conn.read_datagram().await {
-        inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
-        let Some(frame) = reasm.push(&d, Instant::now()) else {
-            continue;
+    let mut frames_seen: u64 = 0;
+    loop {
+        let wake = repair.next_timeout();
+        let datagram = tokio::select! {
+            d = link.conn.read_datagram() => match d {
+                Ok(d) => Some(d),
+                Err(_) => return,
+            },
+            () = sleep_until(wake), if wake.is_some() => None,
         };
-        let Some(up) = lock(&link.subs).get(&frame.sub).copied() else {
-            continue;
-        };
-        match gaps.arrived(frame.sub, frame.frame_seq) {
-            Arrival::InOrder => {}
-            // Already counted as lost (and a keyframe asked for): forwarding it now would put
-            // it after newer frames.
-            Arrival::Late => continue,
-            Arrival::AfterGap(lost) => {
-                inner.frames_lost.fetch_add(lost.into(), Ordering::Relaxed);
-                // Viewers must see the gap, not decode past it: the engine withholds video
-                // until a keyframe and asks for one. The signal is worth more than a frame: it
-                // waits for room rather than being dropped.
-                if inner.relay_in.send(RelayIn::Gap { up }).await.is_err() {
-                    return;
+        let now = Instant::now();
+        if let Some(d) = datagram {
+            inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
+            if let Some(frame) = reasm.push(&d, now)
+                && lock(&link.subs).contains_key(&frame.sub)
+            {
+                let arrived = Arrived {
+                    sub: frame.sub,
+                    seq: frame.frame_seq,
+                    bytes: frame.payload.len(),
+                    frame,
+                };
+                repair.push(now, link.conn.rtt(), arrived, &mut events);
+                frames_seen += 1;
+                // Subscription ids are never reused on a link: forget those that ended, now
+                // and then.
+                if frames_seen.is_multiple_of(1024) {
+                    let live = lock(&link.subs);
+                    repair.retain(|sub| live.contains_key(&sub));
                 }
             }
         }
-        if gaps.len() > 2 * MAX_SUBS_SEEN {
-            let live = lock(&link.subs);
-            gaps.retain(|sub| live.contains_key(sub));
-        }
-        if let Some(u) = inner.state().ups.get(&up) {
-            u.frames.fetch_add(1, Ordering::Relaxed);
-        }
-        // The payload starts with the frame's simulcast rid; a malformed one drops the frame.
-        let Ok((rid, data)) = split_layer(&frame.payload) else {
-            inner.malformed_frames.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let frame = RelayFrame {
-            rtp_time: frame.rtp_time,
-            keyframe: frame.keyframe,
-            data: data.into(),
-            rid: rid.map(str0m::media::Rid::from),
-        };
-        // A frame dropped here (below) is a gap too: tell the engine before the next one.
-        if dropped_here.contains(&up) {
-            if inner.relay_in.try_send(RelayIn::Gap { up }).is_err() {
-                inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
-                continue;
+        repair.poll(now, &mut events);
+        counted = note_repair(&inner, counted, repair.stats());
+        for event in events.drain(..) {
+            match event {
+                RepairEvent::Deliver { frame, .. } => {
+                    deliver(&inner, &link, frame, &mut dropped_here);
+                }
+                RepairEvent::Nack { sub, seqs } => {
+                    let frames = seqs
+                        .into_iter()
+                        .map(|frame_seq| NackFrame {
+                            frame_seq,
+                            // The fragments still missing of a frame in progress, else all.
+                            fragments: reasm
+                                .missing_fragments(sub, frame_seq, MAX_NACK_FRAGMENTS)
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                    inner.send_control(&link.control, ControlMsg::Nack(Nack { sub, frames }));
+                }
+                RepairEvent::Gap { sub, lost } => {
+                    inner.frames_lost.fetch_add(lost.into(), Ordering::Relaxed);
+                    let Some(up) = lock(&link.subs).get(&sub).copied() else {
+                        continue;
+                    };
+                    // Viewers must see the gap, not decode past it: the engine withholds video
+                    // until a keyframe and asks for one. The signal is worth more than a frame:
+                    // it waits for room rather than being dropped.
+                    if inner.relay_in.send(RelayIn::Gap { up }).await.is_err() {
+                        return;
+                    }
+                }
             }
-            dropped_here.remove(&up);
         }
-        // A full queue means the engine is overloaded: this frame is dropped (and counted), the
-        // link lives. A closed queue means the engine stopped; the link ends with the node.
-        if inner
-            .relay_in
-            .try_send(RelayIn::Frame { up, frame })
-            .is_err()
-        {
+    }
+}
+
+/// Waits until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Adds what a link's repairer did since `before` to the relay's counters.
+fn note_repair(inner: &Inner, before: RepairStats, now: RepairStats) -> RepairStats {
+    let r = &inner.repair;
+    for (counter, was, is) in [
+        (&r.nacks_sent, before.nacks, now.nacks),
+        (
+            &r.frames_repaired,
+            before.frames_repaired,
+            now.frames_repaired,
+        ),
+        (&r.repairs_failed, before.repairs_failed, now.repairs_failed),
+        (&r.late, before.late, now.late),
+    ] {
+        if is > was {
+            counter.fetch_add(is - was, Ordering::Relaxed);
+        }
+    }
+    now
+}
+
+/// Hands a relayed frame, in order and repaired where it could be, to the engine.
+fn deliver(
+    inner: &Inner,
+    link: &Link,
+    frame: Frame,
+    dropped_here: &mut std::collections::HashSet<UpId>,
+) {
+    let Some(up) = lock(&link.subs).get(&frame.sub).copied() else {
+        return;
+    };
+    if let Some(u) = inner.state().ups.get(&up) {
+        u.frames.fetch_add(1, Ordering::Relaxed);
+    }
+    // The payload starts with the frame's simulcast rid; a malformed one drops the frame.
+    let Ok((rid, data)) = split_layer(&frame.payload) else {
+        inner.malformed_frames.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let frame = RelayFrame {
+        rtp_time: frame.rtp_time,
+        keyframe: frame.keyframe,
+        data: data.into(),
+        rid: rid.map(str0m::media::Rid::from),
+    };
+    // A frame dropped here (below) is a gap too: tell the engine before the next one.
+    if dropped_here.contains(&up) {
+        if inner.relay_in.try_send(RelayIn::Gap { up }).is_err() {
             inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
-            if dropped_here.len() < MAX_SUBS_SEEN {
-                dropped_here.insert(up);
-            }
+            return;
+        }
+        dropped_here.remove(&up);
+    }
+    // A full queue means the engine is overloaded: this frame is dropped (and counted), the
+    // link lives. A closed queue means the engine stopped; the link ends with the node.
+    if inner
+        .relay_in
+        .try_send(RelayIn::Frame { up, frame })
+        .is_err()
+    {
+        inner.engine_queue_drops.fetch_add(1, Ordering::Relaxed);
+        if dropped_here.len() < MAX_SUBS_SEEN {
+            dropped_here.insert(up);
         }
     }
 }
@@ -523,51 +611,199 @@ fn drop_up(inner: &Arc<Inner>, up: UpId) {
     inner.send_control(&u.link.control, ControlMsg::Unsubscribe { sub: u.sub });
 }
 
-/// Carries the engine's relay output onto the links.
-pub async fn engine_outputs(inner: Arc<Inner>, mut rx: mpsc::Receiver<RelayOut>) {
-    let mut seq: HashMap<DownId, u32> = HashMap::new();
+/// What a node keeps of a frame it sent to another node, to send it again on a `Nack`: the
+/// frame (its data shared with the engine, not copied) and the datagram size it was cut for
+/// (a resent fragment must have the same boundaries).
+#[derive(Clone)]
+struct Sent {
+    frame: RelayFrame,
+    max_datagram: usize,
+}
+
+/// The test hook ([`super::RelayTestLoss`]): which outgoing media datagrams to drop.
+struct TestLossHook {
+    cfg: Option<super::RelayTestLoss>,
+    sent: u64,
+}
+
+impl TestLossHook {
+    fn drops(&mut self, resend: bool) -> bool {
+        let Some(cfg) = self.cfg else {
+            return false;
+        };
+        if resend && cfg.drop_resends {
+            return true;
+        }
+        self.sent += 1;
+        cfg.every > 0 && self.sent.is_multiple_of(cfg.every)
+    }
+}
+
+/// Which fragments of a frame to send.
+#[derive(Clone, Copy)]
+enum Send<'a> {
+    /// All of them, the first time.
+    First,
+    /// Again, answering a `Nack`: these indexes, or all when `None`.
+    Again(Option<&'a [u16]>),
+}
+
+/// Cuts frame `seq` for downstream `d` into datagrams of at most `max` bytes and sends them.
+/// False if it could not be cut.
+#[allow(clippy::too_many_arguments)]
+fn send_frame(
+    inner: &Inner,
+    d: &super::Down,
+    seq: u32,
+    frame: &RelayFrame,
+    max: usize,
+    which: Send<'_>,
+    buf: &mut Vec<u8>,
+    hook: &mut TestLossHook,
+) -> bool {
+    // Rids come from str0m (at most 8 letters, digits or '_'): always valid here.
+    let Some(payload) = layered_payload(frame.rid.as_deref(), &frame.data) else {
+        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let f = Frame {
+        sub: d.sub,
+        frame_seq: seq,
+        rtp_time: frame.rtp_time,
+        keyframe: frame.keyframe,
+        payload,
+    };
+    let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
+        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let mut index: u16 = 0;
+    while frags.next_into(buf) {
+        let this = index;
+        index = index.wrapping_add(1);
+        if let Send::Again(Some(only)) = which
+            && !only.contains(&this)
+        {
+            continue;
+        }
+        inner
+            .bytes_out
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if hook.drops(matches!(which, Send::Again(_))) {
+            inner.repair.test_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // quinn drops the oldest queued datagrams when its buffer is full.
+        if d.conn.send_datagram(Bytes::copy_from_slice(buf)).is_err() {
+            inner.send_drops.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    true
+}
+
+/// Answers a `Nack` of downstream `down` from its cache of sent frames; frames no longer held
+/// are ignored (counted): the subscriber gives them up and asks for a keyframe.
+fn resend(
+    inner: &Inner,
+    caches: &mut HashMap<DownId, SentCache<Sent>>,
+    down: DownId,
+    nack: &Nack,
+    buf: &mut Vec<u8>,
+    hook: &mut TestLossHook,
+) {
+    let Some(d) = inner.state().downs.get(&down).cloned() else {
+        return;
+    };
+    let now = Instant::now();
+    for f in &nack.frames {
+        let sent = caches
+            .get_mut(&down)
+            .and_then(|c| c.resend(now, f.frame_seq).cloned());
+        let Some(sent) = sent else {
+            inner.repair.nack_misses.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        inner.repair.frames_resent.fetch_add(1, Ordering::Relaxed);
+        let only = (!f.fragments.is_empty()).then_some(f.fragments.as_slice());
+        send_frame(
+            inner,
+            &d,
+            f.frame_seq,
+            &sent.frame,
+            sent.max_datagram,
+            Send::Again(only),
+            buf,
+            hook,
+        );
+    }
+}
+
+/// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
+/// subscriptions from the frames it sent them.
+pub async fn engine_outputs(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<RelayOut>,
+    mut nacks: mpsc::Receiver<(DownId, Nack)>,
+) {
+    let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
-    while let Some(out) = rx.recv().await {
+    let mut hook = TestLossHook {
+        cfg: inner.test_loss,
+        sent: 0,
+    };
+    loop {
+        let out = tokio::select! {
+            // A repair is more urgent than the next frame: its subscriber holds frames for it.
+            biased;
+            Some((down, nack)) = nacks.recv() => {
+                resend(&inner, &mut caches, down, &nack, &mut buf, &mut hook);
+                continue;
+            }
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+        };
         match out {
-            RelayOut::Frame { down, frame } => {
+            RelayOut::Frame { down, seq, frame } => {
                 let Some(d) = inner.state().downs.get(&down).cloned() else {
                     continue;
                 };
                 let Some(max) = d.conn.max_datagram_size() else {
                     continue;
                 };
-                let n = seq.entry(down).or_insert(0);
-                *n = n.wrapping_add(1);
-                // Rids come from str0m (at most 8 letters, digits or '_'): always valid here.
-                let Some(payload) = layered_payload(frame.rid.as_deref(), &frame.data) else {
-                    inner.send_drops.fetch_add(1, Ordering::Relaxed);
+                if !send_frame(
+                    &inner,
+                    &d,
+                    seq,
+                    &frame,
+                    max,
+                    Send::First,
+                    &mut buf,
+                    &mut hook,
+                ) {
                     continue;
-                };
-                let f = Frame {
-                    sub: d.sub,
-                    frame_seq: *n,
-                    rtp_time: frame.rtp_time,
-                    keyframe: frame.keyframe,
-                    payload,
-                };
-                let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
-                    inner.send_drops.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                d.frames.fetch_add(1, Ordering::Relaxed);
-                while frags.next_into(&mut buf) {
-                    inner
-                        .bytes_out
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    // quinn drops the oldest queued datagrams when its buffer is full.
-                    if d.conn.send_datagram(Bytes::copy_from_slice(&buf)).is_err() {
-                        inner.send_drops.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
                 }
+                d.frames.fetch_add(1, Ordering::Relaxed);
+                if caches.len() >= MAX_SUBS_SEEN && !caches.contains_key(&down) {
+                    // Downstreams released without an `Ended` (their link died): forget them.
+                    let st = inner.state();
+                    caches.retain(|k, _| st.downs.contains_key(k));
+                }
+                let bytes = frame.data.len();
+                caches.entry(down).or_default().insert(
+                    Instant::now(),
+                    seq,
+                    Sent {
+                        frame,
+                        max_datagram: max,
+                    },
+                    bytes,
+                );
             }
             RelayOut::Ended { down } => {
-                seq.remove(&down);
+                caches.remove(&down);
                 if let Some(d) = inner.state().downs.remove(&down) {
                     inner.send_control(&d.control, ControlMsg::TrackEnded { sub: d.sub });
                 }
@@ -729,77 +965,6 @@ async fn move_up(inner: &Arc<Inner>, up: UpId) {
     }
 }
 
-/// Bound on the subscriptions whose frame numbers one link's reader remembers, past which it
-/// forgets those that ended.
+/// Bound on the upstreams one link's reader remembers a dropped frame of, and on the
+/// downstreams whose sent frames are cached before released ones are forgotten.
 const MAX_SUBS_SEEN: usize = 4096;
-
-/// Where a relayed frame falls in its subscription's numbering.
-#[derive(Debug, PartialEq, Eq)]
-enum Arrival {
-    InOrder,
-    /// After this many frames that never arrived.
-    AfterGap(u32),
-    /// Older than one already seen.
-    Late,
-}
-
-/// The next frame number expected on each subscription of a link. The serving node numbers
-/// each subscription's frames from 1, +1 per frame, so a jump is loss.
-#[derive(Default)]
-struct GapTracker {
-    next: HashMap<SubId, u32>,
-}
-
-impl GapTracker {
-    fn arrived(&mut self, sub: SubId, seq: u32) -> Arrival {
-        let expected = self.next.get(&sub).copied().unwrap_or(1);
-        let ahead = seq.wrapping_sub(expected);
-        if ahead >= 1 << 31 {
-            return Arrival::Late;
-        }
-        self.next.insert(sub, seq.wrapping_add(1));
-        if ahead == 0 {
-            Arrival::InOrder
-        } else {
-            Arrival::AfterGap(ahead)
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.next.len()
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&SubId) -> bool) {
-        self.next.retain(|sub, _| keep(sub));
-    }
-}
-
-#[cfg(test)]
-mod gap_tests {
-    use super::{Arrival, GapTracker};
-
-    #[test]
-    fn frames_in_order_then_a_gap_then_a_late_one() {
-        let mut g = GapTracker::default();
-        assert_eq!(g.arrived(7, 1), Arrival::InOrder);
-        assert_eq!(g.arrived(7, 2), Arrival::InOrder);
-        assert_eq!(g.arrived(7, 5), Arrival::AfterGap(2));
-        assert_eq!(
-            g.arrived(7, 4),
-            Arrival::Late,
-            "a frame already counted lost"
-        );
-        assert_eq!(g.arrived(7, 6), Arrival::InOrder);
-        // Another subscription counts on its own, from 1.
-        assert_eq!(g.arrived(8, 2), Arrival::AfterGap(1));
-    }
-
-    #[test]
-    fn numbering_wraps_without_a_false_gap() {
-        let mut g = GapTracker::default();
-        g.next.insert(1, u32::MAX);
-        assert_eq!(g.arrived(1, u32::MAX), Arrival::InOrder);
-        assert_eq!(g.arrived(1, 0), Arrival::InOrder);
-        assert_eq!(g.arrived(1, 2), Arrival::AfterGap(1));
-    }
-}

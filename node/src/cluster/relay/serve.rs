@@ -53,15 +53,17 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
         HandshakeMsg::Hello(h) => h,
         _ => anyhow::bail!("expected Hello"),
     };
-    // Any secret this node holds will do (during a rotation, the dialer may hold only one).
-    let checked = inner
-        .clusters
-        .iter()
-        .map(|c| handshake::check_hello(&hello, c, handshake::SUPPORTED_VERSIONS))
-        .reduce(|a, b| if a.is_ok() { a } else { b })
-        .unwrap_or(Err(handshake::RefuseReason::WrongCluster));
-    if let Err(reason) = checked {
+    if let Err(reason) = wire::check_hello(&inner.clusters, &hello) {
         inner.refused.fetch_add(1, Ordering::Relaxed);
+        if let handshake::RefuseReason::UnsupportedVersion { .. } = reason {
+            // A cluster of mixed releases: worth an operator's attention, not a debug line.
+            tracing::warn!(
+                peer = %hello.node_id,
+                peer_version = hello.protocol_version,
+                version = handshake::PROTOCOL_VERSION,
+                "refused a relay link: the peer speaks another relay protocol version; run one release on every node"
+            );
+        }
         let _ = wire::write_one(&mut send, &HandshakeMsg::Refuse { reason }).await;
         let _ = send.finish();
         conn.close(1u32.into(), b"refused");
@@ -120,6 +122,14 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                     release(&inner, down);
                 }
             }
+            ControlMsg::Nack(nack) => {
+                let down = subs.lock().ok().and_then(|m| m.get(&nack.sub).copied());
+                if let Some(down) = down
+                    && inner.nack_tx.try_send((down, nack)).is_err()
+                {
+                    inner.repair.nack_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             ControlMsg::KeyframeRequest { sub } => {
                 let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
                 if let Some(down) = down {
@@ -130,9 +140,6 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                             .await;
                     });
                 }
-            }
-            ControlMsg::Ping { nonce } => {
-                inner.send_control(&ctl_tx, ControlMsg::Pong { nonce });
             }
             _ => {}
         }

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use trackmesh_relay_proto::codec::{self, FrameDecoder, Message};
 use trackmesh_relay_proto::control::{self, CodecParams, ControlMsg};
+use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello, RefuseReason};
 
 use crate::engine::{CodecInfo, TrackInfo};
 
@@ -46,6 +47,33 @@ pub async fn read_one<M: Message>(
                 bail!("relay frame decoder stalled");
             }
         }
+    }
+}
+
+/// The acceptor's check of a `Hello`: any cluster identity this node holds will do (during a
+/// rotation, the dialer may hold only one); the version must be one this node speaks.
+pub fn check_hello(clusters: &[[u8; 32]], hello: &Hello) -> Result<(), RefuseReason> {
+    clusters
+        .iter()
+        .map(|c| handshake::check_hello(hello, c, handshake::SUPPORTED_VERSIONS))
+        .reduce(|a, b| if a.is_ok() { a } else { b })
+        .unwrap_or(Err(RefuseReason::WrongCluster))
+}
+
+/// The dialer's reading of the answer to its `Hello` from `peer`: a `Welcome` from that node,
+/// or an error that says what went wrong (a version mismatch names both versions).
+pub fn check_answer(peer: &str, answer: HandshakeMsg) -> anyhow::Result<()> {
+    match answer {
+        HandshakeMsg::Welcome(w) if w.node_id == peer => Ok(()),
+        HandshakeMsg::Welcome(w) => bail!("expected {peer} but {} answered", w.node_id),
+        HandshakeMsg::Refuse {
+            reason: reason @ RefuseReason::UnsupportedVersion { .. },
+        } => bail!(
+            "{peer} refused the link: {reason}, and this node speaks relay protocol {}: run one release on every node",
+            handshake::PROTOCOL_VERSION
+        ),
+        HandshakeMsg::Refuse { reason } => bail!("{peer} refused the link: {reason}"),
+        HandshakeMsg::Hello(_) => bail!("unexpected Hello from {peer}"),
     }
 }
 
@@ -98,7 +126,6 @@ pub fn to_wire(info: &TrackInfo) -> control::TrackInfo {
             mime: info.codec.codec.to_string(),
             clock_rate: info.codec.clock_rate,
             channels: info.codec.channels,
-            fmtp: String::new(),
         },
     }
 }
@@ -114,5 +141,78 @@ pub fn from_wire(info: &control::TrackInfo) -> TrackInfo {
             clock_rate: info.codec.clock_rate,
             channels: info.codec.channels,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trackmesh_relay_proto::handshake::{PROTOCOL_VERSION, Welcome, cluster_identity};
+
+    fn hello(version: u16, secret: &str) -> Hello {
+        Hello {
+            protocol_version: version,
+            cluster: cluster_identity(secret),
+            node_id: "old-node".into(),
+            node_tag: 7,
+        }
+    }
+
+    #[test]
+    fn a_peer_of_another_protocol_version_is_refused_with_the_supported_range() {
+        let clusters = [cluster_identity("new"), cluster_identity("old")];
+        assert_eq!(
+            check_hello(&clusters, &hello(PROTOCOL_VERSION, "old")),
+            Ok(())
+        );
+        // A node of protocol 2 (no Nack; control messages numbered otherwise), whatever secret.
+        for secret in ["new", "old", "foreign"] {
+            assert_eq!(
+                check_hello(&clusters, &hello(2, secret)),
+                Err(RefuseReason::UnsupportedVersion { min: 3, max: 3 }),
+                "{secret}"
+            );
+        }
+        assert_eq!(
+            check_hello(&clusters, &hello(PROTOCOL_VERSION, "foreign")),
+            Err(RefuseReason::WrongCluster)
+        );
+        assert_eq!(
+            check_hello(&[], &hello(PROTOCOL_VERSION, "new")),
+            Err(RefuseReason::WrongCluster)
+        );
+    }
+
+    #[test]
+    fn the_dialer_says_which_versions_disagree() {
+        let refused = check_answer(
+            "b",
+            HandshakeMsg::Refuse {
+                reason: RefuseReason::UnsupportedVersion { min: 2, max: 2 },
+            },
+        )
+        .expect_err("refused");
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "b refused the link: unsupported protocol version (supported: 2..=2), and this node speaks relay protocol {PROTOCOL_VERSION}: run one release on every node"
+            )
+        );
+        let wrong = check_answer(
+            "b",
+            HandshakeMsg::Refuse {
+                reason: RefuseReason::WrongCluster,
+            },
+        )
+        .expect_err("refused");
+        assert_eq!(wrong.to_string(), "b refused the link: wrong cluster");
+        let welcome = |id: &str| {
+            HandshakeMsg::Welcome(Welcome {
+                node_id: id.into(),
+                node_tag: 1,
+            })
+        };
+        assert!(check_answer("b", welcome("b")).is_ok());
+        assert!(check_answer("b", welcome("c")).is_err());
     }
 }
