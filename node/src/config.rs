@@ -111,6 +111,11 @@ pub struct Flags {
     /// RFC 4571 framing), for clients whose UDP is blocked [default: false].
     #[arg(long, env = "TRACKMESH_MEDIA_TCP")]
     pub media_tcp: Option<bool>,
+    /// Bandwidth estimation on every session (str0m BWE with its pacer and padding): simulcast
+    /// subscribers with `priorityOrdering: "asciibetical"` then move between layers with their
+    /// estimate [default: false].
+    #[arg(long, env = "TRACKMESH_BWE")]
+    pub bwe: Option<bool>,
     /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
     #[serde(rename = "app", deserialize_with = "file::apps")]
@@ -394,6 +399,8 @@ pub struct Config {
     pub public_ip6: Option<std::net::Ipv6Addr>,
     /// Media over TCP on the media port's TCP twin (`--media-tcp`).
     pub media_tcp: bool,
+    /// Bandwidth estimation on every session (`--bwe`).
+    pub bwe: bool,
     /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
     /// True when no app was configured and one was generated for development (the binary
@@ -528,6 +535,7 @@ impl Config {
             public_ip: flags.public_ip.or(file.public_ip),
             public_ip6: flags.public_ip6.or(file.public_ip6),
             media_tcp: flags.media_tcp.or(file.media_tcp).unwrap_or(false),
+            bwe: flags.bwe.or(file.bwe).unwrap_or(false),
             apps,
             dev_app,
             state_dir: flags.state_dir.or(file.state_dir),

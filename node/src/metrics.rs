@@ -520,6 +520,8 @@ impl Metrics {
             ("switch", s.simulcast.switches),
             ("ssrc_change", s.simulcast.ssrc_change),
             ("time_jump", s.simulcast.time_jump),
+            ("bwe_down", s.simulcast.bwe_down),
+            ("bwe_up", s.simulcast.bwe_up),
         ] {
             set(&self.simulcast_events.with_label_values(&[event]), n);
         }

@@ -81,6 +81,12 @@ pub struct SimulcastStats {
     pub time_jump: u64,
     /// Subscribers that started on a layer or moved to another one.
     pub switches: u64,
+    /// Bandwidth estimates taken for subscribers with `priorityOrdering: asciibetical`.
+    pub estimates: u64,
+    /// Subscribers moved down a layer because their bandwidth estimate fell below its bitrate.
+    pub bwe_down: u64,
+    /// Subscribers moved back up a layer because their bandwidth estimate recovered.
+    pub bwe_up: u64,
 }
 
 /// What the engine holds right now, for gauges.
