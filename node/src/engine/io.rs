@@ -154,7 +154,13 @@ impl Engine {
 
     /// Advances every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, sid)) = self.timers.first() {
+        // At most as many timer runs as there were timers: a session whose `Rtc` asks to run
+        // again at once (str0m's BWE pacer can, with `now` unchanged) runs again on the next
+        // call, which the shell makes at once, rather than spinning here on a frozen `now`.
+        for _ in 0..self.timers.len() {
+            let Some(&(at, sid)) = self.timers.first() else {
+                break;
+            };
             if at > now {
                 break;
             }

@@ -47,7 +47,10 @@ struct Sim {
 impl Sim {
     /// A connected publisher of `cam` with the given layers.
     fn new(rids: &[&str]) -> Sim {
-        let mut w = World::new(Duration::from_secs(30));
+        Sim::in_world(World::new(Duration::from_secs(30)), rids)
+    }
+
+    fn in_world(mut w: World, rids: &[&str]) -> Sim {
         let publisher = w.client();
         let pub_sid = w.session();
         let mid = w.push_simulcast(publisher, &pub_sid, "cam", rids);
@@ -544,4 +547,106 @@ fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
             .as_deref(),
         Some("q")
     );
+}
+
+impl Sim {
+    /// A bandwidth estimate (bits/s) for subscriber session `sid`, as str0m's BWE reports it.
+    fn estimate(&mut self, sid: &str, bps: u64) {
+        let id = SessionId::parse(sid).expect("session id");
+        let now = self.w.now;
+        self.w.engine.bandwidth_estimate(id, bps, now);
+        self.w.deliver();
+    }
+}
+
+#[test]
+fn the_bandwidth_estimate_moves_an_asciibetical_subscriber_down_and_back_up() {
+    // Layer bitrates as sent: f 1200 B, h 600 B, q 300 B every 33 ms: about 291, 145 and
+    // 73 kbit/s.
+    let mut sim = Sim::new(&LAYERS);
+    let governed = Prefs {
+        preferred_rid: parse_rid("f"),
+        priority_ordering: Ordering::Asciibetical,
+        rid_not_available: Ordering::None,
+    };
+    let (c, sid, mid) = sim.subscriber(Some(governed));
+    let (fixed, fixed_sid, fixed_mid) = sim.subscriber(Some(prefer("f", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    // Two seconds and more: every layer's bitrate is measured.
+    sim.rounds(70, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    sim.estimate(&sid, 500_000);
+    sim.estimate(&fixed_sid, 100_000);
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 0, "room for f");
+
+    // Below f's bitrate: down to h, the best layer that fits, on h's keyframe.
+    let h_requests = sim.layer_requests("h");
+    sim.estimate(&sid, 200_000);
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 1);
+    sim.rounds(2, &LAYERS);
+    assert!(
+        sim.layer_requests("h") > h_requests,
+        "h was asked for a keyframe"
+    );
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"), "f until h's keyframe");
+    sim.round(&LAYERS, &["h"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("h"));
+    assert_eq!(
+        sim.layer_seen(fixed, &fixed_mid),
+        Some("f"),
+        "priorityOrdering none ignores its estimate"
+    );
+
+    // Over f's bitrate but short of the margin, for longer than the hold-off: stays on h.
+    for _ in 0..200 {
+        sim.estimate(&sid, 330_000);
+        sim.round(&LAYERS, &[]);
+    }
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_up, 0);
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+
+    // Room with the margin: back up to f after the hold-off, on f's keyframe.
+    let mut rounds = 0u32;
+    while sim.w.engine.stats().simulcast.bwe_up == 0 && rounds < 400 {
+        sim.estimate(&sid, 400_000);
+        sim.round(&LAYERS, &[]);
+        rounds += 1;
+    }
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_up, 1);
+    assert!(
+        ROUND * rounds >= simulcast::UP_HOLD,
+        "held off: {rounds} rounds"
+    );
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("f"));
+    sim.assert_continuous(c, &mid);
+}
+
+#[test]
+fn with_bwe_on_str0m_estimates_reach_the_governed_subscribers() {
+    let w = World::with_config(crate::engine::EngineConfig {
+        bandwidth_estimation: true,
+        ..crate::testing::config(Duration::from_secs(30))
+    });
+    let mut sim = Sim::in_world(w, &LAYERS);
+    let governed = Prefs {
+        preferred_rid: parse_rid("f"),
+        priority_ordering: Ordering::Asciibetical,
+        rid_not_available: Ordering::None,
+    };
+    let (c, _, mid) = sim.subscriber(Some(governed));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(70, &LAYERS);
+    assert!(
+        sim.w.engine.stats().simulcast.estimates > 0,
+        "str0m's TWCC estimate reached the engine"
+    );
+    // The initial estimate (1 Mbit/s) carries f: it plays, paced, and stays.
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert!(sim.frames(c, &mid) >= 60, "{} frames", sim.frames(c, &mid));
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 0);
 }
