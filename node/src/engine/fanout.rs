@@ -306,6 +306,9 @@ impl Engine {
                         }
                         Verdict::Skip => continue,
                         Verdict::WantKeyframe => {
+                            // Its layer is new to it or started over (SSRC change, time
+                            // jump): delta frames are held until the layer's keyframe.
+                            self.stats.frames_held_for_keyframe += 1;
                             want_keyframe = true;
                             continue;
                         }

@@ -50,7 +50,8 @@ pub struct Stats {
     pub nacks_sent: u64,
     /// NACKs received from subscribers, as str0m's egress stats report them.
     pub nacks_received: u64,
-    /// Delta frames not sent to a subscriber that had no keyframe yet.
+    /// Delta frames not sent to a subscriber that had no keyframe yet, or of a simulcast layer
+    /// it is moving to (or that started over) before that layer's keyframe.
     pub frames_held_for_keyframe: u64,
     /// Joining subscribers served the publication's cached keyframe.
     pub keyframes_from_cache: u64,
