@@ -294,8 +294,15 @@ impl<T: Default> LayerTable<T> {
         let Some(cap) = cap.filter(|c| ascii_cmp(c, &choice).is_gt()) else {
             return Some(choice);
         };
+        // The cap's layer (or one after it) when flowing; else the lowest flowing one after the
+        // choice, so a stopped cap layer does not lift the cap.
         self.flowing(now)
             .find(|r| !ascii_cmp(r, &cap).is_lt())
+            .or_else(|| {
+                self.flowing(now)
+                    .filter(|r| !ascii_cmp(r, &choice).is_lt())
+                    .last()
+            })
             .or(Some(choice))
     }
 
@@ -817,6 +824,24 @@ mod tests {
         };
         assert_eq!(t.choose(&q_fallback, later), Some(rid("f")));
         assert_eq!(t.choose(&any, later), Some(rid("f")));
+        // Only f flows: a cap of h (or q) finds no flowing layer from it on, f stays.
+        assert_eq!(t.choose_capped(&any, Some(rid("h")), later), Some(rid("f")));
+
+        // A bandwidth cap applies after the preferences: the cap's layer, or, when it stopped,
+        // the lowest flowing layer; never better than the preferences.
+        let mut t = table(now);
+        assert_eq!(t.choose_capped(&any, Some(rid("h")), now), Some(rid("h")));
+        t.set_paused(rid("q"), true);
+        assert_eq!(t.choose_capped(&any, Some(rid("q")), now), Some(rid("h")));
+        let prefer_q = Prefs {
+            preferred_rid: Some(rid("q")),
+            ..Prefs::default()
+        };
+        t.set_paused(rid("q"), false);
+        assert_eq!(
+            t.choose_capped(&prefer_q, Some(rid("h")), now),
+            Some(rid("q"))
+        );
     }
 
     #[test]
