@@ -988,7 +988,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 54] = [
+    const FILE_KEYS: [&str; 55] = [
         "http",
         "media",
         "public-ip",
@@ -1043,6 +1043,7 @@ mod tests {
         "tls-key",
         "public-ip6",
         "media-tcp",
+        "bwe",
     ];
 
     /// Keys the main file of `every_file_key_is_read` cannot set with the others (HTTPS is
@@ -1212,6 +1213,7 @@ mod tests {
             state-dir = "/var/lib/trackmesh-test"
             public-ip6 = "::9"
             media-tcp = true
+            bwe = true
         "#;
         let keys: Vec<&str> = text
             .lines()
@@ -1233,6 +1235,7 @@ mod tests {
         assert_eq!(cfg.public_ip, "127.0.0.9".parse().ok());
         assert_eq!(cfg.public_ip6, "::9".parse().ok());
         assert!(cfg.media_tcp);
+        assert!(cfg.bwe);
         assert_eq!(cfg.apps.len(), 2);
         assert!(!cfg.dev_app);
         assert_eq!(
