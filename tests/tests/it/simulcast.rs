@@ -111,10 +111,9 @@ async fn current_rid(api: &CallsClient, sid: &str, mid: &str) -> anyhow::Result<
         .map(str::to_string))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() {
-    let node = TestNode::start(&[]).expect("starting the trackmesh node");
-    let api = node.client();
+/// A str0m publisher of `cam` with layers f, h, q (400, 100 and 25 kbit/s), sending; its
+/// session id.
+async fn simulcast_publisher(api: &CallsClient) -> (Peer, String) {
     let publisher = Peer::new("pub").expect("peer");
     let pub_sid = api.sessions_new().await.expect("sessions/new").session_id;
     let (mid, offer) = publisher
@@ -133,14 +132,21 @@ async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() 
         .wait_connected(CONNECT_TIMEOUT)
         .await
         .expect("publisher connected");
-    let m = mid.clone();
     publisher
         .run(move |c| {
             let layers = [("f", 400), ("h", 100), ("q", 25)];
-            c.start_sending_layers(m.as_str().into(), &layers, std::time::Instant::now())
+            c.start_sending_layers(mid.as_str().into(), &layers, std::time::Instant::now())
         })
         .await
         .expect("sending layers");
+    (publisher, pub_sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() {
+    let node = TestNode::start(&[]).expect("starting the trackmesh node");
+    let api = node.client();
+    let (publisher, pub_sid) = simulcast_publisher(&api).await;
 
     let sub = Peer::new("sub").expect("peer");
     let sid = api.sessions_new().await.expect("sessions/new").session_id;
@@ -202,4 +208,47 @@ async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() 
     })
     .await
     .expect("q plays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bandwidth_estimation_on_an_asciibetical_subscriber_plays_its_preferred_layer() {
+    // Every session runs str0m's BWE (pacer, padding, TWCC feedback); on loopback the estimate
+    // has room for the preferred layer, so the subscriber stays on it.
+    let node = TestNode::start(&["--bwe", "true"]).expect("starting the trackmesh node");
+    let api = node.client();
+    let (_publisher, pub_sid) = simulcast_publisher(&api).await;
+    let sub = Peer::new("sub").expect("peer");
+    let sid = api.sessions_new().await.expect("sessions/new").session_id;
+    let item = TrackObject {
+        simulcast: Some(json!({"preferredRid": "f", "priorityOrdering": "asciibetical"})),
+        ..TrackObject::remote(&pub_sid, "cam")
+    };
+    let resp = sub.pull_items(&api, &sid, vec![item]).await.expect("pull");
+    let mid = resp.tracks[0].mid.clone().expect("a mid");
+    sub.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("subscriber connected");
+    let m = mid.clone();
+    sub.wait_until("video", MEDIA_TIMEOUT, move |s| s.rx_frames(&m) >= 60)
+        .await
+        .expect("plays with BWE on");
+    let rid = current_rid(&api, &sid, &mid).await.expect("GET session");
+    assert_eq!(rid.as_deref(), Some("f"));
+    // str0m's estimates reached the subscriber's layer choice.
+    let key = "trackmesh_simulcast_events_total{event=\"bwe_estimate\"}";
+    poll_until(
+        "BWE estimates",
+        MEDIA_TIMEOUT,
+        Duration::from_millis(100),
+        async || {
+            let n = node.scrape().await?.get(key).copied().unwrap_or(0.0);
+            anyhow::ensure!(n > 0.0, "{key} = {n}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("estimates counted");
+    let down = "trackmesh_simulcast_events_total{event=\"bwe_down\"}";
+    let n = node.scrape().await.expect("scrape").get(down).copied();
+    assert_eq!(n, Some(0.0), "no move down on loopback");
 }
