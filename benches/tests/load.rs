@@ -7,7 +7,7 @@ use std::time::Duration;
 use trackmesh_benches::load::media::MediaMix;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
-    Common, GroupFigures, churn, fanout, hub, join_storm, relay, soak, whip,
+    Common, GroupFigures, churn, fanout, hub, join_storm, relay, simulcast, soak, whip,
 };
 use trackmesh_tests::TestNode;
 
@@ -270,4 +270,52 @@ async fn whip_against_a_server_given_by_url_token_and_pid() {
     }
     let e = whip::run(&bad).await.expect_err("refused");
     assert!(format!("{e:#}").contains("401"), "{e:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_six_subscribers_switching_layers() {
+    let cfg = simulcast::SimulcastConfig {
+        common: Common {
+            media: MediaMix::Video,
+            ..small(4)
+        },
+        subscribers: 6,
+        switches: 2,
+        switch_every: Duration::from_secs(1),
+    };
+    let r = simulcast::run(&cfg).await.expect("simulcast runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    let g = &r.groups[0];
+    assert_eq!(g.receiving, 6, "{}", r.text());
+    assert!(g.frames_received > 0, "{}", r.text());
+    assert!(g.client_errors.is_empty(), "{}", r.text());
+    let asked = r.extra["switches_asked"].as_u64().expect("a count");
+    assert!(asked > 0, "{}", r.text());
+    assert_eq!(
+        r.extra["switches_taken"].as_u64(),
+        Some(asked),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.extra["node_layer_switches_in_window"]
+            .as_f64()
+            .is_some_and(|n| n > 0.0),
+        "the node switched subscribers: {}",
+        r.text()
+    );
+    // Every subscriber receives one of the three layers (GET session's currentRid).
+    let receiving = r.extra["subscribers_per_layer_receiving"]
+        .as_object()
+        .expect("per layer");
+    assert!(
+        receiving
+            .keys()
+            .all(|k| ["f", "h", "q"].contains(&k.as_str())),
+        "{}",
+        r.text()
+    );
+    let total: u64 = receiving.values().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(total, 6, "{}", r.text());
 }

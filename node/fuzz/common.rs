@@ -65,6 +65,7 @@ fn engine(now: Instant) -> Engine {
             reconnect_grace: Duration::from_secs(30),
             unconnected_expiry: Duration::from_secs(120),
             max_sessions: 16,
+            bandwidth_estimation: false,
         },
         now,
     )

@@ -111,6 +111,11 @@ pub struct Flags {
     /// RFC 4571 framing), for clients whose UDP is blocked [default: false].
     #[arg(long, env = "TRACKMESH_MEDIA_TCP")]
     pub media_tcp: Option<bool>,
+    /// Bandwidth estimation on every session (str0m BWE with its pacer and padding): simulcast
+    /// subscribers with `priorityOrdering: "asciibetical"` then move between layers with their
+    /// estimate [default: false].
+    #[arg(long, env = "TRACKMESH_BWE")]
+    pub bwe: Option<bool>,
     /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
     #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
     #[serde(rename = "app", deserialize_with = "file::apps")]
@@ -394,6 +399,8 @@ pub struct Config {
     pub public_ip6: Option<std::net::Ipv6Addr>,
     /// Media over TCP on the media port's TCP twin (`--media-tcp`).
     pub media_tcp: bool,
+    /// Bandwidth estimation on every session (`--bwe`).
+    pub bwe: bool,
     /// The apps whose bearer secrets open the Calls API (`--app`).
     pub apps: Vec<App>,
     /// True when no app was configured and one was generated for development (the binary
@@ -531,6 +538,7 @@ impl Config {
             public_ip: flags.public_ip.or(file.public_ip),
             public_ip6: flags.public_ip6.or(file.public_ip6),
             media_tcp: flags.media_tcp.or(file.media_tcp).unwrap_or(false),
+            bwe: flags.bwe.or(file.bwe).unwrap_or(false),
             apps,
             dev_app,
             state_dir: flags.state_dir.or(file.state_dir),
@@ -984,7 +992,7 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 54] = [
+    const FILE_KEYS: [&str; 55] = [
         "http",
         "media",
         "public-ip",
@@ -1039,6 +1047,7 @@ mod tests {
         "tls-key",
         "public-ip6",
         "media-tcp",
+        "bwe",
     ];
 
     /// Keys the main file of `every_file_key_is_read` cannot set with the others (HTTPS is
@@ -1208,6 +1217,7 @@ mod tests {
             state-dir = "/var/lib/trackmesh-test"
             public-ip6 = "::9"
             media-tcp = true
+            bwe = true
         "#;
         let keys: Vec<&str> = text
             .lines()
@@ -1229,6 +1239,7 @@ mod tests {
         assert_eq!(cfg.public_ip, "127.0.0.9".parse().ok());
         assert_eq!(cfg.public_ip6, "::9".parse().ok());
         assert!(cfg.media_tcp);
+        assert!(cfg.bwe);
         assert_eq!(cfg.apps.len(), 2);
         assert!(!cfg.dev_app);
         assert_eq!(

@@ -222,7 +222,7 @@ impl Metrics {
                 &r,
                 cv(
                     "trackmesh_simulcast_events_total",
-                    "Simulcast: subscribers starting on or moving to a layer (switch), layers starting over at their next keyframe (ssrc_change, time_jump).",
+                    "Simulcast: subscribers starting on or moving to a layer (switch), layers starting over at their next keyframe (ssrc_change, time_jump), bandwidth estimates taken (bwe_estimate) and the moves they caused (bwe_down, bwe_up).",
                     &["event"],
                 )?,
             )?,
@@ -542,6 +542,9 @@ impl Metrics {
             ("switch", s.simulcast.switches),
             ("ssrc_change", s.simulcast.ssrc_change),
             ("time_jump", s.simulcast.time_jump),
+            ("bwe_estimate", s.simulcast.estimates),
+            ("bwe_down", s.simulcast.bwe_down),
+            ("bwe_up", s.simulcast.bwe_up),
         ] {
             set(&self.simulcast_events.with_label_values(&[event]), n);
         }

@@ -103,6 +103,7 @@ impl Node {
                 reconnect_grace: cfg.reconnect_grace,
                 unconnected_expiry: cfg.unconnected_expiry,
                 max_sessions: cfg.max_sessions,
+                bandwidth_estimation: cfg.bwe,
             },
             Instant::now(),
         );

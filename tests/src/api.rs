@@ -55,6 +55,10 @@ pub struct TrackObject {
     pub error_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
+    /// `simulcast` of a pull or `tracks/update` (`preferredRid`, `priorityOrdering`,
+    /// `ridNotAvailable`), echoed with `currentRid` in `GET session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<Value>,
 }
 
 impl TrackObject {

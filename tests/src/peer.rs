@@ -144,6 +144,16 @@ impl Peer {
             .iter()
             .map(|(sid, name)| TrackObject::remote(sid, name))
             .collect();
+        self.pull_items(api, session_id, items).await
+    }
+
+    /// [`Peer::pull`] with the request's items as given (say with `simulcast`).
+    pub async fn pull_items(
+        &self,
+        api: &CallsClient,
+        session_id: &str,
+        items: Vec<TrackObject>,
+    ) -> anyhow::Result<TracksResponse> {
         let req = TracksRequest {
             session_description: None,
             tracks: Some(items),

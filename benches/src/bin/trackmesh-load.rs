@@ -4,6 +4,7 @@
 //! cargo build --release --bins
 //! target/release/trackmesh-load fanout --subscribers 200 --media av --duration 20
 //! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
+//! target/release/trackmesh-load simulcast --subscribers 30 --switches 3 --switch-every 2
 //! target/release/trackmesh-load whip --subscribers 50 \
 //!     [--whip-url URL --whep-url URL --token T [--server-pid PID] [--metrics-url URL]]
 //! ```
@@ -24,9 +25,12 @@ use trackmesh_benches::load::progress;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
     Common, churn::ChurnConfig, fanout::FanoutConfig, hub::HubConfig, join_storm::JoinStormConfig,
-    relay::RelayConfig, soak::SoakConfig, whip::Target, whip::WhipConfig,
+    relay::RelayConfig, simulcast::SimulcastConfig, soak::SoakConfig, whip::Target,
+    whip::WhipConfig,
 };
-use trackmesh_benches::load::scenario::{churn, fanout, hub, join_storm, relay, soak, whip};
+use trackmesh_benches::load::scenario::{
+    churn, fanout, hub, join_storm, relay, simulcast, soak, whip,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -130,6 +134,20 @@ enum Scenario {
         /// Seconds between samples.
         #[arg(long, default_value_t = 5.0)]
         sample_every: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// One publisher sending three simulcast layers (f, h, q at the video bitrate, 1/4 and
+    /// 1/16 of it), N subscribers spread over the layers, `tracks/update` layer switches.
+    Simulcast {
+        #[arg(long, default_value_t = 30)]
+        subscribers: usize,
+        /// Subscribers moved to their next layer every --switch-every.
+        #[arg(long, default_value_t = 3)]
+        switches: usize,
+        /// Seconds between rounds of switches.
+        #[arg(long, default_value_t = 2.0)]
+        switch_every: f64,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -267,6 +285,21 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
                 sample_every: secs(sample_every, "--sample-every")?,
             };
             soak::run(&cfg).await
+        }
+        Scenario::Simulcast {
+            subscribers,
+            switches,
+            switch_every,
+            common,
+        } => {
+            let d = SimulcastConfig::default();
+            let cfg = SimulcastConfig {
+                common: common.apply(d.common)?,
+                subscribers,
+                switches,
+                switch_every: secs(switch_every, "--switch-every")?,
+            };
+            simulcast::run(&cfg).await
         }
         Scenario::Whip {
             subscribers,

@@ -108,6 +108,8 @@ impl Engine {
             .admit(rid, data.time.numer(), data.network_time, clock, ssrc)
         {
             Ok(a) => {
+                p.layers
+                    .measure(a.index, data.data.len(), data.network_time);
                 if a.ssrc_changed || a.time_jumped {
                     if a.ssrc_changed {
                         self.stats.simulcast.ssrc_change += 1;
@@ -149,6 +151,7 @@ impl Engine {
         let clock = p.codec.map_or(90_000, |c| c.clock_rate);
         match p.layers.admit(rid, frame.rtp_time, now, clock, None) {
             Ok(a) => {
+                p.layers.measure(a.index, frame.data.len(), now);
                 if a.time_jumped {
                     self.stats.simulcast.time_jump += 1;
                     if let Some(l) = p.layers.at_mut(a.index) {
@@ -304,6 +307,9 @@ impl Engine {
                         }
                         Verdict::Skip => continue,
                         Verdict::WantKeyframe => {
+                            // Its layer is new to it or started over (SSRC change, time
+                            // jump): delta frames are held until the layer's keyframe.
+                            self.stats.frames_held_for_keyframe += 1;
                             want_keyframe = true;
                             continue;
                         }
@@ -461,13 +467,13 @@ impl Engine {
             return;
         }
         let layer = layer.or_else(|| {
-            let prefs = self
+            let selector = self
                 .sessions
                 .get(&sub)
                 .and_then(|s| s.simulcast.get(&mid))
-                .map(|l| l.prefs)
+                .copied()
                 .unwrap_or_default();
-            self.publications.get(key)?.layers.choose(&prefs, now)
+            selector.choose(&self.publications.get(key)?.layers, now)
         });
         match layer {
             Some(rid) => self.request_layer_keyframe(key, rid, now),
@@ -539,7 +545,7 @@ impl Engine {
                 return;
             };
             let selector = s.simulcast.entry(mid).or_default();
-            let Some(rid) = p.layers.choose(&selector.prefs, now) else {
+            let Some(rid) = selector.choose(&p.layers, now) else {
                 return;
             };
             let Some(l) = p.layers.layer(rid) else {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::bwe::BweKind;
 use str0m::media::{KeyframeRequest, MediaData, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output};
@@ -28,6 +29,8 @@ pub(super) enum Work {
     /// A publisher's stream (a simulcast layer) paused or resumed: (mid, rid, paused).
     StreamPaused(SessionId, Mid, Option<str0m::media::Rid>, bool),
     Connected(SessionId),
+    /// A subscriber's egress bandwidth estimate, bits/s (str0m BWE, sessions with it on).
+    Estimate(SessionId, u64),
     /// The client closed its DTLS transport (close_notify).
     TransportClosed(SessionId),
     ChannelData(SessionId, str0m::channel::ChannelData),
@@ -151,7 +154,13 @@ impl Engine {
 
     /// Advances every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, sid)) = self.timers.first() {
+        // At most as many timer runs as there were timers: a session whose `Rtc` asks to run
+        // again at once (str0m's BWE pacer can, with `now` unchanged) runs again on the next
+        // call, which the shell makes at once, rather than spinning here on a frozen `now`.
+        for _ in 0..self.timers.len() {
+            let Some(&(at, sid)) = self.timers.first() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -229,6 +238,9 @@ impl Engine {
                     Event::StreamPaused(p) => self
                         .work
                         .push_back(Work::StreamPaused(sid, p.mid, p.rid, p.paused)),
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        self.work.push_back(Work::Estimate(sid, estimate.as_u64()))
+                    }
                     Event::KeyframeRequest(req) => {
                         self.stats.keyframe_requests_received += 1;
                         self.work.push_back(Work::KeyframeRequest(sid, req))
@@ -322,6 +334,7 @@ impl Engine {
                     self.stream_paused(sid, mid, rid, paused)
                 }
                 Work::Connected(sid) => self.request_keyframes_for(sid, now),
+                Work::Estimate(sid, bps) => self.bandwidth_estimate(sid, bps, now),
                 Work::TransportClosed(sid) => self.transport_closed(sid, now),
                 Work::ChannelData(sid, d) => self.channel_message(sid, d),
             }

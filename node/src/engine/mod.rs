@@ -15,7 +15,8 @@
 //! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
 //! - `simulcast.rs`: simulcast layers of a publication and each subscriber's layer choice
 //!   (switch on keyframe, fallback, timestamp continuity), free of str0m's frame API so the
-//!   packet path can reuse it;
+//!   packet path can reuse it; `simulcast_bwe.rs`: moves driven by a subscriber's bandwidth
+//!   estimate;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
 //!   DataChannel messages);
@@ -56,6 +57,7 @@ pub mod sdpfrag;
 mod session;
 mod sessions;
 pub mod simulcast;
+mod simulcast_bwe;
 mod stats;
 pub mod streams;
 #[cfg(test)]
@@ -146,6 +148,10 @@ pub struct EngineConfig {
     pub unconnected_expiry: Duration,
     /// Most sessions held at once; beyond it `create_session` refuses.
     pub max_sessions: usize,
+    /// Bandwidth estimation (str0m BWE, with its pacer and padding) on every session this node
+    /// answers, from its creation: what moves simulcast subscribers with `priorityOrdering:
+    /// "asciibetical"` between layers. str0m can only turn it on when a session is built.
+    pub bandwidth_estimation: bool,
 }
 
 /// The engine. Its methods, by kind:

@@ -26,6 +26,17 @@ pub const LAYER_IDLE_AFTER: Duration = Duration::from_millis(1500);
 /// jump (an encoder restart, a bad sender): the layer starts over at its next keyframe.
 pub const MAX_TIME_DRIFT: Duration = Duration::from_secs(5);
 
+/// A layer's bitrate is measured over this window, in [`RATE_BUCKETS`] buckets.
+pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// Buckets of a layer's rate window (the window slides by one bucket).
+pub const RATE_BUCKETS: usize = 8;
+/// With bandwidth estimation, a better layer is taken only when the estimate exceeds its
+/// bitrate by this many percent (the down move happens below 100 %: the gap is the hysteresis).
+pub const UP_MARGIN_PERCENT: u64 = 125;
+/// With bandwidth estimation, a better layer is taken only after the estimate has had room for
+/// it this long, and this long after the last move down (no flapping on a noisy estimate).
+pub const UP_HOLD: Duration = Duration::from_secs(5);
+
 /// `priorityOrdering` and `ridNotAvailable` of a Calls pull: both default to `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ordering {
@@ -41,7 +52,9 @@ pub enum Ordering {
 pub struct Prefs {
     /// The layer wanted; without one the best (asciibetically first) available layer.
     pub preferred_rid: Option<Rid>,
-    /// `priorityOrdering`: accepted and echoed; moves driven by bandwidth are not made yet.
+    /// `priorityOrdering`: with `asciibetical` and bandwidth estimation on the subscriber's
+    /// session, the node moves it down to a layer its estimate can carry and back up when the
+    /// estimate recovers ([`Governor`]); with `none` the layer follows only the preference.
     pub priority_ordering: Ordering,
     /// `ridNotAvailable`: with `asciibetical`, a stopped preferred layer is replaced by the next
     /// one in ASCII order (then the nearest before it); with `none` the subscriber waits for it.
@@ -83,6 +96,8 @@ pub struct Layer<T> {
     epoch: u32,
     /// str0m reported the stream paused (and not resumed since).
     paused: bool,
+    /// The layer's bitrate as it arrives here.
+    rate: RateMeter,
     /// The caller's data for this layer.
     pub data: T,
 }
@@ -172,6 +187,7 @@ impl<T: Default> LayerTable<T> {
                     ssrc,
                     epoch: 0,
                     paused: false,
+                    rate: RateMeter::default(),
                     data: T::default(),
                 };
                 let at = self
@@ -204,6 +220,23 @@ impl<T: Default> LayerTable<T> {
             ssrc_changed,
             time_jumped,
         })
+    }
+
+    /// Counts an admitted frame's payload bytes into its layer's bitrate (at `index`, as
+    /// [`Admitted::index`] gave it).
+    pub fn measure(&mut self, index: usize, bytes: usize, arrival: Instant) {
+        if let Some(l) = self.layers.get_mut(index) {
+            l.rate.add(bytes, arrival);
+        }
+    }
+
+    /// A layer's measured bitrate (bits/s over [`RATE_WINDOW`]); `None` until it has been
+    /// measured for a whole window.
+    pub fn bitrate(&self, rid: Rid, now: Instant) -> Option<u64> {
+        self.layers
+            .iter()
+            .find(|l| l.rid == rid)
+            .and_then(|l| l.rate.bitrate(now))
     }
 
     /// str0m reported a layer's stream paused or resumed.
@@ -252,6 +285,25 @@ impl<T: Default> LayerTable<T> {
     /// Every layer, to update the caller's data.
     pub fn layers_mut(&mut self) -> &mut [Layer<T>] {
         &mut self.layers
+    }
+
+    /// [`LayerTable::choose`], then no better than `cap` (a bandwidth cap, see [`Governor`]):
+    /// the first flowing layer at or after the cap in ASCII order, when the choice is better.
+    pub fn choose_capped(&self, prefs: &Prefs, cap: Option<Rid>, now: Instant) -> Option<Rid> {
+        let choice = self.choose(prefs, now)?;
+        let Some(cap) = cap.filter(|c| ascii_cmp(c, &choice).is_gt()) else {
+            return Some(choice);
+        };
+        // The cap's layer (or one after it) when flowing; else the lowest flowing one after the
+        // choice, so a stopped cap layer does not lift the cap.
+        self.flowing(now)
+            .find(|r| !ascii_cmp(r, &cap).is_lt())
+            .or_else(|| {
+                self.flowing(now)
+                    .filter(|r| !ascii_cmp(r, &choice).is_lt())
+                    .last()
+            })
+            .or(Some(choice))
     }
 
     /// The layer a subscriber with `prefs` should receive now, if any.
@@ -307,6 +359,132 @@ fn time_jumps(prev_at: Instant, prev: u64, at: Instant, time: u64, clock_hz: u32
 
 fn ticks(d: Duration, clock: u128) -> u128 {
     d.as_micros().saturating_mul(clock) / 1_000_000
+}
+
+/// Bytes of one layer over the last [`RATE_WINDOW`], in fixed buckets (bounded memory, no
+/// allocation per frame).
+#[derive(Debug, Clone, Default)]
+struct RateMeter {
+    /// The first frame's arrival: buckets are counted from it.
+    origin: Option<Instant>,
+    /// The newest bucket written (counted from `origin`).
+    head: u64,
+    /// A ring: the bucket being filled and the [`RATE_BUCKETS`] complete ones before it.
+    bytes: [u64; RATE_BUCKETS + 1],
+}
+
+impl RateMeter {
+    fn bucket_of(origin: Instant, at: Instant) -> u64 {
+        let bucket = (RATE_WINDOW / RATE_BUCKETS as u32).as_micros().max(1);
+        u64::try_from(at.saturating_duration_since(origin).as_micros() / bucket).unwrap_or(u64::MAX)
+    }
+
+    fn add(&mut self, bytes: usize, at: Instant) {
+        let origin = *self.origin.get_or_insert(at);
+        let n = Self::bucket_of(origin, at);
+        let ring = self.bytes.len() as u64;
+        if n > self.head {
+            // Buckets skipped since the last frame held nothing.
+            for k in (self.head + 1..=n).rev().take(self.bytes.len()) {
+                if let Some(b) = self.bytes.get_mut((k % ring) as usize) {
+                    *b = 0;
+                }
+            }
+            self.head = n;
+        }
+        // A frame stamped before the newest bucket (should not happen) counts into it.
+        if let Some(b) = self.bytes.get_mut((self.head % ring) as usize) {
+            *b = b.saturating_add(bytes as u64);
+        }
+    }
+
+    /// Bits per second over the [`RATE_BUCKETS`] complete buckets before `now`'s; `None`
+    /// until the layer has been measured that long.
+    fn bitrate(&self, now: Instant) -> Option<u64> {
+        let origin = self.origin?;
+        let n = Self::bucket_of(origin, now);
+        let first = n.checked_sub(RATE_BUCKETS as u64)?;
+        let ring = self.bytes.len() as u64;
+        let bytes: u64 = (first..n)
+            // Buckets after the newest written one held nothing; ones older than the ring were
+            // overwritten.
+            .filter(|k| *k <= self.head && self.head - k < ring)
+            .filter_map(|k| self.bytes.get((k % ring) as usize))
+            .sum();
+        let micros = u64::try_from(RATE_WINDOW.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Some(bytes.saturating_mul(8).saturating_mul(1_000_000) / micros)
+    }
+}
+
+/// One subscriber's bandwidth-driven layer cap (`priorityOrdering: "asciibetical"` with a
+/// bandwidth estimate): given the estimate for its track and the measured bitrate of each
+/// layer, says when to move down (at once, to the best layer that fits) and back up (to the
+/// best layer that fits with [`UP_MARGIN_PERCENT`] to spare, after [`UP_HOLD`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Governor {
+    /// The best layer the estimate allows, when it is worse than the preferred one.
+    cap: Option<Rid>,
+    /// Since when the estimate has had room for a better layer than the current one.
+    room_since: Option<Instant>,
+    /// The last move down.
+    last_down: Option<Instant>,
+}
+
+impl Governor {
+    /// The cap in force.
+    pub fn cap(&self) -> Option<Rid> {
+        self.cap
+    }
+
+    /// A new estimate (bits/s) for a subscriber receiving `current`; `candidates` are the
+    /// layers it may receive, best first, the first being the one its preferences choose, each
+    /// with its measured bitrate when known. Returns the layer to move to when that changes.
+    pub fn decide(
+        &mut self,
+        estimate: u64,
+        current: Rid,
+        candidates: &[(Rid, Option<u64>)],
+        now: Instant,
+    ) -> Option<Rid> {
+        let at = candidates.iter().position(|(r, _)| *r == current)?;
+        let (worse, better) = (candidates.get(at + 1..)?, candidates.get(..at)?);
+        let current_rate = candidates.get(at).and_then(|(_, rate)| *rate);
+        if current_rate.is_some_and(|rate| estimate < rate) {
+            self.room_since = None;
+            // The best worse layer that fits; the worst one when none does.
+            let to = worse
+                .iter()
+                .find(|(_, rate)| rate.is_some_and(|r| r <= estimate))
+                .or(worse.last())
+                .map(|(r, _)| *r)?;
+            self.cap = Some(to);
+            self.last_down = Some(now);
+            return Some(to);
+        }
+        let fits = |rate: u64| rate.saturating_mul(UP_MARGIN_PERCENT) / 100 <= estimate;
+        let Some(to) = better
+            .iter()
+            .find(|(_, rate)| rate.is_some_and(fits))
+            .map(|(r, _)| *r)
+        else {
+            self.room_since = None;
+            return None;
+        };
+        let since = *self.room_since.get_or_insert(now);
+        let held = |t: Instant| now.saturating_duration_since(t) >= UP_HOLD;
+        if !held(since) || self.last_down.is_some_and(|t| !held(t)) {
+            return None;
+        }
+        self.room_since = None;
+        // Back at the preferred layer: no cap.
+        self.cap = candidates
+            .first()
+            .filter(|(best, _)| *best != to)
+            .map(|_| to);
+        Some(to)
+    }
 }
 
 /// A subscriber's media times: each layer has its own RTP time base, so the subscriber's time
@@ -392,6 +570,8 @@ pub struct Selector {
     /// Since when it has had no flowing layer and waited for the target's keyframe.
     starved_since: Option<Instant>,
     rebase: Rebase,
+    /// The bandwidth-driven cap on its layer.
+    governor: Governor,
 }
 
 impl Selector {
@@ -422,8 +602,54 @@ impl Selector {
         now: Instant,
     ) -> Option<Rid> {
         self.prefs = prefs;
-        self.target = table.choose(&self.prefs, now);
+        if prefs.priority_ordering == Ordering::None {
+            self.governor = Governor::default();
+        }
+        self.target = self.choose(table, now);
         self.switching_to()
+    }
+
+    /// The layer this subscriber should receive now: its preferences, then the bandwidth cap.
+    pub fn choose<T: Default>(&self, table: &LayerTable<T>, now: Instant) -> Option<Rid> {
+        table.choose_capped(&self.prefs, self.governor.cap, now)
+    }
+
+    /// The bandwidth cap in force, if any.
+    pub fn bandwidth_cap(&self) -> Option<Rid> {
+        self.governor.cap
+    }
+
+    /// A bandwidth estimate (bits/s) for this subscriber's track. With `priorityOrdering:
+    /// "asciibetical"`, returns the layer to ask a keyframe of when the subscriber now has to
+    /// move (the switch itself happens on that keyframe, as for `tracks/update`).
+    pub fn on_estimate<T: Default>(
+        &mut self,
+        estimate: u64,
+        table: &LayerTable<T>,
+        now: Instant,
+    ) -> Option<Rid> {
+        if self.prefs.priority_ordering != Ordering::Asciibetical {
+            return None;
+        }
+        let preferred = table.choose(&self.prefs, now)?;
+        let current = self.choose(table, now)?;
+        let candidates: Vec<(Rid, Option<u64>)> = table
+            .flowing(now)
+            .filter(|r| !ascii_cmp(r, &preferred).is_lt())
+            .map(|r| (r, table.bitrate(r, now)))
+            .collect();
+        self.governor.decide(estimate, current, &candidates, now)?;
+        self.target = self.choose(table, now);
+        self.switching_to()
+    }
+
+    /// (bits/s of the layer it should receive now, bits/s its preferred layer needs with the
+    /// up margin), as far as measured: what its session's estimator is told to aim for.
+    pub fn bitrates<T: Default>(&self, table: &LayerTable<T>, now: Instant) -> (u64, u64) {
+        let rate = |r: Option<Rid>| r.and_then(|r| table.bitrate(r, now)).unwrap_or(0);
+        let current = rate(self.choose(table, now));
+        let desired = rate(table.choose(&self.prefs, now)).saturating_mul(UP_MARGIN_PERCENT) / 100;
+        (current, desired)
     }
 
     /// A frame of one of the publication's layers; `clock_hz` is the codec clock.
@@ -433,7 +659,7 @@ impl Selector {
         f: LayerFrame,
         clock_hz: u32,
     ) -> Verdict {
-        self.target = table.choose(&self.prefs, f.arrival);
+        self.target = self.choose(table, f.arrival);
         let on_current = self.current == Some((f.rid, f.epoch));
         if self.target == Some(f.rid) && !on_current {
             // With no layer flowing to it the subscriber starves; past the wait it takes the
@@ -598,6 +824,24 @@ mod tests {
         };
         assert_eq!(t.choose(&q_fallback, later), Some(rid("f")));
         assert_eq!(t.choose(&any, later), Some(rid("f")));
+        // Only f flows: a cap of h (or q) finds no flowing layer from it on, f stays.
+        assert_eq!(t.choose_capped(&any, Some(rid("h")), later), Some(rid("f")));
+
+        // A bandwidth cap applies after the preferences: the cap's layer, or, when it stopped,
+        // the lowest flowing layer; never better than the preferences.
+        let mut t = table(now);
+        assert_eq!(t.choose_capped(&any, Some(rid("h")), now), Some(rid("h")));
+        t.set_paused(rid("q"), true);
+        assert_eq!(t.choose_capped(&any, Some(rid("q")), now), Some(rid("h")));
+        let prefer_q = Prefs {
+            preferred_rid: Some(rid("q")),
+            ..Prefs::default()
+        };
+        t.set_paused(rid("q"), false);
+        assert_eq!(
+            t.choose_capped(&prefer_q, Some(rid("h")), now),
+            Some(rid("q"))
+        );
     }
 
     #[test]
@@ -711,6 +955,217 @@ mod tests {
         assert!(
             waited >= KEYFRAME_WAIT_MAX && waited < KEYFRAME_WAIT_MAX + Duration::from_millis(40)
         );
+    }
+
+    /// `rid`'s layer at `kbps`, one 33 ms frame at a time, for `secs` from `start`.
+    fn feed_rate(t: &mut LayerTable<()>, r: &str, kbps: u64, start: Instant, secs: u64) {
+        let bytes = (kbps * 1000 / 8 * 33 / 1000) as usize;
+        for n in 0..secs * 1000 / 33 {
+            let at = start + Duration::from_millis(33 * n);
+            let a = t
+                .admit(rid(r), n * 2970, at, CLOCK, None)
+                .expect("declared");
+            t.measure(a.index, bytes, at);
+        }
+    }
+
+    #[test]
+    fn a_layer_bitrate_is_measured_over_the_window() {
+        let start = Instant::now();
+        let mut t: LayerTable<()> = LayerTable::default();
+        t.declare(&[rid("f"), rid("h")]);
+        feed_rate(&mut t, "f", 1000, start, 1);
+        assert_eq!(
+            t.bitrate(rid("f"), start + Duration::from_millis(990)),
+            None,
+            "not a whole window yet"
+        );
+        feed_rate(&mut t, "f", 1000, start, 3);
+        let at = start + Duration::from_secs(3);
+        let kbps = t.bitrate(rid("f"), at).expect("measured") / 1000;
+        assert!((950..=1050).contains(&kbps), "{kbps} kbit/s");
+        assert_eq!(t.bitrate(rid("h"), at), None, "h never sent");
+        // A layer that stops decays to nothing within a window.
+        let kbps = t.bitrate(rid("f"), at + RATE_WINDOW / 2).expect("measured") / 1000;
+        assert!((400..=600).contains(&kbps), "{kbps} kbit/s");
+        assert_eq!(t.bitrate(rid("f"), at + RATE_WINDOW * 2), Some(0));
+    }
+
+    #[test]
+    fn the_governor_moves_down_at_once_and_up_after_the_hold_with_a_margin() {
+        let start = Instant::now();
+        let layers = [
+            (rid("f"), Some(1_500_000)),
+            (rid("h"), Some(600_000)),
+            (rid("q"), Some(150_000)),
+        ];
+        let mut g = Governor::default();
+        // Room for f: nothing moves.
+        assert_eq!(g.decide(2_000_000, rid("f"), &layers, start), None);
+        // Below f: straight to the best layer that fits, h.
+        assert_eq!(
+            g.decide(1_000_000, rid("f"), &layers, start),
+            Some(rid("h"))
+        );
+        assert_eq!(g.cap(), Some(rid("h")));
+        // Below even q: the lowest layer.
+        let at = start + Duration::from_millis(100);
+        assert_eq!(g.decide(100_000, rid("h"), &layers, at), Some(rid("q")));
+        assert_eq!(
+            g.decide(100_000, rid("q"), &layers, at),
+            None,
+            "nothing lower"
+        );
+        // Back over f's bitrate, but not by the margin: stays (hysteresis), up to h only.
+        let mut at = at;
+        let mut moves = Vec::new();
+        for _ in 0..200 {
+            at += Duration::from_millis(100);
+            let current = g.cap().unwrap_or(rid("f"));
+            if let Some(to) = g.decide(1_600_000, current, &layers, at) {
+                moves.push((to, at - start));
+            }
+        }
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        let (to, when) = moves[0];
+        assert_eq!(to, rid("h"), "f needs 1.875 Mbit/s with the margin");
+        assert!(when >= UP_HOLD, "held off: {when:?}");
+        // With the margin for f: back to the preferred layer, and no cap left.
+        let from = at;
+        let mut up = None;
+        for _ in 0..100 {
+            at += Duration::from_millis(100);
+            if let Some(to) = g.decide(2_000_000, rid("h"), &layers, at) {
+                up = Some((to, at - from));
+                break;
+            }
+        }
+        let (to, after) = up.expect("moves up");
+        assert_eq!(to, rid("f"));
+        assert!(after >= UP_HOLD, "held off again: {after:?}");
+        assert_eq!(g.cap(), None);
+    }
+
+    #[test]
+    fn an_estimate_around_a_layer_bitrate_does_not_flap() {
+        let start = Instant::now();
+        let layers = [(rid("f"), Some(1_000_000)), (rid("h"), Some(400_000))];
+        let mut g = Governor::default();
+        let mut current = rid("f");
+        let mut moves = 0;
+        // The estimate swings ±15 % around f's bitrate every 200 ms for a minute.
+        for n in 0..300u64 {
+            let estimate = if n % 2 == 0 { 1_150_000 } else { 850_000 };
+            let at = start + Duration::from_millis(200 * n);
+            if let Some(to) = g.decide(estimate, current, &layers, at) {
+                current = to;
+                moves += 1;
+            }
+        }
+        assert_eq!(moves, 1, "one move down, never back up while it swings");
+        assert_eq!(current, rid("h"));
+    }
+
+    #[test]
+    fn unmeasured_layers_move_nothing_up_and_are_the_last_resort_down() {
+        let start = Instant::now();
+        let mut g = Governor::default();
+        let layers = [(rid("f"), None), (rid("h"), Some(500_000))];
+        assert_eq!(
+            g.decide(100, rid("f"), &layers, start),
+            None,
+            "f unmeasured"
+        );
+        let layers = [
+            (rid("f"), Some(2_000_000)),
+            (rid("h"), None),
+            (rid("q"), None),
+        ];
+        assert_eq!(g.decide(100, rid("f"), &layers, start), Some(rid("q")));
+        assert_eq!(
+            g.decide(10_000_000, rid("q"), &layers, start + UP_HOLD * 2),
+            None
+        );
+        assert_eq!(
+            g.decide(10_000_000, rid("q"), &layers, start + UP_HOLD * 3),
+            Some(rid("f")),
+            "held off from the first estimate with room"
+        );
+    }
+
+    #[test]
+    fn a_bandwidth_move_switches_on_the_target_keyframe_only_with_asciibetical() {
+        let start = Instant::now();
+        let mut t: LayerTable<()> = LayerTable::default();
+        t.declare(&[rid("f"), rid("h"), rid("q")]);
+        let mut at = start;
+        let sizes = [("f", 4000usize), ("h", 1500), ("q", 400)];
+        for n in 0..100u64 {
+            at = start + Duration::from_millis(33 * n);
+            for (r, bytes) in sizes {
+                let a = t
+                    .admit(rid(r), n * 2970, at, CLOCK, None)
+                    .expect("declared");
+                t.measure(a.index, bytes, at);
+            }
+        }
+        let f_rate = t.bitrate(rid("f"), at).expect("measured");
+        let h_rate = t.bitrate(rid("h"), at).expect("measured");
+        let prefs = Prefs {
+            preferred_rid: Some(rid("f")),
+            priority_ordering: Ordering::Asciibetical,
+            rid_not_available: Ordering::None,
+        };
+        let mut none = Selector::new(Prefs {
+            priority_ordering: Ordering::None,
+            ..prefs
+        });
+        assert_eq!(
+            none.on_estimate(h_rate, &t, at),
+            None,
+            "priorityOrdering none"
+        );
+        let mut sel = Selector::new(prefs);
+        assert_eq!(
+            sel.on_frame(&t, frame("f", true, 0, at), CLOCK),
+            Verdict::Forward {
+                time: 0,
+                switched: true
+            }
+        );
+        assert_eq!(sel.on_estimate(f_rate * 2, &t, at), None);
+        assert_eq!(sel.on_estimate(f_rate - 1, &t, at), Some(rid("h")));
+        assert_eq!(
+            sel.bitrates(&t, at),
+            (h_rate, f_rate * UP_MARGIN_PERCENT / 100)
+        );
+        // f flows on until h's keyframe.
+        assert!(matches!(
+            sel.on_frame(&t, frame("f", false, 2970, at), CLOCK),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(
+            sel.on_frame(&t, frame("h", false, 2970, at), CLOCK),
+            Verdict::WantKeyframe
+        );
+        assert!(matches!(
+            sel.on_frame(&t, frame("h", true, 5940, at), CLOCK),
+            Verdict::Forward { switched: true, .. }
+        ));
+        assert_eq!(sel.current(), Some(rid("h")));
+        // tracks/update to priorityOrdering none lifts the cap: back to f on its keyframe.
+        assert_eq!(
+            sel.set_prefs(
+                Prefs {
+                    priority_ordering: Ordering::None,
+                    ..prefs
+                },
+                &t,
+                at
+            ),
+            Some(rid("f"))
+        );
+        assert_eq!(sel.bandwidth_cap(), None);
     }
 
     #[test]

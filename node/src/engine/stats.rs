@@ -50,7 +50,8 @@ pub struct Stats {
     pub nacks_sent: u64,
     /// NACKs received from subscribers, as str0m's egress stats report them.
     pub nacks_received: u64,
-    /// Delta frames not sent to a subscriber that had no keyframe yet.
+    /// Delta frames not sent to a subscriber that had no keyframe yet, or of a simulcast layer
+    /// it is moving to (or that started over) before that layer's keyframe.
     pub frames_held_for_keyframe: u64,
     /// Joining subscribers served the publication's cached keyframe.
     pub keyframes_from_cache: u64,
@@ -81,6 +82,12 @@ pub struct SimulcastStats {
     pub time_jump: u64,
     /// Subscribers that started on a layer or moved to another one.
     pub switches: u64,
+    /// Bandwidth estimates taken for subscribers with `priorityOrdering: asciibetical`.
+    pub estimates: u64,
+    /// Subscribers moved down a layer because their bandwidth estimate fell below its bitrate.
+    pub bwe_down: u64,
+    /// Subscribers moved back up a layer because their bandwidth estimate recovered.
+    pub bwe_up: u64,
 }
 
 /// What the engine holds right now, for gauges.

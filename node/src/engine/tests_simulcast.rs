@@ -42,12 +42,17 @@ struct Sim {
     pub_sid: String,
     mid: Mid,
     round: u64,
+    /// Ticks added to a layer's source times from now on (a publisher whose clock jumps).
+    shifts: Vec<(&'static str, i64)>,
 }
 
 impl Sim {
     /// A connected publisher of `cam` with the given layers.
     fn new(rids: &[&str]) -> Sim {
-        let mut w = World::new(Duration::from_secs(30));
+        Sim::in_world(World::new(Duration::from_secs(30)), rids)
+    }
+
+    fn in_world(mut w: World, rids: &[&str]) -> Sim {
         let publisher = w.client();
         let pub_sid = w.session();
         let mid = w.push_simulcast(publisher, &pub_sid, "cam", rids);
@@ -58,6 +63,7 @@ impl Sim {
             pub_sid,
             mid,
             round: 0,
+            shifts: Vec::new(),
         }
     }
 
@@ -90,7 +96,14 @@ impl Sim {
     fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
         self.round += 1;
         for rid in rids {
-            let time = MediaTime::from_90khz(base_of(rid) + self.round * 3000);
+            let shift = self
+                .shifts
+                .iter()
+                .filter(|(r, _)| r == rid)
+                .map(|(_, s)| *s)
+                .sum::<i64>();
+            let time = (base_of(rid) + self.round * 3000).saturating_add_signed(shift);
+            let time = MediaTime::from_90khz(time);
             let data = synthetic_frame(MediaKind::Video, keyframes.contains(rid), size_of(rid));
             self.w
                 .write_layer(self.publisher, self.mid, rid, time, data);
@@ -544,4 +557,211 @@ fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
             .as_deref(),
         Some("q")
     );
+}
+
+impl Sim {
+    /// A bandwidth estimate (bits/s) for subscriber session `sid`, as str0m's BWE reports it.
+    fn estimate(&mut self, sid: &str, bps: u64) {
+        let id = SessionId::parse(sid).expect("session id");
+        let now = self.w.now;
+        self.w.engine.bandwidth_estimate(id, bps, now);
+        self.w.deliver();
+    }
+}
+
+#[test]
+fn the_bandwidth_estimate_moves_an_asciibetical_subscriber_down_and_back_up() {
+    // Layer bitrates as sent: f 1200 B, h 600 B, q 300 B every 33 ms: about 291, 145 and
+    // 73 kbit/s.
+    let mut sim = Sim::new(&LAYERS);
+    let governed = Prefs {
+        preferred_rid: parse_rid("f"),
+        priority_ordering: Ordering::Asciibetical,
+        rid_not_available: Ordering::None,
+    };
+    let (c, sid, mid) = sim.subscriber(Some(governed));
+    let (fixed, fixed_sid, fixed_mid) = sim.subscriber(Some(prefer("f", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    // Two seconds and more: every layer's bitrate is measured.
+    sim.rounds(70, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    sim.estimate(&sid, 500_000);
+    sim.estimate(&fixed_sid, 100_000);
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 0, "room for f");
+
+    // Below f's bitrate: down to h, the best layer that fits, on h's keyframe.
+    let h_requests = sim.layer_requests("h");
+    sim.estimate(&sid, 200_000);
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 1);
+    sim.rounds(2, &LAYERS);
+    assert!(
+        sim.layer_requests("h") > h_requests,
+        "h was asked for a keyframe"
+    );
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"), "f until h's keyframe");
+    sim.round(&LAYERS, &["h"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("h"));
+    assert_eq!(
+        sim.layer_seen(fixed, &fixed_mid),
+        Some("f"),
+        "priorityOrdering none ignores its estimate"
+    );
+
+    // Over f's bitrate but short of the margin, for longer than the hold-off: stays on h.
+    for _ in 0..200 {
+        sim.estimate(&sid, 330_000);
+        sim.round(&LAYERS, &[]);
+    }
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_up, 0);
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+
+    // Room with the margin: back up to f after the hold-off, on f's keyframe.
+    let mut rounds = 0u32;
+    while sim.w.engine.stats().simulcast.bwe_up == 0 && rounds < 400 {
+        sim.estimate(&sid, 400_000);
+        sim.round(&LAYERS, &[]);
+        rounds += 1;
+    }
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_up, 1);
+    assert!(
+        ROUND * rounds >= simulcast::UP_HOLD,
+        "held off: {rounds} rounds"
+    );
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert_eq!(sim.current_rid(&sid, &mid).as_deref(), Some("f"));
+    sim.assert_continuous(c, &mid);
+}
+
+#[test]
+fn with_bwe_on_str0m_estimates_reach_the_governed_subscribers() {
+    let w = World::with_config(crate::engine::EngineConfig {
+        bandwidth_estimation: true,
+        ..crate::testing::config(Duration::from_secs(30))
+    });
+    let mut sim = Sim::in_world(w, &LAYERS);
+    let governed = Prefs {
+        preferred_rid: parse_rid("f"),
+        priority_ordering: Ordering::Asciibetical,
+        rid_not_available: Ordering::None,
+    };
+    let (c, _, mid) = sim.subscriber(Some(governed));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(70, &LAYERS);
+    assert!(
+        sim.w.engine.stats().simulcast.estimates > 0,
+        "str0m's TWCC estimate reached the engine"
+    );
+    // The initial estimate (1 Mbit/s) carries f: it plays, paced, and stays.
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    assert!(sim.frames(c, &mid) >= 60, "{} frames", sim.frames(c, &mid));
+    assert_eq!(sim.w.engine.stats().simulcast.bwe_down, 0);
+}
+
+#[test]
+fn bad_layer_input_is_dropped_or_restarted_and_subscriber_times_never_go_back() {
+    let mut sim = Sim::new(&LAYERS);
+    let (c, _, mid) = sim.subscriber(Some(prefer("h", Ordering::None)));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 4);
+    let (p, m) = (sim.publisher, sim.mid);
+
+    // A rid the publisher's SDP did not declare: str0m at the node drops its packets before
+    // they make a frame (the engine's `unknown_rid` count is for frames that get further).
+    sim.w.clients[p]
+        .rtc()
+        .direct_api()
+        .declare_stream_tx(4242.into(), None, m, parse_rid("y"));
+    let time = MediaTime::from_90khz(base_of("y") + 1000);
+    let data = synthetic_frame(MediaKind::Video, true, size_of("y"));
+    sim.w.write_layer(p, m, "y", time, data);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 6, "h only");
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+
+    // Layer h's SSRC changes mid-stream (an encoder restart): counted, and h starts over at its
+    // next keyframe; its delta frames until then are not forwarded.
+    sim.w.clients[p]
+        .rtc()
+        .direct_api()
+        .reset_stream_tx(m, parse_rid("h"), 777.into(), None)
+        .expect("h has a stream");
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.w.engine.stats().simulcast.ssrc_change, 1);
+    assert_eq!(sim.frames(c, &mid), 6, "held until h's keyframe");
+    let held = sim.w.engine.stats().frames_held_for_keyframe;
+    assert!(held >= 3, "the held frames are counted: {held}");
+    sim.round(&LAYERS, &["h"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 9);
+
+    // h's media time jumps 20 s back: counted as a time jump, h starts over at its keyframe.
+    sim.shifts.push(("h", -20 * 90_000));
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.w.engine.stats().simulcast.time_jump, 1);
+    assert_eq!(sim.frames(c, &mid), 9, "held until h's keyframe");
+    sim.round(&LAYERS, &["h"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 12);
+
+    // And 20 s forward again.
+    sim.shifts.push(("h", 40 * 90_000));
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.w.engine.stats().simulcast.time_jump, 2);
+    sim.round(&LAYERS, &["h"]);
+    sim.rounds(2, &LAYERS);
+    assert_eq!(sim.frames(c, &mid), 15);
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+
+    // The subscriber's times went on by the time between arrivals throughout.
+    sim.assert_continuous(c, &mid);
+    // The other layers were not disturbed.
+    assert_eq!(sim.w.engine.stats().simulcast.unknown_rid, 0);
+    assert_eq!(sim.w.engine.stats().simulcast.too_many_layers, 0);
+}
+
+#[test]
+fn relayed_layers_past_the_third_are_counted_not_forwarded() {
+    let mut w = World::new(Duration::from_secs(30));
+    let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    let info = TrackInfo {
+        kind: MediaKind::Video,
+        codec: CodecInfo {
+            codec: str0m::format::Codec::Vp8,
+            clock_rate: 90_000,
+            channels: None,
+        },
+    };
+    let up = crate::ids::UpId(9);
+    w.engine
+        .add_relay_publication(APP, publisher, "cam", up, info, w.now)
+        .expect("relayed publication");
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("x", Ordering::None)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    for n in 1..6 {
+        for rid in ["f", "h", "q", "x"] {
+            let now = w.now;
+            w.engine.relay_frame(up, relayed(rid, n, n == 1), now);
+        }
+        let all = 0..w.clients.len();
+        w.step(all, ROUND);
+    }
+    assert_eq!(w.engine.stats().simulcast.too_many_layers, 5);
+    assert_eq!(w.clients[c].frames(&mid), 0, "the fourth layer never plays");
 }

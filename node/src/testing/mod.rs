@@ -79,6 +79,7 @@ pub fn config(track_timeout: Duration) -> EngineConfig {
         reconnect_grace: Duration::from_secs(30),
         unconnected_expiry: Duration::from_secs(120),
         max_sessions: 100,
+        bandwidth_estimation: false,
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
@@ -63,6 +63,8 @@ struct Sending {
     mid: Mid,
     pt: Option<Pt>,
     source: Source,
+    /// A simulcast layer's rid and video shape (its own bitrate), else the core's video.
+    layer: Option<(Rid, VideoShape)>,
 }
 
 /// The state a driver owns; jobs from the client handle get `&mut Core`.
@@ -321,7 +323,11 @@ impl<S: StatsCell> Core<S> {
             Event::KeyframeRequest(r) => {
                 self.stats
                     .update(|s| s.on_keyframe_request(&r.mid, r.rid.as_deref()));
-                if let Some(s) = self.sending.iter_mut().find(|s| s.mid == r.mid) {
+                // A request for a layer goes to that layer's source only.
+                let wanted = |s: &&mut Sending| {
+                    s.mid == r.mid && (r.rid.is_none() || s.layer.map(|(rid, _)| rid) == r.rid)
+                };
+                for s in self.sending.iter_mut().filter(wanted) {
                     s.source.request_keyframe();
                 }
             }
@@ -405,6 +411,26 @@ impl<S: StatsCell> Core<S> {
         Ok(())
     }
 
+    /// Write one frame of simulcast layer `rid` on `mid` and count it as sent.
+    fn write_layer_frame(
+        &mut self,
+        mid: Mid,
+        rid: Rid,
+        pt: Pt,
+        now: Instant,
+        frame: crate::media::Frame,
+    ) -> anyhow::Result<()> {
+        let len = frame.data.len() as u64;
+        self.rtc
+            .writer(mid)
+            .ok_or_else(|| anyhow!("no writer for mid {mid}"))?
+            .rid(rid)
+            .write(pt, now, frame.rtp_time, frame.data)
+            .with_context(|| format!("write on mid {mid} rid {rid}"))?;
+        self.stats.update(|s| s.on_sent(&mid, frame.keyframe, len));
+        Ok(())
+    }
+
     /// Write every due frame; each write is followed by a drain.
     fn send_due_media(&mut self, now: Instant, send: &mut SendFn<'_>) -> anyhow::Result<()> {
         if self.sending.is_empty() || !self.rtc.is_connected() {
@@ -414,10 +440,11 @@ impl<S: StatsCell> Core<S> {
             let Some(s) = self.sending.get_mut(i) else {
                 break;
             };
-            let Some(frame) = s.source.next_frame(now, &self.video) else {
+            let video = s.layer.map_or(self.video, |(_, v)| v);
+            let Some(frame) = s.source.next_frame(now, &video) else {
                 continue;
             };
-            let (mid, cached_pt) = (s.mid, s.pt);
+            let (mid, cached_pt, rid) = (s.mid, s.pt, s.layer.map(|(rid, _)| rid));
             let codec = match s.source.kind() {
                 MediaKind::Audio => Codec::Opus,
                 MediaKind::Video => Codec::Vp8,
@@ -432,9 +459,11 @@ impl<S: StatsCell> Core<S> {
             if let Some(s) = self.sending.get_mut(i) {
                 s.pt = Some(pt);
             }
-            if let Err(e) =
-                self.write_frame(mid, pt, now, frame.rtp_time, frame.data, frame.keyframe)
-            {
+            let written = match rid {
+                None => self.write_frame(mid, pt, now, frame.rtp_time, frame.data, frame.keyframe),
+                Some(rid) => self.write_layer_frame(mid, rid, pt, now, frame),
+            };
+            if let Err(e) = written {
                 self.record_error(format!("{e:#}"));
             }
             self.drain(now, send)?;
@@ -494,6 +523,31 @@ impl<S: StatsCell> Core<S> {
             mids.iter().map(|m| m.to_string()).collect(),
             offer.to_sdp_string(),
         ))
+    }
+
+    /// add_media(Video, SendOnly) with these simulcast send layers (`a=simulcast`, `a=rid`, as
+    /// Chromium offers them), apply() → offer. Returns (mid, offer SDP).
+    pub fn create_simulcast_offer(&mut self, rids: &[&str]) -> anyhow::Result<(String, String)> {
+        if self.pending.is_some() {
+            bail!("an offer is already pending");
+        }
+        let mut simulcast = Simulcast::new();
+        for rid in rids {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let mut api = self.rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(simulcast),
+        );
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| anyhow!("apply() produced no offer"))?;
+        self.pending = Some(pending);
+        Ok((mid.to_string(), offer.to_sdp_string()))
     }
 
     /// An offer adding a DataChannel `label` (opened in-band, DCEP), as the older Calls flow
@@ -591,6 +645,31 @@ impl<S: StatsCell> Core<S> {
                 mid: *mid,
                 pt: None,
                 source: Source::new(kind, now),
+                layer: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Start one synthetic video source per simulcast layer of `mid`: (rid, kbps) each, with
+    /// the core's frame rate and keyframe period.
+    pub fn start_sending_layers(
+        &mut self,
+        mid: Mid,
+        layers: &[(&str, u32)],
+        now: Instant,
+    ) -> anyhow::Result<()> {
+        if self.rtc.media(mid).is_none() {
+            bail!("no media with mid {mid}");
+        }
+        self.sending.retain(|s| s.mid != mid);
+        for (rid, kbps) in layers {
+            let shape = VideoShape::new(self.video.fps, *kbps, self.video.keyframe_interval())?;
+            self.sending.push(Sending {
+                mid,
+                pt: None,
+                source: Source::new(MediaKind::Video, now),
+                layer: Some((Rid::from(*rid), shape)),
             });
         }
         Ok(())

@@ -1,13 +1,19 @@
 //! The `simulcast` fields of the Calls API over HTTP, with real str0m clients: a pull echoes
 //! them, `GET session` lists them, a track without layers plays as one and refuses a layer
-//! change with `update_track_error`, a malformed `preferredRid` is refused. Layer selection
-//! itself is tested in the engine (`tests_simulcast.rs`) and with Chromium
-//! (`tests/browser/simulcast.test.mjs`): the test clients do not send simulcast.
+//! change with `update_track_error`, a malformed `preferredRid` is refused; a str0m publisher's
+//! three layers reach a subscriber one at a time and `tracks/update` moves it. Layer selection
+//! in detail is tested in the engine (`tests_simulcast.rs`) and with Chromium
+//! (`tests/browser/simulcast.test.mjs`).
+
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
-use trackmesh_tests::{MediaKind, Peer, Publisher, TestNode};
+use trackmesh_tests::{
+    CallsClient, MediaKind, Peer, Publisher, SessionDescription, TestNode, TrackObject,
+    TracksRequest, poll_until,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_fields_are_echoed_listed_and_checked() {
@@ -93,4 +99,156 @@ async fn simulcast_fields_are_echoed_listed_and_checked() {
         body["tracks"][0]["errorCode"], "update_track_error",
         "{body}"
     );
+}
+
+/// The `currentRid` `GET session` shows for `mid`.
+async fn current_rid(api: &CallsClient, sid: &str, mid: &str) -> anyhow::Result<Option<String>> {
+    let s = api.get_session(sid).await?;
+    Ok(s.track_by_mid(mid)
+        .and_then(|t| t.simulcast.as_ref())
+        .and_then(|s| s.get("currentRid"))
+        .and_then(|r| r.as_str())
+        .map(str::to_string))
+}
+
+/// A str0m publisher of `cam` with layers f, h, q (400, 100 and 25 kbit/s), sending; its
+/// session id.
+async fn simulcast_publisher(api: &CallsClient) -> (Peer, String) {
+    let publisher = Peer::new("pub").expect("peer");
+    let pub_sid = api.sessions_new().await.expect("sessions/new").session_id;
+    let (mid, offer) = publisher
+        .run(|c| c.create_simulcast_offer(&["f", "h", "q"]))
+        .await
+        .expect("simulcast offer");
+    let req = TracksRequest {
+        session_description: Some(SessionDescription::offer(offer)),
+        tracks: Some(vec![TrackObject::local(&mid, "cam")]),
+        auto_discover: None,
+    };
+    let resp = api.tracks_new(&pub_sid, &req).await.expect("push");
+    let answer = resp.session_description.expect("an answer");
+    publisher.accept_answer(&answer.sdp).await.expect("accept");
+    publisher
+        .wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("publisher connected");
+    publisher
+        .run(move |c| {
+            let layers = [("f", 400), ("h", 100), ("q", 25)];
+            c.start_sending_layers(mid.as_str().into(), &layers, std::time::Instant::now())
+        })
+        .await
+        .expect("sending layers");
+    (publisher, pub_sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() {
+    let node = TestNode::start(&[]).expect("starting the trackmesh node");
+    let api = node.client();
+    let (publisher, pub_sid) = simulcast_publisher(&api).await;
+
+    let sub = Peer::new("sub").expect("peer");
+    let sid = api.sessions_new().await.expect("sessions/new").session_id;
+    let item = TrackObject {
+        simulcast: Some(json!({"preferredRid": "h"})),
+        ..TrackObject::remote(&pub_sid, "cam")
+    };
+    let resp = sub.pull_items(&api, &sid, vec![item]).await.expect("pull");
+    let sub_mid = resp.tracks[0].mid.clone().expect("a mid");
+    sub.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("subscriber connected");
+    let m = sub_mid.clone();
+    sub.wait_until("video", MEDIA_TIMEOUT, move |s| s.rx_frames(&m) >= 10)
+        .await
+        .expect("the h layer plays");
+    let step = Duration::from_millis(100);
+    poll_until("currentRid h", MEDIA_TIMEOUT, step, async || {
+        let rid = current_rid(&api, &sid, &sub_mid).await?;
+        anyhow::ensure!(rid.as_deref() == Some("h"), "currentRid {rid:?}");
+        Ok(())
+    })
+    .await
+    .expect("receives h");
+    // One layer only: about 30 frames a second, not 90.
+    let before = sub.with_stats(|s| s.rx_frames(&sub_mid));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_s = sub.with_stats(|s| s.rx_frames(&sub_mid)) - before;
+    assert!(
+        per_s < 50,
+        "{per_s} frames in a second: more than one layer"
+    );
+
+    let item = TrackObject {
+        mid: Some(sub_mid.clone()),
+        simulcast: Some(json!({"preferredRid": "q"})),
+        ..TrackObject::remote(&pub_sid, "cam")
+    };
+    let resp = api
+        .tracks_update(&sid, vec![item], None)
+        .await
+        .expect("tracks/update");
+    assert!(resp.tracks[0].error_code.is_none(), "{resp:?}");
+    poll_until("currentRid q", MEDIA_TIMEOUT, step, async || {
+        let rid = current_rid(&api, &sid, &sub_mid).await?;
+        anyhow::ensure!(rid.as_deref() == Some("q"), "currentRid {rid:?}");
+        Ok(())
+    })
+    .await
+    .expect("moves to q");
+    assert!(
+        publisher.with_stats(|s| s.layer_keyframe_requests.get("q").copied().unwrap_or(0)) > 0,
+        "the node asked layer q for a keyframe"
+    );
+    let m = sub_mid.clone();
+    let seen = sub.with_stats(|s| s.rx_frames(&sub_mid));
+    sub.wait_until("video after the switch", MEDIA_TIMEOUT, move |s| {
+        s.rx_frames(&m) >= seen + 10
+    })
+    .await
+    .expect("q plays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bandwidth_estimation_on_an_asciibetical_subscriber_plays_its_preferred_layer() {
+    // Every session runs str0m's BWE (pacer, padding, TWCC feedback); on loopback the estimate
+    // has room for the preferred layer, so the subscriber stays on it.
+    let node = TestNode::start(&["--bwe", "true"]).expect("starting the trackmesh node");
+    let api = node.client();
+    let (_publisher, pub_sid) = simulcast_publisher(&api).await;
+    let sub = Peer::new("sub").expect("peer");
+    let sid = api.sessions_new().await.expect("sessions/new").session_id;
+    let item = TrackObject {
+        simulcast: Some(json!({"preferredRid": "f", "priorityOrdering": "asciibetical"})),
+        ..TrackObject::remote(&pub_sid, "cam")
+    };
+    let resp = sub.pull_items(&api, &sid, vec![item]).await.expect("pull");
+    let mid = resp.tracks[0].mid.clone().expect("a mid");
+    sub.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("subscriber connected");
+    let m = mid.clone();
+    sub.wait_until("video", MEDIA_TIMEOUT, move |s| s.rx_frames(&m) >= 60)
+        .await
+        .expect("plays with BWE on");
+    let rid = current_rid(&api, &sid, &mid).await.expect("GET session");
+    assert_eq!(rid.as_deref(), Some("f"));
+    // str0m's estimates reached the subscriber's layer choice.
+    let key = "trackmesh_simulcast_events_total{event=\"bwe_estimate\"}";
+    poll_until(
+        "BWE estimates",
+        MEDIA_TIMEOUT,
+        Duration::from_millis(100),
+        async || {
+            let n = node.scrape().await?.get(key).copied().unwrap_or(0.0);
+            anyhow::ensure!(n > 0.0, "{key} = {n}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("estimates counted");
+    let down = "trackmesh_simulcast_events_total{event=\"bwe_down\"}";
+    let n = node.scrape().await.expect("scrape").get(down).copied();
+    assert_eq!(n, Some(0.0), "no move down on loopback");
 }

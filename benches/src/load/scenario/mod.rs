@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod hub;
 pub mod join_storm;
 pub mod relay;
+pub mod simulcast;
 pub mod soak;
 pub mod whip;
 

@@ -108,6 +108,14 @@ impl Engine {
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
+        // Only str0m's builder can turn BWE on, so a session that may later pull simulcast with
+        // `priorityOrdering: "asciibetical"` needs it from here (a cascade's own session never
+        // pulls simulcast).
+        if self.cfg.bandwidth_estimation && outgoing.is_none() {
+            config = config.enable_bwe(Some(str0m::bwe::Bitrate::bps(
+                crate::engine::simulcast_bwe::BWE_INITIAL_BPS,
+            )));
+        }
         let mut rtc = config.build(now);
         // A cascade's outgoing session is reached only through its own socket.
         let candidates = match outgoing {
