@@ -461,9 +461,8 @@ fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
     }
 }
 
-#[test]
-fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
-    let mut w = World::new(Duration::from_secs(30));
+/// A VP8 publication "cam" of another node's session, fed by upstream `up`.
+fn relayed_vp8_publication(w: &mut World, up: u64) -> (SessionId, crate::ids::UpId) {
     let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
     let info = TrackInfo {
         kind: MediaKind::Video,
@@ -473,10 +472,17 @@ fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
             channels: None,
         },
     };
-    let up = crate::ids::UpId(7);
+    let up = crate::ids::UpId(up);
     w.engine
         .add_relay_publication(APP, publisher, "cam", up, info, w.now)
         .expect("relayed publication");
+    (publisher, up)
+}
+
+#[test]
+fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
     let feed = |w: &mut World, n: u64, keyframes: &[&str]| {
         for rid in LAYERS {
             let now = w.now;
@@ -727,19 +733,7 @@ fn bad_layer_input_is_dropped_or_restarted_and_subscriber_times_never_go_back() 
 #[test]
 fn relayed_layers_past_the_third_are_counted_not_forwarded() {
     let mut w = World::new(Duration::from_secs(30));
-    let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
-    let info = TrackInfo {
-        kind: MediaKind::Video,
-        codec: CodecInfo {
-            codec: str0m::format::Codec::Vp8,
-            clock_rate: 90_000,
-            channels: None,
-        },
-    };
-    let up = crate::ids::UpId(9);
-    w.engine
-        .add_relay_publication(APP, publisher, "cam", up, info, w.now)
-        .expect("relayed publication");
+    let (publisher, up) = relayed_vp8_publication(&mut w, 9);
     let c = w.client();
     let sid = w.session();
     let res = w.pull_tracks(
