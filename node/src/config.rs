@@ -148,6 +148,19 @@ pub struct Flags {
     /// Most sessions this node holds at once [default: 10000].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
+    /// Engine workers, each a thread with its own media port: worker i binds the --media port
+    /// + i (an ephemeral port each with port 0) [default: the cores this process may use, at most 64].
+    #[arg(long, env = "TRACKMESH_WORKERS")]
+    pub workers: Option<usize>,
+    /// Testing only: the first new Calls sessions go to these workers, in order.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    #[serde(skip)]
+    pub worker_placement: Vec<u8>,
+    /// Testing only: this engine worker panics at its first call (the node must then fail
+    /// `/healthz` and exit non-zero).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub fault_panic_worker: Option<usize>,
     /// Live sessions one app may hold on this node [default: --max-sessions with one app, half of
     /// it with more, so one app cannot take the node from the others].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS_PER_APP")]
@@ -418,6 +431,12 @@ pub struct Config {
     pub max_body: usize,
     /// Sessions this node holds at most; past it new ones get 503.
     pub max_sessions: usize,
+    /// Engine workers (threads), each with its own media port.
+    pub workers: usize,
+    /// Testing only: where the first new Calls sessions go.
+    pub worker_placement: Vec<u8>,
+    /// Testing only: the engine worker that panics at its first call.
+    pub fault_panic_worker: Option<usize>,
     /// Sessions one app may hold on this node; past it new ones get 429.
     pub max_sessions_per_app: usize,
     /// New sessions per second from one client address (IPv6 by /64).
@@ -539,6 +558,13 @@ impl Config {
             rate_limit: flags.rate_limit.or(file.rate_limit).unwrap_or(50),
             max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
             max_sessions,
+            workers: flags.workers.or(file.workers).unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(crate::workers::MAX_WORKERS)
+            }),
+            worker_placement: flags.worker_placement,
+            fault_panic_worker: flags.fault_panic_worker,
             max_sessions_per_app: flags
                 .max_sessions_per_app
                 .or(file.max_sessions_per_app)
@@ -671,6 +697,12 @@ impl Config {
                 None => None,
             },
         };
+        if !(1..=crate::workers::MAX_WORKERS).contains(&cfg.workers) {
+            bail!(
+                "workers must be 1 to {} (the worker index is one byte of a session id, and more threads than cores buy nothing)",
+                crate::workers::MAX_WORKERS
+            );
+        }
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
         }

@@ -54,7 +54,7 @@ async fn wait_connected(
         let (a, s, t) = (app.to_string(), session.to_string(), transport.clone());
         if !st
             .engine
-            .call(move |e, _| e.must_wait_for_connection(&a, &s, t))
+            .call_on(st.engine.worker_of_str(&session), move |e, _| e.must_wait_for_connection(&a, &s, t))
             .await??
         {
             return Ok(());
@@ -195,10 +195,19 @@ pub async fn sessions_new(
         Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
     };
     let quota = st.limits.per_app_quota;
+    // The app's quota counts its sessions on every worker; the new one goes to the least loaded.
+    let a = app.clone();
+    let held: usize = st
+        .engine
+        .call_all(move |e, _| e.app_session_count(&a))
+        .await?
+        .into_iter()
+        .sum();
+    let worker = st.engine.place();
     let created = st
         .engine
-        .call(move |e, now| {
-            if e.app_session_count(&app) >= quota {
+        .call_on(worker, move |e, now| {
+            if held >= quota {
                 return Ok(None);
             }
             e.create_session(&app, offer, now).map(Some)
@@ -341,11 +350,11 @@ pub async fn tracks_new(
                 t.track_name.clone()?,
             ))
         });
-        unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
+        unreachable = super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
     }
     let res = st
         .engine
-        .call(move |e, now| e.tracks_new(&app, &session, op, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_new(&app, &session, op, now))
         .await??;
     let mut tracks: Vec<TrackOut> = res.tracks.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -401,7 +410,7 @@ pub async fn renegotiate(
     let sdp = req.session_description.sdp;
     let answer = off_engine(&st, move || ClientAnswer::parse(&sdp)).await?;
     st.engine
-        .call(move |e, now| e.renegotiate(&app, &session, answer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.renegotiate(&app, &session, answer, now))
         .await??;
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -432,10 +441,10 @@ pub async fn tracks_update(
             t.track_name.clone()?,
         ))
     });
-    let unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
+    let unreachable = super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
     let res = st
         .engine
-        .call(move |e, now| e.tracks_update(&app, &session, tracks, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_update(&app, &session, tracks, now))
         .await??;
     let mut tracks: Vec<TrackOut> = res.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -490,7 +499,7 @@ pub async fn tracks_close(
     }
     let res = st
         .engine
-        .call(move |e, now| e.tracks_close(&app, &session, mids, force, offer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_close(&app, &session, mids, force, offer, now))
         .await??;
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: false,
@@ -509,7 +518,7 @@ pub async fn get_session(
     prologue(&st, &app, &session, &headers, body).await?;
     let (tracks, channels) = st
         .engine
-        .call(move |e, _| {
+        .call_on(st.engine.worker_of_str(&session), move |e, _| {
             Ok::<_, crate::engine::OpError>((
                 e.session_tracks(&app, &session)?,
                 e.session_datachannels(&app, &session)?,
@@ -565,7 +574,7 @@ pub async fn datachannels_establish(
     wait_connected(&st, &app, &session, None).await?;
     let est = st
         .engine
-        .call(move |e, now| e.datachannels_establish(&app, &session, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_establish(&app, &session, now))
         .await??;
     Ok(Json(EstablishResponse {
         requires_immediate_renegotiation: est.offer.is_some(),
@@ -656,7 +665,7 @@ pub async fn datachannels_new(
     }
     let res = st
         .engine
-        .call(move |e, now| e.datachannels_new(&app, &session, items, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_new(&app, &session, items, now))
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
@@ -679,7 +688,7 @@ pub async fn datachannels_update(
         let (a, s) = (app.clone(), session.clone());
         let sub = st
             .engine
-            .call(move |e, _| e.channel_subscription(&a, &s, id))
+            .call_on(st.engine.worker_of_str(&session), move |e, _| e.channel_subscription(&a, &s, id))
             .await?;
         if let Some((p, name)) = sub {
             st.cluster.relay.claim_channel_reply(p, &name).await;
@@ -687,7 +696,7 @@ pub async fn datachannels_update(
     }
     let res = st
         .engine
-        .call(move |e, _| e.datachannels_update(&app, &session, items))
+        .call_on(st.engine.worker_of_str(&session), move |e, _| e.datachannels_update(&app, &session, items))
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
@@ -713,7 +722,7 @@ pub async fn datachannels_close(
     }
     let res = st
         .engine
-        .call(move |e, now| e.datachannels_close(&app, &session, ids, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_close(&app, &session, ids, now))
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),

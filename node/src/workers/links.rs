@@ -1,0 +1,183 @@
+//! In-process relay links between the node's engine workers. A publication on worker A with
+//! subscribers on worker B is registered on B as a relayed publication (`Source::Relay(up)`)
+//! and gets a relay sink on A (`Sink::Relay(down)`), exactly as for another node: each frame
+//! crosses once per worker (its data is an `Arc`, not copied), B fans it out to its own
+//! subscribers and keeps its own keyframe cache, and B's keyframe requests go back to A. Only
+//! the carrier differs: a bounded queue into B's loop instead of a QUIC datagram.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, RelayIn, RelayOut};
+use crate::ids::{DownId, UpId};
+use crate::runtime::{Job, WorkerLinks};
+
+/// Relay ids of in-process links have this bit set, so an engine output tells by its id where
+/// it goes.
+const LOCAL_BIT: u64 = crate::ids::IN_PROCESS_BIT;
+
+/// Whether a relay id belongs to an in-process link.
+pub fn is_local(id: u64) -> bool {
+    id & LOCAL_BIT != 0
+}
+
+/// The links between workers, in both directions.
+#[derive(Default)]
+struct Table {
+    /// A sink on the publishing worker → the subscribing worker and its upstream id.
+    downs: HashMap<DownId, (usize, UpId)>,
+    /// An upstream on the subscribing worker → the publishing worker and its sink id.
+    ups: HashMap<UpId, (usize, DownId)>,
+}
+
+/// Per-worker figures of the hop, for `/metrics` (`worker` label).
+pub struct HopFigures {
+    /// Frames this worker handed to another worker.
+    pub frames: Box<[AtomicU64]>,
+    /// Frames this worker dropped because the other worker's queue was full.
+    pub drops: Box<[AtomicU64]>,
+}
+
+/// Every in-process link of one node.
+pub struct Links {
+    next: AtomicU64,
+    table: Mutex<Table>,
+    /// Serializes link set-ups so two pulls of one track on one worker make one link.
+    pub(super) setup: tokio::sync::Mutex<()>,
+    /// Frames and drops of the hop, by sending worker.
+    pub figures: HopFigures,
+}
+
+impl Links {
+    pub(super) fn new(workers: usize) -> Links {
+        let zeros = || (0..workers).map(|_| AtomicU64::new(0)).collect();
+        Links {
+            next: AtomicU64::new(1),
+            table: Mutex::default(),
+            setup: tokio::sync::Mutex::new(()),
+            figures: HopFigures {
+                frames: zeros(),
+                drops: zeros(),
+            },
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh pair of ids for a link from worker `from` to worker `to`, registered at once so
+    /// that no frame sent after the publishing worker accepts the sink is lost.
+    pub(super) fn open(&self, from: usize, to: usize) -> (DownId, UpId) {
+        let n = self.next.fetch_add(2, Ordering::Relaxed);
+        let (down, up) = (DownId(LOCAL_BIT | n), UpId(LOCAL_BIT | (n + 1)));
+        let mut t = self.lock();
+        t.downs.insert(down, (to, up));
+        t.ups.insert(up, (from, down));
+        (down, up)
+    }
+
+    /// Forgets a link (by either end); the other end's worker and id.
+    fn close_down(&self, down: DownId) -> Option<(usize, UpId)> {
+        let mut t = self.lock();
+        let (to, up) = t.downs.remove(&down)?;
+        t.ups.remove(&up);
+        Some((to, up))
+    }
+
+    pub(super) fn close_up(&self, up: UpId) -> Option<(usize, DownId)> {
+        let mut t = self.lock();
+        let (from, down) = t.ups.remove(&up)?;
+        t.downs.remove(&down);
+        Some((from, down))
+    }
+
+    /// How many links are open (for tests and the admin view).
+    pub fn count(&self) -> usize {
+        self.lock().downs.len()
+    }
+}
+
+/// One worker's side of the links: what its loop does with relay outputs of in-process links.
+pub(super) struct Router {
+    pub(super) index: usize,
+    pub(super) shared: std::sync::Arc<super::Shared>,
+    /// Every worker's relay input queue (bounded): frames go straight into the other loop.
+    pub(super) inputs: std::sync::Arc<[mpsc::Sender<RelayIn>]>,
+    /// Every worker's command queue, weakly: a worker's loop must not keep itself alive.
+    pub(super) commands: std::sync::Arc<[mpsc::WeakSender<Job>]>,
+}
+
+impl Router {
+    /// Runs `job` on worker `worker` without waiting for it (a task on this worker's runtime
+    /// waits for room in that worker's command queue): link control is rare and must not be
+    /// lost, but must never stall this loop.
+    fn control(&self, worker: usize, job: impl FnOnce(&mut Engine, Instant) + Send + 'static) {
+        let Some(tx) = self.commands.get(worker).and_then(|w| w.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = tx.send(Box::new(job)).await;
+        });
+    }
+
+    fn count(counter: &[AtomicU64], index: usize) {
+        if let Some(c) = counter.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl WorkerLinks for Router {
+    fn route(&self, out: RelayOut) -> Option<RelayOut> {
+        let links = &self.shared.links;
+        match out {
+            RelayOut::Frame { down, frame } if is_local(down.0) => {
+                let target = links.lock().downs.get(&down).copied();
+                let sent = target.is_some_and(|(to, up)| {
+                    self.inputs
+                        .get(to)
+                        .is_some_and(|tx| tx.try_send(RelayIn::Frame { up, frame }).is_ok())
+                });
+                // A full queue: the other worker is behind. Drop, never wait.
+                let counter = if sent {
+                    &links.figures.frames
+                } else {
+                    &links.figures.drops
+                };
+                Self::count(counter, self.index);
+                None
+            }
+            RelayOut::Ended { down } if is_local(down.0) => {
+                if let Some((to, up)) = links.close_down(down) {
+                    self.control(to, move |e, _| e.end_relay_publication(up));
+                }
+                None
+            }
+            RelayOut::KeyframeRequest { up } if is_local(up.0) => {
+                let source = links.lock().ups.get(&up).copied();
+                if let Some((from, down)) = source {
+                    self.control(from, move |e, now| e.relay_keyframe_request(down, now));
+                }
+                None
+            }
+            RelayOut::Unused { up } if is_local(up.0) => {
+                if let Some((from, down)) = links.close_up(up) {
+                    self.control(from, move |e, now| e.relay_unsubscribe(down, now));
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    fn turn_done(&self, engine: &Engine) {
+        if let Some(load) = self.shared.loads.get(self.index) {
+            load.store(engine.session_count(), Ordering::Relaxed);
+        }
+    }
+}
