@@ -148,10 +148,15 @@ pub struct Flags {
     /// Most sessions this node holds at once [default: 10000].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
-    /// Engine workers, each a thread with its own media port: worker i binds the --media port
-    /// + i (an ephemeral port each with port 0) [default: the cores this process may use, at most 64].
+    /// Engine workers, each a thread with its own media port: the first binds --media, the
+    /// others --worker-ports and up (an ephemeral port each when --media has port 0)
+    /// [default: the cores this process may use, at most 64].
     #[arg(long, env = "TRACKMESH_WORKERS")]
     pub workers: Option<usize>,
+    /// The media port of the second engine worker; the third gets the next, and so on (on the
+    /// --media IP; also TCP with --media-tcp) [default: 40000].
+    #[arg(long, env = "TRACKMESH_WORKER_PORTS")]
+    pub worker_ports: Option<u16>,
     /// Testing only: the first new Calls sessions go to these workers, in order.
     #[arg(long, hide = true, value_delimiter = ',')]
     #[serde(skip)]
@@ -433,6 +438,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// Engine workers (threads), each with its own media port.
     pub workers: usize,
+    /// The media port of the second worker; the next ones count up from it.
+    pub worker_ports: u16,
     /// Testing only: where the first new Calls sessions go.
     pub worker_placement: Vec<u8>,
     /// Testing only: the engine worker that panics at its first call.
@@ -563,6 +570,7 @@ impl Config {
                     .map_or(1, |n| n.get())
                     .min(crate::workers::MAX_WORKERS)
             }),
+            worker_ports: flags.worker_ports.or(file.worker_ports).unwrap_or(40_000),
             worker_placement: flags.worker_placement,
             fault_panic_worker: flags.fault_panic_worker,
             max_sessions_per_app: flags

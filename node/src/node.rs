@@ -103,7 +103,7 @@ impl Node {
         let mut first_candidates: Vec<SocketAddr> = Vec::new();
         let mut tcp_counters = None;
         for worker in 0..cfg.workers {
-            let want = worker_media_addr(cfg.media, worker)?;
+            let want = worker_media_addr(cfg.media, cfg.worker_ports, worker)?;
             let (media, listener) = bind_media(want, cfg.media_tcp)
                 .with_context(|| format!("binding the media socket {want} (engine worker {worker})"))?;
             let media_addr = media.local_addr().context("media socket address")?;
@@ -124,8 +124,8 @@ impl Node {
                     track_timeout: cfg.track_timeout,
                     reconnect_grace: cfg.reconnect_grace,
                     unconnected_expiry: cfg.unconnected_expiry,
-                    // The node's cap, shared out: placement keeps the workers level.
-                    max_sessions: cfg.max_sessions.div_ceil(cfg.workers),
+                    // The node's cap: each engine counts the other workers' sessions too.
+                    max_sessions: cfg.max_sessions,
                 },
                 Instant::now(),
             );
@@ -712,17 +712,22 @@ fn bind_media_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Where engine worker `worker` binds its media socket: the configured port + its index, or
-/// an ephemeral port of its own when the configured port is 0.
-fn worker_media_addr(media: SocketAddr, worker: usize) -> anyhow::Result<SocketAddr> {
-    if media.port() == 0 {
+/// Where engine worker `worker` binds its media socket: the first on `--media`, the others on
+/// `--worker-ports` and up (so a one-worker node keeps its one port, and the workers' ports
+/// are one range for the firewall), or an ephemeral port each when `--media` has port 0.
+fn worker_media_addr(
+    media: SocketAddr,
+    worker_ports: u16,
+    worker: usize,
+) -> anyhow::Result<SocketAddr> {
+    if media.port() == 0 || worker == 0 {
         return Ok(media);
     }
-    let port = u16::try_from(usize::from(media.port()) + worker)
+    let port = u16::try_from(usize::from(worker_ports) + worker - 1)
         .ok()
         .filter(|p| *p != 0)
         .with_context(|| {
-            format!("engine worker {worker} has no media port above {}", media.port())
+            format!("engine worker {worker} has no media port: --worker-ports {worker_ports} leaves too few")
         })?;
     Ok(SocketAddr::new(media.ip(), port))
 }

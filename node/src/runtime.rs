@@ -82,7 +82,7 @@ pub trait WorkerLinks: Send + 'static {
     fn route(&self, out: RelayOut) -> Option<RelayOut>;
 
     /// Called after every turn of the loop.
-    fn turn_done(&self, engine: &Engine);
+    fn turn_done(&self, engine: &mut Engine);
 }
 
 /// One engine on its own: every relay output goes to the cluster relay.
@@ -93,7 +93,7 @@ impl WorkerLinks for Alone {
         Some(out)
     }
 
-    fn turn_done(&self, _engine: &Engine) {}
+    fn turn_done(&self, _engine: &mut Engine) {}
 }
 
 /// The engine's connection to the relay: frames in from other nodes, requests out to them.
@@ -202,7 +202,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => {}
         }
         engine.handle_timeout(Instant::now());
-        links.turn_done(&engine);
+        links.turn_done(&mut engine);
     }
     tracing::info!("media engine stopped");
 }

@@ -634,7 +634,9 @@ pub async fn datachannels_new(
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let items = channel_items(&bytes)?;
     wait_connected(&st, &app, &session, None).await?;
-    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel).
+    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel),
+    // then, like channels of this node's other workers, linked to this session's worker.
+    let worker = st.engine.worker_of_str(&session);
     let mut set = tokio::task::JoinSet::new();
     for it in &items {
         let (Some(Location::Remote), Some(p), Some(name)) = (
@@ -644,14 +646,17 @@ pub async fn datachannels_new(
         ) else {
             continue;
         };
-        if p.node_tag() == st.cluster.tag {
-            continue;
-        }
-        let (relay, app) = (st.cluster.relay.clone(), app.clone());
-        set.spawn(async move { relay.ensure_channel_upstream(&app, p, &name).await });
+        let (relay, engine, app) = (st.cluster.relay.clone(), st.engine.clone(), app.clone());
+        let remote = p.node_tag() != st.cluster.tag;
+        set.spawn(async move {
+            if !remote || relay.ensure_channel_upstream(&app, p, &name).await.is_ok() {
+                let _ = engine.link_channel(&app, p, &name, worker).await;
+            }
+        });
     }
     while set.join_next().await.is_some() {}
-    // `canReply` is granted by the publisher's node, for the whole cluster.
+    // `canReply` is granted by the publisher's node, for the whole cluster, and within the node
+    // by the publisher's worker.
     for it in &items {
         let (Some(Location::Remote), true, Some(p), Some(name)) = (
             it.location,
@@ -661,7 +666,7 @@ pub async fn datachannels_new(
         ) else {
             continue;
         };
-        st.cluster.relay.claim_channel_reply(p, name).await;
+        claim_reply(&st, p, name, worker).await;
     }
     let res = st
         .engine
@@ -671,6 +676,18 @@ pub async fn datachannels_new(
         data_channels: res.into_iter().map(Into::into).collect(),
     })
     .into_response())
+}
+
+/// Claims the `canReply` grant of `publisher`'s channel `name` for worker `worker`: from the
+/// publisher's node over the relay, then (channels of other nodes live on the primary worker)
+/// from the worker that receives it.
+async fn claim_reply(st: &ApiState, publisher: SessionId, name: &str, worker: usize) {
+    if publisher.node_tag() != st.cluster.tag
+        && !st.cluster.relay.claim_channel_reply(publisher, name).await
+    {
+        return;
+    }
+    st.engine.claim_channel_reply(publisher, name, worker).await;
 }
 
 /// `PUT datachannels/update`: grant or revoke `canReply`.
@@ -691,7 +708,7 @@ pub async fn datachannels_update(
             .call_on(st.engine.worker_of_str(&session), move |e, _| e.channel_subscription(&a, &s, id))
             .await?;
         if let Some((p, name)) = sub {
-            st.cluster.relay.claim_channel_reply(p, &name).await;
+            claim_reply(&st, p, &name, st.engine.worker_of_str(&session)).await;
         }
     }
     let res = st

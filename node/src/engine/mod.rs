@@ -165,6 +165,8 @@ pub struct EngineConfig {
 ///   [`Engine::gauges`] and the counts (`views.rs`, `stats.rs`).
 pub struct Engine {
     cfg: EngineConfig,
+    /// Sessions the node's other engine workers hold: `max_sessions` is the node's cap.
+    sessions_elsewhere: usize,
     cert: Option<str0m::config::DtlsCert>,
     sessions: SessionMap<Session>,
     publications: HashMap<TrackKey, Publication>,
@@ -222,6 +224,7 @@ impl Engine {
             .generate_certificate();
         Engine {
             cfg,
+            sessions_elsewhere: 0,
             cert,
             sessions: SessionMap::default(),
             publications: HashMap::new(),

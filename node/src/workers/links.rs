@@ -4,6 +4,8 @@
 //! crosses once per worker (its data is an `Arc`, not copied), B fans it out to its own
 //! subscribers and keeps its own keyframe cache, and B's keyframe requests go back to A. Only
 //! the carrier differs: a bounded queue into B's loop instead of a QUIC datagram.
+//! DataChannels cross the same way (the engine's channel relay: messages A→B, `canReply`
+//! replies B→A, claims of the reply grant as calls on A).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, RelayIn, RelayOut};
+use crate::engine::{DcLinkId, Engine, RelayIn, RelayOut};
 use crate::ids::{DownId, UpId};
 use crate::runtime::{Job, WorkerLinks};
 
@@ -32,6 +34,9 @@ struct Table {
     downs: HashMap<DownId, (usize, UpId)>,
     /// An upstream on the subscribing worker → the publishing worker and its sink id.
     ups: HashMap<UpId, (usize, DownId)>,
+    /// The same for DataChannel links.
+    dc_downs: HashMap<DcLinkId, (usize, DcLinkId)>,
+    dc_ups: HashMap<DcLinkId, (usize, DcLinkId)>,
 }
 
 /// Per-worker figures of the hop, for `/metrics` (`worker` label).
@@ -81,6 +86,35 @@ impl Links {
         (down, up)
     }
 
+    /// A fresh pair of ids for a DataChannel link from worker `from` to worker `to`.
+    pub(super) fn open_channel(&self, from: usize, to: usize) -> (DcLinkId, DcLinkId) {
+        let n = self.next.fetch_add(2, Ordering::Relaxed);
+        let (down, up) = (LOCAL_BIT | n, LOCAL_BIT | (n + 1));
+        let mut t = self.lock();
+        t.dc_downs.insert(down, (to, up));
+        t.dc_ups.insert(up, (from, down));
+        (down, up)
+    }
+
+    fn close_channel_down(&self, down: DcLinkId) -> Option<(usize, DcLinkId)> {
+        let mut t = self.lock();
+        let (to, up) = t.dc_downs.remove(&down)?;
+        t.dc_ups.remove(&up);
+        Some((to, up))
+    }
+
+    pub(super) fn close_channel_up(&self, up: DcLinkId) -> Option<(usize, DcLinkId)> {
+        let mut t = self.lock();
+        let (from, down) = t.dc_ups.remove(&up)?;
+        t.dc_downs.remove(&down);
+        Some((from, down))
+    }
+
+    /// The publishing worker and its sink id of DataChannel upstream `up`.
+    pub(super) fn channel_source(&self, up: DcLinkId) -> Option<(usize, DcLinkId)> {
+        self.lock().dc_ups.get(&up).copied()
+    }
+
     /// Forgets a link (by either end); the other end's worker and id.
     fn close_down(&self, down: DownId) -> Option<(usize, UpId)> {
         let mut t = self.lock();
@@ -125,6 +159,20 @@ impl Router {
         });
     }
 
+    /// Hands `input` to worker `worker`'s loop; a full queue drops it (counted).
+    fn input(&self, worker: usize, input: RelayIn) {
+        let sent = self
+            .inputs
+            .get(worker)
+            .is_some_and(|tx| tx.try_send(input).is_ok());
+        let counter = if sent {
+            &self.shared.links.figures.frames
+        } else {
+            &self.shared.links.figures.drops
+        };
+        Self::count(counter, self.index);
+    }
+
     fn count(counter: &[AtomicU64], index: usize) {
         if let Some(c) = counter.get(index) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -137,19 +185,12 @@ impl WorkerLinks for Router {
         let links = &self.shared.links;
         match out {
             RelayOut::Frame { down, frame } if is_local(down.0) => {
-                let target = links.lock().downs.get(&down).copied();
-                let sent = target.is_some_and(|(to, up)| {
-                    self.inputs
-                        .get(to)
-                        .is_some_and(|tx| tx.try_send(RelayIn::Frame { up, frame }).is_ok())
-                });
                 // A full queue: the other worker is behind. Drop, never wait.
-                let counter = if sent {
-                    &links.figures.frames
-                } else {
-                    &links.figures.drops
-                };
-                Self::count(counter, self.index);
+                let target = links.lock().downs.get(&down).copied();
+                match target {
+                    Some((to, up)) => self.input(to, RelayIn::Frame { up, frame }),
+                    None => Self::count(&links.figures.drops, self.index),
+                }
                 None
             }
             RelayOut::Ended { down } if is_local(down.0) => {
@@ -171,13 +212,57 @@ impl WorkerLinks for Router {
                 }
                 None
             }
+            RelayOut::ChannelMessage { down, binary, data } if is_local(down) => {
+                let target = links.lock().dc_downs.get(&down).copied();
+                if let Some((to, up)) = target {
+                    let data = data.to_vec();
+                    self.input(to, RelayIn::ChannelMessage { up, binary, data });
+                }
+                None
+            }
+            RelayOut::ChannelEnded { down } if is_local(down) => {
+                if let Some((to, up)) = links.close_channel_down(down) {
+                    self.control(to, move |e, _| e.end_relay_channel(up));
+                }
+                None
+            }
+            RelayOut::ChannelUnused { up } if is_local(up) => {
+                if let Some((from, down)) = links.close_channel_up(up) {
+                    self.control(from, move |e, _| e.relay_channel_unsubscribe(down));
+                }
+                None
+            }
+            RelayOut::ChannelReleaseReply { up, seq } if is_local(up) => {
+                if let Some((from, down)) = links.channel_source(up) {
+                    self.control(from, move |e, _| {
+                        e.relay_channel_claim(down, seq, false);
+                    });
+                }
+                None
+            }
+            RelayOut::ChannelReply { up, binary, data } if is_local(up) => {
+                if let Some((from, down)) = links.channel_source(up) {
+                    let data = data.to_vec();
+                    self.input(from, RelayIn::ChannelReply { down, binary, data });
+                }
+                None
+            }
             other => Some(other),
         }
     }
 
-    fn turn_done(&self, engine: &Engine) {
+    fn turn_done(&self, engine: &mut Engine) {
+        let mine = engine.session_count();
         if let Some(load) = self.shared.loads.get(self.index) {
-            load.store(engine.session_count(), Ordering::Relaxed);
+            load.store(mine, Ordering::Relaxed);
         }
+        // The node's cap counts every worker's sessions (as of their last turns).
+        let all: usize = self
+            .shared
+            .loads
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .sum();
+        engine.set_sessions_elsewhere(all.saturating_sub(mine));
     }
 }

@@ -36,6 +36,8 @@ pub struct Shared {
     placement: Vec<u8>,
     placed: AtomicUsize,
     fault_panic: Option<usize>,
+    /// Sequence numbers of `canReply` claims over in-process links.
+    claims: std::sync::atomic::AtomicU32,
     /// The in-process links between workers.
     pub links: links::Links,
 }
@@ -60,6 +62,10 @@ impl Shared {
             l.fetch_add(1, Ordering::Relaxed);
         }
         w
+    }
+
+    fn next_claim(&self) -> u32 {
+        self.claims.fetch_add(1, Ordering::Relaxed)
     }
 
     fn loads(&self) -> Vec<usize> {
@@ -118,6 +124,7 @@ impl Workers {
             placement: cfg.placement,
             placed: AtomicUsize::new(0),
             fault_panic: cfg.fault_panic,
+            claims: std::sync::atomic::AtomicU32::new(1),
             links: links::Links::new(n),
         });
         let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
@@ -304,6 +311,76 @@ impl EngineHandle {
                 .await;
         }
         added.map(|_| ())
+    }
+
+    /// Makes DataChannel `name` of `session` (held by another worker of this node, or relayed
+    /// from another node onto the primary) available on worker `to` through an in-process
+    /// channel link. Leaves it alone when it is already there or not found (the engine then
+    /// answers the item `not_found_track_error`).
+    pub async fn link_channel(
+        &self,
+        app: &str,
+        session: SessionId,
+        name: &str,
+        to: usize,
+    ) -> Result<(), EngineStopped> {
+        let from = self.worker_of(session);
+        if from == to || to >= self.worker_count() {
+            return Ok(());
+        }
+        let shared = self.shared().clone();
+        let _serial = shared.links.setup.lock().await;
+        let n = name.to_string();
+        if self
+            .call_on(to, move |e, _| e.has_relay_channel(session, &n))
+            .await?
+        {
+            return Ok(());
+        }
+        let (down, up) = shared.links.open_channel(from, to);
+        let (a, n) = (app.to_string(), name.to_string());
+        let subscribed = self
+            .call_on(from, move |e, _| e.relay_channel_subscribe(&a, session, &n, down))
+            .await;
+        if !matches!(subscribed, Ok(Ok(()))) {
+            shared.links.close_channel_up(up);
+            return subscribed.map(|_| ());
+        }
+        let n = name.to_string();
+        self.call_on(to, move |e, _| e.add_relay_channel(session, &n, up))
+            .await
+    }
+
+    /// Claims the `canReply` grant of DataChannel `name` of `session` for worker `to`, which
+    /// receives it over an in-process link: the publishing worker decides, as the publisher's
+    /// node does across the relay. True when `to` holds the grant (or the channel is its own).
+    pub async fn claim_channel_reply(&self, session: SessionId, name: &str, to: usize) -> bool {
+        if self.worker_of(session) == to {
+            return true;
+        }
+        let n = name.to_string();
+        let Ok(Some((up, granted))) = self
+            .call_on(to, move |e, _| e.channel_reply_grant(session, &n))
+            .await
+        else {
+            return false;
+        };
+        if granted {
+            return true;
+        }
+        let Some((from, down)) = self.shared().links.channel_source(up) else {
+            return false;
+        };
+        let seq = self.shared().next_claim();
+        let claimed = self
+            .call_on(from, move |e, _| e.relay_channel_claim(down, seq, true))
+            .await;
+        if !matches!(claimed, Ok(Some(true))) {
+            return false;
+        }
+        self.call_on(to, move |e, _| e.set_channel_reply_grant(up, seq))
+            .await
+            .unwrap_or(false)
     }
 
     /// The in-process links open now, and the hop's figures.

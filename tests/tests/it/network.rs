@@ -89,7 +89,10 @@ async fn an_ipv6_publisher_reaches_an_ipv4_subscriber_through_one_dual_stack_soc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_ice_tcp_only_publishes_and_another_pulls_over_tcp() {
-    let node = TestNode::start(&["--media-tcp", "true"]).expect("a node with ICE-TCP starts");
+    // The test client's TCP link reaches only the address it dialed (the first worker's
+    // media port), where a browser dials its session's candidate: both sessions there.
+    let node = TestNode::start(&["--media-tcp", "true", "--worker-placement", "0,0"])
+        .expect("a node with ICE-TCP starts");
     let api = node.client();
     // The TCP twin listens on the media port.
     let tcp = node.media_addr();
