@@ -1020,9 +1020,11 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 54] = [
+    const FILE_KEYS: [&str; 56] = [
         "http",
         "media",
+        "workers",
+        "worker-ports",
         "public-ip",
         "app",
         "track-timeout",
@@ -1133,8 +1135,19 @@ mod tests {
         let mut flags: Vec<&str> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long())
-            // `--new-dev-app` is an action of one start, not a setting.
-            .filter(|l| !matches!(*l, "config" | "help" | "version" | "new-dev-app"))
+            // `--new-dev-app` is an action of one start, not a setting; the hidden worker
+            // flags are test hooks, never file settings.
+            .filter(|l| {
+                !matches!(
+                    *l,
+                    "config"
+                        | "help"
+                        | "version"
+                        | "new-dev-app"
+                        | "worker-placement"
+                        | "fault-panic-worker"
+                )
+            })
             .collect();
         flags.sort_unstable();
         let mut keys = FILE_KEYS.to_vec();
@@ -1194,6 +1207,8 @@ mod tests {
         let text = r#"
             http = "127.0.0.1:9100"
             media = "127.0.0.1:9101"
+            workers = 3
+            worker-ports = 9150
             public-ip = "127.0.0.9"
             app = ["a:1", "b:2"]
             track-timeout = "1s"
@@ -1277,6 +1292,7 @@ mod tests {
             (s(1), s(2), s(3), s(4))
         );
         assert_eq!((cfg.rate_limit, cfg.max_body, cfg.max_sessions), (5, 6, 7));
+        assert_eq!((cfg.workers, cfg.worker_ports), (3, 9150));
         assert_eq!(
             (
                 cfg.max_sessions_per_app,

@@ -283,7 +283,10 @@ mod tests {
             let a = SessionId::new_on(tag, worker);
             let b = SessionId::new_on(tag, worker);
             assert_eq!(a.worker(), worker);
-            assert_eq!(SessionId::parse(&a.to_string()).map(|i| i.worker()), Some(worker));
+            assert_eq!(
+                SessionId::parse(&a.to_string()).map(|i| i.worker()),
+                Some(worker)
+            );
             assert_eq!(SessionId::from_bytes(a.to_bytes()).worker(), worker);
             assert_ne!(a, b, "ids of one worker differ");
             assert_eq!(a.node_tag(), tag);

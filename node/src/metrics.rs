@@ -478,7 +478,12 @@ impl Metrics {
                 ("hop_frames", w.hop_frames),
                 ("hop_drops", w.hop_drops),
             ] {
-                set(&self.worker_figures.with_label_values(&[worker.as_str(), what]), v);
+                set(
+                    &self
+                        .worker_figures
+                        .with_label_values(&[worker.as_str(), what]),
+                    v,
+                );
             }
         }
         let dc = &s.channels;

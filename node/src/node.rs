@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::api;
 use crate::cluster::membership::{self, GossipThread, LocalState, MembershipConfig};
 use crate::cluster::relay::{RELAY_OUT_QUEUE, Relay, RelayConfig};
 use crate::config::Config;
@@ -19,7 +20,6 @@ use crate::engine::{Engine, EngineConfig};
 use crate::ids::NodeTag;
 use crate::liveness::Liveness;
 use crate::workers::{EngineHandle, Workers};
-use crate::api;
 
 /// Log lines keep the binary's target they had before the wiring moved here, so log filters and
 /// readers see the same lines.
@@ -104,8 +104,9 @@ impl Node {
         let mut tcp_counters = None;
         for worker in 0..cfg.workers {
             let want = worker_media_addr(cfg.media, cfg.worker_ports, worker)?;
-            let (media, listener) = bind_media(want, cfg.media_tcp)
-                .with_context(|| format!("binding the media socket {want} (engine worker {worker})"))?;
+            let (media, listener) = bind_media(want, cfg.media_tcp).with_context(|| {
+                format!("binding the media socket {want} (engine worker {worker})")
+            })?;
             let media_addr = media.local_addr().context("media socket address")?;
             let worker_candidates = cfg.candidate_addrs(media_addr)?;
             let candidate_addr = *worker_candidates

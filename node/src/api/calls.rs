@@ -54,7 +54,9 @@ async fn wait_connected(
         let (a, s, t) = (app.to_string(), session.to_string(), transport.clone());
         if !st
             .engine
-            .call_on(st.engine.worker_of_str(&session), move |e, _| e.must_wait_for_connection(&a, &s, t))
+            .call_on(st.engine.worker_of_str(&session), move |e, _| {
+                e.must_wait_for_connection(&a, &s, t)
+            })
             .await??
         {
             return Ok(());
@@ -350,11 +352,15 @@ pub async fn tracks_new(
                 t.track_name.clone()?,
             ))
         });
-        unreachable = super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
+        unreachable =
+            super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted)
+                .await;
     }
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_new(&app, &session, op, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_new(&app, &session, op, now)
+        })
         .await??;
     let mut tracks: Vec<TrackOut> = res.tracks.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -410,7 +416,9 @@ pub async fn renegotiate(
     let sdp = req.session_description.sdp;
     let answer = off_engine(&st, move || ClientAnswer::parse(&sdp)).await?;
     st.engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.renegotiate(&app, &session, answer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.renegotiate(&app, &session, answer, now)
+        })
         .await??;
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -441,10 +449,13 @@ pub async fn tracks_update(
             t.track_name.clone()?,
         ))
     });
-    let unreachable = super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
+    let unreachable =
+        super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_update(&app, &session, tracks, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_update(&app, &session, tracks, now)
+        })
         .await??;
     let mut tracks: Vec<TrackOut> = res.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -499,7 +510,9 @@ pub async fn tracks_close(
     }
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.tracks_close(&app, &session, mids, force, offer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_close(&app, &session, mids, force, offer, now)
+        })
         .await??;
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: false,
@@ -574,7 +587,9 @@ pub async fn datachannels_establish(
     wait_connected(&st, &app, &session, None).await?;
     let est = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_establish(&app, &session, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_establish(&app, &session, now)
+        })
         .await??;
     Ok(Json(EstablishResponse {
         requires_immediate_renegotiation: est.offer.is_some(),
@@ -670,7 +685,9 @@ pub async fn datachannels_new(
     }
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_new(&app, &session, items, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_new(&app, &session, items, now)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
@@ -705,7 +722,9 @@ pub async fn datachannels_update(
         let (a, s) = (app.clone(), session.clone());
         let sub = st
             .engine
-            .call_on(st.engine.worker_of_str(&session), move |e, _| e.channel_subscription(&a, &s, id))
+            .call_on(st.engine.worker_of_str(&session), move |e, _| {
+                e.channel_subscription(&a, &s, id)
+            })
             .await?;
         if let Some((p, name)) = sub {
             claim_reply(&st, p, &name, st.engine.worker_of_str(&session)).await;
@@ -713,7 +732,9 @@ pub async fn datachannels_update(
     }
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, _| e.datachannels_update(&app, &session, items))
+        .call_on(st.engine.worker_of_str(&session), move |e, _| {
+            e.datachannels_update(&app, &session, items)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
@@ -739,7 +760,9 @@ pub async fn datachannels_close(
     }
     let res = st
         .engine
-        .call_on(st.engine.worker_of_str(&session), move |e, now| e.datachannels_close(&app, &session, ids, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_close(&app, &session, ids, now)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),

@@ -61,8 +61,20 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiErr
             sessions: loads.get(i).copied().unwrap_or_default() as u64,
             frames_forwarded: s.frames_forwarded,
             rtp_out: s.rtp_out,
-            hop_frames: st.engine.links().figures.frames.get(i).map_or(0, |c| c.load(Ordering::Relaxed)),
-            hop_drops: st.engine.links().figures.drops.get(i).map_or(0, |c| c.load(Ordering::Relaxed)),
+            hop_frames: st
+                .engine
+                .links()
+                .figures
+                .frames
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+            hop_drops: st
+                .engine
+                .links()
+                .figures
+                .drops
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
         });
         stats.add(&s);
         gauges.add(&g);

@@ -220,8 +220,11 @@ impl Engine {
         }
         // Other nodes only: links between this node's workers are not relay subscriptions.
         g.relay_upstreams = self.relay_up.keys().filter(|u| !u.is_in_process()).count() as u64;
-        g.relay_downstreams =
-            self.relay_down.keys().filter(|d| !d.is_in_process()).count() as u64;
+        g.relay_downstreams = self
+            .relay_down
+            .keys()
+            .filter(|d| !d.is_in_process())
+            .count() as u64;
         g
     }
 

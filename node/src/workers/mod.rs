@@ -5,6 +5,8 @@
 
 mod handle;
 mod links;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +45,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    fn new(workers: usize, placement: Vec<u8>, fault_panic: Option<usize>) -> Shared {
+        Shared {
+            loads: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            placement,
+            placed: AtomicUsize::new(0),
+            fault_panic,
+            claims: std::sync::atomic::AtomicU32::new(1),
+            links: links::Links::new(workers),
+        }
+    }
+
     fn place(&self) -> usize {
         let n = self.loads.len();
         let k = self.placed.fetch_add(1, Ordering::Relaxed);
@@ -119,18 +132,12 @@ impl Workers {
             (1..=MAX_WORKERS).contains(&n),
             "between 1 and {MAX_WORKERS} engine workers, not {n}"
         );
-        let shared = Arc::new(Shared {
-            loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-            placement: cfg.placement,
-            placed: AtomicUsize::new(0),
-            fault_panic: cfg.fault_panic,
-            claims: std::sync::atomic::AtomicU32::new(1),
-            links: links::Links::new(n),
-        });
+        let shared = Arc::new(Shared::new(n, cfg.placement, cfg.fault_panic));
         let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
             (0..n).map(|_| mpsc::channel::<Job>(COMMAND_QUEUE)).unzip();
-        let (in_txs, in_rxs): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| mpsc::channel::<RelayIn>(INPUT_QUEUE)).unzip();
+        let (in_txs, in_rxs): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| mpsc::channel::<RelayIn>(INPUT_QUEUE))
+            .unzip();
         let inputs: Arc<[mpsc::Sender<RelayIn>]> = in_txs.into();
         let commands: Arc<[mpsc::WeakSender<Job>]> =
             job_txs.iter().map(|t| t.downgrade()).collect();
@@ -140,7 +147,9 @@ impl Workers {
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let mut tasks = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
-        for (index, ((spec, rx), from_relay)) in specs.into_iter().zip(job_rxs).zip(in_rxs).enumerate() {
+        for (index, ((spec, rx), from_relay)) in
+            specs.into_iter().zip(job_rxs).zip(in_rxs).enumerate()
+        {
             let router = links::Router {
                 index,
                 shared: shared.clone(),
@@ -199,7 +208,10 @@ impl Workers {
                     if let Some(Err(e)) = ended
                         && e.is_panic()
                     {
-                        tracing::error!(worker = index, "engine worker panicked: the node is unhealthy and exits");
+                        tracing::error!(
+                            worker = index,
+                            "engine worker panicked: the node is unhealthy and exits"
+                        );
                         failed_tx.send_replace(Some(index));
                     }
                 })
@@ -253,10 +265,9 @@ impl Workers {
     pub async fn shutdown(&mut self) {
         self.abort();
         let threads = std::mem::take(&mut self.threads);
-        let joined = tokio::task::spawn_blocking(move || {
-            threads.into_iter().all(|t| t.join().is_ok())
-        })
-        .await;
+        let joined =
+            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
+                .await;
         if !joined.unwrap_or(false) {
             tracing::warn!("an engine worker thread ended in a panic");
         }
@@ -340,7 +351,9 @@ impl EngineHandle {
         let (down, up) = shared.links.open_channel(from, to);
         let (a, n) = (app.to_string(), name.to_string());
         let subscribed = self
-            .call_on(from, move |e, _| e.relay_channel_subscribe(&a, session, &n, down))
+            .call_on(from, move |e, _| {
+                e.relay_channel_subscribe(&a, session, &n, down)
+            })
             .await;
         if !matches!(subscribed, Ok(Ok(()))) {
             shared.links.close_channel_up(up);

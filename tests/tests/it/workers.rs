@@ -14,10 +14,22 @@ fn worker_of(session_id: &str) -> &str {
 
 /// Wait until `sub` got audio and video (with a keyframe) from `publisher`.
 async fn expect_av(sub: &Subscriber, publisher: &Publisher, who: &str) {
-    let audio = publisher.track(MediaKind::Audio).expect("audio").track_name.clone();
-    let video = publisher.track(MediaKind::Video).expect("video").track_name.clone();
-    let a = sub.mid_of(&publisher.session_id, &audio).expect("audio mid");
-    let v = sub.mid_of(&publisher.session_id, &video).expect("video mid");
+    let audio = publisher
+        .track(MediaKind::Audio)
+        .expect("audio")
+        .track_name
+        .clone();
+    let video = publisher
+        .track(MediaKind::Video)
+        .expect("video")
+        .track_name
+        .clone();
+    let a = sub
+        .mid_of(&publisher.session_id, &audio)
+        .expect("audio mid");
+    let v = sub
+        .mid_of(&publisher.session_id, &video)
+        .expect("video mid");
     let (a2, v2) = (a.clone(), v.clone());
     let s = sub
         .peer
@@ -80,7 +92,9 @@ async fn viewers_on_another_worker_get_the_same_media_and_a_keyframe_at_join() {
         .await
         .expect("GET the worker-1 viewer's session");
     assert!(
-        st.tracks.iter().all(|t| t.status.as_deref() == Some("active")),
+        st.tracks
+            .iter()
+            .all(|t| t.status.as_deref() == Some("active")),
         "{st:?}"
     );
     let m = node.scrape().await.expect("metrics");
@@ -151,7 +165,10 @@ async fn a_worker_that_panics_fails_healthz_and_ends_the_process_non_zero() {
     assert_eq!(before.status().as_u16(), 200, "healthy before the panic");
     // The first session goes to worker 1, which panics at its call.
     let created = node.client().sessions_new().await;
-    assert!(created.is_err(), "the call on the dead worker fails: {created:?}");
+    assert!(
+        created.is_err(),
+        "the call on the dead worker fails: {created:?}"
+    );
     // Bounded: the process exits soon after the panic; until then /healthz fails.
     let mut code = None;
     let mut unhealthy = false;

@@ -153,7 +153,9 @@ pub async fn serve_stream(
     let worker = inner.engine.worker_of(session);
     let subscribed = inner
         .engine
-        .call_on(worker, move |e, _| e.relay_channel_subscribe(&app, session, &ch, down))
+        .call_on(worker, move |e, _| {
+            e.relay_channel_subscribe(&app, session, &ch, down)
+        })
         .await;
     let answer = match subscribed {
         Ok(Ok(())) => DcFrame::Accepted,

@@ -222,7 +222,9 @@ async fn serve_subscription(
     // On the worker that holds the session (the primary for a track relayed from elsewhere).
     let res = inner
         .engine
-        .call_session(session, move |e, _| e.relay_subscribe(down, &app, session, &track))
+        .call_session(session, move |e, _| {
+            e.relay_subscribe(down, &app, session, &track)
+        })
         .await;
     match res {
         Ok(Ok(info)) => {
