@@ -54,7 +54,7 @@ async fn wait_connected(
         let (a, s, t) = (app.to_string(), session.to_string(), transport.clone());
         if !st
             .engine
-            .call_on(st.engine.worker_of_str(&session), move |e, _| {
+            .call_on(st.engine.worker_of_str(session), move |e, _| {
                 e.must_wait_for_connection(&a, &s, t)
             })
             .await??
