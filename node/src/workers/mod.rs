@@ -4,6 +4,8 @@
 //! byte; publications cross between workers over in-process relay links (`links.rs`).
 
 mod handle;
+#[cfg(any(test, feature = "test-world"))]
+mod hop_bench;
 mod links;
 #[cfg(test)]
 mod tests;
@@ -17,6 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 pub use handle::{EngineHandle, PRIMARY};
+#[cfg(any(test, feature = "test-world"))]
+pub use hop_bench::HopBench;
 pub use links::is_local;
 
 use crate::engine::{EgressPacket, Engine, RelayIn, RelayOut};
