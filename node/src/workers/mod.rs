@@ -1,5 +1,6 @@
 //! The node's engine workers: N engines, each on its own OS thread with a current-thread tokio
-//! runtime (`runtime::run`) and its own media socket (the configured media port + its index).
+//! runtime (`runtime::run`) and its own media socket (`--media` for the first, `--worker-ports`
+//! and up for the others).
 //! Sessions are spread over them; [`EngineHandle`] routes every call by the session id's worker
 //! byte; publications cross between workers over in-process relay links (`links.rs`).
 
