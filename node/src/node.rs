@@ -824,6 +824,25 @@ mod tests {
         panic!("the relay's {name:?} task never ended");
     }
 
+    #[test]
+    fn the_first_worker_takes_the_media_port_and_the_others_the_worker_ports() {
+        let media: SocketAddr = "10.0.0.1:7701".parse().expect("addr");
+        let at = |w| worker_media_addr(media, 40_000, w).map(|a| a.to_string());
+        assert_eq!(at(0).expect("first"), "10.0.0.1:7701");
+        assert_eq!(at(1).expect("second"), "10.0.0.1:40000");
+        assert_eq!(at(3).expect("fourth"), "10.0.0.1:40002");
+        let ephemeral: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert_eq!(
+            worker_media_addr(ephemeral, 40_000, 5).expect("any").port(),
+            0,
+            "port 0: a free port each"
+        );
+        assert!(
+            worker_media_addr(media, 65_535, 2).is_err(),
+            "no port past 65535"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn healthz_fails_naming_each_part_that_stopped() {
         let mut node = start().await;

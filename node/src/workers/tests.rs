@@ -190,3 +190,22 @@ async fn nack_repairs_loss_on_both_legs_across_workers() {
         "with loss {lossy} frames vs {clean} without"
     );
 }
+
+#[test]
+fn new_sessions_go_to_the_least_loaded_worker_after_the_forced_ones() {
+    // Forced: 1, then 7 (no such worker: least loaded instead), then least loaded.
+    let shared = Shared::new(3, vec![1, 7], None);
+    assert_eq!(shared.place(), 1);
+    assert_eq!(shared.place(), 0, "ties go to the lowest index");
+    assert_eq!(shared.place(), 2);
+    assert_eq!(
+        shared.loads(),
+        vec![1, 1, 1],
+        "each placement counts at once"
+    );
+    // A worker's own figure after its turn replaces the estimate.
+    shared.loads[0].store(5, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(shared.place(), 1);
+    assert_eq!(shared.place(), 2);
+    assert_eq!(shared.loads(), vec![5, 2, 2]);
+}
