@@ -192,3 +192,39 @@ async fn a_worker_that_panics_fails_healthz_and_ends_the_process_non_zero() {
         "the node exits non-zero after a worker panicked: {code:?} (unhealthy seen: {unhealthy})"
     );
 }
+
+/// Streams live on the first worker: binding a Calls session held by another worker is refused
+/// with a 409 that says why, not a misleading "not found"; one on the first worker binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_first_worker_session_can_be_bound_to_a_stream() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0"])
+        .expect("node with two workers");
+    let api = node.client();
+    let bind = |p: &Publisher| {
+        let names: Vec<String> = p.tracks.iter().map(|t| t.track_name.clone()).collect();
+        serde_json::json!({"sessionId": p.session_id, "tracks": names})
+    };
+    let on_1 = Publisher::start_av(&api, "w1").await.expect("publisher");
+    assert_eq!(worker_of(&on_1.session_id), "01");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/s1/publisher",
+            Some(bind(&on_1)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("worker 1"), "{body}");
+    let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
+    assert_eq!(worker_of(&on_0.session_id), "00");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/s0/publisher",
+            Some(bind(&on_0)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 200, "{body}");
+}
