@@ -10,7 +10,9 @@
 #   deploy/local-cluster.sh --check    start, wait until every node sees all three live, stop, exit 0
 #
 # Environment: TRACKMESH_BIN (node binary; default: target/debug/trackmesh, built with cargo if
-# missing), TRACKMESH_PORT_BASE (default 7700; node i uses BASE+10*i .. BASE+10*i+3),
+# missing), TRACKMESH_PORT_BASE (default 7700; node i uses BASE+10*i .. BASE+10*i+3, and from
+# BASE+10*i+4 one media port per engine worker after the first), TRACKMESH_WORKERS (engine
+# workers per node, 1 to 7; default 2),
 # LOCAL_CLUSTER_DIR (logs; default a temporary directory), RUST_LOG (default info).
 set -euo pipefail
 
@@ -77,7 +79,7 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port() { echo $((BASE + 10 * $1 + $2)); } # node index, 0 http / 1 media / 2 gossip / 3 relay
+port() { echo $((BASE + 10 * $1 + $2)); } # node index, 0 http / 1 media / 2 gossip / 3 relay / 4.. workers' media
 
 for i in "${!NAMES[@]}"; do
   name="${NAMES[$i]}"
@@ -86,6 +88,8 @@ for i in "${!NAMES[@]}"; do
     --region "${REGIONS[$i]}"
     --http "$HOST:$(port "$i" 0)"
     --media "$HOST:$(port "$i" 1)"
+    --workers "${TRACKMESH_WORKERS:-2}"
+    --worker-ports "$(port "$i" 4)"
     --gossip "$HOST:$(port "$i" 2)"
     --relay "$HOST:$(port "$i" 3)"
     --app "$APP_ID:$APP_SECRET"

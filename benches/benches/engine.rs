@@ -11,6 +11,13 @@
 //! - `demux`: `Engine::handle_datagram` among 1000 connected sessions, for a fresh SRTP audio
 //!   packet from a known address and for a datagram from an unknown address (dropped), plus the
 //!   bare `Demux::route` lookups;
+//! - `workers/hop`: one frame across the in-process link between two engine workers (worker 0's
+//!   router, worker 1's bounded input queue), the hop a frame takes once per worker with
+//!   viewers;
+//! - `workers/scale`: 1, 2, 4 and 8 threads, each driving its own engine with one video
+//!   publisher and 10 subscribers as `fanout` does (one engine per worker thread, nothing
+//!   shared), timed in wall time for all threads together: how the sharded design scales where
+//!   the cores exist;
 //! - `sdp`: parsing a client's offer (done on the API's blocking pool) and applying the parsed
 //!   offer to a session (done on the engine task, so it delays media), for a small offer and the
 //!   largest ones the node's SDP bounds accept.
@@ -195,6 +202,70 @@ fn fanout(c: &mut Criterion) {
                 datagrams_out as f64 / frames.max(1) as f64,
             );
         }
+    }
+    g.finish();
+}
+
+fn workers_hop(c: &mut Criterion) {
+    let mut g = c.benchmark_group("workers/hop");
+    let mut hop = trackmesh_node::workers::HopBench::new();
+    let data: std::sync::Arc<[u8]> = synthetic_frame(MediaKind::Video, false, 1000).into();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("vp8_1000B_frame", |b| {
+        b.iter(|| {
+            let frame = trackmesh_node::engine::RelayFrame {
+                rtp_time: 0,
+                keyframe: false,
+                data: data.clone(),
+                rid: None,
+            };
+            assert!(hop.cross(black_box(frame)).is_some(), "the frame crosses");
+        })
+    });
+    g.finish();
+}
+
+/// Subscribers per worker thread in `workers/scale`.
+const SCALE_SUBSCRIBERS: usize = 10;
+
+fn workers_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("workers/scale");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("workers/scale: this machine gives the process {cores} cores");
+    for threads in [1usize, 2, 4, 8] {
+        let mut fans: Vec<FanOut> = (0..threads)
+            .map(|_| FanOut::new(Kind::Video, SCALE_SUBSCRIBERS))
+            .collect();
+        // One element: one forwarded frame to one subscriber, on any thread.
+        g.throughput(Throughput::Elements((threads * SCALE_SUBSCRIBERS) as u64));
+        g.bench_function(BenchmarkId::new("video_10_subscribers", threads), |b| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                std::thread::scope(|scope| {
+                    for f in fans.iter_mut() {
+                        scope.spawn(move || {
+                            let publisher = f.w.clients[f.publisher].addr;
+                            for i in 0..iters {
+                                let datagrams = f.next_frame();
+                                let now = f.w.now;
+                                for d in &datagrams {
+                                    f.w.engine.handle_datagram(now, publisher, d);
+                                }
+                                f.w.engine.handle_timeout(now);
+                                while let Some(t) = f.w.engine.poll_transmit() {
+                                    black_box(t);
+                                }
+                                // Included in the time here: every thread does its own.
+                                if i % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+                                    f.upkeep();
+                                }
+                            }
+                        });
+                    }
+                });
+                t0.elapsed()
+            })
+        });
     }
     g.finish();
 }
@@ -385,6 +456,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = fanout, demux, sdp
+    targets = fanout, demux, sdp, workers_hop, workers_scale
 }
 criterion_main!(benches);

@@ -56,6 +56,7 @@ pub fn with_engine<R>(f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
 fn engine(now: Instant) -> Engine {
     Engine::new(
         EngineConfig {
+            worker: 0,
             node_tag: NodeTag(0xabcd0123),
             local_addr: SFU,
             candidate_addr: SFU,

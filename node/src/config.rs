@@ -153,6 +153,24 @@ pub struct Flags {
     /// Most sessions this node holds at once [default: 10000].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
+    /// Engine workers, each a thread with its own media port: the first binds --media, the
+    /// others --worker-ports and up (an ephemeral port each when --media has port 0)
+    /// [default: the cores this process may use, at most 64].
+    #[arg(long, env = "TRACKMESH_WORKERS")]
+    pub workers: Option<usize>,
+    /// The media port of the second engine worker; the third gets the next, and so on (on the
+    /// --media IP; also TCP with --media-tcp) [default: 40000].
+    #[arg(long, env = "TRACKMESH_WORKER_PORTS")]
+    pub worker_ports: Option<u16>,
+    /// Testing only: the first new Calls sessions go to these workers, in order.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    #[serde(skip)]
+    pub worker_placement: Vec<u8>,
+    /// Testing only: this engine worker panics at its first call (the node must then fail
+    /// `/healthz` and exit non-zero).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub fault_panic_worker: Option<usize>,
     /// Live sessions one app may hold on this node [default: --max-sessions with one app, half of
     /// it with more, so one app cannot take the node from the others].
     #[arg(long, env = "TRACKMESH_MAX_SESSIONS_PER_APP")]
@@ -425,6 +443,14 @@ pub struct Config {
     pub max_body: usize,
     /// Sessions this node holds at most; past it new ones get 503.
     pub max_sessions: usize,
+    /// Engine workers (threads), each with its own media port.
+    pub workers: usize,
+    /// The media port of the second worker; the next ones count up from it.
+    pub worker_ports: u16,
+    /// Testing only: where the first new Calls sessions go.
+    pub worker_placement: Vec<u8>,
+    /// Testing only: the engine worker that panics at its first call.
+    pub fault_panic_worker: Option<usize>,
     /// Sessions one app may hold on this node; past it new ones get 429.
     pub max_sessions_per_app: usize,
     /// New sessions per second from one client address (IPv6 by /64).
@@ -550,6 +576,14 @@ impl Config {
             rate_limit: flags.rate_limit.or(file.rate_limit).unwrap_or(50),
             max_body: flags.max_body.or(file.max_body).unwrap_or(1 << 20),
             max_sessions,
+            workers: flags.workers.or(file.workers).unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(crate::workers::MAX_WORKERS)
+            }),
+            worker_ports: flags.worker_ports.or(file.worker_ports).unwrap_or(40_000),
+            worker_placement: flags.worker_placement,
+            fault_panic_worker: flags.fault_panic_worker,
             max_sessions_per_app: flags
                 .max_sessions_per_app
                 .or(file.max_sessions_per_app)
@@ -683,6 +717,12 @@ impl Config {
                 None => None,
             },
         };
+        if !(1..=crate::workers::MAX_WORKERS).contains(&cfg.workers) {
+            bail!(
+                "workers must be 1 to {} (the worker index is one byte of a session id, and more threads than cores buy nothing)",
+                crate::workers::MAX_WORKERS
+            );
+        }
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
         }
@@ -992,9 +1032,11 @@ mod tests {
     }
 
     /// The TOML keys as they were when the file had a struct of its own; every one still reads.
-    const FILE_KEYS: [&str; 55] = [
+    const FILE_KEYS: [&str; 57] = [
         "http",
         "media",
+        "workers",
+        "worker-ports",
         "public-ip",
         "app",
         "track-timeout",
@@ -1106,8 +1148,19 @@ mod tests {
         let mut flags: Vec<&str> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long())
-            // `--new-dev-app` is an action of one start, not a setting.
-            .filter(|l| !matches!(*l, "config" | "help" | "version" | "new-dev-app"))
+            // `--new-dev-app` is an action of one start, not a setting; the hidden worker
+            // flags are test hooks, never file settings.
+            .filter(|l| {
+                !matches!(
+                    *l,
+                    "config"
+                        | "help"
+                        | "version"
+                        | "new-dev-app"
+                        | "worker-placement"
+                        | "fault-panic-worker"
+                )
+            })
             .collect();
         flags.sort_unstable();
         let mut keys = FILE_KEYS.to_vec();
@@ -1167,6 +1220,8 @@ mod tests {
         let text = r#"
             http = "127.0.0.1:9100"
             media = "127.0.0.1:9101"
+            workers = 3
+            worker-ports = 9150
             public-ip = "127.0.0.9"
             app = ["a:1", "b:2"]
             track-timeout = "1s"
@@ -1252,6 +1307,7 @@ mod tests {
             (s(1), s(2), s(3), s(4))
         );
         assert_eq!((cfg.rate_limit, cfg.max_body, cfg.max_sessions), (5, 6, 7));
+        assert_eq!((cfg.workers, cfg.worker_ports), (3, 9150));
         assert_eq!(
             (
                 cfg.max_sessions_per_app,

@@ -2,7 +2,9 @@
 //!
 //! A session id is 32 lowercase hex characters, as in Cloudflare Calls. The first 8 are the owning
 //! node's tag, so any node can tell from the id alone which node holds the session (the cluster
-//! routes pulls and forwarded API calls by it) without a global directory.
+//! routes pulls and forwarded API calls by it) without a global directory. The next 2 (the top
+//! byte of the random part) name the engine worker within the node that holds it, so the node
+//! routes a call to its worker without a table either.
 
 use std::fmt;
 
@@ -38,6 +40,10 @@ impl fmt::Display for NodeTag {
     }
 }
 
+/// Relay ids with this bit set name in-process links between the node's engine workers
+/// (`workers/links.rs`); the cluster relay numbers its own from 1 up and never gets near it.
+pub const IN_PROCESS_BIT: u64 = 1 << 63;
+
 /// An upstream relay subscription: a track this node pulls from another node. Numbered by this
 /// node's relay layer; the engine only keys publications by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +52,20 @@ pub struct UpId(pub u64);
 /// A downstream relay subscription: a track another node pulls from this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DownId(pub u64);
+
+impl UpId {
+    /// Whether this upstream is an in-process link from another worker of this node.
+    pub fn is_in_process(self) -> bool {
+        self.0 & IN_PROCESS_BIT != 0
+    }
+}
+
+impl DownId {
+    /// Whether this downstream is an in-process link to another worker of this node.
+    pub fn is_in_process(self) -> bool {
+        self.0 & IN_PROCESS_BIT != 0
+    }
+}
 
 impl fmt::Display for UpId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,18 +153,37 @@ impl std::hash::Hasher for SessionIdHasher {
 pub type SessionMap<V> =
     std::collections::HashMap<SessionId, V, std::hash::BuildHasherDefault<SessionIdHasher>>;
 
-/// A session id: node tag + 96 random bits.
+/// A session id: node tag + worker index (8 bits) + 88 random bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId {
     tag: NodeTag,
     rand: u128,
 }
 
+/// Where the worker index sits in the 96-bit random part: its top byte. Not the low byte: the
+/// session maps hash by the low 64 bits ([`SessionIdHasher`]), and a byte that is the same for
+/// every session of one engine there would pile them into the same buckets.
+const WORKER_SHIFT: u32 = 88;
+
 impl SessionId {
-    /// A fresh id for a session created on the node with this tag.
+    /// A fresh id for a session created on the node with this tag (worker 0).
     pub fn new(tag: NodeTag) -> SessionId {
-        let rand = rand::rng().random::<u128>() & ((1u128 << 96) - 1);
-        SessionId { tag, rand }
+        SessionId::new_on(tag, 0)
+    }
+
+    /// A fresh id for a session held by engine worker `worker` of the node with this tag.
+    pub fn new_on(tag: NodeTag, worker: u8) -> SessionId {
+        let rand = rand::rng().random::<u128>() & ((1u128 << WORKER_SHIFT) - 1);
+        SessionId {
+            tag,
+            rand: rand | (u128::from(worker) << WORKER_SHIFT),
+        }
+    }
+
+    /// The engine worker that holds this session on its node (read from the id; an id from the
+    /// network may name a worker the node does not have, which the caller checks).
+    pub fn worker(&self) -> u8 {
+        (self.rand >> WORKER_SHIFT) as u8
     }
 
     /// The node that created (and holds) this session.
@@ -234,6 +273,23 @@ mod tests {
             assert_eq!(SessionId::parse(&s), Some(id));
             assert_eq!(SessionId::parse(&s).map(|i| i.node_tag()), Some(tag));
             assert_eq!(SessionId::from_bytes(id.to_bytes()), id);
+        }
+    }
+
+    #[test]
+    fn session_id_names_its_worker_and_keeps_its_random_bits() {
+        let tag = NodeTag(3);
+        for worker in [0u8, 1, 7, 255] {
+            let a = SessionId::new_on(tag, worker);
+            let b = SessionId::new_on(tag, worker);
+            assert_eq!(a.worker(), worker);
+            assert_eq!(
+                SessionId::parse(&a.to_string()).map(|i| i.worker()),
+                Some(worker)
+            );
+            assert_eq!(SessionId::from_bytes(a.to_bytes()).worker(), worker);
+            assert_ne!(a, b, "ids of one worker differ");
+            assert_eq!(a.node_tag(), tag);
         }
     }
 

@@ -44,6 +44,7 @@ pub mod sendbatch;
 #[cfg(any(test, feature = "test-world"))]
 pub mod testing;
 pub mod turn;
+pub mod workers;
 pub mod ws;
 
 pub use node::Node;

@@ -10,20 +10,22 @@ use tokio::task::AbortHandle;
 use crate::cluster::ClusterView;
 use crate::cluster::relay::RelayHealth;
 
-/// Handles on the engine task, the relay's tasks and gossip, cheap to clone and to check. It
-/// holds no socket: one kept after the node stopped does not keep a port bound.
+/// Handles on the engine workers' tasks, the relay's tasks and gossip, cheap to clone and to
+/// check. It holds no socket: one kept after the node stopped does not keep a port bound.
 #[derive(Clone)]
 pub struct Liveness {
-    engine: AbortHandle,
+    /// One per engine worker: any that has ended (a panic) stops the node's media for its
+    /// sessions, so the node is not alive.
+    engine: Vec<AbortHandle>,
     relay: RelayHealth,
     /// The gossip thread owns the sender; it is gone once that thread has ended.
     gossip: watch::Receiver<Arc<ClusterView>>,
 }
 
 impl Liveness {
-    /// Watches the engine task, the relay's tasks and the gossip thread's view channel.
+    /// Watches the engine workers' tasks, the relay's tasks and the gossip thread's view channel.
     pub fn new(
-        engine: AbortHandle,
+        engine: Vec<AbortHandle>,
         relay: RelayHealth,
         gossip: watch::Receiver<Arc<ClusterView>>,
     ) -> Liveness {
@@ -39,7 +41,7 @@ impl Liveness {
     /// engine or gossip did do not make the relay count as stopped.
     pub fn stopped(&self) -> Vec<&'static str> {
         let mut stopped = Vec::new();
-        if self.engine.is_finished() {
+        if self.engine.iter().any(|t| t.is_finished()) {
             stopped.push("engine");
         }
         if self.relay.stopped_task().is_some() {

@@ -137,7 +137,18 @@ async fn run(cfg: Config, kept: Option<dev_app::Kept>) -> anyhow::Result<()> {
 
     // The first signal drains; a second one, during the drain or the shutdown after it, exits
     // at once (see `Signal::exit_code`).
-    let first = signals.next().await;
+    let mut failed = node.worker_failed();
+    let failure = async { failed.wait_for(|w| w.is_some()).await.ok().and_then(|w| *w) };
+    let first = tokio::select! {
+        signal = signals.next() => signal,
+        // A worker that panicked took its sessions' media with it: exit non-zero so the
+        // supervisor restarts the node (a `--workers 1` node would otherwise answer HTTP with
+        // no media behind it; `/healthz` says so meanwhile).
+        Some(worker) = failure => {
+            node.abort();
+            anyhow::bail!("engine worker {worker} panicked: exiting");
+        }
+    };
     if first == Signal::Interrupt {
         // Ctrl-C: a person at a terminal, likely to start a node again right away. Free the
         // HTTP port now; the media, gossip and relay sockets stay bound while the sessions left

@@ -139,9 +139,17 @@ pub struct MediaTcp {
 
 /// Accepts on `listener` and feeds every frame into `frames` (bounded, see [`READ_QUEUE`]).
 pub fn start(listener: TcpListener, frames: mpsc::Sender<TcpFrame>) -> anyhow::Result<MediaTcp> {
+    start_counted(listener, frames, TcpCounters::new()?)
+}
+
+/// [`start`], counting into `counters`: the engine workers' listeners share one set of figures.
+pub fn start_counted(
+    listener: TcpListener,
+    frames: mpsc::Sender<TcpFrame>,
+    counters: TcpCounters,
+) -> anyhow::Result<MediaTcp> {
     let addr = listener.local_addr()?;
     let sender = TcpSender::default();
-    let counters = TcpCounters::new()?;
     let task = tokio::spawn(accept_loop(
         listener,
         frames,

@@ -37,6 +37,23 @@ pub struct Snapshot {
     pub cascades: Vec<(&'static str, &'static str, usize)>,
     /// The audio egress publisher's counters, with `--nats`.
     pub egress: Option<EgressSnapshot>,
+    /// Each engine worker's figures, in worker order (the `worker` label).
+    pub workers: Vec<WorkerSnapshot>,
+}
+
+/// One engine worker's figures at one scrape: what shows an imbalance between workers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerSnapshot {
+    /// Sessions it holds.
+    pub sessions: u64,
+    /// Frames it wrote to its subscribers.
+    pub frames_forwarded: u64,
+    /// RTP packets it sent.
+    pub rtp_out: u64,
+    /// Frames it handed to other workers over in-process links.
+    pub hop_frames: u64,
+    /// Frames it dropped because another worker's queue was full.
+    pub hop_drops: u64,
 }
 
 /// The audio egress publisher's counters at one scrape.
@@ -76,6 +93,8 @@ pub struct Metrics {
     rtp_packets: IntCounterVec,
     rtp_bytes: IntCounterVec,
     frames_forwarded: IntCounter,
+    worker_sessions: IntGaugeVec,
+    worker_figures: IntCounterVec,
     datachannel_messages: IntCounterVec,
     dropped: IntCounterVec,
     keyframe_requests: IntCounterVec,
@@ -178,6 +197,22 @@ impl Metrics {
                     "trackmesh_rtp_bytes_total",
                     "Bytes of all datagrams on the media socket.",
                     &["direction"],
+                )?,
+            )?,
+            worker_sessions: reg(
+                &r,
+                gv(
+                    "trackmesh_worker_sessions",
+                    "Sessions each engine worker holds.",
+                    &["worker"],
+                )?,
+            )?,
+            worker_figures: reg(
+                &r,
+                cv(
+                    "trackmesh_worker_total",
+                    "Per engine worker: frames forwarded to its subscribers (frames_forwarded), RTP packets sent (rtp_out), frames handed to other workers (hop_frames) and dropped on a full queue of another worker (hop_drops).",
+                    &["worker", "what"],
                 )?,
             )?,
             frames_forwarded: reg(
@@ -441,6 +476,25 @@ impl Metrics {
         set(&self.rtp_bytes.with_label_values(&["in"]), s.bytes_in);
         set(&self.rtp_bytes.with_label_values(&["out"]), s.bytes_out);
         set(&self.frames_forwarded, s.frames_forwarded);
+        for (i, w) in snap.workers.iter().enumerate() {
+            let worker = i.to_string();
+            self.worker_sessions
+                .with_label_values(&[worker.as_str()])
+                .set(w.sessions as i64);
+            for (what, v) in [
+                ("frames_forwarded", w.frames_forwarded),
+                ("rtp_out", w.rtp_out),
+                ("hop_frames", w.hop_frames),
+                ("hop_drops", w.hop_drops),
+            ] {
+                set(
+                    &self
+                        .worker_figures
+                        .with_label_values(&[worker.as_str(), what]),
+                    v,
+                );
+            }
+        }
         let dc = &s.channels;
         set(
             &self.datachannel_messages.with_label_values(&["in"]),

@@ -12,14 +12,14 @@ use anyhow::{Context, bail};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::api;
 use crate::cluster::membership::{self, GossipThread, LocalState, MembershipConfig};
-use crate::cluster::relay::{RELAY_IN_QUEUE, RELAY_OUT_QUEUE, Relay, RelayConfig};
+use crate::cluster::relay::{RELAY_OUT_QUEUE, Relay, RelayConfig};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::ids::NodeTag;
 use crate::liveness::Liveness;
-use crate::runtime::EngineHandle;
-use crate::{api, runtime};
+use crate::workers::{EngineHandle, Workers};
 
 /// Log lines keep the binary's target they had before the wiring moved here, so log filters and
 /// readers see the same lines.
@@ -44,12 +44,15 @@ pub struct Node {
     local: Arc<LocalState>,
     liveness: Liveness,
     relay: Relay,
-    engine_task: JoinHandle<()>,
-    /// The ICE-TCP accept loop and its connections, with `--media-tcp`.
-    tcp_task: Option<JoinHandle<()>>,
-    /// The ICE-TCP listener's address, with `--media-tcp`.
+    /// The engine workers (threads), each with its media socket.
+    workers: Workers,
+    /// Each worker's bound media address, in worker order.
+    media_addrs: Vec<SocketAddr>,
+    /// The ICE-TCP accept loops and their connections, with `--media-tcp` (one per worker).
+    tcp_tasks: Vec<JoinHandle<()>>,
+    /// The first worker's ICE-TCP listener's address, with `--media-tcp`.
     media_tcp: Option<SocketAddr>,
-    /// Every address in the host candidates (the primary one is `candidate`).
+    /// Every address in the first worker's host candidates (the primary one is `candidate`).
     candidates: Vec<SocketAddr>,
     load_task: JoinHandle<()>,
     /// Announces this node's streams and follows other nodes' publishers (`api::follow_streams`);
@@ -81,65 +84,106 @@ impl Node {
         let rejects =
             Arc::new(crate::rejects::Rejects::new().context("registering the rejection counter")?);
 
-        let (media, media_tcp) = bind_media(cfg.media, cfg.media_tcp)
-            .with_context(|| format!("binding the media socket {}", cfg.media))?;
-        let media_addr = media.local_addr().context("media socket address")?;
-        let candidates = cfg.candidate_addrs(media_addr)?;
-        let candidate_addr = *candidates
-            .first()
-            .context("no ICE candidate address for the media socket")?;
-
         let tag = NodeTag::random();
-        // Building the engine generates the DTLS certificate, which also warms the crypto
-        // provider so the first client does not pay for it.
-        let mut engine = Engine::new(
-            EngineConfig {
-                node_tag: tag,
-                local_addr: media_addr,
-                candidate_addr,
-                more_candidates: candidates.iter().skip(1).copied().collect(),
-                media_tcp: media_tcp.is_some(),
-                track_timeout: cfg.track_timeout,
-                reconnect_grace: cfg.reconnect_grace,
-                unconnected_expiry: cfg.unconnected_expiry,
-                max_sessions: cfg.max_sessions,
-                bandwidth_estimation: cfg.bwe,
-            },
-            Instant::now(),
-        );
         let (to_relay, relay_out) = tokio::sync::mpsc::channel(RELAY_OUT_QUEUE);
-        let (relay_in, from_relay) = tokio::sync::mpsc::channel(RELAY_IN_QUEUE);
-        let pipes = runtime::RelayPipes {
-            from_relay,
-            to_relay,
-        };
         // Audio egress only with --nats: no NATS client runs otherwise.
         let (egress, egress_tx) = match &cfg.nats {
             Some(nats) => {
-                engine.enable_egress(&nats.prefix, (Instant::now(), unix_ms_now()));
                 let (egress, tx) = crate::egress::start(nats);
                 tracing::info!(target: LOG_TARGET, prefix = %nats.prefix, "audio egress to NATS");
                 (Some(egress), Some(tx))
             }
             None => (None, None),
         };
-        let (tcp_frames, tcp_in) = tokio::sync::mpsc::channel(crate::media_tcp::READ_QUEUE);
-        let media_tcp = match media_tcp {
-            Some(listener) => Some(crate::media_tcp::start(listener, tcp_frames)?),
-            None => None,
-        };
-        let io = runtime::MediaIo {
-            socket: media,
-            tcp: media_tcp.as_ref().map(|t| (t.sender.clone(), tcp_in)),
-        };
-        let (handle, engine_task) = runtime::spawn(engine, io, pipes, egress_tx);
-        // From here on an error must not leave the engine (or later the relay) running.
+        // One media socket (and ICE-TCP twin) per engine worker: worker i on the media port + i.
+        let mut specs = Vec::with_capacity(cfg.workers);
+        let mut media_tcp: Vec<crate::media_tcp::MediaTcp> = Vec::new();
+        let mut media_addrs = Vec::with_capacity(cfg.workers);
+        let mut candidates: Vec<SocketAddr> = Vec::new();
+        let mut first_candidates: Vec<SocketAddr> = Vec::new();
+        let mut tcp_counters = None;
+        for worker in 0..cfg.workers {
+            let want = worker_media_addr(cfg.media, cfg.worker_ports, worker)?;
+            let (media, listener) = bind_media(want, cfg.media_tcp).with_context(|| {
+                format!("binding the media socket {want} (engine worker {worker})")
+            })?;
+            let media_addr = media.local_addr().context("media socket address")?;
+            let worker_candidates = cfg.candidate_addrs(media_addr)?;
+            let candidate_addr = *worker_candidates
+                .first()
+                .context("no ICE candidate address for the media socket")?;
+            // Building an engine generates its DTLS certificate, which also warms the crypto
+            // provider so the first client does not pay for it.
+            let mut engine = Engine::new(
+                EngineConfig {
+                    node_tag: tag,
+                    worker: u8::try_from(worker).context("too many engine workers")?,
+                    local_addr: media_addr,
+                    candidate_addr,
+                    more_candidates: worker_candidates.iter().skip(1).copied().collect(),
+                    media_tcp: listener.is_some(),
+                    track_timeout: cfg.track_timeout,
+                    reconnect_grace: cfg.reconnect_grace,
+                    unconnected_expiry: cfg.unconnected_expiry,
+                    // The node's cap: each engine counts the other workers' sessions too.
+                    max_sessions: cfg.max_sessions,
+                    bandwidth_estimation: cfg.bwe,
+                },
+                Instant::now(),
+            );
+            if let Some(nats) = &cfg.nats {
+                engine.enable_egress(&nats.prefix, (Instant::now(), unix_ms_now()));
+            }
+            let tcp = match listener {
+                Some(listener) => {
+                    let (frames, frames_in) =
+                        tokio::sync::mpsc::channel(crate::media_tcp::READ_QUEUE);
+                    let started = match tcp_counters.clone() {
+                        Some(c) => crate::media_tcp::start_counted(listener, frames, c)?,
+                        None => crate::media_tcp::start(listener, frames)?,
+                    };
+                    tcp_counters.get_or_insert_with(|| started.counters.clone());
+                    let sender = started.sender.clone();
+                    media_tcp.push(started);
+                    Some((sender, frames_in))
+                }
+                None => None,
+            };
+            media_addrs.push(media_addr);
+            if worker == 0 {
+                first_candidates.clone_from(&worker_candidates);
+            }
+            candidates.extend(worker_candidates);
+            specs.push(crate::workers::WorkerSpec {
+                engine,
+                socket: media,
+                tcp,
+            });
+        }
+        let media_addr = *media_addrs.first().context("no engine worker")?;
+        let candidate_addr = *candidates
+            .first()
+            .context("no ICE candidate address for the media socket")?;
+        let (workers, relay_in) = Workers::start(
+            specs,
+            crate::workers::WorkersConfig {
+                tag,
+                placement: cfg.worker_placement.clone(),
+                fault_panic: cfg.fault_panic_worker,
+            },
+            to_relay,
+            egress_tx,
+        )
+        .await?;
+        let handle = workers.handle().clone();
+        // From here on an error must not leave the engines (or later the relay) running.
         let mut cleanup = StopOnError {
-            engine: engine_task.abort_handle(),
-            tcp: media_tcp.as_ref().map(|t| t.task.abort_handle()),
+            engine: workers.abort_handles(),
+            tcp: media_tcp.iter().map(|t| t.task.abort_handle()).collect(),
             relay: None,
             armed: true,
         };
+        tracing::info!(target: LOG_TARGET, workers = cfg.workers, media = ?media_addrs, "engine workers started");
 
         let listener = tokio::net::TcpListener::bind(cfg.http)
             .await
@@ -211,7 +255,7 @@ impl Node {
         cleanup.relay = Some(relay.clone());
         let metrics =
             Arc::new(crate::metrics::Metrics::new(&rejects).context("registering metrics")?);
-        if let Some(tcp) = &media_tcp {
+        if let Some(tcp) = media_tcp.first() {
             metrics
                 .register(tcp.counters.collectors())
                 .context("registering ICE-TCP metrics")?;
@@ -233,7 +277,9 @@ impl Node {
                     limits: crate::turn::Limits {
                         // Relayed packets reach the bound socket; the announced address too,
                         // when clients were given a public one.
-                        peers: std::iter::once(media_addr)
+                        peers: media_addrs
+                            .iter()
+                            .copied()
                             .chain(candidates.iter().copied())
                             .fold(Vec::new(), |mut v, a| {
                                 if !v.contains(&a) {
@@ -267,7 +313,7 @@ impl Node {
         ));
         cleanup.armed = false;
         let liveness = Liveness::new(
-            engine_task.abort_handle(),
+            workers.abort_handles(),
             relay.health(),
             members.view.clone(),
         );
@@ -344,10 +390,11 @@ impl Node {
             local: members.local,
             liveness,
             relay,
-            engine_task,
-            media_tcp: media_tcp.as_ref().map(|t| t.addr),
-            tcp_task: media_tcp.map(|t| t.task),
-            candidates,
+            workers,
+            media_addrs,
+            media_tcp: media_tcp.first().map(|t| t.addr),
+            tcp_tasks: media_tcp.into_iter().map(|t| t.task).collect(),
+            candidates: first_candidates,
             load_task,
             follow_task,
             stop_http: Some(stop_http),
@@ -372,9 +419,19 @@ impl Node {
         self.http
     }
 
-    /// The bound media (UDP) address.
+    /// The bound media (UDP) address of the first engine worker.
     pub fn media_addr(&self) -> SocketAddr {
         self.media
+    }
+
+    /// Every engine worker's bound media (UDP) address, in worker order.
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.media_addrs
+    }
+
+    /// Changes when an engine worker has panicked (its index); the binary exits non-zero then.
+    pub fn worker_failed(&self) -> tokio::sync::watch::Receiver<Option<usize>> {
+        self.workers.failed()
     }
 
     /// The media address put into ICE candidates (the public IP when one is configured).
@@ -459,12 +516,12 @@ impl Node {
             "draining: waiting for sessions to end"
         );
         loop {
-            let left = self
+            let left: usize = self
                 .engine
                 // Cascades' own sessions serve these clients; shutdown stops them after.
-                .call(|e, _| e.client_session_count())
+                .call_all(|e, _| e.client_session_count())
                 .await
-                .unwrap_or(0);
+                .map_or(0, |n| n.into_iter().sum());
             // Tracks this node relays to others (as their region's hub): they move to another
             // hub once gossip tells them this one drains, subscribing there before leaving here.
             let relayed = self.relay.downstreams();
@@ -497,17 +554,16 @@ impl Node {
         // While the engine still runs: each cascade closes its session and DELETEs the other
         // server's (bounded by the HTTP timeout).
         self.cascades.stop_all().await;
-        self.engine_task.abort();
-        if let Some(tcp) = self.tcp_task.take() {
+        // Awaited so every media socket, which the workers own, is closed.
+        self.workers.shutdown().await;
+        for tcp in std::mem::take(&mut self.tcp_tasks) {
             tcp.abort();
             // Awaited so the listener and every connection are closed.
             let _ = tcp.await;
         }
         self.load_task.abort();
         self.follow_task.abort();
-        // Awaited so the media socket, which the engine task owns, is closed.
         for (what, task) in [
-            ("engine", &mut self.engine_task),
             ("load report", &mut self.load_task),
             ("stream follower", &mut self.follow_task),
         ] {
@@ -546,8 +602,8 @@ impl Node {
         if let Some(task) = self.http_task.take() {
             task.abort();
         }
-        self.engine_task.abort();
-        if let Some(tcp) = &self.tcp_task {
+        self.workers.abort();
+        for tcp in &self.tcp_tasks {
             tcp.abort();
         }
         self.load_task.abort();
@@ -572,8 +628,8 @@ impl Drop for Node {
 
 /// Stops what [`Node::start`] has started when it fails part way.
 struct StopOnError {
-    engine: AbortHandle,
-    tcp: Option<AbortHandle>,
+    engine: Vec<AbortHandle>,
+    tcp: Vec<AbortHandle>,
     relay: Option<Relay>,
     armed: bool,
 }
@@ -581,9 +637,8 @@ struct StopOnError {
 impl Drop for StopOnError {
     fn drop(&mut self) {
         if self.armed {
-            self.engine.abort();
-            if let Some(tcp) = &self.tcp {
-                tcp.abort();
+            for task in self.engine.iter().chain(&self.tcp) {
+                task.abort();
             }
             if let Some(relay) = &self.relay {
                 relay.stop();
@@ -619,7 +674,7 @@ const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
 fn bind_media(
     addr: SocketAddr,
     tcp: bool,
-) -> anyhow::Result<(tokio::net::UdpSocket, Option<tokio::net::TcpListener>)> {
+) -> anyhow::Result<(std::net::UdpSocket, Option<tokio::net::TcpListener>)> {
     const ATTEMPTS: usize = 20;
     let mut last = None;
     for _ in 0..ATTEMPTS {
@@ -640,7 +695,8 @@ fn bind_media(
         .context(format!("no port free for both UDP and TCP on {addr}")))
 }
 
-fn bind_media_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+/// Binds a media socket, not yet registered with a runtime: its worker's thread does that.
+fn bind_media_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     for (what, res) in [
@@ -656,7 +712,27 @@ fn bind_media_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    Ok(tokio::net::UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
+}
+
+/// Where engine worker `worker` binds its media socket: the first on `--media`, the others on
+/// `--worker-ports` and up (so a one-worker node keeps its one port, and the workers' ports
+/// are one range for the firewall), or an ephemeral port each when `--media` has port 0.
+fn worker_media_addr(
+    media: SocketAddr,
+    worker_ports: u16,
+    worker: usize,
+) -> anyhow::Result<SocketAddr> {
+    if media.port() == 0 || worker == 0 {
+        return Ok(media);
+    }
+    let port = u16::try_from(usize::from(worker_ports) + worker - 1)
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| {
+            format!("engine worker {worker} has no media port: --worker-ports {worker_ports} leaves too few")
+        })?;
+    Ok(SocketAddr::new(media.ip(), port))
 }
 
 fn bind_media_tcp(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -750,6 +826,25 @@ mod tests {
         panic!("the relay's {name:?} task never ended");
     }
 
+    #[test]
+    fn the_first_worker_takes_the_media_port_and_the_others_the_worker_ports() {
+        let media: SocketAddr = "10.0.0.1:7701".parse().expect("addr");
+        let at = |w| worker_media_addr(media, 40_000, w).map(|a| a.to_string());
+        assert_eq!(at(0).expect("first"), "10.0.0.1:7701");
+        assert_eq!(at(1).expect("second"), "10.0.0.1:40000");
+        assert_eq!(at(3).expect("fourth"), "10.0.0.1:40002");
+        let ephemeral: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert_eq!(
+            worker_media_addr(ephemeral, 40_000, 5).expect("any").port(),
+            0,
+            "port 0: a free port each"
+        );
+        assert!(
+            worker_media_addr(media, 65_535, 2).is_err(),
+            "no port past 65535"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn healthz_fails_naming_each_part_that_stopped() {
         let mut node = start().await;
@@ -771,7 +866,7 @@ mod tests {
         assert_eq!(body["errorCode"], "temporarily_unavailable_error");
 
         // Likewise the engine stopping ends the relay's engine output pump.
-        node.engine_task.abort();
+        node.workers.abort();
         until_relay_task_ended(&node, "engine outputs").await;
         until_stopped(&node, "engine, gossip").await;
 

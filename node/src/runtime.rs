@@ -1,5 +1,6 @@
-//! The thin async shell around the engine: one tokio task owns the media socket, the engine's
-//! timer and the command channel. API handlers talk to the engine only through [`EngineHandle`].
+//! The thin async shell around one engine: one tokio task owns a media socket, the engine's
+//! timer and the command channel. A node runs one per engine worker (`workers/`); API handlers
+//! talk to the engines only through [`crate::workers::EngineHandle`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,33 +8,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::engine::{EgressLabels, EgressPacket, Engine, OpError, RelayIn, RelayOut};
-use crate::ids::SessionId;
+use crate::engine::{EgressPacket, Engine, RelayIn, RelayOut};
 use crate::media_tcp::{TcpFrame, TcpSender, canonical};
 use crate::sendbatch;
 
-type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
-
-/// Commands waiting for the engine; beyond this, API callers wait (backpressure, not memory).
-const COMMAND_QUEUE: usize = 1024;
 /// Datagrams read in one go before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 /// Larger than any datagram a WebRTC peer sends over UDP.
 const RECV_BUF: usize = 2048;
 
+/// A closure run on an engine worker's task (see [`crate::workers::EngineHandle::call`]).
+pub type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
+
+/// Commands waiting for one engine worker; beyond this, API callers wait (backpressure, not
+/// memory).
+pub const COMMAND_QUEUE: usize = 1024;
+
 /// The engine task has ended, so a call could not run (the API answers 503).
 #[derive(Debug, thiserror::Error)]
 #[error("the media engine has stopped")]
 pub struct EngineStopped;
-
-/// How the API and the relay reach the engine: closures run on the engine task, one at a time.
-#[derive(Clone)]
-pub struct EngineHandle {
-    tx: mpsc::Sender<Job>,
-    outgoing: Arc<OutgoingSockets>,
-}
 
 /// The sockets of cascades' outgoing sessions, by local address: their owner (the cascade task)
 /// receives on them; the engine task sends each outgoing session's datagrams from its socket.
@@ -78,37 +74,26 @@ impl OutgoingSockets {
     }
 }
 
-impl EngineHandle {
-    /// The sockets of cascades' outgoing sessions.
-    pub fn outgoing_sockets(&self) -> &Arc<OutgoingSockets> {
-        &self.outgoing
+/// What one engine's loop asks of the worker set it belongs to: relay outputs meant for another
+/// worker of this node, and a look at the engine after each turn (its load, for placement).
+pub trait WorkerLinks: Send + 'static {
+    /// Takes `out` when it belongs to an in-process link between workers; gives it back when it
+    /// is for the cluster relay. Never waits.
+    fn route(&self, out: RelayOut) -> Option<RelayOut>;
+
+    /// Called after every turn of the loop.
+    fn turn_done(&self, engine: &mut Engine);
+}
+
+/// One engine on its own: every relay output goes to the cluster relay.
+pub struct Alone;
+
+impl WorkerLinks for Alone {
+    fn route(&self, out: RelayOut) -> Option<RelayOut> {
+        Some(out)
     }
 
-    /// Runs `f` on the engine task and returns its result.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, EngineStopped>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Engine, Instant) -> R + Send + 'static,
-    {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |engine, now| {
-            // The caller may have gone (client disconnected); the result is then dropped.
-            let _ = reply_tx.send(f(engine, now));
-        });
-        self.tx.send(job).await.map_err(|_| EngineStopped)?;
-        reply_rx.await.map_err(|_| EngineStopped)
-    }
-
-    /// Marks `session` (held by this node) so that every Opus payload it publishes goes to the
-    /// audio egress under `labels`, or (`None`) stops that. Refused when the node has no
-    /// `--nats` (`Unavailable`) or does not hold the session.
-    pub async fn set_egress(
-        &self,
-        session: SessionId,
-        labels: Option<EgressLabels>,
-    ) -> Result<Result<(), OpError>, EngineStopped> {
-        self.call(move |e, _| e.set_egress(session, labels)).await
-    }
+    fn turn_done(&self, _engine: &mut Engine) {}
 }
 
 /// The engine's connection to the relay: frames in from other nodes, requests out to them.
@@ -128,20 +113,6 @@ pub struct MediaIo {
     pub tcp: Option<(TcpSender, mpsc::Receiver<TcpFrame>)>,
 }
 
-/// Starts the engine task. It ends when every [`EngineHandle`] is dropped. `egress` receives
-/// the audio egress packets (`--nats`); without it the engine has egress off.
-pub fn spawn(
-    engine: Engine,
-    media: MediaIo,
-    relay: RelayPipes,
-    egress: Option<mpsc::Sender<EgressPacket>>,
-) -> (EngineHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let outgoing = Arc::new(OutgoingSockets::default());
-    let task = tokio::spawn(run(engine, media, rx, relay, egress, Arc::clone(&outgoing)));
-    (EngineHandle { tx, outgoing }, task)
-}
-
 /// Next frame of an ICE-TCP connection; never, without ICE-TCP.
 async fn next_tcp_frame(
     tcp: &mut Option<(TcpSender, mpsc::Receiver<TcpFrame>)>,
@@ -152,13 +123,17 @@ async fn next_tcp_frame(
     }
 }
 
-async fn run(
+/// The loop of one engine worker: ends when every sender of `rx` is dropped (or the task is
+/// aborted). `egress` receives the audio egress packets (`--nats`); without it the engine has
+/// egress off.
+pub async fn run(
     mut engine: Engine,
     media: MediaIo,
     mut rx: mpsc::Receiver<Job>,
     mut relay: RelayPipes,
     egress: Option<mpsc::Sender<EgressPacket>>,
     outgoing: Arc<OutgoingSockets>,
+    links: impl WorkerLinks,
 ) {
     let MediaIo { socket, mut tcp } = media;
     // A dual-stack socket sends to IPv4 peers at their IPv4-mapped IPv6 address.
@@ -172,6 +147,9 @@ async fn run(
         // Relay output first: a frame for another node's viewers should not wait while this
         // node's own fan-out is sent.
         while let Some(out) = engine.poll_relay() {
+            let Some(out) = links.route(out) else {
+                continue;
+            };
             // A full queue means the relay tasks are behind: drop rather than stall media.
             if relay.to_relay.try_send(out).is_err() {
                 engine.count_relay_drop();
@@ -224,6 +202,7 @@ async fn run(
             _ = tokio::time::sleep_until(deadline) => {}
         }
         engine.handle_timeout(Instant::now());
+        links.turn_done(&mut engine);
     }
     tracing::info!("media engine stopped");
 }

@@ -63,7 +63,7 @@ struct InProcess {
     thread: Option<std::thread::JoinHandle<()>>,
     liveness: trackmesh_node::liveness::Liveness,
     /// The node's engine task, for tests that drive it directly.
-    engine: trackmesh_node::runtime::EngineHandle,
+    engine: trackmesh_node::workers::EngineHandle,
     log: NodeLog,
 }
 
@@ -311,11 +311,19 @@ impl TestNode {
         } else {
             vec!["--media".to_string(), "127.0.0.1:0".to_string()]
         };
+        // Two engine workers unless the test chose: every suite runs sessions on both, as a
+        // multi-core node does (the CI machine has two cores).
+        let workers = if args.iter().any(|a| a == "--workers") {
+            Vec::new()
+        } else {
+            vec!["--workers".to_string(), "2".to_string()]
+        };
         let argv = ["trackmesh"]
             .into_iter()
             .map(str::to_string)
             .chain(http)
             .chain(media)
+            .chain(workers)
             .chain(["--app".to_string(), app])
             .chain(args.iter().cloned());
         let flags = Flags::try_parse_from(argv).context("the node's flags")?;
@@ -695,7 +703,7 @@ impl TestNode {
 
     /// The engine task of an in-process node, for what no API reaches yet (marking a session
     /// for audio egress). Calls on it work from any runtime.
-    pub fn engine(&self) -> anyhow::Result<trackmesh_node::runtime::EngineHandle> {
+    pub fn engine(&self) -> anyhow::Result<trackmesh_node::workers::EngineHandle> {
         match &self.run {
             Run::InProcess(p) => Ok(p.engine.clone()),
             Run::Process { .. } => bail!("a node process's engine is not reachable from the test"),
@@ -780,7 +788,7 @@ struct Started {
     tag: String,
     region: String,
     liveness: trackmesh_node::liveness::Liveness,
-    engine: trackmesh_node::runtime::EngineHandle,
+    engine: trackmesh_node::workers::EngineHandle,
 }
 
 /// Most time an in-process node's runtime gets to end its tasks after a kill.

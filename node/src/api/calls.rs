@@ -54,7 +54,9 @@ async fn wait_connected(
         let (a, s, t) = (app.to_string(), session.to_string(), transport.clone());
         if !st
             .engine
-            .call(move |e, _| e.must_wait_for_connection(&a, &s, t))
+            .call_on(st.engine.worker_of_str(session), move |e, _| {
+                e.must_wait_for_connection(&a, &s, t)
+            })
             .await??
         {
             return Ok(());
@@ -195,10 +197,19 @@ pub async fn sessions_new(
         Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
     };
     let quota = st.limits.per_app_quota;
+    // The app's quota counts its sessions on every worker; the new one goes to the least loaded.
+    let a = app.clone();
+    let held: usize = st
+        .engine
+        .call_all(move |e, _| e.app_session_count(&a))
+        .await?
+        .into_iter()
+        .sum();
+    let worker = st.engine.place();
     let created = st
         .engine
-        .call(move |e, now| {
-            if e.app_session_count(&app) >= quota {
+        .call_on(worker, move |e, now| {
+            if held >= quota {
                 return Ok(None);
             }
             e.create_session(&app, offer, now).map(Some)
@@ -341,11 +352,15 @@ pub async fn tracks_new(
                 t.track_name.clone()?,
             ))
         });
-        unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
+        unreachable =
+            super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted)
+                .await;
     }
     let res = st
         .engine
-        .call(move |e, now| e.tracks_new(&app, &session, op, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_new(&app, &session, op, now)
+        })
         .await??;
     let mut tracks: Vec<TrackOut> = res.tracks.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -401,7 +416,9 @@ pub async fn renegotiate(
     let sdp = req.session_description.sdp;
     let answer = off_engine(&st, move || ClientAnswer::parse(&sdp)).await?;
     st.engine
-        .call(move |e, now| e.renegotiate(&app, &session, answer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.renegotiate(&app, &session, answer, now)
+        })
         .await??;
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -432,10 +449,13 @@ pub async fn tracks_update(
             t.track_name.clone()?,
         ))
     });
-    let unreachable = super::cluster::resolve_remote(&st, &app, wanted).await;
+    let unreachable =
+        super::cluster::resolve_remote(&st, &app, st.engine.worker_of_str(&session), wanted).await;
     let res = st
         .engine
-        .call(move |e, now| e.tracks_update(&app, &session, tracks, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_update(&app, &session, tracks, now)
+        })
         .await??;
     let mut tracks: Vec<TrackOut> = res.into_iter().map(Into::into).collect();
     super::cluster::mark_unreachable(&mut tracks, &unreachable);
@@ -490,7 +510,9 @@ pub async fn tracks_close(
     }
     let res = st
         .engine
-        .call(move |e, now| e.tracks_close(&app, &session, mids, force, offer, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.tracks_close(&app, &session, mids, force, offer, now)
+        })
         .await??;
     Ok(Json(TracksResponse {
         requires_immediate_renegotiation: false,
@@ -509,7 +531,7 @@ pub async fn get_session(
     prologue(&st, &app, &session, &headers, body).await?;
     let (tracks, channels) = st
         .engine
-        .call(move |e, _| {
+        .call_on(st.engine.worker_of_str(&session), move |e, _| {
             Ok::<_, crate::engine::OpError>((
                 e.session_tracks(&app, &session)?,
                 e.session_datachannels(&app, &session)?,
@@ -565,7 +587,9 @@ pub async fn datachannels_establish(
     wait_connected(&st, &app, &session, None).await?;
     let est = st
         .engine
-        .call(move |e, now| e.datachannels_establish(&app, &session, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_establish(&app, &session, now)
+        })
         .await??;
     Ok(Json(EstablishResponse {
         requires_immediate_renegotiation: est.offer.is_some(),
@@ -625,7 +649,9 @@ pub async fn datachannels_new(
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let items = channel_items(&bytes)?;
     wait_connected(&st, &app, &session, None).await?;
-    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel).
+    // Channels of other nodes' sessions are subscribed to over the relay first (in parallel),
+    // then, like channels of this node's other workers, linked to this session's worker.
+    let worker = st.engine.worker_of_str(&session);
     let mut set = tokio::task::JoinSet::new();
     for it in &items {
         let (Some(Location::Remote), Some(p), Some(name)) = (
@@ -635,14 +661,17 @@ pub async fn datachannels_new(
         ) else {
             continue;
         };
-        if p.node_tag() == st.cluster.tag {
-            continue;
-        }
-        let (relay, app) = (st.cluster.relay.clone(), app.clone());
-        set.spawn(async move { relay.ensure_channel_upstream(&app, p, &name).await });
+        let (relay, engine, app) = (st.cluster.relay.clone(), st.engine.clone(), app.clone());
+        let remote = p.node_tag() != st.cluster.tag;
+        set.spawn(async move {
+            if !remote || relay.ensure_channel_upstream(&app, p, &name).await.is_ok() {
+                let _ = engine.link_channel(&app, p, &name, worker).await;
+            }
+        });
     }
     while set.join_next().await.is_some() {}
-    // `canReply` is granted by the publisher's node, for the whole cluster.
+    // `canReply` is granted by the publisher's node, for the whole cluster, and within the node
+    // by the publisher's worker.
     for it in &items {
         let (Some(Location::Remote), true, Some(p), Some(name)) = (
             it.location,
@@ -652,16 +681,30 @@ pub async fn datachannels_new(
         ) else {
             continue;
         };
-        st.cluster.relay.claim_channel_reply(p, name).await;
+        claim_reply(&st, p, name, worker).await;
     }
     let res = st
         .engine
-        .call(move |e, now| e.datachannels_new(&app, &session, items, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_new(&app, &session, items, now)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
     })
     .into_response())
+}
+
+/// Claims the `canReply` grant of `publisher`'s channel `name` for worker `worker`: from the
+/// publisher's node over the relay, then (channels of other nodes live on the primary worker)
+/// from the worker that receives it.
+async fn claim_reply(st: &ApiState, publisher: SessionId, name: &str, worker: usize) {
+    if publisher.node_tag() != st.cluster.tag
+        && !st.cluster.relay.claim_channel_reply(publisher, name).await
+    {
+        return;
+    }
+    st.engine.claim_channel_reply(publisher, name, worker).await;
 }
 
 /// `PUT datachannels/update`: grant or revoke `canReply`.
@@ -679,15 +722,19 @@ pub async fn datachannels_update(
         let (a, s) = (app.clone(), session.clone());
         let sub = st
             .engine
-            .call(move |e, _| e.channel_subscription(&a, &s, id))
+            .call_on(st.engine.worker_of_str(&session), move |e, _| {
+                e.channel_subscription(&a, &s, id)
+            })
             .await?;
         if let Some((p, name)) = sub {
-            st.cluster.relay.claim_channel_reply(p, &name).await;
+            claim_reply(&st, p, &name, st.engine.worker_of_str(&session)).await;
         }
     }
     let res = st
         .engine
-        .call(move |e, _| e.datachannels_update(&app, &session, items))
+        .call_on(st.engine.worker_of_str(&session), move |e, _| {
+            e.datachannels_update(&app, &session, items)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),
@@ -713,7 +760,9 @@ pub async fn datachannels_close(
     }
     let res = st
         .engine
-        .call(move |e, now| e.datachannels_close(&app, &session, ids, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.datachannels_close(&app, &session, ids, now)
+        })
         .await??;
     Ok(Json(DataChannelsResponse {
         data_channels: res.into_iter().map(Into::into).collect(),

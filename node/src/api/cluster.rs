@@ -235,23 +235,36 @@ pub(super) async fn read_capped(mut res: reqwest::Response, cap: usize) -> Resul
     Ok(body)
 }
 
-/// Pulls every listed track that lives on another node into this node's engine, concurrently.
+/// Makes every listed track available on engine worker `worker` (the subscriber's),
+/// concurrently: a track of another node is pulled over the relay (onto the primary worker),
+/// then, like a track of another worker of this node, linked in-process to `worker`.
 /// Tracks no node has are left alone: the engine then answers `not_found_track_error`. Returns
 /// the tracks whose node is live but could not be reached (see [`mark_unreachable`]).
 pub async fn resolve_remote(
     st: &ApiState,
     app: &str,
+    worker: usize,
     tracks: impl Iterator<Item = (SessionId, String)>,
 ) -> Vec<(String, String)> {
     let mut set = tokio::task::JoinSet::new();
     for (session, track) in tracks {
         if session.node_tag() == st.cluster.tag {
+            let (engine, app) = (st.engine.clone(), app.to_string());
+            set.spawn(async move {
+                let _ = engine.link_track(&app, session, &track, worker).await;
+                (session, track, Ok(()))
+            });
             continue;
         }
+        let engine = st.engine.clone();
         let relay = st.cluster.relay.clone();
         let app = app.to_string();
         set.spawn(async move {
             let r = relay.ensure_upstream(&app, session, &track).await;
+            // Relayed tracks of other nodes live on the primary worker.
+            if r.is_ok() {
+                let _ = engine.link_track(&app, session, &track, worker).await;
+            }
             (session, track, r)
         });
     }

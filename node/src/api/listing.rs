@@ -50,10 +50,21 @@ fn limit(query: Option<&str>) -> Result<usize, ApiError> {
 }
 
 async fn local(st: &ApiState, app: String) -> Result<AppSessions, ApiError> {
-    let listing = st
+    let per_worker = st
         .engine
-        .call(move |e, _| e.app_listing(&app, MAX_LISTED_SESSIONS, MAX_LISTED_TRACKS))
+        .call_all(move |e, _| e.app_listing(&app, MAX_LISTED_SESSIONS, MAX_LISTED_TRACKS))
         .await?;
+    // The workers' listings in one, sorted and bounded as one engine's would be.
+    let mut listing = crate::engine::AppListing::default();
+    for l in per_worker {
+        listing.truncated |= l.truncated;
+        listing.sessions.extend(l.sessions);
+    }
+    listing.sessions.sort_by_key(|s| s.session_id);
+    if listing.sessions.len() > MAX_LISTED_SESSIONS {
+        listing.sessions.truncate(MAX_LISTED_SESSIONS);
+        listing.truncated = true;
+    }
     Ok(to_wire(listing))
 }
 

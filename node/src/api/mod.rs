@@ -42,7 +42,7 @@ pub use rooms::run as announce_rooms;
 pub use stream_follow::run as follow_streams;
 
 use crate::config::Config;
-use crate::runtime::EngineHandle;
+use crate::workers::EngineHandle;
 
 /// What operating the node needs: metrics, the gossiped drain state, and facts for the status view.
 pub struct OpsState {

@@ -46,11 +46,42 @@ pub async fn track_http(State(st): State<Arc<ApiState>>, req: Request, next: Nex
 }
 
 pub async fn metrics(State(st): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let (stats, gauges, setup_times) = st
+    let per_worker = st
         .engine
-        .call(|e, _| (e.stats().clone(), e.gauges(), e.take_setup_times()))
+        .call_all(|e, _| (e.stats().clone(), e.gauges(), e.take_setup_times()))
         .await?;
+    // The node's figures are its workers' sums; a few are also shown by worker.
+    let mut stats = crate::engine::Stats::default();
+    let mut gauges = crate::engine::Gauges::default();
+    let mut setup_times = Vec::new();
+    let mut workers = Vec::with_capacity(per_worker.len());
+    let loads = st.engine.loads();
+    for (i, (s, g, t)) in per_worker.into_iter().enumerate() {
+        workers.push(crate::metrics::WorkerSnapshot {
+            sessions: loads.get(i).copied().unwrap_or_default() as u64,
+            frames_forwarded: s.frames_forwarded,
+            rtp_out: s.rtp_out,
+            hop_frames: st
+                .engine
+                .links()
+                .figures
+                .frames
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+            hop_drops: st
+                .engine
+                .links()
+                .figures
+                .drops
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+        });
+        stats.add(&s);
+        gauges.add(&g);
+        setup_times.extend(t);
+    }
     let snap = Snapshot {
+        workers,
         stats,
         gauges,
         setup_times,
@@ -263,10 +294,16 @@ fn others(st: &ApiState) -> Vec<Member> {
 }
 
 async fn local_status(st: &ApiState) -> Result<admin::Status, ApiError> {
-    let (gauges, sessions) = st
+    let mut gauges = crate::engine::Gauges::default();
+    let mut sessions = 0;
+    for (g, n) in st
         .engine
-        .call(|e, _| (e.gauges(), e.session_count()))
-        .await?;
+        .call_all(|e, _| (e.gauges(), e.session_count()))
+        .await?
+    {
+        gauges.add(&g);
+        sessions += n;
+    }
     let me = st.cluster.view.borrow().me().cloned();
     Ok(admin::Status {
         api: me.as_ref().map(|m| m.api.clone()).unwrap_or_default(),
@@ -311,7 +348,14 @@ pub struct NodeQuery {
 }
 
 async fn local_sessions(st: &ApiState) -> Result<Vec<admin::SessionInfo>, ApiError> {
-    let sessions = st.engine.call(|e, _| e.admin_sessions()).await?;
+    let mut sessions: Vec<_> = st
+        .engine
+        .call_all(|e, _| e.admin_sessions())
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    sessions.sort_by_key(|s| s.session_id);
     Ok(sessions
         .into_iter()
         .map(|s| session_info(&st.cluster.self_id, s))
@@ -443,13 +487,40 @@ pub async fn session(
             ask(&st, &owner, Method::GET, &format!("/admin/sessions/{id}")).await?;
         return Ok(Json(info).into_response());
     }
-    let s = st.engine.call(move |e, _| e.admin_session(sid)).await?;
+    let s = st
+        .engine
+        .call_session(sid, move |e, _| e.admin_session(sid))
+        .await?;
     let s = s.ok_or_else(|| not_found(format!("session {id} not found")))?;
     Ok(Json(session_info(&st.cluster.self_id, s)).into_response())
 }
 
+/// One entry per track over all workers: a track linked from its worker to others shows up on
+/// each of them (as a relayed publication there); the node shows it once, with every worker's
+/// subscribers, and only the downstreams that go to other nodes.
+fn merge_publications(
+    per_worker: Vec<Vec<crate::engine::PublicationSummary>>,
+) -> Vec<crate::engine::PublicationSummary> {
+    let mut out: Vec<crate::engine::PublicationSummary> = Vec::new();
+    for mut p in per_worker.into_iter().flatten() {
+        p.downstreams.retain(|d| !crate::workers::is_local(d.0));
+        match out
+            .iter_mut()
+            .find(|q| q.session_id == p.session_id && q.track_name == p.track_name)
+        {
+            Some(q) => {
+                q.local_subscribers += p.local_subscribers;
+                q.downstreams.extend(p.downstreams);
+            }
+            None => out.push(p),
+        }
+    }
+    out.sort_by(|a, b| (a.session_id, &a.track_name).cmp(&(b.session_id, &b.track_name)));
+    out
+}
+
 async fn local_tracks(st: &ApiState) -> Result<Vec<admin::Publication>, ApiError> {
-    let pubs = st.engine.call(|e, _| e.admin_publications()).await?;
+    let pubs = merge_publications(st.engine.call_all(|e, _| e.admin_publications()).await?);
     Ok(pubs
         .into_iter()
         .map(|p| admin::Publication {
@@ -499,10 +570,12 @@ pub async fn locate(
         // A node that does not answer counts as pulling nothing and having no subscribers.
         let (relay, local_subs) = if m.node_id == st.cluster.self_id {
             let t = track.clone();
-            let n = st
+            let n: usize = st
                 .engine
-                .call(move |e, _| e.local_subscriber_count(sid, &t))
-                .await?;
+                .call_all(move |e, _| e.local_subscriber_count(sid, &t))
+                .await?
+                .into_iter()
+                .sum();
             (Some(st.cluster.relay.view()), n as u64)
         } else {
             let relay: Option<admin::RelayView> =

@@ -44,7 +44,13 @@ pub async fn follow(
     replace_local: bool,
 ) -> Result<(), Problem> {
     if let Some((session, tracks)) = &winner {
-        super::cluster::resolve_remote(st, app, tracks.iter().map(|t| (*session, t.clone()))).await;
+        super::cluster::resolve_remote(
+            st,
+            app,
+            crate::workers::PRIMARY,
+            tracks.iter().map(|t| (*session, t.clone())),
+        )
+        .await;
     }
     let (a, s) = (app.to_string(), stream.to_string());
     st.engine

@@ -167,6 +167,15 @@ pub async fn bind(
     st.apps.authorize(&app, &headers)?;
     let bytes = read_body(body, st.max_body).await?;
     let req: BindRequest = decode(&bytes)?;
+    // Streams live on the primary worker; a session on another one cannot feed them yet.
+    let worker = st.engine.worker_of_str(&req.session_id);
+    if worker != crate::workers::PRIMARY {
+        return Err(crate::engine::OpError::Conflict(format!(
+            "session {} is on engine worker {worker}: only sessions on worker 0 can be bound to a stream (see --workers)",
+            req.session_id
+        ))
+        .into());
+    }
     st.engine
         .call(move |e, now| e.stream_bind(&app, &stream, &req.session_id, req.tracks, now))
         .await??;

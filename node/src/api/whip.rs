@@ -191,11 +191,21 @@ async fn post(
         },
         max_viewers: st.streams.whep_max_viewers,
     };
+    // The app's quota counts its sessions on every worker; streams' sessions live on the
+    // primary worker.
+    let a = app.clone();
+    let elsewhere: usize = st
+        .engine
+        .call_all(move |e, _| e.app_session_count(&a))
+        .await?
+        .into_iter()
+        .skip(1)
+        .sum();
     let (a, s) = (app.clone(), stream.clone());
     let created = st
         .engine
         .call(move |e, now| {
-            if e.app_session_count(&a) >= quota {
+            if e.app_session_count(&a) + elsewhere >= quota {
                 return Ok(None);
             }
             match mode {

@@ -541,7 +541,8 @@ async fn pull_new(
         .iter()
         .flat_map(|p| TRACK_NAMES.iter().map(move |t| (*p, t.to_string())))
         .collect();
-    super::cluster::resolve_remote(st, &j.app, wanted.iter().cloned()).await;
+    super::cluster::resolve_remote(st, &j.app, crate::workers::PRIMARY, wanted.iter().cloned())
+        .await;
     let op = TracksNew::Remote {
         tracks: wanted
             .into_iter()

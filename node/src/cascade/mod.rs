@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::CascadeDirection;
 use crate::ids::SessionId;
-use crate::runtime::EngineHandle;
+use crate::workers::EngineHandle;
 
 /// Most cascades one app may run on a node.
 pub const MAX_CASCADES_PER_APP: usize = 16;

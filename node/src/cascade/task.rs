@@ -16,7 +16,7 @@ use super::{
 use crate::engine::{OpError, OutgoingState, prepare_answer};
 use crate::ids::SessionId;
 use crate::media_tcp::canonical;
-use crate::runtime::EngineHandle;
+use crate::workers::EngineHandle;
 
 impl Cascades {
     pub(super) async fn run(

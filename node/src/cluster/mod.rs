@@ -21,19 +21,24 @@ use std::time::Duration;
 
 /// Publishes this node's load into gossip once a second.
 pub async fn report_load(
-    engine: crate::runtime::EngineHandle,
+    engine: crate::workers::EngineHandle,
     relay: relay::Relay,
     local: Arc<membership::LocalState>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let Ok((sessions, tracks)) = engine
-            .call(|e, _| (e.session_count(), e.publication_count()))
+        let Ok(per_worker) = engine
+            .call_all(|e, _| (e.session_count(), e.publication_count()))
             .await
         else {
             return;
         };
+        // A track linked to other workers counts once per worker holding it, as a track
+        // relayed from another node counts here too.
+        let (sessions, tracks) = per_worker
+            .into_iter()
+            .fold((0, 0), |(s, t), (ws, wt)| (s + ws, t + wt));
         let (_, relays) = relay.counts();
         local.sessions.store(sessions as u64, Ordering::Relaxed);
         local.tracks.store(tracks as u64, Ordering::Relaxed);

@@ -197,7 +197,10 @@ impl Engine {
 
     /// A frame from an upstream relay subscription.
     pub fn relay_frame(&mut self, up: UpId, frame: RelayFrame, now: Instant) {
-        self.stats.relay_frames_in += 1;
+        // Frames from this node's other workers are not relay traffic (`workers/links.rs`).
+        if !up.is_in_process() {
+            self.stats.relay_frames_in += 1;
+        }
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
         };
@@ -319,7 +322,9 @@ impl Engine {
             match *sink {
                 Sink::Session(sub, mid) => self.write_to_session(sub, mid, frame, codec, now),
                 Sink::Relay(down) => {
-                    self.stats.relay_frames_out += 1;
+                    if !down.is_in_process() {
+                        self.stats.relay_frames_out += 1;
+                    }
                     if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
                         self.relay_down_without_keyframe.remove(&down);
                     }

@@ -131,6 +131,9 @@ const RELAY_UNUSED_GRACE: Duration = Duration::from_secs(2);
 pub struct EngineConfig {
     /// This node's tag, embedded in every session id it creates so others can route to it.
     pub node_tag: NodeTag,
+    /// Which of the node's engine workers this engine is, embedded in its session ids so the
+    /// node routes calls to it (0 on a node with one worker).
+    pub worker: u8,
     /// The address datagrams arrive on (the bound media socket).
     pub local_addr: SocketAddr,
     /// The primary address announced in ICE host candidates (also what gossip announces).
@@ -169,6 +172,8 @@ pub struct EngineConfig {
 ///   [`Engine::gauges`] and the counts (`views.rs`, `stats.rs`).
 pub struct Engine {
     cfg: EngineConfig,
+    /// Sessions the node's other engine workers hold: `max_sessions` is the node's cap.
+    sessions_elsewhere: usize,
     cert: Option<str0m::config::DtlsCert>,
     sessions: SessionMap<Session>,
     publications: HashMap<TrackKey, Publication>,
@@ -229,6 +234,7 @@ impl Engine {
             .generate_certificate();
         Engine {
             cfg,
+            sessions_elsewhere: 0,
             cert,
             sessions: SessionMap::default(),
             publications: HashMap::new(),

@@ -5,9 +5,9 @@
 //! 3 s of packets (capped by `RtcConfig::set_send_buffer_video`); at 1 Mbit/s that is the cap,
 //! 256 packets, about 360 KB per video subscriber, most of its memory. A resend helps only while
 //! the receiver still waits for the packet: its NACK arrives about one round trip after the
-//! packet left, and it asks again once per round trip. So the history is sized from the
-//! subscriber's measured round-trip time: [`ATTEMPTS`] round trips plus [`SLACK`], within
-//! [`MIN_WINDOW`]..=[`MAX_WINDOW`].
+//! packet left, and it asks again once per round trip (at least [`RETRY_FLOOR`] apart). So the
+//! history is sized from the subscriber's measured round-trip time: [`ATTEMPTS`] retry
+//! intervals plus [`SLACK`], within [`MIN_WINDOW`]..=[`MAX_WINDOW`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,16 +17,18 @@ use str0m::media::Mid;
 
 /// Packets of resend history kept per outgoing video stream at most, whatever the window.
 pub const MAX_PACKETS: usize = 256;
-/// Round trips a lost packet gets: the first NACK and two repeats.
-const ATTEMPTS: u32 = 3;
+/// Retry intervals a lost packet gets: str0m's receivers NACK a packet up to 5 times
+/// (Chromium's up to 10), and a repair sent for an early NACK may itself be lost.
+const ATTEMPTS: u32 = 5;
+/// A receiver repeats a NACK one round trip (+5 ms) later, but every 100 ms until it has
+/// measured the round trip, which a receive-only viewer may never do (Chromium and str0m both
+/// work this way): the window never assumes faster repeats than that.
+const RETRY_FLOOR: Duration = Duration::from_millis(105);
 /// Added to the round trips: the receiver notices a gap only when a later packet arrives, and
 /// NACKs are paced (Chromium sends them at most every few ms).
 const SLACK: Duration = Duration::from_millis(100);
-/// The round trip assumed until the first RTCP report measures it: a viewer of a region's node
-/// is usually within 50 ms of it.
-const DEFAULT_RTT: Duration = Duration::from_millis(50);
 /// Never shorter: jitter and a late first NACK.
-const MIN_WINDOW: Duration = Duration::from_millis(250);
+const MIN_WINDOW: Duration = Duration::from_millis(500);
 /// Never longer: a packet this old is late for any jitter buffer a viewer runs.
 const MAX_WINDOW: Duration = Duration::from_millis(1500);
 /// A new measurement resizes the history only when the window changes by more than this
@@ -35,10 +37,10 @@ const RESIZE_FRACTION: f64 = 0.25;
 /// str0m's default: queued resends are cleared when they exceed 15 % of what is sent.
 const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 
-/// The history a stream with round-trip time `rtt` (unknown: [`DEFAULT_RTT`]) needs.
+/// The history a stream with round-trip time `rtt` (`None`: not measured yet) needs.
 pub fn window_for(rtt: Option<Duration>) -> Duration {
-    let rtt = rtt.unwrap_or(DEFAULT_RTT);
-    (rtt.saturating_mul(ATTEMPTS).saturating_add(SLACK)).clamp(MIN_WINDOW, MAX_WINDOW)
+    let retry = rtt.map_or(RETRY_FLOOR, |rtt| rtt.max(RETRY_FLOOR));
+    (retry.saturating_mul(ATTEMPTS).saturating_add(SLACK)).clamp(MIN_WINDOW, MAX_WINDOW)
 }
 
 /// Whether a stream whose history is `current` should be resized to `wanted`.
@@ -94,19 +96,19 @@ mod tests {
 
     #[test]
     fn a_near_viewer_keeps_a_short_history_and_a_far_one_a_longer_one() {
-        assert_eq!(window_for(None), MS(250));
-        assert_eq!(window_for(Some(MS(20))), MS(250));
-        assert_eq!(window_for(Some(MS(150))), MS(550));
-        assert_eq!(window_for(Some(MS(300))), MS(1000));
+        assert_eq!(window_for(None), MS(625));
+        assert_eq!(window_for(Some(MS(20))), MS(625));
+        assert_eq!(window_for(Some(MS(150))), MS(850));
+        assert_eq!(window_for(Some(MS(250))), MS(1350));
         assert_eq!(window_for(Some(Duration::from_secs(5))), MS(1500));
         assert_eq!(window_for(Some(Duration::MAX)), MS(1500));
     }
 
     #[test]
     fn small_changes_in_the_round_trip_do_not_empty_the_history() {
-        assert!(!worth_resizing(MS(250), MS(250)));
-        assert!(!worth_resizing(MS(400), MS(480)));
-        assert!(worth_resizing(MS(400), MS(550)));
-        assert!(worth_resizing(MS(1000), MS(250)));
+        assert!(!worth_resizing(MS(625), MS(625)));
+        assert!(!worth_resizing(MS(625), MS(700)));
+        assert!(worth_resizing(MS(625), MS(850)));
+        assert!(worth_resizing(MS(1350), MS(625)));
     }
 }

@@ -12,7 +12,7 @@ impl Engine {
     pub(super) fn new_session_id(&self) -> SessionId {
         // 96 random bits: a collision is practically impossible, but never hand out a live id.
         loop {
-            let id = SessionId::new(self.cfg.node_tag);
+            let id = SessionId::new_on(self.cfg.node_tag, self.cfg.worker);
             if !self.sessions.contains_key(&id) && !self.tombstones.contains_key(&id) {
                 return id;
             }

@@ -114,6 +114,81 @@ pub struct Gauges {
 /// Most session set-up times kept between two metric scrapes.
 const MAX_SETUP_SAMPLES: usize = 4096;
 
+impl Stats {
+    /// Adds another engine's figures: the node's total over its workers.
+    pub fn add(&mut self, other: &Stats) {
+        self.datagrams_in += other.datagrams_in;
+        self.datagrams_unrouted += other.datagrams_unrouted;
+        self.datagrams_out += other.datagrams_out;
+        self.datagrams_dropped += other.datagrams_dropped;
+        self.frames_in += other.frames_in;
+        self.frames_forwarded += other.frames_forwarded;
+        self.frames_no_codec += other.frames_no_codec;
+        self.keyframe_requests += other.keyframe_requests;
+        self.relay_frames_out += other.relay_frames_out;
+        self.relay_frames_in += other.relay_frames_in;
+        self.relay_dropped += other.relay_dropped;
+        self.relay_gap_withheld += other.relay_gap_withheld;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.rtp_in += other.rtp_in;
+        self.rtp_out += other.rtp_out;
+        self.keyframe_requests_received += other.keyframe_requests_received;
+        self.nacks_sent += other.nacks_sent;
+        self.nacks_received += other.nacks_received;
+        self.frames_held_for_keyframe += other.frames_held_for_keyframe;
+        self.keyframes_from_cache += other.keyframes_from_cache;
+        self.session_timeouts += other.session_timeouts;
+        self.frames_to_silent += other.frames_to_silent;
+        self.egress_queued += other.egress_queued;
+        self.egress_dropped += other.egress_dropped;
+        self.channels.add(&other.channels);
+        self.simulcast.add(&other.simulcast);
+    }
+}
+
+impl SimulcastStats {
+    /// Adds another engine's figures: the node's total over its workers.
+    pub fn add(&mut self, other: &SimulcastStats) {
+        self.unknown_rid += other.unknown_rid;
+        self.too_many_layers += other.too_many_layers;
+        self.ssrc_change += other.ssrc_change;
+        self.time_jump += other.time_jump;
+        self.switches += other.switches;
+    }
+}
+
+impl Gauges {
+    /// Adds another engine's figures: the node's total over its workers.
+    pub fn add(&mut self, other: &Gauges) {
+        self.sessions_connecting += other.sessions_connecting;
+        self.sessions_connected += other.sessions_connected;
+        self.published_audio += other.published_audio;
+        self.published_video += other.published_video;
+        self.subscribed_audio += other.subscribed_audio;
+        self.subscribed_video += other.subscribed_video;
+        self.relay_upstreams += other.relay_upstreams;
+        self.relay_downstreams += other.relay_downstreams;
+    }
+}
+
+impl super::ChannelStats {
+    /// Adds another engine's figures: the node's total over its workers.
+    pub fn add(&mut self, other: &super::ChannelStats) {
+        self.messages_in += other.messages_in;
+        self.messages_out += other.messages_out;
+        self.dropped_too_big += other.dropped_too_big;
+        self.dropped_buffer_full += other.dropped_buffer_full;
+        self.dropped_session_buffer_full += other.dropped_session_buffer_full;
+        self.dropped_not_open += other.dropped_not_open;
+        self.dropped_unacked += other.dropped_unacked;
+        self.dropped_no_reply += other.dropped_no_reply;
+        self.relay_out += other.relay_out;
+        self.relay_in += other.relay_in;
+        self.dropped_relay_queue += other.dropped_relay_queue;
+    }
+}
+
 impl Engine {
     /// The counters so far, for the metrics to publish.
     pub fn stats(&self) -> &Stats {
@@ -150,8 +225,13 @@ impl Engine {
                 &mut g.subscribed_video
             }) += local;
         }
-        g.relay_upstreams = self.relay_up.len() as u64;
-        g.relay_downstreams = self.relay_down.len() as u64;
+        // Other nodes only: links between this node's workers are not relay subscriptions.
+        g.relay_upstreams = self.relay_up.keys().filter(|u| !u.is_in_process()).count() as u64;
+        g.relay_downstreams = self
+            .relay_down
+            .keys()
+            .filter(|d| !d.is_in_process())
+            .count() as u64;
         g
     }
 

@@ -15,6 +15,12 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// Tells the engine how many sessions the node's other engine workers hold, so that
+    /// `max_sessions` caps the node, not each worker (the shell updates it after every turn).
+    pub fn set_sessions_elsewhere(&mut self, n: usize) {
+        self.sessions_elsewhere = n;
+    }
+
     /// Sessions of clients: all but cascades' outgoing sessions, which serve clients (a drain
     /// waits for these to end, then shutdown stops the cascades).
     pub fn client_session_count(&self) -> usize {

@@ -70,6 +70,7 @@ pub struct World {
 /// The engine configuration of a world: generous limits, the given track timeout.
 pub fn config(track_timeout: Duration) -> EngineConfig {
     EngineConfig {
+        worker: 0,
         node_tag: NodeTag(0xabcd0123),
         local_addr: SFU,
         candidate_addr: SFU,

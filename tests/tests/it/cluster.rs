@@ -1023,14 +1023,15 @@ async fn partition_heals() {
     expect_av(&sub, &am, &vm, "B after the partition healed").await;
 }
 
-/// Ports base+0..3, base+10..13, base+20..23 all free (TCP for HTTP, UDP for the rest).
+/// Ports base+0..4, base+10..14, base+20..24 all free (TCP for HTTP, UDP for the rest: media,
+/// gossip, relay and the second engine worker's media port).
 fn free_port_base() -> anyhow::Result<u16> {
     for i in 0..40u16 {
         let base = 21000 + 100 * ((std::process::id() as u16 % 50 + i) % 80);
         let ok = (0..3u16).all(|n| {
             let p = base + 10 * n;
             TcpListener::bind(("127.0.0.1", p)).is_ok()
-                && (1..4).all(|k| UdpSocket::bind(("127.0.0.1", p + k)).is_ok())
+                && (1..5).all(|k| UdpSocket::bind(("127.0.0.1", p + k)).is_ok())
         });
         if ok {
             return Ok(base);

@@ -26,4 +26,5 @@ mod transport;
 mod turn;
 mod whip;
 mod whip_cluster;
+mod workers;
 mod ws;

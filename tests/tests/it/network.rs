@@ -87,9 +87,52 @@ async fn an_ipv6_publisher_reaches_an_ipv4_subscriber_through_one_dual_stack_soc
     expect_media(&sub, &publisher).await;
 }
 
+/// ICE-TCP on the second engine worker: its TCP twin listens on its own port (`--worker-ports`),
+/// which the sessions' candidates name. Both sessions placed there; the TCP clients dial it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_reaches_a_session_on_the_second_worker_at_its_port() {
+    let media = trackmesh_tests::node::free_udp_tcp_port().expect("a free port");
+    let worker_port = trackmesh_tests::node::free_udp_tcp_port().expect("a free port");
+    let node = TestNode::start(&[
+        "--media",
+        &format!("127.0.0.1:{media}"),
+        "--media-tcp",
+        "true",
+        "--workers",
+        "2",
+        "--worker-ports",
+        &worker_port.to_string(),
+        "--worker-placement",
+        "1,1",
+    ])
+    .expect("a node with ICE-TCP on two workers starts");
+    let api = node.client();
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], worker_port));
+    let client = |name: &str| {
+        let mut cfg = ClientConfig::new(name, LIFETIME);
+        cfg.tcp = Some(tcp);
+        Peer::from_client(Client::spawn_thread(cfg).expect("a TCP client"))
+    };
+    let publisher = Publisher::start_on(
+        &api,
+        client("pub-tcp-1"),
+        &[("w-audio", MediaKind::Audio), ("w-video", MediaKind::Video)],
+    )
+    .await
+    .expect("the TCP client publishes on worker 1");
+    assert_eq!(publisher.session_id.get(8..10), Some("01"));
+    let sub = Subscriber::start_on(&api, client("sub-tcp-1"), &publisher.remote_refs())
+        .await
+        .expect("the TCP client pulls on worker 1");
+    expect_media(&sub, &publisher).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_ice_tcp_only_publishes_and_another_pulls_over_tcp() {
-    let node = TestNode::start(&["--media-tcp", "true"]).expect("a node with ICE-TCP starts");
+    // The test client's TCP link reaches only the address it dialed (the first worker's
+    // media port), where a browser dials its session's candidate: both sessions there.
+    let node = TestNode::start(&["--media-tcp", "true", "--worker-placement", "0,0"])
+        .expect("a node with ICE-TCP starts");
     let api = node.client();
     // The TCP twin listens on the media port.
     let tcp = node.media_addr();

@@ -480,7 +480,18 @@ async fn allocations_per_credential_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_only_relays_through_turn_publishes_and_pulls() {
-    let node = start();
+    // The test client's TURN channel reaches only the node's first media address, where a
+    // browser takes the one in its session's candidate: both sessions on the first worker.
+    let port = free_udp_tcp_port().expect("a free port").to_string();
+    let node = TestNode::start(&[
+        "--turn-key",
+        &format!("{KEY}:{SECRET}"),
+        "--turn-port",
+        &port,
+        "--worker-placement",
+        "0,0",
+    ])
+    .expect("starting the node");
     let api = node.client();
     let publisher = Publisher::start_on(
         &api,

@@ -149,9 +149,13 @@ pub async fn serve_stream(
     let session = SessionId::from_bytes(session_id);
     let down: DcLinkId = inner.next_down().0;
     let ch = channel.clone();
+    // The channel's session's worker serves this stream: every call about it goes there.
+    let worker = inner.engine.worker_of(session);
     let subscribed = inner
         .engine
-        .call(move |e, _| e.relay_channel_subscribe(&app, session, &ch, down))
+        .call_on(worker, move |e, _| {
+            e.relay_channel_subscribe(&app, session, &ch, down)
+        })
         .await;
     let answer = match subscribed {
         Ok(Ok(())) => DcFrame::Accepted,
@@ -171,7 +175,7 @@ pub async fn serve_stream(
         if accepted {
             let _ = inner
                 .engine
-                .call(move |e, _| e.relay_channel_unsubscribe(down))
+                .call_on(worker, move |e, _| e.relay_channel_unsubscribe(down))
                 .await;
         }
         return;
@@ -179,11 +183,11 @@ pub async fn serve_stream(
     let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
     inner.state().dc_downs.insert(down, tx);
     inner.spawn(write_frames(send, rx));
-    read_messages(&inner, recv, dec, Side::Down(down)).await;
+    read_messages(&inner, recv, dec, Side::Down(down, worker)).await;
     inner.state().dc_downs.remove(&down);
     let _ = inner
         .engine
-        .call(move |e, _| e.relay_channel_unsubscribe(down))
+        .call_on(worker, move |e, _| e.relay_channel_unsubscribe(down))
         .await;
 }
 
@@ -228,8 +232,9 @@ async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut DcDecoder) -> Option
 enum Side {
     /// This node subscribed (upstream): messages are the publisher's, answers to claims come.
     Up(DcLinkId),
-    /// A peer subscribed (downstream): messages are replies, claims come.
-    Down(DcLinkId),
+    /// A peer subscribed (downstream): messages are replies, claims come. With the engine
+    /// worker that holds the channel.
+    Down(DcLinkId, usize),
 }
 
 /// Hands every `Message` of the stream to the engine, and handles `canReply` claims and their
@@ -250,19 +255,27 @@ async fn read_messages(
         for frame in dec.feed(buf.get(..n).unwrap_or_default()) {
             match frame {
                 Ok(DcFrame::Message { binary, data }) => {
-                    let input = match side {
-                        Side::Up(up) => RelayIn::ChannelMessage { up, binary, data },
-                        Side::Down(down) => RelayIn::ChannelReply { down, binary, data },
+                    let (input, worker) = match side {
+                        // Channels relayed from other nodes live on the primary worker.
+                        Side::Up(up) => (
+                            RelayIn::ChannelMessage { up, binary, data },
+                            crate::workers::PRIMARY,
+                        ),
+                        Side::Down(down, worker) => {
+                            (RelayIn::ChannelReply { down, binary, data }, worker)
+                        }
                     };
-                    if inner.relay_in.try_send(input).is_err() {
+                    if !inner.engine.relay_input(worker, input) {
                         inner.dc_in_drops.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(DcFrame::Claim { seq, want }) => {
-                    let Side::Down(down) = side else { return };
+                    let Side::Down(down, worker) = side else {
+                        return;
+                    };
                     let answer = inner
                         .engine
-                        .call(move |e, _| e.relay_channel_claim(down, seq, want))
+                        .call_on(worker, move |e, _| e.relay_channel_claim(down, seq, want))
                         .await;
                     match answer {
                         Ok(Some(granted)) => {

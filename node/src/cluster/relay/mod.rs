@@ -31,7 +31,7 @@ use trackmesh_relay_proto::handshake::ALPN;
 use super::view::ClusterView;
 use crate::engine::{RelayIn, RelayOut};
 use crate::ids::{DownId, NodeId, NodeTag, SessionId, UpId};
-use crate::runtime::EngineHandle;
+use crate::workers::EngineHandle;
 pub use failures::PullError;
 
 /// Frames from other nodes waiting for the engine task; beyond it they are dropped and counted.

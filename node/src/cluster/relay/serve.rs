@@ -132,11 +132,15 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
             }
             ControlMsg::KeyframeRequest { sub } => {
                 let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
-                if let Some(down) = down {
+                // The worker holding the publication: its session's.
+                let session = down.and_then(|d| inner.state().downs.get(&d).map(|d| d.session));
+                if let (Some(down), Some(session)) = (down, session) {
                     let engine = inner.engine.clone();
                     inner.spawn(async move {
                         let _ = engine
-                            .call(move |e, now| e.relay_keyframe_request(down, now))
+                            .call_session(session, move |e, now| {
+                                e.relay_keyframe_request(down, now)
+                            })
                             .await;
                     });
                 }
@@ -159,11 +163,13 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
 }
 
 fn release(inner: &Arc<Inner>, down: DownId) {
-    inner.state().downs.remove(&down);
+    let Some(gone) = inner.state().downs.remove(&down) else {
+        return;
+    };
     let engine = inner.engine.clone();
     inner.spawn(async move {
         let _ = engine
-            .call(move |e, now| e.relay_unsubscribe(down, now))
+            .call_session(gone.session, move |e, now| e.relay_unsubscribe(down, now))
             .await;
     });
 }
@@ -220,9 +226,12 @@ async fn serve_subscription(
         },
     );
     let (app, track) = (s.app.clone(), s.track_name.clone());
+    // On the worker that holds the session (the primary for a track relayed from elsewhere).
     let res = inner
         .engine
-        .call(move |e, _| e.relay_subscribe(down, &app, session, &track))
+        .call_session(session, move |e, _| {
+            e.relay_subscribe(down, &app, session, &track)
+        })
         .await;
     match res {
         Ok(Ok(info)) => {

@@ -35,7 +35,7 @@ impl Engine {
         outgoing: Option<SocketAddr>,
         now: Instant,
     ) -> Result<(SessionId, Option<SessionDesc>), OpError> {
-        if self.sessions.len() >= self.cfg.max_sessions {
+        if self.sessions.len() + self.sessions_elsewhere >= self.cfg.max_sessions {
             return Err(OpError::Unavailable(
                 "this node holds its maximum number of sessions".into(),
             ));

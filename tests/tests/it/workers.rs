@@ -1,0 +1,230 @@
+//! Engine workers (`--workers`): sessions placed on chosen workers (`--worker-placement`, a
+//! test-only flag) get the same media, keyframes and relay behaviour as on one worker; a worker
+//! that panics fails `/healthz` and ends the node process with a non-zero status.
+
+use std::time::Duration;
+
+use trackmesh_tests::flows::MEDIA_TIMEOUT;
+use trackmesh_tests::{Cluster, ClusterConfig, MediaKind, Publisher, Subscriber, TestNode};
+
+/// The worker a session id names: the two hex characters after the node tag.
+fn worker_of(session_id: &str) -> &str {
+    session_id.get(8..10).unwrap_or("")
+}
+
+/// Wait until `sub` got audio and video (with a keyframe) from `publisher`.
+async fn expect_av(sub: &Subscriber, publisher: &Publisher, who: &str) {
+    let audio = publisher
+        .track(MediaKind::Audio)
+        .expect("audio")
+        .track_name
+        .clone();
+    let video = publisher
+        .track(MediaKind::Video)
+        .expect("video")
+        .track_name
+        .clone();
+    let a = sub
+        .mid_of(&publisher.session_id, &audio)
+        .expect("audio mid");
+    let v = sub
+        .mid_of(&publisher.session_id, &video)
+        .expect("video mid");
+    let (a2, v2) = (a.clone(), v.clone());
+    let s = sub
+        .peer
+        .wait_until("audio, video and a keyframe", MEDIA_TIMEOUT, move |s| {
+            s.rx_frames(&a2) >= 20 && s.rx_frames(&v2) >= 10 && s.rx_keyframes(&v2) >= 1
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{who} receives media: {e:#}"));
+    assert_eq!(
+        s.rx_bytes(&a) / s.rx_frames(&a),
+        100,
+        "{who}: audio frames arrive with the size they were sent with"
+    );
+    assert!(
+        s.rx_bytes(&v) / s.rx_frames(&v) >= 1000,
+        "{who}: video frames arrive whole: {s:?}"
+    );
+}
+
+/// A publisher on worker 0, a viewer on worker 1 and one on worker 0: both get the media, the
+/// viewer on worker 1 through one in-process link, and a late viewer on worker 1 starts with
+/// a keyframe although the publisher sends none by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_another_worker_get_the_same_media_and_a_keyframe_at_join() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "0,1,0,1"])
+        .expect("node with two workers");
+    let api = node.client();
+    let publisher = Publisher::start_av(&api, "cam").await.expect("publisher");
+    assert_eq!(worker_of(&publisher.session_id), "00", "placed on worker 0");
+    let refs = publisher.remote_refs();
+
+    let other = Subscriber::start(&api, "other-worker", &refs)
+        .await
+        .expect("viewer on worker 1");
+    assert_eq!(worker_of(&other.session_id), "01", "placed on worker 1");
+    let same = Subscriber::start(&api, "same-worker", &refs)
+        .await
+        .expect("viewer on worker 0");
+    assert_eq!(worker_of(&same.session_id), "00", "placed on worker 0");
+    expect_av(&other, &publisher, "the viewer on worker 1").await;
+    expect_av(&same, &publisher, "the viewer on worker 0").await;
+
+    // From now on only a request makes the publisher send a keyframe: a viewer joining on
+    // worker 1 gets one (worker 1's cached one, or the publisher's answer to the request that
+    // crossed back to worker 0).
+    publisher
+        .peer
+        .set_keyframe_interval(Duration::from_secs(600))
+        .await
+        .expect("no periodic keyframes");
+    let late = Subscriber::start(&api, "late", &refs)
+        .await
+        .expect("late viewer on worker 1");
+    assert_eq!(worker_of(&late.session_id), "01");
+    expect_av(&late, &publisher, "the late viewer on worker 1").await;
+
+    // One node to the outside: GET session of a worker-1 session, and the per-worker figures.
+    let st = api
+        .get_session(&other.session_id)
+        .await
+        .expect("GET the worker-1 viewer's session");
+    assert!(
+        st.tracks
+            .iter()
+            .all(|t| t.status.as_deref() == Some("active")),
+        "{st:?}"
+    );
+    let m = node.scrape().await.expect("metrics");
+    assert_eq!(
+        m.get(r#"trackmesh_worker_sessions{worker="1"}"#),
+        Some(&2.0),
+        "two sessions on worker 1: {m:?}"
+    );
+    assert!(
+        m.get(r#"trackmesh_worker_total{what="hop_frames",worker="0"}"#)
+            .is_some_and(|n| *n > 0.0),
+        "worker 0 handed frames to worker 1: {m:?}"
+    );
+    assert_eq!(
+        m.get(r#"trackmesh_relay_subscriptions{direction="upstream"}"#),
+        Some(&0.0),
+        "links between workers are not relay subscriptions"
+    );
+}
+
+/// A track published on worker 1 of node A is pulled by a viewer on node B (also placed on
+/// worker 1 there, so the relayed track crosses B's workers too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_published_on_worker_1_is_relayed_to_another_node() {
+    let _serial = trackmesh_tests::serial::cluster_slot().await;
+    let cl = Cluster::start_with(
+        &[("a", "r1"), ("b", "r1")],
+        ClusterConfig {
+            extra: ["--workers", "2", "--worker-placement", "1,1"]
+                .map(String::from)
+                .to_vec(),
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .expect("two nodes");
+    let publisher = Publisher::start_av(&cl.client("a"), "cam")
+        .await
+        .expect("publisher on A");
+    assert_eq!(worker_of(&publisher.session_id), "01", "on A's worker 1");
+    let sub = Subscriber::start_retrying(&cl.client("b"), "viewer-b", &publisher.remote_refs())
+        .await
+        .expect("viewer on B");
+    assert_eq!(worker_of(&sub.session_id), "01", "on B's worker 1");
+    expect_av(&sub, &publisher, "the viewer on B").await;
+}
+
+/// A worker that panics: its calls fail, `/healthz` says the engine stopped, and the node
+/// process exits with a failure status so that its supervisor restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_fails_healthz_and_ends_the_process_non_zero() {
+    let mut node = TestNode::start_process(&[
+        "--workers",
+        "2",
+        "--worker-placement",
+        "1",
+        "--fault-panic-worker",
+        "1",
+    ])
+    .expect("node process");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let healthz = format!("{}/healthz", node.http_url());
+    let before = http.get(&healthz).send().await.expect("GET /healthz");
+    assert_eq!(before.status().as_u16(), 200, "healthy before the panic");
+    // The first session goes to worker 1, which panics at its call.
+    let created = node.client().sessions_new().await;
+    assert!(
+        created.is_err(),
+        "the call on the dead worker fails: {created:?}"
+    );
+    // Bounded: the process exits soon after the panic; until then /healthz fails.
+    let mut code = None;
+    let mut unhealthy = false;
+    for _ in 0..200 {
+        match http.get(&healthz).send().await {
+            Ok(r) if r.status().as_u16() == 503 => {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                assert_eq!(body["errorDescription"], "stopped: engine", "{body}");
+                unhealthy = true;
+            }
+            _ => {}
+        }
+        code = node.exit_code().expect("a process node");
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the node exits non-zero after a worker panicked: {code:?} (unhealthy seen: {unhealthy})"
+    );
+}
+
+/// Streams live on the first worker: binding a Calls session held by another worker is refused
+/// with a 409 that says why, not a misleading "not found"; one on the first worker binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_first_worker_session_can_be_bound_to_a_stream() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0"])
+        .expect("node with two workers");
+    let api = node.client();
+    let bind = |p: &Publisher| {
+        let names: Vec<String> = p.tracks.iter().map(|t| t.track_name.clone()).collect();
+        serde_json::json!({"sessionId": p.session_id, "tracks": names})
+    };
+    let on_1 = Publisher::start_av(&api, "w1").await.expect("publisher");
+    assert_eq!(worker_of(&on_1.session_id), "01");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/s1/publisher",
+            Some(bind(&on_1)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("worker 1"), "{body}");
+    let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
+    assert_eq!(worker_of(&on_0.session_id), "00");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/s0/publisher",
+            Some(bind(&on_0)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 200, "{body}");
+}
