@@ -150,11 +150,25 @@ impl Stats {
 impl SimulcastStats {
     /// Adds another engine's figures: the node's total over its workers.
     pub fn add(&mut self, other: &SimulcastStats) {
-        self.unknown_rid += other.unknown_rid;
-        self.too_many_layers += other.too_many_layers;
-        self.ssrc_change += other.ssrc_change;
-        self.time_jump += other.time_jump;
-        self.switches += other.switches;
+        // Named one by one, so a new counter cannot be left out of the node's total.
+        let SimulcastStats {
+            unknown_rid,
+            too_many_layers,
+            ssrc_change,
+            time_jump,
+            switches,
+            estimates,
+            bwe_down,
+            bwe_up,
+        } = other;
+        self.unknown_rid += unknown_rid;
+        self.too_many_layers += too_many_layers;
+        self.ssrc_change += ssrc_change;
+        self.time_jump += time_jump;
+        self.switches += switches;
+        self.estimates += estimates;
+        self.bwe_down += bwe_down;
+        self.bwe_up += bwe_up;
     }
 }
 
