@@ -279,6 +279,10 @@ impl Workers {
     }
 }
 
+/// How often, and how many times, a link to a track with no media yet asks again (3 s).
+const MEDIA_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(20);
+const MEDIA_WAIT_TRIES: u32 = 150;
+
 impl EngineHandle {
     /// Makes `(session, track)` of `app`, held by another worker of this node, available on
     /// worker `to` as a relayed publication fed by an in-process link (see `links.rs`). The
@@ -306,10 +310,27 @@ impl EngineHandle {
             return Ok(());
         }
         let (down, up) = shared.links.open(from, to);
-        let (a, t) = (app.to_string(), track.to_string());
-        let info = self
-            .call_on(from, move |e, _| e.relay_subscribe(down, &a, session, &t))
-            .await;
+        // A track published a moment ago has no codec until its first frame: a pull right
+        // after the publisher connects waits for it (bounded), as a pull on the same worker
+        // would simply attach and wait.
+        let mut tries = 0;
+        let info = loop {
+            let (a, t) = (app.to_string(), track.to_string());
+            let info = self
+                .call_on(from, move |e, _| e.relay_subscribe(down, &a, session, &t))
+                .await;
+            let (a, t) = (app.to_string(), track.to_string());
+            let waiting = matches!(info, Ok(Err(_)))
+                && tries < MEDIA_WAIT_TRIES
+                && self
+                    .call_on(from, move |e, _| e.has_publication(&a, session, &t))
+                    .await?;
+            if !waiting {
+                break info;
+            }
+            tries += 1;
+            tokio::time::sleep(MEDIA_WAIT_STEP).await;
+        };
         let Ok(Ok(info)) = info else {
             shared.links.close_up(up);
             return info.map(|_| ());
