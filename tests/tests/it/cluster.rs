@@ -177,6 +177,41 @@ async fn publish_on_a_pull_on_b_and_c() {
     }
 }
 
+/// A pull on another node that comes right after the publisher connected, before its first
+/// frame, is answered once that frame comes, not with `not_found_track_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_from_another_node_before_the_first_frame_gets_the_track() {
+    let _serial = serial().await;
+    let cl = start_cluster(&[("a", "r1"), ("b", "r1")]).await;
+    let api_a = cl.client("a");
+    let publisher = Peer::new("quiet-pub").expect("peer");
+    let session_id = api_a
+        .sessions_new()
+        .await
+        .expect("sessions/new on A")
+        .session_id;
+    let pushed = publisher
+        .push(&api_a, &session_id, &[("quiet-video", MediaKind::Video)])
+        .await
+        .expect("push on A");
+    publisher
+        .wait_connected(trackmesh_tests::flows::CONNECT_TIMEOUT)
+        .await
+        .expect("publisher connected");
+    let refs = vec![(session_id.clone(), "quiet-video".to_string())];
+    let mid = pushed[0].mid.clone();
+    // No frame yet when B asks A; the publisher starts sending a moment later.
+    let api_b = cl.client("b");
+    let (sub, sent) = tokio::join!(Subscriber::start(&api_b, "sub-b", &refs), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publisher.start_sending(&[mid.as_str()]).await
+    });
+    sent.expect("publisher starts sending");
+    let sub = sub.unwrap_or_else(|e| panic!("the pull on B before the first frame: {e:#}"));
+    let vm = sub.mid_of(&session_id, "quiet-video").expect("video mid");
+    expect_video(&sub, &vm, "B's viewer").await;
+}
+
 fn track_summary(tracks: &[TrackObject]) -> Vec<(String, String, String, String, String)> {
     let mut v: Vec<_> = tracks
         .iter()

@@ -196,6 +196,11 @@ async fn subscribe(
     let _ = control.send(reply).await;
 }
 
+/// How often, and how many times, a subscription to a track with no frame yet asks again
+/// (2 s: the subscribing node gives up after 3).
+const MEDIA_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(20);
+const MEDIA_WAIT_TRIES: u32 = 100;
+
 async fn serve_subscription(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
@@ -225,14 +230,35 @@ async fn serve_subscription(
             frames: Arc::new(AtomicU64::new(0)),
         },
     );
-    let (app, track) = (s.app.clone(), s.track_name.clone());
     // On the worker that holds the session (the primary for a track relayed from elsewhere).
-    let res = inner
-        .engine
-        .call_session(session, move |e, _| {
-            e.relay_subscribe(down, &app, session, &track)
-        })
-        .await;
+    // A track published a moment ago has no codec until its first frame: a subscription that
+    // comes before it waits for it (bounded, within the subscriber's own timeout) rather than
+    // being refused as not found.
+    let mut tries = 0;
+    let res = loop {
+        let (app, track) = (s.app.clone(), s.track_name.clone());
+        let res = inner
+            .engine
+            .call_session(session, move |e, _| {
+                e.relay_subscribe(down, &app, session, &track)
+            })
+            .await;
+        let (app, track) = (s.app.clone(), s.track_name.clone());
+        let waiting = matches!(res, Ok(Err(_)))
+            && tries < MEDIA_WAIT_TRIES
+            && inner
+                .engine
+                .call_session(session, move |e, _| {
+                    e.has_publication(&app, session, &track)
+                })
+                .await
+                .unwrap_or(false);
+        if !waiting {
+            break res;
+        }
+        tries += 1;
+        tokio::time::sleep(MEDIA_WAIT_STEP).await;
+    };
     match res {
         Ok(Ok(info)) => {
             if let Ok(mut m) = subs.lock() {
