@@ -610,7 +610,11 @@ impl Engine {
     }
 
     /// The cached keyframe of a publication (of a layered one, of each layer), as frames for a
-    /// new downstream relay subscription.
+    /// new downstream relay subscription: only one that no delta frame has followed yet. The
+    /// downstream has been getting the live frames since it subscribed, so a keyframe older
+    /// than the last of them would be followed by deltas that do not build on it (the other
+    /// node's viewers would lose the frames in between, or decode garbage); it waits for the
+    /// live keyframe its request brings instead.
     pub(super) fn cached_relay_keyframes(&self, key: &TrackKey) -> Vec<RelayFrame> {
         let Some(p) = self.publications.get(key) else {
             return Vec::new();
@@ -622,11 +626,17 @@ impl Engine {
             rid,
         };
         if !p.layers.is_layered() {
-            return p.last_keyframe.iter().map(|c| frame(c, None)).collect();
+            return p
+                .last_keyframe
+                .iter()
+                .filter(|_| p.frames_since_keyframe == 0)
+                .map(|c| frame(c, None))
+                .collect();
         }
         p.layers
             .layers()
             .iter()
+            .filter(|l| l.data.frames_since_keyframe == 0)
             .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
             .collect()
     }
