@@ -194,7 +194,8 @@ pub async fn sessions_new(
         let req: NewSessionRequest = decode(&bytes)?;
         check_description(&req.session_description, SdpType::Offer)?;
         let sdp = req.session_description.sdp;
-        Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
+        let twcc = st.twcc;
+        Some(off_engine(&st, move || ClientOffer::parse_for(&sdp, twcc)).await?)
     };
     let quota = st.limits.per_app_quota;
     // The app's quota counts its sessions on every worker; the new one goes to the least loaded.
@@ -247,7 +248,8 @@ pub async fn tracks_new(
         Some(d) => {
             check_description(&d, SdpType::Offer)?;
             let sdp = d.sdp;
-            Some(off_engine(&st, move || ClientOffer::parse(&sdp)).await?)
+            let twcc = st.twcc;
+            Some(off_engine(&st, move || ClientOffer::parse_for(&sdp, twcc)).await?)
         }
         None => None,
     };
@@ -414,7 +416,8 @@ pub async fn renegotiate(
     let req: RenegotiateRequest = decode(&bytes)?;
     check_description(&req.session_description, SdpType::Answer)?;
     let sdp = req.session_description.sdp;
-    let answer = off_engine(&st, move || ClientAnswer::parse(&sdp)).await?;
+    let twcc = st.twcc;
+    let answer = off_engine(&st, move || ClientAnswer::parse_for(&sdp, twcc)).await?;
     st.engine
         .call_on(st.engine.worker_of_str(&session), move |e, now| {
             e.renegotiate(&app, &session, answer, now)
@@ -498,7 +501,13 @@ pub async fn tracks_close(
     let offer = match offer {
         Some(sdp) => {
             let closing = mids.clone();
-            Some(off_engine(&st, move || ClientOffer::parse_closing(&sdp, &closing)).await?)
+            let twcc = st.twcc;
+            Some(
+                off_engine(&st, move || {
+                    ClientOffer::parse_closing(&sdp, &closing, twcc)
+                })
+                .await?,
+            )
         }
         None => None,
     };

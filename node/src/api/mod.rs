@@ -92,6 +92,9 @@ pub struct ApiState {
     pub rooms: rooms::RoomsState,
     /// The HTTP address, named in tickets when a request has no Host.
     http_addr: std::net::SocketAddr,
+    /// Where clients' SDP keeps transport-wide congestion control (only `--bwe` reads it on
+    /// the legs the node sends on).
+    pub(crate) twcc: crate::engine::Twcc,
 }
 
 /// The WHIP/WHEP settings of the node.
@@ -154,6 +157,7 @@ impl ApiState {
             cascades,
             rooms,
             http_addr: cfg.http,
+            twcc: crate::engine::Twcc::for_bwe(cfg.bwe),
         }
     }
 }

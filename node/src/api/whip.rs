@@ -165,7 +165,8 @@ async fn post(
         .map_err(|_| Problem::bad_sdp("the SDP is not UTF-8"))?
         .to_string();
     crate::engine::sdp_limits::check(&sdp).map_err(|b| Problem::bad_sdp(b.to_string()))?;
-    let offer = off_engine(&st, move || ClientOffer::parse(&sdp)).await?;
+    let twcc = st.twcc;
+    let offer = off_engine(&st, move || ClientOffer::parse_for(&sdp, twcc)).await?;
     // The cluster: a publisher of this name on another node makes a second one a conflict, and
     // a viewer here follows it (its tracks pulled over the relay before the viewer's answer).
     let elsewhere = super::stream_follow::remote_publisher(&st, &app, &stream);

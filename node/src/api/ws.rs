@@ -486,7 +486,8 @@ async fn apply_answer(st: &ApiState, j: &mut Joined, sdp: String) -> Result<(), 
     if sdp.len() > crate::engine::sdp_limits::MAX_SDP_BYTES {
         return Err(CloseReason::SdpParse);
     }
-    let answer = super::calls::off_engine(st, move || ClientAnswer::parse(&sdp))
+    let twcc = st.twcc;
+    let answer = super::calls::off_engine(st, move || ClientAnswer::parse_for(&sdp, twcc))
         .await
         .map_err(|_| CloseReason::InternalError)?;
     let (app, sid) = (j.app.clone(), j.session.to_string());

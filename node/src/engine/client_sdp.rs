@@ -9,9 +9,37 @@ use str0m::change::{SdpAnswer, SdpOffer};
 
 use super::OpError;
 use super::sdp::{
-    OfferedMedia, drop_rejected_creds, has_data_section, has_ice_ufrag, media_sections,
-    set_inactive,
+    OfferedMedia, drop_rejected_creds, drop_twcc_where_client_only_receives, has_data_section,
+    has_ice_ufrag, media_sections, set_inactive,
 };
+
+/// Which of a client's media sections keep the transport-wide congestion control extension
+/// (see [`drop_twcc_where_client_only_receives`] for what it costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twcc {
+    /// Every section: bandwidth estimation on the subscribers' legs (`--bwe`) needs it.
+    Everywhere,
+    /// Only the sections the client sends on.
+    WhereClientSends,
+}
+
+impl Twcc {
+    /// What a node with (`--bwe`) or without bandwidth estimation needs.
+    pub fn for_bwe(bwe: bool) -> Twcc {
+        if bwe {
+            Twcc::Everywhere
+        } else {
+            Twcc::WhereClientSends
+        }
+    }
+
+    fn apply(self, text: &str) -> std::borrow::Cow<'_, str> {
+        match self {
+            Twcc::Everywhere => std::borrow::Cow::Borrowed(text),
+            Twcc::WhereClientSends => drop_twcc_where_client_only_receives(text),
+        }
+    }
+}
 
 /// A client's offer: its text (for what str0m's model does not show) and its parse.
 #[derive(Debug)]
@@ -35,7 +63,13 @@ pub const MAX_REMEMBERED_OFFER: usize = 32 * 1024;
 impl ClientOffer {
     /// Reads an offer; a bad one is kept as its error, reported when an operation uses it.
     pub fn parse(text: &str) -> ClientOffer {
-        let text = &*drop_rejected_creds(text);
+        ClientOffer::parse_for(text, Twcc::Everywhere)
+    }
+
+    /// Reads an offer, keeping the TWCC extension where `twcc` says.
+    pub fn parse_for(text: &str, twcc: Twcc) -> ClientOffer {
+        let text = drop_rejected_creds(text);
+        let text = &*twcc.apply(&text);
         ClientOffer {
             sections: media_sections(text),
             parsed: parse_offer(text),
@@ -56,8 +90,8 @@ impl ClientOffer {
 
     /// The offer of a `tracks/close`: the listed mids are made inactive first (the client may
     /// still show them active), so the answer says `inactive` too.
-    pub fn parse_closing(text: &str, mids: &[String]) -> ClientOffer {
-        ClientOffer::parse(&set_inactive(text, mids))
+    pub fn parse_closing(text: &str, mids: &[String], twcc: Twcc) -> ClientOffer {
+        ClientOffer::parse_for(&set_inactive(text, mids), twcc)
     }
 }
 
@@ -85,7 +119,13 @@ pub struct ClientAnswer {
 impl ClientAnswer {
     /// Reads an answer; a bad one is kept as its error, reported when `renegotiate` uses it.
     pub fn parse(text: &str) -> ClientAnswer {
-        let text = &*drop_rejected_creds(text);
+        ClientAnswer::parse_for(text, Twcc::Everywhere)
+    }
+
+    /// Reads an answer, keeping the TWCC extension where `twcc` says.
+    pub fn parse_for(text: &str, twcc: Twcc) -> ClientAnswer {
+        let text = drop_rejected_creds(text);
+        let text = &*twcc.apply(&text);
         let parsed = if has_ice_ufrag(text) {
             SdpAnswer::from_sdp_string(text).map_err(|e| {
                 OpError::Decoding(format!("invalid SDP answer: {}", scrub(&e.to_string())))

@@ -81,7 +81,7 @@ use str0m::net::Transmit;
 
 pub use channel_fanout::ChannelStats;
 pub use channel_relay::DcLinkId;
-pub use client_sdp::{ClientAnswer, ClientOffer};
+pub use client_sdp::{ClientAnswer, ClientOffer, Twcc};
 pub use demux::{Demux, Route};
 pub use egress::{
     EgressLabels, EgressPacket, MAX_EGRESS_QUEUE, MAX_LABEL_BYTES, subject, subject_token,

@@ -274,3 +274,94 @@ mod inactive_tests {
         assert!(out.contains("a=sendonly"));
     }
 }
+
+/// The transport-wide sequence number extension (TWCC), as browsers and str0m name it.
+const TWCC_URI: &str = "transport-wide-cc-extensions-01";
+
+/// The SDP without the TWCC extension in media sections where the client only receives
+/// (`recvonly` or `inactive`), so those sections stay as they are otherwise.
+///
+/// str0m keeps a record of each packet it sends with a transport-wide sequence number, the last
+/// 1,000 per session (`TwccSendRegister`, not configurable): for a subscriber that is about
+/// 60–120 KB once 1,000 packets went out, and every such packet brings transport-cc feedback
+/// the node must decrypt and parse. Only bandwidth estimation on the subscriber's leg
+/// (`--bwe`) reads that feedback, so without it the extension is dropped where the node only
+/// sends. The client's sending sections keep it: the client's own bandwidth estimation needs
+/// the node's feedback on what it publishes. str0m takes a section's extensions from the
+/// client's SDP (offer or answer), so this is where they are chosen.
+pub fn drop_twcc_where_client_only_receives(sdp: &str) -> std::borrow::Cow<'_, str> {
+    let is_twcc = |l: &str| l.starts_with("a=extmap:") && l.trim_end().ends_with(TWCC_URI);
+    if !sdp.lines().any(is_twcc) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let receive_only: Vec<bool> = split_sections(sdp)
+        .iter()
+        .map(|s| {
+            s.first().is_some_and(|l| l.starts_with("m="))
+                && s.iter().any(|l| matches!(*l, "a=recvonly" | "a=inactive"))
+        })
+        .collect();
+    let mut out = String::with_capacity(sdp.len());
+    let mut section = 0;
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            section += 1;
+        }
+        if is_twcc(line) && receive_only.get(section).copied().unwrap_or(false) {
+            continue;
+        }
+        out.push_str(line);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod twcc_tests {
+    use super::*;
+
+    const TWCC: &str =
+        "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
+
+    #[test]
+    fn twcc_is_dropped_only_where_the_client_only_receives() {
+        let sdp = format!(
+            "v=0\r\na=ice-ufrag:x\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n{TWCC}a=sendonly\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n{TWCC}a=recvonly\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\n{TWCC}\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\n{TWCC}a=inactive\r\n"
+        );
+        let out = drop_twcc_where_client_only_receives(&sdp);
+        let sections: Vec<&str> = out.split("m=").collect();
+        assert_eq!(sections.len(), 5);
+        assert!(
+            sections[1].contains("transport-wide-cc"),
+            "sendonly keeps it"
+        );
+        assert!(
+            !sections[2].contains("transport-wide-cc"),
+            "recvonly drops it"
+        );
+        assert!(
+            sections[3].contains("transport-wide-cc"),
+            "no direction is sendrecv: keeps it"
+        );
+        assert!(
+            !sections[4].contains("transport-wide-cc"),
+            "inactive drops it"
+        );
+        assert!(
+            out.contains("a=mid:1\r\na=recvonly\r\n"),
+            "the rest untouched"
+        );
+    }
+
+    #[test]
+    fn an_sdp_without_twcc_is_not_copied() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\n";
+        assert!(matches!(
+            drop_twcc_where_client_only_receives(sdp),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

@@ -126,7 +126,11 @@ fn a_new_dtls_transport_after_closing_every_track_keeps_the_session() {
             &s_sid,
             names.clone(),
             false,
-            Some(ClientOffer::parse_closing(&offer.to_sdp_string(), &names)),
+            Some(ClientOffer::parse_closing(
+                &offer.to_sdp_string(),
+                &names,
+                crate::engine::Twcc::Everywhere,
+            )),
             w.now,
         )
         .expect("bulk close");

@@ -63,6 +63,8 @@ pub struct TrackRx {
     /// Largest difference (µs) between two consecutive frames' media time step and the time
     /// between their arrivals: media time that runs with the wallclock keeps it small.
     pub max_time_drift_us: u64,
+    /// Frames that carried a transport-wide sequence number (the TWCC header extension).
+    pub twcc_frames: u64,
     last_arrival: Option<Instant>,
 }
 
@@ -85,6 +87,7 @@ impl TrackRx {
             time_backwards: 0,
             max_time_step: 0,
             max_time_drift_us: 0,
+            twcc_frames: 0,
             last_arrival: None,
         }
     }
@@ -199,6 +202,16 @@ impl ClientStats {
         *slot(&mut self.keyframe_requests, mid, || 0) += 1;
         if let Some(rid) = rid {
             *slot(&mut self.layer_keyframe_requests, rid, || 0) += 1;
+        }
+    }
+
+    /// Account a received frame's transport-wide sequence number, if any (after
+    /// [`Self::on_frame`]).
+    pub(super) fn on_frame_twcc(&mut self, mid: &str, carried: bool) {
+        if let Some(t) = self.rx.get_mut(mid)
+            && carried
+        {
+            t.twcc_frames += 1;
         }
     }
 

@@ -830,3 +830,37 @@ async fn a_pull_with_the_clients_offer_is_answered_and_media_arrives() {
     .await
     .expect("media arrives");
 }
+
+/// Without `--bwe` the node sends subscribers no transport-wide sequence numbers: nothing would
+/// read the feedback, and str0m would keep a record of each such packet (1,000 per session).
+/// With `--bwe` they are back, as bandwidth estimation needs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_get_transport_wide_sequence_numbers_only_with_bandwidth_estimation() {
+    for (args, expect_twcc) in [(&[][..], false), (&["--bwe", "true"][..], true)] {
+        let node = start_node(args);
+        let api = node.client();
+        let publisher = Publisher::start_av(&api, "twcc").await.expect("publisher");
+        let sub = Subscriber::start(&api, "viewer", &publisher.remote_refs())
+            .await
+            .expect("subscriber");
+        let mid = |kind| {
+            let t = publisher.track(kind).expect("track");
+            sub.mid_of(&publisher.session_id, &t.track_name)
+                .expect("mid")
+        };
+        let (am, vm) = (mid(MediaKind::Audio), mid(MediaKind::Video));
+        expect_av(&sub, &am, &vm).await;
+        let s = sub.peer.stats();
+        for m in [&am, &vm] {
+            let t = s.rx.get(m.as_str()).expect("a received track");
+            assert!(t.frames > 0);
+            assert_eq!(
+                t.twcc_frames > 0,
+                expect_twcc,
+                "{args:?}: {} of {} frames on mid {m} carried a transport-wide sequence number",
+                t.twcc_frames,
+                t.frames
+            );
+        }
+    }
+}
