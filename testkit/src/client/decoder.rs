@@ -8,7 +8,10 @@
 //!
 //! The model decodes frames as they arrive, as a decoder without a jitter buffer would:
 //! - Nothing decodes before the first keyframe (a track whose first frame is a delta starts
-//!   broken).
+//!   broken). A joining viewer's first frame is often the node's cached keyframe: the live
+//!   frames after it decode only if they follow it directly or start at a keyframe, which the
+//!   node's keyframe cache promises (DESIGN.md); broken frames at join say it did not. The loss
+//!   counters call that gap "skipped at join", not loss.
 //! - After a gap, every delta is broken until a keyframe, including one whose predecessor
 //!   arrives later: a decoder cannot take back a frame it decoded from the wrong reference.
 //! - A late frame (below the newest decodable one) decodes if its predecessor did. That is
