@@ -389,9 +389,10 @@ async fn inner_relayed_viewer_survives_partitions() {
     assert_eq!(st.status_of(&vm), Some("active"), "{st:?}");
     let s = sub.peer.stats();
     eprintln!(
-        "outage: the viewer saw {} video frames, {} keyframes",
+        "outage: the viewer saw {} video frames, {} keyframes, {} broken",
         s.rx_frames(&vm),
-        s.rx_keyframes(&vm)
+        s.rx_keyframes(&vm),
+        s.rx_broken(&vm)
     );
 }
 
