@@ -27,13 +27,14 @@ fn small(duration_s: u64) -> Common {
     }
 }
 
-/// Every subscriber of the group received media on every track, nothing was lost, and latency
-/// samples were recorded.
+/// Every subscriber of the group received media on every track, nothing was lost, every video
+/// frame would decode, and latency samples were recorded.
 fn assert_group_ok(r: &Report, g: &GroupFigures) {
     assert!(g.subscribers > 0, "{}", r.text());
     assert_eq!(g.receiving, g.subscribers, "{}", r.text());
     assert!(g.frames_received > 0, "{}", r.text());
     assert_eq!(g.frames_lost, 0, "{}", r.text());
+    assert_eq!(g.frames_broken_video, 0, "{}", r.text());
     assert!(g.latency.is_some_and(|d| d.n > 0), "{}", r.text());
     assert!(g.client_errors.is_empty(), "{}", r.text());
 }
@@ -167,6 +168,7 @@ async fn churn_six_subscribers() {
     assert!(joins >= 6, "{}", r.text());
     let g = &r.groups[0];
     assert_eq!(g.frames_lost, 0, "{}", r.text());
+    assert_eq!(g.frames_broken_video, 0, "{}", r.text());
     assert!(g.latency.is_some_and(|d| d.n > 0), "{}", r.text());
     assert_eq!(g.pull_to_first_frame.map(|d| d.n), Some(joins));
 }
@@ -289,6 +291,8 @@ async fn simulcast_six_subscribers_switching_layers() {
     let g = &r.groups[0];
     assert_eq!(g.receiving, 6, "{}", r.text());
     assert!(g.frames_received > 0, "{}", r.text());
+    // Layer switches land on the new layer's keyframe.
+    assert_eq!(g.frames_broken_video, 0, "{}", r.text());
     assert!(g.client_errors.is_empty(), "{}", r.text());
     let asked = r.extra["switches_asked"].as_u64().expect("a count");
     assert!(asked > 0, "{}", r.text());

@@ -123,6 +123,15 @@ impl VideoShape {
         Duration::from_secs_f64(self.keyframe_interval_s.max(0.1))
     }
 
+    /// The most frames a [`Source`] sends from one periodic keyframe to the next: the first
+    /// frame at least [`Self::keyframe_interval`] after a keyframe is one (61 for 30 fps and
+    /// 2 s, as the frame interval rounds down to whole nanoseconds). A late sender drops frames
+    /// rather than catching up, so it sends fewer, never more.
+    pub fn frames_per_keyframe_interval(&self) -> u64 {
+        let frame = self.frame_interval().as_nanos().max(1);
+        u64::try_from(self.keyframe_interval().as_nanos().div_ceil(frame)).unwrap_or(u64::MAX)
+    }
+
     /// RTP ticks (90 kHz) per frame.
     pub fn ticks_per_frame(&self) -> u64 {
         VIDEO_CLOCK / u64::from(self.fps.max(1))
@@ -279,6 +288,9 @@ impl Source {
                 audio_frame(seq, send_us),
                 MediaTime::new(seq * AUDIO_TICKS, Frequency::FORTY_EIGHT_KHZ),
             ),
+            // Each delta frame references only the frame before it (the receivers' decoder
+            // model relies on it, `client::decoder`): one chain per track, restarted by every
+            // keyframe, with no frame skipped (`seq` counts every frame made).
             MediaKind::Video => {
                 let keyframe = self.force_keyframe
                     || self
@@ -359,6 +371,20 @@ mod tests {
         assert!(v.next_frame(t2, &shape).expect("due").keyframe);
         let late = t2 + shape.keyframe_interval();
         assert!(v.next_frame(late, &shape).expect("due").keyframe);
+
+        // On time, periodic keyframes are `frames_per_keyframe_interval` frames apart.
+        let n = shape.frames_per_keyframe_interval();
+        assert_eq!(n, 61, "30 fps, 2 s");
+        let mut v = Source::new(MediaKind::Video, t0);
+        let keys: Vec<u64> = (0..200)
+            .filter_map(|i| {
+                let at = t0 + shape.frame_interval() * i;
+                v.next_frame(at, &shape)
+                    .filter(|f| f.keyframe)
+                    .map(|f| f.seq)
+            })
+            .collect();
+        assert_eq!(keys, [0, n, 2 * n, 3 * n]);
 
         let mut a = Source::new(MediaKind::Audio, t0);
         let f = a.next_frame(t0, &shape).expect("due");

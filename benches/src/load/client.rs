@@ -1,8 +1,8 @@
 //! The load generator's client: the test client ([`trackmesh_tests::Peer`], the test kit's
 //! str0m client plus the Calls flows) driven by one tokio task per client, so hundreds fit in
 //! one process. Publishers send the test kit's synthetic Opus/VP8 frames; subscribers record
-//! per track frames, keyframes, sequence gaps (lost frames), one-way latency and first-frame
-//! times ([`ClientStats`]).
+//! per track frames, keyframes, sequence gaps (lost frames), broken video frames (a decoder
+//! model), one-way latency and first-frame times ([`ClientStats`]).
 //!
 //! What the scenarios add: a pull that fails unless every item got a mid, and a close that
 //! fails on an error code.

@@ -105,6 +105,9 @@ pub struct GroupFigures {
     pub frames_lost_video: u64,
     pub loss_percent: f64,
     pub frames_reordered: u64,
+    /// Video frames a decoder could not decode (their reference frame never came): corrupt or
+    /// frozen pictures, from the test kit's decoder model.
+    pub frames_broken_video: u64,
     pub frames_unstamped: u64,
     /// Frames skipped between a track's first frame and the next (cached keyframe, then live).
     pub frames_skipped_at_join: u64,
@@ -254,7 +257,7 @@ impl Report {
             let _ = writeln!(o);
             let _ = writeln!(
                 o,
-                "[{}] subscribers {} · receiving {} · frames {} (key {}) · lost {} ({:.4} %; audio {} video {}) · reordered {} · unstamped {} · skipped at join {}",
+                "[{}] subscribers {} · receiving {} · frames {} (key {}) · lost {} ({:.4} %; audio {} video {}) · reordered {} · broken video {} · unstamped {} · skipped at join {}",
                 g.name,
                 g.subscribers,
                 g.receiving,
@@ -265,6 +268,7 @@ impl Report {
                 g.frames_lost_audio,
                 g.frames_lost_video,
                 g.frames_reordered,
+                g.frames_broken_video,
                 g.frames_unstamped,
                 g.frames_skipped_at_join
             );

@@ -454,6 +454,7 @@ impl<S: StatsCell> Core<S> {
                 Ok(pt) => pt,
                 Err(e) => {
                     self.record_error(e);
+                    self.frame_not_sent(i);
                     continue;
                 }
             };
@@ -466,10 +467,19 @@ impl<S: StatsCell> Core<S> {
             };
             if let Err(e) = written {
                 self.record_error(format!("{e:#}"));
+                self.frame_not_sent(i);
             }
             self.drain(now, send)?;
         }
         Ok(())
+    }
+
+    /// Sending `i`'s last frame never left: its next video frame is a keyframe, as the delta
+    /// would reference a frame no receiver got (and their decoder model would count it broken).
+    fn frame_not_sent(&mut self, i: usize) {
+        if let Some(s) = self.sending.get_mut(i) {
+            s.source.request_keyframe();
+        }
     }
 
     /// The driver's loop ended with `result`: disconnect, flush, and mark the client stopped.

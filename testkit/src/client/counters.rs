@@ -1,12 +1,14 @@
-//! What a client did and saw: per-track receive and send counters, loss and latency from the
-//! frames' stamps, and a measurement window the load generator resets.
+//! What a client did and saw: per-track receive and send counters, loss, latency and broken
+//! video (a decoder model, [`super::decoder`]) from the frames' stamps, and a measurement window
+//! the load generator resets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use str0m::media::{MediaKind, MediaTime};
 
+use super::decoder::DecoderModel;
 use crate::media::{micros_since_origin, read_stamp};
 use crate::stats::Histogram;
 
@@ -14,6 +16,8 @@ use crate::stats::Histogram;
 const MAX_ERRORS: usize = 32;
 /// A received send time further than this from the receive time is not a latency sample.
 const MAX_PLAUSIBLE_LATENCY_US: u64 = 60_000_000;
+/// Keyframes remembered per video track (about 30 s of periodic ones at the test client's 2 s).
+const RECENT_KEYFRAMES: usize = 16;
 
 /// Counters of one received track that a measurement window resets.
 #[derive(Clone, Debug, Default)]
@@ -30,8 +34,18 @@ pub struct RxWindow {
     /// Frames between the first received frame and the next one (a cached keyframe served to a
     /// joining viewer, then live frames): skipped by design, not lost.
     pub skipped_at_join: u64,
+    /// Video frames a decoder could not decode: a delta whose reference never came
+    /// ([`super::decoder`]). A real decoder shows corruption or freezes on these.
+    pub broken: u64,
     /// One-way latency, µs.
     pub latency: Histogram,
+}
+
+/// One received frame, by its stamped sequence number and arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameMark {
+    pub seq: u64,
+    pub at: Instant,
 }
 
 /// What a client saw on one received track (mid), since it was negotiated.
@@ -65,6 +79,16 @@ pub struct TrackRx {
     pub max_time_drift_us: u64,
     /// Frames that carried a transport-wide sequence number (the TWCC header extension).
     pub twcc_frames: u64,
+    /// Video frames a decoder could not decode, since the track was negotiated (see
+    /// [`RxWindow::broken`]).
+    pub broken: u64,
+    /// The newest broken video frame.
+    pub last_broken: Option<FrameMark>,
+    /// The first keyframe after [`TrackRx::last_broken`]: from there the picture is clean.
+    pub healed_by: Option<FrameMark>,
+    /// The last few stamped keyframes, oldest first ([`RECENT_KEYFRAMES`]).
+    pub recent_keyframes: VecDeque<FrameMark>,
+    decoder: DecoderModel,
     last_arrival: Option<Instant>,
 }
 
@@ -88,7 +112,38 @@ impl TrackRx {
             max_time_step: 0,
             max_time_drift_us: 0,
             twcc_frames: 0,
+            broken: 0,
+            last_broken: None,
+            healed_by: None,
+            recent_keyframes: VecDeque::new(),
+            decoder: DecoderModel::default(),
             last_arrival: None,
+        }
+    }
+
+    /// The first remembered keyframe with a sequence number at or above `seq`.
+    pub fn keyframe_from(&self, seq: u64) -> Option<FrameMark> {
+        self.recent_keyframes.iter().find(|k| k.seq >= seq).copied()
+    }
+
+    /// Run a stamped video frame through the decoder model and count it if it is broken.
+    fn decode(&mut self, seq: u64, keyframe: bool, now: Instant) {
+        let mark = FrameMark { seq, at: now };
+        if keyframe {
+            if self.recent_keyframes.len() >= RECENT_KEYFRAMES {
+                self.recent_keyframes.pop_front();
+            }
+            self.recent_keyframes.push_back(mark);
+        }
+        if self.decoder.decode(seq, keyframe) {
+            if keyframe && self.last_broken.is_some() && self.healed_by.is_none() {
+                self.healed_by = Some(mark);
+            }
+        } else {
+            self.broken += 1;
+            self.window.broken += 1;
+            self.last_broken = Some(mark);
+            self.healed_by = None;
         }
     }
 }
@@ -281,6 +336,9 @@ impl ClientStats {
         };
         let latency = now_us.saturating_sub(sent_us);
         t.stamped += 1;
+        if video {
+            t.decode(seq, keyframe, now);
+        }
         match t.highest_seq {
             // The first frame of a track may be an old keyframe the node kept for joining
             // viewers (edge keyframe cache): it is not a forwarding latency sample, and the
@@ -350,6 +408,10 @@ impl ClientStats {
     pub fn rx_keyframes(&self, mid: &str) -> u64 {
         self.rx.get(mid).map_or(0, |c| c.keyframes)
     }
+    /// Video frames received on `mid` that a decoder could not decode.
+    pub fn rx_broken(&self, mid: &str) -> u64 {
+        self.rx.get(mid).map_or(0, |c| c.broken)
+    }
     /// Whether the first frame received on `mid` was a keyframe; `None` before a frame.
     pub fn rx_first_is_keyframe(&self, mid: &str) -> Option<bool> {
         let t = self.rx.get(mid)?;
@@ -400,6 +462,15 @@ impl ClientStats {
                 "\n  rx {mid} ({}): {} frames, {} keyframes, {} bytes",
                 t.kind, t.frames, t.keyframes, t.bytes
             );
+            if t.broken > 0 {
+                let _ = write!(
+                    o,
+                    ", {} broken (last {:?}, healed by {:?})",
+                    t.broken,
+                    t.last_broken.map(|m| m.seq),
+                    t.healed_by.map(|m| m.seq)
+                );
+            }
         }
         let mut tx: Vec<_> = self.tx.iter().collect();
         tx.sort_by_key(|(m, _)| *m);
@@ -477,6 +548,78 @@ mod tests {
         s.on_keyframe_request("2", None);
         assert_eq!(s.keyframe_requests["1"], 2);
         assert_eq!(s.total_keyframe_requests(), 3);
+    }
+
+    /// Feed video frames `(seq, keyframe)` of mid "v" to fresh counters.
+    fn video(frames: &[(u64, bool)]) -> ClientStats {
+        clock_origin();
+        let now = Instant::now() + Duration::from_secs(5);
+        let mut s = ClientStats::new(now);
+        let sent = micros_since_origin(now) - 1_000;
+        for &(seq, key) in frames {
+            s.on_frame("v", true, key, &vp8_frame(seq, key, 500, sent), now, 0);
+        }
+        s
+    }
+
+    /// A clean stream from a keyframe decodes whole, also after a join skip (a cached keyframe
+    /// followed by the live frames after the next keyframe).
+    #[test]
+    fn a_clean_stream_has_no_broken_frame() {
+        let mut frames = vec![(0, true)];
+        frames.extend((1..200).map(|q| (q, q % 60 == 0)));
+        let s = video(&frames);
+        let t = &s.rx["v"];
+        assert_eq!((t.frames, t.broken, t.window.broken), (200, 0, 0));
+        assert_eq!((t.last_broken, t.healed_by), (None, None));
+        let keys: Vec<u64> = t.recent_keyframes.iter().map(|k| k.seq).collect();
+        assert_eq!(keys, [0, 60, 120, 180]);
+        assert_eq!(t.keyframe_from(61).map(|k| k.seq), Some(120));
+        assert_eq!(t.keyframe_from(181), None);
+
+        let s = video(&[(5, true), (60, true), (61, false), (62, false)]);
+        assert_eq!(
+            (s.rx_broken("v"), s.rx["v"].window.skipped_at_join),
+            (0, 54)
+        );
+        assert_eq!(s.rx_broken("nothing"), 0);
+    }
+
+    /// A lost frame breaks every delta after it until a keyframe, which heals the picture;
+    /// the counters keep the last broken frame and the keyframe after it.
+    #[test]
+    fn a_gap_breaks_deltas_until_a_keyframe() {
+        let s = video(&[
+            (0, true),
+            (1, false),
+            (3, false),
+            (4, false),
+            (5, false),
+            (6, true),
+            (7, false),
+        ]);
+        let t = &s.rx["v"];
+        assert_eq!((t.broken, t.window.broken, t.window.lost), (3, 3, 1));
+        assert_eq!(t.last_broken.map(|m| m.seq), Some(5));
+        assert_eq!(t.healed_by.map(|m| m.seq), Some(6));
+        assert!(s.summary().contains("3 broken"), "{}", s.summary());
+
+        // Not healed yet: broken again after the keyframe, or no keyframe so far.
+        let s = video(&[(0, true), (2, false), (3, true), (5, false)]);
+        let t = &s.rx["v"];
+        assert_eq!(
+            (t.broken, t.last_broken.map(|m| m.seq), t.healed_by),
+            (2, Some(5), None)
+        );
+        // A first frame that is a delta has nothing to decode from.
+        let mut s = video(&[(7, false), (8, false), (9, true)]);
+        assert_eq!(s.rx_broken("v"), 2);
+        s.reset_window();
+        assert_eq!((s.rx_broken("v"), s.rx["v"].window.broken), (2, 0));
+        // Audio is not decoded by the model.
+        s.on_frame("a", false, false, &audio_frame(0, 0), Instant::now(), 0);
+        s.on_frame("a", false, false, &audio_frame(5, 0), Instant::now(), 0);
+        assert_eq!(s.rx_broken("a"), 0);
     }
 
     /// RTP datagrams are counted; RTCP, STUN, DTLS and runts are not; a window restarts them.

@@ -8,6 +8,7 @@
 
 mod core;
 mod counters;
+pub mod decoder;
 mod task;
 mod thread;
 
@@ -22,7 +23,7 @@ use tokio::sync::oneshot;
 
 use self::core::lock;
 pub use self::core::{Core, SendFn, SharedStats, StatsCell};
-pub use self::counters::{ClientStats, RawSample, RxWindow, TrackRx, TrackTx};
+pub use self::counters::{ClientStats, FrameMark, RawSample, RxWindow, TrackRx, TrackTx};
 use self::task::TaskDriver;
 use self::thread::ThreadDriver;
 pub use self::thread::TurnChannel;

@@ -199,6 +199,8 @@ fn in_memory_cores_exchange_media_on_a_simulated_clock() {
     assert!(s.rx_frames(&mids[1]) > 50, "{}", s.summary());
     assert_eq!(s.rx_first_is_keyframe(&mids[1]), Some(true));
     assert_eq!(s.rx_first_is_keyframe(&mids[0]), Some(false), "audio");
+    // A lossless path: every video frame decodes.
+    assert_eq!(s.rx_broken(&mids[1]), 0, "{}", s.summary());
     assert!(a.stats().tx_frames(&mids[1]) >= s.rx_frames(&mids[1]));
     assert!(s.errors.is_empty() && a.stats().errors.is_empty());
 

@@ -86,6 +86,11 @@ fn window(s: &PeerStats, mid: &str) -> (u64, u64) {
         .map_or((0, 0), |t| (t.window.frames, t.window.lost))
 }
 
+/// Video frames a decoder could not decode since the window started.
+fn broken(s: &PeerStats, mid: &str) -> u64 {
+    s.rx.get(mid).map_or(0, |t| t.window.broken)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_percent_relay_loss_is_repaired_without_keyframes() {
     let _serial = serial().await;
@@ -121,7 +126,8 @@ async fn one_percent_relay_loss_is_repaired_without_keyframes() {
     eprintln!(
         "1 % relay loss: viewer got audio {af} (lost {al}), video {vf} (lost {vl}); \
          A dropped {} datagrams (hook), resent {} frames, {} not in cache; \
-         B sent {} nacks, repaired {}, failed {}, late {}; keyframe requests from B {}, PLIs at the publisher {plis}",
+         B sent {} nacks, repaired {}, failed {}, late {}; keyframe requests from B {}, PLIs at the publisher {plis}; \
+         broken video frames {}",
         delta(&a_before, &a_after, "test_dropped"),
         delta(&a_before, &a_after, "resent"),
         delta(&a_before, &a_after, "nack_miss"),
@@ -130,6 +136,7 @@ async fn one_percent_relay_loss_is_repaired_without_keyframes() {
         delta(&before, &after, "failed"),
         delta(&before, &after, "late"),
         metric(&after, KEYFRAMES_SENT) - metric(&before, KEYFRAMES_SENT),
+        broken(&s, &vm),
     );
     // The hook did drop media, and B repaired it.
     assert!(
@@ -147,6 +154,8 @@ async fn one_percent_relay_loss_is_repaired_without_keyframes() {
         al + vl,
         af + vf
     );
+    // Every video frame the viewer got would decode: none came after a hole in its chain.
+    assert_eq!(broken(&s, &vm), 0, "{}", s.summary());
     // No keyframe was asked for because of relay loss: not by B, not of the publisher.
     assert_eq!(
         metric(&after, KEYFRAMES_SENT),
@@ -165,6 +174,7 @@ async fn relay_loss_that_cannot_be_repaired_asks_for_a_keyframe() {
     })
     .await;
     joined(&sub, &vm).await;
+    sub.peer.reset_window();
     let before = cl.node("b").scrape().await.expect("B's metrics");
     let plis_before = publisher.peer.stats().total_keyframe_requests();
 
@@ -215,4 +225,22 @@ async fn relay_loss_that_cannot_be_repaired_asks_for_a_keyframe() {
         pli.is_ok(),
         "the publisher is asked for a keyframe: {pli:?}"
     );
+    // Meanwhile B withheld the video after each hole until a keyframe: its viewer froze, but
+    // never got a frame to decode from a missing reference. Checked once two more keyframes
+    // came (the one asked for, at the latest the next periodic one).
+    let keys = sub.peer.stats().rx_keyframes(&vm);
+    let v = vm.clone();
+    let s = sub
+        .peer
+        .wait_until("keyframes after the loss", MEDIA_TIMEOUT, move |s| {
+            s.rx_keyframes(&v) >= keys + 2
+        })
+        .await
+        .expect("B's viewer gets keyframes");
+    eprintln!(
+        "resends dropped too: B's viewer lost {} video frames (withheld), broken {}",
+        window(&s, &vm).1,
+        broken(&s, &vm)
+    );
+    assert_eq!(broken(&s, &vm), 0, "{}", s.summary());
 }

@@ -86,6 +86,7 @@ struct Slot {
     lost_audio: u64,
     lost_video: u64,
     reordered: u64,
+    broken_video: u64,
     skipped: u64,
     latency: Histogram,
     audio: Histogram,
@@ -135,6 +136,7 @@ async fn slot(
                 }
                 out.lost += t.window.lost;
                 out.reordered += t.window.reordered;
+                out.broken_video += t.window.broken;
                 out.skipped += t.window.skipped_at_join;
                 out.latency.merge(&t.window.latency);
                 match t.kind {
@@ -225,6 +227,7 @@ async fn run_inner(cfg: &ChurnConfig, deadline: Instant) -> anyhow::Result<Repor
                 all.lost_video += s.lost_video;
                 all.lost += s.lost;
                 all.reordered += s.reordered;
+                all.broken_video += s.broken_video;
                 all.skipped += s.skipped;
                 all.latency.merge(&s.latency);
                 all.audio.merge(&s.audio);
@@ -263,6 +266,7 @@ async fn run_inner(cfg: &ChurnConfig, deadline: Instant) -> anyhow::Result<Repor
             round4(100.0 * all.lost as f64 / denom as f64)
         },
         frames_reordered: all.reordered,
+        frames_broken_video: all.broken_video,
         frames_skipped_at_join: all.skipped,
         latency: all.latency.dist(),
         latency_audio: all.audio.dist(),
@@ -284,6 +288,7 @@ async fn run_inner(cfg: &ChurnConfig, deadline: Instant) -> anyhow::Result<Repor
             "left_by_dropping": all.dropped,
             "lost_audio_frames": all.lost_audio,
             "lost_video_frames": all.lost_video,
+            "broken_video_frames": all.broken_video,
             "failures": failures.len(),
             "node_rss_start_mb": round2(start[0].rss_kb as f64 / 1024.0),
             "node_rss_end_mb": round2(end[0].rss_kb as f64 / 1024.0),

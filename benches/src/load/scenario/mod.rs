@@ -334,6 +334,7 @@ impl GroupFigures {
                     g.keyframes_received += w.keyframes;
                     g.frames_lost += w.lost;
                     g.frames_reordered += w.reordered;
+                    g.frames_broken_video += w.broken;
                     g.frames_unstamped += w.unstamped;
                     g.frames_skipped_at_join += w.skipped_at_join;
                     if let Some(a) = t.first_frame_age_us {
