@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
+use trackmesh_tests::rooms::{WsParticipant, create_room, ticket};
 use trackmesh_tests::{Cluster, ClusterConfig, MediaKind, Publisher, Subscriber, TestNode};
 
 /// The worker a session id names: the two hex characters after the node tag.
@@ -113,6 +114,55 @@ async fn viewers_on_another_worker_get_the_same_media_and_a_keyframe_at_join() {
         Some(&0.0),
         "links between workers are not relay subscriptions"
     );
+}
+
+/// Room participants (WebSocket) are placed like Calls sessions: two publishers on different
+/// workers receive each other's media, and a viewer sharing a worker with one of them gets both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_participants_on_different_workers_exchange_media() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0,1"])
+        .expect("node with two workers");
+    let api = node.client();
+    create_room(&api, serde_json::json!({ "id": "split" }))
+        .await
+        .expect("room");
+    let url = format!("ws://{}/v1/ws", node.http_addr());
+    let (t, _) = ticket(&api, "split", "both").await.expect("ticket");
+    let alice = WsParticipant::join(&url, &t, "sendrecv", true, "alice")
+        .await
+        .expect("alice");
+    assert_eq!(worker_of(&alice.session_id), "01", "alice on worker 1");
+    let (t, _) = ticket(&api, "split", "both").await.expect("ticket");
+    let bob = WsParticipant::join(&url, &t, "sendrecv", true, "bob")
+        .await
+        .expect("bob");
+    assert_eq!(worker_of(&bob.session_id), "00", "bob on worker 0");
+    let (t, _) = ticket(&api, "split", "down").await.expect("ticket");
+    let carol = WsParticipant::join(&url, &t, "downstream", true, "carol")
+        .await
+        .expect("carol");
+    assert_eq!(worker_of(&carol.session_id), "01", "carol on worker 1");
+    for (p, who) in [(&alice, "alice"), (&bob, "bob")] {
+        p.wait_media_on(2, MEDIA_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{who} gets the other's audio and video: {e:#}"));
+    }
+    carol
+        .wait_media_on(4, MEDIA_TIMEOUT)
+        .await
+        .expect("carol gets both publishers' audio and video");
+    // Each participant's session answers on its own worker.
+    for p in [&alice, &bob, &carol] {
+        let (status, v) = api
+            .raw(
+                reqwest::Method::GET,
+                &format!("sessions/{}", p.session_id),
+                None,
+            )
+            .await
+            .expect("GET session");
+        assert_eq!(status, 200, "{v}");
+    }
 }
 
 /// A track published on worker 1 of node A is pulled by a viewer on node B (also placed on
