@@ -57,12 +57,17 @@ pub async fn start(
     };
     let url = client::parse_url(&url).map_err(bad_request)?;
     client::check_token(&req.token).map_err(bad_request)?;
-    let (a, s) = (app.clone(), stream.clone());
-    if !st
-        .engine
-        .call(move |e, _| e.cascade_pin_stream(&a, &s))
-        .await?
-    {
+    // Only an existing stream takes a cascade; its cascade runs on its worker.
+    let pinned = match st.engine.find_stream(&app, &stream) {
+        Some(slot) => {
+            let (a, s) = (app.clone(), stream.clone());
+            st.engine
+                .call_on(slot.worker(), move |e, _| e.cascade_pin_stream(&a, &s))
+                .await?
+        }
+        None => false,
+    };
+    if !pinned {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",

@@ -85,6 +85,8 @@ struct Current {
     session: Option<SessionId>,
     /// Its socket's address (registered with the engine task for sending).
     local: Option<SocketAddr>,
+    /// The engine worker that holds the stream, and so the session.
+    worker: usize,
     location: Option<Url>,
 }
 

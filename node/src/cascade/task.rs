@@ -72,15 +72,19 @@ impl Cascades {
                 Attempt::StreamGone => return,
                 Attempt::Failed { error, was_live } => (error, was_live),
             };
+            let Some(slot) = self.engine.find_stream(&key.0, &key.1) else {
+                return;
+            };
             let (app, stream) = (key.0.clone(), key.1.clone());
             if !self
                 .engine
-                .call(move |e, _| e.stream_exists(&app, &stream))
+                .call_on(slot.worker(), move |e, _| e.stream_exists(&app, &stream))
                 .await
                 .unwrap_or(false)
             {
                 return;
             }
+            drop(slot);
             if was_live {
                 backoff.reset();
             }
@@ -108,8 +112,14 @@ impl Cascades {
             error,
             was_live: false,
         };
+        // The stream's worker runs the outgoing session, so it feeds (or is fed by) the
+        // stream's sessions there.
+        let Some(worker) = self.engine.find_stream(&key.0, &key.1).map(|s| s.worker()) else {
+            return Attempt::StreamGone;
+        };
+        lock(current).worker = worker;
         // A socket of its own: the other server tells its sessions apart by our address.
-        let (bind, socket) = match self.bind().await {
+        let (bind, socket) = match self.bind(worker).await {
             Ok(v) => v,
             Err(e) => return failed(e),
         };
@@ -117,7 +127,9 @@ impl Cascades {
         let (app, stream, direction) = key.clone();
         let offered = self
             .engine
-            .call(move |e, now| e.cascade_offer(&app, &stream, direction, bind, now))
+            .call_on(worker, move |e, now| {
+                e.cascade_offer(&app, &stream, direction, bind, now)
+            })
             .await;
         let (sid, offer) = match offered {
             Ok(Ok(v)) => v,
@@ -142,7 +154,9 @@ impl Cascades {
         let (app, stream, direction) = key.clone();
         let answered = self
             .engine
-            .call(move |e, now| e.cascade_answer(&app, &stream, sid, direction, answer, now))
+            .call_on(worker, move |e, now| {
+                e.cascade_answer(&app, &stream, sid, direction, answer, now)
+            })
             .await;
         match answered {
             Ok(Ok(())) => {}
@@ -151,16 +165,16 @@ impl Cascades {
         }
         tokio::select! {
             outcome = self.watch(key, url, sid, status) => outcome,
-            error = pump(&self.engine, socket, bind) => failed(error),
+            error = pump(&self.engine, worker, socket, bind) => failed(error),
         }
     }
 
     /// Binds an outgoing session's socket next to the media socket and registers it with the
     /// engine task; returns its address as the session's host candidate.
-    async fn bind(&self) -> Result<(SocketAddr, Arc<UdpSocket>), String> {
+    async fn bind(&self, worker: usize) -> Result<(SocketAddr, Arc<UdpSocket>), String> {
         let at = self
             .engine
-            .call(|e, _| e.outgoing_bind_addr())
+            .call_on(worker, |e, _| e.outgoing_bind_addr())
             .await
             .map_err(|e| e.to_string())?;
         let socket = UdpSocket::bind(at)
@@ -171,7 +185,7 @@ impl Cascades {
             .map_err(|e| format!("the media socket's address: {e}"))?;
         let local = self
             .engine
-            .call(move |e, _| e.outgoing_candidate(bound))
+            .call_on(worker, move |e, _| e.outgoing_candidate(bound))
             .await
             .map_err(|e| e.to_string())?;
         let socket = Arc::new(socket);
@@ -195,7 +209,7 @@ impl Cascades {
             tokio::time::sleep(POLL).await;
             let state = match self
                 .engine
-                .call(move |e, now| e.outgoing_state(sid, now))
+                .call_session(sid, move |e, now| e.outgoing_state(sid, now))
                 .await
             {
                 Ok(s) => s,
@@ -249,6 +263,7 @@ impl Cascades {
         let Current {
             session,
             local,
+            worker,
             location,
         } = std::mem::take(&mut *lock(current));
         if let Some(local) = local {
@@ -257,7 +272,7 @@ impl Cascades {
         if session.is_some() || local.is_some() {
             let _ = self
                 .engine
-                .call(move |e, now| {
+                .call_on(worker, move |e, now| {
                     if let Some(sid) = session {
                         e.close_session(sid, now, "cascade attempt ended");
                     }
@@ -282,7 +297,12 @@ const PUMP_BUF: usize = 2048;
 /// Feeds what arrives on an outgoing session's socket to the engine, in batches; returns why
 /// it stopped (the socket or the engine failed). Backpressure: it waits for the engine's command
 /// queue, and the kernel drops what does not fit the socket buffer meanwhile.
-async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) -> String {
+async fn pump(
+    engine: &EngineHandle,
+    worker: usize,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+) -> String {
     let mut buf = vec![0u8; PUMP_BUF];
     loop {
         let mut batch: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -299,7 +319,7 @@ async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) 
             }
         }
         let fed = engine
-            .call(move |e, _| {
+            .call_on(worker, move |e, _| {
                 for (from, data) in batch {
                     e.handle_outgoing_datagram(Instant::now(), local, from, &data);
                 }

@@ -8,6 +8,7 @@ mod handle;
 #[cfg(any(test, feature = "test-world"))]
 mod hop_bench;
 mod links;
+mod stream_table;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,7 @@ pub use handle::{EngineHandle, PRIMARY};
 #[cfg(any(test, feature = "test-world"))]
 pub use hop_bench::HopBench;
 pub use links::is_local;
+pub use stream_table::{MoveRefused, StreamSlot};
 
 use crate::engine::{EgressPacket, Engine, RelayIn, RelayOut};
 use crate::ids::{NodeTag, SessionId};
@@ -47,6 +49,8 @@ pub struct Shared {
     claims: std::sync::atomic::AtomicU32,
     /// The in-process links between workers.
     pub links: links::Links,
+    /// Which worker holds each named stream.
+    pub streams: stream_table::StreamTable,
 }
 
 impl Shared {
@@ -58,6 +62,7 @@ impl Shared {
             fault_panic,
             claims: std::sync::atomic::AtomicU32::new(1),
             links: links::Links::new(workers),
+            streams: stream_table::StreamTable::default(),
         }
     }
 
