@@ -166,13 +166,6 @@ async fn post(
         .to_string();
     crate::engine::sdp_limits::check(&sdp).map_err(|b| Problem::bad_sdp(b.to_string()))?;
     let offer = off_engine(&st, move || ClientOffer::parse(&sdp)).await?;
-    // The stream's worker (placed on the least-loaded one at its first use) runs its sessions.
-    let slot = st
-        .engine
-        .stream_slot(&app, &stream)
-        .await
-        .map_err(op_problem)?;
-    let worker = slot.worker();
     // The cluster: a publisher of this name on another node makes a second one a conflict, and
     // a viewer here follows it (its tracks pulled over the relay before the viewer's answer).
     let elsewhere = super::stream_follow::remote_publisher(&st, &app, &stream);
@@ -190,6 +183,13 @@ async fn post(
         }
         _ => {}
     }
+    // The stream's worker (placed on the least-loaded one at its first use) runs its sessions.
+    let slot = st
+        .engine
+        .stream_slot(&app, &stream)
+        .await
+        .map_err(op_problem)?;
+    let worker = slot.worker();
     let quota = st.limits.per_app_quota;
     let policy = StreamPolicy {
         auto_create: match mode {
