@@ -143,16 +143,16 @@ impl StreamTable {
 /// One operation's hold on a stream's entry: the stream's worker, and while it lives the entry
 /// is not pruned nor moved by another operation.
 pub struct StreamSlot {
-    table: Arc<super::Shared>,
+    shared: Arc<super::Shared>,
     app: String,
     stream: String,
     worker: usize,
 }
 
 impl StreamSlot {
-    pub(super) fn new(table: Arc<super::Shared>, app: &str, stream: &str, worker: usize) -> Self {
+    pub(super) fn new(shared: Arc<super::Shared>, app: &str, stream: &str, worker: usize) -> Self {
         StreamSlot {
-            table,
+            shared,
             app: app.to_string(),
             stream: stream.to_string(),
             worker,
@@ -179,7 +179,7 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.table.streams.release(&self.app, &self.stream);
+        self.shared.streams.release(&self.app, &self.stream);
     }
 }
 
