@@ -144,7 +144,8 @@ impl EngineHandle {
         Ok(out)
     }
 
-    /// The worker a new Calls session goes to: the next of `--worker-placement` while it lasts
+    /// The worker a new Calls or room session (or a new stream) goes to: the next of
+    /// `--worker-placement` while it lasts
     /// (tests force placement with it), else the one holding the fewest sessions (ties: the
     /// lowest index).
     pub fn place(&self) -> usize {

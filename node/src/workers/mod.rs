@@ -2,7 +2,8 @@
 //! runtime (`runtime::run`) and its own media socket (`--media` for the first, `--worker-ports`
 //! and up for the others).
 //! Sessions are spread over them; [`EngineHandle`] routes every call by the session id's worker
-//! byte; publications cross between workers over in-process relay links (`links.rs`).
+//! byte, and a named stream's operations to the worker that holds it (`stream_table.rs`);
+//! publications cross between workers over in-process relay links (`links.rs`).
 
 mod handle;
 #[cfg(any(test, feature = "test-world"))]
@@ -39,7 +40,7 @@ pub const INPUT_QUEUE: usize = 8192;
 pub const MAX_WORKERS: usize = 64;
 
 /// What the workers share: their loads (for placement), the placement override, the
-/// in-process links.
+/// in-process links, the streams' workers.
 pub struct Shared {
     loads: Box<[AtomicUsize]>,
     placement: Vec<u8>,
@@ -113,7 +114,8 @@ pub struct WorkerSpec {
 pub struct WorkersConfig {
     /// The node's tag (routing: ids of other nodes go to the primary worker).
     pub tag: NodeTag,
-    /// The first new Calls sessions go to these workers, in order (tests force placement).
+    /// The first placements (new Calls and room sessions, new streams) go to these workers, in
+    /// order (tests force placement).
     pub placement: Vec<u8>,
     /// Fault injection for tests: this worker panics at its first call.
     pub fault_panic: Option<usize>,
