@@ -57,26 +57,29 @@ pub async fn start(
     };
     let url = client::parse_url(&url).map_err(bad_request)?;
     client::check_token(&req.token).map_err(bad_request)?;
-    // Only an existing stream takes a cascade; its cascade runs on its worker.
-    let pinned = match st.engine.find_stream(&app, &stream) {
+    // Only an existing stream takes a cascade; its cascade runs on its worker and holds the
+    // stream there while it runs.
+    let slot = match st.engine.find_stream(&app, &stream) {
         Some(slot) => {
             let (a, s) = (app.clone(), stream.clone());
-            st.engine
+            let pinned = st
+                .engine
                 .call_on(slot.worker(), move |e, _| e.cascade_pin_stream(&a, &s))
-                .await?
+                .await?;
+            pinned.then_some(slot)
         }
-        None => false,
+        None => None,
     };
-    if !pinned {
+    let Some(slot) = slot else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("stream {stream} not found"),
         ));
-    }
+    };
     match st
         .cascades
-        .start(&app, &stream, direction, url.clone(), req.token)
+        .start(&app, &stream, direction, url.clone(), req.token, slot)
     {
         Ok(()) => {}
         Err(StartRefused::Exists) => {

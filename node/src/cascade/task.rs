@@ -16,7 +16,7 @@ use super::{
 use crate::engine::{OpError, OutgoingState, prepare_answer};
 use crate::ids::SessionId;
 use crate::media_tcp::canonical;
-use crate::workers::EngineHandle;
+use crate::workers::{EngineHandle, StreamSlot};
 
 impl Cascades {
     pub(super) async fn run(
@@ -27,10 +27,13 @@ impl Cascades {
         token: String,
         status: Arc<Mutex<Status>>,
         stopped: oneshot::Receiver<()>,
+        slot: StreamSlot,
     ) {
+        // Every call about the stream and the cascade's sessions goes to the stream's worker.
+        let worker = slot.worker();
         let current = Mutex::new(Current::default());
         tokio::select! {
-            _ = self.attempts(&key, &url, &token, &status, &current) => {
+            _ = self.attempts(&key, worker, &url, &token, &status, &current) => {
                 // The stream is gone: the cascade ends by itself.
                 let mut entries = lock(&self.entries);
                 if entries.get(&key).is_some_and(|e| e.id == id) {
@@ -39,7 +42,8 @@ impl Cascades {
             }
             _ = stopped => {}
         }
-        self.teardown(&current, &token).await;
+        self.teardown(worker, &current, &token).await;
+        drop(slot);
         tracing::info!(
             app = key.0,
             stream = key.1,
@@ -52,6 +56,7 @@ impl Cascades {
     async fn attempts(
         &self,
         key: &Key,
+        worker: usize,
         url: &Url,
         token: &str,
         status: &Mutex<Status>,
@@ -66,25 +71,21 @@ impl Cascades {
                 s.session = None;
                 s.next_attempt = None;
             }
-            let outcome = self.attempt(key, url, token, status, current).await;
-            self.teardown(current, token).await;
+            let outcome = self.attempt(key, worker, url, token, status, current).await;
+            self.teardown(worker, current, token).await;
             let (error, was_live) = match outcome {
                 Attempt::StreamGone => return,
                 Attempt::Failed { error, was_live } => (error, was_live),
             };
-            let Some(slot) = self.engine.find_stream(&key.0, &key.1) else {
-                return;
-            };
             let (app, stream) = (key.0.clone(), key.1.clone());
             if !self
                 .engine
-                .call_on(slot.worker(), move |e, _| e.stream_exists(&app, &stream))
+                .call_on(worker, move |e, _| e.stream_exists(&app, &stream))
                 .await
                 .unwrap_or(false)
             {
                 return;
             }
-            drop(slot);
             if was_live {
                 backoff.reset();
             }
@@ -103,6 +104,7 @@ impl Cascades {
     async fn attempt(
         &self,
         key: &Key,
+        worker: usize,
         url: &Url,
         token: &str,
         status: &Mutex<Status>,
@@ -112,12 +114,6 @@ impl Cascades {
             error,
             was_live: false,
         };
-        // The stream's worker runs the outgoing session, so it feeds (or is fed by) the
-        // stream's sessions there.
-        let Some(worker) = self.engine.find_stream(&key.0, &key.1).map(|s| s.worker()) else {
-            return Attempt::StreamGone;
-        };
-        lock(current).worker = worker;
         // A socket of its own: the other server tells its sessions apart by our address.
         let (bind, socket) = match self.bind(worker).await {
             Ok(v) => v,
@@ -259,11 +255,10 @@ impl Cascades {
     }
 
     /// Closes the attempt's session and socket, and DELETEs the other server's session, if any.
-    async fn teardown(&self, current: &Mutex<Current>, token: &str) {
+    async fn teardown(&self, worker: usize, current: &Mutex<Current>, token: &str) {
         let Current {
             session,
             local,
-            worker,
             location,
         } = std::mem::take(&mut *lock(current));
         if let Some(local) = local {
