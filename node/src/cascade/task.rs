@@ -19,6 +19,7 @@ use crate::media_tcp::canonical;
 use crate::workers::{EngineHandle, StreamSlot};
 
 impl Cascades {
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run(
         self: Arc<Self>,
         key: Key,
