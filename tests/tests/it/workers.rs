@@ -435,3 +435,47 @@ async fn a_calls_session_on_any_worker_binds_a_stream_and_whep_plays_it() {
         ]
     );
 }
+
+/// A stream whose cascade runs on worker 1 stays there, even idle: a bind of a session on
+/// worker 0 answers 409 naming the cascade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_cascade_is_not_moved_by_a_bind() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0"])
+        .expect("node with two workers");
+    let api = node.client();
+    let (status, body) = api
+        .raw(reqwest::Method::POST, "streams/pulled", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{body}");
+    // Nothing listens there: the cascade keeps trying (in backoff), and keeps the stream.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::POST,
+            "streams/pulled/cascade",
+            Some(serde_json::json!({"sourceUrl": format!("http://{closed}/v1/apps/x/whep/s")})),
+        )
+        .await
+        .expect("cascade");
+    assert_eq!(status, 201, "{body}");
+    let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
+    assert_eq!(worker_of(&on_0.session_id), "00");
+    let names: Vec<String> = on_0.tracks.iter().map(|t| t.track_name.clone()).collect();
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/pulled/publisher",
+            Some(serde_json::json!({"sessionId": on_0.session_id, "tracks": names})),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 409, "{body}");
+    let detail = body.to_string();
+    assert!(
+        detail.contains("worker 1") && detail.contains("cascade"),
+        "says why: {body}"
+    );
+}
