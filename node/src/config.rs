@@ -162,7 +162,8 @@ pub struct Flags {
     /// --media IP; also TCP with --media-tcp) [default: 40000].
     #[arg(long, env = "TRACKMESH_WORKER_PORTS")]
     pub worker_ports: Option<u16>,
-    /// Testing only: the first new Calls sessions go to these workers, in order.
+    /// Testing only: the first new sessions (Calls, rooms) and streams go to these workers, in
+    /// order.
     #[arg(long, hide = true, value_delimiter = ',')]
     #[serde(skip)]
     pub worker_placement: Vec<u8>,
@@ -447,7 +448,7 @@ pub struct Config {
     pub workers: usize,
     /// The media port of the second worker; the next ones count up from it.
     pub worker_ports: u16,
-    /// Testing only: where the first new Calls sessions go.
+    /// Testing only: where the first new sessions and streams go.
     pub worker_placement: Vec<u8>,
     /// Testing only: the engine worker that panics at its first call.
     pub fault_panic_worker: Option<usize>,

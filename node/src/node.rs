@@ -845,6 +845,51 @@ mod tests {
         );
     }
 
+    /// The node-wide stream table: an entry outlives its stream on its worker only until the
+    /// next prune, and never while an operation on it is in flight (which would let a second
+    /// one place the stream on another worker).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_entries_are_pruned_once_their_stream_is_gone_and_idle() {
+        let node = start_with(&["--workers", "2"]).await;
+        let engine = node.engine.clone();
+        let slot = engine.stream_slot("app", "x").await.expect("a worker");
+        let w = slot.worker();
+        assert_eq!(
+            engine.prune_streams().await.expect("workers run"),
+            0,
+            "in flight, not made yet"
+        );
+        let created = engine
+            .call_on(w, |e, _| e.stream_create("app", "x"))
+            .await
+            .expect("the worker runs");
+        assert_eq!(created, Ok(true));
+        drop(slot);
+        assert_eq!(
+            engine.prune_streams().await.expect("workers run"),
+            0,
+            "it exists"
+        );
+        let again = engine.stream_slot("app", "x").await.expect("a worker");
+        assert_eq!(again.worker(), w, "one stream, one worker");
+        drop(again);
+        engine
+            .call_on(w, |e, now| e.stream_delete("app", "x", now))
+            .await
+            .expect("the worker runs")
+            .expect("deleted");
+        // A first request that never made its stream (refused) leaves an entry too.
+        drop(engine.stream_slot("app", "never").await.expect("a worker"));
+        assert_eq!(engine.stream_entries(), 2);
+        assert_eq!(
+            engine.prune_streams().await.expect("workers run"),
+            2,
+            "both gone"
+        );
+        assert_eq!(engine.stream_entries(), 0);
+        assert!(engine.find_stream("app", "x").is_none());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn healthz_fails_naming_each_part_that_stopped() {
         let mut node = start().await;

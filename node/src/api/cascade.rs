@@ -57,21 +57,29 @@ pub async fn start(
     };
     let url = client::parse_url(&url).map_err(bad_request)?;
     client::check_token(&req.token).map_err(bad_request)?;
-    let (a, s) = (app.clone(), stream.clone());
-    if !st
-        .engine
-        .call(move |e, _| e.cascade_pin_stream(&a, &s))
-        .await?
-    {
+    // Only an existing stream takes a cascade; its cascade runs on its worker and holds the
+    // stream there while it runs.
+    let slot = match st.engine.find_stream(&app, &stream) {
+        Some(slot) => {
+            let (a, s) = (app.clone(), stream.clone());
+            let pinned = st
+                .engine
+                .call_on(slot.worker(), move |e, _| e.cascade_pin_stream(&a, &s))
+                .await?;
+            pinned.then_some(slot)
+        }
+        None => None,
+    };
+    let Some(slot) = slot else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("stream {stream} not found"),
         ));
-    }
+    };
     match st
         .cascades
-        .start(&app, &stream, direction, url.clone(), req.token)
+        .start(&app, &stream, direction, url.clone(), req.token, slot)
     {
         Ok(()) => {}
         Err(StartRefused::Exists) => {

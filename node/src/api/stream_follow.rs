@@ -15,6 +15,8 @@ use crate::ids::SessionId;
 /// How often streams are announced and followed: a new publisher reaches viewers on other nodes
 /// within about this plus a gossip round.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// Every this many rounds (5 s), the stream table drops streams gone from their worker.
+const PRUNE_EVERY_ROUNDS: u32 = 10;
 
 /// The publisher of `app`/`stream` that the cluster agrees on, when it is on another live node:
 /// that node's id and the announce.
@@ -43,18 +45,31 @@ pub async fn follow(
     create: bool,
     replace_local: bool,
 ) -> Result<(), Problem> {
+    // The stream's worker: placed now when this may create it, else where it is (none: no
+    // stream to follow).
+    let slot = if create {
+        st.engine.stream_slot(app, stream).await?
+    } else {
+        match st.engine.find_stream(app, stream) {
+            Some(s) => s,
+            None => return Ok(()),
+        }
+    };
     if let Some((session, tracks)) = &winner {
+        // Relayed onto the primary, then linked to the stream's worker.
         super::cluster::resolve_remote(
             st,
             app,
-            crate::workers::PRIMARY,
+            slot.worker(),
             tracks.iter().map(|t| (*session, t.clone())),
         )
         .await;
     }
     let (a, s) = (app.to_string(), stream.to_string());
     st.engine
-        .call(move |e, now| e.stream_follow(&a, &s, winner, create, replace_local, now))
+        .call_on(slot.worker(), move |e, now| {
+            e.stream_follow(&a, &s, winner, create, replace_local, now)
+        })
         .await?;
     Ok(())
 }
@@ -66,15 +81,27 @@ pub async fn follow(
 pub async fn run(st: Arc<ApiState>) {
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u32 = 0;
     loop {
         tick.tick().await;
-        let Ok((announces, streams)) = st
+        rounds = rounds.wrapping_add(1);
+        // Streams that ended on their worker leave the node's stream table now and then.
+        if rounds.is_multiple_of(PRUNE_EVERY_ROUNDS) && st.engine.prune_streams().await.is_err() {
+            return;
+        }
+        // Each stream lives on one worker: every worker's, together.
+        let Ok(per_worker) = st
             .engine
-            .call(|e, _| (e.stream_announces(), e.streams_to_follow()))
+            .call_all(|e, _| (e.stream_announces(), e.streams_to_follow()))
             .await
         else {
             return;
         };
+        let (mut announces, mut streams) = (Vec::new(), Vec::new());
+        for (a, f) in per_worker {
+            announces.extend(a);
+            streams.extend(f);
+        }
         st.ops.local.streams.replace_all(&announces);
         for f in streams {
             // Our own announce may not be in the view yet: a local publisher is compared with

@@ -97,7 +97,15 @@ pub async fn list(
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
     let mut cascades = st.cascades.list(&app);
-    let streams = st.engine.call(move |e, _| e.streams_list(&app)).await?;
+    // Each stream lives on one worker: the lists of all of them, merged.
+    let mut streams: Vec<StreamView> = st
+        .engine
+        .call_all(move |e, _| e.streams_list(&app))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    streams.sort_by(|a, b| a.name.cmp(&b.name));
     let node = st.node_id.clone();
     let view = st.cluster.view.borrow().clone();
     Ok(Json(StreamsBody {
@@ -121,9 +129,10 @@ pub async fn create(
     headers: HeaderMap,
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
+    let slot = st.engine.stream_slot(&app, &stream).await?;
     let created = st
         .engine
-        .call(move |e, _| e.stream_create(&app, &stream))
+        .call_on(slot.worker(), move |e, _| e.stream_create(&app, &stream))
         .await??;
     Ok(if created {
         StatusCode::CREATED
@@ -140,10 +149,14 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
+    let Some(slot) = st.engine.find_stream(&app, &stream) else {
+        return Err(crate::engine::OpError::NotFound(format!("stream {stream} not found")).into());
+    };
     let (a, s) = (app.clone(), stream.clone());
     st.engine
-        .call(move |e, now| e.stream_delete(&a, &s, now))
+        .call_on(slot.worker(), move |e, now| e.stream_delete(&a, &s, now))
         .await??;
+    drop(slot);
     // Its cascades end too, and the other servers' sessions with them.
     st.cascades.stop(&app, &stream, None).await;
     Ok(StatusCode::OK.into_response())
@@ -167,17 +180,38 @@ pub async fn bind(
     st.apps.authorize(&app, &headers)?;
     let bytes = read_body(body, st.max_body).await?;
     let req: BindRequest = decode(&bytes)?;
-    // Streams live on the primary worker; a session on another one cannot feed them yet.
+    // A stream lives on one worker with all its sessions: the bound session's. A stream that
+    // is new, or holds no session there, moves to it; one that serves sessions on another
+    // worker cannot take it (its viewers are attached there).
     let worker = st.engine.worker_of_str(&req.session_id);
-    if worker != crate::workers::PRIMARY {
-        return Err(crate::engine::OpError::Conflict(format!(
-            "session {} is on engine worker {worker}: only sessions on worker 0 can be bound to a stream (see --workers)",
-            req.session_id
-        ))
-        .into());
+    let mut slot = st.engine.stream_slot_on(&app, &stream, worker).await?;
+    if slot.worker() != worker {
+        let from = slot.worker();
+        let conflict = |why: &str| -> Problem {
+            crate::engine::OpError::Conflict(format!(
+                "stream {stream} lives on engine worker {from}, {why}; session {} is on worker {worker}: bind a session held by worker {from}, or bind when the stream is idle (see --workers)",
+                req.session_id
+            ))
+            .into()
+        };
+        if st.cascades.list(&app).contains_key(&stream) {
+            return Err(conflict("which runs its cascade"));
+        }
+        match st.engine.move_stream(&mut slot, worker).await? {
+            Ok(()) => {}
+            Err(crate::workers::MoveRefused::InUse) => {
+                return Err(conflict("which holds its sessions"));
+            }
+            Err(crate::workers::MoveRefused::Busy | crate::workers::MoveRefused::Moved) => {
+                return Err(conflict("busy with another request"));
+            }
+        }
     }
     st.engine
-        .call(move |e, now| e.stream_bind(&app, &stream, &req.session_id, req.tracks, now))
+        .call_on(worker, move |e, now| {
+            e.stream_bind(&app, &stream, &req.session_id, req.tracks, now)
+        })
         .await??;
+    drop(slot);
     Ok(StatusCode::OK.into_response())
 }

@@ -184,6 +184,13 @@ async fn post(
         }
         _ => {}
     }
+    // The stream's worker (placed on the least-loaded one at its first use) runs its sessions.
+    let slot = st
+        .engine
+        .stream_slot(&app, &stream)
+        .await
+        .map_err(op_problem)?;
+    let worker = slot.worker();
     let quota = st.limits.per_app_quota;
     let policy = StreamPolicy {
         auto_create: match mode {
@@ -192,20 +199,22 @@ async fn post(
         },
         max_viewers: st.streams.whep_max_viewers,
     };
-    // The app's quota counts its sessions on every worker; streams' sessions live on the
-    // primary worker.
+    // The app's quota counts its sessions on every worker; the stream's worker counts its own
+    // when the session is made.
     let a = app.clone();
     let elsewhere: usize = st
         .engine
         .call_all(move |e, _| e.app_session_count(&a))
         .await?
         .into_iter()
-        .skip(1)
+        .enumerate()
+        .filter(|(w, _)| *w != worker)
+        .map(|(_, n)| n)
         .sum();
     let (a, s) = (app.clone(), stream.clone());
     let created = st
         .engine
-        .call(move |e, now| {
+        .call_on(worker, move |e, now| {
             if e.app_session_count(&a) + elsewhere >= quota {
                 return Ok(None);
             }
@@ -217,6 +226,7 @@ async fn post(
         })
         .await?
         .map_err(op_problem)?;
+    drop(slot);
     let Some(created) = created else {
         st.ops
             .rejects
@@ -308,9 +318,10 @@ async fn patch(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let role = role_of(mode);
+    // The session URL names the session, whose id names its worker.
     let patched = st
         .engine
-        .call(move |e, now| {
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
             e.stream_session_patch(
                 &app,
                 &stream,
@@ -370,7 +381,9 @@ async fn delete(
     let role = role_of(mode);
     match st
         .engine
-        .call(move |e, now| e.stream_session_delete(&app, &stream, role, &session, now))
+        .call_on(st.engine.worker_of_str(&session), move |e, now| {
+            e.stream_session_delete(&app, &stream, role, &session, now)
+        })
         .await?
     {
         // DELETE is idempotent: a session that just ended (its client closed the peer

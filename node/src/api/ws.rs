@@ -157,7 +157,9 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
         let sid = j.session;
         let _ = st
             .engine
-            .call(move |e, now| e.close_session(sid, now, "websocket participant left"))
+            .call_session(sid, move |e, now| {
+                e.close_session(sid, now, "websocket participant left")
+            })
             .await;
         st.ops.local.rooms.replace_all(&rooms::local_announces(&st));
     }
@@ -348,10 +350,14 @@ async fn join(
             },
         );
     }
+    // Spread like Calls sessions: the least-loaded worker; every later call goes to the worker
+    // the session id names.
     let a = app.clone();
     let created = st
         .engine
-        .call(move |e, now| e.create_session(&a, None, now))
+        .call_on(st.engine.place(), move |e, now| {
+            e.create_session(&a, None, now)
+        })
         .await
         .map_err(|_| CloseReason::InternalError)
         .and_then(|r| r.map_err(|_| CloseReason::InternalError));
@@ -436,7 +442,7 @@ async fn first_offer(
     audio: Option<&MediaPref>,
     video: Option<&MediaPref>,
 ) -> Result<String, CloseReason> {
-    let (app, sid) = (j.app.clone(), j.session.to_string());
+    let (app, sid, session) = (j.app.clone(), j.session.to_string(), j.session);
     if j.role.sends() {
         let mut tracks = Vec::new();
         for (name, kind, pref) in [
@@ -462,7 +468,7 @@ async fn first_offer(
         };
         let res = st
             .engine
-            .call(move |e, now| e.tracks_new(&app, &sid, op, now))
+            .call_session(session, move |e, now| e.tracks_new(&app, &sid, op, now))
             .await
             .map_err(|_| CloseReason::InternalError)?
             .map_err(op_reason)?;
@@ -474,7 +480,9 @@ async fn first_offer(
     }
     let res = st
         .engine
-        .call(move |e, now| e.datachannels_establish(&app, &sid, now))
+        .call_session(session, move |e, now| {
+            e.datachannels_establish(&app, &sid, now)
+        })
         .await
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;
@@ -490,9 +498,11 @@ async fn apply_answer(st: &ApiState, j: &mut Joined, sdp: String) -> Result<(), 
     let answer = super::calls::off_engine(st, move || ClientAnswer::parse_for(&sdp, twcc))
         .await
         .map_err(|_| CloseReason::InternalError)?;
-    let (app, sid) = (j.app.clone(), j.session.to_string());
+    let (app, sid, session) = (j.app.clone(), j.session.to_string(), j.session);
     st.engine
-        .call(move |e, now| e.renegotiate(&app, &sid, answer, now))
+        .call_session(session, move |e, now| {
+            e.renegotiate(&app, &sid, answer, now)
+        })
         .await
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;
@@ -542,8 +552,13 @@ async fn pull_new(
         .iter()
         .flat_map(|p| TRACK_NAMES.iter().map(move |t| (*p, t.to_string())))
         .collect();
-    super::cluster::resolve_remote(st, &j.app, crate::workers::PRIMARY, wanted.iter().cloned())
-        .await;
+    super::cluster::resolve_remote(
+        st,
+        &j.app,
+        st.engine.worker_of(j.session),
+        wanted.iter().cloned(),
+    )
+    .await;
     let op = TracksNew::Remote {
         tracks: wanted
             .into_iter()
@@ -555,10 +570,10 @@ async fn pull_new(
             })
             .collect(),
     };
-    let (app, sid) = (j.app.clone(), j.session.to_string());
+    let (app, sid, session) = (j.app.clone(), j.session.to_string(), j.session);
     let res = st
         .engine
-        .call(move |e, now| e.tracks_new(&app, &sid, op, now))
+        .call_session(session, move |e, now| e.tracks_new(&app, &sid, op, now))
         .await
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;
@@ -607,10 +622,12 @@ async fn close_gone(
         .filter_map(|p| j.pulled.remove(p))
         .flatten()
         .collect();
-    let (app, sid) = (j.app.clone(), j.session.to_string());
+    let (app, sid, session) = (j.app.clone(), j.session.to_string(), j.session);
     let offer = st
         .engine
-        .call(move |e, now| e.close_pulls_offer(&app, &sid, &mids, now))
+        .call_session(session, move |e, now| {
+            e.close_pulls_offer(&app, &sid, &mids, now)
+        })
         .await
         .map_err(|_| CloseReason::InternalError)?
         .map_err(op_reason)?;

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::CascadeDirection;
 use crate::ids::SessionId;
-use crate::workers::EngineHandle;
+use crate::workers::{EngineHandle, StreamSlot};
 
 /// Most cascades one app may run on a node.
 pub const MAX_CASCADES_PER_APP: usize = 16;
@@ -129,7 +129,8 @@ impl Cascades {
         }
     }
 
-    /// Starts a cascade of `stream` (which the caller checked exists).
+    /// Starts a cascade of `stream` (which the caller checked exists), on the stream's worker:
+    /// the cascade holds `slot` while it runs, so the stream stays on that worker.
     pub fn start(
         self: &Arc<Self>,
         app: &str,
@@ -137,6 +138,7 @@ impl Cascades {
         direction: CascadeDirection,
         url: Url,
         token: String,
+        slot: StreamSlot,
     ) -> Result<(), StartRefused> {
         let key: Key = (app.to_string(), stream.to_string(), direction);
         let mut entries = lock(&self.entries);
@@ -168,6 +170,7 @@ impl Cascades {
             token,
             Arc::clone(&status),
             stopped,
+            slot,
         ));
         tracing::info!(app, stream, direction = direction_name(direction), %url, "cascade started");
         entries.insert(

@@ -16,9 +16,10 @@ use super::{
 use crate::engine::{OpError, OutgoingState, prepare_answer};
 use crate::ids::SessionId;
 use crate::media_tcp::canonical;
-use crate::workers::EngineHandle;
+use crate::workers::{EngineHandle, StreamSlot};
 
 impl Cascades {
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run(
         self: Arc<Self>,
         key: Key,
@@ -27,10 +28,13 @@ impl Cascades {
         token: String,
         status: Arc<Mutex<Status>>,
         stopped: oneshot::Receiver<()>,
+        slot: StreamSlot,
     ) {
+        // Every call about the stream and the cascade's sessions goes to the stream's worker.
+        let worker = slot.worker();
         let current = Mutex::new(Current::default());
         tokio::select! {
-            _ = self.attempts(&key, &url, &token, &status, &current) => {
+            _ = self.attempts(&key, worker, &url, &token, &status, &current) => {
                 // The stream is gone: the cascade ends by itself.
                 let mut entries = lock(&self.entries);
                 if entries.get(&key).is_some_and(|e| e.id == id) {
@@ -39,7 +43,8 @@ impl Cascades {
             }
             _ = stopped => {}
         }
-        self.teardown(&current, &token).await;
+        self.teardown(worker, &current, &token).await;
+        drop(slot);
         tracing::info!(
             app = key.0,
             stream = key.1,
@@ -52,6 +57,7 @@ impl Cascades {
     async fn attempts(
         &self,
         key: &Key,
+        worker: usize,
         url: &Url,
         token: &str,
         status: &Mutex<Status>,
@@ -66,8 +72,8 @@ impl Cascades {
                 s.session = None;
                 s.next_attempt = None;
             }
-            let outcome = self.attempt(key, url, token, status, current).await;
-            self.teardown(current, token).await;
+            let outcome = self.attempt(key, worker, url, token, status, current).await;
+            self.teardown(worker, current, token).await;
             let (error, was_live) = match outcome {
                 Attempt::StreamGone => return,
                 Attempt::Failed { error, was_live } => (error, was_live),
@@ -75,7 +81,7 @@ impl Cascades {
             let (app, stream) = (key.0.clone(), key.1.clone());
             if !self
                 .engine
-                .call(move |e, _| e.stream_exists(&app, &stream))
+                .call_on(worker, move |e, _| e.stream_exists(&app, &stream))
                 .await
                 .unwrap_or(false)
             {
@@ -99,6 +105,7 @@ impl Cascades {
     async fn attempt(
         &self,
         key: &Key,
+        worker: usize,
         url: &Url,
         token: &str,
         status: &Mutex<Status>,
@@ -109,7 +116,7 @@ impl Cascades {
             was_live: false,
         };
         // A socket of its own: the other server tells its sessions apart by our address.
-        let (bind, socket) = match self.bind().await {
+        let (bind, socket) = match self.bind(worker).await {
             Ok(v) => v,
             Err(e) => return failed(e),
         };
@@ -117,7 +124,9 @@ impl Cascades {
         let (app, stream, direction) = key.clone();
         let offered = self
             .engine
-            .call(move |e, now| e.cascade_offer(&app, &stream, direction, bind, now))
+            .call_on(worker, move |e, now| {
+                e.cascade_offer(&app, &stream, direction, bind, now)
+            })
             .await;
         let (sid, offer) = match offered {
             Ok(Ok(v)) => v,
@@ -142,7 +151,9 @@ impl Cascades {
         let (app, stream, direction) = key.clone();
         let answered = self
             .engine
-            .call(move |e, now| e.cascade_answer(&app, &stream, sid, direction, answer, now))
+            .call_on(worker, move |e, now| {
+                e.cascade_answer(&app, &stream, sid, direction, answer, now)
+            })
             .await;
         match answered {
             Ok(Ok(())) => {}
@@ -151,16 +162,16 @@ impl Cascades {
         }
         tokio::select! {
             outcome = self.watch(key, url, sid, status) => outcome,
-            error = pump(&self.engine, socket, bind) => failed(error),
+            error = pump(&self.engine, worker, socket, bind) => failed(error),
         }
     }
 
     /// Binds an outgoing session's socket next to the media socket and registers it with the
     /// engine task; returns its address as the session's host candidate.
-    async fn bind(&self) -> Result<(SocketAddr, Arc<UdpSocket>), String> {
+    async fn bind(&self, worker: usize) -> Result<(SocketAddr, Arc<UdpSocket>), String> {
         let at = self
             .engine
-            .call(|e, _| e.outgoing_bind_addr())
+            .call_on(worker, |e, _| e.outgoing_bind_addr())
             .await
             .map_err(|e| e.to_string())?;
         let socket = UdpSocket::bind(at)
@@ -171,7 +182,7 @@ impl Cascades {
             .map_err(|e| format!("the media socket's address: {e}"))?;
         let local = self
             .engine
-            .call(move |e, _| e.outgoing_candidate(bound))
+            .call_on(worker, move |e, _| e.outgoing_candidate(bound))
             .await
             .map_err(|e| e.to_string())?;
         let socket = Arc::new(socket);
@@ -195,7 +206,7 @@ impl Cascades {
             tokio::time::sleep(POLL).await;
             let state = match self
                 .engine
-                .call(move |e, now| e.outgoing_state(sid, now))
+                .call_session(sid, move |e, now| e.outgoing_state(sid, now))
                 .await
             {
                 Ok(s) => s,
@@ -245,7 +256,7 @@ impl Cascades {
     }
 
     /// Closes the attempt's session and socket, and DELETEs the other server's session, if any.
-    async fn teardown(&self, current: &Mutex<Current>, token: &str) {
+    async fn teardown(&self, worker: usize, current: &Mutex<Current>, token: &str) {
         let Current {
             session,
             local,
@@ -257,7 +268,7 @@ impl Cascades {
         if session.is_some() || local.is_some() {
             let _ = self
                 .engine
-                .call(move |e, now| {
+                .call_on(worker, move |e, now| {
                     if let Some(sid) = session {
                         e.close_session(sid, now, "cascade attempt ended");
                     }
@@ -282,7 +293,12 @@ const PUMP_BUF: usize = 2048;
 /// Feeds what arrives on an outgoing session's socket to the engine, in batches; returns why
 /// it stopped (the socket or the engine failed). Backpressure: it waits for the engine's command
 /// queue, and the kernel drops what does not fit the socket buffer meanwhile.
-async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) -> String {
+async fn pump(
+    engine: &EngineHandle,
+    worker: usize,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+) -> String {
     let mut buf = vec![0u8; PUMP_BUF];
     loop {
         let mut batch: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -299,7 +315,7 @@ async fn pump(engine: &EngineHandle, socket: Arc<UdpSocket>, local: SocketAddr) 
             }
         }
         let fed = engine
-            .call(move |e, _| {
+            .call_on(worker, move |e, _| {
                 for (from, data) in batch {
                     e.handle_outgoing_datagram(Instant::now(), local, from, &data);
                 }

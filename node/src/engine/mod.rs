@@ -89,7 +89,7 @@ pub use egress::{
 pub use error::{OpError, TrackError};
 pub use ops::{
     AppListing, AppSessionSummary, CascadeDirection, CloseResult, DataChannelItem,
-    DataChannelResult, DataChannelStatus, Established, FollowedStream, LocalTrack,
+    DataChannelResult, DataChannelStatus, Established, FollowedStream, HandOver, LocalTrack,
     MAX_TRACKS_PER_CALL, OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack,
     SdpKind, SessionDesc, SessionSummary, SimulcastView, StreamPolicy, StreamSessionCreated,
     StreamSessionView, StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult,

@@ -7,12 +7,13 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use crate::engine::{EgressLabels, Engine, OpError, RelayIn};
+use super::stream_table::{Full, MoveRefused, StreamSlot};
+use crate::engine::{EgressLabels, Engine, HandOver, OpError, RelayIn};
 use crate::ids::{NodeTag, SessionId};
 use crate::runtime::{EngineStopped, Job, OutgoingSockets};
 
-/// The worker that holds what is node-wide: relayed upstreams from other nodes, streams (WHIP,
-/// WHEP), rooms' WebSocket sessions and cascades.
+/// The worker that holds relayed upstreams from other nodes (and answers for ids that name no
+/// worker of this node).
 pub const PRIMARY: usize = 0;
 
 /// How the API and the relay reach the engines: closures run on a worker's task, one at a time
@@ -89,7 +90,7 @@ impl EngineHandle {
         SessionId::parse(session).map_or(PRIMARY, |s| self.worker_of(s))
     }
 
-    /// Runs `f` on the primary worker (node-wide state: streams, cascades, relayed upstreams).
+    /// Runs `f` on the primary worker (relayed upstreams from other nodes).
     pub async fn call<R, F>(&self, f: F) -> Result<R, EngineStopped>
     where
         R: Send + 'static,
@@ -143,7 +144,8 @@ impl EngineHandle {
         Ok(out)
     }
 
-    /// The worker a new Calls session goes to: the next of `--worker-placement` while it lasts
+    /// The worker a new Calls or room session (or a new stream) goes to: the next of
+    /// `--worker-placement` while it lasts
     /// (tests force placement with it), else the one holding the fewest sessions (ties: the
     /// lowest index).
     pub fn place(&self) -> usize {
@@ -165,5 +167,106 @@ impl EngineHandle {
     ) -> Result<Result<(), OpError>, EngineStopped> {
         self.call_session(session, move |e, _| e.set_egress(session, labels))
             .await
+    }
+
+    /// The worker of stream `app`/`stream`, held until the slot is dropped; a stream no worker
+    /// has yet goes to the least-loaded one (or the next of `--worker-placement`). When the
+    /// node-wide table is full, stale entries are pruned first; still full: `Unavailable`.
+    pub async fn stream_slot(&self, app: &str, stream: &str) -> Result<StreamSlot, OpError> {
+        let shared = self.shared.clone();
+        self.stream_slot_with(app, stream, move || shared.place())
+            .await
+    }
+
+    /// [`Self::stream_slot`], a stream no worker has yet going to `worker` (a bind: the bound
+    /// session's worker).
+    pub async fn stream_slot_on(
+        &self,
+        app: &str,
+        stream: &str,
+        worker: usize,
+    ) -> Result<StreamSlot, OpError> {
+        self.stream_slot_with(app, stream, move || worker).await
+    }
+
+    async fn stream_slot_with(
+        &self,
+        app: &str,
+        stream: &str,
+        place: impl Fn() -> usize,
+    ) -> Result<StreamSlot, OpError> {
+        let full = || OpError::Unavailable("this node holds its maximum number of streams".into());
+        let worker = match self.shared.streams.acquire(app, stream, &place) {
+            Ok(w) => w,
+            Err(Full) => {
+                self.prune_streams().await.map_err(|_| full())?;
+                self.shared
+                    .streams
+                    .acquire(app, stream, &place)
+                    .map_err(|Full| full())?
+            }
+        };
+        Ok(StreamSlot::new(self.shared.clone(), app, stream, worker))
+    }
+
+    /// The worker of an existing stream, held until the slot is dropped; `None` when no worker
+    /// holds it (nor may: streams are made through [`Self::stream_slot`]).
+    pub fn find_stream(&self, app: &str, stream: &str) -> Option<StreamSlot> {
+        let worker = self.shared.streams.find(app, stream)?;
+        Some(StreamSlot::new(self.shared.clone(), app, stream, worker))
+    }
+
+    /// Drops the stream table's entries whose stream is gone from its worker, on each worker
+    /// in turn (see `stream_table.rs` for why this is safe). Returns how many went.
+    pub async fn prune_streams(&self) -> Result<usize, EngineStopped> {
+        let mut pruned = 0;
+        for w in 0..self.workers.len() {
+            let shared = self.shared.clone();
+            pruned += self
+                .call_on(w, move |e, _| {
+                    shared.streams.prune(w, |a, s| e.stream_exists(a, s))
+                })
+                .await?;
+        }
+        Ok(pruned)
+    }
+
+    /// Moves the slot's stream to worker `to`, when it holds no session there and no other
+    /// operation on it is in flight (the bind of a session held by `to`).
+    pub async fn move_stream(
+        &self,
+        slot: &mut StreamSlot,
+        to: usize,
+    ) -> Result<Result<(), MoveRefused>, EngineStopped> {
+        let from = slot.worker();
+        if from == to {
+            return Ok(Ok(()));
+        }
+        let shared = self.shared.clone();
+        let (app, stream) = (slot.app().to_string(), slot.stream().to_string());
+        let (a, s) = (app.clone(), stream.clone());
+        let handed = self
+            .call_on(from, move |e, _| {
+                shared
+                    .streams
+                    .repoint(&a, &s, from, to, || match e.stream_hand_over(&a, &s) {
+                        HandOver::InUse => None,
+                        h => Some(h),
+                    })
+            })
+            .await?;
+        let handed = match handed {
+            Ok(h) => h,
+            Err(r) => return Ok(Err(r)),
+        };
+        slot.set_worker(to);
+        self.call_on(to, move |e, _| e.stream_take_over(&app, &stream, handed))
+            .await?;
+        Ok(Ok(()))
+    }
+
+    /// Entries in the node-wide stream table.
+    pub fn stream_entries(&self) -> usize {
+        self.shared.streams.len()
     }
 }

@@ -2,12 +2,14 @@
 //! runtime (`runtime::run`) and its own media socket (`--media` for the first, `--worker-ports`
 //! and up for the others).
 //! Sessions are spread over them; [`EngineHandle`] routes every call by the session id's worker
-//! byte; publications cross between workers over in-process relay links (`links.rs`).
+//! byte, and a named stream's operations to the worker that holds it (`stream_table.rs`);
+//! publications cross between workers over in-process relay links (`links.rs`).
 
 mod handle;
 #[cfg(any(test, feature = "test-world"))]
 mod hop_bench;
 mod links;
+mod stream_table;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +25,7 @@ pub use handle::{EngineHandle, PRIMARY};
 #[cfg(any(test, feature = "test-world"))]
 pub use hop_bench::HopBench;
 pub use links::is_local;
+pub use stream_table::{MoveRefused, StreamSlot};
 
 use crate::engine::{EgressPacket, Engine, RelayIn, RelayOut};
 use crate::ids::{NodeTag, SessionId};
@@ -37,7 +40,7 @@ pub const INPUT_QUEUE: usize = 8192;
 pub const MAX_WORKERS: usize = 64;
 
 /// What the workers share: their loads (for placement), the placement override, the
-/// in-process links.
+/// in-process links, the streams' workers.
 pub struct Shared {
     loads: Box<[AtomicUsize]>,
     placement: Vec<u8>,
@@ -47,6 +50,8 @@ pub struct Shared {
     claims: std::sync::atomic::AtomicU32,
     /// The in-process links between workers.
     pub links: links::Links,
+    /// Which worker holds each named stream.
+    pub streams: stream_table::StreamTable,
 }
 
 impl Shared {
@@ -58,6 +63,7 @@ impl Shared {
             fault_panic,
             claims: std::sync::atomic::AtomicU32::new(1),
             links: links::Links::new(workers),
+            streams: stream_table::StreamTable::default(),
         }
     }
 
@@ -108,7 +114,8 @@ pub struct WorkerSpec {
 pub struct WorkersConfig {
     /// The node's tag (routing: ids of other nodes go to the primary worker).
     pub tag: NodeTag,
-    /// The first new Calls sessions go to these workers, in order (tests force placement).
+    /// The first placements (new Calls and room sessions, new streams) go to these workers, in
+    /// order (tests force placement).
     pub placement: Vec<u8>,
     /// Fault injection for tests: this worker panics at its first call.
     pub fault_panic: Option<usize>,

@@ -117,12 +117,35 @@ fn cascade_state(s: &Value) -> Option<&str> {
     s["cascades"][0]["state"].as_str()
 }
 
+/// `--worker-placement` for A that puts every stream on worker 1, and a check that a session
+/// id names worker 1 (the two hex characters after the node tag).
+const ON_WORKER_1: &[&str] = &["--worker-placement", "1,1,1,1"];
+
+#[track_caller]
+fn assert_on_worker_1(session: &Value, what: &str) {
+    assert_eq!(
+        session.as_str().and_then(|s| s.get(8..10)),
+        Some("01"),
+        "{what} on worker 1: {session}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_it() {
+    source_pulls(&[]).await;
+}
+
+/// The same with A's stream, its cascade and its viewer on A's worker 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_cascade_on_worker_1_feeds_its_viewers_there() {
+    source_pulls(ON_WORKER_1).await;
+}
+
+async fn source_pulls(a_args: &[&str]) {
     let app = (random_hex32(), random_hex32());
     let mut b = start_other((&app.0, &app.1), &[]);
     let b_http = b.http_addr().to_string();
-    let a = start_node(&[]);
+    let a = start_node(a_args);
     let (api_a, api_b) = (a.client(), b.client());
     let (_publisher, _) = endpoint(&api_b, "whip", "live").await;
 
@@ -151,6 +174,10 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
         s["publisher"]["sessionId"], s["cascades"][0]["sessionId"],
         "the cascade's session is the stream's publisher: {s}"
     );
+    if a_args == ON_WORKER_1 {
+        assert_on_worker_1(&s["publisher"]["sessionId"], "the cascade's session");
+        assert_on_worker_1(&s["subscribers"][0]["sessionId"], "the viewer");
+    }
     // On B, A is an ordinary WHEP viewer.
     let on_b = stream(&api_b, "live").await;
     assert_eq!(
@@ -213,8 +240,18 @@ async fn source_pulls_from_another_server_survives_its_restart_and_delete_ends_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_waits_for_a_publisher_pushes_to_another_server_and_a_source_pulls_it_back() {
+    target_pushes(&[]).await;
+}
+
+/// The same with A's streams, their cascades, publisher and viewer on A's worker 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_and_source_cascades_on_worker_1_push_and_pull() {
+    target_pushes(ON_WORKER_1).await;
+}
+
+async fn target_pushes(a_args: &[&str]) {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
-    let a = start_node(&[]);
+    let a = start_node(a_args);
     let (api_a, api_b) = (a.client(), b.client());
     // The cascade comes first: it waits for a publisher to push.
     let (status, body) = post(&api_a, "streams/out", json!({})).await;
@@ -243,6 +280,11 @@ async fn target_waits_for_a_publisher_pushes_to_another_server_and_a_source_pull
         cascade_state(s) == Some("live") && s["cascades"][0]["direction"] == json!("target")
     })
     .await;
+    if a_args == ON_WORKER_1 {
+        let s = stream(&api_a, "out").await;
+        assert_on_worker_1(&s["publisher"]["sessionId"], "the WHIP publisher");
+        assert_on_worker_1(&s["cascades"][0]["sessionId"], "the cascade's session");
+    }
 
     // A second session between the same two servers at once: A pulls back what it pushed.
     let (status, body) = post(&api_a, "streams/back", json!({})).await;
@@ -256,6 +298,14 @@ async fn target_waits_for_a_publisher_pushes_to_another_server_and_a_source_pull
     assert_eq!(status, 201, "{body}");
     let (back, back_mids) = endpoint(&api_a, "whep", "back").await;
     wait_frames(&back, &back_mids, 10).await;
+    if a_args == ON_WORKER_1 {
+        let s = stream(&api_a, "back").await;
+        assert_on_worker_1(
+            &s["publisher"]["sessionId"],
+            "the pulling cascade's session",
+        );
+        assert_on_worker_1(&s["subscribers"][0]["sessionId"], "the viewer");
+    }
     wait_frames(&viewer, &mids, frames(&viewer, &mids) + 10).await;
     let r = delete(&api_a, "streams/back/cascade").await;
     assert_eq!(r.status, 200, "{}", r.text);

@@ -8,7 +8,7 @@ use anyhow::ensure;
 use reqwest::Method;
 use serde_json::Value;
 use trackmesh_tests::whip::{SDP, assert_problem, send, start_endpoint as start, wait_media};
-use trackmesh_tests::{CallsClient, Cluster, MediaKind, Peer, poll_until};
+use trackmesh_tests::{CallsClient, Cluster, ClusterConfig, MediaKind, Peer, poll_until};
 
 const STEP: Duration = Duration::from_millis(100);
 /// How long a stream's publisher may take to reach the other nodes' views (a follower round,
@@ -65,13 +65,49 @@ async fn wait_announced(cl: &Cluster, node: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_published_on_one_node_plays_on_another() {
-    let cl = Cluster::start(&[("a", "eu"), ("c", "us")])
-        .await
-        .expect("cluster");
+    published_on_one_node_plays_on_another(None).await;
+}
+
+/// The same with every stream placed on worker 1: the relayed tracks land on c's first worker
+/// and are linked to the stream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_published_on_one_node_plays_on_another_on_worker_1() {
+    published_on_one_node_plays_on_another(Some(1)).await;
+}
+
+/// `worker`: place every stream on this worker and check that it was.
+async fn published_on_one_node_plays_on_another(worker: Option<usize>) {
+    let extra = match worker {
+        Some(w) => vec!["--worker-placement".to_string(), format!("{w},{w},{w},{w}")],
+        None => Vec::new(),
+    };
+    let cl = Cluster::start_with(
+        &[("a", "eu"), ("c", "us")],
+        ClusterConfig {
+            extra,
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .expect("cluster");
     let publisher = start(&cl.client("a"), cl.node("a"), "whip", "show").await;
     wait_announced(&cl, "c", "show").await;
 
     let viewer = start(&cl.client("c"), cl.node("c"), "whep", "show").await;
+    if let Some(w) = worker {
+        // The worker is the session id's two hex characters after the node tag.
+        let w = format!("{w:02x}");
+        for (s, who) in [
+            (publisher.session_id(), "publisher"),
+            (viewer.session_id(), "viewer"),
+        ] {
+            assert_eq!(
+                s.get(8..10),
+                Some(w.as_str()),
+                "the {who}'s stream on worker {w}"
+            );
+        }
+    }
     wait_media(&viewer.peer, &viewer.mids).await;
 
     // c lists the stream with the publisher, held by a.

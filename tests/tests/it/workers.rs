@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use trackmesh_tests::flows::MEDIA_TIMEOUT;
-use trackmesh_tests::{Cluster, ClusterConfig, MediaKind, Publisher, Subscriber, TestNode};
+use trackmesh_tests::rooms::{WsParticipant, create_room, ticket};
+use trackmesh_tests::whip;
+use trackmesh_tests::{
+    CallsClient, Cluster, ClusterConfig, MediaKind, Publisher, Subscriber, TestNode,
+};
 
 /// The worker a session id names: the two hex characters after the node tag.
 fn worker_of(session_id: &str) -> &str {
@@ -115,6 +119,55 @@ async fn viewers_on_another_worker_get_the_same_media_and_a_keyframe_at_join() {
     );
 }
 
+/// Room participants (WebSocket) are placed like Calls sessions: two publishers on different
+/// workers receive each other's media, and a viewer sharing a worker with one of them gets both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_participants_on_different_workers_exchange_media() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0,1"])
+        .expect("node with two workers");
+    let api = node.client();
+    create_room(&api, serde_json::json!({ "id": "split" }))
+        .await
+        .expect("room");
+    let url = format!("ws://{}/v1/ws", node.http_addr());
+    let (t, _) = ticket(&api, "split", "both").await.expect("ticket");
+    let alice = WsParticipant::join(&url, &t, "sendrecv", true, "alice")
+        .await
+        .expect("alice");
+    assert_eq!(worker_of(&alice.session_id), "01", "alice on worker 1");
+    let (t, _) = ticket(&api, "split", "both").await.expect("ticket");
+    let bob = WsParticipant::join(&url, &t, "sendrecv", true, "bob")
+        .await
+        .expect("bob");
+    assert_eq!(worker_of(&bob.session_id), "00", "bob on worker 0");
+    let (t, _) = ticket(&api, "split", "down").await.expect("ticket");
+    let carol = WsParticipant::join(&url, &t, "downstream", true, "carol")
+        .await
+        .expect("carol");
+    assert_eq!(worker_of(&carol.session_id), "01", "carol on worker 1");
+    for (p, who) in [(&alice, "alice"), (&bob, "bob")] {
+        p.wait_media_on(2, MEDIA_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{who} gets the other's audio and video: {e:#}"));
+    }
+    carol
+        .wait_media_on(4, MEDIA_TIMEOUT)
+        .await
+        .expect("carol gets both publishers' audio and video");
+    // Each participant's session answers on its own worker.
+    for p in [&alice, &bob, &carol] {
+        let (status, v) = api
+            .raw(
+                reqwest::Method::GET,
+                &format!("sessions/{}", p.session_id),
+                None,
+            )
+            .await
+            .expect("GET session");
+        assert_eq!(status, 200, "{v}");
+    }
+}
+
 /// A track published on worker 1 of node A is pulled by a viewer on node B (also placed on
 /// worker 1 there, so the relayed track crosses B's workers too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,11 +246,118 @@ async fn a_worker_that_panics_fails_healthz_and_ends_the_process_non_zero() {
     );
 }
 
-/// Streams live on the first worker: binding a Calls session held by another worker is refused
-/// with a 409 that says why, not a misleading "not found"; one on the first worker binds.
+/// `GET streams`, merged over the workers: each stream's id and publisher session id.
+async fn listed_streams(api: &CallsClient) -> Vec<(String, String)> {
+    let (status, body) = api
+        .raw(reqwest::Method::GET, "streams", None)
+        .await
+        .expect("GET streams");
+    assert_eq!(status, 200, "{body}");
+    body["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["publisher"]["sessionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A stream lives on one worker with all its sessions: placed on worker 1 at its first use
+/// (the WHIP publish), its WHEP viewers go there too and play, and their session URLs (PATCH,
+/// DELETE) reach them there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_a_first_worker_session_can_be_bound_to_a_stream() {
-    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0"])
+async fn a_stream_placed_on_worker_1_takes_its_whip_publisher_and_whep_viewers() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1"])
+        .expect("node with two workers");
+    let api = node.client();
+    let publisher = whip::start_endpoint(&api, &node, "whip", "one").await;
+    assert_eq!(
+        worker_of(publisher.session_id()),
+        "01",
+        "the stream on worker 1"
+    );
+    let first = whip::start_endpoint(&api, &node, "whep", "one").await;
+    let second = whip::start_endpoint(&api, &node, "whep", "one").await;
+    for (v, who) in [(&first, "first"), (&second, "second")] {
+        assert_eq!(
+            worker_of(v.session_id()),
+            "01",
+            "the {who} viewer with its stream"
+        );
+        whip::wait_media(&v.peer, &v.mids).await;
+    }
+    let listed = listed_streams(&api).await;
+    assert_eq!(
+        listed,
+        vec![("one".to_string(), publisher.session_id().to_string())]
+    );
+    // The session URL names the session, whose id names worker 1.
+    let path = first
+        .location
+        .split_once("/v1/apps/")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, p)| p.to_string())
+        .expect("a session path");
+    let r = whip::send(&api, reqwest::Method::DELETE, &path, &[], "", None).await;
+    assert_eq!(r.status, 200, "DELETE the viewer's session: {}", r.text);
+    let r = api
+        .raw(
+            reqwest::Method::GET,
+            &format!("sessions/{}", first.session_id()),
+            None,
+        )
+        .await
+        .expect("GET session");
+    assert!(
+        r.0 == 404 || r.0 == 410,
+        "the viewer's session ended: {r:?}"
+    );
+    whip::wait_media(&second.peer, &second.mids).await;
+}
+
+/// Streams spread: two streams go to the two workers (least-loaded), both play, and `GET
+/// streams` lists both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_land_on_different_workers_and_both_play() {
+    let node = TestNode::start(&["--workers", "2"]).expect("node with two workers");
+    let api = node.client();
+    let a = whip::start_endpoint(&api, &node, "whip", "a").await;
+    let b = whip::start_endpoint(&api, &node, "whip", "b").await;
+    let mut workers = [worker_of(a.session_id()), worker_of(b.session_id())];
+    workers.sort_unstable();
+    assert_eq!(workers, ["00", "01"], "one stream per worker");
+    for (name, publisher) in [("a", &a), ("b", &b)] {
+        let viewer = whip::start_endpoint(&api, &node, "whep", name).await;
+        assert_eq!(
+            worker_of(viewer.session_id()),
+            worker_of(publisher.session_id()),
+            "the viewer of {name} with its stream"
+        );
+        whip::wait_media(&viewer.peer, &viewer.mids).await;
+    }
+    let listed = listed_streams(&api).await;
+    assert_eq!(
+        listed,
+        vec![
+            ("a".to_string(), a.session_id().to_string()),
+            ("b".to_string(), b.session_id().to_string())
+        ]
+    );
+}
+
+/// A bind takes the bound Calls session's worker: a new stream is made there, and an idle one
+/// moves there; one serving sessions on another worker answers 409 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_session_on_any_worker_binds_a_stream_and_whep_plays_it() {
+    // Calls publisher on 1, `POST streams/idle` on 1, Calls publisher on 0.
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,1,0"])
         .expect("node with two workers");
     let api = node.client();
     let bind = |p: &Publisher| {
@@ -214,17 +374,108 @@ async fn only_a_first_worker_session_can_be_bound_to_a_stream() {
         )
         .await
         .expect("bind");
-    assert_eq!(status, 409, "{body}");
-    assert!(body.to_string().contains("worker 1"), "{body}");
+    assert_eq!(status, 200, "{body}");
+    let viewer = whip::start_endpoint(&api, &node, "whep", "s1").await;
+    assert_eq!(worker_of(viewer.session_id()), "01", "with its stream");
+    whip::wait_media(&viewer.peer, &viewer.mids).await;
+
+    // A stream with a viewer waiting on worker 1 cannot take a publisher held by worker 0.
+    let (status, body) = api
+        .raw(reqwest::Method::POST, "streams/idle", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{body}");
+    let early = whip::start_endpoint(&api, &node, "whep", "idle").await;
+    assert_eq!(worker_of(early.session_id()), "01");
     let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
     assert_eq!(worker_of(&on_0.session_id), "00");
     let (status, body) = api
         .raw(
             reqwest::Method::PUT,
-            "streams/s0/publisher",
+            "streams/idle/publisher",
+            Some(bind(&on_0)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 409, "{body}");
+    let detail = body.to_string();
+    assert!(
+        detail.contains("worker 1") && detail.contains("holds its sessions"),
+        "says why: {body}"
+    );
+    // Once idle, it moves to worker 0 with the bind, and a viewer plays it there.
+    let r = whip::send(
+        &api,
+        reqwest::Method::DELETE,
+        &format!("whep/idle/{}", early.session_id()),
+        &[],
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/idle/publisher",
             Some(bind(&on_0)),
         )
         .await
         .expect("bind");
     assert_eq!(status, 200, "{body}");
+    let viewer = whip::start_endpoint(&api, &node, "whep", "idle").await;
+    assert_eq!(worker_of(viewer.session_id()), "00", "moved with the bind");
+    whip::wait_media(&viewer.peer, &viewer.mids).await;
+    let listed = listed_streams(&api).await;
+    assert_eq!(
+        listed,
+        vec![
+            ("idle".to_string(), on_0.session_id.clone()),
+            ("s1".to_string(), on_1.session_id.clone())
+        ]
+    );
+}
+
+/// A stream whose cascade runs on worker 1 stays there, even idle: a bind of a session on
+/// worker 0 answers 409 naming the cascade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_cascade_is_not_moved_by_a_bind() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,0"])
+        .expect("node with two workers");
+    let api = node.client();
+    let (status, body) = api
+        .raw(reqwest::Method::POST, "streams/pulled", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{body}");
+    // Nothing listens there: the cascade keeps trying (in backoff), and keeps the stream.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let (status, body) = api
+        .raw(
+            reqwest::Method::POST,
+            "streams/pulled/cascade",
+            Some(serde_json::json!({"sourceUrl": format!("http://{closed}/v1/apps/x/whep/s")})),
+        )
+        .await
+        .expect("cascade");
+    assert_eq!(status, 201, "{body}");
+    let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
+    assert_eq!(worker_of(&on_0.session_id), "00");
+    let names: Vec<String> = on_0.tracks.iter().map(|t| t.track_name.clone()).collect();
+    let (status, body) = api
+        .raw(
+            reqwest::Method::PUT,
+            "streams/pulled/publisher",
+            Some(serde_json::json!({"sessionId": on_0.session_id, "tracks": names})),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(status, 409, "{body}");
+    let detail = body.to_string();
+    assert!(
+        detail.contains("worker 1") && detail.contains("cascade"),
+        "says why: {body}"
+    );
 }

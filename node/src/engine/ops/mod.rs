@@ -29,7 +29,7 @@ pub use cascade::{CascadeDirection, OutgoingState, prepare_answer};
 pub use datachannels::{DataChannelItem, DataChannelResult, DataChannelStatus, Established};
 pub use session_url::Patched;
 pub use stream_cluster::FollowedStream;
-pub use streams::{StreamSessionView, StreamView};
+pub use streams::{HandOver, StreamSessionView, StreamView};
 pub use whip::{StreamPolicy, StreamSessionCreated};
 
 use str0m::change::SdpAnswer;

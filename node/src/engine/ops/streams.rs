@@ -44,7 +44,45 @@ pub struct StreamView {
     pub codecs: Vec<String>,
 }
 
+/// What a worker answers when another worker is to take one of its streams (the bind of a
+/// session held there: a stream lives on one worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// It holds no such stream.
+    Absent,
+    /// It held the stream, with no session: removed here, to be made there as it was.
+    Handed {
+        /// Created with `POST streams/{id}` (or pinned by a cascade).
+        explicit: bool,
+        /// When it was created.
+        created: SystemTime,
+    },
+    /// It has a publisher (local or another node's) or viewers: it stays.
+    InUse,
+}
+
 impl Engine {
+    /// Removes an empty stream so that another worker can take it (see [`HandOver`]).
+    pub fn stream_hand_over(&mut self, app: &str, stream: &str) -> HandOver {
+        let Some(s) = self.streams.get(app, stream) else {
+            return HandOver::Absent;
+        };
+        if s.publisher.is_some() || !s.viewers.is_empty() {
+            return HandOver::InUse;
+        }
+        let (explicit, created) = (s.explicit, s.created);
+        self.streams.remove(app, stream);
+        HandOver::Handed { explicit, created }
+    }
+
+    /// Makes a stream another worker handed over ([`Self::stream_hand_over`]).
+    pub fn stream_take_over(&mut self, app: &str, stream: &str, handed: HandOver) {
+        if let HandOver::Handed { explicit, created } = handed {
+            // Full: the bind that follows says so.
+            let _ = self.streams.create(app, stream, explicit, created);
+        }
+    }
+
     /// Every viewer of the stream gets the publisher's tracks on its free sections.
     pub(in crate::engine) fn attach_viewers(&mut self, app: &str, stream: &str, now: Instant) {
         let viewers = match self.streams.get(app, stream) {
