@@ -59,6 +59,7 @@ pub mod control;
 pub mod datachannel;
 pub mod handshake;
 pub mod limits;
+pub mod link;
 pub mod media;
 pub mod repair;
 
