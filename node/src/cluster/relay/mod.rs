@@ -104,7 +104,9 @@ pub(crate) struct Down {
     pub conn: quinn::Connection,
     pub sub: SubId,
     pub peer: NodeId,
-    pub control: mpsc::Sender<ControlMsg>,
+    /// The serving link's task, told when the engine ends this downstream (it sends
+    /// `TrackEnded`).
+    pub ended: mpsc::Sender<serve::Served>,
     pub session: SessionId,
     pub track: String,
     pub frames: Arc<AtomicU64>,

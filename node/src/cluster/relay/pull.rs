@@ -804,8 +804,15 @@ pub async fn engine_outputs(
             }
             RelayOut::Ended { down } => {
                 caches.remove(&down);
-                if let Some(d) = inner.state().downs.remove(&down) {
-                    inner.send_control(&d.control, ControlMsg::TrackEnded { sub: d.sub });
+                // A closed queue: the link is gone, and its end with it.
+                if let Some(d) = inner.state().downs.remove(&down)
+                    && let Err(mpsc::error::TrySendError::Full(_)) =
+                        d.ended.try_send(super::serve::Served {
+                            down,
+                            session: d.session,
+                        })
+                {
+                    inner.control_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }
             RelayOut::KeyframeRequest { up } => {

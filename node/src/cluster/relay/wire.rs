@@ -13,7 +13,7 @@ use crate::engine::{CodecInfo, TrackInfo};
 
 /// Control messages waiting to be written on one stream; a peer that stops reading loses its link.
 pub const CONTROL_QUEUE: usize = 1024;
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Reads one message, bounded in time.
 pub async fn read_one<M: Message>(
