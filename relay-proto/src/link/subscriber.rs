@@ -18,8 +18,8 @@
 //!   peer that came back succeeds no later than a re-route would.
 //! - **Re-route.** When a link dies its live upstreams are lost ([`SubscriberEvent::Lost`]: the
 //!   engine keeps their viewers) and re-routed: [`SubscriberEvent::RerouteDue`] asks the driver
-//!   for a route, first after [`SubscriberLimits::reroute_pause`], then at a pause doubling up to
-//!   [`SubscriberLimits::reroute_pause_max`]. The driver answers with
+//!   for a route, first at once, then after each failed attempt at a pause from
+//!   [`SubscriberLimits::reroute_pause`] doubling up to [`SubscriberLimits::reroute_pause_max`]. The driver answers with
 //!   [`Subscriber::reroute_to`] (a peer), [`Subscriber::reroute_wait`] (no route now: the origin
 //!   is not live) or [`Subscriber::give_up`] (the engine ended the track: its timeout bounds a
 //!   partition). A change of the cluster view ([`Subscriber::view_changed`]) makes every waiting
@@ -39,7 +39,7 @@ pub struct SubscriberLimits {
     pub subscribe_timeout: Duration,
     /// How long new pulls keep off a peer whose link failed.
     pub avoid_after_failure: Duration,
-    /// The first pause before a re-route attempt.
+    /// The pause after a first failed re-route attempt.
     pub reroute_pause: Duration,
     /// The longest pause between re-route attempts (the pause doubles up to it).
     pub reroute_pause_max: Duration,
@@ -268,6 +268,29 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
             },
         );
         self.subscribe_via(now, up, peer);
+    }
+
+    /// A link to `peer` for something else than a subscription (DataChannel streams): dials
+    /// unless one is up or being dialed; [`Subscriber::dialed`] reports it. False when `peer`
+    /// failed recently and has no link.
+    pub fn connect(&mut self, now: Instant, peer: P) -> bool {
+        if self.links.contains_key(&peer) {
+            return true;
+        }
+        self.avoid.retain(|_, until| *until > now);
+        if self.avoid.contains_key(&peer) {
+            return false;
+        }
+        self.links.insert(
+            peer.clone(),
+            Link {
+                state: LinkState::Dialing,
+                waiting: Vec::new(),
+                subs: HashMap::new(),
+            },
+        );
+        self.events.push_back(SubscriberEvent::Dial(peer));
+        true
     }
 
     /// A re-route attempt of `up` (after [`SubscriberEvent::RerouteDue`]) through `peer`,
@@ -506,11 +529,12 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
             };
             match u.phase {
                 Phase::Live { .. } => {
+                    // The first attempt at once: another route may be there already.
                     u.phase = Phase::Paused {
-                        at: now + self.limits.reroute_pause,
+                        at: now,
                         waiting_for_view: false,
                     };
-                    u.reroute = Some((now, self.limits.reroute_pause * 2));
+                    u.reroute = Some((now, self.limits.reroute_pause));
                     self.events.push_back(SubscriberEvent::Lost(up));
                 }
                 Phase::Subscribing { .. } => self.fail(now, up, PullFailure::NoAnswer),
@@ -725,6 +749,24 @@ mod tests {
     }
 
     #[test]
+    fn a_link_wanted_without_a_subscription_shares_the_one_dial() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(SubscriberLimits::default());
+        assert!(m.connect(t0, "a"));
+        m.pull(t0, 1, "a", track(1));
+        assert!(m.connect(t0, "a"));
+        assert_eq!(
+            drain(&mut m).1,
+            vec![SubscriberEvent::Dial("a")],
+            "one dial"
+        );
+        m.dialed(t0, &"a", false);
+        drain(&mut m);
+        assert!(!m.connect(t0, "a"), "failed recently");
+        assert_eq!(drain(&mut m).1, vec![]);
+    }
+
+    #[test]
     fn a_dial_failure_fails_every_pull_waiting_for_it() {
         let t0 = Instant::now();
         let mut m = Machine::new(SubscriberLimits::default());
@@ -814,11 +856,7 @@ mod tests {
         assert_eq!(m.route_of(1), None);
         // Gossip calls the origin dead for 5 s: the driver has no route.
         let mut now = until_due(&mut m, 1);
-        assert_eq!(
-            now,
-            t0 + limits.reroute_pause,
-            "the first attempt is after the pause"
-        );
+        assert_eq!(now, t0, "the first attempt is at once");
         let healed = t0 + Duration::from_secs(5);
         while now < healed {
             m.reroute_wait(now, 1);
