@@ -8,10 +8,15 @@
 //!   leave as datagrams; when it is a hub it pulls the track itself first, always directly.
 //! - When a link dies its upstreams are re-routed (a new hub, or the origin) or ended when the
 //!   origin is gone; downstreams of a dead link are released.
+//!
+//! The decisions are relay-proto's no-I/O link machines (`link::subscriber`, `link::publisher`);
+//! `pull.rs` and `serve.rs` are their quinn drivers, each machine owned by one task.
 
 mod channels;
 mod failures;
+mod outputs;
 mod pull;
+mod reader;
 mod serve;
 mod tasks;
 pub mod tls;
@@ -42,6 +47,10 @@ pub const RELAY_OUT_QUEUE: usize = 16384;
 /// Relay control messages asking for frames again (`Nack`), waiting for the task that sends
 /// frames; beyond it they are dropped and counted (the subscriber then gives the gap up).
 pub const NACK_QUEUE: usize = 1024;
+
+/// Bound on the upstreams one link's reader remembers a dropped frame of, and on the
+/// downstreams whose sent frames are cached before released ones are forgotten.
+const MAX_SUBS_SEEN: usize = 4096;
 
 /// A test hook: drops outgoing relay media datagrams on purpose, deterministically, so that
 /// tests can show what loss does without a sleep or a network namespace. Never set in
@@ -428,7 +437,7 @@ impl Relay {
             named("engine outputs", outputs_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    pull::engine_outputs(inner, relay_out, nack_rx).await;
+                    outputs::engine_outputs(inner, relay_out, nack_rx).await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -440,7 +449,7 @@ impl Relay {
             named("members", members_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    pull::watch_members(inner).await;
+                    serve::watch_members(inner).await;
                     members_ended.store(true, Ordering::Relaxed);
                 })
             }),

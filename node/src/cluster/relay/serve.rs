@@ -364,3 +364,22 @@ async fn accept_channel_streams(inner: Arc<Inner>, conn: quinn::Connection) {
         });
     }
 }
+
+/// Closes links dead peers dialed, so what was sent to them is released at once rather than
+/// after the QUIC idle timeout (the pulling task closes the links this node dialed).
+pub async fn watch_members(inner: Arc<Inner>) {
+    let mut view = inner.view.clone();
+    while view.changed().await.is_ok() {
+        let v = view.borrow_and_update().clone();
+        let inbound: Vec<quinn::Connection> = inner
+            .state()
+            .downs
+            .values()
+            .filter(|d| v.live_by_id(d.peer.as_str()).is_none())
+            .map(|d| d.conn.clone())
+            .collect();
+        for conn in inbound {
+            conn.close(0u32.into(), b"peer dead");
+        }
+    }
+}
