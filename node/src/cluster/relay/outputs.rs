@@ -225,7 +225,18 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::KeyframeRequest { up } => to_pulls(&inner, Cmd::KeyframeRequest(up)),
-            RelayOut::Unused { up } => to_pulls(&inner, Cmd::Unused(up)),
+            RelayOut::Unused { up } => {
+                // Never dropped (the upstream would stay subscribed): on a full queue a task of
+                // its own waits for room.
+                if let Err(mpsc::error::TrySendError::Full(cmd)) =
+                    inner.pulls.try_send(Cmd::Unused(up))
+                {
+                    let pulls = inner.pulls.clone();
+                    inner.spawn(async move {
+                        let _ = pulls.send(cmd).await;
+                    });
+                }
+            }
             RelayOut::ChannelMessage { down, binary, data } => {
                 let tx = inner.state().dc_downs.get(&down).cloned();
                 super::channels::send_frame(
@@ -265,8 +276,8 @@ pub async fn engine_outputs(
     }
 }
 
-/// Queues a command for the pulling task from a task that must not wait (the engine's
-/// output): a full queue drops it and counts the drop.
+/// Queues a keyframe request for the pulling task from a task that must not wait (the
+/// engine's output): a full queue drops it and counts the drop (a later request asks again).
 fn to_pulls(inner: &Inner, cmd: Cmd) {
     if let Err(mpsc::error::TrySendError::Full(_)) = inner.pulls.try_send(cmd) {
         inner.control_drops.fetch_add(1, Ordering::Relaxed);
