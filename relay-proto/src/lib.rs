@@ -32,6 +32,11 @@
 //!    What does not come back in time (2 × RTT + 30 ms, at most 200 ms) is a gap the subscriber
 //!    answers with a `KeyframeRequest`. Both ends are no-I/O state machines in [`repair`].
 //!
+//! The link itself is a pair of no-I/O state machines in [`link`]: the serving end of one
+//! link (its subscription table) and the pulling end of all dialed links (links, pending
+//! subscriptions, avoidance, re-route). The node's quinn drivers feed them `(now, input)` and
+//! carry out the control messages, events and timeouts they return.
+//!
 //! Handshake and control messages travel in length-prefixed frames ([`codec`]): a 4-byte
 //! big-endian length (at most 64 KiB) and a bincode 2 body. Only the `codec` module knows
 //! about bincode.
@@ -59,6 +64,7 @@ pub mod control;
 pub mod datachannel;
 pub mod handshake;
 pub mod limits;
+pub mod link;
 pub mod media;
 pub mod repair;
 

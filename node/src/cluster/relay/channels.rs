@@ -80,11 +80,11 @@ async fn ensure_locked(
     let view = inner.view.borrow().clone();
     let route = upstream_for(&view, session, name, true).ok_or(PullError::NoRoute)?;
     let peer = route.peer().clone();
-    let link = pull::link_to(inner, &peer).await.map_err(|e| {
+    let conn = pull::link_to(inner, &peer).await.map_err(|e| {
         tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
         PullError::Link
     })?;
-    let (mut send, mut recv) = link.conn.open_bi().await.map_err(|_| PullError::Link)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| PullError::Link)?;
     let mut first = vec![DC_STREAM_MAGIC];
     DcFrame::Subscribe {
         session_id: session.to_bytes(),

@@ -8,10 +8,15 @@
 //!   leave as datagrams; when it is a hub it pulls the track itself first, always directly.
 //! - When a link dies its upstreams are re-routed (a new hub, or the origin) or ended when the
 //!   origin is gone; downstreams of a dead link are released.
+//!
+//! The decisions are relay-proto's no-I/O link machines (`link::subscriber`, `link::publisher`);
+//! `pull.rs` and `serve.rs` are their quinn drivers, each machine owned by one task.
 
 mod channels;
 mod failures;
+mod outputs;
 mod pull;
+mod reader;
 mod serve;
 mod tasks;
 pub mod tls;
@@ -43,6 +48,10 @@ pub const RELAY_OUT_QUEUE: usize = 16384;
 /// frames; beyond it they are dropped and counted (the subscriber then gives the gap up).
 pub const NACK_QUEUE: usize = 1024;
 
+/// Bound on the upstreams one link's reader remembers a dropped frame of, and on the
+/// downstreams whose sent frames are cached before released ones are forgotten.
+const MAX_SUBS_SEEN: usize = 4096;
+
 /// A test hook: drops outgoing relay media datagrams on purpose, deterministically, so that
 /// tests can show what loss does without a sleep or a network namespace. Never set in
 /// production (no flag sets it; the in-process test node does).
@@ -71,40 +80,15 @@ pub struct RelayConfig {
     pub test_loss: Option<RelayTestLoss>,
 }
 
-/// Where the answer to a `Subscribe` goes: the track, or the peer's reason for refusing.
-pub(crate) type SubscribeReply =
-    tokio::sync::oneshot::Sender<Result<crate::engine::TrackInfo, String>>;
-
-/// A link this node dialed: it subscribes, the peer serves.
-pub(crate) struct Link {
-    pub peer: NodeId,
-    pub conn: quinn::Connection,
-    pub control: mpsc::Sender<ControlMsg>,
-    pub next_sub: std::sync::atomic::AtomicU32,
-    /// Subscriptions waiting for `Subscribed`/`SubscribeFailed`.
-    pub pending: Mutex<HashMap<SubId, SubscribeReply>>,
-    /// Established subscriptions: sub id → upstream id.
-    pub subs: Mutex<HashMap<SubId, UpId>>,
-}
-
-/// An upstream: a track this node pulls over a link.
-#[derive(Clone)]
-pub(crate) struct Up {
-    pub link: Arc<Link>,
-    pub sub: SubId,
-    pub app: String,
-    pub session: SessionId,
-    pub track: String,
-    pub frames: Arc<AtomicU64>,
-}
-
 /// A downstream: a track this node sends over a link another node dialed.
 #[derive(Clone)]
 pub(crate) struct Down {
     pub conn: quinn::Connection,
     pub sub: SubId,
     pub peer: NodeId,
-    pub control: mpsc::Sender<ControlMsg>,
+    /// The serving link's task, told when the engine ends this downstream (it sends
+    /// `TrackEnded`).
+    pub ended: mpsc::Sender<serve::Served>,
     pub session: SessionId,
     pub track: String,
     pub frames: Arc<AtomicU64>,
@@ -112,8 +96,6 @@ pub(crate) struct Down {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub links: HashMap<NodeId, Arc<Link>>,
-    pub ups: HashMap<UpId, Up>,
     pub downs: HashMap<DownId, Down>,
     /// DataChannel streams this node subscribed on: upstream id → the stream's writer queue.
     pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
@@ -122,10 +104,6 @@ pub(crate) struct State {
     /// `canReply` claims waiting for the publisher's node: upstream id → (claim sequence, the
     /// waiting call). At most one per upstream (claims of a channel are serialized).
     pub dc_claims: HashMap<u64, (u32, tokio::sync::oneshot::Sender<bool>)>,
-    /// Peers whose links failed recently: not dialed again until the instant.
-    pub avoid: HashMap<NodeId, std::time::Instant>,
-    /// Upstreams being moved off a draining hub (one move at a time each).
-    pub moving: std::collections::HashSet<UpId>,
 }
 
 /// Held while one pull of a track is under way; later pulls of it wait, then find it local.
@@ -151,7 +129,8 @@ pub(crate) struct Inner {
     pub relay_in: mpsc::Sender<RelayIn>,
     pub next_id: AtomicU64,
     pub state: Mutex<State>,
-    /// One in-flight pull per track, so concurrent pulls share one upstream.
+    /// One in-flight DataChannel pull per channel, so concurrent pulls share one upstream
+    /// (media pulls are de-duplicated by the pulling task).
     pub inflight: Mutex<HashMap<(SessionId, String), PullLock>>,
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -162,8 +141,6 @@ pub(crate) struct Inner {
     pub engine_queue_drops: AtomicU64,
     /// Frames from other nodes that never arrived (gaps in a link's frame numbers).
     pub frames_lost: AtomicU64,
-    /// One dial per peer at a time, so concurrent pulls share one link.
-    pub dialing: Mutex<HashMap<NodeId, PullLock>>,
     /// Frames from other nodes dropped because their rid prefix was malformed.
     pub malformed_frames: AtomicU64,
     /// Control messages dropped because a link's control queue was full.
@@ -176,6 +153,10 @@ pub(crate) struct Inner {
     pub dc_in_drops: AtomicU64,
     /// `Nack`s of downstream subscriptions, on their way to the task that sends frames.
     pub nack_tx: mpsc::Sender<(DownId, trackmesh_relay_proto::control::Nack)>,
+    /// The pulling task's commands ([`pull::run`] owns every link this node dialed).
+    pub pulls: mpsc::Sender<pull::Cmd>,
+    /// What the pulling task last published of its links and upstreams.
+    pub pulled: watch::Receiver<Arc<pull::PullView>>,
     /// Loss repair counters, both sides.
     pub repair: RepairCounters,
     /// The test hook, if a test set it.
@@ -229,11 +210,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let mut st = self.state();
-        st.links.clear();
-        st.ups.clear();
-        st.downs.clear();
-        drop(st);
+        self.state().downs.clear();
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -400,6 +377,8 @@ impl Relay {
         .context("starting the relay endpoint")?;
         endpoint.set_default_client_config(tls.client.clone());
         let (nack_tx, nack_rx) = mpsc::channel(NACK_QUEUE);
+        let (pulls, pulls_rx) = mpsc::channel(pull::PULL_QUEUE);
+        let (pulled_tx, pulled) = watch::channel(Arc::default());
         let inner = Arc::new(Inner {
             node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
@@ -424,13 +403,14 @@ impl Relay {
             failures: failures::Failures::default(),
             engine_queue_drops: AtomicU64::new(0),
             frames_lost: AtomicU64::new(0),
-            dialing: Mutex::new(HashMap::new()),
             malformed_frames: AtomicU64::new(0),
             control_drops: AtomicU64::new(0),
             send_drops: AtomicU64::new(0),
             dc_stream_drops: AtomicU64::new(0),
             dc_in_drops: AtomicU64::new(0),
             nack_tx,
+            pulls: pulls.clone(),
+            pulled,
             repair: RepairCounters::default(),
             test_loss: cfg.test_loss,
         });
@@ -457,14 +437,19 @@ impl Relay {
             named("engine outputs", outputs_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    pull::engine_outputs(inner, relay_out, nack_rx).await;
+                    outputs::engine_outputs(inner, relay_out, nack_rx).await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
+            named(
+                "pulls",
+                Arc::new(AtomicBool::new(false)),
+                Box::pin(pull::run(inner.clone(), pulls, pulls_rx, pulled_tx)) as TaskFuture,
+            ),
             named("members", members_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    pull::watch_members(inner).await;
+                    serve::watch_members(inner).await;
                     members_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -561,10 +546,11 @@ impl Relay {
 
     /// Links, upstreams and downstreams now, for the admin API.
     pub fn view(&self) -> RelayView {
+        let pulled = self.inner.pulled.borrow().clone();
         let st = self.inner.state();
-        let mut links: Vec<RelayLinkView> = st
+        let mut links: Vec<RelayLinkView> = pulled
             .links
-            .keys()
+            .iter()
             .map(|p| RelayLinkView {
                 peer: p.to_string(),
                 direction: "out".to_string(),
@@ -577,13 +563,13 @@ impl Relay {
             peer,
             direction: "in".to_string(),
         }));
-        let upstream = st
+        let upstream = pulled
             .ups
-            .values()
+            .iter()
             .map(|u| UpstreamView {
                 session_id: u.session.to_string(),
                 track_name: u.track.clone(),
-                via: u.link.peer.to_string(),
+                via: u.via.to_string(),
                 frames: u.frames.load(Ordering::Relaxed),
             })
             .collect();
@@ -621,11 +607,12 @@ impl Relay {
     pub fn figures(&self) -> RelayFigures {
         RelayFigures {
             links: {
+                let dialed = self.inner.pulled.borrow().links.len();
                 let st = self.inner.state();
                 let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
                 inbound.sort_unstable();
                 inbound.dedup();
-                (st.links.len() + inbound.len()) as u64
+                (dialed + inbound.len()) as u64
             },
             bytes_in: self.inner.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.inner.bytes_out.load(Ordering::Relaxed),
@@ -662,8 +649,11 @@ impl Relay {
 
     /// Links (either direction) and upstream + downstream counts, for gossiped load.
     pub fn counts(&self) -> (usize, usize) {
-        let st = self.inner.state();
-        (st.links.len(), st.ups.len() + st.downs.len())
+        let (links, ups) = {
+            let pulled = self.inner.pulled.borrow();
+            (pulled.links.len(), pulled.ups.len())
+        };
+        (links, ups + self.inner.state().downs.len())
     }
 }
 

@@ -1,21 +1,27 @@
 //! The accepting side of relay links: handshake, then serve the peer's subscriptions.
+//!
+//! A quinn driver around [`Publisher`] (relay-proto's no-I/O serving end): one task per link
+//! owns the machine, the link's subscription table included; attach tasks and the engine's
+//! output task talk to it over bounded channels.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
-use trackmesh_relay_proto::control::{ControlMsg, FailureCode, SubId, Subscribe};
+use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
 use trackmesh_relay_proto::datachannel::DC_STREAM_MAGIC;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
+use trackmesh_relay_proto::link::publisher::{Publisher, PublisherEvent, PublisherLimits};
 
-use super::wire::{self, CONTROL_QUEUE};
+use super::wire::{self, CONTROL_QUEUE, READ_CHUNK};
 use super::{Down, Inner, pull};
 use crate::ids::{DownId, NodeId, SessionId};
 
+/// Bound on a DataChannel stream's first byte (the link's own handshake is the machine's).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscriptions one peer may hold on this node at once.
 const MAX_SUBS_PER_LINK: usize = 4096;
@@ -47,12 +53,36 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
             return Err(e.into());
         }
     };
-    let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
-    let mut dec = FrameDecoder::<HandshakeMsg>::new();
-    let hello = match wire::read_one(&mut recv, &mut dec, HANDSHAKE_TIMEOUT).await? {
-        HandshakeMsg::Hello(h) => h,
-        _ => anyhow::bail!("expected Hello"),
+    let mut link: Publisher<Served> = Publisher::new(
+        Instant::now(),
+        PublisherLimits {
+            max_subs: MAX_SUBS_PER_LINK,
+            ..PublisherLimits::default()
+        },
+    );
+    // The machine's handshake deadline bounds the whole handshake.
+    let deadline = link.poll_timeout().unwrap_or_else(Instant::now);
+    let handshake = async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let mut dec = FrameDecoder::<HandshakeMsg>::new();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let hello = match wire::read_one(&mut recv, &mut dec, left).await? {
+            HandshakeMsg::Hello(h) => h,
+            _ => anyhow::bail!("expected Hello"),
+        };
+        anyhow::Ok((send, recv, dec, hello))
     };
+    let (mut send, recv, dec, hello) =
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), handshake).await {
+            Ok(r) => r?,
+            Err(_) => {
+                link.handle_timeout(Instant::now());
+                if let Some(PublisherEvent::Close { reason }) = link.poll_event() {
+                    conn.close(1u32.into(), reason.as_bytes());
+                }
+                anyhow::bail!("the relay handshake timed out");
+            }
+        };
     if let Err(reason) = wire::check_hello(&inner.clusters, &hello) {
         inner.refused.fetch_add(1, Ordering::Relaxed);
         if let handshake::RefuseReason::UnsupportedVersion { .. } = reason {
@@ -77,199 +107,234 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
         }),
     )
     .await?;
+    link.handshake_done();
     let peer = NodeId::from(hello.node_id);
     tracing::info!(%peer, "relay link accepted");
 
     inner.spawn(accept_channel_streams(inner.clone(), conn.clone()));
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     inner.spawn(wire::write_control(send, ctl_rx));
-    // This link's subscriptions: the peer's sub id → our downstream id.
-    let subs: Arc<Mutex<HashMap<SubId, DownId>>> = Arc::default();
-    let handler = {
-        let inner = inner.clone();
-        let subs = subs.clone();
-        let conn = conn.clone();
-        let peer = peer.clone();
-        move |msg: ControlMsg| match msg {
-            ControlMsg::Subscribe(s) => {
-                let full = subs
-                    .lock()
-                    .map(|m| m.len() >= MAX_SUBS_PER_LINK)
-                    .unwrap_or(true);
-                if full {
-                    inner.send_control(
-                        &ctl_tx,
-                        ControlMsg::SubscribeFailed {
-                            sub: s.sub,
-                            code: FailureCode::Overloaded,
-                            reason: "too many subscriptions on this link".into(),
-                        },
-                    );
-                    return;
-                }
-                inner.spawn(subscribe(
-                    inner.clone(),
-                    conn.clone(),
-                    peer.clone(),
-                    ctl_tx.clone(),
-                    subs.clone(),
-                    s,
-                ));
-            }
-            ControlMsg::Unsubscribe { sub } => {
-                let down = subs.lock().ok().and_then(|mut m| m.remove(&sub));
-                if let Some(down) = down {
-                    release(&inner, down);
-                }
-            }
-            ControlMsg::Nack(nack) => {
-                let down = subs.lock().ok().and_then(|m| m.get(&nack.sub).copied());
-                if let Some(down) = down
-                    && inner.nack_tx.try_send((down, nack)).is_err()
-                {
-                    inner.repair.nack_drops.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            ControlMsg::KeyframeRequest { sub } => {
-                let down = subs.lock().ok().and_then(|m| m.get(&sub).copied());
-                // The worker holding the publication: its session's.
-                let session = down.and_then(|d| inner.state().downs.get(&d).map(|d| d.session));
-                if let (Some(down), Some(session)) = (down, session) {
-                    let engine = inner.engine.clone();
-                    inner.spawn(async move {
-                        let _ = engine
-                            .call_session(session, move |e, now| {
-                                e.relay_keyframe_request(down, now)
-                            })
-                            .await;
-                    });
-                }
-            }
-            _ => {}
-        }
-    };
-    let result = wire::read_control(recv, dec.switch(), handler).await;
-    // The link is gone (or spoke garbage): release everything it was sent.
+    let result = drive(inner, &conn, &peer, &mut link, ctl_tx, recv, dec.switch()).await;
+    // The link is gone (or spoke garbage): release everything it was sent. Answers still to
+    // come find the link's task gone and release their downstream themselves.
     conn.close(0u32.into(), b"bye");
-    let downs: Vec<DownId> = subs
-        .lock()
-        .map(|mut m| m.drain().map(|(_, d)| d).collect())
-        .unwrap_or_default();
-    for down in downs {
-        release(inner, down);
+    link.closed();
+    while let Some(ev) = link.poll_event() {
+        if let PublisherEvent::Release(served) = ev {
+            release(inner, served);
+        }
     }
     tracing::info!(%peer, "relay link closed");
     result
 }
 
-fn release(inner: &Arc<Inner>, down: DownId) {
-    let Some(gone) = inner.state().downs.remove(&down) else {
-        return;
-    };
+/// A downstream as the link's machine knows it: the engine's id, and the session whose worker
+/// holds its publication (where releases and keyframe requests go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Served {
+    pub down: DownId,
+    pub session: SessionId,
+}
+
+/// What an attach task found, for the link's task to give its machine.
+enum Attached {
+    Live {
+        sub: SubId,
+        down: Served,
+        track: trackmesh_relay_proto::control::TrackInfo,
+    },
+    NotFound {
+        sub: SubId,
+    },
+    NoMediaYet {
+        sub: SubId,
+    },
+}
+
+/// The link's one task: it alone owns the link's [`Publisher`], and feeds it the peer's control
+/// messages, the attach tasks' answers, the engine's track ends and the time; then carries out
+/// what it queued. Until the control stream ends or carries garbage.
+async fn drive(
+    inner: &Arc<Inner>,
+    conn: &quinn::Connection,
+    peer: &NodeId,
+    link: &mut Publisher<Served>,
+    ctl_tx: mpsc::Sender<ControlMsg>,
+    mut recv: quinn::RecvStream,
+    mut dec: FrameDecoder<ControlMsg>,
+) -> anyhow::Result<()> {
+    // Both bounded by the subscriptions a link may hold: each attach answers once, each live
+    // downstream ends once.
+    let (ended_tx, mut ended_rx) = mpsc::channel(MAX_SUBS_PER_LINK);
+    let (done_tx, mut done_rx) = mpsc::channel(MAX_SUBS_PER_LINK);
+    let mut buf = vec![0u8; READ_CHUNK];
+    // Messages that came with the handshake's last read.
+    while let Some(msg) = dec.next() {
+        link.handle_control(Instant::now(), msg.context("decoding a control message")?);
+    }
+    loop {
+        carry_out(inner, conn, peer, link, &ctl_tx, &ended_tx, &done_tx);
+        let wake = link.poll_timeout();
+        tokio::select! {
+            read = recv.read(&mut buf) => {
+                let Some(n) = read.context("reading control")? else {
+                    return Ok(());
+                };
+                let now = Instant::now();
+                for msg in dec.feed(buf.get(..n).unwrap_or_default()) {
+                    link.handle_control(now, msg.context("decoding a control message")?);
+                }
+            }
+            Some(done) = done_rx.recv() => match done {
+                Attached::Live { sub, down, track } => link.attached(sub, down, track),
+                Attached::NotFound { sub } => link.not_found(sub),
+                Attached::NoMediaYet { sub } => link.no_media_yet(Instant::now(), sub),
+            },
+            Some(down) = ended_rx.recv() => link.track_ended(down),
+            () = sleep_until(wake), if wake.is_some() => link.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out what the link's machine queued: control messages to the peer, attaches,
+/// releases, `Nack`s and keyframe requests for the engine side.
+fn carry_out(
+    inner: &Arc<Inner>,
+    conn: &quinn::Connection,
+    peer: &NodeId,
+    link: &mut Publisher<Served>,
+    ctl_tx: &mpsc::Sender<ControlMsg>,
+    ended_tx: &mpsc::Sender<Served>,
+    done_tx: &mpsc::Sender<Attached>,
+) {
+    while let Some(msg) = link.poll_transmit() {
+        inner.send_control(ctl_tx, msg);
+    }
+    while let Some(ev) = link.poll_event() {
+        match ev {
+            PublisherEvent::Attach(s) => inner.spawn(attach(
+                inner.clone(),
+                conn.clone(),
+                peer.clone(),
+                ended_tx.clone(),
+                done_tx.clone(),
+                s,
+            )),
+            PublisherEvent::Release(down) => release(inner, down),
+            PublisherEvent::Nack { down, nack } => {
+                if inner.nack_tx.try_send((down.down, nack)).is_err() {
+                    inner.repair.nack_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            PublisherEvent::KeyframeRequest(Served { down, session }) => {
+                // The worker holding the publication: its session's.
+                let engine = inner.engine.clone();
+                inner.spawn(async move {
+                    let _ = engine
+                        .call_session(session, move |e, now| e.relay_keyframe_request(down, now))
+                        .await;
+                });
+            }
+            PublisherEvent::Close { reason } => conn.close(1u32.into(), reason.as_bytes()),
+        }
+    }
+}
+
+fn release(inner: &Arc<Inner>, Served { down, session }: Served) {
+    // No longer sent frames; the engine forgets it on its worker.
+    inner.state().downs.remove(&down);
     let engine = inner.engine.clone();
     inner.spawn(async move {
         let _ = engine
-            .call_session(gone.session, move |e, now| e.relay_unsubscribe(down, now))
+            .call_session(session, move |e, now| e.relay_unsubscribe(down, now))
             .await;
     });
 }
 
-async fn subscribe(
+/// Attaches one subscription to the engine and hands the answer to the link's task; an answer
+/// the task is no longer there for releases its downstream.
+async fn attach(
     inner: Arc<Inner>,
     conn: quinn::Connection,
     peer: NodeId,
-    control: mpsc::Sender<ControlMsg>,
-    subs: Arc<Mutex<HashMap<SubId, DownId>>>,
+    ended: mpsc::Sender<Served>,
+    done: mpsc::Sender<Attached>,
     s: Subscribe,
 ) {
-    let sub = s.sub;
-    let session = SessionId::from_bytes(s.session_id);
-    let outcome = serve_subscription(&inner, conn, peer, control.clone(), &subs, session, s).await;
-    let reply = match outcome {
-        Ok(track) => ControlMsg::Subscribed { sub, track },
-        Err(code) => ControlMsg::SubscribeFailed {
-            sub,
-            code,
-            reason: "track not found on this node".into(),
-        },
-    };
-    let _ = control.send(reply).await;
+    let outcome = attach_once(&inner, conn, peer, ended, s).await;
+    if let Err(mpsc::error::SendError(Attached::Live { down, .. })) = done.send(outcome).await {
+        release(&inner, down);
+    }
 }
 
-/// How often, and how many times, a subscription to a track with no frame yet asks again
-/// (2 s: the subscribing node gives up after 3).
-const MEDIA_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(20);
-const MEDIA_WAIT_TRIES: u32 = 100;
-
-async fn serve_subscription(
+async fn attach_once(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
     peer: NodeId,
-    control: mpsc::Sender<ControlMsg>,
-    subs: &Arc<Mutex<HashMap<SubId, DownId>>>,
-    session: SessionId,
+    ended: mpsc::Sender<Served>,
     s: Subscribe,
-) -> Result<trackmesh_relay_proto::control::TrackInfo, FailureCode> {
+) -> Attached {
+    let sub = s.sub;
+    let session = SessionId::from_bytes(s.session_id);
     // A track of another node: this node is a hub; pull it straight from the origin first.
     if session.node_tag() != inner.tag
         && let Err(e) = pull::ensure_upstream(inner, &s.app, session, &s.track_name, true).await
     {
         tracing::debug!(%session, error = %e, "hub could not pull the track");
-        return Err(FailureCode::NotFound);
+        return Attached::NotFound { sub };
     }
     let down = inner.next_down();
+    // Known before the engine sends its first frame.
     inner.state().downs.insert(
         down,
         Down {
             conn,
-            sub: s.sub,
+            sub,
             peer,
-            control,
+            ended,
             session,
             track: s.track_name.clone(),
             frames: Arc::new(AtomicU64::new(0)),
         },
     );
     // On the worker that holds the session (the primary for a track relayed from elsewhere).
-    // A track published a moment ago has no codec until its first frame: a subscription that
-    // comes before it waits for it (bounded, within the subscriber's own timeout) rather than
-    // being refused as not found.
-    let mut tries = 0;
-    let res = loop {
-        let (app, track) = (s.app.clone(), s.track_name.clone());
-        let res = inner
+    let (app, track) = (s.app.clone(), s.track_name.clone());
+    let res = inner
+        .engine
+        .call_session(session, move |e, _| {
+            e.relay_subscribe(down, &app, session, &track)
+        })
+        .await;
+    if let Ok(Ok(info)) = res {
+        return Attached::Live {
+            sub,
+            down: Served { down, session },
+            track: wire::to_wire(&info),
+        };
+    }
+    inner.state().downs.remove(&down);
+    // A track published a moment ago has no codec until its first frame: the machine asks
+    // again shortly rather than refusing it as not found.
+    let (app, track) = (s.app, s.track_name);
+    let published = matches!(res, Ok(Err(_)))
+        && inner
             .engine
             .call_session(session, move |e, _| {
-                e.relay_subscribe(down, &app, session, &track)
+                e.has_publication(&app, session, &track)
             })
-            .await;
-        let (app, track) = (s.app.clone(), s.track_name.clone());
-        let waiting = matches!(res, Ok(Err(_)))
-            && tries < MEDIA_WAIT_TRIES
-            && inner
-                .engine
-                .call_session(session, move |e, _| {
-                    e.has_publication(&app, session, &track)
-                })
-                .await
-                .unwrap_or(false);
-        if !waiting {
-            break res;
-        }
-        tries += 1;
-        tokio::time::sleep(MEDIA_WAIT_STEP).await;
-    };
-    match res {
-        Ok(Ok(info)) => {
-            if let Ok(mut m) = subs.lock() {
-                m.insert(s.sub, down);
-            }
-            Ok(wire::to_wire(&info))
-        }
-        _ => {
-            inner.state().downs.remove(&down);
-            Err(FailureCode::NotFound)
-        }
+            .await
+            .unwrap_or(false);
+    if published {
+        Attached::NoMediaYet { sub }
+    } else {
+        Attached::NotFound { sub }
     }
 }
 
@@ -297,5 +362,24 @@ async fn accept_channel_streams(inner: Arc<Inner>, conn: quinn::Connection) {
             }
             open2.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Closes links dead peers dialed, so what was sent to them is released at once rather than
+/// after the QUIC idle timeout (the pulling task closes the links this node dialed).
+pub async fn watch_members(inner: Arc<Inner>) {
+    let mut view = inner.view.clone();
+    while view.changed().await.is_ok() {
+        let v = view.borrow_and_update().clone();
+        let inbound: Vec<quinn::Connection> = inner
+            .state()
+            .downs
+            .values()
+            .filter(|d| v.live_by_id(d.peer.as_str()).is_none())
+            .map(|d| d.conn.clone())
+            .collect();
+        for conn in inbound {
+            conn.close(0u32.into(), b"peer dead");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::engine::{CodecInfo, TrackInfo};
 
 /// Control messages waiting to be written on one stream; a peer that stops reading loses its link.
 pub const CONTROL_QUEUE: usize = 1024;
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Reads one message, bounded in time.
 pub async fn read_one<M: Message>(
@@ -94,26 +94,6 @@ pub async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<C
         }
     }
     let _ = send.finish();
-}
-
-/// Calls `on_msg` for every control message until the stream ends or carries garbage.
-pub async fn read_control(
-    mut recv: quinn::RecvStream,
-    mut dec: FrameDecoder<ControlMsg>,
-    mut on_msg: impl FnMut(ControlMsg),
-) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        while let Some(msg) = dec.next() {
-            on_msg(msg.context("decoding a control message")?);
-        }
-        let Some(n) = recv.read(&mut buf).await.context("reading control")? else {
-            return Ok(());
-        };
-        for msg in dec.feed(&buf[..n]) {
-            on_msg(msg.context("decoding a control message")?);
-        }
-    }
 }
 
 pub fn to_wire(info: &TrackInfo) -> control::TrackInfo {

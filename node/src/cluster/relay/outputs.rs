@@ -1,0 +1,285 @@
+//! Carries the engine's relay output onto links: frames of downstream subscriptions as
+//! datagrams (kept a second to answer `Nack`s), their ends to the serving links' tasks, and
+//! keyframe requests and unused upstreams to the pulling task; DataChannel output onto its
+//! streams.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use trackmesh_relay_proto::control::Nack;
+use trackmesh_relay_proto::datachannel::DcFrame;
+use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
+use trackmesh_relay_proto::repair::SentCache;
+
+use super::pull::Cmd;
+use super::{Inner, MAX_SUBS_SEEN};
+use crate::engine::{RelayFrame, RelayOut};
+use crate::ids::DownId;
+
+/// What a node keeps of a frame it sent to another node, to send it again on a `Nack`: the
+/// frame (its data shared with the engine, not copied) and the datagram size it was cut for
+/// (a resent fragment must have the same boundaries).
+#[derive(Clone)]
+struct Sent {
+    frame: RelayFrame,
+    max_datagram: usize,
+}
+
+/// The test hook ([`super::RelayTestLoss`]): which outgoing media datagrams to drop.
+struct TestLossHook {
+    cfg: Option<super::RelayTestLoss>,
+    sent: u64,
+}
+
+impl TestLossHook {
+    fn drops(&mut self, resend: bool) -> bool {
+        let Some(cfg) = self.cfg else {
+            return false;
+        };
+        if resend && cfg.drop_resends {
+            return true;
+        }
+        self.sent += 1;
+        cfg.every > 0 && self.sent.is_multiple_of(cfg.every)
+    }
+}
+
+/// Which fragments of a frame to send.
+#[derive(Clone, Copy)]
+enum Send<'a> {
+    /// All of them, the first time.
+    First,
+    /// Again, answering a `Nack`: these indexes, or all when `None`.
+    Again(Option<&'a [u16]>),
+}
+
+/// Cuts frame `seq` for downstream `d` into datagrams of at most `max` bytes and sends them.
+/// False if it could not be cut.
+#[allow(clippy::too_many_arguments)]
+fn send_frame(
+    inner: &Inner,
+    d: &super::Down,
+    seq: u32,
+    frame: &RelayFrame,
+    max: usize,
+    which: Send<'_>,
+    buf: &mut Vec<u8>,
+    hook: &mut TestLossHook,
+) -> bool {
+    // Rids come from str0m (at most 8 letters, digits or '_'): always valid here.
+    let Some(payload) = layered_payload(frame.rid.as_deref(), &frame.data) else {
+        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let f = Frame {
+        sub: d.sub,
+        frame_seq: seq,
+        rtp_time: frame.rtp_time,
+        keyframe: frame.keyframe,
+        payload,
+    };
+    let Ok(mut frags) = Fragmenter::fragments(&f, max) else {
+        inner.send_drops.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let mut index: u16 = 0;
+    while frags.next_into(buf) {
+        let this = index;
+        index = index.wrapping_add(1);
+        if let Send::Again(Some(only)) = which
+            && !only.contains(&this)
+        {
+            continue;
+        }
+        inner
+            .bytes_out
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if hook.drops(matches!(which, Send::Again(_))) {
+            inner.repair.test_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // quinn drops the oldest queued datagrams when its buffer is full.
+        if d.conn.send_datagram(Bytes::copy_from_slice(buf)).is_err() {
+            inner.send_drops.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    true
+}
+
+/// Answers a `Nack` of downstream `down` from its cache of sent frames; frames no longer held
+/// are ignored (counted): the subscriber gives them up and asks for a keyframe.
+fn resend(
+    inner: &Inner,
+    caches: &mut HashMap<DownId, SentCache<Sent>>,
+    down: DownId,
+    nack: &Nack,
+    buf: &mut Vec<u8>,
+    hook: &mut TestLossHook,
+) {
+    let Some(d) = inner.state().downs.get(&down).cloned() else {
+        return;
+    };
+    let now = Instant::now();
+    for f in &nack.frames {
+        let sent = caches
+            .get_mut(&down)
+            .and_then(|c| c.resend(now, f.frame_seq).cloned());
+        let Some(sent) = sent else {
+            inner.repair.nack_misses.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        inner.repair.frames_resent.fetch_add(1, Ordering::Relaxed);
+        let only = (!f.fragments.is_empty()).then_some(f.fragments.as_slice());
+        send_frame(
+            inner,
+            &d,
+            f.frame_seq,
+            &sent.frame,
+            sent.max_datagram,
+            Send::Again(only),
+            buf,
+            hook,
+        );
+    }
+}
+
+/// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
+/// subscriptions from the frames it sent them.
+pub async fn engine_outputs(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<RelayOut>,
+    mut nacks: mpsc::Receiver<(DownId, Nack)>,
+) {
+    let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
+    let mut buf = Vec::with_capacity(1500);
+    let mut hook = TestLossHook {
+        cfg: inner.test_loss,
+        sent: 0,
+    };
+    loop {
+        let out = tokio::select! {
+            // A repair is more urgent than the next frame: its subscriber holds frames for it.
+            biased;
+            Some((down, nack)) = nacks.recv() => {
+                resend(&inner, &mut caches, down, &nack, &mut buf, &mut hook);
+                continue;
+            }
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+        };
+        match out {
+            RelayOut::Frame { down, seq, frame } => {
+                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                    continue;
+                };
+                let Some(max) = d.conn.max_datagram_size() else {
+                    continue;
+                };
+                if !send_frame(
+                    &inner,
+                    &d,
+                    seq,
+                    &frame,
+                    max,
+                    Send::First,
+                    &mut buf,
+                    &mut hook,
+                ) {
+                    continue;
+                }
+                d.frames.fetch_add(1, Ordering::Relaxed);
+                if caches.len() >= MAX_SUBS_SEEN && !caches.contains_key(&down) {
+                    // Downstreams released without an `Ended` (their link died): forget them.
+                    let st = inner.state();
+                    caches.retain(|k, _| st.downs.contains_key(k));
+                }
+                let bytes = frame.data.len();
+                caches.entry(down).or_default().insert(
+                    Instant::now(),
+                    seq,
+                    Sent {
+                        frame,
+                        max_datagram: max,
+                    },
+                    bytes,
+                );
+            }
+            RelayOut::Ended { down } => {
+                caches.remove(&down);
+                // A closed queue: the link is gone, and its end with it.
+                if let Some(d) = inner.state().downs.remove(&down)
+                    && let Err(mpsc::error::TrySendError::Full(_)) =
+                        d.ended.try_send(super::serve::Served {
+                            down,
+                            session: d.session,
+                        })
+                {
+                    inner.control_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            RelayOut::KeyframeRequest { up } => to_pulls(&inner, Cmd::KeyframeRequest(up)),
+            RelayOut::Unused { up } => {
+                // Never dropped (the upstream would stay subscribed): on a full queue a task of
+                // its own waits for room.
+                if let Err(mpsc::error::TrySendError::Full(cmd)) =
+                    inner.pulls.try_send(Cmd::Unused(up))
+                {
+                    let pulls = inner.pulls.clone();
+                    inner.spawn(async move {
+                        let _ = pulls.send(cmd).await;
+                    });
+                }
+            }
+            RelayOut::ChannelMessage { down, binary, data } => {
+                let tx = inner.state().dc_downs.get(&down).cloned();
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+            RelayOut::ChannelEnded { down } => {
+                let tx = inner.state().dc_downs.remove(&down);
+                // The writer sends Ended, then finishes the stream once its queue is dropped.
+                super::channels::send_frame(&inner, tx, DcFrame::Ended);
+            }
+            RelayOut::ChannelUnused { up } => {
+                // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
+                inner.state().dc_ups.remove(&up);
+            }
+            RelayOut::ChannelReleaseReply { up, seq } => {
+                let tx = inner.state().dc_ups.get(&up).cloned();
+                super::channels::send_frame(&inner, tx, DcFrame::Claim { seq, want: false });
+            }
+            RelayOut::ChannelReply { up, binary, data } => {
+                let tx = inner.state().dc_ups.get(&up).cloned();
+                super::channels::send_frame(
+                    &inner,
+                    tx,
+                    DcFrame::Message {
+                        binary,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Queues a keyframe request for the pulling task from a task that must not wait (the
+/// engine's output): a full queue drops it and counts the drop (a later request asks again).
+fn to_pulls(inner: &Inner, cmd: Cmd) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = inner.pulls.try_send(cmd) {
+        inner.control_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
