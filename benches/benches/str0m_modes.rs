@@ -19,9 +19,9 @@
 //! - Memory, printed before the runs, for 1 and 50 subscribers (with 50, RTP mode hands every
 //!   subscriber the same payload `Arc`s, which str0m's resend caches then share): heap bytes held
 //!   per sending `Rtc` after set-up and after 2 s of video (60 frames at 30 fps, every datagram
-//!   delivered and answered), measured by a
-//!   counting global allocator as the bytes freed when the senders are dropped. Heap bytes
-//!   asked for, not RSS: the allocator's own overhead and fragmentation come on top.
+//!   delivered and answered), measured by a counting global allocator as the bytes freed when
+//!   the senders are dropped. Heap bytes asked for, not RSS: the allocator's own overhead and
+//!   fragmentation come on top.
 //! - `alternating`, printed before the runs: both modes at N = 50 in alternating blocks of 10
 //!   frames, the comparison least disturbed by other load on a shared machine.
 //! - Repair, printed before the runs: with every 10th media datagram to one viewer lost, that
@@ -152,8 +152,8 @@ fn ssrc_of(buf: &[u8]) -> Option<Ssrc> {
     Some(Ssrc::from(u32::from_be_bytes(b)))
 }
 
-/// Feeds a clock input or nothing to `rtc` and drains it to its timeout: its datagrams go to
-/// `out`, its events to `on_event`. Returns the RTP media datagrams.
+/// Drains `rtc` to its timeout: its datagrams go to `out`, its events to `on_event`. Returns the
+/// RTP media datagrams.
 fn drain(rtc: &mut Rtc, out: &mut Outbox, mut on_event: impl FnMut(&Event)) -> u64 {
     let mut media = 0;
     for _ in 0..MAX_OUTPUTS {
