@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reruns the whole benchmark set behind BENCHMARKS.md:
-#   micro   criterion micro-benchmarks (relay-proto codec, engine fan-out, demux)
+#   micro   criterion micro-benchmarks (relay-proto codec, engine fan-out, demux, str0m frame vs RTP mode)
 #   gossip  chitchat at 50 and 100 members in one process
 #   load    trackmesh-load scenarios against release node processes on 127.0.0.1
 #   sim     the multi-region test bed's full scenario (deploy/sim/run.sh; root; not part of all)
@@ -39,10 +39,11 @@ fi
 } | tee "$out/machine.txt"
 
 if [ "$what" = all ] || [ "$what" = micro ]; then
-  # Short measurement windows: both benches take a few minutes on 2 cores.
+  # Short measurement windows: the benches take a few minutes on 2 cores.
   crit=(--warm-up-time 1 --measurement-time 3 --noplot)
   cargo bench -p trackmesh-benches --bench relay_proto -- "${crit[@]}" 2>&1 | tee "$out/relay_proto.txt"
   cargo bench -p trackmesh-benches --bench engine -- "${crit[@]}" 2>&1 | tee "$out/engine.txt"
+  cargo bench -p trackmesh-benches --bench str0m_modes -- "${crit[@]}" 2>&1 | tee "$out/str0m_modes.txt"
 fi
 
 if [ "$what" = all ] || [ "$what" = gossip ]; then
