@@ -1001,6 +1001,22 @@ mod tests {
         panic!("B still has a relay link or upstream: {view:?}");
     }
 
+    /// A stopped relay shows no link or upstream: the task that kept its snapshot is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_relay_shows_no_links_or_upstreams() {
+        let (a, b) = relayed_pair().await;
+        b.relay.stop();
+        let view = b.relay.view();
+        assert!(
+            view.links.is_empty() && view.upstream.is_empty(),
+            "a stopped relay shows what it no longer has: {view:?}"
+        );
+        assert_eq!(b.relay.counts(), (0, 0));
+        assert_eq!(b.relay.figures().links, 0);
+        b.shutdown().await;
+        a.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_shutdown_every_port_is_free_at_once_and_peers_drop_the_link() {
         let (a, b) = relayed_pair().await;

@@ -194,6 +194,15 @@ impl Inner {
             .clone()
     }
 
+    /// The pulling task's last snapshot of its links and upstreams; empty once the relay has
+    /// stopped (the task that kept it is gone, so its last snapshot is stale).
+    pub fn pulled_now(&self) -> Arc<pull::PullView> {
+        if self.endpoint().is_none() {
+            return Arc::default();
+        }
+        self.pulled.borrow().clone()
+    }
+
     /// Runs `fut` as a relay task, ended when the relay stops (never run once it has).
     pub fn spawn<F>(&self, fut: F)
     where
@@ -546,7 +555,7 @@ impl Relay {
 
     /// Links, upstreams and downstreams now, for the admin API.
     pub fn view(&self) -> RelayView {
-        let pulled = self.inner.pulled.borrow().clone();
+        let pulled = self.inner.pulled_now();
         let st = self.inner.state();
         let mut links: Vec<RelayLinkView> = pulled
             .links
@@ -607,7 +616,7 @@ impl Relay {
     pub fn figures(&self) -> RelayFigures {
         RelayFigures {
             links: {
-                let dialed = self.inner.pulled.borrow().links.len();
+                let dialed = self.inner.pulled_now().links.len();
                 let st = self.inner.state();
                 let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
                 inbound.sort_unstable();
@@ -650,7 +659,7 @@ impl Relay {
     /// Links (either direction) and upstream + downstream counts, for gossiped load.
     pub fn counts(&self) -> (usize, usize) {
         let (links, ups) = {
-            let pulled = self.inner.pulled.borrow();
+            let pulled = self.inner.pulled_now();
             (pulled.links.len(), pulled.ups.len())
         };
         (links, ups + self.inner.state().downs.len())

@@ -488,14 +488,16 @@ impl Driver {
                     return;
                 };
                 m.info = Some(info);
-                self.dirty = true;
                 tracing::info!(session = %m.session, track = m.track, via = %peer, up = up.0, "pulling remote track");
+                let (app, session, track) = (m.app.clone(), m.session, m.track.clone());
+                // The admin view lists the upstream before the pull that made it returns.
+                self.dirty = false;
+                self.publish();
                 for w in self.waiters.remove(&up).unwrap_or_default() {
                     let _ = w.send(Ok((up, info)));
                 }
                 if rerouted {
                     // The engine moves the publication (and its viewers) onto the new route.
-                    let (app, session, track) = (m.app.clone(), m.session, m.track.clone());
                     let (inner, cmds) = (self.inner.clone(), self.cmds.clone());
                     self.inner.spawn(async move {
                         let (a, t) = (app, track.clone());
