@@ -27,6 +27,17 @@ async fn whip_publishes_whep_plays_and_calls_pulls_the_whip_tracks() {
     let publisher = start(&api, &node, "whip", "live").await;
     let viewer = start(&api, &node, "whep", "live").await;
     wait_media(&viewer.peer, &viewer.mids).await;
+    // The WHEP client offered receive-only sections: without `--bwe` the node answers them
+    // without transport-wide sequence numbers.
+    let stats = viewer.peer.stats();
+    for m in &viewer.mids {
+        let t = stats.rx.get(m.as_str()).expect("a received track");
+        assert_eq!(
+            t.twcc_frames, 0,
+            "mid {m}: {} of {} frames carried a transport-wide sequence number",
+            t.twcc_frames, t.frames
+        );
+    }
     // No TURN key: no STUN/TURN server to name, so no `Link` (the node is ICE-lite).
     assert_eq!(publisher.links, Vec::<String>::new());
     assert_eq!(viewer.links, Vec::<String>::new());
