@@ -352,6 +352,18 @@ async fn two_streams_land_on_different_workers_and_both_play() {
     );
 }
 
+/// `PUT streams/{stream}/publisher` with all of `p`'s tracks: the status and body.
+async fn bind(api: &CallsClient, stream: &str, p: &Publisher) -> (u16, serde_json::Value) {
+    let names: Vec<String> = p.tracks.iter().map(|t| t.track_name.clone()).collect();
+    api.raw(
+        reqwest::Method::PUT,
+        &format!("streams/{stream}/publisher"),
+        Some(serde_json::json!({"sessionId": p.session_id, "tracks": names})),
+    )
+    .await
+    .expect("bind")
+}
+
 /// A bind takes the bound Calls session's worker: a new stream is made there, and an idle one
 /// moves there; one serving sessions on another worker answers 409 saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,20 +372,9 @@ async fn a_calls_session_on_any_worker_binds_a_stream_and_whep_plays_it() {
     let node = TestNode::start(&["--workers", "2", "--worker-placement", "1,1,0"])
         .expect("node with two workers");
     let api = node.client();
-    let bind = |p: &Publisher| {
-        let names: Vec<String> = p.tracks.iter().map(|t| t.track_name.clone()).collect();
-        serde_json::json!({"sessionId": p.session_id, "tracks": names})
-    };
     let on_1 = Publisher::start_av(&api, "w1").await.expect("publisher");
     assert_eq!(worker_of(&on_1.session_id), "01");
-    let (status, body) = api
-        .raw(
-            reqwest::Method::PUT,
-            "streams/s1/publisher",
-            Some(bind(&on_1)),
-        )
-        .await
-        .expect("bind");
+    let (status, body) = bind(&api, "s1", &on_1).await;
     assert_eq!(status, 200, "{body}");
     let viewer = whip::start_endpoint(&api, &node, "whep", "s1").await;
     assert_eq!(worker_of(viewer.session_id()), "01", "with its stream");
@@ -389,14 +390,7 @@ async fn a_calls_session_on_any_worker_binds_a_stream_and_whep_plays_it() {
     assert_eq!(worker_of(early.session_id()), "01");
     let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
     assert_eq!(worker_of(&on_0.session_id), "00");
-    let (status, body) = api
-        .raw(
-            reqwest::Method::PUT,
-            "streams/idle/publisher",
-            Some(bind(&on_0)),
-        )
-        .await
-        .expect("bind");
+    let (status, body) = bind(&api, "idle", &on_0).await;
     assert_eq!(status, 409, "{body}");
     let detail = body.to_string();
     assert!(
@@ -414,14 +408,7 @@ async fn a_calls_session_on_any_worker_binds_a_stream_and_whep_plays_it() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let (status, body) = api
-        .raw(
-            reqwest::Method::PUT,
-            "streams/idle/publisher",
-            Some(bind(&on_0)),
-        )
-        .await
-        .expect("bind");
+    let (status, body) = bind(&api, "idle", &on_0).await;
     assert_eq!(status, 200, "{body}");
     let viewer = whip::start_endpoint(&api, &node, "whep", "idle").await;
     assert_eq!(worker_of(viewer.session_id()), "00", "moved with the bind");
@@ -463,15 +450,7 @@ async fn a_stream_with_a_cascade_is_not_moved_by_a_bind() {
     assert_eq!(status, 201, "{body}");
     let on_0 = Publisher::start_av(&api, "w0").await.expect("publisher");
     assert_eq!(worker_of(&on_0.session_id), "00");
-    let names: Vec<String> = on_0.tracks.iter().map(|t| t.track_name.clone()).collect();
-    let (status, body) = api
-        .raw(
-            reqwest::Method::PUT,
-            "streams/pulled/publisher",
-            Some(serde_json::json!({"sessionId": on_0.session_id, "tracks": names})),
-        )
-        .await
-        .expect("bind");
+    let (status, body) = bind(&api, "pulled", &on_0).await;
     assert_eq!(status, 409, "{body}");
     let detail = body.to_string();
     assert!(
