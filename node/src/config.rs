@@ -167,8 +167,8 @@ pub struct Flags {
     #[arg(long, hide = true, value_delimiter = ',')]
     #[serde(skip)]
     pub worker_placement: Vec<u8>,
-    /// Testing only: this engine worker panics at its first call (the node must then fail
-    /// `/healthz` and exit non-zero).
+    /// Testing only: this engine worker panics when a new session is placed on it (the node must
+    /// then fail `/healthz` and exit non-zero).
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub fault_panic_worker: Option<usize>,
@@ -450,7 +450,7 @@ pub struct Config {
     pub worker_ports: u16,
     /// Testing only: where the first new sessions and streams go.
     pub worker_placement: Vec<u8>,
-    /// Testing only: the engine worker that panics at its first call.
+    /// Testing only: the engine worker that panics when a new session is placed on it.
     pub fault_panic_worker: Option<usize>,
     /// Sessions one app may hold on this node; past it new ones get 429.
     pub max_sessions_per_app: usize,

@@ -209,7 +209,7 @@ pub async fn sessions_new(
     let worker = st.engine.place();
     let created = st
         .engine
-        .call_on(worker, move |e, now| {
+        .call_placed(worker, move |e, now| {
             if held >= quota {
                 return Ok(None);
             }

@@ -355,7 +355,7 @@ async fn join(
     let a = app.clone();
     let created = st
         .engine
-        .call_on(st.engine.place(), move |e, now| {
+        .call_placed(st.engine.place(), move |e, now| {
             e.create_session(&a, None, now)
         })
         .await

@@ -120,15 +120,27 @@ impl EngineHandle {
             .or_else(|| self.workers.first())
             .ok_or(EngineStopped)?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        let fault = self.shared.fault_panic == Some(worker);
         let job: Job = Box::new(move |engine, now| {
-            // Fault injection for tests (`--fault-panic-worker`): a worker that dies.
-            assert!(!fault, "fault injection: engine worker {worker} panics");
             // The caller may have gone (client disconnected); the result is then dropped.
             let _ = reply_tx.send(f(engine, now));
         });
         tx.send(job).await.map_err(|_| EngineStopped)?;
         reply_rx.await.map_err(|_| EngineStopped)
+    }
+
+    /// Runs `f`, which creates a session, on `worker` (from [`Self::place`]).
+    pub async fn call_placed<R, F>(&self, worker: usize, f: F) -> Result<R, EngineStopped>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Engine, Instant) -> R + Send + 'static,
+    {
+        let fault = self.shared.fault_panic == Some(worker);
+        self.call_on(worker, move |e, now| {
+            // Fault injection for tests (`--fault-panic-worker`): a worker that dies.
+            assert!(!fault, "fault injection: engine worker {worker} panics");
+            f(e, now)
+        })
+        .await
     }
 
     /// Runs `f` on every worker, one after another; the answers in worker order.

@@ -117,7 +117,8 @@ pub struct WorkersConfig {
     /// The first placements (new Calls and room sessions, new streams) go to these workers, in
     /// order (tests force placement).
     pub placement: Vec<u8>,
-    /// Fault injection for tests: this worker panics at its first call.
+    /// Fault injection for tests: this worker panics when a new session is placed on it (not at
+    /// node-wide sweeps, which run from the start and would race the test's first look).
     pub fault_panic: Option<usize>,
 }
 
