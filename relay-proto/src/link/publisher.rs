@@ -25,7 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::control::{ControlMsg, FailureCode, Nack, SubId, Subscribe, TrackInfo};
+use crate::control::{
+    ControlMsg, FailureCode, LayerSet, LayerState, Layers, Nack, SubId, Subscribe, TrackInfo,
+};
 
 /// Bounds of one served link.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,13 @@ pub enum PublisherEvent<D> {
     },
     /// The peer asks for a keyframe of this downstream's track.
     KeyframeRequest(D),
+    /// The peer wants only these layers of this downstream's track from now on.
+    SetLayers {
+        /// The downstream.
+        down: D,
+        /// The layers to forward.
+        layers: LayerSet,
+    },
     /// Close the link (the handshake did not finish in time).
     Close {
         /// Why, for the log and the QUIC close frame.
@@ -97,6 +106,8 @@ enum Sub<D> {
         req: Subscribe,
         give_up: Instant,
         cancelled: bool,
+        /// A `SetLayers` came after the `Attach` went out: passed on once attached.
+        layers_changed: bool,
     },
     /// The track has no frame yet: `Attach` again at `retry`.
     Waiting {
@@ -198,10 +209,31 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 Some(down) => self.events.push_back(PublisherEvent::KeyframeRequest(down)),
                 None => self.stats.unknown += 1,
             },
+            ControlMsg::SetLayers(s) => match self.subs.get_mut(&s.sub) {
+                Some(Sub::Live { down }) => {
+                    let down = *down;
+                    self.events.push_back(PublisherEvent::SetLayers {
+                        down,
+                        layers: s.layers,
+                    });
+                }
+                Some(Sub::Attaching {
+                    req,
+                    layers_changed,
+                    ..
+                }) => {
+                    req.layers = s.layers;
+                    *layers_changed = true;
+                }
+                // The next `Attach` carries it.
+                Some(Sub::Waiting { req, .. }) => req.layers = s.layers,
+                None => self.stats.unknown += 1,
+            },
             // Publisher → subscriber messages: not for this end.
             ControlMsg::Subscribed { .. }
             | ControlMsg::SubscribeFailed { .. }
-            | ControlMsg::TrackEnded { .. } => self.stats.unknown += 1,
+            | ControlMsg::TrackEnded { .. }
+            | ControlMsg::Layers(_) => self.stats.unknown += 1,
         }
     }
 
@@ -226,6 +258,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 req: s,
                 give_up: now + self.limits.media_wait,
                 cancelled: false,
+                layers_changed: false,
             },
         );
     }
@@ -234,12 +267,20 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
     pub fn attached(&mut self, sub: SubId, down: D, track: TrackInfo) {
         match self.subs.get(&sub) {
             Some(Sub::Attaching {
-                cancelled: false, ..
+                cancelled: false,
+                req,
+                layers_changed,
+                ..
             }) if self.phase == Phase::Open => {
+                let changed = layers_changed.then(|| req.layers.clone());
                 self.subs.insert(sub, Sub::Live { down });
                 self.downs.insert(down, sub);
                 self.transmits
                     .push_back(ControlMsg::Subscribed { sub, track });
+                if let Some(layers) = changed {
+                    self.events
+                        .push_back(PublisherEvent::SetLayers { down, layers });
+                }
             }
             Some(Sub::Attaching { .. }) => {
                 // Unsubscribed meanwhile, or the link closed.
@@ -268,6 +309,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
             req,
             give_up,
             cancelled,
+            ..
         }) = self.subs.remove(&sub)
         else {
             return;
@@ -307,6 +349,20 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
         self.subs.remove(&sub);
         if self.phase == Phase::Open {
             self.transmits.push_back(ControlMsg::TrackEnded { sub });
+        }
+    }
+
+    /// The engine's view of downstream `down`'s layers at the origin changed (or it is live
+    /// and they are known): the peer is told. At most [`crate::limits::MAX_LAYERS`] are sent.
+    pub fn layers(&mut self, down: D, layers: Vec<LayerState>) {
+        let Some(sub) = self.downs.get(&down).copied() else {
+            return;
+        };
+        if self.phase == Phase::Open {
+            let mut layers = layers;
+            layers.truncate(crate::limits::MAX_LAYERS);
+            self.transmits
+                .push_back(ControlMsg::Layers(Layers { sub, layers }));
         }
     }
 
@@ -369,6 +425,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                     req,
                     give_up,
                     cancelled: false,
+                    layers_changed: false,
                 },
             );
         }
@@ -388,7 +445,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CodecParams, MediaKind};
+    use crate::control::{CodecParams, MediaKind, SetLayers};
 
     fn req(sub: SubId) -> Subscribe {
         Subscribe {
@@ -396,6 +453,7 @@ mod tests {
             session_id: [7; 16],
             track_name: format!("t{sub}"),
             app: "app".into(),
+            layers: LayerSet::All,
         }
     }
 
@@ -465,6 +523,108 @@ mod tests {
         let (_, ev) = drain(&mut p);
         assert_eq!(ev, vec![PublisherEvent::Release(100)]);
         assert_eq!(p.subscriptions(), 0);
+    }
+
+    #[test]
+    fn layer_changes_reach_the_downstream_and_layer_states_reach_the_peer() {
+        let t0 = Instant::now();
+        let mut p = open(t0, PublisherLimits::default());
+        let q = || LayerSet::Only(vec!["q".into()]);
+        let h = || LayerSet::Only(vec!["h".into()]);
+        // A change while the engine attaches is passed on once it answered.
+        p.handle_control(t0, ControlMsg::Subscribe(req(1)));
+        drain(&mut p);
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 1,
+                layers: q(),
+            }),
+        );
+        assert_eq!(drain(&mut p), (vec![], vec![]));
+        p.attached(1, 100, info());
+        let (_, ev) = drain(&mut p);
+        assert_eq!(
+            ev,
+            vec![PublisherEvent::SetLayers {
+                down: 100,
+                layers: q()
+            }]
+        );
+        // Live: at once.
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 1,
+                layers: h(),
+            }),
+        );
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 9,
+                layers: h(),
+            }),
+        );
+        let (_, ev) = drain(&mut p);
+        assert_eq!(
+            ev,
+            vec![PublisherEvent::SetLayers {
+                down: 100,
+                layers: h()
+            }]
+        );
+        assert_eq!(p.stats().unknown, 1, "sub 9 is nobody's");
+        // While waiting for media, the next `Attach` carries the change.
+        p.handle_control(t0, ControlMsg::Subscribe(req(2)));
+        drain(&mut p);
+        p.no_media_yet(t0, 2);
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 2,
+                layers: q(),
+            }),
+        );
+        p.handle_timeout(t0 + PublisherLimits::default().media_retry);
+        let (_, ev) = drain(&mut p);
+        let mut want = req(2);
+        want.layers = q();
+        assert_eq!(ev, vec![PublisherEvent::Attach(want)]);
+
+        // The engine's layer states go to the peer as `Layers`, bounded, for live ones only.
+        let state = |rid: &str, flowing| LayerState {
+            rid: rid.into(),
+            flowing,
+        };
+        p.layers(
+            100,
+            vec![
+                state("f", false),
+                state("h", true),
+                state("q", true),
+                state("x", true),
+            ],
+        );
+        p.layers(555, vec![state("q", true)]);
+        let (tx, _) = drain(&mut p);
+        assert_eq!(
+            tx,
+            vec![ControlMsg::Layers(Layers {
+                sub: 1,
+                layers: vec![state("f", false), state("h", true), state("q", true)],
+            })]
+        );
+        // A `Layers` from the peer is not for this end.
+        let unknown = p.stats().unknown;
+        p.handle_control(
+            t0,
+            ControlMsg::Layers(Layers {
+                sub: 1,
+                layers: vec![],
+            }),
+        );
+        assert_eq!(p.stats().unknown, unknown + 1);
     }
 
     #[test]
