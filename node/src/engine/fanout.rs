@@ -19,7 +19,7 @@ use super::simulcast::{LayerFrame, Refusal, Verdict};
 use super::{
     Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
-use crate::ids::{SessionId, UpId};
+use crate::ids::{DownId, SessionId, UpId};
 
 /// One frame on its way to the subscribers of a publication.
 #[derive(Clone)]
@@ -200,6 +200,9 @@ impl Engine {
         // Frames from this node's other workers are not relay traffic (`workers/links.rs`).
         if !up.is_in_process() {
             self.stats.relay_frames_in += 1;
+            if let Some(rid) = frame.rid {
+                self.stats.simulcast.relay_in[super::stats::rid_slot(&rid)] += 1;
+            }
         }
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
@@ -280,10 +283,17 @@ impl Engine {
         let mut want_keyframe = false;
         for sink in &sinks {
             // A layered frame goes only to the sinks whose selector takes it, at their time.
-            // Relay sinks take every layer: the other node selects for its own subscribers.
+            // Relay sinks take the layers they asked for: the other node selects for its own
+            // subscribers.
             let layered;
             let frame = match (frame.layer, *sink) {
-                (None, _) | (Some(_), Sink::Relay(_)) => &frame,
+                (None, _) => &frame,
+                (Some((rid, _)), Sink::Relay(down)) => {
+                    if !self.relay_down_carries(down, rid) {
+                        continue;
+                    }
+                    &frame
+                }
                 (Some((rid, epoch)), Sink::Session(sub, mid)) => {
                     let Some(s) = self.sessions.get_mut(&sub) else {
                         continue;
@@ -324,6 +334,9 @@ impl Engine {
                 Sink::Relay(down) => {
                     if !down.is_in_process() {
                         self.stats.relay_frames_out += 1;
+                        if let Some((rid, _)) = frame.layer {
+                            self.stats.simulcast.relay_out[super::stats::rid_slot(&rid)] += 1;
+                        }
                     }
                     if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
                         self.relay_down_without_keyframe.remove(&down);
@@ -615,7 +628,7 @@ impl Engine {
     /// than the last of them would be followed by deltas that do not build on it (the other
     /// node's viewers would lose the frames in between, or decode garbage); it waits for the
     /// live keyframe its request brings instead.
-    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey) -> Vec<RelayFrame> {
+    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey, down: DownId) -> Vec<RelayFrame> {
         let Some(p) = self.publications.get(key) else {
             return Vec::new();
         };
@@ -636,7 +649,7 @@ impl Engine {
         p.layers
             .layers()
             .iter()
-            .filter(|l| l.data.frames_since_keyframe == 0)
+            .filter(|l| l.data.frames_since_keyframe == 0 && self.relay_down_carries(down, l.rid))
             .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
             .collect()
     }

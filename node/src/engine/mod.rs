@@ -49,6 +49,7 @@ mod io;
 mod ops;
 mod publications;
 mod relay;
+mod relay_layers;
 mod relay_messages;
 pub(crate) mod repair_window;
 mod sdp;
@@ -96,9 +97,10 @@ pub use ops::{
     UpdateTrack, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
+pub use relay_layers::RelayLayers;
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, SessionState, TrackEntry};
-pub use stats::{Gauges, SimulcastStats, Stats};
+pub use stats::{Gauges, RID_LABELS, SimulcastStats, Stats};
 
 use crate::ids::{DownId, NodeTag, SessionId, SessionMap, UpId};
 use io::Work;
@@ -197,6 +199,10 @@ pub struct Engine {
     /// The number of the last frame given to each downstream relay subscription. Numbered here,
     /// before any queue may drop the frame, so that the other node sees every loss as a gap.
     relay_down_seq: HashMap<DownId, u32>,
+    /// The layers each downstream relay subscription asked for (absent: all).
+    relay_down_layers: HashMap<DownId, RelayLayers>,
+    /// Layer announcements that arrived before their upstream's publication was registered.
+    relay_layers_early: HashMap<UpId, Vec<(str0m::media::Rid, bool)>>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -250,6 +256,8 @@ impl Engine {
             relay_down: HashMap::new(),
             relay_down_without_keyframe: HashSet::new(),
             relay_down_seq: HashMap::new(),
+            relay_down_layers: HashMap::new(),
+            relay_layers_early: HashMap::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),

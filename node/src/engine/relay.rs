@@ -42,6 +42,7 @@ impl Engine {
                 p.last_keyframe_request = None;
                 self.relay_up.remove(&old);
                 self.relay_up.insert(up, key.clone());
+                self.take_early_layers(up, &key, now);
                 // Resume with a keyframe for everyone already watching.
                 self.request_keyframe(&key, now);
             }
@@ -50,7 +51,8 @@ impl Engine {
                     key.clone(),
                     Publication::new(app, Source::Relay(up), info.kind, Some(info.codec), now),
                 );
-                self.relay_up.insert(up, key);
+                self.relay_up.insert(up, key.clone());
+                self.take_early_layers(up, &key, now);
             }
         }
         Ok(())
@@ -81,6 +83,8 @@ impl Engine {
         };
         p.subscribers.push(Sink::Relay(down));
         p.unused_since = None;
+        // Its layers are told at the next check (housekeeping), the new downstream with the rest.
+        p.announced_layers = None;
         let info = TrackInfo {
             kind: p.kind,
             codec,
@@ -97,6 +101,7 @@ impl Engine {
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
         self.relay_down_seq.remove(&down);
+        self.relay_down_layers.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -106,6 +111,7 @@ impl Engine {
                 p.unused_since = Some(now);
             }
         }
+        self.update_upstream_layers(&key, now);
     }
 
     /// A downstream node's subscriber wants a keyframe.
@@ -116,7 +122,7 @@ impl Engine {
             // so the frame cannot arrive before it and be dropped.
             if self.relay_down_without_keyframe.remove(&down) {
                 // Of a layered publication, every layer's.
-                for frame in self.cached_relay_keyframes(&key) {
+                for frame in self.cached_relay_keyframes(&key, down) {
                     self.stats.keyframes_from_cache += 1;
                     self.push_relay_frame(down, frame);
                 }

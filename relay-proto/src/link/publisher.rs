@@ -25,9 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::control::{
-    ControlMsg, FailureCode, LayerSet, LayerState, Layers, Nack, SubId, Subscribe, TrackInfo,
-};
+use crate::control::{ControlMsg, FailureCode, LayerSet, Nack, SubId, Subscribe, TrackInfo};
 
 /// Bounds of one served link.
 #[derive(Debug, Clone, Copy)]
@@ -352,20 +350,6 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
         }
     }
 
-    /// The engine's view of downstream `down`'s layers at the origin changed (or it is live
-    /// and they are known): the peer is told. At most [`crate::limits::MAX_LAYERS`] are sent.
-    pub fn layers(&mut self, down: D, layers: Vec<LayerState>) {
-        let Some(sub) = self.downs.get(&down).copied() else {
-            return;
-        };
-        if self.phase == Phase::Open {
-            let mut layers = layers;
-            layers.truncate(crate::limits::MAX_LAYERS);
-            self.transmits
-                .push_back(ControlMsg::Layers(Layers { sub, layers }));
-        }
-    }
-
     /// The link is gone: every downstream is released, answers still to come release theirs.
     pub fn closed(&mut self) {
         self.phase = Phase::Closed;
@@ -445,7 +429,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CodecParams, MediaKind, SetLayers};
+    use crate::control::{CodecParams, Layers, MediaKind, SetLayers};
 
     fn req(sub: SubId) -> Subscribe {
         Subscribe {
@@ -526,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn layer_changes_reach_the_downstream_and_layer_states_reach_the_peer() {
+    fn layer_changes_reach_the_downstream_whatever_its_phase() {
         let t0 = Instant::now();
         let mut p = open(t0, PublisherLimits::default());
         let q = || LayerSet::Only(vec!["q".into()]);
@@ -592,29 +576,6 @@ mod tests {
         want.layers = q();
         assert_eq!(ev, vec![PublisherEvent::Attach(want)]);
 
-        // The engine's layer states go to the peer as `Layers`, bounded, for live ones only.
-        let state = |rid: &str, flowing| LayerState {
-            rid: rid.into(),
-            flowing,
-        };
-        p.layers(
-            100,
-            vec![
-                state("f", false),
-                state("h", true),
-                state("q", true),
-                state("x", true),
-            ],
-        );
-        p.layers(555, vec![state("q", true)]);
-        let (tx, _) = drain(&mut p);
-        assert_eq!(
-            tx,
-            vec![ControlMsg::Layers(Layers {
-                sub: 1,
-                layers: vec![state("f", false), state("h", true), state("q", true)],
-            })]
-        );
         // A `Layers` from the peer is not for this end.
         let unknown = p.stats().unknown;
         p.handle_control(

@@ -542,8 +542,12 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
                 self.events.push_back(SubscriberEvent::Ended(up));
             }
             ControlMsg::Layers(l) => {
-                // Only from the route in use: a late one of a replaced route is stale.
-                if matches!(&u.phase, Phase::Live { peer: p, sub: s } if p == peer && *s == sub) {
+                // Only from the route in use (it may overtake `Subscribed`): a late one of a
+                // replaced route is stale.
+                if matches!(&u.phase,
+                    Phase::Live { peer: p, sub: s } | Phase::Subscribing { peer: p, sub: s, .. }
+                        if p == peer && *s == sub)
+                {
                     self.events.push_back(SubscriberEvent::Layers {
                         up,
                         layers: l.layers,

@@ -155,6 +155,8 @@ impl Engine {
         if let Some(rid) = target {
             self.request_layer_keyframe(key, rid, now);
         }
+        // A relayed publication pulls the new layer now (and the old one until the switch).
+        self.update_upstream_layers(key, now);
         Ok(current)
     }
 }
