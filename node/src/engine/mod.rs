@@ -18,6 +18,8 @@
 //!   packet path can reuse it; `simulcast_bwe.rs`: moves driven by a subscriber's bandwidth
 //!   estimate;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
+//!   `relay_layers.rs`: which simulcast layers each relay subscription carries (the union an
+//!   edge pulls, what a downstream gets, the layer states told downstream);
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
 //!   DataChannel messages);
 //! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
@@ -169,7 +171,8 @@ pub struct EngineConfig {
 ///   [`Engine::close_session`] (`ops/`, `sessions.rs`);
 /// - **relay changes**: [`Engine::add_relay_publication`], [`Engine::end_relay_publication`],
 ///   [`Engine::relay_subscribe`], [`Engine::relay_unsubscribe`], [`Engine::relay_frame`],
-///   [`Engine::relay_keyframe_request`] (`relay.rs`, `fanout.rs`);
+///   [`Engine::relay_keyframe_request`], [`Engine::relay_set_layers`],
+///   [`Engine::relay_layers`] (`relay.rs`, `fanout.rs`, `relay_layers.rs`);
 /// - **views**: [`Engine::admin_sessions`], [`Engine::session_tracks`], [`Engine::stats`],
 ///   [`Engine::gauges`] and the counts (`views.rs`, `stats.rs`).
 pub struct Engine {
