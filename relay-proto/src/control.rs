@@ -16,6 +16,7 @@
 //! | [`Nack`] | subscriber | frames (or fragments of them) of `sub` that never arrived: send again |
 //! | [`SetLayers`] | subscriber | forward only these simulcast layers of `sub` from now on |
 //! | [`Layers`] | publisher | the track's simulcast layers at the origin, and which of them flow |
+//! | `LayerKeyframeRequest` | subscriber | a downstream receiver needs a keyframe of one layer |
 //!
 //! A simulcast track's layers are relayed each on its own: a `Subscribe` names the layers it
 //! wants ([`LayerSet`], all of them before the subscribing node knows better), `SetLayers`
@@ -82,6 +83,14 @@ pub enum ControlMsg {
     SetLayers(SetLayers),
     /// Publisher → subscriber: the track's layers and which flow at the origin (protocol 4).
     Layers(Layers),
+    /// Subscriber → publisher: please make the origin send a keyframe of this layer (protocol
+    /// 4; `KeyframeRequest` asks for every layer the subscription carries).
+    LayerKeyframeRequest {
+        /// The subscription.
+        sub: SubId,
+        /// The layer, a valid rid (see [`is_valid_rid`]).
+        rid: String,
+    },
 }
 
 /// Which simulcast layers of a track a subscription carries.
@@ -244,6 +253,7 @@ impl ControlMsg {
             ControlMsg::Nack(n) => n.sub,
             ControlMsg::SetLayers(s) => s.sub,
             ControlMsg::Layers(l) => l.sub,
+            ControlMsg::LayerKeyframeRequest { sub, .. } => *sub,
             ControlMsg::Subscribed { sub, .. }
             | ControlMsg::SubscribeFailed { sub, .. }
             | ControlMsg::Unsubscribe { sub }
@@ -268,6 +278,7 @@ impl Message for ControlMsg {
                 check_count("layers", l.layers.len(), MAX_LAYERS)?;
                 l.layers.iter().try_for_each(|l| check_rid(&l.rid))
             }
+            ControlMsg::LayerKeyframeRequest { rid, .. } => check_rid(rid),
             ControlMsg::Subscribed { track, .. } => check_len("mime", &track.codec.mime, MAX_MIME),
             ControlMsg::SubscribeFailed { reason, .. } => check_len("reason", reason, MAX_REASON),
             ControlMsg::Nack(n) => {
@@ -381,6 +392,10 @@ mod tests {
                     },
                 ],
             }),
+            ControlMsg::LayerKeyframeRequest {
+                sub: 12,
+                rid: "h".into(),
+            },
         ]
     }
 
@@ -491,9 +506,9 @@ mod tests {
 
     #[test]
     fn removed_and_unknown_messages_are_malformed_not_misread() {
-        // Variant 9 was never used (7 was protocol 2's `Ping`, now `SetLayers`), nor was 200.
+        // Variant 10 was never used (7 was protocol 2's `Ping`, now `SetLayers`), nor was 200.
         // Either is refused as malformed (the link then ends), never read as another message.
-        for variant in [9u8, 10, 200] {
+        for variant in [10u8, 11, 200] {
             let body = [variant, 42];
             assert!(
                 matches!(
@@ -510,7 +525,7 @@ mod tests {
         let subs: Vec<SubId> = all_messages().iter().map(ControlMsg::sub).collect();
         assert_eq!(
             subs,
-            vec![1, 2, 1, 2, 3, 4, u32::MAX, 0, 7, 7, 8, 9, 10, 11]
+            vec![1, 2, 1, 2, 3, 4, u32::MAX, 0, 7, 7, 8, 9, 10, 11, 12]
         );
     }
 
@@ -567,6 +582,14 @@ mod tests {
                 sub: 1,
                 layers: vec![state("é")],
             }),
+            ControlMsg::LayerKeyframeRequest {
+                sub: 1,
+                rid: String::new(),
+            },
+            ControlMsg::LayerKeyframeRequest {
+                sub: 1,
+                rid: "h".repeat(MAX_RID_LEN + 1),
+            },
         ];
         for msg in over {
             assert!(

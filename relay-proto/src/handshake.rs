@@ -23,7 +23,8 @@ use crate::limits::{LimitError, MAX_NODE_ID, check_len};
 /// `Stats`, `Ping`/`Pong`, failure codes and `fmtp` are gone (control variants renumbered); the
 /// media datagram layout is unchanged. 4: each simulcast layer is relayed on its own: `Subscribe`
 /// names the layers it wants, `SetLayers` changes them, the publisher announces the track's
-/// layers and which flow (`Layers`); the media datagram layout is unchanged. A node of another
+/// layers and which flow (`Layers`), keyframes are asked per layer (`LayerKeyframeRequest`); the
+/// media datagram layout is unchanged. A node of another
 /// version is refused with the supported range.
 pub const PROTOCOL_VERSION: u16 = 4;
 

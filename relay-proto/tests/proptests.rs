@@ -74,6 +74,7 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
                     layers,
                 })
             }),
+        (any::<u32>(), rid).prop_map(|(sub, rid)| ControlMsg::LayerKeyframeRequest { sub, rid }),
         (any::<u32>(), layer_set)
             .prop_map(|(sub, layers)| ControlMsg::SetLayers(SetLayers { sub, layers })),
         (any::<u32>(), vec(layer_state, 0..=MAX_LAYERS))

@@ -665,9 +665,23 @@ impl Engine {
             p.keyframe_pending = false;
             return;
         }
-        // A relayed publication asks its upstream node, which asks each of its layers.
+        // The publisher is asked for each flowing layer; a relayed publication whose layers are
+        // known asks its upstream node for each layer it pulls (else for all at once).
         if p.layers.is_layered() && matches!(p.source, Source::Session(_)) {
             let rids: Vec<Rid> = p.layers.flowing(now).collect();
+            for rid in rids {
+                self.request_layer_keyframe(key, rid, now);
+            }
+            return;
+        }
+        if p.layers.is_declared() && matches!(p.source, Source::Relay(_)) {
+            let rids: Vec<Rid> = p
+                .layers
+                .layers()
+                .iter()
+                .map(|l| l.rid)
+                .filter(|r| p.upstream_layers.carries(*r))
+                .collect();
             for rid in rids {
                 self.request_layer_keyframe(key, rid, now);
             }
@@ -698,12 +712,14 @@ impl Engine {
         let Some(p) = self.publications.get_mut(key) else {
             return;
         };
-        let Source::Session(mid) = p.source else {
-            // Relayed: the upstream node is asked (for every layer), folded per publication.
-            self.request_keyframe(key, now);
-            return;
-        };
         if p.kind != MediaKind::Video {
+            return;
+        }
+        let source = p.source;
+        if matches!(source, Source::Relay(_)) && !p.layers.is_declared() {
+            // The upstream's layers are not known yet: it is asked for all, folded per
+            // publication.
+            self.request_keyframe(key, now);
             return;
         }
         let Some(l) = p.layers.layer_mut(rid) else {
@@ -718,7 +734,13 @@ impl Engine {
         }
         c.keyframe_pending = false;
         c.last_keyframe_request = Some(now);
-        self.send_pli(key.0, mid, Some(rid), now);
+        match source {
+            Source::Session(mid) => self.send_pli(key.0, mid, Some(rid), now),
+            Source::Relay(up) => {
+                self.stats.keyframe_requests += 1;
+                self.push_relay(RelayOut::LayerKeyframeRequest { up, rid });
+            }
+        }
     }
 
     /// Deferred keyframe requests whose interval has passed, for every layer of a publication.

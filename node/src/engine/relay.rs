@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Rid};
 
 use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
 use super::relay_messages::{RelayOut, RelayRefusal};
@@ -40,6 +40,9 @@ impl Engine {
                 p.codec = Some(info.codec);
                 p.upstream_lost = false;
                 p.last_keyframe_request = None;
+                for l in p.layers.layers_mut() {
+                    l.data.last_keyframe_request = None;
+                }
                 self.relay_up.remove(&old);
                 self.relay_up.insert(up, key.clone());
                 self.take_early_layers(up, &key, now);
@@ -130,6 +133,29 @@ impl Engine {
             self.request_keyframe(&key, now);
             self.process_work(now);
         }
+    }
+
+    /// A downstream node's subscriber wants a keyframe of layer `rid`.
+    pub fn relay_layer_keyframe_request(&mut self, down: DownId, rid: Rid, now: Instant) {
+        let Some(key) = self.relay_down.get(&down).cloned() else {
+            return;
+        };
+        if self.relay_down_without_keyframe.remove(&down) {
+            for frame in self.cached_relay_keyframes(&key, down) {
+                self.stats.keyframes_from_cache += 1;
+                self.push_relay_frame(down, frame);
+            }
+        }
+        let layered = self
+            .publications
+            .get(&key)
+            .is_some_and(|p| p.layers.knows(rid));
+        if layered {
+            self.request_layer_keyframe(&key, rid, now);
+        } else {
+            self.request_keyframe(&key, now);
+        }
+        self.process_work(now);
     }
 
     /// Frames of upstream `up` were lost on the link. Video viewers would decode garbage until

@@ -15,6 +15,8 @@
 //! - *Announcements.* A layered publication tells each downstream its layers and whether each
 //!   flows (from the publisher's streams, or at a hub from what the origin said), when it
 //!   subscribes and when that changes, at most once per [`LAYERS_INTERVAL`] per publication.
+//! - *Keyframes* of a relayed publication whose layers are known are asked for per layer
+//!   (`fanout.rs` `request_layer_keyframe`, [`RelayOut::LayerKeyframeRequest`]).
 
 use std::time::{Duration, Instant};
 

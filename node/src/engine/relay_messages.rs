@@ -41,6 +41,13 @@ pub enum RelayOut {
         /// The upstream subscription to ask the publishing node on.
         up: UpId,
     },
+    /// A local subscriber of a relayed simulcast publication wants a keyframe of one layer.
+    LayerKeyframeRequest {
+        /// The upstream subscription to ask the publishing node on.
+        up: UpId,
+        /// The layer.
+        rid: str0m::media::Rid,
+    },
     /// The local sinks of this upstream's publication now need these layers only.
     SetLayers {
         /// The upstream subscription.

@@ -225,6 +225,15 @@ impl WorkerLinks for Router {
                 }
                 None
             }
+            RelayOut::LayerKeyframeRequest { up, rid } if is_local(up.0) => {
+                let source = links.lock().ups.get(&up).copied();
+                if let Some((from, down)) = source {
+                    self.control(from, move |e, now| {
+                        e.relay_layer_keyframe_request(down, rid, now)
+                    });
+                }
+                None
+            }
             RelayOut::SetLayers { up, layers } if is_local(up.0) => {
                 let source = links.lock().ups.get(&up).copied();
                 if let Some((from, down)) = source {

@@ -70,6 +70,13 @@ pub enum PublisherEvent<D> {
     },
     /// The peer asks for a keyframe of this downstream's track.
     KeyframeRequest(D),
+    /// The peer asks for a keyframe of one layer of this downstream's track.
+    LayerKeyframeRequest {
+        /// The downstream.
+        down: D,
+        /// The layer.
+        rid: String,
+    },
     /// The peer wants only these layers of this downstream's track from now on.
     SetLayers {
         /// The downstream.
@@ -205,6 +212,12 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
             },
             ControlMsg::KeyframeRequest { sub } => match self.down(sub) {
                 Some(down) => self.events.push_back(PublisherEvent::KeyframeRequest(down)),
+                None => self.stats.unknown += 1,
+            },
+            ControlMsg::LayerKeyframeRequest { sub, rid } => match self.down(sub) {
+                Some(down) => self
+                    .events
+                    .push_back(PublisherEvent::LayerKeyframeRequest { down, rid }),
                 None => self.stats.unknown += 1,
             },
             ControlMsg::SetLayers(s) => match self.subs.get_mut(&s.sub) {
@@ -494,12 +507,23 @@ mod tests {
         };
         p.handle_control(t0, ControlMsg::Nack(nack.clone()));
         p.handle_control(t0, ControlMsg::KeyframeRequest { sub: 9 });
+        p.handle_control(
+            t0,
+            ControlMsg::LayerKeyframeRequest {
+                sub: 1,
+                rid: "q".into(),
+            },
+        );
         let (_, ev) = drain(&mut p);
         assert_eq!(
             ev,
             vec![
                 PublisherEvent::KeyframeRequest(100),
-                PublisherEvent::Nack { down: 100, nack }
+                PublisherEvent::Nack { down: 100, nack },
+                PublisherEvent::LayerKeyframeRequest {
+                    down: 100,
+                    rid: "q".into()
+                },
             ]
         );
         assert_eq!(p.stats().unknown, 1, "sub 9 is nobody's");

@@ -225,6 +225,9 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::KeyframeRequest { up } => to_pulls(&inner, Cmd::KeyframeRequest(up)),
+            RelayOut::LayerKeyframeRequest { up, rid } => {
+                to_pulls(&inner, Cmd::LayerKeyframeRequest(up, rid.to_string()))
+            }
             RelayOut::SetLayers { up, layers } => {
                 // Never dropped (the origin would keep sending what nobody watches, or not
                 // send what someone waits for): on a full queue a task of its own waits.

@@ -72,6 +72,8 @@ pub(crate) enum Cmd {
     Unused(UpId),
     /// The engine asks the upstream's peer for a keyframe.
     KeyframeRequest(UpId),
+    /// The engine asks the upstream's peer for a keyframe of one layer.
+    LayerKeyframeRequest(UpId, String),
     /// The engine's viewers need only these layers of the upstream's track.
     SetLayers(UpId, LayerSet),
     /// A move off a draining hub ended: `new` took over (`ok`), or did not, or none was made.
@@ -294,6 +296,14 @@ impl Driver {
                 {
                     self.inner
                         .send_control(&l.control, ControlMsg::KeyframeRequest { sub });
+                }
+            }
+            Cmd::LayerKeyframeRequest(up, rid) => {
+                if let Some((peer, sub)) = self.machine.route_of(up)
+                    && let Some(l) = self.links.get(peer)
+                {
+                    self.inner
+                        .send_control(&l.control, ControlMsg::LayerKeyframeRequest { sub, rid });
                 }
             }
             Cmd::SetLayers(up, layers) => self.machine.set_layers(up, layers),

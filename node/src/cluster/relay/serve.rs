@@ -229,6 +229,23 @@ fn carry_out(
                 done_tx.clone(),
                 s,
             )),
+            PublisherEvent::LayerKeyframeRequest {
+                down: Served { down, session },
+                rid,
+            } => {
+                // A rid this node cannot hold names no layer here.
+                let Some(rid) = crate::engine::simulcast::parse_rid(&rid) else {
+                    continue;
+                };
+                let engine = inner.engine.clone();
+                inner.spawn(async move {
+                    let _ = engine
+                        .call_session(session, move |e, now| {
+                            e.relay_layer_keyframe_request(down, rid, now)
+                        })
+                        .await;
+                });
+            }
             PublisherEvent::SetLayers {
                 down: Served { down, session },
                 layers,
