@@ -219,6 +219,18 @@ impl Engine {
         if let Some(w) = waiting {
             if !frame.keyframe {
                 self.stats.relay_gap_withheld += 1;
+                // A layer pulled again after a pause waits for its keyframe: make sure one
+                // was asked for (folded to one a second per layer), or its viewers would wait
+                // for the publisher's next one.
+                let wanted = frame.rid.filter(|rid| {
+                    self.publications
+                        .get(&key)
+                        .is_some_and(|p| p.layers.is_declared() && p.upstream_layers.carries(*rid))
+                });
+                if let Some(rid) = wanted {
+                    self.request_layer_keyframe(&key, rid, now);
+                    self.process_work(now);
+                }
                 return;
             }
             *w = false;
