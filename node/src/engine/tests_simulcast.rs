@@ -972,3 +972,71 @@ fn a_relay_downstream_gets_only_the_layers_it_asked_for_and_hears_of_the_others(
         .collect();
     assert_eq!(rids, vec!["h", "q"]);
 }
+
+#[test]
+fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_origins_word_on() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    let states = |flowing: [bool; 3]| -> Vec<(str0m::media::Rid, bool)> {
+        LAYERS
+            .iter()
+            .zip(flowing)
+            .filter_map(|(r, f)| Some((parse_rid(r)?, f)))
+            .collect()
+    };
+    w.engine.relay_layers(up, states([true, true, true]), now);
+    // Another node of the region pulls it from here and wants h.
+    let down = crate::ids::DownId(9);
+    w.engine
+        .relay_subscribe(down, APP, publisher, "cam")
+        .expect("relay subscription");
+    w.engine.relay_set_layers(down, only(&["h"]), now);
+    assert_eq!(set_layers(&mut w), vec![only(&["h"])]);
+    // A viewer here wants q: the union.
+    let c = w.client();
+    let sid = w.session();
+    w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("q", Ordering::None)),
+            ..Default::default()
+        }],
+    );
+    let all = 0..w.clients.len();
+    w.step(all, Duration::from_millis(300));
+    let mut outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::SetLayers { layers, .. }
+            if *layers == only(&["h", "q"]))),
+        "{outs:?}"
+    );
+    // The origin's word reached the downstream as is.
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::Layers { down: d, layers }
+            if *d == down && *layers == states([true, true, true]))),
+        "{outs:?}"
+    );
+    // f stops at the origin: the downstream hears it.
+    let now = w.now;
+    w.engine.relay_layers(up, states([false, true, true]), now);
+    let all = 0..w.clients.len();
+    w.step(all, Duration::from_millis(300));
+    outs.clear();
+    outs.extend(std::iter::from_fn(|| w.engine.poll_relay()));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::Layers { down: d, layers }
+            if *d == down && *layers == states([false, true, true]))),
+        "{outs:?}"
+    );
+    // The downstream asks for everything: so does the hub.
+    let now = w.now;
+    w.engine.relay_set_layers(down, RelayLayers::All, now);
+    assert_eq!(set_layers(&mut w), vec![RelayLayers::All]);
+}

@@ -255,14 +255,18 @@ async fn with_bandwidth_estimation_on_an_asciibetical_subscriber_plays_its_prefe
     assert_eq!(n, Some(0.0), "no move down on loopback");
 }
 
-/// Layered frames node `n` received from other nodes, per rid (f, h, q).
-async fn relay_layers_in(node: &TestNode) -> anyhow::Result<[f64; 3]> {
+/// Layered frames a node received from other nodes, per rid (f, h, q), and its relay bytes in.
+async fn relay_layers_in(node: &TestNode) -> anyhow::Result<([f64; 3], f64)> {
     let m = node.scrape().await?;
     let get = |rid: &str| {
         let key = format!("trackmesh_relay_layer_frames_total{{direction=\"in\",rid=\"{rid}\"}}");
         m.get(&key).copied().unwrap_or(0.0)
     };
-    Ok([get("f"), get("h"), get("q")])
+    let bytes = m
+        .get("trackmesh_relay_bytes_total{direction=\"in\"}")
+        .copied()
+        .unwrap_or(0.0);
+    Ok(([get("f"), get("h"), get("q")], bytes))
 }
 
 /// Waits until, over half a second, node `n` receives frames of exactly the layers `want`
@@ -271,11 +275,15 @@ async fn relay_layers_in(node: &TestNode) -> anyhow::Result<[f64; 3]> {
 async fn expect_layers_in(node: &TestNode, who: &str, want: [bool; 3]) {
     let mut last = Vec::new();
     for _ in 0..40 {
-        let before = relay_layers_in(node).await.expect("scrape");
+        let (before, bytes_before) = relay_layers_in(node).await.expect("scrape");
+        let t0 = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = relay_layers_in(node).await.expect("scrape");
+        let (after, bytes_after) = relay_layers_in(node).await.expect("scrape");
         let grew: Vec<bool> = before.iter().zip(&after).map(|(b, a)| a > b).collect();
         if grew == want {
+            // For the record (`--nocapture`): what the node pulls, in kbit/s.
+            let kbps = (bytes_after - bytes_before) * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
+            eprintln!("{who}: relay in {kbps:.0} kbit/s with layers (f, h, q) {want:?}");
             return;
         }
         last = vec![before, after];
