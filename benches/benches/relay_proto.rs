@@ -24,6 +24,7 @@ fn control_messages() -> Vec<(&'static str, ControlMsg)> {
                 session_id: [0xab; 16],
                 track_name: "a3f1c2d4-camera-track".into(),
                 app: "my-calls-app-0123456789".into(),
+                layers: trackmesh_relay_proto::control::LayerSet::All,
             }),
         ),
         (

@@ -106,6 +106,7 @@ pub struct Metrics {
     relay_links: IntGauge,
     relay_subscriptions: IntGaugeVec,
     relay_frames: IntCounterVec,
+    relay_layer_frames: IntCounterVec,
     relay_bytes: IntCounterVec,
     relay_pull_failures: IntCounterVec,
     relay_repair: IntCounterVec,
@@ -257,7 +258,7 @@ impl Metrics {
                 &r,
                 cv(
                     "trackmesh_simulcast_events_total",
-                    "Simulcast: subscribers starting on or moving to a layer (switch), layers starting over at their next keyframe (ssrc_change, time_jump), bandwidth estimates taken (bwe_estimate) and the moves they caused (bwe_down, bwe_up).",
+                    "Simulcast: subscribers starting on or moving to a layer (switch), layers starting over at their next keyframe (ssrc_change, time_jump), bandwidth estimates taken (bwe_estimate) and the moves they caused (bwe_down, bwe_up), changes of the layers a relayed track pulls (set_layers).",
                     &["event"],
                 )?,
             )?,
@@ -304,6 +305,14 @@ impl Metrics {
                     "trackmesh_relay_frames_total",
                     "Frames received from and sent to other nodes.",
                     &["direction"],
+                )?,
+            )?,
+            relay_layer_frames: reg(
+                &r,
+                cv(
+                    "trackmesh_relay_layer_frames_total",
+                    "Simulcast frames received from and sent to other nodes, per layer (rid f, h, q; other rids together).",
+                    &["direction", "rid"],
                 )?,
             )?,
             relay_bytes: reg(
@@ -599,6 +608,7 @@ impl Metrics {
             ("bwe_estimate", s.simulcast.estimates),
             ("bwe_down", s.simulcast.bwe_down),
             ("bwe_up", s.simulcast.bwe_up),
+            ("set_layers", s.simulcast.set_layers),
         ] {
             set(&self.simulcast_events.with_label_values(&[event]), n);
         }
@@ -630,6 +640,20 @@ impl Metrics {
             &self.relay_frames.with_label_values(&["out"]),
             s.relay_frames_out,
         );
+        for (i, rid) in crate::engine::RID_LABELS.iter().enumerate() {
+            let (frames_in, frames_out) = (
+                s.simulcast.relay_in.get(i).copied().unwrap_or(0),
+                s.simulcast.relay_out.get(i).copied().unwrap_or(0),
+            );
+            set(
+                &self.relay_layer_frames.with_label_values(&["in", rid]),
+                frames_in,
+            );
+            set(
+                &self.relay_layer_frames.with_label_values(&["out", rid]),
+                frames_out,
+            );
+        }
         set(
             &self.relay_bytes.with_label_values(&["in"]),
             snap.relay.bytes_in,

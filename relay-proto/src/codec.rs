@@ -411,6 +411,7 @@ mod tests {
             session_id: [0; 16],
             track_name: "x".repeat(crate::limits::MAX_TRACK_NAME + 1),
             app: "app".into(),
+            layers: crate::control::LayerSet::All,
         };
         let msg = ControlMsg::Subscribe(sub);
         assert!(matches!(

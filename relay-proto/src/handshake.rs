@@ -21,9 +21,12 @@ use crate::limits::{LimitError, MAX_NODE_ID, check_len};
 /// The relay protocol version this crate speaks. 2: media frames carry their simulcast rid
 /// (media format version 2). 3: the subscriber repairs lost frames with `Nack`, and the unused
 /// `Stats`, `Ping`/`Pong`, failure codes and `fmtp` are gone (control variants renumbered); the
-/// media datagram layout is unchanged. A node of another version is refused with the supported
-/// range.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// media datagram layout is unchanged. 4: each simulcast layer is relayed on its own: `Subscribe`
+/// names the layers it wants, `SetLayers` changes them, the publisher announces the track's
+/// layers and which flow (`Layers`), keyframes are asked per layer (`LayerKeyframeRequest`); the
+/// media datagram layout is unchanged. A node of another
+/// version is refused with the supported range.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The versions this crate can speak, for [`check_hello`].
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = PROTOCOL_VERSION..=PROTOCOL_VERSION;
@@ -215,24 +218,25 @@ mod tests {
         );
         assert_eq!(check_hello(&h, &cluster, 1..=3), Ok(()));
 
-        // A node of protocol 1 (relayed frames without their simulcast rid) or 2 (no Nack,
-        // control messages numbered differently) is refused, and told what this one speaks.
-        for old in [1, 2] {
+        // A node of protocol 1 (relayed frames without their simulcast rid), 2 (no Nack,
+        // control messages numbered differently) or 3 (every layer on one subscription, no
+        // `SetLayers`/`Layers`) is refused, and told what this one speaks.
+        for old in [1, 2, 3] {
             let mut h = hello();
             h.protocol_version = old;
             let refused = check_hello(&h, &cluster, SUPPORTED_VERSIONS);
             assert_eq!(
                 refused,
-                Err(RefuseReason::UnsupportedVersion { min: 3, max: 3 })
+                Err(RefuseReason::UnsupportedVersion { min: 4, max: 4 })
             );
             assert_eq!(
                 refused.map_err(|e| e.to_string()),
-                Err("unsupported protocol version (supported: 3..=3)".to_string())
+                Err("unsupported protocol version (supported: 4..=4)".to_string())
             );
         }
         // And a newer one too: versions are not assumed compatible upwards.
         let mut h = hello();
-        h.protocol_version = 4;
+        h.protocol_version = 5;
         assert!(check_hello(&h, &cluster, SUPPORTED_VERSIONS).is_err());
 
         let mut h = hello();

@@ -25,6 +25,8 @@ pub const MAX_MIME: usize = 64;
 pub const MAX_NACK_FRAMES: usize = 64;
 /// Most fragment indexes listed for one frame of a `Nack`; more missing: ask for the whole frame.
 pub const MAX_NACK_FRAGMENTS: usize = 64;
+/// Most simulcast layers a `SetLayers` or `Layers` message names (Chromium sends 3).
+pub const MAX_LAYERS: usize = 3;
 /// Longest human-readable reason in an error message, in bytes.
 pub const MAX_REASON: usize = 256;
 

@@ -111,6 +111,12 @@ pub fn split_layer(payload: &[u8]) -> Result<(Option<&str>, &[u8]), MediaError> 
     Ok(((!rid.is_empty()).then_some(rid), data))
 }
 
+/// Whether `rid` may name a simulcast layer on the wire: 1 to [`MAX_RID_LEN`] bytes of
+/// `[A-Za-z0-9_-]` (control messages naming layers check it; a frame's empty rid means none).
+pub fn is_valid_rid(rid: &str) -> bool {
+    !rid.is_empty() && valid_rid(rid.as_bytes())
+}
+
 fn valid_rid(rid: &[u8]) -> bool {
     rid.len() <= MAX_RID_LEN
         && rid

@@ -9,11 +9,12 @@ use proptest::sample::Index;
 
 use trackmesh_relay_proto::codec::{FrameDecoder, encode, encode_to_vec};
 use trackmesh_relay_proto::control::{
-    CodecParams, ControlMsg, FailureCode, MediaKind, Nack, NackFrame, Subscribe, TrackInfo,
+    CodecParams, ControlMsg, FailureCode, LayerSet, LayerState, Layers, MediaKind, Nack, NackFrame,
+    SetLayers, Subscribe, TrackInfo,
 };
 use trackmesh_relay_proto::handshake::{HandshakeMsg, Hello, RefuseReason, Welcome};
 use trackmesh_relay_proto::limits::{
-    MAX_APP_ID, MAX_MIME, MAX_NACK_FRAGMENTS, MAX_NACK_FRAMES, MAX_NODE_ID, MAX_REASON,
+    MAX_APP_ID, MAX_LAYERS, MAX_MIME, MAX_NACK_FRAGMENTS, MAX_NACK_FRAMES, MAX_NODE_ID, MAX_REASON,
     MAX_TRACK_NAME,
 };
 use trackmesh_relay_proto::media::{Fragmenter, Frame, Reassembler, ReassemblerLimits};
@@ -50,21 +51,34 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
             fragments,
         },
     );
+    let rid = "[A-Za-z0-9_-]{1,16}";
+    let layer_set = prop_oneof![
+        Just(LayerSet::All),
+        vec(rid, 0..=MAX_LAYERS).prop_map(LayerSet::Only),
+    ];
+    let layer_state = (rid, any::<bool>()).prop_map(|(rid, flowing)| LayerState { rid, flowing });
     prop_oneof![
         (
             any::<u32>(),
             any::<[u8; 16]>(),
             at_limit(MAX_TRACK_NAME),
-            at_limit(MAX_APP_ID)
+            at_limit(MAX_APP_ID),
+            layer_set.clone(),
         )
-            .prop_map(|(sub, session_id, track_name, app)| {
+            .prop_map(|(sub, session_id, track_name, app, layers)| {
                 ControlMsg::Subscribe(Subscribe {
                     sub,
                     session_id,
                     track_name,
                     app,
+                    layers,
                 })
             }),
+        (any::<u32>(), rid).prop_map(|(sub, rid)| ControlMsg::LayerKeyframeRequest { sub, rid }),
+        (any::<u32>(), layer_set)
+            .prop_map(|(sub, layers)| ControlMsg::SetLayers(SetLayers { sub, layers })),
+        (any::<u32>(), vec(layer_state, 0..=MAX_LAYERS))
+            .prop_map(|(sub, layers)| ControlMsg::Layers(Layers { sub, layers })),
         (any::<u32>(), kind, codec).prop_map(|(sub, kind, codec)| ControlMsg::Subscribed {
             sub,
             track: TrackInfo { kind, codec }

@@ -1,5 +1,6 @@
-// Simulcast across two nodes of a cluster: Chromium publishes q/h/f on node A; every layer is
-// relayed to B with its rid, and B selects for its own subscribers: one pulls with preferredRid
+// Simulcast across two nodes of a cluster: Chromium publishes q/h/f on node A; B pulls from A the
+// layers its subscribers use, each relayed on its own with its rid, and selects for them: one
+// pulls with preferredRid
 // "h" (decoded width below 1280), moves to "q" with tracks/update on B (smaller); another pulls
 // "f" with ridNotAvailable "asciibetical" (1280 wide), the publisher turns f off and that one
 // keeps decoding from h.

@@ -19,7 +19,7 @@ use super::simulcast::{LayerFrame, Refusal, Verdict};
 use super::{
     Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
 };
-use crate::ids::{SessionId, UpId};
+use crate::ids::{DownId, SessionId, UpId};
 
 /// One frame on its way to the subscribers of a publication.
 #[derive(Clone)]
@@ -200,6 +200,9 @@ impl Engine {
         // Frames from this node's other workers are not relay traffic (`workers/links.rs`).
         if !up.is_in_process() {
             self.stats.relay_frames_in += 1;
+            if let Some(rid) = frame.rid {
+                self.stats.simulcast.relay_in[super::stats::rid_slot(&rid)] += 1;
+            }
         }
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
@@ -216,6 +219,18 @@ impl Engine {
         if let Some(w) = waiting {
             if !frame.keyframe {
                 self.stats.relay_gap_withheld += 1;
+                // A layer pulled again after a pause waits for its keyframe: make sure one
+                // was asked for (folded to one a second per layer), or its viewers would wait
+                // for the publisher's next one.
+                let wanted = frame.rid.filter(|rid| {
+                    self.publications
+                        .get(&key)
+                        .is_some_and(|p| p.layers.is_declared() && p.upstream_layers.carries(*rid))
+                });
+                if let Some(rid) = wanted {
+                    self.request_layer_keyframe(&key, rid, now);
+                    self.process_work(now);
+                }
                 return;
             }
             *w = false;
@@ -280,10 +295,17 @@ impl Engine {
         let mut want_keyframe = false;
         for sink in &sinks {
             // A layered frame goes only to the sinks whose selector takes it, at their time.
-            // Relay sinks take every layer: the other node selects for its own subscribers.
+            // Relay sinks take the layers they asked for: the other node selects for its own
+            // subscribers.
             let layered;
             let frame = match (frame.layer, *sink) {
-                (None, _) | (Some(_), Sink::Relay(_)) => &frame,
+                (None, _) => &frame,
+                (Some((rid, _)), Sink::Relay(down)) => {
+                    if !self.relay_down_carries(down, rid) {
+                        continue;
+                    }
+                    &frame
+                }
                 (Some((rid, epoch)), Sink::Session(sub, mid)) => {
                     let Some(s) = self.sessions.get_mut(&sub) else {
                         continue;
@@ -324,6 +346,9 @@ impl Engine {
                 Sink::Relay(down) => {
                     if !down.is_in_process() {
                         self.stats.relay_frames_out += 1;
+                        if let Some((rid, _)) = frame.layer {
+                            self.stats.simulcast.relay_out[super::stats::rid_slot(&rid)] += 1;
+                        }
                     }
                     if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
                         self.relay_down_without_keyframe.remove(&down);
@@ -615,7 +640,7 @@ impl Engine {
     /// than the last of them would be followed by deltas that do not build on it (the other
     /// node's viewers would lose the frames in between, or decode garbage); it waits for the
     /// live keyframe its request brings instead.
-    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey) -> Vec<RelayFrame> {
+    pub(super) fn cached_relay_keyframes(&self, key: &TrackKey, down: DownId) -> Vec<RelayFrame> {
         let Some(p) = self.publications.get(key) else {
             return Vec::new();
         };
@@ -636,7 +661,7 @@ impl Engine {
         p.layers
             .layers()
             .iter()
-            .filter(|l| l.data.frames_since_keyframe == 0)
+            .filter(|l| l.data.frames_since_keyframe == 0 && self.relay_down_carries(down, l.rid))
             .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
             .collect()
     }
@@ -652,9 +677,23 @@ impl Engine {
             p.keyframe_pending = false;
             return;
         }
-        // A relayed publication asks its upstream node, which asks each of its layers.
+        // The publisher is asked for each flowing layer; a relayed publication whose layers are
+        // known asks its upstream node for each layer it pulls (else for all at once).
         if p.layers.is_layered() && matches!(p.source, Source::Session(_)) {
             let rids: Vec<Rid> = p.layers.flowing(now).collect();
+            for rid in rids {
+                self.request_layer_keyframe(key, rid, now);
+            }
+            return;
+        }
+        if p.layers.is_declared() && matches!(p.source, Source::Relay(_)) {
+            let rids: Vec<Rid> = p
+                .layers
+                .layers()
+                .iter()
+                .map(|l| l.rid)
+                .filter(|r| p.upstream_layers.carries(*r))
+                .collect();
             for rid in rids {
                 self.request_layer_keyframe(key, rid, now);
             }
@@ -685,12 +724,14 @@ impl Engine {
         let Some(p) = self.publications.get_mut(key) else {
             return;
         };
-        let Source::Session(mid) = p.source else {
-            // Relayed: the upstream node is asked (for every layer), folded per publication.
-            self.request_keyframe(key, now);
-            return;
-        };
         if p.kind != MediaKind::Video {
+            return;
+        }
+        let source = p.source;
+        if matches!(source, Source::Relay(_)) && !p.layers.is_declared() {
+            // The upstream's layers are not known yet: it is asked for all, folded per
+            // publication.
+            self.request_keyframe(key, now);
             return;
         }
         let Some(l) = p.layers.layer_mut(rid) else {
@@ -705,7 +746,13 @@ impl Engine {
         }
         c.keyframe_pending = false;
         c.last_keyframe_request = Some(now);
-        self.send_pli(key.0, mid, Some(rid), now);
+        match source {
+            Source::Session(mid) => self.send_pli(key.0, mid, Some(rid), now),
+            Source::Relay(up) => {
+                self.stats.keyframe_requests += 1;
+                self.push_relay(RelayOut::LayerKeyframeRequest { up, rid });
+            }
+        }
     }
 
     /// Deferred keyframe requests whose interval has passed, for every layer of a publication.

@@ -81,6 +81,9 @@ impl Engine {
             self.pending_layer_keyframes(&key, now);
         }
 
+        self.update_all_upstream_layers(now);
+        self.announce_all_layers(now);
+
         if self.tombstones.len() > MAX_TOMBSTONES / 2 {
             self.tombstones
                 .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);

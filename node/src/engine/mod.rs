@@ -18,6 +18,8 @@
 //!   packet path can reuse it; `simulcast_bwe.rs`: moves driven by a subscriber's bandwidth
 //!   estimate;
 //! - `relay.rs`: relayed publications and downstream subscriptions, the relay output queue;
+//!   `relay_layers.rs`: which simulcast layers each relay subscription carries (the union an
+//!   edge pulls, what a downstream gets, the layer states told downstream);
 //! - `relay_messages.rs`: what the engine and the relay layer exchange (frames, ends, refusals,
 //!   DataChannel messages);
 //! - `datachannels.rs`: a session's DataChannels, their ids and bounds; `channel_fanout.rs`:
@@ -49,6 +51,7 @@ mod io;
 mod ops;
 mod publications;
 mod relay;
+mod relay_layers;
 mod relay_messages;
 pub(crate) mod repair_window;
 mod sdp;
@@ -96,9 +99,10 @@ pub use ops::{
     UpdateTrack, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
+pub use relay_layers::RelayLayers;
 pub use relay_messages::{RelayFrame, RelayIn, RelayOut, RelayRefusal};
 pub use session::{Location, Session, SessionState, TrackEntry};
-pub use stats::{Gauges, SimulcastStats, Stats};
+pub use stats::{Gauges, RID_LABELS, SimulcastStats, Stats};
 
 use crate::ids::{DownId, NodeTag, SessionId, SessionMap, UpId};
 use io::Work;
@@ -167,7 +171,8 @@ pub struct EngineConfig {
 ///   [`Engine::close_session`] (`ops/`, `sessions.rs`);
 /// - **relay changes**: [`Engine::add_relay_publication`], [`Engine::end_relay_publication`],
 ///   [`Engine::relay_subscribe`], [`Engine::relay_unsubscribe`], [`Engine::relay_frame`],
-///   [`Engine::relay_keyframe_request`] (`relay.rs`, `fanout.rs`);
+///   [`Engine::relay_keyframe_request`], [`Engine::relay_set_layers`],
+///   [`Engine::relay_layers`] (`relay.rs`, `fanout.rs`, `relay_layers.rs`);
 /// - **views**: [`Engine::admin_sessions`], [`Engine::session_tracks`], [`Engine::stats`],
 ///   [`Engine::gauges`] and the counts (`views.rs`, `stats.rs`).
 pub struct Engine {
@@ -197,6 +202,10 @@ pub struct Engine {
     /// The number of the last frame given to each downstream relay subscription. Numbered here,
     /// before any queue may drop the frame, so that the other node sees every loss as a gap.
     relay_down_seq: HashMap<DownId, u32>,
+    /// The layers each downstream relay subscription asked for (absent: all).
+    relay_down_layers: HashMap<DownId, RelayLayers>,
+    /// Layer announcements that arrived before their upstream's publication was registered.
+    relay_layers_early: HashMap<UpId, Vec<(str0m::media::Rid, bool)>>,
     work: VecDeque<Work>,
     next_housekeeping: Instant,
     stats: Stats,
@@ -250,6 +259,8 @@ impl Engine {
             relay_down: HashMap::new(),
             relay_down_without_keyframe: HashSet::new(),
             relay_down_seq: HashMap::new(),
+            relay_down_layers: HashMap::new(),
+            relay_layers_early: HashMap::new(),
             work: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             stats: Stats::default(),

@@ -77,6 +77,14 @@ pub(crate) struct Publication {
     /// Simulcast layers (empty for an unlayered publication), each with its own keyframe cache
     /// and keyframe-request timing; the fields above then serve unlayered frames only.
     pub layers: LayerTable<LayerCache>,
+    /// Of a relayed layered publication: the layers its upstream subscription asks for, and
+    /// when that last changed (`relay_layers.rs`).
+    pub upstream_layers: super::RelayLayers,
+    pub upstream_layers_sent: Option<Instant>,
+    /// The layer states last told to downstream nodes (`None`: tell them at the next check),
+    /// and when.
+    pub announced_layers: Option<Vec<(str0m::media::Rid, bool)>>,
+    pub announced_at: Option<Instant>,
 }
 
 /// What the frame path keeps per simulcast layer: the same as a publication keeps for its
@@ -125,6 +133,10 @@ impl Publication {
             await_keyframe: false,
             upstream_lost: false,
             layers: LayerTable::default(),
+            upstream_layers: super::RelayLayers::All,
+            upstream_layers_sent: None,
+            announced_layers: None,
+            announced_at: None,
         }
     }
 }
@@ -229,6 +241,7 @@ impl Engine {
             p.unused_since = None;
         }
         self.await_keyframe(sid, mid, &key, now);
+        self.update_upstream_layers(&key, now);
         tracing::info!(session = %sid, %mid, publisher = %key.0, track = %key.1, "track pulled");
     }
 
@@ -245,6 +258,7 @@ impl Engine {
                 p.unused_since = Some(now);
             }
         }
+        self.update_upstream_layers(&key, now);
     }
 
     /// Ends a publication: subscribers stop receiving it and it can no longer be pulled.
@@ -274,6 +288,7 @@ impl Engine {
                     self.relay_down.remove(&down);
                     self.relay_down_without_keyframe.remove(&down);
                     self.relay_down_seq.remove(&down);
+                    self.relay_down_layers.remove(&down);
                     self.push_relay(RelayOut::Ended { down });
                 }
             }

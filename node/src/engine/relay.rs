@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Rid};
 
 use super::publications::{Publication, Sink, Source, TrackInfo, TrackKey};
 use super::relay_messages::{RelayOut, RelayRefusal};
@@ -40,8 +40,12 @@ impl Engine {
                 p.codec = Some(info.codec);
                 p.upstream_lost = false;
                 p.last_keyframe_request = None;
+                for l in p.layers.layers_mut() {
+                    l.data.last_keyframe_request = None;
+                }
                 self.relay_up.remove(&old);
                 self.relay_up.insert(up, key.clone());
+                self.take_early_layers(up, &key, now);
                 // Resume with a keyframe for everyone already watching.
                 self.request_keyframe(&key, now);
             }
@@ -50,7 +54,8 @@ impl Engine {
                     key.clone(),
                     Publication::new(app, Source::Relay(up), info.kind, Some(info.codec), now),
                 );
-                self.relay_up.insert(up, key);
+                self.relay_up.insert(up, key.clone());
+                self.take_early_layers(up, &key, now);
             }
         }
         Ok(())
@@ -81,6 +86,8 @@ impl Engine {
         };
         p.subscribers.push(Sink::Relay(down));
         p.unused_since = None;
+        // Its layers are told at the next check (housekeeping), the new downstream with the rest.
+        p.announced_layers = None;
         let info = TrackInfo {
             kind: p.kind,
             codec,
@@ -97,6 +104,7 @@ impl Engine {
     pub fn relay_unsubscribe(&mut self, down: DownId, now: Instant) {
         self.relay_down_without_keyframe.remove(&down);
         self.relay_down_seq.remove(&down);
+        self.relay_down_layers.remove(&down);
         let Some(key) = self.relay_down.remove(&down) else {
             return;
         };
@@ -106,6 +114,7 @@ impl Engine {
                 p.unused_since = Some(now);
             }
         }
+        self.update_upstream_layers(&key, now);
     }
 
     /// A downstream node's subscriber wants a keyframe.
@@ -116,7 +125,7 @@ impl Engine {
             // so the frame cannot arrive before it and be dropped.
             if self.relay_down_without_keyframe.remove(&down) {
                 // Of a layered publication, every layer's.
-                for frame in self.cached_relay_keyframes(&key) {
+                for frame in self.cached_relay_keyframes(&key, down) {
                     self.stats.keyframes_from_cache += 1;
                     self.push_relay_frame(down, frame);
                 }
@@ -124,6 +133,29 @@ impl Engine {
             self.request_keyframe(&key, now);
             self.process_work(now);
         }
+    }
+
+    /// A downstream node's subscriber wants a keyframe of layer `rid`.
+    pub fn relay_layer_keyframe_request(&mut self, down: DownId, rid: Rid, now: Instant) {
+        let Some(key) = self.relay_down.get(&down).cloned() else {
+            return;
+        };
+        if self.relay_down_without_keyframe.remove(&down) {
+            for frame in self.cached_relay_keyframes(&key, down) {
+                self.stats.keyframes_from_cache += 1;
+                self.push_relay_frame(down, frame);
+            }
+        }
+        let layered = self
+            .publications
+            .get(&key)
+            .is_some_and(|p| p.layers.knows(rid));
+        if layered {
+            self.request_layer_keyframe(&key, rid, now);
+        } else {
+            self.request_keyframe(&key, now);
+        }
+        self.process_work(now);
     }
 
     /// Frames of upstream `up` were lost on the link. Video viewers would decode garbage until

@@ -13,8 +13,8 @@ pub struct RelayFrame {
     pub keyframe: bool,
     /// The depacketized frame, shared rather than copied between subscribers.
     pub data: std::sync::Arc<[u8]>,
-    /// The simulcast layer it belongs to: every layer of a layered track is relayed, each
-    /// frame with its rid, and the receiving node selects layers for its own subscribers.
+    /// The simulcast layer it belongs to: each layer is relayed on its own, frames with their
+    /// rid, only those the downstream asked for; the receiving node selects for its viewers.
     pub rid: Option<str0m::media::Rid>,
 }
 
@@ -40,6 +40,27 @@ pub enum RelayOut {
     KeyframeRequest {
         /// The upstream subscription to ask the publishing node on.
         up: UpId,
+    },
+    /// A local subscriber of a relayed simulcast publication wants a keyframe of one layer.
+    LayerKeyframeRequest {
+        /// The upstream subscription to ask the publishing node on.
+        up: UpId,
+        /// The layer.
+        rid: str0m::media::Rid,
+    },
+    /// The local sinks of this upstream's publication now need these layers only.
+    SetLayers {
+        /// The upstream subscription.
+        up: UpId,
+        /// The layers to pull.
+        layers: super::RelayLayers,
+    },
+    /// The layers a downstream subscription's publication has here, and which flow.
+    Layers {
+        /// The downstream subscription.
+        down: DownId,
+        /// Each layer's rid and whether it flows, in ASCII order.
+        layers: Vec<(str0m::media::Rid, bool)>,
     },
     /// Nothing subscribes to this upstream any more: release it.
     Unused {

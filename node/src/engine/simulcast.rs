@@ -96,6 +96,10 @@ pub struct Layer<T> {
     epoch: u32,
     /// str0m reported the stream paused (and not resumed since).
     paused: bool,
+    /// Of a relayed publication: whether the layer flows at the origin, as its node last said
+    /// (`None`: not said, judged by the frames arriving here). A node pulls only the layers its
+    /// viewers use, so one it does not pull is idle here yet may be chosen.
+    origin_flowing: Option<bool>,
     /// The layer's bitrate as it arrives here.
     rate: RateMeter,
     /// The caller's data for this layer.
@@ -187,6 +191,7 @@ impl<T: Default> LayerTable<T> {
                     ssrc,
                     epoch: 0,
                     paused: false,
+                    origin_flowing: None,
                     rate: RateMeter::default(),
                     data: T::default(),
                 };
@@ -237,6 +242,54 @@ impl<T: Default> LayerTable<T> {
             .iter()
             .find(|l| l.rid == rid)
             .and_then(|l| l.rate.bitrate(now))
+    }
+
+    /// Of a relayed publication: the layers the origin's node says the track has, and which
+    /// flow there (at most [`MAX_LAYERS`] are kept, in ASCII order). They become the declared
+    /// layers; whether one flows is then the origin's word, not the arrivals here.
+    pub fn announce(&mut self, layers: &[(Rid, bool)]) {
+        let mut rids: Vec<Rid> = layers.iter().map(|(r, _)| *r).collect();
+        rids.sort_by(ascii_cmp);
+        rids.dedup();
+        self.declare(&rids);
+        for (rid, flowing) in layers.iter().take(MAX_LAYERS) {
+            let at = match self.layers.iter().position(|l| l.rid == *rid) {
+                Some(at) => at,
+                None => {
+                    let at = self
+                        .layers
+                        .iter()
+                        .position(|l| ascii_cmp(&l.rid, rid).is_gt())
+                        .unwrap_or(self.layers.len());
+                    self.layers.insert(
+                        at,
+                        Layer {
+                            rid: *rid,
+                            last: None,
+                            ssrc: None,
+                            epoch: 0,
+                            paused: false,
+                            origin_flowing: None,
+                            rate: RateMeter::default(),
+                            data: T::default(),
+                        },
+                    );
+                    at
+                }
+            };
+            if let Some(l) = self.layers.get_mut(at) {
+                l.origin_flowing = Some(*flowing);
+            }
+        }
+    }
+
+    /// Each layer and whether it is flowing now, in ASCII order: what this node tells the
+    /// nodes that pull the publication from it.
+    pub fn states(&self, now: Instant) -> Vec<(Rid, bool)> {
+        self.layers
+            .iter()
+            .map(|l| (l.rid, layer_flowing(l, now)))
+            .collect()
     }
 
     /// str0m reported a layer's stream paused or resumed.
@@ -344,8 +397,12 @@ impl<T> Layer<T> {
 
 fn layer_flowing<T>(l: &Layer<T>, now: Instant) -> bool {
     !l.paused
-        && l.last
-            .is_some_and(|(at, _)| now.saturating_duration_since(at) < LAYER_IDLE_AFTER)
+        && match l.origin_flowing {
+            Some(flowing) => flowing,
+            None => l
+                .last
+                .is_some_and(|(at, _)| now.saturating_duration_since(at) < LAYER_IDLE_AFTER),
+        }
 }
 
 /// Whether a media time moved further than [`MAX_TIME_DRIFT`] from what the arrival times say.

@@ -88,6 +88,25 @@ pub struct SimulcastStats {
     pub bwe_down: u64,
     /// Subscribers moved back up a layer because their bandwidth estimate recovered.
     pub bwe_up: u64,
+    /// Layered frames received from other nodes, per rid ([`RID_LABELS`]).
+    pub relay_in: [u64; 4],
+    /// Layered frames sent to other nodes, per rid ([`RID_LABELS`]).
+    pub relay_out: [u64; 4],
+    /// Changes of the layers a relayed publication pulls (`SetLayers` sent upstream).
+    pub set_layers: u64,
+}
+
+/// The `rid` label values of the per-layer relay counters: Chromium's three rids, and the rest
+/// together (a rid comes from a client; a label per rid seen would be unbounded).
+pub const RID_LABELS: [&str; 4] = ["f", "h", "q", "other"];
+
+/// The slot of `rid` in the per-layer counters ([`RID_LABELS`]).
+pub fn rid_slot(rid: &str) -> usize {
+    RID_LABELS
+        .iter()
+        .take(3)
+        .position(|l| *l == rid)
+        .unwrap_or(3)
 }
 
 /// What the engine holds right now, for gauges.
@@ -160,7 +179,17 @@ impl SimulcastStats {
             estimates,
             bwe_down,
             bwe_up,
+            relay_in,
+            relay_out,
+            set_layers,
         } = other;
+        for (mine, theirs) in self.relay_in.iter_mut().zip(relay_in) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.relay_out.iter_mut().zip(relay_out) {
+            *mine += theirs;
+        }
+        self.set_layers += set_layers;
         self.unknown_rid += unknown_rid;
         self.too_many_layers += too_many_layers;
         self.ssrc_change += ssrc_change;

@@ -759,3 +759,284 @@ fn relayed_layers_past_the_third_are_counted_not_forwarded() {
     assert_eq!(w.engine.stats().simulcast.too_many_layers, 5);
     assert_eq!(w.clients[c].frames(&mid), 0, "the fourth layer never plays");
 }
+
+/// The layer sets the engine asked upstream for since the last call.
+fn set_layers(w: &mut World) -> Vec<RelayLayers> {
+    std::iter::from_fn(|| w.engine.poll_relay())
+        .filter_map(|o| match o {
+            RelayOut::SetLayers { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .collect()
+}
+
+fn only(rids: &[&str]) -> RelayLayers {
+    RelayLayers::Only(rids.iter().filter_map(|r| parse_rid(r)).collect())
+}
+
+#[test]
+fn a_relayed_track_pulls_the_union_of_its_viewers_layers_and_keeps_the_old_one_until_a_switch() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    // The origin says which layers exist and flow: from then on the edge chooses among them.
+    let all_flowing: Vec<(str0m::media::Rid, bool)> = LAYERS
+        .iter()
+        .filter_map(|r| parse_rid(r))
+        .map(|r| (r, true))
+        .collect();
+    w.engine.relay_layers(up, all_flowing.clone(), now);
+    assert!(
+        set_layers(&mut w).is_empty(),
+        "no viewer yet: the subscription keeps what it asked for"
+    );
+    // The edge is fed only the layers it asks for, as the origin would.
+    let feed = |w: &mut World, n: u64, rids: &[&str], keyframes: &[&str]| {
+        for rid in rids {
+            let now = w.now;
+            w.engine
+                .relay_frame(up, relayed(rid, n, keyframes.contains(rid)), now);
+        }
+        let all = 0..w.clients.len();
+        w.step(all, ROUND);
+    };
+    let pull = |w: &mut World, prefs: Prefs| {
+        let c = w.client();
+        let sid = w.session();
+        let res = w.pull_tracks(
+            c,
+            &sid,
+            vec![RemoteTrack {
+                session_id: Some(publisher.to_string()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefs),
+                ..Default::default()
+            }],
+        );
+        let mid = res.tracks[0].mid.clone();
+        (c, sid, mid)
+    };
+    let (c, sid, mid) = pull(&mut w, prefer("q", Ordering::None));
+    assert_eq!(
+        set_layers(&mut w),
+        vec![only(&["q"])],
+        "only q for a q viewer"
+    );
+    w.connect(&[c]);
+    for n in 1..5 {
+        feed(&mut w, n, &["q"], &["q"]);
+    }
+    assert_eq!(
+        w.clients[c].stats().rx[&mid].last_len,
+        size_of("q") as u64,
+        "the viewer decodes q"
+    );
+
+    // A second viewer wants h: the union.
+    let (c2, _, mid2) = pull(&mut w, prefer("h", Ordering::None));
+    w.connect(&[c2]);
+    for n in 5..12 {
+        feed(&mut w, n, &["h", "q"], &["h"]);
+    }
+    assert_eq!(set_layers(&mut w), vec![only(&["h", "q"])]);
+    assert_eq!(
+        w.clients[c2].stats().rx[&mid2].last_len,
+        size_of("h") as u64
+    );
+
+    // The first viewer moves to f: f is asked for at once, q kept until the switch.
+    let now = w.now;
+    let res = w
+        .engine
+        .tracks_update(
+            APP,
+            &sid,
+            vec![UpdateTrack {
+                mid: Some(mid.clone()),
+                session_id: Some(publisher.to_string()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefer("f", Ordering::None)),
+            }],
+            now,
+        )
+        .expect("update");
+    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    let outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::SetLayers { layers, .. }
+            if *layers == only(&["f", "h", "q"]))),
+        "the new layer is pulled, the old one kept: {outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::LayerKeyframeRequest { rid, .. }
+            if rid.to_string() == "f")),
+        "a keyframe of the new layer is asked for upstream, of that layer only: {outs:?}"
+    );
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, RelayOut::KeyframeRequest { .. })),
+        "{outs:?}"
+    );
+    for n in 12..16 {
+        feed(&mut w, n, &["f", "h", "q"], &[]);
+    }
+    assert!(
+        set_layers(&mut w).is_empty(),
+        "nothing changes before the switch"
+    );
+    assert_eq!(
+        w.clients[c].stats().rx[&mid].last_len,
+        size_of("q") as u64,
+        "no switch before f's keyframe"
+    );
+    feed(&mut w, 16, &["f", "h", "q"], &["f"]);
+    for n in 17..30 {
+        feed(&mut w, n, &["f", "h"], &[]);
+    }
+    assert_eq!(w.clients[c].stats().rx[&mid].last_len, size_of("f") as u64);
+    assert_eq!(
+        set_layers(&mut w),
+        vec![only(&["f", "h"])],
+        "q dropped once nobody receives it"
+    );
+
+    // f stops at the origin: with `ridNotAvailable: none` the viewer waits for it, and a
+    // fallback viewer's next layer is pulled.
+    let now = w.now;
+    let mut f_paused = all_flowing.clone();
+    f_paused[0].1 = false;
+    w.engine.relay_layers(up, f_paused, now);
+    let (_, _, _) = pull(&mut w, prefer("f", Ordering::Asciibetical));
+    for n in 30..40 {
+        feed(&mut w, n, &["f", "h"], &[]);
+    }
+    assert!(
+        set_layers(&mut w).is_empty(),
+        "h (the fallback) is pulled already"
+    );
+}
+
+#[test]
+fn a_relay_downstream_gets_only_the_layers_it_asked_for_and_hears_of_the_others() {
+    let mut sim = Sim::new(&LAYERS);
+    sim.round(&LAYERS, &LAYERS);
+    let pub_id = SessionId::parse(&sim.pub_sid).expect("session id");
+    let down = crate::ids::DownId(3);
+    sim.w
+        .engine
+        .relay_subscribe(down, APP, pub_id, "cam")
+        .expect("relay subscription");
+    let now = sim.w.now;
+    sim.w.engine.relay_set_layers(down, only(&["q"]), now);
+    // Its first keyframe request: the cached keyframe of q only.
+    sim.w.engine.relay_keyframe_request(down, now);
+    let cached = relay_frames(&mut sim.w);
+    assert_eq!(cached.len(), 1);
+    assert_eq!(cached[0].rid.map(|r| r.to_string()).as_deref(), Some("q"));
+    // Rounds take longer than housekeeping: the layers are announced meanwhile.
+    let mut announced = Vec::new();
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        sim.round(&LAYERS, &[]);
+        for o in std::iter::from_fn(|| sim.w.engine.poll_relay()) {
+            match o {
+                RelayOut::Frame { frame, .. } => frames.push(frame),
+                RelayOut::Layers { down: d, layers } if d == down => announced.push(layers),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(frames.len(), 10, "one q frame a round, no f or h");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.rid.map(|r| r.to_string()).as_deref() == Some("q"))
+    );
+    let want: Vec<(str0m::media::Rid, bool)> = LAYERS
+        .iter()
+        .filter_map(|r| parse_rid(r))
+        .map(|r| (r, true))
+        .collect();
+    assert_eq!(announced, vec![want], "told once: every layer flows");
+
+    // Now h as well.
+    let now = sim.w.now;
+    sim.w.engine.relay_set_layers(down, only(&["h", "q"]), now);
+    sim.round(&LAYERS, &[]);
+    let rids: Vec<String> = relay_frames(&mut sim.w)
+        .iter()
+        .filter_map(|f| f.rid.map(|r| r.to_string()))
+        .collect();
+    assert_eq!(rids, vec!["h", "q"]);
+}
+
+#[test]
+fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_origins_word_on() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    let states = |flowing: [bool; 3]| -> Vec<(str0m::media::Rid, bool)> {
+        LAYERS
+            .iter()
+            .zip(flowing)
+            .filter_map(|(r, f)| Some((parse_rid(r)?, f)))
+            .collect()
+    };
+    w.engine.relay_layers(up, states([true, true, true]), now);
+    // Another node of the region pulls it from here and wants h.
+    let down = crate::ids::DownId(9);
+    w.engine
+        .relay_subscribe(down, APP, publisher, "cam")
+        .expect("relay subscription");
+    w.engine.relay_set_layers(down, only(&["h"]), now);
+    assert_eq!(set_layers(&mut w), vec![only(&["h"])]);
+    // A viewer here wants q: the union.
+    let c = w.client();
+    let sid = w.session();
+    w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("q", Ordering::None)),
+            ..Default::default()
+        }],
+    );
+    let all = 0..w.clients.len();
+    w.step(all, Duration::from_millis(300));
+    let mut outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::SetLayers { layers, .. }
+            if *layers == only(&["h", "q"]))),
+        "{outs:?}"
+    );
+    // The origin's word reached the downstream as is.
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::Layers { down: d, layers }
+            if *d == down && *layers == states([true, true, true]))),
+        "{outs:?}"
+    );
+    // f stops at the origin: the downstream hears it.
+    let now = w.now;
+    w.engine.relay_layers(up, states([false, true, true]), now);
+    let all = 0..w.clients.len();
+    w.step(all, Duration::from_millis(300));
+    outs.clear();
+    outs.extend(std::iter::from_fn(|| w.engine.poll_relay()));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, RelayOut::Layers { down: d, layers }
+            if *d == down && *layers == states([false, true, true]))),
+        "{outs:?}"
+    );
+    // The downstream asks for everything: so does the hub.
+    let now = w.now;
+    w.engine.relay_set_layers(down, RelayLayers::All, now);
+    assert_eq!(set_layers(&mut w), vec![RelayLayers::All]);
+}

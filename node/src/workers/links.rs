@@ -225,6 +225,29 @@ impl WorkerLinks for Router {
                 }
                 None
             }
+            RelayOut::LayerKeyframeRequest { up, rid } if is_local(up.0) => {
+                let source = links.lock().ups.get(&up).copied();
+                if let Some((from, down)) = source {
+                    self.control(from, move |e, now| {
+                        e.relay_layer_keyframe_request(down, rid, now)
+                    });
+                }
+                None
+            }
+            RelayOut::SetLayers { up, layers } if is_local(up.0) => {
+                let source = links.lock().ups.get(&up).copied();
+                if let Some((from, down)) = source {
+                    self.control(from, move |e, now| e.relay_set_layers(down, layers, now));
+                }
+                None
+            }
+            RelayOut::Layers { down, layers } if is_local(down.0) => {
+                let target = links.lock().downs.get(&down).copied();
+                if let Some((to, up)) = target {
+                    self.control(to, move |e, now| e.relay_layers(up, layers, now));
+                }
+                None
+            }
             RelayOut::Unused { up } if is_local(up.0) => {
                 if let Some((from, down)) = links.close_up(up) {
                     self.control(from, move |e, now| e.relay_unsubscribe(down, now));

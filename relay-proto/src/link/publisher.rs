@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::control::{ControlMsg, FailureCode, Nack, SubId, Subscribe, TrackInfo};
+use crate::control::{ControlMsg, FailureCode, LayerSet, Nack, SubId, Subscribe, TrackInfo};
 
 /// Bounds of one served link.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,20 @@ pub enum PublisherEvent<D> {
     },
     /// The peer asks for a keyframe of this downstream's track.
     KeyframeRequest(D),
+    /// The peer asks for a keyframe of one layer of this downstream's track.
+    LayerKeyframeRequest {
+        /// The downstream.
+        down: D,
+        /// The layer.
+        rid: String,
+    },
+    /// The peer wants only these layers of this downstream's track from now on.
+    SetLayers {
+        /// The downstream.
+        down: D,
+        /// The layers to forward.
+        layers: LayerSet,
+    },
     /// Close the link (the handshake did not finish in time).
     Close {
         /// Why, for the log and the QUIC close frame.
@@ -97,6 +111,8 @@ enum Sub<D> {
         req: Subscribe,
         give_up: Instant,
         cancelled: bool,
+        /// A `SetLayers` came after the `Attach` went out: passed on once attached.
+        layers_changed: bool,
     },
     /// The track has no frame yet: `Attach` again at `retry`.
     Waiting {
@@ -198,10 +214,37 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 Some(down) => self.events.push_back(PublisherEvent::KeyframeRequest(down)),
                 None => self.stats.unknown += 1,
             },
+            ControlMsg::LayerKeyframeRequest { sub, rid } => match self.down(sub) {
+                Some(down) => self
+                    .events
+                    .push_back(PublisherEvent::LayerKeyframeRequest { down, rid }),
+                None => self.stats.unknown += 1,
+            },
+            ControlMsg::SetLayers(s) => match self.subs.get_mut(&s.sub) {
+                Some(Sub::Live { down }) => {
+                    let down = *down;
+                    self.events.push_back(PublisherEvent::SetLayers {
+                        down,
+                        layers: s.layers,
+                    });
+                }
+                Some(Sub::Attaching {
+                    req,
+                    layers_changed,
+                    ..
+                }) => {
+                    req.layers = s.layers;
+                    *layers_changed = true;
+                }
+                // The next `Attach` carries it.
+                Some(Sub::Waiting { req, .. }) => req.layers = s.layers,
+                None => self.stats.unknown += 1,
+            },
             // Publisher → subscriber messages: not for this end.
             ControlMsg::Subscribed { .. }
             | ControlMsg::SubscribeFailed { .. }
-            | ControlMsg::TrackEnded { .. } => self.stats.unknown += 1,
+            | ControlMsg::TrackEnded { .. }
+            | ControlMsg::Layers(_) => self.stats.unknown += 1,
         }
     }
 
@@ -226,6 +269,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 req: s,
                 give_up: now + self.limits.media_wait,
                 cancelled: false,
+                layers_changed: false,
             },
         );
     }
@@ -234,12 +278,20 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
     pub fn attached(&mut self, sub: SubId, down: D, track: TrackInfo) {
         match self.subs.get(&sub) {
             Some(Sub::Attaching {
-                cancelled: false, ..
+                cancelled: false,
+                req,
+                layers_changed,
+                ..
             }) if self.phase == Phase::Open => {
+                let changed = layers_changed.then(|| req.layers.clone());
                 self.subs.insert(sub, Sub::Live { down });
                 self.downs.insert(down, sub);
                 self.transmits
                     .push_back(ControlMsg::Subscribed { sub, track });
+                if let Some(layers) = changed {
+                    self.events
+                        .push_back(PublisherEvent::SetLayers { down, layers });
+                }
             }
             Some(Sub::Attaching { .. }) => {
                 // Unsubscribed meanwhile, or the link closed.
@@ -268,6 +320,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
             req,
             give_up,
             cancelled,
+            ..
         }) = self.subs.remove(&sub)
         else {
             return;
@@ -369,6 +422,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                     req,
                     give_up,
                     cancelled: false,
+                    layers_changed: false,
                 },
             );
         }
@@ -388,7 +442,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CodecParams, MediaKind};
+    use crate::control::{CodecParams, Layers, MediaKind, SetLayers};
 
     fn req(sub: SubId) -> Subscribe {
         Subscribe {
@@ -396,6 +450,7 @@ mod tests {
             session_id: [7; 16],
             track_name: format!("t{sub}"),
             app: "app".into(),
+            layers: LayerSet::All,
         }
     }
 
@@ -452,12 +507,23 @@ mod tests {
         };
         p.handle_control(t0, ControlMsg::Nack(nack.clone()));
         p.handle_control(t0, ControlMsg::KeyframeRequest { sub: 9 });
+        p.handle_control(
+            t0,
+            ControlMsg::LayerKeyframeRequest {
+                sub: 1,
+                rid: "q".into(),
+            },
+        );
         let (_, ev) = drain(&mut p);
         assert_eq!(
             ev,
             vec![
                 PublisherEvent::KeyframeRequest(100),
-                PublisherEvent::Nack { down: 100, nack }
+                PublisherEvent::Nack { down: 100, nack },
+                PublisherEvent::LayerKeyframeRequest {
+                    down: 100,
+                    rid: "q".into()
+                },
             ]
         );
         assert_eq!(p.stats().unknown, 1, "sub 9 is nobody's");
@@ -465,6 +531,85 @@ mod tests {
         let (_, ev) = drain(&mut p);
         assert_eq!(ev, vec![PublisherEvent::Release(100)]);
         assert_eq!(p.subscriptions(), 0);
+    }
+
+    #[test]
+    fn layer_changes_reach_the_downstream_whatever_its_phase() {
+        let t0 = Instant::now();
+        let mut p = open(t0, PublisherLimits::default());
+        let q = || LayerSet::Only(vec!["q".into()]);
+        let h = || LayerSet::Only(vec!["h".into()]);
+        // A change while the engine attaches is passed on once it answered.
+        p.handle_control(t0, ControlMsg::Subscribe(req(1)));
+        drain(&mut p);
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 1,
+                layers: q(),
+            }),
+        );
+        assert_eq!(drain(&mut p), (vec![], vec![]));
+        p.attached(1, 100, info());
+        let (_, ev) = drain(&mut p);
+        assert_eq!(
+            ev,
+            vec![PublisherEvent::SetLayers {
+                down: 100,
+                layers: q()
+            }]
+        );
+        // Live: at once.
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 1,
+                layers: h(),
+            }),
+        );
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 9,
+                layers: h(),
+            }),
+        );
+        let (_, ev) = drain(&mut p);
+        assert_eq!(
+            ev,
+            vec![PublisherEvent::SetLayers {
+                down: 100,
+                layers: h()
+            }]
+        );
+        assert_eq!(p.stats().unknown, 1, "sub 9 is nobody's");
+        // While waiting for media, the next `Attach` carries the change.
+        p.handle_control(t0, ControlMsg::Subscribe(req(2)));
+        drain(&mut p);
+        p.no_media_yet(t0, 2);
+        p.handle_control(
+            t0,
+            ControlMsg::SetLayers(SetLayers {
+                sub: 2,
+                layers: q(),
+            }),
+        );
+        p.handle_timeout(t0 + PublisherLimits::default().media_retry);
+        let (_, ev) = drain(&mut p);
+        let mut want = req(2);
+        want.layers = q();
+        assert_eq!(ev, vec![PublisherEvent::Attach(want)]);
+
+        // A `Layers` from the peer is not for this end.
+        let unknown = p.stats().unknown;
+        p.handle_control(
+            t0,
+            ControlMsg::Layers(Layers {
+                sub: 1,
+                layers: vec![],
+            }),
+        );
+        assert_eq!(p.stats().unknown, unknown + 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::control::{ControlMsg, SubId, Subscribe, TrackInfo};
+use crate::control::{ControlMsg, LayerSet, LayerState, SetLayers, SubId, Subscribe, TrackInfo};
 
 /// The pulling end's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,13 @@ pub enum SubscriberEvent<P, U> {
     /// The upstream is over (its track ended upstream, or the re-route window passed): end the
     /// relayed publication.
     Ended(U),
+    /// The origin says which layers the upstream's track has and which flow there.
+    Layers {
+        /// The upstream.
+        up: U,
+        /// Its layers, in the order the peer sent them (at most [`crate::limits::MAX_LAYERS`]).
+        layers: Vec<LayerState>,
+    },
 }
 
 #[derive(Debug)]
@@ -161,6 +168,8 @@ enum Phase<P> {
 #[derive(Debug)]
 struct Up<P> {
     track: TrackRef,
+    /// The layers the engine wants: sent with every `Subscribe` (a re-route keeps them).
+    layers: LayerSet,
     phase: Phase<P>,
     /// Set while re-routing: when the link died, and the next pause.
     reroute: Option<(Instant, Duration)>,
@@ -263,6 +272,7 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
             up,
             Up {
                 track,
+                layers: LayerSet::All,
                 phase: Phase::Due,
                 reroute: None,
             },
@@ -324,6 +334,29 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
                 *at = now;
             }
         }
+    }
+
+    /// The engine wants only `layers` of `up` from now on: told to the peer at once when
+    /// subscribed (or being answered), and sent with any later `Subscribe` (a re-route).
+    pub fn set_layers(&mut self, up: U, layers: LayerSet) {
+        let Some(u) = self.ups.get_mut(&up) else {
+            return;
+        };
+        if u.layers == layers {
+            return;
+        }
+        u.layers = layers.clone();
+        if let Phase::Subscribing { peer, sub, .. } | Phase::Live { peer, sub } = &u.phase {
+            self.transmits.push_back((
+                peer.clone(),
+                ControlMsg::SetLayers(SetLayers { sub: *sub, layers }),
+            ));
+        }
+    }
+
+    /// The layers `up` asks for.
+    pub fn layers_of(&self, up: U) -> Option<&LayerSet> {
+        self.ups.get(&up).map(|u| &u.layers)
     }
 
     /// The engine no longer wants `up` (its track timed out, or it was released while
@@ -412,6 +445,7 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
             session_id: u.track.session_id,
             track_name: u.track.track_name.clone(),
             app: u.track.app.clone(),
+            layers: u.layers.clone(),
         });
         self.transmits.push_back((peer, msg));
     }
@@ -506,6 +540,19 @@ impl<P: Clone + Eq + Hash, U: Copy + Eq + Hash> Subscriber<P, U> {
             ControlMsg::TrackEnded { .. } => {
                 self.forget(up, false);
                 self.events.push_back(SubscriberEvent::Ended(up));
+            }
+            ControlMsg::Layers(l) => {
+                // Only from the route in use (it may overtake `Subscribed`): a late one of a
+                // replaced route is stale.
+                if matches!(&u.phase,
+                    Phase::Live { peer: p, sub: s } | Phase::Subscribing { peer: p, sub: s, .. }
+                        if p == peer && *s == sub)
+                {
+                    self.events.push_back(SubscriberEvent::Layers {
+                        up,
+                        layers: l.layers,
+                    });
+                }
             }
             // Subscriber → publisher messages: not for this end.
             _ => {}
@@ -679,6 +726,75 @@ mod tests {
             }]
         ));
         sub
+    }
+
+    #[test]
+    fn layer_choices_go_to_the_route_in_use_and_survive_a_reroute() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(SubscriberLimits::default());
+        let q = || LayerSet::Only(vec!["q".into()]);
+        // Before anything is known, a subscription carries every layer.
+        m.pull(t0, 1, "a", track(1));
+        drain(&mut m);
+        m.dialed(t0, &"a", true);
+        let (t, _) = drain(&mut m);
+        assert!(
+            matches!(&t[..], [("a", ControlMsg::Subscribe(s))] if s.layers == LayerSet::All),
+            "{t:?}"
+        );
+        m.handle_control(t0, &"a", answer(1));
+        drain(&mut m);
+        m.set_layers(1, q());
+        // The same set again sends nothing.
+        m.set_layers(1, q());
+        // An upstream nobody holds: nothing.
+        m.set_layers(42, q());
+        let (t, _) = drain(&mut m);
+        assert_eq!(
+            t,
+            vec![(
+                "a",
+                ControlMsg::SetLayers(SetLayers {
+                    sub: 1,
+                    layers: q()
+                })
+            )]
+        );
+        assert_eq!(m.layers_of(1), Some(&q()));
+        // The origin's layer states reach the driver for the live route only.
+        let state = vec![LayerState {
+            rid: "q".into(),
+            flowing: true,
+        }];
+        let layers = |sub| {
+            ControlMsg::Layers(crate::control::Layers {
+                sub,
+                layers: state.clone(),
+            })
+        };
+        m.handle_control(t0, &"a", layers(1));
+        m.handle_control(t0, &"a", layers(7));
+        m.handle_control(t0, &"b", layers(1));
+        let (_, ev) = drain(&mut m);
+        assert_eq!(
+            ev,
+            vec![SubscriberEvent::Layers {
+                up: 1,
+                layers: state.clone()
+            }]
+        );
+        // The link dies: the re-route subscribes elsewhere with the same layers.
+        m.link_lost(t0, &"a");
+        m.handle_timeout(t0);
+        drain(&mut m);
+        m.reroute_to(t0, 1, "b");
+        drain(&mut m);
+        m.dialed(t0, &"b", true);
+        let (t, _) = drain(&mut m);
+        assert!(
+            matches!(&t[..], [("b", ControlMsg::Subscribe(s))] if s.layers == q()),
+            "{t:?}"
+        );
     }
 
     #[test]

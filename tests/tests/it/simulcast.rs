@@ -1,7 +1,8 @@
 //! The `simulcast` fields of the Calls API over HTTP, with real str0m clients: a pull echoes
 //! them, `GET session` lists them, a track without layers plays as one and refuses a layer
 //! change with `update_track_error`, a malformed `preferredRid` is refused; a str0m publisher's
-//! three layers reach a subscriber one at a time and `tracks/update` moves it. Layer selection
+//! three layers reach a subscriber one at a time and `tracks/update` moves it; across nodes, an
+//! edge pulls only the layers its viewers use and a hub the union of its region's. Layer selection
 //! in detail is tested in the engine (`tests_simulcast.rs`) and with Chromium
 //! (`tests/browser/simulcast.test.mjs`).
 
@@ -10,8 +11,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 use trackmesh_tests::flows::{CONNECT_TIMEOUT, MEDIA_TIMEOUT};
+use trackmesh_tests::serial::cluster_slot as serial;
 use trackmesh_tests::{
-    CallsClient, MediaKind, Peer, Publisher, SessionDescription, TestNode, TrackObject,
+    CallsClient, Cluster, MediaKind, Peer, Publisher, SessionDescription, TestNode, TrackObject,
     TracksRequest, poll_until,
 };
 
@@ -251,4 +253,147 @@ async fn with_bandwidth_estimation_on_an_asciibetical_subscriber_plays_its_prefe
     let down = "trackmesh_simulcast_events_total{event=\"bwe_down\"}";
     let n = node.scrape().await.expect("scrape").get(down).copied();
     assert_eq!(n, Some(0.0), "no move down on loopback");
+}
+
+/// Layered frames a node received from other nodes, per rid (f, h, q), and its relay bytes in.
+async fn relay_layers_in(node: &TestNode) -> anyhow::Result<([f64; 3], f64)> {
+    let m = node.scrape().await?;
+    let get = |rid: &str| {
+        let key = format!("trackmesh_relay_layer_frames_total{{direction=\"in\",rid=\"{rid}\"}}");
+        m.get(&key).copied().unwrap_or(0.0)
+    };
+    let bytes = m
+        .get("trackmesh_relay_bytes_total{direction=\"in\"}")
+        .copied()
+        .unwrap_or(0.0);
+    Ok(([get("f"), get("h"), get("q")], bytes))
+}
+
+/// Waits until, over half a second, node `n` receives frames of exactly the layers `want`
+/// (f, h, q) from other nodes and none of the others. The first windows may still carry what
+/// the node pulled before its viewers' layers were known, or the layer a viewer left.
+async fn expect_layers_in(node: &TestNode, who: &str, want: [bool; 3]) {
+    let mut last = Vec::new();
+    for _ in 0..40 {
+        let (before, bytes_before) = relay_layers_in(node).await.expect("scrape");
+        let t0 = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (after, bytes_after) = relay_layers_in(node).await.expect("scrape");
+        let grew: Vec<bool> = before.iter().zip(&after).map(|(b, a)| a > b).collect();
+        if grew == want {
+            // For the record (`--nocapture`): what the node pulls, in kbit/s.
+            let kbps = (bytes_after - bytes_before) * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
+            eprintln!("{who}: relay in {kbps:.0} kbit/s with layers (f, h, q) {want:?}");
+            return;
+        }
+        last = vec![before, after];
+    }
+    panic!("{who}: layers in (f, h, q) never became {want:?}: last window {last:?}");
+}
+
+/// Pulls `cam` of `pub_sid` on `api`'s node with `preferredRid: rid`; (peer, session, mid)
+/// once the viewer decodes it and `GET session` shows that rid.
+async fn viewer(api: &CallsClient, name: &str, pub_sid: &str, rid: &str) -> (Peer, String, String) {
+    let peer = Peer::new(name).expect("peer");
+    let sid = api.sessions_new().await.expect("sessions/new").session_id;
+    let item = TrackObject {
+        simulcast: Some(json!({"preferredRid": rid})),
+        ..TrackObject::remote(pub_sid, "cam")
+    };
+    let resp = peer.pull_items(api, &sid, vec![item]).await.expect("pull");
+    assert!(resp.tracks[0].error_code.is_none(), "{resp:?}");
+    let mid = resp.tracks[0].mid.clone().expect("a mid");
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .expect("viewer connected");
+    let m = mid.clone();
+    peer.wait_until("video", MEDIA_TIMEOUT, move |s| {
+        s.rx_frames(&m) >= 10 && s.rx_keyframes(&m) >= 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name} decodes its layer: {e:#}"));
+    let want = rid.to_string();
+    poll_until(
+        "currentRid",
+        MEDIA_TIMEOUT,
+        Duration::from_millis(100),
+        async || {
+            let got = current_rid(api, &sid, &mid).await?;
+            anyhow::ensure!(got.as_deref() == Some(want.as_str()), "currentRid {got:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name} receives {rid}: {e:#}"));
+    (peer, sid, mid)
+}
+
+/// A str0m simulcast publisher on A, its viewer on B wants `q`: B pulls q and no f or h from
+/// A. `tracks/update` to `h`: the viewer switches, and B then pulls h and no longer q.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_only_the_layer_its_viewer_watches() {
+    let _serial = serial().await;
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r1")])
+        .await
+        .expect("starting the cluster");
+    let (_publisher, pub_sid) = simulcast_publisher(&cl.client("a")).await;
+    let api_b = cl.client("b");
+    let (peer, sid, mid) = viewer(&api_b, "viewer-b", &pub_sid, "q").await;
+    expect_layers_in(cl.node("b"), "B", [false, false, true]).await;
+
+    let item = TrackObject {
+        mid: Some(mid.clone()),
+        simulcast: Some(json!({"preferredRid": "h"})),
+        ..TrackObject::remote(&pub_sid, "cam")
+    };
+    let resp = api_b
+        .tracks_update(&sid, vec![item], None)
+        .await
+        .expect("tracks/update");
+    assert!(resp.tracks[0].error_code.is_none(), "{resp:?}");
+    poll_until(
+        "currentRid h",
+        MEDIA_TIMEOUT,
+        Duration::from_millis(100),
+        async || {
+            let rid = current_rid(&api_b, &sid, &mid).await?;
+            anyhow::ensure!(rid.as_deref() == Some("h"), "currentRid {rid:?}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("the viewer moves to h");
+    let m = mid.clone();
+    let seen = peer.with_stats(|s| s.rx_frames(&mid));
+    peer.wait_until("video after the switch", MEDIA_TIMEOUT, move |s| {
+        s.rx_frames(&m) >= seen + 10
+    })
+    .await
+    .expect("h plays");
+    expect_layers_in(cl.node("b"), "B after the switch", [false, true, false]).await;
+}
+
+/// A publisher in r1, viewers on both r2 nodes, one wants `q`, the other `h`: the region's hub
+/// pulls h and q (not f) from the origin, the other r2 node only its viewer's layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_pulls_the_union_of_its_regions_layers() {
+    let _serial = serial().await;
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r2"), ("c", "r2")])
+        .await
+        .expect("starting the cluster");
+    let (_publisher, pub_sid) = simulcast_publisher(&cl.client("a")).await;
+    let (_vb, _, _) = viewer(&cl.client("b"), "viewer-b", &pub_sid, "q").await;
+    let (_vc, _, _) = viewer(&cl.client("c"), "viewer-c", &pub_sid, "h").await;
+    // The hub is the r2 node that pulls from A.
+    let relay_a = cl.node("a").relay_view().await.expect("A relay");
+    let downs = relay_a.downstream_of(&pub_sid, "cam");
+    assert_eq!(downs.len(), 1, "the track crosses to r2 once: {relay_a:?}");
+    let hub = cl.name_of(&downs[0].peer).expect("a node of the cluster");
+    let (hub_wants, other, other_wants) = if hub == "b" {
+        ([false, true, true], "c", [false, true, false])
+    } else {
+        ([false, true, true], "b", [false, false, true])
+    };
+    expect_layers_in(cl.node(&hub), "the hub", hub_wants).await;
+    expect_layers_in(cl.node(other), "the other r2 node", other_wants).await;
 }

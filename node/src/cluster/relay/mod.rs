@@ -89,6 +89,8 @@ pub(crate) struct Down {
     /// The serving link's task, told when the engine ends this downstream (it sends
     /// `TrackEnded`).
     pub ended: mpsc::Sender<serve::Served>,
+    /// The serving link's control queue, for the layer announcements the engine makes.
+    pub control: mpsc::Sender<ControlMsg>,
     pub session: SessionId,
     pub track: String,
     pub frames: Arc<AtomicU64>,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use trackmesh_relay_proto::control::Nack;
+use trackmesh_relay_proto::control::{ControlMsg, Layers, Nack};
 use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
 use trackmesh_relay_proto::repair::SentCache;
@@ -225,6 +225,30 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::KeyframeRequest { up } => to_pulls(&inner, Cmd::KeyframeRequest(up)),
+            RelayOut::LayerKeyframeRequest { up, rid } => {
+                to_pulls(&inner, Cmd::LayerKeyframeRequest(up, rid.to_string()))
+            }
+            RelayOut::SetLayers { up, layers } => {
+                // Never dropped (the origin would keep sending what nobody watches, or not
+                // send what someone waits for): on a full queue a task of its own waits.
+                let cmd = Cmd::SetLayers(up, super::wire::layers_to_wire(&layers));
+                if let Err(mpsc::error::TrySendError::Full(cmd)) = inner.pulls.try_send(cmd) {
+                    let pulls = inner.pulls.clone();
+                    inner.spawn(async move {
+                        let _ = pulls.send(cmd).await;
+                    });
+                }
+            }
+            RelayOut::Layers { down, layers } => {
+                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                    continue;
+                };
+                let msg = ControlMsg::Layers(Layers {
+                    sub: d.sub,
+                    layers: super::wire::states_to_wire(&layers),
+                });
+                inner.send_control(&d.control, msg);
+            }
             RelayOut::Unused { up } => {
                 // Never dropped (the upstream would stay subscribed): on a full queue a task of
                 // its own waits for room.

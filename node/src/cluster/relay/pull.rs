@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
-use trackmesh_relay_proto::control::ControlMsg;
+use trackmesh_relay_proto::control::{ControlMsg, LayerSet};
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello};
 use trackmesh_relay_proto::link::subscriber::{
     PullFailure, Subscriber, SubscriberEvent, SubscriberLimits, TrackRef,
@@ -72,6 +72,10 @@ pub(crate) enum Cmd {
     Unused(UpId),
     /// The engine asks the upstream's peer for a keyframe.
     KeyframeRequest(UpId),
+    /// The engine asks the upstream's peer for a keyframe of one layer.
+    LayerKeyframeRequest(UpId, String),
+    /// The engine's viewers need only these layers of the upstream's track.
+    SetLayers(UpId, LayerSet),
     /// A move off a draining hub ended: `new` took over (`ok`), or did not, or none was made.
     Moved {
         old: UpId,
@@ -294,6 +298,15 @@ impl Driver {
                         .send_control(&l.control, ControlMsg::KeyframeRequest { sub });
                 }
             }
+            Cmd::LayerKeyframeRequest(up, rid) => {
+                if let Some((peer, sub)) = self.machine.route_of(up)
+                    && let Some(l) = self.links.get(peer)
+                {
+                    self.inner
+                        .send_control(&l.control, ControlMsg::LayerKeyframeRequest { sub, rid });
+                }
+            }
+            Cmd::SetLayers(up, layers) => self.machine.set_layers(up, layers),
             Cmd::Moved { old, new, ok } => {
                 self.moving.remove(&old);
                 match (new, ok) {
@@ -555,6 +568,15 @@ impl Driver {
                 self.inner.spawn(async move {
                     let answer = reroute_answer(&inner, up, session, &track).await;
                     let _ = cmds.send(Cmd::Route { up, answer }).await;
+                });
+            }
+            SubscriberEvent::Layers { up, layers } => {
+                let layers = wire::states_from_wire(&layers);
+                let engine = self.inner.engine.clone();
+                self.inner.spawn(async move {
+                    let _ = engine
+                        .call(move |e, now| e.relay_layers(up, layers, now))
+                        .await;
                 });
             }
             SubscriberEvent::Ended(up) => {

@@ -19,6 +19,7 @@ use trackmesh_relay_proto::link::publisher::{Publisher, PublisherEvent, Publishe
 
 use super::wire::{self, CONTROL_QUEUE, READ_CHUNK};
 use super::{Down, Inner, pull};
+use crate::engine::RelayLayers;
 use crate::ids::{DownId, NodeId, SessionId};
 
 /// Bound on a DataChannel stream's first byte (the link's own handshake is the machine's).
@@ -224,9 +225,39 @@ fn carry_out(
                 conn.clone(),
                 peer.clone(),
                 ended_tx.clone(),
+                ctl_tx.clone(),
                 done_tx.clone(),
                 s,
             )),
+            PublisherEvent::LayerKeyframeRequest {
+                down: Served { down, session },
+                rid,
+            } => {
+                // A rid this node cannot hold names no layer here.
+                let Some(rid) = crate::engine::simulcast::parse_rid(&rid) else {
+                    continue;
+                };
+                let engine = inner.engine.clone();
+                inner.spawn(async move {
+                    let _ = engine
+                        .call_session(session, move |e, now| {
+                            e.relay_layer_keyframe_request(down, rid, now)
+                        })
+                        .await;
+                });
+            }
+            PublisherEvent::SetLayers {
+                down: Served { down, session },
+                layers,
+            } => {
+                let layers = wire::layers_from_wire(&layers);
+                let engine = inner.engine.clone();
+                inner.spawn(async move {
+                    let _ = engine
+                        .call_session(session, move |e, now| e.relay_set_layers(down, layers, now))
+                        .await;
+                });
+            }
             PublisherEvent::Release(down) => release(inner, down),
             PublisherEvent::Nack { down, nack } => {
                 if inner.nack_tx.try_send((down.down, nack)).is_err() {
@@ -265,10 +296,11 @@ async fn attach(
     conn: quinn::Connection,
     peer: NodeId,
     ended: mpsc::Sender<Served>,
+    control: mpsc::Sender<ControlMsg>,
     done: mpsc::Sender<Attached>,
     s: Subscribe,
 ) {
-    let outcome = attach_once(&inner, conn, peer, ended, s).await;
+    let outcome = attach_once(&inner, conn, peer, ended, control, s).await;
     if let Err(mpsc::error::SendError(Attached::Live { down, .. })) = done.send(outcome).await {
         release(&inner, down);
     }
@@ -279,6 +311,7 @@ async fn attach_once(
     conn: quinn::Connection,
     peer: NodeId,
     ended: mpsc::Sender<Served>,
+    control: mpsc::Sender<ControlMsg>,
     s: Subscribe,
 ) -> Attached {
     let sub = s.sub;
@@ -299,6 +332,7 @@ async fn attach_once(
             sub,
             peer,
             ended,
+            control,
             session,
             track: s.track_name.clone(),
             frames: Arc::new(AtomicU64::new(0)),
@@ -306,10 +340,15 @@ async fn attach_once(
     );
     // On the worker that holds the session (the primary for a track relayed from elsewhere).
     let (app, track) = (s.app.clone(), s.track_name.clone());
+    let layers = wire::layers_from_wire(&s.layers);
     let res = inner
         .engine
-        .call_session(session, move |e, _| {
-            e.relay_subscribe(down, &app, session, &track)
+        .call_session(session, move |e, now| {
+            let info = e.relay_subscribe(down, &app, session, &track);
+            if info.is_ok() && layers != RelayLayers::All {
+                e.relay_set_layers(down, layers, now);
+            }
+            info
         })
         .await;
     if let Ok(Ok(info)) = res {

@@ -9,7 +9,10 @@ use trackmesh_relay_proto::codec::{self, FrameDecoder, Message};
 use trackmesh_relay_proto::control::{self, CodecParams, ControlMsg};
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Hello, RefuseReason};
 
-use crate::engine::{CodecInfo, TrackInfo};
+use str0m::media::Rid;
+
+use crate::engine::simulcast::parse_rid;
+use crate::engine::{CodecInfo, RelayLayers, TrackInfo};
 
 /// Control messages waiting to be written on one stream; a peer that stops reading loses its link.
 pub const CONTROL_QUEUE: usize = 1024;
@@ -110,6 +113,46 @@ pub fn to_wire(info: &TrackInfo) -> control::TrackInfo {
     }
 }
 
+/// The layers a subscription asks for, as the wire says them.
+pub fn layers_to_wire(layers: &RelayLayers) -> control::LayerSet {
+    match layers {
+        RelayLayers::All => control::LayerSet::All,
+        RelayLayers::Only(rids) => {
+            control::LayerSet::Only(rids.iter().map(|r| r.to_string()).collect())
+        }
+    }
+}
+
+/// The layers a peer asks for. A rid this node cannot hold as one (str0m's rids are at most 8
+/// characters) names no layer here and is left out.
+pub fn layers_from_wire(layers: &control::LayerSet) -> RelayLayers {
+    match layers {
+        control::LayerSet::All => RelayLayers::All,
+        control::LayerSet::Only(rids) => {
+            RelayLayers::Only(rids.iter().filter_map(|r| parse_rid(r)).collect())
+        }
+    }
+}
+
+/// A publication's layer states for a `Layers` message.
+pub fn states_to_wire(layers: &[(Rid, bool)]) -> Vec<control::LayerState> {
+    layers
+        .iter()
+        .map(|(rid, flowing)| control::LayerState {
+            rid: rid.to_string(),
+            flowing: *flowing,
+        })
+        .collect()
+}
+
+/// A `Layers` message's states; rids this node cannot hold are left out.
+pub fn states_from_wire(layers: &[control::LayerState]) -> Vec<(Rid, bool)> {
+    layers
+        .iter()
+        .filter_map(|l| Some((parse_rid(&l.rid)?, l.flowing)))
+        .collect()
+}
+
 pub fn from_wire(info: &control::TrackInfo) -> TrackInfo {
     TrackInfo {
         kind: match info.kind {
@@ -145,12 +188,13 @@ mod tests {
             check_hello(&clusters, &hello(PROTOCOL_VERSION, "old")),
             Ok(())
         );
-        // A node of protocol 2 (no Nack; control messages numbered otherwise), whatever secret.
-        for secret in ["new", "old", "foreign"] {
+        // A node of protocol 2 (no Nack; control messages numbered otherwise) or 3 (every
+        // simulcast layer on one subscription, no `SetLayers`), whatever secret.
+        for (version, secret) in [(2, "new"), (3, "new"), (3, "old"), (3, "foreign")] {
             assert_eq!(
-                check_hello(&clusters, &hello(2, secret)),
-                Err(RefuseReason::UnsupportedVersion { min: 3, max: 3 }),
-                "{secret}"
+                check_hello(&clusters, &hello(version, secret)),
+                Err(RefuseReason::UnsupportedVersion { min: 4, max: 4 }),
+                "{version} {secret}"
             );
         }
         assert_eq!(

@@ -152,6 +152,9 @@ impl Engine {
         let selector = s.simulcast.entry(mid).or_default();
         let target = selector.set_prefs(prefs, &p.layers, now);
         let current = selector.current();
+        // A relayed publication pulls the new layer now (and the old one until the switch),
+        // before asking for its keyframe.
+        self.update_upstream_layers(key, now);
         if let Some(rid) = target {
             self.request_layer_keyframe(key, rid, now);
         }
