@@ -284,6 +284,7 @@ async fn simulcast_six_subscribers_switching_layers() {
         subscribers: 6,
         switches: 2,
         switch_every: Duration::from_secs(1),
+        ..simulcast::SimulcastConfig::default()
     };
     let r = simulcast::run(&cfg).await.expect("simulcast runs");
     println!("{}", r.text());
@@ -322,4 +323,34 @@ async fn simulcast_six_subscribers_switching_layers() {
     );
     let total: u64 = receiving.values().filter_map(|v| v.as_u64()).sum();
     assert_eq!(total, 6, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_relayed_to_viewers_of_one_layer_pulls_only_that_layer() {
+    let cfg = simulcast::SimulcastConfig {
+        common: Common {
+            media: MediaMix::Video,
+            ..small(4)
+        },
+        subscribers: 2,
+        switches: 0,
+        layers: simulcast::parse_layers("q").expect("a layer"),
+        relayed: true,
+        ..simulcast::SimulcastConfig::default()
+    };
+    let r = simulcast::run(&cfg).await.expect("simulcast runs");
+    println!("{}", r.text());
+    assert_eq!(r.failures, 0, "{}", r.text());
+    assert_eq!(r.groups[0].receiving, 2, "{}", r.text());
+    assert_eq!(r.nodes.len(), 2, "nodes a and b: {}", r.text());
+    let pulled = &r.extra["relay_pulled_by_subscribers_node"];
+    let frames = |rid: &str| pulled["layer_frames_per_s"][rid].as_f64();
+    assert!(frames("q").is_some_and(|f| f > 0.0), "{}", r.text());
+    assert_eq!(frames("h"), Some(0.0), "{}", r.text());
+    assert_eq!(frames("f"), Some(0.0), "{}", r.text());
+    assert!(
+        pulled["kbps"].as_f64().is_some_and(|k| k > 0.0),
+        "{}",
+        r.text()
+    );
 }

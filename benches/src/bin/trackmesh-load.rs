@@ -4,7 +4,7 @@
 //! cargo build --release --bins
 //! target/release/trackmesh-load fanout --subscribers 200 --media av --duration 20
 //! target/release/trackmesh-load relay | hub | join-storm | churn | soak [flags] [--json]
-//! target/release/trackmesh-load simulcast --subscribers 30 --switches 3 --switch-every 2
+//! target/release/trackmesh-load simulcast --subscribers 30 --switches 3 --switch-every 2 [--layers q --relayed]
 //! target/release/trackmesh-load whip --subscribers 50 \
 //!     [--whip-url URL --whep-url URL --token T [--server-pid PID] [--metrics-url URL]]
 //! ```
@@ -148,6 +148,13 @@ enum Scenario {
         /// Seconds between rounds of switches.
         #[arg(long, default_value_t = 2.0)]
         switch_every: f64,
+        /// The layers subscribers are spread over and move between, comma-separated.
+        #[arg(long, default_value = "f,h,q")]
+        layers: String,
+        /// Publisher on node a (region r1), subscribers on node b (r2): reports what b pulls
+        /// over the relay.
+        #[arg(long)]
+        relayed: bool,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -290,6 +297,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             subscribers,
             switches,
             switch_every,
+            layers,
+            relayed,
             common,
         } => {
             let d = SimulcastConfig::default();
@@ -298,6 +307,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
                 subscribers,
                 switches,
                 switch_every: secs(switch_every, "--switch-every")?,
+                layers: simulcast::parse_layers(&layers)?,
+                relayed,
             };
             simulcast::run(&cfg).await
         }

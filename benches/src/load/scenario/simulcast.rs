@@ -1,9 +1,13 @@
-//! Simulcast on one node: one publisher sends three layers (rids `f`, `h`, `q` at the video
-//! bitrate, a quarter and a sixteenth of it, as Chromium's 720p camera does), N subscribers
-//! pull it spread over the layers (`simulcast.preferredRid`), and during the window a few of
-//! them move to another layer with `tracks/update` every period. Reports the node's forwarding,
-//! the switches asked for and answered, and per layer how many subscribers asked for it and how
-//! many receive it (`currentRid` of `GET session`).
+//! Simulcast: one publisher sends three layers (rids `f`, `h`, `q` at the video bitrate, a
+//! quarter and a sixteenth of it, as Chromium's 720p camera does), N subscribers pull it spread
+//! over the layers `--layers` names (`simulcast.preferredRid`), and during the window a few of
+//! them move to the next of those layers with `tracks/update` every period. Reports the node's
+//! forwarding, the switches asked for and answered, and per layer how many subscribers asked for
+//! it and how many receive it (`currentRid` of `GET session`).
+//!
+//! With `--relayed`, the publisher is on node a (region r1) and the subscribers on node b (r2),
+//! so every frame crosses the relay; the report adds what b pulled over it, in kbit/s and in
+//! frames per layer: an edge pulls only the layers its viewers use.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::json;
-use trackmesh_tests::{CallsClient, SessionDescription, TestNode, TrackObject, TracksRequest};
+use trackmesh_tests::{
+    CallsClient, Cluster, ClusterConfig, SessionDescription, TestNode, TrackObject, TracksRequest,
+};
 
 use super::{
     Common, FIRST_MEDIA_TIMEOUT, GroupFigures, Publisher, Subscriber, check_sessions,
@@ -19,7 +25,9 @@ use super::{
     sample_all, sleep_bounded,
 };
 use crate::load::client::{Client, Pulled};
-use crate::load::procfs::{MachineFigures, MachineSample, NodeFigures, NodeProbe, round2};
+use crate::load::procfs::{
+    MachineFigures, MachineSample, NodeFigures, NodeProbe, NodeSample, round2,
+};
 use crate::load::report::{Meta, Report};
 
 /// The layers, best first, and the share of `--video-kbps` each sends.
@@ -27,6 +35,7 @@ pub const LAYERS: [(&str, u32); 3] = [("f", 1), ("h", 4), ("q", 16)];
 /// Bound on `--switches` per period.
 pub const MAX_SWITCHES_PER_PERIOD: usize = 1000;
 const TRACK: &str = "cam";
+const RELAY_BYTES_IN: &str = "trackmesh_relay_bytes_total{direction=\"in\"}";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SimulcastConfig {
@@ -36,6 +45,28 @@ pub struct SimulcastConfig {
     pub switches: usize,
     #[serde(serialize_with = "super::as_secs")]
     pub switch_every: Duration,
+    /// The layers subscribers are spread over and move between, as indices into [`LAYERS`]
+    /// (not empty, no repeats).
+    pub layers: Vec<usize>,
+    /// Publisher on node a, subscribers on node b: the layers cross the relay.
+    pub relayed: bool,
+}
+
+/// `--layers`: rids of [`LAYERS`], comma-separated, as indices.
+pub fn parse_layers(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for rid in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        let Some(i) = LAYERS.iter().position(|(r, _)| *r == rid) else {
+            bail!("--layers: unknown rid {rid:?} (the publisher sends f, h and q)");
+        };
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    if out.is_empty() {
+        bail!("--layers names no layer");
+    }
+    Ok(out)
 }
 
 impl Default for SimulcastConfig {
@@ -48,13 +79,16 @@ impl Default for SimulcastConfig {
             subscribers: 30,
             switches: 3,
             switch_every: Duration::from_secs(2),
+            layers: (0..LAYERS.len()).collect(),
+            relayed: false,
         }
     }
 }
 
-/// A subscriber and the layer it asked for last.
+/// A subscriber and the layer it asked for last: `slot` indexes the scenario's `layers`.
 struct Viewer {
     sub: Subscriber,
+    slot: usize,
     layer: usize,
 }
 
@@ -124,6 +158,7 @@ async fn start_publisher(api: &CallsClient, common: &Common) -> anyhow::Result<P
 async fn join(
     api: CallsClient,
     common: Common,
+    layers: Vec<usize>,
     publisher: String,
     i: usize,
 ) -> anyhow::Result<Viewer> {
@@ -136,7 +171,8 @@ async fn join(
         .with_context(|| format!("{name}: sessions/new"))?
         .session_id;
     let pull_started = Instant::now();
-    let layer = i % LAYERS.len();
+    let slot = i % layers.len().max(1);
+    let layer = layers.get(slot).copied().unwrap_or(0);
     let item = TrackObject {
         simulcast: Some(prefs(layer)),
         ..TrackObject::remote(&publisher, TRACK)
@@ -166,16 +202,18 @@ async fn join(
             pull_started,
             group: 0,
         },
+        slot,
         layer,
     })
 }
 
 /// `tracks/update` of viewer `v` to its next layer. Ok(true) when the node took it.
-async fn switch(api: &CallsClient, v: &mut Viewer) -> anyhow::Result<bool> {
+async fn switch(api: &CallsClient, layers: &[usize], v: &mut Viewer) -> anyhow::Result<bool> {
     let Some(p) = v.sub.pulled.first() else {
         return Ok(false);
     };
-    let to = (v.layer + 1) % LAYERS.len();
+    let slot = (v.slot + 1) % layers.len().max(1);
+    let to = layers.get(slot).copied().unwrap_or(0);
     let item = TrackObject {
         mid: Some(p.mid.clone()),
         simulcast: Some(prefs(to)),
@@ -187,6 +225,7 @@ async fn switch(api: &CallsClient, v: &mut Viewer) -> anyhow::Result<bool> {
     let ok =
         resp.error_code.is_none() && resp.tracks.first().is_some_and(|t| t.error_code.is_none());
     if ok {
+        v.slot = slot;
         v.layer = to;
     }
     Ok(ok)
@@ -214,6 +253,81 @@ async fn current_layers(api: &CallsClient, viewers: &[Viewer]) -> BTreeMap<Strin
     counts
 }
 
+/// The node, or with `--relayed` the pair: the publisher's (a) and the subscribers' (b).
+enum Nodes {
+    One(TestNode),
+    Pair(Cluster),
+}
+
+impl Nodes {
+    async fn start(cfg: &SimulcastConfig) -> anyhow::Result<Nodes> {
+        let args = cfg.common.node_args(cfg.subscribers + 1);
+        if !cfg.relayed {
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let node = TestNode::start_process(&arg_refs).context("starting the node")?;
+            return Ok(Nodes::One(node));
+        }
+        let cluster = Cluster::start_with(
+            &[("a", "r1"), ("b", "r2")],
+            ClusterConfig {
+                extra: args,
+                // The load tool measures the node processes (CPU, RSS): real processes.
+                process: true,
+                ..ClusterConfig::default()
+            },
+        )
+        .await
+        .context("starting nodes a (r1) and b (r2)")?;
+        Ok(Nodes::Pair(cluster))
+    }
+
+    fn probes(&self) -> anyhow::Result<Vec<NodeProbe>> {
+        Ok(match self {
+            Nodes::One(node) => vec![NodeProbe::new("node", node)?],
+            Nodes::Pair(c) => vec![
+                NodeProbe::new("a", c.node("a"))?,
+                NodeProbe::new("b", c.node("b"))?,
+            ],
+        })
+    }
+
+    /// The publisher's node, then the subscribers'.
+    fn apis(&self) -> (CallsClient, CallsClient) {
+        match self {
+            Nodes::One(node) => (node.client(), node.client()),
+            Nodes::Pair(c) => (c.client("a"), c.client("b")),
+        }
+    }
+
+    fn logs(&mut self) -> Vec<crate::load::report::NodeLog> {
+        match self {
+            Nodes::One(node) => vec![node_log("node", node)],
+            Nodes::Pair(c) => vec![
+                node_log("a", c.node_mut("a")),
+                node_log("b", c.node_mut("b")),
+            ],
+        }
+    }
+}
+
+/// What the subscribers' node pulled over the relay in the window: kbit/s, and frames per layer.
+fn relay_pulled(a: &NodeSample, b: &NodeSample, window: Duration) -> serde_json::Value {
+    let secs = window.as_secs_f64().max(1e-6);
+    let kbps = (b.metric(RELAY_BYTES_IN) - a.metric(RELAY_BYTES_IN)).max(0.0) * 8.0 / 1000.0 / secs;
+    let frames: BTreeMap<&str, f64> = LAYERS
+        .iter()
+        .map(|(rid, _)| {
+            let key =
+                format!("trackmesh_relay_layer_frames_total{{direction=\"in\",rid=\"{rid}\"}}");
+            (
+                *rid,
+                round2((b.metric(&key) - a.metric(&key)).max(0.0) / secs),
+            )
+        })
+        .collect();
+    json!({ "kbps": round2(kbps), "layer_frames_per_s": frames })
+}
+
 pub async fn run(cfg: &SimulcastConfig) -> anyhow::Result<Report> {
     let limit = cfg.common.limit();
     match tokio::time::timeout(limit, run_inner(cfg, Instant::now() + limit)).await {
@@ -232,21 +346,22 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
     if cfg.switch_every < Duration::from_millis(100) {
         bail!("--switch-every must be at least 0.1 s");
     }
-    let args = common.node_args(cfg.subscribers + 1);
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = TestNode::start_process(&arg_refs).context("starting the node")?;
-    let probe = NodeProbe::new("node", &node)?;
-    let api = node.client();
-    let publisher = start_publisher(&api, common).await?;
+    if cfg.layers.is_empty() || cfg.layers.iter().any(|l| *l >= LAYERS.len()) {
+        bail!("--layers must name some of f, h and q");
+    }
+    let mut nodes = Nodes::start(cfg).await?;
+    let probes = nodes.probes()?;
+    let (api_pub, api) = nodes.apis();
+    let publisher = start_publisher(&api_pub, common).await?;
     let left = deadline.saturating_duration_since(Instant::now());
     let (api2, c2, pub_sid) = (api.clone(), common.clone(), publisher.session_id.clone());
+    let layers = cfg.layers.clone();
     let (mut viewers, failures) = join_bounded(cfg.subscribers, common.concurrency, left, |i| {
-        join(api2.clone(), c2.clone(), pub_sid.clone(), i)
+        join(api2.clone(), c2.clone(), layers.clone(), pub_sid.clone(), i)
     })
     .await;
     sleep_bounded("warm-up", common.warmup, deadline).await;
     reset_windows(std::iter::once(&publisher.client).chain(viewers.iter().map(|v| &v.sub.client)));
-    let probes = [probe.clone()];
     let a = sample_all(&probes).await?;
     let g0 = own_cpu_ticks();
     let m0 = MachineSample::now();
@@ -266,7 +381,7 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
                 continue;
             };
             asked += 1;
-            match switch(&api, v).await {
+            match switch(&api, &cfg.layers, v).await {
                 Ok(true) => taken += 1,
                 Ok(false) => refused += 1,
                 Err(e) => {
@@ -296,7 +411,8 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
         *wanted.entry(rid_of(v.layer).to_string()).or_insert(0) += 1;
     }
     let switch_key = "trackmesh_simulcast_events_total{event=\"switch\"}";
-    let node_switches = match (a.first(), b.first()) {
+    // The subscribers' node: the last one.
+    let node_switches = match (a.last(), b.last()) {
         (Some(a), Some(b)) => (b.metric(switch_key) - a.metric(switch_key)).max(0.0),
         _ => 0.0,
     };
@@ -311,7 +427,8 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
         nodes: a
             .iter()
             .zip(&b)
-            .map(|(a, b)| NodeFigures::between("node", a, b))
+            .zip(&probes)
+            .map(|((a, b), p)| NodeFigures::between(&p.name, a, b))
             .collect(),
         rss_per_session_kb: None,
         frames_sent,
@@ -321,7 +438,7 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
         publisher_errors: super::publisher_errors(std::iter::once(&publisher)),
         generator_cpu_percent: generator_percent(g0, g1, window),
         machine: MachineFigures::between(&m0, &m1),
-        node_logs: vec![node_log("node", &mut node)],
+        node_logs: nodes.logs(),
         extra: [
             ("switches_asked".to_string(), json!(asked)),
             ("switches_taken".to_string(), json!(taken)),
@@ -332,6 +449,13 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
                 json!(node_switches),
             ),
             ("subscribers_per_layer_asked".to_string(), json!(wanted)),
+            (
+                "relay_pulled_by_subscribers_node".to_string(),
+                match (cfg.relayed, a.last(), b.last()) {
+                    (true, Some(a), Some(b)) => relay_pulled(a, b, window),
+                    _ => serde_json::Value::Null,
+                },
+            ),
             (
                 "subscribers_per_layer_receiving".to_string(),
                 json!(current),
@@ -352,6 +476,6 @@ async fn run_inner(cfg: &SimulcastConfig, deadline: Instant) -> anyhow::Result<R
     drop(viewers);
     drop(publisher);
     tokio::time::sleep(Duration::from_millis(250)).await;
-    drop(node);
+    drop(nodes);
     Ok(report)
 }
