@@ -17,4 +17,6 @@
 pub mod cache;
 pub mod keyframe;
 pub mod rewrite;
+#[cfg(test)]
+mod tests_capture;
 pub mod vp8;
