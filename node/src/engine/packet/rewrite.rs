@@ -141,6 +141,15 @@ impl Rewriter {
         self.follow.as_ref().map(|f| f.source)
     }
 
+    /// Stops following the current source: the next packet handed to [`Self::rewrite`] starts
+    /// it again (even from the same source), numbered on from the last one sent. For packets
+    /// the caller held back on purpose (delta frames a viewer cannot decode while it waits for
+    /// a keyframe, after a cached keyframe it was served): those are not loss, so the viewer
+    /// must not see a gap to NACK.
+    pub fn detach(&mut self) {
+        self.follow = None;
+    }
+
     /// Maps one packet. `switch`: the caller moves the subscriber to this packet's source now
     /// (it starts a keyframe). The first packet a rewriter sees starts its source either way; a
     /// switch to the source already followed changes nothing.
@@ -664,6 +673,30 @@ mod tests {
                 false
             ),
             Rewrite::Drop(Dropped::Duplicate)
+        );
+    }
+
+    #[test]
+    fn packets_held_back_after_a_detach_leave_no_gap() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::new(1);
+        let mut src = Source::new(A, 900, 0, t0);
+        let mut out: Vec<Mapped> = (0..6)
+            .map(|_| forward(&mut r, &src.next(), false))
+            .collect();
+        // The viewer was served a cached keyframe that live frames already followed: it skips
+        // the live deltas until the next keyframe.
+        r.detach();
+        let skipped: Vec<Packet> = (0..9).map(|_| src.next()).collect();
+        let m = forward(&mut r, &src.next(), false);
+        assert!(m.switched);
+        out.push(m);
+        out.extend((0..6).map(|_| forward(&mut r, &src.next(), false)));
+        assert_continuous(&out);
+        // A held-back packet arriving late is before the new start.
+        assert_eq!(
+            r.rewrite(&skipped[8], VIDEO, false),
+            Rewrite::Drop(Dropped::BeforeSwitch)
         );
     }
 
