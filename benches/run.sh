@@ -44,6 +44,7 @@ if [ "$what" = all ] || [ "$what" = micro ]; then
   cargo bench -p trackmesh-benches --bench relay_proto -- "${crit[@]}" 2>&1 | tee "$out/relay_proto.txt"
   cargo bench -p trackmesh-benches --bench engine -- "${crit[@]}" 2>&1 | tee "$out/engine.txt"
   cargo bench -p trackmesh-benches --bench str0m_modes -- "${crit[@]}" 2>&1 | tee "$out/str0m_modes.txt"
+  cargo bench -p trackmesh-benches --bench packet_path -- "${crit[@]}" 2>&1 | tee "$out/packet_path.txt"
 fi
 
 if [ "$what" = all ] || [ "$what" = gossip ]; then
