@@ -13,6 +13,7 @@
 //! `pull.rs` and `serve.rs` are their quinn drivers, each machine owned by one task.
 
 mod channels;
+mod downs;
 mod failures;
 mod outputs;
 mod pull;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use trackmesh_relay_proto::control::{ControlMsg, SubId};
+use trackmesh_relay_proto::control::ControlMsg;
 use trackmesh_relay_proto::handshake::ALPN;
 
 use super::view::ClusterView;
@@ -80,25 +81,8 @@ pub struct RelayConfig {
     pub test_loss: Option<RelayTestLoss>,
 }
 
-/// A downstream: a track this node sends over a link another node dialed.
-#[derive(Clone)]
-pub(crate) struct Down {
-    pub conn: quinn::Connection,
-    pub sub: SubId,
-    pub peer: NodeId,
-    /// The serving link's task, told when the engine ends this downstream (it sends
-    /// `TrackEnded`).
-    pub ended: mpsc::Sender<serve::Served>,
-    /// The serving link's control queue, for the layer announcements the engine makes.
-    pub control: mpsc::Sender<ControlMsg>,
-    pub session: SessionId,
-    pub track: String,
-    pub frames: Arc<AtomicU64>,
-}
-
 #[derive(Default)]
 pub(crate) struct State {
-    pub downs: HashMap<DownId, Down>,
     /// DataChannel streams this node subscribed on: upstream id → the stream's writer queue.
     pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
     /// DataChannel streams peers subscribed on: downstream id → the stream's writer queue.
@@ -131,6 +115,11 @@ pub(crate) struct Inner {
     pub relay_in: mpsc::Sender<RelayIn>,
     pub next_id: AtomicU64,
     pub state: Mutex<State>,
+    /// Changes to the downstream table, which the task that sends frames owns
+    /// ([`downs::DOWN_QUEUE`]).
+    pub downs: mpsc::Sender<downs::DownCmd>,
+    /// What that task last published of the downstream table.
+    pub served: watch::Receiver<downs::DownsView>,
     /// One in-flight DataChannel pull per channel, so concurrent pulls share one upstream
     /// (media pulls are de-duplicated by the pulling task).
     pub inflight: Mutex<HashMap<(SessionId, String), PullLock>>,
@@ -221,12 +210,34 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.state().downs.clear();
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         endpoint
+    }
+
+    /// The downstream table's last snapshot; empty once the relay has stopped.
+    pub fn served_now(&self) -> downs::DownsView {
+        if self.endpoint().is_none() {
+            return Arc::default();
+        }
+        self.served.borrow().clone()
+    }
+
+    /// Puts a downstream in the table before the engine may send its first frame. False when
+    /// the task that owns the table is gone (the relay is stopping).
+    pub async fn insert_down(&self, down: DownId, d: downs::Down) -> bool {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let cmd = downs::DownCmd::Insert { down, d, done };
+        self.downs.send(cmd).await.is_ok() && answer.await.is_ok()
+    }
+
+    /// Takes a downstream out of the table: no more of its frames are sent. Waits for room,
+    /// so a full queue never loses it.
+    pub async fn remove_down(&self, down: DownId) {
+        // A closed queue: the task that owns the table is gone, and the table with it.
+        let _ = self.downs.send(downs::DownCmd::Remove(down)).await;
     }
 
     /// Queues a control message on a link; a full queue drops it and counts the drop (a closed
@@ -390,6 +401,8 @@ impl Relay {
         let (nack_tx, nack_rx) = mpsc::channel(NACK_QUEUE);
         let (pulls, pulls_rx) = mpsc::channel(pull::PULL_QUEUE);
         let (pulled_tx, pulled) = watch::channel(Arc::default());
+        let (downs_tx, downs_rx) = mpsc::channel(downs::DOWN_QUEUE);
+        let (served_tx, served) = watch::channel(Arc::default());
         let inner = Arc::new(Inner {
             node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
@@ -407,6 +420,8 @@ impl Relay {
             relay_in,
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
+            downs: downs_tx,
+            served,
             inflight: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -448,7 +463,8 @@ impl Relay {
             named("engine outputs", outputs_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    outputs::engine_outputs(inner, relay_out, nack_rx).await;
+                    let table = downs::Downs::new(served_tx);
+                    outputs::engine_outputs(inner, relay_out, nack_rx, downs_rx, table).await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -558,7 +574,7 @@ impl Relay {
     /// Links, upstreams and downstreams now, for the admin API.
     pub fn view(&self) -> RelayView {
         let pulled = self.inner.pulled_now();
-        let st = self.inner.state();
+        let served = self.inner.served_now();
         let mut links: Vec<RelayLinkView> = pulled
             .links
             .iter()
@@ -567,7 +583,7 @@ impl Relay {
                 direction: "out".to_string(),
             })
             .collect();
-        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.to_string()).collect();
+        let mut inbound: Vec<String> = served.values().map(|d| d.peer.to_string()).collect();
         inbound.sort();
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
@@ -584,8 +600,7 @@ impl Relay {
                 frames: u.frames.load(Ordering::Relaxed),
             })
             .collect();
-        let downstream = st
-            .downs
+        let downstream = served
             .values()
             .map(|d| DownstreamView {
                 session_id: d.session.to_string(),
@@ -603,10 +618,10 @@ impl Relay {
 
     /// The nodes the given downstream subscriptions go to.
     pub fn downstream_peers(&self, downs: &[DownId]) -> Vec<String> {
-        let st = self.inner.state();
+        let served = self.inner.served_now();
         let mut peers: Vec<String> = downs
             .iter()
-            .filter_map(|d| st.downs.get(d).map(|d| d.peer.to_string()))
+            .filter_map(|d| served.get(d).map(|d| d.peer.to_string()))
             .collect();
         peers.sort();
         peers.dedup();
@@ -619,8 +634,8 @@ impl Relay {
         RelayFigures {
             links: {
                 let dialed = self.inner.pulled_now().links.len();
-                let st = self.inner.state();
-                let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
+                let served = self.inner.served_now();
+                let mut inbound: Vec<&str> = served.values().map(|d| d.peer.as_str()).collect();
                 inbound.sort_unstable();
                 inbound.dedup();
                 (dialed + inbound.len()) as u64
@@ -655,7 +670,7 @@ impl Relay {
 
     /// Tracks this node sends to other nodes now (a draining node waits for them to move).
     pub fn downstreams(&self) -> usize {
-        self.inner.state().downs.len()
+        self.inner.served_now().len()
     }
 
     /// Links (either direction) and upstream + downstream counts, for gossiped load.
@@ -664,7 +679,7 @@ impl Relay {
             let pulled = self.inner.pulled_now();
             (pulled.links.len(), pulled.ups.len())
         };
-        (links, ups + self.inner.state().downs.len())
+        (links, ups + self.inner.served_now().len())
     }
 }
 

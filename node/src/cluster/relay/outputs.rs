@@ -15,6 +15,7 @@ use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
 use trackmesh_relay_proto::repair::SentCache;
 
+use super::downs::{DOWN_BATCH, Down, DownCmd, Downs};
 use super::pull::Cmd;
 use super::{Inner, MAX_SUBS_SEEN};
 use crate::engine::{RelayFrame, RelayOut};
@@ -62,7 +63,7 @@ enum Send<'a> {
 #[allow(clippy::too_many_arguments)]
 fn send_frame(
     inner: &Inner,
-    d: &super::Down,
+    d: &Down,
     seq: u32,
     frame: &RelayFrame,
     max: usize,
@@ -115,13 +116,14 @@ fn send_frame(
 /// are ignored (counted): the subscriber gives them up and asks for a keyframe.
 fn resend(
     inner: &Inner,
+    downs: &Downs,
     caches: &mut HashMap<DownId, SentCache<Sent>>,
     down: DownId,
     nack: &Nack,
     buf: &mut Vec<u8>,
     hook: &mut TestLossHook,
 ) {
-    let Some(d) = inner.state().downs.get(&down).cloned() else {
+    let Some(d) = downs.get(&down) else {
         return;
     };
     let now = Instant::now();
@@ -137,7 +139,7 @@ fn resend(
         let only = (!f.fragments.is_empty()).then_some(f.fragments.as_slice());
         send_frame(
             inner,
-            &d,
+            d,
             f.frame_seq,
             &sent.frame,
             sent.max_datagram,
@@ -149,11 +151,13 @@ fn resend(
 }
 
 /// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
-/// subscriptions from the frames it sent them.
+/// subscriptions from the frames it sent them. Owns the downstream table, changed by `cmds`.
 pub async fn engine_outputs(
     inner: Arc<Inner>,
     mut rx: mpsc::Receiver<RelayOut>,
     mut nacks: mpsc::Receiver<(DownId, Nack)>,
+    mut cmds: mpsc::Receiver<DownCmd>,
+    mut downs: Downs,
 ) {
     let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
@@ -162,11 +166,22 @@ pub async fn engine_outputs(
         sent: 0,
     };
     loop {
+        downs.publish();
         let out = tokio::select! {
-            // A repair is more urgent than the next frame: its subscriber holds frames for it.
+            // A change to the table first: a downstream is inserted before the engine is asked
+            // to send it frames, so its first frame always finds it.
             biased;
+            Some(cmd) = cmds.recv() => {
+                downs.handle(cmd);
+                for _ in 1..DOWN_BATCH {
+                    let Ok(cmd) = cmds.try_recv() else { break };
+                    downs.handle(cmd);
+                }
+                continue;
+            }
+            // A repair is more urgent than the next frame: its subscriber holds frames for it.
             Some((down, nack)) = nacks.recv() => {
-                resend(&inner, &mut caches, down, &nack, &mut buf, &mut hook);
+                resend(&inner, &downs, &mut caches, down, &nack, &mut buf, &mut hook);
                 continue;
             }
             out = rx.recv() => match out {
@@ -176,7 +191,7 @@ pub async fn engine_outputs(
         };
         match out {
             RelayOut::Frame { down, seq, frame } => {
-                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                let Some(d) = downs.get(&down) else {
                     continue;
                 };
                 let Some(max) = d.conn.max_datagram_size() else {
@@ -184,7 +199,7 @@ pub async fn engine_outputs(
                 };
                 if !send_frame(
                     &inner,
-                    &d,
+                    d,
                     seq,
                     &frame,
                     max,
@@ -197,8 +212,7 @@ pub async fn engine_outputs(
                 d.frames.fetch_add(1, Ordering::Relaxed);
                 if caches.len() >= MAX_SUBS_SEEN && !caches.contains_key(&down) {
                     // Downstreams released without an `Ended` (their link died): forget them.
-                    let st = inner.state();
-                    caches.retain(|k, _| st.downs.contains_key(k));
+                    caches.retain(|k, _| downs.contains(k));
                 }
                 let bytes = frame.data.len();
                 caches.entry(down).or_default().insert(
@@ -214,7 +228,7 @@ pub async fn engine_outputs(
             RelayOut::Ended { down } => {
                 caches.remove(&down);
                 // A closed queue: the link is gone, and its end with it.
-                if let Some(d) = inner.state().downs.remove(&down)
+                if let Some(d) = downs.remove(&down)
                     && let Err(mpsc::error::TrySendError::Full(_)) =
                         d.ended.try_send(super::serve::Served {
                             down,
@@ -240,7 +254,7 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::Layers { down, layers } => {
-                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                let Some(d) = downs.get(&down) else {
                     continue;
                 };
                 let msg = ControlMsg::Layers(Layers {
