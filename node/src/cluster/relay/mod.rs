@@ -12,6 +12,7 @@
 //! The decisions are relay-proto's no-I/O link machines (`link::subscriber`, `link::publisher`);
 //! `pull.rs` and `serve.rs` are their quinn drivers, each machine owned by one task.
 
+mod channel_table;
 mod channels;
 mod downs;
 mod failures;
@@ -23,10 +24,9 @@ mod tasks;
 pub mod tls;
 mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -81,20 +81,6 @@ pub struct RelayConfig {
     pub test_loss: Option<RelayTestLoss>,
 }
 
-#[derive(Default)]
-pub(crate) struct State {
-    /// DataChannel streams this node subscribed on: upstream id → the stream's writer queue.
-    pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
-    /// DataChannel streams peers subscribed on: downstream id → the stream's writer queue.
-    pub dc_downs: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
-    /// `canReply` claims waiting for the publisher's node: upstream id → (claim sequence, the
-    /// waiting call). At most one per upstream (claims of a channel are serialized).
-    pub dc_claims: HashMap<u64, (u32, tokio::sync::oneshot::Sender<bool>)>,
-}
-
-/// Held while one pull of a track is under way; later pulls of it wait, then find it local.
-pub(crate) type PullLock = Arc<tokio::sync::Mutex<()>>;
-
 pub(crate) struct Inner {
     pub node_id: NodeId,
     pub tag: NodeTag,
@@ -114,15 +100,14 @@ pub(crate) struct Inner {
     pub engine: EngineHandle,
     pub relay_in: mpsc::Sender<RelayIn>,
     pub next_id: AtomicU64,
-    pub state: Mutex<State>,
     /// Changes to the downstream table, which the task that sends frames owns
     /// ([`downs::DOWN_QUEUE`]).
     pub downs: mpsc::Sender<downs::DownCmd>,
     /// What that task last published of the downstream table.
     pub served: watch::Receiver<downs::DownsView>,
-    /// One in-flight DataChannel pull per channel, so concurrent pulls share one upstream
-    /// (media pulls are de-duplicated by the pulling task).
-    pub inflight: Mutex<HashMap<(SessionId, String), PullLock>>,
+    /// Changes to the DataChannel tables and channel pulls and claims, for the task that owns
+    /// them ([`channel_table::CHANNEL_QUEUE`]).
+    pub channels: mpsc::Sender<channel_table::ChannelCmd>,
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -202,19 +187,14 @@ impl Inner {
         self.tasks.spawn(fut);
     }
 
-    /// Takes the endpoint and every link's connection out, so they close as the last tasks
-    /// holding them end.
-    fn take_endpoint_and_links(&self) -> Option<quinn::Endpoint> {
-        let endpoint = self
-            .endpoint
+    /// Takes the endpoint out, so the socket closes as the last tasks holding links end (the
+    /// links' connections are held by tasks only: the task that sends frames holds those of
+    /// the downstream table, and ends with the others).
+    fn take_endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        endpoint
+            .take()
     }
 
     /// The downstream table's last snapshot; empty once the relay has stopped.
@@ -246,9 +226,10 @@ impl Inner {
         send_counted(link, msg, &self.control_drops);
     }
 
-    /// The relay's shared state (a poisoned lock is taken over: the state stays consistent).
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Hands a command to the task that owns the DataChannel tables, waiting for room (a
+    /// closed queue: the task is gone, the relay stopping, and the tables with it).
+    pub async fn channel_cmd(&self, cmd: channel_table::ChannelCmd) {
+        let _ = self.channels.send(cmd).await;
     }
 
     /// A new upstream id (ids are never reused, so a late message cannot hit a new upstream).
@@ -403,6 +384,7 @@ impl Relay {
         let (pulled_tx, pulled) = watch::channel(Arc::default());
         let (downs_tx, downs_rx) = mpsc::channel(downs::DOWN_QUEUE);
         let (served_tx, served) = watch::channel(Arc::default());
+        let (channels_tx, channels_rx) = mpsc::channel(channel_table::CHANNEL_QUEUE);
         let inner = Arc::new(Inner {
             node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
@@ -419,10 +401,9 @@ impl Relay {
             engine,
             relay_in,
             next_id: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
             downs: downs_tx,
             served,
-            inflight: Mutex::new(HashMap::new()),
+            channels: channels_tx,
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -464,7 +445,15 @@ impl Relay {
                 let inner = inner.clone();
                 Box::pin(async move {
                     let table = downs::Downs::new(served_tx);
-                    outputs::engine_outputs(inner, relay_out, nack_rx, downs_rx, table).await;
+                    outputs::engine_outputs(
+                        inner,
+                        relay_out,
+                        nack_rx,
+                        downs_rx,
+                        table,
+                        channels_rx,
+                    )
+                    .await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -498,7 +487,7 @@ impl Relay {
     /// and quinn's) is aborted. The socket closes as the aborted tasks end; [`Relay::shutdown`]
     /// waits for that.
     pub fn stop(&self) {
-        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+        if let Some(endpoint) = self.inner.take_endpoint() {
             endpoint.close(0u32.into(), b"node stopping");
         }
         self.inner.tasks.close();
@@ -509,13 +498,13 @@ impl Relay {
     pub fn abort(&self) {
         // Drivers first: a connection whose last handle goes while its driver runs says goodbye.
         self.inner.tasks.close();
-        self.inner.take_endpoint_and_links();
+        self.inner.take_endpoint();
     }
 
     /// Stops the relay in order: peers are told its links close (waiting a bounded time for
     /// them to be drained), then every task ends. The relay socket is closed when this returns.
     pub async fn shutdown(&self) {
-        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+        if let Some(endpoint) = self.inner.take_endpoint() {
             endpoint.close(0u32.into(), b"node stopping");
             if tokio::time::timeout(SHUTDOWN_BOUND, endpoint.wait_idle())
                 .await
@@ -527,8 +516,6 @@ impl Relay {
         if let Some(set) = self.inner.tasks.close() {
             tasks::Tasks::join(set, SHUTDOWN_BOUND).await;
         }
-        // A task that was running as the links were taken may have added one back.
-        self.inner.take_endpoint_and_links();
     }
 
     /// The relay's bound UDP address, which gossip announces to peers.

@@ -15,6 +15,7 @@ use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
 use trackmesh_relay_proto::repair::SentCache;
 
+use super::channel_table::{ChannelCmd, ChannelTable, Start};
 use super::downs::{DOWN_BATCH, Down, DownCmd, Downs};
 use super::pull::Cmd;
 use super::{Inner, MAX_SUBS_SEEN};
@@ -151,14 +152,17 @@ fn resend(
 }
 
 /// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
-/// subscriptions from the frames it sent them. Owns the downstream table, changed by `cmds`.
+/// subscriptions from the frames it sent them. Owns the downstream table, changed by `cmds`,
+/// and the DataChannel tables, changed by `channel_cmds`.
 pub async fn engine_outputs(
     inner: Arc<Inner>,
     mut rx: mpsc::Receiver<RelayOut>,
     mut nacks: mpsc::Receiver<(DownId, Nack)>,
     mut cmds: mpsc::Receiver<DownCmd>,
     mut downs: Downs,
+    mut channel_cmds: mpsc::Receiver<ChannelCmd>,
 ) {
+    let mut channels = ChannelTable::default();
     let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
     let mut hook = TestLossHook {
@@ -176,6 +180,18 @@ pub async fn engine_outputs(
                 for _ in 1..DOWN_BATCH {
                     let Ok(cmd) = cmds.try_recv() else { break };
                     downs.handle(cmd);
+                }
+                continue;
+            }
+            Some(cmd) = channel_cmds.recv() => {
+                match channels.handle(cmd, &inner.dc_stream_drops) {
+                    Some(Start::Pull { app, session, name }) => {
+                        inner.spawn(super::channels::pull(inner.clone(), app, session, name));
+                    }
+                    Some(Start::Claim { session, name }) => {
+                        inner.spawn(super::channels::claim(inner.clone(), session, name));
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -276,7 +292,7 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::ChannelMessage { down, binary, data } => {
-                let tx = inner.state().dc_downs.get(&down).cloned();
+                let tx = channels.down(down);
                 super::channels::send_frame(
                     &inner,
                     tx,
@@ -287,20 +303,20 @@ pub async fn engine_outputs(
                 );
             }
             RelayOut::ChannelEnded { down } => {
-                let tx = inner.state().dc_downs.remove(&down);
+                let tx = channels.remove_down(down);
                 // The writer sends Ended, then finishes the stream once its queue is dropped.
-                super::channels::send_frame(&inner, tx, DcFrame::Ended);
+                super::channels::send_frame(&inner, tx.as_ref(), DcFrame::Ended);
             }
             RelayOut::ChannelUnused { up } => {
                 // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
-                inner.state().dc_ups.remove(&up);
+                channels.remove_up(up);
             }
             RelayOut::ChannelReleaseReply { up, seq } => {
-                let tx = inner.state().dc_ups.get(&up).cloned();
+                let tx = channels.up(up);
                 super::channels::send_frame(&inner, tx, DcFrame::Claim { seq, want: false });
             }
             RelayOut::ChannelReply { up, binary, data } => {
-                let tx = inner.state().dc_ups.get(&up).cloned();
+                let tx = channels.up(up);
                 super::channels::send_frame(
                     &inner,
                     tx,
