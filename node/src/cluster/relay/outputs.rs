@@ -1,7 +1,9 @@
 //! Carries the engine's relay output onto links: frames of downstream subscriptions as
 //! datagrams (kept a second to answer `Nack`s), their ends to the serving links' tasks, and
 //! keyframe requests and unused upstreams to the pulling task; DataChannel output onto its
-//! streams.
+//! streams. The task alone owns the tables it reads for that, the downstream table
+//! ([`super::downs`]) and the DataChannel tables ([`super::channel_table`]); others change them
+//! over bounded command queues.
 
 use std::collections::HashMap;
 use std::sync::Arc;
