@@ -32,9 +32,10 @@
 //!    What does not come back in time (2 × RTT + 30 ms, at most 200 ms) is a gap the subscriber
 //!    answers with a `KeyframeRequest`. Both ends are no-I/O state machines in [`repair`].
 //!
-//! The link itself is a pair of no-I/O state machines in [`link`]: the serving end of one
-//! link (its subscription table) and the pulling end of all dialed links (links, pending
-//! subscriptions, avoidance, re-route). The node's quinn drivers feed them `(now, input)` and
+//! The link itself is no-I/O state machines in [`link`]: the serving end of one link (its
+//! subscription table), the pulling end of all dialed links (links, pending subscriptions,
+//! avoidance, re-route), and the media coming in on one dialed link (its sub table, reassembly
+//! and its expiry, the `Nack` window). The node's quinn drivers feed them `(now, input)` and
 //! carry out the control messages, events and timeouts they return.
 //!
 //! Handshake and control messages travel in length-prefixed frames ([`codec`]): a 4-byte

@@ -10,8 +10,11 @@
 //!   subscriptions and their sub ids, the upstreams, the "failed recently" avoidance, and the
 //!   re-route of upstreams whose link died (pace and window).
 //!
-//! Loss repair on a link is its own machine ([`crate::repair`]); reassembly is
-//! [`crate::media::Reassembler`].
+//! - [`inbound::Inbound`]: the media coming in on one dialed link. Its sub id → upstream table,
+//!   reassembly ([`crate::media::Reassembler`]) and its expiry, and loss repair
+//!   ([`crate::repair::Repairer`]: the `Nack` window, the hold and its deadlines).
+//!
+//! The serving end's cache of sent frames is [`crate::repair::SentCache`].
 //!
 //! # Style
 //!
@@ -22,5 +25,6 @@
 //! any number of inputs, and nothing is allocated per call. Node ids, session ids and track
 //! names are opaque here (generic parameters, or the wire's own bytes and strings).
 
+pub mod inbound;
 pub mod publisher;
 pub mod subscriber;

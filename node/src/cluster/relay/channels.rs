@@ -5,12 +5,13 @@
 //! Messages wait in a bounded queue per stream; past it they are dropped and counted.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use trackmesh_relay_proto::datachannel::{DC_STREAM_MAGIC, DcDecoder, DcFrame};
 
+use super::channel_table::ChannelCmd;
 use super::failures::PullError;
 use super::{Inner, pull};
 use crate::cluster::hubs::upstream_for;
@@ -26,7 +27,8 @@ pub const MAX_CHANNEL_STREAMS_PER_LINK: usize = 4096;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Makes `session`'s channel `name` available in the local engine, subscribing over a direct
-/// link to its node if needed.
+/// link to its node if needed. Concurrent calls for one channel share one pull
+/// ([`super::channel_table`]).
 pub async fn ensure_channel_upstream(
     inner: &Arc<Inner>,
     app: &str,
@@ -36,33 +38,27 @@ pub async fn ensure_channel_upstream(
     if session.node_tag() == inner.tag {
         return Ok(());
     }
-    let key = (session, format!("\u{0}dc:{name}"));
-    serialized(inner, key, ensure_locked(inner, app, session, name)).await
+    let (reply, answer) = oneshot::channel();
+    let cmd = ChannelCmd::Pull {
+        app: app.to_string(),
+        key: (session, name.to_string()),
+        reply,
+    };
+    inner.channel_cmd(cmd).await;
+    // No answer: the task that owns the tables is gone (the relay is stopping).
+    answer.await.unwrap_or(Err(PullError::Link))
 }
 
-/// Runs `work` while no other call with the same `key` runs (keys in `Inner::inflight`), and
-/// forgets the key's lock once nobody waits on it.
-async fn serialized<T>(
-    inner: &Arc<Inner>,
-    key: (SessionId, String),
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    let lock = {
-        let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(key.clone()).or_default().clone()
-    };
-    let result = {
-        let _guard = lock.lock().await;
-        work.await
-    };
-    let mut m = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-    if Arc::strong_count(&lock) <= 2 {
-        m.remove(&key);
-    }
-    result
+/// The one pull of a channel under way: answers every caller waiting on it.
+pub async fn pull(inner: Arc<Inner>, app: String, session: SessionId, name: String) {
+    let result = pull_once(&inner, &app, session, &name).await;
+    let key = (session, name);
+    inner
+        .channel_cmd(ChannelCmd::PullDone { key, result })
+        .await;
 }
 
-async fn ensure_locked(
+async fn pull_once(
     inner: &Arc<Inner>,
     app: &str,
     session: SessionId,
@@ -105,24 +101,26 @@ async fn ensure_locked(
     }
     let up: DcLinkId = inner.next_up().0;
     let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
-    inner.state().dc_ups.insert(up, tx);
-    let n = name.to_string();
+    let (done, opened) = oneshot::channel();
     inner
+        .channel_cmd(ChannelCmd::UpOpened { up, tx, done })
+        .await;
+    opened.await.map_err(|_| PullError::Link)?;
+    let n = name.to_string();
+    let added = inner
         .engine
         .call(move |e, _| e.add_relay_channel(session, &n, up))
-        .await
-        .map_err(|_| PullError::EngineStopped)?;
+        .await;
+    if added.is_err() {
+        inner.channel_cmd(ChannelCmd::UpEnded(up)).await;
+        return Err(PullError::EngineStopped);
+    }
     tracing::info!(%session, channel = name, via = %peer.node_id, up, "receiving remote DataChannel");
     inner.spawn(write_frames(send, rx));
     let reader = inner.clone();
     inner.spawn(async move {
         read_messages(&reader, recv, dec, Side::Up(up)).await;
-        {
-            let mut st = reader.state();
-            st.dc_ups.remove(&up);
-            // A claim still waiting is answered "no" by dropping its sender.
-            st.dc_claims.remove(&up);
-        }
+        reader.channel_cmd(ChannelCmd::UpEnded(up)).await;
         let _ = reader
             .engine
             .call(move |e, _| e.end_relay_channel(up))
@@ -181,10 +179,15 @@ pub async fn serve_stream(
         return;
     }
     let (tx, rx) = mpsc::channel(CHANNEL_STREAM_QUEUE);
-    inner.state().dc_downs.insert(down, tx);
-    inner.spawn(write_frames(send, rx));
-    read_messages(&inner, recv, dec, Side::Down(down, worker)).await;
-    inner.state().dc_downs.remove(&down);
+    let (done, opened) = oneshot::channel();
+    inner
+        .channel_cmd(ChannelCmd::DownOpened { down, tx, done })
+        .await;
+    if opened.await.is_ok() {
+        inner.spawn(write_frames(send, rx));
+        read_messages(&inner, recv, dec, Side::Down(down, worker)).await;
+        inner.channel_cmd(ChannelCmd::DownEnded(down)).await;
+    }
     let _ = inner
         .engine
         .call_on(worker, move |e, _| e.relay_channel_unsubscribe(down))
@@ -192,10 +195,15 @@ pub async fn serve_stream(
 }
 
 /// Queues a frame for a channel stream; a full queue drops it (counted).
-pub fn send_frame(inner: &Inner, tx: Option<mpsc::Sender<DcFrame>>, frame: DcFrame) {
+pub fn send_frame(inner: &Inner, tx: Option<&mpsc::Sender<DcFrame>>, frame: DcFrame) {
+    queue_frame(&inner.dc_stream_drops, tx, frame);
+}
+
+/// Queues a frame for a channel stream; a full (or gone) queue drops it and `drops` counts it.
+pub fn queue_frame(drops: &AtomicU64, tx: Option<&mpsc::Sender<DcFrame>>, frame: DcFrame) {
     let sent = tx.is_some_and(|tx| tx.try_send(frame).is_ok());
     if !sent {
-        inner.dc_stream_drops.fetch_add(1, Ordering::Relaxed);
+        drops.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -279,8 +287,8 @@ async fn read_messages(
                         .await;
                     match answer {
                         Ok(Some(granted)) => {
-                            let tx = inner.state().dc_downs.get(&down).cloned();
-                            send_frame(inner, tx, DcFrame::ClaimAnswer { seq, granted });
+                            let frame = DcFrame::ClaimAnswer { seq, granted };
+                            inner.channel_cmd(ChannelCmd::ToDown { down, frame }).await;
                         }
                         Ok(None) => {}
                         Err(_) => return,
@@ -288,12 +296,8 @@ async fn read_messages(
                 }
                 Ok(DcFrame::ClaimAnswer { seq, granted }) => {
                     let Side::Up(up) = side else { return };
-                    let mut st = inner.state();
-                    if st.dc_claims.get(&up).is_some_and(|(s, _)| *s == seq)
-                        && let Some((_, tx)) = st.dc_claims.remove(&up)
-                    {
-                        let _ = tx.send(granted);
-                    }
+                    let cmd = ChannelCmd::ClaimAnswer { up, seq, granted };
+                    inner.channel_cmd(cmd).await;
                 }
                 Ok(DcFrame::Ended) | Err(_) => return,
                 Ok(_) => {}
@@ -303,17 +307,28 @@ async fn read_messages(
 }
 
 /// Claims the `canReply` grant of `session`'s channel `name` (received here over the relay)
-/// from the publisher's node; see [`super::Relay::claim_channel_reply`].
+/// from the publisher's node; see [`super::Relay::claim_channel_reply`]. Concurrent claims of
+/// one channel share one claim, so an answer is never taken for another's.
 pub async fn claim_reply(inner: &Arc<Inner>, session: SessionId, name: &str) -> bool {
     if session.node_tag() == inner.tag {
         return true;
     }
-    // One claim per channel at a time, so an answer is never taken for another's.
-    let key = (session, format!("\u{0}dc-reply:{name}"));
-    serialized(inner, key, claim_locked(inner, session, name)).await
+    let (reply, answer) = oneshot::channel();
+    let key = (session, name.to_string());
+    inner.channel_cmd(ChannelCmd::Claim { key, reply }).await;
+    answer.await.unwrap_or(false)
 }
 
-async fn claim_locked(inner: &Arc<Inner>, session: SessionId, name: &str) -> bool {
+/// The one claim of a channel under way: answers every caller waiting on it.
+pub async fn claim(inner: Arc<Inner>, session: SessionId, name: String) {
+    let granted = claim_once(&inner, session, &name).await;
+    let key = (session, name);
+    inner
+        .channel_cmd(ChannelCmd::ClaimDone { key, granted })
+        .await;
+}
+
+async fn claim_once(inner: &Arc<Inner>, session: SessionId, name: &str) -> bool {
     let n = name.to_string();
     let Ok(Some((up, granted))) = inner
         .engine
@@ -327,22 +342,20 @@ async fn claim_locked(inner: &Arc<Inner>, session: SessionId, name: &str) -> boo
         return true;
     }
     let seq = inner.next_id.fetch_add(1, Ordering::Relaxed) as u32;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let writer = {
-        let mut st = inner.state();
-        st.dc_claims.insert(up, (seq, tx));
-        st.dc_ups.get(&up).cloned()
-    };
-    send_frame(inner, writer, DcFrame::Claim { seq, want: true });
-    let answer = tokio::time::timeout(ACCEPT_TIMEOUT, rx).await;
-    inner.state().dc_claims.remove(&up);
-    match answer {
+    let (tx, rx) = oneshot::channel();
+    inner
+        .channel_cmd(ChannelCmd::ClaimSent {
+            up,
+            seq,
+            answer: tx,
+        })
+        .await;
+    match tokio::time::timeout(ACCEPT_TIMEOUT, rx).await {
         Ok(Ok(true)) => {}
         Ok(_) => return false,
         Err(_) => {
             // An answer after the timeout may still have granted it: give it back.
-            let writer = inner.state().dc_ups.get(&up).cloned();
-            send_frame(inner, writer, DcFrame::Claim { seq, want: false });
+            inner.channel_cmd(ChannelCmd::ClaimGiveUp { up, seq }).await;
             return false;
         }
     }

@@ -12,7 +12,9 @@
 //! The decisions are relay-proto's no-I/O link machines (`link::subscriber`, `link::publisher`);
 //! `pull.rs` and `serve.rs` are their quinn drivers, each machine owned by one task.
 
+mod channel_table;
 mod channels;
+mod downs;
 mod failures;
 mod outputs;
 mod pull;
@@ -22,15 +24,14 @@ mod tasks;
 pub mod tls;
 mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use trackmesh_relay_proto::control::{ControlMsg, SubId};
+use trackmesh_relay_proto::control::ControlMsg;
 use trackmesh_relay_proto::handshake::ALPN;
 
 use super::view::ClusterView;
@@ -80,37 +81,6 @@ pub struct RelayConfig {
     pub test_loss: Option<RelayTestLoss>,
 }
 
-/// A downstream: a track this node sends over a link another node dialed.
-#[derive(Clone)]
-pub(crate) struct Down {
-    pub conn: quinn::Connection,
-    pub sub: SubId,
-    pub peer: NodeId,
-    /// The serving link's task, told when the engine ends this downstream (it sends
-    /// `TrackEnded`).
-    pub ended: mpsc::Sender<serve::Served>,
-    /// The serving link's control queue, for the layer announcements the engine makes.
-    pub control: mpsc::Sender<ControlMsg>,
-    pub session: SessionId,
-    pub track: String,
-    pub frames: Arc<AtomicU64>,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub downs: HashMap<DownId, Down>,
-    /// DataChannel streams this node subscribed on: upstream id → the stream's writer queue.
-    pub dc_ups: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
-    /// DataChannel streams peers subscribed on: downstream id → the stream's writer queue.
-    pub dc_downs: HashMap<u64, mpsc::Sender<trackmesh_relay_proto::datachannel::DcFrame>>,
-    /// `canReply` claims waiting for the publisher's node: upstream id → (claim sequence, the
-    /// waiting call). At most one per upstream (claims of a channel are serialized).
-    pub dc_claims: HashMap<u64, (u32, tokio::sync::oneshot::Sender<bool>)>,
-}
-
-/// Held while one pull of a track is under way; later pulls of it wait, then find it local.
-pub(crate) type PullLock = Arc<tokio::sync::Mutex<()>>;
-
 pub(crate) struct Inner {
     pub node_id: NodeId,
     pub tag: NodeTag,
@@ -130,10 +100,14 @@ pub(crate) struct Inner {
     pub engine: EngineHandle,
     pub relay_in: mpsc::Sender<RelayIn>,
     pub next_id: AtomicU64,
-    pub state: Mutex<State>,
-    /// One in-flight DataChannel pull per channel, so concurrent pulls share one upstream
-    /// (media pulls are de-duplicated by the pulling task).
-    pub inflight: Mutex<HashMap<(SessionId, String), PullLock>>,
+    /// Changes to the downstream table, which the task that sends frames owns
+    /// ([`downs::DOWN_QUEUE`]).
+    pub downs: mpsc::Sender<downs::DownCmd>,
+    /// What that task last published of the downstream table.
+    pub served: watch::Receiver<downs::DownsView>,
+    /// Changes to the DataChannel tables and channel pulls and claims, for the task that owns
+    /// them ([`channel_table::CHANNEL_QUEUE`]).
+    pub channels: mpsc::Sender<channel_table::ChannelCmd>,
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -213,20 +187,37 @@ impl Inner {
         self.tasks.spawn(fut);
     }
 
-    /// Takes the endpoint and every link's connection out, so they close as the last tasks
-    /// holding them end.
-    fn take_endpoint_and_links(&self) -> Option<quinn::Endpoint> {
-        let endpoint = self
-            .endpoint
+    /// Takes the endpoint out, so the socket closes as the last tasks holding links end (the
+    /// links' connections are held by tasks only: the task that sends frames holds those of
+    /// the downstream table, and ends with the others).
+    fn take_endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
-        self.state().downs.clear();
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        endpoint
+            .take()
+    }
+
+    /// The downstream table's last snapshot; empty once the relay has stopped.
+    pub fn served_now(&self) -> downs::DownsView {
+        if self.endpoint().is_none() {
+            return Arc::default();
+        }
+        self.served.borrow().clone()
+    }
+
+    /// Puts a downstream in the table before the engine may send its first frame. False when
+    /// the task that owns the table is gone (the relay is stopping).
+    pub async fn insert_down(&self, down: DownId, d: downs::Down) -> bool {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let cmd = downs::DownCmd::Insert { down, d, done };
+        self.downs.send(cmd).await.is_ok() && answer.await.is_ok()
+    }
+
+    /// Takes a downstream out of the table: no more of its frames are sent. Waits for room,
+    /// so a full queue never loses it.
+    pub async fn remove_down(&self, down: DownId) {
+        // A closed queue: the task that owns the table is gone, and the table with it.
+        let _ = self.downs.send(downs::DownCmd::Remove(down)).await;
     }
 
     /// Queues a control message on a link; a full queue drops it and counts the drop (a closed
@@ -235,9 +226,10 @@ impl Inner {
         send_counted(link, msg, &self.control_drops);
     }
 
-    /// The relay's shared state (a poisoned lock is taken over: the state stays consistent).
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Hands a command to the task that owns the DataChannel tables, waiting for room (a
+    /// closed queue: the task is gone, the relay stopping, and the tables with it).
+    pub async fn channel_cmd(&self, cmd: channel_table::ChannelCmd) {
+        let _ = self.channels.send(cmd).await;
     }
 
     /// A new upstream id (ids are never reused, so a late message cannot hit a new upstream).
@@ -390,6 +382,9 @@ impl Relay {
         let (nack_tx, nack_rx) = mpsc::channel(NACK_QUEUE);
         let (pulls, pulls_rx) = mpsc::channel(pull::PULL_QUEUE);
         let (pulled_tx, pulled) = watch::channel(Arc::default());
+        let (downs_tx, downs_rx) = mpsc::channel(downs::DOWN_QUEUE);
+        let (served_tx, served) = watch::channel(Arc::default());
+        let (channels_tx, channels_rx) = mpsc::channel(channel_table::CHANNEL_QUEUE);
         let inner = Arc::new(Inner {
             node_id: NodeId::from(cfg.node_id),
             tag: cfg.tag,
@@ -406,8 +401,9 @@ impl Relay {
             engine,
             relay_in,
             next_id: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
-            inflight: Mutex::new(HashMap::new()),
+            downs: downs_tx,
+            served,
+            channels: channels_tx,
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -448,7 +444,16 @@ impl Relay {
             named("engine outputs", outputs_ended.clone(), {
                 let inner = inner.clone();
                 Box::pin(async move {
-                    outputs::engine_outputs(inner, relay_out, nack_rx).await;
+                    let table = downs::Downs::new(served_tx);
+                    outputs::engine_outputs(
+                        inner,
+                        relay_out,
+                        nack_rx,
+                        downs_rx,
+                        table,
+                        channels_rx,
+                    )
+                    .await;
                     outputs_ended.store(true, Ordering::Relaxed);
                 })
             }),
@@ -482,7 +487,7 @@ impl Relay {
     /// and quinn's) is aborted. The socket closes as the aborted tasks end; [`Relay::shutdown`]
     /// waits for that.
     pub fn stop(&self) {
-        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+        if let Some(endpoint) = self.inner.take_endpoint() {
             endpoint.close(0u32.into(), b"node stopping");
         }
         self.inner.tasks.close();
@@ -493,13 +498,13 @@ impl Relay {
     pub fn abort(&self) {
         // Drivers first: a connection whose last handle goes while its driver runs says goodbye.
         self.inner.tasks.close();
-        self.inner.take_endpoint_and_links();
+        self.inner.take_endpoint();
     }
 
     /// Stops the relay in order: peers are told its links close (waiting a bounded time for
     /// them to be drained), then every task ends. The relay socket is closed when this returns.
     pub async fn shutdown(&self) {
-        if let Some(endpoint) = self.inner.take_endpoint_and_links() {
+        if let Some(endpoint) = self.inner.take_endpoint() {
             endpoint.close(0u32.into(), b"node stopping");
             if tokio::time::timeout(SHUTDOWN_BOUND, endpoint.wait_idle())
                 .await
@@ -511,8 +516,6 @@ impl Relay {
         if let Some(set) = self.inner.tasks.close() {
             tasks::Tasks::join(set, SHUTDOWN_BOUND).await;
         }
-        // A task that was running as the links were taken may have added one back.
-        self.inner.take_endpoint_and_links();
     }
 
     /// The relay's bound UDP address, which gossip announces to peers.
@@ -558,7 +561,7 @@ impl Relay {
     /// Links, upstreams and downstreams now, for the admin API.
     pub fn view(&self) -> RelayView {
         let pulled = self.inner.pulled_now();
-        let st = self.inner.state();
+        let served = self.inner.served_now();
         let mut links: Vec<RelayLinkView> = pulled
             .links
             .iter()
@@ -567,7 +570,7 @@ impl Relay {
                 direction: "out".to_string(),
             })
             .collect();
-        let mut inbound: Vec<String> = st.downs.values().map(|d| d.peer.to_string()).collect();
+        let mut inbound: Vec<String> = served.values().map(|d| d.peer.to_string()).collect();
         inbound.sort();
         inbound.dedup();
         links.extend(inbound.into_iter().map(|peer| RelayLinkView {
@@ -584,8 +587,7 @@ impl Relay {
                 frames: u.frames.load(Ordering::Relaxed),
             })
             .collect();
-        let downstream = st
-            .downs
+        let downstream = served
             .values()
             .map(|d| DownstreamView {
                 session_id: d.session.to_string(),
@@ -603,10 +605,10 @@ impl Relay {
 
     /// The nodes the given downstream subscriptions go to.
     pub fn downstream_peers(&self, downs: &[DownId]) -> Vec<String> {
-        let st = self.inner.state();
+        let served = self.inner.served_now();
         let mut peers: Vec<String> = downs
             .iter()
-            .filter_map(|d| st.downs.get(d).map(|d| d.peer.to_string()))
+            .filter_map(|d| served.get(d).map(|d| d.peer.to_string()))
             .collect();
         peers.sort();
         peers.dedup();
@@ -619,8 +621,8 @@ impl Relay {
         RelayFigures {
             links: {
                 let dialed = self.inner.pulled_now().links.len();
-                let st = self.inner.state();
-                let mut inbound: Vec<&str> = st.downs.values().map(|d| d.peer.as_str()).collect();
+                let served = self.inner.served_now();
+                let mut inbound: Vec<&str> = served.values().map(|d| d.peer.as_str()).collect();
                 inbound.sort_unstable();
                 inbound.dedup();
                 (dialed + inbound.len()) as u64
@@ -655,7 +657,7 @@ impl Relay {
 
     /// Tracks this node sends to other nodes now (a draining node waits for them to move).
     pub fn downstreams(&self) -> usize {
-        self.inner.state().downs.len()
+        self.inner.served_now().len()
     }
 
     /// Links (either direction) and upstream + downstream counts, for gossiped load.
@@ -664,7 +666,7 @@ impl Relay {
             let pulled = self.inner.pulled_now();
             (pulled.links.len(), pulled.ups.len())
         };
-        (links, ups + self.inner.state().downs.len())
+        (links, ups + self.inner.served_now().len())
     }
 }
 

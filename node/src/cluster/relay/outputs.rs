@@ -1,7 +1,9 @@
 //! Carries the engine's relay output onto links: frames of downstream subscriptions as
 //! datagrams (kept a second to answer `Nack`s), their ends to the serving links' tasks, and
 //! keyframe requests and unused upstreams to the pulling task; DataChannel output onto its
-//! streams.
+//! streams. The task alone owns the tables it reads for that, the downstream table
+//! ([`super::downs`]) and the DataChannel tables ([`super::channel_table`]); others change them
+//! over bounded command queues.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use trackmesh_relay_proto::datachannel::DcFrame;
 use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
 use trackmesh_relay_proto::repair::SentCache;
 
+use super::channel_table::{ChannelCmd, ChannelTable, Start};
+use super::downs::{DOWN_BATCH, Down, DownCmd, Downs};
 use super::pull::Cmd;
 use super::{Inner, MAX_SUBS_SEEN};
 use crate::engine::{RelayFrame, RelayOut};
@@ -62,7 +66,7 @@ enum Send<'a> {
 #[allow(clippy::too_many_arguments)]
 fn send_frame(
     inner: &Inner,
-    d: &super::Down,
+    d: &Down,
     seq: u32,
     frame: &RelayFrame,
     max: usize,
@@ -115,13 +119,14 @@ fn send_frame(
 /// are ignored (counted): the subscriber gives them up and asks for a keyframe.
 fn resend(
     inner: &Inner,
+    downs: &Downs,
     caches: &mut HashMap<DownId, SentCache<Sent>>,
     down: DownId,
     nack: &Nack,
     buf: &mut Vec<u8>,
     hook: &mut TestLossHook,
 ) {
-    let Some(d) = inner.state().downs.get(&down).cloned() else {
+    let Some(d) = downs.get(&down) else {
         return;
     };
     let now = Instant::now();
@@ -137,7 +142,7 @@ fn resend(
         let only = (!f.fragments.is_empty()).then_some(f.fragments.as_slice());
         send_frame(
             inner,
-            &d,
+            d,
             f.frame_seq,
             &sent.frame,
             sent.max_datagram,
@@ -149,12 +154,17 @@ fn resend(
 }
 
 /// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
-/// subscriptions from the frames it sent them.
+/// subscriptions from the frames it sent them. Owns the downstream table, changed by `cmds`,
+/// and the DataChannel tables, changed by `channel_cmds`.
 pub async fn engine_outputs(
     inner: Arc<Inner>,
     mut rx: mpsc::Receiver<RelayOut>,
     mut nacks: mpsc::Receiver<(DownId, Nack)>,
+    mut cmds: mpsc::Receiver<DownCmd>,
+    mut downs: Downs,
+    mut channel_cmds: mpsc::Receiver<ChannelCmd>,
 ) {
+    let mut channels = ChannelTable::default();
     let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
     let mut buf = Vec::with_capacity(1500);
     let mut hook = TestLossHook {
@@ -162,11 +172,34 @@ pub async fn engine_outputs(
         sent: 0,
     };
     loop {
+        downs.publish();
         let out = tokio::select! {
-            // A repair is more urgent than the next frame: its subscriber holds frames for it.
+            // A change to the table first: a downstream is inserted before the engine is asked
+            // to send it frames, so its first frame always finds it.
             biased;
+            Some(cmd) = cmds.recv() => {
+                downs.handle(cmd);
+                for _ in 1..DOWN_BATCH {
+                    let Ok(cmd) = cmds.try_recv() else { break };
+                    downs.handle(cmd);
+                }
+                continue;
+            }
+            Some(cmd) = channel_cmds.recv() => {
+                match channels.handle(cmd, &inner.dc_stream_drops) {
+                    Some(Start::Pull { app, session, name }) => {
+                        inner.spawn(super::channels::pull(inner.clone(), app, session, name));
+                    }
+                    Some(Start::Claim { session, name }) => {
+                        inner.spawn(super::channels::claim(inner.clone(), session, name));
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            // A repair is more urgent than the next frame: its subscriber holds frames for it.
             Some((down, nack)) = nacks.recv() => {
-                resend(&inner, &mut caches, down, &nack, &mut buf, &mut hook);
+                resend(&inner, &downs, &mut caches, down, &nack, &mut buf, &mut hook);
                 continue;
             }
             out = rx.recv() => match out {
@@ -176,7 +209,7 @@ pub async fn engine_outputs(
         };
         match out {
             RelayOut::Frame { down, seq, frame } => {
-                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                let Some(d) = downs.get(&down) else {
                     continue;
                 };
                 let Some(max) = d.conn.max_datagram_size() else {
@@ -184,7 +217,7 @@ pub async fn engine_outputs(
                 };
                 if !send_frame(
                     &inner,
-                    &d,
+                    d,
                     seq,
                     &frame,
                     max,
@@ -197,8 +230,7 @@ pub async fn engine_outputs(
                 d.frames.fetch_add(1, Ordering::Relaxed);
                 if caches.len() >= MAX_SUBS_SEEN && !caches.contains_key(&down) {
                     // Downstreams released without an `Ended` (their link died): forget them.
-                    let st = inner.state();
-                    caches.retain(|k, _| st.downs.contains_key(k));
+                    caches.retain(|k, _| downs.contains(k));
                 }
                 let bytes = frame.data.len();
                 caches.entry(down).or_default().insert(
@@ -214,7 +246,7 @@ pub async fn engine_outputs(
             RelayOut::Ended { down } => {
                 caches.remove(&down);
                 // A closed queue: the link is gone, and its end with it.
-                if let Some(d) = inner.state().downs.remove(&down)
+                if let Some(d) = downs.remove(&down)
                     && let Err(mpsc::error::TrySendError::Full(_)) =
                         d.ended.try_send(super::serve::Served {
                             down,
@@ -240,7 +272,7 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::Layers { down, layers } => {
-                let Some(d) = inner.state().downs.get(&down).cloned() else {
+                let Some(d) = downs.get(&down) else {
                     continue;
                 };
                 let msg = ControlMsg::Layers(Layers {
@@ -262,7 +294,7 @@ pub async fn engine_outputs(
                 }
             }
             RelayOut::ChannelMessage { down, binary, data } => {
-                let tx = inner.state().dc_downs.get(&down).cloned();
+                let tx = channels.down(down);
                 super::channels::send_frame(
                     &inner,
                     tx,
@@ -273,20 +305,20 @@ pub async fn engine_outputs(
                 );
             }
             RelayOut::ChannelEnded { down } => {
-                let tx = inner.state().dc_downs.remove(&down);
+                let tx = channels.remove_down(down);
                 // The writer sends Ended, then finishes the stream once its queue is dropped.
-                super::channels::send_frame(&inner, tx, DcFrame::Ended);
+                super::channels::send_frame(&inner, tx.as_ref(), DcFrame::Ended);
             }
             RelayOut::ChannelUnused { up } => {
                 // Dropping the queue finishes the stream; the publisher's node then unsubscribes.
-                inner.state().dc_ups.remove(&up);
+                channels.remove_up(up);
             }
             RelayOut::ChannelReleaseReply { up, seq } => {
-                let tx = inner.state().dc_ups.get(&up).cloned();
+                let tx = channels.up(up);
                 super::channels::send_frame(&inner, tx, DcFrame::Claim { seq, want: false });
             }
             RelayOut::ChannelReply { up, binary, data } => {
-                let tx = inner.state().dc_ups.get(&up).cloned();
+                let tx = channels.up(up);
                 super::channels::send_frame(
                     &inner,
                     tx,

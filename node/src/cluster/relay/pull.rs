@@ -4,8 +4,9 @@
 //! link and upstream tables, pending subscriptions, avoidance and re-routes live in the machine,
 //! nowhere else. Pulls, dial tasks, link readers and the engine's output task talk to it over
 //! one bounded command queue ([`Cmd`]); answers go back on oneshots. Each dialed link has a
-//! reader task for its control stream and datagrams, with its own copy of the link's sub id →
-//! upstream table, kept in step by the owning task over a bounded queue (`reader.rs`).
+//! reader task for its control stream and datagrams, whose inbound machine keeps its own copy
+//! of the link's sub id → upstream table, kept in step by the owning task over a bounded queue
+//! (`reader.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! The reader of a link this node dialed: its control stream goes to the pulling task
-//! ([`super::pull::run`]); its datagrams are put back together, repaired ([`Repairer`]) and
-//! handed to the engine, by the reader's own copy of the link's sub id → upstream table.
+//! ([`super::pull::run`]); its datagrams go to the link's [`Inbound`] machine (relay-proto: the
+//! link's sub id → upstream table, reassembly and its expiry, the `Nack` window), whose frames
+//! and gaps it hands to the engine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -10,11 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use tokio::sync::mpsc;
 use trackmesh_relay_proto::codec::FrameDecoder;
-use trackmesh_relay_proto::control::{ControlMsg, Nack, NackFrame, SubId};
+use trackmesh_relay_proto::control::{ControlMsg, SubId};
 use trackmesh_relay_proto::handshake::HandshakeMsg;
-use trackmesh_relay_proto::limits::MAX_NACK_FRAGMENTS;
-use trackmesh_relay_proto::media::{Frame, Reassembler, ReassemblerLimits, split_layer};
-use trackmesh_relay_proto::repair::{Arrived, RepairEvent, RepairLimits, RepairStats, Repairer};
+use trackmesh_relay_proto::link::inbound::{Inbound, InboundEvent, InboundLimits, InboundStats};
+use trackmesh_relay_proto::media::{Frame, split_layer};
 
 use super::pull::Cmd;
 use super::wire::READ_CHUNK;
@@ -79,101 +79,64 @@ async fn read_control(
     }
 }
 
+/// The upstream a sub's media belongs to, and its frame counter (the admin view's).
+type Up = (UpId, Arc<AtomicU64>);
+
+/// Drives the link's [`Inbound`] machine: datagrams and the time in, `Nack`s onto the control
+/// stream, frames and gaps to the engine.
 async fn read_datagrams(
     inner: Arc<Inner>,
     conn: quinn::Connection,
     control: mpsc::Sender<ControlMsg>,
     mut updates: mpsc::Receiver<SubUpdate>,
 ) {
-    let mut reasm = Reassembler::new(ReassemblerLimits::default());
-    // The serving node numbers each subscription's frames from 1: losing the first is a gap.
-    let mut repair: Repairer<Frame> = Repairer::new(RepairLimits {
-        first_seq: Some(1),
-        ..RepairLimits::default()
-    });
-    // This link's sub id → upstream table, as the pulling task last told.
-    let mut subs: HashMap<SubId, (UpId, Arc<AtomicU64>)> = HashMap::new();
-    let mut counted = RepairStats::default();
-    let mut events = Vec::new();
+    let mut link: Inbound<Up> = Inbound::new(InboundLimits::default());
+    let mut counted = InboundStats::default();
     let mut dropped_here: HashSet<UpId> = HashSet::new();
-    let apply = |u: SubUpdate,
-                 subs: &mut HashMap<SubId, (UpId, Arc<AtomicU64>)>,
-                 repair: &mut Repairer<Frame>| match u {
+    let apply = |u: SubUpdate, link: &mut Inbound<Up>| match u {
         SubUpdate::Add(sub, up, frames) => {
-            subs.insert(sub, (up, frames));
+            if !link.add_sub(sub, (up, frames)) {
+                tracing::debug!(sub, "too many subscriptions on a relay link: media dropped");
+            }
         }
-        SubUpdate::Remove(sub) => {
-            subs.remove(&sub);
-            repair.remove(sub);
-        }
+        SubUpdate::Remove(sub) => link.remove_sub(sub),
     };
     loop {
-        let wake = repair.next_timeout();
-        let datagram = tokio::select! {
+        let wake = link.poll_timeout();
+        tokio::select! {
             // The table before the media: a sub is added before the peer is asked for it.
             biased;
             u = updates.recv() => match u {
-                Some(u) => {
-                    apply(u, &mut subs, &mut repair);
-                    None
-                }
+                Some(u) => apply(u, &mut link),
                 None => return,
             },
             d = conn.read_datagram() => match d {
-                Ok(d) => Some(d),
+                Ok(d) => {
+                    while let Ok(u) = updates.try_recv() {
+                        apply(u, &mut link);
+                    }
+                    inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    link.handle_datagram(Instant::now(), conn.rtt(), &d);
+                }
                 Err(_) => return,
             },
-            () = sleep_until(wake), if wake.is_some() => None,
-        };
-        let now = Instant::now();
-        if let Some(d) = datagram {
-            while let Ok(u) = updates.try_recv() {
-                apply(u, &mut subs, &mut repair);
-            }
-            inner.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
-            if let Some(frame) = reasm.push(&d, now)
-                && subs.contains_key(&frame.sub)
-            {
-                let arrived = Arrived {
-                    sub: frame.sub,
-                    seq: frame.frame_seq,
-                    bytes: frame.payload.len(),
-                    frame,
-                };
-                repair.push(now, conn.rtt(), arrived, &mut events);
-            }
+            () = sleep_until(wake), if wake.is_some() => link.handle_timeout(Instant::now()),
         }
-        repair.poll(now, &mut events);
-        counted = note_repair(&inner, counted, repair.stats());
-        for event in events.drain(..) {
+        counted = note_repair(&inner, counted, link.stats());
+        while let Some(msg) = link.poll_transmit() {
+            inner.send_control(&control, msg);
+        }
+        while let Some(event) = link.poll_event() {
             match event {
-                RepairEvent::Deliver { frame, .. } => {
-                    if let Some((up, frames)) = subs.get(&frame.sub) {
-                        deliver(&inner, *up, frames, frame, &mut dropped_here);
-                    }
-                }
-                RepairEvent::Nack { sub, seqs } => {
-                    let frames = seqs
-                        .into_iter()
-                        .map(|frame_seq| NackFrame {
-                            frame_seq,
-                            // The fragments still missing of a frame in progress, else all.
-                            fragments: reasm
-                                .missing_fragments(sub, frame_seq, MAX_NACK_FRAGMENTS)
-                                .unwrap_or_default(),
-                        })
-                        .collect();
-                    inner.send_control(&control, ControlMsg::Nack(Nack { sub, frames }));
-                }
-                RepairEvent::Gap { sub, lost } => {
-                    inner.frames_lost.fetch_add(lost.into(), Ordering::Relaxed);
-                    let Some((up, _)) = subs.get(&sub) else {
-                        continue;
-                    };
+                InboundEvent::Deliver {
+                    up: (up, frames),
+                    frame,
+                } => deliver(&inner, up, &frames, frame, &mut dropped_here),
+                InboundEvent::Gap { up: (up, _), .. } => {
                     // Viewers must see the gap, not decode past it: the engine withholds video
                     // until a keyframe and asks for one. The signal is worth more than a frame:
                     // it waits for room rather than being dropped.
-                    if inner.relay_in.send(RelayIn::Gap { up: *up }).await.is_err() {
+                    if inner.relay_in.send(RelayIn::Gap { up }).await.is_err() {
                         return;
                     }
                 }
@@ -190,18 +153,25 @@ pub(super) async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Adds what a link's repairer did since `before` to the relay's counters.
-fn note_repair(inner: &Inner, before: RepairStats, now: RepairStats) -> RepairStats {
+/// Adds what a link's inbound machine did since `before` to the relay's counters.
+fn note_repair(inner: &Inner, before: InboundStats, now: InboundStats) -> InboundStats {
     let r = &inner.repair;
+    let (before_lost, now_lost) = (before.frames_lost, now.frames_lost);
+    let (before, now_r) = (before.repair, now.repair);
     for (counter, was, is) in [
-        (&r.nacks_sent, before.nacks, now.nacks),
+        (&inner.frames_lost, before_lost, now_lost),
+        (&r.nacks_sent, before.nacks, now_r.nacks),
         (
             &r.frames_repaired,
             before.frames_repaired,
-            now.frames_repaired,
+            now_r.frames_repaired,
         ),
-        (&r.repairs_failed, before.repairs_failed, now.repairs_failed),
-        (&r.late, before.late, now.late),
+        (
+            &r.repairs_failed,
+            before.repairs_failed,
+            now_r.repairs_failed,
+        ),
+        (&r.late, before.late, now_r.late),
     ] {
         if is > was {
             counter.fetch_add(is - was, Ordering::Relaxed);

@@ -17,8 +17,9 @@ use trackmesh_relay_proto::datachannel::DC_STREAM_MAGIC;
 use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
 use trackmesh_relay_proto::link::publisher::{Publisher, PublisherEvent, PublisherLimits};
 
+use super::downs::{Down, DownCmd};
 use super::wire::{self, CONTROL_QUEUE, READ_CHUNK};
-use super::{Down, Inner, pull};
+use super::{Inner, pull};
 use crate::engine::RelayLayers;
 use crate::ids::{DownId, NodeId, SessionId};
 
@@ -280,10 +281,11 @@ fn carry_out(
 
 fn release(inner: &Arc<Inner>, Served { down, session }: Served) {
     // No longer sent frames; the engine forgets it on its worker.
-    inner.state().downs.remove(&down);
-    let engine = inner.engine.clone();
+    let inner2 = inner.clone();
     inner.spawn(async move {
-        let _ = engine
+        inner2.remove_down(down).await;
+        let _ = inner2
+            .engine
             .call_session(session, move |e, now| e.relay_unsubscribe(down, now))
             .await;
     });
@@ -325,19 +327,25 @@ async fn attach_once(
     }
     let down = inner.next_down();
     // Known before the engine sends its first frame.
-    inner.state().downs.insert(
-        down,
-        Down {
-            conn,
-            sub,
-            peer,
-            ended,
-            control,
-            session,
-            track: s.track_name.clone(),
-            frames: Arc::new(AtomicU64::new(0)),
-        },
-    );
+    let inserted = inner
+        .insert_down(
+            down,
+            Down {
+                conn,
+                sub,
+                peer,
+                ended,
+                control,
+                session,
+                track: s.track_name.clone(),
+                frames: Arc::new(AtomicU64::new(0)),
+            },
+        )
+        .await;
+    if !inserted {
+        // The relay is stopping.
+        return Attached::NotFound { sub };
+    }
     // On the worker that holds the session (the primary for a track relayed from elsewhere).
     let (app, track) = (s.app.clone(), s.track_name.clone());
     let layers = wire::layers_from_wire(&s.layers);
@@ -358,7 +366,7 @@ async fn attach_once(
             track: wire::to_wire(&info),
         };
     }
-    inner.state().downs.remove(&down);
+    inner.remove_down(down).await;
     // A track published a moment ago has no codec until its first frame: the machine asks
     // again shortly rather than refusing it as not found.
     let (app, track) = (s.app, s.track_name);
@@ -410,15 +418,19 @@ pub async fn watch_members(inner: Arc<Inner>) {
     let mut view = inner.view.clone();
     while view.changed().await.is_ok() {
         let v = view.borrow_and_update().clone();
-        let inbound: Vec<quinn::Connection> = inner
-            .state()
-            .downs
+        let mut dead: Vec<NodeId> = inner
+            .served_now()
             .values()
             .filter(|d| v.live_by_id(d.peer.as_str()).is_none())
-            .map(|d| d.conn.clone())
+            .map(|d| d.peer.clone())
             .collect();
-        for conn in inbound {
-            conn.close(0u32.into(), b"peer dead");
+        if dead.is_empty() {
+            continue;
         }
+        dead.sort();
+        dead.dedup();
+        // The task that owns the downstream table holds the links' connections (gone: so
+        // are they).
+        let _ = inner.downs.send(DownCmd::ClosePeers(dead)).await;
     }
 }
