@@ -679,21 +679,23 @@ impl Engine {
         }
         // The publisher is asked for each flowing layer; a relayed publication whose layers are
         // known asks its upstream node for each layer it pulls (else for all at once).
-        if p.layers.is_layered() && matches!(p.source, Source::Session(_)) {
-            let rids: Vec<Rid> = p.layers.flowing(now).collect();
-            for rid in rids {
-                self.request_layer_keyframe(key, rid, now);
-            }
-            return;
-        }
-        if p.layers.is_declared() && matches!(p.source, Source::Relay(_)) {
-            let rids: Vec<Rid> = p
-                .layers
-                .layers()
-                .iter()
-                .map(|l| l.rid)
-                .filter(|r| p.upstream_layers.carries(*r))
-                .collect();
+        let per_layer: Option<Vec<Rid>> = match p.source {
+            Source::Session(_) if p.layers.is_layered() => Some(p.layers.flowing(now).collect()),
+            Source::Relay(_) if p.layers.is_declared() => Some(
+                p.layers
+                    .layers()
+                    .iter()
+                    .map(|l| l.rid)
+                    .filter(|r| p.upstream_layers.carries(*r))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(rids) = per_layer {
+            // Each layer folds (and defers) its own requests. A whole-track request deferred
+            // before the layers were known is answered here: left pending, housekeeping would
+            // come back every 250 ms and ask each layer again, once a second for ever.
+            p.keyframe_pending = false;
             for rid in rids {
                 self.request_layer_keyframe(key, rid, now);
             }

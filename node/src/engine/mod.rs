@@ -74,6 +74,8 @@ mod tests_datachannels;
 #[cfg(test)]
 mod tests_egress;
 #[cfg(test)]
+mod tests_keyframe_requests;
+#[cfg(test)]
 mod tests_simulcast;
 mod transport;
 #[cfg(test)]

@@ -10,9 +10,9 @@ use super::simulcast::{Ordering, Prefs, parse_rid};
 use super::*;
 use crate::testing::{APP, World, synthetic_frame};
 
-const LAYERS: [&str; 3] = ["f", "h", "q"];
+pub(super) const LAYERS: [&str; 3] = ["f", "h", "q"];
 /// Frames of each layer have their own size, so a subscriber's frame says which layer it is.
-fn size_of(rid: &str) -> usize {
+pub(super) fn size_of(rid: &str) -> usize {
     match rid {
         "f" => 1200,
         "h" => 600,
@@ -22,7 +22,7 @@ fn size_of(rid: &str) -> usize {
 }
 /// Each layer its own RTP time base, far apart: a subscriber that saw raw source times across a
 /// switch would see a jump of millions of ticks.
-fn base_of(rid: &str) -> u64 {
+pub(super) fn base_of(rid: &str) -> u64 {
     match rid {
         "f" => 1_000_000,
         "h" => 5_000_000,
@@ -36,10 +36,10 @@ const ROUND: Duration = Duration::from_millis(33);
 /// round at most, where a raw switch between layers would be off by many seconds.
 const MAX_DRIFT_US: u64 = 40_000;
 
-struct Sim {
-    w: World,
-    publisher: usize,
-    pub_sid: String,
+pub(super) struct Sim {
+    pub(super) w: World,
+    pub(super) publisher: usize,
+    pub(super) pub_sid: String,
     mid: Mid,
     round: u64,
     /// Ticks added to a layer's source times from now on (a publisher whose clock jumps).
@@ -48,7 +48,7 @@ struct Sim {
 
 impl Sim {
     /// A connected publisher of `cam` with the given layers.
-    fn new(rids: &[&str]) -> Sim {
+    pub(super) fn new(rids: &[&str]) -> Sim {
         Sim::in_world(World::new(Duration::from_secs(30)), rids)
     }
 
@@ -68,7 +68,7 @@ impl Sim {
     }
 
     /// A connected subscriber of `cam`; (client, session, mid).
-    fn subscriber(&mut self, simulcast: Option<Prefs>) -> (usize, String, String) {
+    pub(super) fn subscriber(&mut self, simulcast: Option<Prefs>) -> (usize, String, String) {
         let c = self.w.client();
         let sid = self.w.session();
         let res = self.w.pull_tracks(
@@ -93,7 +93,7 @@ impl Sim {
     }
 
     /// One frame on each of `rids`; keyframes on those in `keyframes`; then a round of time.
-    fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
+    pub(super) fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
         self.round += 1;
         for rid in rids {
             let shift = self
@@ -132,7 +132,7 @@ impl Sim {
     }
 
     /// Keyframe requests the publisher got for layer `rid`.
-    fn layer_requests(&self, rid: &str) -> u64 {
+    pub(super) fn layer_requests(&self, rid: &str) -> u64 {
         self.w.clients[self.publisher]
             .stats()
             .layer_keyframe_requests
@@ -184,7 +184,7 @@ impl Sim {
     }
 }
 
-fn prefer(rid: &str, rid_not_available: Ordering) -> Prefs {
+pub(super) fn prefer(rid: &str, rid_not_available: Ordering) -> Prefs {
     Prefs {
         preferred_rid: parse_rid(rid),
         priority_ordering: Ordering::None,
@@ -452,7 +452,7 @@ fn relay_frames(w: &mut World) -> Vec<RelayFrame> {
 }
 
 /// A relayed frame of layer `rid` in round `n`.
-fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
+pub(super) fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
     RelayFrame {
         rtp_time: base_of(rid) + n * 3000,
         keyframe,
@@ -462,7 +462,7 @@ fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
 }
 
 /// A VP8 publication "cam" of another node's session, fed by upstream `up`.
-fn relayed_vp8_publication(w: &mut World, up: u64) -> (SessionId, crate::ids::UpId) {
+pub(super) fn relayed_vp8_publication(w: &mut World, up: u64) -> (SessionId, crate::ids::UpId) {
     let publisher = SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
     let info = TrackInfo {
         kind: MediaKind::Video,
@@ -770,7 +770,7 @@ fn set_layers(w: &mut World) -> Vec<RelayLayers> {
         .collect()
 }
 
-fn only(rids: &[&str]) -> RelayLayers {
+pub(super) fn only(rids: &[&str]) -> RelayLayers {
     RelayLayers::Only(rids.iter().filter_map(|r| parse_rid(r)).collect())
 }
 
