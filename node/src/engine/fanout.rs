@@ -27,6 +27,8 @@ pub(super) struct Frame {
     pub time: MediaTime,
     pub network_time: Instant,
     pub keyframe: bool,
+    /// The sequence number the origin received it with (its last packet's, extended).
+    pub seq: u64,
     pub data: Arc<[u8]>,
     /// The publisher's payload parameters, when the frame comes from a local session.
     pub params: Option<PayloadParams>,
@@ -71,6 +73,7 @@ impl Engine {
         };
         let frame = Frame {
             keyframe: data.is_keyframe(),
+            seq: **data.seq_range.end(),
             time: data.time,
             network_time: data.network_time,
             data: data.data,
@@ -254,6 +257,7 @@ impl Engine {
             time: MediaTime::new(frame.rtp_time, clock),
             network_time: now,
             keyframe: frame.keyframe,
+            seq: frame.origin_seq,
             data: frame.data,
             params: None,
             layer,
@@ -271,6 +275,7 @@ impl Engine {
         let cacheable = frame.keyframe && frame.data.len() <= MAX_CACHED_KEYFRAME;
         let cached = cacheable.then(|| CachedKeyframe {
             time: frame.time,
+            seq: frame.seq,
             data: frame.data.clone(),
             params: frame.params,
         });
@@ -355,6 +360,8 @@ impl Engine {
                     }
                     let out = RelayFrame {
                         rtp_time: frame.time.numer(),
+                        origin_seq: frame.seq,
+                        marker: true,
                         keyframe: frame.keyframe,
                         data: frame.data.clone(),
                         rid: frame.layer.map(|(rid, _)| rid),
@@ -619,6 +626,7 @@ impl Engine {
             time: cached.time,
             network_time: now,
             keyframe: true,
+            seq: cached.seq,
             data: cached.data,
             params: cached.params,
             layer,
@@ -646,6 +654,8 @@ impl Engine {
         };
         let frame = |cached: &CachedKeyframe, rid| RelayFrame {
             rtp_time: cached.time.numer(),
+            origin_seq: cached.seq,
+            marker: true,
             keyframe: true,
             data: cached.data.clone(),
             rid,

@@ -106,6 +106,8 @@ pub(crate) struct LayerCache {
 #[derive(Clone)]
 pub(crate) struct CachedKeyframe {
     pub time: str0m::media::MediaTime,
+    /// The sequence number it came with (relayed on with it).
+    pub seq: u64,
     pub data: std::sync::Arc<[u8]>,
     pub params: Option<str0m::format::PayloadParams>,
 }

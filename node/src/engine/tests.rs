@@ -137,6 +137,8 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
 fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
     RelayFrame {
         rtp_time: n * 3000,
+        origin_seq: n,
+        marker: true,
         keyframe,
         data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
         rid: None,

@@ -455,6 +455,8 @@ fn relay_frames(w: &mut World) -> Vec<RelayFrame> {
 fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
     RelayFrame {
         rtp_time: base_of(rid) + n * 3000,
+        origin_seq: n,
+        marker: true,
         keyframe,
         data: synthetic_frame(MediaKind::Video, keyframe, size_of(rid)).into(),
         rid: parse_rid(rid),
