@@ -227,6 +227,15 @@ impl<T: Default> LayerTable<T> {
         })
     }
 
+    /// Starts a layer over as if its SSRC had changed (its epoch grows): subscribers on it
+    /// start it again at its next keyframe, numbered on from what they were sent. For a relayed
+    /// layer whose packets were withheld after a gap until that keyframe.
+    pub fn restart(&mut self, rid: Rid) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid) {
+            l.epoch = l.epoch.wrapping_add(1);
+        }
+    }
+
     /// Counts an admitted frame's payload bytes into its layer's bitrate (at `index`, as
     /// [`Admitted::index`] gave it).
     pub fn measure(&mut self, index: usize, bytes: usize, arrival: Instant) {
