@@ -602,9 +602,15 @@ impl Engine {
             self.stats.packets_resynced += 1;
         }
         let video = codec.is_some_and(|c| !c.codec.is_audio());
-        let mut write = RtpWrite::new(pt, SeqNo::from(m.seq), m.time, pkt.arrival, pkt.payload.clone())
-            .marker(pkt.marker)
-            .nackable(video && rtx);
+        let mut write = RtpWrite::new(
+            pt,
+            SeqNo::from(m.seq),
+            m.time,
+            pkt.arrival,
+            pkt.payload.clone(),
+        )
+        .marker(pkt.marker)
+        .nackable(video && rtx);
         if pkt.hdr.audio_level.is_some() || pkt.hdr.voice_activity.is_some() {
             write = write.ext_vals(ExtensionValues {
                 audio_level: pkt.hdr.audio_level,
@@ -799,7 +805,11 @@ impl Engine {
             let Some(k) = p.cache.keyframe().filter(|k| k.complete) else {
                 return;
             };
-            let packets: Vec<Pkt> = k.packets.iter().map(|c| Pkt::from_cached(c, None)).collect();
+            let packets: Vec<Pkt> = k
+                .packets
+                .iter()
+                .map(|c| Pkt::from_cached(c, None))
+                .collect();
             (
                 packets,
                 k.frames_after == 0,

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use str0m::bwe::BweKind;
 use str0m::media::{KeyframeRequest, Mid};
-use str0m::rtp::RtpPacket;
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input, Output};
 
 use super::demux::Route;

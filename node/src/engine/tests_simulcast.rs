@@ -176,7 +176,10 @@ impl Sim {
     fn assert_continuous(&self, c: usize, mid: &str) {
         let rx = &self.w.clients[c].stats().rx[mid];
         assert_eq!(rx.time_backwards, 0, "media time never goes back");
-        assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue across switches");
+        assert_eq!(
+            rx.rtp_seq_gaps, 0,
+            "sequence numbers continue across switches"
+        );
         assert!(
             rx.max_time_drift_us <= MAX_DRIFT_US,
             "no jump across switches: media time off the arrivals by {} µs (largest step {} ticks)",

@@ -283,7 +283,9 @@ impl ClientStats {
         let Some(t) = self.rx.get_mut(mid) else {
             return;
         };
-        if t.last_rtp_seq.is_some_and(|prev| prev.wrapping_add(1) != first) {
+        if t.last_rtp_seq
+            .is_some_and(|prev| prev.wrapping_add(1) != first)
+        {
             t.rtp_seq_gaps += 1;
         }
         t.last_rtp_seq = Some(last);
