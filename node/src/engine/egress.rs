@@ -2,7 +2,7 @@
 //! Opus payload they publish copied, as an [`EgressPacket`], into a bounded queue that the shell
 //! drains (`runtime.rs`) and hands to the NATS publisher (`crate::egress`).
 //!
-//! Only the frame path of a *local* publisher feeds it (`fanout.rs`, `forward_media`): a track
+//! Only the packet path of a *local* publisher feeds it (`fanout.rs`, `forward_media`): a track
 //! relayed in from another node arrives through `relay_frame` and never reaches it, so exactly
 //! one node, the one holding the publisher's session, publishes each packet.
 //!

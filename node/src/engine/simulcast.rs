@@ -5,9 +5,9 @@
 //!
 //! Inputs are plain values (a rid, a media time in clock ticks, an arrival instant, an SSRC when
 //! known); outputs are verdicts the caller acts on (forward with this time, skip, ask for a
-//! keyframe of this layer). The frame path calls it once per frame and subscriber; the packet
-//! path would call it once per frame start (the keyframe flag of the first packet) and map every
-//! packet's timestamp through the same [`Rebase`].
+//! keyframe of this layer). The packet path (`fanout.rs`) calls it once per frame start (a
+//! frame's first packet) and subscriber; the subscriber's `packet::rewrite::Rewriter` maps the
+//! packets' numbers and timestamps (the verdict's rebased time is not used there).
 
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ pub struct Admitted {
     pub time_jumped: bool,
 }
 
-/// One layer of a publication, with the caller's per-layer data (`T`: the frame path keeps the
+/// One layer of a publication, with the caller's per-layer data (`T`: the packet path keeps the
 /// layer's cached keyframe and keyframe-request timing there).
 #[derive(Debug, Clone)]
 pub struct Layer<T> {
