@@ -451,7 +451,9 @@ impl Default for ReassemblerLimits {
         ReassemblerLimits {
             max_frame_bytes: 1 << 20,
             max_fragments: 2048,
-            max_frames_in_flight: 8,
+            // One RTP packet per relayed frame: at ~400 packets/s a repair wait of up to 200 ms
+            // spans ~80 of them, of which only the few cut into fragments can be incomplete.
+            max_frames_in_flight: 32,
             max_buffered_bytes: 4 << 20,
             frame_timeout: Duration::from_millis(500),
             max_subscriptions: 4096,
@@ -1133,7 +1135,10 @@ mod tests {
     #[test]
     fn in_flight_cap_evicts_the_oldest() {
         let now = Instant::now();
-        let mut r = Reassembler::default();
+        let mut r = Reassembler::new(ReassemblerLimits {
+            max_frames_in_flight: 8,
+            ..ReassemblerLimits::default()
+        });
         let firsts: Vec<_> = (10..20)
             .map(|seq| frags(&frame(1, seq, 3000), 1200).remove(0))
             .collect();
