@@ -146,6 +146,7 @@ impl Engine {
         self.egress_packet(publisher, codec, &rtp.payload, *rtp.seq_no, rtp.timestamp);
         let ext = &rtp.header.ext_vals;
         let hdr = PktHdr {
+            ext_time: rtp.time.numer(),
             params: Some(params),
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
@@ -203,13 +204,10 @@ impl Engine {
         }
         let ssrc = Some(*rtp.header.ssrc);
         let clock = p.codec.map_or(90_000, |c| c.clock_rate);
-        match p.layers.admit(
-            rid,
-            u64::from(rtp.header.timestamp),
-            rtp.timestamp,
-            clock,
-            ssrc,
-        ) {
+        match p
+            .layers
+            .admit(rid, rtp.time.numer(), rtp.timestamp, clock, ssrc)
+        {
             Ok(a) => {
                 p.layers.measure(a.index, rtp.payload.len(), rtp.timestamp);
                 if a.ssrc_changed || a.time_jumped {
@@ -251,10 +249,7 @@ impl Engine {
     ) -> Option<u32> {
         let p = self.publications.get_mut(key)?;
         let clock = p.codec.map_or(90_000, |c| c.clock_rate);
-        // The origin's timestamp, widened: a wrap of the 32-bit clock reads as a time jump
-        // (about 13 h at 90 kHz), which only makes subscribers wait for a keyframe.
-        let time = frame.rtp_time & u64::from(u32::MAX);
-        match p.layers.admit(rid, time, now, clock, None) {
+        match p.layers.admit(rid, frame.rtp_time, now, clock, None) {
             Ok(a) => {
                 p.layers.measure(a.index, frame.data.len(), now);
                 if a.time_jumped {
@@ -365,12 +360,16 @@ impl Engine {
         }
         let pkt = Pkt {
             seq: frame.origin_seq,
+            // The low 32 bits are the RTP timestamp itself.
             time: frame.rtp_time as u32,
             marker: frame.marker,
             start,
             arrival: now,
             payload: frame.data,
-            hdr: PktHdr::default(),
+            hdr: PktHdr {
+                ext_time: frame.rtp_time,
+                ..PktHdr::default()
+            },
             layer,
         };
         self.fan_out(&key, pkt, now);
@@ -437,7 +436,7 @@ impl Engine {
                             rid,
                             epoch,
                             keyframe: pkt.start.keyframe,
-                            time: u64::from(pkt.time),
+                            time: pkt.hdr.ext_time,
                             arrival: pkt.arrival,
                         };
                         match selector.on_frame(&layers, f, clock) {
@@ -784,7 +783,7 @@ impl Engine {
                 rid,
                 epoch: l.epoch(),
                 keyframe: true,
-                time: u64::from(first.time),
+                time: first.header.ext_time,
                 arrival: now,
             };
             let Verdict::Forward { switched, .. } = selector.on_frame(&p.layers, f, clock) else {
@@ -997,7 +996,8 @@ impl Engine {
 /// numbering.
 fn relay_frame_of(pkt: &Pkt) -> RelayFrame {
     RelayFrame {
-        rtp_time: u64::from(pkt.time),
+        // Extended, so the other node reads no jump at a wrap of the 32-bit clock.
+        rtp_time: pkt.hdr.ext_time,
         origin_seq: pkt.seq,
         marker: pkt.marker,
         keyframe: pkt.start.keyframe,

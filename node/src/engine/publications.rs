@@ -119,6 +119,9 @@ impl Default for LayerCache {
 /// subscribers.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PktHdr {
+    /// The RTP timestamp extended to 64 bits (str0m's, or the origin's for a relayed packet),
+    /// so a wrap of the 32-bit clock is not read as a jump.
+    pub ext_time: u64,
     pub params: Option<str0m::format::PayloadParams>,
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
