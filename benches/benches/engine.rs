@@ -215,6 +215,8 @@ fn workers_hop(c: &mut Criterion) {
         b.iter(|| {
             let frame = trackmesh_node::engine::RelayFrame {
                 rtp_time: 0,
+                origin_seq: 0,
+                marker: true,
                 keyframe: false,
                 data: data.clone(),
                 rid: None,

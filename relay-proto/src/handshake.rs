@@ -24,9 +24,12 @@ use crate::limits::{LimitError, MAX_NODE_ID, check_len};
 /// media datagram layout is unchanged. 4: each simulcast layer is relayed on its own: `Subscribe`
 /// names the layers it wants, `SetLayers` changes them, the publisher announces the track's
 /// layers and which flow (`Layers`), keyframes are asked per layer (`LayerKeyframeRequest`); the
-/// media datagram layout is unchanged. A node of another
-/// version is refused with the supported range.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// media datagram layout is unchanged. 5: the relay carries RTP packets, one per relayed frame
+/// (media format version 3: the payload prefix adds the origin's extended sequence number and
+/// the marker bit; the keyframe flag means "starts a keyframe"); frame numbering, `Nack` repair
+/// and fragmentation now work per packet. A node of another version is refused with the
+/// supported range.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The versions this crate can speak, for [`check_hello`].
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = PROTOCOL_VERSION..=PROTOCOL_VERSION;
@@ -220,23 +223,24 @@ mod tests {
 
         // A node of protocol 1 (relayed frames without their simulcast rid), 2 (no Nack,
         // control messages numbered differently) or 3 (every layer on one subscription, no
-        // `SetLayers`/`Layers`) is refused, and told what this one speaks.
-        for old in [1, 2, 3] {
+        // `SetLayers`/`Layers`) or 4 (whole frames on the relay, not RTP packets) is refused,
+        // and told what this one speaks.
+        for old in [1, 2, 3, 4] {
             let mut h = hello();
             h.protocol_version = old;
             let refused = check_hello(&h, &cluster, SUPPORTED_VERSIONS);
             assert_eq!(
                 refused,
-                Err(RefuseReason::UnsupportedVersion { min: 4, max: 4 })
+                Err(RefuseReason::UnsupportedVersion { min: 5, max: 5 })
             );
             assert_eq!(
                 refused.map_err(|e| e.to_string()),
-                Err("unsupported protocol version (supported: 4..=4)".to_string())
+                Err("unsupported protocol version (supported: 5..=5)".to_string())
             );
         }
         // And a newer one too: versions are not assumed compatible upwards.
         let mut h = hello();
-        h.protocol_version = 5;
+        h.protocol_version = 6;
         assert!(check_hello(&h, &cluster, SUPPORTED_VERSIONS).is_err());
 
         let mut h = hello();

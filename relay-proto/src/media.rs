@@ -1,9 +1,10 @@
-//! Media over QUIC datagrams: frames cut into fragments, and put back together.
+//! Media over QUIC datagrams: relayed units cut into fragments, and put back together.
 //!
-//! The relay forwards *frames* (one depacketized audio or video frame), not RTP packets: each
-//! node packetizes again for its own subscribers. A frame is larger than a datagram as often as
-//! not (VP8 keyframes are 10 to 100 KB, a datagram carries about 1,150 to 1,250 bytes), so it
-//! travels as one or more fragments, each one datagram:
+//! The relay forwards RTP packets (media format version 3): each relayed unit, called a
+//! "frame" below for its numbering and fragmentation, carries exactly one RTP packet's payload
+//! with its origin sequence number and marker bit (see the packet prefix below). An RTP packet
+//! nearly always fits one datagram; one that does not (a path MTU below the publisher's
+//! packet size) travels as several fragments, each one datagram:
 //!
 //! ```text
 //!  0        1                  1+v      5+v      7+v      9+v     10+v           (18+v)
@@ -28,16 +29,20 @@
 //!   keeps its number and its fragment boundaries, so the same layout serves both.
 //! - **frag_index / frag_count**: where the chunk goes and when the frame is whole. On every
 //!   fragment, because any of them may arrive first. u16: up to 65,535 fragments.
-//! - **flags**: bit 0 = keyframe, also on every fragment so that a receiver knows what it holds
+//! - **flags**: bit 0 = the packet starts a keyframe, also on every fragment so that a receiver knows what it holds
 //!   before fragment 0 arrives. Other bits are reserved: sent as 0, ignored on receipt.
 //! - **rtp_time**: the frame's media time in the codec clock (extended to 64 bits, so no
 //!   wrap-around). Only on fragment 0: it is per frame, and 8 bytes per fragment add up.
 //!
-//! - **the frame's layer** (format version 2, protocol version 2): a frame's payload, as
-//!   reassembled, begins with its simulcast rid: one length byte (0: the track has no layers)
-//!   and that many bytes of `[A-Za-z0-9_-]`, at most [`MAX_RID_LEN`]; the encoded frame follows
-//!   ([`layered_payload`], [`split_layer`]). Each layer of a simulcast track travels as its own
-//!   frames, so the receiving node selects layers for its own subscribers.
+//! - **the packet prefix** (format version 3, protocol version 5): a frame's payload, as
+//!   reassembled, begins with the packet's simulcast rid: one length byte (0: the track has no
+//!   layers) and that many bytes of `[A-Za-z0-9_-]`, at most [`MAX_RID_LEN`]; then the origin's
+//!   extended RTP sequence number (u64 BE) and a flags byte (bit 0: the RTP marker bit, other
+//!   bits reserved); the RTP payload follows ([`packet_payload`], [`split_packet`]). Each layer
+//!   of a simulcast track travels as its own packets, so the receiving node selects layers for
+//!   its own subscribers; the origin numbering lets it rewrite sequence numbers per viewer
+//!   with the origin's real loss left visible. (Format version 2 carried the rid and a whole
+//!   depacketized frame.)
 //!
 //! The header is 10 bytes + the varint (11 for a small `sub`), 8 more on fragment 0. Fragments
 //! of one frame carry equal-sized chunks except the last (and the first, 8 bytes shorter), but a
@@ -53,9 +58,11 @@ use std::time::{Duration, Instant};
 
 use crate::control::SubId;
 
-/// Media format version, the high nibble of the type byte (2: payloads carry the rid).
-pub const MEDIA_VERSION: u8 = 2;
-/// Type byte of a frame fragment (version 2, type 0).
+/// Media format version, the high nibble of the type byte (2: payloads carry the rid; 3: each
+/// relayed "frame" is one RTP packet, its payload prefixed with the rid, the origin's sequence
+/// number and the marker bit).
+pub const MEDIA_VERSION: u8 = 3;
+/// Type byte of a frame fragment (version 3, type 0).
 pub const TYPE_FRAGMENT: u8 = MEDIA_VERSION << 4;
 /// Flag bit: the frame is a keyframe.
 const FLAG_KEYFRAME: u8 = 0x01;
@@ -82,33 +89,62 @@ pub struct Frame {
 /// Longest simulcast rid a frame carries (Chromium's are one letter; RFC 8851 allows more).
 pub const MAX_RID_LEN: usize = 16;
 
-/// A frame's payload as sent: the rid prefix (see the module doc), then `data`. `None` when the
-/// rid is longer than [`MAX_RID_LEN`] or has other characters than `[A-Za-z0-9_-]`.
-pub fn layered_payload(rid: Option<&str>, data: &[u8]) -> Option<Vec<u8>> {
-    let rid = rid.unwrap_or("");
+/// Bytes of the packet prefix after the rid: the origin's extended sequence number (u64 BE) and
+/// a flags byte (bit 0: the RTP marker bit).
+const PACKET_META_LEN: usize = 8 + 1;
+/// Packet-prefix flag bit: the RTP marker bit (the packet ends a frame).
+const META_MARKER: u8 = 0x01;
+
+/// What a relayed RTP packet carries besides its payload (format version 3): its simulcast
+/// layer, the origin's extended sequence number and the RTP marker bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta<'a> {
+    /// The simulcast rid; `None`: the track has no layers.
+    pub rid: Option<&'a str>,
+    /// The sequence number the origin node received the packet with, extended to 64 bits, so
+    /// the receiving node keeps the origin's numbering (and sees the origin's loss as loss).
+    pub origin_seq: u64,
+    /// The RTP marker bit.
+    pub marker: bool,
+}
+
+/// A packet's payload as sent: the packet prefix (see the module doc), then `data`. `None`
+/// when the rid is longer than [`MAX_RID_LEN`] or has other characters than `[A-Za-z0-9_-]`.
+pub fn packet_payload(meta: PacketMeta<'_>, data: &[u8]) -> Option<Vec<u8>> {
+    let rid = meta.rid.unwrap_or("");
     if !valid_rid(rid.as_bytes()) {
         return None;
     }
-    let mut out = Vec::with_capacity(1 + rid.len() + data.len());
+    let mut out = Vec::with_capacity(1 + rid.len() + PACKET_META_LEN + data.len());
     out.push(u8::try_from(rid.len()).ok()?);
     out.extend_from_slice(rid.as_bytes());
+    out.extend_from_slice(&meta.origin_seq.to_be_bytes());
+    out.push(if meta.marker { META_MARKER } else { 0 });
     out.extend_from_slice(data);
     Some(out)
 }
 
-/// Splits a reassembled payload into the frame's rid (`None`: no layers) and its data.
-pub fn split_layer(payload: &[u8]) -> Result<(Option<&str>, &[u8]), MediaError> {
+/// Splits a reassembled payload into the packet's prefix and its RTP payload. Unknown flag bits
+/// are ignored.
+pub fn split_packet(payload: &[u8]) -> Result<(PacketMeta<'_>, &[u8]), MediaError> {
     let (&len, rest) = payload.split_first().ok_or(MediaError::Truncated)?;
     let len = usize::from(len);
     if len > MAX_RID_LEN {
         return Err(MediaError::BadRid);
     }
-    let (rid, data) = rest.split_at_checked(len).ok_or(MediaError::Truncated)?;
+    let (rid, rest) = rest.split_at_checked(len).ok_or(MediaError::Truncated)?;
     if !valid_rid(rid) {
         return Err(MediaError::BadRid);
     }
     let rid = std::str::from_utf8(rid).map_err(|_| MediaError::BadRid)?;
-    Ok(((!rid.is_empty()).then_some(rid), data))
+    let (seq, rest) = rest.split_first_chunk::<8>().ok_or(MediaError::Truncated)?;
+    let (&flags, data) = rest.split_first().ok_or(MediaError::Truncated)?;
+    let meta = PacketMeta {
+        rid: (!rid.is_empty()).then_some(rid),
+        origin_seq: u64::from_be_bytes(*seq),
+        marker: flags & META_MARKER != 0,
+    };
+    Ok((meta, data))
 }
 
 /// Whether `rid` may name a simulcast layer on the wire: 1 to [`MAX_RID_LEN`] bytes of
@@ -415,7 +451,9 @@ impl Default for ReassemblerLimits {
         ReassemblerLimits {
             max_frame_bytes: 1 << 20,
             max_fragments: 2048,
-            max_frames_in_flight: 8,
+            // One RTP packet per relayed frame: at ~400 packets/s a repair wait of up to 200 ms
+            // spans ~80 of them, of which only the few cut into fragments can be incomplete.
+            max_frames_in_flight: 32,
             max_buffered_bytes: 4 << 20,
             frame_timeout: Duration::from_millis(500),
             max_subscriptions: 4096,
@@ -817,17 +855,33 @@ mod tests {
 
     #[test]
     fn a_frames_layer_travels_before_its_data() {
-        let p = layered_payload(Some("h"), b"frame").expect("a valid rid");
-        assert_eq!(p, b"\x01hframe");
-        assert_eq!(split_layer(&p), Ok((Some("h"), &b"frame"[..])));
-        let p = layered_payload(None, b"frame").expect("no rid");
-        assert_eq!(split_layer(&p), Ok((None, &b"frame"[..])));
-        assert_eq!(layered_payload(Some("a b"), b""), None);
-        assert_eq!(layered_payload(Some(&"x".repeat(17)), b""), None);
-        assert_eq!(split_layer(b""), Err(MediaError::Truncated));
-        assert_eq!(split_layer(b"\x05ab"), Err(MediaError::Truncated));
-        assert_eq!(split_layer(b"\x02a\xff"), Err(MediaError::BadRid));
-        assert_eq!(split_layer(b"\x20"), Err(MediaError::BadRid));
+        let meta = |rid| PacketMeta {
+            rid,
+            origin_seq: 70_000,
+            marker: true,
+        };
+        let p = packet_payload(meta(Some("h")), b"pkt").expect("a valid rid");
+        assert_eq!(split_packet(&p), Ok((meta(Some("h")), &b"pkt"[..])));
+        let p = packet_payload(meta(None), b"pkt").expect("no rid");
+        assert_eq!(split_packet(&p), Ok((meta(None), &b"pkt"[..])));
+        let unmarked = PacketMeta {
+            marker: false,
+            ..meta(None)
+        };
+        let p = packet_payload(unmarked, b"").expect("no rid");
+        assert_eq!(split_packet(&p), Ok((unmarked, &b""[..])));
+        assert_eq!(packet_payload(meta(Some("a b")), b""), None);
+        assert_eq!(packet_payload(meta(Some(&"x".repeat(17))), b""), None);
+        assert_eq!(split_packet(b""), Err(MediaError::Truncated));
+        assert_eq!(split_packet(b"\x05ab"), Err(MediaError::Truncated));
+        // The rid but no sequence number, or no flags byte.
+        assert_eq!(split_packet(b"\x01h\0\0\0"), Err(MediaError::Truncated));
+        assert_eq!(
+            split_packet(b"\x00\0\0\0\0\0\0\0\0"),
+            Err(MediaError::Truncated)
+        );
+        assert_eq!(split_packet(b"\x02a\xff"), Err(MediaError::BadRid));
+        assert_eq!(split_packet(b"\x20"), Err(MediaError::BadRid));
     }
 
     fn frame(sub: SubId, seq: u32, len: usize) -> Frame {
@@ -857,7 +911,7 @@ mod tests {
         assert_eq!(
             d,
             vec![vec![
-                0x20, 5, 1, 2, 3, 4, 0, 0, 0, 1, 1, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+                0x30, 5, 1, 2, 3, 4, 0, 0, 0, 1, 1, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
                 0xaa, 0xbb
             ]]
         );
@@ -870,7 +924,7 @@ mod tests {
         let d = frags(&f, 40);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].len(), 40);
-        assert_eq!(&d[1][..11], &[0x20, 5, 1, 2, 3, 4, 0, 1, 0, 2, 0]);
+        assert_eq!(&d[1][..11], &[0x30, 5, 1, 2, 3, 4, 0, 1, 0, 2, 0]);
         assert_eq!(d[1].len(), 11 + 30 - (40 - 19));
     }
 
@@ -904,7 +958,7 @@ mod tests {
             assert_eq!(chunk, &[0x99]);
         }
         // An 8-byte varint above u32::MAX.
-        let mut d = vec![0x20];
+        let mut d = vec![0x30];
         d.extend_from_slice(&(0xc000_0001_0000_0000u64).to_be_bytes());
         d.extend_from_slice(&[0; 9]);
         assert_eq!(FragmentHeader::parse(&d), Err(MediaError::SubOutOfRange));
@@ -913,22 +967,26 @@ mod tests {
     #[test]
     fn parse_rejects_bad_headers() {
         assert_eq!(FragmentHeader::parse(&[]), Err(MediaError::Truncated));
-        // A version-1 datagram (rid-less payloads) is not misread.
+        // A version-1 (rid-less payloads) or version-2 (whole frames) datagram is not misread.
         assert_eq!(
             FragmentHeader::parse(&[0x10, 0]),
             Err(MediaError::UnknownType(0x10))
         );
         assert_eq!(
-            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]),
+            Err(MediaError::UnknownType(0x20))
+        );
+        assert_eq!(
+            FragmentHeader::parse(&[0x30, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(MediaError::BadIndex { index: 0, count: 0 })
         );
         assert_eq!(
-            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 2, 0, 2, 0]),
+            FragmentHeader::parse(&[0x30, 1, 0, 0, 0, 0, 0, 2, 0, 2, 0]),
             Err(MediaError::BadIndex { index: 2, count: 2 })
         );
         // Fragment 0 without its rtp_time.
         assert_eq!(
-            FragmentHeader::parse(&[0x20, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2]),
+            FragmentHeader::parse(&[0x30, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2]),
             Err(MediaError::Truncated)
         );
         let good = frags(&frame(1, 1, 10), 100).remove(0);
@@ -1077,7 +1135,10 @@ mod tests {
     #[test]
     fn in_flight_cap_evicts_the_oldest() {
         let now = Instant::now();
-        let mut r = Reassembler::default();
+        let mut r = Reassembler::new(ReassemblerLimits {
+            max_frames_in_flight: 8,
+            ..ReassemblerLimits::default()
+        });
         let firsts: Vec<_> = (10..20)
             .map(|seq| frags(&frame(1, seq, 3000), 1200).remove(0))
             .collect();
@@ -1229,7 +1290,7 @@ mod tests {
             let mut d: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
             // Mostly plausible headers with small fields, so that frames get built.
             if rng.below(4) != 0 && d.len() >= 12 {
-                d[0] = 0x20;
+                d[0] = 0x30;
                 d[1] = rng.below(20) as u8;
                 d[2..5].fill(0);
                 d[5] = rng.below(12) as u8;

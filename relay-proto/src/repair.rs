@@ -57,8 +57,9 @@ pub struct RepairLimits {
 impl Default for RepairLimits {
     fn default() -> Self {
         RepairLimits {
-            // 200 ms of a three-layer simulcast track at 30 fps is 18 frames; audio 10.
-            max_held_frames: 64,
+            // 200 ms of a three-layer simulcast track is about 80 packets (one relayed frame
+            // each), with room; audio 10.
+            max_held_frames: 128,
             max_held_bytes: 1 << 20,
             max_total_bytes: 16 << 20,
             max_missing: MAX_NACK_FRAMES,
@@ -525,8 +526,9 @@ pub struct SentCacheLimits {
 impl Default for SentCacheLimits {
     fn default() -> Self {
         SentCacheLimits {
-            // One second of a three-layer simulcast track at 30 fps (90 frames), with room.
-            max_frames: 128,
+            // One second of a three-layer simulcast track: the relay carries one RTP packet per
+            // frame, about 400 packets/s at the load generator's rates, with room.
+            max_frames: 512,
             // One second at 4 Mbit/s, with room for a keyframe.
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(1),

@@ -2,7 +2,7 @@
 //! Opus payload they publish copied, as an [`EgressPacket`], into a bounded queue that the shell
 //! drains (`runtime.rs`) and hands to the NATS publisher (`crate::egress`).
 //!
-//! Only the frame path of a *local* publisher feeds it (`fanout.rs`, `forward_media`): a track
+//! Only the packet path of a *local* publisher feeds it (`fanout.rs`, `forward_media`): a track
 //! relayed in from another node arrives through `relay_frame` and never reaches it, so exactly
 //! one node, the one holding the publisher's session, publishes each packet.
 //!
@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use str0m::format::Codec;
-use str0m::media::MediaData;
 
 use super::Engine;
 use crate::ids::SessionId;
@@ -53,8 +52,7 @@ pub struct EgressPacket {
     /// Wall-clock time (Unix ms) at which the node received the packet: str0m's `network_time`
     /// of the frame, put on the wall clock by the anchor the shell gave [`Engine::enable_egress`].
     pub capture_ms: u64,
-    /// The RTP sequence number, extended to 64 bits by str0m (`MediaData::seq_range`, first of
-    /// the range: one Opus frame is one RTP packet).
+    /// The RTP sequence number, extended to 64 bits by str0m (`RtpPacket::seq_no`).
     pub seq: u64,
     /// The exact user label (control characters replaced).
     pub user: Arc<str>,
@@ -151,9 +149,16 @@ impl Engine {
         self.stats.egress_dropped += 1;
     }
 
-    /// A frame from a local publisher: queued for the bus when its session is marked and the
-    /// frame is Opus (audio: one frame is one RTP payload).
-    pub(super) fn egress_frame(&mut self, publisher: SessionId, data: &MediaData) {
+    /// A packet from a local publisher: queued for the bus when its session is marked and the
+    /// packet is Opus (its payload is one Opus frame).
+    pub(super) fn egress_packet(
+        &mut self,
+        publisher: SessionId,
+        codec: Codec,
+        payload: &Arc<[u8]>,
+        seq: u64,
+        arrival: Instant,
+    ) {
         let Some(enabled) = &self.egress.enabled else {
             return;
         };
@@ -164,7 +169,7 @@ impl Engine {
         else {
             return;
         };
-        if data.params.spec().codec != Codec::Opus {
+        if codec != Codec::Opus {
             return;
         }
         if self.egress.queue.len() >= MAX_EGRESS_QUEUE {
@@ -172,18 +177,18 @@ impl Engine {
             return;
         }
         let (at, unix_ms) = enabled.anchor;
-        let capture_ms = if data.network_time >= at {
-            unix_ms.saturating_add(millis(data.network_time - at))
+        let capture_ms = if arrival >= at {
+            unix_ms.saturating_add(millis(arrival - at))
         } else {
-            unix_ms.saturating_sub(millis(at - data.network_time))
+            unix_ms.saturating_sub(millis(at - arrival))
         };
         self.stats.egress_queued += 1;
         self.egress.queue.push_back(EgressPacket {
             subject: target.subject.clone(),
-            // Shares the frame's buffer: no copy.
-            payload: Bytes::from_owner(data.data.clone()),
+            // Shares the packet's buffer: no copy.
+            payload: Bytes::from_owner(payload.clone()),
             capture_ms,
-            seq: **data.seq_range.start(),
+            seq,
             user: target.user.clone(),
             client: target.client.clone(),
             codec: "opus",

@@ -1,37 +1,92 @@
-//! Frame-level fan-out: a publication's frames (from a local publisher's depacketizer or from a
-//! relay link) are written into every local subscriber's `Rtc`, which packetizes, encrypts and
-//! handles NACK/RTX per subscriber, and queued for every downstream relay subscription.
-//! Keyframe requests flow the other way, rate-limited per publication.
+//! Packet-level fan-out: a publication's RTP packets (from a local publisher's `Rtc` in RTP
+//! mode, or from a relay link) are written into every local subscriber's `Rtc` with
+//! `StreamTx::write_rtp`, each with the subscriber's own sequence numbers, timestamps, payload
+//! type and VP8 picture ids (`packet/`), and queued for every downstream relay subscription.
+//! str0m encrypts and answers NACKs (with RTX where negotiated) per subscriber. Keyframe
+//! requests flow the other way, rate-limited per publication (per layer).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::Input;
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::Frequency;
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Vp8Descriptor};
 
-use super::publications::{CachedKeyframe, CodecInfo, Sink, Source, TrackKey};
+use super::packet::cache::{Cached, PacketCache};
+use super::packet::keyframe::{Start, detects_keyframes, inspect};
+use super::packet::rewrite::{Packet, Rewrite, Rewriter, SourceId};
+use super::packet::vp8::Vp8Rewriter;
+use super::publications::{CodecInfo, PktHdr, Sink, Source, TrackKey};
 use super::relay_messages::{RelayFrame, RelayOut};
 use super::repair_window;
 use super::session::SessionState;
 use super::simulcast::{LayerFrame, Refusal, Verdict};
-use super::{
-    Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, MAX_CACHED_KEYFRAME, SUBSCRIBER_SILENT_AFTER,
-};
+use super::{Engine, KEYFRAME_INTERVAL, KEYFRAME_WAIT_MAX, SUBSCRIBER_SILENT_AFTER};
 use crate::ids::{DownId, SessionId, UpId};
 
-/// One frame on its way to the subscribers of a publication.
+/// One RTP packet on its way to the subscribers of a publication.
 #[derive(Clone)]
-pub(super) struct Frame {
-    pub time: MediaTime,
-    pub network_time: Instant,
-    pub keyframe: bool,
-    pub data: Arc<[u8]>,
-    /// The publisher's payload parameters, when the frame comes from a local session.
-    pub params: Option<PayloadParams>,
-    /// A simulcast layer's frame: its rid and the layer's epoch (see `simulcast::Admitted`).
+pub(super) struct Pkt {
+    /// The source's extended sequence number (for a relayed packet, the origin's).
+    pub seq: u64,
+    /// The source's RTP timestamp.
+    pub time: u32,
+    pub marker: bool,
+    /// What it starts: a frame, a keyframe (`packet::keyframe::inspect`, once per packet).
+    pub start: Start,
+    pub arrival: Instant,
+    pub payload: Arc<[u8]>,
+    pub hdr: PktHdr,
+    /// A simulcast layer's packet: its rid and the layer's epoch (see `simulcast::Admitted`).
     pub layer: Option<(Rid, u32)>,
+}
+
+impl Pkt {
+    fn cached(&self) -> Cached<PktHdr> {
+        Cached {
+            seq: self.seq,
+            time: self.time,
+            marker: self.marker,
+            start: self.start,
+            arrival: self.arrival,
+            payload: self.payload.clone(),
+            header: self.hdr,
+        }
+    }
+
+    fn from_cached(c: &Cached<PktHdr>, layer: Option<(Rid, u32)>) -> Pkt {
+        Pkt {
+            seq: c.seq,
+            time: c.time,
+            marker: c.marker,
+            start: c.start,
+            arrival: c.arrival,
+            payload: c.payload.clone(),
+            hdr: c.header,
+            layer,
+        }
+    }
+}
+
+/// One subscriber's outgoing stream on a mid: the numbering it has sent, the VP8 picture ids,
+/// and the payload type chosen for the source's (so matching is not redone per packet).
+pub struct OutStream {
+    rewriter: Rewriter,
+    vp8: Vp8Rewriter,
+    /// (source payload type, or `None` for relayed packets; the subscriber's; it has RTX).
+    pt: Option<(Option<Pt>, Pt, bool)>,
+}
+
+impl OutStream {
+    fn new() -> OutStream {
+        // Any 16-bit start keeps the SRTP rollover counter at 0 (`packet/rewrite.rs`).
+        OutStream {
+            rewriter: Rewriter::new(rand::random::<u16>() & 0x7fff),
+            vp8: Vp8Rewriter::default(),
+            pt: None,
+        }
+    }
 }
 
 pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
@@ -43,52 +98,102 @@ pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
     }
 }
 
+/// The source a subscriber's rewriter follows for a packet of publication `uid`.
+fn source_of(uid: u64, layer_index: usize, epoch: u32) -> SourceId {
+    SourceId {
+        id: uid.wrapping_mul(8).wrapping_add(layer_index as u64),
+        epoch,
+    }
+}
+
 impl Engine {
-    pub(super) fn forward_media(&mut self, publisher: SessionId, data: MediaData, now: Instant) {
-        self.stats.frames_in += 1;
+    pub(super) fn forward_media(&mut self, publisher: SessionId, rtp: RtpPacket, now: Instant) {
         self.media_flowing(publisher, now);
-        let Some(name) = self
-            .sessions
-            .get(&publisher)
-            .and_then(|s| s.local_by_mid.get(&data.mid))
+        let Some(s) = self.sessions.get_mut(&publisher) else {
+            return;
+        };
+        // The packet's mid and rid come from the stream str0m matched it to (by SSRC), not
+        // from its header extensions (sent only on the first packets).
+        let ssrc = rtp.header.ssrc;
+        let Some((mid, rid)) = s
+            .rtc
+            .direct_api()
+            .stream_rx(&ssrc)
+            .map(|st| (st.mid(), st.rid()))
         else {
+            self.stats.rtp_unknown_stream += 1;
+            return;
+        };
+        let Some(name) = s.local_by_mid.get(&mid) else {
+            return;
+        };
+        let Some(params) = s
+            .rtc
+            .codec_config()
+            .find(|c| c.pt() == rtp.header.payload_type)
+            .copied()
+        else {
+            self.stats.frames_no_codec += 1;
             return;
         };
         let key = (publisher, name.clone());
-        // Only here, on the publisher's own node: relayed frames never reach this path.
-        self.egress_frame(publisher, &data);
-        if let Some(p) = self.publications.get_mut(&key)
-            && p.codec.is_none()
-        {
-            p.codec = Some(codec_of(&data.params));
+        let codec = params.spec().codec;
+        let start = inspect(codec, &rtp.payload);
+        if start.frame {
+            self.stats.frames_in += 1;
         }
-        let layer = match data.rid {
-            None => None,
-            Some(rid) => match self.admit_layer(&key, &data, rid) {
+        // Only here, on the publisher's own node: relayed packets never reach this path.
+        self.egress_packet(publisher, codec, &rtp.payload, *rtp.seq_no, rtp.timestamp);
+        let ext = &rtp.header.ext_vals;
+        let hdr = PktHdr {
+            ext_time: rtp.time.numer(),
+            params: Some(params),
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+        };
+        let Some(p) = self.publications.get_mut(&key) else {
+            return;
+        };
+        if p.codec.is_none() && !matches!(codec, Codec::Rtx | Codec::Red) {
+            p.codec = Some(codec_of(&params));
+        }
+        let layer = match rid {
+            None => {
+                // A new SSRC on an unlayered track: the publisher restarted its stream.
+                let ssrc = *ssrc;
+                if p.ssrc.is_some_and(|s| s != ssrc) {
+                    p.epoch = p.epoch.wrapping_add(1);
+                    p.cache.clear();
+                }
+                p.ssrc = Some(ssrc);
+                None
+            }
+            Some(rid) => match self.admit_layer(&key, mid, &rtp, rid) {
                 Some(epoch) => Some((rid, epoch)),
                 None => return,
             },
         };
-        let frame = Frame {
-            keyframe: data.is_keyframe(),
-            time: data.time,
-            network_time: data.network_time,
-            data: data.data,
-            params: Some(data.params),
+        let pkt = Pkt {
+            seq: *rtp.seq_no,
+            time: rtp.header.timestamp,
+            marker: rtp.header.marker,
+            start,
+            arrival: rtp.timestamp,
+            payload: rtp.payload,
+            hdr,
             layer,
         };
-        self.fan_out(&key, frame, now);
+        self.fan_out(&key, pkt, now);
     }
 
-    /// Takes a layered frame into its publication's layer table; `None` (counted) when the
+    /// Takes a layered packet into its publication's layer table; `None` (counted) when the
     /// layer is refused. Returns the layer's epoch.
-    fn admit_layer(&mut self, key: &TrackKey, data: &MediaData, rid: Rid) -> Option<u32> {
+    fn admit_layer(&mut self, key: &TrackKey, mid: Mid, rtp: &RtpPacket, rid: Rid) -> Option<u32> {
         let s = self.sessions.get_mut(&key.0)?;
         let p = self.publications.get_mut(key)?;
         if !p.layers.is_declared() {
             // The publisher's SDP names its layers (`a=rid`); str0m keeps them per mid.
-            if let Some(str0m::media::Rids::Specific(rids)) =
-                s.rtc.media(data.mid).map(|m| m.rids_rx())
+            if let Some(str0m::media::Rids::Specific(rids)) = s.rtc.media(mid).map(|m| m.rids_rx())
             {
                 let rids = rids.clone();
                 if p.layers.declare(&rids) > 0 {
@@ -97,19 +202,14 @@ impl Engine {
                 }
             }
         }
-        let ssrc = s
-            .rtc
-            .direct_api()
-            .stream_rx_by_mid(data.mid, Some(rid))
-            .map(|st| *st.ssrc());
-        let clock = data.params.spec().clock_rate.get();
+        let ssrc = Some(*rtp.header.ssrc);
+        let clock = p.codec.map_or(90_000, |c| c.clock_rate);
         match p
             .layers
-            .admit(rid, data.time.numer(), data.network_time, clock, ssrc)
+            .admit(rid, rtp.time.numer(), rtp.timestamp, clock, ssrc)
         {
             Ok(a) => {
-                p.layers
-                    .measure(a.index, data.data.len(), data.network_time);
+                p.layers.measure(a.index, rtp.payload.len(), rtp.timestamp);
                 if a.ssrc_changed || a.time_jumped {
                     if a.ssrc_changed {
                         self.stats.simulcast.ssrc_change += 1;
@@ -117,9 +217,9 @@ impl Engine {
                     if a.time_jumped {
                         self.stats.simulcast.time_jump += 1;
                     }
-                    // The cached keyframe belongs to the layer's previous run.
+                    // The cached packets belong to the layer's previous run.
                     if let Some(l) = p.layers.at_mut(a.index) {
-                        l.data.keyframe = None;
+                        l.data.cache.clear();
                     }
                     tracing::debug!(session = %key.0, track = %key.1, %rid,
                         ssrc_changed = a.ssrc_changed, "simulcast layer starts over");
@@ -137,9 +237,9 @@ impl Engine {
         }
     }
 
-    /// Takes a relayed layered frame into the relayed publication's layer table (the other node
-    /// checked it against the publisher's SDP; here only the bound applies). `None` (counted)
-    /// when refused.
+    /// Takes a relayed layered packet into the relayed publication's layer table (the other
+    /// node checked it against the publisher's SDP; here only the bound applies). `None`
+    /// (counted) when refused.
     fn admit_relayed_layer(
         &mut self,
         key: &TrackKey,
@@ -155,7 +255,7 @@ impl Engine {
                 if a.time_jumped {
                     self.stats.simulcast.time_jump += 1;
                     if let Some(l) = p.layers.at_mut(a.index) {
-                        l.data.keyframe = None;
+                        l.data.cache.clear();
                     }
                 }
                 Some(a.epoch)
@@ -195,9 +295,9 @@ impl Engine {
         }
     }
 
-    /// A frame from an upstream relay subscription.
+    /// A packet from an upstream relay subscription.
     pub fn relay_frame(&mut self, up: UpId, frame: RelayFrame, now: Instant) {
-        // Frames from this node's other workers are not relay traffic (`workers/links.rs`).
+        // Packets from this node's other workers are not relay traffic (`workers/links.rs`).
         if !up.is_in_process() {
             self.stats.relay_frames_in += 1;
             if let Some(rid) = frame.rid {
@@ -207,6 +307,11 @@ impl Engine {
         let Some(key) = self.relay_up.get(&up).cloned() else {
             return;
         };
+        let Some(codec) = self.publications.get(&key).and_then(|p| p.codec) else {
+            return;
+        };
+        // Read here rather than trusted from the flag: the frame starts matter too.
+        let start = inspect(codec.codec, &frame.data);
         // After a gap on the link, each layer (or the unlayered track) waits for its keyframe.
         let waiting = self
             .publications
@@ -217,7 +322,7 @@ impl Engine {
             })
             .filter(|w| **w);
         if let Some(w) = waiting {
-            if !frame.keyframe {
+            if !start.keyframe {
                 self.stats.relay_gap_withheld += 1;
                 // A layer pulled again after a pause waits for its keyframe: make sure one
                 // was asked for (folded to one a second per layer), or its viewers would wait
@@ -234,15 +339,15 @@ impl Engine {
                 return;
             }
             *w = false;
+            // The packets withheld were not lost to the viewers: their streams start the
+            // source again at this keyframe, numbered on from what they were sent.
+            if let Some(p) = self.publications.get_mut(&key) {
+                match frame.rid {
+                    Some(rid) => p.layers.restart(rid),
+                    None => p.epoch = p.epoch.wrapping_add(1),
+                }
+            }
         }
-        let Some(clock) = self
-            .publications
-            .get(&key)
-            .and_then(|p| p.codec)
-            .and_then(|c| Frequency::new(c.clock_rate))
-        else {
-            return;
-        };
         let layer = match frame.rid {
             None => None,
             Some(rid) => match self.admit_relayed_layer(&key, &frame, rid, now) {
@@ -250,116 +355,124 @@ impl Engine {
                 None => return,
             },
         };
-        let frame = Frame {
-            time: MediaTime::new(frame.rtp_time, clock),
-            network_time: now,
-            keyframe: frame.keyframe,
-            data: frame.data,
-            params: None,
+        if start.frame {
+            self.stats.frames_in += 1;
+        }
+        let pkt = Pkt {
+            seq: frame.origin_seq,
+            // The low 32 bits are the RTP timestamp itself.
+            time: frame.rtp_time as u32,
+            marker: frame.marker,
+            start,
+            arrival: now,
+            payload: frame.data,
+            hdr: PktHdr {
+                ext_time: frame.rtp_time,
+                ..PktHdr::default()
+            },
             layer,
         };
-        self.fan_out(&key, frame, now);
+        self.fan_out(&key, pkt, now);
         self.process_work(now);
     }
 
-    fn fan_out(&mut self, key: &TrackKey, frame: Frame, now: Instant) {
+    fn fan_out(&mut self, key: &TrackKey, pkt: Pkt, now: Instant) {
         let Some(p) = self.publications.get_mut(key) else {
             return;
         };
         p.last_media = now;
         let codec = p.codec;
-        let cacheable = frame.keyframe && frame.data.len() <= MAX_CACHED_KEYFRAME;
-        let cached = cacheable.then(|| CachedKeyframe {
-            time: frame.time,
-            data: frame.data.clone(),
-            params: frame.params,
-        });
-        let (slot, since) = match frame.layer {
-            None => (&mut p.last_keyframe, &mut p.frames_since_keyframe),
-            Some((rid, _)) => match p.layers.layer_mut(rid) {
-                Some(l) => (&mut l.data.keyframe, &mut l.data.frames_since_keyframe),
-                None => return,
-            },
+        let uid = p.uid;
+        let (cache, source) = match pkt.layer {
+            None => (&mut p.cache, source_of(uid, 0, p.epoch)),
+            Some((rid, epoch)) => {
+                let Some(index) = p.layers.layers().iter().position(|l| l.rid == rid) else {
+                    return;
+                };
+                match p.layers.at_mut(index) {
+                    Some(l) => (&mut l.data.cache, source_of(uid, index + 1, epoch)),
+                    None => return,
+                }
+            }
         };
-        if cached.is_some() {
-            *slot = cached;
-            *since = 0;
-        } else {
-            *since = since.saturating_add(1);
-        }
-        // Taken rather than cloned (no allocation per frame); nothing below touches the
+        cache.insert(pkt.cached());
+        cache.evict(pkt.arrival);
+        // Taken rather than cloned (no allocation per packet); nothing below touches the
         // publication's subscriber list or layers, and they are put back before returning.
         let sinks = std::mem::take(&mut p.subscribers);
         let layers = std::mem::take(&mut p.layers);
         let clock = codec.map_or(90_000, |c| c.clock_rate);
         let mut want_keyframe = false;
         for sink in &sinks {
-            // A layered frame goes only to the sinks whose selector takes it, at their time.
-            // Relay sinks take the layers they asked for: the other node selects for its own
-            // subscribers.
-            let layered;
-            let frame = match (frame.layer, *sink) {
-                (None, _) => &frame,
+            // A layered packet goes only to the sinks whose selector takes its layer. The
+            // selector decides on a frame's first packet; the rest of the frame follows the
+            // subscriber's rewriter, which follows the layer it switched to. Relay sinks take
+            // the layers they asked for: the other node selects for its own subscribers.
+            let mut switch = pkt.layer.is_none();
+            match (pkt.layer, *sink) {
+                (None, _) => {}
                 (Some((rid, _)), Sink::Relay(down)) => {
                     if !self.relay_down_carries(down, rid) {
                         continue;
                     }
-                    &frame
                 }
                 (Some((rid, epoch)), Sink::Session(sub, mid)) => {
-                    let Some(s) = self.sessions.get_mut(&sub) else {
-                        continue;
-                    };
-                    let selector = s.simulcast.entry(mid).or_default();
-                    let f = LayerFrame {
-                        rid,
-                        epoch,
-                        keyframe: frame.keyframe,
-                        time: frame.time.numer(),
-                        arrival: frame.network_time,
-                    };
-                    let verdict = selector.on_frame(&layers, f, clock);
-                    match verdict {
-                        Verdict::Forward { time, switched } => {
-                            if switched {
-                                self.stats.simulcast.switches += 1;
-                            }
-                            layered = Frame {
-                                time: MediaTime::new(time, frame.time.frequency()),
-                                ..frame.clone()
-                            };
-                            &layered
-                        }
-                        Verdict::Skip => continue,
-                        Verdict::WantKeyframe => {
-                            // Its layer is new to it or started over (SSRC change, time
-                            // jump): delta frames are held until the layer's keyframe.
-                            self.stats.frames_held_for_keyframe += 1;
-                            want_keyframe = true;
+                    if !pkt.start.frame {
+                        // Mid-frame: only to subscribers on this layer.
+                        let on_layer = self
+                            .sessions
+                            .get(&sub)
+                            .and_then(|s| s.simulcast.get(&mid))
+                            .is_some_and(|sel| sel.current() == Some(rid));
+                        if !on_layer {
                             continue;
+                        }
+                    } else {
+                        let Some(s) = self.sessions.get_mut(&sub) else {
+                            continue;
+                        };
+                        let selector = s.simulcast.entry(mid).or_default();
+                        let f = LayerFrame {
+                            rid,
+                            epoch,
+                            keyframe: pkt.start.keyframe,
+                            time: pkt.hdr.ext_time,
+                            arrival: pkt.arrival,
+                        };
+                        match selector.on_frame(&layers, f, clock) {
+                            Verdict::Forward { switched, .. } => {
+                                if switched {
+                                    self.stats.simulcast.switches += 1;
+                                }
+                                switch = switched;
+                            }
+                            Verdict::Skip => continue,
+                            Verdict::WantKeyframe => {
+                                // Its layer is new to it or started over (SSRC change, time
+                                // jump): delta frames are held until the layer's keyframe.
+                                self.stats.frames_held_for_keyframe += 1;
+                                want_keyframe = true;
+                                continue;
+                            }
                         }
                     }
                 }
-            };
+            }
             match *sink {
-                Sink::Session(sub, mid) => self.write_to_session(sub, mid, frame, codec, now),
+                Sink::Session(sub, mid) => {
+                    self.write_to_session(sub, mid, &pkt, source, switch, codec, now)
+                }
                 Sink::Relay(down) => {
                     if !down.is_in_process() {
                         self.stats.relay_frames_out += 1;
-                        if let Some((rid, _)) = frame.layer {
+                        if let Some((rid, _)) = pkt.layer {
                             self.stats.simulcast.relay_out[super::stats::rid_slot(&rid)] += 1;
                         }
                     }
-                    if frame.keyframe && !self.relay_down_without_keyframe.is_empty() {
+                    if pkt.start.keyframe && !self.relay_down_without_keyframe.is_empty() {
                         self.relay_down_without_keyframe.remove(&down);
                     }
-                    let out = RelayFrame {
-                        rtp_time: frame.time.numer(),
-                        keyframe: frame.keyframe,
-                        data: frame.data.clone(),
-                        rid: frame.layer.map(|(rid, _)| rid),
-                    };
-                    self.push_relay_frame(down, out);
+                    self.push_relay_frame(down, relay_frame_of(&pkt));
                 }
             }
         }
@@ -368,16 +481,21 @@ impl Engine {
             p.layers = layers;
         }
         // A subscriber moves to this layer on its next keyframe: ask for one (folded per layer).
-        if want_keyframe && let Some((rid, _)) = frame.layer {
+        if want_keyframe && let Some((rid, _)) = pkt.layer {
             self.request_layer_keyframe(key, rid, now);
         }
     }
 
+    /// Writes one packet into a subscriber's send stream on `mid`, rewritten for it. `switch`:
+    /// the subscriber moves to `source` here (it follows the first source it is given anyway).
+    #[allow(clippy::too_many_arguments)]
     fn write_to_session(
         &mut self,
         sub: SessionId,
         mid: Mid,
-        frame: &Frame,
+        pkt: &Pkt,
+        source: SourceId,
+        switch: bool,
         codec: Option<CodecInfo>,
         now: Instant,
     ) {
@@ -390,77 +508,145 @@ impl Engine {
         if s.last_recv
             .is_some_and(|t| now.saturating_duration_since(t) >= SUBSCRIBER_SILENT_AFTER)
         {
-            self.stats.frames_to_silent += 1;
+            if pkt.start.frame {
+                self.stats.frames_to_silent += 1;
+            }
             return;
         }
         // A subscriber that has had no keyframe cannot decode delta frames: hold them back.
-        let gated = !s.awaiting_keyframe.is_empty()
-            && s.awaiting_keyframe.get(&mid).is_some_and(|since| {
-                let gives_up = now.saturating_duration_since(*since) >= KEYFRAME_WAIT_MAX;
-                !(frame.keyframe || gives_up || !signals_keyframes(codec))
-            });
-        if gated {
-            self.stats.frames_held_for_keyframe += 1;
-            return;
+        let detects = codec.is_some_and(|c| detects_keyframes(c.codec));
+        let gate = s.awaiting_keyframe.get(&mid).copied();
+        if let Some(since) = gate {
+            let gives_up = now.saturating_duration_since(since) >= KEYFRAME_WAIT_MAX;
+            if !(pkt.start.keyframe || gives_up || !detects) {
+                if pkt.start.frame {
+                    self.stats.frames_held_for_keyframe += 1;
+                }
+                return;
+            }
         }
-        let source_pt = frame.params.map(|p| p.pt());
-        let cached = s
-            .send_pt
-            .get(&mid)
-            .filter(|(src, _)| *src == source_pt)
-            .map(|(_, pt)| *pt);
         repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid);
-        let Some(writer) = s.rtc.writer(mid) else {
-            // Not negotiated yet (the SFU offer is still waiting for the answer).
-            return;
-        };
+        let source_pt = pkt.hdr.params.map(|p| p.pt());
+        let out = s.out.entry(mid).or_insert_with(OutStream::new);
         // A cached choice stays valid while the subscriber still offers that payload type
         // (a renegotiation may remove it); checking that is cheaper than matching again.
-        let pt = match cached {
-            Some(pt) if writer.payload_params().any(|p| p.pt() == pt) => Some(pt),
-            _ => match (&frame.params, codec) {
-                (Some(params), _) => writer.match_params(*params),
-                // A relayed frame: the first payload type of the same codec and clock.
-                (None, Some(c)) => writer
-                    .payload_params()
-                    .find(|p| {
-                        let spec = p.spec();
-                        spec.codec == c.codec && spec.clock_rate.get() == c.clock_rate
-                    })
-                    .map(|p| p.pt()),
-                (None, None) => None,
-            },
+        let remote: &[Pt] = match s.rtc.media(mid) {
+            Some(m) => m.remote_pts(),
+            // Not negotiated yet (the SFU offer is still waiting for the answer).
+            None => return,
         };
-        let Some(pt) = pt else {
-            self.stats.frames_no_codec += 1;
+        let chosen = match out.pt {
+            Some((src, pt, rtx)) if src == source_pt && remote.contains(&pt) => Some((pt, rtx)),
+            _ => {
+                let config = s.rtc.codec_config();
+                let found = match (&pkt.hdr.params, codec) {
+                    // The same codec with the same format parameters (H.264's
+                    // packetization mode and profile), else the same codec and clock.
+                    (Some(params), _) => config
+                        .match_params(*params)
+                        .filter(|c| remote.contains(&c.pt()))
+                        .or_else(|| {
+                            let want = params.spec();
+                            config.find(|c| {
+                                let spec = c.spec();
+                                remote.contains(&c.pt())
+                                    && spec.codec == want.codec
+                                    && spec.clock_rate == want.clock_rate
+                                    && (spec.codec != Codec::H264
+                                        || spec.format.packetization_mode
+                                            == want.format.packetization_mode)
+                            })
+                        }),
+                    // A relayed packet: the first payload type of the same codec and clock.
+                    (None, Some(c)) => config.find(|p| {
+                        let spec = p.spec();
+                        remote.contains(&p.pt())
+                            && spec.codec == c.codec
+                            && spec.clock_rate.get() == c.clock_rate
+                    }),
+                    (None, None) => None,
+                };
+                found.map(|c| (c.pt(), c.resend().is_some()))
+            }
+        };
+        let Some((pt, rtx)) = chosen else {
+            // write_rtp would drop an unknown payload type silently: count it here (RED audio
+            // to a subscriber that did not negotiate RED lands here too).
+            if pkt.start.frame || !detects {
+                self.stats.frames_no_codec += 1;
+            }
             return;
         };
-        let written = writer.write(pt, frame.network_time, frame.time, frame.data.clone());
-        if cached != Some(pt) {
-            s.send_pt.insert(mid, (source_pt, pt));
+        out.pt = Some((source_pt, pt, rtx));
+        if gate.is_some() {
+            // The wait ends here: the packets held back are not loss, so the numbering goes on
+            // from the last packet sent, with no gap for the viewer to NACK.
+            out.rewriter.detach();
         }
-        match written {
-            Ok(()) => {
-                self.stats.frames_forwarded += 1;
-                // The wait ends with a frame the subscriber can decode, once it can receive it.
-                if s.state.is_connected() && !s.awaiting_keyframe.is_empty() {
-                    s.awaiting_keyframe.remove(&mid);
-                }
-                // str0m packetizes written frames on its next clock input: give it one now, so
-                // the packets leave in this drain, while this session's state is in cache.
-                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(session = %sub, error = %e, "timeout after write failed");
-                }
-                if matches!(
-                    s.state,
-                    SessionState::Connected {
-                        media_flowed: false
-                    }
-                ) {
-                    self.media_flowing(sub, now);
-                }
+        let clock = codec.map_or(90_000, |c| c.clock_rate);
+        let packet = Packet {
+            source,
+            seq: pkt.seq,
+            time: pkt.time,
+            arrival: pkt.arrival,
+        };
+        let m = match out.rewriter.rewrite(&packet, clock, switch) {
+            Rewrite::Forward(m) => m,
+            Rewrite::Drop(_) => {
+                self.stats.packets_not_rewritten += 1;
+                return;
             }
-            Err(e) => tracing::debug!(session = %sub, error = %e, "write failed"),
+        };
+        if m.resynced {
+            self.stats.packets_resynced += 1;
+        }
+        let video = codec.is_some_and(|c| !c.codec.is_audio());
+        let mut write = RtpWrite::new(
+            pt,
+            SeqNo::from(m.seq),
+            m.time,
+            pkt.arrival,
+            pkt.payload.clone(),
+        )
+        .marker(pkt.marker)
+        .nackable(video && rtx);
+        if pkt.hdr.audio_level.is_some() || pkt.hdr.voice_activity.is_some() {
+            write = write.ext_vals(ExtensionValues {
+                audio_level: pkt.hdr.audio_level,
+                voice_activity: pkt.hdr.voice_activity,
+                ..ExtensionValues::default()
+            });
+        }
+        if codec.is_some_and(|c| c.codec == Codec::Vp8)
+            && let Ok(d) = Vp8Descriptor::parse(&pkt.payload)
+            && let Some(patch) = out.vp8.patch(source, &d, m.switched || m.resynced)
+        {
+            write = write.vp8_patch(patch);
+        }
+        let mut api = s.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(write);
+        if pkt.start.frame {
+            self.stats.frames_forwarded += 1;
+        }
+        // The wait ends with a keyframe the subscriber can decode, once it can receive it.
+        if gate.is_some() && s.state.is_connected() {
+            s.awaiting_keyframe.remove(&mid);
+        }
+        // str0m sends written packets on its next clock input: give it one now, so they leave
+        // in this drain, while this session's state is in cache.
+        if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(session = %sub, error = %e, "timeout after write failed");
+        }
+        if matches!(
+            s.state,
+            SessionState::Connected {
+                media_flowed: false
+            }
+        ) {
+            self.media_flowing(sub, now);
         }
         self.drain(sub, now);
     }
@@ -551,7 +737,8 @@ impl Engine {
 
     /// Writes the publication's cached keyframe into a mid that is waiting for one (the edge
     /// keyframe cache: a joining viewer sees a picture without waiting for the publisher). For a
-    /// layered publication, the cached keyframe of the layer the subscriber starts on.
+    /// layered publication, the cached keyframe of the layer the subscriber starts on. Only a
+    /// complete one (every packet, up to the marker bit) is served.
     pub(super) fn serve_cached_keyframe(
         &mut self,
         sub: SessionId,
@@ -570,7 +757,8 @@ impl Engine {
             return;
         };
         let codec = p.codec;
-        let (cached, in_step, layer) = if p.layers.is_layered() {
+        let clock = codec.map_or(90_000, |c| c.clock_rate);
+        let (packets, in_step, source, switched) = if p.layers.is_layered() {
             let Some(s) = self.sessions.get_mut(&sub) else {
                 return;
             };
@@ -578,53 +766,66 @@ impl Engine {
             let Some(rid) = selector.choose(&p.layers, now) else {
                 return;
             };
-            let Some(l) = p.layers.layer(rid) else {
+            let Some(index) = p.layers.layers().iter().position(|l| l.rid == rid) else {
                 return;
             };
-            let Some(cached) = l.data.keyframe.clone() else {
+            let Some(l) = p.layers.layers().get(index) else {
                 return;
             };
+            let Some(k) = l.data.cache.keyframe().filter(|k| k.complete) else {
+                return;
+            };
+            let Some(first) = k.packets.first() else {
+                return;
+            };
+            let layer = Some((rid, l.epoch()));
             let f = LayerFrame {
                 rid,
                 epoch: l.epoch(),
                 keyframe: true,
-                time: cached.time.numer(),
+                time: first.header.ext_time,
                 arrival: now,
             };
-            let clock = codec.map_or(90_000, |c| c.clock_rate);
-            let Verdict::Forward { time, switched } = selector.on_frame(&p.layers, f, clock) else {
+            let Verdict::Forward { switched, .. } = selector.on_frame(&p.layers, f, clock) else {
                 return;
             };
-            if switched {
-                self.stats.simulcast.switches += 1;
-            }
-            let cached = CachedKeyframe {
-                time: MediaTime::new(time, cached.time.frequency()),
-                ..cached
-            };
+            let packets: Vec<Pkt> = k
+                .packets
+                .iter()
+                .map(|c| Pkt::from_cached(c, layer))
+                .collect();
             (
-                cached,
-                l.data.frames_since_keyframe == 0,
-                Some((rid, l.epoch())),
+                packets,
+                k.frames_after == 0,
+                source_of(p.uid, index + 1, l.epoch()),
+                switched,
             )
         } else {
-            let Some(cached) = p.last_keyframe.clone() else {
+            let Some(k) = p.cache.keyframe().filter(|k| k.complete) else {
                 return;
             };
-            (cached, p.frames_since_keyframe == 0, None)
+            let packets: Vec<Pkt> = k
+                .packets
+                .iter()
+                .map(|c| Pkt::from_cached(c, None))
+                .collect();
+            (
+                packets,
+                k.frames_after == 0,
+                source_of(p.uid, 0, p.epoch),
+                true,
+            )
         };
-        // The cached keyframe is the newest frame: the live delta frames that follow build on
-        // it, so the subscriber can take them at once.
-        let frame = Frame {
-            time: cached.time,
-            network_time: now,
-            keyframe: true,
-            data: cached.data,
-            params: cached.params,
-            layer,
-        };
+        if switched && p.layers.is_layered() {
+            self.stats.simulcast.switches += 1;
+        }
         self.stats.keyframes_from_cache += 1;
-        self.write_to_session(sub, mid, &frame, codec, now);
+        // The cached keyframe is the newest frame: the live packets that follow build on it, so
+        // the subscriber can take them at once. Its first packet starts the source for the
+        // subscriber; the rest follow it.
+        for (n, pkt) in packets.iter().enumerate() {
+            self.write_to_session(sub, mid, pkt, source, n == 0, codec, now);
+        }
         // Otherwise the delta frames that follow reference frames after the cached keyframe,
         // which this subscriber never got: keep holding them until the next live keyframe.
         if let Some(s) = self.sessions.get_mut(&sub)
@@ -634,9 +835,9 @@ impl Engine {
         }
     }
 
-    /// The cached keyframe of a publication (of a layered one, of each layer), as frames for a
-    /// new downstream relay subscription: only one that no delta frame has followed yet. The
-    /// downstream has been getting the live frames since it subscribed, so a keyframe older
+    /// The cached keyframe of a publication (of a layered one, of each layer), as packets for
+    /// a new downstream relay subscription: only a complete one that no frame has followed yet.
+    /// The downstream has been getting the live packets since it subscribed, so a keyframe older
     /// than the last of them would be followed by deltas that do not build on it (the other
     /// node's viewers would lose the frames in between, or decode garbage); it waits for the
     /// live keyframe its request brings instead.
@@ -644,25 +845,26 @@ impl Engine {
         let Some(p) = self.publications.get(key) else {
             return Vec::new();
         };
-        let frame = |cached: &CachedKeyframe, rid| RelayFrame {
-            rtp_time: cached.time.numer(),
-            keyframe: true,
-            data: cached.data.clone(),
-            rid,
+        let frames = |cache: &PacketCache<PktHdr>, layer: Option<(Rid, u32)>| -> Vec<RelayFrame> {
+            cache
+                .keyframe()
+                .filter(|k| k.complete && k.frames_after == 0)
+                .map(|k| {
+                    k.packets
+                        .iter()
+                        .map(|c| relay_frame_of(&Pkt::from_cached(c, layer)))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         if !p.layers.is_layered() {
-            return p
-                .last_keyframe
-                .iter()
-                .filter(|_| p.frames_since_keyframe == 0)
-                .map(|c| frame(c, None))
-                .collect();
+            return frames(&p.cache, None);
         }
         p.layers
             .layers()
             .iter()
-            .filter(|l| l.data.frames_since_keyframe == 0 && self.relay_down_carries(down, l.rid))
-            .filter_map(|l| l.data.keyframe.as_ref().map(|c| frame(c, Some(l.rid))))
+            .filter(|l| self.relay_down_carries(down, l.rid))
+            .flat_map(|l| frames(&l.data.cache, Some((l.rid, l.epoch()))))
             .collect()
     }
 
@@ -778,26 +980,30 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&publisher) else {
             return;
         };
-        let Some(mut writer) = s.rtc.writer(mid) else {
-            return;
-        };
-        match writer.request_keyframe(rid, KeyframeRequestKind::Pli) {
-            Ok(()) => self.stats.keyframe_requests += 1,
-            // Nothing received yet on that mid: there is no stream to ask.
-            Err(e) => {
-                tracing::debug!(session = %publisher, error = %e, "keyframe request not sent")
+        match s.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            Some(rx) => {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests += 1;
+            }
+            // Nothing received yet on that mid (or layer): there is no stream to ask.
+            None => {
+                tracing::debug!(session = %publisher, %mid, "keyframe request not sent: no stream yet")
             }
         }
         self.drain(publisher, now);
     }
 }
 
-/// Codecs whose frames str0m marks as keyframes; for others, frames are never held back.
-fn signals_keyframes(codec: Option<CodecInfo>) -> bool {
-    codec.is_some_and(|c| {
-        matches!(
-            c.codec,
-            Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::H265 | Codec::Av1
-        )
-    })
+/// A packet as it crosses a relay link: one RTP packet per relayed frame, with the origin's
+/// numbering.
+fn relay_frame_of(pkt: &Pkt) -> RelayFrame {
+    RelayFrame {
+        // Extended, so the other node reads no jump at a wrap of the 32-bit clock.
+        rtp_time: pkt.hdr.ext_time,
+        origin_seq: pkt.seq,
+        marker: pkt.marker,
+        keyframe: pkt.start.keyframe,
+        data: pkt.payload.clone(),
+        rid: pkt.layer.map(|(rid, _)| rid),
+    }
 }

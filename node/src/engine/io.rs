@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::bwe::BweKind;
-use str0m::media::{KeyframeRequest, MediaData, Mid};
+use str0m::media::{KeyframeRequest, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input, Output};
 
 use super::demux::Route;
@@ -21,10 +22,11 @@ fn is_rtp(buf: &[u8]) -> bool {
 
 /// Work produced while draining one `Rtc`, processed after the drain so two sessions are never
 /// borrowed at once.
-// Boxing the frame would allocate once per forwarded frame; the queue is drained at once anyway.
+// Boxing the packet would allocate once per forwarded packet; the queue is drained at once
+// anyway.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Work {
-    Media(SessionId, MediaData),
+    Media(SessionId, RtpPacket),
     KeyframeRequest(SessionId, KeyframeRequest),
     /// A publisher's stream (a simulcast layer) paused or resumed: (mid, rid, paused).
     StreamPaused(SessionId, Mid, Option<str0m::media::Rid>, bool),
@@ -234,7 +236,9 @@ impl Engine {
                     }
                 }
                 Ok(Output::Event(event)) => match event {
-                    Event::MediaData(data) => self.work.push_back(Work::Media(sid, data)),
+                    // RTP mode: str0m keeps one received packet until the next poll, so every
+                    // datagram is drained before the next is fed.
+                    Event::RtpPacket(p) => self.work.push_back(Work::Media(sid, p)),
                     Event::StreamPaused(p) => self
                         .work
                         .push_back(Work::StreamPaused(sid, p.mid, p.rid, p.paused)),

@@ -12,10 +12,11 @@
 //! - `sessions.rs`, `publications.rs`: lookup and close of sessions; publishing and subscribing;
 //! - `transport.rs`: ICE restarts and new DTLS transports in a client's offer;
 //! - `housekeeping.rs`: timers that are not str0m's (expiry, garbage collection);
-//! - `fanout.rs`: frames from a publisher (or a relay link) into every subscriber, keyframes;
-//! - `packet/`: the packet path's no-I/O core (issue 17, not wired yet): keyframe starts in RTP
-//!   payloads, per-subscriber sequence/timestamp rewriting, VP8 picture id continuity, a
-//!   per-track packet cache;
+//! - `fanout.rs`: RTP packets from a publisher (or a relay link) into every subscriber,
+//!   keyframe requests and the edge keyframe cache;
+//! - `packet/`: the packet path's no-I/O core: keyframe starts in RTP payloads,
+//!   per-subscriber sequence/timestamp rewriting, VP8 picture id continuity, a per-track
+//!   packet cache;
 //! - `simulcast.rs`: simulcast layers of a publication and each subscriber's layer choice
 //!   (switch on keyframe, fallback, timestamp continuity), free of str0m's frame API so the
 //!   packet path can reuse it; `simulcast_bwe.rs`: moves driven by a subscriber's bandwidth

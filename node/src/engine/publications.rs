@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid};
 
+use super::packet::cache::{Bounds, PacketCache};
 use super::relay_messages::RelayOut;
 use super::session::{Location, TrackEntry};
 use super::simulcast::{LayerTable, Prefs, Selector};
@@ -63,11 +64,15 @@ pub(crate) struct Publication {
     pub last_media: Instant,
     pub last_keyframe_request: Option<Instant>,
     pub keyframe_pending: bool,
-    /// The last keyframe seen, given at once to subscribers that join (the edge keyframe cache).
-    pub last_keyframe: Option<CachedKeyframe>,
-    /// Frames forwarded since `last_keyframe`: a joining subscriber given the cached keyframe
-    /// can decode what follows only if it has not missed any of them.
-    pub frames_since_keyframe: u32,
+    /// Unique per publication: with the layer, what a subscriber's rewriter follows.
+    pub uid: u64,
+    /// Of an unlayered publication: its source's epoch, bumped when the publisher's SSRC
+    /// changes (a restart), and the SSRC last seen.
+    pub epoch: u32,
+    pub ssrc: Option<u32>,
+    /// Recent packets and the newest keyframe's (the edge keyframe cache: a joining
+    /// subscriber gets it at once; it can decode what follows only if no frame started after).
+    pub cache: PacketCache<PktHdr>,
     /// Relayed frames were lost: later frames are withheld until a keyframe, so viewers freeze
     /// rather than decode garbage.
     pub await_keyframe: bool,
@@ -87,28 +92,43 @@ pub(crate) struct Publication {
     pub announced_at: Option<Instant>,
 }
 
-/// What the frame path keeps per simulcast layer: the same as a publication keeps for its
-/// unlayered frames.
-#[derive(Default)]
+/// What the packet path keeps per simulcast layer: the same as a publication keeps for its
+/// unlayered packets.
 pub(crate) struct LayerCache {
-    /// The layer's newest keyframe (the edge keyframe cache, per layer).
-    pub keyframe: Option<CachedKeyframe>,
-    /// Frames of the layer since `keyframe`.
-    pub frames_since_keyframe: u32,
+    /// The layer's recent packets and newest keyframe (the edge keyframe cache, per layer).
+    pub cache: PacketCache<PktHdr>,
     pub last_keyframe_request: Option<Instant>,
     pub keyframe_pending: bool,
     /// Relayed frames were lost: this layer's frames are withheld until its next keyframe.
     pub await_keyframe: bool,
 }
 
-/// A publication's most recent keyframe. The data is shared with the frame that was forwarded,
-/// so caching it costs no copy.
-#[derive(Clone)]
-pub(crate) struct CachedKeyframe {
-    pub time: str0m::media::MediaTime,
-    pub data: std::sync::Arc<[u8]>,
-    pub params: Option<str0m::format::PayloadParams>,
+impl Default for LayerCache {
+    fn default() -> Self {
+        LayerCache {
+            cache: PacketCache::new(Bounds::default()),
+            last_keyframe_request: None,
+            keyframe_pending: false,
+            await_keyframe: false,
+        }
+    }
 }
+
+/// What a cached packet keeps besides what [`PacketCache`] stores: the publisher's payload
+/// parameters (none for a relayed packet) and the header extension values copied to
+/// subscribers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PktHdr {
+    /// The RTP timestamp extended to 64 bits (str0m's, or the origin's for a relayed packet),
+    /// so a wrap of the 32-bit clock is not read as a jump.
+    pub ext_time: u64,
+    pub params: Option<str0m::format::PayloadParams>,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+}
+
+/// Numbers publications for [`Publication::uid`].
+static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Publication {
     pub fn new(
@@ -128,8 +148,10 @@ impl Publication {
             last_media: now,
             last_keyframe_request: None,
             keyframe_pending: false,
-            last_keyframe: None,
-            frames_since_keyframe: 0,
+            uid: NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            epoch: 0,
+            ssrc: None,
+            cache: PacketCache::new(Bounds::default()),
             await_keyframe: false,
             upstream_lost: false,
             layers: LayerTable::default(),

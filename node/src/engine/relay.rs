@@ -126,7 +126,9 @@ impl Engine {
             if self.relay_down_without_keyframe.remove(&down) {
                 // Of a layered publication, every layer's.
                 for frame in self.cached_relay_keyframes(&key, down) {
-                    self.stats.keyframes_from_cache += 1;
+                    if frame.keyframe {
+                        self.stats.keyframes_from_cache += 1;
+                    }
                     self.push_relay_frame(down, frame);
                 }
             }
@@ -142,7 +144,9 @@ impl Engine {
         };
         if self.relay_down_without_keyframe.remove(&down) {
             for frame in self.cached_relay_keyframes(&key, down) {
-                self.stats.keyframes_from_cache += 1;
+                if frame.keyframe {
+                    self.stats.keyframes_from_cache += 1;
+                }
                 self.push_relay_frame(down, frame);
             }
         }
@@ -174,11 +178,11 @@ impl Engine {
         if p.layers.is_layered() {
             for l in p.layers.layers_mut() {
                 l.data.await_keyframe = true;
-                l.data.keyframe = None;
+                l.data.cache.clear();
             }
         } else {
             p.await_keyframe = true;
-            p.last_keyframe = None;
+            p.cache.clear();
         }
         self.request_keyframe(&key, now);
         self.process_work(now);

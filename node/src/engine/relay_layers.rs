@@ -172,7 +172,7 @@ impl Engine {
         // when it is pulled again.
         for l in p.layers.layers_mut() {
             if !wanted.carries(l.rid) {
-                l.data.keyframe = None;
+                l.data.cache.clear();
                 l.data.await_keyframe = true;
             }
         }

@@ -4,14 +4,20 @@
 
 use crate::ids::{DownId, UpId};
 
-/// One frame crossing a relay link; its clock is the publication's codec clock.
+/// One RTP packet crossing a relay link (relay protocol 5: one packet per relayed frame); its
+/// clock is the publication's codec clock.
 #[derive(Debug, Clone)]
 pub struct RelayFrame {
-    /// The frame's media time in codec clock ticks, so the receiving node keeps its timing.
+    /// The packet's media time in codec clock ticks, so the receiving node keeps its timing.
     pub rtp_time: u64,
-    /// A video keyframe: a new subscriber can start decoding here.
+    /// The sequence number the origin node received the packet with, extended to 64 bits: the
+    /// receiving node rewrites from it, so the origin's loss stays visible to its viewers.
+    pub origin_seq: u64,
+    /// The RTP marker bit (the packet ends a frame).
+    pub marker: bool,
+    /// The packet starts a video keyframe: a new subscriber can start decoding here.
     pub keyframe: bool,
-    /// The depacketized frame, shared rather than copied between subscribers.
+    /// The RTP payload, shared rather than copied between subscribers.
     pub data: std::sync::Arc<[u8]>,
     /// The simulcast layer it belongs to: each layer is relayed on its own, frames with their
     /// rid, only those the downstream asked for; the receiving node selects for its viewers.

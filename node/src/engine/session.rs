@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Mid, Pt};
+use str0m::media::Mid;
 
 use super::datachannels::SessionChannels;
 use super::{OpError, TrackKey};
@@ -171,9 +171,8 @@ pub struct Session {
     pub nacks_seen: HashMap<(Mid, bool), u64>,
     /// Last cumulative (packets, bytes) str0m reported, per (mid, egress), for the streams list.
     pub media_counts: HashMap<(Mid, bool), (u64, u64)>,
-    /// Payload type chosen per sending mid for a source payload type (None: a relayed frame),
-    /// so matching payload parameters is not redone for every frame.
-    pub send_pt: HashMap<Mid, (Option<Pt>, Pt)>,
+    /// Each sending mid's outgoing stream: its rewriters and payload type choice.
+    pub out: HashMap<Mid, super::fanout::OutStream>,
     /// The resend history window of each sending mid, once set (`repair_window`).
     pub repair_window: HashMap<Mid, std::time::Duration>,
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
@@ -238,7 +237,7 @@ impl Session {
             timeout: now,
             nacks_seen: HashMap::new(),
             media_counts: HashMap::new(),
-            send_pt: HashMap::new(),
+            out: HashMap::new(),
             repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
             simulcast: HashMap::new(),

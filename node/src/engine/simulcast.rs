@@ -5,9 +5,9 @@
 //!
 //! Inputs are plain values (a rid, a media time in clock ticks, an arrival instant, an SSRC when
 //! known); outputs are verdicts the caller acts on (forward with this time, skip, ask for a
-//! keyframe of this layer). The frame path calls it once per frame and subscriber; the packet
-//! path would call it once per frame start (the keyframe flag of the first packet) and map every
-//! packet's timestamp through the same [`Rebase`].
+//! keyframe of this layer). The packet path (`fanout.rs`) calls it once per frame start (a
+//! frame's first packet) and subscriber; the subscriber's `packet::rewrite::Rewriter` maps the
+//! packets' numbers and timestamps (the verdict's rebased time is not used there).
 
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ pub struct Admitted {
     pub time_jumped: bool,
 }
 
-/// One layer of a publication, with the caller's per-layer data (`T`: the frame path keeps the
+/// One layer of a publication, with the caller's per-layer data (`T`: the packet path keeps the
 /// layer's cached keyframe and keyframe-request timing there).
 #[derive(Debug, Clone)]
 pub struct Layer<T> {
@@ -225,6 +225,15 @@ impl<T: Default> LayerTable<T> {
             ssrc_changed,
             time_jumped,
         })
+    }
+
+    /// Starts a layer over as if its SSRC had changed (its epoch grows): subscribers on it
+    /// start it again at its next keyframe, numbered on from what they were sent. For a relayed
+    /// layer whose packets were withheld after a gap until that keyframe.
+    pub fn restart(&mut self, rid: Rid) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid) {
+            l.epoch = l.epoch.wrapping_add(1);
+        }
     }
 
     /// Counts an admitted frame's payload bytes into its layer's bitrate (at `index`, as

@@ -24,8 +24,15 @@ pub struct Stats {
     pub frames_in: u64,
     /// Frames written to subscribing sessions.
     pub frames_forwarded: u64,
-    /// Frames not sent because the subscriber negotiated no matching codec.
+    /// Frames (of audio, packets) not sent because the subscriber negotiated no matching codec.
     pub frames_no_codec: u64,
+    /// Received RTP packets str0m matched to no receive stream.
+    pub rtp_unknown_stream: u64,
+    /// Packets a subscriber's rewriter did not forward: of a layer it does not follow,
+    /// duplicates, or older than its switch point or reorder window.
+    pub packets_not_rewritten: u64,
+    /// Packets whose source numbering or clock jumped without a switch (re-based).
+    pub packets_resynced: u64,
     /// Keyframe requests sent to publishers (PLI) or up the relay.
     pub keyframe_requests: u64,
     /// Frames handed to the relay for downstream nodes.
@@ -143,6 +150,9 @@ impl Stats {
         self.frames_in += other.frames_in;
         self.frames_forwarded += other.frames_forwarded;
         self.frames_no_codec += other.frames_no_codec;
+        self.rtp_unknown_stream += other.rtp_unknown_stream;
+        self.packets_not_rewritten += other.packets_not_rewritten;
+        self.packets_resynced += other.packets_resynced;
         self.keyframe_requests += other.keyframe_requests;
         self.relay_frames_out += other.relay_frames_out;
         self.relay_frames_in += other.relay_frames_in;

@@ -10,7 +10,7 @@ use str0m::media::{Direction, MediaKind, Mid};
 
 use super::*;
 use crate::ids::{DownId, UpId};
-use crate::testing::{APP, World, synthetic_frame};
+use crate::testing::{APP, World};
 
 /// A pull of one track, optionally into a given mid (`#name`).
 fn pull_one(session: &str, track: &str, mid: Option<&str>) -> TracksNew {
@@ -133,12 +133,14 @@ fn a_joining_subscriber_starts_with_the_cached_keyframe() {
     );
 }
 
-/// A relayed VP8 frame: bit 0 of the first byte is 0 for a keyframe.
+/// A relayed VP8 packet (one whole frame): bit 0 of the frame's first byte is 0 for a keyframe.
 fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
     RelayFrame {
         rtp_time: n * 3000,
+        origin_seq: n,
+        marker: true,
         keyframe,
-        data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
+        data: crate::testing::vp8_packet(keyframe, 1000).into(),
         rid: None,
     }
 }

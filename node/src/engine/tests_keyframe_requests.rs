@@ -7,15 +7,13 @@
 
 use std::time::Duration;
 
-use str0m::media::MediaKind;
-
 use super::simulcast::{Ordering, Prefs, parse_rid};
 use super::tests_simulcast::{
     LAYERS, Sim, only, prefer, relayed, relayed_vp8_publication, size_of,
 };
 use super::*;
 use crate::ids::{DownId, UpId};
-use crate::testing::{APP, World, synthetic_frame};
+use crate::testing::{APP, World};
 
 /// Rounds from one of the publisher's own keyframes to the next (2 s of 33 ms rounds).
 const GOP: u64 = 60;
@@ -77,8 +75,10 @@ fn feed(w: &mut World, up: UpId, rounds: std::ops::Range<u64>, rids: Option<&[&s
             None => {
                 let frame = RelayFrame {
                     rtp_time: n * 3000,
+                    origin_seq: n,
+                    marker: true,
                     keyframe,
-                    data: synthetic_frame(MediaKind::Video, keyframe, 1000).into(),
+                    data: crate::testing::vp8_packet(keyframe, 1000).into(),
                     rid: None,
                 };
                 w.engine.relay_frame(up, frame, now);

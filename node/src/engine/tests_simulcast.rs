@@ -171,10 +171,15 @@ impl Sim {
     }
 
     /// Media times client `c` got on `mid` never went back nor jumped: each step follows the
-    /// time between the frames' arrivals.
+    /// time between the frames' arrivals; and RTP sequence numbers ran on without a gap or a
+    /// jump, across switches too.
     fn assert_continuous(&self, c: usize, mid: &str) {
         let rx = &self.w.clients[c].stats().rx[mid];
         assert_eq!(rx.time_backwards, 0, "media time never goes back");
+        assert_eq!(
+            rx.rtp_seq_gaps, 0,
+            "sequence numbers continue across switches"
+        );
         assert!(
             rx.max_time_drift_us <= MAX_DRIFT_US,
             "no jump across switches: media time off the arrivals by {} µs (largest step {} ticks)",
@@ -422,19 +427,30 @@ fn a_relay_downstream_carries_every_layer_with_its_rid() {
     // The other node's first keyframe request: the cached keyframe of each layer.
     let now = sim.w.now;
     sim.w.engine.relay_keyframe_request(down, now);
+    // The relay carries packets: a keyframe may span several, only its first starts it.
     let cached = relay_frames(&mut sim.w);
-    assert_eq!(cached.len(), 3, "one cached keyframe per layer");
-    assert!(cached.iter().all(|f| f.keyframe));
+    assert_eq!(
+        cached.iter().filter(|f| f.keyframe).count(),
+        3,
+        "one cached keyframe per layer"
+    );
+    assert!(cached.first().is_some_and(|f| f.keyframe));
     sim.rounds(4, &LAYERS);
     let frames = relay_frames(&mut sim.w);
-    assert_eq!(frames.len(), 12, "every layer, every round");
     for rid in LAYERS {
         let of_layer: Vec<&RelayFrame> = frames
             .iter()
             .filter(|f| f.rid.map(|r| r.to_string()).as_deref() == Some(rid))
             .collect();
-        assert_eq!(of_layer.len(), 4, "{rid}");
-        assert!(of_layer.iter().all(|f| f.data.len() == size_of(rid)));
+        let mut times: Vec<u64> = of_layer.iter().map(|f| f.rtp_time).collect();
+        times.dedup();
+        assert_eq!(times.len(), 4, "every round's frame of {rid}");
+        // Each packet keeps the origin's numbering, in order and without a gap.
+        for pair in of_layer.windows(2) {
+            assert_eq!(pair[1].origin_seq, pair[0].origin_seq + 1, "{rid}");
+        }
+        // The last packet of each frame carries the marker bit.
+        assert_eq!(of_layer.iter().filter(|f| f.marker).count(), 4, "{rid}");
         assert!(
             of_layer.iter().all(|f| f.rtp_time >= base_of(rid)),
             "each layer keeps its own times: the other node re-bases for its subscribers"
@@ -455,8 +471,10 @@ fn relay_frames(w: &mut World) -> Vec<RelayFrame> {
 pub(super) fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
     RelayFrame {
         rtp_time: base_of(rid) + n * 3000,
+        origin_seq: n,
+        marker: true,
         keyframe,
-        data: synthetic_frame(MediaKind::Video, keyframe, size_of(rid)).into(),
+        data: crate::testing::vp8_packet(keyframe, size_of(rid)).into(),
         rid: parse_rid(rid),
     }
 }

@@ -177,7 +177,7 @@ impl Engine {
         s.remote_fingerprint = None;
         s.nacks_seen.clear();
         s.media_counts.clear();
-        s.send_pt.clear();
+        s.out.clear();
         s.awaiting_keyframe.clear();
         tracing::info!(session = %sid, "new DTLS transport: session moved to a fresh Rtc");
         Ok(())

@@ -14,3 +14,11 @@ pub fn synthetic_frame(kind: MediaKind, keyframe: bool, len: usize) -> Vec<u8> {
         MediaKind::Video => vp8_frame(0, keyframe, len, 0),
     }
 }
+
+/// A synthetic VP8 frame of about `len` bytes as one RTP payload (what the relay carries): a
+/// one-byte payload descriptor (start of partition 0), then the frame.
+pub fn vp8_packet(keyframe: bool, len: usize) -> Vec<u8> {
+    let mut p = vec![0x10];
+    p.extend_from_slice(&vp8_frame(0, keyframe, len, 0));
+    p
+}

@@ -22,7 +22,7 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use trackmesh_testkit::client::{ClientStats, Core, SendFn};
 
 pub use client::Client;
-pub use media::{VP8_START_CODE, synthetic_frame};
+pub use media::{VP8_START_CODE, synthetic_frame, vp8_packet};
 
 use crate::engine::{
     Engine, EngineConfig, LocalTrack, Location, RemoteTrack, SdpKind, TracksNew, TracksNewResult,

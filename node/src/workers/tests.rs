@@ -220,6 +220,8 @@ async fn a_frame_the_full_queue_dropped_reaches_the_other_worker_as_a_gap_first(
         seq: n as u32,
         frame: RelayFrame {
             rtp_time: n * 3000,
+            origin_seq: n,
+            marker: true,
             keyframe: false,
             data: vec![0u8; 100].into(),
             rid: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use trackmesh_relay_proto::media::{
-    FragmentHeader, MAX_RID_LEN, Reassembler, ReassemblerLimits, split_layer,
+    FragmentHeader, MAX_RID_LEN, Reassembler, ReassemblerLimits, split_packet,
 };
 
 const BUDGET: usize = 128 * 1024;
@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = FragmentHeader::parse(datagram);
         if let Some(frame) = r.push(datagram, now) {
             assert!(frame.payload.len() <= MAX_FRAME);
-            if let Ok((rid, data)) = split_layer(&frame.payload) {
-                assert!(rid.is_none_or(|r| r.len() <= MAX_RID_LEN));
+            if let Ok((meta, data)) = split_packet(&frame.payload) {
+                assert!(meta.rid.is_none_or(|r| r.len() <= MAX_RID_LEN));
                 assert!(data.len() < frame.payload.len());
             }
         }

@@ -312,6 +312,7 @@ impl<S: StatsCell> Core<S> {
                 self.stats.update(|s| {
                     s.on_frame(&d.mid, video, keyframe, &d.data, now, raw_samples);
                     s.on_frame_time(&d.mid, d.data.len(), d.time, now);
+                    s.on_frame_seq(&d.mid, **d.seq_range.start(), **d.seq_range.end());
                     s.on_frame_twcc(&d.mid, d.ext_vals.transport_cc.is_some());
                 });
             }

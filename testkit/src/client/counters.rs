@@ -79,6 +79,11 @@ pub struct TrackRx {
     pub max_time_drift_us: u64,
     /// Frames that carried a transport-wide sequence number (the TWCC header extension).
     pub twcc_frames: u64,
+    /// Frames whose first RTP sequence number did not follow the previous frame's last (as
+    /// str0m extends them): a gap, or numbering that jumped or went back (e.g. at a switch).
+    pub rtp_seq_gaps: u64,
+    /// The last RTP sequence number of the last frame.
+    pub last_rtp_seq: Option<u64>,
     /// Video frames a decoder could not decode, since the track was negotiated (see
     /// [`RxWindow::broken`]).
     pub broken: u64,
@@ -112,6 +117,8 @@ impl TrackRx {
             max_time_step: 0,
             max_time_drift_us: 0,
             twcc_frames: 0,
+            rtp_seq_gaps: 0,
+            last_rtp_seq: None,
             broken: 0,
             last_broken: None,
             healed_by: None,
@@ -271,6 +278,19 @@ impl ClientStats {
     }
 
     /// Account a received frame's size and media time (after [`Self::on_frame`]).
+    /// A frame's RTP sequence numbers, first and last (str0m's extended `seq_range`).
+    pub(super) fn on_frame_seq(&mut self, mid: &str, first: u64, last: u64) {
+        let Some(t) = self.rx.get_mut(mid) else {
+            return;
+        };
+        if t.last_rtp_seq
+            .is_some_and(|prev| prev.wrapping_add(1) != first)
+        {
+            t.rtp_seq_gaps += 1;
+        }
+        t.last_rtp_seq = Some(last);
+    }
+
     pub(super) fn on_frame_time(&mut self, mid: &str, len: usize, time: MediaTime, now: Instant) {
         let Some(t) = self.rx.get_mut(mid) else {
             return;

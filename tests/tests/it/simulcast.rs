@@ -210,6 +210,10 @@ async fn a_str0m_publishers_layers_reach_subscribers_one_at_a_time_and_switch() 
     })
     .await
     .expect("q plays");
+    // The viewer's stream went on across the switch: each frame's first RTP sequence number
+    // follows the previous frame's last (the node rewrites the layers' own numbering).
+    let gaps = sub.with_stats(|s| s.rx.get(&sub_mid).map(|t| t.rtp_seq_gaps));
+    assert_eq!(gaps, Some(0), "sequence numbers continue across the switch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

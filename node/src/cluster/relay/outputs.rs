@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use trackmesh_relay_proto::control::{ControlMsg, Layers, Nack};
 use trackmesh_relay_proto::datachannel::DcFrame;
-use trackmesh_relay_proto::media::{Fragmenter, Frame, layered_payload};
+use trackmesh_relay_proto::media::{Fragmenter, Frame, PacketMeta, packet_payload};
 use trackmesh_relay_proto::repair::SentCache;
 
 use super::channel_table::{ChannelCmd, ChannelTable, Start};
@@ -75,7 +75,12 @@ fn send_frame(
     hook: &mut TestLossHook,
 ) -> bool {
     // Rids come from str0m (at most 8 letters, digits or '_'): always valid here.
-    let Some(payload) = layered_payload(frame.rid.as_deref(), &frame.data) else {
+    let meta = PacketMeta {
+        rid: frame.rid.as_deref(),
+        origin_seq: frame.origin_seq,
+        marker: frame.marker,
+    };
+    let Some(payload) = packet_payload(meta, &frame.data) else {
         inner.send_drops.fetch_add(1, Ordering::Relaxed);
         return false;
     };

@@ -14,7 +14,7 @@ use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, SubId};
 use trackmesh_relay_proto::handshake::HandshakeMsg;
 use trackmesh_relay_proto::link::inbound::{Inbound, InboundEvent, InboundLimits, InboundStats};
-use trackmesh_relay_proto::media::{Frame, split_layer};
+use trackmesh_relay_proto::media::{Frame, split_packet};
 
 use super::pull::Cmd;
 use super::wire::READ_CHUNK;
@@ -189,16 +189,19 @@ fn deliver(
     dropped_here: &mut HashSet<UpId>,
 ) {
     frames.fetch_add(1, Ordering::Relaxed);
-    // The payload starts with the frame's simulcast rid; a malformed one drops the frame.
-    let Ok((rid, data)) = split_layer(&frame.payload) else {
+    // The payload starts with the packet's rid, origin sequence number and marker bit; a
+    // malformed prefix drops it.
+    let Ok((meta, data)) = split_packet(&frame.payload) else {
         inner.malformed_frames.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let frame = RelayFrame {
         rtp_time: frame.rtp_time,
+        origin_seq: meta.origin_seq,
+        marker: meta.marker,
         keyframe: frame.keyframe,
         data: data.into(),
-        rid: rid.map(str0m::media::Rid::from),
+        rid: meta.rid.map(str0m::media::Rid::from),
     };
     // A frame dropped here (below) is a gap too: tell the engine before the next one.
     if dropped_here.contains(&up) {

@@ -189,11 +189,12 @@ mod tests {
             Ok(())
         );
         // A node of protocol 2 (no Nack; control messages numbered otherwise) or 3 (every
-        // simulcast layer on one subscription, no `SetLayers`), whatever secret.
-        for (version, secret) in [(2, "new"), (3, "new"), (3, "old"), (3, "foreign")] {
+        // simulcast layer on one subscription, no `SetLayers`) or 4 (whole frames on the relay,
+        // not RTP packets), whatever secret.
+        for (version, secret) in [(2, "new"), (3, "new"), (4, "old"), (4, "foreign")] {
             assert_eq!(
                 check_hello(&clusters, &hello(version, secret)),
-                Err(RefuseReason::UnsupportedVersion { min: 4, max: 4 }),
+                Err(RefuseReason::UnsupportedVersion { min: 5, max: 5 }),
                 "{version} {secret}"
             );
         }

@@ -1,4 +1,4 @@
-//! Marking a session for audio egress (`set_egress`); the queue and the frame path are in
+//! Marking a session for audio egress (`set_egress`); the queue and the packet path are in
 //! `engine/egress.rs`.
 
 use super::super::egress::{EgressLabels, MAX_LABEL_BYTES, SessionEgress};
@@ -8,7 +8,7 @@ use crate::ids::SessionId;
 impl Engine {
     /// Marks a session of this node so that every Opus payload it publishes goes to the egress
     /// queue under `labels`, or (`None`) stops that. Its tracks relayed to other nodes are not
-    /// published there: only this node's frame path feeds the queue.
+    /// published there: only this node's packet path feeds the queue.
     pub fn set_egress(
         &mut self,
         session: SessionId,

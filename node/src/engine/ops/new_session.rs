@@ -88,6 +88,9 @@ impl Engine {
             ufrag = random_hex(4);
         }
         let mut config = Rtc::builder()
+            // Packet-level forwarding: received RTP packets are handed out as they are and
+            // written to subscribers with `write_rtp` (`fanout.rs`), not depacketized.
+            .set_rtp_mode(true)
             .set_ice_lite(outgoing.is_none())
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),

@@ -1,6 +1,6 @@
-//! The packet path's no-I/O core (issue 17 part 1), not wired into the engine yet: today's
-//! forwarding is still frame level (`fanout.rs`). What packet-level forwarding (str0m's RTP mode,
-//! `StreamTx::write_rtp`) needs, as plain values in and out:
+//! The packet path's no-I/O core (issue 17 part 1), which `fanout.rs` forwards through. What
+//! packet-level forwarding (str0m's RTP mode, `StreamTx::write_rtp`) needs, as plain values in
+//! and out:
 //!
 //! - `keyframe.rs`: where a frame and a keyframe start, from one RTP payload (VP8, VP9, H.264,
 //!   AV1);
@@ -10,9 +10,6 @@
 //! - `vp8.rs`: VP8 PictureID and TL0PICIDX continuity, as values for `RtpWrite::vp8_patch`;
 //! - `cache.rs`: a per-track (per layer) cache of recent packets with shared payloads, for
 //!   repairs and the edge keyframe cache.
-//!
-//! The modules are public within the crate so that they are compiled and tested while nothing
-//! calls them.
 
 pub mod cache;
 pub mod keyframe;
