@@ -635,11 +635,15 @@ impl Engine {
         if gate.is_some() && s.state.is_connected() {
             s.awaiting_keyframe.remove(&mid);
         }
-        // str0m sends written packets on its next clock input: give it one now, so they leave
-        // in this drain, while this session's state is in cache.
-        if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(session = %sub, error = %e, "timeout after write failed");
+        // str0m sends written packets on its next clock input. That input and the drain after
+        // it cost about as much as the write: given once per session at the end of the batch
+        // of input (`flush_written_media`), the packets of a frame that arrived together
+        // leave after one of each rather than one per packet.
+        if !s.media_pending {
+            s.media_pending = true;
+            self.media_written.push(sub);
         }
+        self.media_written_at = Some(now);
         if matches!(
             s.state,
             SessionState::Connected {
@@ -648,7 +652,26 @@ impl Engine {
         ) {
             self.media_flowing(sub, now);
         }
-        self.drain(sub, now);
+    }
+
+    /// Gives every session [`Engine::write_to_session`] wrote to its clock input and drains it,
+    /// so the packets written leave. Called when the batch of input ends (`handle_timeout`),
+    /// and by `poll_transmit` and `poll_timeout` so no driver can leave them behind.
+    pub(super) fn flush_written_media(&mut self, now: Instant) {
+        if self.media_written.is_empty() {
+            return;
+        }
+        self.media_written_at = None;
+        for sub in std::mem::take(&mut self.media_written) {
+            let Some(s) = self.sessions.get_mut(&sub) else {
+                continue;
+            };
+            s.media_pending = false;
+            if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(session = %sub, error = %e, "timeout after write failed");
+            }
+            self.drain(sub, now);
+        }
     }
 
     /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher (for a

@@ -145,6 +145,11 @@ impl Engine {
     /// Next datagram of a cascade's outgoing session, to send from the socket bound to its
     /// `source`.
     pub fn poll_outgoing_transmit(&mut self) -> Option<Transmit> {
+        if self.outgoing_transmits.is_empty()
+            && let Some(at) = self.media_written_at
+        {
+            self.flush_written_media(at);
+        }
         let t = self.outgoing_transmits.pop_front()?;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += t.contents.len() as u64;
@@ -156,6 +161,7 @@ impl Engine {
 
     /// Advances every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.flush_written_media(now);
         // At most as many timer runs as there were timers: a session whose `Rtc` asks to run
         // again at once (str0m's BWE pacer can, with `now` unchanged) runs again on the next
         // call, which the shell makes at once, rather than spinning here on a frozen `now`.
@@ -184,14 +190,21 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        match self.timers.first() {
+        let next = match self.timers.first() {
             Some(&(at, _)) => at.min(self.next_housekeeping),
             None => self.next_housekeeping,
-        }
+        };
+        // Written packets wait for the next call: at once.
+        self.media_written_at.map_or(next, |at| at.min(next))
     }
 
     /// Next datagram to send; the shell drains it after every input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.transmits.is_empty()
+            && let Some(at) = self.media_written_at
+        {
+            self.flush_written_media(at);
+        }
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += t.contents.len() as u64;

@@ -238,6 +238,10 @@ pub struct Engine {
     /// Sessions with DataChannel messages written and not yet drained (a handful at a time:
     /// those a batch of input touched).
     dc_written: Vec<SessionId>,
+    /// Sessions with RTP packets written and not yet sent, and when the last was written
+    /// ([`Engine::flush_written_media`]).
+    media_written: Vec<SessionId>,
+    media_written_at: Option<Instant>,
 }
 
 impl Engine {
@@ -282,6 +286,8 @@ impl Engine {
             dc_reply_downs: HashMap::new(),
             dc_up_grants: HashMap::new(),
             dc_written: Vec::new(),
+            media_written: Vec::new(),
+            media_written_at: None,
         }
     }
 

@@ -178,6 +178,8 @@ pub struct Session {
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
+    /// RTP packets were written and wait for the batch's end to be sent (`media_written`).
+    pub media_pending: bool,
     /// The simulcast layer choice of each receiving mid that has one (pulled with `simulcast`,
     /// or receiving a layered publication).
     pub simulcast: HashMap<Mid, super::simulcast::Selector>,
@@ -240,6 +242,7 @@ impl Session {
             out: HashMap::new(),
             repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
+            media_pending: false,
             simulcast: HashMap::new(),
             outgoing_local: None,
             outgoing_mids: Vec::new(),
