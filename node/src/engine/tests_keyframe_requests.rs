@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::simulcast::{Ordering, Prefs, parse_rid};
 use super::tests_simulcast::{
-    LAYERS, Sim, only, prefer, relayed, relayed_vp8_publication, size_of,
+    LAYERS, Sim, only, prefer, relayed, relayed_vp8_publication, size_of, update_layer,
 };
 use super::*;
 use crate::ids::{DownId, UpId};
@@ -187,22 +187,7 @@ fn settled_viewers_of_a_relayed_simulcast_track_ask_upstream_for_no_keyframe() {
 
     // A tracks/update to h asks for h's keyframe (and pulls h).
     let (c0, sid0, mid0) = viewers[0].clone();
-    let now = w.now;
-    let res = w
-        .engine
-        .tracks_update(
-            APP,
-            &sid0,
-            vec![UpdateTrack {
-                mid: Some(mid0.clone()),
-                session_id: Some(publisher.to_string()),
-                track_name: Some("cam".into()),
-                simulcast: Some(prefer("h", Ordering::None)),
-            }],
-            now,
-        )
-        .expect("update");
-    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    update_layer(&mut w, &sid0, &mid0, publisher, "h");
     let update = upstream(&mut w);
     assert_eq!(update.track, 0, "{update:?}");
     assert_eq!(update.layers, vec!["h"], "{update:?}");

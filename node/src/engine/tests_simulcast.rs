@@ -197,6 +197,26 @@ pub(super) fn prefer(rid: &str, rid_not_available: Ordering) -> Prefs {
     }
 }
 
+/// `tracks/update` of `sid`'s `mid` (a pull of `publisher`'s "cam") to prefer layer `rid`.
+pub(super) fn update_layer(w: &mut World, sid: &str, mid: &str, publisher: SessionId, rid: &str) {
+    let now = w.now;
+    let res = w
+        .engine
+        .tracks_update(
+            APP,
+            sid,
+            vec![UpdateTrack {
+                mid: Some(mid.to_string()),
+                session_id: Some(publisher.to_string()),
+                track_name: Some("cam".into()),
+                simulcast: Some(prefer(rid, Ordering::None)),
+            }],
+            now,
+        )
+        .expect("update");
+    assert!(res[0].error.is_none(), "{:?}", res[0]);
+}
+
 #[test]
 fn a_subscriber_gets_its_preferred_layer_and_switches_on_the_target_keyframe() {
     let mut sim = Sim::new(&LAYERS);
@@ -540,22 +560,7 @@ fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
             .count()
     };
     requests(&mut w);
-    let now = w.now;
-    let res = w
-        .engine
-        .tracks_update(
-            APP,
-            &sid,
-            vec![UpdateTrack {
-                mid: Some(mid.clone()),
-                session_id: Some(publisher.to_string()),
-                track_name: Some("cam".into()),
-                simulcast: Some(prefer("q", Ordering::None)),
-            }],
-            now,
-        )
-        .expect("update");
-    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    update_layer(&mut w, &sid, &mid, publisher, "q");
     // Requests upstream are folded to one a second per publication (the join asked already).
     for n in 5..40 {
         feed(&mut w, n, &[]);
@@ -863,22 +868,7 @@ fn a_relayed_track_pulls_the_union_of_its_viewers_layers_and_keeps_the_old_one_u
     );
 
     // The first viewer moves to f: f is asked for at once, q kept until the switch.
-    let now = w.now;
-    let res = w
-        .engine
-        .tracks_update(
-            APP,
-            &sid,
-            vec![UpdateTrack {
-                mid: Some(mid.clone()),
-                session_id: Some(publisher.to_string()),
-                track_name: Some("cam".into()),
-                simulcast: Some(prefer("f", Ordering::None)),
-            }],
-            now,
-        )
-        .expect("update");
-    assert!(res[0].error.is_none(), "{:?}", res[0]);
+    update_layer(&mut w, &sid, &mid, publisher, "f");
     let outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
     assert!(
         outs.iter()
