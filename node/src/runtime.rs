@@ -137,10 +137,10 @@ pub async fn run(
 ) {
     let MediaIo { socket, mut tcp } = media;
     // A dual-stack socket sends to IPv4 peers at their IPv4-mapped IPv6 address.
-    let out = sendbatch::Out {
-        v4_mapped: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
-        tcp: tcp.as_ref().map(|(sender, _)| sender.clone()),
-    };
+    let mut out = sendbatch::Out::new(
+        socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+        tcp.as_ref().map(|(sender, _)| sender.clone()),
+    );
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
     loop {
@@ -155,7 +155,7 @@ pub async fn run(
                 engine.count_relay_drop();
             }
         }
-        sendbatch::flush(&mut engine, &socket, &out, &mut batch);
+        sendbatch::flush(&mut engine, &socket, &mut out, &mut batch);
         outgoing.flush(&mut engine);
         flush_egress(&mut engine, egress.as_ref());
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());

@@ -76,6 +76,8 @@ pub struct OutStream {
     vp8: Vp8Rewriter,
     /// (source payload type, or `None` for relayed packets; the subscriber's; it has RTX).
     pt: Option<(Option<Pt>, Pt, bool)>,
+    /// Its send stream has its resend window (`repair_window::ensure`).
+    window_set: bool,
 }
 
 impl OutStream {
@@ -85,6 +87,7 @@ impl OutStream {
             rewriter: Rewriter::new(rand::random::<u16>() & 0x7fff),
             vp8: Vp8Rewriter::default(),
             pt: None,
+            window_set: false,
         }
     }
 }
@@ -525,9 +528,12 @@ impl Engine {
                 return;
             }
         }
-        repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid);
         let source_pt = pkt.hdr.params.map(|p| p.pt());
         let out = s.out.entry(mid).or_insert_with(OutStream::new);
+        // Checked once per stream, not per packet (a map lookup on the hottest path).
+        if !out.window_set {
+            out.window_set = repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid);
+        }
         // A cached choice stays valid while the subscriber still offers that payload type
         // (a renegotiation may remove it); checking that is cheaper than matching again.
         let remote: &[Pt] = match s.rtc.media(mid) {

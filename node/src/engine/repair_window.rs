@@ -50,15 +50,17 @@ pub fn worth_resizing(current: Duration, wanted: Duration) -> bool {
 }
 
 /// Gives the send stream on `mid` its first window, once it exists (the m-line is negotiated);
-/// `windows` holds each mid's window.
-pub fn ensure(rtc: &mut Rtc, windows: &mut HashMap<Mid, Duration>, mid: Mid) {
+/// `windows` holds each mid's window. True once the stream has one.
+pub fn ensure(rtc: &mut Rtc, windows: &mut HashMap<Mid, Duration>, mid: Mid) -> bool {
     if windows.contains_key(&mid) {
-        return;
+        return true;
     }
     let window = window_for(None);
     if apply(rtc, mid, window) {
         windows.insert(mid, window);
+        return true;
     }
+    false
 }
 
 /// Fits the window of the send stream on `mid` to a newly measured round trip.
