@@ -1048,3 +1048,211 @@ fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_orig
     w.engine.relay_set_layers(down, RelayLayers::All, now);
     assert_eq!(set_layers(&mut w), vec![RelayLayers::All]);
 }
+
+/// How the current layer of a relayed viewer starts over in [`a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch`].
+#[derive(Clone, Copy, Debug)]
+enum StartOver {
+    /// Frames were lost on the relay link: every layer is withheld until its keyframe, which
+    /// restarts it on this node.
+    RelayGap,
+    /// The layer's media time jumps (an encoder restart upstream).
+    TimeJump,
+}
+
+/// The edge side of a relayed simulcast publication, fed as the origin would: only the layers
+/// the edge asked for, one packet per layer and round.
+struct Edge {
+    w: World,
+    up: crate::ids::UpId,
+    /// The layers the edge last asked for (all until it says otherwise).
+    pulled: RelayLayers,
+    /// Layers the edge asked upstream for a keyframe of, since the last [`Edge::take_requests`].
+    requests: Vec<String>,
+    round: u64,
+    /// Ticks added to layer q's media time from now on.
+    q_shift: u64,
+}
+
+impl Edge {
+    /// One round: a packet of each pulled layer of `rids`, keyframes on `keyframes`.
+    fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
+        self.round += 1;
+        for rid in rids {
+            if !parse_rid(rid).is_some_and(|r| self.pulled.carries(r)) {
+                continue;
+            }
+            let mut frame = relayed(rid, self.round, keyframes.contains(rid));
+            if *rid == "q" {
+                frame.rtp_time += self.q_shift;
+            }
+            let now = self.w.now;
+            self.w.engine.relay_frame(self.up, frame, now);
+        }
+        let all = 0..self.w.clients.len();
+        self.w.step(all, ROUND);
+        self.poll();
+    }
+
+    fn poll(&mut self) {
+        while let Some(o) = self.w.engine.poll_relay() {
+            match o {
+                RelayOut::SetLayers { layers, .. } => self.pulled = layers,
+                RelayOut::LayerKeyframeRequest { rid, .. } => self.requests.push(rid.to_string()),
+                _ => {}
+            }
+        }
+    }
+
+    fn take_requests(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.requests)
+    }
+}
+
+/// A viewer on an edge receives layer q of a relayed publication (f, its preferred layer, is
+/// not flowing at the origin yet, and it falls back asciibetically). Then f flows: the viewer's
+/// target becomes f, and before f's keyframe comes, q starts over on the edge. The viewer must
+/// go on with q from q's next keyframe (not wait for f's while q is there to see), then move to
+/// f on f's keyframe, with its sequence numbers and media times continuous throughout.
+fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: StartOver) {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let states = |flowing: [bool; 3]| -> Vec<(str0m::media::Rid, bool)> {
+        LAYERS
+            .iter()
+            .zip(flowing)
+            .filter_map(|(r, f)| Some((parse_rid(r)?, f)))
+            .collect()
+    };
+    let now = w.now;
+    w.engine.relay_layers(up, states([false, false, true]), now);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("f", Ordering::Asciibetical)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["q"]), "only q flows at the origin");
+    let frames = |e: &Edge| e.w.clients[c].frames(&mid);
+    let last_len = |e: &Edge| e.w.clients[c].stats().rx[&mid].last_len;
+    let current = |e: &Edge| {
+        let tracks = e.w.engine.session_tracks(APP, &sid).expect("session");
+        tracks[0]
+            .simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+    };
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..4 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(frames(&e), 5);
+    assert_eq!(last_len(&e), size_of("q") as u64);
+    assert_eq!(current(&e).as_deref(), Some("q"));
+
+    // f flows at the origin now: the viewer's target. The edge pulls f and asks for its
+    // keyframe; q plays on meanwhile.
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, states([true, false, true]), now);
+    e.poll();
+    e.take_requests();
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(
+        e.pulled,
+        only(&["f", "q"]),
+        "f is pulled, q kept until the switch"
+    );
+    assert!(
+        e.take_requests().iter().any(|r| r == "f"),
+        "a keyframe of f was asked for upstream"
+    );
+    assert_eq!(frames(&e), 8, "q plays on until f's keyframe");
+    assert_eq!(last_len(&e), size_of("q") as u64);
+
+    // q starts over before f's keyframe comes.
+    match how {
+        StartOver::RelayGap => {
+            let now = e.w.now;
+            e.w.engine.relay_gap(up, now);
+            e.poll();
+        }
+        StartOver::TimeJump => e.q_shift = 100 * 90_000,
+    }
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(
+        frames(&e),
+        8,
+        "q's delta frames after its restart cannot be decoded"
+    );
+    // Over a second of rounds: the keyframe requests are folded to one a second per layer.
+    for _ in 0..40 {
+        e.round(&LAYERS, &[]);
+    }
+    let requests = e.take_requests();
+    assert!(
+        requests.iter().any(|r| r == "q"),
+        "q, which the viewer waits for too, was asked for a keyframe: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r == "f"),
+        "f was asked for its keyframe again: {requests:?}"
+    );
+
+    // q's keyframe: the viewer goes on with q, f still to come.
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(frames(&e), 12, "q plays again from its keyframe: {how:?}");
+    assert_eq!(last_len(&e), size_of("q") as u64);
+    assert_eq!(current(&e).as_deref(), Some("q"));
+
+    // f's keyframe: the switch.
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..10 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(last_len(&e), size_of("f") as u64, "switched to f");
+    assert_eq!(current(&e).as_deref(), Some("f"));
+    assert_eq!(frames(&e), 23, "one frame a round throughout");
+    assert_eq!(e.pulled, only(&["f"]), "q is no longer pulled");
+    let rx = &e.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue: {how:?}");
+    assert_eq!(rx.time_backwards, 0);
+    assert!(
+        rx.max_time_drift_us <= MAX_DRIFT_US,
+        "media time off the arrivals by {} µs",
+        rx.max_time_drift_us
+    );
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layer_restarts_after_a_relay_gap_during_a_switch() {
+    a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(StartOver::RelayGap);
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layers_time_jumps_during_a_switch() {
+    a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(StartOver::TimeJump);
+}
