@@ -1,7 +1,8 @@
 //! Simulcast layer selection, free of I/O and of str0m's frame API so the packet path can reuse
 //! it as is: a publication's [`LayerTable`] says which layers (rids) exist and which are flowing,
 //! each subscriber's [`Selector`] picks ONE layer for it, switches only on a keyframe of the
-//! target layer, and keeps the subscriber's timestamps continuous across switches ([`Rebase`]).
+//! target layer (or of its own layer when that starts over), and keeps the subscriber's
+//! timestamps continuous across switches ([`Rebase`]).
 //!
 //! Inputs are plain values (a rid, a media time in clock ticks, an arrival instant, an SSRC when
 //! known); outputs are verdicts the caller acts on (forward with this time, skip, ask for a

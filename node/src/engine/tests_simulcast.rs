@@ -1256,3 +1256,64 @@ fn a_relayed_viewer_goes_on_when_its_layer_restarts_after_a_relay_gap_during_a_s
 fn a_relayed_viewer_goes_on_when_its_layers_time_jumps_during_a_switch() {
     a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(StartOver::TimeJump);
 }
+
+#[test]
+fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_keyframe() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    let all_flowing: Vec<(str0m::media::Rid, bool)> = LAYERS
+        .iter()
+        .filter_map(|r| parse_rid(r))
+        .map(|r| (r, true))
+        .collect();
+    w.engine.relay_layers(up, all_flowing, now);
+    let c = w.client();
+    let sid = w.session();
+    w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(Prefs {
+                preferred_rid: parse_rid("f"),
+                priority_ordering: Ordering::Asciibetical,
+                rid_not_available: Ordering::None,
+            }),
+            ..Default::default()
+        }],
+    );
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["f"]));
+    // Over two seconds of f: its bitrate is measured here.
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..70 {
+        e.round(&LAYERS, &[]);
+    }
+    let id = SessionId::parse(&sid).expect("session id");
+    let now = e.w.now;
+    e.w.engine.bandwidth_estimate(id, 1_000, now);
+    assert_eq!(e.w.engine.stats().simulcast.bwe_down, 1);
+    // Unmeasured here, q is the last resort: pulled at once, then its keyframe asked for.
+    let outs: Vec<RelayOut> = std::iter::from_fn(|| e.w.engine.poll_relay()).collect();
+    let pulled = outs.iter().position(
+        |o| matches!(o, RelayOut::SetLayers { layers, .. } if *layers == only(&["f", "q"])),
+    );
+    let asked = outs.iter().position(
+        |o| matches!(o, RelayOut::LayerKeyframeRequest { rid, .. } if rid.to_string() == "q"),
+    );
+    assert!(
+        matches!((pulled, asked), (Some(p), Some(a)) if p < a),
+        "q is pulled before its keyframe is asked for: {outs:?}"
+    );
+}
