@@ -1317,3 +1317,113 @@ fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_ke
         "q is pulled before its keyframe is asked for: {outs:?}"
     );
 }
+
+#[test]
+fn a_layer_that_appears_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
+    // The publisher sends h and q first (f comes once its bandwidth allows, as Chromium does):
+    // f then takes the first place in the layer table, before the layers viewers receive.
+    let mut sim = Sim::new(&LAYERS);
+    let (on_h, _, h_mid) = sim.subscriber(Some(prefer("h", Ordering::None)));
+    let (on_q, _, q_mid) = sim.subscriber(Some(prefer("q", Ordering::None)));
+    let (best, best_sid, best_mid) = sim.subscriber(Some(prefer("f", Ordering::Asciibetical)));
+    sim.round(&["h", "q"], &["h", "q"]);
+    sim.rounds(3, &["h", "q"]);
+    assert_eq!(sim.frames(on_h, &h_mid), 4);
+    assert_eq!(sim.frames(best, &best_mid), 4);
+    assert_eq!(
+        sim.layer_seen(best, &best_mid),
+        Some("h"),
+        "f does not flow yet"
+    );
+
+    // f starts, on a keyframe: the f viewer moves to it, the others stay on their layers.
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(5, &LAYERS);
+    assert_eq!(sim.frames(on_h, &h_mid), 10, "h plays on");
+    assert_eq!(sim.layer_seen(on_h, &h_mid), Some("h"));
+    assert_eq!(sim.frames(on_q, &q_mid), 10, "q plays on");
+    assert_eq!(sim.layer_seen(on_q, &q_mid), Some("q"));
+    assert_eq!(sim.layer_seen(best, &best_mid), Some("f"), "switched to f");
+    assert_eq!(sim.current_rid(&best_sid, &best_mid).as_deref(), Some("f"));
+    assert!(
+        sim.frames(best, &best_mid) >= 10,
+        "{}",
+        sim.frames(best, &best_mid)
+    );
+    for (c, mid) in [(on_h, &h_mid), (on_q, &q_mid), (best, &best_mid)] {
+        sim.assert_continuous(c, mid);
+    }
+}
+
+#[test]
+fn a_relayed_layer_announced_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let states = |layers: &[(&str, bool)]| -> Vec<(str0m::media::Rid, bool)> {
+        layers
+            .iter()
+            .filter_map(|(r, f)| Some((parse_rid(r)?, *f)))
+            .collect()
+    };
+    // The origin has not seen f yet: it tells of h and q only.
+    let now = w.now;
+    w.engine
+        .relay_layers(up, states(&[("h", true), ("q", true)]), now);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("f", Ordering::Asciibetical)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["h"]));
+    e.round(&LAYERS, &["h"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(e.w.clients[c].frames(&mid), 4);
+
+    // Now f flows at the origin: h plays on until f's keyframe, then f.
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, states(&[("f", true), ("h", true), ("q", true)]), now);
+    e.poll();
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(e.pulled, only(&["f", "h"]));
+    assert_eq!(
+        e.w.clients[c].frames(&mid),
+        7,
+        "h plays on until f's keyframe"
+    );
+    assert_eq!(
+        e.w.clients[c].stats().rx[&mid].last_len,
+        size_of("h") as u64
+    );
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    let rx = &e.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("f") as u64, "switched to f");
+    assert_eq!(rx.frames, 11);
+    assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue");
+    assert_eq!(rx.time_backwards, 0);
+}
