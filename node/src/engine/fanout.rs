@@ -101,12 +101,26 @@ pub(super) fn codec_of(params: &PayloadParams) -> CodecInfo {
     }
 }
 
-/// The source a subscriber's rewriter follows for a packet of publication `uid`.
-fn source_of(uid: u64, layer_index: usize, epoch: u32) -> SourceId {
-    SourceId {
-        id: uid.wrapping_mul(8).wrapping_add(layer_index as u64),
-        epoch,
-    }
+/// The source a subscriber's rewriter follows for a packet of publication `uid` (of its layer
+/// `rid`, for a layered one). Keyed by the rid, not by the layer's place in the table: a layer
+/// that appears later (f after h and q) is inserted before the others, and a key by place would
+/// hand the layers after it another layer's source, so their subscribers' rewriters would drop
+/// their packets as not followed (or take a switch to the new layer for no switch at all).
+fn source_of(uid: u64, rid: Option<Rid>, epoch: u32) -> SourceId {
+    let id = match rid {
+        None => u128::from(uid) << 65,
+        Some(rid) => {
+            // A rid is at most 8 bytes (str0m's `Rid`): packed whole, so two rids never share
+            // a key.
+            let packed = rid
+                .as_bytes()
+                .iter()
+                .take(8)
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+            (u128::from(uid) << 65) | (1 << 64) | u128::from(packed)
+        }
+    };
+    SourceId { id, epoch }
 }
 
 impl Engine {
@@ -387,16 +401,11 @@ impl Engine {
         let codec = p.codec;
         let uid = p.uid;
         let (cache, source) = match pkt.layer {
-            None => (&mut p.cache, source_of(uid, 0, p.epoch)),
-            Some((rid, epoch)) => {
-                let Some(index) = p.layers.layers().iter().position(|l| l.rid == rid) else {
-                    return;
-                };
-                match p.layers.at_mut(index) {
-                    Some(l) => (&mut l.data.cache, source_of(uid, index + 1, epoch)),
-                    None => return,
-                }
-            }
+            None => (&mut p.cache, source_of(uid, None, p.epoch)),
+            Some((rid, epoch)) => match p.layers.layer_mut(rid) {
+                Some(l) => (&mut l.data.cache, source_of(uid, Some(rid), epoch)),
+                None => return,
+            },
         };
         cache.insert(pkt.cached());
         cache.evict(pkt.arrival);
@@ -795,10 +804,7 @@ impl Engine {
             let Some(rid) = selector.choose(&p.layers, now) else {
                 return;
             };
-            let Some(index) = p.layers.layers().iter().position(|l| l.rid == rid) else {
-                return;
-            };
-            let Some(l) = p.layers.layers().get(index) else {
+            let Some(l) = p.layers.layer(rid) else {
                 return;
             };
             let Some(k) = l.data.cache.keyframe().filter(|k| k.complete) else {
@@ -826,7 +832,7 @@ impl Engine {
             (
                 packets,
                 k.frames_after == 0,
-                source_of(p.uid, index + 1, l.epoch()),
+                source_of(p.uid, Some(rid), l.epoch()),
                 switched,
             )
         } else {
@@ -841,7 +847,7 @@ impl Engine {
             (
                 packets,
                 k.frames_after == 0,
-                source_of(p.uid, 0, p.epoch),
+                source_of(p.uid, None, p.epoch),
                 true,
             )
         };

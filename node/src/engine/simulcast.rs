@@ -1,7 +1,8 @@
 //! Simulcast layer selection, free of I/O and of str0m's frame API so the packet path can reuse
 //! it as is: a publication's [`LayerTable`] says which layers (rids) exist and which are flowing,
 //! each subscriber's [`Selector`] picks ONE layer for it, switches only on a keyframe of the
-//! target layer, and keeps the subscriber's timestamps continuous across switches ([`Rebase`]).
+//! target layer (or of its own layer when that starts over), and keeps the subscriber's
+//! timestamps continuous across switches ([`Rebase`]).
 //!
 //! Inputs are plain values (a rid, a media time in clock ticks, an arrival instant, an SSRC when
 //! known); outputs are verdicts the caller acts on (forward with this time, skip, ask for a
@@ -727,12 +728,39 @@ impl Selector {
     ) -> Verdict {
         self.target = self.choose(table, f.arrival);
         let on_current = self.current == Some((f.rid, f.epoch));
+        if self.target != Some(f.rid) && self.current.is_some_and(|(rid, _)| rid == f.rid) {
+            if on_current {
+                // The current layer; while another one is the target, it keeps flowing until
+                // the target's keyframe arrives.
+                let time = self.rebase.map(f.time, f.arrival, clock_hz, false);
+                return Verdict::Forward {
+                    time,
+                    switched: false,
+                };
+            }
+            // The current layer started over (a relay gap, an SSRC change, a time jump) while
+            // the subscriber moves to another one: its new run goes on from its keyframe, as a
+            // switch, rather than leaving the subscriber with nothing until the target's
+            // keyframe (which may be long in coming). Its delta frames until then ask for that
+            // keyframe.
+            if !f.keyframe {
+                return Verdict::WantKeyframe;
+            }
+            self.current = Some((f.rid, f.epoch));
+            let time = self.rebase.map(f.time, f.arrival, clock_hz, true);
+            return Verdict::Forward {
+                time,
+                switched: true,
+            };
+        }
         if self.target == Some(f.rid) && !on_current {
-            // With no layer flowing to it the subscriber starves; past the wait it takes the
-            // delta frames (while the old layer flows, that one is better than broken frames).
-            let starved = self
-                .current
-                .is_none_or(|(rid, _)| !table.available(rid, f.arrival));
+            // With no layer flowing to it the subscriber starves (its layer stopped, or started
+            // over and has not sent its keyframe yet); past the wait it takes the delta frames
+            // (while the old layer flows, that one is better than broken frames).
+            let starved = self.current.is_none_or(|(rid, epoch)| {
+                !table.available(rid, f.arrival)
+                    || table.layer(rid).is_some_and(|l| l.epoch() != epoch)
+            });
             let since = match (starved, self.starved_since) {
                 (false, _) => None,
                 (true, None) => Some(f.arrival),
@@ -752,8 +780,7 @@ impl Selector {
                 switched: true,
             };
         }
-        // The current layer; while another one is the target, it keeps flowing until the
-        // target's keyframe arrives.
+        // The current layer, which is also the target.
         if on_current {
             let time = self.rebase.map(f.time, f.arrival, clock_hz, false);
             return Verdict::Forward {
@@ -991,6 +1018,104 @@ mod tests {
         };
         assert!(switched);
         assert_eq!(time, t0 + 9_000, "100 ms on");
+    }
+
+    #[test]
+    fn a_current_layer_that_starts_over_during_a_switch_goes_on_from_its_keyframe() {
+        let start = Instant::now();
+        let mut t = table(start);
+        let mut sel = Selector::new(Prefs {
+            preferred_rid: Some(rid("q")),
+            ..Prefs::default()
+        });
+        let Verdict::Forward { time: t0, .. } =
+            sel.on_frame(&t, frame("q", true, 9_000, start), CLOCK)
+        else {
+            panic!("starts on q's keyframe");
+        };
+        assert_eq!(sel.set_prefs(Prefs::default(), &t, start), Some(rid("f")));
+        // q starts over before f's keyframe: its deltas ask for its keyframe, f's deltas for
+        // f's, and nothing is forwarded.
+        t.restart(rid("q"));
+        let at = start + Duration::from_millis(100);
+        let q = |keyframe, time, arrival| LayerFrame {
+            epoch: 1,
+            ..frame("q", keyframe, time, arrival)
+        };
+        assert_eq!(
+            sel.on_frame(&t, q(false, 77, at), CLOCK),
+            Verdict::WantKeyframe
+        );
+        assert_eq!(
+            sel.on_frame(&t, frame("f", false, 5_000, at), CLOCK),
+            Verdict::WantKeyframe
+        );
+        // q's keyframe: q goes on, as a switch, its time 200 ms after the last one sent.
+        let at = start + Duration::from_millis(200);
+        assert_eq!(
+            sel.on_frame(&t, q(true, 3_000, at), CLOCK),
+            Verdict::Forward {
+                time: t0 + 18_000,
+                switched: true
+            }
+        );
+        assert_eq!(sel.current(), Some(rid("q")));
+        assert_eq!(sel.switching_to(), Some(rid("f")), "still moving to f");
+        assert!(matches!(
+            sel.on_frame(&t, q(false, 6_000, at), CLOCK),
+            Verdict::Forward {
+                switched: false,
+                ..
+            }
+        ));
+        // Then f's keyframe.
+        assert!(matches!(
+            sel.on_frame(&t, frame("f", true, 8_000, at), CLOCK),
+            Verdict::Forward { switched: true, .. }
+        ));
+        assert_eq!(sel.current(), Some(rid("f")));
+        assert_eq!(sel.on_frame(&t, q(false, 9_000, at), CLOCK), Verdict::Skip);
+    }
+
+    #[test]
+    fn a_subscriber_whose_layer_started_over_takes_the_target_deltas_after_the_wait() {
+        let start = Instant::now();
+        let mut t = table(start);
+        let mut sel = Selector::new(Prefs {
+            preferred_rid: Some(rid("q")),
+            ..Prefs::default()
+        });
+        assert!(matches!(
+            sel.on_frame(&t, frame("q", true, 0, start), CLOCK),
+            Verdict::Forward { .. }
+        ));
+        sel.set_prefs(Prefs::default(), &t, start);
+        let a = t.admit(rid("q"), 0, start, CLOCK, Some(1000)).expect("q");
+        assert!(a.ssrc_changed);
+        // Neither q's nor f's keyframe ever comes: f's deltas flow after the wait, as for a
+        // subscriber with no layer flowing.
+        let mut first = None;
+        for n in 1..200u64 {
+            let at = start + Duration::from_millis(33 * n);
+            for r in ["f", "h", "q"] {
+                t.admit(rid(r), n * 2970, at, CLOCK, None)
+                    .expect("declared");
+            }
+            let q = LayerFrame {
+                epoch: a.epoch,
+                ..frame("q", false, n * 2970, at)
+            };
+            assert_ne!(sel.on_frame(&t, q, CLOCK), Verdict::Skip, "q is waited for");
+            if let Verdict::Forward { .. } =
+                sel.on_frame(&t, frame("f", false, n * 2970, at), CLOCK)
+            {
+                first = Some(at);
+                break;
+            }
+        }
+        let waited = first.expect("f's deltas flow in the end") - start;
+        assert!(waited >= KEYFRAME_WAIT_MAX, "{waited:?}");
+        assert_eq!(sel.current(), Some(rid("f")));
     }
 
     #[test]

@@ -75,6 +75,10 @@ impl Engine {
                 .set_bitrate(Bitrate::bps(current.min(desired)), Bitrate::bps(desired));
         }
         for (key, rid) in moves {
+            // A relayed publication pulls the new layer now, before asking for its keyframe
+            // (as `tracks/update` does): a keyframe the origin sends before it knows this node
+            // wants the layer would not come here.
+            self.update_upstream_layers(&key, now);
             self.request_layer_keyframe(&key, rid, now);
         }
         self.drain(sub, now);

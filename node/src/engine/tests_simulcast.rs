@@ -1048,3 +1048,382 @@ fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_orig
     w.engine.relay_set_layers(down, RelayLayers::All, now);
     assert_eq!(set_layers(&mut w), vec![RelayLayers::All]);
 }
+
+/// How the current layer of a relayed viewer starts over in [`a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch`].
+#[derive(Clone, Copy, Debug)]
+enum StartOver {
+    /// Frames were lost on the relay link: every layer is withheld until its keyframe, which
+    /// restarts it on this node.
+    RelayGap,
+    /// The layer's media time jumps (an encoder restart upstream).
+    TimeJump,
+}
+
+/// The edge side of a relayed simulcast publication, fed as the origin would: only the layers
+/// the edge asked for, one packet per layer and round.
+struct Edge {
+    w: World,
+    up: crate::ids::UpId,
+    /// The layers the edge last asked for (all until it says otherwise).
+    pulled: RelayLayers,
+    /// Layers the edge asked upstream for a keyframe of, since the last [`Edge::take_requests`].
+    requests: Vec<String>,
+    round: u64,
+    /// Ticks added to layer q's media time from now on.
+    q_shift: u64,
+}
+
+impl Edge {
+    /// One round: a packet of each pulled layer of `rids`, keyframes on `keyframes`.
+    fn round(&mut self, rids: &[&str], keyframes: &[&str]) {
+        self.round += 1;
+        for rid in rids {
+            if !parse_rid(rid).is_some_and(|r| self.pulled.carries(r)) {
+                continue;
+            }
+            let mut frame = relayed(rid, self.round, keyframes.contains(rid));
+            if *rid == "q" {
+                frame.rtp_time += self.q_shift;
+            }
+            let now = self.w.now;
+            self.w.engine.relay_frame(self.up, frame, now);
+        }
+        let all = 0..self.w.clients.len();
+        self.w.step(all, ROUND);
+        self.poll();
+    }
+
+    fn poll(&mut self) {
+        while let Some(o) = self.w.engine.poll_relay() {
+            match o {
+                RelayOut::SetLayers { layers, .. } => self.pulled = layers,
+                RelayOut::LayerKeyframeRequest { rid, .. } => self.requests.push(rid.to_string()),
+                _ => {}
+            }
+        }
+    }
+
+    fn take_requests(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.requests)
+    }
+}
+
+/// A viewer on an edge receives layer q of a relayed publication (f, its preferred layer, is
+/// not flowing at the origin yet, and it falls back asciibetically). Then f flows: the viewer's
+/// target becomes f, and before f's keyframe comes, q starts over on the edge. The viewer must
+/// go on with q from q's next keyframe (not wait for f's while q is there to see), then move to
+/// f on f's keyframe, with its sequence numbers and media times continuous throughout.
+fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: StartOver) {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let states = |flowing: [bool; 3]| -> Vec<(str0m::media::Rid, bool)> {
+        LAYERS
+            .iter()
+            .zip(flowing)
+            .filter_map(|(r, f)| Some((parse_rid(r)?, f)))
+            .collect()
+    };
+    let now = w.now;
+    w.engine.relay_layers(up, states([false, false, true]), now);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("f", Ordering::Asciibetical)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["q"]), "only q flows at the origin");
+    let frames = |e: &Edge| e.w.clients[c].frames(&mid);
+    let last_len = |e: &Edge| e.w.clients[c].stats().rx[&mid].last_len;
+    let current = |e: &Edge| {
+        let tracks = e.w.engine.session_tracks(APP, &sid).expect("session");
+        tracks[0]
+            .simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+    };
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..4 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(frames(&e), 5);
+    assert_eq!(last_len(&e), size_of("q") as u64);
+    assert_eq!(current(&e).as_deref(), Some("q"));
+
+    // f flows at the origin now: the viewer's target. The edge pulls f and asks for its
+    // keyframe; q plays on meanwhile.
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, states([true, false, true]), now);
+    e.poll();
+    e.take_requests();
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(
+        e.pulled,
+        only(&["f", "q"]),
+        "f is pulled, q kept until the switch"
+    );
+    assert!(
+        e.take_requests().iter().any(|r| r == "f"),
+        "a keyframe of f was asked for upstream"
+    );
+    assert_eq!(frames(&e), 8, "q plays on until f's keyframe");
+    assert_eq!(last_len(&e), size_of("q") as u64);
+
+    // q starts over before f's keyframe comes.
+    match how {
+        StartOver::RelayGap => {
+            let now = e.w.now;
+            e.w.engine.relay_gap(up, now);
+            e.poll();
+        }
+        StartOver::TimeJump => e.q_shift = 100 * 90_000,
+    }
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(
+        frames(&e),
+        8,
+        "q's delta frames after its restart cannot be decoded"
+    );
+    // Over a second of rounds: the keyframe requests are folded to one a second per layer.
+    for _ in 0..40 {
+        e.round(&LAYERS, &[]);
+    }
+    let requests = e.take_requests();
+    assert!(
+        requests.iter().any(|r| r == "q"),
+        "q, which the viewer waits for too, was asked for a keyframe: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r == "f"),
+        "f was asked for its keyframe again: {requests:?}"
+    );
+
+    // q's keyframe: the viewer goes on with q, f still to come.
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(frames(&e), 12, "q plays again from its keyframe: {how:?}");
+    assert_eq!(last_len(&e), size_of("q") as u64);
+    assert_eq!(current(&e).as_deref(), Some("q"));
+
+    // f's keyframe: the switch.
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..10 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(last_len(&e), size_of("f") as u64, "switched to f");
+    assert_eq!(current(&e).as_deref(), Some("f"));
+    assert_eq!(frames(&e), 23, "one frame a round throughout");
+    assert_eq!(e.pulled, only(&["f"]), "q is no longer pulled");
+    let rx = &e.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue: {how:?}");
+    assert_eq!(rx.time_backwards, 0);
+    assert!(
+        rx.max_time_drift_us <= MAX_DRIFT_US,
+        "media time off the arrivals by {} µs",
+        rx.max_time_drift_us
+    );
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layer_restarts_after_a_relay_gap_during_a_switch() {
+    a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(StartOver::RelayGap);
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layers_time_jumps_during_a_switch() {
+    a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(StartOver::TimeJump);
+}
+
+#[test]
+fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_keyframe() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    let all_flowing: Vec<(str0m::media::Rid, bool)> = LAYERS
+        .iter()
+        .filter_map(|r| parse_rid(r))
+        .map(|r| (r, true))
+        .collect();
+    w.engine.relay_layers(up, all_flowing, now);
+    let c = w.client();
+    let sid = w.session();
+    w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(Prefs {
+                preferred_rid: parse_rid("f"),
+                priority_ordering: Ordering::Asciibetical,
+                rid_not_available: Ordering::None,
+            }),
+            ..Default::default()
+        }],
+    );
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["f"]));
+    // Over two seconds of f: its bitrate is measured here.
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..70 {
+        e.round(&LAYERS, &[]);
+    }
+    let id = SessionId::parse(&sid).expect("session id");
+    let now = e.w.now;
+    e.w.engine.bandwidth_estimate(id, 1_000, now);
+    assert_eq!(e.w.engine.stats().simulcast.bwe_down, 1);
+    // Unmeasured here, q is the last resort: pulled at once, then its keyframe asked for.
+    let outs: Vec<RelayOut> = std::iter::from_fn(|| e.w.engine.poll_relay()).collect();
+    let pulled = outs.iter().position(
+        |o| matches!(o, RelayOut::SetLayers { layers, .. } if *layers == only(&["f", "q"])),
+    );
+    let asked = outs.iter().position(
+        |o| matches!(o, RelayOut::LayerKeyframeRequest { rid, .. } if rid.to_string() == "q"),
+    );
+    assert!(
+        matches!((pulled, asked), (Some(p), Some(a)) if p < a),
+        "q is pulled before its keyframe is asked for: {outs:?}"
+    );
+}
+
+#[test]
+fn a_layer_that_appears_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
+    // The publisher sends h and q first (f comes once its bandwidth allows, as Chromium does):
+    // f then takes the first place in the layer table, before the layers viewers receive.
+    let mut sim = Sim::new(&LAYERS);
+    let (on_h, _, h_mid) = sim.subscriber(Some(prefer("h", Ordering::None)));
+    let (on_q, _, q_mid) = sim.subscriber(Some(prefer("q", Ordering::None)));
+    let (best, best_sid, best_mid) = sim.subscriber(Some(prefer("f", Ordering::Asciibetical)));
+    sim.round(&["h", "q"], &["h", "q"]);
+    sim.rounds(3, &["h", "q"]);
+    assert_eq!(sim.frames(on_h, &h_mid), 4);
+    assert_eq!(sim.frames(best, &best_mid), 4);
+    assert_eq!(
+        sim.layer_seen(best, &best_mid),
+        Some("h"),
+        "f does not flow yet"
+    );
+
+    // f starts, on a keyframe: the f viewer moves to it, the others stay on their layers.
+    sim.round(&LAYERS, &["f"]);
+    sim.rounds(5, &LAYERS);
+    assert_eq!(sim.frames(on_h, &h_mid), 10, "h plays on");
+    assert_eq!(sim.layer_seen(on_h, &h_mid), Some("h"));
+    assert_eq!(sim.frames(on_q, &q_mid), 10, "q plays on");
+    assert_eq!(sim.layer_seen(on_q, &q_mid), Some("q"));
+    assert_eq!(sim.layer_seen(best, &best_mid), Some("f"), "switched to f");
+    assert_eq!(sim.current_rid(&best_sid, &best_mid).as_deref(), Some("f"));
+    assert!(
+        sim.frames(best, &best_mid) >= 10,
+        "{}",
+        sim.frames(best, &best_mid)
+    );
+    for (c, mid) in [(on_h, &h_mid), (on_q, &q_mid), (best, &best_mid)] {
+        sim.assert_continuous(c, mid);
+    }
+}
+
+#[test]
+fn a_relayed_layer_announced_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let states = |layers: &[(&str, bool)]| -> Vec<(str0m::media::Rid, bool)> {
+        layers
+            .iter()
+            .filter_map(|(r, f)| Some((parse_rid(r)?, *f)))
+            .collect()
+    };
+    // The origin has not seen f yet: it tells of h and q only.
+    let now = w.now;
+    w.engine
+        .relay_layers(up, states(&[("h", true), ("q", true)]), now);
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(publisher.to_string()),
+            track_name: Some("cam".into()),
+            simulcast: Some(prefer("f", Ordering::Asciibetical)),
+            ..Default::default()
+        }],
+    );
+    let mid = res.tracks[0].mid.clone();
+    w.connect(&[c]);
+    let mut e = Edge {
+        w,
+        up,
+        pulled: RelayLayers::All,
+        requests: Vec::new(),
+        round: 0,
+        q_shift: 0,
+    };
+    e.poll();
+    assert_eq!(e.pulled, only(&["h"]));
+    e.round(&LAYERS, &["h"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(e.w.clients[c].frames(&mid), 4);
+
+    // Now f flows at the origin: h plays on until f's keyframe, then f.
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, states(&[("f", true), ("h", true), ("q", true)]), now);
+    e.poll();
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(e.pulled, only(&["f", "h"]));
+    assert_eq!(
+        e.w.clients[c].frames(&mid),
+        7,
+        "h plays on until f's keyframe"
+    );
+    assert_eq!(
+        e.w.clients[c].stats().rx[&mid].last_len,
+        size_of("h") as u64
+    );
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..3 {
+        e.round(&LAYERS, &[]);
+    }
+    let rx = &e.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.last_len, size_of("f") as u64, "switched to f");
+    assert_eq!(rx.frames, 11);
+    assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue");
+    assert_eq!(rx.time_backwards, 0);
+}

@@ -39,8 +39,9 @@ const MAX_TIME_STEP: u64 = 1 << 30;
 /// `epoch` changes when the same source starts over (SSRC change, time jump, new upstream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId {
-    /// Opaque to the rewriter; the caller's key for the source.
-    pub id: u64,
+    /// Opaque to the rewriter; the caller's key for the source (wide enough for a publication
+    /// and a rid together).
+    pub id: u128,
     /// Bumped by the caller when the source restarts.
     pub epoch: u32,
 }
