@@ -525,7 +525,6 @@ impl Engine {
                 return;
             }
         }
-        repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid);
         let source_pt = pkt.hdr.params.map(|p| p.pt());
         let out = s.out.entry(mid).or_insert_with(OutStream::new);
         // A cached choice stays valid while the subscriber still offers that payload type
@@ -600,7 +599,10 @@ impl Engine {
         if m.resynced {
             self.stats.packets_resynced += 1;
         }
-        let video = codec.is_some_and(|c| !c.codec.is_audio());
+        // Only video with RTX is repaired (Opus conceals its own loss): only its packets are
+        // kept to answer NACKs.
+        let nackable = rtx && codec.is_some_and(|c| !c.codec.is_audio());
+        repair_window::ensure(&mut s.rtc, &mut s.repair_window, mid, nackable);
         let mut write = RtpWrite::new(
             pt,
             SeqNo::from(m.seq),
@@ -609,7 +611,7 @@ impl Engine {
             pkt.payload.clone(),
         )
         .marker(pkt.marker)
-        .nackable(video && rtx);
+        .nackable(nackable);
         if pkt.hdr.audio_level.is_some() || pkt.hdr.voice_activity.is_some() {
             write = write.ext_vals(ExtensionValues {
                 audio_level: pkt.hdr.audio_level,

@@ -173,8 +173,9 @@ pub struct Session {
     pub media_counts: HashMap<(Mid, bool), (u64, u64)>,
     /// Each sending mid's outgoing stream: its rewriters and payload type choice.
     pub out: HashMap<Mid, super::fanout::OutStream>,
-    /// The resend history window of each sending mid, once set (`repair_window`).
-    pub repair_window: HashMap<Mid, std::time::Duration>,
+    /// The resend history window of each sending mid, once set (`repair_window`; `None`: its
+    /// packets are never NACKed and it keeps none).
+    pub repair_window: HashMap<Mid, Option<std::time::Duration>>,
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
