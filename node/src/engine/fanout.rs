@@ -69,6 +69,13 @@ impl Pkt {
     }
 }
 
+/// Packets written to one session that may wait for the end of the batch of input: the one
+/// that makes this many sends them at once. str0m's send queue never gives back the room it
+/// grew to (4 packets, then 8, 16, ...: 408 bytes each), so this keeps it at 4 packets, 1.6 KB
+/// per session, where a busy batch or a keyframe grew it to 16 or 32. Most frames (an audio
+/// packet, a video delta of up to 4 packets) still leave with one clock input per batch.
+const FLUSH_AFTER_PACKETS: u8 = 4;
+
 /// One subscriber's outgoing stream on a mid: the numbering it has sent, the VP8 picture ids,
 /// and the payload type chosen for the source's (so matching is not redone per packet).
 pub struct OutStream {
@@ -640,19 +647,26 @@ impl Engine {
         // str0m sends written packets on its next clock input. That input and the drain after
         // it cost about as much as the write: given once per session at the end of the batch
         // of input (`flush_written_media`), the packets of a frame that arrived together
-        // leave after one of each rather than one per packet.
-        if !s.media_pending {
-            s.media_pending = true;
+        // leave after one of each rather than one per packet. But no more than
+        // `FLUSH_AFTER_PACKETS` wait: str0m's send queue keeps, for the session's life, the
+        // room it once needed (408 bytes a packet), and a busy batch can bring many.
+        if s.media_pending == 0 {
             self.media_written.push(sub);
         }
-        self.media_written_at = Some(now);
-        if matches!(
+        s.media_pending = s.media_pending.saturating_add(1);
+        let flush_now = s.media_pending >= FLUSH_AFTER_PACKETS;
+        let first_media = matches!(
             s.state,
             SessionState::Connected {
                 media_flowed: false
             }
-        ) {
+        );
+        self.media_written_at = Some(now);
+        if first_media {
             self.media_flowing(sub, now);
+        }
+        if flush_now {
+            self.flush_session(sub, now);
         }
     }
 
@@ -665,15 +679,23 @@ impl Engine {
         }
         self.media_written_at = None;
         for sub in std::mem::take(&mut self.media_written) {
-            let Some(s) = self.sessions.get_mut(&sub) else {
-                continue;
-            };
-            s.media_pending = false;
-            if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(session = %sub, error = %e, "timeout after write failed");
-            }
-            self.drain(sub, now);
+            self.flush_session(sub, now);
         }
+    }
+
+    /// Sends what was written to one session (nothing if it was flushed since).
+    fn flush_session(&mut self, sub: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sub) else {
+            return;
+        };
+        if s.media_pending == 0 {
+            return;
+        }
+        s.media_pending = 0;
+        if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(session = %sub, error = %e, "timeout after write failed");
+        }
+        self.drain(sub, now);
     }
 
     /// A subscriber's receiver asked for a keyframe (PLI/FIR): pass it to the publisher (for a

@@ -179,8 +179,9 @@ pub struct Session {
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
-    /// RTP packets were written and wait for the batch's end to be sent (`media_written`).
-    pub media_pending: bool,
+    /// RTP packets written that wait for the batch's end to be sent (`media_written`), at most
+    /// `fanout::FLUSH_AFTER_PACKETS`.
+    pub media_pending: u8,
     /// The simulcast layer choice of each receiving mid that has one (pulled with `simulcast`,
     /// or receiving a layered publication).
     pub simulcast: HashMap<Mid, super::simulcast::Selector>,
@@ -243,7 +244,7 @@ impl Session {
             out: HashMap::new(),
             repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
-            media_pending: false,
+            media_pending: 0,
             simulcast: HashMap::new(),
             outgoing_local: None,
             outgoing_mids: Vec::new(),
