@@ -533,7 +533,10 @@ impl Engine {
             }
         }
         let source_pt = pkt.hdr.params.map(|p| p.pt());
-        let out = s.out.entry(mid).or_insert_with(OutStream::new);
+        let out = s
+            .out
+            .entry(mid)
+            .or_insert_with(|| Box::new(OutStream::new()));
         // A cached choice stays valid while the subscriber still offers that payload type
         // (a renegotiation may remove it); checking that is cheaper than matching again.
         let remote: &[Pt] = match s.rtc.media(mid) {

@@ -171,8 +171,9 @@ pub struct Session {
     pub nacks_seen: HashMap<(Mid, bool), u64>,
     /// Last cumulative (packets, bytes) str0m reported, per (mid, egress), for the streams list.
     pub media_counts: HashMap<(Mid, bool), (u64, u64)>,
-    /// Each sending mid's outgoing stream: its rewriters and payload type choice.
-    pub out: HashMap<Mid, super::fanout::OutStream>,
+    /// Each sending mid's outgoing stream: its rewriters and payload type choice. Boxed: a map
+    /// has room for at least 4 entries, and most sessions send on one or two mids.
+    pub out: HashMap<Mid, Box<super::fanout::OutStream>>,
     /// The resend history window of each sending mid, once set (`repair_window`; `None`: its
     /// packets are never NACKed and it keeps none).
     pub repair_window: HashMap<Mid, Option<std::time::Duration>>,
