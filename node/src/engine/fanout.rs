@@ -74,7 +74,7 @@ impl Pkt {
 /// grew to (4 packets, then 8, 16, ...: 408 bytes each), so this keeps it at 8 packets, 3.3 KB
 /// per session, where a busy batch or a keyframe grew it to 16 or 32. Audio packets and video
 /// deltas (4 packets at 1 Mbit/s) of a batch still leave with one clock input: with 4 here,
-/// 200-viewer video forwarding took 10-17 % more CPU per packet on a busy machine.
+/// 200-viewer video forwarded 10-17 % fewer packets per core (two runs, a busy machine).
 pub(super) const FLUSH_AFTER_PACKETS: u8 = 8;
 
 /// One subscriber's outgoing stream on a mid: the numbering it has sent, the VP8 picture ids,
