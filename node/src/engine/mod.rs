@@ -187,7 +187,10 @@ pub struct Engine {
     /// Sessions the node's other engine workers hold: `max_sessions` is the node's cap.
     sessions_elsewhere: usize,
     cert: Option<str0m::config::DtlsCert>,
-    sessions: SessionMap<Session>,
+    /// Boxed: a `Session` (its str0m `Rtc` inline) is about 11 KB, and a map stores its values
+    /// in its table, which is up to half empty after growing: inline, that slack cost several KB
+    /// per session.
+    sessions: SessionMap<Box<Session>>,
     publications: HashMap<TrackKey, Publication>,
     demux: Demux,
     timers: BTreeSet<(Instant, SessionId)>,

@@ -8,6 +8,10 @@
 //! packet left, and it asks again once per round trip (at least [`RETRY_FLOOR`] apart). So the
 //! history is sized from the subscriber's measured round-trip time: [`ATTEMPTS`] retry
 //! intervals plus [`SLACK`], within [`MIN_WINDOW`]..=[`MAX_WINDOW`].
+//!
+//! A stream whose packets are never written `nackable` (audio, video without RTX) keeps no
+//! history and no resend accounting: str0m would otherwise record every packet it sends for a
+//! second (the resend ratio cap), about 1.5 KB per audio subscriber for nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,44 +53,69 @@ pub fn worth_resizing(current: Duration, wanted: Duration) -> bool {
     (a - b).abs() > a * RESIZE_FRACTION
 }
 
-/// Gives the send stream on `mid` its first window, once it exists (the m-line is negotiated);
-/// `windows` holds each mid's window. True once the stream has one.
-pub fn ensure(rtc: &mut Rtc, windows: &mut HashMap<Mid, Duration>, mid: Mid) -> bool {
-    if windows.contains_key(&mid) {
-        return true;
+/// What the send stream on `mid` should keep now, given what it keeps (`current`: `None` when
+/// not set yet, `Some(None)` when set to keep nothing) and whether the packets written to it are
+/// `nackable`. `None`: leave it as it is. A stream that becomes NACKable (a renegotiation added
+/// RTX) gets a window; one that stops keeps its window (harmless, and resizing empties it).
+pub fn wanted(current: Option<Option<Duration>>, nackable: bool) -> Option<Option<Duration>> {
+    match (current, nackable) {
+        (None, false) => Some(None),
+        (None | Some(None), true) => Some(Some(window_for(None))),
+        (Some(_), _) => None,
     }
-    let window = window_for(None);
-    if apply(rtc, mid, window) {
-        windows.insert(mid, window);
+}
+
+/// Gives the send stream on `mid` what it keeps, once it exists (the m-line is negotiated): a
+/// first window if its packets are `nackable`, else nothing. `windows` holds each mid's setting
+/// (`None`: no history). True once the stream has its setting.
+pub fn ensure(
+    rtc: &mut Rtc,
+    windows: &mut HashMap<Mid, Option<Duration>>,
+    mid: Mid,
+    nackable: bool,
+) -> bool {
+    let Some(setting) = wanted(windows.get(&mid).copied(), nackable) else {
+        return true;
+    };
+    if apply(rtc, mid, setting) {
+        windows.insert(mid, setting);
         return true;
     }
     false
 }
 
-/// Fits the window of the send stream on `mid` to a newly measured round trip.
+/// Fits the window of the send stream on `mid` to a newly measured round trip (a stream that
+/// keeps no history stays so).
 pub fn fit_to_rtt(
     rtc: &mut Rtc,
-    windows: &mut HashMap<Mid, Duration>,
+    windows: &mut HashMap<Mid, Option<Duration>>,
     mid: Mid,
     rtt: Option<Duration>,
 ) {
-    let Some(current) = windows.get(&mid).copied() else {
+    let Some(Some(current)) = windows.get(&mid).copied() else {
         return;
     };
     let wanted = window_for(rtt);
-    if worth_resizing(current, wanted) && apply(rtc, mid, wanted) {
-        windows.insert(mid, wanted);
+    if worth_resizing(current, wanted) && apply(rtc, mid, Some(wanted)) {
+        windows.insert(mid, Some(wanted));
     }
 }
 
-/// Sets the history of the send stream on `mid` to `window`, capped at [`MAX_PACKETS`]. False when
+/// Sets the history of the send stream on `mid` to `window`, capped at [`MAX_PACKETS`], or to
+/// nothing (`None`: no packets, no resend ratio cap and so no record of sent bytes). False when
 /// the stream does not exist yet.
-fn apply(rtc: &mut Rtc, mid: Mid, window: Duration) -> bool {
+fn apply(rtc: &mut Rtc, mid: Mid, window: Option<Duration>) -> bool {
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
         return false;
     };
-    tx.set_rtx_cache(MAX_PACKETS, window, RTX_RATIO_CAP);
+    match window {
+        Some(window) => tx.set_rtx_cache(MAX_PACKETS, window, RTX_RATIO_CAP),
+        // str0m caches only `nackable` packets, so one slot is never used. Without a cap
+        // str0m stops recording sent bytes (it only purges that record to check the cap);
+        // only `reset_stream_tx`, which the engine never calls, would restart it.
+        None => tx.set_rtx_cache(1, Duration::ZERO, None),
+    }
     true
 }
 
@@ -104,6 +133,29 @@ mod tests {
         assert_eq!(window_for(Some(MS(250))), MS(1350));
         assert_eq!(window_for(Some(Duration::from_secs(5))), MS(1500));
         assert_eq!(window_for(Some(Duration::MAX)), MS(1500));
+    }
+
+    #[test]
+    fn a_stream_never_nacked_keeps_no_history_until_it_is() {
+        let window = Some(window_for(None));
+        assert_eq!(wanted(None, false), Some(None), "audio: nothing kept");
+        assert_eq!(wanted(Some(None), false), None, "set once");
+        assert_eq!(
+            wanted(None, true),
+            Some(window),
+            "video with RTX: the first window"
+        );
+        assert_eq!(
+            wanted(Some(None), true),
+            Some(window),
+            "RTX negotiated later"
+        );
+        assert_eq!(
+            wanted(Some(Some(MS(850))), true),
+            None,
+            "fitted windows stay"
+        );
+        assert_eq!(wanted(Some(Some(MS(850))), false), None);
     }
 
     #[test]

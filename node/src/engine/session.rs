@@ -171,15 +171,18 @@ pub struct Session {
     pub nacks_seen: HashMap<(Mid, bool), u64>,
     /// Last cumulative (packets, bytes) str0m reported, per (mid, egress), for the streams list.
     pub media_counts: HashMap<(Mid, bool), (u64, u64)>,
-    /// Each sending mid's outgoing stream: its rewriters and payload type choice.
-    pub out: HashMap<Mid, super::fanout::OutStream>,
-    /// The resend history window of each sending mid, once set (`repair_window`).
-    pub repair_window: HashMap<Mid, std::time::Duration>,
+    /// Each sending mid's outgoing stream: its rewriters and payload type choice. Boxed: a map
+    /// has room for at least 4 entries, and most sessions send on one or two mids.
+    pub out: HashMap<Mid, Box<super::fanout::OutStream>>,
+    /// The resend history window of each sending mid, once set (`repair_window`; `None`: its
+    /// packets are never NACKed and it keeps none).
+    pub repair_window: HashMap<Mid, Option<std::time::Duration>>,
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
-    /// RTP packets were written and wait for the batch's end to be sent (`media_written`).
-    pub media_pending: bool,
+    /// RTP packets written that wait for the batch's end to be sent (`media_written`), at most
+    /// `fanout::FLUSH_AFTER_PACKETS`.
+    pub media_pending: u8,
     /// The simulcast layer choice of each receiving mid that has one (pulled with `simulcast`,
     /// or receiving a layered publication).
     pub simulcast: HashMap<Mid, super::simulcast::Selector>,
@@ -242,7 +245,7 @@ impl Session {
             out: HashMap::new(),
             repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
-            media_pending: false,
+            media_pending: 0,
             simulcast: HashMap::new(),
             outgoing_local: None,
             outgoing_mids: Vec::new(),

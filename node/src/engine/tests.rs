@@ -96,6 +96,62 @@ fn one_publisher_fans_out_to_many_subscribers() {
 }
 
 #[test]
+fn written_packets_wait_for_the_end_of_the_batch_but_not_too_many() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull(c, &sid, &[(&pub_sid, "mic")]);
+    w.run(Duration::from_millis(500));
+    let mid = res.tracks[0].mid.clone();
+    assert!(w.clients[c].frames(&mid) > 5, "audio flows");
+    // From here the test sends the publisher's audio itself, as one batch of input: datagrams
+    // handed to the engine with no `handle_timeout` or `poll_transmit` (each ends a batch).
+    let (publisher, audio, _) = w.senders.remove(0);
+    w.step([publisher, c], Duration::from_millis(20));
+    let pt = w.payload_type(publisher, audio, Codec::Opus);
+    let cap = usize::from(fanout::FLUSH_AFTER_PACKETS);
+    let mut batch = Vec::new();
+    for n in 1..=(cap as u64 + 2) {
+        w.now += Duration::from_millis(20);
+        let time = str0m::media::MediaTime::from_90khz((w.media_clock + n) * 960);
+        // RTP only (RFC 7983, 5761): version 2 in the first byte, no RTCP packet type
+        // (200-206, read as 192-223 with the marker bit) in the second.
+        let rtp = w
+            .frame(publisher, audio, &pt, time, vec![0xfc; 80])
+            .into_iter()
+            .filter(|d| {
+                d.first().is_some_and(|b| (128..=191).contains(b))
+                    && d.get(1).is_some_and(|b| !(192..=223).contains(b))
+            });
+        batch.extend(rtp);
+    }
+    assert_eq!(batch.len(), cap + 2, "one RTP packet per audio frame");
+    let (from, to) = (w.clients[publisher].addr, w.clients[c].addr);
+    let sent_to_subscriber =
+        |e: &Engine| e.transmits.iter().filter(|t| t.destination == to).count();
+    let now = w.now;
+    let mut sent = Vec::new();
+    for d in &batch {
+        w.engine.handle_datagram(now, from, d);
+        sent.push(sent_to_subscriber(&w.engine));
+    }
+    assert!(
+        sent[..cap - 1].iter().all(|&n| n == 0),
+        "packets wait for the batch to end: {sent:?}"
+    );
+    assert!(
+        sent[cap - 1] >= cap,
+        "the {cap}th sends them at once: {sent:?}"
+    );
+    assert_eq!(sent[cap], sent[cap - 1], "the next waits again: {sent:?}");
+    w.engine.handle_timeout(now);
+    assert!(
+        sent_to_subscriber(&w.engine) >= sent[cap - 1] + 2,
+        "the batch's end sends the rest"
+    );
+}
+
+#[test]
 fn a_joining_subscriber_starts_with_the_cached_keyframe() {
     // The test publisher sends a keyframe every 25 frames (500 ms) and ignores keyframe requests,
     // so a keyframe inside the window below can only come from the engine's cache.

@@ -67,7 +67,7 @@ impl Engine {
             self.outgoing.insert(local, id);
         }
         *self.app_sessions.entry(app.to_string()).or_insert(0) += 1;
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Box::new(session));
         self.drain(id, now);
         self.process_work(now);
         tracing::info!(session = %id, app, "session created");
