@@ -28,8 +28,6 @@ pub struct Out {
     /// Runs to one destination are sent with segmentation offload (off once the kernel
     /// refused it).
     pub offload: bool,
-    /// Where a run is copied into one buffer for its offloaded send.
-    run: Vec<u8>,
 }
 
 impl Out {
@@ -39,7 +37,6 @@ impl Out {
             v4_mapped,
             tcp,
             offload: cfg!(target_os = "linux"),
-            run: Vec::new(),
         }
     }
 
@@ -142,7 +139,7 @@ fn send(socket: &UdpSocket, out: &mut Out, batch: &[Transmit]) -> usize {
         match run {
             [] => break,
             [one] => plain.push(one),
-            [first, ..] => match send_run(socket, &mut out.run, run) {
+            [first, ..] => match send_run(socket, run) {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EAGAIN) => dropped += run.len(),
                 // The device or kernel cannot offload (no checksum offload, a tunnel, an
@@ -172,25 +169,22 @@ fn offload_refused(e: nix::errno::Errno) -> bool {
     )
 }
 
-/// One send of `run` (see [`run_end`]) with segmentation offload; `buf` is reused scratch.
+/// One send of `run` (see [`run_end`]) with segmentation offload. The datagrams are handed
+/// over as they are, one I/O vector each: the kernel joins them, nothing is copied here.
 #[cfg(target_os = "linux")]
-fn send_run(socket: &UdpSocket, buf: &mut Vec<u8>, run: &[Transmit]) -> nix::Result<()> {
+fn send_run(socket: &UdpSocket, run: &[Transmit]) -> nix::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
     use std::io::IoSlice;
     use std::os::fd::AsRawFd;
 
-    let (Some(first), Ok(segment)) = (
-        run.first(),
-        u16::try_from(run.first().map_or(0, |t| t.contents.len())),
-    ) else {
+    let Some(first) = run.first() else {
+        return Ok(());
+    };
+    let Ok(segment) = u16::try_from(first.contents.len()) else {
         return Err(nix::errno::Errno::EINVAL);
     };
-    buf.clear();
-    for t in run {
-        buf.extend_from_slice(&t.contents);
-    }
+    let iov: Vec<IoSlice<'_>> = run.iter().map(|t| IoSlice::new(&t.contents)).collect();
     let to = SockaddrStorage::from(first.destination);
-    let iov = [IoSlice::new(buf)];
     let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
     sendmsg(
         socket.as_raw_fd(),
