@@ -139,20 +139,29 @@ fn send(socket: &UdpSocket, out: &mut Out, batch: &[Transmit]) -> usize {
         match run {
             [] => break,
             [one] => plain.push(one),
-            [first, ..] => match send_run(socket, run) {
-                Ok(()) => {}
-                Err(nix::errno::Errno::EAGAIN) => dropped += run.len(),
-                // The device or kernel cannot offload (no checksum offload, a tunnel, an
-                // old kernel): send this run and everything after plainly.
-                Err(e) if offload_refused(e) => {
-                    tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
-                    out.offload = false;
-                    plain.extend(run);
+            [first, ..] => {
+                // A viewer's packets keep their order: what is queued for the same
+                // destination goes first (a receiver takes a keyframe's packets out of order
+                // badly, and a run jumping ahead of them is exactly that).
+                if plain.iter().any(|t| t.destination == first.destination) {
+                    dropped += send_plain(socket, &plain);
+                    plain.clear();
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, destination = %first.destination, "send failed")
+                match send_run(socket, run) {
+                    Ok(()) => {}
+                    Err(nix::errno::Errno::EAGAIN) => dropped += run.len(),
+                    // The device or kernel cannot offload (no checksum offload, a tunnel, an
+                    // old kernel): send this run and everything after plainly.
+                    Err(e) if offload_refused(e) => {
+                        tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
+                        out.offload = false;
+                        plain.extend(run);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, destination = %first.destination, "send failed")
+                    }
                 }
-            },
+            }
         }
         start = end;
     }
@@ -310,8 +319,9 @@ mod tests {
         assert_eq!(run_end(&b, 9, MAX_SEGMENTS), 9);
     }
 
-    /// What a receiver sees: an offloaded run arrives as the same datagrams, in order, and
-    /// a batch mixing runs and singles loses nothing.
+    /// What a receiver sees: an offloaded run arrives as the same datagrams, each receiver
+    /// gets its datagrams in the order they were queued, and a batch mixing runs and singles
+    /// loses nothing.
     #[tokio::test]
     async fn a_receiver_gets_every_datagram_of_a_mixed_batch_as_sent() {
         let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
@@ -328,7 +338,10 @@ mod tests {
             destination: s.local_addr().expect("addr"),
             contents: vec![fill; len].into(),
         };
+        // A single for `a` queued before a run for `a`, runs and singles mixed.
         let batch = vec![
+            to(&a, 60, 0),
+            to(&b, 200, 7),
             to(&a, 1000, 1),
             to(&a, 1000, 2),
             to(&a, 400, 3),
@@ -351,9 +364,12 @@ mod tests {
             (seen, s.recv(&mut buf).is_ok())
         };
         assert_eq!(
-            got(&a, 4),
-            (vec![(1000, 1), (1000, 2), (400, 3), (50, 5)], false)
+            got(&a, 5),
+            (
+                vec![(60, 0), (1000, 1), (1000, 2), (400, 3), (50, 5)],
+                false
+            )
         );
-        assert_eq!(got(&b, 1), (vec![(300, 4)], false));
+        assert_eq!(got(&b, 2), (vec![(200, 7), (300, 4)], false));
     }
 }
