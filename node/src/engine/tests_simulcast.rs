@@ -1108,23 +1108,22 @@ impl Edge {
     }
 }
 
-/// A viewer on an edge receives layer q of a relayed publication (f, its preferred layer, is
-/// not flowing at the origin yet, and it falls back asciibetically). Then f flows: the viewer's
-/// target becomes f, and before f's keyframe comes, q starts over on the edge. The viewer must
-/// go on with q from q's next keyframe (not wait for f's while q is there to see), then move to
-/// f on f's keyframe, with its sequence numbers and media times continuous throughout.
-fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: StartOver) {
+/// (rid, flowing) as the origin announces its layers to the edge.
+fn layer_states(layers: &[(&str, bool)]) -> Vec<(str0m::media::Rid, bool)> {
+    layers
+        .iter()
+        .filter_map(|(r, f)| Some((parse_rid(r)?, *f)))
+        .collect()
+}
+
+/// An edge with one connected viewer of a relayed VP8 publication "cam" whose origin announced
+/// `layers`, pulled with `prefs`: the edge (its first requests polled), the viewer's client,
+/// session and mid.
+fn edge_with_viewer(layers: &[(&str, bool)], prefs: Prefs) -> (Edge, usize, String, String) {
     let mut w = World::new(Duration::from_secs(30));
     let (publisher, up) = relayed_vp8_publication(&mut w, 7);
-    let states = |flowing: [bool; 3]| -> Vec<(str0m::media::Rid, bool)> {
-        LAYERS
-            .iter()
-            .zip(flowing)
-            .filter_map(|(r, f)| Some((parse_rid(r)?, f)))
-            .collect()
-    };
     let now = w.now;
-    w.engine.relay_layers(up, states([false, false, true]), now);
+    w.engine.relay_layers(up, layer_states(layers), now);
     let c = w.client();
     let sid = w.session();
     let res = w.pull_tracks(
@@ -1133,7 +1132,7 @@ fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: Star
         vec![RemoteTrack {
             session_id: Some(publisher.to_string()),
             track_name: Some("cam".into()),
-            simulcast: Some(prefer("f", Ordering::Asciibetical)),
+            simulcast: Some(prefs),
             ..Default::default()
         }],
     );
@@ -1148,6 +1147,19 @@ fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: Star
         q_shift: 0,
     };
     e.poll();
+    (e, c, sid, mid)
+}
+
+/// A viewer on an edge receives layer q of a relayed publication (f, its preferred layer, is
+/// not flowing at the origin yet, and it falls back asciibetically). Then f flows: the viewer's
+/// target becomes f, and before f's keyframe comes, q starts over on the edge. The viewer must
+/// go on with q from q's next keyframe (not wait for f's while q is there to see), then move to
+/// f on f's keyframe, with its sequence numbers and media times continuous throughout.
+fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: StartOver) {
+    let (mut e, c, sid, mid) = edge_with_viewer(
+        &[("f", false), ("h", false), ("q", true)],
+        prefer("f", Ordering::Asciibetical),
+    );
     assert_eq!(e.pulled, only(&["q"]), "only q flows at the origin");
     let frames = |e: &Edge| e.w.clients[c].frames(&mid);
     let last_len = |e: &Edge| e.w.clients[c].stats().rx[&mid].last_len;
@@ -1169,8 +1181,12 @@ fn a_relayed_viewer_goes_on_when_its_layer_starts_over_during_a_switch(how: Star
     // f flows at the origin now: the viewer's target. The edge pulls f and asks for its
     // keyframe; q plays on meanwhile.
     let now = e.w.now;
-    e.w.engine
-        .relay_layers(up, states([true, false, true]), now);
+    let up = e.up;
+    e.w.engine.relay_layers(
+        up,
+        layer_states(&[("f", true), ("h", false), ("q", true)]),
+        now,
+    );
     e.poll();
     e.take_requests();
     for _ in 0..3 {
@@ -1259,41 +1275,14 @@ fn a_relayed_viewer_goes_on_when_its_layers_time_jumps_during_a_switch() {
 
 #[test]
 fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_keyframe() {
-    let mut w = World::new(Duration::from_secs(30));
-    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
-    let now = w.now;
-    let all_flowing: Vec<(str0m::media::Rid, bool)> = LAYERS
-        .iter()
-        .filter_map(|r| parse_rid(r))
-        .map(|r| (r, true))
-        .collect();
-    w.engine.relay_layers(up, all_flowing, now);
-    let c = w.client();
-    let sid = w.session();
-    w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(Prefs {
-                preferred_rid: parse_rid("f"),
-                priority_ordering: Ordering::Asciibetical,
-                rid_not_available: Ordering::None,
-            }),
-            ..Default::default()
-        }],
+    let (mut e, _c, sid, _mid) = edge_with_viewer(
+        &[("f", true), ("h", true), ("q", true)],
+        Prefs {
+            preferred_rid: parse_rid("f"),
+            priority_ordering: Ordering::Asciibetical,
+            rid_not_available: Ordering::None,
+        },
     );
-    w.connect(&[c]);
-    let mut e = Edge {
-        w,
-        up,
-        pulled: RelayLayers::All,
-        requests: Vec::new(),
-        round: 0,
-        q_shift: 0,
-    };
-    e.poll();
     assert_eq!(e.pulled, only(&["f"]));
     // Over two seconds of f: its bitrate is measured here.
     e.round(&LAYERS, &["f"]);
@@ -1357,41 +1346,11 @@ fn a_layer_that_appears_later_does_not_take_the_place_of_the_one_a_viewer_receiv
 
 #[test]
 fn a_relayed_layer_announced_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
-    let mut w = World::new(Duration::from_secs(30));
-    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
-    let states = |layers: &[(&str, bool)]| -> Vec<(str0m::media::Rid, bool)> {
-        layers
-            .iter()
-            .filter_map(|(r, f)| Some((parse_rid(r)?, *f)))
-            .collect()
-    };
     // The origin has not seen f yet: it tells of h and q only.
-    let now = w.now;
-    w.engine
-        .relay_layers(up, states(&[("h", true), ("q", true)]), now);
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("f", Ordering::Asciibetical)),
-            ..Default::default()
-        }],
+    let (mut e, c, _sid, mid) = edge_with_viewer(
+        &[("h", true), ("q", true)],
+        prefer("f", Ordering::Asciibetical),
     );
-    let mid = res.tracks[0].mid.clone();
-    w.connect(&[c]);
-    let mut e = Edge {
-        w,
-        up,
-        pulled: RelayLayers::All,
-        requests: Vec::new(),
-        round: 0,
-        q_shift: 0,
-    };
-    e.poll();
     assert_eq!(e.pulled, only(&["h"]));
     e.round(&LAYERS, &["h"]);
     for _ in 0..3 {
@@ -1401,8 +1360,12 @@ fn a_relayed_layer_announced_later_does_not_take_the_place_of_the_one_a_viewer_r
 
     // Now f flows at the origin: h plays on until f's keyframe, then f.
     let now = e.w.now;
-    e.w.engine
-        .relay_layers(up, states(&[("f", true), ("h", true), ("q", true)]), now);
+    let up = e.up;
+    e.w.engine.relay_layers(
+        up,
+        layer_states(&[("f", true), ("h", true), ("q", true)]),
+        now,
+    );
     e.poll();
     for _ in 0..3 {
         e.round(&LAYERS, &[]);
