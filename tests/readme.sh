@@ -87,6 +87,9 @@ cargo() {
     "run --release --bin")
       local bin="$4"; shift 4
       [[ "${1:-}" == "--" ]] && shift
+      # The node's subshell becomes the node, so the PID this script kills is the node's own
+      # (a child of the subshell outlived the SIGKILL and kept running after every run).
+      if [[ -n "${README_NODE:-}" ]]; then exec "target/release/$bin" "$@"; fi
       "target/release/$bin" "$@" ;;
     *) echo "cargo shim: cannot run: cargo $*" >&2; return 1 ;;
   esac
@@ -100,6 +103,7 @@ for attempt in 1 2 3; do
   (
     cd "$WORK/repo"
     source "$WORK/prelude.sh"
+    README_NODE=1
     eval "$node_cmd --http 127.0.0.1:0 --media 127.0.0.1:0 --relay 127.0.0.1:0 \
       --gossip 127.0.0.1:$gossip_port --state-dir '$WORK/state'"
   ) >"$WORK/node.out" 2>"$WORK/node.log" </dev/null &
