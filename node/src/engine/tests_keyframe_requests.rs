@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use super::simulcast::{Ordering, Prefs, parse_rid};
+use super::simulcast::{Ordering, parse_rid};
 use super::tests_simulcast::{
-    LAYERS, Sim, only, prefer, relayed, relayed_vp8_publication, size_of, update_layer,
+    LAYERS, Sim, only, prefer, relayed, relayed_vp8_publication, size_of, update_layer, viewer,
 };
 use super::*;
 use crate::ids::{DownId, UpId};
@@ -89,25 +89,6 @@ fn feed(w: &mut World, up: UpId, rounds: std::ops::Range<u64>, rids: Option<&[&s
         u.add(upstream(w));
     }
     u
-}
-
-/// A viewer of "cam" of `publisher`, pulled but not connected yet; (client,
-/// session, mid).
-fn viewer(w: &mut World, publisher: SessionId, prefs: Option<Prefs>) -> (usize, String, String) {
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: prefs,
-            ..Default::default()
-        }],
-    );
-    assert!(res.tracks[0].error.is_none(), "{res:?}");
-    (c, sid, res.tracks[0].mid.clone())
 }
 
 fn all_flowing() -> Vec<(str0m::media::Rid, bool)> {

@@ -531,19 +531,7 @@ fn subscribers_of_a_relayed_simulcast_track_choose_and_switch_their_layers() {
         w.step(all, ROUND);
     };
     feed(&mut w, 1, &LAYERS);
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("h", Ordering::None)),
-            ..Default::default()
-        }],
-    );
-    let mid = res.tracks[0].mid.clone();
+    let (c, sid, mid) = viewer(&mut w, publisher, Some(prefer("h", Ordering::None)));
     w.connect(&[c]);
     // Joined after the keyframes: h's cached one, then h's live frames.
     for n in 2..5 {
@@ -823,22 +811,7 @@ fn a_relayed_track_pulls_the_union_of_its_viewers_layers_and_keeps_the_old_one_u
         let all = 0..w.clients.len();
         w.step(all, ROUND);
     };
-    let pull = |w: &mut World, prefs: Prefs| {
-        let c = w.client();
-        let sid = w.session();
-        let res = w.pull_tracks(
-            c,
-            &sid,
-            vec![RemoteTrack {
-                session_id: Some(publisher.to_string()),
-                track_name: Some("cam".into()),
-                simulcast: Some(prefs),
-                ..Default::default()
-            }],
-        );
-        let mid = res.tracks[0].mid.clone();
-        (c, sid, mid)
-    };
+    let pull = |w: &mut World, prefs: Prefs| viewer(w, publisher, Some(prefs));
     let (c, sid, mid) = pull(&mut w, prefer("q", Ordering::None));
     assert_eq!(
         set_layers(&mut w),
@@ -1116,14 +1089,13 @@ fn layer_states(layers: &[(&str, bool)]) -> Vec<(str0m::media::Rid, bool)> {
         .collect()
 }
 
-/// An edge with one connected viewer of a relayed VP8 publication "cam" whose origin announced
-/// `layers`, pulled with `prefs`: the edge (its first requests polled), the viewer's client,
-/// session and mid.
-fn edge_with_viewer(layers: &[(&str, bool)], prefs: Prefs) -> (Edge, usize, String, String) {
-    let mut w = World::new(Duration::from_secs(30));
-    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
-    let now = w.now;
-    w.engine.relay_layers(up, layer_states(layers), now);
+/// A viewer of "cam" of `publisher`, pulled but not connected yet; (client,
+/// session, mid).
+pub(super) fn viewer(
+    w: &mut World,
+    publisher: SessionId,
+    prefs: Option<Prefs>,
+) -> (usize, String, String) {
     let c = w.client();
     let sid = w.session();
     let res = w.pull_tracks(
@@ -1132,11 +1104,23 @@ fn edge_with_viewer(layers: &[(&str, bool)], prefs: Prefs) -> (Edge, usize, Stri
         vec![RemoteTrack {
             session_id: Some(publisher.to_string()),
             track_name: Some("cam".into()),
-            simulcast: Some(prefs),
+            simulcast: prefs,
             ..Default::default()
         }],
     );
-    let mid = res.tracks[0].mid.clone();
+    assert!(res.tracks[0].error.is_none(), "{res:?}");
+    (c, sid, res.tracks[0].mid.clone())
+}
+
+/// An edge with one connected viewer of a relayed VP8 publication "cam" whose origin announced
+/// `layers`, pulled with `prefs`: the edge (its first requests polled), the viewer's client,
+/// session and mid.
+fn edge_with_viewer(layers: &[(&str, bool)], prefs: Prefs) -> (Edge, usize, String, String) {
+    let mut w = World::new(Duration::from_secs(30));
+    let (publisher, up) = relayed_vp8_publication(&mut w, 7);
+    let now = w.now;
+    w.engine.relay_layers(up, layer_states(layers), now);
+    let (c, sid, mid) = viewer(&mut w, publisher, Some(prefs));
     w.connect(&[c]);
     let mut e = Edge {
         w,
