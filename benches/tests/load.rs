@@ -354,3 +354,34 @@ async fn simulcast_relayed_to_viewers_of_one_layer_pulls_only_that_layer() {
         r.text()
     );
 }
+
+/// `vs` runs a scenario against two node binaries as child processes, alternating, and its
+/// summary has each side's figures (here the same binary on both sides).
+#[test]
+fn vs_runs_each_binary_and_compares_them() {
+    let node = trackmesh_tests::node::node_binary();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackmesh-load"))
+        .args(["--json", "vs", "--pairs", "1", "--a"])
+        .arg(&node)
+        .arg("--b")
+        .arg(&node)
+        .args(["--", "fanout", "--media", "audio", "--subscribers", "2"])
+        .args(["--duration", "2", "--warmup", "1"])
+        .output()
+        .expect("trackmesh-load runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().expect("runs");
+    let sides: Vec<&str> = runs.iter().filter_map(|r| r["side"].as_str()).collect();
+    assert_eq!(sides, ["A", "B"], "{v}");
+    for r in runs {
+        assert_eq!(r["ok"], true, "{v}");
+        let fwd = r["report"]["nodes"][0]["forwarded_pkts_per_s"].as_f64();
+        assert!(fwd.is_some_and(|f| f > 0.0), "{v}");
+    }
+    let pkts = &v["summary"]["pkt/s per core"];
+    assert!(pkts["a_median"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(pkts["b_median"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(pkts["b_over_a_paired_median"].as_f64().is_some(), "{v}");
+}

@@ -7,8 +7,10 @@
 //! target/release/trackmesh-load simulcast --subscribers 30 --switches 3 --switch-every 2 [--layers q --relayed]
 //! target/release/trackmesh-load whip --subscribers 50 \
 //!     [--whip-url URL --whep-url URL --token T [--server-pid PID] [--metrics-url URL]]
+//! target/release/trackmesh-load vs --a BEFORE_BIN --b AFTER_BIN --pairs 5 -- fanout --media video
 //! ```
-//! `whip` loads a trackmesh node it starts, or any WHIP/WHEP server given by URL.
+//! `whip` loads a trackmesh node it starts, or any WHIP/WHEP server given by URL. `vs` runs the
+//! scenario after `--` against two node binaries in alternating runs and compares them.
 //! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
 //! executable. On a terminal (and without `--json`) it shows the phase of the run on stderr.
 //! Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
@@ -183,6 +185,22 @@ enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// The scenario after `--` against node binaries A and B in alternating runs (A B, B A, …):
+    /// each side's median and range, and the median B/A ratio of the pairs.
+    Vs {
+        /// Node binary A (before).
+        #[arg(long)]
+        a: PathBuf,
+        /// Node binary B (after).
+        #[arg(long)]
+        b: PathBuf,
+        /// Pairs of runs (at most 50).
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+        /// The scenario and its flags, e.g. `-- fanout --media video --subscribers 200`.
+        #[arg(last = true, required = true)]
+        scenario: Vec<String>,
+    },
 }
 
 fn secs(x: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -342,11 +360,110 @@ async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             };
             whip::run(&cfg).await
         }
+        Scenario::Vs { .. } => bail!("`vs` runs its scenarios as child processes"),
     }
+}
+
+/// The longest report read from a child run: a report is a few KB.
+const MAX_CHILD_REPORT: u64 = 8 << 20;
+
+/// `vs`: runs `scenario` with `--json` against each binary in turn, as child processes of this
+/// binary, and compares the figures.
+fn versus(
+    a: PathBuf,
+    b: PathBuf,
+    pairs: usize,
+    scenario: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    use trackmesh_benches::load::vs::{self, Side};
+    if !(1..=50).contains(&pairs) {
+        bail!("--pairs must be between 1 and 50");
+    }
+    if scenario.first().is_some_and(|s| s == "vs") {
+        bail!("the scenario after `--` cannot be `vs` itself");
+    }
+    for bin in [&a, &b] {
+        if !bin.is_file() {
+            bail!("node binary {} not found", bin.display());
+        }
+    }
+    let me = std::env::current_exe().context("locating this binary")?;
+    let plan = vs::plan(pairs);
+    let mut runs = Vec::with_capacity(plan.len());
+    let mut reports = Vec::with_capacity(plan.len());
+    for (i, &(pair, side)) in plan.iter().enumerate() {
+        let bin = if side == Side::A { &a } else { &b };
+        eprintln!(
+            "run {}/{}: pair {} {:?} ({})",
+            i + 1,
+            plan.len(),
+            pair + 1,
+            side,
+            bin.display()
+        );
+        let mut child = std::process::Command::new(&me)
+            .arg("--json")
+            .arg("--node-bin")
+            .arg(bin)
+            .args(scenario)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", me.display()))?;
+        let mut out = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            stdout
+                .take(MAX_CHILD_REPORT)
+                .read_to_end(&mut out)
+                .context("reading a run's report")?;
+        }
+        let status = child.wait().context("waiting for a run")?;
+        let report: serde_json::Value = if status.success() {
+            serde_json::from_slice(&out).context("a run's report is not JSON")?
+        } else {
+            // A failed run counts as such rather than ending the comparison: its figures are
+            // missing from the summary and it is listed.
+            eprintln!("run {} failed: {status}", i + 1);
+            serde_json::Value::Null
+        };
+        let figures = vs::figures(&report);
+        if !json {
+            println!("{}", vs::run_line(pair, side, &figures, status.success()));
+        }
+        runs.push((pair, side, figures));
+        reports.push(serde_json::json!({"pair": pair + 1, "side": format!("{side:?}"), "ok": status.success(), "report": report}));
+    }
+    if json {
+        let summary = vs::summary_json(&runs);
+        println!(
+            "{}",
+            serde_json::json!({
+                "a": a.display().to_string(),
+                "b": b.display().to_string(),
+                "scenario": scenario,
+                "runs": reports,
+                "summary": summary,
+            })
+        );
+    } else {
+        print!("{}", vs::summary_text(&runs, &a, &b));
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Vs {
+        a,
+        b,
+        pairs,
+        scenario,
+    } = cli.scenario
+    {
+        return versus(a, b, pairs, &scenario, cli.json);
+    }
     let bin = match cli.node_bin.clone() {
         Some(b) => b,
         None => std::env::current_exe()

@@ -9,6 +9,7 @@
 //! - [`scenario`]: fanout, relay, hub, join-storm, churn, soak;
 //! - [`trend`]: is a sampled series (RSS in a soak) flat;
 //! - [`report`]: text and JSON;
+//! - [`vs`]: two node binaries compared in alternating runs;
 //! - [`progress`]: the phase of a run, on a terminal.
 
 pub mod client;
@@ -19,3 +20,4 @@ pub mod report;
 pub mod scenario;
 pub use trackmesh_testkit::stats;
 pub mod trend;
+pub mod vs;
