@@ -303,7 +303,7 @@ impl Metrics {
                 &r,
                 cv(
                     "trackmesh_relay_frames_total",
-                    "Frames received from and sent to other nodes.",
+                    "Relay media frames (one RTP packet each) received from and sent to other nodes.",
                     &["direction"],
                 )?,
             )?,
@@ -311,7 +311,7 @@ impl Metrics {
                 &r,
                 cv(
                     "trackmesh_relay_layer_frames_total",
-                    "Simulcast frames received from and sent to other nodes, per layer (rid f, h, q; other rids together).",
+                    "Relay media frames (one RTP packet each) of simulcast layers received from and sent to other nodes, per layer (rid f, h, q; other rids together).",
                     &["direction", "rid"],
                 )?,
             )?,
