@@ -74,6 +74,12 @@ fi
 
 for crate in "${crates[@]}"; do
     if printf '%s\n' "${selected[@]}" | grep -q "^$crate/"; then
+        # cargo-fuzz has no --locked: a fuzz crate's lock file that lags the workspace's would
+        # be re-resolved here, against the network, to whatever is newest. Refuse instead.
+        if ! (cd "$root/$crate/fuzz" && cargo tree --locked -q >/dev/null); then
+            echo "fuzz/run.sh: $crate/fuzz/Cargo.lock is out of date: run \`cargo tree\` in $crate/fuzz and commit it" >&2
+            exit 2
+        fi
         start=$SECONDS
         (cd "$root/$crate" && cargo fuzz build "${build[@]}")
         echo "fuzz/run.sh: built $crate/fuzz in $((SECONDS - start)) s" >&2
