@@ -745,19 +745,7 @@ fn bad_layer_input_is_dropped_or_restarted_and_subscriber_times_never_go_back() 
 fn relayed_layers_past_the_third_are_counted_not_forwarded() {
     let mut w = World::new(Duration::from_secs(30));
     let (publisher, up) = relayed_vp8_publication(&mut w, 9);
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("x", Ordering::None)),
-            ..Default::default()
-        }],
-    );
-    let mid = res.tracks[0].mid.clone();
+    let (c, _, mid) = viewer(&mut w, publisher, Some(prefer("x", Ordering::None)));
     w.connect(&[c]);
     for n in 1..6 {
         for rid in ["f", "h", "q", "x"] {
@@ -975,18 +963,7 @@ fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_orig
     w.engine.relay_set_layers(down, only(&["h"]), now);
     assert_eq!(set_layers(&mut w), vec![only(&["h"])]);
     // A viewer here wants q: the union.
-    let c = w.client();
-    let sid = w.session();
-    w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("q", Ordering::None)),
-            ..Default::default()
-        }],
-    );
+    viewer(&mut w, publisher, Some(prefer("q", Ordering::None)));
     let all = 0..w.clients.len();
     w.step(all, Duration::from_millis(300));
     let mut outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
