@@ -980,7 +980,11 @@ impl Engine {
         let mid = match p.source {
             Source::Session(mid) => mid,
             Source::Relay(up) => {
-                self.stats.keyframe_requests += 1;
+                // A request to another worker of this node is counted there, where it becomes
+                // the PLI (or the request up the relay) that is actually sent.
+                if !up.is_in_process() {
+                    self.stats.keyframe_requests += 1;
+                }
                 self.push_relay(RelayOut::KeyframeRequest { up });
                 return;
             }
@@ -1019,7 +1023,10 @@ impl Engine {
         match source {
             Source::Session(mid) => self.send_pli(key.0, mid, Some(rid), now),
             Source::Relay(up) => {
-                self.stats.keyframe_requests += 1;
+                // As above: counted by the worker that sends it on.
+                if !up.is_in_process() {
+                    self.stats.keyframe_requests += 1;
+                }
                 self.push_relay(RelayOut::LayerKeyframeRequest { up, rid });
             }
         }

@@ -77,6 +77,8 @@ mod tests_egress;
 #[cfg(test)]
 mod tests_keyframe_requests;
 #[cfg(test)]
+mod tests_red;
+#[cfg(test)]
 mod tests_simulcast;
 mod transport;
 #[cfg(test)]

@@ -116,6 +116,10 @@ pub struct LayerTable<T> {
     /// Declared rids past [`MAX_LAYERS`]: their frames are refused as too many layers.
     excess: Vec<Rid>,
     layers: Vec<Layer<T>>,
+    /// The epoch a new layer starts at: past every epoch a removed layer had, and never lowered,
+    /// so a layer that goes away and comes back (its publisher or the origin declared it anew)
+    /// is a new source to its viewers' rewriters, not the old one's numbering going on.
+    epoch_floor: u32,
 }
 
 impl<T: Default> Default for LayerTable<T> {
@@ -124,6 +128,7 @@ impl<T: Default> Default for LayerTable<T> {
             declared: None,
             excess: Vec::new(),
             layers: Vec::new(),
+            epoch_floor: 0,
         }
     }
 }
@@ -138,6 +143,9 @@ impl<T: Default> LayerTable<T> {
     /// are refused as [`Refusal::TooManyLayers`]. Returns how many were dropped.
     pub fn declare(&mut self, rids: &[Rid]) -> usize {
         let kept: Vec<Rid> = rids.iter().take(MAX_LAYERS).copied().collect();
+        for l in self.layers.iter().filter(|l| !kept.contains(&l.rid)) {
+            self.epoch_floor = self.epoch_floor.max(l.epoch.saturating_add(1));
+        }
         self.layers.retain(|l| kept.contains(&l.rid));
         self.declared = Some(kept);
         self.excess = rids.iter().skip(MAX_LAYERS).copied().collect();
@@ -190,7 +198,7 @@ impl<T: Default> LayerTable<T> {
                     rid,
                     last: None,
                     ssrc,
-                    epoch: 0,
+                    epoch: self.epoch_floor,
                     paused: false,
                     origin_flowing: None,
                     rate: RateMeter::default(),
@@ -277,7 +285,7 @@ impl<T: Default> LayerTable<T> {
                             rid: *rid,
                             last: None,
                             ssrc: None,
-                            epoch: 0,
+                            epoch: self.epoch_floor,
                             paused: false,
                             origin_flowing: None,
                             rate: RateMeter::default(),
@@ -882,6 +890,26 @@ mod tests {
         // Backwards is a jump too.
         let a = t.admit(rid("f"), 0, later, CLOCK, Some(99)).expect("f");
         assert!(a.time_jumped);
+    }
+
+    #[test]
+    fn a_layer_removed_and_made_again_never_reuses_an_epoch() {
+        let now = Instant::now();
+        let mut t = table(now);
+        // f starts over twice (epoch 2), then goes away with h, and comes back.
+        t.restart(rid("f"));
+        t.restart(rid("f"));
+        t.declare(&[rid("q")]);
+        assert!(t.layer(rid("f")).is_none());
+        t.declare(&[rid("q"), rid("h"), rid("f")]);
+        let f = t.admit(rid("f"), 0, now, CLOCK, Some(7)).expect("f");
+        assert_eq!(f.epoch, 3, "past the removed f's epochs");
+        // Announced by an origin, as a relayed layer is: the same.
+        t.announce(&[(rid("q"), true)]);
+        t.announce(&[(rid("q"), true), (rid("h"), true)]);
+        assert_eq!(t.layer(rid("h")).map(|l| l.epoch()), Some(4));
+        // A layer that stayed keeps its epoch.
+        assert_eq!(t.layer(rid("q")).map(|l| l.epoch()), Some(0));
     }
 
     #[test]

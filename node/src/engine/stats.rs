@@ -33,7 +33,8 @@ pub struct Stats {
     pub packets_not_rewritten: u64,
     /// Packets whose source numbering or clock jumped without a switch (re-based).
     pub packets_resynced: u64,
-    /// Keyframe requests sent to publishers (PLI) or up the relay.
+    /// Keyframe requests sent to publishers (PLI) or up the relay to another node (one passed to
+    /// another worker of this node is counted by that worker, once, when it sends it on).
     pub keyframe_requests: u64,
     /// Frames handed to the relay for downstream nodes.
     pub relay_frames_out: u64,

@@ -745,19 +745,7 @@ fn bad_layer_input_is_dropped_or_restarted_and_subscriber_times_never_go_back() 
 fn relayed_layers_past_the_third_are_counted_not_forwarded() {
     let mut w = World::new(Duration::from_secs(30));
     let (publisher, up) = relayed_vp8_publication(&mut w, 9);
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("x", Ordering::None)),
-            ..Default::default()
-        }],
-    );
-    let mid = res.tracks[0].mid.clone();
+    let (c, _, mid) = viewer(&mut w, publisher, Some(prefer("x", Ordering::None)));
     w.connect(&[c]);
     for n in 1..6 {
         for rid in ["f", "h", "q", "x"] {
@@ -975,18 +963,7 @@ fn a_hub_pulls_what_its_viewers_and_downstream_nodes_ask_for_and_passes_the_orig
     w.engine.relay_set_layers(down, only(&["h"]), now);
     assert_eq!(set_layers(&mut w), vec![only(&["h"])]);
     // A viewer here wants q: the union.
-    let c = w.client();
-    let sid = w.session();
-    w.pull_tracks(
-        c,
-        &sid,
-        vec![RemoteTrack {
-            session_id: Some(publisher.to_string()),
-            track_name: Some("cam".into()),
-            simulcast: Some(prefer("q", Ordering::None)),
-            ..Default::default()
-        }],
-    );
+    viewer(&mut w, publisher, Some(prefer("q", Ordering::None)));
     let all = 0..w.clients.len();
     w.step(all, Duration::from_millis(300));
     let mut outs: Vec<RelayOut> = std::iter::from_fn(|| w.engine.poll_relay()).collect();
@@ -1044,6 +1021,8 @@ struct Edge {
     round: u64,
     /// Ticks added to layer q's media time from now on.
     q_shift: u64,
+    /// Added to layer q's origin sequence numbers from now on (a layer the origin made anew).
+    q_seq_shift: i64,
 }
 
 impl Edge {
@@ -1057,6 +1036,7 @@ impl Edge {
             let mut frame = relayed(rid, self.round, keyframes.contains(rid));
             if *rid == "q" {
                 frame.rtp_time += self.q_shift;
+                frame.origin_seq = frame.origin_seq.saturating_add_signed(self.q_seq_shift);
             }
             let now = self.w.now;
             self.w.engine.relay_frame(self.up, frame, now);
@@ -1129,6 +1109,7 @@ fn edge_with_viewer(layers: &[(&str, bool)], prefs: Prefs) -> (Edge, usize, Stri
         requests: Vec::new(),
         round: 0,
         q_shift: 0,
+        q_seq_shift: 0,
     };
     e.poll();
     (e, c, sid, mid)
@@ -1373,4 +1354,78 @@ fn a_relayed_layer_announced_later_does_not_take_the_place_of_the_one_a_viewer_r
     assert_eq!(rx.frames, 11);
     assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers continue");
     assert_eq!(rx.time_backwards, 0);
+}
+
+/// A viewer on an edge receives layer q of a relayed publication. The origin stops announcing
+/// q (the layer is gone there), then announces it again: a new layer, whose origin numbering
+/// has nothing to do with the old one's (`seq_shift` moves it from where the old one would have
+/// been). The viewer must take the new q as a new source from its keyframe: every frame
+/// arrives, its sequence numbers run on without a gap, nothing is dropped as old or duplicate.
+fn a_relayed_viewer_goes_on_when_its_layer_is_recreated(seq_shift: i64) {
+    let (mut e, c, sid, mid) =
+        edge_with_viewer(&[("h", true), ("q", true)], prefer("q", Ordering::None));
+    assert_eq!(e.pulled, only(&["q"]));
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..9 {
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(e.w.clients[c].frames(&mid), 10);
+    let not_rewritten = e.w.engine.stats().packets_not_rewritten;
+
+    // q goes away at the origin: the viewer waits for it (rid_not_available none).
+    let up = e.up;
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, layer_states(&[("h", true)]), now);
+    e.poll();
+    for _ in 0..3 {
+        e.round(&["f", "h"], &[]);
+    }
+    assert_eq!(e.w.clients[c].frames(&mid), 10, "nothing while q is gone");
+
+    // q is back, as a new layer: its numbering starts elsewhere.
+    let now = e.w.now;
+    e.w.engine
+        .relay_layers(up, layer_states(&[("h", true), ("q", true)]), now);
+    e.poll();
+    assert!(
+        e.pulled.carries(parse_rid("q").expect("rid")),
+        "q is pulled again"
+    );
+    e.q_seq_shift = seq_shift;
+    e.round(&LAYERS, &["q"]);
+    for _ in 0..9 {
+        e.round(&LAYERS, &[]);
+    }
+    let rx = &e.w.clients[c].stats().rx[&mid];
+    assert_eq!(rx.frames, 20, "every frame of the new q arrives");
+    assert_eq!(rx.last_len, size_of("q") as u64);
+    assert_eq!(rx.rtp_seq_gaps, 0, "sequence numbers run on");
+    assert_eq!(rx.time_backwards, 0);
+    assert_eq!(
+        e.w.engine.stats().packets_not_rewritten,
+        not_rewritten,
+        "no packet of the new q is taken for an old or duplicate one"
+    );
+    let tracks = e.w.engine.session_tracks(APP, &sid).expect("session");
+    assert_eq!(
+        tracks[0]
+            .simulcast
+            .and_then(|s| s.current_rid)
+            .map(|r| r.to_string())
+            .as_deref(),
+        Some("q")
+    );
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layer_is_recreated_numbered_from_the_start() {
+    // The new q's first packet is numbered 1 again: below what the viewer already got.
+    a_relayed_viewer_goes_on_when_its_layer_is_recreated(-14);
+}
+
+#[test]
+fn a_relayed_viewer_goes_on_when_its_layer_is_recreated_numbered_further_on() {
+    // The new q's numbering starts 1000 past the old one's: no loss, a new source.
+    a_relayed_viewer_goes_on_when_its_layer_is_recreated(1000);
 }

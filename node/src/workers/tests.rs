@@ -250,3 +250,35 @@ async fn a_frame_the_full_queue_dropped_reaches_the_other_worker_as_a_gap_first(
         "{next:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_viewers_keyframe_request_across_workers_is_counted_once_as_sent() {
+    // `trackmesh_keyframe_requests_total{direction="sent"}` is the sum over workers: one PLI
+    // from a viewer on worker 1 that worker 0 passes on to the publisher is one request sent.
+    let (mut a, mut b, pub_sid) = two_workers();
+    let mut hop = Hop::new();
+    let (c, mid, _) = link_and_pull(&hop, &mut a, &mut b, &pub_sid);
+    run(&mut hop, &mut a, &mut b, Duration::from_millis(1500)).await;
+    assert!(b.clients[c].frames(&mid) > 20, "the viewer receives");
+    let sent = |a: &World, b: &World| {
+        a.engine.stats().keyframe_requests + b.engine.stats().keyframe_requests
+    };
+    let (sent_before, asked_before) = (sent(&a, &b), a.clients[0].keyframe_requests());
+    b.clients[c]
+        .rtc()
+        .writer(str0m::media::Mid::from(mid.as_str()))
+        .expect("the viewer's video mid")
+        .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+        .expect("a PLI");
+    // Past the engine's keyframe request interval, so the request is passed on.
+    run(&mut hop, &mut a, &mut b, Duration::from_millis(2500)).await;
+    let asked = a.clients[0].keyframe_requests() - asked_before;
+    assert_eq!(asked, 1, "the publisher is asked once");
+    assert_eq!(
+        sent(&a, &b) - sent_before,
+        asked,
+        "counted once (worker 0: {}, worker 1: {})",
+        a.engine.stats().keyframe_requests,
+        b.engine.stats().keyframe_requests
+    );
+}
