@@ -593,8 +593,9 @@ impl Engine {
             }
         };
         let Some((pt, rtx)) = chosen else {
-            // write_rtp would drop an unknown payload type silently: count it here (RED audio
-            // to a subscriber that did not negotiate RED lands here too).
+            // write_rtp would drop an unknown payload type silently: count it here (a codec
+            // the subscriber did not accept; RED never gets here, as the node does not
+            // negotiate it: `tests_red.rs`).
             if pkt.start.frame || !detects {
                 self.stats.frames_no_codec += 1;
             }
