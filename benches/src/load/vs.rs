@@ -41,6 +41,9 @@ pub struct Figures {
     pub rss_per_session_kb: Option<f64>,
     /// p99 one-way latency of the first subscriber group.
     pub latency_p99_ms: Option<f64>,
+    /// `relay`: p99 of the latency the relay hop adds to a frame, audio and video.
+    pub relay_added_p99_audio_ms: Option<f64>,
+    pub relay_added_p99_video_ms: Option<f64>,
     /// Frames lost or decoded broken, over all groups, and failed sessions: a run with any is
     /// flagged, as its CPU figure may not be comparable.
     pub lost_or_broken: u64,
@@ -69,6 +72,8 @@ pub fn figures(report: &Value) -> Figures {
         latency_p99_ms: groups
             .and_then(|g| g.first())
             .and_then(|g| g["latency"]["p99_ms"].as_f64()),
+        relay_added_p99_audio_ms: report["extra"]["relay_added_per_frame_audio"]["p99_ms"].as_f64(),
+        relay_added_p99_video_ms: report["extra"]["relay_added_per_frame_video"]["p99_ms"].as_f64(),
         lost_or_broken: count("frames_lost") + count("frames_broken_video"),
         failures: report["failures"].as_u64().unwrap_or(0),
     }
@@ -142,10 +147,12 @@ pub fn summarise(
 type Figure = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
 
 /// The figures compared, in the order printed.
-const FIGURES: [Figure; 3] = [
+const FIGURES: [Figure; 5] = [
     ("pkt/s per core", "", |f| f.pkts_per_core),
     ("RSS per session", " KB", |f| f.rss_per_session_kb),
     ("latency p99", " ms", |f| f.latency_p99_ms),
+    ("relay hop p99 audio", " ms", |f| f.relay_added_p99_audio_ms),
+    ("relay hop p99 video", " ms", |f| f.relay_added_p99_video_ms),
 ];
 
 fn show(x: Option<f64>, unit: &str) -> String {
@@ -162,8 +169,11 @@ pub fn run_line(pair: usize, side: Side, f: &Figures, ok: bool) -> String {
         return format!("pair {} {side:?}: failed", pair + 1);
     }
     let mut line = format!("pair {} {side:?}:", pair + 1);
+    // Only what this scenario reports.
     for (name, unit, get) in FIGURES {
-        line.push_str(&format!("  {name} {}", show(get(f), unit)));
+        if let Some(x) = get(f) {
+            line.push_str(&format!("  {name} {}", show(Some(x), unit)));
+        }
     }
     if f.lost_or_broken > 0 || f.failures > 0 {
         line.push_str(&format!(
@@ -186,9 +196,12 @@ pub fn summary_text(
         None => "-".to_string(),
     };
     for (name, unit, get) in FIGURES {
+        if !runs.iter().any(|r| get(&r.2).is_some()) {
+            continue;
+        }
         let s = summarise(runs, get);
         out.push_str(&format!(
-            "{name:<16} A median {} ({})  B median {} ({})  B/A per pair, median {}\n",
+            "{name:<20} A median {} ({})  B median {} ({})  B/A per pair, median {}\n",
             show(s.a_median, unit),
             range(s.a_range, unit),
             show(s.b_median, unit),
@@ -259,6 +272,13 @@ mod tests {
         assert_eq!(f.rss_per_session_kb, Some(95.5));
         assert_eq!(f.latency_p99_ms, Some(4.5));
         assert_eq!(f.lost_or_broken, 6);
+        assert_eq!(f.relay_added_p99_audio_ms, None);
+        let relay = json!({"extra": {
+            "relay_added_per_frame_audio": {"p99_ms": 0.66},
+            "relay_added_per_frame_video": {"p99_ms": 0.72},
+        }});
+        assert_eq!(figures(&relay).relay_added_p99_audio_ms, Some(0.66));
+        assert_eq!(figures(&relay).relay_added_p99_video_ms, Some(0.72));
         assert_eq!(f.failures, 1);
     }
 
@@ -314,9 +334,22 @@ mod tests {
         };
         assert_eq!(
             run_line(1, Side::A, &lossy, true),
-            "pair 2 A:  pkt/s per core 143400  RSS per session 94.04 KB  latency p99 -  \
+            "pair 2 A:  pkt/s per core 143400  RSS per session 94.04 KB  \
              (lost or broken frames 2, failed sessions 0)"
         );
+    }
+
+    #[test]
+    fn the_summary_lists_only_the_figures_the_scenario_reports() {
+        let f = Figures {
+            pkts_per_core: Some(100.0),
+            ..Figures::default()
+        };
+        let runs = vec![(0, Side::A, f.clone()), (0, Side::B, f)];
+        let text = summary_text(&runs, "a".as_ref(), "b".as_ref());
+        assert!(text.contains("pkt/s per core"), "{text}");
+        assert!(!text.contains("relay hop"), "{text}");
+        assert!(text.contains("B/A per pair, median 1.000"), "{text}");
     }
 
     #[test]
