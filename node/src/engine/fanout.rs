@@ -689,6 +689,7 @@ impl Engine {
             self.media_flowing(sub, now);
         }
         if flush_now {
+            self.transmits_interleaved = true;
             self.flush_session(sub, now);
         }
     }

@@ -1,7 +1,7 @@
 //! Inputs and polls: datagrams and timers in, datagrams out. Every input ends with the touched
 //! session's `Rtc` drained (str0m's rule) and the work it produced done.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -205,6 +205,14 @@ impl Engine {
         {
             self.flush_written_media(at);
         }
+        // Once the batch is all written: a keyframe's packets went out to every viewer in
+        // chunks of `FLUSH_AFTER_PACKETS`, so each viewer's frame would be complete only when
+        // the last chunk of all leaves. Each viewer's datagrams together again (in their order)
+        // let the first viewers' frames complete first, as one offloaded send each.
+        if self.transmits_interleaved && self.media_written.is_empty() {
+            self.transmits_interleaved = false;
+            group_by_destination(&mut self.transmits);
+        }
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += t.contents.len() as u64;
@@ -359,6 +367,23 @@ impl Engine {
     }
 }
 
+/// Reorders `q` so each destination's datagrams are together, in the order each destination
+/// first appears; one destination's datagrams keep their order.
+fn group_by_destination(q: &mut VecDeque<Transmit>) {
+    let mut slot: HashMap<(Protocol, SocketAddr), usize> = HashMap::new();
+    let mut groups: Vec<Vec<Transmit>> = Vec::new();
+    for t in q.drain(..) {
+        let i = *slot.entry((t.proto, t.destination)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        if let Some(g) = groups.get_mut(i) {
+            g.push(t);
+        }
+    }
+    q.extend(groups.into_iter().flatten());
+}
+
 /// The NACKs since the last report for `(mid, egress)`, remembering the new cumulative count.
 /// A count that went down (a mid reused for a new stream) starts again from it.
 fn nack_delta(seen: &mut HashMap<(Mid, bool), u64>, mid: Mid, egress: bool, total: u64) -> u64 {
@@ -369,6 +394,29 @@ fn nack_delta(seen: &mut HashMap<(Mid, bool), u64>, mid: Mid, egress: bool, tota
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouping_puts_each_destinations_datagrams_together_in_their_order() {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let t = |to: u16, n: u8| Transmit {
+            proto: Protocol::Udp,
+            source: addr(1),
+            destination: addr(to),
+            contents: vec![n].into(),
+        };
+        let mut q: VecDeque<Transmit> = [t(2, 1), t(3, 1), t(2, 2), t(4, 1), t(3, 2), t(2, 3)]
+            .into_iter()
+            .collect();
+        group_by_destination(&mut q);
+        let order: Vec<(u16, u8)> = q
+            .iter()
+            .map(|t| (t.destination.port(), t.contents[0]))
+            .collect();
+        assert_eq!(order, [(2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (4, 1)]);
+        let mut empty = VecDeque::new();
+        group_by_destination(&mut empty);
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn nack_counts_are_summed_from_cumulative_reports() {

@@ -247,6 +247,9 @@ pub struct Engine {
     /// ([`Engine::flush_written_media`]).
     media_written: Vec<SessionId>,
     media_written_at: Option<Instant>,
+    /// A session was sent mid-batch (`fanout::FLUSH_AFTER_PACKETS`): its datagrams are spread
+    /// through `transmits` between other viewers' and are put back together before sending.
+    transmits_interleaved: bool,
 }
 
 impl Engine {
@@ -293,6 +296,7 @@ impl Engine {
             dc_written: Vec::new(),
             media_written: Vec::new(),
             media_written_at: None,
+            transmits_interleaved: false,
         }
     }
 

@@ -152,6 +152,64 @@ fn written_packets_wait_for_the_end_of_the_batch_but_not_too_many() {
 }
 
 #[test]
+fn each_viewers_packets_leave_together_when_a_batch_sent_them_in_chunks() {
+    // A batch bigger than `FLUSH_AFTER_PACKETS` (a keyframe) is sent to every viewer in chunks.
+    // Sent in that order, every viewer's frame would be complete only with the batch's last
+    // chunk; each viewer's packets leave together instead, the first viewer's first.
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let viewers: Vec<usize> = (0..2)
+        .map(|_| {
+            let c = w.client();
+            let sid = w.session();
+            w.pull(c, &sid, &[(&pub_sid, "mic")]);
+            c
+        })
+        .collect();
+    w.run(Duration::from_millis(500));
+    let (publisher, audio, _) = w.senders.remove(0);
+    let mut stepped = viewers.clone();
+    stepped.push(publisher);
+    w.step(stepped, Duration::from_millis(20));
+    let pt = w.payload_type(publisher, audio, Codec::Opus);
+    let cap = usize::from(fanout::FLUSH_AFTER_PACKETS);
+    let mut batch = Vec::new();
+    for n in 1..=(cap as u64 + 2) {
+        w.now += Duration::from_millis(20);
+        let time = str0m::media::MediaTime::from_90khz((w.media_clock + n) * 960);
+        let rtp = w
+            .frame(publisher, audio, &pt, time, vec![0xfc; 80])
+            .into_iter()
+            .filter(|d| {
+                d.first().is_some_and(|b| (128..=191).contains(b))
+                    && d.get(1).is_some_and(|b| !(192..=223).contains(b))
+            });
+        batch.extend(rtp);
+    }
+    let from = w.clients[publisher].addr;
+    let to: Vec<SocketAddr> = viewers.iter().map(|&c| w.clients[c].addr).collect();
+    let now = w.now;
+    for d in &batch {
+        w.engine.handle_datagram(now, from, d);
+    }
+    w.engine.handle_timeout(now);
+    let mut order = Vec::new();
+    for _ in 0..10_000 {
+        let Some(t) = w.engine.poll_transmit() else {
+            break;
+        };
+        if let Some(i) = to.iter().position(|a| *a == t.destination) {
+            order.push(i);
+        }
+    }
+    assert!(
+        order.len() >= 2 * (cap + 2),
+        "every packet went out: {order:?}"
+    );
+    let changes = order.windows(2).filter(|p| p[0] != p[1]).count();
+    assert_eq!(changes, 1, "each viewer's packets together: {order:?}");
+}
+
+#[test]
 fn a_joining_subscriber_starts_with_the_cached_keyframe() {
     // The test publisher sends a keyframe every 25 frames (500 ms) and ignores keyframe requests,
     // so a keyframe inside the window below can only come from the engine's cache.
