@@ -33,9 +33,12 @@ impl Start {
 }
 
 /// Whether [`inspect`] finds keyframes in this codec's packets. For other codecs (audio, and
-/// video codecs not parsed here such as H.265) nothing should wait for a keyframe.
+/// video codecs not parsed here) nothing should wait for a keyframe.
 pub fn detects_keyframes(codec: Codec) -> bool {
-    matches!(codec, Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1)
+    matches!(
+        codec,
+        Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::H265 | Codec::Av1
+    )
 }
 
 /// What the packet with this RTP payload starts, for `codec`.
@@ -44,6 +47,7 @@ pub fn inspect(codec: Codec, payload: &[u8]) -> Start {
         Codec::Vp8 => vp8(payload),
         Codec::Vp9 => vp9(payload),
         Codec::H264 => h264(payload),
+        Codec::H265 => h265(payload),
         Codec::Av1 => av1(payload),
         // One audio packet is one frame, and audio has no keyframes.
         Codec::Opus
@@ -53,7 +57,7 @@ pub fn inspect(codec: Codec, payload: &[u8]) -> Start {
         | Codec::CN
         | Codec::AmrWb
         | Codec::Tele => Start::of(true, false),
-        // Not parsed (H.265, anything new): never claims a start, so nothing switches on it.
+        // Not parsed (anything new): never claims a start, so nothing switches on it.
         _ => Start::NEITHER,
     }
 }
@@ -182,6 +186,84 @@ fn nal_start(kind: u8, body: &[u8]) -> Start {
             };
             let first_slice = first & 0x80 != 0;
             Start::of(first_slice, first_slice && kind == NAL_IDR_SLICE)
+        }
+        _ => Start::NEITHER,
+    }
+}
+
+/// H.265 NAL unit types (RFC 7798, ITU-T H.265 table 7-1).
+const HEVC_IRAP: std::ops::RangeInclusive<u8> = 16..=21;
+const HEVC_VPS: u8 = 32;
+const HEVC_SPS: u8 = 33;
+const HEVC_PPS: u8 = 34;
+const HEVC_AUD: u8 = 35;
+const HEVC_PREFIX_SEI: u8 = 39;
+const HEVC_AP: u8 = 48;
+const HEVC_FU: u8 = 49;
+
+/// H.265 (RFC 7798): as H.264, with two-byte NAL headers. A VPS or SPS, or the first slice of
+/// an IRAP picture (IDR, CRA, BLA: where a decoder can start), starts a keyframe; a parameter
+/// set, delimiter or prefix SEI, or a picture's first slice segment, starts a frame. Aggregation
+/// (AP) and fragmentation (FU, start only) packets are looked into; DONL fields are not
+/// expected (WebRTC senders do not interleave).
+fn h265(payload: &[u8]) -> Start {
+    // The NAL unit header is two bytes; the first has the type.
+    let (Some(&header), Some(_)) = (payload.first(), payload.get(1)) else {
+        return Start::NEITHER;
+    };
+    match (header >> 1) & 0x3f {
+        HEVC_AP => {
+            let mut rest = payload.get(2..).unwrap_or_default();
+            let mut start = Start::NEITHER;
+            for index in 0..MAX_STAP_UNITS {
+                let (Some(&hi), Some(&lo)) = (rest.first(), rest.get(1)) else {
+                    break;
+                };
+                let size = usize::from(u16::from_be_bytes([hi, lo]));
+                let Some(unit) = rest.get(2..2 + size) else {
+                    break;
+                };
+                let Some(&unit_header) = unit.first() else {
+                    break;
+                };
+                let this =
+                    hevc_nal_start((unit_header >> 1) & 0x3f, unit.get(2..).unwrap_or_default());
+                if index == 0 {
+                    start.frame = this.frame;
+                }
+                if this.keyframe && start.frame {
+                    start.keyframe = true;
+                }
+                rest = rest.get(2 + size..).unwrap_or_default();
+            }
+            start
+        }
+        HEVC_FU => {
+            let Some(&fu) = payload.get(2) else {
+                return Start::NEITHER;
+            };
+            if fu & 0x80 == 0 {
+                return Start::NEITHER;
+            }
+            hevc_nal_start(fu & 0x3f, payload.get(3..).unwrap_or_default())
+        }
+        kind => hevc_nal_start(kind, payload.get(2..).unwrap_or_default()),
+    }
+}
+
+/// One H.265 NAL unit of type `kind` whose bytes after its two-byte header begin with `body`.
+fn hevc_nal_start(kind: u8, body: &[u8]) -> Start {
+    match kind {
+        HEVC_VPS | HEVC_SPS => Start::of(true, true),
+        HEVC_PPS | HEVC_AUD | HEVC_PREFIX_SEI => Start::of(true, false),
+        // Slice segments (VCL types 0-31; 22-31 are reserved): the first bit of the segment
+        // header is first_slice_segment_in_pic_flag.
+        0..=31 => {
+            let Some(&first) = body.first() else {
+                return Start::NEITHER;
+            };
+            let first_slice = first & 0x80 != 0;
+            Start::of(first_slice, first_slice && HEVC_IRAP.contains(&kind))
         }
         _ => Start::NEITHER,
     }
@@ -329,7 +411,41 @@ mod tests {
         assert_eq!(inspect(Codec::Opus, &[]), DELTA_START);
         assert!(!detects_keyframes(Codec::Opus));
         assert!(detects_keyframes(Codec::Vp8));
-        assert_eq!(inspect(Codec::H265, &[0x40, 0x01, 0x0c]), MIDDLE);
+    }
+
+    #[test]
+    fn h265_keyframes_and_frame_starts() {
+        assert!(detects_keyframes(Codec::H265));
+        // VPS (type 32), SPS (33): a keyframe starts; PPS (34): a frame starts.
+        assert_eq!(inspect(Codec::H265, &[0x40, 0x01, 0x0c]), KEY);
+        assert_eq!(inspect(Codec::H265, &[0x42, 0x01, 0x01]), KEY);
+        assert_eq!(inspect(Codec::H265, &[0x44, 0x01, 0xc1]), DELTA_START);
+        // IDR_W_RADL (19) and CRA (21), first slice segment: keyframes; not first: no start.
+        assert_eq!(inspect(Codec::H265, &[0x26, 0x01, 0xaf]), KEY);
+        assert_eq!(inspect(Codec::H265, &[0x2a, 0x01, 0x80]), KEY);
+        assert_eq!(inspect(Codec::H265, &[0x26, 0x01, 0x2f]), MIDDLE);
+        // TRAIL_R (1), first slice segment: a delta frame starts; not first: no start.
+        assert_eq!(inspect(Codec::H265, &[0x02, 0x01, 0xd0]), DELTA_START);
+        assert_eq!(inspect(Codec::H265, &[0x02, 0x01, 0x50]), MIDDLE);
+        // FU (49) of an IDR: S bit set starts a keyframe, otherwise the middle of one.
+        assert_eq!(inspect(Codec::H265, &[0x62, 0x01, 0x93, 0xaf]), KEY);
+        assert_eq!(inspect(Codec::H265, &[0x62, 0x01, 0x13, 0xaf]), MIDDLE);
+        // FU start of a TRAIL_R slice: a delta frame starts.
+        assert_eq!(inspect(Codec::H265, &[0x62, 0x01, 0x81, 0xd0]), DELTA_START);
+        // AP (48) with VPS, SPS, PPS and an IDR slice.
+        let ap = [
+            0x60, 0x01, // AP header
+            0x00, 0x03, 0x40, 0x01, 0x0c, // VPS
+            0x00, 0x03, 0x42, 0x01, 0x01, // SPS
+            0x00, 0x03, 0x44, 0x01, 0xc1, // PPS
+            0x00, 0x03, 0x26, 0x01, 0xaf, // IDR_W_RADL, first slice
+        ];
+        assert_eq!(inspect(Codec::H265, &ap), KEY);
+        // AP whose first unit is a PPS only: a frame starts, no keyframe.
+        assert_eq!(
+            inspect(Codec::H265, &[0x60, 0x01, 0x00, 0x03, 0x44, 0x01, 0xc1]),
+            DELTA_START
+        );
     }
 
     #[test]
@@ -364,8 +480,21 @@ mod tests {
         for payload in [&[][..], &[0x08], &[0x00, 0x80, 0x80], &[0x00; 1]] {
             assert!(!inspect(Codec::Av1, payload).keyframe, "av1 {payload:02x?}");
         }
+        // H.265: an AP whose size points past the end, an FU without its FU header, a slice
+        // with no segment header, a lone first byte.
+        for payload in [
+            &[0x60, 0x01, 0x00, 0x09, 0x40][..],
+            &[0x62, 0x01],
+            &[0x26, 0x01],
+            &[0x40],
+        ] {
+            assert!(
+                !inspect(Codec::H265, payload).keyframe,
+                "h265 {payload:02x?}"
+            );
+        }
         // Every 1..=3-byte payload, for every codec: no panic.
-        for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
+        for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::H265, Codec::Av1] {
             for a in 0..=255u8 {
                 for b in [0x00, 0x07, 0x18, 0x80, 0xff] {
                     let _ = inspect(codec, &[a]);
