@@ -95,25 +95,15 @@ fn one_publisher_fans_out_to_many_subscribers() {
     }
 }
 
-#[test]
-fn written_packets_wait_for_the_end_of_the_batch_but_not_too_many() {
-    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
-    let c = w.client();
-    let sid = w.session();
-    let res = w.pull(c, &sid, &[(&pub_sid, "mic")]);
-    w.run(Duration::from_millis(500));
-    let mid = res.tracks[0].mid.clone();
-    assert!(w.clients[c].frames(&mid) > 5, "audio flows");
-    // From here the test sends the publisher's audio itself, as one batch of input: datagrams
-    // handed to the engine with no `handle_timeout` or `poll_transmit` (each ends a batch).
-    let (publisher, audio, _) = w.senders.remove(0);
-    w.step([publisher, c], Duration::from_millis(20));
+/// `n` audio frames of the test publisher's `audio` mid, sent by the test itself as one batch
+/// of input (datagrams handed to the engine with no `handle_timeout` or `poll_transmit` between
+/// them: each ends a batch): its RTP datagrams, 20 ms of the world's clock apart.
+fn audio_rtp_batch(w: &mut World, publisher: usize, audio: Mid, n: usize) -> Vec<Vec<u8>> {
     let pt = w.payload_type(publisher, audio, Codec::Opus);
-    let cap = usize::from(fanout::FLUSH_AFTER_PACKETS);
     let mut batch = Vec::new();
-    for n in 1..=(cap as u64 + 2) {
+    for i in 1..=n as u64 {
         w.now += Duration::from_millis(20);
-        let time = str0m::media::MediaTime::from_90khz((w.media_clock + n) * 960);
+        let time = str0m::media::MediaTime::from_90khz((w.media_clock + i) * 960);
         // RTP only (RFC 7983, 5761): version 2 in the first byte, no RTCP packet type
         // (200-206, read as 192-223 with the marker bit) in the second.
         let rtp = w
@@ -125,6 +115,23 @@ fn written_packets_wait_for_the_end_of_the_batch_but_not_too_many() {
             });
         batch.extend(rtp);
     }
+    batch
+}
+
+#[test]
+fn written_packets_wait_for_the_end_of_the_batch_but_not_too_many() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let res = w.pull(c, &sid, &[(&pub_sid, "mic")]);
+    w.run(Duration::from_millis(500));
+    let mid = res.tracks[0].mid.clone();
+    assert!(w.clients[c].frames(&mid) > 5, "audio flows");
+    // From here the test sends the publisher's audio itself, as one batch of input.
+    let (publisher, audio, _) = w.senders.remove(0);
+    w.step([publisher, c], Duration::from_millis(20));
+    let cap = usize::from(fanout::FLUSH_AFTER_PACKETS);
+    let batch = audio_rtp_batch(&mut w, publisher, audio, cap + 2);
     assert_eq!(batch.len(), cap + 2, "one RTP packet per audio frame");
     let (from, to) = (w.clients[publisher].addr, w.clients[c].addr);
     let sent_to_subscriber =
@@ -170,21 +177,8 @@ fn each_viewers_packets_leave_together_when_a_batch_sent_them_in_chunks() {
     let mut stepped = viewers.clone();
     stepped.push(publisher);
     w.step(stepped, Duration::from_millis(20));
-    let pt = w.payload_type(publisher, audio, Codec::Opus);
     let cap = usize::from(fanout::FLUSH_AFTER_PACKETS);
-    let mut batch = Vec::new();
-    for n in 1..=(cap as u64 + 2) {
-        w.now += Duration::from_millis(20);
-        let time = str0m::media::MediaTime::from_90khz((w.media_clock + n) * 960);
-        let rtp = w
-            .frame(publisher, audio, &pt, time, vec![0xfc; 80])
-            .into_iter()
-            .filter(|d| {
-                d.first().is_some_and(|b| (128..=191).contains(b))
-                    && d.get(1).is_some_and(|b| !(192..=223).contains(b))
-            });
-        batch.extend(rtp);
-    }
+    let batch = audio_rtp_batch(&mut w, publisher, audio, cap + 2);
     let from = w.clients[publisher].addr;
     let to: Vec<SocketAddr> = viewers.iter().map(|&c| w.clients[c].addr).collect();
     let now = w.now;

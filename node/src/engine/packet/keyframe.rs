@@ -132,7 +132,7 @@ fn h264(payload: &[u8]) -> Start {
         return Start::NEITHER;
     };
     match header & 0x1f {
-        NAL_STAP_A => stap_a(payload.get(1..).unwrap_or_default()),
+        NAL_STAP_A => aggregated(payload.get(1..).unwrap_or_default(), h264_unit),
         NAL_FU_A => {
             let Some(&fu) = payload.get(1) else {
                 return Start::NEITHER;
@@ -148,31 +148,40 @@ fn h264(payload: &[u8]) -> Start {
     }
 }
 
-/// The units of a STAP-A (after its header): each a 16-bit size and a NAL unit.
-fn stap_a(mut rest: &[u8]) -> Start {
+/// The units of an aggregation packet (H.264 STAP-A, H.265 AP; after its header): each a
+/// 16-bit size and a NAL unit, read by `unit`. The first unit says whether a frame starts; an
+/// SPS or IDR anywhere in the first packet of a frame makes it a keyframe start.
+fn aggregated(mut rest: &[u8], unit: impl Fn(&[u8]) -> Start) -> Start {
     let mut start = Start::NEITHER;
     for index in 0..MAX_STAP_UNITS {
         let (Some(&hi), Some(&lo)) = (rest.first(), rest.get(1)) else {
             break;
         };
         let size = usize::from(u16::from_be_bytes([hi, lo]));
-        let Some(unit) = rest.get(2..2 + size) else {
+        let Some(nal) = rest.get(2..2 + size) else {
             break;
         };
-        let Some((&header, body)) = unit.split_first() else {
+        if nal.is_empty() {
             break;
-        };
-        let this = nal_start(header & 0x1f, body);
+        }
+        let this = unit(nal);
         if index == 0 {
             start.frame = this.frame;
         }
-        // An SPS or IDR anywhere in the first packet of a frame makes it a keyframe start.
         if this.keyframe && start.frame {
             start.keyframe = true;
         }
         rest = rest.get(2 + size..).unwrap_or_default();
     }
     start
+}
+
+/// One H.264 NAL unit (its header byte first).
+fn h264_unit(nal: &[u8]) -> Start {
+    match nal.split_first() {
+        Some((&header, body)) => nal_start(header & 0x1f, body),
+        None => Start::NEITHER,
+    }
 }
 
 /// One NAL unit of type `kind` whose bytes after the NAL header begin with `body`.
@@ -212,32 +221,10 @@ fn h265(payload: &[u8]) -> Start {
         return Start::NEITHER;
     };
     match (header >> 1) & 0x3f {
-        HEVC_AP => {
-            let mut rest = payload.get(2..).unwrap_or_default();
-            let mut start = Start::NEITHER;
-            for index in 0..MAX_STAP_UNITS {
-                let (Some(&hi), Some(&lo)) = (rest.first(), rest.get(1)) else {
-                    break;
-                };
-                let size = usize::from(u16::from_be_bytes([hi, lo]));
-                let Some(unit) = rest.get(2..2 + size) else {
-                    break;
-                };
-                let Some(&unit_header) = unit.first() else {
-                    break;
-                };
-                let this =
-                    hevc_nal_start((unit_header >> 1) & 0x3f, unit.get(2..).unwrap_or_default());
-                if index == 0 {
-                    start.frame = this.frame;
-                }
-                if this.keyframe && start.frame {
-                    start.keyframe = true;
-                }
-                rest = rest.get(2 + size..).unwrap_or_default();
-            }
-            start
-        }
+        HEVC_AP => aggregated(payload.get(2..).unwrap_or_default(), |nal| {
+            let kind = nal.first().map_or(0xff, |h| (h >> 1) & 0x3f);
+            hevc_nal_start(kind, nal.get(2..).unwrap_or_default())
+        }),
         HEVC_FU => {
             let Some(&fu) = payload.get(2) else {
                 return Start::NEITHER;
