@@ -131,7 +131,7 @@ impl Cluster {
             relay_test_loss: cfg.relay_test_loss,
         };
         // Gossip addresses chosen up front so that every node can seed every other one.
-        let gossip: Vec<SocketAddr> = (0..spec.len())
+        let mut gossip: Vec<SocketAddr> = (0..spec.len())
             .map(|i| match cfg.places.get(i) {
                 Some(p) => Ok(SocketAddr::new(p.ip, PLACED_GOSSIP_PORT)),
                 None => free_udp_addr(),
@@ -154,8 +154,28 @@ impl Cluster {
             let mut opts = cluster.opts(name, region, seeds);
             opts.gossip = Some(gossip[i]);
             opts.place = cfg.places.get(i).cloned();
-            let node = TestNode::start_cluster_node(&opts)
-                .with_context(|| format!("starting cluster node {name} ({region})"))?;
+            // A port chosen free up front can be taken by another test before this node binds
+            // it: then another free one (a node started earlier that was given the old address
+            // as a seed still learns the new one, as this node seeds it).
+            let mut attempt = 0;
+            let node = loop {
+                match TestNode::start_cluster_node(&opts) {
+                    Ok(node) => break node,
+                    Err(e) if attempt < 3 && opts.place.is_none() && address_in_use(&e) => {
+                        attempt += 1;
+                        gossip[i] = free_udp_addr()?;
+                        eprintln!(
+                            "cluster node {name}: gossip port taken meanwhile, now {}",
+                            gossip[i]
+                        );
+                        opts.gossip = Some(gossip[i]);
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("starting cluster node {name} ({region})"));
+                    }
+                }
+            };
             cluster.nodes.push((name.to_string(), node));
         }
         let started = t0.elapsed();
@@ -326,5 +346,35 @@ impl Cluster {
         )
         .await?;
         Ok(took)
+    }
+}
+
+/// Whether starting a node failed because an address it was given was bound meanwhile.
+fn address_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            || c.to_string().contains("Address already in use")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node given a gossip address something else holds fails in a way `start_with` takes
+    /// for "taken meanwhile" (and so tries another port), and nothing else does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taken_gossip_port_is_recognised() {
+        let cluster = Cluster::start(&[("a", "r1")]).await.expect("one node");
+        let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut opts = cluster.opts("b", "r1", Vec::new());
+        opts.gossip = Some(holder.local_addr().expect("addr"));
+        let err = match TestNode::start_cluster_node(&opts) {
+            Ok(_) => panic!("the node started on a port held by another socket"),
+            Err(e) => e,
+        };
+        assert!(address_in_use(&err), "{err:#}");
+        assert!(!address_in_use(&anyhow::anyhow!("some other failure")));
     }
 }
