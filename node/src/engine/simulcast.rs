@@ -194,23 +194,7 @@ impl<T: Default> LayerTable<T> {
                     None if self.layers.len() < MAX_LAYERS => {}
                     None => return Err(Refusal::TooManyLayers),
                 }
-                let layer = Layer {
-                    rid,
-                    last: None,
-                    ssrc,
-                    epoch: self.epoch_floor,
-                    paused: false,
-                    origin_flowing: None,
-                    rate: RateMeter::default(),
-                    data: T::default(),
-                };
-                let at = self
-                    .layers
-                    .iter()
-                    .position(|l| ascii_cmp(&l.rid, &rid).is_gt())
-                    .unwrap_or(self.layers.len());
-                self.layers.insert(at, layer);
-                at
+                self.insert_layer(rid, ssrc)
             }
         };
         let Some(layer) = self.layers.get_mut(index) else {
@@ -262,6 +246,29 @@ impl<T: Default> LayerTable<T> {
             .and_then(|l| l.rate.bitrate(now))
     }
 
+    /// A new layer, in ASCII order of rids, starting at the epoch floor; its index.
+    fn insert_layer(&mut self, rid: Rid, ssrc: Option<u32>) -> usize {
+        let at = self
+            .layers
+            .iter()
+            .position(|l| ascii_cmp(&l.rid, &rid).is_gt())
+            .unwrap_or(self.layers.len());
+        self.layers.insert(
+            at,
+            Layer {
+                rid,
+                last: None,
+                ssrc,
+                epoch: self.epoch_floor,
+                paused: false,
+                origin_flowing: None,
+                rate: RateMeter::default(),
+                data: T::default(),
+            },
+        );
+        at
+    }
+
     /// Of a relayed publication: the layers the origin's node says the track has, and which
     /// flow there (at most [`MAX_LAYERS`] are kept, in ASCII order). They become the declared
     /// layers; whether one flows is then the origin's word, not the arrivals here.
@@ -273,27 +280,7 @@ impl<T: Default> LayerTable<T> {
         for (rid, flowing) in layers.iter().take(MAX_LAYERS) {
             let at = match self.layers.iter().position(|l| l.rid == *rid) {
                 Some(at) => at,
-                None => {
-                    let at = self
-                        .layers
-                        .iter()
-                        .position(|l| ascii_cmp(&l.rid, rid).is_gt())
-                        .unwrap_or(self.layers.len());
-                    self.layers.insert(
-                        at,
-                        Layer {
-                            rid: *rid,
-                            last: None,
-                            ssrc: None,
-                            epoch: self.epoch_floor,
-                            paused: false,
-                            origin_flowing: None,
-                            rate: RateMeter::default(),
-                            data: T::default(),
-                        },
-                    );
-                    at
-                }
+                None => self.insert_layer(*rid, None),
             };
             if let Some(l) = self.layers.get_mut(at) {
                 l.origin_flowing = Some(*flowing);
