@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,6 +21,7 @@ use trackmesh_node::config::{Config, Flags};
 
 use crate::api::CallsClient;
 use crate::node_log::{self, NodeLog};
+pub use trackmesh_testkit::ports::{free_udp_addr, free_udp_tcp_port};
 
 /// How long we wait for the `trackmesh ready ...` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -851,28 +852,6 @@ fn run_in_process(
 /// Per-request timeout of admin calls.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A free 127.0.0.1 UDP port, found by binding port 0 and closing the socket again (for flags
-/// that do not accept port 0, such as `--gossip`).
-pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
-    let sock =
-        UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket to find a free port")?;
-    Ok(sock.local_addr()?)
-}
-
-/// A port on 127.0.0.1 free for both UDP and TCP a moment ago (a TURN port takes both): a UDP
-/// port is tried for TCP too, up to 50 times.
-pub fn free_udp_tcp_port() -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let udp =
-            UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket to find a free port")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no port free for both UDP and TCP in 50 tries")
-}
-
 /// Every `key=value` field of a `trackmesh ready ...` line (fields may be added over time).
 pub fn parse_ready_fields(line: &str) -> Option<BTreeMap<String, String>> {
     let rest = line.trim().strip_prefix("trackmesh ready ")?;
@@ -942,6 +921,7 @@ fn tail(s: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
 
     #[test]
     fn parses_ready_line() {

@@ -23,8 +23,7 @@ const ACK: u8 = 2;
 const BAD_CLUSTER: u8 = 3;
 
 fn free_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("local addr")
+    trackmesh_testkit::ports::free_udp_addr().expect("a free port")
 }
 
 async fn node(

@@ -468,9 +468,7 @@ mod tests {
     use super::*;
 
     fn free_addr() -> SocketAddr {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free port")
+        trackmesh_testkit::ports::free_udp_addr().expect("a free port")
     }
 
     fn bad(node: &ChitchatId, key: &'static str, version: u64) -> BadValue {
