@@ -385,3 +385,133 @@ fn vs_runs_each_binary_and_compares_them() {
     assert!(pkts["b_median"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(pkts["b_over_a_paired_median"].as_f64().is_some(), "{v}");
 }
+
+/// The `trackmesh` processes among `pid`'s children and their children.
+fn node_processes_under(pid: u32) -> Vec<u32> {
+    let children = |pid: u32| -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    let mut found = Vec::new();
+    for child in children(pid) {
+        for p in std::iter::once(child).chain(children(child)) {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if comm.trim() == "trackmesh" {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Starts `trackmesh-load ARGS`, waits for its node, sends it SIGTERM (as `kill` or `timeout`
+/// do) and checks that it exits with an error and that its node is gone.
+fn terminate_and_check_nodes_stop(args: &[&str]) {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let node = trackmesh_tests::node::node_binary();
+    let mut load = Command::new(env!("CARGO_BIN_EXE_trackmesh-load"))
+        .arg("--node-bin")
+        .arg(&node)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("trackmesh-load starts");
+    let pid = load.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let nodes = loop {
+        let nodes = node_processes_under(pid);
+        if !nodes.is_empty() {
+            break nodes;
+        }
+        if Instant::now() > deadline || load.try_wait().ok().flatten().is_some() {
+            let _ = load.kill();
+            panic!("no node process appeared under trackmesh-load {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Give the run a moment to be under way with its node up.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid_t = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = load.try_wait().expect("waiting for trackmesh-load") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = load.kill();
+            panic!("trackmesh-load {args:?} still running 30 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = load.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    // Exited: it has reaped its node, so the node's /proc entry is gone (a node left running
+    // would have been adopted by init and still be there).
+    let left: Vec<u32> = nodes
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    for p in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(*p).expect("a pid")),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(left.is_empty(), "nodes {left:?} left running; {stderr}");
+}
+
+#[test]
+fn a_terminated_generator_stops_the_nodes_it_started() {
+    terminate_and_check_nodes_stop(&[
+        "fanout",
+        "--media",
+        "audio",
+        "--subscribers",
+        "2",
+        "--duration",
+        "60",
+    ]);
+}
+
+#[test]
+fn a_terminated_comparison_stops_its_run_and_the_runs_nodes() {
+    let node = trackmesh_tests::node::node_binary();
+    let node = node.to_str().expect("a UTF-8 path");
+    terminate_and_check_nodes_stop(&[
+        "vs",
+        "--pairs",
+        "2",
+        "--a",
+        node,
+        "--b",
+        node,
+        "--",
+        "fanout",
+        "--media",
+        "audio",
+        "--subscribers",
+        "2",
+        "--duration",
+        "60",
+    ]);
+}

@@ -14,7 +14,7 @@
 //! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
 //! executable. On a terminal (and without `--json`) it shows the phase of the run on stderr.
 //! Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
-//! deadline) and kills its nodes at the end.
+//! deadline) and kills its nodes at the end, or when SIGINT, SIGTERM or SIGHUP stops it.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,7 +23,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use trackmesh_benches::load::media::{MediaMix, VideoShape};
-use trackmesh_benches::load::progress;
 use trackmesh_benches::load::report::Report;
 use trackmesh_benches::load::scenario::{
     Common, churn::ChurnConfig, fanout::FanoutConfig, hub::HubConfig, join_storm::JoinStormConfig,
@@ -33,6 +32,7 @@ use trackmesh_benches::load::scenario::{
 use trackmesh_benches::load::scenario::{
     churn, fanout, hub, join_storm, relay, simulcast, soak, whip,
 };
+use trackmesh_benches::load::{progress, stop};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -390,10 +390,14 @@ fn versus(
         }
     }
     let me = std::env::current_exe().context("locating this binary")?;
+    let stop = stop::Stop::install()?;
     let plan = vs::plan(pairs);
     let mut runs = Vec::with_capacity(plan.len());
     let mut reports = Vec::with_capacity(plan.len());
     for (i, &(pair, side)) in plan.iter().enumerate() {
+        if let Some(name) = stop.stopping() {
+            bail!("stopped by {name} after {i} of {} runs", plan.len());
+        }
         let bin = if side == Side::A { &a } else { &b };
         eprintln!(
             "run {}/{}: pair {} {:?} ({})",
@@ -412,6 +416,7 @@ fn versus(
             .stdout(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", me.display()))?;
+        stop.set_child(Some(child.id()));
         let mut out = Vec::new();
         if let Some(stdout) = child.stdout.take() {
             stdout
@@ -420,6 +425,10 @@ fn versus(
                 .context("reading a run's report")?;
         }
         let status = child.wait().context("waiting for a run")?;
+        stop.set_child(None);
+        if let Some(name) = stop.stopping() {
+            bail!("stopped by {name} during run {}", i + 1);
+        }
         let report: serde_json::Value = if status.success() {
             serde_json::from_slice(&out).context("a run's report is not JSON")?
         } else {
@@ -489,7 +498,15 @@ fn main() -> anyhow::Result<()> {
     if !json && std::io::stderr().is_terminal() {
         progress::show();
     }
-    let report = rt.block_on(run(cli.scenario));
+    // A signal stops the run: dropping it stops its nodes, which the signal's default action
+    // would have left running.
+    let report = rt.block_on(async {
+        let mut signals = stop::Signals::new()?;
+        tokio::select! {
+            report = run(cli.scenario) => report,
+            name = signals.recv() => bail!("stopped by {name}: the run and its nodes are stopped"),
+        }
+    });
     progress::done();
     let report = report?;
     if json {

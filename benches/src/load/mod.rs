@@ -10,6 +10,7 @@
 //! - [`trend`]: is a sampled series (RSS in a soak) flat;
 //! - [`report`]: text and JSON;
 //! - [`vs`]: two node binaries compared in alternating runs;
+//! - [`stop`]: SIGINT, SIGTERM and SIGHUP stop a run and its nodes;
 //! - [`progress`]: the phase of a run, on a terminal.
 
 pub mod client;
@@ -18,6 +19,7 @@ pub mod procfs;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod stop;
 pub use trackmesh_testkit::stats;
 pub mod trend;
 pub mod vs;
