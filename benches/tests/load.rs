@@ -414,9 +414,10 @@ fn node_processes_under(pid: u32) -> Vec<u32> {
     found
 }
 
-/// Starts `trackmesh-load ARGS`, waits for its node, sends it SIGTERM (as `kill` or `timeout`
-/// do) and checks that it exits with an error and that its node is gone.
-fn terminate_and_check_nodes_stop(args: &[&str]) {
+/// Starts `trackmesh-load ARGS`, waits for its node, runs `check(generator pid, node pids)`,
+/// sends it SIGTERM (as `kill` or `timeout` do) and checks that it exits with an error and that
+/// its node is gone.
+fn terminate_and_check_nodes_stop(args: &[&str], check: impl FnOnce(u32, &[u32])) {
     use std::process::{Command, Stdio};
     use std::time::Instant;
     let node = trackmesh_tests::node::node_binary();
@@ -442,6 +443,7 @@ fn terminate_and_check_nodes_stop(args: &[&str]) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    check(pid, &nodes);
     // Give the run a moment to be under way with its node up.
     std::thread::sleep(Duration::from_millis(500));
     let pid_t = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
@@ -482,36 +484,85 @@ fn terminate_and_check_nodes_stop(args: &[&str]) {
 
 #[test]
 fn a_terminated_generator_stops_the_nodes_it_started() {
-    terminate_and_check_nodes_stop(&[
-        "fanout",
-        "--media",
-        "audio",
-        "--subscribers",
-        "2",
-        "--duration",
-        "60",
-    ]);
+    terminate_and_check_nodes_stop(
+        &[
+            "fanout",
+            "--media",
+            "audio",
+            "--subscribers",
+            "2",
+            "--duration",
+            "60",
+        ],
+        |_, _| {},
+    );
 }
 
 #[test]
 fn a_terminated_comparison_stops_its_run_and_the_runs_nodes() {
     let node = trackmesh_tests::node::node_binary();
     let node = node.to_str().expect("a UTF-8 path");
-    terminate_and_check_nodes_stop(&[
-        "vs",
-        "--pairs",
-        "2",
-        "--a",
-        node,
-        "--b",
-        node,
-        "--",
-        "fanout",
-        "--media",
-        "audio",
-        "--subscribers",
-        "2",
-        "--duration",
-        "60",
-    ]);
+    terminate_and_check_nodes_stop(
+        &[
+            "vs",
+            "--pairs",
+            "2",
+            "--a",
+            node,
+            "--b",
+            node,
+            "--",
+            "fanout",
+            "--media",
+            "audio",
+            "--subscribers",
+            "2",
+            "--duration",
+            "60",
+        ],
+        |_, _| {},
+    );
+}
+
+/// The `Cpus_allowed_list` of a process (`0`, `1-3`).
+fn cpus_allowed(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn node_cpus_start_the_nodes_on_those_cpus_and_keep_the_generator_off_them() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs 2 CPUs, the CI machine has them");
+    terminate_and_check_nodes_stop(
+        &[
+            "--node-cpus",
+            "0",
+            "fanout",
+            "--media",
+            "audio",
+            "--subscribers",
+            "2",
+        ],
+        |generator, nodes| {
+            for &n in nodes {
+                assert_eq!(cpus_allowed(n), "0", "node {n}");
+            }
+            let own = cpus_allowed(generator);
+            assert!(!own.starts_with('0'), "the generator is on {own}");
+        },
+    );
+    // A list that leaves the generator nothing is refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackmesh-load"))
+        .args(["--node-cpus", &format!("0-{}", cpus - 1), "fanout"])
+        .output()
+        .expect("trackmesh-load runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no CPU for the generator"), "{stderr}");
 }

@@ -142,6 +142,15 @@ pub fn set_node_binary(path: PathBuf) -> bool {
     NODE_BINARY.set(path).is_ok()
 }
 
+static NODE_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Start every node process of the rest of this process on these CPUs (a `taskset -c` list,
+/// as `0` or `0,2-3`): a load generator keeps its own clients off the nodes' cores. False when
+/// a list was already set.
+pub fn set_node_cpus(list: String) -> bool {
+    NODE_CPUS.set(list).is_ok()
+}
+
 /// Where the node binary is: [`set_node_binary`], else env `TRACKMESH_BIN`, else
 /// `<workspace>/target/debug/trackmesh`.
 pub fn node_binary() -> PathBuf {
@@ -402,15 +411,23 @@ impl TestNode {
         let app = format!("{app_id}:{app_secret}");
         let ip = place.map_or(LOOPBACK, |p| p.ip);
         let any_port = SocketAddr::new(ip, 0).to_string();
-        // `ip netns exec` execs the node in place, so the child's pid is the node's.
-        let mut cmd = match place {
-            Some(p) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &p.netns]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        // `ip netns exec NS` and `taskset -c CPUS` exec the node in place, so the child's pid
+        // is the node's.
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(p) = place {
+            program.extend(["ip", "netns", "exec", p.netns.as_str()].map(Into::into));
+        }
+        if let Some(cpus) = NODE_CPUS.get() {
+            program.extend(["taskset", "-c", cpus.as_str()].map(Into::into));
+        }
+        program.push(bin.clone().into());
+        let shown = program
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.args(["--http", &any_port, "--media", &any_port, "--app", &app])
             .args(args)
             .stdin(Stdio::null())
@@ -419,9 +436,7 @@ impl TestNode {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut child = cmd.spawn().with_context(|| format!("spawning {shown}"))?;
 
         let stdout = child
             .stdout

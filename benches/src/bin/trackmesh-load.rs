@@ -12,7 +12,8 @@
 //! `whip` loads a trackmesh node it starts, or any WHIP/WHEP server given by URL. `vs` runs the
 //! scenario after `--` against two node binaries in alternating runs and compares them.
 //! The node binary is `--node-bin`, else env `TRACKMESH_BIN`, else the `trackmesh` next to this
-//! executable. On a terminal (and without `--json`) it shows the phase of the run on stderr.
+//! executable. `--node-cpus 0` starts the nodes on CPU 0 and keeps the generator off it. On a
+//! terminal (and without `--json`) it shows the phase of the run on stderr.
 //! Every scenario is bounded (sessions ≤ 5000, duration ≤ 3600 s, plus a global
 //! deadline) and kills its nodes at the end, or when SIGINT, SIGTERM or SIGHUP stops it.
 
@@ -32,7 +33,7 @@ use trackmesh_benches::load::scenario::{
 use trackmesh_benches::load::scenario::{
     churn, fanout, hub, join_storm, relay, simulcast, soak, whip,
 };
-use trackmesh_benches::load::{progress, stop};
+use trackmesh_benches::load::{cpus, progress, stop};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,6 +47,11 @@ struct Cli {
     /// The node binary [default: the `trackmesh` next to this executable]
     #[arg(long, global = true, env = "TRACKMESH_BIN")]
     node_bin: Option<PathBuf>,
+    /// Start the nodes on these CPUs (`taskset -c` list: `0`, `0,2-3`) and keep the generator
+    /// and its clients on the others, so the node's CPU figures are its own work [default:
+    /// every process on every CPU]
+    #[arg(long, global = true)]
+    node_cpus: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -374,6 +380,7 @@ fn versus(
     b: PathBuf,
     pairs: usize,
     scenario: &[String],
+    node_cpus: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     use std::io::Read;
@@ -411,6 +418,7 @@ fn versus(
             .arg("--json")
             .arg("--node-bin")
             .arg(bin)
+            .args(node_cpus.map(|c| ["--node-cpus", c]).into_iter().flatten())
             .args(scenario)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -471,7 +479,7 @@ fn main() -> anyhow::Result<()> {
         scenario,
     } = cli.scenario
     {
-        return versus(a, b, pairs, &scenario, cli.json);
+        return versus(a, b, pairs, &scenario, cli.node_cpus.as_deref(), cli.json);
     }
     let bin = match cli.node_bin.clone() {
         Some(b) => b,
@@ -487,6 +495,13 @@ fn main() -> anyhow::Result<()> {
     }
     // The scenarios start their nodes through the test crate's harness.
     trackmesh_tests::node::set_node_binary(bin);
+    // Before the runtime starts its threads, which inherit this one's CPUs.
+    if let Some(list) = cli.node_cpus.clone() {
+        let nodes = cpus::parse_list(&list)?;
+        let generator = cpus::keep_off(&nodes)?;
+        eprintln!("nodes on CPUs {nodes:?}, the generator on {generator:?}");
+        trackmesh_tests::node::set_node_cpus(list);
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

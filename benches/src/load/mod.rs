@@ -3,6 +3,7 @@
 //! and memory, loss, one-way latency and join times.
 //!
 //! - [`client`]: the test kit's client as a tokio task per client, scaling to hundreds;
+//! - [`cpus`]: `--node-cpus`, the nodes on CPUs of their own;
 //! - [`media`]: the test kit's synthetic Opus/VP8 frames (send time and sequence number);
 //! - [`procfs`]: node CPU and RSS from `/proc`, counters from `/metrics`;
 //! - [`stats`]: the test kit's histograms and percentiles;
@@ -14,6 +15,7 @@
 //! - [`progress`]: the phase of a run, on a terminal.
 
 pub mod client;
+pub mod cpus;
 pub use trackmesh_testkit::media;
 pub mod procfs;
 pub mod progress;
