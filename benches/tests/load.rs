@@ -482,46 +482,29 @@ fn terminate_and_check_nodes_stop(args: &[&str], check: impl FnOnce(u32, &[u32])
     assert!(left.is_empty(), "nodes {left:?} left running; {stderr}");
 }
 
+/// A small audio fan-out that runs for a minute unless it is stopped.
+const MINUTE_OF_AUDIO: [&str; 7] = [
+    "fanout",
+    "--media",
+    "audio",
+    "--subscribers",
+    "2",
+    "--duration",
+    "60",
+];
+
 #[test]
 fn a_terminated_generator_stops_the_nodes_it_started() {
-    terminate_and_check_nodes_stop(
-        &[
-            "fanout",
-            "--media",
-            "audio",
-            "--subscribers",
-            "2",
-            "--duration",
-            "60",
-        ],
-        |_, _| {},
-    );
+    terminate_and_check_nodes_stop(&MINUTE_OF_AUDIO, |_, _| {});
 }
 
 #[test]
 fn a_terminated_comparison_stops_its_run_and_the_runs_nodes() {
     let node = trackmesh_tests::node::node_binary();
     let node = node.to_str().expect("a UTF-8 path");
-    terminate_and_check_nodes_stop(
-        &[
-            "vs",
-            "--pairs",
-            "2",
-            "--a",
-            node,
-            "--b",
-            node,
-            "--",
-            "fanout",
-            "--media",
-            "audio",
-            "--subscribers",
-            "2",
-            "--duration",
-            "60",
-        ],
-        |_, _| {},
-    );
+    let mut args = vec!["vs", "--pairs", "2", "--a", node, "--b", node, "--"];
+    args.extend(MINUTE_OF_AUDIO);
+    terminate_and_check_nodes_stop(&args, |_, _| {});
 }
 
 /// The `Cpus_allowed_list` of a process (`0`, `1-3`).
@@ -539,24 +522,15 @@ fn cpus_allowed(pid: u32) -> String {
 fn node_cpus_start_the_nodes_on_those_cpus_and_keep_the_generator_off_them() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(cpus >= 2, "this test needs 2 CPUs, the CI machine has them");
-    terminate_and_check_nodes_stop(
-        &[
-            "--node-cpus",
-            "0",
-            "fanout",
-            "--media",
-            "audio",
-            "--subscribers",
-            "2",
-        ],
-        |generator, nodes| {
-            for &n in nodes {
-                assert_eq!(cpus_allowed(n), "0", "node {n}");
-            }
-            let own = cpus_allowed(generator);
-            assert!(!own.starts_with('0'), "the generator is on {own}");
-        },
-    );
+    let mut args = vec!["--node-cpus", "0"];
+    args.extend(MINUTE_OF_AUDIO);
+    terminate_and_check_nodes_stop(&args, |generator, nodes| {
+        for &n in nodes {
+            assert_eq!(cpus_allowed(n), "0", "node {n}");
+        }
+        let own = cpus_allowed(generator);
+        assert!(!own.starts_with('0'), "the generator is on {own}");
+    });
     // A list that leaves the generator nothing is refused before anything starts.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackmesh-load"))
         .args(["--node-cpus", &format!("0-{}", cpus - 1), "fanout"])
