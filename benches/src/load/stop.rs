@@ -7,7 +7,6 @@
 //! progress and starts no other.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -43,18 +42,22 @@ impl Signals {
 /// For a sequence of child runs (`vs`): once a signal arrived, the child running then gets
 /// SIGTERM (so it stops its own nodes) and [`Stop::stopping`] says to start no other.
 pub struct Stop {
-    signal: Mutex<Option<&'static str>>,
-    stopping: AtomicBool,
-    child: Mutex<Option<u32>>,
+    state: Mutex<StopState>,
+}
+
+#[derive(Default)]
+struct StopState {
+    /// The signal that arrived, if one did.
+    signal: Option<&'static str>,
+    /// The child run in progress.
+    child: Option<u32>,
 }
 
 impl Stop {
     /// Handles the signals on a thread of its own from now on.
     pub fn install() -> anyhow::Result<&'static Stop> {
         let stop: &'static Stop = Box::leak(Box::new(Stop {
-            signal: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            child: Mutex::new(None),
+            state: Mutex::default(),
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,29 +75,29 @@ impl Stop {
         Ok(stop)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, StopState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn signalled(&self, name: &'static str) {
-        *self.signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
-        self.stopping.store(true, Ordering::SeqCst);
-        let child = *self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pid) = child {
+        let mut state = self.state();
+        state.signal = Some(name);
+        if let Some(pid) = state.child {
             terminate(pid);
         }
     }
 
     /// The signal that arrived, if one did: start no other run.
     pub fn stopping(&self) -> Option<&'static str> {
-        if self.stopping.load(Ordering::SeqCst) {
-            *self.signal.lock().unwrap_or_else(|p| p.into_inner())
-        } else {
-            None
-        }
+        self.state().signal
     }
 
     /// The child run in progress (`None` once it has ended). A signal that came just before
     /// is passed on to it here.
     pub fn set_child(&self, pid: Option<u32>) {
-        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = pid;
-        if let (Some(pid), true) = (pid, self.stopping.load(Ordering::SeqCst)) {
+        let mut state = self.state();
+        state.child = pid;
+        if let (Some(pid), Some(_)) = (pid, state.signal) {
             terminate(pid);
         }
     }
