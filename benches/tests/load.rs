@@ -414,6 +414,11 @@ fn node_processes_under(pid: u32) -> Vec<u32> {
     found
 }
 
+fn send_signal(pid: u32, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
 /// Starts `trackmesh-load ARGS`, waits for its node, runs `check(generator pid, node pids)`,
 /// sends it SIGTERM (as `kill` or `timeout` do) and checks that it exits with an error and that
 /// its node is gone.
@@ -446,8 +451,7 @@ fn terminate_and_check_nodes_stop(args: &[&str], check: impl FnOnce(u32, &[u32])
     check(pid, &nodes);
     // Give the run a moment to be under way with its node up.
     std::thread::sleep(Duration::from_millis(500));
-    let pid_t = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
-    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+    send_signal(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = load.try_wait().expect("waiting for trackmesh-load") {
@@ -473,11 +477,8 @@ fn terminate_and_check_nodes_stop(args: &[&str], check: impl FnOnce(u32, &[u32])
         .copied()
         .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
         .collect();
-    for p in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(*p).expect("a pid")),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    for &p in &left {
+        let _ = send_signal(p, nix::sys::signal::Signal::SIGKILL);
     }
     assert!(left.is_empty(), "nodes {left:?} left running; {stderr}");
 }

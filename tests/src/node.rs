@@ -421,11 +421,6 @@ impl TestNode {
             program.extend(["taskset", "-c", cpus.as_str()].map(Into::into));
         }
         program.push(bin.clone().into());
-        let shown = program
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ");
         let mut cmd = Command::new(&program[0]);
         cmd.args(&program[1..]);
         cmd.args(["--http", &any_port, "--media", &any_port, "--app", &app])
@@ -436,7 +431,7 @@ impl TestNode {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let mut child = cmd.spawn().with_context(|| format!("spawning {shown}"))?;
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
 
         let stdout = child
             .stdout

@@ -16,16 +16,18 @@ pub fn parse_list(list: &str) -> anyhow::Result<BTreeSet<usize>> {
     let mut cpus = BTreeSet::new();
     for part in list.split(',') {
         let part = part.trim();
-        let (lo, hi) = match part.split_once('-') {
-            Some((lo, hi)) => (lo, hi),
-            None => (part, part),
+        let cpu = |s: &str| {
+            s.trim().parse::<usize>().with_context(|| {
+                format!("`{part}` in the CPU list `{list}` is not a CPU or a range")
+            })
         };
-        let lo: usize = lo.trim().parse().with_context(|| {
-            format!("`{part}` in the CPU list `{list}` is not a CPU or a range")
-        })?;
-        let hi: usize = hi.trim().parse().with_context(|| {
-            format!("`{part}` in the CPU list `{list}` is not a CPU or a range")
-        })?;
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (cpu(lo)?, cpu(hi)?),
+            None => {
+                let c = cpu(part)?;
+                (c, c)
+            }
+        };
         if lo > hi || hi >= CpuSet::count() {
             bail!("`{part}` in the CPU list `{list}` is not a range of CPUs");
         }
