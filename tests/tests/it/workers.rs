@@ -229,7 +229,13 @@ async fn a_worker_that_panics_fails_healthz_and_ends_the_process_non_zero() {
         match http.get(&healthz).send().await {
             Ok(r) if r.status().as_u16() == 503 => {
                 let body: serde_json::Value = r.json().await.unwrap_or_default();
-                assert_eq!(body["errorDescription"], "stopped: engine", "{body}");
+                // The engine stops first; while the process shuts down the relay and
+                // gossip may follow it into the list.
+                let said = body["errorDescription"].as_str().unwrap_or_default();
+                assert!(
+                    said.starts_with("stopped: engine"),
+                    "/healthz names the stopped engine first: {body}"
+                );
                 unhealthy = true;
             }
             _ => {}
