@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -22,6 +23,7 @@ use super::ApiState;
 use super::auth_hook::{HookQuery, UserClaim, user_claim};
 use super::rooms::{self, Participant, RedeemError};
 use crate::engine::{ClientAnswer, LocalTrack, OpError, RemoteTrack, SdpKind, TracksNew};
+use crate::http::ConnSlot;
 use crate::ids::SessionId;
 use crate::rooms::{Direction, Role, RoomOptions};
 use crate::ws::protocol::{
@@ -37,12 +39,17 @@ pub const TRACK_NAMES: [&str; 2] = ["audio", "video"];
 pub async fn upgrade(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let claim = user_claim(&headers, st.rooms.trust_user_claim);
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| run(st, socket, claim))
+        .on_upgrade(move |socket| async move {
+            // The socket holds its connection's place under the caps until it ends.
+            let _slot = slot;
+            run(st, socket, claim).await
+        })
 }
 
 /// A joined participant.

@@ -155,12 +155,12 @@ fn accept(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         Admit::Slot(slot) => {
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let slot = ConnSlot(Arc::new(slot));
                 match &ctx.tls {
-                    None => serve_conn(&ctx, stream, Vec::new(), peer, false).await,
+                    None => serve_conn(&ctx, stream, Vec::new(), peer, Some(slot)).await,
                     Some(acceptor) => {
                         if let Some(tls) = handshake(&ctx, acceptor, stream, peer).await {
-                            serve_conn(&ctx, tls, Vec::new(), peer, false).await;
+                            serve_conn(&ctx, tls, Vec::new(), peer, Some(slot)).await;
                         }
                     }
                 }
@@ -230,20 +230,30 @@ async fn handshake(
     None
 }
 
+/// A connection's place under `--http-max-connections` and the per-client cap. Each request
+/// carries a handle to it (a request extension): an upgraded WebSocket keeps it for as long as
+/// it lives, since hyper's connection task ends at the 101 and would otherwise give the place
+/// back while the socket stays open.
+#[derive(Clone)]
+pub struct ConnSlot(#[allow(dead_code)] Arc<slots::SlotGuard>);
+
+/// Serves one connection. `slot`: its place under the caps; `None` for a reserve connection,
+/// which may only ask for the probe paths.
 async fn serve_conn<S>(
     ctx: &Arc<Ctx>,
     stream: S,
     replay: Vec<u8>,
     peer: SocketAddr,
-    probe_only: bool,
+    slot: Option<ConnSlot>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let probe_only = slot.is_none();
     let state = conn::ConnState::new(ctx.timeouts, peer.ip(), ctx.rejects.clone());
     let io = TokioIo::new(conn::GuardedIo::new(stream, replay, state.clone()));
     let router = ctx.router.clone();
     let svc = hyper::service::service_fn(move |req| {
-        service::handle(router.clone(), state.clone(), peer, probe_only, req)
+        service::handle(router.clone(), state.clone(), peer, slot.clone(), req)
     });
     let builder = if probe_only { &ctx.probe } else { &ctx.api };
     // Upgrades: the rooms' WebSocket signalling (`/v1/ws`).
@@ -331,7 +341,7 @@ where
         let limit = ctx.timeouts.header + ctx.timeouts.body;
         let _ = tokio::time::timeout(
             limit,
-            serve_conn(ctx, stream, buf[..n].to_vec(), peer, true),
+            serve_conn(ctx, stream, buf[..n].to_vec(), peer, None),
         )
         .await;
         return None;

@@ -15,6 +15,7 @@ use axum::http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::ConnSlot;
 use super::answers;
 use super::conn::ConnState;
 use crate::rejects::Port;
@@ -26,11 +27,11 @@ pub async fn handle(
     router: Router,
     state: Arc<ConnState>,
     peer: SocketAddr,
-    probe_only: bool,
+    slot: Option<ConnSlot>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     state.on_request();
-    let res = respond(router, &state, peer, probe_only, req).await;
+    let res = respond(router, &state, peer, slot, req).await;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         state.on_upgraded();
     }
@@ -46,9 +47,11 @@ async fn respond(
     router: Router,
     state: &Arc<ConnState>,
     peer: SocketAddr,
-    probe_only: bool,
+    slot: Option<ConnSlot>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
+    // A reserve connection (no slot) may only ask for the probe paths.
+    let probe_only = slot.is_none();
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > answers::MAX_URI_BYTES {
         if state.rejects.reject(Port::Http, "uri_too_long", state.ip) {
@@ -68,6 +71,9 @@ async fn respond(
     }
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(peer));
+    if let Some(slot) = slot {
+        parts.extensions.insert(slot);
+    }
     let body = Body::new(DeadlineBody {
         inner: body,
         deadline: Instant::now() + state.timeouts.body,

@@ -548,3 +548,66 @@ async fn a_keep_alive_connection_may_idle_longer_than_the_header_timeout() {
     }
     assert_eq!(rejected(addr, "header_timeout").await, 0.0);
 }
+
+/// Opens a WebSocket to `/v1/ws` over a plain socket and returns it once the 101 has arrived.
+async fn open_websocket(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /v1/ws HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, read).await;
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "the upgrade: {head:?}");
+    stream
+}
+
+/// An upgraded WebSocket keeps its connection's place under the caps: hyper ends the HTTP
+/// connection at the 101, and the socket must not then be free of the per-client cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_count_against_the_connection_caps_while_open() {
+    let node = start_node(&[
+        "--http-max-connections-per-ip",
+        "2",
+        "--http-probe-reserve",
+        "0",
+    ]);
+    let addr = node.http_addr();
+    let sockets = [open_websocket(addr).await, open_websocket(addr).await];
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect over the cap");
+    assert_eq!(
+        idle_connection(stream).await,
+        Fate::Refused,
+        "two open WebSockets fill a cap of 2"
+    );
+    drop(sockets);
+    // Their places come back once the node has seen them close.
+    let mut healthy = None;
+    for _ in 0..100 {
+        let a = get(addr, "/healthz").await;
+        if a.status == 200 {
+            healthy = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        healthy.is_some(),
+        "the closed WebSockets' places are given back"
+    );
+}
