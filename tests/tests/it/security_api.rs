@@ -463,3 +463,68 @@ async fn session_creation_is_rate_limited_and_under_quota() {
     .await
     .expect("a full node is not ready");
 }
+
+/// Relay counters of a node: links, and pulls that failed for any reason.
+async fn relay_activity(node: &TestNode) -> f64 {
+    let m = node.scrape().await.expect("GET /metrics");
+    m.iter()
+        .filter(|(k, _)| {
+            k.starts_with("trackmesh_relay_links") || k.starts_with("trackmesh_relay_pull_failures")
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// `tracks/update` with more items than a call may hold is refused before any of them is looked
+/// for: no relay pull is started for the tracks it names on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_update_over_the_cap_pulls_nothing() {
+    let _serial = serial().await;
+    let cl = Cluster::start(&[("a", "r1"), ("b", "r1")])
+        .await
+        .expect("cluster");
+    let on_b = cl
+        .client("b")
+        .sessions_new()
+        .await
+        .expect("sessions/new on B")
+        .session_id;
+    let api_a = cl.client("a");
+    let on_a = api_a
+        .sessions_new()
+        .await
+        .expect("sessions/new on A")
+        .session_id;
+    let items = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"location": "remote", "sessionId": on_b, "trackName": format!("t{i}"), "mid": "0"}))
+            .collect()
+    };
+    let path = format!("sessions/{on_a}/tracks/update");
+    let update = |n: usize| {
+        call(
+            &api_a,
+            Method::PUT,
+            &path,
+            Some(cl.app_secret()),
+            &[],
+            RawBody::Json(json!({ "tracks": items(n) })),
+        )
+    };
+    let (s, body, _) = update(65).await;
+    assert_error_naming(s, &body, 406, "invalid_params", "between 1 and 64 tracks");
+    let (s, body, _) = update(0).await;
+    assert_error_naming(s, &body, 406, "invalid_params", "between 1 and 64 tracks");
+    assert_eq!(
+        relay_activity(cl.node("a")).await,
+        0.0,
+        "a refused update started relay pulls"
+    );
+    // Within the cap, the remote track is looked for on B (it is not there): the counters see it.
+    let (s, body, _) = update(1).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        relay_activity(cl.node("a")).await > 0.0,
+        "a pull to B is counted"
+    );
+}
