@@ -56,9 +56,11 @@ impl SessionLimits {
     }
 
     /// Before the bearer is checked: the address's budget. An IPv6 client is its /64, as for the
-    /// connection caps (one host is handed a whole /64).
+    /// connection caps (one host is handed a whole /64). An IPv4 client of a dual-stack listener
+    /// arrives IPv4-mapped (`::ffff:a.b.c.d`): it is its IPv4 address, not the /64 that every
+    /// IPv4 client shares.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let key = match ip {
+        let key = match ip.to_canonical() {
             IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
             v4 => v4,
         };
@@ -138,6 +140,26 @@ mod tests {
         assert!(
             l.check_ip(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_have_their_own_budgets() {
+        let l = SessionLimits::new(2, 1000, 10);
+        let mapped =
+            |last: u8| IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, last).to_ipv6_mapped());
+        assert!(l.check_ip(mapped(1)).is_ok() && l.check_ip(mapped(1)).is_ok());
+        assert!(
+            l.check_ip(mapped(1)).is_err(),
+            "one address's budget is spent"
+        );
+        assert!(
+            l.check_ip(mapped(2)).is_ok(),
+            "another IPv4 client is not refused"
+        );
+        assert!(
+            l.check_ip(IpAddr::from([192, 0, 2, 1])).is_err(),
+            "mapped or not, the same client"
         );
     }
 
