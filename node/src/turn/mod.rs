@@ -205,7 +205,13 @@ async fn keep_figures(
                 guard.on_closed(info.five_tuple.protocol, info.five_tuple.src_addr);
             }
             _ = every.tick() => {
-                let Ok(infos) = server.get_allocations_info(None).await else { return };
+                // It waits for every listener's request loop: bounded, so a stalled listener
+                // cannot stop the closed allocations above from being taken off the guard.
+                let infos = match tokio::time::timeout(STOP_WAIT, server.get_allocations_info(None)).await {
+                    Ok(Ok(infos)) => infos,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                };
                 counted.retain(|k, _| infos.contains_key(k));
                 for (tuple, info) in infos {
                     let before = counted.insert(tuple, info.relayed_bytes).unwrap_or(0);

@@ -3,8 +3,11 @@
 //! answered here with their STUN error.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use medea_turn::attr::{Attribute, ErrorCode, Nonce, Realm};
@@ -14,11 +17,25 @@ use tokio::sync::watch;
 
 use super::guard::{Guard, REALM, Verdict};
 
+/// How long an answer may wait to be handed to a client. The TURN crate's TCP listener writes
+/// each answer under one lock for all its connections and waits until it is written: a client
+/// that stops reading would hold every TCP client's answers, and the listener's request loop,
+/// for as long as it liked.
+const SEND_WAIT: Duration = Duration::from_millis(500);
+/// A client that did not take an answer within [`SEND_WAIT`] gets no more for this long: each
+/// would cost the others the wait again.
+const STUCK_FOR: Duration = Duration::from_secs(60);
+/// Most clients remembered as stuck at once; past it the expired are forgotten, and a new one is
+/// not remembered until there is room (its answers then cost [`SEND_WAIT`] each).
+const MAX_STUCK: usize = 4096;
+
 /// A listener (UDP socket or TCP server) behind the guard, which ends when `stop` turns true.
 pub struct Guarded<T> {
     inner: T,
     guard: Arc<Guard>,
     stop: watch::Receiver<bool>,
+    /// Clients that did not take an answer in time, and since when.
+    stuck: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl<T: Transport + Send + Sync> Guarded<T> {
@@ -39,14 +56,65 @@ impl<T: Transport + Send + Sync> Guarded<T> {
             }
         }
         // A lost answer is the client's retransmission to repeat.
-        let _ = self.inner.send_msg_to(answer, src).await;
+        let _ = self.bounded(src, self.inner.send_msg_to(answer, src)).await;
+    }
+
+    /// `send` to `to`, given up after [`SEND_WAIT`] (and `to` then remembered as stuck); refused
+    /// at once for a client remembered as stuck.
+    async fn bounded(
+        &self,
+        to: SocketAddr,
+        send: impl Future<Output = Result<(), Error>>,
+    ) -> Result<(), Error> {
+        if self.is_stuck(to) {
+            return Err(Error::TransportIsDead);
+        }
+        match tokio::time::timeout(SEND_WAIT, send).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                self.guard.refused("answer_not_taken");
+                self.mark_stuck(to);
+                Err(Error::TransportIsDead)
+            }
+        }
+    }
+
+    fn is_stuck(&self, to: SocketAddr) -> bool {
+        let Ok(mut stuck) = self.stuck.lock() else {
+            return false;
+        };
+        match stuck.get(&to) {
+            Some(since) if since.elapsed() < STUCK_FOR => true,
+            Some(_) => {
+                stuck.remove(&to);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_stuck(&self, to: SocketAddr) {
+        let Ok(mut stuck) = self.stuck.lock() else {
+            return;
+        };
+        if stuck.len() >= MAX_STUCK {
+            stuck.retain(|_, since| since.elapsed() < STUCK_FOR);
+        }
+        if stuck.len() < MAX_STUCK {
+            stuck.insert(to, Instant::now());
+        }
     }
 }
 
 impl<T> Guarded<T> {
     /// `inner` behind `guard`, until `stop` says true.
     pub fn new(inner: T, guard: Arc<Guard>, stop: watch::Receiver<bool>) -> Guarded<T> {
-        Guarded { inner, guard, stop }
+        Guarded {
+            inner,
+            guard,
+            stop,
+            stuck: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -75,12 +143,12 @@ impl<T: Transport + Send + Sync> Transport for Guarded<T> {
 
     async fn send_to(&self, data: Cow<'_, [u8]>, target: SocketAddr) -> Result<(), Error> {
         self.guard.on_raw_answer(&data);
-        self.inner.send_to(data, target).await
+        self.bounded(target, self.inner.send_to(data, target)).await
     }
 
     async fn send_msg_to(&self, msg: Message<Attribute>, dst: SocketAddr) -> Result<(), Error> {
         self.guard.on_answer(self.inner.proto(), dst, &msg);
-        self.inner.send_msg_to(msg, dst).await
+        self.bounded(dst, self.inner.send_msg_to(msg, dst)).await
     }
 
     fn local_addr(&self) -> SocketAddr {

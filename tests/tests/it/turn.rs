@@ -635,3 +635,98 @@ async fn turn_relayed_media_cpu_against_direct() {
         serde_json::json!({"turn_over_direct": (results[1] / results[0] * 100.0).round() / 100.0})
     );
 }
+
+/// A STUN Binding request with transaction `tx`.
+fn binding_request(tx: u32) -> Vec<u8> {
+    let mut id = [0u8; 12];
+    id[..4].copy_from_slice(&tx.to_be_bytes());
+    let m: Message<Attr> = Message::new(
+        MessageClass::Request,
+        stun_codec::rfc5389::methods::BINDING,
+        TransactionId::new(id),
+    );
+    MessageEncoder::new()
+        .encode_into_bytes(m)
+        .expect("encode a Binding request")
+}
+
+/// One Binding over a new TCP connection to the TURN port: its answer, or `None` when none came
+/// within 10 s.
+async fn tcp_binding(server: SocketAddr) -> Option<Message<Attr>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = Duration::from_secs(10);
+    let mut s = tokio::net::TcpStream::connect(server).await.ok()?;
+    s.write_all(&binding_request(1)).await.ok()?;
+    let mut answer = vec![0u8; 20];
+    tokio::time::timeout(wait, s.read_exact(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let len = usize::from(u16::from_be_bytes([answer[2], answer[3]]));
+    answer.resize(20 + len, 0);
+    tokio::time::timeout(wait, s.read_exact(&mut answer[20..]))
+        .await
+        .ok()?
+        .ok()?;
+    MessageDecoder::<Attr>::new()
+        .decode_from_bytes(&answer)
+        .ok()?
+        .ok()
+}
+
+/// A TURN-over-TCP client that sends requests and never reads the answers stalls its own
+/// connection only: other TCP clients are answered, and allocations over UDP still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
+    use tokio::io::AsyncWriteExt;
+    let node = start();
+    let (server, username, password) = credentials(&node, 600).await;
+    assert!(tcp_binding(server).await.is_some(), "TURN over TCP answers");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(2048)
+        .expect("a small receive buffer");
+    socket
+        .set_send_buffer_size(4096)
+        .expect("a small send buffer");
+    let mut never_reads = socket.connect(server).await.expect("connect");
+    // Paced so the node answers each (its request queue drops what it cannot take), until it
+    // stops reading this client because its answers are not taken; bounded (at most 20 MB of
+    // answers, far more than a connection's send buffer).
+    let chunk: Vec<u8> = (0..200).flat_map(binding_request).collect();
+    let mut stalled = false;
+    for _ in 0..2500 {
+        match tokio::time::timeout(Duration::from_secs(2), never_reads.write_all(&chunk)).await {
+            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(Err(e)) => panic!("the node closed the connection: {e}"),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        stalled,
+        "the node kept reading a client that takes no answers"
+    );
+    assert!(
+        tcp_binding(server).await.is_some(),
+        "another TCP client is answered"
+    );
+    let mut udp = TurnClient::new(server, &username, &password).await;
+    let allocated = udp.allocate().await;
+    assert_eq!(
+        allocated.class(),
+        MessageClass::SuccessResponse,
+        "{allocated:?}"
+    );
+    assert!(
+        metric(
+            &node,
+            "trackmesh_turn_refused_total{reason=\"answer_not_taken\"}"
+        )
+        .await
+            >= 1.0
+    );
+    drop(never_reads);
+}
