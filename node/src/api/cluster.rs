@@ -193,10 +193,15 @@ pub(super) async fn forward_to(
         }
     }
     let res = out.send().await.map_err(|e| {
+        // The owner's internal API address stays in the log, not in the client's answer.
+        tracing::info!(error = %e, "forwarding a call to the session's owner failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable_error",
-            format!("the node owning this session did not answer: {e}"),
+            format!(
+                "the node owning this session did not answer: {}",
+                e.without_url()
+            ),
         )
     })?;
     let status = res.status();
@@ -226,7 +231,12 @@ pub(super) async fn forward_to(
 /// hostile peer costs the call, never this node's memory.
 pub(super) async fn read_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| format!("reading it: {e}"))? {
+    // Without the URL: the answer goes to the client, and the URL is another node's address.
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| format!("reading it: {}", e.without_url()))?
+    {
         if body.len() + chunk.len() > cap {
             return Err(format!("over {cap} bytes"));
         }

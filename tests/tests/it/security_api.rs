@@ -528,3 +528,46 @@ async fn tracks_update_over_the_cap_pulls_nothing() {
         "a pull to B is counted"
     );
 }
+
+/// When the node owning a session does not answer a forwarded call, the client hears so without
+/// the owner's internal API address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_owner_is_reported_without_its_address() {
+    let _serial = serial().await;
+    let process = trackmesh_tests::ClusterConfig {
+        process: true,
+        ..trackmesh_tests::ClusterConfig::default()
+    };
+    let cl = Cluster::start_with(&[("a", "r1"), ("b", "r1")], process)
+        .await
+        .expect("cluster");
+    let on_b = cl
+        .client("b")
+        .sessions_new()
+        .await
+        .expect("sessions/new on B")
+        .session_id;
+    let b = cl.node("b");
+    let b_port = b.http_addr().port().to_string();
+    // Frozen: it takes the connection (the kernel does) and never answers.
+    b.pause().expect("SIGSTOP B");
+    let (s, body, _) = get(
+        &cl.client("a"),
+        &format!("sessions/{on_b}"),
+        Some(cl.app_secret()),
+    )
+    .await;
+    b.resume().expect("SIGCONT B");
+    assert_error_naming(
+        s,
+        &body,
+        503,
+        "temporarily_unavailable_error",
+        "did not answer",
+    );
+    let text = body["errorDescription"].as_str().unwrap_or_default();
+    assert!(
+        !text.contains(&b_port) && !text.contains("http://"),
+        "the owner's address in {body}"
+    );
+}
