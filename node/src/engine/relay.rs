@@ -19,6 +19,14 @@ impl Engine {
             .is_some_and(|p| &*p.app == app)
     }
 
+    /// Whether publication `track` of `session` (in `app`) exists here but has had no media yet
+    /// (its codec is known from its first packet; a relay or worker link needs it).
+    pub fn publication_awaits_media(&self, app: &str, session: SessionId, track: &str) -> bool {
+        self.publications
+            .get(&(session, track.to_string()))
+            .is_some_and(|p| &*p.app == app && p.codec.is_none())
+    }
+
     /// Registers a publication fed by upstream `up`, or moves an existing relayed publication
     /// onto `up` (a re-route after a hub died): its subscribers stay attached.
     pub fn add_relay_publication(

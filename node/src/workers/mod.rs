@@ -308,6 +308,22 @@ impl EngineHandle {
         if from == to || to >= self.worker_count() {
             return Ok(());
         }
+        // A track published a moment ago has no codec until its first frame: a pull right
+        // after the publisher connects waits for it (bounded), as a pull on the same worker
+        // would simply attach and wait. Waited for before the node-wide setup lock is taken, so
+        // a publisher that sends nothing delays only the pulls of its own tracks.
+        for _ in 0..MEDIA_WAIT_TRIES {
+            let (a, t) = (app.to_string(), track.to_string());
+            if !self
+                .call_on(from, move |e, _| {
+                    e.publication_awaits_media(&a, session, &t)
+                })
+                .await?
+            {
+                break;
+            }
+            tokio::time::sleep(MEDIA_WAIT_STEP).await;
+        }
         let shared = self.shared().clone();
         let _serial = shared.links.setup.lock().await;
         let (a, t) = (app.to_string(), track.to_string());
@@ -318,27 +334,10 @@ impl EngineHandle {
             return Ok(());
         }
         let (down, up) = shared.links.open(from, to);
-        // A track published a moment ago has no codec until its first frame: a pull right
-        // after the publisher connects waits for it (bounded), as a pull on the same worker
-        // would simply attach and wait.
-        let mut tries = 0;
-        let info = loop {
-            let (a, t) = (app.to_string(), track.to_string());
-            let info = self
-                .call_on(from, move |e, _| e.relay_subscribe(down, &a, session, &t))
-                .await;
-            let (a, t) = (app.to_string(), track.to_string());
-            let waiting = matches!(info, Ok(Err(_)))
-                && tries < MEDIA_WAIT_TRIES
-                && self
-                    .call_on(from, move |e, _| e.has_publication(&a, session, &t))
-                    .await?;
-            if !waiting {
-                break info;
-            }
-            tries += 1;
-            tokio::time::sleep(MEDIA_WAIT_STEP).await;
-        };
+        let (a, t) = (app.to_string(), track.to_string());
+        let info = self
+            .call_on(from, move |e, _| e.relay_subscribe(down, &a, session, &t))
+            .await;
         let Ok(Ok(info)) = info else {
             shared.links.close_up(up);
             return info.map(|_| ());

@@ -470,3 +470,77 @@ async fn a_stream_with_a_cascade_is_not_moved_by_a_bind() {
         "says why: {body}"
     );
 }
+
+/// A pull on another worker of a track with no media yet waits for its first packet (bounded).
+/// It must not hold up the pulls of other tracks meanwhile: a publisher that sends nothing would
+/// otherwise stall every cross-worker pull of the node, one wait after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_of_a_silent_track_does_not_hold_up_other_cross_worker_pulls() {
+    let node = TestNode::start(&["--workers", "2", "--worker-placement", "0,0,1,1"])
+        .expect("node with two workers");
+    let api = node.client();
+    let live = Publisher::start_av(&api, "live")
+        .await
+        .expect("a publisher sending media");
+    assert_eq!(worker_of(&live.session_id), "00");
+    // Pushes a track and never connects: the track is there, with no media.
+    let silent = api.sessions_new().await.expect("sessions/new").session_id;
+    assert_eq!(worker_of(&silent), "00");
+    let offer = trackmesh_tests::offers::video_offer(1, 0);
+    let mid = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .expect("the offer's mid")
+        .to_string();
+    let (s, body) = api
+        .raw(
+            reqwest::Method::POST,
+            &format!("sessions/{silent}/tracks/new"),
+            Some(serde_json::json!({
+                "sessionDescription": {"type": "offer", "sdp": offer},
+                "tracks": [{"location": "local", "mid": mid, "trackName": "silent"}],
+            })),
+        )
+        .await
+        .expect("push the silent track");
+    assert_eq!(s, 200, "{body}");
+    assert!(body["tracks"][0]["errorCode"].is_null(), "{body}");
+    let pull = |session: String, from: String, track: String| {
+        let api = api.clone();
+        async move {
+            api.raw(
+                reqwest::Method::POST,
+                &format!("sessions/{session}/tracks/new"),
+                Some(serde_json::json!({
+                    "tracks": [{"location": "remote", "sessionId": from, "trackName": track}],
+                })),
+            )
+            .await
+            .expect("tracks/new")
+        }
+    };
+    let v1 = api.sessions_new().await.expect("sessions/new").session_id;
+    let v2 = api.sessions_new().await.expect("sessions/new").session_id;
+    assert_eq!((worker_of(&v1), worker_of(&v2)), ("01", "01"));
+    let waiting = tokio::spawn(pull(v1, silent.clone(), "silent".into()));
+    // Let that pull start its wait for the silent track's first packet (up to 3 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let video = live
+        .track(MediaKind::Video)
+        .expect("a video track")
+        .track_name
+        .clone();
+    let (s, body) = pull(v2, live.session_id.clone(), video).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["tracks"][0]["errorCode"].is_null(), "{body}");
+    assert!(
+        !waiting.is_finished(),
+        "the live track's pull waited for the silent one's"
+    );
+    let (s, body) = waiting.await.expect("the silent pull");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["tracks"][0]["errorCode"], "not_found_track_error",
+        "{body}"
+    );
+}
