@@ -4,13 +4,17 @@
 //! engine as a datagram from the connection's peer address, and the engine's TCP transmits come
 //! back here by destination.
 //!
-//! Bounded everywhere: connections (beyond the cap a new one is closed at once), one frame
-//! buffer per connection (RFC 4571 frames are at most 65535 bytes), a short write queue per
-//! connection, and an idle timeout (ICE consent checks arrive every few seconds, so a silent
-//! connection is dead). Past a bound the frame or connection is dropped and counted.
+//! Bounded everywhere: connections, in all and per client (beyond a cap a new one is closed at
+//! once), one frame buffer per connection (RFC 4571 frames are at most 65535 bytes), a short
+//! write queue per connection, and an idle timeout (ICE consent checks arrive every few
+//! seconds, so a silent connection is dead). A connection the engine never answers (it answers
+//! only ICE checks signed with a session's password) is closed soon, whatever it sends, so
+//! strangers cannot keep the places. Past a bound the frame or connection is dropped and
+//! counted.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +30,14 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const WRITE_QUEUE: usize = 256;
 /// Frames from every connection waiting for the engine; beyond it a received frame is dropped.
 pub const READ_QUEUE: usize = 1024;
+/// Open ICE-TCP connections at once from one client (an IPv4 address or an IPv6 /64): a
+/// browser opens one per peer connection; an office behind one NAT address, a few dozen.
+pub const MAX_PER_CLIENT: usize = 64;
 /// A connection that brings no frame for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection the engine has sent nothing to for this long is closed: a client's first ICE
+/// check is answered at once, and retried within seconds if lost.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// A frame's length field is 16 bits.
 const MAX_FRAME: usize = u16::MAX as usize;
 
@@ -47,8 +57,10 @@ pub struct TcpCounters {
     /// `trackmesh_ice_tcp_accepted_total`.
     pub accepted: IntCounter,
     /// `trackmesh_ice_tcp_dropped_total{reason}`: `conn_limit` (a connection closed at once,
-    /// [`MAX_CONNECTIONS`] being open), `idle_timeout` (a connection closed after
-    /// [`IDLE_TIMEOUT`] without a frame), `engine_queue_full` (a received frame dropped).
+    /// [`MAX_CONNECTIONS`] being open), `client_limit` (the same, [`MAX_PER_CLIENT`] being open
+    /// from its client), `idle_timeout` (a connection closed after [`IDLE_TIMEOUT`] without a
+    /// frame), `unanswered` (closed after [`ANSWER_WITHIN`] with nothing sent to it),
+    /// `engine_queue_full` (a received frame dropped).
     pub dropped: IntCounterVec,
 }
 
@@ -170,6 +182,42 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Whom [`MAX_PER_CLIENT`] counts: an IPv4 address, or an IPv6 /64 (one host usually holds a
+/// whole /64). `ip` is canonical.
+fn client_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 64),
+    }
+}
+
+/// Open connections per client, given back when a connection ends.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<HashMap<u128, usize>>>);
+
+impl PerClient {
+    /// Takes a place for `client`; false when it has [`MAX_PER_CLIENT`] already.
+    fn take(&self, client: u128) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(client).or_insert(0);
+        if *n >= MAX_PER_CLIENT {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, client: u128) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&client);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     frames: mpsc::Sender<TcpFrame>,
@@ -178,6 +226,7 @@ async fn accept_loop(
 ) {
     // Owned here: aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
+    let per_client = PerClient::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -188,13 +237,21 @@ async fn accept_loop(
                         drop(stream);
                         continue;
                     }
+                    let client = client_of(peer.ip());
+                    if !per_client.take(client) {
+                        counters.drop_one("client_limit");
+                        drop(stream);
+                        continue;
+                    }
                     counters.accepted.inc();
                     counters.open.inc();
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     sender.lock().insert(peer, tx.clone());
-                    let (frames, sender, counters) = (frames.clone(), sender.clone(), counters.clone());
+                    let (frames, sender, counters, per_client) =
+                        (frames.clone(), sender.clone(), counters.clone(), per_client.clone());
                     conns.spawn(async move {
                         connection(stream, peer, rx, frames, &counters).await;
+                        per_client.give_back(client);
                         counters.open.dec();
                         // Unless a newer connection from the same address took the slot.
                         let mut writers = sender.lock();
@@ -250,18 +307,28 @@ async fn connection(
             }
         }
     };
+    let answered = AtomicBool::new(false);
     let write = async {
         while let Some(data) = outgoing.recv().await {
+            answered.store(true, Ordering::Relaxed);
             if let Err(e) = write_frame(&mut writer, &data).await {
                 tracing::debug!(%peer, error = %e, "ICE-TCP write failed");
                 return;
             }
         }
     };
+    let unanswered = async {
+        tokio::time::sleep(ANSWER_WITHIN).await;
+        if answered.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        counters.drop_one("unanswered");
+    };
     // Either side ending ends the connection.
     tokio::select! {
         _ = read => {}
         _ = write => {}
+        _ = unanswered => {}
     }
 }
 
@@ -342,6 +409,114 @@ mod tests {
         assert!(
             !tcp.sender.send(SocketAddr::from(([10, 9, 9, 9], 1)), b"x"),
             "no connection, no send"
+        );
+        tcp.task.abort();
+    }
+
+    /// Reads until the node closes the connection; the bytes read.
+    async fn read_to_close(stream: &mut TcpStream) -> usize {
+        let mut buf = vec![0u8; 1024];
+        let mut n = 0;
+        while let Ok(Ok(k)) =
+            tokio::time::timeout(Duration::from_secs(120), stream.read(&mut buf)).await
+        {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_never_answered_is_closed_and_an_answered_one_stays() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (tx, mut rx) = mpsc::channel(64);
+        let tcp = start(listener, tx).expect("start");
+        // A stranger: frames every few seconds (so never idle), none of them answered.
+        let mut stranger = TcpStream::connect(tcp.addr).await.expect("connect");
+        let mut answered = TcpStream::connect(tcp.addr).await.expect("connect");
+        write_frame(&mut answered, b"check").await.expect("write");
+        let frame = rx.recv().await.expect("the check reaches the engine side");
+        assert!(tcp.sender.send(frame.source, b"answer"), "answered");
+        assert_eq!(
+            read_frame(&mut answered).await.expect("the answer"),
+            b"answer"
+        );
+        for _ in 0..4 {
+            write_frame(&mut stranger, b"noise").await.expect("write");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        assert_eq!(
+            read_to_close(&mut stranger).await,
+            0,
+            "closed, never answered"
+        );
+        assert_eq!(tcp.counters.dropped("unanswered"), 1);
+        assert_eq!(tcp.counters.dropped("idle_timeout"), 0);
+        // The answered one is still served past the deadline.
+        write_frame(&mut answered, b"later").await.expect("write");
+        loop {
+            let f = rx.recv().await.expect("frames");
+            if f.data == b"later" {
+                break;
+            }
+        }
+        assert_eq!(
+            tcp.counters.dropped("unanswered"),
+            1,
+            "the answered one stays"
+        );
+        tcp.task.abort();
+    }
+
+    #[tokio::test]
+    async fn one_client_gets_at_most_its_share_of_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (tx, _rx) = mpsc::channel(8);
+        let tcp = start(listener, tx).expect("start");
+        let mut held = Vec::new();
+        for _ in 0..MAX_PER_CLIENT {
+            held.push(TcpStream::connect(tcp.addr).await.expect("connect"));
+        }
+        let mut over = TcpStream::connect(tcp.addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), over.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection over the client's share is closed");
+        assert_eq!(tcp.counters.dropped("client_limit"), 1);
+        // One ends: its place is the client's again.
+        drop(held.pop());
+        let mut again = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut s = TcpStream::connect(tcp.addr).await.expect("connect");
+            write_frame(&mut s, b"x").await.expect("write");
+            if tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                .await
+                .is_err()
+            {
+                // Still open after a moment: admitted.
+                again = Some(s);
+                break;
+            }
+        }
+        assert!(again.is_some(), "a place given back is taken again");
+        assert_eq!(
+            client_of("2001:db8:1:2::1".parse().expect("ip")),
+            client_of("2001:db8:1:2::ffff".parse().expect("ip")),
+            "one /64 is one client"
+        );
+        assert_ne!(
+            client_of("2001:db8:1:3::1".parse().expect("ip")),
+            client_of("2001:db8:1:2::1".parse().expect("ip"))
+        );
+        assert_ne!(
+            client_of("0.0.0.1".parse().expect("ip")),
+            client_of("::1".parse().expect("ip")),
+            "IPv4 and IPv6 keys never meet"
         );
         tcp.task.abort();
     }
