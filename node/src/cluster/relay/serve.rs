@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
@@ -18,7 +18,7 @@ use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
 use trackmesh_relay_proto::link::publisher::{Publisher, PublisherEvent, PublisherLimits};
 
 use super::downs::{Down, DownCmd};
-use super::wire::{self, CONTROL_QUEUE, READ_CHUNK};
+use super::wire::{self, CONTROL_QUEUE, ENGINE_CALLS, READ_CHUNK};
 use super::{Inner, pull};
 use crate::engine::RelayLayers;
 use crate::ids::{DownId, NodeId, SessionId};
@@ -169,13 +169,19 @@ async fn drive(
     // downstream ends once.
     let (ended_tx, mut ended_rx) = mpsc::channel(MAX_SUBS_PER_LINK);
     let (done_tx, mut done_rx) = mpsc::channel(MAX_SUBS_PER_LINK);
+    let to = LinkTasks {
+        ctl_tx,
+        ended_tx,
+        done_tx,
+        calls: Arc::new(Semaphore::new(ENGINE_CALLS)),
+    };
     let mut buf = vec![0u8; READ_CHUNK];
     // Messages that came with the handshake's last read.
     while let Some(msg) = dec.next() {
         link.handle_control(Instant::now(), msg.context("decoding a control message")?);
     }
     loop {
-        carry_out(inner, conn, peer, link, &ctl_tx, &ended_tx, &done_tx);
+        carry_out(inner, conn, peer, link, &to);
         let wake = link.poll_timeout();
         tokio::select! {
             read = recv.read(&mut buf) => {
@@ -205,6 +211,15 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Where a link's task sends what its machine queued: control messages to the peer, the attach
+/// tasks' answers and track ends back to itself, and its engine calls' places.
+struct LinkTasks {
+    ctl_tx: mpsc::Sender<ControlMsg>,
+    ended_tx: mpsc::Sender<Served>,
+    done_tx: mpsc::Sender<Attached>,
+    calls: Arc<Semaphore>,
+}
+
 /// Carries out what the link's machine queued: control messages to the peer, attaches,
 /// releases, `Nack`s and keyframe requests for the engine side.
 fn carry_out(
@@ -212,10 +227,22 @@ fn carry_out(
     conn: &quinn::Connection,
     peer: &NodeId,
     link: &mut Publisher<Served>,
-    ctl_tx: &mpsc::Sender<ControlMsg>,
-    ended_tx: &mpsc::Sender<Served>,
-    done_tx: &mpsc::Sender<Attached>,
+    to: &LinkTasks,
 ) {
+    let LinkTasks {
+        ctl_tx,
+        ended_tx,
+        done_tx,
+        calls,
+    } = to;
+    // A place among the link's engine calls in flight, or the message is dropped (counted).
+    let call_slot = || -> Option<OwnedSemaphorePermit> {
+        let permit = calls.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            inner.control_drops.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    };
     while let Some(msg) = link.poll_transmit() {
         inner.send_control(ctl_tx, msg);
     }
@@ -238,8 +265,10 @@ fn carry_out(
                 let Some(rid) = crate::engine::simulcast::parse_rid(&rid) else {
                     continue;
                 };
+                let Some(slot) = call_slot() else { continue };
                 let engine = inner.engine.clone();
                 inner.spawn(async move {
+                    let _slot = slot;
                     let _ = engine
                         .call_session(session, move |e, now| {
                             e.relay_layer_keyframe_request(down, rid, now)
@@ -252,8 +281,10 @@ fn carry_out(
                 layers,
             } => {
                 let layers = wire::layers_from_wire(&layers);
+                let Some(slot) = call_slot() else { continue };
                 let engine = inner.engine.clone();
                 inner.spawn(async move {
+                    let _slot = slot;
                     let _ = engine
                         .call_session(session, move |e, now| e.relay_set_layers(down, layers, now))
                         .await;
@@ -267,8 +298,10 @@ fn carry_out(
             }
             PublisherEvent::KeyframeRequest(Served { down, session }) => {
                 // The worker holding the publication: its session's.
+                let Some(slot) = call_slot() else { continue };
                 let engine = inner.engine.clone();
                 inner.spawn(async move {
+                    let _slot = slot;
                     let _ = engine
                         .call_session(session, move |e, now| e.relay_keyframe_request(down, now))
                         .await;
