@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, header};
-use axum::response::{Html, IntoResponse};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
@@ -322,6 +322,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ))
         .fallback(unknown_path)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn(error_model))
         .with_state(state)
         // Bodies are read with our own limit so an oversized one gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
@@ -340,6 +341,88 @@ async fn unknown_path(uri: axum::extract::OriginalUri) -> ApiError {
     } else {
         ApiError::unknown_path()
     }
+}
+
+/// Whether `path` answers errors as RFC 9457 problems: WHIP, WHEP and the streams API (under
+/// `/v1/apps/{app}/`); everything else uses the Calls model.
+fn is_problem_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next()
+        ),
+        (
+            Some(""),
+            Some("v1"),
+            Some("apps"),
+            Some(_),
+            Some("whip" | "whep" | "streams")
+        )
+    )
+}
+
+/// Most bytes of an error answer read to re-encode it.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Puts the router's own errors in the error model of their path. axum's extractors answer a
+/// path or query they cannot read (invalid UTF-8 in `{app}`, a repeated query key) in plain
+/// text, and the fallbacks (unknown path, method not allowed) in the Calls model, also under
+/// the WHIP, WHEP and streams paths that answer problems. The extractor's text is not passed
+/// on: it can quote what the client sent.
+async fn error_model(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let problem = is_problem_path(req.uri().path());
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("text/plain") {
+        let e = if status == StatusCode::BAD_REQUEST {
+            ApiError::decoding("the request's path or query string cannot be read")
+        } else {
+            ApiError::new(
+                status,
+                "internal_error",
+                status.canonical_reason().unwrap_or("error"),
+            )
+        };
+        return if problem {
+            problem::Problem::from(e).into_response()
+        } else {
+            e.into_response()
+        };
+    }
+    if !(problem && content_type.starts_with("application/json")) {
+        return res;
+    }
+    // A Calls error on a problem path: the same status and description, as a problem.
+    let (parts, body) = res.into_parts();
+    let description = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["errorDescription"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut converted = problem::Problem::from(ApiError::new(status, "", description));
+    converted.retry_after = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut out = converted.into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// A call refused before its body was read (a bad bearer, a limit) leaves the body on the

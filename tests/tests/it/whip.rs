@@ -785,3 +785,67 @@ async fn stream_tokens_open_their_stream_and_direction_only() {
     assert_eq!(r.status, 200, "DELETE again (idempotent): {}", r.text);
     drop(viewer);
 }
+
+/// The router's own errors (a path or query it cannot read, a method it does not serve there)
+/// are problems under the WHIP, WHEP and streams paths, and Calls errors elsewhere; axum's plain
+/// text never reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_own_errors_follow_the_error_model_of_their_path() {
+    let node = start_node(&[]);
+    let api = node.client();
+    let bad_app = api.with_base(&api.base().replace(node.app_id(), "%FF"));
+    let r = send(&bad_app, Method::POST, "whip/s", &[], "v=0\r\n", Some(SDP)).await;
+    assert_problem(&r, 400);
+    let r = bad_app
+        .request(
+            Method::POST,
+            "sessions/new",
+            Some(api.secret()),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("request");
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), Some("decoding_error"), "{}", r.text);
+    let r = api
+        .request(
+            Method::GET,
+            "whip/s",
+            Some(api.secret()),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("request");
+    assert_problem(&r, 405);
+    let r = api
+        .request(
+            Method::DELETE,
+            "streams/s/cascade?direction=a&direction=b",
+            Some(api.secret()),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("request");
+    assert_problem(&r, 400);
+    assert!(
+        !r.text.contains("direction"),
+        "the extractor's text is not passed on: {}",
+        r.text
+    );
+    // Outside those paths the Calls model stays.
+    let r = api
+        .request(
+            Method::GET,
+            "no/such/path",
+            Some(api.secret()),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("request");
+    assert_eq!(r.status, 405, "{}", r.text);
+    assert_eq!(r.error_code(), Some("method_not_allowed"), "{}", r.text);
+}
