@@ -82,6 +82,15 @@ fn assert_error_naming(status: u16, body: &Value, want_status: u16, code: &str, 
     assert!(text.contains(names), "{names:?} in {body}");
 }
 
+/// A new session on node `name` of `cl`: its id.
+async fn session_on(cl: &Cluster, name: &str) -> String {
+    cl.client(name)
+        .sessions_new()
+        .await
+        .unwrap_or_else(|e| panic!("sessions/new on {name}: {e:#}"))
+        .session_id
+}
+
 /// Requests a node's API answered on the session routes, from its own metrics.
 async fn session_route_requests(node: &TestNode) -> u64 {
     let m = node.scrape().await.expect("GET /metrics");
@@ -150,12 +159,7 @@ async fn nothing_is_forwarded_before_auth() {
         .await
         .expect("cluster");
     let api_a = cl.client("a");
-    let on_b = cl
-        .client("b")
-        .sessions_new()
-        .await
-        .expect("sessions/new on B")
-        .session_id;
+    let on_b = session_on(&cl, "b").await;
     let before = session_route_requests(cl.node("b")).await;
     let path = format!("sessions/{on_b}");
     let (s, body, _) = get(&api_a, &path, Some("wrong")).await;
@@ -483,18 +487,9 @@ async fn tracks_update_over_the_cap_pulls_nothing() {
     let cl = Cluster::start(&[("a", "r1"), ("b", "r1")])
         .await
         .expect("cluster");
-    let on_b = cl
-        .client("b")
-        .sessions_new()
-        .await
-        .expect("sessions/new on B")
-        .session_id;
+    let on_b = session_on(&cl, "b").await;
     let api_a = cl.client("a");
-    let on_a = api_a
-        .sessions_new()
-        .await
-        .expect("sessions/new on A")
-        .session_id;
+    let on_a = session_on(&cl, "a").await;
     let items = |n: usize| -> Vec<Value> {
         (0..n)
             .map(|i| json!({"location": "remote", "sessionId": on_b, "trackName": format!("t{i}"), "mid": "0"}))
@@ -541,12 +536,7 @@ async fn a_silent_owner_is_reported_without_its_address() {
     let cl = Cluster::start_with(&[("a", "r1"), ("b", "r1")], process)
         .await
         .expect("cluster");
-    let on_b = cl
-        .client("b")
-        .sessions_new()
-        .await
-        .expect("sessions/new on B")
-        .session_id;
+    let on_b = session_on(&cl, "b").await;
     let b = cl.node("b");
     let b_port = b.http_addr().port().to_string();
     // Frozen: it takes the connection (the kernel does) and never answers.
