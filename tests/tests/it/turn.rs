@@ -723,7 +723,7 @@ async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
     assert!(
         metric(
             &node,
-            "trackmesh_turn_refused_total{reason=\"answer_not_taken\"}"
+            "trackmesh_turn_refused_total{reason=\"not_reading\"}"
         )
         .await
             >= 1.0
