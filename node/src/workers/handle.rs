@@ -108,6 +108,35 @@ impl EngineHandle {
         self.call_on(self.worker_of(session), f).await
     }
 
+    /// Queues `f` to run on the worker that holds `session`, without waiting for it or its
+    /// answer; false (the caller counts the drop) when that worker's queue is full. For what a
+    /// peer may send many of: it costs a place in a bounded queue, never a task.
+    pub fn tell_session<F>(&self, session: SessionId, f: F) -> bool
+    where
+        F: FnOnce(&mut Engine, Instant) + Send + 'static,
+    {
+        self.tell_on(self.worker_of(session), f)
+    }
+
+    /// [`Self::tell_session`] on the primary worker (relayed upstreams from other nodes).
+    pub fn tell<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&mut Engine, Instant) + Send + 'static,
+    {
+        self.tell_on(PRIMARY, f)
+    }
+
+    fn tell_on<F>(&self, worker: usize, f: F) -> bool
+    where
+        F: FnOnce(&mut Engine, Instant) + Send + 'static,
+    {
+        let job: Job = Box::new(f);
+        self.workers
+            .get(worker)
+            .or_else(|| self.workers.first())
+            .is_some_and(|tx| tx.try_send(job).is_ok())
+    }
+
     /// Runs `f` on worker `worker` (the primary when there is no such worker).
     pub async fn call_on<R, F>(&self, worker: usize, f: F) -> Result<R, EngineStopped>
     where

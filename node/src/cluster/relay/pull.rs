@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, LayerSet};
@@ -24,7 +24,7 @@ use trackmesh_relay_proto::link::subscriber::{
 };
 
 use super::reader::{SubUpdate, run_link, sleep_until};
-use super::wire::{self, CONTROL_QUEUE, ENGINE_CALLS};
+use super::wire::{self, CONTROL_QUEUE};
 use super::{Inner, PullError};
 use crate::cluster::hubs::upstream_for;
 use crate::cluster::view::{ClusterView, Member};
@@ -165,8 +165,6 @@ struct Driver {
     moving: HashSet<UpId>,
     published: watch::Sender<Arc<PullView>>,
     dirty: bool,
-    /// Engine calls the peers' `Layers` messages have in flight ([`ENGINE_CALLS`]).
-    layer_calls: Arc<Semaphore>,
 }
 
 /// The pulling task: owns the [`Subscriber`] machine until the command queue closes.
@@ -192,7 +190,6 @@ pub(crate) async fn run(
         moving: HashSet::new(),
         published,
         dirty: false,
-        layer_calls: Arc::new(Semaphore::new(ENGINE_CALLS)),
     };
     let mut view_open = true;
     loop {
@@ -576,17 +573,15 @@ impl Driver {
             }
             SubscriberEvent::Layers { up, layers } => {
                 let layers = wire::states_from_wire(&layers);
-                let Ok(slot) = self.layer_calls.clone().try_acquire_owned() else {
+                // Queued without a task or a wait (a peer may send many at once); a full
+                // queue drops it, counted.
+                if !self
+                    .inner
+                    .engine
+                    .tell(move |e, now| e.relay_layers(up, layers, now))
+                {
                     self.inner.control_drops.fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                let engine = self.inner.engine.clone();
-                self.inner.spawn(async move {
-                    let _slot = slot;
-                    let _ = engine
-                        .call(move |e, now| e.relay_layers(up, layers, now))
-                        .await;
-                });
+                }
             }
             SubscriberEvent::Ended(up) => {
                 if let Some(m) = self.meta.get(&up) {

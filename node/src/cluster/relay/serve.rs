@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use trackmesh_relay_proto::codec::FrameDecoder;
 use trackmesh_relay_proto::control::{ControlMsg, SubId, Subscribe};
@@ -18,7 +18,7 @@ use trackmesh_relay_proto::handshake::{self, HandshakeMsg, Welcome};
 use trackmesh_relay_proto::link::publisher::{Publisher, PublisherEvent, PublisherLimits};
 
 use super::downs::{Down, DownCmd};
-use super::wire::{self, CONTROL_QUEUE, ENGINE_CALLS, READ_CHUNK};
+use super::wire::{self, CONTROL_QUEUE, READ_CHUNK};
 use super::{Inner, pull};
 use crate::engine::RelayLayers;
 use crate::ids::{DownId, NodeId, SessionId};
@@ -173,7 +173,6 @@ async fn drive(
         ctl_tx,
         ended_tx,
         done_tx,
-        calls: Arc::new(Semaphore::new(ENGINE_CALLS)),
     };
     let mut buf = vec![0u8; READ_CHUNK];
     // Messages that came with the handshake's last read.
@@ -211,13 +210,12 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Where a link's task sends what its machine queued: control messages to the peer, the attach
-/// tasks' answers and track ends back to itself, and its engine calls' places.
+/// Where a link's task sends what its machine queued: control messages to the peer, and the
+/// attach tasks' answers and track ends back to itself.
 struct LinkTasks {
     ctl_tx: mpsc::Sender<ControlMsg>,
     ended_tx: mpsc::Sender<Served>,
     done_tx: mpsc::Sender<Attached>,
-    calls: Arc<Semaphore>,
 }
 
 /// Carries out what the link's machine queued: control messages to the peer, attaches,
@@ -233,15 +231,13 @@ fn carry_out(
         ctl_tx,
         ended_tx,
         done_tx,
-        calls,
     } = to;
-    // A place among the link's engine calls in flight, or the message is dropped (counted).
-    let call_slot = || -> Option<OwnedSemaphorePermit> {
-        let permit = calls.clone().try_acquire_owned().ok();
-        if permit.is_none() {
+    // A peer's keyframe requests and layer changes are queued for the engine without a task
+    // or a wait each (a peer may send thousands in one read); a full queue drops (counted).
+    let tell = |session: SessionId, f: crate::runtime::Job| {
+        if !inner.engine.tell_session(session, f) {
             inner.control_drops.fetch_add(1, Ordering::Relaxed);
         }
-        permit
     };
     while let Some(msg) = link.poll_transmit() {
         inner.send_control(ctl_tx, msg);
@@ -265,30 +261,20 @@ fn carry_out(
                 let Some(rid) = crate::engine::simulcast::parse_rid(&rid) else {
                     continue;
                 };
-                let Some(slot) = call_slot() else { continue };
-                let engine = inner.engine.clone();
-                inner.spawn(async move {
-                    let _slot = slot;
-                    let _ = engine
-                        .call_session(session, move |e, now| {
-                            e.relay_layer_keyframe_request(down, rid, now)
-                        })
-                        .await;
-                });
+                tell(
+                    session,
+                    Box::new(move |e, now| e.relay_layer_keyframe_request(down, rid, now)),
+                );
             }
             PublisherEvent::SetLayers {
                 down: Served { down, session },
                 layers,
             } => {
                 let layers = wire::layers_from_wire(&layers);
-                let Some(slot) = call_slot() else { continue };
-                let engine = inner.engine.clone();
-                inner.spawn(async move {
-                    let _slot = slot;
-                    let _ = engine
-                        .call_session(session, move |e, now| e.relay_set_layers(down, layers, now))
-                        .await;
-                });
+                tell(
+                    session,
+                    Box::new(move |e, now| e.relay_set_layers(down, layers, now)),
+                );
             }
             PublisherEvent::Release(down) => release(inner, down),
             PublisherEvent::Nack { down, nack } => {
@@ -298,14 +284,10 @@ fn carry_out(
             }
             PublisherEvent::KeyframeRequest(Served { down, session }) => {
                 // The worker holding the publication: its session's.
-                let Some(slot) = call_slot() else { continue };
-                let engine = inner.engine.clone();
-                inner.spawn(async move {
-                    let _slot = slot;
-                    let _ = engine
-                        .call_session(session, move |e, now| e.relay_keyframe_request(down, now))
-                        .await;
-                });
+                tell(
+                    session,
+                    Box::new(move |e, now| e.relay_keyframe_request(down, now)),
+                );
             }
             PublisherEvent::Close { reason } => conn.close(1u32.into(), reason.as_bytes()),
         }

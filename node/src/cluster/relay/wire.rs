@@ -18,11 +18,6 @@ use crate::engine::{CodecInfo, RelayLayers, TrackInfo};
 pub const CONTROL_QUEUE: usize = 1024;
 pub const READ_CHUNK: usize = 16 * 1024;
 
-/// Engine calls a peer's control messages may have in flight at once (keyframe requests, layer
-/// changes): each waits for an engine worker's queue, which the API shares. Past it a message
-/// is dropped and counted (`relay_control_queue`); a peer that floods costs itself messages.
-pub const ENGINE_CALLS: usize = 64;
-
 /// Reads one message, bounded in time.
 pub async fn read_one<M: Message>(
     recv: &mut quinn::RecvStream,
