@@ -35,9 +35,11 @@ pub const READ_QUEUE: usize = 1024;
 pub const MAX_PER_CLIENT: usize = 64;
 /// A connection that brings no frame for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection the engine has sent nothing to for this long is closed: a client's first ICE
-/// check is answered at once, and retried within seconds if lost.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// A connection the engine has sent nothing to for this long is closed: a client's ICE check
+/// is answered at once once the engine has the client's credentials (which a client answering
+/// the node's offer sends in its next call, within moments), and retried within seconds if
+/// lost.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 /// A frame's length field is 16 bits.
 const MAX_FRAME: usize = u16::MAX as usize;
 
