@@ -375,6 +375,8 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 /// on: it can quote what the client sent.
 async fn error_model(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let problem = is_problem_path(req.uri().path());
+    // The WebSocket upgrade's own refusals (a proxy that drops `Upgrade`) name their cause.
+    let websocket = req.uri().path() == "/v1/ws";
     let res = next.run(req).await;
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -385,7 +387,7 @@ async fn error_model(req: axum::extract::Request, next: axum::middleware::Next) 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if content_type.starts_with("text/plain") {
+    if content_type.starts_with("text/plain") && !websocket {
         let e = if status == StatusCode::BAD_REQUEST {
             ApiError::decoding("the request's path or query string cannot be read")
         } else {

@@ -848,4 +848,13 @@ async fn the_routers_own_errors_follow_the_error_model_of_their_path() {
         .expect("request");
     assert_eq!(r.status, 405, "{}", r.text);
     assert_eq!(r.error_code(), Some("method_not_allowed"), "{}", r.text);
+    // The WebSocket upgrade's refusal keeps its own words (they name the missing header).
+    let ws = reqwest::Client::new()
+        .get(format!("{}/v1/ws", node.http_url()))
+        .send()
+        .await
+        .expect("GET /v1/ws");
+    assert!(ws.status().is_client_error(), "{}", ws.status());
+    let text = ws.text().await.expect("body");
+    assert!(!text.contains("decoding_error"), "{text}");
 }
