@@ -498,7 +498,9 @@ async fn first_offer(
 
 /// Applies the client's answer (to the first offer or an update).
 async fn apply_answer(st: &ApiState, j: &mut Joined, sdp: String) -> Result<(), CloseReason> {
-    if sdp.len() > crate::engine::sdp_limits::MAX_SDP_BYTES {
+    // The bounds every SDP the node takes is held to (Calls, WHIP): applying an answer runs on
+    // the engine task, and its cost grows faster than its size.
+    if crate::engine::sdp_limits::check(&sdp).is_err() {
         return Err(CloseReason::SdpParse);
     }
     let twcc = st.twcc;

@@ -347,3 +347,60 @@ async fn client_ids_of_two_apps_do_not_collide() {
         "a second \"same\" in one app"
     );
 }
+
+/// The answer `rtc` makes to `offer`, with `extra` more `a=ssrc` lines in its first m-section.
+fn answer_with_ssrc_lines(offer: &str, extra: usize) -> String {
+    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+    let offer = str0m::change::SdpOffer::from_sdp_string(offer).expect("the server's offer");
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .expect("an answer")
+        .to_sdp_string();
+    let mut out = String::new();
+    let mut added = false;
+    for line in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        out.push_str(line);
+        out.push_str("\r\n");
+        if !added && line.starts_with("a=mid:") {
+            added = true;
+            for i in 0..extra {
+                out.push_str(&format!("a=ssrc:{} cname:padding\r\n", 10_000 + i));
+            }
+        }
+    }
+    out
+}
+
+/// An answer over the SDP bounds (more `a=ssrc` lines in a section than any client writes)
+/// closes the socket as unparseable, as the Calls API refuses it, before the engine applies it;
+/// the same answer within the bounds is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_sdp_bounds_is_refused() {
+    let (node, url) = node_with_room(&[], json!({ "id": "bounds" })).await;
+    let api = node.client();
+    for (extra, refused) in [(4, false), (200, true)] {
+        let (t, _) = ticket(&api, "bounds", "down").await.expect("ticket");
+        let mut ws = RawWs::connect(&url).await.expect("connect");
+        ws.send(&json!({ "type": "connect", "token": t, "role": "downstream" }))
+            .await
+            .expect("send");
+        let offer = ws.recv().await.expect("an offer");
+        let sdp = offer["sdp"].as_str().expect("an offer's sdp");
+        ws.send(&json!({ "type": "answer", "sdp": answer_with_ssrc_lines(sdp, extra) }))
+            .await
+            .expect("send");
+        let closed = ws.closed(Duration::from_secs(2)).await;
+        if refused {
+            assert_eq!(
+                closed.expect("closed"),
+                (4402, "FAILURE-SDP-PARSE".to_string())
+            );
+        } else {
+            let still_open = closed
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("did not close in time"));
+            assert!(still_open, "an answer within the bounds: {closed:?}");
+        }
+    }
+}
