@@ -918,6 +918,61 @@ fn nack_repairs_loss_on_both_legs() {
 }
 
 #[test]
+fn an_sfu_offer_push_of_a_name_already_published_is_refused_per_item() {
+    let mut w = World::new(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let push = |names: &[&str]| TracksNew::Local {
+        offer: None,
+        auto_discover: false,
+        tracks: names
+            .iter()
+            .map(|n| LocalTrack {
+                mid: None,
+                track_name: Some((*n).into()),
+                kind: Some(MediaKind::Audio),
+                bidirectional: false,
+            })
+            .collect(),
+    };
+    // The same name twice in one call: the second is refused.
+    let res = w
+        .engine
+        .tracks_new(APP, &sid, push(&["voice", "voice"]), w.now)
+        .expect("push");
+    assert!(res.tracks[0].error.is_none(), "{:?}", res.tracks[0]);
+    assert!(
+        matches!(res.tracks[1].error, Some(TrackError::AlreadyPublished(_))),
+        "{:?}",
+        res.tracks[1]
+    );
+    assert!(
+        res.tracks[1].mid.is_empty(),
+        "no m-section for a refused item"
+    );
+    let offer = res.description.expect("SFU offer");
+    let answer = w.clients[c]
+        .rtc()
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer.sdp).expect("sdp"))
+        .expect("answer");
+    w.engine
+        .renegotiate(APP, &sid, answer.to_sdp_string().as_str().into(), w.now)
+        .expect("renegotiate");
+    // And again in a later call, while the first is published.
+    let res = w
+        .engine
+        .tracks_new(APP, &sid, push(&["voice", "music"]), w.now)
+        .expect("push");
+    assert!(
+        matches!(res.tracks[0].error, Some(TrackError::AlreadyPublished(_))),
+        "{:?}",
+        res.tracks[0]
+    );
+    assert!(res.tracks[1].error.is_none(), "{:?}", res.tracks[1]);
+}
+
+#[test]
 fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     // Push without an offer (kind + bidirectionalMediaStream): the SFU writes the offer.
     let mut w = World::new(Duration::from_secs(30));

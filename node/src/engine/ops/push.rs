@@ -1,6 +1,7 @@
 //! Publishing with `tracks/new`: with the client's offer (listed or discovered mids), or with an
 //! offer the SFU writes.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use str0m::media::{Direction, Mid};
@@ -127,6 +128,14 @@ impl Engine {
             .ok_or_else(|| OpError::Internal("session vanished".into()))?;
         let app = s.app.clone();
         let mut results = Vec::new();
+        // Names published here already, and those this call takes: a name is one publication
+        // (a second would replace the first, dropping its subscribers).
+        let mut taken: HashSet<String> = s
+            .tracks
+            .iter()
+            .filter(|t| t.location == Location::Local && !t.closed)
+            .map(|t| t.track_name.clone())
+            .collect();
         let mut sdp = s.rtc.sdp_api();
         if s.renewed {
             // The client's answer comes from its new transport, with new credentials.
@@ -136,7 +145,16 @@ impl Engine {
         for t in tracks {
             let name = t.track_name.filter(|n| !n.is_empty());
             match (name, t.kind) {
+                (Some(name), Some(_)) if taken.contains(&name) => results.push(TrackResult {
+                    location: Some(Location::Local),
+                    error: Some(TrackError::AlreadyPublished(format!(
+                        "track {name} is already published"
+                    ))),
+                    track_name: Some(name),
+                    ..TrackResult::default()
+                }),
                 (Some(name), Some(kind)) => {
+                    taken.insert(name.clone());
                     let dir = if t.bidirectional {
                         Direction::SendRecv
                     } else {
