@@ -36,6 +36,8 @@ pub(super) enum Work {
     /// The client closed its DTLS transport (close_notify).
     TransportClosed(SessionId),
     ChannelData(SessionId, str0m::channel::ChannelData),
+    /// The client closed one of its DataChannels.
+    ChannelClosed(SessionId, str0m::channel::ChannelId),
 }
 
 impl Engine {
@@ -302,7 +304,11 @@ impl Engine {
                     Event::ChannelClose(chan) => {
                         if let Some(e) = s.channels.by_chan_mut(chan) {
                             e.open = false;
-                            e.closed = true;
+                            // Closed by the client (not by `datachannels/close`, which marks
+                            // it first): what it leaves behind goes too.
+                            if !std::mem::replace(&mut e.closed, true) {
+                                self.work.push_back(Work::ChannelClosed(sid, chan));
+                            }
                         }
                     }
                     Event::Connected => {
@@ -362,6 +368,7 @@ impl Engine {
                 Work::Estimate(sid, bps) => self.bandwidth_estimate(sid, bps, now),
                 Work::TransportClosed(sid) => self.transport_closed(sid, now),
                 Work::ChannelData(sid, d) => self.channel_message(sid, d),
+                Work::ChannelClosed(sid, chan) => self.channel_closed_by_client(sid, chan),
             }
         }
     }

@@ -446,3 +446,28 @@ fn a_relayed_channel_needs_the_grant_and_gives_it_back() {
         Some((42, false))
     );
 }
+
+#[test]
+fn a_channel_the_client_closes_itself_ends_its_relay_downstreams() {
+    let (mut w, psid, pchan, _) = chat_world(&[]);
+    let publisher = crate::ids::SessionId::parse(&psid).expect("id");
+    w.engine
+        .relay_channel_subscribe(APP, publisher, "chat", 7)
+        .expect("served");
+    // Not `datachannels/close`: the browser's `dc.close()`.
+    w.clients[0].rtc().direct_api().close_data_channel(pchan);
+    let mut outs = Vec::new();
+    for _ in 0..20 {
+        w.run(Duration::from_millis(50));
+        outs.extend(relay_outputs(&mut w));
+        if !outs.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        matches!(outs.as_slice(), [RelayOut::ChannelEnded { down: 7 }]),
+        "{outs:?}"
+    );
+    let listed = w.engine.session_datachannels(APP, &psid).expect("get");
+    assert!(listed.iter().all(|c| c.status != "active"), "{listed:?}");
+}

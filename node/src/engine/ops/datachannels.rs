@@ -393,17 +393,7 @@ impl Engine {
                     let key = (e.publisher.unwrap_or(sid), e.name.clone());
                     let local = e.location == Location::Local;
                     s.rtc.direct_api().close_data_channel(chan);
-                    if local {
-                        // Its subscribers get nothing more; a new channel of that name starts afresh.
-                        self.dc_subscribers.remove(&key);
-                        self.channel_unpublished(key.0, &key.1);
-                    } else {
-                        if let Some(subs) = self.dc_subscribers.get_mut(&key) {
-                            subs.retain(|sub| *sub != (sid, id));
-                        }
-                        self.channel_subscriber_left(key.0, &key.1);
-                        self.release_unused_reply_grant(key.0, &key.1);
-                    }
+                    self.channel_entry_closed(sid, id, key, local);
                 }
                 None => {
                     r.error = Some(TrackError::Close("no open DataChannel with this id".into()))
@@ -413,6 +403,49 @@ impl Engine {
         }
         self.drain(sid, now);
         Ok(out)
+    }
+
+    /// What a closed channel entry of `sid` (stream `id`, channel `key`) leaves behind goes:
+    /// a published channel's subscribers and relay subscriptions, or a subscription's place
+    /// among its publisher's subscribers and its reply grant. Closed by `datachannels/close`
+    /// or by the client itself.
+    fn channel_entry_closed(
+        &mut self,
+        sid: SessionId,
+        id: u16,
+        key: (SessionId, String),
+        local: bool,
+    ) {
+        if local {
+            // Its subscribers get nothing more; a new channel of that name starts afresh.
+            self.dc_subscribers.remove(&key);
+            self.channel_unpublished(key.0, &key.1);
+        } else {
+            if let Some(subs) = self.dc_subscribers.get_mut(&key) {
+                subs.retain(|sub| *sub != (sid, id));
+            }
+            self.channel_subscriber_left(key.0, &key.1);
+            self.release_unused_reply_grant(key.0, &key.1);
+        }
+    }
+
+    /// The client closed channel `chan` of `sid` itself (str0m's `ChannelClose`, for an entry
+    /// that was open): it is cleaned up as `datachannels/close` would.
+    pub(in crate::engine) fn channel_closed_by_client(
+        &mut self,
+        sid: SessionId,
+        chan: str0m::channel::ChannelId,
+    ) {
+        let Some(e) = self
+            .sessions
+            .get_mut(&sid)
+            .and_then(|s| s.channels.by_chan_mut(chan))
+        else {
+            return;
+        };
+        let key = (e.publisher.unwrap_or(sid), e.name.clone());
+        let (id, local) = (e.id, e.location == Location::Local);
+        self.channel_entry_closed(sid, id, key, local);
     }
 
     /// The session's channels as `GET session` lists them.
