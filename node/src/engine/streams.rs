@@ -245,11 +245,14 @@ impl Streams {
         Some(s.etag.clone())
     }
 
-    /// A session ended: it leaves its stream, and an auto-created stream left empty goes.
+    /// A session ended: it leaves its stream, and an auto-created stream left empty goes. A
+    /// publisher on another node does not keep it: its own node holds the stream, and a viewer
+    /// that comes later follows it again.
     /// Returns the membership it had.
     pub fn session_closed(&mut self, id: SessionId) -> Option<StreamSession> {
         let m = self.sessions.remove(&id)?;
         let key = (m.app.clone(), m.stream.clone());
+        let sessions = &self.sessions;
         let empty = match self.streams.get_mut(&key) {
             Some(s) => {
                 if s.publisher.as_ref().is_some_and(|(p, _)| *p == id) {
@@ -257,7 +260,11 @@ impl Streams {
                     s.publisher_since = None;
                 }
                 s.viewers.retain(|v| *v != id);
-                !s.explicit && s.publisher.is_none() && s.viewers.is_empty()
+                let published_here = s
+                    .publisher
+                    .as_ref()
+                    .is_some_and(|(p, _)| sessions.contains_key(p));
+                !s.explicit && !published_here && s.viewers.is_empty()
             }
             None => false,
         };
@@ -353,6 +360,27 @@ mod tests {
         s.session_closed(v);
         assert!(s.get("app", "y").is_some(), "explicit streams stay");
         assert_eq!(s.remove("app", "y"), Some(vec![]));
+    }
+
+    #[test]
+    fn an_auto_stream_following_another_nodes_publisher_goes_with_its_last_viewer() {
+        let mut s = Streams::default();
+        let now = SystemTime::now();
+        let (remote, v) = (SessionId::new(NodeTag(2)), SessionId::new(NodeTag(1)));
+        assert!(s.create("app", "cam", false, now).is_ok());
+        s.set_remote_publisher("app", "cam", Some((remote, vec!["video".into()])));
+        assert!(s.add_viewer("app", "cam", v, Vec::new(), true));
+        s.session_closed(v);
+        assert!(
+            s.get("app", "cam").is_none(),
+            "nothing keeps it on this node"
+        );
+        // An explicit one stays.
+        assert!(s.create("app", "kept", true, now).is_ok());
+        s.set_remote_publisher("app", "kept", Some((remote, vec!["video".into()])));
+        assert!(s.add_viewer("app", "kept", v, Vec::new(), true));
+        s.session_closed(v);
+        assert!(s.get("app", "kept").is_some());
     }
 
     #[test]

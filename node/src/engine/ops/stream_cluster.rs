@@ -143,8 +143,13 @@ impl Engine {
                 .streams
                 .create(app, name, false, std::time::SystemTime::now());
         }
+        let ended = winner.is_none();
         self.streams.set_remote_publisher(app, name, winner);
         self.attach_viewers(app, name, now);
+        if ended {
+            // An auto-created stream whose publisher ended, with no viewer here: nothing keeps it.
+            self.streams.drop_if_unused(app, name);
+        }
     }
 
     /// Viewers of the stream stop receiving `publisher`'s tracks (their sections stay, to take
