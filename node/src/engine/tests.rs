@@ -917,6 +917,18 @@ fn nack_repairs_loss_on_both_legs() {
     );
 }
 
+/// Client `c` answers the SFU's offer `sdp` on session `sid`, and the engine takes the answer.
+fn answer_sfu_offer(w: &mut World, c: usize, sid: &str, sdp: &str) {
+    let answer = w.clients[c]
+        .rtc()
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(sdp).expect("sdp"))
+        .expect("answer");
+    w.engine
+        .renegotiate(APP, sid, answer.to_sdp_string().as_str().into(), w.now)
+        .expect("renegotiate");
+}
+
 #[test]
 fn an_sfu_offer_push_of_a_name_already_published_is_refused_per_item() {
     let mut w = World::new(Duration::from_secs(30));
@@ -951,14 +963,7 @@ fn an_sfu_offer_push_of_a_name_already_published_is_refused_per_item() {
         "no m-section for a refused item"
     );
     let offer = res.description.expect("SFU offer");
-    let answer = w.clients[c]
-        .rtc()
-        .sdp_api()
-        .accept_offer(SdpOffer::from_sdp_string(&offer.sdp).expect("sdp"))
-        .expect("answer");
-    w.engine
-        .renegotiate(APP, &sid, answer.to_sdp_string().as_str().into(), w.now)
-        .expect("renegotiate");
+    answer_sfu_offer(&mut w, c, &sid, &offer.sdp);
     // And again in a later call, while the first is published.
     let res = w
         .engine
@@ -996,14 +1001,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
         offer.sdp.contains("a=sendrecv"),
         "bidirectional transceiver"
     );
-    let answer = w.clients[c]
-        .rtc()
-        .sdp_api()
-        .accept_offer(SdpOffer::from_sdp_string(&offer.sdp).expect("sdp"))
-        .expect("answer");
-    w.engine
-        .renegotiate(APP, &sid, answer.to_sdp_string().as_str().into(), w.now)
-        .expect("renegotiate");
+    answer_sfu_offer(&mut w, c, &sid, &offer.sdp);
     let voice_mid = res.tracks[0].mid.clone();
     assert!(
         w.statuses(&sid)
