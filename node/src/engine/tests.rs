@@ -1043,6 +1043,85 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     );
 }
 
+#[test]
+fn a_bidirectional_mid_takes_one_pulled_track_of_its_kind_and_closing_it_ends_the_pull() {
+    let mut w = World::new(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    let req = TracksNew::Local {
+        offer: None,
+        auto_discover: false,
+        tracks: vec![LocalTrack {
+            mid: None,
+            track_name: Some("voice".into()),
+            kind: Some(MediaKind::Audio),
+            bidirectional: true,
+        }],
+    };
+    let res = w.engine.tracks_new(APP, &sid, req, w.now).expect("push");
+    let voice_mid = res.tracks[0].mid.clone();
+    answer_sfu_offer(&mut w, c, &sid, &res.description.expect("offer").sdp);
+    let p = w.client();
+    let pub_sid = w.session();
+    let (a, v) = w.push(p, &pub_sid);
+    w.senders.push((p, a, v));
+    w.run(Duration::from_millis(300));
+    let item = |track: &str| RemoteTrack {
+        session_id: Some(pub_sid.clone()),
+        track_name: Some(track.to_string()),
+        mid: Some("#voice".into()),
+        simulcast: None,
+    };
+    // Two tracks into one transceiver in one call, and a video track into an audio one: only
+    // the first goes in.
+    let res = w
+        .engine
+        .tracks_new(
+            APP,
+            &sid,
+            TracksNew::Remote {
+                tracks: vec![item("mic"), item("mic"), item("cam")],
+            },
+            w.now,
+        )
+        .expect("pull");
+    assert_eq!(res.tracks[0].mid, voice_mid);
+    assert!(res.tracks[0].error.is_none(), "{:?}", res.tracks[0]);
+    for refused in &res.tracks[1..] {
+        assert!(
+            matches!(refused.error, Some(TrackError::InvalidParams(_))),
+            "{refused:?}"
+        );
+    }
+    let key = (
+        crate::ids::SessionId::parse(&pub_sid).expect("id"),
+        "mic".to_string(),
+    );
+    let sub = crate::ids::SessionId::parse(&sid).expect("id");
+    let sink = super::publications::Sink::Session(sub, Mid::from(voice_mid.as_str()));
+    let sinks = |w: &World| {
+        w.engine
+            .publications
+            .get(&key)
+            .map(|p| p.subscribers.iter().filter(|s| **s == sink).count())
+    };
+    assert_eq!(sinks(&w), Some(1), "one subscription on the mid");
+    // Closing the mid ends both its tracks: the pulled one is unsubscribed.
+    w.engine
+        .tracks_close(APP, &sid, vec![voice_mid.clone()], true, None, w.now)
+        .expect("close");
+    assert_eq!(
+        sinks(&w),
+        Some(0),
+        "the publication no longer feeds the mid"
+    );
+    assert!(
+        w.statuses(&sid).iter().all(|(_, _, active)| !active),
+        "{:?}",
+        w.statuses(&sid)
+    );
+}
+
 /// The `demux` fuzz target negotiates its session with this offer and takes the ICE credentials
 /// from the answer: if the engine stopped accepting it, every fuzz input would fail the same way.
 #[test]

@@ -53,11 +53,13 @@ impl Engine {
             if let Some(local) = t.mid.as_deref().and_then(|m| m.strip_prefix('#')) {
                 let s = &self.sessions[&sid];
                 match s.active_track_named(local).map(|e| e.mid) {
+                    // Of the publication's kind, and carrying no pulled track yet (nor one an
+                    // earlier item of this call puts there).
                     Some(mid)
-                        if s.rtc
-                            .media(mid)
-                            .is_some_and(|m| m.direction() == Direction::SendRecv)
-                            && !s.remote_by_mid.contains_key(&mid) =>
+                        if s.rtc.media(mid).is_some_and(|m| {
+                            m.direction() == Direction::SendRecv && m.kind() == kind
+                        }) && !s.remote_by_mid.contains_key(&mid)
+                            && !into_existing.iter().any(|(_, _, m, _)| *m == mid) =>
                     {
                         into_existing.push((results.len(), key, mid, t.simulcast));
                     }

@@ -61,6 +61,10 @@ impl Engine {
             match entry {
                 Some((Location::Local, name)) => {
                     self.unpublish(&(sid, name));
+                    // A bidirectional mid may carry a pulled track too: it ends with the mid.
+                    if self.sessions[&sid].remote_by_mid.contains_key(&mid) {
+                        self.unsubscribe(sid, mid, now);
+                    }
                     self.mark_closed(sid, mid);
                     results.push(TrackResult {
                         mid: m,
@@ -102,7 +106,9 @@ impl Engine {
             s.local_by_mid.remove(&mid);
             s.remote_by_mid.remove(&mid);
             s.simulcast.remove(&mid);
-            if let Some(e) = s.active_entry_mut(mid) {
+            // Every active entry on it: a bidirectional mid has its local track and the one
+            // pulled into it.
+            for e in s.tracks.iter_mut().filter(|e| e.mid == mid && !e.closed) {
                 e.closed = true;
             }
         }
