@@ -13,7 +13,7 @@
 //! counted.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::http::ClientKey;
 
 /// Open ICE-TCP connections at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -184,22 +186,13 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Whom [`MAX_PER_CLIENT`] counts: an IPv4 address, or an IPv6 /64 (one host usually holds a
-/// whole /64). `ip` is canonical.
-fn client_of(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 64),
-    }
-}
-
 /// Open connections per client, given back when a connection ends.
 #[derive(Clone, Default)]
-struct PerClient(Arc<Mutex<HashMap<u128, usize>>>);
+struct PerClient(Arc<Mutex<HashMap<ClientKey, usize>>>);
 
 impl PerClient {
     /// Takes a place for `client`; false when it has [`MAX_PER_CLIENT`] already.
-    fn take(&self, client: u128) -> bool {
+    fn take(&self, client: ClientKey) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(client).or_insert(0);
         if *n >= MAX_PER_CLIENT {
@@ -209,7 +202,7 @@ impl PerClient {
         true
     }
 
-    fn give_back(&self, client: u128) {
+    fn give_back(&self, client: ClientKey) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&client) {
             *n = n.saturating_sub(1);
@@ -239,7 +232,7 @@ async fn accept_loop(
                         drop(stream);
                         continue;
                     }
-                    let client = client_of(peer.ip());
+                    let client = ClientKey::of(peer.ip());
                     if !per_client.take(client) {
                         counters.drop_one("client_limit");
                         drop(stream);
@@ -507,17 +500,17 @@ mod tests {
         }
         assert!(again.is_some(), "a place given back is taken again");
         assert_eq!(
-            client_of("2001:db8:1:2::1".parse().expect("ip")),
-            client_of("2001:db8:1:2::ffff".parse().expect("ip")),
+            ClientKey::of("2001:db8:1:2::1".parse().expect("ip")),
+            ClientKey::of("2001:db8:1:2::ffff".parse().expect("ip")),
             "one /64 is one client"
         );
         assert_ne!(
-            client_of("2001:db8:1:3::1".parse().expect("ip")),
-            client_of("2001:db8:1:2::1".parse().expect("ip"))
+            ClientKey::of("2001:db8:1:3::1".parse().expect("ip")),
+            ClientKey::of("2001:db8:1:2::1".parse().expect("ip"))
         );
         assert_ne!(
-            client_of("0.0.0.1".parse().expect("ip")),
-            client_of("::1".parse().expect("ip")),
+            ClientKey::of("0.0.0.1".parse().expect("ip")),
+            ClientKey::of("::1".parse().expect("ip")),
             "IPv4 and IPv6 keys never meet"
         );
         tcp.task.abort();

@@ -12,13 +12,14 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::error::ApiError;
+use crate::http::ClientKey;
 
 /// Client addresses remembered at once; past this, addresses idle long enough to have a full
 /// budget again are forgotten (which changes nobody's answer).
 const MAX_TRACKED_IPS: usize = 50_000;
 
 pub struct SessionLimits {
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_ip: DefaultKeyedRateLimiter<ClientKey>,
     per_app: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     ip_rate: u32,
@@ -55,15 +56,11 @@ impl SessionLimits {
             .retry_after(wait.as_secs_f64().ceil() as u64)
     }
 
-    /// Before the bearer is checked: the address's budget. An IPv6 client is its /64, as for the
-    /// connection caps (one host is handed a whole /64). An IPv4 client of a dual-stack listener
-    /// arrives IPv4-mapped (`::ffff:a.b.c.d`): it is its IPv4 address, not the /64 that every
-    /// IPv4 client shares.
+    /// Before the bearer is checked: the address's budget. A client is counted as the connection
+    /// caps count it ([`ClientKey`]): an IPv4 address (also when it arrives IPv4-mapped on a
+    /// dual-stack listener), or an IPv6 /64 (one host is handed a whole /64).
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let key = match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
-            v4 => v4,
-        };
+        let key = ClientKey::of(ip);
         if self.per_ip.len() >= MAX_TRACKED_IPS {
             // At most once a second: the sweep walks the whole map.
             let now = self.started.elapsed().as_secs();
