@@ -436,13 +436,7 @@ pub async fn tracks_update(
     let req: UpdateRequest = decode(&bytes)?;
     // Checked before the remote tracks are resolved (one task and relay pull each), not only by
     // the engine after them.
-    let max = crate::engine::MAX_TRACKS_PER_CALL;
-    if req.tracks.is_empty() || req.tracks.len() > max {
-        return Err(ApiError::invalid_params(format!(
-            "between 1 and {max} tracks per request, got {}",
-            req.tracks.len()
-        )));
-    }
+    crate::engine::check_update_count(req.tracks.len())?;
     check_names(&req.tracks)?;
     let tracks: Vec<UpdateTrack> = req
         .tracks

@@ -105,7 +105,7 @@ pub use ops::{
     MAX_TRACKS_PER_CALL, OutgoingState, Patched, PublicationSummary, PublishedTrack, RemoteTrack,
     SdpKind, SessionDesc, SessionSummary, SimulcastView, StreamPolicy, StreamSessionCreated,
     StreamSessionView, StreamView, TrackResult, TrackStatus, TracksNew, TracksNewResult,
-    UpdateTrack, prepare_answer,
+    UpdateTrack, check_update_count, prepare_answer,
 };
 pub use publications::{CodecInfo, TrackInfo, TrackKey};
 pub use relay_layers::RelayLayers;

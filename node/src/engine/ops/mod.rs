@@ -30,6 +30,7 @@ pub use datachannels::{DataChannelItem, DataChannelResult, DataChannelStatus, Es
 pub use session_url::Patched;
 pub use stream_cluster::FollowedStream;
 pub use streams::{HandOver, StreamSessionView, StreamView};
+pub use tracks_update::check_update_count;
 pub use whip::{StreamPolicy, StreamSessionCreated};
 
 use str0m::change::SdpAnswer;

@@ -13,6 +13,17 @@ use crate::engine::simulcast::Prefs;
 use crate::engine::{Engine, OpError, TrackError};
 use crate::ids::SessionId;
 
+/// A `tracks/update` call holds between 1 and [`MAX_TRACKS_PER_CALL`] items. The API checks it
+/// too, before it resolves the items' remote tracks.
+pub fn check_update_count(n: usize) -> Result<(), OpError> {
+    if n == 0 || n > MAX_TRACKS_PER_CALL {
+        return Err(OpError::InvalidParams(format!(
+            "between 1 and {MAX_TRACKS_PER_CALL} tracks per request, got {n}"
+        )));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// `PUT tracks/update`: points existing receiving mids at other publications.
     pub fn tracks_update(
@@ -23,12 +34,7 @@ impl Engine {
         now: Instant,
     ) -> Result<Vec<TrackResult>, OpError> {
         let sid = self.lookup(app, session_id)?;
-        if tracks.is_empty() || tracks.len() > MAX_TRACKS_PER_CALL {
-            return Err(OpError::InvalidParams(format!(
-                "between 1 and {MAX_TRACKS_PER_CALL} tracks per request, got {}",
-                tracks.len()
-            )));
-        }
+        check_update_count(tracks.len())?;
         let mut results = Vec::new();
         for t in tracks {
             let mut r = TrackResult {
