@@ -917,6 +917,23 @@ fn nack_repairs_loss_on_both_legs() {
     );
 }
 
+/// A push without an offer of audio tracks `names` (the SFU writes the offer).
+fn sfu_push(names: &[&str], bidirectional: bool) -> TracksNew {
+    TracksNew::Local {
+        offer: None,
+        auto_discover: false,
+        tracks: names
+            .iter()
+            .map(|n| LocalTrack {
+                mid: None,
+                track_name: Some((*n).into()),
+                kind: Some(MediaKind::Audio),
+                bidirectional,
+            })
+            .collect(),
+    }
+}
+
 /// Client `c` answers the SFU's offer `sdp` on session `sid`, and the engine takes the answer.
 fn answer_sfu_offer(w: &mut World, c: usize, sid: &str, sdp: &str) {
     let answer = w.clients[c]
@@ -934,23 +951,10 @@ fn an_sfu_offer_push_of_a_name_already_published_is_refused_per_item() {
     let mut w = World::new(Duration::from_secs(30));
     let c = w.client();
     let sid = w.session();
-    let push = |names: &[&str]| TracksNew::Local {
-        offer: None,
-        auto_discover: false,
-        tracks: names
-            .iter()
-            .map(|n| LocalTrack {
-                mid: None,
-                track_name: Some((*n).into()),
-                kind: Some(MediaKind::Audio),
-                bidirectional: false,
-            })
-            .collect(),
-    };
     // The same name twice in one call: the second is refused.
     let res = w
         .engine
-        .tracks_new(APP, &sid, push(&["voice", "voice"]), w.now)
+        .tracks_new(APP, &sid, sfu_push(&["voice", "voice"], false), w.now)
         .expect("push");
     assert!(res.tracks[0].error.is_none(), "{:?}", res.tracks[0]);
     assert!(
@@ -967,7 +971,7 @@ fn an_sfu_offer_push_of_a_name_already_published_is_refused_per_item() {
     // And again in a later call, while the first is published.
     let res = w
         .engine
-        .tracks_new(APP, &sid, push(&["voice", "music"]), w.now)
+        .tracks_new(APP, &sid, sfu_push(&["voice", "music"], false), w.now)
         .expect("push");
     assert!(
         matches!(res.tracks[0].error, Some(TrackError::AlreadyPublished(_))),
@@ -983,16 +987,7 @@ fn sfu_offer_push_and_pull_into_an_existing_transceiver() {
     let mut w = World::new(Duration::from_secs(30));
     let c = w.client();
     let sid = w.session();
-    let req = TracksNew::Local {
-        offer: None,
-        auto_discover: false,
-        tracks: vec![LocalTrack {
-            mid: None,
-            track_name: Some("voice".into()),
-            kind: Some(MediaKind::Audio),
-            bidirectional: true,
-        }],
-    };
+    let req = sfu_push(&["voice"], true);
     let res = w.engine.tracks_new(APP, &sid, req, w.now).expect("push");
     assert!(res.requires_immediate_renegotiation);
     let offer = res.description.expect("SFU offer");
@@ -1048,16 +1043,7 @@ fn a_bidirectional_mid_takes_one_pulled_track_of_its_kind_and_closing_it_ends_th
     let mut w = World::new(Duration::from_secs(30));
     let c = w.client();
     let sid = w.session();
-    let req = TracksNew::Local {
-        offer: None,
-        auto_discover: false,
-        tracks: vec![LocalTrack {
-            mid: None,
-            track_name: Some("voice".into()),
-            kind: Some(MediaKind::Audio),
-            bidirectional: true,
-        }],
-    };
+    let req = sfu_push(&["voice"], true);
     let res = w.engine.tracks_new(APP, &sid, req, w.now).expect("push");
     let voice_mid = res.tracks[0].mid.clone();
     answer_sfu_offer(&mut w, c, &sid, &res.description.expect("offer").sdp);
