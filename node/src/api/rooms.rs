@@ -285,11 +285,46 @@ pub async fn run(st: Arc<ApiState>) {
         st.ops.local.rooms.replace_all(&local_announces(&st));
         let live: std::collections::HashSet<(String, String)> =
             summaries(&st).into_iter().map(|s| (s.app, s.id)).collect();
-        let parts = lock(&st.rooms.participants);
-        for p in parts.by_client.values() {
-            let exists = live.contains(&(p.app.clone(), p.room.clone()));
-            if !exists && p.since.elapsed() >= ORPHAN_GRACE {
-                let _ = p.close.send(Some(CloseReason::RoomClosed));
+        let mut by_worker: ByWorker = HashMap::new();
+        {
+            let parts = lock(&st.rooms.participants);
+            for p in parts.by_client.values() {
+                let exists = live.contains(&(p.app.clone(), p.room.clone()));
+                if !exists && p.since.elapsed() >= ORPHAN_GRACE {
+                    let _ = p.close.send(Some(CloseReason::RoomClosed));
+                }
+                if let Some(sid) = p.session {
+                    by_worker
+                        .entry(st.engine.worker_of(sid))
+                        .or_default()
+                        .push((sid, p.close.clone()));
+                }
+            }
+        }
+        end_participants_without_session(&st, by_worker).await;
+    }
+}
+
+/// Participants' sessions with their close signals, by the engine worker that holds them.
+type ByWorker = HashMap<usize, Vec<(SessionId, watch::Sender<Option<CloseReason>>)>>;
+
+/// Participants whose Calls session the engine closed under them (its transport lost past the
+/// reconnect grace, the client's DTLS closed) would stay in their room, announced as publishers
+/// nobody can pull: they are told to close, which takes them out of the room.
+async fn end_participants_without_session(st: &ApiState, by_worker: ByWorker) {
+    for (worker, parts) in by_worker {
+        let ids: Vec<SessionId> = parts.iter().map(|(sid, _)| *sid).collect();
+        let Ok(missing) = st
+            .engine
+            .call_on(worker, move |e, _| e.sessions_missing(&ids))
+            .await
+        else {
+            return;
+        };
+        let missing: std::collections::HashSet<SessionId> = missing.into_iter().collect();
+        for (sid, close) in &parts {
+            if missing.contains(sid) {
+                let _ = close.send(Some(CloseReason::SessionEnded));
             }
         }
     }

@@ -32,6 +32,15 @@ impl Engine {
         self.app_sessions.get(app).copied().unwrap_or(0)
     }
 
+    /// Those of `ids` this engine does not hold (closed, or never here): the rooms use it to end
+    /// a WebSocket participant whose session the engine closed under it.
+    pub fn sessions_missing(&self, ids: &[SessionId]) -> Vec<SessionId> {
+        ids.iter()
+            .copied()
+            .filter(|id| !self.sessions.contains_key(id))
+            .collect()
+    }
+
     /// Publications held here (local and relayed in), for the load gossiped to others.
     pub fn publication_count(&self) -> usize {
         self.publications.len()

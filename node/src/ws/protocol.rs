@@ -175,6 +175,9 @@ pub enum CloseReason {
     MessageLimit,
     /// The room was deleted, or the node is shutting down.
     RoomClosed,
+    /// The participant's media session ended under it: its transport was lost for longer than
+    /// the reconnect grace, or the client closed its peer connection.
+    SessionEnded,
     /// Something failed on the node.
     InternalError,
 }
@@ -196,6 +199,7 @@ impl CloseReason {
             CloseReason::UnknownCodec => 4403,
             CloseReason::MessageLimit => 4404,
             CloseReason::RoomClosed => 4501,
+            CloseReason::SessionEnded => 4502,
             CloseReason::InternalError => 4500,
         }
     }
@@ -216,6 +220,7 @@ impl CloseReason {
             CloseReason::UnknownCodec => "UNKNOWN-CODEC-TYPE",
             CloseReason::MessageLimit => "EXCEED-MESSAGE-LIMIT",
             CloseReason::RoomClosed => "ROOM-CLOSED",
+            CloseReason::SessionEnded => "SESSION-ENDED",
             CloseReason::InternalError => "INTERNAL-ERROR",
         }
     }

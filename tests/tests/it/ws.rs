@@ -404,3 +404,58 @@ async fn an_answer_over_the_sdp_bounds_is_refused() {
         }
     }
 }
+
+/// A publisher whose media session the node closes under it (its peer connection went silent
+/// past the reconnect grace) is not left in its room: its socket closes with `SESSION-ENDED`,
+/// the room no longer counts it, and a multistream viewer is offered its sections inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_session_ended_leaves_its_room() {
+    let (node, url) = node_with_room(&["--reconnect-grace", "2s"], json!({ "id": "gone" })).await;
+    let api = node.client();
+    let (t, _) = ticket(&api, "gone", "up").await.expect("ticket");
+    let up = WsParticipant::join(&url, &t, "upstream", false, "up")
+        .await
+        .expect("upstream");
+    let (t, _) = ticket(&api, "gone", "down").await.expect("ticket");
+    let down = WsParticipant::join(&url, &t, "downstream", true, "down")
+        .await
+        .expect("downstream");
+    down.wait_updates(1, PROPAGATION)
+        .await
+        .expect("the publisher's tracks");
+    down.wait_media_on(2, MEDIA).await.expect("its media");
+
+    // The publisher's peer connection stops (no DTLS close: it just goes silent); its socket
+    // stays open and keeps answering pings.
+    up.peer
+        .run(|c| {
+            c.rtc().disconnect();
+            Ok(())
+        })
+        .await
+        .expect("stop the publisher's peer connection");
+    let (code, reason) = up
+        .wait_closed(Duration::from_secs(30))
+        .await
+        .expect("the publisher's socket is closed once its session ends");
+    assert_eq!((code, reason.as_str()), (4502, "SESSION-ENDED"));
+    poll_until(
+        "the room without its publisher",
+        PROPAGATION,
+        STEP,
+        async || {
+            let (_, v) = api.raw(reqwest::Method::GET, "rooms/gone", None).await?;
+            anyhow::ensure!(v["up_count"] == 0 && v["onair"] == false, "{v}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("the room stops counting it");
+    down.wait_updates(2, PROPAGATION)
+        .await
+        .expect("the viewer is offered the publisher's sections inactive");
+    assert!(
+        down.closed.lock().map(|c| c.is_none()).unwrap_or(false),
+        "the viewer stays"
+    );
+}
