@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use super::ApiState;
 use super::auth_hook::{HookQuery, UserClaim, user_claim};
 use super::rooms::{self, Participant, RedeemError};
-use crate::engine::{ClientAnswer, LocalTrack, OpError, RemoteTrack, SdpKind, TracksNew};
+use crate::engine::{
+    ClientAnswer, LocalTrack, MAX_TRACKS_PER_CALL, OpError, RemoteTrack, SdpKind, TracksNew,
+};
 use crate::http::ConnSlot;
 use crate::ids::SessionId;
 use crate::rooms::{Direction, Role, RoomOptions};
@@ -386,9 +388,9 @@ async fn join(
         claims.user.as_deref(),
         &client_id,
     ) {
-        let (app, room, user, client) = labels;
+        let (label_app, room, user, client) = labels;
         let labels = crate::engine::EgressLabels {
-            app,
+            app: label_app,
             room,
             user,
             client,
@@ -397,7 +399,12 @@ async fn join(
             Ok(Ok(())) => {}
             // A room that asks for egress on a node without --nats still works, without egress.
             Ok(Err(e)) => tracing::warn!(%client_id, error = %e, "room audio egress not started"),
-            Err(_) => return Err(CloseReason::InternalError),
+            // The engine stopped (the node is going down): the session went with it, and the
+            // participant must not stay counted in its room.
+            Err(_) => {
+                rooms_lock(st).remove(&app, &client_id);
+                return Err(CloseReason::InternalError);
+            }
         }
     }
     Ok(Joined {
@@ -617,20 +624,10 @@ async fn close_gone(
     j: &mut Joined,
     publishers: &[SessionId],
 ) -> Result<Option<ServerMsg>, CloseReason> {
-    let gone: Vec<SessionId> = j
-        .pulled
-        .keys()
-        .copied()
-        .filter(|p| !publishers.contains(p))
-        .collect();
-    if gone.is_empty() {
+    let mids = take_gone(&mut j.pulled, publishers, MAX_TRACKS_PER_CALL);
+    if mids.is_empty() {
         return Ok(None);
     }
-    let mids: Vec<String> = gone
-        .iter()
-        .filter_map(|p| j.pulled.remove(p))
-        .flatten()
-        .collect();
     let (app, sid, session) = (j.app.clone(), j.session.to_string(), j.session);
     let offer = st
         .engine
@@ -643,9 +640,60 @@ async fn close_gone(
     Ok(offer.map(|d| ServerMsg::Update { sdp: d.sdp }))
 }
 
+/// The mids of publishers in `pulled` that are no longer among `publishers`, taken out of
+/// `pulled`: as many publishers as fit in `max` mids (one close offer's worth; at least one), the
+/// others are left for the next tick, whose `update` follows the answer to this one.
+fn take_gone(
+    pulled: &mut HashMap<SessionId, Vec<String>>,
+    publishers: &[SessionId],
+    max: usize,
+) -> Vec<String> {
+    let mut gone: Vec<SessionId> = pulled
+        .keys()
+        .copied()
+        .filter(|p| !publishers.contains(p))
+        .collect();
+    gone.sort();
+    let mut mids = Vec::new();
+    for p in gone {
+        let fits = pulled
+            .get(&p)
+            .is_some_and(|m| mids.is_empty() || mids.len() + m.len() <= max);
+        if !fits {
+            break;
+        }
+        mids.extend(pulled.remove(&p).unwrap_or_default());
+    }
+    mids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishers_that_left_are_closed_one_offer_at_a_time() {
+        let tag = crate::ids::NodeTag::random();
+        let ids: Vec<SessionId> = (0..40).map(|_| SessionId::new(tag)).collect();
+        let mut pulled: HashMap<SessionId, Vec<String>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, vec![format!("{}", 2 * i), format!("{}", 2 * i + 1)]))
+            .collect();
+        // Five stay; 35 left, 70 mids: more than one close offer takes.
+        let staying = &ids[..5];
+        let first = take_gone(&mut pulled, staying, MAX_TRACKS_PER_CALL);
+        assert_eq!(first.len(), 64, "32 publishers' two mids each");
+        let second = take_gone(&mut pulled, staying, MAX_TRACKS_PER_CALL);
+        assert_eq!(second.len(), 6, "the other three, on the next tick");
+        assert!(take_gone(&mut pulled, staying, MAX_TRACKS_PER_CALL).is_empty());
+        let mut all: Vec<String> = first.into_iter().chain(second).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 70, "every mid of those who left, once");
+        assert_eq!(pulled.len(), 5, "the staying publishers are still received");
+        assert!(staying.iter().all(|p| pulled.contains_key(p)));
+    }
 
     #[test]
     fn only_publishers_of_egress_rooms_get_labels() {
