@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::http::ClientKey;
+use crate::http::{ClientCounts, ClientKey};
 
 /// Open ICE-TCP connections at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -186,33 +186,6 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Open connections per client, given back when a connection ends.
-#[derive(Clone, Default)]
-struct PerClient(Arc<Mutex<HashMap<ClientKey, usize>>>);
-
-impl PerClient {
-    /// Takes a place for `client`; false when it has [`MAX_PER_CLIENT`] already.
-    fn take(&self, client: ClientKey) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(client).or_insert(0);
-        if *n >= MAX_PER_CLIENT {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn give_back(&self, client: ClientKey) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&client) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&client);
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     frames: mpsc::Sender<TcpFrame>,
@@ -221,7 +194,7 @@ async fn accept_loop(
 ) {
     // Owned here: aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
-    let per_client = PerClient::default();
+    let per_client = ClientCounts::new(MAX_PER_CLIENT);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

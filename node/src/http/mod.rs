@@ -40,7 +40,7 @@ pub use conn::Timeouts;
 pub use service::PROBE_PATHS;
 /// Whom a per-client bound counts (an IPv4 address or an IPv6 /64); the other per-client
 /// bounds of the node (session creation, ICE-TCP) count the same way.
-pub(crate) use slots::ClientKey;
+pub(crate) use slots::{ClientCounts, ClientKey};
 
 use crate::rejects::{Port, Rejects};
 use slots::{Admit, Full, Slots};

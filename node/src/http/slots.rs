@@ -30,6 +30,45 @@ impl ClientKey {
     }
 }
 
+/// Open connections per client, at most `max` each, given back when a connection ends (the
+/// ICE-TCP and TURN-over-TCP listeners; the HTTP listener counts in [`Slots`]).
+#[derive(Clone)]
+pub struct ClientCounts {
+    max: usize,
+    open: Arc<Mutex<HashMap<ClientKey, usize>>>,
+}
+
+impl ClientCounts {
+    pub fn new(max: usize) -> ClientCounts {
+        ClientCounts {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// Takes a place for `client`; false when it has `max` already.
+    pub fn take(&self, client: ClientKey) -> bool {
+        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(client).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a place [`ClientCounts::take`] gave.
+    pub fn give_back(&self, client: ClientKey) {
+        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&client);
+            }
+        }
+    }
+}
+
 /// Why a connection could not have a normal slot: the `reason` of its refusal, if refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {

@@ -231,6 +231,12 @@ impl Guard {
     pub fn on_message(&self, proto: u8, src: SocketAddr, msg: &Message<Attribute>) -> Verdict {
         let (method, class) = (msg.method(), msg.class());
         if method == BINDING {
+            // A Binding request is answered to anyone (its source may be spoofed): within the
+            // budget of the other unauthenticated answers. Indications get no answer.
+            if class == MessageClass::Request && self.unauthenticated.check().is_err() {
+                self.refused("unauthenticated_rate");
+                return Verdict::Drop;
+            }
             return Verdict::Pass;
         }
         if method == SEND && class == MessageClass::Indication {
@@ -420,6 +426,38 @@ impl Guard {
     /// Allocations held now.
     pub fn allocations(&self) -> usize {
         self.lock().allocations.len()
+    }
+
+    /// Whether `client` holds an allocation on the listener of `proto`.
+    pub fn has_allocation(&self, proto: u8, client: SocketAddr) -> bool {
+        self.lock().allocations.contains_key(&(proto, client))
+    }
+
+    /// Records an allocation of `client` as the TURN crate's answer would (transports' tests).
+    #[cfg(test)]
+    pub(crate) fn allocated_for_tests(&self, proto: u8, client: SocketAddr) {
+        let quota = Quota::per_second(self.limits.bytes_per_sec);
+        self.lock().allocations.insert(
+            (proto, client),
+            Allocation {
+                username: "test".into(),
+                bucket: DefaultDirectRateLimiter::direct(quota),
+            },
+        );
+    }
+
+    /// A guard for the transports' tests: the media address 127.0.0.1:7701, key `k:secret`.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> std::sync::Arc<Guard> {
+        let auth = std::sync::Arc::new(TurnAuth::new(&["k:secret".parse().expect("key")]));
+        let limits = Limits {
+            peers: vec![SocketAddr::from(([127, 0, 0, 1], 7701))],
+            max_allocations: 10,
+            per_credential: 10,
+            bytes_per_sec: NonZeroU32::new(2500).expect("non-zero"),
+            unauthenticated_per_sec: NonZeroU32::new(1000).expect("non-zero"),
+        };
+        std::sync::Arc::new(Guard::new(limits, auth).expect("metrics"))
     }
 }
 
@@ -651,5 +689,26 @@ mod tests {
         let a = cred(&g);
         assert!((0..10).all(|_| g.on_message(UDP, c, &allocate(&a)) == Verdict::Pass));
         assert_eq!(refusals(&g, "new_nonce_rate"), 0);
+    }
+
+    #[test]
+    fn binding_requests_share_the_unauthenticated_budget_and_indications_do_not() {
+        let g = guard_with(100, 100, 2);
+        let c: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
+        let binding = Message::new(MessageClass::Request, BINDING, TransactionId::new([5; 12]));
+        let answered = (0..10)
+            .filter(|_| g.on_message(UDP, c, &binding) == Verdict::Pass)
+            .count();
+        assert!(
+            (1..=3).contains(&answered),
+            "{answered} answered, the limit is 2 a second"
+        );
+        assert!(refusals(&g, "unauthenticated_rate") >= 7);
+        let keepalive = Message::new(
+            MessageClass::Indication,
+            BINDING,
+            TransactionId::new([6; 12]),
+        );
+        assert!((0..10).all(|_| g.on_message(UDP, c, &keepalive) == Verdict::Pass));
     }
 }

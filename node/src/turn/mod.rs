@@ -1,11 +1,12 @@
 //! The embedded TURN server (medea-turn) for clients whose network blocks UDP to the media port
 //! or any direct path: UDP and TCP on `--turn-port`, credentials in the TURN REST API scheme
 //! (`credentials.rs`), and a guard (`guard.rs`, applied by `transport.rs`) that lets a client relay
-//! only to this node's own media address, never anywhere else. A thin shell: the TURN crate's
-//! tasks run on the node's runtime and end when [`TurnServer::shutdown`] (or drop) stops them.
+//! only to this node's own media address, never anywhere else. TCP is served by our own
+//! bounded listener (`tcp.rs`), not the crate's. A thin shell: the TURN crate's tasks run on the node's runtime and end when [`TurnServer::shutdown`] (or drop) stops them.
 
 pub mod credentials;
 pub mod guard;
+mod tcp;
 mod transport;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use medea_turn::relay::Allocator;
-use medea_turn::transport::{TcpServer, Transport};
+use medea_turn::transport::Transport;
 use medea_turn::{AllocationInfo, AuthHandler, FiveTuple, Server, ServerConfig, TurnConfig};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 pub use credentials::{Credential, Refusal, TurnAuth, TurnKey};
 use guard::REALM;
 pub use guard::{Guard, Limits};
+use tcp::{TcpBounds, TcpTransport};
 use transport::Guarded;
 
 /// Relay sockets bind ports in this range (they talk only to the media address on this host, so
@@ -63,11 +65,12 @@ impl TurnServer {
     pub async fn start(settings: Settings, auth: Arc<TurnAuth>) -> anyhow::Result<TurnServer> {
         let (udp, tcp) = bind(settings.bind_ip, settings.port).await?;
         let addr = udp.local_addr().context("TURN UDP address")?;
+        let tcp_bounds = TcpBounds::for_allocations(settings.limits.max_allocations);
         let guard = Arc::new(
             Guard::new(settings.limits, auth.clone()).context("registering TURN metrics")?,
         );
         let (stop, stopped) = watch::channel(false);
-        let tcp = TcpServer::new(tcp).map_err(|e| anyhow::anyhow!("TURN TCP listener: {e}"))?;
+        let tcp = TcpTransport::new(tcp, guard.clone(), tcp_bounds).context("TURN TCP listener")?;
         let connections: Vec<Arc<dyn Transport + Send + Sync>> = vec![
             Arc::new(Guarded::new(udp, guard.clone(), stopped.clone())),
             Arc::new(Guarded::new(tcp, guard.clone(), stopped.clone())),
@@ -252,8 +255,8 @@ impl AuthHandler for Auth {
     }
 }
 
-/// Challenges answered, and signed requests with a nonce the TURN crate has not issued let
-/// through, per second, all clients together (`guard.rs`).
+/// Challenges and Binding answers, and signed requests with a nonce the TURN crate has not issued
+/// let through, per second, all clients together (`guard.rs`).
 pub const UNAUTHENTICATED_PER_SEC: NonZeroU32 = match NonZeroU32::new(200) {
     Some(n) => n,
     None => NonZeroU32::MIN,

@@ -13,7 +13,7 @@ use stun_codec::rfc5389::attributes::{
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
-use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use stun_codec::{
     Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId,
     define_attribute_enums,
@@ -218,6 +218,38 @@ struct TurnClient {
     next_tx: u8,
 }
 
+/// What signs a request: the long-term credential and the server's realm and nonce.
+#[derive(Clone, Copy)]
+struct Signer<'a> {
+    username: &'a str,
+    password: &'a str,
+    realm: &'a Realm,
+    nonce: &'a Nonce,
+}
+
+/// A request's bytes, signed when `signer` is given.
+fn request_bytes(
+    method: Method,
+    tx: [u8; 12],
+    attrs: Vec<Attr>,
+    signer: Option<Signer<'_>>,
+) -> Vec<u8> {
+    let mut m: Message<Attr> = Message::new(MessageClass::Request, method, TransactionId::new(tx));
+    for a in attrs {
+        m.add_attribute(a);
+    }
+    if let Some(s) = signer {
+        let user = Username::new(s.username.to_string()).expect("username");
+        m.add_attribute(user.clone());
+        m.add_attribute(s.realm.clone());
+        m.add_attribute(s.nonce.clone());
+        let mi = MessageIntegrity::new_long_term_credential(&m, &user, s.realm, s.password)
+            .expect("integrity");
+        m.add_attribute(mi);
+    }
+    MessageEncoder::new().encode_into_bytes(m).expect("encode")
+}
+
 impl TurnClient {
     async fn new(server: SocketAddr, username: &str, password: &str) -> TurnClient {
         TurnClient {
@@ -238,25 +270,16 @@ impl TurnClient {
     async fn request(&mut self, method: Method, attrs: Vec<Attr>) -> Message<Attr> {
         for _ in 0..3 {
             self.next_tx += 1;
-            let mut m: Message<Attr> = Message::new(
-                MessageClass::Request,
-                method,
-                TransactionId::new([self.next_tx; 12]),
-            );
-            for a in attrs.clone() {
-                m.add_attribute(a);
-            }
-            if let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) {
-                let user = Username::new(self.username.clone()).expect("username");
-                m.add_attribute(user.clone());
-                m.add_attribute(realm.clone());
-                m.add_attribute(nonce.clone());
-                let mi =
-                    MessageIntegrity::new_long_term_credential(&m, &user, realm, &self.password)
-                        .expect("integrity");
-                m.add_attribute(mi);
-            }
-            let bytes = MessageEncoder::new().encode_into_bytes(m).expect("encode");
+            let signer = match (&self.realm, &self.nonce) {
+                (Some(realm), Some(nonce)) => Some(Signer {
+                    username: &self.username,
+                    password: &self.password,
+                    realm,
+                    nonce,
+                }),
+                _ => None,
+            };
+            let bytes = request_bytes(method, [self.next_tx; 12], attrs.clone(), signer);
             self.socket
                 .send_to(&bytes, self.server)
                 .await
@@ -653,10 +676,16 @@ fn binding_request(tx: u32) -> Vec<u8> {
 /// One Binding over a new TCP connection to the TURN port: its answer, or `None` when none came
 /// within 10 s.
 async fn tcp_binding(server: SocketAddr) -> Option<Message<Attr>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let wait = Duration::from_secs(10);
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(server).await.ok()?;
     s.write_all(&binding_request(1)).await.ok()?;
+    tcp_answer(&mut s).await
+}
+
+/// The next STUN message on a TURN-over-TCP connection, or `None` when none came within 10 s.
+async fn tcp_answer(s: &mut tokio::net::TcpStream) -> Option<Message<Attr>> {
+    use tokio::io::AsyncReadExt;
+    let wait = Duration::from_secs(10);
     let mut answer = vec![0u8; 20];
     tokio::time::timeout(wait, s.read_exact(&mut answer))
         .await
@@ -674,8 +703,9 @@ async fn tcp_binding(server: SocketAddr) -> Option<Message<Attr>> {
         .ok()
 }
 
-/// A TURN-over-TCP client that sends requests and never reads the answers stalls its own
-/// connection only: other TCP clients are answered, and allocations over UDP still work.
+/// A TURN-over-TCP client that holds an allocation, sends requests and never reads the answers
+/// costs nobody else anything: while its answers pile up, other TCP clients are answered and
+/// allocations over UDP work; once a write to it has waited 5 s, its connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
     use tokio::io::AsyncWriteExt;
@@ -690,35 +720,79 @@ async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
         .set_send_buffer_size(4096)
         .expect("a small send buffer");
     let mut never_reads = socket.connect(server).await.expect("connect");
-    // Paced so the node answers each (its request queue drops what it cannot take), until it
-    // stops reading this client because its answers are not taken; bounded (at most 20 MB of
-    // answers, far more than a connection's send buffer).
-    let chunk: Vec<u8> = (0..200).flat_map(binding_request).collect();
-    let mut stalled = false;
-    for _ in 0..2500 {
-        match tokio::time::timeout(Duration::from_secs(2), never_reads.write_all(&chunk)).await {
-            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Ok(Err(e)) => panic!("the node closed the connection: {e}"),
-            Err(_) => {
-                stalled = true;
-                break;
-            }
-        }
-    }
-    assert!(
-        stalled,
-        "the node kept reading a client that takes no answers"
-    );
-    assert!(
-        tcp_binding(server).await.is_some(),
-        "another TCP client is answered"
-    );
-    let mut udp = TurnClient::new(server, &username, &password).await;
-    let allocated = udp.allocate().await;
+    // It allocates, as a TURN-over-TCP client does first.
+    let udp_transport = || vec![Attr::from(RequestedTransport::new(17))];
+    never_reads
+        .write_all(&request_bytes(ALLOCATE, [1; 12], udp_transport(), None))
+        .await
+        .expect("write");
+    let challenge = tcp_answer(&mut never_reads).await.expect("a challenge");
+    let realm = challenge.get_attribute::<Realm>().cloned().expect("realm");
+    let nonce = challenge.get_attribute::<Nonce>().cloned().expect("nonce");
+    let signer = Signer {
+        username: &username,
+        password: &password,
+        realm: &realm,
+        nonce: &nonce,
+    };
+    never_reads
+        .write_all(&request_bytes(
+            ALLOCATE,
+            [2; 12],
+            udp_transport(),
+            Some(signer),
+        ))
+        .await
+        .expect("write");
+    let allocated = tcp_answer(&mut never_reads).await.expect("an answer");
     assert_eq!(
         allocated.class(),
         MessageClass::SuccessResponse,
         "{allocated:?}"
+    );
+    // Then signed refreshes (answered at once, with no rate limit: they carry the server's
+    // nonce), never reading an answer; bounded at 60 s.
+    let chunk: Vec<u8> = (0..200u32)
+        .flat_map(|i| {
+            let mut tx = [3; 12];
+            tx[..4].copy_from_slice(&i.to_be_bytes());
+            request_bytes(REFRESH, tx, Vec::new(), Some(signer))
+        })
+        .collect();
+    let mut others_checked = false;
+    let mut closed = false;
+    let began = std::time::Instant::now();
+    for _ in 0..3000 {
+        match tokio::time::timeout(Duration::from_secs(2), never_reads.write_all(&chunk)).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+        }
+        if !others_checked && began.elapsed() >= Duration::from_secs(1) {
+            others_checked = true;
+            assert!(
+                tcp_binding(server).await.is_some(),
+                "another TCP client is answered"
+            );
+            let mut udp = TurnClient::new(server, &username, &password).await;
+            let allocated = udp.allocate().await;
+            assert_eq!(
+                allocated.class(),
+                MessageClass::SuccessResponse,
+                "{allocated:?}"
+            );
+        }
+        if began.elapsed() >= Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(others_checked);
+    assert!(
+        closed,
+        "the connection of a client that takes no answers is closed"
     );
     assert!(
         metric(
@@ -728,5 +802,4 @@ async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
         .await
             >= 1.0
     );
-    drop(never_reads);
 }

@@ -1,0 +1,582 @@
+//! TURN over TCP (RFC 8656 §3.1), in place of the TURN crate's TCP listener. That one takes
+//! every connection until accepting fails (out of file descriptors, which ends it for good),
+//! never closes one, and keeps a writer for every address it ever saw. Here:
+//!
+//! - connections are capped in all (as many as the node may hold allocations) and per client
+//!   (an IPv4 address or IPv6 /64); past a cap a new one is closed at once;
+//! - a connection that holds no allocation is closed within [`TcpBounds::allocate_within`]
+//!   (a TURN client allocates as soon as it connects, and has no use for the connection after);
+//! - each connection has a short write queue: a client that does not read loses its own
+//!   messages, never delays anyone else's, and one write that stalls closes its connection;
+//! - everything of a connection goes when it closes.
+//!
+//! Framing: STUN messages carry their own length; ChannelData messages are padded to 4 bytes on
+//! a stream. The TURN crate keeps the ChannelData constructor to itself, so a ChannelData frame
+//! is decoded by its UDP decoder, over a private loopback pair of connected UDP sockets (as
+//! gossip reaches chitchat's decoder): each frame is sent and read back at once, one at a time.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytecodec::DecodeExt;
+use medea_turn::attr::Attribute;
+use medea_turn::transport::{Error, Request, Transport};
+use stun_codec::MessageDecoder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::guard::Guard;
+use crate::http::{ClientCounts, ClientKey};
+use crate::media_tcp::canonical;
+
+/// The IANA protocol number the TURN crate keys TCP allocations by.
+pub const PROTO_TCP: u8 = 6;
+/// Messages waiting to be written to one connection; past it a message for it is dropped.
+const WRITE_QUEUE: usize = 128;
+/// A write to a client that takes longer than this closes its connection.
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// Messages from every connection waiting for the TURN crate; past it one is dropped.
+const READ_QUEUE: usize = 1024;
+/// How long the loopback hop of a ChannelData frame may take (it is immediate).
+const HOP: Duration = Duration::from_secs(1);
+
+/// The listener's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpBounds {
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Open connections at once from one client.
+    pub per_client: usize,
+    /// A connection is closed when it holds no allocation this long after it opened, or
+    /// after its allocation ended (checked this often).
+    pub allocate_within: Duration,
+}
+
+impl TcpBounds {
+    /// The node's bounds: as many connections as allocations (each carries one at most).
+    pub fn for_allocations(max_allocations: usize) -> TcpBounds {
+        TcpBounds {
+            max_connections: max_allocations,
+            per_client: crate::media_tcp::MAX_PER_CLIENT,
+            allocate_within: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a stream carries next, from its first four bytes: a STUN message (first two bits 00)
+/// or a ChannelData message (01), and its length on the stream; `None` for anything else,
+/// after which the stream cannot be framed.
+fn frame_len(head: [u8; 4]) -> Option<(Kind, usize)> {
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let pad = |n: usize| n.div_ceil(4) * 4;
+    match head[0] >> 6 {
+        0b00 => Some((Kind::Stun, pad(20 + len))),
+        0b01 => Some((Kind::ChannelData, pad(4 + len))),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Stun,
+    ChannelData,
+}
+
+/// A framed message from a client.
+struct Incoming {
+    kind: Kind,
+    data: Vec<u8>,
+    from: SocketAddr,
+}
+
+/// Writers by client address.
+type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// The TURN-over-TCP listener, as a transport of the TURN crate.
+pub struct TcpTransport {
+    local: SocketAddr,
+    guard: Arc<Guard>,
+    incoming: tokio::sync::Mutex<(mpsc::Receiver<Incoming>, Option<Loopback>)>,
+    writers: Writers,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        // The accept task owns every connection's task: they end with it.
+        self.accept.abort();
+    }
+}
+
+impl TcpTransport {
+    /// Serves `listener` under `bounds`; `guard` says which clients hold an allocation and
+    /// counts what is refused.
+    pub fn new(
+        listener: TcpListener,
+        guard: Arc<Guard>,
+        bounds: TcpBounds,
+    ) -> std::io::Result<TcpTransport> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(READ_QUEUE);
+        let writers = Writers::default();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            tx,
+            writers.clone(),
+            guard.clone(),
+            bounds,
+        ));
+        Ok(TcpTransport {
+            local,
+            guard,
+            incoming: tokio::sync::Mutex::new((rx, None)),
+            writers,
+            accept,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    incoming: mpsc::Sender<Incoming>,
+    writers: Writers,
+    guard: Arc<Guard>,
+    bounds: TcpBounds,
+) {
+    // Owned here: aborting this task drops the set, which aborts every connection.
+    let mut conns = JoinSet::new();
+    let per_client = ClientCounts::new(bounds.per_client);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let peer = canonical(peer);
+                    if conns.len() >= bounds.max_connections {
+                        guard.refused("tcp_limit");
+                        continue;
+                    }
+                    let client = ClientKey::of(peer.ip());
+                    if !per_client.take(client) {
+                        guard.refused("tcp_client_limit");
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+                    lock(&writers).insert(peer, tx.clone());
+                    let (incoming, writers, guard, per_client) =
+                        (incoming.clone(), writers.clone(), guard.clone(), per_client.clone());
+                    conns.spawn(async move {
+                        connection(stream, peer, rx, incoming, &guard, bounds).await;
+                        per_client.give_back(client);
+                        let mut writers = lock(&writers);
+                        // Unless a newer connection from the same address took the place.
+                        if writers.get(&peer).is_some_and(|w| w.same_channel(&tx)) {
+                            writers.remove(&peer);
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: wait a little rather than spin, and
+                // go on accepting once it passes.
+                Err(e) => {
+                    tracing::warn!(error = %e, "TURN TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap ended connections, so the set counts the open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves one connection until it closes, errs, stops taking writes or holds no allocation.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Sender<Incoming>,
+    guard: &Guard,
+    bounds: TcpBounds,
+) {
+    // Small messages both ways: do not wait to coalesce them.
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let read = async {
+        loop {
+            let mut head = [0u8; 4];
+            if reader.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let Some((kind, len)) = frame_len(head) else {
+                guard.refused("tcp_framing");
+                return;
+            };
+            let mut data = vec![0u8; len];
+            data[..4].copy_from_slice(&head);
+            if reader.read_exact(&mut data[4..]).await.is_err() {
+                return;
+            }
+            if incoming
+                .try_send(Incoming {
+                    kind,
+                    data,
+                    from: peer,
+                })
+                .is_err()
+            {
+                guard.refused("tcp_read_queue");
+            }
+        }
+    };
+    let write = async {
+        while let Some(data) = outgoing.recv().await {
+            match tokio::time::timeout(WRITE_WAIT, writer.write_all(&data)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    guard.refused("not_reading");
+                    return;
+                }
+            }
+        }
+    };
+    let unallocated = async {
+        loop {
+            tokio::time::sleep(bounds.allocate_within).await;
+            if !guard.has_allocation(PROTO_TCP, peer) {
+                guard.refused("tcp_no_allocation");
+                return;
+            }
+        }
+    };
+    // Any of them ending ends the connection.
+    tokio::select! {
+        () = read => {}
+        () = write => {}
+        () = unallocated => {}
+    }
+}
+
+/// A pair of connected loopback UDP sockets: what `send` writes, `decode` reads back through
+/// the TURN crate's UDP decoder. Connected both ways, so nothing else reaches `decode`.
+struct Loopback {
+    send: UdpSocket,
+    decode: UdpSocket,
+    /// A frame was sent and not read back (its read was cancelled or timed out): the pair is
+    /// replaced before the next, so that frame is never taken for another.
+    dirty: bool,
+}
+
+impl Loopback {
+    async fn open() -> std::io::Result<Loopback> {
+        let here: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let (send, decode) = (UdpSocket::bind(here).await?, UdpSocket::bind(here).await?);
+        send.connect(decode.local_addr()?).await?;
+        decode.connect(send.local_addr()?).await?;
+        Ok(Loopback {
+            send,
+            decode,
+            dirty: false,
+        })
+    }
+
+    /// `frame` as the TURN crate decodes it from a datagram; `None` if it does not decode.
+    async fn decode(&mut self, frame: &[u8]) -> std::io::Result<Option<Request>> {
+        self.dirty = true;
+        self.send.send(frame).await?;
+        let read = tokio::time::timeout(HOP, Transport::recv_from(&self.decode)).await;
+        let Ok(read) = read else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the loopback hop timed out",
+            ));
+        };
+        self.dirty = false;
+        Ok(read.ok().map(|(req, _)| req))
+    }
+}
+
+/// One pending message decoded: `None` when it does not decode (counted).
+async fn decode(msg: &Incoming, loopback: &mut Option<Loopback>, guard: &Guard) -> Option<Request> {
+    match msg.kind {
+        Kind::Stun => match MessageDecoder::<Attribute>::new().decode_from_bytes(&msg.data) {
+            Ok(Ok(m)) => Some(Request::Message(m)),
+            _ => {
+                guard.refused("tcp_undecodable");
+                None
+            }
+        },
+        Kind::ChannelData => {
+            if loopback.as_ref().is_none_or(|l| l.dirty) {
+                *loopback = match Loopback::open().await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TURN TCP: opening the loopback decoder");
+                        guard.refused("tcp_undecodable");
+                        return None;
+                    }
+                };
+            }
+            let l = loopback.as_mut()?;
+            match l.decode(&msg.data).await {
+                Ok(Some(req)) => Some(req),
+                Ok(None) => {
+                    guard.refused("tcp_undecodable");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "TURN TCP: ChannelData not decoded");
+                    guard.refused("tcp_undecodable");
+                    None
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for TcpTransport {
+    async fn recv_from(&self) -> Result<(Request, SocketAddr), Error> {
+        // One reader at a time (the TURN crate has one loop per listener).
+        let mut guarded = self.incoming.lock().await;
+        let (rx, loopback) = &mut *guarded;
+        loop {
+            let Some(msg) = rx.recv().await else {
+                return Err(Error::TransportIsDead);
+            };
+            if let Some(req) = decode(&msg, loopback, &self.guard).await {
+                return Ok((req, msg.from));
+            }
+        }
+    }
+
+    async fn send_to(&self, data: Cow<'_, [u8]>, target: SocketAddr) -> Result<(), Error> {
+        let Some(tx) = lock(&self.writers).get(&canonical(target)).cloned() else {
+            return Err(Error::TransportIsDead);
+        };
+        match tx.try_send(data.into_owned()) {
+            Ok(()) => Ok(()),
+            // The client's own queue is full: its message is lost, as a full UDP buffer loses it.
+            Err(TrySendError::Full(_)) => {
+                self.guard.refused("not_reading");
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(Error::TransportIsDead),
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn proto(&self) -> u8 {
+        PROTO_TCP
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_told_apart_by_their_first_bits_and_padded_to_four_bytes() {
+        // A Binding request without attributes: 20 bytes.
+        assert_eq!(frame_len([0x00, 0x01, 0, 0]), Some((Kind::Stun, 20)));
+        assert_eq!(frame_len([0x00, 0x03, 0, 8]), Some((Kind::Stun, 28)));
+        // ChannelData 0x4000 with 5 bytes of data: 4 + 5, padded to 12.
+        assert_eq!(frame_len([0x40, 0x00, 0, 5]), Some((Kind::ChannelData, 12)));
+        assert_eq!(frame_len([0x7f, 0xff, 0, 4]), Some((Kind::ChannelData, 8)));
+        assert_eq!(
+            frame_len([0x40, 0x00, 0xff, 0xff]),
+            Some((Kind::ChannelData, 65_540))
+        );
+        // RTP, DTLS or anything else is not TURN: the stream cannot be framed.
+        assert_eq!(frame_len([0x80, 0x60, 0, 1]), None);
+        assert_eq!(frame_len([0xc0, 0, 0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn channel_data_decodes_through_the_loopback_pair_one_frame_after_another() {
+        let guard = Guard::for_tests();
+        let mut loopback = None;
+        let from: SocketAddr = ([192, 0, 2, 1], 5000).into();
+        for (i, payload) in [&b"hello"[..], &b"media!!!"[..]].into_iter().enumerate() {
+            let mut data = vec![0x40, i as u8];
+            data.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            data.extend_from_slice(payload);
+            data.resize(data.len().div_ceil(4) * 4, 0);
+            let msg = Incoming {
+                kind: Kind::ChannelData,
+                data,
+                from,
+            };
+            let req = decode(&msg, &mut loopback, &guard).await;
+            assert!(
+                matches!(req, Some(Request::ChannelData(_))),
+                "frame {i}: {req:?}"
+            );
+        }
+        // An invalid channel number (below 0x4000 is STUN; 0x4000-0x7fff only) does not decode
+        // and does not upset the next frame.
+        let bad = Incoming {
+            kind: Kind::ChannelData,
+            data: vec![0x40, 0x00, 0x00, 0x08, 1, 2, 3],
+            from,
+        };
+        assert!(decode(&bad, &mut loopback, &guard).await.is_none());
+        let stun = Incoming {
+            kind: Kind::Stun,
+            data: vec![
+                0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            ],
+            from,
+        };
+        assert!(matches!(
+            decode(&stun, &mut loopback, &guard).await,
+            Some(Request::Message(_))
+        ));
+    }
+
+    fn refusals(g: &Guard, reason: &str) -> u64 {
+        g.figures()
+            .refused
+            .get_metric_with_label_values(&[reason])
+            .map_or(0, |c| c.get())
+    }
+
+    async fn listening(bounds: TcpBounds) -> (TcpTransport, Arc<Guard>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let guard = Guard::for_tests();
+        let t = TcpTransport::new(listener, guard.clone(), bounds).expect("transport");
+        let addr = t.local_addr();
+        (t, guard, addr)
+    }
+
+    /// Whether the server closed `c` within `within` (a read sees the end of the stream).
+    async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, c.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    const BINDING: [u8; 20] = [
+        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+
+    #[tokio::test]
+    async fn a_message_is_read_from_its_connection_and_answered_on_it() {
+        let bounds = TcpBounds {
+            max_connections: 10,
+            per_client: 10,
+            allocate_within: Duration::from_secs(30),
+        };
+        let (t, _guard, addr) = listening(bounds).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        // Split across writes: framing waits for the whole message.
+        c.write_all(&BINDING[..7]).await.expect("write");
+        c.write_all(&BINDING[7..]).await.expect("write");
+        let (req, from) = tokio::time::timeout(Duration::from_secs(5), t.recv_from())
+            .await
+            .expect("in time")
+            .expect("a request");
+        assert!(matches!(req, Request::Message(_)), "{req:?}");
+        assert_eq!(from, c.local_addr().expect("addr"));
+        t.send_to(Cow::Borrowed(b"answer"), from)
+            .await
+            .expect("sent");
+        let mut got = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(&got, b"answer");
+        // Nothing is kept for an address with no connection.
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(t.send_to(Cow::Borrowed(b"late"), from).await.is_err());
+        assert!(
+            lock(&t.writers).is_empty(),
+            "the closed connection's writer is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_per_client_and_in_all() {
+        let bounds = TcpBounds {
+            max_connections: 3,
+            per_client: 2,
+            allocate_within: Duration::from_secs(30),
+        };
+        let (_t, guard, addr) = listening(bounds).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            closed_within(&mut third, Duration::from_secs(5)).await,
+            "a third connection from one client is closed at once"
+        );
+        assert_eq!(refusals(&guard, "tcp_client_limit"), 1);
+        assert!(!closed_within(&mut first, Duration::from_millis(200)).await);
+        assert!(!closed_within(&mut second, Duration::from_millis(200)).await);
+        // Another client (127.0.0.2 is another IPv4 client) takes the last place in all.
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        let mut other = other.connect(addr).await.expect("connect");
+        assert!(!closed_within(&mut other, Duration::from_millis(200)).await);
+        let again = tokio::net::TcpSocket::new_v4().expect("socket");
+        again
+            .bind("127.0.0.3:0".parse().expect("addr"))
+            .expect("bind");
+        let mut again = again.connect(addr).await.expect("connect");
+        assert!(
+            closed_within(&mut again, Duration::from_secs(5)).await,
+            "past the cap in all"
+        );
+        assert_eq!(refusals(&guard, "tcp_limit"), 1);
+        // A place given back is taken again.
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut fourth = TcpStream::connect(addr).await.expect("connect");
+        assert!(!closed_within(&mut fourth, Duration::from_millis(200)).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_an_allocation_is_closed_and_frames_that_are_not_turn_close_it() {
+        let bounds = TcpBounds {
+            max_connections: 10,
+            per_client: 10,
+            allocate_within: Duration::from_millis(300),
+        };
+        let (_t, guard, addr) = listening(bounds).await;
+        let mut allocated = TcpStream::connect(addr).await.expect("connect");
+        guard.allocated_for_tests(PROTO_TCP, allocated.local_addr().expect("addr"));
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_no_allocation"), 1);
+        assert!(
+            !closed_within(&mut allocated, Duration::from_secs(1)).await,
+            "a connection that holds an allocation stays"
+        );
+        // Its allocation ends: so does the connection.
+        guard.on_closed(PROTO_TCP, allocated.local_addr().expect("addr"));
+        assert!(closed_within(&mut allocated, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_no_allocation"), 2);
+        let mut rtp = TcpStream::connect(addr).await.expect("connect");
+        rtp.write_all(&[0x80, 0x60, 0, 1]).await.expect("write");
+        assert!(closed_within(&mut rtp, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_framing"), 1);
+    }
+}
