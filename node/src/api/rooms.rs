@@ -314,12 +314,12 @@ type ByWorker = HashMap<usize, Vec<(SessionId, watch::Sender<Option<CloseReason>
 async fn end_participants_without_session(st: &ApiState, by_worker: ByWorker) {
     for (worker, parts) in by_worker {
         let ids: Vec<SessionId> = parts.iter().map(|(sid, _)| *sid).collect();
-        let Ok(missing) = st
+        // Bounded: a busy worker holds up the next tick's announcements by one period at most.
+        let asked = st
             .engine
-            .call_on(worker, move |e, _| e.sessions_missing(&ids))
-            .await
-        else {
-            return;
+            .call_on(worker, move |e, _| e.sessions_missing(&ids));
+        let Ok(Ok(missing)) = tokio::time::timeout(ROOMS_EVERY, asked).await else {
+            continue;
         };
         let missing: std::collections::HashSet<SessionId> = missing.into_iter().collect();
         for (sid, close) in &parts {

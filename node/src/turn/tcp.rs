@@ -14,6 +14,8 @@
 //! a stream. The TURN crate keeps the ChannelData constructor to itself, so a ChannelData frame
 //! is decoded by its UDP decoder, over a private loopback pair of connected UDP sockets (as
 //! gossip reaches chitchat's decoder): each frame is sent and read back at once, one at a time.
+//! That decoder reads 1,500 bytes, so ChannelData carrying more than 1,496 bytes does not decode
+//! (counted), as over UDP; browsers keep media packets near 1,200 bytes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -42,7 +44,8 @@ pub const PROTO_TCP: u8 = 6;
 const WRITE_QUEUE: usize = 128;
 /// A write to a client that takes longer than this closes its connection.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
-/// Messages from every connection waiting for the TURN crate; past it one is dropped.
+/// Messages from every connection waiting for the TURN crate; past it each connection waits
+/// its turn to add one.
 const READ_QUEUE: usize = 1024;
 /// How long the loopback hop of a ChannelData frame may take (it is immediate).
 const HOP: Duration = Duration::from_secs(1);
@@ -96,6 +99,15 @@ struct Incoming {
     from: SocketAddr,
 }
 
+/// The receiving end, used by one `recv_from` at a time.
+struct Reader {
+    rx: mpsc::Receiver<Incoming>,
+    loopback: Option<Loopback>,
+    /// A message taken from `rx` and not decoded yet: kept here, so a `recv_from` cancelled
+    /// half-way (the TURN crate's loop races it against its commands) loses nothing.
+    in_flight: Option<Incoming>,
+}
+
 /// Writers by client address.
 type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
@@ -103,7 +115,7 @@ type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 pub struct TcpTransport {
     local: SocketAddr,
     guard: Arc<Guard>,
-    incoming: tokio::sync::Mutex<(mpsc::Receiver<Incoming>, Option<Loopback>)>,
+    incoming: tokio::sync::Mutex<Reader>,
     writers: Writers,
     accept: JoinHandle<()>,
 }
@@ -136,7 +148,11 @@ impl TcpTransport {
         Ok(TcpTransport {
             local,
             guard,
-            incoming: tokio::sync::Mutex::new((rx, None)),
+            incoming: tokio::sync::Mutex::new(Reader {
+                rx,
+                loopback: None,
+                in_flight: None,
+            }),
             writers,
             accept,
         })
@@ -225,15 +241,16 @@ async fn connection(
             if reader.read_exact(&mut data[4..]).await.is_err() {
                 return;
             }
-            if incoming
-                .try_send(Incoming {
-                    kind,
-                    data,
-                    from: peer,
-                })
-                .is_err()
-            {
-                guard.refused("tcp_read_queue");
+            // Waits its turn: a client sending faster than the TURN crate takes messages is
+            // slowed by TCP's own flow control, and cannot push out the others' messages
+            // (requests over TCP are not retransmitted).
+            let msg = Incoming {
+                kind,
+                data,
+                from: peer,
+            };
+            if incoming.send(msg).await.is_err() {
+                return;
             }
         }
     };
@@ -300,8 +317,19 @@ impl Loopback {
                 "the loopback hop timed out",
             ));
         };
-        self.dirty = false;
-        Ok(read.ok().map(|(req, _)| req))
+        match read {
+            Ok((req, _)) => {
+                self.dirty = false;
+                Ok(Some(req))
+            }
+            // A datagram that does not decode was read all the same; an I/O error may have left
+            // it unread (`dirty` stays set).
+            Err(Error::Io(e)) => Err(e.0),
+            Err(_) => {
+                self.dirty = false;
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -348,13 +376,21 @@ impl Transport for TcpTransport {
     async fn recv_from(&self) -> Result<(Request, SocketAddr), Error> {
         // One reader at a time (the TURN crate has one loop per listener).
         let mut guarded = self.incoming.lock().await;
-        let (rx, loopback) = &mut *guarded;
+        let Reader {
+            rx,
+            loopback,
+            in_flight,
+        } = &mut *guarded;
         loop {
-            let Some(msg) = rx.recv().await else {
-                return Err(Error::TransportIsDead);
+            let msg = match in_flight {
+                Some(msg) => msg,
+                None => in_flight.insert(rx.recv().await.ok_or(Error::TransportIsDead)?),
             };
-            if let Some(req) = decode(&msg, loopback, &self.guard).await {
-                return Ok((req, msg.from));
+            let decoded = decode(msg, loopback, &self.guard).await;
+            let from = msg.from;
+            *in_flight = None;
+            if let Some(req) = decoded {
+                return Ok((req, from));
             }
         }
     }
@@ -509,6 +545,49 @@ mod tests {
             lock(&t.writers).is_empty(),
             "the closed connection's writer is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_flooding_the_listener_does_not_push_out_another_clients_message() {
+        let bounds = TcpBounds {
+            max_connections: 10,
+            per_client: 10,
+            allocate_within: Duration::from_secs(30),
+        };
+        let (t, _guard, addr) = listening(bounds).await;
+        let mut flood = TcpStream::connect(addr).await.expect("connect");
+        let burst: Vec<u8> = BINDING.repeat(3 * READ_QUEUE);
+        // Written while nothing takes messages: more than the queue holds.
+        let writer = tokio::spawn(async move {
+            let _ = flood.write_all(&burst).await;
+            flood
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut other = TcpStream::connect(addr).await.expect("connect");
+        other.write_all(&BINDING).await.expect("write");
+        let other_addr = other.local_addr().expect("addr");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut taken = 0;
+        let mut seen = false;
+        while taken < 4 * READ_QUEUE {
+            let (_, from) = tokio::time::timeout(Duration::from_secs(5), t.recv_from())
+                .await
+                .expect("in time")
+                .expect("a request");
+            taken += 1;
+            if from == other_addr {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "the other client's message never came");
+        // After the queue's worth, and what the flooder's task adds in one turn on the runtime
+        // (tokio lets a task make 128 steps before it must yield) once places are free.
+        assert!(
+            taken <= READ_QUEUE + 2 * 128,
+            "it came after {taken} of the flood's messages"
+        );
+        drop(writer);
     }
 
     #[tokio::test]
