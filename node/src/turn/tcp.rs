@@ -5,7 +5,11 @@
 //! - connections are capped in all (as many as the node may hold allocations) and per client
 //!   (an IPv4 address or IPv6 /64); past a cap a new one is closed at once;
 //! - a connection that holds no allocation is closed within [`TcpBounds::allocate_within`]
-//!   (a TURN client allocates as soon as it connects, and has no use for the connection after);
+//!   (a TURN client allocates as soon as it connects, and has no use for the connection after),
+//!   and those without one are capped apart ([`TcpBounds::max_unallocated`]), the oldest making
+//!   way for a new one;
+//! - connections wait their turn to hand a message to the TURN crate, so a fast sender is
+//!   slowed by TCP's flow control rather than pushing out the others' messages;
 //! - each connection has a short write queue: a client that does not read loses its own
 //!   messages, never delays anyone else's, and one write that stalls closes its connection;
 //! - everything of a connection goes when it closes.
@@ -57,19 +61,64 @@ pub struct TcpBounds {
     pub max_connections: usize,
     /// Open connections at once from one client.
     pub per_client: usize,
+    /// Open connections at once that hold no allocation yet; past it a new connection takes
+    /// the place of the oldest of them, which is closed. Without a credential, a client with
+    /// many addresses can then hold places only by opening connections faster than others
+    /// allocate.
+    pub max_unallocated: usize,
     /// A connection is closed when it holds no allocation this long after it opened, or
     /// after its allocation ended (checked this often).
     pub allocate_within: Duration,
 }
 
 impl TcpBounds {
-    /// The node's bounds: as many connections as allocations (each carries one at most).
+    /// The node's bounds: as many connections as allocations (each carries one at most), a
+    /// quarter of them without an allocation.
     pub fn for_allocations(max_allocations: usize) -> TcpBounds {
         TcpBounds {
             max_connections: max_allocations,
             per_client: crate::media_tcp::MAX_PER_CLIENT,
+            max_unallocated: (max_allocations / 4).max(16),
             allocate_within: Duration::from_secs(10),
         }
+    }
+}
+
+/// How often a connection without an allocation looks whether it has one now.
+const ALLOCATED_CHECK: Duration = Duration::from_millis(200);
+
+/// Connections without an allocation yet, oldest first, each with what closes it.
+#[derive(Default)]
+struct Unallocated {
+    queue: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+    next: u64,
+}
+
+impl Unallocated {
+    /// Adds a connection; its id and what tells it that it was evicted.
+    fn add(&mut self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.push_back((id, tx));
+        (id, rx)
+    }
+
+    /// Closes the oldest; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            // Its task may be ending already: fine either way.
+            Some((_, tx)) => {
+                let _ = tx.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection allocated, or ended.
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
     }
 }
 
@@ -169,14 +218,22 @@ async fn accept_loop(
     // Owned here: aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
     let per_client = ClientCounts::new(bounds.per_client);
+    let unallocated = Arc::new(Mutex::new(Unallocated::default()));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let peer = canonical(peer);
-                    if conns.len() >= bounds.max_connections {
-                        guard.refused("tcp_limit");
-                        continue;
+                    {
+                        let mut waiting = lock(&unallocated);
+                        let full = conns.len() >= bounds.max_connections
+                            || waiting.queue.len() >= bounds.max_unallocated;
+                        // Evicted ones end at once; this bounds those still ending.
+                        let over = conns.len() >= bounds.max_connections + bounds.max_unallocated;
+                        if full && (over || !waiting.evict_oldest()) {
+                            guard.refused("tcp_limit");
+                            continue;
+                        }
                     }
                     let client = ClientKey::of(peer.ip());
                     if !per_client.take(client) {
@@ -185,10 +242,19 @@ async fn accept_loop(
                     }
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     lock(&writers).insert(peer, tx.clone());
-                    let (incoming, writers, guard, per_client) =
-                        (incoming.clone(), writers.clone(), guard.clone(), per_client.clone());
+                    let (id, evicted) = lock(&unallocated).add();
+                    let (incoming, writers, guard, per_client, unallocated) = (
+                        incoming.clone(),
+                        writers.clone(),
+                        guard.clone(),
+                        per_client.clone(),
+                        unallocated.clone(),
+                    );
                     conns.spawn(async move {
-                        connection(stream, peer, rx, incoming, &guard, bounds).await;
+                        let settled = || lock(&unallocated).remove(id);
+                        let conn = Conn { peer, guard: &guard, bounds, settled: &settled };
+                        connection(stream, conn, rx, incoming, evicted).await;
+                        settled();
                         per_client.give_back(client);
                         let mut writers = lock(&writers);
                         // Unless a newer connection from the same address took the place.
@@ -214,15 +280,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves one connection until it closes, errs, stops taking writes or holds no allocation.
+/// One connection's context.
+struct Conn<'a> {
+    peer: SocketAddr,
+    guard: &'a Guard,
+    bounds: TcpBounds,
+    /// Takes it off the connections without an allocation.
+    settled: &'a (dyn Fn() + Sync),
+}
+
+/// Serves one connection until it closes, errs, stops taking writes, holds no allocation in
+/// time, or is evicted (by a newer connection, while it held none).
 async fn connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: Conn<'_>,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<Incoming>,
-    guard: &Guard,
-    bounds: TcpBounds,
+    evicted: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let Conn {
+        peer,
+        guard,
+        bounds,
+        settled,
+    } = conn;
     // Small messages both ways: do not wait to coalesce them.
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
@@ -266,7 +347,32 @@ async fn connection(
             }
         }
     };
-    let unallocated = async {
+    let allocation = async {
+        let deadline = tokio::time::Instant::now() + bounds.allocate_within;
+        // Only a send evicts: a sender dropped unsent never completes this.
+        let evicted = async {
+            if evicted.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(evicted);
+        loop {
+            tokio::select! {
+                () = &mut evicted => {
+                    guard.refused("tcp_evicted");
+                    return;
+                }
+                () = tokio::time::sleep(ALLOCATED_CHECK) => {}
+            }
+            if guard.has_allocation(PROTO_TCP, peer) {
+                settled();
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                guard.refused("tcp_no_allocation");
+                return;
+            }
+        }
         loop {
             tokio::time::sleep(bounds.allocate_within).await;
             if !guard.has_allocation(PROTO_TCP, peer) {
@@ -279,7 +385,7 @@ async fn connection(
     tokio::select! {
         () = read => {}
         () = write => {}
-        () = unallocated => {}
+        () = allocation => {}
     }
 }
 
@@ -515,6 +621,7 @@ mod tests {
         let bounds = TcpBounds {
             max_connections: 10,
             per_client: 10,
+            max_unallocated: 10,
             allocate_within: Duration::from_secs(30),
         };
         let (t, _guard, addr) = listening(bounds).await;
@@ -552,6 +659,7 @@ mod tests {
         let bounds = TcpBounds {
             max_connections: 10,
             per_client: 10,
+            max_unallocated: 10,
             allocate_within: Duration::from_secs(30),
         };
         let (t, _guard, addr) = listening(bounds).await;
@@ -590,17 +698,34 @@ mod tests {
         drop(writer);
     }
 
+    /// A connection from `ip`.
+    async fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(format!("{ip}:0").parse().expect("addr"))
+            .expect("bind");
+        s.connect(addr).await.expect("connect")
+    }
+
+    /// Records an allocation for `c` and waits until its connection has seen it.
+    async fn allocated(guard: &Guard, c: &TcpStream) {
+        guard.allocated_for_tests(PROTO_TCP, c.local_addr().expect("addr"));
+        tokio::time::sleep(3 * ALLOCATED_CHECK).await;
+    }
+
     #[tokio::test]
     async fn connections_are_capped_per_client_and_in_all() {
         let bounds = TcpBounds {
             max_connections: 3,
             per_client: 2,
+            max_unallocated: 10,
             allocate_within: Duration::from_secs(30),
         };
         let (_t, guard, addr) = listening(bounds).await;
-        let mut first = TcpStream::connect(addr).await.expect("connect");
-        let mut second = TcpStream::connect(addr).await.expect("connect");
-        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let mut first = connect_from("127.0.0.1", addr).await;
+        let mut second = connect_from("127.0.0.1", addr).await;
+        allocated(&guard, &first).await;
+        allocated(&guard, &second).await;
+        let mut third = connect_from("127.0.0.1", addr).await;
         assert!(
             closed_within(&mut third, Duration::from_secs(5)).await,
             "a third connection from one client is closed at once"
@@ -608,28 +733,49 @@ mod tests {
         assert_eq!(refusals(&guard, "tcp_client_limit"), 1);
         assert!(!closed_within(&mut first, Duration::from_millis(200)).await);
         assert!(!closed_within(&mut second, Duration::from_millis(200)).await);
-        // Another client (127.0.0.2 is another IPv4 client) takes the last place in all.
-        let other = tokio::net::TcpSocket::new_v4().expect("socket");
-        other
-            .bind("127.0.0.2:0".parse().expect("addr"))
-            .expect("bind");
-        let mut other = other.connect(addr).await.expect("connect");
+        // Another client takes the last place in all.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        allocated(&guard, &other).await;
         assert!(!closed_within(&mut other, Duration::from_millis(200)).await);
-        let again = tokio::net::TcpSocket::new_v4().expect("socket");
-        again
-            .bind("127.0.0.3:0".parse().expect("addr"))
-            .expect("bind");
-        let mut again = again.connect(addr).await.expect("connect");
+        let mut again = connect_from("127.0.0.3", addr).await;
         assert!(
             closed_within(&mut again, Duration::from_secs(5)).await,
-            "past the cap in all"
+            "past the cap in all, with every place allocated"
         );
         assert_eq!(refusals(&guard, "tcp_limit"), 1);
         // A place given back is taken again.
         drop(first);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut fourth = TcpStream::connect(addr).await.expect("connect");
+        let mut fourth = connect_from("127.0.0.1", addr).await;
         assert!(!closed_within(&mut fourth, Duration::from_millis(200)).await);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_takes_the_place_of_the_oldest_without_an_allocation() {
+        let bounds = TcpBounds {
+            max_connections: 10,
+            per_client: 10,
+            max_unallocated: 2,
+            allocate_within: Duration::from_secs(30),
+        };
+        let (_t, guard, addr) = listening(bounds).await;
+        let mut oldest = TcpStream::connect(addr).await.expect("connect");
+        let mut older = TcpStream::connect(addr).await.expect("connect");
+        let mut newer = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut oldest, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_evicted"), 1);
+        // An allocating client is not evicted once it holds its allocation.
+        let mut allocating = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut older, Duration::from_secs(5)).await);
+        allocated(&guard, &allocating).await;
+        let mut a = TcpStream::connect(addr).await.expect("connect");
+        let mut b = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut newer, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_evicted"), 3);
+        assert!(!closed_within(&mut allocating, Duration::from_millis(300)).await);
+        assert!(!closed_within(&mut a, Duration::from_millis(100)).await);
+        assert!(!closed_within(&mut b, Duration::from_millis(100)).await);
+        assert_eq!(refusals(&guard, "tcp_limit"), 0);
     }
 
     #[tokio::test]
@@ -637,6 +783,7 @@ mod tests {
         let bounds = TcpBounds {
             max_connections: 10,
             per_client: 10,
+            max_unallocated: 10,
             allocate_within: Duration::from_millis(300),
         };
         let (_t, guard, addr) = listening(bounds).await;
