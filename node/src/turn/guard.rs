@@ -18,12 +18,17 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 
+use bytecodec::EncodeExt;
 use governor::{DefaultDirectRateLimiter, Quota};
-use medea_turn::attr::{Attribute, Data, MessageIntegrity, Nonce, Realm, Username, XorPeerAddress};
+use medea_turn::attr::{
+    Attribute, Data, Lifetime, MessageIntegrity, Nonce, Realm, Username, XorPeerAddress,
+};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use stun_codec::rfc5389::methods::BINDING;
-use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, SEND};
-use stun_codec::{Message, MessageClass};
+use stun_codec::rfc5766::methods::{
+    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
+};
+use stun_codec::{Message, MessageClass, MessageEncoder, TransactionId};
 
 use super::credentials::{TurnAuth, unix_now};
 
@@ -426,6 +431,37 @@ impl Guard {
     /// Allocations held now.
     pub fn allocations(&self) -> usize {
         self.lock().allocations.len()
+    }
+
+    /// The request that ends `client`'s allocation, as the client would send it: a Refresh
+    /// with LIFETIME 0, signed with its credential and a nonce its listener issued. The TCP
+    /// listener hands it to the TURN crate when a client's connection ends, since the crate
+    /// deletes allocations only by username (all of a credential's at once) or when they
+    /// expire. `None` without an allocation, a fresh nonce or a valid credential.
+    pub fn release_request(&self, proto: u8, client: SocketAddr) -> Option<Vec<u8>> {
+        let (username, nonce) = {
+            let state = self.lock();
+            let username = state.allocations.get(&(proto, client))?.username.clone();
+            let (nonce, at) = state.latest_nonce.get(&proto)?;
+            (at.elapsed() < NONCE_REUSE).then_some(())?;
+            (username, nonce.clone())
+        };
+        let password = self.auth.password(&username, unix_now()).ok()?;
+        let mut m: Message<Attribute> = Message::new(
+            MessageClass::Request,
+            REFRESH,
+            TransactionId::new(rand::random()),
+        );
+        m.add_attribute(Lifetime::new(std::time::Duration::ZERO).ok()?);
+        let user = Username::new(username).ok()?;
+        let realm = Realm::new(REALM.to_string()).ok()?;
+        m.add_attribute(user.clone());
+        m.add_attribute(realm.clone());
+        m.add_attribute(Nonce::new(nonce).ok()?);
+        let integrity =
+            MessageIntegrity::new_long_term_credential(&m, &user, &realm, &password).ok()?;
+        m.add_attribute(integrity);
+        MessageEncoder::new().encode_into_bytes(m).ok()
     }
 
     /// Whether `client` holds an allocation on the listener of `proto`.

@@ -12,7 +12,7 @@
 //!   slowed by TCP's flow control rather than pushing out the others' messages;
 //! - each connection has a short write queue: a client that does not read loses its own
 //!   messages, never delays anyone else's, and one write that stalls closes its connection;
-//! - everything of a connection goes when it closes.
+//! - everything of a connection goes when it closes, its allocation too.
 //!
 //! Framing: STUN messages carry their own length; ChannelData messages are padded to 4 bytes on
 //! a stream. The TURN crate keeps the ChannelData constructor to itself, so a ChannelData frame
@@ -253,8 +253,9 @@ async fn accept_loop(
                     conns.spawn(async move {
                         let settled = || lock(&unallocated).remove(id);
                         let conn = Conn { peer, guard: &guard, bounds, settled: &settled };
-                        connection(stream, conn, rx, incoming, evicted).await;
+                        connection(stream, conn, rx, incoming.clone(), evicted).await;
                         settled();
+                        release_allocation(&guard, peer, &incoming).await;
                         per_client.give_back(client);
                         let mut writers = lock(&writers);
                         // Unless a newer connection from the same address took the place.
@@ -274,6 +275,21 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// Ends the allocation of a client whose connection ended, as it could have itself: the
+/// allocation is of no use without its connection, and would hold its places (in all and per
+/// credential) until it expires, up to an hour. Bounded: given up after [`HOP`].
+async fn release_allocation(guard: &Guard, peer: SocketAddr, incoming: &mpsc::Sender<Incoming>) {
+    let Some(data) = guard.release_request(PROTO_TCP, peer) else {
+        return;
+    };
+    let msg = Incoming {
+        kind: Kind::Stun,
+        data,
+        from: peer,
+    };
+    let _ = tokio::time::timeout(HOP, incoming.send(msg)).await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

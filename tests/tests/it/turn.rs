@@ -703,6 +703,67 @@ async fn tcp_answer(s: &mut tokio::net::TcpStream) -> Option<Message<Attr>> {
         .ok()
 }
 
+/// Allocates over the TURN-over-TCP connection `s` (challenge, then the signed request); the
+/// realm and nonce it was signed with.
+async fn tcp_allocate(
+    s: &mut tokio::net::TcpStream,
+    username: &str,
+    password: &str,
+) -> (Realm, Nonce) {
+    use tokio::io::AsyncWriteExt;
+    let udp_transport = || vec![Attr::from(RequestedTransport::new(17))];
+    s.write_all(&request_bytes(ALLOCATE, [1; 12], udp_transport(), None))
+        .await
+        .expect("write");
+    let challenge = tcp_answer(s).await.expect("a challenge");
+    let realm = challenge.get_attribute::<Realm>().cloned().expect("realm");
+    let nonce = challenge.get_attribute::<Nonce>().cloned().expect("nonce");
+    let signer = Signer {
+        username,
+        password,
+        realm: &realm,
+        nonce: &nonce,
+    };
+    s.write_all(&request_bytes(
+        ALLOCATE,
+        [2; 12],
+        udp_transport(),
+        Some(signer),
+    ))
+    .await
+    .expect("write");
+    let allocated = tcp_answer(s).await.expect("an answer");
+    assert_eq!(
+        allocated.class(),
+        MessageClass::SuccessResponse,
+        "{allocated:?}"
+    );
+    (realm, nonce)
+}
+
+/// An allocation made over TCP ends with its connection: it no longer holds its places (in all
+/// and per credential) until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_allocation_ends_with_its_connection() {
+    let node = start();
+    let (server, username, password) = credentials(&node, 600).await;
+    let mut s = tokio::net::TcpStream::connect(server)
+        .await
+        .expect("connect");
+    tcp_allocate(&mut s, &username, &password).await;
+    assert_eq!(metric(&node, "trackmesh_turn_allocations").await, 1.0);
+    drop(s);
+    let mut left = 1.0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = metric(&node, "trackmesh_turn_allocations").await;
+        if left == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0.0, "the allocation outlived its connection");
+}
+
 /// A TURN-over-TCP client that holds an allocation, sends requests and never reads the answers
 /// costs nobody else anything: while its answers pile up, other TCP clients are answered and
 /// allocations over UDP work; once a write to it has waited 5 s, its connection is closed.
@@ -721,35 +782,13 @@ async fn a_tcp_client_that_never_reads_stalls_nobody_else() {
         .expect("a small send buffer");
     let mut never_reads = socket.connect(server).await.expect("connect");
     // It allocates, as a TURN-over-TCP client does first.
-    let udp_transport = || vec![Attr::from(RequestedTransport::new(17))];
-    never_reads
-        .write_all(&request_bytes(ALLOCATE, [1; 12], udp_transport(), None))
-        .await
-        .expect("write");
-    let challenge = tcp_answer(&mut never_reads).await.expect("a challenge");
-    let realm = challenge.get_attribute::<Realm>().cloned().expect("realm");
-    let nonce = challenge.get_attribute::<Nonce>().cloned().expect("nonce");
+    let (realm, nonce) = tcp_allocate(&mut never_reads, &username, &password).await;
     let signer = Signer {
         username: &username,
         password: &password,
         realm: &realm,
         nonce: &nonce,
     };
-    never_reads
-        .write_all(&request_bytes(
-            ALLOCATE,
-            [2; 12],
-            udp_transport(),
-            Some(signer),
-        ))
-        .await
-        .expect("write");
-    let allocated = tcp_answer(&mut never_reads).await.expect("an answer");
-    assert_eq!(
-        allocated.class(),
-        MessageClass::SuccessResponse,
-        "{allocated:?}"
-    );
     // Then signed refreshes (answered at once, with no rate limit: they carry the server's
     // nonce), never reading an answer; bounded at 60 s.
     let chunk: Vec<u8> = (0..200u32)
