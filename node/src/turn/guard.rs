@@ -87,6 +87,24 @@ type Client = (u8, SocketAddr);
 struct Allocation {
     username: String,
     bucket: DefaultDirectRateLimiter,
+    /// The nonce of the client's latest signed request that passed: one the crate accepts from
+    /// it, for the request that releases the allocation when its TCP connection ends.
+    nonce: Option<String>,
+}
+
+impl State {
+    fn take_off(&mut self, client: Client) -> bool {
+        let Some(alloc) = self.allocations.remove(&client) else {
+            return false;
+        };
+        if let Some(n) = self.per_user.get_mut(&alloc.username) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(&alloc.username);
+            }
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -98,6 +116,9 @@ struct State {
     pending: HashMap<Client, String>,
     allocations: HashMap<Client, Allocation>,
     per_user: HashMap<String, usize>,
+    /// Allocations taken off at their Refresh to 0, whose close notice from the crate is still
+    /// to come (it must not take off a newer allocation of the same client).
+    released: HashMap<Client, u32>,
 }
 
 /// The TURN figures on `/metrics`.
@@ -259,6 +280,12 @@ impl Guard {
         if let Some(v) = self.authenticate(proto, msg) {
             return v;
         }
+        if let Some(nonce) = msg.get_attribute::<Nonce>()
+            && let Some(a) = self.lock().allocations.get_mut(&(proto, src))
+            && a.nonce.as_deref() != Some(nonce.value())
+        {
+            a.nonce = Some(nonce.value().to_string());
+        }
         if (method == CREATE_PERMISSION || method == CHANNEL_BIND) && !self.all_peers_allowed(msg) {
             self.refused("peer_not_allowed");
             return Verdict::Refuse(403);
@@ -382,6 +409,25 @@ impl Guard {
             self.relayed("to_client", bytes);
             return;
         }
+        if msg.method() == REFRESH
+            && msg.class() == MessageClass::SuccessResponse
+            && msg
+                .get_attribute::<Lifetime>()
+                .is_some_and(|l| l.lifetime().is_zero())
+        {
+            // The crate deleted the allocation before answering: take it off now, in the
+            // crate's own order, so an Allocate that follows at once is counted; its close
+            // notice, still to come, is then ignored.
+            let mut state = self.lock();
+            if state.take_off(client) {
+                if state.released.len() >= MAX_PENDING {
+                    state.released.clear();
+                }
+                *state.released.entry(client).or_default() += 1;
+            }
+            self.figures.allocations.set(state.allocations.len() as i64);
+            return;
+        }
         if msg.method() != ALLOCATE {
             return;
         }
@@ -399,6 +445,7 @@ impl Guard {
             Allocation {
                 username,
                 bucket: DefaultDirectRateLimiter::direct(quota),
+                nonce: None,
             },
         );
         self.figures.allocations.set(state.allocations.len() as i64);
@@ -417,14 +464,16 @@ impl Guard {
     /// The TURN crate closed the allocation of `client` (expired, refreshed to 0, deleted).
     pub fn on_closed(&self, proto: u8, src: SocketAddr) {
         let mut state = self.lock();
-        if let Some(alloc) = state.allocations.remove(&(proto, src))
-            && let Some(n) = state.per_user.get_mut(&alloc.username)
-        {
+        let client = (proto, src);
+        if let Some(n) = state.released.get_mut(&client) {
+            // Taken off already, at its Refresh to 0.
             *n = n.saturating_sub(1);
             if *n == 0 {
-                state.per_user.remove(&alloc.username);
+                state.released.remove(&client);
             }
+            return;
         }
+        state.take_off(client);
         self.figures.allocations.set(state.allocations.len() as i64);
     }
 
@@ -434,17 +483,21 @@ impl Guard {
     }
 
     /// The request that ends `client`'s allocation, as the client would send it: a Refresh
-    /// with LIFETIME 0, signed with its credential and a nonce its listener issued. The TCP
-    /// listener hands it to the TURN crate when a client's connection ends, since the crate
-    /// deletes allocations only by username (all of a credential's at once) or when they
-    /// expire. `None` without an allocation, a fresh nonce or a valid credential.
+    /// with LIFETIME 0, signed with its credential and the nonce of its latest request (else
+    /// the freshest its listener issued). The TCP listener hands it to the TURN crate when a
+    /// client's connection ends, since the crate deletes allocations only by username (all of a
+    /// credential's at once) or when they expire. Best effort: `None` without an allocation, a
+    /// nonce or a valid credential, and the crate refuses a nonce it let expire (after an hour).
     pub fn release_request(&self, proto: u8, client: SocketAddr) -> Option<Vec<u8>> {
         let (username, nonce) = {
             let state = self.lock();
-            let username = state.allocations.get(&(proto, client))?.username.clone();
-            let (nonce, at) = state.latest_nonce.get(&proto)?;
-            (at.elapsed() < NONCE_REUSE).then_some(())?;
-            (username, nonce.clone())
+            let alloc = state.allocations.get(&(proto, client))?;
+            let latest = state
+                .latest_nonce
+                .get(&proto)
+                .filter(|(_, at)| at.elapsed() < NONCE_REUSE)
+                .map(|(n, _)| n.clone());
+            (alloc.username.clone(), alloc.nonce.clone().or(latest)?)
         };
         let password = self.auth.password(&username, unix_now()).ok()?;
         let mut m: Message<Attribute> = Message::new(
@@ -478,6 +531,7 @@ impl Guard {
             Allocation {
                 username: "test".into(),
                 bucket: DefaultDirectRateLimiter::direct(quota),
+                nonce: None,
             },
         );
     }
@@ -686,6 +740,60 @@ mod tests {
         g.on_closed(UDP, client(0));
         assert_eq!(g.on_message(UDP, client(5), &allocate(&a)), Verdict::Pass);
         assert_eq!(g.figures().allocations.get(), 2);
+    }
+
+    #[test]
+    fn a_refresh_to_zero_takes_the_allocation_off_before_its_close_notice() {
+        let g = guard(1, 10);
+        let a = cred(&g);
+        let c = SocketAddr::from(([192, 0, 2, 1], 5000));
+        assert_eq!(g.on_message(UDP, c, &allocate(&a)), Verdict::Pass);
+        g.on_answer(UDP, c, &success(ALLOCATE));
+        // Released (the crate deleted it and answers the Refresh to 0)...
+        let mut released = success(REFRESH);
+        released.add_attribute(Lifetime::new(std::time::Duration::ZERO).expect("lifetime"));
+        g.on_answer(UDP, c, &released);
+        assert_eq!(g.allocations(), 0);
+        // ...so the same client allocating at once, before the crate's close notice comes, is
+        // counted, within its credential's one place...
+        assert_eq!(g.on_message(UDP, c, &allocate(&a)), Verdict::Pass);
+        g.on_answer(UDP, c, &success(ALLOCATE));
+        assert_eq!(g.allocations(), 1);
+        // ...and the old allocation's notice does not take off the new one.
+        g.on_closed(UDP, c);
+        assert_eq!(g.allocations(), 1);
+        assert!(g.has_allocation(UDP, c));
+        g.on_closed(UDP, c);
+        assert_eq!(g.allocations(), 0);
+    }
+
+    #[test]
+    fn the_release_request_is_signed_with_the_clients_latest_nonce() {
+        let g = guard(2, 10);
+        let a = cred(&g);
+        let c = SocketAddr::from(([192, 0, 2, 1], 5000));
+        assert!(g.release_request(UDP, c).is_none(), "no allocation");
+        assert_eq!(g.on_message(UDP, c, &allocate(&a)), Verdict::Pass);
+        g.on_answer(UDP, c, &success(ALLOCATE));
+        // A later signed request of the client's carries nonce "n" (`signed`).
+        assert_eq!(
+            g.on_message(UDP, c, &signed(REFRESH, &a, None, Vec::new())),
+            Verdict::Pass
+        );
+        let bytes = g.release_request(UDP, c).expect("a release request");
+        use bytecodec::DecodeExt;
+        let m = stun_codec::MessageDecoder::<Attribute>::new()
+            .decode_from_bytes(&bytes)
+            .expect("decodes")
+            .expect("whole");
+        assert_eq!((m.method(), m.class()), (REFRESH, MessageClass::Request));
+        assert_eq!(m.get_attribute::<Nonce>().map(Nonce::value), Some("n"));
+        assert!(
+            m.get_attribute::<Lifetime>()
+                .is_some_and(|l| l.lifetime().is_zero())
+        );
+        // It passes the guard as the client's own would.
+        assert_eq!(g.on_message(UDP, c, &m), Verdict::Pass);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   slowed by TCP's flow control rather than pushing out the others' messages;
 //! - each connection has a short write queue: a client that does not read loses its own
 //!   messages, never delays anyone else's, and one write that stalls closes its connection;
-//! - everything of a connection goes when it closes, its allocation too.
+//! - everything of a connection goes when it closes, its allocation too (best effort: see
+//!   [`Guard::release_request`]).
 //!
 //! Framing: STUN messages carry their own length; ChannelData messages are padded to 4 bytes on
 //! a stream. The TURN crate keeps the ChannelData constructor to itself, so a ChannelData frame
@@ -87,38 +88,41 @@ impl TcpBounds {
 /// How often a connection without an allocation looks whether it has one now.
 const ALLOCATED_CHECK: Duration = Duration::from_millis(200);
 
-/// Connections without an allocation yet, oldest first, each with what closes it.
+/// Connections without an allocation yet, oldest first, each with its client's address and
+/// what closes it.
 #[derive(Default)]
 struct Unallocated {
-    queue: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+    queue: std::collections::VecDeque<(u64, SocketAddr, tokio::sync::oneshot::Sender<()>)>,
     next: u64,
 }
 
 impl Unallocated {
     /// Adds a connection; its id and what tells it that it was evicted.
-    fn add(&mut self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+    fn add(&mut self, peer: SocketAddr) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queue.push_back((id, tx));
+        self.queue.push_back((id, peer, tx));
         (id, rx)
     }
 
-    /// Closes the oldest; false when there is none.
-    fn evict_oldest(&mut self) -> bool {
-        match self.queue.pop_front() {
-            // Its task may be ending already: fine either way.
-            Some((_, tx)) => {
-                let _ = tx.send(());
-                true
+    /// Closes the oldest that still holds no allocation (those that allocated since their
+    /// last look are taken off, not closed); false when there is none.
+    fn evict_oldest(&mut self, guard: &Guard) -> bool {
+        while let Some((_, peer, tx)) = self.queue.pop_front() {
+            if guard.has_allocation(PROTO_TCP, peer) {
+                continue;
             }
-            None => false,
+            // Its task may be ending already: fine either way.
+            let _ = tx.send(());
+            return true;
         }
+        false
     }
 
     /// The connection allocated, or ended.
     fn remove(&mut self, id: u64) {
-        self.queue.retain(|(i, _)| *i != id);
+        self.queue.retain(|(i, _, _)| *i != id);
     }
 }
 
@@ -224,25 +228,33 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let peer = canonical(peer);
-                    {
-                        let mut waiting = lock(&unallocated);
-                        let full = conns.len() >= bounds.max_connections
-                            || waiting.queue.len() >= bounds.max_unallocated;
-                        // Evicted ones end at once; this bounds those still ending.
-                        let over = conns.len() >= bounds.max_connections + bounds.max_unallocated;
-                        if full && (over || !waiting.evict_oldest()) {
-                            guard.refused("tcp_limit");
-                            continue;
-                        }
-                    }
+                    // The client's own cap first: a connection refused by it evicts nobody.
                     let client = ClientKey::of(peer.ip());
                     if !per_client.take(client) {
                         guard.refused("tcp_client_limit");
                         continue;
                     }
+                    {
+                        let mut waiting = lock(&unallocated);
+                        let full = |w: &Unallocated| {
+                            conns.len() >= bounds.max_connections
+                                || w.queue.len() >= bounds.max_unallocated
+                        };
+                        // Evicted ones end at once; this bounds those still ending.
+                        let over = conns.len() >= bounds.max_connections + bounds.max_unallocated;
+                        let room = !over
+                            && (!full(&waiting)
+                                || waiting.evict_oldest(&guard)
+                                || !full(&waiting));
+                        if !room {
+                            per_client.give_back(client);
+                            guard.refused("tcp_limit");
+                            continue;
+                        }
+                    }
                     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                     lock(&writers).insert(peer, tx.clone());
-                    let (id, evicted) = lock(&unallocated).add();
+                    let (id, evicted) = lock(&unallocated).add(peer);
                     let (incoming, writers, guard, per_client, unallocated) = (
                         incoming.clone(),
                         writers.clone(),
@@ -255,13 +267,15 @@ async fn accept_loop(
                         let conn = Conn { peer, guard: &guard, bounds, settled: &settled };
                         connection(stream, conn, rx, incoming.clone(), evicted).await;
                         settled();
+                        {
+                            let mut writers = lock(&writers);
+                            // Unless a newer connection from the same address took the place.
+                            if writers.get(&peer).is_some_and(|w| w.same_channel(&tx)) {
+                                writers.remove(&peer);
+                            }
+                        }
                         release_allocation(&guard, peer, &incoming).await;
                         per_client.give_back(client);
-                        let mut writers = lock(&writers);
-                        // Unless a newer connection from the same address took the place.
-                        if writers.get(&peer).is_some_and(|w| w.same_channel(&tx)) {
-                            writers.remove(&peer);
-                        }
                     });
                 }
                 // Out of file descriptors and the like: wait a little rather than spin, and
@@ -791,6 +805,34 @@ mod tests {
         assert!(!closed_within(&mut allocating, Duration::from_millis(300)).await);
         assert!(!closed_within(&mut a, Duration::from_millis(100)).await);
         assert!(!closed_within(&mut b, Duration::from_millis(100)).await);
+        assert_eq!(refusals(&guard, "tcp_limit"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_by_its_client_cap_evicts_nobody_and_an_allocated_one_is_not_evicted()
+     {
+        let bounds = TcpBounds {
+            max_connections: 10,
+            per_client: 1,
+            max_unallocated: 1,
+            allocate_within: Duration::from_secs(30),
+        };
+        let (_t, guard, addr) = listening(bounds).await;
+        let mut waiting = connect_from("127.0.0.1", addr).await;
+        let mut refused = connect_from("127.0.0.1", addr).await;
+        assert!(closed_within(&mut refused, Duration::from_secs(5)).await);
+        assert_eq!(refusals(&guard, "tcp_client_limit"), 1);
+        assert!(
+            !closed_within(&mut waiting, Duration::from_millis(300)).await,
+            "not evicted for a connection that was refused anyway"
+        );
+        // It allocates; before its own next look, another client comes: the place it leaves
+        // is taken, and it is not closed.
+        guard.allocated_for_tests(PROTO_TCP, waiting.local_addr().expect("addr"));
+        let mut next = connect_from("127.0.0.2", addr).await;
+        assert!(!closed_within(&mut next, Duration::from_millis(300)).await);
+        assert!(!closed_within(&mut waiting, Duration::from_millis(300)).await);
+        assert_eq!(refusals(&guard, "tcp_evicted"), 0);
         assert_eq!(refusals(&guard, "tcp_limit"), 0);
     }
 
