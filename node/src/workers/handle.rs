@@ -283,27 +283,35 @@ impl EngineHandle {
         if from == to {
             return Ok(Ok(()));
         }
-        let shared = self.shared.clone();
+        let me = self.clone();
         let (app, stream) = (slot.app().to_string(), slot.stream().to_string());
-        let (a, s) = (app.clone(), stream.clone());
-        let handed = self
-            .call_on(from, move |e, _| {
-                shared
-                    .streams
-                    .repoint(&a, &s, from, to, || match e.stream_hand_over(&a, &s) {
-                        HandOver::InUse => None,
-                        h => Some(h),
-                    })
-            })
-            .await?;
-        let handed = match handed {
-            Ok(h) => h,
-            Err(r) => return Ok(Err(r)),
-        };
-        slot.set_worker(to);
-        self.call_on(to, move |e, _| e.stream_take_over(&app, &stream, handed))
-            .await?;
-        Ok(Ok(()))
+        // Handed over by one worker and taken over by the other, or neither: to its end.
+        let moved = super::to_the_end(async move {
+            let shared = me.shared.clone();
+            let (a, s) = (app.clone(), stream.clone());
+            let handed = me
+                .call_on(from, move |e, _| {
+                    shared
+                        .streams
+                        .repoint(&a, &s, from, to, || match e.stream_hand_over(&a, &s) {
+                            HandOver::InUse => None,
+                            h => Some(h),
+                        })
+                })
+                .await?;
+            let handed = match handed {
+                Ok(h) => h,
+                Err(r) => return Ok(Err(r)),
+            };
+            me.call_on(to, move |e, _| e.stream_take_over(&app, &stream, handed))
+                .await?;
+            Ok(Ok(()))
+        })
+        .await?;
+        if moved.is_ok() {
+            slot.set_worker(to);
+        }
+        Ok(moved)
     }
 
     /// Entries in the node-wide stream table.

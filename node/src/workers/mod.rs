@@ -287,6 +287,16 @@ impl Workers {
     }
 }
 
+/// Runs a change that spans two workers to its end, even when its caller goes (a client that
+/// hangs up mid-request drops the handler's future). Cancelled half-way, a link would be left
+/// with the publisher feeding it and nothing reading or ever closing it.
+pub(crate) async fn to_the_end<R: Send + 'static>(
+    change: impl std::future::Future<Output = Result<R, EngineStopped>> + Send + 'static,
+) -> Result<R, EngineStopped> {
+    // Dropping a JoinHandle detaches its task, never aborts it.
+    tokio::spawn(change).await.unwrap_or(Err(EngineStopped))
+}
+
 /// How often, and how many times, a link to a track with no media yet asks again (3 s).
 const MEDIA_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(20);
 const MEDIA_WAIT_TRIES: u32 = 150;
@@ -298,6 +308,17 @@ impl EngineHandle {
     /// here). Leaves it alone when it is already on `to`, or not found (the engine then answers
     /// `not_found_track_error` as for any unknown track).
     pub async fn link_track(
+        &self,
+        app: &str,
+        session: SessionId,
+        track: &str,
+        to: usize,
+    ) -> Result<(), EngineStopped> {
+        let (me, app, track) = (self.clone(), app.to_string(), track.to_string());
+        to_the_end(async move { me.link_track_now(&app, session, &track, to).await }).await
+    }
+
+    async fn link_track_now(
         &self,
         app: &str,
         session: SessionId,
@@ -362,6 +383,17 @@ impl EngineHandle {
     /// channel link. Leaves it alone when it is already there or not found (the engine then
     /// answers the item `not_found_track_error`).
     pub async fn link_channel(
+        &self,
+        app: &str,
+        session: SessionId,
+        name: &str,
+        to: usize,
+    ) -> Result<(), EngineStopped> {
+        let (me, app, name) = (self.clone(), app.to_string(), name.to_string());
+        to_the_end(async move { me.link_channel_now(&app, session, &name, to).await }).await
+    }
+
+    async fn link_channel_now(
         &self,
         app: &str,
         session: SessionId,

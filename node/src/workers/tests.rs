@@ -282,3 +282,33 @@ async fn a_viewers_keyframe_request_across_workers_is_counted_once_as_sent() {
         b.engine.stats().keyframe_requests
     );
 }
+
+#[tokio::test]
+async fn a_change_across_workers_runs_to_its_end_when_its_caller_goes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    // The caller (a request handler) is dropped half-way through the change.
+    let caller = tokio::spawn(super::to_the_end(async move {
+        let _ = started_tx.send(());
+        let _ = go.await;
+        finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }));
+    started.await.expect("the change started");
+    caller.abort();
+    assert!(caller.await.is_err(), "the caller was cancelled");
+    let _ = go_tx.send(());
+    for _ in 0..200 {
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the change was cut off with its caller"
+    );
+}
