@@ -776,8 +776,13 @@ impl Config {
         }
         if let Some(url) = &cfg.auth_hook {
             match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => bail!("auth-hook must be an http:// or https:// URL"),
+                Ok(u) if u.scheme() == "http" => {}
+                // The node's HTTP client is built without TLS: every call would fail, and every
+                // ticket and join would be denied with no sign of why.
+                Ok(u) if u.scheme() == "https" => bail!(
+                    "auth-hook: https is not supported (the node's HTTP client has no TLS); run                      the hook beside the node, or behind a local TLS proxy, and give its http:// URL"
+                ),
+                _ => bail!("auth-hook must be an http:// URL"),
             }
         }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
@@ -986,6 +991,21 @@ mod tests {
         assert_eq!(cfg.track_timeout, Duration::from_secs(5));
         assert_eq!(cfg.apps[0].id, "a");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_https_auth_hook_is_refused_with_the_reason() {
+        let flags = |url: &str| Flags {
+            auth_hook: Some(url.to_string()),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(flags("http://127.0.0.1:9/hook")).is_ok());
+        let err = Config::from_flags(flags("https://hooks.example/check"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("https is not supported"), "{err}");
+        assert!(Config::from_flags(flags("ftp://x/y")).is_err());
     }
 
     #[test]

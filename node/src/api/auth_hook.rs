@@ -15,6 +15,10 @@ use serde::Serialize;
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Verdicts cached at most; past it the cache is emptied (misses only cost a hook call).
 pub const CACHE_MAX: usize = 10_000;
+/// At most one warning about a failing hook this often (each failure is counted all the same).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// The most of a failure's cause a warning quotes.
+const MAX_CAUSE: usize = 200;
 
 /// What the hook is asked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -54,6 +58,8 @@ pub struct AuthHook {
     http: reqwest::Client,
     cache: Mutex<HashMap<HookQuery, (bool, Instant)>>,
     counter: Option<IntCounterVec>,
+    /// When a failure was last logged, and failures since.
+    warned: Mutex<(Option<Instant>, u64)>,
 }
 
 impl AuthHook {
@@ -72,11 +78,15 @@ impl AuthHook {
             timeout,
             http: reqwest::Client::builder()
                 .no_proxy()
+                // Only the hook's own answer counts: a redirect (say, to a login page that
+                // answers 200) is not one.
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(timeout)
                 .build()
                 .unwrap_or_default(),
             cache: Mutex::new(HashMap::new()),
             counter,
+            warned: Mutex::new((None, 0)),
         }
     }
 
@@ -119,14 +129,14 @@ impl AuthHook {
             }
         }
         let sent = tokio::time::timeout(self.timeout, self.http.post(url.clone()).json(q).send());
-        let (verdict, label) = match sent.await {
-            Err(_) => (Verdict::Failed, "timeout"),
-            Ok(Err(e)) if e.is_timeout() => (Verdict::Failed, "timeout"),
-            Ok(Err(_)) => (Verdict::Failed, "error"),
+        let (verdict, label, cause) = match sent.await {
+            Err(_) => (Verdict::Failed, "timeout", String::new()),
+            Ok(Err(e)) if e.is_timeout() => (Verdict::Failed, "timeout", String::new()),
+            Ok(Err(e)) => (Verdict::Failed, "error", error_chain(&e)),
             Ok(Ok(res)) => match res.status().as_u16() {
-                200 => (Verdict::Allow, "allow"),
-                401 | 403 => (Verdict::Deny, "deny"),
-                _ => (Verdict::Failed, "error"),
+                200 => (Verdict::Allow, "allow", String::new()),
+                401 | 403 => (Verdict::Deny, "deny", String::new()),
+                other => (Verdict::Failed, "error", format!("answered {other}")),
             },
         };
         self.count(label);
@@ -141,13 +151,46 @@ impl AuthHook {
             cache.insert(q.clone(), (verdict.allows(), now + CACHE_TTL));
         }
         if verdict == Verdict::Failed {
-            tracing::warn!(
-                result = label,
-                "the permission hook did not answer in time or usably: denied (fail closed)"
-            );
+            self.warn_failed(label, &cause, now);
         }
         verdict
     }
+
+    /// Logs a failure, at most once per [`WARN_EVERY`] (with how many there were since).
+    fn warn_failed(&self, label: &str, cause: &str, now: Instant) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        warned.1 += 1;
+        if warned
+            .0
+            .is_some_and(|at| now.saturating_duration_since(at) < WARN_EVERY)
+        {
+            return;
+        }
+        let failures = std::mem::take(&mut warned.1);
+        warned.0 = Some(now);
+        drop(warned);
+        let cause: String = cause.chars().take(MAX_CAUSE).collect();
+        tracing::warn!(
+            result = label,
+            %cause,
+            failures,
+            "the permission hook did not answer in time or usably: denied (fail closed)"
+        );
+    }
+}
+
+/// An error with its causes, as one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: a cause chain is a few links long.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The user claim a trusted fronting proxy sets: `X-User-Claim: {"userid", "clientid"}`.

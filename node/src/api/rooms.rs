@@ -571,10 +571,22 @@ pub async fn ticket(
             trackmesh_tokens::MAX_TICKET_TTL.as_secs()
         )));
     }
-    find(&st, &app, &id).ok_or_else(|| not_found(&id))?;
+    let room = find(&st, &app, &id).ok_or_else(|| not_found(&id))?;
     let user = user_claim(&headers, st.rooms.trust_user_claim)
         .map(|c| c.userid)
         .or(req.user);
+    // A publisher's audio goes to the bus labelled with its user: one too long for a label
+    // would have to publish without egress, which such a room must not allow.
+    let max = crate::engine::MAX_LABEL_BYTES;
+    if room.options.audio_egress
+        && req.direction.admits(crate::rooms::Role::Upstream)
+        && user.as_ref().is_some_and(|u| u.len() > max)
+    {
+        return Err(ApiError::invalid_params(format!(
+            "user is longer than {max} bytes: this room's audio goes to the message bus labelled \
+             with it"
+        )));
+    }
     let query = HookQuery {
         app: app.clone(),
         room: id.clone(),

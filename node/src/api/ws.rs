@@ -398,7 +398,22 @@ async fn join(
         match st.engine.set_egress(session, Some(labels)).await {
             Ok(Ok(())) => {}
             // A room that asks for egress on a node without --nats still works, without egress.
-            Ok(Err(e)) => tracing::warn!(%client_id, error = %e, "room audio egress not started"),
+            Ok(Err(e @ OpError::Unavailable(_))) => {
+                tracing::warn!(%client_id, error = %e, "room audio egress not started")
+            }
+            // Labels it cannot carry (tickets are checked when issued; this is the backstop): a
+            // room with egress does not take a publisher whose audio would not reach the bus.
+            Ok(Err(e)) => {
+                tracing::warn!(%client_id, error = %e, "room audio egress refused: join refused");
+                rooms_lock(st).remove(&app, &client_id);
+                let _ = st
+                    .engine
+                    .call_session(session, move |e, now| {
+                        e.close_session(session, now, "its room's audio egress was refused")
+                    })
+                    .await;
+                return Err(CloseReason::InternalError);
+            }
             // The engine stopped (the node is going down): the session went with it, and the
             // participant must not stay counted in its room.
             Err(_) => {

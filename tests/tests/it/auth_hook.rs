@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use trackmesh_tests::rooms::{RawWs, create_room};
 use trackmesh_tests::{CallsClient, TestNode};
 
-/// A hook that answers by the query's user: `allow*` 200, `deny*` 403, `slow*` 200 after 3 s;
-/// joins (direction `up`) of user `nojoin` get 403. Records every query.
+/// A hook that answers by the query's user: `allow*` 200, `deny*` 403, `slow*` 200 after 3 s,
+/// `redirect*` 302 to itself (where a request without a query gets 200); joins (direction `up`)
+/// of user `nojoin` get 403. Records every query.
 async fn hook() -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
@@ -53,7 +54,9 @@ async fn hook() -> (String, Arc<Mutex<Vec<Value>>>) {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .push(q.clone());
                             let user = q["user"].as_str().unwrap_or("");
-                            let status = if user.starts_with("slow") {
+                            let status = if user.starts_with("redirect") {
+                                "302 Found\r\nlocation: /login"
+                            } else if user.starts_with("slow") {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
                                 "200 OK"
                             } else if user.starts_with("deny")
@@ -112,6 +115,11 @@ async fn the_hook_allows_denies_and_fails_closed() {
         "from the cache"
     );
     assert_eq!(ticket_status(&api, "deny-1", None).await, 403);
+    assert_eq!(
+        ticket_status(&api, "redirect-1", None).await,
+        403,
+        "a redirect (to a login page that answers 200) is not an allow"
+    );
     assert_eq!(
         ticket_status(&api, "slow-1", None).await,
         403,
@@ -184,6 +192,20 @@ async fn a_hook_that_is_down_denies() {
         .await
         .expect("room");
     assert_eq!(ticket_status(&api, "allow-1", None).await, 403);
+    // Each failure denies, but the log says so at most once every 10 s, with the cause.
+    for i in 0..20 {
+        assert_eq!(ticket_status(&api, &format!("allow-{i}"), None).await, 403);
+    }
+    let log = node.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("the permission hook did not answer"))
+        .count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{log}");
+    assert!(
+        log.contains("Connection refused") || log.contains("connect"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

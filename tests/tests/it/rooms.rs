@@ -176,3 +176,39 @@ async fn counts_add_up_across_nodes_and_delete_ends_every_session() {
         .expect("the participant's session is gone");
     }
 }
+
+/// A room with audio egress labels its publishers' audio with their user: a ticket to publish
+/// for a user too long to be a label is refused when asked for (else that publisher's audio
+/// would bypass the bus), while one to receive only is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_ticket_for_a_user_no_egress_label_can_carry_is_refused() {
+    let node = TestNode::start(&[]).expect("node");
+    let api = node.client();
+    create_room(&api, json!({ "id": "bus", "audio_egress": true }))
+        .await
+        .expect("room");
+    create_room(&api, json!({ "id": "plain" }))
+        .await
+        .expect("room");
+    let long = "u".repeat(200);
+    let ask = |room: &'static str, direction: &'static str, user: String| {
+        let api = api.clone();
+        async move {
+            api.raw(
+                Method::POST,
+                &format!("rooms/{room}/tickets"),
+                Some(json!({ "direction": direction, "user": user })),
+            )
+            .await
+            .expect("ticket call")
+        }
+    };
+    for direction in ["up", "both"] {
+        let (status, body) = ask("bus", direction, long.clone()).await;
+        assert_eq!(status, 406, "{body}");
+        assert_eq!(body["errorCode"], "invalid_params", "{body}");
+    }
+    assert_eq!(ask("bus", "down", long.clone()).await.0, 201);
+    assert_eq!(ask("bus", "up", "u".repeat(128)).await.0, 201);
+    assert_eq!(ask("plain", "up", long).await.0, 201);
+}
