@@ -36,7 +36,8 @@ impl std::str::FromStr for App {
 pub fn parse_id_secret(s: &str, what: &str) -> Result<(String, String), String> {
     let (id, secret) = s
         .split_once(':')
-        .ok_or_else(|| format!("expected ID:SECRET, got {s:?}"))?;
+        // Not echoed: the value may be a secret given without its id.
+        .ok_or_else(|| "expected ID:SECRET (the value has no ':')".to_string())?;
     if id.is_empty() || secret.is_empty() {
         return Err(format!("{what} id and secret must both be non-empty"));
     }
@@ -117,7 +118,12 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_BWE")]
     pub bwe: Option<bool>,
     /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
-    #[arg(long = "app", env = "TRACKMESH_APP", value_delimiter = ',')]
+    #[arg(
+        long = "app",
+        env = "TRACKMESH_APP",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     #[serde(rename = "app", deserialize_with = "file::apps")]
     pub apps: Vec<App>,
     /// Where the node keeps its state: the development app it generates without --app
@@ -227,7 +233,12 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_TRUST_USER_CLAIM", num_args = 0..=1, default_missing_value = "true")]
     pub trust_user_claim: Option<bool>,
     /// A TURN key and its secret as ID:SECRET; repeatable. With none, no TURN server runs.
-    #[arg(long = "turn-key", env = "TRACKMESH_TURN_KEY", value_delimiter = ',')]
+    #[arg(
+        long = "turn-key",
+        env = "TRACKMESH_TURN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     #[serde(rename = "turn-key", deserialize_with = "file::turn_keys")]
     pub turn_keys: Vec<crate::turn::TurnKey>,
     /// TURN port, UDP and TCP, on the --media IP [default: 3478].
@@ -247,7 +258,7 @@ pub struct Flags {
     pub turn_bandwidth: Option<u32>,
     /// NATS server URL (nats://HOST:PORT, tls://...): with it, the audio of sessions marked for
     /// egress is published there (README, audio egress to NATS). Without it, no NATS client runs.
-    #[arg(long, env = "TRACKMESH_NATS")]
+    #[arg(long, env = "TRACKMESH_NATS", hide_env_values = true)]
     pub nats: Option<String>,
     /// First tokens of every egress subject, `{prefix}.{app}.{room}.{user}`
     /// [default: trackmesh.audio].
@@ -275,14 +286,18 @@ pub struct Flags {
     #[arg(long, env = "TRACKMESH_RELAY")]
     pub relay: Option<SocketAddr>,
     /// Secret shared by the nodes of one cluster; nodes without it are refused.
-    #[arg(long, env = "TRACKMESH_CLUSTER_SECRET")]
+    #[arg(long, env = "TRACKMESH_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// The cluster secret being rotated away from: accepted from peers alongside --cluster-secret
     /// while the new one is rolled out node by node (see README, rotating the cluster secret).
-    #[arg(long, env = "TRACKMESH_CLUSTER_SECRET_PREVIOUS")]
+    #[arg(
+        long,
+        env = "TRACKMESH_CLUSTER_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
     pub cluster_secret_previous: Option<String>,
     /// Bearer token for /admin/*; without one the admin API is off.
-    #[arg(long, env = "TRACKMESH_ADMIN_TOKEN")]
+    #[arg(long, env = "TRACKMESH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// After SIGTERM the node drains: it exits when its sessions have ended, or after this long
     /// [default: 60s].
@@ -994,6 +1009,37 @@ mod tests {
     }
 
     #[test]
+    fn help_and_errors_never_show_a_secret() {
+        use clap::CommandFactory;
+        let secrets = [
+            "TRACKMESH_APP",
+            "TRACKMESH_TURN_KEY",
+            "TRACKMESH_NATS",
+            "TRACKMESH_CLUSTER_SECRET",
+            "TRACKMESH_CLUSTER_SECRET_PREVIOUS",
+            "TRACKMESH_ADMIN_TOKEN",
+        ];
+        let cmd = Flags::command();
+        let mut seen = 0;
+        for arg in cmd.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if secrets.contains(&env) {
+                seen += 1;
+                // Else `--help` prints `[env: NAME=<its value>]` when it is set.
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "{env} shows its value in --help"
+                );
+            }
+        }
+        assert_eq!(seen, secrets.len());
+        let err = parse_id_secret("a-secret-without-its-id", "app").expect_err("no colon");
+        assert!(!err.contains("a-secret-without-its-id"), "{err}");
+    }
+
+    #[test]
     fn an_https_auth_hook_is_refused_with_the_reason() {
         let flags = |url: &str| Flags {
             auth_hook: Some(url.to_string()),
@@ -1436,7 +1482,7 @@ mod tests {
             ),
             (
                 "app = [\"nocolon\"]\n",
-                "config app: expected ID:SECRET, got \"nocolon\"",
+                "config app: expected ID:SECRET (the value has no ':')",
             ),
             (
                 "turn-key = [\"a:b\", \"bad id:x\"]\n",
