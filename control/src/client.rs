@@ -10,6 +10,11 @@ use crate::error::CtlError;
 
 /// Longest body excerpt kept for an error message.
 const RAW_EXCERPT: usize = 200;
+/// Largest answer read; a larger one is an error, not a memory cost (admin views of a large
+/// cluster are well under it).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Longest error code or description shown.
+const MAX_ERROR_TEXT: usize = 512;
 
 /// One HTTP answer: status and body (JSON when it parsed, else `Value::Null`).
 #[derive(Debug, Clone)]
@@ -20,18 +25,21 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The server's `errorCode`, printable (no terminal control sequences) and bounded.
     pub fn error_code(&self) -> Option<String> {
-        self.body
-            .get("errorCode")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        self.error_text("errorCode")
     }
 
+    /// The server's `errorDescription`, printable and bounded.
     pub fn error_description(&self) -> Option<String> {
+        self.error_text("errorDescription")
+    }
+
+    fn error_text(&self, key: &str) -> Option<String> {
         self.body
-            .get("errorDescription")
+            .get(key)
             .and_then(Value::as_str)
-            .map(str::to_string)
+            .map(|t| crate::render::clean(&t.chars().take(MAX_ERROR_TEXT).collect::<String>()))
     }
 }
 
@@ -91,7 +99,10 @@ impl Client {
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        let raw = resp.text().await.map_err(unreachable)?;
+        let raw = read_bounded(resp, path).await.map_err(|e| match e {
+            Bounded::Http(e) => unreachable(e),
+            Bounded::TooLarge(e) => e,
+        })?;
         let answer = Answer {
             status,
             body: serde_json::from_str(&raw).unwrap_or(Value::Null),
@@ -144,7 +155,10 @@ impl Client {
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        let raw = resp.text().await.map_err(unreachable)?;
+        let raw = read_bounded(resp, path).await.map_err(|e| match e {
+            Bounded::Http(e) => unreachable(e),
+            Bounded::TooLarge(e) => e,
+        })?;
         let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
         Ok(Answer { status, body, raw })
     }
@@ -185,6 +199,26 @@ impl Client {
     pub async fn admin_post(&self, path: &str) -> Result<Value, CtlError> {
         self.admin(Method::POST, path).await
     }
+}
+
+enum Bounded {
+    Http(reqwest::Error),
+    TooLarge(CtlError),
+}
+
+/// The answer's body, at most [`MAX_ANSWER`] bytes.
+async fn read_bounded(mut resp: reqwest::Response, path: &str) -> Result<String, Bounded> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Bounded::Http)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(Bounded::TooLarge(CtlError::BadAnswer {
+                path: path.to_string(),
+                reason: format!("an answer over {} MiB", MAX_ANSWER >> 20),
+            }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The most specific reason in a reqwest error's chain ("Connection refused (os error 111)").

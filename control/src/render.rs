@@ -93,7 +93,8 @@ fn width(s: &str) -> usize {
     s.chars().count()
 }
 
-fn clean(s: &str) -> String {
+/// Printable on a terminal: control characters (escape sequences among them) become `?`.
+pub(crate) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

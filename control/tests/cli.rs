@@ -923,3 +923,55 @@ async fn drain_health_and_undrain() {
     r.expect_code(1);
     assert!(r.stderr.contains("not_found"), "{r:#?}");
 }
+
+/// A stub "node" that answers every request with `status` and `body`, for `answers` requests.
+fn stub_node(status: &'static str, body: Vec<u8>, answers: usize) -> String {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for _ in 0..answers {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head);
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    url
+}
+
+/// What a rogue or broken node answers cannot take over the operator's terminal or memory:
+/// control characters in its error are not printed, and an endless answer is refused.
+#[tokio::test]
+async fn a_nodes_answer_is_printed_safely_and_read_bounded() {
+    let _serial = serial().await;
+    let escape = serde_json::json!({
+        "errorCode": "bad\u{1b}]0;owned\u{7}",
+        "errorDescription": format!("\u{1b}[2J{}", "x".repeat(5000)),
+    });
+    let url = stub_node(
+        "500 Internal Server Error",
+        escape.to_string().into_bytes(),
+        1,
+    );
+    let r = ctl_env(&url, Some("t"), &[], &["members"]).await;
+    assert!(r.code != 0, "{r:#?}");
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{7}'),
+        "{r:#?}"
+    );
+    assert!(r.stderr.len() < 2000, "{} bytes of error", r.stderr.len());
+
+    let huge = format!("{{\"members\":\"{}\"}}", "y".repeat(20 << 20)).into_bytes();
+    let url = stub_node("200 OK", huge, 1);
+    let r = ctl_env(&url, Some("t"), &[], &["members"]).await;
+    assert!(r.code != 0, "{r:#?}");
+    assert!(r.stderr.contains("an answer over 16 MiB"), "{}", r.stderr);
+}

@@ -31,5 +31,5 @@ pub async fn run(client: &Client, args: &TicketArgs, json: bool) -> Result<Outpu
             path: path.clone(),
             reason: format!("no access_token in {v}"),
         })?;
-    Ok(Output::ok(format!("{token}\n")))
+    Ok(Output::ok(format!("{}\n", crate::render::clean(token))))
 }
