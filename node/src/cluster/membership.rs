@@ -406,10 +406,9 @@ fn read<T, E>(
     }
 }
 
-/// Builds the view from chitchat's state: for each node id, a live generation wins over a dead
-/// one, then the newest (a restarted node is a new generation of the same id, numbered by its
-/// clock at start, so a clock stepped back can number it below the dead one it replaces); nodes
-/// with missing or malformed keys are skipped. Also returns the values that could not be read.
+/// Builds the view from chitchat's state: the newest generation of each node id wins (a restarted
+/// node is a new generation of the same id); nodes with missing or malformed keys are skipped.
+/// Also returns the values that could not be read.
 fn build_view(
     self_id: &str,
     states: &BTreeMap<ChitchatId, NodeState>,
@@ -417,10 +416,9 @@ fn build_view(
 ) -> (ClusterView, Vec<BadValue>) {
     let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
     for (id, st) in states {
-        let rank = |c: &ChitchatId| (live.contains(c), c.generation_id);
         let keep = newest
             .get(&*id.node_id)
-            .is_none_or(|(old, _)| rank(old) < rank(id));
+            .is_none_or(|(old, _)| old.generation_id < id.generation_id);
         if keep {
             newest.insert(&id.node_id, (id, st));
         }
@@ -479,44 +477,6 @@ mod tests {
             key,
             version,
         }
-    }
-
-    #[test]
-    fn a_live_generation_wins_over_a_newer_dead_one() {
-        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let state = |tag: &str, api: &str| {
-            let mut st = NodeState::for_test();
-            for (k, v) in [
-                ("tag", tag),
-                ("region", "eu"),
-                ("api", api),
-                ("relay", "127.0.0.1:5"),
-            ] {
-                st.set(k, v);
-            }
-            st
-        };
-        // b restarted after its clock was stepped back: its live generation is the lower one.
-        let (dead, alive) = (
-            ChitchatId::new("b", 200, addr),
-            ChitchatId::new("b", 100, addr),
-        );
-        let states: BTreeMap<ChitchatId, NodeState> = [
-            (dead.clone(), state("0000000b", "http://127.0.0.1:4")),
-            (alive.clone(), state("0000000c", "http://127.0.0.1:6")),
-        ]
-        .into_iter()
-        .collect();
-        let live: HashSet<ChitchatId> = [alive].into_iter().collect();
-        let (view, bad) = build_view("a", &states, &live);
-        assert!(bad.is_empty());
-        assert_eq!(view.members.len(), 1);
-        let b = &view.members[0];
-        assert!(b.live, "{b:?}");
-        assert_eq!(b.tag, NodeTag(0xc));
-        // With both dead (or both live), the newest generation is shown.
-        let (view, _) = build_view("a", &states, &HashSet::new());
-        assert_eq!(view.members[0].tag, NodeTag(0xb));
     }
 
     #[test]
