@@ -559,6 +559,14 @@ impl Transport for TcpTransport {
 mod tests {
     use super::*;
 
+    /// Bounds no test reaches but the one it sets.
+    const LOOSE: TcpBounds = TcpBounds {
+        max_connections: 10,
+        per_client: 10,
+        max_unallocated: 10,
+        allocate_within: Duration::from_secs(30),
+    };
+
     #[test]
     fn frames_are_told_apart_by_their_first_bits_and_padded_to_four_bytes() {
         // A Binding request without attributes: 20 bytes.
@@ -648,13 +656,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_is_read_from_its_connection_and_answered_on_it() {
-        let bounds = TcpBounds {
-            max_connections: 10,
-            per_client: 10,
-            max_unallocated: 10,
-            allocate_within: Duration::from_secs(30),
-        };
-        let (t, _guard, addr) = listening(bounds).await;
+        let (t, _guard, addr) = listening(LOOSE).await;
         let mut c = TcpStream::connect(addr).await.expect("connect");
         // Split across writes: framing waits for the whole message.
         c.write_all(&BINDING[..7]).await.expect("write");
@@ -686,13 +688,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_flooding_the_listener_does_not_push_out_another_clients_message() {
-        let bounds = TcpBounds {
-            max_connections: 10,
-            per_client: 10,
-            max_unallocated: 10,
-            allocate_within: Duration::from_secs(30),
-        };
-        let (t, _guard, addr) = listening(bounds).await;
+        let (t, _guard, addr) = listening(LOOSE).await;
         let mut flood = TcpStream::connect(addr).await.expect("connect");
         let burst: Vec<u8> = BINDING.repeat(3 * READ_QUEUE);
         // Written while nothing takes messages: more than the queue holds.
@@ -747,8 +743,7 @@ mod tests {
         let bounds = TcpBounds {
             max_connections: 3,
             per_client: 2,
-            max_unallocated: 10,
-            allocate_within: Duration::from_secs(30),
+            ..LOOSE
         };
         let (_t, guard, addr) = listening(bounds).await;
         let mut first = connect_from("127.0.0.1", addr).await;
@@ -783,10 +778,8 @@ mod tests {
     #[tokio::test]
     async fn a_new_connection_takes_the_place_of_the_oldest_without_an_allocation() {
         let bounds = TcpBounds {
-            max_connections: 10,
-            per_client: 10,
             max_unallocated: 2,
-            allocate_within: Duration::from_secs(30),
+            ..LOOSE
         };
         let (_t, guard, addr) = listening(bounds).await;
         let mut oldest = TcpStream::connect(addr).await.expect("connect");
@@ -812,10 +805,9 @@ mod tests {
     async fn a_connection_refused_by_its_client_cap_evicts_nobody_and_an_allocated_one_is_not_evicted()
      {
         let bounds = TcpBounds {
-            max_connections: 10,
             per_client: 1,
             max_unallocated: 1,
-            allocate_within: Duration::from_secs(30),
+            ..LOOSE
         };
         let (_t, guard, addr) = listening(bounds).await;
         let mut waiting = connect_from("127.0.0.1", addr).await;
@@ -839,10 +831,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_without_an_allocation_is_closed_and_frames_that_are_not_turn_close_it() {
         let bounds = TcpBounds {
-            max_connections: 10,
-            per_client: 10,
-            max_unallocated: 10,
             allocate_within: Duration::from_millis(300),
+            ..LOOSE
         };
         let (_t, guard, addr) = listening(bounds).await;
         let mut allocated = TcpStream::connect(addr).await.expect("connect");
