@@ -131,6 +131,8 @@ pub struct Figures {
     pub relayed_bytes: IntCounterVec,
     /// `trackmesh_turn_refused_total{reason}`.
     pub refused: IntCounterVec,
+    /// `trackmesh_turn_tcp_connections`: TURN-over-TCP connections open now.
+    pub tcp_connections: IntGauge,
 }
 
 impl Figures {
@@ -154,6 +156,10 @@ impl Figures {
                 ),
                 &["reason"],
             )?,
+            tcp_connections: IntGauge::new(
+                "trackmesh_turn_tcp_connections",
+                "TURN-over-TCP connections open now.",
+            )?,
         })
     }
 
@@ -163,6 +169,7 @@ impl Figures {
             Box::new(self.allocations.clone()),
             Box::new(self.relayed_bytes.clone()),
             Box::new(self.refused.clone()),
+            Box::new(self.tcp_connections.clone()),
         ]
     }
 }

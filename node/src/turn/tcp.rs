@@ -262,7 +262,9 @@ async fn accept_loop(
                         per_client.clone(),
                         unallocated.clone(),
                     );
+                    let open = OpenGauge::new(&guard.figures().tcp_connections);
                     conns.spawn(async move {
+                        let _open = open;
                         let settled = || lock(&unallocated).remove(id);
                         let conn = Conn { peer, guard: &guard, bounds, settled: &settled };
                         connection(stream, conn, rx, incoming.clone(), evicted).await;
@@ -304,6 +306,23 @@ async fn release_allocation(guard: &Guard, peer: SocketAddr, incoming: &mpsc::Se
         from: peer,
     };
     let _ = tokio::time::timeout(HOP, incoming.send(msg)).await;
+}
+
+/// One open connection in the gauge, taken off when dropped (the connection's task ended or
+/// was aborted with the listener).
+struct OpenGauge(prometheus::IntGauge);
+
+impl OpenGauge {
+    fn new(g: &prometheus::IntGauge) -> OpenGauge {
+        g.inc();
+        OpenGauge(g.clone())
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -773,6 +792,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut fourth = connect_from("127.0.0.1", addr).await;
         assert!(!closed_within(&mut fourth, Duration::from_millis(200)).await);
+        assert_eq!(guard.figures().tcp_connections.get(), 3, "the open ones");
+        drop((second, other, fourth));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(guard.figures().tcp_connections.get(), 0);
     }
 
     #[tokio::test]
