@@ -403,8 +403,12 @@ async fn join(
             }
             // Labels it cannot carry (tickets are checked when issued; this is the backstop): a
             // room with egress does not take a publisher whose audio would not reach the bus.
-            Ok(Err(e)) => {
-                tracing::warn!(%client_id, error = %e, "room audio egress refused: join refused");
+            // Or the engine stopped (the node is going down; the close below then does nothing).
+            // Either way the participant must not stay counted in its room.
+            refused => {
+                if let Ok(Err(e)) = &refused {
+                    tracing::warn!(%client_id, error = %e, "room audio egress refused: join refused");
+                }
                 rooms_lock(st).remove(&app, &client_id);
                 let _ = st
                     .engine
@@ -412,12 +416,6 @@ async fn join(
                         e.close_session(session, now, "its room's audio egress was refused")
                     })
                     .await;
-                return Err(CloseReason::InternalError);
-            }
-            // The engine stopped (the node is going down): the session went with it, and the
-            // participant must not stay counted in its room.
-            Err(_) => {
-                rooms_lock(st).remove(&app, &client_id);
                 return Err(CloseReason::InternalError);
             }
         }

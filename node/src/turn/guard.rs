@@ -529,6 +529,15 @@ impl Guard {
         self.lock().allocations.contains_key(&(proto, client))
     }
 
+    /// Refusals counted under `reason` (tests).
+    #[cfg(test)]
+    pub(crate) fn refusals(&self, reason: &str) -> u64 {
+        self.figures
+            .refused
+            .get_metric_with_label_values(&[reason])
+            .map_or(0, |c| c.get())
+    }
+
     /// Records an allocation of `client` as the TURN crate's answer would (transports' tests).
     #[cfg(test)]
     pub(crate) fn allocated_for_tests(&self, proto: u8, client: SocketAddr) {
@@ -645,11 +654,7 @@ mod tests {
     }
 
     fn refusals(g: &Guard, reason: &str) -> u64 {
-        g.figures()
-            .refused
-            .get_metric_with_label_values(&[reason])
-            .map(|c| c.get())
-            .unwrap_or(0)
+        g.refusals(reason)
     }
 
     #[test]

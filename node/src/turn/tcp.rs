@@ -646,10 +646,7 @@ mod tests {
     }
 
     fn refusals(g: &Guard, reason: &str) -> u64 {
-        g.figures()
-            .refused
-            .get_metric_with_label_values(&[reason])
-            .map_or(0, |c| c.get())
+        g.refusals(reason)
     }
 
     async fn listening(bounds: TcpBounds) -> (TcpTransport, Arc<Guard>, SocketAddr) {

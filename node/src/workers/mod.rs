@@ -314,6 +314,9 @@ impl EngineHandle {
         track: &str,
         to: usize,
     ) -> Result<(), EngineStopped> {
+        if self.worker_of(session) == to {
+            return Ok(());
+        }
         let (me, app, track) = (self.clone(), app.to_string(), track.to_string());
         to_the_end(async move { me.link_track_now(&app, session, &track, to).await }).await
     }
@@ -389,6 +392,9 @@ impl EngineHandle {
         name: &str,
         to: usize,
     ) -> Result<(), EngineStopped> {
+        if self.worker_of(session) == to {
+            return Ok(());
+        }
         let (me, app, name) = (self.clone(), app.to_string(), name.to_string());
         to_the_end(async move { me.link_channel_now(&app, session, &name, to).await }).await
     }
