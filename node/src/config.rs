@@ -52,6 +52,12 @@ pub fn parse_id_secret(s: &str, what: &str) -> Result<(String, String), String> 
     Ok((id.into(), secret.into()))
 }
 
+/// The first id that occurs twice.
+fn first_repeated<'a>(ids: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().find(|id| !seen.insert(*id))
+}
+
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -117,7 +123,8 @@ pub struct Flags {
     /// estimate [default: false].
     #[arg(long, env = "TRACKMESH_BWE")]
     pub bwe: Option<bool>,
-    /// An app and its bearer secret as ID:SECRET; repeatable. None: a development app is generated.
+    /// An app and its bearer secret as ID:SECRET; repeatable, or comma-separated (so SECRET has no
+    /// ','). None: a development app is generated.
     #[arg(
         long = "app",
         env = "TRACKMESH_APP",
@@ -232,7 +239,8 @@ pub struct Flags {
     /// auth proxy [default: false: the header is ignored].
     #[arg(long, env = "TRACKMESH_TRUST_USER_CLAIM", num_args = 0..=1, default_missing_value = "true")]
     pub trust_user_claim: Option<bool>,
-    /// A TURN key and its secret as ID:SECRET; repeatable. With none, no TURN server runs.
+    /// A TURN key and its secret as ID:SECRET; repeatable, or comma-separated (so SECRET has no
+    /// ','). With none, no TURN server runs.
     #[arg(
         long = "turn-key",
         env = "TRACKMESH_TURN_KEY",
@@ -739,6 +747,15 @@ impl Config {
                 crate::workers::MAX_WORKERS
             );
         }
+        // A map keeps one secret per id: the other would stop working without a word.
+        if let Some(id) = first_repeated(cfg.apps.iter().map(|a| a.id.as_str())) {
+            bail!("app id {id} is given twice (values are split at ',': does a secret hold one?)");
+        }
+        if let Some(id) = first_repeated(cfg.turn_keys.iter().map(|k| k.id.as_str())) {
+            bail!(
+                "turn-key id {id} is given twice (values are split at ',': does a secret hold one?)"
+            );
+        }
         if !crate::ids::is_valid_node_id(&cfg.node_id) {
             bail!("node-id may only contain letters, digits, '-', '_', '.' and ':' (at most 64)");
         }
@@ -1037,6 +1054,38 @@ mod tests {
         assert_eq!(seen, secrets.len());
         let err = parse_id_secret("a-secret-without-its-id", "app").expect_err("no colon");
         assert!(!err.contains("a-secret-without-its-id"), "{err}");
+    }
+
+    #[test]
+    fn an_id_given_twice_is_refused_rather_than_one_secret_dropped() {
+        let err = |flags: Flags| {
+            Config::from_flags(flags)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let apps = |v: &[&str]| v.iter().map(|a| a.parse().expect("app")).collect();
+        let keys = |v: &[&str]| v.iter().map(|a| a.parse().expect("key")).collect();
+        // What a comma in a secret can make of `--app a:x,a:y`: two apps of one id.
+        let e = err(Flags {
+            apps: apps(&["a:s3cret-1", "b:s3cret-2", "a:s3cret-3"]),
+            ..Flags::default()
+        });
+        assert!(e.contains("app id a is given twice"), "{e}");
+        assert!(!e.contains("s3cret"), "no secret shown: {e}");
+        let e = err(Flags {
+            turn_keys: keys(&["k:one", "k:two"]),
+            ..Flags::default()
+        });
+        assert!(e.contains("turn-key id k is given twice"), "{e}");
+        assert!(
+            Config::from_flags(Flags {
+                apps: apps(&["a:one", "b:one"]),
+                turn_keys: keys(&["a:one"]),
+                ..Flags::default()
+            })
+            .is_ok()
+        );
     }
 
     #[test]
