@@ -266,6 +266,18 @@ async fn handle(
     }
 }
 
+/// The app's sessions on every worker, as its quota counts them.
+async fn app_sessions(st: &ApiState, app: &str) -> Result<usize, CloseReason> {
+    let a = app.to_string();
+    Ok(st
+        .engine
+        .call_all(move |e, _| e.app_session_count(&a))
+        .await
+        .map_err(|_| CloseReason::InternalError)?
+        .into_iter()
+        .sum())
+}
+
 /// Checks the ticket, the room, the hook, the client id and the room's limit, consumes the
 /// ticket, then makes the participant's session.
 #[allow(clippy::too_many_arguments)]
@@ -328,6 +340,21 @@ async fn join(
     if summary.total >= summary.options.max_participants {
         return Err(CloseReason::ExceedMaxConnections);
     }
+    // A participant is a session of the app: the same rate and quota as `sessions/new`, checked
+    // before the ticket is used up so that a refused join can be retried with it.
+    if st.limits.check_app(&app).is_err() {
+        st.ops
+            .rejects
+            .count(crate::rejects::Port::Http, "session_rate_app");
+        return Err(CloseReason::ExceedMaxConnections);
+    }
+    let held = app_sessions(st, &app).await?;
+    if held >= st.limits.per_app_quota {
+        st.ops
+            .rejects
+            .count(crate::rejects::Port::Http, "app_session_quota");
+        return Err(CloseReason::ExceedMaxConnections);
+    }
     match rooms::consume(st, &claims, token).await {
         Ok(()) => {}
         Err(RedeemError::Used) => return Err(CloseReason::InvalidToken),
@@ -361,15 +388,23 @@ async fn join(
     }
     // Spread like Calls sessions: the least-loaded worker; every later call goes to the worker
     // the session id names.
-    let a = app.clone();
-    let created = st
-        .engine
-        .call_placed(st.engine.place(), move |e, now| {
-            e.create_session(&a, None, now)
-        })
-        .await
-        .map_err(|_| CloseReason::InternalError)
-        .and_then(|r| r.map_err(|_| CloseReason::InternalError));
+    let (a, quota) = (app.clone(), st.limits.per_app_quota);
+    // Counted again on every worker, as `sessions/new` does, for joins racing each other.
+    let created = match app_sessions(st, &app).await {
+        Ok(held) => st
+            .engine
+            .call_placed(st.engine.place(), move |e, now| {
+                if held >= quota {
+                    return Ok(None);
+                }
+                e.create_session(&a, None, now).map(Some)
+            })
+            .await
+            .map_err(|_| CloseReason::InternalError)
+            .and_then(|r| r.map_err(|_| CloseReason::InternalError))
+            .and_then(|r| r.ok_or(CloseReason::ExceedMaxConnections)),
+        Err(r) => Err(r),
+    };
     let session = match created {
         Ok((sid, _)) => sid,
         Err(r) => {

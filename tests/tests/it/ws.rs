@@ -459,3 +459,43 @@ async fn a_participant_whose_session_ended_leaves_its_room() {
         "the viewer stays"
     );
 }
+
+/// Room participants are sessions of their app: `--max-sessions-per-app` holds for joins as for
+/// `sessions/new`, and a join refused by it leaves its ticket unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_count_toward_the_apps_session_quota() {
+    let (node, url) = node_with_room(&["--max-sessions-per-app", "2"], json!({ "id": "q" })).await;
+    let api = node.client();
+    let mut joined = Vec::new();
+    for name in ["one", "two"] {
+        let (t, _) = ticket(&api, "q", "down").await.expect("ticket");
+        joined.push(
+            WsParticipant::join(&url, &t, "downstream", false, name)
+                .await
+                .expect("a participant within the quota"),
+        );
+    }
+    let (t, _) = ticket(&api, "q", "down").await.expect("ticket");
+    let connect = json!({ "type": "connect", "token": t, "role": "downstream" }).to_string();
+    assert_eq!(
+        close_of(&url, &connect).await,
+        (4201, "EXCEED-MAX-CONNECTIONS".to_string()),
+        "a third session of the app"
+    );
+    let (status, _) = api
+        .raw(reqwest::Method::POST, "sessions/new", None)
+        .await
+        .expect("sessions/new");
+    assert_eq!(status, 429, "the joins hold the app's quota");
+
+    // One leaves: the refused ticket now works.
+    drop(joined.pop());
+    let mut third = None;
+    poll_until("a place in the quota", PROPAGATION, STEP, async || {
+        third = Some(WsParticipant::join(&url, &t, "downstream", false, "three").await?);
+        Ok(())
+    })
+    .await
+    .expect("the unused ticket joins once a session has gone");
+    assert!(third.is_some());
+}
