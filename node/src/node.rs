@@ -860,7 +860,7 @@ mod tests {
             "in flight, not made yet"
         );
         let created = engine
-            .call_on(w, |e, _| e.stream_create("app", "x"))
+            .call_on(w, |e, _| e.stream_create("app", "x", true))
             .await
             .expect("the worker runs");
         assert_eq!(created, Ok(true));

@@ -20,6 +20,9 @@ impl From<OpError> for ApiError {
                 "temporarily_unavailable_error",
                 d,
             ),
+            OpError::OverQuota(d) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", d)
+            }
             OpError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
             OpError::Unprocessable(d) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", d)

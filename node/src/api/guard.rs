@@ -28,6 +28,11 @@ impl Apps {
         }
     }
 
+    /// How many apps are configured.
+    pub fn count(&self) -> usize {
+        self.secrets.len()
+    }
+
     pub fn has(&self, app: &str) -> bool {
         self.secrets.contains_key(app)
     }

@@ -122,6 +122,12 @@ pub async fn list(
     .into_response())
 }
 
+/// Explicit streams one app may hold on a node with `apps` apps: a share of the node's table
+/// that leaves as much again for the streams WHIP and WHEP make on their own.
+pub fn explicit_streams_per_app(apps: usize) -> usize {
+    crate::engine::streams::MAX_STREAMS / (apps + 1)
+}
+
 /// `POST /v1/apps/{app}/streams/{id}`: 201 when created, 200 when it existed.
 pub async fn create(
     State(st): State<Arc<ApiState>>,
@@ -130,9 +136,20 @@ pub async fn create(
 ) -> Result<Response> {
     st.apps.authorize(&app, &headers)?;
     let slot = st.engine.stream_slot(&app, &stream).await?;
+    // Explicit streams stay until deleted: one app's must not fill the node's table for all.
+    let a = app.clone();
+    let held: usize = st
+        .engine
+        .call_all(move |e, _| e.explicit_stream_count(&a))
+        .await?
+        .into_iter()
+        .sum();
+    let room = held < explicit_streams_per_app(st.apps.count());
     let created = st
         .engine
-        .call_on(slot.worker(), move |e, _| e.stream_create(&app, &stream))
+        .call_on(slot.worker(), move |e, _| {
+            e.stream_create(&app, &stream, room)
+        })
         .await??;
     Ok(if created {
         StatusCode::CREATED

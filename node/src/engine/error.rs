@@ -22,6 +22,9 @@ pub enum OpError {
     /// The node is full.
     #[error("{0}")]
     Unavailable(String),
+    /// The app holds its quota of something (its explicit streams).
+    #[error("{0}")]
+    OverQuota(String),
     /// The named thing already exists or is taken (a stream's publisher).
     #[error("{0}")]
     Conflict(String),

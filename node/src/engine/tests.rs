@@ -1832,6 +1832,23 @@ fn a_stream_takes_at_most_its_viewer_cap() {
 }
 
 #[test]
+fn explicit_streams_count_toward_the_apps_quota_once() {
+    let mut w = World::new(Duration::from_secs(30));
+    let e = &mut w.engine;
+    assert_eq!(e.stream_create(APP, "a", true), Ok(true));
+    assert_eq!(e.explicit_stream_count(APP), 1);
+    // Held already: no room needed, and not counted twice.
+    assert_eq!(e.stream_create(APP, "a", false), Ok(false));
+    assert!(matches!(
+        e.stream_create(APP, "b", false),
+        Err(OpError::OverQuota(_))
+    ));
+    assert!(!e.stream_exists(APP, "b"), "a refused one is not made");
+    assert_eq!(e.explicit_stream_count(APP), 1);
+    assert_eq!(e.explicit_stream_count("other"), 0);
+}
+
+#[test]
 fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
     let mut w = World::new(Duration::from_secs(30));
     let local: SocketAddr = "127.0.0.1:45000".parse().expect("addr");
@@ -1841,7 +1858,7 @@ fn a_cascade_needs_its_stream_and_an_answer_with_candidates() {
         e.cascade_offer(APP, "nope", CascadeDirection::Source, local, now),
         Err(OpError::NotFound(_))
     ));
-    e.stream_create(APP, "s").expect("stream");
+    e.stream_create(APP, "s", true).expect("stream");
     let (sid, offer) = e
         .cascade_offer(APP, "s", CascadeDirection::Source, local, now)
         .expect("an offer");

@@ -858,3 +858,64 @@ async fn the_routers_own_errors_follow_the_error_model_of_their_path() {
     let text = ws.text().await.expect("body");
     assert!(!text.contains("decoding_error"), "{text}");
 }
+
+/// Streams made with `POST streams/{id}` stay until deleted, so each app may hold only its share
+/// of the node's table: one app filling it must not lock the others out of WHIP and WHEP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_explicit_streams_are_capped_and_leave_room_for_others() {
+    // The node's own app and 9 more: each may hold 10,000 / 11 = 909 explicit streams.
+    let extra: Vec<String> = (1..=9)
+        .flat_map(|i| ["--app".to_string(), format!("a{i}:secret-{i}")])
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let node = start_node(&extra);
+    let a1 = CallsClient::new(&format!("{}/v1/apps/a1", node.http_url()), "secret-1");
+    for i in 0..909 {
+        let (status, v) = a1
+            .raw(Method::POST, &format!("streams/s{i}"), None)
+            .await
+            .expect("create");
+        assert_eq!(status, 201, "stream {i}: {v}");
+    }
+    let (status, v) = a1
+        .raw(Method::POST, "streams/one-more", None)
+        .await
+        .expect("create");
+    assert_eq!(
+        (status, v["type"].as_str()),
+        (429, Some("urn:trackmesh:problem:rate-limited")),
+        "{v}"
+    );
+    let (status, _) = a1
+        .raw(Method::POST, "streams/s0", None)
+        .await
+        .expect("create again");
+    assert_eq!(status, 200, "one it holds is no new one");
+
+    // Another app still makes streams, and publishes with WHIP.
+    let api = node.client();
+    let (status, _) = api
+        .raw(Method::POST, "streams/mine", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201);
+    let peer = Peer::new("p").expect("peer");
+    let (_, offer) = peer
+        .create_send_offer(&[MediaKind::Audio])
+        .await
+        .expect("offer");
+    let r = send(&api, Method::POST, "whip/live", &[], &offer, Some(SDP)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // A deleted one makes room.
+    let (status, _) = a1
+        .raw(Method::DELETE, "streams/s0", None)
+        .await
+        .expect("delete");
+    assert_eq!(status, 200);
+    let (status, _) = a1
+        .raw(Method::POST, "streams/one-more", None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201);
+}

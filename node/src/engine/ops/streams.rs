@@ -83,6 +83,12 @@ impl Engine {
         }
     }
 
+    /// The app's streams made with `POST streams/{id}` (or pinned by a cascade) on this worker:
+    /// they stay without sessions, so the app's quota counts them.
+    pub fn explicit_stream_count(&self, app: &str) -> usize {
+        self.streams.of_app(app).filter(|(_, s)| s.explicit).count()
+    }
+
     /// Every viewer of the stream gets the publisher's tracks on its free sections.
     pub(in crate::engine) fn attach_viewers(&mut self, app: &str, stream: &str, now: Instant) {
         let viewers = match self.streams.get(app, stream) {
@@ -159,12 +165,22 @@ impl Engine {
     }
 
     /// `POST streams/{id}`: creates a stream that stays without sessions; `Ok(true)` when new.
-    pub fn stream_create(&mut self, app: &str, stream: &str) -> Result<bool, OpError> {
+    /// `room`: whether the app may hold one more explicit stream (its quota, counted by the
+    /// caller over every worker); one that is explicit already is not counted again.
+    pub fn stream_create(&mut self, app: &str, stream: &str, room: bool) -> Result<bool, OpError> {
         if !valid_stream_name(stream) {
             return Err(OpError::Decoding(format!(
                 "a stream name is 1 to {} characters of A-Z a-z 0-9 . _ - ~",
                 crate::engine::streams::MAX_STREAM_NAME_BYTES
             )));
+        }
+        if self.streams.get(app, stream).is_some_and(|s| s.explicit) {
+            return Ok(false);
+        }
+        if !room {
+            return Err(OpError::OverQuota(
+                "this app holds its quota of streams on this node: delete one first".into(),
+            ));
         }
         self.streams
             .create(app, stream, true, SystemTime::now())
