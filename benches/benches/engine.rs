@@ -220,6 +220,7 @@ fn workers_hop(c: &mut Criterion) {
                 keyframe: false,
                 data: data.clone(),
                 rid: None,
+                orientation: None,
             };
             assert!(hop.cross(black_box(frame)).is_some(), "the frame crosses");
         })

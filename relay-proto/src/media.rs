@@ -37,8 +37,10 @@
 //! - **the packet prefix** (format version 3, protocol version 5): a frame's payload, as
 //!   reassembled, begins with the packet's simulcast rid: one length byte (0: the track has no
 //!   layers) and that many bytes of `[A-Za-z0-9_-]`, at most [`MAX_RID_LEN`]; then the origin's
-//!   extended RTP sequence number (u64 BE) and a flags byte (bit 0: the RTP marker bit, other
-//!   bits reserved); the RTP payload follows ([`packet_payload`], [`split_packet`]). Each layer
+//!   extended RTP sequence number (u64 BE) and a flags byte (bit 0: the RTP marker bit; bit 1:
+//!   the packet carried a video orientation (RFC 7742's CVO rotation), in bits 2–3 as that
+//!   extension's two rotation bits; other bits reserved, sent as 0 and ignored, so a node that
+//!   does not know bits 1–3 still reads the packet); the RTP payload follows ([`packet_payload`], [`split_packet`]). Each layer
 //!   of a simulcast track travels as its own packets, so the receiving node selects layers for
 //!   its own subscribers; the origin numbering lets it rewrite sequence numbers per viewer
 //!   with the origin's real loss left visible. (Format version 2 carried the rid and a whole
@@ -94,6 +96,10 @@ pub const MAX_RID_LEN: usize = 16;
 const PACKET_META_LEN: usize = 8 + 1;
 /// Packet-prefix flag bit: the RTP marker bit (the packet ends a frame).
 const META_MARKER: u8 = 0x01;
+/// Packet-prefix flag bit: bits 2–3 hold the packet's video orientation.
+const META_ORIENTATION: u8 = 0x02;
+/// Where the orientation's two rotation bits sit in the flags byte.
+const ORIENTATION_SHIFT: u8 = 2;
 
 /// What a relayed RTP packet carries besides its payload (format version 3): its simulcast
 /// layer, the origin's extended sequence number and the RTP marker bit.
@@ -106,6 +112,9 @@ pub struct PacketMeta<'a> {
     pub origin_seq: u64,
     /// The RTP marker bit.
     pub marker: bool,
+    /// The rotation bits (0–3, as in the CVO header extension) of a video packet that carried
+    /// them; the receiving node writes them on to its viewers.
+    pub orientation: Option<u8>,
 }
 
 /// A packet's payload as sent: the packet prefix (see the module doc), then `data`. `None`
@@ -119,7 +128,11 @@ pub fn packet_payload(meta: PacketMeta<'_>, data: &[u8]) -> Option<Vec<u8>> {
     out.push(u8::try_from(rid.len()).ok()?);
     out.extend_from_slice(rid.as_bytes());
     out.extend_from_slice(&meta.origin_seq.to_be_bytes());
-    out.push(if meta.marker { META_MARKER } else { 0 });
+    let mut flags = if meta.marker { META_MARKER } else { 0 };
+    if let Some(o) = meta.orientation {
+        flags |= META_ORIENTATION | ((o & 0x03) << ORIENTATION_SHIFT);
+    }
+    out.push(flags);
     out.extend_from_slice(data);
     Some(out)
 }
@@ -143,6 +156,7 @@ pub fn split_packet(payload: &[u8]) -> Result<(PacketMeta<'_>, &[u8]), MediaErro
         rid: (!rid.is_empty()).then_some(rid),
         origin_seq: u64::from_be_bytes(*seq),
         marker: flags & META_MARKER != 0,
+        orientation: (flags & META_ORIENTATION != 0).then_some((flags >> ORIENTATION_SHIFT) & 0x03),
     };
     Ok((meta, data))
 }
@@ -859,6 +873,7 @@ mod tests {
             rid,
             origin_seq: 70_000,
             marker: true,
+            orientation: None,
         };
         let p = packet_payload(meta(Some("h")), b"pkt").expect("a valid rid");
         assert_eq!(split_packet(&p), Ok((meta(Some("h")), &b"pkt"[..])));
@@ -882,6 +897,30 @@ mod tests {
         );
         assert_eq!(split_packet(b"\x02a\xff"), Err(MediaError::BadRid));
         assert_eq!(split_packet(b"\x20"), Err(MediaError::BadRid));
+    }
+
+    #[test]
+    fn a_packets_video_orientation_travels_in_the_flags_and_old_flags_still_read() {
+        for o in 0..4 {
+            let meta = PacketMeta {
+                rid: Some("f"),
+                origin_seq: 9,
+                marker: o % 2 == 0,
+                orientation: Some(o),
+            };
+            let p = packet_payload(meta, b"v").expect("valid");
+            assert_eq!(split_packet(&p), Ok((meta, &b"v"[..])));
+        }
+        // As a node before the orientation bits sends it: marker only, no orientation.
+        let (meta, data) = split_packet(b"\x00\0\0\0\0\0\0\0\x07\x01pkt").expect("reads");
+        assert_eq!(
+            (meta.origin_seq, meta.marker, meta.orientation),
+            (7, true, None)
+        );
+        assert_eq!(data, b"pkt");
+        // Reserved bits are still ignored.
+        let (meta, _) = split_packet(b"\x00\0\0\0\0\0\0\0\x07\xf0").expect("reads");
+        assert_eq!((meta.marker, meta.orientation), (false, None));
     }
 
     fn frame(sub: SubId, seq: u32, len: usize) -> Frame {

@@ -176,6 +176,7 @@ impl Engine {
             params: Some(params),
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
         };
         let Some(p) = self.publications.get_mut(&key) else {
             return;
@@ -394,6 +395,7 @@ impl Engine {
             payload: frame.data,
             hdr: PktHdr {
                 ext_time: frame.rtp_time,
+                video_orientation: frame.orientation,
                 ..PktHdr::default()
             },
             layer,
@@ -642,10 +644,12 @@ impl Engine {
         )
         .marker(pkt.marker)
         .nackable(nackable);
-        if pkt.hdr.audio_level.is_some() || pkt.hdr.voice_activity.is_some() {
+        let h = &pkt.hdr;
+        if h.audio_level.is_some() || h.voice_activity.is_some() || h.video_orientation.is_some() {
             write = write.ext_vals(ExtensionValues {
-                audio_level: pkt.hdr.audio_level,
-                voice_activity: pkt.hdr.voice_activity,
+                audio_level: h.audio_level,
+                voice_activity: h.voice_activity,
+                video_orientation: h.video_orientation,
                 ..ExtensionValues::default()
             });
         }
@@ -1080,5 +1084,6 @@ fn relay_frame_of(pkt: &Pkt) -> RelayFrame {
         keyframe: pkt.start.keyframe,
         data: pkt.payload.clone(),
         rid: pkt.layer.map(|(rid, _)| rid),
+        orientation: pkt.hdr.video_orientation,
     }
 }

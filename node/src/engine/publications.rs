@@ -125,6 +125,8 @@ pub(crate) struct PktHdr {
     pub params: Option<str0m::format::PayloadParams>,
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
+    /// The video orientation (RFC 7742 CVO): without it a phone's portrait video plays sideways.
+    pub video_orientation: Option<str0m::rtp::VideoOrientation>,
 }
 
 /// Numbers publications for [`Publication::uid`].

@@ -22,6 +22,8 @@ pub struct RelayFrame {
     /// The simulcast layer it belongs to: each layer is relayed on its own, frames with their
     /// rid, only those the downstream asked for; the receiving node selects for its viewers.
     pub rid: Option<str0m::media::Rid>,
+    /// The video orientation (CVO) the packet carried, written on to the viewers.
+    pub orientation: Option<str0m::rtp::VideoOrientation>,
 }
 
 /// What the engine asks of the relay layer.

@@ -250,6 +250,7 @@ fn relayed_vp8(n: u64, keyframe: bool) -> RelayFrame {
         keyframe,
         data: crate::testing::vp8_packet(keyframe, 1000).into(),
         rid: None,
+        orientation: None,
     }
 }
 
@@ -1316,6 +1317,108 @@ fn fuzz_seeds() {
     for kind in ["stun", "dtls", "rtp", "rtcp"] {
         assert!(per_class.contains_key(kind), "the capture holds {kind}");
     }
+}
+
+/// A phone sends its rotation in the CVO header extension rather than rotating its frames: the
+/// viewers must get it, or portrait video plays sideways.
+#[test]
+fn a_publishers_video_orientation_reaches_its_viewers() {
+    use str0m::rtp::VideoOrientation;
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let sub = w.client();
+    let sub_sid = w.session();
+    let res = w.pull(sub, &sub_sid, &[(&pub_sid, "cam")]);
+    let vm = res.tracks[0].mid.clone();
+    w.run(Duration::from_millis(1500));
+    assert!(w.clients[sub].frames(&vm) > 0, "video flows");
+    assert_eq!(w.clients[sub].stats().rx_orientation(&vm), None);
+    // Written between the sender's own frames (which carry none), at their clock.
+    let (c, _, v) = w.senders[0];
+    let pt = w.payload_type(c, v, Codec::Vp8).pt();
+    for o in [VideoOrientation::Deg90, VideoOrientation::Deg270] {
+        let (now, time) = (w.now, w.media_clock * 1800 + 900);
+        w.clients[c]
+            .rtc()
+            .writer(v)
+            .expect("writer")
+            .video_orientation(o)
+            .write(
+                pt,
+                now,
+                str0m::media::MediaTime::from_90khz(time),
+                crate::testing::synthetic_frame(MediaKind::Video, false, 600),
+            )
+            .expect("write");
+        w.run(Duration::from_millis(300));
+        assert_eq!(w.clients[sub].stats().rx_orientation(&vm), Some(o));
+    }
+}
+
+/// Across a relay link the orientation travels with the packet: the origin puts it in the
+/// relay frame, and the edge writes it on to its viewers.
+#[test]
+fn a_video_orientation_crosses_the_relay() {
+    use str0m::rtp::VideoOrientation;
+    let (mut a, pub_sid) = publishing_world(Duration::from_secs(30));
+    a.run(Duration::from_millis(300));
+    let sid = SessionId::parse(&pub_sid).expect("id");
+    a.engine
+        .relay_subscribe(DownId(1), APP, sid, "cam")
+        .expect("codec known after media");
+    while a.engine.poll_relay().is_some() {}
+    let (c, _, v) = a.senders[0];
+    let pt = a.payload_type(c, v, Codec::Vp8).pt();
+    let (now, time) = (a.now, a.media_clock * 1800 + 900);
+    a.clients[c]
+        .rtc()
+        .writer(v)
+        .expect("writer")
+        .video_orientation(VideoOrientation::Deg180)
+        .write(
+            pt,
+            now,
+            str0m::media::MediaTime::from_90khz(time),
+            crate::testing::synthetic_frame(MediaKind::Video, false, 600),
+        )
+        .expect("write");
+    a.run(Duration::from_millis(50));
+    let mut oriented = Vec::new();
+    while let Some(out) = a.engine.poll_relay() {
+        if let RelayOut::Frame { frame, .. } = out
+            && frame.orientation.is_some()
+        {
+            oriented.push(frame.orientation);
+        }
+    }
+    assert_eq!(
+        oriented,
+        [Some(VideoOrientation::Deg180)],
+        "the origin sends it"
+    );
+
+    let (mut b, publisher) = relayed_video_world();
+    let viewer = b.client();
+    let viewer_sid = b.session();
+    let mid = b
+        .pull(viewer, &viewer_sid, &[(&publisher.to_string(), "cam")])
+        .tracks[0]
+        .mid
+        .clone();
+    b.run(Duration::from_millis(300));
+    feed_relayed(&mut b, 1..=3, Some(1));
+    let now = b.now;
+    let frame = RelayFrame {
+        orientation: Some(VideoOrientation::Deg270),
+        ..relayed_vp8(4, false)
+    };
+    b.engine.relay_frame(UpId(7), frame, now);
+    feed_relayed(&mut b, 5..=6, None);
+    assert_eq!(b.clients[viewer].frames(&mid), 6);
+    assert_eq!(
+        b.clients[viewer].stats().rx_orientation(&mid),
+        Some(VideoOrientation::Deg270),
+        "the edge writes it to its viewer"
+    );
 }
 
 #[test]

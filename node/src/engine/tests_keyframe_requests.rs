@@ -80,6 +80,7 @@ fn feed(w: &mut World, up: UpId, rounds: std::ops::Range<u64>, rids: Option<&[&s
                     keyframe,
                     data: crate::testing::vp8_packet(keyframe, 1000).into(),
                     rid: None,
+                    orientation: None,
                 };
                 w.engine.relay_frame(up, frame, now);
             }

@@ -496,6 +496,7 @@ pub(super) fn relayed(rid: &str, n: u64, keyframe: bool) -> RelayFrame {
         keyframe,
         data: crate::testing::vp8_packet(keyframe, size_of(rid)).into(),
         rid: parse_rid(rid),
+        orientation: None,
     }
 }
 

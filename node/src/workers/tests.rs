@@ -225,6 +225,7 @@ async fn a_frame_the_full_queue_dropped_reaches_the_other_worker_as_a_gap_first(
             keyframe: false,
             data: vec![0u8; 100].into(),
             rid: None,
+            orientation: None,
         },
     };
     // Worker 1 is behind: its queue (64) fills, and the 65th frame is dropped.

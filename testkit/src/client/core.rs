@@ -314,6 +314,7 @@ impl<S: StatsCell> Core<S> {
                     s.on_frame_time(&d.mid, d.data.len(), d.time, now);
                     s.on_frame_seq(&d.mid, **d.seq_range.start(), **d.seq_range.end());
                     s.on_frame_twcc(&d.mid, d.ext_vals.transport_cc.is_some());
+                    s.on_frame_orientation(&d.mid, d.ext_vals.video_orientation);
                 });
             }
             Event::ChannelData(d) => {

@@ -79,6 +79,8 @@ pub struct TrackRx {
     pub max_time_drift_us: u64,
     /// Frames that carried a transport-wide sequence number (the TWCC header extension).
     pub twcc_frames: u64,
+    /// The video orientation (CVO header extension) of the last frame that carried one.
+    pub last_orientation: Option<str0m::rtp::VideoOrientation>,
     /// Frames whose first RTP sequence number did not follow the previous frame's last (as
     /// str0m extends them): a gap, or numbering that jumped or went back (e.g. at a switch).
     pub rtp_seq_gaps: u64,
@@ -117,6 +119,7 @@ impl TrackRx {
             max_time_step: 0,
             max_time_drift_us: 0,
             twcc_frames: 0,
+            last_orientation: None,
             rtp_seq_gaps: 0,
             last_rtp_seq: None,
             broken: 0,
@@ -277,6 +280,20 @@ impl ClientStats {
         }
     }
 
+    /// Account a received frame's video orientation, if it carried one (after
+    /// [`Self::on_frame`]).
+    pub(super) fn on_frame_orientation(
+        &mut self,
+        mid: &str,
+        o: Option<str0m::rtp::VideoOrientation>,
+    ) {
+        if let Some(t) = self.rx.get_mut(mid)
+            && o.is_some()
+        {
+            t.last_orientation = o;
+        }
+    }
+
     /// Account a received frame's size and media time (after [`Self::on_frame`]).
     /// A frame's RTP sequence numbers, first and last (str0m's extended `seq_range`).
     pub(super) fn on_frame_seq(&mut self, mid: &str, first: u64, last: u64) {
@@ -431,6 +448,10 @@ impl ClientStats {
     /// Video frames received on `mid` that a decoder could not decode.
     pub fn rx_broken(&self, mid: &str) -> u64 {
         self.rx.get(mid).map_or(0, |c| c.broken)
+    }
+    /// The video orientation of the last frame on `mid` that carried one.
+    pub fn rx_orientation(&self, mid: &str) -> Option<str0m::rtp::VideoOrientation> {
+        self.rx.get(mid)?.last_orientation
     }
     /// Whether the first frame received on `mid` was a keyframe; `None` before a frame.
     pub fn rx_first_is_keyframe(&self, mid: &str) -> Option<bool> {

@@ -79,6 +79,7 @@ fn send_frame(
         rid: frame.rid.as_deref(),
         origin_seq: frame.origin_seq,
         marker: frame.marker,
+        orientation: frame.orientation.map(|o| o as u8),
     };
     let Some(payload) = packet_payload(meta, &frame.data) else {
         inner.send_drops.fetch_add(1, Ordering::Relaxed);

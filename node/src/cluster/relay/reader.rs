@@ -202,6 +202,7 @@ fn deliver(
         keyframe: frame.keyframe,
         data: data.into(),
         rid: meta.rid.map(str0m::media::Rid::from),
+        orientation: meta.orientation.map(str0m::rtp::VideoOrientation::from),
     };
     // A frame dropped here (below) is a gap too: tell the engine before the next one.
     if dropped_here.contains(&up) {
