@@ -186,6 +186,9 @@ struct BindRequest {
     tracks: Vec<String>,
 }
 
+/// Tracks one bind may name, as a Calls request may hold.
+const MAX_BIND_TRACKS: usize = 64;
+
 /// `PUT /v1/apps/{app}/streams/{id}/publisher` with `{sessionId, tracks}`: a Calls session's
 /// published tracks become the stream (WHEP viewers play them).
 pub async fn bind(
@@ -197,6 +200,24 @@ pub async fn bind(
     st.apps.authorize(&app, &headers)?;
     let bytes = read_body(body, st.max_body).await?;
     let req: BindRequest = decode(&bytes)?;
+    // Both are echoed in errors: checked first, with a fixed text.
+    let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail);
+    if crate::ids::SessionId::parse(&req.session_id).is_none() {
+        return Err(bad("sessionId is not a session id".into()));
+    }
+    if req.tracks.len() > MAX_BIND_TRACKS {
+        return Err(bad(format!("at most {MAX_BIND_TRACKS} tracks")));
+    }
+    if req
+        .tracks
+        .iter()
+        .any(|t| t.len() > super::calls::MAX_TRACK_NAME_BYTES)
+    {
+        return Err(bad(format!(
+            "a track name is at most {} bytes",
+            super::calls::MAX_TRACK_NAME_BYTES
+        )));
+    }
     // A stream lives on one worker with all its sessions: the bound session's. A stream that
     // is new, or holds no session there, moves to it; one that serves sessions on another
     // worker cannot take it (its viewers are attached there).

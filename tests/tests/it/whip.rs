@@ -107,6 +107,19 @@ async fn a_calls_publisher_bound_to_a_stream_plays_on_whep() {
         .await
         .expect("bind");
     assert_eq!(status, 200, "{body}");
+    // What a bind names is echoed in its errors: bounded before anything is looked up.
+    for bad in [
+        json!({"sessionId": "A".repeat(100_000), "tracks": names}),
+        json!({"sessionId": p.session_id, "tracks": ["t".repeat(100_000)]}),
+        json!({"sessionId": p.session_id, "tracks": vec!["t"; 65]}),
+    ] {
+        let (status, body) = api
+            .raw(Method::PUT, "streams/other/publisher", Some(bad))
+            .await
+            .expect("bind");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().len() < 1024, "{body}");
+    }
     let viewer = start(&api, &node, "whep", "studio").await;
     wait_media(&viewer.peer, &viewer.mids).await;
 
