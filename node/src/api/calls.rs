@@ -481,6 +481,9 @@ pub async fn tracks_close(
 ) -> ApiResult {
     let bytes = prologue(&st, &app, &session, &headers, body).await?;
     let req: CloseRequest = decode(&bytes)?;
+    // Before the offer is parsed against every mid (a cost that grows with both) and before
+    // the wait for the connection, as `tracks/update` does.
+    crate::engine::check_update_count(req.tracks.len())?;
     check_names(&req.tracks)?;
     let force = req.force.unwrap_or(false);
     let offer = match req.session_description {

@@ -411,6 +411,28 @@ async fn close_with_no_tracks_is_invalid() {
     assert_error(&r, 406, "invalid_params");
 }
 
+/// Over 64 mids is refused at once: not after parsing the offer against each of them, nor
+/// after waiting for a connection that never comes (410 after `--connect-timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_of_too_many_tracks_is_invalid_at_once() {
+    let node = start_node(&["--connect-timeout", "60s"]);
+    let api = node.client();
+    let sid = new_session(&api).await;
+    let tracks: Vec<_> = (0..65).map(|i| json!({ "mid": i.to_string() })).collect();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        req(
+            &api,
+            Method::PUT,
+            &format!("sessions/{sid}/tracks/close"),
+            RawBody::Json(json!({"tracks": tracks, "force": false})),
+        ),
+    )
+    .await
+    .expect("an answer without waiting for the connection");
+    assert_error(&r, 406, "invalid_params");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renegotiate_without_pending_offer_is_invalid() {
     let node = start_node(&[]);
