@@ -94,6 +94,18 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        challenge(&mut res);
         res
+    }
+}
+
+/// A 401 names the scheme that would open the resource (RFC 9110 §11.6.1, RFC 6750 §3): every
+/// secret and token of the node's HTTP API is a bearer.
+pub fn challenge(res: &mut Response) {
+    if res.status() == axum::http::StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"trackmesh\""),
+        );
     }
 }

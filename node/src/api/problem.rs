@@ -119,6 +119,7 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
+        crate::calls_error::challenge(&mut res);
         res
     }
 }

@@ -44,6 +44,10 @@ async fn listing_needs_the_apps_own_bearer() {
         "{}",
         no_bearer.text
     );
+    assert!(
+        no_bearer.headers.contains_key("www-authenticate"),
+        "a 401 names its scheme"
+    );
     // another app's secret is not this app's
     let (status, body) = api
         .with_secret("other-secret")

@@ -249,6 +249,17 @@ async fn refusals_are_problems_with_their_status() {
     let wrong = api.with_secret("wrong");
     let r = send(&wrong, Method::POST, "whip/s", &[], &offer, Some(SDP)).await;
     assert_problem(&r, 401);
+    // RFC 9110 §15.5.2: a 401 carries its challenge (RFC 6750: Bearer).
+    for r in [&no_bearer, &r] {
+        assert_eq!(
+            r.headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"trackmesh\""),
+            "{:?}",
+            r.headers
+        );
+    }
     let r = send(
         &api,
         Method::POST,
