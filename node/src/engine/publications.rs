@@ -306,6 +306,10 @@ impl Engine {
                 Sink::Session(sub, mid) => {
                     if let Some(s) = self.sessions.get_mut(&sub) {
                         s.remote_by_mid.remove(&mid);
+                        // Its layer selector would keep a share of the session's bandwidth
+                        // estimate (`simulcast_bwe`) for a track that is gone.
+                        s.simulcast.remove(&mid);
+                        s.awaiting_keyframe.remove(&mid);
                     }
                 }
                 Sink::Relay(down) => {

@@ -654,6 +654,50 @@ fn the_bandwidth_estimate_moves_an_asciibetical_subscriber_down_and_back_up() {
     sim.assert_continuous(c, &mid);
 }
 
+/// A governed subscriber's estimate is shared among its simulcast pulls; one whose publisher
+/// left takes no share.
+#[test]
+fn an_ended_publication_takes_no_share_of_the_estimate() {
+    let mut sim = Sim::new(&LAYERS);
+    let governed = Prefs {
+        preferred_rid: parse_rid("f"),
+        priority_ordering: Ordering::Asciibetical,
+        rid_not_available: Ordering::None,
+    };
+    let (c, sid, mid) = sim.subscriber(Some(governed));
+    // A second publisher's simulcast track on the same subscriber session.
+    let other = sim.w.client();
+    let other_sid = sim.w.session();
+    sim.w.push_simulcast(other, &other_sid, "cam2", &LAYERS);
+    sim.w.connect(&[other]);
+    let res = sim.w.pull_tracks(
+        c,
+        &sid,
+        vec![RemoteTrack {
+            session_id: Some(other_sid.clone()),
+            track_name: Some("cam2".into()),
+            simulcast: Some(governed),
+            ..Default::default()
+        }],
+    );
+    assert!(res.tracks[0].error.is_none(), "{res:?}");
+    sim.w.connect(&[c]);
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(70, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+
+    // The other publisher leaves; the whole estimate is for cam, room for its f.
+    let now = sim.w.now;
+    let other_id = SessionId::parse(&other_sid).expect("id");
+    sim.w.engine.close_session(other_id, now, "test");
+    sim.estimate(&sid, 400_000);
+    assert_eq!(
+        sim.w.engine.stats().simulcast.bwe_down,
+        0,
+        "cam keeps f: the gone track takes no half"
+    );
+}
+
 #[test]
 fn with_bwe_on_str0m_estimates_reach_the_governed_subscribers() {
     let w = World::with_config(crate::engine::EngineConfig {
