@@ -616,6 +616,13 @@ impl Engine {
             time: pkt.time,
             arrival: pkt.arrival,
         };
+        // A layer's keyframe from a source the rewriter does not follow: the selector moved
+        // while this subscriber was not written to (silent, above), so the two must meet here
+        // or every packet of the new layer would be dropped as not followed.
+        let switch = switch
+            || (pkt.layer.is_some()
+                && pkt.start.keyframe
+                && out.rewriter.source().is_some_and(|f| f != source));
         let m = match out.rewriter.rewrite(&packet, clock, switch) {
             Rewrite::Forward(m) => m,
             Rewrite::Drop(_) => {

@@ -316,6 +316,34 @@ fn a_stopped_layer_falls_back_asciibetically_or_waits() {
     sim.assert_continuous(waits, &waits_mid);
 }
 
+/// A viewer cut off (silent) while its layer changed is not written to, so its layer selector
+/// moved without it; heard again, it plays the new layer from its next keyframe.
+#[test]
+fn a_viewer_silent_through_a_layer_switch_plays_the_new_layer_when_heard_again() {
+    let mut sim = Sim::new(&LAYERS);
+    let (c, _, mid) = sim.subscriber(Some(prefer("f", Ordering::Asciibetical)));
+    sim.round(&LAYERS, &LAYERS);
+    sim.rounds(3, &LAYERS);
+    assert_eq!(sim.layer_seen(c, &mid), Some("f"));
+    // Everything it sends is lost from now on, past the 10 s after which it is not fed.
+    sim.w.loss_from.insert(c, 1);
+    sim.rounds(320, &LAYERS);
+    let silent = sim.frames(c, &mid);
+    // f stops meanwhile, and h's keyframe moves its selector to h.
+    sim.rounds(70, &["h", "q"]);
+    sim.round(&["h", "q"], &["h"]);
+    sim.rounds(3, &["h", "q"]);
+    assert_eq!(sim.frames(c, &mid), silent, "not fed while silent");
+
+    // Heard again (its RTCP and consent checks get through), then h's next keyframe.
+    sim.w.loss_from.remove(&c);
+    sim.rounds(100, &["h", "q"]);
+    sim.round(&["h", "q"], &["h"]);
+    sim.rounds(3, &["h", "q"]);
+    assert!(sim.frames(c, &mid) > silent, "it plays again");
+    assert_eq!(sim.layer_seen(c, &mid), Some("h"));
+}
+
 #[test]
 fn a_joining_viewer_starts_on_its_layer_from_the_cache() {
     let mut sim = Sim::new(&LAYERS);
