@@ -126,9 +126,8 @@ impl Engine {
     /// together, several to an SCTP packet, instead of one packet (and one DTLS record and one
     /// datagram) per message — which made a subscriber's path slower than its publisher's.
     pub(super) fn channel_written(&mut self, sid: SessionId) {
-        if !self.dc_written.contains(&sid) {
-            self.dc_written.push(sid);
-        }
+        // A set: a message to N subscribers marks N sessions, so a list's lookups cost N².
+        self.dc_written.insert(sid);
     }
 
     /// Drains the sessions [`Engine::channel_written`] marked. Returns whether there were any.

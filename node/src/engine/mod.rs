@@ -242,7 +242,7 @@ pub struct Engine {
     dc_up_grants: HashMap<DcLinkId, u32>,
     /// Sessions with DataChannel messages written and not yet drained (a handful at a time:
     /// those a batch of input touched).
-    dc_written: Vec<SessionId>,
+    dc_written: HashSet<SessionId>,
     /// Sessions with RTP packets written and not yet sent, and when the last was written
     /// ([`Engine::flush_written_media`]).
     media_written: Vec<SessionId>,
@@ -293,7 +293,7 @@ impl Engine {
             egress: egress::Egress::default(),
             dc_reply_downs: HashMap::new(),
             dc_up_grants: HashMap::new(),
-            dc_written: Vec::new(),
+            dc_written: HashSet::new(),
             media_written: Vec::new(),
             media_written_at: None,
             transmits_interleaved: false,
