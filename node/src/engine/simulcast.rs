@@ -433,6 +433,10 @@ struct RateMeter {
     head: u64,
     /// A ring: the bucket being filled and the [`RATE_BUCKETS`] complete ones before it.
     bytes: [u64; RATE_BUCKETS + 1],
+    /// The last whole window's rate that was not zero: what a layer that no longer reaches
+    /// this node (an edge stopped pulling it) is still worth. Read as zero, it would fit any
+    /// estimate, and a viewer moved down would be moved back up to it at once, over and over.
+    last_nonzero: Option<u64>,
 }
 
 impl RateMeter {
@@ -446,6 +450,9 @@ impl RateMeter {
         let n = Self::bucket_of(origin, at);
         let ring = self.bytes.len() as u64;
         if n > self.head {
+            if let Some(rate) = self.window_rate(origin, at).filter(|r| *r > 0) {
+                self.last_nonzero = Some(rate);
+            }
             // Buckets skipped since the last frame held nothing.
             for k in (self.head + 1..=n).rev().take(self.bytes.len()) {
                 if let Some(b) = self.bytes.get_mut((k % ring) as usize) {
@@ -461,9 +468,17 @@ impl RateMeter {
     }
 
     /// Bits per second over the [`RATE_BUCKETS`] complete buckets before `now`'s; `None`
-    /// until the layer has been measured that long.
+    /// until the layer has been measured that long. A window with nothing in it gives the last
+    /// rate that was not zero.
     fn bitrate(&self, now: Instant) -> Option<u64> {
         let origin = self.origin?;
+        match self.window_rate(origin, now)? {
+            0 => Some(self.last_nonzero.unwrap_or(0)),
+            rate => Some(rate),
+        }
+    }
+
+    fn window_rate(&self, origin: Instant, now: Instant) -> Option<u64> {
         let n = Self::bucket_of(origin, now);
         let first = n.checked_sub(RATE_BUCKETS as u64)?;
         let ring = self.bytes.len() as u64;
@@ -1191,10 +1206,14 @@ mod tests {
         let kbps = t.bitrate(rid("f"), at).expect("measured") / 1000;
         assert!((950..=1050).contains(&kbps), "{kbps} kbit/s");
         assert_eq!(t.bitrate(rid("h"), at), None, "h never sent");
-        // A layer that stops decays to nothing within a window.
+        // A layer that stops decays within a window, then keeps its last rate (an edge that
+        // stopped pulling it must not read it as free).
         let kbps = t.bitrate(rid("f"), at + RATE_WINDOW / 2).expect("measured") / 1000;
         assert!((400..=600).contains(&kbps), "{kbps} kbit/s");
-        assert_eq!(t.bitrate(rid("f"), at + RATE_WINDOW * 2), Some(0));
+        // (The window measured at f's last frame, which still held the first second's frames
+        // fed twice above: 1,500.)
+        let kbps = t.bitrate(rid("f"), at + RATE_WINDOW * 2).expect("measured") / 1000;
+        assert!((950..=1550).contains(&kbps), "{kbps} kbit/s");
     }
 
     #[test]

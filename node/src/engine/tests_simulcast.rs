@@ -1345,6 +1345,46 @@ fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_ke
     );
 }
 
+/// After a bandwidth move down, the edge stops pulling the old layer; with nothing of it
+/// arriving it must not look free, or the viewer would be moved back up at once, and down
+/// again, every few seconds.
+#[test]
+fn a_layer_the_edge_stopped_pulling_keeps_its_measured_bitrate() {
+    let (mut e, _c, sid, _mid) = edge_with_viewer(
+        &[("f", true), ("h", true), ("q", true)],
+        Prefs {
+            preferred_rid: parse_rid("f"),
+            priority_ordering: Ordering::Asciibetical,
+            rid_not_available: Ordering::None,
+        },
+    );
+    e.round(&LAYERS, &["f"]);
+    for _ in 0..70 {
+        e.round(&LAYERS, &[]);
+    }
+    let id = SessionId::parse(&sid).expect("session id");
+    // Room for q (73 kbit/s here), not for f (293).
+    let estimate = |e: &mut Edge| {
+        let now = e.w.now;
+        e.w.engine.bandwidth_estimate(id, 100_000, now);
+    };
+    estimate(&mut e);
+    assert_eq!(e.w.engine.stats().simulcast.bwe_down, 1);
+    e.poll();
+    e.round(&LAYERS, &["q"]);
+    // Ten seconds of the same low estimate, past the hold before a move up.
+    for _ in 0..300 {
+        estimate(&mut e);
+        e.round(&LAYERS, &[]);
+    }
+    assert_eq!(
+        e.w.engine.stats().simulcast.bwe_up,
+        0,
+        "f is not free for not arriving"
+    );
+    assert_eq!(e.pulled, only(&["q"]), "f is no longer pulled");
+}
+
 #[test]
 fn a_layer_that_appears_later_does_not_take_the_place_of_the_one_a_viewer_receives() {
     // The publisher sends h and q first (f comes once its bandwidth allows, as Chromium does):
