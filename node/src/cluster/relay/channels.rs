@@ -80,7 +80,12 @@ async fn pull_once(
         tracing::debug!(peer = %peer.node_id, error = %e, "no relay link");
         PullError::Link
     })?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| PullError::Link)?;
+    // A peer that grants no stream or no credit must not hold the pull (and its place among
+    // the pending ones) for ever.
+    let (mut send, mut recv) = tokio::time::timeout(ACCEPT_TIMEOUT, conn.open_bi())
+        .await
+        .map_err(|_| PullError::NoAnswer)?
+        .map_err(|_| PullError::Link)?;
     let mut first = vec![DC_STREAM_MAGIC];
     DcFrame::Subscribe {
         session_id: session.to_bytes(),
@@ -89,7 +94,10 @@ async fn pull_once(
     }
     .encode(&mut first)
     .map_err(|_| PullError::Refused)?;
-    send.write_all(&first).await.map_err(|_| PullError::Link)?;
+    tokio::time::timeout(ACCEPT_TIMEOUT, send.write_all(&first))
+        .await
+        .map_err(|_| PullError::NoAnswer)?
+        .map_err(|_| PullError::Link)?;
     let mut dec = DcDecoder::new();
     let answer = tokio::time::timeout(ACCEPT_TIMEOUT, read_frame(&mut recv, &mut dec))
         .await

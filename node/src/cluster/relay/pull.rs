@@ -863,7 +863,9 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<DialedLink> {
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .with_context(|| format!("connecting to {} timed out", peer.node_id))??;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let (mut send, mut recv) = tokio::time::timeout(CONNECT_TIMEOUT, conn.open_bi())
+        .await
+        .with_context(|| format!("opening the relay stream to {} timed out", peer.node_id))??;
     // Show the identity of the secret the peer's certificate is under: the peer holds that one
     // (during a rotation it may not hold our current one).
     let secret = super::tls::peer_secret(&inner.ca_names, &conn).unwrap_or(0);
@@ -879,7 +881,9 @@ async fn dial(inner: &Arc<Inner>, peer: &Member) -> anyhow::Result<DialedLink> {
         node_id: inner.node_id.to_string(),
         node_tag: inner.tag.0,
     });
-    wire::write_one(&mut send, &hello).await?;
+    tokio::time::timeout(CONNECT_TIMEOUT, wire::write_one(&mut send, &hello))
+        .await
+        .with_context(|| format!("greeting {} timed out", peer.node_id))??;
     let mut dec = FrameDecoder::<HandshakeMsg>::new();
     let answer = wire::read_one(&mut recv, &mut dec, CONNECT_TIMEOUT).await?;
     if let Err(e) = wire::check_answer(&peer.node_id, answer) {

@@ -63,6 +63,10 @@ fn ca_seed(secret: &str) -> [u8; 32] {
     seed
 }
 
+/// Bidirectional streams a relay link may hold open: its control stream and
+/// [`MAX_CHANNEL_STREAMS_PER_LINK`](super::channels::MAX_CHANNEL_STREAMS_PER_LINK) channels.
+const MAX_LINK_STREAMS: u32 = super::channels::MAX_CHANNEL_STREAMS_PER_LINK as u32 + 1;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
@@ -70,6 +74,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
     }
+    // A link carries its control stream and one stream per relayed DataChannel; quinn's
+    // default of 100 streams would make the 100th channel pulled from one node wait for
+    // another to end, well before the cap the relay means to set.
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_LINK_STREAMS));
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
     // Media must not wait behind congestion. Under random loss Cubic (quinn's default) shrinks
@@ -335,6 +343,58 @@ mod tests {
         assert_eq!(handshake_rotating(&[new], &[old]).await, None);
         assert_eq!(handshake_rotating(&[old], &[new]).await, None);
         assert_eq!(handshake_rotating(both, &["other"]).await, None);
+    }
+
+    /// A link's streams (its control stream and one per relayed DataChannel) are all open at
+    /// once: quinn's default of 100 would hold the 100th channel pulled from one node.
+    #[tokio::test]
+    async fn a_link_holds_far_more_than_a_hundred_streams_at_once() {
+        let server = relay_tls(&["s"], "server", ALPN).expect("server tls");
+        let client = relay_tls(&["s"], "client", ALPN).expect("client tls");
+        let listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let ep = quinn::Endpoint::server(server.server, listen).expect("server endpoint");
+        let addr = ep.local_addr().expect("addr");
+        const STREAMS: usize = 300;
+        let accept = tokio::spawn(async move {
+            let conn = ep.accept().await.expect("incoming").await.expect("conn");
+            let mut held = Vec::new();
+            while held.len() < STREAMS {
+                let Ok((send, mut recv)) = conn.accept_bi().await else {
+                    break;
+                };
+                let mut b = [0u8; 1];
+                if recv.read_exact(&mut b).await.is_err() {
+                    break;
+                }
+                held.push((send, recv));
+            }
+            (held.len(), conn)
+        });
+        let dialer = quinn::Endpoint::client(listen).expect("client endpoint");
+        let conn = dialer
+            .connect_with(client.client, addr, &client.server_name)
+            .expect("connect")
+            .await
+            .expect("conn");
+        let mut open = Vec::new();
+        for _ in 0..STREAMS {
+            let opened = tokio::time::timeout(Duration::from_secs(10), conn.open_bi()).await;
+            let Ok(Ok((mut send, recv))) = opened else {
+                break;
+            };
+            send.write_all(b"x").await.expect("write");
+            open.push((send, recv));
+        }
+        assert_eq!(
+            open.len(),
+            STREAMS,
+            "every stream opened while all stay open"
+        );
+        let (accepted, _conn) = tokio::time::timeout(Duration::from_secs(10), accept)
+            .await
+            .expect("accepted in time")
+            .expect("task");
+        assert_eq!(accepted, STREAMS);
     }
 
     #[tokio::test]
