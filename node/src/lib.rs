@@ -38,6 +38,7 @@ pub mod media_tcp;
 pub mod metrics;
 mod node;
 pub mod rejects;
+pub mod relay_outbox;
 pub mod rooms;
 pub mod runtime;
 pub mod sendbatch;

@@ -143,15 +143,17 @@ pub async fn run(
     );
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
+    let mut outbox = crate::relay_outbox::RelayOutbox::default();
     loop {
         // Relay output first: a frame for another node's viewers should not wait while this
-        // node's own fan-out is sent.
+        // node's own fan-out is sent. A full queue means the relay tasks are behind: media is
+        // dropped rather than stall, state waits in the outbox.
+        outbox.flush(&relay.to_relay);
         while let Some(out) = engine.poll_relay() {
             let Some(out) = links.route(out) else {
                 continue;
             };
-            // A full queue means the relay tasks are behind: drop rather than stall media.
-            if relay.to_relay.try_send(out).is_err() {
+            if outbox.send(&relay.to_relay, out) {
                 engine.count_relay_drop();
             }
         }
