@@ -159,6 +159,15 @@ fn resend(
     }
 }
 
+/// A change to the downstream table; a downstream removed (its link released it, or died)
+/// takes the frames kept to repair it along, at once rather than when the cache map is full.
+fn apply_down_cmd(downs: &mut Downs, caches: &mut HashMap<DownId, SentCache<Sent>>, cmd: DownCmd) {
+    if let DownCmd::Remove(down) = &cmd {
+        caches.remove(down);
+    }
+    downs.handle(cmd);
+}
+
 /// Carries the engine's relay output onto the links, and answers `Nack`s of downstream
 /// subscriptions from the frames it sent them. Owns the downstream table, changed by `cmds`,
 /// and the DataChannel tables, changed by `channel_cmds`.
@@ -184,10 +193,10 @@ pub async fn engine_outputs(
             // to send it frames, so its first frame always finds it.
             biased;
             Some(cmd) = cmds.recv() => {
-                downs.handle(cmd);
+                apply_down_cmd(&mut downs, &mut caches, cmd);
                 for _ in 1..DOWN_BATCH {
                     let Ok(cmd) = cmds.try_recv() else { break };
-                    downs.handle(cmd);
+                    apply_down_cmd(&mut downs, &mut caches, cmd);
                 }
                 continue;
             }
@@ -343,5 +352,23 @@ pub async fn engine_outputs(
 fn to_pulls(inner: &Inner, cmd: Cmd) {
     if let Err(mpsc::error::TrySendError::Full(_)) = inner.pulls.try_send(cmd) {
         inner.control_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_downstream_takes_its_repair_cache_along() {
+        let (view, _) = tokio::sync::watch::channel(Default::default());
+        let mut downs = Downs::new(view);
+        let mut caches: HashMap<DownId, SentCache<Sent>> = HashMap::new();
+        for d in [1, 2] {
+            caches.entry(DownId(d)).or_default();
+        }
+        apply_down_cmd(&mut downs, &mut caches, DownCmd::Remove(DownId(1)));
+        assert!(!caches.contains_key(&DownId(1)), "its frames are let go");
+        assert!(caches.contains_key(&DownId(2)), "another's stay");
     }
 }
