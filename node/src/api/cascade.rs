@@ -39,6 +39,26 @@ fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail)
 }
 
+/// The problem for a cascade [`Cascades::start`](crate::cascade::Cascades::start) refuses.
+fn refused(r: StartRefused) -> Problem {
+    match r {
+        StartRefused::Exists => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the stream already has a cascade in this direction; DELETE it first",
+        ),
+        StartRefused::Full => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "at most {} cascades per app and {} per node",
+                crate::cascade::MAX_CASCADES_PER_APP,
+                crate::cascade::MAX_CASCADES
+            ),
+        ),
+    }
+}
+
 /// `POST …/streams/{id}/cascade` with `{sourceUrl, token}` or `{targetUrl, token}`: 201 when
 /// started (it then connects, and reconnects, in the background; `GET streams` shows how).
 pub async fn start(
@@ -57,6 +77,11 @@ pub async fn start(
     };
     let url = client::parse_url(&url).map_err(bad_request)?;
     client::check_token(&req.token).map_err(bad_request)?;
+    // Refused before the stream is pinned for it: a refusal leaves the stream as it was (an
+    // auto-created one still goes with its last session).
+    if let Some(r) = st.cascades.refusal(&app, &stream, direction) {
+        return Err(refused(r));
+    }
     // Only an existing stream takes a cascade; its cascade runs on its worker and holds the
     // stream there while it runs.
     let slot = match st.engine.find_stream(&app, &stream) {
@@ -77,30 +102,9 @@ pub async fn start(
             format!("stream {stream} not found"),
         ));
     };
-    match st
-        .cascades
+    st.cascades
         .start(&app, &stream, direction, url.clone(), req.token, slot)
-    {
-        Ok(()) => {}
-        Err(StartRefused::Exists) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "the stream already has a cascade in this direction; DELETE it first",
-            ));
-        }
-        Err(StartRefused::Full) => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!(
-                    "at most {} cascades per app and {} per node",
-                    crate::cascade::MAX_CASCADES_PER_APP,
-                    crate::cascade::MAX_CASCADES
-                ),
-            ));
-        }
-    }
+        .map_err(refused)?;
     let body = serde_json::json!({
         "direction": match direction {
             CascadeDirection::Source => "source",

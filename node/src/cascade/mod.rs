@@ -111,6 +111,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Why a cascade of `key` cannot start: one runs in that direction, or the caps are reached.
+fn refusal<V>(entries: &HashMap<Key, V>, key: &Key) -> Option<StartRefused> {
+    if entries.contains_key(key) {
+        return Some(StartRefused::Exists);
+    }
+    let app = &key.0;
+    if entries.len() >= MAX_CASCADES
+        || entries.keys().filter(|k| &k.0 == app).count() >= MAX_CASCADES_PER_APP
+    {
+        return Some(StartRefused::Full);
+    }
+    None
+}
+
 fn direction_name(d: CascadeDirection) -> &'static str {
     match d {
         CascadeDirection::Source => "source",
@@ -142,13 +156,8 @@ impl Cascades {
     ) -> Result<(), StartRefused> {
         let key: Key = (app.to_string(), stream.to_string(), direction);
         let mut entries = lock(&self.entries);
-        if entries.contains_key(&key) {
-            return Err(StartRefused::Exists);
-        }
-        if entries.len() >= MAX_CASCADES
-            || entries.keys().filter(|k| k.0 == app).count() >= MAX_CASCADES_PER_APP
-        {
-            return Err(StartRefused::Full);
+        if let Some(refused) = refusal(&entries, &key) {
+            return Err(refused);
         }
         let id = {
             let mut n = lock(&self.next_id);
@@ -212,6 +221,18 @@ impl Cascades {
     pub async fn stop_all(&self) {
         let all: Vec<Entry> = lock(&self.entries).drain().map(|(_, e)| e).collect();
         end(all).await;
+    }
+
+    /// Why [`Self::start`] would refuse this cascade now, if it would: checked before the
+    /// stream is pinned for it, so a refused request leaves the stream as it was.
+    pub fn refusal(
+        &self,
+        app: &str,
+        stream: &str,
+        direction: CascadeDirection,
+    ) -> Option<StartRefused> {
+        let key: Key = (app.to_string(), stream.to_string(), direction);
+        refusal(&lock(&self.entries), &key)
     }
 
     /// The app's cascades, by stream name.

@@ -383,6 +383,72 @@ async fn cascade_refusals_are_problems() {
     assert_eq!(r.status, 404, "{}", r.text);
 }
 
+/// A cascade the node refuses leaves its stream as it was: an auto-created stream still goes
+/// with its last session, rather than staying pinned for a cascade that never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cascade_does_not_pin_its_stream() {
+    let a = start_node(&[]);
+    let api = a.client();
+    let dead = "http://127.0.0.1:9/v1/apps/x/whep/s";
+    for i in 0..16 {
+        // The per-app cap of cascades.
+        let (status, body) = post(&api, &format!("streams/s{i}"), json!({})).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = post(
+            &api,
+            &format!("streams/s{i}/cascade"),
+            json!({"sourceUrl": dead}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // A WHIP publisher makes stream "live"; the app holds all its cascades.
+    let peer = Peer::new("whip-live").expect("peer");
+    let (_, offer) = peer
+        .create_send_offer(&[MediaKind::Audio])
+        .await
+        .expect("offer");
+    let r = api
+        .request(
+            Method::POST,
+            "whip/live",
+            Some(api.secret()),
+            &[],
+            RawBody::Bytes(offer.into_bytes(), Some("application/sdp".into())),
+        )
+        .await
+        .expect("POST");
+    assert_eq!(r.status, 201, "{}", r.text);
+    let location =
+        trackmesh_tests::whip::location(&format!("{}/", a.base_url()), &r).expect("a Location");
+    let (status, body) = post(&api, "streams/live/cascade", json!({"sourceUrl": dead})).await;
+    assert_eq!(status, 503, "{body}");
+    let r = api
+        .request(
+            Method::DELETE,
+            &location,
+            Some(api.secret()),
+            &[],
+            RawBody::None,
+        )
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (status, body) = api
+        .raw(Method::GET, "streams", None)
+        .await
+        .expect("GET streams");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["streams"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !names.contains(&"live"),
+        "the auto-created stream went: {names:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_does_not_wait_for_cascades_and_shutdown_deletes_their_remote_sessions() {
     let b = start_other((&random_hex32(), &random_hex32()), &[]);
