@@ -86,7 +86,7 @@ impl Engine {
 
         if self.tombstones.len() > MAX_TOMBSTONES / 2 {
             self.tombstones
-                .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+                .retain(|_, t| now.saturating_duration_since(t.at) < TOMBSTONE_TTL);
         }
     }
 }

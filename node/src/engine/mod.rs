@@ -196,7 +196,7 @@ pub struct Engine {
     publications: HashMap<TrackKey, Publication>,
     demux: Demux,
     timers: BTreeSet<(Instant, SessionId)>,
-    tombstones: SessionMap<Instant>,
+    tombstones: SessionMap<sessions::Tombstone>,
     /// Live sessions per app, for the per-app quota.
     app_sessions: HashMap<String, usize>,
     transmits: VecDeque<Transmit>,

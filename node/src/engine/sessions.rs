@@ -26,7 +26,8 @@ impl Engine {
         match self.sessions.get(&sid) {
             Some(s) if s.app == app => Ok(sid),
             Some(_) => Err(not_found()),
-            None if self.tombstones.contains_key(&sid) => Err(OpError::Gone(
+            // Another app's closed session is as unknown to this one as its live ones.
+            None if self.tombstones.get(&sid).is_some_and(|t| t.app == app) => Err(OpError::Gone(
                 "Session appears to be disconnected. Please check if the PeerConnection is connected."
                     .into(),
             )),
@@ -110,11 +111,21 @@ impl Engine {
         }
         if self.tombstones.len() >= MAX_TOMBSTONES {
             self.tombstones
-                .retain(|_, at| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+                .retain(|_, t| now.saturating_duration_since(t.at) < TOMBSTONE_TTL);
             if self.tombstones.len() >= MAX_TOMBSTONES {
                 self.tombstones.clear();
             }
         }
-        self.tombstones.insert(sid, now);
+        let app = std::mem::take(&mut s.app);
+        self.tombstones.insert(sid, Tombstone { at: now, app });
     }
+}
+
+/// What a closed session leaves for [`TOMBSTONE_TTL`]: calls on it get 410 rather than 404, from
+/// its own app only.
+pub(super) struct Tombstone {
+    /// When it closed.
+    pub at: Instant,
+    /// Its app.
+    pub app: String,
 }

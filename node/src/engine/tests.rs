@@ -1935,6 +1935,20 @@ fn a_stream_takes_at_most_its_viewer_cap() {
 }
 
 #[test]
+fn a_closed_session_is_gone_to_its_app_and_unknown_to_others() {
+    let mut w = World::new(Duration::from_secs(30));
+    let sid = w.session();
+    let id = SessionId::parse(&sid).expect("id");
+    let now = w.now;
+    w.engine.close_session(id, now, "test");
+    assert!(matches!(w.engine.lookup(APP, &sid), Err(OpError::Gone(_))));
+    assert!(matches!(
+        w.engine.lookup("other", &sid),
+        Err(OpError::NotFound(_))
+    ));
+}
+
+#[test]
 fn explicit_streams_count_toward_the_apps_quota_once() {
     let mut w = World::new(Duration::from_secs(30));
     let e = &mut w.engine;

@@ -210,6 +210,9 @@ async fn patch_trickles_checks_the_etag_restarts_ice_and_delete_ends() {
     // is what DELETE asks for (idempotent, RFC 9110 §9.2.2).
     let r = send(&api, Method::DELETE, &p.location, &[], "", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // Ended, it is still none of another app's business.
+    let r = send(&other, Method::DELETE, &foreign, &[], "", None).await;
+    assert_problem(&r, 404);
     assert_eq!(
         streams(&api).await["streams"],
         json!([]),
