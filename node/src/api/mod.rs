@@ -15,7 +15,7 @@ mod guard;
 mod listing;
 pub mod node_auth;
 mod ops;
-mod problem;
+pub(crate) mod problem;
 mod quota;
 pub mod rooms;
 mod stream_follow;
@@ -345,7 +345,7 @@ async fn unknown_path(uri: axum::extract::OriginalUri) -> ApiError {
 
 /// Whether `path` answers errors as RFC 9457 problems: WHIP, WHEP and the streams API (under
 /// `/v1/apps/{app}/`); everything else uses the Calls model.
-fn is_problem_path(path: &str) -> bool {
+pub(crate) fn is_problem_path(path: &str) -> bool {
     let mut parts = path.split('/');
     matches!(
         (

@@ -1,5 +1,6 @@
-//! The answers the HTTP layer gives itself, all in the Calls error model
-//! (`{"errorCode", "errorDescription"}`), including the ones hyper would send with an empty body.
+//! The answers the HTTP layer gives itself, in the Calls error model
+//! (`{"errorCode", "errorDescription"}`), including the ones hyper would send with an empty body;
+//! on WHIP, WHEP and streams paths, when the path is known, as RFC 9457 problems.
 
 use std::sync::LazyLock;
 
@@ -16,15 +17,33 @@ pub const MAX_URI_BYTES: usize = 4096;
 
 /// A JSON error as a response from our service; the connection is closed after it.
 pub fn error(status: StatusCode, code: &'static str, description: &str) -> Response<Body> {
-    let mut res = ApiError::new(status, code, description).into_response();
+    closing(ApiError::new(status, code, description).into_response())
+}
+
+/// [`error`], as a problem on the paths whose errors are problems (`problem`).
+pub fn error_on(
+    problem: bool,
+    status: StatusCode,
+    code: &'static str,
+    description: &str,
+) -> Response<Body> {
+    if !problem {
+        return error(status, code, description);
+    }
+    let e = ApiError::new(status, code, description);
+    closing(crate::api::problem::Problem::from(e).into_response())
+}
+
+fn closing(mut res: Response<Body>) -> Response<Body> {
     let h = res.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
-pub fn too_many_connections() -> Response<Body> {
-    error(
+pub fn too_many_connections(problem: bool) -> Response<Body> {
+    error_on(
+        problem,
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable_error",
         TOO_MANY,

@@ -52,12 +52,14 @@ async fn respond(
 ) -> Response<Body> {
     // A reserve connection (no slot) may only ask for the probe paths.
     let probe_only = slot.is_none();
+    let problem = crate::api::is_problem_path(req.uri().path());
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > answers::MAX_URI_BYTES {
         if state.rejects.reject(Port::Http, "uri_too_long", state.ip) {
             tracing::info!(client = %state.ip, "HTTP request target too long (further refusals from this client are counted, not logged, for a minute)");
         }
-        return answers::error(
+        return answers::error_on(
+            problem,
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             &format!(
@@ -67,7 +69,7 @@ async fn respond(
         );
     }
     if probe_only && !PROBE_PATHS.contains(&req.uri().path()) {
-        return answers::too_many_connections();
+        return answers::too_many_connections(problem);
     }
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(peer));
@@ -91,7 +93,8 @@ async fn respond(
             tracing::info!(client = %state.ip, "HTTP request body not received in time (further ones from this client are counted, not logged, for a minute)");
         }
         // Whatever the handler made of the broken body, the client sees why.
-        return answers::error(
+        return answers::error_on(
+            problem,
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             &format!(

@@ -106,6 +106,22 @@ async fn get(addr: SocketAddr, path: &str) -> Answer {
 }
 
 #[track_caller]
+fn assert_problem_answer(a: &Answer, status: u16) {
+    assert_eq!(a.status, status, "status; answer: {a:?}");
+    assert_eq!(
+        a.json.get("status").and_then(Value::as_u64),
+        Some(u64::from(status)),
+        "{a:?}"
+    );
+    assert!(a.json.get("detail").is_some_and(Value::is_string), "{a:?}");
+    assert!(
+        a.head
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{a:?}"
+    );
+}
+
 fn assert_json_error(a: &Answer, status: u16, code: &str) {
     assert_eq!(a.status, status, "status; answer: {a:?}");
     assert_eq!(
@@ -435,6 +451,25 @@ async fn http_layer_errors_have_json_bodies() {
         .expect("send partial body");
     let a = parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body");
     assert_json_error(&a, 408, "request_timeout");
+
+    // On WHIP, WHEP and streams paths the same refusals are RFC 9457 problems.
+    let a = get(addr, &format!("/v1/apps/a/whip/{}", "s".repeat(5000))).await;
+    assert_problem_answer(&a, 414);
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST /v1/apps/{}/whip/s HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: 1000\r\n\r\nv=0",
+                node.app_id(),
+                node.app_secret()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send partial body");
+    let a = parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body");
+    assert_problem_answer(&a, 408);
 
     // Unknown paths were already JSON; they stay so.
     let a = get(addr, "/no/such/path").await;
