@@ -69,11 +69,13 @@ impl Engine {
             .contains_key(&(publisher, name.to_string()))
     }
 
-    /// The upstream `up` ended: its local subscribers get nothing more.
+    /// The upstream `up` ended: its local subscribers get nothing more, and their channels
+    /// close.
     pub fn end_relay_channel(&mut self, up: DcLinkId) {
         self.dc_up_grants.remove(&up);
         if let Some(key) = self.dc_up_key.remove(&up) {
             self.dc_relay_ups.remove(&key);
+            self.end_channel_subscriptions(key.0, &key.1);
         }
     }
 

@@ -89,7 +89,7 @@ impl Engine {
         for e in s.channels.list.iter().filter(|e| !e.closed) {
             match e.publisher {
                 None => {
-                    self.dc_subscribers.remove(&(sid, e.name.clone()));
+                    self.end_channel_subscriptions(sid, &e.name);
                     self.channel_unpublished(sid, &e.name);
                 }
                 Some(p) => {

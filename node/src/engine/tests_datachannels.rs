@@ -163,6 +163,50 @@ fn only_the_can_reply_subscriber_reaches_the_publisher() {
     assert!(matches!(res[0].error, Some(TrackError::InvalidParams(_))));
 }
 
+/// A subscription ends with the channel it subscribed to: a later channel of the same name is
+/// a new one, which the old subscriber neither writes into nor holds `canReply` of.
+#[test]
+fn a_subscription_ends_with_its_publishers_channel() {
+    let replier = DataChannelItem {
+        can_reply: true,
+        ..remote("", "chat")
+    };
+    let (mut w, psid, _, subs) = chat_world(std::slice::from_ref(&replier));
+    w.engine
+        .datachannels_close(APP, &psid, vec![1], w.now)
+        .expect("close");
+    w.run(Duration::from_millis(300));
+    assert!(
+        w.clients[1].rtc().channel(subs[0].1).is_none(),
+        "the subscriber's channel closed"
+    );
+    // The publisher opens "chat" again.
+    let pchan = open(&mut w, 0, &psid, local("chat"));
+    w.run(Duration::from_millis(300));
+    let listed = w.engine.session_datachannels(APP, &subs[0].0).expect("get");
+    assert_eq!(listed[0].status, "inactive", "the old subscription ended");
+    // A new subscriber may reply: the old one holds nothing.
+    let c = w.client();
+    let sid = establish(&mut w, c);
+    let chan = open(
+        &mut w,
+        c,
+        &sid,
+        DataChannelItem {
+            session_id: Some(psid.clone()),
+            ..replier
+        },
+    );
+    w.connect(&[c]);
+    w.run(Duration::from_millis(500));
+    send(&mut w, c, chan, b"from the new replier");
+    w.run(Duration::from_millis(300));
+    assert_eq!(
+        received(&mut w, 0, pchan),
+        vec![b"from the new replier".to_vec()]
+    );
+}
+
 #[test]
 fn wait_for_ack_swallows_the_first_message_and_holds_until_it() {
     let acking = DataChannelItem {
@@ -326,6 +370,26 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
         "{outs:?}"
     );
     assert!(!w.engine.has_relay_channel(remote, "chat"));
+}
+
+#[test]
+fn a_relayed_channels_end_closes_its_local_subscriptions() {
+    let mut w = World::new(Duration::from_secs(30));
+    let remote = crate::ids::SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
+    w.engine.add_relay_channel(remote, "chat", 42);
+    let c = w.client();
+    let sid = establish(&mut w, c);
+    let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
+    w.connect(&[c]);
+    w.run(Duration::from_millis(500));
+    w.engine.end_relay_channel(42);
+    w.run(Duration::from_millis(300));
+    assert!(
+        w.clients[c].rtc().channel(chan).is_none(),
+        "closed here too"
+    );
+    let listed = w.engine.session_datachannels(APP, &sid).expect("get");
+    assert_eq!(listed[0].status, "inactive");
 }
 
 fn remote_item(publisher: &str) -> DataChannelItem {

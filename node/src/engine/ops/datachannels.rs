@@ -418,7 +418,7 @@ impl Engine {
     ) {
         if local {
             // Its subscribers get nothing more; a new channel of that name starts afresh.
-            self.dc_subscribers.remove(&key);
+            self.end_channel_subscriptions(key.0, &key.1);
             self.channel_unpublished(key.0, &key.1);
         } else {
             if let Some(subs) = self.dc_subscribers.get_mut(&key) {
@@ -426,6 +426,33 @@ impl Engine {
             }
             self.channel_subscriber_left(key.0, &key.1);
             self.release_unused_reply_grant(key.0, &key.1);
+        }
+    }
+
+    /// `publisher`'s channel `name` ended (closed, its session gone, or its relay stream ended):
+    /// the subscriptions to it here end too, and their clients see their channels close. Else a
+    /// subscriber would keep its `canReply` and write into a later channel of that name, beside
+    /// a new replier, and be fed by it without having asked.
+    pub(in crate::engine) fn end_channel_subscriptions(
+        &mut self,
+        publisher: SessionId,
+        name: &str,
+    ) {
+        let subs = self
+            .dc_subscribers
+            .remove(&(publisher, name.to_string()))
+            .unwrap_or_default();
+        for (sub, id) in subs {
+            let Some(s) = self.sessions.get_mut(&sub) else {
+                continue;
+            };
+            let Some(e) = s.channels.by_id_mut(id) else {
+                continue;
+            };
+            e.closed = true;
+            let chan = e.chan;
+            s.rtc.direct_api().close_data_channel(chan);
+            self.channel_written(sub);
         }
     }
 
