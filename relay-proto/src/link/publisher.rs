@@ -122,8 +122,21 @@ enum Sub<D> {
     },
     Live {
         down: D,
+        /// What it carries, so that copies of one track on the link can be counted.
+        track: TrackRef,
     },
 }
+
+/// A track as a subscription names it: app, session, track name.
+type TrackRef = (String, [u8; 16], String);
+
+fn track_of(s: &Subscribe) -> TrackRef {
+    (s.app.clone(), s.session_id, s.track_name.clone())
+}
+
+/// Subscriptions of one link to one track at once: two, for a make-before-break move of a
+/// viewer between upstreams. More would only make this node send copies of the same media.
+pub const MAX_SUBS_PER_TRACK: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -173,7 +186,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
     /// The downstream of a live subscription.
     pub fn down(&self, sub: SubId) -> Option<D> {
         match self.subs.get(&sub) {
-            Some(Sub::Live { down }) => Some(*down),
+            Some(Sub::Live { down, .. }) => Some(*down),
             _ => None,
         }
     }
@@ -193,7 +206,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
         match msg {
             ControlMsg::Subscribe(s) => self.subscribe(now, s),
             ControlMsg::Unsubscribe { sub } => match self.subs.get_mut(&sub) {
-                Some(Sub::Live { down }) => {
+                Some(Sub::Live { down, .. }) => {
                     let down = *down;
                     self.subs.remove(&sub);
                     self.downs.remove(&down);
@@ -221,7 +234,7 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 None => self.stats.unknown += 1,
             },
             ControlMsg::SetLayers(s) => match self.subs.get_mut(&s.sub) {
-                Some(Sub::Live { down }) => {
+                Some(Sub::Live { down, .. }) => {
                     let down = *down;
                     self.events.push_back(PublisherEvent::SetLayers {
                         down,
@@ -262,6 +275,36 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
             });
             return;
         }
+        let same = |app: &str, session: &[u8; 16], name: &str| {
+            app == s.app && *session == s.session_id && name == s.track_name
+        };
+        let copies = self
+            .subs
+            .values()
+            .filter(|v| match v {
+                // One unsubscribed while it attaches is on its way out.
+                Sub::Attaching {
+                    cancelled: true, ..
+                } => false,
+                Sub::Attaching { req, .. } | Sub::Waiting { req, .. } => {
+                    same(&req.app, &req.session_id, &req.track_name)
+                }
+                Sub::Live {
+                    track: (a, sid, n), ..
+                } => same(a, sid, n),
+            })
+            .count();
+        if copies >= MAX_SUBS_PER_TRACK {
+            self.stats.overloaded += 1;
+            self.transmits.push_back(ControlMsg::SubscribeFailed {
+                sub: s.sub,
+                code: FailureCode::Overloaded,
+                reason: format!(
+                    "this link already holds {MAX_SUBS_PER_TRACK} subscriptions to this track"
+                ),
+            });
+            return;
+        }
         self.events.push_back(PublisherEvent::Attach(s.clone()));
         self.subs.insert(
             s.sub,
@@ -284,7 +327,14 @@ impl<D: Copy + Eq + Hash> Publisher<D> {
                 ..
             }) if self.phase == Phase::Open => {
                 let changed = layers_changed.then(|| req.layers.clone());
-                self.subs.insert(sub, Sub::Live { down });
+                let track_ref = track_of(req);
+                self.subs.insert(
+                    sub,
+                    Sub::Live {
+                        down,
+                        track: track_ref,
+                    },
+                );
                 self.downs.insert(down, sub);
                 self.transmits
                     .push_back(ControlMsg::Subscribed { sub, track });
@@ -709,6 +759,54 @@ mod tests {
         p.handle_control(t0, ControlMsg::Subscribe(req(4)));
         let (_, ev) = drain(&mut p);
         assert_eq!(ev, vec![PublisherEvent::Attach(req(4))]);
+    }
+
+    #[test]
+    fn a_link_holds_at_most_two_subscriptions_to_one_track() {
+        let t0 = Instant::now();
+        let mut p = open(t0, PublisherLimits::default());
+        let same = |sub| Subscribe {
+            track_name: "cam".into(),
+            ..req(sub)
+        };
+        p.handle_control(t0, ControlMsg::Subscribe(same(1)));
+        p.attached(1, 10, info());
+        p.handle_control(t0, ControlMsg::Subscribe(same(2)));
+        p.handle_control(t0, ControlMsg::Subscribe(same(3)));
+        // Another track, or another session's track of that name, is no copy.
+        p.handle_control(t0, ControlMsg::Subscribe(req(4)));
+        p.handle_control(
+            t0,
+            ControlMsg::Subscribe(Subscribe {
+                session_id: [8; 16],
+                ..same(5)
+            }),
+        );
+        let (tx, ev) = drain(&mut p);
+        let attached: Vec<SubId> = ev
+            .iter()
+            .filter_map(|e| match e {
+                PublisherEvent::Attach(s) => Some(s.sub),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attached, vec![1, 2, 4, 5], "{ev:?}");
+        assert!(
+            tx.iter().any(|m| matches!(
+                m,
+                ControlMsg::SubscribeFailed {
+                    sub: 3,
+                    code: FailureCode::Overloaded,
+                    ..
+                }
+            )),
+            "{tx:?}"
+        );
+        // One goes: a place for another.
+        p.handle_control(t0, ControlMsg::Unsubscribe { sub: 1 });
+        p.handle_control(t0, ControlMsg::Subscribe(same(6)));
+        let (_, ev) = drain(&mut p);
+        assert!(ev.contains(&PublisherEvent::Attach(same(6))), "{ev:?}");
     }
 
     #[test]
