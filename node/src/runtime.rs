@@ -16,6 +16,10 @@ use crate::sendbatch;
 
 /// Datagrams read in one go before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// Commands run in a row before the media waiting in the socket and the relay queue is read:
+/// commands come first, but a flood of them (a peer's keyframe requests or layer changes, each
+/// a command) must not leave clients' media unread.
+const JOBS_BEFORE_MEDIA: u32 = 32;
 /// Larger than any datagram a WebRTC peer sends over UDP.
 const RECV_BUF: usize = 2048;
 
@@ -144,6 +148,7 @@ pub async fn run(
     let mut buf = vec![0u8; RECV_BUF];
     let mut batch = Vec::with_capacity(sendbatch::SEND_BATCH);
     let mut outbox = crate::relay_outbox::RelayOutbox::default();
+    let mut jobs_in_row = 0u32;
     loop {
         // Relay output first: a frame for another node's viewers should not wait while this
         // node's own fan-out is sent. A full queue means the relay tasks are behind: media is
@@ -164,7 +169,17 @@ pub async fn run(
         tokio::select! {
             biased;
             job = rx.recv() => match job {
-                Some(job) => job(&mut engine, Instant::now()),
+                Some(job) => {
+                    job(&mut engine, Instant::now());
+                    jobs_in_row += 1;
+                    if jobs_in_row >= JOBS_BEFORE_MEDIA {
+                        jobs_in_row = 0;
+                        read_waiting_media(&mut engine, &socket, &mut relay.from_relay, &mut buf);
+                    }
+                    engine.handle_timeout(Instant::now());
+                    links.turn_done(&mut engine);
+                    continue;
+                }
                 None => break,
             },
             // Relayed frames before datagrams: they are media already late by a hop, while a
@@ -203,6 +218,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        jobs_in_row = 0;
         engine.handle_timeout(Instant::now());
         links.turn_done(&mut engine);
     }
@@ -216,6 +232,38 @@ fn flush_egress(engine: &mut Engine, egress: Option<&mpsc::Sender<EgressPacket>>
     while let Some(packet) = engine.poll_egress() {
         if egress.is_none_or(|tx| tx.try_send(packet).is_err()) {
             engine.count_egress_drop();
+        }
+    }
+}
+
+/// What the socket and the relay queue hold now, without waiting: at most a batch of each.
+fn read_waiting_media(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    from_relay: &mut mpsc::Receiver<RelayIn>,
+    buf: &mut [u8],
+) {
+    // Straight from the socket: tokio's `try_recv_from` trusts its readiness cache, which only
+    // the I/O driver refreshes, and a loop busy with commands gives it few turns.
+    for _ in 0..RECV_BATCH {
+        let read = rustix::net::recvfrom(socket, &mut *buf, rustix::net::RecvFlags::DONTWAIT);
+        let Ok((len, n, Some(from))) = read else {
+            break;
+        };
+        let Ok(source) = std::net::SocketAddr::try_from(from) else {
+            continue;
+        };
+        // A datagram larger than the buffer was cut: not handed on.
+        if let Some(data) = buf.get(..len).filter(|_| n <= len) {
+            engine.handle_datagram(Instant::now(), canonical(source), data);
+        }
+    }
+    for _ in 0..RECV_BATCH {
+        match from_relay.try_recv() {
+            Ok(input) => {
+                relay_input(engine, input);
+            }
+            Err(_) => break,
         }
     }
 }
@@ -239,5 +287,70 @@ fn relay_input(engine: &mut Engine, input: RelayIn) -> bool {
             engine.relay_channel_reply(down, binary, &data);
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of commands (each a peer's keyframe request, say) keeps the queue full: clients'
+    /// datagrams must still be read while it lasts, not only once it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_commands_does_not_leave_media_unread() {
+        let now = Instant::now();
+        let engine = Engine::new(
+            crate::testing::config(std::time::Duration::from_secs(30)),
+            now,
+        );
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let (tx, rx) = mpsc::channel::<Job>(COMMAND_QUEUE);
+        let (_in_tx, from_relay) = mpsc::channel(8);
+        let (to_relay, _out_rx) = mpsc::channel(8);
+        let media = MediaIo { socket, tcp: None };
+        let relay = RelayPipes {
+            from_relay,
+            to_relay,
+        };
+        let outgoing = Arc::new(OutgoingSockets::default());
+        let worker = tokio::spawn(run(engine, media, rx, relay, None, outgoing, Alone));
+
+        // Each command queues the next before it ends, so the queue never empties while the
+        // flood lasts (100 chains, bounded in count).
+        let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        fn chain(tx: mpsc::Sender<Job>, flooding: Arc<std::sync::atomic::AtomicBool>, left: u32) {
+            let next = tx.clone();
+            let job: Job = Box::new(move |_, _| {
+                if left > 0 && flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    chain(next, flooding, left - 1);
+                }
+            });
+            let _ = tx.try_send(job);
+        }
+        for _ in 0..100 {
+            chain(tx.clone(), flooding.clone(), 1_000_000);
+        }
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        for _ in 0..10 {
+            client.send_to(b"not a known datagram", addr).expect("send");
+        }
+        // Behind the flood: what the engine counted by the time this job runs.
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let seen: Job = Box::new(move |e, _| {
+            let _ = seen_tx.send(e.stats().datagrams_in);
+        });
+        tx.send(seen)
+            .await
+            .map_err(|_| "queue closed")
+            .expect("send");
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(60), seen_rx)
+            .await
+            .expect("the job ran")
+            .expect("an answer");
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        drop(tx);
+        let _ = worker.await;
+        assert_eq!(seen, 10, "the datagrams were read during the flood");
     }
 }
