@@ -159,6 +159,10 @@ fn resend(
     }
 }
 
+/// Table changes, channel commands and repairs handled in a row before a media output waiting
+/// behind them is sent.
+const OTHERS_BEFORE_MEDIA: u32 = 32;
+
 /// A change to the downstream table; a downstream removed (its link released it, or died)
 /// takes the frames kept to repair it along, at once rather than when the cache map is full.
 fn apply_down_cmd(downs: &mut Downs, caches: &mut HashMap<DownId, SentCache<Sent>>, cmd: DownCmd) {
@@ -186,9 +190,21 @@ pub async fn engine_outputs(
         cfg: inner.test_loss,
         sent: 0,
     };
+    let mut others_in_row = 0u32;
     loop {
         downs.publish();
-        let out = tokio::select! {
+        // Table changes, channel commands and repairs come first, but a flood of them (a peer
+        // streaming claim answers or Nacks) must not hold every peer's media back for good.
+        let waiting = if others_in_row >= OTHERS_BEFORE_MEDIA {
+            others_in_row = 0;
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+        let out = if let Some(out) = waiting {
+            out
+        } else {
+            tokio::select! {
             // A change to the table first: a downstream is inserted before the engine is asked
             // to send it frames, so its first frame always finds it.
             biased;
@@ -198,6 +214,7 @@ pub async fn engine_outputs(
                     let Ok(cmd) = cmds.try_recv() else { break };
                     apply_down_cmd(&mut downs, &mut caches, cmd);
                 }
+                others_in_row += 1;
                 continue;
             }
             Some(cmd) = channel_cmds.recv() => {
@@ -210,17 +227,23 @@ pub async fn engine_outputs(
                     }
                     None => {}
                 }
+                others_in_row += 1;
                 continue;
             }
             // A repair is more urgent than the next frame: its subscriber holds frames for it.
             Some((down, nack)) = nacks.recv() => {
                 resend(&inner, &downs, &mut caches, down, &nack, &mut buf, &mut hook);
+                others_in_row += 1;
                 continue;
             }
             out = rx.recv() => match out {
-                Some(out) => out,
+                Some(out) => {
+                    others_in_row = 0;
+                    out
+                }
                 None => return,
             },
+            }
         };
         match out {
             RelayOut::Frame { down, seq, frame } => {
