@@ -81,6 +81,15 @@ impl Engine {
             self.pending_layer_keyframes(&key, now);
         }
 
+        // A track or layer that stopped sending frees its repair window here: only a new
+        // packet would evict it otherwise (the newest keyframe stays, for joining viewers).
+        for p in self.publications.values_mut() {
+            p.cache.evict(now);
+            for l in p.layers.layers_mut() {
+                l.data.cache.evict(now);
+            }
+        }
+
         self.update_all_upstream_layers(now);
         self.announce_all_layers(now);
 

@@ -1934,6 +1934,24 @@ fn a_stream_takes_at_most_its_viewer_cap() {
     ));
 }
 
+/// A track that stops sending frees its repair window within the window's age, not only when
+/// its next packet comes (which may be never, until the track times out).
+#[test]
+fn a_silent_tracks_repair_window_is_freed_by_the_clock() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    w.run(Duration::from_millis(500));
+    let key = (SessionId::parse(&pub_sid).expect("id"), "cam".to_string());
+    let held = |w: &World| w.engine.publications.get(&key).map(|p| p.cache.len());
+    assert!(held(&w).is_some_and(|n| n > 0), "video is cached");
+    w.senders.clear();
+    w.run(Duration::from_secs(3));
+    assert_eq!(
+        held(&w),
+        Some(0),
+        "the publication stays, its window is empty"
+    );
+}
+
 #[test]
 fn a_closed_session_is_gone_to_its_app_and_unknown_to_others() {
     let mut w = World::new(Duration::from_secs(30));

@@ -197,7 +197,7 @@ impl<H: Clone> PacketCache<H> {
     }
 
     /// Evicts packets older than the age bound at `now`, and the oldest past the count and
-    /// byte bounds. Also for a timer: a track that stops sending frees its window.
+    /// byte bounds. Housekeeping calls it too: a track that stops sending frees its window.
     pub fn evict(&mut self, now: Instant) {
         while let Some(oldest) = self.window.front() {
             let expired = now.saturating_duration_since(oldest.arrival) > self.bounds.age;
