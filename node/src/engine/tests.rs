@@ -1319,6 +1319,26 @@ fn fuzz_seeds() {
     }
 }
 
+/// The first sender writes a VP8 delta frame carrying orientation `o`, between its own frames
+/// (which carry none), at their clock.
+fn write_oriented(w: &mut World, o: str0m::rtp::VideoOrientation) {
+    let (c, _, v) = w.senders[0];
+    let pt = w.payload_type(c, v, Codec::Vp8).pt();
+    let (now, time) = (w.now, w.media_clock * 1800 + 900);
+    w.clients[c]
+        .rtc()
+        .writer(v)
+        .expect("writer")
+        .video_orientation(o)
+        .write(
+            pt,
+            now,
+            str0m::media::MediaTime::from_90khz(time),
+            crate::testing::synthetic_frame(MediaKind::Video, false, 600),
+        )
+        .expect("write");
+}
+
 /// A phone sends its rotation in the CVO header extension rather than rotating its frames: the
 /// viewers must get it, or portrait video plays sideways.
 #[test]
@@ -1332,23 +1352,8 @@ fn a_publishers_video_orientation_reaches_its_viewers() {
     w.run(Duration::from_millis(1500));
     assert!(w.clients[sub].frames(&vm) > 0, "video flows");
     assert_eq!(w.clients[sub].stats().rx_orientation(&vm), None);
-    // Written between the sender's own frames (which carry none), at their clock.
-    let (c, _, v) = w.senders[0];
-    let pt = w.payload_type(c, v, Codec::Vp8).pt();
     for o in [VideoOrientation::Deg90, VideoOrientation::Deg270] {
-        let (now, time) = (w.now, w.media_clock * 1800 + 900);
-        w.clients[c]
-            .rtc()
-            .writer(v)
-            .expect("writer")
-            .video_orientation(o)
-            .write(
-                pt,
-                now,
-                str0m::media::MediaTime::from_90khz(time),
-                crate::testing::synthetic_frame(MediaKind::Video, false, 600),
-            )
-            .expect("write");
+        write_oriented(&mut w, o);
         w.run(Duration::from_millis(300));
         assert_eq!(w.clients[sub].stats().rx_orientation(&vm), Some(o));
     }
@@ -1366,21 +1371,7 @@ fn a_video_orientation_crosses_the_relay() {
         .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
     while a.engine.poll_relay().is_some() {}
-    let (c, _, v) = a.senders[0];
-    let pt = a.payload_type(c, v, Codec::Vp8).pt();
-    let (now, time) = (a.now, a.media_clock * 1800 + 900);
-    a.clients[c]
-        .rtc()
-        .writer(v)
-        .expect("writer")
-        .video_orientation(VideoOrientation::Deg180)
-        .write(
-            pt,
-            now,
-            str0m::media::MediaTime::from_90khz(time),
-            crate::testing::synthetic_frame(MediaKind::Video, false, 600),
-        )
-        .expect("write");
+    write_oriented(&mut a, VideoOrientation::Deg180);
     a.run(Duration::from_millis(50));
     let mut oriented = Vec::new();
     while let Some(out) = a.engine.poll_relay() {

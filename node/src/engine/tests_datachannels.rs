@@ -347,10 +347,11 @@ fn relay_downstreams_get_messages_and_end_with_the_channel() {
     );
 }
 
-#[test]
-fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
+/// Channel "chat" of a publisher on another node (its tag is not this engine's), received
+/// here over relay upstream 42, and a connected local subscriber of it: (world, publisher,
+/// subscriber's client, its session, its channel).
+fn relayed_chat() -> (World, SessionId, usize, String, ChannelId) {
     let mut w = World::new(Duration::from_secs(30));
-    // A publisher on another node (its tag is not this engine's).
     let remote = crate::ids::SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
     w.engine.add_relay_channel(remote, "chat", 42);
     let c = w.client();
@@ -358,6 +359,12 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
     let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
     w.connect(&[c]);
     w.run(Duration::from_millis(500));
+    (w, remote, c, sid, chan)
+}
+
+#[test]
+fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
+    let (mut w, remote, c, sid, chan) = relayed_chat();
     w.engine.relay_channel_message(42, false, b"from afar");
     w.run(Duration::from_millis(100));
     assert_eq!(received(&mut w, c, chan), vec![b"from afar".to_vec()]);
@@ -374,14 +381,7 @@ fn a_relayed_channel_feeds_local_subscribers_and_is_released_by_the_last() {
 
 #[test]
 fn a_relayed_channels_end_closes_its_local_subscriptions() {
-    let mut w = World::new(Duration::from_secs(30));
-    let remote = crate::ids::SessionId::new(crate::ids::NodeTag(0x0bad_cafe));
-    w.engine.add_relay_channel(remote, "chat", 42);
-    let c = w.client();
-    let sid = establish(&mut w, c);
-    let chan = open(&mut w, c, &sid, remote_item(&remote.to_string()));
-    w.connect(&[c]);
-    w.run(Duration::from_millis(500));
+    let (mut w, _, c, sid, chan) = relayed_chat();
     w.engine.end_relay_channel(42);
     w.run(Duration::from_millis(300));
     assert!(

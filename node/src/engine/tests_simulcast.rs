@@ -197,6 +197,15 @@ pub(super) fn prefer(rid: &str, rid_not_available: Ordering) -> Prefs {
     }
 }
 
+/// Prefers `rid`, moved between layers by its bandwidth estimate (`priorityOrdering:
+/// "asciibetical"`), and waits for `rid` when it stops.
+pub(super) fn governed(rid: &str) -> Prefs {
+    Prefs {
+        priority_ordering: Ordering::Asciibetical,
+        ..prefer(rid, Ordering::None)
+    }
+}
+
 /// `tracks/update` of `sid`'s `mid` (a pull of `publisher`'s "cam") to prefer layer `rid`.
 pub(super) fn update_layer(w: &mut World, sid: &str, mid: &str, publisher: SessionId, rid: &str) {
     let now = w.now;
@@ -620,11 +629,7 @@ fn the_bandwidth_estimate_moves_an_asciibetical_subscriber_down_and_back_up() {
     // Layer bitrates as sent: f 1200 B, h 600 B, q 300 B every 33 ms: about 291, 145 and
     // 73 kbit/s.
     let mut sim = Sim::new(&LAYERS);
-    let governed = Prefs {
-        preferred_rid: parse_rid("f"),
-        priority_ordering: Ordering::Asciibetical,
-        rid_not_available: Ordering::None,
-    };
+    let governed = governed("f");
     let (c, sid, mid) = sim.subscriber(Some(governed));
     let (fixed, fixed_sid, fixed_mid) = sim.subscriber(Some(prefer("f", Ordering::None)));
     sim.round(&LAYERS, &LAYERS);
@@ -687,11 +692,7 @@ fn the_bandwidth_estimate_moves_an_asciibetical_subscriber_down_and_back_up() {
 #[test]
 fn an_ended_publication_takes_no_share_of_the_estimate() {
     let mut sim = Sim::new(&LAYERS);
-    let governed = Prefs {
-        preferred_rid: parse_rid("f"),
-        priority_ordering: Ordering::Asciibetical,
-        rid_not_available: Ordering::None,
-    };
+    let governed = governed("f");
     let (c, sid, mid) = sim.subscriber(Some(governed));
     // A second publisher's simulcast track on the same subscriber session.
     let other = sim.w.client();
@@ -733,11 +734,7 @@ fn with_bwe_on_str0m_estimates_reach_the_governed_subscribers() {
         ..crate::testing::config(Duration::from_secs(30))
     });
     let mut sim = Sim::in_world(w, &LAYERS);
-    let governed = Prefs {
-        preferred_rid: parse_rid("f"),
-        priority_ordering: Ordering::Asciibetical,
-        rid_not_available: Ordering::None,
-    };
+    let governed = governed("f");
     let (c, _, mid) = sim.subscriber(Some(governed));
     sim.round(&LAYERS, &LAYERS);
     sim.rounds(70, &LAYERS);
@@ -1313,14 +1310,8 @@ fn a_relayed_viewer_goes_on_when_its_layers_time_jumps_during_a_switch() {
 
 #[test]
 fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_keyframe() {
-    let (mut e, _c, sid, _mid) = edge_with_viewer(
-        &[("f", true), ("h", true), ("q", true)],
-        Prefs {
-            preferred_rid: parse_rid("f"),
-            priority_ordering: Ordering::Asciibetical,
-            rid_not_available: Ordering::None,
-        },
-    );
+    let (mut e, _c, sid, _mid) =
+        edge_with_viewer(&[("f", true), ("h", true), ("q", true)], governed("f"));
     assert_eq!(e.pulled, only(&["f"]));
     // Over two seconds of f: its bitrate is measured here.
     e.round(&LAYERS, &["f"]);
@@ -1350,14 +1341,8 @@ fn a_bandwidth_move_of_a_relayed_viewer_pulls_the_new_layer_before_asking_its_ke
 /// again, every few seconds.
 #[test]
 fn a_layer_the_edge_stopped_pulling_keeps_its_measured_bitrate() {
-    let (mut e, _c, sid, _mid) = edge_with_viewer(
-        &[("f", true), ("h", true), ("q", true)],
-        Prefs {
-            preferred_rid: parse_rid("f"),
-            priority_ordering: Ordering::Asciibetical,
-            rid_not_available: Ordering::None,
-        },
-    );
+    let (mut e, _c, sid, _mid) =
+        edge_with_viewer(&[("f", true), ("h", true), ("q", true)], governed("f"));
     e.round(&LAYERS, &["f"]);
     for _ in 0..70 {
         e.round(&LAYERS, &[]);

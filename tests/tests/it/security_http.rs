@@ -105,6 +105,25 @@ async fn get(addr: SocketAddr, path: &str) -> Answer {
     .await
 }
 
+/// A POST to the app's `path` announcing 1000 bytes of body and sending only `start`: the
+/// node's answer once the body deadline passed.
+async fn stalled_body(node: &TestNode, path: &str, content_type: &str, start: &str) -> Answer {
+    let mut stream = TcpStream::connect(node.http_addr()).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST /v1/apps/{}/{path} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n{start}",
+                node.app_id(),
+                node.app_secret()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send partial body");
+    parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body")
+}
+
 #[track_caller]
 fn assert_problem_answer(a: &Answer, status: u16) {
     assert_eq!(a.status, status, "status; answer: {a:?}");
@@ -122,6 +141,7 @@ fn assert_problem_answer(a: &Answer, status: u16) {
     );
 }
 
+#[track_caller]
 fn assert_json_error(a: &Answer, status: u16, code: &str) {
     assert_eq!(a.status, status, "status; answer: {a:?}");
     assert_eq!(
@@ -436,39 +456,13 @@ async fn http_layer_errors_have_json_bodies() {
     assert_json_error(&a, 414, "uri_too_long");
 
     // A body that never finishes arriving.
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(
-            format!(
-                "POST /v1/apps/{}/sessions/new HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"sessionDesc",
-                node.app_id(),
-                node.app_secret()
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("send partial body");
-    let a = parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body");
+    let a = stalled_body(&node, "sessions/new", "application/json", "{\"sessionDesc").await;
     assert_json_error(&a, 408, "request_timeout");
 
     // On WHIP, WHEP and streams paths the same refusals are RFC 9457 problems.
     let a = get(addr, &format!("/v1/apps/a/whip/{}", "s".repeat(5000))).await;
     assert_problem_answer(&a, 414);
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(
-            format!(
-                "POST /v1/apps/{}/whip/s HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
-                 Content-Type: application/sdp\r\nContent-Length: 1000\r\n\r\nv=0",
-                node.app_id(),
-                node.app_secret()
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("send partial body");
-    let a = parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body");
+    let a = stalled_body(&node, "whip/s", "application/sdp", "v=0").await;
     assert_problem_answer(&a, 408);
 
     // Unknown paths were already JSON; they stay so.
