@@ -199,13 +199,7 @@ pub async fn sessions_new(
     };
     let quota = st.limits.per_app_quota;
     // The app's quota counts its sessions on every worker; the new one goes to the least loaded.
-    let a = app.clone();
-    let held: usize = st
-        .engine
-        .call_all(move |e, _| e.app_session_count(&a))
-        .await?
-        .into_iter()
-        .sum();
+    let held = st.engine.app_sessions(&app).await?;
     let worker = st.engine.place();
     let created = st
         .engine

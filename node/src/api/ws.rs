@@ -266,18 +266,6 @@ async fn handle(
     }
 }
 
-/// The app's sessions on every worker, as its quota counts them.
-async fn app_sessions(st: &ApiState, app: &str) -> Result<usize, CloseReason> {
-    let a = app.to_string();
-    Ok(st
-        .engine
-        .call_all(move |e, _| e.app_session_count(&a))
-        .await
-        .map_err(|_| CloseReason::InternalError)?
-        .into_iter()
-        .sum())
-}
-
 /// Checks the ticket, the room, the hook, the client id and the room's limit, consumes the
 /// ticket, then makes the participant's session.
 #[allow(clippy::too_many_arguments)]
@@ -348,7 +336,11 @@ async fn join(
             .count(crate::rejects::Port::Http, "session_rate_app");
         return Err(CloseReason::ExceedMaxConnections);
     }
-    let held = app_sessions(st, &app).await?;
+    let held = st
+        .engine
+        .app_sessions(&app)
+        .await
+        .map_err(|_| CloseReason::InternalError)?;
     if held >= st.limits.per_app_quota {
         st.ops
             .rejects
@@ -390,7 +382,7 @@ async fn join(
     // the session id names.
     let (a, quota) = (app.clone(), st.limits.per_app_quota);
     // Counted again on every worker, as `sessions/new` does, for joins racing each other.
-    let created = match app_sessions(st, &app).await {
+    let created = match st.engine.app_sessions(&app).await {
         Ok(held) => st
             .engine
             .call_placed(st.engine.place(), move |e, now| {
@@ -403,7 +395,7 @@ async fn join(
             .map_err(|_| CloseReason::InternalError)
             .and_then(|r| r.map_err(|_| CloseReason::InternalError))
             .and_then(|r| r.ok_or(CloseReason::ExceedMaxConnections)),
-        Err(r) => Err(r),
+        Err(_) => Err(CloseReason::InternalError),
     };
     let session = match created {
         Ok((sid, _)) => sid,

@@ -185,6 +185,13 @@ impl EngineHandle {
         Ok(out)
     }
 
+    /// The app's sessions on every worker, as its quota (`--max-sessions-per-app`) counts them.
+    pub async fn app_sessions(&self, app: &str) -> Result<usize, EngineStopped> {
+        let a = app.to_string();
+        let counts = self.call_all(move |e, _| e.app_session_count(&a)).await?;
+        Ok(counts.into_iter().sum())
+    }
+
     /// The worker a new Calls or room session (or a new stream) goes to: the next of
     /// `--worker-placement` while it lasts
     /// (tests force placement with it), else the one holding the fewest sessions (ties: the
