@@ -205,44 +205,44 @@ pub async fn engine_outputs(
             out
         } else {
             tokio::select! {
-            // A change to the table first: a downstream is inserted before the engine is asked
-            // to send it frames, so its first frame always finds it.
-            biased;
-            Some(cmd) = cmds.recv() => {
-                apply_down_cmd(&mut downs, &mut caches, cmd);
-                for _ in 1..DOWN_BATCH {
-                    let Ok(cmd) = cmds.try_recv() else { break };
+                // A change to the table first: a downstream is inserted before the engine is asked
+                // to send it frames, so its first frame always finds it.
+                biased;
+                Some(cmd) = cmds.recv() => {
                     apply_down_cmd(&mut downs, &mut caches, cmd);
-                }
-                others_in_row += 1;
-                continue;
-            }
-            Some(cmd) = channel_cmds.recv() => {
-                match channels.handle(cmd, &inner.dc_stream_drops) {
-                    Some(Start::Pull { app, session, name }) => {
-                        inner.spawn(super::channels::pull(inner.clone(), app, session, name));
+                    for _ in 1..DOWN_BATCH {
+                        let Ok(cmd) = cmds.try_recv() else { break };
+                        apply_down_cmd(&mut downs, &mut caches, cmd);
                     }
-                    Some(Start::Claim { session, name }) => {
-                        inner.spawn(super::channels::claim(inner.clone(), session, name));
+                    others_in_row += 1;
+                    continue;
+                }
+                Some(cmd) = channel_cmds.recv() => {
+                    match channels.handle(cmd, &inner.dc_stream_drops) {
+                        Some(Start::Pull { app, session, name }) => {
+                            inner.spawn(super::channels::pull(inner.clone(), app, session, name));
+                        }
+                        Some(Start::Claim { session, name }) => {
+                            inner.spawn(super::channels::claim(inner.clone(), session, name));
+                        }
+                        None => {}
                     }
-                    None => {}
+                    others_in_row += 1;
+                    continue;
                 }
-                others_in_row += 1;
-                continue;
-            }
-            // A repair is more urgent than the next frame: its subscriber holds frames for it.
-            Some((down, nack)) = nacks.recv() => {
-                resend(&inner, &downs, &mut caches, down, &nack, &mut buf, &mut hook);
-                others_in_row += 1;
-                continue;
-            }
-            out = rx.recv() => match out {
-                Some(out) => {
-                    others_in_row = 0;
-                    out
+                // A repair is more urgent than the next frame: its subscriber holds frames for it.
+                Some((down, nack)) = nacks.recv() => {
+                    resend(&inner, &downs, &mut caches, down, &nack, &mut buf, &mut hook);
+                    others_in_row += 1;
+                    continue;
                 }
-                None => return,
-            },
+                out = rx.recv() => match out {
+                    Some(out) => {
+                        others_in_row = 0;
+                        out
+                    }
+                    None => return,
+                },
             }
         };
         match out {
