@@ -767,15 +767,21 @@ fn shuttle(a: &mut World, b: &mut World, down: DownId, up: UpId) -> (usize, usiz
     (frames, keyframe_requests)
 }
 
-#[test]
-fn a_new_relay_downstream_gets_no_stale_keyframe_but_the_live_one_it_asks_for() {
+/// A publishing world whose "cam" another node pulls as downstream 1, once delta frames have
+/// followed the publisher's first keyframe.
+fn relayed_downstream_world() -> World {
     let (mut a, pub_sid) = publishing_world(Duration::from_secs(30));
-    // Delta frames have followed the publisher's first keyframe by now.
     a.run(Duration::from_millis(300));
     let sid = SessionId::parse(&pub_sid).expect("id");
     a.engine
         .relay_subscribe(DownId(1), APP, sid, "cam")
         .expect("codec known after media");
+    a
+}
+
+#[test]
+fn a_new_relay_downstream_gets_no_stale_keyframe_but_the_live_one_it_asks_for() {
+    let mut a = relayed_downstream_world();
     // (keyframes, frames) sent to the downstream since the last look.
     let sent = |a: &mut World| {
         let (mut keyframes, mut frames) = (0, 0);
@@ -1364,12 +1370,7 @@ fn a_publishers_video_orientation_reaches_its_viewers() {
 #[test]
 fn a_video_orientation_crosses_the_relay() {
     use str0m::rtp::VideoOrientation;
-    let (mut a, pub_sid) = publishing_world(Duration::from_secs(30));
-    a.run(Duration::from_millis(300));
-    let sid = SessionId::parse(&pub_sid).expect("id");
-    a.engine
-        .relay_subscribe(DownId(1), APP, sid, "cam")
-        .expect("codec known after media");
+    let mut a = relayed_downstream_world();
     while a.engine.poll_relay().is_some() {}
     write_oriented(&mut a, VideoOrientation::Deg180);
     a.run(Duration::from_millis(50));
