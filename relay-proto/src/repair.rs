@@ -616,13 +616,16 @@ impl<F> SentCache<F> {
     /// `max_resends` times.
     pub fn resend(&mut self, now: Instant, seq: u32) -> Option<&F> {
         self.expire(now);
-        let direct = self
-            .frames
-            .front()
-            .map(|(first, ..)| seq.wrapping_sub(*first) as usize)
-            .filter(|i| self.frames.get(*i).is_some_and(|(s, ..)| *s == seq));
-        // Numbering with holes (a frame not sent): search.
-        let Some(i) = direct.or_else(|| self.frames.iter().position(|(s, ..)| *s == seq)) else {
+        // Numbers only grow (with holes where a frame was not sent, and wrapping): ordered by
+        // their distance from the oldest, so a binary search finds one, or its absence, in at
+        // most 10 steps however the peer picks the numbers it asks for.
+        let found = self.frames.front().and_then(|(first, ..)| {
+            let (first, off) = (*first, seq.wrapping_sub(*first));
+            self.frames
+                .binary_search_by(|(s, ..)| s.wrapping_sub(first).cmp(&off))
+                .ok()
+        });
+        let Some(i) = found else {
             self.stats.misses += 1;
             return None;
         };
@@ -983,6 +986,32 @@ mod tests {
         assert_eq!(c.resend(later, 1), Some(&2));
         assert_eq!(c.resend(later, 1), None);
         assert_eq!(c.stats().over_budget, 1);
+    }
+
+    #[test]
+    fn every_held_number_is_found_across_holes_and_the_wrap() {
+        let t0 = Instant::now();
+        let mut c = SentCache::new(SentCacheLimits {
+            max_frames: 512,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+            max_resends: 1,
+        });
+        // 300 numbers around the wrap, every seventh one not sent.
+        let start = u32::MAX - 150;
+        let sent: Vec<u32> = (0..300u32)
+            .map(|i| start.wrapping_add(i))
+            .filter(|n| n % 7 != 0)
+            .collect();
+        for n in &sent {
+            c.insert(t0, *n, *n, 1);
+        }
+        for i in 0..320u32 {
+            let n = start.wrapping_sub(10).wrapping_add(i);
+            let expect = sent.contains(&n).then_some(n);
+            assert_eq!(c.resend(t0, n).copied(), expect, "number {n}");
+        }
+        assert_eq!(c.stats().hits, sent.len() as u64);
     }
 
     /// Deterministic randomized check: under loss, reordering and duplicates, frames come out
