@@ -21,6 +21,7 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::Mid;
 
+use super::publications::TrackKey;
 use super::session::{Location, SessionState};
 use super::{ClientOffer, Engine, OpError};
 use crate::ids::SessionId;
@@ -179,6 +180,16 @@ impl Engine {
         s.media_counts.clear();
         s.out.clear();
         s.awaiting_keyframe.clear();
+        // The client's decoders start over with the transport: each pulled video waits for a
+        // keyframe again, so it gets the edge cache's at once and no deltas it cannot decode.
+        let pulled: Vec<(Mid, TrackKey)> = s
+            .remote_by_mid
+            .iter()
+            .map(|(mid, key)| (*mid, key.clone()))
+            .collect();
+        for (mid, key) in pulled {
+            self.await_keyframe(sid, mid, &key, now);
+        }
         tracing::info!(session = %sid, "new DTLS transport: session moved to a fresh Rtc");
         Ok(())
     }

@@ -348,3 +348,53 @@ fn a_session_whose_client_brings_no_new_transport_ends_after_the_reconnect_grace
         Err(OpError::Gone(_))
     ));
 }
+
+#[test]
+fn a_new_transport_that_keeps_pulled_video_waits_for_a_keyframe_on_it() {
+    let (mut w, _p, _p_sid, s, s_sid, mids) = call();
+    let id = crate::ids::SessionId::parse(&s_sid).expect("session id");
+    let (mic, cam) = (Mid::from(mids[0].as_str()), Mid::from(mids[1].as_str()));
+    assert!(w.engine.sessions[&id].awaiting_keyframe.is_empty());
+    // The same sections over a new DTLS certificate (the fingerprint of another client's).
+    let other = w.client();
+    let new_fp = w.clients[other]
+        .rtc()
+        .direct_api()
+        .local_dtls_fingerprint()
+        .to_string();
+    let old_fp = w.clients[s]
+        .rtc()
+        .direct_api()
+        .local_dtls_fingerprint()
+        .to_string();
+    let (offer, _pending) = restart_offer(&mut w, s);
+    let text = offer.to_sdp_string().replace(&old_fp, &new_fp);
+    assert_ne!(
+        text,
+        offer.to_sdp_string(),
+        "the fingerprint is in the offer"
+    );
+    w.engine
+        .tracks_new(
+            APP,
+            &s_sid,
+            TracksNew::OfferOnly {
+                offer: text.as_str().into(),
+            },
+            w.now,
+        )
+        .expect("the new transport's offer is answered");
+    let statuses = w.statuses(&s_sid);
+    assert!(
+        statuses.iter().all(|(_, _, active)| *active),
+        "{statuses:?}"
+    );
+    // Its decoder starts over: the edge keyframe cache serves it once it connects, and no
+    // delta frame reaches it before a keyframe.
+    let waits = &w.engine.sessions[&id].awaiting_keyframe;
+    assert!(waits.contains_key(&cam), "{waits:?}");
+    assert!(
+        !waits.contains_key(&mic),
+        "audio needs no keyframe: {waits:?}"
+    );
+}
