@@ -130,14 +130,22 @@ impl RateLimiter {
     }
 }
 
-/// Reads at most `limit` bytes of body; more is 413 with a JSON error.
+/// Reads at most `limit` bytes of body; more is 413 with a JSON error. A body that breaks off
+/// or is badly framed (chunked encoding) is 400: saying "too large" would send the client
+/// looking in the wrong place. A body past its deadline is answered 408 by the HTTP layer.
 pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body larger than {limit} bytes"),
-        )
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body larger than {limit} bytes"),
+            )
+        } else {
+            ApiError::decoding(format!("request body could not be read: {e}"))
+        }
     })
 }
 

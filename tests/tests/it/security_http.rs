@@ -124,6 +124,22 @@ async fn stalled_body(node: &TestNode, path: &str, content_type: &str, start: &s
     parse_answer(&read_to_close(&mut stream).await).expect("answer to a stalled body")
 }
 
+/// A POST to the app's `path` whose chunked body has a chunk-size line that is not hex.
+async fn broken_chunked_body(node: &TestNode, path: &str, content_type: &str) -> Answer {
+    exchange(
+        node.http_addr(),
+        format!(
+            "POST /v1/apps/{}/{path} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n\
+             4\r\n{{\"a\"\r\nzz\r\n",
+            node.app_id(),
+            node.app_secret()
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
 #[track_caller]
 fn assert_problem_answer(a: &Answer, status: u16) {
     assert_eq!(a.status, status, "status; answer: {a:?}");
@@ -464,6 +480,12 @@ async fn http_layer_errors_have_json_bodies() {
     assert_problem_answer(&a, 414);
     let a = stalled_body(&node, "whip/s", "application/sdp", "v=0").await;
     assert_problem_answer(&a, 408);
+
+    // A body whose chunked framing is broken is a bad request, not one "too large".
+    let a = broken_chunked_body(&node, "sessions/new", "application/json").await;
+    assert_json_error(&a, 400, "decoding_error");
+    let a = broken_chunked_body(&node, "whip/s", "application/sdp").await;
+    assert_problem_answer(&a, 400);
 
     // Unknown paths were already JSON; they stay so.
     let a = get(addr, "/no/such/path").await;
