@@ -83,8 +83,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    // Far beyond any timeout the node has, and far from what `Instant + Duration` overflows on.
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("duration {s:?} is over the limit of 7 days (168h)"));
+    }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
+
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Every setting, as given on the command line, in the environment or in the `--config` file.
 /// Unset is `None` (or empty), so that each layer only fills what the one above left unset. Unknown
@@ -670,7 +677,11 @@ impl Config {
                 .or(file.relay)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7703))),
             relay_test_loss: None,
-            dev_secret: flags.cluster_secret.is_none() && file.cluster_secret.is_none(),
+            dev_secret: flags
+                .cluster_secret
+                .as_deref()
+                .or(file.cluster_secret.as_deref())
+                .is_none_or(|s| s == DEV_CLUSTER_SECRET),
             cluster_secret: flags
                 .cluster_secret
                 .or(file.cluster_secret)
@@ -762,13 +773,28 @@ impl Config {
         if cfg.gossip.port() == 0 {
             bail!("gossip needs a fixed port: it is announced to the other nodes");
         }
-        // The development secret is in the source: with it, sealed gossip keeps nobody out.
-        if cfg.dev_secret && !cfg.gossip.ip().is_loopback() {
+        if cfg.gossip.ip().is_unspecified() {
             bail!(
-                "--gossip {} is reachable from other machines: give the cluster a --cluster-secret \
-                 (the development secret is public)",
+                "--gossip {} is a wildcard address, which is announced to the other nodes as it \
+                 is: give the address they reach this node at",
                 cfg.gossip
             );
+        }
+        // Every key of the cluster (gossip seal, relay CA, node-to-node calls) is derived from
+        // the secret: an empty one is as public as the development one.
+        if cfg.cluster_secret.is_empty() {
+            bail!("cluster-secret is empty: give a secret (say, openssl rand -hex 32)");
+        }
+        // The development secret is in the source: with it, sealed gossip and the relay's
+        // certificates keep nobody out.
+        let dev_previous = cfg.cluster_secret_previous.as_deref() == Some(DEV_CLUSTER_SECRET);
+        for (what, addr) in [("--gossip", cfg.gossip), ("--relay", cfg.relay)] {
+            if (cfg.dev_secret || dev_previous) && !addr.ip().is_loopback() {
+                bail!(
+                    "{what} {addr} is reachable from other machines: give the cluster a \
+                     --cluster-secret of its own (the development secret is public)"
+                );
+            }
         }
         // Nodes call each other's API (forwarded calls, admin views) over plain HTTP.
         if cfg.tls.is_some() && !cfg.seeds.is_empty() {
@@ -792,6 +818,21 @@ impl Config {
         if cfg.max_rooms_per_app == 0 {
             bail!("max-rooms-per-app must be at least 1");
         }
+        for (name, d) in [
+            ("track-timeout", cfg.track_timeout),
+            ("connect-timeout", cfg.connect_timeout),
+            ("reconnect-grace", cfg.reconnect_grace),
+            ("unconnected-expiry", cfg.unconnected_expiry),
+            ("auth-hook-timeout", cfg.auth_hook_timeout),
+            ("http-header-timeout", cfg.http_limits.timeouts.header),
+            ("http-idle-timeout", cfg.http_limits.timeouts.idle),
+            ("http-body-timeout", cfg.http_limits.timeouts.body),
+        ] {
+            // Zero would end every track, session, hook call or request at once.
+            if d.is_zero() {
+                bail!("{name} must be above zero");
+            }
+        }
         if [
             cfg.ws_ping_interval,
             cfg.ws_pong_timeout,
@@ -812,7 +853,8 @@ impl Config {
                 // The node's HTTP client is built without TLS: every call would fail, and every
                 // ticket and join would be denied with no sign of why.
                 Ok(u) if u.scheme() == "https" => bail!(
-                    "auth-hook: https is not supported (the node's HTTP client has no TLS); run                      the hook beside the node, or behind a local TLS proxy, and give its http:// URL"
+                    "auth-hook: https is not supported (the node's HTTP client has no TLS); run \
+                     the hook beside the node, or behind a local TLS proxy, and give its http:// URL"
                 ),
                 _ => bail!("auth-hook must be an http:// URL"),
             }
@@ -941,6 +983,80 @@ mod tests {
         let err = Config::from_flags(flags("10.0.0.5:7702", None)).expect_err("refused");
         assert!(err.to_string().contains("--cluster-secret"), "{err}");
         assert!(Config::from_flags(flags("10.0.0.5:7702", Some("s3cret"))).is_ok());
+        // Given explicitly it is just as public, and an empty secret no better.
+        for secret in [DEV_CLUSTER_SECRET, ""] {
+            let err =
+                Config::from_flags(flags("10.0.0.5:7702", Some(secret))).expect_err("refused");
+            assert!(err.to_string().contains("cluster-secret"), "{err}");
+        }
+        let err = Config::from_flags(flags("127.0.0.1:7702", Some(""))).expect_err("refused");
+        assert!(err.to_string().contains("empty"), "{err}");
+        // The relay's certificates come from the secret too.
+        let open_relay = Flags {
+            relay: "0.0.0.0:7703".parse().ok(),
+            ..flags("127.0.0.1:7702", None)
+        };
+        let err = Config::from_flags(open_relay).expect_err("refused");
+        assert!(err.to_string().contains("--relay"), "{err}");
+        let closed_relay = Flags {
+            relay: "0.0.0.0:7703".parse().ok(),
+            ..flags("127.0.0.1:7702", Some("s3cret"))
+        };
+        assert!(Config::from_flags(closed_relay).is_ok());
+        // A wildcard is announced as it is, which no other node can reach.
+        let err = Config::from_flags(flags("0.0.0.0:7702", Some("s3cret"))).expect_err("refused");
+        assert!(err.to_string().contains("wildcard"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_are_above_zero_and_at_most_a_week() {
+        let err = parse_duration("10000000000000000000").expect_err("refused");
+        assert!(err.contains("7 days"), "{err}");
+        assert_eq!(parse_duration("168h"), Ok(MAX_DURATION));
+        assert!(parse_duration("169h").is_err());
+        let zero = Duration::ZERO;
+        let cases: [(&str, Flags); 5] = [
+            (
+                "track-timeout",
+                Flags {
+                    track_timeout: Some(zero),
+                    ..Flags::default()
+                },
+            ),
+            (
+                "connect-timeout",
+                Flags {
+                    connect_timeout: Some(zero),
+                    ..Flags::default()
+                },
+            ),
+            (
+                "reconnect-grace",
+                Flags {
+                    reconnect_grace: Some(zero),
+                    ..Flags::default()
+                },
+            ),
+            (
+                "unconnected-expiry",
+                Flags {
+                    unconnected_expiry: Some(zero),
+                    ..Flags::default()
+                },
+            ),
+            (
+                "auth-hook-timeout",
+                Flags {
+                    auth_hook_timeout: Some(zero),
+                    ..Flags::default()
+                },
+            ),
+        ];
+        for (name, flags) in cases {
+            let err = Config::from_flags(flags).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        assert!(Config::from_flags(Flags::default()).is_ok());
     }
 
     #[test]
