@@ -13,7 +13,7 @@
 //! not check out is refused here; signed requests with a nonce the crate did not issue (which
 //! make it issue one) pass at a bounded rate.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -40,6 +40,14 @@ const NONCE_REUSE: std::time::Duration = std::time::Duration::from_secs(1800);
 /// Nonces the TURN crate handed out that are remembered, so requests carrying them pass without
 /// touching the new-nonce rate; past it the set starts over (which costs at most one 438 each).
 const MAX_KNOWN_NONCES: usize = 65_536;
+/// A nonce counts as known for this long after its listener issued it: short of the hour the
+/// crate keeps it, after which the crate answers it with 438 and a nonce it must remember.
+const KNOWN_NONCE_FOR: std::time::Duration = std::time::Duration::from_secs(55 * 60);
+/// An allocation's lifetime when the crate's answer names none (RFC 8656 §7.2's default).
+const DEFAULT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+/// After its lifetime an allocation is the crate's to have ended; a Refresh that crossed its
+/// expiry still extends it within this long.
+const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Allocate requests between the request and its answer; they are answered in turn, so a few
 /// suffice, and a flood only forgets (never leaks) entries.
@@ -86,6 +94,9 @@ type Client = (u8, SocketAddr);
 
 struct Allocation {
     username: String,
+    /// When its lifetime ends, unless refreshed: the crate then ends it without a word until
+    /// its next Allocate on that listener, so the guard takes it off by this itself.
+    expires: std::time::Instant,
     bucket: DefaultDirectRateLimiter,
     /// The nonce of the client's latest signed request that passed: one the crate accepts from
     /// it, for the request that releases the allocation when its TCP connection ends.
@@ -93,6 +104,26 @@ struct Allocation {
 }
 
 impl State {
+    /// Takes off every allocation past its lifetime (and the grace) at `now`. The crate's close
+    /// notice for one comes later, if at all, and must not take off a newer allocation of the
+    /// same client: it is expected, as after a Refresh to 0.
+    fn reap_expired(&mut self, now: std::time::Instant) {
+        let expired: Vec<Client> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.expires) >= EXPIRY_GRACE)
+            .map(|(c, _)| *c)
+            .collect();
+        for client in expired {
+            if self.take_off(client) {
+                if self.released.len() >= MAX_PENDING {
+                    self.released.clear();
+                }
+                *self.released.entry(client).or_default() += 1;
+            }
+        }
+    }
+
     fn take_off(&mut self, client: Client) -> bool {
         let Some(alloc) = self.allocations.remove(&client) else {
             return false;
@@ -109,8 +140,9 @@ impl State {
 
 #[derive(Default)]
 struct State {
-    /// Nonces the TURN crate has issued (seen in its answers).
-    known_nonces: HashSet<String>,
+    /// Nonces the TURN crate has issued (seen in its answers), by listener, and when. Each
+    /// listener's crate loop has its own nonces: one from the other is new to it.
+    known_nonces: HashMap<(u8, String), std::time::Instant>,
     /// The latest nonce each listener's crate loop issued (by protocol), and when.
     latest_nonce: HashMap<u8, (String, std::time::Instant)>,
     pending: HashMap<Client, String>,
@@ -264,13 +296,24 @@ impl Guard {
     pub fn on_message(&self, proto: u8, src: SocketAddr, msg: &Message<Attribute>) -> Verdict {
         let (method, class) = (msg.method(), msg.class());
         if method == BINDING {
-            // A Binding request is answered to anyone (its source may be spoofed): within the
-            // budget of the other unauthenticated answers. Indications get no answer.
-            if class == MessageClass::Request && self.unauthenticated.check().is_err() {
-                self.refused("unauthenticated_rate");
-                return Verdict::Drop;
+            match class {
+                // Answered to anyone (its source may be spoofed): within the budget of the
+                // other unauthenticated answers.
+                MessageClass::Request => {
+                    if self.unauthenticated.check().is_err() {
+                        self.refused("unauthenticated_rate");
+                        return Verdict::Drop;
+                    }
+                    return Verdict::Pass;
+                }
+                // A keepalive: it has done its work by arriving. The crate would challenge it,
+                // and remember a new nonce for each.
+                MessageClass::Indication => return Verdict::Drop,
+                _ => {
+                    self.refused("unexpected_message");
+                    return Verdict::Drop;
+                }
             }
-            return Verdict::Pass;
         }
         if method == SEND && class == MessageClass::Indication {
             if !self.all_peers_allowed(msg) {
@@ -286,6 +329,18 @@ impl Guard {
         }
         if let Some(v) = self.authenticate(proto, msg) {
             return v;
+        }
+        // An allocation answers only to the credential that made it (RFC 8656 §5: 441), or
+        // anyone spoofing its client's address could refresh it away with their own.
+        let username = msg.get_attribute::<Username>().map(Username::name);
+        let other = self
+            .lock()
+            .allocations
+            .get(&(proto, src))
+            .is_some_and(|a| Some(a.username.as_str()) != username);
+        if other {
+            self.refused("wrong_credentials");
+            return Verdict::Refuse(441);
         }
         if let Some(nonce) = msg.get_attribute::<Nonce>()
             && let Some(a) = self.lock().allocations.get_mut(&(proto, src))
@@ -342,9 +397,12 @@ impl Guard {
             self.refused("bad_integrity");
             return Some(Verdict::Refuse(401));
         }
-        let known = msg
-            .get_attribute::<Nonce>()
-            .is_some_and(|n| self.lock().known_nonces.contains(n.value()));
+        let known = msg.get_attribute::<Nonce>().is_some_and(|n| {
+            self.lock()
+                .known_nonces
+                .get(&(proto, n.value().to_string()))
+                .is_some_and(|at| at.elapsed() < KNOWN_NONCE_FOR)
+        });
         if !known && self.unauthenticated.check().is_err() {
             self.refused("new_nonce_rate");
             return Some(Verdict::Drop);
@@ -372,6 +430,8 @@ impl Guard {
             return Verdict::Pass;
         };
         let mut state = self.lock();
+        state.reap_expired(std::time::Instant::now());
+        self.figures.allocations.set(state.allocations.len() as i64);
         if state.allocations.contains_key(&client) {
             // A retransmission or a second allocation: the TURN crate answers either.
             return Verdict::Pass;
@@ -405,7 +465,12 @@ impl Guard {
             if state.known_nonces.len() >= MAX_KNOWN_NONCES {
                 state.known_nonces.clear();
             }
-            state.known_nonces.insert(nonce.value().to_string());
+            // Its first sighting is when it was issued: the crate repeats a nonce in later
+            // answers, but keeps it only an hour from its issue.
+            state
+                .known_nonces
+                .entry((proto, nonce.value().to_string()))
+                .or_insert_with(std::time::Instant::now);
             state.latest_nonce.insert(
                 proto,
                 (nonce.value().to_string(), std::time::Instant::now()),
@@ -435,6 +500,15 @@ impl Guard {
             self.figures.allocations.set(state.allocations.len() as i64);
             return;
         }
+        let lifetime = msg
+            .get_attribute::<Lifetime>()
+            .map_or(DEFAULT_LIFETIME, Lifetime::lifetime);
+        if msg.method() == REFRESH && msg.class() == MessageClass::SuccessResponse {
+            if let Some(a) = self.lock().allocations.get_mut(&client) {
+                a.expires = std::time::Instant::now() + lifetime;
+            }
+            return;
+        }
         if msg.method() != ALLOCATE {
             return;
         }
@@ -451,6 +525,7 @@ impl Guard {
             client,
             Allocation {
                 username,
+                expires: std::time::Instant::now() + lifetime,
                 bucket: DefaultDirectRateLimiter::direct(quota),
                 nonce: None,
             },
@@ -526,7 +601,17 @@ impl Guard {
 
     /// Whether `client` holds an allocation on the listener of `proto`.
     pub fn has_allocation(&self, proto: u8, client: SocketAddr) -> bool {
-        self.lock().allocations.contains_key(&(proto, client))
+        let now = std::time::Instant::now();
+        self.lock()
+            .allocations
+            .get(&(proto, client))
+            .is_some_and(|a| now.saturating_duration_since(a.expires) < EXPIRY_GRACE)
+    }
+
+    /// Takes off the allocations whose lifetime ended before `now` (Allocate does this itself).
+    #[cfg(test)]
+    pub(crate) fn reap_expired_at(&self, now: std::time::Instant) {
+        self.lock().reap_expired(now);
     }
 
     /// Refusals counted under `reason` (tests).
@@ -546,6 +631,7 @@ impl Guard {
             (proto, client),
             Allocation {
                 username: "test".into(),
+                expires: std::time::Instant::now() + DEFAULT_LIFETIME,
                 bucket: DefaultDirectRateLimiter::direct(quota),
                 nonce: None,
             },
@@ -848,7 +934,7 @@ mod tests {
     }
 
     #[test]
-    fn binding_requests_share_the_unauthenticated_budget_and_indications_do_not() {
+    fn binding_requests_share_the_unauthenticated_budget_and_indications_are_dropped() {
         let g = guard_with(100, 100, 2);
         let c: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
         let binding = Message::new(MessageClass::Request, BINDING, TransactionId::new([5; 12]));
@@ -860,11 +946,88 @@ mod tests {
             "{answered} answered, the limit is 2 a second"
         );
         assert!(refusals(&g, "unauthenticated_rate") >= 7);
+        // Indications need no answer: the crate would challenge each, with a nonce it keeps.
         let keepalive = Message::new(
             MessageClass::Indication,
             BINDING,
             TransactionId::new([6; 12]),
         );
-        assert!((0..10).all(|_| g.on_message(UDP, c, &keepalive) == Verdict::Pass));
+        assert!((0..10).all(|_| g.on_message(UDP, c, &keepalive) == Verdict::Drop));
+        let answer = Message::new(
+            MessageClass::SuccessResponse,
+            BINDING,
+            TransactionId::new([7; 12]),
+        );
+        assert_eq!(g.on_message(UDP, c, &answer), Verdict::Drop);
+        assert_eq!(refusals(&g, "unexpected_message"), 1);
+    }
+
+    #[test]
+    fn a_nonce_is_known_only_on_the_listener_that_issued_it() {
+        let g = guard_with(100, 100, 2);
+        let c: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
+        let mut issued = Message::new(
+            MessageClass::ErrorResponse,
+            ALLOCATE,
+            TransactionId::new([4; 12]),
+        );
+        issued.add_attribute(Nonce::new("n".into()).expect("nonce"));
+        g.on_answer(6, c, &issued);
+        // On UDP the crate never issued "n": each such request makes it remember a new nonce.
+        let a = cred(&g);
+        let refresh = signed(REFRESH, &a, None, Vec::new());
+        let passed = (0..10)
+            .filter(|_| g.on_message(UDP, c, &refresh) == Verdict::Pass)
+            .count();
+        assert!(passed <= 3, "{passed} passed, the limit is 2 a second");
+        assert!(refusals(&g, "new_nonce_rate") >= 7);
+        assert!((0..10).all(|_| g.on_message(6, c, &refresh) == Verdict::Pass));
+    }
+
+    #[test]
+    fn an_allocation_answers_only_to_the_credential_that_made_it() {
+        let g = guard(10, 10);
+        let (a, b) = (cred(&g), cred(&g));
+        assert_ne!(a.username, b.username);
+        let c = SocketAddr::from(([192, 0, 2, 1], 5000));
+        assert_eq!(g.on_message(UDP, c, &allocate(&a)), Verdict::Pass);
+        g.on_answer(UDP, c, &success(ALLOCATE));
+        let mut away = signed(REFRESH, &b, None, Vec::new());
+        assert_eq!(g.on_message(UDP, c, &away), Verdict::Refuse(441));
+        assert_eq!(refusals(&g, "wrong_credentials"), 1);
+        away = signed(REFRESH, &a, None, Vec::new());
+        assert_eq!(g.on_message(UDP, c, &away), Verdict::Pass);
+    }
+
+    #[test]
+    fn an_allocation_past_its_lifetime_leaves_room_for_a_new_one() {
+        let g = guard(1, 10);
+        let a = cred(&g);
+        let (c1, c2) = (
+            SocketAddr::from(([192, 0, 2, 1], 5000)),
+            SocketAddr::from(([192, 0, 2, 1], 5001)),
+        );
+        assert_eq!(g.on_message(UDP, c1, &allocate(&a)), Verdict::Pass);
+        let mut granted = success(ALLOCATE);
+        granted.add_attribute(Lifetime::new(std::time::Duration::from_secs(60)).expect("lifetime"));
+        g.on_answer(UDP, c1, &granted);
+        assert_eq!(g.on_message(UDP, c2, &allocate(&a)), Verdict::Refuse(486));
+        // A Refresh extends it...
+        let mut refreshed = success(REFRESH);
+        refreshed
+            .add_attribute(Lifetime::new(std::time::Duration::from_secs(600)).expect("lifetime"));
+        g.on_answer(UDP, c1, &refreshed);
+        let now = std::time::Instant::now();
+        g.reap_expired_at(now + std::time::Duration::from_secs(120));
+        assert!(g.has_allocation(UDP, c1), "refreshed for 600 s");
+        // ...until it runs out: the crate ended it without a word; the guard counts it gone.
+        g.reap_expired_at(now + std::time::Duration::from_secs(700));
+        assert!(!g.has_allocation(UDP, c1));
+        assert_eq!(g.allocations(), 0);
+        assert_eq!(g.on_message(UDP, c2, &allocate(&a)), Verdict::Pass);
+        g.on_answer(UDP, c2, &success(ALLOCATE));
+        // The crate's late close notice of the old one does not take off the new one.
+        g.on_closed(UDP, c1);
+        assert!(g.has_allocation(UDP, c2));
     }
 }
