@@ -43,6 +43,36 @@ pub struct TicketClaims {
     pub exp: u64,
 }
 
+/// Longest ticket id: the issuing node keeps every redeemed one until it expires.
+pub const MAX_TICKET_ID_LEN: usize = 64;
+
+/// The first claim of `claims` out of bounds, by name: names (app, room, user, issuer) of 1 to
+/// [`MAX_NAME_LEN`] bytes without control characters, an id of 1 to [`MAX_TICKET_ID_LEN`]
+/// letters, digits, `-` or `_`. Anyone with the app secret can sign a ticket, so the node holds
+/// those it takes to the same bounds as those it makes.
+fn claim_out_of_bounds(claims: &TicketClaims) -> Option<&'static str> {
+    for (what, v) in [
+        ("app id", claims.app.as_str()),
+        ("room id", claims.room.as_str()),
+        ("user id", claims.user.as_deref().unwrap_or("-")),
+        ("issuer", claims.iss.as_str()),
+    ] {
+        if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
+            return Some(what);
+        }
+    }
+    let id = claims.jti.as_bytes();
+    if id.is_empty()
+        || id.len() > MAX_TICKET_ID_LEN
+        || !id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
+        return Some("ticket id");
+    }
+    None
+}
+
 /// Signs a ticket. `claims.exp` must be within [`MAX_TICKET_TTL`] of `claims.iat`.
 pub fn mint_ticket(secret: &[u8], claims: &TicketClaims) -> Result<String, MintError> {
     if secret.is_empty() {
@@ -51,14 +81,8 @@ pub fn mint_ticket(secret: &[u8], claims: &TicketClaims) -> Result<String, MintE
     if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_TICKET_TTL.as_secs() {
         return Err(MintError::Ttl);
     }
-    for (what, v) in [
-        ("app id", claims.app.as_str()),
-        ("room id", claims.room.as_str()),
-        ("user id", claims.user.as_deref().unwrap_or("-")),
-    ] {
-        if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
-            return Err(MintError::BadName(what));
-        }
+    if let Some(what) = claim_out_of_bounds(claims) {
+        return Err(MintError::BadName(what));
     }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -82,6 +106,9 @@ pub fn verify_ticket(
     }
     if app.is_some_and(|a| a != claims.app) {
         return Err(TokenError::WrongApp);
+    }
+    if claim_out_of_bounds(&claims).is_some() {
+        return Err(TokenError::Malformed("a claim is out of bounds"));
     }
     if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_TICKET_TTL.as_secs() {
         return Err(TokenError::Malformed("its lifetime is out of bounds"));
@@ -153,6 +180,46 @@ mod tests {
             Err(TokenError::WrongApp)
         );
         assert_eq!(mint_ticket(b"s", &claims(1000, 3601)), Err(MintError::Ttl));
+    }
+
+    #[test]
+    fn a_ticket_whose_claims_are_out_of_bounds_is_neither_made_nor_taken() {
+        let long_id = TicketClaims {
+            jti: "a".repeat(2800),
+            ..claims(1000, 60)
+        };
+        assert_eq!(
+            mint_ticket(b"s", &long_id),
+            Err(MintError::BadName("ticket id"))
+        );
+        // Signed by whoever holds the secret, not by this crate's minting.
+        let forged = |c: &TicketClaims| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                c,
+                &EncodingKey::from_secret(b"s"),
+            )
+            .expect("sign")
+        };
+        let odd_id = TicketClaims {
+            jti: "a b".into(),
+            ..claims(1000, 60)
+        };
+        let long_issuer = TicketClaims {
+            iss: "n".repeat(MAX_NAME_LEN + 1),
+            ..claims(1000, 60)
+        };
+        for c in [&long_id, &odd_id, &long_issuer] {
+            assert!(matches!(
+                verify_ticket(b"s", Some("app1"), &forged(c), 1010),
+                Err(TokenError::Malformed(_))
+            ));
+        }
+        let fine = TicketClaims {
+            jti: "0123456789abcdef0123456789abcdef".into(),
+            ..claims(1000, 60)
+        };
+        assert!(verify_ticket(b"s", Some("app1"), &forged(&fine), 1010).is_ok());
     }
 
     #[test]

@@ -23,8 +23,8 @@ use super::guard::{decode, is_blank, read_body};
 use super::node_auth::{FORWARDED_BY, NODE_AUTH};
 use crate::ids::SessionId;
 use crate::rooms::{
-    CreateError, Direction, MAX_PARTICIPANTS_LIMIT, Registry, Role, Room, RoomAnnounce,
-    RoomOptions, RoomSummary, UsedTickets, summary, unix_ms,
+    ConsumeError, CreateError, Direction, MAX_PARTICIPANTS_LIMIT, Registry, Role, Room,
+    RoomAnnounce, RoomOptions, RoomSummary, UsedTickets, summary, unix_ms,
 };
 use crate::ws::CloseReason;
 
@@ -138,7 +138,7 @@ impl RoomsState {
     pub fn new(cfg: &crate::config::Config) -> RoomsState {
         RoomsState {
             registry: Mutex::default(),
-            used: Mutex::default(),
+            used: Mutex::new(UsedTickets::new(cfg.apps.len())),
             participants: Mutex::default(),
             hook: AuthHook::new(cfg.auth_hook.as_deref(), cfg.auth_hook_timeout),
             quota: cfg.max_rooms_per_app,
@@ -637,8 +637,10 @@ pub async fn ticket(
 /// Why a ticket was not redeemed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedeemError {
-    /// Used before (or the issuer's used set is full).
+    /// Used before.
     Used,
+    /// The issuer's used set holds the app's share: not consumed, retry later.
+    Full,
     /// The issuer did not answer: single use cannot be checked, so it is refused.
     IssuerUnreachable,
 }
@@ -655,8 +657,16 @@ pub async fn consume(
         .saturating_add(trackmesh_tokens::TICKET_SKEW.as_secs());
     if claims.iss == st.cluster.self_id {
         return lock(&st.rooms.used)
-            .consume(&claims.jti, keep_until, trackmesh_tokens::unix_now())
-            .map_err(|_| RedeemError::Used);
+            .consume(
+                &claims.app,
+                &claims.jti,
+                keep_until,
+                trackmesh_tokens::unix_now(),
+            )
+            .map_err(|e| match e {
+                ConsumeError::Used => RedeemError::Used,
+                ConsumeError::Full => RedeemError::Full,
+            });
     }
     let issuer = st.cluster.view.borrow().live_by_id(&claims.iss).cloned();
     let Some(issuer) = issuer else {
@@ -683,12 +693,14 @@ pub async fn consume(
     match res.map(|r| r.status()) {
         Ok(s) if s == StatusCode::OK => Ok(()),
         Ok(s) if s == StatusCode::CONFLICT => Err(RedeemError::Used),
+        Ok(s) if s == StatusCode::TOO_MANY_REQUESTS => Err(RedeemError::Full),
         _ => Err(RedeemError::IssuerUnreachable),
     }
 }
 
 /// `POST /v1/apps/{app}/rooms/{id}/tickets/consume`, between nodes only: the body is the ticket;
-/// 200 when it was not used before, 409 when it was, 401 without a valid node credential.
+/// 200 when it was not used before, 409 when it was, 429 when the app's share of the used set
+/// is full, 401 without a valid node credential.
 pub async fn consume_here(
     State(st): State<Arc<ApiState>>,
     Path((app, _id)): Path<(String, String)>,
@@ -740,8 +752,18 @@ pub async fn consume_here(
         .exp
         .saturating_add(trackmesh_tokens::TICKET_SKEW.as_secs());
     lock(&st.rooms.used)
-        .consume(&claims.jti, keep_until, trackmesh_tokens::unix_now())
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()))?;
+        .consume(
+            &claims.app,
+            &claims.jti,
+            keep_until,
+            trackmesh_tokens::unix_now(),
+        )
+        .map_err(|e| match e {
+            ConsumeError::Used => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ConsumeError::Full => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            }
+        })?;
     Ok(Json(serde_json::json!({ "consumed": true })).into_response())
 }
 

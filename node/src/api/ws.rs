@@ -90,6 +90,7 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
         tokio::select! {
             msg = rx.next() => {
                 let text = match msg {
+                    Some(Err(e)) if is_too_big(&e) => break End::Close(CloseReason::MessageLimit),
                     None | Some(Err(_)) => break End::Gone,
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => break End::Close(CloseReason::JsonDecode),
@@ -350,6 +351,8 @@ async fn join(
     match rooms::consume(st, &claims, token).await {
         Ok(()) => {}
         Err(RedeemError::Used) => return Err(CloseReason::InvalidToken),
+        // Not consumed: the ticket can be retried once the app's older tickets expire.
+        Err(RedeemError::Full) => return Err(CloseReason::ExceedMaxConnections),
         Err(RedeemError::IssuerUnreachable) => return Err(CloseReason::AuthenticationFailure),
     }
     {
@@ -479,10 +482,20 @@ pub fn egress_labels_for(
     })
 }
 
+/// The WebSocket layer refused a message or frame over [`MAX_MESSAGE_BYTES`]: the client is
+/// told so (4404) rather than left with a socket that just ends.
+fn is_too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
 fn op_reason(e: OpError) -> CloseReason {
     match e {
         OpError::InvalidSdp(_) | OpError::Decoding(_) => CloseReason::SdpParse,
-        OpError::Gone(_) | OpError::NotFound(_) => CloseReason::RoomClosed,
+        // The participant's own session ended (its tombstone answered).
+        OpError::Gone(_) => CloseReason::SessionEnded,
+        OpError::NotFound(_) => CloseReason::RoomClosed,
         _ => CloseReason::InternalError,
     }
 }
@@ -733,6 +746,17 @@ mod tests {
         assert_eq!(all.len(), 70, "every mid of those who left, once");
         assert_eq!(pulled.len(), 5, "the staying publishers are still received");
         assert!(staying.iter().all(|p| pulled.contains_key(p)));
+    }
+
+    #[test]
+    fn an_operation_on_an_ended_session_closes_with_session_ended() {
+        assert_eq!(
+            op_reason(OpError::Gone("closed".into())).code(),
+            4502,
+            "the documented SESSION-ENDED, not ROOM-CLOSED"
+        );
+        assert_eq!(op_reason(OpError::NotFound("x".into())).code(), 4501);
+        assert_eq!(op_reason(OpError::InvalidSdp("x".into())).code(), 4402);
     }
 
     #[test]

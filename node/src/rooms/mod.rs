@@ -12,7 +12,7 @@ pub mod used;
 pub use announce::RoomAnnounce;
 pub use registry::{CreateError, Elsewhere, Registry};
 pub use summary::RoomSummary;
-pub use used::UsedTickets;
+pub use used::{ConsumeError, UsedTickets};
 
 /// Longest room id, in bytes (as stream names).
 pub const MAX_ROOM_ID: usize = 128;

@@ -165,6 +165,11 @@ async fn errors_close_the_socket_with_their_reason() {
         (4401, "FAILURE-JSON-DECODE".to_string())
     );
     assert_eq!(
+        close_of(&url, &"x".repeat(301 * 1024)).await,
+        (4404, "EXCEED-MESSAGE-LIMIT".to_string()),
+        "a message over 300 KiB, refused by the WebSocket layer"
+    );
+    assert_eq!(
         close_of(&url, r#"{"type":"answer","sdp":"v=0"}"#).await,
         (4401, "FAILURE-JSON-DECODE".to_string()),
         "an answer before connect"
