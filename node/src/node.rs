@@ -508,6 +508,7 @@ impl Node {
     /// have ended and the other nodes have moved their pulls elsewhere, or the drain timeout has
     /// passed.
     pub async fn drain(&self) {
+        self.local.stopping.store(true, Ordering::Relaxed);
         self.local.draining.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tracing::info!(

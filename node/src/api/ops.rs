@@ -643,6 +643,14 @@ async fn set_drain(
             ask(&st, &m, Method::POST, &format!("/admin/{verb}/{node}")).await?;
         return Ok(Json(answer).into_response());
     }
+    // Undrained, it would take new sessions and hubs back, then exit under them.
+    if !drain && st.ops.local.stopping.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the node is draining to exit (SIGTERM): it cannot be undrained",
+        ));
+    }
     st.ops.local.draining.store(drain, Ordering::Relaxed);
     tracing::warn!(draining = drain, "drain state changed by the admin API");
     Ok(Json(admin::Drained {

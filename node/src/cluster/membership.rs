@@ -76,6 +76,9 @@ pub struct LocalState {
     pub relays: AtomicU64,
     /// Set by a drain: new sessions go to other nodes.
     pub draining: AtomicBool,
+    /// Set when the node drains to exit (SIGTERM): its drain cannot be undone, as it exits at
+    /// the end of it anyway.
+    pub stopping: AtomicBool,
     /// The named streams this node publishes, announced as one key each.
     pub streams: super::streams::LocalStreams,
     /// The rooms this node owns or has participants in, announced as one key each.

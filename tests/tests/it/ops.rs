@@ -283,6 +283,19 @@ async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
         "still serving its sessions while draining"
     );
     assert_eq!(status(format!("{}/readyz", node.http_url())).await, 503);
+    // A drain to exit cannot be undone: the node would take sessions, then exit under them.
+    let undrain = http()
+        .post(format!(
+            "{}/admin/undrain/{}",
+            node.http_url(),
+            node.node_id()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("undrain");
+    assert_eq!(undrain.status().as_u16(), 409);
+    assert_eq!(status(format!("{}/readyz", node.http_url())).await, 503);
     // Bounded well past the 3 s drain timeout; what proves the timeout ended it is the log.
     exits_within(&mut node, Duration::from_secs(30)).await;
     let log = node.log();
