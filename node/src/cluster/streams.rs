@@ -63,7 +63,9 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
 }
 
-fn valid_tracks(tracks: &[String]) -> bool {
+/// Whether `tracks` can be announced: 1 to [`MAX_TRACKS`] names of at most [`MAX_TRACK_NAME`]
+/// bytes with no separator.
+pub fn valid_tracks(tracks: &[String]) -> bool {
     !tracks.is_empty()
         && tracks.len() <= MAX_TRACKS
         && tracks.iter().all(|t| {

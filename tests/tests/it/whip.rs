@@ -112,6 +112,9 @@ async fn a_calls_publisher_bound_to_a_stream_plays_on_whep() {
         json!({"sessionId": "A".repeat(100_000), "tracks": names}),
         json!({"sessionId": p.session_id, "tracks": ["t".repeat(100_000)]}),
         json!({"sessionId": p.session_id, "tracks": vec!["t"; 65]}),
+        // Beyond what gossip carries to the other nodes.
+        json!({"sessionId": p.session_id, "tracks": ["camera 1"]}),
+        json!({"sessionId": p.session_id, "tracks": vec!["t"; 9]}),
     ] {
         let (status, body) = api
             .raw(Method::PUT, "streams/other/publisher", Some(bad))

@@ -217,6 +217,15 @@ impl Engine {
                 super::MAX_TRACKS_PER_CALL
             )));
         }
+        // Other nodes learn a stream's tracks from gossip: a bind it cannot carry would play
+        // here only, and another node would take a second publisher of the name.
+        if !crate::cluster::streams::valid_tracks(&tracks) {
+            use crate::cluster::streams::{MAX_TRACK_NAME, MAX_TRACKS};
+            return Err(OpError::Decoding(format!(
+                "a stream's tracks are 1 to {MAX_TRACKS} names of at most {MAX_TRACK_NAME} bytes \
+                 without spaces or commas (the other nodes learn them from gossip)"
+            )));
+        }
         for t in &tracks {
             if !self.publications.contains_key(&(sid, t.clone())) {
                 return Err(OpError::NotFound(format!(
