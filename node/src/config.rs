@@ -859,6 +859,24 @@ impl Config {
                 _ => bail!("auth-hook must be an http:// URL"),
             }
         }
+        // The TURN crate relays over IPv4 only: on IPv6 it would start, be handed out in
+        // every answer's links, and fail every standard Allocate (508).
+        if !cfg.turn_keys.is_empty() {
+            let bind_v6 = match cfg.media.ip() {
+                IpAddr::V6(ip) if ip.is_unspecified() => cfg.public_ip.is_none_or(|p| p.is_ipv6()),
+                ip => ip.is_ipv6(),
+            };
+            let relayed = cfg
+                .turn_public_ip
+                .or(cfg.public_ip)
+                .unwrap_or(cfg.media.ip());
+            if bind_v6 || relayed.is_ipv6() {
+                bail!(
+                    "TURN (--turn-key) relays over IPv4 only: give --media an IPv4 address (or \
+                     [::] with an IPv4 --public-ip), and an IPv4 --turn-public-ip"
+                );
+            }
+        }
         if cfg.session_rate_ip == 0 || cfg.session_rate_app == 0 {
             bail!("session-rate-ip and session-rate-app must be at least 1");
         }
@@ -1006,6 +1024,33 @@ mod tests {
         // A wildcard is announced as it is, which no other node can reach.
         let err = Config::from_flags(flags("0.0.0.0:7702", Some("s3cret"))).expect_err("refused");
         assert!(err.to_string().contains("wildcard"), "{err}");
+    }
+
+    #[test]
+    fn turn_needs_an_ipv4_media_address() {
+        let with = |media: &str, public: Option<&str>| Flags {
+            media: media.parse().ok(),
+            public_ip: public.and_then(|p| p.parse().ok()),
+            turn_keys: vec!["k:secret".parse().expect("key")],
+            ..Flags::default()
+        };
+        for (media, public) in [
+            ("[::1]:7701", None),
+            ("[::]:7701", None),
+            ("[::]:7701", Some("2001:db8::1")),
+            ("0.0.0.0:7701", Some("2001:db8::1")),
+        ] {
+            let err = Config::from_flags(with(media, public)).expect_err(media);
+            assert!(err.to_string().contains("IPv4 only"), "{err}");
+        }
+        assert!(Config::from_flags(with("127.0.0.1:7701", None)).is_ok());
+        assert!(Config::from_flags(with("[::]:7701", Some("192.0.2.1"))).is_ok());
+        // Without TURN, IPv6 media is fine.
+        let no_turn = Flags {
+            turn_keys: Vec::new(),
+            ..with("[::1]:7701", None)
+        };
+        assert!(Config::from_flags(no_turn).is_ok());
     }
 
     #[test]

@@ -53,6 +53,9 @@ const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// suffice, and a flood only forgets (never leaks) entries.
 const MAX_PENDING: usize = 4096;
 
+/// The transport number of TCP, as the listeners name theirs.
+const TCP: u8 = 6;
+
 /// What one ChannelData message costs of its allocation's bandwidth: a full WebRTC media packet
 /// (browsers keep RTP under about 1200 bytes), since its real length is private to the TURN crate.
 pub const CHANNEL_DATA_CHARGE: usize = 1200;
@@ -69,9 +72,9 @@ pub struct Limits {
     pub per_credential: usize,
     /// Bytes per second a client may send through one allocation (1 s of burst).
     pub bytes_per_sec: NonZeroU32,
-    /// Challenges (401) and signed requests with a nonce the TURN crate did not issue, per second,
-    /// all clients together: the first are answers to anyone, the second make the crate remember
-    /// a nonce.
+    /// Challenges (401) to UDP clients and signed requests with a nonce the TURN crate did not
+    /// issue, per second, all clients together: the first are answers to anyone, the second make
+    /// the crate remember a nonce.
     pub unauthenticated_per_sec: NonZeroU32,
 }
 
@@ -300,7 +303,7 @@ impl Guard {
                 // Answered to anyone (its source may be spoofed): within the budget of the
                 // other unauthenticated answers.
                 MessageClass::Request => {
-                    if self.unauthenticated.check().is_err() {
+                    if !self.within_unauthenticated_budget(proto) {
                         self.refused("unauthenticated_rate");
                         return Verdict::Drop;
                     }
@@ -370,7 +373,7 @@ impl Guard {
             msg.get_attribute::<Realm>(),
         ) else {
             // Answers to anyone (spoofable sources): rate-limited in all.
-            if self.unauthenticated.check().is_err() {
+            if !self.within_unauthenticated_budget(proto) {
                 self.refused("unauthenticated_rate");
                 return Some(Verdict::Drop);
             }
@@ -408,6 +411,14 @@ impl Guard {
             return Some(Verdict::Drop);
         }
         None
+    }
+
+    /// Whether an answer to an unsigned request may go out. Over UDP its source may be spoofed,
+    /// so answers are a reflection: all clients share one budget. Over TCP the source is a
+    /// connection that completed its handshake (and the connections are capped), so a UDP flood
+    /// cannot starve TURN over TCP, the last way through for a client behind a strict firewall.
+    fn within_unauthenticated_budget(&self, proto: u8) -> bool {
+        proto == TCP || self.unauthenticated.check().is_ok()
     }
 
     /// Every XOR-PEER-ADDRESS of `msg` is the node's media address (and there is one).
@@ -960,6 +971,24 @@ mod tests {
         );
         assert_eq!(g.on_message(UDP, c, &answer), Verdict::Drop);
         assert_eq!(refusals(&g, "unexpected_message"), 1);
+    }
+
+    #[test]
+    fn a_udp_flood_of_unsigned_requests_does_not_starve_tcp_clients() {
+        let g = guard_with(100, 100, 2);
+        let c: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
+        let bare = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([3; 12]));
+        for _ in 0..10 {
+            g.on_message(UDP, c, &bare);
+        }
+        assert!(
+            refusals(&g, "unauthenticated_rate") >= 7,
+            "the budget is spent"
+        );
+        assert!(
+            (0..10).all(|_| g.on_message(TCP, c, &bare) != Verdict::Drop),
+            "a TCP client is still challenged"
+        );
     }
 
     #[test]
