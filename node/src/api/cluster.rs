@@ -205,6 +205,18 @@ pub(super) async fn forward_to(
         )
     })?;
     let status = res.status();
+    // The client's bearer checked out here before the call was forwarded: the owner refusing
+    // it is a cluster fault (a clock over 30 s apart, another cluster or app secret), not the
+    // client's, and a 401 would send the client to look at its credentials.
+    if status == StatusCode::UNAUTHORIZED {
+        tracing::warn!(owner = %owner.node_id, "the owning node refused a forwarded call (clocks more than 30 s apart, or different cluster or app secrets?)");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable_error",
+            "the node owning this session refused this node's forwarded call: the nodes' \
+             clocks, cluster secret or app secrets disagree",
+        ));
+    }
     let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
     let retry_after = res.headers().get(header::RETRY_AFTER).cloned();
     let unavailable = |what: String| {

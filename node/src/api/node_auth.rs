@@ -4,7 +4,7 @@
 //! keyed from the cluster secret, over the method, the path and query, the forwarding node's id, a
 //! timestamp and the body's digest. Calls claiming to be forwarded without it are refused, so a
 //! client cannot pass itself off as a member, and the timestamp window bounds a replay of a
-//! captured call to a few seconds. During a secret rotation a call carries a MAC under each of the
+//! captured call to 30 s either side of its time. During a secret rotation a call carries a MAC under each of the
 //! current and the previous secret, and either is accepted, so nodes not yet restarted with the new
 //! secret and nodes already restarted without the old one both accept it.
 

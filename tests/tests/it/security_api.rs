@@ -190,6 +190,35 @@ async fn nothing_is_forwarded_before_auth() {
     assert!(session_route_requests(cl.node("b")).await > before);
 }
 
+/// A call the owner refuses although the forwarding node took its bearer (here the two nodes
+/// disagree on the app's secret; a clock more than 30 s apart does the same) is a cluster fault:
+/// 503 from the node the client called, not a 401 that blames the client's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_refusing_a_forwarded_call_is_a_503_not_the_clients_401() {
+    let _serial = serial().await;
+    let mut cl = Cluster::start(&[("a", "r1")]).await.expect("cluster");
+    let seeds = vec![cl.node("a").gossip_addr().expect("a's gossip address")];
+    let mut opts = cl.opts("b", "r1", seeds);
+    opts.app = Some((cl.app_id().to_string(), "another-secret".to_string()));
+    cl.add("b", &opts).expect("node b");
+    cl.wait_converged(Duration::from_secs(30))
+        .await
+        .expect("b joins");
+    let on_b = cl
+        .client("b")
+        .sessions_new()
+        .await
+        .expect("sessions/new on b")
+        .session_id;
+    let (s, body, _) = get(
+        &cl.client("a"),
+        &format!("sessions/{on_b}"),
+        Some(cl.app_secret()),
+    )
+    .await;
+    assert_error(s, &body, 503, "temporarily_unavailable_error");
+}
+
 /// A client that claims to be a forwarding member, without the node credential (or with a forged
 /// one), is refused by the owner even with the right bearer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
