@@ -348,13 +348,6 @@ async fn join(
             .count(crate::rejects::Port::Http, "app_session_quota");
         return Err(CloseReason::ExceedMaxConnections);
     }
-    match rooms::consume(st, &claims, token).await {
-        Ok(()) => {}
-        Err(RedeemError::Used) => return Err(CloseReason::InvalidToken),
-        // Not consumed: the ticket can be retried once the app's older tickets expire.
-        Err(RedeemError::Full) => return Err(CloseReason::ExceedMaxConnections),
-        Err(RedeemError::IssuerUnreachable) => return Err(CloseReason::AuthenticationFailure),
-    }
     {
         let mut parts = rooms_lock(st);
         if parts.has(&app, &client_id) {
@@ -380,6 +373,19 @@ async fn join(
                 close: close_tx.clone(),
             },
         );
+    }
+    // The place is taken before the ticket is used up, so a join refused for want of one (two
+    // joins racing for a room's last place, a client id taken meanwhile) can retry its ticket.
+    let refused = match rooms::consume(st, &claims, token).await {
+        Ok(()) => None,
+        Err(RedeemError::Used) => Some(CloseReason::InvalidToken),
+        // Not consumed: the ticket can be retried once the app's older tickets expire.
+        Err(RedeemError::Full) => Some(CloseReason::ExceedMaxConnections),
+        Err(RedeemError::IssuerUnreachable) => Some(CloseReason::AuthenticationFailure),
+    };
+    if let Some(reason) = refused {
+        rooms_lock(st).remove(&app, &client_id);
+        return Err(reason);
     }
     // Spread like Calls sessions: the least-loaded worker; every later call goes to the worker
     // the session id names.
