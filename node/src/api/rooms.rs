@@ -189,6 +189,8 @@ pub fn local_announces(st: &ApiState) -> Vec<RoomAnnounce> {
     let parts = lock(&st.rooms.participants);
     let mut out: Vec<RoomAnnounce> = Vec::new();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
+    // Each room's publishers with the time they joined, listed oldest first below.
+    let mut publishing: HashMap<usize, Vec<(std::time::Instant, SessionId)>> = HashMap::new();
     for r in registry.all() {
         index.insert((r.app.clone(), r.id.clone()), out.len());
         out.push(RoomAnnounce {
@@ -223,17 +225,32 @@ pub fn local_announces(st: &ApiState) -> Vec<RoomAnnounce> {
         a.total += 1;
         if p.role.sends() && p.publishing {
             a.up += 1;
-            if let Some(s) = p.session
-                && a.publishers.len() < crate::rooms::announce::MAX_PUBLISHERS
-            {
-                a.publishers.push(s);
+            if let Some(s) = p.session {
+                publishing.entry(i).or_default().push((p.since, s));
             }
         }
         if p.role.receives() {
             a.down += 1;
         }
     }
+    for (i, joined) in publishing {
+        if let Some(a) = out.get_mut(i) {
+            a.publishers = listed_publishers(joined);
+        }
+    }
     out
+}
+
+/// The publishers a node lists for a room: the [`MAX_PUBLISHERS`](crate::rooms::announce::MAX_PUBLISHERS)
+/// that joined first. A later one never pushes a listed one off (its multistream viewers would
+/// take it for gone and stop receiving it); one leaving makes room for the next.
+fn listed_publishers(mut joined: Vec<(std::time::Instant, SessionId)>) -> Vec<SessionId> {
+    joined.sort_by_key(|(since, s)| (*since, s.to_string()));
+    joined
+        .into_iter()
+        .take(crate::rooms::announce::MAX_PUBLISHERS)
+        .map(|(_, s)| s)
+        .collect()
 }
 
 /// Every room of the cluster: this node's fresh announces with the other live members' gossip.
@@ -770,4 +787,36 @@ pub async fn consume_here(
 /// Participants of `app`/`room` this node counts in its own announce.
 pub fn local_count(st: &ApiState, app: &str, room: &str) -> u32 {
     lock(&st.rooms.participants).in_room(app, room).count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::announce::MAX_PUBLISHERS;
+
+    #[test]
+    fn a_publisher_joining_a_full_list_does_not_push_a_listed_one_off() {
+        let tag = crate::ids::NodeTag::random();
+        let t0 = std::time::Instant::now();
+        let mut joined: Vec<(std::time::Instant, SessionId)> = (0..MAX_PUBLISHERS as u64)
+            .map(|i| {
+                (
+                    t0 + std::time::Duration::from_millis(i),
+                    SessionId::new(tag),
+                )
+            })
+            .collect();
+        let listed = listed_publishers(joined.clone());
+        assert_eq!(listed.len(), MAX_PUBLISHERS);
+        // A newer one, in whatever order the participants are kept.
+        let late = SessionId::new(tag);
+        joined.insert(0, (t0 + std::time::Duration::from_secs(60), late));
+        let after = listed_publishers(joined.clone());
+        assert_eq!(after, listed, "the same publishers, in the same order");
+        // The first one leaves: the late one takes its place.
+        joined.retain(|(_, s)| *s != listed[0]);
+        let after = listed_publishers(joined);
+        assert!(after.contains(&late));
+        assert!(!after.contains(&listed[0]));
+    }
 }
