@@ -101,6 +101,10 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
                     Ok(m) => m,
                     Err(r) => break End::Close(r),
                 };
+                // Only an answer moves the negotiation on; other messages (candidates, pongs)
+                // leave the room's tracks to the tick, rather than each costing a look over
+                // every participant of the node.
+                let answered = matches!(msg, ClientMsg::Answer { .. } | ClientMsg::Update { .. });
                 match handle(&st, msg, &mut joined, &claim, &close_tx).await {
                     Ok(Some(out)) => {
                         if send(&mut tx, &out).await.is_err() {
@@ -116,6 +120,9 @@ async fn run(st: Arc<ApiState>, socket: WebSocket, claim: Option<UserClaim>) {
                 }
                 if core.phase() == crate::ws::core::Phase::Closed {
                     break End::Normal;
+                }
+                if !answered {
+                    continue;
                 }
                 // Right after an answer: the room's tracks, if any.
                 match pull_new(&st, &mut joined, &core).await {
