@@ -282,6 +282,24 @@ fn member(st: &ApiState, id: &str) -> Result<Member, ApiError> {
         .ok_or_else(|| not_found(format!("no live node {id} in the cluster")))
 }
 
+/// How long a cluster-wide admin view waits for each other node.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `ask` within [`GATHER_WAIT`].
+async fn bounded<T>(
+    ask: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(GATHER_WAIT, ask)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "temporarily_unavailable_error",
+                format!("no answer within {} s", GATHER_WAIT.as_secs()),
+            ))
+        })
+}
+
 fn others(st: &ApiState) -> Vec<Member> {
     st.cluster
         .view
@@ -437,9 +455,15 @@ pub(super) async fn gather<L: Listing>(
         }
         None => {
             let mut all = done(local);
-            for m in others(st) {
+            // All at once, each within its own deadline: one node that takes connections and
+            // never answers costs the call GATHER_WAIT, not the client's whole timeout.
+            let asks = others(st).into_iter().map(|m| async move {
                 let q = format!("{path}?node={}", m.node_id);
-                match ask_as::<L>(st, &m, Method::GET, &q, who).await {
+                let answer = bounded(ask_as::<L>(st, &m, Method::GET, &q, who)).await;
+                (m, answer)
+            });
+            for (m, answer) in futures_util::future::join_all(asks).await {
+                match answer {
                     Ok(v) => {
                         let (items, truncated) = v.items();
                         all.items.extend(items);
@@ -566,6 +590,26 @@ pub async fn locate(
     let owner = view.live_by_tag(sid.node_tag()).cloned();
     let mut hubs = Vec::new();
     let mut subscribing = Vec::new();
+    // Every other node's relay and tracks, asked all at once, each within its deadline.
+    let asks = view
+        .members
+        .iter()
+        .filter(|m| m.live && m.node_id != st.cluster.self_id)
+        .map(|m| {
+            let st = &st;
+            async move {
+                let tracks_path = format!("/admin/tracks?node={}", m.node_id);
+                let (relay, tracks) = tokio::join!(
+                    bounded(ask::<admin::RelayView>(st, m, Method::GET, "/admin/relay")),
+                    bounded(ask::<admin::Tracks>(st, m, Method::GET, &tracks_path)),
+                );
+                (m.node_id.clone(), (relay.ok(), tracks.ok()))
+            }
+        });
+    let mut answers: std::collections::HashMap<String, _> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .collect();
     for m in view.members.iter().filter(|m| m.live) {
         // A node that does not answer counts as pulling nothing and having no subscribers.
         let (relay, local_subs) = if m.node_id == st.cluster.self_id {
@@ -578,16 +622,7 @@ pub async fn locate(
                 .sum();
             (Some(st.cluster.relay.view()), n as u64)
         } else {
-            let relay: Option<admin::RelayView> =
-                ask(&st, m, Method::GET, "/admin/relay").await.ok();
-            let tracks: Option<admin::Tracks> = ask(
-                &st,
-                m,
-                Method::GET,
-                &format!("/admin/tracks?node={}", m.node_id),
-            )
-            .await
-            .ok();
+            let (relay, tracks) = answers.remove(&m.node_id).unwrap_or((None, None));
             let n = tracks
                 .and_then(|v| {
                     v.tracks
