@@ -796,8 +796,10 @@ impl Config {
                 );
             }
         }
-        // Nodes call each other's API (forwarded calls, admin views) over plain HTTP.
-        if cfg.tls.is_some() && !cfg.seeds.is_empty() {
+        // Nodes call each other's API (forwarded calls, admin views) over plain HTTP: a TLS
+        // node seeding others, or one others can seed from (its gossip reachable), would be a
+        // member no other node can call.
+        if cfg.tls.is_some() && (!cfg.seeds.is_empty() || !cfg.gossip.ip().is_loopback()) {
             bail!(
                 "--tls-cert serves HTTPS on one node; the nodes of a cluster call each other's API \
                  over plain HTTP: put a TLS-terminating proxy in front of a cluster (deploy/README.md)"
@@ -1486,6 +1488,14 @@ mod tests {
             assert!(err.to_string().contains("go together"), "{err}");
         }
         let err = Config::from_flags(flags(Some("c"), Some("k"), true)).expect_err("a cluster");
+        assert!(err.to_string().contains("TLS-terminating proxy"), "{err}");
+        // Nor may other nodes join it.
+        let reachable = Flags {
+            gossip: "10.0.0.5:7702".parse().ok(),
+            cluster_secret: Some("s3cret".into()),
+            ..flags(Some("c"), Some("k"), false)
+        };
+        let err = Config::from_flags(reachable).expect_err("joinable");
         assert!(err.to_string().contains("TLS-terminating proxy"), "{err}");
     }
 
