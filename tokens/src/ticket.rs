@@ -28,6 +28,10 @@ pub struct TicketClaims {
     pub app: String,
     /// The room.
     pub room: String,
+    /// When the room was created (Unix ms), so a ticket does not admit to a room deleted and
+    /// made again under the same id. Absent in tickets of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_created: Option<u64>,
     /// `up`, `down` or `both`.
     pub dir: String,
     /// The user it was issued for, if any.
@@ -152,6 +156,7 @@ mod tests {
             kind: TICKET_KIND.into(),
             app: "app1".into(),
             room: "r1".into(),
+            room_created: Some(1),
             dir: "up".into(),
             user: Some("u1".into()),
             iss: "node-a".into(),

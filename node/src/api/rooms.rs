@@ -622,6 +622,7 @@ pub async fn ticket(
         kind: trackmesh_tokens::TICKET_KIND.to_string(),
         app: app.clone(),
         room: id.clone(),
+        room_created: Some(room.created_ms),
         dir: req.direction.as_str().to_string(),
         user,
         iss: st.cluster.self_id.clone(),

@@ -309,6 +309,10 @@ async fn join(
     }
     let mine_before = rooms::local_count(st, &app, &claims.room);
     let summary = rooms::find(st, &app, &claims.room).ok_or(CloseReason::AuthenticationFailure)?;
+    // A ticket for a room since deleted does not admit to a new room of the same id.
+    if claims.room_created.is_some_and(|c| c != summary.created_ms) {
+        return Err(CloseReason::AuthenticationFailure);
+    }
     let direction = match role {
         Role::Upstream => "up",
         Role::Downstream => "down",
@@ -380,6 +384,12 @@ async fn join(
                 close: close_tx.clone(),
             },
         );
+    }
+    // The room may have been deleted while the hook was asked: a participant taken in after its
+    // end would outlive it. Once in, a deletion finds it and closes it.
+    if rooms::find(st, &app, &claims.room).is_none_or(|s| s.created_ms != summary.created_ms) {
+        rooms_lock(st).remove(&app, &client_id);
+        return Err(CloseReason::RoomClosed);
     }
     // The place is taken before the ticket is used up, so a join refused for want of one (two
     // joins racing for a room's last place, a client id taken meanwhile) can retry its ticket.

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::json;
 use trackmesh_tests::rooms::{RawWs, WsParticipant, create_room, ticket};
 use trackmesh_tests::{Cluster, Subscriber, TestNode, poll_until};
@@ -191,6 +192,7 @@ async fn errors_close_the_socket_with_their_reason() {
             kind: trackmesh_tokens::TICKET_KIND.into(),
             app: node.app_id().into(),
             room: "small".into(),
+            room_created: None,
             dir: "both".into(),
             user: None,
             iss: "anyone".into(),
@@ -224,6 +226,30 @@ async fn errors_close_the_socket_with_their_reason() {
         close_of(&url, &codec.to_string()).await,
         (4403, "UNKNOWN-CODEC-TYPE".to_string())
     );
+
+    // A ticket for a room deleted and made again under its id does not admit to the new one.
+    create_room(&api, json!({ "id": "again" }))
+        .await
+        .expect("room");
+    let (t_old, _) = ticket(&api, "again", "down").await.expect("ticket");
+    let (status, body) = api
+        .raw(Method::DELETE, "rooms/again", None)
+        .await
+        .expect("delete");
+    assert_eq!(status, 204, "{body}");
+    // Creation times are in milliseconds: the new room's is a later one.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    create_room(&api, json!({ "id": "again" }))
+        .await
+        .expect("the room again");
+    assert_eq!(
+        close_of(&url, &connect(&t_old, "downstream", None)).await,
+        (4103, "AUTHENTICATION-FAILURE".to_string())
+    );
+    let (t_new, _) = ticket(&api, "again", "down").await.expect("ticket");
+    let _in_new = WsParticipant::join(&url, &t_new, "downstream", false, "new-room")
+        .await
+        .expect("a ticket of the new room admits to it");
 
     // A ticket works once.
     let (t_other, _) = ticket(&api, "other", "down").await.expect("ticket");
