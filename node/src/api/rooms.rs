@@ -670,21 +670,11 @@ pub async fn consume(
     claims: &trackmesh_tokens::TicketClaims,
     token: &str,
 ) -> Result<(), RedeemError> {
-    let keep_until = claims
-        .exp
-        .saturating_add(trackmesh_tokens::TICKET_SKEW.as_secs());
     if claims.iss == st.cluster.self_id {
-        return lock(&st.rooms.used)
-            .consume(
-                &claims.app,
-                &claims.jti,
-                keep_until,
-                trackmesh_tokens::unix_now(),
-            )
-            .map_err(|e| match e {
-                ConsumeError::Used => RedeemError::Used,
-                ConsumeError::Full => RedeemError::Full,
-            });
+        return consume_issued_here(st, claims).map_err(|e| match e {
+            ConsumeError::Used => RedeemError::Used,
+            ConsumeError::Full => RedeemError::Full,
+        });
     }
     let issuer = st.cluster.view.borrow().live_by_id(&claims.iss).cloned();
     let Some(issuer) = issuer else {
@@ -714,6 +704,22 @@ pub async fn consume(
         Ok(s) if s == StatusCode::TOO_MANY_REQUESTS => Err(RedeemError::Full),
         _ => Err(RedeemError::IssuerUnreachable),
     }
+}
+
+/// Marks a ticket this node issued used, remembered until it could no longer be redeemed.
+fn consume_issued_here(
+    st: &ApiState,
+    claims: &trackmesh_tokens::TicketClaims,
+) -> Result<(), ConsumeError> {
+    let keep_until = claims
+        .exp
+        .saturating_add(trackmesh_tokens::TICKET_SKEW.as_secs());
+    lock(&st.rooms.used).consume(
+        &claims.app,
+        &claims.jti,
+        keep_until,
+        trackmesh_tokens::unix_now(),
+    )
 }
 
 /// `POST /v1/apps/{app}/rooms/{id}/tickets/consume`, between nodes only: the body is the ticket;
@@ -766,22 +772,12 @@ pub async fn consume_here(
             "this node did not issue the ticket",
         ));
     }
-    let keep_until = claims
-        .exp
-        .saturating_add(trackmesh_tokens::TICKET_SKEW.as_secs());
-    lock(&st.rooms.used)
-        .consume(
-            &claims.app,
-            &claims.jti,
-            keep_until,
-            trackmesh_tokens::unix_now(),
-        )
-        .map_err(|e| match e {
-            ConsumeError::Used => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ConsumeError::Full => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
-            }
-        })?;
+    consume_issued_here(&st, &claims).map_err(|e| match e {
+        ConsumeError::Used => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        ConsumeError::Full => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+        }
+    })?;
     Ok(Json(serde_json::json!({ "consumed": true })).into_response())
 }
 

@@ -257,17 +257,7 @@ async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
         .expect("media keeps flowing while draining");
     assert_eq!(get(&scrape(&node).await, "trackmesh_draining"), 1.0);
 
-    let undrain = http()
-        .post(format!(
-            "{}/admin/undrain/{}",
-            node.http_url(),
-            node.node_id()
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("undrain");
-    assert_eq!(undrain.status().as_u16(), 200);
+    assert_eq!(undrain(&node).await, 200);
     assert_eq!(
         status(format!("{}/readyz", node.http_url())).await,
         200,
@@ -284,17 +274,7 @@ async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
     );
     assert_eq!(status(format!("{}/readyz", node.http_url())).await, 503);
     // A drain to exit cannot be undone: the node would take sessions, then exit under them.
-    let undrain = http()
-        .post(format!(
-            "{}/admin/undrain/{}",
-            node.http_url(),
-            node.node_id()
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("undrain");
-    assert_eq!(undrain.status().as_u16(), 409);
+    assert_eq!(undrain(&node).await, 409);
     assert_eq!(status(format!("{}/readyz", node.http_url())).await, 503);
     // Bounded well past the 3 s drain timeout; what proves the timeout ended it is the log.
     exits_within(&mut node, Duration::from_secs(30)).await;
@@ -307,6 +287,22 @@ async fn drain_refuses_new_sessions_keeps_media_and_sigterm_exits() {
         "SIGTERM with open sessions: exited after {:.2} s (drain timeout 3 s)",
         sent.elapsed().as_secs_f64()
     );
+}
+
+/// `POST /admin/undrain/{node}`: the status.
+async fn undrain(node: &TestNode) -> u16 {
+    http()
+        .post(format!(
+            "{}/admin/undrain/{}",
+            node.http_url(),
+            node.node_id()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("undrain")
+        .status()
+        .as_u16()
 }
 
 /// Waits (bounded by `limit`) for the node process to exit; fails the test if it does not.
