@@ -118,12 +118,18 @@ impl State {
             .map(|(c, _)| *c)
             .collect();
         for client in expired {
-            if self.take_off(client) {
-                if self.released.len() >= MAX_PENDING {
-                    self.released.clear();
-                }
-                *self.released.entry(client).or_default() += 1;
+            self.release(client);
+        }
+    }
+
+    /// Takes off `client`'s allocation before the crate's close notice for it, which is then
+    /// expected and ignored.
+    fn release(&mut self, client: Client) {
+        if self.take_off(client) {
+            if self.released.len() >= MAX_PENDING {
+                self.released.clear();
             }
+            *self.released.entry(client).or_default() += 1;
         }
     }
 
@@ -502,12 +508,7 @@ impl Guard {
             // crate's own order, so an Allocate that follows at once is counted; its close
             // notice, still to come, is then ignored.
             let mut state = self.lock();
-            if state.take_off(client) {
-                if state.released.len() >= MAX_PENDING {
-                    state.released.clear();
-                }
-                *state.released.entry(client).or_default() += 1;
-            }
+            state.release(client);
             self.figures.allocations.set(state.allocations.len() as i64);
             return;
         }
