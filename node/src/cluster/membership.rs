@@ -409,34 +409,23 @@ fn read<T, E>(
     }
 }
 
-/// One entry per node id: a live one before a dead one, then the newest generation (a restarted
-/// node is a new generation of the same id). A newer run that died, or a second machine given
-/// the same id and stopped, must not hide the live node for the hour chitchat keeps dead ones.
-fn pick_per_id<'a, S>(
-    entries: impl IntoIterator<Item = (&'a ChitchatId, S)>,
-    live: &HashSet<ChitchatId>,
-) -> BTreeMap<&'a str, (&'a ChitchatId, S)> {
-    let rank = |c: &ChitchatId| (live.contains(c), c.generation_id);
-    let mut out: BTreeMap<&str, (&ChitchatId, S)> = BTreeMap::new();
-    for (id, st) in entries {
-        let keep = out
-            .get(&*id.node_id)
-            .is_none_or(|(old, _)| rank(old) < rank(id));
-        if keep {
-            out.insert(&id.node_id, (id, st));
-        }
-    }
-    out
-}
-
-/// Builds the view from chitchat's state: one entry per node id ([`pick_per_id`]); nodes with
-/// missing or malformed keys are skipped. Also returns the values that could not be read.
+/// Builds the view from chitchat's state: the newest generation of each node id wins (a restarted
+/// node is a new generation of the same id); nodes with missing or malformed keys are skipped.
+/// Also returns the values that could not be read.
 fn build_view(
     self_id: &str,
     states: &BTreeMap<ChitchatId, NodeState>,
     live: &HashSet<ChitchatId>,
 ) -> (ClusterView, Vec<BadValue>) {
-    let newest = pick_per_id(states, live);
+    let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
+    for (id, st) in states {
+        let keep = newest
+            .get(&*id.node_id)
+            .is_none_or(|(old, _)| old.generation_id < id.generation_id);
+        if keep {
+            newest.insert(&id.node_id, (id, st));
+        }
+    }
     let mut members = Vec::new();
     let mut streams = Vec::new();
     let mut rooms = Vec::new();
@@ -491,26 +480,6 @@ mod tests {
             key,
             version,
         }
-    }
-
-    #[test]
-    fn a_live_run_of_a_node_id_beats_a_dead_newer_one() {
-        let id = |generation: u64, port: u16| {
-            ChitchatId::new("a", generation, SocketAddr::from(([127, 0, 0, 1], port)))
-        };
-        let (old, newer, newest) = (id(1, 9001), id(2, 9002), id(3, 9003));
-        let entries = [(&old, 1), (&newer, 2), (&newest, 3)];
-        // The usual restart: the newest generation wins.
-        let live: HashSet<ChitchatId> = [newest.clone()].into();
-        assert_eq!(pick_per_id(entries, &live)["a"].1, 3);
-        // A newer run that died does not hide the live one.
-        let live: HashSet<ChitchatId> = [old.clone()].into();
-        assert_eq!(pick_per_id(entries, &live)["a"].1, 1);
-        // Two live runs: the newer.
-        let live: HashSet<ChitchatId> = [old.clone(), newer.clone()].into();
-        assert_eq!(pick_per_id(entries, &live)["a"].1, 2);
-        // None live: the newest, as before.
-        assert_eq!(pick_per_id(entries, &HashSet::new())["a"].1, 3);
     }
 
     #[test]
