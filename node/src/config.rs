@@ -829,25 +829,15 @@ impl Config {
             ("http-header-timeout", cfg.http_limits.timeouts.header),
             ("http-idle-timeout", cfg.http_limits.timeouts.idle),
             ("http-body-timeout", cfg.http_limits.timeouts.body),
+            ("ws-ping-interval", cfg.ws_ping_interval),
+            ("ws-pong-timeout", cfg.ws_pong_timeout),
+            ("ws-connect-timeout", cfg.ws_connect_timeout),
+            ("ws-answer-timeout", cfg.ws_answer_timeout),
         ] {
-            // Zero would end every track, session, hook call or request at once.
+            // Zero would end every track, session, hook call, request or socket at once.
             if d.is_zero() {
                 bail!("{name} must be above zero");
             }
-        }
-        if [
-            cfg.ws_ping_interval,
-            cfg.ws_pong_timeout,
-            cfg.ws_connect_timeout,
-            cfg.ws_answer_timeout,
-        ]
-        .iter()
-        .any(Duration::is_zero)
-        {
-            bail!(
-                "ws-ping-interval, ws-pong-timeout, ws-connect-timeout and ws-answer-timeout \
-                 must be above zero"
-            );
         }
         if let Some(url) = &cfg.auth_hook {
             match reqwest::Url::parse(url) {
@@ -893,12 +883,6 @@ impl Config {
         let http = &cfg.http_limits;
         if http.max_connections == 0 || http.max_connections_per_ip == 0 {
             bail!("http-max-connections and http-max-connections-per-ip must be at least 1");
-        }
-        let t = http.timeouts;
-        if [t.header, t.idle, t.body].iter().any(Duration::is_zero) {
-            bail!(
-                "http-header-timeout, http-idle-timeout and http-body-timeout must be above zero"
-            );
         }
         Ok(cfg)
     }
@@ -1061,42 +1045,36 @@ mod tests {
         assert!(err.contains("7 days"), "{err}");
         assert_eq!(parse_duration("168h"), Ok(MAX_DURATION));
         assert!(parse_duration("169h").is_err());
-        let zero = Duration::ZERO;
-        let cases: [(&str, Flags); 5] = [
+        // Default flags with one duration set to zero.
+        let zero = |set: fn(&mut Flags)| {
+            let mut f = Flags::default();
+            set(&mut f);
+            f
+        };
+        let cases: [(&str, Flags); 6] = [
             (
                 "track-timeout",
-                Flags {
-                    track_timeout: Some(zero),
-                    ..Flags::default()
-                },
+                zero(|f| f.track_timeout = Some(Duration::ZERO)),
             ),
             (
                 "connect-timeout",
-                Flags {
-                    connect_timeout: Some(zero),
-                    ..Flags::default()
-                },
+                zero(|f| f.connect_timeout = Some(Duration::ZERO)),
             ),
             (
                 "reconnect-grace",
-                Flags {
-                    reconnect_grace: Some(zero),
-                    ..Flags::default()
-                },
+                zero(|f| f.reconnect_grace = Some(Duration::ZERO)),
             ),
             (
                 "unconnected-expiry",
-                Flags {
-                    unconnected_expiry: Some(zero),
-                    ..Flags::default()
-                },
+                zero(|f| f.unconnected_expiry = Some(Duration::ZERO)),
             ),
             (
                 "auth-hook-timeout",
-                Flags {
-                    auth_hook_timeout: Some(zero),
-                    ..Flags::default()
-                },
+                zero(|f| f.auth_hook_timeout = Some(Duration::ZERO)),
+            ),
+            (
+                "ws-pong-timeout",
+                zero(|f| f.ws_pong_timeout = Some(Duration::ZERO)),
             ),
         ];
         for (name, flags) in cases {
