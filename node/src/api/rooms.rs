@@ -245,7 +245,7 @@ pub fn local_announces(st: &ApiState) -> Vec<RoomAnnounce> {
 /// that joined first. A later one never pushes a listed one off (its multistream viewers would
 /// take it for gone and stop receiving it); one leaving makes room for the next.
 fn listed_publishers(mut joined: Vec<(std::time::Instant, SessionId)>) -> Vec<SessionId> {
-    joined.sort_by_key(|(since, s)| (*since, s.to_string()));
+    joined.sort_unstable();
     joined
         .into_iter()
         .take(crate::rooms::announce::MAX_PUBLISHERS)
