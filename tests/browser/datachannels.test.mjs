@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startNode, launchChromium, serveDir, pollUntil, withTimeout, freeUdpPort, randomHex, tail,
+  startNode, launchChromium, serveDir, pollUntil, withTimeout, randomHex, tail,
 } from './lib.mjs';
 
 const appId = randomHex(16);
@@ -34,11 +34,10 @@ before(async () => {
     '--region', 'eu', '--gossip', `127.0.0.1:${gossipPort}`, '--relay', '127.0.0.1:0',
     '--cluster-secret', clusterSecret,
   ];
-  const [gossipA, gossipC] = [await freeUdpPort(), await freeUdpPort()];
-  A = await startNode({ appId, secret, adminToken, extraArgs: [...common(gossipA), '--node-id', `a-${randomHex(4)}`] });
+  A = await startNode({ appId, secret, adminToken, extraArgs: (g) => [...common(g), '--node-id', `a-${randomHex(4)}`] });
   C = await startNode({
     appId, secret, adminToken,
-    extraArgs: [...common(gossipC), '--node-id', `c-${randomHex(4)}`, '--seed', A.gossip],
+    extraArgs: (g) => [...common(g), '--node-id', `c-${randomHex(4)}`, '--seed', A.gossip],
   });
   site = await serveDir();
   browser = await launchChromium();

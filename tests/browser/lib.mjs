@@ -137,20 +137,39 @@ async function request(url, { method = 'GET', headers = {}, body, ca } = {}) {
 /**
  * Start a trackmesh node: `--http 127.0.0.1:0 --media 127.0.0.1:0 --gossip 127.0.0.1:<free> --relay 127.0.0.1:0
  * --app ID:SECRET [--admin-token T] ...extraArgs` (--gossip/--relay only when extraArgs do not set them).
+ * `extraArgs` may be a function of a free gossip port, returning the arguments (with that
+ * `--gossip`): the port is then picked again if it was taken before the node bound it.
  * Resolves when the `trackmesh ready http=IP:PORT media=IP:PORT ...` line appears on stdout (bounded).
  * With `tls` (from selfSignedCert()) the node serves HTTPS with it: `origin` is https:// (the ready
  * line's `scheme=`) and api()/admin()/fetch() trust that certificate.
  * Returns { appId, secret, http, media, gossip?, relay?, node?, tag?, region?, ready, origin, base,
  *           stderr(), api(), admin(), fetch(), stop() }  (`ready` holds every key=value of the ready line).
  */
-export async function startNode({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], adminToken, tls, readyTimeoutMs = 20000 } = {}) {
+export async function startNode(opts = {}) {
+  const extraArgs = opts.extraArgs ?? [];
+  // A port free a moment ago may be taken before the node binds it (another process's ephemeral
+  // port): a gossip port picked here is picked again, up to three times.
+  const given = typeof extraArgs !== 'function'
+    && extraArgs.some((a) => a === '--gossip' || a.startsWith('--gossip='));
+  for (let attempt = 1; ; attempt++) {
+    const gossip = given ? undefined : await freeUdpPort();
+    const args = typeof extraArgs === 'function' ? extraArgs(gossip) : extraArgs;
+    try {
+      return await startNodeOnce({ ...opts, extraArgs: args, gossip });
+    } catch (e) {
+      if (given || attempt >= 3 || !/for gossip: Address already in use/.test(e.message)) throw e;
+    }
+  }
+}
+
+async function startNodeOnce({ appId = randomHex(16), secret = randomHex(16), extraArgs = [], gossip, adminToken, tls, readyTimeoutMs = 20000 } = {}) {
   if (!fs.existsSync(NODE_BIN)) {
     throw new Error(`trackmesh binary not found at ${NODE_BIN} (build it with \`cargo build --workspace --bins\` or set TRACKMESH_BIN)`);
   }
   const has = (flag) => extraArgs.some((a) => a === flag || a.startsWith(`${flag}=`));
   const args = ['--http', '127.0.0.1:0', '--media', '127.0.0.1:0', '--app', `${appId}:${secret}`];
   // the node's defaults are fixed ports (gossip 7702, relay 7703); keep parallel runs apart
-  if (!has('--gossip')) args.push('--gossip', `127.0.0.1:${await freeUdpPort()}`);
+  if (!has('--gossip')) args.push('--gossip', `127.0.0.1:${gossip ?? await freeUdpPort()}`);
   if (!has('--relay')) args.push('--relay', '127.0.0.1:0');
   if (adminToken !== undefined) args.push('--admin-token', adminToken);
   if (tls) args.push('--tls-cert', tls.certPath, '--tls-key', tls.keyPath);
@@ -316,11 +335,10 @@ export async function startTwoNodeCluster({ appId, secret, adminToken }) {
     '--region', region, '--gossip', `127.0.0.1:${gossipPort}`, '--relay', '127.0.0.1:0',
     '--cluster-secret', clusterSecret,
   ];
-  const [gossipA, gossipB] = [await freeUdpPort(), await freeUdpPort()];
-  const A = await startNode({ appId, secret, adminToken, extraArgs: [...common('eu', gossipA), '--node-id', `a-eu-${randomHex(4)}`] });
+  const A = await startNode({ appId, secret, adminToken, extraArgs: (g) => [...common('eu', g), '--node-id', `a-eu-${randomHex(4)}`] });
   const B = await startNode({
     appId, secret, adminToken,
-    extraArgs: [...common('us', gossipB), '--node-id', `b-us-${randomHex(4)}`, '--seed', A.gossip],
+    extraArgs: (g) => [...common('us', g), '--node-id', `b-us-${randomHex(4)}`, '--seed', A.gossip],
   });
   return { A, B };
 }

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  HERE, startNode, launchChromium, serveDir, pollUntil, freeUdpPort, randomHex, tail,
+  HERE, startNode, launchChromium, serveDir, pollUntil, randomHex, tail,
 } from './lib.mjs';
 
 const appId = randomHex(16);
@@ -19,10 +19,10 @@ before(async () => {
     '--region', region, '--gossip', `127.0.0.1:${gossip}`, '--relay', '127.0.0.1:0',
     '--cluster-secret', clusterSecret,
   ];
-  A = await startNode({ appId, secret, extraArgs: [...common('eu', await freeUdpPort()), '--node-id', `a-${randomHex(4)}`] });
+  A = await startNode({ appId, secret, extraArgs: (g) => [...common('eu', g), '--node-id', `a-${randomHex(4)}`] });
   C = await startNode({
     appId, secret,
-    extraArgs: [...common('us', await freeUdpPort()), '--node-id', `c-${randomHex(4)}`, '--seed', A.gossip],
+    extraArgs: (g) => [...common('us', g), '--node-id', `c-${randomHex(4)}`, '--seed', A.gossip],
   });
   // Served from tests/browser/ so the page can import /node_modules/whip-whep/*.js as is.
   site = await serveDir(HERE);
