@@ -88,6 +88,9 @@ pub struct Status {
 #[serde(default)]
 pub struct Sessions {
     pub sessions: Vec<SessionInfo>,
+    /// Live nodes that did not answer in time: their sessions are missing from `sessions`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
 }
 
 /// One session (`GET /admin/sessions/{id}` and the items of [`Sessions`]).
@@ -121,6 +124,9 @@ pub struct SessionTrack {
 #[serde(default)]
 pub struct Tracks {
     pub tracks: Vec<Publication>,
+    /// Live nodes that did not answer in time: their tracks are missing from `tracks`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
 }
 
 /// One published track.

@@ -45,6 +45,21 @@ impl Output {
     }
 }
 
+/// A cluster-wide list: complete (exit 0), or missing what the `unanswered` nodes hold (exit 1,
+/// naming them on stderr), so a script never takes a partial list for the whole.
+pub fn partial(stdout: String, unanswered: &[String], what: &str) -> Output {
+    if unanswered.is_empty() {
+        return Output::ok(stdout);
+    }
+    Output::negative(
+        stdout,
+        format!(
+            "no answer from {}: their {what} are missing",
+            unanswered.join(", ")
+        ),
+    )
+}
+
 /// The API's JSON, pretty, with a final newline.
 pub fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
@@ -66,5 +81,23 @@ pub async fn run(client: &Client, command: &Command, json: bool) -> Result<Outpu
         Command::Token(args) => token::run(client, args, json).await,
         Command::Ticket(args) => ticket::run(client, args, json).await,
         Command::Health => health::run(client, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_missing_a_node_says_which_and_exits_negative() {
+        let whole = partial("table\n".into(), &[], "sessions");
+        assert_eq!(whole, Output::ok("table\n".into()));
+        let missing = partial("table\n".into(), &["b".into(), "c".into()], "tracks");
+        assert_eq!(missing.stdout, "table\n");
+        assert_eq!(missing.code, exit::NEGATIVE);
+        assert_eq!(
+            missing.stderr,
+            "no answer from b, c: their tracks are missing"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `sessions [--node NODE]`: `GET /admin/sessions[?node=ID]`, and `session ID`:
 //! `GET /admin/sessions/{sessionId}`.
 
-use super::{Output, pretty};
+use super::{Output, partial, pretty};
 use crate::client::{Client, encode, segment};
 use crate::error::CtlError;
 use crate::model::{SessionInfo, Sessions, decode};
@@ -14,7 +14,11 @@ pub async fn list(client: &Client, on: Option<&str>, json: bool) -> Result<Outpu
     };
     let v = client.admin_get(&path).await?;
     let sessions: Sessions = decode(&path, &v)?;
-    Ok(Output::ok(if json { pretty(&v) } else { table(&sessions) }))
+    Ok(partial(
+        if json { pretty(&v) } else { table(&sessions) },
+        &sessions.unanswered,
+        "sessions",
+    ))
 }
 
 pub async fn one(client: &Client, id: &str, json: bool) -> Result<Output, CtlError> {
@@ -130,6 +134,7 @@ mod tests {
                     tracks: vec![],
                 },
             ],
+            unanswered: vec![],
         };
         assert_eq!(
             table(&s),

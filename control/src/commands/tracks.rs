@@ -1,6 +1,6 @@
 //! `tracks`: `GET /admin/tracks`.
 
-use super::{Output, pretty};
+use super::{Output, partial, pretty};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::model::{Publication, Tracks, decode};
@@ -11,7 +11,11 @@ const PATH: &str = "/admin/tracks";
 pub async fn run(client: &Client, json: bool) -> Result<Output, CtlError> {
     let v = client.admin_get(PATH).await?;
     let tracks: Tracks = decode(PATH, &v)?;
-    Ok(Output::ok(if json { pretty(&v) } else { table(&tracks) }))
+    Ok(partial(
+        if json { pretty(&v) } else { table(&tracks) },
+        &tracks.unanswered,
+        "tracks",
+    ))
 }
 
 pub fn table(t: &Tracks) -> String {
@@ -67,6 +71,7 @@ mod tests {
                     relayed_to: vec![],
                 },
             ],
+            unanswered: vec![],
         };
         assert_eq!(
             table(&t),

@@ -71,6 +71,7 @@ async fn local(st: &ApiState, app: String) -> Result<AppSessions, ApiError> {
 fn to_wire(l: AppListing) -> AppSessions {
     AppSessions {
         truncated: l.truncated,
+        unanswered_nodes: 0,
         sessions: l
             .sessions
             .into_iter()
@@ -107,6 +108,7 @@ fn cut(g: Gathered<AppSession>, limit: usize) -> AppSessions {
     AppSessions {
         sessions,
         truncated,
+        unanswered_nodes: g.unanswered.len(),
     }
 }
 
@@ -161,6 +163,7 @@ mod tests {
         let g = Gathered {
             items: vec![s("c"), s("a"), s("b")],
             truncated: false,
+            unanswered: Vec::new(),
         };
         let out = cut(g, 2);
         let ids: Vec<&str> = out.sessions.iter().map(|s| s.session_id.as_str()).collect();
@@ -169,6 +172,7 @@ mod tests {
             Gathered {
                 items: vec![s("a")],
                 truncated: false,
+                unanswered: Vec::new(),
             },
             2,
         );
@@ -177,9 +181,12 @@ mod tests {
             Gathered {
                 items: vec![s("a")],
                 truncated: true,
+                unanswered: vec!["b".into()],
             },
             2,
         );
         assert!(cut_elsewhere.truncated, "another node's cut shows");
+        assert_eq!(cut_elsewhere.unanswered_nodes, 1, "a silent node shows");
+        assert_eq!(whole.unanswered_nodes, 0);
     }
 }

@@ -430,10 +430,13 @@ pub(super) struct Gathered<T> {
     pub items: Vec<T>,
     /// A node that answered left some of its items out.
     pub truncated: bool,
+    /// The live nodes asked that did not answer, in id order: their items are missing.
+    pub unanswered: Vec<String>,
 }
 
 /// Answers with this node's items (`local`), or asks the named node, or gathers from every
-/// live node (a node that fails to answer is logged and left out), asking as `who`.
+/// live node (a node that fails to answer is logged, left out and named in `unanswered`), asking
+/// as `who`.
 pub(super) async fn gather<L: Listing>(
     st: &ApiState,
     node: Option<String>,
@@ -444,6 +447,7 @@ pub(super) async fn gather<L: Listing>(
     let done = |items| Gathered {
         items,
         truncated: false,
+        unanswered: Vec::new(),
     };
     match node {
         Some(n) if n == st.cluster.self_id => Ok(done(local)),
@@ -451,7 +455,11 @@ pub(super) async fn gather<L: Listing>(
             let m = member(st, &n)?;
             let v: L = ask_as(st, &m, Method::GET, &format!("{path}?node={n}"), who).await?;
             let (items, truncated) = v.items();
-            Ok(Gathered { items, truncated })
+            Ok(Gathered {
+                items,
+                truncated,
+                unanswered: Vec::new(),
+            })
         }
         None => {
             let mut all = done(local);
@@ -470,10 +478,12 @@ pub(super) async fn gather<L: Listing>(
                         all.truncated |= truncated;
                     }
                     Err(e) => {
-                        tracing::warn!(node = %m.node_id, error = %e.description, "gathering {path}")
+                        tracing::warn!(node = %m.node_id, error = %e.description, "gathering {path}");
+                        all.unanswered.push(m.node_id);
                     }
                 }
             }
+            all.unanswered.sort();
             Ok(all)
         }
     }
@@ -486,10 +496,12 @@ pub async fn sessions(
 ) -> AdminResult {
     check(&st, &headers)?;
     let local = local_sessions(&st).await?;
-    let sessions = gather::<admin::Sessions>(&st, q.node, "/admin/sessions", local, &AskAs::Admin)
-        .await?
-        .items;
-    Ok(Json(admin::Sessions { sessions }).into_response())
+    let g = gather::<admin::Sessions>(&st, q.node, "/admin/sessions", local, &AskAs::Admin).await?;
+    Ok(Json(admin::Sessions {
+        sessions: g.items,
+        unanswered: g.unanswered,
+    })
+    .into_response())
 }
 
 pub async fn session(
@@ -570,10 +582,12 @@ pub async fn tracks(
 ) -> AdminResult {
     check(&st, &headers)?;
     let local = local_tracks(&st).await?;
-    let tracks = gather::<admin::Tracks>(&st, q.node, "/admin/tracks", local, &AskAs::Admin)
-        .await?
-        .items;
-    Ok(Json(admin::Tracks { tracks }).into_response())
+    let g = gather::<admin::Tracks>(&st, q.node, "/admin/tracks", local, &AskAs::Admin).await?;
+    Ok(Json(admin::Tracks {
+        tracks: g.items,
+        unanswered: g.unanswered,
+    })
+    .into_response())
 }
 
 /// Where a track lives: its owner, the nodes that pull it from another node (hubs among them
@@ -801,6 +815,7 @@ mod tests {
         same_wire(
             &admin::Sessions {
                 sessions: vec![info],
+                unanswered: Vec::new(),
             },
             json!({ "sessions": [old] }),
         );
@@ -822,7 +837,10 @@ mod tests {
         });
         same_wire(&p, old.clone());
         same_wire(
-            &admin::Tracks { tracks: vec![p] },
+            &admin::Tracks {
+                tracks: vec![p],
+                unanswered: Vec::new(),
+            },
             json!({ "tracks": [old] }),
         );
     }

@@ -455,6 +455,14 @@ pub struct AppSessions {
     pub sessions: Vec<AppSession>,
     /// `truncated`: sessions or tracks were left out to keep the answer within its bounds.
     pub truncated: bool,
+    /// `unansweredNodes`: live nodes that did not answer in time, whose sessions are missing
+    /// (absent when every node answered).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unanswered_nodes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One live session in [`AppSessions`].

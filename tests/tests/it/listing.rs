@@ -243,3 +243,92 @@ async fn listing_covers_every_node_of_the_cluster() {
         .expect("GET");
     assert_eq!(status, 401);
 }
+
+/// A node that is live in gossip but gives no answer is named in the cluster-wide lists, so
+/// neither an operator nor a client takes a list without its sessions for the whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_is_named_not_hidden() {
+    let _serial = trackmesh_tests::serial::cluster_slot().await;
+    let process = trackmesh_tests::ClusterConfig {
+        process: true,
+        ..trackmesh_tests::ClusterConfig::default()
+    };
+    let cl = Cluster::start_with(&[("a", "eu"), ("b", "eu")], process)
+        .await
+        .expect("cluster");
+    let on_a = cl.client("a");
+    let local_a = on_a.sessions_new().await.expect("session on a").session_id;
+    let on_b = cl
+        .client("b")
+        .sessions_new()
+        .await
+        .expect("session on b")
+        .session_id;
+    let admin = |path: &str| {
+        let url = format!("{}{path}", cl.node("a").http_url());
+        let token = cl.admin_token().to_string();
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("admin GET");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("admin JSON"))
+        }
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no sessions in {v}"))
+            .iter()
+            .map(|s| s["sessionId"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+
+    // Frozen: b's kernel takes the connections, b never answers. All three are asked at once:
+    // a few seconds on, gossip takes b for dead and no longer asks it at all.
+    cl.node("b").pause().expect("SIGSTOP b");
+    let ((s, sessions), (t, tracks), listing) = tokio::join!(
+        admin("/admin/sessions"),
+        admin("/admin/tracks"),
+        on_a.raw(Method::GET, "sessions", None)
+    );
+    cl.node("b").resume().expect("SIGCONT b");
+    let (l, listing) = listing.expect("GET");
+    assert_eq!((s, t, l), (200, 200, 200), "{sessions} {tracks} {listing}");
+    assert_eq!(
+        sessions["unanswered"],
+        serde_json::json!(["b"]),
+        "{sessions}"
+    );
+    assert_eq!(
+        ids(&sessions),
+        vec![local_a.clone()],
+        "a's own part is there"
+    );
+    assert_eq!(tracks["unanswered"], serde_json::json!(["b"]), "{tracks}");
+    assert_eq!(listing["unansweredNodes"], 1, "{listing}");
+    assert_eq!(ids(&listing), vec![local_a.clone()]);
+
+    // Answering again (and live again in gossip), b is listed and nothing is said missing.
+    let (sessions, _) = trackmesh_tests::poll_until(
+        "a's admin view to list b's session again",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(200),
+        async || {
+            let (s, sessions) = admin("/admin/sessions").await;
+            anyhow::ensure!(
+                s == 200 && ids(&sessions).contains(&on_b),
+                "{s}: {sessions}"
+            );
+            Ok(sessions)
+        },
+    )
+    .await
+    .expect("b back");
+    assert!(sessions.get("unanswered").is_none(), "{sessions}");
+    let (_, listing) = on_a.raw(Method::GET, "sessions", None).await.expect("GET");
+    assert!(listing.get("unansweredNodes").is_none(), "{listing}");
+}
