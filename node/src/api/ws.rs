@@ -486,7 +486,9 @@ async fn join(
 }
 
 /// The labels a publisher's audio goes to the message bus with, when its room asks for audio
-/// egress: `(app, room, user, client)`. The user is the ticket's, else the client id.
+/// egress: `(app, room, user, client)`. The user is the ticket's, else empty: the client id is
+/// the client's own choice, so it never takes the user's place, where it could pass for another
+/// participant's user name.
 pub fn egress_labels_for(
     app: &str,
     room: &str,
@@ -499,7 +501,7 @@ pub fn egress_labels_for(
         (
             app.to_string(),
             room.to_string(),
-            user.unwrap_or(client_id).to_string(),
+            user.unwrap_or_default().to_string(),
             client_id.to_string(),
         )
     })
@@ -793,9 +795,9 @@ mod tests {
             Some(("a".into(), "r".into(), "u".into(), "c".into()))
         );
         assert_eq!(
-            egress_labels_for("a", "r", &egress, Role::Sendrecv, None, "c").map(|l| l.2),
-            Some("c".into()),
-            "no user: the client id"
+            egress_labels_for("a", "r", &egress, Role::Sendrecv, None, "alice"),
+            Some(("a".into(), "r".into(), String::new(), "alice".into())),
+            "no user: none, whatever the client calls itself"
         );
         assert_eq!(
             egress_labels_for("a", "r", &egress, Role::Downstream, Some("u"), "c"),
