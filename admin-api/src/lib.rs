@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 #[serde(default)]
 pub struct ClusterView {
+    /// Node ids that more than one live node runs under (a configuration mistake: only the
+    /// newest run of each is listed and used). Absent when there are none.
+    #[serde(rename = "duplicateNodeIds", skip_serializing_if = "Vec::is_empty")]
+    pub duplicate_node_ids: Vec<String>,
     pub members: Vec<Member>,
     /// The node id of the node answering.
     #[serde(rename = "self")]

@@ -111,6 +111,7 @@ pub struct Metrics {
     relay_pull_failures: IntCounterVec,
     relay_repair: IntCounterVec,
     members: IntGaugeVec,
+    duplicate_ids: IntGauge,
     /// `trackmesh_http_requests_total{route,method,status}`, counted by the API's middleware.
     pub http_requests: IntCounterVec,
     /// `trackmesh_http_request_duration_seconds{route}`, observed by the API's middleware.
@@ -409,6 +410,13 @@ impl Metrics {
                     "1 while the audio egress is connected to NATS (0 without --nats).",
                 )?,
             )?,
+            duplicate_ids: reg(
+                &r,
+                IntGauge::new(
+                    "trackmesh_cluster_duplicate_node_ids",
+                    "Node ids that more than one live node runs under (should be 0: each node needs its own --node-id).",
+                )?,
+            )?,
             draining: reg(
                 &r,
                 IntGauge::new("trackmesh_draining", "1 while this node drains.")?,
@@ -663,6 +671,7 @@ impl Metrics {
             snap.relay.bytes_out,
         );
 
+        self.duplicate_ids.set(snap.view.duplicate_ids.len() as i64);
         self.members.reset();
         for m in &snap.view.members {
             let state = if m.live { "live" } else { "dead" };

@@ -11,7 +11,25 @@ const PATH: &str = "/admin/cluster";
 pub async fn run(client: &Client, json: bool) -> Result<Output, CtlError> {
     let v = client.admin_get(PATH).await?;
     let view: ClusterView = decode(PATH, &v)?;
-    Ok(Output::ok(if json { pretty(&v) } else { table(&view) }))
+    Ok(duplicates(
+        if json { pretty(&v) } else { table(&view) },
+        &view,
+    ))
+}
+
+/// The list as it is, but a node id that several live nodes run under is a mistake to fix
+/// (only the newest run is used): named on stderr, exit 1.
+fn duplicates(stdout: String, view: &ClusterView) -> Output {
+    if view.duplicate_node_ids.is_empty() {
+        return Output::ok(stdout);
+    }
+    Output::negative(
+        stdout,
+        format!(
+            "more than one live node runs under the node id {}: give each node its own --node-id",
+            view.duplicate_node_ids.join(", ")
+        ),
+    )
 }
 
 /// `live`, `draining` (live and draining) or `dead`.
@@ -86,6 +104,7 @@ mod tests {
                 member("b", "eu", true, true),
                 member("a", "eu", true, false),
             ],
+            duplicate_node_ids: vec![],
         };
         assert_eq!(
             table(&view),
@@ -95,5 +114,22 @@ mod tests {
              c     cccc0000  us      dead      1         -       0       0.1.0    http://c:7700\n\
              3 members, 2 live; * = the node answering\n"
         );
+    }
+
+    #[test]
+    fn a_duplicated_node_id_is_named_and_exits_negative() {
+        let mut view = ClusterView {
+            self_id: "a".into(),
+            members: vec![member("a", "eu", true, false)],
+            duplicate_node_ids: vec![],
+        };
+        assert_eq!(duplicates("t".into(), &view), Output::ok("t".into()));
+        view.duplicate_node_ids = vec!["a".into()];
+        let out = duplicates("t".into(), &view);
+        assert_eq!(
+            (out.stdout.as_str(), out.code),
+            ("t", crate::error::exit::NEGATIVE)
+        );
+        assert!(out.stderr.contains("node id a:"), "{}", out.stderr);
     }
 }

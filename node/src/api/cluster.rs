@@ -370,6 +370,7 @@ pub(super) fn cluster_view(self_id: &str, view: &ClusterView) -> trackmesh_admin
     trackmesh_admin_api::ClusterView {
         members,
         self_id: self_id.to_string(),
+        duplicate_node_ids: view.duplicate_ids.clone(),
     }
 }
 

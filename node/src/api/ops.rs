@@ -910,6 +910,7 @@ mod tests {
             }],
             streams: Vec::new(),
             rooms: Vec::new(),
+            duplicate_ids: Vec::new(),
         };
         let typed = super::super::cluster::cluster_view("a", &view);
         same_wire(
@@ -930,6 +931,7 @@ mod tests {
             members: Vec::new(),
             streams: Vec::new(),
             rooms: Vec::new(),
+            duplicate_ids: Vec::new(),
         };
         view.members.push(Member {
             node_id: "b".into(),

@@ -107,6 +107,7 @@ mod tests {
             members,
             streams: Vec::new(),
             rooms: Vec::new(),
+            duplicate_ids: Vec::new(),
         }
     }
 

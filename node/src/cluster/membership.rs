@@ -5,7 +5,7 @@
 //! address, load, drain state, version). The rest of the node reads the result as a
 //! [`ClusterView`] from a watch channel, refreshed every 200 ms.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -274,6 +274,7 @@ async fn run(
             if **current == view {
                 return false;
             }
+            report_duplicates(&current.duplicate_ids, &view.duplicate_ids);
             *current = Arc::new(view);
             true
         });
@@ -462,8 +463,46 @@ fn build_view(
         members,
         streams,
         rooms,
+        duplicate_ids: duplicate_ids(self_id, states.keys(), live),
     };
     (view, bad)
+}
+
+/// The node ids run by more than one live node at different gossip addresses. A restart is a
+/// newer generation at the same address, and the old run is live only until it is noticed
+/// dead: not a duplicate. This node is always live to itself.
+fn duplicate_ids<'a>(
+    self_id: &str,
+    ids: impl Iterator<Item = &'a ChitchatId>,
+    live: &HashSet<ChitchatId>,
+) -> Vec<String> {
+    let mut addrs: BTreeMap<&str, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for id in ids {
+        if live.contains(id) || &*id.node_id == self_id {
+            addrs
+                .entry(&id.node_id)
+                .or_default()
+                .insert(id.gossip_advertise_addr);
+        }
+    }
+    addrs
+        .into_iter()
+        .filter(|(_, a)| a.len() > 1)
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+/// Says so once when node ids start or stop being run by more than one live node.
+fn report_duplicates(before: &[String], now: &[String]) {
+    for id in now.iter().filter(|id| !before.contains(id)) {
+        // The id is the members' own text: escaped and cut, never a log line of its own.
+        let id: String = id.escape_debug().take(64).collect();
+        tracing::error!(node_id = %id, "two or more live nodes run under the same node id; give each node its own --node-id (only the newest run is used, the others' sessions cannot be reached)");
+    }
+    for id in before.iter().filter(|id| !now.contains(id)) {
+        let id: String = id.escape_debug().take(64).collect();
+        tracing::info!(node_id = %id, "only one live node runs under this node id again");
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +624,113 @@ mod tests {
         member_when(&mut view, "odd", |m| m.load.is_none()).await;
         assert_eq!(rejects.get(Port::Gossip, "bad_value"), 3);
         let _ = odd_node.shutdown().await;
+    }
+
+    #[test]
+    fn only_live_runs_at_different_addresses_are_duplicates() {
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let twin_1 = ChitchatId::new("twin", 1, at(1));
+        let twin_2 = ChitchatId::new("twin", 2, at(2));
+        let restarted_old = ChitchatId::new("r", 1, at(3));
+        let restarted_new = ChitchatId::new("r", 2, at(3));
+        let gone_1 = ChitchatId::new("g", 1, at(4));
+        let gone_2 = ChitchatId::new("g", 2, at(5));
+        let me_elsewhere = ChitchatId::new("me", 1, at(6));
+        let me = ChitchatId::new("me", 2, at(7));
+        let all = [
+            &twin_1,
+            &twin_2,
+            &restarted_old,
+            &restarted_new,
+            &gone_1,
+            &gone_2,
+            &me_elsewhere,
+            &me,
+        ];
+        // Both twins live; both runs of r live (a restart not noticed yet) at one address; one
+        // run of g dead; this node (always live to itself) and another run of its id.
+        let live: HashSet<ChitchatId> = [
+            &twin_1,
+            &twin_2,
+            &restarted_old,
+            &restarted_new,
+            &gone_2,
+            &me_elsewhere,
+        ]
+        .into_iter()
+        .cloned()
+        .collect();
+        assert_eq!(
+            duplicate_ids("me", all.into_iter(), &live),
+            vec!["me".to_string(), "twin".to_string()]
+        );
+        assert!(duplicate_ids("me", [&twin_1, &gone_1].into_iter(), &live).is_empty());
+    }
+
+    /// Two members that gossip under one node id from two addresses (a copied config): the
+    /// view names the id, and stops naming it once one of them is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_live_members_under_one_id_are_named() {
+        let gossip = free_addr();
+        let membership = start(member_config("a", 0xa, gossip, Vec::new())).expect("membership");
+        let mut view = membership.view.clone();
+        let transport = SealedTransport {
+            secret: "s3cret".into(),
+            previous: None,
+            rejects: Arc::new(Rejects::new().expect("metric")),
+        };
+        let keys = |tag: &str| -> Vec<(String, String)> {
+            [
+                ("tag", tag),
+                ("region", "eu"),
+                ("api", "http://127.0.0.1:4"),
+                ("relay", "127.0.0.1:5"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        let mut twins = Vec::new();
+        for (generation, tag) in [(1, "0000000b"), (2, "0000000c")] {
+            let config = chitchat_config("twin", generation, free_addr(), vec![gossip.to_string()]);
+            twins.push(
+                spawn_chitchat(config, keys(tag), &transport)
+                    .await
+                    .expect("a twin"),
+            );
+        }
+        let named = |v: &ClusterView| v.duplicate_ids == ["twin".to_string()];
+        let mut seen = false;
+        for _ in 0..300 {
+            if named(&view.borrow()) {
+                seen = true;
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        }
+        assert!(seen, "never named: {:?}", view.borrow());
+        let twin_members = view
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| m.node_id == "twin")
+            .count();
+        assert_eq!(twin_members, 1, "the view still lists one member per id");
+        // Stopped, the older twin is noticed dead (phi: a few seconds) and the id is single again.
+        let older = twins.remove(0);
+        let _ = older.shutdown().await;
+        let mut single = false;
+        for _ in 0..600 {
+            if view.borrow().duplicate_ids.is_empty() {
+                single = true;
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        }
+        assert!(single, "still named: {:?}", view.borrow());
+        for t in twins {
+            let _ = t.shutdown().await;
+        }
     }
 
     fn member_config(

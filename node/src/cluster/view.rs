@@ -103,6 +103,10 @@ pub struct ClusterView {
     pub streams: Vec<(String, StreamAnnounce)>,
     /// The rooms members announce, with the id of the member announcing each.
     pub rooms: Vec<(String, crate::rooms::RoomAnnounce)>,
+    /// Node ids that more than one live node, at different gossip addresses, runs under: a
+    /// configuration mistake. Only the newest run of each shows in `members`, so the other
+    /// takes no traffic it should and its sessions cannot be reached. Sorted.
+    pub duplicate_ids: Vec<String>,
 }
 
 impl ClusterView {

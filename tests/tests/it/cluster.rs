@@ -443,6 +443,7 @@ async fn predicted_hub(cl: &Cluster, region: &str, session_id: &str, track: &str
         members,
         streams: Vec::new(),
         rooms: Vec::new(),
+        duplicate_ids: Vec::new(),
     };
     let sid = trackmesh_node::ids::SessionId::parse(session_id).expect("a session id");
     let hub = trackmesh_node::cluster::hubs::hub_for(&view, region, sid, track)
