@@ -180,6 +180,10 @@ pub struct Session {
     /// Video mids that started (or switched) a publication and have had no keyframe yet, with
     /// when they started: delta frames they could not decode are held back.
     pub awaiting_keyframe: HashMap<Mid, Instant>,
+    /// m-sections in its newest SDP, offered or answered. str0m never reuses a closed
+    /// track's section in its own offers, so this only grows; `tracks/new` keeps it within
+    /// what the client's next SDP may have ([`super::sdp_limits::MAX_M_LINES`]).
+    pub m_lines: usize,
     /// RTP packets written that wait for the batch's end to be sent (`media_written`), at most
     /// `fanout::FLUSH_AFTER_PACKETS`.
     pub media_pending: u8,
@@ -204,10 +208,25 @@ pub struct Session {
 impl Session {
     /// Applies a client's offer to this session's `Rtc`; a refusal is the client's SDP at fault.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, OpError> {
-        self.rtc
+        let sections = offer
+            .to_sdp_string()
+            .lines()
+            .filter(|l| l.starts_with("m="))
+            .count();
+        let answer = self
+            .rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))
+            .map_err(|e| OpError::InvalidSdp(format!("offer not accepted: {e}")))?;
+        self.m_lines = self.m_lines.max(sections);
+        Ok(answer)
+    }
+
+    /// The SDP of an offer this node makes, its m-sections counted.
+    pub fn offered(&mut self, sdp: String) -> String {
+        let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        self.m_lines = self.m_lines.max(sections);
+        sdp
     }
 
     /// Remembers the client's transport as its SDP (offer or answer) showed it.
@@ -245,6 +264,7 @@ impl Session {
             out: HashMap::new(),
             repair_window: HashMap::new(),
             awaiting_keyframe: HashMap::new(),
+            m_lines: 0,
             media_pending: 0,
             simulcast: HashMap::new(),
             outgoing_local: None,

@@ -466,6 +466,49 @@ fn unknown_tracks_fail_per_item_with_an_empty_mid() {
     assert!(res.description.is_none());
 }
 
+/// A session's SDP keeps a section for every track it ever pulled. A pull that would take it past
+/// what the client's answer may have is refused up front, rather than leaving an offer that can
+/// never be answered (and every later `tracks/new` refused for want of that answer).
+#[test]
+fn a_pull_past_the_sdp_section_bound_is_refused_before_any_offer() {
+    let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));
+    let c = w.client();
+    let sid = w.session();
+    w.pull(c, &sid, &[(&pub_sid, "mic"), (&pub_sid, "cam")]);
+    let id = SessionId::parse(&sid).expect("session id");
+    assert_eq!(
+        w.engine.sessions[&id].m_lines, 2,
+        "the offer's sections are counted"
+    );
+    // As if hundreds of pulls had come and gone.
+    let bound = super::sdp_limits::MAX_M_LINES;
+    if let Some(s) = w.engine.sessions.get_mut(&id) {
+        s.m_lines = bound - 1;
+    }
+    let two = TracksNew::Remote {
+        tracks: ["mic", "cam"]
+            .into_iter()
+            .map(|t| RemoteTrack {
+                session_id: Some(pub_sid.clone()),
+                track_name: Some(t.to_string()),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    match w.engine.tracks_new(APP, &sid, two, w.now) {
+        Err(OpError::InvalidParams(m)) => assert!(m.contains("m-sections"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        w.engine.sessions[&id].pending.is_none(),
+        "no offer was left waiting"
+    );
+    // One more section still fits, and the session is still usable.
+    let res = w.pull(c, &sid, &[(&pub_sid, "mic")]);
+    assert!(res.requires_immediate_renegotiation);
+    assert!(res.tracks[0].error.is_none(), "{:?}", res.tracks[0]);
+}
+
 #[test]
 fn closing_stops_media_and_marks_tracks_inactive() {
     let (mut w, pub_sid) = publishing_world(Duration::from_secs(30));

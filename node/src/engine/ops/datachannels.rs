@@ -115,11 +115,12 @@ impl Engine {
         s.state = s.state.on_negotiated();
         s.channels.established = true;
         s.channels.server_events = Some(chan);
+        let offer = s.offered(candidates_in_every_section(&offer.to_sdp_string()));
         self.drain(sid, now);
         Ok(Established {
             offer: Some(SessionDesc {
                 kind: SdpKind::Offer,
-                sdp: candidates_in_every_section(&offer.to_sdp_string()),
+                sdp: offer,
             }),
         })
     }

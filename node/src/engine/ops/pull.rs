@@ -103,7 +103,7 @@ impl Engine {
                 s.state = s.state.on_negotiated();
                 offer = Some(SessionDesc {
                     kind: SdpKind::Offer,
-                    sdp: candidates_in_every_section(&o.to_sdp_string()),
+                    sdp: s.offered(candidates_in_every_section(&o.to_sdp_string())),
                 });
             }
             for ((i, key, _, prefs), mid) in wanted.into_iter().zip(mids) {

@@ -188,6 +188,7 @@ impl Engine {
         };
         s.pending = Some(pending);
         s.state = s.state.on_negotiated();
+        let offer = s.offered(candidates_in_every_section(&offer.to_sdp_string()));
         for (mid, name, kind) in added {
             s.push_track(TrackEntry {
                 location: Location::Local,
@@ -206,7 +207,7 @@ impl Engine {
             requires_immediate_renegotiation: true,
             description: Some(SessionDesc {
                 kind: SdpKind::Offer,
-                sdp: candidates_in_every_section(&offer.to_sdp_string()),
+                sdp: offer,
             }),
             tracks: results,
         })

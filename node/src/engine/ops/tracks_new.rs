@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use super::{MAX_ACTIVE_TRACKS_PER_SESSION, MAX_TRACKS_PER_CALL, TracksNew, TracksNewResult};
+use crate::engine::sdp_limits::MAX_M_LINES;
 use crate::engine::{Engine, OpError};
 
 impl Engine {
@@ -32,6 +33,27 @@ impl Engine {
         if active + count > MAX_ACTIVE_TRACKS_PER_SESSION {
             return Err(OpError::InvalidParams(format!(
                 "a session holds at most {MAX_ACTIVE_TRACKS_PER_SESSION} active tracks"
+            )));
+        }
+        // Sections this call adds when the SFU writes the offer (a client's own offer is held
+        // to the bound as it arrives). Past the bound the client could not answer, and the
+        // session would be left with an offer it can never complete.
+        let new_sections = match &req {
+            TracksNew::Local {
+                offer: None,
+                tracks,
+                ..
+            } => tracks.len(),
+            TracksNew::Remote { tracks } => tracks
+                .iter()
+                .filter(|t| !t.mid.as_deref().is_some_and(|m| m.starts_with('#')))
+                .count(),
+            _ => 0,
+        };
+        let sections = self.sessions[&sid].m_lines;
+        if new_sections > 0 && sections + new_sections > MAX_M_LINES {
+            return Err(OpError::InvalidParams(format!(
+                "this session's SDP already has {sections} of the {MAX_M_LINES} m-sections it may have (a closed track keeps its section): pull into a new session"
             )));
         }
         if self.sessions[&sid].pending.is_some() {
