@@ -242,6 +242,9 @@ async fn run(
     let _ = ready.send(Ok(()));
     let mut tick = tokio::time::interval(REFRESH);
     let mut bad_values = BadValues::default();
+    // Runs (node id and generation) ever seen live, to tell a run that died from one not heard
+    // from enough yet; only runs chitchat still holds are kept.
+    let mut ever_live: HashSet<ChitchatId> = HashSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -266,7 +269,10 @@ async fn run(
                 sync_streams(me, streams::KEY_PREFIX, &local.streams.snapshot());
                 sync_streams(me, room_announce::KEY_PREFIX, &local.rooms.snapshot());
                 let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
-                build_view(&cfg.node_id, c.node_states(), &live)
+                let states = c.node_states();
+                ever_live.retain(|id| states.contains_key(id));
+                ever_live.extend(live.iter().cloned());
+                build_view(&cfg.node_id, states, &live, &ever_live)
             })
             .await;
         bad_values.report(bad, &cfg.rejects);
@@ -410,19 +416,19 @@ fn read<T, E>(
     }
 }
 
-/// Builds the view from chitchat's state: the newest generation of each node id wins (a restarted
-/// node is a new generation of the same id); nodes with missing or malformed keys are skipped.
-/// Also returns the values that could not be read.
+/// Builds the view from chitchat's state: one run of each node id ([`outranks`]); nodes with
+/// missing or malformed keys are skipped. Also returns the values that could not be read.
 fn build_view(
     self_id: &str,
     states: &BTreeMap<ChitchatId, NodeState>,
     live: &HashSet<ChitchatId>,
+    ever_live: &HashSet<ChitchatId>,
 ) -> (ClusterView, Vec<BadValue>) {
     let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
     for (id, st) in states {
         let keep = newest
             .get(&*id.node_id)
-            .is_none_or(|(old, _)| old.generation_id < id.generation_id);
+            .is_none_or(|(old, _)| outranks(id, old, live, ever_live));
         if keep {
             newest.insert(&id.node_id, (id, st));
         }
@@ -466,6 +472,30 @@ fn build_view(
         duplicate_ids: duplicate_ids(self_id, states.keys(), live),
     };
     (view, bad)
+}
+
+/// Whether run `a` of a node id stands for it in the view rather than run `b`. The newer
+/// generation does (a restarted node is a new generation of the same id, live to gossip only
+/// after a few heartbeats), unless it was live and has died while the other is live: then two
+/// nodes ran under one id and the one still running is the one to reach.
+fn outranks(
+    a: &ChitchatId,
+    b: &ChitchatId,
+    live: &HashSet<ChitchatId>,
+    ever_live: &HashSet<ChitchatId>,
+) -> bool {
+    let died = |id: &ChitchatId| ever_live.contains(id) && !live.contains(id);
+    let (newer, older) = if a.generation_id > b.generation_id {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let winner = if died(newer) && live.contains(older) {
+        older
+    } else {
+        newer
+    };
+    winner == a
 }
 
 /// The node ids run by more than one live node at different gossip addresses. A restart is a
@@ -667,8 +697,43 @@ mod tests {
         assert!(duplicate_ids("me", [&twin_1, &gone_1].into_iter(), &live).is_empty());
     }
 
+    #[test]
+    fn the_newer_run_stands_for_its_id_unless_it_died_while_the_older_runs() {
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let old = ChitchatId::new("x", 1, at(1));
+        let new = ChitchatId::new("x", 2, at(1));
+        let set = |ids: &[&ChitchatId]| -> HashSet<ChitchatId> {
+            ids.iter().map(|id| (*id).clone()).collect()
+        };
+        let cases = [
+            // A restart: the new run not heard enough yet, the old one not yet noticed dead.
+            (set(&[&old]), set(&[&old]), &new),
+            // The restart done.
+            (set(&[&new]), set(&[&old, &new]), &new),
+            // Both dead: the newest.
+            (set(&[]), set(&[&old, &new]), &new),
+            // Two runs under one id, the newer one died: the one still running.
+            (set(&[&old]), set(&[&old, &new]), &old),
+        ];
+        for (live, ever_live, want) in cases {
+            let winner = if outranks(&new, &old, &live, &ever_live) {
+                &new
+            } else {
+                &old
+            };
+            assert_eq!(winner, want, "live {live:?}, ever live {ever_live:?}");
+            let other = if outranks(&old, &new, &live, &ever_live) {
+                &old
+            } else {
+                &new
+            };
+            assert_eq!(other, want, "the same either way round");
+        }
+    }
+
     /// Two members that gossip under one node id from two addresses (a copied config): the
-    /// view names the id, and stops naming it once one of them is gone.
+    /// view names the id, and stops naming it once one of them is gone. When the one gone is
+    /// the newer run, the view shows the older one, live, rather than the dead newer one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_live_members_under_one_id_are_named() {
         let gossip = free_addr();
@@ -716,18 +781,25 @@ mod tests {
             .filter(|m| m.node_id == "twin")
             .count();
         assert_eq!(twin_members, 1, "the view still lists one member per id");
-        // Stopped, the older twin is noticed dead (phi: a few seconds) and the id is single again.
-        let older = twins.remove(0);
-        let _ = older.shutdown().await;
+        // Stopped, the newer twin is noticed dead (phi: a few seconds): the id is single again,
+        // and it stands for the older twin, which still runs.
+        let newer = twins.remove(1);
+        let _ = newer.shutdown().await;
+        let older_shown = |v: &ClusterView| {
+            v.duplicate_ids.is_empty()
+                && v.members
+                    .iter()
+                    .any(|m| m.node_id == "twin" && m.live && m.tag == NodeTag(0xb))
+        };
         let mut single = false;
         for _ in 0..600 {
-            if view.borrow().duplicate_ids.is_empty() {
+            if older_shown(&view.borrow()) {
                 single = true;
                 break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
         }
-        assert!(single, "still named: {:?}", view.borrow());
+        assert!(single, "not the live older twin: {:?}", view.borrow());
         for t in twins {
             let _ = t.shutdown().await;
         }
