@@ -125,7 +125,8 @@ pub enum RefuseReason {
     /// The node id is empty, too long or has characters outside the allowed set.
     #[error("invalid node id")]
     InvalidNodeId,
-    /// The acceptor is the dialer itself, or already has a connection from this node id.
+    /// The dialer has the acceptor's own node id: the dialer itself, or another node configured
+    /// with the same id.
     #[error("duplicate node")]
     DuplicateNode,
     /// The acceptor is draining or at its connection limit.

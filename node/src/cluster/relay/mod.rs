@@ -109,6 +109,8 @@ pub(crate) struct Inner {
     /// them ([`channel_table::CHANNEL_QUEUE`]).
     pub channels: mpsc::Sender<channel_table::ChannelCmd>,
     pub refused: AtomicU64,
+    /// Links other nodes hold open to this one ([`serve::MAX_INCOMING_LINKS`]).
+    pub incoming_links: std::sync::atomic::AtomicUsize,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Failed pulls by reason, and the last log line of each reason.
@@ -405,6 +407,7 @@ impl Relay {
             served,
             channels: channels_tx,
             refused: AtomicU64::new(0),
+            incoming_links: std::sync::atomic::AtomicUsize::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             failures: failures::Failures::default(),

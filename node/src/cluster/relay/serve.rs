@@ -5,7 +5,7 @@
 //! output task talk to it over bounded channels.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,6 +27,38 @@ use crate::ids::{DownId, NodeId, SessionId};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Subscriptions one peer may hold on this node at once.
 const MAX_SUBS_PER_LINK: usize = 4096;
+/// Links other nodes may hold open to this one at once. A node dials one link to each peer it
+/// pulls from (two for a moment while one replaces another), so this is room for a cluster of
+/// hundreds; beyond it a new link is refused as `Overloaded`.
+pub(crate) const MAX_INCOMING_LINKS: usize = 1024;
+
+/// One of the [`MAX_INCOMING_LINKS`] places, held while its link lasts.
+struct LinkSlot<'a>(&'a AtomicUsize);
+
+impl Drop for LinkSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a peer that passed the Hello checks may have a link: not this node dialling itself
+/// (a copied node id), and a place free.
+fn admit<'a>(
+    own_id: &str,
+    peer_id: &str,
+    links: &'a AtomicUsize,
+    max: usize,
+) -> Result<LinkSlot<'a>, handshake::RefuseReason> {
+    if peer_id == own_id {
+        return Err(handshake::RefuseReason::DuplicateNode);
+    }
+    links
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(|_| LinkSlot(links))
+        .map_err(|_| handshake::RefuseReason::Overloaded)
+}
 
 pub async fn accept_loop(inner: Arc<Inner>) {
     let Some(endpoint) = inner.endpoint() else {
@@ -85,22 +117,20 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
                 anyhow::bail!("the relay handshake timed out");
             }
         };
-    if let Err(reason) = wire::check_hello(&inner.clusters, &hello) {
-        inner.refused.fetch_add(1, Ordering::Relaxed);
-        if let handshake::RefuseReason::UnsupportedVersion { .. } = reason {
-            // A cluster of mixed releases: worth an operator's attention, not a debug line.
-            tracing::warn!(
-                peer = %hello.node_id,
-                peer_version = hello.protocol_version,
-                version = handshake::PROTOCOL_VERSION,
-                "refused a relay link: the peer speaks another relay protocol version; run one release on every node"
-            );
+    let admitted = wire::check_hello(&inner.clusters, &hello).and_then(|()| {
+        admit(
+            inner.node_id.as_str(),
+            &hello.node_id,
+            &inner.incoming_links,
+            MAX_INCOMING_LINKS,
+        )
+    });
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(reason) => {
+            return refuse(inner, &hello, send, &conn, reason).await;
         }
-        let _ = wire::write_one(&mut send, &HandshakeMsg::Refuse { reason }).await;
-        let _ = send.finish();
-        conn.close(1u32.into(), b"refused");
-        anyhow::bail!("refused {}: {reason}", hello.node_id);
-    }
+    };
     wire::write_one(
         &mut send,
         &HandshakeMsg::Welcome(Welcome {
@@ -112,7 +142,52 @@ async fn serve_link(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     link.handshake_done();
     let peer = NodeId::from(hello.node_id);
     tracing::info!(%peer, "relay link accepted");
+    serve_admitted(inner, conn, peer, link, send, recv, dec).await
+}
 
+/// Tells the dialer why it may not have a link, and closes the connection.
+async fn refuse(
+    inner: &Arc<Inner>,
+    hello: &handshake::Hello,
+    mut send: quinn::SendStream,
+    conn: &quinn::Connection,
+    reason: handshake::RefuseReason,
+) -> anyhow::Result<()> {
+    inner.refused.fetch_add(1, Ordering::Relaxed);
+    match reason {
+        // A cluster of mixed releases: worth an operator's attention, not a debug line.
+        handshake::RefuseReason::UnsupportedVersion { .. } => tracing::warn!(
+            peer = %hello.node_id,
+            peer_version = hello.protocol_version,
+            version = handshake::PROTOCOL_VERSION,
+            "refused a relay link: the peer speaks another relay protocol version; run one release on every node"
+        ),
+        handshake::RefuseReason::DuplicateNode => tracing::warn!(
+            "refused a relay link from a node under this node's own id; give each node its own --node-id"
+        ),
+        handshake::RefuseReason::Overloaded => tracing::warn!(
+            peer = %hello.node_id,
+            max = MAX_INCOMING_LINKS,
+            "refused a relay link: this node holds as many links from other nodes as it may"
+        ),
+        _ => {}
+    }
+    let _ = wire::write_one(&mut send, &HandshakeMsg::Refuse { reason }).await;
+    let _ = send.finish();
+    conn.close(1u32.into(), b"refused");
+    anyhow::bail!("refused {}: {reason}", hello.node_id)
+}
+
+/// Serves an admitted link until it ends, then releases what it was sent.
+async fn serve_admitted(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    peer: NodeId,
+    mut link: Publisher<Served>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    dec: FrameDecoder<HandshakeMsg>,
+) -> anyhow::Result<()> {
     inner.spawn(accept_channel_streams(inner.clone(), conn.clone()));
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     inner.spawn(wire::write_control(send, ctl_rx));
@@ -447,5 +522,32 @@ pub async fn watch_members(inner: Arc<Inner>) {
         // The task that owns the downstream table holds the links' connections (gone: so
         // are they).
         let _ = inner.downs.send(DownCmd::ClosePeers(dead)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_admitted_up_to_the_cap_and_never_from_this_node_itself() {
+        let links = AtomicUsize::new(0);
+        assert_eq!(
+            admit("a", "a", &links, 2).err(),
+            Some(handshake::RefuseReason::DuplicateNode),
+            "this node's own id"
+        );
+        let first = admit("a", "b", &links, 2).expect("a place");
+        let second = admit("a", "c", &links, 2).expect("a place");
+        assert_eq!(
+            admit("a", "d", &links, 2).err(),
+            Some(handshake::RefuseReason::Overloaded),
+            "full"
+        );
+        assert_eq!(links.load(Ordering::Relaxed), 2, "a refusal takes no place");
+        drop(first);
+        let third = admit("a", "d", &links, 2).expect("a place again once a link ended");
+        drop((second, third));
+        assert_eq!(links.load(Ordering::Relaxed), 0);
     }
 }
