@@ -765,15 +765,7 @@ mod tests {
             );
         }
         let named = |v: &ClusterView| v.duplicate_ids == ["twin".to_string()];
-        let mut seen = false;
-        for _ in 0..300 {
-            if named(&view.borrow()) {
-                seen = true;
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
-        }
-        assert!(seen, "never named: {:?}", view.borrow());
+        view_when(&mut view, named).await;
         let twin_members = view
             .borrow()
             .members
@@ -791,15 +783,7 @@ mod tests {
                     .iter()
                     .any(|m| m.node_id == "twin" && m.live && m.tag == NodeTag(0xb))
         };
-        let mut single = false;
-        for _ in 0..600 {
-            if older_shown(&view.borrow()) {
-                single = true;
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
-        }
-        assert!(single, "not the live older twin: {:?}", view.borrow());
+        view_when(&mut view, older_shown).await;
         for t in twins {
             let _ = t.shutdown().await;
         }
