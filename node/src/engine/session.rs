@@ -208,11 +208,7 @@ pub struct Session {
 impl Session {
     /// Applies a client's offer to this session's `Rtc`; a refusal is the client's SDP at fault.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, OpError> {
-        let sections = offer
-            .to_sdp_string()
-            .lines()
-            .filter(|l| l.starts_with("m="))
-            .count();
+        let sections = offer.media_lines.len();
         let answer = self
             .rtc
             .sdp_api()

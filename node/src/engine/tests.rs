@@ -480,6 +480,11 @@ fn a_pull_past_the_sdp_section_bound_is_refused_before_any_offer() {
         w.engine.sessions[&id].m_lines, 2,
         "the offer's sections are counted"
     );
+    let publisher = SessionId::parse(&pub_sid).expect("session id");
+    assert_eq!(
+        w.engine.sessions[&publisher].m_lines, 2,
+        "and so are those of an offer the client made"
+    );
     // As if hundreds of pulls had come and gone.
     let bound = super::sdp_limits::MAX_M_LINES;
     if let Some(s) = w.engine.sessions.get_mut(&id) {
